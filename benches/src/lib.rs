@@ -1,0 +1,1 @@
+//! Benchmarks of Scrambler (see benches/).

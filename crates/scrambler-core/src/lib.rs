@@ -1,0 +1,29 @@
+//! # scrambler-core
+//!
+//! The shared ground of Scrambler, an encrypted pod network: the types every dataplane
+//! uses ([`Node`], [`Mesh`], [`AttachRequest`], [`CniResult`], [`NetConf`]), the three
+//! traits each dataplane implements ([`Ipam`], [`Tunnel`], [`Attach`]), one [`Error`] type
+//! that maps to CNI error codes, network-namespace handling ([`Netns`]), and the key/SPI
+//! derivation ([`ClusterSecret`]) and ESP parameters ([`esp`]) that make the kernel and VPP
+//! dataplanes put the same ESP on the wire.
+#![warn(missing_docs)]
+
+pub mod conf;
+pub mod error;
+pub mod esp;
+pub mod keys;
+pub mod mesh;
+pub mod netns;
+pub mod result;
+pub mod traits;
+
+pub use conf::{Backend, NetConf};
+pub use error::{CniCode, CniErrorJson, Error, Result};
+pub use keys::{ClusterSecret, SaKey};
+pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId};
+pub use netns::Netns;
+pub use result::{CniResult, Dns, Interface, IpConfig, Route};
+pub use traits::{
+    AllocRequest, Attach, AttachRequest, AttachmentId, Ipam, Lease, PeerStatus, ReconcileReport,
+    Tunnel, TunnelStatus,
+};

@@ -1,0 +1,1 @@
+//! scrambler-ipam (work in progress).

@@ -1,0 +1,1 @@
+//! scrambler-ipvlan (work in progress).

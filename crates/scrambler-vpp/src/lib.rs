@@ -1,0 +1,1 @@
+//! scrambler-vpp (work in progress).

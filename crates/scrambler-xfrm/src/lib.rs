@@ -1,0 +1,1 @@
+//! scrambler-xfrm (work in progress).
