@@ -1,0 +1,293 @@
+//! The wire encoding of VPP API messages: packed, big endian.
+//!
+//! [`Encode`] / [`Decode`] are implemented for the primitive types here and for every
+//! generated type and message (see [`crate::api`]). Special cases, as VPP's C code and
+//! vpp-papi have them: `bool` is one byte; `f64` travels in host byte order (VPP's f64 "byte
+//! swap" is the identity; every VPP platform is little endian); fixed-length strings are
+//! NUL-padded and must leave room for the NUL; variable strings are a `u32` length and the
+//! bytes; variable arrays take their count from an earlier field.
+
+use std::fmt;
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError {
+    /// `message.field` (or `type.field`) where it happened.
+    pub field: &'static str,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+fn err(field: &'static str, reason: impl Into<String>) -> CodecError {
+    CodecError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Appends the wire form of a value.
+pub trait Encode {
+    /// Appends `self` to `buf`.
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError>;
+}
+
+/// Reads a value from its wire form.
+pub trait Decode: Sized {
+    /// Reads one value, advancing `d`.
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError>;
+}
+
+/// A cursor over received bytes.
+#[derive(Debug)]
+pub struct Decoder<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Decoder<'a> {
+    /// A decoder over `buf`; `what` names the message for errors.
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Decoder { buf, pos: 0, what }
+    }
+
+    /// Takes the next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
+        match end {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(err(
+                self.what,
+                format!(
+                    "truncated: need {n} bytes at offset {}, have {}",
+                    self.pos,
+                    self.buf.len() - self.pos
+                ),
+            )),
+        }
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+macro_rules! be_int {
+    ($($t:ty),*) => {$(
+        impl Encode for $t {
+            fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+                buf.extend_from_slice(&self.to_be_bytes());
+                Ok(())
+            }
+        }
+        impl Decode for $t {
+            fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(d.take(std::mem::size_of::<$t>())?);
+                Ok(<$t>::from_be_bytes(a))
+            }
+        }
+    )*};
+}
+be_int!(u8, i8, u16, i16, u32, i32, u64, i64);
+
+impl Encode for f64 {
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        buf.extend_from_slice(&self.to_le_bytes());
+        Ok(())
+    }
+}
+
+impl Decode for f64 {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(d.take(8)?);
+        Ok(f64::from_le_bytes(a))
+    }
+}
+
+impl Encode for bool {
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        buf.push(u8::from(*self));
+        Ok(())
+    }
+}
+
+impl Decode for bool {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        Ok(d.take(1)?[0] != 0)
+    }
+}
+
+impl<T: Encode, const N: usize> Encode for [T; N] {
+    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.iter().try_for_each(|e| e.encode(buf))
+    }
+}
+
+impl<T: Decode + Default, const N: usize> Decode for [T; N] {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        let mut out: [T; N] = std::array::from_fn(|_| T::default());
+        for e in out.iter_mut() {
+            *e = T::decode(d)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Writes a variable array's element count as the count field's type `C`.
+pub fn put_count<C>(buf: &mut Vec<u8>, len: usize, field: &'static str) -> Result<(), CodecError>
+where
+    C: TryFrom<usize> + Encode,
+{
+    let c = C::try_from(len)
+        .map_err(|_| err(field, format!("{len} elements do not fit the count field")))?;
+    c.encode(buf)
+}
+
+/// Reads `n` elements of a variable array.
+pub fn get_array<T: Decode>(
+    d: &mut Decoder<'_>,
+    n: usize,
+    field: &'static str,
+) -> Result<Vec<T>, CodecError> {
+    // every element is at least one byte: a count beyond the remaining bytes is corrupt
+    if n > d.remaining() {
+        return Err(err(
+            field,
+            format!("count {n} exceeds the {} bytes left", d.remaining()),
+        ));
+    }
+    (0..n).map(|_| T::decode(d)).collect()
+}
+
+/// Reads elements until the message ends (legacy arrays without a count field).
+pub fn get_rest<T: Decode>(
+    d: &mut Decoder<'_>,
+    _field: &'static str,
+) -> Result<Vec<T>, CodecError> {
+    let mut v = Vec::new();
+    while d.remaining() > 0 {
+        v.push(T::decode(d)?);
+    }
+    Ok(v)
+}
+
+/// Writes a fixed-length string of `len` bytes: the text, NUL-padded (at most `len - 1` bytes).
+pub fn put_fixed_string(
+    buf: &mut Vec<u8>,
+    s: &str,
+    len: usize,
+    field: &'static str,
+) -> Result<(), CodecError> {
+    if s.len() >= len {
+        return Err(err(
+            field,
+            format!(
+                "string of {} bytes is too long, at most {} fit",
+                s.len(),
+                len - 1
+            ),
+        ));
+    }
+    if s.as_bytes().contains(&0) {
+        return Err(err(field, "string contains a NUL byte"));
+    }
+    buf.extend_from_slice(s.as_bytes());
+    buf.resize(buf.len() + len - s.len(), 0);
+    Ok(())
+}
+
+/// Reads a fixed-length string: the bytes up to the first NUL.
+pub fn get_fixed_string(
+    d: &mut Decoder<'_>,
+    len: usize,
+    field: &'static str,
+) -> Result<String, CodecError> {
+    let b = d.take(len)?;
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8(b[..end].to_vec()).map_err(|_| err(field, "string is not UTF-8"))
+}
+
+/// Writes a variable-length string: `u32` length, then the bytes.
+pub fn put_var_string(buf: &mut Vec<u8>, s: &str, field: &'static str) -> Result<(), CodecError> {
+    put_count::<u32>(buf, s.len(), field)?;
+    buf.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Reads a variable-length string (invalid UTF-8 is replaced, as VPP's texts are ASCII).
+pub fn get_var_string(d: &mut Decoder<'_>, field: &'static str) -> Result<String, CodecError> {
+    let n = u32::decode(d)? as usize;
+    if n > d.remaining() {
+        return Err(err(
+            field,
+            format!("length {n} exceeds the {} bytes left", d.remaining()),
+        ));
+    }
+    let b = d.take(n)?;
+    // VPP sometimes counts a trailing NUL
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    Ok(String::from_utf8_lossy(&b[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_are_big_endian_f64_host_order() {
+        let mut b = Vec::new();
+        0x0102u16.encode(&mut b).unwrap();
+        (-2i32).encode(&mut b).unwrap();
+        1.0f64.encode(&mut b).unwrap();
+        true.encode(&mut b).unwrap();
+        assert_eq!(&b[..6], &[1, 2, 0xff, 0xff, 0xff, 0xfe]);
+        assert_eq!(&b[6..14], &1.0f64.to_le_bytes());
+        assert_eq!(b[14], 1);
+        let mut d = Decoder::new(&b, "t");
+        assert_eq!(u16::decode(&mut d).unwrap(), 0x0102);
+        assert_eq!(i32::decode(&mut d).unwrap(), -2);
+        assert_eq!(f64::decode(&mut d).unwrap(), 1.0);
+        assert!(bool::decode(&mut d).unwrap());
+        assert!(u8::decode(&mut d).is_err());
+    }
+
+    #[test]
+    fn fixed_strings_are_nul_padded_and_bounded() {
+        let mut b = Vec::new();
+        put_fixed_string(&mut b, "abc", 8, "m.s").unwrap();
+        assert_eq!(b, b"abc\0\0\0\0\0");
+        assert_eq!(
+            get_fixed_string(&mut Decoder::new(&b, "m"), 8, "m.s").unwrap(),
+            "abc"
+        );
+        let e = put_fixed_string(&mut Vec::new(), "12345678", 8, "m.s").unwrap_err();
+        assert_eq!(e.field, "m.s");
+    }
+
+    #[test]
+    fn var_strings_and_counts() {
+        let mut b = Vec::new();
+        put_var_string(&mut b, "hi", "m.s").unwrap();
+        assert_eq!(b, [0, 0, 0, 2, b'h', b'i']);
+        assert!(put_count::<u8>(&mut Vec::new(), 256, "m.v").is_err());
+        let mut d = Decoder::new(&[0, 0, 0, 9, 1], "m");
+        assert!(get_var_string(&mut d, "m.s").is_err());
+        let mut d = Decoder::new(&[1, 2], "m");
+        assert!(get_array::<u32>(&mut d, 1000, "m.v").is_err());
+    }
+}
