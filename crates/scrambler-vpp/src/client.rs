@@ -30,9 +30,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::api::{interface, memclnt, vlib, vpe, MESSAGES};
-use crate::codec::{Decoder, Encode};
+use crate::codec::Encode;
 use crate::error::VppError;
-use crate::message::{split_name_crc, Dump, Header, Message, Request};
+use crate::message::{decode_message, encode_message, split_name_crc, Dump, Message, Request};
 use crate::transport::{read_frame, write_frame};
 
 /// Message id of `sockclnt_create`: fixed, since it is sent before the client has the
@@ -336,22 +336,10 @@ impl VppClient {
     }
 
     fn encode<M: Message>(&self, msg: &M, id: u16, context: u32) -> Result<Vec<u8>, VppError> {
-        let mut buf = Vec::with_capacity(64);
-        buf.extend_from_slice(&id.to_be_bytes());
-        match M::HEADER {
-            Header::None => {}
-            Header::ClientIndex => buf.extend_from_slice(&self.inner.index.to_be_bytes()),
-            Header::Context => buf.extend_from_slice(&context.to_be_bytes()),
-            Header::ClientIndexContext => {
-                buf.extend_from_slice(&self.inner.index.to_be_bytes());
-                buf.extend_from_slice(&context.to_be_bytes());
-            }
-        }
-        msg.encode(&mut buf).map_err(|source| VppError::Codec {
+        encode_message(msg, id, self.inner.index, context).map_err(|source| VppError::Codec {
             message: M::NAME,
             source,
-        })?;
-        Ok(buf)
+        })
     }
 
     async fn send(&self, msgs: &[Vec<u8>]) -> Result<(), VppError> {
@@ -395,16 +383,7 @@ fn frame_id(frame: &[u8]) -> Result<u16, VppError> {
 }
 
 fn decode_body<M: Message>(frame: &[u8]) -> Result<M, VppError> {
-    let body = frame
-        .get(M::HEADER.len()..)
-        .ok_or_else(|| VppError::Codec {
-            message: M::NAME,
-            source: crate::codec::CodecError {
-                field: M::NAME,
-                reason: "shorter than its header".into(),
-            },
-        })?;
-    M::decode(&mut Decoder::new(body, M::NAME)).map_err(|source| VppError::Codec {
+    decode_message(frame).map_err(|source| VppError::Codec {
         message: M::NAME,
         source,
     })

@@ -102,3 +102,36 @@ pub fn split_name_crc(s: &str) -> Option<(&str, u32)> {
     }
     Some((name, u32::from_str_radix(crc, 16).ok()?))
 }
+
+/// The full wire form of `msg`: message id, the header fields `M` has, then the body.
+pub fn encode_message<M: Message>(
+    msg: &M,
+    id: u16,
+    client_index: u32,
+    context: u32,
+) -> Result<Vec<u8>, crate::codec::CodecError> {
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(&id.to_be_bytes());
+    match M::HEADER {
+        Header::None => {}
+        Header::ClientIndex => buf.extend_from_slice(&client_index.to_be_bytes()),
+        Header::Context => buf.extend_from_slice(&context.to_be_bytes()),
+        Header::ClientIndexContext => {
+            buf.extend_from_slice(&client_index.to_be_bytes());
+            buf.extend_from_slice(&context.to_be_bytes());
+        }
+    }
+    msg.encode(&mut buf)?;
+    Ok(buf)
+}
+
+/// Decodes a full message (id and header are skipped, not checked).
+pub fn decode_message<M: Message>(frame: &[u8]) -> Result<M, crate::codec::CodecError> {
+    let body = frame
+        .get(M::HEADER.len()..)
+        .ok_or(crate::codec::CodecError {
+            field: M::NAME,
+            reason: "shorter than its header".into(),
+        })?;
+    M::decode(&mut crate::codec::Decoder::new(body, M::NAME))
+}
