@@ -1,1 +1,105 @@
-//! scrambler-xfrm (work in progress).
+//! # scrambler-xfrm
+//!
+//! Scrambler's kernel IPsec dataplane: an ESP tunnel-mode full mesh between nodes,
+//! programmed straight over XFRM netlink (no IKE daemon, no `ip` command), implementing
+//! [`scrambler_core::Tunnel`] for any network namespace given by path.
+//!
+//! ## What it installs on a node
+//! For every peer, and every pair (local pod CIDR, peer pod CIDR) of one family:
+//! * policies `out` (local → peer), `in` and `fwd` (peer → local): allow with one ESP
+//!   tunnel template between the two underlay addresses, reqid `reqid_base | peer id`,
+//!   carrying the interface's `if_id`;
+//! * one outbound state for `keys.tx` and one inbound state per generation in `keys.rx`:
+//!   ESP tunnel mode, AEAD `rfc4106(gcm(aes))` with key‖salt from
+//!   [`scrambler_core::ClusterSecret::sa`], 128-bit ICV, ESN with a replay window of
+//!   [`scrambler_core::esp::REPLAY_WINDOW`] (`XFRMA_REPLAY_ESN_VAL`), same reqid and if_id;
+//! * a route to the peer's pod CIDR through the xfrm interface (protocol
+//!   [`XfrmConfig::route_protocol`]).
+//!
+//! ## Route-based: an xfrm interface with an if_id
+//! Seed 003 found policy-based IPsec leaking cleartext. Here traffic reaches ESP
+//! because a route sends it into one xfrm interface per node (`scrambler0`, fixed
+//! [`XfrmConfig::if_id`]); the interface looks up policies with its if_id, and only the
+//! mesh policies and states carry it. Chosen over Cilium-style marks because it needs no
+//! packet marking (iptables/eBPF) and no coordination of mark bits with other software,
+//! counters per interface come for free, and `ip route` shows what is encrypted. The
+//! interface gets `disable_xfrm=1` so that routes through it skip the if_id-0 lookup —
+//! the one the guard below lives in — leaving the interface's own lookup to apply the mesh
+//! policies. The kernel of the build machine lacks xfrm interfaces: [`LinkMode::Existing`]
+//! routes through an existing link instead, so plan, diff, policies and routes are tested
+//! there, and interface creation in the VM tests (`vm_*`).
+//!
+//! ## Fail closed
+//! Traffic between pod CIDRs never leaves a node in cleartext:
+//! * **a route is missing** (agent down before programming it, interface deleted): the
+//!   packet follows the default route and meets the *guard* — block policies without
+//!   if_id, `out` local pod CIDRs → remote pod CIDRs and `in`/`fwd` remote → local, in a
+//!   lower-precedence slot of Scrambler's priority band. With
+//!   [`XfrmConfig::guard_supernets`] (e.g. the cluster CIDR) the guard covers pod CIDRs of
+//!   nodes not (or no longer) in the mesh too, and bypass policies keep node-local pod
+//!   traffic inside the supernet flowing;
+//! * **a state is missing, expired or being replaced**: the mesh policy's template is
+//!   required (not optional), so a lookup without a state fails and the xfrm interface
+//!   drops the packet; an xfrm interface never sends anything it could not encrypt;
+//! * **inbound cleartext** from a remote pod CIDR (not decrypted by our states) meets the
+//!   `fwd`/`in` guard and is dropped; decrypted packets carry the interface's if_id and
+//!   match the mesh `in`/`fwd` policies instead;
+//! * the agent being down changes nothing: everything lives in the kernel, with no
+//!   lifetimes;
+//! * reconcile installs the guard first, inbound states before policies, outbound states
+//!   after them, routes last, and deletes only after all that.
+//!
+//! ## Ownership
+//! A policy is Scrambler's when its priority lies in
+//! `[priority_base, priority_base + PRIORITY_BAND)` and its if_id is Scrambler's or 0; a
+//! state when its reqid is `reqid_base | id` and its if_id is Scrambler's; a route when it
+//! goes through the interface with Scrambler's protocol number. Dumps consider nothing
+//! else; a foreign object holding the kernel identity of a desired one stops reconcile
+//! with [`scrambler_core::Error::AlreadyExists`] before anything changes.
+//!
+//! ## Reconcile
+//! Dump policies and states of the namespace, diff against the plan, then send adds,
+//! in-place updates (`XFRM_MSG_UPDPOLICY`; states, whose keys cannot change in place, are
+//! deleted and re-added) and deletes pipelined on one socket, checking every ACK. A
+//! second reconcile is a no-op; adding or removing one peer costs that peer's requests.
+//!
+//! ## Rotation
+//! [`rotate`] drives the three steps of [`scrambler_core::Keys`] across several nodes.
+//!
+//! ## MTU
+//! The interface MTU is the underlay MTU minus the ESP overhead
+//! ([`scrambler_core::esp::esp_overhead`]); [`XfrmTunnel::pod_mtu`] gives the CNI the
+//! same for pod veths.
+//!
+//! ```no_run
+//! use scrambler_core::{ClusterSecret, Cluster, Netns, Tunnel};
+//! use scrambler_xfrm::{XfrmConfig, XfrmTunnel, StatusTable};
+//! # async fn f(cluster: Cluster, secret: ClusterSecret) -> scrambler_core::Result<()> {
+//! let tunnel = XfrmTunnel::new(XfrmConfig::default())?;
+//! let netns = Netns::named("node1");
+//! let mesh = cluster.mesh_for("node1")?;
+//! tunnel.reconcile(&netns, &mesh, &secret).await?;
+//! assert!(tunnel.reconcile(&netns, &mesh, &secret).await?.is_noop());
+//! print!("{}", StatusTable(&tunnel.status(&netns, &mesh).await?));
+//! tunnel.remove(&netns).await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod diff;
+mod link;
+mod model;
+mod nl;
+mod plan;
+mod rotation;
+mod status;
+mod tunnel;
+
+pub use config::{
+    LinkMode, XfrmConfig, DEFAULT_IF_ID, DEFAULT_INTERFACE, DEFAULT_PRIORITY_BASE,
+    DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, PRIORITY_BAND,
+};
+pub use rotation::{rotate, RotationReport};
+pub use status::{parse_xfrm_stat, StatusTable};
+pub use tunnel::{Capabilities, Inventory, XfrmTunnel};

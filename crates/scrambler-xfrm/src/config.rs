@@ -1,0 +1,194 @@
+//! Configuration of the XFRM dataplane and the ownership marks derived from it.
+
+use ipnet::IpNet;
+use scrambler_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Default `if_id` of the Scrambler xfrm interface and of every state and mesh policy.
+pub const DEFAULT_IF_ID: u32 = 0x5c5c;
+/// Default interface name.
+pub const DEFAULT_INTERFACE: &str = "scrambler0";
+/// Default first priority of Scrambler's policy band.
+pub const DEFAULT_PRIORITY_BASE: u32 = 0x5c00;
+/// Default reqid base: reqid = base | peer node id.
+pub const DEFAULT_REQID_BASE: u32 = 0x5c00_0000;
+/// Default route protocol number marking Scrambler's routes (`proto 92`).
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 0x5c;
+/// Width of the priority band: policies whose priority lies in
+/// `[priority_base, priority_base + PRIORITY_BAND)` are Scrambler's.
+pub const PRIORITY_BAND: u32 = 8;
+
+/// Offset of the local-to-local bypass policies inside the band (highest precedence).
+pub(crate) const PRIO_BYPASS: u32 = 0;
+/// Offset of the mesh policies (allow + ESP template, carrying the if_id).
+pub(crate) const PRIO_MESH: u32 = 2;
+/// Offset of the fail-closed guard (block, no if_id).
+pub(crate) const PRIO_GUARD: u32 = 4;
+
+/// How the route-based steering interface is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LinkMode {
+    /// Scrambler creates (and on `remove` deletes) an xfrm interface named
+    /// [`XfrmConfig::interface`] with [`XfrmConfig::if_id`], sets its MTU and
+    /// `disable_xfrm`, and brings it up. Needs `CONFIG_XFRM_INTERFACE`.
+    #[default]
+    Create,
+    /// The interface already exists and belongs to someone else (a test's veth, an
+    /// interface made by the node's network config): Scrambler routes through it but
+    /// never creates, changes or deletes it.
+    Existing,
+}
+
+/// Settings of an [`crate::XfrmTunnel`]. Every field has a default; a node's agent
+/// usually only sets [`XfrmConfig::guard_supernets`] and [`XfrmConfig::underlay_mtu`].
+///
+/// ```
+/// use scrambler_xfrm::XfrmConfig;
+/// let cfg = XfrmConfig {
+///     guard_supernets: vec!["10.0.0.0/8".parse().unwrap()],
+///     underlay_mtu: 9000,
+///     ..XfrmConfig::default()
+/// };
+/// assert_eq!(cfg.interface, "scrambler0");
+/// cfg.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct XfrmConfig {
+    /// XFRM interface id: the xfrm interface, every ESP state and every mesh policy carry
+    /// it, so only traffic routed into the interface is encrypted with Scrambler's SAs.
+    pub if_id: u32,
+    /// Name of the xfrm interface (≤ 15 bytes).
+    pub interface: String,
+    /// Create the interface, or use an existing one.
+    pub link: LinkMode,
+    /// First priority of Scrambler's policy band (see [`PRIORITY_BAND`]).
+    pub priority_base: u32,
+    /// Reqid base; its low 16 bits must be zero: reqid = base | peer id.
+    pub reqid_base: u32,
+    /// Route protocol number of Scrambler's routes.
+    pub route_protocol: u8,
+    /// Pod supernets to guard. Empty: the guard covers exactly the peers' pod CIDRs; set
+    /// (e.g. the cluster CIDR): the guard also covers pod CIDRs of nodes not (or no
+    /// longer) in the mesh — recommended.
+    pub guard_supernets: Vec<IpNet>,
+    /// MTU of the underlay; the xfrm interface gets this minus the ESP overhead.
+    pub underlay_mtu: u32,
+    /// Program ESP states. `false` programs policies, guard and routes only (for kernels
+    /// without ESP, e.g. to test the policy logic); `status` then says `encrypted: false`.
+    pub program_states: bool,
+}
+
+impl Default for XfrmConfig {
+    fn default() -> Self {
+        XfrmConfig {
+            if_id: DEFAULT_IF_ID,
+            interface: DEFAULT_INTERFACE.into(),
+            link: LinkMode::Create,
+            priority_base: DEFAULT_PRIORITY_BASE,
+            reqid_base: DEFAULT_REQID_BASE,
+            route_protocol: DEFAULT_ROUTE_PROTOCOL,
+            guard_supernets: Vec::new(),
+            underlay_mtu: 1500,
+            program_states: true,
+        }
+    }
+}
+
+impl XfrmConfig {
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.if_id == 0 {
+            return Err(Error::config("xfrm if_id must not be 0"));
+        }
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/')
+        {
+            return Err(Error::config(format!(
+                "xfrm interface name {:?} must be 1..=15 bytes without '/'",
+                self.interface
+            )));
+        }
+        if self.reqid_base & 0xffff != 0 || self.reqid_base == 0 {
+            return Err(Error::config(format!(
+                "reqid base {:#x} must be non-zero with its low 16 bits clear",
+                self.reqid_base
+            )));
+        }
+        if self.priority_base.checked_add(PRIORITY_BAND).is_none() {
+            return Err(Error::config("priority base too large"));
+        }
+        if matches!(self.route_protocol, 0..=4) {
+            return Err(Error::config(format!(
+                "route protocol {} is reserved by the kernel",
+                self.route_protocol
+            )));
+        }
+        if self.underlay_mtu < 1280 {
+            return Err(Error::config(format!(
+                "underlay MTU {} is below 1280",
+                self.underlay_mtu
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reqid of every state and template of the tunnel to/from peer `peer_id`.
+    pub fn reqid(&self, peer_id: u16) -> u32 {
+        self.reqid_base | peer_id as u32
+    }
+
+    /// The peer id encoded in an owned reqid.
+    pub fn peer_of_reqid(&self, reqid: u32) -> Option<u16> {
+        (reqid & 0xffff_0000 == self.reqid_base).then_some((reqid & 0xffff) as u16)
+    }
+
+    /// True for the priorities of Scrambler's policy band.
+    pub fn owns_priority(&self, priority: u32) -> bool {
+        priority >= self.priority_base && priority - self.priority_base < PRIORITY_BAND
+    }
+
+    pub(crate) fn priority(&self, offset: u32) -> u32 {
+        self.priority_base + offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_refused() {
+        XfrmConfig::default().validate().unwrap();
+        let bad = |f: fn(&mut XfrmConfig)| {
+            let mut c = XfrmConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().code()
+        };
+        assert_eq!(bad(|c| c.if_id = 0), 7);
+        assert_eq!(bad(|c| c.reqid_base = 0x5c00_0001), 7);
+        assert_eq!(bad(|c| c.interface = "x".repeat(16)), 7);
+        assert_eq!(bad(|c| c.route_protocol = 2), 7);
+        assert_eq!(bad(|c| c.underlay_mtu = 576), 7);
+    }
+
+    #[test]
+    fn ownership_marks() {
+        let c = XfrmConfig::default();
+        assert_eq!(c.reqid(7), 0x5c00_0007);
+        assert_eq!(c.peer_of_reqid(0x5c00_0007), Some(7));
+        assert_eq!(c.peer_of_reqid(0x5d00_0007), None);
+        assert!(c.owns_priority(c.priority_base));
+        assert!(c.owns_priority(c.priority_base + PRIORITY_BAND - 1));
+        assert!(!c.owns_priority(c.priority_base + PRIORITY_BAND));
+        assert!(!c.owns_priority(0));
+    }
+
+    #[test]
+    fn config_is_serde_with_defaults() {
+        let c: XfrmConfig = serde_json::from_str(r#"{"ifId": 7, "link": "existing"}"#).unwrap();
+        assert_eq!(c.if_id, 7);
+        assert_eq!(c.link, LinkMode::Existing);
+        assert_eq!(c.interface, DEFAULT_INTERFACE);
+    }
+}

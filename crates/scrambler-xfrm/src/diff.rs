@@ -1,0 +1,270 @@
+//! Diffing desired XFRM objects against a dump of the namespace, into ordered phases of
+//! netlink requests.
+//!
+//! Only owned objects are ever updated or deleted: a policy is Scrambler's when its
+//! priority lies in the configured band and its if_id is Scrambler's or 0; a state when
+//! its reqid carries the reqid base and its if_id is Scrambler's. A desired object whose
+//! kernel identity is held by a foreign object is a conflict: reconcile stops before
+//! changing anything.
+//!
+//! Phases keep traffic fail-closed and make-before-break:
+//! 1. guard and bypass policies;
+//! 2. inbound states (new generations before anyone sends with them);
+//! 3. mesh policies;
+//! 4. outbound states;
+//! 5. (after routes) deletions: outbound states, mesh policies, inbound states, guard.
+
+use crate::config::XfrmConfig;
+use crate::model::{delete_state_msg, family, FoundPolicy, FoundState, PolicyKey, StateKey};
+use crate::nl::Request;
+use crate::plan::Desired;
+use scrambler_core::{Error, ReconcileReport, Result};
+use std::collections::HashMap;
+
+/// Requests in phase order, and what they amount to.
+#[derive(Default)]
+pub(crate) struct Changes {
+    /// Phases 1–4 (adds and updates) and 5 (deletes), each sent as one pipelined batch.
+    pub phases: [Vec<Request>; 5],
+    /// Counts for the report.
+    pub report: ReconcileReport,
+}
+
+impl Changes {
+    /// Number of requests.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.phases.iter().map(Vec::len).sum()
+    }
+}
+
+/// True when the policy is Scrambler's.
+pub(crate) fn owns_policy(cfg: &XfrmConfig, p: &FoundPolicy) -> bool {
+    !p.unusual
+        && cfg.owns_priority(p.policy.priority)
+        && (p.policy.key.if_id == cfg.if_id || p.policy.key.if_id == 0)
+}
+
+/// True when the state is Scrambler's.
+pub(crate) fn owns_state(cfg: &XfrmConfig, s: &FoundState) -> bool {
+    cfg.peer_of_reqid(s.shape.reqid).is_some() && s.shape.if_id == cfg.if_id
+}
+
+/// Computes the requests turning `found` into `desired`. With `states == false` states
+/// are neither added nor deleted.
+pub(crate) fn diff(
+    cfg: &XfrmConfig,
+    desired: &Desired,
+    policies: &[FoundPolicy],
+    states: &[FoundState],
+    manage_states: bool,
+) -> Result<Changes> {
+    let mut ch = Changes::default();
+    diff_policies(cfg, desired, policies, &mut ch)?;
+    if manage_states {
+        diff_states(cfg, desired, states, &mut ch)?;
+    }
+    Ok(ch)
+}
+
+fn diff_policies(
+    cfg: &XfrmConfig,
+    desired: &Desired,
+    found: &[FoundPolicy],
+    ch: &mut Changes,
+) -> Result<()> {
+    let by_key: HashMap<&PolicyKey, &FoundPolicy> = found
+        .iter()
+        .filter(|p| !p.unusual)
+        .map(|p| (&p.policy.key, p))
+        .collect();
+    for (key, want) in &desired.policies {
+        let phase = if want.tmpl.is_some() { 2 } else { 0 };
+        match by_key.get(key) {
+            Some(f) if !owns_policy(cfg, f) => {
+                return Err(Error::AlreadyExists {
+                    object: key.to_string(),
+                    reason: format!(
+                        "a policy with priority {} outside Scrambler's band holds it; \
+                         Scrambler does not touch it",
+                        f.policy.priority
+                    ),
+                })
+            }
+            Some(f) if f.policy == *want => ch.report.unchanged += 1,
+            Some(_) => {
+                ch.phases[phase].push(Request {
+                    msg: want.update_msg(),
+                    op: "update xfrm policy",
+                    object: key.to_string(),
+                });
+                ch.report.updated += 1;
+            }
+            None => {
+                ch.phases[phase].push(Request {
+                    msg: want.add_msg(),
+                    op: "add xfrm policy",
+                    object: key.to_string(),
+                });
+                ch.report.added += 1;
+            }
+        }
+    }
+    // stale: mesh policies before guard policies
+    let mut stale: Vec<&FoundPolicy> = found
+        .iter()
+        .filter(|p| owns_policy(cfg, p) && !desired.policies.contains_key(&p.policy.key))
+        .collect();
+    stale.sort_by_key(|p| p.policy.tmpl.is_none());
+    for p in stale {
+        ch.phases[4].push(Request {
+            msg: p.delete_msg(),
+            op: "delete xfrm policy",
+            object: p.policy.key.to_string(),
+        });
+        ch.report.removed += 1;
+    }
+    Ok(())
+}
+
+fn diff_states(
+    cfg: &XfrmConfig,
+    desired: &Desired,
+    found: &[FoundState],
+    ch: &mut Changes,
+) -> Result<()> {
+    let by_key: HashMap<&StateKey, &FoundState> =
+        found.iter().map(|s| (&s.shape.key, s)).collect();
+    for (key, want) in &desired.states {
+        let phase = if want.inbound { 1 } else { 3 };
+        match by_key.get(key) {
+            Some(f) if !owns_state(cfg, f) => {
+                return Err(Error::AlreadyExists {
+                    object: key.to_string(),
+                    reason: format!(
+                        "a state with reqid {:#x} if_id {:#x} holds it; Scrambler does not touch it",
+                        f.shape.reqid, f.shape.if_id
+                    ),
+                })
+            }
+            Some(f) if f.shape == want.shape => ch.report.unchanged += 1,
+            Some(f) => {
+                // keys and replay settings cannot change in place: replace
+                ch.phases[phase].push(Request {
+                    msg: delete_state_msg(key, f.family),
+                    op: "replace xfrm state (delete)",
+                    object: key.to_string(),
+                });
+                ch.phases[phase].push(Request {
+                    msg: want.add_msg(),
+                    op: "replace xfrm state (add)",
+                    object: key.to_string(),
+                });
+                ch.report.updated += 1;
+            }
+            None => {
+                ch.phases[phase].push(Request {
+                    msg: want.add_msg(),
+                    op: "add xfrm state",
+                    object: key.to_string(),
+                });
+                ch.report.added += 1;
+            }
+        }
+    }
+    // stale: outbound first (their daddr is not a local address), then inbound
+    let mut stale: Vec<&FoundState> = found
+        .iter()
+        .filter(|s| owns_state(cfg, s) && !desired.states.contains_key(&s.shape.key))
+        .collect();
+    let inbound_daddrs: std::collections::HashSet<_> = desired
+        .states
+        .values()
+        .filter(|s| s.inbound)
+        .map(|s| s.shape.key.daddr)
+        .collect();
+    stale.sort_by_key(|s| inbound_daddrs.contains(&s.shape.key.daddr));
+    let deletes: Vec<Request> = stale
+        .into_iter()
+        .map(|s| {
+            ch.report.removed += 1;
+            Request {
+                msg: delete_state_msg(&s.shape.key, family(&s.shape.key.daddr)),
+                op: "delete xfrm state",
+                object: s.shape.key.to_string(),
+            }
+        })
+        .collect();
+    // after the stale policies: a policy left without its state drops, never leaks
+    ch.phases[4].extend(deletes);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::mesh;
+
+    fn found_from(desired: &Desired) -> Vec<FoundPolicy> {
+        desired
+            .policies
+            .values()
+            .enumerate()
+            .map(|(i, p)| FoundPolicy {
+                policy: p.clone(),
+                index: i as u32 * 8,
+                unusual: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_is_noop_and_peer_removal_costs_one_peer() {
+        let cfg = XfrmConfig::default();
+        let d = Desired::plan(&cfg, &mesh(1, 50), None).unwrap();
+        let found = found_from(&d);
+        let ch = diff(&cfg, &d, &found, &[], false).unwrap();
+        assert!(ch.report.is_noop());
+        assert_eq!(ch.len(), 0);
+        let mut smaller = mesh(1, 50);
+        smaller.peers.pop();
+        let d2 = Desired::plan(&cfg, &smaller, None).unwrap();
+        let ch = diff(&cfg, &d2, &found, &[], false).unwrap();
+        assert_eq!(ch.report.removed, 6);
+        assert_eq!(ch.len(), 6);
+    }
+
+    #[test]
+    fn foreign_policy_on_our_key_is_a_conflict_and_foreign_others_are_ignored() {
+        let cfg = XfrmConfig::default();
+        let d = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
+        let mut found = found_from(&d);
+        found[0].policy.priority = 10; // someone else's
+        let Err(e) = diff(&cfg, &d, &found, &[], false) else {
+            panic!("conflict expected")
+        };
+        assert_eq!(e.code(), 102, "{e}");
+        let mut found = found_from(&d);
+        let mut foreign = found[0].clone();
+        foreign.policy.key.src = "172.16.0.0/16".parse().unwrap();
+        foreign.policy.priority = 10;
+        found.push(foreign);
+        let ch = diff(&cfg, &d, &found, &[], false).unwrap();
+        assert_eq!(ch.len(), 0);
+    }
+
+    #[test]
+    fn changed_template_is_an_in_place_update() {
+        let cfg = XfrmConfig::default();
+        let d = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
+        let mut found = found_from(&d);
+        for f in found.iter_mut().filter(|f| f.policy.tmpl.is_some()) {
+            if let Some(t) = f.policy.tmpl.as_mut() {
+                t.dst = "198.51.100.9".parse().unwrap();
+            }
+        }
+        let ch = diff(&cfg, &d, &found, &[], false).unwrap();
+        assert_eq!(ch.report.updated, 3);
+        assert_eq!(ch.report.added + ch.report.removed, 0);
+    }
+}

@@ -1,0 +1,62 @@
+//! Shared helpers of the netns and VM tests.
+#![allow(dead_code)]
+
+use scrambler_core::netns::testing::TestNetns;
+use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId};
+
+pub fn secret() -> ClusterSecret {
+    ClusterSecret::from_bytes(vec![0x42; 32]).unwrap()
+}
+
+/// Node `id` with underlay 192.0.2.id (id ≤ 250) and pod CIDR 10.0.id.0/24.
+pub fn node(id: u32) -> Node {
+    assert!(id <= 250);
+    Node {
+        name: format!("node{id}"),
+        id: NodeId::new(id).unwrap(),
+        underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
+        pod_cidrs: vec![format!("10.0.{id}.0/24").parse().unwrap()],
+    }
+}
+
+/// Node `id` of a big mesh: IPv6 documentation underlay, pod CIDR 10.x.y.0/24.
+pub fn big_node(id: u32) -> Node {
+    Node {
+        name: format!("n{id}"),
+        id: NodeId::new(id).unwrap(),
+        underlay: vec![format!("2001:db8::{id:x}").parse().unwrap()],
+        pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256).parse().unwrap()],
+    }
+}
+
+/// The mesh of `local` among nodes `1..=n` built with `mk`.
+pub fn mesh_of(local: u32, n: u32, mk: fn(u32) -> Node) -> Mesh {
+    Mesh {
+        local: mk(local),
+        peers: (1..=n).filter(|i| *i != local).map(mk).collect(),
+        keys: Keys::single(1),
+    }
+}
+
+/// A namespace with a veth `scrambler0` (peer `scrambler0p`) standing in for the xfrm
+/// interface on kernels without xfrm interfaces.
+pub fn ns_with_link(prefix: &str) -> TestNetns {
+    let ns = TestNetns::new(prefix);
+    ns.ip(&["link", "add", "scrambler0", "type", "veth", "peer", "name", "scrambler0p"]);
+    ns.ip(&["link", "set", "scrambler0", "up"]);
+    ns.ip(&["link", "set", "scrambler0p", "up"]);
+    ns
+}
+
+/// `ip xfrm policy` lines of a namespace that mention `needle`.
+pub fn policy_text(ns: &TestNetns) -> String {
+    ns.ip(&["xfrm", "policy"])
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

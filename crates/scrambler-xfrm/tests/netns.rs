@@ -1,0 +1,282 @@
+//! Policy, guard, route, ownership and reconcile tests against the real kernel, each in
+//! its own network namespace. They run on kernels without ESP states or xfrm interfaces
+//! (`program_states: false`, `LinkMode::Existing` over a veth).
+
+mod common;
+
+use common::*;
+use scrambler_core::{Keys, Netns, Tunnel};
+use scrambler_xfrm::{rotate, LinkMode, StatusTable, XfrmConfig, XfrmTunnel};
+
+fn policies_only() -> XfrmTunnel {
+    XfrmTunnel::new(XfrmConfig {
+        link: LinkMode::Existing,
+        program_states: false,
+        ..XfrmConfig::default()
+    })
+    .unwrap()
+}
+
+fn owned_routes(ns: &scrambler_core::netns::testing::TestNetns) -> Vec<String> {
+    ns.ip(&["route", "show", "proto", "92"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn reconcile_installs_mesh_guard_routes_and_is_idempotent() {
+    let ns = ns_with_link("xf-rec");
+    let t = policies_only();
+    let mesh = mesh_of(1, 3, node);
+    rt().block_on(async {
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        // 2 peers × (3 mesh + 3 guard) policies + 2 routes
+        assert_eq!((r.added, r.updated, r.removed), (14, 0, 0), "{r:?}");
+        let inv = t.inventory(&ns.netns()).await.unwrap();
+        assert_eq!(inv.policies["mesh"], 6);
+        assert_eq!(inv.policies["guard"], 6);
+        assert_eq!(inv.foreign, 0);
+        let again = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert!(again.is_noop(), "{again:?}");
+        assert_eq!(again.unchanged, 14);
+    });
+    let text = policy_text(&ns);
+    assert!(text.contains("src 10.0.1.0/24 dst 10.0.2.0/24"), "{text}");
+    assert!(text.contains("action block"), "{text}");
+    assert!(text.contains("reqid 1543503874"), "reqid 0x5c000002 expected: {text}");
+    assert!(text.contains("if_id 0x5c5c"), "{text}");
+    let routes = owned_routes(&ns);
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r.contains("dev scrambler0")), "{routes:?}");
+}
+
+#[test]
+fn foreign_policies_and_routes_are_never_touched() {
+    let ns = ns_with_link("xf-foreign");
+    ns.ip(&["link", "add", "other0", "type", "veth", "peer", "name", "other0p"]);
+    ns.ip(&["link", "set", "other0", "up"]);
+    // someone else's policies: an IKE daemon's, an admin's block, another if_id
+    ns.ip(&[
+        "xfrm", "policy", "add", "src", "172.16.0.0/16", "dst", "172.17.0.0/16", "dir", "out",
+        "priority", "10", "tmpl", "src", "198.51.100.1", "dst", "198.51.100.2", "proto", "esp",
+        "reqid", "7", "mode", "tunnel",
+    ]);
+    ns.ip(&["xfrm", "policy", "add", "src", "10.0.1.0/24", "dst", "10.9.0.0/16", "dir", "fwd", "action", "block", "priority", "100"]);
+    ns.ip(&[
+        "xfrm", "policy", "add", "src", "10.0.1.0/24", "dst", "10.0.2.0/24", "dir", "out",
+        "priority", "5", "if_id", "0x99", "tmpl", "src", "198.51.100.1", "dst", "198.51.100.2",
+        "proto", "esp", "reqid", "0x5c000002", "mode", "tunnel",
+    ]);
+    ns.ip(&["route", "add", "10.7.0.0/16", "dev", "other0", "proto", "static"]);
+    let foreign_before = policy_text(&ns);
+    let t = policies_only();
+    rt().block_on(async {
+        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret()).await.unwrap();
+        assert_eq!(t.inventory(&ns.netns()).await.unwrap().foreign, 3);
+        // shrink the mesh, then remove everything of ours
+        t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret()).await.unwrap();
+        let r = t.remove(&ns.netns()).await.unwrap();
+        assert_eq!(r.removed, 7, "{r:?}");
+        let inv = t.inventory(&ns.netns()).await.unwrap();
+        assert!(inv.policies.is_empty(), "{inv:?}");
+        assert_eq!(inv.foreign, 3);
+    });
+    assert_eq!(policy_text(&ns), foreign_before);
+    assert!(ns.ip(&["route"]).contains("10.7.0.0/16 dev other0 proto static"));
+    assert!(owned_routes(&ns).is_empty());
+}
+
+#[test]
+fn foreign_policy_holding_a_desired_key_stops_reconcile_before_any_change() {
+    let ns = ns_with_link("xf-conflict");
+    // same selector, direction and if_id as our guard, but not in our priority band
+    ns.ip(&["xfrm", "policy", "add", "src", "10.0.1.0/24", "dst", "10.0.3.0/24", "dir", "out", "action", "block", "priority", "10"]);
+    let t = policies_only();
+    rt().block_on(async {
+        let e = t
+            .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 102, "{e}");
+        assert!(e.to_string().contains("10.0.1.0/24 -> 10.0.3.0/24"), "{e}");
+        assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
+    });
+    assert!(owned_routes(&ns).is_empty());
+}
+
+#[test]
+fn changed_underlay_is_updated_in_place() {
+    let ns = ns_with_link("xf-upd");
+    let t = policies_only();
+    let mut mesh = mesh_of(1, 3, node);
+    rt().block_on(async {
+        t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        mesh.peers[0].underlay = vec!["198.51.100.2".parse().unwrap()];
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!((r.added, r.updated, r.removed), (0, 3, 0), "{r:?}");
+        assert!(t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap().is_noop());
+    });
+    assert!(policy_text(&ns).contains("tmpl src 192.0.2.1 dst 198.51.100.2"));
+}
+
+#[test]
+fn thousand_peer_mesh_costs_one_peer_to_change() {
+    let ns = ns_with_link("xf-1k");
+    let t = policies_only();
+    let mut mesh = mesh_of(1, 1002, big_node);
+    let extra = mesh.peers.pop().unwrap();
+    rt().block_on(async {
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!(r.added, 1000 * 7, "{r:?}");
+        mesh.peers.push(extra);
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!((r.added, r.updated, r.removed), (7, 0, 0), "{r:?}");
+        mesh.peers.remove(10);
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!((r.added, r.updated, r.removed), (0, 0, 7), "{r:?}");
+        assert!(t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap().is_noop());
+        let r = t.remove(&ns.netns()).await.unwrap();
+        assert_eq!(r.removed, 1000 * 7);
+    });
+}
+
+#[test]
+fn supernet_guard_with_local_bypass() {
+    let ns = ns_with_link("xf-super");
+    let t = XfrmTunnel::new(XfrmConfig {
+        link: LinkMode::Existing,
+        program_states: false,
+        guard_supernets: vec!["10.0.0.0/16".parse().unwrap()],
+        ..XfrmConfig::default()
+    })
+    .unwrap();
+    rt().block_on(async {
+        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret()).await.unwrap();
+        let inv = t.inventory(&ns.netns()).await.unwrap();
+        assert_eq!(inv.policies["guard"], 3);
+        assert_eq!(inv.policies["bypass"], 3);
+        assert_eq!(inv.policies["mesh"], 6);
+        // dropping a peer leaves its pod CIDR guarded by the supernet
+        let r = t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret()).await.unwrap();
+        assert_eq!(r.removed, 4, "{r:?}");
+    });
+    let text = policy_text(&ns);
+    assert!(text.contains("src 10.0.1.0/24 dst 10.0.0.0/16"), "{text}");
+}
+
+#[test]
+fn status_reports_steering_guard_and_no_encryption_without_states() {
+    let ns = ns_with_link("xf-status");
+    let t = policies_only();
+    let mesh = mesh_of(1, 3, node);
+    rt().block_on(async {
+        let before = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert!(!before.fail_closed);
+        assert!(before.peers.iter().all(|p| !p.steering));
+        t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert_eq!(s.dataplane, "xfrm");
+        assert!(s.fail_closed);
+        assert!(!s.encrypted, "no states, so not encrypted");
+        assert_eq!(s.overhead, 57);
+        assert_eq!(s.peers.len(), 2);
+        for p in &s.peers {
+            assert!(p.steering, "{p:?}");
+            assert!(!p.outbound && !p.inbound);
+        }
+        let table = StatusTable(&s).to_string();
+        assert!(table.contains("node2") && table.contains("encrypted=NO"), "{table}");
+        // a route deleted behind our back shows up
+        ns.ip(&["route", "del", "10.0.3.0/24"]);
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        let p3 = s.peers.iter().find(|p| p.name == "node3").unwrap();
+        assert!(!p3.steering);
+        // and reconcile repairs it
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!(r.added, 1);
+    });
+}
+
+#[test]
+fn missing_esp_is_unsupported_and_leaves_the_guard_in_place() {
+    let ns = ns_with_link("xf-noesp");
+    let t = XfrmTunnel::new(XfrmConfig {
+        link: LinkMode::Existing,
+        ..XfrmConfig::default()
+    })
+    .unwrap();
+    rt().block_on(async {
+        let caps = t.probe(&ns.netns()).await.unwrap();
+        if caps.esp_states {
+            eprintln!("kernel has ESP states; covered by the vm_* tests");
+            return;
+        }
+        let e = t
+            .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 105, "{e}");
+        assert!(e.to_string().contains("spi"), "names the state: {e}");
+        let inv = t.inventory(&ns.netns()).await.unwrap();
+        assert_eq!(inv.policies["guard"], 6, "fail closed before states: {inv:?}");
+        assert!(!inv.policies.contains_key("mesh"));
+        assert_eq!(inv.states, 0);
+    });
+    assert!(owned_routes(&ns).is_empty(), "no route into a tunnel without states");
+}
+
+#[test]
+fn interface_creation_needs_xfrm_interfaces() {
+    let ns = scrambler_core::netns::testing::TestNetns::new("xf-noif");
+    let t = XfrmTunnel::new(XfrmConfig {
+        program_states: false,
+        ..XfrmConfig::default()
+    })
+    .unwrap();
+    rt().block_on(async {
+        match t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret()).await {
+            Ok(_) => {
+                // kernel has xfrm interfaces: it must be there with our MTU
+                let l = ns.ip(&["-d", "link", "show", "scrambler0"]);
+                assert!(l.contains("mtu 1440") && l.contains("if_id 0x5c5c"), "{l}");
+                t.remove(&ns.netns()).await.unwrap();
+            }
+            Err(e) => assert_eq!(e.code(), 105, "{e}"),
+        }
+    });
+}
+
+#[test]
+fn rotation_steps_run_across_nodes() {
+    let a = ns_with_link("xf-rot-a");
+    let b = ns_with_link("xf-rot-b");
+    let t = policies_only();
+    let nodes = vec![(a.netns(), mesh_of(1, 2, node)), (b.netns(), mesh_of(2, 2, node))];
+    rt().block_on(async {
+        for (ns, m) in &nodes {
+            t.reconcile(ns, m, &secret()).await.unwrap();
+        }
+        let done = rotate(&t, &nodes, &secret(), 2, std::time::Duration::from_millis(10))
+            .await
+            .unwrap();
+        assert!(done.meshes.iter().all(|m| m.keys == Keys::single(2)));
+        assert!(done.steps.iter().all(|s| s.len() == 2));
+        let e = rotate(&t, &[(a.netns(), done.meshes[0].clone())], &secret(), 2, Default::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 7);
+    });
+}
+
+#[test]
+fn missing_netns_is_unknown_container() {
+    let t = policies_only();
+    rt().block_on(async {
+        let e = t
+            .reconcile(&Netns::named("scr-xf-definitely-missing"), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 3);
+    });
+}
