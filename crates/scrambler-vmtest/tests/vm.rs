@@ -1,0 +1,294 @@
+//! The harness proving itself: tests that need ESP, ipvlan and XFRM interfaces run in a
+//! VM when this kernel lacks them, and the harness's own behaviour (skip, timeout, no
+//! side effects of probes) is checked on the host.
+
+use scrambler_vmtest::{in_vm, kernel_has, needs_vm, run_tests_in_vm, Feature, VmSuite, VmTest};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IP: &str = "/usr/sbin/ip";
+
+/// Runs `ip <args>`, panicking with its stderr on failure.
+fn ip(args: &[&str]) -> String {
+    let out = Command::new(IP).args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted on drop (also when the test panics).
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("svmt-{tag}-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// `ip netns exec <ns> <cmd…>`, not waited for.
+    fn spawn(&self, cmd: &[&str]) -> Child {
+        Command::new(IP)
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn in netns")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new(IP).args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// tcpdump writing what `dev` in `ns` transmits to a pcap file; stopped on drop.
+struct Capture {
+    child: Child,
+    file: String,
+}
+
+impl Capture {
+    fn start(ns: &Netns, dev: &str) -> Self {
+        let file = format!("/tmp/{}-{dev}.pcap", ns.0);
+        let mut child = ns.spawn(&[
+            "tcpdump", "-Z", "root", "-n", "-U", "--immediate-mode", "-i", dev, "-Q", "out", "-w", &file, "ip",
+        ]);
+        // Wait until tcpdump says it listens, so no packet is missed.
+        let stderr = child.stderr.take().expect("tcpdump stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let ready = lines.any(|l| l.is_ok_and(|l| l.contains("listening on")));
+        assert!(ready, "tcpdump on {dev} did not start");
+        Capture { child, file }
+    }
+
+    /// Stops the capture and returns tcpdump's decoding of it, one packet per line.
+    fn finish(mut self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(500)); // let the last packets land
+        self.stop();
+        let out = Command::new("tcpdump")
+            .args(["-n", "-r", &self.file])
+            .output()
+            .expect("read pcap");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn ping(ns: &Netns, from: &str, to: &str) {
+    let out = ns
+        .spawn(&["ping", "-c", "3", "-W", "5", "-I", from, to])
+        .wait_with_output()
+        .expect("ping");
+    assert!(
+        out.status.success(),
+        "ping {from} -> {to} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces joined by a veth underlay 192.0.2.0/24, "pods" 10.1.0.1 and 10.2.0.1
+/// on their loopbacks, ESP tunnel mode (AES-GCM-128, ICV 128, ESN, replay window) with
+/// policies between the pod ranges. The pods ping each other; captures of both veth
+/// ends show ESP only, while an underlay ping shows the capture does see clear ICMP.
+#[test]
+fn vm_esp_tunnel_ping_is_encrypted_on_the_wire() {
+    if needs_vm(&[Feature::Esp]) {
+        return run_tests_in_vm("vm_esp_tunnel_ping_is_encrypted_on_the_wire").assert_success();
+    }
+    let a = Netns::new("a");
+    let b = Netns::new("b");
+    ip(&[
+        "link", "add", "va", "netns", &a.0, "type", "veth", "peer", "name", "vb", "netns", &b.0,
+    ]);
+    for (ns, dev, under, pod, peer_pods, peer_under) in [
+        (&a, "va", "192.0.2.1/24", "10.1.0.1/32", "10.2.0.0/24", "192.0.2.2"),
+        (&b, "vb", "192.0.2.2/24", "10.2.0.1/32", "10.1.0.0/24", "192.0.2.1"),
+    ] {
+        ns.ip(&["addr", "add", under, "dev", dev]);
+        ns.ip(&["link", "set", dev, "up"]);
+        ns.ip(&["addr", "add", pod, "dev", "lo"]);
+        let src = pod.trim_end_matches("/32");
+        ns.ip(&["route", "add", peer_pods, "via", peer_under, "src", src]);
+    }
+
+    // Each direction its own SPI and key: 16-byte AES key + 4-byte salt = 160 bits.
+    let sas = [
+        ("192.0.2.1", "192.0.2.2", "0x100", "0x0102030405060708090a0b0c0d0e0f1011121314"),
+        ("192.0.2.2", "192.0.2.1", "0x101", "0x2122232425262728292a2b2c2d2e2f3031323334"),
+    ];
+    for ns in [&a, &b] {
+        for (src, dst, spi, key) in sas {
+            ns.ip(&[
+                "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", spi,
+                "reqid", "1", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", key, "128",
+                "replay-window", "128", "flag", "esn",
+            ]);
+        }
+    }
+    let policy = |ns: &Netns, dir: &str, src_net: &str, dst_net: &str, src: &str, dst: &str| {
+        ns.ip(&[
+            "xfrm", "policy", "add", "src", src_net, "dst", dst_net, "dir", dir, "tmpl", "src",
+            src, "dst", dst, "proto", "esp", "reqid", "1", "mode", "tunnel",
+        ]);
+    };
+    let (p1, p2, u1, u2) = ("10.1.0.0/24", "10.2.0.0/24", "192.0.2.1", "192.0.2.2");
+    policy(&a, "out", p1, p2, u1, u2);
+    policy(&a, "in", p2, p1, u2, u1);
+    policy(&b, "out", p2, p1, u2, u1);
+    policy(&b, "in", p1, p2, u1, u2);
+
+    let cap_a = Capture::start(&a, "va");
+    let cap_b = Capture::start(&b, "vb");
+    ping(&a, "192.0.2.1", "192.0.2.2"); // underlay, in the clear: proves the capture works
+    ping(&a, "10.1.0.1", "10.2.0.1"); // pod to pod, through ESP
+    let wire: Vec<String> = [cap_a.finish(), cap_b.finish()].concat();
+    eprintln!("wire:\n{}", wire.join("\n"));
+
+    let esp = wire.iter().filter(|l| l.contains("ESP(spi=")).count();
+    let clear_underlay = wire.iter().filter(|l| l.contains("ICMP echo")).count();
+    let leaked: Vec<&String> = wire.iter().filter(|l| l.contains("10.1.0.1") || l.contains("10.2.0.1")).collect();
+    assert!(esp >= 6, "expected ≥ 6 ESP packets (3 requests, 3 replies), saw {esp}");
+    assert!(clear_underlay >= 6, "the capture missed the clear underlay ping");
+    assert!(leaked.is_empty(), "pod traffic in the clear on the wire: {leaked:?}");
+
+    let state = a.ip(&["-s", "xfrm", "state", "get", "src", u1, "dst", u2, "proto", "esp", "spi", "0x100"]);
+    assert!(state.contains("flag esn"), "{state}");
+    assert!(state.contains("replay_window 128"), "{state}");
+}
+
+static LINKS: VmSuite = VmSuite::new("vm_links_");
+
+/// An ipvlan (L3) link on a veth parent.
+#[test]
+fn vm_links_ipvlan() {
+    if needs_vm(&[Feature::Ipvlan]) {
+        return LINKS.run("vm_links_ipvlan").assert_success();
+    }
+    let ns = Netns::new("ipvl");
+    ns.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
+    ns.ip(&["link", "add", "iv0", "link", "p0", "type", "ipvlan", "mode", "l3"]);
+    ns.ip(&["link", "set", "p0", "up"]);
+    ns.ip(&["link", "set", "iv0", "up"]);
+    let shown = ns.ip(&["-d", "link", "show", "iv0"]);
+    assert!(shown.contains("ipvlan") && shown.contains("mode l3"), "{shown}");
+}
+
+/// An XFRM interface with if_id 7.
+#[test]
+fn vm_links_xfrm_interface() {
+    if needs_vm(&[Feature::XfrmInterface]) {
+        return LINKS.run("vm_links_xfrm_interface").assert_success();
+    }
+    let ns = Netns::new("xfrmi");
+    ns.ip(&["link", "add", "xfrm7", "type", "xfrm", "if_id", "7"]);
+    ns.ip(&["link", "set", "xfrm7", "up"]);
+    let shown = ns.ip(&["-d", "link", "show", "xfrm7"]);
+    assert!(shown.contains("if_id 0x7"), "{shown}");
+}
+
+/// In the guest every probe must say yes (the stock kernel has them all).
+#[test]
+fn vm_links_guest_kernel_has_every_feature() {
+    if !in_vm() {
+        if needs_vm(&[Feature::Esp, Feature::Ipvlan, Feature::XfrmInterface]) {
+            return LINKS.run("vm_links_guest_kernel_has_every_feature").assert_success();
+        }
+        return; // this host's kernel is complete enough; nothing to prove here
+    }
+    let missing: Vec<&Feature> = Feature::ALL.iter().filter(|f| !kernel_has(**f)).collect();
+    assert!(missing.is_empty(), "the guest kernel lacks {missing:?}");
+}
+
+/// Probes run in a throwaway namespace: nothing appears on the host.
+#[test]
+fn probes_leave_the_host_untouched() {
+    if in_vm() {
+        return;
+    }
+    let before = ip(&["-o", "link", "show"]);
+    let answers: Vec<(Feature, bool)> = Feature::ALL.iter().map(|f| (*f, kernel_has(*f))).collect();
+    eprintln!("host kernel: {answers:?}");
+    assert_eq!(before, ip(&["-o", "link", "show"]));
+    assert_eq!(ip(&["xfrm", "state"]), "", "probe left an xfrm state");
+}
+
+#[test]
+fn this_test_selects_the_calling_test_exactly() {
+    let t = VmTest::this_test();
+    assert_eq!(t.filter(), "this_test_selects_the_calling_test_exactly");
+}
+
+/// `SCRAMBLER_VM=skip` makes VM tests pass without booting, loudly.
+#[test]
+fn skip_env_skips_loudly() {
+    if in_vm() || !needs_vm(&[Feature::Esp]) {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["vm_esp_tunnel_ping_is_encrypted_on_the_wire", "--exact", "--nocapture"])
+        .env("SCRAMBLER_VM", "skip")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("SKIPPED"), "{stderr}");
+}
+
+/// A run exceeding its timeout fails with a clear message and leaves no qemu behind.
+#[test]
+fn timeout_kills_the_vm() {
+    if in_vm() {
+        return;
+    }
+    let started = Instant::now();
+    let outcome = VmTest::new("vm_esp_tunnel_ping_is_encrypted_on_the_wire")
+        .timeout(Duration::from_secs(2))
+        .run();
+    assert!(
+        matches!(outcome.status, scrambler_vmtest::VmStatus::TimedOut(_)),
+        "{}",
+        outcome.status
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let leftover = Command::new("pgrep")
+        .args(["-P", &std::process::id().to_string(), "qemu"])
+        .output()
+        .unwrap();
+    assert!(leftover.stdout.is_empty(), "qemu still running");
+}
