@@ -1,1 +1,42 @@
-fn main() {}
+//! `scrambler-cni`: the CNI plugin binary. Reads the conf on stdin and the `CNI_*`
+//! environment, prints only the result (or error object) on stdout, exits 0 or 1.
+
+use scrambler_core::{Error, Netns};
+use std::io::{Read, Write};
+
+fn main() {
+    let mut stdin = Vec::new();
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Err(e) => scrambler_cni::Outcome::error(
+            &Error::io("read", "stdin", e),
+            scrambler_core::result::CURRENT_VERSION,
+        ),
+        Ok(_) => run(vars, &stdin),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&outcome.stdout).and_then(|()| out.flush());
+    std::process::exit(outcome.exit_code);
+}
+
+fn run(vars: Vec<(String, String)>, stdin: &[u8]) -> scrambler_cni::Outcome {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return scrambler_cni::Outcome::error(
+                &Error::io("start", "async runtime", e),
+                &scrambler_cni::protocol::error_version(stdin),
+            )
+        }
+    };
+    let fut = scrambler_cni::invoke(vars, stdin, &Netns::Current);
+    match scrambler_cni::logging::log_target(stdin)
+        .and_then(|(file, level)| scrambler_cni::logging::file_subscriber(&file, &level))
+    {
+        Some(sub) => tracing::subscriber::with_default(sub, || rt.block_on(fut)),
+        None => rt.block_on(fut),
+    }
+}

@@ -1,0 +1,49 @@
+//! # scrambler-cni
+//!
+//! The CNI plugin of Scrambler's encrypted pod network (binary `scrambler-cni`, conf
+//! `"type": "scrambler-cni"`). It speaks CNI 1.1.0 and negotiates down to 1.0.0 and 0.4.0
+//! (ADD, DEL, CHECK, VERSION, GC, STATUS), reads a single conf or a conflist entry, picks
+//! the dataplane named by `"backend"` ([`backend`]) and composes an IPAM ([`ipam`]: the
+//! built-in `scrambler-ipam` in-process, or any other IPAM plugin by [`delegate`]ion)
+//! with the backend's [`scrambler_core::Attach`].
+//!
+//! Backends: `xfrm` is a routed veth pair ([`veth`]; the node's xfrm mesh encrypts what
+//! it routes). `ipvlan` and `vpp` are recognised but not built into this plugin yet.
+//!
+//! Conf fields besides the standard ones: `backend` (required), `mtu` (default: the
+//! node's default-route MTU minus ESP overhead), `logFile` / `logLevel`, and
+//! `tunnelStatusFile` (STATUS reports 50/51 unless the mesh there is encrypting).
+//!
+//! ```json
+//! {
+//!   "cniVersion": "1.1.0",
+//!   "name": "pods",
+//!   "type": "scrambler-cni",
+//!   "backend": "xfrm",
+//!   "ipam": {"type": "scrambler-ipam", "ranges": [[{"subnet": "10.1.0.0/24"}]],
+//!            "dataDir": "/run/scrambler/ipam"},
+//!   "logFile": "/var/log/scrambler-cni.log"
+//! }
+//! ```
+//!
+//! Every command is all-or-nothing: a failed ADD removes what it created (interfaces,
+//! routes) and releases its addresses before it reports the error; DEL is idempotent.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod delegate;
+pub mod env;
+pub mod fault;
+pub mod ipam;
+pub mod logging;
+pub mod netlink;
+pub mod plugin;
+pub mod protocol;
+pub mod sysctl;
+pub mod veth;
+
+pub use backend::{backend_for, CniBackend};
+pub use env::{CniEnv, Command};
+pub use plugin::invoke;
+pub use protocol::{Outcome, Request};
+pub use veth::VethAttach;

@@ -1,0 +1,273 @@
+//! The plugin's commands: ADD, DEL, CHECK, VERSION, GC and STATUS, composing the IPAM
+//! ([`crate::ipam`]) and the backend's attachment ([`crate::backend`]).
+//!
+//! [`invoke`] is the whole plugin as a function of (environment, stdin, node namespace):
+//! the binary calls it with the process environment and [`Netns::Current`]; tests and
+//! the lab can call it in-process for any node namespace.
+
+use crate::backend::{backend_for, BackendOptions, CniBackend};
+use crate::env::{CniEnv, Command};
+use crate::fault;
+use crate::ipam::{self, SelectedIpam};
+use crate::protocol::{self, Outcome, Request};
+use scrambler_core::{
+    AllocRequest, AttachRequest, CniResult, Error, Netns, Result, TunnelStatus,
+};
+use std::path::PathBuf;
+use tracing::Instrument;
+
+/// Conf field naming a file where the node agent writes its [`TunnelStatus`] (JSON);
+/// STATUS reports the plugin unavailable when the mesh is not encrypting.
+pub const TUNNEL_STATUS_FIELD: &str = "tunnelStatusFile";
+
+/// CNI 1.1 STATUS code: the plugin cannot serve ADD.
+pub const CODE_NOT_AVAILABLE: u32 = 50;
+/// CNI 1.1 STATUS code: not available, and existing containers may have limited
+/// connectivity.
+pub const CODE_LIMITED_CONNECTIVITY: u32 = 51;
+
+/// Runs one invocation: `vars` is the environment, `stdin` the conf, `host` the node's
+/// namespace (where the host side of attachments lives).
+pub async fn invoke(vars: Vec<(String, String)>, stdin: &[u8], host: &Netns) -> Outcome {
+    let env = match CniEnv::from_vars(vars) {
+        Ok(e) => e,
+        Err(e) => return Outcome::error(&e, &protocol::error_version(stdin)),
+    };
+    if env.command == Command::Version {
+        return Outcome::ok(Some(&protocol::version_report(stdin)));
+    }
+    let req = match Request::parse(env, stdin) {
+        Ok(r) => r,
+        Err(e) => return Outcome::error(&e, &protocol::error_version(stdin)),
+    };
+    let version = req.version().to_string();
+    let command = req.env.command;
+    let span = tracing::info_span!(
+        "cni",
+        cmd = command.as_str(),
+        container = %req.env.container_id,
+        ifname = %req.env.ifname,
+        network = %req.conf.name
+    );
+    async move {
+        let res = match command {
+            Command::Add => add(&req, host).await.map(Some),
+            Command::Del => del(&req, host).await.map(|()| None),
+            Command::Check => check(&req, host).await.map(|()| None),
+            Command::Gc => gc(&req, host).await.map(|()| None),
+            Command::Status => status(&req, host).await.map(|()| None),
+            Command::Version => Ok(Some(protocol::version_report(stdin))),
+        };
+        match res {
+            Ok(v) => {
+                tracing::debug!("ok");
+                Outcome::ok(v.as_ref())
+            }
+            Err(e) => {
+                tracing::warn!(code = e.code(), error = %e, "failed");
+                Outcome::error(&e, &version)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn backend(req: &Request) -> Result<Box<dyn CniBackend>> {
+    backend_for(
+        &req.conf,
+        &BackendOptions {
+            fault: req.env.fault.clone(),
+        },
+    )
+}
+
+fn attach_request(req: &Request) -> AttachRequest {
+    AttachRequest {
+        id: req.attachment(),
+        // DEL may come without CNI_NETNS; detach must not need it
+        pod_netns: req
+            .env
+            .pod_netns()
+            .unwrap_or_else(|| Netns::Path(PathBuf::new())),
+        args: req.env.args.clone(),
+        mtu: req.conf.mtu,
+    }
+}
+
+async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
+    let backend = backend(req)?;
+    let areq = attach_request(req);
+    areq.pod_netns.check()?;
+    let prev = protocol::prev_result(&req.conf)?;
+    let ipam = ipam::select(&req.conf, &req.raw, &req.env)?;
+    let alloc = AllocRequest {
+        id: areq.id.clone(),
+        requested: protocol::requested_ips(req)?,
+    };
+    let addrs = ipam.ipam().allocate(&alloc).await?;
+    tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
+
+    let attached = match fault::inject(req.env.fault.as_deref(), "after-ipam") {
+        Ok(()) => backend.attach(host, &areq, &addrs).await,
+        Err(e) => Err(e),
+    };
+    let mut result = match attached {
+        Ok(r) => r,
+        Err(e) => {
+            release_after_failure(&ipam, &areq).await;
+            return Err(e);
+        }
+    };
+    if result.dns.is_empty() {
+        result.dns = req.conf.dns.clone().unwrap_or_default();
+    }
+    let result = protocol::merge_prev(prev, result);
+    match fault::inject(req.env.fault.as_deref(), "before-result")
+        .and_then(|()| result.to_json(req.version()))
+    {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            if let Err(e2) = backend.detach(host, &areq).await {
+                tracing::error!(error = %e2, "undo: detach failed");
+            }
+            release_after_failure(&ipam, &areq).await;
+            Err(e)
+        }
+    }
+}
+
+async fn release_after_failure(ipam: &SelectedIpam, areq: &AttachRequest) {
+    if let Err(e) = ipam.ipam().release(&areq.id).await {
+        tracing::error!(error = %e, ipam = ipam.name(), "undo: IPAM release failed");
+    }
+}
+
+async fn del(req: &Request, host: &Netns) -> Result<()> {
+    let areq = attach_request(req);
+    let detached = match backend(req) {
+        Ok(b) => b.detach(host, &areq).await,
+        // nothing of an unbuilt backend can exist; still release the addresses
+        Err(Error::Unsupported(why)) => {
+            tracing::info!(%why, "DEL: backend unavailable, releasing IPAM only");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    let released = match ipam::select(&req.conf, &req.raw, &req.env) {
+        Ok(ipam) => ipam.ipam().release(&areq.id).await,
+        Err(e) => Err(e),
+    };
+    detached.and(released)
+}
+
+async fn check(req: &Request, host: &Netns) -> Result<()> {
+    let backend = backend(req)?;
+    let areq = attach_request(req);
+    let prev = protocol::prev_result(&req.conf)?
+        .ok_or_else(|| Error::config("CHECK without \"prevResult\""))?;
+    backend.check(host, &areq, &prev).await?;
+    let ipam = ipam::select(&req.conf, &req.raw, &req.env)?;
+    let leases = ipam.ipam().check(&areq.id).await?;
+    if let SelectedIpam::Builtin(_) = ipam {
+        check_leases(req, &prev, &leases)?;
+    }
+    Ok(())
+}
+
+/// Every address of our pod interface in `prev` must be leased to this attachment.
+fn check_leases(req: &Request, prev: &CniResult, leases: &[scrambler_core::Lease]) -> Result<()> {
+    let sandbox = req.env.netns.as_ref().map(|p| p.display().to_string());
+    let pod_idx = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == req.env.ifname && i.sandbox == sandbox);
+    let missing: Vec<String> = prev
+        .ips
+        .iter()
+        .filter(|c| c.interface.is_none() || c.interface == pod_idx)
+        .filter(|c| !leases.iter().any(|l| l.address == c.address.addr()))
+        .map(|c| c.address.addr().to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::CheckFailed {
+            object: format!("IPAM leases of {}", req.attachment()),
+            reason: format!("no lease for {}", missing.join(", ")),
+        })
+    }
+}
+
+async fn gc(req: &Request, host: &Netns) -> Result<()> {
+    let valid = protocol::valid_attachments(&req.conf)?;
+    let removed = match backend(req) {
+        Ok(b) => b.gc(host, &valid).await,
+        Err(Error::Unsupported(_)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    };
+    let released = match ipam::select(&req.conf, &req.raw, &req.env) {
+        Ok(ipam) => ipam.ipam().gc(&valid).await,
+        Err(e) => Err(e),
+    };
+    let (removed, released) = (removed?, released?);
+    tracing::info!(interfaces = removed.len(), leases = released.len(), "gc done");
+    Ok(())
+}
+
+async fn status(req: &Request, host: &Netns) -> Result<()> {
+    let not_available = |e: Error| Error::Delegated {
+        plugin: "scrambler-cni".into(),
+        code: CODE_NOT_AVAILABLE,
+        msg: "plugin not available".into(),
+        details: e.to_string(),
+    };
+    let backend = backend(req).map_err(not_available)?;
+    backend.status(host).await.map_err(not_available)?;
+    let ipam = ipam::select(&req.conf, &req.raw, &req.env).map_err(not_available)?;
+    ipam.status().await.map_err(not_available)?;
+    if let Some(path) = req.conf.extra.get(TUNNEL_STATUS_FIELD).and_then(|v| v.as_str()) {
+        tunnel_status(path)?;
+    }
+    Ok(())
+}
+
+/// STATUS from the mesh's status file: missing → 50; not encrypting → 51 (pods would
+/// be cut off by the fail-closed guard, or leak if it were not there).
+fn tunnel_status(path: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Delegated {
+        plugin: "scrambler-cni".into(),
+        code: CODE_NOT_AVAILABLE,
+        msg: "mesh status unavailable".into(),
+        details: format!("read {path}: {e}"),
+    })?;
+    let st: TunnelStatus = serde_json::from_str(&text).map_err(|e| Error::Delegated {
+        plugin: "scrambler-cni".into(),
+        code: CODE_NOT_AVAILABLE,
+        msg: "mesh status unreadable".into(),
+        details: format!("decode {path}: {e}"),
+    })?;
+    if !st.encrypted {
+        return Err(Error::Delegated {
+            plugin: "scrambler-cni".into(),
+            code: CODE_LIMITED_CONNECTIVITY,
+            msg: "mesh is not encrypting".into(),
+            details: format!("{path}: dataplane {} reports encrypted=false", st.dataplane),
+        });
+    }
+    let down: Vec<&str> = st
+        .peers
+        .iter()
+        .filter(|p| !p.is_up())
+        .map(|p| p.name.as_str())
+        .collect();
+    if !down.is_empty() {
+        return Err(Error::Delegated {
+            plugin: "scrambler-cni".into(),
+            code: CODE_LIMITED_CONNECTIVITY,
+            msg: "mesh tunnels down".into(),
+            details: format!("tunnels to {} are not up", down.join(", ")),
+        });
+    }
+    Ok(())
+}

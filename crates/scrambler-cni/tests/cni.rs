@@ -1,0 +1,317 @@
+//! The built `scrambler-cni` binary driven as a container runtime drives it, inside
+//! namespaces the tests create: ADD/CHECK/DEL per CNI version, connectivity, errors,
+//! GC, STATUS, delegated IPAM.
+
+mod common;
+
+use common::*;
+use scrambler_core::netns::testing::TestNetns;
+use serde_json::{json, Value};
+
+fn pod_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn version_reports_supported_versions() {
+    let node = Node::new("ver");
+    let pod = TestNetns::new("verpod");
+    let inv = Invocation::new("VERSION", "x", &pod.path(), "eth0");
+    let out = node.ours(&inv, &json!({"cniVersion": "1.0.0"}));
+    out.expect_ok();
+    let v = out.json();
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+}
+
+#[test]
+fn add_check_del_round_trip_in_every_version() {
+    for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let node = Node::new("rt");
+        let pod = TestNetns::new("rtpod");
+        let conf = node.conf(version, &format!("10.{}.0.0/24", 10 + i));
+        let cid = format!("rt{i}");
+        let add = Invocation::new("ADD", &cid, &pod.path(), "eth0");
+        let out = node.ours(&add, &conf);
+        out.expect_ok();
+        assert!(out.stderr.is_empty(), "stderr must stay quiet: {}", out.stderr);
+        let result = out.json();
+        assert_eq!(result["cniVersion"], version);
+        // interfaces: host veth, pod end in the sandbox
+        assert_eq!(result["interfaces"][1]["name"], "eth0");
+        assert_eq!(
+            result["interfaces"][1]["sandbox"],
+            pod.path().display().to_string()
+        );
+        assert!(result["interfaces"][0].get("sandbox").is_none());
+        assert_eq!(result["ips"][0]["interface"], 1);
+        assert_eq!(result["ips"][0]["gateway"], "169.254.1.1");
+        if version == "0.4.0" {
+            assert_eq!(result["ips"][0]["version"], "4");
+        }
+        if version == "1.1.0" {
+            // underlay 1500 minus ESP overhead
+            assert_eq!(result["interfaces"][1]["mtu"], 1440);
+        } else {
+            assert!(result["interfaces"][1].get("mtu").is_none());
+        }
+        let ip = pod_ip(&result);
+        assert!(ip.starts_with(&format!("10.{}.0.", 10 + i)));
+
+        // the kernel agrees
+        let addr = pod.ip(&["-o", "addr", "show", "dev", "eth0"]);
+        assert!(addr.contains(&format!("{ip}/32")), "{addr}");
+        assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1440"));
+        assert!(pod.ip(&["route"]).contains("default via 169.254.1.1 dev eth0"));
+        assert!(node.our_routes().contains(&ip), "{}", node.our_routes());
+        assert_eq!(node.leases(), vec![ip.clone()]);
+        assert!(ping(&pod, NODE_IP), "pod must reach the node");
+
+        // CHECK against the result
+        let check = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
+        check.expect_ok();
+        assert!(check.stdout.is_empty(), "CHECK prints nothing: {}", check.stdout);
+
+        // CHECK notices a broken pod
+        pod.ip(&["route", "del", "default"]);
+        let bad = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
+        assert_eq!(bad.code(), 103, "{}", bad.stdout);
+        assert!(bad.stdout.contains("route 0.0.0.0/0 via 169.254.1.1 is missing"), "{}", bad.stdout);
+
+        // DEL, twice
+        let del = node.ours(&add.cmd("DEL"), &with_prev(&conf, &result));
+        del.expect_ok();
+        assert!(del.stdout.is_empty());
+        node.ours(&add.cmd("DEL"), &conf).expect_ok();
+        assert!(!links(&pod).contains(&"eth0".to_string()));
+        assert!(node.host_veths().is_empty());
+        assert!(node.our_routes().trim().is_empty());
+        assert!(node.leases().is_empty());
+        // logs went to the log file
+        let log = std::fs::read_to_string(node.data.path().join("cni.log")).unwrap();
+        assert!(log.contains("attached"), "{log}");
+    }
+}
+
+#[test]
+fn two_pods_on_one_node_reach_each_other() {
+    let node = Node::new("pp");
+    let a = TestNetns::new("ppa");
+    let b = TestNetns::new("ppb");
+    let conf = node.conf("1.1.0", "10.20.0.0/24");
+    let ra = node.ours(&Invocation::new("ADD", "pa", &a.path(), "eth0"), &conf);
+    let rb = node.ours(&Invocation::new("ADD", "pb", &b.path(), "eth0"), &conf);
+    let (ipa, ipb) = (pod_ip(&ra.expect_ok().json()), pod_ip(&rb.expect_ok().json()));
+    assert_ne!(ipa, ipb);
+    assert!(ping(&a, &ipb));
+    assert!(ping(&b, &ipa));
+    for (cid, ns) in [("pa", &a), ("pb", &b)] {
+        node.ours(&Invocation::new("DEL", cid, &ns.path(), "eth0"), &conf)
+            .expect_ok();
+    }
+    assert!(node.host_veths().is_empty());
+    assert!(node.leases().is_empty());
+}
+
+#[test]
+fn del_succeeds_when_the_netns_is_gone_or_add_never_ran() {
+    let node = Node::new("delgone");
+    let conf = node.conf("1.1.0", "10.21.0.0/24");
+    let pod = TestNetns::new("delgonepod");
+    let inv = Invocation::new("ADD", "gone", &pod.path(), "eth0");
+    node.ours(&inv, &conf).expect_ok();
+    assert_eq!(node.leases().len(), 1);
+    let path = pod.path();
+    drop(pod); // the runtime deleted the sandbox first
+    node.ours(&inv.cmd("DEL"), &conf).expect_ok();
+    assert!(node.leases().is_empty());
+    assert!(node.host_veths().is_empty());
+    // without CNI_NETNS, and for an attachment that never existed
+    let mut never = Invocation::new("DEL", "never", &path, "eth0");
+    never.netns = None;
+    node.ours(&never, &conf).expect_ok();
+}
+
+#[test]
+fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
+    let node = Node::new("bad");
+    let pod = TestNetns::new("badpod");
+    let conf = node.conf("1.1.0", "10.22.0.0/24");
+    let add = Invocation::new("ADD", "bad1", &pod.path(), "eth0");
+
+    // malformed JSON: 6
+    let out = run_plugin(&node.ns.name, std::path::Path::new(BIN), &add, &node.cni_path.value(), &json!("x"));
+    assert_eq!(out.code(), 6);
+    // missing backend / unknown backend: 7, listing valid ones
+    let mut c = conf.clone();
+    c.as_object_mut().unwrap().remove("backend");
+    let out = node.ours(&add, &c);
+    assert_eq!(out.code(), 7);
+    assert!(out.stdout.contains("xfrm, ipvlan, vpp"), "{}", out.stdout);
+    c["backend"] = json!("wireguard");
+    assert_eq!(node.ours(&add, &c).code(), 7);
+    // missing ipam / name: 7
+    let mut c = conf.clone();
+    c.as_object_mut().unwrap().remove("ipam");
+    assert_eq!(node.ours(&add, &c).code(), 7);
+    let mut c = conf.clone();
+    c.as_object_mut().unwrap().remove("name");
+    assert_eq!(node.ours(&add, &c).code(), 7);
+    // unsupported version: 1
+    let mut c = conf.clone();
+    c["cniVersion"] = json!("0.3.1");
+    assert_eq!(node.ours(&add, &c).code(), 1);
+    // backends not built yet: clear message
+    let mut c = conf.clone();
+    c["backend"] = json!("vpp");
+    let out = node.ours(&add, &c);
+    assert!(out.stdout.contains("backend vpp is not built yet"), "{}", out.stdout);
+    // environment: 4
+    let mut inv = add.clone();
+    inv.container_id = String::new();
+    assert_eq!(node.ours(&inv, &conf).code(), 4);
+    let mut inv = add.clone();
+    inv.ifname = "a-name-too-long0".into();
+    assert_eq!(node.ours(&inv, &conf).code(), 4);
+    let mut inv = add.clone();
+    inv.netns = None;
+    assert_eq!(node.ours(&inv, &conf).code(), 4);
+    assert_eq!(node.ours(&add.cmd("FROB"), &conf).code(), 4);
+    // netns that does not exist: 3
+    let mut inv = add.clone();
+    inv.netns = Some("/run/netns/scr-no-such-netns".into());
+    assert_eq!(node.ours(&inv, &conf).code(), 3);
+    // interface name taken in the pod: 102, and nothing left behind
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 102, "{}", out.stdout);
+    assert!(out.stdout.contains("CNI_IFNAME is taken"), "{}", out.stdout);
+    pod.ip(&["link", "del", "eth0"]);
+    // CHECK without prevResult: 7
+    assert_eq!(node.ours(&add.cmd("CHECK"), &conf).code(), 7);
+
+    assert!(node.leases().is_empty(), "{:?}", node.leases());
+    assert!(node.host_veths().is_empty());
+    assert!(node.our_routes().trim().is_empty());
+    assert_eq!(links(&pod), vec!["lo".to_string()]);
+}
+
+#[test]
+fn injected_faults_at_every_stage_undo_everything() {
+    let node = Node::new("fault");
+    let pod = TestNetns::new("faultpod");
+    let conf = node.conf("1.1.0", "10.23.0.0/24");
+    for stage in scrambler_cni::fault::STAGES {
+        let add = Invocation::new("ADD", "f1", &pod.path(), "eth0").env("SCRAMBLER_FAULT", stage);
+        let out = node.ours(&add, &conf);
+        assert!(!out.ok, "fault {stage} must fail ADD");
+        assert!(out.stdout.contains("fault injected"), "{}", out.stdout);
+        assert!(node.leases().is_empty(), "stage {stage}: {:?}", node.leases());
+        assert!(node.host_veths().is_empty(), "stage {stage}");
+        assert!(node.our_routes().trim().is_empty(), "stage {stage}");
+        assert_eq!(links(&pod), vec!["lo".to_string()], "stage {stage}");
+    }
+    // and the same attachment then works
+    let add = Invocation::new("ADD", "f1", &pod.path(), "eth0");
+    node.ours(&add, &conf).expect_ok();
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
+}
+
+#[test]
+fn gc_releases_what_is_not_valid() {
+    let node = Node::new("gc");
+    let a = TestNetns::new("gca");
+    let b = TestNetns::new("gcb");
+    let conf = node.conf("1.1.0", "10.24.0.0/24");
+    let ra = node.ours(&Invocation::new("ADD", "keep", &a.path(), "eth0"), &conf);
+    let keep_ip = pod_ip(&ra.expect_ok().json());
+    node.ours(&Invocation::new("ADD", "drop", &b.path(), "eth0"), &conf)
+        .expect_ok();
+    assert_eq!(node.host_veths().len(), 2);
+    let mut gc_conf = conf.clone();
+    gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let mut gc = Invocation::new("GC", "", &a.path(), "");
+    gc.netns = None;
+    let out = node.ours(&gc, &gc_conf);
+    out.expect_ok();
+    assert!(out.stdout.is_empty());
+    assert_eq!(node.leases(), vec![keep_ip]);
+    assert_eq!(node.host_veths().len(), 1);
+    assert!(!links(&b).contains(&"eth0".to_string()));
+    // GC without the list is refused
+    assert_eq!(node.ours(&gc, &conf).code(), 7);
+    node.ours(&Invocation::new("DEL", "keep", &a.path(), "eth0"), &conf)
+        .expect_ok();
+}
+
+#[test]
+fn status_reports_ipam_and_mesh() {
+    let node = Node::new("st");
+    let conf = node.conf("1.1.0", "10.25.0.0/24");
+    let mut st = Invocation::new("STATUS", "", std::path::Path::new("/"), "");
+    st.netns = None;
+    let out = node.ours(&st, &conf);
+    out.expect_ok();
+    assert!(out.stdout.is_empty());
+    let status_file = node.data.path().join("mesh-status.json");
+    let mut c = conf.clone();
+    c["tunnelStatusFile"] = json!(status_file);
+    assert_eq!(node.ours(&st, &c).code(), 50);
+    std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":false,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    assert_eq!(node.ours(&st, &c).code(), 51);
+    std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    node.ours(&st, &c).expect_ok();
+    let mut c = conf.clone();
+    c["backend"] = json!("ipvlan");
+    assert_eq!(node.ours(&st, &c).code(), 50);
+}
+
+#[test]
+fn delegated_host_local_ipam() {
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        let node = Node::new("hl");
+        let pod = TestNetns::new("hlpod");
+        let conf = node.conf_host_local(version, "10.26.0.0/24");
+        let add = Invocation::new("ADD", "hl1", &pod.path(), "eth0");
+        let out = node.ours(&add, &conf);
+        out.expect_ok();
+        let result = out.json();
+        assert_eq!(result["cniVersion"], version);
+        let ip = pod_ip(&result);
+        assert_eq!(node.host_local_leases(), vec![ip.clone()]);
+        assert!(ping(&pod, NODE_IP));
+        node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result))
+            .expect_ok();
+        node.ours(&add.cmd("DEL"), &with_prev(&conf, &result))
+            .expect_ok();
+        assert!(node.host_local_leases().is_empty());
+        node.ours(&add.cmd("DEL"), &conf).expect_ok();
+        // a failure after the delegate's ADD calls its DEL
+        let out = node.ours(&add.clone().env("SCRAMBLER_FAULT", "after-pod-routes"), &conf);
+        assert!(!out.ok);
+        assert!(node.host_local_leases().is_empty());
+        assert!(node.host_veths().is_empty());
+    }
+}
+
+#[test]
+fn delegate_errors_pass_through_with_their_code() {
+    let node = Node::new("hlerr");
+    let pod = TestNetns::new("hlerrpod");
+    let mut conf = node.conf_host_local("1.0.0", "10.27.0.0/30");
+    // host-local rejects its own conf
+    conf["ipam"]["ranges"] = json!([[{"subnet": "not-a-subnet"}]]);
+    let add = Invocation::new("ADD", "e1", &pod.path(), "eth0");
+    let out = node.ours(&add, &conf);
+    assert!(!out.ok);
+    let j = out.json();
+    assert_ne!(j["code"], 0);
+    assert!(out.stdout.contains("not-a-subnet"), "{}", out.stdout);
+    // an IPAM type nobody installed
+    conf["ipam"] = json!({"type": "no-such-ipam"});
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 7);
+    assert!(out.stdout.contains("not found in CNI_PATH"));
+    assert!(node.host_veths().is_empty());
+}
