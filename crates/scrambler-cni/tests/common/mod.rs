@@ -14,6 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_scrambler-cni");
 pub const DEBIAN_CNI: &str = "/usr/lib/cni";
 /// The node's underlay address (pods ping it).
 pub const NODE_IP: &str = "192.0.2.1";
+/// The node's IPv6 underlay address.
+pub const NODE_IP6: &str = "2001:db8::1";
 
 /// A CNI_PATH holding scrambler-cni next to Debian's plugins (a temp dir of symlinks).
 pub struct CniPath {
@@ -47,6 +49,7 @@ impl Node {
         ns.ip(&["link", "set", "uplink", "up"]);
         ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "uplink"]);
         ns.ip(&["route", "add", "default", "via", "192.0.2.254", "dev", "uplink"]);
+        ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "uplink", "nodad"]);
         Node {
             ns,
             data: tempfile::tempdir().unwrap(),
