@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +79,8 @@ struct Inner {
     /// `name_crc` -> message id, as the running VPP announced them.
     table: HashMap<String, u16>,
     pending: Pending,
+    /// Set by the reader when the socket is gone.
+    closed: Arc<AtomicBool>,
     next_context: AtomicU32,
     /// Our registration (`index` of sockclnt_create_reply), sent as `client_index`.
     index: u32,
@@ -137,13 +139,21 @@ impl VppClient {
             }
         }
         let pending: Pending = Arc::default();
-        let reader = tokio::spawn(read_loop(rd, path.clone(), offsets, pending.clone()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_loop(
+            rd,
+            path.clone(),
+            offsets,
+            pending.clone(),
+            closed.clone(),
+        ));
         Ok(VppClient {
             inner: Arc::new(Inner {
                 path,
                 writer: tokio::sync::Mutex::new(wr),
                 table,
                 pending,
+                closed,
                 next_context: AtomicU32::new(1),
                 index,
                 timeout: opts.timeout,
@@ -217,7 +227,7 @@ impl VppClient {
     pub async fn request_unchecked<M: Request>(&self, msg: &M) -> Result<M::Reply, VppError> {
         let id = self.id_of::<M>()?;
         let reply_id = self.id_of::<M::Reply>()?;
-        let (context, mut rx, _guard) = self.register();
+        let (context, mut rx, _guard) = self.register(M::NAME)?;
         let buf = self.encode(msg, id, context)?;
         self.send(&[buf]).await?;
         let frame = self.recv(&mut rx, M::NAME).await?;
@@ -247,7 +257,7 @@ impl VppClient {
         let details_id = self.id_of::<M::Details>()?;
         let ping_id = self.id_of::<memclnt::ControlPing>()?;
         let ping_reply_id = self.id_of::<memclnt::ControlPingReply>()?;
-        let (context, mut rx, _guard) = self.register();
+        let (context, mut rx, _guard) = self.register(M::NAME)?;
         let req = self.encode(msg, id, context)?;
         let ping = self.encode(&memclnt::ControlPing {}, ping_id, context)?;
         self.send(&[req, ping]).await?;
@@ -314,9 +324,19 @@ impl VppClient {
         Ok(())
     }
 
-    fn register(&self) -> (u32, mpsc::UnboundedReceiver<Vec<u8>>, PendingGuard<'_>) {
+    fn register(
+        &self,
+        message: &'static str,
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Vec<u8>>, PendingGuard<'_>), VppError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // checked under the lock the reader takes to clear `pending`
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(VppError::Closed {
+                path: self.inner.path.clone(),
+                message,
+            });
+        }
         let context = loop {
             let c = self.inner.next_context.fetch_add(1, Ordering::Relaxed);
             if c != 0 && !p.contains_key(&c) {
@@ -325,14 +345,14 @@ impl VppClient {
         };
         p.insert(context, tx);
         drop(p);
-        (
+        Ok((
             context,
             rx,
             PendingGuard {
                 pending: &self.inner.pending,
                 context,
             },
-        )
+        ))
     }
 
     fn encode<M: Message>(&self, msg: &M, id: u16, context: u32) -> Result<Vec<u8>, VppError> {
@@ -463,6 +483,7 @@ async fn read_loop(
     path: PathBuf,
     offsets: HashMap<u16, usize>,
     pending: Pending,
+    closed: Arc<AtomicBool>,
 ) {
     loop {
         let frame = match read_frame(&mut rd, &path).await {
@@ -497,6 +518,7 @@ async fn read_loop(
             None => tracing::trace!(id, context, "reply for a request no longer waiting"),
         }
     }
-    // wake every waiter: their senders go away
+    // wake every waiter: their senders go away; later requests fail at once
+    closed.store(true, Ordering::SeqCst);
     pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }

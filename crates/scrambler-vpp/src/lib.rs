@@ -29,7 +29,9 @@ pub mod message;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod transport;
+pub mod tunnel;
 
 pub use client::{ConnectOptions, VppClient};
 pub use error::{retval_name, VppError};
 pub use message::{Dump, Message, Request};
+pub use tunnel::VppTunnel;

@@ -1,0 +1,851 @@
+//! Scrambler's VPP dataplane: the encrypted mesh as per-peer IPIP tunnels protected by ESP.
+//!
+//! For every peer of the mesh, on the node's VPP:
+//!
+//! * an IPIP tunnel `local underlay -> peer underlay`, instance [`tunnel_instance`] (so it is
+//!   named `ipip<instance>`), tagged `scrambler:peer=<name>`;
+//! * ESP SAs, AES-GCM-128 with the key and salt of [`ClusterSecret::sa`], ESN and
+//!   anti-replay on: one outbound SA of the mesh's tx generation and one inbound SA per rx
+//!   generation, with ids from [`sa_id`];
+//! * `ipsec tunnel protect` binding them to the tunnel (VPP encrypts what the tunnel carries:
+//!   on the wire it is outer IP / ESP / inner IP, like kernel tunnel-mode ESP);
+//! * routes of the peer's pod CIDRs via the tunnel.
+//!
+//! What Scrambler owns is recognised by number ranges — tunnel instances
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` — and nothing else is ever
+//! touched. [`VppTunnel::reconcile`] dumps the state, diffs it against the mesh and changes
+//! only what differs. A tunnel is only brought up once its protection is in place, and taken
+//! down before its SAs are replaced, so cleartext never leaves through it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use scrambler_core::keys::SaKey;
+use scrambler_core::{
+    ClusterSecret, Error, Generation, Mesh, Netns, Node, NodeId, PeerStatus, ReconcileReport,
+    Result, Tunnel, TunnelStatus,
+};
+
+use crate::api::types::{
+    Address, FibPath, FibPathNh, FibPathNhProto, FibPathType, IfStatusFlags, IpRoute, IpTable,
+    IpipTunnel, IpsecCryptoAlg, IpsecIntegAlg, IpsecProto, IpsecSadEntryV4, IpsecSadFlags,
+    IpsecTunnelProtect, Key, TunnelMode,
+};
+use crate::api::{interface, ip, ipip, ipsec};
+use crate::client::{ConnectOptions, VppClient};
+use crate::error::VppError;
+
+/// First IPIP tunnel instance Scrambler owns; the peer's node id is added.
+pub const TUNNEL_INSTANCE_BASE: u32 = 0x5c_0000;
+/// First SA id Scrambler owns; ids span 2^24 from here.
+pub const SA_ID_BASE: u32 = 0x5c00_0000;
+/// Prefix of the interface tag of Scrambler's tunnels.
+pub const TAG_PREFIX: &str = "scrambler:peer=";
+
+const DATAPLANE: &str = "vpp";
+
+/// The tunnel instance of the tunnel to `peer`.
+pub fn tunnel_instance(peer: NodeId) -> u32 {
+    TUNNEL_INSTANCE_BASE + u32::from(peer.get())
+}
+
+/// The peer id of an owned tunnel instance.
+pub fn tunnel_peer(instance: u32) -> Option<u16> {
+    instance
+        .checked_sub(TUNNEL_INSTANCE_BASE)
+        .and_then(|v| u16::try_from(v).ok())
+        .filter(|v| *v != 0)
+}
+
+/// Which way an SA protects traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent to the peer.
+    Outbound,
+    /// Received from the peer.
+    Inbound,
+}
+
+/// The SA id of the SA with `peer` in `dir` for `generation`:
+/// `SA_ID_BASE | inbound << 23 | (generation mod 128) << 16 | peer id`.
+pub fn sa_id(dir: Direction, peer: NodeId, generation: Generation) -> u32 {
+    let d = u32::from(dir == Direction::Inbound);
+    SA_ID_BASE
+        | d << 23
+        | (generation % scrambler_core::keys::SPI_GENERATIONS) << 16
+        | u32::from(peer.get())
+}
+
+/// True for SA ids in Scrambler's range.
+pub fn owned_sa(id: u32) -> bool {
+    id & 0xff00_0000 == SA_ID_BASE
+}
+
+/// Finds the API socket of the VPP serving a node, given the node's network namespace.
+pub type SocketResolver = dyn Fn(&Netns) -> Result<PathBuf> + Send + Sync;
+
+/// The VPP dataplane (implements [`Tunnel`]).
+///
+/// ```no_run
+/// use scrambler_core::{ClusterSecret, Netns, Tunnel};
+/// use scrambler_vpp::tunnel::VppTunnel;
+/// # async fn f(mesh: scrambler_core::Mesh, secret: ClusterSecret) -> scrambler_core::Result<()> {
+/// let vpp = VppTunnel::new("/run/vpp/api.sock");
+/// let report = vpp.reconcile(&Netns::Current, &mesh, &secret).await?;
+/// assert!(vpp.reconcile(&Netns::Current, &mesh, &secret).await?.is_noop());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct VppTunnel {
+    resolve: Arc<SocketResolver>,
+    opts: ConnectOptions,
+}
+
+impl std::fmt::Debug for VppTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VppTunnel")
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+impl VppTunnel {
+    /// One VPP, whose API socket is `api_socket`, for whatever namespace is passed.
+    pub fn new(api_socket: impl Into<PathBuf>) -> Self {
+        let p: PathBuf = api_socket.into();
+        Self::with_resolver(move |_| Ok(p.clone()))
+    }
+
+    /// A VPP per node: `resolve` maps the node's namespace to its VPP's API socket.
+    pub fn with_resolver(
+        resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
+    ) -> Self {
+        VppTunnel {
+            resolve: Arc::new(resolve),
+            opts: ConnectOptions {
+                name: "scrambler-tunnel".into(),
+                ..ConnectOptions::default()
+            },
+        }
+    }
+
+    async fn connect(&self, netns: &Netns) -> Result<VppClient> {
+        let path = (self.resolve)(netns)?;
+        Ok(VppClient::connect_with(&path, self.opts.clone()).await?)
+    }
+}
+
+/// One SA as we want it.
+struct SaPlan {
+    id: u32,
+    key: SaKey,
+    dir: Direction,
+}
+
+/// One peer as we want it.
+struct PeerPlan {
+    name: String,
+    instance: u32,
+    src: IpAddr,
+    dst: IpAddr,
+    sas: Vec<SaPlan>,
+    sa_out: u32,
+    sa_in: BTreeSet<u32>,
+    routes: BTreeSet<IpNet>,
+}
+
+fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>> {
+    mesh.validate()?;
+    let local = &mesh.local;
+    let mut out = Vec::new();
+    for peer in &mesh.peers {
+        let Some((src, dst)) = underlay_pair(local, peer) else {
+            return Err(Error::config(format!(
+                "peer {:?} has no underlay address of the same family as node {:?}",
+                peer.name, local.name
+            )));
+        };
+        let mut sas = vec![SaPlan {
+            id: sa_id(Direction::Outbound, peer.id, mesh.keys.tx),
+            key: secret.sa(local.id, peer.id, mesh.keys.tx),
+            dir: Direction::Outbound,
+        }];
+        for g in &mesh.keys.rx {
+            sas.push(SaPlan {
+                id: sa_id(Direction::Inbound, peer.id, *g),
+                key: secret.sa(peer.id, local.id, *g),
+                dir: Direction::Inbound,
+            });
+        }
+        if mesh.keys.rx.len() > 4 {
+            return Err(Error::Unsupported(format!(
+                "VPP tunnel protection takes at most 4 inbound SAs, the mesh has {} rx generations",
+                mesh.keys.rx.len()
+            )));
+        }
+        out.push(PeerPlan {
+            name: peer.name.clone(),
+            instance: tunnel_instance(peer.id),
+            src,
+            dst,
+            sa_out: sas[0].id,
+            sa_in: sas[1..].iter().map(|s| s.id).collect(),
+            sas,
+            routes: peer.pod_cidrs.iter().map(|c| c.trunc()).collect(),
+        });
+    }
+    Ok(out)
+}
+
+fn underlay_pair(local: &Node, peer: &Node) -> Option<(IpAddr, IpAddr)> {
+    local
+        .underlay
+        .iter()
+        .find_map(|l| peer.underlay_for(l.is_ipv6()).map(|p| (*l, p)))
+}
+
+/// What VPP has of ours.
+#[derive(Default)]
+struct Actual {
+    /// instance -> tunnel
+    tunnels: BTreeMap<u32, IpipTunnel>,
+    /// sw_if_index -> admin up
+    up: HashMap<u32, bool>,
+    /// sad_id -> entry
+    sas: BTreeMap<u32, IpsecSadEntryV4>,
+    /// sw_if_index -> (sa_out, sa_in)
+    protects: HashMap<u32, (u32, BTreeSet<u32>)>,
+    /// owned routes: prefix -> sw_if_indexes of their paths
+    routes: BTreeMap<IpNet, Vec<u32>>,
+}
+
+impl Actual {
+    async fn read(c: &VppClient) -> std::result::Result<Actual, VppError> {
+        let mut a = Actual::default();
+        for d in c
+            .dump(&ipip::IpipTunnelDump {
+                sw_if_index: u32::MAX,
+            })
+            .await?
+        {
+            if tunnel_peer(d.tunnel.instance).is_some() {
+                a.tunnels.insert(d.tunnel.instance, d.tunnel);
+            }
+        }
+        let ours: BTreeSet<u32> = a.tunnels.values().map(|t| t.sw_if_index).collect();
+        for i in c.interfaces().await? {
+            if ours.contains(&i.sw_if_index) {
+                a.up.insert(
+                    i.sw_if_index,
+                    i.flags.contains(IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP),
+                );
+            }
+        }
+        for d in c.dump(&ipsec::IpsecSaV5Dump { sa_id: u32::MAX }).await? {
+            if owned_sa(d.entry.sad_id) {
+                a.sas.insert(d.entry.sad_id, d.entry);
+            }
+        }
+        for d in c
+            .dump(&ipsec::IpsecTunnelProtectDump {
+                sw_if_index: u32::MAX,
+            })
+            .await?
+        {
+            if ours.contains(&d.tun.sw_if_index) {
+                a.protects.insert(
+                    d.tun.sw_if_index,
+                    (d.tun.sa_out, d.tun.sa_in.iter().copied().collect()),
+                );
+            }
+        }
+        for is_ip6 in [false, true] {
+            let routes = c
+                .dump(&ip::IpRouteDump {
+                    table: IpTable {
+                        table_id: 0,
+                        is_ip6,
+                        name: String::new(),
+                    },
+                })
+                .await?;
+            for r in routes {
+                let via: Vec<u32> = r.route.paths.iter().map(|p| p.sw_if_index).collect();
+                if via.iter().any(|s| ours.contains(s)) {
+                    if let Some(p) = r.route.prefix.to_ipnet() {
+                        a.routes.insert(p, via);
+                    }
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    fn sw_if_index(&self, instance: u32) -> Option<u32> {
+        self.tunnels.get(&instance).map(|t| t.sw_if_index)
+    }
+}
+
+/// The SA relevant bits VPP reports back.
+fn sa_matches(have: &IpsecSadEntryV4, want: &SaPlan) -> bool {
+    let mask = IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ESN.0
+        | IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ANTI_REPLAY.0
+        | IpsecSadFlags::IPSEC_API_SAD_FLAG_IS_TUNNEL.0
+        | IpsecSadFlags::IPSEC_API_SAD_FLAG_UDP_ENCAP.0;
+    let want_entry = sa_entry(want);
+    let key_ok = have.crypto_key.length == 0 || have.crypto_key == want_entry.crypto_key;
+    have.spi == want_entry.spi
+        && have.protocol == want_entry.protocol
+        && have.crypto_algorithm == want_entry.crypto_algorithm
+        && have.flags.0 & mask == want_entry.flags.0 & mask
+        // VPP keeps the salt as the bytes it received and dumps it byte-swapped
+        // (`htonl` of those bytes); accept either order
+        && (have.salt.swap_bytes() == want_entry.salt || have.salt == want_entry.salt)
+        && key_ok
+}
+
+fn sa_entry(sa: &SaPlan) -> IpsecSadEntryV4 {
+    let mut data = [0u8; 128];
+    data[..16].copy_from_slice(&sa.key.key);
+    let mut flags = IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ANTI_REPLAY;
+    if scrambler_core::esp::ESN {
+        flags = flags | IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ESN;
+    }
+    if sa.dir == Direction::Inbound {
+        flags = flags | IpsecSadFlags::IPSEC_API_SAD_FLAG_IS_INBOUND;
+    }
+    let mut entry = IpsecSadEntryV4 {
+        sad_id: sa.id,
+        spi: sa.key.spi,
+        protocol: IpsecProto::IPSEC_API_PROTO_ESP,
+        crypto_algorithm: IpsecCryptoAlg::IPSEC_API_CRYPTO_ALG_AES_GCM_128,
+        crypto_key: Key { length: 16, data },
+        integrity_algorithm: IpsecIntegAlg::IPSEC_API_INTEG_ALG_NONE,
+        integrity_key: Key::default(),
+        flags,
+        // the salt's bytes travel in the order of rfc4106 key material (key ‖ salt)
+        salt: u32::from_be_bytes(sa.key.salt),
+        anti_replay_window_size: scrambler_core::esp::REPLAY_WINDOW,
+        ..Default::default()
+    };
+    entry.tunnel.instance = u32::MAX;
+    entry.tunnel.sw_if_index = u32::MAX;
+    entry.tunnel.mode = TunnelMode::TUNNEL_API_MODE_P2P;
+    entry
+}
+
+fn path_via(sw_if_index: u32, v6: bool) -> FibPath {
+    FibPath {
+        sw_if_index,
+        weight: 1,
+        r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
+        proto: if v6 {
+            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
+        } else {
+            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
+        },
+        nh: FibPathNh {
+            classify_table_index: u32::MAX,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Maps a VPP failure to the core error, saying which object and operation.
+fn vpp_err(op: &str, object: &str) -> impl FnOnce(VppError) -> Error {
+    let what = format!("{op} {object}");
+    move |e| match e {
+        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => e.into(),
+        VppError::Timeout { .. } => e.into(),
+        e => Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: what,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// The operations, one VPP call each.
+struct Ops<'a> {
+    c: &'a VppClient,
+}
+
+impl Ops<'_> {
+    async fn create_tunnel(&self, p: &PeerPlan, underlay_if: u32) -> Result<u32> {
+        let obj = format!("ipip{} to {} ({})", p.instance, p.name, p.dst);
+        let r = self
+            .c
+            .request(&ipip::IpipAddTunnel {
+                tunnel: IpipTunnel {
+                    instance: p.instance,
+                    src: Address::from(p.src),
+                    dst: Address::from(p.dst),
+                    sw_if_index: u32::MAX,
+                    mode: TunnelMode::TUNNEL_API_MODE_P2P,
+                    ..Default::default()
+                },
+            })
+            .await
+            .map_err(vpp_err("create tunnel", &obj))?;
+        let sw = r.sw_if_index;
+        let mut tag = format!("{TAG_PREFIX}{}", p.name);
+        tag.truncate(63);
+        while !tag.is_char_boundary(tag.len()) {
+            tag.pop();
+        }
+        self.c
+            .request(&interface::SwInterfaceTagAddDel {
+                is_add: true,
+                sw_if_index: sw,
+                tag,
+            })
+            .await
+            .map_err(vpp_err("tag", &obj))?;
+        // IP on the tunnel without addresses of its own: borrow the underlay's (IPv4), and
+        // enable IPv6 for v6 pod traffic
+        self.c
+            .request(&interface::SwInterfaceSetUnnumbered {
+                sw_if_index: underlay_if,
+                unnumbered_sw_if_index: sw,
+                is_add: true,
+            })
+            .await
+            .map_err(vpp_err("make unnumbered", &obj))?;
+        self.c
+            .request(&ip::SwInterfaceIp6EnableDisable {
+                sw_if_index: sw,
+                enable: true,
+            })
+            .await
+            .map_err(vpp_err("enable ip6 on", &obj))?;
+        Ok(sw)
+    }
+
+    /// The interface holding the local underlay address `addr`.
+    async fn underlay_if(&self, addr: IpAddr) -> Result<u32> {
+        let ifs = self
+            .c
+            .interfaces()
+            .await
+            .map_err(vpp_err("list", "interfaces"))?;
+        for i in ifs {
+            let addrs = self
+                .c
+                .dump(&ip::IpAddressDump {
+                    sw_if_index: i.sw_if_index,
+                    is_ipv6: addr.is_ipv6(),
+                })
+                .await
+                .map_err(vpp_err("list addresses of", &i.interface_name))?;
+            if addrs.iter().any(|a| a.prefix.address.to_ip() == Some(addr)) {
+                return Ok(i.sw_if_index);
+            }
+        }
+        Err(Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: "find underlay interface".into(),
+            reason: format!("the local underlay address {addr} is on no VPP interface"),
+        })
+    }
+
+    async fn delete_tunnel(&self, instance: u32, sw: u32) -> Result<()> {
+        self.c
+            .request(&ipip::IpipDelTunnel { sw_if_index: sw })
+            .await
+            .map_err(vpp_err("delete tunnel", &format!("ipip{instance}")))?;
+        Ok(())
+    }
+
+    async fn set_up(&self, sw: u32, up: bool) -> Result<()> {
+        let flags = if up {
+            IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP
+        } else {
+            IfStatusFlags(0)
+        };
+        self.c
+            .request(&interface::SwInterfaceSetFlags {
+                sw_if_index: sw,
+                flags,
+            })
+            .await
+            .map_err(vpp_err("set admin state of", &format!("sw_if_index {sw}")))?;
+        Ok(())
+    }
+
+    async fn add_sa(&self, sa: &SaPlan, peer: &str) -> Result<()> {
+        let obj = format!("SA {:#x} (spi {:#x}, peer {peer})", sa.id, sa.key.spi);
+        self.c
+            .request(&ipsec::IpsecSadEntryAddV2 {
+                entry: sa_entry(sa),
+            })
+            .await
+            .map_err(vpp_err("add", &obj))?;
+        Ok(())
+    }
+
+    async fn delete_sa(&self, id: u32) -> Result<()> {
+        self.c
+            .request(&ipsec::IpsecSadEntryDel { id })
+            .await
+            .map_err(vpp_err("delete", &format!("SA {id:#x}")))?;
+        Ok(())
+    }
+
+    async fn protect(&self, sw: u32, sa_out: u32, sa_in: &BTreeSet<u32>) -> Result<()> {
+        self.c
+            .request(&ipsec::IpsecTunnelProtectUpdate {
+                tunnel: IpsecTunnelProtect {
+                    sw_if_index: sw,
+                    nh: Address::default(),
+                    sa_out,
+                    sa_in: sa_in.iter().copied().collect(),
+                },
+            })
+            .await
+            .map_err(vpp_err("protect", &format!("sw_if_index {sw}")))?;
+        Ok(())
+    }
+
+    async fn unprotect(&self, sw: u32) -> Result<()> {
+        match self
+            .c
+            .request(&ipsec::IpsecTunnelProtectDel {
+                sw_if_index: sw,
+                nh: Address::default(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.retval() == Some(crate::error::retval::NO_SUCH_ENTRY) => Ok(()),
+            Err(e) => Err(vpp_err("unprotect", &format!("sw_if_index {sw}"))(e)),
+        }
+    }
+
+    async fn route(&self, prefix: IpNet, sw: u32, is_add: bool) -> Result<()> {
+        let op = if is_add { "add route" } else { "delete route" };
+        self.c
+            .request(&ip::IpRouteAddDel {
+                is_add,
+                is_multipath: false,
+                route: IpRoute {
+                    table_id: 0,
+                    stats_index: 0,
+                    prefix: prefix.into(),
+                    paths: vec![path_via(sw, matches!(prefix, IpNet::V6(_)))],
+                },
+            })
+            .await
+            .map_err(vpp_err(op, &format!("{prefix} via sw_if_index {sw}")))?;
+        Ok(())
+    }
+}
+
+/// The underlay interface of `addr`, looked up once per reconcile.
+async fn underlay_if(ops: &Ops<'_>, cache: &mut HashMap<IpAddr, u32>, addr: IpAddr) -> Result<u32> {
+    if let Some(i) = cache.get(&addr) {
+        return Ok(*i);
+    }
+    let i = ops.underlay_if(addr).await?;
+    cache.insert(addr, i);
+    Ok(i)
+}
+
+#[async_trait]
+impl Tunnel for VppTunnel {
+    async fn reconcile(
+        &self,
+        netns: &Netns,
+        mesh: &Mesh,
+        secret: &ClusterSecret,
+    ) -> Result<ReconcileReport> {
+        let want = plan(mesh, secret)?;
+        let c = self.connect(netns).await?;
+        let have = Actual::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let ops = Ops { c: &c };
+        let mut rep = ReconcileReport::default();
+
+        // stale routes first: nothing must keep pointing into a tunnel that goes or changes
+        let mut want_routes: BTreeMap<IpNet, u32> = BTreeMap::new();
+        for p in &want {
+            for r in &p.routes {
+                want_routes.insert(*r, p.instance);
+            }
+        }
+        for (prefix, via) in &have.routes {
+            let keep = want_routes
+                .get(prefix)
+                .and_then(|inst| have.sw_if_index(*inst))
+                .is_some_and(|sw| via == &vec![sw]);
+            if !keep {
+                for sw in via {
+                    ops.route(*prefix, *sw, false).await?;
+                }
+                rep.removed += 1;
+            }
+        }
+
+        let mut live_sas: BTreeSet<u32> = BTreeSet::new();
+        let mut underlay_ifs: HashMap<IpAddr, u32> = HashMap::new();
+        for p in &want {
+            // 1. the tunnel, down until protected
+            let mut fresh = false;
+            let sw = match have.tunnels.get(&p.instance) {
+                Some(t) if t.src.to_ip() == Some(p.src) && t.dst.to_ip() == Some(p.dst) => {
+                    rep.unchanged += 1;
+                    t.sw_if_index
+                }
+                Some(t) => {
+                    ops.set_up(t.sw_if_index, false).await?;
+                    for (prefix, via) in &have.routes {
+                        if via.contains(&t.sw_if_index) && want_routes.contains_key(prefix) {
+                            ops.route(*prefix, t.sw_if_index, false).await?;
+                        }
+                    }
+                    ops.unprotect(t.sw_if_index).await?;
+                    ops.delete_tunnel(p.instance, t.sw_if_index).await?;
+                    rep.updated += 1;
+                    fresh = true;
+                    let ul = underlay_if(&ops, &mut underlay_ifs, p.src).await?;
+                    ops.create_tunnel(p, ul).await?
+                }
+                None => {
+                    rep.added += 1;
+                    fresh = true;
+                    let ul = underlay_if(&ops, &mut underlay_ifs, p.src).await?;
+                    ops.create_tunnel(p, ul).await?
+                }
+            };
+            let mut up = !fresh && have.up.get(&sw).copied().unwrap_or(false);
+
+            // 2. SAs: add missing; replace changed ones (tunnel down and unprotected meanwhile)
+            let mut protected = if fresh {
+                None
+            } else {
+                have.protects.get(&sw).cloned()
+            };
+            for sa in &p.sas {
+                live_sas.insert(sa.id);
+                match have.sas.get(&sa.id) {
+                    Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
+                    Some(_) => {
+                        if up {
+                            ops.set_up(sw, false).await?;
+                            up = false;
+                        }
+                        if protected.take().is_some() {
+                            ops.unprotect(sw).await?;
+                        }
+                        ops.delete_sa(sa.id).await?;
+                        ops.add_sa(sa, &p.name).await?;
+                        rep.updated += 1;
+                    }
+                    None => {
+                        ops.add_sa(sa, &p.name).await?;
+                        rep.added += 1;
+                    }
+                }
+            }
+
+            // 3. protection (an update replaces it atomically)
+            match &protected {
+                Some((o, i)) if *o == p.sa_out && *i == p.sa_in => rep.unchanged += 1,
+                Some(_) => {
+                    ops.protect(sw, p.sa_out, &p.sa_in).await?;
+                    rep.updated += 1;
+                }
+                None => {
+                    ops.protect(sw, p.sa_out, &p.sa_in).await?;
+                    rep.added += 1;
+                }
+            }
+
+            // 4. up, then steer the pod CIDRs into it
+            if !up {
+                ops.set_up(sw, true).await?;
+            }
+            for r in &p.routes {
+                let present = have.routes.get(r).is_some_and(|v| v == &vec![sw]) && !fresh;
+                if present {
+                    rep.unchanged += 1;
+                } else {
+                    ops.route(*r, sw, true).await?;
+                    rep.added += 1;
+                }
+            }
+        }
+
+        // stale tunnels and SAs
+        let want_instances: BTreeSet<u32> = want.iter().map(|p| p.instance).collect();
+        for (inst, t) in &have.tunnels {
+            if !want_instances.contains(inst) {
+                ops.set_up(t.sw_if_index, false).await?;
+                ops.unprotect(t.sw_if_index).await?;
+                ops.delete_tunnel(*inst, t.sw_if_index).await?;
+                rep.removed += 1;
+            }
+        }
+        for id in have.sas.keys() {
+            if !live_sas.contains(id) {
+                ops.delete_sa(*id).await?;
+                rep.removed += 1;
+            }
+        }
+        let _ = c.close().await;
+        tracing::info!(
+            added = rep.added,
+            updated = rep.updated,
+            removed = rep.removed,
+            unchanged = rep.unchanged,
+            "reconciled VPP tunnels"
+        );
+        Ok(rep)
+    }
+
+    async fn status(&self, netns: &Netns, mesh: &Mesh) -> Result<TunnelStatus> {
+        let c = self.connect(netns).await?;
+        let have = Actual::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let _ = c.close().await;
+        let mut st = TunnelStatus {
+            dataplane: DATAPLANE.into(),
+            overhead: scrambler_core::esp::esp_overhead(
+                mesh.local.underlay.first().is_some_and(|a| a.is_ipv6()),
+            ),
+            ..Default::default()
+        };
+        let mut all_protected = true;
+        for peer in &mesh.peers {
+            let inst = tunnel_instance(peer.id);
+            let sw = have.sw_if_index(inst);
+            let prot = sw.and_then(|s| have.protects.get(&s));
+            let tx = sa_id(Direction::Outbound, peer.id, mesh.keys.tx);
+            let rx: Vec<Generation> = mesh
+                .keys
+                .rx
+                .iter()
+                .copied()
+                .filter(|g| {
+                    let id = sa_id(Direction::Inbound, peer.id, *g);
+                    have.sas.contains_key(&id) && prot.is_some_and(|(_, i)| i.contains(&id))
+                })
+                .collect();
+            let outbound = have.sas.contains_key(&tx) && prot.is_some_and(|(o, _)| *o == tx);
+            let steering = sw.is_some_and(|s| {
+                have.up.get(&s).copied().unwrap_or(false)
+                    && peer
+                        .pod_cidrs
+                        .iter()
+                        .all(|c| have.routes.get(&c.trunc()) == Some(&vec![s]))
+            });
+            if sw.is_some() && prot.is_none() {
+                all_protected = false;
+            }
+            st.peers.push(PeerStatus {
+                name: peer.name.clone(),
+                underlay: underlay_pair(&mesh.local, peer).map(|(_, d)| d),
+                outbound,
+                inbound: rx.len() == mesh.keys.rx.len(),
+                steering,
+                tx_generation: outbound.then_some(mesh.keys.tx),
+                rx_generations: rx,
+                ..Default::default()
+            });
+        }
+        // every owned tunnel that carries traffic is protected
+        for t in have.tunnels.values() {
+            if have.up.get(&t.sw_if_index).copied().unwrap_or(false)
+                && !have.protects.contains_key(&t.sw_if_index)
+            {
+                all_protected = false;
+            }
+        }
+        st.encrypted = all_protected && st.peers.iter().all(|p| p.outbound && p.inbound);
+        st.fail_closed = all_protected;
+        Ok(st)
+    }
+
+    async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {
+        let c = self.connect(netns).await?;
+        let have = Actual::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let ops = Ops { c: &c };
+        let mut rep = ReconcileReport::default();
+        for (prefix, via) in &have.routes {
+            for sw in via {
+                ops.route(*prefix, *sw, false).await?;
+            }
+            rep.removed += 1;
+        }
+        for (inst, t) in &have.tunnels {
+            ops.set_up(t.sw_if_index, false).await?;
+            ops.unprotect(t.sw_if_index).await?;
+            ops.delete_tunnel(*inst, t.sw_if_index).await?;
+            rep.removed += 1;
+        }
+        for id in have.sas.keys() {
+            ops.delete_sa(*id).await?;
+            rep.removed += 1;
+        }
+        let _ = c.close().await;
+        Ok(rep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    #[test]
+    fn sa_ids_are_owned_and_distinct() {
+        let mut seen = BTreeSet::new();
+        for peer in [1, 2, 255, 256, 65535] {
+            for g in [0, 1, 127, 128] {
+                for d in [Direction::Inbound, Direction::Outbound] {
+                    let v = sa_id(d, id(peer), g);
+                    assert!(owned_sa(v), "{v:#x}");
+                    if g < 128 {
+                        assert!(seen.insert(v), "duplicate {v:#x}");
+                    }
+                }
+            }
+        }
+        assert!(!owned_sa(10) && !owned_sa(0x5d00_0000));
+    }
+
+    #[test]
+    fn tunnel_instances_map_back_to_peers() {
+        assert_eq!(tunnel_peer(tunnel_instance(id(7))), Some(7));
+        assert_eq!(tunnel_peer(0), None);
+        assert_eq!(tunnel_peer(TUNNEL_INSTANCE_BASE), None);
+        assert_eq!(tunnel_peer(TUNNEL_INSTANCE_BASE + 70000), None);
+    }
+
+    #[test]
+    fn salt_keeps_the_rfc4106_byte_order() {
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let key = secret.sa(id(1), id(2), 1);
+        let sa = SaPlan {
+            id: 1,
+            key: key.clone(),
+            dir: Direction::Outbound,
+        };
+        let e = sa_entry(&sa);
+        let mut wire = Vec::new();
+        crate::codec::Encode::encode(&e.salt, &mut wire).unwrap();
+        assert_eq!(wire, key.rfc4106_material()[16..]);
+        assert!(format!("{e:?}").contains("<redacted>"));
+    }
+}
