@@ -22,6 +22,8 @@ pub const ENV_QEMU: &str = "SCRAMBLER_VM_QEMU";
 pub const ENV_KERNEL: &str = "SCRAMBLER_VM_KERNEL";
 /// A statically linked busybox. Default /bin/busybox (Debian package busybox-static).
 pub const ENV_BUSYBOX: &str = "SCRAMBLER_VM_BUSYBOX";
+/// `0` boots the bzImage as is instead of the extracted PVH vmlinux. Default: PVH when possible.
+pub const ENV_PVH: &str = "SCRAMBLER_VM_PVH";
 /// How many VMs may run at once on this host (across processes). Default 1.
 pub const ENV_JOBS: &str = "SCRAMBLER_VM_JOBS";
 
@@ -40,6 +42,7 @@ pub(crate) struct VmSettings {
     pub kernel: Option<PathBuf>,
     pub busybox: Option<PathBuf>,
     pub jobs: u32,
+    pub pvh: bool,
 }
 
 impl VmSettings {
@@ -56,6 +59,7 @@ impl VmSettings {
             kernel: text(ENV_KERNEL).map(PathBuf::from),
             busybox: text(ENV_BUSYBOX).map(PathBuf::from),
             jobs: number(ENV_JOBS, 1u32)?.max(1),
+            pvh: text(ENV_PVH).is_none_or(|v| v.trim() != "0"),
         })
     }
 }

@@ -57,7 +57,14 @@ impl CpioWriter {
         self.entry_with_rdev(name, mode, nlink, data, (0, 0));
     }
 
-    fn entry_with_rdev(&mut self, name: &str, mode: u32, nlink: u32, data: &[u8], rdev: (u32, u32)) {
+    fn entry_with_rdev(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        data: &[u8],
+        rdev: (u32, u32),
+    ) {
         let ino = self.next_ino;
         self.next_ino += 1;
         let fields = [

@@ -63,7 +63,9 @@ impl Feature {
             Feature::Esp6 => esp("2001:db8::1", "2001:db8::2"),
             Feature::Ipvlan => format!("{VETH}link add iv0 link p0 type ipvlan mode l3\n"),
             Feature::XfrmInterface => "link add xfrm7 type xfrm dev lo if_id 7\n".into(),
-            Feature::Vti => "link add vti7 type vti local 192.0.2.1 remote 192.0.2.2 key 7\n".into(),
+            Feature::Vti => {
+                "link add vti7 type vti local 192.0.2.1 remote 192.0.2.2 key 7\n".into()
+            }
             Feature::Veth => VETH.into(),
             Feature::Dummy => "link add d0 type dummy\n".into(),
             Feature::Macvlan => format!("{VETH}link add mv0 link p0 type macvlan mode bridge\n"),
@@ -131,7 +133,10 @@ fn iproute2() -> Option<PathBuf> {
 fn is_busybox(p: &std::path::Path) -> bool {
     std::fs::canonicalize(p)
         .ok()
-        .and_then(|c| c.file_name().map(|n| n.to_string_lossy().contains("busybox")))
+        .and_then(|c| {
+            c.file_name()
+                .map(|n| n.to_string_lossy().contains("busybox"))
+        })
         .unwrap_or(false)
 }
 

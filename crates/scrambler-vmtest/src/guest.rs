@@ -56,7 +56,8 @@ pub(crate) fn render(plan: &GuestPlan) -> Result<RunScripts, Error> {
 
 fn prepare_script(plan: &GuestPlan) -> String {
     let b = GUEST_BUSYBOX;
-    let mut s = String::from("# scrambler-vmtest: prepare the guest root (runs chrooted)\nset -e\n");
+    let mut s =
+        String::from("# scrambler-vmtest: prepare the guest root (runs chrooted)\nset -e\n");
     if !plan.modules.is_empty() {
         let mods: Vec<String> = plan.modules.iter().map(|m| sh_quote(m)).collect();
         let list = mods.join(" ");

@@ -29,7 +29,11 @@ pub(crate) struct RunScripts {
 }
 
 /// The complete initramfs (uncompressed `newc` cpio) for one run.
-pub(crate) fn build(kernel: &GuestKernel, busybox: &Path, run: &RunScripts) -> Result<Vec<u8>, Error> {
+pub(crate) fn build(
+    kernel: &GuestKernel,
+    busybox: &Path,
+    run: &RunScripts,
+) -> Result<Vec<u8>, Error> {
     let busybox_elf =
         std::fs::read(busybox).map_err(|e| Error::io("read busybox", busybox.display(), e))?;
     if !is_static_elf(&busybox_elf) {
@@ -43,7 +47,17 @@ pub(crate) fn build(kernel: &GuestKernel, busybox: &Path, run: &RunScripts) -> R
 
     let mut w = CpioWriter::new();
     for d in [
-        "bin", "sbin", "dev", "proc", "sys", "tmp", "lib", "lib/modules", "scrambler", "host", "rw",
+        "bin",
+        "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "lib",
+        "lib/modules",
+        "scrambler",
+        "host",
+        "rw",
         "newroot",
     ] {
         w.dir(d);
@@ -58,10 +72,18 @@ pub(crate) fn build(kernel: &GuestKernel, busybox: &Path, run: &RunScripts) -> R
     let mut names = Vec::new();
     for path in &modules {
         let name = module_name(&path.to_string_lossy());
-        w.file(&format!("lib/modules/{name}.ko"), 0o644, &module_bytes(path)?);
+        w.file(
+            &format!("lib/modules/{name}.ko"),
+            0o644,
+            &module_bytes(path)?,
+        );
         names.push(name);
     }
-    w.file("scrambler/modules", 0o644, (names.join("\n") + "\n").as_bytes());
+    w.file(
+        "scrambler/modules",
+        0o644,
+        (names.join("\n") + "\n").as_bytes(),
+    );
     w.file("scrambler/env.sh", 0o644, run.env_sh.as_bytes());
     w.file("scrambler/prepare.sh", 0o644, run.prepare_sh.as_bytes());
     w.file("scrambler/run-test.sh", 0o644, run.run_test_sh.as_bytes());
@@ -73,16 +95,21 @@ pub(crate) fn find_busybox(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
-    ["/bin/busybox", "/usr/bin/busybox", "/sbin/busybox", "/usr/sbin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::Unsupported(format!(
-                "no busybox found: install busybox-static or set {}",
-                crate::config::ENV_BUSYBOX
-            ))
-        })
+    [
+        "/bin/busybox",
+        "/usr/bin/busybox",
+        "/sbin/busybox",
+        "/usr/sbin/busybox",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        Error::Unsupported(format!(
+            "no busybox found: install busybox-static or set {}",
+            crate::config::ENV_BUSYBOX
+        ))
+    })
 }
 
 /// An x86-64 ELF executable without a program interpreter (PT_INTERP).
@@ -121,7 +148,10 @@ mod tests {
     #[test]
     fn detects_static_and_dynamic_executables() {
         let sh = std::fs::read("/bin/sh").unwrap();
-        assert!(!is_static_elf(&sh), "/bin/sh is dynamically linked on Debian");
+        assert!(
+            !is_static_elf(&sh),
+            "/bin/sh is dynamically linked on Debian"
+        );
         if let Ok(bb) = find_busybox(None) {
             assert!(is_static_elf(&std::fs::read(bb).unwrap()));
         }

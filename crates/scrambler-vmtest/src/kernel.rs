@@ -47,7 +47,7 @@ impl GuestKernel {
             .filter_map(|n| n.strip_prefix("vmlinuz-").map(str::to_owned))
             .filter(|v| modules.join(v).join("modules.dep").is_file())
             .collect();
-        versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        versions.sort_by_key(|v| version_key(v));
         let version = versions.pop().ok_or_else(|| {
             Error::Unsupported(format!(
                 "no {}/vmlinuz-<ver> with {}/<ver>/modules.dep: install linux-image-amd64 \
@@ -66,7 +66,8 @@ impl GuestKernel {
     }
 
     fn check(&self) -> Result<(), Error> {
-        std::fs::File::open(&self.image).map_err(|e| Error::io("open kernel image", self.image.display(), e))?;
+        std::fs::File::open(&self.image)
+            .map_err(|e| Error::io("open kernel image", self.image.display(), e))?;
         let dep = self.modules_dir.join("modules.dep");
         std::fs::metadata(&dep).map_err(|e| Error::io("read", dep.display(), e))?;
         Ok(())
@@ -215,14 +216,17 @@ kernel/drivers/char/hw_random/virtio-rng.ko.xz: kernel/drivers/virtio/virtio.ko
 
     #[test]
     fn names_drop_suffix_and_dashes() {
-        assert_eq!(module_name("kernel/drivers/char/hw_random/virtio-rng.ko.xz"), "virtio_rng");
+        assert_eq!(
+            module_name("kernel/drivers/char/hw_random/virtio-rng.ko.xz"),
+            "virtio_rng"
+        );
         assert_eq!(module_name("kernel/net/9p/9pnet_virtio.ko"), "9pnet_virtio");
     }
 
     #[test]
     fn versions_sort_numerically() {
         let mut v = vec!["6.1.0-10-amd64", "6.1.0-9-amd64", "5.10.0-30-amd64"];
-        v.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        v.sort_by_key(|x| version_key(x));
         assert_eq!(v, ["5.10.0-30-amd64", "6.1.0-9-amd64", "6.1.0-10-amd64"]);
     }
 }

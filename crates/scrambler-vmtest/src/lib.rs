@@ -30,9 +30,13 @@
 //!
 //! * The guest kernel is the newest `/boot/vmlinuz-<ver>` with `/lib/modules/<ver>`
 //!   (package linux-image-amd64), booted by `qemu-system-x86_64 -accel tcg -cpu max`
-//!   with the serial console on qemu's stdout.
+//!   with the serial console on qemu's stdout. To skip SeaBIOS and the kernel's
+//!   self-decompression (seconds under TCG), the uncompressed `vmlinux` is extracted
+//!   once per kernel and booted through its PVH entry; it is cached in
+//!   `<cargo target dir>/scrambler-vmtest/vmlinux-<ver>-<size>-<mtime>.elf` (delete the
+//!   directory to drop the cache). Without CONFIG_PVH the bzImage boots as is.
 //! * The initramfs is tiny (static busybox, the virtio/9p/overlay modules, an init
-//!   script, the per-run scripts; ~3 MB, built per run in milliseconds, nothing cached).
+//!   script, the per-run scripts; ~3 MB, built per run in milliseconds, not cached).
 //!   The guest's root file system is the **host's** root, shared read-only over
 //!   virtio-9p with a tmpfs overlay on top: every host binary and library (bash,
 //!   iproute2, tcpdump, the test binary, CNI plugins, a VPP tree) is there at its usual
@@ -47,7 +51,7 @@
 //!   (see [`VmTest`] for the knobs), a cleared environment plus `CARGO_*`, `RUST_*`,
 //!   `SCRAMBLER_IN_VM=1` and whatever [`VmTest::with_env`] adds. Use
 //!   `tcpdump -Z root` in the guest.
-//! * The console is echoed to the test's stderr (lines prefixed `vm| `; libtest shows
+//! * The console is echoed to the test's stderr (lines prefixed `vm <seconds since qemu start>| `; libtest shows
 //!   it for failing tests, or live with `--nocapture`) and kept in [`VmOutcome::console`].
 //!   /init prints `SCRAMBLER-VM-EXIT <nonce> <status>` and powers off.
 //! * qemu is killed on timeout, when the run ends in any way, and if the test process
@@ -66,6 +70,7 @@
 //! | `SCRAMBLER_VM_QEMU` | qemu binary | qemu-system-x86_64 |
 //! | `SCRAMBLER_VM_KERNEL` | kernel image (`…/vmlinuz-<ver>`, modules in /lib/modules/<ver>) | newest in /boot |
 //! | `SCRAMBLER_VM_BUSYBOX` | static busybox | /bin/busybox |
+//! | `SCRAMBLER_VM_PVH` | `0`: boot the bzImage instead of the cached PVH vmlinux | PVH if possible |
 //! | `SCRAMBLER_VM_JOBS` | VMs at once on this host | 1 |
 //! | `SCRAMBLER_IN_VM` | set to `1` by the harness in the guest | — |
 //!
@@ -84,10 +89,11 @@ mod qemu;
 mod slots;
 mod suite;
 mod vm;
+mod vmlinux;
 
 pub use config::{
-    ENV_ACCEL, ENV_BUSYBOX, ENV_CPUS, ENV_IN_VM, ENV_JOBS, ENV_KERNEL, ENV_MEMORY, ENV_QEMU,
-    ENV_TIMEOUT, ENV_VM,
+    ENV_ACCEL, ENV_BUSYBOX, ENV_CPUS, ENV_IN_VM, ENV_JOBS, ENV_KERNEL, ENV_MEMORY, ENV_PVH,
+    ENV_QEMU, ENV_TIMEOUT, ENV_VM,
 };
 pub use feature::{kernel_has, Feature};
 pub use outcome::{TestResult, VmOutcome, VmStatus};

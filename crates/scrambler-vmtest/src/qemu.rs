@@ -5,7 +5,6 @@
 //! process itself dies.
 
 use crate::config::VmSettings;
-use crate::kernel::GuestKernel;
 use crate::outcome::VmStatus;
 use scrambler_core::Error;
 use std::io::{BufRead, BufReader, Read};
@@ -18,13 +17,12 @@ use std::time::{Duration, Instant};
 pub(crate) const EXIT_MARKER: &str = "SCRAMBLER-VM-EXIT";
 /// How long qemu may take to power off after the guest reported its status.
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
-/// Prefix of console lines echoed to the test's stderr.
-const ECHO_PREFIX: &str = "vm| ";
 
 /// One boot: the machine to start and how to recognise its exit status.
 pub(crate) struct Boot<'a> {
     pub settings: &'a VmSettings,
-    pub kernel: &'a GuestKernel,
+    /// The image for `-kernel` (bzImage or PVH vmlinux).
+    pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub nonce: &'a str,
 }
@@ -49,7 +47,8 @@ pub(crate) fn boot(b: &Boot<'_>) -> Result<BootResult, Error> {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) => {
-                eprintln!("{ECHO_PREFIX}{line}");
+                // Echoed with the host's elapsed seconds, to see where time goes.
+                eprintln!("vm {:6.1}| {line}", started.elapsed().as_secs_f64());
                 if let Some(code) = exit_code(&line, b.nonce) {
                     reported = Some(code);
                 }
@@ -94,7 +93,7 @@ impl Qemu {
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
             .args(["-serial", "stdio"])
             .arg("-kernel")
-            .arg(&b.kernel.image)
+            .arg(b.kernel)
             .arg("-initrd")
             .arg(b.initrd)
             .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
@@ -168,7 +167,11 @@ impl Drop for Qemu {
     }
 }
 
-fn forward_lines(stream: impl Read + Send + 'static, prefix: &'static str, tx: mpsc::Sender<String>) {
+fn forward_lines(
+    stream: impl Read + Send + 'static,
+    prefix: &'static str,
+    tx: mpsc::Sender<String>,
+) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -203,17 +206,17 @@ fn clean_line(raw: &[u8]) -> String {
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\x1b' => match chars.next() {
-                Some('[') => {
-                    // CSI: parameters and intermediates, then one final byte @..~
+            '\x1b' => {
+                // CSI (ESC [ …): parameters and intermediates, then one final byte @..~;
+                // any other escape is two characters.
+                if chars.next() == Some('[') {
                     for c in chars.by_ref() {
                         if ('@'..='~').contains(&c) {
                             break;
                         }
                     }
                 }
-                Some(_) | None => {}
-            },
+            }
             '\r' | '\n' => {}
             c if c.is_control() && c != '\t' => {}
             c => out.push(c),
@@ -229,7 +232,10 @@ mod tests {
     #[test]
     fn marker_needs_the_nonce() {
         assert_eq!(exit_code("SCRAMBLER-VM-EXIT abc 0", "abc"), Some(0));
-        assert_eq!(exit_code("junk SCRAMBLER-VM-EXIT abc 101", "abc"), Some(101));
+        assert_eq!(
+            exit_code("junk SCRAMBLER-VM-EXIT abc 101", "abc"),
+            Some(101)
+        );
         assert_eq!(exit_code("SCRAMBLER-VM-EXIT xyz 0", "abc"), None);
         assert_eq!(exit_code("SCRAMBLER-VM-EXIT abc", "abc"), None);
         assert_eq!(exit_code("test x ... ok", "abc"), None);

@@ -4,7 +4,7 @@ use crate::config::{self, VmSettings};
 use crate::guest::{self, GuestPlan};
 use crate::kernel::GuestKernel;
 use crate::outcome::VmOutcome;
-use crate::{initramfs, qemu, slots};
+use crate::{initramfs, qemu, slots, vmlinux};
 use scrambler_core::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -177,7 +177,9 @@ impl VmTest {
             ));
         }
         if self.filter.is_empty() {
-            return Err(Error::config("empty test filter (would run every test in the VM)"));
+            return Err(Error::config(
+                "empty test filter (would run every test in the VM)",
+            ));
         }
         let settings = self.settings()?;
         let kernel = GuestKernel::find(settings.kernel.as_deref())?;
@@ -185,6 +187,10 @@ impl VmTest {
         let plan = self.plan()?;
         let image = initramfs::build(&kernel, &busybox, &guest::render(&plan)?)?;
 
+        let boot_image = match settings.pvh {
+            true => vmlinux::boot_image(&kernel.image),
+            false => kernel.image.clone(),
+        };
         let _slot = slots::acquire(settings.jobs)?;
         let mut initrd = tempfile::Builder::new()
             .prefix("scrambler-vmtest-")
@@ -198,7 +204,7 @@ impl VmTest {
 
         eprintln!(
             "scrambler-vmtest: booting {} ({}, {} MiB, {} CPUs) for tests matching {:?}",
-            kernel.image.display(),
+            boot_image.display(),
             settings.accel,
             settings.memory_mb,
             settings.cpus,
@@ -206,7 +212,7 @@ impl VmTest {
         );
         let result = qemu::boot(&qemu::Boot {
             settings: &settings,
-            kernel: &kernel,
+            kernel: &boot_image,
             initrd: initrd.path(),
             nonce: &plan.nonce,
         })?;

@@ -67,7 +67,19 @@ impl Capture {
     fn start(ns: &Netns, dev: &str) -> Self {
         let file = format!("/tmp/{}-{dev}.pcap", ns.0);
         let mut child = ns.spawn(&[
-            "tcpdump", "-Z", "root", "-n", "-U", "--immediate-mode", "-i", dev, "-Q", "out", "-w", &file, "ip",
+            "tcpdump",
+            "-Z",
+            "root",
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-i",
+            dev,
+            "-Q",
+            "out",
+            "-w",
+            &file,
+            "ip",
         ]);
         // Wait until tcpdump says it listens, so no packet is missed.
         let stderr = child.stderr.take().expect("tcpdump stderr");
@@ -137,8 +149,22 @@ fn vm_esp_tunnel_ping_is_encrypted_on_the_wire() {
         "link", "add", "va", "netns", &a.0, "type", "veth", "peer", "name", "vb", "netns", &b.0,
     ]);
     for (ns, dev, under, pod, peer_pods, peer_under) in [
-        (&a, "va", "192.0.2.1/24", "10.1.0.1/32", "10.2.0.0/24", "192.0.2.2"),
-        (&b, "vb", "192.0.2.2/24", "10.2.0.1/32", "10.1.0.0/24", "192.0.2.1"),
+        (
+            &a,
+            "va",
+            "192.0.2.1/24",
+            "10.1.0.1/32",
+            "10.2.0.0/24",
+            "192.0.2.2",
+        ),
+        (
+            &b,
+            "vb",
+            "192.0.2.2/24",
+            "10.2.0.1/32",
+            "10.1.0.0/24",
+            "192.0.2.1",
+        ),
     ] {
         ns.ip(&["addr", "add", under, "dev", dev]);
         ns.ip(&["link", "set", dev, "up"]);
@@ -149,15 +175,45 @@ fn vm_esp_tunnel_ping_is_encrypted_on_the_wire() {
 
     // Each direction its own SPI and key: 16-byte AES key + 4-byte salt = 160 bits.
     let sas = [
-        ("192.0.2.1", "192.0.2.2", "0x100", "0x0102030405060708090a0b0c0d0e0f1011121314"),
-        ("192.0.2.2", "192.0.2.1", "0x101", "0x2122232425262728292a2b2c2d2e2f3031323334"),
+        (
+            "192.0.2.1",
+            "192.0.2.2",
+            "0x100",
+            "0x0102030405060708090a0b0c0d0e0f1011121314",
+        ),
+        (
+            "192.0.2.2",
+            "192.0.2.1",
+            "0x101",
+            "0x2122232425262728292a2b2c2d2e2f3031323334",
+        ),
     ];
     for ns in [&a, &b] {
         for (src, dst, spi, key) in sas {
             ns.ip(&[
-                "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", spi,
-                "reqid", "1", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", key, "128",
-                "replay-window", "128", "flag", "esn",
+                "xfrm",
+                "state",
+                "add",
+                "src",
+                src,
+                "dst",
+                dst,
+                "proto",
+                "esp",
+                "spi",
+                spi,
+                "reqid",
+                "1",
+                "mode",
+                "tunnel",
+                "aead",
+                "rfc4106(gcm(aes))",
+                key,
+                "128",
+                "replay-window",
+                "128",
+                "flag",
+                "esn",
             ]);
         }
     }
@@ -182,12 +238,26 @@ fn vm_esp_tunnel_ping_is_encrypted_on_the_wire() {
 
     let esp = wire.iter().filter(|l| l.contains("ESP(spi=")).count();
     let clear_underlay = wire.iter().filter(|l| l.contains("ICMP echo")).count();
-    let leaked: Vec<&String> = wire.iter().filter(|l| l.contains("10.1.0.1") || l.contains("10.2.0.1")).collect();
-    assert!(esp >= 6, "expected ≥ 6 ESP packets (3 requests, 3 replies), saw {esp}");
-    assert!(clear_underlay >= 6, "the capture missed the clear underlay ping");
-    assert!(leaked.is_empty(), "pod traffic in the clear on the wire: {leaked:?}");
+    let leaked: Vec<&String> = wire
+        .iter()
+        .filter(|l| l.contains("10.1.0.1") || l.contains("10.2.0.1"))
+        .collect();
+    assert!(
+        esp >= 6,
+        "expected ≥ 6 ESP packets (3 requests, 3 replies), saw {esp}"
+    );
+    assert!(
+        clear_underlay >= 6,
+        "the capture missed the clear underlay ping"
+    );
+    assert!(
+        leaked.is_empty(),
+        "pod traffic in the clear on the wire: {leaked:?}"
+    );
 
-    let state = a.ip(&["-s", "xfrm", "state", "get", "src", u1, "dst", u2, "proto", "esp", "spi", "0x100"]);
+    let state = a.ip(&[
+        "-s", "xfrm", "state", "get", "src", u1, "dst", u2, "proto", "esp", "spi", "0x100",
+    ]);
     assert!(state.contains("flag esn"), "{state}");
     assert!(state.contains("replay_window 128"), "{state}");
 }
@@ -202,11 +272,16 @@ fn vm_links_ipvlan() {
     }
     let ns = Netns::new("ipvl");
     ns.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
-    ns.ip(&["link", "add", "iv0", "link", "p0", "type", "ipvlan", "mode", "l3"]);
+    ns.ip(&[
+        "link", "add", "iv0", "link", "p0", "type", "ipvlan", "mode", "l3",
+    ]);
     ns.ip(&["link", "set", "p0", "up"]);
     ns.ip(&["link", "set", "iv0", "up"]);
     let shown = ns.ip(&["-d", "link", "show", "iv0"]);
-    assert!(shown.contains("ipvlan") && shown.contains("mode l3"), "{shown}");
+    assert!(
+        shown.contains("ipvlan") && shown.contains("mode l3"),
+        "{shown}"
+    );
 }
 
 /// An XFRM interface with if_id 7.
@@ -227,7 +302,9 @@ fn vm_links_xfrm_interface() {
 fn vm_links_guest_kernel_has_every_feature() {
     if !in_vm() {
         if needs_vm(&[Feature::Esp, Feature::Ipvlan, Feature::XfrmInterface]) {
-            return LINKS.run("vm_links_guest_kernel_has_every_feature").assert_success();
+            return LINKS
+                .run("vm_links_guest_kernel_has_every_feature")
+                .assert_success();
         }
         return; // this host's kernel is complete enough; nothing to prove here
     }
@@ -261,7 +338,11 @@ fn skip_env_skips_loudly() {
         return;
     }
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["vm_esp_tunnel_ping_is_encrypted_on_the_wire", "--exact", "--nocapture"])
+        .args([
+            "vm_esp_tunnel_ping_is_encrypted_on_the_wire",
+            "--exact",
+            "--nocapture",
+        ])
         .env("SCRAMBLER_VM", "skip")
         .output()
         .unwrap();

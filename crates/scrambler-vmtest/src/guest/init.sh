@@ -64,5 +64,6 @@ $B cp /scrambler/prepare.sh /scrambler/run-test.sh $V/ || die "copy guest script
 
 $B chroot $N /run/scrambler-vm/fallback/busybox sh /run/scrambler-vm/prepare.sh \
     || die "prepare.sh (modules, files)"
+echo "scrambler-vmtest: guest ready after $($B cut -d' ' -f1 /proc/uptime) s of uptime"
 $B chroot $N /run/scrambler-vm/fallback/busybox sh /run/scrambler-vm/run-test.sh
 finish $?
