@@ -275,6 +275,19 @@ pub fn pod_routes(addrs: &CniResult) -> Vec<Route> {
     routes
 }
 
+/// Checks that the pod namespace exists (code 3 when it does not) and is a network
+/// namespace (code 4, as `CNI_NETNS` is then invalid; also seen while a namespace is being
+/// deleted, between the unmount and the unlink of its file).
+pub fn check_pod_netns(netns: &Netns) -> Result<()> {
+    netns.check().map_err(|e| match e {
+        Error::InvalidConfig(reason) => Error::InvalidEnvironment {
+            var: "CNI_NETNS".into(),
+            reason,
+        },
+        other => other,
+    })
+}
+
 fn sandbox(netns: &Netns) -> String {
     match netns {
         Netns::Path(p) => p.display().to_string(),
@@ -299,7 +312,7 @@ async fn existing(nl: &Nl, name: &str) -> Result<LinkState> {
 #[async_trait]
 impl Attach for VethAttach {
     async fn attach(&self, host: &Netns, req: &AttachRequest, addrs: &CniResult) -> Result<CniResult> {
-        req.pod_netns.check()?;
+        check_pod_netns(&req.pod_netns)?;
         if addrs.ips.is_empty() {
             return Err(Error::config("IPAM returned no addresses"));
         }
@@ -352,7 +365,7 @@ impl Attach for VethAttach {
     }
 
     async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
-        req.pod_netns.check()?;
+        check_pod_netns(&req.pod_netns)?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let mut diffs: Vec<String> = Vec::new();
         let sb = sandbox(&req.pod_netns);

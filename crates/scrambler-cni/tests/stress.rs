@@ -40,7 +40,8 @@ fn parallel_add_del_with_faults_leaves_nothing_behind() {
     eprintln!("stress: {t:?}");
     assert!(t.failed_otherwise.is_empty(), "{:?}", t.failed_otherwise);
     assert!(t.added > TOTAL / 2, "{t:?}");
-    assert!(t.failed_as_injected >= TOTAL / 5, "{t:?}");
+    // 40 ADDs carry a fault; a few of them also lose their netns before the fault stage
+    assert!(t.failed_as_injected >= TOTAL / 5 - 8, "{t:?}");
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
     assert!(node.our_routes().trim().is_empty(), "{}", node.our_routes());
     assert!(node.leases().is_empty(), "{:?}", node.leases());
@@ -81,8 +82,9 @@ fn one(node: &Node, conf: &serde_json::Value, i: usize, tally: &Mutex<Tally>) {
             t.added += 1;
         } else if fault.is_some() && out.stdout.contains("fault injected") {
             t.failed_as_injected += 1;
-        } else if delete_midway && [3, 5, 100].contains(&out.json()["code"].as_u64().unwrap_or(0)) {
-            // the sandbox vanished under ADD: unknown container / I/O / kernel error
+        } else if delete_midway && [3, 4, 5, 100].contains(&out.json()["code"].as_u64().unwrap_or(0)) {
+            // the sandbox vanished under ADD: unknown container, invalid CNI_NETNS
+            // (file caught between unmount and unlink), I/O or kernel error
         } else {
             t.failed_otherwise.push(format!("{i}: {}", out.stdout));
         }
