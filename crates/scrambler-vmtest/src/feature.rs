@@ -31,6 +31,8 @@ pub enum Feature {
     Vxlan,
     /// Linux bridges.
     Bridge,
+    /// TUN/TAP devices (/dev/net/tun).
+    Tun,
 }
 
 impl Feature {
@@ -46,6 +48,7 @@ impl Feature {
         Feature::Macvlan,
         Feature::Vxlan,
         Feature::Bridge,
+        Feature::Tun,
     ];
 
     /// `ip -batch` commands that succeed only if the kernel has the feature.
@@ -71,6 +74,7 @@ impl Feature {
             Feature::Macvlan => format!("{VETH}link add mv0 link p0 type macvlan mode bridge\n"),
             Feature::Vxlan => "link add vx0 type vxlan id 42 dstport 4789 local 192.0.2.1\n".into(),
             Feature::Bridge => "link add br0 type bridge\n".into(),
+            Feature::Tun => "tuntap add tap7 mode tap\n".into(),
         }
     }
 }

@@ -44,8 +44,9 @@
 //! * Kernel modules load on demand through the host's `modprobe` and the complete
 //!   `/lib/modules/<ver>` tree, so `ip xfrm state add … aead 'rfc4106(gcm(aes))'`,
 //!   `ip link add … type ipvlan` etc. just work; [`VmTest::with_module`] preloads others.
-//! * In the guest: /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp, /var/tmp, cgroup2,
-//!   bpffs are mounted, `lo` is up, `ip netns` works, PATH is the host's plus busybox
+//! * In the guest: /proc, /sys, /dev (with static nodes such as /dev/net/tun whose
+//!   drivers load on open), /dev/pts, /dev/shm, /dev/hugepages, /run, /tmp, /var/tmp,
+//!   cgroup2, bpffs are mounted, `lo` is up, `ip netns` works, PATH is the host's plus busybox
 //!   fallbacks for missing tools (`ping`, `nc`). The test binary runs as root in the same
 //!   working directory with `<filter> --test-threads=1 --nocapture --color=never`
 //!   (see [`VmTest`] for the knobs), a cleared environment plus `CARGO_*`, `RUST_*`,

@@ -45,6 +45,9 @@ $B mount -t tmpfs -o mode=1777 shm $N/dev/shm || die "mount /dev/shm"
 $B mount -t tmpfs -o mode=0755 run $N/run || die "mount /run"
 $B mount -t tmpfs -o mode=1777 tmp $N/tmp || die "mount /tmp"
 [ -d $N/var/tmp ] && $B mount -t tmpfs -o mode=1777 vartmp $N/var/tmp
+$B mkdir -p $N/dev/hugepages $N/dev/mqueue
+$B mount -t hugetlbfs hugetlbfs $N/dev/hugepages
+$B mount -t mqueue mqueue $N/dev/mqueue
 [ -d $N/sys/fs/cgroup ] && $B mount -t cgroup2 cgroup2 $N/sys/fs/cgroup
 [ -d $N/sys/fs/bpf ] && $B mount -t bpf bpf $N/sys/fs/bpf
 [ -d $N/sys/kernel/debug ] && $B mount -t debugfs debugfs $N/sys/kernel/debug
@@ -52,6 +55,15 @@ $B mount -t tmpfs -o mode=1777 tmp $N/tmp || die "mount /tmp"
 # The kernel runs its module loader in the initramfs root: forward to the host's
 # modprobe (kmod) with the full /lib/modules tree inside the chroot.
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
+# Static device nodes of not-yet-loaded drivers (/dev/net/tun, /dev/fuse, …): opening
+# one makes the kernel load its module, as systemd's kmod-static-nodes arranges.
+while read -r mod dev spec; do
+    case "$mod" in "#"* | "") continue ;; esac
+    [ -e "$N/dev/$dev" ] && continue
+    maj=${spec#?}; min=${maj#*:}; maj=${maj%%:*}
+    $B mkdir -p "$($B dirname "$N/dev/$dev")"
+    $B mknod "$N/dev/$dev" "${spec%"${spec#?}"}" "$maj" "$min"
+done <"$N/lib/modules/$($B uname -r)/modules.devname"
 $B hostname scrambler-vm
 $B ip link set lo up
 
