@@ -5,7 +5,6 @@
 //! Run as root: `cargo bench -p scrambler-cni --bench cni_bench`.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::{Invocation, Node, DEBIAN_CNI};
@@ -102,15 +101,10 @@ where
 fn measure(node: &Node, plugin: &Path, conf: &Value, tag: &str) -> Figures {
     let cni_path = node.cni_path.value();
     let (p, c, cp) = (plugin.to_path_buf(), conf.clone(), cni_path.clone());
-    measure_with(
-        node,
-        tag,
-        move |inv| exec(&p, inv, &cp, &c),
-        {
-            let (p, c, cp) = (plugin.to_path_buf(), conf.clone(), cni_path);
-            move |inv| exec(&p, inv, &cp, &c)
-        },
-    )
+    measure_with(node, tag, move |inv| exec(&p, inv, &cp, &c), {
+        let (p, c, cp) = (plugin.to_path_buf(), conf.clone(), cni_path);
+        move |inv| exec(&p, inv, &cp, &c)
+    })
 }
 
 /// The kernel's part alone: `ip link add … type veth peer … netns POD` / `ip link del`.
@@ -120,7 +114,17 @@ fn measure_veth_floor(node: &Node) -> Figures {
         "floor",
         |inv| {
             let ok = Command::new("ip")
-                .args(["link", "add", "scrfloor0", "type", "veth", "peer", "name", "eth0", "netns"])
+                .args([
+                    "link",
+                    "add",
+                    "scrfloor0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                ])
                 .arg(inv.netns.as_deref().unwrap())
                 .status()
                 .unwrap()
@@ -175,16 +179,38 @@ fn main() {
     let mut rows: Vec<(String, Figures)> = Vec::new();
     let mut ratios = Vec::new();
     for (where_, dir) in [("disk ", disk.as_path()), ("tmpfs", tmpfs.path())] {
-        let ours = measure(&node, ours_bin, &with_dir(quiet(node.conf("1.0.0", "10.50.0.0/24")), dir), "o");
-        let hl = measure(&node, ours_bin, &with_dir(quiet(node.conf_host_local("1.0.0", "10.51.0.0/24")), dir), "h");
+        let ours = measure(
+            &node,
+            ours_bin,
+            &with_dir(quiet(node.conf("1.0.0", "10.50.0.0/24")), dir),
+            "o",
+        );
+        let hl = measure(
+            &node,
+            ours_bin,
+            &with_dir(quiet(node.conf_host_local("1.0.0", "10.51.0.0/24")), dir),
+            "h",
+        );
         let br = measure(&node, &bridge_bin, &bridge_conf(dir, "10.52.0.0/24"), "b");
-        rows.push((format!("[{where_}] scrambler-cni + scrambler-ipam (in-process)"), ours));
-        rows.push((format!("[{where_}] scrambler-cni + host-local (delegated)    "), hl));
-        rows.push((format!("[{where_}] Debian bridge + host-local                "), br));
+        rows.push((
+            format!("[{where_}] scrambler-cni + scrambler-ipam (in-process)"),
+            ours,
+        ));
+        rows.push((
+            format!("[{where_}] scrambler-cni + host-local (delegated)    "),
+            hl,
+        ));
+        rows.push((
+            format!("[{where_}] Debian bridge + host-local                "),
+            br,
+        ));
         ratios.push((where_, ours.total.as_secs_f64() / br.total.as_secs_f64()));
     }
     let floor = measure_veth_floor(&node);
-    rows.push(("kernel floor: ip link add/del veth pair        ".into(), floor));
+    rows.push((
+        "kernel floor: ip link add/del veth pair        ".into(),
+        floor,
+    ));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("CNI wall time, median of {ROUNDS} rounds         ADD        DEL    ADD+DEL");
     for (name, f) in &rows {

@@ -42,9 +42,9 @@ pub struct BackendOptions {
 /// listing the valid ones.
 pub fn backend_for(conf: &NetConf, opts: &BackendOptions) -> Result<Box<dyn CniBackend>> {
     match conf.backend()? {
-        Backend::Xfrm => {
-            Ok(Box::new(VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone())))
-        }
+        Backend::Xfrm => Ok(Box::new(
+            VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone()),
+        )),
         b @ (Backend::Ipvlan | Backend::Vpp) => Err(Error::Unsupported(format!(
             "backend {} is not built yet (only \"xfrm\" is available in this scrambler-cni)",
             b.as_str()
@@ -57,7 +57,8 @@ mod tests {
     use super::*;
 
     fn conf(backend: Option<&str>) -> NetConf {
-        let mut v = serde_json::json!({"cniVersion": "1.1.0", "name": "n", "type": "scrambler-cni"});
+        let mut v =
+            serde_json::json!({"cniVersion": "1.1.0", "name": "n", "type": "scrambler-cni"});
         if let Some(b) = backend {
             v["backend"] = b.into();
         }

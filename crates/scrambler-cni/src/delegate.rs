@@ -21,7 +21,9 @@ use tokio::io::AsyncWriteExt;
 /// Finds the plugin executable `name` in the directories of `CNI_PATH`.
 pub fn find_plugin(name: &str, cni_path: &[PathBuf]) -> Result<PathBuf> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::config(format!("plugin type {name:?} is not a plain file name")));
+        return Err(Error::config(format!(
+            "plugin type {name:?} is not a plain file name"
+        )));
     }
     for dir in cni_path {
         let p = dir.join(name);
@@ -88,14 +90,20 @@ impl Delegate {
     /// The versions the delegate reports with `VERSION`.
     pub async fn versions(&self) -> Result<Vec<String>> {
         let out = self
-            .exec("VERSION", &serde_json::json!({"cniVersion": scrambler_core::result::CURRENT_VERSION}))
+            .exec(
+                "VERSION",
+                &serde_json::json!({"cniVersion": scrambler_core::result::CURRENT_VERSION}),
+            )
             .await?
             .ok_or_else(|| self.dataplane_err("VERSION", "printed nothing"))?;
         let list = out
             .get("supportedVersions")
             .and_then(Value::as_array)
             .ok_or_else(|| self.dataplane_err("VERSION", "no supportedVersions"))?;
-        Ok(list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        Ok(list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect())
     }
 
     /// True when the delegate speaks `version`.
@@ -158,7 +166,11 @@ pub async fn exec_plugin(
 ) -> Result<Option<Value>> {
     let mut cmd = tokio::process::Command::new(path);
     cmd.env_clear()
-        .envs(vars.iter().filter(|(k, _)| k != "CNI_COMMAND").map(|(k, v)| (k, v)))
+        .envs(
+            vars.iter()
+                .filter(|(k, _)| k != "CNI_COMMAND")
+                .map(|(k, v)| (k, v)),
+        )
         .env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -202,7 +214,11 @@ pub async fn exec_plugin(
             reason: format!(
                 "exited with {}: {}",
                 out.status,
-                if stdout.trim().is_empty() { stderr.trim() } else { stdout.trim() }
+                if stdout.trim().is_empty() {
+                    stderr.trim()
+                } else {
+                    stdout.trim()
+                }
             ),
         }),
     }
@@ -251,7 +267,10 @@ impl Ipam for DelegatedIpam {
     }
 
     async fn release(&self, _id: &AttachmentId) -> Result<()> {
-        self.delegate.exec_negotiated("DEL", &self.conf).await.map(|_| ())
+        self.delegate
+            .exec_negotiated("DEL", &self.conf)
+            .await
+            .map(|_| ())
     }
 
     async fn check(&self, _id: &AttachmentId) -> Result<Vec<Lease>> {

@@ -96,21 +96,20 @@ impl CniEnv {
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        let map: HashMap<&str, &str> = vars
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let map: HashMap<&str, &str> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let get = |k: &str| map.get(k).copied().filter(|v| !v.is_empty());
 
-        let command = Command::parse(
-            get("CNI_COMMAND").ok_or_else(|| invalid("CNI_COMMAND", "missing"))?,
-        )?;
+        let command =
+            Command::parse(get("CNI_COMMAND").ok_or_else(|| invalid("CNI_COMMAND", "missing"))?)?;
         let mut env = CniEnv {
             command,
             container_id: String::new(),
             netns: get("CNI_NETNS").map(PathBuf::from),
             ifname: String::new(),
-            args: get("CNI_ARGS").map(parse_args).transpose()?.unwrap_or_default(),
+            args: get("CNI_ARGS")
+                .map(parse_args)
+                .transpose()?
+                .unwrap_or_default(),
             path: get("CNI_PATH")
                 .map(|p| {
                     p.split(':')
@@ -134,7 +133,8 @@ impl CniEnv {
             return Err(invalid("CNI_PATH", "missing"));
         }
         if command.is_per_attachment() {
-            let cid = get("CNI_CONTAINERID").ok_or_else(|| invalid("CNI_CONTAINERID", "missing"))?;
+            let cid =
+                get("CNI_CONTAINERID").ok_or_else(|| invalid("CNI_CONTAINERID", "missing"))?;
             validate_container_id(cid)?;
             env.container_id = cid.to_string();
             let ifname = get("CNI_IFNAME").ok_or_else(|| invalid("CNI_IFNAME", "missing"))?;
@@ -168,10 +168,7 @@ pub fn parse_args(s: &str) -> Result<Vec<(String, String)>> {
         .filter(|kv| !kv.is_empty())
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(invalid(
-                "CNI_ARGS",
-                format!("{kv:?} is not KEY=VALUE"),
-            )),
+            _ => Err(invalid("CNI_ARGS", format!("{kv:?} is not KEY=VALUE"))),
         })
         .collect()
 }
@@ -181,9 +178,7 @@ pub fn parse_args(s: &str) -> Result<Vec<(String, String)>> {
 pub fn validate_container_id(id: &str) -> Result<()> {
     let mut chars = id.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok
-        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
         return Err(invalid(
             "CNI_CONTAINERID",
             format!("{id:?} must start with an alphanumeric character followed by alphanumerics, '_', '.' or '-'"),
@@ -210,7 +205,10 @@ pub fn validate_ifname(name: &str) -> Result<()> {
         None
     };
     match reason {
-        Some(r) => Err(invalid("CNI_IFNAME", format!("interface name {name:?} {r}"))),
+        Some(r) => Err(invalid(
+            "CNI_IFNAME",
+            format!("interface name {name:?} {r}"),
+        )),
         None => Ok(()),
     }
 }

@@ -63,7 +63,10 @@ pub fn select(conf: &NetConf, raw_conf: &Value, env: &CniEnv) -> Result<Selected
         return builtin(conf).map(SelectedIpam::Builtin);
     }
     let d = Delegate::find(t, &env.path, env.vars.clone())?;
-    Ok(SelectedIpam::Delegated(DelegatedIpam::new(d, raw_conf.clone())))
+    Ok(SelectedIpam::Delegated(DelegatedIpam::new(
+        d,
+        raw_conf.clone(),
+    )))
 }
 
 fn builtin(conf: &NetConf) -> Result<Box<dyn Ipam>> {
@@ -72,5 +75,7 @@ fn builtin(conf: &NetConf) -> Result<Box<dyn Ipam>> {
         .as_ref()
         .ok_or_else(|| Error::config("missing field \"ipam\""))?;
     let ipam_conf = scrambler_ipam::IpamConf::parse(section)?;
-    Ok(Box::new(scrambler_ipam::LocalIpam::new(&conf.name, ipam_conf)?))
+    Ok(Box::new(scrambler_ipam::LocalIpam::new(
+        &conf.name, ipam_conf,
+    )?))
 }

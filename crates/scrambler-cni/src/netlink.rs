@@ -117,7 +117,12 @@ impl Nl {
 
     /// The link called `name`, if any.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkState>> {
-        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match req.try_next().await {
             Ok(Some(msg)) => Ok(Some(link_state(&msg))),
             Ok(None) => Ok(None),
@@ -256,24 +261,19 @@ impl Nl {
         mtu: Option<u32>,
     ) -> Result<()> {
         let msg = route_message(dst, gw, index, mtu)?;
-        self.handle
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| {
-                let what = match gw {
-                    Some(g) => format!("{dst} via {g}"),
-                    None => format!("{dst} dev {index}"),
-                };
-                match errno(&e) {
-                    Some(EEXIST) => Error::AlreadyExists {
-                        object: format!("route {what} {}", self.obj("")),
-                        reason: "a route to that destination exists".into(),
-                    },
-                    _ => kernel("add route", self.obj(what), &e),
-                }
-            })
+        self.handle.route().add(msg).execute().await.map_err(|e| {
+            let what = match gw {
+                Some(g) => format!("{dst} via {g}"),
+                None => format!("{dst} dev {index}"),
+            };
+            match errno(&e) {
+                Some(EEXIST) => Error::AlreadyExists {
+                    object: format!("route {what} {}", self.obj("")),
+                    reason: "a route to that destination exists".into(),
+                },
+                _ => kernel("add route", self.obj(what), &e),
+            }
+        })
     }
 
     /// The routes of the main table of both families.

@@ -10,9 +10,7 @@ use crate::env::{CniEnv, Command};
 use crate::fault;
 use crate::ipam::{self, SelectedIpam};
 use crate::protocol::{self, Outcome, Request};
-use scrambler_core::{
-    AllocRequest, AttachRequest, CniResult, Error, Netns, Result, TunnelStatus,
-};
+use scrambler_core::{AllocRequest, AttachRequest, CniResult, Error, Netns, Result, TunnelStatus};
 use std::path::PathBuf;
 use tracing::Instrument;
 
@@ -211,7 +209,11 @@ async fn gc(req: &Request, host: &Netns) -> Result<()> {
         Err(e) => Err(e),
     };
     let (removed, released) = (removed?, released?);
-    tracing::info!(interfaces = removed.len(), leases = released.len(), "gc done");
+    tracing::info!(
+        interfaces = removed.len(),
+        leases = released.len(),
+        "gc done"
+    );
     Ok(())
 }
 
@@ -226,7 +228,12 @@ async fn status(req: &Request, host: &Netns) -> Result<()> {
     backend.status(host).await.map_err(not_available)?;
     let ipam = ipam::select(&req.conf, &req.raw, &req.env).map_err(not_available)?;
     ipam.status().await.map_err(not_available)?;
-    if let Some(path) = req.conf.extra.get(TUNNEL_STATUS_FIELD).and_then(|v| v.as_str()) {
+    if let Some(path) = req
+        .conf
+        .extra
+        .get(TUNNEL_STATUS_FIELD)
+        .and_then(|v| v.as_str())
+    {
         tunnel_status(path)?;
     }
     Ok(())

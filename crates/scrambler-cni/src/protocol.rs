@@ -63,9 +63,9 @@ impl Outcome {
 
     /// Failure with the CNI error object of `e`.
     pub fn error(e: &Error, version: &str) -> Self {
-        let obj = serde_json::to_value(e.to_cni(version)).unwrap_or_else(|_| {
-            serde_json::json!({"cniVersion": version, "code": e.code(), "msg": e.to_string()})
-        });
+        let obj = serde_json::to_value(e.to_cni(version)).unwrap_or_else(
+            |_| serde_json::json!({"cniVersion": version, "code": e.code(), "msg": e.to_string()}),
+        );
         Outcome {
             stdout: json_line(&obj),
             exit_code: 1,
@@ -83,7 +83,11 @@ fn json_line(v: &Value) -> Vec<u8> {
 pub fn version_report(stdin: &[u8]) -> Value {
     let asked = serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| CURRENT_VERSION.to_string());
     serde_json::json!({"cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS})
@@ -93,7 +97,11 @@ pub fn version_report(stdin: &[u8]) -> Value {
 pub fn error_version(stdin: &[u8]) -> String {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| CURRENT_VERSION.to_string())
 }
@@ -292,7 +300,10 @@ mod tests {
             "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]
         }))
         .unwrap();
-        assert_eq!(valid_attachments(&c).unwrap(), vec![AttachmentId::new("a", "eth0")]);
+        assert_eq!(
+            valid_attachments(&c).unwrap(),
+            vec![AttachmentId::new("a", "eth0")]
+        );
         let c: NetConf = serde_json::from_value(
             serde_json::json!({"cniVersion": "1.1.0", "name": "n", "type": "t"}),
         )

@@ -14,8 +14,8 @@ pub async fn ensure(netns: &Netns, key: &str, value: &str) -> Result<()> {
     let what = format!("{} in {netns}", path.display());
     netns
         .run_async(move || {
-            let cur = std::fs::read_to_string(&path)
-                .map_err(|e| Error::io("read sysctl", &what, e))?;
+            let cur =
+                std::fs::read_to_string(&path).map_err(|e| Error::io("read sysctl", &what, e))?;
             if cur.trim() == value {
                 return Ok(());
             }

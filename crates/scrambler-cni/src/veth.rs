@@ -29,8 +29,8 @@ use crate::sysctl;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use scrambler_core::{
-    esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns,
-    Result, Route,
+    esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
+    Route,
 };
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -162,14 +162,20 @@ impl VethAttach {
 
         // node side: gateway addresses, forwarding, link up
         if has_v4 {
-            host.add_address(host_link.index, &host_name, IpNet::from(IpAddr::V4(GATEWAY_V4)), true)
-                .await?;
+            host.add_address(
+                host_link.index,
+                &host_name,
+                IpNet::from(IpAddr::V4(GATEWAY_V4)),
+                true,
+            )
+            .await?;
             sysctl::ensure(host.netns(), "net/ipv4/ip_forward", "1").await?;
         }
         if has_v6 {
             let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64)
                 .map_err(|e| Error::config(format!("gateway: {e}")))?;
-            host.add_address(host_link.index, &host_name, gw6, true).await?;
+            host.add_address(host_link.index, &host_name, gw6, true)
+                .await?;
             sysctl::ensure(host.netns(), "net/ipv6/conf/all/forwarding", "1").await?;
         }
         host.set_up(host_link.index, &host_name).await?;
@@ -192,8 +198,13 @@ impl VethAttach {
         // pod routes via the gateway
         let routes = pod_routes(addrs);
         if has_v4 {
-            pod.add_route(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, pod_link.index, None)
-                .await?;
+            pod.add_route(
+                IpNet::from(IpAddr::V4(GATEWAY_V4)),
+                None,
+                pod_link.index,
+                None,
+            )
+            .await?;
         }
         for r in &routes {
             pod.add_route(r.dst, r.gw, pod_link.index, r.mtu).await?;
@@ -311,18 +322,24 @@ async fn existing(nl: &Nl, name: &str) -> Result<LinkState> {
 
 #[async_trait]
 impl Attach for VethAttach {
-    async fn attach(&self, host: &Netns, req: &AttachRequest, addrs: &CniResult) -> Result<CniResult> {
+    async fn attach(
+        &self,
+        host: &Netns,
+        req: &AttachRequest,
+        addrs: &CniResult,
+    ) -> Result<CniResult> {
         check_pod_netns(&req.pod_netns)?;
         if addrs.ips.is_empty() {
             return Err(Error::config("IPAM returned no addresses"));
         }
-        let pod_file = std::fs::File::open(netns_file(&req.pod_netns)).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
-                "network namespace {} does not exist",
-                req.pod_netns
-            )),
-            _ => Error::io("open netns", &req.pod_netns, e),
-        })?;
+        let pod_file =
+            std::fs::File::open(netns_file(&req.pod_netns)).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
+                    "network namespace {} does not exist",
+                    req.pod_netns
+                )),
+                _ => Error::io("open netns", &req.pod_netns, e),
+            })?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
             return Err(Error::AlreadyExists {
@@ -334,7 +351,10 @@ impl Attach for VethAttach {
         if host_nl.link_by_name(&host_name).await?.is_some() {
             return Err(Error::AlreadyExists {
                 object: format!("host veth {host_name} in {host}"),
-                reason: format!("attachment {} is already attached (ADD without DEL?)", req.id),
+                reason: format!(
+                    "attachment {} is already attached (ADD without DEL?)",
+                    req.id
+                ),
             });
         }
         let mtu = self.pod_mtu(&host_nl, req.mtu).await?;
@@ -376,7 +396,10 @@ impl Attach for VethAttach {
         else {
             return Err(check_failed(
                 &req.id,
-                format!("prevResult lists no interface {} in sandbox {sb}", req.id.ifname),
+                format!(
+                    "prevResult lists no interface {} in sandbox {sb}",
+                    req.id.ifname
+                ),
             ));
         };
         let want = &expected.interfaces[pod_idx];
@@ -401,7 +424,10 @@ impl Attach for VethAttach {
                     diffs.push(format!("{} is down", link.name));
                 }
                 if link.mtu != Some(want_mtu) {
-                    diffs.push(format!("{} has mtu {:?}, expected {want_mtu}", link.name, link.mtu));
+                    diffs.push(format!(
+                        "{} has mtu {:?}, expected {want_mtu}",
+                        link.name, link.mtu
+                    ));
                 }
                 if let (Some(w), Some(h)) = (&want.mac, &link.mac) {
                     if !w.eq_ignore_ascii_case(h) {
@@ -445,7 +471,10 @@ impl Attach for VethAttach {
                         mtu: None,
                     };
                     if !route_present(&routes, &host_route, link.index) {
-                        diffs.push(format!("node route {} dev {host_name} is missing", host_route.dst));
+                        diffs.push(format!(
+                            "node route {} dev {host_name} is missing",
+                            host_route.dst
+                        ));
                     }
                 }
             }
@@ -516,7 +545,10 @@ mod tests {
         let v = VethAttach::new("net1");
         let id = AttachmentId::new("c0ffee", "eth0");
         assert_eq!(v.owner_of(&v.alias(&id)), Some(id));
-        assert_eq!(VethAttach::new("net").owner_of(&v.alias(&AttachmentId::new("c", "e"))), None);
+        assert_eq!(
+            VethAttach::new("net").owner_of(&v.alias(&AttachmentId::new("c", "e"))),
+            None
+        );
     }
 
     #[test]

@@ -46,7 +46,9 @@ impl Chain<'_> {
         let mut prev: Option<Value> = None;
         for p in &self.plugins {
             let ty = p["type"].as_str().unwrap();
-            let out = self.node.cni(ty, &inv.cmd("ADD"), &self.entry(p, prev.as_ref()));
+            let out = self
+                .node
+                .cni(ty, &inv.cmd("ADD"), &self.entry(p, prev.as_ref()));
             assert!(out.ok, "{ty} ADD failed: {} {}", out.stdout, out.stderr);
             prev = Some(out.json());
         }
@@ -63,7 +65,9 @@ impl Chain<'_> {
                 // directly by the test instead.
                 continue;
             }
-            let out = self.node.cni(ty, &inv.cmd("CHECK"), &self.entry(p, Some(cached)));
+            let out = self
+                .node
+                .cni(ty, &inv.cmd("CHECK"), &self.entry(p, Some(cached)));
             if !out.ok {
                 return Err(format!("{ty} CHECK: {}", out.stdout));
             }
@@ -114,8 +118,20 @@ fn conflist_with_portmap_and_tuning() {
         let inv = Invocation::new("ADD", &format!("chain{i}"), &pod.path(), "eth0");
         let result = c.add(&inv);
         assert_eq!(result["cniVersion"], version);
-        let ip = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
-        let ip6 = result["ips"][1]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let ip6 = result["ips"][1]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
         assert!(ip6.starts_with("fd00:5c::"), "{result}");
         // portmap used our result: DNAT to the pod address
         let (_, nat) = node.ns.exec(&["iptables", "-t", "nat", "-S"]);
@@ -132,7 +148,10 @@ fn conflist_with_portmap_and_tuning() {
         // break our part: the chain's CHECK fails at scrambler-cni
         pod.ip(&["addr", "flush", "dev", "eth0"]);
         let err = c.check(&inv, &result).unwrap_err();
-        assert!(err.starts_with("scrambler-cni CHECK") && err.contains("is missing"), "{err}");
+        assert!(
+            err.starts_with("scrambler-cni CHECK") && err.contains("is missing"),
+            "{err}"
+        );
 
         c.del(&inv, Some(&result));
         c.del(&inv, Some(&result)); // idempotent through the whole chain
@@ -162,7 +181,9 @@ fn scrambler_cni_as_a_later_plugin_merges_prev_result() {
     assert_eq!(r["interfaces"][2]["name"], "eth0");
     assert_eq!(r["ips"][0]["address"], "127.0.0.1/8");
     assert_eq!(r["ips"][1]["interface"], 2);
-    node.ours(&inv.cmd("CHECK"), &with_prev(&conf, &r)).expect_ok();
-    node.ours(&inv.cmd("DEL"), &with_prev(&conf, &r)).expect_ok();
+    node.ours(&inv.cmd("CHECK"), &with_prev(&conf, &r))
+        .expect_ok();
+    node.ours(&inv.cmd("DEL"), &with_prev(&conf, &r))
+        .expect_ok();
     assert!(node.leases().is_empty());
 }

@@ -35,7 +35,11 @@ fn add_check_del_round_trip_in_every_version() {
         let add = Invocation::new("ADD", &cid, &pod.path(), "eth0");
         let out = node.ours(&add, &conf);
         out.expect_ok();
-        assert!(out.stderr.is_empty(), "stderr must stay quiet: {}", out.stderr);
+        assert!(
+            out.stderr.is_empty(),
+            "stderr must stay quiet: {}",
+            out.stderr
+        );
         let result = out.json();
         assert_eq!(result["cniVersion"], version);
         // interfaces: host veth, pod end in the sandbox
@@ -63,7 +67,9 @@ fn add_check_del_round_trip_in_every_version() {
         let addr = pod.ip(&["-o", "addr", "show", "dev", "eth0"]);
         assert!(addr.contains(&format!("{ip}/32")), "{addr}");
         assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1440"));
-        assert!(pod.ip(&["route"]).contains("default via 169.254.1.1 dev eth0"));
+        assert!(pod
+            .ip(&["route"])
+            .contains("default via 169.254.1.1 dev eth0"));
         assert!(node.our_routes().contains(&ip), "{}", node.our_routes());
         assert_eq!(node.leases(), vec![ip.clone()]);
         assert!(ping(&pod, NODE_IP), "pod must reach the node");
@@ -71,13 +77,22 @@ fn add_check_del_round_trip_in_every_version() {
         // CHECK against the result
         let check = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
         check.expect_ok();
-        assert!(check.stdout.is_empty(), "CHECK prints nothing: {}", check.stdout);
+        assert!(
+            check.stdout.is_empty(),
+            "CHECK prints nothing: {}",
+            check.stdout
+        );
 
         // CHECK notices a broken pod
         pod.ip(&["route", "del", "default"]);
         let bad = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
         assert_eq!(bad.code(), 103, "{}", bad.stdout);
-        assert!(bad.stdout.contains("route 0.0.0.0/0 via 169.254.1.1 is missing"), "{}", bad.stdout);
+        assert!(
+            bad.stdout
+                .contains("route 0.0.0.0/0 via 169.254.1.1 is missing"),
+            "{}",
+            bad.stdout
+        );
 
         // DEL, twice
         let del = node.ours(&add.cmd("DEL"), &with_prev(&conf, &result));
@@ -102,7 +117,10 @@ fn two_pods_on_one_node_reach_each_other() {
     let conf = node.conf("1.1.0", "10.20.0.0/24");
     let ra = node.ours(&Invocation::new("ADD", "pa", &a.path(), "eth0"), &conf);
     let rb = node.ours(&Invocation::new("ADD", "pb", &b.path(), "eth0"), &conf);
-    let (ipa, ipb) = (pod_ip(&ra.expect_ok().json()), pod_ip(&rb.expect_ok().json()));
+    let (ipa, ipb) = (
+        pod_ip(&ra.expect_ok().json()),
+        pod_ip(&rb.expect_ok().json()),
+    );
     assert_ne!(ipa, ipb);
     assert!(ping(&a, &ipb));
     assert!(ping(&b, &ipa));
@@ -141,7 +159,13 @@ fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
     let add = Invocation::new("ADD", "bad1", &pod.path(), "eth0");
 
     // malformed JSON: 6
-    let out = run_plugin(&node.ns.name, std::path::Path::new(BIN), &add, &node.cni_path.value(), &json!("x"));
+    let out = run_plugin(
+        &node.ns.name,
+        std::path::Path::new(BIN),
+        &add,
+        &node.cni_path.value(),
+        &json!("x"),
+    );
     assert_eq!(out.code(), 6);
     // missing backend / unknown backend: 7, listing valid ones
     let mut c = conf.clone();
@@ -166,7 +190,11 @@ fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
     let mut c = conf.clone();
     c["backend"] = json!("vpp");
     let out = node.ours(&add, &c);
-    assert!(out.stdout.contains("backend vpp is not built yet"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("backend vpp is not built yet"),
+        "{}",
+        out.stdout
+    );
     // environment: 4
     let mut inv = add.clone();
     inv.container_id = String::new();
@@ -183,7 +211,9 @@ fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
     inv.netns = Some("/run/netns/scr-no-such-netns".into());
     assert_eq!(node.ours(&inv, &conf).code(), 3);
     // interface name taken in the pod: 102, and nothing left behind
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
     let out = node.ours(&add, &conf);
     assert_eq!(out.code(), 102, "{}", out.stdout);
     assert!(out.stdout.contains("CNI_IFNAME is taken"), "{}", out.stdout);
@@ -207,7 +237,11 @@ fn injected_faults_at_every_stage_undo_everything() {
         let out = node.ours(&add, &conf);
         assert!(!out.ok, "fault {stage} must fail ADD");
         assert!(out.stdout.contains("fault injected"), "{}", out.stdout);
-        assert!(node.leases().is_empty(), "stage {stage}: {:?}", node.leases());
+        assert!(
+            node.leases().is_empty(),
+            "stage {stage}: {:?}",
+            node.leases()
+        );
         assert!(node.host_veths().is_empty(), "stage {stage}");
         assert!(node.our_routes().trim().is_empty(), "stage {stage}");
         assert_eq!(links(&pod), vec!["lo".to_string()], "stage {stage}");
@@ -288,10 +322,20 @@ fn delegated_host_local_ipam() {
         assert!(node.host_local_leases().is_empty());
         node.ours(&add.cmd("DEL"), &conf).expect_ok();
         // a failure after the delegate's ADD calls its DEL
-        let out = node.ours(&add.clone().env("SCRAMBLER_FAULT", "after-pod-routes"), &conf);
+        let out = node.ours(
+            &add.clone().env("SCRAMBLER_FAULT", "after-pod-routes"),
+            &conf,
+        );
         assert!(!out.ok);
         assert!(node.host_local_leases().is_empty());
         assert!(node.host_veths().is_empty());
+        // STATUS and GC: host-local 1.1.1 predates CNI 1.1, so only our side acts
+        let mut global = Invocation::new("STATUS", "", &pod.path(), "");
+        global.netns = None;
+        node.ours(&global, &conf).expect_ok();
+        let mut gc_conf = conf.clone();
+        gc_conf["cni.dev/valid-attachments"] = json!([]);
+        node.ours(&global.cmd("GC"), &gc_conf).expect_ok();
     }
 }
 

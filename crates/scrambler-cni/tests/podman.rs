@@ -140,7 +140,12 @@ impl Drop for Podman {
     }
 }
 
-const ULIMITS: [&str; 4] = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+const ULIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
 
 #[test]
 fn podman_containers_get_addresses_and_reach_each_other() {
@@ -158,7 +163,12 @@ fn podman_containers_get_addresses_and_reach_each_other() {
     args.extend([IMAGE, "sleep", "300"]);
     podman.ok(&args);
     let ip_a = podman
-        .ok(&["inspect", "a", "--format", "{{(index .NetworkSettings.Networks \"scrpod\").IPAddress}}"])
+        .ok(&[
+            "inspect",
+            "a",
+            "--format",
+            "{{(index .NetworkSettings.Networks \"scrpod\").IPAddress}}",
+        ])
         .trim()
         .to_string();
     assert!(ip_a.starts_with("10.70.0."), "{ip_a}");

@@ -82,7 +82,9 @@ fn one(node: &Node, conf: &serde_json::Value, i: usize, tally: &Mutex<Tally>) {
             t.added += 1;
         } else if fault.is_some() && out.stdout.contains("fault injected") {
             t.failed_as_injected += 1;
-        } else if delete_midway && [3, 4, 5, 100].contains(&out.json()["code"].as_u64().unwrap_or(0)) {
+        } else if delete_midway
+            && [3, 4, 5, 100].contains(&out.json()["code"].as_u64().unwrap_or(0))
+        {
             // the sandbox vanished under ADD: unknown container, invalid CNI_NETNS
             // (file caught between unmount and unlink), I/O or kernel error
         } else {
@@ -96,6 +98,10 @@ fn one(node: &Node, conf: &serde_json::Value, i: usize, tally: &Mutex<Tally>) {
     }
     let d = node.ours(&del, conf);
     if !d.ok {
-        tally.lock().unwrap().failed_otherwise.push(format!("{i} DEL: {}", d.stdout));
+        tally
+            .lock()
+            .unwrap()
+            .failed_otherwise
+            .push(format!("{i} DEL: {}", d.stdout));
     }
 }

@@ -44,11 +44,30 @@ impl Node {
     pub fn new(tag: &str) -> Self {
         let ns = TestNetns::new(tag);
         // the kernel here has no dummy links: a veth pair stands in for the NIC
-        ns.ip(&["link", "add", "uplink", "mtu", "1500", "type", "veth", "peer", "name", "uplink-peer"]);
+        ns.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "mtu",
+            "1500",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink-peer",
+        ]);
         ns.ip(&["link", "set", "uplink-peer", "up"]);
         ns.ip(&["link", "set", "uplink", "up"]);
         ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "uplink"]);
-        ns.ip(&["route", "add", "default", "via", "192.0.2.254", "dev", "uplink"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "uplink",
+        ]);
         ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "uplink", "nodad"]);
         Node {
             ns,
@@ -169,8 +188,12 @@ pub struct CniOut {
 
 impl CniOut {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?} / stderr {:?}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?} / stderr {:?}",
+                self.stdout, self.stderr
+            )
+        })
     }
     pub fn code(&self) -> u64 {
         assert!(!self.ok, "expected failure, got {}", self.stdout);
@@ -178,13 +201,23 @@ impl CniOut {
     }
     #[track_caller]
     pub fn expect_ok(&self) -> &Self {
-        assert!(self.ok, "plugin failed: {} / stderr {}", self.stdout, self.stderr);
+        assert!(
+            self.ok,
+            "plugin failed: {} / stderr {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
 
 /// Runs plugin `path` inside namespace `node` (nsenter) with a runtime's environment.
-pub fn run_plugin(node: &str, path: &Path, inv: &Invocation, cni_path: &str, conf: &Value) -> CniOut {
+pub fn run_plugin(
+    node: &str,
+    path: &Path,
+    inv: &Invocation,
+    cni_path: &str,
+    conf: &Value,
+) -> CniOut {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{node}"))
         .arg(path)
