@@ -152,11 +152,13 @@ async fn del(req: &Request, host: &Netns) -> Result<()> {
         }
         Err(e) => Err(e),
     };
-    let released = match ipam::select(&req.conf, &req.raw, &req.env) {
-        Ok(ipam) => ipam.ipam().release(&areq.id).await,
-        Err(e) => Err(e),
-    };
-    detached.and(released)
+    // an interface that could not be removed keeps its addresses leased, so they are not
+    // handed out twice; the runtime retries DEL
+    detached?;
+    ipam::select(&req.conf, &req.raw, &req.env)?
+        .ipam()
+        .release(&areq.id)
+        .await
 }
 
 async fn check(req: &Request, host: &Netns) -> Result<()> {

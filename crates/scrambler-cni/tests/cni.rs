@@ -359,3 +359,17 @@ fn delegate_errors_pass_through_with_their_code() {
     assert!(out.stdout.contains("not found in CNI_PATH"));
     assert!(node.host_veths().is_empty());
 }
+
+#[test]
+fn requested_address_is_honoured() {
+    let node = Node::new("req");
+    let pod = TestNetns::new("reqpod");
+    let conf = node.conf("1.1.0", "10.28.0.0/24");
+    let mut add = Invocation::new("ADD", "req1", &pod.path(), "eth0");
+    add.args = Some("IgnoreUnknown=1;IP=10.28.0.77".into());
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.expect_ok().json()["ips"][0]["address"], "10.28.0.77/32");
+    assert!(pod.ip(&["-o", "addr"]).contains("10.28.0.77/32"));
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
+    assert!(node.leases().is_empty());
+}
