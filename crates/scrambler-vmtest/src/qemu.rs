@@ -8,6 +8,7 @@ use crate::config::VmSettings;
 use crate::outcome::VmStatus;
 use scrambler_core::Error;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -23,7 +24,8 @@ pub(crate) struct Boot<'a> {
     pub settings: &'a VmSettings,
     /// The image for `-kernel` (bzImage or PVH vmlinux).
     pub kernel: &'a Path,
-    pub initrd: &'a Path,
+    /// The initramfs, an open (possibly unlinked) file inherited by qemu.
+    pub initrd: &'a std::fs::File,
     pub nonce: &'a str,
 }
 
@@ -85,6 +87,7 @@ struct Qemu {
 impl Qemu {
     fn spawn(b: &Boot<'_>) -> Result<Self, Error> {
         let s = b.settings;
+        let initrd_fd = b.initrd.as_raw_fd();
         let mut cmd = Command::new(&s.qemu);
         cmd.args(["-accel", &s.accel])
             .args(["-cpu", if s.accel == "kvm" { "host" } else { "max" }])
@@ -95,7 +98,7 @@ impl Qemu {
             .arg("-kernel")
             .arg(b.kernel)
             .arg("-initrd")
-            .arg(b.initrd)
+            .arg(format!("/dev/fd/{initrd_fd}"))
             .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
             .args([
                 "-virtfs",
@@ -104,12 +107,18 @@ impl Qemu {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+        // SAFETY: prctl and fcntl are async-signal-safe syscalls; the closure allocates
+        // nothing, and the initramfs fd stays open in the parent until qemu has exited.
         unsafe {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                let fd = std::os::fd::BorrowedFd::borrow_raw(initrd_fd);
+                nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
+                Ok(())
             });
         }
         let child = cmd

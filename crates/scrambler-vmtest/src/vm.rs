@@ -192,15 +192,14 @@ impl VmTest {
             false => kernel.image.clone(),
         };
         let _slot = slots::acquire(settings.jobs)?;
-        let mut initrd = tempfile::Builder::new()
-            .prefix("scrambler-vmtest-")
-            .suffix(".cpio")
-            .tempfile()
-            .map_err(|e| Error::io("create", "initramfs temp file", e))?;
+        // An unlinked temp file, handed to qemu as /dev/fd/N: nothing to clean up, even
+        // if this process is killed.
+        let mut initrd =
+            tempfile::tempfile().map_err(|e| Error::io("create", "initramfs temp file", e))?;
         initrd
             .write_all(&image)
             .and_then(|()| initrd.flush())
-            .map_err(|e| Error::io("write", initrd.path().display(), e))?;
+            .map_err(|e| Error::io("write", "initramfs temp file", e))?;
 
         eprintln!(
             "scrambler-vmtest: booting {} ({}, {} MiB, {} CPUs) for tests matching {:?}",
@@ -213,7 +212,7 @@ impl VmTest {
         let result = qemu::boot(&qemu::Boot {
             settings: &settings,
             kernel: &boot_image,
-            initrd: initrd.path(),
+            initrd: &initrd,
             nonce: &plan.nonce,
         })?;
         eprintln!(
