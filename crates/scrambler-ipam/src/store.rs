@@ -16,7 +16,7 @@ use fs2::FileExt;
 use scrambler_core::{AttachmentId, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -192,7 +192,7 @@ fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
 
 /// Reads a lease file's holder; `Err` says why the file is corrupt.
 fn read_holder(path: &Path) -> std::result::Result<AttachmentId, String> {
-    let body = fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    let body = read_small(path).map_err(|e| format!("unreadable: {e}"))?;
     let text = std::str::from_utf8(&body).map_err(|_| "not UTF-8".to_string())?;
     let (container_id, ifname) = if text.trim_start().starts_with('{') {
         let r: LeaseRecord = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
@@ -208,6 +208,24 @@ fn read_holder(path: &Path) -> std::result::Result<AttachmentId, String> {
         return Err("empty container id or interface name".into());
     }
     Ok(AttachmentId::new(container_id, ifname))
+}
+
+/// Reads a small file with one `open` and one `read` in the common case (no `statx`, no
+/// read to hit EOF): scans read every lease file, so syscalls per file count.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 512];
+    let mut len = 0;
+    loop {
+        let n = f.read(&mut buf[len..])?;
+        len += n;
+        // A regular file reads short only at its end.
+        if n == 0 || len < buf.len() {
+            buf.truncate(len);
+            return Ok(buf);
+        }
+        buf.resize(len * 2, 0);
+    }
 }
 
 fn truncate(s: &str) -> String {
@@ -229,16 +247,19 @@ mod tests {
         fs::write(store.dir().join("10.0.0.3"), "garbage").unwrap();
         fs::write(store.dir().join("10.0.0.4"), "hostlocal-id\r\neth1").unwrap();
         fs::write(store.dir().join("fd00::5"), "{\"containerId\":\"\",\"ifname\":\"x\"}").unwrap();
+        let long = "f".repeat(700);
+        fs::write(store.dir().join("10.0.0.9"), format!("{{\"containerId\":\"{long}\",\"ifname\":\"eth0\"}}")).unwrap();
         let leases = l.scan().unwrap();
         let addrs: Vec<String> = leases.iter().map(|l| l.address.to_string()).collect();
-        assert_eq!(addrs, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::5"]);
+        assert_eq!(addrs, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.9", "fd00::5"]);
         assert!(leases[0].is_held_by(&id));
         assert!(leases[1].holder.is_err());
         assert_eq!(leases[2].holder, Ok(AttachmentId::new("hostlocal-id", "eth1")));
-        assert!(leases[3].holder.is_err());
+        assert_eq!(leases[3].holder, Ok(AttachmentId::new(long, "eth0")));
+        assert!(leases[4].holder.is_err());
         l.remove("10.0.0.2".parse().unwrap()).unwrap();
         l.remove("10.0.0.2".parse().unwrap()).unwrap();
-        assert_eq!(l.scan().unwrap().len(), 3);
+        assert_eq!(l.scan().unwrap().len(), 4);
         l.set_last_reserved(0, "10.0.0.9".parse().unwrap()).unwrap();
         assert_eq!(l.last_reserved(0), Some("10.0.0.9".parse().unwrap()));
         assert_eq!(l.last_reserved(1), None);
