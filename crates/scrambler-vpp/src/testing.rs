@@ -227,7 +227,8 @@ impl VppInstance {
         s
     }
 
-    fn stop(&mut self) {
+    /// Stops VPP now (SIGTERM, then SIGKILL after 3 s); the namespace stays until drop.
+    pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };

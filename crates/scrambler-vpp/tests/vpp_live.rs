@@ -172,3 +172,24 @@ async fn crc_mismatch_is_a_clear_error() {
     c.control_ping().await.unwrap();
     c.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn vpp_going_away_fails_requests_instead_of_hanging() {
+    let mut vpp = VppInstance::start("vppk", 0).await;
+    let c = vpp.client().await;
+    c.control_ping().await.unwrap();
+    vpp.stop();
+    let started = std::time::Instant::now();
+    let e = c.show_version().await.unwrap_err();
+    assert!(
+        matches!(e, VppError::Closed { .. } | VppError::Io { .. }),
+        "{e}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // and later ones fail at once too
+    assert!(c.control_ping().await.is_err());
+    let e = scrambler_vpp::VppClient::connect(vpp.api_sock())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VppError::Io { .. }), "{e}");
+}
