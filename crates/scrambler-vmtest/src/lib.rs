@@ -26,6 +26,10 @@
 //! path. Several tests, one boot: a [`VmSuite`] static shared by the tests of a group.
 //! [`VmTest`] adds files, binaries, directories, modules, env vars and limits.
 //!
+//! Runs block the calling thread (also fine inside `#[tokio::test]`). A guest test's
+//! name must match the filter of the run that is meant to execute it; a filter matching
+//! nothing in the guest is a failure, not a pass.
+//!
 //! # How it works
 //!
 //! * The guest kernel is the newest `/boot/vmlinuz-<ver>` with `/lib/modules/<ver>`

@@ -373,3 +373,58 @@ fn timeout_kills_the_vm() {
         .unwrap();
     assert!(leftover.stdout.is_empty(), "qemu still running");
 }
+
+const GUEST_COPY: &str = "/etc/scrambler-vmtest/Cargo.toml";
+const GUEST_SRC: &str = "/opt/scrambler-vmtest-src";
+const TRICKY: &str = "it's \"quoted\" $HOME `x` \\ end";
+const GUEST_SCRIBBLE: &str = "guest-wrote-this.txt";
+
+static EXTRAS: VmSuite = VmSuite::with("vm_extras_", |t| {
+    t.with_file("Cargo.toml", GUEST_COPY)
+        .with_dir("src", GUEST_SRC)
+        .with_binary(std::env::current_exe().unwrap())
+        .with_env("SCRAMBLER_VMTEST_TRICKY", TRICKY)
+        .with_module("dummy")
+});
+
+/// Files, directories, binaries, env vars and modules the caller asks for are in the
+/// guest; the guest may write to host paths without the host seeing it.
+#[test]
+fn vm_extras_reach_the_guest() {
+    if !in_vm() {
+        EXTRAS.run("vm_extras_reach_the_guest").assert_success();
+        // The guest wrote into this directory; the host must not see it.
+        assert!(!std::path::Path::new(GUEST_SCRIBBLE).exists());
+        return;
+    }
+    let copied = std::fs::read_to_string(GUEST_COPY).unwrap();
+    assert_eq!(copied, std::fs::read_to_string("Cargo.toml").unwrap());
+    assert!(std::path::Path::new(GUEST_SRC).join("lib.rs").is_file());
+
+    let me = std::env::current_exe().unwrap();
+    let name = me.file_name().unwrap();
+    let linked = std::path::Path::new("/run/scrambler-vm/path").join(name);
+    assert_eq!(std::fs::canonicalize(linked).unwrap(), me);
+    let path = std::env::var("PATH").unwrap();
+    assert!(path.starts_with("/run/scrambler-vm/path:"), "{path}");
+
+    assert_eq!(std::env::var("SCRAMBLER_VMTEST_TRICKY").unwrap(), TRICKY);
+    assert_eq!(std::env::var("SCRAMBLER_IN_VM").unwrap(), "1");
+    assert_eq!(std::env::var("HOME").unwrap(), "/root");
+    assert!(
+        std::env::var("CARGO_MANIFEST_DIR").is_ok(),
+        "cargo's env is passed on"
+    );
+    assert!(
+        std::path::Path::new("/sys/module/dummy").exists(),
+        "dummy was preloaded"
+    );
+
+    std::fs::write(GUEST_SCRIBBLE, "the overlay keeps this in guest RAM").unwrap();
+    std::fs::write("/usr/local/scrambler-vmtest-scribble", "also fine").unwrap();
+    assert_eq!(
+        nix::unistd::getuid().as_raw(),
+        0,
+        "tests run as root in the guest"
+    );
+}
