@@ -209,12 +209,25 @@ impl VmTest {
             settings.cpus,
             self.filter
         );
-        let result = qemu::boot(&qemu::Boot {
-            settings: &settings,
-            kernel: &boot_image,
-            initrd: &initrd,
-            nonce: &plan.nonce,
-        })?;
+        let boot = |kernel_image: &Path| {
+            qemu::boot(&qemu::Boot {
+                settings: &settings,
+                kernel: kernel_image,
+                initrd: &initrd,
+                nonce: &plan.nonce,
+            })
+        };
+        let mut result = boot(&boot_image)?;
+        if boot_image != kernel.image && never_booted(&result) {
+            eprintln!(
+                "scrambler-vmtest: the PVH boot failed ({}); retrying with {}",
+                result.status,
+                kernel.image.display()
+            );
+            // Drop the cached vmlinux so the next run extracts it afresh.
+            let _ = std::fs::remove_file(&boot_image);
+            result = boot(&kernel.image)?;
+        }
         eprintln!(
             "scrambler-vmtest: {:?}: {} after {:.1} s",
             self.filter,
@@ -304,6 +317,15 @@ pub fn run_tests_in_vm(filter: &str) -> VmOutcome {
 /// Runs exactly the calling test in a VM: shorthand for `VmTest::this_test().run()`.
 pub fn run_this_test_in_vm() -> VmOutcome {
     VmTest::this_test().run()
+}
+
+/// qemu ended without a single line from the guest (only its own complaints).
+fn never_booted(result: &qemu::BootResult) -> bool {
+    matches!(result.status, crate::outcome::VmStatus::Crashed(_))
+        && result
+            .console
+            .lines()
+            .all(|l| l.trim().is_empty() || l.starts_with("qemu: "))
 }
 
 /// `path` made absolute against `cwd`; it must exist on the host.
