@@ -1,6 +1,9 @@
 //! CNI ADD+DEL wall time: `scrambler-cni` (built-in IPAM, and delegating to host-local)
 //! against Debian's `bridge` + `host-local`, on the same node/pod namespace setup, in one
-//! run. Prints per-round figures and the ratio; the target is ours ≤ 1/5 of theirs.
+//! run, with lease directories on disk and on tmpfs. A `ip link add/del` of a bare veth
+//! pair gives the kernel's floor. Contenders are interleaved round by round so that load
+//! from other processes hits them alike. Prints medians and ratios; the target is
+//! scrambler-cni ≤ 1/5 of bridge + host-local.
 //!
 //! Run as root: `cargo bench -p scrambler-cni --bench cni_bench`.
 
@@ -11,11 +14,63 @@ use common::{Invocation, Node, DEBIAN_CNI};
 use scrambler_core::netns::testing::TestNetns;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 40;
+
+/// One thing to time.
+#[derive(Clone)]
+enum Contender {
+    /// A CNI plugin with its conf.
+    Plugin {
+        path: PathBuf,
+        conf: Value,
+        cni_path: String,
+    },
+    /// `ip link add … type veth peer … netns POD` / `ip link del`.
+    VethFloor,
+}
+
+impl Contender {
+    fn add(&self, inv: &Invocation) {
+        match self {
+            Contender::Plugin {
+                path,
+                conf,
+                cni_path,
+            } => exec(path, inv, cni_path, conf),
+            Contender::VethFloor => ip(&[
+                "link",
+                "add",
+                "scrfloor0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                inv.netns.as_deref().unwrap(),
+            ]),
+        }
+    }
+
+    fn del(&self, inv: &Invocation) {
+        match self {
+            Contender::Plugin {
+                path,
+                conf,
+                cni_path,
+            } => exec(path, &inv.cmd("DEL"), cni_path, conf),
+            Contender::VethFloor => ip(&["link", "del", "scrfloor0"]),
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    assert!(Command::new("ip").args(args).status().unwrap().success());
+}
 
 /// Runs `plugin` from the calling thread (which is inside the node namespace, so the
 /// child is too): no nsenter in the measured time.
@@ -49,8 +104,8 @@ fn exec(plugin: &Path, inv: &Invocation, cni_path: &str, conf: &Value) {
     );
 }
 
-/// Medians of ADD, DEL and ADD+DEL over `ROUNDS` fresh pods (one warm-up round first).
-#[derive(Debug, Clone, Copy)]
+/// Medians of ADD, DEL and ADD+DEL.
+#[derive(Debug, Clone, Copy, Default)]
 struct Figures {
     add: Duration,
     del: Duration,
@@ -62,89 +117,40 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Times `add` then `del` (run on a thread inside the node namespace) for fresh pods.
-fn measure_with<A, D>(node: &Node, tag: &str, add: A, del: D) -> Figures
-where
-    A: Fn(&Invocation) + Send + Sync + Clone + 'static,
-    D: Fn(&Invocation) + Send + Sync + Clone + 'static,
-{
-    let (mut adds, mut dels, mut totals) = (vec![], vec![], vec![]);
+/// Times every contender's ADD then DEL for a fresh pod, round after round (round 0 is
+/// a warm-up), from a thread inside the node namespace.
+fn measure_all(node: &Node, contenders: &[Contender]) -> Vec<Figures> {
+    let mut samples: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); contenders.len()];
     for round in 0..=ROUNDS {
-        let pod = TestNetns::new("benchpod");
-        let inv = Invocation::new("ADD", &format!("{tag}{round}"), &pod.path(), "eth0");
-        let (add, del) = (add.clone(), del.clone());
-        let (a, d) = node
-            .ns
-            .netns()
-            .run(move || {
-                let t = Instant::now();
-                add(&inv);
-                let a = t.elapsed();
-                let t = Instant::now();
-                del(&inv.cmd("DEL"));
-                Ok((a, t.elapsed()))
-            })
-            .unwrap();
-        if round > 0 {
-            adds.push(a);
-            dels.push(d);
-            totals.push(a + d);
+        for (i, c) in contenders.iter().enumerate() {
+            let pod = TestNetns::new("benchpod");
+            let inv = Invocation::new("ADD", &format!("b{i}r{round}"), &pod.path(), "eth0");
+            let c = c.clone();
+            let (a, d) = node
+                .ns
+                .netns()
+                .run(move || {
+                    let t = Instant::now();
+                    c.add(&inv);
+                    let a = t.elapsed();
+                    let t = Instant::now();
+                    c.del(&inv);
+                    Ok((a, t.elapsed()))
+                })
+                .unwrap();
+            if round > 0 {
+                samples[i].push((a, d));
+            }
         }
     }
-    Figures {
-        add: median(adds),
-        del: median(dels),
-        total: median(totals),
-    }
-}
-
-fn measure(node: &Node, plugin: &Path, conf: &Value, tag: &str) -> Figures {
-    let cni_path = node.cni_path.value();
-    let (p, c, cp) = (plugin.to_path_buf(), conf.clone(), cni_path.clone());
-    measure_with(node, tag, move |inv| exec(&p, inv, &cp, &c), {
-        let (p, c, cp) = (plugin.to_path_buf(), conf.clone(), cni_path);
-        move |inv| exec(&p, inv, &cp, &c)
-    })
-}
-
-/// The kernel's part alone: `ip link add … type veth peer … netns POD` / `ip link del`.
-fn measure_veth_floor(node: &Node) -> Figures {
-    measure_with(
-        node,
-        "floor",
-        |inv| {
-            let ok = Command::new("ip")
-                .args([
-                    "link",
-                    "add",
-                    "scrfloor0",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                ])
-                .arg(inv.netns.as_deref().unwrap())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok);
-        },
-        |_| {
-            let ok = Command::new("ip")
-                .args(["link", "del", "scrfloor0"])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok);
-        },
-    )
-}
-
-fn quiet(mut c: Value) -> Value {
-    c.as_object_mut().unwrap().remove("logFile");
-    c
+    samples
+        .into_iter()
+        .map(|s| Figures {
+            add: median(s.iter().map(|x| x.0).collect()),
+            del: median(s.iter().map(|x| x.1).collect()),
+            total: median(s.iter().map(|x| x.0 + x.1).collect()),
+        })
+        .collect()
 }
 
 fn main() {
@@ -157,63 +163,65 @@ fn main() {
     // them, as leases must not outlive a reboot there)
     let disk = node.data.path().to_path_buf();
     let tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
-    let ours_bin = Path::new(common::BIN);
-    let bridge_bin = Path::new(DEBIAN_CNI).join("bridge");
-    let bridge_conf = |dir: &Path, subnet: &str| {
-        json!({
-            "cniVersion": "1.0.0",
-            "name": "bench-bridge",
-            "type": "bridge",
-            "bridge": "cnibench0",
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                     "dataDir": dir.join("bridge-host-local")}
-        })
+    let cni_path = node.cni_path.value();
+    let plugin = |path: &Path, mut conf: Value, dir: &Path, leases: &str| {
+        conf.as_object_mut().unwrap().remove("logFile");
+        conf["ipam"]["dataDir"] = json!(dir.join(leases));
+        Contender::Plugin {
+            path: path.to_path_buf(),
+            conf,
+            cni_path: cni_path.clone(),
+        }
     };
-    let with_dir = |mut c: Value, dir: &Path| {
-        c["ipam"]["dataDir"] = json!(dir.join("leases"));
-        c
-    };
-
-    let mut rows: Vec<(String, Figures)> = Vec::new();
-    let mut ratios = Vec::new();
+    let ours = Path::new(common::BIN);
+    let bridge = Path::new(DEBIAN_CNI).join("bridge");
+    let bridge_conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "bench-bridge",
+        "type": "bridge",
+        "bridge": "cnibench0",
+        "isGateway": true,
+        "ipMasq": false,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.52.0.0/24"}]]}
+    });
+    let mut names = Vec::new();
+    let mut contenders = Vec::new();
     for (where_, dir) in [("disk ", disk.as_path()), ("tmpfs", tmpfs.path())] {
-        let ours = measure(
-            &node,
-            ours_bin,
-            &with_dir(quiet(node.conf("1.0.0", "10.50.0.0/24")), dir),
-            "o",
-        );
-        let hl = measure(
-            &node,
-            ours_bin,
-            &with_dir(quiet(node.conf_host_local("1.0.0", "10.51.0.0/24")), dir),
-            "h",
-        );
-        let br = measure(&node, &bridge_bin, &bridge_conf(dir, "10.52.0.0/24"), "b");
-        rows.push((
-            format!("[{where_}] scrambler-cni + scrambler-ipam (in-process)"),
+        names.push(format!(
+            "[{where_}] scrambler-cni + scrambler-ipam (in-process)"
+        ));
+        contenders.push(plugin(
             ours,
+            node.conf("1.0.0", "10.50.0.0/24"),
+            dir,
+            "ours",
         ));
-        rows.push((
-            format!("[{where_}] scrambler-cni + host-local (delegated)    "),
-            hl,
+        names.push(format!(
+            "[{where_}] scrambler-cni + host-local (delegated)    "
         ));
-        rows.push((
-            format!("[{where_}] Debian bridge + host-local                "),
-            br,
+        contenders.push(plugin(
+            ours,
+            node.conf_host_local("1.0.0", "10.51.0.0/24"),
+            dir,
+            "ours-host-local",
         ));
-        ratios.push((where_, ours.total.as_secs_f64() / br.total.as_secs_f64()));
+        names.push(format!(
+            "[{where_}] Debian bridge + host-local                "
+        ));
+        contenders.push(plugin(
+            &bridge,
+            bridge_conf.clone(),
+            dir,
+            "bridge-host-local",
+        ));
     }
-    let floor = measure_veth_floor(&node);
-    rows.push((
-        "kernel floor: ip link add/del veth pair        ".into(),
-        floor,
-    ));
+    names.push("kernel floor: ip link add/del veth pair        ".into());
+    contenders.push(Contender::VethFloor);
+
+    let figures = measure_all(&node, &contenders);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("CNI wall time, median of {ROUNDS} rounds         ADD        DEL    ADD+DEL");
-    for (name, f) in &rows {
+    println!("CNI wall time, median of {ROUNDS} interleaved rounds   ADD        DEL    ADD+DEL");
+    for (name, f) in names.iter().zip(&figures) {
         println!(
             "  {name} {:7.2} ms {:7.2} ms {:7.2} ms",
             ms(f.add),
@@ -221,10 +229,23 @@ fn main() {
             ms(f.total)
         );
     }
-    for (where_, ratio) in ratios {
+    let floor = figures[6];
+    let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    for (where_, ours, br) in [
+        ("disk ", figures[0], figures[2]),
+        ("tmpfs", figures[3], figures[5]),
+    ] {
+        let total = r(ours.total, br.total);
         println!(
-            "  ratio scrambler-cni / bridge+host-local, leases on {where_}: {ratio:.3} (target <= 0.200: {})",
-            if ratio <= 0.2 { "met" } else { "NOT met" }
+            "  leases on {where_}: scrambler-cni / bridge+host-local: ADD+DEL {total:.3} \
+             (target <= 0.200: {}), ADD {:.3}, DEL {:.3}, ADD+DEL above the kernel floor {:.3}",
+            if total <= 0.2 { "met" } else { "NOT met" },
+            r(ours.add, br.add),
+            r(ours.del, br.del),
+            r(
+                ours.total.saturating_sub(floor.total),
+                br.total.saturating_sub(floor.total)
+            ),
         );
     }
 }

@@ -152,6 +152,7 @@ impl VethAttach {
         mtu: u32,
     ) -> Result<CniResult> {
         let host_name = host_ifname(&req.id);
+        tracing::debug!(stage = "veth created");
         self.fault("after-veth")?;
         let host_link = existing(host, &host_name).await?;
         host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
@@ -193,6 +194,7 @@ impl VethAttach {
             });
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
+        tracing::debug!(stage = "node side and pod addresses set");
         self.fault("after-pod-addr")?;
 
         // pod routes via the gateway
@@ -209,6 +211,7 @@ impl VethAttach {
         for r in &routes {
             pod.add_route(r.dst, r.gw, pod_link.index, r.mtu).await?;
         }
+        tracing::debug!(stage = "pod routes set");
         self.fault("after-pod-routes")?;
 
         // node routes to the pod
@@ -357,6 +360,7 @@ impl Attach for VethAttach {
                 ),
             });
         }
+        tracing::debug!(stage = "netlink open, names free");
         let mtu = self.pod_mtu(&host_nl, req.mtu).await?;
         host_nl
             .create_veth(&VethSpec {
