@@ -25,7 +25,9 @@ pub const CODE_NOT_AVAILABLE: u32 = 50;
 pub const CODE_LIMITED_CONNECTIVITY: u32 = 51;
 
 /// Runs one invocation: `vars` is the environment, `stdin` the conf, `host` the node's
-/// namespace (where the host side of attachments lives).
+/// namespace (where the host side of attachments lives). Delegated plugins are executed
+/// from the calling thread, i.e. in the caller's namespace (what matters to an IPAM
+/// like dhcp; host-local and static do not care).
 pub async fn invoke(vars: Vec<(String, String)>, stdin: &[u8], host: &Netns) -> Outcome {
     let env = match CniEnv::from_vars(vars) {
         Ok(e) => e,

@@ -373,3 +373,35 @@ fn requested_address_is_honoured() {
     node.ours(&add.cmd("DEL"), &conf).expect_ok();
     assert!(node.leases().is_empty());
 }
+
+#[test]
+fn in_process_invoke_acts_on_the_given_node_namespace() {
+    // the library entry point, as the lab or an agent would use it: no nsenter, the
+    // node namespace is a parameter
+    let node = Node::new("inproc");
+    let pod = TestNetns::new("inprocpod");
+    let conf = serde_json::to_vec(&node.conf("1.1.0", "10.29.0.0/24")).unwrap();
+    let vars = |cmd: &str| {
+        vec![
+            ("CNI_COMMAND".to_string(), cmd.to_string()),
+            ("CNI_CONTAINERID".into(), "inproc1".into()),
+            ("CNI_NETNS".into(), pod.path().display().to_string()),
+            ("CNI_IFNAME".into(), "eth0".into()),
+            ("CNI_PATH".into(), node.cni_path.value()),
+        ]
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let host = node.ns.netns();
+    let out = rt.block_on(scrambler_cni::invoke(vars("ADD"), &conf, &host));
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(node.host_veths().len(), 1);
+    assert!(ping(&pod, NODE_IP));
+    let out = rt.block_on(scrambler_cni::invoke(vars("DEL"), &conf, &host));
+    assert_eq!(out.exit_code, 0);
+    assert!(out.stdout.is_empty());
+    assert!(node.host_veths().is_empty());
+    assert!(node.leases().is_empty());
+}
