@@ -51,7 +51,10 @@ mod tests {
             let ip: IpAddr = s.parse().unwrap();
             assert_eq!(from_u128(family_of(ip), to_u128(ip)), ip);
         }
-        assert_eq!(offset("10.0.0.255".parse().unwrap(), 1).to_string(), "10.0.1.0");
+        assert_eq!(
+            offset("10.0.0.255".parse().unwrap(), 1).to_string(),
+            "10.0.1.0"
+        );
         assert_eq!(offset("fd00::1".parse().unwrap(), -1).to_string(), "fd00::");
     }
 }

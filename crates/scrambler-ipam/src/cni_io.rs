@@ -35,12 +35,12 @@ impl Command {
             "VERSION" => Command::Version,
             "GC" => Command::Gc,
             "STATUS" => Command::Status,
-            other => {
-                return Err(Error::InvalidEnvironment {
-                    var: "CNI_COMMAND".into(),
-                    reason: format!("unknown command {other:?}: expected ADD, DEL, CHECK, VERSION, GC or STATUS"),
-                })
-            }
+            other => return Err(Error::InvalidEnvironment {
+                var: "CNI_COMMAND".into(),
+                reason: format!(
+                    "unknown command {other:?}: expected ADD, DEL, CHECK, VERSION, GC or STATUS"
+                ),
+            }),
         })
     }
 
@@ -79,7 +79,8 @@ impl CniEnv {
     /// `CNI_NETNS` for ADD and CHECK.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<CniEnv> {
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
-        let command = Command::parse(&nonempty("CNI_COMMAND").ok_or_else(|| missing("CNI_COMMAND"))?)?;
+        let command =
+            Command::parse(&nonempty("CNI_COMMAND").ok_or_else(|| missing("CNI_COMMAND"))?)?;
         let env = CniEnv {
             command,
             container_id: nonempty("CNI_CONTAINERID"),
@@ -109,7 +110,10 @@ impl CniEnv {
 
     /// The attachment named by `CNI_CONTAINERID` / `CNI_IFNAME`.
     pub fn attachment(&self) -> Result<AttachmentId> {
-        let id = self.container_id.clone().ok_or_else(|| missing("CNI_CONTAINERID"))?;
+        let id = self
+            .container_id
+            .clone()
+            .ok_or_else(|| missing("CNI_CONTAINERID"))?;
         let ifname = self.ifname.clone().ok_or_else(|| missing("CNI_IFNAME"))?;
         Ok(AttachmentId::new(id, ifname))
     }
@@ -156,7 +160,8 @@ pub fn read_stdin() -> Result<Vec<u8>> {
 
 /// Parses the conf on stdin as JSON (code 6 when it is not JSON, 7 when it is not an object).
 pub fn parse_conf(bytes: &[u8]) -> Result<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::decode("network config", e))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::decode("network config", e))?;
     if !v.is_object() {
         return Err(Error::config("network config is not a JSON object"));
     }
@@ -183,7 +188,11 @@ pub fn error_version(conf: Option<&serde_json::Value>) -> String {
 pub fn version_json(conf: &[u8]) -> serde_json::Value {
     let asked = serde_json::from_slice::<serde_json::Value>(conf)
         .ok()
-        .and_then(|c| c.get("cniVersion").and_then(|v| v.as_str()).map(str::to_string))
+        .and_then(|c| {
+            c.get("cniVersion")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| CURRENT_VERSION.to_string());
     serde_json::json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
@@ -233,11 +242,12 @@ fn parse_requested(what: &str, s: &str) -> Result<IpAddr> {
         .map_err(|_| Error::config(format!("{what}: invalid address {s:?}")))
 }
 
-/// The `cni.dev/valid-attachments` of a GC conf.
+/// The `cni.dev/valid-attachments` of a GC conf. Its absence is an error, not an empty
+/// list: GC against an empty list would release every lease.
 pub fn valid_attachments(conf: &serde_json::Value) -> Result<Vec<AttachmentId>> {
-    let Some(list) = conf.get("cni.dev/valid-attachments") else {
-        return Ok(Vec::new());
-    };
+    let list = conf
+        .get("cni.dev/valid-attachments")
+        .ok_or_else(|| Error::config("GC needs \"cni.dev/valid-attachments\" (it is missing)"))?;
     #[derive(serde::Deserialize)]
     struct Att {
         #[serde(rename = "containerID")]
@@ -263,9 +273,9 @@ pub fn print_json(value: &serde_json::Value) -> Result<()> {
 
 /// The CNI error object of `err` as JSON.
 pub fn error_json(err: &Error, version: &str) -> serde_json::Value {
-    serde_json::to_value(err.to_cni(version)).unwrap_or_else(|_| {
-        serde_json::json!({"cniVersion": version, "code": err.code(), "msg": err.to_string()})
-    })
+    serde_json::to_value(err.to_cni(version)).unwrap_or_else(
+        |_| serde_json::json!({"cniVersion": version, "code": err.code(), "msg": err.to_string()}),
+    )
 }
 
 #[cfg(test)]
@@ -275,17 +285,31 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Result<CniEnv> {
-        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         CniEnv::from_lookup(|k| m.get(k).cloned())
     }
 
     #[test]
     fn env_requirements_follow_the_spec() {
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")]).unwrap_err();
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
         assert_eq!(e.code(), 4);
         assert!(e.to_string().contains("CNI_NETNS"));
-        let d = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0"),
-            ("CNI_ARGS", "IgnoreUnknown=1;IP=10.0.0.5"), ("CNI_PATH", "/a:/b")]).unwrap();
+        let d = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "IgnoreUnknown=1;IP=10.0.0.5"),
+            ("CNI_PATH", "/a:/b"),
+        ])
+        .unwrap();
         assert_eq!(d.arg("ip"), Some("10.0.0.5"));
         assert_eq!(d.path.len(), 2);
         assert!(env(&[("CNI_COMMAND", "GC")]).is_ok());
@@ -298,9 +322,18 @@ mod tests {
     fn requested_ips_from_every_source() {
         let e = env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "IP=10.0.0.5")]).unwrap();
         let c = json!({"args": {"cni": {"ips": ["fd00::5/64"]}}, "runtimeConfig": {"ips": ["10.0.1.5"]}});
-        let ips: Vec<String> = requested_ips(&c, &e).unwrap().iter().map(|i| i.to_string()).collect();
+        let ips: Vec<String> = requested_ips(&c, &e)
+            .unwrap()
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
         assert_eq!(ips, ["10.0.0.5", "fd00::5", "10.0.1.5"]);
-        assert_eq!(requested_ips(&json!({"args": {"cni": {"ips": "x"}}}), &e).unwrap_err().code(), 7);
+        assert_eq!(
+            requested_ips(&json!({"args": {"cni": {"ips": "x"}}}), &e)
+                .unwrap_err()
+                .code(),
+            7
+        );
     }
 
     #[test]
@@ -309,8 +342,17 @@ mod tests {
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
         assert_eq!(version_json(b"")["cniVersion"], CURRENT_VERSION);
-        let a = valid_attachments(&json!({"cni.dev/valid-attachments": [{"containerID": "c", "ifname": "eth0"}]})).unwrap();
+        let a = valid_attachments(
+            &json!({"cni.dev/valid-attachments": [{"containerID": "c", "ifname": "eth0"}]}),
+        )
+        .unwrap();
         assert_eq!(a, [AttachmentId::new("c", "eth0")]);
-        assert_eq!(conf_version(&json!({"cniVersion": "0.2.0"})).unwrap_err().code(), 1);
+        assert_eq!(valid_attachments(&json!({})).unwrap_err().code(), 7);
+        assert_eq!(
+            conf_version(&json!({"cniVersion": "0.2.0"}))
+                .unwrap_err()
+                .code(),
+            1
+        );
     }
 }

@@ -260,8 +260,8 @@ fn parse_ip(field: &str, s: &str) -> Result<IpAddr> {
 }
 
 fn parse_range(at: &str, raw: &RawRange) -> Result<Range> {
-    let subnet_s = non_empty(&raw.subnet)
-        .ok_or_else(|| Error::config(format!("{at}.subnet is missing")))?;
+    let subnet_s =
+        non_empty(&raw.subnet).ok_or_else(|| Error::config(format!("{at}.subnet is missing")))?;
     let subnet: IpNet = subnet_s
         .parse()
         .map_err(|_| Error::config(format!("{at}.subnet: invalid CIDR {subnet_s:?}")))?;
@@ -352,7 +352,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_host_local() {
-        let c = IpamConf::parse(&json!({"type": "scrambler-ipam", "subnet": "10.1.2.3/24"})).unwrap();
+        let c =
+            IpamConf::parse(&json!({"type": "scrambler-ipam", "subnet": "10.1.2.3/24"})).unwrap();
         let r = &c.ranges[0].ranges[0];
         assert_eq!(r.subnet.to_string(), "10.1.2.0/24");
         assert_eq!(r.gateway.to_string(), "10.1.2.1");
@@ -391,14 +392,20 @@ mod tests {
         assert!(err(json!({})).contains("no address ranges"));
         assert!(err(json!({"subnet": "10.0.0.0/31"})).contains("too small"));
         assert!(err(json!({"subnet": "nope"})).contains("subnet: invalid CIDR"));
-        assert!(err(json!({"ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.9.0.1"}]]}))
-            .contains("ranges[0][0].gateway: 10.9.0.1 is not in subnet 10.1.0.0/24"));
+        assert!(
+            err(json!({"ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.9.0.1"}]]}))
+                .contains("ranges[0][0].gateway: 10.9.0.1 is not in subnet 10.1.0.0/24")
+        );
         assert!(err(json!({"ranges": [[{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.9", "rangeEnd": "10.1.0.3"}]]}))
             .contains("after rangeEnd"));
-        assert!(err(json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.1.0.0/25"}]]}))
-            .contains("overlaps"));
-        assert!(err(json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "fd00::/64"}]]}))
-            .contains("mixes"));
+        assert!(
+            err(json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.1.0.0/25"}]]}))
+                .contains("overlaps")
+        );
+        assert!(
+            err(json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "fd00::/64"}]]}))
+                .contains("mixes")
+        );
         assert!(err(json!({"ranges": [[]]})).contains("empty range set"));
         assert!(err(json!({"subnet": "10.1.0.0/24", "exclude": ["x"]})).contains("exclude[0]"));
         assert!(err(json!({"subnet": "10.1.0.0/24", "dataDir": "rel"})).contains("absolute"));

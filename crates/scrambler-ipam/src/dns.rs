@@ -5,7 +5,8 @@ use std::path::Path;
 
 /// Reads `path` and returns its `nameserver`, `domain`, `search` and `options` lines.
 pub fn read_resolv_conf(path: &Path) -> Result<Dns> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read resolvConf", path.display(), e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io("read resolvConf", path.display(), e))?;
     Ok(parse_resolv_conf(&text))
 }
 

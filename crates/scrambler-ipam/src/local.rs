@@ -85,7 +85,8 @@ impl LocalIpam {
             .iter()
             .map(|p| {
                 Ok(IpConfig {
-                    address: IpNet::new(p.address, p.prefix).map_err(|e| Error::config(format!("prefix of {}: {e}", p.address)))?,
+                    address: IpNet::new(p.address, p.prefix)
+                        .map_err(|e| Error::config(format!("prefix of {}: {e}", p.address)))?,
                     gateway: Some(p.gateway),
                     interface: None,
                 })
@@ -101,7 +102,12 @@ impl LocalIpam {
 
     /// Chooses one address per range set: the holder's existing lease, the requested
     /// address, or the next free one.
-    fn pick(&self, locked: &Locked<'_>, files: &[LeaseFile], req: &AllocRequest) -> Result<Vec<Pick>> {
+    fn pick(
+        &self,
+        locked: &Locked<'_>,
+        files: &[LeaseFile],
+        req: &AllocRequest,
+    ) -> Result<Vec<Pick>> {
         let conf = &self.inner.conf;
         let taken: HashSet<IpAddr> = files.iter().map(|f| f.address).collect();
         let requested = assign_requested(&conf.ranges, &req.requested)?;
@@ -118,13 +124,15 @@ impl LocalIpam {
                 (Some((have, _)), Some(want)) => {
                     return Err(Error::AlreadyExists {
                         object: format!("attachment {}", req.id),
-                        reason: format!("it already holds {have} in range set {i}; requested {want}"),
+                        reason: format!(
+                            "it already holds {have} in range set {i}; requested {want}"
+                        ),
                     })
                 }
                 (None, Some(want)) => {
-                    let r = set
-                        .range_for(want)
-                        .ok_or_else(|| Error::config(format!("requested address {want} is outside range set {i}")))?;
+                    let r = set.range_for(want).ok_or_else(|| {
+                        Error::config(format!("requested address {want} is outside range set {i}"))
+                    })?;
                     if let Some(why) = unusable_reason(r, &conf.exclude, want) {
                         return Err(Error::config(format!("requested address {why}")));
                     }
@@ -133,7 +141,9 @@ impl LocalIpam {
                             object: format!("address {want}"),
                             reason: match &f.holder {
                                 Ok(h) => format!("leased to {h}"),
-                                Err(_) => format!("held by corrupt lease file {}", f.path.display()),
+                                Err(_) => {
+                                    format!("held by corrupt lease file {}", f.path.display())
+                                }
                             },
                         });
                     }
@@ -141,8 +151,13 @@ impl LocalIpam {
                 }
                 (None, None) => {
                     let last = locked.last_reserved(i);
-                    let (ip, r) = next_free(set, &conf.exclude, &taken, last).ok_or_else(|| Error::RangeExhausted {
-                        range: format!("range set {i} ({set}) of network {}", self.inner.network),
+                    let (ip, r) = next_free(set, &conf.exclude, &taken, last).ok_or_else(|| {
+                        Error::RangeExhausted {
+                            range: format!(
+                                "range set {i} ({set}) of network {}",
+                                self.inner.network
+                            ),
+                        }
                     })?;
                     (ip, r, true)
                 }
@@ -192,7 +207,11 @@ impl LocalIpam {
 
     /// [`Ipam::check`] on the calling thread.
     pub fn check_blocking(&self, id: &AttachmentId) -> Result<Vec<Lease>> {
-        Ok(self.list_blocking()?.into_iter().filter(|l| &l.id == id).collect())
+        Ok(self
+            .list_blocking()?
+            .into_iter()
+            .filter(|l| &l.id == id)
+            .collect())
     }
 
     /// [`Ipam::gc`] on the calling thread. Corrupt lease files are kept (their holder is
@@ -215,7 +234,11 @@ impl LocalIpam {
     /// [`Ipam::list`] on the calling thread. A corrupt lease file is listed with an empty
     /// holder (`container_id` and `ifname` both `""`); see [`LocalIpam::lease_files`].
     pub fn list_blocking(&self) -> Result<Vec<Lease>> {
-        Ok(self.lease_files()?.iter().map(|f| self.lease_of(f)).collect())
+        Ok(self
+            .lease_files()?
+            .iter()
+            .map(|f| self.lease_of(f))
+            .collect())
     }
 
     fn lease_of(&self, f: &LeaseFile) -> Lease {
@@ -228,7 +251,10 @@ impl LocalIpam {
             .map(|r| r.subnet)
             .unwrap_or_else(|| IpNet::from(f.address));
         Lease {
-            id: f.holder.clone().unwrap_or_else(|_| AttachmentId::new("", "")),
+            id: f
+                .holder
+                .clone()
+                .unwrap_or_else(|_| AttachmentId::new("", "")),
             address: f.address,
             subnet,
         }
@@ -242,7 +268,12 @@ impl LocalIpam {
         let me = self.clone();
         tokio::task::spawn_blocking(move || f(me))
             .await
-            .map_err(|e| Error::TryAgainLater(format!("IPAM task of network {} failed: {e}", self.inner.network)))?
+            .map_err(|e| {
+                Error::TryAgainLater(format!(
+                    "IPAM task of network {} failed: {e}",
+                    self.inner.network
+                ))
+            })?
     }
 }
 
@@ -263,7 +294,11 @@ fn assign_requested(sets: &[RangeSet], requested: &[IpAddr]) -> Result<Vec<Optio
         let set = sets
             .iter()
             .position(|s| s.range_for(ip).is_some())
-            .ok_or_else(|| Error::config(format!("requested address {ip} is in none of the configured ranges")))?;
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "requested address {ip} is in none of the configured ranges"
+                ))
+            })?;
         assert_one_per_set(set, &slots[set], ip)?;
         slots[set] = Some(ip);
     }

@@ -14,7 +14,10 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
     }
     let conf = cni_io::parse_conf(stdin)?;
     let version = cni_io::conf_version(&conf)?;
-    let ipam = LocalIpam::new(&cni_io::network_name(&conf)?, IpamConf::from_net_conf(&conf)?)?;
+    let ipam = LocalIpam::new(
+        &cni_io::network_name(&conf)?,
+        IpamConf::from_net_conf(&conf)?,
+    )?;
     match env.command {
         Command::Add => {
             let req = AllocRequest {
@@ -55,7 +58,11 @@ fn check(ipam: &LocalIpam, id: &AttachmentId, conf: &serde_json::Value) -> Resul
     let prev = CniResult::from_json(prev)?;
     for ip in prev.ips {
         let addr = ip.address.addr();
-        let ours = ipam.conf().ranges.iter().any(|s| s.subnet_for(addr).is_some());
+        let ours = ipam
+            .conf()
+            .ranges
+            .iter()
+            .any(|s| s.subnet_for(addr).is_some());
         if ours && !leases.iter().any(|l| l.address == addr) {
             return Err(Error::CheckFailed {
                 object: format!("address {addr}"),

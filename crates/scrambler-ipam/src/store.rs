@@ -61,7 +61,8 @@ impl Store {
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         check_network_name(network)?;
         let dir = data_dir.join(network);
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create lease directory", dir.display(), e))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("create lease directory", dir.display(), e))?;
         Ok(Store { dir })
     }
 
@@ -113,7 +114,8 @@ impl Locked<'_> {
     /// Every lease file, corrupt ones included (each corrupt one is logged).
     pub fn scan(&self) -> Result<Vec<LeaseFile>> {
         let dir = &self.store.dir;
-        let entries = fs::read_dir(dir).map_err(|e| Error::io("read lease directory", dir.display(), e))?;
+        let entries =
+            fs::read_dir(dir).map_err(|e| Error::io("read lease directory", dir.display(), e))?;
         let mut leases = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("read lease directory", dir.display(), e))?;
@@ -127,9 +129,18 @@ impl Locked<'_> {
                 tracing::warn!(path = %path.display(), reason = %why,
                     "corrupt lease file: its address stays taken until an operator removes it");
             }
-            leases.push(LeaseFile { address, path, holder });
+            leases.push(LeaseFile {
+                address,
+                path,
+                holder,
+            });
         }
-        leases.sort_by_key(|l| (crate::addr::family_of(l.address) == crate::addr::Family::V6, crate::addr::to_u128(l.address)));
+        leases.sort_by_key(|l| {
+            (
+                crate::addr::family_of(l.address) == crate::addr::Family::V6,
+                crate::addr::to_u128(l.address),
+            )
+        });
         Ok(leases)
     }
 
@@ -154,7 +165,9 @@ impl Locked<'_> {
     pub fn remove(&self, ip: IpAddr) -> Result<()> {
         let path = self.path_of(ip);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io("remove lease", path.display(), e)),
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(Error::io("remove lease", path.display(), e))
+            }
             _ => Ok(()),
         }
     }
@@ -177,7 +190,10 @@ impl Locked<'_> {
     /// only changes where the next allocation starts.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
         let path = self.store.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
-        let tmp = self.store.dir.join(format!("{TEMP_PREFIX}{LAST_RESERVED_PREFIX}{set}"));
+        let tmp = self
+            .store
+            .dir
+            .join(format!("{TEMP_PREFIX}{LAST_RESERVED_PREFIX}{set}"));
         fs::write(&tmp, ip.to_string())
             .and_then(|()| fs::rename(&tmp, &path))
             .map_err(|e| Error::io("write last reserved address", path.display(), e))
@@ -199,9 +215,12 @@ fn read_holder(path: &Path) -> std::result::Result<AttachmentId, String> {
         (r.container_id, r.ifname)
     } else {
         // host-local's format: "<container id>\r\n<ifname>"
-        let (id, ifname) = text
-            .split_once("\r\n")
-            .ok_or_else(|| format!("neither a JSON lease nor host-local's format: {:?}", truncate(text)))?;
+        let (id, ifname) = text.split_once("\r\n").ok_or_else(|| {
+            format!(
+                "neither a JSON lease nor host-local's format: {:?}",
+                truncate(text)
+            )
+        })?;
         (id.trim().to_string(), ifname.trim().to_string())
     };
     if container_id.is_empty() || ifname.is_empty() {
@@ -246,15 +265,29 @@ mod tests {
         l.sync_dir().unwrap();
         fs::write(store.dir().join("10.0.0.3"), "garbage").unwrap();
         fs::write(store.dir().join("10.0.0.4"), "hostlocal-id\r\neth1").unwrap();
-        fs::write(store.dir().join("fd00::5"), "{\"containerId\":\"\",\"ifname\":\"x\"}").unwrap();
+        fs::write(
+            store.dir().join("fd00::5"),
+            "{\"containerId\":\"\",\"ifname\":\"x\"}",
+        )
+        .unwrap();
         let long = "f".repeat(700);
-        fs::write(store.dir().join("10.0.0.9"), format!("{{\"containerId\":\"{long}\",\"ifname\":\"eth0\"}}")).unwrap();
+        fs::write(
+            store.dir().join("10.0.0.9"),
+            format!("{{\"containerId\":\"{long}\",\"ifname\":\"eth0\"}}"),
+        )
+        .unwrap();
         let leases = l.scan().unwrap();
         let addrs: Vec<String> = leases.iter().map(|l| l.address.to_string()).collect();
-        assert_eq!(addrs, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.9", "fd00::5"]);
+        assert_eq!(
+            addrs,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.9", "fd00::5"]
+        );
         assert!(leases[0].is_held_by(&id));
         assert!(leases[1].holder.is_err());
-        assert_eq!(leases[2].holder, Ok(AttachmentId::new("hostlocal-id", "eth1")));
+        assert_eq!(
+            leases[2].holder,
+            Ok(AttachmentId::new("hostlocal-id", "eth1"))
+        );
         assert_eq!(leases[3].holder, Ok(AttachmentId::new(long, "eth0")));
         assert!(leases[4].holder.is_err());
         l.remove("10.0.0.2".parse().unwrap()).unwrap();

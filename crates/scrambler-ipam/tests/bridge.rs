@@ -13,7 +13,11 @@ const BRIDGE: &str = "/usr/lib/cni/bridge";
 /// A CNI bin dir holding our plugin and Debian's plugins.
 fn cni_bin_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_scrambler-ipam"), dir.path().join("scrambler-ipam")).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_scrambler-ipam"),
+        dir.path().join("scrambler-ipam"),
+    )
+    .unwrap();
     for entry in std::fs::read_dir("/usr/lib/cni").unwrap() {
         let entry = entry.unwrap();
         std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
@@ -22,7 +26,13 @@ fn cni_bin_dir() -> tempfile::TempDir {
 }
 
 /// Runs the bridge plugin inside `node` like a runtime would.
-fn bridge(node: &TestNetns, bin: &Path, cmd: &str, pod: &TestNetns, conf: &Value) -> (bool, String) {
+fn bridge(
+    node: &TestNetns,
+    bin: &Path,
+    cmd: &str,
+    pod: &TestNetns,
+    conf: &Value,
+) -> (bool, String) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.name])
         .arg(bin.join("bridge"))
@@ -36,7 +46,12 @@ fn bridge(node: &TestNetns, bin: &Path, cmd: &str, pod: &TestNetns, conf: &Value
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn bridge");
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -80,9 +95,15 @@ fn debian_bridge_plugin_delegates_to_scrambler_ipam() {
     assert!(pod.ip(&["route"]).contains("default via 10.60.0.1"));
     let lease = std::fs::read_to_string(data.path().join("brnet/10.60.0.3")).unwrap();
     let lease: Value = serde_json::from_str(&lease).unwrap();
-    assert_eq!(lease, json!({"containerId": "bridge-ctr-1", "ifname": "eth0"}));
+    assert_eq!(
+        lease,
+        json!({"containerId": "bridge-ctr-1", "ifname": "eth0"})
+    );
     let (pinged, ping) = pod.exec(&["busybox", "ping", "-c", "1", "-W", "2", "10.60.0.1"]);
-    assert!(pinged, "pod cannot reach its gateway on the node's bridge: {ping}");
+    assert!(
+        pinged,
+        "pod cannot reach its gateway on the node's bridge: {ping}"
+    );
 
     // CHECK goes through bridge to our CHECK
     let mut check = conf.clone();
@@ -92,11 +113,17 @@ fn debian_bridge_plugin_delegates_to_scrambler_ipam() {
 
     let (ok, out) = bridge(&node, bin.path(), "DEL", &pod, &conf);
     assert!(ok, "bridge DEL failed: {out}");
-    assert!(!data.path().join("brnet/10.60.0.3").exists(), "lease left after DEL");
+    assert!(
+        !data.path().join("brnet/10.60.0.3").exists(),
+        "lease left after DEL"
+    );
 }
 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -62,12 +62,22 @@ fn check_invariants(ipam: &LocalIpam, c: &IpamConf, model: &Model) -> Result<(),
     for l in &leases {
         prop_assert!(seen.insert(l.address), "duplicate {}", l.address);
         let set = usize::from(l.address.is_ipv6());
-        prop_assert!(usable(c, set).contains(&l.address), "{} not usable", l.address);
+        prop_assert!(
+            usable(c, set).contains(&l.address),
+            "{} not usable",
+            l.address
+        );
     }
     let mut from_disk: Model = BTreeMap::new();
     for l in &leases {
-        let e = from_disk.entry(l.id.clone()).or_insert((l.address, l.address));
-        if l.address.is_ipv4() { e.0 = l.address } else { e.1 = l.address }
+        let e = from_disk
+            .entry(l.id.clone())
+            .or_insert((l.address, l.address));
+        if l.address.is_ipv4() {
+            e.0 = l.address
+        } else {
+            e.1 = l.address
+        }
     }
     prop_assert_eq!(&from_disk, model);
     Ok(())

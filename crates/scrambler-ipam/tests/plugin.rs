@@ -17,7 +17,8 @@ struct Out {
 
 impl Out {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout {:?} not JSON: {e}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout {:?} not JSON: {e}", self.stdout))
     }
 }
 
@@ -71,11 +72,15 @@ fn every_command_in_every_version() {
         let tmp = tempfile::tempdir().unwrap();
         let resolv = tmp.path().join("resolv.conf");
         std::fs::write(&resolv, "nameserver 192.0.2.53\nsearch pods.test\n").unwrap();
-        let conf = net_conf(version, tmp.path(), json!({
-            "ranges": [[{"subnet": "10.20.0.0/24"}], [{"subnet": "fd20::/64"}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "resolvConf": resolv.display().to_string(),
-        }));
+        let conf = net_conf(
+            version,
+            tmp.path(),
+            json!({
+                "ranges": [[{"subnet": "10.20.0.0/24"}], [{"subnet": "fd20::/64"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "resolvConf": resolv.display().to_string(),
+            }),
+        );
 
         let add = exec("ADD", "ctr-a", &[], &conf);
         assert!(add.ok, "{version}: {} {}", add.stdout, add.stderr);
@@ -108,8 +113,18 @@ fn every_command_in_every_version() {
         assert_eq!(none.json()["cniVersion"], version);
 
         // requested address through CNI_ARGS and through args.cni.ips
-        let b = exec("ADD", "ctr-b", &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.20.0.50")], &conf);
-        assert_eq!(b.json()["ips"][0]["address"], "10.20.0.50/24", "{}", b.stderr);
+        let b = exec(
+            "ADD",
+            "ctr-b",
+            &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.20.0.50")],
+            &conf,
+        );
+        assert_eq!(
+            b.json()["ips"][0]["address"],
+            "10.20.0.50/24",
+            "{}",
+            b.stderr
+        );
         let mut want = conf.clone();
         want["args"] = json!({"cni": {"ips": ["10.20.0.60", "fd20::60"]}});
         let c = exec("ADD", "ctr-c", &[], &want);
@@ -132,8 +147,18 @@ fn every_command_in_every_version() {
         // GC keeps only the valid attachments
         let mut gc = conf.clone();
         gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-c", "ifname": "eth0"}]);
-        let out = exec("GC", "", &[("CNI_CONTAINERID", ""), ("CNI_IFNAME", "")], &gc);
-        assert!(out.ok && out.stdout.is_empty(), "{} {}", out.stdout, out.stderr);
+        let out = exec(
+            "GC",
+            "",
+            &[("CNI_CONTAINERID", ""), ("CNI_IFNAME", "")],
+            &gc,
+        );
+        assert!(
+            out.ok && out.stdout.is_empty(),
+            "{} {}",
+            out.stdout,
+            out.stderr
+        );
         assert_eq!(leases(tmp.path()), ["10.20.0.60", "fd20::60"]);
 
         // STATUS and VERSION
@@ -148,7 +173,11 @@ fn every_command_in_every_version() {
 #[test]
 fn errors_are_cni_json_with_exit_code_1() {
     let tmp = tempfile::tempdir().unwrap();
-    let bad = net_conf("1.1.0", tmp.path(), json!({"ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.1.0.1"}]]}));
+    let bad = net_conf(
+        "1.1.0",
+        tmp.path(),
+        json!({"ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.1.0.1"}]]}),
+    );
     let out = exec("ADD", "c", &[], &bad);
     assert!(!out.ok);
     let e = out.json();
@@ -170,9 +199,22 @@ fn errors_are_cni_json_with_exit_code_1() {
     assert_eq!(exec("ADD", "c", &[], &old).json()["code"], 1);
 
     let mut no_env = Command::new(BIN);
-    no_env.env_clear().env("CNI_COMMAND", "ADD").stdin(Stdio::piped()).stdout(Stdio::piped());
+    no_env
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     let mut child = no_env.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(net_conf("1.0.0", tmp.path(), json!({"subnet": "10.0.0.0/24"})).to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            net_conf("1.0.0", tmp.path(), json!({"subnet": "10.0.0.0/24"}))
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     let e: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(e["code"], 4);
@@ -183,23 +225,40 @@ fn errors_are_cni_json_with_exit_code_1() {
 fn exhaustion_is_101_and_names_the_range() {
     let tmp = tempfile::tempdir().unwrap();
     // /29: .1 gateway, .2–.6 usable, .7 broadcast; .3 excluded → 4 addresses
-    let conf = net_conf("1.0.0", tmp.path(), json!({"subnet": "10.30.0.0/29", "exclude": ["10.30.0.3"]}));
+    let conf = net_conf(
+        "1.0.0",
+        tmp.path(),
+        json!({"subnet": "10.30.0.0/29", "exclude": ["10.30.0.3"]}),
+    );
     let mut got = HashSet::new();
     for i in 0..4 {
         let out = exec("ADD", &format!("c{i}"), &[], &conf);
         assert!(out.ok, "{}", out.stdout);
-        got.insert(out.json()["ips"][0]["address"].as_str().unwrap().to_string());
+        got.insert(
+            out.json()["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
-    let want: HashSet<String> = ["10.30.0.2/29", "10.30.0.4/29", "10.30.0.5/29", "10.30.0.6/29"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let want: HashSet<String> = [
+        "10.30.0.2/29",
+        "10.30.0.4/29",
+        "10.30.0.5/29",
+        "10.30.0.6/29",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(got, want);
     let out = exec("ADD", "c-late", &[], &conf);
     assert!(!out.ok);
     let e = out.json();
     assert_eq!(e["code"], 101);
-    assert!(e["details"].as_str().unwrap().contains("10.30.0.0/29"), "{e}");
+    assert!(
+        e["details"].as_str().unwrap().contains("10.30.0.0/29"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -212,7 +271,11 @@ fn corrupt_lease_is_reported_and_never_reused() {
     let out = exec("ADD", "c1", &[], &conf);
     assert!(out.ok, "{}", out.stdout);
     assert_eq!(out.json()["ips"][0]["address"], "10.40.0.3/29");
-    assert!(out.stderr.contains("corrupt lease file") && out.stderr.contains("10.40.0.2"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("corrupt lease file") && out.stderr.contains("10.40.0.2"),
+        "{}",
+        out.stderr
+    );
     // GC with no valid attachments releases c1 but keeps the corrupt file
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
@@ -221,9 +284,16 @@ fn corrupt_lease_is_reported_and_never_reused() {
     // requesting the corrupt address is refused, naming the file
     let req = exec("ADD", "c2", &[("CNI_ARGS", "IP=10.40.0.2")], &conf);
     assert_eq!(req.json()["code"], 102);
-    assert!(req.json()["details"].as_str().unwrap().contains("corrupt lease file"));
+    assert!(req.json()["details"]
+        .as_str()
+        .unwrap()
+        .contains("corrupt lease file"));
     // the library lists it with an empty holder and says why
-    let ipam = scrambler_ipam::LocalIpam::new("plugnet", scrambler_ipam::IpamConf::from_net_conf(&conf).unwrap()).unwrap();
+    let ipam = scrambler_ipam::LocalIpam::new(
+        "plugnet",
+        scrambler_ipam::IpamConf::from_net_conf(&conf).unwrap(),
+    )
+    .unwrap();
     let files = ipam.lease_files().unwrap();
     assert!(files[0].holder.as_ref().unwrap_err().contains("bad JSON"));
     let listed = ipam.list_blocking().unwrap();
@@ -246,13 +316,19 @@ fn many_processes_at_once_never_share_an_address() {
                         .map(|i| {
                             let out = exec("ADD", &format!("p{p}-c{i}"), &[], conf);
                             assert!(out.ok, "{} {}", out.stdout, out.stderr);
-                            out.json()["ips"][0]["address"].as_str().unwrap().to_string()
+                            out.json()["ips"][0]["address"]
+                                .as_str()
+                                .unwrap()
+                                .to_string()
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let unique: HashSet<&String> = results.iter().collect();
     assert_eq!(results.len(), PROCS * EACH);
