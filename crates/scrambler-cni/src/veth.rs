@@ -483,6 +483,16 @@ impl Attach for VethAttach {
                 }
             }
         }
+        for (v6, key) in [
+            (false, "net/ipv4/ip_forward"),
+            (true, "net/ipv6/conf/all/forwarding"),
+        ] {
+            if pod_ips.iter().any(|a| a.addr().is_ipv6() == v6)
+                && sysctl::read(host, key).await? != "1"
+            {
+                diffs.push(format!("forwarding is off in the node ({key})"));
+            }
+        }
         if diffs.is_empty() {
             Ok(())
         } else {

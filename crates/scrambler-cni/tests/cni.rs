@@ -83,7 +83,12 @@ fn add_check_del_round_trip_in_every_version() {
             check.stdout
         );
 
-        // CHECK notices a broken pod
+        // CHECK notices a node that stopped forwarding, and a broken pod
+        node.ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        let bad = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
+        assert_eq!(bad.code(), 103, "{}", bad.stdout);
+        assert!(bad.stdout.contains("forwarding is off"), "{}", bad.stdout);
+        node.ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         pod.ip(&["route", "del", "default"]);
         let bad = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
         assert_eq!(bad.code(), 103, "{}", bad.stdout);
