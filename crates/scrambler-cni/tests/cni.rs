@@ -410,3 +410,30 @@ fn in_process_invoke_acts_on_the_given_node_namespace() {
     assert!(node.host_veths().is_empty());
     assert!(node.leases().is_empty());
 }
+
+#[test]
+fn ipv6_only_pod_with_explicit_mtu() {
+    let node = Node::new("v6");
+    let pod = TestNetns::new("v6pod");
+    let mut conf = node.conf("1.1.0", "fd00:77::/64");
+    conf["mtu"] = json!(1300);
+    let add = Invocation::new("ADD", "v6a", &pod.path(), "eth0");
+    let out = node.ours(&add, &conf);
+    let result = out.expect_ok().json();
+    assert_eq!(result["ips"][0]["gateway"], "fe80::1");
+    assert_eq!(result["routes"][0]["dst"], "::/0");
+    assert_eq!(result["interfaces"][1]["mtu"], 1300);
+    let ip = pod_ip(&result);
+    assert!(pod.ip(&["-6", "-o", "addr"]).contains(&format!("{ip}/128")));
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1300"));
+    assert!(ping(&pod, NODE_IP6));
+    node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result)).expect_ok();
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
+    assert!(node.host_veths().is_empty());
+    assert!(node.our_routes().trim().is_empty());
+    assert!(node.leases().is_empty());
+    // an MTU no link can have is a config error
+    conf["mtu"] = json!(20);
+    assert_eq!(node.ours(&add, &conf).code(), 7);
+    assert!(node.leases().is_empty());
+}
