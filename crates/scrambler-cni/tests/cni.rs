@@ -427,7 +427,8 @@ fn ipv6_only_pod_with_explicit_mtu() {
     assert!(pod.ip(&["-6", "-o", "addr"]).contains(&format!("{ip}/128")));
     assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1300"));
     assert!(ping(&pod, NODE_IP6));
-    node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result)).expect_ok();
+    node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result))
+        .expect_ok();
     node.ours(&add.cmd("DEL"), &conf).expect_ok();
     assert!(node.host_veths().is_empty());
     assert!(node.our_routes().trim().is_empty());
