@@ -35,12 +35,14 @@ impl Command {
             "VERSION" => Command::Version,
             "GC" => Command::Gc,
             "STATUS" => Command::Status,
-            other => return Err(Error::InvalidEnvironment {
-                var: "CNI_COMMAND".into(),
-                reason: format!(
+            other => {
+                return Err(Error::InvalidEnvironment {
+                    var: "CNI_COMMAND".into(),
+                    reason: format!(
                     "unknown command {other:?}: expected ADD, DEL, CHECK, VERSION, GC or STATUS"
                 ),
-            }),
+                })
+            }
         })
     }
 

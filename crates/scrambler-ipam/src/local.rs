@@ -66,7 +66,7 @@ impl LocalIpam {
 
     /// Every lease file, corrupt ones included (with why they are corrupt).
     pub fn lease_files(&self) -> Result<Vec<LeaseFile>> {
-        self.inner.store.lock()?.scan()
+        self.inner.store.lock()?.scan_verified()
     }
 
     /// [`Ipam::allocate`] on the calling thread.
@@ -182,7 +182,7 @@ impl LocalIpam {
         for (k, p) in new.iter().enumerate() {
             if let Err(e) = locked.write(p.address, id) {
                 for done in &new[..k] {
-                    let _ = locked.remove(done.address);
+                    let _ = locked.remove(done.address, Some(id));
                 }
                 return Err(e);
             }
@@ -200,7 +200,7 @@ impl LocalIpam {
     pub fn release_blocking(&self, id: &AttachmentId) -> Result<()> {
         let locked = self.inner.store.lock()?;
         for f in locked.scan()?.iter().filter(|f| f.is_held_by(id)) {
-            locked.remove(f.address)?;
+            locked.remove(f.address, Some(id))?;
         }
         Ok(())
     }
@@ -220,10 +220,10 @@ impl LocalIpam {
         let valid: HashSet<&AttachmentId> = valid.iter().collect();
         let locked = self.inner.store.lock()?;
         let mut released = Vec::new();
-        for f in locked.scan()? {
+        for f in locked.scan_verified()? {
             if let Ok(holder) = &f.holder {
                 if !valid.contains(holder) {
-                    locked.remove(f.address)?;
+                    locked.remove(f.address, Some(holder))?;
                     released.push(self.lease_of(&f));
                 }
             }

@@ -11,18 +11,31 @@
 //! * Every read-modify-write runs under an exclusive `flock` on `<dir>/lock`, so any number
 //!   of plugin processes at once never hand out one address twice.
 //! * `last_reserved_ip.<set>` remembers where each range set's allocation resumes.
+//! * `by-holder/<container id>@<ifname>@<address>` (names percent-encoded) is a hard link
+//!   of each lease file: an index that lets a scan learn every holder from two `readdir`s
+//!   instead of reading every lease file. A link is trusted only while it is the same inode
+//!   as the lease file it names; as it keeps that inode alive, the number cannot be reused
+//!   by a new file, so a lease replaced behind our back (new inode) is read again. Leases
+//!   without a valid link (host-local's, a crash between writes) are read and re-linked;
+//!   stale links are removed. Links are best effort and never fsynced: the lease files stay
+//!   the truth, and [`Locked::scan_verified`] (behind `list`, CHECK, GC, STATUS) reads them
+//!   all.
 
+use crate::addr::{family_of, to_u128, Family};
 use fs2::FileExt;
 use scrambler_core::{AttachmentId, Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
 const LOCK_FILE: &str = "lock";
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const TEMP_PREFIX: &str = ".tmp.";
+const LINKS_DIR: &str = "by-holder";
 
 /// The content of a lease file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +74,9 @@ impl Store {
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         check_network_name(network)?;
         let dir = data_dir.join(network);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("create lease directory", dir.display(), e))?;
+        let links = dir.join(LINKS_DIR);
+        fs::create_dir_all(&links)
+            .map_err(|e| Error::io("create lease directory", links.display(), e))?;
         Ok(Store { dir })
     }
 
@@ -111,20 +125,62 @@ impl Locked<'_> {
         self.store.dir.join(ip.to_string())
     }
 
-    /// Every lease file, corrupt ones included (each corrupt one is logged).
+    fn link_path(&self, ip: IpAddr, id: &AttachmentId) -> PathBuf {
+        self.store.dir.join(LINKS_DIR).join(link_name(ip, id))
+    }
+
+    /// Every lease file, corrupt ones included (each corrupt one is logged). Holders come
+    /// from the `by-holder` links where they are valid; other lease files are read.
     pub fn scan(&self) -> Result<Vec<LeaseFile>> {
+        self.scan_with(false)
+    }
+
+    /// Like [`Locked::scan`], but reads every lease file (and repairs links that disagree).
+    pub fn scan_verified(&self) -> Result<Vec<LeaseFile>> {
+        self.scan_with(true)
+    }
+
+    fn scan_with(&self, verify: bool) -> Result<Vec<LeaseFile>> {
         let dir = &self.store.dir;
-        let entries =
-            fs::read_dir(dir).map_err(|e| Error::io("read lease directory", dir.display(), e))?;
+        let links_dir = dir.join(LINKS_DIR);
+        // (address, inode) of a lease → the holders its links name (one, unless damaged)
+        let mut linked: HashMap<(IpAddr, u64), Vec<(String, AttachmentId)>> = HashMap::new();
+        let files = read_dir_inos(dir)?;
+        let by_name: HashMap<&str, u64> = files.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        for (name, ino) in read_dir_inos(&links_dir)? {
+            match parse_link_name(&name) {
+                Some((ip, id)) if by_name.get(ip.to_string().as_str()) == Some(&ino) => {
+                    linked.entry((ip, ino)).or_default().push((name, id));
+                }
+                _ => {
+                    let _ = fs::remove_file(links_dir.join(name));
+                }
+            }
+        }
         let mut leases = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("read lease directory", dir.display(), e))?;
-            let name = entry.file_name();
-            let Some(address) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+        for (name, ino) in &files {
+            let Ok(address) = name.parse::<IpAddr>() else {
                 continue;
             };
-            let path = entry.path();
-            let holder = read_holder(&path);
+            let path = dir.join(name);
+            let from_link = match linked.remove(&(address, *ino)) {
+                Some(mut v) if v.len() == 1 => v.pop().map(|(_, id)| id),
+                Some(conflicting) => {
+                    for (link, _) in conflicting {
+                        let _ = fs::remove_file(links_dir.join(link));
+                    }
+                    None
+                }
+                None => None,
+            };
+            let holder = match from_link {
+                Some(id) if !verify => Ok(id),
+                _ => {
+                    let holder = read_holder(&path);
+                    self.repair_link(address, &path, from_link.as_ref(), &holder);
+                    holder
+                }
+            };
             if let Err(why) = &holder {
                 tracing::warn!(path = %path.display(), reason = %why,
                     "corrupt lease file: its address stays taken until an operator removes it");
@@ -135,17 +191,35 @@ impl Locked<'_> {
                 holder,
             });
         }
-        leases.sort_by_key(|l| {
-            (
-                crate::addr::family_of(l.address) == crate::addr::Family::V6,
-                crate::addr::to_u128(l.address),
-            )
-        });
+        leases.sort_by_key(|l| (family_of(l.address) == Family::V6, to_u128(l.address)));
         Ok(leases)
     }
 
-    /// Writes the lease of `ip` for `id` atomically (temp file, fsync, rename). Call
-    /// [`Locked::sync_dir`] once after a batch of writes to make the renames durable.
+    /// Makes the `by-holder` link of a lease file that was read agree with its content.
+    fn repair_link(
+        &self,
+        ip: IpAddr,
+        path: &Path,
+        linked: Option<&AttachmentId>,
+        read: &std::result::Result<AttachmentId, String>,
+    ) {
+        let read = read.as_ref().ok();
+        if linked == read {
+            return;
+        }
+        if let Some(old) = linked {
+            let _ = fs::remove_file(self.link_path(ip, old));
+        }
+        if let Some(id) = read {
+            let link = self.link_path(ip, id);
+            let _ = fs::remove_file(&link);
+            let _ = fs::hard_link(path, &link);
+        }
+    }
+
+    /// Writes the lease of `ip` for `id` atomically (temp file, fsync, rename), with its
+    /// `by-holder` link. Call [`Locked::sync_dir`] once after a batch of writes to make
+    /// the renames durable.
     pub fn write(&self, ip: IpAddr, id: &AttachmentId) -> Result<()> {
         let record = LeaseRecord {
             container_id: id.container_id.clone(),
@@ -155,21 +229,33 @@ impl Locked<'_> {
         let path = self.path_of(ip);
         let tmp = self.store.dir.join(format!("{TEMP_PREFIX}{ip}"));
         write_synced(&tmp, &body).map_err(|e| Error::io("write lease", tmp.display(), e))?;
+        // Linked before the rename, so the lease never appears without its link (unless
+        // the link fails, e.g. a name too long: then scans read the file).
+        let link = self.link_path(ip, id);
+        let _ = fs::remove_file(&link);
+        if let Err(e) = fs::hard_link(&tmp, &link) {
+            tracing::debug!(link = %link.display(), error = %e, "lease link not made");
+        }
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&link);
             Error::io("commit lease", path.display(), e)
         })
     }
 
-    /// Removes the lease of `ip` (absent is fine).
-    pub fn remove(&self, ip: IpAddr) -> Result<()> {
+    /// Removes the lease of `ip` held by `holder` (absent is fine), then its link.
+    pub fn remove(&self, ip: IpAddr, holder: Option<&AttachmentId>) -> Result<()> {
         let path = self.path_of(ip);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(Error::io("remove lease", path.display(), e))
+                return Err(Error::io("remove lease", path.display(), e))
             }
-            _ => Ok(()),
+            _ => {}
         }
+        if let Some(id) = holder {
+            let _ = fs::remove_file(self.link_path(ip, id));
+        }
+        Ok(())
     }
 
     /// Makes renames and removals in the directory durable.
@@ -204,6 +290,65 @@ fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(body)?;
     f.sync_all()
+}
+
+/// The names and inode numbers of the entries of `dir` (no per-file syscalls).
+fn read_dir_inos(dir: &Path) -> Result<Vec<(String, u64)>> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| Error::io("read lease directory", dir.display(), e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read lease directory", dir.display(), e))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.ino()));
+        }
+    }
+    Ok(out)
+}
+
+/// `<container id>@<ifname>@<address>`, percent-encoding all but `[A-Za-z0-9._-]`.
+fn link_name(ip: IpAddr, id: &AttachmentId) -> String {
+    format!("{}@{}@{ip}", encode(&id.container_id), encode(&id.ifname))
+}
+
+fn parse_link_name(name: &str) -> Option<(IpAddr, AttachmentId)> {
+    let mut parts = name.split('@');
+    let (cid, ifname, ip) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let id = AttachmentId::new(decode(cid)?, decode(ifname)?);
+    (!id.container_id.is_empty() && !id.ifname.is_empty()).then_some(())?;
+    Some((ip.parse().ok()?, id))
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Reads a lease file's holder; `Err` says why the file is corrupt.
@@ -290,12 +435,84 @@ mod tests {
         );
         assert_eq!(leases[3].holder, Ok(AttachmentId::new(long, "eth0")));
         assert!(leases[4].holder.is_err());
-        l.remove("10.0.0.2".parse().unwrap()).unwrap();
-        l.remove("10.0.0.2".parse().unwrap()).unwrap();
+        l.remove("10.0.0.2".parse().unwrap(), Some(&id)).unwrap();
+        l.remove("10.0.0.2".parse().unwrap(), Some(&id)).unwrap();
+        assert!(!store
+            .dir()
+            .join(LINKS_DIR)
+            .join(link_name("10.0.0.2".parse().unwrap(), &id))
+            .exists());
         assert_eq!(l.scan().unwrap().len(), 4);
         l.set_last_reserved(0, "10.0.0.9".parse().unwrap()).unwrap();
         assert_eq!(l.last_reserved(0), Some("10.0.0.9".parse().unwrap()));
         assert_eq!(l.last_reserved(1), None);
+    }
+
+    fn links(store: &Store) -> Vec<String> {
+        let mut v: Vec<String> = read_dir_inos(&store.dir().join(LINKS_DIR))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn holder_links_are_trusted_only_for_the_same_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), "net1").unwrap();
+        let l = store.lock().unwrap();
+        let a: IpAddr = "10.0.0.2".parse().unwrap();
+        let c1 = AttachmentId::new("c1", "eth0");
+        l.write(a, &c1).unwrap();
+        assert_eq!(links(&store), ["c1@eth0@10.0.0.2"]);
+        assert_eq!(l.scan().unwrap()[0].holder, Ok(c1.clone()));
+
+        // replaced behind our back: the link pins the old inode, so the new file is read
+        fs::remove_file(store.dir().join("10.0.0.2")).unwrap();
+        fs::write(
+            store.dir().join("10.0.0.2"),
+            "{\"containerId\":\"c2\",\"ifname\":\"eth0\"}",
+        )
+        .unwrap();
+        assert_eq!(
+            l.scan().unwrap()[0].holder,
+            Ok(AttachmentId::new("c2", "eth0"))
+        );
+        assert_eq!(links(&store), ["c2@eth0@10.0.0.2"]);
+
+        // a lease without a link (host-local's) is read, then linked
+        fs::write(store.dir().join("10.0.0.3"), "hl-ctr\r\neth0").unwrap();
+        assert_eq!(
+            l.scan().unwrap()[1].holder,
+            Ok(AttachmentId::new("hl-ctr", "eth0"))
+        );
+        assert_eq!(links(&store), ["c2@eth0@10.0.0.2", "hl-ctr@eth0@10.0.0.3"]);
+
+        // damage in place keeps the inode: the fast scan trusts the link, the verified
+        // scan reads the file, reports it and drops the link
+        fs::write(store.dir().join("10.0.0.3"), "garbage").unwrap();
+        assert!(l.scan().unwrap()[1].holder.is_ok());
+        assert!(l.scan_verified().unwrap()[1].holder.is_err());
+        assert!(l.scan().unwrap()[1].holder.is_err());
+        assert_eq!(links(&store), ["c2@eth0@10.0.0.2"]);
+
+        // a link to a lease that is gone is removed
+        fs::remove_file(store.dir().join("10.0.0.2")).unwrap();
+        l.scan().unwrap();
+        assert!(links(&store).is_empty());
+    }
+
+    #[test]
+    fn link_names_round_trip() {
+        let id = AttachmentId::new("a@b%c/d é", "eth0.100");
+        let ip: IpAddr = "fd00::1".parse().unwrap();
+        let name = link_name(ip, &id);
+        assert!(!name.contains('/'));
+        assert_eq!(parse_link_name(&name), Some((ip, id)));
+        assert_eq!(parse_link_name("x@y"), None);
+        assert_eq!(parse_link_name("%zz@eth0@10.0.0.1"), None);
     }
 
     #[test]
