@@ -28,8 +28,11 @@
 //!
 //! Leases of network `N` live in `dataDir/N/` (default `dataDir`:
 //! [`/var/lib/cni/networks`](conf::DEFAULT_DATA_DIR), like host-local), one file per
-//! address named by the address, holding `{"containerId": …, "ifname": …}`, plus `lock`
-//! and `last_reserved_ip.<set>`. Lease files in host-local's own format are read too.
+//! address named by the address, holding `{"containerId": …, "ifname": …}`, plus `lock`,
+//! `last_reserved_ip.<set>`, and `by-holder/`, an index of hard links that spares
+//! allocate and release from reading every lease file (see [`store`]). Lease files in
+//! host-local's own format are read too. Do not point host-local itself at the same
+//! directory: it does not take the same lock.
 //!
 //! Lesson from seed 003: choose `dataDir` by whether containers outlive a reboot. A
 //! directory on tmpfs under `/run` (e.g. `/run/scrambler/ipam`) **frees every address on
