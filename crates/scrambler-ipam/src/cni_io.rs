@@ -216,7 +216,7 @@ pub fn requested_ips(conf: &serde_json::Value, env: &CniEnv) -> Result<Vec<IpAdd
     let mut out = Vec::new();
     if let Some(v) = env.arg("IP") {
         for s in v.split(',').filter(|s| !s.is_empty()) {
-            out.push(parse_requested("CNI_ARGS IP", s)?);
+            push_new(&mut out, parse_requested("CNI_ARGS IP", s)?);
         }
     }
     for (what, list) in [
@@ -231,11 +231,16 @@ pub fn requested_ips(conf: &serde_json::Value, env: &CniEnv) -> Result<Vec<IpAdd
             let s = item
                 .as_str()
                 .ok_or_else(|| Error::config(format!("{what}: {item} is not a string")))?;
-            out.push(parse_requested(what, s)?);
+            push_new(&mut out, parse_requested(what, s)?);
         }
     }
-    out.dedup();
     Ok(out)
+}
+
+fn push_new(list: &mut Vec<IpAddr>, ip: IpAddr) {
+    if !list.contains(&ip) {
+        list.push(ip);
+    }
 }
 
 fn parse_requested(what: &str, s: &str) -> Result<IpAddr> {
@@ -323,7 +328,7 @@ mod tests {
     #[test]
     fn requested_ips_from_every_source() {
         let e = env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "IP=10.0.0.5")]).unwrap();
-        let c = json!({"args": {"cni": {"ips": ["fd00::5/64"]}}, "runtimeConfig": {"ips": ["10.0.1.5"]}});
+        let c = json!({"args": {"cni": {"ips": ["fd00::5/64", "10.0.0.5"]}}, "runtimeConfig": {"ips": ["10.0.1.5"]}});
         let ips: Vec<String> = requested_ips(&c, &e)
             .unwrap()
             .iter()

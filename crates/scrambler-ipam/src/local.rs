@@ -72,15 +72,16 @@ impl LocalIpam {
     /// [`Ipam::allocate`] on the calling thread.
     pub fn allocate_blocking(&self, req: &AllocRequest) -> Result<CniResult> {
         let conf = &self.inner.conf;
+        // Everything that can fail without touching leases goes first.
+        let dns = match &conf.resolv_conf {
+            Some(path) => crate::dns::read_resolv_conf(path)?,
+            None => Default::default(),
+        };
         let locked = self.inner.store.lock()?;
         let files = locked.scan()?;
         let picks = self.pick(&locked, &files, req)?;
         self.commit(&locked, &picks, &req.id)?;
         drop(locked);
-        let dns = match &conf.resolv_conf {
-            Some(path) => crate::dns::read_resolv_conf(path)?,
-            None => Default::default(),
-        };
         let ips = picks
             .iter()
             .map(|p| {

@@ -195,6 +195,16 @@ fn errors_are_cni_json_with_exit_code_1() {
     let e: Value = serde_json::from_slice(&garbage.stdout).unwrap();
     assert!([4, 6].contains(&e["code"].as_u64().unwrap()), "{e}");
 
+    // a failure that is not about addresses leaves no lease behind
+    let no_dns = net_conf(
+        "1.1.0",
+        tmp.path(),
+        json!({"subnet": "10.0.0.0/24", "resolvConf": "/nonexistent/resolv.conf"}),
+    );
+    let out = exec("ADD", "c", &[], &no_dns);
+    assert_eq!(out.json()["code"], 5, "{}", out.stdout);
+    assert!(leases(tmp.path()).is_empty());
+
     let old = net_conf("0.2.0", tmp.path(), json!({"subnet": "10.0.0.0/24"}));
     assert_eq!(exec("ADD", "c", &[], &old).json()["code"], 1);
 
