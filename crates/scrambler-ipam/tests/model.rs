@@ -161,3 +161,37 @@ proptest! {
         }
     }
 }
+
+/// The async `Ipam` trait, as Scrambler's CNI plugin and agent use it.
+#[tokio::test(flavor = "current_thread")]
+async fn trait_methods_agree_with_the_blocking_ones() {
+    use scrambler_core::Ipam;
+    let tmp = tempfile::tempdir().unwrap();
+    let ipam: Box<dyn Ipam> = Box::new(LocalIpam::new("trait", conf(tmp.path())).unwrap());
+    let (a, b) = (id(0), id(1));
+    let ra = ipam
+        .allocate(&AllocRequest {
+            id: a.clone(),
+            requested: vec![],
+        })
+        .await
+        .unwrap();
+    ipam.allocate(&AllocRequest {
+        id: b.clone(),
+        requested: vec!["10.3.0.14".parse().unwrap()],
+    })
+    .await
+    .unwrap();
+    let held = ipam.check(&a).await.unwrap();
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0].address, ra.ips[0].address.addr());
+    assert_eq!(held[0].subnet.to_string(), "10.3.0.0/28");
+    assert!(ipam.check(&id(5)).await.unwrap().is_empty());
+    assert_eq!(ipam.list().await.unwrap().len(), 4);
+    let released = ipam.gc(std::slice::from_ref(&b)).await.unwrap();
+    assert!(released.iter().all(|l| l.id == a));
+    assert_eq!(released.len(), 2);
+    ipam.release(&b).await.unwrap();
+    ipam.release(&b).await.unwrap();
+    assert!(ipam.list().await.unwrap().is_empty());
+}
