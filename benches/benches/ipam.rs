@@ -53,7 +53,12 @@ fn exec_plugin(bin: &Path, cmd: &str, id: &str, conf: &[u8]) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn plugin");
-    child.stdin.take().expect("stdin").write_all(conf).expect("write conf");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf)
+        .expect("write conf");
     let out = child.wait_with_output().expect("wait plugin");
     assert!(
         out.status.success(),
@@ -61,6 +66,17 @@ fn exec_plugin(bin: &Path, cmd: &str, id: &str, conf: &[u8]) {
         bin.display(),
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// What any exec'd plugin costs at least: spawn and wait, with the same pipes.
+fn spawn_floor() {
+    let out = Command::new("/bin/true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .expect("spawn /bin/true");
+    assert!(out.status.success());
 }
 
 fn exec_add_del(bin: &Path, conf: &[u8]) {
@@ -91,10 +107,21 @@ fn our_binary() -> Option<PathBuf> {
     }
     // target/release/deps/ipam-HASH → target/release/scrambler-ipam, (re)built now so it
     // is never stale: cargo bench does not build another package's binaries.
-    let beside = std::env::current_exe().ok()?.parent()?.parent()?.join("scrambler-ipam");
+    let beside = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .parent()?
+        .join("scrambler-ipam");
     if let Some(cargo) = std::env::var_os("CARGO") {
         let built = Command::new(cargo)
-            .args(["build", "--release", "-p", "scrambler-ipam", "--bin", "scrambler-ipam"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "scrambler-ipam",
+                "--bin",
+                "scrambler-ipam",
+            ])
             .status();
         if !built.is_ok_and(|s| s.success()) {
             eprintln!("building scrambler-ipam failed; using what is in the target dir");
@@ -116,7 +143,8 @@ struct Setup {
 fn setup(fs: &'static str, base: &Path, ours_bin: Option<&Path>) -> Setup {
     let dir = || tempfile::tempdir_in(base).expect("tempdir");
     let lib_dir = dir();
-    let lib_conf = IpamConf::from_net_conf(&conf("bench-lib", "scrambler-ipam", lib_dir.path())).expect("conf");
+    let lib_conf = IpamConf::from_net_conf(&conf("bench-lib", "scrambler-ipam", lib_dir.path()))
+        .expect("conf");
     let ipam = LocalIpam::new("bench-lib", lib_conf).expect("ipam");
     for i in 0..BACKGROUND_LEASES {
         ipam.allocate_blocking(&AllocRequest {
@@ -127,13 +155,17 @@ fn setup(fs: &'static str, base: &Path, ours_bin: Option<&Path>) -> Setup {
     }
     let ours_dir = dir();
     let ours = ours_bin.map(|bin| {
-        let c = conf("bench-ours", "scrambler-ipam", ours_dir.path()).to_string().into_bytes();
+        let c = conf("bench-ours", "scrambler-ipam", ours_dir.path())
+            .to_string()
+            .into_bytes();
         populate_by_exec(bin, &c);
         (bin.to_path_buf(), c)
     });
     let hl_dir = dir();
     let host_local = Path::new(HOST_LOCAL).exists().then(|| {
-        let c = conf("bench-hl", "host-local", hl_dir.path()).to_string().into_bytes();
+        let c = conf("bench-hl", "host-local", hl_dir.path())
+            .to_string()
+            .into_bytes();
         populate_by_exec(Path::new(HOST_LOCAL), &c);
         c
     });
@@ -151,7 +183,9 @@ fn bench(c: &mut Criterion, s: &Setup) {
     g.sample_size(20).measurement_time(Duration::from_secs(4));
     g.bench_function("lib (durable lease)", |b| b.iter(|| lib_add_del(&s.ipam)));
     if let Some((bin, conf)) = &s.ours {
-        g.bench_function("scrambler-ipam exec ADD+DEL", |b| b.iter(|| exec_add_del(bin, conf)));
+        g.bench_function("scrambler-ipam exec ADD+DEL", |b| {
+            b.iter(|| exec_add_del(bin, conf))
+        });
     }
     if let Some(conf) = &s.host_local {
         g.bench_function("host-local exec ADD+DEL", |b| {
@@ -181,27 +215,48 @@ fn print_ratios(s: &Setup) {
     );
     let lib = mean(1000, || lib_add_del(&s.ipam));
     println!("  lib (durable lease)          {:>9.0} µs", us(lib));
-    let ours = s.ours.as_ref().map(|(bin, conf)| mean(150, || exec_add_del(bin, conf)));
+    let ours = s
+        .ours
+        .as_ref()
+        .map(|(bin, conf)| mean(150, || exec_add_del(bin, conf)));
     if let Some(o) = ours {
         println!("  scrambler-ipam exec ADD+DEL  {:>9.0} µs", us(o));
     }
+    let floor = mean(150, || {
+        spawn_floor();
+        spawn_floor();
+    });
+    println!(
+        "  (two execs of /bin/true      {:>9.0} µs: the floor of any exec'd plugin)",
+        us(floor)
+    );
     let Some(conf) = &s.host_local else { return };
     let hl = mean(150, || exec_add_del(Path::new(HOST_LOCAL), conf));
     println!("  host-local exec ADD+DEL      {:>9.0} µs", us(hl));
     let ratio = |d: Duration| hl.as_secs_f64() / d.as_secs_f64();
-    println!("  host-local exec / lib        {:>9.1}x  (target >= 20x)", ratio(lib));
+    println!(
+        "  host-local exec / lib        {:>9.1}x  (target >= 20x)",
+        ratio(lib)
+    );
     if let Some(o) = ours {
-        println!("  host-local exec / our exec   {:>9.1}x  (target >= 3x)", ratio(o));
+        println!(
+            "  host-local exec / our exec   {:>9.1}x  (target >= 3x)",
+            ratio(o)
+        );
     }
 }
 
 fn main() {
     let ours = our_binary();
     if ours.is_none() {
-        eprintln!("scrambler-ipam binary not found: set SCRAMBLER_IPAM_BIN; skipping its exec bench");
+        eprintln!(
+            "scrambler-ipam binary not found: set SCRAMBLER_IPAM_BIN; skipping its exec bench"
+        );
     }
     if !Path::new(HOST_LOCAL).exists() {
-        eprintln!("{HOST_LOCAL} missing (apt-get install containernetworking-plugins); skipping it");
+        eprintln!(
+            "{HOST_LOCAL} missing (apt-get install containernetworking-plugins); skipping it"
+        );
     }
     // The default persistent kind of disk, and tmpfs (what a dataDir under /run is).
     let mut setups = vec![setup("disk", &std::env::temp_dir(), ours.as_deref())];
