@@ -211,9 +211,7 @@ impl Locked<'_> {
             let _ = fs::remove_file(self.link_path(ip, old));
         }
         if let Some(id) = read {
-            let link = self.link_path(ip, id);
-            let _ = fs::remove_file(&link);
-            let _ = fs::hard_link(path, &link);
+            let _ = replace_link(path, &self.link_path(ip, id));
         }
     }
 
@@ -232,8 +230,7 @@ impl Locked<'_> {
         // Linked before the rename, so the lease never appears without its link (unless
         // the link fails, e.g. a name too long: then scans read the file).
         let link = self.link_path(ip, id);
-        let _ = fs::remove_file(&link);
-        if let Err(e) = fs::hard_link(&tmp, &link) {
+        if let Err(e) = replace_link(&tmp, &link) {
             tracing::debug!(link = %link.display(), error = %e, "lease link not made");
         }
         fs::rename(&tmp, &path).map_err(|e| {
@@ -269,7 +266,8 @@ impl Locked<'_> {
     /// Where allocation from range set `set` resumes (host-local's `last_reserved_ip.N`).
     pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
         let path = self.store.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
-        fs::read_to_string(path).ok()?.trim().parse().ok()
+        let body = read_small(&path).ok()?;
+        std::str::from_utf8(&body).ok()?.trim().parse().ok()
     }
 
     /// Records the last address reserved from range set `set`. Not fsynced: losing it
@@ -290,6 +288,17 @@ fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(body)?;
     f.sync_all()
+}
+
+/// Makes `link` a hard link of `target`, replacing whatever `link` was.
+fn replace_link(target: &Path, link: &Path) -> std::io::Result<()> {
+    match fs::hard_link(target, link) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            fs::remove_file(link)?;
+            fs::hard_link(target, link)
+        }
+        other => other,
+    }
 }
 
 /// The names and inode numbers of the entries of `dir` (no per-file syscalls).
