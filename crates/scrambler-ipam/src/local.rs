@@ -1,6 +1,6 @@
 //! [`LocalIpam`]: the allocator over the disk store, implementing [`Ipam`].
 
-use crate::conf::{IpamConf, RangeSet};
+use crate::conf::{IpamConf, Range, RangeSet};
 use crate::range::{next_free, unusable_reason};
 use crate::store::{LeaseFile, Locked, Store};
 use ipnet::IpNet;
@@ -118,8 +118,7 @@ impl LocalIpam {
                 .iter()
                 .filter(|f| f.is_held_by(&req.id))
                 .find_map(|f| set.subnet_for(f.address).map(|r| (f.address, r)));
-            let wanted = requested[i];
-            let (address, range, new) = match (existing, wanted) {
+            let (address, range, new) = match (existing, requested[i]) {
                 (Some((have, r)), None) => (have, r, false),
                 (Some((have, r)), Some(want)) if have == want => (have, r, false),
                 (Some((have, _)), Some(want)) => {
@@ -130,36 +129,9 @@ impl LocalIpam {
                         ),
                     })
                 }
-                (None, Some(want)) => {
-                    let r = set.range_for(want).ok_or_else(|| {
-                        Error::config(format!("requested address {want} is outside range set {i}"))
-                    })?;
-                    if let Some(why) = unusable_reason(r, &conf.exclude, want) {
-                        return Err(Error::config(format!("requested address {why}")));
-                    }
-                    if let Some(f) = files.iter().find(|f| f.address == want) {
-                        return Err(Error::AlreadyExists {
-                            object: format!("address {want}"),
-                            reason: match &f.holder {
-                                Ok(h) => format!("leased to {h}"),
-                                Err(_) => {
-                                    format!("held by corrupt lease file {}", f.path.display())
-                                }
-                            },
-                        });
-                    }
-                    (want, r, true)
-                }
+                (None, Some(want)) => (want, self.check_requested(i, set, want, files)?, true),
                 (None, None) => {
-                    let last = locked.last_reserved(i);
-                    let (ip, r) = next_free(set, &conf.exclude, &taken, last).ok_or_else(|| {
-                        Error::RangeExhausted {
-                            range: format!(
-                                "range set {i} ({set}) of network {}",
-                                self.inner.network
-                            ),
-                        }
-                    })?;
+                    let (ip, r) = self.next_address(i, set, &taken, locked.last_reserved(i))?;
                     (ip, r, true)
                 }
             };
@@ -172,6 +144,47 @@ impl LocalIpam {
             });
         }
         Ok(picks)
+    }
+
+    /// The range of range set `i` that may hand out the requested address `want`, or why
+    /// it may not.
+    fn check_requested<'s>(
+        &self,
+        i: usize,
+        set: &'s RangeSet,
+        want: IpAddr,
+        files: &[LeaseFile],
+    ) -> Result<&'s Range> {
+        let r = set.range_for(want).ok_or_else(|| {
+            Error::config(format!("requested address {want} is outside range set {i}"))
+        })?;
+        if let Some(why) = unusable_reason(r, &self.inner.conf.exclude, want) {
+            return Err(Error::config(format!("requested address {why}")));
+        }
+        if let Some(f) = files.iter().find(|f| f.address == want) {
+            let reason = match &f.holder {
+                Ok(h) => format!("leased to {h}"),
+                Err(_) => format!("held by corrupt lease file {}", f.path.display()),
+            };
+            return Err(Error::AlreadyExists {
+                object: format!("address {want}"),
+                reason,
+            });
+        }
+        Ok(r)
+    }
+
+    /// The next free address of range set `i`, or `RangeExhausted` naming the set.
+    fn next_address<'s>(
+        &self,
+        i: usize,
+        set: &'s RangeSet,
+        taken: &HashSet<IpAddr>,
+        last: Option<IpAddr>,
+    ) -> Result<(IpAddr, &'s Range)> {
+        next_free(set, &self.inner.conf.exclude, taken, last).ok_or_else(|| Error::RangeExhausted {
+            range: format!("range set {i} ({set}) of network {}", self.inner.network),
+        })
     }
 
     /// Writes the new leases; all or nothing.
@@ -278,8 +291,7 @@ impl LocalIpam {
     }
 }
 
-/// Maps each requested address to the range set that holds it: at most one per set, and
-/// every address must fall in some set.
+/// Refuses a second requested address for range set `set`.
 fn assert_one_per_set(set: usize, slot: &Option<IpAddr>, ip: IpAddr) -> Result<()> {
     match slot {
         Some(other) => Err(Error::config(format!(
@@ -289,6 +301,8 @@ fn assert_one_per_set(set: usize, slot: &Option<IpAddr>, ip: IpAddr) -> Result<(
     }
 }
 
+/// Maps each requested address to the range set that holds it: at most one per set, and
+/// every address must fall in some set.
 fn assign_requested(sets: &[RangeSet], requested: &[IpAddr]) -> Result<Vec<Option<IpAddr>>> {
     let mut slots = vec![None; sets.len()];
     for &ip in requested {
