@@ -102,8 +102,7 @@ impl XfrmConfig {
         if self.if_id == 0 {
             return Err(Error::config("xfrm if_id must not be 0"));
         }
-        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/')
-        {
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/') {
             return Err(Error::config(format!(
                 "xfrm interface name {:?} must be 1..=15 bytes without '/'",
                 self.interface

@@ -28,6 +28,9 @@ pub(crate) struct Changes {
     pub phases: [Vec<Request>; 5],
     /// Counts for the report.
     pub report: ReconcileReport,
+    /// Outbound states (peer id, generation) lost while their generation was live: not
+    /// re-created under the same key (see [`diff`]).
+    pub lost_outbound: Vec<(u16, u32)>,
 }
 
 impl Changes {
@@ -127,26 +130,37 @@ fn diff_policies(
     Ok(())
 }
 
+/// True when the inbound state of `out`'s peer and generation is installed and ours.
+fn peer_kept_state(
+    cfg: &XfrmConfig,
+    desired: &Desired,
+    out: &crate::model::DesiredState,
+    found: &HashMap<&StateKey, &FoundState>,
+) -> bool {
+    desired
+        .states
+        .values()
+        .filter(|s| s.inbound && s.peer == out.peer && s.generation == out.generation)
+        .any(|s| found.get(&s.shape.key).is_some_and(|f| owns_state(cfg, f)))
+}
+
 fn diff_states(
     cfg: &XfrmConfig,
     desired: &Desired,
     found: &[FoundState],
     ch: &mut Changes,
 ) -> Result<()> {
-    let by_key: HashMap<&StateKey, &FoundState> =
-        found.iter().map(|s| (&s.shape.key, s)).collect();
+    let by_key: HashMap<&StateKey, &FoundState> = found.iter().map(|s| (&s.shape.key, s)).collect();
     for (key, want) in &desired.states {
         let phase = if want.inbound { 1 } else { 3 };
         match by_key.get(key) {
-            Some(f) if !owns_state(cfg, f) => {
-                return Err(Error::AlreadyExists {
-                    object: key.to_string(),
-                    reason: format!(
-                        "a state with reqid {:#x} if_id {:#x} holds it; Scrambler does not touch it",
-                        f.shape.reqid, f.shape.if_id
-                    ),
-                })
-            }
+            Some(f) if !owns_state(cfg, f) => return Err(Error::AlreadyExists {
+                object: key.to_string(),
+                reason: format!(
+                    "a state with reqid {:#x} if_id {:#x} holds it; Scrambler does not touch it",
+                    f.shape.reqid, f.shape.if_id
+                ),
+            }),
             Some(f) if f.shape == want.shape => ch.report.unchanged += 1,
             Some(f) => {
                 // keys and replay settings cannot change in place: replace
@@ -161,6 +175,22 @@ fn diff_states(
                     object: key.to_string(),
                 });
                 ch.report.updated += 1;
+            }
+            None if !want.inbound
+                && !desired.switching
+                && peer_kept_state(cfg, desired, want, &by_key) =>
+            {
+                // Outside a switch to a new generation, this node already ran this
+                // generation with the peer (its inbound state of the generation is here),
+                // so the outbound state was lost, not never made. Re-creating it would restart the sequence numbers under the same
+                // key: AES-GCM nonce reuse (and replay drops at the peer). Leave it out:
+                // traffic to the peer stays dropped until a rotation brings a new key.
+                tracing::error!(
+                    peer = want.peer,
+                    generation = want.generation,
+                    "outbound SA lost; not re-created under the same key: rotate keys"
+                );
+                ch.lost_outbound.push((want.peer, want.generation));
             }
             None => {
                 ch.phases[phase].push(Request {
@@ -251,6 +281,47 @@ mod tests {
         found.push(foreign);
         let ch = diff(&cfg, &d, &found, &[], false).unwrap();
         assert_eq!(ch.len(), 0);
+    }
+
+    fn found_states(
+        desired: &Desired,
+        keep: impl Fn(&crate::model::DesiredState) -> bool,
+    ) -> Vec<FoundState> {
+        desired
+            .states
+            .values()
+            .filter(|s| keep(s))
+            .map(|s| FoundState {
+                shape: s.shape.clone(),
+                family: crate::model::family(&s.shape.key.daddr),
+                bytes: 0,
+                packets: 0,
+                replay_window_drops: 0,
+                replay_drops: 0,
+                integrity_failed: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lost_outbound_state_is_not_recreated_under_the_same_key() {
+        let cfg = XfrmConfig::default();
+        let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
+        let pols = found_from(&d);
+        // fresh node: every state is made
+        let ch = diff(&cfg, &d, &pols, &[], true).unwrap();
+        assert_eq!(ch.report.added, 4);
+        assert!(ch.lost_outbound.is_empty());
+        // node2's outbound state vanished while its inbound state is there
+        let found = found_states(&d, |s| s.inbound || s.peer != 2);
+        let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+        assert_eq!(ch.report.added, 0);
+        assert_eq!(ch.lost_outbound, vec![(2, 1)]);
+        // a foreign state on a desired key is a conflict
+        let mut found = found_states(&d, |_| true);
+        found[0].shape.reqid = 7;
+        assert!(diff(&cfg, &d, &pols, &found, true).is_err());
     }
 
     #[test]

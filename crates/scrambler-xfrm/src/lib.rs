@@ -46,6 +46,12 @@
 //!   match the mesh `in`/`fwd` policies instead;
 //! * the agent being down changes nothing: everything lives in the kernel, with no
 //!   lifetimes;
+//! * **an outbound state lost** while its generation is live (deleted behind our back)
+//!   is *not* re-created: the same key with restarted sequence numbers would reuse
+//!   AES-GCM nonces. Traffic to that peer stays dropped, `status` reports
+//!   [`LOST_OUTBOUND`], and [`rotate`] to a new generation repairs it. (A node whose
+//!   states vanished entirely, e.g. by a reboot, cannot tell: the agent must rotate the
+//!   generation when a node restarts — see the crate's known limits in the report.)
 //! * reconcile installs the guard first, inbound states before policies, outbound states
 //!   after them, routes last, and deletes only after all that.
 //!
@@ -101,5 +107,5 @@ pub use config::{
     DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, PRIORITY_BAND,
 };
 pub use rotation::{rotate, RotationReport};
-pub use status::{parse_xfrm_stat, StatusTable};
+pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};

@@ -3,7 +3,9 @@
 use crate::config::{LinkMode, XfrmConfig};
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoXfrm, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoXfrm, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -13,6 +15,14 @@ use scrambler_core::{Error, Netns, Result};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+/// What [`Rtnl::ensure_interface`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkChange {
+    None,
+    Created,
+    Updated,
+}
 
 /// Main routing table.
 const RT_TABLE_MAIN: u8 = 254;
@@ -51,7 +61,12 @@ impl Rtnl {
 
     /// The link called `name`, if any.
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(l) => Ok(l),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == nix::libc::ENODEV => {
@@ -62,13 +77,13 @@ impl Rtnl {
     }
 
     /// Makes sure the steering interface exists, is up and has `mtu`; returns its index
-    /// and whether anything changed.
-    pub async fn ensure_interface(&self, cfg: &XfrmConfig, mtu: u32) -> Result<(u32, bool)> {
+    /// and what changed.
+    pub async fn ensure_interface(&self, cfg: &XfrmConfig, mtu: u32) -> Result<(u32, LinkChange)> {
         let name = &cfg.interface;
         let existing = self.link(name).await?;
-        let mut changed = false;
+        let mut changed = LinkChange::None;
         let link = match (existing, cfg.link) {
-            (Some(l), LinkMode::Existing) => return Ok((l.header.index, false)),
+            (Some(l), LinkMode::Existing) => return Ok((l.header.index, LinkChange::None)),
             (None, LinkMode::Existing) => {
                 return Err(Error::config(format!(
                     "interface {name} does not exist (link mode \"existing\")"
@@ -104,7 +119,7 @@ impl Rtnl {
                         }
                         e => rt_error("create xfrm interface", name, e),
                     })?;
-                changed = true;
+                changed = LinkChange::Created;
                 self.link(name).await?.ok_or_else(|| {
                     Error::kernel("create xfrm interface", name, "gone right after creation")
                 })?
@@ -117,17 +132,16 @@ impl Rtnl {
         });
         let up = link.header.flags.contains(LinkFlags::Up);
         if cur_mtu != Some(mtu) || !up {
-            let msg = LinkUnspec::new_with_index(index)
-                .mtu(mtu)
-                .up()
-                .build();
+            let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
             self.handle
                 .link()
                 .set(msg)
                 .execute()
                 .await
                 .map_err(|e| rt_error("set mtu/up of", name, e))?;
-            changed = true;
+            if changed == LinkChange::None {
+                changed = LinkChange::Updated;
+            }
         }
         Ok((index, changed))
     }
@@ -185,23 +199,19 @@ impl Rtnl {
             let msg = route_msg(net, index, proto);
             let h = self.handle.clone();
             async move {
-                h.route()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(|e| match e {
-                        rtnetlink::Error::NetlinkError(ref m)
-                            if m.raw_code().abs() == nix::libc::EEXIST =>
-                        {
-                            Error::AlreadyExists {
-                                object: format!("route {net}"),
-                                reason: "a route not made by Scrambler holds it; Scrambler does \
+                h.route().add(msg).execute().await.map_err(|e| match e {
+                    rtnetlink::Error::NetlinkError(ref m)
+                        if m.raw_code().abs() == nix::libc::EEXIST =>
+                    {
+                        Error::AlreadyExists {
+                            object: format!("route {net}"),
+                            reason: "a route not made by Scrambler holds it; Scrambler does \
                                          not touch it"
-                                    .into(),
-                            }
+                                .into(),
                         }
-                        e => rt_error("add route", net, e),
-                    })
+                    }
+                    e => rt_error("add route", net, e),
+                })
             }
         });
         first_error(futures::future::join_all(reqs).await)

@@ -5,10 +5,10 @@ use ipnet::IpNet;
 use netlink_packet_xfrm::{
     policy::{DelGetMessage as PolicyDelGet, ModifyMessage as PolicyModify},
     state::{DelGetMessage as StateDelGet, GetDumpMessage, ModifyMessage as StateModify},
-    Address, AlgAead, LifetimeConfig, ReplayEsn, Selector, UserPolicyId, UserPolicyInfo,
-    UserSaId, UserSaInfo, UserTemplate, XfrmAttrs, XfrmMessage, AF_INET, AF_INET6,
-    IPPROTO_ESP, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK, XFRM_POLICY_FWD,
-    XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_STATE_ESN,
+    Address, AlgAead, LifetimeConfig, ReplayEsn, Selector, UserPolicyId, UserPolicyInfo, UserSaId,
+    UserSaInfo, UserTemplate, XfrmAttrs, XfrmMessage, AF_INET, AF_INET6, IPPROTO_ESP,
+    XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK, XFRM_POLICY_FWD, XFRM_POLICY_IN,
+    XFRM_POLICY_OUT, XFRM_STATE_ESN,
 };
 use scrambler_core::esp;
 use sha2::{Digest, Sha256};

@@ -109,7 +109,8 @@ impl XfrmSocket {
                 let mut header = NetlinkHeader::default();
                 header.flags = NLM_F_REQUEST | NLM_F_ACK;
                 header.sequence_number = seq;
-                let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg.clone()));
+                let mut m =
+                    NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg.clone()));
                 m.finalize();
                 let start = out.len();
                 out.resize(start + m.buffer_len(), 0);
@@ -264,9 +265,7 @@ pub(crate) fn scrub(msg: &mut XfrmMessage) {
     for nla in nlas.iter_mut() {
         match nla {
             XfrmAttrs::EncryptionAlgAead(a) => a.alg_key.zeroize(),
-            XfrmAttrs::EncryptionAlg(a) | XfrmAttrs::AuthenticationAlg(a) => {
-                a.alg_key.zeroize()
-            }
+            XfrmAttrs::EncryptionAlg(a) | XfrmAttrs::AuthenticationAlg(a) => a.alg_key.zeroize(),
             XfrmAttrs::AuthenticationAlgTrunc(a) => a.alg_key.zeroize(),
             _ => {}
         }

@@ -13,13 +13,17 @@ pub(crate) struct Desired {
     pub policies: BTreeMap<PolicyKey, Policy>,
     pub states: BTreeMap<StateKey, DesiredState>,
     pub routes: BTreeSet<IpNet>,
+    /// Rotation step 2: an older generation than `tx` is still live, so outbound states
+    /// of `tx` are being made for the first time.
+    pub switching: bool,
 }
 
 /// The outer (underlay) addresses used between the local node and `peer`.
 pub(crate) fn outer_pair(local: &Node, peer: &Node) -> Result<(IpAddr, IpAddr)> {
-    let remote = *peer.underlay.first().ok_or_else(|| {
-        Error::config(format!("node {:?} has no underlay address", peer.name))
-    })?;
+    let remote = *peer
+        .underlay
+        .first()
+        .ok_or_else(|| Error::config(format!("node {:?} has no underlay address", peer.name)))?;
     let mine = local.underlay_for(remote.is_ipv6()).ok_or_else(|| {
         Error::config(format!(
             "node {:?} has no underlay address of the family of {remote} ({:?})",
@@ -45,7 +49,10 @@ impl Desired {
     /// Plans the node's objects. With `secret == None` no states are planned.
     pub fn plan(cfg: &XfrmConfig, mesh: &Mesh, secret: Option<&ClusterSecret>) -> Result<Desired> {
         mesh.validate()?;
-        let mut d = Desired::default();
+        let mut d = Desired {
+            switching: mesh.keys.rx.iter().any(|g| *g < mesh.keys.tx),
+            ..Desired::default()
+        };
         let local = &mesh.local;
         for peer in &mesh.peers {
             d.plan_peer(cfg, mesh, peer, secret)?;
@@ -103,10 +110,30 @@ impl Desired {
             return Ok(());
         };
         let tx = secret.sa(local.id, peer.id, mesh.keys.tx);
-        self.state(cfg, peer, StateKey { daddr: theirs, spi: tx.spi }, mine, &tx, false);
+        self.state(
+            cfg,
+            peer,
+            StateKey {
+                daddr: theirs,
+                spi: tx.spi,
+            },
+            mine,
+            &tx,
+            false,
+        );
         for g in &mesh.keys.rx {
             let rx = secret.sa(peer.id, local.id, *g);
-            self.state(cfg, peer, StateKey { daddr: mine, spi: rx.spi }, theirs, &rx, true);
+            self.state(
+                cfg,
+                peer,
+                StateKey {
+                    daddr: mine,
+                    spi: rx.spi,
+                },
+                theirs,
+                &rx,
+                true,
+            );
         }
         Ok(())
     }
@@ -200,7 +227,9 @@ pub(crate) mod tests {
             name: format!("n{id}"),
             id: NodeId::new(id).unwrap(),
             underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
-            pod_cidrs: vec![format!("10.{}.{}.0/24", id / 256, id % 256).parse().unwrap()],
+            pod_cidrs: vec![format!("10.{}.{}.0/24", id / 256, id % 256)
+                .parse()
+                .unwrap()],
         }
     }
 

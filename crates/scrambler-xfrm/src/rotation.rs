@@ -2,7 +2,9 @@
 //! [`scrambler_core::Keys`]: inbound first everywhere, then outbound, then — after a
 //! grace period — the old inbound states go.
 
-use scrambler_core::{ClusterSecret, Error, Generation, Mesh, Netns, ReconcileReport, Result, Tunnel};
+use scrambler_core::{
+    ClusterSecret, Error, Generation, Mesh, Netns, ReconcileReport, Result, Tunnel,
+};
 use std::time::Duration;
 
 /// What a rotation did.

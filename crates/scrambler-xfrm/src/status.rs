@@ -10,6 +10,10 @@ use scrambler_core::{esp, Generation, Mesh, Node, PeerStatus, Result, TunnelStat
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+/// Key in [`TunnelStatus::errors`]: peers whose outbound SA was lost while the key
+/// generation is live; they stay cut off (fail closed) until [`crate::rotate`].
+pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
+
 /// Parses `/proc/net/xfrm_stat` text, keeping non-zero counters.
 pub fn parse_xfrm_stat(text: &str) -> BTreeMap<String, u64> {
     text.lines()
@@ -59,20 +63,32 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
     let states: Vec<&FoundState> = obs.states.iter().filter(|s| owns_state(cfg, s)).collect();
     let mut peers = Vec::new();
     for peer in &mesh.peers {
-        peers.push(peer_status(cfg, mesh, peer, &desired, &policies, &states, obs.routes)?);
+        peers.push(peer_status(
+            cfg, mesh, peer, &desired, &policies, &states, obs.routes,
+        )?);
     }
     let fail_closed = desired
         .policies
         .values()
         .filter(|p| p.block || p.tmpl.is_none())
         .all(|p| policies.get(&p.key) == Some(&p));
+    let mut errors = obs.xfrm_stat;
+    // an outbound SA gone while its generation is live in the other direction: it is not
+    // re-created under the same key (nonce reuse); only a key rotation repairs it
+    let lost = peers
+        .iter()
+        .filter(|p| !p.outbound && p.rx_generations.contains(&mesh.keys.tx))
+        .count();
+    if cfg.program_states && lost > 0 {
+        errors.insert(LOST_OUTBOUND.to_string(), lost as u64);
+    }
     let outer_v6 = mesh.local.underlay.first().is_some_and(|a| a.is_ipv6());
     Ok(TunnelStatus {
         dataplane: "xfrm".into(),
         encrypted: cfg.program_states && peers.iter().all(PeerStatus::is_up),
         fail_closed,
         peers,
-        errors: obs.xfrm_stat,
+        errors,
         overhead: esp::esp_overhead(outer_v6),
     })
 }
@@ -119,16 +135,12 @@ fn peer_status(
     if st.outbound {
         st.tx_generation = Some(mesh.keys.tx);
     }
-    st.inbound = mesh
-        .keys
-        .rx
-        .iter()
-        .all(|g| {
-            let want = spi(peer.id, local.id, *g);
-            states
-                .iter()
-                .any(|s| s.shape.key.spi == want && s.shape.key.daddr == mine)
-        });
+    st.inbound = mesh.keys.rx.iter().all(|g| {
+        let want = spi(peer.id, local.id, *g);
+        states
+            .iter()
+            .any(|s| s.shape.key.spi == want && s.shape.key.daddr == mine)
+    });
     st.rx_generations = rx_found.into_iter().collect();
     let peer_cidrs: BTreeSet<IpNet> = peer.pod_cidrs.iter().map(|c| c.trunc()).collect();
     let policies_ok = desired
@@ -198,7 +210,11 @@ impl fmt::Display for StatusTable<'_> {
             f,
             "dataplane {}: encrypted={} fail_closed={} esp_overhead={}B",
             s.dataplane,
-            if s.encrypted { "yes" } else { "NO (pod traffic to peers is dropped or unencrypted!)" },
+            if s.encrypted {
+                "yes"
+            } else {
+                "NO (pod traffic to peers is dropped or unencrypted!)"
+            },
             if s.fail_closed { "yes" } else { "NO" },
             s.overhead
         )?;

@@ -2,7 +2,7 @@
 
 use crate::config::{LinkMode, XfrmConfig};
 use crate::diff::{diff, owns_policy, owns_state, Changes};
-use crate::link::{disable_xfrm_lookup, Rtnl};
+use crate::link::{disable_xfrm_lookup, LinkChange, Rtnl};
 use crate::model::{
     delete_state_msg, family, policy_dump_msg, state_dump_msg, DesiredState, FoundPolicy,
     FoundState, StateKey,
@@ -93,13 +93,17 @@ impl XfrmTunnel {
                 let mut sock = XfrmSocket::open()?;
                 let material = Zeroizing::new(vec![0x5c; 20]);
                 let key = StateKey {
-                    daddr: "127.0.0.2".parse().map_err(|_| Error::config("probe address"))?,
+                    daddr: "127.0.0.2"
+                        .parse()
+                        .map_err(|_| Error::config("probe address"))?,
                     spi: 0xffff_ff5c,
                 };
                 let probe = DesiredState {
                     shape: crate::model::esp_shape(
                         key,
-                        "127.0.0.1".parse().map_err(|_| Error::config("probe address"))?,
+                        "127.0.0.1"
+                            .parse()
+                            .map_err(|_| Error::config("probe address"))?,
                         cfg.reqid_base,
                         cfg.if_id,
                         &material,
@@ -111,7 +115,11 @@ impl XfrmTunnel {
                 };
                 let reqs = vec![
                     request(probe.add_msg(), "add xfrm state", "probe state"),
-                    request(delete_state_msg(&key, family(&key.daddr)), "delete xfrm state", "probe state"),
+                    request(
+                        delete_state_msg(&key, family(&key.daddr)),
+                        "delete xfrm state",
+                        "probe state",
+                    ),
                 ];
                 let res = send(&mut sock, reqs)?;
                 match &res[0] {
@@ -250,10 +258,21 @@ impl Tunnel for XfrmTunnel {
 
         let sock = Self::open_xfrm(netns).await?;
         let (sock, found) = Self::dump(sock).await?;
-        let Changes { phases, mut report } =
-            diff(cfg, &desired, &found.policies, &found.states, cfg.program_states)?;
-        if link_changed {
-            report.updated += 1;
+        let Changes {
+            phases,
+            mut report,
+            lost_outbound,
+        } = diff(
+            cfg,
+            &desired,
+            &found.policies,
+            &found.states,
+            cfg.program_states,
+        )?;
+        match link_changed {
+            LinkChange::Created => report.added += 1,
+            LinkChange::Updated => report.updated += 1,
+            LinkChange::None => {}
         }
         let [guard, inbound, policies, outbound, deletes] = phases;
         let mut sock = sock;
@@ -276,6 +295,13 @@ impl Tunnel for XfrmTunnel {
         rtnl.delete_routes(stale).await?;
 
         Self::run_phase(sock, deletes).await?;
+        if !lost_outbound.is_empty() {
+            tracing::error!(
+                netns = %netns,
+                ?lost_outbound,
+                "outbound SAs lost: traffic to these peers is dropped until a key rotation"
+            );
+        }
         tracing::debug!(netns = %netns, ?report, "xfrm mesh reconciled");
         Ok(report)
     }
@@ -318,27 +344,44 @@ impl Tunnel for XfrmTunnel {
         let mut report = ReconcileReport::default();
         let rtnl = Rtnl::open(netns).await?;
         if let Some(l) = rtnl.link(&cfg.interface).await? {
-            let owned = rtnl.owned_routes(l.header.index, cfg.route_protocol).await?;
+            let owned = rtnl
+                .owned_routes(l.header.index, cfg.route_protocol)
+                .await?;
             report.removed += owned.len();
             rtnl.delete_routes(owned).await?;
         }
         let sock = Self::open_xfrm(netns).await?;
         let (sock, found) = Self::dump(sock).await?;
         let mut reqs = Vec::new();
-        let mut policies: Vec<&FoundPolicy> =
-            found.policies.iter().filter(|p| owns_policy(cfg, p)).collect();
+        let mut policies: Vec<&FoundPolicy> = found
+            .policies
+            .iter()
+            .filter(|p| owns_policy(cfg, p))
+            .collect();
         // mesh policies and states first, the guard last
         policies.sort_by_key(|p| p.policy.tmpl.is_none());
         let (mesh_pols, guard_pols): (Vec<_>, Vec<_>) =
             policies.into_iter().partition(|p| p.policy.tmpl.is_some());
         for p in mesh_pols {
-            reqs.push(request(p.delete_msg(), "delete xfrm policy", &p.policy.key.to_string()));
+            reqs.push(request(
+                p.delete_msg(),
+                "delete xfrm policy",
+                &p.policy.key.to_string(),
+            ));
         }
         for s in found.states.iter().filter(|s| owns_state(cfg, s)) {
-            reqs.push(request(s.delete_msg(), "delete xfrm state", &s.shape.key.to_string()));
+            reqs.push(request(
+                s.delete_msg(),
+                "delete xfrm state",
+                &s.shape.key.to_string(),
+            ));
         }
         for p in guard_pols {
-            reqs.push(request(p.delete_msg(), "delete xfrm policy", &p.policy.key.to_string()));
+            reqs.push(request(
+                p.delete_msg(),
+                "delete xfrm policy",
+                &p.policy.key.to_string(),
+            ));
         }
         report.removed += reqs.len();
         Self::run_phase(sock, reqs).await?;

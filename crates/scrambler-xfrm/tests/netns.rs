@@ -44,38 +44,112 @@ fn reconcile_installs_mesh_guard_routes_and_is_idempotent() {
     let text = policy_text(&ns);
     assert!(text.contains("src 10.0.1.0/24 dst 10.0.2.0/24"), "{text}");
     assert!(text.contains("action block"), "{text}");
-    assert!(text.contains("reqid 1543503874"), "reqid 0x5c000002 expected: {text}");
+    assert!(
+        text.contains("reqid 1543503874"),
+        "reqid 0x5c000002 expected: {text}"
+    );
     assert!(text.contains("if_id 0x5c5c"), "{text}");
     let routes = owned_routes(&ns);
     assert_eq!(routes.len(), 2, "{routes:?}");
-    assert!(routes.iter().all(|r| r.contains("dev scrambler0")), "{routes:?}");
+    assert!(
+        routes.iter().all(|r| r.contains("dev scrambler0")),
+        "{routes:?}"
+    );
 }
 
 #[test]
 fn foreign_policies_and_routes_are_never_touched() {
     let ns = ns_with_link("xf-foreign");
-    ns.ip(&["link", "add", "other0", "type", "veth", "peer", "name", "other0p"]);
+    ns.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other0p",
+    ]);
     ns.ip(&["link", "set", "other0", "up"]);
     // someone else's policies: an IKE daemon's, an admin's block, another if_id
     ns.ip(&[
-        "xfrm", "policy", "add", "src", "172.16.0.0/16", "dst", "172.17.0.0/16", "dir", "out",
-        "priority", "10", "tmpl", "src", "198.51.100.1", "dst", "198.51.100.2", "proto", "esp",
-        "reqid", "7", "mode", "tunnel",
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "172.16.0.0/16",
+        "dst",
+        "172.17.0.0/16",
+        "dir",
+        "out",
+        "priority",
+        "10",
+        "tmpl",
+        "src",
+        "198.51.100.1",
+        "dst",
+        "198.51.100.2",
+        "proto",
+        "esp",
+        "reqid",
+        "7",
+        "mode",
+        "tunnel",
     ]);
-    ns.ip(&["xfrm", "policy", "add", "src", "10.0.1.0/24", "dst", "10.9.0.0/16", "dir", "fwd", "action", "block", "priority", "100"]);
     ns.ip(&[
-        "xfrm", "policy", "add", "src", "10.0.1.0/24", "dst", "10.0.2.0/24", "dir", "out",
-        "priority", "5", "if_id", "0x99", "tmpl", "src", "198.51.100.1", "dst", "198.51.100.2",
-        "proto", "esp", "reqid", "0x5c000002", "mode", "tunnel",
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "10.0.1.0/24",
+        "dst",
+        "10.9.0.0/16",
+        "dir",
+        "fwd",
+        "action",
+        "block",
+        "priority",
+        "100",
     ]);
-    ns.ip(&["route", "add", "10.7.0.0/16", "dev", "other0", "proto", "static"]);
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "10.0.1.0/24",
+        "dst",
+        "10.0.2.0/24",
+        "dir",
+        "out",
+        "priority",
+        "5",
+        "if_id",
+        "0x99",
+        "tmpl",
+        "src",
+        "198.51.100.1",
+        "dst",
+        "198.51.100.2",
+        "proto",
+        "esp",
+        "reqid",
+        "0x5c000002",
+        "mode",
+        "tunnel",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.7.0.0/16",
+        "dev",
+        "other0",
+        "proto",
+        "static",
+    ]);
     let foreign_before = policy_text(&ns);
     let t = policies_only();
     rt().block_on(async {
-        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret()).await.unwrap();
+        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap();
         assert_eq!(t.inventory(&ns.netns()).await.unwrap().foreign, 3);
         // shrink the mesh, then remove everything of ours
-        t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret()).await.unwrap();
+        t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap();
         let r = t.remove(&ns.netns()).await.unwrap();
         assert_eq!(r.removed, 7, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
@@ -83,7 +157,9 @@ fn foreign_policies_and_routes_are_never_touched() {
         assert_eq!(inv.foreign, 3);
     });
     assert_eq!(policy_text(&ns), foreign_before);
-    assert!(ns.ip(&["route"]).contains("10.7.0.0/16 dev other0 proto static"));
+    assert!(ns
+        .ip(&["route"])
+        .contains("10.7.0.0/16 dev other0 proto static"));
     assert!(owned_routes(&ns).is_empty());
 }
 
@@ -91,7 +167,21 @@ fn foreign_policies_and_routes_are_never_touched() {
 fn foreign_policy_holding_a_desired_key_stops_reconcile_before_any_change() {
     let ns = ns_with_link("xf-conflict");
     // same selector, direction and if_id as our guard, but not in our priority band
-    ns.ip(&["xfrm", "policy", "add", "src", "10.0.1.0/24", "dst", "10.0.3.0/24", "dir", "out", "action", "block", "priority", "10"]);
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "10.0.1.0/24",
+        "dst",
+        "10.0.3.0/24",
+        "dir",
+        "out",
+        "action",
+        "block",
+        "priority",
+        "10",
+    ]);
     let t = policies_only();
     rt().block_on(async {
         let e = t
@@ -115,7 +205,11 @@ fn changed_underlay_is_updated_in_place() {
         mesh.peers[0].underlay = vec!["198.51.100.2".parse().unwrap()];
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         assert_eq!((r.added, r.updated, r.removed), (0, 3, 0), "{r:?}");
-        assert!(t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap().is_noop());
+        assert!(t
+            .reconcile(&ns.netns(), &mesh, &secret())
+            .await
+            .unwrap()
+            .is_noop());
     });
     assert!(policy_text(&ns).contains("tmpl src 192.0.2.1 dst 198.51.100.2"));
 }
@@ -135,7 +229,11 @@ fn thousand_peer_mesh_costs_one_peer_to_change() {
         mesh.peers.remove(10);
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         assert_eq!((r.added, r.updated, r.removed), (0, 0, 7), "{r:?}");
-        assert!(t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap().is_noop());
+        assert!(t
+            .reconcile(&ns.netns(), &mesh, &secret())
+            .await
+            .unwrap()
+            .is_noop());
         let r = t.remove(&ns.netns()).await.unwrap();
         assert_eq!(r.removed, 1000 * 7);
     });
@@ -152,13 +250,18 @@ fn supernet_guard_with_local_bypass() {
     })
     .unwrap();
     rt().block_on(async {
-        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret()).await.unwrap();
+        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap();
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert_eq!(inv.policies["guard"], 3);
         assert_eq!(inv.policies["bypass"], 3);
         assert_eq!(inv.policies["mesh"], 6);
         // dropping a peer leaves its pod CIDR guarded by the supernet
-        let r = t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret()).await.unwrap();
+        let r = t
+            .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap();
         assert_eq!(r.removed, 4, "{r:?}");
     });
     let text = policy_text(&ns);
@@ -186,7 +289,10 @@ fn status_reports_steering_guard_and_no_encryption_without_states() {
             assert!(!p.outbound && !p.inbound);
         }
         let table = StatusTable(&s).to_string();
-        assert!(table.contains("node2") && table.contains("encrypted=NO"), "{table}");
+        assert!(
+            table.contains("node2") && table.contains("encrypted=NO"),
+            "{table}"
+        );
         // a route deleted behind our back shows up
         ns.ip(&["route", "del", "10.0.3.0/24"]);
         let s = t.status(&ns.netns(), &mesh).await.unwrap();
@@ -219,11 +325,17 @@ fn missing_esp_is_unsupported_and_leaves_the_guard_in_place() {
         assert_eq!(e.code(), 105, "{e}");
         assert!(e.to_string().contains("spi"), "names the state: {e}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["guard"], 6, "fail closed before states: {inv:?}");
+        assert_eq!(
+            inv.policies["guard"], 6,
+            "fail closed before states: {inv:?}"
+        );
         assert!(!inv.policies.contains_key("mesh"));
         assert_eq!(inv.states, 0);
     });
-    assert!(owned_routes(&ns).is_empty(), "no route into a tunnel without states");
+    assert!(
+        owned_routes(&ns).is_empty(),
+        "no route into a tunnel without states"
+    );
 }
 
 #[test]
@@ -235,7 +347,10 @@ fn interface_creation_needs_xfrm_interfaces() {
     })
     .unwrap();
     rt().block_on(async {
-        match t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret()).await {
+        match t
+            .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+        {
             Ok(_) => {
                 // kernel has xfrm interfaces: it must be there with our MTU
                 let l = ns.ip(&["-d", "link", "show", "scrambler0"]);
@@ -252,19 +367,34 @@ fn rotation_steps_run_across_nodes() {
     let a = ns_with_link("xf-rot-a");
     let b = ns_with_link("xf-rot-b");
     let t = policies_only();
-    let nodes = vec![(a.netns(), mesh_of(1, 2, node)), (b.netns(), mesh_of(2, 2, node))];
+    let nodes = vec![
+        (a.netns(), mesh_of(1, 2, node)),
+        (b.netns(), mesh_of(2, 2, node)),
+    ];
     rt().block_on(async {
         for (ns, m) in &nodes {
             t.reconcile(ns, m, &secret()).await.unwrap();
         }
-        let done = rotate(&t, &nodes, &secret(), 2, std::time::Duration::from_millis(10))
-            .await
-            .unwrap();
+        let done = rotate(
+            &t,
+            &nodes,
+            &secret(),
+            2,
+            std::time::Duration::from_millis(10),
+        )
+        .await
+        .unwrap();
         assert!(done.meshes.iter().all(|m| m.keys == Keys::single(2)));
         assert!(done.steps.iter().all(|s| s.len() == 2));
-        let e = rotate(&t, &[(a.netns(), done.meshes[0].clone())], &secret(), 2, Default::default())
-            .await
-            .unwrap_err();
+        let e = rotate(
+            &t,
+            &[(a.netns(), done.meshes[0].clone())],
+            &secret(),
+            2,
+            Default::default(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.code(), 7);
     });
 }
@@ -274,7 +404,11 @@ fn missing_netns_is_unknown_container() {
     let t = policies_only();
     rt().block_on(async {
         let e = t
-            .reconcile(&Netns::named("scr-xf-definitely-missing"), &mesh_of(1, 2, node), &secret())
+            .reconcile(
+                &Netns::named("scr-xf-definitely-missing"),
+                &mesh_of(1, 2, node),
+                &secret(),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code(), 3);

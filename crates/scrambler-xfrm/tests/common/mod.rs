@@ -25,7 +25,9 @@ pub fn big_node(id: u32) -> Node {
         name: format!("n{id}"),
         id: NodeId::new(id).unwrap(),
         underlay: vec![format!("2001:db8::{id:x}").parse().unwrap()],
-        pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256).parse().unwrap()],
+        pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
+            .parse()
+            .unwrap()],
     }
 }
 
@@ -42,7 +44,16 @@ pub fn mesh_of(local: u32, n: u32, mk: fn(u32) -> Node) -> Mesh {
 /// interface on kernels without xfrm interfaces.
 pub fn ns_with_link(prefix: &str) -> TestNetns {
     let ns = TestNetns::new(prefix);
-    ns.ip(&["link", "add", "scrambler0", "type", "veth", "peer", "name", "scrambler0p"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "scrambler0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "scrambler0p",
+    ]);
     ns.ip(&["link", "set", "scrambler0", "up"]);
     ns.ip(&["link", "set", "scrambler0p", "up"]);
     ns
@@ -59,4 +70,78 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A network namespace for the VM tests, made and removed without printing anything
+/// (the harness reads libtest's lines from the guest console). Deleted on drop.
+pub struct Ns {
+    pub name: String,
+}
+
+static NS_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Ns {
+    pub fn new(prefix: &str) -> Ns {
+        let n = NS_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("scr-{prefix}-{}-{n}", std::process::id());
+        let st = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        let ns = Ns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn netns(&self) -> scrambler_core::Netns {
+        scrambler_core::Netns::named(&self.name)
+    }
+
+    /// `ip -n NAME args…`; panics with stderr on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip netns exec NAME cmd…` → (success, stdout+stderr).
+    pub fn exec(&self, cmd: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .unwrap();
+        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), s)
+    }
+
+    /// A veth `a_if` here — `b_if` in `b`, both up.
+    pub fn veth(&self, a_if: &str, b: &Ns, b_if: &str) {
+        self.ip(&[
+            "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        ]);
+        self.ip(&["link", "set", a_if, "up"]);
+        b.ip(&["link", "set", b_if, "up"]);
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }

@@ -1,0 +1,512 @@
+//! End-to-end tests of the real ESP dataplane: three nodes as network namespaces joined by
+//! an underlay bridge (in a `wire` namespace), one pod namespace routed behind each node.
+//!
+//! They need ESP states and xfrm interfaces. On a kernel without them (the build
+//! machine's) every `vm_xfrm_*` test re-runs inside Debian's stock kernel under qemu
+//! through scrambler-vmtest (one boot for the group); on a kernel that has them they run
+//! natively.
+
+mod common;
+
+use common::*;
+use scrambler_core::{keys, Mesh, Netns, NodeId, Tunnel};
+use scrambler_vmtest::{needs_vm, Feature, VmSuite};
+use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static VM: VmSuite = VmSuite::with("vm_xfrm_", |t| t.timeout(Duration::from_secs(600)));
+
+const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
+
+/// Three nodes, their pods and the wire.
+struct Lab {
+    wire: Ns,
+    nodes: Vec<Ns>,
+    pods: Vec<Ns>,
+    meshes: Vec<Mesh>,
+    tunnel: XfrmTunnel,
+}
+
+fn tunnel() -> XfrmTunnel {
+    XfrmTunnel::new(XfrmConfig {
+        guard_supernets: vec!["10.0.0.0/16".parse().unwrap()],
+        ..XfrmConfig::default()
+    })
+    .unwrap()
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let wire = Ns::new("xw");
+        wire.ip(&["link", "add", "br0", "type", "bridge"]);
+        wire.ip(&["link", "set", "br0", "up"]);
+        let tunnel = tunnel();
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for i in 1..=3u32 {
+            let n = Ns::new(&format!("xn{i}"));
+            n.veth("ul0", &wire, &format!("w{i}"));
+            wire.ip(&["link", "set", &format!("w{i}"), "master", "br0"]);
+            n.ip(&["addr", "add", &format!("192.0.2.{i}/24"), "dev", "ul0"]);
+            n.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            let p = Ns::new(&format!("xp{i}"));
+            n.veth("pod0", &p, "eth0");
+            n.ip(&["addr", "add", &format!("10.0.{i}.1/24"), "dev", "pod0"]);
+            let mtu = tunnel.pod_mtu(1500).to_string();
+            p.ip(&["link", "set", "eth0", "mtu", &mtu]);
+            p.ip(&["addr", "add", &format!("10.0.{i}.2/24"), "dev", "eth0"]);
+            p.ip(&["route", "add", "default", "via", &format!("10.0.{i}.1")]);
+            nodes.push(n);
+            pods.push(p);
+        }
+        let meshes = (1..=3).map(|i| mesh_of(i, 3, node)).collect();
+        Lab {
+            wire,
+            nodes,
+            pods,
+            meshes,
+            tunnel,
+        }
+    }
+
+    fn node_ns(&self) -> Vec<(Netns, Mesh)> {
+        self.nodes
+            .iter()
+            .zip(&self.meshes)
+            .map(|(n, m)| (n.netns(), m.clone()))
+            .collect()
+    }
+
+    async fn reconcile_all(&self, t: &XfrmTunnel) -> Vec<scrambler_core::ReconcileReport> {
+        let mut v = Vec::new();
+        for (n, m) in self.nodes.iter().zip(&self.meshes) {
+            v.push(t.reconcile(&n.netns(), m, &secret()).await.unwrap());
+        }
+        v
+    }
+
+    /// busybox ping from pod `from` (1-based) to pod `to`; true when all replies came.
+    fn ping(&self, from: usize, to: usize, count: u32) -> bool {
+        let (ok, out) = self.pods[from - 1].exec(&[
+            "busybox",
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "2",
+            &format!("10.0.{to}.2"),
+        ]);
+        eprintln!("ping {from}->{to}: {out}");
+        ok && out.contains(&format!("{count} packets received"))
+    }
+
+    /// Starts tcpdump on the underlay bridge.
+    fn capture(&self) -> Capture {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.wire.name])
+            .args(["tcpdump", "-Z", "root", "-n", "-l", "-U", "-i", "br0", "ip"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        // wait for "listening on br0"
+        for l in lines.by_ref() {
+            let l = l.unwrap_or_default();
+            if l.contains("listening on") {
+                break;
+            }
+        }
+        Capture { child }
+    }
+}
+
+struct Capture {
+    child: Child,
+}
+
+impl Capture {
+    /// Stops the capture and returns its lines.
+    fn finish(mut self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_no_cleartext(lines: &[String]) {
+    let clear: Vec<_> = lines.iter().filter(|l| l.contains(" 10.0.")).collect();
+    assert!(
+        clear.is_empty(),
+        "cleartext pod traffic on the underlay: {clear:#?}"
+    );
+}
+
+#[test]
+fn vm_xfrm_mesh_pods_ping_over_esp_only() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_xfrm_mesh_pods_ping_over_esp_only")
+            .assert_success();
+    }
+    let lab = Lab::new();
+    rt().block_on(async {
+        let reports = lab.reconcile_all(&lab.tunnel).await;
+        // per node: 2 peers × (3 mesh policies + 2 states + 1 route) + 3 guard + 3 bypass
+        // + the interface
+        for r in &reports {
+            assert_eq!((r.added, r.updated), (19, 0), "{r:?}");
+        }
+        let l = lab.nodes[0].ip(&["-d", "link", "show", "scrambler0"]);
+        assert!(l.contains("mtu 1440") && l.contains("if_id 0x5c5c"), "{l}");
+        let cap = lab.capture();
+        for (a, b) in [(1, 2), (1, 3), (2, 3), (3, 1)] {
+            assert!(lab.ping(a, b, 3), "pod{a} -> pod{b}");
+        }
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+        let esp = lines.iter().filter(|l| l.contains("ESP")).count();
+        assert!(esp >= 24, "ESP packets on the wire: {lines:#?}");
+        let s = lab
+            .tunnel
+            .status(&lab.nodes[0].netns(), &lab.meshes[0])
+            .await
+            .unwrap();
+        eprintln!("{}", StatusTable(&s));
+        assert!(s.encrypted && s.fail_closed, "{s:?}");
+        for p in &s.peers {
+            assert!(p.is_up(), "{p:?}");
+            assert!(p.packets_out >= 3 && p.packets_in >= 3, "{p:?}");
+            assert_eq!(p.tx_generation, Some(1));
+            assert_eq!(p.rx_generations, vec![1]);
+            assert_eq!((p.replay_errors, p.integrity_errors), (0, 0));
+        }
+    });
+}
+
+#[test]
+fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_xfrm_missing_state_or_route_drops_instead_of_leaking")
+            .assert_success();
+    }
+    let lab = Lab::new();
+    // a default route on the underlay: without the guard, a missing route would send
+    // pod traffic there in cleartext
+    lab.nodes[0].ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    rt().block_on(async {
+        lab.reconcile_all(&lab.tunnel).await;
+        assert!(lab.ping(1, 2, 2));
+        let n1 = &lab.nodes[0];
+        let cap = lab.capture();
+        // 1. a route disappears behind our back: the guard drops
+        n1.ip(&["route", "del", "10.0.2.0/24"]);
+        assert!(!lab.ping(1, 2, 2), "no route: the guard must drop");
+        // 2. the whole interface goes
+        n1.ip(&["link", "del", "scrambler0"]);
+        assert!(!lab.ping(1, 3, 2), "no interface: the guard must drop");
+        let s = lab
+            .tunnel
+            .status(&n1.netns(), &lab.meshes[0])
+            .await
+            .unwrap();
+        assert!(!s.encrypted && s.fail_closed);
+        assert!(s.errors.contains_key("XfrmOutPolBlock"), "{:?}", s.errors);
+        // reconcile repairs it: interface + 2 routes
+        let r = lab
+            .tunnel
+            .reconcile(&n1.netns(), &lab.meshes[0], &secret())
+            .await
+            .unwrap();
+        assert_eq!(r.added, 3, "{r:?}");
+        assert!(lab.ping(1, 2, 2) && lab.ping(1, 3, 2));
+        // 3. the outbound state to node2 disappears: drop, and no re-creation under the
+        //    same key (nonce reuse) — a rotation repairs it
+        let spi = keys::spi(NodeId::new(1).unwrap(), NodeId::new(2).unwrap(), 1);
+        n1.ip(&[
+            "xfrm",
+            "state",
+            "delete",
+            "src",
+            "192.0.2.1",
+            "dst",
+            "192.0.2.2",
+            "proto",
+            "esp",
+            "spi",
+            &format!("{spi:#x}"),
+        ]);
+        assert!(!lab.ping(1, 2, 2), "no state: must drop");
+        let r = lab
+            .tunnel
+            .reconcile(&n1.netns(), &lab.meshes[0], &secret())
+            .await
+            .unwrap();
+        assert!(
+            r.is_noop(),
+            "lost outbound SA must not be re-created: {r:?}"
+        );
+        let s = lab
+            .tunnel
+            .status(&n1.netns(), &lab.meshes[0])
+            .await
+            .unwrap();
+        eprintln!("{}", StatusTable(&s));
+        assert!(!s.encrypted);
+        assert!(!s.peers[0].outbound, "{:?}", s.peers[0]);
+        assert_eq!(
+            s.errors.get(scrambler_xfrm::LOST_OUTBOUND),
+            Some(&1),
+            "{:?}",
+            s.errors
+        );
+        assert!(s.errors.contains_key("XfrmOutNoStates"), "{:?}", s.errors);
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+        let done = rotate(
+            &lab.tunnel,
+            &lab.node_ns(),
+            &secret(),
+            2,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        assert!(lab.ping(1, 2, 2) && lab.ping(1, 3, 2));
+        let s = lab
+            .tunnel
+            .status(&n1.netns(), &done.meshes[0])
+            .await
+            .unwrap();
+        assert!(
+            s.encrypted && s.errors.get(scrambler_xfrm::LOST_OUTBOUND).is_none(),
+            "{s:?}"
+        );
+    });
+}
+
+/// Sends numbered UDP datagrams from pod `from` to pod `to` every 5 ms while a receiver
+/// thread in pod `to` collects them.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<u32>,
+    receiver: std::thread::JoinHandle<HashSet<u32>>,
+}
+
+impl Stream {
+    fn start(lab: &Lab, from: usize, to: usize) -> Stream {
+        let rx = lab.pods[to - 1]
+            .netns()
+            .run(move || Ok(UdpSocket::bind(format!("10.0.{to}.2:5555")).unwrap()))
+            .unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let tx = lab.pods[from - 1]
+            .netns()
+            .run(move || Ok(UdpSocket::bind(format!("10.0.{from}.2:0")).unwrap()))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sending = stop.clone();
+        let sender = std::thread::spawn(move || {
+            let mut seq = 0u32;
+            while !sending.load(Ordering::Relaxed) {
+                if let Err(e) = tx.send_to(&seq.to_be_bytes(), format!("10.0.{to}.2:5555")) {
+                    eprintln!("send {seq}: {e}");
+                    break;
+                }
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seq
+        });
+        let receiving = stop.clone();
+        let receiver = std::thread::spawn(move || {
+            let mut seen = HashSet::new();
+            let mut buf = [0u8; 16];
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(4) => {
+                        seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                        idle_since = None;
+                    }
+                    Ok(_) => {}
+                    Err(_) if receiving.load(Ordering::Relaxed) => {
+                        // stopped: wait for stragglers for up to 1 s of silence
+                        let t = *idle_since.get_or_insert_with(Instant::now);
+                        if t.elapsed() > Duration::from_secs(1) {
+                            return seen;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Stream {
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Stops sending; returns (sent, distinct received).
+    fn finish(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.join().unwrap();
+        let seen = self.receiver.join().unwrap();
+        (sent, seen.len() as u32)
+    }
+}
+
+#[test]
+fn vm_xfrm_rotation_under_load_loses_nothing() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_xfrm_rotation_under_load_loses_nothing")
+            .assert_success();
+    }
+    let lab = Lab::new();
+    rt().block_on(async {
+        lab.reconcile_all(&lab.tunnel).await;
+        assert!(lab.ping(1, 2, 2) && lab.ping(2, 1, 1));
+        let a = Stream::start(&lab, 1, 2);
+        let b = Stream::start(&lab, 3, 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let done = rotate(
+            &lab.tunnel,
+            &lab.node_ns(),
+            &secret(),
+            2,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        eprintln!("rotation took {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (sent, got) = a.finish();
+        assert!(sent > 100, "stream too short: {sent}");
+        assert_eq!(got, sent, "pod1->pod2 lost packets during rotation");
+        let (sent, got) = b.finish();
+        assert_eq!(got, sent, "pod3->pod1 lost packets during rotation");
+        for (n, m) in lab.nodes.iter().zip(&done.meshes) {
+            let s = lab.tunnel.status(&n.netns(), m).await.unwrap();
+            for p in &s.peers {
+                assert!(p.is_up(), "{p:?}");
+                assert_eq!(p.tx_generation, Some(2));
+                assert_eq!(p.rx_generations, vec![2]);
+            }
+            // one outbound and one inbound state per peer left
+            assert_eq!(lab.tunnel.inventory(&n.netns()).await.unwrap().states, 4);
+        }
+    });
+}
+
+#[test]
+fn vm_xfrm_restart_is_noop_and_foreign_objects_survive() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_xfrm_restart_is_noop_and_foreign_objects_survive")
+            .assert_success();
+    }
+    let lab = Lab::new();
+    let n1 = &lab.nodes[0];
+    n1.ip(&[
+        "xfrm",
+        "state",
+        "add",
+        "src",
+        "198.51.100.1",
+        "dst",
+        "198.51.100.2",
+        "proto",
+        "esp",
+        "spi",
+        "0x2000",
+        "reqid",
+        "7",
+        "mode",
+        "tunnel",
+        "aead",
+        "rfc4106(gcm(aes))",
+        "0x0102030405060708090a0b0c0d0e0f1011121314",
+        "128",
+    ]);
+    n1.ip(&[
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "172.16.0.0/16",
+        "dst",
+        "172.17.0.0/16",
+        "dir",
+        "out",
+        "priority",
+        "10",
+        "tmpl",
+        "src",
+        "198.51.100.1",
+        "dst",
+        "198.51.100.2",
+        "proto",
+        "esp",
+        "reqid",
+        "7",
+        "mode",
+        "tunnel",
+    ]);
+    let foreign_state = n1.ip(&["xfrm", "state", "list", "spi", "0x2000"]);
+    rt().block_on(async {
+        lab.reconcile_all(&lab.tunnel).await;
+        assert!(lab.ping(1, 2, 1));
+        // "restart": a new instance reconciles the same meshes
+        let again = tunnel();
+        for r in lab.reconcile_all(&again).await {
+            assert!(r.is_noop(), "{r:?}");
+        }
+        assert!(lab.ping(1, 2, 1));
+        let inv = again.inventory(&n1.netns()).await.unwrap();
+        assert_eq!(inv.foreign, 2, "{inv:?}");
+        let r = again.remove(&n1.netns()).await.unwrap();
+        assert!(r.removed > 0);
+        let inv = again.inventory(&n1.netns()).await.unwrap();
+        assert_eq!(
+            (inv.states, inv.policies.len(), inv.foreign),
+            (0, 0, 2),
+            "{inv:?}"
+        );
+    });
+    assert_eq!(
+        n1.ip(&["xfrm", "state", "list", "spi", "0x2000"]),
+        foreign_state
+    );
+    assert!(n1
+        .ip(&["xfrm", "policy"])
+        .contains("src 172.16.0.0/16 dst 172.17.0.0/16"));
+    assert!(n1
+        .ip(&["link", "show"])
+        .lines()
+        .all(|l| !l.contains("scrambler0")));
+    drop(lab.wire);
+}
