@@ -154,13 +154,15 @@ fn diff_states(
     for (key, want) in &desired.states {
         let phase = if want.inbound { 1 } else { 3 };
         match by_key.get(key) {
-            Some(f) if !owns_state(cfg, f) => return Err(Error::AlreadyExists {
-                object: key.to_string(),
-                reason: format!(
+            Some(f) if !owns_state(cfg, f) => {
+                return Err(Error::AlreadyExists {
+                    object: key.to_string(),
+                    reason: format!(
                     "a state with reqid {:#x} if_id {:#x} holds it; Scrambler does not touch it",
                     f.shape.reqid, f.shape.if_id
                 ),
-            }),
+                })
+            }
             Some(f) if f.shape == want.shape => ch.report.unchanged += 1,
             Some(f) => {
                 // keys and replay settings cannot change in place: replace

@@ -196,13 +196,14 @@ fn addr_to_ip(a: &Address, family: u16) -> Option<IpAddr> {
 }
 
 fn selector_for(src: &IpNet, dst: &IpNet) -> Selector {
-    let mut sel = Selector::default();
-    sel.saddr = Address::from_ip(&src.network());
-    sel.prefixlen_s = src.prefix_len();
-    sel.daddr = Address::from_ip(&dst.network());
-    sel.prefixlen_d = dst.prefix_len();
-    sel.family = family_of(&src.addr());
-    sel
+    Selector {
+        saddr: Address::from_ip(&src.network()),
+        prefixlen_s: src.prefix_len(),
+        daddr: Address::from_ip(&dst.network()),
+        prefixlen_d: dst.prefix_len(),
+        family: family_of(&src.addr()),
+        ..Default::default()
+    }
 }
 
 fn net_of(a: &Address, family: u16, prefix: u8) -> Option<IpNet> {
@@ -437,13 +438,13 @@ impl FoundState {
 
 /// XFRM_MSG_DELSA for `key`.
 pub(crate) fn delete_state_msg(key: &StateKey, family: u16) -> XfrmMessage {
-    let mut id = UserSaId::default();
-    id.daddr = Address::from_ip(&key.daddr);
-    id.spi = key.spi;
-    id.family = family;
-    id.proto = IPPROTO_ESP;
     XfrmMessage::DeleteSa(StateDelGet {
-        user_sa_id: id,
+        user_sa_id: UserSaId {
+            daddr: Address::from_ip(&key.daddr),
+            spi: key.spi,
+            family,
+            proto: IPPROTO_ESP,
+        },
         nlas: vec![],
     })
 }

@@ -34,19 +34,6 @@ pub(crate) struct NlError {
     pub msg: Option<String>,
 }
 
-impl NlError {
-    fn io(e: &std::io::Error) -> Self {
-        NlError {
-            errno: e.raw_os_error().unwrap_or(libc_eio()),
-            msg: None,
-        }
-    }
-}
-
-fn libc_eio() -> i32 {
-    nix::errno::Errno::EIO as i32
-}
-
 impl fmt::Display for NlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = std::io::Error::from_raw_os_error(self.errno);
@@ -296,12 +283,6 @@ pub(crate) fn to_error(op: &'static str, object: &str, e: &NlError) -> Error {
         }
         _ => Error::kernel(op, object, e),
     }
-}
-
-/// Convert an I/O error to an NlError (for tests of error mapping).
-#[allow(dead_code)]
-pub(crate) fn io_to_nl(e: &std::io::Error) -> NlError {
-    NlError::io(e)
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ impl XfrmTunnel {
     }
 
     async fn dump(sock: XfrmSocket) -> Result<(XfrmSocket, Dumped)> {
-        blocking(sock, |s| dump_owned_and_foreign(s)).await
+        blocking(sock, dump_owned_and_foreign).await
     }
 
     async fn run_phase(sock: XfrmSocket, reqs: Vec<Request>) -> Result<XfrmSocket> {

@@ -299,7 +299,7 @@ fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
             .await
             .unwrap();
         assert!(
-            s.encrypted && s.errors.get(scrambler_xfrm::LOST_OUTBOUND).is_none(),
+            s.encrypted && !s.errors.contains_key(scrambler_xfrm::LOST_OUTBOUND),
             "{s:?}"
         );
     });
