@@ -77,6 +77,20 @@
 //! ([`scrambler_core::esp::esp_overhead`]); [`XfrmTunnel::pod_mtu`] gives the CNI the
 //! same for pod veths.
 //!
+//! ## Known limits
+//! * Keys derive from (sender, receiver, generation) only. A node whose states vanish
+//!   entirely (reboot, `ip xfrm state flush`) re-creates its outbound states with the
+//!   same keys and sequence numbers from 1: AES-GCM nonce reuse, and replay drops at the
+//!   peers. Until the derivation includes a per-boot epoch of both nodes (as Cilium does
+//!   with boot IDs — a scrambler-core change), the agent must rotate the generation
+//!   whenever a node restarts. A single lost outbound state is detected and not
+//!   re-created (see Fail closed), except during step 2 of a rotation.
+//! * Only pod-CIDR to pod-CIDR traffic is encrypted; traffic from a node's own addresses
+//!   to remote pods matches no mesh policy and is dropped by the interface.
+//! * `disable_xfrm` exists for IPv4 only; IPv6 pod CIDRs are planned and programmed but
+//!   the end-to-end tests cover IPv4. With [`LinkMode::Existing`], the interface's owner
+//!   must set `disable_xfrm=1` on it.
+//!
 //! ```no_run
 //! use scrambler_core::{ClusterSecret, Cluster, Netns, Tunnel};
 //! use scrambler_xfrm::{XfrmConfig, XfrmTunnel, StatusTable};
