@@ -7,6 +7,7 @@
 
 use crate::veth::VethAttach;
 use async_trait::async_trait;
+use scrambler_ipvlan::IpvlanAttach;
 use scrambler_core::{Attach, AttachmentId, Backend, Error, NetConf, Netns, Result};
 
 /// An [`Attach`] as the CNI plugin drives it.
@@ -31,6 +32,9 @@ impl CniBackend for VethAttach {
     }
 }
 
+#[async_trait]
+impl CniBackend for IpvlanAttach {}
+
 /// Options the factory passes on to backends.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
@@ -45,8 +49,9 @@ pub fn backend_for(conf: &NetConf, opts: &BackendOptions) -> Result<Box<dyn CniB
         Backend::Xfrm => Ok(Box::new(
             VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone()),
         )),
-        b @ (Backend::Ipvlan | Backend::Vpp) => Err(Error::Unsupported(format!(
-            "backend {} is not built yet (only \"xfrm\" is available in this scrambler-cni)",
+        Backend::Ipvlan => Ok(Box::new(IpvlanAttach::from_netconf(conf)?)),
+        b @ Backend::Vpp => Err(Error::Unsupported(format!(
+            "backend {} is not built yet (only \"xfrm\" and \"ipvlan\" are available in this scrambler-cni)",
             b.as_str()
         ))),
     }
@@ -69,7 +74,8 @@ mod tests {
     fn factory_picks_or_explains() {
         let o = BackendOptions::default();
         assert!(backend_for(&conf(Some("xfrm")), &o).is_ok());
-        let e = backend_for(&conf(Some("ipvlan")), &o).err().unwrap();
+        assert!(backend_for(&conf(Some("ipvlan")), &o).is_ok());
+        let e = backend_for(&conf(Some("vpp")), &o).err().unwrap();
         assert!(e.to_string().contains("not built yet"), "{e}");
         let e = backend_for(&conf(Some("nope")), &o).err().unwrap();
         assert_eq!(e.code(), 7);

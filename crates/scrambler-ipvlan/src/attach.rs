@@ -1,0 +1,497 @@
+//! [`IpvlanAttach`]: the pod interface is an ipvlan slave of the node's uplink.
+//!
+//! - The slave is created by a netlink request in the node namespace (where the master
+//!   lives) that puts it straight into the pod namespace under the name `CNI_IFNAME`
+//!   (`IFLA_NET_NS_FD`), so it never appears in the node namespace under any name and no
+//!   rename is needed. Its `ifalias` is `scrambler/<network>/<container id>/<ifname>`,
+//!   which marks it as ours for DEL.
+//! - Addresses are the IPAM's, with their prefix (the subnet is on-link).
+//! - Routes: in `l2` the IPAM's routes via their gateway (or the address's gateway), and a
+//!   default route via the gateway when the IPAM gives none; in `l3`/`l3s` the pod has no
+//!   neighbours (ipvlan l3 slaves are NOARP), so every route, the default included, is a
+//!   device route out of the slave and the node's routing table decides the rest.
+//! - MTU: the conf's `mtu`, else the master's (minus the worst-case ESP overhead when
+//!   `"encrypt": true`, so ESP never fragments).
+//!
+//! All-or-nothing: everything hangs off the slave, so deleting it undoes a failed ADD.
+
+use crate::config::{IpvlanConfig, Mode};
+use crate::netlink::{IpvlanSpec, LinkState, Nl, RouteState};
+use async_trait::async_trait;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use scrambler_core::{
+    esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
+    Route,
+};
+use std::os::fd::AsRawFd;
+
+/// Prefix of the `ifalias` of pod interfaces made by this backend.
+pub const ALIAS_PREFIX: &str = "scrambler/";
+
+/// The ipvlan attachment.
+#[derive(Debug, Clone)]
+pub struct IpvlanAttach {
+    cfg: IpvlanConfig,
+}
+
+impl IpvlanAttach {
+    /// An attachment with settings `cfg` (validated again here).
+    pub fn new(cfg: IpvlanConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(IpvlanAttach { cfg })
+    }
+
+    /// An attachment configured from a CNI conf (see [`IpvlanConfig::from_netconf`]).
+    pub fn from_netconf(conf: &scrambler_core::NetConf) -> Result<Self> {
+        Self::new(IpvlanConfig::from_netconf(conf)?)
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &IpvlanConfig {
+        &self.cfg
+    }
+
+    /// The `ifalias` marking the pod interface of `id`.
+    pub fn alias(&self, id: &AttachmentId) -> String {
+        format!(
+            "{ALIAS_PREFIX}{}/{}/{}",
+            self.cfg.network, id.container_id, id.ifname
+        )
+    }
+
+    /// The master link in `host`: the conf's `master`, else the interface of the default
+    /// route. Fails with code 7 when it does not exist or is itself an ipvlan slave.
+    pub async fn master(&self, host: &Nl) -> Result<LinkState> {
+        let link = match &self.cfg.master {
+            Some(name) => host.link_by_name(name).await?.ok_or_else(|| {
+                Error::config(format!(
+                    "ipvlan master {name:?} does not exist in {}",
+                    host.netns()
+                ))
+            })?,
+            None => {
+                let oif = host.default_route_oif().await?.ok_or_else(|| {
+                    Error::config(format!(
+                        "no ipvlan \"master\" set and {} has no default route to take it from",
+                        host.netns()
+                    ))
+                })?;
+                host.link_by_index(oif).await?.ok_or_else(|| {
+                    Error::config(format!(
+                        "ipvlan master (default route interface, index {oif}) vanished in {}",
+                        host.netns()
+                    ))
+                })?
+            }
+        };
+        if link.kind.as_deref() == Some("ipvlan") {
+            return Err(Error::config(format!(
+                "ipvlan master {:?} in {} is itself an ipvlan slave; use its parent",
+                link.name,
+                host.netns()
+            )));
+        }
+        Ok(link)
+    }
+
+    /// The pod MTU: `requested`, else the master's (minus ESP overhead when encrypting).
+    pub fn pod_mtu(&self, master: &LinkState, requested: Option<u32>) -> Result<u32> {
+        let master_mtu = master.mtu.unwrap_or(1500);
+        let mtu = match requested.or(self.cfg.mtu) {
+            Some(m) => m,
+            None if self.cfg.encrypt => esp::pod_mtu(master_mtu, true),
+            None => master_mtu,
+        };
+        if mtu > master_mtu {
+            return Err(Error::config(format!(
+                "mtu {mtu} is larger than the MTU {master_mtu} of ipvlan master {}",
+                master.name
+            )));
+        }
+        Ok(mtu)
+    }
+
+    /// The routes a pod gets in this mode (see the module docs).
+    pub fn pod_routes(&self, addrs: &CniResult) -> Vec<Route> {
+        let mut routes = Vec::new();
+        for v6 in [false, true] {
+            let Some(first) = addrs.ips.iter().find(|c| c.address.addr().is_ipv6() == v6) else {
+                continue;
+            };
+            let gw = match self.cfg.mode {
+                Mode::L2 => first.gateway,
+                Mode::L3 | Mode::L3s => None,
+            };
+            let mut fam: Vec<Route> = addrs
+                .routes
+                .iter()
+                .filter(|r| r.dst.addr().is_ipv6() == v6)
+                .map(|r| Route {
+                    dst: r.dst.trunc(),
+                    gw: if self.cfg.mode == Mode::L2 {
+                        r.gw.or(gw)
+                    } else {
+                        None
+                    },
+                    mtu: r.mtu,
+                })
+                .collect();
+            let l3 = self.cfg.mode != Mode::L2;
+            if fam.is_empty() && (l3 || gw.is_some()) {
+                fam.push(Route {
+                    dst: default_dst(v6),
+                    gw,
+                    mtu: None,
+                });
+            }
+            routes.extend(fam);
+        }
+        routes.dedup();
+        routes
+    }
+
+    async fn attach_inner(
+        &self,
+        pod: &Nl,
+        req: &AttachRequest,
+        addrs: &CniResult,
+        mtu: u32,
+    ) -> Result<CniResult> {
+        let ifname = &req.id.ifname;
+        let link = pod.link_by_name(ifname).await?.ok_or_else(|| {
+            Error::kernel(
+                "find link",
+                format!("{ifname} in {}", req.pod_netns),
+                "it vanished after creation",
+            )
+        })?;
+        pod.set_alias(link.index, ifname, &self.alias(&req.id))
+            .await?;
+        let mut ips = Vec::new();
+        for ipc in &addrs.ips {
+            pod.add_address(link.index, ifname, ipc.address).await?;
+            ips.push(IpConfig {
+                address: ipc.address,
+                gateway: if self.cfg.mode == Mode::L2 {
+                    ipc.gateway
+                } else {
+                    None
+                },
+                interface: Some(0),
+            });
+        }
+        pod.set_up(link.index, ifname).await?;
+        let routes = self.pod_routes(addrs);
+        for r in &routes {
+            pod.add_route(r.dst, r.gw, link.index).await?;
+        }
+        Ok(CniResult {
+            interfaces: vec![Interface {
+                name: ifname.clone(),
+                mac: link.mac,
+                mtu: Some(mtu),
+                sandbox: Some(sandbox(&req.pod_netns)),
+            }],
+            ips,
+            routes,
+            dns: addrs.dns.clone(),
+        })
+    }
+
+    async fn check_link(&self, host: &Nl, pod: &Nl, req: &AttachRequest) -> Result<LinkState> {
+        let ifname = &req.id.ifname;
+        let link = pod.link_by_name(ifname).await?.ok_or_else(|| {
+            check_failed(&req.id, format!("no interface {ifname} in {}", req.pod_netns))
+        })?;
+        let mut diffs = Vec::new();
+        if link.kind.as_deref() != Some("ipvlan") {
+            diffs.push(format!("{ifname} is of kind {:?}, not ipvlan", link.kind));
+        }
+        if link.ipvlan_mode != Some(self.cfg.mode) {
+            diffs.push(format!(
+                "ipvlan mode is {:?}, expected {}",
+                link.ipvlan_mode.map(Mode::as_str),
+                self.cfg.mode.as_str()
+            ));
+        }
+        if link.ipvlan_flag != Some(self.cfg.flag) {
+            diffs.push(format!(
+                "ipvlan flag is {:?}, expected {}",
+                link.ipvlan_flag.map(|f| f.as_str()),
+                self.cfg.flag.as_str()
+            ));
+        }
+        let master = self.master(host).await?;
+        if link.parent != Some(master.index) {
+            diffs.push(format!(
+                "master is index {:?}, expected {} (index {})",
+                link.parent, master.name, master.index
+            ));
+        }
+        if !link.up {
+            diffs.push(format!("{ifname} is down"));
+        }
+        if diffs.is_empty() {
+            Ok(link)
+        } else {
+            Err(check_failed(&req.id, diffs.join("; ")))
+        }
+    }
+}
+
+fn default_dst(v6: bool) -> IpNet {
+    if v6 {
+        IpNet::V6(Ipv6Net::default())
+    } else {
+        IpNet::V4(Ipv4Net::default())
+    }
+}
+
+fn sandbox(netns: &Netns) -> String {
+    match netns {
+        Netns::Path(p) => p.display().to_string(),
+        Netns::Current => "/proc/thread-self/ns/net".into(),
+    }
+}
+
+fn check_failed(id: &AttachmentId, reason: String) -> Error {
+    Error::CheckFailed {
+        object: format!("ipvlan attachment {id}"),
+        reason,
+    }
+}
+
+fn route_present(have: &[RouteState], want: &Route, oif: u32) -> bool {
+    have.iter()
+        .any(|r| r.dst == want.dst.trunc() && r.oif == Some(oif) && r.gw == want.gw)
+}
+
+/// Whether `netns` is gone for DEL: missing, an empty path (no CNI_NETNS), or a file that
+/// is no longer a namespace (being deleted).
+fn netns_gone(netns: &Netns) -> bool {
+    match netns {
+        Netns::Path(p) if p.as_os_str().is_empty() => true,
+        _ => matches!(
+            netns.check(),
+            Err(Error::UnknownContainer(_)) | Err(Error::InvalidConfig(_))
+        ),
+    }
+}
+
+#[async_trait]
+impl Attach for IpvlanAttach {
+    async fn attach(
+        &self,
+        host: &Netns,
+        req: &AttachRequest,
+        addrs: &CniResult,
+    ) -> Result<CniResult> {
+        req.pod_netns.check()?;
+        if addrs.ips.is_empty() {
+            return Err(Error::config("IPAM returned no addresses"));
+        }
+        let Netns::Path(pod_path) = &req.pod_netns else {
+            return Err(Error::config(
+                "the pod namespace must be a namespace file, not the current namespace",
+            ));
+        };
+        let pod_file = std::fs::File::open(pod_path)
+            .map_err(|e| Error::io("open netns", pod_path.display(), e))?;
+        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        let master = self.master(&host_nl).await?;
+        if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                object: format!("interface {} in {}", req.id.ifname, req.pod_netns),
+                reason: "CNI_IFNAME is taken in the pod namespace".into(),
+            });
+        }
+        let mtu = self.pod_mtu(&master, req.mtu)?;
+        host_nl
+            .create_ipvlan(&IpvlanSpec {
+                name: &req.id.ifname,
+                master: master.index,
+                mode: self.cfg.mode,
+                flag: self.cfg.flag,
+                mtu,
+                netns_fd: pod_file.as_raw_fd(),
+            })
+            .await?;
+        drop(pod_file);
+        match self.attach_inner(&pod_nl, req, addrs, mtu).await {
+            Ok(r) => {
+                tracing::info!(attachment = %req.id, master = %master.name,
+                    mode = self.cfg.mode.as_str(), mtu, "attached");
+                Ok(r)
+            }
+            Err(e) => {
+                tracing::warn!(attachment = %req.id, error = %e, "attach failed, removing ipvlan");
+                if let Ok(Some(l)) = pod_nl.link_by_name(&req.id.ifname).await {
+                    if let Err(e2) = pod_nl.delete_link(l.index, &req.id.ifname).await {
+                        tracing::error!(error = %e2, "undo: delete ipvlan failed");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
+        req.pod_netns.check()?;
+        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        let sb = sandbox(&req.pod_netns);
+        let pod_idx = expected
+            .interfaces
+            .iter()
+            .position(|i| i.name == req.id.ifname && i.sandbox.as_deref() == Some(sb.as_str()))
+            .ok_or_else(|| {
+                check_failed(
+                    &req.id,
+                    format!(
+                        "prevResult lists no interface {} in sandbox {sb}",
+                        req.id.ifname
+                    ),
+                )
+            })?;
+        let link = self.check_link(&host_nl, &pod_nl, req).await?;
+        let mut diffs = Vec::new();
+        if let Some(mtu) = expected.interfaces[pod_idx].mtu {
+            if link.mtu != Some(mtu) {
+                diffs.push(format!("mtu is {:?}, expected {mtu}", link.mtu));
+            }
+        }
+        let have = pod_nl.addresses(link.index).await?;
+        for ipc in expected
+            .ips
+            .iter()
+            .filter(|c| c.interface.is_none() || c.interface == Some(pod_idx))
+        {
+            if !have.contains(&ipc.address) {
+                diffs.push(format!("address {} missing", ipc.address));
+            }
+        }
+        let routes = pod_nl.routes().await?;
+        for r in &expected.routes {
+            if !route_present(&routes, r, link.index) {
+                let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+                diffs.push(format!("route {}{via} dev {} missing", r.dst, req.id.ifname));
+            }
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(check_failed(&req.id, diffs.join("; ")))
+        }
+    }
+
+    async fn detach(&self, _host: &Netns, req: &AttachRequest) -> Result<()> {
+        if netns_gone(&req.pod_netns) {
+            tracing::debug!(attachment = %req.id, "detach: pod netns gone, nothing to do");
+            return Ok(());
+        }
+        let pod = match Nl::open(&req.pod_netns).await {
+            Ok(nl) => nl,
+            Err(Error::UnknownContainer(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(link) = pod.link_by_name(&req.id.ifname).await? else {
+            tracing::debug!(attachment = %req.id, "detach: no interface, nothing to do");
+            return Ok(());
+        };
+        if link.kind.as_deref() != Some("ipvlan")
+            || link.alias.as_deref() != Some(self.alias(&req.id).as_str())
+        {
+            tracing::warn!(link = %link.name, kind = ?link.kind, alias = ?link.alias,
+                "detach: interface not marked as ours, left alone");
+            return Ok(());
+        }
+        pod.delete_link(link.index, &req.id.ifname).await?;
+        tracing::info!(attachment = %req.id, "detached");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Flag;
+
+    fn attach(mode: Mode) -> IpvlanAttach {
+        IpvlanAttach::new(IpvlanConfig {
+            network: "net".into(),
+            mode,
+            flag: Flag::Bridge,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn addrs(gw: Option<&str>) -> CniResult {
+        CniResult {
+            ips: vec![IpConfig {
+                address: "10.1.0.5/24".parse().unwrap(),
+                gateway: gw.map(|g| g.parse().unwrap()),
+                interface: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn l2_routes_go_via_the_gateway() {
+        let r = attach(Mode::L2).pod_routes(&addrs(Some("10.1.0.1")));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].dst.to_string(), "0.0.0.0/0");
+        assert_eq!(r[0].gw, Some("10.1.0.1".parse().unwrap()));
+        assert!(attach(Mode::L2).pod_routes(&addrs(None)).is_empty());
+    }
+
+    #[test]
+    fn l3_routes_are_device_routes() {
+        for m in [Mode::L3, Mode::L3s] {
+            let mut a = addrs(Some("10.1.0.1"));
+            let r = attach(m).pod_routes(&a);
+            assert_eq!(r.len(), 1);
+            assert_eq!((r[0].dst.to_string(), r[0].gw), ("0.0.0.0/0".into(), None));
+            a.routes.push(Route {
+                dst: "10.0.0.0/8".parse().unwrap(),
+                gw: Some("10.1.0.1".parse().unwrap()),
+                mtu: None,
+            });
+            let r = attach(m).pod_routes(&a);
+            assert_eq!(r.len(), 1);
+            assert_eq!((r[0].dst.to_string(), r[0].gw), ("10.0.0.0/8".into(), None));
+        }
+    }
+
+    #[test]
+    fn mtu_from_master_request_or_esp() {
+        let master = LinkState {
+            name: "ul0".into(),
+            mtu: Some(1500),
+            ..Default::default()
+        };
+        assert_eq!(attach(Mode::L3).pod_mtu(&master, None).unwrap(), 1500);
+        assert_eq!(attach(Mode::L3).pod_mtu(&master, Some(1400)).unwrap(), 1400);
+        assert_eq!(
+            attach(Mode::L3).pod_mtu(&master, Some(9000)).unwrap_err().code(),
+            7
+        );
+        let enc = IpvlanAttach::new(IpvlanConfig {
+            mode: Mode::L3,
+            encrypt: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            enc.pod_mtu(&master, None).unwrap(),
+            esp::pod_mtu(1500, true)
+        );
+    }
+
+    #[test]
+    fn missing_netns_counts_as_gone_for_del() {
+        assert!(netns_gone(&Netns::Path(Default::default())));
+        assert!(netns_gone(&Netns::path("/run/netns/definitely-not-here")));
+        assert!(!netns_gone(&Netns::path("/proc/self/ns/net")));
+    }
+}

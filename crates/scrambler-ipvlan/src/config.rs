@@ -1,0 +1,222 @@
+//! The ipvlan settings of a CNI conf: `master`, `mode`, `flag`, `mtu`, `encrypt`.
+
+use scrambler_core::{Error, NetConf, Result};
+use serde::{Deserialize, Serialize};
+
+/// Ipvlan mode (`"mode"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Layer 2: the slave switches frames on the master's segment; the node's routing
+    /// and netfilter never see pod traffic.
+    #[default]
+    L2,
+    /// Layer 3: the master routes the slave's packets through the node's routing table
+    /// (and so through the node's xfrm policies); no netfilter.
+    L3,
+    /// Layer 3 with netfilter ("symmetric"): like L3, and packets also pass the node's
+    /// netfilter hooks.
+    L3s,
+}
+
+impl Mode {
+    /// Every valid `"mode"` value.
+    pub const ALL: [&'static str; 3] = ["l2", "l3", "l3s"];
+
+    /// Parses a `"mode"` value (default `l2`, as the reference ipvlan plugin).
+    pub fn parse(s: Option<&str>) -> Result<Self> {
+        match s {
+            None | Some("l2") => Ok(Mode::L2),
+            Some("l3") => Ok(Mode::L3),
+            Some("l3s") => Ok(Mode::L3s),
+            Some(other) => Err(Error::config(format!(
+                "unknown ipvlan mode {other:?}: valid modes are {}",
+                Mode::ALL.join(", ")
+            ))),
+        }
+    }
+
+    /// The conf name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::L2 => "l2",
+            Mode::L3 => "l3",
+            Mode::L3s => "l3s",
+        }
+    }
+
+    /// Whether the node's routing (and so its xfrm mesh) sees the pod's traffic to
+    /// other nodes, which is what `"encrypt": true` needs.
+    pub fn can_encrypt(self) -> bool {
+        !matches!(self, Mode::L2)
+    }
+}
+
+/// Ipvlan flag (`"flag"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flag {
+    /// Slaves of one master talk to each other directly.
+    #[default]
+    Bridge,
+    /// Slaves of one master cannot talk to each other.
+    Private,
+    /// Slave-to-slave traffic goes out to the external switch.
+    Vepa,
+}
+
+impl Flag {
+    /// Every valid `"flag"` value.
+    pub const ALL: [&'static str; 3] = ["bridge", "private", "vepa"];
+
+    /// Parses a `"flag"` value (default `bridge`).
+    pub fn parse(s: Option<&str>) -> Result<Self> {
+        match s {
+            None | Some("bridge") => Ok(Flag::Bridge),
+            Some("private") => Ok(Flag::Private),
+            Some("vepa") => Ok(Flag::Vepa),
+            Some(other) => Err(Error::config(format!(
+                "unknown ipvlan flag {other:?}: valid flags are {}",
+                Flag::ALL.join(", ")
+            ))),
+        }
+    }
+
+    /// The conf name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Bridge => "bridge",
+            Flag::Private => "private",
+            Flag::Vepa => "vepa",
+        }
+    }
+}
+
+/// The settings of one ipvlan network.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IpvlanConfig {
+    /// The network's name (conf `name`), part of the ownership mark of pod interfaces.
+    pub network: String,
+    /// Master (parent) interface in the node namespace; `None`: the interface of the
+    /// node's default route.
+    pub master: Option<String>,
+    /// Ipvlan mode.
+    pub mode: Mode,
+    /// Ipvlan flag.
+    pub flag: Flag,
+    /// Pod MTU; `None`: the master's MTU (minus ESP overhead when `encrypt`).
+    pub mtu: Option<u32>,
+    /// Pod traffic to other nodes is encrypted by the node's xfrm mesh (l3, l3s only).
+    pub encrypt: bool,
+}
+
+impl IpvlanConfig {
+    /// Reads the ipvlan settings of `conf` (`flag` is an extra field), refusing
+    /// `"encrypt": true` with mode `l2` (code 7).
+    pub fn from_netconf(conf: &NetConf) -> Result<Self> {
+        let flag = match conf.extra.get("flag") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "ipvlan flag must be a string, got {other}"
+                )))
+            }
+        };
+        let cfg = IpvlanConfig {
+            network: conf.name.clone(),
+            master: conf.master.clone().filter(|m| !m.is_empty()),
+            mode: Mode::parse(conf.mode.as_deref())?,
+            flag: Flag::parse(flag)?,
+            mtu: conf.mtu,
+            encrypt: conf.encrypt.unwrap_or(false),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks combinations: MTU range, interface name length, encrypt only with l3/l3s.
+    pub fn validate(&self) -> Result<()> {
+        if self.encrypt && !self.mode.can_encrypt() {
+            return Err(Error::config(
+                "ipvlan mode l2 cannot be encrypted: l2 traffic is switched by the ipvlan \
+                 master straight onto the wire and bypasses the node's routing, so the xfrm \
+                 mesh never sees it; use mode l3 or l3s with \"encrypt\": true",
+            ));
+        }
+        if let Some(m) = self.mtu {
+            if !(68..=65535).contains(&m) {
+                return Err(Error::config(format!("mtu {m} is out of range 68..65535")));
+            }
+        }
+        if let Some(m) = &self.master {
+            if m.len() > 15 || m.contains('/') || m.contains(char::is_whitespace) {
+                return Err(Error::config(format!(
+                    "ipvlan master {m:?} is not a valid interface name"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: serde_json::Value) -> Result<IpvlanConfig> {
+        let mut v = serde_json::json!({"cniVersion": "1.1.0", "name": "n",
+            "type": "scrambler-cni", "backend": "ipvlan"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        IpvlanConfig::from_netconf(&serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_l2_bridge_default_route_master() {
+        let c = conf(serde_json::json!({})).unwrap();
+        assert_eq!(
+            (c.mode, c.flag, c.master, c.mtu, c.encrypt),
+            (Mode::L2, Flag::Bridge, None, None, false)
+        );
+        assert_eq!(c.network, "n");
+    }
+
+    #[test]
+    fn fields_parse() {
+        let c = conf(serde_json::json!({"master": "eth1", "mode": "l3s", "flag": "private",
+            "mtu": 1400, "encrypt": true}))
+        .unwrap();
+        assert_eq!(c.master.as_deref(), Some("eth1"));
+        assert_eq!((c.mode, c.flag, c.mtu), (Mode::L3s, Flag::Private, Some(1400)));
+        assert!(c.encrypt);
+        assert_eq!(
+            conf(serde_json::json!({"flag": "vepa"})).unwrap().flag,
+            Flag::Vepa
+        );
+    }
+
+    #[test]
+    fn bad_values_are_code_7_and_list_valid_ones() {
+        let e = conf(serde_json::json!({"mode": "l4"})).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("l2, l3, l3s"), "{e}");
+        let e = conf(serde_json::json!({"flag": "open"})).unwrap_err();
+        assert!(e.to_string().contains("bridge, private, vepa"), "{e}");
+        assert_eq!(conf(serde_json::json!({"flag": 3})).unwrap_err().code(), 7);
+        assert_eq!(conf(serde_json::json!({"mtu": 10})).unwrap_err().code(), 7);
+        let e = conf(serde_json::json!({"master": "a-very-long-interface"})).unwrap_err();
+        assert_eq!(e.code(), 7);
+    }
+
+    #[test]
+    fn encrypt_is_refused_with_l2() {
+        let e = conf(serde_json::json!({"encrypt": true})).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("l2 cannot be encrypted"), "{e}");
+        for m in ["l3", "l3s"] {
+            assert!(conf(serde_json::json!({"encrypt": true, "mode": m})).is_ok());
+        }
+    }
+}
