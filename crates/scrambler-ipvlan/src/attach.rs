@@ -201,7 +201,10 @@ impl IpvlanAttach {
     async fn check_link(&self, host: &Nl, pod: &Nl, req: &AttachRequest) -> Result<LinkState> {
         let ifname = &req.id.ifname;
         let link = pod.link_by_name(ifname).await?.ok_or_else(|| {
-            check_failed(&req.id, format!("no interface {ifname} in {}", req.pod_netns))
+            check_failed(
+                &req.id,
+                format!("no interface {ifname} in {}", req.pod_netns),
+            )
         })?;
         let mut diffs = Vec::new();
         if link.kind.as_deref() != Some("ipvlan") {
@@ -373,7 +376,10 @@ impl Attach for IpvlanAttach {
         for r in &expected.routes {
             if !route_present(&routes, r, link.index) {
                 let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                diffs.push(format!("route {}{via} dev {} missing", r.dst, req.id.ifname));
+                diffs.push(format!(
+                    "route {}{via} dev {} missing",
+                    r.dst, req.id.ifname
+                ));
             }
         }
         if diffs.is_empty() {
@@ -473,7 +479,10 @@ mod tests {
         assert_eq!(attach(Mode::L3).pod_mtu(&master, None).unwrap(), 1500);
         assert_eq!(attach(Mode::L3).pod_mtu(&master, Some(1400)).unwrap(), 1400);
         assert_eq!(
-            attach(Mode::L3).pod_mtu(&master, Some(9000)).unwrap_err().code(),
+            attach(Mode::L3)
+                .pod_mtu(&master, Some(9000))
+                .unwrap_err()
+                .code(),
             7
         );
         let enc = IpvlanAttach::new(IpvlanConfig {

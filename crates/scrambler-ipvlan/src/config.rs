@@ -185,11 +185,16 @@ mod tests {
 
     #[test]
     fn fields_parse() {
-        let c = conf(serde_json::json!({"master": "eth1", "mode": "l3s", "flag": "private",
-            "mtu": 1400, "encrypt": true}))
+        let c = conf(
+            serde_json::json!({"master": "eth1", "mode": "l3s", "flag": "private",
+            "mtu": 1400, "encrypt": true}),
+        )
         .unwrap();
         assert_eq!(c.master.as_deref(), Some("eth1"));
-        assert_eq!((c.mode, c.flag, c.mtu), (Mode::L3s, Flag::Private, Some(1400)));
+        assert_eq!(
+            (c.mode, c.flag, c.mtu),
+            (Mode::L3s, Flag::Private, Some(1400))
+        );
         assert!(c.encrypt);
         assert_eq!(
             conf(serde_json::json!({"flag": "vepa"})).unwrap().flag,

@@ -222,13 +222,9 @@ impl Nl {
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        req.execute().await.map_err(|e| {
-            kernel(
-                "add address",
-                format!("{addr} on {}", self.obj(name)),
-                &e,
-            )
-        })
+        req.execute()
+            .await
+            .map_err(|e| kernel("add address", format!("{addr} on {}", self.obj(name)), &e))
     }
 
     /// The addresses on link `index`.
@@ -267,7 +263,11 @@ impl Nl {
             .output_interface(index)
             .protocol(RouteProtocol::Other(ROUTE_PROTO));
         match gw {
-            Some(g) => b = b.gateway(g).map_err(|e| Error::config(format!("route {what}: {e}")))?,
+            Some(g) => {
+                b = b
+                    .gateway(g)
+                    .map_err(|e| Error::config(format!("route {what}: {e}")))?
+            }
             None => b = b.scope(RouteScope::Link),
         }
         let msg = b.kind(RouteType::Unicast).build();

@@ -1,0 +1,389 @@
+//! End-to-end tests of [`IpvlanAttach`] against the real kernel: two "nodes" (network
+//! namespaces) whose uplinks `ul0` meet on a bridge in a `wire` namespace, pods (empty
+//! namespaces) attached as ipvlan slaves of `ul0`.
+//!
+//! The build machine's kernel has no ipvlan: every `vm_ipvlan_*` test then re-runs inside
+//! Debian's stock kernel under qemu through scrambler-vmtest (one boot for the group).
+
+use scrambler_core::{
+    Attach, AttachRequest, AttachmentId, CniResult, Error, IpConfig, NetConf, Netns, Route,
+};
+use scrambler_ipvlan::{IpvlanAttach, IpvlanConfig, Mode};
+use scrambler_vmtest::{needs_vm, Feature, VmSuite};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static VM: VmSuite = VmSuite::new("vm_ipvlan_");
+const FEATURES: &[Feature] = &[Feature::Ipvlan];
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace made and removed without printing anything (the VM harness reads
+/// libtest's lines from the console). Deleted on drop.
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn new(prefix: &str) -> Ns {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("scr-{prefix}-{}-{n}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        let ns = Ns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn netns(&self) -> Netns {
+        Netns::named(&self.name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ping(&self, dst: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "ping", "-c", "2", "-W", "2", dst,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Two nodes on a wire; node i has `ul0` = 192.0.2.i/24 and a default route via
+/// 192.0.2.254; one empty pod namespace per node.
+struct Lab {
+    nodes: Vec<Ns>,
+    pods: Vec<Ns>,
+    _wire: Ns,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let wire = Ns::new("ivw");
+        wire.ip(&["link", "add", "br0", "type", "bridge"]);
+        wire.ip(&["link", "set", "br0", "up"]);
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for i in 1..=2 {
+            let n = Ns::new(&format!("ivn{i}"));
+            let w = format!("w{i}");
+            n.ip(&[
+                "link", "add", "ul0", "type", "veth", "peer", "name", &w, "netns", &wire.name,
+            ]);
+            n.ip(&["link", "set", "ul0", "up"]);
+            wire.ip(&["link", "set", &w, "master", "br0", "up"]);
+            n.ip(&["addr", "add", &format!("192.0.2.{i}/24"), "dev", "ul0"]);
+            n.ip(&["route", "add", "default", "via", "192.0.2.254"]);
+            nodes.push(n);
+            pods.push(Ns::new(&format!("ivp{i}")));
+        }
+        Lab {
+            nodes,
+            pods,
+            _wire: wire,
+        }
+    }
+
+    fn req(&self, i: usize) -> AttachRequest {
+        AttachRequest {
+            id: AttachmentId::new(format!("c{i}"), "eth0"),
+            pod_netns: self.pods[i].netns(),
+            args: vec![],
+            mtu: None,
+        }
+    }
+}
+
+fn ipvlan(mode: Mode, master: Option<&str>) -> IpvlanAttach {
+    IpvlanAttach::new(IpvlanConfig {
+        network: "pods".into(),
+        master: master.map(str::to_string),
+        mode,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn addrs(addr: &str, gw: Option<&str>) -> CniResult {
+    CniResult {
+        ips: vec![IpConfig {
+            address: addr.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            interface: None,
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn vm_ipvlan_l2_pods_reach_each_other_across_nodes() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_ipvlan_l2_pods_reach_each_other_across_nodes")
+            .assert_success();
+    }
+    let lab = Lab::new();
+    let a = ipvlan(Mode::L2, Some("ul0"));
+    let mut results = Vec::new();
+    for i in 0..2 {
+        let r = a
+            .attach(
+                &lab.nodes[i].netns(),
+                &lab.req(i),
+                &addrs(&format!("10.10.0.{}/24", i + 2), Some("10.10.0.1")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.interfaces[0].name, "eth0");
+        assert_eq!(r.interfaces[0].mtu, Some(1500));
+        assert_eq!(r.routes.len(), 1, "{r:?}");
+        a.check(&lab.nodes[i].netns(), &lab.req(i), &r)
+            .await
+            .unwrap();
+        results.push(r);
+    }
+    let link = lab.pods[0].ip(&["-d", "link", "show", "eth0"]);
+    assert!(
+        link.contains("ipvlan") && link.contains("mode l2 bridge"),
+        "{link}"
+    );
+    let routes = lab.pods[0].ip(&["route"]);
+    assert!(
+        routes.contains("default via 10.10.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(lab.pods[0].ping("10.10.0.3"), "pod1 -> pod2 over l2");
+    assert!(lab.pods[1].ping("10.10.0.2"), "pod2 -> pod1 over l2");
+
+    // CHECK is honest: a missing address is reported
+    lab.pods[0].ip(&["addr", "del", "10.10.0.2/24", "dev", "eth0"]);
+    let e = a
+        .check(&lab.nodes[0].netns(), &lab.req(0), &results[0])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 103, "{e}");
+    assert!(e.to_string().contains("10.10.0.2/24"), "{e}");
+    // … and so is a different mode
+    let e = ipvlan(Mode::L3, Some("ul0"))
+        .check(&lab.nodes[1].netns(), &lab.req(1), &results[1])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("expected l3"), "{e}");
+
+    // DEL is idempotent
+    for _ in 0..2 {
+        a.detach(&lab.nodes[0].netns(), &lab.req(0)).await.unwrap();
+    }
+    assert!(!lab.pods[0].ip(&["link"]).contains("eth0"));
+}
+
+async fn l3_lab(mode: Mode) {
+    let lab = Lab::new();
+    let a = ipvlan(mode, Some("ul0"));
+    for i in 0..2 {
+        // the other node's pod subnet via the other node's underlay
+        let j = 1 - i;
+        lab.nodes[i].ip(&[
+            "route",
+            "add",
+            &format!("10.1.{}.0/24", j + 1),
+            "via",
+            &format!("192.0.2.{}", j + 1),
+        ]);
+        let r = a
+            .attach(
+                &lab.nodes[i].netns(),
+                &lab.req(i),
+                &addrs(&format!("10.1.{}.2/24", i + 1), Some("10.1.1.1")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.routes[0].gw, None, "{r:?}");
+        a.check(&lab.nodes[i].netns(), &lab.req(i), &r)
+            .await
+            .unwrap();
+    }
+    let link = lab.pods[0].ip(&["-d", "link", "show", "eth0"]);
+    assert!(
+        link.contains(&format!("mode {} bridge", mode.as_str())),
+        "{link}"
+    );
+    let routes = lab.pods[0].ip(&["route"]);
+    assert!(routes.contains("default dev eth0"), "{routes}");
+    assert!(lab.pods[0].ping("10.1.2.2"), "pod1 -> pod2 over {mode:?}");
+    assert!(lab.pods[1].ping("10.1.1.2"), "pod2 -> pod1 over {mode:?}");
+    for i in 0..2 {
+        a.detach(&lab.nodes[i].netns(), &lab.req(i)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn vm_ipvlan_l3_pods_reach_each_other_across_nodes() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_ipvlan_l3_pods_reach_each_other_across_nodes")
+            .assert_success();
+    }
+    l3_lab(Mode::L3).await;
+}
+
+#[tokio::test]
+async fn vm_ipvlan_l3s_pods_reach_each_other_across_nodes() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_ipvlan_l3s_pods_reach_each_other_across_nodes")
+            .assert_success();
+    }
+    l3_lab(Mode::L3s).await;
+}
+
+#[tokio::test]
+async fn vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail")
+            .assert_success();
+    }
+    let lab = Lab::new();
+    let node = lab.nodes[0].netns();
+    // no master: the default route's interface (ul0); its MTU is taken
+    lab.nodes[0].ip(&["link", "set", "ul0", "mtu", "1400"]);
+    let a = ipvlan(Mode::L3, None);
+    let r = a
+        .attach(&node, &lab.req(0), &addrs("10.1.1.2/24", None))
+        .await
+        .unwrap();
+    assert_eq!(r.interfaces[0].mtu, Some(1400));
+    let link = lab.pods[0].ip(&["-d", "link", "show", "eth0"]);
+    assert!(
+        link.contains("mtu 1400") && link.contains("ipvlan"),
+        "{link}"
+    );
+    // the same ifname again: refused, the first one untouched
+    let e = a
+        .attach(&node, &lab.req(0), &addrs("10.1.1.3/24", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 102, "{e}");
+    a.check(&node, &lab.req(0), &r).await.unwrap();
+
+    // a master that does not exist
+    let e = ipvlan(Mode::L2, Some("nope0"))
+        .attach(&node, &lab.req(1), &addrs("10.1.1.4/24", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 7, "{e}");
+    assert!(e.to_string().contains("\"nope0\" does not exist"), "{e}");
+
+    // a master that is itself an ipvlan slave
+    lab.nodes[0].ip(&[
+        "link", "add", "iv0", "link", "ul0", "type", "ipvlan", "mode", "l3",
+    ]);
+    let e = ipvlan(Mode::L3, Some("iv0"))
+        .attach(&node, &lab.req(1), &addrs("10.1.1.4/24", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 7, "{e}");
+    assert!(e.to_string().contains("itself an ipvlan slave"), "{e}");
+
+    // no master and no default route
+    lab.nodes[1].ip(&["route", "del", "default"]);
+    let e = ipvlan(Mode::L3, None)
+        .attach(
+            &lab.nodes[1].netns(),
+            &lab.req(1),
+            &addrs("10.1.2.2/24", None),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 7, "{e}");
+    assert!(e.to_string().contains("no default route"), "{e}");
+    assert!(!lab.pods[1].ip(&["link"]).contains("eth0"));
+
+    // l2 + encrypt is refused by the conf
+    let conf: NetConf = serde_json::from_value(serde_json::json!({
+        "cniVersion": "1.1.0", "name": "n", "type": "scrambler-cni", "backend": "ipvlan",
+        "mode": "l2", "encrypt": true}))
+    .unwrap();
+    assert_eq!(IpvlanAttach::from_netconf(&conf).unwrap_err().code(), 7);
+}
+
+#[tokio::test]
+async fn vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent")
+            .assert_success();
+    }
+    let lab = Lab::new();
+    let node = lab.nodes[0].netns();
+    let a = ipvlan(Mode::L2, Some("ul0"));
+    // a route via a gateway that is not on-link fails after the link exists
+    let mut bad = addrs("10.10.0.2/24", Some("10.10.0.1"));
+    bad.routes.push(Route {
+        dst: "10.20.0.0/16".parse().unwrap(),
+        gw: Some("172.16.0.1".parse().unwrap()),
+        mtu: None,
+    });
+    let e = a.attach(&node, &lab.req(0), &bad).await.unwrap_err();
+    assert_eq!(e.code(), 100, "{e}");
+    assert!(!lab.pods[0].ip(&["link"]).contains("eth0"), "undone");
+
+    // DEL: interface gone, netns gone, no netns at all
+    a.detach(&node, &lab.req(0)).await.unwrap();
+    let r = a
+        .attach(&node, &lab.req(0), &addrs("10.10.0.2/24", None))
+        .await
+        .unwrap();
+    assert_eq!(r.ips[0].address.to_string(), "10.10.0.2/24");
+    // an interface that is not ours is left alone
+    let other = ipvlan(Mode::L2, Some("ul0"));
+    let mut foreign = lab.req(0);
+    foreign.id = AttachmentId::new("someone-else", "eth0");
+    other.detach(&node, &foreign).await.unwrap();
+    assert!(lab.pods[0].ip(&["link"]).contains("eth0"));
+    let gone = AttachRequest {
+        pod_netns: Netns::path("/run/netns/scr-does-not-exist"),
+        ..lab.req(0)
+    };
+    a.detach(&node, &gone).await.unwrap();
+    let none = AttachRequest {
+        pod_netns: Netns::Path(Default::default()),
+        ..lab.req(0)
+    };
+    a.detach(&node, &none).await.unwrap();
+    // CHECK of a missing pod netns is code 3
+    let e: Error = a.check(&node, &gone, &r).await.unwrap_err();
+    assert_eq!(e.code(), 3, "{e}");
+}
