@@ -41,9 +41,19 @@ pub struct VmTest {
     timeout: Option<Duration>,
     memory_mb: Option<u32>,
     cpus: Option<u32>,
+    /// A whole command line to run instead of a test binary with a filter.
+    command: Option<Vec<String>>,
 }
 
 impl VmTest {
+    /// Runs an arbitrary command line in the guest instead of tests (e.g. the lab tool);
+    /// `what` names the run in messages. The outcome's status is the command's exit status.
+    pub fn command(what: impl Into<String>, argv: Vec<String>) -> Self {
+        let mut t = VmTest::new(what);
+        t.command = Some(argv);
+        t
+    }
+
     /// Runs the tests of the current test binary whose names contain `filter` (libtest's
     /// substring filter), one at a time, output not captured.
     pub fn new(filter: impl Into<String>) -> Self {
@@ -62,6 +72,7 @@ impl VmTest {
             timeout: None,
             memory_mb: None,
             cpus: None,
+            command: None,
         }
     }
 
@@ -250,16 +261,9 @@ impl VmTest {
         Ok(s)
     }
 
-    fn plan(&self) -> Result<GuestPlan, Error> {
-        let exe = match &self.binary {
-            Some(b) => b.clone(),
-            None => {
-                std::env::current_exe().map_err(|e| Error::io("find", "current test binary", e))?
-            }
-        };
-        let cwd = std::env::current_dir().map_err(|e| Error::io("read", "current directory", e))?;
+    fn test_command(&self, exe: &Path, cwd: &Path) -> Result<Vec<String>, Error> {
         let mut command = vec![
-            utf8(&absolute(&exe, &cwd)?)?,
+            utf8(&absolute(exe, cwd)?)?,
             self.filter.clone(),
             format!("--test-threads={}", self.test_threads),
             "--color=never".into(),
@@ -271,6 +275,26 @@ impl VmTest {
             command.push("--nocapture".into());
         }
         command.extend(self.args.iter().cloned());
+        Ok(command)
+    }
+
+    fn plan(&self) -> Result<GuestPlan, Error> {
+        let exe = match &self.binary {
+            Some(b) => b.clone(),
+            None => {
+                std::env::current_exe().map_err(|e| Error::io("find", "current test binary", e))?
+            }
+        };
+        let cwd = std::env::current_dir().map_err(|e| Error::io("read", "current directory", e))?;
+        let command = match &self.command {
+            Some(argv) if !argv.is_empty() => {
+                let mut c = argv.clone();
+                c[0] = utf8(&absolute(Path::new(&argv[0]), &cwd)?)?;
+                c.extend(self.args.iter().cloned());
+                c
+            }
+            _ => self.test_command(&exe, &cwd)?,
+        };
 
         let pair = |(h, g): &(PathBuf, PathBuf)| -> Result<(String, String), Error> {
             Ok((utf8(&absolute(h, &cwd)?)?, utf8(&absolute_guest(g, &cwd))?))

@@ -1,0 +1,280 @@
+//! Capturing the underlay and judging it: every packet between nodes must be ESP, and no
+//! packet carrying a pod address may cross in the clear.
+//!
+//! tcpdump writes the capture (classic pcap); this module reads it itself, so the verdict
+//! does not depend on a capture-filter's reading of the headers.
+//!
+//! The lab captures `-i any -Q in` in the wire namespace: every frame entering the bridge
+//! through any node's port, once. (A capture on the bridge device alone would miss unicast
+//! that the bridge forwards port to port.)
+
+use super::cmd;
+use ipnet::IpNet;
+use scrambler_core::{Error, Result};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running tcpdump on an interface of a namespace.
+pub struct Capture {
+    child: Option<Child>,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing what enters every interface of `netns` into `file`; returns once
+    /// tcpdump listens.
+    pub fn start(netns: &str, file: &Path) -> Result<Capture> {
+        let iface = "any";
+        let _ = std::fs::remove_file(file);
+        let mut child = Command::new(cmd::ip_bin())
+            .args([
+                "netns", "exec", netns, "tcpdump", "-i", iface, "-Q", "in", "-nn", "-U",
+            ])
+            .arg("--immediate-mode")
+            .args(["-Z", "root"])
+            .args(["-s", "256", "-w"])
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io("start tcpdump on", format!("{iface} in {netns}"), e))?;
+        // tcpdump says "listening on …" once the socket is bound.
+        let stderr = child.stderr.take();
+        let mut ready = false;
+        if let Some(err) = stderr {
+            let mut lines = BufReader::new(err).lines();
+            for line in lines.by_ref().map_while(|l| l.ok()) {
+                if line.contains("listening on") {
+                    ready = true;
+                    break;
+                }
+            }
+            // keep draining in the background so tcpdump never blocks on a full pipe
+            std::thread::spawn(move || for _ in lines {});
+        }
+        if !ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Dataplane {
+                dataplane: "lab".into(),
+                op: format!("capture {iface} in {netns}"),
+                reason: "tcpdump exited before listening".into(),
+            });
+        }
+        Ok(Capture {
+            child: Some(child),
+            file: file.to_path_buf(),
+        })
+    }
+
+    /// Stops tcpdump (flushing the file) and judges the capture.
+    pub fn stop(mut self, pods: &[IpNet]) -> Result<Verdict> {
+        // Let tcpdump read what the kernel still holds for it before it is told to stop.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        self.terminate();
+        let data = std::fs::read(&self.file)
+            .map_err(|e| Error::io("read capture", self.file.display(), e))?;
+        judge(&data, pods)
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            // `ip netns exec` execs tcpdump, so the pid is tcpdump's own.
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// What crossed the underlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    /// Every frame seen.
+    pub frames: u64,
+    /// ESP packets.
+    pub esp: u64,
+    /// ESP packets per (outer source, outer destination).
+    pub esp_by_pair: BTreeMap<(IpAddr, IpAddr), u64>,
+    /// Packets with a pod address as source or destination that were not ESP: leaks.
+    pub cleartext: u64,
+    /// A few of the leaked packets, for the report.
+    pub cleartext_examples: Vec<String>,
+}
+
+/// Reads a classic pcap (Ethernet link type) and classifies every packet.
+pub fn judge(pcap: &[u8], pods: &[IpNet]) -> Result<Verdict> {
+    let bad = |r: &str| Error::decode("capture", r);
+    if pcap.len() < 24 {
+        return Err(bad("shorter than a pcap header"));
+    }
+    let magic = u32::from_le_bytes([pcap[0], pcap[1], pcap[2], pcap[3]]);
+    let le = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        _ => return Err(bad("not a pcap file")),
+    };
+    let rd32 = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let linktype = rd32(&pcap[20..24]);
+    if !matches!(
+        linktype,
+        LINKTYPE_ETHERNET | LINKTYPE_LINUX_SLL | LINKTYPE_LINUX_SLL2
+    ) {
+        return Err(bad(&format!(
+            "link type {linktype}, expected Ethernet or Linux cooked"
+        )));
+    }
+    let mut v = Verdict::default();
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let incl = rd32(&pcap[off + 8..off + 12]) as usize;
+        let start = off + 16;
+        let end = start + incl;
+        if end > pcap.len() {
+            break; // truncated last record (capture stopped mid-write)
+        }
+        v.frames += 1;
+        classify(linktype, &pcap[start..end], pods, &mut v);
+        off = end;
+    }
+    Ok(v)
+}
+
+const LINKTYPE_ETHERNET: u32 = 1;
+const LINKTYPE_LINUX_SLL: u32 = 113;
+const LINKTYPE_LINUX_SLL2: u32 = 276;
+
+/// Where the ethertype and the layer-3 header are in a frame of `linktype`.
+fn l2_header(linktype: u32) -> (usize, usize) {
+    match linktype {
+        LINKTYPE_LINUX_SLL => (14, 16),
+        LINKTYPE_LINUX_SLL2 => (0, 20),
+        _ => (12, 14),
+    }
+}
+
+fn classify(linktype: u32, frame: &[u8], pods: &[IpNet], v: &mut Verdict) {
+    let (et_at, mut l3) = l2_header(linktype);
+    if frame.len() < l3 {
+        return;
+    }
+    let mut et = u16::from_be_bytes([frame[et_at], frame[et_at + 1]]);
+    if et == 0x8100 && frame.len() >= l3 + 4 {
+        et = u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]);
+        l3 += 4;
+    }
+    let p = &frame[l3..];
+    let (proto, src, dst) = match et {
+        0x0800 if p.len() >= 20 => {
+            let s: [u8; 4] = [p[12], p[13], p[14], p[15]];
+            let d: [u8; 4] = [p[16], p[17], p[18], p[19]];
+            (p[9], IpAddr::from(s), IpAddr::from(d))
+        }
+        0x86dd if p.len() >= 40 => {
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&p[8..24]);
+            d.copy_from_slice(&p[24..40]);
+            (p[6], IpAddr::from(s), IpAddr::from(d))
+        }
+        _ => return,
+    };
+    if proto == 50 {
+        v.esp += 1;
+        *v.esp_by_pair.entry((src, dst)).or_default() += 1;
+        return;
+    }
+    if pods.iter().any(|n| n.contains(&src) || n.contains(&dst)) {
+        v.cleartext += 1;
+        if v.cleartext_examples.len() < 5 {
+            v.cleartext_examples
+                .push(format!("{src} -> {dst} proto {proto}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        out.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&256u32.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        for f in frames {
+            out.extend_from_slice(&[0u8; 8]);
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut h = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, proto, 0, 0];
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        f.extend_from_slice(&h);
+        f
+    }
+
+    #[test]
+    fn esp_counts_and_cleartext_pod_traffic_is_a_leak() {
+        let pods: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
+        let data = pcap(&[
+            ipv4(50, [192, 0, 2, 1], [192, 0, 2, 2]),
+            ipv4(50, [192, 0, 2, 2], [192, 0, 2, 1]),
+            ipv4(1, [10, 244, 1, 5], [10, 244, 2, 5]),
+            ipv4(1, [192, 0, 2, 1], [192, 0, 2, 2]),
+        ]);
+        let v = judge(&data, &pods).unwrap();
+        assert_eq!(v.frames, 4);
+        assert_eq!(v.esp, 2);
+        assert_eq!(v.cleartext, 1);
+        assert!(v.cleartext_examples[0].contains("10.244.1.5"));
+        assert!(judge(b"nonsense-nonsense-nonsense", &pods).is_err());
+    }
+
+    #[test]
+    fn linux_cooked_v2_frames_are_read() {
+        let pods: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
+        // SLL2: protocol first, then 18 bytes of header, then IPv4.
+        let sll2 = |eth: Vec<u8>| {
+            let mut f = vec![0x08, 0x00];
+            f.extend_from_slice(&[0u8; 18]);
+            f.extend_from_slice(&eth[14..]);
+            f
+        };
+        let mut data = pcap(&[
+            sll2(ipv4(50, [192, 0, 2, 1], [192, 0, 2, 2])),
+            sll2(ipv4(6, [10, 244, 1, 5], [10, 244, 2, 5])),
+        ]);
+        data[20..24].copy_from_slice(&276u32.to_le_bytes());
+        let v = judge(&data, &pods).unwrap();
+        assert_eq!((v.esp, v.cleartext), (1, 1));
+    }
+}

@@ -1,0 +1,335 @@
+//! Failure injection (seed 001's purpose): break one thing while pods ping across nodes,
+//! let Scrambler recover, and report how long traffic was lost and whether any cleartext
+//! reached the underlay.
+
+use super::{apply_node, capture, cmd, pods, probe, topology, LabState};
+use crate::meshfile::{next_rotation_phase, MeshFile};
+use ipnet::IpNet;
+use scrambler_core::{Error, Result};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// The failures the lab can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The node's underlay link goes down for a while, then up.
+    LinkDown,
+    /// The node is removed and re-added: its namespace and pods rebuilt from scratch, the
+    /// mesh re-applied, pods re-attached.
+    Reboot,
+    /// The agent (`scrambler mesh apply`) is killed mid-reconcile during a key rotation,
+    /// then restarted.
+    KillAgent,
+    /// An outbound ESP state is deleted behind Scrambler's back; the next apply repairs it.
+    DeleteState,
+    /// A full key rotation (prepare, switch, finish on every node) under load.
+    Rotate,
+}
+
+/// What an injection did to traffic.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectReport {
+    /// The fault.
+    pub fault: Fault,
+    /// The node it hit.
+    pub node: String,
+    /// What was done, step by step.
+    pub steps: Vec<String>,
+    /// The probes' losses.
+    pub flows: Vec<probe::FlowReport>,
+    /// The underlay during the whole injection.
+    pub underlay: capture::Verdict,
+}
+
+/// Interval of the probe flows.
+const FLOW_INTERVAL_MS: u64 = 50;
+
+/// Injects `fault` on node `node` (1-based), holding the failure `hold` long where that
+/// applies.
+pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Result<InjectReport> {
+    let mut state = LabState::load(name)?;
+    let names = state.names();
+    let n = state.spec.nodes;
+    if node == 0 || node > n {
+        return Err(Error::config(format!("--node {node} out of range 1..={n}")));
+    }
+    let other = if node == 1 { 2 } else { 1 };
+    let a = state
+        .pods_of(node)
+        .next()
+        .cloned()
+        .ok_or_else(|| Error::config(format!("node {node} has no pod")))?;
+    let b = state
+        .pods_of(other)
+        .next()
+        .cloned()
+        .ok_or_else(|| Error::config(format!("node {other} has no pod")))?;
+    let pcap = LabState::dir(name).join(format!("inject-{fault:?}.pcap"));
+    let cap = capture::Capture::start(&names.wire(), &pcap)?;
+    let mut flows = vec![
+        probe::Flow::start(&a.name, b.ip, FLOW_INTERVAL_MS)?,
+        probe::Flow::start(&b.name, a.ip, FLOW_INTERVAL_MS)?,
+    ];
+    if n >= 3 {
+        // A control flow between two nodes the fault does not touch directly.
+        let third = (1..=n).find(|i| *i != node && *i != other).unwrap_or(other);
+        if let (Some(c), Some(d)) = (state.pods_of(other).next(), state.pods_of(third).next()) {
+            flows.push(probe::Flow::start(&c.name, d.ip, FLOW_INTERVAL_MS)?);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let mut steps = vec![];
+    let t0 = Instant::now();
+    let mut step = |s: String| {
+        eprintln!("[lab] {:>6.2}s {s}", t0.elapsed().as_secs_f64());
+        steps.push(format!("{:.2}s {s}", t0.elapsed().as_secs_f64()));
+    };
+    match fault {
+        Fault::LinkDown => {
+            topology::set_underlay(&names, node, false)?;
+            step(format!("underlay of {} down", names.node(node)));
+            tokio::time::sleep(hold).await;
+            topology::set_underlay(&names, node, true)?;
+            step(format!("underlay of {} up", names.node(node)));
+        }
+        Fault::Reboot => {
+            for p in state.pods_of(node) {
+                topology::delete_netns(&p.name);
+            }
+            topology::delete_netns(&names.node(node));
+            step(format!("{} and its pods removed", names.node(node)));
+            // A rebooted node has lost its SAs; re-creating them under the same keys would
+            // restart sequence numbers and reuse GCM nonces. So, as the agent must, move the
+            // cluster to a fresh generation while it is away (prepare and switch on the
+            // other nodes), and bring it back on the new generation.
+            rotate_phases(&state, Some(node), 2, Duration::ZERO, &mut step).await?;
+            tokio::time::sleep(hold).await;
+            topology::create_node(&names, node)?;
+            let r = apply_node(&state, node).await?;
+            step(format!(
+                "{} re-created, mesh applied (+{})",
+                names.node(node),
+                r.added
+            ));
+            let cni = pods::find_cni_binary()?;
+            let mut rebuilt = vec![];
+            for j in 1..=state.spec.pods_per_node {
+                rebuilt.push(super::start_pod(&state, &cni, node, j)?);
+            }
+            for p in rebuilt {
+                if let Some(old) = state.pods.iter_mut().find(|o| o.name == p.name) {
+                    if old.ip != p.ip {
+                        step(format!(
+                            "pod {} came back as {} (was {})",
+                            p.name, p.ip, old.ip
+                        ));
+                    }
+                    old.ip = p.ip;
+                }
+            }
+            state.save()?;
+            step(format!("pods of {} re-attached", names.node(node)));
+            rotate_phases(&state, None, 1, hold, &mut step).await?;
+        }
+        Fault::KillAgent => {
+            let mesh_path = state.mesh_path();
+            let mut mf = MeshFile::load(&mesh_path)?;
+            let (phase, keys) = next_rotation_phase(&mf.cluster.keys);
+            mf.cluster.keys = keys;
+            mf.save(&mesh_path)?;
+            step(format!("rotation phase {phase}"));
+            let killed_after = kill_agent_mid_apply(&state, node).await?;
+            step(format!(
+                "agent on {} killed after {killed_after} ms",
+                names.node(node)
+            ));
+            tokio::time::sleep(hold).await;
+            let r = apply_node(&state, node).await?;
+            step(format!(
+                "agent restarted on {}: it still had +{} ~{} -{} to do",
+                names.node(node),
+                r.added,
+                r.updated,
+                r.removed
+            ));
+            for i in (1..=n).filter(|i| *i != node) {
+                apply_node(&state, i).await?;
+            }
+            step("phase applied on the other nodes".into());
+            rotate_phases(&state, None, 2, hold, &mut step).await?;
+        }
+        Fault::DeleteState => {
+            let spi = delete_outbound_state(&state, node, other)?;
+            step(format!(
+                "outbound state spi {spi} deleted on {}",
+                names.node(node)
+            ));
+            tokio::time::sleep(hold).await;
+            // Re-creating the lost SA under the same key would reuse GCM nonces: the agent
+            // keeps that peer dropped (fail closed) and a rotation repairs it.
+            let r = apply_node(&state, node).await?;
+            step(format!(
+                "agent reconciled {} (+{} ~{}): lost SA reported, not re-keyed in place",
+                names.node(node),
+                r.added,
+                r.updated
+            ));
+            rotate_phases(&state, None, 3, hold, &mut step).await?;
+        }
+        Fault::Rotate => {
+            rotate_phases(&state, None, 3, hold, &mut step).await?;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut reports = vec![];
+    for f in flows {
+        reports.push(f.stop()?);
+    }
+    let supernet: IpNet = topology::POD_SUPERNET
+        .parse()
+        .map_err(|e| Error::config(format!("pod supernet: {e}")))?;
+    let underlay = cap.stop(&[supernet])?;
+    Ok(InjectReport {
+        fault,
+        node: names.node(node),
+        steps,
+        flows: reports,
+        underlay,
+    })
+}
+
+/// Applies the next `phases` rotation phases on every node (but `skip`), with the grace
+/// period `hold` before the old generation goes.
+async fn rotate_phases(
+    state: &LabState,
+    skip: Option<usize>,
+    phases: usize,
+    hold: Duration,
+    step: &mut impl FnMut(String),
+) -> Result<()> {
+    let mesh_path = state.mesh_path();
+    for _ in 0..phases {
+        let mut mf = MeshFile::load(&mesh_path)?;
+        let (phase, keys) = next_rotation_phase(&mf.cluster.keys);
+        if matches!(phase, crate::meshfile::RotationPhase::Finish) {
+            tokio::time::sleep(hold).await;
+        }
+        mf.cluster.keys = keys;
+        mf.save(&mesh_path)?;
+        let nodes: Vec<usize> = (1..=state.spec.nodes)
+            .filter(|i| Some(*i) != skip)
+            .collect();
+        for i in &nodes {
+            apply_node(state, *i).await?;
+        }
+        step(format!(
+            "phase {phase} applied on {} nodes (tx={} rx={:?})",
+            nodes.len(),
+            mf.cluster.keys.tx,
+            mf.cluster.keys.rx
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `scrambler mesh apply` for the node as a separate process and SIGKILLs it halfway
+/// through (timed from a previous full run). Returns when it was killed, in ms.
+async fn kill_agent_mid_apply(state: &LabState, node: usize) -> Result<u64> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
+    let names = state.names();
+    let node_name = names.node(node);
+    let netns = format!("/run/netns/{node_name}");
+    let mesh = state.mesh_path();
+    let sd = state.state_dir();
+    let spawn = || {
+        std::process::Command::new(&exe)
+            .args(["mesh", "apply", "--node", &node_name, "--netns", &netns])
+            .arg("--mesh")
+            .arg(&mesh)
+            .arg("--state-dir")
+            .arg(&sd)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io("spawn agent", &node_name, e))
+    };
+    // The apply itself takes about as long as starting the process; kill just after start-up
+    // (measured on `--version`), i.e. while it is reconciling.
+    let t = Instant::now();
+    let mut probe_child = std::process::Command::new(&exe)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io("spawn", exe.display(), e))?;
+    let _ = probe_child.wait();
+    let startup = t.elapsed();
+    let mut child = spawn()?;
+    let wait = startup + Duration::from_millis(2);
+    tokio::time::sleep(wait).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(wait.as_millis() as u64)
+}
+
+/// Deletes node `node`'s outbound ESP state towards node `to` with iproute2 (behind
+/// Scrambler's back).
+fn delete_outbound_state(state: &LabState, node: usize, to: usize) -> Result<String> {
+    let names = state.names();
+    let ns = names.node(node);
+    let me = format!("192.0.2.{node}");
+    let peer = format!("192.0.2.{to}");
+    let out = cmd::ip(&ns, &["xfrm", "state", "list"])?;
+    for block in out.split("src ").skip(1) {
+        let mut it = block.split_whitespace();
+        let src = it.next().unwrap_or("");
+        let dst = it.nth(1).unwrap_or("");
+        if src != me || dst != peer {
+            continue;
+        }
+        if let Some(spi) = block
+            .split("spi ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+        {
+            cmd::ip(
+                &ns,
+                &[
+                    "xfrm", "state", "delete", "src", src, "dst", dst, "proto", "esp", "spi", spi,
+                ],
+            )?;
+            return Ok(spi.to_string());
+        }
+    }
+    Err(Error::config(format!("no outbound state found on {ns}")))
+}
+
+/// Prints an injection report.
+pub fn print_report(r: &InjectReport) {
+    println!("fault {:?} on {}", r.fault, r.node);
+    for s in &r.steps {
+        println!("  {s}");
+    }
+    println!(
+        "{:<40} {:>6} {:>9} {:>14}",
+        "FLOW", "SENT", "RECEIVED", "LONGEST OUTAGE"
+    );
+    for f in &r.flows {
+        println!(
+            "{:<40} {:>6} {:>9} {:>11} ms",
+            f.label, f.sent, f.received, f.longest_outage_ms
+        );
+    }
+    println!(
+        "underlay: {} ESP packets, {} cleartext packets between pod CIDRs{}",
+        r.underlay.esp,
+        r.underlay.cleartext,
+        if r.underlay.cleartext == 0 {
+            " (none: fail-closed held)"
+        } else {
+            " !!! LEAK"
+        }
+    );
+}

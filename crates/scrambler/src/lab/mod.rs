@@ -1,0 +1,431 @@
+//! The lab: an encrypted multi-node cluster on one machine.
+//!
+//! `lab up` builds N nodes as network namespaces joined by an underlay bridge, applies the
+//! mesh on every node and starts pods through the real CNI binary; `lab test` pings every pod
+//! from every pod on other nodes while capturing the underlay and prints a verdict;
+//! `lab inject` breaks something and measures the outage; `lab down` removes everything.
+//! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file, IPAM leases,
+//! CNI log, captures).
+
+pub mod capture;
+pub mod cmd;
+pub mod inject;
+pub mod pods;
+pub mod probe;
+pub mod topology;
+pub mod vm;
+
+use crate::apply;
+use crate::meshfile::MeshFile;
+use crate::status::StatusReport;
+use ipnet::IpNet;
+use scrambler_core::{Cluster, ClusterSecret, Error, Keys, Netns, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use topology::Names;
+
+/// Where labs keep their state.
+pub const LAB_ROOT: &str = "/run/scrambler-lab";
+
+/// What `lab up` is asked to build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabSpec {
+    /// The lab's name: the prefix of every namespace it makes.
+    pub name: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Pods per node.
+    pub pods_per_node: usize,
+    /// Dataplane of the pods (`xfrm`).
+    pub backend: String,
+}
+
+/// One pod of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    /// Namespace name (also the container id).
+    pub name: String,
+    /// 1-based node index.
+    pub node: usize,
+    /// Its address.
+    pub ip: IpAddr,
+}
+
+/// A built lab, as saved in `lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabState {
+    /// What was asked for.
+    pub spec: LabSpec,
+    /// Every pod.
+    pub pods: Vec<PodInfo>,
+}
+
+impl LabState {
+    /// The lab's state directory.
+    pub fn dir(name: &str) -> PathBuf {
+        Path::new(LAB_ROOT).join(name)
+    }
+
+    fn file(name: &str) -> PathBuf {
+        Self::dir(name).join("lab.json")
+    }
+
+    /// Loads a lab that `lab up` built.
+    pub fn load(name: &str) -> Result<Self> {
+        let p = Self::file(name);
+        let b = std::fs::read(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::config(format!(
+                "no lab named {name:?} is up (run `scrambler lab up`)"
+            )),
+            _ => Error::io("read lab state", p.display(), e),
+        })?;
+        serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+            object: p.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        let p = Self::file(&self.spec.name);
+        let b = serde_json::to_vec_pretty(self).map_err(|e| Error::decode("lab state", e))?;
+        std::fs::write(&p, b).map_err(|e| Error::io("write lab state", p.display(), e))
+    }
+
+    /// Namespace names.
+    pub fn names(&self) -> Names {
+        Names {
+            lab: self.spec.name.clone(),
+        }
+    }
+
+    /// The mesh file path.
+    pub fn mesh_path(&self) -> PathBuf {
+        Self::dir(&self.spec.name).join("mesh.json")
+    }
+
+    /// The node-record directory.
+    pub fn state_dir(&self) -> PathBuf {
+        Self::dir(&self.spec.name).join("state")
+    }
+
+    /// Pods of node `i`.
+    pub fn pods_of(&self, i: usize) -> impl Iterator<Item = &PodInfo> {
+        self.pods.iter().filter(move |p| p.node == i)
+    }
+}
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("[lab] {}", msg.as_ref());
+}
+
+/// `lab up`.
+pub async fn up(spec: LabSpec) -> Result<LabState> {
+    if spec.nodes < 2 || spec.nodes > topology::MAX_NODES {
+        return Err(Error::config(format!(
+            "--nodes {} out of range: 2..={}",
+            spec.nodes,
+            topology::MAX_NODES
+        )));
+    }
+    if spec.pods_per_node == 0 || spec.pods_per_node > 200 {
+        return Err(Error::config("--pods must be 1..=200"));
+    }
+    if spec.backend != "xfrm" {
+        return Err(Error::Unsupported(format!(
+            "lab backend {:?}: only xfrm is available in the lab so far",
+            spec.backend
+        )));
+    }
+    let names = Names {
+        lab: spec.name.clone(),
+    };
+    let left = topology::existing(&names);
+    if !left.is_empty() || LabState::file(&spec.name).exists() {
+        return Err(Error::AlreadyExists {
+            object: format!("lab {:?}", spec.name),
+            reason: "run `scrambler lab down` first".into(),
+        });
+    }
+    let cni_bin = pods::find_cni_binary()?;
+    let dir = LabState::dir(&spec.name);
+    create_private_dir(&dir)?;
+    let t0 = Instant::now();
+    progress(format!(
+        "building {} nodes x {} pods in lab {:?} (state in {})",
+        spec.nodes,
+        spec.pods_per_node,
+        spec.name,
+        dir.display()
+    ));
+
+    // Key and mesh file.
+    let key_file = dir.join("cluster.key");
+    ClusterSecret::generate_file(&key_file)?;
+    let nodes = (1..=spec.nodes)
+        .map(|i| topology::node_desc(&names, i))
+        .collect::<Result<Vec<_>>>()?;
+    let mesh_file = MeshFile {
+        cluster: Cluster {
+            nodes,
+            keys: Keys::single(1),
+        },
+        key_file: key_file.clone(),
+    };
+    let mut state = LabState {
+        spec: spec.clone(),
+        pods: vec![],
+    };
+    mesh_file.save(&state.mesh_path())?;
+    state.save()?;
+
+    // Wire and nodes.
+    topology::create_wire(&names)?;
+    for i in 1..=spec.nodes {
+        topology::create_node(&names, i)?;
+        progress(format!(
+            "node {}/{} {} up (underlay 192.0.2.{i})",
+            i,
+            spec.nodes,
+            names.node(i)
+        ));
+    }
+
+    // Mesh on every node.
+    for i in 1..=spec.nodes {
+        let r = apply_node(&state, i).await?;
+        progress(format!(
+            "mesh on {}: +{} ~{} -{}",
+            names.node(i),
+            r.added,
+            r.updated,
+            r.removed
+        ));
+    }
+
+    // Pods.
+    for i in 1..=spec.nodes {
+        for j in 1..=spec.pods_per_node {
+            let pod = start_pod(&state, &cni_bin, i, j)?;
+            progress(format!(
+                "pod {} on {} -> {}",
+                pod.name,
+                names.node(i),
+                pod.ip
+            ));
+            state.pods.push(pod);
+        }
+    }
+    state.save()?;
+    progress(format!(
+        "lab {:?} is up in {:.1}s",
+        spec.name,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(state)
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("create lab dir", dir.display(), e))
+}
+
+/// Applies the lab's mesh file on node `i` (in-process, like `scrambler mesh apply`).
+pub async fn apply_node(state: &LabState, i: usize) -> Result<scrambler_core::ReconcileReport> {
+    let names = state.names();
+    apply::apply(&apply::ApplyArgs {
+        mesh: state.mesh_path(),
+        node: names.node(i),
+        netns: Netns::named(&names.node(i)),
+        state_dir: state.state_dir(),
+        backend: state.spec.backend.clone(),
+    })
+    .await
+}
+
+/// Creates pod `j` of node `i` and attaches it through the CNI binary.
+pub fn start_pod(state: &LabState, cni_bin: &Path, i: usize, j: usize) -> Result<PodInfo> {
+    let names = state.names();
+    let pod = names.pod(i, j);
+    topology::create_pod_netns(&pod)?;
+    let conf = pod_conf(state, i);
+    let res = pods::cni(cni_bin, "ADD", &names.node(i), &pod, &conf)?
+        .ok_or_else(|| Error::decode("ADD result", "empty"))?;
+    let ip = pods::first_ipv4(&res)
+        .ok_or_else(|| Error::decode(format!("ADD result for {pod}"), "no IPv4 address"))?;
+    Ok(PodInfo {
+        name: pod,
+        node: i,
+        ip,
+    })
+}
+
+fn pod_conf(state: &LabState, i: usize) -> serde_json::Value {
+    pods::netconf(
+        &state.spec.name,
+        &state.spec.backend,
+        &format!("10.244.{i}.0/24"),
+        &LabState::dir(&state.spec.name),
+    )
+}
+
+/// The verdict of `lab test`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestReport {
+    /// Per (source node, destination node): pings ok, pings tried, ESP packets seen.
+    pub pairs: BTreeMap<String, (usize, usize, u64)>,
+    /// Underlay verdict.
+    pub underlay: capture::Verdict,
+    /// Peers up per node.
+    pub tunnels_up: BTreeMap<String, (usize, usize)>,
+    /// Overall.
+    pub pass: bool,
+    /// Seconds the test took.
+    pub seconds: f64,
+}
+
+/// `lab test`: all-pairs pings across nodes under an underlay capture.
+pub async fn test(name: &str) -> Result<TestReport> {
+    let state = LabState::load(name)?;
+    let names = state.names();
+    let t0 = Instant::now();
+    let pcap = LabState::dir(name).join("test.pcap");
+    let cap = capture::Capture::start(&names.wire(), &pcap)?;
+    let mut pings = vec![];
+    for a in &state.pods {
+        for b in state.pods.iter().filter(|b| b.node != a.node) {
+            pings.push(probe::Ping {
+                from: a.name.clone(),
+                to: b.ip,
+            });
+        }
+    }
+    progress(format!("pinging {} pod pairs across nodes", pings.len()));
+    let ok = tokio::task::spawn_blocking({
+        let pings = pings.clone();
+        move || probe::ping_all(&pings, 8)
+    })
+    .await
+    .map_err(|e| Error::kernel("run pings", "lab", e))?;
+    let supernet: IpNet = topology::POD_SUPERNET
+        .parse()
+        .map_err(|e| Error::config(format!("pod supernet: {e}")))?;
+    let verdict = tokio::task::spawn_blocking(move || cap.stop(&[supernet]))
+        .await
+        .map_err(|e| Error::kernel("stop capture", "lab", e))??;
+
+    let node_of: BTreeMap<IpAddr, usize> = state.pods.iter().map(|p| (p.ip, p.node)).collect();
+    let pod_node: BTreeMap<&str, usize> = state
+        .pods
+        .iter()
+        .map(|p| (p.name.as_str(), p.node))
+        .collect();
+    let mut pairs: BTreeMap<String, (usize, usize, u64)> = BTreeMap::new();
+    for (p, ok) in pings.iter().zip(&ok) {
+        let (a, b) = (pod_node[p.from.as_str()], node_of[&p.to]);
+        let e = pairs
+            .entry(format!("{} -> {}", names.node(a), names.node(b)))
+            .or_default();
+        e.1 += 1;
+        if *ok {
+            e.0 += 1;
+        }
+    }
+    for ((src, dst), n) in &verdict.esp_by_pair {
+        let idx = |ip: &IpAddr| match ip {
+            IpAddr::V4(v4) => v4.octets()[3] as usize,
+            IpAddr::V6(_) => 0,
+        };
+        let key = format!("{} -> {}", names.node(idx(src)), names.node(idx(dst)));
+        if let Some(e) = pairs.get_mut(&key) {
+            e.2 += n;
+        }
+    }
+    let mut tunnels_up = BTreeMap::new();
+    for i in 1..=state.spec.nodes {
+        let st = node_status(&state, i).await?;
+        let up = st.tunnel.peers.iter().filter(|p| p.is_up()).count();
+        tunnels_up.insert(names.node(i), (up, st.tunnel.peers.len()));
+    }
+    let pass = ok.iter().all(|o| *o)
+        && verdict.cleartext == 0
+        && pairs.values().all(|(_, _, esp)| *esp > 0)
+        && tunnels_up.values().all(|(u, n)| u == n);
+    Ok(TestReport {
+        pairs,
+        underlay: verdict,
+        tunnels_up,
+        pass,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The status of node `i`.
+pub async fn node_status(state: &LabState, i: usize) -> Result<StatusReport> {
+    let names = state.names();
+    apply::status(&apply::ApplyArgs {
+        mesh: state.mesh_path(),
+        node: names.node(i),
+        netns: Netns::named(&names.node(i)),
+        state_dir: state.state_dir(),
+        backend: state.spec.backend.clone(),
+    })
+    .await
+}
+
+/// Prints the verdict table.
+pub fn print_report(r: &TestReport) {
+    println!("{:<28} {:>10} {:>12}", "NODE PAIR", "PINGS", "ESP PACKETS");
+    for (k, (ok, n, esp)) in &r.pairs {
+        println!("{k:<28} {:>10} {:>12}", format!("{ok}/{n}"), esp);
+    }
+    println!();
+    for (node, (up, n)) in &r.tunnels_up {
+        println!("tunnels up on {node}: {up}/{n}");
+    }
+    println!(
+        "underlay: {} frames, {} ESP, {} cleartext packets between pod CIDRs{}",
+        r.underlay.frames,
+        r.underlay.esp,
+        r.underlay.cleartext,
+        if r.underlay.cleartext > 0 {
+            format!(" !!! e.g. {}", r.underlay.cleartext_examples.join(", "))
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "verdict: {} ({:.1}s)",
+        if r.pass { "PASS" } else { "FAIL" },
+        r.seconds
+    );
+}
+
+/// `lab down`: removes every namespace of the lab and its state directory. Works on a
+/// half-built lab too.
+pub fn down(name: &str) -> Result<usize> {
+    let names = Names { lab: name.into() };
+    let all = topology::existing(&names);
+    // Pods first (their veths die with them), then nodes, then the wire.
+    let mut ordered = all.clone();
+    ordered.sort_by_key(|n| (n.contains("-p"), n.ends_with("-wire")));
+    ordered.reverse();
+    for n in &ordered {
+        topology::delete_netns(n);
+    }
+    let dir = LabState::dir(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove lab dir", dir.display(), e))?;
+    }
+    Ok(all.len())
+}

@@ -1,0 +1,188 @@
+//! Reachability probes: the all-pairs ping matrix of `lab test`, and a continuous ping that
+//! measures how long traffic was lost while a failure is injected.
+
+use super::cmd;
+use scrambler_core::{Error, Result};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// One ping from a pod to an address.
+#[derive(Debug, Clone)]
+pub struct Ping {
+    /// Source pod namespace.
+    pub from: String,
+    /// Destination address.
+    pub to: IpAddr,
+}
+
+/// Runs every ping (one echo each, a retry on loss), `parallel` at a time; returns success per
+/// ping in order.
+pub fn ping_all(pings: &[Ping], parallel: usize) -> Vec<bool> {
+    let results = Arc::new(Mutex::new(vec![false; pings.len()]));
+    let next = Arc::new(Mutex::new(0usize));
+    let pings = Arc::new(pings.to_vec());
+    let workers: Vec<_> = (0..parallel.max(1))
+        .map(|_| {
+            let (results, next, pings) = (results.clone(), next.clone(), pings.clone());
+            std::thread::spawn(move || loop {
+                let i = {
+                    let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(p) = pings.get(i) else { break };
+                // The first packet of a flow may be spent resolving neighbours: allow a retry.
+                let ok = (0..2).any(|_| ping_once(&p.from, p.to));
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = ok;
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let r = results.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    r
+}
+
+fn ping_once(from: &str, to: IpAddr) -> bool {
+    cmd::netns_exec(from, "ping", &["-c", "1", "-W", "2", "-q", &to.to_string()])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A continuous ping (every `interval_ms`) from a pod, running until stopped.
+pub struct Flow {
+    child: Option<Child>,
+    interval_ms: u64,
+    /// Description for the report.
+    pub label: String,
+}
+
+/// What a flow saw.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowReport {
+    /// What was probed.
+    pub label: String,
+    /// Echo requests sent.
+    pub sent: u64,
+    /// Replies received.
+    pub received: u64,
+    /// Longest run of consecutive lost echoes, in milliseconds.
+    pub longest_outage_ms: u64,
+}
+
+impl Flow {
+    /// Starts pinging `to` from pod `from`.
+    pub fn start(from: &str, to: IpAddr, interval_ms: u64) -> Result<Flow> {
+        let interval = format!("{:.3}", interval_ms as f64 / 1000.0);
+        let child = Command::new(cmd::ip_bin())
+            .args([
+                "netns", "exec", from, "ping", "-n", "-i", &interval, "-W", "1",
+            ])
+            .arg(to.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io("start ping from", from, e))?;
+        Ok(Flow {
+            child: Some(child),
+            interval_ms,
+            label: format!("{from} -> {to}"),
+        })
+    }
+
+    /// Stops the flow and reports losses.
+    pub fn stop(mut self) -> Result<FlowReport> {
+        let Some(child) = self.child.take() else {
+            return Err(Error::config("flow already stopped"));
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("wait for ping", &self.label, e))?;
+        Ok(parse_ping(
+            &String::from_utf8_lossy(&out.stdout),
+            self.interval_ms,
+            &self.label,
+        ))
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parses ping's output: replies by `icmp_seq`, the total from the summary line.
+pub fn parse_ping(text: &str, interval_ms: u64, label: &str) -> FlowReport {
+    let mut seqs = BTreeSet::new();
+    let mut sent = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.split("icmp_seq=").nth(1) {
+            if line.contains("bytes from") {
+                if let Ok(n) = rest.split_whitespace().next().unwrap_or("").parse::<u64>() {
+                    seqs.insert(n);
+                }
+            }
+        }
+        if line.contains("packets transmitted") {
+            sent = line
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    // One echo may still be in flight when the flow is stopped: it is not a loss.
+    if sent > 0 && !seqs.contains(&sent) {
+        sent -= 1;
+    }
+    // Longest gap between consecutive replies (and from the start / to the end).
+    let first = 1;
+    let mut prev = first - 1;
+    let mut longest = 0;
+    for &s in &seqs {
+        longest = longest.max(s.saturating_sub(prev + 1));
+        prev = s;
+    }
+    longest = longest.max(sent.saturating_sub(prev));
+    FlowReport {
+        label: label.into(),
+        sent,
+        received: seqs.len() as u64,
+        longest_outage_ms: longest * interval_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_is_the_longest_run_of_lost_echoes() {
+        let text = "PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.\n\
+            64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.5 ms\n\
+            64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=0.5 ms\n\
+            64 bytes from 10.244.2.2: icmp_seq=6 ttl=62 time=0.5 ms\n\
+            64 bytes from 10.244.2.2: icmp_seq=7 ttl=62 time=0.5 ms\n\n\
+            --- 10.244.2.2 ping statistics ---\n\
+            8 packets transmitted, 4 received, 50% packet loss, time 700ms\n";
+        let r = parse_ping(text, 100, "x");
+        // the 8th echo was in flight when ping stopped: not a loss
+        assert_eq!((r.sent, r.received, r.longest_outage_ms), (7, 4, 300));
+        let clean = "64 bytes from a: icmp_seq=1 ttl=1\n64 bytes from a: icmp_seq=2 ttl=1\n2 packets transmitted, 2 received";
+        assert_eq!(parse_ping(clean, 50, "y").longest_outage_ms, 0);
+    }
+}

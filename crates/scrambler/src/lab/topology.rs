@@ -1,0 +1,142 @@
+//! The lab's wiring: one "wire" namespace holding the underlay bridge, one namespace per
+//! node plugged into it, one namespace per pod (attached later by the CNI plugin).
+//!
+//! Node `i` (1-based) gets underlay `192.0.2.i/24` on its `ul0` and pod CIDR `10.244.i.0/24`.
+//! Every name starts with the lab's name so several labs (and tests) can coexist.
+
+use super::cmd;
+use ipnet::IpNet;
+use scrambler_core::{Error, Node, NodeId, Result};
+use std::net::IpAddr;
+
+/// The underlay interface name inside each node.
+pub const UNDERLAY_IF: &str = "ul0";
+/// The bridge inside the wire namespace.
+pub const BRIDGE: &str = "br0";
+/// Pods' supernet (all node pod CIDRs are inside it).
+pub const POD_SUPERNET: &str = "10.244.0.0/16";
+
+/// Largest lab: node addresses and pod CIDRs are numbered within one /24 and one /16.
+pub const MAX_NODES: usize = 250;
+
+/// Namespace names of one lab.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// The lab's name (a prefix).
+    pub lab: String,
+}
+
+impl Names {
+    /// The wire namespace.
+    pub fn wire(&self) -> String {
+        format!("{}-wire", self.lab)
+    }
+    /// Node `i`'s name (also its namespace).
+    pub fn node(&self, i: usize) -> String {
+        format!("{}-n{i}", self.lab)
+    }
+    /// Pod `j` of node `i`.
+    pub fn pod(&self, i: usize, j: usize) -> String {
+        format!("{}-n{i}-p{j}", self.lab)
+    }
+    /// The bridge port of node `i` in the wire namespace.
+    pub fn port(i: usize) -> String {
+        format!("port{i}")
+    }
+}
+
+/// The mesh description of node `i` (1-based) in the lab.
+pub fn node_desc(names: &Names, i: usize) -> Result<Node> {
+    let ul: IpAddr = format!("192.0.2.{i}")
+        .parse()
+        .map_err(|e| Error::config(format!("node {i}: {e}")))?;
+    let cidr: IpNet = format!("10.244.{i}.0/24")
+        .parse()
+        .map_err(|e| Error::config(format!("node {i}: {e}")))?;
+    Ok(Node {
+        name: names.node(i),
+        id: NodeId::new(i as u32)?,
+        underlay: vec![ul],
+        pod_cidrs: vec![cidr],
+    })
+}
+
+/// Creates the wire namespace with its bridge.
+pub fn create_wire(names: &Names) -> Result<()> {
+    let w = names.wire();
+    cmd::ip("", &["netns", "add", &w])?;
+    cmd::ip(&w, &["link", "set", "lo", "up"])?;
+    cmd::ip(&w, &["link", "add", BRIDGE, "type", "bridge"])?;
+    cmd::ip(&w, &["link", "set", BRIDGE, "up"])?;
+    Ok(())
+}
+
+/// Creates node `i`'s namespace, plugs it into the bridge and addresses its underlay.
+pub fn create_node(names: &Names, i: usize) -> Result<()> {
+    let n = names.node(i);
+    let w = names.wire();
+    let port = Names::port(i);
+    cmd::ip("", &["netns", "add", &n])?;
+    cmd::ip(&n, &["link", "set", "lo", "up"])?;
+    cmd::ip(
+        &w,
+        &[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UNDERLAY_IF,
+            "netns",
+            &n,
+        ],
+    )?;
+    cmd::ip(&w, &["link", "set", &port, "master", BRIDGE, "up"])?;
+    cmd::ip(
+        &n,
+        &[
+            "addr",
+            "add",
+            &format!("192.0.2.{i}/24"),
+            "dev",
+            UNDERLAY_IF,
+        ],
+    )?;
+    cmd::ip(&n, &["link", "set", UNDERLAY_IF, "up"])?;
+    cmd::sysctl(&n, "net.ipv4.ip_forward", "1")?;
+    Ok(())
+}
+
+/// Creates an empty pod namespace.
+pub fn create_pod_netns(name: &str) -> Result<()> {
+    cmd::ip("", &["netns", "add", name])?;
+    cmd::ip(name, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Deletes a namespace (and so everything in it); a missing one is fine.
+pub fn delete_netns(name: &str) {
+    let _ = cmd::output(cmd::ip_bin(), &["netns", "del", name]);
+}
+
+/// Every namespace of this lab that exists now.
+pub fn existing(names: &Names) -> Vec<String> {
+    let out = cmd::ip("", &["netns", "list"]).unwrap_or_default();
+    let prefix = format!("{}-", names.lab);
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sets node `i`'s underlay link down or up.
+pub fn set_underlay(names: &Names, i: usize, up: bool) -> Result<()> {
+    cmd::ip(
+        &names.node(i),
+        &["link", "set", UNDERLAY_IF, if up { "up" } else { "down" }],
+    )
+    .map(|_| ())
+}

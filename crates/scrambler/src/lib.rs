@@ -1,0 +1,13 @@
+//! # scrambler (node tool)
+//!
+//! The node-side tool: `scrambler mesh apply` reconciles the local node's dataplane to a mesh
+//! file through the [`scrambler_core::Tunnel`] trait, `scrambler status` shows every peer,
+//! `scrambler rotate` steps a key rotation, and `scrambler lab` builds an encrypted
+//! multi-node cluster on one machine and injects failures into it.
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod lab;
+pub mod meshfile;
+pub mod record;
+pub mod status;

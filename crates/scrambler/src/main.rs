@@ -1,0 +1,381 @@
+//! `scrambler`: apply the encrypted mesh on a node, show its status, rotate keys, run the lab.
+
+use clap::{Args, Parser, Subcommand};
+use scrambler::lab::{self, inject::Fault, LabSpec};
+use scrambler::{apply, meshfile, record};
+use scrambler_core::{ClusterSecret, Error, Netns, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "scrambler",
+    version,
+    about = "Scrambler: encrypted pod network between nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Reconcile or remove this node's mesh.
+    Mesh {
+        #[command(subcommand)]
+        cmd: MeshCmd,
+    },
+    /// Show every peer: tunnel up, key generation, counters, errors, last change.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Step the key rotation in the mesh file (prepare, switch, finish); apply the mesh on
+    /// every node after each step.
+    Rotate {
+        /// Mesh file.
+        #[arg(long)]
+        mesh: PathBuf,
+    },
+    /// Write a new cluster secret (mode 0600).
+    Keygen {
+        /// Where to write it; must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A multi-node encrypted cluster on this machine, with failure injection.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Args, Clone)]
+struct NodeArgs {
+    /// Mesh file (nodes, underlay addresses, pod CIDRs, key file, generations).
+    #[arg(long)]
+    mesh: PathBuf,
+    /// This node's name in the mesh.
+    #[arg(long)]
+    node: String,
+    /// The node's network namespace (a path); default: the current one.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Where node records are kept.
+    #[arg(long, default_value = record::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Tunnel dataplane.
+    #[arg(long, default_value = "xfrm")]
+    backend: String,
+}
+
+impl NodeArgs {
+    fn to_apply(&self) -> apply::ApplyArgs {
+        apply::ApplyArgs {
+            mesh: self.mesh.clone(),
+            node: self.node.clone(),
+            netns: self.netns.clone().map(Netns::Path).unwrap_or_default(),
+            state_dir: self.state_dir.clone(),
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum MeshCmd {
+    /// Reconcile the node's dataplane to the mesh file (idempotent).
+    Apply {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Remove everything Scrambler owns in the node's dataplane.
+    Remove {
+        /// The node's network namespace (a path); default: the current one.
+        #[arg(long)]
+        netns: Option<PathBuf>,
+        /// Tunnel dataplane.
+        #[arg(long, default_value = "xfrm")]
+        backend: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct LabName {
+    /// The lab's name: prefix of all its namespaces.
+    #[arg(long, default_value = "scr")]
+    name: String,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build N nodes, apply the mesh, start pods through the CNI binary.
+    Up {
+        #[command(flatten)]
+        lab: LabName,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Pods per node.
+        #[arg(long, default_value_t = 2)]
+        pods: usize,
+        /// Pod dataplane.
+        #[arg(long, default_value = "xfrm")]
+        backend: String,
+    },
+    /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
+    Test {
+        #[command(flatten)]
+        lab: LabName,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inject a failure and measure how long traffic was lost.
+    Inject {
+        #[command(flatten)]
+        lab: LabName,
+        /// The failure.
+        #[arg(value_enum)]
+        fault: Fault,
+        /// Node it hits (1-based).
+        #[arg(long, default_value_t = 1)]
+        node: usize,
+        /// How long the failure is held (ms), where that applies; also the rotation grace.
+        #[arg(long, default_value_t = 1000)]
+        hold_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the status of every node of the lab.
+    Status {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Remove every namespace and file of the lab.
+    Down {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// up, test, every failure with a test after it, down: the whole tour in one command.
+    Run {
+        #[command(flatten)]
+        lab: LabName,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Pods per node.
+        #[arg(long, default_value_t = 2)]
+        pods: usize,
+        /// Skip failure injection.
+        #[arg(long)]
+        no_inject: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SCRAMBLER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("scrambler: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("scrambler: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Mesh {
+            cmd: MeshCmd::Apply { node },
+        } => {
+            let r = apply::apply(&node.to_apply()).await?;
+            println!(
+                "mesh applied on {}: {} added, {} updated, {} removed, {} unchanged",
+                node.node, r.added, r.updated, r.removed, r.unchanged
+            );
+        }
+        Cmd::Mesh {
+            cmd: MeshCmd::Remove { netns, backend },
+        } => {
+            let ns = netns.map(Netns::Path).unwrap_or_default();
+            let r = apply::remove(&ns, &backend).await?;
+            println!("removed {} objects", r.removed);
+        }
+        Cmd::Status { node, json } => {
+            let st = apply::status(&node.to_apply()).await?;
+            if json {
+                println!("{}", to_json(&st)?);
+            } else {
+                print!("{}", st.to_table(record::now()));
+            }
+            if !st.healthy() {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Cmd::Rotate { mesh } => {
+            let mut mf = meshfile::MeshFile::load(&mesh)?;
+            let (phase, keys) = meshfile::next_rotation_phase(&mf.cluster.keys);
+            mf.cluster.keys = keys;
+            mf.save(&mesh)?;
+            println!(
+                "rotation phase: {phase}\nkeys now tx={} rx={:?}\nrun `scrambler mesh apply` on every node before the next `scrambler rotate`",
+                mf.cluster.keys.tx, mf.cluster.keys.rx
+            );
+        }
+        Cmd::Keygen { out } => {
+            ClusterSecret::generate_file(&out)?;
+            println!("wrote {} (mode 0600)", out.display());
+        }
+        Cmd::Lab { cmd } => return lab_cmd(cmd).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
+    let one_shot = matches!(cmd, LabCmd::Run { .. });
+    if let Some(code) = lab::vm::delegate_if_needed(one_shot)? {
+        return Ok(code);
+    }
+    match cmd {
+        LabCmd::Up {
+            lab,
+            nodes,
+            pods,
+            backend,
+        } => {
+            lab::up(LabSpec {
+                name: lab.name,
+                nodes,
+                pods_per_node: pods,
+                backend,
+            })
+            .await?;
+        }
+        LabCmd::Test { lab, json } => {
+            let r = lab::test(&lab.name).await?;
+            if json {
+                println!("{}", to_json(&r)?);
+            } else {
+                lab::print_report(&r);
+            }
+            if !r.pass {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        LabCmd::Inject {
+            lab,
+            fault,
+            node,
+            hold_ms,
+            json,
+        } => {
+            let r =
+                lab::inject::inject(&lab.name, fault, node, Duration::from_millis(hold_ms)).await?;
+            if json {
+                println!("{}", to_json(&r)?);
+            } else {
+                lab::inject::print_report(&r);
+            }
+            if r.underlay.cleartext > 0 {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        LabCmd::Status { lab } => {
+            let state = lab::LabState::load(&lab.name)?;
+            for i in 1..=state.spec.nodes {
+                let st = lab::node_status(&state, i).await?;
+                print!("{}", st.to_table(record::now()));
+                println!();
+            }
+        }
+        LabCmd::Down { lab } => {
+            let n = lab::down(&lab.name)?;
+            println!("lab {:?} down: {n} namespaces removed", lab.name);
+        }
+        LabCmd::Run {
+            lab,
+            nodes,
+            pods,
+            no_inject,
+        } => return lab_run(&lab.name, nodes, pods, no_inject).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The whole tour; always takes the lab down, even on failure.
+async fn lab_run(name: &str, nodes: usize, pods: usize, no_inject: bool) -> Result<ExitCode> {
+    let spec = LabSpec {
+        name: name.into(),
+        nodes,
+        pods_per_node: pods,
+        backend: "xfrm".into(),
+    };
+    let result = lab_tour(spec, no_inject).await;
+    let removed = lab::down(name);
+    let pass = result?;
+    removed?;
+    println!("\nlab run: {}", if pass { "PASS" } else { "FAIL" });
+    Ok(if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+async fn lab_tour(spec: LabSpec, no_inject: bool) -> Result<bool> {
+    let name = spec.name.clone();
+    lab::up(spec).await?;
+    println!("\n== lab test");
+    let r = lab::test(&name).await?;
+    lab::print_report(&r);
+    let mut pass = r.pass;
+    if !no_inject {
+        for fault in [
+            Fault::LinkDown,
+            Fault::DeleteState,
+            Fault::KillAgent,
+            Fault::Rotate,
+            Fault::Reboot,
+        ] {
+            println!("\n== lab inject {fault:?}");
+            let ir = lab::inject::inject(&name, fault, 1, Duration::from_millis(1000)).await?;
+            lab::inject::print_report(&ir);
+            pass &= ir.underlay.cleartext == 0;
+            if fault == Fault::Rotate {
+                pass &= ir.flows.iter().all(|f| f.received == f.sent);
+            }
+            let r = lab::test(&name).await?;
+            println!("-- lab test after {fault:?}");
+            lab::print_report(&r);
+            pass &= r.pass;
+        }
+    }
+    Ok(pass)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::decode("report", e))
+}
