@@ -137,7 +137,7 @@ pub mod testing {
         pub fn new(prefix: &str) -> Self {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let name = format!("scr-{prefix}-{}-{n}", std::process::id());
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            quiet_del(&name);
             run(&["ip", "netns", "add", &name]);
             run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
             TestNetns { name }
