@@ -7,8 +7,8 @@
 
 use crate::veth::VethAttach;
 use async_trait::async_trait;
-use scrambler_ipvlan::IpvlanAttach;
 use scrambler_core::{Attach, AttachmentId, Backend, Error, NetConf, Netns, Result};
+use scrambler_ipvlan::IpvlanAttach;
 
 /// An [`Attach`] as the CNI plugin drives it.
 #[async_trait]

@@ -1,0 +1,290 @@
+//! The built `scrambler-cni` binary with `"backend": "ipvlan"` and Debian's host-local
+//! IPAM: two nodes (namespaces) whose uplinks `ul0` meet on a bridge in a wire namespace,
+//! one pod per node, in each mode l2, l3, l3s.
+//!
+//! The build machine's kernel has no ipvlan: every `vm_ipvlan_*` test then re-runs inside
+//! Debian's stock kernel under qemu through scrambler-vmtest (one boot for the group).
+
+mod common;
+
+use common::{run_plugin, with_prev, CniOut, Invocation, BIN, DEBIAN_CNI};
+use scrambler_vmtest::{needs_vm, Feature, VmSuite};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static VM: VmSuite = VmSuite::new("vm_ipvlan_");
+const FEATURES: &[Feature] = &[Feature::Ipvlan];
+
+/// The suite's verdict for `test`. Cargo also sets `CARGO_BIN_EXE_scrambler-cni` at run
+/// time; scrambler-vmtest passes `CARGO_*` to the guest and refuses that name (it has a
+/// `-`), so it is dropped first (the path is compiled in as [`BIN`] anyway).
+fn in_vm(test: &str) {
+    std::env::remove_var("CARGO_BIN_EXE_scrambler-cni");
+    VM.run(test).assert_success()
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace made and removed without printing anything (the VM harness reads
+/// libtest's lines from the console). Deleted on drop.
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn new(prefix: &str) -> Ns {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("scr-{prefix}-{}-{n}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        let ns = Ns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ping(&self, dst: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "ping", "-c", "2", "-W", "2", dst,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// Two nodes with `ul0` = 192.0.2.i/24 and a default route, one pod namespace each, a
+/// host-local data dir and a CNI_PATH with scrambler-cni next to Debian's plugins.
+struct Lab {
+    nodes: Vec<Ns>,
+    pods: Vec<Ns>,
+    data: tempfile::TempDir,
+    cni_path: tempfile::TempDir,
+    _wire: Ns,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let wire = Ns::new("icw");
+        wire.ip(&["link", "add", "br0", "type", "bridge"]);
+        wire.ip(&["link", "set", "br0", "up"]);
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for i in 1..=2 {
+            let n = Ns::new(&format!("icn{i}"));
+            let w = format!("w{i}");
+            n.ip(&[
+                "link", "add", "ul0", "type", "veth", "peer", "name", &w, "netns", &wire.name,
+            ]);
+            n.ip(&["link", "set", "ul0", "up"]);
+            wire.ip(&["link", "set", &w, "master", "br0", "up"]);
+            n.ip(&["addr", "add", &format!("192.0.2.{i}/24"), "dev", "ul0"]);
+            n.ip(&["route", "add", "default", "via", "192.0.2.254"]);
+            nodes.push(n);
+            pods.push(Ns::new(&format!("icp{i}")));
+        }
+        let cni_path = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(BIN, cni_path.path().join("scrambler-cni")).unwrap();
+        Lab {
+            nodes,
+            pods,
+            data: tempfile::tempdir().unwrap(),
+            cni_path,
+            _wire: wire,
+        }
+    }
+
+    /// The conf of node `i` (0-based): ipvlan on `ul0` in `mode`; host-local over the
+    /// shared l2 subnet (disjoint ranges per node) or the node's own /24 in l3.
+    fn conf(&self, i: usize, mode: &str) -> Value {
+        let ipam = if mode == "l2" {
+            json!({"type": "host-local", "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+                   "rangeStart": format!("10.10.0.{}", 10 * (i + 1)),
+                   "rangeEnd": format!("10.10.0.{}", 10 * (i + 1) + 9)})
+        } else {
+            json!({"type": "host-local", "subnet": format!("10.1.{}.0/24", i + 1)})
+        };
+        let mut ipam = ipam;
+        ipam["dataDir"] = self
+            .data
+            .path()
+            .join(format!("node{i}"))
+            .display()
+            .to_string()
+            .into();
+        json!({"cniVersion": "1.1.0", "name": "ipv", "type": "scrambler-cni",
+               "backend": "ipvlan", "master": "ul0", "mode": mode, "ipam": ipam})
+    }
+
+    fn inv(&self, cmd: &str, i: usize) -> Invocation {
+        Invocation::new(cmd, &format!("ctr{i}"), &self.pods[i].path(), "eth0")
+    }
+
+    fn run(&self, i: usize, inv: &Invocation, conf: &Value) -> CniOut {
+        let path = format!("{}:{DEBIAN_CNI}", self.cni_path.path().display());
+        run_plugin(&self.nodes[i].name, Path::new(BIN), inv, &path, conf)
+    }
+
+    fn leases(&self, i: usize) -> Vec<String> {
+        let dir = self.data.path().join(format!("node{i}")).join("ipv");
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return vec![];
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+}
+
+fn pod_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
+fn pods_reach_each_other(mode: &str) {
+    let lab = Lab::new();
+    if mode != "l2" {
+        for i in 0..2 {
+            let j = 1 - i;
+            lab.nodes[i].ip(&[
+                "route",
+                "add",
+                &format!("10.1.{}.0/24", j + 1),
+                "via",
+                &format!("192.0.2.{}", j + 1),
+            ]);
+        }
+    }
+    let mut results = Vec::new();
+    for i in 0..2 {
+        let conf = lab.conf(i, mode);
+        let out = lab.run(i, &lab.inv("ADD", i), &conf);
+        let r = out.expect_ok().json();
+        assert_eq!(r["interfaces"][0]["name"], "eth0", "{r}");
+        assert_eq!(r["interfaces"][0]["mtu"], 1500, "{r}");
+        lab.run(i, &lab.inv("CHECK", i), &with_prev(&conf, &r))
+            .expect_ok();
+        results.push(r);
+    }
+    let link = lab.pods[0].ip(&["-d", "link", "show", "eth0"]);
+    assert!(link.contains(&format!("mode {mode} bridge")), "{link}");
+    let (a, b) = (pod_ip(&results[0]), pod_ip(&results[1]));
+    assert!(lab.pods[0].ping(&b), "{mode}: pod {a} -> pod {b}");
+    assert!(lab.pods[1].ping(&a), "{mode}: pod {b} -> pod {a}");
+
+    // DEL twice, then DEL with the pod namespace gone: all succeed, leases released
+    for i in 0..2 {
+        let conf = lab.conf(i, mode);
+        lab.run(i, &lab.inv("DEL", i), &conf).expect_ok();
+        lab.run(i, &lab.inv("DEL", i), &conf).expect_ok();
+        assert!(lab.leases(i).is_empty(), "{:?}", lab.leases(i));
+    }
+    assert!(!lab.pods[0].ip(&["link"]).contains("eth0"));
+    lab.pods[1].delete();
+    lab.run(1, &lab.inv("DEL", 1), &lab.conf(1, mode))
+        .expect_ok();
+}
+
+#[test]
+fn vm_ipvlan_cni_l2_pods_reach_each_other() {
+    if needs_vm(FEATURES) {
+        return in_vm("vm_ipvlan_cni_l2_pods_reach_each_other");
+    }
+    pods_reach_each_other("l2");
+}
+
+#[test]
+fn vm_ipvlan_cni_l3_pods_reach_each_other() {
+    if needs_vm(FEATURES) {
+        return in_vm("vm_ipvlan_cni_l3_pods_reach_each_other");
+    }
+    pods_reach_each_other("l3");
+}
+
+#[test]
+fn vm_ipvlan_cni_l3s_pods_reach_each_other() {
+    if needs_vm(FEATURES) {
+        return in_vm("vm_ipvlan_cni_l3s_pods_reach_each_other");
+    }
+    pods_reach_each_other("l3s");
+}
+
+#[test]
+fn vm_ipvlan_cni_bad_master_and_l2_encrypt_fail_cleanly() {
+    if needs_vm(FEATURES) {
+        return in_vm("vm_ipvlan_cni_bad_master_and_l2_encrypt_fail_cleanly");
+    }
+    let lab = Lab::new();
+    let mut conf = lab.conf(0, "l3");
+    conf["master"] = "nope0".into();
+    let out = lab.run(0, &lab.inv("ADD", 0), &conf);
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert!(out.stdout.contains("nope0"), "{}", out.stdout);
+    assert!(
+        lab.leases(0).is_empty(),
+        "lease released: {:?}",
+        lab.leases(0)
+    );
+    assert!(!lab.pods[0].ip(&["link"]).contains("eth0"));
+
+    let mut conf = lab.conf(0, "l2");
+    conf["encrypt"] = true.into();
+    let out = lab.run(0, &lab.inv("ADD", 0), &conf);
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("l2 cannot be encrypted"),
+        "{}",
+        out.stdout
+    );
+
+    // no master: the default route's interface; CHECK against another mode fails
+    let mut conf = lab.conf(0, "l3s");
+    conf.as_object_mut().unwrap().remove("master");
+    let r = lab.run(0, &lab.inv("ADD", 0), &conf).expect_ok().json();
+    let mut other = conf.clone();
+    other["mode"] = "l3".into();
+    let out = lab.run(0, &lab.inv("CHECK", 0), &with_prev(&other, &r));
+    assert_eq!(out.code(), 103, "{}", out.stdout);
+    lab.run(0, &lab.inv("DEL", 0), &conf).expect_ok();
+}
