@@ -175,10 +175,18 @@ pub mod testing {
 
     impl Drop for TestNetns {
         fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
+            quiet_del(&self.name);
         }
+    }
+
+    /// `ip netns del NAME`, silently: a missing namespace is fine, and stray stderr would
+    /// garble libtest's result lines when tests run inside the VM.
+    fn quiet_del(name: &str) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 
     /// Joins two namespaces with a veth pair `a_if` (in `a`) – `b_if` (in `b`), both up.
