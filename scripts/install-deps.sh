@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  iproute2 iputils-ping tcpdump procps kmod cpio
+  iproute2 iputils-ping fping tcpdump procps kmod cpio xz-utils
   containernetworking-plugins          # host-local, bridge, portmap, tuning: real CNI peers
   podman runc                          # a real CNI client (podman's CNI backend)
   qemu-system-x86 linux-image-amd64 busybox-static   # Debian's stock kernel for ESP/ipvlan tests

@@ -334,7 +334,12 @@ async fn lab_run(name: &str, nodes: usize, pods: usize, no_inject: bool) -> Resu
         backend: "xfrm".into(),
     };
     let result = lab_tour(spec, no_inject).await;
+    let t = std::time::Instant::now();
     let removed = lab::down(name);
+    eprintln!(
+        "[lab] lab {name:?} down in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let pass = result?;
     removed?;
     println!("\nlab run: {}", if pass { "PASS" } else { "FAIL" });

@@ -3,7 +3,7 @@
 
 use super::cmd;
 use scrambler_core::{Error, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,26 +17,37 @@ pub struct Ping {
     pub to: IpAddr,
 }
 
-/// Runs every ping (one echo each, a retry on loss), `parallel` at a time; returns success per
-/// ping in order.
+/// Runs every ping: one `fping` per source pod probes all of its destinations at once (up
+/// to 3 echoes each, one answer suffices: the first packet of a flow may be spent resolving
+/// neighbours), `parallel` source pods at a time. Returns success per ping, in order.
 pub fn ping_all(pings: &[Ping], parallel: usize) -> Vec<bool> {
+    let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pings.iter().enumerate() {
+        by_source.entry(p.from.clone()).or_default().push(i);
+    }
+    let jobs: Vec<(String, Vec<usize>)> = by_source.into_iter().collect();
     let results = Arc::new(Mutex::new(vec![false; pings.len()]));
     let next = Arc::new(Mutex::new(0usize));
-    let pings = Arc::new(pings.to_vec());
+    let (jobs, pings) = (Arc::new(jobs), Arc::new(pings.to_vec()));
     let workers: Vec<_> = (0..parallel.max(1))
         .map(|_| {
-            let (results, next, pings) = (results.clone(), next.clone(), pings.clone());
+            let (results, next, jobs, pings) =
+                (results.clone(), next.clone(), jobs.clone(), pings.clone());
             std::thread::spawn(move || loop {
-                let i = {
+                let j = {
                     let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
-                    let i = *n;
                     *n += 1;
-                    i
+                    *n - 1
                 };
-                let Some(p) = pings.get(i) else { break };
-                // The first packet of a flow may be spent resolving neighbours: allow a retry.
-                let ok = (0..2).any(|_| ping_once(&p.from, p.to));
-                results.lock().unwrap_or_else(|e| e.into_inner())[i] = ok;
+                let Some((from, idx)) = jobs.get(j) else {
+                    break;
+                };
+                let targets: Vec<IpAddr> = idx.iter().map(|i| pings[*i].to).collect();
+                let answered = fping(from, &targets);
+                let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
+                for i in idx {
+                    r[*i] = answered.contains(&pings[*i].to);
+                }
             })
         })
         .collect();
@@ -47,10 +58,31 @@ pub fn ping_all(pings: &[Ping], parallel: usize) -> Vec<bool> {
     r
 }
 
-fn ping_once(from: &str, to: IpAddr) -> bool {
-    cmd::netns_exec(from, "ping", &["-c", "1", "-W", "2", "-q", &to.to_string()])
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+/// `fping -c 3` from a pod; the addresses that answered at least once.
+fn fping(from: &str, targets: &[IpAddr]) -> BTreeSet<IpAddr> {
+    let mut args: Vec<String> = ["-q", "-c", "3", "-p", "200", "-t", "1000"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(targets.iter().map(|t| t.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match cmd::netns_exec(from, "fping", &args) {
+        Ok(out) => parse_fping(&String::from_utf8_lossy(&out.stderr)),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// Parses `fping -q -c N` summaries (`10.244.2.2 : xmt/rcv/%loss = 3/3/0%, …`).
+pub fn parse_fping(text: &str) -> BTreeSet<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let (addr, rest) = l.split_once(" : ")?;
+            let counts = rest.split_once("= ")?.1;
+            let rcv: u32 = counts.split('/').nth(1)?.parse().ok()?;
+            let ip: IpAddr = addr.trim().parse().ok()?;
+            (rcv > 0).then_some(ip)
+        })
+        .collect()
 }
 
 /// A continuous ping (every `interval_ms`) from a pod, running until stopped.
@@ -169,6 +201,17 @@ pub fn parse_ping(text: &str, interval_ms: u64, label: &str) -> FlowReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fping_summaries_name_who_answered() {
+        let text = "10.244.2.2 : xmt/rcv/%loss = 3/3/0%, min/avg/max = 0.1/0.2/0.3\n\
+                    10.244.3.2 : xmt/rcv/%loss = 3/0/100%\n\
+                    10.244.3.3 : xmt/rcv/%loss = 3/1/66%, min/avg/max = 1/1/1\n";
+        let ok = parse_fping(text);
+        assert!(ok.contains(&"10.244.2.2".parse().unwrap()));
+        assert!(!ok.contains(&"10.244.3.2".parse().unwrap()));
+        assert!(ok.contains(&"10.244.3.3".parse().unwrap()));
+    }
 
     #[test]
     fn outage_is_the_longest_run_of_lost_echoes() {
