@@ -10,7 +10,7 @@
 //! | `mode` | `l2`, `l3`, `l3s` | `l2` |
 //! | `flag` | `bridge`, `private`, `vepa` | `bridge` |
 //! | `mtu` | pod MTU (≤ the master's) | the master's, minus ESP overhead with `encrypt` |
-//! | `encrypt` | pod traffic to other nodes goes through the node's xfrm mesh | `false` |
+//! | `encrypt` | pod traffic to other nodes goes through the node's xfrm mesh (l3/l3s only; see below) | `false` |
 //!
 //! ```json
 //! {"cniVersion": "1.1.0", "name": "pods", "type": "scrambler-cni", "backend": "ipvlan",
@@ -23,23 +23,35 @@
 //!
 //! # Which modes can be encrypted
 //!
-//! The xfrm mesh (scrambler-xfrm) encrypts what the node *routes* to another node's pod
-//! CIDR: its xfrm policies are looked up on the node's output/forward path.
+//! The xfrm mesh (scrambler-xfrm) encrypts what the node *routes* into its xfrm interface
+//! (routes to the other nodes' pod CIDRs, policies and SAs carrying the mesh's `if_id`).
 //!
-//! - **`l3`**: the master routes every packet of a slave with the node namespace's routing
-//!   table (`ip_route_output` + `ip_local_out` in the master's namespace), so packets to
-//!   other nodes' pod CIDRs meet the node's xfrm policies and leave as ESP. Inbound ESP is
-//!   decrypted by the node and the inner packet is handed to the slave owning the
-//!   address. Netfilter of the node does not see the pods' traffic.
-//! - **`l3s`**: as `l3`, and the traffic also passes the node's netfilter hooks
-//!   (conntrack, iptables), at some cost. Encryptable too.
 //! - **`l2`**: the slave's frames are switched by the ipvlan driver directly onto the
-//!   master's wire; they never enter the node's IP routing, so no xfrm policy ever
-//!   matches and they cannot be steered into ESP. `"encrypt": true` with `l2` is refused
-//!   (code 7) rather than silently sending cleartext.
+//!   master's wire; they never enter the node's IP routing, so they cannot be steered
+//!   into ESP. `"encrypt": true` with `l2` is refused (code 7) rather than silently
+//!   sending cleartext.
+//! - **`l3`**: the master routes every packet of a slave with the node namespace's routing
+//!   table (`ip_route_output_flow` + `ip_local_out` in the node namespace; netfilter
+//!   OUTPUT/POSTROUTING of the node apply), so packets to other nodes' pod CIDRs take the
+//!   mesh's routes into its xfrm interface. Note that the kernel does *no* xfrm policy
+//!   lookup for them on that route lookup (ipvlan's flow has no protocol), so only the
+//!   interface-based mesh (routes into the xfrm interface) can catch them, not plain
+//!   policy-based xfrm.
+//! - **`l3s`**: as `l3`, and inbound traffic also passes the node's netfilter hooks
+//!   (PREROUTING/INPUT via l3mdev). Same encryption path.
 //!
-//! The attachment itself does not program the mesh (the node agent does, with the pods'
-//! CIDRs per node); with `encrypt` it only picks an MTU that leaves room for ESP.
+//! With `encrypt` the attachment only picks an MTU that leaves room for ESP; the node
+//! agent programs the mesh. Inbound, ESP is decrypted on the xfrm interface (not on the
+//! master), so the ipvlan driver does not see the inner packet: the node must forward it
+//! to its pods through a node-side l3 slave of the master that routes the node's pod
+//! CIDR (`ip link add ipvl0 link eth0 type ipvlan mode l3; ip route add <pod cidr> dev
+//! ipvl0`, with forwarding on). That is the node agent's job too.
+//!
+//! **Known broken** (Debian 6.1 kernel, test `vm_ipvlan_l3_encrypted_…`, ignored): the
+//! pods' packets do get routed into the xfrm interface and nothing reaches the wire in
+//! cleartext (fail-closed), but the xfrm interface finds no SA bundle for them (tx carrier
+//! errors) and drops them, while node-originated traffic through the same mesh passes.
+//! So encrypted ipvlan pods cannot yet reach other nodes.
 #![warn(missing_docs)]
 
 pub mod attach;

@@ -85,7 +85,7 @@ impl Drop for Ns {
 struct Lab {
     nodes: Vec<Ns>,
     pods: Vec<Ns>,
-    _wire: Ns,
+    wire: Ns,
 }
 
 impl Lab {
@@ -108,11 +108,7 @@ impl Lab {
             nodes.push(n);
             pods.push(Ns::new(&format!("ivp{i}")));
         }
-        Lab {
-            nodes,
-            pods,
-            _wire: wire,
-        }
+        Lab { nodes, pods, wire }
     }
 
     fn req(&self, i: usize) -> AttachRequest {
@@ -386,4 +382,194 @@ async fn vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent() {
     // CHECK of a missing pod netns is code 3
     let e: Error = a.check(&node, &gone, &r).await.unwrap_err();
     assert_eq!(e.code(), 3, "{e}");
+}
+
+mod encrypted {
+    //! `"encrypt": true` in l3: the node's xfrm mesh (scrambler-xfrm) carries pod traffic
+    //! between nodes as ESP only.
+
+    use super::*;
+    use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId, Tunnel};
+    use scrambler_xfrm::{XfrmConfig, XfrmTunnel};
+    use std::io::{BufRead, BufReader, Read};
+
+    const FEATURES: &[Feature] = &[Feature::Ipvlan, Feature::Esp, Feature::XfrmInterface];
+
+    fn node(id: u32) -> Node {
+        Node {
+            name: format!("node{id}"),
+            id: NodeId::new(id).unwrap(),
+            underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
+            pod_cidrs: vec![format!("10.1.{id}.0/24").parse().unwrap()],
+        }
+    }
+
+    fn mesh(local: u32) -> Mesh {
+        Mesh {
+            local: node(local),
+            peers: vec![node(3 - local)],
+            keys: Keys::single(1),
+        }
+    }
+
+    fn sh(n: &Ns, script: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &n.name, "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// What a node has, for failure messages.
+    fn diag(n: &Ns) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &n.name, "sh", "-c"])
+            .arg(
+                "ip route; ip -s link show scrambler0; ip xfrm policy; ip -s xfrm state | head -40; \
+                 cat /proc/net/xfrm_stat | grep -v ' 0$'; nft list ruleset; \
+                 nstat -az 2>/dev/null | grep -v ' 0 ' | head -40",
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// tcpdump on the wire bridge until `finish`.
+    fn capture(wire: &Ns) -> std::process::Child {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &wire.name])
+            .args(["tcpdump", "-Z", "root", "-n", "-l", "-U", "-i", "br0", "ip"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump");
+        let stderr = child.stderr.take().unwrap();
+        for l in BufReader::new(stderr).lines() {
+            if l.unwrap_or_default().contains("listening on") {
+                break;
+            }
+        }
+        child
+    }
+
+    fn finish(mut child: std::process::Child) -> Vec<String> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Known broken (kept as the reproducer): on Debian's 6.1 kernel the pods' packets are
+    /// routed into the mesh's xfrm interface (nothing reaches the wire: fail-closed), but
+    /// the interface finds no SA bundle for them (tx carrier errors) and drops them, while
+    /// node-originated traffic through the same mesh passes (checked here as `node ping`).
+    #[ignore = "ipvlan-originated packets are dropped by the xfrm interface (no bundle); see docs"]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire() {
+        if needs_vm(FEATURES) {
+            return VM
+                .run("vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire")
+                .assert_success();
+        }
+        let lab = Lab::new();
+        let tunnel = XfrmTunnel::new(XfrmConfig {
+            guard_supernets: vec!["10.1.0.0/16".parse().unwrap()],
+            ..XfrmConfig::default()
+        })
+        .unwrap();
+        let secret = ClusterSecret::from_bytes(vec![0x42; 32]).unwrap();
+        let a = IpvlanAttach::new(IpvlanConfig {
+            network: "pods".into(),
+            master: Some("ul0".into()),
+            mode: Mode::L3,
+            encrypt: true,
+            ..Default::default()
+        })
+        .unwrap();
+        for i in 0..2 {
+            let id = i as u32 + 1;
+            let n = &lab.nodes[i];
+            tunnel
+                .reconcile(&n.netns(), &mesh(id), &secret)
+                .await
+                .unwrap();
+            // inbound: ESP is decrypted on the xfrm interface, not on ul0, so the node
+            // forwards the inner packet to its pods through a node-side l3 slave
+            n.ip(&[
+                "link", "add", "ipvl0", "link", "ul0", "type", "ipvlan", "mode", "l3",
+            ]);
+            n.ip(&["link", "set", "ipvl0", "up"]);
+            n.ip(&["route", "add", &format!("10.1.{id}.0/24"), "dev", "ipvl0"]);
+            sh(n, "sysctl -qw net.ipv4.ip_forward=1");
+            let r = a
+                .attach(
+                    &n.netns(),
+                    &lab.req(i),
+                    &addrs(&format!("10.1.{id}.2/24"), None),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                r.interfaces[0].mtu,
+                Some(scrambler_core::esp::pod_mtu(1500, true))
+            );
+        }
+        for i in 0..2 {
+            lab.nodes[i].ip(&[
+                "addr",
+                "add",
+                &format!("10.1.{}.1/32", i + 1),
+                "dev",
+                "ipvl0",
+            ]);
+        }
+        let node_ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.nodes[0].name,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-I",
+                "10.1.1.1",
+                "10.1.2.1",
+            ])
+            .output()
+            .unwrap();
+        let node_ping = format!(
+            "node ping: {:?} {}",
+            node_ping.status,
+            String::from_utf8_lossy(&node_ping.stdout)
+        );
+        let cap = capture(&lab.wire);
+        let there = lab.pods[0].ping("10.1.2.2");
+        let back = lab.pods[1].ping("10.1.1.2");
+        let lines = finish(cap);
+        assert!(
+            there && back,
+            "pings {there} {back}; {node_ping}; wire: {lines:#?}\nnode1: {}",
+            diag(&lab.nodes[0])
+        );
+        let clear: Vec<_> = lines.iter().filter(|l| l.contains(" 10.1.")).collect();
+        assert!(
+            clear.is_empty(),
+            "cleartext pod traffic on the wire: {clear:#?}"
+        );
+        let esp = lines.iter().filter(|l| l.contains("ESP")).count();
+        assert!(esp >= 8, "ESP on the wire: {lines:#?}");
+        for i in 0..2 {
+            tunnel.remove(&lab.nodes[i].netns()).await.unwrap();
+        }
+    }
 }
