@@ -27,3 +27,11 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
+
+# vpp-papi (PyPI) is a real client of VPP's binary API: the VPP crate cross-checks its
+# message encoding against it.
+if ! python3 -c 'import vpp_papi' >/dev/null 2>&1; then
+  echo "install-deps: installing vpp-papi==2.4.2"
+  python3 -m pip install --quiet vpp-papi==2.4.2 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages vpp-papi==2.4.2
+fi
