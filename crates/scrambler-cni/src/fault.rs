@@ -1,9 +1,21 @@
 //! Fault injection for tests: an invocation whose environment has `SCRAMBLER_FAULT=<stage>`
 //! fails at that stage, so tests can prove that a failed ADD leaves nothing behind.
-//! Honoured only in debug builds ([`crate::env::CniEnv::fault`] is always `None` in
-//! release builds).
+//! Honoured only in debug builds ([`requested`] is always `None` in release builds).
 
+use crate::env::CniEnv;
 use scrambler_core::{Error, Result};
+
+/// The environment variable naming the stage to fail at.
+pub const FAULT_VAR: &str = "SCRAMBLER_FAULT";
+
+/// The fault `env` asks for (`SCRAMBLER_FAULT`), in debug builds only.
+pub fn requested(env: &CniEnv) -> Option<&str> {
+    if cfg!(debug_assertions) {
+        env.var(FAULT_VAR)
+    } else {
+        None
+    }
+}
 
 /// Every stage at which a fault can be injected, in the order ADD passes them.
 pub const STAGES: &[&str] = &[

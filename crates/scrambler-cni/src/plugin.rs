@@ -45,8 +45,8 @@ pub async fn invoke(vars: Vec<(String, String)>, stdin: &[u8], host: &Netns) -> 
     let span = tracing::info_span!(
         "cni",
         cmd = command.as_str(),
-        container = %req.env.container_id,
-        ifname = %req.env.ifname,
+        container = req.env.container_id.as_deref().unwrap_or_default(),
+        ifname = req.env.ifname.as_deref().unwrap_or_default(),
         network = %req.conf.name
     );
     async move {
@@ -77,7 +77,7 @@ fn backend(req: &Request) -> Result<Box<dyn CniBackend>> {
     backend_for(
         &req.conf,
         &BackendOptions {
-            fault: req.env.fault.clone(),
+            fault: fault::requested(&req.env).map(str::to_string),
         },
     )
 }
@@ -108,7 +108,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
     let addrs = ipam.ipam().allocate(&alloc).await?;
     tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
 
-    let attached = match fault::inject(req.env.fault.as_deref(), "after-ipam") {
+    let attached = match fault::inject(fault::requested(&req.env), "after-ipam") {
         Ok(()) => backend.attach(host, &areq, &addrs).await,
         Err(e) => Err(e),
     };
@@ -123,7 +123,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
         result.dns = req.conf.dns.clone().unwrap_or_default();
     }
     let result = protocol::merge_prev(prev, result);
-    match fault::inject(req.env.fault.as_deref(), "before-result")
+    match fault::inject(fault::requested(&req.env), "before-result")
         .and_then(|()| result.to_json(req.version()))
     {
         Ok(v) => Ok(v),
@@ -183,7 +183,7 @@ fn check_leases(req: &Request, prev: &CniResult, leases: &[scrambler_core::Lease
     let pod_idx = prev
         .interfaces
         .iter()
-        .position(|i| i.name == req.env.ifname && i.sandbox == sandbox);
+        .position(|i| Some(i.name.as_str()) == req.env.ifname.as_deref() && i.sandbox == sandbox);
     let missing: Vec<String> = prev
         .ips
         .iter()

@@ -3,10 +3,13 @@
 //! the conf fields of chaining (`prevResult`) and GC (`cni.dev/valid-attachments`).
 
 use crate::env::{CniEnv, Command};
-use scrambler_core::result::{check_version, CURRENT_VERSION, SUPPORTED_VERSIONS};
+use scrambler_core::cni::{error_json, json_line};
+use scrambler_core::result::check_version;
 use scrambler_core::{AttachmentId, CniResult, Error, NetConf, Result};
 use serde_json::Value;
 use std::net::IpAddr;
+
+pub use scrambler_core::cni::{error_version, version_json as version_report};
 
 /// One parsed invocation.
 #[derive(Debug, Clone)]
@@ -37,9 +40,13 @@ impl Request {
         &self.conf.cni_version
     }
 
-    /// The attachment of this invocation.
+    /// The attachment of this invocation (empty id and ifname for the commands that have
+    /// none: VERSION, GC, STATUS).
     pub fn attachment(&self) -> AttachmentId {
-        AttachmentId::new(&self.env.container_id, &self.env.ifname)
+        AttachmentId::new(
+            self.env.container_id.as_deref().unwrap_or_default(),
+            self.env.ifname.as_deref().unwrap_or_default(),
+        )
     }
 }
 
@@ -63,47 +70,11 @@ impl Outcome {
 
     /// Failure with the CNI error object of `e`.
     pub fn error(e: &Error, version: &str) -> Self {
-        let obj = serde_json::to_value(e.to_cni(version)).unwrap_or_else(
-            |_| serde_json::json!({"cniVersion": version, "code": e.code(), "msg": e.to_string()}),
-        );
         Outcome {
-            stdout: json_line(&obj),
+            stdout: json_line(&error_json(e, version)),
             exit_code: 1,
         }
     }
-}
-
-fn json_line(v: &Value) -> Vec<u8> {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
-    b
-}
-
-/// The version report of `VERSION`, in the version the caller asked for when we speak it.
-pub fn version_report(stdin: &[u8]) -> Value {
-    let asked = serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| CURRENT_VERSION.to_string());
-    serde_json::json!({"cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS})
-}
-
-/// The version to write an error in: the conf's if we speak it, else the newest.
-pub fn error_version(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| CURRENT_VERSION.to_string())
 }
 
 /// The `prevResult` of a chained call, if any.
@@ -135,64 +106,20 @@ pub fn merge_prev(prev: Option<CniResult>, ours: CniResult) -> CniResult {
     merged
 }
 
-/// The attachments listed in a GC conf (`cni.dev/valid-attachments`, or the
-/// `cni.dev/attachments` spelling some runtimes also send). A GC conf without the list
-/// is refused rather than treated as "nothing is valid".
+/// The attachments listed in a GC conf (see [`scrambler_core::cni::valid_attachments`]:
+/// a GC conf without the list is refused rather than treated as "nothing is valid").
 pub fn valid_attachments(conf: &NetConf) -> Result<Vec<AttachmentId>> {
-    let list = conf
+    let extra: serde_json::Map<String, Value> = conf
         .extra
-        .get("cni.dev/valid-attachments")
-        .or_else(|| conf.extra.get("cni.dev/attachments"))
-        .ok_or_else(|| Error::config("GC without \"cni.dev/valid-attachments\""))?;
-    #[derive(serde::Deserialize)]
-    struct Att {
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
-    }
-    let atts: Vec<Att> = serde_json::from_value(list.clone())
-        .map_err(|e| Error::config(format!("cni.dev/valid-attachments: {e}")))?;
-    Ok(atts
-        .into_iter()
-        .map(|a| AttachmentId::new(a.container_id, a.ifname))
-        .collect())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    scrambler_core::cni::valid_attachments(&Value::Object(extra))
 }
 
-/// Addresses the runtime asks for: `CNI_ARGS` `IP=` (comma-separated), `args.cni.ips` and
-/// `runtimeConfig.ips`; prefix lengths are ignored.
+/// Addresses the runtime asks for (see [`scrambler_core::cni::requested_ips`]).
 pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    if let Some(v) = req.env.arg("IP") {
-        for s in v.split(',').filter(|s| !s.is_empty()) {
-            out.push(parse_ip("CNI_ARGS IP", s)?);
-        }
-    }
-    for (what, list) in [
-        ("args.cni.ips", req.raw.pointer("/args/cni/ips")),
-        ("runtimeConfig.ips", req.raw.pointer("/runtimeConfig/ips")),
-    ] {
-        let Some(list) = list else { continue };
-        let arr = list
-            .as_array()
-            .ok_or_else(|| Error::config(format!("{what} must be an array of addresses")))?;
-        for item in arr {
-            let s = item
-                .as_str()
-                .ok_or_else(|| Error::config(format!("{what}: {item} is not a string")))?;
-            out.push(parse_ip(what, s)?);
-        }
-    }
-    out.dedup();
-    Ok(out)
-}
-
-fn parse_ip(what: &str, s: &str) -> Result<IpAddr> {
-    s.split('/')
-        .next()
-        .unwrap_or(s)
-        .trim()
-        .parse()
-        .map_err(|_| Error::config(format!("{what}: invalid address {s:?}")))
+    scrambler_core::cni::requested_ips(&req.raw, &req.env)
 }
 
 /// Whether `command` needs a full conf on stdin (all but VERSION).

@@ -5,9 +5,11 @@
 //! traits each dataplane implements ([`Ipam`], [`Tunnel`], [`Attach`]), one [`Error`] type
 //! that maps to CNI error codes, network-namespace handling ([`Netns`]), and the key/SPI
 //! derivation ([`ClusterSecret`]) and ESP parameters ([`esp`]) that make the kernel and VPP
-//! dataplanes put the same ESP on the wire.
+//! dataplanes put the same ESP on the wire. The CNI protocol plumbing every plugin binary
+//! shares (command, `CNI_*` environment, `VERSION` answer, error object) is in [`cni`].
 #![warn(missing_docs)]
 
+pub mod cni;
 pub mod conf;
 pub mod error;
 pub mod esp;

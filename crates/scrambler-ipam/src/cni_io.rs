@@ -1,154 +1,24 @@
 //! The CNI protocol around a plugin, independent of what the plugin does: the `CNI_*`
 //! environment, `CNI_ARGS`, the conf on stdin, `VERSION` output, and printing a result or
-//! an error. Reusable by any Scrambler plugin binary.
+//! an error. The plugin-independent pieces live in [`scrambler_core::cni`] and are
+//! re-exported here; what is left is the conf-as-JSON side this plugin reads.
 
-use scrambler_core::result::{check_version, CURRENT_VERSION, SUPPORTED_VERSIONS};
-use scrambler_core::{AttachmentId, Error, Result};
+use scrambler_core::result::check_version;
+use scrambler_core::{Error, Result};
 use std::io::{Read, Write};
-use std::net::IpAddr;
-use std::path::PathBuf;
 
-/// A CNI command (`CNI_COMMAND`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// ADD.
-    Add,
-    /// DEL.
-    Del,
-    /// CHECK.
-    Check,
-    /// VERSION.
-    Version,
-    /// GC (CNI 1.1).
-    Gc,
-    /// STATUS (CNI 1.1).
-    Status,
-}
+pub use scrambler_core::cni::{
+    error_json, error_version, parse_cni_args, requested_ips, valid_attachments, version_json,
+    CniEnv, Command, EnvChecks,
+};
 
-impl Command {
-    /// Parses a `CNI_COMMAND` value.
-    pub fn parse(s: &str) -> Result<Command> {
-        Ok(match s {
-            "ADD" => Command::Add,
-            "DEL" => Command::Del,
-            "CHECK" => Command::Check,
-            "VERSION" => Command::Version,
-            "GC" => Command::Gc,
-            "STATUS" => Command::Status,
-            other => {
-                return Err(Error::InvalidEnvironment {
-                    var: "CNI_COMMAND".into(),
-                    reason: format!(
-                    "unknown command {other:?}: expected ADD, DEL, CHECK, VERSION, GC or STATUS"
-                ),
-                })
-            }
-        })
-    }
-
-    /// True for commands that act on one attachment (and so need
-    /// `CNI_CONTAINERID` and `CNI_IFNAME`).
-    pub fn is_per_attachment(self) -> bool {
-        matches!(self, Command::Add | Command::Del | Command::Check)
-    }
-}
-
-/// The `CNI_*` environment of one invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CniEnv {
-    /// `CNI_COMMAND`.
-    pub command: Command,
-    /// `CNI_CONTAINERID`.
-    pub container_id: Option<String>,
-    /// `CNI_NETNS`.
-    pub netns: Option<String>,
-    /// `CNI_IFNAME`.
-    pub ifname: Option<String>,
-    /// `CNI_ARGS`, split into key/value pairs.
-    pub args: Vec<(String, String)>,
-    /// `CNI_PATH`, split on `:`.
-    pub path: Vec<PathBuf>,
-}
-
-impl CniEnv {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<CniEnv> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// Reads the variables through `get` (tests, embedding). Checks what the spec requires
-    /// per command: `CNI_CONTAINERID` and `CNI_IFNAME` for ADD, DEL and CHECK,
-    /// `CNI_NETNS` for ADD and CHECK.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<CniEnv> {
-        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
-        let command =
-            Command::parse(&nonempty("CNI_COMMAND").ok_or_else(|| missing("CNI_COMMAND"))?)?;
-        let env = CniEnv {
-            command,
-            container_id: nonempty("CNI_CONTAINERID"),
-            netns: nonempty("CNI_NETNS"),
-            ifname: nonempty("CNI_IFNAME"),
-            args: parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?,
-            path: get("CNI_PATH")
-                .unwrap_or_default()
-                .split(':')
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-                .collect(),
-        };
-        if command.is_per_attachment() {
-            if env.container_id.is_none() {
-                return Err(missing("CNI_CONTAINERID"));
-            }
-            if env.ifname.is_none() {
-                return Err(missing("CNI_IFNAME"));
-            }
-        }
-        if matches!(command, Command::Add | Command::Check) && env.netns.is_none() {
-            return Err(missing("CNI_NETNS"));
-        }
-        Ok(env)
-    }
-
-    /// The attachment named by `CNI_CONTAINERID` / `CNI_IFNAME`.
-    pub fn attachment(&self) -> Result<AttachmentId> {
-        let id = self
-            .container_id
-            .clone()
-            .ok_or_else(|| missing("CNI_CONTAINERID"))?;
-        let ifname = self.ifname.clone().ok_or_else(|| missing("CNI_IFNAME"))?;
-        Ok(AttachmentId::new(id, ifname))
-    }
-
-    /// The value of `key` in `CNI_ARGS` (keys compare case-insensitively, like libcni).
-    pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn missing(var: &str) -> Error {
-    Error::InvalidEnvironment {
-        var: var.into(),
-        reason: "missing or empty".into(),
-    }
-}
-
-/// Splits `CNI_ARGS` (`K1=V1;K2=V2`) into pairs.
-pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
-    s.split(';')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| Error::InvalidEnvironment {
-                    var: "CNI_ARGS".into(),
-                    reason: format!("{kv:?} is not KEY=VALUE"),
-                })
-        })
-        .collect()
+/// Reads the `CNI_*` variables of the process environment, checking only that each
+/// command has the variables it needs ([`EnvChecks::Required`]). Variables that are not
+/// UTF-8 are skipped (none of the `CNI_*` ones can be).
+pub fn env_from_process() -> Result<CniEnv> {
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    CniEnv::from_vars_with(vars, EnvChecks::Required)
 }
 
 /// Reads all of stdin.
@@ -180,26 +50,6 @@ pub fn conf_version(conf: &serde_json::Value) -> Result<String> {
     Ok(v.to_string())
 }
 
-/// The version to write an error in: the conf's when it is usable, else ours.
-pub fn error_version(conf: Option<&serde_json::Value>) -> String {
-    conf.and_then(|c| conf_version(c).ok())
-        .unwrap_or_else(|| CURRENT_VERSION.to_string())
-}
-
-/// The `VERSION` command's answer for a caller that sent `conf` (may be empty).
-pub fn version_json(conf: &[u8]) -> serde_json::Value {
-    let asked = serde_json::from_slice::<serde_json::Value>(conf)
-        .ok()
-        .and_then(|c| {
-            c.get("cniVersion")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
-        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| CURRENT_VERSION.to_string());
-    serde_json::json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
-}
-
 /// The conf's `name` (required).
 pub fn network_name(conf: &serde_json::Value) -> Result<String> {
     conf.get("name")
@@ -209,94 +59,23 @@ pub fn network_name(conf: &serde_json::Value) -> Result<String> {
         .ok_or_else(|| Error::config("missing or empty field \"name\""))
 }
 
-/// Addresses the runtime asks for: `CNI_ARGS` `IP=` (comma-separated), `args.cni.ips`,
-/// and `runtimeConfig.ips` (the `ips` capability), in that order. Entries may carry a
-/// prefix length (`10.1.0.5/24`), which is ignored.
-pub fn requested_ips(conf: &serde_json::Value, env: &CniEnv) -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    if let Some(v) = env.arg("IP") {
-        for s in v.split(',').filter(|s| !s.is_empty()) {
-            push_new(&mut out, parse_requested("CNI_ARGS IP", s)?);
-        }
-    }
-    for (what, list) in [
-        ("args.cni.ips", conf.pointer("/args/cni/ips")),
-        ("runtimeConfig.ips", conf.pointer("/runtimeConfig/ips")),
-    ] {
-        let Some(list) = list else { continue };
-        let arr = list
-            .as_array()
-            .ok_or_else(|| Error::config(format!("{what} must be an array of addresses")))?;
-        for item in arr {
-            let s = item
-                .as_str()
-                .ok_or_else(|| Error::config(format!("{what}: {item} is not a string")))?;
-            push_new(&mut out, parse_requested(what, s)?);
-        }
-    }
-    Ok(out)
-}
-
-fn push_new(list: &mut Vec<IpAddr>, ip: IpAddr) {
-    if !list.contains(&ip) {
-        list.push(ip);
-    }
-}
-
-fn parse_requested(what: &str, s: &str) -> Result<IpAddr> {
-    let addr = s.split('/').next().unwrap_or(s).trim();
-    addr.parse()
-        .map_err(|_| Error::config(format!("{what}: invalid address {s:?}")))
-}
-
-/// The `cni.dev/valid-attachments` of a GC conf. Its absence is an error, not an empty
-/// list: GC against an empty list would release every lease.
-pub fn valid_attachments(conf: &serde_json::Value) -> Result<Vec<AttachmentId>> {
-    let list = conf
-        .get("cni.dev/valid-attachments")
-        .ok_or_else(|| Error::config("GC needs \"cni.dev/valid-attachments\" (it is missing)"))?;
-    #[derive(serde::Deserialize)]
-    struct Att {
-        #[serde(rename = "containerID")]
-        container_id: String,
-        ifname: String,
-    }
-    let atts: Vec<Att> = serde_json::from_value(list.clone())
-        .map_err(|e| Error::config(format!("cni.dev/valid-attachments: {e}")))?;
-    Ok(atts
-        .into_iter()
-        .map(|a| AttachmentId::new(a.container_id, a.ifname))
-        .collect())
-}
-
 /// Writes `value` and a newline to stdout.
 pub fn print_json(value: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value).map_err(|e| Error::io("write", "stdout", e.into()))?;
-    out.write_all(b"\n")
+    out.write_all(&scrambler_core::cni::json_line(value))
         .and_then(|()| out.flush())
         .map_err(|e| Error::io("write", "stdout", e))
-}
-
-/// The CNI error object of `err` as JSON.
-pub fn error_json(err: &Error, version: &str) -> serde_json::Value {
-    serde_json::to_value(err.to_cni(version)).unwrap_or_else(
-        |_| serde_json::json!({"cniVersion": version, "code": err.code(), "msg": err.to_string()}),
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scrambler_core::result::CURRENT_VERSION;
+    use scrambler_core::AttachmentId;
     use serde_json::json;
-    use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Result<CniEnv> {
-        let m: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        CniEnv::from_lookup(|k| m.get(k).cloned())
+        CniEnv::from_vars_with(vars.iter().copied(), EnvChecks::Required)
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
     init_logging();
     let (input, outcome) = match cni_io::read_stdin() {
         Ok(input) => {
-            let outcome = CniEnv::from_env().and_then(|env| run(&env, &input));
+            let outcome = cni_io::env_from_process().and_then(|env| run(&env, &input));
             (input, outcome)
         }
         Err(e) => (Vec::new(), Err(e)),
@@ -91,8 +91,7 @@ pub fn main() -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         },
         Err(err) => {
-            let conf = cni_io::parse_conf(&input).ok();
-            let version = cni_io::error_version(conf.as_ref());
+            let version = cni_io::error_version(&input);
             tracing::debug!(error = %err, "failed");
             let _ = cni_io::print_json(&cni_io::error_json(&err, &version));
             ExitCode::FAILURE
