@@ -301,8 +301,9 @@ fn status_reports_ipam_and_mesh() {
     assert_eq!(node.ours(&st, &c).code(), 51);
     std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
     node.ours(&st, &c).expect_ok();
+    // A backend that is not built yet cannot serve ADD.
     let mut c = conf.clone();
-    c["backend"] = json!("ipvlan");
+    c["backend"] = json!("vpp");
     assert_eq!(node.ours(&st, &c).code(), 50);
 }
 
