@@ -40,18 +40,23 @@
 //! - **`l3s`**: as `l3`, and inbound traffic also passes the node's netfilter hooks
 //!   (PREROUTING/INPUT via l3mdev). Same encryption path.
 //!
-//! With `encrypt` the attachment only picks an MTU that leaves room for ESP; the node
-//! agent programs the mesh. Inbound, ESP is decrypted on the xfrm interface (not on the
-//! master), so the ipvlan driver does not see the inner packet: the node must forward it
-//! to its pods through a node-side l3 slave of the master that routes the node's pod
-//! CIDR (`ip link add ipvl0 link eth0 type ipvlan mode l3; ip route add <pod cidr> dev
-//! ipvl0`, with forwarding on). That is the node agent's job too.
+//! With `encrypt` the attachment only picks an MTU that leaves room for ESP; the mesh and
+//! the node setup below are the node agent's job (tested end to end in
+//! `tests/vm.rs`, `vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire`: ESP only
+//! on the wire, Debian's 6.1 kernel):
 //!
-//! **Known broken** (Debian 6.1 kernel, test `vm_ipvlan_l3_encrypted_…`, ignored): the
-//! pods' packets do get routed into the xfrm interface and nothing reaches the wire in
-//! cleartext (fail-closed), but the xfrm interface finds no SA bundle for them (tx carrier
-//! errors) and drops them, while node-originated traffic through the same mesh passes.
-//! So encrypted ipvlan pods cannot yet reach other nodes.
+//! 1. **Re-route outbound pod traffic.** ipvlan's own route lookup is bound to the master;
+//!    the packet does land in the mesh's xfrm interface, but that interface then finds no
+//!    SA bundle for it and drops it (tx carrier errors; fail-closed: nothing reaches the
+//!    wire). A mark set in a netfilter `route` chain makes the node re-route the packet
+//!    (`ip_route_me_harder`), after which the xfrm interface encrypts it:
+//!    `nft add chain ip scrambler-ipvlan out '{ type route hook output priority mangle; }'`,
+//!    `nft add rule ip scrambler-ipvlan out ip saddr <cluster cidr> ip daddr <cluster cidr> meta mark set 0x5c`.
+//! 2. **A node-side l3 slave for inbound.** ESP is decrypted on the xfrm interface, not on
+//!    the master, so the ipvlan driver never sees the inner packet; the node forwards it
+//!    to its pods through a slave of its own:
+//!    `ip link add ipvl0 link <master> type ipvlan mode l3`, `ip route add <node pod cidr>
+//!    dev ipvl0`, `net.ipv4.ip_forward=1`.
 #![warn(missing_docs)]
 
 pub mod attach;
