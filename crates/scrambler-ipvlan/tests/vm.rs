@@ -507,15 +507,6 @@ mod encrypted {
             n.ip(&["link", "set", "ipvl0", "up"]);
             n.ip(&["route", "add", &format!("10.1.{id}.0/24"), "dev", "ipvl0"]);
             sh(n, "sysctl -qw net.ipv4.ip_forward=1");
-            // outbound: without a re-route the xfrm interface drops the pods' packets
-            // (no bundle for the dst ipvlan's master-bound lookup made); a mark set in a
-            // netfilter `route` chain makes the node re-route them (ip_route_me_harder)
-            sh(
-                n,
-                "nft add table ip scrambler-ipvlan && \
-                 nft add chain ip scrambler-ipvlan out '{ type route hook output priority mangle; }' && \
-                 nft add rule ip scrambler-ipvlan out ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 meta mark set 0x5c",
-            );
             let r = a
                 .attach(
                     &n.netns(),
@@ -527,6 +518,28 @@ mod encrypted {
             assert_eq!(
                 r.interfaces[0].mtu,
                 Some(scrambler_core::esp::pod_mtu(1500, true))
+            );
+        }
+        // without the re-route: dropped, never cleartext on the wire
+        let cap = capture(&lab.wire);
+        assert!(
+            !lab.pods[0].ping("10.1.2.2"),
+            "expected drop without re-route"
+        );
+        let lines = finish(cap);
+        assert!(
+            !lines.iter().any(|l| l.contains(" 10.1.")),
+            "cleartext without re-route: {lines:#?}"
+        );
+        for n in &lab.nodes {
+            // outbound: without a re-route the xfrm interface drops the pods' packets
+            // (no bundle for the dst ipvlan's master-bound lookup made); a mark set in a
+            // netfilter `route` chain makes the node re-route them (ip_route_me_harder)
+            sh(
+                n,
+                "nft add table ip scrambler-ipvlan && \
+                 nft add chain ip scrambler-ipvlan out '{ type route hook output priority mangle; }' && \
+                 nft add rule ip scrambler-ipvlan out ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 meta mark set 0x5c",
             );
         }
         for i in 0..2 {
