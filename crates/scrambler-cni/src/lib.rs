@@ -8,7 +8,8 @@
 //! with the backend's [`scrambler_core::Attach`].
 //!
 //! Backends: `xfrm` is a routed veth pair ([`veth`]; the node's xfrm mesh encrypts what
-//! it routes). `ipvlan` and `vpp` are recognised but not built into this plugin yet.
+//! it routes), `ipvlan` (scrambler-ipvlan's `IpvlanAttach`); `vpp` is recognised but not built
+//! into this plugin yet.
 //!
 //! Conf fields besides the standard ones: `backend` (required), `mtu` (default: the
 //! node's default-route MTU minus ESP overhead), `logFile` / `logLevel`, and

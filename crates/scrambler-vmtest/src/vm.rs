@@ -317,8 +317,10 @@ impl VmTest {
 
     /// The guest test process's whole environment.
     fn guest_env(&self) -> Vec<(String, String)> {
+        // Only names a shell can export pass (cargo sets e.g. `CARGO_BIN_EXE_scrambler-cni`).
         let mut env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| PASSED_ENV_PREFIXES.iter().any(|p| k.starts_with(p)))
+            .filter(|(k, _)| k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             .collect();
         if !env.iter().any(|(k, _)| k == "RUST_BACKTRACE") {
             env.push(("RUST_BACKTRACE".into(), "1".into()));
