@@ -53,16 +53,12 @@ pub fn netns_exec(netns: &str, prog: &str, args: &[&str]) -> Result<Output> {
     output(ip_bin(), &v)
 }
 
-/// Writes a sysctl inside a namespace (`/proc/sys/...` as seen from there).
+/// Writes a sysctl inside a namespace: `/proc/sys/net` shows the namespace of the thread
+/// that opens it, so the write happens on a thread that entered it.
 pub fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let out = netns_exec(netns, "sh", &["-c", &format!("echo {value} > {path}")])?;
-    if !out.status.success() {
-        return Err(Error::kernel(
-            "set sysctl",
-            format!("{key} in {netns}"),
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ));
-    }
-    Ok(())
+    let value = value.to_string();
+    let object = format!("{key} in {netns}");
+    scrambler_core::Netns::named(netns)
+        .run(move || std::fs::write(&path, value).map_err(|e| Error::io("set sysctl", object, e)))
 }
