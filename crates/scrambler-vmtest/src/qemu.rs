@@ -27,6 +27,8 @@ pub(crate) struct Boot<'a> {
     /// The initramfs, an open (possibly unlinked) file inherited by qemu.
     pub initrd: &'a std::fs::File,
     pub nonce: &'a str,
+    /// A unix socket (qemu listens) behind a second serial port, the guest's ttyS1.
+    pub serial_socket: Option<&'a Path>,
 }
 
 /// What a boot produced.
@@ -107,6 +109,10 @@ impl Qemu {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(sock) = b.serial_socket {
+            cmd.arg("-serial")
+                .arg(format!("unix:{},server=on,wait=off", sock.display()));
+        }
         // SAFETY: prctl and fcntl are async-signal-safe syscalls; the closure allocates
         // nothing, and the initramfs fd stays open in the parent until qemu has exited.
         unsafe {

@@ -43,6 +43,7 @@ pub struct VmTest {
     cpus: Option<u32>,
     /// A whole command line to run instead of a test binary with a filter.
     command: Option<Vec<String>>,
+    serial_socket: Option<PathBuf>,
 }
 
 impl VmTest {
@@ -73,7 +74,15 @@ impl VmTest {
             memory_mb: None,
             cpus: None,
             command: None,
+            serial_socket: None,
         }
+    }
+
+    /// A second serial port (the guest's `/dev/ttyS1`) behind a unix socket on the host
+    /// that qemu listens on: a channel between a host program and a guest agent.
+    pub fn with_serial_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.serial_socket = Some(path.into());
+        self
     }
 
     /// Runs exactly the test that calls this (libtest names each test's thread after
@@ -226,6 +235,7 @@ impl VmTest {
                 kernel: kernel_image,
                 initrd: &initrd,
                 nonce: &plan.nonce,
+                serial_socket: self.serial_socket.as_deref(),
             })
         };
         let mut result = boot(&boot_image)?;

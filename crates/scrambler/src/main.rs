@@ -161,6 +161,19 @@ enum LabCmd {
         #[command(flatten)]
         lab: LabName,
     },
+    /// (internal) Hold the lab's VM on a kernel without ESP, from `lab up` to `lab down`.
+    #[command(hide = true)]
+    VmServe {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// (internal) In the lab's VM: run the lab commands sent by the host.
+    #[command(hide = true)]
+    VmAgent {
+        /// The serial port to serve.
+        #[arg(long)]
+        port: PathBuf,
+    },
     /// up, test, every failure with a test after it, down: the whole tour in one command.
     Run {
         #[command(flatten)]
@@ -255,9 +268,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
-    let one_shot = matches!(cmd, LabCmd::Run { .. });
-    if let Some(code) = lab::vm::delegate_if_needed(one_shot)? {
-        return Ok(code);
+    match &cmd {
+        LabCmd::VmServe { lab } => {
+            return lab::session::serve(&lab.name, &lab::pods::find_cni_binary()?)
+        }
+        LabCmd::VmAgent { port } => return lab::session::agent(port),
+        _ => {}
+    }
+    if !lab::vm::runs_natively() {
+        return lab_in_vm(cmd);
     }
     match cmd {
         LabCmd::Up {
@@ -321,8 +340,59 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
             pods,
             no_inject,
         } => return lab_run(&lab.name, nodes, pods, no_inject).await,
+        LabCmd::VmServe { .. } | LabCmd::VmAgent { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// On a kernel without ESP: `lab run` in a VM of its own; the single steps in the lab's
+/// VM, which `lab up` boots and `lab down` powers off.
+fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
+    use lab::session;
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let name = match &cmd {
+        LabCmd::Run { .. } => return lab::vm::run_once(),
+        LabCmd::Up { lab, .. }
+        | LabCmd::Test { lab, .. }
+        | LabCmd::Inject { lab, .. }
+        | LabCmd::Status { lab }
+        | LabCmd::Down { lab }
+        | LabCmd::VmServe { lab } => lab.name.clone(),
+        LabCmd::VmAgent { .. } => return Err(Error::config("vm-agent runs inside the lab VM")),
+    };
+    match cmd {
+        LabCmd::Up { .. } => {
+            if session::running(&name) {
+                return Err(Error::AlreadyExists {
+                    object: format!("lab {name:?}"),
+                    reason: "run `scrambler lab down` first".into(),
+                });
+            }
+            eprintln!("[lab] this kernel lacks ESP/xfrm interfaces: the lab runs in Debian's stock kernel under qemu");
+            session::start(&name)?;
+            let code = session::forward(&name, &argv)?;
+            Ok(code)
+        }
+        LabCmd::Down { .. } if !session::running(&name) => {
+            println!("lab {name:?} is not up");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Down { .. } => {
+            let code = session::forward(&name, &argv)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while session::running(&name) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if !session::running(&name) {
+                session::forget(&name);
+            }
+            Ok(code)
+        }
+        _ if !session::running(&name) => Err(Error::config(format!(
+            "no lab named {name:?} is up (run `scrambler lab up`)"
+        ))),
+        _ => session::forward(&name, &argv),
+    }
 }
 
 /// The whole tour; always takes the lab down, even on failure.

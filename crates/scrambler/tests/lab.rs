@@ -49,17 +49,52 @@ fn lab_run_tour_passes_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn single_step_lab_commands_explain_themselves_without_esp() {
-    if scrambler::lab::vm::runs_natively() {
-        return; // on a kernel with ESP these commands run for real
+fn lab_steps_up_test_status_inject_down() {
+    // On a kernel without ESP the steps share one VM that `up` boots and `down` stops.
+    let lab = format!("scrs{}", std::process::id() % 10000);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
+            .args(args)
+            .args(["--name", &lab])
+            .output()
+            .expect("run scrambler");
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, up) = run(&["lab", "up", "--nodes", "2", "--pods", "1"]);
+    let result = std::panic::catch_unwind(|| {
+        assert!(ok, "lab up failed:\n{up}");
+        let (ok, test) = run(&["lab", "test"]);
+        assert!(ok && test.contains("verdict: PASS"), "{test}");
+        let (ok, status) = run(&["lab", "status"]);
+        assert!(ok && status.contains(" up "), "{status}");
+        let (ok, inj) = run(&["lab", "inject", "rotate", "--hold-ms", "200"]);
+        assert!(ok && inj.contains("0 cleartext packets"), "{inj}");
+        let (again, _) = run(&["lab", "up", "--nodes", "2"]);
+        assert!(!again, "a second lab up of the same lab must be refused");
+    });
+    let (down_ok, down) = run(&["lab", "down"]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
-        .args(["lab", "up", "--name", "scrnoesp"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("lab run"), "{err}");
+    assert!(down_ok, "{down}");
+    let left = std::fs::read_dir("/run/scrambler-lab")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|f| f.starts_with(&lab)),
+        "left behind: {left:?}"
+    );
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("{lab}-")));
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod inject;
 pub mod pods;
 pub mod probe;
+pub mod session;
 pub mod topology;
 pub mod vm;
 

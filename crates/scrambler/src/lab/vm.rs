@@ -7,9 +7,8 @@
 //! binaries run there — and runs the same command line inside; its output streams to this
 //! terminal and its exit status becomes ours.
 //!
-//! A VM lives only as long as one command, so the separate `lab up` / `lab test` /
-//! `lab inject` / `lab down` steps need a kernel with ESP; on one without, they say so and
-//! point at `lab run`, which does the whole tour in one boot.
+//! The single steps (`lab up`, `lab test`, `lab inject`, `lab status`, `lab down`) share
+//! one VM that lives from `up` to `down` (see [`super::session`]).
 
 use scrambler_core::{Error, Result};
 use scrambler_vmtest::{in_vm, kernel_has, Feature, VmStatus, VmTest};
@@ -24,19 +23,9 @@ pub fn runs_natively() -> bool {
     in_vm() || NEEDED.iter().all(|f| kernel_has(*f))
 }
 
-/// When this kernel cannot run the lab: runs `lab run` inside the VM and returns its exit
-/// code, or refuses the single-step commands with a clear error. `None` means: run here.
-pub fn delegate_if_needed(one_shot: bool) -> Result<Option<ExitCode>> {
-    if runs_natively() {
-        return Ok(None);
-    }
-    if !one_shot {
-        return Err(Error::Unsupported(
-            "this kernel has no ESP (esp4) or xfrm interfaces, so the lab runs in a VM; a VM \
-             lasts one command: use `scrambler lab run` (up, test, failures, down in one boot)"
-                .into(),
-        ));
-    }
+/// Runs this `scrambler lab run …` command line inside the VM (one boot for the whole
+/// tour) and returns its exit status.
+pub fn run_once() -> Result<ExitCode> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
     let cni = super::pods::find_cni_binary()?;
     let mut argv: Vec<String> = vec![exe.display().to_string()];
@@ -59,8 +48,8 @@ pub fn delegate_if_needed(one_shot: bool) -> Result<Option<ExitCode>> {
         .memory_mb(2048)
         .run();
     match outcome.status {
-        VmStatus::Exited(0) => Ok(Some(ExitCode::SUCCESS)),
-        VmStatus::Exited(n) => Ok(Some(ExitCode::from(u8::try_from(n).unwrap_or(1).max(1)))),
+        VmStatus::Exited(0) => Ok(ExitCode::SUCCESS),
+        VmStatus::Exited(n) => Ok(ExitCode::from(u8::try_from(n).unwrap_or(1).max(1))),
         other => Err(Error::Dataplane {
             dataplane: "lab VM".into(),
             op: "run the lab".into(),

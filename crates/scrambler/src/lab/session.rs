@@ -1,0 +1,251 @@
+//! A lab VM that outlives one command, so `lab up`, `lab test`, `lab inject`, `lab status`
+//! and `lab down` work step by step on a kernel without ESP too.
+//!
+//! `lab up` starts a detached `scrambler lab vm-serve`, which boots the stock kernel with
+//! a second serial port (the guest's `/dev/ttyS1`) behind the unix socket
+//! `/run/scrambler-lab/<name>.vm.sock`. In the guest, `scrambler lab vm-agent` reads
+//! requests from that port — one JSON line `{"id", "argv"}` each — runs `scrambler <argv>`
+//! there and answers with its output lines, `<id> 1 <line>` (stdout) or `<id> 2 <line>`
+//! (stderr), then `<id> X <exit status>`. Each later `scrambler lab …` on the host sends
+//! its own command line over the socket and prints the answer as if it had run here.
+//! After `lab down` the agent stops, the guest powers off, and the daemon removes the
+//! socket.
+
+use super::LAB_ROOT;
+use scrambler_core::{Error, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The control socket of lab `name`'s VM.
+pub fn socket(name: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(format!("{name}.vm.sock"))
+}
+
+/// True when a VM of lab `name` is running.
+pub fn running(name: &str) -> bool {
+    socket(name).exists()
+}
+
+/// Removes what a finished lab VM left on the host (its log).
+pub fn forget(name: &str) {
+    let _ = std::fs::remove_file(Path::new(LAB_ROOT).join(format!("{name}.vm.log")));
+}
+
+/// Starts the VM daemon of lab `name` and waits until its agent answers.
+pub fn start(name: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(LAB_ROOT).map_err(|e| Error::io("create", LAB_ROOT, e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
+    let log_path = Path::new(LAB_ROOT).join(format!("{name}.vm.log"));
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| Error::io("create", log_path.display(), e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("dup", log_path.display(), e))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["lab", "vm-serve", "--name", name])
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid is async-signal-safe; the daemon must not die with this terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| Error::io("start lab VM daemon", name, e))?;
+    eprintln!("[lab] booting the lab VM (log: {})", log_path.display());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if running(name) {
+            if let Ok(code) = request(
+                name,
+                &["--version".to_string()],
+                Duration::from_secs(3),
+                false,
+            ) {
+                if code == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(Error::TryAgainLater(format!(
+        "the lab VM did not answer within 300 s; see {}",
+        log_path.display()
+    )))
+}
+
+/// Runs `scrambler <argv>` in lab `name`'s VM, printing its output here; returns its exit
+/// status.
+pub fn forward(name: &str, argv: &[String]) -> Result<ExitCode> {
+    let code = request(name, argv, Duration::from_secs(3600), true)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn request(name: &str, argv: &[String], timeout: Duration, print: bool) -> Result<i32> {
+    let sock = socket(name);
+    let mut stream = UnixStream::connect(&sock)
+        .map_err(|e| Error::io("connect to lab VM", sock.display(), e))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| Error::io("configure", sock.display(), e))?;
+    let id = format!(
+        "{:x}",
+        std::process::id() as u64 * 1_000_003 + Instant::now().elapsed().as_nanos() as u64
+    );
+    let line = serde_json::json!({"id": id, "argv": argv}).to_string();
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| Error::io("send to lab VM", sock.display(), e))?;
+    let reader = BufReader::new(stream);
+    for l in reader.lines() {
+        let l = l.map_err(|e| Error::io("read from lab VM", sock.display(), e))?;
+        let l = l.trim_end_matches('\r');
+        let mut parts = l.splitn(3, ' ');
+        if parts.next() != Some(id.as_str()) {
+            continue; // an answer to an earlier request, or console noise
+        }
+        let (kind, text) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        match kind {
+            "1" if print => println!("{text}"),
+            "2" if print => eprintln!("{text}"),
+            "X" => {
+                return text
+                    .trim()
+                    .parse()
+                    .map_err(|e| Error::decode("exit status", e))
+            }
+            _ => {}
+        }
+    }
+    Err(Error::Dataplane {
+        dataplane: "lab VM".into(),
+        op: format!("run {}", argv.join(" ")),
+        reason: "the VM closed the channel".into(),
+    })
+}
+
+/// The daemon: boots the VM with the agent and the control socket; returns when the VM
+/// powers off (after `lab down`).
+pub fn serve(name: &str, cni: &Path) -> Result<ExitCode> {
+    let sock = socket(name);
+    let _ = std::fs::remove_file(&sock);
+    let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
+    let argv = vec![
+        exe.display().to_string(),
+        "lab".into(),
+        "vm-agent".into(),
+        "--port".into(),
+        "/dev/ttyS1".into(),
+    ];
+    let outcome = scrambler_vmtest::VmTest::command(format!("lab {name} VM"), argv)
+        .with_serial_socket(&sock)
+        .with_env("SCRAMBLER_CNI", cni.display().to_string())
+        .timeout(Duration::from_secs(24 * 3600))
+        .memory_mb(2048)
+        .run();
+    let _ = std::fs::remove_file(&sock);
+    eprintln!("lab VM ended: {}", outcome.status);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The guest agent: serves requests on `port` until a `lab down` has run.
+pub fn agent(port: &Path) -> Result<ExitCode> {
+    let st = std::process::Command::new("stty")
+        .arg("-F")
+        .arg(port)
+        .args(["raw", "-echo"])
+        .status()
+        .map_err(|e| Error::io("run stty on", port.display(), e))?;
+    if !st.success() {
+        return Err(Error::io(
+            "configure",
+            port.display(),
+            std::io::Error::other("stty failed"),
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(port)
+        .map_err(|e| Error::io("open", port.display(), e))?;
+    let mut out = file
+        .try_clone()
+        .map_err(|e| Error::io("dup", port.display(), e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
+    for line in BufReader::new(file).lines() {
+        let Ok(line) = line else { continue };
+        let Ok(req) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+            continue;
+        };
+        let id = req["id"].as_str().unwrap_or("0").to_string();
+        let argv: Vec<String> = req["argv"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let code = run_streaming(&exe, &argv, &id, &mut out);
+        let _ = writeln!(out, "{id} X {code}");
+        let _ = out.flush();
+        if argv.first().map(String::as_str) == Some("lab")
+            && argv.get(1).map(String::as_str) == Some("down")
+        {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_streaming(exe: &Path, argv: &[String], id: &str, out: &mut std::fs::File) -> i32 {
+    use std::process::Stdio;
+    let child = std::process::Command::new(exe)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(out, "{id} 2 scrambler: {e}");
+            return 127;
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<(char, String)>();
+    let mut readers = vec![];
+    if let Some(so) = child.stdout.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for l in BufReader::new(so).lines().map_while(|l| l.ok()) {
+                let _ = tx.send(('1', l));
+            }
+        }));
+    }
+    if let Some(se) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for l in BufReader::new(se).lines().map_while(|l| l.ok()) {
+                let _ = tx.send(('2', l));
+            }
+        }));
+    }
+    drop(tx);
+    for (k, l) in rx {
+        let _ = writeln!(out, "{id} {k} {l}");
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    child.wait().ok().and_then(|s| s.code()).unwrap_or(1)
+}
