@@ -24,7 +24,7 @@
 //! the pod's addresses and routes. That is how a failed ADD is undone and how DEL works.
 
 use crate::fault;
-use crate::netlink::{LinkState, Nl, RouteState, VethSpec};
+use crate::netlink::{add_address, add_route, create_veth, LinkState, Nl, RouteState, VethSpec};
 use crate::sysctl;
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -163,7 +163,8 @@ impl VethAttach {
 
         // node side: gateway addresses, forwarding, link up
         if has_v4 {
-            host.add_address(
+            add_address(
+                host,
                 host_link.index,
                 &host_name,
                 IpNet::from(IpAddr::V4(GATEWAY_V4)),
@@ -175,8 +176,7 @@ impl VethAttach {
         if has_v6 {
             let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64)
                 .map_err(|e| Error::config(format!("gateway: {e}")))?;
-            host.add_address(host_link.index, &host_name, gw6, true)
-                .await?;
+            add_address(host, host_link.index, &host_name, gw6, true).await?;
             sysctl::ensure(host.netns(), "net/ipv6/conf/all/forwarding", "1").await?;
         }
         host.set_up(host_link.index, &host_name).await?;
@@ -185,8 +185,7 @@ impl VethAttach {
         let mut ips = Vec::new();
         for ipc in &addrs.ips {
             let addr = IpNet::from(ipc.address.addr());
-            pod.add_address(pod_link.index, &req.id.ifname, addr, false)
-                .await?;
+            add_address(pod, pod_link.index, &req.id.ifname, addr, false).await?;
             ips.push(IpConfig {
                 address: addr,
                 gateway: Some(gateway_for(addr.addr())),
@@ -200,7 +199,8 @@ impl VethAttach {
         // pod routes via the gateway
         let routes = pod_routes(addrs);
         if has_v4 {
-            pod.add_route(
+            add_route(
+                pod,
                 IpNet::from(IpAddr::V4(GATEWAY_V4)),
                 None,
                 pod_link.index,
@@ -209,15 +209,14 @@ impl VethAttach {
             .await?;
         }
         for r in &routes {
-            pod.add_route(r.dst, r.gw, pod_link.index, r.mtu).await?;
+            add_route(pod, r.dst, r.gw, pod_link.index, r.mtu).await?;
         }
         tracing::debug!(stage = "pod routes set");
         self.fault("after-pod-routes")?;
 
         // node routes to the pod
         for ipc in &ips {
-            host.add_route(ipc.address, None, host_link.index, None)
-                .await?;
+            add_route(host, ipc.address, None, host_link.index, None).await?;
         }
         self.fault("after-host-route")?;
 
@@ -362,14 +361,16 @@ impl Attach for VethAttach {
         }
         tracing::debug!(stage = "netlink open, names free");
         let mtu = self.pod_mtu(&host_nl, req.mtu).await?;
-        host_nl
-            .create_veth(&VethSpec {
+        create_veth(
+            &host_nl,
+            &VethSpec {
                 name: &host_name,
                 peer_name: &req.id.ifname,
                 peer_netns_fd: pod_file.as_raw_fd(),
                 mtu,
-            })
-            .await?;
+            },
+        )
+        .await?;
         drop(pod_file);
         match self.attach_inner(&host_nl, &pod_nl, req, addrs, mtu).await {
             Ok(r) => {

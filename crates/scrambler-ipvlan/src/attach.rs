@@ -16,7 +16,7 @@
 //! All-or-nothing: everything hangs off the slave, so deleting it undoes a failed ADD.
 
 use crate::config::{IpvlanConfig, Mode};
-use crate::netlink::{IpvlanSpec, LinkState, Nl, RouteState};
+use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use scrambler_core::{
@@ -169,7 +169,8 @@ impl IpvlanAttach {
             .await?;
         let mut ips = Vec::new();
         for ipc in &addrs.ips {
-            pod.add_address(link.index, ifname, ipc.address).await?;
+            pod.add_address(link.index, ifname, ipc.address, false)
+                .await?;
             ips.push(IpConfig {
                 address: ipc.address,
                 gateway: if self.cfg.mode == Mode::L2 {
@@ -183,7 +184,7 @@ impl IpvlanAttach {
         pod.set_up(link.index, ifname).await?;
         let routes = self.pod_routes(addrs);
         for r in &routes {
-            pod.add_route(r.dst, r.gw, link.index).await?;
+            pod.add_route(r.dst, r.gw, link.index, None).await?;
         }
         Ok(CniResult {
             interfaces: vec![Interface {
@@ -210,17 +211,17 @@ impl IpvlanAttach {
         if link.kind.as_deref() != Some("ipvlan") {
             diffs.push(format!("{ifname} is of kind {:?}, not ipvlan", link.kind));
         }
-        if link.ipvlan_mode != Some(self.cfg.mode) {
+        if link_mode(&link) != Some(self.cfg.mode) {
             diffs.push(format!(
                 "ipvlan mode is {:?}, expected {}",
-                link.ipvlan_mode.map(Mode::as_str),
+                link_mode(&link).map(Mode::as_str),
                 self.cfg.mode.as_str()
             ));
         }
-        if link.ipvlan_flag != Some(self.cfg.flag) {
+        if link_flag(&link) != Some(self.cfg.flag) {
             diffs.push(format!(
                 "ipvlan flag is {:?}, expected {}",
-                link.ipvlan_flag.map(|f| f.as_str()),
+                link_flag(&link).map(|f| f.as_str()),
                 self.cfg.flag.as_str()
             ));
         }
@@ -309,16 +310,18 @@ impl Attach for IpvlanAttach {
             });
         }
         let mtu = self.pod_mtu(&master, req.mtu)?;
-        host_nl
-            .create_ipvlan(&IpvlanSpec {
+        create_ipvlan(
+            &host_nl,
+            &IpvlanSpec {
                 name: &req.id.ifname,
                 master: master.index,
                 mode: self.cfg.mode,
                 flag: self.cfg.flag,
                 mtu,
                 netns_fd: pod_file.as_raw_fd(),
-            })
-            .await?;
+            },
+        )
+        .await?;
         drop(pod_file);
         match self.attach_inner(&pod_nl, req, addrs, mtu).await {
             Ok(r) => {
@@ -372,7 +375,7 @@ impl Attach for IpvlanAttach {
                 diffs.push(format!("address {} missing", ipc.address));
             }
         }
-        let routes = pod_nl.routes().await?;
+        let routes = pod_nl.main_routes().await?;
         for r in &expected.routes {
             if !route_present(&routes, r, link.index) {
                 let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
