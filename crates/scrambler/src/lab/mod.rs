@@ -242,15 +242,19 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Applies the lab's mesh file on node `i` (in-process, like `scrambler mesh apply`).
 pub async fn apply_node(state: &LabState, i: usize) -> Result<scrambler_core::ReconcileReport> {
-    let names = state.names();
-    apply::apply(&apply::ApplyArgs {
+    apply::apply(&node_args(state, i)).await
+}
+
+/// What `mesh apply` / `status` act on for node `i` of the lab.
+fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
+    let node = state.names().node(i);
+    apply::ApplyArgs {
         mesh: state.mesh_path(),
-        node: names.node(i),
-        netns: Netns::named(&names.node(i)),
+        netns: Netns::named(&node),
+        node,
         state_dir: state.state_dir(),
         backend: state.spec.backend.clone(),
-    })
-    .await
+    }
 }
 
 /// Creates pod `j` of node `i` and attaches it through the CNI binary.
@@ -373,15 +377,7 @@ pub async fn test(name: &str) -> Result<TestReport> {
 
 /// The status of node `i`.
 pub async fn node_status(state: &LabState, i: usize) -> Result<StatusReport> {
-    let names = state.names();
-    apply::status(&apply::ApplyArgs {
-        mesh: state.mesh_path(),
-        node: names.node(i),
-        netns: Netns::named(&names.node(i)),
-        state_dir: state.state_dir(),
-        backend: state.spec.backend.clone(),
-    })
-    .await
+    apply::status(&node_args(state, i)).await
 }
 
 /// Prints the verdict table.
