@@ -10,9 +10,7 @@ mod common;
 use common::{run_plugin, with_prev, CniOut, Invocation, BIN, DEBIAN_CNI};
 use scrambler_vmtest::{needs_vm, Feature, VmSuite};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
 const FEATURES: &[Feature] = &[Feature::Ipvlan];
@@ -25,73 +23,7 @@ fn in_vm(test: &str) {
     VM.run(test).assert_success()
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace made and removed without printing anything (the VM harness reads
-/// libtest's lines from the console). Deleted on drop.
-struct Ns {
-    name: String,
-}
-
-impl Ns {
-    fn new(prefix: &str) -> Ns {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("scr-{prefix}-{}-{n}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        let ns = Ns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip -n {} {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn ping(&self, dst: &str) -> bool {
-        Command::new("ip")
-            .args([
-                "netns", "exec", &self.name, "ping", "-c", "2", "-W", "2", dst,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
-    fn delete(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        self.delete();
-    }
-}
+use scrambler_core::netns::testing::TestNetns as Ns;
 
 /// Two nodes with `ul0` = 192.0.2.i/24 and a default route, one pod namespace each, a
 /// host-local data dir and a CNI_PATH with scrambler-cni next to Debian's plugins.

@@ -160,6 +160,28 @@ pub mod testing {
             run(&v)
         }
 
+        /// Two echoes to `dst` from inside the namespace; true when one came back.
+        pub fn ping(&self, dst: &str) -> bool {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &self.name, "ping", "-c", "2", "-W", "2", dst,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        }
+
+        /// A veth `a_if` here — `b_if` in `b`, both up.
+        pub fn veth(&self, a_if: &str, b: &TestNetns, b_if: &str) {
+            veth(self, a_if, b, b_if)
+        }
+
+        /// Deletes the namespace now (dropping it later is harmless).
+        pub fn delete(&self) {
+            quiet_del(&self.name);
+        }
+
         /// Runs `ip netns exec NAME cmd…`, returns (success, stdout+stderr).
         pub fn exec(&self, cmd: &[&str]) -> (bool, String) {
             let out = Command::new("ip")

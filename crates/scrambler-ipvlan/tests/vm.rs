@@ -11,74 +11,11 @@ use scrambler_core::{
 use scrambler_ipvlan::{IpvlanAttach, IpvlanConfig, Mode};
 use scrambler_vmtest::{needs_vm, Feature, VmSuite};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
 const FEATURES: &[Feature] = &[Feature::Ipvlan];
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace made and removed without printing anything (the VM harness reads
-/// libtest's lines from the console). Deleted on drop.
-struct Ns {
-    name: String,
-}
-
-impl Ns {
-    fn new(prefix: &str) -> Ns {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("scr-{prefix}-{}-{n}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        let ns = Ns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn netns(&self) -> Netns {
-        Netns::named(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip -n {} {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn ping(&self, dst: &str) -> bool {
-        Command::new("ip")
-            .args([
-                "netns", "exec", &self.name, "ping", "-c", "2", "-W", "2", dst,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+use scrambler_core::netns::testing::TestNetns as Ns;
 
 /// Two nodes on a wire; node i has `ul0` = 192.0.2.i/24 and a default route via
 /// 192.0.2.254; one empty pod namespace per node.
