@@ -1,0 +1,485 @@
+//! Interop of the two dataplanes (issue #8): a node running the VPP backend
+//! ([`VppTunnel`]) and a node running the kernel backend ([`XfrmTunnel`]) in ONE mesh,
+//! with one cluster secret, exchange ESP both ways — same SPIs, keys, salts, ESN and
+//! replay window on both ends — and keep talking through a key rotation.
+//!
+//! ```text
+//!  pod A (netns) ── veth ── node A: VPP (af_packet vpod0, ul0) ─┐
+//!                                                               wire: bridge br0 (tcpdump)
+//!  pod B (netns) ── veth ── node B: kernel, scrambler0 (xfrm) ─┘
+//! ```
+//!
+//! The kernel side needs ESP states and xfrm interfaces: on a kernel without them (the
+//! build machine's) the test re-runs in Debian's stock kernel under qemu through
+//! scrambler-vmtest. The guest sees the host's root, so the VPP tree the host extracted to
+//! `target/vpp-dist/vpp` is used as is (extracted before booting).
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use scrambler_core::keys::spi;
+use scrambler_core::netns::testing::{veth, TestNetns};
+use scrambler_core::{
+    Cluster, ClusterSecret, Keys, Mesh, Netns, Node, NodeId, ReconcileReport, Result, Tunnel,
+    TunnelStatus,
+};
+use scrambler_vmtest::{needs_vm, Feature, VmTest, ENV_VM};
+use scrambler_vpp::api::af_packet::AfPacketCreateV3;
+use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
+use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, MacAddress};
+use scrambler_vpp::testing::{self, VppInstance};
+use scrambler_vpp::{VppClient, VppTunnel};
+use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
+
+const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
+
+const A: u32 = 1; // the VPP node
+const B: u32 = 2; // the kernel node
+
+fn id(n: u32) -> NodeId {
+    NodeId::new(n).unwrap()
+}
+
+/// Node `n`: underlay 192.0.2.n, pod CIDR 10.0.n.0/24.
+fn mesh_node(name: &str, n: u32) -> Node {
+    Node {
+        name: name.into(),
+        id: id(n),
+        underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
+        pod_cidrs: vec![format!("10.0.{n}.0/24").parse().unwrap()],
+    }
+}
+
+fn secret() -> ClusterSecret {
+    ClusterSecret::from_bytes(vec![0x5a; 32]).unwrap()
+}
+
+/// One [`Tunnel`] for the whole (mixed) cluster, so the crates' rotation helper can drive
+/// it: VPP for node A's namespace, the kernel for every other.
+struct Mixed {
+    vpp_node: Netns,
+    vpp: VppTunnel,
+    xfrm: XfrmTunnel,
+}
+
+impl Mixed {
+    fn pick(&self, netns: &Netns) -> &dyn Tunnel {
+        if *netns == self.vpp_node {
+            &self.vpp
+        } else {
+            &self.xfrm
+        }
+    }
+}
+
+#[async_trait]
+impl Tunnel for Mixed {
+    async fn reconcile(
+        &self,
+        netns: &Netns,
+        mesh: &Mesh,
+        secret: &ClusterSecret,
+    ) -> Result<ReconcileReport> {
+        self.pick(netns).reconcile(netns, mesh, secret).await
+    }
+    async fn status(&self, netns: &Netns, mesh: &Mesh) -> Result<TunnelStatus> {
+        self.pick(netns).status(netns, mesh).await
+    }
+    async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {
+        self.pick(netns).remove(netns).await
+    }
+}
+
+fn no_ipv6(ns: &TestNetns) {
+    for k in ["all", "default"] {
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+        ]);
+    }
+}
+
+/// A pod namespace behind `node` on veth `node_if` — `eth0`, address 10.0.n.2.
+fn pod(node: &TestNetns, node_if: &str, n: u32) -> TestNetns {
+    let p = TestNetns::new(&format!("ipod{n}"));
+    no_ipv6(&p);
+    veth(node, node_if, &p, "eth0");
+    let mtu = scrambler_core::esp::pod_mtu(1500, false).to_string();
+    p.ip(&["link", "set", "eth0", "mtu", &mtu]);
+    p.ip(&["addr", "add", &format!("10.0.{n}.2/24"), "dev", "eth0"]);
+    p.ip(&["route", "add", "default", "via", &format!("10.0.{n}.1")]);
+    p
+}
+
+/// A VPP interface on the Linux link `name` of VPP's namespace (af_packet), up, with `addr`.
+async fn host_if(c: &VppClient, name: &str, mac: [u8; 6], addr: &str) {
+    let r = c
+        .request(&AfPacketCreateV3 {
+            mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
+            hw_addr: MacAddress(mac),
+            host_if_name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.request(&SwInterfaceSetFlags {
+        sw_if_index: r.sw_if_index,
+        flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
+    })
+    .await
+    .unwrap();
+    c.request(&SwInterfaceAddDelAddress {
+        sw_if_index: r.sw_if_index,
+        is_add: true,
+        del_all: false,
+        prefix: addr.parse::<ipnet::IpNet>().unwrap().into(),
+    })
+    .await
+    .unwrap();
+}
+
+/// Ping from `pod` to pod `to`; the number of replies.
+fn ping(pod: &TestNetns, to: u32, count: u32) -> u32 {
+    let (_, out) = pod.exec(&[
+        "busybox",
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-W",
+        "2",
+        &format!("10.0.{to}.2"),
+    ]);
+    eprintln!("ping {} -> 10.0.{to}.2: {}", pod.name, out.trim());
+    out.split(" packets received")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// tcpdump on the underlay bridge.
+struct Capture(Child);
+
+impl Capture {
+    fn start(wire: &TestNetns) -> Capture {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &wire.name])
+            .args(["tcpdump", "-Z", "root", "-n", "-l", "-U", "-i", "br0", "ip"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump");
+        let stderr = child.stderr.take().unwrap();
+        for l in BufReader::new(stderr).lines() {
+            if l.unwrap_or_default().contains("listening on") {
+                break;
+            }
+        }
+        Capture(child)
+    }
+
+    /// Stops and returns the IP packets seen.
+    fn finish(mut self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let mut out = String::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every captured packet must be ESP between the two underlay addresses; returns the
+/// SPIs seen per direction `(A->B, B->A)`.
+fn esp_only(lines: &[String]) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let (mut ab, mut ba) = (BTreeSet::new(), BTreeSet::new());
+    for l in lines {
+        // "12:00:00.000000 IP 192.0.2.1 > 192.0.2.2: ESP(spi=0x01000102,seq=0x1), length 104"
+        let spi = l
+            .split("ESP(spi=0x")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|h| u32::from_str_radix(h, 16).ok());
+        let Some(spi) = spi else {
+            panic!("not ESP on the underlay: {l}\nall: {lines:#?}");
+        };
+        if l.contains(" 192.0.2.1 > 192.0.2.2: ") {
+            ab.insert(spi);
+        } else if l.contains(" 192.0.2.2 > 192.0.2.1: ") {
+            ba.insert(spi);
+        } else {
+            panic!("ESP between unexpected addresses: {l}");
+        }
+    }
+    (ab, ba)
+}
+
+/// Numbered UDP datagrams from pod `from` (10.0.f.2) to pod `to` every 10 ms.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<u32>,
+    receiver: std::thread::JoinHandle<HashSet<u32>>,
+}
+
+impl Stream {
+    fn start(from: (&TestNetns, u32), to: (&TestNetns, u32)) -> Stream {
+        let (t, f) = (to.1, from.1);
+        let rx = to
+            .0
+            .netns()
+            .run(move || Ok(UdpSocket::bind(format!("10.0.{t}.2:5555")).unwrap()))
+            .unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let tx = from
+            .0
+            .netns()
+            .run(move || Ok(UdpSocket::bind(format!("10.0.{f}.2:0")).unwrap()))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sending = stop.clone();
+        let sender = std::thread::spawn(move || {
+            let mut seq = 0u32;
+            while !sending.load(Ordering::Relaxed) {
+                if let Err(e) = tx.send_to(&seq.to_be_bytes(), format!("10.0.{t}.2:5555")) {
+                    eprintln!("send {seq}: {e}");
+                    break;
+                }
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seq
+        });
+        let receiving = stop.clone();
+        let receiver = std::thread::spawn(move || {
+            let mut seen = HashSet::new();
+            let mut buf = [0u8; 16];
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(4) => {
+                        seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                        idle_since = None;
+                    }
+                    Ok(_) => {}
+                    Err(_) if receiving.load(Ordering::Relaxed) => {
+                        let t = *idle_since.get_or_insert_with(Instant::now);
+                        if t.elapsed() > Duration::from_secs(1) {
+                            return seen;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Stream {
+            stop,
+            sender,
+            receiver,
+        }
+    }
+
+    /// Stops sending; returns (sent, distinct received).
+    fn finish(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.join().unwrap();
+        let seen = self.receiver.join().unwrap();
+        (sent, seen.len() as u32)
+    }
+}
+
+/// Boots the VM for this test (or skips loudly when there is no VPP to run).
+fn run_in_vm() {
+    if std::env::var(ENV_VM).is_ok_and(|v| v.eq_ignore_ascii_case("skip")) {
+        return VmTest::this_test().run().assert_success();
+    }
+    let have_vpp = std::env::var_os("SCRAMBLER_VPP_DIST").is_some() || testing::tarball().exists();
+    if !have_vpp {
+        eprintln!(
+            "SKIPPED: no VPP tarball at {} (set SCRAMBLER_VPP_TARBALL or SCRAMBLER_VPP_DIST)",
+            testing::tarball().display()
+        );
+        return;
+    }
+    // extract on the host: the guest sees the host's tree read-only
+    let dist = testing::vpp_dist();
+    VmTest::this_test()
+        .with_env("SCRAMBLER_VPP_DIST", dist.display().to_string())
+        .memory_mb(1536)
+        .timeout(Duration::from_secs(900))
+        .run()
+        .assert_success();
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn vm_interop_vpp_node_and_kernel_node_exchange_esp() {
+    if needs_vm(FEATURES) {
+        return run_in_vm();
+    }
+    rt().block_on(interop());
+}
+
+async fn interop() {
+    // the wire: a bridge in its own namespace, where the capture runs
+    let wire = TestNetns::new("iwire");
+    no_ipv6(&wire);
+    wire.ip(&["link", "add", "br0", "type", "bridge"]);
+    wire.ip(&["link", "set", "br0", "up"]);
+
+    // node A: VPP owning ul0 and vpod0 through af_packet
+    let started = Instant::now();
+    let vpp = VppInstance::start("inva", 0).await;
+    eprintln!("VPP up in {:?}", started.elapsed());
+    let na = &vpp.netns;
+    no_ipv6(na);
+    veth(na, "ul0", &wire, "w1");
+    let pod_a = pod(na, "vpod0", A);
+    let c = vpp.client().await;
+    host_if(&c, "ul0", [2, 0xfe, 0, 0, 1, 1], "192.0.2.1/24").await;
+    host_if(&c, "vpod0", [2, 0xfe, 0, 0, 2, 1], "10.0.1.1/24").await;
+    c.close().await.unwrap();
+
+    // node B: the kernel, routing its pod
+    let nb = TestNetns::new("invb");
+    no_ipv6(&nb);
+    veth(&nb, "ul0", &wire, "w2");
+    nb.ip(&["addr", "add", "192.0.2.2/24", "dev", "ul0"]);
+    nb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let pod_b = pod(&nb, "pod0", B);
+    nb.ip(&["addr", "add", "10.0.2.1/24", "dev", "pod0"]);
+    for w in ["w1", "w2"] {
+        wire.ip(&["link", "set", w, "master", "br0"]);
+    }
+
+    let tunnel = Mixed {
+        vpp_node: na.netns(),
+        vpp: VppTunnel::new(vpp.api_sock()),
+        xfrm: XfrmTunnel::new(XfrmConfig::default()).unwrap(),
+    };
+    let cluster = Cluster {
+        nodes: vec![mesh_node("vpp-a", A), mesh_node("kernel-b", B)],
+        keys: Keys::single(1),
+    };
+    let nodes = vec![
+        (na.netns(), cluster.mesh_for("vpp-a").unwrap()),
+        (nb.netns(), cluster.mesh_for("kernel-b").unwrap()),
+    ];
+    let s = secret();
+    for (ns, m) in &nodes {
+        let r = tunnel.reconcile(ns, m, &s).await.unwrap();
+        eprintln!("{}: {r:?}", m.local.name);
+        assert!(r.added > 0, "{r:?}");
+    }
+    for (ns, m) in &nodes {
+        let r = tunnel.reconcile(ns, m, &s).await.unwrap();
+        assert!(r.is_noop(), "second reconcile of {}: {r:?}", m.local.name);
+    }
+
+    // pods ping both ways; only ESP with the derived SPIs on the wire
+    vpp.vppctl(&["trace", "add", "af-packet-input", "20"]);
+    let cap = Capture::start(&wire);
+    let warm = ping(&pod_a, B, 4); // VPP drops the packet that triggers its ARP
+    assert!(warm >= 3, "pod A (VPP) -> pod B (kernel): {warm}/4 replies\n{}", vpp_debug(&vpp));
+    assert_eq!(ping(&pod_b, A, 3), 3, "pod B (kernel) -> pod A (VPP)\n{}", vpp_debug(&vpp));
+    assert_eq!(ping(&pod_a, B, 3), 3, "pod A (VPP) -> pod B (kernel)");
+    let lines = cap.finish();
+    let (ab, ba) = esp_only(&lines);
+    eprintln!("generation 1 on the wire: A->B {ab:#010x?}, B->A {ba:#010x?}");
+    assert_eq!(ab, BTreeSet::from([spi(id(A), id(B), 1)]), "{lines:#?}");
+    assert_eq!(ba, BTreeSet::from([spi(id(B), id(A), 1)]), "{lines:#?}");
+    assert!(lines.len() >= 2 * (4 + 3 + 3) - 2, "{lines:#?}");
+
+    // both ends agree on ESN and the replay window
+    let states = nb.ip(&["-s", "xfrm", "state"]);
+    eprintln!("kernel states:\n{states}");
+    assert_eq!(states.matches("flag esn").count(), 2, "{states}");
+    assert_eq!(states.matches("replay_window 1024").count(), 2, "{states}");
+    let sas = vpp.vppctl(&["show", "ipsec", "sa"]);
+    eprintln!("VPP SAs:\n{sas}");
+    for line in sas.lines().filter(|l| l.contains("spi")) {
+        assert!(line.contains("esn") && line.contains("anti-replay"), "{line}");
+    }
+    for (ns, m) in &nodes {
+        let st = tunnel.status(ns, m).await.unwrap();
+        eprintln!("{}", StatusTable(&st));
+        assert!(st.encrypted && st.fail_closed, "{st:?}");
+        assert!(st.peers[0].is_up(), "{st:?}");
+    }
+    let kb = tunnel.status(&nb.netns(), &nodes[1].1).await.unwrap();
+    let p = &kb.peers[0];
+    assert!(p.packets_in >= 9 && p.packets_out >= 9, "{p:?}");
+    assert_eq!((p.replay_errors, p.integrity_errors), (0, 0), "{p:?}");
+
+    // rotation 1 -> 2 across the mixed mesh under load in both directions
+    let to_kernel = Stream::start((&pod_a, A), (&pod_b, B));
+    let to_vpp = Stream::start((&pod_b, B), (&pod_a, A));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let done = rotate(&tunnel, &nodes, &s, 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+    eprintln!("rotation took {:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, got) = to_kernel.finish();
+    eprintln!("during rotation pod A -> pod B: {got}/{sent}");
+    let (sent2, got2) = to_vpp.finish();
+    eprintln!("during rotation pod B -> pod A: {got2}/{sent2}");
+    assert!(sent > 50 && sent2 > 50, "streams too short: {sent} {sent2}");
+    assert_eq!(got, sent, "VPP -> kernel lost packets during rotation");
+    assert_eq!(got2, sent2, "kernel -> VPP lost packets during rotation");
+
+    let cap = Capture::start(&wire);
+    assert_eq!(ping(&pod_a, B, 3), 3, "pod A -> pod B after rotation");
+    assert_eq!(ping(&pod_b, A, 3), 3, "pod B -> pod A after rotation");
+    let lines = cap.finish();
+    let (ab, ba) = esp_only(&lines);
+    eprintln!("generation 2 on the wire: A->B {ab:#010x?}, B->A {ba:#010x?}");
+    assert_eq!(ab, BTreeSet::from([spi(id(A), id(B), 2)]), "{lines:#?}");
+    assert_eq!(ba, BTreeSet::from([spi(id(B), id(A), 2)]), "{lines:#?}");
+    for ((ns, _), m) in nodes.iter().zip(&done.meshes) {
+        let st = tunnel.status(ns, m).await.unwrap();
+        let p = &st.peers[0];
+        assert!(st.encrypted && p.is_up(), "{st:?}");
+        assert_eq!((p.tx_generation, p.rx_generations.clone()), (Some(2), vec![2]));
+    }
+
+    // clean up what we own on both nodes
+    for (ns, _) in &nodes {
+        tunnel.remove(ns).await.unwrap();
+    }
+    assert_eq!(ping(&pod_b, A, 1), 0, "pods still reach each other after remove");
+    drop(vpp);
+}
+
+fn vpp_debug(vpp: &VppInstance) -> String {
+    [
+        vpp.vppctl(&["show", "errors"]),
+        vpp.vppctl(&["show", "ipsec", "all"]),
+        vpp.vppctl(&["show", "trace"]),
+    ]
+    .join("\n")
+}
