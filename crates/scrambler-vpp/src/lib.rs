@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod attach;
 pub mod client;
 pub mod codec;
 pub mod convert;
@@ -31,6 +32,7 @@ pub mod testing;
 pub mod transport;
 pub mod tunnel;
 
+pub use attach::VppAttach;
 pub use client::{ConnectOptions, VppClient};
 pub use error::{retval_name, VppError};
 pub use message::{Dump, Message, Request};

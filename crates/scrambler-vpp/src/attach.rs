@@ -1,0 +1,1326 @@
+//! Pods attached to VPP ([`VppAttach`], the [`Attach`] of the VPP dataplane).
+//!
+//! Without `/dev/vhost-net` (no tap interfaces) a pod is joined to VPP by a veth pair whose
+//! node end VPP takes with `af_packet`:
+//!
+//! * **veth**: the pod end is created directly in the pod namespace with the name
+//!   `CNI_IFNAME`; the node end stays in the node namespace, named [`host_ifname`]
+//!   (`scv` + 11 hex digits of SHA-256 over container id and ifname: stable, unique,
+//!   ≤ 15 bytes), up, without addresses.
+//! * **VPP interface**: `af_packet` on the node end (`host-<node end>`), with the fixed MAC
+//!   [`vpp_mac`] (derived from the attachment, so it survives a VPP restart), tagged
+//!   [`pod_tag`] (`scrambler:pod=<container id>/<ifname>`, the id shortened to fit VPP's
+//!   63-byte tags), unnumbered to the gateway loopback, admin up.
+//! * **gateway**: one VPP loopback per node, tagged [`GATEWAY_TAG`], instance
+//!   [`GATEWAY_INSTANCE`], MAC [`GATEWAY_MAC`], holding [`GATEWAY_V4`]`/32`. It is created by
+//!   the first attachment (idempotently, also under concurrent ADDs) and never removed by
+//!   [`Attach::detach`]: it is shared by every pod of the node ([`VppAttach::remove_gateway`]
+//!   removes it).
+//! * **pod side** (fully static, no ARP / ND at all): the IPAM addresses as host addresses
+//!   (`/32`, `/128`), MTU, a link route to the gateway ([`GATEWAY_V4`], [`GATEWAY_V6`]) and
+//!   the default route (or the IPAM's routes) via it, and a permanent neighbour
+//!   gateway → the VPP interface's MAC.
+//! * **VPP side**: per pod address a static neighbour (pod address → pod MAC, without FIB
+//!   entry) and a route `pod-address/32 via pod-address` out of the pod's interface.
+//!
+//! From VPP the pod's traffic is routed like any other: to pods of the same node through
+//! their `/32` routes, to other nodes through the ESP-protected tunnels of
+//! [`crate::tunnel::VppTunnel`].
+//!
+//! [`Attach::attach`] is all-or-nothing: any failure removes the VPP objects it made and the
+//! veth. [`Attach::detach`] is idempotent: a pod namespace that is gone, an interface that is
+//! gone, an attachment never made, or a VPP that is not running (its objects died with it)
+//! all succeed. [`Attach::check`] compares the pod, the node and VPP with the expected
+//! result and lists every difference.
+//!
+//! ```no_run
+//! use scrambler_core::{Attach, AttachRequest, AttachmentId, CniResult, Netns};
+//! use scrambler_vpp::attach::VppAttach;
+//! # async fn f(addrs: CniResult) -> scrambler_core::Result<()> {
+//! let vpp = VppAttach::new("/run/vpp/api.sock");
+//! let req = AttachRequest {
+//!     id: AttachmentId::new("c0ffee", "eth0"),
+//!     pod_netns: Netns::path("/run/netns/pod1"),
+//!     args: vec![],
+//!     mtu: None,
+//! };
+//! let result = vpp.attach(&Netns::Current, &req, &addrs).await?;
+//! vpp.check(&Netns::Current, &req, &result).await?;
+//! vpp.detach(&Netns::Current, &req).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
+use scrambler_core::{
+    esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
+    Route,
+};
+use scrambler_netlink::{errno, format_mac, kernel_error, LinkState, Nl, RouteState, EEXIST};
+use sha2::{Digest, Sha256};
+
+use crate::api::types::{
+    AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
+    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpRoute, IpTable, MacAddress,
+};
+use crate::api::{af_packet, interface, ip, ip_neighbor};
+use crate::client::{ConnectOptions, VppClient};
+use crate::error::{retval, VppError};
+use crate::tunnel::SocketResolver;
+
+/// IPv4 gateway of every pod: the address of the gateway loopback.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// IPv6 gateway of every pod (link-local; VPP answers no ND for it, pods have it as a
+/// permanent neighbour).
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Tag of the gateway loopback.
+pub const GATEWAY_TAG: &str = "scrambler:gateway";
+/// Instance of the gateway loopback (`loop<GATEWAY_INSTANCE>` in VPP).
+pub const GATEWAY_INSTANCE: u32 = 0x5c;
+/// MAC of the gateway loopback.
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 1];
+/// Prefix of the tags of pod interfaces.
+pub const POD_TAG_PREFIX: &str = "scrambler:pod=";
+/// Prefix of the names of node-side veths.
+pub const HOST_IFNAME_PREFIX: &str = "scv";
+/// The API socket of a VPP installed as a system service.
+pub const DEFAULT_API_SOCKET: &str = "/run/vpp/api.sock";
+/// Underlay MTU assumed for the default pod MTU.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+const DATAPLANE: &str = "vpp";
+/// VPP's longest tag (64 bytes with the NUL).
+const TAG_MAX: usize = 63;
+
+/// Name of the node-side veth of an attachment (and, prefixed `host-`, of its VPP interface).
+pub fn host_ifname(id: &AttachmentId) -> String {
+    format!("{HOST_IFNAME_PREFIX}{}", &digest_hex(id)[..11])
+}
+
+/// MAC of the VPP interface of an attachment: locally administered, unicast, from the same
+/// digest as [`host_ifname`].
+pub fn vpp_mac(id: &AttachmentId) -> [u8; 6] {
+    let d = digest(id);
+    [0x02, 0x5c, d[0], d[1], d[2], d[3]]
+}
+
+/// The tag of the VPP interface of an attachment: `scrambler:pod=<container id>/<ifname>`,
+/// the container id shortened so the tag fits VPP's 63 bytes.
+pub fn pod_tag(id: &AttachmentId) -> String {
+    let room = TAG_MAX.saturating_sub(POD_TAG_PREFIX.len() + 1 + id.ifname.len());
+    let mut cid = id.container_id.as_str();
+    if cid.len() > room {
+        let mut end = room;
+        while !cid.is_char_boundary(end) {
+            end -= 1;
+        }
+        cid = &cid[..end];
+    }
+    let mut tag = format!("{POD_TAG_PREFIX}{cid}/{}", id.ifname);
+    while tag.len() > TAG_MAX {
+        tag.pop();
+    }
+    tag
+}
+
+fn digest(id: &AttachmentId) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(id.container_id.as_bytes());
+    h.update([0u8]);
+    h.update(id.ifname.as_bytes());
+    h.finalize().into()
+}
+
+fn digest_hex(id: &AttachmentId) -> String {
+    digest(id).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The gateway of an address family.
+pub fn gateway_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(GATEWAY_V4),
+        IpAddr::V6(_) => IpAddr::V6(GATEWAY_V6),
+    }
+}
+
+/// The routes a pod gets: the IPAM's routes with the next hop replaced by the gateway, and
+/// a default route for every address family that has an address but no route.
+pub fn pod_routes(addrs: &CniResult) -> Vec<Route> {
+    let mut out: Vec<Route> = Vec::new();
+    for v6 in [false, true] {
+        if !addrs.ips.iter().any(|c| c.address.addr().is_ipv6() == v6) {
+            continue;
+        }
+        let fam: Vec<Route> = addrs
+            .routes
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv6() == v6)
+            .map(|r| Route {
+                dst: r.dst.trunc(),
+                gw: Some(gateway_for(r.dst.addr())),
+                mtu: r.mtu,
+            })
+            .collect();
+        if fam.is_empty() {
+            let any = if v6 {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            out.push(Route {
+                dst: IpNet::new(any, 0).unwrap_or_else(|_| IpNet::from(any)),
+                gw: Some(gateway_for(any)),
+                mtu: None,
+            });
+        } else {
+            for r in fam {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The VPP attachment (implements [`Attach`]).
+#[derive(Clone)]
+pub struct VppAttach {
+    resolve: Arc<SocketResolver>,
+    opts: ConnectOptions,
+    underlay_mtu: u32,
+}
+
+impl std::fmt::Debug for VppAttach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VppAttach")
+            .field("opts", &self.opts)
+            .field("underlay_mtu", &self.underlay_mtu)
+            .finish()
+    }
+}
+
+impl VppAttach {
+    /// One VPP, whose API socket is `api_socket`, for whatever node namespace is passed.
+    pub fn new(api_socket: impl Into<PathBuf>) -> Self {
+        let p: PathBuf = api_socket.into();
+        Self::with_resolver(move |_| Ok(p.clone()))
+    }
+
+    /// A VPP per node: `resolve` maps the node's namespace to its VPP's API socket.
+    pub fn with_resolver(
+        resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
+    ) -> Self {
+        VppAttach {
+            resolve: Arc::new(resolve),
+            opts: ConnectOptions {
+                name: "scrambler-attach".into(),
+                ..ConnectOptions::default()
+            },
+            underlay_mtu: DEFAULT_UNDERLAY_MTU,
+        }
+    }
+
+    /// The underlay MTU the default pod MTU is derived from (pod MTU =
+    /// [`esp::pod_mtu`] of it); default [`DEFAULT_UNDERLAY_MTU`].
+    pub fn with_underlay_mtu(mut self, mtu: u32) -> Self {
+        self.underlay_mtu = mtu;
+        self
+    }
+
+    /// The pod MTU: `requested`, else the underlay MTU minus ESP overhead.
+    pub fn pod_mtu(&self, requested: Option<u32>) -> Result<u32> {
+        match requested {
+            Some(m) if !(68..=65535).contains(&m) => {
+                Err(Error::config(format!("mtu {m} is out of range 68..65535")))
+            }
+            Some(m) => Ok(m),
+            None => Ok(esp::pod_mtu(self.underlay_mtu, false)),
+        }
+    }
+
+    /// The API socket of the VPP serving `host`.
+    pub fn api_socket(&self, host: &Netns) -> Result<PathBuf> {
+        (self.resolve)(host)
+    }
+
+    /// Connects to the VPP of `host`. A socket that does not exist or refuses connections
+    /// is [`Error::TryAgainLater`] (VPP not running) naming the socket.
+    pub async fn connect(&self, host: &Netns) -> Result<VppClient> {
+        let path = self.api_socket(host)?;
+        VppClient::connect_with(&path, self.opts.clone())
+            .await
+            .map_err(|e| match vpp_not_running(&e) {
+                true => Error::TryAgainLater(format!(
+                    "VPP API socket {} is not there or refuses connections: is VPP running, and \
+                     is this its api socket? ({e})",
+                    path.display()
+                )),
+                false => e.into(),
+            })
+    }
+
+    /// Removes the gateway loopback from the VPP of `host` (when no pod is attached any
+    /// more, e.g. when the node leaves). Returns whether it existed.
+    pub async fn remove_gateway(&self, host: &Netns) -> Result<bool> {
+        let c = self.connect(host).await?;
+        let ops = Ops { c: &c };
+        let found = match ops.find_gateway().await? {
+            Some(sw) => {
+                ops.c
+                    .request(&interface::DeleteLoopback { sw_if_index: sw })
+                    .await
+                    .map_err(vpp_err("delete", "gateway loopback"))?;
+                true
+            }
+            None => false,
+        };
+        let _ = c.close().await;
+        Ok(found)
+    }
+
+    /// Removes the pod interfaces (VPP interface and node veth) of attachments not in
+    /// `valid`; returns the node-side veth names removed.
+    pub async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
+        let keep: BTreeSet<String> = valid.iter().map(host_ifname).collect();
+        let c = self.connect(host).await?;
+        let ops = Ops { c: &c };
+        let nl = Nl::open(host).await?;
+        let mut removed = Vec::new();
+        for pif in ops.pod_interfaces().await? {
+            if keep.contains(&pif.host_if_name) || !pif.tag.starts_with(POD_TAG_PREFIX) {
+                continue;
+            }
+            tracing::info!(veth = %pif.host_if_name, tag = %pif.tag, "gc: removing orphaned pod interface");
+            ops.remove_pod_interface(&pif.host_if_name).await?;
+            if let Some(l) = nl.link_by_name(&pif.host_if_name).await? {
+                nl.delete_link(l.index, &pif.host_if_name).await?;
+            }
+            removed.push(pif.host_if_name);
+        }
+        let _ = c.close().await;
+        Ok(removed)
+    }
+
+    async fn attach_inner(
+        &self,
+        ops: &Ops<'_>,
+        host: &Nl,
+        pod: &Nl,
+        req: &AttachRequest,
+        addrs: &CniResult,
+        mtu: u32,
+    ) -> Result<CniResult> {
+        let host_name = host_ifname(&req.id);
+        let host_link = existing(host, &host_name).await?;
+        host.set_up(host_link.index, &host_name).await?;
+        let pod_link = existing(pod, &req.id.ifname).await?;
+        let pod_mac = pod_link.mac.as_deref().and_then(parse_mac).ok_or_else(|| {
+            Error::kernel(
+                "read MAC of",
+                pod.obj(&req.id.ifname),
+                "the veth reports no MAC",
+            )
+        })?;
+        let has_v4 = addrs.ips.iter().any(|c| c.address.addr().is_ipv4());
+        let has_v6 = addrs.ips.iter().any(|c| c.address.addr().is_ipv6());
+        let vmac = vpp_mac(&req.id);
+
+        // VPP: gateway, then the pod's interface
+        let gw = ops.ensure_gateway().await?;
+        let sw = ops.create_pod_interface(&req.id, &host_name, vmac).await?;
+        ops.c
+            .request(&interface::SwInterfaceSetUnnumbered {
+                sw_if_index: gw,
+                unnumbered_sw_if_index: sw,
+                is_add: true,
+            })
+            .await
+            .map_err(vpp_err(
+                "make unnumbered to the gateway",
+                &host_vpp(&host_name),
+            ))?;
+        if has_v6 {
+            ops.c
+                .request(&ip::SwInterfaceIp6EnableDisable {
+                    sw_if_index: sw,
+                    enable: true,
+                })
+                .await
+                .map_err(vpp_err("enable IPv6 on", &host_vpp(&host_name)))?;
+        }
+        ops.set_up(sw, &host_name).await?;
+
+        // pod: addresses as host addresses, link up, gateway as permanent neighbour, routes
+        let mut ips = Vec::new();
+        for c in &addrs.ips {
+            let a = IpNet::from(c.address.addr());
+            add_address(pod, pod_link.index, &req.id.ifname, a).await?;
+            ips.push(IpConfig {
+                address: a,
+                gateway: Some(gateway_for(a.addr())),
+                interface: Some(1),
+            });
+        }
+        pod.set_up(pod_link.index, &req.id.ifname).await?;
+        for (fam, on) in [
+            (IpAddr::V4(GATEWAY_V4), has_v4),
+            (IpAddr::V6(GATEWAY_V6), has_v6),
+        ] {
+            if !on {
+                continue;
+            }
+            add_neighbour(pod, pod_link.index, &req.id.ifname, fam, &vmac).await?;
+            if fam.is_ipv4() {
+                pod.add_route(IpNet::from(fam), None, pod_link.index, None)
+                    .await?;
+            }
+        }
+        let routes = pod_routes(addrs);
+        for r in &routes {
+            pod.add_route(r.dst, r.gw, pod_link.index, r.mtu).await?;
+        }
+
+        // VPP: the pod's addresses behind its interface
+        for c in &ips {
+            let a = c.address.addr();
+            ops.neighbour(sw, a, pod_mac, true).await?;
+            ops.route(sw, a, true).await?;
+        }
+
+        Ok(CniResult {
+            interfaces: vec![
+                Interface {
+                    name: host_name,
+                    mac: host_link.mac,
+                    mtu: Some(mtu),
+                    sandbox: None,
+                },
+                Interface {
+                    name: req.id.ifname.clone(),
+                    mac: pod_link.mac,
+                    mtu: Some(mtu),
+                    sandbox: Some(sandbox(&req.pod_netns)),
+                },
+            ],
+            ips,
+            routes,
+            dns: addrs.dns.clone(),
+        })
+    }
+
+    /// Undoes a failed attach: VPP objects first, then the veth.
+    async fn undo(&self, ops: &Ops<'_>, host: &Nl, host_name: &str) {
+        if let Err(e) = ops.remove_pod_interface(host_name).await {
+            tracing::error!(error = %e, "undo: removing the VPP interface failed");
+        }
+        if let Some(l) = host.link_by_name(host_name).await.ok().flatten() {
+            if let Err(e) = host.delete_link(l.index, host_name).await {
+                tracing::error!(error = %e, "undo: deleting the veth failed");
+            }
+        }
+    }
+
+    async fn check_pod(
+        &self,
+        pod: &Nl,
+        req: &AttachRequest,
+        expected: &CniResult,
+        vmac: [u8; 6],
+        diffs: &mut Vec<String>,
+    ) -> Result<Option<[u8; 6]>> {
+        let sb = sandbox(&req.pod_netns);
+        let pod_idx = expected
+            .interfaces
+            .iter()
+            .position(|i| i.name == req.id.ifname && i.sandbox.as_deref() == Some(sb.as_str()));
+        let Some(pod_idx) = pod_idx else {
+            diffs.push(format!(
+                "prevResult lists no interface {} in sandbox {sb}",
+                req.id.ifname
+            ));
+            return Ok(None);
+        };
+        let want = &expected.interfaces[pod_idx];
+        let Some(link) = pod.link_by_name(&req.id.ifname).await? else {
+            diffs.push(format!("interface {} is missing in {sb}", req.id.ifname));
+            return Ok(None);
+        };
+        let want_mtu = match want.mtu {
+            Some(m) => m,
+            None => self.pod_mtu(req.mtu)?,
+        };
+        if link.kind.as_deref() != Some("veth") {
+            diffs.push(format!("{} is {:?}, not a veth", link.name, link.kind));
+        }
+        if !link.up {
+            diffs.push(format!("{} is down", link.name));
+        }
+        if link.mtu != Some(want_mtu) {
+            diffs.push(format!(
+                "{} has mtu {:?}, expected {want_mtu}",
+                link.name, link.mtu
+            ));
+        }
+        if let (Some(w), Some(h)) = (&want.mac, &link.mac) {
+            if !w.eq_ignore_ascii_case(h) {
+                diffs.push(format!("{} has mac {h}, expected {w}", link.name));
+            }
+        }
+        let have = pod.addresses(link.index).await?;
+        let pod_ips = pod_ips(expected, pod_idx);
+        for a in &pod_ips {
+            if !have.iter().any(|h| h.addr() == a.addr()) {
+                diffs.push(format!("address {a} is missing on {}", link.name));
+            }
+        }
+        let routes = pod.routes().await?;
+        for r in &expected.routes {
+            if !route_present(&routes, r, link.index) {
+                diffs.push(format!(
+                    "route {}{} is missing in the pod",
+                    r.dst,
+                    r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
+                ));
+            }
+        }
+        let neigh = neighbours(pod, link.index).await?;
+        for v6 in [false, true] {
+            if !pod_ips.iter().any(|a| a.addr().is_ipv6() == v6) {
+                continue;
+            }
+            let gw = if v6 {
+                IpAddr::V6(GATEWAY_V6)
+            } else {
+                IpAddr::V4(GATEWAY_V4)
+            };
+            match neigh.iter().find(|n| n.0 == gw) {
+                Some((_, mac, perm)) if *mac == Some(vmac) && *perm => {}
+                Some((_, mac, perm)) => diffs.push(format!(
+                    "pod neighbour {gw} is {} ({}), expected permanent {}",
+                    mac.map(|m| format_mac(&m))
+                        .unwrap_or_else(|| "incomplete".into()),
+                    if *perm { "permanent" } else { "not permanent" },
+                    format_mac(&vmac)
+                )),
+                None => diffs.push(format!("pod neighbour {gw} is missing")),
+            }
+        }
+        Ok(link.mac.as_deref().and_then(parse_mac))
+    }
+
+    async fn check_vpp(
+        &self,
+        ops: &Ops<'_>,
+        req: &AttachRequest,
+        pod_ips: &[IpNet],
+        pod_mac: Option<[u8; 6]>,
+        diffs: &mut Vec<String>,
+    ) -> Result<()> {
+        let host_name = host_ifname(&req.id);
+        let name = host_vpp(&host_name);
+        let gw = ops.find_gateway().await?;
+        match gw {
+            None => diffs.push(format!(
+                "the gateway loopback ({GATEWAY_TAG}) is missing in VPP"
+            )),
+            Some(gw) => {
+                let addrs = ops.addresses(gw, false).await?;
+                let want = IpNet::from(IpAddr::V4(GATEWAY_V4));
+                if pod_ips.iter().any(|a| a.addr().is_ipv4()) && !addrs.contains(&want) {
+                    diffs.push(format!("the gateway loopback lacks {want}"));
+                }
+            }
+        }
+        let Some(pif) = ops.pod_interface(&host_name).await? else {
+            diffs.push(format!("VPP interface {name} is missing"));
+            return Ok(());
+        };
+        let sw = pif.sw_if_index;
+        if pif.tag != pod_tag(&req.id) {
+            diffs.push(format!(
+                "VPP interface {name} has tag {:?}, expected {:?}",
+                pif.tag,
+                pod_tag(&req.id)
+            ));
+        }
+        if !pif.up {
+            diffs.push(format!("VPP interface {name} is down"));
+        }
+        if pif.mac != vpp_mac(&req.id) {
+            diffs.push(format!(
+                "VPP interface {name} has mac {}, expected {}",
+                format_mac(&pif.mac),
+                format_mac(&vpp_mac(&req.id))
+            ));
+        }
+        let unnumbered = ops
+            .c
+            .dump(&ip::IpUnnumberedDump { sw_if_index: sw })
+            .await
+            .map_err(vpp_err("list unnumbered interfaces", &name))?;
+        if gw.is_some() && !unnumbered.iter().any(|u| Some(u.ip_sw_if_index) == gw) {
+            diffs.push(format!(
+                "VPP interface {name} is not unnumbered to the gateway"
+            ));
+        }
+        for v6 in [false, true] {
+            let fam: Vec<IpAddr> = pod_ips
+                .iter()
+                .map(|a| a.addr())
+                .filter(|a| a.is_ipv6() == v6)
+                .collect();
+            if fam.is_empty() {
+                continue;
+            }
+            let neigh = ops.neighbours(sw, v6).await?;
+            let routes = ops.routes_via(sw, v6).await?;
+            for a in fam {
+                match neigh.iter().find(|n| n.0 == a) {
+                    None => diffs.push(format!("VPP neighbour {a} on {name} is missing")),
+                    Some((_, mac)) if pod_mac.is_some_and(|p| p != *mac) => diffs.push(format!(
+                        "VPP neighbour {a} on {name} is {}, but the pod's MAC is {}",
+                        format_mac(mac),
+                        pod_mac.map(|m| format_mac(&m)).unwrap_or_default()
+                    )),
+                    Some(_) => {}
+                }
+                if !routes.contains(&IpNet::from(a)) {
+                    diffs.push(format!(
+                        "VPP route {} via {name} is missing",
+                        IpNet::from(a)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn vpp_not_running(e: &VppError) -> bool {
+    matches!(e, VppError::Io { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+}
+
+/// The VPP name of the af_packet interface on the node veth `host_name`.
+fn host_vpp(host_name: &str) -> String {
+    format!("host-{host_name}")
+}
+
+fn sandbox(netns: &Netns) -> String {
+    match netns {
+        Netns::Path(p) => p.display().to_string(),
+        Netns::Current => "/proc/thread-self/ns/net".into(),
+    }
+}
+
+fn pod_ips(expected: &CniResult, pod_idx: usize) -> Vec<IpNet> {
+    expected
+        .ips
+        .iter()
+        .filter(|c| c.interface.is_none() || c.interface == Some(pod_idx))
+        .map(|c| c.address)
+        .collect()
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn route_present(have: &[RouteState], want: &Route, oif: u32) -> bool {
+    have.iter().any(|r| {
+        r.table == scrambler_netlink::MAIN_TABLE
+            && r.dst == want.dst.trunc()
+            && r.oif == Some(oif)
+            && (want.gw.is_none() || r.gw == want.gw)
+    })
+}
+
+fn check_failed(id: &AttachmentId, reason: String) -> Error {
+    Error::CheckFailed {
+        object: format!("attachment {id}"),
+        reason,
+    }
+}
+
+async fn existing(nl: &Nl, name: &str) -> Result<LinkState> {
+    nl.link_by_name(name)
+        .await?
+        .ok_or_else(|| Error::kernel("find link", nl.obj(name), "it vanished after creation"))
+}
+
+/// Creates the veth pair: `host_name` here, `pod_name` in the namespace of `pod_fd`.
+async fn create_veth(
+    host: &Nl,
+    host_name: &str,
+    pod_name: &str,
+    pod_fd: RawFd,
+    mtu: u32,
+) -> Result<()> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(pod_name.to_string())
+        .mtu(mtu)
+        .setns_by_fd(pod_fd)
+        .build();
+    let msg = LinkVeth::new(host_name, pod_name)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(mtu)
+        .build();
+    let exists = Error::AlreadyExists {
+        object: format!("veth {host_name} / {pod_name}"),
+        reason: "an interface with that name exists".into(),
+    };
+    host.add_link(msg, "create veth", host_name, exists).await
+}
+
+async fn add_address(nl: &Nl, index: u32, name: &str, addr: IpNet) -> Result<()> {
+    nl.try_add_address(index, addr, false)
+        .await
+        .map_err(|e| match errno(&e) {
+            Some(EEXIST) => Error::AlreadyExists {
+                object: format!("address {addr} on {}", nl.obj(name)),
+                reason: "already assigned".into(),
+            },
+            _ => kernel_error("add address", format!("{addr} on {}", nl.obj(name)), &e),
+        })
+}
+
+async fn add_neighbour(nl: &Nl, index: u32, name: &str, ip: IpAddr, mac: &[u8; 6]) -> Result<()> {
+    nl.handle()
+        .neighbours()
+        .add(index, ip)
+        .state(NeighbourState::Permanent)
+        .link_layer_address(mac)
+        .execute()
+        .await
+        .map_err(|e| {
+            kernel_error(
+                "add permanent neighbour",
+                format!("{ip} lladdr {} on {}", format_mac(mac), nl.obj(name)),
+                &e,
+            )
+        })
+}
+
+/// The neighbours on link `index`: (address, MAC, permanent).
+async fn neighbours(nl: &Nl, index: u32) -> Result<Vec<(IpAddr, Option<[u8; 6]>, bool)>> {
+    let msgs: Vec<_> = nl
+        .handle()
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| kernel_error("list neighbours", nl.obj("neighbours"), &e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.ifindex == index)
+        .filter_map(|m| {
+            let mut ip = None;
+            let mut mac = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        ip = Some(IpAddr::V4(*v4))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        ip = Some(IpAddr::V6(*v6))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) => {
+                        mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                    }
+                    _ => {}
+                }
+            }
+            Some((ip?, mac, m.header.state == NeighbourState::Permanent))
+        })
+        .collect())
+}
+
+/// Maps a VPP failure to the core error, saying which object and operation.
+fn vpp_err(op: &str, object: &str) -> impl FnOnce(VppError) -> Error {
+    let what = format!("{op} {object}");
+    move |e| match e {
+        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => e.into(),
+        VppError::Timeout { .. } => e.into(),
+        e => Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: what,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// One pod interface as VPP has it.
+#[derive(Debug, Clone)]
+struct PodInterface {
+    sw_if_index: u32,
+    host_if_name: String,
+    tag: String,
+    up: bool,
+    mac: [u8; 6],
+}
+
+/// The VPP operations, one or a few API calls each.
+struct Ops<'a> {
+    c: &'a VppClient,
+}
+
+impl Ops<'_> {
+    async fn find_gateway(&self) -> Result<Option<u32>> {
+        let ifs = self
+            .c
+            .interfaces()
+            .await
+            .map_err(vpp_err("list", "interfaces"))?;
+        Ok(ifs
+            .iter()
+            .find(|i| i.tag == GATEWAY_TAG)
+            .map(|i| i.sw_if_index))
+    }
+
+    /// The gateway loopback, created (with its address, up) when missing.
+    async fn ensure_gateway(&self) -> Result<u32> {
+        let sw = match self.find_gateway().await? {
+            Some(sw) => sw,
+            None => self.create_gateway().await?,
+        };
+        let want = IpNet::from(IpAddr::V4(GATEWAY_V4));
+        if !self.addresses(sw, false).await?.contains(&want) {
+            match self
+                .c
+                .request(&interface::SwInterfaceAddDelAddress {
+                    sw_if_index: sw,
+                    is_add: true,
+                    del_all: false,
+                    prefix: want.into(),
+                })
+                .await
+            {
+                Ok(_) => {}
+                // a concurrent ADD was first
+                Err(e) if e.retval() == Some(retval::ADDRESS_FOUND_FOR_INTERFACE) => {}
+                Err(e) => return Err(vpp_err("add address to", "gateway loopback")(e)),
+            }
+        }
+        self.set_up(sw, "gateway loopback").await?;
+        Ok(sw)
+    }
+
+    async fn create_gateway(&self) -> Result<u32> {
+        let r = self
+            .c
+            .request(&interface::CreateLoopbackInstance {
+                mac_address: MacAddress(GATEWAY_MAC),
+                is_specified: true,
+                user_instance: GATEWAY_INSTANCE,
+            })
+            .await;
+        let sw = match r {
+            Ok(r) => r.sw_if_index,
+            // a concurrent ADD created it; it is tagged by now or very soon
+            Err(e) if e.retval() == Some(retval::INSTANCE_IN_USE) => {
+                for _ in 0..50 {
+                    if let Some(sw) = self.find_gateway().await? {
+                        return Ok(sw);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                return Err(Error::Dataplane {
+                    dataplane: DATAPLANE.into(),
+                    op: "create gateway loopback".into(),
+                    reason: format!(
+                        "loop{GATEWAY_INSTANCE} exists but is not tagged {GATEWAY_TAG:?} (not ours?)"
+                    ),
+                });
+            }
+            Err(e) => return Err(vpp_err("create", "gateway loopback")(e)),
+        };
+        self.c
+            .request(&interface::SwInterfaceTagAddDel {
+                is_add: true,
+                sw_if_index: sw,
+                tag: GATEWAY_TAG.into(),
+            })
+            .await
+            .map_err(vpp_err("tag", "gateway loopback"))?;
+        tracing::info!(sw_if_index = sw, "created the VPP gateway loopback");
+        Ok(sw)
+    }
+
+    async fn addresses(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
+        let a = self
+            .c
+            .dump(&ip::IpAddressDump {
+                sw_if_index: sw,
+                is_ipv6: v6,
+            })
+            .await
+            .map_err(vpp_err("list addresses of", &format!("sw_if_index {sw}")))?;
+        Ok(a.iter().filter_map(|d| d.prefix.to_ipnet()).collect())
+    }
+
+    async fn set_up(&self, sw: u32, what: &str) -> Result<()> {
+        self.c
+            .request(&interface::SwInterfaceSetFlags {
+                sw_if_index: sw,
+                flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
+            })
+            .await
+            .map_err(vpp_err("set up", what))?;
+        Ok(())
+    }
+
+    async fn create_pod_interface(
+        &self,
+        id: &AttachmentId,
+        host_name: &str,
+        mac: [u8; 6],
+    ) -> Result<u32> {
+        let name = host_vpp(host_name);
+        let r = self
+            .c
+            .request(&af_packet::AfPacketCreateV3 {
+                mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
+                hw_addr: MacAddress(mac),
+                use_random_hw_addr: false,
+                host_if_name: host_name.into(),
+                // let the kernel's partial checksums and GSO through as metadata
+                flags: AfPacketFlags::AF_PACKET_API_FLAG_CKSUM_GSO,
+                num_rx_queues: 1,
+                num_tx_queues: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(vpp_err("create af_packet interface", &name))?;
+        let sw = r.sw_if_index;
+        self.c
+            .request(&interface::SwInterfaceTagAddDel {
+                is_add: true,
+                sw_if_index: sw,
+                tag: pod_tag(id),
+            })
+            .await
+            .map_err(vpp_err("tag", &name))?;
+        Ok(sw)
+    }
+
+    /// Every af_packet interface with its tag, state and MAC.
+    async fn pod_interfaces(&self) -> Result<Vec<PodInterface>> {
+        let afs = self
+            .c
+            .dump(&af_packet::AfPacketDump {})
+            .await
+            .map_err(vpp_err("list", "af_packet interfaces"))?;
+        let ifs = self
+            .c
+            .interfaces()
+            .await
+            .map_err(vpp_err("list", "interfaces"))?;
+        Ok(afs
+            .into_iter()
+            .map(|a| {
+                let i = ifs.iter().find(|i| i.sw_if_index == a.sw_if_index);
+                PodInterface {
+                    sw_if_index: a.sw_if_index,
+                    host_if_name: a.host_if_name,
+                    tag: i.map(|i| i.tag.clone()).unwrap_or_default(),
+                    up: i.is_some_and(|i| {
+                        i.flags.contains(IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP)
+                    }),
+                    mac: i.map(|i| i.l2_address.0).unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    async fn pod_interface(&self, host_name: &str) -> Result<Option<PodInterface>> {
+        Ok(self
+            .pod_interfaces()
+            .await?
+            .into_iter()
+            .find(|p| p.host_if_name == host_name))
+    }
+
+    /// Static neighbour `ip` → `mac` on `sw`, without a FIB entry (the route is ours).
+    async fn neighbour(&self, sw: u32, ip: IpAddr, mac: [u8; 6], is_add: bool) -> Result<()> {
+        let r = self
+            .c
+            .request(&ip_neighbor::IpNeighborAddDel {
+                is_add,
+                neighbor: IpNeighbor {
+                    sw_if_index: sw,
+                    flags: IpNeighborFlags::IP_API_NEIGHBOR_FLAG_STATIC
+                        | IpNeighborFlags::IP_API_NEIGHBOR_FLAG_NO_FIB_ENTRY,
+                    mac_address: MacAddress(mac),
+                    ip_address: ip.into(),
+                },
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if !is_add && e.retval() == Some(retval::NO_SUCH_ENTRY) => Ok(()),
+            Err(e) => Err(vpp_err(
+                if is_add {
+                    "add neighbour"
+                } else {
+                    "delete neighbour"
+                },
+                &format!("{ip} lladdr {} on sw_if_index {sw}", format_mac(&mac)),
+            )(e)),
+        }
+    }
+
+    /// The neighbours on `sw`: (address, MAC).
+    async fn neighbours(&self, sw: u32, v6: bool) -> Result<Vec<(IpAddr, [u8; 6])>> {
+        let d = self
+            .c
+            .dump(&ip_neighbor::IpNeighborDump {
+                sw_if_index: sw,
+                af: if v6 {
+                    AddressFamily::ADDRESS_IP6
+                } else {
+                    AddressFamily::ADDRESS_IP4
+                },
+            })
+            .await
+            .map_err(vpp_err("list neighbours of", &format!("sw_if_index {sw}")))?;
+        Ok(d.iter()
+            .filter(|n| n.neighbor.sw_if_index == sw)
+            .filter_map(|n| Some((n.neighbor.ip_address.to_ip()?, n.neighbor.mac_address.0)))
+            .collect())
+    }
+
+    /// Route `ip/32` (`/128`) via `ip` out of `sw`.
+    async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
+        let prefix = IpNet::from(ip);
+        let r = self
+            .c
+            .request(&ip::IpRouteAddDel {
+                is_add,
+                is_multipath: false,
+                route: IpRoute {
+                    table_id: 0,
+                    stats_index: 0,
+                    prefix: prefix.into(),
+                    paths: vec![FibPath {
+                        sw_if_index: sw,
+                        weight: 1,
+                        r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
+                        proto: if ip.is_ipv6() {
+                            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
+                        } else {
+                            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
+                        },
+                        nh: FibPathNh {
+                            address: crate::api::types::Address::from(ip).un,
+                            classify_table_index: u32::MAX,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    }],
+                },
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if !is_add && e.retval() == Some(retval::NO_SUCH_ENTRY) => Ok(()),
+            Err(e) => Err(vpp_err(
+                if is_add { "add route" } else { "delete route" },
+                &format!("{prefix} via sw_if_index {sw}"),
+            )(e)),
+        }
+    }
+
+    /// Prefixes of table 0 routed through `sw`.
+    async fn routes_via(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
+        let routes = self
+            .c
+            .dump(&ip::IpRouteDump {
+                table: IpTable {
+                    table_id: 0,
+                    is_ip6: v6,
+                    name: String::new(),
+                },
+            })
+            .await
+            .map_err(vpp_err("list", "routes"))?;
+        Ok(routes
+            .iter()
+            .filter(|r| r.route.paths.iter().any(|p| p.sw_if_index == sw))
+            .filter_map(|r| r.route.prefix.to_ipnet())
+            // the interface's own link-local and connected entries are VPP's
+            .filter(|p| !p.addr().is_ipv6() || !is_link_local(p.addr()))
+            .collect())
+    }
+
+    /// Removes everything of the pod interface on `host_name` from VPP: routes through it,
+    /// neighbours on it, the interface. Returns whether it existed.
+    async fn remove_pod_interface(&self, host_name: &str) -> Result<bool> {
+        let Some(pif) = self.pod_interface(host_name).await? else {
+            return Ok(false);
+        };
+        let sw = pif.sw_if_index;
+        for v6 in [false, true] {
+            for p in self.routes_via(sw, v6).await? {
+                if p.prefix_len() == if v6 { 128 } else { 32 } {
+                    self.route(sw, p.addr(), false).await?;
+                }
+            }
+            for (ip, mac) in self.neighbours(sw, v6).await? {
+                self.neighbour(sw, ip, mac, false).await?;
+            }
+        }
+        let name = host_vpp(host_name);
+        self.c
+            .request(&interface::SwInterfaceSetFlags {
+                sw_if_index: sw,
+                flags: IfStatusFlags(0),
+            })
+            .await
+            .map_err(vpp_err("set down", &name))?;
+        self.c
+            .request(&af_packet::AfPacketDelete {
+                host_if_name: host_name.into(),
+            })
+            .await
+            .map_err(vpp_err("delete af_packet interface", &name))?;
+        Ok(true)
+    }
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local(),
+    }
+}
+
+fn open_pod_netns(netns: &Netns) -> Result<std::fs::File> {
+    let path: PathBuf = match netns {
+        Netns::Path(p) => p.clone(),
+        Netns::Current => Path::new("/proc/thread-self/ns/net").to_path_buf(),
+    };
+    std::fs::File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::UnknownContainer(format!("network namespace {netns} does not exist"))
+        }
+        _ => Error::io("open netns", netns, e),
+    })
+}
+
+#[async_trait]
+impl Attach for VppAttach {
+    async fn attach(
+        &self,
+        host: &Netns,
+        req: &AttachRequest,
+        addrs: &CniResult,
+    ) -> Result<CniResult> {
+        req.pod_netns.check()?;
+        if addrs.ips.is_empty() {
+            return Err(Error::config("IPAM returned no addresses"));
+        }
+        let mtu = self.pod_mtu(req.mtu)?;
+        let c = self.connect(host).await?;
+        let ops = Ops { c: &c };
+        let pod_file = open_pod_netns(&req.pod_netns)?;
+        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                object: format!("interface {} in {}", req.id.ifname, req.pod_netns),
+                reason: "CNI_IFNAME is taken in the pod namespace".into(),
+            });
+        }
+        let host_name = host_ifname(&req.id);
+        if host_nl.link_by_name(&host_name).await?.is_some()
+            || ops.pod_interface(&host_name).await?.is_some()
+        {
+            return Err(Error::AlreadyExists {
+                object: format!("pod interface {host_name} in {host} / VPP"),
+                reason: format!(
+                    "attachment {} is already attached (ADD without DEL?)",
+                    req.id
+                ),
+            });
+        }
+        create_veth(
+            &host_nl,
+            &host_name,
+            &req.id.ifname,
+            pod_file.as_raw_fd(),
+            mtu,
+        )
+        .await?;
+        drop(pod_file);
+        let res = self
+            .attach_inner(&ops, &host_nl, &pod_nl, req, addrs, mtu)
+            .await;
+        match res {
+            Ok(r) => {
+                tracing::info!(attachment = %req.id, veth = %host_name, mtu, "attached to VPP");
+                let _ = c.close().await;
+                Ok(r)
+            }
+            Err(e) => {
+                tracing::warn!(attachment = %req.id, error = %e, "attach failed, undoing");
+                self.undo(&ops, &host_nl, &host_name).await;
+                let _ = c.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
+        req.pod_netns.check()?;
+        let c = self.connect(host).await?;
+        let ops = Ops { c: &c };
+        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        let mut diffs = Vec::new();
+        let vmac = vpp_mac(&req.id);
+        let pod_mac = self
+            .check_pod(&pod_nl, req, expected, vmac, &mut diffs)
+            .await?;
+        let sb = sandbox(&req.pod_netns);
+        let pod_idx = expected
+            .interfaces
+            .iter()
+            .position(|i| i.name == req.id.ifname && i.sandbox.as_deref() == Some(sb.as_str()));
+        let ips = pod_idx.map(|i| pod_ips(expected, i)).unwrap_or_default();
+        let host_name = host_ifname(&req.id);
+        match host_nl.link_by_name(&host_name).await? {
+            None => diffs.push(format!("node veth {host_name} is missing")),
+            Some(l) if !l.up => diffs.push(format!("node veth {host_name} is down")),
+            Some(_) => {}
+        }
+        self.check_vpp(&ops, req, &ips, pod_mac, &mut diffs).await?;
+        let _ = c.close().await;
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(check_failed(&req.id, diffs.join("; ")))
+        }
+    }
+
+    async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
+        let host_name = host_ifname(&req.id);
+        match self.connect(host).await {
+            Ok(c) => {
+                let ops = Ops { c: &c };
+                match ops.pod_interface(&host_name).await? {
+                    Some(p) if p.tag != pod_tag(&req.id) => {
+                        tracing::warn!(interface = %host_vpp(&host_name), tag = %p.tag, "detach: VPP interface not tagged as ours, left alone");
+                        let _ = c.close().await;
+                        return Ok(());
+                    }
+                    Some(_) => {
+                        ops.remove_pod_interface(&host_name).await?;
+                    }
+                    None => {}
+                }
+                let _ = c.close().await;
+            }
+            // VPP is not running: none of its objects exist
+            Err(Error::TryAgainLater(why)) => {
+                tracing::warn!(%why, "detach: VPP unreachable, removing the veth only");
+            }
+            Err(e) => return Err(e),
+        }
+        let nl = Nl::open(host).await?;
+        if let Some(l) = nl.link_by_name(&host_name).await? {
+            if l.kind.as_deref() == Some("veth") {
+                nl.delete_link(l.index, &host_name).await?;
+            } else {
+                tracing::warn!(link = %host_name, kind = ?l.kind, "detach: not a veth, left alone");
+            }
+        }
+        tracing::info!(attachment = %req.id, veth = %host_name, "detached from VPP");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_macs_and_tags_are_stable_and_bounded() {
+        let id = AttachmentId::new("c0ffee", "eth0");
+        assert_eq!(host_ifname(&id), host_ifname(&id.clone()));
+        assert_eq!(host_ifname(&id).len(), 14);
+        assert_ne!(
+            host_ifname(&id),
+            host_ifname(&AttachmentId::new("c0ffee", "eth1"))
+        );
+        assert_ne!(
+            host_ifname(&AttachmentId::new("ab", "ceth0")),
+            host_ifname(&AttachmentId::new("abc", "eth0"))
+        );
+        let m = vpp_mac(&id);
+        assert_eq!(m[0] & 1, 0, "unicast");
+        assert_eq!(m[0] & 2, 2, "locally administered");
+        assert_eq!(pod_tag(&id), "scrambler:pod=c0ffee/eth0");
+        let long = AttachmentId::new("f".repeat(64), "eth0123456789ab");
+        let t = pod_tag(&long);
+        assert!(
+            t.len() <= 63 && t.starts_with(POD_TAG_PREFIX) && t.ends_with("/eth0123456789ab"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn routes_default_per_family_via_the_gateway() {
+        let mut r = CniResult {
+            ips: vec![IpConfig {
+                address: "10.1.0.5/24".parse().unwrap(),
+                gateway: None,
+                interface: None,
+            }],
+            ..Default::default()
+        };
+        let routes = pod_routes(&r);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].dst.to_string(), "0.0.0.0/0");
+        assert_eq!(routes[0].gw, Some(IpAddr::V4(GATEWAY_V4)));
+        r.routes.push(Route {
+            dst: "10.0.0.0/8".parse().unwrap(),
+            gw: Some("10.1.0.1".parse().unwrap()),
+            mtu: None,
+        });
+        r.ips.push(IpConfig {
+            address: "fd00::5/64".parse().unwrap(),
+            gateway: None,
+            interface: None,
+        });
+        let routes = pod_routes(&r);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].dst.to_string(), "10.0.0.0/8");
+        assert_eq!(routes[1].dst.to_string(), "::/0");
+        assert_eq!(routes[1].gw, Some(IpAddr::V6(GATEWAY_V6)));
+    }
+
+    #[test]
+    fn macs_parse() {
+        assert_eq!(
+            parse_mac("02:5c:00:0a:ff:01"),
+            Some([2, 0x5c, 0, 10, 255, 1])
+        );
+        assert_eq!(parse_mac("02:5c"), None);
+        assert_eq!(parse_mac("02:5c:00:0a:ff:01:00"), None);
+    }
+}
