@@ -17,12 +17,14 @@
 
 use crate::config::{IpvlanConfig, Mode};
 use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};
+use crate::node::IpvlanNode;
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
     Route,
 };
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 /// Prefix of the `ifalias` of pod interfaces made by this backend.
@@ -310,6 +312,9 @@ impl Attach for IpvlanAttach {
             });
         }
         let mtu = self.pod_mtu(&master, req.mtu)?;
+        if self.cfg.encrypt {
+            self.node_setup(&master, addrs).ensure(host).await?;
+        }
         create_ipvlan(
             &host_nl,
             &IpvlanSpec {
@@ -318,12 +323,18 @@ impl Attach for IpvlanAttach {
                 mode: self.cfg.mode,
                 flag: self.cfg.flag,
                 mtu,
-                netns_fd: pod_file.as_raw_fd(),
+                netns_fd: Some(pod_file.as_raw_fd()),
             },
         )
         .await?;
         drop(pod_file);
-        match self.attach_inner(&pod_nl, req, addrs, mtu).await {
+        let attached = match self.attach_inner(&pod_nl, req, addrs, mtu).await {
+            Ok(r) if self.cfg.encrypt => {
+                IpvlanNode::add_pod(host, &pod_ips(addrs)).await.map(|()| r)
+            }
+            other => other,
+        };
+        match attached {
             Ok(r) => {
                 tracing::info!(attachment = %req.id, master = %master.name,
                     mode = self.cfg.mode.as_str(), mtu, "attached");
@@ -334,6 +345,11 @@ impl Attach for IpvlanAttach {
                 if let Ok(Some(l)) = pod_nl.link_by_name(&req.id.ifname).await {
                     if let Err(e2) = pod_nl.delete_link(l.index, &req.id.ifname).await {
                         tracing::error!(error = %e2, "undo: delete ipvlan failed");
+                    }
+                }
+                if self.cfg.encrypt {
+                    if let Err(e2) = release_node(host, &pod_ips(addrs)).await {
+                        tracing::error!(error = %e2, "undo: release ipvlan node setup failed");
                     }
                 }
                 Err(e)
@@ -392,31 +408,78 @@ impl Attach for IpvlanAttach {
         }
     }
 
-    async fn detach(&self, _host: &Netns, req: &AttachRequest) -> Result<()> {
+    async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
+        let ips = self.detach_pod(req).await?;
+        if self.cfg.encrypt {
+            if let Some(ips) = ips {
+                release_node(host, &ips).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IpvlanAttach {
+    /// The node setup for encrypted pods on `master`, with the IPAM's subnets as the
+    /// node's pod CIDRs.
+    pub fn node_setup(&self, master: &LinkState, addrs: &CniResult) -> IpvlanNode {
+        let mut pod_cidrs: Vec<IpNet> = addrs.ips.iter().map(|c| c.address.trunc()).collect();
+        pod_cidrs.dedup();
+        IpvlanNode {
+            master: master.name.clone(),
+            mode: self.cfg.mode,
+            pod_cidrs,
+            cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+        }
+    }
+
+    /// Deletes the pod's interface if it is ours; returns the addresses it had (empty when
+    /// there was nothing to delete), or `None` when an interface of someone else's was
+    /// left alone.
+    async fn detach_pod(&self, req: &AttachRequest) -> Result<Option<Vec<IpAddr>>> {
         if netns_gone(&req.pod_netns) {
             tracing::debug!(attachment = %req.id, "detach: pod netns gone, nothing to do");
-            return Ok(());
+            return Ok(Some(vec![]));
         }
         let pod = match Nl::open(&req.pod_netns).await {
             Ok(nl) => nl,
-            Err(Error::UnknownContainer(_)) => return Ok(()),
+            Err(Error::UnknownContainer(_)) => return Ok(Some(vec![])),
             Err(e) => return Err(e),
         };
         let Some(link) = pod.link_by_name(&req.id.ifname).await? else {
             tracing::debug!(attachment = %req.id, "detach: no interface, nothing to do");
-            return Ok(());
+            return Ok(Some(vec![]));
         };
         if link.kind.as_deref() != Some("ipvlan")
             || link.alias.as_deref() != Some(self.alias(&req.id).as_str())
         {
             tracing::warn!(link = %link.name, kind = ?link.kind, alias = ?link.alias,
                 "detach: interface not marked as ours, left alone");
-            return Ok(());
+            return Ok(None);
         }
+        let ips = pod
+            .addresses(link.index)
+            .await?
+            .iter()
+            .map(IpNet::addr)
+            .collect();
         pod.delete_link(link.index, &req.id.ifname).await?;
         tracing::info!(attachment = %req.id, "detached");
-        Ok(())
+        Ok(Some(ips))
     }
+}
+
+fn pod_ips(addrs: &CniResult) -> Vec<IpAddr> {
+    addrs.ips.iter().map(|c| c.address.addr()).collect()
+}
+
+/// Unregisters a pod's addresses from the node setup and removes the setup when no pod
+/// is left.
+async fn release_node(host: &Netns, ips: &[IpAddr]) -> Result<()> {
+    if IpvlanNode::remove_pod(host, ips).await? == 0 {
+        IpvlanNode::remove(host).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

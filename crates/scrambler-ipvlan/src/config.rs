@@ -1,5 +1,6 @@
 //! The ipvlan settings of a CNI conf: `master`, `mode`, `flag`, `mtu`, `encrypt`.
 
+use ipnet::IpNet;
 use scrambler_core::{Error, NetConf, Result};
 use serde::{Deserialize, Serialize};
 
@@ -108,10 +109,14 @@ pub struct IpvlanConfig {
     pub mtu: Option<u32>,
     /// Pod traffic to other nodes is encrypted by the node's xfrm mesh (l3, l3s only).
     pub encrypt: bool,
+    /// The cluster's pod CIDRs (`"clusterCidrs"`): with `encrypt`, pod traffic to them is
+    /// re-routed into the mesh and never leaves the master in the clear; empty: all pod
+    /// traffic is re-routed, no cleartext guard.
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 impl IpvlanConfig {
-    /// Reads the ipvlan settings of `conf` (`flag` is an extra field), refusing
+    /// Reads the ipvlan settings of `conf` (`flag` and `clusterCidrs` are extra fields), refusing
     /// `"encrypt": true` with mode `l2` (code 7).
     pub fn from_netconf(conf: &NetConf) -> Result<Self> {
         let flag = match conf.extra.get("flag") {
@@ -123,6 +128,14 @@ impl IpvlanConfig {
                 )))
             }
         };
+        let cluster_cidrs = match conf.extra.get("clusterCidrs") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(v) => serde_json::from_value::<Vec<IpNet>>(v.clone()).map_err(|e| {
+                Error::config(format!(
+                    "ipvlan clusterCidrs must be a list of CIDRs, got {v}: {e}"
+                ))
+            })?,
+        };
         let cfg = IpvlanConfig {
             network: conf.name.clone(),
             master: conf.master.clone().filter(|m| !m.is_empty()),
@@ -130,6 +143,7 @@ impl IpvlanConfig {
             flag: Flag::parse(flag)?,
             mtu: conf.mtu,
             encrypt: conf.encrypt.unwrap_or(false),
+            cluster_cidrs,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -196,6 +210,20 @@ mod tests {
             (Mode::L3s, Flag::Private, Some(1400))
         );
         assert!(c.encrypt);
+        assert!(c.cluster_cidrs.is_empty());
+        let c = conf(serde_json::json!({"mode": "l3", "encrypt": true,
+            "clusterCidrs": ["10.244.0.0/16"]}))
+        .unwrap();
+        assert_eq!(
+            c.cluster_cidrs,
+            vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            conf(serde_json::json!({"clusterCidrs": ["nope"]}))
+                .unwrap_err()
+                .code(),
+            7
+        );
         assert_eq!(
             conf(serde_json::json!({"flag": "vepa"})).unwrap().flag,
             Flag::Vepa

@@ -62,6 +62,9 @@
 pub mod attach;
 pub mod config;
 pub mod netlink;
+pub mod nft;
+pub mod node;
 
 pub use attach::IpvlanAttach;
 pub use config::{Flag, IpvlanConfig, Mode};
+pub use node::IpvlanNode;

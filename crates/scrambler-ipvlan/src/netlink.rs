@@ -4,10 +4,15 @@
 //! flag as this crate's [`Mode`] and [`Flag`].
 
 use crate::config::{Flag, Mode};
+use ipnet::IpNet;
 use rtnetlink::packet_route::link::{IpVlanFlags, IpVlanMode};
 use rtnetlink::LinkIpVlan;
 use scrambler_core::{Error, Result};
+use scrambler_netlink::{errno, is_gone, kernel_error, route_message, route_name, EEXIST};
 use std::os::fd::RawFd;
+
+/// `ESRCH`: what the kernel answers when asked to delete a route that does not exist.
+const ESRCH: i32 = 3;
 
 pub use scrambler_netlink::{format_mac, LinkState, Nl, RouteState, MAIN_TABLE, ROUTE_PROTO};
 
@@ -24,24 +29,61 @@ pub struct IpvlanSpec<'a> {
     pub flag: Flag,
     /// MTU.
     pub mtu: u32,
-    /// Namespace (open file descriptor) the link is created in.
-    pub netns_fd: RawFd,
+    /// Namespace (open file descriptor) the link is created in; `None`: the creating
+    /// connection's own.
+    pub netns_fd: Option<RawFd>,
 }
 
 /// Creates, through `nl`, an ipvlan slave of `spec.master` (a link of `nl`'s namespace)
-/// directly in the namespace `spec.netns_fd`, named `spec.name` there.
+/// directly in the namespace `spec.netns_fd` (or `nl`'s), named `spec.name` there.
 pub async fn create_ipvlan(nl: &Nl, spec: &IpvlanSpec<'_>) -> Result<()> {
-    let msg = LinkIpVlan::new(spec.name, spec.master, ipvlan_mode(spec.mode))
+    let mut b = LinkIpVlan::new(spec.name, spec.master, ipvlan_mode(spec.mode))
         .flag(ipvlan_flags(spec.flag))
-        .mtu(spec.mtu)
-        .setns_by_fd(spec.netns_fd)
-        .build();
+        .mtu(spec.mtu);
+    if let Some(fd) = spec.netns_fd {
+        b = b.setns_by_fd(fd);
+    }
+    let msg = b.build();
     let exists = Error::AlreadyExists {
         object: format!("interface {}", spec.name),
-        reason: "an interface with that name exists in the pod namespace".into(),
+        reason: "an interface with that name exists in the target namespace".into(),
     };
     let what = format!("{} on master index {}", spec.name, spec.master);
     nl.add_link(msg, "create ipvlan", what, exists).await
+}
+
+/// Deletes the route to `dst` out of link `index` (main table, our protocol); a route
+/// that is already gone is not an error. Returns whether it existed.
+pub async fn delete_route(nl: &Nl, dst: IpNet, index: u32) -> Result<bool> {
+    let msg = route_message(dst, None, index, None)?;
+    match nl.handle().route().del(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_gone(&e) || errno(&e) == Some(ESRCH) => Ok(false),
+        Err(e) => Err(kernel_error(
+            "delete route",
+            nl.obj(route_name(dst, None, index)),
+            &e,
+        )),
+    }
+}
+
+/// Adds the route to `dst` out of link `index` unless it is there; returns whether it
+/// was added.
+pub async fn ensure_route(nl: &Nl, have: &[RouteState], dst: IpNet, index: u32) -> Result<bool> {
+    let dst = dst.trunc();
+    if have.iter().any(|r| r.dst == dst && r.oif == Some(index)) {
+        return Ok(false);
+    }
+    let msg = route_message(dst, None, index, None)?;
+    match nl.handle().route().add(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+        Err(e) => Err(kernel_error(
+            "add route",
+            nl.obj(route_name(dst, None, index)),
+            &e,
+        )),
+    }
 }
 
 /// The ipvlan mode of `link`, if it is an ipvlan link in a mode this crate knows.

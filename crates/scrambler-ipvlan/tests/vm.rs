@@ -327,6 +327,7 @@ mod encrypted {
 
     use super::*;
     use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId, Tunnel};
+    use scrambler_ipvlan::IpvlanNode;
     use scrambler_xfrm::{XfrmConfig, XfrmTunnel};
     use std::io::{BufRead, BufReader, Read};
 
@@ -347,18 +348,6 @@ mod encrypted {
             peers: vec![node(3 - local)],
             keys: Keys::single(1),
         }
-    }
-
-    fn sh(n: &Ns, script: &str) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &n.name, "sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     /// What a node has, for failure messages.
@@ -404,16 +393,21 @@ mod encrypted {
         out.lines().map(str::to_string).collect()
     }
 
-    /// Pods in l3 with `"encrypt": true` on two nodes running the xfrm mesh, with the node
-    /// setup the docs describe (re-route chain, node-side l3 slave, forwarding): they
-    /// reach each other and the wire carries ESP only.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire() {
-        if needs_vm(FEATURES) {
-            return VM
-                .run("vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire")
-                .assert_success();
-        }
+    /// The node's setup as the CLI tools see it: our link, our nft table.
+    fn setup_seen(n: &Ns) -> (bool, bool) {
+        let link = n
+            .ip(&["-d", "link"])
+            .contains(scrambler_ipvlan::node::NODE_LINK);
+        let (_, tables) = n.exec(&["nft", "list", "tables"]);
+        (link, tables.contains("scrambler-ipvlan"))
+    }
+
+    /// Pods in l3/l3s with `"encrypt": true` on two nodes: the attachment makes the node
+    /// setup itself (re-route chain, cleartext guard, node-side slave, forwarding). Before
+    /// the mesh exists, pod traffic on a cleartext route is dropped by the guard; with the
+    /// mesh, pods reach each other and the wire carries ESP only; the DEL of a node's last
+    /// pod, or `IpvlanNode::remove`, leaves nothing of ours.
+    async fn encrypted_lab(mode: Mode) {
         let lab = Lab::new();
         let tunnel = XfrmTunnel::new(XfrmConfig {
             guard_supernets: vec!["10.1.0.0/16".parse().unwrap()],
@@ -424,26 +418,23 @@ mod encrypted {
         let a = IpvlanAttach::new(IpvlanConfig {
             network: "pods".into(),
             master: Some("ul0".into()),
-            mode: Mode::L3,
+            mode,
             encrypt: true,
+            cluster_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
             ..Default::default()
         })
         .unwrap();
         for i in 0..2 {
             let id = i as u32 + 1;
             let n = &lab.nodes[i];
-            tunnel
-                .reconcile(&n.netns(), &mesh(id), &secret)
-                .await
-                .unwrap();
-            // inbound: ESP is decrypted on the xfrm interface, not on ul0, so the node
-            // forwards the inner packet to its pods through a node-side l3 slave
+            // a cleartext path to the other node's pods, as if the mesh were missing
             n.ip(&[
-                "link", "add", "ipvl0", "link", "ul0", "type", "ipvlan", "mode", "l3",
+                "route",
+                "add",
+                &format!("10.1.{}.0/24", 3 - id),
+                "via",
+                &format!("192.0.2.{}", 3 - id),
             ]);
-            n.ip(&["link", "set", "ipvl0", "up"]);
-            n.ip(&["route", "add", &format!("10.1.{id}.0/24"), "dev", "ipvl0"]);
-            sh(n, "sysctl -qw net.ipv4.ip_forward=1");
             let r = a
                 .attach(
                     &n.netns(),
@@ -456,66 +447,53 @@ mod encrypted {
                 r.interfaces[0].mtu,
                 Some(scrambler_core::esp::pod_mtu(1500, true))
             );
+            assert_eq!(setup_seen(n), (true, true), "setup on node{id}");
+            assert_eq!(
+                IpvlanNode::pods(&n.netns()).await.unwrap(),
+                vec![format!("10.1.{id}.2").parse::<std::net::IpAddr>().unwrap()]
+            );
+            let link = n.ip(&["-d", "link", "show", scrambler_ipvlan::node::NODE_LINK]);
+            assert!(link.contains(&format!("mode {} ", mode.as_str())), "{link}");
         }
-        // without the re-route: dropped, never cleartext on the wire
+        // ensure is idempotent
+        let again = a
+            .node_setup(
+                &scrambler_ipvlan::netlink::LinkState {
+                    name: "ul0".into(),
+                    ..Default::default()
+                },
+                &addrs("10.1.1.2/24", None),
+            )
+            .ensure(&lab.nodes[0].netns())
+            .await
+            .unwrap();
+        assert_eq!(again, Default::default());
+
+        // no mesh yet: the guard drops pod traffic on the cleartext route
         let cap = capture(&lab.wire);
-        assert!(
-            !lab.pods[0].ping("10.1.2.2"),
-            "expected drop without re-route"
-        );
+        assert!(!lab.pods[0].ping("10.1.2.2"), "expected drop without mesh");
         let lines = finish(cap);
         assert!(
             !lines.iter().any(|l| l.contains(" 10.1.")),
-            "cleartext without re-route: {lines:#?}"
+            "cleartext without the mesh: {lines:#?}"
         );
-        for n in &lab.nodes {
-            // outbound: without a re-route the xfrm interface drops the pods' packets
-            // (no bundle for the dst ipvlan's master-bound lookup made); a mark set in a
-            // netfilter `route` chain makes the node re-route them (ip_route_me_harder)
-            sh(
-                n,
-                "nft add table ip scrambler-ipvlan && \
-                 nft add chain ip scrambler-ipvlan out '{ type route hook output priority mangle; }' && \
-                 nft add rule ip scrambler-ipvlan out ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 meta mark set 0x5c",
-            );
-        }
+
         for i in 0..2 {
-            lab.nodes[i].ip(&[
-                "addr",
-                "add",
-                &format!("10.1.{}.1/32", i + 1),
-                "dev",
-                "ipvl0",
-            ]);
+            let id = i as u32 + 1;
+            let n = &lab.nodes[i];
+            n.ip(&["route", "del", &format!("10.1.{}.0/24", 3 - id)]);
+            tunnel
+                .reconcile(&n.netns(), &mesh(id), &secret)
+                .await
+                .unwrap();
         }
-        let node_ping = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.nodes[0].name,
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-I",
-                "10.1.1.1",
-                "10.1.2.1",
-            ])
-            .output()
-            .unwrap();
-        let node_ping = format!(
-            "node ping: {:?} {}",
-            node_ping.status,
-            String::from_utf8_lossy(&node_ping.stdout)
-        );
         let cap = capture(&lab.wire);
         let there = lab.pods[0].ping("10.1.2.2");
         let back = lab.pods[1].ping("10.1.1.2");
         let lines = finish(cap);
         assert!(
             there && back,
-            "pings {there} {back}; {node_ping}; wire: {lines:#?}\nnode1: {}",
+            "{mode:?}: pings {there} {back}; wire: {lines:#?}\nnode1: {}",
             diag(&lab.nodes[0])
         );
         let clear: Vec<_> = lines.iter().filter(|l| l.contains(" 10.1.")).collect();
@@ -525,8 +503,43 @@ mod encrypted {
         );
         let esp = lines.iter().filter(|l| l.contains("ESP")).count();
         assert!(esp >= 8, "ESP on the wire: {lines:#?}");
+
+        // node1: the DEL of its last pod removes the setup (twice: idempotent)
+        for _ in 0..2 {
+            a.detach(&lab.nodes[0].netns(), &lab.req(0)).await.unwrap();
+        }
+        assert_eq!(setup_seen(&lab.nodes[0]), (false, false));
+        assert!(!IpvlanNode::present(&lab.nodes[0].netns()).await.unwrap());
+        // node2: removing the setup removes all of it; the pod's DEL then is harmless
+        assert!(IpvlanNode::remove(&lab.nodes[1].netns()).await.unwrap());
+        assert!(!IpvlanNode::remove(&lab.nodes[1].netns()).await.unwrap());
+        assert_eq!(setup_seen(&lab.nodes[1]), (false, false));
+        a.detach(&lab.nodes[1].netns(), &lab.req(1)).await.unwrap();
+        assert!(!lab.pods[1].ip(&["link"]).contains("eth0"));
         for i in 0..2 {
             tunnel.remove(&lab.nodes[i].netns()).await.unwrap();
+            let routes = lab.nodes[i].ip(&["route"]);
+            assert!(!routes.contains("10.1."), "left behind: {routes}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire() {
+        if needs_vm(FEATURES) {
+            return VM
+                .run("vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire")
+                .assert_success();
+        }
+        encrypted_lab(Mode::L3).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vm_ipvlan_l3s_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire() {
+        if needs_vm(FEATURES) {
+            return VM
+                .run("vm_ipvlan_l3s_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire")
+                .assert_success();
+        }
+        encrypted_lab(Mode::L3s).await;
     }
 }

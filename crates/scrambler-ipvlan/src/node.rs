@@ -1,0 +1,309 @@
+//! [`IpvlanNode`]: the node-side setup that lets the xfrm mesh encrypt ipvlan `l3`/`l3s`
+//! pods (see the crate docs for why each piece is needed). Everything it makes is
+//! recognisable as ours and nothing else is touched:
+//!
+//! - the link [`NODE_LINK`] (ifalias [`NODE_ALIAS`]): an ipvlan slave of the master in the
+//!   node namespace, in the pods' mode, up, without addresses;
+//! - routes (protocol `0x5c`) out of it: each node pod CIDR (decrypted packets for the
+//!   node's pods are forwarded through it) and one host route per attached pod address —
+//!   the registry of pods that need the setup;
+//! - the nftables table `scrambler-ipvlan` ([`crate::nft`]);
+//! - `net.ipv4.ip_forward` (and `net.ipv6.conf.all.forwarding` with IPv6 CIDRs) set to 1
+//!   (left on by [`IpvlanNode::remove`]: other things on the node may need it).
+//!
+//! [`IpvlanNode::ensure`] is idempotent and cheap; the CNI ADD of an `"encrypt": true`
+//! pod calls it every time, then registers the pod ([`IpvlanNode::add_pod`]); the DEL of
+//! the pod unregisters it ([`IpvlanNode::remove_pod`]) and the DEL of the last one
+//! removes the setup ([`IpvlanNode::remove`]).
+
+use crate::config::Mode;
+use crate::netlink::{create_ipvlan, delete_route, ensure_route, link_mode, IpvlanSpec};
+use crate::nft;
+use crate::Flag;
+use ipnet::IpNet;
+use scrambler_core::{Error, Netns, Result};
+use scrambler_netlink::{LinkState, Nl};
+use std::net::IpAddr;
+
+/// Name of the node-side ipvlan slave.
+pub const NODE_LINK: &str = "scr-ipvl";
+/// Its `ifalias`, marking it as ours.
+pub const NODE_ALIAS: &str = "scrambler-ipvlan/node";
+
+/// The node setup for encrypted ipvlan pods on one master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvlanNode {
+    /// The master (the node's uplink), by name.
+    pub master: String,
+    /// The pods' ipvlan mode (`l3` or `l3s`; one mode per master in the kernel).
+    pub mode: Mode,
+    /// This node's pod CIDRs.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The cluster's pod CIDRs (all nodes); empty: every packet of the node's pods is
+    /// re-routed and there is no cleartext guard (see [`crate::nft`]).
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+/// What [`IpvlanNode::ensure`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnsureReport {
+    /// The node link was created (or re-created with a new master or mode).
+    pub link_created: bool,
+    /// Routes added.
+    pub routes_added: usize,
+}
+
+impl IpvlanNode {
+    /// Makes the setup in `netns` exactly what `self` says (idempotent; safe to run
+    /// concurrently). Fails with code 7 for `l2` or a missing master, with code 102 when a
+    /// link named [`NODE_LINK`] exists that is not ours.
+    pub async fn ensure(&self, netns: &Netns) -> Result<EnsureReport> {
+        if !self.mode.can_encrypt() {
+            return Err(Error::config(
+                "the ipvlan node setup is for l3/l3s; l2 pods cannot be encrypted",
+            ));
+        }
+        if self.pod_cidrs.is_empty() {
+            return Err(Error::config(
+                "the ipvlan node setup needs the node's pod CIDRs",
+            ));
+        }
+        let nl = Nl::open(netns).await?;
+        let master = nl.link_by_name(&self.master).await?.ok_or_else(|| {
+            Error::config(format!(
+                "ipvlan master {:?} does not exist in {netns}",
+                self.master
+            ))
+        })?;
+        let mut report = EnsureReport::default();
+        let link = match self.node_link(&nl, &master).await? {
+            Some(l) => l,
+            None => {
+                report.link_created = true;
+                self.create_node_link(&nl, &master).await?
+            }
+        };
+        let have = nl.main_routes().await?;
+        for c in &self.pod_cidrs {
+            if ensure_route(&nl, &have, *c, link.index).await? {
+                report.routes_added += 1;
+            }
+        }
+        // pod CIDRs routed here earlier (another range of the same network) stay covered
+        let mut pod_cidrs: Vec<IpNet> = self.pod_cidrs.iter().map(IpNet::trunc).collect();
+        for r in have.iter().filter(|r| r.oif == Some(link.index)) {
+            if r.dst.prefix_len() < r.dst.max_prefix_len() && !pod_cidrs.contains(&r.dst) {
+                pod_cidrs.push(r.dst);
+            }
+        }
+        drop(nl);
+        let v6 = pod_cidrs.iter().any(|c| c.addr().is_ipv6());
+        enable_forwarding(netns, v6).await?;
+        let rules = nft::Ruleset {
+            master: self.master.clone(),
+            pod_cidrs,
+            cluster_cidrs: self.cluster_cidrs.clone(),
+        };
+        nft::apply(netns, rules.script()).await?;
+        tracing::debug!(netns = %netns, master = %self.master, ?report, "ipvlan node setup ensured");
+        Ok(report)
+    }
+
+    /// Our node link if it is right for `master` and the mode; a wrong one of ours is
+    /// deleted (`None`), a foreign one is an error.
+    async fn node_link(&self, nl: &Nl, master: &LinkState) -> Result<Option<LinkState>> {
+        let Some(l) = nl.link_by_name(NODE_LINK).await? else {
+            return Ok(None);
+        };
+        if !is_ours(&l) {
+            return Err(Error::AlreadyExists {
+                object: nl.obj(format!("interface {NODE_LINK}")),
+                reason: format!(
+                    "it is not Scrambler's (kind {:?}, alias {:?}); rename it",
+                    l.kind, l.alias
+                ),
+            });
+        }
+        if l.parent == Some(master.index) && link_mode(&l) == Some(self.mode) {
+            if !l.up {
+                nl.set_up(l.index, NODE_LINK).await?;
+            }
+            return Ok(Some(l));
+        }
+        tracing::info!(
+            link = NODE_LINK,
+            "node link has another master or mode: re-created"
+        );
+        nl.delete_link(l.index, NODE_LINK).await?;
+        Ok(None)
+    }
+
+    async fn create_node_link(&self, nl: &Nl, master: &LinkState) -> Result<LinkState> {
+        let created = create_ipvlan(
+            nl,
+            &IpvlanSpec {
+                name: NODE_LINK,
+                master: master.index,
+                mode: self.mode,
+                flag: Flag::Bridge,
+                mtu: master.mtu.unwrap_or(1500),
+                netns_fd: None,
+            },
+        )
+        .await;
+        match created {
+            Ok(()) => {}
+            // a concurrent ADD made it first
+            Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let l = nl.link_by_name(NODE_LINK).await?.ok_or_else(|| {
+            Error::kernel("find link", nl.obj(NODE_LINK), "it vanished after creation")
+        })?;
+        if l.alias.as_deref() != Some(NODE_ALIAS) {
+            nl.set_alias(l.index, NODE_LINK, NODE_ALIAS).await?;
+        }
+        nl.set_up(l.index, NODE_LINK).await?;
+        Ok(l)
+    }
+
+    /// Registers pod addresses `ips` (host routes out of the node link). Needs
+    /// [`IpvlanNode::ensure`] first.
+    pub async fn add_pod(netns: &Netns, ips: &[IpAddr]) -> Result<()> {
+        let nl = Nl::open(netns).await?;
+        let link = our_link(&nl).await?.ok_or_else(|| {
+            Error::kernel(
+                "register pod",
+                nl.obj(NODE_LINK),
+                "the ipvlan node link does not exist",
+            )
+        })?;
+        let have = nl.main_routes().await?;
+        for ip in ips {
+            ensure_route(&nl, &have, host(*ip), link.index).await?;
+        }
+        Ok(())
+    }
+
+    /// Unregisters pod addresses `ips`; returns how many pod addresses are still
+    /// registered (0 also when there is no setup).
+    pub async fn remove_pod(netns: &Netns, ips: &[IpAddr]) -> Result<usize> {
+        let nl = Nl::open(netns).await?;
+        let Some(link) = our_link(&nl).await? else {
+            return Ok(0);
+        };
+        for ip in ips {
+            delete_route(&nl, host(*ip), link.index).await?;
+        }
+        Ok(registered(&nl.main_routes().await?, link.index).len())
+    }
+
+    /// The pod addresses registered in `netns`.
+    pub async fn pods(netns: &Netns) -> Result<Vec<IpAddr>> {
+        let nl = Nl::open(netns).await?;
+        let Some(link) = our_link(&nl).await? else {
+            return Ok(vec![]);
+        };
+        Ok(registered(&nl.main_routes().await?, link.index))
+    }
+
+    /// Whether any part of the setup exists in `netns`.
+    pub async fn present(netns: &Netns) -> Result<bool> {
+        let nl = Nl::open(netns).await?;
+        Ok(our_link(&nl).await?.is_some() || nft::present(netns).await?)
+    }
+
+    /// Removes the setup from `netns` (the node link with its routes, the nftables
+    /// table); what is not there is skipped. Returns whether anything was removed.
+    pub async fn remove(netns: &Netns) -> Result<bool> {
+        let nl = Nl::open(netns).await?;
+        let mut removed = false;
+        if let Some(l) = our_link(&nl).await? {
+            removed |= nl.delete_link(l.index, NODE_LINK).await?;
+        }
+        if nft::present(netns).await? {
+            nft::apply(netns, nft::delete_script()).await?;
+            removed = true;
+        }
+        if removed {
+            tracing::info!(netns = %netns, "ipvlan node setup removed");
+        }
+        Ok(removed)
+    }
+}
+
+fn is_ours(l: &LinkState) -> bool {
+    l.kind.as_deref() == Some("ipvlan") && l.alias.as_deref() == Some(NODE_ALIAS)
+}
+
+async fn our_link(nl: &Nl) -> Result<Option<LinkState>> {
+    Ok(nl.link_by_name(NODE_LINK).await?.filter(is_ours))
+}
+
+fn host(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// Host routes out of `index`: the registered pod addresses.
+fn registered(routes: &[scrambler_netlink::RouteState], index: u32) -> Vec<IpAddr> {
+    routes
+        .iter()
+        .filter(|r| r.oif == Some(index) && r.dst.prefix_len() == r.dst.max_prefix_len())
+        .map(|r| r.dst.addr())
+        .collect()
+}
+
+async fn enable_forwarding(netns: &Netns, v6: bool) -> Result<()> {
+    let mut keys = vec!["/proc/sys/net/ipv4/ip_forward"];
+    if v6 {
+        keys.push("/proc/sys/net/ipv6/conf/all/forwarding");
+    }
+    let object = format!("forwarding in {netns}");
+    netns
+        .run_async(move || {
+            for k in keys {
+                // /proc/sys/net shows the namespace of the thread that opens it
+                std::fs::write(k, "1").map_err(|e| Error::io("enable", object.clone(), e))?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scrambler_netlink::RouteState;
+
+    #[test]
+    fn registered_pods_are_the_host_routes_of_the_node_link() {
+        let r = |dst: &str, oif| RouteState {
+            dst: dst.parse().unwrap(),
+            gw: None,
+            oif: Some(oif),
+            table: 254,
+        };
+        let routes = [
+            r("10.244.1.0/24", 7),
+            r("10.244.1.2/32", 7),
+            r("10.244.1.3/32", 7),
+            r("10.244.2.2/32", 8),
+        ];
+        assert_eq!(
+            registered(&routes, 7),
+            vec![
+                "10.244.1.2".parse::<IpAddr>().unwrap(),
+                "10.244.1.3".parse().unwrap()
+            ]
+        );
+        assert!(is_ours(&LinkState {
+            kind: Some("ipvlan".into()),
+            alias: Some(NODE_ALIAS.into()),
+            ..Default::default()
+        }));
+        assert!(!is_ours(&LinkState {
+            kind: Some("ipvlan".into()),
+            ..Default::default()
+        }));
+    }
+}
