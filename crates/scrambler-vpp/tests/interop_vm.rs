@@ -32,7 +32,7 @@ use scrambler_core::{
 use scrambler_vmtest::{needs_vm, Feature, VmTest, ENV_VM};
 use scrambler_vpp::api::af_packet::AfPacketCreateV3;
 use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
-use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, MacAddress};
+use scrambler_vpp::api::types::{AfPacketFlags, AfPacketMode, IfStatusFlags, MacAddress};
 use scrambler_vpp::testing::{self, VppInstance};
 use scrambler_vpp::{VppClient, VppTunnel};
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
@@ -119,12 +119,13 @@ fn pod(node: &TestNetns, node_if: &str, n: u32) -> TestNetns {
 }
 
 /// A VPP interface on the Linux link `name` of VPP's namespace (af_packet), up, with `addr`.
-async fn host_if(c: &VppClient, name: &str, mac: [u8; 6], addr: &str) {
+async fn host_if(c: &VppClient, name: &str, mac: [u8; 6], addr: &str, flags: AfPacketFlags) {
     let r = c
         .request(&AfPacketCreateV3 {
             mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
             hw_addr: MacAddress(mac),
             host_if_name: name.into(),
+            flags,
             ..Default::default()
         })
         .await
@@ -240,11 +241,10 @@ struct Stream {
 impl Stream {
     fn start(from: (&TestNetns, u32), to: (&TestNetns, u32)) -> Stream {
         let (t, f) = (to.1, from.1);
-        let rx = to
-            .0
-            .netns()
-            .run(move || Ok(UdpSocket::bind(format!("10.0.{t}.2:5555")).unwrap()))
-            .unwrap();
+        let rx =
+            to.0.netns()
+                .run(move || Ok(UdpSocket::bind(format!("10.0.{t}.2:5555")).unwrap()))
+                .unwrap();
         rx.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let tx = from
@@ -359,8 +359,8 @@ async fn interop() {
     veth(na, "ul0", &wire, "w1");
     let pod_a = pod(na, "vpod0", A);
     let c = vpp.client().await;
-    host_if(&c, "ul0", [2, 0xfe, 0, 0, 1, 1], "192.0.2.1/24").await;
-    host_if(&c, "vpod0", [2, 0xfe, 0, 0, 2, 1], "10.0.1.1/24").await;
+    host_if(&c, "ul0", [2, 0xfe, 0, 0, 1, 1], "192.0.2.1/24", AfPacketFlags(0)).await;
+    host_if(&c, "vpod0", [2, 0xfe, 0, 0, 2, 1], "10.0.1.1/24", AfPacketFlags::AF_PACKET_API_FLAG_CKSUM_GSO).await;
     c.close().await.unwrap();
 
     // node B: the kernel, routing its pod
@@ -403,8 +403,17 @@ async fn interop() {
     vpp.vppctl(&["trace", "add", "af-packet-input", "20"]);
     let cap = Capture::start(&wire);
     let warm = ping(&pod_a, B, 4); // VPP drops the packet that triggers its ARP
-    assert!(warm >= 3, "pod A (VPP) -> pod B (kernel): {warm}/4 replies\n{}", vpp_debug(&vpp));
-    assert_eq!(ping(&pod_b, A, 3), 3, "pod B (kernel) -> pod A (VPP)\n{}", vpp_debug(&vpp));
+    assert!(
+        warm >= 3,
+        "pod A (VPP) -> pod B (kernel): {warm}/4 replies\n{}",
+        vpp_debug(&vpp)
+    );
+    assert_eq!(
+        ping(&pod_b, A, 3),
+        3,
+        "pod B (kernel) -> pod A (VPP)\n{}",
+        vpp_debug(&vpp)
+    );
     assert_eq!(ping(&pod_a, B, 3), 3, "pod A (VPP) -> pod B (kernel)");
     let lines = cap.finish();
     let (ab, ba) = esp_only(&lines);
@@ -421,7 +430,10 @@ async fn interop() {
     let sas = vpp.vppctl(&["show", "ipsec", "sa"]);
     eprintln!("VPP SAs:\n{sas}");
     for line in sas.lines().filter(|l| l.contains("spi")) {
-        assert!(line.contains("esn") && line.contains("anti-replay"), "{line}");
+        assert!(
+            line.contains("esn") && line.contains("anti-replay"),
+            "{line}"
+        );
     }
     for (ns, m) in &nodes {
         let st = tunnel.status(ns, m).await.unwrap();
@@ -449,6 +461,9 @@ async fn interop() {
     let (sent2, got2) = to_vpp.finish();
     eprintln!("during rotation pod B -> pod A: {got2}/{sent2}");
     assert!(sent > 50 && sent2 > 50, "streams too short: {sent} {sent2}");
+    if got != sent {
+        eprintln!("pod B UDP counters:\n{}", pod_b.exec(&["cat", "/proc/net/snmp"]).1);
+    }
     assert_eq!(got, sent, "VPP -> kernel lost packets during rotation");
     assert_eq!(got2, sent2, "kernel -> VPP lost packets during rotation");
 
@@ -464,14 +479,21 @@ async fn interop() {
         let st = tunnel.status(ns, m).await.unwrap();
         let p = &st.peers[0];
         assert!(st.encrypted && p.is_up(), "{st:?}");
-        assert_eq!((p.tx_generation, p.rx_generations.clone()), (Some(2), vec![2]));
+        assert_eq!(
+            (p.tx_generation, p.rx_generations.clone()),
+            (Some(2), vec![2])
+        );
     }
 
     // clean up what we own on both nodes
     for (ns, _) in &nodes {
         tunnel.remove(ns).await.unwrap();
     }
-    assert_eq!(ping(&pod_b, A, 1), 0, "pods still reach each other after remove");
+    assert_eq!(
+        ping(&pod_b, A, 1),
+        0,
+        "pods still reach each other after remove"
+    );
     drop(vpp);
 }
 
