@@ -1,0 +1,427 @@
+//! Pods attached to a real VPP with [`VppAttach`]: ping between pods of one VPP, clean
+//! DEL, all-or-nothing ADD, honest CHECK, and pods on two VPP nodes talking over ESP.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use scrambler_core::netns::testing::{veth, TestNetns};
+use scrambler_core::{
+    Attach, AttachRequest, AttachmentId, Cluster, ClusterSecret, CniResult, IpConfig, Keys, Netns,
+    Node, NodeId, Tunnel,
+};
+use scrambler_vpp::api::af_packet::{AfPacketCreateV3, AfPacketDump};
+use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
+use scrambler_vpp::api::ip::IpRouteDump;
+use scrambler_vpp::api::ip_neighbor::{IpNeighborAddDel, IpNeighborDump};
+use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, IpTable, MacAddress};
+use scrambler_vpp::attach::{host_ifname, VppAttach, GATEWAY_TAG};
+use scrambler_vpp::testing::VppInstance;
+use scrambler_vpp::tunnel::VppTunnel;
+use scrambler_vpp::VppClient;
+
+fn addrs(ips: &[&str]) -> CniResult {
+    CniResult {
+        ips: ips
+            .iter()
+            .map(|a| IpConfig {
+                address: a.parse().unwrap(),
+                gateway: None,
+                interface: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn request(pod: &TestNetns, cid: &str) -> AttachRequest {
+    AttachRequest {
+        id: AttachmentId::new(cid, "eth0"),
+        pod_netns: pod.netns(),
+        args: vec![],
+        mtu: None,
+    }
+}
+
+fn quiet_v6(ns: &TestNetns) {
+    for k in ["all", "default"] {
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+        ]);
+    }
+}
+
+/// Pod and gateway state VPP has: (af_packet host names, /32 routes of table 0, neighbours).
+async fn vpp_state(c: &VppClient) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let afs = c
+        .dump(&AfPacketDump {})
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.host_if_name)
+        .collect();
+    let routes = c
+        .dump(&IpRouteDump {
+            table: IpTable {
+                table_id: 0,
+                is_ip6: false,
+                name: String::new(),
+            },
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.route.prefix.to_ipnet())
+        .filter(|p| p.to_string().starts_with("10."))
+        .map(|p| p.to_string())
+        .collect();
+    let neigh = c
+        .dump(&IpNeighborDump::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| n.neighbor.ip_address.to_ip())
+        .map(|a| a.to_string())
+        .collect();
+    (afs, routes, neigh)
+}
+
+fn links(ns: &TestNetns) -> String {
+    ns.ip(&["-o", "link"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
+    let vpp = VppInstance::start("att1", 0).await;
+    quiet_v6(&vpp.netns);
+    let host = vpp.netns.netns();
+    let att = VppAttach::new(vpp.api_sock());
+    let p1 = TestNetns::new("att1p");
+    let p2 = TestNetns::new("att1q");
+    let (r1, r2) = (request(&p1, "pod-one"), request(&p2, "pod-two"));
+
+    let res1 = att
+        .attach(&host, &r1, &addrs(&["10.9.0.2/24"]))
+        .await
+        .unwrap();
+    let res2 = att
+        .attach(&host, &r2, &addrs(&["10.9.0.3/24"]))
+        .await
+        .unwrap();
+    assert_eq!(res1.ips[0].address.to_string(), "10.9.0.2/32");
+    assert_eq!(res1.interfaces[1].name, "eth0");
+    assert_eq!(res1.interfaces[0].name, host_ifname(&r1.id));
+    assert_eq!(res1.interfaces[1].mtu, Some(1440));
+
+    assert!(
+        p1.ping("10.9.0.3"),
+        "pod1 -> pod2 failed\n{}\n{}",
+        vpp.vppctl(&["show", "errors"]),
+        vpp.vppctl(&["show", "ip", "neighbors"])
+    );
+    assert!(p2.ping("10.9.0.2"), "pod2 -> pod1 failed");
+    att.check(&host, &r1, &res1).await.unwrap();
+    att.check(&host, &r2, &res2).await.unwrap();
+    let c = vpp.client().await;
+    let tags: Vec<String> = c
+        .interfaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.tag)
+        .collect();
+    assert!(tags.iter().any(|t| t == GATEWAY_TAG), "{tags:?}");
+    assert!(
+        tags.iter().any(|t| t == "scrambler:pod=pod-one/eth0"),
+        "{tags:?}"
+    );
+
+    // CHECK notices a removed pod address, and says which
+    p1.ip(&["addr", "del", "10.9.0.2/32", "dev", "eth0"]);
+    let e = att.check(&host, &r1, &res1).await.unwrap_err();
+    assert_eq!(e.code(), 103, "{e}");
+    assert!(e.to_string().contains("10.9.0.2/32"), "{e}");
+    // ... and a removed VPP neighbour
+    let name2 = format!("host-{}", host_ifname(&r2.id));
+    let sw2 = c
+        .interfaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.interface_name == name2)
+        .unwrap()
+        .sw_if_index;
+    let n2 = c
+        .dump(&IpNeighborDump {
+            sw_if_index: sw2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(n2.len(), 1, "{n2:?}");
+    c.request(&IpNeighborAddDel {
+        is_add: false,
+        neighbor: n2[0].neighbor.clone(),
+    })
+    .await
+    .unwrap();
+    let e = att.check(&host, &r2, &res2).await.unwrap_err();
+    assert!(e.to_string().contains("VPP neighbour 10.9.0.3"), "{e}");
+
+    // DEL removes everything; twice is fine; so is one never added, and a pod netns gone
+    att.detach(&host, &r1).await.unwrap();
+    att.detach(&host, &r1).await.unwrap();
+    p2.delete();
+    att.detach(&host, &r2).await.unwrap();
+    att.detach(&host, &request(&p1, "never-added"))
+        .await
+        .unwrap();
+    let (afs, routes, neigh) = vpp_state(&c).await;
+    assert!(afs.is_empty(), "{afs:?}");
+    assert!(routes.is_empty(), "{routes:?}");
+    assert!(neigh.is_empty(), "{neigh:?}");
+    let l = links(&vpp.netns);
+    assert!(!l.contains("scv"), "{l}");
+    assert!(!links(&p1).contains("eth0"));
+    c.close().await.unwrap();
+
+    // the gateway stays for the next pod, and ADD works again after DEL
+    let res1 = att
+        .attach(&host, &r1, &addrs(&["10.9.0.2/24"]))
+        .await
+        .unwrap();
+    att.check(&host, &r1, &res1).await.unwrap();
+    att.detach(&host, &r1).await.unwrap();
+    assert!(att.remove_gateway(&host).await.unwrap());
+    assert!(!att.remove_gateway(&host).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_add_leaves_nothing() {
+    let vpp = VppInstance::start("att2", 1).await;
+    quiet_v6(&vpp.netns);
+    let host = vpp.netns.netns();
+    let att = VppAttach::new(vpp.api_sock());
+    let c = vpp.client().await;
+
+    // CNI_IFNAME taken in the pod
+    let p = TestNetns::new("att2p");
+    p.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let e = att
+        .attach(&host, &request(&p, "taken"), &addrs(&["10.9.1.2/24"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 102, "{e}");
+
+    // a failure after the VPP interface exists (the same address twice)
+    let q = TestNetns::new("att2q");
+    let r = request(&q, "dup");
+    let e = att
+        .attach(&host, &r, &addrs(&["10.9.1.3/24", "10.9.1.3/24"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("10.9.1.3"), "{e}");
+    let (afs, routes, neigh) = vpp_state(&c).await;
+    assert!(afs.is_empty(), "{afs:?}");
+    assert!(routes.is_empty(), "{routes:?}");
+    assert!(neigh.is_empty(), "{neigh:?}");
+    assert!(!links(&vpp.netns).contains("scv"), "{}", links(&vpp.netns));
+    assert!(!links(&q).contains("eth0"), "{}", links(&q));
+
+    // a pod namespace that does not exist
+    let gone = AttachRequest {
+        pod_netns: Netns::named("scr-att2-no-such-netns"),
+        ..request(&q, "gone")
+    };
+    let e = att
+        .attach(&host, &gone, &addrs(&["10.9.1.4/24"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 3, "{e}");
+
+    // no VPP behind the socket: a clear, retryable error, and DEL still succeeds
+    let none = VppAttach::new("/run/scr-vpp/no-such/api.sock");
+    let e = none
+        .attach(&host, &r, &addrs(&["10.9.1.5/24"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 11, "{e}");
+    assert!(e.to_string().contains("no-such/api.sock"), "{e}");
+    none.detach(&host, &r).await.unwrap();
+
+    // now it works
+    let res = att
+        .attach(&host, &r, &addrs(&["10.9.1.3/24"]))
+        .await
+        .unwrap();
+    att.check(&host, &r, &res).await.unwrap();
+    let (afs, _, _) = vpp_state(&c).await;
+    assert_eq!(afs, vec![host_ifname(&r.id)]);
+    // ADD twice is refused and leaves the first attachment alone
+    let e = att
+        .attach(&host, &r, &addrs(&["10.9.1.3/24"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 102, "{e}");
+    att.check(&host, &r, &res).await.unwrap();
+    att.detach(&host, &r).await.unwrap();
+    c.close().await.unwrap();
+}
+
+async fn uplink(c: &VppClient, name: &str, mac: [u8; 6], addr: &str) {
+    let r = c
+        .request(&AfPacketCreateV3 {
+            mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
+            hw_addr: MacAddress(mac),
+            host_if_name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.request(&SwInterfaceSetFlags {
+        sw_if_index: r.sw_if_index,
+        flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
+    })
+    .await
+    .unwrap();
+    c.request(&SwInterfaceAddDelAddress {
+        sw_if_index: r.sw_if_index,
+        is_add: true,
+        del_all: false,
+        prefix: addr.parse::<ipnet::IpNet>().unwrap().into(),
+    })
+    .await
+    .unwrap();
+}
+
+fn mesh_node(name: &str, id: u32, n: u8) -> Node {
+    Node {
+        name: name.into(),
+        id: NodeId::new(id).unwrap(),
+        underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
+        pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
+    }
+}
+
+/// Captures on `ns`'s `ul0` while `f` runs; returns tcpdump's text of the packets.
+fn capture(vpp: &VppInstance, f: impl FnOnce()) -> String {
+    let file = vpp.run_dir.join("ul0.pcap");
+    let mut td = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &vpp.netns.name,
+            "tcpdump",
+            "-nni",
+            "ul0",
+            "-U",
+            "-w",
+        ])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(1500));
+    f();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(td.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = td.wait();
+    let out = Command::new("tcpdump")
+        .args(["-nnr"])
+        .arg(&file)
+        .output()
+        .expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_two_vpp_nodes_ping_over_esp() {
+    let a = VppInstance::start("att3a", 0).await;
+    let b = VppInstance::start("att3b", 1).await;
+    quiet_v6(&a.netns);
+    quiet_v6(&b.netns);
+    veth(&a.netns, "ul0", &b.netns, "ul0");
+    for (vpp, n) in [(&a, 1u8), (&b, 2u8)] {
+        let c = vpp.client().await;
+        uplink(&c, "ul0", [2, 0xfe, 0, 0, 1, n], &format!("192.0.2.{n}/24")).await;
+        c.close().await.unwrap();
+    }
+    let socks: HashMap<PathBuf, PathBuf> = [
+        (a.netns.path(), a.api_sock()),
+        (b.netns.path(), b.api_sock()),
+    ]
+    .into_iter()
+    .collect();
+    let resolve = move |ns: &Netns| match ns {
+        Netns::Path(p) => socks
+            .get(p)
+            .cloned()
+            .ok_or_else(|| scrambler_core::Error::config("unknown node")),
+        Netns::Current => Err(scrambler_core::Error::config("no VPP here")),
+    };
+    let tunnel = VppTunnel::with_resolver(resolve.clone());
+    let att = VppAttach::with_resolver(resolve);
+    let secret = ClusterSecret::from_bytes(vec![0x17; 32]).unwrap();
+    let cluster = Cluster {
+        nodes: vec![mesh_node("a", 1, 1), mesh_node("b", 2, 2)],
+        keys: Keys::single(1),
+    };
+    let (na, nb) = (a.netns.netns(), b.netns.netns());
+    tunnel
+        .reconcile(&na, &cluster.mesh_for("a").unwrap(), &secret)
+        .await
+        .unwrap();
+    tunnel
+        .reconcile(&nb, &cluster.mesh_for("b").unwrap(), &secret)
+        .await
+        .unwrap();
+
+    let pa = TestNetns::new("att3p");
+    let pb = TestNetns::new("att3q");
+    let (ra, rb) = (request(&pa, "pod-a"), request(&pb, "pod-b"));
+    let res_a = att
+        .attach(&na, &ra, &addrs(&["10.1.0.2/24"]))
+        .await
+        .unwrap();
+    let res_b = att
+        .attach(&nb, &rb, &addrs(&["10.2.0.2/24"]))
+        .await
+        .unwrap();
+    att.check(&na, &ra, &res_a).await.unwrap();
+    att.check(&nb, &rb, &res_b).await.unwrap();
+
+    let mut ok = false;
+    let wire = capture(&a, || ok = pa.ping("10.2.0.2"));
+    assert!(
+        ok,
+        "pod a -> pod b failed\nA: {}\nB: {}",
+        a.vppctl(&["show", "errors"]),
+        b.vppctl(&["show", "errors"])
+    );
+    assert!(wire.contains("ESP"), "no ESP on the wire:\n{wire}");
+    assert!(
+        !wire.contains("ICMP echo"),
+        "cleartext on the wire:\n{wire}"
+    );
+    assert!(pb.ping("10.1.0.2"), "pod b -> pod a failed");
+
+    // without the tunnel the pods are cut off
+    tunnel.remove(&na).await.unwrap();
+    assert!(
+        !pa.ping("10.2.0.2"),
+        "pods reach each other without the tunnel"
+    );
+
+    att.detach(&na, &ra).await.unwrap();
+    att.detach(&nb, &rb).await.unwrap();
+    tunnel.remove(&nb).await.unwrap();
+}
