@@ -4,7 +4,10 @@ use crate::meshfile::MeshFile;
 use crate::record::{self, NodeRecord};
 use crate::status::StatusReport;
 use scrambler_core::{ClusterSecret, Error, Netns, ReconcileReport, Result, Tunnel};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Where `--vpp-socket` points unless told otherwise: VPP's default binary-API socket.
+pub const DEFAULT_VPP_SOCKET: &str = "/run/vpp/api.sock";
 
 /// What one node-level command acts on.
 #[derive(Debug, Clone)]
@@ -17,18 +20,28 @@ pub struct ApplyArgs {
     pub netns: Netns,
     /// Where the node record is kept.
     pub state_dir: PathBuf,
-    /// Dataplane.
+    /// Dataplane: `xfrm` (the kernel) or `vpp`.
     pub backend: String,
+    /// With backend `vpp`: the binary-API socket of the node's VPP.
+    pub vpp_socket: PathBuf,
 }
 
-/// The tunnel dataplane named `backend`.
+/// The tunnel dataplane named `backend`; `vpp` talks to the VPP at
+/// [`DEFAULT_VPP_SOCKET`] (see [`tunnel_with`]).
 pub fn tunnel(backend: &str) -> Result<Box<dyn Tunnel>> {
+    tunnel_with(backend, Path::new(DEFAULT_VPP_SOCKET))
+}
+
+/// The tunnel dataplane named `backend`; `vpp` talks to the VPP whose binary-API socket is
+/// `vpp_socket` (connecting per operation, so VPP may restart in between).
+pub fn tunnel_with(backend: &str, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> {
     match backend {
         "xfrm" => Ok(Box::new(scrambler_xfrm::XfrmTunnel::new(
             scrambler_xfrm::XfrmConfig::default(),
         )?)),
+        "vpp" => Ok(Box::new(scrambler_vpp::VppTunnel::new(vpp_socket))),
         other => Err(Error::config(format!(
-            "unknown tunnel backend {other:?}: valid backends are xfrm"
+            "unknown tunnel backend {other:?}: valid backends are xfrm, vpp"
         ))),
     }
 }
@@ -39,7 +52,7 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mesh = mf.cluster.mesh_for(&args.node)?;
     let secret = ClusterSecret::from_file(&mf.key_file)?;
     args.netns.check()?;
-    let t = tunnel(&args.backend)?;
+    let t = tunnel_with(&args.backend, &args.vpp_socket)?;
     let report = t.reconcile(&args.netns, &mesh, &secret).await?;
     let prev = NodeRecord::load(&args.state_dir, &args.node).ok().flatten();
     NodeRecord::after_apply(prev.as_ref(), &mesh, record::now())
@@ -54,14 +67,15 @@ pub async fn status(args: &ApplyArgs) -> Result<StatusReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.cluster.mesh_for(&args.node)?;
     args.netns.check()?;
-    let t = tunnel(&args.backend)?;
+    let t = tunnel_with(&args.backend, &args.vpp_socket)?;
     let st = t.status(&args.netns, &mesh).await?;
     let rec = NodeRecord::load(&args.state_dir, &args.node)?;
     Ok(StatusReport::new(&mesh, st, rec.as_ref()))
 }
 
-/// Removes everything the dataplane owns in the node's namespace.
-pub async fn remove(netns: &Netns, backend: &str) -> Result<ReconcileReport> {
+/// Removes everything the dataplane owns in the node's namespace (with `vpp`: in the VPP
+/// behind `vpp_socket`).
+pub async fn remove(netns: &Netns, backend: &str, vpp_socket: &Path) -> Result<ReconcileReport> {
     netns.check()?;
-    tunnel(backend)?.remove(netns).await
+    tunnel_with(backend, vpp_socket)?.remove(netns).await
 }

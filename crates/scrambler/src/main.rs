@@ -68,9 +68,12 @@ struct NodeArgs {
     /// Where node records are kept.
     #[arg(long, default_value = record::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// Tunnel dataplane.
+    /// Tunnel dataplane: xfrm (the kernel) or vpp.
     #[arg(long, default_value = "xfrm")]
     backend: String,
+    /// With --backend vpp: the node's VPP binary-API socket.
+    #[arg(long, default_value = apply::DEFAULT_VPP_SOCKET)]
+    vpp_socket: PathBuf,
 }
 
 impl NodeArgs {
@@ -81,6 +84,7 @@ impl NodeArgs {
             netns: self.netns.clone().map(Netns::Path).unwrap_or_default(),
             state_dir: self.state_dir.clone(),
             backend: self.backend.clone(),
+            vpp_socket: self.vpp_socket.clone(),
         }
     }
 }
@@ -97,9 +101,12 @@ enum MeshCmd {
         /// The node's network namespace (a path); default: the current one.
         #[arg(long)]
         netns: Option<PathBuf>,
-        /// Tunnel dataplane.
+        /// Tunnel dataplane: xfrm (the kernel) or vpp.
         #[arg(long, default_value = "xfrm")]
         backend: String,
+        /// With --backend vpp: the node's VPP binary-API socket.
+        #[arg(long, default_value = apply::DEFAULT_VPP_SOCKET)]
+        vpp_socket: PathBuf,
     },
 }
 
@@ -122,7 +129,8 @@ enum LabCmd {
         /// Pods per node.
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// Pod dataplane.
+        /// Node dataplanes: xfrm (kernel), vpp (a VPP per node; needs no kernel ESP, so it
+        /// runs on this kernel) or mixed (odd nodes VPP, even nodes xfrm).
         #[arg(long, default_value = "xfrm")]
         backend: String,
     },
@@ -187,6 +195,9 @@ enum LabCmd {
         /// Skip failure injection.
         #[arg(long)]
         no_inject: bool,
+        /// Node dataplanes: xfrm, vpp or mixed (as for `lab up`).
+        #[arg(long, default_value = "xfrm")]
+        backend: String,
     },
 }
 
@@ -231,10 +242,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Mesh {
-            cmd: MeshCmd::Remove { netns, backend },
+            cmd:
+                MeshCmd::Remove {
+                    netns,
+                    backend,
+                    vpp_socket,
+                },
         } => {
             let ns = netns.map(Netns::Path).unwrap_or_default();
-            let r = apply::remove(&ns, &backend).await?;
+            let r = apply::remove(&ns, &backend, &vpp_socket).await?;
             println!("removed {} objects", r.removed);
         }
         Cmd::Status { node, json } => {
@@ -275,7 +291,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::VmAgent { port } => return lab::session::agent(port),
         _ => {}
     }
-    if !lab::vm::runs_natively() {
+    if !lab::vm::runs_natively() && !vpp_only_lab(&cmd) {
         return lab_in_vm(cmd);
     }
     match cmd {
@@ -285,13 +301,26 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
             pods,
             backend,
         } => {
-            lab::up(LabSpec {
+            let fresh = lab::topology::existing(&lab::topology::Names {
+                lab: lab.name.clone(),
+            })
+            .is_empty()
+                && !lab::LabState::dir(&lab.name).exists();
+            let name = lab.name.clone();
+            if let Err(e) = lab::up(LabSpec {
                 name: lab.name,
                 nodes,
                 pods_per_node: pods,
                 backend,
             })
-            .await?;
+            .await
+            {
+                if fresh {
+                    // a half-built lab (namespaces, VPPs, files) goes away with the failure
+                    let _ = lab::down(&name);
+                }
+                return Err(e);
+            }
         }
         LabCmd::Test { lab, json } => {
             let r = lab::test(&lab.name).await?;
@@ -339,7 +368,8 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
             nodes,
             pods,
             no_inject,
-        } => return lab_run(&lab.name, nodes, pods, no_inject).await,
+            backend,
+        } => return lab_run(&lab.name, nodes, pods, no_inject, &backend).await,
         LabCmd::VmServe { .. } | LabCmd::VmAgent { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -396,12 +426,18 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
 }
 
 /// The whole tour; always takes the lab down, even on failure.
-async fn lab_run(name: &str, nodes: usize, pods: usize, no_inject: bool) -> Result<ExitCode> {
+async fn lab_run(
+    name: &str,
+    nodes: usize,
+    pods: usize,
+    no_inject: bool,
+    backend: &str,
+) -> Result<ExitCode> {
     let spec = LabSpec {
         name: name.into(),
         nodes,
         pods_per_node: pods,
-        backend: "xfrm".into(),
+        backend: backend.into(),
     };
     let result = lab_tour(spec, no_inject).await;
     let t = std::time::Instant::now();
@@ -435,8 +471,13 @@ async fn lab_tour(spec: LabSpec, no_inject: bool) -> Result<bool> {
             Fault::Rotate,
             Fault::Reboot,
         ] {
+            let state = lab::LabState::load(&name)?;
+            let Some(node) = lab::vppnode::tour_target(&state, fault) else {
+                println!("\n== lab inject {fault:?}: skipped (no node of this lab supports it)");
+                continue;
+            };
             println!("\n== lab inject {fault:?}");
-            let ir = lab::inject::inject(&name, fault, 1, Duration::from_millis(1000)).await?;
+            let ir = lab::inject::inject(&name, fault, node, Duration::from_millis(1000)).await?;
             lab::inject::print_report(&ir);
             pass &= ir.underlay.cleartext == 0;
             if fault == Fault::Rotate {
@@ -449,6 +490,26 @@ async fn lab_tour(spec: LabSpec, no_inject: bool) -> Result<bool> {
         }
     }
     Ok(pass)
+}
+
+/// True for a lab that runs on any kernel because every node is VPP: `lab up`/`lab run
+/// --backend vpp`, and the later steps of such a lab built here (not in a lab VM).
+fn vpp_only_lab(cmd: &LabCmd) -> bool {
+    match cmd {
+        LabCmd::Up { backend, .. } | LabCmd::Run { backend, .. } => {
+            lab::vppnode::needs_no_kernel_esp(backend)
+        }
+        LabCmd::Test { lab, .. }
+        | LabCmd::Inject { lab, .. }
+        | LabCmd::Status { lab }
+        | LabCmd::Down { lab } => {
+            !lab::session::running(&lab.name)
+                && lab::LabState::load(&lab.name).is_ok_and(|s| {
+                    (1..=s.spec.nodes).all(|i| lab::vppnode::is_vpp(&s, i))
+                })
+        }
+        LabCmd::VmServe { .. } | LabCmd::VmAgent { .. } => false,
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {

@@ -55,6 +55,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
     if node == 0 || node > n {
         return Err(Error::config(format!("--node {node} out of range 1..={n}")));
     }
+    super::vppnode::check_fault(&state, fault, node)?;
     let other = if node == 1 { 2 } else { 1 };
     let a = state
         .pods_of(node)
@@ -99,6 +100,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             for p in state.pods_of(node) {
                 topology::delete_netns(&p.name);
             }
+            super::vppnode::stop(name, node);
             topology::delete_netns(&names.node(node));
             step(format!("{} and its pods removed", names.node(node)));
             // A rebooted node has lost its SAs; re-creating them under the same keys would
@@ -108,6 +110,9 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             rotate_phases(&state, Some(node), 2, Duration::ZERO, &mut step).await?;
             tokio::time::sleep(hold).await;
             topology::create_node(&names, node)?;
+            if super::vppnode::is_vpp(&state, node) {
+                super::vppnode::start(name, node).await?;
+            }
             let r = apply_node(&state, node).await?;
             step(format!(
                 "{} re-created, mesh applied (+{})",
@@ -251,6 +256,7 @@ async fn kill_agent_mid_apply(state: &LabState, node: usize) -> Result<u64> {
             .arg(&mesh)
             .arg("--state-dir")
             .arg(&sd)
+            .args(super::vppnode::apply_flags(state, node))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

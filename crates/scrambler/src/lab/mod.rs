@@ -15,6 +15,7 @@ pub mod probe;
 pub mod session;
 pub mod topology;
 pub mod vm;
+pub mod vppnode;
 
 use crate::apply;
 use crate::meshfile::MeshFile;
@@ -65,6 +66,9 @@ pub struct LabState {
     pub spec: LabSpec,
     /// Every pod.
     pub pods: Vec<PodInfo>,
+    /// Each node's dataplane (index 0 = node 1; see [`vppnode::node_backends`]).
+    #[serde(default)]
+    pub node_backends: Vec<String>,
 }
 
 impl LabState {
@@ -115,6 +119,14 @@ impl LabState {
         Self::dir(&self.spec.name).join("state")
     }
 
+    /// Node `i`'s dataplane (`vpp`, or the lab's backend).
+    pub fn node_backend(&self, i: usize) -> &str {
+        self.node_backends
+            .get(i.wrapping_sub(1))
+            .map(String::as_str)
+            .unwrap_or(&self.spec.backend)
+    }
+
     /// Pods of node `i`.
     pub fn pods_of(&self, i: usize) -> impl Iterator<Item = &PodInfo> {
         self.pods.iter().filter(move |p| p.node == i)
@@ -137,9 +149,9 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     if spec.pods_per_node == 0 || spec.pods_per_node > 200 {
         return Err(Error::config("--pods must be 1..=200"));
     }
-    if spec.backend != "xfrm" {
+    if !matches!(spec.backend.as_str(), "xfrm" | vppnode::VPP | vppnode::MIXED) {
         return Err(Error::Unsupported(format!(
-            "lab backend {:?}: only xfrm is available in the lab so far",
+            "lab backend {:?}: valid backends are xfrm, vpp, mixed",
             spec.backend
         )));
     }
@@ -181,6 +193,7 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     let mut state = LabState {
         spec: spec.clone(),
         pods: vec![],
+        node_backends: vppnode::node_backends(&spec.backend, spec.nodes),
     };
     mesh_file.save(&state.mesh_path())?;
     state.save()?;
@@ -189,6 +202,9 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     topology::create_wire(&names)?;
     for i in 1..=spec.nodes {
         topology::create_node(&names, i)?;
+        if vppnode::is_vpp(&state, i) {
+            vppnode::start(&spec.name, i).await?;
+        }
         progress(format!(
             "node {}/{} {} up (underlay 192.0.2.{i})",
             i,
@@ -248,12 +264,23 @@ pub async fn apply_node(state: &LabState, i: usize) -> Result<scrambler_core::Re
 /// What `mesh apply` / `status` act on for node `i` of the lab.
 fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
     let node = state.names().node(i);
+    if vppnode::is_vpp(state, i) {
+        return apply::ApplyArgs {
+            mesh: state.mesh_path(),
+            netns: Netns::named(&node),
+            node,
+            state_dir: state.state_dir(),
+            backend: vppnode::VPP.into(),
+            vpp_socket: vppnode::api_socket(&state.spec.name, i),
+        };
+    }
     apply::ApplyArgs {
         mesh: state.mesh_path(),
         netns: Netns::named(&node),
         node,
         state_dir: state.state_dir(),
         backend: state.spec.backend.clone(),
+        vpp_socket: vppnode::api_socket(&state.spec.name, i),
     }
 }
 
@@ -275,12 +302,16 @@ pub fn start_pod(state: &LabState, cni_bin: &Path, i: usize, j: usize) -> Result
 }
 
 fn pod_conf(state: &LabState, i: usize) -> serde_json::Value {
-    pods::netconf(
+    let conf = pods::netconf(
         &state.spec.name,
         &state.spec.backend,
         &format!("10.244.{i}.0/24"),
         &LabState::dir(&state.spec.name),
-    )
+    );
+    if vppnode::is_vpp(state, i) {
+        return vppnode::pod_conf(conf, &state.spec.name, i);
+    }
+    conf
 }
 
 /// The verdict of `lab test`.
@@ -413,6 +444,7 @@ pub fn print_report(r: &TestReport) {
 pub fn down(name: &str) -> Result<usize> {
     let names = Names { lab: name.into() };
     let all = topology::existing(&names);
+    vppnode::stop_all(name);
     // Pods first (their veths die with them), then nodes, then the wire.
     let mut ordered = all.clone();
     ordered.sort_by_key(|n| (n.contains("-p"), n.ends_with("-wire")));

@@ -150,7 +150,8 @@ pub fn serve(name: &str, cni: &Path) -> Result<ExitCode> {
         .with_serial_socket(&sock)
         .with_env("SCRAMBLER_CNI", cni.display().to_string())
         .timeout(Duration::from_secs(24 * 3600))
-        .memory_mb(2048)
+        .with_env("SCRAMBLER_VPP_DIST", super::vppnode::dist_for_guest())
+        .memory_mb(super::vppnode::VM_MEMORY_MB)
         .run();
     let _ = std::fs::remove_file(&sock);
     eprintln!("lab VM ended: {}", outcome.status);

@@ -45,7 +45,8 @@ pub fn run_once() -> Result<ExitCode> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(1800),
         ))
-        .memory_mb(2048)
+        .with_env("SCRAMBLER_VPP_DIST", super::vppnode::dist_for_guest())
+        .memory_mb(super::vppnode::VM_MEMORY_MB)
         .run();
     match outcome.status {
         VmStatus::Exited(0) => Ok(ExitCode::SUCCESS),

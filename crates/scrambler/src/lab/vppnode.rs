@@ -1,0 +1,436 @@
+//! VPP nodes of the lab: `--backend vpp` (every node) and `--backend mixed` (odd nodes VPP,
+//! even nodes the kernel's xfrm).
+//!
+//! A VPP node is the same namespace on the underlay bridge as a kernel node, with one VPP
+//! process running inside it:
+//!
+//! * the VPP tree comes from `SCRAMBLER_VPP_DIST` (an extracted `vpp/` tree), else from the
+//!   tarball `../shared/vpp/vpp-dist.tar.xz` (or `SCRAMBLER_VPP_TARBALL`), extracted once
+//!   into `target/vpp-dist/` by [`scrambler_vpp::testing::vpp_dist`];
+//! * its run directory is `<lab dir>/vpp-n<i>/` (startup.conf, `api.sock`, `cli.sock`, log,
+//!   `vpp.pid`), its shared-memory prefix `<lab>-n<i>-vpp`, its heap [`HEAP`];
+//! * it is started detached (its own session), so it outlives `lab up`; `lab down` (and a
+//!   failed `lab up`) stops it through the pid file and removes its files;
+//! * it takes the node's underlay veth with af_packet (fixed MAC `02:fe:00:00:01:<i>`) and
+//!   holds `192.0.2.<i>/24` itself: the kernel side of the veth keeps no address, so only
+//!   VPP answers ARP for it;
+//! * the mesh is applied with `VppTunnel` over its API socket, pods are attached by the
+//!   `scrambler-cni` binary with `"backend": "vpp"` and `"vpp": {"apiSocket": …}`.
+
+use super::{cmd, topology, LabState};
+use scrambler_core::{Error, Result};
+use scrambler_vpp::api::af_packet::AfPacketCreateV3;
+use scrambler_vpp::api::interface::{
+    SwInterfaceAddDelAddress, SwInterfaceSetFlags, SwInterfaceSetRxMode,
+};
+use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, MacAddress, RxMode};
+use scrambler_vpp::{ConnectOptions, VppClient};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The node dataplane name of a VPP node.
+pub const VPP: &str = "vpp";
+/// The lab backend with odd nodes on VPP and even nodes on the kernel.
+pub const MIXED: &str = "mixed";
+/// Main heap of each lab VPP.
+pub const HEAP: &str = "192M";
+/// How long a starting VPP may take to answer its API (TCG-emulated guests are slow).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The dataplane of every node (index 0 = node 1) for lab backend `backend`: `vpp` puts
+/// every node on VPP, `mixed` odd nodes on VPP and even ones on `xfrm`; any other backend
+/// is every node's.
+pub fn node_backends(backend: &str, nodes: usize) -> Vec<String> {
+    (1..=nodes)
+        .map(|i| match backend {
+            MIXED if i % 2 == 1 => VPP.to_string(),
+            MIXED => "xfrm".to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// True when lab backend `backend` runs VPP on some node.
+pub fn uses_vpp(backend: &str) -> bool {
+    backend == VPP || backend == MIXED
+}
+
+/// True when lab backend `backend` needs no ESP in this kernel (every node is VPP).
+pub fn needs_no_kernel_esp(backend: &str) -> bool {
+    backend == VPP
+}
+
+/// True when node `i` of the lab runs VPP.
+pub fn is_vpp(state: &LabState, i: usize) -> bool {
+    state.node_backend(i) == VPP
+}
+
+/// Node `i`'s VPP run directory.
+pub fn run_dir(lab: &str, i: usize) -> PathBuf {
+    LabState::dir(lab).join(format!("vpp-n{i}"))
+}
+
+/// Node `i`'s VPP binary-API socket.
+pub fn api_socket(lab: &str, i: usize) -> PathBuf {
+    run_dir(lab, i).join("api.sock")
+}
+
+fn api_prefix(lab: &str, i: usize) -> String {
+    format!("{lab}-n{i}-vpp")
+}
+
+fn uplink_mac(i: usize) -> [u8; 6] {
+    [0x02, 0xfe, 0, 0, 1, i as u8]
+}
+
+/// The VPP tree (holding `bin/vpp`): `SCRAMBLER_VPP_DIST`, else the tarball extracted once.
+pub fn dist() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("SCRAMBLER_VPP_DIST").filter(|d| !d.is_empty()) {
+        let d = PathBuf::from(d);
+        if !d.join("bin/vpp").is_file() {
+            return Err(Error::config(format!(
+                "SCRAMBLER_VPP_DIST={}: no bin/vpp there",
+                d.display()
+            )));
+        }
+        return Ok(d);
+    }
+    let tar = scrambler_vpp::testing::tarball();
+    if !tar.is_file() {
+        return Err(Error::config(format!(
+            "VPP tarball {} not found: set SCRAMBLER_VPP_DIST (an extracted vpp/ tree) or \
+             SCRAMBLER_VPP_TARBALL (see ../shared/vpp/README.md)",
+            tar.display()
+        )));
+    }
+    std::panic::catch_unwind(scrambler_vpp::testing::vpp_dist).map_err(|_| Error::Dataplane {
+        dataplane: VPP.into(),
+        op: format!("extract {}", tar.display()),
+        reason: "extraction failed (see the message above)".into(),
+    })
+}
+
+/// `SCRAMBLER_VPP_DIST` for the lab VM: the tree extracted here (the guest sees this
+/// machine's files), or empty when there is no VPP (then only kernel labs run there).
+pub fn dist_for_guest() -> String {
+    dist().map(|d| d.display().to_string()).unwrap_or_default()
+}
+
+/// Memory of the lab VM (MiB): room for the VPPs of a mixed lab beside the kernel nodes.
+pub const VM_MEMORY_MB: u32 = 3072;
+
+/// Starts node `i`'s VPP (detached), hands it the node's underlay and waits until it
+/// answers. The node namespace must exist.
+pub async fn start(lab: &str, i: usize) -> Result<()> {
+    let dist = dist()?;
+    let node = super::topology::Names { lab: lab.into() }.node(i);
+    let dir = run_dir(lab, i);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create VPP run dir", dir.display(), e))?;
+    let conf = startup_conf(&dist, &dir, &api_prefix(lab, i), i)?;
+    let conf_path = dir.join("startup.conf");
+    std::fs::write(&conf_path, conf)
+        .map_err(|e| Error::io("write", conf_path.display(), e))?;
+    release_underlay(&node)?;
+    let pid = spawn_detached(&dist, &node, &dir, &conf_path)?;
+    let pid_file = dir.join("vpp.pid");
+    std::fs::write(&pid_file, format!("{pid}\n"))
+        .map_err(|e| Error::io("write", pid_file.display(), e))?;
+    let c = wait_ready(lab, i, pid).await?;
+    let r = take_underlay(&c, i).await;
+    let _ = c.close().await;
+    r
+}
+
+fn startup_conf(dist: &Path, dir: &Path, prefix: &str, i: usize) -> Result<String> {
+    let tpl = dist.join("share/vpp-dist/startup.conf.in");
+    let template =
+        std::fs::read_to_string(&tpl).map_err(|e| Error::io("read", tpl.display(), e))?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Ok(template
+        .replace("@PREFIX@", &dist.display().to_string())
+        .replace("@RUNDIR@", &dir.display().to_string())
+        .replace("@APIPREFIX@", prefix)
+        .replace("@HEAP@", HEAP)
+        .replace("@MAINCORE@", &((i - 1) % cores).to_string())
+        // several VPPs share few cores: sleep in the main loop instead of spinning
+        .replace("nodaemon", "nodaemon\n  poll-sleep-usec 100"))
+}
+
+/// The kernel gives up the underlay address (VPP holds it) and stays quiet on the wire.
+fn release_underlay(node: &str) -> Result<()> {
+    cmd::ip(node, &["addr", "flush", "dev", topology::UNDERLAY_IF])?;
+    cmd::sysctl(
+        node,
+        &format!("net.ipv6.conf.{}.disable_ipv6", topology::UNDERLAY_IF),
+        "1",
+    )
+}
+
+fn spawn_detached(dist: &Path, node: &str, dir: &Path, conf: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let log = dir.join("vpp.stdout");
+    let out = std::fs::File::create(&log).map_err(|e| Error::io("create", log.display(), e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::io("dup", log.display(), e))?;
+    let mut c = std::process::Command::new(cmd::ip_bin());
+    c.args(["netns", "exec", node])
+        .arg(dist.join("bin/vpp"))
+        .arg("-c")
+        .arg(conf)
+        .env("LD_LIBRARY_PATH", dist.join("lib"))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe; VPP must outlive `lab up` and its terminal.
+    unsafe {
+        c.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = c
+        .spawn()
+        .map_err(|e| Error::io("start VPP in", node, e))?;
+    // `ip netns exec` execs VPP in place: the child's pid is VPP's. Nobody waits for it
+    // here; when it exits, init (or the lab VM's agent) reaps it.
+    Ok(child.id())
+}
+
+async fn wait_ready(lab: &str, i: usize, pid: u32) -> Result<VppClient> {
+    let sock = api_socket(lab, i);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if !alive(pid) {
+            return Err(Error::Dataplane {
+                dataplane: VPP.into(),
+                op: format!("start VPP of node {i}"),
+                reason: format!("it exited: {}", logs(lab, i)),
+            });
+        }
+        if sock.exists() {
+            let opts = ConnectOptions {
+                name: "scrambler-lab".into(),
+                timeout: Duration::from_secs(5),
+            };
+            if let Ok(c) = VppClient::connect_with(&sock, opts).await {
+                if c.control_ping().await.is_ok() {
+                    return Ok(c);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::TryAgainLater(format!(
+                "VPP of node {i} did not answer on {} within {} s: {}",
+                sock.display(),
+                START_TIMEOUT.as_secs(),
+                logs(lab, i)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// VPP takes the underlay veth (af_packet, fixed MAC, interrupt mode) with `192.0.2.i/24`.
+async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
+    let what = |op: &str| format!("{op} host-{} on node {i}", topology::UNDERLAY_IF);
+    let fail = |op: String| move |e: scrambler_vpp::VppError| Error::Dataplane {
+        dataplane: VPP.into(),
+        op,
+        reason: e.to_string(),
+    };
+    let r = c
+        .request(&AfPacketCreateV3 {
+            mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
+            hw_addr: MacAddress(uplink_mac(i)),
+            host_if_name: topology::UNDERLAY_IF.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(fail(what("create")))?;
+    let sw = r.sw_if_index;
+    // interrupt mode where af_packet supports it: idle VPPs then leave the cores alone
+    let _ = c
+        .request(&SwInterfaceSetRxMode {
+            sw_if_index: sw,
+            mode: RxMode::RX_MODE_API_INTERRUPT,
+            ..Default::default()
+        })
+        .await;
+    c.request(&SwInterfaceSetFlags {
+        sw_if_index: sw,
+        flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
+    })
+    .await
+    .map_err(fail(what("set up")))?;
+    let prefix: ipnet::IpNet = format!("192.0.2.{i}/24")
+        .parse()
+        .map_err(|e| Error::config(format!("node {i} underlay: {e}")))?;
+    c.request(&SwInterfaceAddDelAddress {
+        sw_if_index: sw,
+        is_add: true,
+        del_all: false,
+        prefix: prefix.into(),
+    })
+    .await
+    .map_err(fail(what("address")))?;
+    Ok(())
+}
+
+fn alive(pid: u32) -> bool {
+    // a zombie (exited, not yet reaped) counts as dead
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+/// The tail of node `i`'s VPP output and log, for error messages.
+pub fn logs(lab: &str, i: usize) -> String {
+    let dir = run_dir(lab, i);
+    let mut s = String::new();
+    for f in ["vpp.stdout", "vpp.log"] {
+        if let Ok(t) = std::fs::read_to_string(dir.join(f)) {
+            s.push_str(&t);
+        }
+    }
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Stops node `i`'s VPP (SIGTERM, SIGKILL after 3 s) if its pid file names a VPP of this
+/// run directory, and removes its shared memory and run directory. Nothing running is fine.
+pub fn stop(lab: &str, i: usize) {
+    stop_dir(&run_dir(lab, i), &api_prefix(lab, i));
+}
+
+fn stop_dir(dir: &Path, prefix: &str) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = std::fs::read_to_string(dir.join("vpp.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = pid.filter(|p| is_our_vpp(*p, dir)) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while alive(pid as u32) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid as u32) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while alive(pid as u32) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/dev/shm") {
+        let p = format!("{prefix}-");
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&p) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// True when `pid` runs VPP with the startup.conf of `dir` (a recycled pid is left alone).
+fn is_our_vpp(pid: i32, dir: &Path) -> bool {
+    let conf = dir.join("startup.conf").display().to_string();
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .any(|arg| String::from_utf8_lossy(arg) == conf)
+        })
+        .unwrap_or(false)
+}
+
+/// Stops every VPP of lab `lab` (whatever nodes its state directory has run dirs for).
+pub fn stop_all(lab: &str) {
+    let Ok(rd) = std::fs::read_dir(LabState::dir(lab)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(i) = name
+            .strip_prefix("vpp-n")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            stop(lab, i);
+        }
+    }
+}
+
+/// The CNI network conf of a pod on VPP node `i`: `base` with `"backend": "vpp"` and the
+/// node's VPP API socket.
+pub fn pod_conf(mut base: serde_json::Value, lab: &str, i: usize) -> serde_json::Value {
+    base["backend"] = VPP.into();
+    base["vpp"] = serde_json::json!({ "apiSocket": api_socket(lab, i) });
+    base
+}
+
+/// The `scrambler mesh apply` flags selecting node `i`'s dataplane.
+pub fn apply_flags(state: &LabState, i: usize) -> Vec<String> {
+    if is_vpp(state, i) {
+        vec![
+            "--backend".into(),
+            VPP.into(),
+            "--vpp-socket".into(),
+            api_socket(&state.spec.name, i).display().to_string(),
+        ]
+    } else {
+        vec![]
+    }
+}
+
+/// Refuses a fault that has no VPP equivalent on a VPP node.
+pub fn check_fault(state: &LabState, fault: super::inject::Fault, i: usize) -> Result<()> {
+    use super::inject::Fault;
+    if fault == Fault::DeleteState && is_vpp(state, i) {
+        return Err(Error::Unsupported(format!(
+            "delete-state on VPP node {}: VPP refuses to delete an SA that tunnel protection \
+             uses, and re-creating a lost SA under the same key would reuse GCM nonces; \
+             inject it on a kernel (xfrm) node",
+            state.names().node(i)
+        )));
+    }
+    Ok(())
+}
+
+/// The node a fault of the `lab run` tour hits: node 1, or the first node where the fault
+/// applies; `None` when it applies nowhere in this lab.
+pub fn tour_target(state: &LabState, fault: super::inject::Fault) -> Option<usize> {
+    (1..=state.spec.nodes).find(|i| check_fault(state, fault, *i).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_puts_odd_nodes_on_vpp() {
+        assert_eq!(node_backends("mixed", 3), ["vpp", "xfrm", "vpp"]);
+        assert_eq!(node_backends("vpp", 2), ["vpp", "vpp"]);
+        assert_eq!(node_backends("xfrm", 2), ["xfrm", "xfrm"]);
+        assert!(needs_no_kernel_esp("vpp") && !needs_no_kernel_esp("mixed"));
+        assert!(uses_vpp("mixed") && !uses_vpp("xfrm"));
+    }
+
+    #[test]
+    fn pod_conf_points_at_the_node_vpp() {
+        let c = pod_conf(serde_json::json!({"backend": "xfrm", "name": "l"}), "l", 3);
+        assert_eq!(c["backend"], "vpp");
+        assert_eq!(
+            c["vpp"]["apiSocket"],
+            "/run/scrambler-lab/l/vpp-n3/api.sock"
+        );
+    }
+}
