@@ -4,11 +4,24 @@
 //! Each backend is an [`Attach`]; [`CniBackend`] adds the two operations CNI needs beyond
 //! it (GC of orphaned interfaces, STATUS), with defaults, so a dataplane crate only has to
 //! provide an `Attach` and an empty `impl CniBackend for …` here.
+//!
+//! The `vpp` backend ([`scrambler_vpp::VppAttach`]) reads its own conf section:
+//!
+//! ```json
+//! {"backend": "vpp", "vpp": {"apiSocket": "/run/vpp/api.sock", "underlayMtu": 1500}}
+//! ```
+//!
+//! Both fields are optional ([`VppConf`]); a VPP that is not listening on the socket makes
+//! ADD, CHECK and STATUS fail with code 11 naming the socket, while DEL still removes the
+//! pod's veth (VPP's objects died with it).
 
 use crate::veth::VethAttach;
 use async_trait::async_trait;
 use scrambler_core::{Attach, AttachmentId, Backend, Error, NetConf, Netns, Result};
 use scrambler_ipvlan::IpvlanAttach;
+use scrambler_vpp::VppAttach;
+use serde::Deserialize;
+use std::path::PathBuf;
 
 /// An [`Attach`] as the CNI plugin drives it.
 #[async_trait]
@@ -35,6 +48,63 @@ impl CniBackend for VethAttach {
 #[async_trait]
 impl CniBackend for IpvlanAttach {}
 
+#[async_trait]
+impl CniBackend for VppAttach {
+    async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
+        VppAttach::gc(self, host, valid).await
+    }
+
+    async fn status(&self, host: &Netns) -> Result<()> {
+        let c = self.connect(host).await?;
+        c.control_ping().await?;
+        let _ = c.close().await;
+        Ok(())
+    }
+}
+
+/// Conf field holding the `vpp` backend's section.
+pub const VPP_FIELD: &str = "vpp";
+
+/// The `"vpp"` section of the conf.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VppConf {
+    /// VPP's binary API socket; default [`scrambler_vpp::attach::DEFAULT_API_SOCKET`].
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// MTU of the underlay the pod MTU is derived from when the conf has no `mtu`;
+    /// default [`scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU`].
+    #[serde(default)]
+    pub underlay_mtu: Option<u32>,
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from(scrambler_vpp::attach::DEFAULT_API_SOCKET)
+}
+
+impl VppConf {
+    /// The section of `conf` (defaults when it has none); a malformed one is code 7.
+    pub fn from_netconf(conf: &NetConf) -> Result<VppConf> {
+        match conf.extra.get(VPP_FIELD) {
+            None | Some(serde_json::Value::Null) => Ok(VppConf {
+                api_socket: default_api_socket(),
+                underlay_mtu: None,
+            }),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| Error::config(format!("field \"{VPP_FIELD}\": {e}"))),
+        }
+    }
+
+    /// The attachment this section describes.
+    pub fn attach(&self) -> VppAttach {
+        let a = VppAttach::new(self.api_socket.clone());
+        match self.underlay_mtu {
+            Some(m) => a.with_underlay_mtu(m),
+            None => a,
+        }
+    }
+}
+
 /// Options the factory passes on to backends.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
@@ -50,10 +120,7 @@ pub fn backend_for(conf: &NetConf, opts: &BackendOptions) -> Result<Box<dyn CniB
             VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone()),
         )),
         Backend::Ipvlan => Ok(Box::new(IpvlanAttach::from_netconf(conf)?)),
-        b @ Backend::Vpp => Err(Error::Unsupported(format!(
-            "backend {} is not built yet (only \"xfrm\" and \"ipvlan\" are available in this scrambler-cni)",
-            b.as_str()
-        ))),
+        Backend::Vpp => Ok(Box::new(VppConf::from_netconf(conf)?.attach())),
     }
 }
 
@@ -75,11 +142,38 @@ mod tests {
         let o = BackendOptions::default();
         assert!(backend_for(&conf(Some("xfrm")), &o).is_ok());
         assert!(backend_for(&conf(Some("ipvlan")), &o).is_ok());
-        let e = backend_for(&conf(Some("vpp")), &o).err().unwrap();
-        assert!(e.to_string().contains("not built yet"), "{e}");
+        assert!(backend_for(&conf(Some("vpp")), &o).is_ok());
         let e = backend_for(&conf(Some("nope")), &o).err().unwrap();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("xfrm, ipvlan, vpp"));
         assert_eq!(backend_for(&conf(None), &o).err().unwrap().code(), 7);
+    }
+
+    #[test]
+    fn vpp_section_defaults_and_rejects_typos() {
+        let mut c = conf(Some("vpp"));
+        let v = VppConf::from_netconf(&c).unwrap();
+        assert_eq!(v.api_socket, PathBuf::from("/run/vpp/api.sock"));
+        assert_eq!(v.underlay_mtu, None);
+        c.extra.insert(
+            VPP_FIELD.into(),
+            serde_json::json!({"apiSocket": "/run/x.sock", "underlayMtu": 9000}),
+        );
+        let v = VppConf::from_netconf(&c).unwrap();
+        assert_eq!(v.api_socket, PathBuf::from("/run/x.sock"));
+        assert_eq!(v.attach().pod_mtu(None).unwrap(), 8940);
+        c.extra
+            .insert(VPP_FIELD.into(), serde_json::json!({"apiSock": "/x"}));
+        let e = VppConf::from_netconf(&c).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("apiSock"), "{e}");
+        c.extra.insert(VPP_FIELD.into(), serde_json::json!("/x"));
+        assert_eq!(
+            backend_for(&c, &BackendOptions::default())
+                .err()
+                .unwrap()
+                .code(),
+            7
+        );
     }
 }

@@ -8,8 +8,9 @@
 //! with the backend's [`scrambler_core::Attach`].
 //!
 //! Backends: `xfrm` is a routed veth pair ([`veth`]; the node's xfrm mesh encrypts what
-//! it routes), `ipvlan` (scrambler-ipvlan's `IpvlanAttach`); `vpp` is recognised but not built
-//! into this plugin yet.
+//! it routes), `ipvlan` (scrambler-ipvlan's `IpvlanAttach`), `vpp` (scrambler-vpp's
+//! `VppAttach`: a veth whose node end VPP takes with af_packet; conf section
+//! `"vpp": {"apiSocket": …}`, default `/run/vpp/api.sock`, see [`backend`]).
 //!
 //! Conf fields besides the standard ones: `backend` (required), `mtu` (default: the
 //! node's default-route MTU minus ESP overhead), `logFile` / `logLevel`, and
