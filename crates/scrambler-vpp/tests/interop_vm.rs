@@ -32,6 +32,7 @@ use scrambler_core::{
 use scrambler_vmtest::{needs_vm, Feature, VmTest, ENV_VM};
 use scrambler_vpp::api::af_packet::AfPacketCreateV3;
 use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
+use scrambler_vpp::api::ipsec::IpsecSaV5Dump;
 use scrambler_vpp::api::types::{AfPacketFlags, AfPacketMode, IfStatusFlags, MacAddress};
 use scrambler_vpp::testing::{self, VppInstance};
 use scrambler_vpp::{VppClient, VppTunnel};
@@ -359,8 +360,22 @@ async fn interop() {
     veth(na, "ul0", &wire, "w1");
     let pod_a = pod(na, "vpod0", A);
     let c = vpp.client().await;
-    host_if(&c, "ul0", [2, 0xfe, 0, 0, 1, 1], "192.0.2.1/24", AfPacketFlags(0)).await;
-    host_if(&c, "vpod0", [2, 0xfe, 0, 0, 2, 1], "10.0.1.1/24", AfPacketFlags::AF_PACKET_API_FLAG_CKSUM_GSO).await;
+    host_if(
+        &c,
+        "ul0",
+        [2, 0xfe, 0, 0, 1, 1],
+        "192.0.2.1/24",
+        AfPacketFlags(0),
+    )
+    .await;
+    host_if(
+        &c,
+        "vpod0",
+        [2, 0xfe, 0, 0, 2, 1],
+        "10.0.1.1/24",
+        AfPacketFlags::AF_PACKET_API_FLAG_CKSUM_GSO,
+    )
+    .await;
     c.close().await.unwrap();
 
     // node B: the kernel, routing its pod
@@ -435,6 +450,13 @@ async fn interop() {
             "{line}"
         );
     }
+    // ... and on the sequence numbers: what one end sent is what the other accepted
+    let (a_out, a_in) = vpp_seqs(&vpp, spi(id(A), id(B), 1), spi(id(B), id(A), 1)).await;
+    let (_, b_in) = kernel_seqs(&states, "192.0.2.1");
+    let (b_out, _) = kernel_seqs(&states, "192.0.2.2");
+    eprintln!("sequence numbers: A->B sent {a_out} got {b_in}; B->A sent {b_out} got {a_in}");
+    assert!(a_out >= 10 && b_out >= 10, "{a_out} {b_out}");
+    assert_eq!((a_out, b_out), (b_in, a_in));
     for (ns, m) in &nodes {
         let st = tunnel.status(ns, m).await.unwrap();
         eprintln!("{}", StatusTable(&st));
@@ -462,7 +484,10 @@ async fn interop() {
     eprintln!("during rotation pod B -> pod A: {got2}/{sent2}");
     assert!(sent > 50 && sent2 > 50, "streams too short: {sent} {sent2}");
     if got != sent {
-        eprintln!("pod B UDP counters:\n{}", pod_b.exec(&["cat", "/proc/net/snmp"]).1);
+        eprintln!(
+            "pod B UDP counters:\n{}",
+            pod_b.exec(&["cat", "/proc/net/snmp"]).1
+        );
     }
     assert_eq!(got, sent, "VPP -> kernel lost packets during rotation");
     assert_eq!(got2, sent2, "kernel -> VPP lost packets during rotation");
@@ -495,6 +520,52 @@ async fn interop() {
         "pods still reach each other after remove"
     );
     drop(vpp);
+}
+
+/// `(outbound sequence number, highest inbound one)` of VPP's SAs with SPIs `out`, `inb`;
+/// asserts both have the mesh's replay window.
+async fn vpp_seqs(vpp: &VppInstance, out: u32, inb: u32) -> (u64, u64) {
+    let c = vpp.client().await;
+    let sas = c.dump(&IpsecSaV5Dump { sa_id: u32::MAX }).await.unwrap();
+    c.close().await.unwrap();
+    let find = |spi: u32| {
+        let d = sas
+            .iter()
+            .find(|d| d.entry.spi == spi)
+            .unwrap_or_else(|| panic!("no VPP SA with SPI {spi:#x}"));
+        assert_eq!(
+            d.entry.anti_replay_window_size,
+            scrambler_core::esp::REPLAY_WINDOW,
+            "SA {spi:#x}"
+        );
+        d
+    };
+    (find(out).seq_outbound, find(inb).last_seq_inbound)
+}
+
+/// `(outbound, highest inbound)` 64-bit (ESN) sequence numbers of the kernel state whose
+/// source is `src`, from `ip -s xfrm state` text.
+fn kernel_seqs(states: &str, src: &str) -> (u64, u64) {
+    let block = states
+        .split("\nsrc ")
+        .find(|b| b.trim_start_matches("src ").starts_with(&format!("{src} ")))
+        .unwrap_or_else(|| panic!("no state from {src}: {states}"));
+    // "seq-hi 0x0, seq 0xa, oseq-hi 0x0, oseq 0x0"
+    let line = block
+        .lines()
+        .find(|l| l.contains("seq-hi"))
+        .unwrap_or_else(|| panic!("no ESN context: {block}"));
+    let field = |name: &str| {
+        line.split(',')
+            .map(str::trim)
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    (
+        field("oseq-hi ") << 32 | field("oseq "),
+        field("seq-hi ") << 32 | field("seq "),
+    )
 }
 
 fn vpp_debug(vpp: &VppInstance) -> String {
