@@ -27,6 +27,7 @@ pub mod codec;
 pub mod convert;
 pub mod error;
 pub mod message;
+pub mod stats;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod transport;

@@ -45,6 +45,9 @@ pub const TUNNEL_INSTANCE_BASE: u32 = 0x5c_0000;
 pub const SA_ID_BASE: u32 = 0x5c00_0000;
 /// Prefix of the interface tag of Scrambler's tunnels.
 pub const TAG_PREFIX: &str = "scrambler:peer=";
+/// The path preference marking Scrambler's routes (VPP routes carry no tag; with a single
+/// path per route the preference does not change forwarding).
+pub const ROUTE_PREFERENCE: u8 = 0x5c;
 
 const DATAPLANE: &str = "vpp";
 
@@ -217,10 +220,41 @@ struct Actual {
     up: HashMap<u32, bool>,
     /// sad_id -> entry
     sas: BTreeMap<u32, IpsecSadEntryV4>,
+    /// sad_id -> index of its counters in the stats segment (`/net/ipsec/sa`)
+    sa_stats: BTreeMap<u32, u32>,
     /// sw_if_index -> (sa_out, sa_in)
     protects: HashMap<u32, (u32, BTreeSet<u32>)>,
-    /// owned routes: prefix -> sw_if_indexes of their paths
-    routes: BTreeMap<IpNet, Vec<u32>>,
+    /// owned routes (marked paths, or paths via an owned tunnel): prefix -> where they lead
+    routes: BTreeMap<IpNet, RouteHave>,
+}
+
+/// Where an owned route leads.
+#[derive(Debug, Clone, PartialEq)]
+enum RouteHave {
+    /// One marked drop path: the fail-closed guard.
+    Drop,
+    /// One path via this interface.
+    Via(u32),
+    /// Anything else (several paths, an unmarked or foreign path shape).
+    Other(Vec<FibPath>),
+}
+
+impl RouteHave {
+    fn of(paths: &[FibPath]) -> RouteHave {
+        match paths {
+            [p] if p.r#type == FibPathType::FIB_API_PATH_TYPE_DROP
+                && p.preference == ROUTE_PREFERENCE =>
+            {
+                RouteHave::Drop
+            }
+            [p] if p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
+                && p.preference == ROUTE_PREFERENCE =>
+            {
+                RouteHave::Via(p.sw_if_index)
+            }
+            _ => RouteHave::Other(paths.to_vec()),
+        }
+    }
 }
 
 impl Actual {
@@ -247,6 +281,7 @@ impl Actual {
         }
         for d in c.dump(&ipsec::IpsecSaV5Dump { sa_id: u32::MAX }).await? {
             if owned_sa(d.entry.sad_id) {
+                a.sa_stats.insert(d.entry.sad_id, d.stat_index);
                 a.sas.insert(d.entry.sad_id, d.entry);
             }
         }
@@ -274,10 +309,14 @@ impl Actual {
                 })
                 .await?;
             for r in routes {
-                let via: Vec<u32> = r.route.paths.iter().map(|p| p.sw_if_index).collect();
-                if via.iter().any(|s| ours.contains(s)) {
+                let owned = r.route.paths.iter().any(|p| {
+                    p.preference == ROUTE_PREFERENCE
+                        || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
+                            && ours.contains(&p.sw_if_index))
+                });
+                if owned {
                     if let Some(p) = r.route.prefix.to_ipnet() {
-                        a.routes.insert(p, via);
+                        a.routes.insert(p, RouteHave::of(&r.route.paths));
                     }
                 }
             }
@@ -338,11 +377,25 @@ fn sa_entry(sa: &SaPlan) -> IpsecSadEntryV4 {
     entry
 }
 
-fn path_via(sw_if_index: u32, v6: bool) -> FibPath {
+/// Where Scrambler steers a peer pod CIDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Steer {
+    /// Drop (the fail-closed guard).
+    Drop,
+    /// Into the peer's protected tunnel.
+    Via(u32),
+}
+
+fn route_path(to: Steer, v6: bool) -> FibPath {
+    let (sw_if_index, r#type) = match to {
+        Steer::Drop => (u32::MAX, FibPathType::FIB_API_PATH_TYPE_DROP),
+        Steer::Via(sw) => (sw, FibPathType::FIB_API_PATH_TYPE_NORMAL),
+    };
     FibPath {
         sw_if_index,
         weight: 1,
-        r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
+        preference: ROUTE_PREFERENCE,
+        r#type,
         proto: if v6 {
             FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
         } else {
@@ -526,8 +579,33 @@ impl Ops<'_> {
         }
     }
 
-    async fn route(&self, prefix: IpNet, sw: u32, is_add: bool) -> Result<()> {
-        let op = if is_add { "add route" } else { "delete route" };
+    /// Points the route of `prefix` at `to`, replacing whatever paths it had (one FIB
+    /// update: there is no moment without a route).
+    async fn steer(&self, prefix: IpNet, to: Steer) -> Result<()> {
+        self.route_update(prefix, vec![route_path(to, prefix.addr().is_ipv6())], true)
+            .await
+            .map_err(vpp_err("steer", &format!("{prefix} to {to:?}")))
+    }
+
+    /// Deletes the route of `prefix` (all its paths from the API source).
+    async fn unroute(&self, prefix: IpNet, have: &RouteHave) -> Result<()> {
+        let v6 = prefix.addr().is_ipv6();
+        let paths = match have {
+            RouteHave::Drop => vec![route_path(Steer::Drop, v6)],
+            RouteHave::Via(sw) => vec![route_path(Steer::Via(*sw), v6)],
+            RouteHave::Other(p) => p.clone(),
+        };
+        self.route_update(prefix, paths, false)
+            .await
+            .map_err(vpp_err("delete route", &prefix.to_string()))
+    }
+
+    async fn route_update(
+        &self,
+        prefix: IpNet,
+        paths: Vec<FibPath>,
+        is_add: bool,
+    ) -> std::result::Result<(), VppError> {
         self.c
             .request(&ip::IpRouteAddDel {
                 is_add,
@@ -536,11 +614,48 @@ impl Ops<'_> {
                     table_id: 0,
                     stats_index: 0,
                     prefix: prefix.into(),
-                    paths: vec![path_via(sw, matches!(prefix, IpNet::V6(_)))],
+                    paths,
                 },
             })
-            .await
-            .map_err(vpp_err(op, &format!("{prefix} via sw_if_index {sw}")))?;
+            .await?;
+        Ok(())
+    }
+}
+
+/// The routes of one peer's pod CIDRs during a reconcile, and where they point now.
+#[derive(Default)]
+struct Guard {
+    routes: BTreeMap<IpNet, Steer>,
+    /// Routes this reconcile created (counted as added once).
+    fresh: BTreeSet<IpNet>,
+}
+
+impl Guard {
+    /// Points every route that leads into the tunnel to drop: called before the tunnel,
+    /// its protection or its SAs are taken away.
+    async fn close(&mut self, ops: &Ops<'_>) -> Result<()> {
+        for (prefix, to) in self.routes.iter_mut() {
+            if *to != Steer::Drop {
+                ops.steer(*prefix, Steer::Drop).await?;
+                *to = Steer::Drop;
+            }
+        }
+        Ok(())
+    }
+
+    /// Points every route into the (protected, up) tunnel `sw`.
+    async fn open(&mut self, ops: &Ops<'_>, sw: u32, rep: &mut ReconcileReport) -> Result<()> {
+        for (prefix, to) in self.routes.iter_mut() {
+            if *to == Steer::Via(sw) {
+                rep.unchanged += 1;
+                continue;
+            }
+            ops.steer(*prefix, Steer::Via(sw)).await?;
+            *to = Steer::Via(sw);
+            if !self.fresh.contains(prefix) {
+                rep.updated += 1;
+            }
+        }
         Ok(())
     }
 }
@@ -571,22 +686,12 @@ impl Tunnel for VppTunnel {
         let ops = Ops { c: &c };
         let mut rep = ReconcileReport::default();
 
-        // stale routes first: nothing must keep pointing into a tunnel that goes or changes
-        let mut want_routes: BTreeMap<IpNet, u32> = BTreeMap::new();
-        for p in &want {
-            for r in &p.routes {
-                want_routes.insert(*r, p.instance);
-            }
-        }
-        for (prefix, via) in &have.routes {
-            let keep = want_routes
-                .get(prefix)
-                .and_then(|inst| have.sw_if_index(*inst))
-                .is_some_and(|sw| via == &vec![sw]);
-            if !keep {
-                for sw in via {
-                    ops.route(*prefix, *sw, false).await?;
-                }
+        // stale routes first: pod CIDRs no peer of the mesh has any more
+        let want_routes: BTreeSet<IpNet> =
+            want.iter().flat_map(|p| p.routes.iter().copied()).collect();
+        for (prefix, r) in &have.routes {
+            if !want_routes.contains(prefix) {
+                ops.unroute(*prefix, r).await?;
                 rep.removed += 1;
             }
         }
@@ -594,7 +699,30 @@ impl Tunnel for VppTunnel {
         let mut live_sas: BTreeSet<u32> = BTreeSet::new();
         let mut underlay_ifs: HashMap<IpAddr, u32> = HashMap::new();
         for p in &want {
-            // 1. the tunnel, down until protected
+            // 1. the guard: each pod CIDR of the peer is routed by us, into its current
+            //    tunnel or to drop; anything else (missing, foreign shape, a stale tunnel)
+            //    becomes drop before the tunnel is touched
+            let current = have.tunnels.get(&p.instance).map(|t| t.sw_if_index);
+            let mut guard = Guard::default();
+            for r in &p.routes {
+                let now = match have.routes.get(r) {
+                    Some(RouteHave::Drop) => Steer::Drop,
+                    Some(RouteHave::Via(sw)) if Some(*sw) == current => Steer::Via(*sw),
+                    other => {
+                        ops.steer(*r, Steer::Drop).await?;
+                        if other.is_none() {
+                            guard.fresh.insert(*r);
+                            rep.added += 1;
+                        } else {
+                            rep.updated += 1;
+                        }
+                        Steer::Drop
+                    }
+                };
+                guard.routes.insert(*r, now);
+            }
+
+            // 2. the tunnel, down until protected
             let mut fresh = false;
             let sw = match have.tunnels.get(&p.instance) {
                 Some(t) if t.src.to_ip() == Some(p.src) && t.dst.to_ip() == Some(p.dst) => {
@@ -602,12 +730,8 @@ impl Tunnel for VppTunnel {
                     t.sw_if_index
                 }
                 Some(t) => {
+                    guard.close(&ops).await?;
                     ops.set_up(t.sw_if_index, false).await?;
-                    for (prefix, via) in &have.routes {
-                        if via.contains(&t.sw_if_index) && want_routes.contains_key(prefix) {
-                            ops.route(*prefix, t.sw_if_index, false).await?;
-                        }
-                    }
                     ops.unprotect(t.sw_if_index).await?;
                     ops.delete_tunnel(p.instance, t.sw_if_index).await?;
                     rep.updated += 1;
@@ -624,17 +748,23 @@ impl Tunnel for VppTunnel {
             };
             let mut up = !fresh && have.up.get(&sw).copied().unwrap_or(false);
 
-            // 2. SAs: add missing; replace changed ones (tunnel down and unprotected meanwhile)
+            // 3. SAs: add missing; replace changed ones (routes to drop, tunnel down and
+            //    unprotected meanwhile)
             let mut protected = if fresh {
                 None
             } else {
                 have.protects.get(&sw).cloned()
             };
+            if protected.is_none() {
+                // protection lost behind our back: nothing may be steered in until it is back
+                guard.close(&ops).await?;
+            }
             for sa in &p.sas {
                 live_sas.insert(sa.id);
                 match have.sas.get(&sa.id) {
                     Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
                     Some(_) => {
+                        guard.close(&ops).await?;
                         if up {
                             ops.set_up(sw, false).await?;
                             up = false;
@@ -653,7 +783,7 @@ impl Tunnel for VppTunnel {
                 }
             }
 
-            // 3. protection (an update replaces it atomically)
+            // 4. protection (an update replaces it atomically: a key rotation needs no drop)
             match &protected {
                 Some((o, i)) if *o == p.sa_out && *i == p.sa_in => rep.unchanged += 1,
                 Some(_) => {
@@ -666,21 +796,12 @@ impl Tunnel for VppTunnel {
                 }
             }
 
-            // 4. up, then steer the pod CIDRs into it
+            // 5. up, then steer the pod CIDRs from drop into it
             if !up {
                 ops.set_up(sw, true).await?;
             }
-            for r in &p.routes {
-                let present = have.routes.get(r).is_some_and(|v| v == &vec![sw]) && !fresh;
-                if present {
-                    rep.unchanged += 1;
-                } else {
-                    ops.route(*r, sw, true).await?;
-                    rep.added += 1;
-                }
-            }
+            guard.open(&ops, sw, &mut rep).await?;
         }
-
         // stale tunnels and SAs
         let want_instances: BTreeSet<u32> = want.iter().map(|p| p.instance).collect();
         for (inst, t) in &have.tunnels {
@@ -743,9 +864,16 @@ impl Tunnel for VppTunnel {
                     && peer
                         .pod_cidrs
                         .iter()
-                        .all(|c| have.routes.get(&c.trunc()) == Some(&vec![s]))
+                        .all(|c| have.routes.get(&c.trunc()) == Some(&RouteHave::Via(s)))
             });
-            if sw.is_some() && prot.is_none() {
+            // the guard: every pod CIDR of the peer routed to drop or into its protected
+            // tunnel
+            let guarded = peer.pod_cidrs.iter().all(|c| match have.routes.get(&c.trunc()) {
+                Some(RouteHave::Drop) => true,
+                Some(RouteHave::Via(s)) => Some(*s) == sw && prot.is_some(),
+                _ => false,
+            });
+            if !guarded || (sw.is_some() && prot.is_none()) {
                 all_protected = false;
             }
             st.peers.push(PeerStatus {
@@ -779,10 +907,8 @@ impl Tunnel for VppTunnel {
             .map_err(vpp_err("read state of", "VPP"))?;
         let ops = Ops { c: &c };
         let mut rep = ReconcileReport::default();
-        for (prefix, via) in &have.routes {
-            for sw in via {
-                ops.route(*prefix, *sw, false).await?;
-            }
+        for (prefix, r) in &have.routes {
+            ops.unroute(*prefix, r).await?;
             rep.removed += 1;
         }
         for (inst, t) in &have.tunnels {
