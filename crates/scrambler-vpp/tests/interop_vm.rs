@@ -13,6 +13,11 @@
 //! build machine's) the test re-runs in Debian's stock kernel under qemu through
 //! scrambler-vmtest. The guest sees the host's root, so the VPP tree the host extracted to
 //! `target/vpp-dist/vpp` is used as is (extracted before booting).
+//!
+//! The pod's VPP interface is made with `AF_PACKET_API_FLAG_CKSUM_GSO`, as
+//! `scrambler_vpp::attach` does: without it, UDP/TCP from a pod behind VPP leaves the pod's
+//! veth with only a partial (offloaded) checksum, VPP encrypts it as is, and the kernel
+//! peer drops every datagram after decryption (`InCsumErrors`); ICMP is unaffected.
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader};
