@@ -152,13 +152,19 @@ fn vppctl_teardown(m: &Mesh, sw: &HashMap<u32, u32>) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `ipip<n>`, what `create ipip tunnel` prints.
+fn is_tunnel_name(s: &str) -> bool {
+    s.strip_prefix("ipip")
+        .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
 /// `vppctl` exits 0 also when a command fails; success prints nothing but the name of a
 /// created tunnel.
 fn check_cli_output(what: &str, out: &str) {
     let bad: Vec<&str> = out
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !(l.starts_with("ipip") && l[4..].parse::<u32>().is_ok()))
+        .filter(|l| !l.is_empty() && !is_tunnel_name(l))
         .collect();
     assert!(bad.is_empty(), "vppctl {what}: {}", bad.join("\n"));
 }
@@ -595,7 +601,7 @@ impl Bench {
         let s = self.state().await;
         self.exec_works = out
             .lines()
-            .all(|l| l.trim().is_empty() || l.trim().starts_with("ipip"))
+            .all(|l| l.trim().is_empty() || is_tunnel_name(l.trim()))
             && s.tunnels.len() == 1
             && s.sas.len() == 2
             && s.routes.len() == 1;
@@ -615,6 +621,19 @@ impl Bench {
         }
         self.dp.remove(&self.ns).await.expect("remove");
         self.assert_empty(&self.state().await);
+    }
+
+    /// Median time of one request/reply on the API socket.
+    async fn round_trip(&self) -> Duration {
+        let c = self.client().await;
+        let mut v = Vec::with_capacity(1000);
+        for _ in 0..1000 {
+            let t = Instant::now();
+            c.control_ping().await.expect("control_ping");
+            v.push(t.elapsed());
+        }
+        let _ = c.close().await;
+        median(v)
     }
 
     async fn run(&self, n: u32, reps: usize, budget: Duration) -> Figures {
@@ -669,10 +688,15 @@ fn main() {
             exec_works: false,
         };
         b.probe_exec().await;
+        let rtt = b.round_trip().await;
         println!(
             "VPP mesh programming into one VPP, 9 operations per peer (ipip tunnel + tag/unnumbered/ip6, \
              2 SAs, protect, up, route); medians of {} runs, vppctl per command: 1 run",
             if quick { "1" } else { "5 (100 peers) / 3 (1,000 peers)" }
+        );
+        println!(
+            "ratio = baseline time / our time (> 1: ours is faster); one API round trip (control_ping): median {:.0} µs",
+            rtt.as_secs_f64() * 1e6
         );
         for &n in sizes {
             let reps = if quick {
@@ -689,17 +713,17 @@ fn main() {
                 None => String::new(),
             };
             let exec = match f.exec {
-                Some(e) => format!("{:>8.1} ms ({:>5.1}x slower)", ms(e), ratio(e, f.ours)),
+                Some(e) => format!("{:>8.1} ms (ratio {:>5.2})", ms(e), ratio(e, f.ours)),
                 None => "n/a (exec does not work)".into(),
             };
             println!(
-                "peers {n:>5} program : ours {:>8.1} ms | vppctl exec {exec} | vppctl per command {:>9.1} ms ({:>6.1}x slower){sampled}",
+                "peers {n:>5} program : ours {:>8.1} ms | vppctl exec {exec} | vppctl per command {:>9.1} ms (ratio {:>5.1}){sampled}",
                 ms(f.ours),
                 ms(f.per_command),
                 ratio(f.per_command, f.ours),
             );
             let exec_down = match f.exec_teardown {
-                Some(e) => format!("{:>8.1} ms ({:>5.1}x slower)", ms(e), ratio(e, f.teardown)),
+                Some(e) => format!("{:>8.1} ms (ratio {:>5.2})", ms(e), ratio(e, f.teardown)),
                 None => "n/a".into(),
             };
             println!(
