@@ -33,7 +33,11 @@ pub const VPP: &str = "vpp";
 /// The lab backend with odd nodes on VPP and even nodes on the kernel.
 pub const MIXED: &str = "mixed";
 /// Main heap of each lab VPP.
-pub const HEAP: &str = "192M";
+pub const HEAP: &str = "128M";
+/// af_packet ring frame size of the uplink (an MTU-1500 frame and its headers fit).
+const RING_FRAME_SIZE: u32 = 2048;
+/// af_packet ring frames per block of the uplink.
+const RING_FRAMES_PER_BLOCK: u32 = 64;
 /// How long a starting VPP may take to answer its API (TCG-emulated guests are slow).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -156,7 +160,9 @@ fn startup_conf(dist: &Path, dir: &Path, prefix: &str, i: usize) -> Result<Strin
         .replace("@HEAP@", HEAP)
         .replace("@MAINCORE@", &((i - 1) % cores).to_string())
         // several VPPs share few cores: sleep in the main loop instead of spinning
-        .replace("nodaemon", "nodaemon\n  poll-sleep-usec 100"))
+        .replace("nodaemon", "nodaemon\n  poll-sleep-usec 100")
+        // a lab's traffic needs far fewer buffers than a router (64 MB at 16384)
+        .replace("buffers-per-numa 16384", "buffers-per-numa 8192"))
 }
 
 /// The kernel gives up the underlay address (VPP holds it) and stays quiet on the wire.
@@ -248,6 +254,11 @@ async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
             mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
             hw_addr: MacAddress(uplink_mac(i)),
             host_if_name: topology::UNDERLAY_IF.into(),
+            // small rings: af_packet's default rings take ~76 MB per interface
+            rx_frame_size: RING_FRAME_SIZE,
+            tx_frame_size: RING_FRAME_SIZE,
+            rx_frames_per_block: RING_FRAMES_PER_BLOCK,
+            tx_frames_per_block: RING_FRAMES_PER_BLOCK,
             ..Default::default()
         })
         .await
@@ -396,9 +407,9 @@ pub fn check_fault(state: &LabState, fault: super::inject::Fault, i: usize) -> R
     use super::inject::Fault;
     if fault == Fault::DeleteState && is_vpp(state, i) {
         return Err(Error::Unsupported(format!(
-            "delete-state on VPP node {}: VPP refuses to delete an SA that tunnel protection \
-             uses, and re-creating a lost SA under the same key would reuse GCM nonces; \
-             inject it on a kernel (xfrm) node",
+            "delete-state on VPP node {}: VPP keeps an SA that tunnel protection uses (deleting \
+             it through the API leaves it in place), so there is no state to lose behind \
+             Scrambler's back; inject it on a kernel (xfrm) node",
             state.names().node(i)
         )));
     }
