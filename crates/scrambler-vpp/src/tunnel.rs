@@ -38,6 +38,7 @@ use crate::api::types::{
 use crate::api::{interface, ip, ipip, ipsec};
 use crate::client::{ConnectOptions, VppClient};
 use crate::error::VppError;
+use crate::stats::{Combined, StatValue, StatsClient, StatsError};
 
 /// First IPIP tunnel instance Scrambler owns; the peer's node id is added.
 pub const TUNNEL_INSTANCE_BASE: u32 = 0x5c_0000;
@@ -50,6 +51,10 @@ pub const TAG_PREFIX: &str = "scrambler:peer=";
 pub const ROUTE_PREFERENCE: u8 = 0x5c;
 
 const DATAPLANE: &str = "vpp";
+
+/// Key in [`TunnelStatus::errors`] when the stats segment could not be read (the packet and
+/// byte counters of the peers are then zero, not measured).
+pub const STATS_UNAVAILABLE: &str = "ScramblerVppStatsUnavailable";
 
 /// The tunnel instance of the tunnel to `peer`.
 pub fn tunnel_instance(peer: NodeId) -> u32 {
@@ -105,6 +110,7 @@ pub type SocketResolver = dyn Fn(&Netns) -> Result<PathBuf> + Send + Sync;
 #[derive(Clone)]
 pub struct VppTunnel {
     resolve: Arc<SocketResolver>,
+    stats: Arc<SocketResolver>,
     opts: ConnectOptions,
 }
 
@@ -124,11 +130,17 @@ impl VppTunnel {
     }
 
     /// A VPP per node: `resolve` maps the node's namespace to its VPP's API socket.
+    ///
+    /// The stats socket defaults to `stats.sock` beside the API socket (as in VPP's
+    /// `startup.conf` of `../shared/vpp`); see [`VppTunnel::with_stats_socket`].
     pub fn with_resolver(
         resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
     ) -> Self {
+        let resolve: Arc<SocketResolver> = Arc::new(resolve);
+        let api = resolve.clone();
         VppTunnel {
-            resolve: Arc::new(resolve),
+            resolve,
+            stats: Arc::new(move |ns| Ok(api(ns)?.with_file_name("stats.sock"))),
             opts: ConnectOptions {
                 name: "scrambler-tunnel".into(),
                 ..ConnectOptions::default()
@@ -136,10 +148,181 @@ impl VppTunnel {
         }
     }
 
+    /// Where the stats segment socket (`statseg { socket-name … }`) of a node's VPP is.
+    pub fn with_stats_socket(
+        mut self,
+        resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
+    ) -> Self {
+        self.stats = Arc::new(resolve);
+        self
+    }
+
     async fn connect(&self, netns: &Netns) -> Result<VppClient> {
         let path = (self.resolve)(netns)?;
         Ok(VppClient::connect_with(&path, self.opts.clone()).await?)
     }
+
+    /// The counters of every owned SA and tunnel of the node's VPP, per peer of `mesh`,
+    /// read from VPP's statistics segment.
+    pub async fn counters(&self, netns: &Netns, mesh: &Mesh) -> Result<Vec<PeerCounters>> {
+        let c = self.connect(netns).await?;
+        let have = Actual::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let _ = c.close().await;
+        let snap = self.snapshot(netns).await?;
+        Ok(mesh
+            .peers
+            .iter()
+            .map(|p| peer_counters(&have, &snap, p))
+            .collect())
+    }
+
+    /// Reads the counters Scrambler reports from the stats segment (blocking work off the
+    /// runtime: a socket round trip and a map).
+    async fn snapshot(&self, netns: &Netns) -> Result<Snapshot> {
+        let path = (self.stats)(netns)?;
+        tokio::task::spawn_blocking(move || Snapshot::read(&path))
+            .await
+            .map_err(|e| Error::Dataplane {
+                dataplane: DATAPLANE.into(),
+                op: "read the stats segment".into(),
+                reason: e.to_string(),
+            })?
+    }
+}
+
+/// One peer's counters in VPP: its SAs (all generations) and its tunnel interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Peer name.
+    pub name: String,
+    /// Packets and bytes encrypted by the peer's outbound SAs.
+    pub sa_out: Combined,
+    /// Packets and bytes decrypted by the peer's inbound SAs.
+    pub sa_in: Combined,
+    /// Per-SA error counters summed over the peer's SAs (`/net/ipsec/sa/err/<name>`),
+    /// non-zero ones.
+    pub sa_errors: BTreeMap<String, u64>,
+    /// Received on the tunnel interface (after decryption).
+    pub tunnel_rx: Combined,
+    /// Sent into the tunnel interface (before encryption).
+    pub tunnel_tx: Combined,
+    /// Dropped on the tunnel interface.
+    pub tunnel_drops: u64,
+}
+
+impl PeerCounters {
+    /// Packets that failed authentication: VPP counts an AES-GCM tag mismatch as
+    /// `decryption_failed` (the AEAD decrypt fails), a separate ICV as `integ_error`.
+    pub fn integrity_errors(&self) -> u64 {
+        ["integ_error", "decryption_failed"]
+            .iter()
+            .filter_map(|k| self.sa_errors.get(*k))
+            .sum()
+    }
+}
+
+/// The counter vectors status needs, from one read of the stats segment.
+struct Snapshot {
+    sa: StatValue,
+    sa_err: Vec<(String, StatValue)>,
+    rx: StatValue,
+    tx: StatValue,
+    drops: StatValue,
+}
+
+/// Per-SA error counters worth reporting (`/net/ipsec/sa/err/<name>`).
+const SA_ERRORS: &[&str] = &[
+    "replay",
+    "integ_error",
+    "decryption_failed",
+    "crypto_engine_error",
+    "runt",
+    "no_buffers",
+    "lost",
+    "seq_cycled",
+    "tun_no_proto",
+];
+
+impl Snapshot {
+    fn read(path: &std::path::Path) -> Result<Snapshot> {
+        let fail = |e: StatsError| Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: format!("read counters from {}", path.display()),
+            reason: e.to_string(),
+        };
+        let st = StatsClient::connect(path).map_err(fail)?;
+        let mut v = st
+            .read_many(&["/net/ipsec/sa", "/if/rx", "/if/tx", "/if/drops"])
+            .map_err(fail)?
+            .into_iter();
+        let mut next = || v.next().unwrap_or(StatValue::Empty);
+        let (sa, rx, tx, drops) = (next(), next(), next(), next());
+        // per-SA errors exist in newer VPPs only: take the ones present
+        let mut sa_err = Vec::new();
+        for name in SA_ERRORS {
+            match st.read(&format!("/net/ipsec/sa/err/{name}")) {
+                Ok(val) => sa_err.push((name.to_string(), val)),
+                Err(StatsError::NotFound(_)) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Ok(Snapshot {
+            sa,
+            sa_err,
+            rx,
+            tx,
+            drops,
+        })
+    }
+}
+
+/// The SA ids of `peer` in Scrambler's numbering, and whether each is inbound.
+fn peer_of_sa(id: u32) -> Option<(u16, Direction)> {
+    if !owned_sa(id) {
+        return None;
+    }
+    let dir = if id & (1 << 23) != 0 {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    Some(((id & 0xffff) as u16, dir))
+}
+
+fn peer_counters(have: &Actual, snap: &Snapshot, peer: &Node) -> PeerCounters {
+    let mut pc = PeerCounters {
+        name: peer.name.clone(),
+        ..Default::default()
+    };
+    for (id, stat) in &have.sa_stats {
+        let Some((p, dir)) = peer_of_sa(*id) else {
+            continue;
+        };
+        if p != peer.id.get() {
+            continue;
+        }
+        let i = *stat as usize;
+        let c = snap.sa.combined_sum(i).unwrap_or_default();
+        match dir {
+            Direction::Outbound => pc.sa_out += c,
+            Direction::Inbound => pc.sa_in += c,
+        }
+        for (name, v) in &snap.sa_err {
+            let n = v.simple_sum(i).unwrap_or(0);
+            if n > 0 {
+                *pc.sa_errors.entry(name.clone()).or_default() += n;
+            }
+        }
+    }
+    if let Some(sw) = have.sw_if_index(tunnel_instance(peer.id)) {
+        let i = sw as usize;
+        pc.tunnel_rx = snap.rx.combined_sum(i).unwrap_or_default();
+        pc.tunnel_tx = snap.tx.combined_sum(i).unwrap_or_default();
+        pc.tunnel_drops = snap.drops.simple_sum(i).unwrap_or(0);
+    }
+    pc
 }
 
 /// One SA as we want it.
@@ -835,6 +1018,13 @@ impl Tunnel for VppTunnel {
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
         let _ = c.close().await;
+        let snap = match self.snapshot(netns).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "VPP counters unavailable");
+                None
+            }
+        };
         let mut st = TunnelStatus {
             dataplane: DATAPLANE.into(),
             overhead: scrambler_core::esp::esp_overhead(
@@ -868,13 +1058,27 @@ impl Tunnel for VppTunnel {
             });
             // the guard: every pod CIDR of the peer routed to drop or into its protected
             // tunnel
-            let guarded = peer.pod_cidrs.iter().all(|c| match have.routes.get(&c.trunc()) {
-                Some(RouteHave::Drop) => true,
-                Some(RouteHave::Via(s)) => Some(*s) == sw && prot.is_some(),
-                _ => false,
-            });
+            let guarded = peer
+                .pod_cidrs
+                .iter()
+                .all(|c| match have.routes.get(&c.trunc()) {
+                    Some(RouteHave::Drop) => true,
+                    Some(RouteHave::Via(s)) => Some(*s) == sw && prot.is_some(),
+                    _ => false,
+                });
             if !guarded || (sw.is_some() && prot.is_none()) {
                 all_protected = false;
+            }
+            let pc = snap
+                .as_ref()
+                .map(|s| peer_counters(&have, s, peer))
+                .unwrap_or_default();
+            for (k, v) in &pc.sa_errors {
+                *st.errors.entry(format!("ipsec-sa/{k}")).or_default() += v;
+            }
+            if pc.tunnel_drops > 0 {
+                st.errors
+                    .insert(format!("{}/tunnel-drops", peer.name), pc.tunnel_drops);
             }
             st.peers.push(PeerStatus {
                 name: peer.name.clone(),
@@ -884,7 +1088,12 @@ impl Tunnel for VppTunnel {
                 steering,
                 tx_generation: outbound.then_some(mesh.keys.tx),
                 rx_generations: rx,
-                ..Default::default()
+                packets_out: pc.sa_out.packets,
+                bytes_out: pc.sa_out.bytes,
+                packets_in: pc.sa_in.packets,
+                bytes_in: pc.sa_in.bytes,
+                replay_errors: pc.sa_errors.get("replay").copied().unwrap_or(0),
+                integrity_errors: pc.integrity_errors(),
             });
         }
         // every owned tunnel that carries traffic is protected
@@ -897,6 +1106,9 @@ impl Tunnel for VppTunnel {
         }
         st.encrypted = all_protected && st.peers.iter().all(|p| p.outbound && p.inbound);
         st.fail_closed = all_protected;
+        if snap.is_none() {
+            st.errors.insert(STATS_UNAVAILABLE.into(), 1);
+        }
         Ok(st)
     }
 
