@@ -291,6 +291,10 @@ impl VppAttach {
 
     /// Removes the pod interfaces (VPP interface and node veth) of attachments not in
     /// `valid`; returns the node-side veth names removed.
+    ///
+    /// Every pod interface Scrambler made on this VPP and node counts (tags and veth
+    /// names do not carry the network name): `valid` must list the attachments of every
+    /// Scrambler network served by this VPP.
     pub async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
         let keep: BTreeSet<String> = valid.iter().map(host_ifname).collect();
         let c = self.connect(host).await?;
@@ -309,6 +313,19 @@ impl VppAttach {
             removed.push(pif.host_if_name);
         }
         let _ = c.close().await;
+        // node veths whose VPP interface is gone (e.g. VPP restarted)
+        for l in nl.links().await? {
+            if l.name.starts_with(HOST_IFNAME_PREFIX)
+                && l.kind.as_deref() == Some("veth")
+                && !keep.contains(&l.name)
+                && !removed.contains(&l.name)
+            {
+                tracing::info!(veth = %l.name, "gc: removing orphaned node veth");
+                if nl.delete_link(l.index, &l.name).await? {
+                    removed.push(l.name);
+                }
+            }
+        }
         Ok(removed)
     }
 
@@ -813,9 +830,12 @@ impl Ops<'_> {
                 .await
             {
                 Ok(_) => {}
-                // a concurrent ADD was first
-                Err(e) if e.retval() == Some(retval::ADDRESS_FOUND_FOR_INTERFACE) => {}
-                Err(e) => return Err(vpp_err("add address to", "gateway loopback")(e)),
+                // a concurrent ADD may have been first
+                Err(e) => {
+                    if !self.addresses(sw, false).await?.contains(&want) {
+                        return Err(vpp_err("add address to", "gateway loopback")(e));
+                    }
+                }
             }
         }
         self.set_up(sw, "gateway loopback").await?;
@@ -833,23 +853,20 @@ impl Ops<'_> {
             .await;
         let sw = match r {
             Ok(r) => r.sw_if_index,
-            // a concurrent ADD created it; it is tagged by now or very soon
-            Err(e) if e.retval() == Some(retval::INSTANCE_IN_USE) => {
+            // most likely a concurrent ADD created it (VPP says "invalid registration" for
+            // an instance in use); it is tagged a moment later
+            Err(e) => {
                 for _ in 0..50 {
                     if let Some(sw) = self.find_gateway().await? {
                         return Ok(sw);
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                return Err(Error::Dataplane {
-                    dataplane: DATAPLANE.into(),
-                    op: "create gateway loopback".into(),
-                    reason: format!(
-                        "loop{GATEWAY_INSTANCE} exists but is not tagged {GATEWAY_TAG:?} (not ours?)"
-                    ),
-                });
+                return Err(vpp_err(
+                    "create",
+                    &format!("gateway loopback loop{GATEWAY_INSTANCE} (an untagged one exists?)"),
+                )(e));
             }
-            Err(e) => return Err(vpp_err("create", "gateway loopback")(e)),
         };
         self.c
             .request(&interface::SwInterfaceTagAddDel {

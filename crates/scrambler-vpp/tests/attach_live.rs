@@ -199,6 +199,76 @@ async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
     assert!(!att.remove_gateway(&host).await.unwrap());
 }
 
+/// Sends 100 kB over TCP from `from` to `dst` (a listener in `to`); asserts all arrived.
+fn tcp(from: &TestNetns, to: &TestNetns, dst: &str, vpp: &VppInstance) {
+    // the server's stdin stays open (nc stops at its EOF) and its output is drained
+    let mut server = Command::new("ip")
+        .args([
+            "netns", "exec", &to.name, "busybox", "nc", "-l", "-p", "5001",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = server.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let payload = "x".repeat(100_000);
+    let (ok, msg) = from.exec(&[
+        "sh",
+        "-c",
+        &format!("printf '%s' {payload} | busybox nc -w 3 {dst} 5001"),
+    ]);
+    assert!(ok, "nc to {dst}: {msg}");
+    let got = reader.join().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        got,
+        payload.len(),
+        "TCP to {dst} lost data\n{}",
+        vpp.vppctl(&["show", "errors"])
+    );
+}
+
+/// TCP (checksums the kernel leaves to offload) and IPv6 between two pods of one VPP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods_exchange_tcp() {
+    let vpp = VppInstance::start("att4", 1).await;
+    let host = vpp.netns.netns();
+    let att = VppAttach::new(vpp.api_sock());
+    let p1 = TestNetns::new("att4p");
+    let p2 = TestNetns::new("att4q");
+    let (r1, r2) = (request(&p1, "ds-one"), request(&p2, "ds-two"));
+    // concurrently, on a VPP without the gateway yet: both race to create it
+    let a1 = addrs(&["10.9.4.2/24", "fd00:9::2/64"]);
+    let a2 = addrs(&["10.9.4.3/24", "fd00:9::3/64"]);
+    let (res1, res2) = tokio::join!(att.attach(&host, &r1, &a1), att.attach(&host, &r2, &a2));
+    let (res1, res2) = (res1.unwrap(), res2.unwrap());
+    att.check(&host, &r1, &res1).await.unwrap();
+    att.check(&host, &r2, &res2).await.unwrap();
+    assert!(
+        p1.ping("fd00:9::3"),
+        "IPv6 pod1 -> pod2 failed\n{}\n{}",
+        vpp.vppctl(&["show", "errors"]),
+        vpp.vppctl(&["show", "ip6", "neighbors"])
+    );
+    assert!(p2.ping("10.9.4.2"));
+    for dst in ["10.9.4.3", "fd00:9::3"] {
+        tcp(&p1, &p2, dst, &vpp);
+    }
+    // no router advertisements or other autoconfiguration reached the pods
+    let r = p1.ip(&["-6", "route"]);
+    assert!(!r.contains("proto ra"), "{r}");
+    att.detach(&host, &r1).await.unwrap();
+    att.detach(&host, &r2).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_add_leaves_nothing() {
     let vpp = VppInstance::start("att2", 1).await;
@@ -413,6 +483,7 @@ async fn pods_on_two_vpp_nodes_ping_over_esp() {
         "cleartext on the wire:\n{wire}"
     );
     assert!(pb.ping("10.1.0.2"), "pod b -> pod a failed");
+    tcp(&pa, &pb, "10.2.0.2", &b);
 
     // without the tunnel the pods are cut off
     tunnel.remove(&na).await.unwrap();
