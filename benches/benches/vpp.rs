@@ -489,76 +489,56 @@ impl Bench {
         d
     }
 
-    /// ours: from empty, no-op, teardown; returns the reference state of the full mesh.
-    async fn ours(&self, m: &Mesh, reps: usize) -> (Duration, Duration, Duration, State) {
+    /// ours, one run: from empty, no-op, teardown; returns those times and the state of
+    /// the full mesh.
+    async fn ours_once(&self, m: &Mesh) -> (Duration, Duration, Duration, State) {
         let n = m.peers.len();
         let empty = Mesh {
             peers: vec![],
             ..m.clone()
         };
-        let (mut add, mut noop, mut down) = (vec![], vec![], vec![]);
-        let mut reference: Option<State> = None;
-        for _ in 0..reps {
-            let t = Instant::now();
-            let r = self
-                .dp
-                .reconcile(&self.ns, m, &self.secret)
-                .await
-                .expect("reconcile");
-            add.push(t.elapsed());
-            // tunnel, 2 SAs, protection, route
-            assert_eq!(r.added, 5 * n, "{r:?}");
-            let s = self.state().await;
-            match &reference {
-                None => {
-                    s.assert_mesh(n);
-                    reference = Some(s);
-                }
-                Some(want) => assert!(&s == want, "reconcile run differs: {}", s.summary()),
-            }
-            let t = Instant::now();
-            let r = self
-                .dp
-                .reconcile(&self.ns, m, &self.secret)
-                .await
-                .expect("no-op reconcile");
-            noop.push(t.elapsed());
-            assert!(r.is_noop(), "{r:?}");
-            let t = Instant::now();
-            let r = self
-                .dp
-                .reconcile(&self.ns, &empty, &self.secret)
-                .await
-                .expect("teardown reconcile");
-            down.push(t.elapsed());
-            // route, tunnel, 2 SAs
-            assert_eq!(r.removed, 4 * n, "{r:?}");
-            self.assert_empty(&self.state().await);
-        }
-        (
-            median(add),
-            median(noop),
-            median(down),
-            reference.expect("at least one run"),
-        )
+        let t = Instant::now();
+        let r = self
+            .dp
+            .reconcile(&self.ns, m, &self.secret)
+            .await
+            .expect("reconcile");
+        let add = t.elapsed();
+        // tunnel, 2 SAs, protection, route
+        assert_eq!(r.added, 5 * n, "{r:?}");
+        let state = self.state().await;
+        let t = Instant::now();
+        let r = self
+            .dp
+            .reconcile(&self.ns, m, &self.secret)
+            .await
+            .expect("no-op reconcile");
+        let noop = t.elapsed();
+        assert!(r.is_noop(), "{r:?}");
+        let t = Instant::now();
+        let r = self
+            .dp
+            .reconcile(&self.ns, &empty, &self.secret)
+            .await
+            .expect("teardown reconcile");
+        let down = t.elapsed();
+        // route, tunnel, 2 SAs
+        assert_eq!(r.removed, 4 * n, "{r:?}");
+        self.assert_empty(&self.state().await);
+        (add, noop, down, state)
     }
 
-    /// The same commands through one `vppctl exec <file>`; returns the medians of
+    /// The same commands through one `vppctl exec <file>`, one run; returns the times of
     /// programming and of the teardown batch.
-    async fn exec(&self, m: &Mesh, reps: usize, want: &State) -> (Duration, Duration) {
-        let lines = vppctl_commands(m, &self.secret);
-        let (mut add, mut down) = (vec![], vec![]);
-        for _ in 0..reps {
-            add.push(self.vppctl_batch("mesh.cli", &lines));
-            let s = self.state().await;
-            assert!(
-                &s == want,
-                "vppctl exec made different state: {}",
-                s.summary()
-            );
-            down.push(self.vppctl_clean(m).await);
-        }
-        (median(add), median(down))
+    async fn exec_once(&self, m: &Mesh, want: &State) -> (Duration, Duration) {
+        let add = self.vppctl_batch("mesh.cli", &vppctl_commands(m, &self.secret));
+        let s = self.state().await;
+        assert!(
+            &s == want,
+            "vppctl exec made different state: {}",
+            s.summary()
+        );
+        (add, self.vppctl_clean(m).await)
     }
 
     /// One `vppctl` per command; after `budget` the rest goes through a batch (untimed) and
@@ -636,22 +616,42 @@ impl Bench {
         median(v)
     }
 
+    /// ours and `vppctl exec` take turns (the machine's load drifts), then one `vppctl` per
+    /// command.
     async fn run(&self, n: u32, reps: usize, budget: Duration) -> Figures {
         let m = mesh(n);
-        let (ours, noop, teardown, want) = self.ours(&m, reps).await;
-        let (exec, exec_teardown) = if self.exec_works {
-            let (a, d) = self.exec(&m, reps, &want).await;
-            (Some(a), Some(d))
-        } else {
-            (None, None)
-        };
+        let (mut ours, mut noop, mut teardown) = (vec![], vec![], vec![]);
+        let (mut exec, mut exec_teardown) = (vec![], vec![]);
+        let mut want: Option<State> = None;
+        for _ in 0..reps {
+            let (a, o, d, s) = self.ours_once(&m).await;
+            ours.push(a);
+            noop.push(o);
+            teardown.push(d);
+            let want = match &want {
+                Some(w) => {
+                    assert!(&s == w, "reconcile runs differ: {}", s.summary());
+                    w
+                }
+                None => {
+                    s.assert_mesh(m.peers.len());
+                    want.insert(s)
+                }
+            };
+            if self.exec_works {
+                let (a, d) = self.exec_once(&m, want).await;
+                exec.push(a);
+                exec_teardown.push(d);
+            }
+        }
+        let want = want.expect("at least one run");
         let (per_command, per_command_sampled) = self.per_command(&m, &want, budget).await;
         Figures {
-            ours,
-            noop,
-            teardown,
-            exec,
-            exec_teardown,
+            ours: median(ours),
+            noop: median(noop),
+            teardown: median(teardown),
+            exec: (!exec.is_empty()).then(|| median(exec)),
+            exec_teardown: (!exec_teardown.is_empty()).then(|| median(exec_teardown)),
             per_command,
             per_command_sampled,
         }
