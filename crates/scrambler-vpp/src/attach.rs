@@ -376,6 +376,13 @@ impl VppAttach {
                 .await
                 .map_err(vpp_err("enable IPv6 on", &host_vpp(&host_name)))?;
         }
+        ops.c
+            .request(&interface::SwInterfaceSetMtu {
+                sw_if_index: sw,
+                mtu: [mtu, 0, 0, 0],
+            })
+            .await
+            .map_err(vpp_err("set mtu of", &host_vpp(&host_name)))?;
         ops.set_up(sw, &host_name).await?;
 
         // pod: addresses as host addresses, link up, gateway as permanent neighbour, routes
@@ -542,6 +549,7 @@ impl VppAttach {
         req: &AttachRequest,
         pod_ips: &[IpNet],
         pod_mac: Option<[u8; 6]>,
+        want_mtu: u32,
         diffs: &mut Vec<String>,
     ) -> Result<()> {
         let host_name = host_ifname(&req.id);
@@ -573,6 +581,12 @@ impl VppAttach {
         }
         if !pif.up {
             diffs.push(format!("VPP interface {name} is down"));
+        }
+        if pif.mtu != want_mtu {
+            diffs.push(format!(
+                "VPP interface {name} has mtu {}, expected {want_mtu}",
+                pif.mtu
+            ));
         }
         if pif.mac != vpp_mac(&req.id) {
             diffs.push(format!(
@@ -791,6 +805,8 @@ struct PodInterface {
     tag: String,
     up: bool,
     mac: [u8; 6],
+    /// L3 MTU.
+    mtu: u32,
 }
 
 /// The VPP operations, one or a few API calls each.
@@ -961,6 +977,7 @@ impl Ops<'_> {
                         i.flags.contains(IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP)
                     }),
                     mac: i.map(|i| i.l2_address.0).unwrap_or_default(),
+                    mtu: i.map(|i| i.mtu[0]).unwrap_or_default(),
                 }
             })
             .collect())
@@ -1225,7 +1242,12 @@ impl Attach for VppAttach {
             Some(l) if !l.up => diffs.push(format!("node veth {host_name} is down")),
             Some(_) => {}
         }
-        self.check_vpp(&ops, req, &ips, pod_mac, &mut diffs).await?;
+        let want_mtu = pod_idx
+            .and_then(|i| expected.interfaces[i].mtu)
+            .map(Ok)
+            .unwrap_or_else(|| self.pod_mtu(req.mtu))?;
+        self.check_vpp(&ops, req, &ips, pod_mac, want_mtu, &mut diffs)
+            .await?;
         let _ = c.close().await;
         if diffs.is_empty() {
             Ok(())
