@@ -504,9 +504,8 @@ fn vpp_only_lab(cmd: &LabCmd) -> bool {
         | LabCmd::Status { lab }
         | LabCmd::Down { lab } => {
             !lab::session::running(&lab.name)
-                && lab::LabState::load(&lab.name).is_ok_and(|s| {
-                    (1..=s.spec.nodes).all(|i| lab::vppnode::is_vpp(&s, i))
-                })
+                && lab::LabState::load(&lab.name)
+                    .is_ok_and(|s| (1..=s.spec.nodes).all(|i| lab::vppnode::is_vpp(&s, i)))
         }
         LabCmd::VmServe { .. } | LabCmd::VmAgent { .. } => false,
     }

@@ -108,14 +108,31 @@ fn vpp_lab_tour_passes_and_leaves_nothing_behind() {
 fn vpp_lab_steps_and_refused_fault() {
     let lab = format!("scw{}", std::process::id() % 10000);
     let (ok, up) = scrambler(
-        &["lab", "up", "--backend", "vpp", "--nodes", "2", "--pods", "1"],
+        &[
+            "lab",
+            "up",
+            "--backend",
+            "vpp",
+            "--nodes",
+            "2",
+            "--pods",
+            "1",
+        ],
         &lab,
     );
     with_lab(&lab, || {
         assert!(ok, "lab up failed:\n{up}");
         // VPP holds the underlay address, the kernel side of the veth none
         let addrs = Command::new("ip")
-            .args(["-n", &format!("{lab}-n1"), "-4", "addr", "show", "dev", "ul0"])
+            .args([
+                "-n",
+                &format!("{lab}-n1"),
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                "ul0",
+            ])
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&addrs.stdout).contains("192.0.2.1"));
@@ -131,7 +148,10 @@ fn vpp_lab_steps_and_refused_fault() {
         let (ok, ld) = scrambler(&["lab", "inject", "link-down", "--hold-ms", "300"], &lab);
         assert!(ok && ld.contains("0 cleartext packets"), "{ld}");
         let (ok, test) = scrambler(&["lab", "test"], &lab);
-        assert!(ok && test.contains("verdict: PASS"), "after link-down:\n{test}");
+        assert!(
+            ok && test.contains("verdict: PASS"),
+            "after link-down:\n{test}"
+        );
     });
 }
 
@@ -139,7 +159,16 @@ fn vpp_lab_steps_and_refused_fault() {
 fn failed_vpp_lab_up_leaves_nothing_behind() {
     let lab = format!("scf{}", std::process::id() % 10000);
     let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
-        .args(["lab", "up", "--backend", "vpp", "--nodes", "2", "--pods", "1"])
+        .args([
+            "lab",
+            "up",
+            "--backend",
+            "vpp",
+            "--nodes",
+            "2",
+            "--pods",
+            "1",
+        ])
         .args(["--name", &lab])
         .env("SCRAMBLER_VPP_DIST", "/nonexistent/vpp")
         .output()

@@ -133,8 +133,7 @@ pub async fn start(lab: &str, i: usize) -> Result<()> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create VPP run dir", dir.display(), e))?;
     let conf = startup_conf(&dist, &dir, &api_prefix(lab, i), i)?;
     let conf_path = dir.join("startup.conf");
-    std::fs::write(&conf_path, conf)
-        .map_err(|e| Error::io("write", conf_path.display(), e))?;
+    std::fs::write(&conf_path, conf).map_err(|e| Error::io("write", conf_path.display(), e))?;
     release_underlay(&node)?;
     let pid = spawn_detached(&dist, &node, &dir, &conf_path)?;
     let pid_file = dir.join("vpp.pid");
@@ -199,9 +198,7 @@ fn spawn_detached(dist: &Path, node: &str, dir: &Path, conf: &Path) -> Result<u3
                 .map_err(std::io::Error::from)
         });
     }
-    let child = c
-        .spawn()
-        .map_err(|e| Error::io("start VPP in", node, e))?;
+    let child = c.spawn().map_err(|e| Error::io("start VPP in", node, e))?;
     // `ip netns exec` execs VPP in place: the child's pid is VPP's. Nobody waits for it
     // here; when it exits, init (or the lab VM's agent) reaps it.
     Ok(child.id())
@@ -244,10 +241,12 @@ async fn wait_ready(lab: &str, i: usize, pid: u32) -> Result<VppClient> {
 /// VPP takes the underlay veth (af_packet, fixed MAC, interrupt mode) with `192.0.2.i/24`.
 async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
     let what = |op: &str| format!("{op} host-{} on node {i}", topology::UNDERLAY_IF);
-    let fail = |op: String| move |e: scrambler_vpp::VppError| Error::Dataplane {
-        dataplane: VPP.into(),
-        op,
-        reason: e.to_string(),
+    let fail = |op: String| {
+        move |e: scrambler_vpp::VppError| Error::Dataplane {
+            dataplane: VPP.into(),
+            op,
+            reason: e.to_string(),
+        }
     };
     let r = c
         .request(&AfPacketCreateV3 {
