@@ -688,24 +688,18 @@ fn main() {
             exec_works: false,
         };
         b.probe_exec().await;
+        let reps = if quick { 1 } else { 5 };
         let rtt = b.round_trip().await;
         println!(
             "VPP mesh programming into one VPP, 9 operations per peer (ipip tunnel + tag/unnumbered/ip6, \
              2 SAs, protect, up, route); medians of {} runs, vppctl per command: 1 run",
-            if quick { "1" } else { "5 (100 peers) / 3 (1,000 peers)" }
+            reps
         );
         println!(
             "ratio = baseline time / our time (> 1: ours is faster); one API round trip (control_ping): median {:.0} µs",
             rtt.as_secs_f64() * 1e6
         );
         for &n in sizes {
-            let reps = if quick {
-                1
-            } else if n >= 1000 {
-                3
-            } else {
-                5
-            };
             let f = b.run(n, reps, PER_COMMAND_BUDGET).await;
             let ratio = |d: Duration, ours: Duration| d.as_secs_f64() / ours.as_secs_f64();
             let sampled = match f.per_command_sampled {
