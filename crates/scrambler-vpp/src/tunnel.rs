@@ -52,6 +52,10 @@ pub const ROUTE_PREFERENCE: u8 = 0x5c;
 
 const DATAPLANE: &str = "vpp";
 
+/// Key in [`TunnelStatus::errors`]: peers whose outbound SA was lost while its key
+/// generation is live; they stay behind drop routes (fail closed) until a key rotation.
+pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
+
 /// Key in [`TunnelStatus::errors`] when the stats segment could not be read (the packet and
 /// byte counters of the peers are then zero, not measured).
 pub const STATS_UNAVAILABLE: &str = "ScramblerVppStatsUnavailable";
@@ -335,6 +339,7 @@ struct SaPlan {
 /// One peer as we want it.
 struct PeerPlan {
     name: String,
+    id: NodeId,
     instance: u32,
     src: IpAddr,
     dst: IpAddr,
@@ -375,6 +380,7 @@ fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>> {
         }
         out.push(PeerPlan {
             name: peer.name.clone(),
+            id: peer.id,
             instance: tunnel_instance(peer.id),
             src,
             dst,
@@ -509,6 +515,33 @@ impl Actual {
 
     fn sw_if_index(&self, instance: u32) -> Option<u32> {
         self.tunnels.get(&instance).map(|t| t.sw_if_index)
+    }
+}
+
+/// True when the outbound SA of the tx generation was lost (deleted behind our back) rather
+/// than never made: re-creating it would restart its sequence numbers — the AES-GCM IVs —
+/// under the same key (nonce reuse, and replay drops at the peer). Only a new generation
+/// repairs that. Evidence that it was made: outside rotation step 2 (`switching`), the
+/// inbound SA of the same generation is here, or the peer's tunnel is (a reconcile makes
+/// a tunnel's SAs in the same run) while its protection is gone or still names that SA.
+/// A node whose SAs *and* tunnels all vanished (a VPP restart) cannot tell: the agent
+/// must rotate the generation then.
+fn outbound_lost(have: &Actual, mesh: &Mesh, peer: NodeId) -> bool {
+    let switching = mesh.keys.rx.iter().any(|g| *g < mesh.keys.tx);
+    let tx = sa_id(Direction::Outbound, peer, mesh.keys.tx);
+    if switching || have.sas.contains_key(&tx) {
+        return false;
+    }
+    let rx_of_tx = sa_id(Direction::Inbound, peer, mesh.keys.tx);
+    if mesh.keys.rx.contains(&mesh.keys.tx) && have.sas.contains_key(&rx_of_tx) {
+        return true;
+    }
+    match have.tunnels.get(&tunnel_instance(peer)) {
+        Some(t) => have
+            .protects
+            .get(&t.sw_if_index)
+            .is_none_or(|(out, _)| *out == tx),
+        None => false,
     }
 }
 
@@ -886,6 +919,7 @@ impl Tunnel for VppTunnel {
             //    tunnel or to drop; anything else (missing, foreign shape, a stale tunnel)
             //    becomes drop before the tunnel is touched
             let current = have.tunnels.get(&p.instance).map(|t| t.sw_if_index);
+            let lost = outbound_lost(&have, mesh, p.id);
             let mut guard = Guard::default();
             for r in &p.routes {
                 let now = match have.routes.get(r) {
@@ -959,11 +993,28 @@ impl Tunnel for VppTunnel {
                         ops.add_sa(sa, &p.name).await?;
                         rep.updated += 1;
                     }
+                    None if sa.dir == Direction::Outbound && lost => {
+                        tracing::error!(
+                            peer = %p.name,
+                            generation = mesh.keys.tx,
+                            "outbound SA lost; not re-created under the same key: rotate keys"
+                        );
+                    }
                     None => {
                         ops.add_sa(sa, &p.name).await?;
                         rep.added += 1;
                     }
                 }
+            }
+            if lost {
+                // no protection without an outbound SA: the peer stays behind drop routes,
+                // its tunnel down
+                guard.close(&ops).await?;
+                if up {
+                    ops.set_up(sw, false).await?;
+                    rep.updated += 1;
+                }
+                continue;
             }
 
             // 4. protection (an update replaces it atomically: a key rotation needs no drop)
@@ -1066,7 +1117,7 @@ impl Tunnel for VppTunnel {
                     Some(RouteHave::Via(s)) => Some(*s) == sw && prot.is_some(),
                     _ => false,
                 });
-            if !guarded || (sw.is_some() && prot.is_none()) {
+            if !guarded {
                 all_protected = false;
             }
             let pc = snap
@@ -1106,6 +1157,14 @@ impl Tunnel for VppTunnel {
         }
         st.encrypted = all_protected && st.peers.iter().all(|p| p.outbound && p.inbound);
         st.fail_closed = all_protected;
+        let lost = mesh
+            .peers
+            .iter()
+            .filter(|p| outbound_lost(&have, mesh, p.id))
+            .count();
+        if lost > 0 {
+            st.errors.insert(LOST_OUTBOUND.into(), lost as u64);
+        }
         if snap.is_none() {
             st.errors.insert(STATS_UNAVAILABLE.into(), 1);
         }
