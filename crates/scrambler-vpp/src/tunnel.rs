@@ -9,13 +9,59 @@
 //!   generation, with ids from [`sa_id`];
 //! * `ipsec tunnel protect` binding them to the tunnel (VPP encrypts what the tunnel carries:
 //!   on the wire it is outer IP / ESP / inner IP, like kernel tunnel-mode ESP);
-//! * routes of the peer's pod CIDRs via the tunnel.
+//! * one route per pod CIDR of the peer, leading either into the protected tunnel or to
+//!   drop (see *Fail closed*).
 //!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
-//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` — and nothing else is ever
-//! touched. [`VppTunnel::reconcile`] dumps the state, diffs it against the mesh and changes
-//! only what differs. A tunnel is only brought up once its protection is in place, and taken
-//! down before its SAs are replaced, so cleartext never leaves through it.
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` — and, for routes (VPP routes
+//! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
+//! tunnel); nothing else is ever touched. [`VppTunnel::reconcile`] dumps the state, diffs it
+//! against the mesh and changes only what differs; a second run is a no-op.
+//!
+//! # Fail closed
+//!
+//! Pod traffic to a peer must never leave in cleartext, nor as plain IPIP, nor out of the
+//! uplink by some other (e.g. default) route while the tunnel, its protection or its SAs are
+//! missing or being replaced:
+//!
+//! * **The guard is the route itself.** As long as a peer is in the mesh, each of its pod
+//!   CIDRs has an owned route in table 0, so a less specific route never takes its traffic.
+//!   Its single path is `drop` until the tunnel is protected and up; then one FIB update
+//!   swaps it into the tunnel (and back to drop before anything is taken away), so there is
+//!   no moment without a route.
+//! * **Order in reconcile**: routes of new peers go in as drop first; before a tunnel is
+//!   re-created, an SA replaced or a lost protection restored, the peer's routes go to drop;
+//!   then tunnel (admin down), SAs, protection, admin up, and only then routes into the
+//!   tunnel. A key rotation changes the protection with one atomic update and needs no drop.
+//!   Stale routes go first, stale tunnels and SAs last.
+//! * **Behind our back** (measured with a real VPP, `tests/failclosed_live.rs`, capturing the
+//!   underlay while a pod pings, with a 10/8 route out of the uplink in place): with its
+//!   protection deleted VPP does *not* send plain IPIP — the tunnel's midchain adjacency
+//!   drops (`ip4-drop`), also after the tunnel or uplink flaps; SAs deleted through the API
+//!   stay until the protection releases them; a deleted tunnel leaves its route with a
+//!   path that drops. In every case the wire carries only ESP, `status` turns
+//!   `encrypted`/`fail_closed` false, and the next reconcile repairs it.
+//! * **A lost outbound SA is not re-created** under the same key: its sequence numbers, the
+//!   AES-GCM IVs, would restart (nonce reuse, and replay drops at the peer). When the SA is
+//!   missing but evidence says it existed (see the docs of the private `outbound_lost`: the
+//!   inbound SA of the same generation, or the peer's tunnel, is still there, and no
+//!   rotation is switching), the peer stays behind its drop routes, its tunnel down,
+//!   `status` reports [`LOST_OUTBOUND`], and a key rotation repairs it. A VPP that lost
+//!   everything (restart) cannot tell: the agent must rotate the generation then.
+//! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
+//!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
+//!
+//! # Counters
+//!
+//! `status` reads VPP's statistics segment ([`crate::stats`], `stats.sock` beside
+//! `api.sock` unless [`VppTunnel::with_stats_socket`] says otherwise): per peer the
+//! packets/bytes of its outbound and inbound SAs (all generations, `/net/ipsec/sa` at each
+//! SA's `stat_index`), replay drops (`/net/ipsec/sa/err/replay`) and authentication
+//! failures (`integ_error` + `decryption_failed`: VPP counts an AES-GCM tag mismatch as the
+//! latter). Non-zero per-SA errors summed over peers go into `errors` as `ipsec-sa/<name>`,
+//! tunnel interface drops as `<peer>/tunnel-drops`; [`VppTunnel::counters`] gives the full
+//! per-peer view including the tunnel interface's rx/tx. Without the segment, `status`
+//! still answers, with [`STATS_UNAVAILABLE`] in `errors`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -1220,6 +1266,98 @@ mod tests {
             }
         }
         assert!(!owned_sa(10) && !owned_sa(0x5d00_0000));
+    }
+
+    fn mesh(keys: scrambler_core::Keys) -> Mesh {
+        let node = |name: &str, n: u8| Node {
+            name: name.into(),
+            id: id(u32::from(n)),
+            underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
+            pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
+        };
+        scrambler_core::Cluster {
+            nodes: vec![node("a", 1), node("b", 2)],
+            keys,
+        }
+        .mesh_for("a")
+        .unwrap()
+    }
+
+    fn with_tunnel(a: &mut Actual, protect: Option<u32>) {
+        let t = IpipTunnel {
+            instance: tunnel_instance(id(2)),
+            sw_if_index: 7,
+            ..Default::default()
+        };
+        a.tunnels.insert(t.instance, t);
+        if let Some(out) = protect {
+            a.protects.insert(7, (out, BTreeSet::new()));
+        }
+    }
+
+    #[test]
+    fn lost_outbound_sa_is_told_from_a_new_one() {
+        use scrambler_core::Keys;
+        let single = mesh(Keys::single(1));
+        let out1 = sa_id(Direction::Outbound, id(2), 1);
+        let in1 = sa_id(Direction::Inbound, id(2), 1);
+        // nothing yet: a first setup
+        assert!(!outbound_lost(&Actual::default(), &single, id(2)));
+        // present: not lost
+        let mut a = Actual::default();
+        a.sas.insert(out1, IpsecSadEntryV4::default());
+        assert!(!outbound_lost(&a, &single, id(2)));
+        // the inbound SA of the generation is here, the outbound is not: lost
+        let mut a = Actual::default();
+        a.sas.insert(in1, IpsecSadEntryV4::default());
+        assert!(outbound_lost(&a, &single, id(2)));
+        // ... except in rotation step 2, when the new outbound SA is made for the first time
+        let switching = mesh(Keys {
+            tx: 2,
+            rx: BTreeSet::from([1, 2]),
+        });
+        a.sas.insert(
+            sa_id(Direction::Inbound, id(2), 2),
+            IpsecSadEntryV4::default(),
+        );
+        assert!(!outbound_lost(&a, &switching, id(2)));
+        // the tunnel is here without protection, or protected by the missing SA: lost
+        let mut a = Actual::default();
+        with_tunnel(&mut a, None);
+        assert!(outbound_lost(&a, &single, id(2)));
+        let mut a = Actual::default();
+        with_tunnel(&mut a, Some(out1));
+        assert!(outbound_lost(&a, &single, id(2)));
+        // the tunnel still protected by the previous generation: a direct switch, not a loss
+        let mut a = Actual::default();
+        with_tunnel(&mut a, Some(sa_id(Direction::Outbound, id(2), 0)));
+        assert!(!outbound_lost(&a, &single, id(2)));
+    }
+
+    #[test]
+    fn owned_routes_are_told_by_their_marked_path() {
+        let drop = route_path(Steer::Drop, false);
+        let via = route_path(Steer::Via(7), true);
+        assert_eq!(RouteHave::of(std::slice::from_ref(&drop)), RouteHave::Drop);
+        assert_eq!(RouteHave::of(std::slice::from_ref(&via)), RouteHave::Via(7));
+        assert_eq!(via.proto, FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6);
+        // unmarked (an older Scrambler, or a foreign path shape): replaced, never kept
+        let mut plain = via.clone();
+        plain.preference = 0;
+        assert!(matches!(RouteHave::of(&[plain]), RouteHave::Other(_)));
+        assert!(matches!(
+            RouteHave::of(&[drop.clone(), drop]),
+            RouteHave::Other(_)
+        ));
+    }
+
+    #[test]
+    fn sa_ids_name_their_peer_and_direction() {
+        let v = sa_id(Direction::Inbound, id(513), 3);
+        assert_eq!(peer_of_sa(v), Some((513, Direction::Inbound)));
+        let v = sa_id(Direction::Outbound, id(2), 130);
+        assert_eq!(peer_of_sa(v), Some((2, Direction::Outbound)));
+        assert_eq!(peer_of_sa(10), None);
     }
 
     #[test]
