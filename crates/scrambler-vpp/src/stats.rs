@@ -601,7 +601,7 @@ mod tests {
         }
 
         fn entry(ty: u32, data: u64, name: &str) -> Vec<u64> {
-            let mut bytes = vec![0u8; ENTRY_SIZE];
+            let mut bytes = [0u8; ENTRY_SIZE];
             bytes[..4].copy_from_slice(&ty.to_ne_bytes());
             bytes[8..16].copy_from_slice(&data.to_ne_bytes());
             bytes[NAME_OFFSET..NAME_OFFSET + name.len()].copy_from_slice(name.as_bytes());

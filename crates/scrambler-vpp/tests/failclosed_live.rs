@@ -146,7 +146,7 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
     assert!(rep.is_noop(), "{rep:?}");
     let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
     assert!(
-        st.encrypted && st.fail_closed && st.errors.get(LOST_OUTBOUND).is_none(),
+        st.encrypted && st.fail_closed && !st.errors.contains_key(LOST_OUTBOUND),
         "{st:?}"
     );
     let (leaks, (ok, out)) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.2.0.2", 3));
