@@ -1,0 +1,392 @@
+//! The VPP side of an attachment: the gateway loopback, the pod's af_packet interface,
+//! its static neighbours and routes — one or a few API calls per operation.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use scrambler_core::{AttachmentId, Error, Result};
+use scrambler_netlink::format_mac;
+
+use super::{pod_tag, GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4};
+use crate::api::types::{
+    AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
+    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpRoute, IpTable, MacAddress,
+};
+use crate::api::{af_packet, interface, ip, ip_neighbor};
+use crate::client::VppClient;
+use crate::error::{retval, VppError};
+
+const DATAPLANE: &str = "vpp";
+
+/// The VPP name of the af_packet interface on the node veth `host_name`.
+pub(super) fn host_vpp(host_name: &str) -> String {
+    format!("host-{host_name}")
+}
+
+/// Maps a VPP failure to the core error, saying which object and operation.
+pub(super) fn vpp_err(op: &str, object: &str) -> impl FnOnce(VppError) -> Error {
+    let what = format!("{op} {object}");
+    move |e| match e {
+        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => e.into(),
+        VppError::Timeout { .. } => e.into(),
+        e => Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: what,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// One pod interface as VPP has it.
+#[derive(Debug, Clone)]
+pub(super) struct PodInterface {
+    pub(super) sw_if_index: u32,
+    pub(super) host_if_name: String,
+    pub(super) tag: String,
+    pub(super) up: bool,
+    pub(super) mac: [u8; 6],
+    /// L3 MTU.
+    pub(super) mtu: u32,
+}
+
+/// The VPP operations, one or a few API calls each.
+pub(super) struct Ops<'a> {
+    pub(super) c: &'a VppClient,
+}
+
+impl Ops<'_> {
+    pub(super) async fn find_gateway(&self) -> Result<Option<u32>> {
+        let ifs = self
+            .c
+            .interfaces()
+            .await
+            .map_err(vpp_err("list", "interfaces"))?;
+        Ok(ifs
+            .iter()
+            .find(|i| i.tag == GATEWAY_TAG)
+            .map(|i| i.sw_if_index))
+    }
+
+    /// The gateway loopback, created (with its address, up) when missing.
+    pub(super) async fn ensure_gateway(&self) -> Result<u32> {
+        let sw = match self.find_gateway().await? {
+            Some(sw) => sw,
+            None => self.create_gateway().await?,
+        };
+        let want = IpNet::from(IpAddr::V4(GATEWAY_V4));
+        if !self.addresses(sw, false).await?.contains(&want) {
+            match self
+                .c
+                .request(&interface::SwInterfaceAddDelAddress {
+                    sw_if_index: sw,
+                    is_add: true,
+                    del_all: false,
+                    prefix: want.into(),
+                })
+                .await
+            {
+                Ok(_) => {}
+                // a concurrent ADD may have been first
+                Err(e) => {
+                    if !self.addresses(sw, false).await?.contains(&want) {
+                        return Err(vpp_err("add address to", "gateway loopback")(e));
+                    }
+                }
+            }
+        }
+        self.set_up(sw, "gateway loopback").await?;
+        Ok(sw)
+    }
+
+    pub(super) async fn create_gateway(&self) -> Result<u32> {
+        let r = self
+            .c
+            .request(&interface::CreateLoopbackInstance {
+                mac_address: MacAddress(GATEWAY_MAC),
+                is_specified: true,
+                user_instance: GATEWAY_INSTANCE,
+            })
+            .await;
+        let sw = match r {
+            Ok(r) => r.sw_if_index,
+            // most likely a concurrent ADD created it (VPP says "invalid registration" for
+            // an instance in use); it is tagged a moment later
+            Err(e) => {
+                for _ in 0..50 {
+                    if let Some(sw) = self.find_gateway().await? {
+                        return Ok(sw);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                return Err(vpp_err(
+                    "create",
+                    &format!("gateway loopback loop{GATEWAY_INSTANCE} (an untagged one exists?)"),
+                )(e));
+            }
+        };
+        self.c
+            .request(&interface::SwInterfaceTagAddDel {
+                is_add: true,
+                sw_if_index: sw,
+                tag: GATEWAY_TAG.into(),
+            })
+            .await
+            .map_err(vpp_err("tag", "gateway loopback"))?;
+        tracing::info!(sw_if_index = sw, "created the VPP gateway loopback");
+        Ok(sw)
+    }
+
+    pub(super) async fn addresses(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
+        let a = self
+            .c
+            .dump(&ip::IpAddressDump {
+                sw_if_index: sw,
+                is_ipv6: v6,
+            })
+            .await
+            .map_err(vpp_err("list addresses of", &format!("sw_if_index {sw}")))?;
+        Ok(a.iter().filter_map(|d| d.prefix.to_ipnet()).collect())
+    }
+
+    pub(super) async fn set_up(&self, sw: u32, what: &str) -> Result<()> {
+        self.c
+            .request(&interface::SwInterfaceSetFlags {
+                sw_if_index: sw,
+                flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
+            })
+            .await
+            .map_err(vpp_err("set up", what))?;
+        Ok(())
+    }
+
+    pub(super) async fn create_pod_interface(
+        &self,
+        id: &AttachmentId,
+        host_name: &str,
+        mac: [u8; 6],
+    ) -> Result<u32> {
+        let name = host_vpp(host_name);
+        let r = self
+            .c
+            .request(&af_packet::AfPacketCreateV3 {
+                mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
+                hw_addr: MacAddress(mac),
+                use_random_hw_addr: false,
+                host_if_name: host_name.into(),
+                // let the kernel's partial checksums and GSO through as metadata
+                flags: AfPacketFlags::AF_PACKET_API_FLAG_CKSUM_GSO,
+                num_rx_queues: 1,
+                num_tx_queues: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(vpp_err("create af_packet interface", &name))?;
+        let sw = r.sw_if_index;
+        self.c
+            .request(&interface::SwInterfaceTagAddDel {
+                is_add: true,
+                sw_if_index: sw,
+                tag: pod_tag(id),
+            })
+            .await
+            .map_err(vpp_err("tag", &name))?;
+        Ok(sw)
+    }
+
+    /// Every af_packet interface with its tag, state and MAC.
+    pub(super) async fn pod_interfaces(&self) -> Result<Vec<PodInterface>> {
+        let afs = self
+            .c
+            .dump(&af_packet::AfPacketDump {})
+            .await
+            .map_err(vpp_err("list", "af_packet interfaces"))?;
+        let ifs = self
+            .c
+            .interfaces()
+            .await
+            .map_err(vpp_err("list", "interfaces"))?;
+        Ok(afs
+            .into_iter()
+            .map(|a| {
+                let i = ifs.iter().find(|i| i.sw_if_index == a.sw_if_index);
+                PodInterface {
+                    sw_if_index: a.sw_if_index,
+                    host_if_name: a.host_if_name,
+                    tag: i.map(|i| i.tag.clone()).unwrap_or_default(),
+                    up: i.is_some_and(|i| {
+                        i.flags.contains(IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP)
+                    }),
+                    mac: i.map(|i| i.l2_address.0).unwrap_or_default(),
+                    mtu: i.map(|i| i.mtu[0]).unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    pub(super) async fn pod_interface(&self, host_name: &str) -> Result<Option<PodInterface>> {
+        Ok(self
+            .pod_interfaces()
+            .await?
+            .into_iter()
+            .find(|p| p.host_if_name == host_name))
+    }
+
+    /// Static neighbour `ip` → `mac` on `sw`, without a FIB entry (the route is ours).
+    pub(super) async fn neighbour(
+        &self,
+        sw: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+        is_add: bool,
+    ) -> Result<()> {
+        let r = self
+            .c
+            .request(&ip_neighbor::IpNeighborAddDel {
+                is_add,
+                neighbor: IpNeighbor {
+                    sw_if_index: sw,
+                    flags: IpNeighborFlags::IP_API_NEIGHBOR_FLAG_STATIC
+                        | IpNeighborFlags::IP_API_NEIGHBOR_FLAG_NO_FIB_ENTRY,
+                    mac_address: MacAddress(mac),
+                    ip_address: ip.into(),
+                },
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if !is_add && e.retval() == Some(retval::NO_SUCH_ENTRY) => Ok(()),
+            Err(e) => Err(vpp_err(
+                if is_add {
+                    "add neighbour"
+                } else {
+                    "delete neighbour"
+                },
+                &format!("{ip} lladdr {} on sw_if_index {sw}", format_mac(&mac)),
+            )(e)),
+        }
+    }
+
+    /// The neighbours on `sw`: (address, MAC).
+    pub(super) async fn neighbours(&self, sw: u32, v6: bool) -> Result<Vec<(IpAddr, [u8; 6])>> {
+        let d = self
+            .c
+            .dump(&ip_neighbor::IpNeighborDump {
+                sw_if_index: sw,
+                af: if v6 {
+                    AddressFamily::ADDRESS_IP6
+                } else {
+                    AddressFamily::ADDRESS_IP4
+                },
+            })
+            .await
+            .map_err(vpp_err("list neighbours of", &format!("sw_if_index {sw}")))?;
+        Ok(d.iter()
+            .filter(|n| n.neighbor.sw_if_index == sw)
+            .filter_map(|n| Some((n.neighbor.ip_address.to_ip()?, n.neighbor.mac_address.0)))
+            .collect())
+    }
+
+    /// Route `ip/32` (`/128`) via `ip` out of `sw`.
+    pub(super) async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
+        let prefix = IpNet::from(ip);
+        let r = self
+            .c
+            .request(&ip::IpRouteAddDel {
+                is_add,
+                is_multipath: false,
+                route: IpRoute {
+                    table_id: 0,
+                    stats_index: 0,
+                    prefix: prefix.into(),
+                    paths: vec![FibPath {
+                        sw_if_index: sw,
+                        weight: 1,
+                        r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
+                        proto: if ip.is_ipv6() {
+                            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
+                        } else {
+                            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
+                        },
+                        nh: FibPathNh {
+                            address: crate::api::types::Address::from(ip).un,
+                            classify_table_index: u32::MAX,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    }],
+                },
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if !is_add && e.retval() == Some(retval::NO_SUCH_ENTRY) => Ok(()),
+            Err(e) => Err(vpp_err(
+                if is_add { "add route" } else { "delete route" },
+                &format!("{prefix} via sw_if_index {sw}"),
+            )(e)),
+        }
+    }
+
+    /// Prefixes of table 0 routed through `sw`.
+    pub(super) async fn routes_via(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
+        let routes = self
+            .c
+            .dump(&ip::IpRouteDump {
+                table: IpTable {
+                    table_id: 0,
+                    is_ip6: v6,
+                    name: String::new(),
+                },
+            })
+            .await
+            .map_err(vpp_err("list", "routes"))?;
+        Ok(routes
+            .iter()
+            .filter(|r| r.route.paths.iter().any(|p| p.sw_if_index == sw))
+            .filter_map(|r| r.route.prefix.to_ipnet())
+            // the interface's own link-local and connected entries are VPP's
+            .filter(|p| !p.addr().is_ipv6() || !is_link_local(p.addr()))
+            .collect())
+    }
+
+    /// Removes everything of the pod interface on `host_name` from VPP: routes through it,
+    /// neighbours on it, the interface. Returns whether it existed.
+    pub(super) async fn remove_pod_interface(&self, host_name: &str) -> Result<bool> {
+        let Some(pif) = self.pod_interface(host_name).await? else {
+            return Ok(false);
+        };
+        let sw = pif.sw_if_index;
+        for v6 in [false, true] {
+            for p in self.routes_via(sw, v6).await? {
+                if p.prefix_len() == if v6 { 128 } else { 32 } {
+                    self.route(sw, p.addr(), false).await?;
+                }
+            }
+            for (ip, mac) in self.neighbours(sw, v6).await? {
+                self.neighbour(sw, ip, mac, false).await?;
+            }
+        }
+        let name = host_vpp(host_name);
+        self.c
+            .request(&interface::SwInterfaceSetFlags {
+                sw_if_index: sw,
+                flags: IfStatusFlags(0),
+            })
+            .await
+            .map_err(vpp_err("set down", &name))?;
+        self.c
+            .request(&af_packet::AfPacketDelete {
+                host_if_name: host_name.into(),
+            })
+            .await
+            .map_err(vpp_err("delete af_packet interface", &name))?;
+        Ok(true)
+    }
+}
+
+pub(super) fn is_link_local(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local(),
+    }
+}
