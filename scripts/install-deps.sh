@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   iproute2 iputils-ping fping tcpdump procps kmod cpio xz-utils
+  nftables                             # scrambler-ipvlan's node setup for encrypted pods (nft -f)
   containernetworking-plugins          # host-local, bridge, portmap, tuning: real CNI peers
   podman runc                          # a real CNI client (podman's CNI backend)
   qemu-system-x86 linux-image-amd64 busybox-static   # Debian's stock kernel for ESP/ipvlan tests

@@ -129,8 +129,9 @@ enum LabCmd {
         /// Pods per node.
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// Node dataplanes: xfrm (kernel), vpp (a VPP per node; needs no kernel ESP, so it
-        /// runs on this kernel) or mixed (odd nodes VPP, even nodes xfrm).
+        /// Node dataplanes: xfrm (kernel), ipvlan (pods on ipvlan l3 slaves of the underlay,
+        /// encrypted by the kernel's xfrm mesh), vpp (a VPP per node; needs no kernel ESP,
+        /// so it runs on this kernel) or mixed (odd nodes VPP, even nodes xfrm).
         #[arg(long, default_value = "xfrm")]
         backend: String,
     },
@@ -195,7 +196,7 @@ enum LabCmd {
         /// Skip failure injection.
         #[arg(long)]
         no_inject: bool,
-        /// Node dataplanes: xfrm, vpp or mixed (as for `lab up`).
+        /// Node dataplanes: xfrm, ipvlan, vpp or mixed (as for `lab up`).
         #[arg(long, default_value = "xfrm")]
         backend: String,
     },
@@ -291,7 +292,13 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::VmAgent { port } => return lab::session::agent(port),
         _ => {}
     }
-    if !lab::vm::runs_natively() && !vpp_only_lab(&cmd) {
+    let natively = match &cmd {
+        LabCmd::Up { backend, .. } | LabCmd::Run { backend, .. } => {
+            lab::vm::runs_natively_for(backend)
+        }
+        _ => lab::vm::runs_natively(),
+    };
+    if !natively && !vpp_only_lab(&cmd) {
         return lab_in_vm(cmd);
     }
     match cmd {

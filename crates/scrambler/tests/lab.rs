@@ -49,6 +49,54 @@ fn lab_run_tour_passes_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn lab_run_ipvlan_pods_are_esp_only_and_leave_nothing_behind() {
+    // Pods on ipvlan l3 slaves of each node's underlay with "encrypt": true: the CNI ADD
+    // makes the node setup, the xfrm mesh encrypts, every failure is injected.
+    let lab = format!("scri{}", std::process::id() % 10000);
+    let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
+        .args([
+            "lab",
+            "run",
+            "--backend",
+            "ipvlan",
+            "--nodes",
+            "3",
+            "--pods",
+            "2",
+        ])
+        .args(["--name", &lab])
+        .output()
+        .expect("run scrambler lab run --backend ipvlan");
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "lab run --backend ipvlan failed ({}):\n{all}",
+        out.status
+    );
+    assert!(all.contains("lab run: PASS"), "{all}");
+    assert!(
+        all.contains("0 cleartext packets between pod CIDRs"),
+        "{all}"
+    );
+    assert!(!all.contains("LEAK"), "{all}");
+    for fault in ["LinkDown", "DeleteState", "KillAgent", "Rotate", "Reboot"] {
+        assert!(
+            all.contains(&format!("fault {fault}")),
+            "{fault} not injected:\n{all}"
+        );
+    }
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("{lab}-")));
+    assert!(!std::path::Path::new("/run/scrambler-lab")
+        .join(&lab)
+        .exists());
+}
+
+#[test]
 fn lab_steps_up_test_status_inject_down() {
     // On a kernel without ESP the steps share one VM that `up` boots and `down` stops.
     let lab = format!("scrs{}", std::process::id() % 10000);

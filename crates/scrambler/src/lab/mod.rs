@@ -7,6 +7,7 @@
 //! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file, IPAM leases,
 //! CNI log, captures).
 
+pub mod backend;
 pub mod capture;
 pub mod cmd;
 pub mod inject;
@@ -149,9 +150,12 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     if spec.pods_per_node == 0 || spec.pods_per_node > 200 {
         return Err(Error::config("--pods must be 1..=200"));
     }
-    if !matches!(spec.backend.as_str(), "xfrm" | vppnode::VPP | vppnode::MIXED) {
+    if !matches!(
+        spec.backend.as_str(),
+        "xfrm" | backend::IPVLAN | vppnode::VPP | vppnode::MIXED
+    ) {
         return Err(Error::Unsupported(format!(
-            "lab backend {:?}: valid backends are xfrm, vpp, mixed",
+            "lab backend {:?}: valid backends are xfrm, ipvlan, vpp, mixed",
             spec.backend
         )));
     }
@@ -279,7 +283,7 @@ fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
         netns: Netns::named(&node),
         node,
         state_dir: state.state_dir(),
-        backend: state.spec.backend.clone(),
+        backend: backend::tunnel(state.node_backend(i)).into(),
         vpp_socket: vppnode::api_socket(&state.spec.name, i),
     }
 }
@@ -304,7 +308,7 @@ pub fn start_pod(state: &LabState, cni_bin: &Path, i: usize, j: usize) -> Result
 fn pod_conf(state: &LabState, i: usize) -> serde_json::Value {
     let conf = pods::netconf(
         &state.spec.name,
-        &state.spec.backend,
+        state.node_backend(i),
         &format!("10.244.{i}.0/24"),
         &LabState::dir(&state.spec.name),
     );

@@ -29,20 +29,23 @@ pub fn find_cni_binary() -> Result<PathBuf> {
     })
 }
 
-/// The network conf the lab gives the plugin for a node.
+/// The network conf the lab gives the plugin for a node of lab backend `backend` (see
+/// [`super::backend`]).
 pub fn netconf(lab: &str, backend: &str, pod_cidr: &str, lab_dir: &Path) -> serde_json::Value {
-    serde_json::json!({
+    let mut conf = serde_json::json!({
         "cniVersion": "1.1.0",
         "name": lab,
         "type": "scrambler-cni",
-        "backend": backend,
+        "backend": super::backend::cni_backend(backend),
         "logFile": lab_dir.join("cni.log"),
         "ipam": {
             "type": "scrambler-ipam",
             "ranges": [[{"subnet": pod_cidr}]],
             "dataDir": lab_dir.join("ipam"),
         }
-    })
+    });
+    super::backend::add_conf_fields(backend, &mut conf);
+    conf
 }
 
 /// Runs one CNI command for `pod` (its namespace name) in `node`'s namespace.

@@ -23,6 +23,15 @@ pub fn runs_natively() -> bool {
     in_vm() || NEEDED.iter().all(|f| kernel_has(*f))
 }
 
+/// True when a lab of `backend` can run on this kernel (see
+/// [`super::backend::kernel_features`]).
+pub fn runs_natively_for(backend: &str) -> bool {
+    in_vm()
+        || super::backend::kernel_features(backend)
+            .iter()
+            .all(|f| kernel_has(*f))
+}
+
 /// Runs this `scrambler lab run …` command line inside the VM (one boot for the whole
 /// tour) and returns its exit status.
 pub fn run_once() -> Result<ExitCode> {
