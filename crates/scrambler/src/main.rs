@@ -503,9 +503,11 @@ async fn lab_tour(spec: LabSpec, no_inject: bool) -> Result<bool> {
 /// --backend vpp`, and the later steps of such a lab built here (not in a lab VM).
 fn vpp_only_lab(cmd: &LabCmd) -> bool {
     match cmd {
-        LabCmd::Up { backend, .. } | LabCmd::Run { backend, .. } => {
-            lab::vppnode::needs_no_kernel_esp(backend)
+        // a lab of that name in a lab VM answers for itself there
+        LabCmd::Up { backend, lab, .. } => {
+            lab::vppnode::needs_no_kernel_esp(backend) && !lab::session::running(&lab.name)
         }
+        LabCmd::Run { backend, .. } => lab::vppnode::needs_no_kernel_esp(backend),
         LabCmd::Test { lab, .. }
         | LabCmd::Inject { lab, .. }
         | LabCmd::Status { lab }
