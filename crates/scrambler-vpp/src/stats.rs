@@ -250,8 +250,19 @@ impl StatsClient {
         self.read_many(&[name]).map(|mut v| v.remove(0))
     }
 
-    /// The values of several entries from one consistent snapshot of the directory.
+    /// The values of several entries from one consistent snapshot of the directory; fails
+    /// with [`StatsError::NotFound`] when one is missing.
     pub fn read_many(&self, names: &[&str]) -> Result<Vec<StatValue>> {
+        self.read_present(names)?
+            .into_iter()
+            .zip(names)
+            .map(|(v, n)| v.ok_or_else(|| StatsError::NotFound(n.to_string())))
+            .collect()
+    }
+
+    /// Like [`StatsClient::read_many`], with `None` for the entries this VPP lacks (counters
+    /// differ between VPP versions).
+    pub fn read_present(&self, names: &[&str]) -> Result<Vec<Option<StatValue>>> {
         self.consistent(|seg| {
             let (dir, n) = seg.directory()?;
             let mut index = std::collections::HashMap::new();
@@ -260,11 +271,9 @@ impl StatsClient {
             }
             names
                 .iter()
-                .map(|name| {
-                    let i = *index
-                        .get(*name)
-                        .ok_or_else(|| StatsError::NotFound(name.to_string()))?;
-                    seg.entry_value(dir, n, i, 0)
+                .map(|name| match index.get(*name) {
+                    Some(i) => seg.entry_value(dir, n, *i, 0).map(Some),
+                    None => Ok(None),
                 })
                 .collect()
         })

@@ -303,21 +303,27 @@ impl Snapshot {
             reason: e.to_string(),
         };
         let st = StatsClient::connect(path).map_err(fail)?;
-        let mut v = st
-            .read_many(&["/net/ipsec/sa", "/if/rx", "/if/tx", "/if/drops"])
-            .map_err(fail)?
-            .into_iter();
-        let mut next = || v.next().unwrap_or(StatValue::Empty);
-        let (sa, rx, tx, drops) = (next(), next(), next(), next());
+        let mut names = vec![
+            "/net/ipsec/sa".to_string(),
+            "/if/rx".into(),
+            "/if/tx".into(),
+            "/if/drops".into(),
+        ];
         // per-SA errors exist in newer VPPs only: take the ones present
-        let mut sa_err = Vec::new();
-        for name in SA_ERRORS {
-            match st.read(&format!("/net/ipsec/sa/err/{name}")) {
-                Ok(val) => sa_err.push((name.to_string(), val)),
-                Err(StatsError::NotFound(_)) => {}
-                Err(e) => return Err(fail(e)),
-            }
-        }
+        names.extend(SA_ERRORS.iter().map(|e| format!("/net/ipsec/sa/err/{e}")));
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut v = st.read_present(&refs).map_err(fail)?.into_iter();
+        let sa = v
+            .next()
+            .flatten()
+            .ok_or_else(|| fail(StatsError::NotFound("/net/ipsec/sa".into())))?;
+        let mut next = || v.next().flatten().unwrap_or(StatValue::Empty);
+        let (rx, tx, drops) = (next(), next(), next());
+        let sa_err = SA_ERRORS
+            .iter()
+            .zip(v)
+            .filter_map(|(name, val)| Some((name.to_string(), val?)))
+            .collect();
         Ok(Snapshot {
             sa,
             sa_err,
