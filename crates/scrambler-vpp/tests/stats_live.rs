@@ -75,6 +75,23 @@ async fn sa_and_tunnel_counters_follow_the_traffic() {
         StatValue::Scalar(_)
     ));
 
+    // informational: what a counter read costs, beside the same SA through the API's CLI
+    let t0 = std::time::Instant::now();
+    for _ in 0..50 {
+        stats
+            .combined("/net/ipsec/sa", d[0].stat_index as usize)
+            .unwrap();
+    }
+    let seg = t0.elapsed() / 50;
+    let c = t.a.client().await;
+    let t0 = std::time::Instant::now();
+    for _ in 0..50 {
+        c.cli(&format!("show ipsec sa {pool_index}")).await.unwrap();
+    }
+    let cli = t0.elapsed() / 50;
+    c.close().await.unwrap();
+    eprintln!("one SA counter: stats segment {seg:?}, cli_inband {cli:?}");
+
     // a peer that re-created its SAs with other keys: its first packets reuse sequence
     // numbers A has seen (replay drops, checked first), the later ones fail the ICV
     let wrong = ClusterSecret::from_bytes(vec![0x17; 32]).unwrap();
