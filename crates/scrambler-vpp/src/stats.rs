@@ -168,6 +168,9 @@ impl StatValue {
     }
 }
 
+/// Directory positions by entry name.
+type DirIndex = Arc<HashMap<String, usize>>;
+
 /// A read-only mapping of a VPP statistics segment.
 ///
 /// Reads are synchronous and cheap (no syscalls): copy what you need, the values keep
@@ -179,7 +182,7 @@ pub struct StatsClient {
     len: usize,
     /// Directory positions by name, and the epoch they were read under (the directory only
     /// changes with the epoch).
-    index: Mutex<Option<(u64, Arc<HashMap<String, usize>>)>>,
+    index: Mutex<Option<(u64, DirIndex)>>,
 }
 
 // SAFETY: the mapping is read-only shared memory owned by this value; reading it from any
@@ -317,13 +320,7 @@ impl StatsClient {
 
     /// Runs `f` under the segment's optimistic lock, retrying while VPP changes it.
     /// The name index of the directory at `epoch`: cached, rebuilt when the epoch moved.
-    fn index_at(
-        &self,
-        seg: &Segment<'_>,
-        epoch: u64,
-        dir: usize,
-        n: usize,
-    ) -> Result<Arc<HashMap<String, usize>>> {
+    fn index_at(&self, seg: &Segment<'_>, epoch: u64, dir: usize, n: usize) -> Result<DirIndex> {
         let mut cache = self.index.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((e, idx)) = cache.as_ref() {
             if *e == epoch {
