@@ -11,6 +11,7 @@
 //! | `flag` | `bridge`, `private`, `vepa` | `bridge` |
 //! | `mtu` | pod MTU (≤ the master's) | the master's, minus ESP overhead with `encrypt` |
 //! | `encrypt` | pod traffic to other nodes goes through the node's xfrm mesh (l3/l3s only; see below) | `false` |
+//! | `clusterCidrs` | with `encrypt`: the cluster's pod CIDRs (re-routed into the mesh, never cleartext on the master) | none: all pod traffic re-routed, no guard |
 //!
 //! ```json
 //! {"cniVersion": "1.1.0", "name": "pods", "type": "scrambler-cni", "backend": "ipvlan",
@@ -40,23 +41,44 @@
 //! - **`l3s`**: as `l3`, and inbound traffic also passes the node's netfilter hooks
 //!   (PREROUTING/INPUT via l3mdev). Same encryption path.
 //!
-//! With `encrypt` the attachment only picks an MTU that leaves room for ESP; the mesh and
-//! the node setup below are the node agent's job (tested end to end in
-//! `tests/vm.rs`, `vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire`: ESP only
-//! on the wire, Debian's 6.1 kernel):
+//! # The node setup for `"encrypt": true` (automated)
 //!
-//! 1. **Re-route outbound pod traffic.** ipvlan's own route lookup is bound to the master;
-//!    the packet does land in the mesh's xfrm interface, but that interface then finds no
-//!    SA bundle for it and drops it (tx carrier errors; fail-closed: nothing reaches the
-//!    wire). A mark set in a netfilter `route` chain makes the node re-route the packet
-//!    (`ip_route_me_harder`), after which the xfrm interface encrypts it:
-//!    `nft add chain ip scrambler-ipvlan out '{ type route hook output priority mangle; }'`,
-//!    `nft add rule ip scrambler-ipvlan out ip saddr <cluster cidr> ip daddr <cluster cidr> meta mark set 0x5c`.
+//! Two things on the node make the mesh carry `l3`/`l3s` pods; [`IpvlanNode`] makes them
+//! (tested end to end in `tests/vm.rs`, `vm_ipvlan_l3{,s}_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire`:
+//! ESP only on the wire, Debian's 6.1 kernel):
+//!
+//! 1. **Re-route outbound pod traffic.** ipvlan's own route lookup is bound to the master
+//!    (`oif` = master), so it skips the mesh's routes into the xfrm interface and takes the
+//!    master's route (the default gateway): without more, pod traffic to other nodes would
+//!    leave in the clear. A mark set in a netfilter `route` chain makes the node re-route
+//!    the packet (`ip_route_me_harder`) with its full table, into the xfrm interface, which
+//!    encrypts it. [`nft`] keeps this in the nftables table
+//!    `ip scrambler-ipvlan` (chain `reroute`), with a `guard` chain dropping pod-to-cluster
+//!    packets that would leave the master in the clear (before the mesh has a route to a
+//!    new node, say).
 //! 2. **A node-side l3 slave for inbound.** ESP is decrypted on the xfrm interface, not on
 //!    the master, so the ipvlan driver never sees the inner packet; the node forwards it
-//!    to its pods through a slave of its own:
-//!    `ip link add ipvl0 link <master> type ipvlan mode l3`, `ip route add <node pod cidr>
-//!    dev ipvl0`, `net.ipv4.ip_forward=1`.
+//!    to its pods through a slave of its own, [`node::NODE_LINK`], with the node's pod
+//!    CIDRs routed to it and IP forwarding on.
+//!
+//! **Who calls it:** the CNI ADD of every `"encrypt": true` pod (idempotent and cheap: a
+//! few netlink requests and one atomic `nft -f -`), the way Calico's or Cilium's agents
+//! keep their node setup, so an ipvlan node needs nothing but the mesh
+//! (`scrambler mesh apply`) and this conf. The node's pod CIDRs are the IPAM's subnets;
+//! the cluster CIDRs come from the conf's `"clusterCidrs"` (recommended: without them
+//! every pod packet is re-routed and there is no cleartext guard). ADD registers the pod
+//! (a host route out of the node link), DEL unregisters it, and the DEL of the node's last
+//! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time). Limits: the
+//! DEL of a pod whose namespace is already gone cannot name its addresses, so its host
+//! route (and so the setup) stays until [`IpvlanNode::remove`]; `ip_forward` is left on;
+//! the node link takes the pods' mode for the whole master (the kernel has one ipvlan
+//! mode per master). The `nft` binary (Debian package `nftables`) must be installed.
+//!
+//! ```json
+//! {"cniVersion": "1.1.0", "name": "pods", "type": "scrambler-cni", "backend": "ipvlan",
+//!  "master": "eth0", "mode": "l3", "encrypt": true, "clusterCidrs": ["10.244.0.0/16"],
+//!  "ipam": {"type": "host-local", "subnet": "10.244.1.0/24"}}
+//! ```
 #![warn(missing_docs)]
 
 pub mod attach;

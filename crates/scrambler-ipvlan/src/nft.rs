@@ -5,12 +5,15 @@
 //! - chain `reroute` (`type route hook output`): pod packets to cluster CIDRs get
 //!   [`REROUTE_MARK`] or-ed into their mark. A changed mark in a `route` chain makes the
 //!   kernel route the packet again with the node's own routing table
-//!   (`ip_route_me_harder`), which sends it into the mesh's xfrm interface *with* an xfrm
-//!   bundle; ipvlan's own lookup, bound to the master, finds none and the packet would be
-//!   dropped.
+//!   (`ip_route_me_harder`), which sends it into the mesh's xfrm interface. ipvlan's own
+//!   lookup is bound to the master (`oif` = master), so it skips the mesh's routes into
+//!   the xfrm interface and takes the master's (the default route).
 //! - chain `guard` (`type filter hook postrouting`): pod-to-cluster packets leaving
 //!   through the master in the clear are dropped (fail closed: e.g. before the mesh has
-//!   routes to a new node). Only with cluster CIDRs, so pods' other egress is untouched.
+//!   routes to a new node). A packet on its way into ESP passes POSTROUTING too, in the
+//!   clear with the master as output device (xfrm runs the hook before transforming, for
+//!   SNAT); `rt ipsec missing` lets those through. Only with cluster CIDRs, so pods'
+//!   other egress is untouched.
 //!
 //! Writing the table shells out to `nft` (package `nftables`): no maintained pure-Rust
 //! nftables netlink crate was a fit, and one `nft -f -` batch is atomic.
@@ -39,37 +42,49 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
-    /// The `nft -f` text replacing both tables (each family only when it has CIDRs; a
-    /// family without any is deleted).
+    /// The `nft -f` text making our table(s) say exactly this: `flush table` then the
+    /// chains, one transaction (a family without CIDRs is left alone). One rule per
+    /// (source, destination) CIDR pair, plain prefix matches: no sets, so no set modules.
+    /// Debian's 6.1 kernel mishandles a table deleted and re-created in one transaction, so
+    /// the table is flushed, never deleted, here.
     pub fn script(&self) -> String {
         let mut s = String::new();
         for v6 in [false, true] {
             let fam = family(v6);
-            // create-then-delete: removes the table whether or not it exists
-            s += &format!("table {fam} {TABLE}\ndelete table {fam} {TABLE}\n");
-            let pods = set(&self.pod_cidrs, v6);
-            let Some(pods) = pods else { continue };
-            let cluster = set(&self.cluster_cidrs, v6);
-            let addr = if v6 { "ip6" } else { "ip" };
-            let dst = cluster
-                .as_ref()
-                .map(|c| format!(" {addr} daddr {c}"))
-                .unwrap_or_default();
+            let pods = of_family(&self.pod_cidrs, v6);
+            if pods.is_empty() {
+                continue;
+            }
+            let cluster = of_family(&self.cluster_cidrs, v6);
             s += &format!(
-                "table {fam} {TABLE} {{\n\
+                "table {fam} {TABLE}\n\
+                 flush table {fam} {TABLE}\n\
+                 table {fam} {TABLE} {{\n\
                  \tchain reroute {{\n\
-                 \t\ttype route hook output priority mangle; policy accept;\n\
-                 \t\t{addr} saddr {pods}{dst} meta mark set meta mark or {REROUTE_MARK:#010x}\n\
-                 \t}}\n"
+                 \t\ttype route hook output priority mangle; policy accept;\n"
             );
-            if let Some(c) = &cluster {
-                s += &format!(
-                    "\tchain guard {{\n\
-                     \t\ttype filter hook postrouting priority filter; policy accept;\n\
-                     \t\toifname {:?} {addr} saddr {c} {addr} daddr {c} drop\n\
-                     \t}}\n",
-                    self.master
-                );
+            for p in &pods {
+                let mark = format!("counter meta mark set meta mark or {REROUTE_MARK:#010x}");
+                if cluster.is_empty() {
+                    s += &format!("\t\t{fam} saddr {p} {mark}\n");
+                }
+                for c in &cluster {
+                    s += &format!("\t\t{fam} saddr {p} {fam} daddr {c} {mark}\n");
+                }
+            }
+            s += "\t}\n";
+            if !cluster.is_empty() {
+                s += "\tchain guard {\n\
+                      \t\ttype filter hook postrouting priority filter; policy accept;\n";
+                for a in &cluster {
+                    for b in &cluster {
+                        s += &format!(
+                            "\t\toifname {:?} {fam} saddr {a} {fam} daddr {b} rt ipsec missing counter drop\n",
+                            self.master
+                        );
+                    }
+                }
+                s += "\t}\n";
             }
             s += "}\n";
         }
@@ -77,14 +92,11 @@ impl Ruleset {
     }
 }
 
-/// The script deleting both tables (whether or not they exist).
-pub fn delete_script() -> String {
-    [false, true]
+/// The script deleting the tables of `families` (as `nft list tables` names them).
+pub fn delete_script(families: &[String]) -> String {
+    families
         .iter()
-        .map(|v6| {
-            let fam = family(*v6);
-            format!("table {fam} {TABLE}\ndelete table {fam} {TABLE}\n")
-        })
+        .map(|fam| format!("delete table {fam} {TABLE}\n"))
         .collect()
 }
 
@@ -96,27 +108,61 @@ fn family(v6: bool) -> &'static str {
     }
 }
 
-/// `{ a, b }` of the CIDRs of one family, or `None` when there are none.
-fn set(cidrs: &[IpNet], v6: bool) -> Option<String> {
-    let v: Vec<String> = cidrs
+/// The CIDRs of one family, network addresses.
+fn of_family(cidrs: &[IpNet], v6: bool) -> Vec<IpNet> {
+    cidrs
         .iter()
         .filter(|c| c.addr().is_ipv6() == v6)
-        .map(|c| c.trunc().to_string())
-        .collect();
-    (!v.is_empty()).then(|| format!("{{ {} }}", v.join(", ")))
+        .map(IpNet::trunc)
+        .collect()
 }
 
-/// Whether `netns` has our table (either family).
-pub async fn present(netns: &Netns) -> Result<bool> {
+/// The families (`ip`, `ip6`) in which `netns` has our table.
+pub async fn families(netns: &Netns) -> Result<Vec<String>> {
     let out = run(netns, &["list", "tables"], None).await?;
     Ok(out
         .lines()
-        .any(|l| l.trim().ends_with(&format!(" {TABLE}"))))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("table"), Some(fam), Some(TABLE)) => Some(fam.to_string()),
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 /// Runs `script` with `nft -f -` in `netns` (one atomic transaction).
 pub async fn apply(netns: &Netns, script: String) -> Result<()> {
     run(netns, &["-f", "-"], Some(script)).await.map(|_| ())
+}
+
+/// Makes our table(s) in `netns` say `rules`, and checks that they do: a first use of
+/// nftables in a namespace loads kernel modules mid-transaction, which the kernel replays;
+/// if a chain is missing afterwards the script is applied once more.
+pub async fn ensure(netns: &Netns, rules: &Ruleset) -> Result<()> {
+    let want: Vec<&str> = [false, true]
+        .into_iter()
+        .filter(|v6| rules.pod_cidrs.iter().any(|c| c.addr().is_ipv6() == *v6))
+        .map(family)
+        .collect();
+    for attempt in 0..2 {
+        apply(netns, rules.script()).await?;
+        let mut ok = true;
+        for fam in &want {
+            let out = run(netns, &["list", "table", fam, TABLE], None).await?;
+            ok &= out.contains("chain reroute") && out.contains("meta mark set");
+        }
+        if ok {
+            return Ok(());
+        }
+        tracing::warn!(netns = %netns, attempt, "nft table incomplete after apply, applying again");
+    }
+    Err(Error::Dataplane {
+        dataplane: "nftables".into(),
+        op: format!("write table {TABLE} in {netns}"),
+        reason: "the re-route chain is missing after applying it twice".into(),
+    })
 }
 
 /// Runs `nft args…` on a thread inside `netns` (the child inherits its namespace),
@@ -174,29 +220,34 @@ mod tests {
     }
 
     #[test]
-    fn script_replaces_only_our_tables() {
+    fn script_rewrites_only_our_table() {
         let r = Ruleset {
             master: "ul0".into(),
             pod_cidrs: cidrs(&["10.244.1.0/24"]),
             cluster_cidrs: cidrs(&["10.244.0.0/16"]),
         };
         let s = r.script();
-        assert!(s.starts_with("table ip scrambler-ipvlan\ndelete table ip scrambler-ipvlan\n"));
-        assert!(s.contains(
-            "ip saddr { 10.244.1.0/24 } ip daddr { 10.244.0.0/16 } meta mark set meta mark or 0x00100000"
-        ), "{s}");
-        assert!(s.contains("type route hook output priority mangle"), "{s}");
+        assert!(
+            s.starts_with("table ip scrambler-ipvlan\nflush table ip scrambler-ipvlan\n"),
+            "{s}"
+        );
         assert!(
             s.contains(
-                "oifname \"ul0\" ip saddr { 10.244.0.0/16 } ip daddr { 10.244.0.0/16 } drop"
+                "ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 counter meta mark set meta mark or 0x00100000"
             ),
             "{s}"
         );
-        // no IPv6 CIDRs: the ip6 table is only deleted
-        assert!(s.contains("delete table ip6 scrambler-ipvlan\n"));
-        assert!(!s.contains("table ip6 scrambler-ipvlan {"));
+        assert!(s.contains("type route hook output priority mangle"), "{s}");
+        assert!(
+            s.contains(
+                "oifname \"ul0\" ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 rt ipsec missing counter drop"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("ip6"), "no IPv6 CIDRs, no ip6 table: {s}");
+        assert!(!s.contains("delete"), "{s}");
         for line in s.lines() {
-            if line.starts_with("table") || line.starts_with("delete") {
+            if line.starts_with("table") || line.starts_with("flush") {
                 assert!(line.contains(TABLE), "{line}");
             }
         }
@@ -210,13 +261,12 @@ mod tests {
             cluster_cidrs: vec![],
         };
         let s = r.script();
-        assert!(s.contains("ip saddr { 10.1.1.0/24 } meta mark"), "{s}");
-        assert!(s.contains("ip6 saddr { fd00:1::/64 } meta mark"), "{s}");
+        assert!(s.contains("ip saddr 10.1.1.0/24 counter meta mark"), "{s}");
+        assert!(s.contains("ip6 saddr fd00:1::/64 counter meta mark"), "{s}");
         assert!(!s.contains("guard"), "{s}");
         assert_eq!(
-            delete_script(),
-            "table ip scrambler-ipvlan\ndelete table ip scrambler-ipvlan\n\
-             table ip6 scrambler-ipvlan\ndelete table ip6 scrambler-ipvlan\n"
+            delete_script(&["ip".into(), "ip6".into()]),
+            "delete table ip scrambler-ipvlan\ndelete table ip6 scrambler-ipvlan\n"
         );
     }
 }

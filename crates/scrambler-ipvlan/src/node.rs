@@ -92,7 +92,10 @@ impl IpvlanNode {
         // pod CIDRs routed here earlier (another range of the same network) stay covered
         let mut pod_cidrs: Vec<IpNet> = self.pod_cidrs.iter().map(IpNet::trunc).collect();
         for r in have.iter().filter(|r| r.oif == Some(link.index)) {
-            if r.dst.prefix_len() < r.dst.max_prefix_len() && !pod_cidrs.contains(&r.dst) {
+            if r.dst.prefix_len() < r.dst.max_prefix_len()
+                && !is_link_local(&r.dst)
+                && !pod_cidrs.contains(&r.dst)
+            {
                 pod_cidrs.push(r.dst);
             }
         }
@@ -104,7 +107,7 @@ impl IpvlanNode {
             pod_cidrs,
             cluster_cidrs: self.cluster_cidrs.clone(),
         };
-        nft::apply(netns, rules.script()).await?;
+        nft::ensure(netns, &rules).await?;
         tracing::debug!(netns = %netns, master = %self.master, ?report, "ipvlan node setup ensured");
         Ok(report)
     }
@@ -210,7 +213,7 @@ impl IpvlanNode {
     /// Whether any part of the setup exists in `netns`.
     pub async fn present(netns: &Netns) -> Result<bool> {
         let nl = Nl::open(netns).await?;
-        Ok(our_link(&nl).await?.is_some() || nft::present(netns).await?)
+        Ok(our_link(&nl).await?.is_some() || !nft::families(netns).await?.is_empty())
     }
 
     /// Removes the setup from `netns` (the node link with its routes, the nftables
@@ -221,8 +224,9 @@ impl IpvlanNode {
         if let Some(l) = our_link(&nl).await? {
             removed |= nl.delete_link(l.index, NODE_LINK).await?;
         }
-        if nft::present(netns).await? {
-            nft::apply(netns, nft::delete_script()).await?;
+        let families = nft::families(netns).await?;
+        if !families.is_empty() {
+            nft::apply(netns, nft::delete_script(&families)).await?;
             removed = true;
         }
         if removed {
@@ -238,6 +242,14 @@ fn is_ours(l: &LinkState) -> bool {
 
 async fn our_link(nl: &Nl) -> Result<Option<LinkState>> {
     Ok(nl.link_by_name(NODE_LINK).await?.filter(is_ours))
+}
+
+/// The kernel's own `fe80::/64` route of every IPv6 link: not a pod CIDR.
+fn is_link_local(net: &IpNet) -> bool {
+    match net {
+        IpNet::V6(n) => n.addr().segments()[0] & 0xffc0 == 0xfe80,
+        IpNet::V4(n) => n.addr().octets()[..2] == [169, 254],
+    }
 }
 
 fn host(ip: IpAddr) -> IpNet {

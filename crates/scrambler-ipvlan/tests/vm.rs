@@ -356,7 +356,7 @@ mod encrypted {
             .args(["netns", "exec", &n.name, "sh", "-c"])
             .arg(
                 "ip route; ip -s link show scrambler0; ip xfrm policy; ip -s xfrm state | head -40; \
-                 cat /proc/net/xfrm_stat | grep -v ' 0$'; nft list ruleset; \
+                 cat /proc/net/xfrm_stat | grep -v ' 0$'; nft list ruleset; lsmod | grep nf; \
                  nstat -az 2>/dev/null | grep -v ' 0 ' | head -40",
             )
             .output()
@@ -448,6 +448,9 @@ mod encrypted {
                 Some(scrambler_core::esp::pod_mtu(1500, true))
             );
             assert_eq!(setup_seen(n), (true, true), "setup on node{id}");
+            let (ok, chain) =
+                n.exec(&["nft", "list", "chain", "ip", "scrambler-ipvlan", "reroute"]);
+            assert!(ok && chain.contains("meta mark set"), "{chain}");
             assert_eq!(
                 IpvlanNode::pods(&n.netns()).await.unwrap(),
                 vec![format!("10.1.{id}.2").parse::<std::net::IpAddr>().unwrap()]
