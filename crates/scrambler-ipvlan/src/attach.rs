@@ -391,6 +391,17 @@ impl Attach for IpvlanAttach {
                 diffs.push(format!("address {} missing", ipc.address));
             }
         }
+        if self.cfg.encrypt {
+            let registered = IpvlanNode::pods(host).await?;
+            for ip in expected.ips.iter().map(|c| c.address.addr()) {
+                if !registered.contains(&ip) {
+                    diffs.push(format!(
+                        "the node's ipvlan setup (link {}) does not route {ip} to the pod",
+                        crate::node::NODE_LINK
+                    ));
+                }
+            }
+        }
         let routes = pod_nl.main_routes().await?;
         for r in &expected.routes {
             if !route_present(&routes, r, link.index) {

@@ -31,13 +31,11 @@
 //!   master's wire; they never enter the node's IP routing, so they cannot be steered
 //!   into ESP. `"encrypt": true` with `l2` is refused (code 7) rather than silently
 //!   sending cleartext.
-//! - **`l3`**: the master routes every packet of a slave with the node namespace's routing
-//!   table (`ip_route_output_flow` + `ip_local_out` in the node namespace; netfilter
-//!   OUTPUT/POSTROUTING of the node apply), so packets to other nodes' pod CIDRs take the
-//!   mesh's routes into its xfrm interface. Note that the kernel does *no* xfrm policy
-//!   lookup for them on that route lookup (ipvlan's flow has no protocol), so only the
-//!   interface-based mesh (routes into the xfrm interface) can catch them, not plain
-//!   policy-based xfrm.
+//! - **`l3`**: the master routes every packet of a slave in the node namespace
+//!   (`ip_route_output_flow` + `ip_local_out`; netfilter OUTPUT/POSTROUTING of the node
+//!   apply), but that lookup is bound to the master and does *no* xfrm policy lookup
+//!   (ipvlan's flow has no protocol): on its own it never reaches the mesh. The node
+//!   setup below re-routes it from the OUTPUT hook into the mesh's xfrm interface.
 //! - **`l3s`**: as `l3`, and inbound traffic also passes the node's netfilter hooks
 //!   (PREROUTING/INPUT via l3mdev). Same encryption path.
 //!
@@ -68,7 +66,8 @@
 //! the cluster CIDRs come from the conf's `"clusterCidrs"` (recommended: without them
 //! every pod packet is re-routed and there is no cleartext guard). ADD registers the pod
 //! (a host route out of the node link), DEL unregisters it, and the DEL of the node's last
-//! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time). Limits: the
+//! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time); CHECK reports a
+//! pod whose addresses the setup does not route. Limits: the
 //! DEL of a pod whose namespace is already gone cannot name its addresses, so its host
 //! route (and so the setup) stays until [`IpvlanNode::remove`]; `ip_forward` is left on;
 //! the node link takes the pods' mode for the whole master (the kernel has one ipvlan

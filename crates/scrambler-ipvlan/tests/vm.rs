@@ -424,6 +424,7 @@ mod encrypted {
             ..Default::default()
         })
         .unwrap();
+        let mut results = Vec::new();
         for i in 0..2 {
             let id = i as u32 + 1;
             let n = &lab.nodes[i];
@@ -457,6 +458,8 @@ mod encrypted {
             );
             let link = n.ip(&["-d", "link", "show", scrambler_ipvlan::node::NODE_LINK]);
             assert!(link.contains(&format!("mode {} ", mode.as_str())), "{link}");
+            a.check(&n.netns(), &lab.req(i), &r).await.unwrap();
+            results.push(r);
         }
         // ensure is idempotent
         let again = a
@@ -517,6 +520,12 @@ mod encrypted {
         assert!(IpvlanNode::remove(&lab.nodes[1].netns()).await.unwrap());
         assert!(!IpvlanNode::remove(&lab.nodes[1].netns()).await.unwrap());
         assert_eq!(setup_seen(&lab.nodes[1]), (false, false));
+        // CHECK notices the missing node setup
+        let e = a
+            .check(&lab.nodes[1].netns(), &lab.req(1), &results[1])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("ipvlan setup"), "{e}");
         a.detach(&lab.nodes[1].netns(), &lab.req(1)).await.unwrap();
         assert!(!lab.pods[1].ip(&["link"]).contains("eth0"));
         for i in 0..2 {
