@@ -46,6 +46,37 @@ fn tunnel_of_b(vpp: &VppInstance) -> (String, String) {
     (name, idx)
 }
 
+/// The changing API calls of the last reconcile in `api trace dump` text (VPP's startup.conf
+/// here has `api-trace { on }`): those after its first dump, with the path type of routes
+/// and the admin state of flag changes.
+fn last_reconcile_calls(trace: &str) -> Vec<String> {
+    let start = trace
+        .rfind("vl_api_ipip_tunnel_dump_t:")
+        .expect("no reconcile in the API trace");
+    let mut calls: Vec<String> = Vec::new();
+    for block in trace[start..].split("vl_api_").skip(1) {
+        let name = block.split("_t:").next().unwrap_or_default();
+        if name.ends_with("_dump") || name == "control_ping" {
+            continue;
+        }
+        let field = |key: &str| {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(key).map(str::trim))
+                .unwrap_or_default()
+        };
+        calls.push(match name {
+            "ip_route_add_del" => format!("{name}:{}", field("type: FIB_API_PATH_TYPE_")),
+            "sw_interface_set_flags" if field("flags:").contains("ADMIN_UP") => {
+                format!("{name}:UP")
+            }
+            "sw_interface_set_flags" => format!("{name}:DOWN"),
+            _ => name.to_string(),
+        });
+    }
+    calls
+}
+
 /// After a repair: encrypted again, pods talk, only ESP on the wire, next reconcile a no-op.
 async fn assert_repaired(t: &TwoNodes, what: &str) {
     let rep = t.reconcile("a").await;
@@ -67,6 +98,22 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
     let mut t = TwoNodes::start("scr-fc").await;
     let (ra, rb) = t.apply().await;
     assert!(ra.added >= 5 && rb.added >= 5, "{ra:?} {rb:?}");
+    // first setup: the route exists (as drop) before the tunnel, leads into it last
+    assert_eq!(
+        last_reconcile_calls(&t.a.vppctl(&["api", "trace", "dump"])),
+        [
+            "ip_route_add_del:DROP",
+            "ipip_add_tunnel",
+            "sw_interface_tag_add_del",
+            "sw_interface_set_unnumbered",
+            "sw_interface_ip6_enable_disable",
+            "ipsec_sad_entry_add_v2",
+            "ipsec_sad_entry_add_v2",
+            "ipsec_tunnel_protect_update",
+            "sw_interface_set_flags:UP",
+            "ip_route_add_del:NORMAL",
+        ]
+    );
     assert!(t.reconcile("a").await.is_noop());
     // a route that would carry pod traffic out of the uplink in clear
     t.a.vppctl(&[
@@ -186,6 +233,23 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
         })
     });
     assert!(rep.updated >= 2, "{rep:?}");
+    // the order, from VPP's API trace: drop first, protection before the route into it
+    let calls = last_reconcile_calls(&t.a.vppctl(&["api", "trace", "dump"]));
+    assert_eq!(
+        calls,
+        [
+            "ip_route_add_del:DROP",
+            "sw_interface_set_flags:DOWN",
+            "ipsec_tunnel_protect_del",
+            "ipsec_sad_entry_del",
+            "ipsec_sad_entry_add_v2",
+            "ipsec_sad_entry_del",
+            "ipsec_sad_entry_add_v2",
+            "ipsec_tunnel_protect_update",
+            "sw_interface_set_flags:UP",
+            "ip_route_add_del:NORMAL",
+        ]
+    );
     assert!(leaks.is_empty(), "SA replacement leaked:\n{leaks}");
 
     // control: without Scrambler's routes the stand-in default route does leak, so the
