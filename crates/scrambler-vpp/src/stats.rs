@@ -203,6 +203,11 @@ impl StatsClient {
     pub fn connect(path: impl AsRef<Path>) -> Result<StatsClient> {
         let path = path.as_ref().to_path_buf();
         let fd = receive_segment_fd(&path)?;
+        Self::map_segment(path, fd)
+    }
+
+    /// Maps the segment behind `fd` (received from `path`) and checks its version.
+    fn map_segment(path: PathBuf, fd: OwnedFd) -> Result<StatsClient> {
         let err = |op: &'static str| {
             let path = path.clone();
             move |e: nix::Error| StatsError::Connect {
@@ -754,6 +759,76 @@ mod tests {
         let hdr = ((d - f.base) / 8 - 1) as usize;
         f.buf[hdr] = 1 << 20;
         assert!(matches!(f.seg().directory(), Err(StatsError::Corrupt(_))));
+    }
+
+    /// A client over a file holding the fake segment (VPP hands out a memfd; a file maps
+    /// the same way), and the file to change it through.
+    fn client_over(f: &Fake) -> (StatsClient, std::fs::File, PathBuf) {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!(
+            "scrambler-stats-test-{}-{:p}",
+            std::process::id(),
+            f
+        ));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let bytes: Vec<u8> = f.buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        file.write_all(&bytes).unwrap();
+        let fd = OwnedFd::from(std::fs::File::open(&path).unwrap());
+        (
+            StatsClient::map_segment(path.clone(), fd).unwrap(),
+            file,
+            path,
+        )
+    }
+
+    fn write_word(file: &std::fs::File, word: usize, value: u64) {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&value.to_ne_bytes(), (word * 8) as u64)
+            .unwrap();
+    }
+
+    #[test]
+    fn reads_wait_for_vpp_and_follow_the_epoch() {
+        let f = sample();
+        let (st, file, path) = client_over(&f);
+        assert_eq!(st.simple("/if/drops", 1).unwrap(), 5);
+        assert_eq!(
+            st.read_present(&["/sys/heartbeat", "/no/such"]).unwrap(),
+            vec![Some(StatValue::Scalar(42)), None]
+        );
+        assert!(matches!(
+            st.read_many(&["/no/such"]),
+            Err(StatsError::NotFound(_))
+        ));
+        assert!(matches!(
+            st.combined("/if/drops", 0),
+            Err(StatsError::WrongType { .. })
+        ));
+        // VPP busy changing the directory: no read until it is done
+        write_word(&file, 3, 1);
+        assert!(matches!(st.read("/if/drops"), Err(StatsError::Busy)));
+        write_word(&file, 3, 0);
+        assert!(st.read("/if/drops").is_ok());
+        // the directory changed (the first entry renamed) and the epoch moved: the cached
+        // index is dropped
+        let dir = ((f.buf[4] - f.base) / 8) as usize;
+        write_word(&file, dir + 2, u64::from_ne_bytes(*b"/sys/bea"));
+        assert!(
+            st.read("/sys/beartbeat").is_err(),
+            "index rebuilt without an epoch change"
+        );
+        write_word(&file, 2, 8);
+        assert_eq!(st.read("/sys/beartbeat").unwrap(), StatValue::Scalar(42));
+        assert!(st.names().unwrap().contains(&"/sys/beartbeat".to_string()));
+        // a segment of another layout version is refused
+        write_word(&file, 0, 1);
+        let fd = OwnedFd::from(std::fs::File::open(&path).unwrap());
+        assert!(matches!(
+            StatsClient::map_segment(path.clone(), fd),
+            Err(StatsError::Version(1))
+        ));
+        drop(st);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
