@@ -174,10 +174,11 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     create_private_dir(&dir)?;
     let t0 = Instant::now();
     progress(format!(
-        "building {} nodes x {} pods in lab {:?} (state in {})",
+        "building {} nodes x {} pods in lab {:?}, backend {} (state in {})",
         spec.nodes,
         spec.pods_per_node,
         spec.name,
+        spec.backend,
         dir.display()
     ));
 
