@@ -25,6 +25,7 @@ pub mod attach;
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod dist;
 pub mod error;
 pub mod message;
 pub mod stats;

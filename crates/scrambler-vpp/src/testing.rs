@@ -11,85 +11,18 @@ use crate::client::{ConnectOptions, VppClient};
 use scrambler_core::netns::testing::TestNetns;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-static EXTRACT: Mutex<()> = Mutex::new(());
-
-fn workspace_root() -> PathBuf {
-    // crates/scrambler-vpp -> workspace root
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// The VPP tarball: `SCRAMBLER_VPP_TARBALL`, else `../shared/vpp/vpp-dist.tar.xz` beside the
-/// workspace.
+/// The VPP tarball (see [`crate::dist::tarball`]).
 pub fn tarball() -> PathBuf {
-    std::env::var_os("SCRAMBLER_VPP_TARBALL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            workspace_root()
-                .join("../shared/vpp/vpp-dist.tar.xz")
-                .components()
-                .collect()
-        })
+    crate::dist::tarball()
 }
 
-/// The extracted VPP tree (`…/vpp`, holding `bin/vpp`), extracting the tarball on first use.
-/// Panics when neither the tarball nor `SCRAMBLER_VPP_DIST` is there.
+/// The extracted VPP tree (see [`crate::dist::locate`]); panics when there is none.
 pub fn vpp_dist() -> PathBuf {
-    if let Some(d) = std::env::var_os("SCRAMBLER_VPP_DIST") {
-        return PathBuf::from(d);
-    }
-    let _g = EXTRACT.lock().unwrap_or_else(|e| e.into_inner());
-    let tar = tarball();
-    let meta = std::fs::metadata(&tar).unwrap_or_else(|e| {
-        panic!(
-            "VPP tarball {} not found ({e}); set SCRAMBLER_VPP_TARBALL or SCRAMBLER_VPP_DIST",
-            tar.display()
-        )
-    });
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let stamp_text = format!("{} {} {}\n", tar.display(), meta.len(), mtime);
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let dest = target.join("vpp-dist");
-    let stamp = dest.join(".stamp");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_text.as_str())
-        && dest.join("vpp/bin/vpp").exists()
-    {
-        return dest.join("vpp");
-    }
-    // extract beside, then rename: other test processes never see a half tree
-    let tmp = target.join(format!("vpp-dist.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).expect("create extraction dir");
-    let st = Command::new("tar")
-        .arg("-xJf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&tmp)
-        .status()
-        .expect("run tar");
-    assert!(st.success(), "extracting {} failed", tar.display());
-    std::fs::write(tmp.join(".stamp"), &stamp_text).expect("write stamp");
-    let _ = std::fs::remove_dir_all(&dest);
-    if std::fs::rename(&tmp, &dest).is_err() {
-        // another process won the race
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    dest.join("vpp")
+    crate::dist::locate().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A VPP process inside its own test network namespace.

@@ -6,7 +6,7 @@
 //!
 //! * the VPP tree comes from `SCRAMBLER_VPP_DIST` (an extracted `vpp/` tree), else from the
 //!   tarball `../shared/vpp/vpp-dist.tar.xz` (or `SCRAMBLER_VPP_TARBALL`), extracted once
-//!   into `target/vpp-dist/` by [`scrambler_vpp::testing::vpp_dist`];
+//!   into `target/vpp-dist/` by [`scrambler_vpp::dist::locate`];
 //! * its run directory is `<lab dir>/vpp-n<i>/` (startup.conf, `api.sock`, `cli.sock`, log,
 //!   `vpp.pid`), its shared-memory prefix `<lab>-n<i>-vpp`, its heap [`HEAP`];
 //! * it is started detached (its own session), so it outlives `lab up`; `lab down` (and a
@@ -87,31 +87,10 @@ fn uplink_mac(i: usize) -> [u8; 6] {
     [0x02, 0xfe, 0, 0, 1, i as u8]
 }
 
-/// The VPP tree (holding `bin/vpp`): `SCRAMBLER_VPP_DIST`, else the tarball extracted once.
+/// The VPP tree (holding `bin/vpp`): `SCRAMBLER_VPP_DIST`, else the tarball extracted once
+/// (see [`scrambler_vpp::dist::locate`]).
 pub fn dist() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("SCRAMBLER_VPP_DIST").filter(|d| !d.is_empty()) {
-        let d = PathBuf::from(d);
-        if !d.join("bin/vpp").is_file() {
-            return Err(Error::config(format!(
-                "SCRAMBLER_VPP_DIST={}: no bin/vpp there",
-                d.display()
-            )));
-        }
-        return Ok(d);
-    }
-    let tar = scrambler_vpp::testing::tarball();
-    if !tar.is_file() {
-        return Err(Error::config(format!(
-            "VPP tarball {} not found: set SCRAMBLER_VPP_DIST (an extracted vpp/ tree) or \
-             SCRAMBLER_VPP_TARBALL (see ../shared/vpp/README.md)",
-            tar.display()
-        )));
-    }
-    std::panic::catch_unwind(scrambler_vpp::testing::vpp_dist).map_err(|_| Error::Dataplane {
-        dataplane: VPP.into(),
-        op: format!("extract {}", tar.display()),
-        reason: "extraction failed (see the message above)".into(),
-    })
+    scrambler_vpp::dist::locate().map_err(|e| Error::config(e.to_string()))
 }
 
 /// `SCRAMBLER_VPP_DIST` for the lab VM: the tree extracted here (the guest sees this
