@@ -115,7 +115,8 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
         ]
     );
     assert!(t.reconcile("a").await.is_noop());
-    // a route that would carry pod traffic out of the uplink in clear
+    // a route that would carry pod traffic out of the uplink in clear, and a drop route of
+    // someone else's: neither is Scrambler's to touch
     t.a.vppctl(&[
         "ip",
         "route",
@@ -125,6 +126,7 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
         "192.0.2.2",
         "host-ul0",
     ]);
+    t.a.vppctl(&["ip", "route", "add", "10.9.0.0/24", "via", "drop"]);
     let na = t.a.netns.netns();
     let (ok, out) = ping(&t.a, "10.2.0.2", 2);
     assert!(ok, "baseline ping failed: {out}");
@@ -251,6 +253,12 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
         ]
     );
     assert!(leaks.is_empty(), "SA replacement leaked:\n{leaks}");
+
+    let foreign = t.a.vppctl(&["show", "ip", "fib", "10.9.0.0/24"]);
+    assert!(
+        foreign.contains("10.9.0.0/24") && foreign.contains("dpo-drop"),
+        "{foreign}"
+    );
 
     // control: without Scrambler's routes the stand-in default route does leak, so the
     // captures above would have seen it
