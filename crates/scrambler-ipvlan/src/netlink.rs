@@ -1,7 +1,8 @@
 //! Netlink operations of the ipvlan attachment. The connection and the operations shared
 //! with scrambler-cni come from [`scrambler_netlink`] (re-exported here); this module adds
-//! what only ipvlan does: creating an ipvlan slave, and reading a link's ipvlan mode and
-//! flag as this crate's [`Mode`] and [`Flag`].
+//! what only ipvlan does: creating an ipvlan slave, reading a link's ipvlan mode and flag
+//! as this crate's [`Mode`] and [`Flag`], and the idempotent route add/delete of the node
+//! setup ([`crate::node`]).
 
 use crate::config::{Flag, Mode};
 use ipnet::IpNet;
