@@ -69,7 +69,9 @@
 //! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time); CHECK reports a
 //! pod whose addresses the setup does not route. Limits: the
 //! DEL of a pod whose namespace is already gone cannot name its addresses, so its host
-//! route (and so the setup) stays until [`IpvlanNode::remove`]; `ip_forward` is left on;
+//! route (and so the setup) stays until [`IpvlanNode::remove`]; an ADD racing the DEL of
+//! the node's last pod can fail (nothing is left half-made; the runtime retries);
+//! `ip_forward` is left on;
 //! the node link takes the pods' mode for the whole master (the kernel has one ipvlan
 //! mode per master). The `nft` binary (Debian package `nftables`) must be installed.
 //!
