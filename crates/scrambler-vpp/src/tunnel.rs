@@ -69,6 +69,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use scrambler_core::keys::SaKey;
 use scrambler_core::{
@@ -499,20 +500,37 @@ impl RouteHave {
 }
 
 impl Actual {
+    /// Dumps tunnels, interfaces, SAs, protections and routes (all requests sent
+    /// together) and keeps what is ours.
     async fn read(c: &VppClient) -> std::result::Result<Actual, VppError> {
-        let mut a = Actual::default();
-        for d in c
-            .dump(&ipip::IpipTunnelDump {
+        let route_dump = |is_ip6| ip::IpRouteDump {
+            table: IpTable {
+                table_id: 0,
+                is_ip6,
+                name: String::new(),
+            },
+        };
+        let (routes4, routes6) = (route_dump(false), route_dump(true));
+        let (tunnels, ifs, sas, protects, routes4, routes6) = tokio::try_join!(
+            c.dump(&ipip::IpipTunnelDump {
                 sw_if_index: u32::MAX,
-            })
-            .await?
-        {
+            }),
+            c.interfaces(),
+            c.dump(&ipsec::IpsecSaV5Dump { sa_id: u32::MAX }),
+            c.dump(&ipsec::IpsecTunnelProtectDump {
+                sw_if_index: u32::MAX,
+            }),
+            c.dump(&routes4),
+            c.dump(&routes6),
+        )?;
+        let mut a = Actual::default();
+        for d in tunnels {
             if tunnel_peer(d.tunnel.instance).is_some() {
                 a.tunnels.insert(d.tunnel.instance, d.tunnel);
             }
         }
         let ours: BTreeSet<u32> = a.tunnels.values().map(|t| t.sw_if_index).collect();
-        for i in c.interfaces().await? {
+        for i in ifs {
             if ours.contains(&i.sw_if_index) {
                 a.up.insert(
                     i.sw_if_index,
@@ -520,18 +538,13 @@ impl Actual {
                 );
             }
         }
-        for d in c.dump(&ipsec::IpsecSaV5Dump { sa_id: u32::MAX }).await? {
+        for d in sas {
             if owned_sa(d.entry.sad_id) {
                 a.sa_stats.insert(d.entry.sad_id, d.stat_index);
                 a.sas.insert(d.entry.sad_id, d.entry);
             }
         }
-        for d in c
-            .dump(&ipsec::IpsecTunnelProtectDump {
-                sw_if_index: u32::MAX,
-            })
-            .await?
-        {
+        for d in protects {
             if ours.contains(&d.tun.sw_if_index) {
                 a.protects.insert(
                     d.tun.sw_if_index,
@@ -539,26 +552,15 @@ impl Actual {
                 );
             }
         }
-        for is_ip6 in [false, true] {
-            let routes = c
-                .dump(&ip::IpRouteDump {
-                    table: IpTable {
-                        table_id: 0,
-                        is_ip6,
-                        name: String::new(),
-                    },
-                })
-                .await?;
-            for r in routes {
-                let owned = r.route.paths.iter().any(|p| {
-                    p.preference == ROUTE_PREFERENCE
-                        || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
-                            && ours.contains(&p.sw_if_index))
-                });
-                if owned {
-                    if let Some(p) = r.route.prefix.to_ipnet() {
-                        a.routes.insert(p, RouteHave::of(&r.route.paths));
-                    }
+        for r in routes4.into_iter().chain(routes6) {
+            let owned = r.route.paths.iter().any(|p| {
+                p.preference == ROUTE_PREFERENCE
+                    || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
+                        && ours.contains(&p.sw_if_index))
+            });
+            if owned {
+                if let Some(p) = r.route.prefix.to_ipnet() {
+                    a.routes.insert(p, RouteHave::of(&r.route.paths));
                 }
             }
         }
@@ -719,59 +721,85 @@ impl Ops<'_> {
         while !tag.is_char_boundary(tag.len()) {
             tag.pop();
         }
-        self.c
-            .request(&interface::SwInterfaceTagAddDel {
-                is_add: true,
-                sw_if_index: sw,
-                tag,
-            })
-            .await
-            .map_err(vpp_err("tag", &obj))?;
-        // IP on the tunnel without addresses of its own: borrow the underlay's (IPv4), and
-        // enable IPv6 for v6 pod traffic
-        self.c
-            .request(&interface::SwInterfaceSetUnnumbered {
-                sw_if_index: underlay_if,
-                unnumbered_sw_if_index: sw,
-                is_add: true,
-            })
-            .await
-            .map_err(vpp_err("make unnumbered", &obj))?;
-        self.c
-            .request(&ip::SwInterfaceIp6EnableDisable {
-                sw_if_index: sw,
-                enable: true,
-            })
-            .await
-            .map_err(vpp_err("enable ip6 on", &obj))?;
+        // tag, unnumbered, IPv6: independent of each other, sent together. IP on the
+        // tunnel without addresses of its own: borrow the underlay's (IPv4), and enable
+        // IPv6 for v6 pod traffic
+        let tag = async {
+            self.c
+                .request(&interface::SwInterfaceTagAddDel {
+                    is_add: true,
+                    sw_if_index: sw,
+                    tag,
+                })
+                .await
+                .map_err(vpp_err("tag", &obj))
+        };
+        let unnumbered = async {
+            self.c
+                .request(&interface::SwInterfaceSetUnnumbered {
+                    sw_if_index: underlay_if,
+                    unnumbered_sw_if_index: sw,
+                    is_add: true,
+                })
+                .await
+                .map_err(vpp_err("make unnumbered", &obj))
+        };
+        let ip6 = async {
+            self.c
+                .request(&ip::SwInterfaceIp6EnableDisable {
+                    sw_if_index: sw,
+                    enable: true,
+                })
+                .await
+                .map_err(vpp_err("enable ip6 on", &obj))
+        };
+        tokio::try_join!(tag, unnumbered, ip6)?;
         Ok(sw)
     }
 
-    /// The interface holding the local underlay address `addr`.
-    async fn underlay_if(&self, addr: IpAddr) -> Result<u32> {
+    /// The interfaces holding the local underlay addresses `addrs` (one interface dump,
+    /// then every interface's addresses dumped together).
+    async fn underlay_ifs(&self, addrs: &BTreeSet<IpAddr>) -> Result<HashMap<IpAddr, u32>> {
+        let mut found = HashMap::new();
+        if addrs.is_empty() {
+            return Ok(found);
+        }
         let ifs = self
             .c
             .interfaces()
             .await
             .map_err(vpp_err("list", "interfaces"))?;
-        for i in ifs {
-            let addrs = self
-                .c
-                .dump(&ip::IpAddressDump {
-                    sw_if_index: i.sw_if_index,
-                    is_ipv6: addr.is_ipv6(),
-                })
-                .await
-                .map_err(vpp_err("list addresses of", &i.interface_name))?;
-            if addrs.iter().any(|a| a.prefix.address.to_ip() == Some(addr)) {
-                return Ok(i.sw_if_index);
+        let families: BTreeSet<bool> = addrs.iter().map(IpAddr::is_ipv6).collect();
+        let dumps = ifs.iter().flat_map(|i| {
+            families.iter().map(move |v6| async move {
+                self.c
+                    .dump(&ip::IpAddressDump {
+                        sw_if_index: i.sw_if_index,
+                        is_ipv6: *v6,
+                    })
+                    .await
+                    .map(|a| (i.sw_if_index, a))
+                    .map_err(vpp_err("list addresses of", &i.interface_name))
+            })
+        });
+        for (sw, list) in pipelined(dumps.collect()).await? {
+            for a in list {
+                if let Some(ip) = a.prefix.address.to_ip().filter(|ip| addrs.contains(ip)) {
+                    found
+                        .entry(ip)
+                        .and_modify(|s: &mut u32| *s = (*s).min(sw))
+                        .or_insert(sw);
+                }
             }
         }
-        Err(Error::Dataplane {
-            dataplane: DATAPLANE.into(),
-            op: "find underlay interface".into(),
-            reason: format!("the local underlay address {addr} is on no VPP interface"),
-        })
+        match addrs.iter().find(|a| !found.contains_key(a)) {
+            Some(addr) => Err(Error::Dataplane {
+                dataplane: DATAPLANE.into(),
+                op: "find underlay interface".into(),
+                reason: format!("the local underlay address {addr} is on no VPP interface"),
+            }),
+            None => Ok(found),
+        }
     }
 
     async fn delete_tunnel(&self, instance: u32, sw: u32) -> Result<()> {
@@ -928,18 +956,206 @@ impl Guard {
     }
 }
 
-/// The underlay interface of `addr`, looked up once per reconcile.
-async fn underlay_if(ops: &Ops<'_>, cache: &mut HashMap<IpAddr, u32>, addr: IpAddr) -> Result<u32> {
-    if let Some(i) = cache.get(&addr) {
-        return Ok(*i);
+/// Peers (or stale objects) whose calls are in flight at once. Each peer's calls stay in
+/// their fail-closed order — a call is sent only after the reply of the one before it was
+/// checked — while the round trips of different peers overlap on the one API socket.
+const PIPELINE: usize = 256;
+
+/// Runs `work` with up to [`PIPELINE`] of them in flight; the first error wins (the
+/// others are dropped: what they already sent stays in VPP's queue, nothing after it is
+/// sent, so no route is steered into a tunnel whose protection was not confirmed).
+///
+/// Takes the futures collected (not a lazy iterator): the iterator's closures would
+/// otherwise be held across the await, which the `Send` bound of the trait's futures
+/// cannot prove for their lifetimes.
+async fn pipelined<T, F>(work: Vec<F>) -> Result<Vec<T>>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    futures::stream::iter(work)
+        .buffer_unordered(PIPELINE)
+        .try_collect()
+        .await
+}
+
+fn add_report(into: &mut ReconcileReport, r: &ReconcileReport) {
+    into.added += r.added;
+    into.updated += r.updated;
+    into.removed += r.removed;
+    into.unchanged += r.unchanged;
+}
+
+/// True when reconcile (re)creates the tunnel of `p`.
+fn needs_new_tunnel(have: &Actual, p: &PeerPlan) -> bool {
+    !have
+        .tunnels
+        .get(&p.instance)
+        .is_some_and(|t| t.src.to_ip() == Some(p.src) && t.dst.to_ip() == Some(p.dst))
+}
+
+/// What reconciling one peer did: its report and the SA ids it keeps.
+struct PeerOutcome {
+    rep: ReconcileReport,
+    live_sas: Vec<u32>,
+}
+
+/// Reconciles one peer, its calls strictly in the fail-closed order of the module docs.
+async fn reconcile_peer(
+    ops: &Ops<'_>,
+    have: &Actual,
+    mesh: &Mesh,
+    p: &PeerPlan,
+    underlay_ifs: &HashMap<IpAddr, u32>,
+) -> Result<PeerOutcome> {
+    let mut rep = ReconcileReport::default();
+    let live_sas = p.sas.iter().map(|s| s.id).collect();
+    // 1. the guard: each pod CIDR of the peer is routed by us, into its current tunnel or
+    //    to drop; anything else (missing, foreign shape, a stale tunnel) becomes drop
+    //    before the tunnel is touched
+    let current = have.tunnels.get(&p.instance).map(|t| t.sw_if_index);
+    let lost = outbound_lost(have, mesh, p.id);
+    let mut guard = Guard::default();
+    for r in &p.routes {
+        let now = match have.routes.get(r) {
+            Some(RouteHave::Drop) => Steer::Drop,
+            Some(RouteHave::Via(sw)) if Some(*sw) == current => Steer::Via(*sw),
+            other => {
+                ops.steer(*r, Steer::Drop).await?;
+                if other.is_none() {
+                    guard.fresh.insert(*r);
+                    rep.added += 1;
+                } else {
+                    rep.updated += 1;
+                }
+                Steer::Drop
+            }
+        };
+        guard.routes.insert(*r, now);
     }
-    let i = ops.underlay_if(addr).await?;
-    cache.insert(addr, i);
-    Ok(i)
+
+    // 2. the tunnel, down until protected
+    let underlay = || {
+        underlay_ifs
+            .get(&p.src)
+            .copied()
+            .ok_or_else(|| Error::Dataplane {
+                dataplane: DATAPLANE.into(),
+                op: format!("create tunnel ipip{} to {}", p.instance, p.name),
+                reason: format!(
+                    "the local underlay address {} is on no VPP interface",
+                    p.src
+                ),
+            })
+    };
+    let fresh = needs_new_tunnel(have, p);
+    let sw = match have.tunnels.get(&p.instance) {
+        Some(t) if !fresh => {
+            rep.unchanged += 1;
+            t.sw_if_index
+        }
+        Some(t) => {
+            guard.close(ops).await?;
+            ops.set_up(t.sw_if_index, false).await?;
+            ops.unprotect(t.sw_if_index).await?;
+            ops.delete_tunnel(p.instance, t.sw_if_index).await?;
+            rep.updated += 1;
+            ops.create_tunnel(p, underlay()?).await?
+        }
+        None => {
+            rep.added += 1;
+            ops.create_tunnel(p, underlay()?).await?
+        }
+    };
+    let mut up = !fresh && have.up.get(&sw).copied().unwrap_or(false);
+
+    // 3. SAs: add missing; replace changed ones (routes to drop, tunnel down and
+    //    unprotected meanwhile)
+    let mut protected = if fresh {
+        None
+    } else {
+        have.protects.get(&sw).cloned()
+    };
+    if protected.is_none() {
+        // protection lost behind our back: nothing may be steered in until it is back
+        guard.close(ops).await?;
+    }
+    let mut adds = Vec::new();
+    for sa in &p.sas {
+        match have.sas.get(&sa.id) {
+            Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
+            Some(_) => {
+                guard.close(ops).await?;
+                if up {
+                    ops.set_up(sw, false).await?;
+                    up = false;
+                }
+                if protected.take().is_some() {
+                    ops.unprotect(sw).await?;
+                }
+                ops.delete_sa(sa.id).await?;
+                ops.add_sa(sa, &p.name).await?;
+                rep.updated += 1;
+            }
+            None if sa.dir == Direction::Outbound && lost => {
+                tracing::error!(
+                    peer = %p.name,
+                    generation = mesh.keys.tx,
+                    "outbound SA lost; not re-created under the same key: rotate keys"
+                );
+            }
+            None => {
+                adds.push(ops.add_sa(sa, &p.name));
+                rep.added += 1;
+            }
+        }
+    }
+    // new SAs are independent of each other: sent together
+    futures::future::try_join_all(adds).await?;
+    if lost {
+        // no protection without an outbound SA: the peer stays behind drop routes, its
+        // tunnel down
+        guard.close(ops).await?;
+        if up {
+            ops.set_up(sw, false).await?;
+            rep.updated += 1;
+        }
+        return Ok(PeerOutcome { rep, live_sas });
+    }
+
+    // 4. protection (an update replaces it atomically: a key rotation needs no drop)
+    match &protected {
+        Some((o, i)) if *o == p.sa_out && *i == p.sa_in => rep.unchanged += 1,
+        Some(_) => {
+            ops.protect(sw, p.sa_out, &p.sa_in).await?;
+            rep.updated += 1;
+        }
+        None => {
+            ops.protect(sw, p.sa_out, &p.sa_in).await?;
+            rep.added += 1;
+        }
+    }
+
+    // 5. up, then steer the pod CIDRs from drop into it
+    if !up {
+        ops.set_up(sw, true).await?;
+    }
+    guard.open(ops, sw, &mut rep).await?;
+    Ok(PeerOutcome { rep, live_sas })
+}
+
+/// Takes a tunnel away: down, unprotected, deleted (its routes must already be gone or
+/// lead to drop).
+async fn delete_tunnel_fully(ops: &Ops<'_>, instance: u32, sw: u32) -> Result<()> {
+    ops.set_up(sw, false).await?;
+    ops.unprotect(sw).await?;
+    ops.delete_tunnel(instance, sw).await
 }
 
 #[async_trait]
 impl Tunnel for VppTunnel {
+    /// Reconciles the node's VPP to `mesh` in phases: stale routes, then every peer (each
+    /// in the fail-closed order, up to `PIPELINE` peers in flight), then stale tunnels,
+    /// then stale SAs; each phase's independent calls are sent together.
     async fn reconcile(
         &self,
         netns: &Netns,
@@ -957,153 +1173,56 @@ impl Tunnel for VppTunnel {
         // stale routes first: pod CIDRs no peer of the mesh has any more
         let want_routes: BTreeSet<IpNet> =
             want.iter().flat_map(|p| p.routes.iter().copied()).collect();
-        for (prefix, r) in &have.routes {
-            if !want_routes.contains(prefix) {
-                ops.unroute(*prefix, r).await?;
-                rep.removed += 1;
-            }
-        }
+        let stale = pipelined(
+            have.routes
+                .iter()
+                .filter(|(prefix, _)| !want_routes.contains(prefix))
+                .map(|(prefix, r)| ops.unroute(*prefix, r))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        rep.removed += stale.len();
+
+        // the underlay interfaces of the tunnels to create, looked up once
+        let srcs: BTreeSet<IpAddr> = want
+            .iter()
+            .filter(|p| needs_new_tunnel(&have, p))
+            .map(|p| p.src)
+            .collect();
+        let underlay_ifs = ops.underlay_ifs(&srcs).await?;
 
         let mut live_sas: BTreeSet<u32> = BTreeSet::new();
-        let mut underlay_ifs: HashMap<IpAddr, u32> = HashMap::new();
-        for p in &want {
-            // 1. the guard: each pod CIDR of the peer is routed by us, into its current
-            //    tunnel or to drop; anything else (missing, foreign shape, a stale tunnel)
-            //    becomes drop before the tunnel is touched
-            let current = have.tunnels.get(&p.instance).map(|t| t.sw_if_index);
-            let lost = outbound_lost(&have, mesh, p.id);
-            let mut guard = Guard::default();
-            for r in &p.routes {
-                let now = match have.routes.get(r) {
-                    Some(RouteHave::Drop) => Steer::Drop,
-                    Some(RouteHave::Via(sw)) if Some(*sw) == current => Steer::Via(*sw),
-                    other => {
-                        ops.steer(*r, Steer::Drop).await?;
-                        if other.is_none() {
-                            guard.fresh.insert(*r);
-                            rep.added += 1;
-                        } else {
-                            rep.updated += 1;
-                        }
-                        Steer::Drop
-                    }
-                };
-                guard.routes.insert(*r, now);
-            }
-
-            // 2. the tunnel, down until protected
-            let mut fresh = false;
-            let sw = match have.tunnels.get(&p.instance) {
-                Some(t) if t.src.to_ip() == Some(p.src) && t.dst.to_ip() == Some(p.dst) => {
-                    rep.unchanged += 1;
-                    t.sw_if_index
-                }
-                Some(t) => {
-                    guard.close(&ops).await?;
-                    ops.set_up(t.sw_if_index, false).await?;
-                    ops.unprotect(t.sw_if_index).await?;
-                    ops.delete_tunnel(p.instance, t.sw_if_index).await?;
-                    rep.updated += 1;
-                    fresh = true;
-                    let ul = underlay_if(&ops, &mut underlay_ifs, p.src).await?;
-                    ops.create_tunnel(p, ul).await?
-                }
-                None => {
-                    rep.added += 1;
-                    fresh = true;
-                    let ul = underlay_if(&ops, &mut underlay_ifs, p.src).await?;
-                    ops.create_tunnel(p, ul).await?
-                }
-            };
-            let mut up = !fresh && have.up.get(&sw).copied().unwrap_or(false);
-
-            // 3. SAs: add missing; replace changed ones (routes to drop, tunnel down and
-            //    unprotected meanwhile)
-            let mut protected = if fresh {
-                None
-            } else {
-                have.protects.get(&sw).cloned()
-            };
-            if protected.is_none() {
-                // protection lost behind our back: nothing may be steered in until it is back
-                guard.close(&ops).await?;
-            }
-            for sa in &p.sas {
-                live_sas.insert(sa.id);
-                match have.sas.get(&sa.id) {
-                    Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
-                    Some(_) => {
-                        guard.close(&ops).await?;
-                        if up {
-                            ops.set_up(sw, false).await?;
-                            up = false;
-                        }
-                        if protected.take().is_some() {
-                            ops.unprotect(sw).await?;
-                        }
-                        ops.delete_sa(sa.id).await?;
-                        ops.add_sa(sa, &p.name).await?;
-                        rep.updated += 1;
-                    }
-                    None if sa.dir == Direction::Outbound && lost => {
-                        tracing::error!(
-                            peer = %p.name,
-                            generation = mesh.keys.tx,
-                            "outbound SA lost; not re-created under the same key: rotate keys"
-                        );
-                    }
-                    None => {
-                        ops.add_sa(sa, &p.name).await?;
-                        rep.added += 1;
-                    }
-                }
-            }
-            if lost {
-                // no protection without an outbound SA: the peer stays behind drop routes,
-                // its tunnel down
-                guard.close(&ops).await?;
-                if up {
-                    ops.set_up(sw, false).await?;
-                    rep.updated += 1;
-                }
-                continue;
-            }
-
-            // 4. protection (an update replaces it atomically: a key rotation needs no drop)
-            match &protected {
-                Some((o, i)) if *o == p.sa_out && *i == p.sa_in => rep.unchanged += 1,
-                Some(_) => {
-                    ops.protect(sw, p.sa_out, &p.sa_in).await?;
-                    rep.updated += 1;
-                }
-                None => {
-                    ops.protect(sw, p.sa_out, &p.sa_in).await?;
-                    rep.added += 1;
-                }
-            }
-
-            // 5. up, then steer the pod CIDRs from drop into it
-            if !up {
-                ops.set_up(sw, true).await?;
-            }
-            guard.open(&ops, sw, &mut rep).await?;
+        let peers = pipelined(
+            want.iter()
+                .map(|p| reconcile_peer(&ops, &have, mesh, p, &underlay_ifs))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        for o in peers {
+            add_report(&mut rep, &o.rep);
+            live_sas.extend(o.live_sas);
         }
-        // stale tunnels and SAs
+
+        // stale tunnels, then stale SAs (the protections using them are gone by then)
         let want_instances: BTreeSet<u32> = want.iter().map(|p| p.instance).collect();
-        for (inst, t) in &have.tunnels {
-            if !want_instances.contains(inst) {
-                ops.set_up(t.sw_if_index, false).await?;
-                ops.unprotect(t.sw_if_index).await?;
-                ops.delete_tunnel(*inst, t.sw_if_index).await?;
-                rep.removed += 1;
-            }
-        }
-        for id in have.sas.keys() {
-            if !live_sas.contains(id) {
-                ops.delete_sa(*id).await?;
-                rep.removed += 1;
-            }
-        }
+        let gone = pipelined(
+            have.tunnels
+                .iter()
+                .filter(|(inst, _)| !want_instances.contains(inst))
+                .map(|(inst, t)| delete_tunnel_fully(&ops, *inst, t.sw_if_index))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        rep.removed += gone.len();
+        let gone = pipelined(
+            have.sas
+                .keys()
+                .filter(|id| !live_sas.contains(id))
+                .map(|id| ops.delete_sa(*id))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        rep.removed += gone.len();
         let _ = c.close().await;
         tracing::info!(
             added = rep.added,
@@ -1230,20 +1349,29 @@ impl Tunnel for VppTunnel {
             .map_err(vpp_err("read state of", "VPP"))?;
         let ops = Ops { c: &c };
         let mut rep = ReconcileReport::default();
-        for (prefix, r) in &have.routes {
-            ops.unroute(*prefix, r).await?;
-            rep.removed += 1;
-        }
-        for (inst, t) in &have.tunnels {
-            ops.set_up(t.sw_if_index, false).await?;
-            ops.unprotect(t.sw_if_index).await?;
-            ops.delete_tunnel(*inst, t.sw_if_index).await?;
-            rep.removed += 1;
-        }
-        for id in have.sas.keys() {
-            ops.delete_sa(*id).await?;
-            rep.removed += 1;
-        }
+        // routes, then tunnels, then SAs; each kind's calls sent together
+        let routes = pipelined(
+            have.routes
+                .iter()
+                .map(|(prefix, r)| ops.unroute(*prefix, r))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        let tunnels = pipelined(
+            have.tunnels
+                .iter()
+                .map(|(inst, t)| delete_tunnel_fully(&ops, *inst, t.sw_if_index))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        let sas = pipelined(
+            have.sas
+                .keys()
+                .map(|id| ops.delete_sa(*id))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        rep.removed = routes.len() + tunnels.len() + sas.len();
         let _ = c.close().await;
         Ok(rep)
     }
