@@ -18,6 +18,7 @@
 use crate::config::{IpvlanConfig, Mode};
 use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};
 use crate::node::IpvlanNode;
+use crate::record::{host_id, Record, RecordStore};
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use scrambler_core::{
@@ -313,9 +314,18 @@ impl Attach for IpvlanAttach {
         }
         let mtu = self.pod_mtu(&master, req.mtu)?;
         if self.cfg.encrypt {
-            self.node_setup(&master, addrs).ensure(host).await?;
+            // recorded first, so a DEL after a crash anywhere below still finds it
+            self.records()?.write(&Record {
+                id: req.id.clone(),
+                host: host_id(host)?,
+                ips: pod_ips(addrs),
+            })?;
+            if let Err(e) = self.node_setup(&master, addrs).ensure(host).await {
+                self.undo_node(host, req, addrs).await;
+                return Err(e);
+            }
         }
-        create_ipvlan(
+        let created = create_ipvlan(
             &host_nl,
             &IpvlanSpec {
                 name: &req.id.ifname,
@@ -326,8 +336,12 @@ impl Attach for IpvlanAttach {
                 netns_fd: Some(pod_file.as_raw_fd()),
             },
         )
-        .await?;
+        .await;
         drop(pod_file);
+        if let Err(e) = created {
+            self.undo_node(host, req, addrs).await;
+            return Err(e);
+        }
         let attached = match self.attach_inner(&pod_nl, req, addrs, mtu).await {
             Ok(r) if self.cfg.encrypt => {
                 IpvlanNode::add_pod(host, &pod_ips(addrs)).await.map(|()| r)
@@ -347,11 +361,7 @@ impl Attach for IpvlanAttach {
                         tracing::error!(error = %e2, "undo: delete ipvlan failed");
                     }
                 }
-                if self.cfg.encrypt {
-                    if let Err(e2) = release_node(host, &pod_ips(addrs)).await {
-                        tracing::error!(error = %e2, "undo: release ipvlan node setup failed");
-                    }
-                }
+                self.undo_node(host, req, addrs).await;
                 Err(e)
             }
         }
@@ -420,11 +430,24 @@ impl Attach for IpvlanAttach {
     }
 
     async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
-        let ips = self.detach_pod(req).await?;
-        if self.cfg.encrypt {
-            if let Some(ips) = ips {
-                release_node(host, &ips).await?;
+        let from_link = self.detach_pod(req).await?;
+        let record = self.pod_record(host, &req.id)?;
+        if !self.cfg.encrypt && record.is_none() {
+            return Ok(());
+        }
+        let mut ips = match (from_link, &record) {
+            // an interface of someone else's, and nothing registered by us
+            (None, None) => return Ok(()),
+            (link, _) => link.unwrap_or_default(),
+        };
+        for ip in record.iter().flat_map(|r| &r.ips) {
+            if !ips.contains(ip) {
+                ips.push(*ip);
             }
+        }
+        release_node(host, &ips).await?;
+        if record.is_some() {
+            self.records()?.remove(&req.id)?;
         }
         Ok(())
     }
@@ -442,6 +465,90 @@ impl IpvlanAttach {
             pod_cidrs,
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
         }
+    }
+
+    /// The attachment records of this network (see [`crate::record`]).
+    pub fn records(&self) -> Result<RecordStore> {
+        RecordStore::new(self.cfg.state_dir(), &self.cfg.network)
+    }
+
+    /// The record of `id` made in `host`, if any. Without `"encrypt"` a network whose
+    /// name cannot name a state directory has none; a record that cannot be decoded is
+    /// logged and removed (its addresses are lost either way, and DEL must not fail
+    /// forever on it).
+    fn pod_record(&self, host: &Netns, id: &AttachmentId) -> Result<Option<Record>> {
+        let store = match self.records() {
+            Ok(s) => s,
+            Err(_) if !self.cfg.encrypt => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let rec = match store.read(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(e @ Error::Decode { .. }) => {
+                tracing::warn!(attachment = %id, error = %e, "unreadable ipvlan record removed");
+                store.remove(id)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if rec.host != host_id(host)? {
+            tracing::debug!(attachment = %id, "ipvlan record of another node namespace, left alone");
+            return Ok(None);
+        }
+        Ok(Some(rec))
+    }
+
+    /// Undoes the node side of a failed ADD: unregisters the pod's addresses (removing
+    /// the setup when no pod is left) and its record; failures are logged.
+    async fn undo_node(&self, host: &Netns, req: &AttachRequest, addrs: &CniResult) {
+        if !self.cfg.encrypt {
+            return;
+        }
+        if let Err(e) = release_node(host, &pod_ips(addrs)).await {
+            tracing::error!(error = %e, "undo: release ipvlan node setup failed");
+        }
+        if let Err(e) = self.records().and_then(|s| s.remove(&req.id)) {
+            tracing::error!(error = %e, "undo: remove ipvlan record failed");
+        }
+    }
+
+    /// CNI GC: unregisters from the node setup in `host` the addresses of every recorded
+    /// attachment of this network and node that is not in `valid`, deletes those records,
+    /// and removes the setup when no pod is left. An address that a kept record also
+    /// names stays registered. Returns what was swept.
+    pub async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
+        let store = match self.records() {
+            Ok(s) => s,
+            Err(_) if !self.cfg.encrypt => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let records = store.list()?;
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        let me = host_id(host)?;
+        let (stale, kept): (Vec<Record>, Vec<Record>) = records
+            .into_iter()
+            .filter(|r| r.host == me)
+            .partition(|r| !valid.contains(&r.id));
+        if stale.is_empty() {
+            return Ok(vec![]);
+        }
+        let ips: Vec<IpAddr> = stale
+            .iter()
+            .flat_map(|r| r.ips.iter().copied())
+            .filter(|ip| !kept.iter().any(|k| k.ips.contains(ip)))
+            .collect();
+        release_node(host, &ips).await?;
+        let mut swept = Vec::new();
+        for r in stale {
+            store.remove(&r.id)?;
+            let ips: Vec<String> = r.ips.iter().map(IpAddr::to_string).collect();
+            tracing::info!(attachment = %r.id, ips = ?ips, "gc: stale ipvlan attachment unregistered");
+            swept.push(format!("ipvlan attachment {} ({})", r.id, ips.join(", ")));
+        }
+        Ok(swept)
     }
 
     /// Deletes the pod's interface if it is ours; returns the addresses it had (empty when

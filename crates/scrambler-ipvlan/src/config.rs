@@ -1,8 +1,10 @@
-//! The ipvlan settings of a CNI conf: `master`, `mode`, `flag`, `mtu`, `encrypt`.
+//! The ipvlan settings of a CNI conf: `master`, `mode`, `flag`, `mtu`, `encrypt`,
+//! `clusterCidrs`, `stateDir`.
 
 use ipnet::IpNet;
 use scrambler_core::{Error, NetConf, Result};
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// Ipvlan mode (`"mode"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -113,6 +115,9 @@ pub struct IpvlanConfig {
     /// re-routed into the mesh and never leaves the master in the clear; empty: all pod
     /// traffic is re-routed, no cleartext guard.
     pub cluster_cidrs: Vec<IpNet>,
+    /// Directory of the attachment records (`"stateDir"`, absolute; see [`crate::record`]);
+    /// `None`: [`crate::record::DEFAULT_STATE_DIR`].
+    pub state_dir: Option<PathBuf>,
 }
 
 impl IpvlanConfig {
@@ -136,6 +141,15 @@ impl IpvlanConfig {
                 ))
             })?,
         };
+        let state_dir = match conf.extra.get("stateDir") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(PathBuf::from(s)),
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "ipvlan stateDir must be a string, got {other}"
+                )))
+            }
+        };
         let cfg = IpvlanConfig {
             network: conf.name.clone(),
             master: conf.master.clone().filter(|m| !m.is_empty()),
@@ -144,13 +158,28 @@ impl IpvlanConfig {
             mtu: conf.mtu,
             encrypt: conf.encrypt.unwrap_or(false),
             cluster_cidrs,
+            state_dir,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks combinations: MTU range, interface name length, encrypt only with l3/l3s.
+    /// The directory of the attachment records.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir
+            .as_deref()
+            .unwrap_or(Path::new(crate::record::DEFAULT_STATE_DIR))
+    }
+
+    /// Checks combinations: MTU range, interface name length, encrypt only with l3/l3s,
+    /// an absolute `stateDir`.
     pub fn validate(&self) -> Result<()> {
+        if !self.state_dir().is_absolute() {
+            return Err(Error::config(format!(
+                "ipvlan stateDir {} must be an absolute path",
+                self.state_dir().display()
+            )));
+        }
         if self.encrypt && !self.mode.can_encrypt() {
             return Err(Error::config(
                 "ipvlan mode l2 cannot be encrypted: l2 traffic is switched by the ipvlan \
@@ -190,11 +219,23 @@ mod tests {
     #[test]
     fn defaults_are_l2_bridge_default_route_master() {
         let c = conf(serde_json::json!({})).unwrap();
+        assert_eq!(c.state_dir(), Path::new("/run/scrambler-ipvlan"));
         assert_eq!(
             (c.mode, c.flag, c.master, c.mtu, c.encrypt),
             (Mode::L2, Flag::Bridge, None, None, false)
         );
         assert_eq!(c.network, "n");
+    }
+
+    #[test]
+    fn state_dir_is_an_absolute_path() {
+        let c = conf(serde_json::json!({"stateDir": "/var/run/x"})).unwrap();
+        assert_eq!(c.state_dir(), Path::new("/var/run/x"));
+        for bad in [serde_json::json!("rel/dir"), serde_json::json!(3)] {
+            let e = conf(serde_json::json!({ "stateDir": bad })).unwrap_err();
+            assert_eq!(e.code(), 7);
+            assert!(e.to_string().contains("stateDir"), "{e}");
+        }
     }
 
     #[test]

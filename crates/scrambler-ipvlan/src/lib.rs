@@ -87,6 +87,7 @@ pub mod config;
 pub mod netlink;
 pub mod nft;
 pub mod node;
+pub mod record;
 
 pub use attach::IpvlanAttach;
 pub use config::{Flag, IpvlanConfig, Mode};
