@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -33,13 +34,16 @@ use crate::api::{interface, memclnt, vlib, vpe, MESSAGES};
 use crate::codec::Encode;
 use crate::error::VppError;
 use crate::message::{decode_message, encode_message, split_name_crc, Dump, Message, Request};
-use crate::transport::{read_frame, write_frame};
+use crate::transport::{frame_header, read_frame, write_frame};
 
 /// Message id of `sockclnt_create`: fixed, since it is sent before the client has the
 /// message table (memclnt's messages are registered first, from id 1).
 const SOCKCLNT_CREATE_ID: u16 = 15;
 /// Message id of `sockclnt_create_reply`.
 const SOCKCLNT_CREATE_REPLY_ID: u16 = 16;
+
+/// Read buffer of the socket: replies to requests sent together arrive together.
+const READ_BUFFER: usize = 64 << 10;
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -76,6 +80,9 @@ type Pending = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Vec<u8>>>>>;
 struct Inner {
     path: PathBuf,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Framed messages waiting for the writer: whoever holds it next sends all of them in
+    /// one write (requests issued together leave together).
+    outbox: Mutex<Vec<u8>>,
     /// `name_crc` -> message id, as the running VPP announced them.
     table: HashMap<String, u16>,
     pending: Pending,
@@ -141,7 +148,7 @@ impl VppClient {
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_loop(
-            rd,
+            BufReader::with_capacity(READ_BUFFER, rd),
             path.clone(),
             offsets,
             pending.clone(),
@@ -151,6 +158,7 @@ impl VppClient {
             inner: Arc::new(Inner {
                 path,
                 writer: tokio::sync::Mutex::new(wr),
+                outbox: Mutex::default(),
                 table,
                 pending,
                 closed,
@@ -363,9 +371,28 @@ impl VppClient {
     }
 
     async fn send(&self, msgs: &[Vec<u8>]) -> Result<(), VppError> {
+        {
+            let mut out = self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            for m in msgs {
+                let len = u32::try_from(m.len()).map_err(|_| {
+                    VppError::Protocol(format!("message of {} bytes is too large", m.len()))
+                })?;
+                out.extend_from_slice(&frame_header(len));
+                out.extend_from_slice(m);
+            }
+        }
         let mut w = self.inner.writer.lock().await;
-        for m in msgs {
-            write_frame(&mut *w, m, &self.inner.path).await?;
+        let batch =
+            std::mem::take(&mut *self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        // empty: a request that held the writer before us sent ours along
+        if !batch.is_empty() {
+            let io = |source| VppError::Io {
+                path: self.inner.path.clone(),
+                op: "write",
+                source,
+            };
+            w.write_all(&batch).await.map_err(io)?;
+            w.flush().await.map_err(io)?;
         }
         Ok(())
     }
@@ -411,7 +438,7 @@ fn decode_body<M: Message>(frame: &[u8]) -> Result<M, VppError> {
 
 /// Registers with `sockclnt_create`; returns our index and the message table.
 async fn handshake(
-    rd: &mut tokio::net::unix::OwnedReadHalf,
+    rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     path: &Path,
     name: &str,
@@ -479,7 +506,7 @@ async fn handshake(
 
 /// Reads frames and hands each to the request waiting on its context.
 async fn read_loop(
-    mut rd: tokio::net::unix::OwnedReadHalf,
+    mut rd: BufReader<OwnedReadHalf>,
     path: PathBuf,
     offsets: HashMap<u16, usize>,
     pending: Pending,
