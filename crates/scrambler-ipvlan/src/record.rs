@@ -72,10 +72,7 @@ impl RecordStore {
                 state_dir.display()
             )));
         }
-        if network.is_empty()
-            || network == "."
-            || network == ".."
-            || network.contains(['/', '\0'])
+        if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0'])
         {
             return Err(Error::config(format!(
                 "network name {network:?} cannot name an ipvlan state directory"
@@ -315,7 +312,10 @@ mod tests {
     #[test]
     fn host_id_is_the_netns_inode() {
         let me = host_id(&Netns::Current).unwrap();
-        assert_eq!(me, host_id(&Netns::path("/proc/thread-self/ns/net")).unwrap());
+        assert_eq!(
+            me,
+            host_id(&Netns::path("/proc/thread-self/ns/net")).unwrap()
+        );
         assert_eq!(
             host_id(&Netns::path("/run/netns/scr-not-here"))
                 .unwrap_err()

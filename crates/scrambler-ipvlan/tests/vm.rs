@@ -415,15 +415,18 @@ mod encrypted {
         })
         .unwrap();
         let secret = ClusterSecret::from_bytes(vec![0x42; 32]).unwrap();
+        let state = tempfile::tempdir().unwrap();
         let a = IpvlanAttach::new(IpvlanConfig {
             network: "pods".into(),
             master: Some("ul0".into()),
             mode,
             encrypt: true,
             cluster_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            state_dir: Some(state.path().into()),
             ..Default::default()
         })
         .unwrap();
+        let records = a.records().unwrap();
         let mut results = Vec::new();
         for i in 0..2 {
             let id = i as u32 + 1;
@@ -459,8 +462,22 @@ mod encrypted {
             let link = n.ip(&["-d", "link", "show", scrambler_ipvlan::node::NODE_LINK]);
             assert!(link.contains(&format!("mode {} ", mode.as_str())), "{link}");
             a.check(&n.netns(), &lab.req(i), &r).await.unwrap();
+            let rec = records.read(&lab.req(i).id).unwrap().expect("record");
+            assert_eq!(rec.ips, IpvlanNode::pods(&n.netns()).await.unwrap());
             results.push(r);
         }
+        // a second pod on node1
+        let pod3 = Ns::new("ivp3");
+        let req3 = AttachRequest {
+            id: AttachmentId::new("c2", "eth0"),
+            pod_netns: pod3.netns(),
+            args: vec![],
+            mtu: None,
+        };
+        a.attach(&lab.nodes[0].netns(), &req3, &addrs("10.1.1.3/24", None))
+            .await
+            .unwrap();
+        assert_eq!(records.list().unwrap().len(), 3);
         // ensure is idempotent
         let again = a
             .node_setup(
@@ -510,12 +527,41 @@ mod encrypted {
         let esp = lines.iter().filter(|l| l.contains("ESP")).count();
         assert!(esp >= 8, "ESP on the wire: {lines:#?}");
 
-        // node1: the DEL of its last pod removes the setup (twice: idempotent)
+        // node1: DEL after the pod's netns is gone (kubelet after a runtime crash)
+        // unregisters exactly that pod, from its record
+        let node1 = lab.nodes[0].netns();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        lab.pods[0].delete();
         for _ in 0..2 {
-            a.detach(&lab.nodes[0].netns(), &lab.req(0)).await.unwrap();
+            a.detach(&node1, &lab.req(0)).await.unwrap();
+        }
+        assert_eq!(
+            IpvlanNode::pods(&node1).await.unwrap(),
+            vec![ip("10.1.1.3")]
+        );
+        assert_eq!(
+            setup_seen(&lab.nodes[0]),
+            (true, true),
+            "pod c2 still needs it"
+        );
+        assert_eq!(records.read(&lab.req(0).id).unwrap(), None);
+        // GC keeps valid attachments and never touches another node's records
+        let swept = a.gc(&node1, &[req3.id.clone()]).await.unwrap();
+        assert!(swept.is_empty(), "{swept:?}");
+        assert!(
+            records.read(&lab.req(1).id).unwrap().is_some(),
+            "node2's record"
+        );
+        // the DEL of node1's last pod, netns gone, removes the setup (twice: idempotent)
+        pod3.delete();
+        for _ in 0..2 {
+            a.detach(&node1, &req3).await.unwrap();
         }
         assert_eq!(setup_seen(&lab.nodes[0]), (false, false));
-        assert!(!IpvlanNode::present(&lab.nodes[0].netns()).await.unwrap());
+        assert!(!IpvlanNode::present(&node1).await.unwrap());
+        let routes = lab.nodes[0].ip(&["route"]);
+        assert!(!routes.contains("10.1.1."), "left behind: {routes}");
+        assert_eq!(records.read(&req3.id).unwrap(), None);
         // node2: removing the setup removes all of it; the pod's DEL then is harmless
         assert!(IpvlanNode::remove(&lab.nodes[1].netns()).await.unwrap());
         assert!(!IpvlanNode::remove(&lab.nodes[1].netns()).await.unwrap());
@@ -526,8 +572,16 @@ mod encrypted {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("ipvlan setup"), "{e}");
-        a.detach(&lab.nodes[1].netns(), &lab.req(1)).await.unwrap();
+        // GC sweeps the record of an attachment the runtime no longer lists
+        let node2 = lab.nodes[1].netns();
+        assert!(a.gc(&node2, &[lab.req(1).id]).await.unwrap().is_empty());
+        let swept = a.gc(&node2, &[]).await.unwrap();
+        assert_eq!(swept, ["ipvlan attachment c1/eth0 (10.1.2.2)"]);
+        a.detach(&node2, &lab.req(1)).await.unwrap();
         assert!(!lab.pods[1].ip(&["link"]).contains("eth0"));
+        assert!(records.list().unwrap().is_empty());
+        let left: Vec<_> = std::fs::read_dir(records.dir()).unwrap().collect();
+        assert!(left.is_empty(), "files left in the state dir: {left:?}");
         for i in 0..2 {
             tunnel.remove(&lab.nodes[i].netns()).await.unwrap();
             let routes = lab.nodes[i].ip(&["route"]);
