@@ -431,21 +431,23 @@ impl Attach for IpvlanAttach {
 
     async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
         let from_link = self.detach_pod(req).await?;
-        let record = self.pod_record(host, &req.id)?;
-        if !self.cfg.encrypt && record.is_none() {
-            return Ok(());
-        }
-        let mut ips = match (from_link, &record) {
-            // an interface of someone else's, and nothing registered by us
-            (None, None) => return Ok(()),
-            (link, _) => link.unwrap_or_default(),
+        let record = self.pod_record(&req.id)?;
+        // a record made in another node namespace (one deleted since, in a lab) registered
+        // nothing here
+        let here = match &record {
+            Some(r) => r.host == host_id(host)?,
+            None => false,
         };
-        for ip in record.iter().flat_map(|r| &r.ips) {
-            if !ips.contains(ip) {
-                ips.push(*ip);
+        // `None` from the link: an interface of someone else's, left alone
+        if (self.cfg.encrypt && from_link.is_some()) || here {
+            let mut ips = from_link.unwrap_or_default();
+            for ip in record.iter().filter(|_| here).flat_map(|r| &r.ips) {
+                if !ips.contains(ip) {
+                    ips.push(*ip);
+                }
             }
+            release_node(host, &ips).await?;
         }
-        release_node(host, &ips).await?;
         if record.is_some() {
             self.records()?.remove(&req.id)?;
         }
@@ -472,31 +474,23 @@ impl IpvlanAttach {
         RecordStore::new(self.cfg.state_dir(), &self.cfg.network)
     }
 
-    /// The record of `id` made in `host`, if any. Without `"encrypt"` a network whose
-    /// name cannot name a state directory has none; a record that cannot be decoded is
-    /// logged and removed (its addresses are lost either way, and DEL must not fail
-    /// forever on it).
-    fn pod_record(&self, host: &Netns, id: &AttachmentId) -> Result<Option<Record>> {
+    /// The record of `id`, if any. Without `"encrypt"` a network whose name cannot name
+    /// a state directory has none; a record that cannot be decoded is logged and removed
+    /// (its addresses are lost either way, and DEL must not fail forever on it).
+    fn pod_record(&self, id: &AttachmentId) -> Result<Option<Record>> {
         let store = match self.records() {
             Ok(s) => s,
             Err(_) if !self.cfg.encrypt => return Ok(None),
             Err(e) => return Err(e),
         };
-        let rec = match store.read(id) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(None),
+        match store.read(id) {
             Err(e @ Error::Decode { .. }) => {
                 tracing::warn!(attachment = %id, error = %e, "unreadable ipvlan record removed");
                 store.remove(id)?;
-                return Ok(None);
+                Ok(None)
             }
-            Err(e) => return Err(e),
-        };
-        if rec.host != host_id(host)? {
-            tracing::debug!(attachment = %id, "ipvlan record of another node namespace, left alone");
-            return Ok(None);
+            other => other,
         }
-        Ok(Some(rec))
     }
 
     /// Undoes the node side of a failed ADD: unregisters the pod's addresses (removing
