@@ -13,7 +13,9 @@
 //! - MTU: the conf's `mtu`, else the master's (minus the worst-case ESP overhead when
 //!   `"encrypt": true`, so ESP never fragments).
 //!
-//! All-or-nothing: everything hangs off the slave, so deleting it undoes a failed ADD.
+//! All-or-nothing: everything in the pod hangs off the slave, so deleting it undoes a
+//! failed ADD; with `"encrypt": true` the undo also unregisters the pod from the node
+//! setup and deletes its record ([`crate::record`]).
 
 use crate::config::{IpvlanConfig, Mode};
 use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};

@@ -12,6 +12,7 @@
 //! | `mtu` | pod MTU (≤ the master's) | the master's, minus ESP overhead with `encrypt` |
 //! | `encrypt` | pod traffic to other nodes goes through the node's xfrm mesh (l3/l3s only; see below) | `false` |
 //! | `clusterCidrs` | with `encrypt`: the cluster's pod CIDRs (re-routed into the mesh, never cleartext on the master) | none: all pod traffic re-routed, no guard |
+//! | `stateDir` | with `encrypt`: absolute directory of the attachment records ([`record`]; those of network `N` in `stateDir/N/`) | `/run/scrambler-ipvlan` |
 //!
 //! ```json
 //! {"cniVersion": "1.1.0", "name": "pods", "type": "scrambler-cni", "backend": "ipvlan",
@@ -67,9 +68,26 @@
 //! every pod packet is re-routed and there is no cleartext guard). ADD registers the pod
 //! (a host route out of the node link), DEL unregisters it, and the DEL of the node's last
 //! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time); CHECK reports a
-//! pod whose addresses the setup does not route. Limits: the
-//! DEL of a pod whose namespace is already gone cannot name its addresses, so its host
-//! route (and so the setup) stays until [`IpvlanNode::remove`]; an ADD racing the DEL of
+//! pod whose addresses the setup does not route.
+//!
+//! **DEL after the pod's namespace is gone** (kubelet after a crashed runtime; CNI requires
+//! DEL to succeed then) cannot read the pod's addresses from its interface, so ADD first
+//! records them, one small file per attachment ([`record`]: `stateDir/<network>/<container
+//! id>:<ifname>`, written atomically before anything is made, removed when a failed ADD
+//! is undone). DEL unregisters the addresses of the interface and of the record, and
+//! deletes the record; with the namespace gone the record alone names them, so that pod's
+//! host route — and, for the node's last pod, the whole setup — goes. The default
+//! `stateDir` is on tmpfs, like the kernel state it describes: after a reboot neither
+//! exists. [`IpvlanAttach::gc`] (CNI GC) unregisters and deletes the records of this
+//! network's attachments on this node that the runtime no longer lists (an address a
+//! listed attachment also holds stays), removing the setup when no pod is left
+//! (scrambler-cni's GC reaches it once its `CniBackend` impl for [`IpvlanAttach`]
+//! forwards `gc`, as it does for its veth backend).
+//!
+//! Limits: a pod attached by a version without records, whose DEL comes after its
+//! namespace is gone, still leaves its host route (and so the setup) until
+//! [`IpvlanNode::remove`]; GC does not touch the interface of an unlisted attachment whose
+//! namespace still exists (the record does not name the namespace); an ADD racing the DEL of
 //! the node's last pod can fail (nothing is left half-made; the runtime retries);
 //! `ip_forward` is left on;
 //! the node link takes the pods' mode for the whole master (the kernel has one ipvlan

@@ -13,8 +13,10 @@
 //!
 //! [`IpvlanNode::ensure`] is idempotent and cheap; the CNI ADD of an `"encrypt": true`
 //! pod calls it every time, then registers the pod ([`IpvlanNode::add_pod`]); the DEL of
-//! the pod unregisters it ([`IpvlanNode::remove_pod`]) and the DEL of the last one
-//! removes the setup ([`IpvlanNode::remove`]).
+//! the pod unregisters it ([`IpvlanNode::remove_pod`]; the addresses come from the pod's
+//! interface and from its record, [`crate::record`], which is all there is once the pod's
+//! namespace is gone) and the DEL of the last one removes the setup
+//! ([`IpvlanNode::remove`]).
 
 use crate::config::Mode;
 use crate::netlink::{create_ipvlan, delete_route, ensure_route, link_mode, IpvlanSpec};
