@@ -46,7 +46,11 @@ impl CniBackend for VethAttach {
 }
 
 #[async_trait]
-impl CniBackend for IpvlanAttach {}
+impl CniBackend for IpvlanAttach {
+    async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
+        IpvlanAttach::gc(self, host, valid).await
+    }
+}
 
 #[async_trait]
 impl CniBackend for VppAttach {

@@ -219,4 +219,47 @@ fn vm_ipvlan_cni_bad_master_and_l2_encrypt_fail_cleanly() {
     let out = lab.run(0, &lab.inv("CHECK", 0), &with_prev(&other, &r));
     assert_eq!(out.code(), 103, "{}", out.stdout);
     lab.run(0, &lab.inv("DEL", 0), &conf).expect_ok();
+    assert!(lab.leases(0).is_empty(), "{:?}", lab.leases(0));
+}
+
+/// `"encrypt": true` through the binary: ADD makes the node setup (node slave `scr-ipvl`,
+/// nft table `scrambler-ipvlan`); when the pod's namespace vanishes without a DEL, CNI GC
+/// without that attachment in the valid list removes its route and the node setup.
+#[test]
+fn vm_ipvlan_cni_encrypted_gc_removes_the_node_setup() {
+    if needs_vm(FEATURES) {
+        return in_vm("vm_ipvlan_cni_encrypted_gc_removes_the_node_setup");
+    }
+    let lab = Lab::new();
+    let state = tempfile::tempdir().unwrap();
+    let mut conf = lab.conf(0, "l3");
+    conf["encrypt"] = true.into();
+    conf["clusterCidrs"] = json!(["10.1.0.0/16"]);
+    conf["stateDir"] = state.path().display().to_string().into();
+    let r = lab.run(0, &lab.inv("ADD", 0), &conf).expect_ok().json();
+    let ip = pod_ip(&r);
+    assert!(lab.nodes[0].ip(&["link"]).contains("scr-ipvl"));
+    assert!(lab.nodes[0]
+        .exec(&["nft", "list", "tables"])
+        .1
+        .contains("scrambler-ipvlan"));
+    assert!(lab.nodes[0].ip(&["route"]).contains(&ip));
+
+    // the pod vanishes without a DEL; GC with no valid attachment cleans up after it
+    lab.pods[0].delete();
+    let mut gc_conf = conf.clone();
+    gc_conf["cni.dev/valid-attachments"] = json!([]);
+    let mut gc = Invocation::new("GC", "", Path::new("/nonexistent"), "");
+    gc.netns = None;
+    lab.run(0, &gc, &gc_conf).expect_ok();
+    assert!(!lab.nodes[0].ip(&["link"]).contains("scr-ipvl"));
+    assert!(!lab.nodes[0]
+        .exec(&["nft", "list", "tables"])
+        .1
+        .contains("scrambler-ipvlan"));
+    assert!(!lab.nodes[0].ip(&["route"]).contains(&ip));
+    // (the lease stays: Debian's host-local predates CNI 1.1 and has no GC)
+    // and a late DEL is still fine, and releases it
+    lab.run(0, &lab.inv("DEL", 0), &conf).expect_ok();
+    assert!(lab.leases(0).is_empty(), "{:?}", lab.leases(0));
 }
