@@ -23,6 +23,24 @@
 //! * **VPP side**: per pod address a static neighbour (pod address → pod MAC, without FIB
 //!   entry) and a route `pod-address/32 via pod-address` out of the pod's interface.
 //!
+//! # Rings
+//!
+//! VPP's default af_packet rings take ~76 MB per interface (measured: VPP's RSS grew by
+//! 77.8 MB per pod interface; a 10-node × 5-pod lab used ~5 GB), almost all of it the TX
+//! ring (1024 frames of 66 KB). Pod interfaces use smaller rings: VPP's RSS grows by
+//! 12.4 MB per pod (measured with 5 interfaces on one VPP, `VmRSS` before/after):
+//!
+//! * **RX** ([`POD_RX_FRAME_SIZE`] × [`POD_RX_FRAMES_PER_BLOCK`] = 64 KB blocks, VPP's
+//!   default; VPP always makes 160 blocks, so 10 MB). With `AF_PACKET_API_FLAG_CKSUM_GSO`
+//!   the kernel hands VPP the pod's TCP segments unsplit (up to 64 KB), and a TPACKET_V3
+//!   block must hold a whole packet: smaller blocks would truncate them, and the block size
+//!   must be a multiple of the page size.
+//! * **TX** ([`POD_TX_FRAMES`] frames of [`POD_TX_FRAME_SIZE`] = 66 KB, 2 MB): VPP hands a
+//!   GSO packet to the pod as one frame. With 2048-byte TX frames a 100 kB TCP transfer
+//!   between two pods of one VPP stalled (`tests/attach_live.rs`); 66 KB is VPP's own
+//!   default frame size for this. The kernel empties the ring on every send (a veth
+//!   delivers synchronously), so 32 frames suffice.
+//!
 //! From VPP the pod's traffic is routed like any other: to pods of the same node through
 //! their `/32` routes, to other nodes through the ESP-protected tunnels of
 //! [`crate::tunnel::VppTunnel`].
@@ -97,6 +115,15 @@ pub const HOST_IFNAME_PREFIX: &str = "scv";
 pub const DEFAULT_API_SOCKET: &str = "/run/vpp/api.sock";
 /// Underlay MTU assumed for the default pod MTU.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+/// Frame size of a pod interface's af_packet RX ring (see the module's *Rings*).
+pub const POD_RX_FRAME_SIZE: u32 = 2048;
+/// Frames per block of a pod interface's RX ring (a block must hold a 64 KB GSO packet).
+pub const POD_RX_FRAMES_PER_BLOCK: u32 = 32;
+/// Frame size of a pod interface's af_packet TX ring (must hold a 64 KB GSO packet).
+pub const POD_TX_FRAME_SIZE: u32 = 33 * 2048;
+/// Frames (in its single block) of a pod interface's TX ring.
+pub const POD_TX_FRAMES: u32 = 32;
 
 /// VPP's longest tag (64 bytes with the NUL).
 const TAG_MAX: usize = 63;

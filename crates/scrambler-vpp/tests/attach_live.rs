@@ -252,6 +252,17 @@ async fn dual_stack_pods_exchange_tcp() {
     let (res1, res2) = (res1.unwrap(), res2.unwrap());
     att.check(&host, &r1, &res1).await.unwrap();
     att.check(&host, &r2, &res2).await.unwrap();
+    // small rings (not VPP's ~76 MB defaults), TX frames that hold a GSO packet
+    let hw = vpp.vppctl(&["show", "hardware-interfaces"]);
+    assert!(
+        hw.contains("block size:65536 nr:160")
+            && hw.contains(&format!(
+                "frame size:{} nr:{}",
+                scrambler_vpp::attach::POD_TX_FRAME_SIZE,
+                scrambler_vpp::attach::POD_TX_FRAMES
+            )),
+        "{hw}"
+    );
     assert!(
         p1.ping("fd00:9::3"),
         "IPv6 pod1 -> pod2 failed\n{}\n{}",

@@ -7,7 +7,10 @@ use ipnet::IpNet;
 use scrambler_core::{AttachmentId, Error, Result};
 use scrambler_netlink::format_mac;
 
-use super::{pod_tag, GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4};
+use super::{
+    pod_tag, GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
+    POD_RX_FRAME_SIZE, POD_TX_FRAMES, POD_TX_FRAME_SIZE,
+};
 use crate::api::types::{
     AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
     IfStatusFlags, IpNeighbor, IpNeighborFlags, IpRoute, IpTable, MacAddress,
@@ -175,6 +178,11 @@ impl Ops<'_> {
                 host_if_name: host_name.into(),
                 // let the kernel's partial checksums and GSO through as metadata
                 flags: AfPacketFlags::AF_PACKET_API_FLAG_CKSUM_GSO,
+                // small rings instead of VPP's defaults (~76 MB per interface)
+                rx_frame_size: POD_RX_FRAME_SIZE,
+                rx_frames_per_block: POD_RX_FRAMES_PER_BLOCK,
+                tx_frame_size: POD_TX_FRAME_SIZE,
+                tx_frames_per_block: POD_TX_FRAMES,
                 num_rx_queues: 1,
                 num_tx_queues: 1,
                 ..Default::default()
