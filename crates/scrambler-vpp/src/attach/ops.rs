@@ -185,7 +185,6 @@ impl Ops<'_> {
                 tx_frames_per_block: POD_TX_FRAMES,
                 num_rx_queues: 1,
                 num_tx_queues: 1,
-                ..Default::default()
             })
             .await
             .map_err(vpp_err("create af_packet interface", &name))?;
