@@ -131,7 +131,7 @@ fn startup_conf(dist: &Path, dir: &Path, prefix: &str, i: usize) -> Result<Strin
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    Ok(template
+    let conf = template
         .replace("@PREFIX@", &dist.display().to_string())
         .replace("@RUNDIR@", &dir.display().to_string())
         .replace("@APIPREFIX@", prefix)
@@ -140,7 +140,33 @@ fn startup_conf(dist: &Path, dir: &Path, prefix: &str, i: usize) -> Result<Strin
         // several VPPs share few cores: sleep in the main loop instead of spinning
         .replace("nodaemon", "nodaemon\n  poll-sleep-usec 100")
         // a lab's traffic needs far fewer buffers than a router (64 MB at 16384)
-        .replace("buffers-per-numa 16384", "buffers-per-numa 8192"))
+        .replace("buffers-per-numa 16384", "buffers-per-numa 8192");
+    // no API trace: it would record SA keys
+    api_trace_off(&conf, &tpl)
+}
+
+/// The config without VPP's API trace: with `api-trace { on }` VPP records every API
+/// message — SA keys included (`ipsec_sad_entry_add`) — in its trace, which `api trace
+/// dump/save` and post-mortem dumps write out. VPP accepts no `off` there (an unknown
+/// input stops it); without the stanza the trace stays off. A multi-line stanza is
+/// refused rather than left on.
+fn api_trace_off(conf: &str, tpl: &Path) -> Result<String> {
+    let mut out = String::with_capacity(conf.len());
+    for line in conf.lines() {
+        let t = line.trim();
+        if t.starts_with("api-trace") {
+            if !t.ends_with('}') {
+                return Err(Error::config(format!(
+                    "{}: cannot remove its multi-line api-trace stanza (VPP would record SA keys)",
+                    tpl.display()
+                )));
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// The kernel gives up the underlay address (VPP holds it) and stays quiet on the wire.
@@ -411,6 +437,20 @@ mod tests {
         assert_eq!(node_backends("xfrm", 2), ["xfrm", "xfrm"]);
         assert!(needs_no_kernel_esp("vpp") && !needs_no_kernel_esp("mixed"));
         assert!(uses_vpp("mixed") && !uses_vpp("xfrm"));
+    }
+
+    #[test]
+    fn api_trace_is_turned_off() {
+        let tpl = Path::new("startup.conf.in");
+        let conf = "unix {\n  nodaemon\n}\napi-trace { on }\nbuffers {}\n";
+        let off = api_trace_off(conf, tpl).unwrap();
+        assert_eq!(off, "unix {\n  nodaemon\n}\nbuffers {}\n");
+        assert_eq!(api_trace_off(&off, tpl).unwrap(), off);
+        assert!(api_trace_off("  api-trace { on nitems 1024 }\n", tpl)
+            .unwrap()
+            .is_empty());
+        // a form not recognised: refused rather than left on
+        assert!(api_trace_off("api-trace {\n  on\n}\n", tpl).is_err());
     }
 
     #[test]
