@@ -8,7 +8,8 @@
 //!   tarball `../shared/vpp/vpp-dist.tar.xz` (or `SCRAMBLER_VPP_TARBALL`), extracted once
 //!   into `target/vpp-dist/` by [`scrambler_vpp::dist::locate`];
 //! * its run directory is `<lab dir>/vpp-n<i>/` (startup.conf, `api.sock`, `cli.sock`, log,
-//!   `vpp.pid`), its shared-memory prefix `<lab>-n<i>-vpp`, its heap [`HEAP`];
+//!   `vpp.pid`), its shared-memory prefix `<lab>-n<i>-vpp`, its heap [`HEAP`]; the
+//!   template's `api-trace` stanza is dropped (the trace would record SA keys);
 //! * it is started detached (its own session), so it outlives `lab up`; `lab down` (and a
 //!   failed `lab up`) stops it through the pid file and removes its files;
 //! * it takes the node's underlay veth with af_packet (fixed MAC `02:fe:00:00:01:<i>`) and
