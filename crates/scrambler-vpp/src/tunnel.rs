@@ -34,6 +34,13 @@
 //!   then tunnel (admin down), SAs, protection, admin up, and only then routes into the
 //!   tunnel. A key rotation changes the protection with one atomic update and needs no drop.
 //!   Stale routes go first, stale tunnels and SAs last.
+//! * **Pipelined**: the peers are reconciled concurrently on the one API socket (up to 256
+//!   in flight, so their round trips overlap), and each phase's independent calls (stale
+//!   routes, stale tunnels, stale SAs, the state dumps) are sent together. Within a peer the
+//!   order above holds: a call is sent only after the reply of the one it depends on was
+//!   checked; only calls that do not depend on each other go out together (a new tunnel's
+//!   tag, unnumbered and IPv6; a peer's new SAs). On the first error no further call of any
+//!   peer is sent.
 //! * **Behind our back** (measured with a real VPP, `tests/failclosed_live.rs`, capturing the
 //!   underlay while a pod pings, with a 10/8 route out of the uplink in place): with its
 //!   protection deleted VPP does *not* send plain IPIP — the tunnel's midchain adjacency
