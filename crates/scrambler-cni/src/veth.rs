@@ -24,7 +24,7 @@
 //! the pod's addresses and routes. That is how a failed ADD is undone and how DEL works.
 
 use crate::fault;
-use crate::netlink::{add_address, add_route, create_veth, LinkState, Nl, RouteState, VethSpec};
+use crate::netlink::{add_route, create_veth, route_present, Nl, VethSpec};
 use crate::sysctl;
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -32,36 +32,23 @@ use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
     Route,
 };
-use sha2::{Digest, Sha256};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 
-/// The IPv4 gateway every pod routes through (an address of every host-side veth).
-pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The IPv6 gateway every pod routes through (a link-local address of every host-side veth).
-pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The routed-pod plan this attachment shares with scrambler-vpp's: the gateways (addresses
+/// of every host-side veth here), the gateway of a family, the pod's routes.
+pub use scrambler_core::routed::{gateway_for, pod_routes, GATEWAY_V4, GATEWAY_V6};
+
+/// Prefix of the names of host-side veths.
+pub const HOST_IFNAME_PREFIX: &str = "scr";
 /// Underlay MTU assumed when the node has no default route.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 /// Prefix of the `ifalias` of host-side veths.
 pub const ALIAS_PREFIX: &str = "scrambler/";
 
-/// Name of the host-side veth of an attachment.
+/// Name of the host-side veth of an attachment ([`scrambler_core::routed::host_ifname`]).
 pub fn host_ifname(id: &AttachmentId) -> String {
-    let mut h = Sha256::new();
-    h.update(id.container_id.as_bytes());
-    h.update([0u8]);
-    h.update(id.ifname.as_bytes());
-    let hex = hex::encode(h.finalize());
-    format!("scr{}", &hex[..11])
-}
-
-/// The gateway of an address family.
-pub fn gateway_for(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(GATEWAY_V4),
-        IpAddr::V6(_) => IpAddr::V6(GATEWAY_V6),
-    }
+    scrambler_core::routed::host_ifname(HOST_IFNAME_PREFIX, id)
 }
 
 /// The veth attachment of the `xfrm` backend.
@@ -154,17 +141,16 @@ impl VethAttach {
         let host_name = host_ifname(&req.id);
         tracing::debug!(stage = "veth created");
         self.fault("after-veth")?;
-        let host_link = existing(host, &host_name).await?;
+        let host_link = host.existing_link(&host_name).await?;
         host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
             .await?;
-        let pod_link = existing(pod, &req.id.ifname).await?;
+        let pod_link = pod.existing_link(&req.id.ifname).await?;
         let has_v6 = addrs.ips.iter().any(|c| c.address.addr().is_ipv6());
         let has_v4 = addrs.ips.iter().any(|c| c.address.addr().is_ipv4());
 
         // node side: gateway addresses, forwarding, link up
         if has_v4 {
-            add_address(
-                host,
+            host.add_new_address(
                 host_link.index,
                 &host_name,
                 IpNet::from(IpAddr::V4(GATEWAY_V4)),
@@ -176,7 +162,8 @@ impl VethAttach {
         if has_v6 {
             let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64)
                 .map_err(|e| Error::config(format!("gateway: {e}")))?;
-            add_address(host, host_link.index, &host_name, gw6, true).await?;
+            host.add_new_address(host_link.index, &host_name, gw6, true)
+                .await?;
             sysctl::ensure(host.netns(), "net/ipv6/conf/all/forwarding", "1").await?;
         }
         host.set_up(host_link.index, &host_name).await?;
@@ -185,7 +172,8 @@ impl VethAttach {
         let mut ips = Vec::new();
         for ipc in &addrs.ips {
             let addr = IpNet::from(ipc.address.addr());
-            add_address(pod, pod_link.index, &req.id.ifname, addr, false).await?;
+            pod.add_new_address(pod_link.index, &req.id.ifname, addr, false)
+                .await?;
             ips.push(IpConfig {
                 address: addr,
                 gateway: Some(gateway_for(addr.addr())),
@@ -232,7 +220,7 @@ impl VethAttach {
                     name: req.id.ifname.clone(),
                     mac: pod_link.mac,
                     mtu: Some(mtu),
-                    sandbox: Some(sandbox(&req.pod_netns)),
+                    sandbox: Some(req.pod_netns.sandbox()),
                 },
             ],
             ips,
@@ -240,52 +228,6 @@ impl VethAttach {
             dns: addrs.dns.clone(),
         })
     }
-}
-
-/// The routes a pod gets: the IPAM's routes (next hop replaced by our gateway), plus a
-/// default route for each address family that has an address but no route.
-pub fn pod_routes(addrs: &CniResult) -> Vec<Route> {
-    let mut routes: Vec<Route> = addrs
-        .ips
-        .iter()
-        .map(|c| c.address.addr().is_ipv6())
-        .fold(Vec::<bool>::new(), |mut fams, v6| {
-            if !fams.contains(&v6) {
-                fams.push(v6);
-            }
-            fams
-        })
-        .into_iter()
-        .flat_map(|v6| {
-            let fam_routes: Vec<Route> = addrs
-                .routes
-                .iter()
-                .filter(|r| r.dst.addr().is_ipv6() == v6)
-                .map(|r| Route {
-                    dst: r.dst.trunc(),
-                    gw: Some(gateway_for(r.dst.addr())),
-                    mtu: r.mtu,
-                })
-                .collect();
-            if fam_routes.is_empty() {
-                let dst: IpNet = if v6 {
-                    IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-                } else {
-                    IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-                }
-                .unwrap_or_default();
-                vec![Route {
-                    dst,
-                    gw: Some(gateway_for(dst.addr())),
-                    mtu: None,
-                }]
-            } else {
-                fam_routes
-            }
-        })
-        .collect();
-    routes.dedup();
-    routes
 }
 
 /// Checks that the pod namespace exists (code 3 when it does not) and is a network
@@ -301,27 +243,6 @@ pub fn check_pod_netns(netns: &Netns) -> Result<()> {
     })
 }
 
-fn sandbox(netns: &Netns) -> String {
-    match netns {
-        Netns::Path(p) => p.display().to_string(),
-        Netns::Current => "/proc/thread-self/ns/net".into(),
-    }
-}
-
-fn netns_file(netns: &Netns) -> PathBuf {
-    PathBuf::from(sandbox(netns))
-}
-
-async fn existing(nl: &Nl, name: &str) -> Result<LinkState> {
-    nl.link_by_name(name).await?.ok_or_else(|| {
-        Error::kernel(
-            "find link",
-            format!("{name} in {}", nl.netns()),
-            "it vanished after creation",
-        )
-    })
-}
-
 #[async_trait]
 impl Attach for VethAttach {
     async fn attach(
@@ -334,14 +255,7 @@ impl Attach for VethAttach {
         if addrs.ips.is_empty() {
             return Err(Error::config("IPAM returned no addresses"));
         }
-        let pod_file =
-            std::fs::File::open(netns_file(&req.pod_netns)).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
-                    "network namespace {} does not exist",
-                    req.pod_netns
-                )),
-                _ => Error::io("open netns", &req.pod_netns, e),
-            })?;
+        let pod_file = req.pod_netns.open()?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
             return Err(Error::AlreadyExists {
@@ -393,7 +307,7 @@ impl Attach for VethAttach {
         check_pod_netns(&req.pod_netns)?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let mut diffs: Vec<String> = Vec::new();
-        let sb = sandbox(&req.pod_netns);
+        let sb = req.pod_netns.sandbox();
         let Some(pod_idx) = expected
             .interfaces
             .iter()
@@ -522,15 +436,6 @@ impl Attach for VethAttach {
     }
 }
 
-fn route_present(have: &[RouteState], want: &Route, oif: u32) -> bool {
-    have.iter().any(|r| {
-        r.table == 254
-            && r.dst == want.dst.trunc()
-            && r.oif == Some(oif)
-            && (want.gw.is_none() || r.gw == want.gw)
-    })
-}
-
 fn check_failed(id: &AttachmentId, reason: String) -> Error {
     Error::CheckFailed {
         object: format!("attachment {id}"),
@@ -543,19 +448,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_names_are_stable_short_and_distinct() {
-        let a = host_ifname(&AttachmentId::new("c0ffee", "eth0"));
-        assert_eq!(a, host_ifname(&AttachmentId::new("c0ffee", "eth0")));
-        assert_eq!(a.len(), 14);
-        assert!(a.starts_with("scr"));
-        assert_ne!(a, host_ifname(&AttachmentId::new("c0ffee", "eth1")));
-        assert_ne!(
-            host_ifname(&AttachmentId::new("ab", "ceth0")),
-            host_ifname(&AttachmentId::new("abc", "eth0"))
-        );
-    }
-
-    #[test]
     fn alias_round_trips() {
         let v = VethAttach::new("net1");
         let id = AttachmentId::new("c0ffee", "eth0");
@@ -564,36 +456,5 @@ mod tests {
             VethAttach::new("net").owner_of(&v.alias(&AttachmentId::new("c", "e"))),
             None
         );
-    }
-
-    #[test]
-    fn routes_default_per_family_and_use_our_gateway() {
-        let mut r = CniResult {
-            ips: vec![IpConfig {
-                address: "10.1.0.5/24".parse().unwrap(),
-                gateway: Some("10.1.0.1".parse().unwrap()),
-                interface: None,
-            }],
-            ..Default::default()
-        };
-        let routes = pod_routes(&r);
-        assert_eq!(routes.len(), 1);
-        assert_eq!(routes[0].dst.to_string(), "0.0.0.0/0");
-        assert_eq!(routes[0].gw, Some(IpAddr::V4(GATEWAY_V4)));
-        r.routes.push(Route {
-            dst: "10.0.0.0/8".parse().unwrap(),
-            gw: Some("10.1.0.1".parse().unwrap()),
-            mtu: None,
-        });
-        r.ips.push(IpConfig {
-            address: "fd00::5/64".parse().unwrap(),
-            gateway: None,
-            interface: None,
-        });
-        let routes = pod_routes(&r);
-        assert_eq!(routes.len(), 2);
-        assert_eq!(routes[0].dst.to_string(), "10.0.0.0/8");
-        assert_eq!(routes[1].dst.to_string(), "::/0");
-        assert_eq!(routes[1].gw, Some(IpAddr::V6(GATEWAY_V6)));
     }
 }

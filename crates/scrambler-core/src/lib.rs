@@ -17,6 +17,7 @@ pub mod keys;
 pub mod mesh;
 pub mod netns;
 pub mod result;
+pub mod routed;
 pub mod traits;
 
 pub use conf::{Backend, NetConf};

@@ -101,6 +101,26 @@ impl Netns {
             .map_err(|e| Error::kernel("run in netns", "task", e))?
     }
 
+    /// The namespace's file as a CNI result names it (an interface's `sandbox`); for the
+    /// current namespace, the calling thread's.
+    pub fn sandbox(&self) -> String {
+        match self {
+            Netns::Path(p) => p.display().to_string(),
+            Netns::Current => "/proc/thread-self/ns/net".into(),
+        }
+    }
+
+    /// Opens the namespace's file ([`Netns::sandbox`]), e.g. to create a link in it. A file
+    /// that does not exist is [`Error::UnknownContainer`].
+    pub fn open(&self) -> Result<std::fs::File> {
+        std::fs::File::open(self.sandbox()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::UnknownContainer(format!("network namespace {self} does not exist"))
+            }
+            _ => Error::io("open netns", self, e),
+        })
+    }
+
     /// For messages.
     pub fn display(&self) -> String {
         match self {

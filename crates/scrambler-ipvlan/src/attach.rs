@@ -196,7 +196,7 @@ impl IpvlanAttach {
                 name: ifname.clone(),
                 mac: link.mac,
                 mtu: Some(mtu),
-                sandbox: Some(sandbox(&req.pod_netns)),
+                sandbox: Some(req.pod_netns.sandbox()),
             }],
             ips,
             routes,
@@ -253,13 +253,6 @@ fn default_dst(v6: bool) -> IpNet {
         IpNet::V6(Ipv6Net::default())
     } else {
         IpNet::V4(Ipv4Net::default())
-    }
-}
-
-fn sandbox(netns: &Netns) -> String {
-    match netns {
-        Netns::Path(p) => p.display().to_string(),
-        Netns::Current => "/proc/thread-self/ns/net".into(),
     }
 }
 
@@ -372,7 +365,7 @@ impl Attach for IpvlanAttach {
     async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
         req.pod_netns.check()?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
-        let sb = sandbox(&req.pod_netns);
+        let sb = req.pod_netns.sandbox();
         let pod_idx = expected
             .interfaces
             .iter()

@@ -1,6 +1,7 @@
-//! Netlink plumbing shared by Scrambler's attachments (scrambler-cni's veth backend and
-//! scrambler-ipvlan): an rtnetlink connection bound to one network namespace, and the link,
-//! address and route operations both need.
+//! Netlink plumbing shared by Scrambler's attachments (scrambler-cni's veth backend,
+//! scrambler-ipvlan and scrambler-vpp's attachment): an rtnetlink connection bound to one
+//! network namespace, the link, address and route operations they need, and the veth pairs
+//! of the two veth dataplanes ([`veth`]).
 //!
 //! The socket is opened on a thread that has entered the namespace
 //! ([`Netns::run_async`]); it stays bound to that namespace, so every request made through
@@ -8,6 +9,8 @@
 //! Operations specific to one attachment (creating a veth pair, an ipvlan slave) live in
 //! that attachment's crate and use [`Nl::handle`], [`errno`] and [`kernel_error`].
 #![warn(missing_docs)]
+
+pub mod veth;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -21,7 +24,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
-use scrambler_core::{Error, Netns, Result};
+use scrambler_core::{Error, Netns, Result, Route};
 use std::net::IpAddr;
 
 /// Route protocol number marking the routes Scrambler creates (`ip route … proto 0x5c`).
@@ -138,6 +141,14 @@ impl Nl {
         }
     }
 
+    /// The link called `name`, which was just created: a link that is missing is a kernel
+    /// error ("it vanished after creation").
+    pub async fn existing_link(&self, name: &str) -> Result<LinkState> {
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| Error::kernel("find link", self.obj(name), "it vanished after creation"))
+    }
+
     /// The link with index `index`, if any.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>> {
         let mut req = self.handle.link().get().match_index(index).execute();
@@ -248,6 +259,26 @@ impl Nl {
             .map_err(|e| kernel_error("add address", format!("{addr} on {}", self.obj(name)), &e))
     }
 
+    /// Adds `addr` to link `index` ([`Nl::try_add_address`]); an address already assigned
+    /// is [`Error::AlreadyExists`], any other failure a kernel error on `addr on name`.
+    pub async fn add_new_address(
+        &self,
+        index: u32,
+        name: &str,
+        addr: IpNet,
+        link_scope: bool,
+    ) -> Result<()> {
+        self.try_add_address(index, addr, link_scope)
+            .await
+            .map_err(|e| match errno(&e) {
+                Some(EEXIST) => Error::AlreadyExists {
+                    object: format!("address {addr} on {}", self.obj(name)),
+                    reason: "already assigned".into(),
+                },
+                _ => kernel_error("add address", format!("{addr} on {}", self.obj(name)), &e),
+            })
+    }
+
     /// The addresses on link `index`.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
         let msgs: Vec<_> = self
@@ -345,6 +376,17 @@ fn default_route(routes: &[RouteState], v6: bool) -> Option<&RouteState> {
     routes
         .iter()
         .find(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv6() == v6)
+}
+
+/// Whether `have` holds `want` in the main table out of link `oif` (with `want`'s gateway,
+/// when it has one).
+pub fn route_present(have: &[RouteState], want: &Route, oif: u32) -> bool {
+    have.iter().any(|r| {
+        r.table == MAIN_TABLE
+            && r.dst == want.dst.trunc()
+            && r.oif == Some(oif)
+            && (want.gw.is_none() || r.gw == want.gw)
+    })
 }
 
 /// `dst via gw` or `dst dev index`, naming a route in errors.
@@ -473,6 +515,16 @@ pub fn format_mac(mac: &[u8]) -> String {
         .join(":")
 }
 
+/// Parses a hardware address `aa:bb:cc:dd:ee:ff` (as [`format_mac`] writes it).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 /// The errno of a netlink error, if it is one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -497,4 +549,23 @@ pub fn kernel_error(
         None => e.to_string(),
     };
     Error::kernel(op, object, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse() {
+        assert_eq!(
+            parse_mac("02:5c:00:0a:ff:01"),
+            Some([2, 0x5c, 0, 10, 255, 1])
+        );
+        assert_eq!(parse_mac("02:5c"), None);
+        assert_eq!(parse_mac("02:5c:00:0a:ff:01:00"), None);
+        assert_eq!(
+            parse_mac(&format_mac(&[2, 0x5c, 0, 10, 255, 1])),
+            Some([2, 0x5c, 0, 10, 255, 1])
+        );
+    }
 }

@@ -72,35 +72,31 @@ mod netlink;
 mod ops;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
+use scrambler_core::routed::attachment_digest;
 use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
-    Route,
 };
-use scrambler_netlink::{format_mac, Nl};
-use sha2::{Digest, Sha256};
+use scrambler_netlink::veth::{create_veth, VethSpec};
+use scrambler_netlink::{format_mac, parse_mac, route_present, Nl};
 
-use self::netlink::{
-    add_address, add_neighbour, create_veth, existing, neighbours, open_pod_netns, parse_mac,
-    route_present,
-};
+use self::netlink::{add_neighbour, neighbours};
 use self::ops::{host_vpp, vpp_err, Ops};
 use crate::api::{interface, ip};
-use crate::client::{ConnectOptions, VppClient};
-use crate::error::VppError;
-use crate::tunnel::SocketResolver;
+use crate::client::VppClient;
+use crate::endpoint::{fixed_socket, NodeVpp};
 
-/// IPv4 gateway of every pod: the address of the gateway loopback.
-pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// IPv6 gateway of every pod (link-local; VPP answers no ND for it, pods have it as a
-/// permanent neighbour).
-pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The routed-pod plan this attachment shares with scrambler-cni's veth attachment: the
+/// gateways ([`GATEWAY_V4`] is the address of the gateway loopback; VPP answers no ND for
+/// [`GATEWAY_V6`], pods have it as a permanent neighbour), the gateway of a family, the
+/// pod's routes.
+pub use scrambler_core::routed::{gateway_for, pod_routes, GATEWAY_V4, GATEWAY_V6};
 /// Tag of the gateway loopback.
 pub const GATEWAY_TAG: &str = "scrambler:gateway";
 /// Instance of the gateway loopback (`loop<GATEWAY_INSTANCE>` in VPP).
@@ -128,15 +124,16 @@ pub const POD_TX_FRAMES: u32 = 32;
 /// VPP's longest tag (64 bytes with the NUL).
 const TAG_MAX: usize = 63;
 
-/// Name of the node-side veth of an attachment (and, prefixed `host-`, of its VPP interface).
+/// Name of the node-side veth of an attachment (and, prefixed `host-`, of its VPP interface;
+/// [`scrambler_core::routed::host_ifname`]).
 pub fn host_ifname(id: &AttachmentId) -> String {
-    format!("{HOST_IFNAME_PREFIX}{}", &digest_hex(id)[..11])
+    scrambler_core::routed::host_ifname(HOST_IFNAME_PREFIX, id)
 }
 
 /// MAC of the VPP interface of an attachment: locally administered, unicast, from the same
 /// digest as [`host_ifname`].
 pub fn vpp_mac(id: &AttachmentId) -> [u8; 6] {
-    let d = digest(id);
+    let d = attachment_digest(id);
     [0x02, 0x5c, d[0], d[1], d[2], d[3]]
 }
 
@@ -159,78 +156,17 @@ pub fn pod_tag(id: &AttachmentId) -> String {
     tag
 }
 
-fn digest(id: &AttachmentId) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(id.container_id.as_bytes());
-    h.update([0u8]);
-    h.update(id.ifname.as_bytes());
-    h.finalize().into()
-}
-
-fn digest_hex(id: &AttachmentId) -> String {
-    digest(id).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The gateway of an address family.
-pub fn gateway_for(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(GATEWAY_V4),
-        IpAddr::V6(_) => IpAddr::V6(GATEWAY_V6),
-    }
-}
-
-/// The routes a pod gets: the IPAM's routes with the next hop replaced by the gateway, and
-/// a default route for every address family that has an address but no route.
-pub fn pod_routes(addrs: &CniResult) -> Vec<Route> {
-    let mut out: Vec<Route> = Vec::new();
-    for v6 in [false, true] {
-        if !addrs.ips.iter().any(|c| c.address.addr().is_ipv6() == v6) {
-            continue;
-        }
-        let fam: Vec<Route> = addrs
-            .routes
-            .iter()
-            .filter(|r| r.dst.addr().is_ipv6() == v6)
-            .map(|r| Route {
-                dst: r.dst.trunc(),
-                gw: Some(gateway_for(r.dst.addr())),
-                mtu: r.mtu,
-            })
-            .collect();
-        if fam.is_empty() {
-            let any = if v6 {
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            };
-            out.push(Route {
-                dst: IpNet::new(any, 0).unwrap_or_else(|_| IpNet::from(any)),
-                gw: Some(gateway_for(any)),
-                mtu: None,
-            });
-        } else {
-            for r in fam {
-                if !out.contains(&r) {
-                    out.push(r);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The VPP attachment (implements [`Attach`]).
 #[derive(Clone)]
 pub struct VppAttach {
-    resolve: Arc<SocketResolver>,
-    opts: ConnectOptions,
+    vpp: NodeVpp,
     underlay_mtu: u32,
 }
 
 impl std::fmt::Debug for VppAttach {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VppAttach")
-            .field("opts", &self.opts)
+            .field("opts", &self.vpp.opts)
             .field("underlay_mtu", &self.underlay_mtu)
             .finish()
     }
@@ -239,8 +175,7 @@ impl std::fmt::Debug for VppAttach {
 impl VppAttach {
     /// One VPP, whose API socket is `api_socket`, for whatever node namespace is passed.
     pub fn new(api_socket: impl Into<PathBuf>) -> Self {
-        let p: PathBuf = api_socket.into();
-        Self::with_resolver(move |_| Ok(p.clone()))
+        Self::with_resolver(fixed_socket(api_socket))
     }
 
     /// A VPP per node: `resolve` maps the node's namespace to its VPP's API socket.
@@ -248,11 +183,7 @@ impl VppAttach {
         resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
     ) -> Self {
         VppAttach {
-            resolve: Arc::new(resolve),
-            opts: ConnectOptions {
-                name: "scrambler-attach".into(),
-                ..ConnectOptions::default()
-            },
+            vpp: NodeVpp::new(Arc::new(resolve), "scrambler-attach"),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
         }
     }
@@ -277,23 +208,13 @@ impl VppAttach {
 
     /// The API socket of the VPP serving `host`.
     pub fn api_socket(&self, host: &Netns) -> Result<PathBuf> {
-        (self.resolve)(host)
+        self.vpp.api_socket(host)
     }
 
     /// Connects to the VPP of `host`. A socket that does not exist or refuses connections
     /// is [`Error::TryAgainLater`] (VPP not running) naming the socket.
     pub async fn connect(&self, host: &Netns) -> Result<VppClient> {
-        let path = self.api_socket(host)?;
-        VppClient::connect_with(&path, self.opts.clone())
-            .await
-            .map_err(|e| match vpp_not_running(&e) {
-                true => Error::TryAgainLater(format!(
-                    "VPP API socket {} is not there or refuses connections: is VPP running, and \
-                     is this its api socket? ({e})",
-                    path.display()
-                )),
-                false => e.into(),
-            })
+        self.vpp.connect_or_try_later(host).await
     }
 
     /// Removes the gateway loopback from the VPP of `host` (when no pod is attached any
@@ -365,9 +286,9 @@ impl VppAttach {
         mtu: u32,
     ) -> Result<CniResult> {
         let host_name = host_ifname(&req.id);
-        let host_link = existing(host, &host_name).await?;
+        let host_link = host.existing_link(&host_name).await?;
         host.set_up(host_link.index, &host_name).await?;
-        let pod_link = existing(pod, &req.id.ifname).await?;
+        let pod_link = pod.existing_link(&req.id.ifname).await?;
         let pod_mac = pod_link.mac.as_deref().and_then(parse_mac).ok_or_else(|| {
             Error::kernel(
                 "read MAC of",
@@ -415,7 +336,8 @@ impl VppAttach {
         let mut ips = Vec::new();
         for c in &addrs.ips {
             let a = IpNet::from(c.address.addr());
-            add_address(pod, pod_link.index, &req.id.ifname, a).await?;
+            pod.add_new_address(pod_link.index, &req.id.ifname, a, false)
+                .await?;
             ips.push(IpConfig {
                 address: a,
                 gateway: Some(gateway_for(a.addr())),
@@ -460,7 +382,7 @@ impl VppAttach {
                     name: req.id.ifname.clone(),
                     mac: pod_link.mac,
                     mtu: Some(mtu),
-                    sandbox: Some(sandbox(&req.pod_netns)),
+                    sandbox: Some(req.pod_netns.sandbox()),
                 },
             ],
             ips,
@@ -489,7 +411,7 @@ impl VppAttach {
         vmac: [u8; 6],
         diffs: &mut Vec<String>,
     ) -> Result<Option<[u8; 6]>> {
-        let sb = sandbox(&req.pod_netns);
+        let sb = req.pod_netns.sandbox();
         let pod_idx = expected
             .interfaces
             .iter()
@@ -664,18 +586,6 @@ impl VppAttach {
     }
 }
 
-fn vpp_not_running(e: &VppError) -> bool {
-    matches!(e, VppError::Io { source, .. }
-        if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
-}
-
-fn sandbox(netns: &Netns) -> String {
-    match netns {
-        Netns::Path(p) => p.display().to_string(),
-        Netns::Current => "/proc/thread-self/ns/net".into(),
-    }
-}
-
 fn pod_ips(expected: &CniResult, pod_idx: usize) -> Vec<IpNet> {
     expected
         .ips
@@ -707,7 +617,7 @@ impl Attach for VppAttach {
         let mtu = self.pod_mtu(req.mtu)?;
         let c = self.connect(host).await?;
         let ops = Ops { c: &c };
-        let pod_file = open_pod_netns(&req.pod_netns)?;
+        let pod_file = req.pod_netns.open()?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
             return Err(Error::AlreadyExists {
@@ -729,10 +639,12 @@ impl Attach for VppAttach {
         }
         create_veth(
             &host_nl,
-            &host_name,
-            &req.id.ifname,
-            pod_file.as_raw_fd(),
-            mtu,
+            &VethSpec {
+                name: &host_name,
+                peer_name: &req.id.ifname,
+                peer_netns_fd: pod_file.as_raw_fd(),
+                mtu,
+            },
         )
         .await?;
         drop(pod_file);
@@ -764,7 +676,7 @@ impl Attach for VppAttach {
         let pod_mac = self
             .check_pod(&pod_nl, req, expected, vmac, &mut diffs)
             .await?;
-        let sb = sandbox(&req.pod_netns);
+        let sb = req.pod_netns.sandbox();
         let pod_idx = expected
             .interfaces
             .iter()
@@ -834,16 +746,8 @@ mod tests {
     #[test]
     fn names_macs_and_tags_are_stable_and_bounded() {
         let id = AttachmentId::new("c0ffee", "eth0");
-        assert_eq!(host_ifname(&id), host_ifname(&id.clone()));
+        assert!(host_ifname(&id).starts_with(HOST_IFNAME_PREFIX));
         assert_eq!(host_ifname(&id).len(), 14);
-        assert_ne!(
-            host_ifname(&id),
-            host_ifname(&AttachmentId::new("c0ffee", "eth1"))
-        );
-        assert_ne!(
-            host_ifname(&AttachmentId::new("ab", "ceth0")),
-            host_ifname(&AttachmentId::new("abc", "eth0"))
-        );
         let m = vpp_mac(&id);
         assert_eq!(m[0] & 1, 0, "unicast");
         assert_eq!(m[0] & 2, 2, "locally administered");
@@ -854,46 +758,5 @@ mod tests {
             t.len() <= 63 && t.starts_with(POD_TAG_PREFIX) && t.ends_with("/eth0123456789ab"),
             "{t}"
         );
-    }
-
-    #[test]
-    fn routes_default_per_family_via_the_gateway() {
-        let mut r = CniResult {
-            ips: vec![IpConfig {
-                address: "10.1.0.5/24".parse().unwrap(),
-                gateway: None,
-                interface: None,
-            }],
-            ..Default::default()
-        };
-        let routes = pod_routes(&r);
-        assert_eq!(routes.len(), 1);
-        assert_eq!(routes[0].dst.to_string(), "0.0.0.0/0");
-        assert_eq!(routes[0].gw, Some(IpAddr::V4(GATEWAY_V4)));
-        r.routes.push(Route {
-            dst: "10.0.0.0/8".parse().unwrap(),
-            gw: Some("10.1.0.1".parse().unwrap()),
-            mtu: None,
-        });
-        r.ips.push(IpConfig {
-            address: "fd00::5/64".parse().unwrap(),
-            gateway: None,
-            interface: None,
-        });
-        let routes = pod_routes(&r);
-        assert_eq!(routes.len(), 2);
-        assert_eq!(routes[0].dst.to_string(), "10.0.0.0/8");
-        assert_eq!(routes[1].dst.to_string(), "::/0");
-        assert_eq!(routes[1].gw, Some(IpAddr::V6(GATEWAY_V6)));
-    }
-
-    #[test]
-    fn macs_parse() {
-        assert_eq!(
-            parse_mac("02:5c:00:0a:ff:01"),
-            Some([2, 0x5c, 0, 10, 255, 1])
-        );
-        assert_eq!(parse_mac("02:5c"), None);
-        assert_eq!(parse_mac("02:5c:00:0a:ff:01:00"), None);
     }
 }

@@ -26,6 +26,7 @@ pub mod client;
 pub mod codec;
 pub mod convert;
 pub mod dist;
+mod endpoint;
 pub mod error;
 pub mod message;
 pub mod stats;

@@ -90,7 +90,8 @@ use crate::api::types::{
     IpsecTunnelProtect, Key, TunnelMode,
 };
 use crate::api::{interface, ip, ipip, ipsec};
-use crate::client::{ConnectOptions, VppClient};
+use crate::client::VppClient;
+use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
 use crate::error::VppError;
 use crate::stats::{Combined, StatValue, StatsClient, StatsError};
 
@@ -103,8 +104,6 @@ pub const TAG_PREFIX: &str = "scrambler:peer=";
 /// The path preference marking Scrambler's routes (VPP routes carry no tag; with a single
 /// path per route the preference does not change forwarding).
 pub const ROUTE_PREFERENCE: u8 = 0x5c;
-
-const DATAPLANE: &str = "vpp";
 
 /// Key in [`TunnelStatus::errors`]: peers whose outbound SA was lost while its key
 /// generation is live; they stay behind drop routes (fail closed) until a key rotation.
@@ -151,8 +150,7 @@ pub fn owned_sa(id: u32) -> bool {
     id & 0xff00_0000 == SA_ID_BASE
 }
 
-/// Finds the API socket of the VPP serving a node, given the node's network namespace.
-pub type SocketResolver = dyn Fn(&Netns) -> Result<PathBuf> + Send + Sync;
+pub use crate::endpoint::SocketResolver;
 
 /// The VPP dataplane (implements [`Tunnel`]).
 ///
@@ -167,15 +165,14 @@ pub type SocketResolver = dyn Fn(&Netns) -> Result<PathBuf> + Send + Sync;
 /// ```
 #[derive(Clone)]
 pub struct VppTunnel {
-    resolve: Arc<SocketResolver>,
+    vpp: NodeVpp,
     stats: Arc<SocketResolver>,
-    opts: ConnectOptions,
 }
 
 impl std::fmt::Debug for VppTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VppTunnel")
-            .field("opts", &self.opts)
+            .field("opts", &self.vpp.opts)
             .finish()
     }
 }
@@ -183,8 +180,7 @@ impl std::fmt::Debug for VppTunnel {
 impl VppTunnel {
     /// One VPP, whose API socket is `api_socket`, for whatever namespace is passed.
     pub fn new(api_socket: impl Into<PathBuf>) -> Self {
-        let p: PathBuf = api_socket.into();
-        Self::with_resolver(move |_| Ok(p.clone()))
+        Self::with_resolver(fixed_socket(api_socket))
     }
 
     /// A VPP per node: `resolve` maps the node's namespace to its VPP's API socket.
@@ -197,12 +193,8 @@ impl VppTunnel {
         let resolve: Arc<SocketResolver> = Arc::new(resolve);
         let api = resolve.clone();
         VppTunnel {
-            resolve,
+            vpp: NodeVpp::new(resolve, "scrambler-tunnel"),
             stats: Arc::new(move |ns| Ok(api(ns)?.with_file_name("stats.sock"))),
-            opts: ConnectOptions {
-                name: "scrambler-tunnel".into(),
-                ..ConnectOptions::default()
-            },
         }
     }
 
@@ -216,8 +208,7 @@ impl VppTunnel {
     }
 
     async fn connect(&self, netns: &Netns) -> Result<VppClient> {
-        let path = (self.resolve)(netns)?;
-        Ok(VppClient::connect_with(&path, self.opts.clone()).await?)
+        self.vpp.connect(netns).await
     }
 
     /// The counters of every owned SA and tunnel of the node's VPP, per peer of `mesh`,
@@ -683,20 +674,6 @@ fn route_path(to: Steer, v6: bool) -> FibPath {
             ..Default::default()
         },
         ..Default::default()
-    }
-}
-
-/// Maps a VPP failure to the core error, saying which object and operation.
-fn vpp_err(op: &str, object: &str) -> impl FnOnce(VppError) -> Error {
-    let what = format!("{op} {object}");
-    move |e| match e {
-        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => e.into(),
-        VppError::Timeout { .. } => e.into(),
-        e => Error::Dataplane {
-            dataplane: DATAPLANE.into(),
-            op: what,
-            reason: e.to_string(),
-        },
     }
 }
 

@@ -1,77 +1,13 @@
-//! The kernel side of a VPP attachment: the veth pair, the pod's addresses and its
-//! permanent gateway neighbour, over [`scrambler_netlink`].
+//! The kernel side of a VPP attachment that only VPP needs: the pod's permanent gateway
+//! neighbour, over [`scrambler_netlink`] (the veth pair, addresses and routes are
+//! [`scrambler_netlink`]'s own).
 
 use std::net::IpAddr;
-use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use ipnet::IpNet;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
-use scrambler_core::{Error, Netns, Result, Route};
-use scrambler_netlink::{errno, format_mac, kernel_error, LinkState, Nl, RouteState, EEXIST};
-
-pub(super) fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in out.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-pub(super) fn route_present(have: &[RouteState], want: &Route, oif: u32) -> bool {
-    have.iter().any(|r| {
-        r.table == scrambler_netlink::MAIN_TABLE
-            && r.dst == want.dst.trunc()
-            && r.oif == Some(oif)
-            && (want.gw.is_none() || r.gw == want.gw)
-    })
-}
-
-pub(super) async fn existing(nl: &Nl, name: &str) -> Result<LinkState> {
-    nl.link_by_name(name)
-        .await?
-        .ok_or_else(|| Error::kernel("find link", nl.obj(name), "it vanished after creation"))
-}
-
-/// Creates the veth pair: `host_name` here, `pod_name` in the namespace of `pod_fd`.
-pub(super) async fn create_veth(
-    host: &Nl,
-    host_name: &str,
-    pod_name: &str,
-    pod_fd: RawFd,
-    mtu: u32,
-) -> Result<()> {
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(pod_name.to_string())
-        .mtu(mtu)
-        .setns_by_fd(pod_fd)
-        .build();
-    let msg = LinkVeth::new(host_name, pod_name)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .mtu(mtu)
-        .build();
-    let exists = Error::AlreadyExists {
-        object: format!("veth {host_name} / {pod_name}"),
-        reason: "an interface with that name exists".into(),
-    };
-    host.add_link(msg, "create veth", host_name, exists).await
-}
-
-pub(super) async fn add_address(nl: &Nl, index: u32, name: &str, addr: IpNet) -> Result<()> {
-    nl.try_add_address(index, addr, false)
-        .await
-        .map_err(|e| match errno(&e) {
-            Some(EEXIST) => Error::AlreadyExists {
-                object: format!("address {addr} on {}", nl.obj(name)),
-                reason: "already assigned".into(),
-            },
-            _ => kernel_error("add address", format!("{addr} on {}", nl.obj(name)), &e),
-        })
-}
+use scrambler_core::Result;
+use scrambler_netlink::{format_mac, kernel_error, Nl};
 
 pub(super) async fn add_neighbour(
     nl: &Nl,
@@ -132,17 +68,4 @@ pub(super) async fn neighbours(
             Some((ip?, mac, m.header.state == NeighbourState::Permanent))
         })
         .collect())
-}
-
-pub(super) fn open_pod_netns(netns: &Netns) -> Result<std::fs::File> {
-    let path: PathBuf = match netns {
-        Netns::Path(p) => p.clone(),
-        Netns::Current => Path::new("/proc/thread-self/ns/net").to_path_buf(),
-    };
-    std::fs::File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::UnknownContainer(format!("network namespace {netns} does not exist"))
-        }
-        _ => Error::io("open netns", netns, e),
-    })
 }

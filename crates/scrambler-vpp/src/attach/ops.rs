@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use scrambler_core::{AttachmentId, Error, Result};
+use scrambler_core::{AttachmentId, Result};
 use scrambler_netlink::format_mac;
 
 use super::{
@@ -17,27 +17,12 @@ use crate::api::types::{
 };
 use crate::api::{af_packet, interface, ip, ip_neighbor};
 use crate::client::VppClient;
-use crate::error::{retval, VppError};
-
-const DATAPLANE: &str = "vpp";
+pub(super) use crate::endpoint::vpp_err;
+use crate::error::retval;
 
 /// The VPP name of the af_packet interface on the node veth `host_name`.
 pub(super) fn host_vpp(host_name: &str) -> String {
     format!("host-{host_name}")
-}
-
-/// Maps a VPP failure to the core error, saying which object and operation.
-pub(super) fn vpp_err(op: &str, object: &str) -> impl FnOnce(VppError) -> Error {
-    let what = format!("{op} {object}");
-    move |e| match e {
-        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => e.into(),
-        VppError::Timeout { .. } => e.into(),
-        e => Error::Dataplane {
-            dataplane: DATAPLANE.into(),
-            op: what,
-            reason: e.to_string(),
-        },
-    }
 }
 
 /// One pod interface as VPP has it.

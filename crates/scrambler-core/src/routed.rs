@@ -1,0 +1,166 @@
+//! The routed-pod plan both veth dataplanes share (scrambler-cni's `xfrm` veth attachment and
+//! scrambler-vpp's attachment): a pod has no on-link subnet and routes everything through a
+//! link-local gateway that is the same in every pod ([`GATEWAY_V4`], [`GATEWAY_V6`]), and the
+//! node end of its veth is named from the attachment id ([`host_ifname`]).
+//!
+//! Pure data: which gateway, which routes, which name. The dataplanes put it into the kernel
+//! or VPP.
+
+use crate::result::{CniResult, Route};
+use crate::traits::AttachmentId;
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The IPv4 gateway every pod routes through.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 gateway every pod routes through (link-local).
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// Hex digits of [`attachment_digest`] in a [`host_ifname`] (with a 3-byte prefix the name
+/// stays within the kernel's 15 bytes).
+pub const HOST_IFNAME_DIGITS: usize = 11;
+
+/// The gateway of an address family.
+pub fn gateway_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(GATEWAY_V4),
+        IpAddr::V6(_) => IpAddr::V6(GATEWAY_V6),
+    }
+}
+
+/// SHA-256 over container id, a NUL and ifname: stable and distinct per attachment.
+pub fn attachment_digest(id: &AttachmentId) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(id.container_id.as_bytes());
+    h.update([0u8]);
+    h.update(id.ifname.as_bytes());
+    h.finalize().into()
+}
+
+/// Name of the node end of an attachment's veth: `prefix` and the first
+/// [`HOST_IFNAME_DIGITS`] hex digits of [`attachment_digest`].
+pub fn host_ifname(prefix: &str, id: &AttachmentId) -> String {
+    let hex = hex::encode(attachment_digest(id));
+    format!("{prefix}{}", &hex[..HOST_IFNAME_DIGITS])
+}
+
+/// The routes a pod gets: the IPAM's routes with the next hop replaced by the gateway, and
+/// a default route for every address family that has an address but no route; IPv4 first,
+/// each route once.
+pub fn pod_routes(addrs: &CniResult) -> Vec<Route> {
+    let mut out: Vec<Route> = Vec::new();
+    for v6 in [false, true] {
+        if !addrs.ips.iter().any(|c| c.address.addr().is_ipv6() == v6) {
+            continue;
+        }
+        let fam: Vec<Route> = addrs
+            .routes
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv6() == v6)
+            .map(|r| Route {
+                dst: r.dst.trunc(),
+                gw: Some(gateway_for(r.dst.addr())),
+                mtu: r.mtu,
+            })
+            .collect();
+        if fam.is_empty() {
+            let any = if v6 {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            out.push(Route {
+                dst: IpNet::new(any, 0).unwrap_or_else(|_| IpNet::from(any)),
+                gw: Some(gateway_for(any)),
+                mtu: None,
+            });
+        } else {
+            for r in fam {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::IpConfig;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_ifname("scr", &AttachmentId::new("c0ffee", "eth0"));
+        assert_eq!(a, host_ifname("scr", &AttachmentId::new("c0ffee", "eth0")));
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with("scr"));
+        assert_ne!(a, host_ifname("scr", &AttachmentId::new("c0ffee", "eth1")));
+        assert_ne!(
+            host_ifname("scr", &AttachmentId::new("ab", "ceth0")),
+            host_ifname("scr", &AttachmentId::new("abc", "eth0"))
+        );
+    }
+
+    #[test]
+    fn routes_default_per_family_and_use_the_gateway() {
+        let mut r = CniResult {
+            ips: vec![IpConfig {
+                address: "10.1.0.5/24".parse().unwrap(),
+                gateway: Some("10.1.0.1".parse().unwrap()),
+                interface: None,
+            }],
+            ..Default::default()
+        };
+        let routes = pod_routes(&r);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].dst.to_string(), "0.0.0.0/0");
+        assert_eq!(routes[0].gw, Some(IpAddr::V4(GATEWAY_V4)));
+        r.routes.push(Route {
+            dst: "10.0.0.0/8".parse().unwrap(),
+            gw: Some("10.1.0.1".parse().unwrap()),
+            mtu: None,
+        });
+        r.ips.push(IpConfig {
+            address: "fd00::5/64".parse().unwrap(),
+            gateway: None,
+            interface: None,
+        });
+        let routes = pod_routes(&r);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].dst.to_string(), "10.0.0.0/8");
+        assert_eq!(routes[1].dst.to_string(), "::/0");
+        assert_eq!(routes[1].gw, Some(IpAddr::V6(GATEWAY_V6)));
+    }
+
+    #[test]
+    fn routes_are_listed_once_ipv4_first() {
+        let r = CniResult {
+            ips: vec![
+                IpConfig {
+                    address: "fd00::5/64".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                },
+                IpConfig {
+                    address: "10.1.0.5/24".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                },
+            ],
+            routes: ["10.0.0.0/8", "10.2.0.0/16", "10.0.0.1/8"]
+                .iter()
+                .map(|d| Route {
+                    dst: d.parse().unwrap(),
+                    gw: None,
+                    mtu: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let dsts: Vec<String> = pod_routes(&r).iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(dsts, ["10.0.0.0/8", "10.2.0.0/16", "::/0"]);
+    }
+}

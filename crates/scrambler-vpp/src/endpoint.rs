@@ -1,0 +1,91 @@
+//! The VPP of a node, as both dataplane halves ([`crate::tunnel`], [`crate::attach`]) reach
+//! it: a resolver from the node's namespace to its VPP's API socket, connecting with the
+//! half's client name, and the mapping of VPP failures to [`scrambler_core::Error`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use scrambler_core::{Error, Netns, Result};
+
+use crate::client::{ConnectOptions, VppClient};
+use crate::error::VppError;
+
+/// The dataplane name in [`Error::Dataplane`].
+pub(crate) const DATAPLANE: &str = "vpp";
+
+/// Finds the API socket of the VPP serving a node, given the node's network namespace.
+pub type SocketResolver = dyn Fn(&Netns) -> Result<PathBuf> + Send + Sync;
+
+/// A resolver that answers `api_socket` for every namespace (one VPP).
+pub(crate) fn fixed_socket(
+    api_socket: impl Into<PathBuf>,
+) -> impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static {
+    let p: PathBuf = api_socket.into();
+    move |_| Ok(p.clone())
+}
+
+/// Where a node's VPP is, and how to connect to it.
+#[derive(Clone)]
+pub(crate) struct NodeVpp {
+    pub(crate) resolve: Arc<SocketResolver>,
+    pub(crate) opts: ConnectOptions,
+}
+
+impl NodeVpp {
+    /// Connections named `client_name` to the VPP `resolve` finds.
+    pub(crate) fn new(resolve: Arc<SocketResolver>, client_name: &str) -> Self {
+        NodeVpp {
+            resolve,
+            opts: ConnectOptions {
+                name: client_name.into(),
+                ..ConnectOptions::default()
+            },
+        }
+    }
+
+    /// The API socket of the VPP serving `netns`.
+    pub(crate) fn api_socket(&self, netns: &Netns) -> Result<PathBuf> {
+        (self.resolve)(netns)
+    }
+
+    /// Connects to the VPP of `netns`.
+    pub(crate) async fn connect(&self, netns: &Netns) -> Result<VppClient> {
+        let path = self.api_socket(netns)?;
+        Ok(VppClient::connect_with(&path, self.opts.clone()).await?)
+    }
+
+    /// Connects to the VPP of `netns`; a socket that does not exist or refuses connections
+    /// is [`Error::TryAgainLater`] (VPP not running) naming the socket.
+    pub(crate) async fn connect_or_try_later(&self, netns: &Netns) -> Result<VppClient> {
+        let path = self.api_socket(netns)?;
+        VppClient::connect_with(&path, self.opts.clone())
+            .await
+            .map_err(|e| match vpp_not_running(&e) {
+                true => Error::TryAgainLater(format!(
+                    "VPP API socket {} is not there or refuses connections: is VPP running, and \
+                     is this its api socket? ({e})",
+                    path.display()
+                )),
+                false => e.into(),
+            })
+    }
+}
+
+fn vpp_not_running(e: &VppError) -> bool {
+    matches!(e, VppError::Io { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+}
+
+/// Maps a VPP failure to the core error, saying which object and operation.
+pub(crate) fn vpp_err(op: &str, object: &str) -> impl FnOnce(VppError) -> Error {
+    let what = format!("{op} {object}");
+    move |e| match e {
+        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => e.into(),
+        VppError::Timeout { .. } => e.into(),
+        e => Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: what,
+            reason: e.to_string(),
+        },
+    }
+}
