@@ -7,8 +7,13 @@
 //! killed and its namespace removed on drop, also when a test panics (and, through
 //! `PR_SET_PDEATHSIG`, when the test process dies).
 
+use crate::api::af_packet::{AfPacketCreateV3, AfPacketDump};
+use crate::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
+use crate::api::types::{AfPacketFlags, AfPacketMode, IfStatusFlags, InterfaceIndex, MacAddress};
 use crate::client::{ConnectOptions, VppClient};
 use scrambler_core::netns::testing::TestNetns;
+use scrambler_core::Netns;
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -149,6 +154,98 @@ impl VppInstance {
         String::from_utf8_lossy(&out.stdout).replace('\r', "")
     }
 
+    /// Makes a VPP interface on the Linux link `name` of VPP's namespace (af_packet,
+    /// Ethernet mode, MAC `mac`), sets it up and gives it `addr` (a prefix such as
+    /// `192.0.2.1/24`); returns its `sw_if_index`.
+    pub async fn host_interface(&self, name: &str, mac: [u8; 6], addr: &str) -> InterfaceIndex {
+        self.host_interface_with(name, mac, addr, AfPacketFlags::default())
+            .await
+    }
+
+    /// [`VppInstance::host_interface`] with af_packet `flags` (e.g. `CKSUM_GSO` for a pod).
+    pub async fn host_interface_with(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        addr: &str,
+        flags: AfPacketFlags,
+    ) -> InterfaceIndex {
+        let c = self.client().await;
+        let r = c
+            .request(&AfPacketCreateV3 {
+                mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
+                hw_addr: MacAddress(mac),
+                host_if_name: name.into(),
+                flags,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("af_packet_create {name}: {e}"));
+        c.request(&SwInterfaceSetFlags {
+            sw_if_index: r.sw_if_index,
+            flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("set {name} up: {e}"));
+        let prefix: ipnet::IpNet = addr.parse().expect("interface address");
+        c.request(&SwInterfaceAddDelAddress {
+            sw_if_index: r.sw_if_index,
+            is_add: true,
+            del_all: false,
+            prefix: prefix.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("add {addr} to {name}: {e}"));
+        let _ = c.close().await;
+        r.sw_if_index
+    }
+
+    /// The Linux links VPP has af_packet interfaces on.
+    pub async fn af_packet_names(&self) -> Vec<String> {
+        let c = self.client().await;
+        let names = c
+            .dump(&AfPacketDump {})
+            .await
+            .expect("af_packet_dump")
+            .into_iter()
+            .map(|a| a.host_if_name)
+            .collect();
+        let _ = c.close().await;
+        names
+    }
+
+    /// Captures with tcpdump on the Linux link `dev` of VPP's namespace while `f` runs;
+    /// returns tcpdump's text of the packets that match the pcap `filter` (empty: all)
+    /// and what `f` returned.
+    pub fn capture<T>(&self, dev: &str, filter: &str, f: impl FnOnce() -> T) -> (String, T) {
+        let file = self.run_dir.join(format!("{dev}.pcap"));
+        let mut td = Command::new("ip")
+            .args(["netns", "exec", &self.netns.name, "tcpdump", "-nni", dev])
+            .args(["-U", "-w"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = f();
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(pid) = i32::try_from(td.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        let _ = td.wait();
+        let mut cmd = Command::new("tcpdump");
+        cmd.arg("-nnr").arg(&file);
+        if !filter.is_empty() {
+            cmd.arg(filter);
+        }
+        let out = cmd.output().expect("tcpdump -r");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), r)
+    }
+
     /// VPP's stdout and log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -197,6 +294,35 @@ impl VppInstance {
             }
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Turns IPv6 off in `ns` (no router solicitations or MLD chatter on captured links).
+pub fn quiet_ipv6(ns: &TestNetns) {
+    for k in ["all", "default"] {
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+        ]);
+    }
+}
+
+/// A socket resolver for [`crate::VppTunnel::with_resolver`] and
+/// [`crate::VppAttach::with_resolver`]: the namespace of each of `vpps` to its `api.sock`.
+pub fn api_sock_resolver(
+    vpps: &[&VppInstance],
+) -> impl Fn(&Netns) -> scrambler_core::Result<PathBuf> + Clone + Send + Sync + 'static {
+    let socks: HashMap<PathBuf, PathBuf> = vpps
+        .iter()
+        .map(|v| (v.netns.path(), v.api_sock()))
+        .collect();
+    move |ns: &Netns| match ns {
+        Netns::Path(p) => socks
+            .get(p)
+            .cloned()
+            .ok_or_else(|| scrambler_core::Error::config("unknown node")),
+        Netns::Current => Err(scrambler_core::Error::config("no VPP here")),
     }
 }
 

@@ -1,25 +1,21 @@
 //! Pods attached to a real VPP with [`VppAttach`]: ping between pods of one VPP, clean
 //! DEL, all-or-nothing ADD, honest CHECK, and pods on two VPP nodes talking over ESP.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod two_nodes;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use scrambler_core::netns::testing::{veth, TestNetns};
-use scrambler_core::{
-    Attach, AttachRequest, AttachmentId, Cluster, ClusterSecret, CniResult, IpConfig, Keys, Netns,
-    Node, NodeId, Tunnel,
-};
-use scrambler_vpp::api::af_packet::{AfPacketCreateV3, AfPacketDump};
-use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
+use scrambler_core::netns::testing::TestNetns;
+use scrambler_core::{Attach, AttachRequest, AttachmentId, CniResult, IpConfig, Netns, Tunnel};
+use scrambler_vpp::api::af_packet::AfPacketDump;
 use scrambler_vpp::api::ip::IpRouteDump;
 use scrambler_vpp::api::ip_neighbor::{IpNeighborAddDel, IpNeighborDump};
-use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, IpTable, MacAddress};
+use scrambler_vpp::api::types::IpTable;
 use scrambler_vpp::attach::{host_ifname, VppAttach, GATEWAY_TAG};
-use scrambler_vpp::testing::VppInstance;
-use scrambler_vpp::tunnel::VppTunnel;
+use scrambler_vpp::testing::{api_sock_resolver, quiet_ipv6, VppInstance};
 use scrambler_vpp::VppClient;
+use two_nodes::{capture, TwoNodes};
 
 fn addrs(ips: &[&str]) -> CniResult {
     CniResult {
@@ -41,16 +37,6 @@ fn request(pod: &TestNetns, cid: &str) -> AttachRequest {
         pod_netns: pod.netns(),
         args: vec![],
         mtu: None,
-    }
-}
-
-fn quiet_v6(ns: &TestNetns) {
-    for k in ["all", "default"] {
-        ns.exec(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-        ]);
     }
 }
 
@@ -96,7 +82,7 @@ fn links(ns: &TestNetns) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
     let vpp = VppInstance::start("att1", 0).await;
-    quiet_v6(&vpp.netns);
+    quiet_ipv6(&vpp.netns);
     let host = vpp.netns.netns();
     let att = VppAttach::new(vpp.api_sock());
     let p1 = TestNetns::new("att1p");
@@ -283,7 +269,7 @@ async fn dual_stack_pods_exchange_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_add_leaves_nothing() {
     let vpp = VppInstance::start("att2", 1).await;
-    quiet_v6(&vpp.netns);
+    quiet_ipv6(&vpp.netns);
     let host = vpp.netns.netns();
     let att = VppAttach::new(vpp.api_sock());
     let c = vpp.client().await;
@@ -354,117 +340,14 @@ async fn failed_add_leaves_nothing() {
     c.close().await.unwrap();
 }
 
-async fn uplink(c: &VppClient, name: &str, mac: [u8; 6], addr: &str) {
-    let r = c
-        .request(&AfPacketCreateV3 {
-            mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
-            hw_addr: MacAddress(mac),
-            host_if_name: name.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    c.request(&SwInterfaceSetFlags {
-        sw_if_index: r.sw_if_index,
-        flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
-    })
-    .await
-    .unwrap();
-    c.request(&SwInterfaceAddDelAddress {
-        sw_if_index: r.sw_if_index,
-        is_add: true,
-        del_all: false,
-        prefix: addr.parse::<ipnet::IpNet>().unwrap().into(),
-    })
-    .await
-    .unwrap();
-}
-
-fn mesh_node(name: &str, id: u32, n: u8) -> Node {
-    Node {
-        name: name.into(),
-        id: NodeId::new(id).unwrap(),
-        underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
-        pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
-    }
-}
-
-/// Captures on `ns`'s `ul0` while `f` runs; returns tcpdump's text of the packets.
-fn capture(vpp: &VppInstance, f: impl FnOnce()) -> String {
-    let file = vpp.run_dir.join("ul0.pcap");
-    let mut td = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &vpp.netns.name,
-            "tcpdump",
-            "-nni",
-            "ul0",
-            "-U",
-            "-w",
-        ])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(1500));
-    f();
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(td.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = td.wait();
-    let out = Command::new("tcpdump")
-        .args(["-nnr"])
-        .arg(&file)
-        .output()
-        .expect("tcpdump -r");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_two_vpp_nodes_ping_over_esp() {
-    let a = VppInstance::start("att3a", 0).await;
-    let b = VppInstance::start("att3b", 1).await;
-    quiet_v6(&a.netns);
-    quiet_v6(&b.netns);
-    veth(&a.netns, "ul0", &b.netns, "ul0");
-    for (vpp, n) in [(&a, 1u8), (&b, 2u8)] {
-        let c = vpp.client().await;
-        uplink(&c, "ul0", [2, 0xfe, 0, 0, 1, n], &format!("192.0.2.{n}/24")).await;
-        c.close().await.unwrap();
-    }
-    let socks: HashMap<PathBuf, PathBuf> = [
-        (a.netns.path(), a.api_sock()),
-        (b.netns.path(), b.api_sock()),
-    ]
-    .into_iter()
-    .collect();
-    let resolve = move |ns: &Netns| match ns {
-        Netns::Path(p) => socks
-            .get(p)
-            .cloned()
-            .ok_or_else(|| scrambler_core::Error::config("unknown node")),
-        Netns::Current => Err(scrambler_core::Error::config("no VPP here")),
-    };
-    let tunnel = VppTunnel::with_resolver(resolve.clone());
-    let att = VppAttach::with_resolver(resolve);
-    let secret = ClusterSecret::from_bytes(vec![0x17; 32]).unwrap();
-    let cluster = Cluster {
-        nodes: vec![mesh_node("a", 1, 1), mesh_node("b", 2, 2)],
-        keys: Keys::single(1),
-    };
+    let t = TwoNodes::underlay("att3").await;
+    let (a, b) = (&t.a, &t.b);
+    let att = VppAttach::with_resolver(api_sock_resolver(&[a, b]));
+    t.apply().await;
+    let tunnel = &t.dp;
     let (na, nb) = (a.netns.netns(), b.netns.netns());
-    tunnel
-        .reconcile(&na, &cluster.mesh_for("a").unwrap(), &secret)
-        .await
-        .unwrap();
-    tunnel
-        .reconcile(&nb, &cluster.mesh_for("b").unwrap(), &secret)
-        .await
-        .unwrap();
 
     let pa = TestNetns::new("att3p");
     let pb = TestNetns::new("att3q");
@@ -480,8 +363,7 @@ async fn pods_on_two_vpp_nodes_ping_over_esp() {
     att.check(&na, &ra, &res_a).await.unwrap();
     att.check(&nb, &rb, &res_b).await.unwrap();
 
-    let mut ok = false;
-    let wire = capture(&a, || ok = pa.ping("10.2.0.2"));
+    let (wire, ok) = capture(a, "", || pa.ping("10.2.0.2"));
     assert!(
         ok,
         "pod a -> pod b failed\nA: {}\nB: {}",
@@ -494,7 +376,7 @@ async fn pods_on_two_vpp_nodes_ping_over_esp() {
         "cleartext on the wire:\n{wire}"
     );
     assert!(pb.ping("10.1.0.2"), "pod b -> pod a failed");
-    tcp(&pa, &pb, "10.2.0.2", &b);
+    tcp(&pa, &pb, "10.2.0.2", b);
 
     // without the tunnel the pods are cut off
     tunnel.remove(&na).await.unwrap();

@@ -9,12 +9,10 @@ mod two_nodes;
 
 use std::time::Duration;
 
-use std::collections::BTreeSet;
-
 use scrambler_core::{ClusterSecret, Keys, NodeId, Tunnel};
 use scrambler_vpp::testing::VppInstance;
 use scrambler_vpp::tunnel::{sa_id, tunnel_instance, Direction, LOST_OUTBOUND};
-use two_nodes::{capture, ping, TwoNodes};
+use two_nodes::{capture, ping, rotation_steps, TwoNodes};
 
 /// Everything on the underlay that is IP but not ESP.
 const NOT_ESP: &str = "ip and not ip proto 50";
@@ -176,17 +174,7 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
         "lost outbound SA: ping {ok}, leaks:\n{leaks}"
     );
     // a key rotation (make-before-break) repairs it
-    for keys in [
-        Keys {
-            tx: 1,
-            rx: BTreeSet::from([1, 2]),
-        },
-        Keys {
-            tx: 2,
-            rx: BTreeSet::from([1, 2]),
-        },
-        Keys::single(2),
-    ] {
+    for keys in rotation_steps(1, 2) {
         t.cluster.keys = keys;
         t.apply().await;
     }

@@ -35,12 +35,10 @@ use scrambler_core::{
     TunnelStatus,
 };
 use scrambler_vmtest::{needs_vm, Feature, VmTest, ENV_VM};
-use scrambler_vpp::api::af_packet::AfPacketCreateV3;
-use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
 use scrambler_vpp::api::ipsec::IpsecSaV5Dump;
-use scrambler_vpp::api::types::{AfPacketFlags, AfPacketMode, IfStatusFlags, MacAddress};
-use scrambler_vpp::testing::{self, VppInstance};
-use scrambler_vpp::{VppClient, VppTunnel};
+use scrambler_vpp::api::types::AfPacketFlags;
+use scrambler_vpp::testing::{self, quiet_ipv6, VppInstance};
+use scrambler_vpp::VppTunnel;
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
 
 const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
@@ -102,54 +100,16 @@ impl Tunnel for Mixed {
     }
 }
 
-fn no_ipv6(ns: &TestNetns) {
-    for k in ["all", "default"] {
-        ns.exec(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-        ]);
-    }
-}
-
 /// A pod namespace behind `node` on veth `node_if` — `eth0`, address 10.0.n.2.
 fn pod(node: &TestNetns, node_if: &str, n: u32) -> TestNetns {
     let p = TestNetns::new(&format!("ipod{n}"));
-    no_ipv6(&p);
+    quiet_ipv6(&p);
     veth(node, node_if, &p, "eth0");
     let mtu = scrambler_core::esp::pod_mtu(1500, false).to_string();
     p.ip(&["link", "set", "eth0", "mtu", &mtu]);
     p.ip(&["addr", "add", &format!("10.0.{n}.2/24"), "dev", "eth0"]);
     p.ip(&["route", "add", "default", "via", &format!("10.0.{n}.1")]);
     p
-}
-
-/// A VPP interface on the Linux link `name` of VPP's namespace (af_packet), up, with `addr`.
-async fn host_if(c: &VppClient, name: &str, mac: [u8; 6], addr: &str, flags: AfPacketFlags) {
-    let r = c
-        .request(&AfPacketCreateV3 {
-            mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
-            hw_addr: MacAddress(mac),
-            host_if_name: name.into(),
-            flags,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    c.request(&SwInterfaceSetFlags {
-        sw_if_index: r.sw_if_index,
-        flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
-    })
-    .await
-    .unwrap();
-    c.request(&SwInterfaceAddDelAddress {
-        sw_if_index: r.sw_if_index,
-        is_add: true,
-        del_all: false,
-        prefix: addr.parse::<ipnet::IpNet>().unwrap().into(),
-    })
-    .await
-    .unwrap();
 }
 
 /// Ping from `pod` to pod `to`; the number of replies.
@@ -352,7 +312,7 @@ fn vm_interop_vpp_node_and_kernel_node_exchange_esp() {
 async fn interop() {
     // the wire: a bridge in its own namespace, where the capture runs
     let wire = TestNetns::new("iwire");
-    no_ipv6(&wire);
+    quiet_ipv6(&wire);
     wire.ip(&["link", "add", "br0", "type", "bridge"]);
     wire.ip(&["link", "set", "br0", "up"]);
 
@@ -361,31 +321,22 @@ async fn interop() {
     let vpp = VppInstance::start("inva", 0).await;
     eprintln!("VPP up in {:?}", started.elapsed());
     let na = &vpp.netns;
-    no_ipv6(na);
+    quiet_ipv6(na);
     veth(na, "ul0", &wire, "w1");
     let pod_a = pod(na, "vpod0", A);
-    let c = vpp.client().await;
-    host_if(
-        &c,
-        "ul0",
-        [2, 0xfe, 0, 0, 1, 1],
-        "192.0.2.1/24",
-        AfPacketFlags(0),
-    )
-    .await;
-    host_if(
-        &c,
+    vpp.host_interface("ul0", [2, 0xfe, 0, 0, 1, 1], "192.0.2.1/24")
+        .await;
+    vpp.host_interface_with(
         "vpod0",
         [2, 0xfe, 0, 0, 2, 1],
         "10.0.1.1/24",
         AfPacketFlags::AF_PACKET_API_FLAG_CKSUM_GSO,
     )
     .await;
-    c.close().await.unwrap();
 
     // node B: the kernel, routing its pod
     let nb = TestNetns::new("invb");
-    no_ipv6(&nb);
+    quiet_ipv6(&nb);
     veth(&nb, "ul0", &wire, "w2");
     nb.ip(&["addr", "add", "192.0.2.2/24", "dev", "ul0"]);
     nb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
