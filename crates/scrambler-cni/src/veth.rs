@@ -150,20 +150,14 @@ impl VethAttach {
 
         // node side: gateway addresses, forwarding, link up
         if has_v4 {
-            host.add_new_address(
-                host_link.index,
-                &host_name,
-                IpNet::from(IpAddr::V4(GATEWAY_V4)),
-                true,
-            )
-            .await?;
+            host.add_new_address(&host_link, IpNet::from(IpAddr::V4(GATEWAY_V4)), true)
+                .await?;
             sysctl::ensure(host.netns(), "net/ipv4/ip_forward", "1").await?;
         }
         if has_v6 {
             let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64)
                 .map_err(|e| Error::config(format!("gateway: {e}")))?;
-            host.add_new_address(host_link.index, &host_name, gw6, true)
-                .await?;
+            host.add_new_address(&host_link, gw6, true).await?;
             sysctl::ensure(host.netns(), "net/ipv6/conf/all/forwarding", "1").await?;
         }
         host.set_up(host_link.index, &host_name).await?;
@@ -172,8 +166,7 @@ impl VethAttach {
         let mut ips = Vec::new();
         for ipc in &addrs.ips {
             let addr = IpNet::from(ipc.address.addr());
-            pod.add_new_address(pod_link.index, &req.id.ifname, addr, false)
-                .await?;
+            pod.add_new_address(&pod_link, addr, false).await?;
             ips.push(IpConfig {
                 address: addr,
                 gateway: Some(gateway_for(addr.addr())),

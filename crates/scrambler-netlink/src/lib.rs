@@ -259,24 +259,18 @@ impl Nl {
             .map_err(|e| kernel_error("add address", format!("{addr} on {}", self.obj(name)), &e))
     }
 
-    /// Adds `addr` to link `index` ([`Nl::try_add_address`]); an address already assigned
-    /// is [`Error::AlreadyExists`], any other failure a kernel error on `addr on name`.
-    pub async fn add_new_address(
-        &self,
-        index: u32,
-        name: &str,
-        addr: IpNet,
-        link_scope: bool,
-    ) -> Result<()> {
-        self.try_add_address(index, addr, link_scope)
-            .await
-            .map_err(|e| match errno(&e) {
-                Some(EEXIST) => Error::AlreadyExists {
-                    object: format!("address {addr} on {}", self.obj(name)),
-                    reason: "already assigned".into(),
-                },
-                _ => kernel_error("add address", format!("{addr} on {}", self.obj(name)), &e),
-            })
+    /// Adds `addr` to `link` ([`Nl::try_add_address`]); an address already assigned is
+    /// [`Error::AlreadyExists`], any other failure a kernel error on `addr on link`.
+    pub async fn add_new_address(&self, link: &LinkState, addr: IpNet, scope: bool) -> Result<()> {
+        let on_link = || format!("{addr} on {}", self.obj(&link.name));
+        match self.try_add_address(link.index, addr, scope).await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Err(Error::AlreadyExists {
+                object: format!("address {}", on_link()),
+                reason: "already assigned".into(),
+            }),
+            Err(e) => Err(kernel_error("add address", on_link(), &e)),
+        }
     }
 
     /// The addresses on link `index`.

@@ -336,8 +336,7 @@ impl VppAttach {
         let mut ips = Vec::new();
         for c in &addrs.ips {
             let a = IpNet::from(c.address.addr());
-            pod.add_new_address(pod_link.index, &req.id.ifname, a, false)
-                .await?;
+            pod.add_new_address(&pod_link, a, false).await?;
             ips.push(IpConfig {
                 address: a,
                 gateway: Some(gateway_for(a.addr())),

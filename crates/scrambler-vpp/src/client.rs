@@ -30,7 +30,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::api::{interface, memclnt, vlib, vpe, MESSAGES};
+use crate::api::types::{FibPath, IpRoute};
+use crate::api::{interface, ip, memclnt, vlib, vpe, MESSAGES};
 use crate::codec::Encode;
 use crate::error::VppError;
 use crate::message::{decode_message, encode_message, split_name_crc, Dump, Message, Request};
@@ -300,6 +301,28 @@ impl VppClient {
     /// Every software interface (`sw_interface_dump`).
     pub async fn interfaces(&self) -> Result<Vec<interface::SwInterfaceDetails>, VppError> {
         self.dump(&interface::SwInterfaceDump::default()).await
+    }
+
+    /// Adds (`is_add`) or deletes the route of `prefix` in the main table with `paths`
+    /// (`ip_route_add_del`, not multipath: an add replaces the paths the route had).
+    pub async fn route_add_del(
+        &self,
+        prefix: ipnet::IpNet,
+        paths: Vec<FibPath>,
+        is_add: bool,
+    ) -> Result<(), VppError> {
+        self.request(&ip::IpRouteAddDel {
+            is_add,
+            is_multipath: false,
+            route: IpRoute {
+                table_id: 0,
+                stats_index: 0,
+                prefix: prefix.into(),
+                paths,
+            },
+        })
+        .await?;
+        Ok(())
     }
 
     /// Runs a debug-CLI command through the API (`cli_inband`) and returns its output.

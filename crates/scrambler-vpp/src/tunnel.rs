@@ -85,9 +85,9 @@ use scrambler_core::{
 };
 
 use crate::api::types::{
-    Address, FibPath, FibPathNh, FibPathNhProto, FibPathType, IfStatusFlags, IpRoute, IpTable,
-    IpipTunnel, IpsecCryptoAlg, IpsecIntegAlg, IpsecProto, IpsecSadEntryV4, IpsecSadFlags,
-    IpsecTunnelProtect, Key, TunnelMode,
+    Address, FibPath, FibPathNh, FibPathNhProto, FibPathType, IfStatusFlags, IpTable, IpipTunnel,
+    IpsecCryptoAlg, IpsecIntegAlg, IpsecProto, IpsecSadEntryV4, IpsecSadFlags, IpsecTunnelProtect,
+    Key, TunnelMode,
 };
 use crate::api::{interface, ip, ipip, ipsec};
 use crate::client::VppClient;
@@ -862,7 +862,8 @@ impl Ops<'_> {
     /// Points the route of `prefix` at `to`, replacing whatever paths it had (one FIB
     /// update: there is no moment without a route).
     async fn steer(&self, prefix: IpNet, to: Steer) -> Result<()> {
-        self.route_update(prefix, vec![route_path(to, prefix.addr().is_ipv6())], true)
+        self.c
+            .route_add_del(prefix, vec![route_path(to, prefix.addr().is_ipv6())], true)
             .await
             .map_err(vpp_err("steer", &format!("{prefix} to {to:?}")))
     }
@@ -875,30 +876,10 @@ impl Ops<'_> {
             RouteHave::Via(sw) => vec![route_path(Steer::Via(*sw), v6)],
             RouteHave::Other(p) => p.clone(),
         };
-        self.route_update(prefix, paths, false)
+        self.c
+            .route_add_del(prefix, paths, false)
             .await
             .map_err(vpp_err("delete route", &prefix.to_string()))
-    }
-
-    async fn route_update(
-        &self,
-        prefix: IpNet,
-        paths: Vec<FibPath>,
-        is_add: bool,
-    ) -> std::result::Result<(), VppError> {
-        self.c
-            .request(&ip::IpRouteAddDel {
-                is_add,
-                is_multipath: false,
-                route: IpRoute {
-                    table_id: 0,
-                    stats_index: 0,
-                    prefix: prefix.into(),
-                    paths,
-                },
-            })
-            .await?;
-        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::api::types::{
     AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
-    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpRoute, IpTable, MacAddress,
+    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpTable, MacAddress,
 };
 use crate::api::{af_packet, interface, ip, ip_neighbor};
 use crate::client::VppClient;
@@ -281,34 +281,23 @@ impl Ops<'_> {
     /// Route `ip/32` (`/128`) via `ip` out of `sw`.
     pub(super) async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
         let prefix = IpNet::from(ip);
-        let r = self
-            .c
-            .request(&ip::IpRouteAddDel {
-                is_add,
-                is_multipath: false,
-                route: IpRoute {
-                    table_id: 0,
-                    stats_index: 0,
-                    prefix: prefix.into(),
-                    paths: vec![FibPath {
-                        sw_if_index: sw,
-                        weight: 1,
-                        r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
-                        proto: if ip.is_ipv6() {
-                            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
-                        } else {
-                            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
-                        },
-                        nh: FibPathNh {
-                            address: crate::api::types::Address::from(ip).un,
-                            classify_table_index: u32::MAX,
-                            ..Default::default()
-                        },
-                        ..Default::default()
-                    }],
-                },
-            })
-            .await;
+        let path = FibPath {
+            sw_if_index: sw,
+            weight: 1,
+            r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
+            proto: if ip.is_ipv6() {
+                FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
+            } else {
+                FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
+            },
+            nh: FibPathNh {
+                address: crate::api::types::Address::from(ip).un,
+                classify_table_index: u32::MAX,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = self.c.route_add_del(prefix, vec![path], is_add).await;
         match r {
             Ok(_) => Ok(()),
             Err(e) if !is_add && e.retval() == Some(retval::NO_SUCH_ENTRY) => Ok(()),
