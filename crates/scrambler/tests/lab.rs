@@ -3,58 +3,36 @@
 //! injects every failure and checks recovery, then removes everything. On a kernel without
 //! ESP the binary boots Debian's stock kernel under qemu by itself.
 
+mod common;
+
+use common::{
+    assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler, tail,
+    with_lab,
+};
 use std::process::Command;
+
+/// Every fault the xfrm and ipvlan labs inject.
+const FAULTS: &[&str] = &["LinkDown", "DeleteState", "KillAgent", "Rotate", "Reboot"];
 
 #[test]
 fn lab_run_tour_passes_and_leaves_nothing_behind() {
-    let lab = format!("scrt{}", std::process::id() % 10000);
-    let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
-        .args(["lab", "run", "--nodes", "3", "--pods", "2", "--name", &lab])
-        .output()
-        .expect("run scrambler lab run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let all = format!("{stdout}\n{stderr}");
-    assert!(
-        out.status.success(),
-        "lab run failed ({}):\n{}",
-        out.status,
-        all.lines()
-            .rev()
-            .take(120)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(all.contains("lab run: PASS"), "{all}");
-    assert!(
-        all.contains("0 cleartext packets between pod CIDRs"),
-        "{all}"
-    );
+    let lab = lab_name("scrt");
+    let (ok, all) = scrambler(&["lab", "run", "--nodes", "3", "--pods", "2"], &lab);
+    assert!(ok, "lab run failed:\n{}", tail(&all, 120));
+    assert_lab_run_passed(&all);
     assert!(!all.contains("LEAK"), "{all}");
-    for fault in ["LinkDown", "DeleteState", "KillAgent", "Rotate", "Reboot"] {
-        assert!(
-            all.contains(&format!("fault {fault}")),
-            "{fault} not injected:\n{all}"
-        );
-    }
+    assert_faults_injected(&all, FAULTS);
     // Nothing of the lab is left on this machine.
-    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("{lab}-")));
-    assert!(!std::path::Path::new("/run/scrambler-lab")
-        .join(&lab)
-        .exists());
+    assert_nothing_left(&lab);
 }
 
 #[test]
 fn lab_run_ipvlan_pods_are_esp_only_and_leave_nothing_behind() {
     // Pods on ipvlan l3 slaves of each node's underlay with "encrypt": true: the CNI ADD
     // makes the node setup, the xfrm mesh encrypts, every failure is injected.
-    let lab = format!("scri{}", std::process::id() % 10000);
-    let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
-        .args([
+    let lab = lab_name("scri");
+    let (ok, all) = scrambler(
+        &[
             "lab",
             "run",
             "--backend",
@@ -63,58 +41,23 @@ fn lab_run_ipvlan_pods_are_esp_only_and_leave_nothing_behind() {
             "3",
             "--pods",
             "2",
-        ])
-        .args(["--name", &lab])
-        .output()
-        .expect("run scrambler lab run --backend ipvlan");
-    let all = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &lab,
     );
-    assert!(
-        out.status.success(),
-        "lab run --backend ipvlan failed ({}):\n{all}",
-        out.status
-    );
-    assert!(all.contains("lab run: PASS"), "{all}");
-    assert!(
-        all.contains("0 cleartext packets between pod CIDRs"),
-        "{all}"
-    );
+    assert!(ok, "lab run --backend ipvlan failed:\n{all}");
+    assert_lab_run_passed(&all);
     assert!(!all.contains("LEAK"), "{all}");
-    for fault in ["LinkDown", "DeleteState", "KillAgent", "Rotate", "Reboot"] {
-        assert!(
-            all.contains(&format!("fault {fault}")),
-            "{fault} not injected:\n{all}"
-        );
-    }
-    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("{lab}-")));
-    assert!(!std::path::Path::new("/run/scrambler-lab")
-        .join(&lab)
-        .exists());
+    assert_faults_injected(&all, FAULTS);
+    assert_nothing_left(&lab);
 }
 
 #[test]
 fn lab_steps_up_test_status_inject_down() {
     // On a kernel without ESP the steps share one VM that `up` boots and `down` stops.
-    let lab = format!("scrs{}", std::process::id() % 10000);
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
-            .args(args)
-            .args(["--name", &lab])
-            .output()
-            .expect("run scrambler");
-        let text = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let lab = lab_name("scrs");
+    let run = |args: &[&str]| scrambler(args, &lab);
     let (ok, up) = run(&["lab", "up", "--nodes", "2", "--pods", "1"]);
-    let result = std::panic::catch_unwind(|| {
+    with_lab(&lab, || {
         assert!(ok, "lab up failed:\n{up}");
         let (ok, test) = run(&["lab", "test"]);
         assert!(ok && test.contains("verdict: PASS"), "{test}");
@@ -125,24 +68,6 @@ fn lab_steps_up_test_status_inject_down() {
         let (again, _) = run(&["lab", "up", "--nodes", "2"]);
         assert!(!again, "a second lab up of the same lab must be refused");
     });
-    let (down_ok, down) = run(&["lab", "down"]);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
-    assert!(down_ok, "{down}");
-    let left = std::fs::read_dir("/run/scrambler-lab")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    assert!(
-        !left.iter().any(|f| f.starts_with(&lab)),
-        "left behind: {left:?}"
-    );
-    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&ns.stdout).contains(&format!("{lab}-")));
 }
 
 #[test]

@@ -4,72 +4,19 @@
 //! the binary boots Debian's stock kernel under qemu by itself). Every test checks that no
 //! namespace, VPP process, shared-memory segment or state file of its lab is left behind.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn scrambler(args: &[&str], lab: &str) -> (bool, String) {
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_scrambler"))
-        .args(args)
-        .args(["--name", lab])
-        .output()
-        .expect("run scrambler");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Panics if anything of lab `lab` is still there.
-fn assert_nothing_left(lab: &str) {
-    let prefix = format!("{lab}-");
-    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let ns = String::from_utf8_lossy(&ns.stdout);
-    assert!(!ns.contains(&prefix), "namespaces left: {ns}");
-    let dir = Path::new("/run/scrambler-lab").join(lab);
-    assert!(!dir.exists(), "{} left", dir.display());
-    let shm: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(shm.is_empty(), "shared memory left: {shm:?}");
-    let needle = format!("/run/scrambler-lab/{lab}/");
-    let procs: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .filter(|c| c.contains(&needle))
-        .collect();
-    assert!(procs.is_empty(), "processes left: {procs:?}");
-}
-
-/// Removes the lab whatever happened, then re-raises a failure of `f`.
-fn with_lab(lab: &str, f: impl FnOnce() + std::panic::UnwindSafe) {
-    let result = std::panic::catch_unwind(f);
-    let (down_ok, down) = scrambler(&["lab", "down"], lab);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
-    assert!(down_ok, "lab down failed:\n{down}");
-    assert_nothing_left(lab);
-}
+use common::{
+    assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler,
+    scrambler_cmd, tail, with_lab,
+};
+use std::process::Command;
 
 #[test]
 fn vpp_lab_tour_passes_and_leaves_nothing_behind() {
     // 3 VPP nodes x 2 pods: all pairs over ESP, then every fault a VPP node supports
     // (delete-state has no VPP equivalent and is skipped), with a test after each.
-    let lab = format!("scv{}", std::process::id() % 10000);
+    let lab = lab_name("scv");
     let (ok, out) = scrambler(
         &[
             "lab",
@@ -84,29 +31,20 @@ fn vpp_lab_tour_passes_and_leaves_nothing_behind() {
         &lab,
     );
     assert!(ok, "lab run --backend vpp failed:\n{}", tail(&out, 150));
-    assert!(out.contains("lab run: PASS"), "{out}");
-    assert!(
-        out.contains("0 cleartext packets between pod CIDRs"),
-        "{out}"
-    );
+    assert_lab_run_passed(&out);
     assert!(!out.contains("LEAK"), "{out}");
     assert!(
         out.contains("pinging 24 pod pairs across nodes"),
         "3 nodes x 2 pods = 6 pods, 4 pods on other nodes each:\n{out}"
     );
-    for fault in ["LinkDown", "KillAgent", "Rotate", "Reboot"] {
-        assert!(
-            out.contains(&format!("fault {fault}")),
-            "{fault} not injected:\n{out}"
-        );
-    }
+    assert_faults_injected(&out, &["LinkDown", "KillAgent", "Rotate", "Reboot"]);
     assert!(out.contains("lab inject DeleteState: skipped"), "{out}");
     assert_nothing_left(&lab);
 }
 
 #[test]
 fn vpp_lab_steps_and_refused_fault() {
-    let lab = format!("scw{}", std::process::id() % 10000);
+    let lab = lab_name("scw");
     let (ok, up) = scrambler(
         &[
             "lab",
@@ -157,9 +95,9 @@ fn vpp_lab_steps_and_refused_fault() {
 
 #[test]
 fn failed_vpp_lab_up_leaves_nothing_behind() {
-    let lab = format!("scf{}", std::process::id() % 10000);
-    let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
-        .args([
+    let lab = lab_name("scf");
+    let out = scrambler_cmd(
+        &[
             "lab",
             "up",
             "--backend",
@@ -168,11 +106,12 @@ fn failed_vpp_lab_up_leaves_nothing_behind() {
             "2",
             "--pods",
             "1",
-        ])
-        .args(["--name", &lab])
-        .env("SCRAMBLER_VPP_DIST", "/nonexistent/vpp")
-        .output()
-        .expect("run scrambler");
+        ],
+        &lab,
+    )
+    .env("SCRAMBLER_VPP_DIST", "/nonexistent/vpp")
+    .output()
+    .expect("run scrambler");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("SCRAMBLER_VPP_DIST=/nonexistent/vpp"), "{err}");
@@ -182,7 +121,7 @@ fn failed_vpp_lab_up_leaves_nothing_behind() {
 #[test]
 fn mixed_lab_vpp_and_kernel_nodes_reach_each_other_over_esp_only() {
     // nodes 1 and 3 VPP, node 2 the kernel: VPP<->VPP and VPP<->xfrm pairs, all ESP.
-    let lab = format!("scm{}", std::process::id() % 10000);
+    let lab = lab_name("scm");
     let (ok, out) = scrambler(
         &[
             "lab",

@@ -1,0 +1,99 @@
+//! How the lab tests run the `scrambler` binary, and what they check a lab left behind.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// A lab name unique to this test process: `prefix` and a number from the pid.
+pub fn lab_name(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id() % 10000)
+}
+
+/// `scrambler <args> --name <lab>`, not started yet (to add environment).
+pub fn scrambler_cmd(args: &[&str], lab: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scrambler"));
+    cmd.args(args).args(["--name", lab]);
+    cmd
+}
+
+/// Runs `scrambler <args> --name <lab>`: (success, stdout and stderr).
+pub fn scrambler(args: &[&str], lab: &str) -> (bool, String) {
+    let out = scrambler_cmd(args, lab).output().expect("run scrambler");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `lab run` passed and saw no cleartext between pods.
+pub fn assert_lab_run_passed(out: &str) {
+    assert!(out.contains("lab run: PASS"), "{out}");
+    assert!(
+        out.contains("0 cleartext packets between pod CIDRs"),
+        "{out}"
+    );
+}
+
+/// Every one of `faults` was injected.
+pub fn assert_faults_injected(out: &str, faults: &[&str]) {
+    for fault in faults {
+        assert!(
+            out.contains(&format!("fault {fault}")),
+            "{fault} not injected:\n{out}"
+        );
+    }
+}
+
+/// Panics if anything of lab `lab` is still there: a namespace, a file of its state
+/// (`/run/scrambler-lab/<lab>*`), a shared-memory segment or a process working in it.
+pub fn assert_nothing_left(lab: &str) {
+    let prefix = format!("{lab}-");
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let ns = String::from_utf8_lossy(&ns.stdout);
+    assert!(!ns.contains(&prefix), "namespaces left: {ns}");
+    let files = names_starting_with(Path::new("/run/scrambler-lab"), lab);
+    assert!(files.is_empty(), "left in /run/scrambler-lab: {files:?}");
+    let shm = names_starting_with(Path::new("/dev/shm"), &prefix);
+    assert!(shm.is_empty(), "shared memory left: {shm:?}");
+    let needle = format!("/run/scrambler-lab/{lab}/");
+    let procs: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect();
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+/// The entries of `dir` whose names start with `prefix` (none when `dir` is missing).
+fn names_starting_with(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `f` on lab `lab`, then takes the lab down whatever happened and re-raises a
+/// failure of `f`; checks the lab went down and left nothing.
+pub fn with_lab(lab: &str, f: impl FnOnce() + std::panic::UnwindSafe) {
+    let result = std::panic::catch_unwind(f);
+    let (down_ok, down) = scrambler(&["lab", "down"], lab);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(down_ok, "lab down failed:\n{down}");
+    assert_nothing_left(lab);
+}
