@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler, tail,
-    with_lab,
+    args, assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler,
+    tail, with_lab,
 };
 use std::process::Command;
 
@@ -17,7 +17,7 @@ const FAULTS: &[&str] = &["LinkDown", "DeleteState", "KillAgent", "Rotate", "Reb
 #[test]
 fn lab_run_tour_passes_and_leaves_nothing_behind() {
     let lab = lab_name("scrt");
-    let (ok, all) = scrambler(&["lab", "run", "--nodes", "3", "--pods", "2"], &lab);
+    let (ok, all) = scrambler(&args("lab run --nodes 3 --pods 2"), &lab);
     assert!(ok, "lab run failed:\n{}", tail(&all, 120));
     assert_lab_run_passed(&all);
     assert!(!all.contains("LEAK"), "{all}");
@@ -31,19 +31,7 @@ fn lab_run_ipvlan_pods_are_esp_only_and_leave_nothing_behind() {
     // Pods on ipvlan l3 slaves of each node's underlay with "encrypt": true: the CNI ADD
     // makes the node setup, the xfrm mesh encrypts, every failure is injected.
     let lab = lab_name("scri");
-    let (ok, all) = scrambler(
-        &[
-            "lab",
-            "run",
-            "--backend",
-            "ipvlan",
-            "--nodes",
-            "3",
-            "--pods",
-            "2",
-        ],
-        &lab,
-    );
+    let (ok, all) = scrambler(&args("lab run --backend ipvlan --nodes 3 --pods 2"), &lab);
     assert!(ok, "lab run --backend ipvlan failed:\n{all}");
     assert_lab_run_passed(&all);
     assert!(!all.contains("LEAK"), "{all}");
@@ -56,16 +44,16 @@ fn lab_steps_up_test_status_inject_down() {
     // On a kernel without ESP the steps share one VM that `up` boots and `down` stops.
     let lab = lab_name("scrs");
     let run = |args: &[&str]| scrambler(args, &lab);
-    let (ok, up) = run(&["lab", "up", "--nodes", "2", "--pods", "1"]);
+    let (ok, up) = run(&args("lab up --nodes 2 --pods 1"));
     with_lab(&lab, || {
         assert!(ok, "lab up failed:\n{up}");
-        let (ok, test) = run(&["lab", "test"]);
+        let (ok, test) = run(&args("lab test"));
         assert!(ok && test.contains("verdict: PASS"), "{test}");
-        let (ok, status) = run(&["lab", "status"]);
+        let (ok, status) = run(&args("lab status"));
         assert!(ok && status.contains(" up "), "{status}");
-        let (ok, inj) = run(&["lab", "inject", "rotate", "--hold-ms", "200"]);
+        let (ok, inj) = run(&args("lab inject rotate --hold-ms 200"));
         assert!(ok && inj.contains("0 cleartext packets"), "{inj}");
-        let (again, _) = run(&["lab", "up", "--nodes", "2"]);
+        let (again, _) = run(&args("lab up --nodes 2"));
         assert!(!again, "a second lab up of the same lab must be refused");
     });
 }

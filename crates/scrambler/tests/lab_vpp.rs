@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler,
+    args, assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler,
     scrambler_cmd, tail, with_lab,
 };
 use std::process::Command;
@@ -17,19 +17,7 @@ fn vpp_lab_tour_passes_and_leaves_nothing_behind() {
     // 3 VPP nodes x 2 pods: all pairs over ESP, then every fault a VPP node supports
     // (delete-state has no VPP equivalent and is skipped), with a test after each.
     let lab = lab_name("scv");
-    let (ok, out) = scrambler(
-        &[
-            "lab",
-            "run",
-            "--backend",
-            "vpp",
-            "--nodes",
-            "3",
-            "--pods",
-            "2",
-        ],
-        &lab,
-    );
+    let (ok, out) = scrambler(&args("lab run --backend vpp --nodes 3 --pods 2"), &lab);
     assert!(ok, "lab run --backend vpp failed:\n{}", tail(&out, 150));
     assert_lab_run_passed(&out);
     assert!(!out.contains("LEAK"), "{out}");
@@ -37,7 +25,7 @@ fn vpp_lab_tour_passes_and_leaves_nothing_behind() {
         out.contains("pinging 24 pod pairs across nodes"),
         "3 nodes x 2 pods = 6 pods, 4 pods on other nodes each:\n{out}"
     );
-    assert_faults_injected(&out, &["LinkDown", "KillAgent", "Rotate", "Reboot"]);
+    assert_faults_injected(&out, &args("LinkDown KillAgent Rotate Reboot"));
     assert!(out.contains("lab inject DeleteState: skipped"), "{out}");
     assert_nothing_left(&lab);
 }
@@ -45,19 +33,7 @@ fn vpp_lab_tour_passes_and_leaves_nothing_behind() {
 #[test]
 fn vpp_lab_steps_and_refused_fault() {
     let lab = lab_name("scw");
-    let (ok, up) = scrambler(
-        &[
-            "lab",
-            "up",
-            "--backend",
-            "vpp",
-            "--nodes",
-            "2",
-            "--pods",
-            "1",
-        ],
-        &lab,
-    );
+    let (ok, up) = scrambler(&args("lab up --backend vpp --nodes 2 --pods 1"), &lab);
     with_lab(&lab, || {
         assert!(ok, "lab up failed:\n{up}");
         // VPP holds the underlay address, the kernel side of the veth none
@@ -74,18 +50,18 @@ fn vpp_lab_steps_and_refused_fault() {
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&addrs.stdout).contains("192.0.2.1"));
-        let (ok, test) = scrambler(&["lab", "test"], &lab);
+        let (ok, test) = scrambler(&args("lab test"), &lab);
         assert!(ok && test.contains("verdict: PASS"), "{test}");
-        let (ok, status) = scrambler(&["lab", "status"], &lab);
+        let (ok, status) = scrambler(&args("lab status"), &lab);
         assert!(ok && status.contains(" up "), "{status}");
-        let (ok, del) = scrambler(&["lab", "inject", "delete-state", "--node", "1"], &lab);
+        let (ok, del) = scrambler(&args("lab inject delete-state --node 1"), &lab);
         assert!(
             !ok && del.contains("delete-state on VPP node"),
             "delete-state must be refused on a VPP node:\n{del}"
         );
-        let (ok, ld) = scrambler(&["lab", "inject", "link-down", "--hold-ms", "300"], &lab);
+        let (ok, ld) = scrambler(&args("lab inject link-down --hold-ms 300"), &lab);
         assert!(ok && ld.contains("0 cleartext packets"), "{ld}");
-        let (ok, test) = scrambler(&["lab", "test"], &lab);
+        let (ok, test) = scrambler(&args("lab test"), &lab);
         assert!(
             ok && test.contains("verdict: PASS"),
             "after link-down:\n{test}"
@@ -96,22 +72,10 @@ fn vpp_lab_steps_and_refused_fault() {
 #[test]
 fn failed_vpp_lab_up_leaves_nothing_behind() {
     let lab = lab_name("scf");
-    let out = scrambler_cmd(
-        &[
-            "lab",
-            "up",
-            "--backend",
-            "vpp",
-            "--nodes",
-            "2",
-            "--pods",
-            "1",
-        ],
-        &lab,
-    )
-    .env("SCRAMBLER_VPP_DIST", "/nonexistent/vpp")
-    .output()
-    .expect("run scrambler");
+    let out = scrambler_cmd(&args("lab up --backend vpp --nodes 2 --pods 1"), &lab)
+        .env("SCRAMBLER_VPP_DIST", "/nonexistent/vpp")
+        .output()
+        .expect("run scrambler");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("SCRAMBLER_VPP_DIST=/nonexistent/vpp"), "{err}");
@@ -123,17 +87,7 @@ fn mixed_lab_vpp_and_kernel_nodes_reach_each_other_over_esp_only() {
     // nodes 1 and 3 VPP, node 2 the kernel: VPP<->VPP and VPP<->xfrm pairs, all ESP.
     let lab = lab_name("scm");
     let (ok, out) = scrambler(
-        &[
-            "lab",
-            "run",
-            "--backend",
-            "mixed",
-            "--nodes",
-            "3",
-            "--pods",
-            "2",
-            "--no-inject",
-        ],
+        &args("lab run --backend mixed --nodes 3 --pods 2 --no-inject"),
         &lab,
     );
     assert!(ok, "lab run --backend mixed failed:\n{}", tail(&out, 150));

@@ -9,6 +9,11 @@ pub fn lab_name(prefix: &str) -> String {
     format!("{prefix}{}", std::process::id() % 10000)
 }
 
+/// The words of `line`, as arguments.
+pub fn args(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// `scrambler <args> --name <lab>`, not started yet (to add environment).
 pub fn scrambler_cmd(args: &[&str], lab: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scrambler"));
