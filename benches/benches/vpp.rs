@@ -15,13 +15,10 @@
 //!
 //! Run with `cargo bench -p benches --bench vpp` as root (needs `../shared/vpp`).
 
+use benches::mesh::mesh;
 use ipnet::IpNet;
-use scrambler_core::{ClusterSecret, Keys, Mesh, Netns, Node, NodeId, Tunnel};
-use scrambler_vpp::api::af_packet::AfPacketCreateV3;
-use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
-use scrambler_vpp::api::types::{
-    AfPacketMode, IfStatusFlags, IpTable, IpsecSadEntryV4, MacAddress,
-};
+use scrambler_core::{ClusterSecret, Mesh, Netns, Tunnel};
+use scrambler_vpp::api::types::{IfStatusFlags, IpTable, IpsecSadEntryV4};
 use scrambler_vpp::api::{ip, ipip, ipsec};
 use scrambler_vpp::testing::VppInstance;
 use scrambler_vpp::tunnel::{owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction};
@@ -37,25 +34,6 @@ use std::time::{Duration, Instant};
 const UPLINK: &str = "host-ul0";
 /// Wall-clock budget for one `vppctl` per command at one mesh size before extrapolating.
 const PER_COMMAND_BUDGET: Duration = Duration::from_secs(60);
-
-fn node(id: u32) -> Node {
-    Node {
-        name: format!("n{id}"),
-        id: NodeId::new(id).expect("node id"),
-        underlay: vec![format!("2001:db8::{id:x}").parse().expect("underlay")],
-        pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
-            .parse()
-            .expect("pod cidr")],
-    }
-}
-
-fn mesh(peers: u32) -> Mesh {
-    Mesh {
-        local: node(1),
-        peers: (2..=peers + 1).map(node).collect(),
-        keys: Keys::single(1),
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
@@ -375,31 +353,8 @@ async fn start_vpp() -> VppInstance {
         .ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"]);
     vpp.netns.ip(&["link", "set", "ul0", "up"]);
     vpp.netns.ip(&["link", "set", "ul0p", "up"]);
-    let c = vpp.client().await;
-    let r = c
-        .request(&AfPacketCreateV3 {
-            mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
-            hw_addr: MacAddress([2, 0xfe, 0, 0, 0xbe, 1]),
-            host_if_name: "ul0".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("af_packet uplink");
-    c.request(&SwInterfaceSetFlags {
-        sw_if_index: r.sw_if_index,
-        flags: IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP,
-    })
-    .await
-    .expect("uplink up");
-    c.request(&SwInterfaceAddDelAddress {
-        sw_if_index: r.sw_if_index,
-        is_add: true,
-        del_all: false,
-        prefix: "2001:db8::1/64".parse::<IpNet>().expect("prefix").into(),
-    })
-    .await
-    .expect("uplink address");
-    c.close().await.expect("close");
+    vpp.host_interface("ul0", [2, 0xfe, 0, 0, 0xbe, 1], "2001:db8::1/64")
+        .await;
     vpp
 }
 

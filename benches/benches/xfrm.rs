@@ -6,31 +6,13 @@
 //! mesh policies (allow + ESP template + if_id), 3 guard policies (block) and 1 route.
 //! Run with `cargo bench -p benches --bench xfrm` as root.
 
+use benches::mesh::mesh;
 use scrambler_core::netns::testing::TestNetns;
-use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId, Tunnel};
+use scrambler_core::{ClusterSecret, Mesh, Tunnel};
 use scrambler_xfrm::{LinkMode, XfrmConfig, XfrmTunnel};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn node(id: u32) -> Node {
-    Node {
-        name: format!("n{id}"),
-        id: NodeId::new(id).expect("node id"),
-        underlay: vec![format!("2001:db8::{id:x}").parse().expect("underlay")],
-        pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
-            .parse()
-            .expect("pod cidr")],
-    }
-}
-
-fn mesh(peers: u32) -> Mesh {
-    Mesh {
-        local: node(1),
-        peers: (2..=peers + 1).map(node).collect(),
-        keys: Keys::single(1),
-    }
-}
 
 fn fresh_ns() -> TestNetns {
     let ns = TestNetns::new("xfbench");

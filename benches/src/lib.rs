@@ -1,1 +1,4 @@
 //! Benchmarks of Scrambler (see benches/).
+#![warn(missing_docs)]
+
+pub mod mesh;

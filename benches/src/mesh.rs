@@ -1,0 +1,24 @@
+//! The synthetic meshes the dataplane benches program.
+
+use scrambler_core::{Keys, Mesh, Node, NodeId};
+
+/// Node `id`: underlay `2001:db8::<id>`, pod CIDR `10.<100 + id / 256>.<id % 256>.0/24`.
+pub fn node(id: u32) -> Node {
+    Node {
+        name: format!("n{id}"),
+        id: NodeId::new(id).expect("node id"),
+        underlay: vec![format!("2001:db8::{id:x}").parse().expect("underlay")],
+        pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
+            .parse()
+            .expect("pod cidr")],
+    }
+}
+
+/// Node 1's mesh with `peers` peers (nodes 2 ..= peers + 1), key generation 1.
+pub fn mesh(peers: u32) -> Mesh {
+    Mesh {
+        local: node(1),
+        peers: (2..=peers + 1).map(node).collect(),
+        keys: Keys::single(1),
+    }
+}
