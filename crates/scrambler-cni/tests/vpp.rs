@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use scrambler_core::netns::testing::TestNetns;
-use scrambler_vpp::api::af_packet::AfPacketDump;
 use scrambler_vpp::testing::VppInstance;
 use serde_json::{json, Value};
 
@@ -35,19 +34,6 @@ fn run(vpp: &VppInstance, cni_path: &CniPath, inv: &Invocation, conf: &Value) ->
         &cni_path.value(),
         conf,
     )
-}
-
-async fn af_packets(vpp: &VppInstance) -> Vec<String> {
-    let c = vpp.client().await;
-    let v = c
-        .dump(&AfPacketDump {})
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.host_if_name)
-        .collect();
-    c.close().await.unwrap();
-    v
 }
 
 fn leases(data: &std::path::Path) -> usize {
@@ -97,7 +83,7 @@ async fn add_check_del_gc_status_against_vpp() {
     let (ip1, ip2) = (ip_of(&r1), ip_of(&r2));
     assert!(ping(&p1, &ip2), "{ip1} -> {ip2} through VPP failed");
     assert!(ping(&p2, &ip1), "{ip2} -> {ip1} through VPP failed");
-    assert_eq!(af_packets(&vpp).await.len(), 2);
+    assert_eq!(vpp.af_packet_names().await.len(), 2);
     assert_eq!(leases(data.path()), 2);
 
     // CHECK: fine, then a pod address removed is reported (103)
@@ -117,7 +103,7 @@ async fn add_check_del_gc_status_against_vpp() {
     let mut gc_conf = conf.clone();
     gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "vpp-two", "ifname": "eth0"}]);
     run(&vpp, &cni_path, &st.cmd("GC"), &gc_conf).expect_ok();
-    assert_eq!(af_packets(&vpp).await.len(), 1);
+    assert_eq!(vpp.af_packet_names().await.len(), 1);
     assert_eq!(leases(data.path()), 1);
     assert!(!links(&p1).contains(&"eth0".to_string()));
 
@@ -126,7 +112,7 @@ async fn add_check_del_gc_status_against_vpp() {
         run(&vpp, &cni_path, &add2.cmd("DEL"), &conf).expect_ok();
         run(&vpp, &cni_path, &add1.cmd("DEL"), &conf).expect_ok();
     }
-    assert!(af_packets(&vpp).await.is_empty());
+    assert!(vpp.af_packet_names().await.is_empty());
     assert_eq!(leases(data.path()), 0);
     assert!(!links(&p2).contains(&"eth0".to_string()));
     let node_links = links(&vpp.netns);
@@ -176,7 +162,7 @@ async fn bad_input_and_missing_vpp() {
     let out = run(&vpp, &cni_path, &add, &good);
     assert_eq!(out.code(), 102, "{}", out.stdout);
     assert_eq!(leases(data.path()), 0);
-    assert!(af_packets(&vpp).await.is_empty());
+    assert!(vpp.af_packet_names().await.is_empty());
 
     // a pod namespace that does not exist: 3
     let gone = Invocation::new(
@@ -197,6 +183,6 @@ async fn bad_input_and_missing_vpp() {
     assert_eq!(r["interfaces"][1]["name"], "net1");
     run(&vpp, &cni_path, &add1.cmd("CHECK"), &with_prev(&good, &r)).expect_ok();
     run(&vpp, &cni_path, &add1.cmd("DEL"), &good).expect_ok();
-    assert!(af_packets(&vpp).await.is_empty());
+    assert!(vpp.af_packet_names().await.is_empty());
     assert_eq!(leases(data.path()), 0);
 }
