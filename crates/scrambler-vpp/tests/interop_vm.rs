@@ -19,12 +19,11 @@
 //! veth with only a partial (offloaded) checksum, VPP encrypts it as is, and the kernel
 //! peer drops every datagram after decryption (`InCsumErrors`); ICMP is unaffected.
 
-use std::collections::{BTreeSet, HashSet};
-use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+// the kernel-side tests' capture of the wire and UDP streams, shared with this test
+#[path = "../../scrambler-xfrm/tests/common/wire.rs"]
+mod wire;
+
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -40,6 +39,7 @@ use scrambler_vpp::api::types::AfPacketFlags;
 use scrambler_vpp::testing::{self, quiet_ipv6, VppInstance};
 use scrambler_vpp::VppTunnel;
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
+use wire::{Capture, Stream};
 
 const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
 
@@ -131,47 +131,6 @@ fn ping(pod: &TestNetns, to: u32, count: u32) -> u32 {
         .unwrap_or(0)
 }
 
-/// tcpdump on the underlay bridge.
-struct Capture(Child);
-
-impl Capture {
-    fn start(wire: &TestNetns) -> Capture {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &wire.name])
-            .args(["tcpdump", "-Z", "root", "-n", "-l", "-U", "-i", "br0", "ip"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpdump");
-        let stderr = child.stderr.take().unwrap();
-        for l in BufReader::new(stderr).lines() {
-            if l.unwrap_or_default().contains("listening on") {
-                break;
-            }
-        }
-        Capture(child)
-    }
-
-    /// Stops and returns the IP packets seen.
-    fn finish(mut self) -> Vec<String> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let mut out = String::new();
-        if let Some(mut o) = self.0.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut o, &mut out);
-        }
-        out.lines().map(str::to_string).collect()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Every captured packet must be ESP between the two underlay addresses; returns the
 /// SPIs seen per direction `(A->B, B->A)`.
 fn esp_only(lines: &[String]) -> (BTreeSet<u32>, BTreeSet<u32>) {
@@ -198,76 +157,12 @@ fn esp_only(lines: &[String]) -> (BTreeSet<u32>, BTreeSet<u32>) {
 }
 
 /// Numbered UDP datagrams from pod `from` (10.0.f.2) to pod `to` every 10 ms.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sender: std::thread::JoinHandle<u32>,
-    receiver: std::thread::JoinHandle<HashSet<u32>>,
-}
-
-impl Stream {
-    fn start(from: (&TestNetns, u32), to: (&TestNetns, u32)) -> Stream {
-        let (t, f) = (to.1, from.1);
-        let rx =
-            to.0.netns()
-                .run(move || Ok(UdpSocket::bind(format!("10.0.{t}.2:5555")).unwrap()))
-                .unwrap();
-        rx.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let tx = from
-            .0
-            .netns()
-            .run(move || Ok(UdpSocket::bind(format!("10.0.{f}.2:0")).unwrap()))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let sending = stop.clone();
-        let sender = std::thread::spawn(move || {
-            let mut seq = 0u32;
-            while !sending.load(Ordering::Relaxed) {
-                if let Err(e) = tx.send_to(&seq.to_be_bytes(), format!("10.0.{t}.2:5555")) {
-                    eprintln!("send {seq}: {e}");
-                    break;
-                }
-                seq += 1;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            seq
-        });
-        let receiving = stop.clone();
-        let receiver = std::thread::spawn(move || {
-            let mut seen = HashSet::new();
-            let mut buf = [0u8; 16];
-            let mut idle_since: Option<Instant> = None;
-            loop {
-                match rx.recv(&mut buf) {
-                    Ok(4) => {
-                        seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-                        idle_since = None;
-                    }
-                    Ok(_) => {}
-                    Err(_) if receiving.load(Ordering::Relaxed) => {
-                        let t = *idle_since.get_or_insert_with(Instant::now);
-                        if t.elapsed() > Duration::from_secs(1) {
-                            return seen;
-                        }
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-        Stream {
-            stop,
-            sender,
-            receiver,
-        }
-    }
-
-    /// Stops sending; returns (sent, distinct received).
-    fn finish(self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self.sender.join().unwrap();
-        let seen = self.receiver.join().unwrap();
-        (sent, seen.len() as u32)
-    }
+fn stream(from: (&TestNetns, u32), to: (&TestNetns, u32)) -> Stream {
+    Stream::start(
+        (&from.0.netns(), &format!("10.0.{}.2", from.1)),
+        (&to.0.netns(), &format!("10.0.{}.2", to.1)),
+        Duration::from_millis(10),
+    )
 }
 
 /// Boots the VM for this test (or skips loudly when there is no VPP to run).
@@ -425,8 +320,8 @@ async fn interop() {
     assert_eq!((p.replay_errors, p.integrity_errors), (0, 0), "{p:?}");
 
     // rotation 1 -> 2 across the mixed mesh under load in both directions
-    let to_kernel = Stream::start((&pod_a, A), (&pod_b, B));
-    let to_vpp = Stream::start((&pod_b, B), (&pod_a, A));
+    let to_kernel = stream((&pod_a, A), (&pod_b, B));
+    let to_vpp = stream((&pod_b, B), (&pod_a, A));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     let done = rotate(&tunnel, &nodes, &s, 2, Duration::from_secs(1))

@@ -8,16 +8,11 @@
 
 mod common;
 
+use common::wire::{Capture, Stream};
 use common::*;
 use scrambler_core::{keys, Mesh, Netns, NodeId, Tunnel};
 use scrambler_vmtest::{needs_vm, Feature, VmSuite};
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 static VM: VmSuite = VmSuite::with("vm_xfrm_", |t| t.timeout(Duration::from_secs(600)));
@@ -108,48 +103,7 @@ impl Lab {
 
     /// Starts tcpdump on the underlay bridge.
     fn capture(&self) -> Capture {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.wire.name])
-            .args(["tcpdump", "-Z", "root", "-n", "-l", "-U", "-i", "br0", "ip"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpdump");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        // wait for "listening on br0"
-        for l in lines.by_ref() {
-            let l = l.unwrap_or_default();
-            if l.contains("listening on") {
-                break;
-            }
-        }
-        Capture { child }
-    }
-}
-
-struct Capture {
-    child: Child,
-}
-
-impl Capture {
-    /// Stops the capture and returns its lines.
-    fn finish(mut self) -> Vec<String> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut o, &mut out);
-        }
-        out.lines().map(str::to_string).collect()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Capture::start(&self.wire)
     }
 }
 
@@ -305,77 +259,13 @@ fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
     });
 }
 
-/// Sends numbered UDP datagrams from pod `from` to pod `to` every 5 ms while a receiver
-/// thread in pod `to` collects them.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sender: std::thread::JoinHandle<u32>,
-    receiver: std::thread::JoinHandle<HashSet<u32>>,
-}
-
-impl Stream {
-    fn start(lab: &Lab, from: usize, to: usize) -> Stream {
-        let rx = lab.pods[to - 1]
-            .netns()
-            .run(move || Ok(UdpSocket::bind(format!("10.0.{to}.2:5555")).unwrap()))
-            .unwrap();
-        rx.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let tx = lab.pods[from - 1]
-            .netns()
-            .run(move || Ok(UdpSocket::bind(format!("10.0.{from}.2:0")).unwrap()))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let sending = stop.clone();
-        let sender = std::thread::spawn(move || {
-            let mut seq = 0u32;
-            while !sending.load(Ordering::Relaxed) {
-                if let Err(e) = tx.send_to(&seq.to_be_bytes(), format!("10.0.{to}.2:5555")) {
-                    eprintln!("send {seq}: {e}");
-                    break;
-                }
-                seq += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            seq
-        });
-        let receiving = stop.clone();
-        let receiver = std::thread::spawn(move || {
-            let mut seen = HashSet::new();
-            let mut buf = [0u8; 16];
-            let mut idle_since: Option<Instant> = None;
-            loop {
-                match rx.recv(&mut buf) {
-                    Ok(4) => {
-                        seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-                        idle_since = None;
-                    }
-                    Ok(_) => {}
-                    Err(_) if receiving.load(Ordering::Relaxed) => {
-                        // stopped: wait for stragglers for up to 1 s of silence
-                        let t = *idle_since.get_or_insert_with(Instant::now);
-                        if t.elapsed() > Duration::from_secs(1) {
-                            return seen;
-                        }
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-        Stream {
-            stop,
-            sender,
-            receiver,
-        }
-    }
-
-    /// Stops sending; returns (sent, distinct received).
-    fn finish(self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self.sender.join().unwrap();
-        let seen = self.receiver.join().unwrap();
-        (sent, seen.len() as u32)
-    }
+/// Numbered UDP datagrams from pod `from` (1-based) to pod `to` every 5 ms.
+fn stream(lab: &Lab, from: usize, to: usize) -> Stream {
+    Stream::start(
+        (&lab.pods[from - 1].netns(), &format!("10.0.{from}.2")),
+        (&lab.pods[to - 1].netns(), &format!("10.0.{to}.2")),
+        Duration::from_millis(5),
+    )
 }
 
 #[test]
@@ -389,8 +279,8 @@ fn vm_xfrm_rotation_under_load_loses_nothing() {
     rt().block_on(async {
         lab.reconcile_all(&lab.tunnel).await;
         assert!(lab.ping(1, 2, 2) && lab.ping(2, 1, 1));
-        let a = Stream::start(&lab, 1, 2);
-        let b = Stream::start(&lab, 3, 1);
+        let a = stream(&lab, 1, 2);
+        let b = stream(&lab, 3, 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
         let done = rotate(
