@@ -24,16 +24,16 @@
 //! the pod's addresses and routes. That is how a failed ADD is undone and how DEL works.
 
 use crate::fault;
-use crate::netlink::{add_route, create_veth, route_present, Nl, VethSpec};
+use crate::netlink::{add_route, route_present, Nl};
 use crate::sysctl;
 use async_trait::async_trait;
 use ipnet::IpNet;
+use scrambler_core::routed::pod_result;
 use scrambler_core::{
-    esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
-    Route,
+    esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result, Route,
 };
+use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces};
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 
 /// The routed-pod plan this attachment shares with scrambler-vpp's: the gateways (addresses
 /// of every host-side veth here), the gateway of a family, the pod's routes.
@@ -163,22 +163,16 @@ impl VethAttach {
         host.set_up(host_link.index, &host_name).await?;
 
         // pod side: addresses as host routes, link up
-        let mut ips = Vec::new();
-        for ipc in &addrs.ips {
-            let addr = IpNet::from(ipc.address.addr());
-            pod.add_new_address(&pod_link, addr, false).await?;
-            ips.push(IpConfig {
-                address: addr,
-                gateway: Some(gateway_for(addr.addr())),
-                interface: Some(1),
-            });
+        let interfaces = pod_interfaces(&host_link, &pod_link, mtu, &req.pod_netns);
+        let result = pod_result(addrs, interfaces);
+        for ipc in &result.ips {
+            pod.add_new_address(&pod_link, ipc.address, false).await?;
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
         tracing::debug!(stage = "node side and pod addresses set");
         self.fault("after-pod-addr")?;
 
         // pod routes via the gateway
-        let routes = pod_routes(addrs);
         if has_v4 {
             add_route(
                 pod,
@@ -189,37 +183,18 @@ impl VethAttach {
             )
             .await?;
         }
-        for r in &routes {
+        for r in &result.routes {
             add_route(pod, r.dst, r.gw, pod_link.index, r.mtu).await?;
         }
         tracing::debug!(stage = "pod routes set");
         self.fault("after-pod-routes")?;
 
         // node routes to the pod
-        for ipc in &ips {
+        for ipc in &result.ips {
             add_route(host, ipc.address, None, host_link.index, None).await?;
         }
         self.fault("after-host-route")?;
-
-        Ok(CniResult {
-            interfaces: vec![
-                Interface {
-                    name: host_name,
-                    mac: host_link.mac,
-                    mtu: Some(mtu),
-                    sandbox: None,
-                },
-                Interface {
-                    name: req.id.ifname.clone(),
-                    mac: pod_link.mac,
-                    mtu: Some(mtu),
-                    sandbox: Some(req.pod_netns.sandbox()),
-                },
-            ],
-            ips,
-            routes,
-            dns: addrs.dns.clone(),
-        })
+        Ok(result)
     }
 }
 
@@ -248,14 +223,8 @@ impl Attach for VethAttach {
         if addrs.ips.is_empty() {
             return Err(Error::config("IPAM returned no addresses"));
         }
-        let pod_file = req.pod_netns.open()?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
-        if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                object: format!("interface {} in {}", req.id.ifname, req.pod_netns),
-                reason: "CNI_IFNAME is taken in the pod namespace".into(),
-            });
-        }
+        pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let host_name = host_ifname(&req.id);
         if host_nl.link_by_name(&host_name).await?.is_some() {
             return Err(Error::AlreadyExists {
@@ -268,17 +237,7 @@ impl Attach for VethAttach {
         }
         tracing::debug!(stage = "netlink open, names free");
         let mtu = self.pod_mtu(&host_nl, req.mtu).await?;
-        create_veth(
-            &host_nl,
-            &VethSpec {
-                name: &host_name,
-                peer_name: &req.id.ifname,
-                peer_netns_fd: pod_file.as_raw_fd(),
-                mtu,
-            },
-        )
-        .await?;
-        drop(pod_file);
+        create_pod_veth(&host_nl, &host_name, &req.pod_netns, &req.id.ifname, mtu).await?;
         match self.attach_inner(&host_nl, &pod_nl, req, addrs, mtu).await {
             Ok(r) => {
                 tracing::info!(attachment = %req.id, host_veth = %host_name, mtu, "attached");
@@ -301,51 +260,23 @@ impl Attach for VethAttach {
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let mut diffs: Vec<String> = Vec::new();
         let sb = req.pod_netns.sandbox();
-        let Some(pod_idx) = expected
-            .interfaces
-            .iter()
-            .position(|i| i.name == req.id.ifname && i.sandbox.as_deref() == Some(sb.as_str()))
-        else {
-            return Err(check_failed(
-                &req.id,
-                format!(
-                    "prevResult lists no interface {} in sandbox {sb}",
-                    req.id.ifname
-                ),
-            ));
+        let Some(pod_idx) = expected.interface_index(&req.id.ifname, &sb) else {
+            return Err(req.id.check_failed(format!(
+                "prevResult lists no interface {} in sandbox {sb}",
+                req.id.ifname
+            )));
         };
         let want = &expected.interfaces[pod_idx];
         let want_mtu = match want.mtu {
             Some(m) => m,
             None => self.pod_mtu(&host_nl, req.mtu).await?,
         };
-        let pod_ips: Vec<IpNet> = expected
-            .ips
-            .iter()
-            .filter(|c| c.interface.is_none() || c.interface == Some(pod_idx))
-            .map(|c| c.address)
-            .collect();
+        let pod_ips = expected.addresses_of(pod_idx);
 
         match pod_nl.link_by_name(&req.id.ifname).await? {
             None => diffs.push(format!("interface {} is missing in {sb}", req.id.ifname)),
             Some(link) => {
-                if link.kind.as_deref() != Some("veth") {
-                    diffs.push(format!("{} is {:?}, not a veth", link.name, link.kind));
-                }
-                if !link.up {
-                    diffs.push(format!("{} is down", link.name));
-                }
-                if link.mtu != Some(want_mtu) {
-                    diffs.push(format!(
-                        "{} has mtu {:?}, expected {want_mtu}",
-                        link.name, link.mtu
-                    ));
-                }
-                if let (Some(w), Some(h)) = (&want.mac, &link.mac) {
-                    if !w.eq_ignore_ascii_case(h) {
-                        diffs.push(format!("{} has mac {h}, expected {w}", link.name));
-                    }
-                }
+                check_pod_end(&link, want, want_mtu, &mut diffs);
                 let have = pod_nl.addresses(link.index).await?;
                 for a in &pod_ips {
                     if !have.contains(a) {
@@ -353,15 +284,7 @@ impl Attach for VethAttach {
                     }
                 }
                 let routes = pod_nl.routes().await?;
-                for r in &expected.routes {
-                    if !route_present(&routes, r, link.index) {
-                        diffs.push(format!(
-                            "route {}{} is missing in the pod",
-                            r.dst,
-                            r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
-                        ));
-                    }
-                }
+                check_pod_routes(&routes, &expected.routes, link.index, &mut diffs);
             }
         }
 
@@ -401,11 +324,7 @@ impl Attach for VethAttach {
                 diffs.push(format!("forwarding is off in the node ({key})"));
             }
         }
-        if diffs.is_empty() {
-            Ok(())
-        } else {
-            Err(check_failed(&req.id, diffs.join("; ")))
-        }
+        req.id.check_outcome(&diffs)
     }
 
     async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
@@ -426,13 +345,6 @@ impl Attach for VethAttach {
                 Ok(())
             }
         }
-    }
-}
-
-fn check_failed(id: &AttachmentId, reason: String) -> Error {
-    Error::CheckFailed {
-        object: format!("attachment {id}"),
-        reason,
     }
 }
 

@@ -110,6 +110,22 @@ pub struct CniResult {
 }
 
 impl CniResult {
+    /// Index in [`CniResult::interfaces`] of the interface `name` in `sandbox`.
+    pub fn interface_index(&self, name: &str, sandbox: &str) -> Option<usize> {
+        self.interfaces
+            .iter()
+            .position(|i| i.name == name && i.sandbox.as_deref() == Some(sandbox))
+    }
+
+    /// The addresses of interface `index` (and those naming no interface).
+    pub fn addresses_of(&self, index: usize) -> Vec<IpNet> {
+        self.ips
+            .iter()
+            .filter(|c| c.interface.is_none() || c.interface == Some(index))
+            .map(|c| c.address)
+            .collect()
+    }
+
     /// Encodes the result for CNI version `version` (0.4.0 adds `version` to each IP and has
     /// no interface MTU / route MTU; 1.0.0 has no MTUs).
     pub fn to_json(&self, version: &str) -> Result<serde_json::Value> {

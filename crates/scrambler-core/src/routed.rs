@@ -6,7 +6,7 @@
 //! Pure data: which gateway, which routes, which name. The dataplanes put it into the kernel
 //! or VPP.
 
-use crate::result::{CniResult, Route};
+use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::traits::AttachmentId;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -86,10 +86,33 @@ pub fn pod_routes(addrs: &CniResult) -> Vec<Route> {
     out
 }
 
+/// The CNI result of a routed pod: `interfaces` (the node end, then the pod end, which the
+/// addresses name as interface 1), every IPAM address as a host address (`/32`, `/128`) with
+/// the gateway of its family, [`pod_routes`], and the IPAM's DNS.
+pub fn pod_result(addrs: &CniResult, interfaces: Vec<Interface>) -> CniResult {
+    let ips = addrs
+        .ips
+        .iter()
+        .map(|c| {
+            let address = IpNet::from(c.address.addr());
+            IpConfig {
+                address,
+                gateway: Some(gateway_for(address.addr())),
+                interface: Some(1),
+            }
+        })
+        .collect();
+    CniResult {
+        interfaces,
+        ips,
+        routes: pod_routes(addrs),
+        dns: addrs.dns.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::result::IpConfig;
 
     #[test]
     fn host_names_are_stable_short_and_distinct() {
@@ -162,5 +185,23 @@ mod tests {
         };
         let dsts: Vec<String> = pod_routes(&r).iter().map(|r| r.dst.to_string()).collect();
         assert_eq!(dsts, ["10.0.0.0/8", "10.2.0.0/16", "::/0"]);
+    }
+
+    #[test]
+    fn result_has_host_addresses_via_the_gateway() {
+        let addrs = CniResult {
+            ips: vec![IpConfig {
+                address: "10.1.0.5/24".parse().unwrap(),
+                gateway: Some("10.1.0.1".parse().unwrap()),
+                interface: Some(7),
+            }],
+            ..Default::default()
+        };
+        let r = pod_result(&addrs, vec![]);
+        assert_eq!(r.ips.len(), 1);
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.5/32");
+        assert_eq!(r.ips[0].gateway, Some(IpAddr::V4(GATEWAY_V4)));
+        assert_eq!(r.ips[0].interface, Some(1));
+        assert_eq!(r.routes, pod_routes(&addrs));
     }
 }

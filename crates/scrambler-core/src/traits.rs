@@ -3,7 +3,7 @@
 //! None of them holds process-global state: each call names the network namespace it acts
 //! on, so one process can drive many nodes (the lab, tests, an embedding agent).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys::ClusterSecret;
 use crate::mesh::{Generation, Mesh};
 use crate::netns::Netns;
@@ -30,6 +30,24 @@ impl AttachmentId {
         AttachmentId {
             container_id: container_id.into(),
             ifname: ifname.into(),
+        }
+    }
+
+    /// [`Error::CheckFailed`] on this attachment (`attachment <id>`), for `reason`.
+    pub fn check_failed(&self, reason: impl Into<String>) -> Error {
+        Error::CheckFailed {
+            object: format!("attachment {self}"),
+            reason: reason.into(),
+        }
+    }
+
+    /// The outcome of [`Attach::check`] for this attachment: `Ok` when `diffs` is empty,
+    /// else [`AttachmentId::check_failed`] listing them, `; `-separated.
+    pub fn check_outcome(&self, diffs: &[String]) -> Result<()> {
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(self.check_failed(diffs.join("; ")))
         }
     }
 }

@@ -301,12 +301,7 @@ impl Attach for IpvlanAttach {
             .map_err(|e| Error::io("open netns", pod_path.display(), e))?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let master = self.master(&host_nl).await?;
-        if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                object: format!("interface {} in {}", req.id.ifname, req.pod_netns),
-                reason: "CNI_IFNAME is taken in the pod namespace".into(),
-            });
-        }
+        pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let mtu = self.pod_mtu(&master, req.mtu)?;
         if self.cfg.encrypt {
             // recorded first, so a DEL after a crash anywhere below still finds it
@@ -367,9 +362,7 @@ impl Attach for IpvlanAttach {
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let sb = req.pod_netns.sandbox();
         let pod_idx = expected
-            .interfaces
-            .iter()
-            .position(|i| i.name == req.id.ifname && i.sandbox.as_deref() == Some(sb.as_str()))
+            .interface_index(&req.id.ifname, &sb)
             .ok_or_else(|| {
                 check_failed(
                     &req.id,

@@ -149,6 +149,18 @@ impl Nl {
             .ok_or_else(|| Error::kernel("find link", self.obj(name), "it vanished after creation"))
     }
 
+    /// Fails with [`Error::AlreadyExists`] when the link `ifname` exists (in a pod
+    /// namespace: `CNI_IFNAME` is taken).
+    pub async fn ensure_pod_ifname_free(&self, ifname: &str) -> Result<()> {
+        match self.link_by_name(ifname).await? {
+            None => Ok(()),
+            Some(_) => Err(Error::AlreadyExists {
+                object: format!("interface {}", self.obj(ifname)),
+                reason: "CNI_IFNAME is taken in the pod namespace".into(),
+            }),
+        }
+    }
+
     /// The link with index `index`, if any.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>> {
         let mut req = self.handle.link().get().match_index(index).execute();

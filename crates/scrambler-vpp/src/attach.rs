@@ -73,18 +73,16 @@ mod ops;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 use scrambler_core::routed::attachment_digest;
-use scrambler_core::{
-    esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
-};
-use scrambler_netlink::veth::{create_veth, VethSpec};
-use scrambler_netlink::{format_mac, parse_mac, route_present, Nl};
+use scrambler_core::routed::pod_result;
+use scrambler_core::{esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result};
+use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces};
+use scrambler_netlink::{format_mac, parse_mac, Nl};
 
 use self::netlink::{add_neighbour, neighbours};
 use self::ops::{host_vpp, vpp_err, Ops};
@@ -333,15 +331,10 @@ impl VppAttach {
         ops.set_up(sw, &host_name).await?;
 
         // pod: addresses as host addresses, link up, gateway as permanent neighbour, routes
-        let mut ips = Vec::new();
-        for c in &addrs.ips {
-            let a = IpNet::from(c.address.addr());
-            pod.add_new_address(&pod_link, a, false).await?;
-            ips.push(IpConfig {
-                address: a,
-                gateway: Some(gateway_for(a.addr())),
-                interface: Some(1),
-            });
+        let interfaces = pod_interfaces(&host_link, &pod_link, mtu, &req.pod_netns);
+        let result = pod_result(addrs, interfaces);
+        for c in &result.ips {
+            pod.add_new_address(&pod_link, c.address, false).await?;
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
         for (fam, on) in [
@@ -357,37 +350,17 @@ impl VppAttach {
                     .await?;
             }
         }
-        let routes = pod_routes(addrs);
-        for r in &routes {
+        for r in &result.routes {
             pod.add_route(r.dst, r.gw, pod_link.index, r.mtu).await?;
         }
 
         // VPP: the pod's addresses behind its interface
-        for c in &ips {
+        for c in &result.ips {
             let a = c.address.addr();
             ops.neighbour(sw, a, pod_mac, true).await?;
             ops.route(sw, a, true).await?;
         }
-
-        Ok(CniResult {
-            interfaces: vec![
-                Interface {
-                    name: host_name,
-                    mac: host_link.mac,
-                    mtu: Some(mtu),
-                    sandbox: None,
-                },
-                Interface {
-                    name: req.id.ifname.clone(),
-                    mac: pod_link.mac,
-                    mtu: Some(mtu),
-                    sandbox: Some(req.pod_netns.sandbox()),
-                },
-            ],
-            ips,
-            routes,
-            dns: addrs.dns.clone(),
-        })
+        Ok(result)
     }
 
     /// Undoes a failed attach: VPP objects first, then the veth.
@@ -411,11 +384,7 @@ impl VppAttach {
         diffs: &mut Vec<String>,
     ) -> Result<Option<[u8; 6]>> {
         let sb = req.pod_netns.sandbox();
-        let pod_idx = expected
-            .interfaces
-            .iter()
-            .position(|i| i.name == req.id.ifname && i.sandbox.as_deref() == Some(sb.as_str()));
-        let Some(pod_idx) = pod_idx else {
+        let Some(pod_idx) = expected.interface_index(&req.id.ifname, &sb) else {
             diffs.push(format!(
                 "prevResult lists no interface {} in sandbox {sb}",
                 req.id.ifname
@@ -431,40 +400,16 @@ impl VppAttach {
             Some(m) => m,
             None => self.pod_mtu(req.mtu)?,
         };
-        if link.kind.as_deref() != Some("veth") {
-            diffs.push(format!("{} is {:?}, not a veth", link.name, link.kind));
-        }
-        if !link.up {
-            diffs.push(format!("{} is down", link.name));
-        }
-        if link.mtu != Some(want_mtu) {
-            diffs.push(format!(
-                "{} has mtu {:?}, expected {want_mtu}",
-                link.name, link.mtu
-            ));
-        }
-        if let (Some(w), Some(h)) = (&want.mac, &link.mac) {
-            if !w.eq_ignore_ascii_case(h) {
-                diffs.push(format!("{} has mac {h}, expected {w}", link.name));
-            }
-        }
+        check_pod_end(&link, want, want_mtu, diffs);
         let have = pod.addresses(link.index).await?;
-        let pod_ips = pod_ips(expected, pod_idx);
+        let pod_ips = expected.addresses_of(pod_idx);
         for a in &pod_ips {
             if !have.iter().any(|h| h.addr() == a.addr()) {
                 diffs.push(format!("address {a} is missing on {}", link.name));
             }
         }
         let routes = pod.routes().await?;
-        for r in &expected.routes {
-            if !route_present(&routes, r, link.index) {
-                diffs.push(format!(
-                    "route {}{} is missing in the pod",
-                    r.dst,
-                    r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
-                ));
-            }
-        }
+        check_pod_routes(&routes, &expected.routes, link.index, diffs);
         let neigh = neighbours(pod, link.index).await?;
         for v6 in [false, true] {
             if !pod_ips.iter().any(|a| a.addr().is_ipv6() == v6) {
@@ -585,22 +530,6 @@ impl VppAttach {
     }
 }
 
-fn pod_ips(expected: &CniResult, pod_idx: usize) -> Vec<IpNet> {
-    expected
-        .ips
-        .iter()
-        .filter(|c| c.interface.is_none() || c.interface == Some(pod_idx))
-        .map(|c| c.address)
-        .collect()
-}
-
-fn check_failed(id: &AttachmentId, reason: String) -> Error {
-    Error::CheckFailed {
-        object: format!("attachment {id}"),
-        reason,
-    }
-}
-
 #[async_trait]
 impl Attach for VppAttach {
     async fn attach(
@@ -616,14 +545,8 @@ impl Attach for VppAttach {
         let mtu = self.pod_mtu(req.mtu)?;
         let c = self.connect(host).await?;
         let ops = Ops { c: &c };
-        let pod_file = req.pod_netns.open()?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
-        if pod_nl.link_by_name(&req.id.ifname).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                object: format!("interface {} in {}", req.id.ifname, req.pod_netns),
-                reason: "CNI_IFNAME is taken in the pod namespace".into(),
-            });
-        }
+        pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let host_name = host_ifname(&req.id);
         if host_nl.link_by_name(&host_name).await?.is_some()
             || ops.pod_interface(&host_name).await?.is_some()
@@ -636,17 +559,7 @@ impl Attach for VppAttach {
                 ),
             });
         }
-        create_veth(
-            &host_nl,
-            &VethSpec {
-                name: &host_name,
-                peer_name: &req.id.ifname,
-                peer_netns_fd: pod_file.as_raw_fd(),
-                mtu,
-            },
-        )
-        .await?;
-        drop(pod_file);
+        create_pod_veth(&host_nl, &host_name, &req.pod_netns, &req.id.ifname, mtu).await?;
         let res = self
             .attach_inner(&ops, &host_nl, &pod_nl, req, addrs, mtu)
             .await;
@@ -676,11 +589,10 @@ impl Attach for VppAttach {
             .check_pod(&pod_nl, req, expected, vmac, &mut diffs)
             .await?;
         let sb = req.pod_netns.sandbox();
-        let pod_idx = expected
-            .interfaces
-            .iter()
-            .position(|i| i.name == req.id.ifname && i.sandbox.as_deref() == Some(sb.as_str()));
-        let ips = pod_idx.map(|i| pod_ips(expected, i)).unwrap_or_default();
+        let pod_idx = expected.interface_index(&req.id.ifname, &sb);
+        let ips = pod_idx
+            .map(|i| expected.addresses_of(i))
+            .unwrap_or_default();
         let host_name = host_ifname(&req.id);
         match host_nl.link_by_name(&host_name).await? {
             None => diffs.push(format!("node veth {host_name} is missing")),
@@ -694,11 +606,7 @@ impl Attach for VppAttach {
         self.check_vpp(&ops, req, &ips, pod_mac, want_mtu, &mut diffs)
             .await?;
         let _ = c.close().await;
-        if diffs.is_empty() {
-            Ok(())
-        } else {
-            Err(check_failed(&req.id, diffs.join("; ")))
-        }
+        req.id.check_outcome(&diffs)
     }
 
     async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
