@@ -16,6 +16,7 @@
 //! Run with `cargo bench -p benches --bench vpp` as root (needs `../shared/vpp`).
 
 use benches::mesh::mesh;
+use benches::run;
 use ipnet::IpNet;
 use scrambler_core::{ClusterSecret, Mesh, Netns, Tunnel};
 use scrambler_vpp::api::types::{IfStatusFlags, IpTable, IpsecSadEntryV4};
@@ -623,14 +624,9 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run small then
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let sizes: &[u32] = if quick { &[10] } else { &[100, 1000] };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let quick = run::quick();
+    let sizes = run::mesh_sizes();
+    let rt = run::runtime();
     rt.block_on(async {
         let vpp = start_vpp().await;
         let dp = VppTunnel::new(vpp.api_sock());

@@ -7,6 +7,7 @@
 //! Run with `cargo bench -p benches --bench xfrm` as root.
 
 use benches::mesh::mesh;
+use benches::run;
 use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::{ClusterSecret, Mesh, Tunnel};
 use scrambler_xfrm::{LinkMode, XfrmConfig, XfrmTunnel};
@@ -121,14 +122,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run small then
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let sizes: &[u32] = if quick { &[10] } else { &[100, 1000] };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let sizes = run::mesh_sizes();
+    let rt = run::runtime();
     println!(
         "xfrm mesh programming into a fresh netns (policies + guard + routes, 7 objects/peer)"
     );

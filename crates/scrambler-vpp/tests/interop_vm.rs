@@ -39,7 +39,7 @@ use scrambler_vpp::api::types::AfPacketFlags;
 use scrambler_vpp::testing::{self, quiet_ipv6, VppInstance};
 use scrambler_vpp::VppTunnel;
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
-use wire::{Capture, Stream};
+use wire::{ping_replies, Capture, Stream};
 
 const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
 
@@ -114,21 +114,7 @@ fn pod(node: &TestNetns, node_if: &str, n: u32) -> TestNetns {
 
 /// Ping from `pod` to pod `to`; the number of replies.
 fn ping(pod: &TestNetns, to: u32, count: u32) -> u32 {
-    let (_, out) = pod.exec(&[
-        "busybox",
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-W",
-        "2",
-        &format!("10.0.{to}.2"),
-    ]);
-    eprintln!("ping {} -> 10.0.{to}.2: {}", pod.name, out.trim());
-    out.split(" packets received")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    ping_replies(pod, &format!("10.0.{to}.2"), count)
 }
 
 /// Every captured packet must be ESP between the two underlay addresses; returns the

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::wire::{Capture, Stream};
+use common::wire::{ping_replies, Capture, Stream};
 use common::*;
 use scrambler_core::{keys, Mesh, Netns, NodeId, Tunnel};
 use scrambler_vmtest::{needs_vm, Feature, VmSuite};
@@ -88,17 +88,7 @@ impl Lab {
 
     /// busybox ping from pod `from` (1-based) to pod `to`; true when all replies came.
     fn ping(&self, from: usize, to: usize, count: u32) -> bool {
-        let (ok, out) = self.pods[from - 1].exec(&[
-            "busybox",
-            "ping",
-            "-c",
-            &count.to_string(),
-            "-W",
-            "2",
-            &format!("10.0.{to}.2"),
-        ]);
-        eprintln!("ping {from}->{to}: {out}");
-        ok && out.contains(&format!("{count} packets received"))
+        ping_replies(&self.pods[from - 1], &format!("10.0.{to}.2"), count) == count
     }
 
     /// Starts tcpdump on the underlay bridge.

@@ -132,3 +132,15 @@ impl Stream {
         (sent, seen.len() as u32)
     }
 }
+
+/// busybox ping from `pod` to `to` (`count` echoes, 2 s wait after the last); the number
+/// of replies.
+pub fn ping_replies(pod: &TestNetns, to: &str, count: u32) -> u32 {
+    let (_, out) = pod.exec(&["busybox", "ping", "-c", &count.to_string(), "-W", "2", to]);
+    eprintln!("ping {} -> {to}: {}", pod.name, out.trim());
+    out.split(" packets received")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
