@@ -220,9 +220,7 @@ impl Attach for VethAttach {
         addrs: &CniResult,
     ) -> Result<CniResult> {
         check_pod_netns(&req.pod_netns)?;
-        if addrs.ips.is_empty() {
-            return Err(Error::config("IPAM returned no addresses"));
-        }
+        addrs.require_addresses()?;
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let host_name = host_ifname(&req.id);

@@ -110,6 +110,15 @@ pub struct CniResult {
 }
 
 impl CniResult {
+    /// Fails with a configuration error when the result (of an IPAM) has no address: there
+    /// is nothing to attach a pod with.
+    pub fn require_addresses(&self) -> Result<()> {
+        if self.ips.is_empty() {
+            return Err(Error::config("IPAM returned no addresses"));
+        }
+        Ok(())
+    }
+
     /// Index in [`CniResult::interfaces`] of the interface `name` in `sandbox`.
     pub fn interface_index(&self, name: &str, sandbox: &str) -> Option<usize> {
         self.interfaces

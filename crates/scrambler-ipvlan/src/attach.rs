@@ -289,9 +289,7 @@ impl Attach for IpvlanAttach {
         addrs: &CniResult,
     ) -> Result<CniResult> {
         req.pod_netns.check()?;
-        if addrs.ips.is_empty() {
-            return Err(Error::config("IPAM returned no addresses"));
-        }
+        addrs.require_addresses()?;
         let Netns::Path(pod_path) = &req.pod_netns else {
             return Err(Error::config(
                 "the pod namespace must be a namespace file, not the current namespace",

@@ -539,9 +539,7 @@ impl Attach for VppAttach {
         addrs: &CniResult,
     ) -> Result<CniResult> {
         req.pod_netns.check()?;
-        if addrs.ips.is_empty() {
-            return Err(Error::config("IPAM returned no addresses"));
-        }
+        addrs.require_addresses()?;
         let mtu = self.pod_mtu(req.mtu)?;
         let c = self.connect(host).await?;
         let ops = Ops { c: &c };
