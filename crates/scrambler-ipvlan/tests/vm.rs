@@ -10,7 +10,11 @@ use scrambler_core::{
 };
 use scrambler_ipvlan::{IpvlanAttach, IpvlanConfig, Mode};
 use scrambler_vmtest::{needs_vm, Feature, VmSuite};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+// the wire capture the xfrm VM tests use
+#[path = "../../scrambler-xfrm/tests/common/wire.rs"]
+mod wire;
 
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
 const FEATURES: &[Feature] = &[Feature::Ipvlan];
@@ -371,11 +375,11 @@ mod encrypted {
     //! `"encrypt": true` in l3: the node's xfrm mesh (scrambler-xfrm) carries pod traffic
     //! between nodes as ESP only.
 
+    use super::wire::Capture;
     use super::*;
     use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId, Tunnel};
     use scrambler_ipvlan::IpvlanNode;
     use scrambler_xfrm::{XfrmConfig, XfrmTunnel};
-    use std::io::{BufRead, BufReader, Read};
 
     const FEATURES: &[Feature] = &[Feature::Ipvlan, Feature::Esp, Feature::XfrmInterface];
 
@@ -408,35 +412,6 @@ mod encrypted {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-
-    /// tcpdump on the wire bridge until `finish`.
-    fn capture(wire: &Ns) -> std::process::Child {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &wire.name])
-            .args(["tcpdump", "-Z", "root", "-n", "-l", "-U", "-i", "br0", "ip"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpdump");
-        let stderr = child.stderr.take().unwrap();
-        for l in BufReader::new(stderr).lines() {
-            if l.unwrap_or_default().contains("listening on") {
-                break;
-            }
-        }
-        child
-    }
-
-    fn finish(mut child: std::process::Child) -> Vec<String> {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let _ = child.kill();
-        let _ = child.wait();
-        let mut out = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        out.lines().map(str::to_string).collect()
     }
 
     /// The node's setup as the CLI tools see it: our link, our nft table.
@@ -539,9 +514,9 @@ mod encrypted {
         assert_eq!(again, Default::default());
 
         // no mesh yet: the guard drops pod traffic on the cleartext route
-        let cap = capture(&lab.wire);
+        let cap = Capture::start(&lab.wire);
         assert!(!lab.pods[0].ping("10.1.2.2"), "expected drop without mesh");
-        let lines = finish(cap);
+        let lines = cap.finish();
         assert!(
             !lines.iter().any(|l| l.contains(" 10.1.")),
             "cleartext without the mesh: {lines:#?}"
@@ -556,10 +531,10 @@ mod encrypted {
                 .await
                 .unwrap();
         }
-        let cap = capture(&lab.wire);
+        let cap = Capture::start(&lab.wire);
         let there = lab.pods[0].ping("10.1.2.2");
         let back = lab.pods[1].ping("10.1.1.2");
-        let lines = finish(cap);
+        let lines = cap.finish();
         assert!(
             there && back,
             "{mode:?}: pings {there} {back}; wire: {lines:#?}\nnode1: {}",

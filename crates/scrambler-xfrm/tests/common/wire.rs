@@ -1,6 +1,7 @@
 //! What the VM tests watch and drive between pods: a tcpdump of the underlay bridge and
-//! numbered UDP streams. Also used by scrambler-vpp's interop test (through `#[path]`),
-//! so it depends on nothing but scrambler-core.
+//! numbered UDP streams. Also used by scrambler-vpp's interop test and scrambler-ipvlan's
+//! VM tests (through `#[path]`), so it depends on nothing but scrambler-core.
+#![allow(dead_code)]
 
 use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::Netns;
