@@ -191,12 +191,14 @@ fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
     let mut c = conf.clone();
     c["cniVersion"] = json!("0.3.1");
     assert_eq!(node.ours(&add, &c).code(), 1);
-    // backends not built yet: clear message
+    // a backend whose dataplane is not running: 11, naming what is missing
     let mut c = conf.clone();
     c["backend"] = json!("vpp");
+    c["vpp"] = json!({"apiSocket": "/nonexistent/scrambler-test/api.sock"});
     let out = node.ours(&add, &c);
+    assert_eq!(out.code(), 11, "{}", out.stdout);
     assert!(
-        out.stdout.contains("backend vpp is not built yet"),
+        out.stdout.contains("/nonexistent/scrambler-test/api.sock"),
         "{}",
         out.stdout
     );

@@ -71,6 +71,14 @@ pub fn create_wire(names: &Names) -> Result<()> {
     Ok(())
 }
 
+/// The MAC of node `i`'s underlay interface. Fixed, like a real node's NIC, so a node that
+/// is rebuilt (the `reboot` fault) comes back with the same MAC and its peers' neighbour
+/// entries for it stay right; a fresh random MAC would blackhole their first packets until
+/// their entries go stale and are re-probed (~5 s).
+pub fn underlay_mac(i: usize) -> String {
+    format!("02:5c:00:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff)
+}
+
 /// Creates node `i`'s namespace, plugs it into the bridge and addresses its underlay.
 pub fn create_node(names: &Names, i: usize) -> Result<()> {
     let n = names.node(i);
@@ -89,6 +97,8 @@ pub fn create_node(names: &Names, i: usize) -> Result<()> {
             "peer",
             "name",
             UNDERLAY_IF,
+            "address",
+            &underlay_mac(i),
             "netns",
             &n,
         ],
@@ -139,4 +149,16 @@ pub fn set_underlay(names: &Names, i: usize, up: bool) -> Result<()> {
         &["link", "set", UNDERLAY_IF, if up { "up" } else { "down" }],
     )
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underlay_macs_are_fixed_local_and_distinct() {
+        assert_eq!(underlay_mac(1), "02:5c:00:00:00:01");
+        assert_eq!(underlay_mac(200), "02:5c:00:00:00:c8");
+        assert_ne!(underlay_mac(2), underlay_mac(3));
+    }
 }
