@@ -11,4 +11,4 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked -- --test-threads="${SCRAMBLER_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${SCRAMBLER_TEST_THREADS:-2}"
