@@ -296,6 +296,16 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::Up { backend, .. } | LabCmd::Run { backend, .. } => {
             lab::vm::runs_natively_for(backend)
         }
+        // later steps go where the lab is: a lab VM holding it answers for it (an ipvlan lab
+        // lives there on a kernel that has ESP but no ipvlan)
+        LabCmd::Test { lab, .. }
+        | LabCmd::Inject { lab, .. }
+        | LabCmd::Status { lab }
+        | LabCmd::Down { lab }
+            if !scrambler_vmtest::in_vm() && lab::session::running(&lab.name) =>
+        {
+            false
+        }
         _ => lab::vm::runs_natively(),
     };
     if !natively && !vpp_only_lab(&cmd) {
