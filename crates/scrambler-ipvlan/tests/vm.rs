@@ -12,10 +12,6 @@ use scrambler_ipvlan::{IpvlanAttach, IpvlanConfig, Mode};
 use scrambler_vmtest::{needs_vm, Feature, VmSuite};
 use std::process::Command;
 
-// the wire capture the xfrm VM tests use
-#[path = "../../scrambler-xfrm/tests/common/wire.rs"]
-mod wire;
-
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
 const FEATURES: &[Feature] = &[Feature::Ipvlan];
 
@@ -375,8 +371,8 @@ mod encrypted {
     //! `"encrypt": true` in l3: the node's xfrm mesh (scrambler-xfrm) carries pod traffic
     //! between nodes as ESP only.
 
-    use super::wire::Capture;
     use super::*;
+    use scrambler_core::netns::testing::wire::Capture;
     use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId, Tunnel};
     use scrambler_ipvlan::IpvlanNode;
     use scrambler_xfrm::{XfrmConfig, XfrmTunnel};

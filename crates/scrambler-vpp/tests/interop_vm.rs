@@ -19,15 +19,12 @@
 //! veth with only a partial (offloaded) checksum, VPP encrypts it as is, and the kernel
 //! peer drops every datagram after decryption (`InCsumErrors`); ICMP is unaffected.
 
-// the kernel-side tests' capture of the wire and UDP streams, shared with this test
-#[path = "../../scrambler-xfrm/tests/common/wire.rs"]
-mod wire;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use scrambler_core::keys::spi;
+use scrambler_core::netns::testing::wire::{ping_replies, Capture, Stream};
 use scrambler_core::netns::testing::{veth, TestNetns};
 use scrambler_core::{
     Cluster, ClusterSecret, Keys, Mesh, Netns, Node, NodeId, ReconcileReport, Result, Tunnel,
@@ -39,7 +36,6 @@ use scrambler_vpp::api::types::AfPacketFlags;
 use scrambler_vpp::testing::{self, quiet_ipv6, VppInstance};
 use scrambler_vpp::VppTunnel;
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
-use wire::{ping_replies, Capture, Stream};
 
 const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
 

@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::wire::{ping_replies, Capture, Stream};
 use common::*;
+use scrambler_core::netns::testing::wire::{ping_replies, Capture, Stream};
 use scrambler_core::{keys, Mesh, Netns, NodeId, Tunnel};
 use scrambler_vmtest::{needs_vm, Feature, VmSuite};
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};

@@ -1,8 +1,6 @@
 //! Shared helpers of the netns and VM tests.
 #![allow(dead_code)]
 
-pub mod wire;
-
 use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId};
 
