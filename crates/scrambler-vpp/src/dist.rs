@@ -4,17 +4,14 @@
 //! [`locate`] returns, in order: `SCRAMBLER_VPP_DIST` when set and not empty (an extracted
 //! `vpp/` tree, holding `bin/vpp`); else the tarball ([`tarball`]: `SCRAMBLER_VPP_TARBALL`, else
 //! `../shared/vpp/vpp-dist.tar.xz` beside the workspace) extracted once into
-//! `<target>/vpp-dist/` and re-extracted when the tarball changes. Extraction goes to a
-//! temporary directory first and is renamed into place, so concurrent processes never see
-//! half a tree.
+//! `<target>/vpp-dist/` and re-extracted when the tarball changes. Extraction runs under an
+//! exclusive `flock` on `<target>/vpp-dist.lock` (processes and threads alike wait for it),
+//! goes to a temporary directory first and is renamed into place, so nobody sees half a
+//! tree and a tree whose stamp matches the tarball is never removed.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
-
-/// Serialises extraction within one process (other processes are handled by the rename).
-static EXTRACT: Mutex<()> = Mutex::new(());
 
 fn workspace_root() -> PathBuf {
     // crates/scrambler-vpp -> workspace root
@@ -52,7 +49,6 @@ pub fn locate() -> io::Result<PathBuf> {
         }
         return Ok(d);
     }
-    let _g = EXTRACT.lock().unwrap_or_else(|e| e.into_inner());
     let tar = tarball();
     let meta = std::fs::metadata(&tar).map_err(|e| {
         io::Error::new(
@@ -75,12 +71,28 @@ pub fn locate() -> io::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     let dest = target.join("vpp-dist");
-    if std::fs::read_to_string(dest.join(".stamp")).ok().as_deref() == Some(stamp_text.as_str())
-        && dest.join("vpp/bin/vpp").exists()
-    {
+    let current = || {
+        std::fs::read_to_string(dest.join(".stamp")).ok().as_deref() == Some(stamp_text.as_str())
+            && dest.join("vpp/bin/vpp").exists()
+    };
+    if current() {
         return Ok(dest.join("vpp"));
     }
-    extract(&tar, &target, &dest, &stamp_text)?;
+    std::fs::create_dir_all(&target)
+        .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", target.display())))?;
+    let lock_path = target.join("vpp-dist.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", lock_path.display())))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io::Error::other(format!("lock {}: {e}", lock_path.display())))?;
+    // whoever held the lock before may have extracted this very tarball
+    if !current() {
+        extract(&tar, &target, &dest, &stamp_text)?;
+    }
     Ok(dest.join("vpp"))
 }
 
@@ -115,12 +127,12 @@ fn extract(tar: &Path, target: &Path, dest: &Path, stamp_text: &str) -> io::Resu
     }
     std::fs::write(tmp.join(".stamp"), stamp_text)
         .map_err(|e| context("write stamp in", &tmp, e))?;
+    // under the lock, and only when the stamp differs: the old tree is stale
     let _ = std::fs::remove_dir_all(dest);
-    if std::fs::rename(&tmp, dest).is_err() {
-        // another process won the race; its tree is as good as ours
+    std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_dir_all(&tmp);
-    }
-    Ok(())
+        context("install", dest, e)
+    })
 }
 
 #[cfg(test)]

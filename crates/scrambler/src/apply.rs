@@ -7,7 +7,7 @@ use scrambler_core::{ClusterSecret, Error, Netns, ReconcileReport, Result, Tunne
 use std::path::{Path, PathBuf};
 
 /// Where `--vpp-socket` points unless told otherwise: VPP's default binary-API socket.
-pub const DEFAULT_VPP_SOCKET: &str = "/run/vpp/api.sock";
+pub const DEFAULT_VPP_SOCKET: &str = scrambler_vpp::attach::DEFAULT_API_SOCKET;
 
 /// What one node-level command acts on.
 #[derive(Debug, Clone)]
@@ -24,12 +24,6 @@ pub struct ApplyArgs {
     pub backend: String,
     /// With backend `vpp`: the binary-API socket of the node's VPP.
     pub vpp_socket: PathBuf,
-}
-
-/// The tunnel dataplane named `backend`; `vpp` talks to the VPP at
-/// [`DEFAULT_VPP_SOCKET`] (see [`tunnel_with`]).
-pub fn tunnel(backend: &str) -> Result<Box<dyn Tunnel>> {
-    tunnel_with(backend, Path::new(DEFAULT_VPP_SOCKET))
 }
 
 /// The tunnel dataplane named `backend`; `vpp` talks to the VPP whose binary-API socket is

@@ -84,8 +84,11 @@ fn api_prefix(lab: &str, i: usize) -> String {
     format!("{lab}-n{i}-vpp")
 }
 
-fn uplink_mac(i: usize) -> [u8; 6] {
-    [0x02, 0xfe, 0, 0, 1, i as u8]
+/// The fixed MAC VPP gives node `i`'s uplink; node indexes above 255 have none.
+fn uplink_mac(i: usize) -> Result<[u8; 6]> {
+    let last = u8::try_from(i)
+        .map_err(|_| Error::config(format!("VPP node {i}: node index above 255")))?;
+    Ok([0x02, 0xfe, 0, 0, 1, last])
 }
 
 /// The VPP tree (holding `bin/vpp`): `SCRAMBLER_VPP_DIST`, else the tarball extracted once
@@ -109,6 +112,9 @@ pub async fn start(lab: &str, i: usize) -> Result<()> {
     let dist = dist()?;
     let node = super::topology::Names { lab: lab.into() }.node(i);
     let dir = run_dir(lab, i);
+    // a VPP still running for this node is found through its pid file: stop it before
+    // the run dir (and that file) goes
+    stop(lab, i);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create VPP run dir", dir.display(), e))?;
     let conf = startup_conf(&dist, &dir, &api_prefix(lab, i), i)?;
@@ -119,10 +125,19 @@ pub async fn start(lab: &str, i: usize) -> Result<()> {
     let pid_file = dir.join("vpp.pid");
     std::fs::write(&pid_file, format!("{pid}\n"))
         .map_err(|e| Error::io("write", pid_file.display(), e))?;
-    let c = wait_ready(lab, i, pid).await?;
-    let r = take_underlay(&c, i).await;
-    let _ = c.close().await;
-    r
+    let ready = match wait_ready(lab, i, pid).await {
+        Ok(c) => {
+            let r = take_underlay(&c, i).await;
+            let _ = c.close().await;
+            r
+        }
+        Err(e) => Err(e),
+    };
+    if ready.is_err() {
+        // never leave a VPP behind that nothing will stop
+        stop(lab, i);
+    }
+    ready
 }
 
 fn startup_conf(dist: &Path, dir: &Path, prefix: &str, i: usize) -> Result<String> {
@@ -257,7 +272,7 @@ async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
     let r = c
         .request(&AfPacketCreateV3 {
             mode: AfPacketMode::AF_PACKET_API_MODE_ETHERNET,
-            hw_addr: MacAddress(uplink_mac(i)),
+            hw_addr: MacAddress(uplink_mac(i)?),
             host_if_name: topology::UNDERLAY_IF.into(),
             // small rings: af_packet's default rings take ~76 MB per interface
             rx_frame_size: RING_FRAME_SIZE,
