@@ -36,13 +36,6 @@ const UPLINK: &str = "host-ul0";
 /// Wall-clock budget for one `vppctl` per command at one mesh size before extrapolating.
 const PER_COMMAND_BUDGET: Duration = Duration::from_secs(60);
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// The mesh as `vppctl` command lines, peer by peer (9 per peer).
 fn vppctl_commands(m: &Mesh, secret: &ClusterSecret) -> Vec<Vec<String>> {
     let me = m.local.underlay[0];
@@ -63,8 +56,8 @@ fn vppctl_commands(m: &Mesh, secret: &ClusterSecret) -> Vec<Vec<String>> {
                 format!(
                     "ipsec sa add {id} spi {} esp crypto-alg aes-gcm-128 crypto-key {} salt 0x{} {sa_flags}{}",
                     key.spi,
-                    hex(&key.key),
-                    hex(&key.salt),
+                    hex::encode(&key.key),
+                    hex::encode(key.salt),
                     if inbound { " inbound" } else { "" }
                 )
             };
