@@ -18,6 +18,7 @@
 //! setup and deletes its record ([`crate::record`]).
 
 use crate::config::{IpvlanConfig, Mode};
+use crate::lock::NodeLock;
 use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};
 use crate::node::IpvlanNode;
 use crate::record::{host_id, Record, RecordStore};
@@ -301,6 +302,12 @@ impl Attach for IpvlanAttach {
         let master = self.master(&host_nl).await?;
         pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let mtu = self.pod_mtu(&master, req.mtu)?;
+        // held until ADD returns: ensure + add_pod (and an undo) never interleave with
+        // another invocation's changes of the node setup
+        let _node_lock = match self.cfg.encrypt {
+            true => Some(NodeLock::acquire(self.cfg.state_dir(), host_id(host)?).await?),
+            false => None,
+        };
         if self.cfg.encrypt {
             // recorded first, so a DEL after a crash anywhere below still finds it
             self.records()?.write(&Record {
@@ -432,6 +439,7 @@ impl Attach for IpvlanAttach {
                     ips.push(*ip);
                 }
             }
+            let _node_lock = NodeLock::acquire(self.cfg.state_dir(), host_id(host)?).await?;
             release_node(host, &ips).await?;
         }
         if record.is_some() {
@@ -480,7 +488,8 @@ impl IpvlanAttach {
     }
 
     /// Undoes the node side of a failed ADD: unregisters the pod's addresses (removing
-    /// the setup when no pod is left) and its record; failures are logged.
+    /// the setup when no pod is left) and its record; failures are logged. The caller
+    /// holds the [`NodeLock`].
     async fn undo_node(&self, host: &Netns, req: &AttachRequest, addrs: &CniResult) {
         if !self.cfg.encrypt {
             return;
@@ -503,11 +512,13 @@ impl IpvlanAttach {
             Err(_) if !self.cfg.encrypt => return Ok(vec![]),
             Err(e) => return Err(e),
         };
-        let records = store.list()?;
-        if records.is_empty() {
+        if store.list()?.is_empty() {
             return Ok(vec![]);
         }
         let me = host_id(host)?;
+        // listed again under the lock: an ADD holding it has its record written by then
+        let _node_lock = NodeLock::acquire(self.cfg.state_dir(), me).await?;
+        let records = store.list()?;
         let (stale, kept): (Vec<Record>, Vec<Record>) = records
             .into_iter()
             .filter(|r| r.host == me)
@@ -572,7 +583,7 @@ fn pod_ips(addrs: &CniResult) -> Vec<IpAddr> {
 }
 
 /// Unregisters a pod's addresses from the node setup and removes the setup when no pod
-/// is left.
+/// is left. The caller holds the [`NodeLock`].
 async fn release_node(host: &Netns, ips: &[IpAddr]) -> Result<()> {
     if IpvlanNode::remove_pod(host, ips).await? == 0 {
         IpvlanNode::remove(host).await?;

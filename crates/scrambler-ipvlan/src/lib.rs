@@ -70,6 +70,10 @@
 //! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time); CHECK reports a
 //! pod whose addresses the setup does not route.
 //!
+//! ADD, DEL and GC change the node setup under an exclusive lock per node namespace
+//! ([`lock::NodeLock`], `stateDir/node-<netns inode>.lock`), so an ADD never registers its
+//! pod with a setup that the DEL of the node's last pod is removing.
+//!
 //! **DEL after the pod's namespace is gone** (kubelet after a crashed runtime; CNI requires
 //! DEL to succeed then) cannot read the pod's addresses from its interface, so ADD first
 //! records them, one small file per attachment ([`record`]: `stateDir/<network>/<container
@@ -87,9 +91,7 @@
 //! Limits: a pod attached by a version without records, whose DEL comes after its
 //! namespace is gone, still leaves its host route (and so the setup) until
 //! [`IpvlanNode::remove`]; GC does not touch the interface of an unlisted attachment whose
-//! namespace still exists (the record does not name the namespace); an ADD racing the DEL of
-//! the node's last pod can fail (nothing is left half-made; the runtime retries);
-//! `ip_forward` is left on;
+//! namespace still exists (the record does not name the namespace); `ip_forward` is left on;
 //! the node link takes the pods' mode for the whole master (the kernel has one ipvlan
 //! mode per master). The `nft` binary (Debian package `nftables`) must be installed.
 //!
@@ -102,6 +104,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod lock;
 pub mod netlink;
 pub mod nft;
 pub mod node;

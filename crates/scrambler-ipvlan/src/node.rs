@@ -17,6 +17,10 @@
 //! interface and from its record, [`crate::record`], which is all there is once the pod's
 //! namespace is gone) and the DEL of the last one removes the setup
 //! ([`IpvlanNode::remove`]).
+//!
+//! Concurrent invocations on one node must hold its [`crate::lock::NodeLock`] across each
+//! sequence of these calls (ensure + add_pod, remove_pod + remove): without it the DEL of
+//! the last pod can remove the setup right after an ADD registered a new pod.
 
 use crate::config::Mode;
 use crate::netlink::{create_ipvlan, delete_route, ensure_route, link_mode, IpvlanSpec};
@@ -56,8 +60,8 @@ pub struct EnsureReport {
 }
 
 impl IpvlanNode {
-    /// Makes the setup in `netns` exactly what `self` says (idempotent; safe to run
-    /// concurrently). Fails with code 7 for `l2` or a missing master, with code 102 when a
+    /// Makes the setup in `netns` exactly what `self` says (idempotent; callers sharing a
+    /// node hold its [`crate::lock::NodeLock`]). Fails with code 7 for `l2` or a missing master, with code 102 when a
     /// link named [`NODE_LINK`] exists that is not ours.
     pub async fn ensure(&self, netns: &Netns) -> Result<EnsureReport> {
         if !self.mode.can_encrypt() {
