@@ -329,6 +329,8 @@ impl Attach for IpvlanAttach {
                 flag: self.cfg.flag,
                 mtu,
                 netns_fd: Some(pod_file.as_raw_fd()),
+                alias: None,
+                up: false,
             },
         )
         .await;

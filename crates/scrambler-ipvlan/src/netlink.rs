@@ -33,6 +33,11 @@ pub struct IpvlanSpec<'a> {
     /// Namespace (open file descriptor) the link is created in; `None`: the creating
     /// connection's own.
     pub netns_fd: Option<RawFd>,
+    /// `ifalias` sent with the creation request (`IFLA_IFALIAS`); a kernel that ignores it
+    /// at creation leaves the link without alias, so callers check.
+    pub alias: Option<&'a str>,
+    /// Created up (`IFF_UP` in the request).
+    pub up: bool,
 }
 
 /// Creates, through `nl`, an ipvlan slave of `spec.master` (a link of `nl`'s namespace)
@@ -43,6 +48,12 @@ pub async fn create_ipvlan(nl: &Nl, spec: &IpvlanSpec<'_>) -> Result<()> {
         .mtu(spec.mtu);
     if let Some(fd) = spec.netns_fd {
         b = b.setns_by_fd(fd);
+    }
+    if let Some(a) = spec.alias {
+        b = b.alias(a);
+    }
+    if spec.up {
+        b = b.up();
     }
     let msg = b.build();
     let exists = Error::AlreadyExists {

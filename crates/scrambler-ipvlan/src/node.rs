@@ -124,6 +124,12 @@ impl IpvlanNode {
         let Some(l) = nl.link_by_name(NODE_LINK).await? else {
             return Ok(None);
         };
+        if is_unmarked_node_link(&l, master.index, self.mode) {
+            // left by a creation that died before its alias was set
+            tracing::info!(link = NODE_LINK, "unaliased node link adopted");
+            self.finish_node_link(nl, &l).await?;
+            return Ok(Some(l));
+        }
         if !is_ours(&l) {
             return Err(Error::AlreadyExists {
                 object: nl.obj(format!("interface {NODE_LINK}")),
@@ -147,8 +153,12 @@ impl IpvlanNode {
         Ok(None)
     }
 
+    /// Creates the node link, up and aliased; if that cannot be finished, the link is
+    /// deleted again so that it does not block later ADDs as a foreign link.
     async fn create_node_link(&self, nl: &Nl, master: &LinkState) -> Result<LinkState> {
-        let created = create_ipvlan(
+        // a name clash here is a link made since `node_link` looked: someone else's
+        // (we hold the node lock), so it is an error, not ours to alias
+        create_ipvlan(
             nl,
             &IpvlanSpec {
                 name: NODE_LINK,
@@ -157,23 +167,32 @@ impl IpvlanNode {
                 flag: Flag::Bridge,
                 mtu: master.mtu.unwrap_or(1500),
                 netns_fd: None,
+                alias: Some(NODE_ALIAS),
+                up: true,
             },
         )
-        .await;
-        match created {
-            Ok(()) => {}
-            // a concurrent ADD made it first
-            Err(Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        .await?;
         let l = nl.link_by_name(NODE_LINK).await?.ok_or_else(|| {
             Error::kernel("find link", nl.obj(NODE_LINK), "it vanished after creation")
         })?;
+        if let Err(e) = self.finish_node_link(nl, &l).await {
+            if let Err(e2) = nl.delete_link(l.index, NODE_LINK).await {
+                tracing::error!(error = %e2, "undo: delete half-made node link failed");
+            }
+            return Err(e);
+        }
+        Ok(l)
+    }
+
+    /// Gives the node link `l` our alias and brings it up, where it is not yet.
+    async fn finish_node_link(&self, nl: &Nl, l: &LinkState) -> Result<()> {
         if l.alias.as_deref() != Some(NODE_ALIAS) {
             nl.set_alias(l.index, NODE_LINK, NODE_ALIAS).await?;
         }
-        nl.set_up(l.index, NODE_LINK).await?;
-        Ok(l)
+        if !l.up {
+            nl.set_up(l.index, NODE_LINK).await?;
+        }
+        Ok(())
     }
 
     /// Registers pod addresses `ips` (host routes out of the node link). Needs
@@ -244,6 +263,15 @@ impl IpvlanNode {
 
 fn is_ours(l: &LinkState) -> bool {
     l.kind.as_deref() == Some("ipvlan") && l.alias.as_deref() == Some(NODE_ALIAS)
+}
+
+/// An ipvlan link named [`NODE_LINK`] without any alias, on `master` in `mode`: what a
+/// creation that died before setting the alias leaves (only adopted under the node lock).
+fn is_unmarked_node_link(l: &LinkState, master: u32, mode: Mode) -> bool {
+    l.kind.as_deref() == Some("ipvlan")
+        && l.alias.as_deref().unwrap_or("").is_empty()
+        && l.parent == Some(master)
+        && link_mode(l) == Some(mode)
 }
 
 async fn our_link(nl: &Nl) -> Result<Option<LinkState>> {
@@ -323,5 +351,35 @@ mod tests {
             kind: Some("ipvlan".into()),
             ..Default::default()
         }));
+    }
+
+    #[test]
+    fn only_an_unaliased_ipvlan_on_the_right_master_and_mode_is_adopted() {
+        use rtnetlink::packet_route::link::IpVlanMode;
+        let half_made = LinkState {
+            kind: Some("ipvlan".into()),
+            parent: Some(2),
+            ipvlan_mode: Some(IpVlanMode::L3),
+            ..Default::default()
+        };
+        assert!(is_unmarked_node_link(&half_made, 2, Mode::L3));
+        assert!(
+            !is_unmarked_node_link(&half_made, 3, Mode::L3),
+            "other master"
+        );
+        assert!(
+            !is_unmarked_node_link(&half_made, 2, Mode::L3s),
+            "other mode"
+        );
+        let aliased = LinkState {
+            alias: Some("someone's".into()),
+            ..half_made.clone()
+        };
+        assert!(!is_unmarked_node_link(&aliased, 2, Mode::L3));
+        let veth = LinkState {
+            kind: Some("veth".into()),
+            ..half_made
+        };
+        assert!(!is_unmarked_node_link(&veth, 2, Mode::L3));
     }
 }
