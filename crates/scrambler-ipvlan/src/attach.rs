@@ -665,6 +665,7 @@ mod tests {
         let enc = IpvlanAttach::new(IpvlanConfig {
             mode: Mode::L3,
             encrypt: true,
+            cluster_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
             ..Default::default()
         })
         .unwrap();

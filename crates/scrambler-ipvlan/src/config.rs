@@ -112,8 +112,8 @@ pub struct IpvlanConfig {
     /// Pod traffic to other nodes is encrypted by the node's xfrm mesh (l3, l3s only).
     pub encrypt: bool,
     /// The cluster's pod CIDRs (`"clusterCidrs"`): with `encrypt`, pod traffic to them is
-    /// re-routed into the mesh and never leaves the master in the clear; empty: all pod
-    /// traffic is re-routed, no cleartext guard.
+    /// re-routed into the mesh and never leaves the master in the clear. Required (non-empty)
+    /// with `encrypt`: without them there would be no cleartext guard.
     pub cluster_cidrs: Vec<IpNet>,
     /// Directory of the attachment records (`"stateDir"`, absolute; see [`crate::record`]);
     /// `None`: [`crate::record::DEFAULT_STATE_DIR`].
@@ -122,7 +122,7 @@ pub struct IpvlanConfig {
 
 impl IpvlanConfig {
     /// Reads the ipvlan settings of `conf` (`flag` and `clusterCidrs` are extra fields), refusing
-    /// `"encrypt": true` with mode `l2` (code 7).
+    /// `"encrypt": true` with mode `l2` or without `clusterCidrs` (code 7).
     pub fn from_netconf(conf: &NetConf) -> Result<Self> {
         let flag = match conf.extra.get("flag") {
             None | Some(serde_json::Value::Null) => None,
@@ -171,8 +171,8 @@ impl IpvlanConfig {
             .unwrap_or(Path::new(crate::record::DEFAULT_STATE_DIR))
     }
 
-    /// Checks combinations: MTU range, interface name length, encrypt only with l3/l3s,
-    /// an absolute `stateDir`.
+    /// Checks combinations: MTU range, interface name length, encrypt only with l3/l3s and
+    /// with `clusterCidrs`, an absolute `stateDir`.
     pub fn validate(&self) -> Result<()> {
         if !self.state_dir().is_absolute() {
             return Err(Error::config(format!(
@@ -185,6 +185,13 @@ impl IpvlanConfig {
                 "ipvlan mode l2 cannot be encrypted: l2 traffic is switched by the ipvlan \
                  master straight onto the wire and bypasses the node's routing, so the xfrm \
                  mesh never sees it; use mode l3 or l3s with \"encrypt\": true",
+            ));
+        }
+        if self.encrypt && self.cluster_cidrs.is_empty() {
+            return Err(Error::config(
+                "ipvlan \"encrypt\": true needs \"clusterCidrs\" (the cluster's pod CIDRs, \
+                 e.g. [\"10.244.0.0/16\"]): without them nothing stops pod-to-cluster traffic \
+                 from leaving the master in the clear",
             ));
         }
         if let Some(m) = self.mtu {
@@ -242,7 +249,7 @@ mod tests {
     fn fields_parse() {
         let c = conf(
             serde_json::json!({"master": "eth1", "mode": "l3s", "flag": "private",
-            "mtu": 1400, "encrypt": true}),
+            "mtu": 1400}),
         )
         .unwrap();
         assert_eq!(c.master.as_deref(), Some("eth1"));
@@ -250,7 +257,7 @@ mod tests {
             (c.mode, c.flag, c.mtu),
             (Mode::L3s, Flag::Private, Some(1400))
         );
-        assert!(c.encrypt);
+        assert!(!c.encrypt);
         assert!(c.cluster_cidrs.is_empty());
         let c = conf(serde_json::json!({"mode": "l3", "encrypt": true,
             "clusterCidrs": ["10.244.0.0/16"]}))
@@ -290,7 +297,27 @@ mod tests {
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("l2 cannot be encrypted"), "{e}");
         for m in ["l3", "l3s"] {
-            assert!(conf(serde_json::json!({"encrypt": true, "mode": m})).is_ok());
+            assert!(conf(serde_json::json!({"encrypt": true, "mode": m,
+                "clusterCidrs": ["10.244.0.0/16"]}))
+            .is_ok());
         }
+    }
+
+    #[test]
+    fn encrypt_needs_cluster_cidrs() {
+        for missing in [
+            serde_json::json!({"encrypt": true, "mode": "l3"}),
+            serde_json::json!({"encrypt": true, "mode": "l3", "clusterCidrs": null}),
+            serde_json::json!({"encrypt": true, "mode": "l3s", "clusterCidrs": []}),
+        ] {
+            let e = conf(missing.clone()).unwrap_err();
+            assert_eq!(e.code(), 7, "{missing}");
+            assert!(e.to_string().contains("\"clusterCidrs\""), "{e}");
+        }
+        // l2 is refused for its own reason first
+        let e = conf(serde_json::json!({"encrypt": true})).unwrap_err();
+        assert!(e.to_string().contains("l2 cannot be encrypted"), "{e}");
+        // without encrypt they are optional
+        assert!(conf(serde_json::json!({"mode": "l3"})).is_ok());
     }
 }

@@ -11,17 +11,18 @@
 //! | `flag` | `bridge`, `private`, `vepa` | `bridge` |
 //! | `mtu` | pod MTU (≤ the master's) | the master's, minus ESP overhead with `encrypt` |
 //! | `encrypt` | pod traffic to other nodes goes through the node's xfrm mesh (l3/l3s only; see below) | `false` |
-//! | `clusterCidrs` | with `encrypt`: the cluster's pod CIDRs (re-routed into the mesh, never cleartext on the master) | none: all pod traffic re-routed, no guard |
+//! | `clusterCidrs` | the cluster's pod CIDRs (re-routed into the mesh, never cleartext on the master); **required** with `encrypt` (code 7 without) | none |
 //! | `stateDir` | with `encrypt`: absolute directory of the attachment records ([`record`]; those of network `N` in `stateDir/N/`) | `/run/scrambler-ipvlan` |
 //!
 //! ```json
 //! {"cniVersion": "1.1.0", "name": "pods", "type": "scrambler-cni", "backend": "ipvlan",
-//!  "master": "eth0", "mode": "l3", "encrypt": true,
+//!  "master": "eth0", "mode": "l3", "encrypt": true, "clusterCidrs": ["10.1.0.0/16"],
 //!  "ipam": {"type": "host-local", "subnet": "10.1.1.0/24"}}
 //! ```
 //!
 //! Errors: a `master` that does not exist, or that is itself an ipvlan slave, fails with
-//! code 7 naming it; so does no `master` on a node without a default route.
+//! code 7 naming it; so does no `master` on a node without a default route, and
+//! `"encrypt": true` without `"clusterCidrs"`.
 //!
 //! # Which modes can be encrypted
 //!
@@ -64,8 +65,8 @@
 //! few netlink requests and one atomic `nft -f -`), the way Calico's or Cilium's agents
 //! keep their node setup, so an ipvlan node needs nothing but the mesh
 //! (`scrambler mesh apply`) and this conf. The node's pod CIDRs are the IPAM's subnets;
-//! the cluster CIDRs come from the conf's `"clusterCidrs"` (recommended: without them
-//! every pod packet is re-routed and there is no cleartext guard). ADD registers the pod
+//! the cluster CIDRs come from the conf's `"clusterCidrs"` (required with `"encrypt"`: a
+//! conf without them is refused with code 7 rather than running without cleartext guard). ADD registers the pod
 //! (a host route out of the node link), DEL unregisters it, and the DEL of the node's last
 //! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time); CHECK reports a
 //! pod whose addresses the setup does not route.

@@ -45,8 +45,8 @@ pub struct IpvlanNode {
     pub mode: Mode,
     /// This node's pod CIDRs.
     pub pod_cidrs: Vec<IpNet>,
-    /// The cluster's pod CIDRs (all nodes); empty: every packet of the node's pods is
-    /// re-routed and there is no cleartext guard (see [`crate::nft`]).
+    /// The cluster's pod CIDRs (all nodes; required: [`IpvlanNode::ensure`] refuses an
+    /// empty list, which would leave no cleartext guard, see [`crate::nft`]).
     pub cluster_cidrs: Vec<IpNet>,
 }
 
@@ -61,7 +61,8 @@ pub struct EnsureReport {
 
 impl IpvlanNode {
     /// Makes the setup in `netns` exactly what `self` says (idempotent; callers sharing a
-    /// node hold its [`crate::lock::NodeLock`]). Fails with code 7 for `l2` or a missing master, with code 102 when a
+    /// node hold its [`crate::lock::NodeLock`]). Fails with code 7 for `l2`, no cluster
+    /// CIDRs or a missing master, with code 102 when a
     /// link named [`NODE_LINK`] exists that is not ours.
     pub async fn ensure(&self, netns: &Netns) -> Result<EnsureReport> {
         if !self.mode.can_encrypt() {
@@ -72,6 +73,12 @@ impl IpvlanNode {
         if self.pod_cidrs.is_empty() {
             return Err(Error::config(
                 "the ipvlan node setup needs the node's pod CIDRs",
+            ));
+        }
+        if self.cluster_cidrs.is_empty() {
+            return Err(Error::config(
+                "the ipvlan node setup needs the cluster's pod CIDRs (\"clusterCidrs\") for \
+                 its cleartext guard",
             ));
         }
         let nl = Nl::open(netns).await?;

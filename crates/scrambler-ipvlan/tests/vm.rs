@@ -334,6 +334,7 @@ async fn del_with_netns_gone_consumes_the_record() {
         network: "pods".into(),
         mode: Mode::L3,
         encrypt: true,
+        cluster_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
         state_dir: Some(state.path().into()),
         ..Default::default()
     })
