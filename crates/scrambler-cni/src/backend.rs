@@ -99,9 +99,9 @@ impl VppConf {
         }
     }
 
-    /// The attachment this section describes.
-    pub fn attach(&self) -> VppAttach {
-        let a = VppAttach::new(self.api_socket.clone());
+    /// The attachment this section describes, for network `network` (the conf's `name`).
+    pub fn attach(&self, network: &str) -> VppAttach {
+        let a = VppAttach::new(self.api_socket.clone()).with_network(network);
         match self.underlay_mtu {
             Some(m) => a.with_underlay_mtu(m),
             None => a,
@@ -124,7 +124,7 @@ pub fn backend_for(conf: &NetConf, opts: &BackendOptions) -> Result<Box<dyn CniB
             VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone()),
         )),
         Backend::Ipvlan => Ok(Box::new(IpvlanAttach::from_netconf(conf)?)),
-        Backend::Vpp => Ok(Box::new(VppConf::from_netconf(conf)?.attach())),
+        Backend::Vpp => Ok(Box::new(VppConf::from_netconf(conf)?.attach(&conf.name))),
     }
 }
 
@@ -165,7 +165,7 @@ mod tests {
         );
         let v = VppConf::from_netconf(&c).unwrap();
         assert_eq!(v.api_socket, PathBuf::from("/run/x.sock"));
-        assert_eq!(v.attach().pod_mtu(None).unwrap(), 8940);
+        assert_eq!(v.attach("n").pod_mtu(None).unwrap(), 8940);
         c.extra
             .insert(VPP_FIELD.into(), serde_json::json!({"apiSock": "/x"}));
         let e = VppConf::from_netconf(&c).unwrap_err();

@@ -9,8 +9,11 @@
 //!   ≤ 15 bytes), up, without addresses.
 //! * **VPP interface**: `af_packet` on the node end (`host-<node end>`), with the fixed MAC
 //!   [`vpp_mac`] (derived from the attachment, so it survives a VPP restart), tagged
-//!   [`pod_tag`] (`scrambler:pod=<container id>/<ifname>`, the id shortened to fit VPP's
-//!   63-byte tags), unnumbered to the gateway loopback, admin up.
+//!   [`pod_tag`] (`scrambler:pod=<network>/<container id>/<ifname>`, `<network>` being
+//!   [`network_digest`] of the network's name, the id shortened to fit VPP's 63-byte tags),
+//!   unnumbered to the gateway loopback, admin up. Once it exists, the node veth gets the
+//!   `ifalias` [`VppAttach::alias`] (`scrambler-vpp/<network>/<container id>/<ifname>`):
+//!   GC only touches interfaces and veths of its own network.
 //! * **gateway**: one VPP loopback per node, tagged [`GATEWAY_TAG`], instance
 //!   [`GATEWAY_INSTANCE`], MAC [`GATEWAY_MAC`], holding [`GATEWAY_V4`]`/32`. It is created by
 //!   the first attachment (idempotently, also under concurrent ADDs) and never removed by
@@ -135,10 +138,28 @@ pub fn vpp_mac(id: &AttachmentId) -> [u8; 6] {
     [0x02, 0x5c, d[0], d[1], d[2], d[3]]
 }
 
-/// The tag of the VPP interface of an attachment: `scrambler:pod=<container id>/<ifname>`,
-/// the container id shortened so the tag fits VPP's 63 bytes.
-pub fn pod_tag(id: &AttachmentId) -> String {
-    let room = TAG_MAX.saturating_sub(POD_TAG_PREFIX.len() + 1 + id.ifname.len());
+/// Hex digits of [`network_digest`].
+pub const NETWORK_DIGEST_LEN: usize = 8;
+/// Prefix of the `ifalias` of node-side veths.
+pub const ALIAS_PREFIX: &str = "scrambler-vpp/";
+
+/// The short form of a network's name carried in tags and aliases: the first
+/// [`NETWORK_DIGEST_LEN`] hex digits of SHA-256 over the name.
+pub fn network_digest(network: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(network.as_bytes());
+    d.iter()
+        .take(NETWORK_DIGEST_LEN / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The tag of the VPP interface of an attachment of network `network`
+/// ([`network_digest`]): `scrambler:pod=<network digest>/<container id>/<ifname>`, the
+/// container id shortened so the tag fits VPP's 63 bytes.
+pub fn pod_tag(network: &str, id: &AttachmentId) -> String {
+    let net = network_digest(network);
+    let room = TAG_MAX.saturating_sub(POD_TAG_PREFIX.len() + net.len() + 2 + id.ifname.len());
     let mut cid = id.container_id.as_str();
     if cid.len() > room {
         let mut end = room;
@@ -147,11 +168,20 @@ pub fn pod_tag(id: &AttachmentId) -> String {
         }
         cid = &cid[..end];
     }
-    let mut tag = format!("{POD_TAG_PREFIX}{cid}/{}", id.ifname);
+    let mut tag = format!("{POD_TAG_PREFIX}{net}/{cid}/{}", id.ifname);
     while tag.len() > TAG_MAX {
         tag.pop();
     }
     tag
+}
+
+/// A pod interface's tag taken apart: (network digest, container id (maybe shortened),
+/// ifname). `None` for other tags, including those of older releases without a network.
+pub fn parse_pod_tag(tag: &str) -> Option<(&str, &str, &str)> {
+    let (net, rest) = tag.strip_prefix(POD_TAG_PREFIX)?.split_once('/')?;
+    let (cid, ifname) = rest.rsplit_once('/')?;
+    let is_digest = net.len() == NETWORK_DIGEST_LEN && net.bytes().all(|b| b.is_ascii_hexdigit());
+    (is_digest && !ifname.is_empty()).then_some((net, cid, ifname))
 }
 
 /// The VPP attachment (implements [`Attach`]).
@@ -159,6 +189,7 @@ pub fn pod_tag(id: &AttachmentId) -> String {
 pub struct VppAttach {
     vpp: NodeVpp,
     underlay_mtu: u32,
+    network: String,
 }
 
 impl std::fmt::Debug for VppAttach {
@@ -166,6 +197,7 @@ impl std::fmt::Debug for VppAttach {
         f.debug_struct("VppAttach")
             .field("opts", &self.vpp.opts)
             .field("underlay_mtu", &self.underlay_mtu)
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -183,7 +215,45 @@ impl VppAttach {
         VppAttach {
             vpp: NodeVpp::new(Arc::new(resolve), "scrambler-attach"),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            network: String::new(),
         }
+    }
+
+    /// The network (the conf's `name`) this attachment serves; marks its VPP interfaces
+    /// and node veths so [`VppAttach::gc`] of one network leaves the others' alone.
+    /// Default: the empty name.
+    pub fn with_network(mut self, network: impl Into<String>) -> Self {
+        self.network = network.into();
+        self
+    }
+
+    /// The VPP tag of `id`'s interface ([`pod_tag`] of this network).
+    pub fn tag(&self, id: &AttachmentId) -> String {
+        pod_tag(&self.network, id)
+    }
+
+    /// The `ifalias` of `id`'s node veth:
+    /// `scrambler-vpp/<network digest>/<container id>/<ifname>`.
+    pub fn alias(&self, id: &AttachmentId) -> String {
+        format!(
+            "{ALIAS_PREFIX}{}/{}/{}",
+            network_digest(&self.network),
+            id.container_id,
+            id.ifname
+        )
+    }
+
+    /// Whether a node veth's `ifalias` marks it as one of this network's.
+    fn is_our_alias(&self, alias: &str) -> bool {
+        alias
+            .strip_prefix(ALIAS_PREFIX)
+            .and_then(|r| r.strip_prefix(network_digest(&self.network).as_str()))
+            .is_some_and(|r| r.starts_with('/'))
+    }
+
+    /// Whether a VPP tag marks an interface as one of this network's.
+    fn is_our_tag(&self, tag: &str) -> bool {
+        parse_pod_tag(tag).is_some_and(|(net, _, _)| net == network_digest(&self.network))
     }
 
     /// The underlay MTU the default pod MTU is derived from (pod MTU =
@@ -234,41 +304,47 @@ impl VppAttach {
         Ok(found)
     }
 
-    /// Removes the pod interfaces (VPP interface and node veth) of attachments not in
-    /// `valid`; returns the node-side veth names removed.
+    /// Removes the pod interfaces (VPP interface and node veth) of this network's
+    /// attachments not in `valid`; returns the node-side veth names removed.
     ///
-    /// Every pod interface Scrambler made on this VPP and node counts (tags and veth
-    /// names do not carry the network name): `valid` must list the attachments of every
-    /// Scrambler network served by this VPP.
+    /// Only objects marked with this network ([`VppAttach::with_network`]) are touched:
+    /// VPP interfaces tagged [`pod_tag`] of this network, and node veths whose `ifalias` is
+    /// this network's [`VppAttach::alias`] and that have no VPP interface any more (e.g.
+    /// VPP restarted). A veth gets its alias only after its VPP interface exists, so the
+    /// veth of an ADD in progress is never taken for an orphan.
     pub async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
         let keep: BTreeSet<String> = valid.iter().map(host_ifname).collect();
         let c = self.connect(host).await?;
         let ops = Ops { c: &c };
         let nl = Nl::open(host).await?;
         let mut removed = Vec::new();
-        for pif in ops.pod_interfaces().await? {
-            if keep.contains(&pif.host_if_name) || !pif.tag.starts_with(POD_TAG_PREFIX) {
+        let pifs = ops.pod_interfaces().await?;
+        for pif in &pifs {
+            if keep.contains(&pif.host_if_name) || !self.is_our_tag(&pif.tag) {
                 continue;
             }
             tracing::info!(veth = %pif.host_if_name, tag = %pif.tag, "gc: removing orphaned pod interface");
-            ops.remove_pod_interface(&pif.host_if_name).await?;
+            ops.remove_found_pod_interface(pif).await?;
             if let Some(l) = nl.link_by_name(&pif.host_if_name).await? {
                 nl.delete_link(l.index, &pif.host_if_name).await?;
             }
-            removed.push(pif.host_if_name);
+            removed.push(pif.host_if_name.clone());
         }
         let _ = c.close().await;
-        // node veths whose VPP interface is gone (e.g. VPP restarted)
+        // node veths of this network whose VPP interface is gone (e.g. VPP restarted)
         for l in nl.links().await? {
-            if l.name.starts_with(HOST_IFNAME_PREFIX)
-                && l.kind.as_deref() == Some("veth")
-                && !keep.contains(&l.name)
-                && !removed.contains(&l.name)
+            if !l.name.starts_with(HOST_IFNAME_PREFIX)
+                || l.kind.as_deref() != Some("veth")
+                || keep.contains(&l.name)
+                || removed.contains(&l.name)
+                || pifs.iter().any(|p| p.host_if_name == l.name)
+                || !l.alias.as_deref().is_some_and(|a| self.is_our_alias(a))
             {
-                tracing::info!(veth = %l.name, "gc: removing orphaned node veth");
-                if nl.delete_link(l.index, &l.name).await? {
-                    removed.push(l.name);
-                }
+                continue;
+            }
+            tracing::info!(veth = %l.name, "gc: removing orphaned node veth");
+            if nl.delete_link(l.index, &l.name).await? {
+                removed.push(l.name);
             }
         }
         Ok(removed)
@@ -300,7 +376,12 @@ impl VppAttach {
 
         // VPP: gateway, then the pod's interface
         let gw = ops.ensure_gateway().await?;
-        let sw = ops.create_pod_interface(&req.id, &host_name, vmac).await?;
+        let sw = ops
+            .create_pod_interface(&self.tag(&req.id), &host_name, vmac)
+            .await?;
+        // marks the veth as this network's only now that its VPP interface exists (GC)
+        host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
+            .await?;
         ops.c
             .request(&interface::SwInterfaceSetUnnumbered {
                 sw_if_index: gw,
@@ -464,11 +545,11 @@ impl VppAttach {
             return Ok(());
         };
         let sw = pif.sw_if_index;
-        if pif.tag != pod_tag(&req.id) {
+        if pif.tag != self.tag(&req.id) {
             diffs.push(format!(
                 "VPP interface {name} has tag {:?}, expected {:?}",
                 pif.tag,
-                pod_tag(&req.id)
+                self.tag(&req.id)
             ));
         }
         if !pif.up {
@@ -594,8 +675,18 @@ impl Attach for VppAttach {
         let host_name = host_ifname(&req.id);
         match host_nl.link_by_name(&host_name).await? {
             None => diffs.push(format!("node veth {host_name} is missing")),
-            Some(l) if !l.up => diffs.push(format!("node veth {host_name} is down")),
-            Some(_) => {}
+            Some(l) => {
+                if !l.up {
+                    diffs.push(format!("node veth {host_name} is down"));
+                }
+                let want = self.alias(&req.id);
+                if l.alias.as_deref() != Some(want.as_str()) {
+                    diffs.push(format!(
+                        "node veth {host_name} has alias {:?}, expected {want:?}",
+                        l.alias
+                    ));
+                }
+            }
         }
         let want_mtu = pod_idx
             .and_then(|i| expected.interfaces[i].mtu)
@@ -613,7 +704,7 @@ impl Attach for VppAttach {
             Ok(c) => {
                 let ops = Ops { c: &c };
                 match ops.pod_interface(&host_name).await? {
-                    Some(p) if p.tag != pod_tag(&req.id) => {
+                    Some(p) if p.tag != self.tag(&req.id) => {
                         tracing::warn!(interface = %host_vpp(&host_name), tag = %p.tag, "detach: VPP interface not tagged as ours, left alone");
                         let _ = c.close().await;
                         return Ok(());
@@ -656,12 +747,49 @@ mod tests {
         let m = vpp_mac(&id);
         assert_eq!(m[0] & 1, 0, "unicast");
         assert_eq!(m[0] & 2, 2, "locally administered");
-        assert_eq!(pod_tag(&id), "scrambler:pod=c0ffee/eth0");
+        let net = network_digest("net1");
+        assert_eq!(net.len(), NETWORK_DIGEST_LEN);
+        assert_ne!(net, network_digest("net2"));
+        assert_eq!(
+            pod_tag("net1", &id),
+            format!("scrambler:pod={net}/c0ffee/eth0")
+        );
         let long = AttachmentId::new("f".repeat(64), "eth0123456789ab");
-        let t = pod_tag(&long);
+        let t = pod_tag("net1", &long);
         assert!(
             t.len() <= 63 && t.starts_with(POD_TAG_PREFIX) && t.ends_with("/eth0123456789ab"),
             "{t}"
         );
+        assert_eq!(
+            parse_pod_tag(&t),
+            Some((
+                net.as_str(),
+                &"f".repeat(63 - 14 - 8 - 2 - 15)[..],
+                "eth0123456789ab"
+            ))
+        );
+    }
+
+    #[test]
+    fn tags_and_aliases_say_which_network() {
+        let id = AttachmentId::new("c0ffee", "eth0");
+        let a = VppAttach::new("/x").with_network("net1");
+        let b = VppAttach::new("/x").with_network("net2");
+        let t = a.tag(&id);
+        assert_eq!(
+            parse_pod_tag(&t),
+            Some((network_digest("net1").as_str(), "c0ffee", "eth0"))
+        );
+        assert!(a.is_our_tag(&t) && !b.is_our_tag(&t));
+        // tags of older releases (no network) and foreign tags are nobody's
+        assert_eq!(parse_pod_tag("scrambler:pod=c0ffee/eth0"), None);
+        assert_eq!(parse_pod_tag("scrambler:pod=deadbeef/c0ffee/"), None);
+        assert_eq!(parse_pod_tag("scrambler:pod=xyz/c0ffee/eth0"), None);
+        assert_eq!(parse_pod_tag("other"), None);
+        assert!(!a.is_our_tag("scrambler:pod=c0ffee/eth0"));
+        let al = a.alias(&id);
+        assert!(al.len() <= 255);
+        assert!(a.is_our_alias(&al) && !b.is_our_alias(&al));
+        assert!(!a.is_our_alias("scrambler/net1/c0ffee/eth0"));
     }
 }

@@ -4,11 +4,11 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use scrambler_core::{AttachmentId, Result};
+use scrambler_core::Result;
 use scrambler_netlink::format_mac;
 
 use super::{
-    pod_tag, GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
+    GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
     POD_RX_FRAME_SIZE, POD_TX_FRAMES, POD_TX_FRAME_SIZE,
 };
 use crate::api::types::{
@@ -149,7 +149,7 @@ impl Ops<'_> {
 
     pub(super) async fn create_pod_interface(
         &self,
-        id: &AttachmentId,
+        tag: &str,
         host_name: &str,
         mac: [u8; 6],
     ) -> Result<u32> {
@@ -178,7 +178,7 @@ impl Ops<'_> {
             .request(&interface::SwInterfaceTagAddDel {
                 is_add: true,
                 sw_if_index: sw,
-                tag: pod_tag(id),
+                tag: tag.into(),
             })
             .await
             .map_err(vpp_err("tag", &name))?;
@@ -336,6 +336,14 @@ impl Ops<'_> {
         let Some(pif) = self.pod_interface(host_name).await? else {
             return Ok(false);
         };
+        self.remove_found_pod_interface(&pif).await?;
+        Ok(true)
+    }
+
+    /// Removes everything of `pif` from VPP: routes through it, neighbours on it, the
+    /// interface.
+    pub(super) async fn remove_found_pod_interface(&self, pif: &PodInterface) -> Result<()> {
+        let host_name = pif.host_if_name.as_str();
         let sw = pif.sw_if_index;
         for v6 in [false, true] {
             for p in self.routes_via(sw, v6).await? {
@@ -361,7 +369,7 @@ impl Ops<'_> {
             })
             .await
             .map_err(vpp_err("delete af_packet interface", &name))?;
-        Ok(true)
+        Ok(())
     }
 }
 
