@@ -79,8 +79,10 @@ pub async fn delete_route(nl: &Nl, dst: IpNet, index: u32) -> Result<bool> {
     }
 }
 
-/// Adds the route to `dst` out of link `index` unless it is there; returns whether it
-/// was added.
+/// Adds the route to `dst` out of link `index` unless it is there (`have`: the main
+/// table as read before); returns whether it was added. A route to `dst` in the main
+/// table that goes elsewhere (another link, a gateway elsewhere) is an error naming it
+/// (code 102): the traffic would not reach the link.
 pub async fn ensure_route(nl: &Nl, have: &[RouteState], dst: IpNet, index: u32) -> Result<bool> {
     let dst = dst.trunc();
     if have.iter().any(|r| r.dst == dst && r.oif == Some(index)) {
@@ -89,13 +91,48 @@ pub async fn ensure_route(nl: &Nl, have: &[RouteState], dst: IpNet, index: u32) 
     let msg = route_message(dst, None, index, None)?;
     match nl.handle().route().add(msg).execute().await {
         Ok(()) => Ok(true),
-        Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+        Err(e) if errno(&e) == Some(EEXIST) => {
+            // the kernel has a route to `dst`: read it again, it must be ours
+            let now = nl.main_routes().await?;
+            let same: Vec<&RouteState> = now.iter().filter(|r| r.dst == dst).collect();
+            if same.iter().any(|r| r.oif == Some(index)) {
+                return Ok(false);
+            }
+            match same.first() {
+                Some(other) => Err(Error::AlreadyExists {
+                    object: nl.obj(format!("route {dst}")),
+                    reason: format!(
+                        "it goes {}, not out of link index {index}; remove it or move {dst} \
+                         out of the ipvlan pod CIDRs",
+                        describe_route(other)
+                    ),
+                }),
+                None => Err(kernel_error(
+                    "add route",
+                    nl.obj(route_name(dst, None, index)),
+                    &e,
+                )),
+            }
+        }
         Err(e) => Err(kernel_error(
             "add route",
             nl.obj(route_name(dst, None, index)),
             &e,
         )),
     }
+}
+
+/// `via <gw> dev <index>`, as far as the route says.
+fn describe_route(r: &RouteState) -> String {
+    let mut s = Vec::new();
+    if let Some(gw) = r.gw {
+        s.push(format!("via {gw}"));
+    }
+    match r.oif {
+        Some(i) => s.push(format!("out of link index {i}")),
+        None => s.push("without a single output link".into()),
+    }
+    s.join(" ")
 }
 
 /// The ipvlan mode of `link`, if it is an ipvlan link in a mode this crate knows.
