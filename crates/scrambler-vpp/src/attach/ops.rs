@@ -106,12 +106,34 @@ impl Ops<'_> {
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
+                // still untagged: left by an ADD that died between creating and tagging it
+                if let Some(sw) = self.untagged_gateway().await? {
+                    self.tag_gateway(sw).await?;
+                    tracing::warn!(sw_if_index = sw, "adopted an untagged gateway loopback");
+                    return Ok(sw);
+                }
                 return Err(vpp_err(
                     "create",
-                    &format!("gateway loopback loop{GATEWAY_INSTANCE} (an untagged one exists?)"),
+                    &format!("gateway loopback loop{GATEWAY_INSTANCE}"),
                 )(e));
             }
         };
+        if let Err(e) = self.tag_gateway(sw).await {
+            // an untagged gateway would make every later ADD fail
+            if let Err(d) = self
+                .c
+                .request(&interface::DeleteLoopback { sw_if_index: sw })
+                .await
+            {
+                tracing::error!(error = %d, sw_if_index = sw, "deleting the untagged gateway loopback failed");
+            }
+            return Err(e);
+        }
+        tracing::info!(sw_if_index = sw, "created the VPP gateway loopback");
+        Ok(sw)
+    }
+
+    async fn tag_gateway(&self, sw: u32) -> Result<()> {
         self.c
             .request(&interface::SwInterfaceTagAddDel {
                 is_add: true,
@@ -120,8 +142,21 @@ impl Ops<'_> {
             })
             .await
             .map_err(vpp_err("tag", "gateway loopback"))?;
-        tracing::info!(sw_if_index = sw, "created the VPP gateway loopback");
-        Ok(sw)
+        Ok(())
+    }
+
+    /// The gateway's loopback instance without a tag, with the gateway's MAC.
+    async fn untagged_gateway(&self) -> Result<Option<u32>> {
+        let ifs = self
+            .c
+            .interfaces()
+            .await
+            .map_err(vpp_err("list", "interfaces"))?;
+        let name = format!("loop{GATEWAY_INSTANCE}");
+        Ok(ifs
+            .iter()
+            .find(|i| i.interface_name == name && i.tag.is_empty() && i.l2_address.0 == GATEWAY_MAC)
+            .map(|i| i.sw_if_index))
     }
 
     pub(super) async fn addresses(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
