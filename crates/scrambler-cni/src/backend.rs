@@ -13,7 +13,10 @@
 //!
 //! Both fields are optional ([`VppConf`]); a VPP that is not listening on the socket makes
 //! ADD, CHECK and STATUS fail with code 11 naming the socket, while DEL still removes the
-//! pod's veth (VPP's objects died with it).
+//! pod's veth (VPP's objects died with it). A VPP that accepts but does not answer (hung)
+//! makes DEL fail with code 11 too, so the runtime retries. The conf's `name` marks the
+//! VPP interfaces and node veths of the network, so GC of one Scrambler network leaves
+//! those of another on the same VPP alone.
 
 use crate::veth::VethAttach;
 use async_trait::async_trait;

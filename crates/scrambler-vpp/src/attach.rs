@@ -50,8 +50,9 @@
 //!
 //! [`Attach::attach`] is all-or-nothing: any failure removes the VPP objects it made and the
 //! veth. [`Attach::detach`] is idempotent: a pod namespace that is gone, an interface that is
-//! gone, an attachment never made, or a VPP that is not running (its objects died with it)
-//! all succeed. [`Attach::check`] compares the pod, the node and VPP with the expected
+//! gone, an attachment never made, or a VPP that is not running (no socket or connection
+//! refused: its objects died with it) all succeed; a VPP that does not answer (hung) fails
+//! with code 11 so the runtime retries. [`Attach::check`] compares the pod, the node and VPP with the expected
 //! result and lists every difference.
 //!
 //! ```no_run
@@ -285,11 +286,30 @@ impl VppAttach {
         self.vpp.connect_or_try_later(host).await
     }
 
-    /// Removes the gateway loopback from the VPP of `host` (when no pod is attached any
-    /// more, e.g. when the node leaves). Returns whether it existed.
+    /// Removes the gateway loopback from the VPP of `host` (e.g. when the node leaves).
+    /// Returns whether it existed. Refused ([`Error::AlreadyExists`], nothing removed)
+    /// while pod interfaces (of any network) are still attached to VPP.
     pub async fn remove_gateway(&self, host: &Netns) -> Result<bool> {
         let c = self.connect(host).await?;
         let ops = Ops { c: &c };
+        let pods: Vec<String> = ops
+            .pod_interfaces()
+            .await?
+            .into_iter()
+            .filter(|p| p.tag.starts_with(POD_TAG_PREFIX))
+            .map(|p| host_vpp(&p.host_if_name))
+            .collect();
+        if !pods.is_empty() {
+            let _ = c.close().await;
+            return Err(Error::AlreadyExists {
+                object: "pod interfaces on the VPP gateway loopback".into(),
+                reason: format!(
+                    "{} still attached ({}): detach them before removing the gateway",
+                    pods.len(),
+                    pods.join(", ")
+                ),
+            });
+        }
         let found = match ops.find_gateway().await? {
             Some(sw) => {
                 ops.c
@@ -700,8 +720,10 @@ impl Attach for VppAttach {
 
     async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
         let host_name = host_ifname(&req.id);
-        match self.connect(host).await {
-            Ok(c) => {
+        // a VPP that is not running has none of its objects; a hung one (timeout) fails
+        // the DEL with code 11, so the runtime retries instead of leaking its objects
+        match self.vpp.connect_if_running(host).await? {
+            Some(c) => {
                 let ops = Ops { c: &c };
                 match ops.pod_interface(&host_name).await? {
                     Some(p) if p.tag != self.tag(&req.id) => {
@@ -716,11 +738,9 @@ impl Attach for VppAttach {
                 }
                 let _ = c.close().await;
             }
-            // VPP is not running: none of its objects exist
-            Err(Error::TryAgainLater(why)) => {
-                tracing::warn!(%why, "detach: VPP unreachable, removing the veth only");
+            None => {
+                tracing::warn!(attachment = %req.id, "detach: VPP is not running, removing the veth only");
             }
-            Err(e) => return Err(e),
         }
         let nl = Nl::open(host).await?;
         if let Some(l) = nl.link_by_name(&host_name).await? {

@@ -69,6 +69,25 @@ impl NodeVpp {
                 false => e.into(),
             })
     }
+
+    /// Connects to the VPP of `netns`; `None` when VPP is not running (its socket does not
+    /// exist or refuses connections: none of its objects exist). A VPP that does not
+    /// answer in time (hung) is [`Error::TryAgainLater`]: its objects may still exist.
+    pub(crate) async fn connect_if_running(&self, netns: &Netns) -> Result<Option<VppClient>> {
+        let path = self.api_socket(netns)?;
+        match VppClient::connect_with(&path, self.opts.clone()).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if vpp_not_running(&e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "VPP is not running");
+                Ok(None)
+            }
+            Err(e @ VppError::Timeout { .. }) => Err(Error::TryAgainLater(format!(
+                "VPP at API socket {} does not answer (hung?), retry later: {e}",
+                path.display()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 fn vpp_not_running(e: &VppError) -> bool {
