@@ -15,6 +15,11 @@
 //!   SNAT); `rt ipsec missing` lets those through. Only with cluster CIDRs, so pods'
 //!   other egress is untouched.
 //!
+//! Every rule carries the comment `scrambler-ipvlan <fingerprint>` ([`Ruleset::fingerprint`],
+//! a hash of the rules): [`ensure`] lists the table first and writes it only when it is
+//! missing, has another fingerprint or lacks rules, so the ADD of every pod neither
+//! rewrites the table nor resets its counters.
+//!
 //! Writing the table shells out to `nft` (package `nftables`): no maintained pure-Rust
 //! nftables netlink crate was a fit, and one `nft -f -` batch is atomic.
 
@@ -48,6 +53,53 @@ impl Ruleset {
     /// Debian's 6.1 kernel mishandles a table deleted and re-created in one transaction, so
     /// the table is flushed, never deleted, here.
     pub fn script(&self) -> String {
+        self.script_tagged(&self.tag())
+    }
+
+    /// A hash of the rules (stable for one build of this crate; a new build re-writing an
+    /// unchanged table once is harmless).
+    pub fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.script_tagged("").hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// The comment every rule carries.
+    fn tag(&self) -> String {
+        format!("{TABLE} {}", self.fingerprint())
+    }
+
+    /// How many rules the table of family `v6` has (0: no table in that family).
+    fn rule_count(&self, v6: bool) -> usize {
+        let pods = of_family(&self.pod_cidrs, v6).len();
+        let cluster = of_family(&self.cluster_cidrs, v6).len();
+        if pods == 0 {
+            0
+        } else {
+            pods * cluster.max(1) + cluster * cluster
+        }
+    }
+
+    /// Whether `listing` (`nft list table <fam> scrambler-ipvlan` of family `v6`) is
+    /// exactly what [`Ruleset::script`] writes: every rule with this fingerprint, none
+    /// other.
+    pub fn matches_listing(&self, listing: &str, v6: bool) -> bool {
+        let tag = format!("comment \"{}\"", self.tag());
+        let rules: Vec<&str> = listing
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains(" counter "))
+            .collect();
+        rules.len() == self.rule_count(v6) && rules.iter().all(|l| l.ends_with(&tag))
+    }
+
+    fn script_tagged(&self, tag: &str) -> String {
+        let comment = if tag.is_empty() {
+            String::new()
+        } else {
+            format!(" comment {tag:?}")
+        };
         let mut s = String::new();
         for v6 in [false, true] {
             let fam = family(v6);
@@ -64,7 +116,8 @@ impl Ruleset {
                  \t\ttype route hook output priority mangle; policy accept;\n"
             );
             for p in &pods {
-                let mark = format!("counter meta mark set meta mark or {REROUTE_MARK:#010x}");
+                let mark =
+                    format!("counter meta mark set meta mark or {REROUTE_MARK:#010x}{comment}");
                 if cluster.is_empty() {
                     s += &format!("\t\t{fam} saddr {p} {mark}\n");
                 }
@@ -79,7 +132,7 @@ impl Ruleset {
                 for a in &cluster {
                     for b in &cluster {
                         s += &format!(
-                            "\t\toifname {:?} {fam} saddr {a} {fam} daddr {b} rt ipsec missing counter drop\n",
+                            "\t\toifname {:?} {fam} saddr {a} {fam} daddr {b} rt ipsec missing counter drop{comment}\n",
                             self.master
                         );
                     }
@@ -137,32 +190,45 @@ pub async fn apply(netns: &Netns, script: String) -> Result<()> {
     run(netns, &["-f", "-"], Some(script)).await.map(|_| ())
 }
 
-/// Makes our table(s) in `netns` say `rules`, and checks that they do: a first use of
-/// nftables in a namespace loads kernel modules mid-transaction, which the kernel replays;
-/// if a chain is missing afterwards the script is applied once more.
-pub async fn ensure(netns: &Netns, rules: &Ruleset) -> Result<()> {
-    let want: Vec<&str> = [false, true]
-        .into_iter()
-        .filter(|v6| rules.pod_cidrs.iter().any(|c| c.addr().is_ipv6() == *v6))
-        .map(family)
-        .collect();
+/// Makes our table(s) in `netns` say `rules`; returns whether it wrote them (`false`:
+/// they already said exactly that, nothing was touched, counters keep counting). After a
+/// write it checks them: a first use of nftables in a namespace loads kernel modules
+/// mid-transaction, which the kernel replays; if a rule is missing afterwards the script is
+/// applied once more.
+pub async fn ensure(netns: &Netns, rules: &Ruleset) -> Result<bool> {
+    if up_to_date(netns, rules).await? {
+        return Ok(false);
+    }
     for attempt in 0..2 {
         apply(netns, rules.script()).await?;
-        let mut ok = true;
-        for fam in &want {
-            let out = run(netns, &["list", "table", fam, TABLE], None).await?;
-            ok &= out.contains("chain reroute") && out.contains("meta mark set");
-        }
-        if ok {
-            return Ok(());
+        if up_to_date(netns, rules).await? {
+            return Ok(true);
         }
         tracing::warn!(netns = %netns, attempt, "nft table incomplete after apply, applying again");
     }
     Err(Error::Dataplane {
         dataplane: "nftables".into(),
         op: format!("write table {TABLE} in {netns}"),
-        reason: "the re-route chain is missing after applying it twice".into(),
+        reason: "rules are missing after applying them twice".into(),
     })
+}
+
+/// Whether every family `rules` needs has our table saying exactly `rules` (one `nft list`
+/// per family; a missing table is `false`).
+async fn up_to_date(netns: &Netns, rules: &Ruleset) -> Result<bool> {
+    for v6 in [false, true] {
+        if rules.rule_count(v6) == 0 {
+            continue;
+        }
+        match run(netns, &["list", "table", family(v6), TABLE], None).await {
+            Ok(listing) if rules.matches_listing(&listing, v6) => {}
+            Ok(_) => return Ok(false),
+            // nft ran and failed: no such table
+            Err(Error::Dataplane { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Runs `nft args…` on a thread inside `netns` (the child inherits its namespace),
@@ -251,6 +317,57 @@ mod tests {
                 assert!(line.contains(TABLE), "{line}");
             }
         }
+    }
+
+    #[test]
+    fn listing_matches_only_with_this_fingerprint_and_every_rule() {
+        let r = Ruleset {
+            master: "ul0".into(),
+            pod_cidrs: cidrs(&["10.244.1.0/24"]),
+            cluster_cidrs: cidrs(&["10.244.0.0/16", "10.245.0.0/16"]),
+        };
+        assert_eq!(r.rule_count(false), 2 + 4);
+        assert_eq!(r.rule_count(true), 0);
+        let fp = r.fingerprint();
+        assert_eq!(fp.len(), 16);
+        assert!(r
+            .script()
+            .contains(&format!("comment \"scrambler-ipvlan {fp}\"")));
+        // what nft 1.0.6 lists for the script
+        let tag = format!("comment \"scrambler-ipvlan {fp}\"");
+        let reroute = |d: &str| {
+            format!("\t\tip saddr 10.244.1.0/24 ip daddr {d} counter packets 3 bytes 252 meta mark set meta mark | 0x00100000 {tag}\n")
+        };
+        let guard = |a: &str, b: &str| {
+            format!("\t\toifname \"ul0\" ip saddr {a} ip daddr {b} rt ipsec missing counter packets 0 bytes 0 drop {tag}\n")
+        };
+        let mut listing = String::from("table ip scrambler-ipvlan {\n\tchain reroute {\n");
+        for d in ["10.244.0.0/16", "10.245.0.0/16"] {
+            listing += &reroute(d);
+        }
+        listing += "\t}\n\tchain guard {\n";
+        for a in ["10.244.0.0/16", "10.245.0.0/16"] {
+            for b in ["10.244.0.0/16", "10.245.0.0/16"] {
+                listing += &guard(a, b);
+            }
+        }
+        listing += "\t}\n}\n";
+        assert!(r.matches_listing(&listing, false));
+        // a rule missing, another fingerprint, a foreign rule: re-written
+        let missing = listing.replacen(&reroute("10.245.0.0/16"), "", 1);
+        assert!(!r.matches_listing(&missing, false));
+        let other = Ruleset {
+            cluster_cidrs: cidrs(&["10.244.0.0/16"]),
+            ..r.clone()
+        };
+        assert_ne!(other.fingerprint(), fp);
+        assert!(!other.matches_listing(&listing, false));
+        let foreign = listing.replacen(
+            "\t}\n",
+            "\t\tip daddr 1.2.3.4 counter packets 0 bytes 0 accept\n\t}\n",
+            1,
+        );
+        assert!(!r.matches_listing(&foreign, false));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct EnsureReport {
     pub link_created: bool,
     /// Routes added.
     pub routes_added: usize,
+    /// The nftables table was (re-)written (it was missing or said something else).
+    pub table_written: bool,
 }
 
 impl IpvlanNode {
@@ -120,7 +122,7 @@ impl IpvlanNode {
             pod_cidrs,
             cluster_cidrs: self.cluster_cidrs.clone(),
         };
-        nft::ensure(netns, &rules).await?;
+        report.table_written = nft::ensure(netns, &rules).await?;
         tracing::debug!(netns = %netns, master = %self.master, ?report, "ipvlan node setup ensured");
         Ok(report)
     }
