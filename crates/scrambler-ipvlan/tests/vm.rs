@@ -368,6 +368,98 @@ async fn del_with_netns_gone_consumes_the_record() {
     assert!(a.gc(&node.netns(), &[]).await.unwrap().is_empty());
 }
 
+/// Concurrent ADDs and DELs of `"encrypt": true` pods on one node, each in its own task as
+/// separate CNI processes would be: every ADD and DEL succeeds, a pod is registered with a
+/// present setup (node link, nft table) whenever its ADD has returned — the DEL of another,
+/// momentarily last, pod never removes the setup under it — and the setup goes with the
+/// last DEL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vm_ipvlan_concurrent_add_del_keep_the_node_setup() {
+    if needs_vm(FEATURES) {
+        return VM
+            .run("vm_ipvlan_concurrent_add_del_keep_the_node_setup")
+            .assert_success();
+    }
+    use scrambler_ipvlan::IpvlanNode;
+    use std::net::IpAddr;
+    use std::sync::Arc;
+    let lab = Lab::new();
+    let node = lab.nodes[0].netns();
+    let pods: Vec<Ns> = (0..4).map(|i| Ns::new(&format!("ivc{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let a = Arc::new(
+        IpvlanAttach::new(IpvlanConfig {
+            network: "pods".into(),
+            master: Some("ul0".into()),
+            mode: Mode::L3,
+            encrypt: true,
+            cluster_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            state_dir: Some(state.path().into()),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let reqs: Vec<AttachRequest> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| AttachRequest {
+            id: AttachmentId::new(format!("cc{i}"), "eth0"),
+            pod_netns: p.netns(),
+            args: vec![],
+            mtu: None,
+        })
+        .collect();
+    let ip = |i: usize| -> IpAddr { format!("10.1.1.{}", i + 2).parse().unwrap() };
+    let mut tasks = Vec::new();
+    for (i, req) in reqs.iter().cloned().enumerate() {
+        let (a, node) = (a.clone(), node.clone());
+        tasks.push(tokio::spawn(async move {
+            let cidr = format!("{}/24", ip(i));
+            for round in 0..4 {
+                a.attach(&node, &req, &addrs(&cidr, None))
+                    .await
+                    .unwrap_or_else(|e| panic!("ADD of pod {i}, round {round}: {e}"));
+                assert!(
+                    IpvlanNode::pods(&node).await.unwrap().contains(&ip(i)),
+                    "pod {i} unregistered right after its ADD (round {round})"
+                );
+                assert_eq!(
+                    scrambler_ipvlan::nft::families(&node).await.unwrap(),
+                    ["ip"],
+                    "no nft table right after the ADD of pod {i} (round {round})"
+                );
+                if round < 3 {
+                    a.detach(&node, &req)
+                        .await
+                        .unwrap_or_else(|e| panic!("DEL of pod {i}, round {round}: {e}"));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut registered = IpvlanNode::pods(&node).await.unwrap();
+    registered.sort();
+    assert_eq!(registered, (0..4).map(ip).collect::<Vec<_>>());
+    let dels: Vec<_> = reqs
+        .iter()
+        .cloned()
+        .map(|req| {
+            let (a, node) = (a.clone(), node.clone());
+            tokio::spawn(async move { a.detach(&node, &req).await })
+        })
+        .collect();
+    for d in dels {
+        d.await.unwrap().unwrap();
+    }
+    assert!(
+        !IpvlanNode::present(&node).await.unwrap(),
+        "the last DEL removed the setup"
+    );
+    assert!(a.records().unwrap().list().unwrap().is_empty());
+}
+
 mod encrypted {
     //! `"encrypt": true` in l3: the node's xfrm mesh (scrambler-xfrm) carries pod traffic
     //! between nodes as ESP only.
