@@ -270,6 +270,16 @@ async fn failed_add_leaves_nothing() {
     let host = vpp.netns.netns();
     let att = VppAttach::new(vpp.api_sock());
     let c = vpp.client().await;
+    // an untagged gateway loopback (an ADD died between creating and tagging it) is adopted
+    vpp.vppctl(&[
+        "create",
+        "loopback",
+        "interface",
+        "mac",
+        "02:5c:00:00:00:01",
+        "instance",
+        "92",
+    ]);
 
     // CNI_IFNAME taken in the pod
     let p = TestNetns::new("att2p");
@@ -333,8 +343,89 @@ async fn failed_add_leaves_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), 102, "{e}");
     att.check(&host, &r, &res).await.unwrap();
+    let tagged: Vec<String> = c
+        .interfaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.tag == GATEWAY_TAG)
+        .map(|i| i.interface_name)
+        .collect();
+    assert_eq!(tagged, vec!["loop92".to_string()]);
+
+    // GC of one network leaves another network's pods, and veths of ADDs in progress
+    // (no alias yet), alone
+    let other = VppAttach::new(vpp.api_sock()).with_network("other");
+    let o = TestNetns::new("att2o");
+    let ro = request(&o, "other-pod");
+    let res_o = other
+        .attach(&host, &ro, &addrs(&["10.9.1.6/24"]))
+        .await
+        .unwrap();
+    vpp.netns.ip(&[
+        "link",
+        "add",
+        "scv00000000aa",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "scv00000000ab",
+    ]);
+    vpp.netns.ip(&[
+        "link",
+        "add",
+        "scv00000000ba",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "scv00000000bb",
+    ]);
+    let orphan = AttachmentId::new("orphan", "eth0");
+    vpp.netns
+        .ip(&["link", "set", "scv00000000ba", "alias", &att.alias(&orphan)]);
+    // the gateway stays while pods use it
+    let e = att.remove_gateway(&host).await.unwrap_err();
+    assert!(e.to_string().contains(&host_ifname(&r.id)), "{e}");
+    let mut removed = att.gc(&host, &[]).await.unwrap();
+    removed.sort();
+    let mut want = vec![host_ifname(&r.id), "scv00000000ba".to_string()];
+    want.sort();
+    assert_eq!(removed, want);
+    let (afs, _, _) = vpp_state(&c).await;
+    assert_eq!(afs, vec![host_ifname(&ro.id)]);
+    other.check(&host, &ro, &res_o).await.unwrap();
+    assert!(links(&vpp.netns).contains("scv00000000aa"));
+    assert!(other
+        .gc(&host, std::slice::from_ref(&ro.id))
+        .await
+        .unwrap()
+        .is_empty());
+    other.detach(&host, &ro).await.unwrap();
+    vpp.netns.ip(&["link", "del", "scv00000000aa"]);
     att.detach(&host, &r).await.unwrap();
     c.close().await.unwrap();
+}
+
+/// A VPP that accepts connections but never answers (hung): DEL fails with code 11 (the
+/// runtime retries) instead of taking VPP for gone and leaving its objects behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn del_against_a_hung_vpp_asks_to_retry() {
+    let dir = std::env::temp_dir().join(format!("scr-att-hung-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("api.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let att = VppAttach::new(&sock);
+    let p = TestNetns::new("att5p");
+    let e = att
+        .detach(&p.netns(), &request(&p, "hung"))
+        .await
+        .unwrap_err();
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(e.code(), 11, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
