@@ -731,9 +731,7 @@ impl Attach for VppAttach {
                         let _ = c.close().await;
                         return Ok(());
                     }
-                    Some(_) => {
-                        ops.remove_pod_interface(&host_name).await?;
-                    }
+                    Some(p) => ops.remove_found_pod_interface(&p).await?,
                     None => {}
                 }
                 let _ = c.close().await;

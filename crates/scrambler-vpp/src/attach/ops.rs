@@ -43,10 +43,16 @@ pub(super) struct Ops<'a> {
 }
 
 impl Ops<'_> {
+    /// The gateway loopback: the interface named `loop<GATEWAY_INSTANCE>` tagged
+    /// [`GATEWAY_TAG`] (one filtered dump, not all interfaces).
     pub(super) async fn find_gateway(&self) -> Result<Option<u32>> {
         let ifs = self
             .c
-            .interfaces()
+            .dump(&interface::SwInterfaceDump {
+                sw_if_index: u32::MAX,
+                name_filter_valid: true,
+                name_filter: format!("loop{GATEWAY_INSTANCE}"),
+            })
             .await
             .map_err(vpp_err("list", "interfaces"))?;
         Ok(ifs
@@ -250,12 +256,34 @@ impl Ops<'_> {
             .collect())
     }
 
+    /// The pod interface on the node veth `host_name` (the af_packet list and the one
+    /// interface's details, not every interface's).
     pub(super) async fn pod_interface(&self, host_name: &str) -> Result<Option<PodInterface>> {
-        Ok(self
-            .pod_interfaces()
-            .await?
-            .into_iter()
-            .find(|p| p.host_if_name == host_name))
+        let afs = self
+            .c
+            .dump(&af_packet::AfPacketDump {})
+            .await
+            .map_err(vpp_err("list", "af_packet interfaces"))?;
+        let Some(a) = afs.into_iter().find(|a| a.host_if_name == host_name) else {
+            return Ok(None);
+        };
+        let ifs = self
+            .c
+            .dump(&interface::SwInterfaceDump {
+                sw_if_index: a.sw_if_index,
+                ..Default::default()
+            })
+            .await
+            .map_err(vpp_err("list", &host_vpp(host_name)))?;
+        let i = ifs.iter().find(|i| i.sw_if_index == a.sw_if_index);
+        Ok(Some(PodInterface {
+            sw_if_index: a.sw_if_index,
+            host_if_name: a.host_if_name,
+            tag: i.map(|i| i.tag.clone()).unwrap_or_default(),
+            up: i.is_some_and(|i| i.flags.contains(IfStatusFlags::IF_STATUS_API_FLAG_ADMIN_UP)),
+            mac: i.map(|i| i.l2_address.0).unwrap_or_default(),
+            mtu: i.map(|i| i.mtu[0]).unwrap_or_default(),
+        }))
     }
 
     /// Static neighbour `ip` → `mac` on `sw`, without a FIB entry (the route is ours).
@@ -380,13 +408,21 @@ impl Ops<'_> {
     pub(super) async fn remove_found_pod_interface(&self, pif: &PodInterface) -> Result<()> {
         let host_name = pif.host_if_name.as_str();
         let sw = pif.sw_if_index;
+        // every pod address has a neighbour on the interface (added before its route):
+        // its /32 (/128) route goes directly, without dumping the FIB. Only a family
+        // without any neighbour (none of its addresses, or a neighbour removed behind our
+        // back) is looked up in the FIB.
         for v6 in [false, true] {
-            for p in self.routes_via(sw, v6).await? {
-                if p.prefix_len() == if v6 { 128 } else { 32 } {
-                    self.route(sw, p.addr(), false).await?;
+            let neigh = self.neighbours(sw, v6).await?;
+            if neigh.is_empty() {
+                for p in self.routes_via(sw, v6).await? {
+                    if p.prefix_len() == if v6 { 128 } else { 32 } {
+                        self.route(sw, p.addr(), false).await?;
+                    }
                 }
             }
-            for (ip, mac) in self.neighbours(sw, v6).await? {
+            for (ip, mac) in neigh {
+                self.route(sw, ip, false).await?;
                 self.neighbour(sw, ip, mac, false).await?;
             }
         }
