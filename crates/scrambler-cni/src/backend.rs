@@ -127,7 +127,11 @@ pub fn backend_for(conf: &NetConf, opts: &BackendOptions) -> Result<Box<dyn CniB
             VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone()),
         )),
         Backend::Ipvlan => Ok(Box::new(IpvlanAttach::from_netconf(conf)?)),
-        Backend::Vpp => Ok(Box::new(VppConf::from_netconf(conf)?.attach(&conf.name))),
+        Backend::Vpp => Ok(Box::new(
+            VppConf::from_netconf(conf)?
+                .attach(&conf.name)
+                .with_fault(opts.fault.clone()),
+        )),
     }
 }
 

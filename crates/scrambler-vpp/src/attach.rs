@@ -191,6 +191,7 @@ pub struct VppAttach {
     vpp: NodeVpp,
     underlay_mtu: u32,
     network: String,
+    fault: Option<String>,
 }
 
 impl std::fmt::Debug for VppAttach {
@@ -217,7 +218,28 @@ impl VppAttach {
             vpp: NodeVpp::new(Arc::new(resolve), "scrambler-attach"),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
             network: String::new(),
+            fault: None,
         }
+    }
+
+    /// For tests: ADD fails at `stage` (debug builds only), to prove a failed ADD leaves
+    /// nothing behind. Stages, in the order ADD passes them (scrambler-cni's
+    /// `SCRAMBLER_FAULT` names): `after-veth`, `after-pod-addr`, `after-pod-routes`,
+    /// `after-host-route` (after the VPP neighbours and routes).
+    pub fn with_fault(mut self, stage: Option<String>) -> Self {
+        self.fault = stage;
+        self
+    }
+
+    fn fault(&self, stage: &str) -> Result<()> {
+        if cfg!(debug_assertions) && self.fault.as_deref() == Some(stage) {
+            return Err(Error::Dataplane {
+                dataplane: "vpp".into(),
+                op: format!("continue ADD at stage {stage}"),
+                reason: "fault injected for a test".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The network (the conf's `name`) this attachment serves; marks its VPP interfaces
@@ -380,6 +402,7 @@ impl VppAttach {
         mtu: u32,
     ) -> Result<CniResult> {
         let host_name = host_ifname(&req.id);
+        self.fault("after-veth")?;
         let host_link = host.existing_link(&host_name).await?;
         host.set_up(host_link.index, &host_name).await?;
         let pod_link = pod.existing_link(&req.id.ifname).await?;
@@ -438,6 +461,7 @@ impl VppAttach {
             pod.add_new_address(&pod_link, c.address, false).await?;
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
+        self.fault("after-pod-addr")?;
         for (fam, on) in [
             (IpAddr::V4(GATEWAY_V4), has_v4),
             (IpAddr::V6(GATEWAY_V6), has_v6),
@@ -454,6 +478,7 @@ impl VppAttach {
         for r in &result.routes {
             pod.add_route(r.dst, r.gw, pod_link.index, r.mtu).await?;
         }
+        self.fault("after-pod-routes")?;
 
         // VPP: the pod's addresses behind its interface
         for c in &result.ips {
@@ -461,6 +486,7 @@ impl VppAttach {
             ops.neighbour(sw, a, pod_mac, true).await?;
             ops.route(sw, a, true).await?;
         }
+        self.fault("after-host-route")?;
         Ok(result)
     }
 

@@ -292,7 +292,8 @@ async fn failed_add_leaves_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), 102, "{e}");
 
-    // a failure after the VPP interface exists (the same address twice)
+    // a failure after the VPP interface exists, before any VPP route (the same address
+    // twice)
     let q = TestNetns::new("att2q");
     let r = request(&q, "dup");
     let e = att
@@ -304,6 +305,36 @@ async fn failed_add_leaves_nothing() {
     assert!(afs.is_empty(), "{afs:?}");
     assert!(routes.is_empty(), "{routes:?}");
     assert!(neigh.is_empty(), "{neigh:?}");
+    assert!(!links(&vpp.netns).contains("scv"), "{}", links(&vpp.netns));
+    assert!(!links(&q).contains("eth0"), "{}", links(&q));
+
+    // a failure after the VPP neighbours and routes exist (dual stack): all undone
+    let faulty = VppAttach::new(vpp.api_sock()).with_fault(Some("after-host-route".into()));
+    let e = faulty
+        .attach(&host, &r, &addrs(&["10.9.1.3/24", "fd00:91::3/64"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("after-host-route"), "{e}");
+    let (afs, routes, neigh) = vpp_state(&c).await;
+    assert!(afs.is_empty(), "{afs:?}");
+    assert!(routes.is_empty(), "{routes:?}");
+    assert!(neigh.is_empty(), "{neigh:?}");
+    let routes6: Vec<String> = c
+        .dump(&IpRouteDump {
+            table: IpTable {
+                table_id: 0,
+                is_ip6: true,
+                name: String::new(),
+            },
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.route.prefix.to_ipnet())
+        .map(|p| p.to_string())
+        .filter(|p| p.starts_with("fd00:91"))
+        .collect();
+    assert!(routes6.is_empty(), "{routes6:?}");
     assert!(!links(&vpp.netns).contains("scv"), "{}", links(&vpp.netns));
     assert!(!links(&q).contains("eth0"), "{}", links(&q));
 
