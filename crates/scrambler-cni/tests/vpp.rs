@@ -99,13 +99,41 @@ async fn add_check_del_gc_status_against_vpp() {
     st.netns = None;
     run(&vpp, &cni_path, &st, &conf).expect_ok();
 
-    // GC keeps pod two, removes pod one (interface and lease)
+    // an ADD failing after VPP's routes exist leaves nothing (no interface, no lease)
+    let p3 = TestNetns::new("cvppc");
+    let add3 = Invocation::new("ADD", "vpp-three", &p3.path(), "eth0");
+    let bad = run(
+        &vpp,
+        &cni_path,
+        &add3.clone().env("SCRAMBLER_FAULT", "after-host-route"),
+        &conf,
+    );
+    assert_ne!(bad.code(), 0, "{}", bad.stdout);
+    assert_eq!(vpp.af_packet_names().await.len(), 2);
+    assert_eq!(leases(data.path()), 2);
+
+    // a pod of a second Scrambler network on the same VPP
+    let mut conf_b = conf.clone();
+    conf_b["name"] = "scr-vpp-b".into();
+    conf_b["ipam"]["ranges"] = json!([[{"subnet": "10.9.6.0/24"}]]);
+    let r3 = run(&vpp, &cni_path, &add3, &conf_b).expect_ok().json();
+
+    // GC keeps pod two, removes pod one (interface and lease), leaves network b alone
     let mut gc_conf = conf.clone();
     gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "vpp-two", "ifname": "eth0"}]);
     run(&vpp, &cni_path, &st.cmd("GC"), &gc_conf).expect_ok();
-    assert_eq!(vpp.af_packet_names().await.len(), 1);
+    assert_eq!(vpp.af_packet_names().await.len(), 2);
     assert_eq!(leases(data.path()), 1);
     assert!(!links(&p1).contains(&"eth0".to_string()));
+    run(
+        &vpp,
+        &cni_path,
+        &add3.cmd("CHECK"),
+        &with_prev(&conf_b, &r3),
+    )
+    .expect_ok();
+    run(&vpp, &cni_path, &add3.cmd("DEL"), &conf_b).expect_ok();
+    assert_eq!(vpp.af_packet_names().await.len(), 1);
 
     // DEL, twice, and DEL of what GC already removed
     for _ in 0..2 {
