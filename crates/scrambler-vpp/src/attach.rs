@@ -159,8 +159,18 @@ pub fn network_digest(network: &str) -> String {
 /// ([`network_digest`]): `scrambler:pod=<network digest>/<container id>/<ifname>`, the
 /// container id shortened so the tag fits VPP's 63 bytes.
 pub fn pod_tag(network: &str, id: &AttachmentId) -> String {
-    let net = network_digest(network);
-    let room = TAG_MAX.saturating_sub(POD_TAG_PREFIX.len() + net.len() + 2 + id.ifname.len());
+    fitted_tag(&format!("{POD_TAG_PREFIX}{}/", network_digest(network)), id)
+}
+
+/// The tag releases before the network digest gave `id`'s interface
+/// (`scrambler:pod=<container id>/<ifname>`): DEL still removes such interfaces.
+fn legacy_pod_tag(id: &AttachmentId) -> String {
+    fitted_tag(POD_TAG_PREFIX, id)
+}
+
+/// `<head><container id>/<ifname>`, the container id shortened to fit VPP's 63 bytes.
+fn fitted_tag(head: &str, id: &AttachmentId) -> String {
+    let room = TAG_MAX.saturating_sub(head.len() + 1 + id.ifname.len());
     let mut cid = id.container_id.as_str();
     if cid.len() > room {
         let mut end = room;
@@ -169,7 +179,7 @@ pub fn pod_tag(network: &str, id: &AttachmentId) -> String {
         }
         cid = &cid[..end];
     }
-    let mut tag = format!("{POD_TAG_PREFIX}{net}/{cid}/{}", id.ifname);
+    let mut tag = format!("{head}{cid}/{}", id.ifname);
     while tag.len() > TAG_MAX {
         tag.pop();
     }
@@ -752,7 +762,7 @@ impl Attach for VppAttach {
             Some(c) => {
                 let ops = Ops { c: &c };
                 match ops.pod_interface(&host_name).await? {
-                    Some(p) if p.tag != self.tag(&req.id) => {
+                    Some(p) if p.tag != self.tag(&req.id) && p.tag != legacy_pod_tag(&req.id) => {
                         tracing::warn!(interface = %host_vpp(&host_name), tag = %p.tag, "detach: VPP interface not tagged as ours, left alone");
                         let _ = c.close().await;
                         return Ok(());
@@ -831,6 +841,9 @@ mod tests {
         assert_eq!(parse_pod_tag("scrambler:pod=xyz/c0ffee/eth0"), None);
         assert_eq!(parse_pod_tag("other"), None);
         assert!(!a.is_our_tag("scrambler:pod=c0ffee/eth0"));
+        assert_eq!(legacy_pod_tag(&id), "scrambler:pod=c0ffee/eth0");
+        let long = AttachmentId::new("f".repeat(64), "eth0");
+        assert_eq!(legacy_pod_tag(&long).len(), 63);
         let al = a.alias(&id);
         assert!(al.len() <= 255);
         assert!(a.is_our_alias(&al) && !b.is_our_alias(&al));

@@ -436,6 +436,35 @@ async fn failed_add_leaves_nothing() {
     other.detach(&host, &ro).await.unwrap();
     vpp.netns.ip(&["link", "del", "scv00000000aa"]);
     att.detach(&host, &r).await.unwrap();
+
+    // DEL removes an interface tagged by a release without the network in its tags
+    att.attach(&host, &r, &addrs(&["10.9.1.3/24"]))
+        .await
+        .unwrap();
+    vpp.vppctl(&[
+        "set",
+        "interface",
+        "tag",
+        &format!("host-{}", host_ifname(&r.id)),
+        "scrambler:pod=dup/eth0",
+    ]);
+    let tags: Vec<String> = c
+        .interfaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.tag)
+        .collect();
+    assert!(
+        tags.contains(&"scrambler:pod=dup/eth0".to_string()),
+        "{tags:?}"
+    );
+    att.detach(&host, &r).await.unwrap();
+    let (afs, routes, neigh) = vpp_state(&c).await;
+    assert!(
+        afs.is_empty() && routes.is_empty() && neigh.is_empty(),
+        "{afs:?} {routes:?} {neigh:?}"
+    );
     c.close().await.unwrap();
 }
 
