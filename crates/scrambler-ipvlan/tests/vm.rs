@@ -9,7 +9,7 @@ use scrambler_core::{
     Attach, AttachRequest, AttachmentId, CniResult, Error, IpConfig, NetConf, Netns, Route,
 };
 use scrambler_ipvlan::{IpvlanAttach, IpvlanConfig, Mode};
-use scrambler_vmtest::{needs_vm, Feature, VmSuite};
+use scrambler_vmtest::{Feature, VmSuite};
 use std::process::Command;
 
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
@@ -81,10 +81,8 @@ fn addrs(addr: &str, gw: Option<&str>) -> CniResult {
 
 #[tokio::test]
 async fn vm_ipvlan_l2_pods_reach_each_other_across_nodes() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_ipvlan_l2_pods_reach_each_other_across_nodes")
-            .assert_success();
+    if VM.delegate("vm_ipvlan_l2_pods_reach_each_other_across_nodes", FEATURES) {
+        return;
     }
     let lab = Lab::new();
     let a = ipvlan(Mode::L2, Some("ul0"));
@@ -183,30 +181,27 @@ async fn l3_lab(mode: Mode) {
 
 #[tokio::test]
 async fn vm_ipvlan_l3_pods_reach_each_other_across_nodes() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_ipvlan_l3_pods_reach_each_other_across_nodes")
-            .assert_success();
+    if VM.delegate("vm_ipvlan_l3_pods_reach_each_other_across_nodes", FEATURES) {
+        return;
     }
     l3_lab(Mode::L3).await;
 }
 
 #[tokio::test]
 async fn vm_ipvlan_l3s_pods_reach_each_other_across_nodes() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_ipvlan_l3s_pods_reach_each_other_across_nodes")
-            .assert_success();
+    if VM.delegate("vm_ipvlan_l3s_pods_reach_each_other_across_nodes", FEATURES) {
+        return;
     }
     l3_lab(Mode::L3s).await;
 }
 
 #[tokio::test]
 async fn vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail")
-            .assert_success();
+    if VM.delegate(
+        "vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail",
+        FEATURES,
+    ) {
+        return;
     }
     let lab = Lab::new();
     let node = lab.nodes[0].netns();
@@ -274,10 +269,11 @@ async fn vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail() {
 
 #[tokio::test]
 async fn vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent")
-            .assert_success();
+    if VM.delegate(
+        "vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent",
+        FEATURES,
+    ) {
+        return;
     }
     let lab = Lab::new();
     let node = lab.nodes[0].netns();
@@ -375,10 +371,8 @@ async fn del_with_netns_gone_consumes_the_record() {
 /// last DEL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vm_ipvlan_concurrent_add_del_keep_the_node_setup() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_ipvlan_concurrent_add_del_keep_the_node_setup")
-            .assert_success();
+    if VM.delegate("vm_ipvlan_concurrent_add_del_keep_the_node_setup", FEATURES) {
+        return;
     }
     use scrambler_ipvlan::IpvlanNode;
     use std::net::IpAddr;
@@ -700,20 +694,22 @@ mod encrypted {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire() {
-        if needs_vm(FEATURES) {
-            return VM
-                .run("vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire")
-                .assert_success();
+        if VM.delegate(
+            "vm_ipvlan_l3_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire",
+            FEATURES,
+        ) {
+            return;
         }
         encrypted_lab(Mode::L3).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn vm_ipvlan_l3s_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire() {
-        if needs_vm(FEATURES) {
-            return VM
-                .run("vm_ipvlan_l3s_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire")
-                .assert_success();
+        if VM.delegate(
+            "vm_ipvlan_l3s_encrypted_by_xfrm_mesh_is_esp_only_on_the_wire",
+            FEATURES,
+        ) {
+            return;
         }
         encrypted_lab(Mode::L3s).await;
     }

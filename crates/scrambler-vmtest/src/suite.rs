@@ -60,6 +60,25 @@ impl VmSuite {
         }
     }
 
+    /// The prologue of every test of the suite: when this kernel lacks one of `features`
+    /// (and this is not the guest), asserts test `name`'s verdict from the VM run and
+    /// returns `true`, so the caller returns at once; otherwise returns `false` and the
+    /// caller runs the test body here.
+    ///
+    /// ```ignore
+    /// if VM.delegate("vm_xfrm_esp_only", &[Feature::Esp]) {
+    ///     return;
+    /// }
+    /// ```
+    #[track_caller]
+    pub fn delegate(&self, name: &str, features: &[crate::Feature]) -> bool {
+        if !crate::needs_vm(features) {
+            return false;
+        }
+        self.run(name).assert_success();
+        true
+    }
+
     /// The shared run's outcome (booting it now if needed).
     pub fn outcome(&self) -> &VmOutcome {
         self.outcome.get_or_init(|| {

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use scrambler_core::netns::testing::wire::{ping_replies, Capture, Stream};
 use scrambler_core::{keys, Mesh, Netns, NodeId, Tunnel};
-use scrambler_vmtest::{needs_vm, Feature, VmSuite};
+use scrambler_vmtest::{Feature, VmSuite};
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
 use std::time::{Duration, Instant};
 
@@ -107,10 +107,8 @@ fn assert_no_cleartext(lines: &[String]) {
 
 #[test]
 fn vm_xfrm_mesh_pods_ping_over_esp_only() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_xfrm_mesh_pods_ping_over_esp_only")
-            .assert_success();
+    if VM.delegate("vm_xfrm_mesh_pods_ping_over_esp_only", FEATURES) {
+        return;
     }
     let lab = Lab::new();
     rt().block_on(async {
@@ -149,10 +147,11 @@ fn vm_xfrm_mesh_pods_ping_over_esp_only() {
 
 #[test]
 fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_xfrm_missing_state_or_route_drops_instead_of_leaking")
-            .assert_success();
+    if VM.delegate(
+        "vm_xfrm_missing_state_or_route_drops_instead_of_leaking",
+        FEATURES,
+    ) {
+        return;
     }
     let lab = Lab::new();
     // a default route on the underlay: without the guard, a missing route would send
@@ -260,10 +259,8 @@ fn stream(lab: &Lab, from: usize, to: usize) -> Stream {
 
 #[test]
 fn vm_xfrm_rotation_under_load_loses_nothing() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_xfrm_rotation_under_load_loses_nothing")
-            .assert_success();
+    if VM.delegate("vm_xfrm_rotation_under_load_loses_nothing", FEATURES) {
+        return;
     }
     let lab = Lab::new();
     rt().block_on(async {
@@ -304,10 +301,11 @@ fn vm_xfrm_rotation_under_load_loses_nothing() {
 
 #[test]
 fn vm_xfrm_restart_is_noop_and_foreign_objects_survive() {
-    if needs_vm(FEATURES) {
-        return VM
-            .run("vm_xfrm_restart_is_noop_and_foreign_objects_survive")
-            .assert_success();
+    if VM.delegate(
+        "vm_xfrm_restart_is_noop_and_foreign_objects_survive",
+        FEATURES,
+    ) {
+        return;
     }
     let lab = Lab::new();
     let n1 = &lab.nodes[0];
