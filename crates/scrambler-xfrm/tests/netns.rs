@@ -65,30 +65,7 @@ fn foreign_policies_and_routes_are_never_touched() {
     ]);
     ns.ip(&["link", "set", "other0", "up"]);
     // someone else's policies: an IKE daemon's, an admin's block, another if_id
-    ns.ip(&[
-        "xfrm",
-        "policy",
-        "add",
-        "src",
-        "172.16.0.0/16",
-        "dst",
-        "172.17.0.0/16",
-        "dir",
-        "out",
-        "priority",
-        "10",
-        "tmpl",
-        "src",
-        "198.51.100.1",
-        "dst",
-        "198.51.100.2",
-        "proto",
-        "esp",
-        "reqid",
-        "7",
-        "mode",
-        "tunnel",
-    ]);
+    common::add_foreign_ike_policy(&ns);
     ns.ip(&[
         "xfrm",
         "policy",

@@ -330,30 +330,7 @@ fn vm_xfrm_restart_is_noop_and_foreign_objects_survive() {
         "0x0102030405060708090a0b0c0d0e0f1011121314",
         "128",
     ]);
-    n1.ip(&[
-        "xfrm",
-        "policy",
-        "add",
-        "src",
-        "172.16.0.0/16",
-        "dst",
-        "172.17.0.0/16",
-        "dir",
-        "out",
-        "priority",
-        "10",
-        "tmpl",
-        "src",
-        "198.51.100.1",
-        "dst",
-        "198.51.100.2",
-        "proto",
-        "esp",
-        "reqid",
-        "7",
-        "mode",
-        "tunnel",
-    ]);
+    common::add_foreign_ike_policy(n1);
     let foreign_state = n1.ip(&["xfrm", "state", "list", "spi", "0x2000"]);
     rt().block_on(async {
         lab.reconcile_all(&lab.tunnel).await;

@@ -75,3 +75,32 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// The VM tests' namespaces (shared module: the netns tests do not use it).
 #[allow(unused_imports)]
 pub use scrambler_core::netns::testing::TestNetns as Ns;
+
+/// Someone else's policy, as an IKE daemon would install it (reqid 7, no if_id, outside
+/// Scrambler's priority band): reconcile and remove must leave it alone.
+pub fn add_foreign_ike_policy(ns: &TestNetns) {
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "172.16.0.0/16",
+        "dst",
+        "172.17.0.0/16",
+        "dir",
+        "out",
+        "priority",
+        "10",
+        "tmpl",
+        "src",
+        "198.51.100.1",
+        "dst",
+        "198.51.100.2",
+        "proto",
+        "esp",
+        "reqid",
+        "7",
+        "mode",
+        "tunnel",
+    ]);
+}
