@@ -23,6 +23,7 @@ fn in_vm(test: &str) {
     VM.run(test).assert_success()
 }
 
+use scrambler_core::netns::testing::wire::Underlay;
 use scrambler_core::netns::testing::TestNetns as Ns;
 
 /// Two nodes with `ul0` = 192.0.2.i/24 and a default route, one pod namespace each, a
@@ -37,24 +38,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let wire = Ns::new("icw");
-        wire.ip(&["link", "add", "br0", "type", "bridge"]);
-        wire.ip(&["link", "set", "br0", "up"]);
-        let mut nodes = Vec::new();
-        let mut pods = Vec::new();
-        for i in 1..=2 {
-            let n = Ns::new(&format!("icn{i}"));
-            let w = format!("w{i}");
-            n.ip(&[
-                "link", "add", "ul0", "type", "veth", "peer", "name", &w, "netns", &wire.name,
-            ]);
-            n.ip(&["link", "set", "ul0", "up"]);
-            wire.ip(&["link", "set", &w, "master", "br0", "up"]);
-            n.ip(&["addr", "add", &format!("192.0.2.{i}/24"), "dev", "ul0"]);
-            n.ip(&["route", "add", "default", "via", "192.0.2.254"]);
-            nodes.push(n);
-            pods.push(Ns::new(&format!("icp{i}")));
-        }
+        let Underlay { nodes, pods, wire } = Underlay::new("ic", 2);
         let cni_path = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(BIN, cni_path.path().join("scrambler-cni")).unwrap();
         Lab {

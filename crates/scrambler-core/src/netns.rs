@@ -267,6 +267,44 @@ pub mod testing {
         use std::sync::Arc;
         use std::time::{Duration, Instant};
 
+        /// `n` nodes on a wire: namespace `wire` holds bridge `br0`; node i (1-based) has
+        /// `ul0` = 192.0.2.i/24 plugged into it and a default route via 192.0.2.254; one
+        /// empty pod namespace per node. Everything goes when it is dropped.
+        pub struct Underlay {
+            /// Node namespaces, node i at index i - 1.
+            pub nodes: Vec<TestNetns>,
+            /// One pod namespace per node, same order.
+            pub pods: Vec<TestNetns>,
+            /// The wire namespace (capture on its `br0`).
+            pub wire: TestNetns,
+        }
+
+        impl Underlay {
+            /// Builds it, naming namespaces `<prefix>w`, `<prefix>n<i>`, `<prefix>p<i>`.
+            pub fn new(prefix: &str, n: usize) -> Underlay {
+                let wire = TestNetns::new(&format!("{prefix}w"));
+                wire.ip(&["link", "add", "br0", "type", "bridge"]);
+                wire.ip(&["link", "set", "br0", "up"]);
+                let mut nodes = Vec::new();
+                let mut pods = Vec::new();
+                for i in 1..=n {
+                    let node = TestNetns::new(&format!("{prefix}n{i}"));
+                    let port = format!("w{i}");
+                    node.ip(&[
+                        "link", "add", "ul0", "type", "veth", "peer", "name", &port, "netns",
+                        &wire.name,
+                    ]);
+                    node.ip(&["link", "set", "ul0", "up"]);
+                    wire.ip(&["link", "set", &port, "master", "br0", "up"]);
+                    node.ip(&["addr", "add", &format!("192.0.2.{i}/24"), "dev", "ul0"]);
+                    node.ip(&["route", "add", "default", "via", "192.0.2.254"]);
+                    nodes.push(node);
+                    pods.push(TestNetns::new(&format!("{prefix}p{i}")));
+                }
+                Underlay { nodes, pods, wire }
+            }
+        }
+
         /// tcpdump of the IP packets on bridge `br0` of a wire namespace.
         pub struct Capture {
             child: Child,

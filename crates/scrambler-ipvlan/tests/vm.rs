@@ -15,10 +15,11 @@ use std::process::Command;
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
 const FEATURES: &[Feature] = &[Feature::Ipvlan];
 
+use scrambler_core::netns::testing::wire::Underlay;
 use scrambler_core::netns::testing::TestNetns as Ns;
 
-/// Two nodes on a wire; node i has `ul0` = 192.0.2.i/24 and a default route via
-/// 192.0.2.254; one empty pod namespace per node.
+/// Two nodes on a wire (see [`Underlay`]); node i has `ul0` = 192.0.2.i/24 and a default
+/// route via 192.0.2.254; one empty pod namespace per node.
 struct Lab {
     nodes: Vec<Ns>,
     pods: Vec<Ns>,
@@ -27,24 +28,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let wire = Ns::new("ivw");
-        wire.ip(&["link", "add", "br0", "type", "bridge"]);
-        wire.ip(&["link", "set", "br0", "up"]);
-        let mut nodes = Vec::new();
-        let mut pods = Vec::new();
-        for i in 1..=2 {
-            let n = Ns::new(&format!("ivn{i}"));
-            let w = format!("w{i}");
-            n.ip(&[
-                "link", "add", "ul0", "type", "veth", "peer", "name", &w, "netns", &wire.name,
-            ]);
-            n.ip(&["link", "set", "ul0", "up"]);
-            wire.ip(&["link", "set", &w, "master", "br0", "up"]);
-            n.ip(&["addr", "add", &format!("192.0.2.{i}/24"), "dev", "ul0"]);
-            n.ip(&["route", "add", "default", "via", "192.0.2.254"]);
-            nodes.push(n);
-            pods.push(Ns::new(&format!("ivp{i}")));
-        }
+        let Underlay { nodes, pods, wire } = Underlay::new("iv", 2);
         Lab { nodes, pods, wire }
     }
 
