@@ -218,16 +218,37 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Checks a container id as the spec restricts it: an alphanumeric first character,
-/// then alphanumerics, `_`, `.` or `-`.
+/// What the spec allows in container ids and network names.
+const NAME_RULE: &str =
+    "must start with an ASCII alphanumeric character followed by alphanumerics, '_', '.' or '-'";
+
+/// True for a name the spec allows as a container id or network name
+/// (`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, libcni's `cniValidNameChars`).
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Checks a container id as the spec restricts it ([`is_valid_name`]; code 4).
 pub fn validate_container_id(id: &str) -> Result<()> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        return Err(invalid(
-            "CNI_CONTAINERID",
-            format!("{id:?} must start with an alphanumeric character followed by alphanumerics, '_', '.' or '-'"),
-        ));
+    if !is_valid_name(id) {
+        return Err(invalid("CNI_CONTAINERID", format!("{id:?} {NAME_RULE}")));
+    }
+    Ok(())
+}
+
+/// Checks a conf's network `name` as the spec and libcni restrict it ([`is_valid_name`];
+/// code 7, invalid network config). The name marks what a network owns (interface
+/// aliases, lease directories), so one name is never a path or a prefix of another's mark.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::config("field \"name\" is missing or empty"));
+    }
+    if !is_valid_name(name) {
+        return Err(Error::config(format!(
+            "field \"name\": network name {name:?} {NAME_RULE}"
+        )));
     }
     Ok(())
 }
@@ -405,6 +426,21 @@ mod tests {
         let v = CniEnv::from_vars([("CNI_COMMAND", "VERSION")]).unwrap();
         assert!(v.attachment().is_err());
         assert_eq!(parse_cni_args("=v").unwrap_err().code(), 4);
+    }
+
+    #[test]
+    fn network_names_follow_the_spec() {
+        for ok in ["a", "a-b", "a.b", "a_b", "0", "Net.1-x_y"] {
+            validate_network_name(ok).unwrap();
+        }
+        for bad in [
+            "", "a/b", "/a", "-a", ".a", "_a", "..", "a b", "a:b", "a\0", "né",
+        ] {
+            let e = validate_network_name(bad).unwrap_err();
+            assert_eq!(e.code(), 7, "{bad:?}");
+            assert!(e.to_string().contains("field \"name\""), "{e}");
+        }
+        assert_eq!(validate_container_id("a/b").unwrap_err().code(), 4);
     }
 
     #[test]

@@ -111,9 +111,7 @@ impl NetConf {
                 Error::decode("network config", e)
             }
         })?;
-        if conf.name.is_empty() {
-            return Err(Error::config("field \"name\" is empty"));
-        }
+        crate::cni::validate_network_name(&conf.name)?;
         Ok(conf)
     }
 
@@ -152,5 +150,9 @@ mod tests {
             NetConf::from_slice(br#"{"name":"x"}"#).unwrap_err().code(),
             7
         );
+        let e = NetConf::from_slice(br#"{"cniVersion":"1.1.0","name":"a/b","type":"scrambler"}"#)
+            .unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("field \"name\""), "{e}");
     }
 }

@@ -50,13 +50,17 @@ pub fn conf_version(conf: &serde_json::Value) -> Result<String> {
     Ok(v.to_string())
 }
 
-/// The conf's `name` (required).
+/// The conf's `name`: required, and a name as the spec defines it (code 7 otherwise,
+/// [`scrambler_core::cni::validate_network_name`]).
 pub fn network_name(conf: &serde_json::Value) -> Result<String> {
-    conf.get("name")
-        .and_then(|v| v.as_str())
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| Error::config("missing or empty field \"name\""))
+    let name = match conf.get("name") {
+        None => "",
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| Error::config("field \"name\" is not a string"))?,
+    };
+    scrambler_core::cni::validate_network_name(name)?;
+    Ok(name.to_string())
 }
 
 /// Writes `value` and a newline to stdout.
@@ -120,6 +124,25 @@ mod tests {
                 .code(),
             7
         );
+    }
+
+    #[test]
+    fn network_name_is_a_cni_name() {
+        assert_eq!(
+            network_name(&json!({"name": "a.b-c_1"})).unwrap(),
+            "a.b-c_1"
+        );
+        for bad in [
+            json!({}),
+            json!({"name": ""}),
+            json!({"name": 3}),
+            json!({"name": "a/b"}),
+            json!({"name": ".."}),
+        ] {
+            let e = network_name(&bad).unwrap_err();
+            assert_eq!(e.code(), 7, "{bad}");
+            assert!(e.to_string().contains("field \"name\""), "{e}");
+        }
     }
 
     #[test]
