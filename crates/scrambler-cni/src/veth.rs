@@ -6,8 +6,10 @@
 //! - A veth pair per attachment. The pod end is created directly inside the pod namespace
 //!   with the name `CNI_IFNAME`; the host end stays in the node namespace and is called
 //!   [`host_ifname`] (`scr` + 11 hex digits of SHA-256 over container id and ifname: stable,
-//!   unique, ≤ 15 bytes). Its `ifalias` is `scrambler/<network>/<container id>/<ifname>`,
-//!   which marks it as ours for DEL and GC.
+//!   unique, ≤ 15 bytes). Its `ifalias` is `scrambler/<network>/<container id>/<ifname>`
+//!   ([`scrambler_core::routed::owner_alias`] of [`ALIAS_MARK`]), which marks it as ours
+//!   for DEL and GC: DEL compares the whole alias, GC parses its fields and compares the
+//!   network for equality (never a prefix that another network's name could share).
 //! - The pod gets each IPAM address as a host route (`/32`, `/128`): it has no on-link
 //!   subnet, so every packet goes to the gateway, including to pods of the same node.
 //! - The gateway is link-local and the same in every pod: [`GATEWAY_V4`] (`169.254.1.1`,
@@ -28,7 +30,7 @@ use crate::netlink::{add_route, route_present, Nl};
 use crate::sysctl;
 use async_trait::async_trait;
 use ipnet::IpNet;
-use scrambler_core::routed::pod_result;
+use scrambler_core::routed::{owner_alias, parse_owner_alias, pod_result};
 use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result, Route,
 };
@@ -43,8 +45,8 @@ pub use scrambler_core::routed::{gateway_for, pod_routes, GATEWAY_V4, GATEWAY_V6
 pub const HOST_IFNAME_PREFIX: &str = "scr";
 /// Underlay MTU assumed when the node has no default route.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
-/// Prefix of the `ifalias` of host-side veths.
-pub const ALIAS_PREFIX: &str = "scrambler/";
+/// First field of the `ifalias` of host-side veths.
+pub const ALIAS_MARK: &str = "scrambler";
 
 /// Name of the host-side veth of an attachment ([`scrambler_core::routed::host_ifname`]).
 pub fn host_ifname(id: &AttachmentId) -> String {
@@ -79,19 +81,14 @@ impl VethAttach {
 
     /// The `ifalias` marking the host end of `id`.
     pub fn alias(&self, id: &AttachmentId) -> String {
-        format!(
-            "{ALIAS_PREFIX}{}/{}/{}",
-            self.network, id.container_id, id.ifname
-        )
+        owner_alias(ALIAS_MARK, &self.network, id)
     }
 
+    /// The attachment a host veth's `ifalias` names, if the alias is this network's.
     fn owner_of(&self, alias: &str) -> Option<AttachmentId> {
-        let rest = alias
-            .strip_prefix(ALIAS_PREFIX)?
-            .strip_prefix(self.network.as_str())?
-            .strip_prefix('/')?;
-        let (cid, ifname) = rest.rsplit_once('/')?;
-        Some(AttachmentId::new(cid, ifname))
+        parse_owner_alias(ALIAS_MARK, alias)
+            .filter(|(network, _)| *network == self.network)
+            .map(|(_, id)| id)
     }
 
     /// The MTU for a pod: `requested`, else derived from the node's default-route
@@ -359,5 +356,18 @@ mod tests {
             VethAttach::new("net").owner_of(&v.alias(&AttachmentId::new("c", "e"))),
             None
         );
+    }
+
+    #[test]
+    fn a_network_owns_only_its_own_aliases() {
+        let a = VethAttach::new("a");
+        let id = AttachmentId::new("c0ffee", "eth0");
+        for other in ["a-b", "a.b", "a_b", "ab"] {
+            let alias = VethAttach::new(other).alias(&id);
+            assert_eq!(a.owner_of(&alias), None, "{alias}");
+        }
+        // the alias a network named "a/b" got before names were validated
+        assert_eq!(a.owner_of("scrambler/a/b/c0ffee/eth0"), None);
+        assert_eq!(a.owner_of("scrambler-vpp/a/c0ffee/eth0"), None);
     }
 }

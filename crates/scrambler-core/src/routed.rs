@@ -45,6 +45,23 @@ pub fn host_ifname(prefix: &str, id: &AttachmentId) -> String {
     format!("{prefix}{}", &hex[..HOST_IFNAME_DIGITS])
 }
 
+/// The `ifalias` marking the node end of an attachment's veth as one network's:
+/// `<mark>/<network>/<container id>/<ifname>`, `mark` naming the dataplane.
+pub fn owner_alias(mark: &str, network: &str, id: &AttachmentId) -> String {
+    format!("{mark}/{network}/{}/{}", id.container_id, id.ifname)
+}
+
+/// An [`owner_alias`] of `mark` taken apart: (network, attachment). `None` for any other
+/// alias: another mark, or not exactly four non-empty `/`-separated fields (so the alias
+/// of a network name holding a `/`, which older releases accepted, is no network's).
+/// Callers compare the fields for equality: a network never owns by prefix.
+pub fn parse_owner_alias<'a>(mark: &str, alias: &'a str) -> Option<(&'a str, AttachmentId)> {
+    let mut fields = alias.split('/');
+    let mut next = || fields.next().filter(|f| !f.is_empty());
+    let (m, network, cid, ifname) = (next()?, next()?, next()?, next()?);
+    (m == mark && fields.next().is_none()).then(|| (network, AttachmentId::new(cid, ifname)))
+}
+
 /// The routes a pod gets: the IPAM's routes with the next hop replaced by the gateway, and
 /// a default route for every address family that has an address but no route; IPv4 first,
 /// each route once.
@@ -125,6 +142,28 @@ mod tests {
             host_ifname("scr", &AttachmentId::new("ab", "ceth0")),
             host_ifname("scr", &AttachmentId::new("abc", "eth0"))
         );
+    }
+
+    #[test]
+    fn owner_aliases_parse_exactly() {
+        let id = AttachmentId::new("c0ffee", "eth0");
+        let a = owner_alias("scrambler", "a", &id);
+        assert_eq!(a, "scrambler/a/c0ffee/eth0");
+        assert_eq!(parse_owner_alias("scrambler", &a), Some(("a", id.clone())));
+        let ab = owner_alias("scrambler", "a-b", &id);
+        assert_eq!(parse_owner_alias("scrambler", &ab), Some(("a-b", id)));
+        // what a network named "a/b" got from older releases: nobody's, not network a's
+        for other in [
+            "scrambler/a/b/c0ffee/eth0",
+            "scrambler/a/c0ffee",
+            "scrambler/a/c0ffee/",
+            "scrambler//c0ffee/eth0",
+            "scrambler-vpp/a/c0ffee/eth0",
+            "scramblerx/a/c0ffee/eth0",
+            "",
+        ] {
+            assert_eq!(parse_owner_alias("scrambler", other), None, "{other:?}");
+        }
     }
 
     #[test]

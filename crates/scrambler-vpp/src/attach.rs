@@ -13,7 +13,8 @@
 //!   [`network_digest`] of the network's name, the id shortened to fit VPP's 63-byte tags),
 //!   unnumbered to the gateway loopback, admin up. Once it exists, the node veth gets the
 //!   `ifalias` [`VppAttach::alias`] (`scrambler-vpp/<network>/<container id>/<ifname>`):
-//!   GC only touches interfaces and veths of its own network.
+//!   GC only touches interfaces and veths of its own network, parsing tags and aliases
+//!   into their fields and comparing the network digest for equality.
 //! * **gateway**: one VPP loopback per node, tagged [`GATEWAY_TAG`], instance
 //!   [`GATEWAY_INSTANCE`], MAC [`GATEWAY_MAC`], holding [`GATEWAY_V4`]`/32`. It is created by
 //!   the first attachment (idempotently, also under concurrent ADDs) and never removed by
@@ -83,7 +84,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use scrambler_core::routed::attachment_digest;
-use scrambler_core::routed::pod_result;
+use scrambler_core::routed::{owner_alias, parse_owner_alias, pod_result};
 use scrambler_core::{esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result};
 use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces};
 use scrambler_netlink::{format_mac, parse_mac, Nl};
@@ -141,8 +142,9 @@ pub fn vpp_mac(id: &AttachmentId) -> [u8; 6] {
 
 /// Hex digits of [`network_digest`].
 pub const NETWORK_DIGEST_LEN: usize = 8;
-/// Prefix of the `ifalias` of node-side veths.
-pub const ALIAS_PREFIX: &str = "scrambler-vpp/";
+/// First field of the `ifalias` of node-side veths
+/// ([`scrambler_core::routed::owner_alias`]).
+pub const ALIAS_MARK: &str = "scrambler-vpp";
 
 /// The short form of a network's name carried in tags and aliases: the first
 /// [`NETWORK_DIGEST_LEN`] hex digits of SHA-256 over the name.
@@ -187,12 +189,14 @@ fn fitted_tag(head: &str, id: &AttachmentId) -> String {
 }
 
 /// A pod interface's tag taken apart: (network digest, container id (maybe shortened),
-/// ifname). `None` for other tags, including those of older releases without a network.
+/// ifname). `None` for other tags: those of older releases without a network, and any
+/// without exactly three non-empty `/`-separated fields.
 pub fn parse_pod_tag(tag: &str) -> Option<(&str, &str, &str)> {
-    let (net, rest) = tag.strip_prefix(POD_TAG_PREFIX)?.split_once('/')?;
-    let (cid, ifname) = rest.rsplit_once('/')?;
+    let mut fields = tag.strip_prefix(POD_TAG_PREFIX)?.split('/');
+    let mut next = || fields.next().filter(|f| !f.is_empty());
+    let (net, cid, ifname) = (next()?, next()?, next()?);
     let is_digest = net.len() == NETWORK_DIGEST_LEN && net.bytes().all(|b| b.is_ascii_hexdigit());
-    (is_digest && !ifname.is_empty()).then_some((net, cid, ifname))
+    (is_digest && fields.next().is_none()).then_some((net, cid, ifname))
 }
 
 /// The VPP attachment (implements [`Attach`]).
@@ -268,20 +272,13 @@ impl VppAttach {
     /// The `ifalias` of `id`'s node veth:
     /// `scrambler-vpp/<network digest>/<container id>/<ifname>`.
     pub fn alias(&self, id: &AttachmentId) -> String {
-        format!(
-            "{ALIAS_PREFIX}{}/{}/{}",
-            network_digest(&self.network),
-            id.container_id,
-            id.ifname
-        )
+        owner_alias(ALIAS_MARK, &network_digest(&self.network), id)
     }
 
     /// Whether a node veth's `ifalias` marks it as one of this network's.
     fn is_our_alias(&self, alias: &str) -> bool {
-        alias
-            .strip_prefix(ALIAS_PREFIX)
-            .and_then(|r| r.strip_prefix(network_digest(&self.network).as_str()))
-            .is_some_and(|r| r.starts_with('/'))
+        parse_owner_alias(ALIAS_MARK, alias)
+            .is_some_and(|(net, _)| net == network_digest(&self.network))
     }
 
     /// Whether a VPP tag marks an interface as one of this network's.
@@ -848,5 +845,22 @@ mod tests {
         assert!(al.len() <= 255);
         assert!(a.is_our_alias(&al) && !b.is_our_alias(&al));
         assert!(!a.is_our_alias("scrambler/net1/c0ffee/eth0"));
+        // one field more or less, or an empty one, is nobody's
+        let net1 = network_digest("net1");
+        for other in [
+            format!("scrambler-vpp/{net1}/x/c0ffee/eth0"),
+            format!("scrambler-vpp/{net1}/c0ffee"),
+            format!("scrambler-vpp/{net1}x/c0ffee/eth0"),
+        ] {
+            assert!(!a.is_our_alias(&other), "{other}");
+        }
+        for other in [
+            format!("scrambler:pod={net1}/x/c0ffee/eth0"),
+            format!("scrambler:pod={net1}//eth0"),
+            format!("scrambler:pod={net1}x/c0ffee/eth0"),
+        ] {
+            assert_eq!(parse_pod_tag(&other), None, "{other}");
+            assert!(!a.is_our_tag(&other), "{other}");
+        }
     }
 }
