@@ -23,6 +23,13 @@
 //!   the range set.
 //! * Allocation rotates through each range set from the last address reserved (as
 //!   host-local does), so a released address is not reused at once.
+//! * A write that fails (a full disk, an I/O error) leaves neither a lease nor a temp file.
+//! * A `dataDir` that cannot be written (a read-only mount) still answers whatever needs no
+//!   write: DEL or GC with nothing to release, CHECK, STATUS, an ADD the attachment's lease
+//!   already answers. What must write fails with CNI code 5 saying the lease directory is
+//!   not writable.
+//! * The network name (the conf's `name`) must be a name as the CNI spec defines it
+//!   (code 7 otherwise): it names the lease directory `dataDir/<name>`.
 //!
 //! ## Where leases live — and what that means at reboot
 //!

@@ -37,7 +37,8 @@ struct Pick {
 }
 
 impl LocalIpam {
-    /// IPAM for network `network_name` with `conf`; creates the lease directory.
+    /// IPAM for network `network_name` with `conf`; creates the lease directory where the
+    /// dataDir can be written ([`Store::open`]).
     pub fn new(network_name: &str, conf: IpamConf) -> Result<LocalIpam> {
         let store = Store::open(&conf.data_dir, network_name)?;
         Ok(LocalIpam {
@@ -193,15 +194,21 @@ impl LocalIpam {
         if new.is_empty() {
             return Ok(());
         }
+        let undo = |written: &[&Pick]| {
+            for p in written {
+                let _ = locked.remove(p.address, Some(id));
+            }
+        };
         for (k, p) in new.iter().enumerate() {
             if let Err(e) = locked.write(p.address, id) {
-                for done in &new[..k] {
-                    let _ = locked.remove(done.address, Some(id));
-                }
+                undo(&new[..k]);
                 return Err(e);
             }
         }
-        locked.sync_dir()?;
+        if let Err(e) = locked.sync_dir() {
+            undo(&new);
+            return Err(e);
+        }
         for p in &new {
             if let Err(e) = locked.set_last_reserved(p.set, p.address) {
                 tracing::warn!(error = %e, "allocation rotation pointer not saved");

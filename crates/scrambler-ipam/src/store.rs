@@ -8,8 +8,17 @@
 //!   address counts as taken — never as free.
 //! * Removals are not fsynced: a removal lost in a crash leaves a stale lease (an address
 //!   leaked until GC), never an address handed out twice.
+//! * A write that fails (no space, an I/O error, a failed rename) removes its temp file.
+//!   Temp files (`.tmp.*`) only exist while a write holds the lock; one that a crash left
+//!   is removed by the next scan.
 //! * Every read-modify-write runs under an exclusive `flock` on `<dir>/lock`, so any number
 //!   of plugin processes at once never hand out one address twice.
+//! * A dataDir that cannot be written (a read-only mount, no write permission) still
+//!   serves everything that only reads: the lock is then taken shared on the lock file
+//!   opened read-only (or not at all where none exists: nothing was ever leased there),
+//!   so a DEL or GC with nothing to release, CHECK and STATUS answer as usual, and only
+//!   an operation that must write fails, with an I/O error (code 5) saying the lease
+//!   directory is not writable.
 //! * `last_reserved_ip.<set>` remembers where each range set's allocation resumes.
 //! * `by-holder/<container id>@<ifname>@<address>` (names percent-encoded) is a hard link
 //!   of each lease file: an index that lets a scan learn every holder from two `readdir`s
@@ -67,17 +76,56 @@ impl LeaseFile {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Set when the directory could not be created because the dataDir is not writable.
+    unwritable: Option<NotWritable>,
+}
+
+/// Why a lease directory cannot be written: the OS error that said so (kept, as a copy,
+/// to explain every write refused later).
+#[derive(Debug, Clone, Copy)]
+struct NotWritable {
+    errno: Option<i32>,
+    kind: ErrorKind,
+}
+
+impl NotWritable {
+    /// `Some` when `e` says the file system or the permissions forbid writing.
+    fn from_error(e: &std::io::Error) -> Option<Self> {
+        matches!(
+            e.kind(),
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+        )
+        .then(|| NotWritable {
+            errno: e.raw_os_error(),
+            kind: e.kind(),
+        })
+    }
+
+    fn io_error(self) -> std::io::Error {
+        self.errno
+            .map(std::io::Error::from_raw_os_error)
+            .unwrap_or_else(|| self.kind.into())
+    }
 }
 
 impl Store {
-    /// Opens (creating it if needed) the lease directory `data_dir/network`.
+    /// Opens the lease directory `data_dir/network`, creating it where the dataDir can be
+    /// written (see the module's notes on a read-only dataDir).
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         check_network_name(network)?;
         let dir = data_dir.join(network);
         let links = dir.join(LINKS_DIR);
-        fs::create_dir_all(&links)
-            .map_err(|e| Error::io("create lease directory", links.display(), e))?;
-        Ok(Store { dir })
+        let unwritable = match fs::create_dir_all(&links) {
+            Ok(()) => None,
+            Err(e) => match NotWritable::from_error(&e) {
+                Some(why) => {
+                    tracing::debug!(dir = %links.display(), error = %e, "lease directory not writable");
+                    Some(why)
+                }
+                None => return Err(Error::io("create lease directory", links.display(), e)),
+            },
+        };
+        Ok(Store { dir, unwritable })
     }
 
     /// The lease directory.
@@ -85,21 +133,49 @@ impl Store {
         &self.dir
     }
 
-    /// Takes the network's lock; it is held until the returned guard is dropped.
+    /// Takes the network's lock; it is held until the returned guard is dropped. Where
+    /// the directory cannot be written, the guard is a read-only one: a shared lock (or
+    /// none, where no lock file exists), and its writes fail.
     pub fn lock(&self) -> Result<Locked<'_>> {
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open lock file", path.display(), e))?;
-        file.lock_exclusive()
-            .map_err(|e| Error::io("lock", path.display(), e))?;
+        let opened = match self.unwritable {
+            Some(why) => Err(why),
+            None => match OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            {
+                Ok(file) => Ok(file),
+                Err(e) => Err(NotWritable::from_error(&e)
+                    .ok_or_else(|| Error::io("open lock file", path.display(), e))?),
+            },
+        };
+        let (lock, read_only) = match opened {
+            Ok(file) => {
+                file.lock_exclusive()
+                    .map_err(|e| Error::io("lock", path.display(), e))?;
+                (Some(file), None)
+            }
+            Err(why) => (self.lock_shared(&path)?, Some(why)),
+        };
         Ok(Locked {
             store: self,
-            _lock: file,
+            _lock: lock,
+            read_only,
         })
+    }
+
+    /// The lock file opened read-only and locked shared (writers lock it exclusively; a
+    /// shared lock needs no write access), or `None` when there is no lock file.
+    fn lock_shared(&self, path: &Path) -> Result<Option<File>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open lock file", path.display(), e)),
+        };
+        FileExt::lock_shared(&file).map_err(|e| Error::io("lock", path.display(), e))?;
+        Ok(Some(file))
     }
 }
 
@@ -117,10 +193,28 @@ fn check_network_name(network: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Locked<'a> {
     store: &'a Store,
-    _lock: File,
+    _lock: Option<File>,
+    /// Set when the lease directory cannot be written: every write is refused.
+    read_only: Option<NotWritable>,
 }
 
 impl Locked<'_> {
+    /// Refuses `op` on `object` when the lease directory cannot be written.
+    fn check_writable(&self, op: &'static str, object: &Path) -> Result<()> {
+        match self.read_only {
+            None => Ok(()),
+            Some(why) => Err(Error::io(
+                op,
+                format!(
+                    "{} (the lease directory {} is not writable)",
+                    object.display(),
+                    self.store.dir.display()
+                ),
+                why.io_error(),
+            )),
+        }
+    }
+
     fn path_of(&self, ip: IpAddr) -> PathBuf {
         self.store.dir.join(ip.to_string())
     }
@@ -160,6 +254,10 @@ impl Locked<'_> {
         let mut leases = Vec::new();
         for (name, ino) in &files {
             let Ok(address) = name.parse::<IpAddr>() else {
+                if name.starts_with(TEMP_PREFIX) && self.read_only.is_none() {
+                    // left by a crash: under the exclusive lock no write is in progress
+                    let _ = fs::remove_file(dir.join(name));
+                }
                 continue;
             };
             let path = dir.join(name);
@@ -216,17 +314,18 @@ impl Locked<'_> {
     }
 
     /// Writes the lease of `ip` for `id` atomically (temp file, fsync, rename), with its
-    /// `by-holder` link. Call [`Locked::sync_dir`] once after a batch of writes to make
-    /// the renames durable.
+    /// `by-holder` link; on failure nothing of it is left. Call [`Locked::sync_dir`] once
+    /// after a batch of writes to make the renames durable.
     pub fn write(&self, ip: IpAddr, id: &AttachmentId) -> Result<()> {
+        let path = self.path_of(ip);
+        self.check_writable("write lease", &path)?;
         let record = LeaseRecord {
             container_id: id.container_id.clone(),
             ifname: id.ifname.clone(),
         };
         let body = serde_json::to_vec(&record).map_err(|e| Error::decode("lease record", e))?;
-        let path = self.path_of(ip);
         let tmp = self.store.dir.join(format!("{TEMP_PREFIX}{ip}"));
-        write_synced(&tmp, &body).map_err(|e| Error::io("write lease", tmp.display(), e))?;
+        write_temp(&tmp, &body, true).map_err(|e| Error::io("write lease", path.display(), e))?;
         // Linked before the rename, so the lease never appears without its link (unless
         // the link fails, e.g. a name too long: then scans read the file).
         let link = self.link_path(ip, id);
@@ -234,7 +333,7 @@ impl Locked<'_> {
             tracing::debug!(link = %link.display(), error = %e, "lease link not made");
         }
         fs::rename(&tmp, &path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
+            remove_quietly(&tmp);
             let _ = fs::remove_file(&link);
             Error::io("commit lease", path.display(), e)
         })
@@ -243,6 +342,7 @@ impl Locked<'_> {
     /// Removes the lease of `ip` held by `holder` (absent is fine), then its link.
     pub fn remove(&self, ip: IpAddr, holder: Option<&AttachmentId>) -> Result<()> {
         let path = self.path_of(ip);
+        self.check_writable("remove lease", &path)?;
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
                 return Err(Error::io("remove lease", path.display(), e))
@@ -270,24 +370,35 @@ impl Locked<'_> {
         std::str::from_utf8(&body).ok()?.trim().parse().ok()
     }
 
-    /// Records the last address reserved from range set `set`. Not fsynced: losing it
-    /// only changes where the next allocation starts.
+    /// Records the last address reserved from range set `set` (temp file, rename; on
+    /// failure nothing of it is left). Not fsynced: losing it only changes where the next
+    /// allocation starts.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
         let path = self.store.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
+        self.check_writable("write last reserved address", &path)?;
         let tmp = self
             .store
             .dir
             .join(format!("{TEMP_PREFIX}{LAST_RESERVED_PREFIX}{set}"));
-        fs::write(&tmp, ip.to_string())
-            .and_then(|()| fs::rename(&tmp, &path))
+        write_temp(&tmp, ip.to_string().as_bytes(), false)
+            .and_then(|()| fs::rename(&tmp, &path).inspect_err(|_| remove_quietly(&tmp)))
             .map_err(|e| Error::io("write last reserved address", path.display(), e))
     }
 }
 
-fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(body)?;
-    f.sync_all()
+/// Writes `body` to the new file `tmp` (fsynced if `sync`); on failure removes `tmp`.
+fn write_temp(tmp: &Path, body: &[u8], sync: bool) -> std::io::Result<()> {
+    let mut f = File::create(tmp)?;
+    f.write_all(body)
+        .and_then(|()| if sync { f.sync_all() } else { Ok(()) })
+        .inspect_err(|_| remove_quietly(tmp))
+}
+
+/// Removes a file we made and no longer want; a failure leaves nothing worse than the file.
+fn remove_quietly(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        tracing::debug!(path = %path.display(), error = %e, "could not remove");
+    }
 }
 
 /// Makes `link` a hard link of `target`, replacing whatever `link` was.
@@ -301,10 +412,14 @@ fn replace_link(target: &Path, link: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The names and inode numbers of the entries of `dir` (no per-file syscalls).
+/// The names and inode numbers of the entries of `dir` (no per-file syscalls); none when
+/// `dir` does not exist (a read-only dataDir where nothing was ever leased).
 fn read_dir_inos(dir: &Path) -> Result<Vec<(String, u64)>> {
-    let entries =
-        fs::read_dir(dir).map_err(|e| Error::io("read lease directory", dir.display(), e))?;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read lease directory", dir.display(), e)),
+    };
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read lease directory", dir.display(), e))?;
@@ -522,6 +637,76 @@ mod tests {
         assert_eq!(parse_link_name(&name), Some((ip, id)));
         assert_eq!(parse_link_name("x@y"), None);
         assert_eq!(parse_link_name("%zz@eth0@10.0.0.1"), None);
+    }
+
+    /// Names in the lease directory that are temp files.
+    fn temps(store: &Store) -> Vec<String> {
+        read_dir_inos(store.dir())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect()
+    }
+
+    #[test]
+    fn failed_writes_leave_no_temp_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), "net1").unwrap();
+        let l = store.lock().unwrap();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let id = AttachmentId::new("c1", "eth0");
+        // a directory where the file goes makes the rename fail
+        fs::create_dir_all(store.dir().join("10.0.0.2").join("x")).unwrap();
+        fs::create_dir_all(store.dir().join("last_reserved_ip.0").join("x")).unwrap();
+        assert_eq!(l.write(ip, &id).unwrap_err().code(), 5);
+        assert_eq!(l.set_last_reserved(0, ip).unwrap_err().code(), 5);
+        assert!(temps(&store).is_empty(), "{:?}", temps(&store));
+        assert!(links(&store).is_empty(), "{:?}", links(&store));
+        fs::remove_dir_all(store.dir().join("10.0.0.2")).unwrap();
+        // a temp file a crash left is removed by the next scan under the lock
+        fs::write(store.dir().join(format!("{TEMP_PREFIX}10.0.0.3")), "{").unwrap();
+        assert!(l.scan().unwrap().is_empty());
+        assert!(temps(&store).is_empty(), "{:?}", temps(&store));
+    }
+
+    #[test]
+    fn a_read_only_store_reads_and_refuses_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let erofs = NotWritable::from_error(&std::io::Error::from_raw_os_error(30)).unwrap();
+        assert!(NotWritable::from_error(&std::io::Error::from_raw_os_error(28)).is_none());
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let id = AttachmentId::new("c1", "eth0");
+
+        // never created: nothing held, nothing made
+        let absent = Store {
+            dir: tmp.path().join("absent"),
+            unwritable: Some(erofs),
+        };
+        let l = absent.lock().unwrap();
+        assert!(l.scan_verified().unwrap().is_empty());
+        let e = l.write(ip, &id).unwrap_err();
+        assert_eq!(e.code(), 5);
+        assert!(e.to_string().contains("is not writable"), "{e}");
+        assert!(e.to_string().contains("Read-only file system"), "{e}");
+        drop(l);
+        assert!(!tmp.path().join("absent").exists());
+
+        // written before: read under a shared lock, never changed
+        let store = Store::open(tmp.path(), "net1").unwrap();
+        store.lock().unwrap().write(ip, &id).unwrap();
+        let ro = Store {
+            dir: store.dir().to_path_buf(),
+            unwritable: Some(erofs),
+        };
+        let l = ro.lock().unwrap();
+        let r2 = ro.lock().unwrap();
+        assert!(l.scan().unwrap()[0].is_held_by(&id));
+        assert_eq!(r2.scan_verified().unwrap().len(), 1);
+        assert_eq!(l.remove(ip, Some(&id)).unwrap_err().code(), 5);
+        assert_eq!(l.set_last_reserved(0, ip).unwrap_err().code(), 5);
+        assert!(store.dir().join("10.0.0.2").exists());
+        assert!(temps(&store).is_empty());
     }
 
     #[test]
