@@ -28,6 +28,12 @@
 //! }
 //! ```
 //!
+//! The network `name` must be a name as the CNI spec and libcni define it (an ASCII
+//! alphanumeric, then alphanumerics, `_`, `.` or `-`): every command refuses any other with
+//! code 7 before it touches anything. The name marks what the network owns (interface
+//! aliases, VPP tags, lease directories), and GC of a network parses those marks and
+//! compares the network for equality, so it never touches another network's pods.
+//!
 //! Every command is all-or-nothing: a failed ADD removes what it created (interfaces,
 //! routes) and releases its addresses before it reports the error; DEL is idempotent.
 #![warn(missing_docs)]
