@@ -39,6 +39,27 @@ impl Names {
     pub fn pod(&self, i: usize, j: usize) -> String {
         format!("{}-n{i}-p{j}", self.lab)
     }
+    /// Whether namespace `name` is one of this lab's: its wire, a node or a pod, parsed
+    /// exactly (lab `a` does not own `a-b-n1`, a node of lab `a-b`).
+    pub fn owns(&self, name: &str) -> bool {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let Some(rest) = name
+            .strip_prefix(self.lab.as_str())
+            .and_then(|r| r.strip_prefix('-'))
+        else {
+            return false;
+        };
+        if rest == "wire" {
+            return true;
+        }
+        let Some(rest) = rest.strip_prefix('n') else {
+            return false;
+        };
+        match rest.split_once("-p") {
+            Some((node, pod)) => digits(node) && digits(pod),
+            None => digits(rest),
+        }
+    }
     /// The bridge port of node `i` in the wire namespace.
     pub fn port(i: usize) -> String {
         format!("port{i}")
@@ -134,10 +155,9 @@ pub fn delete_netns(name: &str) {
 /// Every namespace of this lab that exists now.
 pub fn existing(names: &Names) -> Vec<String> {
     let out = cmd::ip("", &["netns", "list"]).unwrap_or_default();
-    let prefix = format!("{}-", names.lab);
     out.lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&prefix))
+        .filter(|n| names.owns(n))
         .map(str::to_string)
         .collect()
 }
@@ -154,6 +174,24 @@ pub fn set_underlay(names: &Names, i: usize, up: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lab_owns_exactly_its_own_namespaces() {
+        let a = Names { lab: "a".into() };
+        for ours in [a.wire(), a.node(1), a.node(12), a.pod(3, 40)] {
+            assert!(a.owns(&ours), "{ours}");
+        }
+        let ab = Names { lab: "a-b".into() };
+        let an1 = Names { lab: "a-n1".into() };
+        for theirs in [ab.wire(), ab.node(1), ab.pod(1, 1), an1.wire(), an1.node(2)] {
+            assert!(!a.owns(&theirs), "{theirs}");
+        }
+        for other in [
+            "a", "a-", "a-n", "a-n1-p", "a-nx", "a-n1-q2", "ab-n1", "a-wire2",
+        ] {
+            assert!(!a.owns(other), "{other}");
+        }
+    }
 
     #[test]
     fn underlay_macs_are_fixed_local_and_distinct() {
