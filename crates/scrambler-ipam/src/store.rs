@@ -32,6 +32,7 @@
 
 use crate::addr::{family_of, to_u128, Family};
 use fs2::FileExt;
+use scrambler_core::cni::validate_network_name;
 use scrambler_core::{AttachmentId, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -110,9 +111,11 @@ impl NotWritable {
 
 impl Store {
     /// Opens the lease directory `data_dir/network`, creating it where the dataDir can be
-    /// written (see the module's notes on a read-only dataDir).
+    /// written (see the module's notes on a read-only dataDir). `network` must be a CNI
+    /// network name ([`validate_network_name`]; code 7 otherwise).
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
-        check_network_name(network)?;
+        // the name becomes a directory name: a CNI name never escapes `dataDir`
+        validate_network_name(network)?;
         let dir = data_dir.join(network);
         let links = dir.join(LINKS_DIR);
         let unwritable = match fs::create_dir_all(&links) {
@@ -177,16 +180,6 @@ impl Store {
         FileExt::lock_shared(&file).map_err(|e| Error::io("lock", path.display(), e))?;
         Ok(Some(file))
     }
-}
-
-/// A network name becomes a directory name: refuse anything that would escape `dataDir`.
-fn check_network_name(network: &str) -> Result<()> {
-    if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0']) {
-        return Err(Error::config(format!(
-            "network name {network:?} cannot name a lease directory"
-        )));
-    }
-    Ok(())
 }
 
 /// The store with its lock held.
@@ -712,7 +705,7 @@ mod tests {
     #[test]
     fn network_names_cannot_escape() {
         let tmp = tempfile::tempdir().unwrap();
-        for bad in ["", "..", "a/b", "."] {
+        for bad in ["", "..", "a/b", ".", "-a", "a b"] {
             assert_eq!(Store::open(tmp.path(), bad).unwrap_err().code(), 7);
         }
     }
