@@ -110,6 +110,7 @@ pub mod netlink;
 pub mod nft;
 pub mod node;
 pub mod record;
+pub mod registry;
 
 pub use attach::IpvlanAttach;
 pub use config::{Flag, IpvlanConfig, Mode};

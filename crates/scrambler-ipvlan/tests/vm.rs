@@ -318,6 +318,8 @@ async fn del_with_netns_gone_consumes_the_record() {
         state_dir: Some(state.path().into()),
         ..Default::default()
     })
+    .unwrap()
+    .with_node_dir(state.path().join("node"))
     .unwrap();
     let records = a.records().unwrap();
     assert_eq!(records.dir(), state.path().join("pods"));
@@ -566,16 +568,13 @@ mod encrypted {
             .await
             .unwrap();
         assert_eq!(records.list().unwrap().len(), 3);
-        // ensure is idempotent
-        let again = a
-            .node_setup(
-                &scrambler_ipvlan::netlink::LinkState {
-                    name: "ul0".into(),
-                    ..Default::default()
-                },
-                &addrs("10.1.1.2/24", None),
-            )
-            .ensure(&lab.nodes[0].netns())
+        // ensure of what the node registry says is idempotent
+        let node1 = lab.nodes[0].netns();
+        let entries = a.registry(&node1).unwrap().entries().unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let again = scrambler_ipvlan::registry::node_setup(&entries)
+            .unwrap()
+            .ensure(&node1)
             .await
             .unwrap();
         assert_eq!(again, Default::default());
