@@ -337,7 +337,7 @@ impl Attach for IpvlanAttach {
         // an undo) never interleave with another invocation's changes of the node
         let reg = self.registry(host)?;
         let _node_lock = reg.lock().await?;
-        let entries = reg.entries()?;
+        let entries = reg.live_entries()?;
         registry::check_master(
             &entries,
             &self.cfg.network,
@@ -512,7 +512,8 @@ impl IpvlanAttach {
     /// Registers an encrypted pod (the caller holds the node lock; `entries` are the
     /// registry's, `entry` its network's admitted entry, [`registry::admit`]): the entry,
     /// then the pod's record, then the node setup of every network together, then the
-    /// pod's host routes.
+    /// pod's host routes (and those of every recorded pod, when the node link had to be
+    /// made anew).
     async fn register(
         &self,
         host: &Netns,
@@ -533,8 +534,14 @@ impl IpvlanAttach {
             host: reg.host(),
             ips: pod_ips(addrs),
         })?;
-        setup.ensure(host).await?;
-        IpvlanNode::add_pod(host, &pod_ips(addrs)).await
+        let mut ips = pod_ips(addrs);
+        if setup.ensure(host).await?.link_created {
+            // a re-created node link lost the host routes of the pods already running
+            for e in registry::with_entry(entries, entry) {
+                ips.extend(reg.pods(&e)?.iter().flat_map(|r| r.ips.iter().copied()));
+            }
+        }
+        IpvlanNode::add_pod(host, &ips).await
     }
 
     /// The attachment records of this network (see [`crate::record`]).
@@ -594,9 +601,9 @@ impl IpvlanAttach {
     /// to the remaining networks' union, or removes it when no network has a record left.
     /// The caller holds the node lock.
     ///
-    /// Records of this network without a registry entry (made before the registry
-    /// existed) count too; while there are such, the setup is kept as it is (their rules
-    /// are not known, so nothing is narrowed).
+    /// Records without a registry entry (made before the registry existed) count too:
+    /// while there are such, the setup is kept as it is (their rules are not known, so
+    /// nothing is narrowed), see [`IpvlanAttach::unlisted_records`].
     async fn settle(
         &self,
         host: &Netns,
@@ -621,15 +628,9 @@ impl IpvlanAttach {
             held.extend(pods.iter().flat_map(|r| r.ips.iter().copied()));
             live.push(entry);
         }
-        let unlisted = !live.iter().any(|e| &e.network == me) && {
-            let pods: Vec<Record> = self.records()?.list()?;
-            let mine: Vec<&Record> = pods
-                .iter()
-                .filter(|r| r.host == reg.host() && counts(me, r))
-                .collect();
-            held.extend(mine.iter().flat_map(|r| r.ips.iter().copied()));
-            !mine.is_empty()
-        };
+        let unlisted = self.unlisted_records(reg.host(), &live, gone)?;
+        held.extend(unlisted.iter().flat_map(|r| r.ips.iter().copied()));
+        let unlisted = !unlisted.is_empty();
         let released: Vec<IpAddr> = ips
             .iter()
             .copied()
@@ -649,6 +650,48 @@ impl IpvlanAttach {
             }
         }
         Ok(())
+    }
+
+    /// The records made in node namespace `host` of networks that have no entry in `live`,
+    /// except this network's attachments `gone`: those of every network whose records are
+    /// in this network's `stateDir` (all of them, with the default one).
+    fn unlisted_records(
+        &self,
+        host: u64,
+        live: &[NetworkEntry],
+        gone: &[AttachmentId],
+    ) -> Result<Vec<Record>> {
+        let dir = self.cfg.state_dir();
+        let list = match std::fs::read_dir(dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(Error::io("list ipvlan state directory", dir.display(), e)),
+        };
+        let mut out = Vec::new();
+        for item in list {
+            let item =
+                item.map_err(|e| Error::io("list ipvlan state directory", dir.display(), e))?;
+            let Some(network) = item.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let listed = live
+                .iter()
+                .any(|e| e.network == network && e.state_dir == dir);
+            let Ok(store) = RecordStore::new(dir, &network) else {
+                continue;
+            };
+            if listed || !item.path().is_dir() {
+                continue;
+            }
+            let mine = network == self.cfg.network;
+            out.extend(
+                store
+                    .list()?
+                    .into_iter()
+                    .filter(|r| r.host == host && !(mine && gone.contains(&r.id))),
+            );
+        }
+        Ok(out)
     }
 
     /// CNI GC: unregisters from the node setup in `host` the addresses of every recorded

@@ -157,6 +157,22 @@ impl NodeRegistry {
         Ok(out)
     }
 
+    /// The entries of networks with records in this node namespace; the entries of the
+    /// others (left by an ADD that died between its entry and its record) are deleted, so
+    /// they neither widen the setup nor stand in another network's way.
+    pub fn live_entries(&self) -> Result<Vec<NetworkEntry>> {
+        let mut out = Vec::new();
+        for e in self.entries()? {
+            if self.pods(&e)?.is_empty() {
+                tracing::info!(network = %e.network, "ipvlan node registry entry without records dropped");
+                self.remove(&e.network)?;
+            } else {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
     /// The entry of `network`, if any.
     pub fn entry(&self, network: &str) -> Result<Option<NetworkEntry>> {
         let path = self.path(network)?;
