@@ -25,7 +25,7 @@
 use crate::config::{IpvlanConfig, Mode};
 use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};
 use crate::node::IpvlanNode;
-use crate::record::{host_id, Record, RecordStore};
+use crate::record::{dir_names, host_id, Record, RecordStore};
 use crate::registry::{self, NetworkEntry, NodeRegistry, NODE_DIR};
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -662,25 +662,15 @@ impl IpvlanAttach {
         gone: &[AttachmentId],
     ) -> Result<Vec<Record>> {
         let dir = self.cfg.state_dir();
-        let list = match std::fs::read_dir(dir) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(Error::io("list ipvlan state directory", dir.display(), e)),
-        };
         let mut out = Vec::new();
-        for item in list {
-            let item =
-                item.map_err(|e| Error::io("list ipvlan state directory", dir.display(), e))?;
-            let Some(network) = item.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
+        for network in dir_names(dir, "list ipvlan state directory")? {
             let listed = live
                 .iter()
                 .any(|e| e.network == network && e.state_dir == dir);
             let Ok(store) = RecordStore::new(dir, &network) else {
                 continue;
             };
-            if listed || !item.path().is_dir() {
+            if listed || !dir.join(&network).is_dir() {
                 continue;
             }
             let mine = network == self.cfg.network;

@@ -125,17 +125,9 @@ impl RecordStore {
     /// names that do not parse) are skipped; a record that cannot be decoded is logged and
     /// skipped (it is left in place for a human to look at).
     pub fn list(&self) -> Result<Vec<Record>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(Error::io("list ipvlan records in", self.dir.display(), e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io("list ipvlan records in", self.dir.display(), e))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(parse_file_name) else {
+        for name in dir_names(&self.dir, "list ipvlan records in")? {
+            let Some(id) = parse_file_name(&name) else {
                 continue;
             };
             match self.read(&id) {
@@ -147,6 +139,23 @@ impl RecordStore {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+}
+
+/// The names (UTF-8 ones) in directory `dir`; none when it does not exist.
+pub(crate) fn dir_names(dir: &Path, op: &'static str) -> Result<Vec<String>> {
+    let list = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(op, dir.display(), e)),
+    };
+    let mut out = Vec::new();
+    for item in list {
+        let item = item.map_err(|e| Error::io(op, dir.display(), e))?;
+        if let Ok(name) = item.file_name().into_string() {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// Code 7 for a network name that cannot name a file or directory of its own (empty,

@@ -33,7 +33,7 @@ use crate::config::Mode;
 use crate::lock::NodeLock;
 use crate::nft::NetworkRules;
 use crate::node::IpvlanNode;
-use crate::record::{validate_network_name, write_atomically, Record, RecordStore};
+use crate::record::{dir_names, validate_network_name, write_atomically, Record, RecordStore};
 use ipnet::IpNet;
 use scrambler_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -135,18 +135,9 @@ impl NodeRegistry {
     /// names another network than its file, is an error naming the file: the setup is
     /// never narrowed on a guess.
     pub fn entries(&self) -> Result<Vec<NetworkEntry>> {
-        let dir = self.dir();
-        let list = match std::fs::read_dir(&dir) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(Error::io("list ipvlan node registry", dir.display(), e)),
-        };
         let mut out = Vec::new();
-        for item in list {
-            let item =
-                item.map_err(|e| Error::io("list ipvlan node registry", dir.display(), e))?;
-            let name = item.file_name();
-            let Some(network) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+        for name in dir_names(&self.dir(), "list ipvlan node registry")? {
+            let Some(network) = name.strip_suffix(".json") else {
                 continue;
             };
             if let Some(e) = self.entry(network)? {
