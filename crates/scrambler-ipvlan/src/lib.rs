@@ -97,6 +97,9 @@
 //!   behind; so is an encrypted network whose own master, mode or `stateDir` changed while
 //!   it has pods on the node. Use one master per node for encrypted ipvlan networks.
 //!
+//! (Tested with two networks on one node in `tests/vm.rs`,
+//! `vm_ipvlan_two_encrypted_networks_share_the_node_setup`.)
+//!
 //! **DEL after the pod's namespace is gone** (kubelet after a crashed runtime; CNI requires
 //! DEL to succeed then) cannot read the pod's addresses from its interface, so ADD first
 //! records them, one small file per attachment ([`record`]: `stateDir/<network>/<container
