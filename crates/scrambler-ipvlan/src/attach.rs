@@ -15,13 +15,18 @@
 //!
 //! All-or-nothing: everything in the pod hangs off the slave, so deleting it undoes a
 //! failed ADD; with `"encrypt": true` the undo also unregisters the pod from the node
-//! setup and deletes its record ([`crate::record`]).
+//! setup, deletes its record ([`crate::record`]) and puts its network's registry entry
+//! back ([`crate::registry`]).
+//!
+//! Every ADD holds the node lock ([`crate::registry::NodeRegistry::lock`]) and is checked
+//! against the node registry: a slave in another mode on the master of a network with
+//! encrypted pods would switch the kernel's per-master mode under them.
 
 use crate::config::{IpvlanConfig, Mode};
-use crate::lock::NodeLock;
 use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};
 use crate::node::IpvlanNode;
-use crate::record::{host_id, Record, RecordStore};
+use crate::record::{dir_names, host_id, Record, RecordStore};
+use crate::registry::{self, NetworkEntry, NodeRegistry, NODE_DIR};
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use scrambler_core::{
@@ -30,6 +35,7 @@ use scrambler_core::{
 };
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 /// Prefix of the `ifalias` of pod interfaces made by this backend.
 pub const ALIAS_PREFIX: &str = "scrambler/";
@@ -38,13 +44,38 @@ pub const ALIAS_PREFIX: &str = "scrambler/";
 #[derive(Debug, Clone)]
 pub struct IpvlanAttach {
     cfg: IpvlanConfig,
+    node_dir: PathBuf,
 }
 
 impl IpvlanAttach {
-    /// An attachment with settings `cfg` (validated again here).
+    /// An attachment with settings `cfg` (validated again here), its node registry and
+    /// lock under [`NODE_DIR`].
     pub fn new(cfg: IpvlanConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(IpvlanAttach { cfg })
+        Ok(IpvlanAttach {
+            cfg,
+            node_dir: PathBuf::from(NODE_DIR),
+        })
+    }
+
+    /// The same attachment with its node registry and lock under `dir` (absolute) instead
+    /// of [`NODE_DIR`]: for embedders and tests that keep node state elsewhere. Every
+    /// network of a node must use the same directory, or they do not see each other.
+    pub fn with_node_dir(mut self, dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        NodeRegistry::new(&dir, 0)?;
+        self.node_dir = dir;
+        Ok(self)
+    }
+
+    /// The directory of its node registry and lock.
+    pub fn node_dir(&self) -> &Path {
+        &self.node_dir
+    }
+
+    /// The node registry of node namespace `host`.
+    pub fn registry(&self, host: &Netns) -> Result<NodeRegistry> {
+        NodeRegistry::new(&self.node_dir, host_id(host)?)
     }
 
     /// An attachment configured from a CNI conf (see [`IpvlanConfig::from_netconf`]).
@@ -302,21 +333,30 @@ impl Attach for IpvlanAttach {
         let master = self.master(&host_nl).await?;
         pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let mtu = self.pod_mtu(&master, req.mtu)?;
-        // held until ADD returns: ensure + add_pod (and an undo) never interleave with
-        // another invocation's changes of the node setup
-        let _node_lock = match self.cfg.encrypt {
-            true => Some(NodeLock::acquire(self.cfg.state_dir(), host_id(host)?).await?),
-            false => None,
-        };
+        // held until ADD returns: the registry check, registration and slave creation (and
+        // an undo) never interleave with another invocation's changes of the node
+        let reg = self.registry(host)?;
+        let _node_lock = reg.lock().await?;
+        let entries = reg.live_entries()?;
+        registry::check_master(
+            &entries,
+            &self.cfg.network,
+            &master.name,
+            self.cfg.mode,
+            self.cfg.encrypt,
+        )?;
+        let old = entries
+            .iter()
+            .find(|e| e.network == self.cfg.network)
+            .cloned();
         if self.cfg.encrypt {
-            // recorded first, so a DEL after a crash anywhere below still finds it
-            self.records()?.write(&Record {
-                id: req.id.clone(),
-                host: host_id(host)?,
-                ips: pod_ips(addrs),
-            })?;
-            if let Err(e) = self.node_setup(&master, addrs).ensure(host).await {
-                self.undo_node(host, req, addrs).await;
+            // checked before anything is written: a refused ADD leaves nothing behind
+            let entry = registry::admit(old.as_ref(), self.network_entry(&master, addrs))?;
+            if let Err(e) = self
+                .register(host, &reg, &entries, &entry, req, addrs)
+                .await
+            {
+                self.undo_node(host, &reg, old.as_ref(), req, addrs).await;
                 return Err(e);
             }
         }
@@ -336,16 +376,10 @@ impl Attach for IpvlanAttach {
         .await;
         drop(pod_file);
         if let Err(e) = created {
-            self.undo_node(host, req, addrs).await;
+            self.undo_node(host, &reg, old.as_ref(), req, addrs).await;
             return Err(e);
         }
-        let attached = match self.attach_inner(&pod_nl, req, addrs, mtu).await {
-            Ok(r) if self.cfg.encrypt => {
-                IpvlanNode::add_pod(host, &pod_ips(addrs)).await.map(|()| r)
-            }
-            other => other,
-        };
-        match attached {
+        match self.attach_inner(&pod_nl, req, addrs, mtu).await {
             Ok(r) => {
                 tracing::info!(attachment = %req.id, master = %master.name,
                     mode = self.cfg.mode.as_str(), mtu, "attached");
@@ -358,7 +392,7 @@ impl Attach for IpvlanAttach {
                         tracing::error!(error = %e2, "undo: delete ipvlan failed");
                     }
                 }
-                self.undo_node(host, req, addrs).await;
+                self.undo_node(host, &reg, old.as_ref(), req, addrs).await;
                 Err(e)
             }
         }
@@ -397,6 +431,12 @@ impl Attach for IpvlanAttach {
             }
         }
         if self.cfg.encrypt {
+            if self.registry(host)?.entry(&self.cfg.network)?.is_none() {
+                diffs.push(format!(
+                    "the node's ipvlan registry has no entry for network {:?}",
+                    self.cfg.network
+                ));
+            }
             let registered = IpvlanNode::pods(host).await?;
             for ip in expected.ips.iter().map(|c| c.address.addr()) {
                 if !registered.contains(&ip) {
@@ -441,8 +481,10 @@ impl Attach for IpvlanAttach {
                     ips.push(*ip);
                 }
             }
-            let _node_lock = NodeLock::acquire(self.cfg.state_dir(), host_id(host)?).await?;
-            release_node(host, &ips).await?;
+            let reg = self.registry(host)?;
+            let _node_lock = reg.lock().await?;
+            self.settle(host, &reg, &ips, std::slice::from_ref(&req.id))
+                .await?;
         }
         if record.is_some() {
             self.records()?.remove(&req.id)?;
@@ -452,17 +494,54 @@ impl Attach for IpvlanAttach {
 }
 
 impl IpvlanAttach {
-    /// The node setup for encrypted pods on `master`, with the IPAM's subnets as the
-    /// node's pod CIDRs.
-    pub fn node_setup(&self, master: &LinkState, addrs: &CniResult) -> IpvlanNode {
+    /// The registry entry of this network for a pod on `master` with IPAM result `addrs`
+    /// (the IPAM's subnets are the network's pod CIDRs on the node).
+    pub fn network_entry(&self, master: &LinkState, addrs: &CniResult) -> NetworkEntry {
         let mut pod_cidrs: Vec<IpNet> = addrs.ips.iter().map(|c| c.address.trunc()).collect();
         pod_cidrs.dedup();
-        IpvlanNode {
+        NetworkEntry {
+            network: self.cfg.network.clone(),
             master: master.name.clone(),
             mode: self.cfg.mode,
             pod_cidrs,
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+            state_dir: self.cfg.state_dir().to_path_buf(),
         }
+    }
+
+    /// Registers an encrypted pod (the caller holds the node lock; `entries` are the
+    /// registry's, `entry` its network's admitted entry, [`registry::admit`]): the entry,
+    /// then the pod's record, then the node setup of every network together, then the
+    /// pod's host routes (and those of every recorded pod, when the node link had to be
+    /// made anew).
+    async fn register(
+        &self,
+        host: &Netns,
+        reg: &NodeRegistry,
+        entries: &[NetworkEntry],
+        entry: &NetworkEntry,
+        req: &AttachRequest,
+        addrs: &CniResult,
+    ) -> Result<()> {
+        let store = self.records()?;
+        let setup = registry::node_setup(&registry::with_entry(entries, entry))
+            .ok_or_else(|| Error::config("no ipvlan network to set the node up for"))?;
+        // written before the record: a record is never without the entry that counts it
+        reg.write(entry)?;
+        // recorded before the setup, so a DEL after a crash anywhere below still finds it
+        store.write(&Record {
+            id: req.id.clone(),
+            host: reg.host(),
+            ips: pod_ips(addrs),
+        })?;
+        let mut ips = pod_ips(addrs);
+        if setup.ensure(host).await?.link_created {
+            // a re-created node link lost the host routes of the pods already running
+            for e in registry::with_entry(entries, entry) {
+                ips.extend(reg.pods(&e)?.iter().flat_map(|r| r.ips.iter().copied()));
+            }
+        }
+        IpvlanNode::add_pod(host, &ips).await
     }
 
     /// The attachment records of this network (see [`crate::record`]).
@@ -489,14 +568,26 @@ impl IpvlanAttach {
         }
     }
 
-    /// Undoes the node side of a failed ADD: unregisters the pod's addresses (removing
-    /// the setup when no pod is left) and its record; failures are logged. The caller
-    /// holds the [`NodeLock`].
-    async fn undo_node(&self, host: &Netns, req: &AttachRequest, addrs: &CniResult) {
+    /// Undoes the node side of a failed ADD: puts the network's registry entry back as it
+    /// was (`old`), unregisters the pod and narrows or removes the setup
+    /// ([`IpvlanAttach::settle`]), deletes its record; failures are logged. The caller holds
+    /// the node lock.
+    async fn undo_node(
+        &self,
+        host: &Netns,
+        reg: &NodeRegistry,
+        old: Option<&NetworkEntry>,
+        req: &AttachRequest,
+        addrs: &CniResult,
+    ) {
         if !self.cfg.encrypt {
             return;
         }
-        if let Err(e) = release_node(host, &pod_ips(addrs)).await {
+        if let Err(e) = reg.restore(&self.cfg.network, old) {
+            tracing::error!(error = %e, "undo: restore ipvlan node registry entry failed");
+        }
+        let gone = std::slice::from_ref(&req.id);
+        if let Err(e) = self.settle(host, reg, &pod_ips(addrs), gone).await {
             tracing::error!(error = %e, "undo: release ipvlan node setup failed");
         }
         if let Err(e) = self.records().and_then(|s| s.remove(&req.id)) {
@@ -504,10 +595,100 @@ impl IpvlanAttach {
         }
     }
 
+    /// After attachments `gone` of this network left the node (their records, still on
+    /// disk, no longer count): unregisters addresses `ips` that no remaining record holds,
+    /// drops the registry entries of networks without records, then narrows the node setup
+    /// to the remaining networks' union, or removes it when no network has a record left.
+    /// The caller holds the node lock.
+    ///
+    /// Records without a registry entry (made before the registry existed) count too:
+    /// while there are such, the setup is kept as it is (their rules are not known, so
+    /// nothing is narrowed), see [`IpvlanAttach::unlisted_records`].
+    async fn settle(
+        &self,
+        host: &Netns,
+        reg: &NodeRegistry,
+        ips: &[IpAddr],
+        gone: &[AttachmentId],
+    ) -> Result<()> {
+        let me = &self.cfg.network;
+        let counts = |net: &str, r: &Record| !(net == me && gone.contains(&r.id));
+        let mut live = Vec::new();
+        let mut held: Vec<IpAddr> = Vec::new();
+        for entry in reg.entries()? {
+            let pods: Vec<Record> = reg
+                .pods(&entry)?
+                .into_iter()
+                .filter(|r| counts(&entry.network, r))
+                .collect();
+            if pods.is_empty() {
+                reg.remove(&entry.network)?;
+                continue;
+            }
+            held.extend(pods.iter().flat_map(|r| r.ips.iter().copied()));
+            live.push(entry);
+        }
+        let unlisted = self.unlisted_records(reg.host(), &live, gone)?;
+        held.extend(unlisted.iter().flat_map(|r| r.ips.iter().copied()));
+        let unlisted = !unlisted.is_empty();
+        let released: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !held.contains(ip))
+            .collect();
+        IpvlanNode::remove_pod(host, &released).await?;
+        if unlisted {
+            tracing::info!(network = %me, "ipvlan records without registry entry: node setup kept");
+            return Ok(());
+        }
+        match registry::node_setup(&live) {
+            Some(setup) => {
+                setup.narrow(host).await?;
+            }
+            None => {
+                IpvlanNode::remove(host).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records made in node namespace `host` of networks that have no entry in `live`,
+    /// except this network's attachments `gone`: those of every network whose records are
+    /// in this network's `stateDir` (all of them, with the default one).
+    fn unlisted_records(
+        &self,
+        host: u64,
+        live: &[NetworkEntry],
+        gone: &[AttachmentId],
+    ) -> Result<Vec<Record>> {
+        let dir = self.cfg.state_dir();
+        let mut out = Vec::new();
+        for network in dir_names(dir, "list ipvlan state directory")? {
+            let listed = live
+                .iter()
+                .any(|e| e.network == network && e.state_dir == dir);
+            let Ok(store) = RecordStore::new(dir, &network) else {
+                continue;
+            };
+            if listed || !dir.join(&network).is_dir() {
+                continue;
+            }
+            let mine = network == self.cfg.network;
+            out.extend(
+                store
+                    .list()?
+                    .into_iter()
+                    .filter(|r| r.host == host && !(mine && gone.contains(&r.id))),
+            );
+        }
+        Ok(out)
+    }
+
     /// CNI GC: unregisters from the node setup in `host` the addresses of every recorded
     /// attachment of this network and node that is not in `valid`, deletes those records,
-    /// and removes the setup when no pod is left. An address that a kept record also
-    /// names stays registered. Returns what was swept.
+    /// and narrows the setup to what the remaining pods of every network need, removing it
+    /// when none is left. An address that a kept record also names stays registered.
+    /// Returns what was swept.
     pub async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
         let store = match self.records() {
             Ok(s) => s,
@@ -517,23 +698,20 @@ impl IpvlanAttach {
         if store.list()?.is_empty() {
             return Ok(vec![]);
         }
-        let me = host_id(host)?;
+        let reg = self.registry(host)?;
         // listed again under the lock: an ADD holding it has its record written by then
-        let _node_lock = NodeLock::acquire(self.cfg.state_dir(), me).await?;
-        let records = store.list()?;
-        let (stale, kept): (Vec<Record>, Vec<Record>) = records
+        let _node_lock = reg.lock().await?;
+        let stale: Vec<Record> = store
+            .list()?
             .into_iter()
-            .filter(|r| r.host == me)
-            .partition(|r| !valid.contains(&r.id));
+            .filter(|r| r.host == reg.host() && !valid.contains(&r.id))
+            .collect();
         if stale.is_empty() {
             return Ok(vec![]);
         }
-        let ips: Vec<IpAddr> = stale
-            .iter()
-            .flat_map(|r| r.ips.iter().copied())
-            .filter(|ip| !kept.iter().any(|k| k.ips.contains(ip)))
-            .collect();
-        release_node(host, &ips).await?;
+        let ips: Vec<IpAddr> = stale.iter().flat_map(|r| r.ips.iter().copied()).collect();
+        let ids: Vec<AttachmentId> = stale.iter().map(|r| r.id.clone()).collect();
+        self.settle(host, &reg, &ips, &ids).await?;
         let mut swept = Vec::new();
         for r in stale {
             store.remove(&r.id)?;
@@ -582,15 +760,6 @@ impl IpvlanAttach {
 
 fn pod_ips(addrs: &CniResult) -> Vec<IpAddr> {
     addrs.ips.iter().map(|c| c.address.addr()).collect()
-}
-
-/// Unregisters a pod's addresses from the node setup and removes the setup when no pod
-/// is left. The caller holds the [`NodeLock`].
-async fn release_node(host: &Netns, ips: &[IpAddr]) -> Result<()> {
-    if IpvlanNode::remove_pod(host, ips).await? == 0 {
-        IpvlanNode::remove(host).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

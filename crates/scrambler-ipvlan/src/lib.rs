@@ -12,7 +12,7 @@
 //! | `mtu` | pod MTU (≤ the master's) | the master's, minus ESP overhead with `encrypt` |
 //! | `encrypt` | pod traffic to other nodes goes through the node's xfrm mesh (l3/l3s only; see below) | `false` |
 //! | `clusterCidrs` | the cluster's pod CIDRs (re-routed into the mesh, never cleartext on the master); **required** with `encrypt` (code 7 without) | none |
-//! | `stateDir` | with `encrypt`: absolute directory of the attachment records ([`record`]; those of network `N` in `stateDir/N/`) | `/run/scrambler-ipvlan` |
+//! | `stateDir` | with `encrypt`: absolute directory of the attachment records ([`record`]; those of network `N` in `stateDir/N/`); the node-wide registry and lock are elsewhere (see below) | `/run/scrambler-ipvlan` |
 //!
 //! ```json
 //! {"cniVersion": "1.1.0", "name": "pods", "type": "scrambler-cni", "backend": "ipvlan",
@@ -21,8 +21,9 @@
 //! ```
 //!
 //! Errors: a `master` that does not exist, or that is itself an ipvlan slave, fails with
-//! code 7 naming it; so does no `master` on a node without a default route, and
-//! `"encrypt": true` without `"clusterCidrs"`.
+//! code 7 naming it; so does no `master` on a node without a default route,
+//! `"encrypt": true` without `"clusterCidrs"`, and a master or mode that conflicts with
+//! another network's encrypted pods on the node (see "Several networks on one node").
 //!
 //! # Which modes can be encrypted
 //!
@@ -71,9 +72,33 @@
 //! pod removes the whole setup ([`IpvlanNode::remove`] does so at any time); CHECK reports a
 //! pod whose addresses the setup does not route.
 //!
-//! ADD, DEL and GC change the node setup under an exclusive lock per node namespace
-//! ([`lock::NodeLock`], `stateDir/node-<netns inode>.lock`), so an ADD never registers its
-//! pod with a setup that the DEL of the node's last pod is removing.
+//! # Several networks on one node
+//!
+//! The node setup is one per node, shared by every `"encrypt": true` network with pods
+//! there, so it is kept from a node registry ([`registry`]) in one fixed place per node
+//! namespace, `/run/scrambler-ipvlan/_node/<netns inode>/` (one entry per network: its
+//! master, mode, pod and cluster CIDRs and `stateDir`), never in a network's `stateDir`.
+//! ADD, DEL and GC of every network change it under one exclusive lock per node namespace
+//! ([`lock::NodeLock`], `/run/scrambler-ipvlan/_node/<netns inode>.lock`), so an ADD never
+//! registers its pod with a setup that another invocation is narrowing or removing.
+//!
+//! - The nftables table is the union of every network's own rules (its pod CIDRs
+//!   re-routed to its cluster CIDRs, its cluster CIDRs guarded on the master); a network's
+//!   rules leave the table, in one atomic rewrite, when its last pod on the node goes.
+//! - Pods are counted from the attachment records of every network, never from the links
+//!   or routes that happen to exist: the table and the node link go only when no network
+//!   has a record left on the node (a DEL that finds `scr-ipvl` missing keeps the others'
+//!   guard; the next ADD makes the link again, with every recorded pod's route).
+//! - One master, one mode: the node link sits on one master and the kernel has one ipvlan
+//!   mode per master (a slave in another mode switches every slave of that master; in `l2`
+//!   the encrypted pods' traffic would bypass the node's routing). An encrypted network on
+//!   another master than the node's encrypted pods, and any ipvlan ADD in another mode on
+//!   their master, are refused with code 7 naming the network in the way, leaving nothing
+//!   behind; so is an encrypted network whose own master, mode or `stateDir` changed while
+//!   it has pods on the node. Use one master per node for encrypted ipvlan networks.
+//!
+//! (Tested with two networks on one node in `tests/vm.rs`,
+//! `vm_ipvlan_two_encrypted_networks_share_the_node_setup`.)
 //!
 //! **DEL after the pod's namespace is gone** (kubelet after a crashed runtime; CNI requires
 //! DEL to succeed then) cannot read the pod's addresses from its interface, so ADD first
@@ -91,10 +116,13 @@
 //!
 //! Limits: a pod attached by a version without records, whose DEL comes after its
 //! namespace is gone, still leaves its host route (and so the setup) until
-//! [`IpvlanNode::remove`]; GC does not touch the interface of an unlisted attachment whose
-//! namespace still exists (the record does not name the namespace); `ip_forward` is left on;
-//! the node link takes the pods' mode for the whole master (the kernel has one ipvlan
-//! mode per master). The `nft` binary (Debian package `nftables`) must be installed.
+//! [`IpvlanNode::remove`]; records of a network made before the node registry existed keep
+//! the setup as it is (never narrowed) until that network's next ADD registers it; GC does
+//! not touch the interface of an unlisted attachment whose namespace still exists (the
+//! record does not name the namespace); `ip_forward` is left on; unencrypted ipvlan pods in
+//! another mode on a master are not seen from the node (they live in pod namespaces), so an
+//! encrypted network's first ADD on that master switches them to its mode. The `nft` binary
+//! (Debian package `nftables`) must be installed.
 //!
 //! ```json
 //! {"cniVersion": "1.1.0", "name": "pods", "type": "scrambler-cni", "backend": "ipvlan",
@@ -110,6 +138,7 @@ pub mod netlink;
 pub mod nft;
 pub mod node;
 pub mod record;
+pub mod registry;
 
 pub use attach::IpvlanAttach;
 pub use config::{Flag, IpvlanConfig, Mode};

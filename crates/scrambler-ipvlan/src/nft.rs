@@ -34,24 +34,33 @@ pub const TABLE: &str = "scrambler-ipvlan";
 /// The mark bit or-ed into re-routed pod packets (other mark bits are kept).
 pub const REROUTE_MARK: u32 = 0x0010_0000;
 
-/// What the table says.
+/// What the table says: the union of the rules of every network with encrypted pods on
+/// the node ([`crate::registry`]), all on one master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     /// The master: the guard drops cleartext pod traffic leaving through it.
     pub master: String,
-    /// This node's pod CIDRs (sources of re-routed packets).
+    /// Each network's CIDRs; its rules are made from its own CIDRs only, and a rule two
+    /// networks share is written once.
+    pub networks: Vec<NetworkRules>,
+}
+
+/// The CIDRs of one network, as the table uses them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkRules {
+    /// The network's pod CIDRs on this node (sources of re-routed packets).
     pub pod_cidrs: Vec<IpNet>,
-    /// Cluster pod CIDRs (destinations of re-routed packets); empty: any destination,
-    /// and no guard.
+    /// The network's cluster pod CIDRs (destinations of re-routed packets); empty: any
+    /// destination, and no guard.
     pub cluster_cidrs: Vec<IpNet>,
 }
 
 impl Ruleset {
     /// The `nft -f` text making our table(s) say exactly this: `flush table` then the
-    /// chains, one transaction (a family without CIDRs is left alone). One rule per
-    /// (source, destination) CIDR pair, plain prefix matches: no sets, so no set modules.
-    /// Debian's 6.1 kernel mishandles a table deleted and re-created in one transaction, so
-    /// the table is flushed, never deleted, here.
+    /// chains, one transaction (a family without pod CIDRs is left alone). Per network one
+    /// rule per (source, destination) CIDR pair, plain prefix matches: no sets, so no set
+    /// modules. Debian's 6.1 kernel mishandles a table deleted and re-created in one
+    /// transaction, so the table is flushed, never deleted, here.
     pub fn script(&self) -> String {
         self.script_tagged(&self.tag())
     }
@@ -70,14 +79,50 @@ impl Ruleset {
         format!("{TABLE} {}", self.fingerprint())
     }
 
+    /// The rules of family `v6` without comment: the `reroute` chain's and the `guard`
+    /// chain's, each in the networks' order, without repeats. No `reroute` rule: no table.
+    fn rules(&self, v6: bool) -> (Vec<String>, Vec<String>) {
+        let fam = family(v6);
+        let mark = format!("counter meta mark set meta mark or {REROUTE_MARK:#010x}");
+        let (mut reroute, mut guard) = (Vec::new(), Vec::new());
+        for net in &self.networks {
+            let cluster = of_family(&net.cluster_cidrs, v6);
+            for p in of_family(&net.pod_cidrs, v6) {
+                if cluster.is_empty() {
+                    push_new(&mut reroute, format!("{fam} saddr {p} {mark}"));
+                }
+                for c in &cluster {
+                    push_new(
+                        &mut reroute,
+                        format!("{fam} saddr {p} {fam} daddr {c} {mark}"),
+                    );
+                }
+            }
+            if of_family(&net.pod_cidrs, v6).is_empty() {
+                continue;
+            }
+            for a in &cluster {
+                for b in &cluster {
+                    push_new(
+                        &mut guard,
+                        format!(
+                            "oifname {:?} {fam} saddr {a} {fam} daddr {b} rt ipsec missing counter drop",
+                            self.master
+                        ),
+                    );
+                }
+            }
+        }
+        (reroute, guard)
+    }
+
     /// How many rules the table of family `v6` has (0: no table in that family).
     fn rule_count(&self, v6: bool) -> usize {
-        let pods = of_family(&self.pod_cidrs, v6).len();
-        let cluster = of_family(&self.cluster_cidrs, v6).len();
-        if pods == 0 {
+        let (reroute, guard) = self.rules(v6);
+        if reroute.is_empty() {
             0
         } else {
-            pods * cluster.max(1) + cluster * cluster
+            reroute.len() + guard.len()
         }
     }
 
@@ -103,11 +148,10 @@ impl Ruleset {
         let mut s = String::new();
         for v6 in [false, true] {
             let fam = family(v6);
-            let pods = of_family(&self.pod_cidrs, v6);
-            if pods.is_empty() {
+            let (reroute, guard) = self.rules(v6);
+            if reroute.is_empty() {
                 continue;
             }
-            let cluster = of_family(&self.cluster_cidrs, v6);
             s += &format!(
                 "table {fam} {TABLE}\n\
                  flush table {fam} {TABLE}\n\
@@ -115,33 +159,27 @@ impl Ruleset {
                  \tchain reroute {{\n\
                  \t\ttype route hook output priority mangle; policy accept;\n"
             );
-            for p in &pods {
-                let mark =
-                    format!("counter meta mark set meta mark or {REROUTE_MARK:#010x}{comment}");
-                if cluster.is_empty() {
-                    s += &format!("\t\t{fam} saddr {p} {mark}\n");
-                }
-                for c in &cluster {
-                    s += &format!("\t\t{fam} saddr {p} {fam} daddr {c} {mark}\n");
-                }
+            for r in &reroute {
+                s += &format!("\t\t{r}{comment}\n");
             }
             s += "\t}\n";
-            if !cluster.is_empty() {
+            if !guard.is_empty() {
                 s += "\tchain guard {\n\
                       \t\ttype filter hook postrouting priority filter; policy accept;\n";
-                for a in &cluster {
-                    for b in &cluster {
-                        s += &format!(
-                            "\t\toifname {:?} {fam} saddr {a} {fam} daddr {b} rt ipsec missing counter drop{comment}\n",
-                            self.master
-                        );
-                    }
+                for r in &guard {
+                    s += &format!("\t\t{r}{comment}\n");
                 }
                 s += "\t}\n";
             }
             s += "}\n";
         }
         s
+    }
+}
+
+fn push_new(rules: &mut Vec<String>, rule: String) {
+    if !rules.contains(&rule) {
+        rules.push(rule);
     }
 }
 
@@ -285,13 +323,23 @@ mod tests {
         v.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    fn one(master: &str, pods: &[&str], cluster: &[&str]) -> Ruleset {
+        Ruleset {
+            master: master.into(),
+            networks: vec![net(pods, cluster)],
+        }
+    }
+
+    fn net(pods: &[&str], cluster: &[&str]) -> NetworkRules {
+        NetworkRules {
+            pod_cidrs: cidrs(pods),
+            cluster_cidrs: cidrs(cluster),
+        }
+    }
+
     #[test]
     fn script_rewrites_only_our_table() {
-        let r = Ruleset {
-            master: "ul0".into(),
-            pod_cidrs: cidrs(&["10.244.1.0/24"]),
-            cluster_cidrs: cidrs(&["10.244.0.0/16"]),
-        };
+        let r = one("ul0", &["10.244.1.0/24"], &["10.244.0.0/16"]);
         let s = r.script();
         assert!(
             s.starts_with("table ip scrambler-ipvlan\nflush table ip scrambler-ipvlan\n"),
@@ -321,11 +369,11 @@ mod tests {
 
     #[test]
     fn listing_matches_only_with_this_fingerprint_and_every_rule() {
-        let r = Ruleset {
-            master: "ul0".into(),
-            pod_cidrs: cidrs(&["10.244.1.0/24"]),
-            cluster_cidrs: cidrs(&["10.244.0.0/16", "10.245.0.0/16"]),
-        };
+        let r = one(
+            "ul0",
+            &["10.244.1.0/24"],
+            &["10.244.0.0/16", "10.245.0.0/16"],
+        );
         assert_eq!(r.rule_count(false), 2 + 4);
         assert_eq!(r.rule_count(true), 0);
         let fp = r.fingerprint();
@@ -356,10 +404,7 @@ mod tests {
         // a rule missing, another fingerprint, a foreign rule: re-written
         let missing = listing.replacen(&reroute("10.245.0.0/16"), "", 1);
         assert!(!r.matches_listing(&missing, false));
-        let other = Ruleset {
-            cluster_cidrs: cidrs(&["10.244.0.0/16"]),
-            ..r.clone()
-        };
+        let other = one("ul0", &["10.244.1.0/24"], &["10.244.0.0/16"]);
         assert_ne!(other.fingerprint(), fp);
         assert!(!other.matches_listing(&listing, false));
         let foreign = listing.replacen(
@@ -372,11 +417,7 @@ mod tests {
 
     #[test]
     fn without_cluster_cidrs_every_pod_packet_is_rerouted_and_nothing_guarded() {
-        let r = Ruleset {
-            master: "eth0".into(),
-            pod_cidrs: cidrs(&["10.1.1.0/24", "fd00:1::/64"]),
-            cluster_cidrs: vec![],
-        };
+        let r = one("eth0", &["10.1.1.0/24", "fd00:1::/64"], &[]);
         let s = r.script();
         assert!(s.contains("ip saddr 10.1.1.0/24 counter meta mark"), "{s}");
         assert!(s.contains("ip6 saddr fd00:1::/64 counter meta mark"), "{s}");
@@ -385,5 +426,60 @@ mod tests {
             delete_script(&["ip".into(), "ip6".into()]),
             "delete table ip scrambler-ipvlan\ndelete table ip6 scrambler-ipvlan\n"
         );
+    }
+
+    /// Two networks on one master: the table is each network's own rules (its pods to its
+    /// cluster, its cluster guarded), a rule both make written once, and neither network's
+    /// rules reach into the other's CIDRs.
+    #[test]
+    fn two_networks_are_the_union_of_their_own_rules() {
+        let a = net(&["10.1.1.0/24"], &["10.1.0.0/16"]);
+        let b = net(
+            &["10.2.1.0/24", "fd00:2:1::/64"],
+            &["10.2.0.0/16", "fd00:2::/48"],
+        );
+        let r = Ruleset {
+            master: "ul0".into(),
+            networks: vec![a.clone(), b.clone()],
+        };
+        let s = r.script();
+        for rule in [
+            "ip saddr 10.1.1.0/24 ip daddr 10.1.0.0/16 counter meta mark",
+            "ip saddr 10.2.1.0/24 ip daddr 10.2.0.0/16 counter meta mark",
+            "oifname \"ul0\" ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 rt ipsec missing",
+            "oifname \"ul0\" ip saddr 10.2.0.0/16 ip daddr 10.2.0.0/16 rt ipsec missing",
+            "ip6 saddr fd00:2:1::/64 ip6 daddr fd00:2::/48 counter meta mark",
+            "oifname \"ul0\" ip6 saddr fd00:2::/48 ip6 daddr fd00:2::/48 rt ipsec missing",
+        ] {
+            assert!(s.contains(rule), "{rule} missing from\n{s}");
+        }
+        assert!(!s.contains("saddr 10.1.1.0/24 ip daddr 10.2.0.0/16"), "{s}");
+        assert!(!s.contains("saddr 10.1.0.0/16 ip daddr 10.2.0.0/16"), "{s}");
+        assert_eq!((r.rule_count(false), r.rule_count(true)), (4, 2));
+        // network a's ip6 table is b's alone; a alone has none
+        assert_eq!(
+            one("ul0", &["10.1.1.0/24"], &["10.1.0.0/16"]).rule_count(true),
+            0
+        );
+
+        // a network repeating a's CIDRs (another range of the cluster) adds only its own
+        let c = net(&["10.1.2.0/24"], &["10.1.0.0/16"]);
+        let r2 = Ruleset {
+            master: "ul0".into(),
+            networks: vec![a.clone(), c],
+        };
+        assert_eq!(r2.rule_count(false), 2 + 1, "{}", r2.script());
+        // the union differs from each network's own table, and its order does not matter
+        // for what is written once
+        let ab = r.fingerprint();
+        assert_ne!(
+            ab,
+            one("ul0", &["10.1.1.0/24"], &["10.1.0.0/16"]).fingerprint()
+        );
+        let ba = Ruleset {
+            master: "ul0".into(),
+            networks: vec![b, a],
+        };
+        assert_eq!(ba.rule_count(false), r.rule_count(false));
     }
 }

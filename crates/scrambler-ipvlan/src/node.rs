@@ -1,30 +1,30 @@
 //! [`IpvlanNode`]: the node-side setup that lets the xfrm mesh encrypt ipvlan `l3`/`l3s`
-//! pods (see the crate docs for why each piece is needed). Everything it makes is
-//! recognisable as ours and nothing else is touched:
+//! pods (see the crate docs for why each piece is needed). One setup serves every network
+//! with encrypted pods on the node: it is made from their union ([`crate::registry`]).
+//! Everything it makes is recognisable as ours and nothing else is touched:
 //!
 //! - the link [`NODE_LINK`] (ifalias [`NODE_ALIAS`]): an ipvlan slave of the master in the
 //!   node namespace, in the pods' mode, up, without addresses;
-//! - routes (protocol `0x5c`) out of it: each node pod CIDR (decrypted packets for the
-//!   node's pods are forwarded through it) and one host route per attached pod address —
-//!   the registry of pods that need the setup;
+//! - routes (protocol `0x5c`) out of it: each network's pod CIDRs on the node (decrypted
+//!   packets for the node's pods are forwarded through it) and one host route per attached
+//!   pod address;
 //! - the nftables table `scrambler-ipvlan` ([`crate::nft`]);
 //! - `net.ipv4.ip_forward` (and `net.ipv6.conf.all.forwarding` with IPv6 CIDRs) set to 1
 //!   (left on by [`IpvlanNode::remove`]: other things on the node may need it).
 //!
 //! [`IpvlanNode::ensure`] is idempotent and cheap; the CNI ADD of an `"encrypt": true`
 //! pod calls it every time, then registers the pod ([`IpvlanNode::add_pod`]); the DEL of
-//! the pod unregisters it ([`IpvlanNode::remove_pod`]; the addresses come from the pod's
-//! interface and from its record, [`crate::record`], which is all there is once the pod's
-//! namespace is gone) and the DEL of the last one removes the setup
-//! ([`IpvlanNode::remove`]).
+//! the pod unregisters its addresses ([`IpvlanNode::remove_pod`]) and, while other pods
+//! are recorded, narrows the setup to what their networks need ([`IpvlanNode::narrow`]),
+//! else removes it ([`IpvlanNode::remove`]). How many pods there are is the registry's
+//! records' business, never this module's: routes and links can be missing while pods run.
 //!
 //! Concurrent invocations on one node must hold its [`crate::lock::NodeLock`] across each
-//! sequence of these calls (ensure + add_pod, remove_pod + remove): without it the DEL of
-//! the last pod can remove the setup right after an ADD registered a new pod.
+//! sequence of these calls.
 
 use crate::config::Mode;
 use crate::netlink::{create_ipvlan, delete_route, ensure_route, link_mode, IpvlanSpec};
-use crate::nft;
+use crate::nft::{self, NetworkRules};
 use crate::Flag;
 use ipnet::IpNet;
 use scrambler_core::{Error, Netns, Result};
@@ -43,11 +43,10 @@ pub struct IpvlanNode {
     pub master: String,
     /// The pods' ipvlan mode (`l3` or `l3s`; one mode per master in the kernel).
     pub mode: Mode,
-    /// This node's pod CIDRs.
-    pub pod_cidrs: Vec<IpNet>,
-    /// The cluster's pod CIDRs (all nodes; required: [`IpvlanNode::ensure`] refuses an
-    /// empty list, which would leave no cleartext guard, see [`crate::nft`]).
-    pub cluster_cidrs: Vec<IpNet>,
+    /// Each network's pod CIDRs on this node and cluster CIDRs (all nodes; required:
+    /// [`IpvlanNode::ensure`] refuses a network without, which would have no cleartext
+    /// guard, see [`crate::nft`]).
+    pub networks: Vec<NetworkRules>,
 }
 
 /// What [`IpvlanNode::ensure`] changed.
@@ -62,27 +61,32 @@ pub struct EnsureReport {
 }
 
 impl IpvlanNode {
+    /// This node's pod CIDRs: every network's, each once.
+    pub fn pod_cidrs(&self) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = Vec::new();
+        for c in self.networks.iter().flat_map(|n| &n.pod_cidrs) {
+            if !out.contains(&c.trunc()) {
+                out.push(c.trunc());
+            }
+        }
+        out
+    }
+
+    /// The nftables table it needs.
+    pub fn ruleset(&self) -> nft::Ruleset {
+        nft::Ruleset {
+            master: self.master.clone(),
+            networks: self.networks.clone(),
+        }
+    }
+
     /// Makes the setup in `netns` exactly what `self` says (idempotent; callers sharing a
-    /// node hold its [`crate::lock::NodeLock`]). Fails with code 7 for `l2`, no cluster
-    /// CIDRs or a missing master, with code 102 when a
-    /// link named [`NODE_LINK`] exists that is not ours.
+    /// node hold its [`crate::lock::NodeLock`]): the node link, a route out of it for every
+    /// pod CIDR (and none for a pod CIDR no network has any more), forwarding, the table.
+    /// Fails with code 7 for `l2`, a network without pod or cluster CIDRs or a missing
+    /// master, with code 102 when a link named [`NODE_LINK`] exists that is not ours.
     pub async fn ensure(&self, netns: &Netns) -> Result<EnsureReport> {
-        if !self.mode.can_encrypt() {
-            return Err(Error::config(
-                "the ipvlan node setup is for l3/l3s; l2 pods cannot be encrypted",
-            ));
-        }
-        if self.pod_cidrs.is_empty() {
-            return Err(Error::config(
-                "the ipvlan node setup needs the node's pod CIDRs",
-            ));
-        }
-        if self.cluster_cidrs.is_empty() {
-            return Err(Error::config(
-                "the ipvlan node setup needs the cluster's pod CIDRs (\"clusterCidrs\") for \
-                 its cleartext guard",
-            ));
-        }
+        self.validate()?;
         let nl = Nl::open(netns).await?;
         let master = nl.link_by_name(&self.master).await?.ok_or_else(|| {
             Error::config(format!(
@@ -99,32 +103,74 @@ impl IpvlanNode {
             }
         };
         let have = nl.main_routes().await?;
-        for c in &self.pod_cidrs {
+        let pod_cidrs = self.pod_cidrs();
+        for c in &pod_cidrs {
             if ensure_route(&nl, &have, *c, link.index).await? {
                 report.routes_added += 1;
             }
         }
-        // pod CIDRs routed here earlier (another range of the same network) stay covered
-        let mut pod_cidrs: Vec<IpNet> = self.pod_cidrs.iter().map(IpNet::trunc).collect();
-        for r in have.iter().filter(|r| r.oif == Some(link.index)) {
-            if r.dst.prefix_len() < r.dst.max_prefix_len()
-                && !is_link_local(&r.dst)
-                && !pod_cidrs.contains(&r.dst)
-            {
-                pod_cidrs.push(r.dst);
-            }
-        }
+        self.prune_pod_cidr_routes(&nl, &have, link.index).await?;
         drop(nl);
         let v6 = pod_cidrs.iter().any(|c| c.addr().is_ipv6());
         enable_forwarding(netns, v6).await?;
-        let rules = nft::Ruleset {
-            master: self.master.clone(),
-            pod_cidrs,
-            cluster_cidrs: self.cluster_cidrs.clone(),
-        };
-        report.table_written = nft::ensure(netns, &rules).await?;
+        report.table_written = nft::ensure(netns, &self.ruleset()).await?;
         tracing::debug!(netns = %netns, master = %self.master, ?report, "ipvlan node setup ensured");
         Ok(report)
+    }
+
+    /// After a network left: makes the table say what `self` needs (one atomic rewrite,
+    /// or a fresh table where it was missing: the guard never lapses) and deletes the routes
+    /// of pod CIDRs no network has any more. Creates no link: a missing node link stays
+    /// missing until the next ADD. Returns whether the table was written.
+    pub async fn narrow(&self, netns: &Netns) -> Result<bool> {
+        self.validate()?;
+        let written = nft::ensure(netns, &self.ruleset()).await?;
+        let nl = Nl::open(netns).await?;
+        if let Some(link) = our_link(&nl).await? {
+            let have = nl.main_routes().await?;
+            self.prune_pod_cidr_routes(&nl, &have, link.index).await?;
+        }
+        Ok(written)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.mode.can_encrypt() {
+            return Err(Error::config(
+                "the ipvlan node setup is for l3/l3s; l2 pods cannot be encrypted",
+            ));
+        }
+        if self.networks.is_empty() || self.networks.iter().any(|n| n.pod_cidrs.is_empty()) {
+            return Err(Error::config(
+                "the ipvlan node setup needs the node's pod CIDRs",
+            ));
+        }
+        if self.networks.iter().any(|n| n.cluster_cidrs.is_empty()) {
+            return Err(Error::config(
+                "the ipvlan node setup needs the cluster's pod CIDRs (\"clusterCidrs\") for \
+                 its cleartext guard",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes the routes out of the node link (index `link`) to pod CIDRs that no network
+    /// has (host routes of pods and the kernel's link-local route stay).
+    async fn prune_pod_cidr_routes(
+        &self,
+        nl: &Nl,
+        have: &[scrambler_netlink::RouteState],
+        link: u32,
+    ) -> Result<()> {
+        let want = self.pod_cidrs();
+        for r in have.iter().filter(|r| r.oif == Some(link)) {
+            if r.dst.prefix_len() < r.dst.max_prefix_len()
+                && !is_link_local(&r.dst)
+                && !want.contains(&r.dst)
+            {
+                delete_route(nl, r.dst, link).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Our node link if it is right for `master` and the mode; a wrong one of ours is
@@ -222,17 +268,17 @@ impl IpvlanNode {
         Ok(())
     }
 
-    /// Unregisters pod addresses `ips`; returns how many pod addresses are still
-    /// registered (0 also when there is no setup).
-    pub async fn remove_pod(netns: &Netns, ips: &[IpAddr]) -> Result<usize> {
+    /// Unregisters pod addresses `ips` (deletes their host routes; nothing to do without
+    /// the node link). How many pods are left is for the caller to count from the records.
+    pub async fn remove_pod(netns: &Netns, ips: &[IpAddr]) -> Result<()> {
         let nl = Nl::open(netns).await?;
         let Some(link) = our_link(&nl).await? else {
-            return Ok(0);
+            return Ok(());
         };
         for ip in ips {
             delete_route(&nl, host(*ip), link.index).await?;
         }
-        Ok(registered(&nl.main_routes().await?, link.index).len())
+        Ok(())
     }
 
     /// The pod addresses registered in `netns`.

@@ -72,12 +72,7 @@ impl RecordStore {
                 state_dir.display()
             )));
         }
-        if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0'])
-        {
-            return Err(Error::config(format!(
-                "network name {network:?} cannot name an ipvlan state directory"
-            )));
-        }
+        validate_network_name(network)?;
         Ok(RecordStore {
             dir: state_dir.join(network),
         })
@@ -96,26 +91,9 @@ impl RecordStore {
     /// Writes `rec` atomically (replacing an older record of the same attachment).
     pub fn write(&self, rec: &Record) -> Result<()> {
         let path = self.path(&rec.id)?;
-        let tmp = self.dir.join(format!(".{}.tmp", file_name(&rec.id)?));
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::io("create ipvlan state directory", self.dir.display(), e))?;
         let text = serde_json::to_vec(rec)
             .map_err(|e| Error::decode(format!("ipvlan record of {}", rec.id), e))?;
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&text)?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        written.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io("write ipvlan record", path.display(), e)
-        })
+        write_atomically(&self.dir, &path, &text, "write ipvlan record")
     }
 
     /// The record of `id`, if there is one. A record that cannot be decoded is an error
@@ -147,17 +125,9 @@ impl RecordStore {
     /// names that do not parse) are skipped; a record that cannot be decoded is logged and
     /// skipped (it is left in place for a human to look at).
     pub fn list(&self) -> Result<Vec<Record>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(Error::io("list ipvlan records in", self.dir.display(), e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io("list ipvlan records in", self.dir.display(), e))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(parse_file_name) else {
+        for name in dir_names(&self.dir, "list ipvlan records in")? {
+            let Some(id) = parse_file_name(&name) else {
                 continue;
             };
             match self.read(&id) {
@@ -169,6 +139,70 @@ impl RecordStore {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+}
+
+/// The names (UTF-8 ones) in directory `dir`; none when it does not exist.
+pub(crate) fn dir_names(dir: &Path, op: &'static str) -> Result<Vec<String>> {
+    let list = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(op, dir.display(), e)),
+    };
+    let mut out = Vec::new();
+    for item in list {
+        let item = item.map_err(|e| Error::io(op, dir.display(), e))?;
+        if let Ok(name) = item.file_name().into_string() {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Code 7 for a network name that cannot name a file or directory of its own (empty,
+/// `.`, `..`, with `/` or NUL): names are used as they are, so network `a` never reaches
+/// the files of `a-b` or `a.b`.
+pub(crate) fn validate_network_name(network: &str) -> Result<()> {
+    if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0']) {
+        return Err(Error::config(format!(
+            "network name {network:?} cannot name an ipvlan state file"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` in `dir` (created if needed) through a temporary file renamed
+/// over it, mode 0644; a failed write removes the temporary file.
+pub(crate) fn write_atomically(
+    dir: &Path,
+    path: &Path,
+    text: &[u8],
+    op: &'static str,
+) -> Result<()> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err(Error::io(
+            op,
+            path.display(),
+            std::io::ErrorKind::InvalidInput.into(),
+        ));
+    };
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io("create ipvlan state directory", dir.display(), e))?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(op, path.display(), e)
+    })
 }
 
 fn read_file(path: &Path) -> Result<Option<Record>> {

@@ -2,13 +2,19 @@
 //! build machine: no ipvlan needed).
 
 use scrambler_core::netns::testing::TestNetns as Ns;
-use scrambler_ipvlan::nft::{self, Ruleset};
+use scrambler_ipvlan::nft::{self, NetworkRules, Ruleset};
+
+fn network(pods: &str, cluster: &[&str]) -> NetworkRules {
+    NetworkRules {
+        pod_cidrs: vec![pods.parse().unwrap()],
+        cluster_cidrs: cluster.iter().map(|c| c.parse().unwrap()).collect(),
+    }
+}
 
 fn ruleset(cluster: &[&str]) -> Ruleset {
     Ruleset {
         master: "ul0".into(),
-        pod_cidrs: vec!["10.1.1.0/24".parse().unwrap()],
-        cluster_cidrs: cluster.iter().map(|c| c.parse().unwrap()).collect(),
+        networks: vec![network("10.1.1.0/24", cluster)],
     }
 }
 
@@ -60,4 +66,39 @@ async fn ensure_writes_the_table_only_when_needed() {
     assert!(nft::ensure(&ns.netns(), &wider).await.unwrap(), "rule lost");
     assert!(!nft::ensure(&ns.netns(), &wider).await.unwrap());
     assert_eq!(nft::families(&ns.netns()).await.unwrap(), ["ip"]);
+}
+
+/// Two networks' rules in one table; when one leaves, the table is rewritten to the
+/// other's rules alone (the table stays, with the remaining guard), and back.
+#[tokio::test]
+async fn the_table_is_the_union_and_narrows_to_the_remaining_network() {
+    let ns = Ns::new("ivnfu");
+    let a = network("10.1.1.0/24", &["10.1.0.0/16"]);
+    let b = network("10.2.1.0/24", &["10.2.0.0/16"]);
+    let both = Ruleset {
+        master: "ul0".into(),
+        networks: vec![a.clone(), b],
+    };
+    assert!(nft::ensure(&ns.netns(), &both).await.unwrap());
+    let t = listing(&ns);
+    for cidr in ["10.1.0.0/16", "10.2.0.0/16", "10.1.1.0/24", "10.2.1.0/24"] {
+        assert!(t.contains(cidr), "{cidr} missing: {t}");
+    }
+    let only_a = Ruleset {
+        master: "ul0".into(),
+        networks: vec![a],
+    };
+    assert!(nft::ensure(&ns.netns(), &only_a).await.unwrap());
+    let t = listing(&ns);
+    assert!(!t.contains("10.2."), "b's rules left: {t}");
+    assert!(
+        t.contains("ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 rt ipsec missing"),
+        "a's guard: {t}"
+    );
+    assert!(
+        !nft::ensure(&ns.netns(), &only_a).await.unwrap(),
+        "unchanged"
+    );
+    assert!(nft::ensure(&ns.netns(), &both).await.unwrap());
+    assert!(listing(&ns).contains("10.2.0.0/16"));
 }

@@ -318,6 +318,8 @@ async fn del_with_netns_gone_consumes_the_record() {
         state_dir: Some(state.path().into()),
         ..Default::default()
     })
+    .unwrap()
+    .with_node_dir(state.path().join("node"))
     .unwrap();
     let records = a.records().unwrap();
     assert_eq!(records.dir(), state.path().join("pods"));
@@ -436,6 +438,188 @@ async fn vm_ipvlan_concurrent_add_del_keep_the_node_setup() {
         "the last DEL removed the setup"
     );
     assert!(a.records().unwrap().list().unwrap().is_empty());
+}
+
+/// Two `"encrypt": true` networks on one node, with different `clusterCidrs` and their
+/// records under different `stateDir`s (network `a` and `a-b`: names that share a prefix):
+/// they share the node setup through the node registry (one lock, one table made of both
+/// networks' rules), a network on a second master or in another mode on the shared master
+/// is refused (code 7) leaving nothing behind, and the guard of one network stays while it
+/// has pods: after the DEL of the other's last pod, and after a DEL that finds `scr-ipvl`
+/// missing. The last DEL removes everything.
+#[tokio::test]
+async fn vm_ipvlan_two_encrypted_networks_share_the_node_setup() {
+    if VM.delegate(
+        "vm_ipvlan_two_encrypted_networks_share_the_node_setup",
+        FEATURES,
+    ) {
+        return;
+    }
+    use scrambler_ipvlan::node::NODE_LINK;
+    use scrambler_ipvlan::IpvlanNode;
+    let lab = Lab::new();
+    let n = &lab.nodes[0];
+    let node = n.netns();
+    let peer = Ns::new("ivm2");
+    n.veth("ul1", &peer, "ul1p");
+    let state = tempfile::tempdir().unwrap();
+    let net = |name: &str, master: &str, mode: Mode, encrypt: bool, cluster: &str| {
+        IpvlanAttach::new(IpvlanConfig {
+            network: name.into(),
+            master: Some(master.into()),
+            mode,
+            encrypt,
+            cluster_cidrs: if encrypt {
+                vec![cluster.parse().unwrap()]
+            } else {
+                vec![]
+            },
+            state_dir: Some(state.path().join(format!("state-{name}"))),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let a = net("a", "ul0", Mode::L3, true, "10.1.0.0/16");
+    let b = net("a-b", "ul0", Mode::L3, true, "10.2.0.0/16");
+    let pod = |cid: &str, ns: &Ns| AttachRequest {
+        id: AttachmentId::new(cid, "eth0"),
+        pod_netns: ns.netns(),
+        args: vec![],
+        mtu: None,
+    };
+    let (pa_ns, pb_ns, px_ns) = (Ns::new("ivma"), Ns::new("ivmb"), Ns::new("ivmx"));
+    let (pa, pb, px) = (pod("pa", &pa_ns), pod("pb", &pb_ns), pod("px", &px_ns));
+    let table = || {
+        let (ok, t) = n.exec(&["nft", "list", "table", "ip", "scrambler-ipvlan"]);
+        if ok {
+            t
+        } else {
+            String::new()
+        }
+    };
+    let guard_a = "oifname \"ul0\" ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 rt ipsec missing";
+    let guard_b = "oifname \"ul0\" ip saddr 10.2.0.0/16 ip daddr 10.2.0.0/16 rt ipsec missing";
+    let reroute_a = "ip saddr 10.1.1.0/24 ip daddr 10.1.0.0/16";
+    let reroute_b = "ip saddr 10.2.1.0/24 ip daddr 10.2.0.0/16";
+    let networks = || -> Vec<String> {
+        a.registry(&node)
+            .unwrap()
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.network)
+            .collect()
+    };
+
+    a.attach(&node, &pa, &addrs("10.1.1.2/24", None))
+        .await
+        .unwrap();
+    b.attach(&node, &pb, &addrs("10.2.1.2/24", None))
+        .await
+        .unwrap();
+    // one node registry and lock in the fixed place, whatever each stateDir says
+    let reg = a.registry(&node).unwrap();
+    assert_eq!(reg, b.registry(&node).unwrap());
+    assert!(reg
+        .lock_path()
+        .starts_with(scrambler_ipvlan::registry::NODE_DIR));
+    assert_eq!(networks(), ["a", "a-b"]);
+    let t = table();
+    for rule in [guard_a, guard_b, reroute_a, reroute_b] {
+        assert!(t.contains(rule), "{rule} missing from the table:\n{t}");
+    }
+    let routes = n.ip(&["route", "show", "dev", NODE_LINK]);
+    for r in ["10.1.1.0/24", "10.2.1.0/24", "10.1.1.2 ", "10.2.1.2 "] {
+        assert!(routes.contains(r), "{r} missing: {routes}");
+    }
+
+    // a third encrypted network on a second master, or another mode on ul0 (encrypted or
+    // not: one mode per master), is refused naming the network in its way; nothing is left
+    let refused = [
+        (
+            net("c", "ul1", Mode::L3, true, "10.3.0.0/16"),
+            "share one master",
+        ),
+        (
+            net("c", "ul0", Mode::L3s, true, "10.3.0.0/16"),
+            "one ipvlan mode per master",
+        ),
+        (
+            net("c", "ul0", Mode::L2, false, ""),
+            "one ipvlan mode per master",
+        ),
+    ];
+    for (c, why) in &refused {
+        let e = c
+            .attach(&node, &px, &addrs("10.3.1.2/24", None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+        assert!(e.to_string().contains("network \"a\""), "{e}");
+        assert!(!px_ns.ip(&["link"]).contains("eth0"), "no pod link");
+        assert_eq!(networks(), ["a", "a-b"], "no entry for c");
+        assert!(c.records().unwrap().list().unwrap().is_empty(), "no record");
+        assert_eq!(table(), t, "table untouched");
+        assert!(!n.ip(&["route"]).contains("10.3."), "no route");
+    }
+    // an unencrypted network on the other master is none of the registry's business
+    let l2 = net("plain", "ul1", Mode::L2, false, "");
+    l2.attach(&node, &px, &addrs("10.3.1.2/24", None))
+        .await
+        .unwrap();
+    l2.detach(&node, &px).await.unwrap();
+
+    // the DEL of network a's last pod leaves network a-b's guard and re-route; a's go
+    a.detach(&node, &pa).await.unwrap();
+    let t = table();
+    assert!(t.contains(guard_b) && t.contains(reroute_b), "{t}");
+    assert!(!t.contains("10.1."), "a's rules left: {t}");
+    assert_eq!(networks(), ["a-b"]);
+    let routes = n.ip(&["route", "show", "dev", NODE_LINK]);
+    assert!(!routes.contains("10.1."), "a's routes left: {routes}");
+    assert!(routes.contains("10.2.1.2 "), "{routes}");
+
+    // a pod of a again; then scr-ipvl goes missing and a's last pod is deleted: a-b still
+    // has a pod, so its guard stays (pods are counted from records, not from links)
+    a.attach(&node, &pa, &addrs("10.1.1.2/24", None))
+        .await
+        .unwrap();
+    assert!(table().contains(guard_a));
+    n.ip(&["link", "del", NODE_LINK]);
+    a.detach(&node, &pa).await.unwrap();
+    let t = table();
+    assert!(
+        t.contains(guard_b) && t.contains(reroute_b),
+        "guard of a-b lost: {t}"
+    );
+    assert!(!t.contains("10.1."), "{t}");
+    assert_eq!(networks(), ["a-b"]);
+
+    // an ADD brings the node link back; the last DEL removes everything
+    a.attach(&node, &pa, &addrs("10.1.1.2/24", None))
+        .await
+        .unwrap();
+    let routes = n.ip(&["route", "show", "dev", NODE_LINK]);
+    for r in ["10.1.1.0/24", "10.2.1.0/24", "10.1.1.2 ", "10.2.1.2 "] {
+        assert!(routes.contains(r), "{r} not back: {routes}");
+    }
+    b.detach(&node, &pb).await.unwrap();
+    let t = table();
+    assert!(t.contains(guard_a) && !t.contains("10.2."), "{t}");
+    assert_eq!(networks(), ["a"]);
+    a.detach(&node, &pa).await.unwrap();
+    assert!(!IpvlanNode::present(&node).await.unwrap(), "setup left");
+    assert!(table().is_empty());
+    assert!(networks().is_empty());
+    let routes = n.ip(&["route"]);
+    assert!(
+        !routes.contains("10.1.") && !routes.contains("10.2."),
+        "{routes}"
+    );
+    for x in [&a, &b] {
+        assert!(x.records().unwrap().list().unwrap().is_empty());
+    }
 }
 
 mod encrypted {
@@ -566,16 +750,13 @@ mod encrypted {
             .await
             .unwrap();
         assert_eq!(records.list().unwrap().len(), 3);
-        // ensure is idempotent
-        let again = a
-            .node_setup(
-                &scrambler_ipvlan::netlink::LinkState {
-                    name: "ul0".into(),
-                    ..Default::default()
-                },
-                &addrs("10.1.1.2/24", None),
-            )
-            .ensure(&lab.nodes[0].netns())
+        // ensure of what the node registry says is idempotent
+        let node1 = lab.nodes[0].netns();
+        let entries = a.registry(&node1).unwrap().entries().unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let again = scrambler_ipvlan::registry::node_setup(&entries)
+            .unwrap()
+            .ensure(&node1)
             .await
             .unwrap();
         assert_eq!(again, Default::default());
