@@ -98,9 +98,13 @@
 //! ```
 //!
 //! As a plugin: install the `scrambler-ipam` binary in the CNI bin dir and set
-//! `"ipam": {"type": "scrambler-ipam", …}`. It implements ADD, DEL, CHECK, GC (releasing
-//! every lease not in `cni.dev/valid-attachments`), STATUS and VERSION for CNI 0.4.0, 1.0.0
-//! and 1.1.0. The CNI plumbing it uses is in [`cni_io`].
+//! `"ipam": {"type": "scrambler-ipam", …}`. It speaks every CNI version host-local does,
+//! 0.1.0 through 1.1.0, with each version's result layout (0.1.0/0.2.0: `ip4`/`ip6`;
+//! 0.3.x/0.4.0: `ips` with `version`; 1.x: without) and its commands: ADD, DEL and
+//! VERSION always, CHECK from 0.4.0, GC (releasing every lease not in
+//! `cni.dev/valid-attachments`) and STATUS from 1.1.0. The conf on stdin may be at most
+//! 1 MiB. Run by hand, `--help` / `--version` say what it is. The CNI plumbing it uses is
+//! in [`cni_io`].
 #![warn(missing_docs)]
 
 pub mod addr;

@@ -14,6 +14,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
     }
     let conf = cni_io::parse_conf(stdin)?;
     let version = cni_io::conf_version(&conf)?;
+    env.command.check_version(&version)?;
     let ipam = LocalIpam::new(
         &cni_io::network_name(&conf)?,
         IpamConf::from_net_conf(&conf)?,
@@ -74,8 +75,14 @@ fn check(ipam: &LocalIpam, id: &AttachmentId, conf: &serde_json::Value) -> Resul
 }
 
 /// The plugin's `main`: logs go to stderr (level from `SCRAMBLER_LOG`, default `warn`),
-/// the result or the CNI error JSON to stdout; exit code 1 on error.
+/// the result or the CNI error JSON to stdout; exit code 1 on error. Run by hand
+/// (`--help`, `--version`, no `CNI_COMMAND`) it prints what it is instead.
 pub fn main() -> ExitCode {
+    if let Some(code) =
+        scrambler_core::cni::about_invocation("scrambler-ipam", env!("CARGO_PKG_VERSION"))
+    {
+        return ExitCode::from(code as u8);
+    }
     init_logging();
     let (input, outcome) = match cni_io::read_stdin() {
         Ok(input) => {
