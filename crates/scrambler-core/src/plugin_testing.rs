@@ -1,5 +1,6 @@
 //! Checks every CNI plugin binary of the workspace must pass, run against the built binary
-//! as a person or a runtime runs it (feature `test-util`).
+//! as a person or a runtime runs it (feature `test-util`). A plugin crate's integration
+//! test runs them all with [`plugin_binary_tests!`](crate::plugin_binary_tests).
 
 use crate::cni::MAX_CONF_BYTES;
 use crate::result::SUPPORTED_VERSIONS;
@@ -135,4 +136,50 @@ pub fn assert_conf_is_capped(bin: &Path, env: &[(&[u8], &[u8])]) {
     let e = error_of(&out);
     assert_eq!(e["code"], 6, "{e}");
     assert!(e.to_string().contains("larger than 1 MiB"), "{e}");
+}
+
+/// A complete ADD environment whose netns does not exist (the checks never get that far).
+pub fn add_env() -> Vec<(&'static [u8], &'static [u8])> {
+    vec![
+        (b"CNI_COMMAND", b"ADD"),
+        (b"CNI_CONTAINERID", b"c1"),
+        (b"CNI_NETNS", b"/var/run/netns/scrambler-no-such-pod"),
+        (b"CNI_IFNAME", b"eth0"),
+        (b"CNI_PATH", b"/usr/lib/cni"),
+    ]
+}
+
+/// The tests of a plugin binary run by hand or by a careless environment: `--help`, no
+/// `CNI_COMMAND`, variables that are not UTF-8 (a refused ADD leaves the conf's data
+/// directory empty), a conf over 1 MiB. `$conf` makes a valid ADD conf whose state lives
+/// under the directory it is given.
+#[macro_export]
+macro_rules! plugin_binary_tests {
+    ($bin:expr, $name:expr, $conf:expr) => {
+        #[test]
+        fn help_version_and_no_command_print_the_about_line() {
+            $crate::plugin_testing::assert_answers_a_person(::std::path::Path::new($bin), $name);
+        }
+
+        #[test]
+        fn non_utf8_variables_are_code_4_only_when_they_are_cni_ones() {
+            let data = tempfile::tempdir().unwrap();
+            let make: fn(&::std::path::Path) -> serde_json::Value = $conf;
+            $crate::plugin_testing::assert_non_utf8_environment(
+                ::std::path::Path::new($bin),
+                &$crate::plugin_testing::add_env(),
+                make(data.path()).to_string().as_bytes(),
+            );
+            let left: Vec<_> = ::std::fs::read_dir(data.path()).unwrap().collect();
+            assert!(left.is_empty(), "a refused ADD left {left:?}");
+        }
+
+        #[test]
+        fn a_conf_over_one_mib_is_code_6() {
+            $crate::plugin_testing::assert_conf_is_capped(
+                ::std::path::Path::new($bin),
+                &$crate::plugin_testing::add_env(),
+            );
+        }
+    };
 }
