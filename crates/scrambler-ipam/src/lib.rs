@@ -112,6 +112,7 @@ pub mod cni_io;
 pub mod conf;
 pub mod dns;
 mod local;
+pub mod log;
 pub mod plugin;
 pub mod range;
 pub mod store;

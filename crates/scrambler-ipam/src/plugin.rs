@@ -3,9 +3,11 @@
 //! bridge, ipvlan, macvlan, or Scrambler's own plugin).
 
 use crate::cni_io::{self, CniEnv, Command};
+use crate::log::StderrLogger;
 use crate::{IpamConf, LocalIpam};
 use scrambler_core::{AllocRequest, AttachmentId, CniResult, Error, Result};
 use std::process::ExitCode;
+use tracing::level_filters::LevelFilter;
 
 /// Runs one plugin invocation: returns what to print on stdout (`None` for nothing).
 pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
@@ -106,12 +108,10 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr at the level of `SCRAMBLER_LOG` (`error` … `trace`, default `warn`).
 fn init_logging() {
-    let filter = std::env::var("SCRAMBLER_LOG").unwrap_or_else(|_| "warn".into());
-    let level = filter.parse().unwrap_or(tracing::Level::WARN);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    let level = std::env::var_os("SCRAMBLER_LOG")
+        .and_then(|v| v.to_str()?.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
+    let _ = tracing::subscriber::set_global_default(StderrLogger::new(level));
 }
