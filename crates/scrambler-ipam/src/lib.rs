@@ -105,6 +105,18 @@
 //! `cni.dev/valid-attachments`) and STATUS from 1.1.0. The conf on stdin may be at most
 //! 1 MiB. Run by hand, `--help` / `--version` say what it is. The CNI plumbing it uses is
 //! in [`cni_io`].
+//!
+//! A runtime execs the plugin twice per pod (ADD, DEL), so its start-up is most of its
+//! cost: it starts no async runtime and no threads, and logs with a minimal stderr
+//! subscriber ([`log`]). Install it statically linked, as the reference plugins are
+//! shipped; loading `libc` and `libgcc_s` at each exec is what a dynamic build adds:
+//!
+//! ```sh
+//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
+//!     --target x86_64-unknown-linux-gnu -p scrambler-ipam   # → target/x86_64-unknown-linux-gnu/release/
+//! ```
+//!
+//! (`--target` keeps the flag off build scripts and proc macros.)
 #![warn(missing_docs)]
 
 pub mod addr;
