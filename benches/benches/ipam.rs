@@ -4,14 +4,18 @@
 //!
 //! * `lib`: [`LocalIpam`] called in-process (what Scrambler's own CNI plugin does);
 //! * `scrambler-ipam exec`: our plugin binary exec'd as a runtime does (env + stdin, ADD
-//!   then DEL);
+//!   then DEL), linked statically as it is meant to be installed, and dynamically as a
+//!   plain `cargo build` links it;
 //! * `host-local exec`: the real `/usr/lib/cni/host-local` exec'd the same way.
 //!
 //! After criterion's report, a short separate timing loop prints the ratios
-//! (host-local exec / lib, host-local exec / our exec). Targets: ≥ 20x and ≥ 3x.
+//! (host-local exec / lib, host-local exec / our exec; targets ≥ 20x and ≥ 3x), and the
+//! ratio above the exec floor: each exec variant's cost minus two execs of `/bin/true`
+//! measured in the same interleaved rounds, i.e. what the plugins cost beyond the exec.
 //!
-//! Our binary is `$SCRAMBLER_IPAM_BIN`, else `cargo build --release -p scrambler-ipam`
-//! is run and the binary taken from the target dir.
+//! Our binary is `$SCRAMBLER_IPAM_BIN`, else both builds are run (the static one with
+//! `RUSTFLAGS="-C target-feature=+crt-static"`, `--target <host triple>` and its own target
+//! dir `target/plugin-static`) and the binaries taken from the target dirs.
 
 use criterion::Criterion;
 use scrambler_core::{AllocRequest, AttachmentId};
@@ -101,46 +105,86 @@ fn populate_by_exec(bin: &Path, conf: &[u8]) {
     }
 }
 
-fn our_binary() -> Option<PathBuf> {
+/// Where our static build goes: its own target dir, so that its flag does not rebuild the
+/// workspace's artifacts.
+const STATIC_TARGET_DIR: &str = "plugin-static";
+
+/// Our plugin binary, built two ways, each (re)built now so it is never stale (cargo bench
+/// does not build another package's binaries): `static`, linked statically as the plugins
+/// are meant to be installed (like the reference plugins: see the scrambler-ipam crate
+/// docs), and `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_IPAM_BIN`
+/// replaces both.
+fn our_binaries() -> Vec<(&'static str, PathBuf)> {
     if let Some(p) = std::env::var_os("SCRAMBLER_IPAM_BIN") {
-        return Some(PathBuf::from(p));
+        return vec![("given", PathBuf::from(p))];
     }
-    // target/release/deps/ipam-HASH → target/release/scrambler-ipam, (re)built now so it
-    // is never stale: cargo bench does not build another package's binaries.
-    let beside = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .parent()?
-        .join("scrambler-ipam");
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let built = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "scrambler-ipam",
-                "--bin",
-                "scrambler-ipam",
-            ])
-            .status();
-        if !built.is_ok_and(|s| s.success()) {
-            eprintln!("building scrambler-ipam failed; using what is in the target dir");
+    // target/release/deps/ipam-HASH → target
+    let Some(target) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.parent()?.to_path_buf()))
+    else {
+        return Vec::new();
+    };
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let static_dir = target.join(STATIC_TARGET_DIR);
+    let mut static_build = cargo_build_ipam();
+    static_build
+        .args(["--target", &triple])
+        .env("CARGO_TARGET_DIR", &static_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    [
+        (
+            "static",
+            static_build,
+            static_dir.join(&triple).join("release/scrambler-ipam"),
+        ),
+        (
+            "dynamic",
+            cargo_build_ipam(),
+            target.join("release/scrambler-ipam"),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(label, mut build, bin)| {
+        if !build.status().is_ok_and(|s| s.success()) {
+            eprintln!("building scrambler-ipam ({label}) failed; using what is in the target dir");
         }
-    }
-    beside.exists().then_some(beside)
+        bin.exists().then_some((label, bin))
+    })
+    .collect()
 }
 
-/// One filesystem's worth of setups: the three variants, each with its own lease dir
-/// holding the same background leases.
+fn cargo_build_ipam() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "scrambler-ipam",
+        "--bin",
+        "scrambler-ipam",
+    ]);
+    c
+}
+
+/// One of our binaries with the conf of its own lease dir.
+struct Ours {
+    label: &'static str,
+    bin: PathBuf,
+    conf: Vec<u8>,
+}
+
+/// One filesystem's worth of setups: every variant with its own lease dir holding the
+/// same background leases.
 struct Setup {
     fs: &'static str,
     _dirs: Vec<tempfile::TempDir>,
     ipam: LocalIpam,
-    ours: Option<(PathBuf, Vec<u8>)>,
+    ours: Vec<Ours>,
     host_local: Option<Vec<u8>>,
 }
 
-fn setup(fs: &'static str, base: &Path, ours_bin: Option<&Path>) -> Setup {
+fn setup(fs: &'static str, base: &Path, ours_bins: &[(&'static str, PathBuf)]) -> Setup {
     let dir = || tempfile::tempdir_in(base).expect("tempdir");
     let lib_dir = dir();
     let lib_conf = IpamConf::from_net_conf(&conf("bench-lib", "scrambler-ipam", lib_dir.path()))
@@ -153,14 +197,23 @@ fn setup(fs: &'static str, base: &Path, ours_bin: Option<&Path>) -> Setup {
         })
         .expect("background lease");
     }
-    let ours_dir = dir();
-    let ours = ours_bin.map(|bin| {
-        let c = conf("bench-ours", "scrambler-ipam", ours_dir.path())
-            .to_string()
-            .into_bytes();
-        populate_by_exec(bin, &c);
-        (bin.to_path_buf(), c)
-    });
+    let mut dirs = vec![lib_dir];
+    let ours = ours_bins
+        .iter()
+        .map(|(label, bin)| {
+            let d = dir();
+            let c = conf("bench-ours", "scrambler-ipam", d.path())
+                .to_string()
+                .into_bytes();
+            populate_by_exec(bin, &c);
+            dirs.push(d);
+            Ours {
+                label,
+                bin: bin.clone(),
+                conf: c,
+            }
+        })
+        .collect();
     let hl_dir = dir();
     let host_local = Path::new(HOST_LOCAL).exists().then(|| {
         let c = conf("bench-hl", "host-local", hl_dir.path())
@@ -169,9 +222,10 @@ fn setup(fs: &'static str, base: &Path, ours_bin: Option<&Path>) -> Setup {
         populate_by_exec(Path::new(HOST_LOCAL), &c);
         c
     });
+    dirs.push(hl_dir);
     Setup {
         fs,
-        _dirs: vec![lib_dir, ours_dir, hl_dir],
+        _dirs: dirs,
         ipam,
         ours,
         host_local,
@@ -182,9 +236,9 @@ fn bench(c: &mut Criterion, s: &Setup) {
     let mut g = c.benchmark_group(format!("ipam allocate+release, dataDir on {}", s.fs));
     g.sample_size(20).measurement_time(Duration::from_secs(4));
     g.bench_function("lib (durable lease)", |b| b.iter(|| lib_add_del(&s.ipam)));
-    if let Some((bin, conf)) = &s.ours {
-        g.bench_function("scrambler-ipam exec ADD+DEL", |b| {
-            b.iter(|| exec_add_del(bin, conf))
+    for o in &s.ours {
+        g.bench_function(format!("scrambler-ipam ({}) exec ADD+DEL", o.label), |b| {
+            b.iter(|| exec_add_del(&o.bin, &o.conf))
         });
     }
     if let Some(conf) = &s.host_local {
@@ -207,48 +261,83 @@ fn mean(n: u32, mut f: impl FnMut()) -> Duration {
     t.elapsed() / n
 }
 
+/// Rounds of the exec comparison: each round times every variant once (a mean over
+/// `EXEC_RUNS` calls), so a load that comes and goes on the machine hits all variants
+/// alike; the figure of a variant is its median round.
+const EXEC_ROUNDS: usize = 15;
+const EXEC_RUNS: u32 = 12;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
 fn print_ratios(s: &Setup) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "\nIPAM allocate+release, dataDir on {}, {BACKGROUND_LEASES} leases held (means of a separate loop):",
+        "\nIPAM allocate+release, dataDir on {}, {BACKGROUND_LEASES} leases held (lib: mean of a \
+         separate loop; execs: medians of {EXEC_ROUNDS} interleaved rounds):",
         s.fs
     );
     let lib = mean(1000, || lib_add_del(&s.ipam));
-    println!("  lib (durable lease)          {:>9.0} µs", us(lib));
-    let ours = s
-        .ours
-        .as_ref()
-        .map(|(bin, conf)| mean(150, || exec_add_del(bin, conf)));
-    if let Some(o) = ours {
-        println!("  scrambler-ipam exec ADD+DEL  {:>9.0} µs", us(o));
+    println!("  lib (durable lease)                {:>9.0} µs", us(lib));
+    let mut floors = Vec::new();
+    let mut ours: Vec<Vec<Duration>> = vec![Vec::new(); s.ours.len()];
+    let mut hls = Vec::new();
+    for _ in 0..EXEC_ROUNDS {
+        floors.push(mean(EXEC_RUNS, || {
+            spawn_floor();
+            spawn_floor();
+        }));
+        for (o, times) in s.ours.iter().zip(&mut ours) {
+            times.push(mean(EXEC_RUNS, || exec_add_del(&o.bin, &o.conf)));
+        }
+        if let Some(conf) = &s.host_local {
+            hls.push(mean(EXEC_RUNS, || {
+                exec_add_del(Path::new(HOST_LOCAL), conf)
+            }));
+        }
     }
-    let floor = mean(150, || {
-        spawn_floor();
-        spawn_floor();
-    });
+    let floor = median(floors);
+    let ours: Vec<Duration> = ours.into_iter().map(median).collect();
+    for (o, t) in s.ours.iter().zip(&ours) {
+        println!(
+            "  scrambler-ipam {:<9} exec ADD+DEL {:>7.0} µs",
+            format!("({})", o.label),
+            us(*t)
+        );
+    }
     println!(
-        "  (two execs of /bin/true      {:>9.0} µs: the floor of any exec'd plugin)",
+        "  (two execs of /bin/true            {:>9.0} µs: the floor of any exec'd plugin)",
         us(floor)
     );
-    let Some(conf) = &s.host_local else { return };
-    let hl = mean(150, || exec_add_del(Path::new(HOST_LOCAL), conf));
-    println!("  host-local exec ADD+DEL      {:>9.0} µs", us(hl));
+    if hls.is_empty() {
+        return;
+    }
+    let hl = median(hls);
+    println!("  host-local exec ADD+DEL            {:>9.0} µs", us(hl));
     let ratio = |d: Duration| hl.as_secs_f64() / d.as_secs_f64();
+    let above = |d: Duration| d.saturating_sub(floor).as_secs_f64();
     println!(
-        "  host-local exec / lib        {:>9.1}x  (target >= 20x)",
+        "  host-local exec / lib              {:>9.1}x  (target >= 20x)",
         ratio(lib)
     );
-    if let Some(o) = ours {
+    for (o, t) in s.ours.iter().zip(&ours) {
         println!(
-            "  host-local exec / our exec   {:>9.1}x  (target >= 3x)",
-            ratio(o)
+            "  host-local exec / our exec {:<9} {:>5.1}x  (target >= 3x); above the exec floor \
+             {:.1}x ({:.0} µs vs {:.0} µs beyond two bare execs)",
+            format!("({})", o.label),
+            ratio(*t),
+            above(hl) / above(*t).max(1e-9),
+            above(hl) * 1e6,
+            above(*t) * 1e6
         );
     }
 }
 
 fn main() {
-    let ours = our_binary();
-    if ours.is_none() {
+    let ours = our_binaries();
+    if ours.is_empty() {
         eprintln!(
             "scrambler-ipam binary not found: set SCRAMBLER_IPAM_BIN; skipping its exec bench"
         );
@@ -259,10 +348,10 @@ fn main() {
         );
     }
     // The default persistent kind of disk, and tmpfs (what a dataDir under /run is).
-    let mut setups = vec![setup("disk", &std::env::temp_dir(), ours.as_deref())];
+    let mut setups = vec![setup("disk", &std::env::temp_dir(), &ours)];
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        setups.push(setup("tmpfs", shm, ours.as_deref()));
+        setups.push(setup("tmpfs", shm, &ours));
     }
     let mut c = Criterion::default().configure_from_args();
     for s in &setups {

@@ -4,13 +4,17 @@
 //! code is passed through ([`Error::Delegated`]).
 //!
 //! When a delegate rejects the conf's `cniVersion` (code 1), the conf is retried at the
-//! newest version both sides speak, found with the delegate's `VERSION`.
+//! newest version both sides speak, found with the delegate's `VERSION`; its result is
+//! read in whatever version it answers (0.1.0 through 1.1.0, see
+//! [`scrambler_core::CniResult::from_json`]).
 //!
 //! [`DelegatedIpam`] wraps an IPAM plugin (host-local, static, dhcp, …) as an
 //! [`scrambler_core::Ipam`].
 
 use async_trait::async_trait;
 use scrambler_core::result::SUPPORTED_VERSIONS;
+
+pub use scrambler_core::result::parse_version;
 use scrambler_core::{AllocRequest, AttachmentId, CniResult, Error, Ipam, Lease, Result};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -133,16 +137,6 @@ impl Delegate {
             reason: reason.into(),
         }
     }
-}
-
-/// Parses `a.b.c` into a comparable triple (missing or malformed parts count as 0).
-pub fn parse_version(v: &str) -> (u32, u32, u32) {
-    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-    )
 }
 
 /// A delegate's error object, read leniently: older plugins omit `cniVersion` (and
@@ -299,13 +293,6 @@ impl Ipam for DelegatedIpam {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_compare_numerically() {
-        assert!(parse_version("1.0.0") < parse_version("1.1.0"));
-        assert!(parse_version("0.4.0") < parse_version("1.0.0"));
-        assert!(parse_version("0.10.0") > parse_version("0.4.0"));
-    }
 
     #[test]
     fn plugins_are_found_only_by_plain_names() {

@@ -1,8 +1,11 @@
 //! # scrambler-cni
 //!
 //! The CNI plugin of Scrambler's encrypted pod network (binary `scrambler-cni`, conf
-//! `"type": "scrambler-cni"`). It speaks CNI 1.1.0 and negotiates down to 1.0.0 and 0.4.0
-//! (ADD, DEL, CHECK, VERSION, GC, STATUS), reads a single conf or a conflist entry, picks
+//! `"type": "scrambler-cni"`). It speaks every CNI version the reference plugins speak,
+//! 0.1.0 through 1.1.0, answering in each version's result layout
+//! ([`scrambler_core::result::ResultShape`]) and with the commands each version has (ADD,
+//! DEL and VERSION always, CHECK from 0.4.0, GC and STATUS from 1.1.0). It reads a single
+//! conf or a conflist entry (at most 1 MiB), picks
 //! the dataplane named by `"backend"` ([`backend`]) and composes an IPAM ([`ipam`]: the
 //! built-in `scrambler-ipam` in-process, or any other IPAM plugin by [`delegate`]ion)
 //! with the backend's [`scrambler_core::Attach`].
@@ -33,6 +36,10 @@
 //! code 7 before it touches anything. The name marks what the network owns (interface
 //! aliases, VPP tags, lease directories), and GC of a network parses those marks and
 //! compares the network for equality, so it never touches another network's pods.
+//!
+//! Run by hand, `scrambler-cni --help` / `--version` print what it is; without
+//! `CNI_COMMAND` it prints its name and supported versions on stderr, as the reference
+//! plugins do.
 //!
 //! Every command is all-or-nothing: a failed ADD removes what it created (interfaces,
 //! routes) and releases its addresses before it reports the error; DEL is idempotent.

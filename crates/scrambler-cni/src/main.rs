@@ -1,18 +1,21 @@
-//! `scrambler-cni`: the CNI plugin binary. Reads the conf on stdin and the `CNI_*`
-//! environment, prints only the result (or error object) on stdout, exits 0 or 1.
+//! `scrambler-cni`: the CNI plugin binary. Reads the conf on stdin (at most 1 MiB) and the
+//! `CNI_*` environment, prints only the result (or error object) on stdout, exits 0 or 1.
+//! Run by hand (`--help`, `--version`, no `CNI_COMMAND`) it prints what it is instead.
 
+use scrambler_core::cni::{about_invocation, error_version, process_vars, read_conf};
 use scrambler_core::{Error, Netns};
-use std::io::{Read, Write};
+use std::io::Write;
 
 fn main() {
-    let mut stdin = Vec::new();
-    let vars: Vec<(String, String)> = std::env::vars().collect();
-    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Err(e) => scrambler_cni::Outcome::error(
-            &Error::io("read", "stdin", e),
-            scrambler_core::result::CURRENT_VERSION,
-        ),
-        Ok(_) => run(vars, &stdin),
+    if let Some(code) = about_invocation("scrambler-cni", env!("CARGO_PKG_VERSION")) {
+        std::process::exit(code);
+    }
+    let outcome = match read_conf(std::io::stdin().lock()) {
+        Err(e) => scrambler_cni::Outcome::error(&e, scrambler_core::result::CURRENT_VERSION),
+        Ok(stdin) => match process_vars() {
+            Ok(vars) => run(vars, &stdin),
+            Err(e) => scrambler_cni::Outcome::error(&e, &error_version(&stdin)),
+        },
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&outcome.stdout).and_then(|()| out.flush());
@@ -28,7 +31,7 @@ fn run(vars: Vec<(String, String)>, stdin: &[u8]) -> scrambler_cni::Outcome {
         Err(e) => {
             return scrambler_cni::Outcome::error(
                 &Error::io("start", "async runtime", e),
-                &scrambler_cni::protocol::error_version(stdin),
+                &error_version(stdin),
             )
         }
     };

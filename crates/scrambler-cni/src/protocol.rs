@@ -23,7 +23,8 @@ pub struct Request {
 }
 
 impl Request {
-    /// Parses the conf on stdin for `env` and checks its `cniVersion`.
+    /// Parses the conf on stdin for `env` and checks its `cniVersion`: one we speak, and
+    /// one that has the command (CHECK from 0.4.0, GC and STATUS from 1.1.0; code 1).
     pub fn parse(env: CniEnv, stdin: &[u8]) -> Result<Self> {
         let raw: Value =
             serde_json::from_slice(stdin).map_err(|e| Error::decode("network config", e))?;
@@ -32,6 +33,7 @@ impl Request {
         }
         let conf = NetConf::from_slice(stdin)?;
         check_version(&conf.cni_version)?;
+        env.command.check_version(&conf.cni_version)?;
         Ok(Request { env, conf, raw })
     }
 
@@ -155,11 +157,19 @@ mod tests {
             7
         );
         assert_eq!(
-            Request::parse(env(), br#"{"cniVersion":"0.3.1","name":"n","type":"x"}"#)
+            Request::parse(env(), br#"{"cniVersion":"0.5.0","name":"n","type":"x"}"#)
                 .unwrap_err()
                 .code(),
             1
         );
+        let old = Request::parse(env(), br#"{"cniVersion":"0.3.1","name":"n","type":"x"}"#);
+        assert_eq!(old.unwrap().version(), "0.3.1");
+        let unversioned = Request::parse(env(), br#"{"name":"n","type":"x"}"#);
+        assert_eq!(unversioned.unwrap().version(), "0.1.0");
+        let mut check = env();
+        check.command = Command::Check;
+        let e = Request::parse(check, br#"{"cniVersion":"0.3.1","name":"n","type":"x"}"#);
+        assert_eq!(e.unwrap_err().code(), 1);
         let r = Request::parse(
             env(),
             br#"{"cniVersion":"1.0.0","name":"n","type":"x","args":{"cni":{"ips":["10.0.0.10"]}}}"#,
@@ -178,7 +188,8 @@ mod tests {
     fn version_report_lists_our_versions() {
         let v = version_report(br#"{"cniVersion":"0.4.0"}"#);
         assert_eq!(v["cniVersion"], "0.4.0");
-        assert_eq!(v["supportedVersions"][2], "1.1.0");
+        assert_eq!(v["supportedVersions"][6], "1.1.0");
+        assert_eq!(v["supportedVersions"][0], "0.1.0");
         assert_eq!(version_report(b"")["cniVersion"], "1.1.0");
     }
 

@@ -22,7 +22,58 @@ fn version_reports_supported_versions() {
     out.expect_ok();
     let v = out.json();
     assert_eq!(v["cniVersion"], "1.0.0");
-    assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+}
+
+#[test]
+fn versions_before_0_4_answer_in_their_own_layout() {
+    for (i, version) in ["0.1.0", "0.2.0", "0.3.0", "0.3.1"].into_iter().enumerate() {
+        let node = Node::new("old");
+        let pod = TestNetns::new("oldpod");
+        let subnet = format!("10.{}.0.0/24", 40 + i);
+        let conf = node.conf(version, &subnet);
+        let add = Invocation::new("ADD", &format!("old{i}"), &pod.path(), "eth0");
+        let out = node.ours(&add, &conf);
+        out.expect_ok();
+        let result = out.json();
+        assert_eq!(result["cniVersion"], version);
+        let ip = if version.starts_with("0.3") {
+            assert_eq!(result["ips"][0]["version"], "4", "{result}");
+            assert_eq!(result["interfaces"][1]["name"], "eth0");
+            assert!(result["interfaces"][1].get("mtu").is_none());
+            pod_ip(&result)
+        } else {
+            // one ip4 object, routes under it, no interfaces
+            assert!(result.get("interfaces").is_none() && result.get("ips").is_none());
+            assert_eq!(result["ip4"]["gateway"], "169.254.1.1", "{result}");
+            assert_eq!(result["ip4"]["routes"][0]["dst"], "0.0.0.0/0");
+            let a = result["ip4"]["ip"].as_str().unwrap();
+            a.split('/').next().unwrap().to_string()
+        };
+        assert!(ip.starts_with(&format!("10.{}.0.", 40 + i)), "{result}");
+        assert!(pod
+            .ip(&["-o", "addr", "show", "dev", "eth0"])
+            .contains(&format!("{ip}/32")));
+        assert!(ping(&pod, NODE_IP));
+
+        // CHECK came with 0.4.0, GC and STATUS with 1.1.0: code 1, nothing touched
+        let check = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
+        assert_eq!(check.code(), 1, "{}", check.stdout);
+        let mut global = Invocation::new("GC", "", &pod.path(), "");
+        global.netns = None;
+        let mut gc = conf.clone();
+        gc["cni.dev/valid-attachments"] = json!([]);
+        assert_eq!(node.ours(&global, &gc).code(), 1);
+        assert_eq!(node.ours(&global.cmd("STATUS"), &conf).code(), 1);
+        assert_eq!(node.leases(), vec![ip.clone()]);
+
+        node.ours(&add.cmd("DEL"), &conf).expect_ok();
+        assert!(node.host_veths().is_empty());
+        assert!(node.leases().is_empty());
+    }
 }
 
 #[test]
@@ -189,7 +240,7 @@ fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
     assert_eq!(node.ours(&add, &c).code(), 7);
     // unsupported version: 1
     let mut c = conf.clone();
-    c["cniVersion"] = json!("0.3.1");
+    c["cniVersion"] = json!("0.5.0");
     assert_eq!(node.ours(&add, &c).code(), 1);
     // a backend whose dataplane is not running: 11, naming what is missing
     let mut c = conf.clone();
@@ -311,7 +362,7 @@ fn status_reports_ipam_and_mesh() {
 
 #[test]
 fn delegated_host_local_ipam() {
-    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+    for version in ["0.2.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let node = Node::new("hl");
         let pod = TestNetns::new("hlpod");
         let conf = node.conf_host_local(version, "10.26.0.0/24");
@@ -320,11 +371,21 @@ fn delegated_host_local_ipam() {
         out.expect_ok();
         let result = out.json();
         assert_eq!(result["cniVersion"], version);
-        let ip = pod_ip(&result);
+        let ip = if version == "0.2.0" {
+            // host-local answered in 0.2.0's ip4 layout; so do we
+            let a = result["ip4"]["ip"].as_str().unwrap();
+            a.split('/').next().unwrap().to_string()
+        } else {
+            pod_ip(&result)
+        };
         assert_eq!(node.host_local_leases(), vec![ip.clone()]);
         assert!(ping(&pod, NODE_IP));
-        node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result))
-            .expect_ok();
+        let check = node.ours(&add.cmd("CHECK"), &with_prev(&conf, &result));
+        if version == "0.4.0" || version.starts_with('1') {
+            check.expect_ok();
+        } else {
+            assert_eq!(check.code(), 1);
+        }
         node.ours(&add.cmd("DEL"), &with_prev(&conf, &result))
             .expect_ok();
         assert!(node.host_local_leases().is_empty());
@@ -337,13 +398,16 @@ fn delegated_host_local_ipam() {
         assert!(!out.ok);
         assert!(node.host_local_leases().is_empty());
         assert!(node.host_veths().is_empty());
-        // STATUS and GC: host-local 1.1.1 predates CNI 1.1, so only our side acts
+        // STATUS and GC (1.1.0 only): host-local 1.1.1 predates CNI 1.1, so only our
+        // side acts
         let mut global = Invocation::new("STATUS", "", &pod.path(), "");
         global.netns = None;
-        node.ours(&global, &conf).expect_ok();
         let mut gc_conf = conf.clone();
         gc_conf["cni.dev/valid-attachments"] = json!([]);
-        node.ours(&global.cmd("GC"), &gc_conf).expect_ok();
+        if version == "1.1.0" {
+            node.ours(&global, &conf).expect_ok();
+            node.ours(&global.cmd("GC"), &gc_conf).expect_ok();
+        }
     }
 }
 

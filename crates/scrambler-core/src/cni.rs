@@ -4,11 +4,17 @@
 //! the addresses a runtime asks for, the GC list of valid attachments, the `VERSION`
 //! answer and the error object. Environment errors are
 //! [`Error::InvalidEnvironment`] (CNI code 4).
+//!
+//! For plugin binaries: [`process_vars`] reads the process environment (a `CNI_*`
+//! variable that is not UTF-8 is code 4, other such variables are ignored),
+//! [`read_conf`] reads stdin up to [`MAX_CONF_BYTES`], and [`about_invocation`] answers a
+//! person who runs the binary by hand (`--help`, `--version`, no `CNI_COMMAND`).
 
-use crate::result::{CURRENT_VERSION, SUPPORTED_VERSIONS};
+use crate::result::{version_at_least, CURRENT_VERSION, SUPPORTED_VERSIONS};
 use crate::{AttachmentId, Error, Netns, Result};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -60,6 +66,33 @@ impl Command {
             Command::Gc => "GC",
             Command::Status => "STATUS",
         }
+    }
+
+    /// The first CNI version that has this command: CHECK came with 0.4.0, GC and STATUS
+    /// with 1.1.0.
+    pub fn since(self) -> &'static str {
+        match self {
+            Command::Check => "0.4.0",
+            Command::Gc | Command::Status => "1.1.0",
+            Command::Add | Command::Del | Command::Version => "0.1.0",
+        }
+    }
+
+    /// Fails with code 1 when a conf of CNI version `version` cannot carry this command
+    /// (e.g. CHECK with a 0.3.1 conf), as the reference plugins answer.
+    pub fn check_version(self, version: &str) -> Result<()> {
+        if version_at_least(version, self.since()) {
+            return Ok(());
+        }
+        let newer: Vec<&str> = SUPPORTED_VERSIONS
+            .iter()
+            .copied()
+            .filter(|v| version_at_least(v, self.since()))
+            .collect();
+        Err(Error::IncompatibleVersion {
+            requested: version.to_string(),
+            supported: format!("{} for {}", newer.join(", "), self.as_str()),
+        })
     }
 
     /// True for the commands that act on one attachment (ADD, DEL, CHECK), and so need
@@ -203,6 +236,100 @@ impl CniEnv {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
+    }
+}
+
+/// The process environment as (name, value) pairs for [`CniEnv::from_vars`]. A `CNI_*`
+/// variable whose value is not UTF-8 is refused (code 4, naming it); any other variable
+/// that is not UTF-8 is left out (it is nothing a plugin reads, and it is not passed on
+/// to delegated plugins).
+pub fn process_vars() -> Result<Vec<(String, String)>> {
+    vars_from_os(std::env::vars_os())
+}
+
+fn vars_from_os(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (k, v) in vars {
+        let Ok(k) = k.into_string() else { continue };
+        match v.into_string() {
+            Ok(v) => out.push((k, v)),
+            Err(_) if k.starts_with("CNI_") => {
+                return Err(invalid(&k, "value is not valid UTF-8"));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The largest network configuration [`read_conf`] accepts: 1 MiB, far above any real
+/// conf (a conflist entry with a `prevResult` is a few KiB).
+pub const MAX_CONF_BYTES: usize = 1 << 20;
+
+/// Reads the network configuration from `input` (stdin), at most [`MAX_CONF_BYTES`]:
+/// a larger one is refused with code 6 after reading one byte past the limit.
+pub fn read_conf(input: impl Read) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    input
+        .take(MAX_CONF_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("read", "stdin", e))?;
+    if buf.len() > MAX_CONF_BYTES {
+        return Err(Error::decode(
+            "network config",
+            format!("it is larger than 1 MiB ({MAX_CONF_BYTES} bytes)"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// What a plugin binary answers when a person, not a runtime, runs it: `--help` (usage
+/// on stdout), `--version` (the about line on stdout), or no `CNI_COMMAND` at all (the
+/// about line and the supported versions on stderr, as the reference plugins' `skel`
+/// prints them). Exit code 0 in each case. `None`: a runtime's call, to be served.
+pub fn about_invocation(plugin: &str, version: &str) -> Option<i32> {
+    let arg = std::env::args_os().nth(1);
+    let command_set = std::env::var_os("CNI_COMMAND").is_some_and(|c| !c.is_empty());
+    let text = about_text(
+        plugin,
+        version,
+        arg.as_deref().and_then(|a| a.to_str()),
+        command_set,
+    )?;
+    use std::io::Write;
+    let _ = match text {
+        About::Stdout(t) => std::io::stdout().write_all(t.as_bytes()),
+        About::Stderr(t) => std::io::stderr().write_all(t.as_bytes()),
+    };
+    Some(0)
+}
+
+/// Where [`about_invocation`] writes and what.
+#[derive(Debug, PartialEq, Eq)]
+enum About {
+    Stdout(String),
+    Stderr(String),
+}
+
+fn about_text(plugin: &str, version: &str, arg: Option<&str>, command_set: bool) -> Option<About> {
+    let about = format!("CNI {plugin} plugin v{version}");
+    let versions = format!(
+        "CNI protocol versions supported: {}",
+        SUPPORTED_VERSIONS.join(", ")
+    );
+    match arg {
+        Some("--help" | "-h") => Some(About::Stdout(format!(
+            "{about}\n{versions}\n\n\
+             A CNI plugin: a container runtime runs it with CNI_COMMAND (ADD, DEL, CHECK, GC, \
+             STATUS or VERSION)\nand the other CNI_* variables set, and the network \
+             configuration (JSON) on stdin.\nIt prints the result or a CNI error object on \
+             stdout. See https://www.cni.dev/docs/spec/\n"
+        ))),
+        Some("--version" | "-V") => Some(About::Stdout(format!("{about}\n{versions}\n"))),
+        _ if !command_set => Some(About::Stderr(format!("{about}\n{versions}\n"))),
+        _ => None,
     }
 }
 
@@ -457,12 +584,80 @@ mod tests {
             7
         );
         assert_eq!(error_version(br#"{"cniVersion":"0.4.0"}"#), "0.4.0");
-        assert_eq!(error_version(br#"{"cniVersion":"0.2.0"}"#), CURRENT_VERSION);
+        assert_eq!(error_version(br#"{"cniVersion":"0.2.0"}"#), "0.2.0");
+        assert_eq!(error_version(br#"{"cniVersion":"0.5.0"}"#), CURRENT_VERSION);
         let err = Error::config("x");
         let line = json_line(&error_json(&err, "1.0.0"));
         assert!(line.ends_with(b"}\n"));
         let back: Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(back["code"], 7);
         assert_eq!(back["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn commands_exist_from_their_version_on() {
+        assert!(Command::Check.check_version("0.4.0").is_ok());
+        let e = Command::Check.check_version("0.3.1").unwrap_err();
+        assert_eq!(e.code(), 1);
+        assert!(
+            e.to_string().contains("0.4.0, 1.0.0, 1.1.0 for CHECK"),
+            "{e}"
+        );
+        for c in [Command::Gc, Command::Status] {
+            assert_eq!(c.check_version("1.0.0").unwrap_err().code(), 1);
+            assert!(c.check_version("1.1.0").is_ok());
+        }
+        for v in SUPPORTED_VERSIONS {
+            assert!(Command::Add.check_version(v).is_ok());
+            assert!(Command::Del.check_version(v).is_ok());
+        }
+    }
+
+    #[test]
+    fn non_utf8_values_are_refused_only_for_cni_variables() {
+        use std::os::unix::ffi::OsStringExt;
+        let os = |s: &[u8]| std::ffi::OsString::from_vec(s.to_vec());
+        let ok = vars_from_os([
+            (os(b"CNI_COMMAND"), os(b"VERSION")),
+            (os(b"FOO"), os(b"\xff")),
+            (os(b"\xfe"), os(b"x")),
+        ])
+        .unwrap();
+        assert_eq!(ok, [("CNI_COMMAND".to_string(), "VERSION".to_string())]);
+        let e = vars_from_os([(os(b"CNI_ARGS"), os(b"IP=\xff"))]).unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(e.to_string().contains("CNI_ARGS"), "{e}");
+    }
+
+    #[test]
+    fn conf_is_read_up_to_one_mib() {
+        let at_limit = vec![b' '; MAX_CONF_BYTES];
+        assert_eq!(read_conf(&at_limit[..]).unwrap().len(), MAX_CONF_BYTES);
+        // an endless stream is cut one byte past the limit
+        let e = read_conf(std::io::repeat(b' ')).unwrap_err();
+        assert_eq!(e.code(), 6);
+        assert!(e.to_string().contains("larger than 1 MiB"), "{e}");
+    }
+
+    #[test]
+    fn a_person_gets_the_about_line() {
+        let Some(About::Stdout(help)) = about_text("p", "1.2.3", Some("--help"), true) else {
+            panic!("no help")
+        };
+        assert!(help.starts_with("CNI p plugin v1.2.3\n"), "{help}");
+        assert!(help.contains("0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"));
+        assert_eq!(
+            about_text("p", "1.2.3", Some("--version"), false),
+            Some(About::Stdout(format!(
+                "CNI p plugin v1.2.3\nCNI protocol versions supported: {}\n",
+                SUPPORTED_VERSIONS.join(", ")
+            )))
+        );
+        assert!(matches!(
+            about_text("p", "1", None, false),
+            Some(About::Stderr(_))
+        ));
+        assert_eq!(about_text("p", "1", None, true), None);
+        assert_eq!(about_text("p", "1", Some("x"), true), None);
     }
 }

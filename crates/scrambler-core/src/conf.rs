@@ -53,7 +53,9 @@ impl Backend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetConf {
-    /// CNI version of the conf.
+    /// CNI version of the conf ([`IMPLIED_VERSION`](crate::result::IMPLIED_VERSION)
+    /// when absent).
+    #[serde(default = "implied_version")]
     pub cni_version: String,
     /// Network name.
     pub name: String,
@@ -99,6 +101,10 @@ pub struct NetConf {
     /// Every other field, kept for backends.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn implied_version() -> String {
+    crate::result::IMPLIED_VERSION.to_string()
 }
 
 impl NetConf {

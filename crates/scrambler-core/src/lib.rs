@@ -16,6 +16,8 @@ pub mod esp;
 pub mod keys;
 pub mod mesh;
 pub mod netns;
+#[cfg(feature = "test-util")]
+pub mod plugin_testing;
 pub mod result;
 pub mod routed;
 pub mod traits;

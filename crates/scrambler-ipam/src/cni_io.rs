@@ -3,9 +3,9 @@
 //! an error. The plugin-independent pieces live in [`scrambler_core::cni`] and are
 //! re-exported here; what is left is the conf-as-JSON side this plugin reads.
 
-use scrambler_core::result::check_version;
+use scrambler_core::result::{check_version, IMPLIED_VERSION};
 use scrambler_core::{Error, Result};
-use std::io::{Read, Write};
+use std::io::Write;
 
 pub use scrambler_core::cni::{
     error_json, error_version, parse_cni_args, requested_ips, valid_attachments, version_json,
@@ -13,21 +13,16 @@ pub use scrambler_core::cni::{
 };
 
 /// Reads the `CNI_*` variables of the process environment, checking only that each
-/// command has the variables it needs ([`EnvChecks::Required`]). Variables that are not
-/// UTF-8 are skipped (none of the `CNI_*` ones can be).
+/// command has the variables it needs ([`EnvChecks::Required`]). A `CNI_*` variable that
+/// is not UTF-8 is code 4; other such variables are ignored
+/// ([`scrambler_core::cni::process_vars`]).
 pub fn env_from_process() -> Result<CniEnv> {
-    let vars = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    CniEnv::from_vars_with(vars, EnvChecks::Required)
+    CniEnv::from_vars_with(scrambler_core::cni::process_vars()?, EnvChecks::Required)
 }
 
-/// Reads all of stdin.
+/// Reads stdin, at most 1 MiB (code 6 beyond, see [`scrambler_core::cni::read_conf`]).
 pub fn read_stdin() -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io("read", "stdin", e))?;
-    Ok(buf)
+    scrambler_core::cni::read_conf(std::io::stdin().lock())
 }
 
 /// Parses the conf on stdin as JSON (code 6 when it is not JSON, 7 when it is not an object).
@@ -40,12 +35,15 @@ pub fn parse_conf(bytes: &[u8]) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-/// The conf's `cniVersion`, checked to be one we speak (code 1 otherwise).
+/// The conf's `cniVersion` (0.1.0 when absent, as the reference plugins read it),
+/// checked to be one we speak (code 1 otherwise; code 7 when it is not a string).
 pub fn conf_version(conf: &serde_json::Value) -> Result<String> {
-    let v = conf
-        .get("cniVersion")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::config("missing field \"cniVersion\""))?;
+    let v = match conf.get("cniVersion") {
+        None => IMPLIED_VERSION,
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| Error::config("field \"cniVersion\" is not a string"))?,
+    };
     check_version(v)?;
     Ok(v.to_string())
 }
@@ -149,7 +147,10 @@ mod tests {
     fn version_answer_and_attachments() {
         let v = version_json(br#"{"cniVersion":"1.0.0"}"#);
         assert_eq!(v["cniVersion"], "1.0.0");
-        assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            json!(["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         assert_eq!(version_json(b"")["cniVersion"], CURRENT_VERSION);
         let a = valid_attachments(
             &json!({"cni.dev/valid-attachments": [{"containerID": "c", "ifname": "eth0"}]}),
@@ -158,10 +159,19 @@ mod tests {
         assert_eq!(a, [AttachmentId::new("c", "eth0")]);
         assert_eq!(valid_attachments(&json!({})).unwrap_err().code(), 7);
         assert_eq!(
-            conf_version(&json!({"cniVersion": "0.2.0"}))
+            conf_version(&json!({"cniVersion": "0.5.0"}))
                 .unwrap_err()
                 .code(),
             1
+        );
+        assert_eq!(
+            conf_version(&json!({"cniVersion": 3})).unwrap_err().code(),
+            7
+        );
+        assert_eq!(conf_version(&json!({})).unwrap(), "0.1.0");
+        assert_eq!(
+            conf_version(&json!({"cniVersion": "0.3.1"})).unwrap(),
+            "0.3.1"
         );
     }
 }

@@ -105,9 +105,25 @@
 //! ```
 //!
 //! As a plugin: install the `scrambler-ipam` binary in the CNI bin dir and set
-//! `"ipam": {"type": "scrambler-ipam", …}`. It implements ADD, DEL, CHECK, GC (releasing
-//! every lease not in `cni.dev/valid-attachments`), STATUS and VERSION for CNI 0.4.0, 1.0.0
-//! and 1.1.0. The CNI plumbing it uses is in [`cni_io`].
+//! `"ipam": {"type": "scrambler-ipam", …}`. It speaks every CNI version host-local does,
+//! 0.1.0 through 1.1.0, with each version's result layout (0.1.0/0.2.0: `ip4`/`ip6`;
+//! 0.3.x/0.4.0: `ips` with `version`; 1.x: without) and its commands: ADD, DEL and
+//! VERSION always, CHECK from 0.4.0, GC (releasing every lease not in
+//! `cni.dev/valid-attachments`) and STATUS from 1.1.0. The conf on stdin may be at most
+//! 1 MiB. Run by hand, `--help` / `--version` say what it is. The CNI plumbing it uses is
+//! in [`cni_io`].
+//!
+//! A runtime execs the plugin twice per pod (ADD, DEL), so its start-up is most of its
+//! cost: it starts no async runtime and no threads, and logs with a minimal stderr
+//! subscriber ([`log`]). Install it statically linked, as the reference plugins are
+//! shipped; loading `libc` and `libgcc_s` at each exec is what a dynamic build adds:
+//!
+//! ```sh
+//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
+//!     --target x86_64-unknown-linux-gnu -p scrambler-ipam   # → target/x86_64-unknown-linux-gnu/release/
+//! ```
+//!
+//! (`--target` keeps the flag off build scripts and proc macros.)
 #![warn(missing_docs)]
 
 pub mod addr;
@@ -115,6 +131,7 @@ pub mod cni_io;
 pub mod conf;
 pub mod dns;
 mod local;
+pub mod log;
 pub mod plugin;
 pub mod range;
 pub mod store;

@@ -3,9 +3,11 @@
 //! bridge, ipvlan, macvlan, or Scrambler's own plugin).
 
 use crate::cni_io::{self, CniEnv, Command};
+use crate::log::StderrLogger;
 use crate::{IpamConf, LocalIpam};
 use scrambler_core::{AllocRequest, AttachmentId, CniResult, Error, Result};
 use std::process::ExitCode;
+use tracing::level_filters::LevelFilter;
 
 /// Runs one plugin invocation: returns what to print on stdout (`None` for nothing).
 pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
@@ -14,6 +16,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
     }
     let conf = cni_io::parse_conf(stdin)?;
     let version = cni_io::conf_version(&conf)?;
+    env.command.check_version(&version)?;
     let ipam = LocalIpam::new(
         &cni_io::network_name(&conf)?,
         IpamConf::from_net_conf(&conf)?,
@@ -74,8 +77,14 @@ fn check(ipam: &LocalIpam, id: &AttachmentId, conf: &serde_json::Value) -> Resul
 }
 
 /// The plugin's `main`: logs go to stderr (level from `SCRAMBLER_LOG`, default `warn`),
-/// the result or the CNI error JSON to stdout; exit code 1 on error.
+/// the result or the CNI error JSON to stdout; exit code 1 on error. Run by hand
+/// (`--help`, `--version`, no `CNI_COMMAND`) it prints what it is instead.
 pub fn main() -> ExitCode {
+    if let Some(code) =
+        scrambler_core::cni::about_invocation("scrambler-ipam", env!("CARGO_PKG_VERSION"))
+    {
+        return ExitCode::from(code as u8);
+    }
     init_logging();
     let (input, outcome) = match cni_io::read_stdin() {
         Ok(input) => {
@@ -99,12 +108,10 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr at the level of `SCRAMBLER_LOG` (`error` … `trace`, default `warn`).
 fn init_logging() {
-    let filter = std::env::var("SCRAMBLER_LOG").unwrap_or_else(|_| "warn".into());
-    let level = filter.parse().unwrap_or(tracing::Level::WARN);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    let level = std::env::var_os("SCRAMBLER_LOG")
+        .and_then(|v| v.to_str()?.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
+    let _ = tracing::subscriber::set_global_default(StderrLogger::new(level));
 }

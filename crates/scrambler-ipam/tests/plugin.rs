@@ -144,8 +144,19 @@ fn every_command_in_every_version() {
         assert!(exec("DEL", "never-added", &[], &conf).ok);
         assert_eq!(leases(tmp.path()).len(), 4);
 
-        // GC keeps only the valid attachments
+        // GC and STATUS came with 1.1.0: older confs are refused with code 1
         let mut gc = conf.clone();
+        gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-c", "ifname": "eth0"}]);
+        if version != "1.1.0" {
+            for cmd in ["GC", "STATUS"] {
+                let out = exec(cmd, "", &[], &gc);
+                assert_eq!(out.json()["code"], 1, "{version} {cmd}: {}", out.stdout);
+            }
+            assert_eq!(leases(tmp.path()).len(), 4);
+            continue;
+        }
+
+        // GC keeps only the valid attachments
         gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-c", "ifname": "eth0"}]);
         let out = exec(
             "GC",
@@ -166,8 +177,87 @@ fn every_command_in_every_version() {
         assert!(st.ok && st.stdout.is_empty(), "{}", st.stdout);
         let v = exec("VERSION", "", &[], &json!({"cniVersion": version})).json();
         assert_eq!(v["cniVersion"], version);
-        assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(v["supportedVersions"], json!(ALL_VERSIONS));
     }
+}
+
+const ALL_VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
+
+#[test]
+fn versions_before_0_4_answer_in_their_own_layout() {
+    for version in ["0.1.0", "0.2.0", "0.3.0", "0.3.1", ""] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut conf = net_conf(
+            version,
+            tmp.path(),
+            json!({
+                "ranges": [[{"subnet": "10.21.0.0/24"}], [{"subnet": "fd21::/64"}]],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0", "gw": "fd21::1"}],
+            }),
+        );
+        if version.is_empty() {
+            // no cniVersion: 0.1.0, as the reference plugins read it
+            conf.as_object_mut().unwrap().remove("cniVersion");
+        }
+        let add = exec("ADD", "old-a", &[], &conf);
+        assert!(add.ok, "{version}: {} {}", add.stdout, add.stderr);
+        let r = add.json();
+        if matches!(version, "0.1.0" | "0.2.0" | "") {
+            assert_eq!(
+                r["cniVersion"],
+                if version.is_empty() { "0.1.0" } else { version }
+            );
+            assert_eq!(
+                r["ip4"],
+                json!({"ip": "10.21.0.2/24", "gateway": "10.21.0.1", "routes": [{"dst": "0.0.0.0/0"}]})
+            );
+            assert_eq!(
+                r["ip6"],
+                json!({"ip": "fd21::2/64", "gateway": "fd21::1", "routes": [{"dst": "::/0", "gw": "fd21::1"}]})
+            );
+            assert!(r.get("ips").is_none() && r.get("routes").is_none(), "{r}");
+        } else {
+            assert_eq!(r["cniVersion"], version);
+            assert_eq!(r["ips"][0]["address"], "10.21.0.2/24");
+            assert_eq!(r["ips"][0]["version"], "4");
+            assert_eq!(r["ips"][1]["version"], "6");
+            assert_eq!(r["routes"][1]["gw"], "fd21::1");
+        }
+        assert_eq!(leases(tmp.path()), ["10.21.0.2", "fd21::2"]);
+        // no CHECK, GC or STATUS before 0.4.0 / 1.1.0: code 1, nothing touched
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = r.clone();
+        for (cmd, c) in [("CHECK", &with_prev), ("GC", &conf), ("STATUS", &conf)] {
+            let out = exec(cmd, "old-a", &[], c);
+            assert!(!out.ok, "{version} {cmd}");
+            assert_eq!(out.json()["code"], 1, "{version} {cmd}: {}", out.stdout);
+        }
+        assert_eq!(leases(tmp.path()).len(), 2);
+        let del = exec("DEL", "old-a", &[], &conf);
+        assert!(del.ok && del.stdout.is_empty(), "{}", del.stdout);
+        assert!(leases(tmp.path()).is_empty());
+    }
+}
+
+#[test]
+fn check_reads_a_prev_result_of_the_0_4_layout() {
+    // a 0.4.0 prevResult as bridge passes it on: with the "version" of each address
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = net_conf("0.4.0", tmp.path(), json!({"subnet": "10.22.0.0/24"}));
+    let r = exec("ADD", "c", &[], &conf).json();
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = json!({
+        "cniVersion": "0.4.0",
+        "interfaces": [{"name": "cni0"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+        "ips": [{"version": "4", "interface": 1, "address": r["ips"][0]["address"],
+                 "gateway": "10.22.0.1"}],
+    });
+    let ok = exec("CHECK", "c", &[], &with_prev);
+    assert!(ok.ok, "{}", ok.stdout);
+    with_prev["prevResult"]["ips"][0]["address"] = json!("10.22.0.99/24");
+    assert_eq!(exec("CHECK", "c", &[], &with_prev).json()["code"], 103);
 }
 
 #[test]
@@ -205,8 +295,8 @@ fn errors_are_cni_json_with_exit_code_1() {
     assert_eq!(out.json()["code"], 5, "{}", out.stdout);
     assert!(leases(tmp.path()).is_empty());
 
-    let old = net_conf("0.2.0", tmp.path(), json!({"subnet": "10.0.0.0/24"}));
-    assert_eq!(exec("ADD", "c", &[], &old).json()["code"], 1);
+    let unknown = net_conf("0.5.0", tmp.path(), json!({"subnet": "10.0.0.0/24"}));
+    assert_eq!(exec("ADD", "c", &[], &unknown).json()["code"], 1);
 
     let mut no_env = Command::new(BIN);
     no_env
