@@ -204,9 +204,9 @@ fn rng() -> TestRng {
             .unwrap_or_else(|_| panic!("{SEED_VAR}={v:?} is not a u64")),
         Err(_) => 0x5c7a_b1e7,
     };
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+    TestRng::from_seed(RngAlgorithm::XorShift, &bytes[..16])
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
