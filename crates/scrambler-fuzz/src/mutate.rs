@@ -342,8 +342,12 @@ pub(crate) fn inputs(
         );
         let values = Arc::new(values);
         let (s2, d2) = (seeds.clone(), dict.clone());
-        let json = (any::<Index>(), vec(json_op(), 1..6), vec(byte_op(), 0..2))
-            .prop_map(move |(s, ops, byte_ops)| {
+        let json = (
+            any::<Index>(),
+            vec(json_op(), 1..4),
+            proptest::option::weighted(0.2, byte_op()),
+        )
+            .prop_map(move |(s, ops, byte_op)| {
                 let seed = &s2[s.index(s2.len())];
                 let mut b = match serde_json::from_slice::<Value>(seed) {
                     Ok(mut doc) => {
@@ -354,7 +358,7 @@ pub(crate) fn inputs(
                     }
                     Err(_) => seed.clone(),
                 };
-                for op in &byte_ops {
+                if let Some(op) = &byte_op {
                     apply_byte(op, &mut b, &s2, &d2);
                 }
                 Input(b)
