@@ -148,7 +148,7 @@ fn check_conf(stdin: &[u8], scratch: &Path) {
 
 #[test]
 fn fuzz_cni_conf() {
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let scratch = scrambler_fuzz::scratch_dir();
     let r = Target::new(CRATE, "cni_conf", Shape::Json, 3000)
         .dictionary(CONF_WORDS)
         .run(|input| check_conf(input, scratch.path()));
@@ -158,7 +158,7 @@ fn fuzz_cni_conf() {
 /// A `prevResult` (any JSON) inside an otherwise valid conf.
 #[test]
 fn fuzz_prev_result() {
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let scratch = scrambler_fuzz::scratch_dir();
     let r = Target::new(CRATE, "prev_result", Shape::Json, 3000)
         .dictionary(CONF_WORDS)
         .run(|input| {
@@ -181,7 +181,7 @@ fn fuzz_prev_result() {
 
 #[test]
 fn fuzz_cni_args() {
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let scratch = scrambler_fuzz::scratch_dir();
     let conf = json!({"args": {"cni": {"ips": ["10.1.0.9"]}}});
     let r = Target::new(CRATE, "cni_args", Shape::Bytes, 5000)
         .dictionary([

@@ -188,6 +188,16 @@ impl Target {
     }
 }
 
+/// A scratch directory for harnesses that write their input to files, on tmpfs when there is
+/// one: rewriting a file in place on a disk file system costs a writeback per case.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("scrambler-fuzz")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap_or_else(|e| panic!("fuzz scratch directory: {e}"))
+}
+
 fn cases_for(default: u32) -> u32 {
     match std::env::var(CASES_VAR) {
         Ok(v) => v

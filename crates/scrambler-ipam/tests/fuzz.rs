@@ -20,15 +20,6 @@ const ID: &str = "c-fuzz";
 /// Codes a plugin run may answer for a conf it cannot serve.
 const CONF_CODES: &[u32] = &[1, 6, 7, 101, 103];
 
-/// A scratch directory on tmpfs when there is one: every case writes leases.
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("scrambler-ipam-fuzz")
-        .tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("scratch directory")
-}
-
 fn env(command: &str) -> CniEnv {
     CniEnv::from_vars_with(
         [
@@ -95,7 +86,7 @@ fn check_conf(stdin: &[u8], scratch: &Path) -> bool {
 
 #[test]
 fn fuzz_ipam_conf() {
-    let scratch = scratch();
+    let scratch = scrambler_fuzz::scratch_dir();
     let served = AtomicUsize::new(0);
     let r = Target::new(CRATE, "ipam_conf", Shape::Json, 1500)
         .dictionary([
@@ -142,7 +133,7 @@ fn fuzz_ipam_conf() {
 /// `by-holder` link name and a `last_reserved_ip.0` made of the input.
 #[test]
 fn fuzz_lease_file() {
-    let scratch = scratch();
+    let scratch = scrambler_fuzz::scratch_dir();
     let conf = IpamConf::parse(&json!({"ranges": [[{"subnet": "10.1.0.0/29"}]],
                                        "dataDir": scratch.path()}))
     .expect("conf");
