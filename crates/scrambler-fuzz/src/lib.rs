@@ -37,8 +37,12 @@ pub const SEED_VAR: &str = "SCRAMBLER_FUZZ_SEED";
 /// The shape of a target's input, which decides how it is mutated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    /// Binary input (frames, segments, netlink datagrams): byte-wise mutations.
+    /// Binary input (frames, netlink datagrams, text): byte-wise mutations, those that
+    /// shift the bytes after them included.
     Bytes,
+    /// Binary input whose meaning hangs on offsets (a memory image with pointers): byte-wise
+    /// mutations in place, and truncation.
+    Layout,
     /// JSON (or text): JSON-aware mutations where an entry parses, byte-wise ones too.
     Json,
 }

@@ -68,21 +68,69 @@ enum ByteOp {
     Splice(Index, Index, Index),
 }
 
-fn byte_op() -> impl Strategy<Value = ByteOp> {
-    prop_oneof![
-        3 => (any::<Index>(), 0u8..8).prop_map(|(i, b)| ByteOp::Flip(i, b)),
-        2 => (any::<Index>(), any::<u8>()).prop_map(|(i, v)| ByteOp::Set(i, v)),
-        3 => (any::<Index>(), 0u8..4, any::<Index>(), any::<bool>())
-            .prop_map(|(i, w, v, be)| ByteOp::Boundary(i, w, v, be)),
-        1 => any::<Index>().prop_map(ByteOp::Truncate),
-        1 => (any::<Index>(), 1u8..32).prop_map(|(i, n)| ByteOp::Delete(i, n)),
-        1 => (any::<Index>(), vec(any::<u8>(), 1..16)).prop_map(|(i, b)| ByteOp::Insert(i, b)),
-        2 => (any::<Index>(), any::<Index>(), any::<bool>())
-            .prop_map(|(i, t, ins)| ByteOp::Token(i, t, ins)),
-        1 => (any::<Index>(), 1u8..64, 1u8..8).prop_map(|(i, n, k)| ByteOp::Repeat(i, n, k)),
-        1 => (any::<Index>(), any::<Index>(), any::<Index>())
-            .prop_map(|(s, at, from)| ByteOp::Splice(s, at, from)),
-    ]
+fn byte_op(shape: Shape) -> BoxedStrategy<ByteOp> {
+    let mut arms: Vec<(u32, BoxedStrategy<ByteOp>)> = vec![
+        (
+            3,
+            (any::<Index>(), 0u8..8)
+                .prop_map(|(i, b)| ByteOp::Flip(i, b))
+                .boxed(),
+        ),
+        (
+            2,
+            (any::<Index>(), any::<u8>())
+                .prop_map(|(i, v)| ByteOp::Set(i, v))
+                .boxed(),
+        ),
+        (
+            3,
+            (any::<Index>(), 0u8..4, any::<Index>(), any::<bool>())
+                .prop_map(|(i, w, v, be)| ByteOp::Boundary(i, w, v, be))
+                .boxed(),
+        ),
+        (
+            2,
+            (any::<Index>(), any::<Index>(), Just(false))
+                .prop_map(|(i, t, ins)| ByteOp::Token(i, t, ins))
+                .boxed(),
+        ),
+        (1, any::<Index>().prop_map(ByteOp::Truncate).boxed()),
+    ];
+    if shape != Shape::Layout {
+        arms.extend([
+            (
+                1,
+                (any::<Index>(), 1u8..32)
+                    .prop_map(|(i, n)| ByteOp::Delete(i, n))
+                    .boxed(),
+            ),
+            (
+                1,
+                (any::<Index>(), vec(any::<u8>(), 1..16))
+                    .prop_map(|(i, b)| ByteOp::Insert(i, b))
+                    .boxed(),
+            ),
+            (
+                1,
+                (any::<Index>(), any::<Index>(), Just(true))
+                    .prop_map(|(i, t, ins)| ByteOp::Token(i, t, ins))
+                    .boxed(),
+            ),
+            (
+                1,
+                (any::<Index>(), 1u8..64, 1u8..8)
+                    .prop_map(|(i, n, k)| ByteOp::Repeat(i, n, k))
+                    .boxed(),
+            ),
+            (
+                1,
+                (any::<Index>(), any::<Index>(), any::<Index>())
+                    .prop_map(|(s, at, from)| ByteOp::Splice(s, at, from))
+                    .boxed(),
+            ),
+        ]);
+    }
+    Union::new_weighted(arms).boxed()
 }
 
 fn apply_byte(op: &ByteOp, b: &mut Vec<u8>, seeds: &[Vec<u8>], dict: &[Vec<u8>]) {
@@ -323,7 +371,7 @@ pub(crate) fn inputs(
     let seeds = Arc::new(seeds);
     let dict = Arc::new(dict);
     let (s1, d1) = (seeds.clone(), dict.clone());
-    let bytes = (any::<Index>(), vec(byte_op(), 1..8))
+    let bytes = (any::<Index>(), vec(byte_op(shape), 1..8))
         .prop_map(move |(s, ops)| {
             let mut b = s1[s.index(s1.len())].clone();
             for op in &ops {
@@ -345,7 +393,7 @@ pub(crate) fn inputs(
         let json = (
             any::<Index>(),
             vec(json_op(), 1..4),
-            proptest::option::weighted(0.2, byte_op()),
+            proptest::option::weighted(0.2, byte_op(shape)),
         )
             .prop_map(move |(s, ops, byte_op)| {
                 let seed = &s2[s.index(s2.len())];
@@ -397,7 +445,7 @@ mod tests {
     #[test]
     fn byte_ops_handle_short_and_empty_inputs() {
         let mut runner = TestRunner::deterministic();
-        let ops = vec(byte_op(), 1..8);
+        let ops = vec(byte_op(Shape::Bytes), 1..8);
         let seeds = vec![Vec::new(), vec![1, 2, 3]];
         for start in [0usize, 1, 5, 9] {
             for _ in 0..300 {
