@@ -210,7 +210,7 @@ pub(crate) fn ack_result(
     match e.code {
         None => Ok(()),
         Some(code) => Err(NlError {
-            errno: code.get().abs(),
+            errno: code.get().saturating_abs(),
             msg: ext_ack_msg(header, &e.header),
         }),
     }
