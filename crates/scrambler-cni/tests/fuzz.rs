@@ -10,7 +10,7 @@ use scrambler_cni::protocol::{self, Request};
 use scrambler_cni::{ipam, CniEnv};
 use scrambler_core::result::SUPPORTED_VERSIONS;
 use scrambler_core::{CniResult, Error, Interface, IpConfig};
-use scrambler_fuzz::{Shape, Target};
+use scrambler_fuzz::{expect_codes, Shape, Target};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -77,20 +77,6 @@ fn env(command: &str, cni_path: &Path, cni_args: &str) -> Result<CniEnv, Error> 
         ("CNI_PATH", &cni_path.display().to_string()),
         ("CNI_ARGS", cni_args),
     ])
-}
-
-fn expect_codes<T>(what: &str, r: Result<T, Error>, codes: &[u32]) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            assert!(
-                codes.contains(&e.code()),
-                "{what}: code {} not among {codes:?}: {e}",
-                e.code()
-            );
-            None
-        }
-    }
 }
 
 /// A result as our backends return it, to merge after a `prevResult`.

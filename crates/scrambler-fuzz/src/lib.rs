@@ -21,6 +21,7 @@
 //!
 //! `SCRAMBLER_FUZZ_CASES=N` runs N generated cases per target instead of each target's
 //! default; `SCRAMBLER_FUZZ_SEED=<u64>` varies the otherwise fixed seed (for long runs).
+#![warn(missing_docs)]
 
 mod mutate;
 
@@ -107,11 +108,6 @@ impl Target {
         self
     }
 
-    /// The corpus directory.
-    pub fn corpus_dir(&self) -> &Path {
-        &self.corpus
-    }
-
     /// The corpus files (sorted by name) and the built-in seeds. Panics when the corpus
     /// directory is missing or empty: a target without inputs would test nothing.
     pub fn inputs(&self) -> Vec<(String, Vec<u8>)> {
@@ -189,6 +185,22 @@ impl Target {
             report.generated
         );
         report
+    }
+}
+
+/// `r`'s value, or `None` when it is an error whose CNI code is among `codes`; panics
+/// (naming `what`) on an error of another class.
+pub fn expect_codes<T>(what: &str, r: scrambler_core::Result<T>, codes: &[u32]) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            assert!(
+                codes.contains(&e.code()),
+                "{what}: code {} not among {codes:?}: {e}",
+                e.code()
+            );
+            None
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 //! lease file cannot be read. Corpus: `fuzz/corpus/<target>/` (lease files written by the
 //! reference host-local among them); `SCRAMBLER_FUZZ_CASES` runs longer.
 
-use scrambler_core::{AllocRequest, AttachmentId, Error};
-use scrambler_fuzz::{Shape, Target};
+use scrambler_core::{AllocRequest, AttachmentId};
+use scrambler_fuzz::{expect_codes, Shape, Target};
 use scrambler_ipam::cni_io::{self, CniEnv, EnvChecks};
 use scrambler_ipam::{dns, plugin, IpamConf, LocalIpam};
 use serde_json::{json, Value};
@@ -32,20 +32,6 @@ fn env(command: &str) -> CniEnv {
         EnvChecks::Required,
     )
     .expect("fixed environment")
-}
-
-fn expect_codes<T>(what: &str, r: Result<T, Error>, codes: &[u32]) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            assert!(
-                codes.contains(&e.code()),
-                "{what}: code {} not among {codes:?}: {e}",
-                e.code()
-            );
-            None
-        }
-    }
 }
 
 /// The conf as the plugin parses it; then, with its leases moved to `scratch`, every

@@ -8,8 +8,8 @@ use scrambler::meshfile::{next_rotation_phase, MeshFile};
 use scrambler::record::NodeRecord;
 use scrambler::status::StatusReport;
 use scrambler_core::keys::spi_parts;
-use scrambler_core::{ClusterSecret, Error, Mesh, TunnelStatus};
-use scrambler_fuzz::{Shape, Target};
+use scrambler_core::{ClusterSecret, Mesh, TunnelStatus};
+use scrambler_fuzz::{expect_codes, Shape, Target};
 
 const CRATE: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -28,20 +28,6 @@ const MESH_WORDS: &[&str] = &[
     "generations",
     "peerChanged",
 ];
-
-fn expect_codes<T>(what: &str, r: Result<T, Error>, codes: &[u32]) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            assert!(
-                codes.contains(&e.code()),
-                "{what}: code {} not among {codes:?}: {e}",
-                e.code()
-            );
-            None
-        }
-    }
-}
 
 /// What `mesh apply`, `status` and `rotate` derive from a mesh: every SA of the node, its
 /// record, its status report.
