@@ -74,7 +74,7 @@ fn check_conf(stdin: &[u8], scratch: &Path) -> bool {
 fn fuzz_ipam_conf() {
     let scratch = scrambler_fuzz::scratch_dir();
     let served = AtomicUsize::new(0);
-    let r = Target::new(CRATE, "ipam_conf", Shape::Json, 1500)
+    let r = Target::new(CRATE, "ipam_conf", Shape::Json, 3000)
         .dictionary([
             "ipam",
             "ranges",
@@ -127,7 +127,7 @@ fn fuzz_lease_file() {
     let dir = ipam.lease_dir().to_path_buf();
     let damaged: IpAddr = "10.1.0.2".parse().expect("address");
     let me = AttachmentId::new(ID, "eth0");
-    let r = Target::new(CRATE, "lease_file", Shape::Bytes, 1500)
+    let r = Target::new(CRATE, "lease_file", Shape::Bytes, 3000)
         .dictionary([
             "\r\n",
             "@",

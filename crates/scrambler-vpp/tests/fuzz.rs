@@ -21,7 +21,7 @@ const CRATE: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn fuzz_vpp_messages() {
-    let mut target = Target::new(CRATE, "vpp_message", Shape::Bytes, 600);
+    let mut target = Target::new(CRATE, "vpp_message", Shape::Bytes, 1500);
     for c in api::CODECS {
         target = target.seed(c.name_crc, (c.default_frame)());
     }

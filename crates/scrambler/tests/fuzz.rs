@@ -92,7 +92,7 @@ fn fuzz_node_record() {
         .cluster
         .mesh_for("node1")
         .expect("node1");
-    let r = Target::new(CRATE, "node_record", Shape::Json, 2000)
+    let r = Target::new(CRATE, "node_record", Shape::Json, 3000)
         .dictionary(MESH_WORDS)
         .run(|input| {
             std::fs::write(NodeRecord::path(dir.path(), "node1"), input).expect("write");
