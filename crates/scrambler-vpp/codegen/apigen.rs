@@ -112,7 +112,7 @@ struct Gen {
     types: BTreeMap<String, TypeDef>,
     /// Emission order of types (first seen).
     order: Vec<String>,
-    /// All generated messages: (module, name, crc, header).
+    /// All generated messages: (module, name, Rust type, crc, header).
     registry: Vec<(String, String, String, u32, &'static str)>,
 }
 
