@@ -133,6 +133,10 @@ impl Cluster {
             .find(|n| n.name == name)
             .cloned()
             .ok_or_else(|| Error::config(format!("node {name:?} is not in the mesh")))?;
+        // its twin would be neither the local node nor a peer, and so escape validation
+        if self.nodes.iter().filter(|n| n.name == name).count() > 1 {
+            return Err(Error::config(format!("node name {name:?} is used twice")));
+        }
         let peers = self
             .nodes
             .iter()

@@ -10,11 +10,13 @@
 //! that attachment's crate and use [`Nl::handle`], [`errno`] and [`kernel_error`].
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod fuzz;
 pub mod veth;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoData, InfoIpVlan, InfoKind, IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage,
@@ -299,12 +301,7 @@ impl Nl {
         Ok(msgs
             .iter()
             .filter(|m| m.header.index == index)
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len).ok(),
-                    _ => None,
-                })
-            })
+            .filter_map(address_of)
             .collect())
     }
 
@@ -427,6 +424,13 @@ pub fn route_message(
             .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
     }
     Ok(msg)
+}
+
+fn address_of(m: &AddressMessage) -> Option<IpNet> {
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len).ok(),
+        _ => None,
+    })
 }
 
 fn link_state(m: &LinkMessage) -> LinkState {

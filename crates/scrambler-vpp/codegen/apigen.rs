@@ -112,8 +112,8 @@ struct Gen {
     types: BTreeMap<String, TypeDef>,
     /// Emission order of types (first seen).
     order: Vec<String>,
-    /// All generated messages: (module, name, crc, header).
-    registry: Vec<(String, String, u32, &'static str)>,
+    /// All generated messages: (module, name, Rust type, crc, header).
+    registry: Vec<(String, String, String, u32, &'static str)>,
 }
 
 fn strip_vl(t: &str) -> &str {
@@ -804,7 +804,7 @@ impl Gen {
             }
             let _ = writeln!(s, "    }}\n");
             self.registry
-                .push((module.clone(), name.to_string(), crc, header));
+                .push((module.clone(), name.to_string(), rn.clone(), crc, header));
         }
         // services
         if let Some(sv) = f.json.get("services").and_then(|v| v.as_object()) {
@@ -843,8 +843,16 @@ impl Gen {
         let mut s = String::new();
         s.push_str("/// Every generated message: name, CRC and header layout.\n");
         s.push_str("pub static MESSAGES: &[crate::message::MessageInfo] = &[\n");
-        for (module, name, crc, header) in &self.registry {
+        for (module, name, _, crc, header) in &self.registry {
             let _ = writeln!(s, "    crate::message::MessageInfo {{ module: \"{module}\", name: \"{name}\", crc: {crc:#010x}, header: crate::message::Header::{header} }},");
+        }
+        s.push_str("];\n\n");
+        s.push_str("/// Every generated message as test machinery drives it generically: `name_crc`, its\n");
+        s.push_str("/// default value framed, and the decode / re-encode check of [`crate::testing::codec`].\n");
+        s.push_str("#[cfg(any(test, feature = \"test-util\"))]\n");
+        s.push_str("pub static CODECS: &[crate::testing::codec::MessageCodec] = &[\n");
+        for (module, name, rn, crc, _) in &self.registry {
+            let _ = writeln!(s, "    crate::testing::codec::MessageCodec {{ name_crc: \"{name}_{crc:08x}\", default_frame: crate::testing::codec::default_frame::<{module}::{rn}>, round_trip: crate::testing::codec::round_trip::<{module}::{rn}> }},");
         }
         s.push_str("];\n");
         s

@@ -53,8 +53,8 @@ use nix::sys::socket::{
 pub const SEGMENT_VERSION: u64 = 2;
 
 /// Size of one directory entry: `u32 type`, padding, 8-byte union, `char name[128]`.
-const ENTRY_SIZE: usize = 144;
-const NAME_OFFSET: usize = 16;
+pub(crate) const ENTRY_SIZE: usize = 144;
+pub(crate) const NAME_OFFSET: usize = 16;
 const NAME_SIZE: usize = 128;
 /// How often a read is retried while VPP keeps changing the directory.
 const RETRIES: usize = 1000;
@@ -247,6 +247,13 @@ impl StatsClient {
         Ok(me)
     }
 
+    /// A client over a segment as VPP sends it (any file or memfd holding one), without the
+    /// socket; for tests.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn from_segment_fd(fd: OwnedFd) -> Result<StatsClient> {
+        Self::map_segment(PathBuf::from("(test segment)"), fd)
+    }
+
     /// The socket this client came from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -428,7 +435,7 @@ struct Segment<'a> {
 }
 
 /// Directory entry types (`stat_directory_type_t`).
-mod dir_type {
+pub(crate) mod dir_type {
     pub const SCALAR_INDEX: u32 = 1;
     pub const COUNTER_VECTOR_SIMPLE: u32 = 2;
     pub const COUNTER_VECTOR_COMBINED: u32 = 3;
@@ -626,94 +633,18 @@ fn c_string(raw: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// Builds a fake segment the way VPP lays it out, at a made-up VPP base address.
-    struct Fake {
-        buf: Vec<u64>,
-        base: u64,
-    }
+    use crate::testing::stats_segment::SyntheticSegment;
 
-    impl Fake {
-        fn new(base: u64) -> Fake {
-            // header: version, base, epoch, in_progress, directory
-            Fake {
-                buf: vec![SEGMENT_VERSION, base, 7, 0, 0],
-                base,
-            }
-        }
-
-        /// Appends a VPP vector of `words` (each element `elem_words` u64 long); returns its
-        /// VPP pointer.
-        fn vector(&mut self, n: usize, words: &[u64]) -> u64 {
-            self.buf.push(n as u64); // vec header: u32 len, then header bytes
-            let ptr = self.base + (self.buf.len() * 8) as u64;
-            self.buf.extend_from_slice(words);
-            ptr
-        }
-
-        fn entry(ty: u32, data: u64, name: &str) -> Vec<u64> {
-            let mut bytes = [0u8; ENTRY_SIZE];
-            bytes[..4].copy_from_slice(&ty.to_ne_bytes());
-            bytes[8..16].copy_from_slice(&data.to_ne_bytes());
-            bytes[NAME_OFFSET..NAME_OFFSET + name.len()].copy_from_slice(name.as_bytes());
-            bytes
-                .chunks(8)
-                .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-                .collect()
-        }
-
-        fn seg(&self) -> Segment<'_> {
-            Segment {
-                base: self.buf.as_ptr() as *const u8,
-                len: self.buf.len() * 8,
-                _life: std::marker::PhantomData,
-            }
+    fn seg(f: &SyntheticSegment) -> Segment<'_> {
+        Segment {
+            base: f.words.as_ptr() as *const u8,
+            len: f.words.len() * 8,
+            _life: std::marker::PhantomData,
         }
     }
 
-    fn sample() -> Fake {
-        let mut f = Fake::new(0x1_3000_0000);
-        // /net/ipsec/sa: two threads, two SAs
-        let t0 = f.vector(2, &[10, 1000, 20, 2000]);
-        let t1 = f.vector(2, &[1, 100, 2, 200]);
-        let sa = f.vector(2, &[t0, t1]);
-        // /if/drops: one thread, three interfaces
-        let d0 = f.vector(3, &[0, 5, 9]);
-        let drops = f.vector(1, &[d0]);
-        // /if/names
-        let n0 = f.vector(7, &[u64::from_ne_bytes(*b"local0\0\0")]);
-        let names = f.vector(2, &[n0, 0]);
-        let mut dir = Vec::new();
-        dir.extend(Fake::entry(dir_type::SCALAR_INDEX, 42, "/sys/heartbeat"));
-        dir.extend(Fake::entry(
-            dir_type::COUNTER_VECTOR_COMBINED,
-            sa,
-            "/net/ipsec/sa",
-        ));
-        dir.extend(Fake::entry(
-            dir_type::COUNTER_VECTOR_SIMPLE,
-            drops,
-            "/if/drops",
-        ));
-        dir.extend(Fake::entry(dir_type::NAME_VECTOR, names, "/if/names"));
-        // symlink to /if/drops element 2
-        dir.extend(Fake::entry(
-            dir_type::SYMLINK,
-            u64::from_ne_bytes({
-                let mut b = [0u8; 8];
-                b[..4].copy_from_slice(&2u32.to_ne_bytes());
-                b[4..].copy_from_slice(&2u32.to_ne_bytes());
-                b
-            }),
-            "/interfaces/ul0/drops",
-        ));
-        dir.extend(Fake::entry(dir_type::EMPTY, 0, "/gone"));
-        let d = f.vector(6, &dir);
-        f.buf[4] = d;
-        f
-    }
-
-    fn value(f: &Fake, name: &str) -> StatValue {
-        let seg = f.seg();
+    fn value(f: &SyntheticSegment, name: &str) -> StatValue {
+        let seg = seg(f);
         let (dir, n) = seg.directory().unwrap();
         let i = (0..n)
             .find(|i| seg.entry_name(dir + i * ENTRY_SIZE).unwrap() == name)
@@ -723,7 +654,7 @@ mod tests {
 
     #[test]
     fn reads_every_entry_kind() {
-        let f = sample();
+        let f = SyntheticSegment::sample();
         assert_eq!(value(&f, "/sys/heartbeat"), StatValue::Scalar(42));
         let sa = value(&f, "/net/ipsec/sa");
         assert_eq!(
@@ -749,21 +680,21 @@ mod tests {
 
     #[test]
     fn pointers_outside_the_segment_are_errors() {
-        let mut f = sample();
+        let mut f = SyntheticSegment::sample();
         // directory pointer below the base
-        f.buf[4] = 0x1000;
-        assert!(matches!(f.seg().directory(), Err(StatsError::Corrupt(_))));
+        f.words[4] = 0x1000;
+        assert!(matches!(seg(&f).directory(), Err(StatsError::Corrupt(_))));
         // a vector whose length runs past the end
-        let mut f = sample();
-        let d = f.buf[4];
+        let mut f = SyntheticSegment::sample();
+        let d = f.words[4];
         let hdr = ((d - f.base) / 8 - 1) as usize;
-        f.buf[hdr] = 1 << 20;
-        assert!(matches!(f.seg().directory(), Err(StatsError::Corrupt(_))));
+        f.words[hdr] = 1 << 20;
+        assert!(matches!(seg(&f).directory(), Err(StatsError::Corrupt(_))));
     }
 
     /// A client over a file holding the fake segment (VPP hands out a memfd; a file maps
     /// the same way), and the file to change it through.
-    fn client_over(f: &Fake) -> (StatsClient, std::fs::File, PathBuf) {
+    fn client_over(f: &SyntheticSegment) -> (StatsClient, std::fs::File, PathBuf) {
         use std::io::Write;
         let path = std::env::temp_dir().join(format!(
             "scrambler-stats-test-{}-{:p}",
@@ -771,8 +702,7 @@ mod tests {
             f
         ));
         let mut file = std::fs::File::create(&path).unwrap();
-        let bytes: Vec<u8> = f.buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        file.write_all(&bytes).unwrap();
+        file.write_all(&f.to_bytes()).unwrap();
         let fd = OwnedFd::from(std::fs::File::open(&path).unwrap());
         (
             StatsClient::map_segment(path.clone(), fd).unwrap(),
@@ -789,7 +719,7 @@ mod tests {
 
     #[test]
     fn reads_wait_for_vpp_and_follow_the_epoch() {
-        let f = sample();
+        let f = SyntheticSegment::sample();
         let (st, file, path) = client_over(&f);
         assert_eq!(st.simple("/if/drops", 1).unwrap(), 5);
         assert_eq!(
@@ -811,7 +741,7 @@ mod tests {
         assert!(st.read("/if/drops").is_ok());
         // the directory changed (the first entry renamed) and the epoch moved: the cached
         // index is dropped
-        let dir = ((f.buf[4] - f.base) / 8) as usize;
+        let dir = ((f.words[4] - f.base) / 8) as usize;
         write_word(&file, dir + 2, u64::from_ne_bytes(*b"/sys/bea"));
         assert!(
             st.read("/sys/beartbeat").is_err(),

@@ -1,4 +1,5 @@
-//! Test helpers: a real VPP running inside a test network namespace.
+//! Test helpers: a real VPP running inside a test network namespace; every generated message
+//! driven generically ([`codec`]); statistics segments built in memory ([`stats_segment`]).
 //!
 //! The VPP build comes from `vpp-dist.tar.xz` (see `../shared/vpp/README.md`), extracted once
 //! into `target/vpp-dist/` and re-extracted when the tarball changes. Override with
@@ -6,6 +7,9 @@
 //! tree). Each [`VppInstance`] has its own namespace, run directory and API prefix; it is
 //! killed and its namespace removed on drop, also when a test panics (and, through
 //! `PR_SET_PDEATHSIG`, when the test process dies).
+
+pub mod codec;
+pub mod stats_segment;
 
 use crate::api::af_packet::{AfPacketCreateV3, AfPacketDump};
 use crate::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};

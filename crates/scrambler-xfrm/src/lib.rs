@@ -108,6 +108,8 @@
 
 mod config;
 mod diff;
+#[cfg(test)]
+mod fuzz;
 mod link;
 mod model;
 mod nl;

@@ -180,7 +180,7 @@ impl XfrmSocket {
     }
 }
 
-fn split(buf: &[u8]) -> Result<Vec<(NetlinkHeader, NetlinkPayload<XfrmMessage>)>> {
+pub(crate) fn split(buf: &[u8]) -> Result<Vec<(NetlinkHeader, NetlinkPayload<XfrmMessage>)>> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 16 <= buf.len() {
@@ -190,7 +190,11 @@ fn split(buf: &[u8]) -> Result<Vec<(NetlinkHeader, NetlinkPayload<XfrmMessage>)>
         if len < 16 || off + len > buf.len() {
             return Err(Error::decode("xfrm netlink answer", "bad message length"));
         }
-        let m = NetlinkMessage::<XfrmMessage>::deserialize(&buf[off..off + len])
+        // netlink-packet-xfrm 0.5 slices some payloads without checking their length (a
+        // NEWSA shorter than xfrm_usersa_info panics): a malformed answer is a decode error
+        let frame = &buf[off..off + len];
+        let m = std::panic::catch_unwind(|| NetlinkMessage::<XfrmMessage>::deserialize(frame))
+            .map_err(|_| Error::decode("xfrm netlink answer", "malformed message"))?
             .map_err(|e| Error::decode("xfrm netlink answer", e))?;
         let (h, p) = m.into_parts();
         out.push((h, p));
@@ -199,14 +203,14 @@ fn split(buf: &[u8]) -> Result<Vec<(NetlinkHeader, NetlinkPayload<XfrmMessage>)>
     Ok(out)
 }
 
-fn ack_result(
+pub(crate) fn ack_result(
     header: &NetlinkHeader,
     e: &netlink_packet_core::ErrorMessage,
 ) -> Result<(), NlError> {
     match e.code {
         None => Ok(()),
         Some(code) => Err(NlError {
-            errno: code.get().abs(),
+            errno: code.get().saturating_abs(),
             msg: ext_ack_msg(header, &e.header),
         }),
     }

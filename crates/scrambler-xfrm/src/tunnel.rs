@@ -50,9 +50,9 @@ pub struct Capabilities {
     pub esp_states: bool,
 }
 
-struct Dumped {
-    policies: Vec<FoundPolicy>,
-    states: Vec<FoundState>,
+pub(crate) struct Dumped {
+    pub policies: Vec<FoundPolicy>,
+    pub states: Vec<FoundState>,
 }
 
 impl XfrmTunnel {
@@ -216,8 +216,18 @@ where
 }
 
 fn dump_owned_and_foreign(s: &mut XfrmSocket) -> Result<Dumped> {
-    let policies = s
-        .dump(policy_dump_msg(), "xfrm policies")?
+    let policies = s.dump(policy_dump_msg(), "xfrm policies")?;
+    let states = s.dump(state_dump_msg(), "xfrm states")?;
+    Ok(dumped_from(&policies, states))
+}
+
+/// The policies and states Scrambler can describe among dump answers; key material in the
+/// state answers is scrubbed.
+pub(crate) fn dumped_from(
+    policy_answers: &[XfrmMessage],
+    state_answers: Vec<XfrmMessage>,
+) -> Dumped {
+    let policies = policy_answers
         .iter()
         .filter_map(|m| match m {
             XfrmMessage::AddPolicy(p) | XfrmMessage::UpdatePolicy(p) => FoundPolicy::parse(p),
@@ -225,7 +235,7 @@ fn dump_owned_and_foreign(s: &mut XfrmSocket) -> Result<Dumped> {
         })
         .collect();
     let mut states = Vec::new();
-    for mut m in s.dump(state_dump_msg(), "xfrm states")? {
+    for mut m in state_answers {
         if let XfrmMessage::AddSa(ref mut st) | XfrmMessage::UpdateSa(ref mut st) = m {
             if let Some(f) = FoundState::parse(st) {
                 states.push(f);
@@ -233,7 +243,7 @@ fn dump_owned_and_foreign(s: &mut XfrmSocket) -> Result<Dumped> {
         }
         nl::scrub(&mut m);
     }
-    Ok(Dumped { policies, states })
+    Dumped { policies, states }
 }
 
 #[async_trait]

@@ -267,7 +267,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Rotate { mesh } => {
             let mut mf = meshfile::MeshFile::load(&mesh)?;
-            let (phase, keys) = meshfile::next_rotation_phase(&mf.cluster.keys);
+            let (phase, keys) = meshfile::next_rotation_phase(&mf.cluster.keys)?;
             mf.cluster.keys = keys;
             mf.save(&mesh)?;
             println!(

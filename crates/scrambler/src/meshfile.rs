@@ -90,20 +90,26 @@ impl std::fmt::Display for RotationPhase {
 /// `{tx g, rx {g}}` → Prepare → `{tx g, rx {g, g+1}}` → Switch → `{tx g+1, rx {g, g+1}}` →
 /// Finish → `{tx g+1, rx {g+1}}`. Each phase must be applied on every node before the next
 /// starts: that order is what keeps a node from sending with an SPI its peer cannot yet
-/// receive.
-pub fn next_rotation_phase(keys: &Keys) -> (RotationPhase, Keys) {
+/// receive. Fails when `tx` is the last generation number (there is no g+1).
+pub fn next_rotation_phase(keys: &Keys) -> Result<(RotationPhase, Keys)> {
     let newest = keys.rx.last().copied().unwrap_or(keys.tx);
-    if newest > keys.tx {
+    Ok(if newest > keys.tx {
         let mut k = keys.clone();
         k.tx = newest;
         (RotationPhase::Switch, k)
     } else if keys.rx.len() > 1 {
         (RotationPhase::Finish, Keys::single(keys.tx))
     } else {
+        let next = keys.tx.checked_add(1).ok_or_else(|| {
+            Error::config(format!(
+                "key generation {} is the last one: no rotation can follow it",
+                keys.tx
+            ))
+        })?;
         let mut k = keys.clone();
-        k.rx.insert(keys.tx + 1);
+        k.rx.insert(next);
         (RotationPhase::Prepare, k)
-    }
+    })
 }
 
 #[cfg(test)]
@@ -113,18 +119,24 @@ mod tests {
     #[test]
     fn rotation_goes_prepare_switch_finish() {
         let k1 = Keys::single(1);
-        let (p, k) = next_rotation_phase(&k1);
+        let (p, k) = next_rotation_phase(&k1).unwrap();
         assert_eq!(p, RotationPhase::Prepare);
         assert_eq!(
             (k.tx, k.rx.iter().copied().collect::<Vec<_>>()),
             (1, vec![1, 2])
         );
-        let (p, k) = next_rotation_phase(&k);
+        let (p, k) = next_rotation_phase(&k).unwrap();
         assert_eq!(p, RotationPhase::Switch);
         assert_eq!((k.tx, k.rx.len()), (2, 2));
-        let (p, k) = next_rotation_phase(&k);
+        let (p, k) = next_rotation_phase(&k).unwrap();
         assert_eq!(p, RotationPhase::Finish);
         assert_eq!(k, Keys::single(2));
+        assert_eq!(
+            next_rotation_phase(&Keys::single(u32::MAX))
+                .unwrap_err()
+                .code(),
+            7
+        );
     }
 
     #[test]

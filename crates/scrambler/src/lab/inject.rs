@@ -142,7 +142,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         Fault::KillAgent => {
             let mesh_path = state.mesh_path();
             let mut mf = MeshFile::load(&mesh_path)?;
-            let (phase, keys) = next_rotation_phase(&mf.cluster.keys);
+            let (phase, keys) = next_rotation_phase(&mf.cluster.keys)?;
             mf.cluster.keys = keys;
             mf.save(&mesh_path)?;
             step(format!("rotation phase {phase}"));
@@ -218,7 +218,7 @@ async fn rotate_phases(
     let mesh_path = state.mesh_path();
     for _ in 0..phases {
         let mut mf = MeshFile::load(&mesh_path)?;
-        let (phase, keys) = next_rotation_phase(&mf.cluster.keys);
+        let (phase, keys) = next_rotation_phase(&mf.cluster.keys)?;
         if matches!(phase, crate::meshfile::RotationPhase::Finish) {
             tokio::time::sleep(hold).await;
         }
