@@ -15,6 +15,7 @@ pub mod error;
 pub mod esp;
 pub mod keys;
 pub mod mesh;
+pub mod meshfile;
 pub mod netns;
 pub mod result;
 pub mod routed;
@@ -24,6 +25,7 @@ pub use conf::{Backend, NetConf};
 pub use error::{CniCode, CniErrorJson, Error, Result};
 pub use keys::{ClusterSecret, SaKey};
 pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId};
+pub use meshfile::MeshFile;
 pub use netns::Netns;
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use traits::{
