@@ -118,16 +118,16 @@ impl ClusterSecret {
         // 20 bytes is far below HKDF-SHA256's limit of 255*32, so expand cannot fail.
         hk.expand(&info, &mut okm[..])
             .unwrap_or_else(|_| unreachable!("HKDF output length is valid"));
-        let mut key = [0u8; 16];
-        let mut salt = [0u8; 4];
-        key.copy_from_slice(&okm[..16]);
-        salt.copy_from_slice(&okm[16..]);
-        SaKey {
+        // filled in place: no loose copy of the key on the stack
+        let mut sa = SaKey {
             spi: spi(sender, receiver, generation),
-            key,
-            salt,
+            key: [0; 16],
+            salt: [0; 4],
             generation,
-        }
+        };
+        sa.key.copy_from_slice(&okm[..16]);
+        sa.salt.copy_from_slice(&okm[16..]);
+        sa
     }
 }
 
