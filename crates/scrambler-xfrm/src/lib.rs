@@ -125,3 +125,8 @@ pub use config::{
 pub use rotation::{rotate, RotationReport};
 pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};
+
+/// The README's examples ("Embedding the crates"), compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
