@@ -288,15 +288,23 @@ mod tests {
         }
     }
 
+    fn cluster(nodes: Vec<Node>) -> Cluster {
+        Cluster {
+            nodes,
+            keys: Keys::single(1),
+        }
+    }
+
+    fn two_nodes() -> Cluster {
+        cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/24"),
+            node("b", 2, "192.0.2.2", "10.1.1.0/24"),
+        ])
+    }
+
     #[test]
     fn mesh_for_cuts_local_and_peers() {
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/24"),
-                node("b", 2, "192.0.2.2", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = two_nodes();
         let m = c.mesh_for("b").unwrap();
         assert_eq!(m.local.name, "b");
         assert_eq!(m.peers.len(), 1);
@@ -305,37 +313,28 @@ mod tests {
 
     #[test]
     fn overlapping_cidrs_and_duplicate_ids_are_refused() {
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/16"),
-                node("b", 2, "192.0.2.2", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/16"),
+            node("b", 2, "192.0.2.2", "10.1.1.0/24"),
+        ]);
         assert!(c
             .mesh_for("a")
             .unwrap_err()
             .to_string()
             .contains("overlaps"));
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/24"),
-                node("b", 1, "192.0.2.2", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/24"),
+            node("b", 1, "192.0.2.2", "10.1.1.0/24"),
+        ]);
         assert!(c.mesh_for("a").unwrap_err().to_string().contains("twice"));
     }
 
     #[test]
     fn two_nodes_on_one_underlay_address_are_refused() {
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/24"),
-                node("b", 257, "192.0.2.1", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/24"),
+            node("b", 257, "192.0.2.1", "10.1.1.0/24"),
+        ]);
         let e = c.mesh_for("a").unwrap_err().to_string();
         assert!(
             e.contains("192.0.2.1") && e.contains("\"a\"") && e.contains("\"b\""),
@@ -369,29 +368,17 @@ mod tests {
             assert_eq!(e.code(), 7, "{bad:?}");
             assert!(e.to_string().contains("node name"), "{bad:?}: {e}");
         }
-        let c = Cluster {
-            nodes: vec![node("../x", 1, "192.0.2.1", "10.1.0.0/24")],
-            keys: Keys::single(1),
-        };
+        let c = cluster(vec![node("../x", 1, "192.0.2.1", "10.1.0.0/24")]);
         assert!(c.validate().is_err());
         // the name asked for is checked before it is looked up
-        let c = Cluster {
-            nodes: vec![node("a", 1, "192.0.2.1", "10.1.0.0/24")],
-            keys: Keys::single(1),
-        };
+        let c = cluster(vec![node("a", 1, "192.0.2.1", "10.1.0.0/24")]);
         let e = c.mesh_for("../../x").unwrap_err().to_string();
         assert!(e.contains("lowercase letters"), "{e}");
     }
 
     #[test]
     fn unknown_node_lists_the_mesh_nodes_in_mesh_words() {
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/24"),
-                node("b", 2, "192.0.2.2", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = two_nodes();
         let e = c.mesh_for("zz").unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -110,11 +110,17 @@ mod tests {
                          {"name":"b","id":2,"underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
                 "keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
 
-    #[test]
-    fn mesh_file_round_trip_and_relative_key_path() {
+    /// `text` written as `mesh.json` in a fresh directory.
+    fn mesh_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("mesh.json");
-        std::fs::write(&p, TWO_NODES).unwrap();
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn mesh_file_round_trip_and_relative_key_path() {
+        let (dir, p) = mesh_file(TWO_NODES);
         let mf = MeshFile::load(&p).unwrap();
         assert_eq!(mf.key_file, dir.path().join("k.hex"));
         assert_eq!(mf.mesh_for("b").unwrap().peers[0].name, "a");
@@ -124,9 +130,7 @@ mod tests {
 
     #[test]
     fn bad_mesh_file_names_the_file_in_mesh_words() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("mesh.json");
-        std::fs::write(&p, r#"{"nodes":[]}"#).unwrap();
+        let (_dir, p) = mesh_file(r#"{"nodes":[]}"#);
         let e = MeshFile::load(&p).unwrap_err();
         let text = e.to_string();
         assert!(text.starts_with("invalid mesh: mesh file "), "{text}");
@@ -144,9 +148,7 @@ mod tests {
 
     #[test]
     fn key_file_errors_say_the_path_is_the_mesh_files_key_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("mesh.json");
-        std::fs::write(&p, TWO_NODES).unwrap();
+        let (_dir, p) = mesh_file(TWO_NODES);
         let mf = MeshFile::load(&p).unwrap();
         let e = mf.secret().unwrap_err().to_string();
         assert!(e.contains("k.hex (keyFile of the mesh file)"), "{e}");

@@ -325,12 +325,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn lost_outbound_state_is_not_recreated_under_the_same_key() {
+    /// Node 1 of a 3-node mesh with states planned, and its policies as found.
+    fn three_nodes_with_states() -> (XfrmConfig, Desired, Vec<FoundPolicy>) {
         let cfg = XfrmConfig::default();
         let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
         let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
         let pols = found_from(&d);
+        (cfg, d, pols)
+    }
+
+    #[test]
+    fn lost_outbound_state_is_not_recreated_under_the_same_key() {
+        let (cfg, d, pols) = three_nodes_with_states();
         // fresh node: every state is made
         let ch = diff(&cfg, &d, &pols, &[], true).unwrap();
         assert_eq!(ch.report.added, 4);
@@ -348,10 +354,7 @@ mod tests {
 
     #[test]
     fn changed_outbound_state_is_deleted_and_lost_never_rekeyed_in_place() {
-        let cfg = XfrmConfig::default();
-        let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
-        let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
-        let pols = found_from(&d);
+        let (cfg, d, pols) = three_nodes_with_states();
         // node 1's underlay address moved: what the kernel holds has the old source
         let mut found = found_states(&d, |_| true);
         let old_src: std::net::IpAddr = "198.51.100.1".parse().unwrap();
