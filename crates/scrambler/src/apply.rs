@@ -40,6 +40,15 @@ pub fn tunnel_with(backend: &str, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> 
     }
 }
 
+/// The text of an error in the node tool's words: no CNI wording ("invalid network
+/// config", "unknown container") for what is a node-tool argument or a mesh.
+pub fn message(e: &Error) -> String {
+    match e {
+        Error::InvalidConfig(m) | Error::UnknownContainer(m) => m.clone(),
+        e => e.to_string(),
+    }
+}
+
 /// Adds what to check to a failure to reach the node's VPP: that VPP runs and that
 /// `--vpp-socket` is its API socket.
 fn hint_vpp_socket(backend: &str, e: Error) -> Error {
@@ -109,4 +118,37 @@ pub async fn remove(netns: &Netns, backend: &str, vpp_socket: &Path) -> Result<R
         .remove(netns)
         .await
         .map_err(|e| hint_vpp_socket(backend, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_vpp_socket_says_what_to_check() {
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = hint_vpp_socket("vpp", Error::io("connect", "/run/vpp/api.sock", gone()));
+        let text = e.to_string();
+        assert!(text.contains("/run/vpp/api.sock"), "{text}");
+        assert!(
+            text.contains("is VPP running") && text.contains("--vpp-socket"),
+            "{text}"
+        );
+        // other failures, and other backends, are left as they are
+        let e = hint_vpp_socket("xfrm", Error::io("connect", "/x", gone()));
+        assert!(!e.to_string().contains("--vpp-socket"));
+        let e = hint_vpp_socket("vpp", Error::io("read", "/x", gone()));
+        assert!(!e.to_string().contains("--vpp-socket"));
+    }
+
+    #[test]
+    fn missing_netns_names_the_argument_in_node_tool_words() {
+        let e = check_netns(&Netns::Path("/run/netns/scr-no-such-node".into())).unwrap_err();
+        assert_eq!(
+            message(&e),
+            "--netns: network namespace /run/netns/scr-no-such-node does not exist"
+        );
+        let e = Error::mesh("node \"x\" is not in the mesh");
+        assert_eq!(message(&e), "invalid mesh: node \"x\" is not in the mesh");
+    }
 }

@@ -225,18 +225,9 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("scrambler: {}", message(&e));
+            eprintln!("scrambler: {}", apply::message(&e));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The text of an error in the node tool's words: no CNI wording ("invalid network
-/// config", "unknown container") for what is a node-tool argument or a mesh.
-fn message(e: &Error) -> String {
-    match e {
-        Error::InvalidConfig(m) | Error::UnknownContainer(m) => m.clone(),
-        e => e.to_string(),
     }
 }
 
