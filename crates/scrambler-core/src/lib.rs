@@ -1,8 +1,9 @@
 //! # scrambler-core
 //!
 //! The shared ground of Scrambler, an encrypted pod network: the types every dataplane
-//! uses ([`Node`], [`Mesh`], [`AttachRequest`], [`CniResult`], [`NetConf`]), the three
-//! traits each dataplane implements ([`Ipam`], [`Tunnel`], [`Attach`]), one [`Error`] type
+//! uses ([`Node`], [`Mesh`] and the validating mesh file [`MeshFile`], [`AttachRequest`],
+//! [`CniResult`], [`NetConf`]), the three traits each dataplane implements ([`Ipam`],
+//! [`Tunnel`], [`Attach`]), one [`Error`] type
 //! that maps to CNI error codes, network-namespace handling ([`Netns`]), and the key/SPI
 //! derivation ([`ClusterSecret`]) and ESP parameters ([`esp`]) that make the kernel and VPP
 //! dataplanes put the same ESP on the wire. The CNI protocol plumbing every plugin binary
