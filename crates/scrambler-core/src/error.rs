@@ -107,6 +107,9 @@ pub enum Error {
     /// The network configuration is invalid.
     #[error("invalid network config: {0}")]
     InvalidConfig(String),
+    /// A mesh (its nodes, names, addresses, CIDRs or key generations) is invalid.
+    #[error("invalid mesh: {0}")]
+    InvalidMesh(String),
     /// A transient condition; the runtime should retry.
     #[error("try again later: {0}")]
     TryAgainLater(String),
@@ -196,7 +199,7 @@ impl Error {
             Error::InvalidEnvironment { .. } => C::InvalidEnvironment,
             Error::Io { .. } => C::Io,
             Error::Decode { .. } => C::Decode,
-            Error::InvalidConfig(_) => C::InvalidConfig,
+            Error::InvalidConfig(_) | Error::InvalidMesh(_) => C::InvalidConfig,
             Error::TryAgainLater(_) => C::TryAgainLater,
             Error::Kernel { .. } => C::Kernel,
             Error::RangeExhausted { .. } => C::RangeExhausted,
@@ -234,6 +237,7 @@ impl Error {
             Error::Io { op, .. } => format!("failed to {op}"),
             Error::Decode { what, .. } => format!("failed to decode {what}"),
             Error::InvalidConfig(_) => "invalid network config".into(),
+            Error::InvalidMesh(_) => "invalid mesh".into(),
             Error::TryAgainLater(_) => "try again later".into(),
             Error::Kernel { op, .. } => format!("failed to {op}"),
             Error::RangeExhausted { .. } => "no free address".into(),
@@ -268,6 +272,11 @@ impl Error {
     /// Helper: invalid configuration.
     pub fn config(msg: impl fmt::Display) -> Self {
         Error::InvalidConfig(msg.to_string())
+    }
+
+    /// Helper: an invalid mesh.
+    pub fn mesh(msg: impl fmt::Display) -> Self {
+        Error::InvalidMesh(msg.to_string())
     }
 
     /// Helper: a decode failure of `what`.

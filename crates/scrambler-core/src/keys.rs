@@ -53,42 +53,44 @@ impl ClusterSecret {
         Ok(ClusterSecret(bytes.to_vec()))
     }
 
-    /// Reads a key file: hex (whitespace ignored) of at least 32 bytes. The file must not be
-    /// readable by group or others (mode 0600 or stricter), else it is refused.
+    /// Reads a key file: hex (whitespace ignored) of at least 32 bytes.
+    ///
+    /// The file is opened without following a symlink (`O_NOFOLLOW`) and without blocking
+    /// on a FIFO, and checked on the open descriptor (`fstat`), so what is checked is what
+    /// is read: it must be a regular file, owned by the running user or root, with no
+    /// permission bits for group or others (mode 0600 or stricter); anything else is
+    /// refused. The bytes never sit in a buffer that is not zeroed when dropped.
     pub fn from_file(path: &Path) -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta =
-            std::fs::metadata(path).map_err(|e| Error::io("stat key file", path.display(), e))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(Error::Secret {
-                object: path.display().to_string(),
-                reason: format!("mode {mode:04o} is readable by others; chmod 0600 it"),
-            });
-        }
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::io("read key file", path.display(), e))?,
-        );
-        let compact: Zeroizing<String> =
-            Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
-        let bytes = hex::decode(compact.as_bytes()).map_err(|_| Error::Secret {
+        let text = read_key_file(path)?;
+        let secret = |reason: &str| Error::Secret {
             object: path.display().to_string(),
-            reason: "not hex".into(),
-        })?;
-        Self::from_bytes(bytes).map_err(|e| match e {
-            Error::Secret { reason, .. } => Error::Secret {
-                object: path.display().to_string(),
-                reason,
-            },
+            reason: reason.into(),
+        };
+        let mut compact = Zeroizing::new(Vec::with_capacity(text.len()));
+        compact.extend(text.iter().filter(|b| !b.is_ascii_whitespace()));
+        if compact.len() % 2 != 0 || !compact.iter().all(u8::is_ascii_hexdigit) {
+            return Err(secret("not hex"));
+        }
+        let mut bytes = Zeroizing::new(vec![0u8; compact.len() / 2]);
+        hex::decode_to_slice(&*compact, &mut bytes).map_err(|_| secret("not hex"))?;
+        Self::from_bytes(bytes.to_vec()).map_err(|e| match e {
+            Error::Secret { reason, .. } => secret(&reason),
             e => e,
         })
     }
 
-    /// Writes a new random secret of 32 bytes as hex to `path`, created with mode 0600.
+    /// Writes a new random secret of 32 bytes as hex to `path`, created with mode 0600
+    /// (it must not exist yet). Missing parent directories are created with mode 0700.
     pub fn generate_file(path: &Path) -> Result<Self> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io("create key directory", dir.display(), e))?;
+        }
         let mut bytes = Zeroizing::new(vec![0u8; MIN_SECRET_LEN]);
         getrandom_fill(&mut bytes)?;
         let text = Zeroizing::new(hex::encode(&*bytes));
@@ -116,17 +118,75 @@ impl ClusterSecret {
         // 20 bytes is far below HKDF-SHA256's limit of 255*32, so expand cannot fail.
         hk.expand(&info, &mut okm[..])
             .unwrap_or_else(|_| unreachable!("HKDF output length is valid"));
-        let mut key = [0u8; 16];
-        let mut salt = [0u8; 4];
-        key.copy_from_slice(&okm[..16]);
-        salt.copy_from_slice(&okm[16..]);
-        SaKey {
+        // filled in place: no loose copy of the key on the stack
+        let mut sa = SaKey {
             spi: spi(sender, receiver, generation),
-            key,
-            salt,
+            key: [0; 16],
+            salt: [0; 4],
             generation,
+        };
+        sa.key.copy_from_slice(&okm[..16]);
+        sa.salt.copy_from_slice(&okm[16..]);
+        sa
+    }
+}
+
+/// Largest key file read (a 32-byte secret is 64 hex digits).
+const MAX_KEY_FILE_LEN: usize = 4096;
+
+/// Opens `path` without following a symlink or blocking on a FIFO, checks the open file
+/// (regular, owned by the effective user or root, no group/other bits) and reads it.
+fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let refuse = |reason: String| Error::Secret {
+        object: path.display().to_string(),
+        reason,
+    };
+    // std opens with O_CLOEXEC
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => refuse("is a symlink; point to the key file itself".into()),
+            _ => Error::io("open key file", path.display(), e),
+        })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("stat key file", path.display(), e))?;
+    if !meta.file_type().is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "is owned by uid {}, not by the running user (uid {euid}) or root",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "mode {mode:04o} gives group or others access; chmod 0600 it"
+        )));
+    }
+    // a fixed buffer, never grown (growing would leave copies behind)
+    let mut buf = Zeroizing::new(vec![0u8; MAX_KEY_FILE_LEN + 1]);
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read key file", path.display(), e)),
         }
     }
+    if len > MAX_KEY_FILE_LEN {
+        return Err(refuse(format!("is larger than {MAX_KEY_FILE_LEN} bytes")));
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 fn getrandom_fill(buf: &mut [u8]) -> Result<()> {
@@ -226,24 +286,109 @@ mod tests {
         assert!(ClusterSecret::from_bytes(vec![1; 8]).is_err());
     }
 
+    /// A key file written by `generate_file` in a fresh directory.
+    fn key_file() -> (tempfile::TempDir, std::path::PathBuf, ClusterSecret) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let s = ClusterSecret::generate_file(&p).unwrap();
+        (dir, p, s)
+    }
+
+    fn refusal(p: &Path) -> String {
+        let e = ClusterSecret::from_file(p).unwrap_err();
+        assert_eq!(e.code(), 106, "{e}");
+        e.to_string()
+    }
+
     #[test]
-    fn key_file_mode_is_enforced() {
+    fn key_file_written_0600_reads_back() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("scr-key-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("k");
-        let _ = std::fs::remove_file(&p);
-        let a = ClusterSecret::generate_file(&p).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        let (_dir, p, a) = key_file();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         let b = ClusterSecret::from_file(&p).unwrap();
         assert_eq!(a.sa(id(1), id(2), 3).key, b.sa(id(1), id(2), 3).key);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = ClusterSecret::from_file(&p).unwrap_err();
-        assert!(e.to_string().contains("0644"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        // whitespace (a line break in the middle) is ignored
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("{}\n  {}", &text[..10], &text[10..])).unwrap();
+        let c = ClusterSecret::from_file(&p).unwrap();
+        assert_eq!(a.sa(id(1), id(2), 3).key, c.sa(id(1), id(2), 3).key);
+    }
+
+    #[test]
+    fn key_file_readable_by_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, p, _) = key_file();
+        for mode in [0o640, 0o604, 0o644, 0o610] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = refusal(&p);
+            assert!(e.contains(&format!("{mode:04o}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn key_file_symlink_is_refused() {
+        let (dir, p, _) = key_file();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let e = refusal(&link);
+        assert!(e.contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn key_file_that_is_no_regular_file_is_refused() {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // no writer: a blocking open would hang here
+        assert!(refusal(&fifo).contains("not a regular file"));
+        let sub = dir.path().join("dir");
+        std::fs::DirBuilder::new().mode(0o700).create(&sub).unwrap();
+        assert!(refusal(&sub).contains("not a regular file"));
+    }
+
+    #[test]
+    fn key_file_of_another_user_is_refused() {
+        let (_dir, p, _) = key_file();
+        let me = nix::unistd::geteuid().as_raw();
+        let other = if me == 4242 { 4343 } else { 4242 };
+        // only root may give a file away
+        if !nix::unistd::geteuid().is_root() {
+            panic!("this test needs root (chown to another uid)");
+        }
+        std::os::unix::fs::chown(&p, Some(other), None).unwrap();
+        let e = refusal(&p);
+        assert!(e.contains(&format!("uid {other}")), "{e}");
+    }
+
+    #[test]
+    fn key_file_that_is_not_a_secret_is_refused() {
+        let (_dir, p, _) = key_file();
+        std::fs::write(&p, "zz").unwrap();
+        assert!(refusal(&p).contains("not hex"));
+        std::fs::write(&p, "abcd").unwrap();
+        assert!(refusal(&p).contains("too short"));
+        std::fs::write(&p, "ab".repeat(4000)).unwrap();
+        assert!(refusal(&p).contains("larger than"));
+    }
+
+    #[test]
+    fn generate_file_creates_missing_directories_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("etc/scrambler/cluster.key");
+        ClusterSecret::generate_file(&p).unwrap();
+        for d in ["etc", "etc/scrambler"] {
+            let mode = std::fs::metadata(dir.path().join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{d}");
+        }
+        ClusterSecret::from_file(&p).unwrap();
+        // an existing key is never overwritten
+        assert!(ClusterSecret::generate_file(&p).is_err());
     }
 
     proptest! {

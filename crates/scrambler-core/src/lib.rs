@@ -1,8 +1,9 @@
 //! # scrambler-core
 //!
 //! The shared ground of Scrambler, an encrypted pod network: the types every dataplane
-//! uses ([`Node`], [`Mesh`], [`AttachRequest`], [`CniResult`], [`NetConf`]), the three
-//! traits each dataplane implements ([`Ipam`], [`Tunnel`], [`Attach`]), one [`Error`] type
+//! uses ([`Node`], [`Mesh`] and the validating mesh file [`MeshFile`], [`AttachRequest`],
+//! [`CniResult`], [`NetConf`]), the three traits each dataplane implements ([`Ipam`],
+//! [`Tunnel`], [`Attach`]), one [`Error`] type
 //! that maps to CNI error codes, network-namespace handling ([`Netns`]), and the key/SPI
 //! derivation ([`ClusterSecret`]) and ESP parameters ([`esp`]) that make the kernel and VPP
 //! dataplanes put the same ESP on the wire. The CNI protocol plumbing every plugin binary
@@ -15,6 +16,7 @@ pub mod error;
 pub mod esp;
 pub mod keys;
 pub mod mesh;
+pub mod meshfile;
 pub mod netns;
 #[cfg(feature = "test-util")]
 pub mod plugin_testing;
@@ -26,6 +28,7 @@ pub use conf::{Backend, NetConf};
 pub use error::{CniCode, CniErrorJson, Error, Result};
 pub use keys::{ClusterSecret, SaKey};
 pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId};
+pub use meshfile::MeshFile;
 pub use netns::Netns;
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use traits::{

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 /// A stable, unique node id (1..=65535), assigned by the datastore, never a hash of the name.
@@ -22,7 +22,7 @@ impl NodeId {
     pub fn new(id: u32) -> Result<Self> {
         match u16::try_from(id) {
             Ok(v) if v != 0 => Ok(NodeId(v)),
-            _ => Err(Error::config(format!(
+            _ => Err(Error::mesh(format!(
                 "node id {id} out of range: ids are 1..=65535"
             ))),
         }
@@ -51,6 +51,42 @@ impl std::fmt::Display for NodeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)
     }
+}
+
+/// Longest node name (a DNS subdomain, as Kubernetes node names are).
+pub const MAX_NODE_NAME_LEN: usize = 253;
+
+/// Checks that `name` is a plain node name: a DNS-1123 subdomain as Kubernetes requires of
+/// node names — lowercase letters, digits, `-` and `.`, dot-separated labels that start and
+/// end with a letter or digit, at most [`MAX_NODE_NAME_LEN`] characters. Such a name is
+/// never a path (no `/`, no `..`), so it is safe as a file name under a state directory.
+pub fn check_node_name(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::mesh(format!(
+            "node name {name:?} {why}: node names are lowercase letters, digits, '-' and '.' \
+             (a DNS subdomain, like Kubernetes node names), at most {MAX_NODE_NAME_LEN} characters"
+        )))
+    };
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > MAX_NODE_NAME_LEN {
+        return bad("is too long");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
+    {
+        return bad(&format!("contains {c:?}"));
+    }
+    let alnum = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if name
+        .split('.')
+        .any(|l| !alnum(l.as_bytes().first()) || !alnum(l.as_bytes().last()))
+    {
+        return bad("has a part that does not start and end with a letter or digit");
+    }
+    Ok(())
 }
 
 /// A key generation number. Rotation means bumping it.
@@ -125,17 +161,28 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The mesh as seen from node `name`.
+    /// The mesh as seen from node `name` (validated).
     pub fn mesh_for(&self, name: &str) -> Result<Mesh> {
+        check_node_name(name)?;
         let local = self
             .nodes
             .iter()
             .find(|n| n.name == name)
             .cloned()
-            .ok_or_else(|| Error::config(format!("node {name:?} is not in the mesh")))?;
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+                Error::mesh(format!(
+                    "node {name:?} is not in the mesh; its nodes are: {}",
+                    if names.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            })?;
         // its twin would be neither the local node nor a peer, and so escape validation
         if self.nodes.iter().filter(|n| n.name == name).count() > 1 {
-            return Err(Error::config(format!("node name {name:?} is used twice")));
+            return Err(Error::mesh(format!("node name {name:?} is used twice")));
         }
         let peers = self
             .nodes
@@ -151,21 +198,30 @@ impl Cluster {
         mesh.validate()?;
         Ok(mesh)
     }
+
+    /// Checks the whole cluster as [`Mesh::validate`] does for one node's mesh.
+    pub fn validate(&self) -> Result<()> {
+        match self.nodes.first() {
+            Some(first) => self.mesh_for(&first.name).map(|_| ()),
+            None => Err(Error::mesh("the mesh has no nodes")),
+        }
+    }
 }
 
 impl Mesh {
-    /// Checks the mesh is consistent: unique ids and names, underlay present, non-overlapping
-    /// pod CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs.
+    /// Checks the mesh is consistent: plain ([`check_node_name`]) and unique names, unique
+    /// ids, underlay present and no underlay address shared by two nodes, non-overlapping pod
+    /// CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs.
     pub fn validate(&self) -> Result<()> {
         if !self.keys.rx.contains(&self.keys.tx) {
-            return Err(Error::config(format!(
+            return Err(Error::mesh(format!(
                 "key generation {} is used for sending but not accepted inbound",
                 self.keys.tx
             )));
         }
         if let (Some(lo), Some(hi)) = (self.keys.rx.first(), self.keys.rx.last()) {
             if hi - lo >= crate::keys::SPI_GENERATIONS {
-                return Err(Error::config(format!(
+                return Err(Error::mesh(format!(
                     "live key generations {lo}..{hi} span more than {} generations",
                     crate::keys::SPI_GENERATIONS
                 )));
@@ -173,22 +229,31 @@ impl Mesh {
         }
         let mut ids = HashSet::new();
         let mut names = HashSet::new();
+        let mut underlay: HashMap<IpAddr, &str> = HashMap::new();
         let all: Vec<&Node> = std::iter::once(&self.local).chain(&self.peers).collect();
         for n in &all {
+            check_node_name(&n.name)?;
             if !ids.insert(n.id) {
-                return Err(Error::config(format!("node id {} is used twice", n.id)));
+                return Err(Error::mesh(format!("node id {} is used twice", n.id)));
             }
             if !names.insert(n.name.as_str()) {
-                return Err(Error::config(format!(
-                    "node name {:?} is used twice",
-                    n.name
-                )));
+                return Err(Error::mesh(format!("node name {:?} is used twice", n.name)));
             }
             if n.underlay.is_empty() {
-                return Err(Error::config(format!(
+                return Err(Error::mesh(format!(
                     "node {:?} has no underlay address",
                     n.name
                 )));
+            }
+            // two nodes on one underlay address would share the outbound (daddr, SPI) of
+            // the peers whose ids agree mod 256: one SA would silently replace the other
+            for a in &n.underlay {
+                if let Some(other) = underlay.insert(*a, &n.name) {
+                    return Err(Error::mesh(format!(
+                        "underlay address {a} is used by both {other:?} and {:?}",
+                        n.name
+                    )));
+                }
             }
         }
         for (i, a) in all.iter().enumerate() {
@@ -196,7 +261,7 @@ impl Mesh {
                 for ca in &a.pod_cidrs {
                     for cb in &b.pod_cidrs {
                         if ca.contains(&cb.network()) || cb.contains(&ca.network()) {
-                            return Err(Error::config(format!(
+                            return Err(Error::mesh(format!(
                                 "pod CIDR {ca} of {:?} overlaps {cb} of {:?}",
                                 a.name, b.name
                             )));
@@ -227,15 +292,23 @@ mod tests {
         }
     }
 
+    fn cluster(nodes: Vec<Node>) -> Cluster {
+        Cluster {
+            nodes,
+            keys: Keys::single(1),
+        }
+    }
+
+    fn two_nodes() -> Cluster {
+        cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/24"),
+            node("b", 2, "192.0.2.2", "10.1.1.0/24"),
+        ])
+    }
+
     #[test]
     fn mesh_for_cuts_local_and_peers() {
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/24"),
-                node("b", 2, "192.0.2.2", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = two_nodes();
         let m = c.mesh_for("b").unwrap();
         assert_eq!(m.local.name, "b");
         assert_eq!(m.peers.len(), 1);
@@ -244,26 +317,78 @@ mod tests {
 
     #[test]
     fn overlapping_cidrs_and_duplicate_ids_are_refused() {
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/16"),
-                node("b", 2, "192.0.2.2", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/16"),
+            node("b", 2, "192.0.2.2", "10.1.1.0/24"),
+        ]);
         assert!(c
             .mesh_for("a")
             .unwrap_err()
             .to_string()
             .contains("overlaps"));
-        let c = Cluster {
-            nodes: vec![
-                node("a", 1, "192.0.2.1", "10.1.0.0/24"),
-                node("b", 1, "192.0.2.2", "10.1.1.0/24"),
-            ],
-            keys: Keys::single(1),
-        };
+        let c = cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/24"),
+            node("b", 1, "192.0.2.2", "10.1.1.0/24"),
+        ]);
         assert!(c.mesh_for("a").unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn two_nodes_on_one_underlay_address_are_refused() {
+        let c = cluster(vec![
+            node("a", 1, "192.0.2.1", "10.1.0.0/24"),
+            node("b", 257, "192.0.2.1", "10.1.1.0/24"),
+        ]);
+        let e = c.mesh_for("a").unwrap_err().to_string();
+        assert!(
+            e.contains("192.0.2.1") && e.contains("\"a\"") && e.contains("\"b\""),
+            "{e}"
+        );
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn node_names_must_be_plain_names() {
+        for ok in ["a", "node1", "node-1.example.org", "0", &"a".repeat(253)] {
+            check_node_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "../../x",
+            "a/b",
+            "..",
+            ".a",
+            "a.",
+            "a..b",
+            "-a",
+            "a-",
+            "Node1",
+            "a b",
+            "a\0",
+            "ü",
+            &"a".repeat(254),
+        ] {
+            let e = check_node_name(bad).unwrap_err();
+            assert_eq!(e.code(), 7, "{bad:?}");
+            assert!(e.to_string().contains("node name"), "{bad:?}: {e}");
+        }
+        let c = cluster(vec![node("../x", 1, "192.0.2.1", "10.1.0.0/24")]);
+        assert!(c.validate().is_err());
+        // the name asked for is checked before it is looked up
+        let c = cluster(vec![node("a", 1, "192.0.2.1", "10.1.0.0/24")]);
+        let e = c.mesh_for("../../x").unwrap_err().to_string();
+        assert!(e.contains("lowercase letters"), "{e}");
+    }
+
+    #[test]
+    fn unknown_node_lists_the_mesh_nodes_in_mesh_words() {
+        let c = two_nodes();
+        let e = c.mesh_for("zz").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid mesh: node \"zz\" is not in the mesh; its nodes are: a, b"
+        );
+        assert_eq!(e.code(), 7);
     }
 
     #[test]

@@ -60,10 +60,15 @@ const PRIMS: &[(&str, &str, usize)] = &[
     ("bool", "bool", 1),
 ];
 
-/// Field names whose value never goes into `Debug` output.
+/// Field names whose value is secret: never in `Debug` output, zeroed on drop.
 const REDACTED_FIELDS: &[&str] = &["salt"];
-/// Types whose `data` never goes into `Debug` output (key material).
+/// Types whose `data` is secret (key material): never in `Debug` output, zeroed on drop.
 const REDACTED_TYPES: &[&str] = &["key"];
+
+/// True when field `field` of VPP type `vpp_name` holds key material.
+fn is_secret(vpp_name: &str, field: &str) -> bool {
+    REDACTED_FIELDS.contains(&field) || (REDACTED_TYPES.contains(&vpp_name) && field == "data")
+}
 
 fn prim(t: &str) -> Option<(&'static str, usize)> {
     PRIMS.iter().find(|p| p.0 == t).map(|p| (p.1, p.2))
@@ -497,7 +502,7 @@ impl Gen {
                         let _ = writeln!(s, "    impl std::ops::BitOr for {rn} {{\n        type Output = Self;\n        fn bitor(self, o: Self) -> Self {{ Self(self.0 | o.0) }}\n    }}\n");
                     }
                     let _ = writeln!(s, "    impl std::fmt::Debug for {rn} {{\n        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {{\n            match self.name() {{\n                Some(n) => f.write_str(n),\n                None => write!(f, \"{rn}({{}})\", self.0),\n            }}\n        }}\n    }}\n");
-                    let _ = writeln!(s, "    impl Encode for {rn} {{\n        fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {{ self.0.encode(buf) }}\n    }}\n");
+                    let _ = writeln!(s, "    impl Encode for {rn} {{\n        fn encode(&self, buf: &mut crate::codec::EncodeBuf) -> Result<(), CodecError> {{ self.0.encode(buf) }}\n    }}\n");
                     let _ = writeln!(s, "    impl Decode for {rn} {{\n        fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {{ Ok(Self({repr}::decode(d)?)) }}\n    }}\n");
                 }
                 TypeDef::Alias { ty, length } => {
@@ -509,7 +514,7 @@ impl Gen {
                             let _ = writeln!(s, "    #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]");
                             let _ = writeln!(s, "    pub struct {rn}(pub [{target}; {n}]);\n");
                             let _ = writeln!(s, "    impl Default for {rn} {{\n        fn default() -> Self {{ Self(std::array::from_fn(|_| Default::default())) }}\n    }}\n");
-                            let _ = writeln!(s, "    impl Encode for {rn} {{\n        fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {{ self.0.encode(buf) }}\n    }}\n");
+                            let _ = writeln!(s, "    impl Encode for {rn} {{\n        fn encode(&self, buf: &mut crate::codec::EncodeBuf) -> Result<(), CodecError> {{ self.0.encode(buf) }}\n    }}\n");
                             let _ = writeln!(s, "    impl Decode for {rn} {{\n        fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {{ Ok(Self(Decode::decode(d)?)) }}\n    }}\n");
                         }
                         None => {
@@ -536,12 +541,12 @@ impl Gen {
                         let ai = field_ident(a);
                         let an = a.trim_start_matches("r#");
                         let _ = writeln!(s, "        /// The union holding arm `{a}`.");
-                        let _ = writeln!(s, "        pub fn from_{an}(v: &{at}) -> Result<Self, CodecError> {{\n            let mut b = Vec::with_capacity({size});\n            v.encode(&mut b)?;\n            let mut out = [0u8; {size}];\n            out[..b.len()].copy_from_slice(&b);\n            Ok(Self(out))\n        }}");
+                        let _ = writeln!(s, "        pub fn from_{an}(v: &{at}) -> Result<Self, CodecError> {{\n            let mut b = crate::codec::EncodeBuf::with_capacity({size});\n            v.encode(&mut b)?;\n            let mut out = [0u8; {size}];\n            out[..b.len()].copy_from_slice(&b);\n            Ok(Self(out))\n        }}");
                         let _ = writeln!(s, "        /// Reads the union as arm `{a}`.");
                         let _ = writeln!(s, "        pub fn {ai}(&self) -> Result<{at}, CodecError> {{\n            {at}::decode(&mut Decoder::new(&self.0, \"{name}.{a}\"))\n        }}");
                     }
                     let _ = writeln!(s, "    }}\n");
-                    let _ = writeln!(s, "    impl Encode for {rn} {{\n        fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {{ buf.extend_from_slice(&self.0); Ok(()) }}\n    }}\n");
+                    let _ = writeln!(s, "    impl Encode for {rn} {{\n        fn encode(&self, buf: &mut crate::codec::EncodeBuf) -> Result<(), CodecError> {{ buf.extend_from_slice(&self.0); Ok(()) }}\n    }}\n");
                     let _ = writeln!(s, "    impl Decode for {rn} {{\n        fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {{ Ok(Self(Decode::decode(d)?)) }}\n    }}\n");
                 }
                 TypeDef::Struct { fields, doc } => {
@@ -636,8 +641,7 @@ impl Gen {
                 continue;
             }
             let fi = field_ident(&f.name);
-            let redact = REDACTED_FIELDS.contains(&f.name.as_str())
-                || (REDACTED_TYPES.contains(&vpp_name) && f.name == "data");
+            let redact = is_secret(vpp_name, &f.name);
             if redact {
                 let _ = writeln!(
                     s,
@@ -649,8 +653,27 @@ impl Gen {
             }
         }
         let _ = writeln!(s, "{ind}            .finish()\n{ind}    }}\n{ind}}}\n");
+        // Drop: the fields Debug redacts are secrets (SA keys, salts), zeroed when dropped
+        let secrets: Vec<String> = body
+            .iter()
+            .filter(|f| !len_fields.contains_key(&f.name) && is_secret(vpp_name, &f.name))
+            .map(|f| field_ident(&f.name))
+            .collect();
+        if !secrets.is_empty() {
+            let _ = writeln!(
+                s,
+                "{ind}impl Drop for {rn} {{\n{ind}    fn drop(&mut self) {{"
+            );
+            for fi in &secrets {
+                let _ = writeln!(s, "{ind}        zeroize::Zeroize::zeroize(&mut self.{fi});");
+            }
+            let _ = writeln!(
+                s,
+                "{ind}    }}\n{ind}}}\n\n{ind}impl zeroize::ZeroizeOnDrop for {rn} {{}}\n"
+            );
+        }
         // Encode
-        let _ = writeln!(s, "{ind}impl crate::codec::Encode for {rn} {{\n{ind}    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {{\n{ind}        use crate::codec::Encode as _;");
+        let _ = writeln!(s, "{ind}impl crate::codec::Encode for {rn} {{\n{ind}    fn encode(&self, buf: &mut crate::codec::EncodeBuf) -> Result<(), crate::codec::CodecError> {{\n{ind}        use crate::codec::Encode as _;");
         for f in &body {
             let fi = field_ident(&f.name);
             let path = format!("{vpp_name}.{}", f.name);

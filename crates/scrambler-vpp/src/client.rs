@@ -25,17 +25,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use crate::api::types::{FibPath, IpRoute};
 use crate::api::{interface, ip, memclnt, vlib, vpe, MESSAGES};
-use crate::codec::Encode;
+use crate::codec::{Encode, EncodeBuf};
 use crate::error::VppError;
 use crate::message::{decode_message, encode_message, split_name_crc, Dump, Message, Request};
-use crate::transport::{frame_header, read_frame, write_frame};
+use crate::transport::{frame_header, read_frame, write_frame, ScrubbingReader};
 
 /// Message id of `sockclnt_create`: fixed, since it is sent before the client has the
 /// message table (memclnt's messages are registered first, from id 1).
@@ -75,15 +76,18 @@ pub struct VppClient {
     reader: tokio::task::JoinHandle<()>,
 }
 
-type Pending = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Vec<u8>>>>>;
+/// Frames are handed over in buffers zeroed when dropped (SA dumps carry keys).
+type Frame = Zeroizing<Vec<u8>>;
+
+type Pending = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>;
 
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     /// Framed messages waiting for the writer: whoever holds it next sends all of them in
-    /// one write (requests issued together leave together).
-    outbox: Mutex<Vec<u8>>,
+    /// one write (requests issued together leave together). Zeroed when sent (SA keys).
+    outbox: Mutex<EncodeBuf>,
     /// `name_crc` -> message id, as the running VPP announced them.
     table: HashMap<String, u16>,
     pending: Pending,
@@ -149,7 +153,7 @@ impl VppClient {
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_loop(
-            BufReader::with_capacity(READ_BUFFER, rd),
+            ScrubbingReader::with_capacity(READ_BUFFER, rd),
             path.clone(),
             offsets,
             pending.clone(),
@@ -358,7 +362,7 @@ impl VppClient {
     fn register(
         &self,
         message: &'static str,
-    ) -> Result<(u32, mpsc::UnboundedReceiver<Vec<u8>>, PendingGuard<'_>), VppError> {
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Frame>, PendingGuard<'_>), VppError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
         // checked under the lock the reader takes to clear `pending`
@@ -386,14 +390,14 @@ impl VppClient {
         ))
     }
 
-    fn encode<M: Message>(&self, msg: &M, id: u16, context: u32) -> Result<Vec<u8>, VppError> {
+    fn encode<M: Message>(&self, msg: &M, id: u16, context: u32) -> Result<EncodeBuf, VppError> {
         encode_message(msg, id, self.inner.index, context).map_err(|source| VppError::Codec {
             message: M::NAME,
             source,
         })
     }
 
-    async fn send(&self, msgs: &[Vec<u8>]) -> Result<(), VppError> {
+    async fn send(&self, msgs: &[EncodeBuf]) -> Result<(), VppError> {
         {
             let mut out = self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner());
             for m in msgs {
@@ -422,9 +426,9 @@ impl VppClient {
 
     async fn recv(
         &self,
-        rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+        rx: &mut mpsc::UnboundedReceiver<Frame>,
         message: &'static str,
-    ) -> Result<Vec<u8>, VppError> {
+    ) -> Result<Frame, VppError> {
         match tokio::time::timeout(self.inner.timeout, rx.recv()).await {
             Err(_) => Err(VppError::Timeout {
                 message,
@@ -466,7 +470,7 @@ async fn handshake(
     path: &Path,
     name: &str,
 ) -> Result<(u32, HashMap<String, u16>), VppError> {
-    let mut buf = Vec::new();
+    let mut buf = EncodeBuf::default();
     buf.extend_from_slice(&SOCKCLNT_CREATE_ID.to_be_bytes());
     buf.extend_from_slice(&0u32.to_be_bytes()); // context
     memclnt::SockclntCreate {
@@ -529,7 +533,7 @@ async fn handshake(
 
 /// Reads frames and hands each to the request waiting on its context.
 async fn read_loop(
-    mut rd: BufReader<OwnedReadHalf>,
+    mut rd: ScrubbingReader<OwnedReadHalf>,
     path: PathBuf,
     offsets: HashMap<u16, usize>,
     pending: Pending,

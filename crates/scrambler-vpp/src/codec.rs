@@ -8,6 +8,7 @@
 //! bytes; variable arrays take their count from an earlier field.
 
 use std::fmt;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +34,90 @@ fn err(field: &'static str, reason: impl Into<String>) -> CodecError {
     }
 }
 
+/// The buffer messages are encoded into, and framed messages wait in before they are sent.
+///
+/// Messages carry SA keys (`ipsec_sad_entry_add`), so no copy of their bytes may outlive
+/// them: the buffer is zeroed when dropped, and when it grows, the old allocation is zeroed
+/// before it is freed (a `Vec` would leave it as it was).
+#[derive(Default)]
+pub struct EncodeBuf(Zeroizing<Vec<u8>>);
+
+impl EncodeBuf {
+    /// An empty buffer with room for `n` bytes.
+    pub fn with_capacity(n: usize) -> Self {
+        EncodeBuf(Zeroizing::new(Vec::with_capacity(n)))
+    }
+
+    /// Makes room for `n` more bytes, zeroing the old allocation if it has to move.
+    fn reserve(&mut self, n: usize) {
+        let need = self.0.len().saturating_add(n);
+        if need > self.0.capacity() {
+            let mut bigger = Vec::with_capacity(need.max(self.0.capacity().saturating_mul(2)));
+            bigger.extend_from_slice(&self.0);
+            // the old vector is zeroed (all of its capacity) as it is dropped here
+            self.0 = Zeroizing::new(bigger);
+        }
+    }
+
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// Appends one byte.
+    pub fn push(&mut self, b: u8) {
+        self.reserve(1);
+        self.0.push(b);
+    }
+
+    /// Appends `n` zero bytes.
+    pub fn put_zeros(&mut self, n: usize) {
+        self.reserve(n);
+        let len = self.0.len() + n;
+        self.0.resize(len, 0);
+    }
+
+    /// Bytes written.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes the buffer holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// Empties the buffer (zeroing what it held), keeping its allocation.
+    pub fn clear(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl std::ops::Deref for EncodeBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EncodeBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EncodeBuf({} bytes)", self.0.len())
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for EncodeBuf {}
+
 /// Appends the wire form of a value.
 pub trait Encode {
     /// Appends `self` to `buf`.
-    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError>;
+    fn encode(&self, buf: &mut EncodeBuf) -> Result<(), CodecError>;
 }
 
 /// Reads a value from its wire form.
@@ -88,7 +169,7 @@ impl<'a> Decoder<'a> {
 macro_rules! be_int {
     ($($t:ty),*) => {$(
         impl Encode for $t {
-            fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+            fn encode(&self, buf: &mut EncodeBuf) -> Result<(), CodecError> {
                 buf.extend_from_slice(&self.to_be_bytes());
                 Ok(())
             }
@@ -105,7 +186,7 @@ macro_rules! be_int {
 be_int!(u8, i8, u16, i16, u32, i32, u64, i64);
 
 impl Encode for f64 {
-    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    fn encode(&self, buf: &mut EncodeBuf) -> Result<(), CodecError> {
         buf.extend_from_slice(&self.to_le_bytes());
         Ok(())
     }
@@ -120,7 +201,7 @@ impl Decode for f64 {
 }
 
 impl Encode for bool {
-    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    fn encode(&self, buf: &mut EncodeBuf) -> Result<(), CodecError> {
         buf.push(u8::from(*self));
         Ok(())
     }
@@ -133,7 +214,7 @@ impl Decode for bool {
 }
 
 impl<T: Encode, const N: usize> Encode for [T; N] {
-    fn encode(&self, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    fn encode(&self, buf: &mut EncodeBuf) -> Result<(), CodecError> {
         self.iter().try_for_each(|e| e.encode(buf))
     }
 }
@@ -149,7 +230,7 @@ impl<T: Decode + Default, const N: usize> Decode for [T; N] {
 }
 
 /// Writes a variable array's element count as the count field's type `C`.
-pub fn put_count<C>(buf: &mut Vec<u8>, len: usize, field: &'static str) -> Result<(), CodecError>
+pub fn put_count<C>(buf: &mut EncodeBuf, len: usize, field: &'static str) -> Result<(), CodecError>
 where
     C: TryFrom<usize> + Encode,
 {
@@ -188,7 +269,7 @@ pub fn get_rest<T: Decode>(
 
 /// Writes a fixed-length string of `len` bytes: the text, NUL-padded (at most `len - 1` bytes).
 pub fn put_fixed_string(
-    buf: &mut Vec<u8>,
+    buf: &mut EncodeBuf,
     s: &str,
     len: usize,
     field: &'static str,
@@ -207,7 +288,7 @@ pub fn put_fixed_string(
         return Err(err(field, "string contains a NUL byte"));
     }
     buf.extend_from_slice(s.as_bytes());
-    buf.resize(buf.len() + len - s.len(), 0);
+    buf.put_zeros(len - s.len());
     Ok(())
 }
 
@@ -223,7 +304,7 @@ pub fn get_fixed_string(
 }
 
 /// Writes a variable-length string: `u32` length, then the bytes.
-pub fn put_var_string(buf: &mut Vec<u8>, s: &str, field: &'static str) -> Result<(), CodecError> {
+pub fn put_var_string(buf: &mut EncodeBuf, s: &str, field: &'static str) -> Result<(), CodecError> {
     put_count::<u32>(buf, s.len(), field)?;
     buf.extend_from_slice(s.as_bytes());
     Ok(())
@@ -250,7 +331,7 @@ mod tests {
 
     #[test]
     fn integers_are_big_endian_f64_host_order() {
-        let mut b = Vec::new();
+        let mut b = EncodeBuf::default();
         0x0102u16.encode(&mut b).unwrap();
         (-2i32).encode(&mut b).unwrap();
         1.0f64.encode(&mut b).unwrap();
@@ -268,26 +349,42 @@ mod tests {
 
     #[test]
     fn fixed_strings_are_nul_padded_and_bounded() {
-        let mut b = Vec::new();
+        let mut b = EncodeBuf::default();
         put_fixed_string(&mut b, "abc", 8, "m.s").unwrap();
-        assert_eq!(b, b"abc\0\0\0\0\0");
+        assert_eq!(&*b, b"abc\0\0\0\0\0");
         assert_eq!(
             get_fixed_string(&mut Decoder::new(&b, "m"), 8, "m.s").unwrap(),
             "abc"
         );
-        let e = put_fixed_string(&mut Vec::new(), "12345678", 8, "m.s").unwrap_err();
+        let e = put_fixed_string(&mut EncodeBuf::default(), "12345678", 8, "m.s").unwrap_err();
         assert_eq!(e.field, "m.s");
     }
 
     #[test]
     fn var_strings_and_counts() {
-        let mut b = Vec::new();
+        let mut b = EncodeBuf::default();
         put_var_string(&mut b, "hi", "m.s").unwrap();
-        assert_eq!(b, [0, 0, 0, 2, b'h', b'i']);
-        assert!(put_count::<u8>(&mut Vec::new(), 256, "m.v").is_err());
+        assert_eq!(&*b, [0, 0, 0, 2, b'h', b'i']);
+        assert!(put_count::<u8>(&mut EncodeBuf::default(), 256, "m.v").is_err());
         let mut d = Decoder::new(&[0, 0, 0, 9, 1], "m");
         assert!(get_var_string(&mut d, "m.s").is_err());
         let mut d = Decoder::new(&[1, 2], "m");
         assert!(get_array::<u32>(&mut d, 1000, "m.v").is_err());
+    }
+
+    #[test]
+    fn encode_buf_grows_by_moving_and_keeps_its_bytes() {
+        let mut b = EncodeBuf::with_capacity(2);
+        b.extend_from_slice(&[1, 2]);
+        assert_eq!(b.capacity(), 2);
+        b.push(3);
+        assert!(b.capacity() >= 4);
+        b.put_zeros(2);
+        b.extend_from_slice(&[9; 100]);
+        assert_eq!(&b[..5], &[1, 2, 3, 0, 0]);
+        assert_eq!(b.len(), 105);
+        b.clear();
+        assert!(b.is_empty());
+        assert!(format!("{b:?}").contains("0 bytes"));
     }
 }

@@ -1,7 +1,7 @@
 //! What every generated VPP message is: [`Message`] (name, CRC, header layout), and the
 //! request/reply pairings [`Request`] and [`Dump`] taken from the `.api.json` services.
 
-use crate::codec::{Decode, Encode};
+use crate::codec::{Decode, Encode, EncodeBuf};
 
 /// Which of the standard header fields follow a message's `_vl_msg_id`.
 ///
@@ -103,14 +103,15 @@ pub fn split_name_crc(s: &str) -> Option<(&str, u32)> {
     Some((name, u32::from_str_radix(crc, 16).ok()?))
 }
 
-/// The full wire form of `msg`: message id, the header fields `M` has, then the body.
+/// The full wire form of `msg`: message id, the header fields `M` has, then the body (in a
+/// buffer zeroed when dropped: messages may carry SA keys).
 pub fn encode_message<M: Message>(
     msg: &M,
     id: u16,
     client_index: u32,
     context: u32,
-) -> Result<Vec<u8>, crate::codec::CodecError> {
-    let mut buf = Vec::with_capacity(64);
+) -> Result<EncodeBuf, crate::codec::CodecError> {
+    let mut buf = EncodeBuf::with_capacity(64);
     buf.extend_from_slice(&id.to_be_bytes());
     match M::HEADER {
         Header::None => {}

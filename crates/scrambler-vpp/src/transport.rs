@@ -5,8 +5,12 @@
 //! (0). The message itself starts with its `u16` message id.
 
 use std::path::Path;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use zeroize::{Zeroize, Zeroizing};
 
+use crate::codec::EncodeBuf;
 use crate::error::VppError;
 
 /// Length of the frame header.
@@ -36,18 +40,19 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         op: "write",
         source,
     };
-    let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + msg.len());
+    let mut buf = EncodeBuf::with_capacity(FRAME_HEADER_LEN + msg.len());
     buf.extend_from_slice(&frame_header(len));
     buf.extend_from_slice(msg);
     w.write_all(&buf).await.map_err(io)?;
     w.flush().await.map_err(io)
 }
 
-/// Reads one framed message; `Ok(None)` at a clean end of stream.
+/// Reads one framed message (in a buffer zeroed when dropped: SA dumps carry keys);
+/// `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     path: &Path,
-) -> Result<Option<Vec<u8>>, VppError> {
+) -> Result<Option<Zeroizing<Vec<u8>>>, VppError> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     match r.read_exact(&mut h).await {
         Ok(_) => {}
@@ -64,7 +69,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if !(2..=MAX_MESSAGE_LEN).contains(&len) {
         return Err(VppError::Protocol(format!("frame of {len} bytes")));
     }
-    let mut msg = vec![0u8; len];
+    let mut msg = Zeroizing::new(vec![0u8; len]);
     r.read_exact(&mut msg)
         .await
         .map_err(|source| VppError::Io {
@@ -73,6 +78,51 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             source,
         })?;
     Ok(Some(msg))
+}
+
+/// A buffered reader that keeps no copy of what it hands out: each byte is zeroed in its
+/// buffer as it is read, and the buffer when the reader is dropped (a `BufReader` would keep
+/// the SA keys of a dump in its buffer).
+pub struct ScrubbingReader<R> {
+    inner: R,
+    /// Fixed size, never reallocated.
+    buf: Zeroizing<Vec<u8>>,
+    pos: usize,
+    filled: usize,
+}
+
+impl<R> ScrubbingReader<R> {
+    /// Reads from `inner` in chunks of up to `capacity` bytes.
+    pub fn with_capacity(capacity: usize, inner: R) -> Self {
+        ScrubbingReader {
+            inner,
+            buf: Zeroizing::new(vec![0; capacity.max(1)]),
+            pos: 0,
+            filled: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ScrubbingReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        if me.pos == me.filled {
+            let mut rb = ReadBuf::new(&mut me.buf);
+            ready!(Pin::new(&mut me.inner).poll_read(cx, &mut rb))?;
+            me.filled = rb.filled().len();
+            me.pos = 0;
+        }
+        let n = out.remaining().min(me.filled - me.pos);
+        let chunk = &mut me.buf[me.pos..me.pos + n];
+        out.put_slice(chunk);
+        chunk.zeroize();
+        me.pos += n;
+        Poll::Ready(Ok(()))
+    }
 }
 
 #[cfg(test)]
@@ -94,9 +144,30 @@ mod tests {
         write_frame(&mut a, b"\x00\x0fhello", p).await.unwrap();
         drop(a);
         assert_eq!(
-            read_frame(&mut b, p).await.unwrap().unwrap(),
+            &**read_frame(&mut b, p).await.unwrap().unwrap(),
             b"\x00\x0fhello"
         );
         assert!(read_frame(&mut b, p).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn scrubbing_reader_reads_frames_and_zeroes_what_it_handed_out() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let p = Path::new("test");
+        write_frame(&mut a, b"\x00\x0fsecret-one", p).await.unwrap();
+        write_frame(&mut a, b"\x00\x0fsecret-two", p).await.unwrap();
+        drop(a);
+        let mut r = ScrubbingReader::with_capacity(7, b);
+        assert_eq!(
+            &*read_frame(&mut r, p).await.unwrap().unwrap(),
+            b"\x00\x0fsecret-one"
+        );
+        assert!(r.buf.iter().all(|b| *b == 0), "{:?}", &*r.buf);
+        assert_eq!(
+            &*read_frame(&mut r, p).await.unwrap().unwrap(),
+            b"\x00\x0fsecret-two"
+        );
+        assert!(r.buf.iter().all(|b| *b == 0));
+        assert!(read_frame(&mut r, p).await.unwrap().is_none());
     }
 }

@@ -53,7 +53,10 @@
 //!   missing but evidence says it existed (see the docs of the private `outbound_lost`: the
 //!   inbound SA of the same generation, or the peer's tunnel, is still there, and no
 //!   rotation is switching), the peer stays behind its drop routes, its tunnel down,
-//!   `status` reports [`LOST_OUTBOUND`], and a key rotation repairs it. A VPP that lost
+//!   `status` reports [`LOST_OUTBOUND`], and a key rotation repairs it. An outbound SA
+//!   found with other attributes than planned is likewise not replaced but deleted, and the
+//!   peer is lost from then on (re-adding it would restart its sequence numbers under the
+//!   same key). A VPP that lost
 //!   everything (restart) cannot tell: the agent must rotate the generation then.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
@@ -87,7 +90,7 @@ use scrambler_core::{
 use crate::api::types::{
     Address, FibPath, FibPathNh, FibPathNhProto, FibPathType, IfStatusFlags, IpTable, IpipTunnel,
     IpsecCryptoAlg, IpsecIntegAlg, IpsecProto, IpsecSadEntryV4, IpsecSadFlags, IpsecTunnelProtect,
-    Key, TunnelMode,
+    TunnelMode,
 };
 use crate::api::{interface, ip, ipip, ipsec};
 use crate::client::VppClient;
@@ -597,6 +600,17 @@ fn outbound_lost(have: &Actual, mesh: &Mesh, peer: NodeId) -> bool {
     }
 }
 
+/// True when the peer's outbound SA is in VPP with attributes other than planned (its
+/// flags, SPI, algorithm, salt or key): it has sent under its key, so it is not replaced —
+/// re-adding it would restart its sequence numbers under that key — but taken away and the
+/// peer treated as lost until a rotation.
+fn outbound_changed(have: &Actual, p: &PeerPlan) -> bool {
+    p.sas
+        .iter()
+        .filter(|sa| sa.dir == Direction::Outbound)
+        .any(|sa| have.sas.get(&sa.id).is_some_and(|h| !sa_matches(h, sa)))
+}
+
 /// The SA relevant bits VPP reports back.
 fn sa_matches(have: &IpsecSadEntryV4, want: &SaPlan) -> bool {
     let mask = IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ESN.0
@@ -616,8 +630,6 @@ fn sa_matches(have: &IpsecSadEntryV4, want: &SaPlan) -> bool {
 }
 
 fn sa_entry(sa: &SaPlan) -> IpsecSadEntryV4 {
-    let mut data = [0u8; 128];
-    data[..16].copy_from_slice(&sa.key.key);
     let mut flags = IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ANTI_REPLAY;
     if scrambler_core::esp::ESN {
         flags = flags | IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ESN;
@@ -625,20 +637,20 @@ fn sa_entry(sa: &SaPlan) -> IpsecSadEntryV4 {
     if sa.dir == Direction::Inbound {
         flags = flags | IpsecSadFlags::IPSEC_API_SAD_FLAG_IS_INBOUND;
     }
-    let mut entry = IpsecSadEntryV4 {
-        sad_id: sa.id,
-        spi: sa.key.spi,
-        protocol: IpsecProto::IPSEC_API_PROTO_ESP,
-        crypto_algorithm: IpsecCryptoAlg::IPSEC_API_CRYPTO_ALG_AES_GCM_128,
-        crypto_key: Key { length: 16, data },
-        integrity_algorithm: IpsecIntegAlg::IPSEC_API_INTEG_ALG_NONE,
-        integrity_key: Key::default(),
-        flags,
-        // the salt's bytes travel in the order of rfc4106 key material (key ‖ salt)
-        salt: u32::from_be_bytes(sa.key.salt),
-        anti_replay_window_size: scrambler_core::esp::REPLAY_WINDOW,
-        ..Default::default()
-    };
+    // filled in place: the entry zeroes its key and salt when dropped, a temporary copy
+    // of the key would not
+    let mut entry = IpsecSadEntryV4::default();
+    entry.sad_id = sa.id;
+    entry.spi = sa.key.spi;
+    entry.protocol = IpsecProto::IPSEC_API_PROTO_ESP;
+    entry.crypto_algorithm = IpsecCryptoAlg::IPSEC_API_CRYPTO_ALG_AES_GCM_128;
+    entry.crypto_key.length = 16;
+    entry.crypto_key.data[..16].copy_from_slice(&sa.key.key);
+    entry.integrity_algorithm = IpsecIntegAlg::IPSEC_API_INTEG_ALG_NONE;
+    entry.flags = flags;
+    // the salt's bytes travel in the order of rfc4106 key material (key ‖ salt)
+    entry.salt = u32::from_be_bytes(sa.key.salt);
+    entry.anti_replay_window_size = scrambler_core::esp::REPLAY_WINDOW;
     entry.tunnel.instance = u32::MAX;
     entry.tunnel.sw_if_index = u32::MAX;
     entry.tunnel.mode = TunnelMode::TUNNEL_API_MODE_P2P;
@@ -978,7 +990,7 @@ async fn reconcile_peer(
     //    to drop; anything else (missing, foreign shape, a stale tunnel) becomes drop
     //    before the tunnel is touched
     let current = have.tunnels.get(&p.instance).map(|t| t.sw_if_index);
-    let lost = outbound_lost(have, mesh, p.id);
+    let lost = outbound_lost(have, mesh, p.id) || outbound_changed(have, p);
     let mut guard = Guard::default();
     for r in &p.routes {
         let now = match have.routes.get(r) {
@@ -1058,8 +1070,18 @@ async fn reconcile_peer(
                     ops.unprotect(sw).await?;
                 }
                 ops.delete_sa(sa.id).await?;
-                ops.add_sa(sa, &p.name).await?;
-                rep.updated += 1;
+                if sa.dir == Direction::Outbound {
+                    // see outbound_changed: gone, and the peer lost until a rotation
+                    tracing::error!(
+                        peer = %p.name,
+                        generation = mesh.keys.tx,
+                        "outbound SA changed; not re-keyed in place: rotate keys"
+                    );
+                    rep.removed += 1;
+                } else {
+                    ops.add_sa(sa, &p.name).await?;
+                    rep.updated += 1;
+                }
             }
             None if sa.dir == Direction::Outbound && lost => {
                 tracing::error!(
@@ -1434,6 +1456,53 @@ mod tests {
     }
 
     #[test]
+    fn changed_outbound_sa_is_lost_not_replaced() {
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let m = mesh(scrambler_core::Keys::single(1));
+        let plans = plan(&m, &secret).unwrap();
+        let p = &plans[0];
+        let mut a = Actual::default();
+        for sa in &p.sas {
+            a.sas.insert(sa.id, sa_entry(sa));
+        }
+        assert!(!outbound_changed(&a, p));
+        // VPP's dump leaves the key out: still the same SA
+        let mut keyless = sa_entry(&p.sas[0]);
+        keyless.crypto_key.length = 0;
+        keyless.crypto_key.data = [0; 128];
+        a.sas.insert(p.sa_out, keyless);
+        assert!(!outbound_changed(&a, p));
+        // anti-replay (or ESN, the SPI, the salt) differs: changed
+        let mut e = sa_entry(&p.sas[0]);
+        e.flags = IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ESN;
+        a.sas.insert(p.sa_out, e);
+        assert!(outbound_changed(&a, p));
+        let mut e = sa_entry(&p.sas[0]);
+        e.salt ^= 1;
+        a.sas.insert(p.sa_out, e);
+        assert!(outbound_changed(&a, p));
+        // a changed inbound SA is replaced (the peer sends with it), not a loss
+        a.sas.insert(p.sa_out, sa_entry(&p.sas[0]));
+        let inbound = &p.sas[1];
+        let mut e = sa_entry(inbound);
+        e.flags = IpsecSadFlags::IPSEC_API_SAD_FLAG_IS_INBOUND;
+        a.sas.insert(inbound.id, e);
+        assert!(!outbound_changed(&a, p));
+        // once reconcile deleted it (and the protection), the peer counts as lost
+        a.sas.remove(&p.sa_out);
+        assert!(outbound_lost(&a, &m, id(2)));
+    }
+
+    #[test]
+    fn sa_entries_zero_their_key_and_salt_when_dropped() {
+        fn zeroed_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroed_on_drop::<crate::api::types::Key>();
+        zeroed_on_drop::<IpsecSadEntryV4>();
+        zeroed_on_drop::<crate::codec::EncodeBuf>();
+        zeroed_on_drop::<SaKey>();
+    }
+
+    #[test]
     fn owned_routes_are_told_by_their_marked_path() {
         let drop = route_path(Steer::Drop, false);
         let via = route_path(Steer::Via(7), true);
@@ -1477,9 +1546,9 @@ mod tests {
             dir: Direction::Outbound,
         };
         let e = sa_entry(&sa);
-        let mut wire = Vec::new();
+        let mut wire = crate::codec::EncodeBuf::default();
         crate::codec::Encode::encode(&e.salt, &mut wire).unwrap();
-        assert_eq!(wire, key.rfc4106_material()[16..]);
+        assert_eq!(&*wire, &key.rfc4106_material()[16..]);
         assert!(format!("{e:?}").contains("<redacted>"));
     }
 }

@@ -26,13 +26,11 @@ async fn two_vpps_ping_across_esp() {
 
     // an SA someone else owns must survive everything we do
     let ca = t.a.client().await;
-    let mut foreign = IpsecSadEntryV4 {
-        sad_id: 10,
-        spi: 1001,
-        protocol: IpsecProto::IPSEC_API_PROTO_ESP,
-        crypto_algorithm: IpsecCryptoAlg::IPSEC_API_CRYPTO_ALG_AES_GCM_128,
-        ..Default::default()
-    };
+    let mut foreign = IpsecSadEntryV4::default();
+    foreign.sad_id = 10;
+    foreign.spi = 1001;
+    foreign.protocol = IpsecProto::IPSEC_API_PROTO_ESP;
+    foreign.crypto_algorithm = IpsecCryptoAlg::IPSEC_API_CRYPTO_ALG_AES_GCM_128;
     foreign.crypto_key.length = 16;
     ca.request(&IpsecSadEntryAddV2 { entry: foreign })
         .await

@@ -121,7 +121,10 @@ async fn af_packet_interface_with_address() {
 struct ShowVersionOtherCrc;
 
 impl scrambler_vpp::codec::Encode for ShowVersionOtherCrc {
-    fn encode(&self, _: &mut Vec<u8>) -> Result<(), scrambler_vpp::codec::CodecError> {
+    fn encode(
+        &self,
+        _: &mut scrambler_vpp::codec::EncodeBuf,
+    ) -> Result<(), scrambler_vpp::codec::CodecError> {
         Ok(())
     }
 }

@@ -16,7 +16,7 @@
 
 use crate::config::XfrmConfig;
 use crate::model::{delete_state_msg, family, FoundPolicy, FoundState, PolicyKey, StateKey};
-use crate::nl::Request;
+use crate::nl::{Request, Scrubbed};
 use crate::plan::Desired;
 use scrambler_core::{Error, ReconcileReport, Result};
 use std::collections::HashMap;
@@ -28,8 +28,9 @@ pub(crate) struct Changes {
     pub phases: [Vec<Request>; 5],
     /// Counts for the report.
     pub report: ReconcileReport,
-    /// Outbound states (peer id, generation) lost while their generation was live: not
-    /// re-created under the same key (see [`diff`]).
+    /// Outbound states (peer id, generation) lost while their generation was live, or
+    /// found with changed attributes (then deleted): not (re-)created under the same key
+    /// (see [`diff`]).
     pub lost_outbound: Vec<(u16, u32)>,
 }
 
@@ -97,7 +98,7 @@ fn diff_policies(
             Some(f) if f.policy == *want => ch.report.unchanged += 1,
             Some(_) => {
                 ch.phases[phase].push(Request {
-                    msg: want.update_msg(),
+                    msg: Scrubbed(want.update_msg()),
                     op: "update xfrm policy",
                     object: key.to_string(),
                 });
@@ -105,7 +106,7 @@ fn diff_policies(
             }
             None => {
                 ch.phases[phase].push(Request {
-                    msg: want.add_msg(),
+                    msg: Scrubbed(want.add_msg()),
                     op: "add xfrm policy",
                     object: key.to_string(),
                 });
@@ -121,7 +122,7 @@ fn diff_policies(
     stale.sort_by_key(|p| p.policy.tmpl.is_none());
     for p in stale {
         ch.phases[4].push(Request {
-            msg: p.delete_msg(),
+            msg: Scrubbed(p.delete_msg()),
             op: "delete xfrm policy",
             object: p.policy.key.to_string(),
         });
@@ -164,15 +165,34 @@ fn diff_states(
                 })
             }
             Some(f) if f.shape == want.shape => ch.report.unchanged += 1,
+            Some(f) if !want.inbound => {
+                // An outbound state whose attributes changed (e.g. the local underlay
+                // address) has sent under this key: replacing it would restart the
+                // sequence numbers under the same key (AES-GCM nonce reuse). Take it away
+                // and treat the peer like one whose outbound state was lost: dropped until
+                // a rotation brings a new key.
+                tracing::error!(
+                    peer = want.peer,
+                    generation = want.generation,
+                    "outbound SA changed; not re-keyed in place: rotate keys"
+                );
+                ch.phases[phase].push(Request {
+                    msg: Scrubbed(delete_state_msg(key, f.family)),
+                    op: "delete changed xfrm state",
+                    object: key.to_string(),
+                });
+                ch.report.removed += 1;
+                ch.lost_outbound.push((want.peer, want.generation));
+            }
             Some(f) => {
                 // keys and replay settings cannot change in place: replace
                 ch.phases[phase].push(Request {
-                    msg: delete_state_msg(key, f.family),
+                    msg: Scrubbed(delete_state_msg(key, f.family)),
                     op: "replace xfrm state (delete)",
                     object: key.to_string(),
                 });
                 ch.phases[phase].push(Request {
-                    msg: want.add_msg(),
+                    msg: Scrubbed(want.add_msg()),
                     op: "replace xfrm state (add)",
                     object: key.to_string(),
                 });
@@ -196,7 +216,7 @@ fn diff_states(
             }
             None => {
                 ch.phases[phase].push(Request {
-                    msg: want.add_msg(),
+                    msg: Scrubbed(want.add_msg()),
                     op: "add xfrm state",
                     object: key.to_string(),
                 });
@@ -221,7 +241,7 @@ fn diff_states(
         .map(|s| {
             ch.report.removed += 1;
             Request {
-                msg: delete_state_msg(&s.shape.key, family(&s.shape.key.daddr)),
+                msg: Scrubbed(delete_state_msg(&s.shape.key, family(&s.shape.key.daddr))),
                 op: "delete xfrm state",
                 object: s.shape.key.to_string(),
             }
@@ -305,12 +325,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn lost_outbound_state_is_not_recreated_under_the_same_key() {
+    /// Node 1 of a 3-node mesh with states planned, and its policies as found.
+    fn three_nodes_with_states() -> (XfrmConfig, Desired, Vec<FoundPolicy>) {
         let cfg = XfrmConfig::default();
         let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
         let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
         let pols = found_from(&d);
+        (cfg, d, pols)
+    }
+
+    #[test]
+    fn lost_outbound_state_is_not_recreated_under_the_same_key() {
+        let (cfg, d, pols) = three_nodes_with_states();
         // fresh node: every state is made
         let ch = diff(&cfg, &d, &pols, &[], true).unwrap();
         assert_eq!(ch.report.added, 4);
@@ -324,6 +350,55 @@ mod tests {
         let mut found = found_states(&d, |_| true);
         found[0].shape.reqid = 7;
         assert!(diff(&cfg, &d, &pols, &found, true).is_err());
+    }
+
+    #[test]
+    fn changed_outbound_state_is_deleted_and_lost_never_rekeyed_in_place() {
+        let (cfg, d, pols) = three_nodes_with_states();
+        // node 1's underlay address moved: what the kernel holds has the old source
+        let mut found = found_states(&d, |_| true);
+        let old_src: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        for f in found.iter_mut() {
+            if f.shape.key.daddr.to_string() == "192.0.2.2" {
+                f.shape.saddr = old_src;
+            }
+        }
+        let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+        assert_eq!(ch.lost_outbound, vec![(2, 1)]);
+        assert_eq!((ch.report.added, ch.report.updated), (0, 0));
+        assert_eq!(ch.report.removed, 1);
+        // the only state request is the delete: nothing is added under the old key
+        let adds = ch
+            .phases
+            .iter()
+            .flatten()
+            .filter(|r| r.op.contains("add"))
+            .count();
+        assert_eq!(adds, 0);
+        let outbound = &ch.phases[3];
+        assert_eq!(outbound.len(), 1);
+        assert_eq!(outbound[0].op, "delete changed xfrm state");
+        assert!(
+            outbound[0].object.contains("192.0.2.2"),
+            "{}",
+            outbound[0].object
+        );
+        // the next run sees it missing while its inbound state is there: still lost
+        let found = found_states(&d, |s| s.inbound || s.peer != 2);
+        let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+        assert_eq!(ch.lost_outbound, vec![(2, 1)]);
+        assert_eq!(ch.len(), 0);
+        // an inbound state with changed attributes is replaced (the peer sends with it)
+        let mut found = found_states(&d, |_| true);
+        for f in found
+            .iter_mut()
+            .filter(|f| f.shape.key.daddr.to_string() == "192.0.2.1")
+        {
+            f.shape.replay_window = 32;
+        }
+        let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+        assert!(ch.lost_outbound.is_empty());
+        assert_eq!(ch.report.updated, 2);
     }
 
     #[test]

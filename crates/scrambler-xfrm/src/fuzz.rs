@@ -8,7 +8,7 @@
 
 use crate::config::XfrmConfig;
 use crate::diff::diff;
-use crate::nl::{ack_result, split, to_error};
+use crate::nl::{ack_result, split, to_error, Answer};
 use crate::plan::{tests::mesh, Desired};
 use crate::status::{build, Observed};
 use crate::tunnel::dumped_from;
@@ -28,16 +28,25 @@ fn check_datagram(buf: &[u8], cfg: &XfrmConfig, desired: &Desired) {
     let mut answers = Vec::new();
     for (header, payload) in messages {
         match payload {
-            NetlinkPayload::Error(e) => {
+            Answer::Error(e) => {
                 if let Err(e) = ack_result(&header, &e) {
                     let _ = to_error("add xfrm state", "fuzz", &e).to_string();
                 }
             }
-            NetlinkPayload::InnerMessage(m) => answers.push(m),
+            Answer::Message(m) => answers.push(m),
             _ => {}
         }
     }
-    let dumped = dumped_from(&answers, answers.clone());
+    // the same answers once more as the state dump (scrubbed messages are not cloned)
+    let states = split(buf)
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, a)| match a {
+            Answer::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let dumped = dumped_from(&answers, states);
     let _ = diff(cfg, desired, &dumped.policies, &dumped.states, true);
     let _ = build(
         cfg,
@@ -114,7 +123,7 @@ fn raw_answers(msg: XfrmMessage, flags: u16) -> Vec<Vec<u8>> {
         let last = split(&buf)
             .expect("kernel answer parses")
             .iter()
-            .any(|(_, p)| matches!(p, NetlinkPayload::Done(_) | NetlinkPayload::Error(_)));
+            .any(|(_, p)| matches!(p, Answer::Done | Answer::Error(_)));
         datagrams.push(buf);
         if last {
             return datagrams;

@@ -47,8 +47,9 @@
 //! * the agent being down changes nothing: everything lives in the kernel, with no
 //!   lifetimes;
 //! * **an outbound state lost** while its generation is live (deleted behind our back)
-//!   is *not* re-created: the same key with restarted sequence numbers would reuse
-//!   AES-GCM nonces. Traffic to that peer stays dropped, `status` reports
+//!   is *not* re-created, and one whose attributes changed (e.g. the local underlay
+//!   address) is deleted, *not* replaced: the same key with restarted sequence numbers
+//!   would reuse AES-GCM nonces. Traffic to that peer stays dropped, `status` reports
 //!   [`LOST_OUTBOUND`], and [`rotate`] to a new generation repairs it. (A node whose
 //!   states vanished entirely, e.g. by a reboot, cannot tell: the agent must rotate the
 //!   generation when a node restarts — see the crate's known limits in the report.)
@@ -65,8 +66,9 @@
 //!
 //! ## Reconcile
 //! Dump policies and states of the namespace, diff against the plan, then send adds,
-//! in-place updates (`XFRM_MSG_UPDPOLICY`; states, whose keys cannot change in place, are
-//! deleted and re-added) and deletes pipelined on one socket, checking every ACK. A
+//! in-place updates (`XFRM_MSG_UPDPOLICY`; inbound states, whose keys cannot change in
+//! place, are deleted and re-added; a changed outbound state is deleted and left lost, see
+//! Fail closed) and deletes pipelined on one socket, checking every ACK. A
 //! second reconcile is a no-op; adding or removing one peer costs that peer's requests.
 //!
 //! ## Rotation
@@ -125,3 +127,8 @@ pub use config::{
 pub use rotation::{rotate, RotationReport};
 pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};
+
+/// The README's examples ("Embedding the crates"), compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

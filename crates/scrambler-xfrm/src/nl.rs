@@ -46,12 +46,69 @@ impl fmt::Display for NlError {
 
 /// One request of a batch: the message plus what it is, for error messages.
 pub(crate) struct Request {
-    /// The message.
-    pub msg: XfrmMessage,
+    /// The message; its key material is zeroed when the request is dropped — sent or not,
+    /// e.g. the later phases of a reconcile that failed early.
+    pub msg: Scrubbed<XfrmMessage>,
     /// Operation name ("add xfrm policy" …).
     pub op: &'static str,
     /// The object it acts on (never contains key material).
     pub object: String,
+}
+
+/// A netlink message (built for sending, or parsed from an answer) whose XFRM key material
+/// is zeroed when it is dropped.
+pub(crate) struct Scrubbed<T: Scrub>(pub T);
+
+impl<T: Scrub> Drop for Scrubbed<T> {
+    fn drop(&mut self) {
+        self.0.scrub();
+    }
+}
+
+impl<T: Scrub> std::ops::Deref for Scrubbed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Scrub> std::ops::DerefMut for Scrubbed<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+/// What can hold XFRM key material and be zeroed.
+pub(crate) trait Scrub {
+    /// Zeroes the key material.
+    fn scrub(&mut self);
+}
+
+impl Scrub for XfrmMessage {
+    fn scrub(&mut self) {
+        scrub(self);
+    }
+}
+
+impl Scrub for NetlinkMessage<XfrmMessage> {
+    fn scrub(&mut self) {
+        if let NetlinkPayload::InnerMessage(m) = &mut self.payload {
+            scrub(m);
+        }
+    }
+}
+
+/// One message of an answer (short-lived: split, matched, and the messages moved on).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answer {
+    /// An XFRM message (a dump entry).
+    Message(Scrubbed<XfrmMessage>),
+    /// An ACK or error.
+    Error(netlink_packet_core::ErrorMessage),
+    /// The end of a dump.
+    Done,
+    /// Anything else.
+    Other,
 }
 
 /// A netlink XFRM socket bound to the network namespace it was opened in.
@@ -90,20 +147,27 @@ impl XfrmSocket {
         let mut results = Vec::with_capacity(reqs.len());
         for chunk in reqs.chunks(WINDOW) {
             let first = self.seq.wrapping_add(1);
-            let mut out = Zeroizing::new(Vec::new());
-            for r in chunk {
-                let seq = self.next_seq();
-                let mut header = NetlinkHeader::default();
-                header.flags = NLM_F_REQUEST | NLM_F_ACK;
-                header.sequence_number = seq;
-                let mut m =
-                    NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg.clone()));
-                m.finalize();
-                let start = out.len();
-                out.resize(start + m.buffer_len(), 0);
-                m.serialize(&mut out[start..]);
-                scrub_message(m);
+            let msgs: Vec<Scrubbed<NetlinkMessage<XfrmMessage>>> = chunk
+                .iter()
+                .map(|r| {
+                    let mut header = NetlinkHeader::default();
+                    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+                    header.sequence_number = self.next_seq();
+                    let mut m =
+                        NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg.0.clone()));
+                    m.finalize();
+                    Scrubbed(m)
+                })
+                .collect();
+            // sized once: a growing buffer would leave copies of the keys behind
+            let mut out = Zeroizing::new(vec![0u8; msgs.iter().map(|m| m.buffer_len()).sum()]);
+            let mut start = 0;
+            for m in &msgs {
+                let end = start + m.buffer_len();
+                m.serialize(&mut out[start..end]);
+                start = end;
             }
+            drop(msgs);
             self.sock
                 .send(&out, 0)
                 .map_err(|e| Error::io("send xfrm requests", "NETLINK_XFRM", e))?;
@@ -127,8 +191,8 @@ impl XfrmSocket {
     fn recv_acks(&mut self) -> Result<Vec<(u32, Result<(), NlError>)>> {
         self.recv_datagram()?;
         let mut acks = Vec::new();
-        for (header, payload) in split(&self.buf)? {
-            if let NetlinkPayload::Error(e) = payload {
+        for (header, answer) in split(&self.buf)? {
+            if let Answer::Error(e) = answer {
                 acks.push((header.sequence_number, ack_result(&header, &e)));
             }
         }
@@ -146,8 +210,9 @@ impl XfrmSocket {
         }
     }
 
-    /// Dumps with `msg` (`NLM_F_DUMP`) and returns every answer message.
-    pub fn dump(&mut self, msg: XfrmMessage, what: &str) -> Result<Vec<XfrmMessage>> {
+    /// Dumps with `msg` (`NLM_F_DUMP`) and returns every answer message (state dumps carry
+    /// keys: each is zeroed when dropped).
+    pub fn dump(&mut self, msg: XfrmMessage, what: &str) -> Result<Vec<Scrubbed<XfrmMessage>>> {
         let seq = self.next_seq();
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -162,25 +227,25 @@ impl XfrmSocket {
         let mut found = Vec::new();
         loop {
             self.recv_datagram()?;
-            for (h, payload) in split(&self.buf)? {
+            for (h, answer) in split(&self.buf)? {
                 if h.sequence_number != seq {
                     continue;
                 }
-                match payload {
-                    NetlinkPayload::Done(_) => return Ok(found),
-                    NetlinkPayload::Error(e) => match ack_result(&h, &e) {
+                match answer {
+                    Answer::Done => return Ok(found),
+                    Answer::Error(e) => match ack_result(&h, &e) {
                         Ok(()) => return Ok(found),
                         Err(e) => return Err(Error::kernel("dump", what, e)),
                     },
-                    NetlinkPayload::InnerMessage(m) => found.push(m),
-                    _ => {}
+                    Answer::Message(m) => found.push(m),
+                    Answer::Other => {}
                 }
             }
         }
     }
 }
 
-pub(crate) fn split(buf: &[u8]) -> Result<Vec<(NetlinkHeader, NetlinkPayload<XfrmMessage>)>> {
+pub(crate) fn split(buf: &[u8]) -> Result<Vec<(NetlinkHeader, Answer)>> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 16 <= buf.len() {
@@ -197,7 +262,13 @@ pub(crate) fn split(buf: &[u8]) -> Result<Vec<(NetlinkHeader, NetlinkPayload<Xfr
             .map_err(|_| Error::decode("xfrm netlink answer", "malformed message"))?
             .map_err(|e| Error::decode("xfrm netlink answer", e))?;
         let (h, p) = m.into_parts();
-        out.push((h, p));
+        let answer = match p {
+            NetlinkPayload::InnerMessage(m) => Answer::Message(Scrubbed(m)),
+            NetlinkPayload::Error(e) => Answer::Error(e),
+            NetlinkPayload::Done(_) => Answer::Done,
+            _ => Answer::Other,
+        };
+        out.push((h, answer));
         off += (len + 3) & !3;
     }
     Ok(out)
@@ -263,12 +334,6 @@ pub(crate) fn scrub(msg: &mut XfrmMessage) {
     }
 }
 
-fn scrub_message(m: NetlinkMessage<XfrmMessage>) {
-    if let (_, NetlinkPayload::InnerMessage(mut inner)) = m.into_parts() {
-        scrub(&mut inner);
-    }
-}
-
 /// Maps a refused request to a Scrambler error for `op` on `object`.
 pub(crate) fn to_error(op: &'static str, object: &str, e: &NlError) -> Error {
     use nix::errno::Errno;
@@ -292,6 +357,78 @@ pub(crate) fn to_error(op: &'static str, object: &str, e: &NlError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_xfrm::{AlgAead, XfrmAttrs};
+
+    /// An XFRM_MSG_NEWSA carrying `key` as its AEAD key.
+    fn add_sa(key: &[u8]) -> XfrmMessage {
+        let mut m = netlink_packet_xfrm::state::ModifyMessage::default();
+        m.nlas.push(XfrmAttrs::EncryptionAlgAead(AlgAead {
+            alg_name: [0; 64],
+            alg_key_len: (key.len() * 8) as u32,
+            alg_icv_len: 128,
+            alg_key: key.to_vec(),
+        }));
+        XfrmMessage::AddSa(m)
+    }
+
+    fn key_of(m: &XfrmMessage) -> Vec<u8> {
+        let XfrmMessage::AddSa(m) = m else {
+            panic!("not a state")
+        };
+        m.nlas
+            .iter()
+            .find_map(|a| match a {
+                XfrmAttrs::EncryptionAlgAead(a) => Some(a.alg_key.clone()),
+                _ => None,
+            })
+            .expect("an AEAD key")
+    }
+
+    #[test]
+    fn scrubbed_zeroes_when_dropped() {
+        struct Probe(std::rc::Rc<std::cell::Cell<u32>>);
+        impl Scrub for Probe {
+            fn scrub(&mut self) {
+                self.0.set(self.0.get() + 1);
+            }
+        }
+        let n = std::rc::Rc::new(std::cell::Cell::new(0));
+        drop(Scrubbed(Probe(n.clone())));
+        assert_eq!(n.get(), 1);
+        // requests hold their message as Scrubbed (a type check: the field is one)
+        let r = Request {
+            msg: Scrubbed(add_sa(&[7; 20])),
+            op: "add xfrm state",
+            object: "s".into(),
+        };
+        let _: &Scrubbed<XfrmMessage> = &r.msg;
+    }
+
+    #[test]
+    fn scrub_zeroes_sent_and_received_keys() {
+        let mut m = add_sa(&[7; 20]);
+        m.scrub();
+        // zeroize writes zeros over the bytes, then empties the vector
+        assert!(key_of(&m).is_empty());
+        let mut n = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(add_sa(&[7; 20])),
+        );
+        n.finalize();
+        let mut wire = vec![0u8; n.buffer_len()];
+        n.serialize(&mut wire);
+        n.scrub();
+        let NetlinkPayload::InnerMessage(inner) = &n.payload else {
+            panic!()
+        };
+        assert!(key_of(inner).is_empty());
+        // an answer carrying a state comes back as a Scrubbed message
+        let answers = split(&wire).unwrap();
+        let [(_, Answer::Message(got))] = &answers[..] else {
+            panic!("one message expected")
+        };
+        assert_eq!(key_of(got), vec![7; 20]);
+    }
 
     #[test]
     fn ext_ack_text_is_extracted() {

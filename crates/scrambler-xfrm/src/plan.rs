@@ -23,9 +23,9 @@ pub(crate) fn outer_pair(local: &Node, peer: &Node) -> Result<(IpAddr, IpAddr)> 
     let remote = *peer
         .underlay
         .first()
-        .ok_or_else(|| Error::config(format!("node {:?} has no underlay address", peer.name)))?;
+        .ok_or_else(|| Error::mesh(format!("node {:?} has no underlay address", peer.name)))?;
     let mine = local.underlay_for(remote.is_ipv6()).ok_or_else(|| {
-        Error::config(format!(
+        Error::mesh(format!(
             "node {:?} has no underlay address of the family of {remote} ({:?})",
             local.name, peer.name
         ))

@@ -7,7 +7,7 @@ use crate::model::{
     delete_state_msg, family, policy_dump_msg, state_dump_msg, DesiredState, FoundPolicy,
     FoundState, StateKey,
 };
-use crate::nl::{self, Request, XfrmSocket};
+use crate::nl::{self, Request, Scrubbed, XfrmSocket};
 use crate::plan::Desired;
 use crate::status::{self, Observed};
 use async_trait::async_trait;
@@ -147,10 +147,7 @@ impl XfrmTunnel {
             return Ok(sock);
         }
         let (sock, ()) = blocking(sock, move |s| {
-            let mut reqs = reqs;
-            let res = s.execute(&reqs);
-            reqs.iter_mut().for_each(|r| nl::scrub(&mut r.msg));
-            let res = res?;
+            let res = s.execute(&reqs)?;
             let mut first = None;
             let mut failed = 0usize;
             for (r, req) in res.iter().zip(&reqs) {
@@ -188,17 +185,15 @@ fn annotate(e: Error, failed: usize) -> Error {
 
 fn request(msg: XfrmMessage, op: &'static str, object: &str) -> Request {
     Request {
-        msg,
+        msg: nl::Scrubbed(msg),
         op,
         object: object.to_string(),
     }
 }
 
-/// Sends requests and scrubs the copies holding key material.
-fn send(sock: &mut XfrmSocket, mut reqs: Vec<Request>) -> Result<Vec<Result<(), nl::NlError>>> {
-    let res = sock.execute(&reqs);
-    reqs.iter_mut().for_each(|r| nl::scrub(&mut r.msg));
-    res
+/// Sends requests (their key material is zeroed when they are dropped here).
+fn send(sock: &mut XfrmSocket, reqs: Vec<Request>) -> Result<Vec<Result<(), nl::NlError>>> {
+    sock.execute(&reqs)
 }
 
 /// Runs blocking socket work off the async runtime, handing the socket back.
@@ -224,24 +219,23 @@ fn dump_owned_and_foreign(s: &mut XfrmSocket) -> Result<Dumped> {
 /// The policies and states Scrambler can describe among dump answers; key material in the
 /// state answers is scrubbed.
 pub(crate) fn dumped_from(
-    policy_answers: &[XfrmMessage],
-    state_answers: Vec<XfrmMessage>,
+    policy_answers: &[Scrubbed<XfrmMessage>],
+    state_answers: Vec<Scrubbed<XfrmMessage>>,
 ) -> Dumped {
     let policies = policy_answers
         .iter()
-        .filter_map(|m| match m {
+        .filter_map(|m| match &**m {
             XfrmMessage::AddPolicy(p) | XfrmMessage::UpdatePolicy(p) => FoundPolicy::parse(p),
             _ => None,
         })
         .collect();
     let mut states = Vec::new();
     for mut m in state_answers {
-        if let XfrmMessage::AddSa(ref mut st) | XfrmMessage::UpdateSa(ref mut st) = m {
+        if let XfrmMessage::AddSa(st) | XfrmMessage::UpdateSa(st) = &mut *m {
             if let Some(f) = FoundState::parse(st) {
                 states.push(f);
             }
         }
-        nl::scrub(&mut m);
     }
     Dumped { policies, states }
 }

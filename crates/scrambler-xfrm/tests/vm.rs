@@ -248,6 +248,75 @@ fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
     });
 }
 
+#[test]
+fn vm_xfrm_moved_underlay_is_lost_until_rotation_never_rekeyed_in_place() {
+    if VM.delegate(
+        "vm_xfrm_moved_underlay_is_lost_until_rotation_never_rekeyed_in_place",
+        FEATURES,
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    rt().block_on(async {
+        lab.reconcile_all(&lab.tunnel).await;
+        assert!(lab.ping(1, 2, 2) && lab.ping(2, 3, 2));
+        let cap = lab.capture();
+        // node1 moves to another underlay address: its outbound states (and its peers'
+        // outbound states to it) keep their keys but not their addresses
+        lab.nodes[0].ip(&["addr", "add", "192.0.2.11/24", "dev", "ul0"]);
+        let moved: std::net::IpAddr = "192.0.2.11".parse().unwrap();
+        for m in lab.meshes.iter_mut() {
+            for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+                if n.id.get() == 1 {
+                    n.underlay = vec![moved];
+                }
+            }
+        }
+        lab.reconcile_all(&lab.tunnel).await;
+        // nothing was re-created under a key that has sent: node1 lost both outbound
+        // states, node2 and node3 the one to node1; traffic with node1 is dropped
+        for (i, lost) in [(0, 2), (1, 1), (2, 1)] {
+            let s = lab
+                .tunnel
+                .status(&lab.nodes[i].netns(), &lab.meshes[i])
+                .await
+                .unwrap();
+            assert_eq!(
+                s.errors.get(scrambler_xfrm::LOST_OUTBOUND),
+                Some(&lost),
+                "node{}: {}",
+                i + 1,
+                StatusTable(&s)
+            );
+            assert!(!s.encrypted && s.fail_closed, "{s:?}");
+        }
+        assert!(!lab.ping(1, 2, 2) && !lab.ping(3, 1, 2));
+        assert!(lab.ping(2, 3, 2), "peers that did not move keep talking");
+        // a second run changes nothing: still lost, never re-keyed in place
+        for r in lab.reconcile_all(&lab.tunnel).await {
+            assert!(r.is_noop(), "{r:?}");
+        }
+        assert_no_cleartext(&cap.finish());
+        // a rotation brings new keys: everything flows again
+        let done = rotate(
+            &lab.tunnel,
+            &lab.node_ns(),
+            &secret(),
+            2,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        assert!(lab.ping(1, 2, 2) && lab.ping(3, 1, 2));
+        let s = lab
+            .tunnel
+            .status(&lab.nodes[0].netns(), &done.meshes[0])
+            .await
+            .unwrap();
+        assert!(s.encrypted, "{}", StatusTable(&s));
+    });
+}
+
 /// Numbered UDP datagrams from pod `from` (1-based) to pod `to` every 5 ms.
 fn stream(lab: &Lab, from: usize, to: usize) -> Stream {
     Stream::start(

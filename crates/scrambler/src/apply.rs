@@ -3,7 +3,7 @@
 use crate::meshfile::MeshFile;
 use crate::record::{self, NodeRecord};
 use crate::status::StatusReport;
-use scrambler_core::{ClusterSecret, Error, Netns, ReconcileReport, Result, Tunnel};
+use scrambler_core::{Error, Netns, ReconcileReport, Result, Tunnel};
 use std::path::{Path, PathBuf};
 
 /// Where `--vpp-socket` points unless told otherwise: VPP's default binary-API socket.
@@ -40,14 +40,54 @@ pub fn tunnel_with(backend: &str, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> 
     }
 }
 
+/// The text of an error in the node tool's words: no CNI wording ("invalid network
+/// config", "unknown container") for what is a node-tool argument or a mesh.
+pub fn message(e: &Error) -> String {
+    match e {
+        Error::InvalidConfig(m) | Error::UnknownContainer(m) => m.clone(),
+        e => e.to_string(),
+    }
+}
+
+/// Adds what to check to a failure to reach the node's VPP: that VPP runs and that
+/// `--vpp-socket` is its API socket.
+fn hint_vpp_socket(backend: &str, e: Error) -> Error {
+    match e {
+        Error::Io {
+            op: "connect",
+            object,
+            source,
+        } if backend == "vpp" => Error::Dataplane {
+            dataplane: "vpp".into(),
+            op: format!("connect to the API socket {object}"),
+            reason: format!(
+                "{source}: is VPP running on this node, and is this its API socket \
+                 (`socksvr {{ socket-name … }}` in its startup.conf)? Point --vpp-socket at it"
+            ),
+        },
+        e => e,
+    }
+}
+
+/// The node's network namespace, checked; a missing one is named as the `--netns` argument.
+fn check_netns(netns: &Netns) -> Result<()> {
+    netns.check().map_err(|e| match e {
+        Error::UnknownContainer(msg) => Error::config(format!("--netns: {msg}")),
+        e => e,
+    })
+}
+
 /// Reconciles the node's dataplane to the mesh file and records the change.
 pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mf = MeshFile::load(&args.mesh)?;
-    let mesh = mf.cluster.mesh_for(&args.node)?;
-    let secret = ClusterSecret::from_file(&mf.key_file)?;
-    args.netns.check()?;
+    let mesh = mf.mesh_for(&args.node)?;
+    let secret = mf.secret()?;
+    check_netns(&args.netns)?;
     let t = tunnel_with(&args.backend, &args.vpp_socket)?;
-    let report = t.reconcile(&args.netns, &mesh, &secret).await?;
+    let report = t
+        .reconcile(&args.netns, &mesh, &secret)
+        .await
+        .map_err(|e| hint_vpp_socket(&args.backend, e))?;
     let prev = NodeRecord::load(&args.state_dir, &args.node).ok().flatten();
     NodeRecord::after_apply(prev.as_ref(), &mesh, record::now())
         .save(&args.state_dir, &args.node)?;
@@ -59,10 +99,13 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
 /// The node's status.
 pub async fn status(args: &ApplyArgs) -> Result<StatusReport> {
     let mf = MeshFile::load(&args.mesh)?;
-    let mesh = mf.cluster.mesh_for(&args.node)?;
-    args.netns.check()?;
+    let mesh = mf.mesh_for(&args.node)?;
+    check_netns(&args.netns)?;
     let t = tunnel_with(&args.backend, &args.vpp_socket)?;
-    let st = t.status(&args.netns, &mesh).await?;
+    let st = t
+        .status(&args.netns, &mesh)
+        .await
+        .map_err(|e| hint_vpp_socket(&args.backend, e))?;
     let rec = NodeRecord::load(&args.state_dir, &args.node)?;
     Ok(StatusReport::new(&mesh, st, rec.as_ref()))
 }
@@ -70,6 +113,42 @@ pub async fn status(args: &ApplyArgs) -> Result<StatusReport> {
 /// Removes everything the dataplane owns in the node's namespace (with `vpp`: in the VPP
 /// behind `vpp_socket`).
 pub async fn remove(netns: &Netns, backend: &str, vpp_socket: &Path) -> Result<ReconcileReport> {
-    netns.check()?;
-    tunnel_with(backend, vpp_socket)?.remove(netns).await
+    check_netns(netns)?;
+    tunnel_with(backend, vpp_socket)?
+        .remove(netns)
+        .await
+        .map_err(|e| hint_vpp_socket(backend, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_vpp_socket_says_what_to_check() {
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = hint_vpp_socket("vpp", Error::io("connect", "/run/vpp/api.sock", gone()));
+        let text = e.to_string();
+        assert!(text.contains("/run/vpp/api.sock"), "{text}");
+        assert!(
+            text.contains("is VPP running") && text.contains("--vpp-socket"),
+            "{text}"
+        );
+        // other failures, and other backends, are left as they are
+        let e = hint_vpp_socket("xfrm", Error::io("connect", "/x", gone()));
+        assert!(!e.to_string().contains("--vpp-socket"));
+        let e = hint_vpp_socket("vpp", Error::io("read", "/x", gone()));
+        assert!(!e.to_string().contains("--vpp-socket"));
+    }
+
+    #[test]
+    fn missing_netns_names_the_argument_in_node_tool_words() {
+        let e = check_netns(&Netns::Path("/run/netns/scr-no-such-node".into())).unwrap_err();
+        assert_eq!(
+            message(&e),
+            "--netns: network namespace /run/netns/scr-no-such-node does not exist"
+        );
+        let e = Error::mesh("node \"x\" is not in the mesh");
+        assert_eq!(message(&e), "invalid mesh: node \"x\" is not in the mesh");
+    }
 }

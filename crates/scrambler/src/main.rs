@@ -43,7 +43,7 @@ enum Cmd {
     },
     /// Write a new cluster secret (mode 0600).
     Keygen {
-        /// Where to write it; must not exist.
+        /// Where to write it; must not exist. Missing directories are created (mode 0700).
         #[arg(long)]
         out: PathBuf,
     },
@@ -59,8 +59,8 @@ struct NodeArgs {
     /// Mesh file (nodes, underlay addresses, pod CIDRs, key file, generations).
     #[arg(long)]
     mesh: PathBuf,
-    /// This node's name in the mesh.
-    #[arg(long)]
+    /// This node's name in the mesh (lowercase letters, digits, '-' and '.').
+    #[arg(long, value_parser = node_name)]
     node: String,
     /// The node's network namespace (a path); default: the current one.
     #[arg(long)]
@@ -225,9 +225,18 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("scrambler: {e}");
+            eprintln!("scrambler: {}", apply::message(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--node`: a plain node name, never a path (it names the node's record file).
+fn node_name(s: &str) -> std::result::Result<String, String> {
+    match scrambler_core::mesh::check_node_name(s) {
+        Ok(()) => Ok(s.to_string()),
+        Err(Error::InvalidMesh(m)) => Err(m),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! last changed. Kept under a state directory (default `/run/scrambler`, so a reboot starts
 //! fresh, like the dataplane itself).
 
+use scrambler_core::mesh::check_node_name;
 use scrambler_core::{Error, Mesh, Node, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,14 +26,16 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// The record file of `node` under `dir`.
-    pub fn path(dir: &Path, node: &str) -> PathBuf {
-        dir.join(format!("{node}.json"))
+    /// The record file of `node` under `dir`; `node` must be a plain node name
+    /// ([`check_node_name`]), so the file is always directly under `dir`.
+    pub fn path(dir: &Path, node: &str) -> Result<PathBuf> {
+        check_node_name(node)?;
+        Ok(dir.join(format!("{node}.json")))
     }
 
     /// Loads the record, `None` if there is none yet.
     pub fn load(dir: &Path, node: &str) -> Result<Option<Self>> {
-        let p = Self::path(dir, node);
+        let p = Self::path(dir, node)?;
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -74,7 +77,7 @@ impl NodeRecord {
     pub fn save(&self, dir: &Path, node: &str) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("create state dir", dir.display(), e))?;
-        let p = Self::path(dir, node);
+        let p = Self::path(dir, node)?;
         let tmp = p.with_extension("tmp");
         let bytes = serde_json::to_vec(self).map_err(|e| Error::decode("node record", e))?;
         std::fs::write(&tmp, bytes)

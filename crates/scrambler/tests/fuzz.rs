@@ -95,7 +95,8 @@ fn fuzz_node_record() {
     let r = Target::new(CRATE, "node_record", Shape::Json, 3000)
         .dictionary(MESH_WORDS)
         .run(|input| {
-            std::fs::write(NodeRecord::path(dir.path(), "node1"), input).expect("write");
+            std::fs::write(NodeRecord::path(dir.path(), "node1").expect("path"), input)
+                .expect("write");
             let Some(Some(prev)) =
                 expect_codes("load", NodeRecord::load(dir.path(), "node1"), &[107])
             else {
