@@ -21,7 +21,9 @@ pub enum Fault {
     /// The agent (`scrambler mesh apply`) is killed mid-reconcile during a key rotation,
     /// then restarted.
     KillAgent,
-    /// An outbound ESP state is deleted behind Scrambler's back; the next apply repairs it.
+    /// An outbound ESP state is deleted behind Scrambler's back. The next apply reports the
+    /// lost SA and keeps that peer dropped (re-creating it under the same key would reuse
+    /// GCM nonces); the key rotation the lab then runs repairs it.
     DeleteState,
     /// A full key rotation (prepare, switch, finish on every node) under load.
     Rotate,
