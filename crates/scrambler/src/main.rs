@@ -117,7 +117,7 @@ enum MeshCmd {
 
 #[derive(Args, Clone)]
 struct LabName {
-    /// The lab's name: prefix of all its namespaces.
+    /// The lab's name, prefix of all its namespaces: 1-32 ASCII letters, digits, `-`, `_`.
     #[arg(long, default_value = "scr")]
     name: String,
 }
@@ -141,6 +141,8 @@ enum LabCmd {
         backend: String,
     },
     /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
+    ///
+    /// Exit status: 0 PASS, 2 FAIL, 1 an error.
     Test {
         #[command(flatten)]
         lab: LabName,
@@ -149,6 +151,8 @@ enum LabCmd {
         json: bool,
     },
     /// Inject a failure and measure how long traffic was lost.
+    ///
+    /// Exit status: 0 no cleartext on the underlay, 2 cleartext seen, 1 an error.
     Inject {
         #[command(flatten)]
         lab: LabName,
@@ -189,6 +193,8 @@ enum LabCmd {
         port: PathBuf,
     },
     /// up, test, every failure with a test after it, down: the whole tour in one command.
+    ///
+    /// Exit status: 0 PASS, 2 FAIL, 1 an error.
     Run {
         #[command(flatten)]
         lab: LabName,

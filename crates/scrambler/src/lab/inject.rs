@@ -1,6 +1,5 @@
-//! Failure injection (seed 001's purpose): break one thing while pods ping across nodes,
-//! let Scrambler recover, and report how long traffic was lost and whether any cleartext
-//! reached the underlay.
+//! Failure injection: break one thing while pods ping across nodes, let Scrambler recover,
+//! and report how long traffic was lost and whether any cleartext reached the underlay.
 
 use super::{apply_node, capture, cmd, pods, probe, topology, LabState};
 use crate::meshfile::{next_rotation_phase, MeshFile};
