@@ -489,10 +489,10 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
             let took = started.elapsed().as_secs_f64();
             match (is_up, &cmd) {
                 (true, _) => eprintln!(
-                    "[lab] lab {name:?} is up in {took:.1}s ({booted:.1}s of it booting the lab VM)"
+                    "[lab] lab {name:?} is up in {took:.1}s ({booted:.1}s of it starting the lab VM)"
                 ),
                 (false, LabCmd::Run { .. }) => eprintln!(
-                    "[lab] lab run took {took:.1}s ({booted:.1}s of it booting the lab VM)"
+                    "[lab] lab run took {took:.1}s ({booted:.1}s of it starting the lab VM)"
                 ),
                 (false, _) => eprintln!("[lab] lab up failed: the lab VM is powered off"),
             }

@@ -313,12 +313,10 @@ fn delete_outbound_state(state: &LabState, node: usize, to: usize) -> Result<Str
     Err(Error::config(format!("no outbound state found on {ns}")))
 }
 
-/// Prints an injection report.
+/// Prints an injection report: the fault, each flow's losses and the underlay verdict.
 pub fn print_report(r: &InjectReport) {
+    // the steps were shown as they happened, on stderr (`[lab]` lines), and are in the JSON
     println!("fault {:?} on {}", r.fault, r.node);
-    for s in &r.steps {
-        println!("  {s}");
-    }
     println!(
         "{:<40} {:>6} {:>9} {:>14}",
         "FLOW", "SENT", "RECEIVED", "LONGEST OUTAGE"

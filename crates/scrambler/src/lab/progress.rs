@@ -1,6 +1,7 @@
 //! Progress of a long wait (the lab VM's boot) on stderr: on a terminal one line rewritten
-//! in place every tick, otherwise a line at the start, one every [`QUIET_INTERVAL`] and one
-//! at the end, so a redirected log gets no control characters and no flood.
+//! in place every tick, otherwise a line at the start, one when the wait's stage changes
+//! or every [`QUIET_INTERVAL`], and one at the end, so a redirected log gets no control
+//! characters and no flood.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ pub struct Progress {
     what: String,
     started: Instant,
     last_line: Instant,
+    stage: String,
     terminal: bool,
 }
 
@@ -23,6 +25,7 @@ impl Progress {
             what: what.into(),
             started: Instant::now(),
             last_line: Instant::now(),
+            stage: String::new(),
             terminal: std::io::stderr().is_terminal(),
         };
         match p.terminal {
@@ -37,13 +40,19 @@ impl Progress {
         self.started.elapsed()
     }
 
-    /// Shows that the wait goes on.
-    pub fn tick(&mut self) {
+    /// Shows that the wait goes on, at `stage` (what it waits for now; may be empty).
+    pub fn tick(&mut self, stage: &str) {
         let secs = self.started.elapsed().as_secs();
+        let changed = stage != self.stage;
+        self.stage = stage.to_string();
+        let state = match stage.is_empty() {
+            true => format!("{secs}s"),
+            false => format!("{secs}s, {stage}"),
+        };
         if self.terminal {
-            self.rewrite(&format!("{secs}s"));
-        } else if self.last_line.elapsed() >= QUIET_INTERVAL {
-            eprintln!("[lab] {}: {secs}s so far", self.what);
+            self.rewrite(&state);
+        } else if changed || self.last_line.elapsed() >= QUIET_INTERVAL {
+            eprintln!("[lab] {}: {state}", self.what);
             self.last_line = Instant::now();
         }
     }

@@ -96,10 +96,9 @@ pub fn start(name: &str) -> Result<()> {
 
 /// Waits until the agent in the VM answers; prints the boot's progress meanwhile.
 fn wait_for_agent(name: &str, daemon: &mut std::process::Child) -> std::result::Result<(), String> {
-    let mut boot = super::progress::Progress::start(format!(
-        "booting the lab VM (log: {})",
-        log_path(name).display()
-    ));
+    let log = log_path(name);
+    let mut boot =
+        super::progress::Progress::start(format!("booting the lab VM (log: {})", log.display()));
     let started = Instant::now();
     while started.elapsed() < BOOT_TIMEOUT {
         if let Ok(Some(status)) = daemon.try_wait() {
@@ -120,7 +119,7 @@ fn wait_for_agent(name: &str, daemon: &mut std::process::Child) -> std::result::
                 return Ok(());
             }
         }
-        boot.tick();
+        boot.tick(&boot_stage(&log));
         std::thread::sleep(Duration::from_millis(500));
     }
     boot.finish("timed out");
@@ -128,6 +127,23 @@ fn wait_for_agent(name: &str, daemon: &mut std::process::Child) -> std::result::
         "did not answer within {} s",
         BOOT_TIMEOUT.as_secs()
     ))
+}
+
+/// The boot's latest stage from the daemon's log: the VM harness's last message (e.g.
+/// "waiting for a VM slot", "booting …"), or the guest's once it prints.
+fn boot_stage(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("scrambler-vmtest: ") || l.contains("| scrambler-vmtest: "))
+        .unwrap_or("");
+    let msg = line.rsplit("scrambler-vmtest: ").next().unwrap_or("");
+    if msg.starts_with("booting ") {
+        return "booting the kernel".into();
+    }
+    // the harness's messages name files and settings; the first clause says what it does
+    msg.split(" (").next().unwrap_or("").trim().to_string()
 }
 
 /// Powers off lab `name`'s VM: `lab down` in it (which ends its agent, so the guest powers
@@ -335,4 +351,35 @@ fn run_streaming(exe: &Path, argv: &[String], id: &str, out: &mut std::fs::File)
         let _ = r.join();
     }
     child.wait().ok().and_then(|s| s.code()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_stage_is_the_harness_s_latest_message_in_short() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(boot_stage(log.path()), "");
+        std::fs::write(
+            log.path(),
+            "scrambler-vmtest: waiting for a VM slot (1 busy; SCRAMBLER_VM_JOBS raises the limit)\n",
+        )
+        .unwrap();
+        assert_eq!(boot_stage(log.path()), "waiting for a VM slot");
+        let booting =
+            "scrambler-vmtest: booting /t/vmlinux.elf (tcg, 3072 MiB, 2 CPUs) for tests\n";
+        std::fs::write(log.path(), booting).unwrap();
+        assert_eq!(boot_stage(log.path()), "booting the kernel");
+        let ready = "vm   23.6| scrambler-vmtest: guest ready after 19.72 s of uptime\n";
+        std::fs::write(
+            log.path(),
+            format!("{booting}vm 1.0| [ 0.1] Linux\n{ready}"),
+        )
+        .unwrap();
+        assert_eq!(
+            boot_stage(log.path()),
+            "guest ready after 19.72 s of uptime"
+        );
+    }
 }
