@@ -44,7 +44,8 @@ pub fn forget(name: &str) {
     let _ = std::fs::remove_file(pid_path(name));
 }
 
-/// How long the lab VM may take to boot and answer.
+/// How long the lab VM may take to boot and answer (waiting for a VM slot, while other
+/// VMs run, not counted).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Starts the VM daemon of lab `name` and waits until its agent answers, showing the
@@ -95,12 +96,14 @@ pub fn start(name: &str) -> Result<()> {
 }
 
 /// Waits until the agent in the VM answers; prints the boot's progress meanwhile.
+/// Time spent waiting for a VM slot does not count toward [`BOOT_TIMEOUT`].
 fn wait_for_agent(name: &str, daemon: &mut std::process::Child) -> std::result::Result<(), String> {
     let log = log_path(name);
     let mut boot =
         super::progress::Progress::start(format!("booting the lab VM (log: {})", log.display()));
-    let started = Instant::now();
-    while started.elapsed() < BOOT_TIMEOUT {
+    const POLL: Duration = Duration::from_millis(500);
+    let mut booting = Duration::ZERO;
+    while booting < BOOT_TIMEOUT {
         if let Ok(Some(status)) = daemon.try_wait() {
             boot.finish("failed");
             return Err(format!(
@@ -119,8 +122,12 @@ fn wait_for_agent(name: &str, daemon: &mut std::process::Child) -> std::result::
                 return Ok(());
             }
         }
-        boot.tick(&boot_stage(&log));
-        std::thread::sleep(Duration::from_millis(500));
+        let stage = boot_stage(&log);
+        boot.tick(&stage);
+        std::thread::sleep(POLL);
+        if stage != WAITING_FOR_SLOT {
+            booting += POLL;
+        }
     }
     boot.finish("timed out");
     Err(format!(
@@ -128,6 +135,9 @@ fn wait_for_agent(name: &str, daemon: &mut std::process::Child) -> std::result::
         BOOT_TIMEOUT.as_secs()
     ))
 }
+
+/// The stage [`boot_stage`] reports while another VM holds the host's VM slots.
+const WAITING_FOR_SLOT: &str = "waiting for a VM slot";
 
 /// The boot's latest stage from the daemon's log: the VM harness's last message (e.g.
 /// "waiting for a VM slot", "booting …"), or the guest's once it prints.
@@ -366,7 +376,7 @@ mod tests {
             "scrambler-vmtest: waiting for a VM slot (1 busy; SCRAMBLER_VM_JOBS raises the limit)\n",
         )
         .unwrap();
-        assert_eq!(boot_stage(log.path()), "waiting for a VM slot");
+        assert_eq!(boot_stage(log.path()), WAITING_FOR_SLOT);
         let booting =
             "scrambler-vmtest: booting /t/vmlinux.elf (tcg, 3072 MiB, 2 CPUs) for tests\n";
         std::fs::write(log.path(), booting).unwrap();
