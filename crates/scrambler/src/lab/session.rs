@@ -157,39 +157,36 @@ fn boot_stage(log: &Path) -> String {
 }
 
 /// Powers off lab `name`'s VM: `lab down` in it (which ends its agent, so the guest powers
-/// off), waiting up to a minute for that; a VM still there then is killed through its
-/// daemon. Nothing of the VM is left on the host afterwards. Returns the status of `lab
-/// down` in the guest (printed here when `print`).
+/// off), waiting up to a minute for the VM daemon to end; a daemon still there then is
+/// killed (qemu dies with it: parent-death signal). Nothing of the VM is left on the host
+/// afterwards. Returns the status of `lab down` in the guest (printed here when `print`).
 pub fn stop(name: &str, down_argv: &[String], print: bool) -> Result<i32> {
+    use nix::sys::signal::{kill, Signal};
     let code = request(name, down_argv, Duration::from_secs(600), print);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while running(name) && Instant::now() < deadline {
+    while daemon(name).is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    if running(name) {
-        kill_daemon(name);
+    if let Some(pid) = daemon(name) {
+        let _ = kill(pid, Signal::SIGKILL);
     }
     let _ = std::fs::remove_file(socket(name));
     forget(name);
     code
 }
 
-/// Kills lab `name`'s VM daemon (qemu dies with it: parent-death signal), if its pid file
-/// still names a `scrambler lab vm-serve` of this lab.
-fn kill_daemon(name: &str) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let Some(pid) = std::fs::read_to_string(pid_path(name))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    if ours.contains(&format!("lab vm-serve --name {name} ")) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
+/// The pid of lab `name`'s VM daemon while it runs: the pid file's, if that process is a
+/// `scrambler lab vm-serve` of this lab (an ended daemon, or a recycled pid, is `None`).
+fn daemon(name: &str) -> Option<nix::unistd::Pid> {
+    let pid = std::fs::read_to_string(pid_path(name))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    args.contains(&format!("lab vm-serve --name {name} "))
+        .then(|| nix::unistd::Pid::from_raw(pid))
 }
 
 /// Runs `scrambler <argv>` in lab `name`'s VM, printing its output here; returns its exit
