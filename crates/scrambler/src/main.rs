@@ -324,27 +324,17 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     if !natively && !vpp_only_lab(&cmd) {
         return lab_in_vm(cmd);
     }
+    let spec = lab_spec(&cmd);
     match cmd {
-        LabCmd::Up {
-            lab,
-            nodes,
-            pods,
-            backend,
-        } => {
+        LabCmd::Up { lab, .. } => {
             let fresh = lab::topology::existing(&lab::topology::Names {
                 lab: lab.name.clone(),
             })
             .is_empty()
                 && !lab::LabState::dir(&lab.name).exists();
             let name = lab.name.clone();
-            if let Err(e) = lab::up(LabSpec {
-                name: lab.name,
-                nodes,
-                pods_per_node: pods,
-                backend,
-            })
-            .await
-            {
+            let spec = spec.ok_or_else(|| Error::config("lab up: nothing to build"))?;
+            if let Err(e) = lab::up(spec).await {
                 if fresh {
                     // a half-built lab (namespaces, VPPs, files) goes away with the failure
                     let _ = lab::down(&name);
