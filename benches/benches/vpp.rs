@@ -13,7 +13,8 @@
 //! linearly (the rest is programmed by a batch so the state check still covers it); the
 //! output says so when that happens.
 //!
-//! Run with `cargo bench -p benches --bench vpp` as root (needs `../shared/vpp`).
+//! Run with `cargo bench -p benches --bench vpp` as root (needs a VPP tree: `SCRAMBLER_VPP_DIST`,
+//! else the project's CI fixture; see `scrambler_vpp::dist`).
 
 use benches::mesh::mesh;
 use benches::run;

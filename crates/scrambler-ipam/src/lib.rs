@@ -41,7 +41,7 @@
 //! host-local's own format are read too. Do not point host-local itself at the same
 //! directory: it does not take the same lock.
 //!
-//! Lesson from seed 003: choose `dataDir` by whether containers outlive a reboot. A
+//! Choose `dataDir` by whether containers outlive a reboot. A
 //! directory on tmpfs under `/run` (e.g. `/run/scrambler/ipam`) **frees every address on
 //! reboot**: right for Kubernetes nodes, whose pod sandboxes are all recreated after a
 //! reboot (no stale leases pile up), wrong wherever containers are restored with their

@@ -13,6 +13,9 @@ const GUEST_BUSYBOX: &str = "/run/scrambler-vm/fallback/busybox";
 /// Status the guest reports when its own setup failed before the test could run.
 pub(crate) const SETUP_FAILED: i32 = 125;
 
+/// Directories that get a fresh, empty tmpfs in the guest.
+const PRIVATE_TMP_DIRS: [&str; 2] = ["/tmp", "/var/tmp"];
+
 /// Everything the guest needs to know about one run. Paths are absolute and the same in
 /// the guest as on the host (the guest sees the host's root file system).
 #[derive(Debug, Clone, Default)]
@@ -49,9 +52,96 @@ pub(crate) fn render(plan: &GuestPlan) -> Result<RunScripts, Error> {
     }
     Ok(RunScripts {
         env_sh: format!("SCRAMBLER_NONCE={}\n", sh_quote(&plan.nonce)),
+        tmp_sh: tmp_script(&kept_tmp_entries(&host_paths(plan)), |p| {
+            std::path::Path::new(p).is_dir()
+        }),
         prepare_sh: prepare_script(plan),
         run_test_sh: run_test_script(plan),
     })
+}
+
+/// Every host path the run names: its working directory, program, binaries, the sources
+/// of its files and directories, and environment values that are absolute host paths
+/// (except the private tmp directories themselves, e.g. `TMPDIR=/tmp`: a place to write
+/// in, not host content the run needs).
+fn host_paths(plan: &GuestPlan) -> Vec<&str> {
+    let mut paths = vec![plan.cwd.as_str()];
+    paths.extend(plan.command.first().map(String::as_str));
+    paths.extend(plan.binaries.iter().map(String::as_str));
+    paths.extend(plan.files.iter().map(|(h, _)| h.as_str()));
+    paths.extend(plan.dirs.iter().map(|(h, _)| h.as_str()));
+    paths.extend(
+        plan.env
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .filter(|v| v.starts_with('/') && std::path::Path::new(v).exists())
+            .filter(|v| !PRIVATE_TMP_DIRS.contains(&v.trim_end_matches('/'))),
+    );
+    paths
+}
+
+/// The entries of the private tmp directories that `paths` lie in (`/tmp/x` for
+/// `/tmp/x/y/z`), or a directory itself when a path is that directory: those stay as the
+/// host has them.
+fn kept_tmp_entries(paths: &[&str]) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for p in paths {
+        for root in PRIVATE_TMP_DIRS {
+            let Ok(rest) = std::path::Path::new(p).strip_prefix(root) else {
+                continue;
+            };
+            let entry = match rest.components().next() {
+                None => root.to_string(),
+                Some(std::path::Component::Normal(first)) => {
+                    format!("{root}/{}", first.to_string_lossy())
+                }
+                Some(_) => continue,
+            };
+            if !kept.contains(&entry) {
+                kept.push(entry);
+            }
+        }
+    }
+    kept
+}
+
+/// The script /init sources to mount the guest's private /tmp and /var/tmp (fresh tmpfs,
+/// so the host's clutter is not there) with the `kept` entries bound back in from the
+/// overlaid host root: a checkout or a program under /tmp stays reachable, and the guest's
+/// writes there still stay in the guest. A directory that is itself kept gets no tmpfs.
+fn tmp_script(kept: &[String], is_dir: impl Fn(&str) -> bool) -> String {
+    let mut s = String::from("# scrambler-vmtest: private /tmp and /var/tmp (sourced by /init)\n");
+    for (n, root) in PRIVATE_TMP_DIRS.iter().enumerate() {
+        if kept.iter().any(|k| k == root) {
+            continue;
+        }
+        // (stash in the initramfs root, the entry quoted, how to make a mount point for it)
+        let entries: Vec<(String, String, &str)> = kept
+            .iter()
+            .filter(|k| k.starts_with(&format!("{root}/")))
+            .enumerate()
+            .map(|(i, k)| {
+                let make = if is_dir(k) { "mkdir -p" } else { "touch" };
+                (format!("/kept/{n}-{i}"), sh_quote(k), make)
+            })
+            .collect();
+        s += &format!("if [ -d \"$N\"{} ]; then\n", sh_quote(root));
+        for (stash, entry, make) in &entries {
+            s += &format!(
+                "    $B mkdir -p /kept && $B {make} {stash} && $B mount --bind \"$N\"{entry} {stash} || die \"keep \"{entry}\n"
+            );
+        }
+        s += &format!(
+            "    $B mount -t tmpfs -o mode=1777 tmp \"$N\"{root} || die \"mount {root}\"\n"
+        );
+        for (stash, entry, make) in &entries {
+            s += &format!(
+                "    $B {make} \"$N\"{entry} && $B mount --bind {stash} \"$N\"{entry} || die \"keep \"{entry}\n"
+            );
+        }
+        s += "fi\n";
+    }
+    s
 }
 
 fn prepare_script(plan: &GuestPlan) -> String {
@@ -145,6 +235,41 @@ mod tests {
         assert!(s.contains("env -i"));
         assert!(s.contains("'A=1 2'"));
         assert!(s.contains("'it'\\''s'"));
+    }
+
+    #[test]
+    fn paths_under_tmp_keep_their_top_entry() {
+        let kept = kept_tmp_entries(&[
+            "/tmp/co/crates/x",
+            "/tmp/co/target/debug/x",
+            "/var/tmp/t/bin",
+            "/usr/bin/ip",
+            "/tmpfoo/x",
+        ]);
+        assert_eq!(kept, ["/tmp/co", "/var/tmp/t"]);
+        assert_eq!(kept_tmp_entries(&["/tmp"]), ["/tmp"]);
+    }
+
+    #[test]
+    fn tmp_script_binds_kept_entries_back_over_the_tmpfs() {
+        let s = tmp_script(&["/tmp/co".into(), "/tmp/f".into()], |p| p == "/tmp/co");
+        let lines: Vec<&str> = s.lines().map(str::trim).collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle:?} not in\n{s}"))
+        };
+        let stash = at("$B mkdir -p /kept/0-0 && $B mount --bind \"$N\"'/tmp/co' /kept/0-0");
+        let file = at("$B touch /kept/0-1 && $B mount --bind \"$N\"'/tmp/f' /kept/0-1");
+        let tmpfs = at("mount -t tmpfs -o mode=1777 tmp \"$N\"/tmp ");
+        let back = at("$B mkdir -p \"$N\"'/tmp/co' && $B mount --bind /kept/0-0 \"$N\"'/tmp/co'");
+        assert!(stash < tmpfs && file < tmpfs && tmpfs < back, "{s}");
+        assert!(s.contains("tmp \"$N\"/var/tmp "), "{s}");
+
+        let whole = tmp_script(&["/tmp".into()], |_| true);
+        assert!(!whole.contains("\"$N\"/tmp "), "{whole}");
+        assert!(whole.contains("\"$N\"/var/tmp "), "{whole}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ const MODPROBE_SH: &str = include_str!("guest/modprobe.sh");
 pub(crate) struct RunScripts {
     /// Sourced by /init: shell variables (the exit marker's nonce).
     pub env_sh: String,
+    /// Sourced by /init: mounts the guest's private /tmp and /var/tmp.
+    pub tmp_sh: String,
     /// Runs in the guest root before the test: modules, extra files.
     pub prepare_sh: String,
     /// Runs the test binary in the guest root.
@@ -85,6 +87,7 @@ pub(crate) fn build(
         (names.join("\n") + "\n").as_bytes(),
     );
     w.file("scrambler/env.sh", 0o644, run.env_sh.as_bytes());
+    w.file("scrambler/tmp.sh", 0o644, run.tmp_sh.as_bytes());
     w.file("scrambler/prepare.sh", 0o644, run.prepare_sh.as_bytes());
     w.file("scrambler/run-test.sh", 0o644, run.run_test_sh.as_bytes());
     Ok(w.finish())

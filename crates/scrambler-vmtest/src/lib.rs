@@ -50,7 +50,9 @@
 //!   `ip link add … type ipvlan` etc. just work; [`VmTest::with_module`] preloads others.
 //! * In the guest: /proc, /sys, /dev (with static nodes such as /dev/net/tun whose
 //!   drivers load on open), /dev/pts, /dev/shm, /dev/hugepages, /run, /tmp, /var/tmp,
-//!   cgroup2, bpffs are mounted, `lo` is up, `ip netns` works, PATH is the host's plus busybox
+//!   cgroup2, bpffs are mounted (/tmp and /var/tmp empty, except for the host paths the run
+//!   names there — working directory, program, files, directories, environment values that
+//!   are paths — which stay as on the host, so a checkout under /tmp works), `lo` is up, `ip netns` works, PATH is the host's plus busybox
 //!   fallbacks for missing tools (`ping`, `nc`). The test binary runs as root in the same
 //!   working directory with `<filter> --test-threads=1 --nocapture --color=never`
 //!   (see [`VmTest`] for the knobs), a cleared environment plus `CARGO_*`, `RUST_*`,

@@ -44,6 +44,7 @@ pub struct VmTest {
     /// A whole command line to run instead of a test binary with a filter.
     command: Option<Vec<String>>,
     serial_socket: Option<PathBuf>,
+    current_dir: Option<PathBuf>,
 }
 
 impl VmTest {
@@ -75,6 +76,7 @@ impl VmTest {
             cpus: None,
             command: None,
             serial_socket: None,
+            current_dir: None,
         }
     }
 
@@ -152,6 +154,12 @@ impl VmTest {
     /// PATH). Its shared libraries are the host's, as the guest runs on the host's root.
     pub fn with_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.binaries.push(path.into());
+        self
+    }
+
+    /// The working directory of the guest process (a host path); default: this process's.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
         self
     }
 
@@ -295,7 +303,12 @@ impl VmTest {
                 std::env::current_exe().map_err(|e| Error::io("find", "current test binary", e))?
             }
         };
-        let cwd = std::env::current_dir().map_err(|e| Error::io("read", "current directory", e))?;
+        let here =
+            std::env::current_dir().map_err(|e| Error::io("read", "current directory", e))?;
+        let cwd = match &self.current_dir {
+            Some(d) => absolute(d, &here)?,
+            None => here,
+        };
         let command = match &self.command {
             Some(argv) if !argv.is_empty() => {
                 let mut c = argv.clone();

@@ -428,3 +428,50 @@ fn vm_extras_reach_the_guest() {
         "tests run as root in the guest"
     );
 }
+
+/// A run whose working directory and program live under /tmp (where many people clone)
+/// finds both in the guest; the rest of the host's /tmp stays hidden there, and what the
+/// guest writes into the directory stays in the guest.
+#[test]
+fn checkout_under_tmp_is_reachable_in_the_guest() {
+    use std::os::unix::fs::PermissionsExt;
+    if in_vm() {
+        return;
+    }
+    let checkout = tempfile::Builder::new()
+        .prefix("svmt-checkout-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let other = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let dir = checkout.path();
+    std::fs::write(dir.join("data.txt"), "from the host\n").unwrap();
+    let script = dir.join("run.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\n[ \"$(pwd)\" = \"$1\" ]\ngrep -qx 'from the host' data.txt\n\
+         [ ! -e \"$2\" ]\necho scribble >guest-wrote\necho TMP-CHECKOUT-OK\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outcome = VmTest::command(
+        "checkout under /tmp",
+        vec![
+            script.display().to_string(),
+            dir.display().to_string(),
+            other.path().display().to_string(),
+        ],
+    )
+    .current_dir(dir)
+    .run();
+    assert!(
+        matches!(outcome.status, scrambler_vmtest::VmStatus::Exited(0)),
+        "{}\n{}",
+        outcome.status,
+        outcome.console
+    );
+    assert!(outcome.console.contains("TMP-CHECKOUT-OK"));
+    assert!(
+        !dir.join("guest-wrote").exists(),
+        "the guest wrote to the host"
+    );
+}

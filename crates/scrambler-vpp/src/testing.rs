@@ -1,10 +1,10 @@
 //! Test helpers: a real VPP running inside a test network namespace; every generated message
 //! driven generically ([`codec`]); statistics segments built in memory ([`stats_segment`]).
 //!
-//! The VPP build comes from `vpp-dist.tar.xz` (see `../shared/vpp/README.md`), extracted once
-//! into `target/vpp-dist/` and re-extracted when the tarball changes. Override with
-//! `SCRAMBLER_VPP_TARBALL` (another tarball) or `SCRAMBLER_VPP_DIST` (an extracted `vpp/`
-//! tree). Each [`VppInstance`] has its own namespace, run directory and API prefix; it is
+//! The VPP build comes from the project's CI fixture `vpp-dist.tar.xz` (see
+//! [`crate::dist`]), extracted once into `target/vpp-dist/` and re-extracted when the
+//! tarball changes. Override with `SCRAMBLER_VPP_TARBALL` (another tarball) or
+//! `SCRAMBLER_VPP_DIST` (a VPP tree or a tarball of one). Each [`VppInstance`] has its own namespace, run directory and API prefix; it is
 //! killed and its namespace removed on drop, also when a test panics (and, through
 //! `PR_SET_PDEATHSIG`, when the test process dies).
 

@@ -188,8 +188,9 @@ impl VppTunnel {
 
     /// A VPP per node: `resolve` maps the node's namespace to its VPP's API socket.
     ///
-    /// The stats socket defaults to `stats.sock` beside the API socket (as in VPP's
-    /// `startup.conf` of `../shared/vpp`); see [`VppTunnel::with_stats_socket`].
+    /// The stats socket defaults to `stats.sock` beside the API socket (where a
+    /// startup.conf with `statseg { socket-name <run dir>/stats.sock }` puts it, as the
+    /// lab's does); see [`VppTunnel::with_stats_socket`].
     pub fn with_resolver(
         resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
     ) -> Self {

@@ -17,8 +17,9 @@
 //!   [`XfrmConfig::route_protocol`]).
 //!
 //! ## Route-based: an xfrm interface with an if_id
-//! Seed 003 found policy-based IPsec leaking cleartext. Here traffic reaches ESP
-//! because a route sends it into one xfrm interface per node (`scrambler0`, fixed
+//! Policy-based IPsec sends traffic in the clear whenever no policy matches it (a peer
+//! not yet known, a policy being replaced, a mesh being removed). Here traffic reaches
+//! ESP because a route sends it into one xfrm interface per node (`scrambler0`, fixed
 //! [`XfrmConfig::if_id`]); the interface looks up policies with its if_id, and only the
 //! mesh policies and states carry it. Chosen over Cilium-style marks because it needs no
 //! packet marking (iptables/eBPF) and no coordination of mark bits with other software,

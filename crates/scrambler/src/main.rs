@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use scrambler::lab::{self, inject::Fault, LabSpec};
 use scrambler::{apply, meshfile, record};
 use scrambler_core::{ClusterSecret, Error, Netns, Result};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +28,10 @@ enum Cmd {
         cmd: MeshCmd,
     },
     /// Show every peer: tunnel up, key generation, counters, errors, last change.
+    ///
+    /// Exit status: 0 healthy (every peer up, encryption on, fail-closed guard in place);
+    /// 2 unhealthy (a peer down, encryption off or the guard missing: the report says
+    /// which); 1 the status could not be read (mesh file, key file, dataplane).
     Status {
         #[command(flatten)]
         node: NodeArgs,
@@ -112,7 +117,7 @@ enum MeshCmd {
 
 #[derive(Args, Clone)]
 struct LabName {
-    /// The lab's name: prefix of all its namespaces.
+    /// The lab's name, prefix of all its namespaces: 1-32 ASCII letters, digits, `-`, `_`.
     #[arg(long, default_value = "scr")]
     name: String,
 }
@@ -136,6 +141,8 @@ enum LabCmd {
         backend: String,
     },
     /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
+    ///
+    /// Exit status: 0 PASS, 2 FAIL, 1 an error.
     Test {
         #[command(flatten)]
         lab: LabName,
@@ -144,6 +151,8 @@ enum LabCmd {
         json: bool,
     },
     /// Inject a failure and measure how long traffic was lost.
+    ///
+    /// Exit status: 0 no cleartext on the underlay, 2 cleartext seen, 1 an error.
     Inject {
         #[command(flatten)]
         lab: LabName,
@@ -184,6 +193,8 @@ enum LabCmd {
         port: PathBuf,
     },
     /// up, test, every failure with a test after it, down: the whole tour in one command.
+    ///
+    /// Exit status: 0 PASS, 2 FAIL, 1 an error.
     Run {
         #[command(flatten)]
         lab: LabName,
@@ -209,6 +220,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -301,6 +313,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::VmAgent { port } => return lab::session::agent(port),
         _ => {}
     }
+    check_lab_args(&cmd)?;
     let natively = match &cmd {
         LabCmd::Up { backend, .. } | LabCmd::Run { backend, .. } => {
             lab::vm::runs_natively_for(backend)
@@ -320,27 +333,17 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     if !natively && !vpp_only_lab(&cmd) {
         return lab_in_vm(cmd);
     }
+    let spec = lab_spec(&cmd);
     match cmd {
-        LabCmd::Up {
-            lab,
-            nodes,
-            pods,
-            backend,
-        } => {
+        LabCmd::Up { lab, .. } => {
             let fresh = lab::topology::existing(&lab::topology::Names {
                 lab: lab.name.clone(),
             })
             .is_empty()
                 && !lab::LabState::dir(&lab.name).exists();
             let name = lab.name.clone();
-            if let Err(e) = lab::up(LabSpec {
-                name: lab.name,
-                nodes,
-                pods_per_node: pods,
-                backend,
-            })
-            .await
-            {
+            let spec = spec.ok_or_else(|| Error::config("lab up: nothing to build"))?;
+            if let Err(e) = lab::up(spec).await {
                 if fresh {
                     // a half-built lab (namespaces, VPPs, files) goes away with the failure
                     let _ = lab::down(&name);
@@ -401,14 +404,61 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// On a kernel without ESP: `lab run` in a VM of its own; the single steps in the lab's
-/// VM, which `lab up` boots and `lab down` powers off.
+/// What `lab up` / `lab run` are asked to build.
+fn lab_spec(cmd: &LabCmd) -> Option<LabSpec> {
+    match cmd {
+        LabCmd::Up {
+            lab,
+            nodes,
+            pods,
+            backend,
+        }
+        | LabCmd::Run {
+            lab,
+            nodes,
+            pods,
+            backend,
+            ..
+        } => Some(LabSpec {
+            name: lab.name.clone(),
+            nodes: *nodes,
+            pods_per_node: *pods,
+            backend: backend.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Refuses bad arguments before anything is built or booted: the lab's name, and for `lab
+/// up` / `lab run` the node and pod counts, the backend and (for VPP backends) a VPP.
+fn check_lab_args(cmd: &LabCmd) -> Result<()> {
+    match cmd {
+        LabCmd::Test { lab, .. }
+        | LabCmd::Inject { lab, .. }
+        | LabCmd::Status { lab }
+        | LabCmd::Down { lab } => lab::check_name(&lab.name),
+        _ => match lab_spec(cmd) {
+            Some(spec) => {
+                spec.validate()?;
+                if lab::vppnode::uses_vpp(&spec.backend) {
+                    lab::vppnode::dist()?;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        },
+    }
+}
+
+/// On a kernel without ESP, the lab lives in a VM (see `lab::session`): `lab up` boots it
+/// and `lab down` powers it off, the other steps are sent to it, and `lab run` boots one
+/// for the whole tour. A `lab up` or `lab run` that fails leaves no VM behind.
 fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
     use lab::session;
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let name = match &cmd {
-        LabCmd::Run { .. } => return lab::vm::run_once(),
-        LabCmd::Up { lab, .. }
+        LabCmd::Run { lab, .. }
+        | LabCmd::Up { lab, .. }
         | LabCmd::Test { lab, .. }
         | LabCmd::Inject { lab, .. }
         | LabCmd::Status { lab }
@@ -416,8 +466,9 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
         | LabCmd::VmServe { lab } => lab.name.clone(),
         LabCmd::VmAgent { .. } => return Err(Error::config("vm-agent runs inside the lab VM")),
     };
+    let down = ["lab", "down", "--name", &name].map(String::from);
     match cmd {
-        LabCmd::Up { .. } => {
+        LabCmd::Up { .. } | LabCmd::Run { .. } => {
             if session::running(&name) {
                 return Err(Error::AlreadyExists {
                     object: format!("lab {name:?}"),
@@ -425,30 +476,42 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
                 });
             }
             eprintln!("[lab] this kernel lacks ESP/xfrm interfaces: the lab runs in Debian's stock kernel under qemu");
+            let started = std::time::Instant::now();
             session::start(&name)?;
-            let code = session::forward(&name, &argv)?;
-            Ok(code)
+            let booted = started.elapsed().as_secs_f64();
+            let code = session::forward(&name, &argv);
+            let is_up = matches!(cmd, LabCmd::Up { .. }) && matches!(code, Ok(0));
+            if !is_up {
+                // the tour is over, or the lab failed (and removed itself in the VM)
+                let _ = session::stop(&name, &down, false);
+            }
+            let took = started.elapsed().as_secs_f64();
+            match (is_up, &cmd) {
+                (true, _) => eprintln!(
+                    "[lab] lab {name:?} is up in {took:.1}s ({booted:.1}s of it starting the lab VM)"
+                ),
+                (false, LabCmd::Run { .. }) => eprintln!(
+                    "[lab] lab run took {took:.1}s ({booted:.1}s of it starting the lab VM)"
+                ),
+                (false, _) => eprintln!("[lab] lab up failed: the lab VM is powered off"),
+            }
+            code.map(exit_code)
         }
         LabCmd::Down { .. } if !session::running(&name) => {
             println!("lab {name:?} is not up");
             Ok(ExitCode::SUCCESS)
         }
-        LabCmd::Down { .. } => {
-            let code = session::forward(&name, &argv)?;
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while session::running(&name) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            if !session::running(&name) {
-                session::forget(&name);
-            }
-            Ok(code)
-        }
+        LabCmd::Down { .. } => session::stop(&name, &argv, true).map(exit_code),
         _ if !session::running(&name) => Err(Error::config(format!(
             "no lab named {name:?} is up (run `scrambler lab up`)"
         ))),
-        _ => session::forward(&name, &argv),
+        _ => session::forward(&name, &argv).map(exit_code),
     }
+}
+
+/// A process exit status as this process's exit code (out-of-range statuses become 1).
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
 
 /// The whole tour; always takes the lab down, even on failure.

@@ -3,7 +3,8 @@
 #
 # Mounts the host's root file system read-only over virtio-9p, puts a tmpfs overlay on
 # top (so the guest may write anywhere; nothing reaches the host), mounts the pseudo
-# file systems, chroots into it to run /scrambler/prepare.sh and
+# file systems and a fresh /tmp and /var/tmp (/scrambler/tmp.sh: the host paths the run
+# needs there, e.g. a checkout under /tmp, are bound back in), chroots into it to run /scrambler/prepare.sh and
 # /scrambler/run-test.sh (written per run by the host), prints
 # the exit marker and powers off. Any setup failure prints the marker with status 125.
 B=/bin/busybox
@@ -43,8 +44,7 @@ $B mkdir -p $N/dev/pts $N/dev/shm
 $B mount -t devpts -o newinstance,ptmxmode=0666 devpts $N/dev/pts || die "mount /dev/pts"
 $B mount -t tmpfs -o mode=1777 shm $N/dev/shm || die "mount /dev/shm"
 $B mount -t tmpfs -o mode=0755 run $N/run || die "mount /run"
-$B mount -t tmpfs -o mode=1777 tmp $N/tmp || die "mount /tmp"
-[ -d $N/var/tmp ] && $B mount -t tmpfs -o mode=1777 vartmp $N/var/tmp
+. /scrambler/tmp.sh
 $B mkdir -p $N/dev/hugepages $N/dev/mqueue
 $B mount -t hugetlbfs hugetlbfs $N/dev/hugepages
 $B mount -t mqueue mqueue $N/dev/mqueue

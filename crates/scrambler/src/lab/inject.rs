@@ -1,6 +1,5 @@
-//! Failure injection (seed 001's purpose): break one thing while pods ping across nodes,
-//! let Scrambler recover, and report how long traffic was lost and whether any cleartext
-//! reached the underlay.
+//! Failure injection: break one thing while pods ping across nodes, let Scrambler recover,
+//! and report how long traffic was lost and whether any cleartext reached the underlay.
 
 use super::{apply_node, capture, cmd, pods, probe, topology, LabState};
 use crate::meshfile::{next_rotation_phase, MeshFile};
@@ -21,7 +20,9 @@ pub enum Fault {
     /// The agent (`scrambler mesh apply`) is killed mid-reconcile during a key rotation,
     /// then restarted.
     KillAgent,
-    /// An outbound ESP state is deleted behind Scrambler's back; the next apply repairs it.
+    /// An outbound ESP state is deleted behind Scrambler's back. The next apply reports the
+    /// lost SA and keeps that peer dropped (re-creating it under the same key would reuse
+    /// GCM nonces); the key rotation the lab then runs repairs it.
     DeleteState,
     /// A full key rotation (prepare, switch, finish on every node) under load.
     Rotate,
@@ -312,12 +313,10 @@ fn delete_outbound_state(state: &LabState, node: usize, to: usize) -> Result<Str
     Err(Error::config(format!("no outbound state found on {ns}")))
 }
 
-/// Prints an injection report.
+/// Prints an injection report: the fault, each flow's losses and the underlay verdict.
 pub fn print_report(r: &InjectReport) {
+    // the steps were shown as they happened, on stderr (`[lab]` lines), and are in the JSON
     println!("fault {:?} on {}", r.fault, r.node);
-    for s in &r.steps {
-        println!("  {s}");
-    }
     println!(
         "{:<40} {:>6} {:>9} {:>14}",
         "FLOW", "SENT", "RECEIVED", "LONGEST OUTAGE"

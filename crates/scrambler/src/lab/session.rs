@@ -1,5 +1,6 @@
 //! A lab VM that outlives one command, so `lab up`, `lab test`, `lab inject`, `lab status`
-//! and `lab down` work step by step on a kernel without ESP too.
+//! and `lab down` work step by step on a kernel without ESP too (`lab run` uses one for
+//! its tour and powers it off at the end).
 //!
 //! `lab up` starts a detached `scrambler lab vm-serve`, which boots the stock kernel with
 //! a second serial port (the guest's `/dev/ttyS1`) behind the unix socket
@@ -29,17 +30,32 @@ pub fn running(name: &str) -> bool {
     socket(name).exists()
 }
 
-/// Removes what a finished lab VM left on the host (its log).
-pub fn forget(name: &str) {
-    let _ = std::fs::remove_file(Path::new(LAB_ROOT).join(format!("{name}.vm.log")));
+fn log_path(name: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(format!("{name}.vm.log"))
 }
 
-/// Starts the VM daemon of lab `name` and waits until its agent answers.
+fn pid_path(name: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(format!("{name}.vm.pid"))
+}
+
+/// Removes what a finished lab VM left on the host (its log and pid file).
+pub fn forget(name: &str) {
+    let _ = std::fs::remove_file(log_path(name));
+    let _ = std::fs::remove_file(pid_path(name));
+}
+
+/// How long the lab VM may take to boot and answer (waiting for a VM slot, while other
+/// VMs run, not counted).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Starts the VM daemon of lab `name` and waits until its agent answers, showing the
+/// boot's progress. On failure nothing is left: the daemon (and with it qemu) is killed
+/// and its files removed; the error carries the end of its log.
 pub fn start(name: &str) -> Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(LAB_ROOT).map_err(|e| Error::io("create", LAB_ROOT, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
-    let log_path = Path::new(LAB_ROOT).join(format!("{name}.vm.log"));
+    let log_path = log_path(name);
     let log =
         std::fs::File::create(&log_path).map_err(|e| Error::io("create", log_path.display(), e))?;
     let log2 = log
@@ -58,36 +74,125 @@ pub fn start(name: &str) -> Result<()> {
                 .map_err(std::io::Error::from)
         });
     }
-    cmd.spawn()
-        .map_err(|e| Error::io("start lab VM daemon", name, e))?;
-    eprintln!("[lab] booting the lab VM (log: {})", log_path.display());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while Instant::now() < deadline {
+    let mut daemon = cmd.spawn().map_err(|e| {
+        forget(name);
+        Error::io("start lab VM daemon", name, e)
+    })?;
+    let _ = std::fs::write(pid_path(name), format!("{}\n", daemon.id()));
+    let failure = match wait_for_agent(name, &mut daemon) {
+        Ok(()) => return Ok(()),
+        Err(why) => why,
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(socket(name));
+    forget(name);
+    let lines: Vec<&str> = log.lines().collect();
+    Err(Error::TryAgainLater(format!(
+        "the lab VM {failure}; the end of its log:\n{}",
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    )))
+}
+
+/// Waits until the agent in the VM answers; prints the boot's progress meanwhile.
+/// Time spent waiting for a VM slot does not count toward [`BOOT_TIMEOUT`].
+fn wait_for_agent(name: &str, daemon: &mut std::process::Child) -> std::result::Result<(), String> {
+    let log = log_path(name);
+    let mut boot =
+        super::progress::Progress::start(format!("booting the lab VM (log: {})", log.display()));
+    const POLL: Duration = Duration::from_millis(500);
+    let mut booting = Duration::ZERO;
+    while booting < BOOT_TIMEOUT {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            boot.finish("failed");
+            return Err(format!(
+                "daemon exited ({status}) before its agent answered"
+            ));
+        }
         if running(name) {
-            if let Ok(code) = request(
+            let answer = request(
                 name,
                 &["--version".to_string()],
                 Duration::from_secs(3),
                 false,
-            ) {
-                if code == 0 {
-                    return Ok(());
-                }
+            );
+            if matches!(answer, Ok(0)) {
+                boot.finish("done");
+                return Ok(());
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        let stage = boot_stage(&log);
+        boot.tick(&stage);
+        std::thread::sleep(POLL);
+        if stage != WAITING_FOR_SLOT {
+            booting += POLL;
+        }
     }
-    Err(Error::TryAgainLater(format!(
-        "the lab VM did not answer within 300 s; see {}",
-        log_path.display()
-    )))
+    boot.finish("timed out");
+    Err(format!(
+        "did not answer within {} s",
+        BOOT_TIMEOUT.as_secs()
+    ))
+}
+
+/// The stage [`boot_stage`] reports while another VM holds the host's VM slots.
+const WAITING_FOR_SLOT: &str = "waiting for a VM slot";
+
+/// The boot's latest stage from the daemon's log: the VM harness's last message (e.g.
+/// "waiting for a VM slot", "booting …"), or the guest's once it prints.
+fn boot_stage(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("scrambler-vmtest: ") || l.contains("| scrambler-vmtest: "))
+        .unwrap_or("");
+    let msg = line.rsplit("scrambler-vmtest: ").next().unwrap_or("");
+    if msg.starts_with("booting ") {
+        return "booting the kernel".into();
+    }
+    // the harness's messages name files and settings; the first clause says what it does
+    msg.split(" (").next().unwrap_or("").trim().to_string()
+}
+
+/// Powers off lab `name`'s VM: `lab down` in it (which ends its agent, so the guest powers
+/// off), waiting up to a minute for the VM daemon to end; a daemon still there then is
+/// killed (qemu dies with it: parent-death signal). Nothing of the VM is left on the host
+/// afterwards. Returns the status of `lab down` in the guest (printed here when `print`).
+pub fn stop(name: &str, down_argv: &[String], print: bool) -> Result<i32> {
+    use nix::sys::signal::{kill, Signal};
+    let code = request(name, down_argv, Duration::from_secs(600), print);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon(name).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(pid) = daemon(name) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(socket(name));
+    forget(name);
+    code
+}
+
+/// The pid of lab `name`'s VM daemon while it runs: the pid file's, if that process is a
+/// `scrambler lab vm-serve` of this lab (an ended daemon, or a recycled pid, is `None`).
+fn daemon(name: &str) -> Option<nix::unistd::Pid> {
+    let pid = std::fs::read_to_string(pid_path(name))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    args.contains(&format!("lab vm-serve --name {name} "))
+        .then(|| nix::unistd::Pid::from_raw(pid))
 }
 
 /// Runs `scrambler <argv>` in lab `name`'s VM, printing its output here; returns its exit
 /// status.
-pub fn forward(name: &str, argv: &[String]) -> Result<ExitCode> {
-    let code = request(name, argv, Duration::from_secs(3600), true)?;
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+pub fn forward(name: &str, argv: &[String]) -> Result<i32> {
+    request(name, argv, Duration::from_secs(3600), true)
 }
 
 fn request(name: &str, argv: &[String], timeout: Duration, print: bool) -> Result<i32> {
@@ -149,6 +254,10 @@ pub fn serve(name: &str, cni: &Path) -> Result<ExitCode> {
     let outcome = scrambler_vmtest::VmTest::command(format!("lab {name} VM"), argv)
         .with_serial_socket(&sock)
         .with_env("SCRAMBLER_CNI", cni.display().to_string())
+        .with_env(
+            "SCRAMBLER_LOG",
+            std::env::var("SCRAMBLER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .timeout(Duration::from_secs(24 * 3600))
         .with_env("SCRAMBLER_VPP_DIST", super::vppnode::dist_for_guest())
         .memory_mb(super::vppnode::VM_MEMORY_MB)
@@ -249,4 +358,35 @@ fn run_streaming(exe: &Path, argv: &[String], id: &str, out: &mut std::fs::File)
         let _ = r.join();
     }
     child.wait().ok().and_then(|s| s.code()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_stage_is_the_harness_s_latest_message_in_short() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(boot_stage(log.path()), "");
+        std::fs::write(
+            log.path(),
+            "scrambler-vmtest: waiting for a VM slot (1 busy; SCRAMBLER_VM_JOBS raises the limit)\n",
+        )
+        .unwrap();
+        assert_eq!(boot_stage(log.path()), WAITING_FOR_SLOT);
+        let booting =
+            "scrambler-vmtest: booting /t/vmlinux.elf (tcg, 3072 MiB, 2 CPUs) for tests\n";
+        std::fs::write(log.path(), booting).unwrap();
+        assert_eq!(boot_stage(log.path()), "booting the kernel");
+        let ready = "vm   23.6| scrambler-vmtest: guest ready after 19.72 s of uptime\n";
+        std::fs::write(
+            log.path(),
+            format!("{booting}vm 1.0| [ 0.1] Linux\n{ready}"),
+        )
+        .unwrap();
+        assert_eq!(
+            boot_stage(log.path()),
+            "guest ready after 19.72 s of uptime"
+        );
+    }
 }

@@ -4,12 +4,13 @@
 //! A VPP node is the same namespace on the underlay bridge as a kernel node, with one VPP
 //! process running inside it:
 //!
-//! * the VPP tree comes from `SCRAMBLER_VPP_DIST` (an extracted `vpp/` tree), else from the
-//!   tarball `../shared/vpp/vpp-dist.tar.xz` (or `SCRAMBLER_VPP_TARBALL`), extracted once
-//!   into `target/vpp-dist/` by [`scrambler_vpp::dist::locate`];
+//! * the VPP is the one [`scrambler_vpp::dist::find`] finds: `SCRAMBLER_VPP_DIST` (a VPP
+//!   tree or a tarball of one), else an installed VPP (`vpp` on PATH), else the project's
+//!   CI fixture;
 //! * its run directory is `<lab dir>/vpp-n<i>/` (startup.conf, `api.sock`, `cli.sock`, log,
 //!   `vpp.pid`), its shared-memory prefix `<lab>-n<i>-vpp`, its heap [`HEAP`]; the
-//!   template's `api-trace` stanza is dropped (the trace would record SA keys);
+//!   startup.conf is the lab's own ([`startup_conf`]): no DPDK or hugepages, only the
+//!   plugins the lab uses, and no API trace (it would record SA keys);
 //! * it is started detached (its own session), so it outlives `lab up`; `lab down` (and a
 //!   failed `lab up`) stops it through the pid file and removes its files;
 //! * it takes the node's underlay veth with af_packet (fixed MAC `02:fe:00:00:01:<i>`) and
@@ -25,6 +26,7 @@ use scrambler_vpp::api::interface::{
     SwInterfaceAddDelAddress, SwInterfaceSetFlags, SwInterfaceSetRxMode,
 };
 use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, MacAddress, RxMode};
+use scrambler_vpp::dist::VppInstall;
 use scrambler_vpp::{ConnectOptions, VppClient};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -91,16 +93,24 @@ fn uplink_mac(i: usize) -> Result<[u8; 6]> {
     Ok([0x02, 0xfe, 0, 0, 1, last])
 }
 
-/// The VPP tree (holding `bin/vpp`): `SCRAMBLER_VPP_DIST`, else the tarball extracted once
-/// (see [`scrambler_vpp::dist::locate`]).
-pub fn dist() -> Result<PathBuf> {
-    scrambler_vpp::dist::locate().map_err(|e| Error::config(e.to_string()))
+/// The VPP the lab runs (see [`scrambler_vpp::dist::find`]).
+pub fn dist() -> Result<VppInstall> {
+    scrambler_vpp::dist::find().map_err(|e| Error::config(format!("VPP lab: {e}")))
 }
 
-/// `SCRAMBLER_VPP_DIST` for the lab VM: the tree extracted here (the guest sees this
-/// machine's files), or empty when there is no VPP (then only kernel labs run there).
+/// `SCRAMBLER_VPP_DIST` for the lab VM: the VPP tree found here (the guest sees this
+/// machine's files), or empty for an installed VPP (the guest finds it on PATH too) or
+/// when there is no VPP (then only kernel labs run there).
 pub fn dist_for_guest() -> String {
-    dist().map(|d| d.display().to_string()).unwrap_or_default()
+    match dist() {
+        Ok(VppInstall {
+            libs: Some(lib), ..
+        }) => lib
+            .parent()
+            .map(|root| root.display().to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 /// Memory of the lab VM (MiB): room for the VPPs of a mixed lab beside the kernel nodes.
@@ -109,7 +119,7 @@ pub const VM_MEMORY_MB: u32 = 3072;
 /// Starts node `i`'s VPP (detached), hands it the node's underlay and waits until it
 /// answers. The node namespace must exist.
 pub async fn start(lab: &str, i: usize) -> Result<()> {
-    let dist = dist()?;
+    let vpp = dist()?;
     let node = super::topology::Names { lab: lab.into() }.node(i);
     let dir = run_dir(lab, i);
     // a VPP still running for this node is found through its pid file: stop it before
@@ -117,11 +127,11 @@ pub async fn start(lab: &str, i: usize) -> Result<()> {
     stop(lab, i);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create VPP run dir", dir.display(), e))?;
-    let conf = startup_conf(&dist, &dir, &api_prefix(lab, i), i)?;
+    let conf = startup_conf(&vpp.plugins, &dir, &api_prefix(lab, i), i);
     let conf_path = dir.join("startup.conf");
     std::fs::write(&conf_path, conf).map_err(|e| Error::io("write", conf_path.display(), e))?;
     release_underlay(&node)?;
-    let pid = spawn_detached(&dist, &node, &dir, &conf_path)?;
+    let pid = spawn_detached(&vpp, &node, &dir, &conf_path)?;
     let pid_file = dir.join("vpp.pid");
     std::fs::write(&pid_file, format!("{pid}\n"))
         .map_err(|e| Error::io("write", pid_file.display(), e))?;
@@ -140,49 +150,51 @@ pub async fn start(lab: &str, i: usize) -> Result<()> {
     ready
 }
 
-fn startup_conf(dist: &Path, dir: &Path, prefix: &str, i: usize) -> Result<String> {
-    let tpl = dist.join("share/vpp-dist/startup.conf.in");
-    let template =
-        std::fs::read_to_string(&tpl).map_err(|e| Error::io("read", tpl.display(), e))?;
+/// Node `i`'s startup.conf: sockets and log in `dir`, shared-memory prefix `prefix`, 4k
+/// pages (no hugepages, no DPDK), the main loop sleeping when idle (several VPPs share few
+/// cores), few buffers (64 MB at VPP's default 16384 is far more than a lab needs), only
+/// the plugins the lab uses, from `plugins`. No `api-trace`: with it VPP records every API
+/// message — SA keys included (`ipsec_sad_entry_add`) — which `api trace dump/save` and
+/// post-mortem dumps write out.
+fn startup_conf(plugins: &Path, dir: &Path, prefix: &str, i: usize) -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let conf = template
-        .replace("@PREFIX@", &dist.display().to_string())
-        .replace("@RUNDIR@", &dir.display().to_string())
-        .replace("@APIPREFIX@", prefix)
-        .replace("@HEAP@", HEAP)
-        .replace("@MAINCORE@", &((i - 1) % cores).to_string())
-        // several VPPs share few cores: sleep in the main loop instead of spinning
-        .replace("nodaemon", "nodaemon\n  poll-sleep-usec 100")
-        // a lab's traffic needs far fewer buffers than a router (64 MB at 16384)
-        .replace("buffers-per-numa 16384", "buffers-per-numa 8192");
-    // no API trace: it would record SA keys
-    api_trace_off(&conf, &tpl)
-}
-
-/// The config without VPP's API trace: with `api-trace { on }` VPP records every API
-/// message — SA keys included (`ipsec_sad_entry_add`) — in its trace, which `api trace
-/// dump/save` and post-mortem dumps write out. VPP accepts no `off` there (an unknown
-/// input stops it); without the stanza the trace stays off. A multi-line stanza is
-/// refused rather than left on.
-fn api_trace_off(conf: &str, tpl: &Path) -> Result<String> {
-    let mut out = String::with_capacity(conf.len());
-    for line in conf.lines() {
-        let t = line.trim();
-        if t.starts_with("api-trace") {
-            if !t.ends_with('}') {
-                return Err(Error::config(format!(
-                    "{}: cannot remove its multi-line api-trace stanza (VPP would record SA keys)",
-                    tpl.display()
-                )));
-            }
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    Ok(out)
+    let (dir, plugins) = (dir.display(), plugins.display());
+    let main_core = (i - 1) % cores;
+    format!(
+        "unix {{
+  nodaemon
+  poll-sleep-usec 100
+  cli-listen {dir}/cli.sock
+  log {dir}/vpp.log
+}}
+api-segment {{ prefix {prefix} }}
+socksvr {{ socket-name {dir}/api.sock }}
+buffers {{
+  buffers-per-numa 8192
+  page-size 4k
+}}
+memory {{
+  main-heap-size {HEAP}
+  main-heap-page-size 4k
+}}
+statseg {{
+  socket-name {dir}/stats.sock
+  size 32M
+  page-size 4k
+}}
+cpu {{ main-core {main_core} }}
+plugins {{
+  path {plugins}
+  plugin default {{ disable }}
+  plugin af_packet_plugin.so {{ enable }}
+  plugin ping_plugin.so {{ enable }}
+  plugin tap_plugin.so {{ enable }}
+  plugin ipip_plugin.so {{ enable }}
+}}
+"
+    )
 }
 
 /// The kernel gives up the underlay address (VPP holds it) and stays quiet on the wire.
@@ -195,7 +207,7 @@ fn release_underlay(node: &str) -> Result<()> {
     )
 }
 
-fn spawn_detached(dist: &Path, node: &str, dir: &Path, conf: &Path) -> Result<u32> {
+fn spawn_detached(vpp: &VppInstall, node: &str, dir: &Path, conf: &Path) -> Result<u32> {
     use std::os::unix::process::CommandExt;
     let log = dir.join("vpp.stdout");
     let out = std::fs::File::create(&log).map_err(|e| Error::io("create", log.display(), e))?;
@@ -204,13 +216,15 @@ fn spawn_detached(dist: &Path, node: &str, dir: &Path, conf: &Path) -> Result<u3
         .map_err(|e| Error::io("dup", log.display(), e))?;
     let mut c = std::process::Command::new(cmd::ip_bin());
     c.args(["netns", "exec", node])
-        .arg(dist.join("bin/vpp"))
+        .arg(&vpp.vpp)
         .arg("-c")
         .arg(conf)
-        .env("LD_LIBRARY_PATH", dist.join("lib"))
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);
+    if let Some(libs) = &vpp.libs {
+        c.env("LD_LIBRARY_PATH", libs);
+    }
     // SAFETY: setsid is async-signal-safe; VPP must outlive `lab up` and its terminal.
     unsafe {
         c.pre_exec(|| {
@@ -456,17 +470,19 @@ mod tests {
     }
 
     #[test]
-    fn api_trace_is_turned_off() {
-        let tpl = Path::new("startup.conf.in");
-        let conf = "unix {\n  nodaemon\n}\napi-trace { on }\nbuffers {}\n";
-        let off = api_trace_off(conf, tpl).unwrap();
-        assert_eq!(off, "unix {\n  nodaemon\n}\nbuffers {}\n");
-        assert_eq!(api_trace_off(&off, tpl).unwrap(), off);
-        assert!(api_trace_off("  api-trace { on nitems 1024 }\n", tpl)
-            .unwrap()
-            .is_empty());
-        // a form not recognised: refused rather than left on
-        assert!(api_trace_off("api-trace {\n  on\n}\n", tpl).is_err());
+    fn startup_conf_has_no_api_trace_and_only_the_lab_plugins() {
+        let conf = startup_conf(
+            Path::new("/usr/lib/x86_64-linux-gnu/vpp_plugins"),
+            Path::new("/run/scrambler-lab/l/vpp-n2"),
+            "l-n2-vpp",
+            2,
+        );
+        assert!(!conf.contains("api-trace"), "{conf}");
+        assert!(conf.contains("path /usr/lib/x86_64-linux-gnu/vpp_plugins\n"));
+        assert!(conf.contains("socket-name /run/scrambler-lab/l/vpp-n2/api.sock"));
+        assert!(conf.contains("prefix l-n2-vpp"));
+        assert!(conf.contains("plugin default { disable }"));
+        assert_eq!(conf.matches('{').count(), conf.matches('}').count());
     }
 
     #[test]

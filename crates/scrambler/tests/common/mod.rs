@@ -58,7 +58,8 @@ pub fn assert_faults_injected(out: &str, faults: &[&str]) {
 }
 
 /// Panics if anything of lab `lab` is still there: a namespace, a file of its state
-/// (`/run/scrambler-lab/<lab>*`), a shared-memory segment or a process working in it.
+/// (`/run/scrambler-lab/<lab>*`), a shared-memory segment, a process working in it, or its
+/// VM (the `scrambler lab vm-serve` daemon or its qemu).
 pub fn assert_nothing_left(lab: &str) {
     let prefix = format!("{lab}-");
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -68,13 +69,17 @@ pub fn assert_nothing_left(lab: &str) {
     assert!(files.is_empty(), "left in /run/scrambler-lab: {files:?}");
     let shm = names_starting_with(Path::new("/dev/shm"), &prefix);
     assert!(shm.is_empty(), "shared memory left: {shm:?}");
-    let needle = format!("/run/scrambler-lab/{lab}/");
+    let needles = [
+        format!("/run/scrambler-lab/{lab}/"),
+        format!("/run/scrambler-lab/{lab}.vm.sock"),
+        format!("lab vm-serve --name {lab} "),
+    ];
     let procs: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .filter(|c| c.contains(&needle))
+        .filter(|c| needles.iter().any(|n| c.contains(n)))
         .collect();
     assert!(procs.is_empty(), "processes left: {procs:?}");
 }
