@@ -143,7 +143,7 @@ async fn recording_proxy(
         let _ = tokio::io::copy(&mut cr, &mut sw).await;
     });
     while let Ok(Some(frame)) = read_frame(&mut sr, &upstream).await {
-        frames.lock().expect("frames").push(frame.clone());
+        frames.lock().expect("frames").push(frame.to_vec());
         if write_frame(&mut cw, &frame, &upstream).await.is_err() {
             break;
         }
