@@ -71,34 +71,38 @@ impl Netns {
         };
         let handle = std::thread::Builder::new()
             .name("scrambler-netns".into())
-            .spawn(move || -> Result<T> {
-                let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
-                        "network namespace {} does not exist",
-                        path.display()
-                    )),
-                    _ => Error::io("open netns", path.display(), e),
-                })?;
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| Error::io("enter netns", path.display(), e.into()))?;
-                f()
-            })
+            .spawn(move || enter_and_call(&path, f))
             .map_err(|e| Error::io("spawn netns thread", self.display(), e))?;
         handle
             .join()
             .map_err(|_| Error::kernel("run in netns", self.display(), "thread panicked"))?
     }
 
-    /// Like [`Netns::run`], without blocking the async runtime.
+    /// Like [`Netns::run`], without blocking the async runtime: the current namespace's
+    /// work goes to the runtime's blocking pool, another namespace's to its own thread,
+    /// whose answer the task awaits.
     pub async fn run_async<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T> + Send + 'static,
     {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.run(f))
-            .await
-            .map_err(|e| Error::kernel("run in netns", "task", e))?
+        let path = match self {
+            Netns::Current => {
+                return tokio::task::spawn_blocking(f)
+                    .await
+                    .map_err(|e| Error::kernel("run in netns", "task", e))?
+            }
+            Netns::Path(p) => p.clone(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("scrambler-netns".into())
+            .spawn(move || {
+                let _ = tx.send(enter_and_call(&path, f));
+            })
+            .map_err(|e| Error::io("spawn netns thread", self.display(), e))?;
+        rx.await
+            .map_err(|_| Error::kernel("run in netns", self.display(), "thread panicked"))?
     }
 
     /// The namespace's file as a CNI result names it (an interface's `sandbox`); for the
@@ -128,6 +132,20 @@ impl Netns {
             Netns::Path(p) => p.display().to_string(),
         }
     }
+}
+
+/// Moves the calling thread into the namespace at `path`, then calls `f`.
+fn enter_and_call<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
+            "network namespace {} does not exist",
+            path.display()
+        )),
+        _ => Error::io("open netns", path.display(), e),
+    })?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Error::io("enter netns", path.display(), e.into()))?;
+    f()
 }
 
 impl std::fmt::Display for Netns {
