@@ -37,13 +37,7 @@ impl Netns {
         match self {
             Netns::Current => Ok(()),
             Netns::Path(p) => {
-                let f = std::fs::File::open(p).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
-                        "network namespace {} does not exist",
-                        p.display()
-                    )),
-                    _ => Error::io("open netns", p.display(), e),
-                })?;
+                let f = open_file(p)?;
                 let st = nix::sys::statfs::fstatfs(f.as_fd())
                     .map_err(|e| Error::io("statfs netns", p.display(), e.into()))?;
                 // nsfs (or proc for /proc/PID/ns/net)
@@ -134,15 +128,20 @@ impl Netns {
     }
 }
 
-/// Moves the calling thread into the namespace at `path`, then calls `f`.
-fn enter_and_call<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+/// Opens the namespace file `path`; a missing one is [`Error::UnknownContainer`].
+fn open_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
             "network namespace {} does not exist",
             path.display()
         )),
         _ => Error::io("open netns", path.display(), e),
-    })?;
+    })
+}
+
+/// Moves the calling thread into the namespace at `path`, then calls `f`.
+fn enter_and_call<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let file = open_file(path)?;
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| Error::io("enter netns", path.display(), e.into()))?;
     f()
