@@ -480,6 +480,39 @@ mod tests {
     }
 
     #[test]
+    fn run_async_enters_the_namespace_on_its_own_thread_and_reports_failures() {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ns = Netns::path("/proc/self/ns/net");
+            let (entered, thread) = ns
+                .run_async(move || {
+                    let name = std::thread::current().name().map(String::from);
+                    Ok((ino("/proc/thread-self/ns/net"), name))
+                })
+                .await
+                .unwrap();
+            assert_eq!(entered, ino("/proc/self/ns/net"));
+            assert_eq!(thread.as_deref(), Some("scrambler-netns"));
+            let e = Netns::path("/run/netns/definitely-not-here")
+                .run_async(|| Ok(()))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), 3);
+            let e = ns
+                .run_async(|| -> Result<()> { panic!("closure fails") })
+                .await
+                .unwrap_err();
+            assert!(format!("{e:?}").contains("thread panicked"), "{e:?}");
+            assert_eq!(Netns::Current.run_async(|| Ok(7)).await.unwrap(), 7);
+        });
+    }
+
+    #[test]
     fn current_netns_runs_inline() {
         assert_eq!(Netns::Current.run(|| Ok(5)).unwrap(), 5);
         assert!(Netns::path("/proc/self/ns/net").check().is_ok());
