@@ -20,15 +20,56 @@
 
 use crate::veth::VethAttach;
 use async_trait::async_trait;
-use scrambler_core::{Attach, AttachmentId, Backend, Error, NetConf, Netns, Result};
+use futures::future::BoxFuture;
+use scrambler_core::{
+    Attach, AttachRequest, AttachmentId, Backend, CniResult, Error, NetConf, Netns, Result,
+};
 use scrambler_ipvlan::IpvlanAttach;
 use scrambler_vpp::VppAttach;
 use serde::Deserialize;
 use std::path::PathBuf;
 
+/// Why an ADD failed, as far as undoing it goes: the IPAM may hold addresses for the
+/// attachment only in the second case. Either way, the backend has removed what it made.
+#[derive(Debug)]
+pub enum AddError {
+    /// Failed before any address was leased (the allocation itself, or a check before it).
+    Unleased(Error),
+    /// Failed once addresses were leased: the caller releases them.
+    Leased(Error),
+}
+
+impl AddError {
+    /// The error to report.
+    pub fn into_inner(self) -> Error {
+        match self {
+            AddError::Unleased(e) | AddError::Leased(e) => e,
+        }
+    }
+}
+
+/// The IPAM's allocation for an attachment, still running.
+pub type Allocation<'a> = BoxFuture<'a, std::result::Result<CniResult, AddError>>;
+
 /// An [`Attach`] as the CNI plugin drives it.
 #[async_trait]
 pub trait CniBackend: Attach {
+    /// Attaches `req` with the addresses `allocation` yields. The default awaits the
+    /// allocation, then calls [`Attach::attach`]; a backend may instead do the work that
+    /// needs no addresses (creating the interface) while the allocation runs, as long as it
+    /// awaits the allocation in every case and removes what it made when either side fails.
+    async fn attach_allocating(
+        &self,
+        host: &Netns,
+        req: &AttachRequest,
+        allocation: Allocation<'_>,
+    ) -> std::result::Result<CniResult, AddError> {
+        let addrs = allocation.await?;
+        self.attach(host, req, &addrs)
+            .await
+            .map_err(AddError::Leased)
+    }
+
     /// Removes interfaces this backend made for attachments not in `valid`; returns what
     /// it removed.
     async fn gc(&self, _host: &Netns, _valid: &[AttachmentId]) -> Result<Vec<String>> {
@@ -43,6 +84,15 @@ pub trait CniBackend: Attach {
 
 #[async_trait]
 impl CniBackend for VethAttach {
+    async fn attach_allocating(
+        &self,
+        host: &Netns,
+        req: &AttachRequest,
+        allocation: Allocation<'_>,
+    ) -> std::result::Result<CniResult, AddError> {
+        VethAttach::attach_allocating(self, host, req, allocation).await
+    }
+
     async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
         VethAttach::gc(self, host, valid).await
     }

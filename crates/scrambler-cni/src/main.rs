@@ -36,10 +36,14 @@ fn run(vars: Vec<(String, String)>, stdin: &[u8]) -> scrambler_cni::Outcome {
         }
     };
     let fut = scrambler_cni::invoke(vars, stdin, &Netns::Current);
-    match scrambler_cni::logging::log_target(stdin)
+    let outcome = match scrambler_cni::logging::log_target(stdin)
         .and_then(|(file, level)| scrambler_cni::logging::file_subscriber(&file, &level))
     {
         Some(sub) => tracing::subscriber::with_default(sub, || rt.block_on(fut)),
         None => rt.block_on(fut),
-    }
+    };
+    // every task the command started has been awaited: the idle threads of the blocking
+    // pool need not be woken and joined before the process exits
+    rt.shutdown_background();
+    outcome
 }

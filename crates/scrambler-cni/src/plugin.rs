@@ -5,7 +5,7 @@
 //! the binary calls it with the process environment and [`Netns::Current`]; tests and
 //! the lab can call it in-process for any node namespace.
 
-use crate::backend::{backend_for, BackendOptions, CniBackend};
+use crate::backend::{backend_for, AddError, BackendOptions, CniBackend};
 use crate::env::{CniEnv, Command};
 use crate::fault;
 use crate::ipam::{self, SelectedIpam};
@@ -105,16 +105,21 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
         id: areq.id.clone(),
         requested: protocol::requested_ips(req)?,
     };
-    let addrs = ipam.ipam().allocate(&alloc).await?;
-    tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
-
-    let attached = match fault::inject(fault::requested(&req.env), "after-ipam") {
-        Ok(()) => backend.attach(host, &areq, &addrs).await,
-        Err(e) => Err(e),
-    };
-    let mut result = match attached {
+    let fault = fault::requested(&req.env);
+    let allocation = Box::pin(async {
+        let addrs = ipam
+            .ipam()
+            .allocate(&alloc)
+            .await
+            .map_err(AddError::Unleased)?;
+        tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
+        fault::inject(fault, "after-ipam").map_err(AddError::Leased)?;
+        Ok(addrs)
+    });
+    let mut result = match backend.attach_allocating(host, &areq, allocation).await {
         Ok(r) => r,
-        Err(e) => {
+        Err(AddError::Unleased(e)) => return Err(e),
+        Err(AddError::Leased(e)) => {
             release_after_failure(&ipam, &areq).await;
             return Err(e);
         }

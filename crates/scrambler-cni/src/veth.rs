@@ -25,6 +25,7 @@
 //! Everything hangs off the host end: deleting it removes the pod end, the node routes and
 //! the pod's addresses and routes. That is how a failed ADD is undone and how DEL works.
 
+use crate::backend::{AddError, Allocation};
 use crate::fault;
 use crate::netlink::{add_route, route_present, Nl};
 use crate::sysctl;
@@ -127,6 +128,92 @@ impl VethAttach {
         Ok(removed)
     }
 
+    /// ADD with the addresses `allocation` yields: the veth pair is created while the
+    /// allocation runs (so a durable lease write overlaps the kernel's work), then given
+    /// its addresses and routes. Whatever fails, the allocation has finished and the pair
+    /// is gone before this returns.
+    pub async fn attach_allocating(
+        &self,
+        host: &Netns,
+        req: &AttachRequest,
+        allocation: Allocation<'_>,
+    ) -> std::result::Result<CniResult, AddError> {
+        check_pod_netns(&req.pod_netns).map_err(AddError::Unleased)?;
+        match futures::join!(self.create(host, req), allocation) {
+            (Ok(created), Ok(addrs)) => self
+                .configure(&created, req, &addrs)
+                .await
+                .map_err(AddError::Leased),
+            (Ok(created), Err(e)) => {
+                self.remove_created(&created.host, req).await;
+                Err(e)
+            }
+            (Err(e), Ok(_)) => Err(AddError::Leased(e)),
+            (Err(e), Err(first)) => {
+                tracing::debug!(error = %e, "creating the veth pair failed as well");
+                Err(first)
+            }
+        }
+    }
+
+    /// Creates the veth pair of `req`, both names being free, with the pod MTU.
+    async fn create(&self, host: &Netns, req: &AttachRequest) -> Result<Created> {
+        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        let host_name = host_ifname(&req.id);
+        let ((), (), mtu) = futures::try_join!(
+            pod_nl.ensure_pod_ifname_free(&req.id.ifname),
+            host_ifname_free(&host_nl, &host_name, &req.id),
+            self.pod_mtu(&host_nl, req.mtu),
+        )?;
+        tracing::debug!(stage = "netlink open, names free");
+        create_pod_veth(&host_nl, &host_name, &req.pod_netns, &req.id.ifname, mtu).await?;
+        tracing::debug!(stage = "veth created");
+        Ok(Created {
+            host: host_nl,
+            pod: pod_nl,
+            mtu,
+        })
+    }
+
+    /// Gives the pair `created` the addresses `addrs` and the routes; removes the pair when
+    /// that fails.
+    async fn configure(
+        &self,
+        created: &Created,
+        req: &AttachRequest,
+        addrs: &CniResult,
+    ) -> Result<CniResult> {
+        let configured = match addrs.require_addresses() {
+            Ok(()) => {
+                let (host, pod) = (&created.host, &created.pod);
+                self.attach_inner(host, pod, req, addrs, created.mtu).await
+            }
+            Err(e) => Err(e),
+        };
+        match configured {
+            Ok(r) => {
+                tracing::info!(attachment = %req.id, host_veth = %host_ifname(&req.id),
+                    mtu = created.mtu, "attached");
+                Ok(r)
+            }
+            Err(e) => {
+                tracing::warn!(attachment = %req.id, error = %e, "attach failed, removing veth");
+                self.remove_created(&created.host, req).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the host veth of `req` that this ADD created (the pod end goes with it).
+    async fn remove_created(&self, host: &Nl, req: &AttachRequest) {
+        let host_name = host_ifname(&req.id);
+        if let Some(l) = host.link_by_name(&host_name).await.ok().flatten() {
+            if let Err(e) = host.delete_link(l.index, &host_name).await {
+                tracing::error!(error = %e, "undo: delete host veth failed");
+            }
+        }
+    }
+
     async fn attach_inner(
         &self,
         host: &Nl,
@@ -136,7 +223,6 @@ impl VethAttach {
         mtu: u32,
     ) -> Result<CniResult> {
         let host_name = host_ifname(&req.id);
-        tracing::debug!(stage = "veth created");
         self.fault("after-veth")?;
         let host_link = host.existing_link(&host_name).await?;
         host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
@@ -195,6 +281,24 @@ impl VethAttach {
     }
 }
 
+/// A veth pair just created for an attachment, with the connections to both namespaces.
+struct Created {
+    host: Nl,
+    pod: Nl,
+    mtu: u32,
+}
+
+/// Fails with [`Error::AlreadyExists`] when the host veth `name` of `id` exists.
+async fn host_ifname_free(host: &Nl, name: &str, id: &AttachmentId) -> Result<()> {
+    match host.link_by_name(name).await? {
+        None => Ok(()),
+        Some(_) => Err(Error::AlreadyExists {
+            object: format!("host veth {name} in {}", host.netns()),
+            reason: format!("attachment {id} is already attached (ADD without DEL?)"),
+        }),
+    }
+}
+
 /// Checks that the pod namespace exists (code 3 when it does not) and is a network
 /// namespace (code 4, as `CNI_NETNS` is then invalid; also seen while a namespace is being
 /// deleted, between the unmount and the unlink of its file).
@@ -218,36 +322,8 @@ impl Attach for VethAttach {
     ) -> Result<CniResult> {
         check_pod_netns(&req.pod_netns)?;
         addrs.require_addresses()?;
-        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
-        pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
-        let host_name = host_ifname(&req.id);
-        if host_nl.link_by_name(&host_name).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                object: format!("host veth {host_name} in {host}"),
-                reason: format!(
-                    "attachment {} is already attached (ADD without DEL?)",
-                    req.id
-                ),
-            });
-        }
-        tracing::debug!(stage = "netlink open, names free");
-        let mtu = self.pod_mtu(&host_nl, req.mtu).await?;
-        create_pod_veth(&host_nl, &host_name, &req.pod_netns, &req.id.ifname, mtu).await?;
-        match self.attach_inner(&host_nl, &pod_nl, req, addrs, mtu).await {
-            Ok(r) => {
-                tracing::info!(attachment = %req.id, host_veth = %host_name, mtu, "attached");
-                Ok(r)
-            }
-            Err(e) => {
-                tracing::warn!(attachment = %req.id, error = %e, "attach failed, removing veth");
-                if let Some(l) = host_nl.link_by_name(&host_name).await.ok().flatten() {
-                    if let Err(e2) = host_nl.delete_link(l.index, &host_name).await {
-                        tracing::error!(error = %e2, "undo: delete host veth failed");
-                    }
-                }
-                Err(e)
-            }
-        }
+        let created = self.create(host, req).await?;
+        self.configure(&created, req, addrs).await
     }
 
     async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {

@@ -285,6 +285,33 @@ fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
     assert_eq!(links(&pod), vec!["lo".to_string()]);
 }
 
+/// ADD creates the veth pair while the IPAM allocates: when the allocation fails, the
+/// pair it made is removed and the leases of others stay; when the pair cannot be made,
+/// the address allocated for it is released.
+#[test]
+fn add_undoes_the_veth_when_allocation_fails_and_the_lease_when_the_veth_does() {
+    let node = Node::new("alloc");
+    let (a, b) = (TestNetns::new("alloca"), TestNetns::new("allocb"));
+    // one usable address: .1 is the gateway
+    let conf = node.conf("1.1.0", "10.26.0.0/30");
+    let add_a = Invocation::new("ADD", "al1", &a.path(), "eth0");
+    node.ours(&add_a, &conf).expect_ok();
+    let out = node.ours(&Invocation::new("ADD", "al2", &b.path(), "eth0"), &conf);
+    assert_eq!(out.code(), 101, "{}", out.stdout);
+    assert_eq!(node.leases(), vec!["10.26.0.2".to_string()]);
+    assert_eq!(node.host_veths().len(), 1);
+    assert_eq!(links(&b), vec!["lo".to_string()]);
+    // the pair cannot be made (CNI_IFNAME taken in the pod): the new lease is released
+    node.ours(&add_a.cmd("DEL"), &conf).expect_ok();
+    b.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let out = node.ours(&Invocation::new("ADD", "al2", &b.path(), "eth0"), &conf);
+    assert_eq!(out.code(), 102, "{}", out.stdout);
+    assert!(node.leases().is_empty(), "{:?}", node.leases());
+    assert!(node.host_veths().is_empty());
+}
+
 #[test]
 fn injected_faults_at_every_stage_undo_everything() {
     let node = Node::new("fault");

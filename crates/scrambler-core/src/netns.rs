@@ -37,13 +37,7 @@ impl Netns {
         match self {
             Netns::Current => Ok(()),
             Netns::Path(p) => {
-                let f = std::fs::File::open(p).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
-                        "network namespace {} does not exist",
-                        p.display()
-                    )),
-                    _ => Error::io("open netns", p.display(), e),
-                })?;
+                let f = open_file(p)?;
                 let st = nix::sys::statfs::fstatfs(f.as_fd())
                     .map_err(|e| Error::io("statfs netns", p.display(), e.into()))?;
                 // nsfs (or proc for /proc/PID/ns/net)
@@ -71,34 +65,38 @@ impl Netns {
         };
         let handle = std::thread::Builder::new()
             .name("scrambler-netns".into())
-            .spawn(move || -> Result<T> {
-                let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
-                        "network namespace {} does not exist",
-                        path.display()
-                    )),
-                    _ => Error::io("open netns", path.display(), e),
-                })?;
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| Error::io("enter netns", path.display(), e.into()))?;
-                f()
-            })
+            .spawn(move || enter_and_call(&path, f))
             .map_err(|e| Error::io("spawn netns thread", self.display(), e))?;
         handle
             .join()
             .map_err(|_| Error::kernel("run in netns", self.display(), "thread panicked"))?
     }
 
-    /// Like [`Netns::run`], without blocking the async runtime.
+    /// Like [`Netns::run`], without blocking the async runtime: the current namespace's
+    /// work goes to the runtime's blocking pool, another namespace's to its own thread,
+    /// whose answer the task awaits.
     pub async fn run_async<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T> + Send + 'static,
     {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.run(f))
-            .await
-            .map_err(|e| Error::kernel("run in netns", "task", e))?
+        let path = match self {
+            Netns::Current => {
+                return tokio::task::spawn_blocking(f)
+                    .await
+                    .map_err(|e| Error::kernel("run in netns", "task", e))?
+            }
+            Netns::Path(p) => p.clone(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("scrambler-netns".into())
+            .spawn(move || {
+                let _ = tx.send(enter_and_call(&path, f));
+            })
+            .map_err(|e| Error::io("spawn netns thread", self.display(), e))?;
+        rx.await
+            .map_err(|_| Error::kernel("run in netns", self.display(), "thread panicked"))?
     }
 
     /// The namespace's file as a CNI result names it (an interface's `sandbox`); for the
@@ -128,6 +126,25 @@ impl Netns {
             Netns::Path(p) => p.display().to_string(),
         }
     }
+}
+
+/// Opens the namespace file `path`; a missing one is [`Error::UnknownContainer`].
+fn open_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::UnknownContainer(format!(
+            "network namespace {} does not exist",
+            path.display()
+        )),
+        _ => Error::io("open netns", path.display(), e),
+    })
+}
+
+/// Moves the calling thread into the namespace at `path`, then calls `f`.
+fn enter_and_call<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let file = open_file(path)?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Error::io("enter netns", path.display(), e.into()))?;
+    f()
 }
 
 impl std::fmt::Display for Netns {
@@ -460,6 +477,39 @@ mod tests {
     fn regular_file_is_not_a_netns() {
         let e = Netns::path("/etc/hostname").check().unwrap_err();
         assert_eq!(e.code(), 7, "{e}");
+    }
+
+    #[test]
+    fn run_async_enters_the_namespace_on_its_own_thread_and_reports_failures() {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ns = Netns::path("/proc/self/ns/net");
+            let (entered, thread) = ns
+                .run_async(move || {
+                    let name = std::thread::current().name().map(String::from);
+                    Ok((ino("/proc/thread-self/ns/net"), name))
+                })
+                .await
+                .unwrap();
+            assert_eq!(entered, ino("/proc/self/ns/net"));
+            assert_eq!(thread.as_deref(), Some("scrambler-netns"));
+            let e = Netns::path("/run/netns/definitely-not-here")
+                .run_async(|| Ok(()))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), 3);
+            let e = ns
+                .run_async(|| -> Result<()> { panic!("closure fails") })
+                .await
+                .unwrap_err();
+            assert!(format!("{e:?}").contains("thread panicked"), "{e:?}");
+            assert_eq!(Netns::Current.run_async(|| Ok(7)).await.unwrap(), 7);
+        });
     }
 
     #[test]

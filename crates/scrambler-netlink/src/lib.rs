@@ -3,7 +3,7 @@
 //! network namespace, the link, address and route operations they need, and the veth pairs
 //! of the two veth dataplanes ([`veth`]).
 //!
-//! The socket is opened on a thread that has entered the namespace
+//! The socket of another namespace is opened on a thread that has entered it
 //! ([`Netns::run_async`]); it stays bound to that namespace, so every request made through
 //! the returned [`Nl`] acts there while the process itself never changes namespace.
 //! Operations specific to one attachment (creating a veth pair, an ipvlan slave) live in
@@ -96,15 +96,23 @@ pub struct RouteState {
 impl Nl {
     /// Opens a connection inside `netns`.
     pub async fn open(netns: &Netns) -> Result<Nl> {
-        let rt = tokio::runtime::Handle::current();
         let what = netns.display();
-        let (conn, handle, _) = netns
-            .run_async(move || {
-                let _guard = rt.enter();
-                rtnetlink::new_connection()
-                    .map_err(|e| Error::io("open netlink socket in", what, e))
-            })
-            .await?;
+        let open = move || {
+            rtnetlink::new_connection().map_err(|e| Error::io("open netlink socket in", what, e))
+        };
+        // opening a socket does not block: the current namespace's is opened right here
+        let (conn, handle, _) = match netns {
+            Netns::Current => open()?,
+            Netns::Path(_) => {
+                let rt = tokio::runtime::Handle::current();
+                netns
+                    .run_async(move || {
+                        let _guard = rt.enter();
+                        open()
+                    })
+                    .await?
+            }
+        };
         let task = tokio::spawn(conn);
         Ok(Nl {
             handle,
