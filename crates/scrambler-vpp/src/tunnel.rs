@@ -603,8 +603,10 @@ fn outbound_lost(have: &Actual, mesh: &Mesh, peer: NodeId) -> bool {
 
 /// True when the peer's outbound SA is in VPP with attributes other than planned (its
 /// flags, SPI, algorithm, salt or key): it has sent under its key, so it is not replaced —
-/// re-adding it would restart its sequence numbers under that key — but taken away and the
-/// peer treated as lost until a rotation.
+/// re-adding it would restart its sequence numbers under that key. It stays in VPP, unused
+/// (tunnel down and unprotected, routes to drop), so that every later reconcile, also one
+/// while a rotation switches, still sees it and keeps the peer lost until a rotation
+/// brings a new generation (a deleted SA could not be told from one never made).
 fn outbound_changed(have: &Actual, p: &PeerPlan) -> bool {
     p.sas
         .iter()
@@ -1070,16 +1072,16 @@ async fn reconcile_peer(
                 if protected.take().is_some() {
                     ops.unprotect(sw).await?;
                 }
-                ops.delete_sa(sa.id).await?;
                 if sa.dir == Direction::Outbound {
-                    // see outbound_changed: gone, and the peer lost until a rotation
+                    // see outbound_changed: kept (unused) as proof that its key has sent,
+                    // and the peer lost until a rotation
                     tracing::error!(
                         peer = %p.name,
                         generation = mesh.keys.tx,
                         "outbound SA changed; not re-keyed in place: rotate keys"
                     );
-                    rep.removed += 1;
                 } else {
+                    ops.delete_sa(sa.id).await?;
                     ops.add_sa(sa, &p.name).await?;
                     rep.updated += 1;
                 }
@@ -1489,9 +1491,27 @@ mod tests {
         e.flags = IpsecSadFlags::IPSEC_API_SAD_FLAG_IS_INBOUND;
         a.sas.insert(inbound.id, e);
         assert!(!outbound_changed(&a, p));
-        // once reconcile deleted it (and the protection), the peer counts as lost
+        // a lost one (gone, its inbound twin here) counts as lost too
         a.sas.remove(&p.sa_out);
         assert!(outbound_lost(&a, &m, id(2)));
+        // reconcile keeps a changed outbound SA in VPP: it keeps the peer lost, also while
+        // a rotation switches (when a missing one would be taken for one never made)
+        let switching = mesh(scrambler_core::Keys {
+            tx: 2,
+            rx: [1, 2].into_iter().collect(),
+        });
+        let sp = &plan(&switching, &secret).unwrap()[0];
+        let out = sp
+            .sas
+            .iter()
+            .find(|s| s.dir == Direction::Outbound)
+            .unwrap();
+        let mut b = Actual::default();
+        let mut e = sa_entry(out);
+        e.salt ^= 1;
+        b.sas.insert(out.id, e);
+        assert!(!outbound_lost(&b, &switching, id(2)));
+        assert!(outbound_changed(&b, sp));
     }
 
     #[test]

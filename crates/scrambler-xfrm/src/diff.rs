@@ -165,23 +165,21 @@ fn diff_states(
                 })
             }
             Some(f) if f.shape == want.shape => ch.report.unchanged += 1,
-            Some(f) if !want.inbound => {
+            Some(_) if !want.inbound => {
                 // An outbound state whose attributes changed (e.g. the local underlay
                 // address) has sent under this key: replacing it would restart the
-                // sequence numbers under the same key (AES-GCM nonce reuse). Take it away
-                // and treat the peer like one whose outbound state was lost: dropped until
-                // a rotation brings a new key.
+                // sequence numbers under the same key (AES-GCM nonce reuse). It stays as
+                // it is and the peer counts as lost until a rotation brings a new key:
+                // left in place, it keeps proving that this key has sent, also while a
+                // rotation is switching (a deleted one would be indistinguishable from one
+                // never made). A state whose addresses no longer match the policies'
+                // templates carries no traffic; one that still matches goes on with its
+                // own sequence numbers.
                 tracing::error!(
                     peer = want.peer,
                     generation = want.generation,
                     "outbound SA changed; not re-keyed in place: rotate keys"
                 );
-                ch.phases[phase].push(Request {
-                    msg: Scrubbed(delete_state_msg(key, f.family)),
-                    op: "delete changed xfrm state",
-                    object: key.to_string(),
-                });
-                ch.report.removed += 1;
                 ch.lost_outbound.push((want.peer, want.generation));
             }
             Some(f) => {
@@ -353,7 +351,7 @@ mod tests {
     }
 
     #[test]
-    fn changed_outbound_state_is_deleted_and_lost_never_rekeyed_in_place() {
+    fn changed_outbound_state_is_kept_and_lost_never_rekeyed_in_place() {
         let (cfg, d, pols) = three_nodes_with_states();
         // node 1's underlay address moved: what the kernel holds has the old source
         let mut found = found_states(&d, |_| true);
@@ -365,29 +363,15 @@ mod tests {
         }
         let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
         assert_eq!(ch.lost_outbound, vec![(2, 1)]);
-        assert_eq!((ch.report.added, ch.report.updated), (0, 0));
-        assert_eq!(ch.report.removed, 1);
-        // the only state request is the delete: nothing is added under the old key
-        let adds = ch
-            .phases
-            .iter()
-            .flatten()
-            .filter(|r| r.op.contains("add"))
-            .count();
-        assert_eq!(adds, 0);
-        let outbound = &ch.phases[3];
-        assert_eq!(outbound.len(), 1);
-        assert_eq!(outbound[0].op, "delete changed xfrm state");
-        assert!(
-            outbound[0].object.contains("192.0.2.2"),
-            "{}",
-            outbound[0].object
-        );
-        // the next run sees it missing while its inbound state is there: still lost
-        let found = found_states(&d, |s| s.inbound || s.peer != 2);
-        let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
-        assert_eq!(ch.lost_outbound, vec![(2, 1)]);
+        // nothing is deleted, added or replaced under the old key, now or on the next run
         assert_eq!(ch.len(), 0);
+        assert_eq!(
+            (ch.report.added, ch.report.updated, ch.report.removed),
+            (0, 0, 0)
+        );
+        let again = diff(&cfg, &d, &pols, &found, true).unwrap();
+        assert_eq!(again.lost_outbound, vec![(2, 1)]);
+        assert_eq!(again.len(), 0);
         // an inbound state with changed attributes is replaced (the peer sends with it)
         let mut found = found_states(&d, |_| true);
         for f in found
@@ -414,5 +398,34 @@ mod tests {
         let ch = diff(&cfg, &d, &found, &[], false).unwrap();
         assert_eq!(ch.report.updated, 3);
         assert_eq!(ch.report.added + ch.report.removed, 0);
+    }
+
+    #[test]
+    fn changed_outbound_state_stays_lost_while_a_rotation_switches() {
+        let cfg = XfrmConfig::default();
+        let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let mut m = mesh(1, 3);
+        m.keys = scrambler_core::Keys {
+            tx: 2,
+            rx: [1, 2].into_iter().collect(),
+        };
+        let d = Desired::plan(&cfg, &m, Some(&secret)).unwrap();
+        assert!(d.switching);
+        let pols = found_from(&d);
+        // the generation-2 outbound state to node 2 has sent, then its source moved
+        let mut found = found_states(&d, |_| true);
+        for f in found
+            .iter_mut()
+            .filter(|f| f.shape.key.daddr.to_string() == "192.0.2.2")
+        {
+            f.shape.saddr = "198.51.100.1".parse().unwrap();
+        }
+        // every run of the switch: kept, lost, and nothing added under its key
+        for _ in 0..2 {
+            let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+            assert_eq!(ch.lost_outbound, vec![(2, 2)]);
+            assert_eq!(ch.report.added, 0, "{:?}", ch.report);
+            assert_eq!(ch.len(), 0);
+        }
     }
 }
