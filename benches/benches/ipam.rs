@@ -145,11 +145,13 @@ fn our_binaries() -> Vec<(&'static str, PathBuf)> {
         ),
     ]
     .into_iter()
-    .filter_map(|(label, mut build, bin)| {
-        if !build.status().is_ok_and(|s| s.success()) {
-            eprintln!("building scrambler-ipam ({label}) failed; using what is in the target dir");
-        }
-        bin.exists().then_some((label, bin))
+    .map(|(label, mut build, bin)| {
+        // figures of a stale binary from an earlier build would be misleading
+        assert!(
+            build.status().is_ok_and(|s| s.success()),
+            "building scrambler-ipam ({label}) failed"
+        );
+        (label, bin)
     })
     .collect()
 }

@@ -498,10 +498,19 @@ pub fn version_json(conf: &[u8]) -> Value {
     serde_json::json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
-/// The version to write an error in: the one of `conf` (raw stdin) if we speak it, else
-/// the newest.
+/// The version to write an error in: the one of `conf` (raw stdin) if we speak it, the
+/// implied 0.1.0 for a conf object without `cniVersion` (as its results would be), else the
+/// newest.
 pub fn error_version(conf: &[u8]) -> String {
-    asked_version(conf).unwrap_or_else(|| CURRENT_VERSION.to_string())
+    asked_version(conf).unwrap_or_else(|| {
+        let unversioned = serde_json::from_slice::<Value>(conf)
+            .is_ok_and(|v| v.as_object().is_some_and(|o| !o.contains_key("cniVersion")));
+        if unversioned {
+            crate::result::IMPLIED_VERSION.to_string()
+        } else {
+            CURRENT_VERSION.to_string()
+        }
+    })
 }
 
 /// The CNI error object of `err` as JSON.
@@ -586,6 +595,8 @@ mod tests {
         assert_eq!(error_version(br#"{"cniVersion":"0.4.0"}"#), "0.4.0");
         assert_eq!(error_version(br#"{"cniVersion":"0.2.0"}"#), "0.2.0");
         assert_eq!(error_version(br#"{"cniVersion":"0.5.0"}"#), CURRENT_VERSION);
+        assert_eq!(error_version(br#"{"name":"n"}"#), "0.1.0");
+        assert_eq!(error_version(b"not json"), CURRENT_VERSION);
         let err = Error::config("x");
         let line = json_line(&error_json(&err, "1.0.0"));
         assert!(line.ends_with(b"}\n"));

@@ -662,14 +662,14 @@ impl Gen {
         if !secrets.is_empty() {
             let _ = writeln!(
                 s,
-                "{ind}impl Drop for {rn} {{\n{ind}    fn drop(&mut self) {{"
+                "{ind}impl {rn} {{\n{ind}    /// Zeroes the secret fields (SA keys, salts); dropping does it too.\n{ind}    pub fn zeroize_secrets(&mut self) {{"
             );
             for fi in &secrets {
                 let _ = writeln!(s, "{ind}        zeroize::Zeroize::zeroize(&mut self.{fi});");
             }
             let _ = writeln!(
                 s,
-                "{ind}    }}\n{ind}}}\n\n{ind}impl zeroize::ZeroizeOnDrop for {rn} {{}}\n"
+                "{ind}    }}\n{ind}}}\n\n{ind}impl Drop for {rn} {{\n{ind}    fn drop(&mut self) {{\n{ind}        self.zeroize_secrets();\n{ind}    }}\n{ind}}}\n\n{ind}impl zeroize::ZeroizeOnDrop for {rn} {{}}\n"
             );
         }
         // Encode

@@ -1521,6 +1521,16 @@ mod tests {
         zeroed_on_drop::<IpsecSadEntryV4>();
         zeroed_on_drop::<crate::codec::EncodeBuf>();
         zeroed_on_drop::<SaKey>();
+        // what their drop runs: the key bytes and the salt are zero afterwards
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let plans = plan(&mesh(scrambler_core::Keys::single(1)), &secret).unwrap();
+        let mut e = sa_entry(&plans[0].sas[0]);
+        assert!(e.salt != 0 && e.crypto_key.data.iter().any(|b| *b != 0));
+        e.zeroize_secrets();
+        assert_eq!(e.salt, 0);
+        // the key is a field of its own type, zeroed by its own drop
+        e.crypto_key.zeroize_secrets();
+        assert!(e.crypto_key.data.iter().all(|b| *b == 0));
     }
 
     #[test]
