@@ -37,8 +37,9 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Prefix of the `ifalias` of pod interfaces made by this backend.
-pub const ALIAS_PREFIX: &str = "scrambler/";
+/// The mark of the `ifalias` of pod interfaces made by this backend
+/// ([`scrambler_core::routed::owner_alias`]: `scrambler/<network>/<container id>/<ifname>`).
+pub const ALIAS_MARK: &str = "scrambler";
 
 /// The ipvlan attachment.
 #[derive(Debug, Clone)]
@@ -90,10 +91,7 @@ impl IpvlanAttach {
 
     /// The `ifalias` marking the pod interface of `id`.
     pub fn alias(&self, id: &AttachmentId) -> String {
-        format!(
-            "{ALIAS_PREFIX}{}/{}/{}",
-            self.cfg.network, id.container_id, id.ifname
-        )
+        scrambler_core::routed::owner_alias(ALIAS_MARK, &self.cfg.network, id)
     }
 
     /// The master link in `host`: the conf's `master`, else the interface of the default
@@ -667,6 +665,8 @@ impl IpvlanAttach {
             let listed = live
                 .iter()
                 .any(|e| e.network == network && e.state_dir == dir);
+            // names outside the CNI rule are no network's: the node registry's `_node`
+            // (inside the default stateDir), temporary files
             let Ok(store) = RecordStore::new(dir, &network) else {
                 continue;
             };
@@ -842,6 +842,47 @@ mod tests {
             enc.pod_mtu(&master, None).unwrap(),
             esp::pod_mtu(1500, true)
         );
+    }
+
+    /// The alias is the one veth and VPP make and older ipvlan releases made, so pods
+    /// attached before are still recognised as ours by DEL.
+    #[test]
+    fn alias_is_the_shared_owner_alias() {
+        let id = AttachmentId::new("c0ffee", "eth0");
+        assert_eq!(attach(Mode::L3).alias(&id), "scrambler/net/c0ffee/eth0");
+    }
+
+    /// Records in the stateDir's `_node` (the node registry's directory under the default
+    /// stateDir) or in another non-network name are no network's unlisted records.
+    #[test]
+    fn unlisted_records_skip_the_node_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = IpvlanAttach::new(IpvlanConfig {
+            network: "net".into(),
+            mode: Mode::L3,
+            state_dir: Some(tmp.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let rec = |cid: &str| Record {
+            id: AttachmentId::new(cid, "eth0"),
+            host: 42,
+            ips: vec!["10.1.1.2".parse().unwrap()],
+        };
+        for dir in ["_node", ".x"] {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+            std::fs::write(
+                tmp.path().join(dir).join("c1:eth0"),
+                serde_json::to_vec(&rec("c1")).unwrap(),
+            )
+            .unwrap();
+        }
+        RecordStore::new(tmp.path(), "old")
+            .unwrap()
+            .write(&rec("c2"))
+            .unwrap();
+        let found = a.unlisted_records(42, &[], &[]).unwrap();
+        assert_eq!(found, [rec("c2")]);
     }
 
     #[test]
