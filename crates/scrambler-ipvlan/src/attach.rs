@@ -472,7 +472,15 @@ impl Attach for IpvlanAttach {
             None => false,
         };
         // `None` from the link: an interface of someone else's, left alone
-        if (self.cfg.encrypt && from_link.is_some()) || here {
+        let settles = (self.cfg.encrypt && from_link.is_some()) || here;
+        // held until the record is gone: another invocation never counts it after the
+        // setup was narrowed without it
+        let _node_lock = if settles || record.is_some() {
+            Some(self.registry(host)?.lock().await?)
+        } else {
+            None
+        };
+        if settles {
             let mut ips = from_link.unwrap_or_default();
             for ip in record.iter().filter(|_| here).flat_map(|r| &r.ips) {
                 if !ips.contains(ip) {
@@ -480,7 +488,6 @@ impl Attach for IpvlanAttach {
                 }
             }
             let reg = self.registry(host)?;
-            let _node_lock = reg.lock().await?;
             self.settle(host, &reg, &ips, std::slice::from_ref(&req.id))
                 .await?;
         }
@@ -883,6 +890,49 @@ mod tests {
             .unwrap();
         let found = a.unlisted_records(42, &[], &[]).unwrap();
         assert_eq!(found, [rec("c2")]);
+    }
+
+    /// DEL removes the record while it holds the node lock: an invocation holding the
+    /// lock never sees a record vanish under it.
+    #[tokio::test]
+    async fn del_removes_the_record_under_the_node_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = IpvlanAttach::new(IpvlanConfig {
+            network: "net".into(),
+            mode: Mode::L3,
+            state_dir: Some(tmp.path().join("state")),
+            ..Default::default()
+        })
+        .unwrap()
+        .with_node_dir(tmp.path().join("node"))
+        .unwrap();
+        let id = AttachmentId::new("c1", "eth0");
+        // made in another node namespace: DEL only deletes the record
+        let rec = Record {
+            id: id.clone(),
+            host: 1,
+            ips: vec!["10.1.1.2".parse().unwrap()],
+        };
+        a.records().unwrap().write(&rec).unwrap();
+        let req = AttachRequest {
+            id: id.clone(),
+            pod_netns: Netns::Path(PathBuf::new()),
+            args: vec![],
+            mtu: None,
+        };
+        let held = a.registry(&Netns::Current).unwrap().lock().await.unwrap();
+        let del = {
+            let (a, req) = (a.clone(), req.clone());
+            tokio::spawn(async move { a.detach(&Netns::Current, &req).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            a.records().unwrap().read(&id).unwrap().is_some(),
+            "record removed without the node lock"
+        );
+        drop(held);
+        del.await.unwrap().unwrap();
+        assert!(a.records().unwrap().read(&id).unwrap().is_none());
     }
 
     #[test]
