@@ -37,8 +37,9 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Prefix of the `ifalias` of pod interfaces made by this backend.
-pub const ALIAS_PREFIX: &str = "scrambler/";
+/// The mark of the `ifalias` of pod interfaces made by this backend
+/// ([`scrambler_core::routed::owner_alias`]: `scrambler/<network>/<container id>/<ifname>`).
+pub const ALIAS_MARK: &str = "scrambler";
 
 /// The ipvlan attachment.
 #[derive(Debug, Clone)]
@@ -90,10 +91,7 @@ impl IpvlanAttach {
 
     /// The `ifalias` marking the pod interface of `id`.
     pub fn alias(&self, id: &AttachmentId) -> String {
-        format!(
-            "{ALIAS_PREFIX}{}/{}/{}",
-            self.cfg.network, id.container_id, id.ifname
-        )
+        scrambler_core::routed::owner_alias(ALIAS_MARK, &self.cfg.network, id)
     }
 
     /// The master link in `host`: the conf's `master`, else the interface of the default
@@ -351,6 +349,7 @@ impl Attach for IpvlanAttach {
             .cloned();
         if self.cfg.encrypt {
             // checked before anything is written: a refused ADD leaves nothing behind
+            self.refuse_unlisted_networks(reg.host(), &entries)?;
             let entry = registry::admit(old.as_ref(), self.network_entry(&master, addrs))?;
             if let Err(e) = self
                 .register(host, &reg, &entries, &entry, req, addrs)
@@ -474,7 +473,15 @@ impl Attach for IpvlanAttach {
             None => false,
         };
         // `None` from the link: an interface of someone else's, left alone
-        if (self.cfg.encrypt && from_link.is_some()) || here {
+        let settles = (self.cfg.encrypt && from_link.is_some()) || here;
+        // held until the record is gone: another invocation never counts it after the
+        // setup was narrowed without it
+        let _node_lock = if settles || record.is_some() {
+            Some(self.registry(host)?.lock().await?)
+        } else {
+            None
+        };
+        if settles {
             let mut ips = from_link.unwrap_or_default();
             for ip in record.iter().filter(|_| here).flat_map(|r| &r.ips) {
                 if !ips.contains(ip) {
@@ -482,7 +489,6 @@ impl Attach for IpvlanAttach {
                 }
             }
             let reg = self.registry(host)?;
-            let _node_lock = reg.lock().await?;
             self.settle(host, &reg, &ips, std::slice::from_ref(&req.id))
                 .await?;
         }
@@ -629,7 +635,7 @@ impl IpvlanAttach {
             live.push(entry);
         }
         let unlisted = self.unlisted_records(reg.host(), &live, gone)?;
-        held.extend(unlisted.iter().flat_map(|r| r.ips.iter().copied()));
+        held.extend(unlisted.iter().flat_map(|(_, r)| r.ips.iter().copied()));
         let unlisted = !unlisted.is_empty();
         let released: Vec<IpAddr> = ips
             .iter()
@@ -652,21 +658,44 @@ impl IpvlanAttach {
         Ok(())
     }
 
-    /// The records made in node namespace `host` of networks that have no entry in `live`,
-    /// except this network's attachments `gone`: those of every network whose records are
-    /// in this network's `stateDir` (all of them, with the default one).
+    /// Code 7, naming the network, when another network has records in node namespace
+    /// `host` but no entry in `live` (pods encrypted by a release before the node
+    /// registry): its rules are not known, so the node setup cannot be made for both
+    /// without dropping its re-route, guard and pod-CIDR route under its running pods.
+    /// This network's own such records are no obstacle: this ADD registers it.
+    fn refuse_unlisted_networks(&self, host: u64, live: &[NetworkEntry]) -> Result<()> {
+        let unlisted = self.unlisted_records(host, live, &[])?;
+        let Some((other, _)) = unlisted.iter().find(|(n, _)| *n != self.cfg.network) else {
+            return Ok(());
+        };
+        Err(Error::config(format!(
+            "encrypted ipvlan network {:?} cannot be set up on this node: network {other:?} \
+             has encrypted pods here recorded by an older release (under {}) without a node \
+             registry entry, so its rules are unknown and cannot be merged; the next ADD of \
+             a pod of network {other:?} registers it (re-create one of its pods), then retry",
+            self.cfg.network,
+            self.cfg.state_dir().display()
+        )))
+    }
+
+    /// The records (with their network) made in node namespace `host` of networks that
+    /// have no entry in `live`, except this network's attachments `gone`: those of every
+    /// network whose records are in this network's `stateDir` (all of them, with the
+    /// default one).
     fn unlisted_records(
         &self,
         host: u64,
         live: &[NetworkEntry],
         gone: &[AttachmentId],
-    ) -> Result<Vec<Record>> {
+    ) -> Result<Vec<(String, Record)>> {
         let dir = self.cfg.state_dir();
         let mut out = Vec::new();
         for network in dir_names(dir, "list ipvlan state directory")? {
             let listed = live
                 .iter()
                 .any(|e| e.network == network && e.state_dir == dir);
+            // names outside the CNI rule are no network's: the node registry's `_node`
+            // (inside the default stateDir), temporary files
             let Ok(store) = RecordStore::new(dir, &network) else {
                 continue;
             };
@@ -678,7 +707,8 @@ impl IpvlanAttach {
                 store
                     .list()?
                     .into_iter()
-                    .filter(|r| r.host == host && !(mine && gone.contains(&r.id))),
+                    .filter(|r| r.host == host && !(mine && gone.contains(&r.id)))
+                    .map(|r| (network.clone(), r)),
             );
         }
         Ok(out)
@@ -842,6 +872,156 @@ mod tests {
             enc.pod_mtu(&master, None).unwrap(),
             esp::pod_mtu(1500, true)
         );
+    }
+
+    /// The alias is the one veth and VPP make and older ipvlan releases made, so pods
+    /// attached before are still recognised as ours by DEL.
+    #[test]
+    fn alias_is_the_shared_owner_alias() {
+        let id = AttachmentId::new("c0ffee", "eth0");
+        assert_eq!(attach(Mode::L3).alias(&id), "scrambler/net/c0ffee/eth0");
+    }
+
+    /// Records in the stateDir's `_node` (the node registry's directory under the default
+    /// stateDir) or in another non-network name are no network's unlisted records.
+    #[test]
+    fn unlisted_records_skip_the_node_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = IpvlanAttach::new(IpvlanConfig {
+            network: "net".into(),
+            mode: Mode::L3,
+            state_dir: Some(tmp.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let rec = |cid: &str| Record {
+            id: AttachmentId::new(cid, "eth0"),
+            host: 42,
+            ips: vec!["10.1.1.2".parse().unwrap()],
+        };
+        for dir in ["_node", ".x"] {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+            std::fs::write(
+                tmp.path().join(dir).join("c1:eth0"),
+                serde_json::to_vec(&rec("c1")).unwrap(),
+            )
+            .unwrap();
+        }
+        RecordStore::new(tmp.path(), "old")
+            .unwrap()
+            .write(&rec("c2"))
+            .unwrap();
+        let found = a.unlisted_records(42, &[], &[]).unwrap();
+        assert_eq!(found, [("old".to_string(), rec("c2"))]);
+    }
+
+    /// DEL removes the record while it holds the node lock: an invocation holding the
+    /// lock never sees a record vanish under it.
+    #[tokio::test]
+    async fn del_removes_the_record_under_the_node_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = IpvlanAttach::new(IpvlanConfig {
+            network: "net".into(),
+            mode: Mode::L3,
+            state_dir: Some(tmp.path().join("state")),
+            ..Default::default()
+        })
+        .unwrap()
+        .with_node_dir(tmp.path().join("node"))
+        .unwrap();
+        let id = AttachmentId::new("c1", "eth0");
+        // made in another node namespace: DEL only deletes the record
+        let rec = Record {
+            id: id.clone(),
+            host: 1,
+            ips: vec!["10.1.1.2".parse().unwrap()],
+        };
+        a.records().unwrap().write(&rec).unwrap();
+        let req = AttachRequest {
+            id: id.clone(),
+            pod_netns: Netns::Path(PathBuf::new()),
+            args: vec![],
+            mtu: None,
+        };
+        let held = a.registry(&Netns::Current).unwrap().lock().await.unwrap();
+        let del = {
+            let (a, req) = (a.clone(), req.clone());
+            tokio::spawn(async move { a.detach(&Netns::Current, &req).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            a.records().unwrap().read(&id).unwrap().is_some(),
+            "record removed without the node lock"
+        );
+        drop(held);
+        del.await.unwrap().unwrap();
+        assert!(a.records().unwrap().read(&id).unwrap().is_none());
+    }
+
+    /// Pods of network `old` recorded by a release before the node registry: an encrypted
+    /// ADD of another network is refused naming it (its rules are unknown; the setup would
+    /// drop its guard) and leaves nothing behind; `old`'s own ADD is not refused.
+    #[tokio::test]
+    async fn an_encrypted_add_is_refused_while_another_network_is_unregistered() {
+        use scrambler_core::netns::testing::TestNetns;
+        let node = TestNetns::new("ivunl");
+        let pod = TestNetns::new("ivunp");
+        let (ok, out) = node.exec(&[
+            "ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1",
+        ]);
+        assert!(ok, "{out}");
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let encrypted = |network: &str| {
+            IpvlanAttach::new(IpvlanConfig {
+                network: network.into(),
+                mode: Mode::L3,
+                encrypt: true,
+                master: Some("ul0".into()),
+                cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+                state_dir: Some(state.clone()),
+                ..Default::default()
+            })
+            .unwrap()
+            .with_node_dir(tmp.path().join("node"))
+            .unwrap()
+        };
+        let host = node.netns();
+        let host_id = host_id(&host).unwrap();
+        RecordStore::new(&state, "old")
+            .unwrap()
+            .write(&Record {
+                id: AttachmentId::new("c1", "eth0"),
+                host: host_id,
+                ips: vec!["10.1.1.2".parse().unwrap()],
+            })
+            .unwrap();
+        let b = encrypted("b");
+        let req = AttachRequest {
+            id: AttachmentId::new("c2", "eth0"),
+            pod_netns: pod.netns(),
+            args: vec![],
+            mtu: None,
+        };
+        let mut addrs = addrs(None);
+        addrs.ips[0].address = "10.2.1.5/24".parse().unwrap();
+        let e = b.attach(&host, &req, &addrs).await.unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert!(
+            e.to_string().contains("network \"old\" has encrypted pods"),
+            "{e}"
+        );
+        assert!(b.registry(&host).unwrap().entries().unwrap().is_empty());
+        assert!(b.records().unwrap().list().unwrap().is_empty());
+        assert!(crate::nft::families(&host).await.unwrap().is_empty());
+        assert!(
+            !pod.exec(&["ip", "link", "show", "eth0"]).0,
+            "pod link left"
+        );
+        // `old`'s own records are no obstacle to its ADD, which registers it
+        encrypted("old")
+            .refuse_unlisted_networks(host_id, &[])
+            .unwrap();
     }
 
     #[test]

@@ -117,7 +117,9 @@
 //! Limits: a pod attached by a version without records, whose DEL comes after its
 //! namespace is gone, still leaves its host route (and so the setup) until
 //! [`IpvlanNode::remove`]; records of a network made before the node registry existed keep
-//! the setup as it is (never narrowed) until that network's next ADD registers it; GC does
+//! the setup as it is (never narrowed) until that network's next ADD registers it, and
+//! until then an encrypted ADD of another network is refused (code 7, naming it: its rules
+//! are unknown, so they cannot be merged); GC does
 //! not touch the interface of an unlisted attachment whose namespace still exists (the
 //! record does not name the namespace); `ip_forward` is left on; unencrypted ipvlan pods in
 //! another mode on a master are not seen from the node (they live in pod namespaces), so an

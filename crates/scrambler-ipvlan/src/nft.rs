@@ -229,26 +229,43 @@ pub async fn apply(netns: &Netns, script: String) -> Result<()> {
 }
 
 /// Makes our table(s) in `netns` say `rules`; returns whether it wrote them (`false`:
-/// they already said exactly that, nothing was touched, counters keep counting). After a
-/// write it checks them: a first use of nftables in a namespace loads kernel modules
-/// mid-transaction, which the kernel replays; if a rule is missing afterwards the script is
-/// applied once more.
+/// they already said exactly that, nothing was touched, counters keep counting). Our table
+/// in a family `rules` has no rule for (left by a network that has gone) is deleted in the
+/// same transaction. After a write it checks them: a first use of nftables in a namespace
+/// loads kernel modules mid-transaction, which the kernel replays; if a rule is missing
+/// afterwards the script is applied once more.
 pub async fn ensure(netns: &Netns, rules: &Ruleset) -> Result<bool> {
-    if up_to_date(netns, rules).await? {
-        return Ok(false);
-    }
-    for attempt in 0..2 {
-        apply(netns, rules.script()).await?;
-        if up_to_date(netns, rules).await? {
-            return Ok(true);
+    for attempt in 0..3 {
+        let stale = stale_families(netns, rules).await?;
+        if stale.is_empty() && up_to_date(netns, rules).await? {
+            return Ok(attempt > 0);
         }
-        tracing::warn!(netns = %netns, attempt, "nft table incomplete after apply, applying again");
+        if attempt == 2 {
+            break;
+        }
+        if attempt == 1 {
+            tracing::warn!(netns = %netns, "nft table incomplete after apply, applying again");
+        }
+        apply(netns, rules.script() + &delete_script(&stale)).await?;
     }
     Err(Error::Dataplane {
         dataplane: "nftables".into(),
         op: format!("write table {TABLE} in {netns}"),
         reason: "rules are missing after applying them twice".into(),
     })
+}
+
+/// The families (`ip`, `ip6`) in which `netns` has our table but `rules` has no rule.
+async fn stale_families(netns: &Netns, rules: &Ruleset) -> Result<Vec<String>> {
+    Ok(families(netns)
+        .await?
+        .into_iter()
+        .filter(|fam| match fam.as_str() {
+            "ip" => rules.rule_count(false) == 0,
+            "ip6" => rules.rule_count(true) == 0,
+            _ => false,
+        })
+        .collect())
 }
 
 /// Whether every family `rules` needs has our table saying exactly `rules` (one `nft list`

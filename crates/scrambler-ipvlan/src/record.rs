@@ -17,6 +17,7 @@
 //! The files are a few hundred bytes on tmpfs; they are read and written with blocking
 //! calls.
 
+use scrambler_core::cni::validate_network_name;
 use scrambler_core::{AttachmentId, Error, Netns, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -64,7 +65,7 @@ pub fn host_id(netns: &Netns) -> Result<u64> {
 
 impl RecordStore {
     /// The records of network `network` under `state_dir` (which must be absolute); code 7
-    /// for a network name that is not a plain file name.
+    /// for a network name the CNI spec does not allow ([`validate_network_name`]).
     pub fn new(state_dir: &Path, network: &str) -> Result<Self> {
         if !state_dir.is_absolute() {
             return Err(Error::config(format!(
@@ -156,18 +157,6 @@ pub(crate) fn dir_names(dir: &Path, op: &'static str) -> Result<Vec<String>> {
         }
     }
     Ok(out)
-}
-
-/// Code 7 for a network name that cannot name a file or directory of its own (empty,
-/// `.`, `..`, with `/` or NUL): names are used as they are, so network `a` never reaches
-/// the files of `a-b` or `a.b`.
-pub(crate) fn validate_network_name(network: &str) -> Result<()> {
-    if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0']) {
-        return Err(Error::config(format!(
-            "network name {network:?} cannot name an ipvlan state file"
-        )));
-    }
-    Ok(())
 }
 
 /// Writes `text` to `path` in `dir` (created if needed) through a temporary file renamed
@@ -329,8 +318,14 @@ mod tests {
                 .code(),
             7
         );
-        for net in ["", ".", "..", "a/b"] {
-            assert_eq!(RecordStore::new(tmp.path(), net).unwrap_err().code(), 7);
+        // the CNI name rule: `_node` (the node registry's directory) and `.x` are no
+        // network's records
+        for net in ["", ".", "..", "a/b", "_node", ".x", "a b"] {
+            assert_eq!(
+                RecordStore::new(tmp.path(), net).unwrap_err().code(),
+                7,
+                "{net:?}"
+            );
         }
         let s = RecordStore::new(tmp.path(), "pods").unwrap();
         for id in [

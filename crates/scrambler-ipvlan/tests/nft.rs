@@ -102,3 +102,44 @@ async fn the_table_is_the_union_and_narrows_to_the_remaining_network() {
     assert!(nft::ensure(&ns.netns(), &both).await.unwrap());
     assert!(listing(&ns).contains("10.2.0.0/16"));
 }
+
+/// A dual-stack network leaves and an IPv4-only one remains: its ip6 table (re-route and
+/// guard of the gone network) is deleted, not left behind, in the same rewrite.
+#[tokio::test]
+async fn narrowing_deletes_a_family_no_network_needs() {
+    let ns = Ns::new("ivnf6");
+    let a = NetworkRules {
+        pod_cidrs: vec![
+            "10.1.1.0/24".parse().unwrap(),
+            "fd00:1:1::/64".parse().unwrap(),
+        ],
+        cluster_cidrs: vec![
+            "10.1.0.0/16".parse().unwrap(),
+            "fd00:1::/48".parse().unwrap(),
+        ],
+    };
+    let b = network("10.2.1.0/24", &["10.2.0.0/16"]);
+    let both = Ruleset {
+        master: "ul0".into(),
+        networks: vec![a, b.clone()],
+    };
+    assert!(nft::ensure(&ns.netns(), &both).await.unwrap());
+    assert_eq!(nft::families(&ns.netns()).await.unwrap(), ["ip", "ip6"]);
+    let only_b = Ruleset {
+        master: "ul0".into(),
+        networks: vec![b],
+    };
+    assert!(nft::ensure(&ns.netns(), &only_b).await.unwrap());
+    assert_eq!(
+        nft::families(&ns.netns()).await.unwrap(),
+        ["ip"],
+        "a's ip6 table left behind"
+    );
+    let t = listing(&ns);
+    assert!(!t.contains("10.1."), "a's rules left: {t}");
+    assert!(t.contains("10.2.0.0/16"), "{t}");
+    assert!(
+        !nft::ensure(&ns.netns(), &only_b).await.unwrap(),
+        "unchanged"
+    );
+}
