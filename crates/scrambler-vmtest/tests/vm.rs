@@ -366,7 +366,11 @@ fn timeout_kills_the_vm() {
         outcome.status
     );
     // from qemu's start (waiting for a VM slot held by another test does not count)
-    assert!(outcome.elapsed < Duration::from_secs(60), "{:?}", outcome.elapsed);
+    assert!(
+        outcome.elapsed < Duration::from_secs(60),
+        "{:?}",
+        outcome.elapsed
+    );
     let leftover = Command::new("pgrep")
         .args(["-P", &std::process::id().to_string(), "qemu"])
         .output()

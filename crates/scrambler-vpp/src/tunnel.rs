@@ -611,7 +611,23 @@ fn outbound_changed(have: &Actual, p: &PeerPlan) -> bool {
     p.sas
         .iter()
         .filter(|sa| sa.dir == Direction::Outbound)
-        .any(|sa| have.sas.get(&sa.id).is_some_and(|h| !sa_matches(h, sa)))
+        .any(|sa| have.sas.get(&sa.id).is_some_and(|h| kept_outbound(h, sa)))
+}
+
+/// True when `have`, VPP's SA for the outbound `want`, differs from it but not in its key
+/// material: it is kept, never re-added under that key. One under other key material (a new
+/// cluster secret) is replaced: its sequence numbers start again under a new key.
+fn kept_outbound(have: &IpsecSadEntryV4, want: &SaPlan) -> bool {
+    want.dir == Direction::Outbound && !sa_matches(have, want) && same_key_material(have, want)
+}
+
+/// True when `have` holds `want`'s key and salt, or VPP's dump left the key out.
+fn same_key_material(have: &IpsecSadEntryV4, want: &SaPlan) -> bool {
+    let want_entry = sa_entry(want);
+    (have.crypto_key.length == 0 || have.crypto_key == want_entry.crypto_key)
+        // VPP keeps the salt as the bytes it received and dumps it byte-swapped
+        // (`htonl` of those bytes); accept either order
+        && (have.salt.swap_bytes() == want_entry.salt || have.salt == want_entry.salt)
 }
 
 /// The SA relevant bits VPP reports back.
@@ -621,15 +637,11 @@ fn sa_matches(have: &IpsecSadEntryV4, want: &SaPlan) -> bool {
         | IpsecSadFlags::IPSEC_API_SAD_FLAG_IS_TUNNEL.0
         | IpsecSadFlags::IPSEC_API_SAD_FLAG_UDP_ENCAP.0;
     let want_entry = sa_entry(want);
-    let key_ok = have.crypto_key.length == 0 || have.crypto_key == want_entry.crypto_key;
     have.spi == want_entry.spi
         && have.protocol == want_entry.protocol
         && have.crypto_algorithm == want_entry.crypto_algorithm
         && have.flags.0 & mask == want_entry.flags.0 & mask
-        // VPP keeps the salt as the bytes it received and dumps it byte-swapped
-        // (`htonl` of those bytes); accept either order
-        && (have.salt.swap_bytes() == want_entry.salt || have.salt == want_entry.salt)
-        && key_ok
+        && same_key_material(have, want)
 }
 
 fn sa_entry(sa: &SaPlan) -> IpsecSadEntryV4 {
@@ -1063,7 +1075,7 @@ async fn reconcile_peer(
     for sa in &p.sas {
         match have.sas.get(&sa.id) {
             Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
-            Some(_) => {
+            Some(h) => {
                 guard.close(ops).await?;
                 if up {
                     ops.set_up(sw, false).await?;
@@ -1072,7 +1084,7 @@ async fn reconcile_peer(
                 if protected.take().is_some() {
                     ops.unprotect(sw).await?;
                 }
-                if sa.dir == Direction::Outbound {
+                if kept_outbound(h, sa) {
                     // see outbound_changed: kept (unused) as proof that its key has sent,
                     // and the peer lost until a rotation
                     tracing::error!(
@@ -1480,10 +1492,12 @@ mod tests {
         e.flags = IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ESN;
         a.sas.insert(p.sa_out, e);
         assert!(outbound_changed(&a, p));
+        // other key material (a new cluster secret) is no key that has sent: replaced
         let mut e = sa_entry(&p.sas[0]);
         e.salt ^= 1;
         a.sas.insert(p.sa_out, e);
-        assert!(outbound_changed(&a, p));
+        assert!(!outbound_changed(&a, p));
+        assert!(!sa_matches(&a.sas[&p.sa_out], &p.sas[0]));
         // a changed inbound SA is replaced (the peer sends with it), not a loss
         a.sas.insert(p.sa_out, sa_entry(&p.sas[0]));
         let inbound = &p.sas[1];
@@ -1508,7 +1522,7 @@ mod tests {
             .unwrap();
         let mut b = Actual::default();
         let mut e = sa_entry(out);
-        e.salt ^= 1;
+        e.flags = IpsecSadFlags::IPSEC_API_SAD_FLAG_USE_ESN;
         b.sas.insert(out.id, e);
         assert!(!outbound_lost(&b, &switching, id(2)));
         assert!(outbound_changed(&b, sp));

@@ -165,10 +165,11 @@ fn diff_states(
                 })
             }
             Some(f) if f.shape == want.shape => ch.report.unchanged += 1,
-            Some(_) if !want.inbound => {
+            Some(f) if !want.inbound && f.shape.key_digest == want.shape.key_digest => {
                 // An outbound state whose attributes changed (e.g. the local underlay
-                // address) has sent under this key: replacing it would restart the
-                // sequence numbers under the same key (AES-GCM nonce reuse). It stays as
+                // address) but not its key has sent under this key: replacing it would
+                // restart the sequence numbers under the same key (AES-GCM nonce reuse).
+                // (Under new key material it is replaced below.) It stays as
                 // it is and the peer counts as lost until a rotation brings a new key:
                 // left in place, it keeps proving that this key has sent, also while a
                 // rotation is switching (a deleted one would be indistinguishable from one
@@ -372,6 +373,16 @@ mod tests {
         let again = diff(&cfg, &d, &pols, &found, true).unwrap();
         assert_eq!(again.lost_outbound, vec![(2, 1)]);
         assert_eq!(again.len(), 0);
+        // under other key material (a new cluster secret) it is replaced: a new key
+        for f in found
+            .iter_mut()
+            .filter(|f| f.shape.key.daddr.to_string() == "192.0.2.2")
+        {
+            f.shape.key_digest = [9; 32];
+        }
+        let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+        assert!(ch.lost_outbound.is_empty());
+        assert_eq!(ch.report.updated, 1);
         // an inbound state with changed attributes is replaced (the peer sends with it)
         let mut found = found_states(&d, |_| true);
         for f in found
