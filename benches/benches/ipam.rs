@@ -1,4 +1,4 @@
-//! IPAM: one allocate + release of a durable lease, three ways, on the same range with 100
+//! IPAM: one allocate + release of a lease, three ways, on the same range with 100
 //! leases already held, with the lease directories on the default temp dir's disk and on
 //! tmpfs (`/dev/shm`, what a `dataDir` under `/run` is):
 //!
@@ -237,7 +237,7 @@ fn setup(fs: &'static str, base: &Path, ours_bins: &[(&'static str, PathBuf)]) -
 fn bench(c: &mut Criterion, s: &Setup) {
     let mut g = c.benchmark_group(format!("ipam allocate+release, dataDir on {}", s.fs));
     g.sample_size(20).measurement_time(Duration::from_secs(4));
-    g.bench_function("lib (durable lease)", |b| b.iter(|| lib_add_del(&s.ipam)));
+    g.bench_function("lib (lease)", |b| b.iter(|| lib_add_del(&s.ipam)));
     for o in &s.ours {
         g.bench_function(format!("scrambler-ipam ({}) exec ADD+DEL", o.label), |b| {
             b.iter(|| exec_add_del(&o.bin, &o.conf))
@@ -282,7 +282,7 @@ fn print_ratios(s: &Setup) {
         s.fs
     );
     let lib = mean(1000, || lib_add_del(&s.ipam));
-    println!("  lib (durable lease)                {:>9.0} µs", us(lib));
+    println!("  lib (lease)                        {:>9.0} µs", us(lib));
     let mut floors = Vec::new();
     let mut ours: Vec<Vec<Duration>> = vec![Vec::new(); s.ours.len()];
     let mut hls = Vec::new();

@@ -2,7 +2,7 @@
 //!
 //! Host-local-class address management that operators can trust: the conf has the same
 //! shape as the CNI `host-local` plugin's, leases live on disk one file per address, and
-//! every change is locked, atomic and durable. Use it as a library ([`LocalIpam`], which
+//! every change is locked and atomic. Use it as a library ([`LocalIpam`], which
 //! implements [`scrambler_core::Ipam`]) or as the CNI IPAM plugin binary `scrambler-ipam`,
 //! which bridge, ipvlan, macvlan or Scrambler's own plugin can delegate to exactly as they
 //! delegate to host-local.
@@ -13,8 +13,9 @@
 //!   network address, the IPv4 broadcast, the gateway, or anything in `exclude`.
 //! * No address is handed out twice, across any number of concurrent plugin processes: the
 //!   scan of the lease directory and the write of the new lease happen under one `flock`.
-//! * Leases are written atomically (temp file, fsync, rename, fsync of the directory): a
-//!   crash never leaves a torn lease. A lease file that does not parse was damaged by
+//! * Leases are written atomically (temp file, then rename): a crashed plugin never leaves
+//!   a torn lease. As with host-local nothing is fsynced: a lease only has to outlive its
+//!   pod, and a power failure kills the pods whose leases it could lose. A lease file that does not parse was damaged by
 //!   something else; it is logged with its path, its address stays taken, and
 //!   [`LocalIpam::lease_files`] / `list` show it (with an empty holder). GC keeps it.
 //! * Allocate is idempotent per (container id, ifname); release of an unknown id succeeds;

@@ -205,10 +205,6 @@ impl LocalIpam {
                 return Err(e);
             }
         }
-        if let Err(e) = locked.sync_dir() {
-            undo(&new);
-            return Err(e);
-        }
         for p in &new {
             if let Err(e) = locked.set_last_reserved(p.set, p.address) {
                 tracing::warn!(error = %e, "allocation rotation pointer not saved");

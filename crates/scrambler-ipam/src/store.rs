@@ -2,12 +2,15 @@
 //!
 //! * A lease file holds `{"containerId": …, "ifname": …}`. Files in host-local's format
 //!   (`<id>\r\n<ifname>`) are read too, so a network can move over from host-local.
-//! * Writes are atomic and durable: temp file, fsync, rename, fsync of the directory. A
-//!   crash leaves either no lease or a whole one, never a torn file; so a file that does
-//!   not parse was damaged by something else: it is reported (warn, with its path) and its
-//!   address counts as taken — never as free.
-//! * Removals are not fsynced: a removal lost in a crash leaves a stale lease (an address
-//!   leaked until GC), never an address handed out twice.
+//! * Writes are atomic: temp file, then rename. A crashed process leaves either no lease
+//!   or a whole one, never a torn file; so a file that does not parse was damaged by
+//!   something else: it is reported (warn, with its path) and its address counts as
+//!   taken — never as free.
+//! * Nothing is fsynced, as with host-local: a lease only has to outlive its pod, and
+//!   what the kernel loses in a power failure or kernel crash (a lease, a removal, an
+//!   empty file left by a rename) belongs to pods that the same event killed. A lost
+//!   removal or an empty file leaves a stale lease (an address leaked until GC), never an
+//!   address handed out twice.
 //! * A write that fails (no space, an I/O error, a failed rename) removes its temp file.
 //!   Temp files (`.tmp.*`) only exist while a write holds the lock; one that a crash left
 //!   is removed by the next scan.
@@ -26,7 +29,7 @@
 //!   as the lease file it names; as it keeps that inode alive, the number cannot be reused
 //!   by a new file, so a lease replaced behind our back (new inode) is read again. Leases
 //!   without a valid link (host-local's, a crash between writes) are read and re-linked;
-//!   stale links are removed. Links are best effort and never fsynced: the lease files stay
+//!   stale links are removed. Links are best effort: the lease files stay
 //!   the truth, and [`Locked::scan_verified`] (behind `list`, CHECK, GC, STATUS) reads them
 //!   all.
 
@@ -306,9 +309,8 @@ impl Locked<'_> {
         }
     }
 
-    /// Writes the lease of `ip` for `id` atomically (temp file, fsync, rename), with its
-    /// `by-holder` link; on failure nothing of it is left. Call [`Locked::sync_dir`] once
-    /// after a batch of writes to make the renames durable.
+    /// Writes the lease of `ip` for `id` atomically (temp file, rename), with its
+    /// `by-holder` link; on failure nothing of it is left.
     pub fn write(&self, ip: IpAddr, id: &AttachmentId) -> Result<()> {
         let path = self.path_of(ip);
         self.check_writable("write lease", &path)?;
@@ -318,7 +320,7 @@ impl Locked<'_> {
         };
         let body = serde_json::to_vec(&record).map_err(|e| Error::decode("lease record", e))?;
         let tmp = self.store.dir.join(format!("{TEMP_PREFIX}{ip}"));
-        write_temp(&tmp, &body, true).map_err(|e| Error::io("write lease", path.display(), e))?;
+        write_temp(&tmp, &body).map_err(|e| Error::io("write lease", path.display(), e))?;
         // Linked before the rename, so the lease never appears without its link (unless
         // the link fails, e.g. a name too long: then scans read the file).
         let link = self.link_path(ip, id);
@@ -348,14 +350,6 @@ impl Locked<'_> {
         Ok(())
     }
 
-    /// Makes renames and removals in the directory durable.
-    pub fn sync_dir(&self) -> Result<()> {
-        let dir = &self.store.dir;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("sync lease directory", dir.display(), e))
-    }
-
     /// Where allocation from range set `set` resumes (host-local's `last_reserved_ip.N`).
     pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
         let path = self.store.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
@@ -364,8 +358,8 @@ impl Locked<'_> {
     }
 
     /// Records the last address reserved from range set `set` (temp file, rename; on
-    /// failure nothing of it is left). Not fsynced: losing it only changes where the next
-    /// allocation starts.
+    /// failure nothing of it is left). Losing it only changes where the next allocation
+    /// starts.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
         let path = self.store.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
         self.check_writable("write last reserved address", &path)?;
@@ -373,18 +367,16 @@ impl Locked<'_> {
             .store
             .dir
             .join(format!("{TEMP_PREFIX}{LAST_RESERVED_PREFIX}{set}"));
-        write_temp(&tmp, ip.to_string().as_bytes(), false)
+        write_temp(&tmp, ip.to_string().as_bytes())
             .and_then(|()| fs::rename(&tmp, &path).inspect_err(|_| remove_quietly(&tmp)))
             .map_err(|e| Error::io("write last reserved address", path.display(), e))
     }
 }
 
-/// Writes `body` to the new file `tmp` (fsynced if `sync`); on failure removes `tmp`.
-fn write_temp(tmp: &Path, body: &[u8], sync: bool) -> std::io::Result<()> {
+/// Writes `body` to the new file `tmp`; on failure removes `tmp`.
+fn write_temp(tmp: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(tmp)?;
-    f.write_all(body)
-        .and_then(|()| if sync { f.sync_all() } else { Ok(()) })
-        .inspect_err(|_| remove_quietly(tmp))
+    f.write_all(body).inspect_err(|_| remove_quietly(tmp))
 }
 
 /// Removes a file we made and no longer want; a failure leaves nothing worse than the file.
@@ -524,7 +516,6 @@ mod tests {
         let l = store.lock().unwrap();
         let id = AttachmentId::new("c1", "eth0");
         l.write("10.0.0.2".parse().unwrap(), &id).unwrap();
-        l.sync_dir().unwrap();
         fs::write(store.dir().join("10.0.0.3"), "garbage").unwrap();
         fs::write(store.dir().join("10.0.0.4"), "hostlocal-id\r\neth1").unwrap();
         fs::write(
