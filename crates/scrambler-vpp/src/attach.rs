@@ -91,9 +91,9 @@ use scrambler_netlink::{format_mac, parse_mac, Nl};
 
 use self::netlink::{add_neighbour, neighbours};
 use self::ops::{host_vpp, vpp_err, Ops};
-use crate::api::{interface, ip};
-use crate::client::VppClient;
 use crate::endpoint::{fixed_socket, NodeVpp};
+use scrambler_vpp_api::api::{interface, ip};
+use scrambler_vpp_api::VppClient;
 
 /// The routed-pod plan this attachment shares with scrambler-cni's veth attachment: the
 /// gateways ([`GATEWAY_V4`] is the address of the gateway loopback; VPP answers no ND for

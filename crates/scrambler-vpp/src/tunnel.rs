@@ -63,7 +63,7 @@
 //!
 //! # Counters
 //!
-//! `status` reads VPP's statistics segment ([`crate::stats`], `stats.sock` beside
+//! `status` reads VPP's statistics segment ([`scrambler_vpp_api::stats`], `stats.sock` beside
 //! `api.sock` unless [`VppTunnel::with_stats_socket`] says otherwise): per peer the
 //! packets/bytes of its outbound and inbound SAs (all generations, `/net/ipsec/sa` at each
 //! SA's `stat_index`), replay drops (`/net/ipsec/sa/err/replay`) and authentication
@@ -87,16 +87,16 @@ use scrambler_core::{
     Result, Tunnel, TunnelStatus,
 };
 
-use crate::api::types::{
+use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
+use scrambler_vpp_api::api::types::{
     Address, FibPath, FibPathNh, FibPathNhProto, FibPathType, IfStatusFlags, IpTable, IpipTunnel,
     IpsecCryptoAlg, IpsecIntegAlg, IpsecProto, IpsecSadEntryV4, IpsecSadFlags, IpsecTunnelProtect,
     TunnelMode,
 };
-use crate::api::{interface, ip, ipip, ipsec};
-use crate::client::VppClient;
-use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
-use crate::error::VppError;
-use crate::stats::{Combined, StatValue, StatsClient, StatsError};
+use scrambler_vpp_api::api::{interface, ip, ipip, ipsec};
+use scrambler_vpp_api::error::VppError;
+use scrambler_vpp_api::stats::{Combined, StatValue, StatsClient, StatsError};
+use scrambler_vpp_api::VppClient;
 
 /// First IPIP tunnel instance Scrambler owns; the peer's node id is added.
 pub const TUNNEL_INSTANCE_BASE: u32 = 0x5c_0000;
@@ -881,7 +881,7 @@ impl Ops<'_> {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.retval() == Some(crate::error::retval::NO_SUCH_ENTRY) => Ok(()),
+            Err(e) if e.retval() == Some(scrambler_vpp_api::error::retval::NO_SUCH_ENTRY) => Ok(()),
             Err(e) => Err(vpp_err("unprotect", &format!("sw_if_index {sw}"))(e)),
         }
     }
@@ -1531,9 +1531,9 @@ mod tests {
     #[test]
     fn sa_entries_zero_their_key_and_salt_when_dropped() {
         fn zeroed_on_drop<T: zeroize::ZeroizeOnDrop>() {}
-        zeroed_on_drop::<crate::api::types::Key>();
+        zeroed_on_drop::<scrambler_vpp_api::api::types::Key>();
         zeroed_on_drop::<IpsecSadEntryV4>();
-        zeroed_on_drop::<crate::codec::EncodeBuf>();
+        zeroed_on_drop::<scrambler_vpp_api::codec::EncodeBuf>();
         zeroed_on_drop::<SaKey>();
         // what their drop runs: the key bytes and the salt are zero afterwards
         let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
@@ -1591,8 +1591,8 @@ mod tests {
             dir: Direction::Outbound,
         };
         let e = sa_entry(&sa);
-        let mut wire = crate::codec::EncodeBuf::default();
-        crate::codec::Encode::encode(&e.salt, &mut wire).unwrap();
+        let mut wire = scrambler_vpp_api::codec::EncodeBuf::default();
+        scrambler_vpp_api::codec::Encode::encode(&e.salt, &mut wire).unwrap();
         assert_eq!(&*wire, &key.rfc4106_material()[16..]);
         assert!(format!("{e:?}").contains("<redacted>"));
     }
