@@ -37,12 +37,12 @@ pub(super) struct PodInterface {
     pub(super) mtu: u32,
 }
 
-/// The VPP operations, one or a few API calls each.
-pub(super) struct Ops<'a> {
+/// The VPP calls of an attachment on one API connection, one or a few requests each.
+pub(super) struct AttachCalls<'a> {
     pub(super) c: &'a VppClient,
 }
 
-impl Ops<'_> {
+impl AttachCalls<'_> {
     /// The gateway loopback: the interface named `loop<GATEWAY_INSTANCE>` tagged
     /// [`GATEWAY_TAG`] (one filtered dump, not all interfaces).
     pub(super) async fn find_gateway(&self) -> Result<Option<u32>> {
