@@ -102,18 +102,15 @@ pub fn core_error(e: VppError) -> Error {
         VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => {
             Error::Unsupported(e.to_string())
         }
-        VppError::Retval { message, .. } | VppError::Closed { message, .. } => Error::Dataplane {
-            dataplane: "vpp".into(),
-            op: message.into(),
-            reason: e.to_string(),
-        },
-        VppError::Codec { message, .. } => Error::Dataplane {
-            dataplane: "vpp".into(),
+        VppError::Retval { message, .. }
+        | VppError::Closed { message, .. }
+        | VppError::Codec { message, .. } => Error::Dataplane {
+            dataplane: DATAPLANE.into(),
             op: message.into(),
             reason: e.to_string(),
         },
         VppError::Protocol(_) => Error::Dataplane {
-            dataplane: "vpp".into(),
+            dataplane: DATAPLANE.into(),
             op: "api".into(),
             reason: e.to_string(),
         },
