@@ -72,6 +72,14 @@
 //! tunnel interface drops as `<peer>/tunnel-drops`; [`VppTunnel::counters`] gives the full
 //! per-peer view including the tunnel interface's rx/tx. Without the segment, `status`
 //! still answers, with [`STATS_UNAVAILABLE`] in `errors`.
+//!
+//! # Code
+//!
+//! A reconcile reads top to bottom through: `plan.rs` (what the mesh asks for),
+//! `readback.rs` (what VPP has of ours, and how it compares), `reconcile.rs` (the phases and
+//! each peer's fail-closed order), `guard.rs` (a peer's drop routes) and `ops.rs` (one VPP
+//! call each). `ids.rs` holds the number ranges that mark what is ours, `status.rs` builds
+//! `status` and the counters.
 
 mod guard;
 mod ids;
