@@ -113,7 +113,7 @@ impl CniBackend for VppAttach {
 
     async fn status(&self, host: &Netns) -> Result<()> {
         let c = self.connect(host).await?;
-        c.control_ping().await?;
+        c.control_ping().await.map_err(scrambler_vpp::core_error)?;
         let _ = c.close().await;
         Ok(())
     }

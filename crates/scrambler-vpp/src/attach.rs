@@ -90,10 +90,10 @@ use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, 
 use scrambler_netlink::{format_mac, parse_mac, Nl};
 
 use self::netlink::{add_neighbour, neighbours};
-use self::ops::{host_vpp, vpp_err, Ops};
-use crate::api::{interface, ip};
-use crate::client::VppClient;
+use self::ops::{host_vpp, vpp_err, AttachCalls};
 use crate::endpoint::{fixed_socket, NodeVpp};
+use scrambler_vpp_api::api::{interface, ip};
+use scrambler_vpp_api::VppClient;
 
 /// The routed-pod plan this attachment shares with scrambler-cni's veth attachment: the
 /// gateways ([`GATEWAY_V4`] is the address of the gateway loopback; VPP answers no ND for
@@ -320,7 +320,7 @@ impl VppAttach {
     /// while pod interfaces (of any network) are still attached to VPP.
     pub async fn remove_gateway(&self, host: &Netns) -> Result<bool> {
         let c = self.connect(host).await?;
-        let ops = Ops { c: &c };
+        let ops = AttachCalls { c: &c };
         let pods: Vec<String> = ops
             .pod_interfaces()
             .await?
@@ -364,7 +364,7 @@ impl VppAttach {
     pub async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
         let keep: BTreeSet<String> = valid.iter().map(host_ifname).collect();
         let c = self.connect(host).await?;
-        let ops = Ops { c: &c };
+        let ops = AttachCalls { c: &c };
         let nl = Nl::open(host).await?;
         let mut removed = Vec::new();
         let pifs = ops.pod_interfaces().await?;
@@ -401,7 +401,7 @@ impl VppAttach {
 
     async fn attach_inner(
         &self,
-        ops: &Ops<'_>,
+        ops: &AttachCalls<'_>,
         host: &Nl,
         pod: &Nl,
         req: &AttachRequest,
@@ -498,7 +498,7 @@ impl VppAttach {
     }
 
     /// Undoes a failed attach: VPP objects first, then the veth.
-    async fn undo(&self, ops: &Ops<'_>, host: &Nl, host_name: &str) {
+    async fn undo(&self, ops: &AttachCalls<'_>, host: &Nl, host_name: &str) {
         if let Err(e) = ops.remove_pod_interface(host_name).await {
             tracing::error!(error = %e, "undo: removing the VPP interface failed");
         }
@@ -571,7 +571,7 @@ impl VppAttach {
 
     async fn check_vpp(
         &self,
-        ops: &Ops<'_>,
+        ops: &AttachCalls<'_>,
         req: &AttachRequest,
         pod_ips: &[IpNet],
         pod_mac: Option<[u8; 6]>,
@@ -676,7 +676,7 @@ impl Attach for VppAttach {
         addrs.require_addresses()?;
         let mtu = self.pod_mtu(req.mtu)?;
         let c = self.connect(host).await?;
-        let ops = Ops { c: &c };
+        let ops = AttachCalls { c: &c };
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let host_name = host_ifname(&req.id);
@@ -713,7 +713,7 @@ impl Attach for VppAttach {
     async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
         req.pod_netns.check()?;
         let c = self.connect(host).await?;
-        let ops = Ops { c: &c };
+        let ops = AttachCalls { c: &c };
         let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let mut diffs = Vec::new();
         let vmac = vpp_mac(&req.id);
@@ -757,7 +757,7 @@ impl Attach for VppAttach {
         // the DEL with code 11, so the runtime retries instead of leaking its objects
         match self.vpp.connect_if_running(host).await? {
             Some(c) => {
-                let ops = Ops { c: &c };
+                let ops = AttachCalls { c: &c };
                 match ops.pod_interface(&host_name).await? {
                     Some(p) if p.tag != self.tag(&req.id) && p.tag != legacy_pod_tag(&req.id) => {
                         tracing::warn!(interface = %host_vpp(&host_name), tag = %p.tag, "detach: VPP interface not tagged as ours, left alone");

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use scrambler_core::{Error, Netns, Result};
 
-use crate::client::{ConnectOptions, VppClient};
-use crate::error::VppError;
+use scrambler_vpp_api::{ConnectOptions, VppClient, VppError};
 
 /// The dataplane name in [`Error::Dataplane`].
 pub(crate) const DATAPLANE: &str = "vpp";
@@ -51,7 +50,9 @@ impl NodeVpp {
     /// Connects to the VPP of `netns`.
     pub(crate) async fn connect(&self, netns: &Netns) -> Result<VppClient> {
         let path = self.api_socket(netns)?;
-        Ok(VppClient::connect_with(&path, self.opts.clone()).await?)
+        VppClient::connect_with(&path, self.opts.clone())
+            .await
+            .map_err(core_error)
     }
 
     /// Connects to the VPP of `netns`; a socket that does not exist or refuses connections
@@ -66,7 +67,7 @@ impl NodeVpp {
                      is this its api socket? ({e})",
                     path.display()
                 )),
-                false => e.into(),
+                false => core_error(e),
             })
     }
 
@@ -85,8 +86,34 @@ impl NodeVpp {
                 "VPP at API socket {} does not answer (hung?), retry later: {e}",
                 path.display()
             ))),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(core_error(e)),
         }
+    }
+}
+
+/// Maps a VPP client error to the core error: a socket failure is [`Error::Io`], a VPP that
+/// does not answer in time [`Error::TryAgainLater`], a VPP built from another API
+/// ([`VppError::CrcMismatch`], [`VppError::UnknownMessage`]) [`Error::Unsupported`], and
+/// anything else [`Error::Dataplane`] naming the message.
+pub fn core_error(e: VppError) -> Error {
+    match e {
+        VppError::Io { path, op, source } => Error::io(op, path.display(), source),
+        VppError::Timeout { .. } => Error::TryAgainLater(e.to_string()),
+        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => {
+            Error::Unsupported(e.to_string())
+        }
+        VppError::Retval { message, .. }
+        | VppError::Closed { message, .. }
+        | VppError::Codec { message, .. } => Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: message.into(),
+            reason: e.to_string(),
+        },
+        VppError::Protocol(_) => Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: "api".into(),
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -99,12 +126,33 @@ fn vpp_not_running(e: &VppError) -> bool {
 pub(crate) fn vpp_err(op: &str, object: &str) -> impl FnOnce(VppError) -> Error {
     let what = format!("{op} {object}");
     move |e| match e {
-        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => e.into(),
-        VppError::Timeout { .. } => e.into(),
+        VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => core_error(e),
+        VppError::Timeout { .. } => core_error(e),
         e => Error::Dataplane {
             dataplane: DATAPLANE.into(),
             op: what,
             reason: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scrambler_vpp_api::error::retval;
+
+    #[test]
+    fn vpp_errors_map_to_core_codes() {
+        let e = VppError::Retval {
+            message: "sw_interface_add_del_address",
+            retval: retval::ADDRESS_IN_USE,
+        };
+        assert_eq!(core_error(e).code(), 104);
+        let e = VppError::CrcMismatch {
+            message: "show_version".into(),
+            ours: 0x51077d14,
+            theirs: 0xdeadbeef,
+        };
+        assert_eq!(core_error(e).code(), 105);
     }
 }

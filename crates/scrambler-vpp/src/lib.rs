@@ -1,42 +1,29 @@
 //! # scrambler-vpp
 //!
-//! An async (tokio) client for FD.io VPP's binary API over its unix-socket transport
-//! (`api.sock`), with message types generated from VPP's `.api.json` files.
+//! Scrambler's FD.io VPP dataplane, programmed over VPP's binary API with
+//! [`scrambler_vpp_api`]:
 //!
-//! * [`VppClient`]: connect (`sockclnt_create` handshake, message table), typed
-//!   [`VppClient::request`] / [`VppClient::dump`] for every generated message, and shortcuts
-//!   ([`VppClient::show_version`], [`VppClient::interfaces`], [`VppClient::control_ping`]).
-//! * [`api`]: the generated messages and types, one module per `.api` file.
-//! * [`codec`], [`message`], [`transport`]: the wire format underneath.
-//! * A running VPP whose API differs from the one this crate was generated for is caught per
-//!   message: [`VppError::CrcMismatch`] names the message and both CRCs.
+//! * [`VppTunnel`] ([`scrambler_core::Tunnel`]): the encrypted mesh as per-peer IPIP tunnels
+//!   protected by ESP, failing closed behind drop routes (see [`tunnel`]);
+//! * [`VppAttach`] ([`scrambler_core::Attach`]): a pod's interface attached to the node's
+//!   VPP (see [`attach`]).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), scrambler_vpp::VppError> {
-//! let vpp = scrambler_vpp::VppClient::connect("/run/vpp/api.sock").await?;
-//! println!("{}", vpp.show_version().await?.version);
-//! vpp.close().await
-//! # }
+//! use scrambler_core::{ClusterSecret, Mesh, Netns, Tunnel};
+//! # async fn demo(mesh: Mesh, secret: ClusterSecret) -> scrambler_core::Result<()> {
+//! let vpp = scrambler_vpp::VppTunnel::new("/run/vpp/api.sock");
+//! vpp.reconcile(&Netns::Current, &mesh, &secret).await?;
+//! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
 
-pub mod api;
 pub mod attach;
-pub mod client;
-pub mod codec;
-pub mod convert;
 pub mod dist;
 mod endpoint;
-pub mod error;
-pub mod message;
-pub mod stats;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
-pub mod transport;
 pub mod tunnel;
 
 pub use attach::VppAttach;
-pub use client::{ConnectOptions, VppClient};
-pub use error::{retval_name, VppError};
-pub use message::{Dump, Message, Request};
+pub use endpoint::core_error;
 pub use tunnel::VppTunnel;

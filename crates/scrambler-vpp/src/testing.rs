@@ -1,5 +1,4 @@
-//! Test helpers: a real VPP running inside a test network namespace; every generated message
-//! driven generically ([`codec`]); statistics segments built in memory ([`stats_segment`]).
+//! Test helpers: a real VPP running inside a test network namespace.
 //!
 //! The VPP build comes from the project's CI fixture `vpp-dist.tar.xz` (see
 //! [`crate::dist`]), extracted once into `target/vpp-dist/` and re-extracted when the
@@ -8,15 +7,14 @@
 //! killed and its namespace removed on drop, also when a test panics (and, through
 //! `PR_SET_PDEATHSIG`, when the test process dies).
 
-pub mod codec;
-pub mod stats_segment;
-
-use crate::api::af_packet::{AfPacketCreateV3, AfPacketDump};
-use crate::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
-use crate::api::types::{AfPacketFlags, AfPacketMode, IfStatusFlags, InterfaceIndex, MacAddress};
-use crate::client::{ConnectOptions, VppClient};
 use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::Netns;
+use scrambler_vpp_api::api::af_packet::{AfPacketCreateV3, AfPacketDump};
+use scrambler_vpp_api::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
+use scrambler_vpp_api::api::types::{
+    AfPacketFlags, AfPacketMode, IfStatusFlags, InterfaceIndex, MacAddress,
+};
+use scrambler_vpp_api::{ConnectOptions, VppClient};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;

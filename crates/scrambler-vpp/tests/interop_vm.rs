@@ -31,10 +31,10 @@ use scrambler_core::{
     TunnelStatus,
 };
 use scrambler_vmtest::{needs_vm, Feature, VmTest, ENV_VM};
-use scrambler_vpp::api::ipsec::IpsecSaV5Dump;
-use scrambler_vpp::api::types::AfPacketFlags;
 use scrambler_vpp::testing::{self, quiet_ipv6, VppInstance};
 use scrambler_vpp::VppTunnel;
+use scrambler_vpp_api::api::ipsec::IpsecSaV5Dump;
+use scrambler_vpp_api::api::types::AfPacketFlags;
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
 
 const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];

@@ -4,9 +4,9 @@
 mod two_nodes;
 
 use scrambler_core::{ClusterSecret, NodeId, Tunnel};
-use scrambler_vpp::api::ipsec::IpsecSaV5Dump;
-use scrambler_vpp::stats::{StatValue, StatsClient};
 use scrambler_vpp::tunnel::{sa_id, Direction, STATS_UNAVAILABLE};
+use scrambler_vpp_api::api::ipsec::IpsecSaV5Dump;
+use scrambler_vpp_api::stats::{StatValue, StatsClient};
 use two_nodes::{ping, TwoNodes};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

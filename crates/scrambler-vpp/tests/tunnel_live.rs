@@ -4,10 +4,10 @@
 mod two_nodes;
 
 use scrambler_core::{NodeId, Tunnel};
-use scrambler_vpp::api::ipsec::{IpsecSaV5Dump, IpsecSadEntryAddV2};
-use scrambler_vpp::api::types::{IpsecCryptoAlg, IpsecProto, IpsecSadEntryV4};
 use scrambler_vpp::tunnel::{owned_sa, tunnel_instance};
-use scrambler_vpp::VppClient;
+use scrambler_vpp_api::api::ipsec::{IpsecSaV5Dump, IpsecSadEntryAddV2};
+use scrambler_vpp_api::api::types::{IpsecCryptoAlg, IpsecProto, IpsecSadEntryV4};
+use scrambler_vpp_api::VppClient;
 use two_nodes::{capture, ping, rotation_steps, TwoNodes};
 
 /// The ids of every SA VPP has.

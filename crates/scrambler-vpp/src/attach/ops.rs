@@ -11,14 +11,14 @@ use super::{
     GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
     POD_RX_FRAME_SIZE, POD_TX_FRAMES, POD_TX_FRAME_SIZE,
 };
-use crate::api::types::{
+pub(super) use crate::endpoint::vpp_err;
+use scrambler_vpp_api::api::types::{
     AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
     IfStatusFlags, IpNeighbor, IpNeighborFlags, IpTable, MacAddress,
 };
-use crate::api::{af_packet, interface, ip, ip_neighbor};
-use crate::client::VppClient;
-pub(super) use crate::endpoint::vpp_err;
-use crate::error::retval;
+use scrambler_vpp_api::api::{af_packet, interface, ip, ip_neighbor};
+use scrambler_vpp_api::error::retval;
+use scrambler_vpp_api::VppClient;
 
 /// The VPP name of the af_packet interface on the node veth `host_name`.
 pub(super) fn host_vpp(host_name: &str) -> String {
@@ -37,12 +37,12 @@ pub(super) struct PodInterface {
     pub(super) mtu: u32,
 }
 
-/// The VPP operations, one or a few API calls each.
-pub(super) struct Ops<'a> {
+/// The VPP calls of an attachment on one API connection, one or a few requests each.
+pub(super) struct AttachCalls<'a> {
     pub(super) c: &'a VppClient,
 }
 
-impl Ops<'_> {
+impl AttachCalls<'_> {
     /// The gateway loopback: the interface named `loop<GATEWAY_INSTANCE>` tagged
     /// [`GATEWAY_TAG`] (one filtered dump, not all interfaces).
     pub(super) async fn find_gateway(&self) -> Result<Option<u32>> {
@@ -354,7 +354,7 @@ impl Ops<'_> {
                 FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
             },
             nh: FibPathNh {
-                address: crate::api::types::Address::from(ip).un,
+                address: scrambler_vpp_api::api::types::Address::from(ip).un,
                 classify_table_index: u32::MAX,
                 ..Default::default()
             },

@@ -21,13 +21,13 @@
 
 use super::{cmd, topology, LabState};
 use scrambler_core::{Error, Result};
-use scrambler_vpp::api::af_packet::AfPacketCreateV3;
-use scrambler_vpp::api::interface::{
+use scrambler_vpp::dist::VppInstall;
+use scrambler_vpp_api::api::af_packet::AfPacketCreateV3;
+use scrambler_vpp_api::api::interface::{
     SwInterfaceAddDelAddress, SwInterfaceSetFlags, SwInterfaceSetRxMode,
 };
-use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, MacAddress, RxMode};
-use scrambler_vpp::dist::VppInstall;
-use scrambler_vpp::{ConnectOptions, VppClient};
+use scrambler_vpp_api::api::types::{AfPacketMode, IfStatusFlags, MacAddress, RxMode};
+use scrambler_vpp_api::{ConnectOptions, VppClient};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -277,7 +277,7 @@ async fn wait_ready(lab: &str, i: usize, pid: u32) -> Result<VppClient> {
 async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
     let what = |op: &str| format!("{op} host-{} on node {i}", topology::UNDERLAY_IF);
     let fail = |op: String| {
-        move |e: scrambler_vpp::VppError| Error::Dataplane {
+        move |e: scrambler_vpp_api::VppError| Error::Dataplane {
             dataplane: VPP.into(),
             op,
             reason: e.to_string(),

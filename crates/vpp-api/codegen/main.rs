@@ -2,8 +2,8 @@
 //! generates for this crate.
 //!
 //! ```text
-//! cargo run -p scrambler-vpp --example vpp-apigen              # crates/scrambler-vpp/api
-//! cargo run -p scrambler-vpp --example vpp-apigen -- DIR > out.rs
+//! cargo run -p scrambler-vpp-api --example vpp-apigen              # crates/vpp-api/api
+//! cargo run -p scrambler-vpp-api --example vpp-apigen -- DIR > out.rs
 //! ```
 
 #[path = "apigen.rs"]

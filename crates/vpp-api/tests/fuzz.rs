@@ -1,17 +1,17 @@
-//! Fuzzing of what scrambler-vpp reads from VPP: API messages (every generated message type
+//! Fuzzing of what scrambler-vpp-api reads from VPP: API messages (every generated message type
 //! decodes every input, cleanly or into a message whose encoding is stable) and the stats
 //! segment (a synthetic segment, mutated, read through the public client). Corpus:
 //! `fuzz/corpus/<target>/`: reply frames captured from a real VPP ([`capture_vpp_corpus`])
 //! and synthetic segments ([`write_stats_corpus`]); `SCRAMBLER_FUZZ_CASES` runs longer.
 
 use scrambler_fuzz::{Shape, Target};
-use scrambler_vpp::api::{self, interface, ip, ipip, ipsec, memclnt, types};
-use scrambler_vpp::message::decode_message;
-use scrambler_vpp::stats::StatsClient;
-use scrambler_vpp::testing::stats_segment::SyntheticSegment;
 use scrambler_vpp::testing::VppInstance;
-use scrambler_vpp::transport::{read_frame, write_frame};
-use scrambler_vpp::Message;
+use scrambler_vpp_api::api::{self, interface, ip, ipip, ipsec, memclnt, types};
+use scrambler_vpp_api::message::decode_message;
+use scrambler_vpp_api::stats::StatsClient;
+use scrambler_vpp_api::testing::stats_segment::SyntheticSegment;
+use scrambler_vpp_api::transport::{read_frame, write_frame};
+use scrambler_vpp_api::Message;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -194,7 +194,7 @@ async fn capture_vpp_corpus() {
         vpp.api_sock(),
         frames.clone(),
     ));
-    let c = scrambler_vpp::VppClient::connect(&proxy)
+    let c = scrambler_vpp_api::VppClient::connect(&proxy)
         .await
         .expect("connect");
     c.show_version().await.expect("show_version");

@@ -1,11 +1,11 @@
 //! The async VPP API client: connect over `api.sock`, send requests, collect dumps.
 //!
 //! ```no_run
-//! use scrambler_vpp::api::interface::SwInterfaceSetFlags;
-//! use scrambler_vpp::api::types::IfStatusFlags;
-//! use scrambler_vpp::VppClient;
+//! use scrambler_vpp_api::api::interface::SwInterfaceSetFlags;
+//! use scrambler_vpp_api::api::types::IfStatusFlags;
+//! use scrambler_vpp_api::VppClient;
 //!
-//! # async fn demo() -> Result<(), scrambler_vpp::VppError> {
+//! # async fn demo() -> Result<(), scrambler_vpp_api::VppError> {
 //! let vpp = VppClient::connect("/run/vpp/api.sock").await?;
 //! let v = vpp.show_version().await?;
 //! println!("{} {}", v.program, v.version);
@@ -219,8 +219,8 @@ impl VppClient {
     /// [`VppError::Retval`] naming the message and VPP's error.
     ///
     /// ```no_run
-    /// # async fn f(vpp: &scrambler_vpp::VppClient) -> Result<(), scrambler_vpp::VppError> {
-    /// use scrambler_vpp::api::vpe::ShowVersion;
+    /// # async fn f(vpp: &scrambler_vpp_api::VppClient) -> Result<(), scrambler_vpp_api::VppError> {
+    /// use scrambler_vpp_api::api::vpe::ShowVersion;
     /// let reply = vpp.request(&ShowVersion {}).await?;
     /// assert_eq!(reply.program, "vpe");
     /// # Ok(()) }
@@ -259,8 +259,8 @@ impl VppClient {
     /// messages until the `control_ping_reply` arrives.
     ///
     /// ```no_run
-    /// # async fn f(vpp: &scrambler_vpp::VppClient) -> Result<(), scrambler_vpp::VppError> {
-    /// use scrambler_vpp::api::ipip::IpipTunnelDump;
+    /// # async fn f(vpp: &scrambler_vpp_api::VppClient) -> Result<(), scrambler_vpp_api::VppError> {
+    /// use scrambler_vpp_api::api::ipip::IpipTunnelDump;
     /// let tunnels = vpp.dump(&IpipTunnelDump { sw_if_index: u32::MAX }).await?;
     /// println!("{} ipip tunnels", tunnels.len());
     /// # Ok(()) }

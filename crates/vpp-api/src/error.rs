@@ -86,36 +86,6 @@ impl VppError {
     }
 }
 
-impl From<VppError> for scrambler_core::Error {
-    fn from(e: VppError) -> Self {
-        use scrambler_core::Error;
-        match e {
-            VppError::Io { path, op, source } => Error::io(op, path.display(), source),
-            VppError::Timeout { .. } => Error::TryAgainLater(e.to_string()),
-            VppError::CrcMismatch { .. } | VppError::UnknownMessage { .. } => {
-                Error::Unsupported(e.to_string())
-            }
-            VppError::Retval { message, .. } | VppError::Closed { message, .. } => {
-                Error::Dataplane {
-                    dataplane: "vpp".into(),
-                    op: message.into(),
-                    reason: e.to_string(),
-                }
-            }
-            VppError::Codec { message, .. } => Error::Dataplane {
-                dataplane: "vpp".into(),
-                op: message.into(),
-                reason: e.to_string(),
-            },
-            VppError::Protocol(_) => Error::Dataplane {
-                dataplane: "vpp".into(),
-                op: "api".into(),
-                reason: e.to_string(),
-            },
-        }
-    }
-}
-
 /// Common VPP return values (`vnet/api_errno.h`; the numbers are stable across releases).
 pub mod retval {
     /// Unspecified error.
@@ -319,8 +289,6 @@ mod tests {
         assert!(s.contains("sw_interface_add_del_address"), "{s}");
         assert!(s.contains("VNET_API_ERROR_ADDRESS_IN_USE"), "{s}");
         assert!(s.contains("-105"), "{s}");
-        let core: scrambler_core::Error = e.into();
-        assert_eq!(core.code(), 104);
         assert!(VppError::Retval {
             message: "x",
             retval: -9999
@@ -341,6 +309,5 @@ mod tests {
             s.contains("show_version") && s.contains("0x51077d14") && s.contains("0xdeadbeef"),
             "{s}"
         );
-        assert_eq!(scrambler_core::Error::from(e).code(), 105);
     }
 }

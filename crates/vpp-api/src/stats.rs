@@ -24,8 +24,8 @@
 //! `cli_inband`), the first one a scan of the few thousand directory names.
 //!
 //! ```no_run
-//! use scrambler_vpp::stats::StatsClient;
-//! # fn f() -> Result<(), scrambler_vpp::stats::StatsError> {
+//! use scrambler_vpp_api::stats::StatsClient;
+//! # fn f() -> Result<(), scrambler_vpp_api::stats::StatsError> {
 //! let stats = StatsClient::connect("/run/vpp/stats.sock")?;
 //! let sa = stats.combined("/net/ipsec/sa", 0)?; // SA with stat_index 0, summed over threads
 //! println!("{} packets, {} bytes", sa.packets, sa.bytes);

@@ -1,9 +1,9 @@
 //! Our generated encoding against vpp-papi's (a real VPP client), packing the same
 //! `.api.json`: the bytes must be identical. Needs `python3` with `vpp-papi==2.4.2`.
 
-use scrambler_vpp::api::types::*;
-use scrambler_vpp::api::{af_packet, interface, ip, ipip, ipsec, memclnt, vpe};
-use scrambler_vpp::message::{decode_message, encode_message, Message};
+use scrambler_vpp_api::api::types::*;
+use scrambler_vpp_api::api::{af_packet, interface, ip, ipip, ipsec, memclnt, vpe};
+use scrambler_vpp_api::message::{decode_message, encode_message, Message};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};

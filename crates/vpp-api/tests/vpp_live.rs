@@ -1,12 +1,12 @@
 //! Against a real VPP (see `../shared/vpp/README.md`) running in a test network namespace.
 
-use scrambler_vpp::api::af_packet::AfPacketCreateV3;
-use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
-use scrambler_vpp::api::ip::IpAddressDump;
-use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, MacAddress};
-use scrambler_vpp::api::vpe::ShowVersion;
 use scrambler_vpp::testing::VppInstance;
-use scrambler_vpp::{Message, VppError};
+use scrambler_vpp_api::api::af_packet::AfPacketCreateV3;
+use scrambler_vpp_api::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
+use scrambler_vpp_api::api::ip::IpAddressDump;
+use scrambler_vpp_api::api::types::{AfPacketMode, IfStatusFlags, MacAddress};
+use scrambler_vpp_api::api::vpe::ShowVersion;
+use scrambler_vpp_api::{Message, VppError};
 
 #[tokio::test]
 async fn show_version_ping_and_interface_dump() {
@@ -106,7 +106,7 @@ async fn af_packet_interface_with_address() {
         .unwrap_err();
     assert_eq!(
         e.retval(),
-        Some(scrambler_vpp::error::retval::INVALID_SW_IF_INDEX)
+        Some(scrambler_vpp_api::error::retval::INVALID_SW_IF_INDEX)
     );
     let s = e.to_string();
     assert!(
@@ -120,18 +120,18 @@ async fn af_packet_interface_with_address() {
 #[derive(Debug, Default)]
 struct ShowVersionOtherCrc;
 
-impl scrambler_vpp::codec::Encode for ShowVersionOtherCrc {
+impl scrambler_vpp_api::codec::Encode for ShowVersionOtherCrc {
     fn encode(
         &self,
-        _: &mut scrambler_vpp::codec::EncodeBuf,
-    ) -> Result<(), scrambler_vpp::codec::CodecError> {
+        _: &mut scrambler_vpp_api::codec::EncodeBuf,
+    ) -> Result<(), scrambler_vpp_api::codec::CodecError> {
         Ok(())
     }
 }
-impl scrambler_vpp::codec::Decode for ShowVersionOtherCrc {
+impl scrambler_vpp_api::codec::Decode for ShowVersionOtherCrc {
     fn decode(
-        _: &mut scrambler_vpp::codec::Decoder<'_>,
-    ) -> Result<Self, scrambler_vpp::codec::CodecError> {
+        _: &mut scrambler_vpp_api::codec::Decoder<'_>,
+    ) -> Result<Self, scrambler_vpp_api::codec::CodecError> {
         Ok(Self)
     }
 }
@@ -139,11 +139,11 @@ impl Message for ShowVersionOtherCrc {
     const NAME: &'static str = "show_version";
     const CRC: u32 = 0xdeadbeef;
     const NAME_CRC: &'static str = "show_version_deadbeef";
-    const HEADER: scrambler_vpp::message::Header =
-        scrambler_vpp::message::Header::ClientIndexContext;
+    const HEADER: scrambler_vpp_api::message::Header =
+        scrambler_vpp_api::message::Header::ClientIndexContext;
 }
-impl scrambler_vpp::Request for ShowVersionOtherCrc {
-    type Reply = scrambler_vpp::api::vpe::ShowVersionReply;
+impl scrambler_vpp_api::Request for ShowVersionOtherCrc {
+    type Reply = scrambler_vpp_api::api::vpe::ShowVersionReply;
 }
 
 #[tokio::test]
@@ -191,7 +191,7 @@ async fn vpp_going_away_fails_requests_instead_of_hanging() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     // and later ones fail at once too
     assert!(c.control_ping().await.is_err());
-    let e = scrambler_vpp::VppClient::connect(vpp.api_sock())
+    let e = scrambler_vpp_api::VppClient::connect(vpp.api_sock())
         .await
         .unwrap_err();
     assert!(matches!(e, VppError::Io { .. }), "{e}");

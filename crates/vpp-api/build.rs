@@ -1,5 +1,5 @@
 //! Generates the VPP message types from `api/*.api.json` into `$OUT_DIR/vpp_api.rs`.
-//! The generator itself is `codegen/apigen.rs`; `cargo run -p scrambler-vpp --example
+//! The generator itself is `codegen/apigen.rs`; `cargo run -p scrambler-vpp-api --example
 //! vpp-apigen` prints the same code for review.
 
 #[path = "codegen/apigen.rs"]

@@ -1,0 +1,108 @@
+//! The numbers Scrambler owns in VPP, and how they name a peer: tunnel instances, SA ids,
+//! the tunnel tag and the route marker.
+
+use scrambler_core::{Generation, NodeId};
+
+/// First IPIP tunnel instance Scrambler owns; the peer's node id is added.
+pub const TUNNEL_INSTANCE_BASE: u32 = 0x5c_0000;
+
+/// First SA id Scrambler owns; ids span 2^24 from here.
+pub const SA_ID_BASE: u32 = 0x5c00_0000;
+
+/// Prefix of the interface tag of Scrambler's tunnels.
+pub const TAG_PREFIX: &str = "scrambler:peer=";
+
+/// The path preference marking Scrambler's routes (VPP routes carry no tag; with a single
+/// path per route the preference does not change forwarding).
+pub const ROUTE_PREFERENCE: u8 = 0x5c;
+
+/// The tunnel instance of the tunnel to `peer`.
+pub fn tunnel_instance(peer: NodeId) -> u32 {
+    TUNNEL_INSTANCE_BASE + u32::from(peer.get())
+}
+
+/// The peer id of an owned tunnel instance.
+pub fn tunnel_peer(instance: u32) -> Option<u16> {
+    instance
+        .checked_sub(TUNNEL_INSTANCE_BASE)
+        .and_then(|v| u16::try_from(v).ok())
+        .filter(|v| *v != 0)
+}
+
+/// Which way an SA protects traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent to the peer.
+    Outbound,
+    /// Received from the peer.
+    Inbound,
+}
+
+/// The SA id of the SA with `peer` in `dir` for `generation`:
+/// `SA_ID_BASE | inbound << 23 | (generation mod 128) << 16 | peer id`.
+pub fn sa_id(dir: Direction, peer: NodeId, generation: Generation) -> u32 {
+    let d = u32::from(dir == Direction::Inbound);
+    SA_ID_BASE
+        | d << 23
+        | (generation % scrambler_core::keys::SPI_GENERATIONS) << 16
+        | u32::from(peer.get())
+}
+
+/// True for SA ids in Scrambler's range.
+pub fn owned_sa(id: u32) -> bool {
+    id & 0xff00_0000 == SA_ID_BASE
+}
+
+/// The SA ids of `peer` in Scrambler's numbering, and whether each is inbound.
+pub(super) fn peer_of_sa(id: u32) -> Option<(u16, Direction)> {
+    if !owned_sa(id) {
+        return None;
+    }
+    let dir = if id & (1 << 23) != 0 {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    Some(((id & 0xffff) as u16, dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::tests::id;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn sa_ids_are_owned_and_distinct() {
+        let mut seen = BTreeSet::new();
+        for peer in [1, 2, 255, 256, 65535] {
+            for g in [0, 1, 127, 128] {
+                for d in [Direction::Inbound, Direction::Outbound] {
+                    let v = sa_id(d, id(peer), g);
+                    assert!(owned_sa(v), "{v:#x}");
+                    if g < 128 {
+                        assert!(seen.insert(v), "duplicate {v:#x}");
+                    }
+                }
+            }
+        }
+        assert!(!owned_sa(10) && !owned_sa(0x5d00_0000));
+    }
+
+    #[test]
+    fn sa_ids_name_their_peer_and_direction() {
+        let v = sa_id(Direction::Inbound, id(513), 3);
+        assert_eq!(peer_of_sa(v), Some((513, Direction::Inbound)));
+        let v = sa_id(Direction::Outbound, id(2), 130);
+        assert_eq!(peer_of_sa(v), Some((2, Direction::Outbound)));
+        assert_eq!(peer_of_sa(10), None);
+    }
+
+    #[test]
+    fn tunnel_instances_map_back_to_peers() {
+        assert_eq!(tunnel_peer(tunnel_instance(id(7))), Some(7));
+        assert_eq!(tunnel_peer(0), None);
+        assert_eq!(tunnel_peer(TUNNEL_INSTANCE_BASE), None);
+        assert_eq!(tunnel_peer(TUNNEL_INSTANCE_BASE + 70000), None);
+    }
+}

@@ -1,0 +1,282 @@
+//! Scrambler's VPP dataplane: the encrypted mesh as per-peer IPIP tunnels protected by ESP.
+//!
+//! For every peer of the mesh, on the node's VPP:
+//!
+//! * an IPIP tunnel `local underlay -> peer underlay`, instance [`tunnel_instance`] (so it is
+//!   named `ipip<instance>`), tagged `scrambler:peer=<name>`;
+//! * ESP SAs, AES-GCM-128 with the key and salt of [`ClusterSecret::sa`], ESN and
+//!   anti-replay on: one outbound SA of the mesh's tx generation and one inbound SA per rx
+//!   generation, with ids from [`sa_id`];
+//! * `ipsec tunnel protect` binding them to the tunnel (VPP encrypts what the tunnel carries:
+//!   on the wire it is outer IP / ESP / inner IP, like kernel tunnel-mode ESP);
+//! * one route per pod CIDR of the peer, leading either into the protected tunnel or to
+//!   drop (see *Fail closed*).
+//!
+//! What Scrambler owns is recognised by number ranges — tunnel instances
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` — and, for routes (VPP routes
+//! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
+//! tunnel); nothing else is ever touched. [`VppTunnel::reconcile`] dumps the state, diffs it
+//! against the mesh and changes only what differs; a second run is a no-op.
+//!
+//! # Fail closed
+//!
+//! Pod traffic to a peer must never leave in cleartext, nor as plain IPIP, nor out of the
+//! uplink by some other (e.g. default) route while the tunnel, its protection or its SAs are
+//! missing or being replaced:
+//!
+//! * **The guard is the route itself.** As long as a peer is in the mesh, each of its pod
+//!   CIDRs has an owned route in table 0, so a less specific route never takes its traffic.
+//!   Its single path is `drop` until the tunnel is protected and up; then one FIB update
+//!   swaps it into the tunnel (and back to drop before anything is taken away), so there is
+//!   no moment without a route.
+//! * **Order in reconcile**: routes of new peers go in as drop first; before a tunnel is
+//!   re-created, an SA replaced or a lost protection restored, the peer's routes go to drop;
+//!   then tunnel (admin down), SAs, protection, admin up, and only then routes into the
+//!   tunnel. A key rotation changes the protection with one atomic update and needs no drop.
+//!   Stale routes go first, stale tunnels and SAs last.
+//! * **Pipelined**: the peers are reconciled concurrently on the one API socket (up to 256
+//!   in flight, so their round trips overlap), and each phase's independent calls (stale
+//!   routes, stale tunnels, stale SAs, the state dumps) are sent together. Within a peer the
+//!   order above holds: a call is sent only after the reply of the one it depends on was
+//!   checked; only calls that do not depend on each other go out together (a new tunnel's
+//!   tag, unnumbered and IPv6; a peer's new SAs). On the first error no further call of any
+//!   peer is sent.
+//! * **Behind our back** (measured with a real VPP, `tests/failclosed_live.rs`, capturing the
+//!   underlay while a pod pings, with a 10/8 route out of the uplink in place): with its
+//!   protection deleted VPP does *not* send plain IPIP — the tunnel's midchain adjacency
+//!   drops (`ip4-drop`), also after the tunnel or uplink flaps; SAs deleted through the API
+//!   stay until the protection releases them; a deleted tunnel leaves its route with a
+//!   path that drops. In every case the wire carries only ESP, `status` turns
+//!   `encrypted`/`fail_closed` false, and the next reconcile repairs it.
+//! * **A lost outbound SA is not re-created** under the same key: its sequence numbers, the
+//!   AES-GCM IVs, would restart (nonce reuse, and replay drops at the peer). When the SA is
+//!   missing but evidence says it existed (see the docs of the private `outbound_lost`: the
+//!   inbound SA of the same generation, or the peer's tunnel, is still there, and no
+//!   rotation is switching), the peer stays behind its drop routes, its tunnel down,
+//!   `status` reports [`LOST_OUTBOUND`], and a key rotation repairs it. An outbound SA
+//!   found with other attributes than planned is likewise not replaced but deleted, and the
+//!   peer is lost from then on (re-adding it would restart its sequence numbers under the
+//!   same key). A VPP that lost
+//!   everything (restart) cannot tell: the agent must rotate the generation then.
+//! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
+//!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
+//!
+//! # Counters
+//!
+//! `status` reads VPP's statistics segment ([`scrambler_vpp_api::stats`], `stats.sock` beside
+//! `api.sock` unless [`VppTunnel::with_stats_socket`] says otherwise): per peer the
+//! packets/bytes of its outbound and inbound SAs (all generations, `/net/ipsec/sa` at each
+//! SA's `stat_index`), replay drops (`/net/ipsec/sa/err/replay`) and authentication
+//! failures (`integ_error` + `decryption_failed`: VPP counts an AES-GCM tag mismatch as the
+//! latter). Non-zero per-SA errors summed over peers go into `errors` as `ipsec-sa/<name>`,
+//! tunnel interface drops as `<peer>/tunnel-drops`; [`VppTunnel::counters`] gives the full
+//! per-peer view including the tunnel interface's rx/tx. Without the segment, `status`
+//! still answers, with [`STATS_UNAVAILABLE`] in `errors`.
+//!
+//! # Code
+//!
+//! A reconcile reads top to bottom through: `plan.rs` (what the mesh asks for),
+//! `readback.rs` (what VPP has of ours, and how it compares), `reconcile.rs` (the phases and
+//! each peer's fail-closed order), `guard.rs` (a peer's drop routes) and `ops.rs` (one VPP
+//! call each). `ids.rs` holds the number ranges that mark what is ours, `status.rs` builds
+//! `status` and the counters.
+
+mod guard;
+mod ids;
+mod ops;
+mod plan;
+mod readback;
+mod reconcile;
+mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use scrambler_core::{
+    ClusterSecret, Error, Mesh, Netns, ReconcileReport, Result, Tunnel, TunnelStatus,
+};
+use scrambler_vpp_api::VppClient;
+
+use self::ops::TunnelCalls;
+use self::plan::plan;
+use self::readback::OwnedState;
+use self::reconcile::{reconcile_all, remove_all};
+use self::status::{peer_counters, CounterSnapshot};
+use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
+
+pub use self::ids::{
+    owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
+    TAG_PREFIX, TUNNEL_INSTANCE_BASE,
+};
+pub use self::status::{PeerCounters, LOST_OUTBOUND, STATS_UNAVAILABLE};
+pub use crate::endpoint::SocketResolver;
+
+/// The VPP dataplane (implements [`Tunnel`]).
+///
+/// ```no_run
+/// use scrambler_core::{ClusterSecret, Netns, Tunnel};
+/// use scrambler_vpp::tunnel::VppTunnel;
+/// # async fn f(mesh: scrambler_core::Mesh, secret: ClusterSecret) -> scrambler_core::Result<()> {
+/// let vpp = VppTunnel::new("/run/vpp/api.sock");
+/// let report = vpp.reconcile(&Netns::Current, &mesh, &secret).await?;
+/// assert!(vpp.reconcile(&Netns::Current, &mesh, &secret).await?.is_noop());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct VppTunnel {
+    vpp: NodeVpp,
+    stats: Arc<SocketResolver>,
+}
+
+impl std::fmt::Debug for VppTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VppTunnel")
+            .field("opts", &self.vpp.opts)
+            .finish()
+    }
+}
+
+impl VppTunnel {
+    /// One VPP, whose API socket is `api_socket`, for whatever namespace is passed.
+    pub fn new(api_socket: impl Into<PathBuf>) -> Self {
+        Self::with_resolver(fixed_socket(api_socket))
+    }
+
+    /// A VPP per node: `resolve` maps the node's namespace to its VPP's API socket.
+    ///
+    /// The stats socket defaults to `stats.sock` beside the API socket (where a
+    /// startup.conf with `statseg { socket-name <run dir>/stats.sock }` puts it, as the
+    /// lab's does); see [`VppTunnel::with_stats_socket`].
+    pub fn with_resolver(
+        resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
+    ) -> Self {
+        let resolve: Arc<SocketResolver> = Arc::new(resolve);
+        let api = resolve.clone();
+        VppTunnel {
+            vpp: NodeVpp::new(resolve, "scrambler-tunnel"),
+            stats: Arc::new(move |ns| Ok(api(ns)?.with_file_name("stats.sock"))),
+        }
+    }
+
+    /// Where the stats segment socket (`statseg { socket-name … }`) of a node's VPP is.
+    pub fn with_stats_socket(
+        mut self,
+        resolve: impl Fn(&Netns) -> Result<PathBuf> + Send + Sync + 'static,
+    ) -> Self {
+        self.stats = Arc::new(resolve);
+        self
+    }
+
+    async fn connect(&self, netns: &Netns) -> Result<VppClient> {
+        self.vpp.connect(netns).await
+    }
+
+    /// The counters of every owned SA and tunnel of the node's VPP, per peer of `mesh`,
+    /// read from VPP's statistics segment.
+    pub async fn counters(&self, netns: &Netns, mesh: &Mesh) -> Result<Vec<PeerCounters>> {
+        let c = self.connect(netns).await?;
+        let have = OwnedState::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let _ = c.close().await;
+        let snap = self.snapshot(netns).await?;
+        Ok(mesh
+            .peers
+            .iter()
+            .map(|p| peer_counters(&have, &snap, p))
+            .collect())
+    }
+
+    /// Reads the counters Scrambler reports from the stats segment (blocking work off the
+    /// runtime: a socket round trip and a map).
+    async fn snapshot(&self, netns: &Netns) -> Result<CounterSnapshot> {
+        let path = (self.stats)(netns)?;
+        tokio::task::spawn_blocking(move || CounterSnapshot::read(&path))
+            .await
+            .map_err(|e| Error::Dataplane {
+                dataplane: DATAPLANE.into(),
+                op: "read the stats segment".into(),
+                reason: e.to_string(),
+            })?
+    }
+}
+
+#[async_trait]
+impl Tunnel for VppTunnel {
+    /// Reconciles the node's VPP to `mesh` in phases: stale routes, then every peer (each
+    /// in the fail-closed order, up to `PIPELINE` peers in flight), then stale tunnels,
+    /// then stale SAs; each phase's independent calls are sent together.
+    async fn reconcile(
+        &self,
+        netns: &Netns,
+        mesh: &Mesh,
+        secret: &ClusterSecret,
+    ) -> Result<ReconcileReport> {
+        let want = plan(mesh, secret)?;
+        let c = self.connect(netns).await?;
+        let have = OwnedState::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
+        let _ = c.close().await;
+        tracing::info!(
+            added = rep.added,
+            updated = rep.updated,
+            removed = rep.removed,
+            unchanged = rep.unchanged,
+            "reconciled VPP tunnels"
+        );
+        Ok(rep)
+    }
+
+    async fn status(&self, netns: &Netns, mesh: &Mesh) -> Result<TunnelStatus> {
+        let c = self.connect(netns).await?;
+        let have = OwnedState::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let _ = c.close().await;
+        let snap = match self.snapshot(netns).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "VPP counters unavailable");
+                None
+            }
+        };
+        Ok(status::build(&have, snap.as_ref(), mesh))
+    }
+
+    async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {
+        let c = self.connect(netns).await?;
+        let have = OwnedState::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let rep = remove_all(&TunnelCalls { c: &c }, &have).await?;
+        let _ = c.close().await;
+        Ok(rep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use scrambler_core::{Mesh, Node, NodeId};
+
+    pub(super) fn id(n: u32) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    pub(super) fn mesh(keys: scrambler_core::Keys) -> Mesh {
+        let node = |name: &str, n: u8| Node {
+            name: name.into(),
+            id: id(u32::from(n)),
+            underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
+            pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
+        };
+        scrambler_core::Cluster {
+            nodes: vec![node("a", 1), node("b", 2)],
+            keys,
+        }
+        .mesh_for("a")
+        .unwrap()
+    }
+}

@@ -1,0 +1,283 @@
+//! Reconciling a node's VPP to its mesh: every peer in the fail-closed order of the module
+//! docs of [`crate::tunnel`], peers pipelined, stale objects last.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use scrambler_core::{Error, Mesh, ReconcileReport, Result};
+
+use super::guard::RouteGuard;
+use super::ids::Direction;
+use super::ops::{delete_tunnel_fully, pipelined, TunnelCalls};
+use super::plan::{PeerPlan, RouteTarget};
+use super::readback::{
+    kept_outbound, needs_new_tunnel, outbound_changed, outbound_lost, sa_matches, OwnedRoute,
+    OwnedState,
+};
+use crate::endpoint::DATAPLANE;
+
+/// Reconciles the node's VPP, found as `have`, to `want` in phases: stale routes, then every
+/// peer (each in the fail-closed order, up to `PIPELINE` peers in flight), then stale
+/// tunnels, then stale SAs; each phase's independent calls are sent together.
+pub(super) async fn reconcile_all(
+    ops: &TunnelCalls<'_>,
+    have: &OwnedState,
+    mesh: &Mesh,
+    want: &[PeerPlan],
+) -> Result<ReconcileReport> {
+    let mut rep = ReconcileReport::default();
+
+    // stale routes first: pod CIDRs no peer of the mesh has any more
+    let want_routes: BTreeSet<IpNet> = want.iter().flat_map(|p| p.routes.iter().copied()).collect();
+    let stale = pipelined(
+        have.routes
+            .iter()
+            .filter(|(prefix, _)| !want_routes.contains(prefix))
+            .map(|(prefix, r)| ops.unroute(*prefix, r))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    rep.removed += stale.len();
+
+    // the underlay interfaces of the tunnels to create, looked up once
+    let srcs: BTreeSet<IpAddr> = want
+        .iter()
+        .filter(|p| needs_new_tunnel(have, p))
+        .map(|p| p.src)
+        .collect();
+    let underlay_ifs = ops.underlay_ifs(&srcs).await?;
+
+    let mut live_sas: BTreeSet<u32> = BTreeSet::new();
+    let peers = pipelined(
+        want.iter()
+            .map(|p| reconcile_peer(ops, have, mesh, p, &underlay_ifs))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    for o in peers {
+        add_report(&mut rep, &o.rep);
+        live_sas.extend(o.live_sas);
+    }
+
+    // stale tunnels, then stale SAs (the protections using them are gone by then)
+    let want_instances: BTreeSet<u32> = want.iter().map(|p| p.instance).collect();
+    let gone = pipelined(
+        have.tunnels
+            .iter()
+            .filter(|(inst, _)| !want_instances.contains(inst))
+            .map(|(inst, t)| delete_tunnel_fully(ops, *inst, t.sw_if_index))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    rep.removed += gone.len();
+    let gone = pipelined(
+        have.sas
+            .keys()
+            .filter(|id| !live_sas.contains(id))
+            .map(|id| ops.delete_sa(*id))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    rep.removed += gone.len();
+    Ok(rep)
+}
+
+/// Removes everything Scrambler owns in the node's VPP, found as `have`.
+pub(super) async fn remove_all(
+    ops: &TunnelCalls<'_>,
+    have: &OwnedState,
+) -> Result<ReconcileReport> {
+    let mut rep = ReconcileReport::default();
+    // routes, then tunnels, then SAs; each kind's calls sent together
+    let routes = pipelined(
+        have.routes
+            .iter()
+            .map(|(prefix, r)| ops.unroute(*prefix, r))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let tunnels = pipelined(
+        have.tunnels
+            .iter()
+            .map(|(inst, t)| delete_tunnel_fully(ops, *inst, t.sw_if_index))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let sas = pipelined(
+        have.sas
+            .keys()
+            .map(|id| ops.delete_sa(*id))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    rep.removed = routes.len() + tunnels.len() + sas.len();
+    Ok(rep)
+}
+
+fn add_report(into: &mut ReconcileReport, r: &ReconcileReport) {
+    into.added += r.added;
+    into.updated += r.updated;
+    into.removed += r.removed;
+    into.unchanged += r.unchanged;
+}
+
+/// What reconciling one peer did: its report and the SA ids it keeps.
+struct PeerOutcome {
+    rep: ReconcileReport,
+    live_sas: Vec<u32>,
+}
+
+/// Reconciles one peer, its calls strictly in the fail-closed order of the module docs.
+async fn reconcile_peer(
+    ops: &TunnelCalls<'_>,
+    have: &OwnedState,
+    mesh: &Mesh,
+    p: &PeerPlan,
+    underlay_ifs: &HashMap<IpAddr, u32>,
+) -> Result<PeerOutcome> {
+    let mut rep = ReconcileReport::default();
+    let live_sas = p.sas.iter().map(|s| s.id).collect();
+    // 1. the guard: each pod CIDR of the peer is routed by us, into its current tunnel or
+    //    to drop; anything else (missing, foreign shape, a stale tunnel) becomes drop
+    //    before the tunnel is touched
+    let current = have.tunnels.get(&p.instance).map(|t| t.sw_if_index);
+    let lost = outbound_lost(have, mesh, p.id) || outbound_changed(have, p);
+    let mut guard = RouteGuard::default();
+    for r in &p.routes {
+        let now = match have.routes.get(r) {
+            Some(OwnedRoute::Drop) => RouteTarget::Drop,
+            Some(OwnedRoute::Via(sw)) if Some(*sw) == current => RouteTarget::Via(*sw),
+            other => {
+                ops.steer(*r, RouteTarget::Drop).await?;
+                if other.is_none() {
+                    guard.fresh.insert(*r);
+                    rep.added += 1;
+                } else {
+                    rep.updated += 1;
+                }
+                RouteTarget::Drop
+            }
+        };
+        guard.routes.insert(*r, now);
+    }
+
+    // 2. the tunnel, down until protected
+    let underlay = || {
+        underlay_ifs
+            .get(&p.src)
+            .copied()
+            .ok_or_else(|| Error::Dataplane {
+                dataplane: DATAPLANE.into(),
+                op: format!("create tunnel ipip{} to {}", p.instance, p.name),
+                reason: format!(
+                    "the local underlay address {} is on no VPP interface",
+                    p.src
+                ),
+            })
+    };
+    let fresh = needs_new_tunnel(have, p);
+    let sw = match have.tunnels.get(&p.instance) {
+        Some(t) if !fresh => {
+            rep.unchanged += 1;
+            t.sw_if_index
+        }
+        Some(t) => {
+            guard.close(ops).await?;
+            ops.set_up(t.sw_if_index, false).await?;
+            ops.unprotect(t.sw_if_index).await?;
+            ops.delete_tunnel(p.instance, t.sw_if_index).await?;
+            rep.updated += 1;
+            ops.create_tunnel(p, underlay()?).await?
+        }
+        None => {
+            rep.added += 1;
+            ops.create_tunnel(p, underlay()?).await?
+        }
+    };
+    let mut up = !fresh && have.up.get(&sw).copied().unwrap_or(false);
+
+    // 3. SAs: add missing; replace changed ones (routes to drop, tunnel down and
+    //    unprotected meanwhile)
+    let mut protected = if fresh {
+        None
+    } else {
+        have.protects.get(&sw).cloned()
+    };
+    if protected.is_none() {
+        // protection lost behind our back: nothing may be steered in until it is back
+        guard.close(ops).await?;
+    }
+    let mut adds = Vec::new();
+    for sa in &p.sas {
+        match have.sas.get(&sa.id) {
+            Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
+            Some(h) => {
+                guard.close(ops).await?;
+                if up {
+                    ops.set_up(sw, false).await?;
+                    up = false;
+                }
+                if protected.take().is_some() {
+                    ops.unprotect(sw).await?;
+                }
+                if kept_outbound(h, sa) {
+                    // see outbound_changed: kept (unused) as proof that its key has sent,
+                    // and the peer lost until a rotation
+                    tracing::error!(
+                        peer = %p.name,
+                        generation = mesh.keys.tx,
+                        "outbound SA changed; not re-keyed in place: rotate keys"
+                    );
+                } else {
+                    ops.delete_sa(sa.id).await?;
+                    ops.add_sa(sa, &p.name).await?;
+                    rep.updated += 1;
+                }
+            }
+            None if sa.dir == Direction::Outbound && lost => {
+                tracing::error!(
+                    peer = %p.name,
+                    generation = mesh.keys.tx,
+                    "outbound SA lost; not re-created under the same key: rotate keys"
+                );
+            }
+            None => {
+                adds.push(ops.add_sa(sa, &p.name));
+                rep.added += 1;
+            }
+        }
+    }
+    // new SAs are independent of each other: sent together
+    futures::future::try_join_all(adds).await?;
+    if lost {
+        // no protection without an outbound SA: the peer stays behind drop routes, its
+        // tunnel down
+        guard.close(ops).await?;
+        if up {
+            ops.set_up(sw, false).await?;
+            rep.updated += 1;
+        }
+        return Ok(PeerOutcome { rep, live_sas });
+    }
+
+    // 4. protection (an update replaces it atomically: a key rotation needs no drop)
+    match &protected {
+        Some((o, i)) if *o == p.sa_out && *i == p.sa_in => rep.unchanged += 1,
+        Some(_) => {
+            ops.protect(sw, p.sa_out, &p.sa_in).await?;
+            rep.updated += 1;
+        }
+        None => {
+            ops.protect(sw, p.sa_out, &p.sa_in).await?;
+            rep.added += 1;
+        }
+    }
+
+    // 5. up, then steer the pod CIDRs from drop into it
+    if !up {
+        ops.set_up(sw, true).await?;
+    }
+    guard.open(ops, sw, &mut rep).await?;
+    Ok(PeerOutcome { rep, live_sas })
+}

@@ -1,0 +1,252 @@
+//! Status and counters: per peer what is in place and how much it carried, read from VPP's
+//! state and its statistics segment.
+
+use std::collections::BTreeMap;
+
+use scrambler_core::{Error, Generation, Mesh, Node, PeerStatus, Result, TunnelStatus};
+use scrambler_vpp_api::stats::{Combined, StatValue, StatsClient, StatsError};
+
+use super::ids::{peer_of_sa, sa_id, tunnel_instance, Direction};
+use super::plan::underlay_pair;
+use super::readback::{outbound_lost, OwnedRoute, OwnedState};
+use crate::endpoint::DATAPLANE;
+
+/// Key in [`TunnelStatus::errors`]: peers whose outbound SA was lost while its key
+/// generation is live; they stay behind drop routes (fail closed) until a key rotation.
+pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
+
+/// Key in [`TunnelStatus::errors`] when the stats segment could not be read (the packet and
+/// byte counters of the peers are then zero, not measured).
+pub const STATS_UNAVAILABLE: &str = "ScramblerVppStatsUnavailable";
+
+/// One peer's counters in VPP: its SAs (all generations) and its tunnel interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Peer name.
+    pub name: String,
+    /// Packets and bytes encrypted by the peer's outbound SAs.
+    pub sa_out: Combined,
+    /// Packets and bytes decrypted by the peer's inbound SAs.
+    pub sa_in: Combined,
+    /// Per-SA error counters summed over the peer's SAs (`/net/ipsec/sa/err/<name>`),
+    /// non-zero ones.
+    pub sa_errors: BTreeMap<String, u64>,
+    /// Received on the tunnel interface (after decryption).
+    pub tunnel_rx: Combined,
+    /// Sent into the tunnel interface (before encryption).
+    pub tunnel_tx: Combined,
+    /// Dropped on the tunnel interface.
+    pub tunnel_drops: u64,
+}
+
+impl PeerCounters {
+    /// Packets that failed authentication: VPP counts an AES-GCM tag mismatch as
+    /// `decryption_failed` (the AEAD decrypt fails), a separate ICV as `integ_error`.
+    pub fn integrity_errors(&self) -> u64 {
+        ["integ_error", "decryption_failed"]
+            .iter()
+            .filter_map(|k| self.sa_errors.get(*k))
+            .sum()
+    }
+}
+
+/// The counter vectors status needs, from one read of the stats segment.
+pub(super) struct CounterSnapshot {
+    sa: StatValue,
+    sa_err: Vec<(String, StatValue)>,
+    rx: StatValue,
+    tx: StatValue,
+    drops: StatValue,
+}
+
+/// Per-SA error counters worth reporting (`/net/ipsec/sa/err/<name>`).
+const SA_ERRORS: &[&str] = &[
+    "replay",
+    "integ_error",
+    "decryption_failed",
+    "crypto_engine_error",
+    "runt",
+    "no_buffers",
+    "lost",
+    "seq_cycled",
+    "tun_no_proto",
+];
+
+impl CounterSnapshot {
+    pub(super) fn read(path: &std::path::Path) -> Result<CounterSnapshot> {
+        let fail = |e: StatsError| Error::Dataplane {
+            dataplane: DATAPLANE.into(),
+            op: format!("read counters from {}", path.display()),
+            reason: e.to_string(),
+        };
+        let st = StatsClient::connect(path).map_err(fail)?;
+        let mut names = vec![
+            "/net/ipsec/sa".to_string(),
+            "/if/rx".into(),
+            "/if/tx".into(),
+            "/if/drops".into(),
+        ];
+        // per-SA errors exist in newer VPPs only: take the ones present
+        names.extend(SA_ERRORS.iter().map(|e| format!("/net/ipsec/sa/err/{e}")));
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut v = st.read_present(&refs).map_err(fail)?.into_iter();
+        let sa = v
+            .next()
+            .flatten()
+            .ok_or_else(|| fail(StatsError::NotFound("/net/ipsec/sa".into())))?;
+        let mut next = || v.next().flatten().unwrap_or(StatValue::Empty);
+        let (rx, tx, drops) = (next(), next(), next());
+        let sa_err = SA_ERRORS
+            .iter()
+            .zip(v)
+            .filter_map(|(name, val)| Some((name.to_string(), val?)))
+            .collect();
+        Ok(CounterSnapshot {
+            sa,
+            sa_err,
+            rx,
+            tx,
+            drops,
+        })
+    }
+}
+
+pub(super) fn peer_counters(
+    have: &OwnedState,
+    snap: &CounterSnapshot,
+    peer: &Node,
+) -> PeerCounters {
+    let mut pc = PeerCounters {
+        name: peer.name.clone(),
+        ..Default::default()
+    };
+    for (id, stat) in &have.sa_stats {
+        let Some((p, dir)) = peer_of_sa(*id) else {
+            continue;
+        };
+        if p != peer.id.get() {
+            continue;
+        }
+        let i = *stat as usize;
+        let c = snap.sa.combined_sum(i).unwrap_or_default();
+        match dir {
+            Direction::Outbound => pc.sa_out += c,
+            Direction::Inbound => pc.sa_in += c,
+        }
+        for (name, v) in &snap.sa_err {
+            let n = v.simple_sum(i).unwrap_or(0);
+            if n > 0 {
+                *pc.sa_errors.entry(name.clone()).or_default() += n;
+            }
+        }
+    }
+    if let Some(sw) = have.sw_if_index(tunnel_instance(peer.id)) {
+        let i = sw as usize;
+        pc.tunnel_rx = snap.rx.combined_sum(i).unwrap_or_default();
+        pc.tunnel_tx = snap.tx.combined_sum(i).unwrap_or_default();
+        pc.tunnel_drops = snap.drops.simple_sum(i).unwrap_or(0);
+    }
+    pc
+}
+
+/// The tunnel status of the node from what its VPP has (`have`) and, when the stats segment
+/// could be read, its counters.
+pub(super) fn build(
+    have: &OwnedState,
+    snap: Option<&CounterSnapshot>,
+    mesh: &Mesh,
+) -> TunnelStatus {
+    let mut st = TunnelStatus {
+        dataplane: DATAPLANE.into(),
+        overhead: scrambler_core::esp::esp_overhead(
+            mesh.local.underlay.first().is_some_and(|a| a.is_ipv6()),
+        ),
+        ..Default::default()
+    };
+    let mut all_protected = true;
+    for peer in &mesh.peers {
+        let inst = tunnel_instance(peer.id);
+        let sw = have.sw_if_index(inst);
+        let prot = sw.and_then(|s| have.protects.get(&s));
+        let tx = sa_id(Direction::Outbound, peer.id, mesh.keys.tx);
+        let rx: Vec<Generation> = mesh
+            .keys
+            .rx
+            .iter()
+            .copied()
+            .filter(|g| {
+                let id = sa_id(Direction::Inbound, peer.id, *g);
+                have.sas.contains_key(&id) && prot.is_some_and(|(_, i)| i.contains(&id))
+            })
+            .collect();
+        let outbound = have.sas.contains_key(&tx) && prot.is_some_and(|(o, _)| *o == tx);
+        let steering = sw.is_some_and(|s| {
+            have.up.get(&s).copied().unwrap_or(false)
+                && peer
+                    .pod_cidrs
+                    .iter()
+                    .all(|c| have.routes.get(&c.trunc()) == Some(&OwnedRoute::Via(s)))
+        });
+        // the guard: every pod CIDR of the peer routed to drop or into its protected
+        // tunnel
+        let guarded = peer
+            .pod_cidrs
+            .iter()
+            .all(|c| match have.routes.get(&c.trunc()) {
+                Some(OwnedRoute::Drop) => true,
+                Some(OwnedRoute::Via(s)) => Some(*s) == sw && prot.is_some(),
+                _ => false,
+            });
+        if !guarded {
+            all_protected = false;
+        }
+        let pc = snap
+            .as_ref()
+            .map(|s| peer_counters(have, s, peer))
+            .unwrap_or_default();
+        for (k, v) in &pc.sa_errors {
+            *st.errors.entry(format!("ipsec-sa/{k}")).or_default() += v;
+        }
+        if pc.tunnel_drops > 0 {
+            st.errors
+                .insert(format!("{}/tunnel-drops", peer.name), pc.tunnel_drops);
+        }
+        st.peers.push(PeerStatus {
+            name: peer.name.clone(),
+            underlay: underlay_pair(&mesh.local, peer).map(|(_, d)| d),
+            outbound,
+            inbound: rx.len() == mesh.keys.rx.len(),
+            steering,
+            tx_generation: outbound.then_some(mesh.keys.tx),
+            rx_generations: rx,
+            packets_out: pc.sa_out.packets,
+            bytes_out: pc.sa_out.bytes,
+            packets_in: pc.sa_in.packets,
+            bytes_in: pc.sa_in.bytes,
+            replay_errors: pc.sa_errors.get("replay").copied().unwrap_or(0),
+            integrity_errors: pc.integrity_errors(),
+        });
+    }
+    // every owned tunnel that carries traffic is protected
+    for t in have.tunnels.values() {
+        if have.up.get(&t.sw_if_index).copied().unwrap_or(false)
+            && !have.protects.contains_key(&t.sw_if_index)
+        {
+            all_protected = false;
+        }
+    }
+    st.encrypted = all_protected && st.peers.iter().all(|p| p.outbound && p.inbound);
+    st.fail_closed = all_protected;
+    let lost = mesh
+        .peers
+        .iter()
+        .filter(|p| outbound_lost(have, mesh, p.id))
+        .count();
+    if lost > 0 {
+        st.errors.insert(LOST_OUTBOUND.into(), lost as u64);
+    }
+    if snap.is_none() {
+        st.errors.insert(STATS_UNAVAILABLE.into(), 1);
+    }
+    st
+}
