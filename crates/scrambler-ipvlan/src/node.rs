@@ -418,7 +418,7 @@ mod tests {
             dst: dst.parse().unwrap(),
             gw: None,
             oif: Some(oif),
-            table: 254,
+            table: scrambler_netlink::MAIN_TABLE,
             protocol: scrambler_netlink::ROUTE_PROTO,
         };
         let routes = [
