@@ -51,10 +51,8 @@ pub mod env;
 pub mod fault;
 pub mod ipam;
 pub mod logging;
-pub mod netlink;
 pub mod plugin;
 pub mod protocol;
-pub mod sysctl;
 pub mod veth;
 
 pub use backend::{backend_for, CniBackend};

@@ -98,7 +98,7 @@ fn attach_request(req: &Request) -> AttachRequest {
 async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
     let backend = backend(req)?;
     let areq = attach_request(req);
-    crate::veth::check_pod_netns(&areq.pod_netns)?;
+    scrambler_netlink::check_pod_netns(&areq.pod_netns)?;
     let prev = protocol::prev_result(&req.conf)?;
     let ipam = ipam::select(&req.conf, &req.raw, &req.env)?;
     let alloc = AllocRequest {

@@ -17,7 +17,7 @@
 //!   host end). The pod has `169.254.1.1 dev eth0 scope link` and a default route (or the
 //!   IPAM's routes) via the gateway. IPAM gateways are not used for routing.
 //! - The node routes `pod-ip/32` (and `/128`) out of the host end (`proto 0x5c`,
-//!   [`crate::netlink::ROUTE_PROTO`]) and has forwarding on; from there the node's routing
+//!   [`scrambler_netlink::ROUTE_PROTO`]) and has forwarding on; from there the node's routing
 //!   and the xfrm mesh carry the packet to other nodes.
 //! - MTU: the conf's `mtu`, else [`scrambler_core::esp::pod_mtu`] of the MTU of the node's
 //!   default-route interface (1500 when it has none), so ESP never fragments.
@@ -27,15 +27,17 @@
 
 use crate::backend::{AddError, Allocation};
 use crate::fault;
-use crate::netlink::{add_route, route_present, Nl};
-use crate::sysctl;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use scrambler_core::routed::{owner_alias, parse_owner_alias, pod_result};
 use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result, Route,
 };
+use scrambler_netlink::address::Scope;
 use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces};
+use scrambler_netlink::{
+    check_pod_netns, route_present, sysctl, Exists, Nl, PodSockets, RouteSpec,
+};
 use std::net::IpAddr;
 
 /// The routed-pod plan this attachment shares with scrambler-vpp's: the gateways (addresses
@@ -158,10 +160,12 @@ impl VethAttach {
 
     /// Creates the veth pair of `req`, both names being free, with the pod MTU.
     async fn create(&self, host: &Netns, req: &AttachRequest) -> Result<Created> {
-        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        let PodSockets {
+            host: host_nl,
+            pod: pod_nl,
+        } = PodSockets::open_for_add(host, req).await?;
         let host_name = host_ifname(&req.id);
-        let ((), (), mtu) = futures::try_join!(
-            pod_nl.ensure_pod_ifname_free(&req.id.ifname),
+        let ((), mtu) = futures::try_join!(
             host_ifname_free(&host_nl, &host_name, &req.id),
             self.pod_mtu(&host_nl, req.mtu),
         )?;
@@ -233,14 +237,16 @@ impl VethAttach {
 
         // node side: gateway addresses, forwarding, link up
         if has_v4 {
-            host.add_new_address(&host_link, IpNet::from(IpAddr::V4(GATEWAY_V4)), true)
+            let gw4 = IpNet::from(IpAddr::V4(GATEWAY_V4));
+            host.add_address(&host_link, gw4, Scope::Link, Exists::Fail)
                 .await?;
             sysctl::ensure(host.netns(), "net/ipv4/ip_forward", "1").await?;
         }
         if has_v6 {
             let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64)
                 .map_err(|e| Error::config(format!("gateway: {e}")))?;
-            host.add_new_address(&host_link, gw6, true).await?;
+            host.add_address(&host_link, gw6, Scope::Link, Exists::Fail)
+                .await?;
             sysctl::ensure(host.netns(), "net/ipv6/conf/all/forwarding", "1").await?;
         }
         host.set_up(host_link.index, &host_name).await?;
@@ -249,7 +255,8 @@ impl VethAttach {
         let interfaces = pod_interfaces(&host_link, &pod_link, mtu, &req.pod_netns);
         let result = pod_result(addrs, interfaces);
         for ipc in &result.ips {
-            pod.add_new_address(&pod_link, ipc.address, false).await?;
+            pod.add_address(&pod_link, ipc.address, Scope::Global, Exists::Fail)
+                .await?;
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
         tracing::debug!(stage = "node side and pod addresses set");
@@ -257,24 +264,21 @@ impl VethAttach {
 
         // pod routes via the gateway
         if has_v4 {
-            add_route(
-                pod,
-                IpNet::from(IpAddr::V4(GATEWAY_V4)),
-                None,
-                pod_link.index,
-                None,
-            )
-            .await?;
+            let gw4 = IpNet::from(IpAddr::V4(GATEWAY_V4));
+            pod.add_route(&RouteSpec::new(gw4, None, pod_link.index), Exists::Fail)
+                .await?;
         }
         for r in &result.routes {
-            add_route(pod, r.dst, r.gw, pod_link.index, r.mtu).await?;
+            pod.add_route(&RouteSpec::of(r, pod_link.index), Exists::Fail)
+                .await?;
         }
         tracing::debug!(stage = "pod routes set");
         self.fault("after-pod-routes")?;
 
         // node routes to the pod
         for ipc in &result.ips {
-            add_route(host, ipc.address, None, host_link.index, None).await?;
+            let to_pod = RouteSpec::new(ipc.address, None, host_link.index);
+            host.add_route(&to_pod, Exists::Fail).await?;
         }
         self.fault("after-host-route")?;
         Ok(result)
@@ -299,19 +303,6 @@ async fn host_ifname_free(host: &Nl, name: &str, id: &AttachmentId) -> Result<()
     }
 }
 
-/// Checks that the pod namespace exists (code 3 when it does not) and is a network
-/// namespace (code 4, as `CNI_NETNS` is then invalid; also seen while a namespace is being
-/// deleted, between the unmount and the unlink of its file).
-pub fn check_pod_netns(netns: &Netns) -> Result<()> {
-    netns.check().map_err(|e| match e {
-        Error::InvalidConfig(reason) => Error::InvalidEnvironment {
-            var: "CNI_NETNS".into(),
-            reason,
-        },
-        other => other,
-    })
-}
-
 #[async_trait]
 impl Attach for VethAttach {
     async fn attach(
@@ -320,15 +311,16 @@ impl Attach for VethAttach {
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult> {
-        check_pod_netns(&req.pod_netns)?;
         addrs.require_addresses()?;
         let created = self.create(host, req).await?;
         self.configure(&created, req, addrs).await
     }
 
     async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
-        check_pod_netns(&req.pod_netns)?;
-        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        let PodSockets {
+            host: host_nl,
+            pod: pod_nl,
+        } = PodSockets::open(host, req).await?;
         let mut diffs: Vec<String> = Vec::new();
         let sb = req.pod_netns.sandbox();
         let Some(pod_idx) = expected.interface_index(&req.id.ifname, &sb) else {

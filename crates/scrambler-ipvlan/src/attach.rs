@@ -23,16 +23,18 @@
 //! encrypted pods would switch the kernel's per-master mode under them.
 
 use crate::config::{IpvlanConfig, Mode};
-use crate::netlink::{create_ipvlan, link_flag, link_mode, IpvlanSpec, LinkState, Nl, RouteState};
 use crate::node::IpvlanNode;
 use crate::record::{dir_names, host_id, Record, RecordStore};
 use crate::registry::{self, NetworkEntry, NodeRegistry, NODE_DIR};
+use crate::slave::{create_ipvlan, link_flag, link_mode, IpvlanSpec};
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Interface, IpConfig, Netns, Result,
     Route,
 };
+use scrambler_netlink::address::Scope;
+use scrambler_netlink::{Exists, LinkState, Nl, PodSockets, RouteSpec, RouteState};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -193,18 +195,12 @@ impl IpvlanAttach {
         mtu: u32,
     ) -> Result<CniResult> {
         let ifname = &req.id.ifname;
-        let link = pod.link_by_name(ifname).await?.ok_or_else(|| {
-            Error::kernel(
-                "find link",
-                format!("{ifname} in {}", req.pod_netns),
-                "it vanished after creation",
-            )
-        })?;
+        let link = pod.existing_link(ifname).await?;
         pod.set_alias(link.index, ifname, &self.alias(&req.id))
             .await?;
         let mut ips = Vec::new();
         for ipc in &addrs.ips {
-            pod.add_address(link.index, ifname, ipc.address, false)
+            pod.add_address(&link, ipc.address, Scope::Global, Exists::Fail)
                 .await?;
             ips.push(IpConfig {
                 address: ipc.address,
@@ -219,7 +215,8 @@ impl IpvlanAttach {
         pod.set_up(link.index, ifname).await?;
         let routes = self.pod_routes(addrs);
         for r in &routes {
-            pod.add_route(r.dst, r.gw, link.index, None).await?;
+            let spec = RouteSpec::new(r.dst, r.gw, link.index);
+            pod.add_route(&spec, Exists::Fail).await?;
         }
         Ok(CniResult {
             interfaces: vec![Interface {
@@ -318,7 +315,10 @@ impl Attach for IpvlanAttach {
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult> {
-        req.pod_netns.check()?;
+        let PodSockets {
+            host: host_nl,
+            pod: pod_nl,
+        } = PodSockets::open_for_add(host, req).await?;
         addrs.require_addresses()?;
         let Netns::Path(pod_path) = &req.pod_netns else {
             return Err(Error::config(
@@ -327,9 +327,7 @@ impl Attach for IpvlanAttach {
         };
         let pod_file = std::fs::File::open(pod_path)
             .map_err(|e| Error::io("open netns", pod_path.display(), e))?;
-        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let master = self.master(&host_nl).await?;
-        pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let mtu = self.pod_mtu(&master, req.mtu)?;
         // held until ADD returns: the registry check, registration and slave creation (and
         // an undo) never interleave with another invocation's changes of the node
@@ -398,8 +396,10 @@ impl Attach for IpvlanAttach {
     }
 
     async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
-        req.pod_netns.check()?;
-        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
+        let PodSockets {
+            host: host_nl,
+            pod: pod_nl,
+        } = PodSockets::open(host, req).await?;
         let sb = req.pod_netns.sandbox();
         let pod_idx = expected
             .interface_index(&req.id.ifname, &sb)

@@ -136,11 +136,11 @@
 pub mod attach;
 pub mod config;
 pub mod lock;
-pub mod netlink;
 pub mod nft;
 pub mod node;
 pub mod record;
 pub mod registry;
+pub mod slave;
 
 pub use attach::IpvlanAttach;
 pub use config::{Flag, IpvlanConfig, Mode};

@@ -23,12 +23,12 @@
 //! sequence of these calls.
 
 use crate::config::Mode;
-use crate::netlink::{create_ipvlan, delete_route, ensure_route, link_mode, IpvlanSpec};
 use crate::nft::{self, NetworkRules};
+use crate::slave::{create_ipvlan, link_mode, IpvlanSpec};
 use crate::Flag;
 use ipnet::IpNet;
 use scrambler_core::{Error, Netns, Result};
-use scrambler_netlink::{LinkState, Nl};
+use scrambler_netlink::{sysctl, Exists, LinkState, Nl, RouteSpec, RouteState};
 use std::net::IpAddr;
 
 /// Name of the node-side ipvlan slave.
@@ -155,19 +155,14 @@ impl IpvlanNode {
 
     /// Deletes the routes out of the node link (index `link`) to pod CIDRs that no network
     /// has (host routes of pods and the kernel's link-local route stay).
-    async fn prune_pod_cidr_routes(
-        &self,
-        nl: &Nl,
-        have: &[scrambler_netlink::RouteState],
-        link: u32,
-    ) -> Result<()> {
+    async fn prune_pod_cidr_routes(&self, nl: &Nl, have: &[RouteState], link: u32) -> Result<()> {
         let want = self.pod_cidrs();
         for r in have.iter().filter(|r| r.oif == Some(link)) {
             if r.dst.prefix_len() < r.dst.max_prefix_len()
                 && !is_link_local(&r.dst)
                 && !want.contains(&r.dst)
             {
-                delete_route(nl, r.dst, link).await?;
+                nl.delete_route(&RouteSpec::new(r.dst, None, link)).await?;
             }
         }
         Ok(())
@@ -276,7 +271,8 @@ impl IpvlanNode {
             return Ok(());
         };
         for ip in ips {
-            delete_route(&nl, host(*ip), link.index).await?;
+            nl.delete_route(&RouteSpec::new(host(*ip), None, link.index))
+                .await?;
         }
         Ok(())
     }
@@ -346,7 +342,7 @@ fn host(ip: IpAddr) -> IpNet {
 }
 
 /// Host routes out of `index`: the registered pod addresses.
-fn registered(routes: &[scrambler_netlink::RouteState], index: u32) -> Vec<IpAddr> {
+fn registered(routes: &[RouteState], index: u32) -> Vec<IpAddr> {
     routes
         .iter()
         .filter(|r| r.oif == Some(index) && r.dst.prefix_len() == r.dst.max_prefix_len())
@@ -354,21 +350,61 @@ fn registered(routes: &[scrambler_netlink::RouteState], index: u32) -> Vec<IpAdd
         .collect()
 }
 
-async fn enable_forwarding(netns: &Netns, v6: bool) -> Result<()> {
-    let mut keys = vec!["/proc/sys/net/ipv4/ip_forward"];
-    if v6 {
-        keys.push("/proc/sys/net/ipv6/conf/all/forwarding");
+/// Adds the route to `dst` out of link `index` unless it is there (`have`: the main
+/// table as read before); returns whether it was added. A route to `dst` in the main
+/// table that goes elsewhere (another link, a gateway elsewhere) is an error naming it
+/// (code 102): the traffic would not reach the link.
+pub async fn ensure_route(nl: &Nl, have: &[RouteState], dst: IpNet, index: u32) -> Result<bool> {
+    let dst = dst.trunc();
+    if have.iter().any(|r| r.dst == dst && r.oif == Some(index)) {
+        return Ok(false);
     }
-    let object = format!("forwarding in {netns}");
-    netns
-        .run_async(move || {
-            for k in keys {
-                // /proc/sys/net shows the namespace of the thread that opens it
-                std::fs::write(k, "1").map_err(|e| Error::io("enable", object.clone(), e))?;
-            }
-            Ok(())
-        })
-        .await
+    let spec = RouteSpec::new(dst, None, index);
+    if nl.add_route(&spec, Exists::Keep).await? {
+        return Ok(true);
+    }
+    // the kernel has a route to `dst`: read it again, it must be ours
+    let now = nl.main_routes().await?;
+    let same: Vec<&RouteState> = now.iter().filter(|r| r.dst == dst).collect();
+    if same.iter().any(|r| r.oif == Some(index)) {
+        return Ok(false);
+    }
+    match same.first() {
+        Some(other) => Err(Error::AlreadyExists {
+            object: nl.obj(format!("route {dst}")),
+            reason: format!(
+                "it goes {}, not out of link index {index}; remove it or move {dst} \
+                 out of the ipvlan pod CIDRs",
+                describe_route(other)
+            ),
+        }),
+        None => Err(Error::kernel(
+            "add route",
+            nl.obj(spec.name()),
+            "the kernel reports it exists but lists no route to that destination",
+        )),
+    }
+}
+
+/// `via <gw> dev <index>`, as far as the route says.
+fn describe_route(r: &RouteState) -> String {
+    let mut s = Vec::new();
+    if let Some(gw) = r.gw {
+        s.push(format!("via {gw}"));
+    }
+    match r.oif {
+        Some(i) => s.push(format!("out of link index {i}")),
+        None => s.push("without a single output link".into()),
+    }
+    s.join(" ")
+}
+
+async fn enable_forwarding(netns: &Netns, v6: bool) -> Result<()> {
+    sysctl::ensure(netns, "net/ipv4/ip_forward", "1").await?;
+    if v6 {
+        sysctl::ensure(netns, "net/ipv6/conf/all/forwarding", "1").await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -382,7 +418,8 @@ mod tests {
             dst: dst.parse().unwrap(),
             gw: None,
             oif: Some(oif),
-            table: 254,
+            table: scrambler_netlink::MAIN_TABLE,
+            protocol: scrambler_netlink::ROUTE_PROTO,
         };
         let routes = [
             r("10.244.1.0/24", 7),

@@ -2,7 +2,8 @@
 //! namespace), runs on the build machine.
 
 use scrambler_core::netns::testing::TestNetns as Ns;
-use scrambler_ipvlan::netlink::{ensure_route, Nl};
+use scrambler_ipvlan::node::ensure_route;
+use scrambler_netlink::Nl;
 
 /// A route already out of the wanted link is "there" even when the caller's view is stale;
 /// one out of another link is an error naming it, and is left alone.

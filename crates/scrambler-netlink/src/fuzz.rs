@@ -5,7 +5,10 @@
 //! Corpus: `fuzz/corpus/rtnl_reply/`, this kernel's dump answers in a test namespace
 //! ([`capture_corpus`]).
 
-use crate::{address_of, default_route, link_state, parse_mac, route_present, route_state};
+use crate::address::address_of;
+use crate::link::link_state;
+use crate::route::{default_route, route_state};
+use crate::{parse_mac, route_present};
 use crate::{LinkState, RouteState};
 use bytes::BytesMut;
 use netlink_packet_route::RouteNetlinkMessage;

@@ -73,7 +73,6 @@
 //! # Ok(()) }
 //! ```
 
-mod netlink;
 mod ops;
 
 use std::collections::BTreeSet;
@@ -86,10 +85,10 @@ use ipnet::IpNet;
 use scrambler_core::routed::attachment_digest;
 use scrambler_core::routed::{owner_alias, parse_owner_alias, pod_result};
 use scrambler_core::{esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result};
+use scrambler_netlink::address::Scope;
 use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces};
-use scrambler_netlink::{format_mac, parse_mac, Nl};
+use scrambler_netlink::{format_mac, parse_mac, Exists, Nl, PodSockets, RouteSpec};
 
-use self::netlink::{add_neighbour, neighbours};
 use self::ops::{host_vpp, vpp_err, AttachCalls};
 use crate::endpoint::{fixed_socket, NodeVpp};
 use scrambler_vpp_api::api::{interface, ip};
@@ -465,7 +464,8 @@ impl VppAttach {
         let interfaces = pod_interfaces(&host_link, &pod_link, mtu, &req.pod_netns);
         let result = pod_result(addrs, interfaces);
         for c in &result.ips {
-            pod.add_new_address(&pod_link, c.address, false).await?;
+            pod.add_address(&pod_link, c.address, Scope::Global, Exists::Fail)
+                .await?;
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
         self.fault("after-pod-addr")?;
@@ -476,14 +476,16 @@ impl VppAttach {
             if !on {
                 continue;
             }
-            add_neighbour(pod, pod_link.index, &req.id.ifname, fam, &vmac).await?;
+            pod.add_permanent_neighbour(pod_link.index, &req.id.ifname, fam, &vmac)
+                .await?;
             if fam.is_ipv4() {
-                pod.add_route(IpNet::from(fam), None, pod_link.index, None)
-                    .await?;
+                let gw = RouteSpec::new(IpNet::from(fam), None, pod_link.index);
+                pod.add_route(&gw, Exists::Fail).await?;
             }
         }
         for r in &result.routes {
-            pod.add_route(r.dst, r.gw, pod_link.index, r.mtu).await?;
+            pod.add_route(&RouteSpec::of(r, pod_link.index), Exists::Fail)
+                .await?;
         }
         self.fault("after-pod-routes")?;
 
@@ -544,7 +546,7 @@ impl VppAttach {
         }
         let routes = pod.routes().await?;
         check_pod_routes(&routes, &expected.routes, link.index, diffs);
-        let neigh = neighbours(pod, link.index).await?;
+        let neigh = pod.neighbours(link.index).await?;
         for v6 in [false, true] {
             if !pod_ips.iter().any(|a| a.addr().is_ipv6() == v6) {
                 continue;
@@ -554,13 +556,18 @@ impl VppAttach {
             } else {
                 IpAddr::V4(GATEWAY_V4)
             };
-            match neigh.iter().find(|n| n.0 == gw) {
-                Some((_, mac, perm)) if *mac == Some(vmac) && *perm => {}
-                Some((_, mac, perm)) => diffs.push(format!(
+            match neigh.iter().find(|n| n.ip == gw) {
+                Some(n) if n.mac == Some(vmac) && n.permanent => {}
+                Some(n) => diffs.push(format!(
                     "pod neighbour {gw} is {} ({}), expected permanent {}",
-                    mac.map(|m| format_mac(&m))
+                    n.mac
+                        .map(|m| format_mac(&m))
                         .unwrap_or_else(|| "incomplete".into()),
-                    if *perm { "permanent" } else { "not permanent" },
+                    if n.permanent {
+                        "permanent"
+                    } else {
+                        "not permanent"
+                    },
                     format_mac(&vmac)
                 )),
                 None => diffs.push(format!("pod neighbour {gw} is missing")),
@@ -672,13 +679,14 @@ impl Attach for VppAttach {
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult> {
-        req.pod_netns.check()?;
+        let PodSockets {
+            host: host_nl,
+            pod: pod_nl,
+        } = PodSockets::open_for_add(host, req).await?;
         addrs.require_addresses()?;
         let mtu = self.pod_mtu(req.mtu)?;
         let c = self.connect(host).await?;
         let ops = AttachCalls { c: &c };
-        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
-        pod_nl.ensure_pod_ifname_free(&req.id.ifname).await?;
         let host_name = host_ifname(&req.id);
         if host_nl.link_by_name(&host_name).await?.is_some()
             || ops.pod_interface(&host_name).await?.is_some()
@@ -711,10 +719,12 @@ impl Attach for VppAttach {
     }
 
     async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
-        req.pod_netns.check()?;
+        let PodSockets {
+            host: host_nl,
+            pod: pod_nl,
+        } = PodSockets::open(host, req).await?;
         let c = self.connect(host).await?;
         let ops = AttachCalls { c: &c };
-        let (host_nl, pod_nl) = futures::try_join!(Nl::open(host), Nl::open(&req.pod_netns))?;
         let mut diffs = Vec::new();
         let vmac = vpp_mac(&req.id);
         let pod_mac = self

@@ -2,7 +2,7 @@
 
 use crate::config::{LinkMode, XfrmConfig};
 use crate::diff::{diff, owns_policy, owns_state, Changes};
-use crate::link::{disable_xfrm_lookup, LinkChange, Rtnl};
+use crate::link::{self, disable_xfrm_lookup, LinkChange};
 use crate::model::{
     delete_state_msg, family, policy_dump_msg, state_dump_msg, DesiredState, FoundPolicy,
     FoundState, StateKey,
@@ -15,6 +15,7 @@ use netlink_packet_xfrm::XfrmMessage;
 use scrambler_core::{
     esp, ClusterSecret, Error, Mesh, Netns, ReconcileReport, Result, Tunnel, TunnelStatus,
 };
+use scrambler_netlink::Nl;
 use std::collections::{BTreeMap, BTreeSet};
 use zeroize::Zeroizing;
 
@@ -252,10 +253,9 @@ impl Tunnel for XfrmTunnel {
         let cfg = &self.cfg;
         let desired = Desired::plan(cfg, mesh, cfg.program_states.then_some(secret))?;
         let outer_v6 = mesh.local.underlay.first().is_some_and(|a| a.is_ipv6());
-        let rtnl = Rtnl::open(netns).await?;
-        let (index, link_changed) = rtnl
-            .ensure_interface(cfg, self.interface_mtu(outer_v6))
-            .await?;
+        let rtnl = Nl::open(netns).await?;
+        let (index, link_changed) =
+            link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
         if cfg.link == LinkMode::Create {
             disable_xfrm_lookup(netns, &cfg.interface).await?;
         }
@@ -285,18 +285,14 @@ impl Tunnel for XfrmTunnel {
         }
 
         // routes into the interface only once states and policies are in place
-        let owned = rtnl.owned_routes(index, cfg.route_protocol).await?;
-        let have: BTreeSet<_> = owned.iter().map(|(n, _)| *n).collect();
+        let have = link::owned_routes(&rtnl, index, cfg.route_protocol).await?;
         let missing: BTreeSet<_> = desired.routes.difference(&have).copied().collect();
-        let stale: Vec<_> = owned
-            .into_iter()
-            .filter(|(n, _)| !desired.routes.contains(n))
-            .collect();
+        let stale = link::routes(have.difference(&desired.routes), index, cfg.route_protocol);
         report.added += missing.len();
         report.removed += stale.len();
         report.unchanged += desired.routes.len() - missing.len();
-        rtnl.add_routes(&missing, index, cfg.route_protocol).await?;
-        rtnl.delete_routes(stale).await?;
+        link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
+        rtnl.delete_routes(&stale).await?;
 
         Self::run_phase(sock, deletes).await?;
         if !lost_outbound.is_empty() {
@@ -319,15 +315,9 @@ impl Tunnel for XfrmTunnel {
                 Ok((d, status::read_xfrm_stat()))
             })
             .await?;
-        let rtnl = Rtnl::open(netns).await?;
-        let routes = match rtnl.link(&self.cfg.interface).await? {
-            Some(l) => Some(
-                rtnl.owned_routes(l.header.index, self.cfg.route_protocol)
-                    .await?
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect::<BTreeSet<_>>(),
-            ),
+        let rtnl = Nl::open(netns).await?;
+        let routes = match rtnl.link_by_name(&self.cfg.interface).await? {
+            Some(l) => Some(link::owned_routes(&rtnl, l.index, self.cfg.route_protocol).await?),
             None => None,
         };
         status::build(
@@ -346,13 +336,12 @@ impl Tunnel for XfrmTunnel {
         netns.check()?;
         let cfg = &self.cfg;
         let mut report = ReconcileReport::default();
-        let rtnl = Rtnl::open(netns).await?;
-        if let Some(l) = rtnl.link(&cfg.interface).await? {
-            let owned = rtnl
-                .owned_routes(l.header.index, cfg.route_protocol)
-                .await?;
+        let rtnl = Nl::open(netns).await?;
+        if let Some(l) = rtnl.link_by_name(&cfg.interface).await? {
+            let owned = link::owned_routes(&rtnl, l.index, cfg.route_protocol).await?;
             report.removed += owned.len();
-            rtnl.delete_routes(owned).await?;
+            rtnl.delete_routes(&link::routes(&owned, l.index, cfg.route_protocol))
+                .await?;
         }
         let sock = Self::open_xfrm(netns).await?;
         let (sock, found) = Self::dump(sock).await?;
@@ -389,7 +378,7 @@ impl Tunnel for XfrmTunnel {
         }
         report.removed += reqs.len();
         Self::run_phase(sock, reqs).await?;
-        if rtnl.delete_interface(cfg).await? {
+        if link::delete_interface(&rtnl, cfg).await? {
             report.removed += 1;
         }
         Ok(report)

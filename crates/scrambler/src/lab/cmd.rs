@@ -53,12 +53,9 @@ pub fn netns_exec(netns: &str, prog: &str, args: &[&str]) -> Result<Output> {
     output(ip_bin(), &v)
 }
 
-/// Writes a sysctl inside a namespace: `/proc/sys/net` shows the namespace of the thread
-/// that opens it, so the write happens on a thread that entered it.
+/// Sets the sysctl `key` (dotted, `net.ipv4.ip_forward`) to `value` inside the named
+/// namespace ([`scrambler_netlink::sysctl::ensure_blocking`]).
 pub fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let value = value.to_string();
-    let object = format!("{key} in {netns}");
-    scrambler_core::Netns::named(netns)
-        .run(move || std::fs::write(&path, value).map_err(|e| Error::io("set sysctl", object, e)))
+    let netns = scrambler_core::Netns::named(netns);
+    scrambler_netlink::sysctl::ensure_blocking(&netns, &key.replace('.', "/"), value)
 }

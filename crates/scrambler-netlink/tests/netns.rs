@@ -1,0 +1,130 @@
+//! The kernel layer against the real kernel, in test namespaces (veth links only, so it
+//! runs on the build machine as root): what [`Exists`] makes of an address or route that
+//! is there already, pipelined route adds and deletes, the routes a protocol owns, the
+//! attach prologue, and the sysctl writer.
+
+use scrambler_core::netns::testing::TestNetns as Ns;
+use scrambler_core::{AttachRequest, AttachmentId, Netns};
+use scrambler_netlink::address::Scope;
+use scrambler_netlink::{sysctl, Exists, Nl, PodSockets, RouteSpec};
+
+/// A namespace with the veth end `a0` (up) and its connection.
+async fn with_link(prefix: &str) -> (Ns, Ns, Nl, scrambler_netlink::LinkState) {
+    let ns = Ns::new(prefix);
+    let peer = Ns::new(&format!("{prefix}p"));
+    ns.veth("a0", &peer, "a1");
+    let nl = Nl::open(&ns.netns()).await.unwrap();
+    let link = nl.link_by_name("a0").await.unwrap().unwrap();
+    (ns, peer, nl, link)
+}
+
+#[tokio::test]
+async fn an_existing_address_fails_or_is_kept_as_asked() {
+    let (ns, _peer, nl, link) = with_link("nlad").await;
+    let addr = "10.7.0.2/24".parse().unwrap();
+    assert!(nl
+        .add_address(&link, addr, Scope::Global, Exists::Fail)
+        .await
+        .unwrap());
+    let e = nl
+        .add_address(&link, addr, Scope::Global, Exists::Fail)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, scrambler_core::Error::AlreadyExists { .. }),
+        "{e}"
+    );
+    assert!(!nl
+        .add_address(&link, addr, Scope::Global, Exists::Keep)
+        .await
+        .unwrap());
+    let gw = "169.254.1.1/32".parse().unwrap();
+    nl.add_address(&link, gw, Scope::Link, Exists::Fail)
+        .await
+        .unwrap();
+    let have = nl.addresses(link.index).await.unwrap();
+    assert!(have.contains(&addr) && have.contains(&gw), "{have:?}");
+    let shown = ns.ip(&["-4", "addr", "show", "dev", "a0"]);
+    assert!(shown.contains("169.254.1.1/32 scope link"), "{shown}");
+}
+
+#[tokio::test]
+async fn an_existing_route_fails_or_is_kept_as_asked() {
+    let (ns, _peer, nl, link) = with_link("nlrt").await;
+    let route = RouteSpec::new("10.8.0.0/24".parse().unwrap(), None, link.index);
+    assert!(nl.add_route(&route, Exists::Fail).await.unwrap());
+    let e = nl.add_route(&route, Exists::Fail).await.unwrap_err();
+    assert!(
+        matches!(e, scrambler_core::Error::AlreadyExists { .. }),
+        "{e}"
+    );
+    assert!(!nl.add_route(&route, Exists::Keep).await.unwrap());
+    let shown = ns.ip(&["route", "show", "10.8.0.0/24"]);
+    assert!(shown.contains("dev a0 proto 92 scope link"), "{shown}");
+    assert!(nl.delete_route(&route).await.unwrap());
+    assert!(!nl.delete_route(&route).await.unwrap(), "already gone");
+}
+
+#[tokio::test]
+async fn routes_are_added_and_deleted_pipelined_and_found_by_protocol() {
+    let (_ns, _peer, nl, link) = with_link("nlpp").await;
+    let routes: Vec<RouteSpec> = ["10.9.1.0/24", "10.9.2.0/24", "fd00:9::/64"]
+        .iter()
+        .map(|d| RouteSpec::new(d.parse().unwrap(), None, link.index).with_protocol(0x5d))
+        .collect();
+    nl.add_routes(&routes, Exists::Fail).await.unwrap();
+    let owned = nl.owned_routes(link.index, 0x5d).await.unwrap();
+    let mut dsts: Vec<_> = owned.iter().map(|r| r.dst).collect();
+    dsts.sort();
+    let mut want: Vec<_> = routes.iter().map(|r| r.dst).collect();
+    want.sort();
+    assert_eq!(dsts, want);
+    assert!(nl.owned_routes(link.index, 0x5c).await.unwrap().is_empty());
+    nl.delete_routes(&routes).await.unwrap();
+    assert!(nl.owned_routes(link.index, 0x5d).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_prologue_opens_both_namespaces_and_refuses_a_taken_ifname() {
+    let host = Ns::new("nlho");
+    let pod = Ns::new("nlpo");
+    let req = |ifname: &str| AttachRequest {
+        id: AttachmentId::new("c0ffee", ifname),
+        pod_netns: pod.netns(),
+        args: Default::default(),
+        mtu: None,
+    };
+    let s = PodSockets::open_for_add(&host.netns(), &req("eth0"))
+        .await
+        .unwrap();
+    assert_eq!(s.host.netns(), &host.netns());
+    assert_eq!(s.pod.netns(), &pod.netns());
+    let e = PodSockets::open_for_add(&host.netns(), &req("lo"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, scrambler_core::Error::AlreadyExists { .. }),
+        "{e}"
+    );
+    let gone = AttachRequest {
+        pod_netns: Netns::Path("/run/netns/scr-no-such-netns".into()),
+        ..req("eth0")
+    };
+    let e = PodSockets::open(&host.netns(), &gone).await.unwrap_err();
+    assert_eq!(e.code(), 3, "{e}");
+}
+
+#[tokio::test]
+async fn sysctl_writes_inside_the_namespace_only() {
+    let ns = Ns::new("nlsy");
+    let key = "net/ipv4/ip_forward";
+    let host_before = sysctl::read(&Netns::Current, key).await.unwrap();
+    sysctl::ensure(&ns.netns(), key, "1").await.unwrap();
+    assert_eq!(sysctl::read(&ns.netns(), key).await.unwrap(), "1");
+    sysctl::ensure_blocking(&ns.netns(), key, "0").unwrap();
+    assert_eq!(sysctl::read(&ns.netns(), key).await.unwrap(), "0");
+    assert_eq!(
+        sysctl::read(&Netns::Current, key).await.unwrap(),
+        host_before
+    );
+}
