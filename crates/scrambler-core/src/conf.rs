@@ -71,15 +71,6 @@ pub struct NetConf {
     /// Pod interface MTU; default derived from the underlay and ESP overhead.
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// Encrypt pod traffic to other nodes (ipvlan backend; always on for xfrm and vpp).
-    #[serde(default)]
-    pub encrypt: Option<bool>,
-    /// Ipvlan master / VPP uplink interface.
-    #[serde(default)]
-    pub master: Option<String>,
-    /// Ipvlan mode (`l2`, `l3`, `l3s`).
-    #[serde(default)]
-    pub mode: Option<String>,
     /// File that receives the plugin's logs (never stdout).
     #[serde(default)]
     pub log_file: Option<PathBuf>,
@@ -98,7 +89,7 @@ pub struct NetConf {
     /// DNS to return.
     #[serde(default)]
     pub dns: Option<crate::result::Dns>,
-    /// Every other field, kept for backends.
+    /// Every other field, among them the backends' own (read by the backend's crate).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
