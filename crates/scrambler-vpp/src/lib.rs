@@ -24,6 +24,7 @@ pub mod api;
 pub mod attach;
 pub mod client;
 pub mod codec;
+pub mod conf;
 pub mod convert;
 pub mod dist;
 mod endpoint;
@@ -37,6 +38,7 @@ pub mod tunnel;
 
 pub use attach::VppAttach;
 pub use client::{ConnectOptions, VppClient};
+pub use conf::VppConf;
 pub use error::{retval_name, VppError};
 pub use message::{Dump, Message, Request};
 pub use tunnel::VppTunnel;
