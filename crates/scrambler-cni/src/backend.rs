@@ -5,8 +5,9 @@
 //! it (GC of orphaned interfaces, STATUS), with defaults, so a dataplane crate only has to
 //! provide an `Attach` and an empty `impl CniBackend for …` here.
 //!
-//! Each backend's own conf fields are read by its crate: `ipvlan` reads
-//! [`scrambler_ipvlan::IpvlanConfig`], `vpp` its `"vpp"` section ([`scrambler_vpp::VppConf`]).
+//! Each backend's own conf fields are read by its crate: `veth` (alias `xfrm`) has none,
+//! `ipvlan` reads [`scrambler_ipvlan::IpvlanConfig`], `vpp` its `"vpp"` section
+//! ([`scrambler_vpp::VppConf`]).
 //!
 //! With the `vpp` backend ([`scrambler_vpp::VppAttach`]), a VPP that is not listening on the
 //! socket makes
@@ -126,7 +127,7 @@ pub struct BackendOptions {
 /// listing the valid ones.
 pub fn backend_for(conf: &NetConf, opts: &BackendOptions) -> Result<Box<dyn CniBackend>> {
     match conf.backend()? {
-        Backend::Xfrm => Ok(Box::new(
+        Backend::Veth => Ok(Box::new(
             VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone()),
         )),
         Backend::Ipvlan => Ok(Box::new(IpvlanAttach::from_netconf(conf)?)),
@@ -154,12 +155,15 @@ mod tests {
     #[test]
     fn factory_picks_or_explains() {
         let o = BackendOptions::default();
-        assert!(backend_for(&conf(Some("xfrm")), &o).is_ok());
-        assert!(backend_for(&conf(Some("ipvlan")), &o).is_ok());
-        assert!(backend_for(&conf(Some("vpp")), &o).is_ok());
+        for name in ["veth", "xfrm", "ipvlan", "vpp"] {
+            assert!(backend_for(&conf(Some(name)), &o).is_ok(), "{name}");
+        }
         let e = backend_for(&conf(Some("nope")), &o).err().unwrap();
         assert_eq!(e.code(), 7);
-        assert!(e.to_string().contains("xfrm, ipvlan, vpp"));
+        assert!(
+            e.to_string().contains("veth (alias xfrm), ipvlan, vpp"),
+            "{e}"
+        );
         assert_eq!(backend_for(&conf(None), &o).err().unwrap().code(), 7);
     }
 
