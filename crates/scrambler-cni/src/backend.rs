@@ -5,13 +5,12 @@
 //! it (GC of orphaned interfaces, STATUS), with defaults, so a dataplane crate only has to
 //! provide an `Attach` and an empty `impl CniBackend for …` here.
 //!
-//! The `vpp` backend ([`scrambler_vpp::VppAttach`]) reads its own conf section:
+//! Each backend's own conf fields are read by its crate: `veth` (alias `xfrm`) has none,
+//! `ipvlan` reads [`scrambler_ipvlan::IpvlanConfig`], `vpp` its `"vpp"` section
+//! ([`scrambler_vpp::VppConf`]).
 //!
-//! ```json
-//! {"backend": "vpp", "vpp": {"apiSocket": "/run/vpp/api.sock", "underlayMtu": 1500}}
-//! ```
-//!
-//! Both fields are optional ([`VppConf`]); a VPP that is not listening on the socket makes
+//! With the `vpp` backend ([`scrambler_vpp::VppAttach`]), a VPP that is not listening on the
+//! socket makes
 //! ADD, CHECK and STATUS fail with code 11 naming the socket, while DEL still removes the
 //! pod's veth (VPP's objects died with it). A VPP that accepts but does not answer (hung)
 //! makes DEL fail with code 11 too, so the runtime retries. The conf's `name` marks the
@@ -25,9 +24,7 @@ use scrambler_core::{
     Attach, AttachRequest, AttachmentId, Backend, CniResult, Error, NetConf, Netns, Result,
 };
 use scrambler_ipvlan::IpvlanAttach;
-use scrambler_vpp::VppAttach;
-use serde::Deserialize;
-use std::path::PathBuf;
+use scrambler_vpp::{VppAttach, VppConf};
 
 /// Why an ADD failed, as far as undoing it goes: the IPAM may hold addresses for the
 /// attachment only in the second case. Either way, the backend has removed what it made.
@@ -119,49 +116,6 @@ impl CniBackend for VppAttach {
     }
 }
 
-/// Conf field holding the `vpp` backend's section.
-pub const VPP_FIELD: &str = "vpp";
-
-/// The `"vpp"` section of the conf.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VppConf {
-    /// VPP's binary API socket; default [`scrambler_vpp::attach::DEFAULT_API_SOCKET`].
-    #[serde(default = "default_api_socket")]
-    pub api_socket: PathBuf,
-    /// MTU of the underlay the pod MTU is derived from when the conf has no `mtu`;
-    /// default [`scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU`].
-    #[serde(default)]
-    pub underlay_mtu: Option<u32>,
-}
-
-fn default_api_socket() -> PathBuf {
-    PathBuf::from(scrambler_vpp::attach::DEFAULT_API_SOCKET)
-}
-
-impl VppConf {
-    /// The section of `conf` (defaults when it has none); a malformed one is code 7.
-    pub fn from_netconf(conf: &NetConf) -> Result<VppConf> {
-        match conf.extra.get(VPP_FIELD) {
-            None | Some(serde_json::Value::Null) => Ok(VppConf {
-                api_socket: default_api_socket(),
-                underlay_mtu: None,
-            }),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| Error::config(format!("field \"{VPP_FIELD}\": {e}"))),
-        }
-    }
-
-    /// The attachment this section describes, for network `network` (the conf's `name`).
-    pub fn attach(&self, network: &str) -> VppAttach {
-        let a = VppAttach::new(self.api_socket.clone()).with_network(network);
-        match self.underlay_mtu {
-            Some(m) => a.with_underlay_mtu(m),
-            None => a,
-        }
-    }
-}
-
 /// Options the factory passes on to backends.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
@@ -173,7 +127,7 @@ pub struct BackendOptions {
 /// listing the valid ones.
 pub fn backend_for(conf: &NetConf, opts: &BackendOptions) -> Result<Box<dyn CniBackend>> {
     match conf.backend()? {
-        Backend::Xfrm => Ok(Box::new(
+        Backend::Veth => Ok(Box::new(
             VethAttach::new(conf.name.clone()).with_fault(opts.fault.clone()),
         )),
         Backend::Ipvlan => Ok(Box::new(IpvlanAttach::from_netconf(conf)?)),
@@ -201,40 +155,26 @@ mod tests {
     #[test]
     fn factory_picks_or_explains() {
         let o = BackendOptions::default();
-        assert!(backend_for(&conf(Some("xfrm")), &o).is_ok());
-        assert!(backend_for(&conf(Some("ipvlan")), &o).is_ok());
-        assert!(backend_for(&conf(Some("vpp")), &o).is_ok());
+        for name in ["veth", "xfrm", "ipvlan", "vpp"] {
+            assert!(backend_for(&conf(Some(name)), &o).is_ok(), "{name}");
+        }
         let e = backend_for(&conf(Some("nope")), &o).err().unwrap();
         assert_eq!(e.code(), 7);
-        assert!(e.to_string().contains("xfrm, ipvlan, vpp"));
+        assert!(
+            e.to_string().contains("veth (alias xfrm), ipvlan, vpp"),
+            "{e}"
+        );
         assert_eq!(backend_for(&conf(None), &o).err().unwrap().code(), 7);
     }
 
     #[test]
-    fn vpp_section_defaults_and_rejects_typos() {
+    fn a_malformed_backend_section_is_code_7() {
+        let o = BackendOptions::default();
         let mut c = conf(Some("vpp"));
-        let v = VppConf::from_netconf(&c).unwrap();
-        assert_eq!(v.api_socket, PathBuf::from("/run/vpp/api.sock"));
-        assert_eq!(v.underlay_mtu, None);
-        c.extra.insert(
-            VPP_FIELD.into(),
-            serde_json::json!({"apiSocket": "/run/x.sock", "underlayMtu": 9000}),
-        );
-        let v = VppConf::from_netconf(&c).unwrap();
-        assert_eq!(v.api_socket, PathBuf::from("/run/x.sock"));
-        assert_eq!(v.attach("n").pod_mtu(None).unwrap(), 8940);
-        c.extra
-            .insert(VPP_FIELD.into(), serde_json::json!({"apiSock": "/x"}));
-        let e = VppConf::from_netconf(&c).unwrap_err();
-        assert_eq!(e.code(), 7);
-        assert!(e.to_string().contains("apiSock"), "{e}");
-        c.extra.insert(VPP_FIELD.into(), serde_json::json!("/x"));
-        assert_eq!(
-            backend_for(&c, &BackendOptions::default())
-                .err()
-                .unwrap()
-                .code(),
-            7
-        );
+        c.extra.insert("vpp".into(), serde_json::json!("/x"));
+        assert_eq!(backend_for(&c, &o).err().unwrap().code(), 7);
+        let mut c = conf(Some("ipvlan"));
+        c.extra.insert("mode".into(), serde_json::json!("l4"));
+        assert_eq!(backend_for(&c, &o).err().unwrap().code(), 7);
     }
 }

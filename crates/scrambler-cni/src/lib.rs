@@ -10,10 +10,11 @@
 //! built-in `scrambler-ipam` in-process, or any other IPAM plugin by [`delegate`]ion)
 //! with the backend's [`scrambler_core::Attach`].
 //!
-//! Backends: `xfrm` is a routed veth pair ([`veth`]; the node's xfrm mesh encrypts what
-//! it routes), `ipvlan` (scrambler-ipvlan's `IpvlanAttach`), `vpp` (scrambler-vpp's
-//! `VppAttach`: a veth whose node end VPP takes with af_packet; conf section
-//! `"vpp": {"apiSocket": …}`, default `/run/vpp/api.sock`, see [`backend`]).
+//! Backends ([`scrambler_core::Backend`]): `veth` is a routed veth pair ([`veth`]; the
+//! node's xfrm mesh encrypts what it routes; `xfrm` is accepted as another name for it),
+//! `ipvlan` (scrambler-ipvlan's `IpvlanAttach`), `vpp` (scrambler-vpp's `VppAttach`: a veth
+//! whose node end VPP takes with af_packet; conf section `"vpp": {"apiSocket": …}`, default
+//! `/run/vpp/api.sock`, see [`backend`]).
 //!
 //! Conf fields besides the standard ones: `backend` (required), `mtu` (default: the
 //! node's default-route MTU minus ESP overhead), `logFile` / `logLevel`, and
@@ -24,7 +25,7 @@
 //!   "cniVersion": "1.1.0",
 //!   "name": "pods",
 //!   "type": "scrambler-cni",
-//!   "backend": "xfrm",
+//!   "backend": "veth",
 //!   "ipam": {"type": "scrambler-ipam", "ranges": [[{"subnet": "10.1.0.0/24"}]],
 //!            "dataDir": "/run/scrambler/ipam"},
 //!   "logFile": "/var/log/scrambler-cni.log"

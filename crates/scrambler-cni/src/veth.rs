@@ -1,4 +1,4 @@
-//! The `xfrm` backend's attachment: a routed veth pair (no bridge).
+//! The `veth` backend's attachment (alias `xfrm`): a routed veth pair (no bridge).
 //!
 //! Design (as Calico does it, with the gateway address on the host end instead of proxy
 //! ARP, so it works on nodes without a default route):
@@ -56,7 +56,7 @@ pub fn host_ifname(id: &AttachmentId) -> String {
     scrambler_core::routed::host_ifname(HOST_IFNAME_PREFIX, id)
 }
 
-/// The veth attachment of the `xfrm` backend.
+/// The attachment of the `veth` backend.
 #[derive(Debug, Clone)]
 pub struct VethAttach {
     network: String,

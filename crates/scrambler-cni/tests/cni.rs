@@ -228,7 +228,11 @@ fn bad_input_gets_the_matching_cni_error_and_leaves_nothing() {
     c.as_object_mut().unwrap().remove("backend");
     let out = node.ours(&add, &c);
     assert_eq!(out.code(), 7);
-    assert!(out.stdout.contains("xfrm, ipvlan, vpp"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("veth (alias xfrm), ipvlan, vpp"),
+        "{}",
+        out.stdout
+    );
     c["backend"] = json!("wireguard");
     assert_eq!(node.ours(&add, &c).code(), 7);
     // missing ipam / name: 7

@@ -56,6 +56,7 @@ const CONF_WORDS: &[&str] = &[
     "sandbox",
     "interface",
     "address",
+    "veth",
     "xfrm",
     "ipvlan",
     "scrambler-ipam",

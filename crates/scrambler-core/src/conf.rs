@@ -1,52 +1,10 @@
 //! The network configuration as it arrives in a CNI conf.
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-/// The dataplane that a conf selects with `"backend"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Veth into the pod, routed by the node, encrypted by the kernel XFRM mesh.
-    Xfrm,
-    /// Ipvlan sub-interfaces of the node's uplink.
-    Ipvlan,
-    /// FD.io VPP.
-    Vpp,
-}
-
-impl Backend {
-    /// Every valid `"backend"` value.
-    pub const ALL: [&'static str; 3] = ["xfrm", "ipvlan", "vpp"];
-
-    /// Parses a `"backend"` value, with an error that lists the valid ones.
-    pub fn parse(s: Option<&str>) -> Result<Self> {
-        match s {
-            Some("xfrm") => Ok(Backend::Xfrm),
-            Some("ipvlan") => Ok(Backend::Ipvlan),
-            Some("vpp") => Ok(Backend::Vpp),
-            Some(other) => Err(Error::config(format!(
-                "unknown backend {other:?}: valid backends are {}",
-                Backend::ALL.join(", ")
-            ))),
-            None => Err(Error::config(format!(
-                "missing field \"backend\": valid backends are {}",
-                Backend::ALL.join(", ")
-            ))),
-        }
-    }
-
-    /// The conf name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Xfrm => "xfrm",
-            Backend::Ipvlan => "ipvlan",
-            Backend::Vpp => "vpp",
-        }
-    }
-}
 
 /// A Scrambler network configuration (one plugin entry of a conf or conflist, with the
 /// `name` and `cniVersion` injected by the runtime).
@@ -62,7 +20,8 @@ pub struct NetConf {
     /// Plugin type (the binary name).
     #[serde(rename = "type")]
     pub plugin_type: String,
-    /// Dataplane (`xfrm`, `ipvlan`, `vpp`); checked by [`NetConf::backend`].
+    /// Dataplane, as given; [`NetConf::backend`] parses it (`veth` or its alias `xfrm`,
+    /// `ipvlan`, `vpp`).
     #[serde(default)]
     pub backend: Option<String>,
     /// IPAM section (`type` selects the built-in `scrambler-ipam` or an external plugin).
@@ -71,15 +30,6 @@ pub struct NetConf {
     /// Pod interface MTU; default derived from the underlay and ESP overhead.
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// Encrypt pod traffic to other nodes (ipvlan backend; always on for xfrm and vpp).
-    #[serde(default)]
-    pub encrypt: Option<bool>,
-    /// Ipvlan master / VPP uplink interface.
-    #[serde(default)]
-    pub master: Option<String>,
-    /// Ipvlan mode (`l2`, `l3`, `l3s`).
-    #[serde(default)]
-    pub mode: Option<String>,
     /// File that receives the plugin's logs (never stdout).
     #[serde(default)]
     pub log_file: Option<PathBuf>,
@@ -98,7 +48,7 @@ pub struct NetConf {
     /// DNS to return.
     #[serde(default)]
     pub dns: Option<crate::result::Dns>,
-    /// Every other field, kept for backends.
+    /// Every other field, among them the backends' own (read by the backend's crate).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -133,13 +83,21 @@ mod tests {
 
     #[test]
     fn backend_errors_list_valid_values() {
-        let e = Backend::parse(Some("wireguard")).unwrap_err();
+        let conf = |backend: serde_json::Value| {
+            let mut v = serde_json::json!({"cniVersion": "1.1.0", "name": "n", "type": "s"});
+            v["backend"] = backend;
+            serde_json::from_value::<NetConf>(v).unwrap()
+        };
+        let e = conf("wireguard".into()).backend().unwrap_err();
         assert_eq!(e.code(), 7);
-        assert!(e.to_string().contains("xfrm, ipvlan, vpp"));
-        assert!(Backend::parse(None)
-            .unwrap_err()
-            .to_string()
-            .contains("missing"));
+        assert!(
+            e.to_string().contains("veth (alias xfrm), ipvlan, vpp"),
+            "{e}"
+        );
+        let e = conf(serde_json::Value::Null).backend().unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert_eq!(conf("veth".into()).backend().unwrap(), Backend::Veth);
     }
 
     #[test]
@@ -149,7 +107,7 @@ mod tests {
                  "ipam":{"type":"scrambler-ipam"},"custom":3}"#,
         )
         .unwrap();
-        assert_eq!(c.backend().unwrap(), Backend::Xfrm);
+        assert_eq!(c.backend().unwrap(), Backend::Veth);
         assert_eq!(c.extra["custom"], 3);
         assert_eq!(NetConf::from_slice(b"{").unwrap_err().code(), 6);
         assert_eq!(

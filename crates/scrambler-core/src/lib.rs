@@ -10,6 +10,7 @@
 //! shares (command, `CNI_*` environment, `VERSION` answer, error object) is in [`cni`].
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod cni;
 pub mod conf;
 pub mod error;
@@ -24,7 +25,8 @@ pub mod result;
 pub mod routed;
 pub mod traits;
 
-pub use conf::{Backend, NetConf};
+pub use backend::{Backend, TunnelDataplane, UnknownBackend};
+pub use conf::NetConf;
 pub use error::{CniCode, CniErrorJson, Error, Result};
 pub use keys::{ClusterSecret, SaKey};
 pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId};

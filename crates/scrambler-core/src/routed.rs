@@ -1,4 +1,4 @@
-//! The routed-pod plan both veth dataplanes share (scrambler-cni's `xfrm` veth attachment and
+//! The routed-pod plan both veth dataplanes share (scrambler-cni's `veth` attachment and
 //! scrambler-vpp's attachment): a pod has no on-link subnet and routes everything through a
 //! link-local gateway that is the same in every pod ([`GATEWAY_V4`], [`GATEWAY_V6`]), and the
 //! node end of its veth is named from the attachment id ([`host_ifname`]).

@@ -121,18 +121,9 @@ pub struct IpvlanConfig {
 }
 
 impl IpvlanConfig {
-    /// Reads the ipvlan settings of `conf` (`flag` and `clusterCidrs` are extra fields), refusing
+    /// Reads the ipvlan settings of `conf` (its fields besides the common ones), refusing
     /// `"encrypt": true` with mode `l2` or without `clusterCidrs` (code 7).
     pub fn from_netconf(conf: &NetConf) -> Result<Self> {
-        let flag = match conf.extra.get("flag") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.as_str()),
-            Some(other) => {
-                return Err(Error::config(format!(
-                    "ipvlan flag must be a string, got {other}"
-                )))
-            }
-        };
         let cluster_cidrs = match conf.extra.get("clusterCidrs") {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(v) => serde_json::from_value::<Vec<IpNet>>(v.clone()).map_err(|e| {
@@ -141,24 +132,26 @@ impl IpvlanConfig {
                 ))
             })?,
         };
-        let state_dir = match conf.extra.get("stateDir") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(PathBuf::from(s)),
+        let encrypt = match conf.extra.get("encrypt") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
             Some(other) => {
                 return Err(Error::config(format!(
-                    "ipvlan stateDir must be a string, got {other}"
+                    "ipvlan encrypt must be true or false, got {other}"
                 )))
             }
         };
         let cfg = IpvlanConfig {
             network: conf.name.clone(),
-            master: conf.master.clone().filter(|m| !m.is_empty()),
-            mode: Mode::parse(conf.mode.as_deref())?,
-            flag: Flag::parse(flag)?,
+            master: string_field(conf, "master")?
+                .filter(|m| !m.is_empty())
+                .map(str::to_string),
+            mode: Mode::parse(string_field(conf, "mode")?)?,
+            flag: Flag::parse(string_field(conf, "flag")?)?,
             mtu: conf.mtu,
-            encrypt: conf.encrypt.unwrap_or(false),
+            encrypt,
             cluster_cidrs,
-            state_dir,
+            state_dir: string_field(conf, "stateDir")?.map(PathBuf::from),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -207,6 +200,17 @@ impl IpvlanConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// The string field `name` of `conf` (`None` when absent or null); another type is code 7.
+fn string_field<'a>(conf: &'a NetConf, name: &str) -> Result<Option<&'a str>> {
+    match conf.extra.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(Error::config(format!(
+            "ipvlan {name} must be a string, got {other}"
+        ))),
     }
 }
 
@@ -285,7 +289,20 @@ mod tests {
         assert!(e.to_string().contains("l2, l3, l3s"), "{e}");
         let e = conf(serde_json::json!({"flag": "open"})).unwrap_err();
         assert!(e.to_string().contains("bridge, private, vepa"), "{e}");
-        assert_eq!(conf(serde_json::json!({"flag": 3})).unwrap_err().code(), 7);
+        for (field, bad) in [
+            ("flag", serde_json::json!({"flag": 3})),
+            ("mode", serde_json::json!({"mode": 3})),
+            ("master", serde_json::json!({"master": ["eth0"]})),
+            ("stateDir", serde_json::json!({"stateDir": false})),
+            ("encrypt", serde_json::json!({"encrypt": "yes"})),
+        ] {
+            let e = conf(bad).unwrap_err();
+            assert_eq!(e.code(), 7, "{field}");
+            assert!(
+                e.to_string().contains(&format!("ipvlan {field} must be")),
+                "{e}"
+            );
+        }
         assert_eq!(conf(serde_json::json!({"mtu": 10})).unwrap_err().code(), 7);
         let e = conf(serde_json::json!({"master": "a-very-long-interface"})).unwrap_err();
         assert_eq!(e.code(), 7);

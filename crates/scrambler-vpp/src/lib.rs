@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod attach;
+pub mod conf;
 pub mod dist;
 mod endpoint;
 #[cfg(any(test, feature = "test-util"))]
@@ -25,5 +26,6 @@ pub mod testing;
 pub mod tunnel;
 
 pub use attach::VppAttach;
+pub use conf::VppConf;
 pub use endpoint::core_error;
 pub use tunnel::VppTunnel;

@@ -3,7 +3,7 @@
 use crate::meshfile::MeshFile;
 use crate::record::{self, NodeRecord};
 use crate::status::StatusReport;
-use scrambler_core::{Error, Netns, ReconcileReport, Result, Tunnel};
+use scrambler_core::{Error, Netns, ReconcileReport, Result, Tunnel, TunnelDataplane};
 use std::path::{Path, PathBuf};
 
 /// Where `--vpp-socket` points unless told otherwise: VPP's default binary-API socket.
@@ -20,23 +20,20 @@ pub struct ApplyArgs {
     pub netns: Netns,
     /// Where the node record is kept.
     pub state_dir: PathBuf,
-    /// Dataplane: `xfrm` (the kernel) or `vpp`.
-    pub backend: String,
+    /// Tunnel dataplane.
+    pub backend: TunnelDataplane,
     /// With backend `vpp`: the binary-API socket of the node's VPP.
     pub vpp_socket: PathBuf,
 }
 
-/// The tunnel dataplane named `backend`; `vpp` talks to the VPP whose binary-API socket is
+/// The tunnel dataplane `backend`; `vpp` talks to the VPP whose binary-API socket is
 /// `vpp_socket` (connecting per operation, so VPP may restart in between).
-pub fn tunnel_with(backend: &str, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> {
+pub fn tunnel_with(backend: TunnelDataplane, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> {
     match backend {
-        "xfrm" => Ok(Box::new(scrambler_xfrm::XfrmTunnel::new(
+        TunnelDataplane::Xfrm => Ok(Box::new(scrambler_xfrm::XfrmTunnel::new(
             scrambler_xfrm::XfrmConfig::default(),
         )?)),
-        "vpp" => Ok(Box::new(scrambler_vpp::VppTunnel::new(vpp_socket))),
-        other => Err(Error::config(format!(
-            "unknown tunnel backend {other:?}: valid backends are xfrm, vpp"
-        ))),
+        TunnelDataplane::Vpp => Ok(Box::new(scrambler_vpp::VppTunnel::new(vpp_socket))),
     }
 }
 
@@ -51,14 +48,14 @@ pub fn message(e: &Error) -> String {
 
 /// Adds what to check to a failure to reach the node's VPP: that VPP runs and that
 /// `--vpp-socket` is its API socket.
-fn hint_vpp_socket(backend: &str, e: Error) -> Error {
+fn hint_vpp_socket(backend: TunnelDataplane, e: Error) -> Error {
     match e {
         Error::Io {
             op: "connect",
             object,
             source,
-        } if backend == "vpp" => Error::Dataplane {
-            dataplane: "vpp".into(),
+        } if backend == TunnelDataplane::Vpp => Error::Dataplane {
+            dataplane: backend.to_string(),
             op: format!("connect to the API socket {object}"),
             reason: format!(
                 "{source}: is VPP running on this node, and is this its API socket \
@@ -83,11 +80,11 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mesh = mf.mesh_for(&args.node)?;
     let secret = mf.secret()?;
     check_netns(&args.netns)?;
-    let t = tunnel_with(&args.backend, &args.vpp_socket)?;
+    let t = tunnel_with(args.backend, &args.vpp_socket)?;
     let report = t
         .reconcile(&args.netns, &mesh, &secret)
         .await
-        .map_err(|e| hint_vpp_socket(&args.backend, e))?;
+        .map_err(|e| hint_vpp_socket(args.backend, e))?;
     let prev = NodeRecord::load(&args.state_dir, &args.node).ok().flatten();
     NodeRecord::after_apply(prev.as_ref(), &mesh, record::now())
         .save(&args.state_dir, &args.node)?;
@@ -101,18 +98,22 @@ pub async fn status(args: &ApplyArgs) -> Result<StatusReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.mesh_for(&args.node)?;
     check_netns(&args.netns)?;
-    let t = tunnel_with(&args.backend, &args.vpp_socket)?;
+    let t = tunnel_with(args.backend, &args.vpp_socket)?;
     let st = t
         .status(&args.netns, &mesh)
         .await
-        .map_err(|e| hint_vpp_socket(&args.backend, e))?;
+        .map_err(|e| hint_vpp_socket(args.backend, e))?;
     let rec = NodeRecord::load(&args.state_dir, &args.node)?;
     Ok(StatusReport::new(&mesh, st, rec.as_ref()))
 }
 
 /// Removes everything the dataplane owns in the node's namespace (with `vpp`: in the VPP
 /// behind `vpp_socket`).
-pub async fn remove(netns: &Netns, backend: &str, vpp_socket: &Path) -> Result<ReconcileReport> {
+pub async fn remove(
+    netns: &Netns,
+    backend: TunnelDataplane,
+    vpp_socket: &Path,
+) -> Result<ReconcileReport> {
     check_netns(netns)?;
     tunnel_with(backend, vpp_socket)?
         .remove(netns)
@@ -127,7 +128,8 @@ mod tests {
     #[test]
     fn unreachable_vpp_socket_says_what_to_check() {
         let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
-        let e = hint_vpp_socket("vpp", Error::io("connect", "/run/vpp/api.sock", gone()));
+        let vpp = TunnelDataplane::Vpp;
+        let e = hint_vpp_socket(vpp, Error::io("connect", "/run/vpp/api.sock", gone()));
         let text = e.to_string();
         assert!(text.contains("/run/vpp/api.sock"), "{text}");
         assert!(
@@ -135,9 +137,9 @@ mod tests {
             "{text}"
         );
         // other failures, and other backends, are left as they are
-        let e = hint_vpp_socket("xfrm", Error::io("connect", "/x", gone()));
+        let e = hint_vpp_socket(TunnelDataplane::Xfrm, Error::io("connect", "/x", gone()));
         assert!(!e.to_string().contains("--vpp-socket"));
-        let e = hint_vpp_socket("vpp", Error::io("read", "/x", gone()));
+        let e = hint_vpp_socket(vpp, Error::io("read", "/x", gone()));
         assert!(!e.to_string().contains("--vpp-socket"));
     }
 

@@ -1,7 +1,7 @@
 //! `scrambler`: apply the encrypted mesh on a node, show its status, rotate keys, run the lab.
 
 use clap::{Args, Parser, Subcommand};
-use scrambler::lab::{self, inject::Fault, LabSpec};
+use scrambler::lab::{self, backend::LabBackend, inject::Fault, LabSpec};
 use scrambler::{apply, meshfile, record};
 use scrambler_core::{ClusterSecret, Error, Netns, Result};
 use std::io::IsTerminal;
@@ -82,15 +82,15 @@ struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn to_apply(&self) -> apply::ApplyArgs {
-        apply::ApplyArgs {
+    fn to_apply(&self) -> Result<apply::ApplyArgs> {
+        Ok(apply::ApplyArgs {
             mesh: self.mesh.clone(),
             node: self.node.clone(),
             netns: self.netns.clone().map(Netns::Path).unwrap_or_default(),
             state_dir: self.state_dir.clone(),
-            backend: self.backend.clone(),
+            backend: self.backend.parse()?,
             vpp_socket: self.vpp_socket.clone(),
-        }
+        })
     }
 }
 
@@ -134,10 +134,11 @@ enum LabCmd {
         /// Pods per node.
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// Node dataplanes: xfrm (kernel), ipvlan (pods on ipvlan l3 slaves of the underlay,
-        /// encrypted by the kernel's xfrm mesh), vpp (a VPP per node; needs no kernel ESP,
-        /// so it runs on this kernel) or mixed (odd nodes VPP, even nodes xfrm).
-        #[arg(long, default_value = "xfrm")]
+        /// Node dataplanes: veth (alias xfrm: pods on veth pairs, the kernel's xfrm mesh),
+        /// ipvlan (pods on ipvlan l3 slaves of the underlay, encrypted by the kernel's xfrm
+        /// mesh), vpp (a VPP per node; needs no kernel ESP, so it runs on this kernel) or
+        /// mixed (odd nodes VPP, even nodes veth).
+        #[arg(long, default_value = "veth")]
         backend: String,
     },
     /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
@@ -207,8 +208,8 @@ enum LabCmd {
         /// Skip failure injection.
         #[arg(long)]
         no_inject: bool,
-        /// Node dataplanes: xfrm, ipvlan, vpp or mixed (as for `lab up`).
-        #[arg(long, default_value = "xfrm")]
+        /// Node dataplanes: veth (alias xfrm), ipvlan, vpp or mixed (as for `lab up`).
+        #[arg(long, default_value = "veth")]
         backend: String,
     },
 }
@@ -257,7 +258,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Mesh {
             cmd: MeshCmd::Apply { node },
         } => {
-            let r = apply::apply(&node.to_apply()).await?;
+            let r = apply::apply(&node.to_apply()?).await?;
             println!(
                 "mesh applied on {}: {} added, {} updated, {} removed, {} unchanged",
                 node.node, r.added, r.updated, r.removed, r.unchanged
@@ -272,11 +273,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 },
         } => {
             let ns = netns.map(Netns::Path).unwrap_or_default();
-            let r = apply::remove(&ns, &backend, &vpp_socket).await?;
+            let r = apply::remove(&ns, backend.parse()?, &vpp_socket).await?;
             println!("removed {} objects", r.removed);
         }
         Cmd::Status { node, json } => {
-            let st = apply::status(&node.to_apply()).await?;
+            let st = apply::status(&node.to_apply()?).await?;
             if json {
                 println!("{}", to_json(&st)?);
             } else {
@@ -316,7 +317,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     check_lab_args(&cmd)?;
     let natively = match &cmd {
         LabCmd::Up { backend, .. } | LabCmd::Run { backend, .. } => {
-            lab::vm::runs_natively_for(backend)
+            lab::vm::runs_natively_for(lab_backend(backend)?)
         }
         // later steps go where the lab is: a lab VM holding it answers for it (an ipvlan lab
         // lives there on a kernel that has ESP but no ipvlan)
@@ -333,7 +334,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     if !natively && !vpp_only_lab(&cmd) {
         return lab_in_vm(cmd);
     }
-    let spec = lab_spec(&cmd);
+    let spec = lab_spec(&cmd)?;
     match cmd {
         LabCmd::Up { lab, .. } => {
             let fresh = lab::topology::existing(&lab::topology::Names {
@@ -405,7 +406,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
 }
 
 /// What `lab up` / `lab run` are asked to build.
-fn lab_spec(cmd: &LabCmd) -> Option<LabSpec> {
+fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
     match cmd {
         LabCmd::Up {
             lab,
@@ -419,14 +420,19 @@ fn lab_spec(cmd: &LabCmd) -> Option<LabSpec> {
             pods,
             backend,
             ..
-        } => Some(LabSpec {
+        } => Ok(Some(LabSpec {
             name: lab.name.clone(),
             nodes: *nodes,
             pods_per_node: *pods,
-            backend: backend.clone(),
-        }),
-        _ => None,
+            backend: lab_backend(backend)?,
+        })),
+        _ => Ok(None),
     }
+}
+
+/// `lab up` / `lab run --backend`.
+fn lab_backend(name: &str) -> Result<LabBackend> {
+    name.parse().map_err(Error::Unsupported)
 }
 
 /// Refuses bad arguments before anything is built or booted: the lab's name, and for `lab
@@ -437,10 +443,10 @@ fn check_lab_args(cmd: &LabCmd) -> Result<()> {
         | LabCmd::Inject { lab, .. }
         | LabCmd::Status { lab }
         | LabCmd::Down { lab } => lab::check_name(&lab.name),
-        _ => match lab_spec(cmd) {
+        _ => match lab_spec(cmd)? {
             Some(spec) => {
                 spec.validate()?;
-                if lab::vppnode::uses_vpp(&spec.backend) {
+                if spec.backend.uses_vpp() {
                     lab::vppnode::dist()?;
                 }
                 Ok(())
@@ -526,7 +532,7 @@ async fn lab_run(
         name: name.into(),
         nodes,
         pods_per_node: pods,
-        backend: backend.into(),
+        backend: lab_backend(backend)?,
     };
     let result = lab_tour(spec, no_inject).await;
     let t = std::time::Instant::now();
@@ -587,9 +593,12 @@ fn vpp_only_lab(cmd: &LabCmd) -> bool {
     match cmd {
         // a lab of that name in a lab VM answers for itself there
         LabCmd::Up { backend, lab, .. } => {
-            lab::vppnode::needs_no_kernel_esp(backend) && !lab::session::running(&lab.name)
+            lab_backend(backend).is_ok_and(LabBackend::needs_no_kernel_esp)
+                && !lab::session::running(&lab.name)
         }
-        LabCmd::Run { backend, .. } => lab::vppnode::needs_no_kernel_esp(backend),
+        LabCmd::Run { backend, .. } => {
+            lab_backend(backend).is_ok_and(LabBackend::needs_no_kernel_esp)
+        }
         LabCmd::Test { lab, .. }
         | LabCmd::Inject { lab, .. }
         | LabCmd::Status { lab }

@@ -22,8 +22,9 @@ pub mod vppnode;
 use crate::apply;
 use crate::meshfile::MeshFile;
 use crate::status::StatusReport;
+use backend::LabBackend;
 use ipnet::IpNet;
-use scrambler_core::{Cluster, ClusterSecret, Error, Keys, Netns, Result};
+use scrambler_core::{Backend, Cluster, ClusterSecret, Error, Keys, Netns, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -44,8 +45,8 @@ pub struct LabSpec {
     pub nodes: usize,
     /// Pods per node.
     pub pods_per_node: usize,
-    /// Dataplane of the pods (`xfrm`).
-    pub backend: String,
+    /// Dataplane of the nodes.
+    pub backend: LabBackend,
 }
 
 /// One pod of the lab.
@@ -68,9 +69,9 @@ pub struct LabState {
     pub spec: LabSpec,
     /// Every pod.
     pub pods: Vec<PodInfo>,
-    /// Each node's dataplane (index 0 = node 1; see [`vppnode::node_backends`]).
+    /// Each node's backend (index 0 = node 1; see [`LabBackend::node`]).
     #[serde(default)]
-    pub node_backends: Vec<String>,
+    pub node_backends: Vec<Backend>,
 }
 
 impl LabState {
@@ -121,12 +122,12 @@ impl LabState {
         Self::dir(&self.spec.name).join("state")
     }
 
-    /// Node `i`'s dataplane (`vpp`, or the lab's backend).
-    pub fn node_backend(&self, i: usize) -> &str {
+    /// Node `i`'s backend.
+    pub fn node_backend(&self, i: usize) -> Backend {
         self.node_backends
             .get(i.wrapping_sub(1))
-            .map(String::as_str)
-            .unwrap_or(&self.spec.backend)
+            .copied()
+            .unwrap_or_else(|| self.spec.backend.node(i))
     }
 
     /// Pods of node `i`.
@@ -138,9 +139,6 @@ impl LabState {
 fn progress(msg: impl AsRef<str>) {
     eprintln!("[lab] {}", msg.as_ref());
 }
-
-/// Lab backends `lab up` and `lab run` accept.
-pub const BACKENDS: [&str; 4] = ["xfrm", backend::IPVLAN, vppnode::VPP, vppnode::MIXED];
 
 /// Most pods a node of the lab may have.
 pub const MAX_PODS: usize = 200;
@@ -164,13 +162,6 @@ impl LabSpec {
             return Err(Error::config(format!(
                 "--pods {} out of range: 1..={MAX_PODS}",
                 self.pods_per_node
-            )));
-        }
-        if !BACKENDS.contains(&self.backend.as_str()) {
-            return Err(Error::Unsupported(format!(
-                "lab backend {:?}: valid backends are {}",
-                self.backend,
-                BACKENDS.join(", ")
             )));
         }
         Ok(())
@@ -237,7 +228,7 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     let mut state = LabState {
         spec: spec.clone(),
         pods: vec![],
-        node_backends: vppnode::node_backends(&spec.backend, spec.nodes),
+        node_backends: (1..=spec.nodes).map(|i| spec.backend.node(i)).collect(),
     };
     mesh_file.save(&state.mesh_path())?;
     state.save()?;
@@ -309,22 +300,12 @@ pub async fn apply_node(state: &LabState, i: usize) -> Result<scrambler_core::Re
 /// What `mesh apply` / `status` act on for node `i` of the lab.
 fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
     let node = state.names().node(i);
-    if vppnode::is_vpp(state, i) {
-        return apply::ApplyArgs {
-            mesh: state.mesh_path(),
-            netns: Netns::named(&node),
-            node,
-            state_dir: state.state_dir(),
-            backend: vppnode::VPP.into(),
-            vpp_socket: vppnode::api_socket(&state.spec.name, i),
-        };
-    }
     apply::ApplyArgs {
         mesh: state.mesh_path(),
         netns: Netns::named(&node),
         node,
         state_dir: state.state_dir(),
-        backend: backend::tunnel(state.node_backend(i)).into(),
+        backend: state.node_backend(i).tunnel(),
         vpp_socket: vppnode::api_socket(&state.spec.name, i),
     }
 }

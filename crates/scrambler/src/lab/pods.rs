@@ -2,7 +2,7 @@
 //! the node's namespace with the CNI_* environment and the network conf on stdin.
 
 use super::cmd;
-use scrambler_core::{CniResult, Error, Result};
+use scrambler_core::{Backend, CniResult, Error, Result};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -29,14 +29,14 @@ pub fn find_cni_binary() -> Result<PathBuf> {
     })
 }
 
-/// The network conf the lab gives the plugin for a node of lab backend `backend` (see
+/// The network conf the lab gives the plugin for a node of backend `backend` (see
 /// [`super::backend`]).
-pub fn netconf(lab: &str, backend: &str, pod_cidr: &str, lab_dir: &Path) -> serde_json::Value {
+pub fn netconf(lab: &str, backend: Backend, pod_cidr: &str, lab_dir: &Path) -> serde_json::Value {
     let mut conf = serde_json::json!({
         "cniVersion": "1.1.0",
         "name": lab,
         "type": "scrambler-cni",
-        "backend": super::backend::cni_backend(backend),
+        "backend": backend,
         "logFile": lab_dir.join("cni.log"),
         "ipam": {
             "type": "scrambler-ipam",

@@ -20,10 +20,7 @@ pub fn runs_natively() -> bool {
 }
 
 /// True when a lab of `backend` can run on this kernel (see
-/// [`super::backend::kernel_features`]).
-pub fn runs_natively_for(backend: &str) -> bool {
-    in_vm()
-        || super::backend::kernel_features(backend)
-            .iter()
-            .all(|f| kernel_has(*f))
+/// [`super::backend::LabBackend::kernel_features`]).
+pub fn runs_natively_for(backend: super::backend::LabBackend) -> bool {
+    in_vm() || backend.kernel_features().iter().all(|f| kernel_has(*f))
 }

@@ -20,7 +20,7 @@
 //!   `scrambler-cni` binary with `"backend": "vpp"` and `"vpp": {"apiSocket": …}`.
 
 use super::{cmd, topology, LabState};
-use scrambler_core::{Error, Result};
+use scrambler_core::{Backend, Error, Result, TunnelDataplane};
 use scrambler_vpp::dist::VppInstall;
 use scrambler_vpp_api::api::af_packet::AfPacketCreateV3;
 use scrambler_vpp_api::api::interface::{
@@ -31,10 +31,6 @@ use scrambler_vpp_api::{ConnectOptions, VppClient};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The node dataplane name of a VPP node.
-pub const VPP: &str = "vpp";
-/// The lab backend with odd nodes on VPP and even nodes on the kernel.
-pub const MIXED: &str = "mixed";
 /// Main heap of each lab VPP.
 pub const HEAP: &str = "128M";
 /// af_packet ring frame size of the uplink (an MTU-1500 frame and its headers fit).
@@ -44,32 +40,9 @@ const RING_FRAMES_PER_BLOCK: u32 = 64;
 /// How long a starting VPP may take to answer its API (TCG-emulated guests are slow).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The dataplane of every node (index 0 = node 1) for lab backend `backend`: `vpp` puts
-/// every node on VPP, `mixed` odd nodes on VPP and even ones on `xfrm`; any other backend
-/// is every node's.
-pub fn node_backends(backend: &str, nodes: usize) -> Vec<String> {
-    (1..=nodes)
-        .map(|i| match backend {
-            MIXED if i % 2 == 1 => VPP.to_string(),
-            MIXED => "xfrm".to_string(),
-            other => other.to_string(),
-        })
-        .collect()
-}
-
-/// True when lab backend `backend` runs VPP on some node.
-pub fn uses_vpp(backend: &str) -> bool {
-    backend == VPP || backend == MIXED
-}
-
-/// True when lab backend `backend` needs no ESP in this kernel (every node is VPP).
-pub fn needs_no_kernel_esp(backend: &str) -> bool {
-    backend == VPP
-}
-
 /// True when node `i` of the lab runs VPP.
 pub fn is_vpp(state: &LabState, i: usize) -> bool {
-    state.node_backend(i) == VPP
+    state.node_backend(i) == Backend::Vpp
 }
 
 /// Node `i`'s VPP run directory.
@@ -245,7 +218,7 @@ async fn wait_ready(lab: &str, i: usize, pid: u32) -> Result<VppClient> {
     loop {
         if !alive(pid) {
             return Err(Error::Dataplane {
-                dataplane: VPP.into(),
+                dataplane: TunnelDataplane::Vpp.to_string(),
                 op: format!("start VPP of node {i}"),
                 reason: format!("it exited: {}", logs(lab, i)),
             });
@@ -278,7 +251,7 @@ async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
     let what = |op: &str| format!("{op} host-{} on node {i}", topology::UNDERLAY_IF);
     let fail = |op: String| {
         move |e: scrambler_vpp_api::VppError| Error::Dataplane {
-            dataplane: VPP.into(),
+            dataplane: TunnelDataplane::Vpp.to_string(),
             op,
             reason: e.to_string(),
         }
@@ -417,7 +390,7 @@ pub fn stop_all(lab: &str) {
 /// The CNI network conf of a pod on VPP node `i`: `base` with `"backend": "vpp"` and the
 /// node's VPP API socket.
 pub fn pod_conf(mut base: serde_json::Value, lab: &str, i: usize) -> serde_json::Value {
-    base["backend"] = VPP.into();
+    base["backend"] = Backend::Vpp.as_str().into();
     base["vpp"] = serde_json::json!({ "apiSocket": api_socket(lab, i) });
     base
 }
@@ -427,7 +400,7 @@ pub fn apply_flags(state: &LabState, i: usize) -> Vec<String> {
     if is_vpp(state, i) {
         vec![
             "--backend".into(),
-            VPP.into(),
+            TunnelDataplane::Vpp.to_string(),
             "--vpp-socket".into(),
             api_socket(&state.spec.name, i).display().to_string(),
         ]
@@ -459,15 +432,6 @@ pub fn tour_target(state: &LabState, fault: super::inject::Fault) -> Option<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mixed_puts_odd_nodes_on_vpp() {
-        assert_eq!(node_backends("mixed", 3), ["vpp", "xfrm", "vpp"]);
-        assert_eq!(node_backends("vpp", 2), ["vpp", "vpp"]);
-        assert_eq!(node_backends("xfrm", 2), ["xfrm", "xfrm"]);
-        assert!(needs_no_kernel_esp("vpp") && !needs_no_kernel_esp("mixed"));
-        assert!(uses_vpp("mixed") && !uses_vpp("xfrm"));
-    }
 
     #[test]
     fn startup_conf_has_no_api_trace_and_only_the_lab_plugins() {
