@@ -48,7 +48,7 @@
 pub mod backend;
 pub mod delegate;
 pub mod env;
-pub mod fault;
+mod fault;
 pub mod ipam;
 pub mod logging;
 pub mod netlink;
