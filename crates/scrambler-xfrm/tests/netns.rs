@@ -283,7 +283,7 @@ fn status_reports_steering_guard_and_no_encryption_without_states() {
 }
 
 /// On a kernel without ESP states (this build machine's) reconcile is refused with the
-/// state named and the guard left blocking; on one with them (the qemu guest's) the probe
+/// state named and the guard left blocking; on one with them (Debian's stock kernel) the probe
 /// says so and the same reconcile installs the states. The kernel is probed independently
 /// of the tunnel, so each outcome is asserted for the kernel the test runs on.
 #[test]
