@@ -20,6 +20,7 @@
 use crate::veth::VethAttach;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use scrambler_core::fault::Fault;
 use scrambler_core::{
     Attach, AttachRequest, AttachmentId, Backend, CniResult, Error, NetConf, Netns, Result,
 };
@@ -119,8 +120,8 @@ impl CniBackend for VppAttach {
 /// Options the factory passes on to backends.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
-    /// Fault injection stage (tests; see [`crate::fault`]).
-    pub fault: Option<String>,
+    /// The fault attachments inject (tests; see [`scrambler_core::fault`]).
+    pub fault: Fault,
 }
 
 /// The backend named by `conf`'s `"backend"`; unknown or missing names fail with code 7,

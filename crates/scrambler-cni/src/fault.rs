@@ -1,40 +1,25 @@
-//! Fault injection for tests: an invocation whose environment has `SCRAMBLER_FAULT=<stage>`
-//! fails at that stage, so tests can prove that a failed ADD leaves nothing behind.
-//! Honoured only in debug builds ([`requested`] is always `None` in release builds).
+//! Fault injection for tests (cargo feature `fault-injection`): an invocation whose
+//! environment has `SCRAMBLER_FAULT=<stage>` fails ADD at that
+//! [`FaultStage`](scrambler_core::fault::FaultStage), so tests can prove that a failed ADD
+//! leaves nothing behind. Without the feature the variable is never read.
 
 use crate::env::CniEnv;
-use scrambler_core::{Error, Result};
+use scrambler_core::fault::Fault;
+use scrambler_core::Result;
 
 /// The environment variable naming the stage to fail at.
-pub const FAULT_VAR: &str = "SCRAMBLER_FAULT";
+#[cfg(feature = "fault-injection")]
+const FAULT_VAR: &str = "SCRAMBLER_FAULT";
 
-/// The fault `env` asks for (`SCRAMBLER_FAULT`), in debug builds only.
-pub fn requested(env: &CniEnv) -> Option<&str> {
-    if cfg!(debug_assertions) {
-        env.var(FAULT_VAR)
-    } else {
-        None
+/// The fault `env` asks for; an unknown stage is a config error.
+pub(crate) fn requested(env: &CniEnv) -> Result<Fault> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(name) = env.var(FAULT_VAR) {
+        return name
+            .parse()
+            .map(Fault::at)
+            .map_err(|e| scrambler_core::Error::config(format!("{FAULT_VAR}: {e}")));
     }
-}
-
-/// Every stage at which a fault can be injected, in the order ADD passes them.
-pub const STAGES: &[&str] = &[
-    "after-ipam",
-    "after-veth",
-    "after-pod-addr",
-    "after-pod-routes",
-    "after-host-route",
-    "before-result",
-];
-
-/// Fails with a kernel-style error when `fault` names `stage`.
-pub fn inject(fault: Option<&str>, stage: &str) -> Result<()> {
-    if cfg!(debug_assertions) && fault == Some(stage) {
-        return Err(Error::kernel(
-            "continue ADD",
-            format!("stage {stage}"),
-            "fault injected by SCRAMBLER_FAULT",
-        ));
-    }
-    Ok(())
+    let _ = env;
+    Ok(Fault::default())
 }

@@ -49,7 +49,7 @@
 pub mod backend;
 pub mod delegate;
 pub mod env;
-pub mod fault;
+mod fault;
 pub mod ipam;
 pub mod logging;
 pub mod plugin;

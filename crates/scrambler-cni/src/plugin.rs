@@ -10,6 +10,7 @@ use crate::env::{CniEnv, Command};
 use crate::fault;
 use crate::ipam::{self, SelectedIpam};
 use crate::protocol::{self, Outcome, Request};
+use scrambler_core::fault::FaultStage;
 use scrambler_core::{AllocRequest, AttachRequest, CniResult, Error, Netns, Result, TunnelStatus};
 use std::path::PathBuf;
 use tracing::Instrument;
@@ -77,7 +78,7 @@ fn backend(req: &Request) -> Result<Box<dyn CniBackend>> {
     backend_for(
         &req.conf,
         &BackendOptions {
-            fault: fault::requested(&req.env).map(str::to_string),
+            fault: fault::requested(&req.env)?,
         },
     )
 }
@@ -105,7 +106,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
         id: areq.id.clone(),
         requested: protocol::requested_ips(req)?,
     };
-    let fault = fault::requested(&req.env);
+    let fault = fault::requested(&req.env)?;
     let allocation = Box::pin(async {
         let addrs = ipam
             .ipam()
@@ -113,7 +114,9 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
             .await
             .map_err(AddError::Unleased)?;
         tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
-        fault::inject(fault, "after-ipam").map_err(AddError::Leased)?;
+        fault
+            .check(FaultStage::AfterIpam)
+            .map_err(AddError::Leased)?;
         Ok(addrs)
     });
     let mut result = match backend.attach_allocating(host, &areq, allocation).await {
@@ -128,7 +131,8 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
         result.dns = req.conf.dns.clone().unwrap_or_default();
     }
     let result = protocol::merge_prev(prev, result);
-    match fault::inject(fault::requested(&req.env), "before-result")
+    match fault
+        .check(FaultStage::BeforeResult)
         .and_then(|()| result.to_json(req.version()))
     {
         Ok(v) => Ok(v),

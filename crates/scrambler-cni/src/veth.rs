@@ -26,9 +26,9 @@
 //! the pod's addresses and routes. That is how a failed ADD is undone and how DEL works.
 
 use crate::backend::{AddError, Allocation};
-use crate::fault;
 use async_trait::async_trait;
 use ipnet::IpNet;
+use scrambler_core::fault::{Fault, FaultStage};
 use scrambler_core::routed::{owner_alias, parse_owner_alias, pod_result};
 use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result, Route,
@@ -60,7 +60,7 @@ pub fn host_ifname(id: &AttachmentId) -> String {
 #[derive(Debug, Clone)]
 pub struct VethAttach {
     network: String,
-    fault: Option<String>,
+    fault: Fault,
 }
 
 impl VethAttach {
@@ -68,18 +68,18 @@ impl VethAttach {
     pub fn new(network: impl Into<String>) -> Self {
         VethAttach {
             network: network.into(),
-            fault: None,
+            fault: Fault::default(),
         }
     }
 
-    /// Injects a fault at `stage` (see [`crate::fault`]); for tests.
-    pub fn with_fault(mut self, stage: Option<String>) -> Self {
-        self.fault = stage;
+    /// ADD fails as `fault` says (see [`scrambler_core::fault`]); for tests.
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
         self
     }
 
-    fn fault(&self, stage: &str) -> Result<()> {
-        fault::inject(self.fault.as_deref(), stage)
+    fn fault(&self, stage: FaultStage) -> Result<()> {
+        self.fault.check(stage)
     }
 
     /// The `ifalias` marking the host end of `id`.
@@ -227,7 +227,7 @@ impl VethAttach {
         mtu: u32,
     ) -> Result<CniResult> {
         let host_name = host_ifname(&req.id);
-        self.fault("after-veth")?;
+        self.fault(FaultStage::AfterVeth)?;
         let host_link = host.existing_link(&host_name).await?;
         host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
             .await?;
@@ -260,7 +260,7 @@ impl VethAttach {
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
         tracing::debug!(stage = "node side and pod addresses set");
-        self.fault("after-pod-addr")?;
+        self.fault(FaultStage::AfterPodAddr)?;
 
         // pod routes via the gateway
         if has_v4 {
@@ -273,14 +273,14 @@ impl VethAttach {
                 .await?;
         }
         tracing::debug!(stage = "pod routes set");
-        self.fault("after-pod-routes")?;
+        self.fault(FaultStage::AfterPodRoutes)?;
 
         // node routes to the pod
         for ipc in &result.ips {
             let to_pod = RouteSpec::new(ipc.address, None, host_link.index);
             host.add_route(&to_pod, Exists::Fail).await?;
         }
-        self.fault("after-host-route")?;
+        self.fault(FaultStage::AfterHostRoute)?;
         Ok(result)
     }
 }

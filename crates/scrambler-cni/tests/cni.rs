@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use scrambler_core::fault::FaultStage;
 use scrambler_core::netns::testing::TestNetns;
 use serde_json::{json, Value};
 
@@ -321,8 +322,9 @@ fn injected_faults_at_every_stage_undo_everything() {
     let node = Node::new("fault");
     let pod = TestNetns::new("faultpod");
     let conf = node.conf("1.1.0", "10.23.0.0/24");
-    for stage in scrambler_cni::fault::STAGES {
-        let add = Invocation::new("ADD", "f1", &pod.path(), "eth0").env("SCRAMBLER_FAULT", stage);
+    for stage in FaultStage::ALL {
+        let add =
+            Invocation::new("ADD", "f1", &pod.path(), "eth0").env("SCRAMBLER_FAULT", stage.name());
         let out = node.ours(&add, &conf);
         assert!(!out.ok, "fault {stage} must fail ADD");
         assert!(out.stdout.contains("fault injected"), "{}", out.stdout);
@@ -335,6 +337,17 @@ fn injected_faults_at_every_stage_undo_everything() {
         assert!(node.our_routes().trim().is_empty(), "stage {stage}");
         assert_eq!(links(&pod), vec!["lo".to_string()], "stage {stage}");
     }
+    // an unknown stage is refused before anything is made
+    let add = Invocation::new("ADD", "f1", &pod.path(), "eth0").env("SCRAMBLER_FAULT", "after-x");
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("SCRAMBLER_FAULT") && out.stdout.contains("after-ipam"),
+        "names the variable and the stages: {}",
+        out.stdout
+    );
+    assert!(node.leases().is_empty(), "{:?}", node.leases());
+    assert!(node.host_veths().is_empty());
     // and the same attachment then works
     let add = Invocation::new("ADD", "f1", &pod.path(), "eth0");
     node.ours(&add, &conf).expect_ok();
@@ -423,7 +436,8 @@ fn delegated_host_local_ipam() {
         node.ours(&add.cmd("DEL"), &conf).expect_ok();
         // a failure after the delegate's ADD calls its DEL
         let out = node.ours(
-            &add.clone().env("SCRAMBLER_FAULT", "after-pod-routes"),
+            &add.clone()
+                .env("SCRAMBLER_FAULT", FaultStage::AfterPodRoutes.name()),
             &conf,
         );
         assert!(!out.ok);

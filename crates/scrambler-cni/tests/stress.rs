@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use scrambler_core::fault::FaultStage;
 use scrambler_core::netns::testing::TestNetns;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -54,12 +55,9 @@ fn one(node: &Node, conf: &serde_json::Value, i: usize, tally: &Mutex<Tally>) {
     let pod = TestNetns::new("stresspod");
     let cid = format!("stress{i}");
     let mut add = Invocation::new("ADD", &cid, &pod.path(), "eth0");
-    let fault = (i % 5 == 0).then(|| {
-        let stages = scrambler_cni::fault::STAGES;
-        stages[(i / 5) % stages.len()]
-    });
+    let fault = (i % 5 == 0).then(|| FaultStage::ALL[(i / 5) % FaultStage::ALL.len()]);
     if let Some(f) = fault {
-        add = add.env("SCRAMBLER_FAULT", f);
+        add = add.env("SCRAMBLER_FAULT", f.name());
     }
     let delete_midway = i % 7 == 3;
     let out = std::thread::scope(|s| {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use scrambler_core::fault::FaultStage;
 use scrambler_core::netns::testing::TestNetns;
 use scrambler_vpp::testing::VppInstance;
 use serde_json::{json, Value};
@@ -105,7 +106,9 @@ async fn add_check_del_gc_status_against_vpp() {
     let bad = run(
         &vpp,
         &cni_path,
-        &add3.clone().env("SCRAMBLER_FAULT", "after-host-route"),
+        &add3
+            .clone()
+            .env("SCRAMBLER_FAULT", FaultStage::AfterHostRoute.name()),
         &conf,
     );
     assert_ne!(bad.code(), 0, "{}", bad.stdout);

@@ -15,6 +15,7 @@ pub mod cni;
 pub mod conf;
 pub mod error;
 pub mod esp;
+pub mod fault;
 pub mod keys;
 pub mod mesh;
 pub mod meshfile;

@@ -110,36 +110,67 @@ impl VmOutcome {
 
     /// libtest's verdict for `name` (the test function's name or its full path) in the guest.
     pub fn test_result(&self, name: &str) -> Option<TestResult> {
-        self.console.lines().find_map(|l| {
-            let rest = l.trim().strip_prefix("test ")?;
-            let (path, verdict) = rest.split_once(" ... ")?;
-            if path != name && !path.ends_with(&format!("::{name}")) {
-                return None;
-            }
-            match verdict.split([',', ' ']).next()? {
-                "ok" => Some(TestResult::Passed),
-                "FAILED" => Some(TestResult::Failed),
-                "ignored" => Some(TestResult::Ignored),
-                _ => None,
-            }
+        self.verdict(name).map(|(result, _)| result)
+    }
+
+    /// [`test_result`](Self::test_result) with the reason libtest gave for an ignored test.
+    fn verdict(&self, name: &str) -> Option<(TestResult, Option<&str>)> {
+        self.verdicts().find_map(|(path, result, reason)| {
+            (path == name || path.ends_with(&format!("::{name}"))).then_some((result, reason))
         })
     }
 
-    /// Returns if the run succeeded; prints a loud notice and returns if it was skipped
-    /// (`SCRAMBLER_VM=skip`); panics with the reason and the end of the console otherwise.
+    /// The tests libtest reported as ignored in the guest, each with its reason (`ignored,
+    /// <reason>`) if it gave one: `path` or `path (reason)`.
+    pub fn ignored_tests(&self) -> Vec<String> {
+        self.verdicts()
+            .filter(|(_, result, _)| *result == TestResult::Ignored)
+            .map(|(path, _, reason)| match reason {
+                Some(why) => format!("{path} ({why})"),
+                None => path.to_string(),
+            })
+            .collect()
+    }
+
+    /// Every `test <path> ... <verdict>` line of the console: path, verdict, and the
+    /// reason after `ignored, ` if any.
+    fn verdicts(&self) -> impl Iterator<Item = (&str, TestResult, Option<&str>)> {
+        self.console.lines().filter_map(|l| {
+            let rest = l.trim().strip_prefix("test ")?;
+            let (path, verdict) = rest.split_once(" ... ")?;
+            let result = match verdict.split([',', ' ']).next()? {
+                "ok" => TestResult::Passed,
+                "FAILED" => TestResult::Failed,
+                "ignored" => TestResult::Ignored,
+                _ => return None,
+            };
+            let reason = verdict.strip_prefix("ignored, ").map(str::trim);
+            Some((path, result, reason))
+        })
+    }
+
+    /// Returns if the run succeeded and no test in it was ignored; prints a loud notice and
+    /// returns if it was skipped (`SCRAMBLER_VM=skip`); panics with the reason and the end
+    /// of the console otherwise (naming the ignored tests: an ignored test did not pass).
     #[track_caller]
     pub fn assert_success(&self) {
         if self.is_skipped() {
             announce_skip(&self.what);
             return;
         }
-        if self.is_success() {
+        let ignored = self.ignored_tests();
+        if self.is_success() && ignored.is_empty() {
             return;
         }
         let why = match (&self.status, self.tests_run()) {
             (VmStatus::Exited(0), n) if n.unwrap_or(0) == 0 => {
                 format!("the filter {:?} matched no test in the guest", self.what)
             }
+            (VmStatus::Exited(0), _) => format!(
+                "the guest ignored {} test(s), which therefore did not pass: {}",
+                ignored.len(),
+                ignored.join(", ")
+            ),
             (status, _) => status.to_string(),
         };
         panic!(
@@ -151,16 +182,21 @@ impl VmOutcome {
     }
 
     /// Like [`assert_success`](Self::assert_success) for one test of a run that ran
-    /// several: passes if libtest reported `name` as ok (or ignored).
+    /// several: passes if libtest reported `name` as ok; panics if it failed, was ignored
+    /// (it did not pass) or reported nothing.
     #[track_caller]
     pub fn assert_test_passed(&self, name: &str) {
         if self.is_skipped() {
             announce_skip(name);
             return;
         }
-        match self.test_result(name) {
-            Some(TestResult::Passed | TestResult::Ignored) => {}
-            Some(TestResult::Failed) => panic!(
+        match self.verdict(name) {
+            Some((TestResult::Passed, _)) => {}
+            Some((TestResult::Ignored, reason)) => panic!(
+                "{name} was ignored in the VM ({}), so it did not pass",
+                reason.unwrap_or("no reason given")
+            ),
+            Some((TestResult::Failed, _)) => panic!(
                 "{name} failed in the VM:\n{}",
                 failure_section(&self.console, name).unwrap_or_else(|| tail(&self.console, 80))
             ),
@@ -276,6 +312,23 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out
     fn skipped_runs_pass_and_one_test_can_be_checked() {
         VmOutcome::skipped("x").assert_success();
         outcome(VmStatus::Exited(101)).assert_test_passed("vm_a");
+    }
+
+    #[test]
+    #[should_panic(expected = "vm_c was ignored in the VM (needs root), so it did not pass")]
+    fn an_ignored_test_did_not_pass() {
+        outcome(VmStatus::Exited(0)).assert_test_passed("vm_c");
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "the guest ignored 1 test(s), which therefore did not pass: vm_c (needs root)"
+    )]
+    fn a_run_with_an_ignored_test_did_not_succeed() {
+        let mut run = outcome(VmStatus::Exited(0));
+        run.console = run.console.replace("test tests::vm_b ... FAILED\n", "");
+        assert_eq!(run.ignored_tests(), vec!["vm_c (needs root)".to_string()]);
+        run.assert_success();
     }
 
     #[test]

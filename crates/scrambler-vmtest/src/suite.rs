@@ -100,7 +100,7 @@ pub struct SuiteTest<'a> {
 }
 
 impl SuiteTest<'_> {
-    /// Passes if the test passed (or was ignored) in the guest, or if VM tests are skipped
+    /// Passes if the test passed in the guest (not if it was ignored), or if VM tests are skipped
     /// (`SCRAMBLER_VM=skip`, announced loudly); panics with its output otherwise.
     #[track_caller]
     pub fn assert_success(&self) {

@@ -82,6 +82,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
+use scrambler_core::fault::{Fault, FaultStage};
 use scrambler_core::routed::attachment_digest;
 use scrambler_core::routed::{owner_alias, parse_owner_alias, pod_result};
 use scrambler_core::{esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result};
@@ -204,7 +205,7 @@ pub struct VppAttach {
     vpp: NodeVpp,
     underlay_mtu: u32,
     network: String,
-    fault: Option<String>,
+    fault: Fault,
 }
 
 impl std::fmt::Debug for VppAttach {
@@ -231,28 +232,21 @@ impl VppAttach {
             vpp: NodeVpp::new(Arc::new(resolve), "scrambler-attach"),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
             network: String::new(),
-            fault: None,
+            fault: Fault::default(),
         }
     }
 
-    /// For tests: ADD fails at `stage` (debug builds only), to prove a failed ADD leaves
-    /// nothing behind. Stages, in the order ADD passes them (scrambler-cni's
-    /// `SCRAMBLER_FAULT` names): `after-veth`, `after-pod-addr`, `after-pod-routes`,
-    /// `after-host-route` (after the VPP neighbours and routes).
-    pub fn with_fault(mut self, stage: Option<String>) -> Self {
-        self.fault = stage;
+    /// For tests: ADD fails as `fault` says (see [`scrambler_core::fault`]), to prove a
+    /// failed ADD leaves nothing behind. The stages this attachment passes: `AfterVeth`,
+    /// `AfterPodAddr`, `AfterPodRoutes`, `AfterHostRoute` (after the VPP neighbours and
+    /// routes).
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
         self
     }
 
-    fn fault(&self, stage: &str) -> Result<()> {
-        if cfg!(debug_assertions) && self.fault.as_deref() == Some(stage) {
-            return Err(Error::Dataplane {
-                dataplane: "vpp".into(),
-                op: format!("continue ADD at stage {stage}"),
-                reason: "fault injected for a test".into(),
-            });
-        }
-        Ok(())
+    fn fault(&self, stage: FaultStage) -> Result<()> {
+        self.fault.check(stage)
     }
 
     /// The network (the conf's `name`) this attachment serves; marks its VPP interfaces
@@ -408,7 +402,7 @@ impl VppAttach {
         mtu: u32,
     ) -> Result<CniResult> {
         let host_name = host_ifname(&req.id);
-        self.fault("after-veth")?;
+        self.fault(FaultStage::AfterVeth)?;
         let host_link = host.existing_link(&host_name).await?;
         host.set_up(host_link.index, &host_name).await?;
         let pod_link = pod.existing_link(&req.id.ifname).await?;
@@ -468,7 +462,7 @@ impl VppAttach {
                 .await?;
         }
         pod.set_up(pod_link.index, &req.id.ifname).await?;
-        self.fault("after-pod-addr")?;
+        self.fault(FaultStage::AfterPodAddr)?;
         for (fam, on) in [
             (IpAddr::V4(GATEWAY_V4), has_v4),
             (IpAddr::V6(GATEWAY_V6), has_v6),
@@ -487,7 +481,7 @@ impl VppAttach {
             pod.add_route(&RouteSpec::of(r, pod_link.index), Exists::Fail)
                 .await?;
         }
-        self.fault("after-pod-routes")?;
+        self.fault(FaultStage::AfterPodRoutes)?;
 
         // VPP: the pod's addresses behind its interface
         for c in &result.ips {
@@ -495,7 +489,7 @@ impl VppAttach {
             ops.neighbour(sw, a, pod_mac, true).await?;
             ops.route(sw, a, true).await?;
         }
-        self.fault("after-host-route")?;
+        self.fault(FaultStage::AfterHostRoute)?;
         Ok(result)
     }
 

@@ -6,6 +6,7 @@ mod two_nodes;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use scrambler_core::fault::{Fault, FaultStage};
 use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::{Attach, AttachRequest, AttachmentId, CniResult, IpConfig, Netns, Tunnel};
 use scrambler_vpp::attach::{host_ifname, VppAttach, GATEWAY_TAG};
@@ -309,7 +310,7 @@ async fn failed_add_leaves_nothing() {
     assert!(!links(&q).contains("eth0"), "{}", links(&q));
 
     // a failure after the VPP neighbours and routes exist (dual stack): all undone
-    let faulty = VppAttach::new(vpp.api_sock()).with_fault(Some("after-host-route".into()));
+    let faulty = VppAttach::new(vpp.api_sock()).with_fault(Fault::at(FaultStage::AfterHostRoute));
     let e = faulty
         .attach(&host, &r, &addrs(&["10.9.1.3/24", "fd00:91::3/64"]))
         .await

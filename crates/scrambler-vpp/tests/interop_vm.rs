@@ -147,19 +147,18 @@ fn stream(from: (&TestNetns, u32), to: (&TestNetns, u32)) -> Stream {
     )
 }
 
-/// Boots the VM for this test (or skips loudly when there is no VPP to run).
+/// Boots the VM for this test; fails naming what to provide when there is no VPP to run.
 fn run_in_vm() {
     if std::env::var(ENV_VM).is_ok_and(|v| v.eq_ignore_ascii_case("skip")) {
         return VmTest::this_test().run().assert_success();
     }
     let have_vpp = std::env::var_os("SCRAMBLER_VPP_DIST").is_some() || testing::tarball().exists();
-    if !have_vpp {
-        eprintln!(
-            "SKIPPED: no VPP tarball at {} (set SCRAMBLER_VPP_TARBALL or SCRAMBLER_VPP_DIST)",
-            testing::tarball().display()
-        );
-        return;
-    }
+    assert!(
+        have_vpp,
+        "no VPP tarball at {}: set SCRAMBLER_VPP_TARBALL to a VPP tarball or SCRAMBLER_VPP_DIST \
+         to a VPP tree (a directory holding bin/vpp)",
+        testing::tarball().display()
+    );
     // extract on the host: the guest sees the host's tree read-only
     let dist = testing::vpp_dist();
     VmTest::this_test()
