@@ -25,13 +25,17 @@ pub mod attach;
 pub mod client;
 pub mod codec;
 pub mod convert;
-pub mod dist;
 mod endpoint;
 pub mod error;
 pub mod message;
 pub mod stats;
+/// Test hooks of the client: every generated message driven generically (`codec`);
+/// statistics segments built in memory (`stats_segment`).
 #[cfg(any(test, feature = "test-util"))]
-pub mod testing;
+pub mod testing {
+    pub mod codec;
+    pub mod stats_segment;
+}
 pub mod transport;
 pub mod tunnel;
 

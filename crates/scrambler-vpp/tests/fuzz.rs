@@ -5,11 +5,11 @@
 //! and synthetic segments ([`write_stats_corpus`]); `SCRAMBLER_FUZZ_CASES` runs longer.
 
 use scrambler_fuzz::{Shape, Target};
+use scrambler_testkit::vpp::VppInstance;
 use scrambler_vpp::api::{self, interface, ip, ipip, ipsec, memclnt, types};
 use scrambler_vpp::message::decode_message;
 use scrambler_vpp::stats::StatsClient;
 use scrambler_vpp::testing::stats_segment::SyntheticSegment;
-use scrambler_vpp::testing::VppInstance;
 use scrambler_vpp::transport::{read_frame, write_frame};
 use scrambler_vpp::Message;
 use std::collections::HashMap;

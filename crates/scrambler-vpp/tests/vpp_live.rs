@@ -1,11 +1,11 @@
 //! Against a real VPP (see `../shared/vpp/README.md`) running in a test network namespace.
 
+use scrambler_testkit::vpp::VppInstance;
 use scrambler_vpp::api::af_packet::AfPacketCreateV3;
 use scrambler_vpp::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
 use scrambler_vpp::api::ip::IpAddressDump;
 use scrambler_vpp::api::types::{AfPacketMode, IfStatusFlags, MacAddress};
 use scrambler_vpp::api::vpe::ShowVersion;
-use scrambler_vpp::testing::VppInstance;
 use scrambler_vpp::{Message, VppError};
 
 #[tokio::test]

@@ -17,7 +17,7 @@ fn policies_only() -> XfrmTunnel {
     .unwrap()
 }
 
-fn owned_routes(ns: &scrambler_core::netns::testing::TestNetns) -> Vec<String> {
+fn owned_routes(ns: &scrambler_testkit::netns::TestNetns) -> Vec<String> {
     ns.ip(&["route", "show", "proto", "92"])
         .lines()
         .map(str::to_string)
@@ -317,7 +317,7 @@ fn missing_esp_is_unsupported_and_leaves_the_guard_in_place() {
 
 #[test]
 fn interface_creation_needs_xfrm_interfaces() {
-    let ns = scrambler_core::netns::testing::TestNetns::new("xf-noif");
+    let ns = scrambler_testkit::netns::TestNetns::new("xf-noif");
     let t = XfrmTunnel::new(XfrmConfig {
         program_states: false,
         ..XfrmConfig::default()
