@@ -1,7 +1,6 @@
 //! What the VM tests watch and drive between pods, shared by the xfrm, ipvlan and VPP
 //! VM tests: nodes on a bridged underlay ([`Underlay`]), numbered UDP streams ([`Stream`])
-//! and a ping-reply counter ([`ping_replies`]); the underlay is captured with
-//! [`crate::capture::Capture`].
+//! and a ping-reply counter ([`ping_replies`]); [`capture_bridge`] captures the underlay.
 
 use crate::capture::Capture;
 use crate::netns::TestNetns;
@@ -46,12 +45,6 @@ impl Underlay {
             pods.push(TestNetns::new(&format!("{prefix}p{i}")));
         }
         Underlay { nodes, pods, wire }
-    }
-
-    /// Starts capturing the IP packets on the wire's bridge `br0`; panics when tcpdump
-    /// does not start.
-    pub fn capture(&self) -> Capture {
-        capture_bridge(&self.wire)
     }
 }
 
