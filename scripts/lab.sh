@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh lab
-cargo build --release --locked -p scrambler -p scrambler-cni -p scrambler-ipam
+cargo build --release --locked -p scrambler -p scrambler-cni -p scrambler-ipam --features lab
 exec target/release/scrambler lab run "$@"

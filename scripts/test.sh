@@ -10,5 +10,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# the node tool as a node installs it: without the lab (its tests, above, turn the lab on)
+cargo clippy -p scrambler --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${SCRAMBLER_TEST_THREADS:-2}"

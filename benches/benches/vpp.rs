@@ -14,13 +14,13 @@
 //! output says so when that happens.
 //!
 //! Run with `cargo bench -p benches --bench vpp` as root (needs a VPP tree: `SCRAMBLER_VPP_DIST`,
-//! else the project's CI fixture; see `scrambler_vpp::dist`).
+//! else the project's CI fixture; see `scrambler_testkit::dist`).
 
 use benches::mesh::mesh;
 use benches::run;
 use ipnet::IpNet;
 use scrambler_core::{ClusterSecret, Mesh, Netns, Tunnel};
-use scrambler_vpp::testing::VppInstance;
+use scrambler_testkit::vpp::VppInstance;
 use scrambler_vpp::tunnel::{owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction};
 use scrambler_vpp::VppTunnel;
 use scrambler_vpp_api::api::types::{IfStatusFlags, IpTable, IpsecSadEntryV4};

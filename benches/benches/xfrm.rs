@@ -8,8 +8,8 @@
 
 use benches::mesh::mesh;
 use benches::run;
-use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::{ClusterSecret, Mesh, Tunnel};
+use scrambler_testkit::netns::TestNetns;
 use scrambler_xfrm::{LinkMode, XfrmConfig, XfrmTunnel};
 use std::io::Write;
 use std::process::{Command, Stdio};

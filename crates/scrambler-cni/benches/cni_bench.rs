@@ -15,7 +15,7 @@
 mod common;
 
 use common::{Invocation, Node, DEBIAN_CNI};
-use scrambler_core::netns::testing::TestNetns;
+use scrambler_testkit::netns::TestNetns;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use scrambler_core::fault::FaultStage;
-use scrambler_core::netns::testing::TestNetns;
+use scrambler_testkit::netns::TestNetns;
 use serde_json::{json, Value};
 
 fn pod_ip(result: &Value) -> String {

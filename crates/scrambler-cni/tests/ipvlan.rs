@@ -3,28 +3,20 @@
 //! one pod per node, in each mode l2, l3, l3s.
 //!
 //! The build machine's kernel has no ipvlan: every `vm_ipvlan_*` test then re-runs inside
-//! Debian's stock kernel under qemu through scrambler-vmtest (one boot for the group).
+//! Debian's stock kernel under qemu (one boot for the group).
 
 mod common;
 
 use common::{run_plugin, with_prev, CniOut, Invocation, BIN, DEBIAN_CNI};
-use scrambler_vmtest::{needs_vm, Feature, VmSuite};
+use scrambler_testkit::vm::{Feature, VmSuite};
 use serde_json::{json, Value};
 use std::path::Path;
 
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
 const FEATURES: &[Feature] = &[Feature::Ipvlan];
 
-/// The suite's verdict for `test`. Cargo also sets `CARGO_BIN_EXE_scrambler-cni` at run
-/// time; scrambler-vmtest passes `CARGO_*` to the guest and refuses that name (it has a
-/// `-`), so it is dropped first (the path is compiled in as [`BIN`] anyway).
-fn in_vm(test: &str) {
-    std::env::remove_var("CARGO_BIN_EXE_scrambler-cni");
-    VM.run(test).assert_success()
-}
-
-use scrambler_core::netns::testing::wire::Underlay;
-use scrambler_core::netns::testing::TestNetns as Ns;
+use scrambler_testkit::netns::TestNetns as Ns;
+use scrambler_testkit::wire::Underlay;
 
 /// Two nodes with `ul0` = 192.0.2.i/24 and a default route, one pod namespace each, a
 /// host-local data dir and a CNI_PATH with scrambler-cni next to Debian's plugins.
@@ -144,32 +136,35 @@ fn pods_reach_each_other(mode: &str) {
 
 #[test]
 fn vm_ipvlan_cni_l2_pods_reach_each_other() {
-    if needs_vm(FEATURES) {
-        return in_vm("vm_ipvlan_cni_l2_pods_reach_each_other");
+    if VM.delegate("vm_ipvlan_cni_l2_pods_reach_each_other", FEATURES) {
+        return;
     }
     pods_reach_each_other("l2");
 }
 
 #[test]
 fn vm_ipvlan_cni_l3_pods_reach_each_other() {
-    if needs_vm(FEATURES) {
-        return in_vm("vm_ipvlan_cni_l3_pods_reach_each_other");
+    if VM.delegate("vm_ipvlan_cni_l3_pods_reach_each_other", FEATURES) {
+        return;
     }
     pods_reach_each_other("l3");
 }
 
 #[test]
 fn vm_ipvlan_cni_l3s_pods_reach_each_other() {
-    if needs_vm(FEATURES) {
-        return in_vm("vm_ipvlan_cni_l3s_pods_reach_each_other");
+    if VM.delegate("vm_ipvlan_cni_l3s_pods_reach_each_other", FEATURES) {
+        return;
     }
     pods_reach_each_other("l3s");
 }
 
 #[test]
 fn vm_ipvlan_cni_bad_master_and_l2_encrypt_fail_cleanly() {
-    if needs_vm(FEATURES) {
-        return in_vm("vm_ipvlan_cni_bad_master_and_l2_encrypt_fail_cleanly");
+    if VM.delegate(
+        "vm_ipvlan_cni_bad_master_and_l2_encrypt_fail_cleanly",
+        FEATURES,
+    ) {
+        return;
     }
     let lab = Lab::new();
     let mut conf = lab.conf(0, "l3");
@@ -211,8 +206,11 @@ fn vm_ipvlan_cni_bad_master_and_l2_encrypt_fail_cleanly() {
 /// without that attachment in the valid list removes its route and the node setup.
 #[test]
 fn vm_ipvlan_cni_encrypted_gc_removes_the_node_setup() {
-    if needs_vm(FEATURES) {
-        return in_vm("vm_ipvlan_cni_encrypted_gc_removes_the_node_setup");
+    if VM.delegate(
+        "vm_ipvlan_cni_encrypted_gc_removes_the_node_setup",
+        FEATURES,
+    ) {
+        return;
     }
     let lab = Lab::new();
     let state = tempfile::tempdir().unwrap();

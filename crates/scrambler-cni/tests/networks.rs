@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use scrambler_core::netns::testing::TestNetns;
+use scrambler_testkit::netns::TestNetns;
 use serde_json::{json, Value};
 
 /// The node's conf with network name `name`.

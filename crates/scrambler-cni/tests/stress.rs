@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use scrambler_core::fault::FaultStage;
-use scrambler_core::netns::testing::TestNetns;
+use scrambler_testkit::netns::TestNetns;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use scrambler_core::fault::FaultStage;
-use scrambler_core::netns::testing::TestNetns;
-use scrambler_vpp::testing::VppInstance;
+use scrambler_testkit::netns::TestNetns;
+use scrambler_testkit::vpp::VppInstance;
 use serde_json::{json, Value};
 
 fn conf(vpp: &VppInstance, data: &std::path::Path, subnet: &str) -> Value {

@@ -20,8 +20,6 @@ pub mod keys;
 pub mod mesh;
 pub mod meshfile;
 pub mod netns;
-#[cfg(feature = "test-util")]
-pub mod plugin_testing;
 pub mod result;
 pub mod routed;
 pub mod traits;

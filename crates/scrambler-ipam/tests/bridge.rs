@@ -4,7 +4,7 @@
 //! field use) and at 0.2.0. The "node" is a TestNetns too, so the host namespace is never
 //! touched.
 
-use scrambler_core::netns::testing::TestNetns;
+use scrambler_testkit::netns::TestNetns;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The `scrambler-ipam` binary as a person or a careless environment runs it: `--help`,
 //! no `CNI_COMMAND`, variables that are not UTF-8, a conf larger than 1 MiB.
 
-scrambler_core::plugin_binary_tests!(
+scrambler_testkit::plugin_binary_tests!(
     env!("CARGO_BIN_EXE_scrambler-ipam"),
     "scrambler-ipam",
     |data| serde_json::json!({

@@ -963,7 +963,7 @@ mod tests {
     /// drop its guard) and leaves nothing behind; `old`'s own ADD is not refused.
     #[tokio::test]
     async fn an_encrypted_add_is_refused_while_another_network_is_unregistered() {
-        use scrambler_core::netns::testing::TestNetns;
+        use scrambler_testkit::netns::TestNetns;
         let node = TestNetns::new("ivunl");
         let pod = TestNetns::new("ivunp");
         let (ok, out) = node.exec(&[

@@ -1,8 +1,8 @@
 //! [`nft::ensure`] against the real kernel's nftables in a test namespace (runs on the
 //! build machine: no ipvlan needed).
 
-use scrambler_core::netns::testing::TestNetns as Ns;
 use scrambler_ipvlan::nft::{self, NetworkRules, Ruleset};
+use scrambler_testkit::netns::TestNetns as Ns;
 
 fn network(pods: &str, cluster: &[&str]) -> NetworkRules {
     NetworkRules {

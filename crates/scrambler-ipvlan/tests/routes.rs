@@ -1,9 +1,9 @@
 //! [`ensure_route`] against the real kernel (no ipvlan needed: veth links in a test
 //! namespace), runs on the build machine.
 
-use scrambler_core::netns::testing::TestNetns as Ns;
 use scrambler_ipvlan::node::ensure_route;
 use scrambler_netlink::Nl;
+use scrambler_testkit::netns::TestNetns as Ns;
 
 /// A route already out of the wanted link is "there" even when the caller's view is stale;
 /// one out of another link is an error naming it, and is left alone.

@@ -9,14 +9,14 @@ use scrambler_core::{
     Attach, AttachRequest, AttachmentId, CniResult, Error, IpConfig, NetConf, Netns, Route,
 };
 use scrambler_ipvlan::{IpvlanAttach, IpvlanConfig, Mode};
-use scrambler_vmtest::{Feature, VmSuite};
+use scrambler_testkit::vm::{Feature, VmSuite};
 use std::process::Command;
 
 static VM: VmSuite = VmSuite::new("vm_ipvlan_");
 const FEATURES: &[Feature] = &[Feature::Ipvlan];
 
-use scrambler_core::netns::testing::wire::Underlay;
-use scrambler_core::netns::testing::TestNetns as Ns;
+use scrambler_testkit::netns::TestNetns as Ns;
+use scrambler_testkit::wire::Underlay;
 
 /// Two nodes on a wire (see [`Underlay`]); node i has `ul0` = 192.0.2.i/24 and a default
 /// route via 192.0.2.254; one empty pod namespace per node.
@@ -627,9 +627,9 @@ mod encrypted {
     //! between nodes as ESP only.
 
     use super::*;
-    use scrambler_core::netns::testing::wire::Capture;
     use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId, Tunnel};
     use scrambler_ipvlan::IpvlanNode;
+    use scrambler_testkit::wire::capture_bridge;
     use scrambler_xfrm::{XfrmConfig, XfrmTunnel};
 
     const FEATURES: &[Feature] = &[Feature::Ipvlan, Feature::Esp, Feature::XfrmInterface];
@@ -762,7 +762,7 @@ mod encrypted {
         assert_eq!(again, Default::default());
 
         // no mesh yet: the guard drops pod traffic on the cleartext route
-        let cap = Capture::start(&lab.wire);
+        let cap = capture_bridge(&lab.wire);
         assert!(!lab.pods[0].ping("10.1.2.2"), "expected drop without mesh");
         let lines = cap.finish();
         assert!(
@@ -779,7 +779,7 @@ mod encrypted {
                 .await
                 .unwrap();
         }
-        let cap = Capture::start(&lab.wire);
+        let cap = capture_bridge(&lab.wire);
         let there = lab.pods[0].ping("10.1.2.2");
         let back = lab.pods[1].ping("10.1.1.2");
         let lines = cap.finish();

@@ -130,7 +130,7 @@ fn raw_dump(message_type: u16, family: u8) -> Vec<Vec<u8>> {
 fn capture_corpus() {
     let dir = Path::new(CRATE).join("fuzz/corpus/rtnl_reply");
     std::fs::create_dir_all(&dir).expect("corpus dir");
-    let ns = scrambler_core::netns::testing::TestNetns::new("nl-fuzz");
+    let ns = scrambler_testkit::netns::TestNetns::new("nl-fuzz");
     for args in [
         &[
             "link", "add", "scr0", "type", "veth", "peer", "name", "eth0",

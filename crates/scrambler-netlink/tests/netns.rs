@@ -3,10 +3,10 @@
 //! is there already, pipelined route adds and deletes, the routes a protocol owns, the
 //! attach prologue, and the sysctl writer.
 
-use scrambler_core::netns::testing::TestNetns as Ns;
 use scrambler_core::{AttachRequest, AttachmentId, Netns};
 use scrambler_netlink::address::Scope;
 use scrambler_netlink::{sysctl, Exists, Nl, PodSockets, RouteSpec};
+use scrambler_testkit::netns::TestNetns as Ns;
 
 /// A namespace with the veth end `a0` (up) and its connection.
 async fn with_link(prefix: &str) -> (Ns, Ns, Nl, scrambler_netlink::LinkState) {

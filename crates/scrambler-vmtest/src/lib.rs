@@ -1,34 +1,33 @@
 //! Run tests that need kernel features the host's kernel lacks (ESP states, ipvlan, XFRM
 //! interfaces, …) inside Debian's stock kernel, booted under qemu, transparently.
 //!
-//! A test asks whether it [`needs_vm`]; if so it re-runs itself (or a group of tests) in
-//! a VM and reports the guest's verdict as its own. In the guest the same test binary
-//! runs with `SCRAMBLER_IN_VM=1` ([`in_vm`]) and the test body executes for real.
+//! Every VM test starts the same way: a [`VmSuite`] static per test file (one boot for
+//! all of its tests), and [`VmSuite::delegate`] as the test's first line. Where this kernel
+//! lacks a feature the test needs, `delegate` boots the VM (once), runs the suite's tests
+//! there and asserts this test's verdict from that run; in the guest (`SCRAMBLER_IN_VM=1`,
+//! [`in_vm`]) or on a kernel that has the features, the test body runs for real.
 //!
 //! # Usage
 //!
-//! One test, one boot (~5–6 s of boot overhead under TCG):
-//!
 //! ```no_run
-//! use scrambler_vmtest::{needs_vm, run_tests_in_vm, Feature};
+//! use scrambler_vmtest::{Feature, VmSuite};
+//!
+//! static VM: VmSuite = VmSuite::new("vm_esp_");
 //!
 //! #[test]
 //! fn vm_esp_ping() {
-//!     if needs_vm(&[Feature::Esp]) {
-//!         return run_tests_in_vm("vm_esp_ping").assert_success();
+//!     if VM.delegate("vm_esp_ping", &[Feature::Esp]) {
+//!         return;
 //!     }
 //!     // the real test body: create netns, program xfrm, ping …
 //! }
 //! ```
 //!
-//! (`needs_vm(&[f])` is `!in_vm() && !kernel_has(f)`.) The filter is libtest's substring
-//! filter; `run_this_test_in_vm()` instead selects exactly the calling test by its full
-//! path. Several tests, one boot: a [`VmSuite`] static shared by the tests of a group.
-//! [`VmTest`] adds files, binaries, directories, modules, env vars and limits.
-//!
-//! Runs block the calling thread (also fine inside `#[tokio::test]`). A guest test's
-//! name must match the filter of the run that is meant to execute it; a filter matching
-//! nothing in the guest is a failure, not a pass.
+//! The filter is libtest's substring filter: a guest test's name must contain it.
+//! [`VmSuite::with`] adjusts the run through [`VmTest`] (files, binaries, directories,
+//! modules, env vars, limits); [`VmTest::command`] runs a whole program in the guest (the
+//! lab does). Runs block the calling thread (also fine inside `#[tokio::test]`). A filter
+//! matching nothing in the guest is a failure, not a pass.
 //!
 //! # How it works
 //!
@@ -105,7 +104,7 @@ pub use config::{
 pub use feature::{kernel_has, Feature};
 pub use outcome::{TestResult, VmOutcome, VmStatus};
 pub use suite::{SuiteTest, VmSuite};
-pub use vm::{run_tests_in_vm, run_this_test_in_vm, VmTest};
+pub use vm::VmTest;
 
 /// True inside a guest booted by this harness (`SCRAMBLER_IN_VM=1`).
 pub fn in_vm() -> bool {

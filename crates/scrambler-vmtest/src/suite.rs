@@ -12,14 +12,14 @@ use std::sync::OnceLock;
 /// the group then just looks up its own verdict.
 ///
 /// ```no_run
-/// use scrambler_vmtest::{needs_vm, Feature, VmSuite};
+/// use scrambler_vmtest::{Feature, VmSuite};
 ///
 /// static VM: VmSuite = VmSuite::new("vm_xfrm_");
 ///
 /// #[test]
 /// fn vm_xfrm_esp_ping() {
-///     if needs_vm(&[Feature::Esp]) {
-///         return VM.run("vm_xfrm_esp_ping").assert_success();
+///     if VM.delegate("vm_xfrm_esp_ping", &[Feature::Esp]) {
+///         return;
 ///     }
 ///     // … the real test, in the guest (or on a host whose kernel has ESP) …
 /// }
@@ -79,9 +79,14 @@ impl VmSuite {
         true
     }
 
-    /// The shared run's outcome (booting it now if needed).
+    /// The shared run's outcome (booting it now if needed). With `SCRAMBLER_VM=skip`
+    /// nothing runs, not even the suite's adjustments (they may need what a skipped run
+    /// does not, e.g. a VPP to hand to the guest).
     pub fn outcome(&self) -> &VmOutcome {
         self.outcome.get_or_init(|| {
+            if crate::config::skip_requested() {
+                return VmOutcome::skipped(self.filter);
+            }
             let test = VmTest::new(self.filter).capture();
             match self.customize {
                 Some(f) => f(test),

@@ -87,13 +87,6 @@ impl VmTest {
         self
     }
 
-    /// Runs exactly the test that calls this (libtest names each test's thread after
-    /// the test's full path). Must be called on the test's own thread.
-    pub fn this_test() -> Self {
-        let name = std::thread::current().name().unwrap_or("").to_owned();
-        VmTest::new(name).exact()
-    }
-
     /// Match the filter exactly against full test paths (`module::test`), libtest's `--exact`.
     pub fn exact(mut self) -> Self {
         self.exact = true;
@@ -355,17 +348,6 @@ impl VmTest {
         env.extend(self.env.iter().cloned());
         env
     }
-}
-
-/// Runs the tests of the current test binary whose names contain `filter` in a VM:
-/// shorthand for `VmTest::new(filter).run()`.
-pub fn run_tests_in_vm(filter: &str) -> VmOutcome {
-    VmTest::new(filter).run()
-}
-
-/// Runs exactly the calling test in a VM: shorthand for `VmTest::this_test().run()`.
-pub fn run_this_test_in_vm() -> VmOutcome {
-    VmTest::this_test().run()
 }
 
 /// qemu ended without a single line from the guest (only its own complaints).

@@ -2,9 +2,10 @@
 //! VM when this kernel lacks them, and the harness's own behaviour (skip, timeout, no
 //! side effects of probes) is checked on the host.
 
-use scrambler_vmtest::{in_vm, kernel_has, needs_vm, run_tests_in_vm, Feature, VmSuite, VmTest};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use scrambler_testkit::capture::Capture;
+use scrambler_testkit::TestNetns;
+use scrambler_vmtest::{in_vm, kernel_has, needs_vm, Feature, VmSuite, VmTest};
+use std::process::Command;
 use std::time::Duration;
 
 const IP: &str = "/usr/sbin/ip";
@@ -21,118 +22,21 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A named network namespace, deleted on drop (also when the test panics).
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("svmt-{tag}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// `ip netns exec <ns> <cmd…>`, not waited for.
-    fn spawn(&self, cmd: &[&str]) -> Child {
-        Command::new(IP)
-            .args(["netns", "exec", &self.0])
-            .args(cmd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn in netns")
-    }
+/// tcpdump of the IP packets `dev` in `ns` transmits.
+fn capture(ns: &TestNetns, dev: &str) -> Capture {
+    Capture::on(&ns.name, dev)
+        .outbound()
+        .filter("ip")
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new(IP).args(["netns", "del", &self.0]).status();
-    }
+fn ping(ns: &TestNetns, from: &str, to: &str) {
+    let (ok, out) = ns.exec(&["ping", "-c", "3", "-W", "5", "-I", from, to]);
+    assert!(ok, "ping {from} -> {to} failed: {out}");
 }
 
-/// tcpdump writing what `dev` in `ns` transmits to a pcap file; stopped on drop.
-struct Capture {
-    child: Child,
-    file: String,
-}
-
-impl Capture {
-    fn start(ns: &Netns, dev: &str) -> Self {
-        let file = format!("/tmp/{}-{dev}.pcap", ns.0);
-        let mut child = ns.spawn(&[
-            "tcpdump",
-            "-Z",
-            "root",
-            "-n",
-            "-U",
-            "--immediate-mode",
-            "-i",
-            dev,
-            "-Q",
-            "out",
-            "-w",
-            &file,
-            "ip",
-        ]);
-        // Wait until tcpdump says it listens, so no packet is missed.
-        let stderr = child.stderr.take().expect("tcpdump stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = lines.any(|l| l.is_ok_and(|l| l.contains("listening on")));
-        assert!(ready, "tcpdump on {dev} did not start");
-        Capture { child, file }
-    }
-
-    /// Stops the capture and returns tcpdump's decoding of it, one packet per line.
-    fn finish(mut self) -> Vec<String> {
-        std::thread::sleep(Duration::from_millis(500)); // let the last packets land
-        self.stop();
-        let out = Command::new("tcpdump")
-            .args(["-n", "-r", &self.file])
-            .output()
-            .expect("read pcap");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
-fn ping(ns: &Netns, from: &str, to: &str) {
-    let out = ns
-        .spawn(&["ping", "-c", "3", "-W", "5", "-I", from, to])
-        .wait_with_output()
-        .expect("ping");
-    assert!(
-        out.status.success(),
-        "ping {from} -> {to} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+static ESP: VmSuite = VmSuite::new("vm_esp_");
 
 /// Two namespaces joined by a veth underlay 192.0.2.0/24, "pods" 10.1.0.1 and 10.2.0.1
 /// on their loopbacks, ESP tunnel mode (AES-GCM-128, ICV 128, ESN, replay window) with
@@ -140,14 +44,15 @@ fn ping(ns: &Netns, from: &str, to: &str) {
 /// ends show ESP only, while an underlay ping shows the capture does see clear ICMP.
 #[test]
 fn vm_esp_tunnel_ping_is_encrypted_on_the_wire() {
-    if needs_vm(&[Feature::Esp]) {
-        return run_tests_in_vm("vm_esp_tunnel_ping_is_encrypted_on_the_wire").assert_success();
+    if ESP.delegate(
+        "vm_esp_tunnel_ping_is_encrypted_on_the_wire",
+        &[Feature::Esp],
+    ) {
+        return;
     }
-    let a = Netns::new("a");
-    let b = Netns::new("b");
-    ip(&[
-        "link", "add", "va", "netns", &a.0, "type", "veth", "peer", "name", "vb", "netns", &b.0,
-    ]);
+    let a = TestNetns::new("svmt-a");
+    let b = TestNetns::new("svmt-b");
+    a.veth("va", &b, "vb");
     for (ns, dev, under, pod, peer_pods, peer_under) in [
         (
             &a,
@@ -217,7 +122,7 @@ fn vm_esp_tunnel_ping_is_encrypted_on_the_wire() {
             ]);
         }
     }
-    let policy = |ns: &Netns, dir: &str, src_net: &str, dst_net: &str, src: &str, dst: &str| {
+    let policy = |ns: &TestNetns, dir: &str, src_net: &str, dst_net: &str, src: &str, dst: &str| {
         ns.ip(&[
             "xfrm", "policy", "add", "src", src_net, "dst", dst_net, "dir", dir, "tmpl", "src",
             src, "dst", dst, "proto", "esp", "reqid", "1", "mode", "tunnel",
@@ -229,8 +134,8 @@ fn vm_esp_tunnel_ping_is_encrypted_on_the_wire() {
     policy(&b, "out", p2, p1, u2, u1);
     policy(&b, "in", p1, p2, u1, u2);
 
-    let cap_a = Capture::start(&a, "va");
-    let cap_b = Capture::start(&b, "vb");
+    let cap_a = capture(&a, "va");
+    let cap_b = capture(&b, "vb");
     ping(&a, "192.0.2.1", "192.0.2.2"); // underlay, in the clear: proves the capture works
     ping(&a, "10.1.0.1", "10.2.0.1"); // pod to pod, through ESP
     let wire: Vec<String> = [cap_a.finish(), cap_b.finish()].concat();
@@ -267,10 +172,10 @@ static LINKS: VmSuite = VmSuite::new("vm_links_");
 /// An ipvlan (L3) link on a veth parent.
 #[test]
 fn vm_links_ipvlan() {
-    if needs_vm(&[Feature::Ipvlan]) {
-        return LINKS.run("vm_links_ipvlan").assert_success();
+    if LINKS.delegate("vm_links_ipvlan", &[Feature::Ipvlan]) {
+        return;
     }
-    let ns = Netns::new("ipvl");
+    let ns = TestNetns::new("svmt-ipvl");
     ns.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
     ns.ip(&[
         "link", "add", "iv0", "link", "p0", "type", "ipvlan", "mode", "l3",
@@ -287,10 +192,10 @@ fn vm_links_ipvlan() {
 /// An XFRM interface with if_id 7.
 #[test]
 fn vm_links_xfrm_interface() {
-    if needs_vm(&[Feature::XfrmInterface]) {
-        return LINKS.run("vm_links_xfrm_interface").assert_success();
+    if LINKS.delegate("vm_links_xfrm_interface", &[Feature::XfrmInterface]) {
+        return;
     }
-    let ns = Netns::new("xfrmi");
+    let ns = TestNetns::new("svmt-xfrmi");
     ns.ip(&["link", "add", "xfrm7", "type", "xfrm", "if_id", "7"]);
     ns.ip(&["link", "set", "xfrm7", "up"]);
     let shown = ns.ip(&["-d", "link", "show", "xfrm7"]);
@@ -300,12 +205,11 @@ fn vm_links_xfrm_interface() {
 /// In the guest every probe must say yes (the stock kernel has them all).
 #[test]
 fn vm_links_guest_kernel_has_every_feature() {
+    let all = [Feature::Esp, Feature::Ipvlan, Feature::XfrmInterface];
+    if LINKS.delegate("vm_links_guest_kernel_has_every_feature", &all) {
+        return;
+    }
     if !in_vm() {
-        if needs_vm(&[Feature::Esp, Feature::Ipvlan, Feature::XfrmInterface]) {
-            return LINKS
-                .run("vm_links_guest_kernel_has_every_feature")
-                .assert_success();
-        }
         return; // this host's kernel is complete enough; nothing to prove here
     }
     let missing: Vec<&Feature> = Feature::ALL.iter().filter(|f| !kernel_has(**f)).collect();
@@ -323,12 +227,6 @@ fn probes_leave_the_host_untouched() {
     eprintln!("host kernel: {answers:?}");
     assert_eq!(before, ip(&["-o", "link", "show"]));
     assert_eq!(ip(&["xfrm", "state"]), "", "probe left an xfrm state");
-}
-
-#[test]
-fn this_test_selects_the_calling_test_exactly() {
-    let t = VmTest::this_test();
-    assert_eq!(t.filter(), "this_test_selects_the_calling_test_exactly");
 }
 
 /// `SCRAMBLER_VM=skip` makes a VM test pass without booting, loudly, on a kernel that

@@ -19,10 +19,7 @@
 
 pub mod attach;
 pub mod conf;
-pub mod dist;
 mod endpoint;
-#[cfg(any(test, feature = "test-util"))]
-pub mod testing;
 pub mod tunnel;
 
 pub use attach::VppAttach;

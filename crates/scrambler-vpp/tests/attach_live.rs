@@ -7,10 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use scrambler_core::fault::{Fault, FaultStage};
-use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::{Attach, AttachRequest, AttachmentId, CniResult, IpConfig, Netns, Tunnel};
+use scrambler_testkit::netns::TestNetns;
+use scrambler_testkit::vpp::{api_sock_resolver, quiet_ipv6, VppInstance};
 use scrambler_vpp::attach::{host_ifname, VppAttach, GATEWAY_TAG};
-use scrambler_vpp::testing::{api_sock_resolver, quiet_ipv6, VppInstance};
 use scrambler_vpp_api::api::af_packet::AfPacketDump;
 use scrambler_vpp_api::api::ip::IpRouteDump;
 use scrambler_vpp_api::api::ip_neighbor::{IpNeighborAddDel, IpNeighborDump};

@@ -10,7 +10,7 @@ mod two_nodes;
 use std::time::Duration;
 
 use scrambler_core::{ClusterSecret, Keys, NodeId, Tunnel};
-use scrambler_vpp::testing::VppInstance;
+use scrambler_testkit::vpp::VppInstance;
 use scrambler_vpp::tunnel::{sa_id, tunnel_instance, Direction, LOST_OUTBOUND};
 use two_nodes::{capture, ping, rotation_steps, TwoNodes};
 

@@ -10,9 +10,9 @@
 //! ```
 //!
 //! The kernel side needs ESP states and xfrm interfaces: on a kernel without them (the
-//! build machine's) the test re-runs in Debian's stock kernel under qemu through
-//! scrambler-vmtest. The guest sees the host's root, so the VPP tree the host extracted to
-//! `target/vpp-dist/vpp` is used as is (extracted before booting).
+//! build machine's) the test re-runs in Debian's stock kernel under qemu. The guest sees
+//! the host's root, so the VPP tree the host extracted to `target/vpp-dist/vpp` is used as
+//! is (extracted before booting).
 //!
 //! The pod's VPP interface is made with `AF_PACKET_API_FLAG_CKSUM_GSO`, as
 //! `scrambler_vpp::attach` does: without it, UDP/TCP from a pod behind VPP leaves the pod's
@@ -24,20 +24,28 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use scrambler_core::keys::spi;
-use scrambler_core::netns::testing::wire::{ping_replies, Capture, Stream};
-use scrambler_core::netns::testing::{veth, TestNetns};
 use scrambler_core::{
     Cluster, ClusterSecret, Keys, Mesh, Netns, Node, NodeId, ReconcileReport, Result, Tunnel,
     TunnelStatus,
 };
-use scrambler_vmtest::{needs_vm, Feature, VmTest, ENV_VM};
-use scrambler_vpp::testing::{self, quiet_ipv6, VppInstance};
+use scrambler_testkit::netns::{veth, TestNetns};
+use scrambler_testkit::vm::{Feature, VmSuite};
+use scrambler_testkit::vpp::{quiet_ipv6, vpp_dist, VppInstance};
+use scrambler_testkit::wire::{capture_bridge, ping_replies, Stream};
 use scrambler_vpp::VppTunnel;
 use scrambler_vpp_api::api::ipsec::IpsecSaV5Dump;
 use scrambler_vpp_api::api::types::AfPacketFlags;
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
 
 const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
+
+/// The VPP tree is extracted on the host (failing, naming how to provide a VPP, when there
+/// is none): the guest sees the host's tree read-only.
+static VM: VmSuite = VmSuite::with("vm_interop_", |t| {
+    t.with_env("SCRAMBLER_VPP_DIST", vpp_dist().display().to_string())
+        .memory_mb(1536)
+        .timeout(Duration::from_secs(900))
+});
 
 const A: u32 = 1; // the VPP node
 const B: u32 = 2; // the kernel node
@@ -147,28 +155,6 @@ fn stream(from: (&TestNetns, u32), to: (&TestNetns, u32)) -> Stream {
     )
 }
 
-/// Boots the VM for this test; fails naming what to provide when there is no VPP to run.
-fn run_in_vm() {
-    if std::env::var(ENV_VM).is_ok_and(|v| v.eq_ignore_ascii_case("skip")) {
-        return VmTest::this_test().run().assert_success();
-    }
-    let have_vpp = std::env::var_os("SCRAMBLER_VPP_DIST").is_some() || testing::tarball().exists();
-    assert!(
-        have_vpp,
-        "no VPP tarball at {}: set SCRAMBLER_VPP_TARBALL to a VPP tarball or SCRAMBLER_VPP_DIST \
-         to a VPP tree (a directory holding bin/vpp)",
-        testing::tarball().display()
-    );
-    // extract on the host: the guest sees the host's tree read-only
-    let dist = testing::vpp_dist();
-    VmTest::this_test()
-        .with_env("SCRAMBLER_VPP_DIST", dist.display().to_string())
-        .memory_mb(1536)
-        .timeout(Duration::from_secs(900))
-        .run()
-        .assert_success();
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -179,8 +165,8 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn vm_interop_vpp_node_and_kernel_node_exchange_esp() {
-    if needs_vm(FEATURES) {
-        return run_in_vm();
+    if VM.delegate("vm_interop_vpp_node_and_kernel_node_exchange_esp", FEATURES) {
+        return;
     }
     rt().block_on(interop());
 }
@@ -248,7 +234,7 @@ async fn interop() {
 
     // pods ping both ways; only ESP with the derived SPIs on the wire
     vpp.vppctl(&["trace", "add", "af-packet-input", "20"]);
-    let cap = Capture::start(&wire);
+    let cap = capture_bridge(&wire);
     let warm = ping(&pod_a, B, 4); // VPP drops the packet that triggers its ARP
     assert!(
         warm >= 3,
@@ -324,7 +310,7 @@ async fn interop() {
     assert_eq!(got, sent, "VPP -> kernel lost packets during rotation");
     assert_eq!(got2, sent2, "kernel -> VPP lost packets during rotation");
 
-    let cap = Capture::start(&wire);
+    let cap = capture_bridge(&wire);
     assert_eq!(ping(&pod_a, B, 3), 3, "pod A -> pod B after rotation");
     assert_eq!(ping(&pod_b, A, 3), 3, "pod B -> pod A after rotation");
     let lines = cap.finish();

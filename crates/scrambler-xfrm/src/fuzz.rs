@@ -143,7 +143,7 @@ fn capture_corpus() {
     let cfg = XfrmConfig::default();
     let secret = ClusterSecret::from_bytes(vec![3; 32]).expect("secret");
     let desired = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).expect("plan");
-    let ns = scrambler_core::netns::testing::TestNetns::new("xf-fuzz");
+    let ns = scrambler_testkit::netns::TestNetns::new("xf-fuzz");
     ns.ip(&[
         "xfrm",
         "policy",

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use scrambler_core::{Keys, Netns, Tunnel};
-use scrambler_vmtest::{kernel_has, Feature};
+use scrambler_testkit::vm::{kernel_has, Feature};
 use scrambler_xfrm::{rotate, LinkMode, StatusTable, XfrmConfig, XfrmTunnel};
 
 fn policies_only() -> XfrmTunnel {
@@ -18,7 +18,7 @@ fn policies_only() -> XfrmTunnel {
     .unwrap()
 }
 
-fn owned_routes(ns: &scrambler_core::netns::testing::TestNetns) -> Vec<String> {
+fn owned_routes(ns: &scrambler_testkit::netns::TestNetns) -> Vec<String> {
     ns.ip(&["route", "show", "proto", "92"])
         .lines()
         .map(str::to_string)
@@ -328,7 +328,7 @@ fn missing_esp_is_unsupported_and_leaves_the_guard_in_place() {
 #[test]
 fn interface_creation_needs_xfrm_interfaces() {
     let has_xfrm_interfaces = kernel_has(Feature::XfrmInterface);
-    let ns = scrambler_core::netns::testing::TestNetns::new("xf-noif");
+    let ns = scrambler_testkit::netns::TestNetns::new("xf-noif");
     let t = XfrmTunnel::new(XfrmConfig {
         program_states: false,
         ..XfrmConfig::default()

@@ -9,9 +9,10 @@
 mod common;
 
 use common::*;
-use scrambler_core::netns::testing::wire::{ping_replies, Capture, Stream};
 use scrambler_core::{keys, Mesh, Netns, NodeId, Tunnel};
-use scrambler_vmtest::{Feature, VmSuite};
+use scrambler_testkit::capture::Capture;
+use scrambler_testkit::vm::{Feature, VmSuite};
+use scrambler_testkit::wire::{capture_bridge, ping_replies, Stream};
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
 use std::time::{Duration, Instant};
 
@@ -93,7 +94,7 @@ impl Lab {
 
     /// Starts tcpdump on the underlay bridge.
     fn capture(&self) -> Capture {
-        Capture::start(&self.wire)
+        capture_bridge(&self.wire)
     }
 }
 

@@ -1,12 +1,14 @@
 //! `scrambler`: apply the encrypted mesh on a node, show its status, rotate keys, run the lab.
 
 use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "lab")]
 use scrambler::lab::{self, backend::LabBackend, inject::Fault, LabSpec};
 use scrambler::{apply, meshfile, record};
 use scrambler_core::{ClusterSecret, Error, Netns, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "lab")]
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -53,11 +55,25 @@ enum Cmd {
         out: PathBuf,
     },
     /// A multi-node encrypted cluster on this machine, with failure injection.
+    #[cfg(feature = "lab")]
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+    /// The lab: not in this build (build with `--features lab`, as scripts/lab.sh does).
+    #[cfg(not(feature = "lab"))]
+    #[command(disable_help_flag = true)]
+    Lab {
+        /// Whatever was asked of the lab.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
+
+/// What `scrambler lab` says in a build without the lab.
+#[cfg(not(feature = "lab"))]
+const LAB_NOT_BUILT: &str = "this scrambler is built without the lab: build it with \
+     `cargo build --release -p scrambler --features lab` (scripts/lab.sh does)";
 
 #[derive(Args, Clone)]
 struct NodeArgs {
@@ -115,6 +131,7 @@ enum MeshCmd {
     },
 }
 
+#[cfg(feature = "lab")]
 #[derive(Args, Clone)]
 struct LabName {
     /// The lab's name, prefix of all its namespaces: 1-32 ASCII letters, digits, `-`, `_`.
@@ -122,6 +139,7 @@ struct LabName {
     name: String,
 }
 
+#[cfg(feature = "lab")]
 #[derive(Subcommand)]
 enum LabCmd {
     /// Build N nodes, apply the mesh, start pods through the CNI binary.
@@ -301,11 +319,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ClusterSecret::generate_file(&out)?;
             println!("wrote {} (mode 0600)", out.display());
         }
+        #[cfg(feature = "lab")]
         Cmd::Lab { cmd } => return lab_cmd(cmd).await,
+        #[cfg(not(feature = "lab"))]
+        Cmd::Lab { .. } => return Err(Error::config(LAB_NOT_BUILT)),
     }
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "lab")]
 async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     match &cmd {
         LabCmd::VmServe { lab } => {
@@ -405,6 +427,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "lab")]
 /// What `lab up` / `lab run` are asked to build.
 fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
     match cmd {
@@ -430,11 +453,13 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
     }
 }
 
+#[cfg(feature = "lab")]
 /// `lab up` / `lab run --backend`.
 fn lab_backend(name: &str) -> Result<LabBackend> {
     name.parse().map_err(Error::Unsupported)
 }
 
+#[cfg(feature = "lab")]
 /// Refuses bad arguments before anything is built or booted: the lab's name, and for `lab
 /// up` / `lab run` the node and pod counts, the backend and (for VPP backends) a VPP.
 fn check_lab_args(cmd: &LabCmd) -> Result<()> {
@@ -456,6 +481,7 @@ fn check_lab_args(cmd: &LabCmd) -> Result<()> {
     }
 }
 
+#[cfg(feature = "lab")]
 /// On a kernel without ESP, the lab lives in a VM (see `lab::session`): `lab up` boots it
 /// and `lab down` powers it off, the other steps are sent to it, and `lab run` boots one
 /// for the whole tour. A `lab up` or `lab run` that fails leaves no VM behind.
@@ -515,11 +541,13 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
     }
 }
 
+#[cfg(feature = "lab")]
 /// A process exit status as this process's exit code (out-of-range statuses become 1).
 fn exit_code(status: i32) -> ExitCode {
     ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
 
+#[cfg(feature = "lab")]
 /// The whole tour; always takes the lab down, even on failure.
 async fn lab_run(
     name: &str,
@@ -551,6 +579,7 @@ async fn lab_run(
     })
 }
 
+#[cfg(feature = "lab")]
 async fn lab_tour(spec: LabSpec, no_inject: bool) -> Result<bool> {
     let name = spec.name.clone();
     lab::up(spec).await?;
@@ -587,6 +616,7 @@ async fn lab_tour(spec: LabSpec, no_inject: bool) -> Result<bool> {
     Ok(pass)
 }
 
+#[cfg(feature = "lab")]
 /// True for a lab that runs on any kernel because every node is VPP: `lab up`/`lab run
 /// --backend vpp`, and the later steps of such a lab built here (not in a lab VM).
 fn vpp_only_lab(cmd: &LabCmd) -> bool {

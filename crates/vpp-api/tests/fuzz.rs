@@ -5,7 +5,7 @@
 //! and synthetic segments ([`write_stats_corpus`]); `SCRAMBLER_FUZZ_CASES` runs longer.
 
 use scrambler_fuzz::{Shape, Target};
-use scrambler_vpp::testing::VppInstance;
+use scrambler_testkit::vpp::VppInstance;
 use scrambler_vpp_api::api::{self, interface, ip, ipip, ipsec, memclnt, types};
 use scrambler_vpp_api::message::decode_message;
 use scrambler_vpp_api::stats::StatsClient;

@@ -1,6 +1,6 @@
 //! Against a real VPP (see `../shared/vpp/README.md`) running in a test network namespace.
 
-use scrambler_vpp::testing::VppInstance;
+use scrambler_testkit::vpp::VppInstance;
 use scrambler_vpp_api::api::af_packet::AfPacketCreateV3;
 use scrambler_vpp_api::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
 use scrambler_vpp_api::api::ip::IpAddressDump;

@@ -2,7 +2,7 @@
 //! `scrambler-cni` binary (or any CNI plugin) inside the node namespace as a runtime does.
 #![allow(dead_code)]
 
-use scrambler_core::netns::testing::TestNetns;
+use scrambler_testkit::netns::TestNetns;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};

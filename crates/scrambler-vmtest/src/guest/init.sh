@@ -76,6 +76,11 @@ $B cp /scrambler/prepare.sh /scrambler/run-test.sh $V/ || die "copy guest script
 
 $B chroot $N /run/scrambler-vm/fallback/busybox sh /run/scrambler-vm/prepare.sh \
     || die "prepare.sh (modules, files)"
+# A syslog sink (/dev/log, into a file): without one, daemons' syslog falls back to the
+# console (LOG_CONS) and their lines split libtest's result lines, e.g. VPP's "received
+# signal SIGTERM" as a test stops it.
+$B chroot $N /run/scrambler-vm/fallback/busybox syslogd -O /run/scrambler-vm/syslog \
+    || die "start syslogd"
 echo "scrambler-vmtest: guest ready after $($B cut -d' ' -f1 /proc/uptime) s of uptime"
 $B chroot $N /run/scrambler-vm/fallback/busybox sh /run/scrambler-vm/run-test.sh
 finish $?

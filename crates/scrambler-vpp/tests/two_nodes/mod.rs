@@ -6,11 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use scrambler_core::netns::testing::veth;
 use scrambler_core::{
     Cluster, ClusterSecret, Generation, Keys, Mesh, Node, NodeId, ReconcileReport, Tunnel,
 };
-use scrambler_vpp::testing::{api_sock_resolver, quiet_ipv6, VppInstance};
+use scrambler_testkit::netns::veth;
+use scrambler_testkit::vpp::{api_sock_resolver, quiet_ipv6, VppInstance};
 use scrambler_vpp::tunnel::VppTunnel;
 
 /// The two nodes, the dataplane driving both, and their cluster.

@@ -1,8 +1,8 @@
 //! Shared helpers of the netns and VM tests.
 #![allow(dead_code)]
 
-use scrambler_core::netns::testing::TestNetns;
 use scrambler_core::{ClusterSecret, Keys, Mesh, Node, NodeId};
+use scrambler_testkit::netns::TestNetns;
 
 pub fn secret() -> ClusterSecret {
     ClusterSecret::from_bytes(vec![0x42; 32]).unwrap()
@@ -74,7 +74,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 
 /// The VM tests' namespaces (shared module: the netns tests do not use it).
 #[allow(unused_imports)]
-pub use scrambler_core::netns::testing::TestNetns as Ns;
+pub use scrambler_testkit::netns::TestNetns as Ns;
 
 /// Someone else's policy, as an IKE daemon would install it (reqid 7, no if_id, outside
 /// Scrambler's priority band): reconcile and remove must leave it alone.

@@ -8,94 +8,36 @@
 //! through any node's port, once. (A capture on the bridge device alone would miss unicast
 //! that the bridge forwards port to port.)
 
-use super::cmd;
 use ipnet::IpNet;
 use scrambler_core::{Error, Result};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
-/// A running tcpdump on an interface of a namespace.
-pub struct Capture {
-    child: Option<Child>,
-    file: PathBuf,
-}
+/// A running capture of the lab's underlay.
+pub struct Capture(scrambler_testkit::capture::Capture);
 
 impl Capture {
     /// Starts capturing what enters every interface of `netns` into `file`; returns once
     /// tcpdump listens.
     pub fn start(netns: &str, file: &Path) -> Result<Capture> {
-        let iface = "any";
-        let _ = std::fs::remove_file(file);
-        let mut child = Command::new(cmd::ip_bin())
-            .args([
-                "netns", "exec", netns, "tcpdump", "-i", iface, "-Q", "in", "-nn", "-U",
-            ])
-            .arg("--immediate-mode")
-            .args(["-Z", "root"])
-            .args(["-s", "256", "-w"])
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::io("start tcpdump on", format!("{iface} in {netns}"), e))?;
-        // tcpdump says "listening on …" once the socket is bound.
-        let stderr = child.stderr.take();
-        let mut ready = false;
-        if let Some(err) = stderr {
-            let mut lines = BufReader::new(err).lines();
-            for line in lines.by_ref().map_while(|l| l.ok()) {
-                if line.contains("listening on") {
-                    ready = true;
-                    break;
-                }
-            }
-            // keep draining in the background so tcpdump never blocks on a full pipe
-            std::thread::spawn(move || for _ in lines {});
-        }
-        if !ready {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::Dataplane {
-                dataplane: "lab".into(),
-                op: format!("capture {iface} in {netns}"),
-                reason: "tcpdump exited before listening".into(),
-            });
-        }
-        Ok(Capture {
-            child: Some(child),
-            file: file.to_path_buf(),
-        })
+        scrambler_testkit::capture::Capture::on(netns, "any")
+            .inbound()
+            .snaplen(256)
+            .to_file(file)
+            .start()
+            .map(Capture)
+            .map_err(|e| Error::io("capture", format!("the underlay in {netns}"), e))
     }
 
     /// Stops tcpdump (flushing the file) and judges the capture.
-    pub fn stop(mut self, pods: &[IpNet]) -> Result<Verdict> {
-        // Let tcpdump read what the kernel still holds for it before it is told to stop.
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        self.terminate();
-        let data = std::fs::read(&self.file)
-            .map_err(|e| Error::io("read capture", self.file.display(), e))?;
+    pub fn stop(self, pods: &[IpNet]) -> Result<Verdict> {
+        let file = self.0.file().to_path_buf();
+        let data = self
+            .0
+            .pcap()
+            .map_err(|e| Error::io("read capture", file.display(), e))?;
         judge(&data, pods)
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            // `ip netns exec` execs tcpdump, so the pid is tcpdump's own.
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.terminate();
     }
 }
 

@@ -1,4 +1,4 @@
-//! Running the lab's helper programs (iproute2, ping, tcpdump) with errors that name them.
+//! Running the lab's helper programs (iproute2, ping) with errors that name them.
 
 use scrambler_core::{Error, Result};
 use std::process::{Command, Output, Stdio};

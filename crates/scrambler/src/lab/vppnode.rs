@@ -4,7 +4,7 @@
 //! A VPP node is the same namespace on the underlay bridge as a kernel node, with one VPP
 //! process running inside it:
 //!
-//! * the VPP is the one [`scrambler_vpp::dist::find`] finds: `SCRAMBLER_VPP_DIST` (a VPP
+//! * the VPP is the one [`scrambler_testkit::dist::find`] finds: `SCRAMBLER_VPP_DIST` (a VPP
 //!   tree or a tarball of one), else an installed VPP (`vpp` on PATH), else the project's
 //!   CI fixture;
 //! * its run directory is `<lab dir>/vpp-n<i>/` (startup.conf, `api.sock`, `cli.sock`, log,
@@ -21,7 +21,7 @@
 
 use super::{cmd, topology, LabState};
 use scrambler_core::{Backend, Error, Result, TunnelDataplane};
-use scrambler_vpp::dist::VppInstall;
+use scrambler_testkit::dist::VppInstall;
 use scrambler_vpp_api::api::af_packet::AfPacketCreateV3;
 use scrambler_vpp_api::api::interface::{
     SwInterfaceAddDelAddress, SwInterfaceSetFlags, SwInterfaceSetRxMode,
@@ -66,9 +66,9 @@ fn uplink_mac(i: usize) -> Result<[u8; 6]> {
     Ok([0x02, 0xfe, 0, 0, 1, last])
 }
 
-/// The VPP the lab runs (see [`scrambler_vpp::dist::find`]).
+/// The VPP the lab runs (see [`scrambler_testkit::dist::find`]).
 pub fn dist() -> Result<VppInstall> {
-    scrambler_vpp::dist::find().map_err(|e| Error::config(format!("VPP lab: {e}")))
+    scrambler_testkit::dist::find().map_err(|e| Error::config(format!("VPP lab: {e}")))
 }
 
 /// `SCRAMBLER_VPP_DIST` for the lab VM: the VPP tree found here (the guest sees this

@@ -1,13 +1,13 @@
-//! Test helpers: a real VPP running inside a test network namespace.
+//! A real VPP running inside a test network namespace.
 //!
-//! The VPP build comes from the project's CI fixture `vpp-dist.tar.xz` (see
-//! [`crate::dist`]), extracted once into `target/vpp-dist/` and re-extracted when the
-//! tarball changes. Override with `SCRAMBLER_VPP_TARBALL` (another tarball) or
-//! `SCRAMBLER_VPP_DIST` (a VPP tree or a tarball of one). Each [`VppInstance`] has its own namespace, run directory and API prefix; it is
-//! killed and its namespace removed on drop, also when a test panics (and, through
+//! The VPP build is the one [`crate::dist::locate`] finds (`SCRAMBLER_VPP_DIST`, else the
+//! project's CI fixture tarball extracted once into `target/vpp-dist/`). Each
+//! [`VppInstance`] has its own namespace, run directory and API prefix; it is killed and
+//! its namespace removed on drop, also when a test panics (and, through
 //! `PR_SET_PDEATHSIG`, when the test process dies).
 
-use scrambler_core::netns::testing::TestNetns;
+use crate::capture::Capture;
+use crate::netns::TestNetns;
 use scrambler_core::Netns;
 use scrambler_vpp_api::api::af_packet::{AfPacketCreateV3, AfPacketDump};
 use scrambler_vpp_api::api::interface::{SwInterfaceAddDelAddress, SwInterfaceSetFlags};
@@ -21,11 +21,6 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The VPP tarball (see [`crate::dist::tarball`]).
-pub fn tarball() -> PathBuf {
-    crate::dist::tarball()
-}
 
 /// The extracted VPP tree (see [`crate::dist::locate`]); panics when there is none.
 pub fn vpp_dist() -> PathBuf {
@@ -220,32 +215,12 @@ impl VppInstance {
     /// returns tcpdump's text of the packets that match the pcap `filter` (empty: all)
     /// and what `f` returned.
     pub fn capture<T>(&self, dev: &str, filter: &str, f: impl FnOnce() -> T) -> (String, T) {
-        let file = self.run_dir.join(format!("{dev}.pcap"));
-        let mut td = Command::new("ip")
-            .args(["netns", "exec", &self.netns.name, "tcpdump", "-nni", dev])
-            .args(["-U", "-w"])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tcpdump");
-        std::thread::sleep(Duration::from_millis(1500));
+        let cap = Capture::on(&self.netns.name, dev)
+            .to_file(self.run_dir.join(format!("{dev}.pcap")))
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
         let r = f();
-        std::thread::sleep(Duration::from_millis(300));
-        if let Ok(pid) = i32::try_from(td.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGINT,
-            );
-        }
-        let _ = td.wait();
-        let mut cmd = Command::new("tcpdump");
-        cmd.arg("-nnr").arg(&file);
-        if !filter.is_empty() {
-            cmd.arg(filter);
-        }
-        let out = cmd.output().expect("tcpdump -r");
-        (String::from_utf8_lossy(&out.stdout).into_owned(), r)
+        (cap.text(filter).unwrap_or_else(|e| panic!("{e}")), r)
     }
 
     /// VPP's stdout and log, for failure messages.
@@ -310,8 +285,8 @@ pub fn quiet_ipv6(ns: &TestNetns) {
     }
 }
 
-/// A socket resolver for [`crate::VppTunnel::with_resolver`] and
-/// [`crate::VppAttach::with_resolver`]: the namespace of each of `vpps` to its `api.sock`.
+/// A socket resolver for `scrambler_vpp::VppTunnel::with_resolver` and
+/// `scrambler_vpp::VppAttach::with_resolver`: the namespace of each of `vpps` to its `api.sock`.
 pub fn api_sock_resolver(
     vpps: &[&VppInstance],
 ) -> impl Fn(&Netns) -> scrambler_core::Result<PathBuf> + Clone + Send + Sync + 'static {

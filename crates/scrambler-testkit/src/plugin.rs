@@ -1,9 +1,9 @@
 //! Checks every CNI plugin binary of the workspace must pass, run against the built binary
-//! as a person or a runtime runs it (feature `test-util`). A plugin crate's integration
+//! as a person or a runtime runs it. A plugin crate's integration
 //! test runs them all with [`plugin_binary_tests!`](crate::plugin_binary_tests).
 
-use crate::cni::MAX_CONF_BYTES;
-use crate::result::SUPPORTED_VERSIONS;
+use scrambler_core::cni::MAX_CONF_BYTES;
+use scrambler_core::result::SUPPORTED_VERSIONS;
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::io::Write;
@@ -158,16 +158,16 @@ macro_rules! plugin_binary_tests {
     ($bin:expr, $name:expr, $conf:expr) => {
         #[test]
         fn help_version_and_no_command_print_the_about_line() {
-            $crate::plugin_testing::assert_answers_a_person(::std::path::Path::new($bin), $name);
+            $crate::plugin::assert_answers_a_person(::std::path::Path::new($bin), $name);
         }
 
         #[test]
         fn non_utf8_variables_are_code_4_only_when_they_are_cni_ones() {
             let data = tempfile::tempdir().unwrap();
             let make: fn(&::std::path::Path) -> serde_json::Value = $conf;
-            $crate::plugin_testing::assert_non_utf8_environment(
+            $crate::plugin::assert_non_utf8_environment(
                 ::std::path::Path::new($bin),
-                &$crate::plugin_testing::add_env(),
+                &$crate::plugin::add_env(),
                 make(data.path()).to_string().as_bytes(),
             );
             let left: Vec<_> = ::std::fs::read_dir(data.path()).unwrap().collect();
@@ -176,9 +176,9 @@ macro_rules! plugin_binary_tests {
 
         #[test]
         fn a_conf_over_one_mib_is_code_6() {
-            $crate::plugin_testing::assert_conf_is_capped(
+            $crate::plugin::assert_conf_is_capped(
                 ::std::path::Path::new($bin),
-                &$crate::plugin_testing::add_env(),
+                &$crate::plugin::add_env(),
             );
         }
     };
