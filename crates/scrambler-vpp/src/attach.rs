@@ -164,8 +164,8 @@ pub fn pod_tag(network: &str, id: &AttachmentId) -> String {
     fitted_tag(&format!("{POD_TAG_PREFIX}{}/", network_digest(network)), id)
 }
 
-/// The tag releases before the network digest gave `id`'s interface
-/// (`scrambler:pod=<container id>/<ifname>`): DEL still removes such interfaces.
+/// The tag form without the network digest (`scrambler:pod=<container id>/<ifname>`):
+/// DEL also removes an interface that carries it.
 fn legacy_pod_tag(id: &AttachmentId) -> String {
     fitted_tag(POD_TAG_PREFIX, id)
 }
