@@ -25,6 +25,7 @@ use scrambler_core::{
     Attach, AttachRequest, AttachmentId, Backend, CniResult, Error, NetConf, Netns, Result,
 };
 use scrambler_ipvlan::IpvlanAttach;
+use scrambler_netlink::AttachSockets;
 use scrambler_vpp::{VppAttach, VppConf};
 
 /// Why an ADD failed, as far as undoing it goes: the IPAM may hold addresses for the
@@ -49,21 +50,22 @@ impl AddError {
 /// The IPAM's allocation for an attachment, still running.
 pub type Allocation<'a> = BoxFuture<'a, std::result::Result<CniResult, AddError>>;
 
-/// An [`Attach`] as the CNI plugin drives it.
+/// An [`Attach`] as the CNI plugin drives it, through the [`AttachSockets`] the plugin
+/// opens once per command.
 #[async_trait]
-pub trait CniBackend: Attach {
+pub trait CniBackend: Attach<Sockets = AttachSockets> {
     /// Attaches `req` with the addresses `allocation` yields. The default awaits the
     /// allocation, then calls [`Attach::attach`]; a backend may instead do the work that
     /// needs no addresses (creating the interface) while the allocation runs, as long as it
     /// awaits the allocation in every case and removes what it made when either side fails.
     async fn attach_allocating(
         &self,
-        host: &Netns,
+        sockets: &AttachSockets,
         req: &AttachRequest,
         allocation: Allocation<'_>,
     ) -> std::result::Result<CniResult, AddError> {
         let addrs = allocation.await?;
-        self.attach(host, req, &addrs)
+        self.attach(sockets, req, &addrs)
             .await
             .map_err(AddError::Leased)
     }
@@ -84,11 +86,11 @@ pub trait CniBackend: Attach {
 impl CniBackend for VethAttach {
     async fn attach_allocating(
         &self,
-        host: &Netns,
+        sockets: &AttachSockets,
         req: &AttachRequest,
         allocation: Allocation<'_>,
     ) -> std::result::Result<CniResult, AddError> {
-        VethAttach::attach_allocating(self, host, req, allocation).await
+        VethAttach::attach_allocating(self, sockets, req, allocation).await
     }
 
     async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {

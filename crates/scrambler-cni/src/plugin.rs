@@ -12,6 +12,7 @@ use crate::ipam::{self, SelectedIpam};
 use crate::protocol::{self, Outcome, Request};
 use scrambler_core::fault::FaultStage;
 use scrambler_core::{AllocRequest, AttachRequest, CniResult, Error, Netns, Result, TunnelStatus};
+use scrambler_netlink::AttachSockets;
 use std::path::PathBuf;
 use tracing::Instrument;
 
@@ -99,7 +100,8 @@ fn attach_request(req: &Request) -> AttachRequest {
 async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
     let backend = backend(req)?;
     let areq = attach_request(req);
-    scrambler_netlink::check_pod_netns(&areq.pod_netns)?;
+    // the pod namespace is checked here, once, and the connections opened for the command
+    let sockets = AttachSockets::open_for_add(host, &areq).await?;
     let prev = protocol::prev_result(&req.conf)?;
     let ipam = ipam::select(&req.conf, &req.raw, &req.env)?;
     let alloc = AllocRequest {
@@ -119,7 +121,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
             .map_err(AddError::Leased)?;
         Ok(addrs)
     });
-    let mut result = match backend.attach_allocating(host, &areq, allocation).await {
+    let mut result = match backend.attach_allocating(&sockets, &areq, allocation).await {
         Ok(r) => r,
         Err(AddError::Unleased(e)) => return Err(e),
         Err(AddError::Leased(e)) => {
@@ -137,7 +139,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
     {
         Ok(v) => Ok(v),
         Err(e) => {
-            if let Err(e2) = backend.detach(host, &areq).await {
+            if let Err(e2) = backend.detach(&sockets, &areq).await {
                 tracing::error!(error = %e2, "undo: detach failed");
             }
             release_after_failure(&ipam, &areq).await;
@@ -155,7 +157,10 @@ async fn release_after_failure(ipam: &SelectedIpam, areq: &AttachRequest) {
 async fn del(req: &Request, host: &Netns) -> Result<()> {
     let areq = attach_request(req);
     let detached = match backend(req) {
-        Ok(b) => b.detach(host, &areq).await,
+        Ok(b) => match AttachSockets::open_for_del(host, &areq.pod_netns).await {
+            Ok(sockets) => b.detach(&sockets, &areq).await,
+            Err(e) => Err(e),
+        },
         // nothing of an unbuilt backend can exist; still release the addresses
         Err(Error::Unsupported(why)) => {
             tracing::info!(%why, "DEL: backend unavailable, releasing IPAM only");
@@ -177,7 +182,8 @@ async fn check(req: &Request, host: &Netns) -> Result<()> {
     let areq = attach_request(req);
     let prev = protocol::prev_result(&req.conf)?
         .ok_or_else(|| Error::config("CHECK without \"prevResult\""))?;
-    backend.check(host, &areq, &prev).await?;
+    let sockets = AttachSockets::open(host, &areq.pod_netns).await?;
+    backend.check(&sockets, &areq, &prev).await?;
     let ipam = ipam::select(&req.conf, &req.raw, &req.env)?;
     let leases = ipam.ipam().check(&areq.id).await?;
     if let SelectedIpam::Builtin(_) = ipam {

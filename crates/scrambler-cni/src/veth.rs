@@ -34,10 +34,10 @@ use scrambler_core::{
     esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result, Route,
 };
 use scrambler_netlink::address::Scope;
-use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces};
-use scrambler_netlink::{
-    check_pod_netns, route_present, sysctl, Exists, Nl, PodSockets, RouteSpec,
+use scrambler_netlink::veth::{
+    check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces, Initially,
 };
+use scrambler_netlink::{route_present, sysctl, AttachSockets, Exists, Nl, RouteSpec};
 use std::net::IpAddr;
 
 /// The routed-pod plan this attachment shares with scrambler-vpp's: the gateways (addresses
@@ -131,23 +131,22 @@ impl VethAttach {
     }
 
     /// ADD with the addresses `allocation` yields: the veth pair is created while the
-    /// allocation runs (so a durable lease write overlaps the kernel's work), then given
-    /// its addresses and routes. Whatever fails, the allocation has finished and the pair
-    /// is gone before this returns.
+    /// allocation runs (so the lease write overlaps the kernel's work), then given its
+    /// addresses and routes. Whatever fails, the allocation has finished and the pair is
+    /// gone before this returns.
     pub async fn attach_allocating(
         &self,
-        host: &Netns,
+        sockets: &AttachSockets,
         req: &AttachRequest,
         allocation: Allocation<'_>,
     ) -> std::result::Result<CniResult, AddError> {
-        check_pod_netns(&req.pod_netns).map_err(AddError::Unleased)?;
-        match futures::join!(self.create(host, req), allocation) {
+        match futures::join!(self.create(sockets, req), allocation) {
             (Ok(created), Ok(addrs)) => self
-                .configure(&created, req, &addrs)
+                .configure(sockets, &created, req, &addrs)
                 .await
                 .map_err(AddError::Leased),
-            (Ok(created), Err(e)) => {
-                self.remove_created(&created.host, req).await;
+            (Ok(_), Err(e)) => {
+                self.remove_created(sockets.host(), req).await;
                 Err(e)
             }
             (Err(e), Ok(_)) => Err(AddError::Leased(e)),
@@ -158,40 +157,52 @@ impl VethAttach {
         }
     }
 
-    /// Creates the veth pair of `req`, both names being free, with the pod MTU.
-    async fn create(&self, host: &Netns, req: &AttachRequest) -> Result<Created> {
-        let PodSockets {
-            host: host_nl,
-            pod: pod_nl,
-        } = PodSockets::open_for_add(host, req).await?;
+    /// Creates the veth pair of `req`, the node end up, with the pod MTU. Its pod name is
+    /// free (`sockets` were opened for this ADD); a host name that is taken is reported
+    /// as an attachment that is already attached.
+    async fn create(&self, sockets: &AttachSockets, req: &AttachRequest) -> Result<Created> {
+        let host = sockets.host();
         let host_name = host_ifname(&req.id);
-        let ((), mtu) = futures::try_join!(
-            host_ifname_free(&host_nl, &host_name, &req.id),
-            self.pod_mtu(&host_nl, req.mtu),
-        )?;
-        tracing::debug!(stage = "netlink open, names free");
-        create_pod_veth(&host_nl, &host_name, &req.pod_netns, &req.id.ifname, mtu).await?;
-        tracing::debug!(stage = "veth created");
-        Ok(Created {
-            host: host_nl,
-            pod: pod_nl,
+        let mtu = self.pod_mtu(host, req.mtu).await?;
+        let pod_netns = &req.pod_netns;
+        match create_pod_veth(
+            host,
+            &host_name,
+            pod_netns,
+            &req.id.ifname,
             mtu,
-        })
+            Initially::Up,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(e @ Error::AlreadyExists { .. }) => {
+                host_ifname_free(host, &host_name, &req.id).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::debug!(stage = "veth created");
+        Ok(Created { mtu })
     }
 
     /// Gives the pair `created` the addresses `addrs` and the routes; removes the pair when
     /// that fails.
     async fn configure(
         &self,
+        sockets: &AttachSockets,
         created: &Created,
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult> {
         let configured = match addrs.require_addresses() {
-            Ok(()) => {
-                let (host, pod) = (&created.host, &created.pod);
-                self.attach_inner(host, pod, req, addrs, created.mtu).await
-            }
+            Ok(()) => match sockets.pod() {
+                Ok(pod) => {
+                    self.attach_inner(sockets.host(), pod, req, addrs, created.mtu)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match configured {
@@ -202,7 +213,7 @@ impl VethAttach {
             }
             Err(e) => {
                 tracing::warn!(attachment = %req.id, error = %e, "attach failed, removing veth");
-                self.remove_created(&created.host, req).await;
+                self.remove_created(sockets.host(), req).await;
                 Err(e)
             }
         }
@@ -218,6 +229,9 @@ impl VethAttach {
         }
     }
 
+    /// Configures the pair just created (the node end up): the node side (alias, gateway
+    /// addresses, forwarding, the routes to the pod) and the pod side (addresses, link up,
+    /// the gateway's link route) side by side, then the pod's routes via the gateway.
     async fn attach_inner(
         &self,
         host: &Nl,
@@ -228,67 +242,67 @@ impl VethAttach {
     ) -> Result<CniResult> {
         let host_name = host_ifname(&req.id);
         self.fault(FaultStage::AfterVeth)?;
-        let host_link = host.existing_link(&host_name).await?;
-        host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
-            .await?;
-        let pod_link = pod.existing_link(&req.id.ifname).await?;
+        let (host_link, pod_link) = futures::try_join!(
+            host.existing_link(&host_name),
+            pod.existing_link(&req.id.ifname)
+        )?;
         let has_v6 = addrs.ips.iter().any(|c| c.address.addr().is_ipv6());
         let has_v4 = addrs.ips.iter().any(|c| c.address.addr().is_ipv4());
-
-        // node side: gateway addresses, forwarding, link up
-        if has_v4 {
-            let gw4 = IpNet::from(IpAddr::V4(GATEWAY_V4));
-            host.add_address(&host_link, gw4, Scope::Link, Exists::Fail)
-                .await?;
-            sysctl::ensure(host.netns(), "net/ipv4/ip_forward", "1").await?;
-        }
-        if has_v6 {
-            let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64)
-                .map_err(|e| Error::config(format!("gateway: {e}")))?;
-            host.add_address(&host_link, gw6, Scope::Link, Exists::Fail)
-                .await?;
-            sysctl::ensure(host.netns(), "net/ipv6/conf/all/forwarding", "1").await?;
-        }
-        host.set_up(host_link.index, &host_name).await?;
-
-        // pod side: addresses as host routes, link up
         let interfaces = pod_interfaces(&host_link, &pod_link, mtu, &req.pod_netns);
         let result = pod_result(addrs, interfaces);
-        for ipc in &result.ips {
-            pod.add_address(&pod_link, ipc.address, Scope::Global, Exists::Fail)
-                .await?;
-        }
-        pod.set_up(pod_link.index, &req.id.ifname).await?;
+        let gw4 = IpNet::from(IpAddr::V4(GATEWAY_V4));
+
+        let node_side = async {
+            let alias = self.alias(&req.id);
+            host.set_alias(host_link.index, &host_name, &alias).await?;
+            if has_v4 {
+                host.add_address(&host_link, gw4, Scope::Link, Exists::Fail)
+                    .await?;
+                sysctl::ensure(host.netns(), "net/ipv4/ip_forward", "1").await?;
+            }
+            if has_v6 {
+                let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64)
+                    .map_err(|e| Error::config(format!("gateway: {e}")))?;
+                host.add_address(&host_link, gw6, Scope::Link, Exists::Fail)
+                    .await?;
+                sysctl::ensure(host.netns(), "net/ipv6/conf/all/forwarding", "1").await?;
+            }
+            for ipc in &result.ips {
+                let to_pod = RouteSpec::new(ipc.address, None, host_link.index);
+                host.add_route(&to_pod, Exists::Fail).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        let pod_side = async {
+            for ipc in &result.ips {
+                pod.add_address(&pod_link, ipc.address, Scope::Global, Exists::Fail)
+                    .await?;
+            }
+            pod.set_up(pod_link.index, &req.id.ifname).await?;
+            if has_v4 {
+                pod.add_route(&RouteSpec::new(gw4, None, pod_link.index), Exists::Fail)
+                    .await?;
+            }
+            Ok::<(), Error>(())
+        };
+        futures::try_join!(node_side, pod_side)?;
         tracing::debug!(stage = "node side and pod addresses set");
         self.fault(FaultStage::AfterPodAddr)?;
 
         // pod routes via the gateway
-        if has_v4 {
-            let gw4 = IpNet::from(IpAddr::V4(GATEWAY_V4));
-            pod.add_route(&RouteSpec::new(gw4, None, pod_link.index), Exists::Fail)
-                .await?;
-        }
         for r in &result.routes {
             pod.add_route(&RouteSpec::of(r, pod_link.index), Exists::Fail)
                 .await?;
         }
         tracing::debug!(stage = "pod routes set");
         self.fault(FaultStage::AfterPodRoutes)?;
-
-        // node routes to the pod
-        for ipc in &result.ips {
-            let to_pod = RouteSpec::new(ipc.address, None, host_link.index);
-            host.add_route(&to_pod, Exists::Fail).await?;
-        }
         self.fault(FaultStage::AfterHostRoute)?;
         Ok(result)
     }
 }
 
-/// A veth pair just created for an attachment, with the connections to both namespaces.
+/// A veth pair just created for an attachment.
 struct Created {
-    host: Nl,
-    pod: Nl,
     mtu: u32,
 }
 
@@ -305,22 +319,26 @@ async fn host_ifname_free(host: &Nl, name: &str, id: &AttachmentId) -> Result<()
 
 #[async_trait]
 impl Attach for VethAttach {
+    type Sockets = AttachSockets;
+
     async fn attach(
         &self,
-        host: &Netns,
+        sockets: &AttachSockets,
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult> {
         addrs.require_addresses()?;
-        let created = self.create(host, req).await?;
-        self.configure(&created, req, addrs).await
+        let created = self.create(sockets, req).await?;
+        self.configure(sockets, &created, req, addrs).await
     }
 
-    async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
-        let PodSockets {
-            host: host_nl,
-            pod: pod_nl,
-        } = PodSockets::open(host, req).await?;
+    async fn check(
+        &self,
+        sockets: &AttachSockets,
+        req: &AttachRequest,
+        expected: &CniResult,
+    ) -> Result<()> {
+        let (host_nl, pod_nl) = (sockets.host(), sockets.pod()?);
         let mut diffs: Vec<String> = Vec::new();
         let sb = req.pod_netns.sandbox();
         let Some(pod_idx) = expected.interface_index(&req.id.ifname, &sb) else {
@@ -332,7 +350,7 @@ impl Attach for VethAttach {
         let want = &expected.interfaces[pod_idx];
         let want_mtu = match want.mtu {
             Some(m) => m,
-            None => self.pod_mtu(&host_nl, req.mtu).await?,
+            None => self.pod_mtu(host_nl, req.mtu).await?,
         };
         let pod_ips = expected.addresses_of(pod_idx);
 
@@ -382,7 +400,7 @@ impl Attach for VethAttach {
             (true, "net/ipv6/conf/all/forwarding"),
         ] {
             if pod_ips.iter().any(|a| a.addr().is_ipv6() == v6)
-                && sysctl::read(host, key).await? != "1"
+                && sysctl::read(host_nl.netns(), key).await? != "1"
             {
                 diffs.push(format!("forwarding is off in the node ({key})"));
             }
@@ -390,8 +408,8 @@ impl Attach for VethAttach {
         req.id.check_outcome(&diffs)
     }
 
-    async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
-        let nl = Nl::open(host).await?;
+    async fn detach(&self, sockets: &AttachSockets, req: &AttachRequest) -> Result<()> {
+        let nl = sockets.host();
         let host_name = host_ifname(&req.id);
         match nl.link_by_name(&host_name).await? {
             None => {

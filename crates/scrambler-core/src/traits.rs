@@ -252,34 +252,55 @@ pub struct AttachRequest {
 
 /// Puts an interface into a pod's network namespace.
 ///
+/// A driver holds only its topology (network, mode, MTU policy): the caller opens the
+/// connections into the node's and the pod's namespace once per command, checking the pod
+/// namespace on the way, and hands them to every call as [`Attach::Sockets`] (all of
+/// Scrambler's attachments use scrambler-netlink's `AttachSockets`, whose `open_for_add`,
+/// `open` and `open_for_del` are the prologues of ADD, CHECK and DEL).
+///
 /// ```no_run
 /// use scrambler_core::{Attach, AttachRequest, AttachmentId, CniResult, Netns};
-/// async fn add(attach: &dyn Attach, addrs: &CniResult) -> scrambler_core::Result<CniResult> {
+/// async fn add<A: Attach + ?Sized>(
+///     attach: &A,
+///     sockets: &A::Sockets, // opened by the caller for this pod's ADD
+///     addrs: &CniResult,
+/// ) -> scrambler_core::Result<CniResult> {
 ///     let req = AttachRequest {
 ///         id: AttachmentId::new("c0ffee", "eth0"),
 ///         pod_netns: Netns::path("/run/netns/pod1"),
 ///         args: vec![],
 ///         mtu: None,
 ///     };
-///     let host = Netns::named("node1");
-///     let result = attach.attach(&host, &req, addrs).await?;
-///     attach.check(&host, &req, &result).await?;
+///     let result = attach.attach(sockets, &req, addrs).await?;
+///     attach.check(sockets, &req, &result).await?;
 ///     Ok(result)
 /// }
 /// ```
 #[async_trait]
 pub trait Attach: Send + Sync {
+    /// The connections a call works through: to the node's namespace (where the node side
+    /// lives) and to `req.pod_netns`, opened once per command by the caller.
+    type Sockets: Send + Sync;
+
     /// Creates the pod interface in `req.pod_netns` with the addresses and routes of
-    /// `addrs`, wiring the node side in `host`. All-or-nothing: on error nothing is left.
-    /// Returns the result with `interfaces` filled and `ips[].interface` pointing at them.
+    /// `addrs`, wiring the node side, through `sockets` (opened for this ADD, with the
+    /// pod namespace checked and `CNI_IFNAME` free in it). All-or-nothing: on error
+    /// nothing is left. Returns the result with `interfaces` filled and
+    /// `ips[].interface` pointing at them.
     async fn attach(
         &self,
-        host: &Netns,
+        sockets: &Self::Sockets,
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult>;
     /// Verifies the interface, addresses and routes against `expected`, saying what differs.
-    async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()>;
-    /// Removes what `attach` made. Idempotent: succeeds when the netns or interface is gone.
-    async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()>;
+    async fn check(
+        &self,
+        sockets: &Self::Sockets,
+        req: &AttachRequest,
+        expected: &CniResult,
+    ) -> Result<()>;
+    /// Removes what `attach` made. Idempotent: succeeds when the netns or interface is gone
+    /// (`sockets` then has no pod connection; DEL may come without `CNI_NETNS`).
+    async fn detach(&self, sockets: &Self::Sockets, req: &AttachRequest) -> Result<()>;
 }

@@ -34,7 +34,7 @@ use scrambler_core::{
     Route,
 };
 use scrambler_netlink::address::Scope;
-use scrambler_netlink::{Exists, LinkState, Nl, PodSockets, RouteSpec, RouteState};
+use scrambler_netlink::{AttachSockets, Exists, LinkState, Nl, RouteSpec, RouteState};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -295,30 +295,17 @@ fn route_present(have: &[RouteState], want: &Route, oif: u32) -> bool {
         .any(|r| r.dst == want.dst.trunc() && r.oif == Some(oif) && r.gw == want.gw)
 }
 
-/// Whether `netns` is gone for DEL: missing, an empty path (no CNI_NETNS), or a file that
-/// is no longer a namespace (being deleted).
-fn netns_gone(netns: &Netns) -> bool {
-    match netns {
-        Netns::Path(p) if p.as_os_str().is_empty() => true,
-        _ => matches!(
-            netns.check(),
-            Err(Error::UnknownContainer(_)) | Err(Error::InvalidConfig(_))
-        ),
-    }
-}
-
 #[async_trait]
 impl Attach for IpvlanAttach {
+    type Sockets = AttachSockets;
+
     async fn attach(
         &self,
-        host: &Netns,
+        sockets: &AttachSockets,
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult> {
-        let PodSockets {
-            host: host_nl,
-            pod: pod_nl,
-        } = PodSockets::open_for_add(host, req).await?;
+        let (host, host_nl, pod_nl) = (sockets.host_netns(), sockets.host(), sockets.pod()?);
         addrs.require_addresses()?;
         let Netns::Path(pod_path) = &req.pod_netns else {
             return Err(Error::config(
@@ -327,7 +314,7 @@ impl Attach for IpvlanAttach {
         };
         let pod_file = std::fs::File::open(pod_path)
             .map_err(|e| Error::io("open netns", pod_path.display(), e))?;
-        let master = self.master(&host_nl).await?;
+        let master = self.master(host_nl).await?;
         let mtu = self.pod_mtu(&master, req.mtu)?;
         // held until ADD returns: the registry check, registration and slave creation (and
         // an undo) never interleave with another invocation's changes of the node
@@ -358,7 +345,7 @@ impl Attach for IpvlanAttach {
             }
         }
         let created = create_ipvlan(
-            &host_nl,
+            host_nl,
             &IpvlanSpec {
                 name: &req.id.ifname,
                 master: master.index,
@@ -376,7 +363,7 @@ impl Attach for IpvlanAttach {
             self.undo_node(host, &reg, old.as_ref(), req, addrs).await;
             return Err(e);
         }
-        match self.attach_inner(&pod_nl, req, addrs, mtu).await {
+        match self.attach_inner(pod_nl, req, addrs, mtu).await {
             Ok(r) => {
                 tracing::info!(attachment = %req.id, master = %master.name,
                     mode = self.cfg.mode.as_str(), mtu, "attached");
@@ -395,11 +382,13 @@ impl Attach for IpvlanAttach {
         }
     }
 
-    async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
-        let PodSockets {
-            host: host_nl,
-            pod: pod_nl,
-        } = PodSockets::open(host, req).await?;
+    async fn check(
+        &self,
+        sockets: &AttachSockets,
+        req: &AttachRequest,
+        expected: &CniResult,
+    ) -> Result<()> {
+        let (host, host_nl, pod_nl) = (sockets.host_netns(), sockets.host(), sockets.pod()?);
         let sb = req.pod_netns.sandbox();
         let pod_idx = expected
             .interface_index(&req.id.ifname, &sb)
@@ -412,7 +401,7 @@ impl Attach for IpvlanAttach {
                     ),
                 )
             })?;
-        let link = self.check_link(&host_nl, &pod_nl, req).await?;
+        let link = self.check_link(host_nl, pod_nl, req).await?;
         let mut diffs = Vec::new();
         if let Some(mtu) = expected.interfaces[pod_idx].mtu {
             if link.mtu != Some(mtu) {
@@ -463,8 +452,9 @@ impl Attach for IpvlanAttach {
         }
     }
 
-    async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
-        let from_link = self.detach_pod(req).await?;
+    async fn detach(&self, sockets: &AttachSockets, req: &AttachRequest) -> Result<()> {
+        let host = sockets.host_netns();
+        let from_link = self.detach_pod(sockets, req).await?;
         let record = self.pod_record(&req.id)?;
         // a record made in another node namespace (one deleted since, in a lab) registered
         // nothing here
@@ -755,15 +745,14 @@ impl IpvlanAttach {
     /// Deletes the pod's interface if it is ours; returns the addresses it had (empty when
     /// there was nothing to delete), or `None` when an interface of someone else's was
     /// left alone.
-    async fn detach_pod(&self, req: &AttachRequest) -> Result<Option<Vec<IpAddr>>> {
-        if netns_gone(&req.pod_netns) {
+    async fn detach_pod(
+        &self,
+        sockets: &AttachSockets,
+        req: &AttachRequest,
+    ) -> Result<Option<Vec<IpAddr>>> {
+        let Some(pod) = sockets.pod_if_present().await? else {
             tracing::debug!(attachment = %req.id, "detach: pod netns gone, nothing to do");
             return Ok(Some(vec![]));
-        }
-        let pod = match Nl::open(&req.pod_netns).await {
-            Ok(nl) => nl,
-            Err(Error::UnknownContainer(_)) => return Ok(Some(vec![])),
-            Err(e) => return Err(e),
         };
         let Some(link) = pod.link_by_name(&req.id.ifname).await? else {
             tracing::debug!(attachment = %req.id, "detach: no interface, nothing to do");
@@ -796,6 +785,7 @@ fn pod_ips(addrs: &CniResult) -> Vec<IpAddr> {
 mod tests {
     use super::*;
     use crate::config::Flag;
+    use scrambler_netlink::AttachOnce;
 
     fn attach(mode: Mode) -> IpvlanAttach {
         IpvlanAttach::new(IpvlanConfig {
@@ -946,7 +936,7 @@ mod tests {
         let held = a.registry(&Netns::Current).unwrap().lock().await.unwrap();
         let del = {
             let (a, req) = (a.clone(), req.clone());
-            tokio::spawn(async move { a.detach(&Netns::Current, &req).await })
+            tokio::spawn(async move { a.detach_in(&Netns::Current, &req).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(
@@ -1005,7 +995,7 @@ mod tests {
         };
         let mut addrs = addrs(None);
         addrs.ips[0].address = "10.2.1.5/24".parse().unwrap();
-        let e = b.attach(&host, &req, &addrs).await.unwrap_err();
+        let e = b.attach_in(&host, &req, &addrs).await.unwrap_err();
         assert_eq!(e.code(), 7, "{e}");
         assert!(
             e.to_string().contains("network \"old\" has encrypted pods"),
@@ -1022,12 +1012,5 @@ mod tests {
         encrypted("old")
             .refuse_unlisted_networks(host_id, &[])
             .unwrap();
-    }
-
-    #[test]
-    fn missing_netns_counts_as_gone_for_del() {
-        assert!(netns_gone(&Netns::Path(Default::default())));
-        assert!(netns_gone(&Netns::path("/run/netns/definitely-not-here")));
-        assert!(!netns_gone(&Netns::path("/proc/self/ns/net")));
     }
 }

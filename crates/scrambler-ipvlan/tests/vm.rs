@@ -6,9 +6,10 @@
 //! Debian's stock kernel under qemu through scrambler-vmtest (one boot for the group).
 
 use scrambler_core::{
-    Attach, AttachRequest, AttachmentId, CniResult, Error, IpConfig, NetConf, Netns, Route,
+    AttachRequest, AttachmentId, CniResult, Error, IpConfig, NetConf, Netns, Route,
 };
 use scrambler_ipvlan::{IpvlanAttach, IpvlanConfig, Mode};
+use scrambler_netlink::AttachOnce;
 use scrambler_testkit::vm::{Feature, VmSuite};
 use std::process::Command;
 
@@ -73,7 +74,7 @@ async fn vm_ipvlan_l2_pods_reach_each_other_across_nodes() {
     let mut results = Vec::new();
     for i in 0..2 {
         let r = a
-            .attach(
+            .attach_in(
                 &lab.nodes[i].netns(),
                 &lab.req(i),
                 &addrs(&format!("10.10.0.{}/24", i + 2), Some("10.10.0.1")),
@@ -83,7 +84,7 @@ async fn vm_ipvlan_l2_pods_reach_each_other_across_nodes() {
         assert_eq!(r.interfaces[0].name, "eth0");
         assert_eq!(r.interfaces[0].mtu, Some(1500));
         assert_eq!(r.routes.len(), 1, "{r:?}");
-        a.check(&lab.nodes[i].netns(), &lab.req(i), &r)
+        a.check_in(&lab.nodes[i].netns(), &lab.req(i), &r)
             .await
             .unwrap();
         results.push(r);
@@ -104,21 +105,23 @@ async fn vm_ipvlan_l2_pods_reach_each_other_across_nodes() {
     // CHECK is honest: a missing address is reported
     lab.pods[0].ip(&["addr", "del", "10.10.0.2/24", "dev", "eth0"]);
     let e = a
-        .check(&lab.nodes[0].netns(), &lab.req(0), &results[0])
+        .check_in(&lab.nodes[0].netns(), &lab.req(0), &results[0])
         .await
         .unwrap_err();
     assert_eq!(e.code(), 103, "{e}");
     assert!(e.to_string().contains("10.10.0.2/24"), "{e}");
     // … and so is a different mode
     let e = ipvlan(Mode::L3, Some("ul0"))
-        .check(&lab.nodes[1].netns(), &lab.req(1), &results[1])
+        .check_in(&lab.nodes[1].netns(), &lab.req(1), &results[1])
         .await
         .unwrap_err();
     assert!(e.to_string().contains("expected l3"), "{e}");
 
     // DEL is idempotent
     for _ in 0..2 {
-        a.detach(&lab.nodes[0].netns(), &lab.req(0)).await.unwrap();
+        a.detach_in(&lab.nodes[0].netns(), &lab.req(0))
+            .await
+            .unwrap();
     }
     assert!(!lab.pods[0].ip(&["link"]).contains("eth0"));
 }
@@ -137,7 +140,7 @@ async fn l3_lab(mode: Mode) {
             &format!("192.0.2.{}", j + 1),
         ]);
         let r = a
-            .attach(
+            .attach_in(
                 &lab.nodes[i].netns(),
                 &lab.req(i),
                 &addrs(&format!("10.1.{}.2/24", i + 1), Some("10.1.1.1")),
@@ -145,7 +148,7 @@ async fn l3_lab(mode: Mode) {
             .await
             .unwrap();
         assert_eq!(r.routes[0].gw, None, "{r:?}");
-        a.check(&lab.nodes[i].netns(), &lab.req(i), &r)
+        a.check_in(&lab.nodes[i].netns(), &lab.req(i), &r)
             .await
             .unwrap();
     }
@@ -159,7 +162,9 @@ async fn l3_lab(mode: Mode) {
     assert!(lab.pods[0].ping("10.1.2.2"), "pod1 -> pod2 over {mode:?}");
     assert!(lab.pods[1].ping("10.1.1.2"), "pod2 -> pod1 over {mode:?}");
     for i in 0..2 {
-        a.detach(&lab.nodes[i].netns(), &lab.req(i)).await.unwrap();
+        a.detach_in(&lab.nodes[i].netns(), &lab.req(i))
+            .await
+            .unwrap();
     }
 }
 
@@ -193,7 +198,7 @@ async fn vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail() {
     lab.nodes[0].ip(&["link", "set", "ul0", "mtu", "1400"]);
     let a = ipvlan(Mode::L3, None);
     let r = a
-        .attach(&node, &lab.req(0), &addrs("10.1.1.2/24", None))
+        .attach_in(&node, &lab.req(0), &addrs("10.1.1.2/24", None))
         .await
         .unwrap();
     assert_eq!(r.interfaces[0].mtu, Some(1400));
@@ -204,15 +209,15 @@ async fn vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail() {
     );
     // the same ifname again: refused, the first one untouched
     let e = a
-        .attach(&node, &lab.req(0), &addrs("10.1.1.3/24", None))
+        .attach_in(&node, &lab.req(0), &addrs("10.1.1.3/24", None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), 102, "{e}");
-    a.check(&node, &lab.req(0), &r).await.unwrap();
+    a.check_in(&node, &lab.req(0), &r).await.unwrap();
 
     // a master that does not exist
     let e = ipvlan(Mode::L2, Some("nope0"))
-        .attach(&node, &lab.req(1), &addrs("10.1.1.4/24", None))
+        .attach_in(&node, &lab.req(1), &addrs("10.1.1.4/24", None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), 7, "{e}");
@@ -223,7 +228,7 @@ async fn vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail() {
         "link", "add", "iv0", "link", "ul0", "type", "ipvlan", "mode", "l3",
     ]);
     let e = ipvlan(Mode::L3, Some("iv0"))
-        .attach(&node, &lab.req(1), &addrs("10.1.1.4/24", None))
+        .attach_in(&node, &lab.req(1), &addrs("10.1.1.4/24", None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), 7, "{e}");
@@ -232,7 +237,7 @@ async fn vm_ipvlan_master_defaults_to_default_route_and_bad_masters_fail() {
     // no master and no default route
     lab.nodes[1].ip(&["route", "del", "default"]);
     let e = ipvlan(Mode::L3, None)
-        .attach(
+        .attach_in(
             &lab.nodes[1].netns(),
             &lab.req(1),
             &addrs("10.1.2.2/24", None),
@@ -269,14 +274,14 @@ async fn vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent() {
         gw: Some("172.16.0.1".parse().unwrap()),
         mtu: None,
     });
-    let e = a.attach(&node, &lab.req(0), &bad).await.unwrap_err();
+    let e = a.attach_in(&node, &lab.req(0), &bad).await.unwrap_err();
     assert_eq!(e.code(), 100, "{e}");
     assert!(!lab.pods[0].ip(&["link"]).contains("eth0"), "undone");
 
     // DEL: interface gone, netns gone, no netns at all
-    a.detach(&node, &lab.req(0)).await.unwrap();
+    a.detach_in(&node, &lab.req(0)).await.unwrap();
     let r = a
-        .attach(&node, &lab.req(0), &addrs("10.10.0.2/24", None))
+        .attach_in(&node, &lab.req(0), &addrs("10.10.0.2/24", None))
         .await
         .unwrap();
     assert_eq!(r.ips[0].address.to_string(), "10.10.0.2/24");
@@ -284,20 +289,20 @@ async fn vm_ipvlan_failed_add_leaves_nothing_and_del_is_idempotent() {
     let other = ipvlan(Mode::L2, Some("ul0"));
     let mut foreign = lab.req(0);
     foreign.id = AttachmentId::new("someone-else", "eth0");
-    other.detach(&node, &foreign).await.unwrap();
+    other.detach_in(&node, &foreign).await.unwrap();
     assert!(lab.pods[0].ip(&["link"]).contains("eth0"));
     let gone = AttachRequest {
         pod_netns: Netns::path("/run/netns/scr-does-not-exist"),
         ..lab.req(0)
     };
-    a.detach(&node, &gone).await.unwrap();
+    a.detach_in(&node, &gone).await.unwrap();
     let none = AttachRequest {
         pod_netns: Netns::Path(Default::default()),
         ..lab.req(0)
     };
-    a.detach(&node, &none).await.unwrap();
+    a.detach_in(&node, &none).await.unwrap();
     // CHECK of a missing pod netns is code 3
-    let e: Error = a.check(&node, &gone, &r).await.unwrap_err();
+    let e: Error = a.check_in(&node, &gone, &r).await.unwrap_err();
     assert_eq!(e.code(), 3, "{e}");
 }
 
@@ -340,8 +345,8 @@ async fn del_with_netns_gone_consumes_the_record() {
     records.write(&rec("elsewhere", 1)).unwrap();
     std::fs::write(records.dir().join("garbled:eth0"), "{").unwrap();
     for cid in ["here", "elsewhere", "garbled", "never-added"] {
-        a.detach(&node.netns(), &gone(cid)).await.unwrap();
-        a.detach(&node.netns(), &gone(cid)).await.unwrap();
+        a.detach_in(&node.netns(), &gone(cid)).await.unwrap();
+        a.detach_in(&node.netns(), &gone(cid)).await.unwrap();
     }
     let left: Vec<_> = std::fs::read_dir(records.dir()).unwrap().collect();
     assert!(left.is_empty(), "records left: {left:?}");
@@ -396,7 +401,7 @@ async fn vm_ipvlan_concurrent_add_del_keep_the_node_setup() {
         tasks.push(tokio::spawn(async move {
             let cidr = format!("{}/24", ip(i));
             for round in 0..4 {
-                a.attach(&node, &req, &addrs(&cidr, None))
+                a.attach_in(&node, &req, &addrs(&cidr, None))
                     .await
                     .unwrap_or_else(|e| panic!("ADD of pod {i}, round {round}: {e}"));
                 assert!(
@@ -409,7 +414,7 @@ async fn vm_ipvlan_concurrent_add_del_keep_the_node_setup() {
                     "no nft table right after the ADD of pod {i} (round {round})"
                 );
                 if round < 3 {
-                    a.detach(&node, &req)
+                    a.detach_in(&node, &req)
                         .await
                         .unwrap_or_else(|e| panic!("DEL of pod {i}, round {round}: {e}"));
                 }
@@ -427,7 +432,7 @@ async fn vm_ipvlan_concurrent_add_del_keep_the_node_setup() {
         .cloned()
         .map(|req| {
             let (a, node) = (a.clone(), node.clone());
-            tokio::spawn(async move { a.detach(&node, &req).await })
+            tokio::spawn(async move { a.detach_in(&node, &req).await })
         })
         .collect();
     for d in dels {
@@ -511,10 +516,10 @@ async fn vm_ipvlan_two_encrypted_networks_share_the_node_setup() {
             .collect()
     };
 
-    a.attach(&node, &pa, &addrs("10.1.1.2/24", None))
+    a.attach_in(&node, &pa, &addrs("10.1.1.2/24", None))
         .await
         .unwrap();
-    b.attach(&node, &pb, &addrs("10.2.1.2/24", None))
+    b.attach_in(&node, &pb, &addrs("10.2.1.2/24", None))
         .await
         .unwrap();
     // one node registry and lock in the fixed place, whatever each stateDir says
@@ -551,7 +556,7 @@ async fn vm_ipvlan_two_encrypted_networks_share_the_node_setup() {
     ];
     for (c, why) in &refused {
         let e = c
-            .attach(&node, &px, &addrs("10.3.1.2/24", None))
+            .attach_in(&node, &px, &addrs("10.3.1.2/24", None))
             .await
             .unwrap_err();
         assert_eq!(e.code(), 7, "{e}");
@@ -565,13 +570,13 @@ async fn vm_ipvlan_two_encrypted_networks_share_the_node_setup() {
     }
     // an unencrypted network on the other master is none of the registry's business
     let l2 = net("plain", "ul1", Mode::L2, false, "");
-    l2.attach(&node, &px, &addrs("10.3.1.2/24", None))
+    l2.attach_in(&node, &px, &addrs("10.3.1.2/24", None))
         .await
         .unwrap();
-    l2.detach(&node, &px).await.unwrap();
+    l2.detach_in(&node, &px).await.unwrap();
 
     // the DEL of network a's last pod leaves network a-b's guard and re-route; a's go
-    a.detach(&node, &pa).await.unwrap();
+    a.detach_in(&node, &pa).await.unwrap();
     let t = table();
     assert!(t.contains(guard_b) && t.contains(reroute_b), "{t}");
     assert!(!t.contains("10.1."), "a's rules left: {t}");
@@ -582,12 +587,12 @@ async fn vm_ipvlan_two_encrypted_networks_share_the_node_setup() {
 
     // a pod of a again; then scr-ipvl goes missing and a's last pod is deleted: a-b still
     // has a pod, so its guard stays (pods are counted from records, not from links)
-    a.attach(&node, &pa, &addrs("10.1.1.2/24", None))
+    a.attach_in(&node, &pa, &addrs("10.1.1.2/24", None))
         .await
         .unwrap();
     assert!(table().contains(guard_a));
     n.ip(&["link", "del", NODE_LINK]);
-    a.detach(&node, &pa).await.unwrap();
+    a.detach_in(&node, &pa).await.unwrap();
     let t = table();
     assert!(
         t.contains(guard_b) && t.contains(reroute_b),
@@ -597,18 +602,18 @@ async fn vm_ipvlan_two_encrypted_networks_share_the_node_setup() {
     assert_eq!(networks(), ["a-b"]);
 
     // an ADD brings the node link back; the last DEL removes everything
-    a.attach(&node, &pa, &addrs("10.1.1.2/24", None))
+    a.attach_in(&node, &pa, &addrs("10.1.1.2/24", None))
         .await
         .unwrap();
     let routes = n.ip(&["route", "show", "dev", NODE_LINK]);
     for r in ["10.1.1.0/24", "10.2.1.0/24", "10.1.1.2 ", "10.2.1.2 "] {
         assert!(routes.contains(r), "{r} not back: {routes}");
     }
-    b.detach(&node, &pb).await.unwrap();
+    b.detach_in(&node, &pb).await.unwrap();
     let t = table();
     assert!(t.contains(guard_a) && !t.contains("10.2."), "{t}");
     assert_eq!(networks(), ["a"]);
-    a.detach(&node, &pa).await.unwrap();
+    a.detach_in(&node, &pa).await.unwrap();
     assert!(!IpvlanNode::present(&node).await.unwrap(), "setup left");
     assert!(table().is_empty());
     assert!(networks().is_empty());
@@ -712,7 +717,7 @@ mod encrypted {
                 &format!("192.0.2.{}", 3 - id),
             ]);
             let r = a
-                .attach(
+                .attach_in(
                     &n.netns(),
                     &lab.req(i),
                     &addrs(&format!("10.1.{id}.2/24"), None),
@@ -733,7 +738,7 @@ mod encrypted {
             );
             let link = n.ip(&["-d", "link", "show", scrambler_ipvlan::node::NODE_LINK]);
             assert!(link.contains(&format!("mode {} ", mode.as_str())), "{link}");
-            a.check(&n.netns(), &lab.req(i), &r).await.unwrap();
+            a.check_in(&n.netns(), &lab.req(i), &r).await.unwrap();
             let rec = records.read(&lab.req(i).id).unwrap().expect("record");
             assert_eq!(rec.ips, IpvlanNode::pods(&n.netns()).await.unwrap());
             results.push(r);
@@ -746,7 +751,7 @@ mod encrypted {
             args: vec![],
             mtu: None,
         };
-        a.attach(&lab.nodes[0].netns(), &req3, &addrs("10.1.1.3/24", None))
+        a.attach_in(&lab.nodes[0].netns(), &req3, &addrs("10.1.1.3/24", None))
             .await
             .unwrap();
         assert_eq!(records.list().unwrap().len(), 3);
@@ -802,7 +807,7 @@ mod encrypted {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         lab.pods[0].delete();
         for _ in 0..2 {
-            a.detach(&node1, &lab.req(0)).await.unwrap();
+            a.detach_in(&node1, &lab.req(0)).await.unwrap();
         }
         assert_eq!(
             IpvlanNode::pods(&node1).await.unwrap(),
@@ -824,7 +829,7 @@ mod encrypted {
         // the DEL of node1's last pod, netns gone, removes the setup (twice: idempotent)
         pod3.delete();
         for _ in 0..2 {
-            a.detach(&node1, &req3).await.unwrap();
+            a.detach_in(&node1, &req3).await.unwrap();
         }
         assert_eq!(setup_seen(&lab.nodes[0]), (false, false));
         assert!(!IpvlanNode::present(&node1).await.unwrap());
@@ -837,7 +842,7 @@ mod encrypted {
         assert_eq!(setup_seen(&lab.nodes[1]), (false, false));
         // CHECK notices the missing node setup
         let e = a
-            .check(&lab.nodes[1].netns(), &lab.req(1), &results[1])
+            .check_in(&lab.nodes[1].netns(), &lab.req(1), &results[1])
             .await
             .unwrap_err();
         assert!(e.to_string().contains("ipvlan setup"), "{e}");
@@ -846,7 +851,7 @@ mod encrypted {
         assert!(a.gc(&node2, &[lab.req(1).id]).await.unwrap().is_empty());
         let swept = a.gc(&node2, &[]).await.unwrap();
         assert_eq!(swept, ["ipvlan attachment c1/eth0 (10.1.2.2)"]);
-        a.detach(&node2, &lab.req(1)).await.unwrap();
+        a.detach_in(&node2, &lab.req(1)).await.unwrap();
         assert!(!lab.pods[1].ip(&["link"]).contains("eth0"));
         let left: Vec<_> = std::fs::read_dir(records.dir()).unwrap().collect();
         assert!(left.is_empty(), "files left in the state dir: {left:?}");

@@ -26,7 +26,7 @@ pub mod route;
 pub mod sysctl;
 pub mod veth;
 
-pub use attach::{check_pod_netns, PodSockets};
+pub use attach::{check_pod_netns, AttachOnce, AttachSockets};
 pub use link::{format_mac, parse_mac, LinkState};
 pub use neighbour::Neighbour;
 pub use route::{route_present, RouteSpec, RouteState, MAIN_TABLE, ROUTE_PROTO};

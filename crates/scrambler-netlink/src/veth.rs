@@ -19,6 +19,19 @@ pub struct VethSpec<'a> {
     pub peer_netns_fd: RawFd,
     /// MTU of both ends.
     pub mtu: u32,
+    /// Whether the end in this namespace is created up.
+    pub state: Initially,
+}
+
+/// The state the end of a veth pair that stays in the creating namespace starts in. The
+/// other end always starts down: the kernel cannot open it before the pair is linked
+/// (`ENOTCONN`), which happens after it applies that end's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initially {
+    /// Down (set up later, e.g. once something else has taken the node end).
+    Down,
+    /// Up, in the creating request itself (saves a request).
+    Up,
 }
 
 /// Creates, through `nl`, a veth pair whose peer is created directly in another namespace.
@@ -29,9 +42,12 @@ pub async fn create_veth(nl: &Nl, spec: &VethSpec<'_>) -> Result<()> {
         .mtu(spec.mtu)
         .setns_by_fd(spec.peer_netns_fd)
         .build();
-    let msg = LinkVeth::new(spec.name, spec.peer_name)
+    let mut veth = LinkVeth::new(spec.name, spec.peer_name).mtu(spec.mtu);
+    if spec.state == Initially::Up {
+        veth = veth.up();
+    }
+    let msg = veth
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .mtu(spec.mtu)
         .build();
     let exists = Error::AlreadyExists {
         object: format!("veth {} / {}", spec.name, spec.peer_name),
@@ -41,13 +57,14 @@ pub async fn create_veth(nl: &Nl, spec: &VethSpec<'_>) -> Result<()> {
 }
 
 /// Creates, through `host`, the veth pair of a pod: `name` in `host`'s namespace and
-/// `pod_ifname` directly in `pod_netns`, both with `mtu`.
+/// `pod_ifname` directly in `pod_netns` (down), both with `mtu`; `name` starts in `state`.
 pub async fn create_pod_veth(
     host: &Nl,
     name: &str,
     pod_netns: &Netns,
     pod_ifname: &str,
     mtu: u32,
+    state: Initially,
 ) -> Result<()> {
     let pod_file = pod_netns.open()?;
     let spec = VethSpec {
@@ -55,6 +72,7 @@ pub async fn create_pod_veth(
         peer_name: pod_ifname,
         peer_netns_fd: pod_file.as_raw_fd(),
         mtu,
+        state,
     };
     create_veth(host, &spec).await
 }

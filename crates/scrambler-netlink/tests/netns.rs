@@ -5,7 +5,7 @@
 
 use scrambler_core::{AttachRequest, AttachmentId, Netns};
 use scrambler_netlink::address::Scope;
-use scrambler_netlink::{sysctl, Exists, Nl, PodSockets, RouteSpec};
+use scrambler_netlink::{sysctl, AttachSockets, Exists, Nl, RouteSpec};
 use scrambler_testkit::netns::TestNetns as Ns;
 
 /// A namespace with the veth end `a0` (up) and its connection.
@@ -94,24 +94,51 @@ async fn the_prologue_opens_both_namespaces_and_refuses_a_taken_ifname() {
         args: Default::default(),
         mtu: None,
     };
-    let s = PodSockets::open_for_add(&host.netns(), &req("eth0"))
+    let s = AttachSockets::open_for_add(&host.netns(), &req("eth0"))
         .await
         .unwrap();
-    assert_eq!(s.host.netns(), &host.netns());
-    assert_eq!(s.pod.netns(), &pod.netns());
-    let e = PodSockets::open_for_add(&host.netns(), &req("lo"))
+    assert_eq!(s.host().netns(), &host.netns());
+    assert_eq!(s.pod().unwrap().netns(), &pod.netns());
+    let e = AttachSockets::open_for_add(&host.netns(), &req("lo"))
         .await
         .unwrap_err();
     assert!(
         matches!(e, scrambler_core::Error::AlreadyExists { .. }),
         "{e}"
     );
-    let gone = AttachRequest {
-        pod_netns: Netns::Path("/run/netns/scr-no-such-netns".into()),
-        ..req("eth0")
-    };
-    let e = PodSockets::open(&host.netns(), &gone).await.unwrap_err();
+    let gone = Netns::Path("/run/netns/scr-no-such-netns".into());
+    let e = AttachSockets::open(&host.netns(), &gone).await.unwrap_err();
     assert_eq!(e.code(), 3, "{e}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let not_netns = Netns::Path(file.path().into());
+    let e = AttachSockets::open(&host.netns(), &not_netns)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 4, "{e}");
+}
+
+#[tokio::test]
+async fn the_del_sockets_open_the_pod_side_only_when_it_is_there() {
+    let host = Ns::new("nldh");
+    let pod = Ns::new("nldp");
+    let s = AttachSockets::open_for_del(&host.netns(), &pod.netns())
+        .await
+        .unwrap();
+    assert_eq!(s.pod().unwrap_err().code(), 3, "not opened yet");
+    let nl = s.pod_if_present().await.unwrap().expect("pod connection");
+    assert_eq!(nl.netns(), &pod.netns());
+    assert!(nl.link_by_name("lo").await.unwrap().is_some());
+    assert!(s.pod().is_ok());
+    for gone in [
+        Netns::Path(Default::default()),
+        Netns::Path("/run/netns/scr-no-such-netns".into()),
+    ] {
+        let s = AttachSockets::open_for_del(&host.netns(), &gone)
+            .await
+            .unwrap();
+        assert!(s.pod_if_present().await.unwrap().is_none(), "{gone}");
+        assert_eq!(s.pod().unwrap_err().code(), 3);
+    }
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@
 //!
 //! ```no_run
 //! use scrambler_core::{Attach, AttachRequest, AttachmentId, CniResult, Netns};
+//! use scrambler_netlink::AttachSockets;
 //! use scrambler_vpp::attach::VppAttach;
 //! # async fn f(addrs: CniResult) -> scrambler_core::Result<()> {
 //! let vpp = VppAttach::new("/run/vpp/api.sock");
@@ -67,9 +68,13 @@
 //!     args: vec![],
 //!     mtu: None,
 //! };
-//! let result = vpp.attach(&Netns::Current, &req, &addrs).await?;
-//! vpp.check(&Netns::Current, &req, &result).await?;
-//! vpp.detach(&Netns::Current, &req).await?;
+//! // one set of connections per command, as the CNI plugin opens them
+//! let add = AttachSockets::open_for_add(&Netns::Current, &req).await?;
+//! let result = vpp.attach(&add, &req, &addrs).await?;
+//! let check = AttachSockets::open(&Netns::Current, &req.pod_netns).await?;
+//! vpp.check(&check, &req, &result).await?;
+//! let del = AttachSockets::open_for_del(&Netns::Current, &req.pod_netns).await?;
+//! vpp.detach(&del, &req).await?;
 //! # Ok(()) }
 //! ```
 
@@ -87,8 +92,10 @@ use scrambler_core::routed::attachment_digest;
 use scrambler_core::routed::{owner_alias, parse_owner_alias, pod_result};
 use scrambler_core::{esp, Attach, AttachRequest, AttachmentId, CniResult, Error, Netns, Result};
 use scrambler_netlink::address::Scope;
-use scrambler_netlink::veth::{check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces};
-use scrambler_netlink::{format_mac, parse_mac, Exists, Nl, PodSockets, RouteSpec};
+use scrambler_netlink::veth::{
+    check_pod_end, check_pod_routes, create_pod_veth, pod_interfaces, Initially,
+};
+use scrambler_netlink::{format_mac, parse_mac, AttachSockets, Exists, Nl, RouteSpec};
 
 use self::ops::{host_vpp, vpp_err, AttachCalls};
 use crate::endpoint::{fixed_socket, NodeVpp};
@@ -667,16 +674,15 @@ impl VppAttach {
 
 #[async_trait]
 impl Attach for VppAttach {
+    type Sockets = AttachSockets;
+
     async fn attach(
         &self,
-        host: &Netns,
+        sockets: &AttachSockets,
         req: &AttachRequest,
         addrs: &CniResult,
     ) -> Result<CniResult> {
-        let PodSockets {
-            host: host_nl,
-            pod: pod_nl,
-        } = PodSockets::open_for_add(host, req).await?;
+        let (host, host_nl, pod_nl) = (sockets.host_netns(), sockets.host(), sockets.pod()?);
         addrs.require_addresses()?;
         let mtu = self.pod_mtu(req.mtu)?;
         let c = self.connect(host).await?;
@@ -693,9 +699,17 @@ impl Attach for VppAttach {
                 ),
             });
         }
-        create_pod_veth(&host_nl, &host_name, &req.pod_netns, &req.id.ifname, mtu).await?;
+        create_pod_veth(
+            host_nl,
+            &host_name,
+            &req.pod_netns,
+            &req.id.ifname,
+            mtu,
+            Initially::Down,
+        )
+        .await?;
         let res = self
-            .attach_inner(&ops, &host_nl, &pod_nl, req, addrs, mtu)
+            .attach_inner(&ops, host_nl, pod_nl, req, addrs, mtu)
             .await;
         match res {
             Ok(r) => {
@@ -705,24 +719,26 @@ impl Attach for VppAttach {
             }
             Err(e) => {
                 tracing::warn!(attachment = %req.id, error = %e, "attach failed, undoing");
-                self.undo(&ops, &host_nl, &host_name).await;
+                self.undo(&ops, host_nl, &host_name).await;
                 let _ = c.close().await;
                 Err(e)
             }
         }
     }
 
-    async fn check(&self, host: &Netns, req: &AttachRequest, expected: &CniResult) -> Result<()> {
-        let PodSockets {
-            host: host_nl,
-            pod: pod_nl,
-        } = PodSockets::open(host, req).await?;
+    async fn check(
+        &self,
+        sockets: &AttachSockets,
+        req: &AttachRequest,
+        expected: &CniResult,
+    ) -> Result<()> {
+        let (host, host_nl, pod_nl) = (sockets.host_netns(), sockets.host(), sockets.pod()?);
         let c = self.connect(host).await?;
         let ops = AttachCalls { c: &c };
         let mut diffs = Vec::new();
         let vmac = vpp_mac(&req.id);
         let pod_mac = self
-            .check_pod(&pod_nl, req, expected, vmac, &mut diffs)
+            .check_pod(pod_nl, req, expected, vmac, &mut diffs)
             .await?;
         let sb = req.pod_netns.sandbox();
         let pod_idx = expected.interface_index(&req.id.ifname, &sb);
@@ -755,7 +771,8 @@ impl Attach for VppAttach {
         req.id.check_outcome(&diffs)
     }
 
-    async fn detach(&self, host: &Netns, req: &AttachRequest) -> Result<()> {
+    async fn detach(&self, sockets: &AttachSockets, req: &AttachRequest) -> Result<()> {
+        let host = sockets.host_netns();
         let host_name = host_ifname(&req.id);
         // a VPP that is not running has none of its objects; a hung one (timeout) fails
         // the DEL with code 11, so the runtime retries instead of leaking its objects
@@ -777,7 +794,7 @@ impl Attach for VppAttach {
                 tracing::warn!(attachment = %req.id, "detach: VPP is not running, removing the veth only");
             }
         }
-        let nl = Nl::open(host).await?;
+        let nl = sockets.host();
         if let Some(l) = nl.link_by_name(&host_name).await? {
             if l.kind.as_deref() == Some("veth") {
                 nl.delete_link(l.index, &host_name).await?;

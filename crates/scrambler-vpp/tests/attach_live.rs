@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use scrambler_core::fault::{Fault, FaultStage};
-use scrambler_core::{Attach, AttachRequest, AttachmentId, CniResult, IpConfig, Netns, Tunnel};
+use scrambler_core::{AttachRequest, AttachmentId, CniResult, IpConfig, Netns, Tunnel};
+use scrambler_netlink::AttachOnce;
 use scrambler_testkit::netns::TestNetns;
 use scrambler_testkit::vpp::{api_sock_resolver, quiet_ipv6, VppInstance};
 use scrambler_vpp::attach::{host_ifname, VppAttach, GATEWAY_TAG};
@@ -91,11 +92,11 @@ async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
     let (r1, r2) = (request(&p1, "pod-one"), request(&p2, "pod-two"));
 
     let res1 = att
-        .attach(&host, &r1, &addrs(&["10.9.0.2/24"]))
+        .attach_in(&host, &r1, &addrs(&["10.9.0.2/24"]))
         .await
         .unwrap();
     let res2 = att
-        .attach(&host, &r2, &addrs(&["10.9.0.3/24"]))
+        .attach_in(&host, &r2, &addrs(&["10.9.0.3/24"]))
         .await
         .unwrap();
     assert_eq!(res1.ips[0].address.to_string(), "10.9.0.2/32");
@@ -110,8 +111,8 @@ async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
         vpp.vppctl(&["show", "ip", "neighbors"])
     );
     assert!(p2.ping("10.9.0.2"), "pod2 -> pod1 failed");
-    att.check(&host, &r1, &res1).await.unwrap();
-    att.check(&host, &r2, &res2).await.unwrap();
+    att.check_in(&host, &r1, &res1).await.unwrap();
+    att.check_in(&host, &r2, &res2).await.unwrap();
     let c = vpp.client().await;
     let tags: Vec<String> = c
         .interfaces()
@@ -125,7 +126,7 @@ async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
 
     // CHECK notices a removed pod address, and says which
     p1.ip(&["addr", "del", "10.9.0.2/32", "dev", "eth0"]);
-    let e = att.check(&host, &r1, &res1).await.unwrap_err();
+    let e = att.check_in(&host, &r1, &res1).await.unwrap_err();
     assert_eq!(e.code(), 103, "{e}");
     assert!(e.to_string().contains("10.9.0.2/32"), "{e}");
     // ... and a removed VPP neighbour
@@ -152,15 +153,15 @@ async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
     })
     .await
     .unwrap();
-    let e = att.check(&host, &r2, &res2).await.unwrap_err();
+    let e = att.check_in(&host, &r2, &res2).await.unwrap_err();
     assert!(e.to_string().contains("VPP neighbour 10.9.0.3"), "{e}");
 
     // DEL removes everything; twice is fine; so is one never added, and a pod netns gone
-    att.detach(&host, &r1).await.unwrap();
-    att.detach(&host, &r1).await.unwrap();
+    att.detach_in(&host, &r1).await.unwrap();
+    att.detach_in(&host, &r1).await.unwrap();
     p2.delete();
-    att.detach(&host, &r2).await.unwrap();
-    att.detach(&host, &request(&p1, "never-added"))
+    att.detach_in(&host, &r2).await.unwrap();
+    att.detach_in(&host, &request(&p1, "never-added"))
         .await
         .unwrap();
     let (afs, routes, neigh) = vpp_state(&c).await;
@@ -174,11 +175,11 @@ async fn pods_on_one_vpp_ping_check_and_detach_cleanly() {
 
     // the gateway stays for the next pod, and ADD works again after DEL
     let res1 = att
-        .attach(&host, &r1, &addrs(&["10.9.0.2/24"]))
+        .attach_in(&host, &r1, &addrs(&["10.9.0.2/24"]))
         .await
         .unwrap();
-    att.check(&host, &r1, &res1).await.unwrap();
-    att.detach(&host, &r1).await.unwrap();
+    att.check_in(&host, &r1, &res1).await.unwrap();
+    att.detach_in(&host, &r1).await.unwrap();
     assert!(att.remove_gateway(&host).await.unwrap());
     assert!(!att.remove_gateway(&host).await.unwrap());
 }
@@ -232,10 +233,13 @@ async fn dual_stack_pods_exchange_tcp() {
     // concurrently, on a VPP without the gateway yet: both race to create it
     let a1 = addrs(&["10.9.4.2/24", "fd00:9::2/64"]);
     let a2 = addrs(&["10.9.4.3/24", "fd00:9::3/64"]);
-    let (res1, res2) = tokio::join!(att.attach(&host, &r1, &a1), att.attach(&host, &r2, &a2));
+    let (res1, res2) = tokio::join!(
+        att.attach_in(&host, &r1, &a1),
+        att.attach_in(&host, &r2, &a2)
+    );
     let (res1, res2) = (res1.unwrap(), res2.unwrap());
-    att.check(&host, &r1, &res1).await.unwrap();
-    att.check(&host, &r2, &res2).await.unwrap();
+    att.check_in(&host, &r1, &res1).await.unwrap();
+    att.check_in(&host, &r2, &res2).await.unwrap();
     // small rings (not VPP's ~76 MB defaults), TX frames that hold a GSO packet
     let hw = vpp.vppctl(&["show", "hardware-interfaces"]);
     assert!(
@@ -260,8 +264,8 @@ async fn dual_stack_pods_exchange_tcp() {
     // no router advertisements or other autoconfiguration reached the pods
     let r = p1.ip(&["-6", "route"]);
     assert!(!r.contains("proto ra"), "{r}");
-    att.detach(&host, &r1).await.unwrap();
-    att.detach(&host, &r2).await.unwrap();
+    att.detach_in(&host, &r1).await.unwrap();
+    att.detach_in(&host, &r2).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +292,7 @@ async fn failed_add_leaves_nothing() {
         "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
     ]);
     let e = att
-        .attach(&host, &request(&p, "taken"), &addrs(&["10.9.1.2/24"]))
+        .attach_in(&host, &request(&p, "taken"), &addrs(&["10.9.1.2/24"]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), 102, "{e}");
@@ -298,7 +302,7 @@ async fn failed_add_leaves_nothing() {
     let q = TestNetns::new("att2q");
     let r = request(&q, "dup");
     let e = att
-        .attach(&host, &r, &addrs(&["10.9.1.3/24", "10.9.1.3/24"]))
+        .attach_in(&host, &r, &addrs(&["10.9.1.3/24", "10.9.1.3/24"]))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("10.9.1.3"), "{e}");
@@ -312,7 +316,7 @@ async fn failed_add_leaves_nothing() {
     // a failure after the VPP neighbours and routes exist (dual stack): all undone
     let faulty = VppAttach::new(vpp.api_sock()).with_fault(Fault::at(FaultStage::AfterHostRoute));
     let e = faulty
-        .attach(&host, &r, &addrs(&["10.9.1.3/24", "fd00:91::3/64"]))
+        .attach_in(&host, &r, &addrs(&["10.9.1.3/24", "fd00:91::3/64"]))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("after-host-route"), "{e}");
@@ -345,7 +349,7 @@ async fn failed_add_leaves_nothing() {
         ..request(&q, "gone")
     };
     let e = att
-        .attach(&host, &gone, &addrs(&["10.9.1.4/24"]))
+        .attach_in(&host, &gone, &addrs(&["10.9.1.4/24"]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), 3, "{e}");
@@ -353,28 +357,28 @@ async fn failed_add_leaves_nothing() {
     // no VPP behind the socket: a clear, retryable error, and DEL still succeeds
     let none = VppAttach::new("/run/scr-vpp/no-such/api.sock");
     let e = none
-        .attach(&host, &r, &addrs(&["10.9.1.5/24"]))
+        .attach_in(&host, &r, &addrs(&["10.9.1.5/24"]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), 11, "{e}");
     assert!(e.to_string().contains("no-such/api.sock"), "{e}");
-    none.detach(&host, &r).await.unwrap();
+    none.detach_in(&host, &r).await.unwrap();
 
     // now it works
     let res = att
-        .attach(&host, &r, &addrs(&["10.9.1.3/24"]))
+        .attach_in(&host, &r, &addrs(&["10.9.1.3/24"]))
         .await
         .unwrap();
-    att.check(&host, &r, &res).await.unwrap();
+    att.check_in(&host, &r, &res).await.unwrap();
     let (afs, _, _) = vpp_state(&c).await;
     assert_eq!(afs, vec![host_ifname(&r.id)]);
     // ADD twice is refused and leaves the first attachment alone
     let e = att
-        .attach(&host, &r, &addrs(&["10.9.1.3/24"]))
+        .attach_in(&host, &r, &addrs(&["10.9.1.3/24"]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), 102, "{e}");
-    att.check(&host, &r, &res).await.unwrap();
+    att.check_in(&host, &r, &res).await.unwrap();
     let tagged: Vec<String> = c
         .interfaces()
         .await
@@ -391,7 +395,7 @@ async fn failed_add_leaves_nothing() {
     let o = TestNetns::new("att2o");
     let ro = request(&o, "other-pod");
     let res_o = other
-        .attach(&host, &ro, &addrs(&["10.9.1.6/24"]))
+        .attach_in(&host, &ro, &addrs(&["10.9.1.6/24"]))
         .await
         .unwrap();
     vpp.netns.ip(&[
@@ -427,19 +431,19 @@ async fn failed_add_leaves_nothing() {
     assert_eq!(removed, want);
     let (afs, _, _) = vpp_state(&c).await;
     assert_eq!(afs, vec![host_ifname(&ro.id)]);
-    other.check(&host, &ro, &res_o).await.unwrap();
+    other.check_in(&host, &ro, &res_o).await.unwrap();
     assert!(links(&vpp.netns).contains("scv00000000aa"));
     assert!(other
         .gc(&host, std::slice::from_ref(&ro.id))
         .await
         .unwrap()
         .is_empty());
-    other.detach(&host, &ro).await.unwrap();
+    other.detach_in(&host, &ro).await.unwrap();
     vpp.netns.ip(&["link", "del", "scv00000000aa"]);
-    att.detach(&host, &r).await.unwrap();
+    att.detach_in(&host, &r).await.unwrap();
 
     // DEL removes an interface tagged by a release without the network in its tags
-    att.attach(&host, &r, &addrs(&["10.9.1.3/24"]))
+    att.attach_in(&host, &r, &addrs(&["10.9.1.3/24"]))
         .await
         .unwrap();
     vpp.vppctl(&[
@@ -460,7 +464,7 @@ async fn failed_add_leaves_nothing() {
         tags.contains(&"scrambler:pod=dup/eth0".to_string()),
         "{tags:?}"
     );
-    att.detach(&host, &r).await.unwrap();
+    att.detach_in(&host, &r).await.unwrap();
     let (afs, routes, neigh) = vpp_state(&c).await;
     assert!(
         afs.is_empty() && routes.is_empty() && neigh.is_empty(),
@@ -481,7 +485,7 @@ async fn del_against_a_hung_vpp_asks_to_retry() {
     let att = VppAttach::new(&sock);
     let p = TestNetns::new("att5p");
     let e = att
-        .detach(&p.netns(), &request(&p, "hung"))
+        .detach_in(&p.netns(), &request(&p, "hung"))
         .await
         .unwrap_err();
     drop(listener);
@@ -502,15 +506,15 @@ async fn pods_on_two_vpp_nodes_ping_over_esp() {
     let pb = TestNetns::new("att3q");
     let (ra, rb) = (request(&pa, "pod-a"), request(&pb, "pod-b"));
     let res_a = att
-        .attach(&na, &ra, &addrs(&["10.1.0.2/24"]))
+        .attach_in(&na, &ra, &addrs(&["10.1.0.2/24"]))
         .await
         .unwrap();
     let res_b = att
-        .attach(&nb, &rb, &addrs(&["10.2.0.2/24"]))
+        .attach_in(&nb, &rb, &addrs(&["10.2.0.2/24"]))
         .await
         .unwrap();
-    att.check(&na, &ra, &res_a).await.unwrap();
-    att.check(&nb, &rb, &res_b).await.unwrap();
+    att.check_in(&na, &ra, &res_a).await.unwrap();
+    att.check_in(&nb, &rb, &res_b).await.unwrap();
 
     let (wire, ok) = capture(a, "", || pa.ping("10.2.0.2"));
     assert!(
@@ -534,7 +538,7 @@ async fn pods_on_two_vpp_nodes_ping_over_esp() {
         "pods reach each other without the tunnel"
     );
 
-    att.detach(&na, &ra).await.unwrap();
-    att.detach(&nb, &rb).await.unwrap();
+    att.detach_in(&na, &ra).await.unwrap();
+    att.detach_in(&nb, &rb).await.unwrap();
     tunnel.remove(&nb).await.unwrap();
 }
