@@ -4,10 +4,16 @@
 //! a bare veth pair gives the kernel's floors (creating the pair, deleting it). Contenders
 //! are interleaved round by round so that load from other processes hits them alike.
 //!
-//! Prints medians and, per storage, two verdicts for scrambler-cni with its in-process
-//! IPAM: ADD ≤ 1/3 of bridge + host-local's ADD, and DEL within 3 ms of the bare
-//! veth-delete floor (deleting a veth waits for RCU grace periods, which no plugin can
+//! Prints medians and, per storage and build, two verdicts for scrambler-cni with its
+//! in-process IPAM: ADD ≤ 1/3 of bridge + host-local's ADD, and DEL within 3 ms of the
+//! bare veth-delete floor (deleting a veth waits for RCU grace periods, which no plugin can
 //! avoid, so DEL is judged by what it adds to that).
+//!
+//! Our plugin is timed in two builds, each (re)built by the bench so it is never stale:
+//! `static`, linked statically as it is meant to be installed (like the reference plugins,
+//! which are static Go binaries; `target/plugin-static`, the IPAM bench's static target
+//! dir), and `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_CNI_BIN`
+//! replaces both.
 //!
 //! Run as root: `cargo bench -p scrambler-cni --bench cni_bench`.
 
@@ -177,7 +183,7 @@ fn main() {
             cni_path: cni_path.clone(),
         }
     };
-    let ours = Path::new(common::BIN);
+    let ours = our_binaries();
     let bridge = Path::new(DEBIAN_CNI).join("bridge");
     let bridge_conf = json!({
         "cniVersion": "1.0.0",
@@ -190,27 +196,35 @@ fn main() {
     });
     let mut names = Vec::new();
     let mut contenders = Vec::new();
+    // per storage: the index of bridge + host-local, and of each build of ours
+    let mut judged: Vec<(&str, usize, Vec<(&str, usize)>)> = Vec::new();
     for (where_, dir) in [("disk ", disk.as_path()), ("tmpfs", tmpfs.path())] {
+        let mut builds = Vec::new();
+        for (label, bin) in &ours {
+            builds.push((*label, contenders.len()));
+            names.push(format!(
+                "[{where_}] scrambler-cni ({label:<7}) + scrambler-ipam (in-process)"
+            ));
+            contenders.push(plugin(
+                bin,
+                node.conf("1.0.0", "10.50.0.0/24"),
+                dir,
+                &format!("ours-{label}"),
+            ));
+        }
         names.push(format!(
-            "[{where_}] scrambler-cni + scrambler-ipam (in-process)"
+            "[{where_}] scrambler-cni ({:<7}) + host-local (delegated)    ",
+            ours[0].0
         ));
         contenders.push(plugin(
-            ours,
-            node.conf("1.0.0", "10.50.0.0/24"),
-            dir,
-            "ours",
-        ));
-        names.push(format!(
-            "[{where_}] scrambler-cni + host-local (delegated)    "
-        ));
-        contenders.push(plugin(
-            ours,
+            &ours[0].1,
             node.conf_host_local("1.0.0", "10.51.0.0/24"),
             dir,
             "ours-host-local",
         ));
+        judged.push((where_, contenders.len(), builds));
         names.push(format!(
-            "[{where_}] Debian bridge + host-local                "
+            "[{where_}] Debian bridge + host-local                          "
         ));
         contenders.push(plugin(
             &bridge,
@@ -219,18 +233,71 @@ fn main() {
             "bridge-host-local",
         ));
     }
-    names.push("kernel floor: ip link add/del veth pair        ".into());
+    names.push("kernel floor: ip link add/del veth pair                  ".into());
     contenders.push(Contender::VethFloor);
 
     let figures = measure_all(&node, &contenders);
     print_table(&names, &figures);
-    let floor = figures[6];
-    for (where_, ours, br) in [
-        ("disk ", figures[0], figures[2]),
-        ("tmpfs", figures[3], figures[5]),
-    ] {
-        print_verdicts(where_, ours, br, floor);
+    let floor = figures[contenders.len() - 1];
+    for (where_, theirs, builds) in judged {
+        for (label, i) in builds {
+            print_verdicts(
+                &format!("{where_}, {label}"),
+                figures[i],
+                figures[theirs],
+                floor,
+            );
+        }
     }
+}
+
+/// Where our static build goes (shared with the IPAM bench): its own target dir, so that
+/// its flag does not rebuild the workspace's artifacts.
+const STATIC_TARGET_DIR: &str = "plugin-static";
+
+/// Our plugin binary, built two ways (see the module docs), or `$SCRAMBLER_CNI_BIN`.
+fn our_binaries() -> Vec<(&'static str, PathBuf)> {
+    if let Some(p) = std::env::var_os("SCRAMBLER_CNI_BIN") {
+        return vec![("given", PathBuf::from(p))];
+    }
+    // target/release/deps/cni_bench-HASH → target
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.parent()?.to_path_buf()))
+        .expect("the bench runs from target/<profile>/deps");
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let static_dir = target.join(STATIC_TARGET_DIR);
+    let mut static_build = cargo_build_plugin();
+    static_build
+        .args(["--target", &triple])
+        .env("CARGO_TARGET_DIR", &static_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    // figures of a stale binary from an earlier build would be misleading
+    assert!(
+        static_build.status().is_ok_and(|s| s.success()),
+        "building scrambler-cni (static) failed"
+    );
+    vec![
+        (
+            "static",
+            static_dir.join(&triple).join("release/scrambler-cni"),
+        ),
+        // cargo bench built this one with the bench
+        ("dynamic", PathBuf::from(common::BIN)),
+    ]
+}
+
+fn cargo_build_plugin() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "scrambler-cni",
+        "--bin",
+        "scrambler-cni",
+    ]);
+    c
 }
 
 /// ADD of scrambler-cni at most this fraction of bridge + host-local's ADD.
@@ -251,7 +318,9 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn print_table(names: &[String], figures: &[Figures]) {
-    println!("CNI wall time, median of {ROUNDS} interleaved rounds   ADD        DEL    ADD+DEL");
+    println!(
+        "CNI wall time, median of {ROUNDS} interleaved rounds                ADD        DEL    ADD+DEL"
+    );
     for (name, f) in names.iter().zip(figures) {
         println!(
             "  {name} {:7.2} ms {:7.2} ms {:7.2} ms",

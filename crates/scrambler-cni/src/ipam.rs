@@ -3,7 +3,8 @@
 
 use crate::delegate::{Delegate, DelegatedIpam};
 use crate::env::CniEnv;
-use scrambler_core::{Error, Ipam, NetConf, Result};
+use scrambler_core::{AllocRequest, AttachmentId, CniResult, Error, Ipam, NetConf, Result};
+use scrambler_ipam::LocalIpam;
 use serde_json::Value;
 
 /// The `ipam.type` of the built-in allocator.
@@ -12,7 +13,7 @@ pub const BUILTIN: &str = "scrambler-ipam";
 /// The IPAM of one invocation.
 pub enum SelectedIpam {
     /// The in-process allocator.
-    Builtin(Box<dyn Ipam>),
+    Builtin(LocalIpam),
     /// An external plugin.
     Delegated(DelegatedIpam),
 }
@@ -21,7 +22,7 @@ impl SelectedIpam {
     /// As an [`Ipam`].
     pub fn ipam(&self) -> &dyn Ipam {
         match self {
-            SelectedIpam::Builtin(i) => i.as_ref(),
+            SelectedIpam::Builtin(i) => i,
             SelectedIpam::Delegated(d) => d,
         }
     }
@@ -31,6 +32,26 @@ impl SelectedIpam {
         match self {
             SelectedIpam::Builtin(_) => BUILTIN,
             SelectedIpam::Delegated(d) => &d.delegate().name,
+        }
+    }
+
+    /// Allocates addresses for `req`. The built-in allocator runs on the calling thread
+    /// (its lease store is a few small file operations): a command has nothing to do
+    /// meanwhile that would pay for starting a thread and, on a busy node, waiting for it
+    /// to be scheduled.
+    pub async fn allocate(&self, req: &AllocRequest) -> Result<CniResult> {
+        match self {
+            SelectedIpam::Builtin(i) => i.allocate_blocking(req),
+            SelectedIpam::Delegated(d) => d.allocate(req).await,
+        }
+    }
+
+    /// Releases what `id` holds, on the calling thread for the built-in allocator
+    /// ([`SelectedIpam::allocate`]).
+    pub async fn release(&self, id: &AttachmentId) -> Result<()> {
+        match self {
+            SelectedIpam::Builtin(i) => i.release_blocking(id),
+            SelectedIpam::Delegated(d) => d.release(id).await,
         }
     }
 
@@ -69,13 +90,11 @@ pub fn select(conf: &NetConf, raw_conf: &Value, env: &CniEnv) -> Result<Selected
     )))
 }
 
-fn builtin(conf: &NetConf) -> Result<Box<dyn Ipam>> {
+fn builtin(conf: &NetConf) -> Result<LocalIpam> {
     let section = conf
         .ipam
         .as_ref()
         .ok_or_else(|| Error::config("missing field \"ipam\""))?;
     let ipam_conf = scrambler_ipam::IpamConf::parse(section)?;
-    Ok(Box::new(scrambler_ipam::LocalIpam::new(
-        &conf.name, ipam_conf,
-    )?))
+    LocalIpam::new(&conf.name, ipam_conf)
 }

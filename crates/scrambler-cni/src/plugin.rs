@@ -110,11 +110,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
     };
     let fault = fault::requested(&req.env)?;
     let allocation = Box::pin(async {
-        let addrs = ipam
-            .ipam()
-            .allocate(&alloc)
-            .await
-            .map_err(AddError::Unleased)?;
+        let addrs = ipam.allocate(&alloc).await.map_err(AddError::Unleased)?;
         tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
         fault
             .check(FaultStage::AfterIpam)
@@ -149,7 +145,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
 }
 
 async fn release_after_failure(ipam: &SelectedIpam, areq: &AttachRequest) {
-    if let Err(e) = ipam.ipam().release(&areq.id).await {
+    if let Err(e) = ipam.release(&areq.id).await {
         tracing::error!(error = %e, ipam = ipam.name(), "undo: IPAM release failed");
     }
 }
@@ -172,7 +168,6 @@ async fn del(req: &Request, host: &Netns) -> Result<()> {
     // handed out twice; the runtime retries DEL
     detached?;
     ipam::select(&req.conf, &req.raw, &req.env)?
-        .ipam()
         .release(&areq.id)
         .await
 }

@@ -7,9 +7,12 @@
 //! [`attach`] for the prologue every attachment shares (the pod namespace checked, the
 //! node and pod connections opened once and handed to the driver).
 //!
-//! The socket of another namespace is opened on a thread that has entered it
-//! ([`Netns::run_async`]); it stays bound to that namespace, so every request made through
-//! the returned [`Nl`] acts there while the process itself never changes namespace.
+//! The socket of another namespace is opened by the calling thread from inside it: the
+//! thread enters the namespace for the one `socket()` call and returns to its own before
+//! anything else runs on it (as the reference plugins' `ns.Do` does, without a thread to
+//! start and wait for). The socket stays bound to that namespace, so every request made
+//! through the returned [`Nl`] acts there while the process itself never changes
+//! namespace.
 //! Where adding an object that exists already can mean different things, the caller says
 //! which with [`Exists`]. Objects of one dataplane only (an ipvlan slave, an xfrm
 //! interface) are built in that dataplane's crate and sent through [`Nl::handle`] or
@@ -74,18 +77,10 @@ impl Nl {
         let open = move || {
             rtnetlink::new_connection().map_err(|e| Error::io("open netlink socket in", what, e))
         };
-        // opening a socket does not block: the current namespace's is opened right here
+        // opening a socket does not block: it is opened right here, from inside `netns`
         let (conn, handle, _) = match netns {
             Netns::Current => open()?,
-            Netns::Path(_) => {
-                let rt = tokio::runtime::Handle::current();
-                netns
-                    .run_async(move || {
-                        let _guard = rt.enter();
-                        open()
-                    })
-                    .await?
-            }
+            Netns::Path(_) => from_inside(netns, open)?,
         };
         let task = tokio::spawn(conn);
         Ok(Nl {
@@ -109,6 +104,26 @@ impl Nl {
     pub fn obj(&self, what: impl std::fmt::Display) -> String {
         format!("{what} in {}", self.netns)
     }
+}
+
+/// Calls `open` with the calling thread inside `netns`, then puts the thread back in its
+/// own namespace. `open` must only create sockets: nothing else may run on the thread while
+/// it is inside. A namespace that does not exist is [`Error::UnknownContainer`].
+fn from_inside<T>(netns: &Netns, open: impl FnOnce() -> Result<T>) -> Result<T> {
+    use nix::sched::{setns, CloneFlags};
+    use std::os::fd::AsFd;
+    let own = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| Error::io("open own netns of", "the calling thread", e))?;
+    let target = netns.open()?;
+    setns(target.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Error::io("enter netns", netns, e.into()))?;
+    let opened = open();
+    if let Err(e) = setns(own.as_fd(), CloneFlags::CLONE_NEWNET) {
+        // the thread would go on acting in `netns`: nothing it did after this could be trusted
+        eprintln!("scrambler-netlink: cannot return from {netns} to the thread's own netns: {e}");
+        std::process::abort();
+    }
+    opened
 }
 
 /// The errno of a netlink error, if it is one.
