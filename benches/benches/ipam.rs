@@ -14,8 +14,10 @@
 //! measured in the same interleaved rounds, i.e. what the plugins cost beyond the exec.
 //!
 //! Our binary is `$SCRAMBLER_IPAM_BIN`, else both builds are run (the static one with
-//! `RUSTFLAGS="-C target-feature=+crt-static"`, `--target <host triple>` and its own target
-//! dir `target/plugin-static`) and the binaries taken from the target dirs.
+//! `RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static"`, i.e. statically
+//! linked and position-dependent, `--target <host triple>` and its own target dir
+//! `target/plugin-static`, shared with the CNI bench) and the binaries taken from the
+//! target dirs.
 
 use criterion::Criterion;
 use scrambler_core::{AllocRequest, AttachmentId};
@@ -131,7 +133,7 @@ fn our_binaries() -> Vec<(&'static str, PathBuf)> {
     static_build
         .args(["--target", &triple])
         .env("CARGO_TARGET_DIR", &static_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+        .env("RUSTFLAGS", "-C target-feature=+crt-static -C relocation-model=static");
     [
         (
             "static",

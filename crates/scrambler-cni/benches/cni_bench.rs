@@ -10,9 +10,10 @@
 //! avoid, so DEL is judged by what it adds to that).
 //!
 //! Our plugin is timed in two builds, each (re)built by the bench so it is never stale:
-//! `static`, linked statically as it is meant to be installed (like the reference plugins,
-//! which are static Go binaries; `target/plugin-static`, the IPAM bench's static target
-//! dir), and `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_CNI_BIN`
+//! `static`, linked statically and position-dependent as it is meant to be installed
+//! (like the reference plugins, which are static Go binaries; see the crate docs; built in
+//! `target/plugin-static`, the IPAM bench's static target dir, with the same flags), and
+//! `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_CNI_BIN`
 //! replaces both.
 //!
 //! Run as root: `cargo bench -p scrambler-cni --bench cni_bench`.
@@ -271,7 +272,7 @@ fn our_binaries() -> Vec<(&'static str, PathBuf)> {
     static_build
         .args(["--target", &triple])
         .env("CARGO_TARGET_DIR", &static_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+        .env("RUSTFLAGS", "-C target-feature=+crt-static -C relocation-model=static");
     // figures of a stale binary from an earlier build would be misleading
     assert!(
         static_build.status().is_ok_and(|s| s.success()),

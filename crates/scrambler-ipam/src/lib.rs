@@ -116,15 +116,16 @@
 //!
 //! A runtime execs the plugin twice per pod (ADD, DEL), so its start-up is most of its
 //! cost: it starts no async runtime and no threads, and logs with a minimal stderr
-//! subscriber ([`log`]). Install it statically linked, as the reference plugins are
-//! shipped; loading `libc` and `libgcc_s` at each exec is what a dynamic build adds:
+//! subscriber ([`log`]). Install it statically linked and position-dependent, as the
+//! reference plugins (static Go binaries) are shipped; loading `libc` and `libgcc_s` and
+//! relocating the binary at each exec is what a default build adds:
 //!
 //! ```sh
-//! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
+//! RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" cargo build --release \
 //!     --target x86_64-unknown-linux-gnu -p scrambler-ipam   # → target/x86_64-unknown-linux-gnu/release/
 //! ```
 //!
-//! (`--target` keeps the flag off build scripts and proc macros.)
+//! (`--target` keeps the flags off build scripts and proc macros.)
 #![warn(missing_docs)]
 
 pub mod addr;
