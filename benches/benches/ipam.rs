@@ -133,7 +133,10 @@ fn our_binaries() -> Vec<(&'static str, PathBuf)> {
     static_build
         .args(["--target", &triple])
         .env("CARGO_TARGET_DIR", &static_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static -C relocation-model=static");
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        );
     [
         (
             "static",

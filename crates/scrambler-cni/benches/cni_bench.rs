@@ -197,8 +197,7 @@ fn main() {
     });
     let mut names = Vec::new();
     let mut contenders = Vec::new();
-    // per storage: the index of bridge + host-local, and of each build of ours
-    let mut judged: Vec<(&str, usize, Vec<(&str, usize)>)> = Vec::new();
+    let mut judged: Vec<Judged> = Vec::new();
     for (where_, dir) in [("disk ", disk.as_path()), ("tmpfs", tmpfs.path())] {
         let mut builds = Vec::new();
         for (label, bin) in &ours {
@@ -252,6 +251,10 @@ fn main() {
     }
 }
 
+/// Per lease storage: its label, the index of bridge + host-local's figures, and the label
+/// and index of each build of ours.
+type Judged = (&'static str, usize, Vec<(&'static str, usize)>);
+
 /// Where our static build goes (shared with the IPAM bench): its own target dir, so that
 /// its flag does not rebuild the workspace's artifacts.
 const STATIC_TARGET_DIR: &str = "plugin-static";
@@ -272,7 +275,10 @@ fn our_binaries() -> Vec<(&'static str, PathBuf)> {
     static_build
         .args(["--target", &triple])
         .env("CARGO_TARGET_DIR", &static_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static -C relocation-model=static");
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        );
     // figures of a stale binary from an earlier build would be misleading
     assert!(
         static_build.status().is_ok_and(|s| s.success()),
