@@ -118,6 +118,30 @@ async fn the_prologue_opens_both_namespaces_and_refuses_a_taken_ifname() {
 }
 
 #[tokio::test]
+async fn a_socket_of_another_netns_leaves_the_thread_in_its_own() {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).unwrap();
+    let own = ino("/proc/thread-self/ns/net");
+    let ns = Ns::new("nlth");
+    let nl = Nl::open(&ns.netns()).await.unwrap();
+    assert_eq!(
+        ino("/proc/thread-self/ns/net"),
+        own,
+        "thread left in {}",
+        ns.netns()
+    );
+    // the socket acts in `ns`: only its loopback is there
+    let links = nl.links().await.unwrap();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(links[0].name, "lo");
+    let e = Nl::open(&Netns::path("/run/netns/scr-no-such-netns"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), 3, "{e}");
+    assert_eq!(ino("/proc/thread-self/ns/net"), own);
+}
+
+#[tokio::test]
 async fn the_del_sockets_open_the_pod_side_only_when_it_is_there() {
     let host = Ns::new("nldh");
     let pod = Ns::new("nldp");
