@@ -13,8 +13,8 @@
 //! `static`, linked statically and position-dependent as it is meant to be installed
 //! (like the reference plugins, which are static Go binaries; see the crate docs; built in
 //! `target/plugin-static`, the IPAM bench's static target dir, with the same flags), and
-//! `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_CNI_BIN`
-//! replaces both.
+//! `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_CNI_BIN` replaces
+//! both: a path, or `label=path` pairs separated by `:` to compare builds in one run.
 //!
 //! Run as root: `cargo bench -p scrambler-cni --bench cni_bench`.
 
@@ -261,8 +261,14 @@ const STATIC_TARGET_DIR: &str = "plugin-static";
 
 /// Our plugin binary, built two ways (see the module docs), or `$SCRAMBLER_CNI_BIN`.
 fn our_binaries() -> Vec<(&'static str, PathBuf)> {
-    if let Some(p) = std::env::var_os("SCRAMBLER_CNI_BIN") {
-        return vec![("given", PathBuf::from(p))];
+    if let Ok(given) = std::env::var("SCRAMBLER_CNI_BIN") {
+        return given
+            .split(':')
+            .map(|b| match b.split_once('=') {
+                Some((label, path)) => (&*String::from(label).leak(), PathBuf::from(path)),
+                None => ("given", PathBuf::from(b)),
+            })
+            .collect();
     }
     // target/release/deps/cni_bench-HASH → target
     let target = std::env::current_exe()
