@@ -22,7 +22,9 @@
 //!   so a DEL or GC with nothing to release, CHECK and STATUS answer as usual, and only
 //!   an operation that must write fails, with an I/O error (code 5) saying the lease
 //!   directory is not writable.
-//! * `last_reserved_ip.<set>` remembers where each range set's allocation resumes.
+//! * `last_reserved_ip.<set>` remembers where each range set's allocation resumes. It is
+//!   only a hint, rewritten in place ([`Locked::set_last_reserved`]): a torn write only
+//!   changes where the next allocation starts.
 //! * `by-holder/<container id>@<ifname>@<address>` (names percent-encoded) is a hard link
 //!   of each lease file: an index that lets a scan learn every holder from two `readdir`s
 //!   instead of reading every lease file. A link is trusted only while it is the same inode
@@ -357,20 +359,42 @@ impl Locked<'_> {
         std::str::from_utf8(&body).ok()?.trim().parse().ok()
     }
 
-    /// Records the last address reserved from range set `set` (temp file, rename; on
-    /// failure nothing of it is left). Losing it only changes where the next allocation
+    /// Records the last address reserved from range set `set`, overwriting the file in
+    /// place, padded with spaces to its length (the reader trims them). Not by temp file
+    /// and rename, nor by truncation: replacing a file's data either way makes ext4 write
+    /// it out at once (`auto_da_alloc`), which on a busy disk cost a median 0.25 ms and up
+    /// to 4 ms per allocation. Losing or tearing it only changes where the next allocation
     /// starts.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
         let path = self.store.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
         self.check_writable("write last reserved address", &path)?;
-        let tmp = self
-            .store
-            .dir
-            .join(format!("{TEMP_PREFIX}{LAST_RESERVED_PREFIX}{set}"));
-        write_temp(&tmp, ip.to_string().as_bytes())
-            .and_then(|()| fs::rename(&tmp, &path).inspect_err(|_| remove_quietly(&tmp)))
+        overwrite_padded(&path, ip.to_string().as_bytes())
             .map_err(|e| Error::io("write last reserved address", path.display(), e))
     }
+}
+
+/// The longest `last_reserved_ip` file rewritten in place (an IPv6 address is at most 45
+/// bytes); a longer one, not ours, is truncated first.
+const LAST_RESERVED_MAX_LEN: u64 = 64;
+
+/// Writes `body` at the start of `path` (created if missing), padded with spaces to the
+/// file's length so that nothing of a longer earlier body is left.
+fn overwrite_padded(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let mut len = f.metadata()?.len();
+    if len > LAST_RESERVED_MAX_LEN {
+        f.set_len(0)?;
+        len = 0;
+    }
+    let mut padded = body.to_vec();
+    // at most LAST_RESERVED_MAX_LEN, so it fits
+    padded.resize(padded.len().max(len as usize), b' ');
+    f.write_all_at(&padded, 0)
 }
 
 /// Writes `body` to the new file `tmp`; on failure removes `tmp`.
@@ -554,6 +578,16 @@ mod tests {
         l.set_last_reserved(0, "10.0.0.9".parse().unwrap()).unwrap();
         assert_eq!(l.last_reserved(0), Some("10.0.0.9".parse().unwrap()));
         assert_eq!(l.last_reserved(1), None);
+        // rewritten in place: a shorter address after a longer one reads back as itself
+        for ip in ["10.0.0.200", "fd00::1:2:3:4", "10.0.0.7"] {
+            l.set_last_reserved(0, ip.parse().unwrap()).unwrap();
+            assert_eq!(l.last_reserved(0), Some(ip.parse().unwrap()), "{ip}");
+        }
+        // a file longer than any address (not ours) is replaced, not padded to its length
+        let path = store.dir().join("last_reserved_ip.1");
+        fs::write(&path, vec![b'x'; 1000]).unwrap();
+        l.set_last_reserved(1, "10.0.0.5".parse().unwrap()).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"10.0.0.5");
     }
 
     fn links(store: &Store) -> Vec<String> {
