@@ -11,7 +11,7 @@
 //!
 //! Our plugin is timed in two builds, each (re)built by the bench so it is never stale:
 //! `static`, linked statically and position-dependent as it is meant to be installed
-//! (like the reference plugins, which are static Go binaries; see the crate docs; built in
+//! (like the reference plugins' releases, static Go executables; see the crate docs; built in
 //! `target/plugin-static`, the IPAM bench's static target dir, with the same flags), and
 //! `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_CNI_BIN` replaces
 //! both: a path, or `label=path` pairs separated by `:` to compare builds in one run.

@@ -117,7 +117,7 @@
 //! A runtime execs the plugin twice per pod (ADD, DEL), so its start-up is most of its
 //! cost: it starts no async runtime and no threads, and logs with a minimal stderr
 //! subscriber ([`log`]). Install it statically linked and position-dependent, as the
-//! reference plugins (static Go binaries) are shipped; loading `libc` and `libgcc_s` and
+//! reference plugins' releases (static Go executables) are shipped; loading `libc` and `libgcc_s` and
 //! relocating the binary at each exec is what a default build adds:
 //!
 //! ```sh
