@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use scrambler_core::{keys, Mesh, Netns, NodeId, Tunnel};
+use scrambler_core::{keys, Mesh, Netns, Tunnel};
 use scrambler_testkit::capture::Capture;
 use scrambler_testkit::vm::{Feature, VmSuite};
 use scrambler_testkit::wire::{capture_bridge, ping_replies, Stream};
@@ -186,7 +186,7 @@ fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
         assert!(lab.ping(1, 2, 2) && lab.ping(1, 3, 2));
         // 3. the outbound state to node2 disappears: drop, and no re-creation under the
         //    same key (nonce reuse) — a rotation repairs it
-        let spi = keys::spi(NodeId::new(1).unwrap(), NodeId::new(2).unwrap(), 1);
+        let spi = keys::spi(node(1).incarnation(), node(2).incarnation(), 1);
         n1.ip(&[
             "xfrm",
             "state",

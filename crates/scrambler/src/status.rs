@@ -151,6 +151,7 @@ mod tests {
         let n = |name: &str, id| Node {
             name: name.into(),
             id: NodeId::new(id).unwrap(),
+            epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
             underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
             pod_cidrs: vec![format!("10.244.{id}.0/24").parse().unwrap()],
         };

@@ -269,6 +269,7 @@ mod tests {
         let node = |name: &str, n: u8| Node {
             name: name.into(),
             id: id(u32::from(n)),
+            epoch: scrambler_core::Epoch::new(0xe0 + u64::from(n)).unwrap(),
             underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
             pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
         };
