@@ -16,7 +16,8 @@
 //! * an outbound SA already recorded is admitted only when it is the last one recorded for
 //!   that peer *and* the dataplane has it now (a second, idempotent apply); otherwise —
 //!   its dataplane was reset, or the SA was lost — the whole apply is refused with an error
-//!   saying what to do: a new epoch for the node, or a key rotation;
+//!   saying what to do: a new epoch for the node (or a key rotation, which gets past the
+//!   refusal at its switch phase);
 //! * new ones are written to the ledger *before* they are installed (atomic replace and
 //!   `fsync` of file and directory), so a crash between the two errs on the safe side.
 //!
@@ -253,13 +254,14 @@ impl Ledger {
                     refused.join(", ")
                 ),
                 reason: format!(
-                    "it was installed before (ledger {}) and is not in the dataplane now; \
-                     installing it again would restart its sequence numbers under a key that \
-                     has sent (AES-GCM nonce reuse), so nothing was changed. If this node's \
-                     dataplane was reset (reboot, VPP restart, `scrambler mesh remove`), give \
-                     it a new epoch: `scrambler mesh epoch --node {node} --mesh MESHFILE`, \
-                     then apply the mesh on every node; if only an SA was lost, rotate keys \
-                     (`scrambler rotate`)",
+                    "it was installed before (ledger {}) and is not in the dataplane now (the \
+                     dataplane was reset by a reboot, a VPP restart or `scrambler mesh \
+                     remove`, or the SA was lost); installing it again would restart its \
+                     sequence numbers under a key that has sent (AES-GCM nonce reuse), so \
+                     nothing was changed. Give this node a new epoch: `scrambler mesh epoch \
+                     --node {node} --mesh MESHFILE`, then apply the mesh on every node. (A key \
+                     rotation, `scrambler rotate`, repairs it too: this node's apply is \
+                     refused until the switch phase brings a new generation.)",
                     self.path.display()
                 ),
             });

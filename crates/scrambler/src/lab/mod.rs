@@ -122,6 +122,12 @@ impl LabState {
         Self::dir(&self.spec.name).join("state")
     }
 
+    /// The directory of the nodes' ledgers of outbound SAs (kept across a node's `reboot`,
+    /// as `/var/lib/scrambler` is on a real node).
+    pub fn ledger_dir(&self) -> PathBuf {
+        Self::dir(&self.spec.name).join("ledger")
+    }
+
     /// Node `i`'s backend.
     pub fn node_backend(&self, i: usize) -> Backend {
         self.node_backends
@@ -305,6 +311,7 @@ fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
         netns: Netns::named(&node),
         node,
         state_dir: state.state_dir(),
+        ledger_dir: state.ledger_dir(),
         backend: state.node_backend(i).tunnel(),
         vpp_socket: vppnode::api_socket(&state.spec.name, i),
     }
