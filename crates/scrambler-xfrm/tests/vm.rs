@@ -528,10 +528,10 @@ fn vm_xfrm_epoch_installed_states_match_the_known_answer_vectors() {
         }
         assert!(lab.ping(1, 2, 2), "both ends derive the same SAs");
     });
-    for (ns, vectors) in [(&lab.nodes[0], [0, 1]), (&lab.nodes[1], [1, 0])] {
+    for ns in &lab.nodes[..2] {
         let states = dumped_states(ns);
-        for (i, (src, dst)) in vectors.iter().zip([("1", "2"), ("2", "1")]) {
-            let (_, _, _, key, salt, spi) = kat::VECTORS[*i];
+        for (i, (src, dst)) in [(0, ("1", "2")), (1, ("2", "1"))] {
+            let (_, _, _, key, salt, spi) = kat::VECTORS[i];
             let s = states
                 .iter()
                 .find(|s| s.src == format!("192.0.2.{src}") && s.dst == format!("192.0.2.{dst}"))
