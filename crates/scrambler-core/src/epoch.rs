@@ -151,6 +151,9 @@ mod tests {
             assert_ne!(e.get(), 0);
             assert_ne!(e.spi_tag(), prev.spi_tag());
         }
-        assert_ne!(Epoch::generate(None).unwrap(), Epoch::generate(None).unwrap());
+        assert_ne!(
+            Epoch::generate(None).unwrap(),
+            Epoch::generate(None).unwrap()
+        );
     }
 }

@@ -34,10 +34,10 @@
 //!
 //! Secrets are zeroized on drop and their `Debug` prints nothing of them.
 
-use crate::error::{Error, Result};
-use crate::epoch::Incarnation;
 #[cfg(doc)]
 use crate::epoch::Epoch;
+use crate::epoch::Incarnation;
+use crate::error::{Error, Result};
 use crate::mesh::Generation;
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -532,9 +532,30 @@ pub mod kat {
 
     /// (sender, receiver, generation, key hex, salt hex, SPI).
     pub const VECTORS: &[(Incarnation, Incarnation, Generation, &str, &str, u32)] = &[
-        (A, B, 7, "41870e81df58f208f01da6e621340301", "aed5159b", 0x0800_01ff),
-        (B, A, 7, "05e5ca8e3d70d75ebf869a79ec3a657a", "1a551a65", 0x0800_02ff),
-        (A2, B, 7, "b44c93f305a0b87598d6cce6eaf84a54", "8d4f113a", 0x0800_0110),
+        (
+            A,
+            B,
+            7,
+            "41870e81df58f208f01da6e621340301",
+            "aed5159b",
+            0x0800_01ff,
+        ),
+        (
+            B,
+            A,
+            7,
+            "05e5ca8e3d70d75ebf869a79ec3a657a",
+            "1a551a65",
+            0x0800_02ff,
+        ),
+        (
+            A2,
+            B,
+            7,
+            "b44c93f305a0b87598d6cce6eaf84a54",
+            "8d4f113a",
+            0x0800_0110,
+        ),
         (
             inc(0x1234, 1),
             inc(0xfffe, u64::MAX),

@@ -249,10 +249,7 @@ impl Ledger {
         }
         if !refused.is_empty() {
             return Err(Error::AlreadyExists {
-                object: format!(
-                    "outbound SA of node {node:?} to {}",
-                    refused.join(", ")
-                ),
+                object: format!("outbound SA of node {node:?} to {}", refused.join(", ")),
                 reason: format!(
                     "it was installed before (ledger {}) and is not in the dataplane now (the \
                      dataplane was reset by a reboot, a VPP restart or `scrambler mesh \
@@ -285,7 +282,11 @@ impl Ledger {
 
     /// The outbound SA last recorded for `peer`.
     fn last_to(&self, peer: NodeId) -> Option<&OutboundSa> {
-        self.file.outbound.iter().rev().find(|sa| sa.peer_id == peer)
+        self.file
+            .outbound
+            .iter()
+            .rev()
+            .find(|sa| sa.peer_id == peer)
     }
 
     /// Replaces the file atomically and durably: a temporary file (mode 0600) written and
@@ -293,8 +294,7 @@ impl Ledger {
     fn save(&self) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let text =
-            serde_json::to_vec_pretty(&self.file).map_err(|e| Error::decode("ledger", e))?;
+        let text = serde_json::to_vec_pretty(&self.file).map_err(|e| Error::decode("ledger", e))?;
         let tmp = self.path.with_extension("tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)

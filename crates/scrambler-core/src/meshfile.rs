@@ -163,7 +163,11 @@ mod tests {
         assert!(text.contains("node \"b\" has no \"epoch\""), "{text}");
         let cmd = format!("scrambler mesh epoch --node b --mesh {}", p.display());
         assert!(text.contains(&cmd), "{text}");
-        std::fs::write(&p, TWO_NODES.replace("fedcba9876543210", "0000000000000000")).unwrap();
+        std::fs::write(
+            &p,
+            TWO_NODES.replace("fedcba9876543210", "0000000000000000"),
+        )
+        .unwrap();
         let text = MeshFile::load(&p).unwrap_err().to_string();
         assert!(text.contains("nonzero"), "{text}");
         std::fs::write(&p, TWO_NODES.replace("\"fedcba9876543210\"", "42")).unwrap();

@@ -148,7 +148,10 @@ async fn vpp_sas_match_the_known_answer_vectors_and_a_new_epoch_rekeys() {
             assert_eq!(k, key, "SPI {spi:#x}");
             let want = u32::from_str_radix(salt, 16).unwrap();
             // VPP dumps the salt byte-swapped (see the readback of the tunnel)
-            assert!(*s == want || s.swap_bytes() == want, "SPI {spi:#x}: salt {s:#x}");
+            assert!(
+                *s == want || s.swap_bytes() == want,
+                "SPI {spi:#x}: salt {s:#x}"
+            );
         }
     }
 
@@ -188,7 +191,12 @@ async fn vpp_sas_match_the_known_answer_vectors_and_a_new_epoch_rekeys() {
             continue;
         };
         esp += 1;
-        let src = head.split_whitespace().rev().nth(2).unwrap_or("").to_string();
+        let src = head
+            .split_whitespace()
+            .rev()
+            .nth(2)
+            .unwrap_or("")
+            .to_string();
         let (spi, seq) = rest.split_once(",seq=0x").unwrap();
         let seq = seq.split(')').next().unwrap().to_string();
         assert!(

@@ -313,7 +313,9 @@ pub(crate) mod tests {
             keys: Keys::single(7),
         };
         let d = Desired::plan(&XfrmConfig::default(), &m, Some(&kat::secret())).unwrap();
-        for (inbound, (_, _, _, key, salt, spi)) in [(false, kat::VECTORS[0]), (true, kat::VECTORS[1])] {
+        for (inbound, (_, _, _, key, salt, spi)) in
+            [(false, kat::VECTORS[0]), (true, kat::VECTORS[1])]
+        {
             let s = d.states.values().find(|s| s.inbound == inbound).unwrap();
             assert_eq!(s.shape.key.spi, spi);
             let XfrmMessage::AddSa(msg) = s.add_msg() else {

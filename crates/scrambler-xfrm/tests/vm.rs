@@ -591,7 +591,10 @@ fn vm_xfrm_epoch_reboot_rekeys_every_pair_of_the_node_without_rotation() {
             if lab.ping(1, 2, 1) && lab.ping(3, 1, 1) {
                 break back.elapsed();
             }
-            assert!(back.elapsed() < Duration::from_secs(10), "pings never resumed");
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "pings never resumed"
+            );
         };
         eprintln!("pings resumed {resumed:?} after the re-apply");
         assert!(resumed < Duration::from_secs(5), "{resumed:?}");
@@ -640,7 +643,8 @@ fn vm_xfrm_epoch_reboot_rekeys_every_pair_of_the_node_without_rotation() {
         let new_spis: std::collections::HashSet<u32> = after[0].iter().map(|s| s.spi).collect();
         for spis in [&old_spis, &new_spis] {
             assert!(
-                seqs.iter().any(|(_, _, spi, seq)| spis.contains(spi) && *seq == 1),
+                seqs.iter()
+                    .any(|(_, _, spi, seq)| spis.contains(spi) && *seq == 1),
                 "{spis:x?} not seen from seq 1: {seqs:?}"
             );
         }

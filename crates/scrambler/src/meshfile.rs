@@ -161,6 +161,9 @@ mod tests {
             mf.mesh_for("b").unwrap().local.epoch.to_string(),
             "fedcba9876543210"
         );
-        assert!(new_epoch(&p, "zz").unwrap_err().to_string().contains("not in the mesh"));
+        assert!(new_epoch(&p, "zz")
+            .unwrap_err()
+            .to_string()
+            .contains("not in the mesh"));
     }
 }

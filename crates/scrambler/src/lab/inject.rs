@@ -123,7 +123,10 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
                 r.added
             ));
             apply_on_peers(&state, node).await?;
-            step(format!("new epoch of {} applied on its peers", names.node(node)));
+            step(format!(
+                "new epoch of {} applied on its peers",
+                names.node(node)
+            ));
             let cni = pods::find_cni_binary()?;
             let mut rebuilt = vec![];
             for j in 1..=state.spec.pods_per_node {
@@ -204,7 +207,10 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
                 r.removed
             ));
             apply_on_peers(&state, node).await?;
-            step(format!("new epoch of {} applied on its peers", names.node(node)));
+            step(format!(
+                "new epoch of {} applied on its peers",
+                names.node(node)
+            ));
         }
         Fault::Rotate => {
             rotate_phases(&state, None, 3, hold, &mut step).await?;
