@@ -74,7 +74,7 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
         .all(|p| policies.get(&p.key) == Some(&p));
     let mut errors = obs.xfrm_stat;
     // an outbound SA gone while its generation is live in the other direction: it is not
-    // re-created under the same key (nonce reuse); only a key rotation repairs it
+    // re-created under the same key (nonce reuse); only a new key (epoch or rotation) repairs it
     let lost = peers
         .iter()
         .filter(|p| !p.outbound && p.rx_generations.contains(&mesh.keys.tx))
