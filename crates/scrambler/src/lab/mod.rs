@@ -4,8 +4,10 @@
 //! mesh on every node and starts pods through the real CNI binary; `lab test` pings every pod
 //! from every pod on other nodes while capturing the underlay and prints a verdict;
 //! `lab inject` breaks something and measures the outage; `lab down` removes everything.
-//! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file, IPAM leases,
-//! CNI log, captures).
+//! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file with each
+//! node's epoch, the nodes' ledgers of outbound SAs, IPAM leases, CNI log, captures). A
+//! node the `reboot` fault rebuilds comes back with a new epoch, as a real node's dataplane
+//! would after a reboot; the others keep theirs.
 
 pub mod backend;
 pub mod capture;
