@@ -29,8 +29,8 @@
 //!   SA's packets on its old inbound SA, which drops them (replay window or ICV) until it
 //!   re-keys that pair, exactly as a missing SA would.
 //!
-//! Known-answer vectors pin the derivation ([`tests`] in this file); both dataplanes are
-//! tested to install exactly these bytes.
+//! Known-answer vectors (the unit tests, and `kat` with the cargo feature `test-vectors`)
+//! pin the derivation; both dataplanes are tested to install exactly these bytes.
 //!
 //! Secrets are zeroized on drop and their `Debug` prints nothing of them.
 
