@@ -74,12 +74,12 @@ fn vppctl_commands(m: &Mesh, secret: &ClusterSecret) -> Vec<Vec<String>> {
                 format!("set interface tag {tun} scrambler:peer={}", p.name),
                 format!("set interface unnumbered {tun} use {UPLINK}"),
                 format!("enable ip6 interface {tun}"),
-                sa(out_id, secret.sa(m.local.id, p.id, tx), false),
+                sa(out_id, secret.sa(m.local.incarnation(), p.incarnation(), tx), false),
             ];
             let mut sa_in = String::new();
             for g in &m.keys.rx {
                 let id = sa_id(Direction::Inbound, p.id, *g);
-                v.push(sa(id, secret.sa(p.id, m.local.id, *g), true));
+                v.push(sa(id, secret.sa(p.incarnation(), m.local.incarnation(), *g), true));
                 let _ = write!(sa_in, " sa-in {id}");
             }
             v.push(format!("ipsec tunnel protect {tun}{sa_in} sa-out {out_id}"));

@@ -7,6 +7,7 @@ pub fn node(id: u32) -> Node {
     Node {
         name: format!("n{id}"),
         id: NodeId::new(id).expect("node id"),
+        epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).expect("epoch"),
         underlay: vec![format!("2001:db8::{id:x}").parse().expect("underlay")],
         pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
             .parse()

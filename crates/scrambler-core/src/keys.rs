@@ -1,20 +1,44 @@
 //! Key and SPI derivation shared by every dataplane.
 //!
-//! One cluster secret; per (sender, receiver, generation) an SA: a 16-byte AES-GCM key and a
-//! 4-byte salt from HKDF-SHA256, and an SPI computed from the ids alone, so both ends agree
+//! One cluster secret; per SA — sender a → receiver b, each end an [`Incarnation`] (node id
+//! and the [`Epoch`] of its dataplane), in generation g — a 16-byte AES-GCM key and a 4-byte
+//! salt from HKDF-SHA256, and an SPI computed from public values alone, so both ends agree
 //! without talking and the kernel and VPP backends put the same ESP on the wire.
 //!
-//! * HKDF salt: `"scrambler-esp-v1"`; info: `sender id ‖ receiver id ‖ generation` (big
-//!   endian), so each direction, pair and generation has its own key and salt: a (key, salt)
-//!   is never reused across generations (GCM nonce reuse would break confidentiality).
-//! * SPI: `(1 + generation mod 128) << 24 | sender id << 8 | receiver id & 0xff` — ≥ 2^24
-//!   (values < 256 are reserved), and unique on a receiving node for every sender and every
-//!   live generation as long as the live generations span fewer than [`SPI_GENERATIONS`].
+//! * HKDF salt: `"scrambler-esp-v2"`; IKM: the cluster secret; info (24 bytes, big
+//!   endian): `a.id (2) ‖ a.epoch (8) ‖ b.id (2) ‖ b.epoch (8) ‖ g (4)`; output: 20 bytes,
+//!   key (16) ‖ salt (4). Each direction, pair, generation and *incarnation of either
+//!   end* has its own key and salt: a dataplane that restarts with a new epoch never sends
+//!   under a key it (or its previous incarnation) sent under before, which is what keeps
+//!   AES-GCM (key, IV) pairs from repeating across restarts.
+//! * SPI: `(1 + g mod 128) << 24 | a.id << 8 | (a.epoch ⊕ b.epoch) & 0xff`. Inbound SAs
+//!   are looked up by (destination, SPI) only, so on a receiving node b the SPI must be
+//!   unique per sender and live generation: bits 8..24 are the sender's id and bits 24..32
+//!   the generation mod [`SPI_GENERATIONS`] (plus one), so two SAs a node receives differ
+//!   in them whenever their senders differ or their generations differ by less than 128
+//!   ([`crate::Mesh::validate`] keeps the live ones that close). The low byte, free for it,
+//!   is the *epoch tag* ⊕ of both ends' ([`Epoch::spi_tag`]): an end that comes back with
+//!   an epoch of another tag — [`Epoch::generate`] picks one — changes the SPI of every SA
+//!   it has, both directions, with every peer, so no (SPI, sequence number) of its old SAs
+//!   shows up again on the wire. SPIs are ≥ 2^24 (values < 256 are reserved).
+//! * An SPI coincidence — a new (epoch_a, epoch_b) with the same tag as the old one: 1 in
+//!   256 for an epoch drawn without regard to the previous one, or when both ends restart
+//!   at once — changes nothing for nonce safety: the key is still new (it binds the full
+//!   64-bit epochs), so the sequence numbers restarting under that SPI are under another
+//!   key. All it does is let a peer that has not yet applied the new epoch see the new
+//!   SA's packets on its old inbound SA, which drops them (replay window or ICV) until it
+//!   re-keys that pair, exactly as a missing SA would.
+//!
+//! Known-answer vectors (the unit tests, and `kat` with the cargo feature `test-vectors`)
+//! pin the derivation; both dataplanes are tested to install exactly these bytes.
 //!
 //! Secrets are zeroized on drop and their `Debug` prints nothing of them.
 
+#[cfg(doc)]
+use crate::epoch::Epoch;
+use crate::epoch::Incarnation;
 use crate::error::{Error, Result};
-use crate::mesh::{Generation, NodeId};
+use crate::mesh::Generation;
 use hkdf::Hkdf;
 use sha2::Sha256;
 use std::fmt;
@@ -107,13 +131,16 @@ impl ClusterSecret {
         Self::from_bytes(bytes.to_vec())
     }
 
-    /// The SA that `sender` uses to send to `receiver` in generation `generation`.
-    pub fn sa(&self, sender: NodeId, receiver: NodeId, generation: Generation) -> SaKey {
-        let hk = Hkdf::<Sha256>::new(Some(b"scrambler-esp-v1"), &self.0);
-        let mut info = [0u8; 8];
-        info[0..2].copy_from_slice(&sender.get().to_be_bytes());
-        info[2..4].copy_from_slice(&receiver.get().to_be_bytes());
-        info[4..8].copy_from_slice(&generation.to_be_bytes());
+    /// The SA that `sender` uses to send to `receiver` in generation `generation` (see the
+    /// module docs for the derivation).
+    pub fn sa(&self, sender: Incarnation, receiver: Incarnation, generation: Generation) -> SaKey {
+        let hk = Hkdf::<Sha256>::new(Some(KDF_LABEL), &self.0);
+        let mut info = [0u8; 24];
+        info[0..2].copy_from_slice(&sender.id.get().to_be_bytes());
+        info[2..10].copy_from_slice(&sender.epoch.get().to_be_bytes());
+        info[10..12].copy_from_slice(&receiver.id.get().to_be_bytes());
+        info[12..20].copy_from_slice(&receiver.epoch.get().to_be_bytes());
+        info[20..24].copy_from_slice(&generation.to_be_bytes());
         let mut okm = Zeroizing::new([0u8; 20]);
         // 20 bytes is far below HKDF-SHA256's limit of 255*32, so expand cannot fail.
         hk.expand(&info, &mut okm[..])
@@ -130,6 +157,9 @@ impl ClusterSecret {
         sa
     }
 }
+
+/// The HKDF salt, naming the version of the derivation.
+pub const KDF_LABEL: &[u8] = b"scrambler-esp-v2";
 
 /// Largest key file read (a 32-byte secret is 64 hex digits).
 const MAX_KEY_FILE_LEN: usize = 4096;
@@ -189,17 +219,20 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     Ok(buf)
 }
 
-fn getrandom_fill(buf: &mut [u8]) -> Result<()> {
+pub(crate) fn getrandom_fill(buf: &mut [u8]) -> Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
         .map_err(|e| Error::io("read", "/dev/urandom", e))
 }
 
-/// The SPI of the SA from `sender` to `receiver` in `generation` (see the module docs).
-pub fn spi(sender: NodeId, receiver: NodeId, generation: Generation) -> u32 {
+/// The SPI of the SA from `sender` to `receiver` in `generation`:
+/// `(1 + generation mod 128) << 24 | sender id << 8 | (sender epoch ⊕ receiver epoch) & 0xff`
+/// (see the module docs).
+pub fn spi(sender: Incarnation, receiver: Incarnation, generation: Generation) -> u32 {
     let g = 1 + (generation % SPI_GENERATIONS);
-    (g << 24) | ((sender.get() as u32) << 8) | (receiver.get() as u32 & 0xff)
+    let tag = sender.epoch.spi_tag() ^ receiver.epoch.spi_tag();
+    (g << 24) | ((sender.id.get() as u32) << 8) | tag as u32
 }
 
 /// Inverse of [`spi`] for the parts it encodes: `(generation mod 128, sender id)`.
@@ -247,6 +280,8 @@ impl fmt::Debug for SaKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::epoch::Epoch;
+    use crate::mesh::NodeId;
     use proptest::prelude::*;
 
     fn secret() -> ClusterSecret {
@@ -255,26 +290,80 @@ mod tests {
     fn id(n: u32) -> NodeId {
         NodeId::new(n).unwrap()
     }
+    fn inc(n: u32, epoch: u64) -> Incarnation {
+        Incarnation {
+            id: id(n),
+            epoch: Epoch::new(epoch).unwrap(),
+        }
+    }
+    fn a() -> Incarnation {
+        inc(1, 0x0123_4567_89ab_cdef)
+    }
+    fn b() -> Incarnation {
+        inc(2, 0xfedc_ba98_7654_3210)
+    }
 
     #[test]
     fn directions_and_generations_get_different_keys() {
         let s = secret();
-        let ab = s.sa(id(1), id(2), 1);
-        let ba = s.sa(id(2), id(1), 1);
-        let ab2 = s.sa(id(1), id(2), 2);
+        let ab = s.sa(a(), b(), 1);
+        let ba = s.sa(b(), a(), 1);
+        let ab2 = s.sa(a(), b(), 2);
         assert_ne!(ab.key, ba.key);
         assert_ne!(ab.spi, ba.spi);
         assert_ne!(ab.key, ab2.key);
         assert_ne!(ab.salt, ab2.salt);
         assert_ne!(ab.spi, ab2.spi);
         // deterministic: both ends compute the same
-        assert_eq!(ab.key, s.sa(id(1), id(2), 1).key);
+        assert_eq!(ab.key, s.sa(a(), b(), 1).key);
+    }
+
+    #[test]
+    fn a_new_epoch_of_either_end_gives_new_keys_and_spis() {
+        let s = secret();
+        let old = s.sa(a(), b(), 1);
+        let a2 = Incarnation {
+            epoch: Epoch::generate(Some(a().epoch)).unwrap(),
+            ..a()
+        };
+        let b2 = Incarnation {
+            epoch: Epoch::generate(Some(b().epoch)).unwrap(),
+            ..b()
+        };
+        for (x, y) in [(a2, b()), (a(), b2)] {
+            let new = s.sa(x, y, 1);
+            assert_ne!(new.key, old.key);
+            assert_ne!(new.salt, old.salt);
+            assert_ne!(new.spi, old.spi, "a generated epoch changes the SPI tag");
+            // the parts that keep SPIs unique on the receiver are unchanged
+            assert_eq!(spi_parts(new.spi), spi_parts(old.spi));
+        }
+        // an epoch with the same tag: same SPI, new key (no nonce reuse)
+        let same_tag = inc(1, 0x0123_4567_89ab_ccef);
+        let c = s.sa(same_tag, b(), 1);
+        assert_eq!(c.spi, old.spi);
+        assert_ne!(c.key, old.key);
+    }
+
+    /// Known answers, computed apart from this crate (Python's hmac/hashlib HKDF with the
+    /// layout of the module docs): any change to the derivation fails here.
+    #[test]
+    fn known_answer_vectors() {
+        let secret = kat::secret();
+        for (x, y, g, key, salt, want_spi) in kat::VECTORS {
+            let sa = secret.sa(*x, *y, *g);
+            assert_eq!(hex::encode(sa.key), *key, "key {x:?} -> {y:?} g{g}");
+            assert_eq!(hex::encode(sa.salt), *salt, "salt {x:?} -> {y:?} g{g}");
+            assert_eq!(sa.spi, *want_spi, "spi {x:?} -> {y:?} g{g}");
+            assert_eq!(spi(*x, *y, *g), *want_spi);
+            assert_eq!(sa.generation, *g);
+        }
     }
 
     #[test]
     fn debug_never_prints_key_material() {
         let s = secret();
-        let sa = s.sa(id(1), id(2), 1);
+        let sa = s.sa(a(), b(), 1);
         let d = format!("{sa:?} {s:?}");
         assert!(!d.contains(&format!("{:?}", sa.key)));
         assert!(d.contains("redacted"));
@@ -303,16 +392,17 @@ mod tests {
     #[test]
     fn key_file_written_0600_reads_back() {
         use std::os::unix::fs::PermissionsExt;
+        let (x, y) = (super::tests::a, super::tests::b);
         let (_dir, p, a) = key_file();
         let meta = std::fs::metadata(&p).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         let b = ClusterSecret::from_file(&p).unwrap();
-        assert_eq!(a.sa(id(1), id(2), 3).key, b.sa(id(1), id(2), 3).key);
+        assert_eq!(a.sa(x(), y(), 3).key, b.sa(x(), y(), 3).key);
         // whitespace (a line break in the middle) is ignored
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, format!("{}\n  {}", &text[..10], &text[10..])).unwrap();
         let c = ClusterSecret::from_file(&p).unwrap();
-        assert_eq!(a.sa(id(1), id(2), 3).key, c.sa(id(1), id(2), 3).key);
+        assert_eq!(a.sa(x(), y(), 3).key, c.sa(x(), y(), 3).key);
     }
 
     #[test]
@@ -395,17 +485,84 @@ mod tests {
         // On one receiver, every (sender, live generation) has its own SPI, and SPIs are ≥ 256.
         #[test]
         fn spis_unique_per_receiver(recv in 1u32..65535, base in 0u32..1_000_000,
-                                    senders in proptest::collection::hash_set(1u32..65535, 1..40),
+                                    senders in proptest::collection::hash_map(1u32..65535, 1u64.., 1..40),
+                                    recv_epoch in 1u64..,
                                     span in 1u32..SPI_GENERATIONS) {
             let mut seen = std::collections::HashSet::new();
-            for s in senders.iter().filter(|s| **s != recv) {
+            for (s, e) in senders.iter().filter(|(s, _)| **s != recv) {
                 for g in [base, base + span] {
-                    let v = spi(id(*s), id(recv), g);
+                    let v = spi(inc(*s, *e), inc(recv, recv_epoch), g);
                     prop_assert!(v >= 256);
                     prop_assert_eq!(spi_parts(v), Some((g % SPI_GENERATIONS, *s as u16)));
+                    prop_assert_eq!(v & 0xff, ((*e ^ recv_epoch) & 0xff) as u32);
                     prop_assert!(seen.insert(v), "duplicate SPI {:#x}", v);
                 }
             }
         }
     }
+}
+
+/// The known-answer vectors of the derivation: (sender, receiver, generation, key, salt,
+/// SPI) for the cluster secret of the bytes 0, 1, …, 31, so that the dataplanes' tests
+/// check what they install against the same bytes (cargo feature `test-vectors`).
+#[cfg(any(test, feature = "test-vectors"))]
+pub mod kat {
+    use super::*;
+    use crate::epoch::Epoch;
+    use crate::mesh::NodeId;
+
+    /// The cluster secret of the vectors: the bytes 0, 1, …, 31.
+    pub fn secret() -> ClusterSecret {
+        ClusterSecret::from_bytes((0u8..32).collect()).unwrap_or_else(|_| unreachable!())
+    }
+
+    const fn inc(id: u16, epoch: u64) -> Incarnation {
+        Incarnation {
+            id: NodeId::from_raw(id),
+            epoch: Epoch::from_raw(epoch),
+        }
+    }
+
+    /// Node 1, epoch 0123456789abcdef.
+    pub const A: Incarnation = inc(1, 0x0123_4567_89ab_cdef);
+    /// Node 2, epoch fedcba9876543210.
+    pub const B: Incarnation = inc(2, 0xfedc_ba98_7654_3210);
+    /// Node 1 after a restart, with an epoch of another SPI tag.
+    pub const A2: Incarnation = inc(1, 0x0123_4567_89ab_cd00);
+
+    /// (sender, receiver, generation, key hex, salt hex, SPI).
+    pub const VECTORS: &[(Incarnation, Incarnation, Generation, &str, &str, u32)] = &[
+        (
+            A,
+            B,
+            7,
+            "41870e81df58f208f01da6e621340301",
+            "aed5159b",
+            0x0800_01ff,
+        ),
+        (
+            B,
+            A,
+            7,
+            "05e5ca8e3d70d75ebf869a79ec3a657a",
+            "1a551a65",
+            0x0800_02ff,
+        ),
+        (
+            A2,
+            B,
+            7,
+            "b44c93f305a0b87598d6cce6eaf84a54",
+            "8d4f113a",
+            0x0800_0110,
+        ),
+        (
+            inc(0x1234, 1),
+            inc(0xfffe, u64::MAX),
+            130,
+            "4ab31dab5061d3f7ef631f41f623f1d8",
+            "00e8635c",
+            0x0312_34fe,
+        ),
+    ];
 }

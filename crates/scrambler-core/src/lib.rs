@@ -5,7 +5,8 @@
 //! [`CniResult`], [`NetConf`]), the three traits each dataplane implements ([`Ipam`],
 //! [`Tunnel`], [`Attach`]), one [`Error`] type
 //! that maps to CNI error codes, network-namespace handling ([`Netns`]), and the key/SPI
-//! derivation ([`ClusterSecret`]) and ESP parameters ([`esp`]) that make the kernel and VPP
+//! derivation ([`ClusterSecret`], binding each node's dataplane [`Epoch`]), the ledger of
+//! outbound SAs that keeps any key from being installed twice ([`Ledger`]), and ESP parameters ([`esp`]) that make the kernel and VPP
 //! dataplanes put the same ESP on the wire. The CNI protocol plumbing every plugin binary
 //! shares (command, `CNI_*` environment, `VERSION` answer, error object) is in [`cni`].
 #![warn(missing_docs)]
@@ -13,10 +14,12 @@
 pub mod backend;
 pub mod cni;
 pub mod conf;
+pub mod epoch;
 pub mod error;
 pub mod esp;
 pub mod fault;
 pub mod keys;
+pub mod ledger;
 pub mod mesh;
 pub mod meshfile;
 pub mod netns;
@@ -26,8 +29,10 @@ pub mod traits;
 
 pub use backend::{Backend, TunnelDataplane, UnknownBackend};
 pub use conf::NetConf;
+pub use epoch::{Epoch, Incarnation};
 pub use error::{CniCode, CniErrorJson, Error, Result};
 pub use keys::{ClusterSecret, SaKey};
+pub use ledger::{Ledger, OutboundSa};
 pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId};
 pub use meshfile::MeshFile;
 pub use netns::Netns;

@@ -4,6 +4,7 @@
 //! A mesh is plain data: every [`crate::Tunnel`] reconciles its dataplane to it. It is
 //! read from a mesh file (JSON) by the node tool and by embedders.
 
+use crate::epoch::{Epoch, Incarnation};
 use crate::error::{Error, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,13 @@ impl NodeId {
                 "node id {id} out of range: ids are 1..=65535"
             ))),
         }
+    }
+
+    /// A node id known to be nonzero at compile time (constants).
+    #[cfg(any(test, feature = "test-vectors"))]
+    pub(crate) const fn from_raw(id: u16) -> Self {
+        assert!(id != 0, "node id 0 is reserved");
+        NodeId(id)
     }
 
     /// The numeric id.
@@ -93,23 +101,71 @@ pub fn check_node_name(name: &str) -> Result<()> {
 pub type Generation = u32;
 
 /// One node of the cluster.
+///
+/// In JSON (`camelCase`), `epoch` is required: a mesh without it is refused with an error
+/// that says how to give the node one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "NodeJson")]
 pub struct Node {
     /// Node name (for people and logs).
     pub name: String,
     /// Stable unique id.
     pub id: NodeId,
+    /// The epoch of the node's dataplane: new whenever the dataplane lost its SAs (see
+    /// [`crate::epoch`]); every key with the node binds it.
+    pub epoch: Epoch,
     /// Underlay addresses (the outer addresses of ESP); the first of each family is used.
     pub underlay: Vec<IpAddr>,
     /// Pod CIDRs owned by this node.
     pub pod_cidrs: Vec<IpNet>,
 }
 
+/// A [`Node`] as read, so that a missing epoch gets its own error.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeJson {
+    name: String,
+    id: NodeId,
+    epoch: Option<Epoch>,
+    underlay: Vec<IpAddr>,
+    pod_cidrs: Vec<IpNet>,
+}
+
+impl TryFrom<NodeJson> for Node {
+    type Error = String;
+    fn try_from(n: NodeJson) -> std::result::Result<Node, String> {
+        let epoch = n.epoch.ok_or_else(|| missing_epoch(&n.name))?;
+        Ok(Node {
+            name: n.name,
+            id: n.id,
+            epoch,
+            underlay: n.underlay,
+            pod_cidrs: n.pod_cidrs,
+        })
+    }
+}
+
+/// What a node without an epoch is told.
+pub fn missing_epoch(name: &str) -> String {
+    format!(
+        "node {name:?} has no \"epoch\": every node needs one (16 hex digits, random, new \
+         whenever its dataplane lost its SAs); give it one with \
+         `scrambler mesh epoch --node {name} --mesh MESHFILE`"
+    )
+}
+
 impl Node {
     /// The underlay address of the same family as `peer`'s first underlay address.
     pub fn underlay_for(&self, v6: bool) -> Option<IpAddr> {
         self.underlay.iter().copied().find(|a| a.is_ipv6() == v6)
+    }
+
+    /// The node as one end of an SA: its id and epoch.
+    pub fn incarnation(&self) -> Incarnation {
+        Incarnation {
+            id: self.id,
+            epoch: self.epoch,
+        }
     }
 }
 
@@ -287,6 +343,7 @@ mod tests {
         Node {
             name: name.into(),
             id: NodeId::new(id).unwrap(),
+            epoch: Epoch::new(0x1000 + id as u64).unwrap(),
             underlay: vec![ul.parse().unwrap()],
             pod_cidrs: vec![cidr.parse().unwrap()],
         }

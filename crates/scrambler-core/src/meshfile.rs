@@ -3,13 +3,20 @@
 //! ```json
 //! {
 //!   "nodes": [
-//!     {"name": "node1", "id": 1, "underlay": ["192.0.2.1"], "podCidrs": ["10.244.1.0/24"]},
-//!     {"name": "node2", "id": 2, "underlay": ["192.0.2.2"], "podCidrs": ["10.244.2.0/24"]}
+//!     {"name": "node1", "id": 1, "epoch": "0123456789abcdef",
+//!      "underlay": ["192.0.2.1"], "podCidrs": ["10.244.1.0/24"]},
+//!     {"name": "node2", "id": 2, "epoch": "fedcba9876543210",
+//!      "underlay": ["192.0.2.2"], "podCidrs": ["10.244.2.0/24"]}
 //!   ],
 //!   "keys": {"tx": 1, "rx": [1]},
 //!   "keyFile": "/etc/scrambler/cluster.key"
 //! }
 //! ```
+//!
+//! Every node carries its dataplane's `epoch` (16 hex digits, see [`crate::epoch`]): keys
+//! bind it, so a node whose dataplane lost its SAs (reboot, VPP restart, `mesh remove`)
+//! must get a new one before its mesh is applied again (`scrambler mesh epoch`); a node
+//! without one is refused, with that command in the error.
 //!
 //! The same file serves every node; [`MeshFile::mesh_for`] cuts one node's [`Mesh`] from it.
 //! [`MeshFile::load`] validates the whole cluster (see [`Mesh::validate`]), so a mesh read
@@ -39,7 +46,8 @@ impl MeshFile {
         let text =
             std::fs::read(path).map_err(|e| Error::io("read mesh file", path.display(), e))?;
         let mut mf = Self::parse(&text).map_err(|e| {
-            Error::mesh(format!("mesh file {}: {}", path.display(), mesh_reason(&e)))
+            let reason = mesh_reason(&e).replace("MESHFILE", &path.display().to_string());
+            Error::mesh(format!("mesh file {}: {reason}", path.display()))
         })?;
         if mf.key_file.is_relative() {
             if let Some(dir) = path.parent() {
@@ -106,8 +114,8 @@ fn mesh_reason(e: &Error) -> String {
 mod tests {
     use super::*;
 
-    const TWO_NODES: &str = r#"{"nodes":[{"name":"a","id":1,"underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
-                         {"name":"b","id":2,"underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
+    const TWO_NODES: &str = r#"{"nodes":[{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
+                         {"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
                 "keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
 
     /// `text` written as `mesh.json` in a fresh directory.
@@ -144,6 +152,26 @@ mod tests {
             text.contains("mesh.json") && text.contains("192.0.2.1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn missing_or_bad_epoch_says_how_to_get_one() {
+        let (_dir, p) = mesh_file(&TWO_NODES.replace(r#""epoch":"fedcba9876543210","#, ""));
+        let e = MeshFile::load(&p).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.code(), 7);
+        assert!(text.contains("node \"b\" has no \"epoch\""), "{text}");
+        let cmd = format!("scrambler mesh epoch --node b --mesh {}", p.display());
+        assert!(text.contains(&cmd), "{text}");
+        std::fs::write(
+            &p,
+            TWO_NODES.replace("fedcba9876543210", "0000000000000000"),
+        )
+        .unwrap();
+        let text = MeshFile::load(&p).unwrap_err().to_string();
+        assert!(text.contains("nonzero"), "{text}");
+        std::fs::write(&p, TWO_NODES.replace("\"fedcba9876543210\"", "42")).unwrap();
+        assert!(MeshFile::load(&p).is_err());
     }
 
     #[test]

@@ -55,10 +55,16 @@ fn id(n: u32) -> NodeId {
 }
 
 /// Node `n`: underlay 192.0.2.n, pod CIDR 10.0.n.0/24.
+/// Node `n` as one end of an SA (its id and the epoch of [`mesh_node`]).
+fn inc(n: u32) -> scrambler_core::Incarnation {
+    mesh_node("x", n).incarnation()
+}
+
 fn mesh_node(name: &str, n: u32) -> Node {
     Node {
         name: name.into(),
         id: id(n),
+        epoch: scrambler_core::Epoch::new(0xe0 + u64::from(n)).unwrap(),
         underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
         pod_cidrs: vec![format!("10.0.{n}.0/24").parse().unwrap()],
     }
@@ -251,8 +257,8 @@ async fn interop() {
     let lines = cap.finish();
     let (ab, ba) = esp_only(&lines);
     eprintln!("generation 1 on the wire: A->B {ab:#010x?}, B->A {ba:#010x?}");
-    assert_eq!(ab, BTreeSet::from([spi(id(A), id(B), 1)]), "{lines:#?}");
-    assert_eq!(ba, BTreeSet::from([spi(id(B), id(A), 1)]), "{lines:#?}");
+    assert_eq!(ab, BTreeSet::from([spi(inc(A), inc(B), 1)]), "{lines:#?}");
+    assert_eq!(ba, BTreeSet::from([spi(inc(B), inc(A), 1)]), "{lines:#?}");
     assert!(lines.len() >= 2 * (4 + 3 + 3) - 2, "{lines:#?}");
 
     // both ends agree on ESN and the replay window
@@ -269,7 +275,7 @@ async fn interop() {
         );
     }
     // ... and on the sequence numbers: what one end sent is what the other accepted
-    let (a_out, a_in) = vpp_seqs(&vpp, spi(id(A), id(B), 1), spi(id(B), id(A), 1)).await;
+    let (a_out, a_in) = vpp_seqs(&vpp, spi(inc(A), inc(B), 1), spi(inc(B), inc(A), 1)).await;
     let (_, b_in) = kernel_seqs(&states, "192.0.2.1");
     let (b_out, _) = kernel_seqs(&states, "192.0.2.2");
     eprintln!("sequence numbers: A->B sent {a_out} got {b_in}; B->A sent {b_out} got {a_in}");
@@ -316,8 +322,8 @@ async fn interop() {
     let lines = cap.finish();
     let (ab, ba) = esp_only(&lines);
     eprintln!("generation 2 on the wire: A->B {ab:#010x?}, B->A {ba:#010x?}");
-    assert_eq!(ab, BTreeSet::from([spi(id(A), id(B), 2)]), "{lines:#?}");
-    assert_eq!(ba, BTreeSet::from([spi(id(B), id(A), 2)]), "{lines:#?}");
+    assert_eq!(ab, BTreeSet::from([spi(inc(A), inc(B), 2)]), "{lines:#?}");
+    assert_eq!(ba, BTreeSet::from([spi(inc(B), inc(A), 2)]), "{lines:#?}");
     for ((ns, _), m) in nodes.iter().zip(&done.meshes) {
         let st = tunnel.status(ns, m).await.unwrap();
         let p = &st.peers[0];

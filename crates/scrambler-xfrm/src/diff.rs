@@ -170,7 +170,7 @@ fn diff_states(
                 // address) but not its key has sent under this key: replacing it would
                 // restart the sequence numbers under the same key (AES-GCM nonce reuse).
                 // (Under new key material it is replaced below.) It stays as
-                // it is and the peer counts as lost until a rotation brings a new key:
+                // it is and the peer counts as lost until a new key (epoch or rotation):
                 // left in place, it keeps proving that this key has sent, also while a
                 // rotation is switching (a deleted one would be indistinguishable from one
                 // never made). A state whose addresses no longer match the policies'
@@ -179,7 +179,7 @@ fn diff_states(
                 tracing::error!(
                     peer = want.peer,
                     generation = want.generation,
-                    "outbound SA changed; not re-keyed in place: rotate keys"
+                    "outbound SA changed; not re-keyed in place: give the node a new epoch or rotate keys"
                 );
                 ch.lost_outbound.push((want.peer, want.generation));
             }
@@ -205,11 +205,12 @@ fn diff_states(
                 // generation with the peer (its inbound state of the generation is here),
                 // so the outbound state was lost, not never made. Re-creating it would restart the sequence numbers under the same
                 // key: AES-GCM nonce reuse (and replay drops at the peer). Leave it out:
-                // traffic to the peer stays dropped until a rotation brings a new key.
+                // traffic to the peer stays dropped until a new key (a new epoch of either
+                // end, or a rotation).
                 tracing::error!(
                     peer = want.peer,
                     generation = want.generation,
-                    "outbound SA lost; not re-created under the same key: rotate keys"
+                    "outbound SA lost; not re-created under the same key: give the node a new epoch or rotate keys"
                 );
                 ch.lost_outbound.push((want.peer, want.generation));
             }

@@ -10,8 +10,9 @@
 //!   tunnel template between the two underlay addresses, reqid `reqid_base | peer id`,
 //!   carrying the interface's `if_id`;
 //! * one outbound state for `keys.tx` and one inbound state per generation in `keys.rx`:
-//!   ESP tunnel mode, AEAD `rfc4106(gcm(aes))` with key‖salt from
-//!   [`scrambler_core::ClusterSecret::sa`], 128-bit ICV, ESN with a replay window of
+//!   ESP tunnel mode, AEAD `rfc4106(gcm(aes))` with key‖salt and SPI from
+//!   [`scrambler_core::ClusterSecret::sa`] (both ends' ids and epochs and the generation),
+//!   128-bit ICV, ESN with a replay window of
 //!   [`scrambler_core::esp::REPLAY_WINDOW`] (`XFRMA_REPLAY_ESN_VAL`), same reqid and if_id;
 //! * a route to the peer's pod CIDR through the xfrm interface (protocol
 //!   [`XfrmConfig::route_protocol`]).
@@ -51,9 +52,11 @@
 //!   is *not* re-created, and one whose attributes changed (e.g. the local underlay
 //!   address) is deleted, *not* replaced: the same key with restarted sequence numbers
 //!   would reuse AES-GCM nonces. Traffic to that peer stays dropped, `status` reports
-//!   [`LOST_OUTBOUND`], and [`rotate`] to a new generation repairs it. (A node whose
-//!   states vanished entirely, e.g. by a reboot, cannot tell: the agent must rotate the
-//!   generation when a node restarts — see the crate's known limits in the report.)
+//!   [`LOST_OUTBOUND`], and a new epoch for the node (or [`rotate`] to a new generation)
+//!   repairs it. A node whose states vanished entirely (a reboot, a flush) cannot tell
+//!   from its dataplane: it comes back with a new epoch, so every key it installs is new,
+//!   and the node's ledger ([`scrambler_core::Ledger`], used by `scrambler mesh apply`)
+//!   refuses to install an outbound SA it installed before.
 //! * reconcile installs the guard first, inbound states before policies, outbound states
 //!   after them, routes last, and deletes only after all that.
 //!
@@ -81,13 +84,15 @@
 //! same for pod veths.
 //!
 //! ## Known limits
-//! * Keys derive from (sender, receiver, generation) only. A node whose states vanish
-//!   entirely (reboot, `ip xfrm state flush`) re-creates its outbound states with the
-//!   same keys and sequence numbers from 1: AES-GCM nonce reuse, and replay drops at the
-//!   peers. Until the derivation includes a per-boot epoch of both nodes (as Cilium does
-//!   with boot IDs — a scrambler-core change), the agent must rotate the generation
-//!   whenever a node restarts. A single lost outbound state is detected and not
-//!   re-created (see Fail closed), except during step 2 of a rotation.
+//! * The tunnel itself does not know whether a key has sent before: a node whose states
+//!   vanish entirely (reboot, `ip xfrm state flush`) and is reconciled to the *same* mesh
+//!   would re-create its outbound states with the same keys and sequence numbers from 1
+//!   (AES-GCM nonce reuse, replay drops at the peers). Keys bind both nodes' epochs, so
+//!   such a node must come back with a new epoch (fresh keys and SPIs with every peer, no
+//!   rotation); the caller's ledger ([`scrambler_core::Ledger`]) is what refuses the same
+//!   mesh — `scrambler mesh apply` uses it, an embedder calling [`XfrmTunnel`] directly
+//!   must too. A single lost outbound state is detected and not re-created (see Fail
+//!   closed), except during step 2 of a rotation.
 //! * Only pod-CIDR to pod-CIDR traffic is encrypted; traffic from a node's own addresses
 //!   to remote pods matches no mesh policy and is dropped by the interface.
 //! * `disable_xfrm` exists for IPv4 only; IPv6 pod CIDRs are planned and programmed but

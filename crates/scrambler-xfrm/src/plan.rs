@@ -109,7 +109,7 @@ impl Desired {
         let Some(secret) = secret else {
             return Ok(());
         };
-        let tx = secret.sa(local.id, peer.id, mesh.keys.tx);
+        let tx = secret.sa(local.incarnation(), peer.incarnation(), mesh.keys.tx);
         self.state(
             cfg,
             peer,
@@ -122,7 +122,7 @@ impl Desired {
             false,
         );
         for g in &mesh.keys.rx {
-            let rx = secret.sa(peer.id, local.id, *g);
+            let rx = secret.sa(peer.incarnation(), local.incarnation(), *g);
             self.state(
                 cfg,
                 peer,
@@ -226,6 +226,7 @@ pub(crate) mod tests {
         Node {
             name: format!("n{id}"),
             id: NodeId::new(id).unwrap(),
+            epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
             underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
             pod_cidrs: vec![format!("10.{}.{}.0/24", id / 256, id % 256)
                 .parse()
@@ -293,5 +294,43 @@ pub(crate) mod tests {
         let out: Vec<_> = d.states.values().filter(|s| !s.inbound).collect();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].generation, 1);
+    }
+
+    /// The states planned for the known-answer nodes carry exactly the vectors' SPIs and
+    /// key‖salt, in the XFRM_MSG_NEWSA sent to the kernel.
+    #[test]
+    fn planned_states_carry_the_known_answer_vectors() {
+        use netlink_packet_xfrm::{XfrmAttrs, XfrmMessage};
+        use scrambler_core::keys::kat;
+        let with = |inc: scrambler_core::Incarnation, n: u32| Node {
+            id: inc.id,
+            epoch: inc.epoch,
+            ..node(n)
+        };
+        let m = Mesh {
+            local: with(kat::A, 1),
+            peers: vec![with(kat::B, 2)],
+            keys: Keys::single(7),
+        };
+        let d = Desired::plan(&XfrmConfig::default(), &m, Some(&kat::secret())).unwrap();
+        for (inbound, (_, _, _, key, salt, spi)) in
+            [(false, kat::VECTORS[0]), (true, kat::VECTORS[1])]
+        {
+            let s = d.states.values().find(|s| s.inbound == inbound).unwrap();
+            assert_eq!(s.shape.key.spi, spi);
+            let XfrmMessage::AddSa(msg) = s.add_msg() else {
+                panic!("not a NEWSA")
+            };
+            assert_eq!(msg.user_sa_info.id.spi, spi);
+            let aead = msg
+                .nlas
+                .iter()
+                .find_map(|a| match a {
+                    XfrmAttrs::EncryptionAlgAead(a) => Some(a),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(hex::encode(&aead.alg_key), format!("{key}{salt}"));
+        }
     }
 }

@@ -74,7 +74,7 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
         .all(|p| policies.get(&p.key) == Some(&p));
     let mut errors = obs.xfrm_stat;
     // an outbound SA gone while its generation is live in the other direction: it is not
-    // re-created under the same key (nonce reuse); only a key rotation repairs it
+    // re-created under the same key (nonce reuse); only a new key (epoch or rotation) repairs it
     let lost = peers
         .iter()
         .filter(|p| !p.outbound && p.rx_generations.contains(&mesh.keys.tx))
@@ -110,7 +110,7 @@ fn peer_status(
         underlay: Some(theirs),
         ..Default::default()
     };
-    let tx_spi = spi(local.id, peer.id, mesh.keys.tx);
+    let tx_spi = spi(local.incarnation(), peer.incarnation(), mesh.keys.tx);
     let mut rx_found = BTreeSet::new();
     for s in states.iter().filter(|s| s.shape.reqid == reqid) {
         let residue = spi_parts(s.shape.key.spi).map(|(g, _)| g);
@@ -136,7 +136,7 @@ fn peer_status(
         st.tx_generation = Some(mesh.keys.tx);
     }
     st.inbound = mesh.keys.rx.iter().all(|g| {
-        let want = spi(peer.id, local.id, *g);
+        let want = spi(peer.incarnation(), local.incarnation(), *g);
         states
             .iter()
             .any(|s| s.shape.key.spi == want && s.shape.key.daddr == mine)

@@ -3,7 +3,10 @@
 use crate::meshfile::MeshFile;
 use crate::record::{self, NodeRecord};
 use crate::status::StatusReport;
-use scrambler_core::{Error, Netns, ReconcileReport, Result, Tunnel, TunnelDataplane};
+use scrambler_core::{
+    Error, Ledger, Mesh, Netns, OutboundSa, ReconcileReport, Result, Tunnel, TunnelDataplane,
+};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Where `--vpp-socket` points unless told otherwise: VPP's default binary-API socket.
@@ -20,6 +23,9 @@ pub struct ApplyArgs {
     pub netns: Netns,
     /// Where the node record is kept.
     pub state_dir: PathBuf,
+    /// Where the node's ledger of outbound SAs is kept (see [`Ledger`]); must outlive
+    /// reboots.
+    pub ledger_dir: PathBuf,
     /// Tunnel dataplane.
     pub backend: TunnelDataplane,
     /// With backend `vpp`: the binary-API socket of the node's VPP.
@@ -75,12 +81,23 @@ fn check_netns(netns: &Netns) -> Result<()> {
 }
 
 /// Reconciles the node's dataplane to the mesh file and records the change.
+///
+/// The node's [`Ledger`] admits the mesh first: an outbound SA installed before and not
+/// in the dataplane now (a reset dataplane, a lost SA), an older generation or an old
+/// epoch of the node stop the apply before anything changes, with an error saying what to
+/// do; the outbound SAs it installs are recorded before they are.
 pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.mesh_for(&args.node)?;
     let secret = mf.secret()?;
     check_netns(&args.netns)?;
     let t = tunnel_with(args.backend, &args.vpp_socket)?;
+    // held until the reconcile is done: applies on one node take turns
+    let mut ledger = Ledger::open(&args.ledger_dir, &args.node)?;
+    let installed = installed_outbound(&*t, args, &mesh, &ledger).await?;
+    ledger
+        .admit(&mesh, |peer| installed.contains(&peer.name))
+        .map_err(|e| naming_mesh_file(e, &args.mesh))?;
     let report = t
         .reconcile(&args.netns, &mesh, &secret)
         .await
@@ -91,6 +108,47 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     tracing::info!(node = %args.node, added = report.added, updated = report.updated,
         removed = report.removed, "mesh applied");
     Ok(report)
+}
+
+/// The ledger's errors name the mesh file where they say `MESHFILE`.
+fn naming_mesh_file(e: Error, mesh: &Path) -> Error {
+    let name = |s: String| s.replace("MESHFILE", &mesh.display().to_string());
+    match e {
+        Error::InvalidMesh(m) => Error::InvalidMesh(name(m)),
+        Error::AlreadyExists { object, reason } => Error::AlreadyExists {
+            object,
+            reason: name(reason),
+        },
+        e => e,
+    }
+}
+
+/// The peers whose outbound SA of the mesh's tx generation and current epochs the
+/// dataplane has now. Asked of the dataplane only when the ledger already holds one of
+/// those SAs (otherwise the answer does not matter).
+async fn installed_outbound(
+    t: &dyn Tunnel,
+    args: &ApplyArgs,
+    mesh: &Mesh,
+    ledger: &Ledger,
+) -> Result<BTreeSet<String>> {
+    if !mesh
+        .peers
+        .iter()
+        .any(|p| ledger.contains(&OutboundSa::to_peer(mesh, p)))
+    {
+        return Ok(BTreeSet::new());
+    }
+    let st = t
+        .status(&args.netns, mesh)
+        .await
+        .map_err(|e| hint_vpp_socket(args.backend, e))?;
+    Ok(st
+        .peers
+        .into_iter()
+        .filter(|p| p.outbound)
+        .map(|p| p.name)
+        .collect())
 }
 
 /// The node's status.

@@ -89,6 +89,10 @@ struct NodeArgs {
     /// Where node records are kept.
     #[arg(long, default_value = record::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Where the node's ledger of outbound SAs is kept: every SA ever installed, so none
+    /// is installed twice. Must survive reboots.
+    #[arg(long, default_value = scrambler_core::ledger::DEFAULT_DIR)]
+    ledger_dir: PathBuf,
     /// Tunnel dataplane: xfrm (the kernel) or vpp.
     #[arg(long, default_value = "xfrm")]
     backend: String,
@@ -104,6 +108,7 @@ impl NodeArgs {
             node: self.node.clone(),
             netns: self.netns.clone().map(Netns::Path).unwrap_or_default(),
             state_dir: self.state_dir.clone(),
+            ledger_dir: self.ledger_dir.clone(),
             backend: self.backend.parse()?,
             vpp_socket: self.vpp_socket.clone(),
         })
@@ -117,7 +122,20 @@ enum MeshCmd {
         #[command(flatten)]
         node: NodeArgs,
     },
-    /// Remove everything Scrambler owns in the node's dataplane.
+    /// Give a node a new random epoch in the mesh file (rewritten in place), after its
+    /// dataplane lost its SAs (reboot, VPP restart, `mesh remove`); then apply the mesh on
+    /// every node. Every key and SPI with that node changes; no rotation is needed.
+    Epoch {
+        /// Mesh file.
+        #[arg(long)]
+        mesh: PathBuf,
+        /// The node's name in the mesh.
+        #[arg(long, value_parser = node_name)]
+        node: String,
+    },
+    /// Remove everything Scrambler owns in the node's dataplane. Applying the same mesh
+    /// again afterwards is refused by the node's ledger: give the node a new epoch first
+    /// (`scrambler mesh epoch`).
     Remove {
         /// The node's network namespace (a path); default: the current one.
         #[arg(long)]
@@ -280,6 +298,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!(
                 "mesh applied on {}: {} added, {} updated, {} removed, {} unchanged",
                 node.node, r.added, r.updated, r.removed, r.unchanged
+            );
+        }
+        Cmd::Mesh {
+            cmd: MeshCmd::Epoch { mesh, node },
+        } => {
+            let (old, new) = meshfile::new_epoch(&mesh, &node)?;
+            let old = old.map(|e| e.to_string()).unwrap_or_else(|| "none".into());
+            println!(
+                "node {node}: epoch {old} -> {new} in {}\napply the mesh on every node (`scrambler mesh apply`)",
+                mesh.display()
             );
         }
         Cmd::Mesh {

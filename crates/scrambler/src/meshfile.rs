@@ -1,12 +1,61 @@
-//! The mesh file ([`MeshFile`], from scrambler-core, where embedders find it too) and the
-//! steps of a key rotation.
+//! The mesh file ([`MeshFile`], from scrambler-core, where embedders find it too), the
+//! steps of a key rotation and new epochs.
 //!
 //! The same file serves every node; `scrambler mesh apply --node NAME` cuts that node's mesh
 //! from it. Key rotation edits `keys` in three phases (see [`next_rotation_phase`]), each
-//! applied on every node before the next.
+//! applied on every node before the next. `scrambler mesh epoch` gives one node a new
+//! epoch ([`new_epoch`]) after its dataplane lost its SAs.
 
 pub use scrambler_core::MeshFile;
-use scrambler_core::{Error, Keys, Result};
+use scrambler_core::{Epoch, Error, Keys, Result};
+use std::path::Path;
+
+/// Gives node `node` of the mesh file at `path` a new random epoch (with another SPI tag
+/// than its old one, see [`Epoch::generate`]) and rewrites the file atomically; returns the
+/// old epoch (if it had a valid one) and the new. Works on a file whose nodes lack epochs
+/// (that is how they get one); the rest of the file is kept as written.
+pub fn new_epoch(path: &Path, node: &str) -> Result<(Option<Epoch>, Epoch)> {
+    scrambler_core::mesh::check_node_name(node)?;
+    let text = std::fs::read(path).map_err(|e| Error::io("read mesh file", path.display(), e))?;
+    let bad = |why: String| Error::mesh(format!("mesh file {}: {why}", path.display()));
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    let nodes = doc
+        .get_mut("nodes")
+        .and_then(|n| n.as_array_mut())
+        .ok_or_else(|| bad("no \"nodes\" list".into()))?;
+    let mut found: Vec<&mut serde_json::Map<String, serde_json::Value>> = nodes
+        .iter_mut()
+        .filter_map(|n| n.as_object_mut())
+        .filter(|n| n.get("name").and_then(|v| v.as_str()) == Some(node))
+        .collect();
+    let entry = match found.as_mut_slice() {
+        [one] => one,
+        [] => return Err(bad(format!("node {node:?} is not in the mesh"))),
+        _ => return Err(bad(format!("node name {node:?} is used twice"))),
+    };
+    let old = entry
+        .get("epoch")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<Epoch>().ok());
+    let new = Epoch::generate(old)?;
+    entry.insert("epoch".into(), serde_json::Value::String(new.to_string()));
+    let mut out = serde_json::to_vec_pretty(&doc).map_err(|e| Error::decode("mesh file", e))?;
+    out.push(b'\n');
+    write_atomically(path, &out)?;
+    Ok((old, new))
+}
+
+/// Replaces `path` by `bytes`: a temporary file beside it, fsynced, renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("create", tmp.display(), e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("write", tmp.display(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path.display(), e))
+}
 
 /// One step of a key rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,5 +130,40 @@ mod tests {
                 .code(),
             7
         );
+    }
+
+    #[test]
+    fn new_epoch_gives_one_node_a_fresh_epoch_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mesh.json");
+        let text = r#"{"nodes":[
+            {"name":"a","id":1,"underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
+            {"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
+            "keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
+        std::fs::write(&p, text).unwrap();
+        // a node without an epoch gets one: then the file loads
+        let e = MeshFile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("scrambler mesh epoch --node a"), "{e}");
+        let (old, a1) = new_epoch(&p, "a").unwrap();
+        assert_eq!(old, None);
+        let mf = MeshFile::load(&p).unwrap();
+        assert_eq!(mf.mesh_for("a").unwrap().local.epoch, a1);
+        // the key file stays as written (relative)
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(raw["keyFile"], "k.hex");
+        // again: another epoch, of another SPI tag; b untouched
+        let (old, a2) = new_epoch(&p, "a").unwrap();
+        assert_eq!(old, Some(a1));
+        assert_ne!(a2.spi_tag(), a1.spi_tag());
+        let mf = MeshFile::load(&p).unwrap();
+        assert_eq!(mf.mesh_for("a").unwrap().local.epoch, a2);
+        assert_eq!(
+            mf.mesh_for("b").unwrap().local.epoch.to_string(),
+            "fedcba9876543210"
+        );
+        assert!(new_epoch(&p, "zz")
+            .unwrap_err()
+            .to_string()
+            .contains("not in the mesh"));
     }
 }

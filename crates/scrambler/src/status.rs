@@ -14,6 +14,8 @@ use std::fmt::Write;
 pub struct StatusReport {
     /// Node name.
     pub node: String,
+    /// The epoch of the node's dataplane, as in the mesh.
+    pub epoch: scrambler_core::Epoch,
     /// Generation used to send.
     pub tx_generation: u32,
     /// Generations accepted.
@@ -31,6 +33,7 @@ impl StatusReport {
     pub fn new(mesh: &Mesh, tunnel: TunnelStatus, record: Option<&NodeRecord>) -> Self {
         StatusReport {
             node: mesh.local.name.clone(),
+            epoch: mesh.local.epoch,
             tx_generation: mesh.keys.tx,
             rx_generations: mesh.keys.rx.iter().copied().collect(),
             tunnel,
@@ -52,8 +55,8 @@ impl StatusReport {
         let t = &self.tunnel;
         let _ = writeln!(
             out,
-            "node {}  dataplane {}  keys tx={} rx={:?}  overhead {} B",
-            self.node, t.dataplane, self.tx_generation, self.rx_generations, t.overhead
+            "node {}  epoch {}  dataplane {}  keys tx={} rx={:?}  overhead {} B",
+            self.node, self.epoch, t.dataplane, self.tx_generation, self.rx_generations, t.overhead
         );
         if !t.encrypted {
             let _ = writeln!(
@@ -151,6 +154,7 @@ mod tests {
         let n = |name: &str, id| Node {
             name: name.into(),
             id: NodeId::new(id).unwrap(),
+            epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
             underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
             pod_cidrs: vec![format!("10.244.{id}.0/24").parse().unwrap()],
         };
@@ -206,7 +210,9 @@ mod tests {
         assert!(t.contains(" up "), "{t}");
         assert!(t.contains("42"));
         assert!(t.contains("30s ago"));
+        assert!(t.contains("epoch 00000000000000e1"), "{t}");
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["tunnel"]["peers"][0]["packetsOut"], 42);
+        assert_eq!(j["epoch"], "00000000000000e1");
     }
 }

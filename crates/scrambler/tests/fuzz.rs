@@ -17,6 +17,7 @@ const MESH_WORDS: &[&str] = &[
     "nodes",
     "name",
     "id",
+    "epoch",
     "underlay",
     "podCidrs",
     "keys",
@@ -34,9 +35,10 @@ const MESH_WORDS: &[&str] = &[
 fn use_mesh(mesh: &Mesh, secret: &ClusterSecret) {
     for peer in &mesh.peers {
         for g in &mesh.keys.rx {
-            for (from, to) in [(mesh.local.id, peer.id), (peer.id, mesh.local.id)] {
+            let (l, p) = (mesh.local.incarnation(), peer.incarnation());
+            for (from, to) in [(l, p), (p, l)] {
                 let sa = secret.sa(from, to, *g);
-                assert_eq!(spi_parts(sa.spi).map(|p| p.1), Some(from.get()));
+                assert_eq!(spi_parts(sa.spi).map(|p| p.1), Some(from.id.get()));
             }
         }
     }

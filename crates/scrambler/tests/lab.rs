@@ -77,8 +77,8 @@ fn key_file_readable_by_others_is_refused() {
     let mesh = dir.path().join("mesh.json");
     std::fs::write(
         &mesh,
-        r#"{"nodes":[{"name":"a","id":1,"underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
-                     {"name":"b","id":2,"underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
+        r#"{"nodes":[{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
+                     {"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
             "keys":{"tx":1,"rx":[1]},"keyFile":"k"}"#,
     )
     .unwrap();
@@ -106,7 +106,7 @@ fn rotate_steps_the_mesh_file_through_three_phases() {
     let mesh = dir.path().join("mesh.json");
     std::fs::write(
         &mesh,
-        r#"{"nodes":[{"name":"a","id":1,"underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]}],
+        r#"{"nodes":[{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]}],
             "keys":{"tx":4,"rx":[4]},"keyFile":"k"}"#,
     )
     .unwrap();

@@ -102,3 +102,81 @@ fn mixed_lab_vpp_and_kernel_nodes_reach_each_other_over_esp_only() {
     }
     assert_nothing_left(&lab);
 }
+
+/// `scrambler mesh remove` and then `mesh apply` of the same mesh file on a node — what a
+/// reboot does to its dataplane — is refused by the node's ledger (the outbound SAs would
+/// come back under keys that have sent, sequence numbers from 1), every time, until
+/// `scrambler mesh epoch` gives the node a new epoch; then the mesh applies on both nodes
+/// and the pods reach each other again, without a rotation.
+#[test]
+fn vpp_node_remove_then_apply_is_refused_until_a_new_epoch() {
+    let lab = lab_name("sce");
+    let (ok, up) = scrambler(&args("lab up --backend vpp --nodes 2 --pods 1"), &lab);
+    with_lab(&lab, || {
+        assert!(ok, "lab up failed:\n{up}");
+        let dir = std::path::Path::new("/run/scrambler-lab").join(&lab);
+        let mesh = dir.join("mesh.json");
+        let node_cmd = |what: &[&str], i: usize| {
+            let node = format!("{lab}-n{i}");
+            let mut c = Command::new(env!("CARGO_BIN_EXE_scrambler"));
+            c.args(what)
+                .arg("--backend")
+                .arg("vpp")
+                .arg("--vpp-socket")
+                .arg(dir.join(format!("vpp-n{i}/api.sock")));
+            if what[1] == "apply" {
+                c.args(["--node", &node, "--netns", &format!("/run/netns/{node}")])
+                    .arg("--mesh")
+                    .arg(&mesh)
+                    .arg("--state-dir")
+                    .arg(dir.join("state"))
+                    .arg("--ledger-dir")
+                    .arg(dir.join("ledger"));
+            } else {
+                c.args(["--netns", &format!("/run/netns/{node}")]);
+            }
+            let out = c.output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        };
+        // a second apply with everything in place is fine (idempotent)
+        let (ok, out) = node_cmd(&["mesh", "apply"], 1);
+        assert!(ok && out.contains("0 added"), "{out}");
+        let (ok, out) = node_cmd(&["mesh", "remove"], 1);
+        assert!(ok, "{out}");
+        for _ in 0..2 {
+            let (ok, out) = node_cmd(&["mesh", "apply"], 1);
+            assert!(!ok, "apply after remove must be refused:\n{out}");
+            assert!(
+                out.contains(&format!("outbound SA of node \"{lab}-n1\" to {lab}-n2"))
+                    && out.contains("nonce reuse")
+                    && out.contains(&format!(
+                        "scrambler mesh epoch --node {lab}-n1 --mesh {}",
+                        mesh.display()
+                    )),
+                "{out}"
+            );
+        }
+        // nothing was installed by the refused applies
+        let (ok, status) = scrambler(&args("lab status"), &lab);
+        assert!(ok && status.contains("DOWN"), "{status}");
+        let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
+            .args(["mesh", "epoch", "--node", &format!("{lab}-n1"), "--mesh"])
+            .arg(&mesh)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        for i in [1, 2] {
+            let (ok, out) = node_cmd(&["mesh", "apply"], i);
+            assert!(ok, "apply on node {i} with the new epoch:\n{out}");
+        }
+        let (ok, test) = scrambler(&args("lab test"), &lab);
+        assert!(ok && test.contains("verdict: PASS"), "{test}");
+        let rotated = std::fs::read_to_string(&mesh).unwrap();
+        assert!(rotated.contains("\"tx\": 1"), "no rotation: {rotated}");
+    });
+}

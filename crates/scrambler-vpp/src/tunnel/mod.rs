@@ -53,11 +53,15 @@
 //!   missing but evidence says it existed (see the docs of the private `outbound_lost`: the
 //!   inbound SA of the same generation, or the peer's tunnel, is still there, and no
 //!   rotation is switching), the peer stays behind its drop routes, its tunnel down,
-//!   `status` reports [`LOST_OUTBOUND`], and a key rotation repairs it. An outbound SA
+//!   `status` reports [`LOST_OUTBOUND`], and a new epoch for the node (or a key rotation)
+//!   repairs it. An outbound SA
 //!   found with other attributes than planned is likewise not replaced but deleted, and the
 //!   peer is lost from then on (re-adding it would restart its sequence numbers under the
 //!   same key). A VPP that lost
-//!   everything (restart) cannot tell: the agent must rotate the generation then.
+//!   everything (restart) cannot tell: the node comes back with a new epoch (every key
+//!   with it new, see [`scrambler_core::epoch`]), and the node's ledger
+//!   ([`scrambler_core::Ledger`], used by `scrambler mesh apply`) refuses to install an
+//!   outbound SA it installed before.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
 //!
@@ -269,6 +273,7 @@ mod tests {
         let node = |name: &str, n: u8| Node {
             name: name.into(),
             id: id(u32::from(n)),
+            epoch: scrambler_core::Epoch::new(0xe0 + u64::from(n)).unwrap(),
             underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
             pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
         };

@@ -47,13 +47,13 @@ pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>>
         };
         let mut sas = vec![SaPlan {
             id: sa_id(Direction::Outbound, peer.id, mesh.keys.tx),
-            key: secret.sa(local.id, peer.id, mesh.keys.tx),
+            key: secret.sa(local.incarnation(), peer.incarnation(), mesh.keys.tx),
             dir: Direction::Outbound,
         }];
         for g in &mesh.keys.rx {
             sas.push(SaPlan {
                 id: sa_id(Direction::Inbound, peer.id, *g),
-                key: secret.sa(peer.id, local.id, *g),
+                key: secret.sa(peer.incarnation(), local.incarnation(), *g),
                 dir: Direction::Inbound,
             });
         }
@@ -148,7 +148,7 @@ pub(super) fn route_path(to: RouteTarget, v6: bool) -> FibPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::tests::{id, mesh};
+    use crate::tunnel::tests::mesh;
 
     #[test]
     fn sa_entries_zero_their_key_and_salt_when_dropped() {
@@ -171,8 +171,8 @@ mod tests {
 
     #[test]
     fn salt_keeps_the_rfc4106_byte_order() {
-        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
-        let key = secret.sa(id(1), id(2), 1);
+        use scrambler_core::keys::kat;
+        let key = kat::secret().sa(kat::A, kat::B, 1);
         let sa = SaPlan {
             id: 1,
             key: key.clone(),
@@ -183,5 +183,32 @@ mod tests {
         scrambler_vpp_api::codec::Encode::encode(&e.salt, &mut wire).unwrap();
         assert_eq!(&*wire, &key.rfc4106_material()[16..]);
         assert!(format!("{e:?}").contains("<redacted>"));
+    }
+
+    /// The SA entries VPP is sent for the known-answer nodes carry exactly the vectors'
+    /// SPIs, keys and salts.
+    #[test]
+    fn sa_entries_carry_the_known_answer_vectors() {
+        use scrambler_core::keys::kat;
+        let mut m = mesh(scrambler_core::Keys::single(7));
+        for (n, inc) in std::iter::once(&mut m.local)
+            .chain(m.peers.iter_mut())
+            .zip([kat::A, kat::B])
+        {
+            n.id = inc.id;
+            n.epoch = inc.epoch;
+        }
+        let plans = plan(&m, &kat::secret()).unwrap();
+        for (dir, (_, _, _, key, salt, spi)) in [
+            (Direction::Outbound, kat::VECTORS[0]),
+            (Direction::Inbound, kat::VECTORS[1]),
+        ] {
+            let sa = plans[0].sas.iter().find(|s| s.dir == dir).unwrap();
+            let e = sa_entry(sa);
+            assert_eq!(e.spi, spi);
+            assert_eq!(e.crypto_key.length, 16);
+            assert_eq!(hex::encode(&e.crypto_key.data[..16]), key);
+            assert_eq!(format!("{:08x}", e.salt), salt);
+        }
     }
 }

@@ -134,12 +134,12 @@ impl OwnedState {
 
 /// True when the outbound SA of the tx generation was lost (deleted behind our back) rather
 /// than never made: re-creating it would restart its sequence numbers — the AES-GCM IVs —
-/// under the same key (nonce reuse, and replay drops at the peer). Only a new generation
-/// repairs that. Evidence that it was made: outside rotation step 2 (`switching`), the
+/// under the same key (nonce reuse, and replay drops at the peer). Only a new key (a new
+/// epoch of either end, or a new generation) repairs that. Evidence that it was made: outside rotation step 2 (`switching`), the
 /// inbound SA of the same generation is here, or the peer's tunnel is (a reconcile makes
 /// a tunnel's SAs in the same run) while its protection is gone or still names that SA.
-/// A node whose SAs *and* tunnels all vanished (a VPP restart) cannot tell: the agent
-/// must rotate the generation then.
+/// A node whose SAs *and* tunnels all vanished (a VPP restart) cannot tell: it comes back
+/// with a new epoch, and the node's ledger refuses the old one.
 pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> bool {
     let switching = mesh.keys.rx.iter().any(|g| *g < mesh.keys.tx);
     let tx = sa_id(Direction::Outbound, peer, mesh.keys.tx);

@@ -227,7 +227,7 @@ async fn reconcile_peer(
                     tracing::error!(
                         peer = %p.name,
                         generation = mesh.keys.tx,
-                        "outbound SA changed; not re-keyed in place: rotate keys"
+                        "outbound SA changed; not re-keyed in place: give the node a new epoch or rotate keys"
                     );
                 } else {
                     ops.delete_sa(sa.id).await?;
@@ -239,7 +239,7 @@ async fn reconcile_peer(
                 tracing::error!(
                     peer = %p.name,
                     generation = mesh.keys.tx,
-                    "outbound SA lost; not re-created under the same key: rotate keys"
+                    "outbound SA lost; not re-created under the same key: give the node a new epoch or rotate keys"
                 );
             }
             None => {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use scrambler_core::keys::spi;
 use scrambler_core::{Error, Generation, Mesh, Node, PeerStatus, Result, TunnelStatus};
 use scrambler_vpp_api::stats::{Combined, StatValue, StatsClient, StatsError};
 
@@ -164,6 +165,7 @@ pub(super) fn build(
         ..Default::default()
     };
     let mut all_protected = true;
+    let has_sa = |id: u32, spi: u32| have.sas.get(&id).is_some_and(|e| e.spi == spi);
     for peer in &mesh.peers {
         let inst = tunnel_instance(peer.id);
         let sw = have.sw_if_index(inst);
@@ -176,10 +178,13 @@ pub(super) fn build(
             .copied()
             .filter(|g| {
                 let id = sa_id(Direction::Inbound, peer.id, *g);
-                have.sas.contains_key(&id) && prot.is_some_and(|(_, i)| i.contains(&id))
+                let want = spi(peer.incarnation(), mesh.local.incarnation(), *g);
+                has_sa(id, want) && prot.is_some_and(|(_, i)| i.contains(&id))
             })
             .collect();
-        let outbound = have.sas.contains_key(&tx) && prot.is_some_and(|(o, _)| *o == tx);
+        // the SA of the current epochs: its SPI tells it from one of earlier epochs
+        let tx_spi = spi(mesh.local.incarnation(), peer.incarnation(), mesh.keys.tx);
+        let outbound = has_sa(tx, tx_spi) && prot.is_some_and(|(o, _)| *o == tx);
         let steering = sw.is_some_and(|s| {
             have.up.get(&s).copied().unwrap_or(false)
                 && peer

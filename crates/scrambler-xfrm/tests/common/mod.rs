@@ -14,6 +14,7 @@ pub fn node(id: u32) -> Node {
     Node {
         name: format!("node{id}"),
         id: NodeId::new(id).unwrap(),
+        epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
         underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
         pod_cidrs: vec![format!("10.0.{id}.0/24").parse().unwrap()],
     }
@@ -24,6 +25,7 @@ pub fn big_node(id: u32) -> Node {
     Node {
         name: format!("n{id}"),
         id: NodeId::new(id).unwrap(),
+        epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
         underlay: vec![format!("2001:db8::{id:x}").parse().unwrap()],
         pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
             .parse()

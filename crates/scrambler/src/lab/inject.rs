@@ -14,15 +14,18 @@ use std::time::{Duration, Instant};
 pub enum Fault {
     /// The node's underlay link goes down for a while, then up.
     LinkDown,
-    /// The node is removed and re-added: its namespace and pods rebuilt from scratch, the
-    /// mesh re-applied, pods re-attached.
+    /// The node is removed and re-added: its namespace and pods rebuilt from scratch. As
+    /// its dataplane lost every SA, it comes back with a new epoch (fresh keys and SPIs
+    /// with every peer, no rotation): the mesh is applied on it and on its peers, pods are
+    /// re-attached.
     Reboot,
     /// The agent (`scrambler mesh apply`) is killed mid-reconcile during a key rotation,
     /// then restarted.
     KillAgent,
-    /// An outbound ESP state is deleted behind Scrambler's back. The next apply reports the
-    /// lost SA and keeps that peer dropped (re-creating it under the same key would reuse
-    /// GCM nonces); the key rotation the lab then runs repairs it.
+    /// An outbound ESP state is deleted behind Scrambler's back. The next apply is refused
+    /// by the node's ledger and that peer stays dropped (re-creating the SA under the same
+    /// key would reuse GCM nonces); a new epoch for the node, applied on every node,
+    /// repairs it without a rotation.
     DeleteState,
     /// A full key rotation (prepare, switch, finish on every node) under load.
     Rotate,
@@ -104,21 +107,25 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             super::vppnode::stop(name, node);
             topology::delete_netns(&names.node(node));
             step(format!("{} and its pods removed", names.node(node)));
-            // A rebooted node has lost its SAs; re-creating them under the same keys would
-            // restart sequence numbers and reuse GCM nonces. So, as the agent must, move the
-            // cluster to a fresh generation while it is away (prepare and switch on the
-            // other nodes), and bring it back on the new generation.
-            rotate_phases(&state, Some(node), 2, Duration::ZERO, &mut step).await?;
             tokio::time::sleep(hold).await;
             topology::create_node(&names, node)?;
             if super::vppnode::is_vpp(&state, node) {
                 super::vppnode::start(name, node).await?;
             }
+            // The rebooted node lost its SAs: re-creating them under the same keys would
+            // restart sequence numbers and reuse GCM nonces (its ledger refuses that). It
+            // comes back with a new epoch, so every key with it is new: no rotation.
+            let epoch = new_epoch(&state, node)?;
             let r = apply_node(&state, node).await?;
             step(format!(
-                "{} re-created, mesh applied (+{})",
+                "{} re-created with epoch {epoch}, mesh applied (+{})",
                 names.node(node),
                 r.added
+            ));
+            apply_on_peers(&state, node).await?;
+            step(format!(
+                "new epoch of {} applied on its peers",
+                names.node(node)
             ));
             let cni = pods::find_cni_binary()?;
             let mut rebuilt = vec![];
@@ -138,7 +145,6 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             }
             state.save()?;
             step(format!("pods of {} re-attached", names.node(node)));
-            rotate_phases(&state, None, 1, hold, &mut step).await?;
         }
         Fault::KillAgent => {
             let mesh_path = state.mesh_path();
@@ -174,16 +180,37 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
                 names.node(node)
             ));
             tokio::time::sleep(hold).await;
-            // Re-creating the lost SA under the same key would reuse GCM nonces: the agent
-            // keeps that peer dropped (fail closed) and a rotation repairs it.
+            // Re-creating the lost SA under the same key would reuse GCM nonces: the node's
+            // ledger refuses the apply (the peer stays dropped, fail closed), and a new
+            // epoch for the node repairs it without a rotation.
+            match apply_node(&state, node).await {
+                Ok(r) => {
+                    return Err(Error::Dataplane {
+                        dataplane: "lab".into(),
+                        op: format!("apply on {} after its SA was lost", names.node(node)),
+                        reason: format!("the ledger should have refused it, it applied {r:?}"),
+                    })
+                }
+                Err(e) => step(format!(
+                    "apply on {} refused by its ledger: {}",
+                    names.node(node),
+                    crate::apply::message(&e)
+                )),
+            }
+            let epoch = new_epoch(&state, node)?;
             let r = apply_node(&state, node).await?;
             step(format!(
-                "agent reconciled {} (+{} ~{}): lost SA reported, not re-keyed in place",
+                "{} given epoch {epoch}, mesh applied (+{} ~{} -{})",
                 names.node(node),
                 r.added,
-                r.updated
+                r.updated,
+                r.removed
             ));
-            rotate_phases(&state, None, 3, hold, &mut step).await?;
+            apply_on_peers(&state, node).await?;
+            step(format!(
+                "new epoch of {} applied on its peers",
+                names.node(node)
+            ));
         }
         Fault::Rotate => {
             rotate_phases(&state, None, 3, hold, &mut step).await?;
@@ -205,6 +232,19 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         flows: reports,
         underlay,
     })
+}
+
+/// Gives node `node` a new epoch in the lab's mesh file (`scrambler mesh epoch`).
+fn new_epoch(state: &LabState, node: usize) -> Result<scrambler_core::Epoch> {
+    crate::meshfile::new_epoch(&state.mesh_path(), &state.names().node(node)).map(|(_, e)| e)
+}
+
+/// Applies the mesh file on every node but `node`.
+async fn apply_on_peers(state: &LabState, node: usize) -> Result<()> {
+    for i in (1..=state.spec.nodes).filter(|i| *i != node) {
+        apply_node(state, i).await?;
+    }
+    Ok(())
 }
 
 /// Applies the next `phases` rotation phases on every node (but `skip`), with the grace
@@ -257,6 +297,8 @@ async fn kill_agent_mid_apply(state: &LabState, node: usize) -> Result<u64> {
             .arg(&mesh)
             .arg("--state-dir")
             .arg(&sd)
+            .arg("--ledger-dir")
+            .arg(state.ledger_dir())
             .args(super::vppnode::apply_flags(state, node))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -4,8 +4,10 @@
 //! mesh on every node and starts pods through the real CNI binary; `lab test` pings every pod
 //! from every pod on other nodes while capturing the underlay and prints a verdict;
 //! `lab inject` breaks something and measures the outage; `lab down` removes everything.
-//! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file, IPAM leases,
-//! CNI log, captures).
+//! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file with each
+//! node's epoch, the nodes' ledgers of outbound SAs, IPAM leases, CNI log, captures). A
+//! node the `reboot` fault rebuilds comes back with a new epoch, as a real node's dataplane
+//! would after a reboot; the others keep theirs.
 
 pub mod backend;
 pub mod capture;
@@ -120,6 +122,12 @@ impl LabState {
     /// The node-record directory.
     pub fn state_dir(&self) -> PathBuf {
         Self::dir(&self.spec.name).join("state")
+    }
+
+    /// The directory of the nodes' ledgers of outbound SAs (kept across a node's `reboot`,
+    /// as `/var/lib/scrambler` is on a real node).
+    pub fn ledger_dir(&self) -> PathBuf {
+        Self::dir(&self.spec.name).join("ledger")
     }
 
     /// Node `i`'s backend.
@@ -305,6 +313,7 @@ fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
         netns: Netns::named(&node),
         node,
         state_dir: state.state_dir(),
+        ledger_dir: state.ledger_dir(),
         backend: state.node_backend(i).tunnel(),
         vpp_socket: vppnode::api_socket(&state.spec.name, i),
     }

@@ -6,7 +6,7 @@
 
 use super::cmd;
 use ipnet::IpNet;
-use scrambler_core::{Error, Node, NodeId, Result};
+use scrambler_core::{Epoch, Error, Node, NodeId, Result};
 use std::net::IpAddr;
 
 /// The underlay interface name inside each node.
@@ -66,7 +66,7 @@ impl Names {
     }
 }
 
-/// The mesh description of node `i` (1-based) in the lab.
+/// The mesh description of node `i` (1-based) in the lab, with a fresh random epoch.
 pub fn node_desc(names: &Names, i: usize) -> Result<Node> {
     let ul: IpAddr = format!("192.0.2.{i}")
         .parse()
@@ -77,6 +77,7 @@ pub fn node_desc(names: &Names, i: usize) -> Result<Node> {
     Ok(Node {
         name: names.node(i),
         id: NodeId::new(i as u32)?,
+        epoch: Epoch::generate(None)?,
         underlay: vec![ul],
         pod_cidrs: vec![cidr],
     })
