@@ -148,6 +148,9 @@ pub struct Mesh {
     pub peers: Vec<Node>,
     /// Live key generations.
     pub keys: Keys,
+    /// The cluster's pod supernets (see [`Cluster::cluster_cidrs`]).
+    #[serde(default)]
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 /// A cluster-wide mesh description: every node, from which each node's [`Mesh`] is cut.
@@ -158,6 +161,11 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Live key generations.
     pub keys: Keys,
+    /// The cluster's pod supernets (`clusterCidrs`, required): every node's pod CIDRs lie
+    /// inside them, and every node guards them whether or not it knows every peer — traffic
+    /// between them that no mesh tunnel carries is dropped, never sent in cleartext.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 impl Cluster {
@@ -194,6 +202,7 @@ impl Cluster {
             local,
             peers,
             keys: self.keys.clone(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
         };
         mesh.validate()?;
         Ok(mesh)
@@ -211,8 +220,10 @@ impl Cluster {
 impl Mesh {
     /// Checks the mesh is consistent: plain ([`check_node_name`]) and unique names, unique
     /// ids, underlay present and no underlay address shared by two nodes, non-overlapping pod
-    /// CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs.
+    /// CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs, and
+    /// cluster CIDRs given, holding every pod CIDR and no underlay address.
     pub fn validate(&self) -> Result<()> {
+        self.validate_cluster_cidrs()?;
         if !self.keys.rx.contains(&self.keys.tx) {
             return Err(Error::mesh(format!(
                 "key generation {} is used for sending but not accepted inbound",
@@ -273,10 +284,58 @@ impl Mesh {
         Ok(())
     }
 
+    /// `clusterCidrs` is present; every pod CIDR lies inside one of them, and no underlay
+    /// address does (the guard would block the node's own ESP).
+    fn validate_cluster_cidrs(&self) -> Result<()> {
+        if self.cluster_cidrs.is_empty() {
+            return Err(Error::mesh(
+                "the mesh has no clusterCidrs: list the cluster's pod supernets, e.g. \
+                 \"clusterCidrs\": [\"10.244.0.0/16\"] (every node's pod CIDRs must lie inside \
+                 them; every node drops traffic between them that the mesh does not encrypt)",
+            ));
+        }
+        for n in std::iter::once(&self.local).chain(&self.peers) {
+            for c in &n.pod_cidrs {
+                if !self
+                    .cluster_cidrs
+                    .iter()
+                    .any(|s| s.contains(&c.network()) && s.prefix_len() <= c.prefix_len())
+                {
+                    return Err(Error::mesh(format!(
+                        "pod CIDR {c} of {:?} is outside the clusterCidrs {}",
+                        n.name,
+                        list(&self.cluster_cidrs)
+                    )));
+                }
+            }
+            if let Some(a) = n
+                .underlay
+                .iter()
+                .find(|a| self.cluster_cidrs.iter().any(|s| s.contains(*a)))
+            {
+                return Err(Error::mesh(format!(
+                    "underlay address {a} of {:?} is inside the clusterCidrs {}: the guard \
+                     would drop the mesh's own ESP",
+                    n.name,
+                    list(&self.cluster_cidrs)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The peer with this name.
     pub fn peer(&self, name: &str) -> Option<&Node> {
         self.peers.iter().find(|p| p.name == name)
     }
+}
+
+fn list(cidrs: &[IpNet]) -> String {
+    cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -296,6 +355,7 @@ mod tests {
         Cluster {
             nodes,
             keys: Keys::single(1),
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         }
     }
 
@@ -389,6 +449,26 @@ mod tests {
             "invalid mesh: node \"zz\" is not in the mesh; its nodes are: a, b"
         );
         assert_eq!(e.code(), 7);
+    }
+
+    #[test]
+    fn cluster_cidrs_are_required_and_hold_every_pod_cidr() {
+        let mut c = two_nodes();
+        c.cluster_cidrs.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("no clusterCidrs") && e.contains("10.244.0.0/16"), "{e}");
+        c.cluster_cidrs = vec!["10.1.0.0/24".parse().unwrap()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("10.1.1.0/24") && e.contains("\"b\"") && e.contains("outside"),
+            "{e}"
+        );
+        c.cluster_cidrs = vec!["10.1.0.0/16".parse().unwrap()];
+        c.validate().unwrap();
+        assert_eq!(c.mesh_for("a").unwrap().cluster_cidrs, c.cluster_cidrs);
+        c.cluster_cidrs.push("192.0.2.0/24".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("underlay address 192.0.2.1"), "{e}");
     }
 
     #[test]

@@ -6,10 +6,15 @@
 //!     {"name": "node1", "id": 1, "underlay": ["192.0.2.1"], "podCidrs": ["10.244.1.0/24"]},
 //!     {"name": "node2", "id": 2, "underlay": ["192.0.2.2"], "podCidrs": ["10.244.2.0/24"]}
 //!   ],
+//!   "clusterCidrs": ["10.244.0.0/16"],
 //!   "keys": {"tx": 1, "rx": [1]},
 //!   "keyFile": "/etc/scrambler/cluster.key"
 //! }
 //! ```
+//!
+//! `clusterCidrs` (required) are the cluster's pod supernets: every node's pod CIDRs lie
+//! inside them, and every node guards them — traffic between them that no mesh tunnel
+//! carries is dropped, also to nodes that are not (or no longer) in the file.
 //!
 //! The same file serves every node; [`MeshFile::mesh_for`] cuts one node's [`Mesh`] from it.
 //! [`MeshFile::load`] validates the whole cluster (see [`Mesh::validate`]), so a mesh read
@@ -108,7 +113,7 @@ mod tests {
 
     const TWO_NODES: &str = r#"{"nodes":[{"name":"a","id":1,"underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
                          {"name":"b","id":2,"underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
-                "keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
+                "clusterCidrs":["10.244.0.0/16"],"keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
 
     /// `text` written as `mesh.json` in a fresh directory.
     fn mesh_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -144,6 +149,18 @@ mod tests {
             text.contains("mesh.json") && text.contains("192.0.2.1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn mesh_file_without_cluster_cidrs_says_what_to_add() {
+        let (_dir, p) = mesh_file(&TWO_NODES.replace(r#""clusterCidrs":["10.244.0.0/16"],"#, ""));
+        let e = MeshFile::load(&p).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("mesh.json") && text.contains("no clusterCidrs"),
+            "{text}"
+        );
+        assert_eq!(e.code(), 7);
     }
 
     #[test]
