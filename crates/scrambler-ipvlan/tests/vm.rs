@@ -648,6 +648,7 @@ mod encrypted {
             local: node(local),
             peers: vec![node(3 - local)],
             keys: Keys::single(1),
+            cluster_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
         }
     }
 

@@ -53,11 +53,10 @@ impl Desired {
             switching: mesh.keys.rx.iter().any(|g| *g < mesh.keys.tx),
             ..Desired::default()
         };
-        let local = &mesh.local;
         for peer in &mesh.peers {
             d.plan_peer(cfg, mesh, peer, secret)?;
         }
-        d.plan_guard(cfg, local, &mesh.peers);
+        d.plan_guard(cfg, mesh);
         Ok(d)
     }
 
@@ -161,27 +160,26 @@ impl Desired {
         );
     }
 
-    /// The fail-closed guard: block policies without if_id for local pod CIDRs ↔ remote
-    /// pod CIDRs (or the configured supernets), plus — when a supernet also covers local
-    /// CIDRs — bypass policies that keep node-local pod traffic flowing.
-    fn plan_guard(&mut self, cfg: &XfrmConfig, local: &Node, peers: &[Node]) {
-        let targets: Vec<IpNet> = if cfg.guard_supernets.is_empty() {
-            peers
-                .iter()
-                .flat_map(|p| p.pod_cidrs.iter().map(|c| c.trunc()))
-                .collect()
-        } else {
-            cfg.guard_supernets.iter().map(|c| c.trunc()).collect()
-        };
+    /// The fail-closed guard: block policies without if_id for cluster ↔ cluster traffic
+    /// (every pair of the mesh's `clusterCidrs` and [`XfrmConfig::guard_supernets`] of one
+    /// family), so a pod CIDR of a node not (or no longer) in the mesh is covered too, plus
+    /// bypass policies that keep node-local pod traffic flowing.
+    fn plan_guard(&mut self, cfg: &XfrmConfig, mesh: &Mesh) {
+        let supernets: BTreeSet<IpNet> = mesh
+            .cluster_cidrs
+            .iter()
+            .chain(&cfg.guard_supernets)
+            .map(|c| c.trunc())
+            .collect();
         let guard = cfg.priority(PRIO_GUARD);
-        for l in &local.pod_cidrs {
-            for t in targets.iter().filter(|t| same_family(l, t)) {
-                for (dir, src, dst) in [(Dir::Out, l, t), (Dir::In, t, l), (Dir::Fwd, t, l)] {
+        for s in &supernets {
+            for t in supernets.iter().filter(|t| same_family(s, t)) {
+                for dir in Dir::ALL {
                     self.policy(Policy {
                         key: PolicyKey {
                             dir,
-                            src: src.trunc(),
-                            dst: dst.trunc(),
+                            src: *s,
+                            dst: *t,
                             if_id: 0,
                         },
                         priority: guard,
@@ -191,10 +189,11 @@ impl Desired {
                 }
             }
         }
+        let local = &mesh.local;
         let covered: Vec<&IpNet> = local
             .pod_cidrs
             .iter()
-            .filter(|l| cfg.guard_supernets.iter().any(|s| overlaps(s, l)))
+            .filter(|l| supernets.iter().any(|s| overlaps(s, l)))
             .collect();
         let bypass = cfg.priority(PRIO_BYPASS);
         for a in &local.pod_cidrs {
@@ -238,15 +237,16 @@ pub(crate) mod tests {
             local: node(local),
             peers: (1..=n).filter(|i| *i != local).map(node).collect(),
             keys: Keys::single(1),
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         }
     }
 
     #[test]
-    fn three_policies_and_three_guards_per_peer_pair() {
+    fn three_policies_per_peer_pair_and_one_cluster_guard() {
         let cfg = XfrmConfig::default();
         let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
         let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
-        // 2 peers × (3 mesh + 3 guard)
+        // 2 peers × 3 mesh + 3 guard (cluster → cluster) + 3 bypass
         assert_eq!(d.policies.len(), 12);
         assert_eq!(d.states.len(), 4);
         assert_eq!(d.routes.len(), 2);
@@ -260,11 +260,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn supernet_guard_adds_local_bypass() {
+    fn guard_covers_the_cluster_cidrs_without_peers() {
+        let cfg = XfrmConfig::default();
+        // a node alone in the mesh still guards the whole cluster
+        let d = Desired::plan(&cfg, &mesh(1, 1), None).unwrap();
+        let guard: Vec<_> = d.policies.values().filter(|p| p.block).collect();
+        assert_eq!(guard.len(), 3);
+        let s: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(guard
+            .iter()
+            .all(|p| p.key.src == s && p.key.dst == s && p.key.if_id == 0));
+        // an extra supernet of the config adds its pairs with the cluster's
         let cfg = XfrmConfig {
-            guard_supernets: vec!["10.0.0.0/8".parse().unwrap()],
+            guard_supernets: vec!["172.16.0.0/12".parse().unwrap()],
             ..Default::default()
         };
+        let d = Desired::plan(&cfg, &mesh(1, 1), None).unwrap();
+        assert_eq!(d.policies.values().filter(|p| p.block).count(), 12);
+    }
+
+    #[test]
+    fn supernet_guard_adds_local_bypass() {
+        let cfg = XfrmConfig::default();
         let d = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
         // 6 mesh + 3 guard (one supernet) + 3 bypass
         assert_eq!(d.policies.len(), 12);

@@ -333,6 +333,18 @@ impl Tunnel for XfrmTunnel {
     }
 
     async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {
+        self.remove_owned(netns, true).await
+    }
+
+    async fn remove_keeping_guard(&self, netns: &Netns) -> Result<ReconcileReport> {
+        self.remove_owned(netns, false).await
+    }
+}
+
+impl XfrmTunnel {
+    /// Removes routes, mesh policies, states and the interface; the guard's block and
+    /// bypass policies too when `guard` is true (last, after everything it protects).
+    async fn remove_owned(&self, netns: &Netns, guard: bool) -> Result<ReconcileReport> {
         netns.check()?;
         let cfg = &self.cfg;
         let mut report = ReconcileReport::default();
@@ -346,15 +358,12 @@ impl Tunnel for XfrmTunnel {
         let sock = Self::open_xfrm(netns).await?;
         let (sock, found) = Self::dump(sock).await?;
         let mut reqs = Vec::new();
-        let mut policies: Vec<&FoundPolicy> = found
+        // mesh policies and states first, the guard (block and bypass policies) last
+        let (mesh_pols, guard_pols): (Vec<&FoundPolicy>, Vec<&FoundPolicy>) = found
             .policies
             .iter()
             .filter(|p| owns_policy(cfg, p))
-            .collect();
-        // mesh policies and states first, the guard last
-        policies.sort_by_key(|p| p.policy.tmpl.is_none());
-        let (mesh_pols, guard_pols): (Vec<_>, Vec<_>) =
-            policies.into_iter().partition(|p| p.policy.tmpl.is_some());
+            .partition(|p| p.policy.tmpl.is_some());
         for p in mesh_pols {
             reqs.push(request(
                 p.delete_msg(),
@@ -369,12 +378,14 @@ impl Tunnel for XfrmTunnel {
                 &s.shape.key.to_string(),
             ));
         }
-        for p in guard_pols {
-            reqs.push(request(
-                p.delete_msg(),
-                "delete xfrm policy",
-                &p.policy.key.to_string(),
-            ));
+        if guard {
+            for p in guard_pols {
+                reqs.push(request(
+                    p.delete_msg(),
+                    "delete xfrm policy",
+                    &p.policy.key.to_string(),
+                ));
+            }
         }
         report.removed += reqs.len();
         Self::run_phase(sock, reqs).await?;

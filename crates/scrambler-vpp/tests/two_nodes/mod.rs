@@ -69,6 +69,7 @@ impl TwoNodes {
             cluster: Cluster {
                 nodes: vec![mesh_node("a", 1, 1), mesh_node("b", 2, 2)],
                 keys: Keys::single(1),
+                cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
             },
         }
     }

@@ -222,6 +222,9 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
         cluster: Cluster {
             nodes,
             keys: Keys::single(1),
+            cluster_cidrs: vec![topology::POD_SUPERNET
+                .parse()
+                .map_err(|e| Error::config(format!("lab pod supernet: {e}")))?],
         },
         key_file: key_file.clone(),
     };
