@@ -111,6 +111,37 @@ impl Node {
     pub fn underlay_for(&self, v6: bool) -> Option<IpAddr> {
         self.underlay.iter().copied().find(|a| a.is_ipv6() == v6)
     }
+
+    /// The node's tunnel addresses, at most one per family: the first address after the
+    /// network address of its first pod CIDR of that family (IPAM's default gateway
+    /// address, which it never hands to a pod). The node holds it and sends its own
+    /// traffic to remote pods from it, so node ↔ remote pod traffic is pod-CIDR traffic
+    /// that the mesh encrypts; other nodes' pods reach the node at this address. A pod
+    /// CIDR too small for a gateway (IPv4 /31, /32; IPv6 /127, /128) gives none.
+    pub fn tunnel_addresses(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for c in &self.pod_cidrs {
+            if out.iter().any(|a| a.is_ipv6() == c.addr().is_ipv6()) {
+                continue;
+            }
+            let first = match c.trunc() {
+                IpNet::V4(n) if n.prefix_len() <= 30 => {
+                    IpAddr::from(u32::from(n.network()).wrapping_add(1).to_be_bytes())
+                }
+                IpNet::V6(n) if n.prefix_len() <= 126 => {
+                    IpAddr::from(u128::from(n.network()).wrapping_add(1).to_be_bytes())
+                }
+                _ => continue,
+            };
+            out.push(first);
+        }
+        out
+    }
+
+    /// The tunnel address of family `v6` ([`Node::tunnel_addresses`]).
+    pub fn tunnel_address(&self, v6: bool) -> Option<IpAddr> {
+        self.tunnel_addresses().into_iter().find(|a| a.is_ipv6() == v6)
+    }
 }
 
 /// Which key generations are live on a node.
@@ -469,6 +500,26 @@ mod tests {
         c.cluster_cidrs.push("192.0.2.0/24".parse().unwrap());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("underlay address 192.0.2.1"), "{e}");
+    }
+
+    #[test]
+    fn tunnel_address_is_the_first_address_of_the_first_pod_cidr_per_family() {
+        let mut n = node("a", 1, "192.0.2.1", "10.1.0.0/24");
+        n.pod_cidrs.push("10.9.0.0/16".parse().unwrap());
+        n.pod_cidrs.push("fd00:1::/64".parse().unwrap());
+        assert_eq!(
+            n.tunnel_addresses(),
+            vec![
+                "10.1.0.1".parse::<IpAddr>().unwrap(),
+                "fd00:1::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.tunnel_address(false), Some("10.1.0.1".parse().unwrap()));
+        n.pod_cidrs = vec!["10.1.0.7/31".parse().unwrap()];
+        assert!(n.tunnel_addresses().is_empty());
+        // a CIDR written with host bits is taken by its network
+        n.pod_cidrs = vec!["10.1.0.7/24".parse().unwrap()];
+        assert_eq!(n.tunnel_address(false), Some("10.1.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use scrambler_core::{
     esp, ClusterSecret, Error, Mesh, Netns, ReconcileReport, Result, Tunnel, TunnelStatus,
 };
 use scrambler_netlink::Nl;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 /// The kernel IPsec dataplane: an ESP tunnel-mode full mesh, route-based through one
@@ -256,8 +256,11 @@ impl Tunnel for XfrmTunnel {
         let rtnl = Nl::open(netns).await?;
         let (index, link_changed) =
             link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
+        let mut addresses_added = 0;
         if cfg.link == LinkMode::Create {
             disable_xfrm_lookup(netns, &cfg.interface).await?;
+            addresses_added =
+                link::ensure_addresses(&rtnl, &cfg.interface, &desired.addresses).await?;
         }
 
         let sock = Self::open_xfrm(netns).await?;
@@ -278,21 +281,32 @@ impl Tunnel for XfrmTunnel {
             LinkChange::Updated => report.updated += 1,
             LinkChange::None => {}
         }
+        report.added += addresses_added;
         let [guard, inbound, policies, outbound, deletes] = phases;
         let mut sock = sock;
         for phase in [guard, inbound, policies, outbound] {
             sock = Self::run_phase(sock, phase).await?;
         }
 
-        // routes into the interface only once states and policies are in place
+        // routes into the interface only once states and policies are in place; a route
+        // whose source changed goes before its replacement comes (the guard drops meanwhile)
         let have = link::owned_routes(&rtnl, index, cfg.route_protocol).await?;
-        let missing: BTreeSet<_> = desired.routes.difference(&have).copied().collect();
-        let stale = link::routes(have.difference(&desired.routes), index, cfg.route_protocol);
+        let missing: link::Routes = desired
+            .routes
+            .iter()
+            .filter(|(n, src)| have.get(n) != Some(src))
+            .map(|(n, src)| (*n, *src))
+            .collect();
+        let stale = link::routes(
+            have.iter().filter(|(n, src)| desired.routes.get(n) != Some(src)),
+            index,
+            cfg.route_protocol,
+        );
         report.added += missing.len();
         report.removed += stale.len();
         report.unchanged += desired.routes.len() - missing.len();
-        link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
         rtnl.delete_routes(&stale).await?;
+        link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
 
         Self::run_phase(sock, deletes).await?;
         if !lost_outbound.is_empty() {
