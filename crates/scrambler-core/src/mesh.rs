@@ -140,7 +140,9 @@ impl Node {
 
     /// The tunnel address of family `v6` ([`Node::tunnel_addresses`]).
     pub fn tunnel_address(&self, v6: bool) -> Option<IpAddr> {
-        self.tunnel_addresses().into_iter().find(|a| a.is_ipv6() == v6)
+        self.tunnel_addresses()
+            .into_iter()
+            .find(|a| a.is_ipv6() == v6)
     }
 }
 
@@ -487,7 +489,10 @@ mod tests {
         let mut c = two_nodes();
         c.cluster_cidrs.clear();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("no clusterCidrs") && e.contains("10.244.0.0/16"), "{e}");
+        assert!(
+            e.contains("no clusterCidrs") && e.contains("10.244.0.0/16"),
+            "{e}"
+        );
         c.cluster_cidrs = vec!["10.1.0.0/24".parse().unwrap()];
         let e = c.validate().unwrap_err().to_string();
         assert!(

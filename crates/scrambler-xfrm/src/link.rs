@@ -134,14 +134,21 @@ pub(crate) async fn add_routes(nl: &Nl, nets: &Routes, index: u32, proto: u8) ->
 
 /// Puts the node's tunnel addresses (`addrs`, host prefixes) on Scrambler's own interface
 /// `name`; returns how many it added (addresses already there are kept).
-pub(crate) async fn ensure_addresses(nl: &Nl, name: &str, addrs: &BTreeSet<IpNet>) -> Result<usize> {
+pub(crate) async fn ensure_addresses(
+    nl: &Nl,
+    name: &str,
+    addrs: &BTreeSet<IpNet>,
+) -> Result<usize> {
     if addrs.is_empty() {
         return Ok(0);
     }
     let link = nl.existing_link(name).await?;
     let mut added = 0;
     for a in addrs {
-        if nl.add_address(&link, *a, Scope::Global, Exists::Keep).await? {
+        if nl
+            .add_address(&link, *a, Scope::Global, Exists::Keep)
+            .await?
+        {
             added += 1;
         }
     }

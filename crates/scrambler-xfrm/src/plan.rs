@@ -216,7 +216,11 @@ impl Desired {
         for s in &supernets {
             add(Dir::Out, any(s), *s, true);
             for peer in &mesh.peers {
-                for u in peer.underlay.iter().filter(|u| u.is_ipv6() == s.addr().is_ipv6()) {
+                for u in peer
+                    .underlay
+                    .iter()
+                    .filter(|u| u.is_ipv6() == s.addr().is_ipv6())
+                {
                     add(Dir::Out, *s, IpNet::from(*u), true);
                 }
             }
@@ -300,7 +304,10 @@ pub(crate) mod tests {
         let src = Some("10.0.1.1".parse().unwrap());
         assert!(d.routes.values().all(|s| *s == src), "{:?}", d.routes);
         assert_eq!(
-            d.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            d.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
             ["10.0.1.1/32"]
         );
         // with someone else's interface: no address, no source

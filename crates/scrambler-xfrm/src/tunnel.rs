@@ -26,10 +26,7 @@ use zeroize::Zeroizing;
 /// use scrambler_core::{ClusterSecret, Cluster, Netns, Tunnel};
 /// use scrambler_xfrm::{StatusTable, XfrmConfig, XfrmTunnel};
 /// # async fn run(cluster: Cluster) -> scrambler_core::Result<()> {
-/// let tunnel = XfrmTunnel::new(XfrmConfig {
-///     guard_supernets: vec!["10.0.0.0/8".parse().unwrap()],
-///     ..XfrmConfig::default()
-/// })?;
+/// let tunnel = XfrmTunnel::new(XfrmConfig::default())?;
 /// let secret = ClusterSecret::from_file("/etc/scrambler/cluster.key".as_ref())?;
 /// let mesh = cluster.mesh_for("node1")?;
 /// let node = Netns::named("node1");
@@ -298,7 +295,8 @@ impl Tunnel for XfrmTunnel {
             .map(|(n, src)| (*n, *src))
             .collect();
         let stale = link::routes(
-            have.iter().filter(|(n, src)| desired.routes.get(n) != Some(src)),
+            have.iter()
+                .filter(|(n, src)| desired.routes.get(n) != Some(src)),
             index,
             cfg.route_protocol,
         );

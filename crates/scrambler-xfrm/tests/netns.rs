@@ -255,7 +255,10 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
         assert!(owned_routes(&ns).is_empty());
         // the status says fail closed, every peer blocked, not steering
         let s = t.status(&ns.netns(), &mesh_of(1, 2, node)).await.unwrap();
-        assert!(s.fail_closed && s.peers.iter().all(|p| !p.steering), "{s:?}");
+        assert!(
+            s.fail_closed && s.peers.iter().all(|p| !p.steering),
+            "{s:?}"
+        );
         // a full remove takes the guard too
         let r = t.remove(&ns.netns()).await.unwrap();
         assert_eq!(r.removed, 7, "{r:?}");

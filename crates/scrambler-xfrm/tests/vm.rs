@@ -486,7 +486,10 @@ fn vm_xfrm_cluster_guard_covers_unknown_and_removed_nodes_and_mesh_remove() {
             .await
             .unwrap();
         assert!(r.removed > 0, "{r:?}");
-        assert!(!lab.ping(1, 3, 3), "pod1 -> pod3 after node3 left node1's mesh");
+        assert!(
+            !lab.ping(1, 3, 3),
+            "pod1 -> pod3 after node3 left node1's mesh"
+        );
         assert!(lab.ping(1, 2, 1), "pod1 -> pod2 still up");
         // 4. `mesh remove` on node 1 (the guard stays) while its pod runs
         let r = t.remove_keeping_guard(&lab.nodes[0].netns()).await.unwrap();
@@ -495,10 +498,7 @@ fn vm_xfrm_cluster_guard_covers_unknown_and_removed_nodes_and_mesh_remove() {
         assert!(!lab.ping(1, 3, 3), "pod1 -> pod3 after mesh remove");
         // node-local traffic still flows (bypass): pod1 -> its gateway
         assert_eq!(ping_replies(&lab.pods[0], "10.0.1.1", 1), 1);
-        let st = t
-            .status(&lab.nodes[0].netns(), &lab.meshes[0])
-            .await
-            .unwrap();
+        let st = t.status(&lab.nodes[0].netns(), &m12[0]).await.unwrap();
         eprintln!("{}", StatusTable(&st));
         assert!(st.fail_closed && !st.encrypted, "{st:?}");
         let lines = cap.finish();
@@ -537,7 +537,8 @@ fn vm_xfrm_node_and_remote_pods_talk_through_the_mesh() {
         n.ip(&["route", "add", "default", "via", &format!("192.0.2.{next}")]);
     }
     // a client on the underlay (the bridge's own address)
-    lab.wire.ip(&["addr", "add", "192.0.2.100/24", "dev", "br0"]);
+    lab.wire
+        .ip(&["addr", "add", "192.0.2.100/24", "dev", "br0"]);
     let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
     rt().block_on(async {
         lab.reconcile_all(&lab.tunnel).await;
@@ -549,12 +550,20 @@ fn vm_xfrm_node_and_remote_pods_talk_through_the_mesh() {
         let cap = lab.capture();
         // host -> remote pod, remote pod -> node, node -> node (tunnel addresses)
         assert_eq!(ping_replies(n1, "10.0.2.2", 3), 3, "node1 -> pod2");
-        assert_eq!(ping_replies(&lab.pods[1], "10.0.1.1", 3), 3, "pod2 -> node1");
+        assert_eq!(
+            ping_replies(&lab.pods[1], "10.0.1.1", 3),
+            3,
+            "pod2 -> node1"
+        );
         assert_eq!(ping_replies(n2, "10.0.1.1", 2), 2, "node2 -> node1");
         // NodePort-style: the client pings node 1's underlay address, node 1 DNATs to
         // pod 2 and masquerades; node 1 itself answers no ping, so every reply is pod 2's
         n1.exec(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
-        assert_eq!(ping_replies(&lab.wire, "192.0.2.1", 1), 0, "node1 is silent");
+        assert_eq!(
+            ping_replies(&lab.wire, "192.0.2.1", 1),
+            0,
+            "node1 is silent"
+        );
         for rule in [
             "add table ip np",
             "add chain ip np pre { type nat hook prerouting priority -100 ; }",
@@ -565,17 +574,36 @@ fn vm_xfrm_node_and_remote_pods_talk_through_the_mesh() {
             let (ok, out) = n1.exec(&["sh", "-c", &format!("nft '{rule}'")]);
             assert!(ok, "nft {rule}: {out}");
         }
-        assert_eq!(ping_replies(&lab.wire, "192.0.2.1", 3), 3, "NodePort -> pod2");
+        assert_eq!(
+            ping_replies(&lab.wire, "192.0.2.1", 3),
+            3,
+            "NodePort -> pod2"
+        );
         let (_, rules) = n1.exec(&["nft", "list", "table", "ip", "np"]);
         eprintln!("{rules}");
-        assert!(!rules.contains("packets 0 "), "every NAT rule matched: {rules}");
+        assert!(
+            !rules.contains("packets 0 "),
+            "every NAT rule matched: {rules}"
+        );
         // a pod sending to another node's underlay address: dropped, not leaked
-        assert_eq!(ping_replies(&lab.pods[1], "192.0.2.1", 2), 0, "pod2 -> node1 underlay");
-        let s = lab.tunnel.status(&n2.netns(), &lab.meshes[1]).await.unwrap();
+        assert_eq!(
+            ping_replies(&lab.pods[1], "192.0.2.1", 2),
+            0,
+            "pod2 -> node1 underlay"
+        );
+        let s = lab
+            .tunnel
+            .status(&n2.netns(), &lab.meshes[1])
+            .await
+            .unwrap();
         assert!(s.errors.contains_key("XfrmOutPolBlock"), "{:?}", s.errors);
         // the interface gone: the host's traffic to a remote pod meets the guard
         n1.ip(&["link", "del", "scrambler0"]);
-        assert_eq!(ping_replies(n1, "10.0.2.2", 2), 0, "node1 -> pod2 without interface");
+        assert_eq!(
+            ping_replies(n1, "10.0.2.2", 2),
+            0,
+            "node1 -> pod2 without interface"
+        );
         let lines = cap.finish();
         assert_no_cleartext(&lines);
         let esp = lines.iter().filter(|l| l.contains("ESP")).count();

@@ -321,7 +321,10 @@ mod tests {
         assert!(!t.contains("ENCRYPTION IS OFF"), "{t}");
         assert!(!r.encryption_off);
         assert!(t.contains(" blocked "), "{t}");
-        assert!(t.contains("b blocked: outbound SA of generation 3 lost"), "{t}");
+        assert!(
+            t.contains("b blocked: outbound SA of generation 3 lost"),
+            "{t}"
+        );
         assert!(t.contains("rotate keys"), "{t}");
         assert!(!r.healthy());
         let j = serde_json::to_value(&r).unwrap();
@@ -338,7 +341,10 @@ mod tests {
         let v = PeerVerdict::of(&p, true, 7);
         assert_eq!(v.state, PeerState::Blocked);
         assert_eq!(v.why.len(), 3, "{v:?}");
-        assert!(v.why[0].starts_with("no outbound SA of generation 7"), "{v:?}");
+        assert!(
+            v.why[0].starts_with("no outbound SA of generation 7"),
+            "{v:?}"
+        );
         assert!(v.why[1].contains("inbound SAs missing"), "{v:?}");
         assert!(v.why[2].contains("no route"), "{v:?}");
         let up = PeerStatus {

@@ -70,6 +70,12 @@
 //!   everything (restart) cannot tell: the agent must rotate the generation then.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
+//! * Not done on VPP yet: node ↔ remote pod traffic. The kernel dataplane gives each node a
+//!   tunnel address (the first address of its pod CIDR, [`scrambler_core::Node::tunnel_addresses`])
+//!   that its own traffic to remote pods comes from; a VPP node does not hold it, so a
+//!   remote pod pinging a VPP node's tunnel address is dropped by that VPP (the address is
+//!   in the node's pod CIDR, never leaked), and traffic from a VPP node's Linux host to
+//!   remote pods does not pass through VPP.
 //!
 //! # Counters
 //!
