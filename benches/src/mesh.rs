@@ -21,5 +21,6 @@ pub fn mesh(peers: u32) -> Mesh {
         local: node(1),
         peers: (2..=peers + 1).map(node).collect(),
         keys: Keys::single(1),
+        cluster_cidrs: vec!["10.0.0.0/8".parse().expect("cluster cidr")],
     }
 }

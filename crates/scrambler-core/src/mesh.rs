@@ -167,6 +167,39 @@ impl Node {
             epoch: self.epoch,
         }
     }
+
+    /// The node's tunnel addresses, at most one per family: the first address after the
+    /// network address of its first pod CIDR of that family (IPAM's default gateway
+    /// address, which it never hands to a pod). The node holds it and sends its own
+    /// traffic to remote pods from it, so node ↔ remote pod traffic is pod-CIDR traffic
+    /// that the mesh encrypts; other nodes' pods reach the node at this address. A pod
+    /// CIDR too small for a gateway (IPv4 /31, /32; IPv6 /127, /128) gives none.
+    pub fn tunnel_addresses(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for c in &self.pod_cidrs {
+            if out.iter().any(|a| a.is_ipv6() == c.addr().is_ipv6()) {
+                continue;
+            }
+            let first = match c.trunc() {
+                IpNet::V4(n) if n.prefix_len() <= 30 => {
+                    IpAddr::from(u32::from(n.network()).wrapping_add(1).to_be_bytes())
+                }
+                IpNet::V6(n) if n.prefix_len() <= 126 => {
+                    IpAddr::from(u128::from(n.network()).wrapping_add(1).to_be_bytes())
+                }
+                _ => continue,
+            };
+            out.push(first);
+        }
+        out
+    }
+
+    /// The tunnel address of family `v6` ([`Node::tunnel_addresses`]).
+    pub fn tunnel_address(&self, v6: bool) -> Option<IpAddr> {
+        self.tunnel_addresses()
+            .into_iter()
+            .find(|a| a.is_ipv6() == v6)
+    }
 }
 
 /// Which key generations are live on a node.
@@ -204,6 +237,9 @@ pub struct Mesh {
     pub peers: Vec<Node>,
     /// Live key generations.
     pub keys: Keys,
+    /// The cluster's pod supernets (see [`Cluster::cluster_cidrs`]).
+    #[serde(default)]
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 /// A cluster-wide mesh description: every node, from which each node's [`Mesh`] is cut.
@@ -214,6 +250,11 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Live key generations.
     pub keys: Keys,
+    /// The cluster's pod supernets (`clusterCidrs`, required): every node's pod CIDRs lie
+    /// inside them, and every node guards them whether or not it knows every peer — traffic
+    /// between them that no mesh tunnel carries is dropped, never sent in cleartext.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 impl Cluster {
@@ -250,6 +291,7 @@ impl Cluster {
             local,
             peers,
             keys: self.keys.clone(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
         };
         mesh.validate()?;
         Ok(mesh)
@@ -267,8 +309,10 @@ impl Cluster {
 impl Mesh {
     /// Checks the mesh is consistent: plain ([`check_node_name`]) and unique names, unique
     /// ids, underlay present and no underlay address shared by two nodes, non-overlapping pod
-    /// CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs.
+    /// CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs, and
+    /// cluster CIDRs given, holding every pod CIDR and no underlay address.
     pub fn validate(&self) -> Result<()> {
+        self.validate_cluster_cidrs()?;
         if !self.keys.rx.contains(&self.keys.tx) {
             return Err(Error::mesh(format!(
                 "key generation {} is used for sending but not accepted inbound",
@@ -329,10 +373,58 @@ impl Mesh {
         Ok(())
     }
 
+    /// `clusterCidrs` is present; every pod CIDR lies inside one of them, and no underlay
+    /// address does (the guard would block the node's own ESP).
+    fn validate_cluster_cidrs(&self) -> Result<()> {
+        if self.cluster_cidrs.is_empty() {
+            return Err(Error::mesh(
+                "the mesh has no clusterCidrs: list the cluster's pod supernets, e.g. \
+                 \"clusterCidrs\": [\"10.244.0.0/16\"] (every node's pod CIDRs must lie inside \
+                 them; every node drops traffic between them that the mesh does not encrypt)",
+            ));
+        }
+        for n in std::iter::once(&self.local).chain(&self.peers) {
+            for c in &n.pod_cidrs {
+                if !self
+                    .cluster_cidrs
+                    .iter()
+                    .any(|s| s.contains(&c.network()) && s.prefix_len() <= c.prefix_len())
+                {
+                    return Err(Error::mesh(format!(
+                        "pod CIDR {c} of {:?} is outside the clusterCidrs {}",
+                        n.name,
+                        list(&self.cluster_cidrs)
+                    )));
+                }
+            }
+            if let Some(a) = n
+                .underlay
+                .iter()
+                .find(|a| self.cluster_cidrs.iter().any(|s| s.contains(*a)))
+            {
+                return Err(Error::mesh(format!(
+                    "underlay address {a} of {:?} is inside the clusterCidrs {}: the guard \
+                     would drop the mesh's own ESP",
+                    n.name,
+                    list(&self.cluster_cidrs)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The peer with this name.
     pub fn peer(&self, name: &str) -> Option<&Node> {
         self.peers.iter().find(|p| p.name == name)
     }
+}
+
+fn list(cidrs: &[IpNet]) -> String {
+    cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -353,6 +445,7 @@ mod tests {
         Cluster {
             nodes,
             keys: Keys::single(1),
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         }
     }
 
@@ -446,6 +539,49 @@ mod tests {
             "invalid mesh: node \"zz\" is not in the mesh; its nodes are: a, b"
         );
         assert_eq!(e.code(), 7);
+    }
+
+    #[test]
+    fn cluster_cidrs_are_required_and_hold_every_pod_cidr() {
+        let mut c = two_nodes();
+        c.cluster_cidrs.clear();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("no clusterCidrs") && e.contains("10.244.0.0/16"),
+            "{e}"
+        );
+        c.cluster_cidrs = vec!["10.1.0.0/24".parse().unwrap()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("10.1.1.0/24") && e.contains("\"b\"") && e.contains("outside"),
+            "{e}"
+        );
+        c.cluster_cidrs = vec!["10.1.0.0/16".parse().unwrap()];
+        c.validate().unwrap();
+        assert_eq!(c.mesh_for("a").unwrap().cluster_cidrs, c.cluster_cidrs);
+        c.cluster_cidrs.push("192.0.2.0/24".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("underlay address 192.0.2.1"), "{e}");
+    }
+
+    #[test]
+    fn tunnel_address_is_the_first_address_of_the_first_pod_cidr_per_family() {
+        let mut n = node("a", 1, "192.0.2.1", "10.1.0.0/24");
+        n.pod_cidrs.push("10.9.0.0/16".parse().unwrap());
+        n.pod_cidrs.push("fd00:1::/64".parse().unwrap());
+        assert_eq!(
+            n.tunnel_addresses(),
+            vec![
+                "10.1.0.1".parse::<IpAddr>().unwrap(),
+                "fd00:1::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.tunnel_address(false), Some("10.1.0.1".parse().unwrap()));
+        n.pod_cidrs = vec!["10.1.0.7/31".parse().unwrap()];
+        assert!(n.tunnel_addresses().is_empty());
+        // a CIDR written with host bits is taken by its network
+        n.pod_cidrs = vec!["10.1.0.7/24".parse().unwrap()];
+        assert_eq!(n.tunnel_address(false), Some("10.1.0.1".parse().unwrap()));
     }
 
     #[test]

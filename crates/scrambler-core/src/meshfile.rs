@@ -8,6 +8,7 @@
 //!     {"name": "node2", "id": 2, "epoch": "fedcba9876543210",
 //!      "underlay": ["192.0.2.2"], "podCidrs": ["10.244.2.0/24"]}
 //!   ],
+//!   "clusterCidrs": ["10.244.0.0/16"],
 //!   "keys": {"tx": 1, "rx": [1]},
 //!   "keyFile": "/etc/scrambler/cluster.key"
 //! }
@@ -17,6 +18,9 @@
 //! bind it, so a node whose dataplane lost its SAs (reboot, VPP restart, `mesh remove`)
 //! must get a new one before its mesh is applied again (`scrambler mesh epoch`); a node
 //! without one is refused, with that command in the error.
+//! `clusterCidrs` (required) are the cluster's pod supernets: every node's pod CIDRs lie
+//! inside them, and every node guards them — traffic between them that no mesh tunnel
+//! carries is dropped, also to nodes that are not (or no longer) in the file.
 //!
 //! The same file serves every node; [`MeshFile::mesh_for`] cuts one node's [`Mesh`] from it.
 //! [`MeshFile::load`] validates the whole cluster (see [`Mesh::validate`]), so a mesh read
@@ -116,7 +120,7 @@ mod tests {
 
     const TWO_NODES: &str = r#"{"nodes":[{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
                          {"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
-                "keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
+                "clusterCidrs":["10.244.0.0/16"],"keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
 
     /// `text` written as `mesh.json` in a fresh directory.
     fn mesh_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -172,6 +176,18 @@ mod tests {
         assert!(text.contains("nonzero"), "{text}");
         std::fs::write(&p, TWO_NODES.replace("\"fedcba9876543210\"", "42")).unwrap();
         assert!(MeshFile::load(&p).is_err());
+    }
+
+    #[test]
+    fn mesh_file_without_cluster_cidrs_says_what_to_add() {
+        let (_dir, p) = mesh_file(&TWO_NODES.replace(r#""clusterCidrs":["10.244.0.0/16"],"#, ""));
+        let e = MeshFile::load(&p).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("mesh.json") && text.contains("no clusterCidrs"),
+            "{text}"
+        );
+        assert_eq!(e.code(), 7);
     }
 
     #[test]

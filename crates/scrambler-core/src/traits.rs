@@ -230,8 +230,15 @@ pub trait Tunnel: Send + Sync {
     ) -> Result<ReconcileReport>;
     /// What the dataplane has, per peer of `mesh`.
     async fn status(&self, netns: &Netns, mesh: &Mesh) -> Result<TunnelStatus>;
-    /// Removes everything this dataplane owns in `netns` (including the fail-closed guard).
+    /// Removes everything this dataplane owns in `netns`, including the fail-closed guard:
+    /// pods that still run on the node may then reach other nodes' pods in cleartext.
     async fn remove(&self, netns: &Netns) -> Result<ReconcileReport>;
+    /// Removes the mesh from `netns` — SAs, tunnels, steering into them — but leaves the
+    /// fail-closed guard for the cluster's pod supernets in place (steering of pod CIDRs
+    /// may stay as drops), so traffic between pod CIDRs is dropped, never sent in
+    /// cleartext, while pods still run. A later `reconcile` brings the mesh back; `remove`
+    /// takes the guard too.
+    async fn remove_keeping_guard(&self, netns: &Netns) -> Result<ReconcileReport>;
 }
 
 /// A request to attach a pod.

@@ -420,6 +420,7 @@ mod tests {
             oif: Some(oif),
             table: scrambler_netlink::MAIN_TABLE,
             protocol: scrambler_netlink::ROUTE_PROTO,
+            src: None,
         };
         let routes = [
             r("10.244.1.0/24", 7),

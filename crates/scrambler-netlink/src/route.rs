@@ -31,6 +31,9 @@ pub struct RouteSpec {
     pub mtu: Option<u32>,
     /// Route protocol number.
     pub protocol: u8,
+    /// Preferred source address (`src`) for traffic the node itself sends on this route;
+    /// it must be one of the node's addresses.
+    pub src: Option<IpAddr>,
 }
 
 impl RouteSpec {
@@ -42,6 +45,7 @@ impl RouteSpec {
             oif,
             mtu: None,
             protocol: ROUTE_PROTO,
+            src: None,
         }
     }
 
@@ -56,6 +60,11 @@ impl RouteSpec {
     /// The same route marked with `protocol`.
     pub fn with_protocol(self, protocol: u8) -> RouteSpec {
         RouteSpec { protocol, ..self }
+    }
+
+    /// The same route with preferred source `src`.
+    pub fn with_src(self, src: Option<IpAddr>) -> RouteSpec {
+        RouteSpec { src, ..self }
     }
 
     /// `dst via gw` or `dst dev oif`, naming the route in errors.
@@ -83,6 +92,12 @@ impl RouteSpec {
             msg.attributes
                 .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
         }
+        if let Some(src) = self.src {
+            msg.attributes.push(RouteAttribute::PrefSource(match src {
+                IpAddr::V4(a) => RouteAddress::Inet(a),
+                IpAddr::V6(a) => RouteAddress::Inet6(a),
+            }));
+        }
         Ok(msg)
     }
 }
@@ -100,6 +115,8 @@ pub struct RouteState {
     pub table: u32,
     /// Route protocol number.
     pub protocol: u8,
+    /// Preferred source address.
+    pub src: Option<IpAddr>,
 }
 
 impl Nl {
@@ -227,10 +244,12 @@ pub(crate) fn route_state(m: &RouteMessage) -> Option<RouteState> {
     let mut dst = None;
     let mut gw = None;
     let mut oif = None;
+    let mut src = None;
     let mut table = u32::from(m.header.table);
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(a) => dst = route_ip(a),
+            RouteAttribute::PrefSource(a) => src = route_ip(a),
             RouteAttribute::Gateway(a) => gw = route_ip(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Table(t) => table = *t,
@@ -250,6 +269,7 @@ pub(crate) fn route_state(m: &RouteMessage) -> Option<RouteState> {
         oif,
         table,
         protocol: u8::from(m.header.protocol),
+        src,
     })
 }
 

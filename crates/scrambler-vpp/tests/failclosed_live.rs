@@ -96,10 +96,12 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
     let mut t = TwoNodes::start("scr-fc").await;
     let (ra, rb) = t.apply().await;
     assert!(ra.added >= 5 && rb.added >= 5, "{ra:?} {rb:?}");
-    // first setup: the route exists (as drop) before the tunnel, leads into it last
+    // first setup: the cluster guard's drop route first; the peer's route exists (as drop)
+    // before the tunnel, leads into it last
     assert_eq!(
         last_reconcile_calls(&t.a.vppctl(&["api", "trace", "dump"])),
         [
+            "ip_route_add_del:DROP",
             "ip_route_add_del:DROP",
             "ipip_add_tunnel",
             "sw_interface_tag_add_del",
@@ -252,6 +254,80 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
     // captures above would have seen it
     t.dp.remove(&na).await.unwrap();
     let (leaks, _) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.2.0.2", 2));
+    assert!(
+        leaks.contains("ICMP echo request"),
+        "the control leak did not show:\n{leaks}"
+    );
+}
+
+/// The cluster guard on a real VPP, with a route that would carry pod traffic out of the
+/// uplink in clear (10.0.0.0/8 via the peer): a pod sending to the pod CIDR of a node that
+/// is not in the mesh (10.3.0.0/24, inside the cluster CIDR 10.0.0.0/12), to a peer removed
+/// from the mesh, and to the peer after `remove_keeping_guard` (the node tool's `mesh
+/// remove`) — nothing but ESP on the underlay; then `remove` (guard too) leaks, the control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove() {
+    let mut t = TwoNodes::start("scr-cg").await;
+    t.apply().await;
+    t.a.vppctl(&[
+        "ip",
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "via",
+        "192.0.2.2",
+        "host-ul0",
+    ]);
+    let na = t.a.netns.netns();
+    let fib = t.a.vppctl(&["show", "ip", "fib", "10.0.0.0/12"]);
+    assert!(
+        fib.contains("10.0.0.0/12") && fib.contains("dpo-drop"),
+        "{fib}"
+    );
+    let (ok, out) = ping(&t.a, "10.2.0.2", 2);
+    assert!(ok, "baseline ping failed: {out}");
+    // 1. a node not (yet) in the mesh
+    let (leaks, (ok, _)) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.3.0.2", 3));
+    assert!(
+        !ok && leaks.is_empty(),
+        "unknown node: ping {ok}, leaks:\n{leaks}"
+    );
+    // 2. the peer removed from a's mesh
+    let mut alone = t.mesh("a");
+    alone.peers.clear();
+    let rep = t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
+    assert!(rep.removed > 0, "{rep:?}");
+    let st = t.dp.status(&na, &alone).await.unwrap();
+    assert!(st.fail_closed, "{st:?}");
+    let (leaks, (ok, _)) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.2.0.2", 3));
+    assert!(
+        !ok && leaks.is_empty(),
+        "removed peer: ping {ok}, leaks:\n{leaks}"
+    );
+    // 3. back in the mesh (under a new generation: its old outbound SA's key has sent, and
+    //    b's replay window remembers it), then `mesh remove` keeping the guard while the
+    //    pod runs
+    t.cluster.keys = Keys::single(2);
+    t.apply().await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 2);
+    assert!(ok, "ping after rejoin failed: {out}");
+    let rep = t.dp.remove_keeping_guard(&na).await.unwrap();
+    assert!(rep.removed > 0, "{rep:?}");
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.fail_closed && !st.encrypted, "{st:?}");
+    let (leaks, (ok, _)) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.2.0.2", 3));
+    assert!(
+        !ok && leaks.is_empty(),
+        "after mesh remove: ping {ok}, leaks:\n{leaks}"
+    );
+    // a reconcile brings the mesh back (again under a new generation)
+    t.cluster.keys = Keys::single(3);
+    t.apply().await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 2);
+    assert!(ok, "ping after re-apply failed: {out}");
+    // control: without the guard the same traffic leaks on this wire
+    t.dp.remove(&na).await.unwrap();
+    let (leaks, _) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.3.0.2", 2));
     assert!(
         leaks.contains("ICMP echo request"),
         "the control leak did not show:\n{leaks}"

@@ -108,6 +108,9 @@ impl Tunnel for Mixed {
     async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {
         self.pick(netns).remove(netns).await
     }
+    async fn remove_keeping_guard(&self, netns: &Netns) -> Result<ReconcileReport> {
+        self.pick(netns).remove_keeping_guard(netns).await
+    }
 }
 
 /// A pod namespace behind `node` on veth `node_if` — `eth0`, address 10.0.n.2.
@@ -222,6 +225,7 @@ async fn interop() {
     let cluster = Cluster {
         nodes: vec![mesh_node("vpp-a", A), mesh_node("kernel-b", B)],
         keys: Keys::single(1),
+        cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
     };
     let nodes = vec![
         (na.netns(), cluster.mesh_for("vpp-a").unwrap()),

@@ -41,7 +41,8 @@ pub enum LinkMode {
 }
 
 /// Settings of an [`crate::XfrmTunnel`]. Every field has a default; a node's agent
-/// usually only sets [`XfrmConfig::guard_supernets`] and [`XfrmConfig::underlay_mtu`].
+/// usually only sets [`XfrmConfig::underlay_mtu`] (the guard's supernets come from the
+/// mesh's `clusterCidrs`).
 ///
 /// ```
 /// use scrambler_xfrm::XfrmConfig;
@@ -69,9 +70,9 @@ pub struct XfrmConfig {
     pub reqid_base: u32,
     /// Route protocol number of Scrambler's routes.
     pub route_protocol: u8,
-    /// Pod supernets to guard. Empty: the guard covers exactly the peers' pod CIDRs; set
-    /// (e.g. the cluster CIDR): the guard also covers pod CIDRs of nodes not (or no
-    /// longer) in the mesh — recommended.
+    /// Supernets to guard in addition to the mesh's `clusterCidrs` (which are always
+    /// guarded): e.g. a range of another cluster's pods that must never be reached in
+    /// cleartext. Usually empty.
     pub guard_supernets: Vec<IpNet>,
     /// MTU of the underlay; the xfrm interface gets this minus the ESP overhead.
     pub underlay_mtu: u32,

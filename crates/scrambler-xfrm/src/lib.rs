@@ -15,7 +15,10 @@
 //!   128-bit ICV, ESN with a replay window of
 //!   [`scrambler_core::esp::REPLAY_WINDOW`] (`XFRMA_REPLAY_ESN_VAL`), same reqid and if_id;
 //! * a route to the peer's pod CIDR through the xfrm interface (protocol
-//!   [`XfrmConfig::route_protocol`]).
+//!   [`XfrmConfig::route_protocol`]), with the node's tunnel address as its source.
+//!
+//! And once per node: the fail-closed guard for the mesh's `clusterCidrs` (see Fail
+//! closed), and the node's tunnel address on the interface (see Node ↔ remote pods).
 //!
 //! ## Route-based: an xfrm interface with an if_id
 //! Policy-based IPsec sends traffic in the clear whenever no policy matches it (a peer
@@ -31,15 +34,34 @@
 //! routes through an existing link instead, so plan, diff, policies and routes are tested
 //! there, and interface creation in the VM tests (`vm_*`).
 //!
+//! ## Node ↔ remote pods
+//! Each node has a tunnel address: the first address of its first pod CIDR of each family
+//! ([`scrambler_core::Node::tunnel_addresses`], IPAM's default gateway address, never a
+//! pod's). With [`LinkMode::Create`] Scrambler puts it (as a host prefix) on the xfrm
+//! interface and gives the routes to the peers' pod CIDRs that source, so the node's own
+//! traffic to remote pods — hostNetwork pods, the API server calling webhooks, kube-proxy's
+//! NodePort/LoadBalancer masquerade (which takes the outgoing interface's address) — is
+//! local-pod-CIDR → remote-pod-CIDR traffic that the mesh policies encrypt, and the replies
+//! come back the same way. A remote pod reaches the node at its tunnel address, which lies
+//! in the node's pod CIDR, through the mesh. (Chosen over a separate node CIDR or extra
+//! policies per node address: no new mesh field, no new policies, and every dataplane can
+//! derive every node's address from the mesh.)
+//!
 //! ## Fail closed
-//! Traffic between pod CIDRs never leaves a node in cleartext:
-//! * **a route is missing** (agent down before programming it, interface deleted): the
-//!   packet follows the default route and meets the *guard* — block policies without
-//!   if_id, `out` local pod CIDRs → remote pod CIDRs and `in`/`fwd` remote → local, in a
-//!   lower-precedence slot of Scrambler's priority band. With
-//!   [`XfrmConfig::guard_supernets`] (e.g. the cluster CIDR) the guard covers pod CIDRs of
-//!   nodes not (or no longer) in the mesh too, and bypass policies keep node-local pod
-//!   traffic inside the supernet flowing;
+//! Traffic between pod CIDRs, and between a node and remote pods, never leaves a node in
+//! cleartext:
+//! * **a route is missing** (agent down before programming it, interface deleted, a peer
+//!   not yet or no longer in the mesh): the packet follows another route (the default one)
+//!   and meets the *guard* — policies without if_id, in a lower-precedence slot of
+//!   Scrambler's priority band, for every cluster supernet `S` of the mesh's
+//!   `clusterCidrs` (plus [`XfrmConfig::guard_supernets`]): block `out` anything → `S`
+//!   (pods' and the node's own traffic to any pod CIDR of the cluster, known peer or not),
+//!   block `out` `S` → each peer's underlay address (a pod sending to another node's host
+//!   address), block `in`/`fwd` `S` → local pod CIDRs (cleartext from remote pods). Bypass
+//!   policies keep node-local pod traffic flowing: `out` anything → local pod CIDRs,
+//!   `in`/`fwd` local → local. Removing a peer leaves the guard; [`XfrmTunnel`]'s
+//!   `remove_keeping_guard` (the node tool's `mesh remove`) takes everything else away and
+//!   leaves it, so pods that still run cannot leak; only `remove` takes the guard too;
 //! * **a state is missing, expired or being replaced**: the mesh policy's template is
 //!   required (not optional), so a lookup without a state fails and the xfrm interface
 //!   drops the packet; an xfrm interface never sends anything it could not encrypt;
@@ -93,8 +115,16 @@
 //!   mesh — `scrambler mesh apply` uses it, an embedder calling [`XfrmTunnel`] directly
 //!   must too. A single lost outbound state is detected and not re-created (see Fail
 //!   closed), except during step 2 of a rotation.
-//! * Only pod-CIDR to pod-CIDR traffic is encrypted; traffic from a node's own addresses
-//!   to remote pods matches no mesh policy and is dropped by the interface.
+//! * Node ↔ remote pod traffic is encrypted when the node sends from its tunnel address
+//!   (the routes' source, and what masquerade picks); a socket bound to another node
+//!   address (e.g. the underlay one) matches no mesh policy and its packets are dropped by
+//!   the interface, not leaked. With [`LinkMode::Existing`] Scrambler neither puts the
+//!   tunnel address on the interface nor sets the routes' source: the interface's owner
+//!   does.
+//! * Pods reach other nodes at their tunnel addresses; a pod sending to a *known* peer's
+//!   underlay address is dropped by the guard. The underlay address of a node the mesh does
+//!   not know yet is not covered (no policy can name it); encrypting traffic to underlay
+//!   addresses (node-to-node encryption) is not done.
 //! * `disable_xfrm` exists for IPv4 only; IPv6 pod CIDRs are planned and programmed but
 //!   the end-to-end tests cover IPv4. With [`LinkMode::Existing`], the interface's owner
 //!   must set `disable_xfrm=1` on it.

@@ -6,8 +6,13 @@ use crate::config::{LinkMode, XfrmConfig};
 use ipnet::IpNet;
 use rtnetlink::LinkXfrm;
 use scrambler_core::{Error, Netns, Result};
+use scrambler_netlink::address::Scope;
 use scrambler_netlink::{errno, kernel_error, sysctl, Exists, Nl, RouteSpec, EOPNOTSUPP};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Scrambler's routes into the interface: destination → preferred source.
+pub(crate) type Routes = BTreeMap<IpNet, Option<IpAddr>>;
 
 /// What [`ensure_interface`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,32 +94,32 @@ fn is_ours(cfg: &XfrmConfig, link: &scrambler_netlink::LinkState) -> bool {
     link.kind.as_deref() == Some("xfrm") && link.xfrm_if_id == Some(cfg.if_id)
 }
 
-/// The destinations of Scrambler's routes into link `index` (main table, Scrambler's
-/// protocol `proto`).
-pub(crate) async fn owned_routes(nl: &Nl, index: u32, proto: u8) -> Result<BTreeSet<IpNet>> {
+/// Scrambler's routes into link `index` (main table, Scrambler's protocol `proto`): their
+/// destinations and preferred sources.
+pub(crate) async fn owned_routes(nl: &Nl, index: u32, proto: u8) -> Result<Routes> {
     let routes = nl.owned_routes(index, proto).await?;
-    Ok(routes.into_iter().map(|r| r.dst).collect())
+    Ok(routes.into_iter().map(|r| (r.dst, r.src)).collect())
 }
 
-/// The routes to `nets` into link `index`, marked with `proto`.
+/// The routes to `nets` (with their preferred sources) into link `index`, marked with
+/// `proto`.
 pub(crate) fn routes<'a>(
-    nets: impl IntoIterator<Item = &'a IpNet>,
+    nets: impl IntoIterator<Item = (&'a IpNet, &'a Option<IpAddr>)>,
     index: u32,
     proto: u8,
 ) -> Vec<RouteSpec> {
     nets.into_iter()
-        .map(|n| RouteSpec::new(*n, None, index).with_protocol(proto))
+        .map(|(n, src)| {
+            RouteSpec::new(*n, None, index)
+                .with_protocol(proto)
+                .with_src(*src)
+        })
         .collect()
 }
 
 /// Adds the routes to `nets` into link `index`, pipelined. A route to one of them that
 /// exists already is someone else's (ours were read first): [`Error::AlreadyExists`].
-pub(crate) async fn add_routes(
-    nl: &Nl,
-    nets: &BTreeSet<IpNet>,
-    index: u32,
-    proto: u8,
-) -> Result<()> {
+pub(crate) async fn add_routes(nl: &Nl, nets: &Routes, index: u32, proto: u8) -> Result<()> {
     nl.add_routes(&routes(nets, index, proto), Exists::Fail)
         .await
         .map_err(|e| match e {
@@ -125,6 +130,29 @@ pub(crate) async fn add_routes(
             },
             e => e,
         })
+}
+
+/// Puts the node's tunnel addresses (`addrs`, host prefixes) on Scrambler's own interface
+/// `name`; returns how many it added (addresses already there are kept).
+pub(crate) async fn ensure_addresses(
+    nl: &Nl,
+    name: &str,
+    addrs: &BTreeSet<IpNet>,
+) -> Result<usize> {
+    if addrs.is_empty() {
+        return Ok(0);
+    }
+    let link = nl.existing_link(name).await?;
+    let mut added = 0;
+    for a in addrs {
+        if nl
+            .add_address(&link, *a, Scope::Global, Exists::Keep)
+            .await?
+        {
+            added += 1;
+        }
+    }
+    Ok(added)
 }
 
 /// Sets `net.ipv4.conf.<ifname>.disable_xfrm = 1` inside `netns`: routes through the

@@ -25,8 +25,6 @@ pub(crate) enum Dir {
 }
 
 impl Dir {
-    pub const ALL: [Dir; 3] = [Dir::Out, Dir::In, Dir::Fwd];
-
     fn raw(self) -> u8 {
         match self {
             Dir::In => XFRM_POLICY_IN,

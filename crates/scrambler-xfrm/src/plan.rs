@@ -1,6 +1,6 @@
 //! The desired XFRM objects and routes of one node, computed from its mesh.
 
-use crate::config::{XfrmConfig, PRIO_BYPASS, PRIO_GUARD, PRIO_MESH};
+use crate::config::{LinkMode, XfrmConfig, PRIO_BYPASS, PRIO_GUARD, PRIO_MESH};
 use crate::model::{esp_shape, DesiredState, Dir, Policy, PolicyKey, StateKey, Tmpl};
 use ipnet::IpNet;
 use scrambler_core::{ClusterSecret, Error, Mesh, Node, Result};
@@ -12,7 +12,12 @@ use std::net::IpAddr;
 pub(crate) struct Desired {
     pub policies: BTreeMap<PolicyKey, Policy>,
     pub states: BTreeMap<StateKey, DesiredState>,
-    pub routes: BTreeSet<IpNet>,
+    /// Routes into the interface: peer pod CIDR → preferred source (the local tunnel
+    /// address of its family, when Scrambler owns the interface and holds that address).
+    pub routes: BTreeMap<IpNet, Option<IpAddr>>,
+    /// The local node's tunnel addresses as host prefixes, put on the interface (only
+    /// with [`LinkMode::Create`]).
+    pub addresses: BTreeSet<IpNet>,
     /// Rotation step 2: an older generation than `tx` is still live, so outbound states
     /// of `tx` are being made for the first time.
     pub switching: bool,
@@ -53,11 +58,18 @@ impl Desired {
             switching: mesh.keys.rx.iter().any(|g| *g < mesh.keys.tx),
             ..Desired::default()
         };
-        let local = &mesh.local;
+        if cfg.link == LinkMode::Create {
+            d.addresses = mesh
+                .local
+                .tunnel_addresses()
+                .into_iter()
+                .map(IpNet::from)
+                .collect();
+        }
         for peer in &mesh.peers {
             d.plan_peer(cfg, mesh, peer, secret)?;
         }
-        d.plan_guard(cfg, local, &mesh.peers);
+        d.plan_guard(cfg, mesh);
         Ok(d)
     }
 
@@ -104,7 +116,12 @@ impl Desired {
             }
         }
         for p in &peer.pod_cidrs {
-            self.routes.insert(p.trunc());
+            let src = self
+                .addresses
+                .iter()
+                .map(|a| a.addr())
+                .find(|a| a.is_ipv6() == p.addr().is_ipv6());
+            self.routes.insert(p.trunc(), src);
         }
         let Some(secret) = secret else {
             return Ok(());
@@ -161,59 +178,75 @@ impl Desired {
         );
     }
 
-    /// The fail-closed guard: block policies without if_id for local pod CIDRs ↔ remote
-    /// pod CIDRs (or the configured supernets), plus — when a supernet also covers local
-    /// CIDRs — bypass policies that keep node-local pod traffic flowing.
-    fn plan_guard(&mut self, cfg: &XfrmConfig, local: &Node, peers: &[Node]) {
-        let targets: Vec<IpNet> = if cfg.guard_supernets.is_empty() {
-            peers
-                .iter()
-                .flat_map(|p| p.pod_cidrs.iter().map(|c| c.trunc()))
-                .collect()
-        } else {
-            cfg.guard_supernets.iter().map(|c| c.trunc()).collect()
-        };
-        let guard = cfg.priority(PRIO_GUARD);
-        for l in &local.pod_cidrs {
-            for t in targets.iter().filter(|t| same_family(l, t)) {
-                for (dir, src, dst) in [(Dir::Out, l, t), (Dir::In, t, l), (Dir::Fwd, t, l)] {
-                    self.policy(Policy {
-                        key: PolicyKey {
-                            dir,
-                            src: src.trunc(),
-                            dst: dst.trunc(),
-                            if_id: 0,
-                        },
-                        priority: guard,
-                        block: true,
-                        tmpl: None,
-                    });
-                }
-            }
-        }
-        let covered: Vec<&IpNet> = local
-            .pod_cidrs
+    /// The fail-closed guard, policies without if_id in the lookup that routes through the
+    /// xfrm interface skip (every supernet `S` of the mesh's `clusterCidrs` and
+    /// [`XfrmConfig::guard_supernets`], per family):
+    /// * block `out` anything → `S`: traffic to a pod CIDR of a node not (or no longer) in
+    ///   the mesh, or whose route into the interface is missing, from a pod or from the
+    ///   node itself, is dropped instead of following another route in cleartext;
+    /// * block `out` `S` → each peer's underlay address: a pod sending to another node's
+    ///   host address cannot leak (it reaches the node at its tunnel address instead);
+    /// * block `in`/`fwd` `S` → local pod CIDRs: cleartext from remote pods is refused.
+    ///
+    /// Bypass policies keep node-local pod traffic flowing: `out` anything → local pod
+    /// CIDRs, `in`/`fwd` local pod CIDRs → local pod CIDRs.
+    fn plan_guard(&mut self, cfg: &XfrmConfig, mesh: &Mesh) {
+        let supernets: BTreeSet<IpNet> = mesh
+            .cluster_cidrs
             .iter()
-            .filter(|l| cfg.guard_supernets.iter().any(|s| overlaps(s, l)))
+            .chain(&cfg.guard_supernets)
+            .map(|c| c.trunc())
             .collect();
+        let guard = cfg.priority(PRIO_GUARD);
         let bypass = cfg.priority(PRIO_BYPASS);
-        for a in &local.pod_cidrs {
-            for b in covered.iter().filter(|b| same_family(a, b)) {
-                for dir in Dir::ALL {
-                    self.policy(Policy {
-                        key: PolicyKey {
-                            dir,
-                            src: a.trunc(),
-                            dst: b.trunc(),
-                            if_id: 0,
-                        },
-                        priority: bypass,
-                        block: false,
-                        tmpl: None,
-                    });
+        let mut add = |dir, src: IpNet, dst: IpNet, block| {
+            self.policy(Policy {
+                key: PolicyKey {
+                    dir,
+                    src,
+                    dst,
+                    if_id: 0,
+                },
+                priority: if block { guard } else { bypass },
+                block,
+                tmpl: None,
+            })
+        };
+        let local: Vec<IpNet> = mesh.local.pod_cidrs.iter().map(|l| l.trunc()).collect();
+        for s in &supernets {
+            add(Dir::Out, any(s), *s, true);
+            for peer in &mesh.peers {
+                for u in peer
+                    .underlay
+                    .iter()
+                    .filter(|u| u.is_ipv6() == s.addr().is_ipv6())
+                {
+                    add(Dir::Out, *s, IpNet::from(*u), true);
                 }
             }
+            for l in local.iter().filter(|l| same_family(s, l)) {
+                add(Dir::In, *s, *l, true);
+                add(Dir::Fwd, *s, *l, true);
+            }
         }
+        let covered = local
+            .iter()
+            .filter(|l| supernets.iter().any(|s| overlaps(s, l)));
+        for b in covered {
+            add(Dir::Out, any(b), *b, false);
+            for a in local.iter().filter(|a| same_family(a, b)) {
+                add(Dir::In, *a, *b, false);
+                add(Dir::Fwd, *a, *b, false);
+            }
+        }
+    }
+}
+
+/// The default route's prefix of `net`'s family.
+fn any(net: &IpNet) -> IpNet {
+    match net {
+        IpNet::V4(_) => IpNet::V4(Default::default()),
+        IpNet::V6(_) => IpNet::V6(Default::default()),
     }
 }
 
@@ -239,16 +272,26 @@ pub(crate) mod tests {
             local: node(local),
             peers: (1..=n).filter(|i| *i != local).map(node).collect(),
             keys: Keys::single(1),
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        }
+    }
+
+    fn key(dir: Dir, src: &str, dst: &str) -> PolicyKey {
+        PolicyKey {
+            dir,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            if_id: 0,
         }
     }
 
     #[test]
-    fn three_policies_and_three_guards_per_peer_pair() {
+    fn three_policies_per_peer_pair_and_one_cluster_guard() {
         let cfg = XfrmConfig::default();
         let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
         let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
-        // 2 peers × (3 mesh + 3 guard)
-        assert_eq!(d.policies.len(), 12);
+        // 2 peers × (3 mesh + 1 guard of its underlay address) + 3 guard + 3 bypass
+        assert_eq!(d.policies.len(), 14);
         assert_eq!(d.states.len(), 4);
         assert_eq!(d.routes.len(), 2);
         let mesh_pols = d.policies.values().filter(|p| p.tmpl.is_some()).count();
@@ -258,25 +301,85 @@ pub(crate) mod tests {
             .values()
             .filter(|p| p.block)
             .all(|p| p.key.if_id == 0 && p.priority > cfg.priority_base + PRIO_MESH));
+        // routes take the node's tunnel address as source
+        let src = Some("10.0.1.1".parse().unwrap());
+        assert!(d.routes.values().all(|s| *s == src), "{:?}", d.routes);
+        assert_eq!(
+            d.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+            ["10.0.1.1/32"]
+        );
+        // with someone else's interface: no address, no source
+        let cfg = XfrmConfig {
+            link: LinkMode::Existing,
+            ..Default::default()
+        };
+        let d = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
+        assert!(d.addresses.is_empty() && d.routes.values().all(Option::is_none));
+    }
+
+    #[test]
+    fn guard_covers_the_cluster_cidrs_without_peers() {
+        let cfg = XfrmConfig::default();
+        // a node alone in the mesh still guards the whole cluster
+        let d = Desired::plan(&cfg, &mesh(1, 1), None).unwrap();
+        let guard: BTreeSet<_> = d
+            .policies
+            .values()
+            .filter(|p| p.block)
+            .map(|p| p.key.clone())
+            .collect();
+        let want = BTreeSet::from([
+            key(Dir::Out, "0.0.0.0/0", "10.0.0.0/8"),
+            key(Dir::In, "10.0.0.0/8", "10.0.1.0/24"),
+            key(Dir::Fwd, "10.0.0.0/8", "10.0.1.0/24"),
+        ]);
+        assert_eq!(guard, want);
+        // an extra supernet of the config is guarded the same way
+        let cfg = XfrmConfig {
+            guard_supernets: vec!["172.16.0.0/12".parse().unwrap()],
+            ..Default::default()
+        };
+        let d = Desired::plan(&cfg, &mesh(1, 1), None).unwrap();
+        assert_eq!(d.policies.values().filter(|p| p.block).count(), 6);
+        assert!(d
+            .policies
+            .contains_key(&key(Dir::Out, "0.0.0.0/0", "172.16.0.0/12")));
+    }
+
+    #[test]
+    fn pods_sending_to_a_peers_host_address_are_blocked() {
+        let d = Desired::plan(&XfrmConfig::default(), &mesh(1, 3), None).unwrap();
+        for peer in ["192.0.2.2/32", "192.0.2.3/32"] {
+            let p = &d.policies[&key(Dir::Out, "10.0.0.0/8", peer)];
+            assert!(p.block && p.tmpl.is_none(), "{p:?}");
+        }
+        // never the node's own underlay address
+        assert!(!d
+            .policies
+            .contains_key(&key(Dir::Out, "10.0.0.0/8", "192.0.2.1/32")));
     }
 
     #[test]
     fn supernet_guard_adds_local_bypass() {
-        let cfg = XfrmConfig {
-            guard_supernets: vec!["10.0.0.0/8".parse().unwrap()],
-            ..Default::default()
-        };
+        let cfg = XfrmConfig::default();
         let d = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
-        // 6 mesh + 3 guard (one supernet) + 3 bypass
-        assert_eq!(d.policies.len(), 12);
         assert!(d.states.is_empty());
-        let bypass: Vec<_> = d
+        let bypass: BTreeSet<_> = d
             .policies
             .values()
             .filter(|p| !p.block && p.tmpl.is_none())
+            .inspect(|p| assert!(p.priority < cfg.priority(PRIO_GUARD)))
+            .map(|p| p.key.clone())
             .collect();
-        assert_eq!(bypass.len(), 3);
-        assert!(bypass.iter().all(|p| p.priority < cfg.priority(PRIO_GUARD)));
+        let want = BTreeSet::from([
+            key(Dir::Out, "0.0.0.0/0", "10.0.1.0/24"),
+            key(Dir::In, "10.0.1.0/24", "10.0.1.0/24"),
+            key(Dir::Fwd, "10.0.1.0/24", "10.0.1.0/24"),
+        ]);
+        assert_eq!(bypass, want);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 /// Key in [`TunnelStatus::errors`]: peers whose outbound SA was lost while the key
-/// generation is live; they stay cut off (fail closed) until [`crate::rotate`].
+/// generation is live; they stay cut off (fail closed) until the node gets a new epoch or [`crate::rotate`] moves to a new generation.
 pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 
 /// Parses `/proc/net/xfrm_stat` text, keeping non-zero counters.
@@ -48,7 +48,7 @@ pub(crate) struct Observed<'a> {
     pub policies: &'a [FoundPolicy],
     pub states: &'a [FoundState],
     /// Owned routes, `None` when the steering interface is missing.
-    pub routes: Option<&'a BTreeSet<IpNet>>,
+    pub routes: Option<&'a crate::link::Routes>,
     pub xfrm_stat: BTreeMap<String, u64>,
 }
 
@@ -100,7 +100,7 @@ fn peer_status(
     desired: &Desired,
     policies: &HashMap<&crate::model::PolicyKey, &crate::model::Policy>,
     states: &[&FoundState],
-    routes: Option<&BTreeSet<IpNet>>,
+    routes: Option<&crate::link::Routes>,
 ) -> Result<PeerStatus> {
     let local = &mesh.local;
     let (mine, theirs) = outer_pair(local, peer)?;
@@ -143,12 +143,17 @@ fn peer_status(
     });
     st.rx_generations = rx_found.into_iter().collect();
     let peer_cidrs: BTreeSet<IpNet> = peer.pod_cidrs.iter().map(|c| c.trunc()).collect();
+    // each of its pod CIDRs routed into the interface, from the planned source
     let policies_ok = desired
         .policies
         .values()
         .filter(|p| p.tmpl.is_some_and(|t| t.reqid == reqid))
         .all(|p| policies.get(&p.key) == Some(&p));
-    let routes_ok = routes.is_some_and(|r| peer_cidrs.is_subset(r));
+    let routes_ok = routes.is_some_and(|r| {
+        peer_cidrs
+            .iter()
+            .all(|c| r.get(c).is_some() && r.get(c) == desired.routes.get(c))
+    });
     st.steering = policies_ok && routes_ok;
     Ok(st)
 }

@@ -16,7 +16,7 @@ use scrambler_core::{
     esp, ClusterSecret, Error, Mesh, Netns, ReconcileReport, Result, Tunnel, TunnelStatus,
 };
 use scrambler_netlink::Nl;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 /// The kernel IPsec dataplane: an ESP tunnel-mode full mesh, route-based through one
@@ -26,10 +26,7 @@ use zeroize::Zeroizing;
 /// use scrambler_core::{ClusterSecret, Cluster, Netns, Tunnel};
 /// use scrambler_xfrm::{StatusTable, XfrmConfig, XfrmTunnel};
 /// # async fn run(cluster: Cluster) -> scrambler_core::Result<()> {
-/// let tunnel = XfrmTunnel::new(XfrmConfig {
-///     guard_supernets: vec!["10.0.0.0/8".parse().unwrap()],
-///     ..XfrmConfig::default()
-/// })?;
+/// let tunnel = XfrmTunnel::new(XfrmConfig::default())?;
 /// let secret = ClusterSecret::from_file("/etc/scrambler/cluster.key".as_ref())?;
 /// let mesh = cluster.mesh_for("node1")?;
 /// let node = Netns::named("node1");
@@ -256,8 +253,11 @@ impl Tunnel for XfrmTunnel {
         let rtnl = Nl::open(netns).await?;
         let (index, link_changed) =
             link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
+        let mut addresses_added = 0;
         if cfg.link == LinkMode::Create {
             disable_xfrm_lookup(netns, &cfg.interface).await?;
+            addresses_added =
+                link::ensure_addresses(&rtnl, &cfg.interface, &desired.addresses).await?;
         }
 
         let sock = Self::open_xfrm(netns).await?;
@@ -278,21 +278,33 @@ impl Tunnel for XfrmTunnel {
             LinkChange::Updated => report.updated += 1,
             LinkChange::None => {}
         }
+        report.added += addresses_added;
         let [guard, inbound, policies, outbound, deletes] = phases;
         let mut sock = sock;
         for phase in [guard, inbound, policies, outbound] {
             sock = Self::run_phase(sock, phase).await?;
         }
 
-        // routes into the interface only once states and policies are in place
+        // routes into the interface only once states and policies are in place; a route
+        // whose source changed goes before its replacement comes (the guard drops meanwhile)
         let have = link::owned_routes(&rtnl, index, cfg.route_protocol).await?;
-        let missing: BTreeSet<_> = desired.routes.difference(&have).copied().collect();
-        let stale = link::routes(have.difference(&desired.routes), index, cfg.route_protocol);
+        let missing: link::Routes = desired
+            .routes
+            .iter()
+            .filter(|(n, src)| have.get(n) != Some(src))
+            .map(|(n, src)| (*n, *src))
+            .collect();
+        let stale = link::routes(
+            have.iter()
+                .filter(|(n, src)| desired.routes.get(n) != Some(src)),
+            index,
+            cfg.route_protocol,
+        );
         report.added += missing.len();
         report.removed += stale.len();
         report.unchanged += desired.routes.len() - missing.len();
-        link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
         rtnl.delete_routes(&stale).await?;
+        link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
 
         Self::run_phase(sock, deletes).await?;
         if !lost_outbound.is_empty() {
@@ -333,6 +345,18 @@ impl Tunnel for XfrmTunnel {
     }
 
     async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {
+        self.remove_owned(netns, true).await
+    }
+
+    async fn remove_keeping_guard(&self, netns: &Netns) -> Result<ReconcileReport> {
+        self.remove_owned(netns, false).await
+    }
+}
+
+impl XfrmTunnel {
+    /// Removes routes, mesh policies, states and the interface; the guard's block and
+    /// bypass policies too when `guard` is true (last, after everything it protects).
+    async fn remove_owned(&self, netns: &Netns, guard: bool) -> Result<ReconcileReport> {
         netns.check()?;
         let cfg = &self.cfg;
         let mut report = ReconcileReport::default();
@@ -346,15 +370,12 @@ impl Tunnel for XfrmTunnel {
         let sock = Self::open_xfrm(netns).await?;
         let (sock, found) = Self::dump(sock).await?;
         let mut reqs = Vec::new();
-        let mut policies: Vec<&FoundPolicy> = found
+        // mesh policies and states first, the guard (block and bypass policies) last
+        let (mesh_pols, guard_pols): (Vec<&FoundPolicy>, Vec<&FoundPolicy>) = found
             .policies
             .iter()
             .filter(|p| owns_policy(cfg, p))
-            .collect();
-        // mesh policies and states first, the guard last
-        policies.sort_by_key(|p| p.policy.tmpl.is_none());
-        let (mesh_pols, guard_pols): (Vec<_>, Vec<_>) =
-            policies.into_iter().partition(|p| p.policy.tmpl.is_some());
+            .partition(|p| p.policy.tmpl.is_some());
         for p in mesh_pols {
             reqs.push(request(
                 p.delete_msg(),
@@ -369,12 +390,14 @@ impl Tunnel for XfrmTunnel {
                 &s.shape.key.to_string(),
             ));
         }
-        for p in guard_pols {
-            reqs.push(request(
-                p.delete_msg(),
-                "delete xfrm policy",
-                &p.policy.key.to_string(),
-            ));
+        if guard {
+            for p in guard_pols {
+                reqs.push(request(
+                    p.delete_msg(),
+                    "delete xfrm policy",
+                    &p.policy.key.to_string(),
+                ));
+            }
         }
         report.removed += reqs.len();
         Self::run_phase(sock, reqs).await?;

@@ -32,18 +32,22 @@ fn reconcile_installs_mesh_guard_routes_and_is_idempotent() {
     let mesh = mesh_of(1, 3, node);
     rt().block_on(async {
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        // 2 peers × (3 mesh + 3 guard) policies + 2 routes
-        assert_eq!((r.added, r.updated, r.removed), (14, 0, 0), "{r:?}");
+        // 2 peers × (3 mesh policies + 1 guard of its underlay address + 1 route)
+        // + 3 cluster guard + 3 bypass
+        assert_eq!((r.added, r.updated, r.removed), (16, 0, 0), "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert_eq!(inv.policies["mesh"], 6);
-        assert_eq!(inv.policies["guard"], 6);
+        assert_eq!(inv.policies["guard"], 5);
+        assert_eq!(inv.policies["bypass"], 3);
         assert_eq!(inv.foreign, 0);
         let again = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         assert!(again.is_noop(), "{again:?}");
-        assert_eq!(again.unchanged, 14);
+        assert_eq!(again.unchanged, 16);
     });
     let text = policy_text(&ns);
     assert!(text.contains("src 10.0.1.0/24 dst 10.0.2.0/24"), "{text}");
+    assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
+    assert!(text.contains("src 10.0.0.0/8 dst 192.0.2.2/32"), "{text}");
     assert!(text.contains("action block"), "{text}");
     assert!(
         text.contains("reqid 1543503874"),
@@ -129,7 +133,8 @@ fn foreign_policies_and_routes_are_never_touched() {
             .await
             .unwrap();
         let r = t.remove(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 7, "{r:?}");
+        // 3 mesh + 4 guard + 3 bypass policies and 1 route
+        assert_eq!(r.removed, 11, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert!(inv.policies.is_empty(), "{inv:?}");
         assert_eq!(inv.foreign, 3);
@@ -150,9 +155,9 @@ fn foreign_policy_holding_a_desired_key_stops_reconcile_before_any_change() {
         "policy",
         "add",
         "src",
-        "10.0.1.0/24",
+        "0.0.0.0/0",
         "dst",
-        "10.0.3.0/24",
+        "10.0.0.0/8",
         "dir",
         "out",
         "action",
@@ -167,7 +172,7 @@ fn foreign_policy_holding_a_desired_key_stops_reconcile_before_any_change() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), 102, "{e}");
-        assert!(e.to_string().contains("10.0.1.0/24 -> 10.0.3.0/24"), "{e}");
+        assert!(e.to_string().contains("0.0.0.0/0 -> 10.0.0.0/8"), "{e}");
         assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
     });
     assert!(owned_routes(&ns).is_empty());
@@ -182,7 +187,8 @@ fn changed_underlay_is_updated_in_place() {
         t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         mesh.peers[0].underlay = vec!["198.51.100.2".parse().unwrap()];
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        assert_eq!((r.added, r.updated, r.removed), (0, 3, 0), "{r:?}");
+        // 3 mesh policies updated, the guard of its underlay address replaced
+        assert_eq!((r.added, r.updated, r.removed), (1, 3, 1), "{r:?}");
         assert!(t
             .reconcile(&ns.netns(), &mesh, &secret())
             .await
@@ -200,50 +206,64 @@ fn thousand_peer_mesh_costs_one_peer_to_change() {
     let extra = mesh.peers.pop().unwrap();
     rt().block_on(async {
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        assert_eq!(r.added, 1000 * 7, "{r:?}");
+        // per peer 3 mesh policies + 1 route; the guard (3 block + 3 bypass) once
+        assert_eq!(r.added, 1000 * 4 + 6, "{r:?}");
         mesh.peers.push(extra);
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        assert_eq!((r.added, r.updated, r.removed), (7, 0, 0), "{r:?}");
+        assert_eq!((r.added, r.updated, r.removed), (4, 0, 0), "{r:?}");
         mesh.peers.remove(10);
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        assert_eq!((r.added, r.updated, r.removed), (0, 0, 7), "{r:?}");
+        assert_eq!((r.added, r.updated, r.removed), (0, 0, 4), "{r:?}");
         assert!(t
             .reconcile(&ns.netns(), &mesh, &secret())
             .await
             .unwrap()
             .is_noop());
         let r = t.remove(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 1000 * 7);
+        assert_eq!(r.removed, 1000 * 4 + 6);
     });
 }
 
 #[test]
-fn supernet_guard_with_local_bypass() {
+fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
     let ns = ns_with_link("xf-super");
-    let t = XfrmTunnel::new(XfrmConfig {
-        link: LinkMode::Existing,
-        program_states: false,
-        guard_supernets: vec!["10.0.0.0/16".parse().unwrap()],
-        ..XfrmConfig::default()
-    })
-    .unwrap();
+    let t = policies_only();
     rt().block_on(async {
         t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
             .await
             .unwrap();
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["guard"], 3);
+        assert_eq!(inv.policies["guard"], 5);
         assert_eq!(inv.policies["bypass"], 3);
         assert_eq!(inv.policies["mesh"], 6);
-        // dropping a peer leaves its pod CIDR guarded by the supernet
+        // dropping a peer leaves its pod CIDR guarded by the supernet: its 3 mesh
+        // policies, its route and the guard of its underlay address go
         let r = t
             .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
             .await
             .unwrap();
-        assert_eq!(r.removed, 4, "{r:?}");
+        assert_eq!(r.removed, 5, "{r:?}");
+        // removing the mesh but keeping the guard: the peer's 3 mesh policies and its route
+        // go, block and bypass policies stay
+        let r = t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        assert_eq!(r.removed, 3 + 1, "{r:?}");
+        let inv = t.inventory(&ns.netns()).await.unwrap();
+        assert_eq!(inv.policies.get("mesh"), None, "{inv:?}");
+        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (4, 3));
+        let text = policy_text(&ns);
+        assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
+        assert!(owned_routes(&ns).is_empty());
+        // the status says fail closed, every peer blocked, not steering
+        let s = t.status(&ns.netns(), &mesh_of(1, 2, node)).await.unwrap();
+        assert!(
+            s.fail_closed && s.peers.iter().all(|p| !p.steering),
+            "{s:?}"
+        );
+        // a full remove takes the guard too
+        let r = t.remove(&ns.netns()).await.unwrap();
+        assert_eq!(r.removed, 7, "{r:?}");
+        assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
     });
-    let text = policy_text(&ns);
-    assert!(text.contains("src 10.0.1.0/24 dst 10.0.0.0/16"), "{text}");
 }
 
 #[test]
@@ -302,7 +322,7 @@ fn missing_esp_is_unsupported_and_leaves_the_guard_in_place() {
             .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
             .await;
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["guard"], 6, "the guard is in place: {inv:?}");
+        assert_eq!(inv.policies["guard"], 5, "the guard is in place: {inv:?}");
         if has_esp {
             r.unwrap();
             // 2 peers × (in + out)

@@ -29,12 +29,9 @@ struct Lab {
     tunnel: XfrmTunnel,
 }
 
+/// The tunnel of every node; the guard comes from the meshes' cluster CIDR (10.0.0.0/8).
 fn tunnel() -> XfrmTunnel {
-    XfrmTunnel::new(XfrmConfig {
-        guard_supernets: vec!["10.0.0.0/16".parse().unwrap()],
-        ..XfrmConfig::default()
-    })
-    .unwrap()
+    XfrmTunnel::new(XfrmConfig::default()).unwrap()
 }
 
 impl Lab {
@@ -98,6 +95,11 @@ impl Lab {
     }
 }
 
+/// Underlay lines carrying a pod address in the clear.
+fn cleartext(lines: &[String]) -> Vec<&String> {
+    lines.iter().filter(|l| l.contains(" 10.0.")).collect()
+}
+
 fn assert_no_cleartext(lines: &[String]) {
     let clear: Vec<_> = lines.iter().filter(|l| l.contains(" 10.0.")).collect();
     assert!(
@@ -114,10 +116,10 @@ fn vm_xfrm_mesh_pods_ping_over_esp_only() {
     let lab = Lab::new();
     rt().block_on(async {
         let reports = lab.reconcile_all(&lab.tunnel).await;
-        // per node: 2 peers × (3 mesh policies + 2 states + 1 route) + 3 guard + 3 bypass
-        // + the interface
+        // per node: 2 peers × (3 mesh policies + 2 states + 1 route + 1 guard of its
+        // underlay address) + 3 guard + 3 bypass + the interface and its tunnel address
         for r in &reports {
-            assert_eq!((r.added, r.updated), (19, 0), "{r:?}");
+            assert_eq!((r.added, r.updated), (22, 0), "{r:?}");
         }
         let l = lab.nodes[0].ip(&["-d", "link", "show", "scrambler0"]);
         assert!(l.contains("mtu 1440") && l.contains("if_id 0x5c5c"), "{l}");
@@ -176,13 +178,13 @@ fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
             .unwrap();
         assert!(!s.encrypted && s.fail_closed);
         assert!(s.errors.contains_key("XfrmOutPolBlock"), "{:?}", s.errors);
-        // reconcile repairs it: interface + 2 routes
+        // reconcile repairs it: interface, its tunnel address and 2 routes
         let r = lab
             .tunnel
             .reconcile(&n1.netns(), &lab.meshes[0], &secret())
             .await
             .unwrap();
-        assert_eq!(r.added, 3, "{r:?}");
+        assert_eq!(r.added, 4, "{r:?}");
         assert!(lab.ping(1, 2, 2) && lab.ping(1, 3, 2));
         // 3. the outbound state to node2 disappears: drop, and no re-creation under the
         //    same key (nonce reuse) — a rotation repairs it
@@ -648,5 +650,179 @@ fn vm_xfrm_epoch_reboot_rekeys_every_pair_of_the_node_without_rotation() {
                 "{spis:x?} not seen from seq 1: {seqs:?}"
             );
         }
+    });
+}
+
+/// The cluster guard (the mesh's clusterCidrs, 10.0.0.0/8) on the wire, with a default
+/// route on every node out of the underlay — the cleartext path a missing guard would
+/// open: a pod sending to a node that is not yet in its node's mesh, to a node removed
+/// from it, and after `mesh remove` (keeping the guard) while pods still run — 0 cleartext
+/// packets; then, as the control, a full remove (guard too) does leak on the same wire.
+#[test]
+fn vm_xfrm_cluster_guard_covers_unknown_and_removed_nodes_and_mesh_remove() {
+    if VM.delegate(
+        "vm_xfrm_cluster_guard_covers_unknown_and_removed_nodes_and_mesh_remove",
+        FEATURES,
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let next = (i + 1) % 3 + 1;
+        n.ip(&["route", "add", "default", "via", &format!("192.0.2.{next}")]);
+    }
+    let t = &lab.tunnel;
+    let s = secret();
+    rt().block_on(async {
+        // 1. nodes 1 and 2 know only each other; node 3 is joining (pods up, not in
+        //    their meshes yet, its own mesh applied)
+        let m12 = [mesh_of(1, 2, node), mesh_of(2, 2, node)];
+        for (n, m) in lab.nodes.iter().zip(&m12) {
+            t.reconcile(&n.netns(), m, &s).await.unwrap();
+        }
+        t.reconcile(&lab.nodes[2].netns(), &lab.meshes[2], &s)
+            .await
+            .unwrap();
+        assert!(lab.ping(1, 2, 2), "pod1 -> pod2 through the mesh");
+        let cap = lab.capture();
+        assert!(!lab.ping(1, 3, 3), "pod1 -> pod3 (node3 unknown to node1)");
+        assert!(!lab.ping(2, 3, 3), "pod2 -> pod3 (node3 unknown to node2)");
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+        // 2. node 3 joins everywhere: the same traffic flows, encrypted
+        lab.reconcile_all(t).await;
+        let cap = lab.capture();
+        assert!(lab.ping(1, 3, 2) && lab.ping(3, 2, 2));
+        assert_no_cleartext(&cap.finish());
+        // 3. node 3 is removed from node 1's mesh while pod1 sends to it
+        let cap = lab.capture();
+        let r = t
+            .reconcile(&lab.nodes[0].netns(), &m12[0], &s)
+            .await
+            .unwrap();
+        assert!(r.removed > 0, "{r:?}");
+        assert!(
+            !lab.ping(1, 3, 3),
+            "pod1 -> pod3 after node3 left node1's mesh"
+        );
+        assert!(lab.ping(1, 2, 1), "pod1 -> pod2 still up");
+        // 4. `mesh remove` on node 1 (the guard stays) while its pod runs
+        let r = t.remove_keeping_guard(&lab.nodes[0].netns()).await.unwrap();
+        assert!(r.removed > 0, "{r:?}");
+        assert!(!lab.ping(1, 2, 3), "pod1 -> pod2 after mesh remove");
+        assert!(!lab.ping(1, 3, 3), "pod1 -> pod3 after mesh remove");
+        // node-local traffic still flows (bypass): pod1 -> its gateway
+        assert_eq!(ping_replies(&lab.pods[0], "10.0.1.1", 1), 1);
+        let st = t.status(&lab.nodes[0].netns(), &m12[0]).await.unwrap();
+        eprintln!("{}", StatusTable(&st));
+        assert!(st.fail_closed && !st.encrypted, "{st:?}");
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+        // 5. the control: the guard removed too, the same ping leaks on this wire
+        let cap = lab.capture();
+        t.remove(&lab.nodes[0].netns()).await.unwrap();
+        lab.ping(1, 2, 2);
+        let lines = cap.finish();
+        assert!(
+            !cleartext(&lines).is_empty(),
+            "without the guard the capture must see cleartext: {lines:#?}"
+        );
+    });
+}
+
+/// Node ↔ remote pod traffic through the mesh, encrypted, with a default route on every
+/// node out of the underlay (the cleartext path): node 1's host namespace pings a pod on
+/// node 2 (from its tunnel address 10.0.1.1, the route's source); that pod pings node 1's
+/// tunnel address; node 2's host pings node 1's; a NodePort-style DNAT + masquerade
+/// (nft, as kube-proxy does) on node 1 forwards a client's pings to the pod on node 2. A
+/// pod pinging another node's underlay address is dropped, and so is the host's traffic
+/// to a remote pod once the xfrm interface is gone — 0 cleartext pod-CIDR packets on the
+/// underlay throughout.
+#[test]
+fn vm_xfrm_node_and_remote_pods_talk_through_the_mesh() {
+    if VM.delegate(
+        "vm_xfrm_node_and_remote_pods_talk_through_the_mesh",
+        FEATURES,
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let next = (i + 1) % 3 + 1;
+        n.ip(&["route", "add", "default", "via", &format!("192.0.2.{next}")]);
+    }
+    // a client on the underlay (the bridge's own address)
+    lab.wire
+        .ip(&["addr", "add", "192.0.2.100/24", "dev", "br0"]);
+    let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
+    rt().block_on(async {
+        lab.reconcile_all(&lab.tunnel).await;
+        let route = n1.ip(&["route", "get", "10.0.2.2"]);
+        assert!(
+            route.contains("dev scrambler0") && route.contains("src 10.0.1.1"),
+            "{route}"
+        );
+        let cap = lab.capture();
+        // host -> remote pod, remote pod -> node, node -> node (tunnel addresses)
+        assert_eq!(ping_replies(n1, "10.0.2.2", 3), 3, "node1 -> pod2");
+        assert_eq!(
+            ping_replies(&lab.pods[1], "10.0.1.1", 3),
+            3,
+            "pod2 -> node1"
+        );
+        assert_eq!(ping_replies(n2, "10.0.1.1", 2), 2, "node2 -> node1");
+        // NodePort-style: the client pings node 1's underlay address, node 1 DNATs to
+        // pod 2 and masquerades; node 1 itself answers no ping, so every reply is pod 2's
+        n1.exec(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
+        assert_eq!(
+            ping_replies(&lab.wire, "192.0.2.1", 1),
+            0,
+            "node1 is silent"
+        );
+        for rule in [
+            "add table ip np",
+            "add chain ip np pre { type nat hook prerouting priority -100 ; }",
+            "add chain ip np post { type nat hook postrouting priority 100 ; }",
+            "add rule ip np pre ip daddr 192.0.2.1 icmp type echo-request counter dnat to 10.0.2.2",
+            "add rule ip np post ip daddr 10.0.2.2 counter masquerade",
+        ] {
+            let (ok, out) = n1.exec(&["sh", "-c", &format!("nft '{rule}'")]);
+            assert!(ok, "nft {rule}: {out}");
+        }
+        assert_eq!(
+            ping_replies(&lab.wire, "192.0.2.1", 3),
+            3,
+            "NodePort -> pod2"
+        );
+        let (_, rules) = n1.exec(&["nft", "list", "table", "ip", "np"]);
+        eprintln!("{rules}");
+        assert!(
+            !rules.contains("packets 0 "),
+            "every NAT rule matched: {rules}"
+        );
+        // a pod sending to another node's underlay address: dropped, not leaked
+        assert_eq!(
+            ping_replies(&lab.pods[1], "192.0.2.1", 2),
+            0,
+            "pod2 -> node1 underlay"
+        );
+        let s = lab
+            .tunnel
+            .status(&n2.netns(), &lab.meshes[1])
+            .await
+            .unwrap();
+        assert!(s.errors.contains_key("XfrmOutPolBlock"), "{:?}", s.errors);
+        // the interface gone: the host's traffic to a remote pod meets the guard
+        n1.ip(&["link", "del", "scrambler0"]);
+        assert_eq!(
+            ping_replies(n1, "10.0.2.2", 2),
+            0,
+            "node1 -> pod2 without interface"
+        );
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+        let esp = lines.iter().filter(|l| l.contains("ESP")).count();
+        // 3 + 3 + 2 + 3 round trips through the mesh
+        assert!(esp >= 22, "ESP packets on the wire: {lines:#?}");
     });
 }

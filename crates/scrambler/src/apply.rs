@@ -165,18 +165,30 @@ pub async fn status(args: &ApplyArgs) -> Result<StatusReport> {
     Ok(StatusReport::new(&mesh, st, rec.as_ref()))
 }
 
-/// Removes everything the dataplane owns in the node's namespace (with `vpp`: in the VPP
-/// behind `vpp_socket`).
+/// What `mesh remove` does with the fail-closed guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Leave it (the default): pod traffic between nodes is dropped, never cleartext.
+    Keep,
+    /// Remove it too (`--remove-guard`): everything Scrambler owns goes.
+    Remove,
+}
+
+/// Removes the node's mesh from its namespace (with `vpp`: from the VPP behind
+/// `vpp_socket`), and the fail-closed guard too when `guard` says so.
 pub async fn remove(
     netns: &Netns,
     backend: TunnelDataplane,
     vpp_socket: &Path,
+    guard: Guard,
 ) -> Result<ReconcileReport> {
     check_netns(netns)?;
-    tunnel_with(backend, vpp_socket)?
-        .remove(netns)
-        .await
-        .map_err(|e| hint_vpp_socket(backend, e))
+    let t = tunnel_with(backend, vpp_socket)?;
+    match guard {
+        Guard::Keep => t.remove_keeping_guard(netns).await,
+        Guard::Remove => t.remove(netns).await,
+    }
+    .map_err(|e| hint_vpp_socket(backend, e))
 }
 
 #[cfg(test)]

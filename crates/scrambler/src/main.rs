@@ -133,7 +133,9 @@ enum MeshCmd {
         #[arg(long, value_parser = node_name)]
         node: String,
     },
-    /// Remove everything Scrambler owns in the node's dataplane. Applying the same mesh
+    /// Remove the node's mesh (SAs, tunnels, routes into them), keeping the fail-closed guard
+    /// for the cluster's pod supernets, so pods that still run cannot reach other nodes'
+    /// pods in cleartext; `--remove-guard` removes the guard too. Applying the same mesh
     /// again afterwards is refused by the node's ledger: give the node a new epoch first
     /// (`scrambler mesh epoch`).
     Remove {
@@ -146,6 +148,11 @@ enum MeshCmd {
         /// With --backend vpp: the node's VPP binary-API socket.
         #[arg(long, default_value = apply::DEFAULT_VPP_SOCKET)]
         vpp_socket: PathBuf,
+        /// Also remove the fail-closed guard: everything Scrambler owns goes. Only when no
+        /// pod runs on the node any more (or cleartext between pods is acceptable): without
+        /// the guard, pod traffic to other nodes follows the default route unencrypted.
+        #[arg(long)]
+        remove_guard: bool,
     },
 }
 
@@ -316,11 +323,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     netns,
                     backend,
                     vpp_socket,
+                    remove_guard,
                 },
         } => {
             let ns = netns.map(Netns::Path).unwrap_or_default();
-            let r = apply::remove(&ns, backend.parse()?, &vpp_socket).await?;
-            println!("removed {} objects", r.removed);
+            let guard = if remove_guard {
+                apply::Guard::Remove
+            } else {
+                apply::Guard::Keep
+            };
+            let r = apply::remove(&ns, backend.parse()?, &vpp_socket, guard).await?;
+            match guard {
+                apply::Guard::Keep => println!(
+                    "removed {} objects; the fail-closed guard stays: pod traffic between \
+                     nodes is dropped until the mesh is applied again (--remove-guard removes it)",
+                    r.removed
+                ),
+                apply::Guard::Remove => println!(
+                    "removed {} objects, the fail-closed guard included",
+                    r.removed
+                ),
+            }
         }
         Cmd::Status { node, json } => {
             let st = apply::status(&node.to_apply()?).await?;

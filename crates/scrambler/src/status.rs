@@ -2,11 +2,85 @@
 //!
 //! The status joins what the dataplane reports ([`TunnelStatus`]) with what the node tool
 //! remembers of its own applies ([`NodeRecord`]: when each peer last changed).
+//!
+//! Every peer is `up` (its tunnel carries traffic, encrypted), `blocked` (some part of its
+//! tunnel is missing and the fail-closed guard drops its traffic: the report says which
+//! part) or `OPEN` (not up and the guard is missing: its traffic may cross the underlay in
+//! cleartext). Only the last case is reported as "encryption is off": a blocked peer loses
+//! traffic, it does not leak it.
 
 use crate::record::NodeRecord;
-use scrambler_core::{Mesh, TunnelStatus};
+use scrambler_core::{Generation, Mesh, PeerStatus, TunnelStatus};
 use serde::Serialize;
 use std::fmt::Write;
+
+/// What a peer's traffic meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerState {
+    /// Tunnel up: traffic is encrypted.
+    Up,
+    /// Tunnel not (fully) up, guard in place: traffic is dropped, never sent in cleartext.
+    Blocked,
+    /// Tunnel not up and no guard: traffic may cross the underlay in cleartext.
+    Open,
+}
+
+/// One peer's state and, when it is not up, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerVerdict {
+    /// Peer name.
+    pub name: String,
+    /// Up, blocked or open.
+    pub state: PeerState,
+    /// What is missing (empty when up).
+    pub why: Vec<String>,
+}
+
+impl PeerVerdict {
+    /// The verdict on `p`, whose dataplane is guarded (`fail_closed`) or not, with `tx`
+    /// the generation the mesh sends with.
+    pub fn of(p: &PeerStatus, fail_closed: bool, tx: Generation) -> Self {
+        let mut why = Vec::new();
+        if !p.outbound {
+            why.push(if p.rx_generations.contains(&tx) {
+                format!(
+                    "outbound SA of generation {tx} lost (never re-created under the same \
+                     key): give this node a new epoch (scrambler mesh epoch) or rotate keys"
+                )
+            } else {
+                format!("no outbound SA of generation {tx}")
+            });
+        }
+        if !p.inbound {
+            let have = p
+                .rx_generations
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            why.push(format!(
+                "inbound SAs missing (has generations [{have}]); reapply the mesh"
+            ));
+        }
+        if !p.steering {
+            why.push("no route/policy steering its pod CIDRs into the tunnel".into());
+        }
+        let state = if why.is_empty() {
+            PeerState::Up
+        } else if fail_closed {
+            PeerState::Blocked
+        } else {
+            PeerState::Open
+        };
+        PeerVerdict {
+            name: p.name.clone(),
+            state,
+            why,
+        }
+    }
+}
 
 /// The status document printed by `scrambler status --json`.
 #[derive(Debug, Clone, Serialize)]
@@ -26,12 +100,25 @@ pub struct StatusReport {
     pub last_change: std::collections::BTreeMap<String, u64>,
     /// Unix time of the last successful `mesh apply`.
     pub last_apply: Option<u64>,
+    /// Per peer: up, blocked (dropped by the guard) or open (may leak), and why.
+    pub peers: Vec<PeerVerdict>,
+    /// Traffic may really cross the underlay in cleartext: the guard is missing and some
+    /// peer's tunnel is not up. A blocked peer does not make this true.
+    pub encryption_off: bool,
 }
 
 impl StatusReport {
     /// Joins the dataplane status with the node's record.
     pub fn new(mesh: &Mesh, tunnel: TunnelStatus, record: Option<&NodeRecord>) -> Self {
+        let peers: Vec<PeerVerdict> = tunnel
+            .peers
+            .iter()
+            .map(|p| PeerVerdict::of(p, tunnel.fail_closed, mesh.keys.tx))
+            .collect();
+        let encryption_off = peers.iter().any(|p| p.state == PeerState::Open);
         StatusReport {
+            encryption_off,
+            peers,
             node: mesh.local.name.clone(),
             epoch: mesh.local.epoch,
             tx_generation: mesh.keys.tx,
@@ -58,16 +145,34 @@ impl StatusReport {
             "node {}  epoch {}  dataplane {}  keys tx={} rx={:?}  overhead {} B",
             self.node, self.epoch, t.dataplane, self.tx_generation, self.rx_generations, t.overhead
         );
-        if !t.encrypted {
+        let names = |state| {
+            self.peers
+                .iter()
+                .filter(|p| p.state == state)
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.encryption_off {
             let _ = writeln!(
                 out,
-                "!!! ENCRYPTION IS OFF: traffic between pod CIDRs is NOT encrypted !!!"
+                "!!! ENCRYPTION IS OFF: traffic to {} may cross the underlay in CLEARTEXT \
+                 (tunnel down, no fail-closed guard) !!!",
+                names(PeerState::Open)
             );
         }
         if !t.fail_closed {
             let _ = writeln!(
                 out,
-                "!!! FAIL-CLOSED GUARD MISSING: a missing SA may leak cleartext !!!"
+                "!!! FAIL-CLOSED GUARD MISSING: a missing SA or route may leak cleartext: \
+                 reapply the mesh !!!"
+            );
+        }
+        let blocked = names(PeerState::Blocked);
+        if !blocked.is_empty() {
+            let _ = writeln!(
+                out,
+                "blocked (dropped by the fail-closed guard, not sent in cleartext): {blocked}"
             );
         }
         out.push_str(&row([
@@ -84,13 +189,11 @@ impl StatusReport {
             "ICV-ERR",
             "LAST CHANGE",
         ]));
-        for p in &t.peers {
-            let up = if p.is_up() {
-                "up"
-            } else if p.outbound || p.inbound || p.steering {
-                "PART"
-            } else {
-                "DOWN"
+        for (p, v) in t.peers.iter().zip(&self.peers) {
+            let up = match v.state {
+                PeerState::Up => "up",
+                PeerState::Blocked => "blocked",
+                PeerState::Open => "OPEN",
             };
             let rx = p
                 .rx_generations
@@ -119,6 +222,9 @@ impl StatusReport {
                 &changed,
             ]));
         }
+        for v in self.peers.iter().filter(|v| !v.why.is_empty()) {
+            let _ = writeln!(out, "{} {}: {}", v.name, up_word(v.state), v.why.join("; "));
+        }
         if !t.errors.is_empty() {
             let errs: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(out, "errors: {}", errs.join(" "));
@@ -127,10 +233,18 @@ impl StatusReport {
     }
 }
 
+fn up_word(s: PeerState) -> &'static str {
+    match s {
+        PeerState::Up => "up",
+        PeerState::Blocked => "blocked",
+        PeerState::Open => "OPEN (may leak)",
+    }
+}
+
 /// One table row: names left-aligned, counters right-aligned.
 fn row(c: [&str; 12]) -> String {
     format!(
-        "{:<16} {:<16} {:<6} {:<4} {:<5} {:>10} {:>10} {:>12} {:>12} {:>7} {:>7}  {}\n",
+        "{:<16} {:<16} {:<7} {:<4} {:<5} {:>10} {:>10} {:>12} {:>12} {:>7} {:>7}  {}\n",
         c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]
     )
 }
@@ -162,6 +276,7 @@ mod tests {
             local: n("a", 1),
             peers: vec![n("b", 2)],
             keys: Keys::single(3),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         }
     }
 
@@ -179,9 +294,71 @@ mod tests {
         };
         let r = StatusReport::new(&mesh(), st, None);
         let t = r.to_table(0);
-        assert!(t.contains("ENCRYPTION IS OFF"));
-        assert!(t.contains("DOWN"));
+        assert!(t.contains("ENCRYPTION IS OFF: traffic to b "), "{t}");
+        assert!(t.contains("GUARD MISSING"), "{t}");
+        assert!(t.contains(" OPEN "), "{t}");
+        assert!(r.encryption_off);
+        assert_eq!(r.peers[0].state, PeerState::Open);
         assert!(!r.healthy());
+    }
+
+    /// A lost outbound SA with the guard in place: traffic to the peer is dropped, so the
+    /// table says "blocked" and why, and never "encryption is off".
+    #[test]
+    fn guarded_peer_with_a_lost_sa_is_blocked_not_encryption_off() {
+        let st = TunnelStatus {
+            dataplane: "xfrm".into(),
+            encrypted: false,
+            fail_closed: true,
+            peers: vec![PeerStatus {
+                name: "b".into(),
+                outbound: false,
+                inbound: true,
+                steering: true,
+                rx_generations: vec![3],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let r = StatusReport::new(&mesh(), st, None);
+        let t = r.to_table(0);
+        assert!(!t.contains("ENCRYPTION IS OFF"), "{t}");
+        assert!(!r.encryption_off);
+        assert!(t.contains(" blocked "), "{t}");
+        assert!(
+            t.contains("b blocked: outbound SA of generation 3 lost"),
+            "{t}"
+        );
+        assert!(t.contains("rotate keys"), "{t}");
+        assert!(!r.healthy());
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["peers"][0]["state"], "blocked");
+        assert_eq!(j["encryptionOff"], false);
+    }
+
+    #[test]
+    fn why_names_every_missing_part() {
+        let p = PeerStatus {
+            name: "b".into(),
+            ..Default::default()
+        };
+        let v = PeerVerdict::of(&p, true, 7);
+        assert_eq!(v.state, PeerState::Blocked);
+        assert_eq!(v.why.len(), 3, "{v:?}");
+        assert!(
+            v.why[0].starts_with("no outbound SA of generation 7"),
+            "{v:?}"
+        );
+        assert!(v.why[1].contains("inbound SAs missing"), "{v:?}");
+        assert!(v.why[2].contains("no route"), "{v:?}");
+        let up = PeerStatus {
+            outbound: true,
+            inbound: true,
+            steering: true,
+            ..p
+        };
+        let v = PeerVerdict::of(&up, false, 7);
+        assert_eq!((v.state, v.why.len()), (PeerState::Up, 0));
     }
 
     #[test]

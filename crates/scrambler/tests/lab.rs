@@ -79,7 +79,7 @@ fn key_file_readable_by_others_is_refused() {
         &mesh,
         r#"{"nodes":[{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
                      {"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
-            "keys":{"tx":1,"rx":[1]},"keyFile":"k"}"#,
+            "clusterCidrs":["10.244.0.0/16"],"keys":{"tx":1,"rx":[1]},"keyFile":"k"}"#,
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
@@ -107,7 +107,7 @@ fn rotate_steps_the_mesh_file_through_three_phases() {
     std::fs::write(
         &mesh,
         r#"{"nodes":[{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]}],
-            "keys":{"tx":4,"rx":[4]},"keyFile":"k"}"#,
+            "clusterCidrs":["10.244.0.0/16"],"keys":{"tx":4,"rx":[4]},"keyFile":"k"}"#,
     )
     .unwrap();
     let step = || {

@@ -12,6 +12,9 @@
 //! * one route per pod CIDR of the peer, leading either into the protected tunnel or to
 //!   drop (see *Fail closed*).
 //!
+//! And once per node, whatever its peers: a drop route for each of the mesh's
+//! `clusterCidrs` (the cluster guard, see *Fail closed*).
+//!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
 //! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` — and, for routes (VPP routes
 //! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
@@ -29,11 +32,18 @@
 //!   Its single path is `drop` until the tunnel is protected and up; then one FIB update
 //!   swaps it into the tunnel (and back to drop before anything is taken away), so there is
 //!   no moment without a route.
+//! * **The cluster guard.** Each of the mesh's `clusterCidrs` (the pod supernets) has an
+//!   owned drop route, below the peers' more specific routes: pod traffic to a node not yet
+//!   in the mesh, or removed from it, is dropped, never sent out of the uplink by a default
+//!   route. Removing a peer takes its routes away and leaves the guard;
+//!   [`Tunnel::remove_keeping_guard`] (`scrambler mesh remove` without `--remove-guard`)
+//!   takes tunnels and SAs away but leaves every owned route, pointed to drop, so pods that
+//!   still run cannot leak; only [`Tunnel::remove`] takes the guard too.
 //! * **Order in reconcile**: routes of new peers go in as drop first; before a tunnel is
 //!   re-created, an SA replaced or a lost protection restored, the peer's routes go to drop;
 //!   then tunnel (admin down), SAs, protection, admin up, and only then routes into the
 //!   tunnel. A key rotation changes the protection with one atomic update and needs no drop.
-//!   Stale routes go first, stale tunnels and SAs last.
+//!   The cluster guard goes in first, then stale routes go, stale tunnels and SAs last.
 //! * **Pipelined**: the peers are reconciled concurrently on the one API socket (up to 256
 //!   in flight, so their round trips overlap), and each phase's independent calls (stale
 //!   routes, stale tunnels, stale SAs, the state dumps) are sent together. Within a peer the
@@ -64,6 +74,12 @@
 //!   outbound SA it installed before.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
+//! * Not done on VPP yet: node ↔ remote pod traffic. The kernel dataplane gives each node a
+//!   tunnel address (the first address of its pod CIDR, [`scrambler_core::Node::tunnel_addresses`])
+//!   that its own traffic to remote pods comes from; a VPP node does not hold it, so a
+//!   remote pod pinging a VPP node's tunnel address is dropped by that VPP (the address is
+//!   in the node's pod CIDR, never leaked), and traffic from a VPP node's Linux host to
+//!   remote pods does not pass through VPP.
 //!
 //! # Counters
 //!
@@ -255,7 +271,17 @@ impl Tunnel for VppTunnel {
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
-        let rep = remove_all(&TunnelCalls { c: &c }, &have).await?;
+        let rep = remove_all(&TunnelCalls { c: &c }, &have, false).await?;
+        let _ = c.close().await;
+        Ok(rep)
+    }
+
+    async fn remove_keeping_guard(&self, netns: &Netns) -> Result<ReconcileReport> {
+        let c = self.connect(netns).await?;
+        let have = OwnedState::read(&c)
+            .await
+            .map_err(vpp_err("read state of", "VPP"))?;
+        let rep = remove_all(&TunnelCalls { c: &c }, &have, true).await?;
         let _ = c.close().await;
         Ok(rep)
     }
@@ -280,6 +306,7 @@ mod tests {
         scrambler_core::Cluster {
             nodes: vec![node("a", 1), node("b", 2)],
             keys,
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         }
         .mesh_for("a")
         .unwrap()

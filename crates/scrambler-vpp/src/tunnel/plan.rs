@@ -78,6 +78,23 @@ pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>>
     Ok(out)
 }
 
+/// The cluster-wide guard: a drop route per cluster CIDR (`clusterCidrs` of the mesh),
+/// below the peers' more specific routes, so pod traffic to a node not (or no longer) in the
+/// mesh is dropped, never sent out of the uplink. A cluster CIDR that is also a peer's pod
+/// CIDR is left to that peer's route (drop until its tunnel is up).
+pub(super) fn guard_routes(mesh: &Mesh) -> BTreeSet<IpNet> {
+    let peer_routes: BTreeSet<IpNet> = mesh
+        .peers
+        .iter()
+        .flat_map(|p| p.pod_cidrs.iter().map(|c| c.trunc()))
+        .collect();
+    mesh.cluster_cidrs
+        .iter()
+        .map(|c| c.trunc())
+        .filter(|c| !peer_routes.contains(c))
+        .collect()
+}
+
 pub(super) fn underlay_pair(local: &Node, peer: &Node) -> Option<(IpAddr, IpAddr)> {
     local
         .underlay

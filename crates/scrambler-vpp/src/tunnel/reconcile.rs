@@ -10,16 +10,17 @@ use scrambler_core::{Error, Mesh, ReconcileReport, Result};
 use super::guard::RouteGuard;
 use super::ids::Direction;
 use super::ops::{delete_tunnel_fully, pipelined, TunnelCalls};
-use super::plan::{PeerPlan, RouteTarget};
+use super::plan::{guard_routes, PeerPlan, RouteTarget};
 use super::readback::{
     kept_outbound, needs_new_tunnel, outbound_changed, outbound_lost, sa_matches, OwnedRoute,
     OwnedState,
 };
 use crate::endpoint::DATAPLANE;
 
-/// Reconciles the node's VPP, found as `have`, to `want` in phases: stale routes, then every
-/// peer (each in the fail-closed order, up to `PIPELINE` peers in flight), then stale
-/// tunnels, then stale SAs; each phase's independent calls are sent together.
+/// Reconciles the node's VPP, found as `have`, to `want` in phases: the cluster guard's drop
+/// routes, stale routes, then every peer (each in the fail-closed order, up to `PIPELINE`
+/// peers in flight), then stale tunnels, then stale SAs; each phase's independent calls are
+/// sent together.
 pub(super) async fn reconcile_all(
     ops: &TunnelCalls<'_>,
     have: &OwnedState,
@@ -28,8 +29,31 @@ pub(super) async fn reconcile_all(
 ) -> Result<ReconcileReport> {
     let mut rep = ReconcileReport::default();
 
-    // stale routes first: pod CIDRs no peer of the mesh has any more
-    let want_routes: BTreeSet<IpNet> = want.iter().flat_map(|p| p.routes.iter().copied()).collect();
+    // the cluster guard first: a drop route per cluster CIDR, so that a removed peer's
+    // pod CIDR (its route going stale below) falls to drop, not to a default route
+    let guard = guard_routes(mesh);
+    let mut steer = Vec::new();
+    for g in &guard {
+        match have.routes.get(g) {
+            Some(OwnedRoute::Drop) => rep.unchanged += 1,
+            Some(_) => {
+                rep.updated += 1;
+                steer.push(ops.steer(*g, RouteTarget::Drop));
+            }
+            None => {
+                rep.added += 1;
+                steer.push(ops.steer(*g, RouteTarget::Drop));
+            }
+        }
+    }
+    pipelined(steer).await?;
+
+    // stale routes next: pod CIDRs no peer of the mesh has any more
+    let want_routes: BTreeSet<IpNet> = want
+        .iter()
+        .flat_map(|p| p.routes.iter().copied())
+        .chain(guard.iter().copied())
+        .collect();
     let stale = pipelined(
         have.routes
             .iter()
@@ -83,20 +107,35 @@ pub(super) async fn reconcile_all(
     Ok(rep)
 }
 
-/// Removes everything Scrambler owns in the node's VPP, found as `have`.
+/// Removes everything Scrambler owns in the node's VPP, found as `have`; with `keep_guard`
+/// every owned route stays, pointed to drop (the cluster guard and the peers' pod CIDRs),
+/// and only tunnels and SAs go.
 pub(super) async fn remove_all(
     ops: &TunnelCalls<'_>,
     have: &OwnedState,
+    keep_guard: bool,
 ) -> Result<ReconcileReport> {
     let mut rep = ReconcileReport::default();
-    // routes, then tunnels, then SAs; each kind's calls sent together
-    let routes = pipelined(
-        have.routes
-            .iter()
-            .map(|(prefix, r)| ops.unroute(*prefix, r))
-            .collect::<Vec<_>>(),
-    )
-    .await?;
+    // routes (to drop, or away), then tunnels, then SAs; each kind's calls sent together
+    let routes = if keep_guard {
+        pipelined(
+            have.routes
+                .iter()
+                .filter(|(_, r)| **r != OwnedRoute::Drop)
+                .map(|(prefix, _)| ops.steer(*prefix, RouteTarget::Drop))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        Vec::new()
+    } else {
+        pipelined(
+            have.routes
+                .iter()
+                .map(|(prefix, r)| ops.unroute(*prefix, r))
+                .collect::<Vec<_>>(),
+        )
+        .await?
+    };
     let tunnels = pipelined(
         have.tunnels
             .iter()

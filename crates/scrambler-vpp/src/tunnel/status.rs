@@ -8,7 +8,7 @@ use scrambler_core::{Error, Generation, Mesh, Node, PeerStatus, Result, TunnelSt
 use scrambler_vpp_api::stats::{Combined, StatValue, StatsClient, StatsError};
 
 use super::ids::{peer_of_sa, sa_id, tunnel_instance, Direction};
-use super::plan::underlay_pair;
+use super::plan::{guard_routes, underlay_pair};
 use super::readback::{outbound_lost, OwnedRoute, OwnedState};
 use crate::endpoint::DATAPLANE;
 
@@ -164,8 +164,11 @@ pub(super) fn build(
         ),
         ..Default::default()
     };
-    let mut all_protected = true;
     let has_sa = |id: u32, spi: u32| have.sas.get(&id).is_some_and(|e| e.spi == spi);
+    // the cluster guard: a drop route per cluster CIDR
+    let mut all_protected = guard_routes(mesh)
+        .iter()
+        .all(|g| have.routes.get(g) == Some(&OwnedRoute::Drop));
     for peer in &mesh.peers {
         let inst = tunnel_instance(peer.id);
         let sw = have.sw_if_index(inst);

@@ -70,6 +70,8 @@ impl TwoNodes {
             cluster: Cluster {
                 nodes: vec![mesh_node("a", 1, 1), mesh_node("b", 2, 2)],
                 keys: Keys::single(1),
+                // inside the 10.0.0.0/8 uplink route the fail-closed tests add
+                cluster_cidrs: vec!["10.0.0.0/12".parse().unwrap()],
             },
         }
     }

@@ -33,12 +33,13 @@ pub fn big_node(id: u32) -> Node {
     }
 }
 
-/// The mesh of `local` among nodes `1..=n` built with `mk`.
+/// The mesh of `local` among nodes `1..=n` built with `mk`; cluster CIDR 10.0.0.0/8.
 pub fn mesh_of(local: u32, n: u32, mk: fn(u32) -> Node) -> Mesh {
     Mesh {
         local: mk(local),
         peers: (1..=n).filter(|i| *i != local).map(mk).collect(),
         keys: Keys::single(1),
+        cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
     }
 }
 

@@ -230,6 +230,9 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
         cluster: Cluster {
             nodes,
             keys: Keys::single(1),
+            cluster_cidrs: vec![topology::POD_SUPERNET
+                .parse()
+                .map_err(|e| Error::config(format!("lab pod supernet: {e}")))?],
         },
         key_file: key_file.clone(),
     };
@@ -355,6 +358,10 @@ fn pod_conf(state: &LabState, i: usize) -> serde_json::Value {
 pub struct TestReport {
     /// Per (source node, destination node): pings ok, pings tried, ESP packets seen.
     pub pairs: BTreeMap<String, (usize, usize, u64)>,
+    /// Node ↔ remote pod, per probe (`node1 host -> node2 pod`, `node2 pod -> node1
+    /// tunnel address`): pings ok, pings tried. Kernel-dataplane nodes only: they hold a
+    /// tunnel address (VPP nodes do not yet).
+    pub node_pod: BTreeMap<String, (usize, usize)>,
     /// Underlay verdict.
     pub underlay: capture::Verdict,
     /// Peers up per node.
@@ -381,13 +388,27 @@ pub async fn test(name: &str) -> Result<TestReport> {
             });
         }
     }
-    progress(format!("pinging {} pod pairs across nodes", pings.len()));
-    let ok = tokio::task::spawn_blocking({
-        let pings = pings.clone();
+    let (host_pings, host_labels) = node_pod_pings(&state);
+    progress(format!(
+        "pinging {} pod pairs across nodes, {} node <-> remote pod pairs",
+        pings.len(),
+        host_pings.len()
+    ));
+    let all_ok = tokio::task::spawn_blocking({
+        let pings: Vec<probe::Ping> = pings.iter().chain(&host_pings).cloned().collect();
         move || probe::ping_all(&pings, 8)
     })
     .await
     .map_err(|e| Error::kernel("run pings", "lab", e))?;
+    let (ok, host_ok) = all_ok.split_at(pings.len());
+    let mut node_pod: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (label, ok) in host_labels.into_iter().zip(host_ok) {
+        let e = node_pod.entry(label).or_default();
+        e.1 += 1;
+        if *ok {
+            e.0 += 1;
+        }
+    }
     let supernet: IpNet = topology::POD_SUPERNET
         .parse()
         .map_err(|e| Error::config(format!("pod supernet: {e}")))?;
@@ -402,7 +423,7 @@ pub async fn test(name: &str) -> Result<TestReport> {
         .map(|p| (p.name.as_str(), p.node))
         .collect();
     let mut pairs: BTreeMap<String, (usize, usize, u64)> = BTreeMap::new();
-    for (p, ok) in pings.iter().zip(&ok) {
+    for (p, ok) in pings.iter().zip(ok) {
         let (a, b) = (pod_node[p.from.as_str()], node_of[&p.to]);
         let e = pairs
             .entry(format!("{} -> {}", names.node(a), names.node(b)))
@@ -429,16 +450,61 @@ pub async fn test(name: &str) -> Result<TestReport> {
         tunnels_up.insert(names.node(i), (up, st.tunnel.peers.len()));
     }
     let pass = ok.iter().all(|o| *o)
+        && host_ok.iter().all(|o| *o)
         && verdict.cleartext == 0
         && pairs.values().all(|(_, _, esp)| *esp > 0)
         && tunnels_up.values().all(|(u, n)| u == n);
     Ok(TestReport {
         pairs,
+        node_pod,
         underlay: verdict,
         tunnels_up,
         pass,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Node ↔ remote pod probes, with their labels: from the host namespace of every node on
+/// the kernel dataplane to the first pod of every other node, and from the first pod of
+/// every other node to that node's tunnel address (the first address of its pod CIDR).
+fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
+    let names = state.names();
+    let first_pods: Vec<&PodInfo> = (1..=state.spec.nodes)
+        .filter_map(|j| state.pods.iter().find(|p| p.node == j))
+        .collect();
+    let (mut pings, mut labels) = (Vec::new(), Vec::new());
+    for i in 1..=state.spec.nodes {
+        if state.node_backend(i).tunnel() != scrambler_core::TunnelDataplane::Xfrm {
+            continue;
+        }
+        let Ok(node) = topology::node_desc(&names, i) else {
+            continue;
+        };
+        let Some(tunnel_addr) = node.tunnel_address(false) else {
+            continue;
+        };
+        for pod in first_pods.iter().filter(|p| p.node != i) {
+            pings.push(probe::Ping {
+                from: names.node(i),
+                to: pod.ip,
+            });
+            labels.push(format!(
+                "{} host -> {} pod",
+                names.node(i),
+                names.node(pod.node)
+            ));
+            pings.push(probe::Ping {
+                from: pod.name.clone(),
+                to: tunnel_addr,
+            });
+            labels.push(format!(
+                "{} pod -> {} ({tunnel_addr})",
+                names.node(pod.node),
+                names.node(i)
+            ));
+        }
+    }
+    (pings, labels)
 }
 
 /// The status of node `i`.
@@ -451,6 +517,9 @@ pub fn print_report(r: &TestReport) {
     println!("{:<28} {:>10} {:>12}", "NODE PAIR", "PINGS", "ESP PACKETS");
     for (k, (ok, n, esp)) in &r.pairs {
         println!("{k:<28} {:>10} {:>12}", format!("{ok}/{n}"), esp);
+    }
+    for (k, (ok, n)) in &r.node_pod {
+        println!("{k:<40} {:>10}", format!("{ok}/{n}"));
     }
     println!();
     for (node, (up, n)) in &r.tunnels_up {
