@@ -343,6 +343,7 @@ mod tests {
                 .map(|(i, e)| node(&format!("p{}", i + 2), i as u32 + 2, *e))
                 .collect(),
             keys,
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         }
     }
 

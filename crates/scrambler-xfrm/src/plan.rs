@@ -414,6 +414,7 @@ pub(crate) mod tests {
             local: with(kat::A, 1),
             peers: vec![with(kat::B, 2)],
             keys: Keys::single(7),
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         };
         let d = Desired::plan(&XfrmConfig::default(), &m, Some(&kat::secret())).unwrap();
         for (inbound, (_, _, _, key, salt, spi)) in

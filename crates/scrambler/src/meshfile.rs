@@ -139,7 +139,7 @@ mod tests {
         let text = r#"{"nodes":[
             {"name":"a","id":1,"underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]},
             {"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}],
-            "keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
+            "clusterCidrs":["10.244.0.0/16"],"keys":{"tx":1,"rx":[1]},"keyFile":"k.hex"}"#;
         std::fs::write(&p, text).unwrap();
         // a node without an epoch gets one: then the file loads
         let e = MeshFile::load(&p).unwrap_err().to_string();

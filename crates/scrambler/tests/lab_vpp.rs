@@ -163,7 +163,11 @@ fn vpp_node_remove_then_apply_is_refused_until_a_new_epoch() {
         }
         // nothing was installed by the refused applies
         let (ok, status) = scrambler(&args("lab status"), &lab);
-        assert!(ok && status.contains("DOWN"), "{status}");
+        // (mesh remove kept the guard: the peer is blocked, not open)
+        assert!(
+            ok && status.contains(&format!("{lab}-n2 blocked: no outbound SA")),
+            "{status}"
+        );
         let out = Command::new(env!("CARGO_BIN_EXE_scrambler"))
             .args(["mesh", "epoch", "--node", &format!("{lab}-n1"), "--mesh"])
             .arg(&mesh)
