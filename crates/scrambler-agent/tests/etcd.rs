@@ -28,7 +28,7 @@ async fn agents_register_under_a_lease_and_see_each_other() {
     eventually(10, "b sees a", || tb.peer_names() == ["a"]).await;
 
     // the registration: public fields only, under a lease
-    let mut c = etcd.store().await.client();
+    let mut c = store(&etcd).await.client();
     let r = c.get("/scrambler/nodes/a", None).await.unwrap();
     let kv = &r.kvs()[0];
     assert_ne!(kv.lease(), 0, "registration is not under a lease");
@@ -68,7 +68,7 @@ async fn an_expired_lease_removes_the_node_from_peers_but_keeps_its_claim() {
     eventually(10, "b leaves a's mesh", || ta.peer_names().is_empty()).await;
     println!("b left a's mesh {:?} after its agent stopped (lease TTL 2 s)", t.elapsed());
     // the claim outlives the lease: b comes back with the same id and pod CIDR
-    let store = etcd.store().await;
+    let store = store(&etcd).await;
     let c = claims::existing(&store, "b").await.unwrap().unwrap();
     assert_eq!((c.id, c.pod_cidrs.clone()), (b_claim.id, b_claim.pod_cidrs.clone()));
     let tb2 = FakeTunnel::new("b", None);
@@ -86,7 +86,7 @@ async fn an_expired_lease_removes_the_node_from_peers_but_keeps_its_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_claimers_never_collide() {
     let etcd = Etcd::start();
-    let store = etcd.store().await;
+    let store = store(&etcd).await;
     let t = Instant::now();
     let tasks: Vec<_> = (0..20)
         .map(|i| {
@@ -175,7 +175,7 @@ async fn a_burst_of_100_registrations_costs_a_few_reconciles() {
     })
     .await;
     let before = ta.reconciles();
-    let store = etcd.store().await;
+    let store = store(&etcd).await;
     let mut c = store.client();
     let lease = c.lease_grant(60, None).await.unwrap().id();
     let t = Instant::now();
@@ -221,7 +221,7 @@ async fn rotation_switches_outbound_only_after_every_live_node_acknowledged() {
     eventually(10, "full mesh", || tunnels.iter().all(|t| t.peer_names().len() == 2)).await;
     // c cannot install generation 2 yet
     tunnels[2].refuse_new_generation.store(true, std::sync::atomic::Ordering::SeqCst);
-    let store = etcd.store().await;
+    let store = store(&etcd).await;
     let snap = store.snapshot().await.unwrap();
     let ks = rotation::begin(&snap.keys, 1).unwrap();
     assert!(store.swap_keys(snap.keys_revision, &ks).await.unwrap());
@@ -309,7 +309,7 @@ async fn a_restarted_agent_keeps_its_epoch_and_a_flushed_dataplane_gets_a_new_on
     let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
     let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
     eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
-    let store = etcd.store().await;
+    let store = store(&etcd).await;
     let epoch_of = |s: scrambler_agent::Snapshot| s.nodes["a"].epoch;
     let e1 = epoch_of(store.snapshot().await.unwrap());
     let mesh = ta.mesh().unwrap();
