@@ -59,6 +59,9 @@ enum Cmd {
     /// Run the node agent: register this node in etcd, keep its dataplane reconciled to the
     /// cluster, take part in key rotations. Runs until SIGTERM.
     Agent(Box<AgentArgs>),
+    /// Install the CNI plugin on this node (a DaemonSet's init container): claim the node's
+    /// id and pod CIDR in etcd, copy the CNI binaries, write the conflist with the pod CIDR.
+    InstallCni(Box<InstallCniArgs>),
     /// Delete a node from the cluster in etcd: its registration goes and its node id and pod
     /// CIDRs are released. Stop the node's agent first.
     DeleteNode {
@@ -208,6 +211,43 @@ impl AgentArgs {
         c.lease_ttl = self.lease_ttl;
         Ok(c)
     }
+}
+
+/// `scrambler install-cni`.
+#[derive(Args, Clone)]
+struct InstallCniArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// This node's name.
+    #[arg(long, env = "SCRAMBLER_NODE_NAME", value_parser = node_name)]
+    node: String,
+    /// A fixed node id (1-65535); default: claim a free one.
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// Fixed pod CIDRs of this node, comma-separated; default: claim one from --pod-cidr-pool.
+    #[arg(long, env = "SCRAMBLER_POD_CIDRS", value_delimiter = ',')]
+    pod_cidr: Vec<ipnet::IpNet>,
+    /// The cluster's pod network, from which each node claims one CIDR.
+    #[arg(long, env = "SCRAMBLER_POD_CIDR_POOL")]
+    pod_cidr_pool: Option<ipnet::IpNet>,
+    /// Prefix length of each node's CIDR out of --pod-cidr-pool.
+    #[arg(long, default_value_t = 24)]
+    node_prefix_len: u8,
+    /// Where the CNI binaries to install are.
+    #[arg(long, default_value = "/usr/local/bin")]
+    bin_src: PathBuf,
+    /// The node's CNI binary dir.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// The conflist template; "__POD_CIDR__" becomes the node's pod CIDR.
+    #[arg(long)]
+    conf_template: PathBuf,
+    /// The node's CNI conf dir.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The conflist's file name.
+    #[arg(long, default_value = "10-scrambler.conflist")]
+    conf_name: String,
 }
 
 #[derive(Args, Clone)]
@@ -471,6 +511,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = args.config()?;
             let backend = args.backend.parse()?;
             cluster::run_agent(cfg, &args.etcd.config()?, backend, &args.vpp_socket).await?;
+        }
+        Cmd::InstallCni(a) => {
+            let req = scrambler_agent::claims::ClaimRequest {
+                name: a.node.clone(),
+                id: a.node_id.map(scrambler_core::NodeId::new).transpose()?,
+                pod_cidrs: a.pod_cidr.clone(),
+                pool: a.pod_cidr_pool.map(|p| (p, a.node_prefix_len)),
+            };
+            let inst = cluster::InstallCni {
+                bin_src: a.bin_src.clone(),
+                bin_dir: a.bin_dir.clone(),
+                binaries: vec!["scrambler-cni".into(), "scrambler-ipam".into()],
+                template: a.conf_template.clone(),
+                conf_dir: a.conf_dir.clone(),
+                conf_name: a.conf_name.clone(),
+            };
+            let c = cluster::install_cni(&a.etcd.config()?, &req, &inst).await?;
+            println!(
+                "CNI installed on {}: node id {}, pod CIDRs {:?}, conf {}",
+                a.node,
+                c.id,
+                c.pod_cidrs,
+                inst.conf_dir.join(&inst.conf_name).display()
+            );
         }
         Cmd::DeleteNode { etcd, name } => match cluster::delete_node(&etcd.config()?, &name).await? {
             Some(c) => println!(
