@@ -123,7 +123,10 @@ impl Agent {
     ) -> Result<Self> {
         scrambler_core::mesh::check_node_name(&cfg.node)?;
         if cfg.underlay.is_empty() {
-            return Err(Error::config(format!("node {}: no underlay address", cfg.node)));
+            return Err(Error::config(format!(
+                "node {}: no underlay address",
+                cfg.node
+            )));
         }
         let status = AgentStatus {
             node: cfg.node.clone(),
@@ -399,7 +402,14 @@ impl Agent {
             return Ok(());
         };
         let now = now();
-        match rotation::step(&snap.keys, &self.cfg.node, &programmed, &snap.acks, phase, now) {
+        match rotation::step(
+            &snap.keys,
+            &self.cfg.node,
+            &programmed,
+            &snap.acks,
+            phase,
+            now,
+        ) {
             Step::None => {}
             Step::Ack(g) => {
                 if let Some((lease, _)) = &self.lease {

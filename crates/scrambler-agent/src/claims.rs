@@ -57,7 +57,11 @@ pub async fn claim(store: &Store, req: &ClaimRequest) -> Result<Claim> {
             vec![taken.free_cidr(pool, len, &req.name, attempt)?]
         } else {
             for c in &req.pod_cidrs {
-                if let Some(o) = taken.cidrs.iter().find(|o| o.contains(&c.network()) || c.contains(&o.network())) {
+                if let Some(o) = taken
+                    .cidrs
+                    .iter()
+                    .find(|o| o.contains(&c.network()) || c.contains(&o.network()))
+                {
                     let owner = store
                         .client()
                         .get(store.layout().claim_cidr(o), None)
@@ -124,16 +128,24 @@ pub async fn release(store: &Store, name: &str) -> Result<Option<Claim>> {
             .map_err(|e| etcd_error(format!("delete {}", l.node(name)), e))?;
         return Ok(None);
     };
-    let c: Claim =
-        serde_json::from_slice(kv.value()).map_err(|e| Error::decode(format!("etcd claim {key}"), e))?;
+    let c: Claim = serde_json::from_slice(kv.value())
+        .map_err(|e| Error::decode(format!("etcd claim {key}"), e))?;
     let mut ops = vec![
         TxnOp::delete(key.clone(), None),
         TxnOp::delete(l.node(name), None),
         TxnOp::delete(l.claim_id(c.id), None),
     ];
-    ops.extend(c.pod_cidrs.iter().map(|p| TxnOp::delete(l.claim_cidr(p), None)));
+    ops.extend(
+        c.pod_cidrs
+            .iter()
+            .map(|p| TxnOp::delete(l.claim_cidr(p), None)),
+    );
     let txn = Txn::new()
-        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+        .when([Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            kv.mod_revision(),
+        )])
         .and_then(ops);
     let r = store
         .client()
@@ -217,15 +229,18 @@ impl Taken {
         let keys = |prefix: String| {
             let mut c = store.client();
             async move {
-                c.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only()))
-                    .await
-                    .map_err(|e| etcd_error(format!("read {prefix}"), e))
-                    .map(|r| {
-                        r.kvs()
-                            .iter()
-                            .filter_map(|kv| kv.key_str().ok().map(|k| k[prefix.len()..].to_string()))
-                            .collect::<Vec<_>>()
-                    })
+                c.get(
+                    prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+                .map_err(|e| etcd_error(format!("read {prefix}"), e))
+                .map(|r| {
+                    r.kvs()
+                        .iter()
+                        .filter_map(|kv| kv.key_str().ok().map(|k| k[prefix.len()..].to_string()))
+                        .collect::<Vec<_>>()
+                })
             }
         };
         let ids = keys(l.claims_ids())
@@ -251,8 +266,7 @@ impl Taken {
             .get(key.clone(), None)
             .await
             .map_err(|e| etcd_error(format!("read {key}"), e))?;
-        Ok(r
-            .kvs()
+        Ok(r.kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }

@@ -32,13 +32,17 @@ pub fn load(state_dir: &Path) -> Result<Option<u64>> {
 
 /// Saves `epoch` (mode 0600, replaced atomically).
 pub fn save(state_dir: &Path, epoch: u64) -> Result<()> {
-    crate::status::write_atomic(&path(state_dir), format!("{epoch:016x}\n").as_bytes(), 0o600)
+    crate::status::write_atomic(
+        &path(state_dir),
+        format!("{epoch:016x}\n").as_bytes(),
+        0o600,
+    )
 }
 
 /// A new random nonzero epoch.
 pub fn fresh() -> Result<u64> {
-    let mut f = std::fs::File::open("/dev/urandom")
-        .map_err(|e| Error::io("open", "/dev/urandom", e))?;
+    let mut f =
+        std::fs::File::open("/dev/urandom").map_err(|e| Error::io("open", "/dev/urandom", e))?;
     loop {
         let mut b = [0u8; 8];
         f.read_exact(&mut b)

@@ -129,7 +129,10 @@ mod tests {
     fn keys_sit_under_the_prefix() {
         let l = Layout::new("/scrambler").unwrap();
         assert_eq!(l.node("n1"), "/scrambler/nodes/n1");
-        assert_eq!(l.claim_id(NodeId::new(7).unwrap()), "/scrambler/claims/ids/7");
+        assert_eq!(
+            l.claim_id(NodeId::new(7).unwrap()),
+            "/scrambler/claims/ids/7"
+        );
         assert_eq!(
             l.claim_cidr(&"10.244.3.0/24".parse().unwrap()),
             "/scrambler/claims/cidrs/10.244.3.0_24"

@@ -152,7 +152,10 @@ mod tests {
             j,
             r#"{"name":"node1","id":1,"underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"],"epoch":"9f2c4e1a77d0b3c5","dataplane":"xfrm"}"#
         );
-        assert_eq!(NodeRecord::decode("/p/nodes/node1", j.as_bytes()).unwrap(), r);
+        assert_eq!(
+            NodeRecord::decode("/p/nodes/node1", j.as_bytes()).unwrap(),
+            r
+        );
         // a record under another node's key, epoch 0 and extra fields are refused
         assert!(NodeRecord::decode("/p/nodes/node2", j.as_bytes()).is_err());
         let zero = j.replace("9f2c4e1a77d0b3c5", "0000000000000000");

@@ -145,8 +145,7 @@ pub fn step(
             ..ks.clone()
         }),
         Phase::Switched {
-            retire_at: Some(t),
-            ..
+            retire_at: Some(t), ..
         } if now >= *t && programmed.tx == next => Step::Retire(KeyState {
             current: next,
             next: None,
@@ -199,7 +198,13 @@ mod tests {
         assert_eq!(k.tx, 1);
         let (k, p) = desired(&ks, &live, &set(&["a", "b", "c"]));
         assert_eq!(k.tx, 2);
-        assert!(matches!(p, Phase::Switched { retire_at: None, .. }));
+        assert!(matches!(
+            p,
+            Phase::Switched {
+                retire_at: None,
+                ..
+            }
+        ));
         // recorded switch sticks when a new node shows up
         let sw = KeyState {
             switched_at: Some(100),

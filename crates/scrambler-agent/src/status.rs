@@ -59,8 +59,10 @@ impl AgentStatus {
 
     /// Reads the status file.
     pub fn load(path: &Path) -> Result<Self> {
-        let b = std::fs::read(path).map_err(|e| Error::io("read agent status", path.display(), e))?;
-        serde_json::from_slice(&b).map_err(|e| Error::decode(format!("agent status {}", path.display()), e))
+        let b =
+            std::fs::read(path).map_err(|e| Error::io("read agent status", path.display(), e))?;
+        serde_json::from_slice(&b)
+            .map_err(|e| Error::decode(format!("agent status {}", path.display()), e))
     }
 
     /// Writes the status file (mode 0644: no secrets in it).
@@ -76,7 +78,11 @@ impl AgentStatus {
             self.node,
             self.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             self.epoch,
-            if self.epoch_reused { "kept: dataplane had its SAs" } else { "new" },
+            if self.epoch_reused {
+                "kept: dataplane had its SAs"
+            } else {
+                "new"
+            },
             if self.registered { "yes" } else { "no" },
             self.reconciles,
         );
@@ -96,7 +102,9 @@ impl AgentStatus {
             out.push_str(&format!("agent: rotation {p}\n"));
         }
         if let Some(e) = &self.reconcile_error {
-            out.push_str(&format!("!!! last reconcile failed (previous mesh kept): {e}\n"));
+            out.push_str(&format!(
+                "!!! last reconcile failed (previous mesh kept): {e}\n"
+            ));
         }
         if now.saturating_sub(self.updated) > 120 {
             out.push_str(&format!(

@@ -56,7 +56,13 @@ pub fn etcd_error(op: impl std::fmt::Display, e: etcd_client::Error) -> Error {
 }
 
 fn read_pem(what: &str, path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io("read etcd TLS file", format!("{what} {}", path.display()), e))
+    std::fs::read(path).map_err(|e| {
+        Error::io(
+            "read etcd TLS file",
+            format!("{what} {}", path.display()),
+            e,
+        )
+    })
 }
 
 /// The etcd client and the key layout.
@@ -201,7 +207,11 @@ impl Store {
         let key = self.layout.node(&rec.name);
         self.client
             .clone()
-            .put(key.clone(), rec.to_json(), Some(PutOptions::new().with_lease(lease)))
+            .put(
+                key.clone(),
+                rec.to_json(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
             .await
             .map_err(|e| etcd_error(format!("register {key}"), e))?;
         Ok(())
@@ -241,7 +251,11 @@ impl Store {
         let key = self.layout.keys();
         let acks = self.layout.acks(next);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                expected,
+            )])
             .and_then([
                 TxnOp::put(key.clone(), keys.to_json(), None),
                 TxnOp::delete(acks, Some(DeleteOptions::new().with_prefix())),

@@ -28,7 +28,10 @@ fn documents() -> Vec<(String, serde_json::Value)> {
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let v = serde_json::Value::deserialize_from(doc, &f, i);
             if !v.is_null() {
-                out.push((format!("{}#{i}", f.file_name().unwrap().to_string_lossy()), v));
+                out.push((
+                    format!("{}#{i}", f.file_name().unwrap().to_string_lossy()),
+                    v,
+                ));
             }
         }
     }
@@ -54,7 +57,10 @@ fn typed<T: DeserializeOwned + Serialize>(name: &str, v: &serde_json::Value) -> 
     let back = serde_json::to_value(&t).unwrap();
     let mut lost = Vec::new();
     diff("", v, &back, &mut lost);
-    assert!(lost.is_empty(), "{name}: fields the Kubernetes type does not know: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "{name}: fields the Kubernetes type does not know: {lost:?}"
+    );
     t
 }
 
@@ -86,7 +92,10 @@ fn every_manifest_is_a_valid_kubernetes_object() {
     let mut secret_keys = BTreeSet::new();
     let mut daemonsets = Vec::new();
     for (name, v) in documents() {
-        let kind = v["kind"].as_str().unwrap_or_else(|| panic!("{name}: no kind")).to_string();
+        let kind = v["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no kind"))
+            .to_string();
         match kind.as_str() {
             "DaemonSet" => daemonsets.push((name.clone(), typed::<DaemonSet>(&name, &v))),
             "ConfigMap" => {
@@ -97,7 +106,10 @@ fn every_manifest_is_a_valid_kubernetes_object() {
                         let c: serde_json::Value = serde_json::from_str(&val)
                             .unwrap_or_else(|e| panic!("{name}: {k} is not JSON: {e}"));
                         assert_eq!(c["plugins"][0]["type"], "scrambler-cni", "{name}: {k}");
-                        assert!(val.contains("__POD_CIDR__"), "{name}: {k} has no pod CIDR placeholder");
+                        assert!(
+                            val.contains("__POD_CIDR__"),
+                            "{name}: {k} has no pod CIDR placeholder"
+                        );
                     }
                     config_keys.insert((cm_name.clone(), k));
                 }
@@ -122,34 +134,81 @@ fn every_manifest_is_a_valid_kubernetes_object() {
     assert_eq!(kinds.get("DaemonSet"), Some(&1), "{kinds:?}");
     let (name, ds) = &daemonsets[0];
     let spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    assert_eq!(spec.host_network, Some(true), "{name}: the agent needs the host network");
-    let volumes: BTreeSet<_> = spec.volumes.iter().flatten().map(|v| v.name.clone()).collect();
-    let all = spec.init_containers.iter().flatten().chain(&spec.containers);
+    assert_eq!(
+        spec.host_network,
+        Some(true),
+        "{name}: the agent needs the host network"
+    );
+    let volumes: BTreeSet<_> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .collect();
+    let all = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers);
     for c in all {
         for m in c.volume_mounts.iter().flatten() {
-            assert!(volumes.contains(&m.name), "{name}: {} mounts unknown volume {}", c.name, m.name);
+            assert!(
+                volumes.contains(&m.name),
+                "{name}: {} mounts unknown volume {}",
+                c.name,
+                m.name
+            );
         }
         for e in c.env.iter().flatten() {
             let Some(from) = &e.value_from else { continue };
             if let Some(r) = &from.config_map_key_ref {
-                assert!(config_keys.contains(&(r.name.clone(), r.key.clone())), "{name}: {} env {}: no ConfigMap key {}/{}", c.name, e.name, r.name, r.key);
+                assert!(
+                    config_keys.contains(&(r.name.clone(), r.key.clone())),
+                    "{name}: {} env {}: no ConfigMap key {}/{}",
+                    c.name,
+                    e.name,
+                    r.name,
+                    r.key
+                );
             }
             if let Some(r) = &from.secret_key_ref {
-                assert!(secret_keys.contains(&(r.name.clone(), r.key.clone())), "{name}: {} env {}: no Secret key {}/{}", c.name, e.name, r.name, r.key);
+                assert!(
+                    secret_keys.contains(&(r.name.clone(), r.key.clone())),
+                    "{name}: {} env {}: no Secret key {}/{}",
+                    c.name,
+                    e.name,
+                    r.name,
+                    r.key
+                );
             }
         }
         // the capabilities it needs and no more
         let sc = c.security_context.as_ref().unwrap();
         let caps = sc.capabilities.as_ref().unwrap();
-        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]), "{name}: {}", c.name);
+        assert_eq!(
+            caps.drop.as_deref(),
+            Some(&["ALL".to_string()][..]),
+            "{name}: {}",
+            c.name
+        );
         for cap in caps.add.iter().flatten() {
             assert_eq!(cap, "NET_ADMIN", "{name}: {} adds {cap}", c.name);
         }
-        assert_ne!(sc.privileged, Some(true), "{name}: {} is privileged", c.name);
+        assert_ne!(
+            sc.privileged,
+            Some(true),
+            "{name}: {} is privileged",
+            c.name
+        );
     }
     for v in spec.volumes.iter().flatten() {
         if let Some(s) = &v.secret {
-            assert_eq!(s.default_mode, Some(0o400), "{name}: secret volume {} not 0400", v.name);
+            assert_eq!(
+                s.default_mode,
+                Some(0o400),
+                "{name}: secret volume {} not 0400",
+                v.name
+            );
         }
     }
 }

@@ -33,7 +33,10 @@ async fn agents_register_under_a_lease_and_see_each_other() {
     let kv = &r.kvs()[0];
     assert_ne!(kv.lease(), 0, "registration is not under a lease");
     let rec = NodeRecord::decode("/scrambler/nodes/a", kv.value()).unwrap();
-    assert_eq!(rec.underlay, vec!["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        rec.underlay,
+        vec!["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_ne!(rec.epoch, 0);
     let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
     let fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -45,7 +48,10 @@ async fn agents_register_under_a_lease_and_see_each_other() {
     assert_eq!(ma.peers[0], mb.local);
     // the epoch file is private
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(state.path().join("a/epoch")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(state.path().join("a/epoch"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let st = status(state.path(), "a").unwrap();
     assert!(st.etcd_connected && st.registered, "{st:?}");
@@ -66,11 +72,17 @@ async fn an_expired_lease_removes_the_node_from_peers_but_keeps_its_claim() {
     b.stop().await; // no revoke: its 2 s lease runs out
     let t = Instant::now();
     eventually(10, "b leaves a's mesh", || ta.peer_names().is_empty()).await;
-    println!("b left a's mesh {:?} after its agent stopped (lease TTL 2 s)", t.elapsed());
+    println!(
+        "b left a's mesh {:?} after its agent stopped (lease TTL 2 s)",
+        t.elapsed()
+    );
     // the claim outlives the lease: b comes back with the same id and pod CIDR
     let store = store(&etcd).await;
     let c = claims::existing(&store, "b").await.unwrap().unwrap();
-    assert_eq!((c.id, c.pod_cidrs.clone()), (b_claim.id, b_claim.pod_cidrs.clone()));
+    assert_eq!(
+        (c.id, c.pod_cidrs.clone()),
+        (b_claim.id, b_claim.pod_cidrs.clone())
+    );
     let tb2 = FakeTunnel::new("b", None);
     let b = spawn(&etcd, config("b", 2, state.path()), tb2.clone()).await;
     eventually(10, "b is back in a's mesh", || ta.peer_names() == ["b"]).await;
@@ -79,7 +91,10 @@ async fn an_expired_lease_removes_the_node_from_peers_but_keeps_its_claim() {
     b.stop().await;
     claims::release(&store, "b").await.unwrap().unwrap();
     assert!(claims::existing(&store, "b").await.unwrap().is_none());
-    eventually(10, "deleted b leaves a's mesh", || ta.peer_names().is_empty()).await;
+    eventually(10, "deleted b leaves a's mesh", || {
+        ta.peer_names().is_empty()
+    })
+    .await;
     a.stop().await;
 }
 
@@ -135,7 +150,10 @@ async fn twenty_concurrent_claimers_never_collide() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(e, Error::AlreadyExists { .. }) && e.to_string().contains("\"n5\""), "{e}");
+    assert!(
+        matches!(e, Error::AlreadyExists { .. }) && e.to_string().contains("\"n5\""),
+        "{e}"
+    );
     let e = claims::claim(
         &store,
         &ClaimRequest {
@@ -186,14 +204,20 @@ async fn a_burst_of_100_registrations_costs_a_few_reconciles() {
                 let r = NodeRecord {
                     name: format!("n{i}"),
                     id: NodeId::new(1000 + i).unwrap(),
-                    underlay: vec![format!("198.51.{}.{}", i / 200, 1 + i % 200).parse().unwrap()],
+                    underlay: vec![format!("198.51.{}.{}", i / 200, 1 + i % 200)
+                        .parse()
+                        .unwrap()],
                     pod_cidrs: vec![format!("10.250.{i}.0/24").parse().unwrap()],
                     epoch: 0x1000 + u64::from(i),
                     dataplane: "xfrm".into(),
                 };
-                c.put(format!("/scrambler/nodes/n{i}"), r.to_json(), Some(PutOptions::new().with_lease(lease)))
-                    .await
-                    .unwrap();
+                c.put(
+                    format!("/scrambler/nodes/n{i}"),
+                    r.to_json(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .unwrap();
             })
         })
         .collect();
@@ -202,7 +226,10 @@ async fn a_burst_of_100_registrations_costs_a_few_reconciles() {
     }
     eventually(15, "a sees all 100", || ta.peer_names().len() == 100).await;
     let n = ta.reconciles() - before;
-    println!("100 registrations → {n} reconciles on a, converged in {:?}", t.elapsed());
+    println!(
+        "100 registrations → {n} reconciles on a, converged in {:?}",
+        t.elapsed()
+    );
     assert!(n <= 5, "100 registrations cost {n} reconciles");
     a.stop().await;
 }
@@ -213,55 +240,105 @@ async fn rotation_switches_outbound_only_after_every_live_node_acknowledged() {
     let state = tempfile::tempdir().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let names = ["a", "b", "c"];
-    let tunnels: Vec<_> = names.iter().map(|n| FakeTunnel::new(n, Some(log.clone()))).collect();
+    let tunnels: Vec<_> = names
+        .iter()
+        .map(|n| FakeTunnel::new(n, Some(log.clone())))
+        .collect();
     let mut agents = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        agents.push(spawn(&etcd, config(n, i as u8 + 1, state.path()), tunnels[i].clone()).await);
+        agents.push(
+            spawn(
+                &etcd,
+                config(n, i as u8 + 1, state.path()),
+                tunnels[i].clone(),
+            )
+            .await,
+        );
     }
-    eventually(10, "full mesh", || tunnels.iter().all(|t| t.peer_names().len() == 2)).await;
+    eventually(10, "full mesh", || {
+        tunnels.iter().all(|t| t.peer_names().len() == 2)
+    })
+    .await;
     // c cannot install generation 2 yet
-    tunnels[2].refuse_new_generation.store(true, std::sync::atomic::Ordering::SeqCst);
+    tunnels[2]
+        .refuse_new_generation
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let store = store(&etcd).await;
     let snap = store.snapshot().await.unwrap();
     let ks = rotation::begin(&snap.keys, 1).unwrap();
     assert!(store.swap_keys(snap.keys_revision, &ks).await.unwrap());
     eventually(10, "a and b install generation 2 inbound", || {
-        tunnels[..2].iter().all(|t| t.mesh().unwrap().keys.rx.len() == 2)
+        tunnels[..2]
+            .iter()
+            .all(|t| t.mesh().unwrap().keys.rx.len() == 2)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for t in &tunnels {
-        assert_eq!(t.mesh().unwrap().keys.tx, 1, "{} switched before c acknowledged", t.name);
+        assert_eq!(
+            t.mesh().unwrap().keys.tx,
+            1,
+            "{} switched before c acknowledged",
+            t.name
+        );
     }
     let st = status(state.path(), "a").unwrap();
     assert!(
         matches!(&st.rotation, Some(rotation::Phase::Installing { waiting_for, .. }) if waiting_for == &["c"]),
         "{st:?}"
     );
-    tunnels[2].refuse_new_generation.store(false, std::sync::atomic::Ordering::SeqCst);
+    tunnels[2]
+        .refuse_new_generation
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     eventually(10, "everyone sends with 2", || {
         tunnels.iter().all(|t| t.mesh().unwrap().keys.tx == 2)
     })
     .await;
     eventually(10, "generation 1 retired after the grace", || {
-        tunnels.iter().all(|t| t.mesh().unwrap().keys.rx.iter().eq([&2]))
+        tunnels
+            .iter()
+            .all(|t| t.mesh().unwrap().keys.rx.iter().eq([&2]))
     })
     .await;
     // order on the shared log: the first outbound switch comes after the last node
     // installed generation 2 inbound, and no node dropped 1 before every node sent with 2
-    let log = log.lock().unwrap();
+    let log = log.lock().unwrap().clone();
     let first = |f: &dyn Fn(&Logged) -> bool, node: &str| {
-        log.iter().find(|l| l.node == node && f(l)).map(|l| l.at).unwrap()
+        log.iter()
+            .find(|l| l.node == node && f(l))
+            .map(|l| l.at)
+            .unwrap()
     };
-    let last_inbound = names.iter().map(|n| first(&|l| l.mesh.keys.rx.contains(&2), n)).max().unwrap();
-    let first_switch = names.iter().map(|n| first(&|l| l.mesh.keys.tx == 2, n)).min().unwrap();
-    let last_switch = names.iter().map(|n| first(&|l| l.mesh.keys.tx == 2, n)).max().unwrap();
-    let first_retire = names.iter().map(|n| first(&|l| !l.mesh.keys.rx.contains(&1), n)).min().unwrap();
-    assert!(last_inbound < first_switch, "a node switched before every node had the inbound SAs");
-    assert!(last_switch < first_retire, "generation 1 retired before every node switched");
+    let last_inbound = names
+        .iter()
+        .map(|n| first(&|l| l.mesh.keys.rx.contains(&2), n))
+        .max()
+        .unwrap();
+    let first_switch = names
+        .iter()
+        .map(|n| first(&|l| l.mesh.keys.tx == 2, n))
+        .min()
+        .unwrap();
+    let last_switch = names
+        .iter()
+        .map(|n| first(&|l| l.mesh.keys.tx == 2, n))
+        .max()
+        .unwrap();
+    let first_retire = names
+        .iter()
+        .map(|n| first(&|l| !l.mesh.keys.rx.contains(&1), n))
+        .min()
+        .unwrap();
+    assert!(
+        last_inbound < first_switch,
+        "a node switched before every node had the inbound SAs"
+    );
+    assert!(
+        last_switch < first_retire,
+        "generation 1 retired before every node switched"
+    );
     let done = store.snapshot().await.unwrap();
     assert_eq!((done.keys.current, done.keys.next), (2, None));
-    drop(log);
     for a in agents {
         a.stop().await;
     }
@@ -279,23 +356,38 @@ async fn etcd_down_keeps_the_mesh_and_the_agent_catches_up_on_reconnect() {
     let before = ta.reconciles();
     etcd.stop();
     eventually(15, "a says etcd is unreachable", || {
-        status(state.path(), "a").is_some_and(|s| !s.etcd_connected && s.etcd_unreachable_since.is_some())
+        status(state.path(), "a")
+            .is_some_and(|s| !s.etcd_connected && s.etcd_unreachable_since.is_some())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await; // longer than the lease TTL
-    assert_eq!(ta.mesh().unwrap(), mesh, "the mesh changed while etcd was down");
+    assert_eq!(
+        ta.mesh().unwrap(),
+        mesh,
+        "the mesh changed while etcd was down"
+    );
     assert_eq!(ta.reconciles(), before, "a reconciled while etcd was down");
     let text = status(state.path(), "a").unwrap().to_lines(agent_now());
-    assert!(text.contains("etcd UNREACHABLE") && text.contains("fail static"), "{text}");
+    assert!(
+        text.contains("etcd UNREACHABLE") && text.contains("fail static"),
+        "{text}"
+    );
     etcd.restart();
-    eventually(20, "a reconnects", || status(state.path(), "a").is_some_and(|s| s.etcd_connected && s.registered)).await;
+    eventually(20, "a reconnects", || {
+        status(state.path(), "a").is_some_and(|s| s.etcd_connected && s.registered)
+    })
+    .await;
     // a new node joins after the outage: a catches up with one reconcile, no rebuild
     let tc = FakeTunnel::new("c", None);
     let c = spawn(&etcd, config("c", 3, state.path()), tc.clone()).await;
     eventually(15, "a sees c", || ta.peer_names() == ["b", "c"]).await;
     let after = ta.applied.lock().unwrap()[before..].to_vec();
     assert!(after.len() <= 2, "{} reconciles to catch up", after.len());
-    assert_eq!(after.last().unwrap().peers[0], mesh.peers[0], "b changed in a's mesh");
+    assert_eq!(
+        after.last().unwrap().peers[0],
+        mesh.peers[0],
+        "b changed in a's mesh"
+    );
     for x in [a, b, c] {
         x.stop().await;
     }
@@ -317,10 +409,15 @@ async fn a_restarted_agent_keeps_its_epoch_and_a_flushed_dataplane_gets_a_new_on
     let before = ta.reconciles();
     // restart on a dataplane that kept its SAs: same epoch, same mesh
     let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
-    eventually(10, "a re-registered", || status(state.path(), "a").is_some_and(|s| s.registered && s.epoch_reused)).await;
+    eventually(10, "a re-registered", || {
+        status(state.path(), "a").is_some_and(|s| s.registered && s.epoch_reused)
+    })
+    .await;
     assert_eq!(epoch_of(store.snapshot().await.unwrap()), e1);
     // whatever the restarted agent reconciled is the mesh the dataplane already had
-    assert!(ta.applied.lock().unwrap()[before..].iter().all(|m| m == &mesh));
+    assert!(ta.applied.lock().unwrap()[before..]
+        .iter()
+        .all(|m| m == &mesh));
     assert_eq!(ta.mesh().unwrap(), mesh);
     a.stop().await;
     // a flushed dataplane (reboot): new epoch, published
@@ -333,7 +430,12 @@ async fn a_restarted_agent_keeps_its_epoch_and_a_flushed_dataplane_gets_a_new_on
     .await;
     let e2 = epoch_of(store.snapshot().await.unwrap());
     assert_ne!(e1, e2);
-    assert_eq!(std::fs::read_to_string(state.path().join("a/epoch")).unwrap().trim(), format!("{e2:016x}"));
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("a/epoch"))
+            .unwrap()
+            .trim(),
+        format!("{e2:016x}")
+    );
     a.stop().await;
     b.stop().await;
 }

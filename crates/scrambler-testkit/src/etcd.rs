@@ -98,7 +98,6 @@ impl Etcd {
         self.stop();
         self.spawn();
     }
-
 }
 
 impl Drop for Etcd {
@@ -106,4 +105,3 @@ impl Drop for Etcd {
         self.stop();
     }
 }
-

@@ -17,7 +17,9 @@ pub async fn run_agent(
     vpp_socket: &Path,
 ) -> Result<()> {
     let secret = ClusterSecret::from_file(&cfg.key_file)?;
-    cfg.netns.check().map_err(|e| Error::config(format!("--netns: {e}")))?;
+    cfg.netns
+        .check()
+        .map_err(|e| Error::config(format!("--netns: {e}")))?;
     let tunnel = Arc::from(apply::tunnel_with(backend, vpp_socket)?);
     let store = Store::connect(etcd).await?;
     let agent = Agent::new(cfg, store, tunnel, secret)?;
@@ -26,7 +28,10 @@ pub async fn run_agent(
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -102,7 +107,8 @@ pub async fn install_cni(
     let claim = claims::claim(&store, req).await?;
     for b in &inst.binaries {
         let src = inst.bin_src.join(b);
-        let data = std::fs::read(&src).map_err(|e| Error::io("read CNI binary", src.display(), e))?;
+        let data =
+            std::fs::read(&src).map_err(|e| Error::io("read CNI binary", src.display(), e))?;
         write_replacing(&inst.bin_dir.join(b), &data, 0o755)?;
     }
     let conf = render_conflist(&template, &claim.pod_cidrs)?;
@@ -113,8 +119,8 @@ pub async fn install_cni(
 /// The conflist template with every string value [`POD_CIDR_PLACEHOLDER`] replaced by the
 /// node's first pod CIDR; the result must be a conflist (`name`, `plugins`).
 pub fn render_conflist(template: &[u8], cidrs: &[ipnet::IpNet]) -> Result<Vec<u8>> {
-    let mut v: serde_json::Value = serde_json::from_slice(template)
-        .map_err(|e| Error::decode("the conflist template", e))?;
+    let mut v: serde_json::Value =
+        serde_json::from_slice(template).map_err(|e| Error::decode("the conflist template", e))?;
     let cidr = cidrs
         .first()
         .ok_or_else(|| Error::config("the node has no pod CIDR"))?
@@ -127,7 +133,8 @@ pub fn render_conflist(template: &[u8], cidrs: &[ipnet::IpNet]) -> Result<Vec<u8
         )));
     }
     let ok = v.get("name").is_some_and(|n| n.is_string())
-        && v.get("plugins").is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()));
+        && v.get("plugins")
+            .is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()));
     if !ok {
         return Err(Error::config(
             "the conflist template is not a conflist: it needs \"name\" and a non-empty \"plugins\"",
@@ -145,7 +152,9 @@ fn replace_placeholder(v: &mut serde_json::Value, cidr: &str, n: &mut usize) {
             *n += 1;
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(|x| replace_placeholder(x, cidr, n)),
-        serde_json::Value::Object(o) => o.values_mut().for_each(|x| replace_placeholder(x, cidr, n)),
+        serde_json::Value::Object(o) => {
+            o.values_mut().for_each(|x| replace_placeholder(x, cidr, n))
+        }
         _ => {}
     }
 }
@@ -154,7 +163,10 @@ fn replace_placeholder(v: &mut serde_json::Value, cidr: &str, n: &mut usize) {
 fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.scrambler-tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -180,10 +192,19 @@ mod tests {
             "ipam":{"type":"scrambler-ipam","ranges":[[{"subnet":"__POD_CIDR__"}]]}}]}"#;
         let out = render_conflist(t, &["10.244.7.0/24".parse().unwrap()]).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
-        let e = render_conflist(br#"{"name":"x","plugins":[{}]}"#, &["10.0.0.0/24".parse().unwrap()]);
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.7.0/24"
+        );
+        let e = render_conflist(
+            br#"{"name":"x","plugins":[{}]}"#,
+            &["10.0.0.0/24".parse().unwrap()],
+        );
         assert!(e.unwrap_err().to_string().contains("__POD_CIDR__"));
-        let e = render_conflist(br#"{"name":"x","type":"__POD_CIDR__"}"#, &["10.0.0.0/24".parse().unwrap()]);
+        let e = render_conflist(
+            br#"{"name":"x","type":"__POD_CIDR__"}"#,
+            &["10.0.0.0/24".parse().unwrap()],
+        );
         assert!(e.unwrap_err().to_string().contains("plugins"));
         assert!(render_conflist(b"{", &["10.0.0.0/24".parse().unwrap()]).is_err());
     }

@@ -47,7 +47,11 @@ enum Cmd {
     /// once every live node acknowledged, retire the old generation after the grace period).
     Rotate {
         /// Mesh file (file mode, without agents).
-        #[arg(long, required_unless_present = "endpoints", conflicts_with = "endpoints")]
+        #[arg(
+            long,
+            required_unless_present = "endpoints",
+            conflicts_with = "endpoints"
+        )]
         mesh: Option<PathBuf>,
         #[command(flatten)]
         etcd: EtcdArgs,
@@ -102,7 +106,12 @@ const LAB_NOT_BUILT: &str = "this scrambler is built without the lab: build it w
 #[derive(Args, Clone)]
 struct EtcdArgs {
     /// etcd endpoints, comma-separated (https:// with the TLS files).
-    #[arg(long = "etcd-endpoints", id = "endpoints", env = "SCRAMBLER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long = "etcd-endpoints",
+        id = "endpoints",
+        env = "SCRAMBLER_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
     /// CA bundle of the etcd servers (PEM).
     #[arg(long, env = "SCRAMBLER_ETCD_CA")]
@@ -143,7 +152,12 @@ struct AgentArgs {
     #[arg(long, env = "SCRAMBLER_NODE_NAME", value_parser = node_name)]
     node: String,
     /// The node's underlay addresses (ESP's outer addresses), comma-separated.
-    #[arg(long, env = "SCRAMBLER_UNDERLAY", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "SCRAMBLER_UNDERLAY",
+        value_delimiter = ',',
+        required = true
+    )]
     underlay: Vec<std::net::IpAddr>,
     /// A fixed node id (1-65535); default: claim a free one in etcd.
     #[arg(long)]
@@ -164,7 +178,11 @@ struct AgentArgs {
     #[arg(long, default_value = apply::DEFAULT_VPP_SOCKET)]
     vpp_socket: PathBuf,
     /// The cluster secret (hex, mode 0600 or 0400).
-    #[arg(long, env = "SCRAMBLER_KEY_FILE", default_value = "/etc/scrambler/cluster.key")]
+    #[arg(
+        long,
+        env = "SCRAMBLER_KEY_FILE",
+        default_value = "/etc/scrambler/cluster.key"
+    )]
     key_file: PathBuf,
     /// Where the agent keeps its epoch, the mesh it applied (mesh.json, usable with
     /// `scrambler status --mesh`) and its status.
@@ -536,7 +554,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 inst.conf_dir.join(&inst.conf_name).display()
             );
         }
-        Cmd::DeleteNode { etcd, name } => match cluster::delete_node(&etcd.config()?, &name).await? {
+        Cmd::DeleteNode { etcd, name } => match cluster::delete_node(&etcd.config()?, &name).await?
+        {
             Some(c) => println!(
                 "node {name} deleted: id {} and pod CIDRs {:?} released",
                 c.id, c.pod_cidrs

@@ -27,10 +27,15 @@ fn rotate_through_etcd_starts_one_rotation_at_a_time() {
     assert!(out.contains("rotation 1→2 started"), "{out}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let snap = rt.block_on(async {
-        let s = Store::connect(&EtcdConfig::plain(vec![ep.clone()])).await.unwrap();
+        let s = Store::connect(&EtcdConfig::plain(vec![ep.clone()]))
+            .await
+            .unwrap();
         s.snapshot().await.unwrap()
     });
-    assert_eq!((snap.keys.current, snap.keys.next, snap.keys.grace_secs), (1, Some(2), 5));
+    assert_eq!(
+        (snap.keys.current, snap.keys.next, snap.keys.grace_secs),
+        (1, Some(2), 5)
+    );
     // a second rotation waits for the first
     let (code, _, err) = scrambler(&["rotate", "--etcd-endpoints", &ep]);
     assert_eq!(code, 1);
@@ -47,7 +52,9 @@ fn delete_node_releases_its_claims() {
     let etcd = Etcd::start();
     let ep = etcd.endpoint();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt.block_on(Store::connect(&EtcdConfig::plain(vec![ep.clone()]))).unwrap();
+    let store = rt
+        .block_on(Store::connect(&EtcdConfig::plain(vec![ep.clone()])))
+        .unwrap();
     let req = ClaimRequest {
         name: "n1".into(),
         id: None,
@@ -58,7 +65,10 @@ fn delete_node_releases_its_claims() {
     let (code, out, err) = scrambler(&["delete-node", "--etcd-endpoints", &ep, "n1"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("id {} and pod CIDRs", c.id)), "{out}");
-    assert!(rt.block_on(claims::existing(&store, "n1")).unwrap().is_none());
+    assert!(rt
+        .block_on(claims::existing(&store, "n1"))
+        .unwrap()
+        .is_none());
     let (code, _, err) = scrambler(&["delete-node", "--etcd-endpoints", &ep, "../x"]);
     assert_eq!(code, 2, "{err}");
 }
@@ -83,7 +93,11 @@ fn install_cni_claims_and_writes_binaries_and_the_conflist_of_the_deploy_configm
     let etcd = Etcd::start();
     let ep = etcd.endpoint();
     let d = tempfile::tempdir().unwrap();
-    let (src, bin, net) = (d.path().join("src"), d.path().join("bin"), d.path().join("net.d"));
+    let (src, bin, net) = (
+        d.path().join("src"),
+        d.path().join("bin"),
+        d.path().join("net.d"),
+    );
     for p in [&src, &bin, &net] {
         std::fs::create_dir(p).unwrap();
     }
@@ -92,10 +106,18 @@ fn install_cni_claims_and_writes_binaries_and_the_conflist_of_the_deploy_configm
     }
     // the template shipped in deploy/configmap.yaml
     let cm: serde_json::Value = serde_yaml_value(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/configmap.yaml")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/configmap.yaml"
+        ))
+        .unwrap(),
     );
     let template = d.path().join("tmpl.conflist");
-    std::fs::write(&template, cm["data"]["10-scrambler.conflist"].as_str().unwrap()).unwrap();
+    std::fs::write(
+        &template,
+        cm["data"]["10-scrambler.conflist"].as_str().unwrap(),
+    )
+    .unwrap();
     let args = |node: &str| {
         vec![
             "install-cni".to_string(),
@@ -119,25 +141,44 @@ fn install_cni_claims_and_writes_binaries_and_the_conflist_of_the_deploy_configm
     let (code, out, err) = scrambler(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{out}{err}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(bin.join("scrambler-cni")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(bin.join("scrambler-cni"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755);
-    assert_eq!(std::fs::read_to_string(bin.join("scrambler-ipam")).unwrap(), "#!scrambler-ipam");
+    assert_eq!(
+        std::fs::read_to_string(bin.join("scrambler-ipam")).unwrap(),
+        "#!scrambler-ipam"
+    );
     let conf: serde_json::Value =
         serde_json::from_slice(&std::fs::read(net.join("10-scrambler.conflist")).unwrap()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = rt.block_on(Store::connect(&EtcdConfig::plain(vec![ep.clone()]))).unwrap();
-    let c = rt.block_on(claims::existing(&store, "n1")).unwrap().unwrap();
+    let store = rt
+        .block_on(Store::connect(&EtcdConfig::plain(vec![ep.clone()])))
+        .unwrap();
+    let c = rt
+        .block_on(claims::existing(&store, "n1"))
+        .unwrap()
+        .unwrap();
     let text = conf.to_string();
     assert!(text.contains(&format!("\"{}\"", c.pod_cidrs[0])), "{text}");
     assert!(!text.contains("__POD_CIDR__"));
     // a second node gets another CIDR; the same node again gets the same one
     let (code, _, err) = scrambler(&args("n2").iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");
-    let c2 = rt.block_on(claims::existing(&store, "n2")).unwrap().unwrap();
+    let c2 = rt
+        .block_on(claims::existing(&store, "n2"))
+        .unwrap()
+        .unwrap();
     assert_ne!(c.pod_cidrs, c2.pod_cidrs);
     let (code, _, err) = scrambler(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");
-    assert_eq!(rt.block_on(claims::existing(&store, "n1")).unwrap().unwrap(), c);
+    assert_eq!(
+        rt.block_on(claims::existing(&store, "n1"))
+            .unwrap()
+            .unwrap(),
+        c
+    );
 }
 
 fn serde_yaml_value(text: &str) -> serde_json::Value {

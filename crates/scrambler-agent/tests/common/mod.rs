@@ -69,7 +69,12 @@ impl FakeTunnel {
 
 #[async_trait]
 impl Tunnel for FakeTunnel {
-    async fn reconcile(&self, _: &Netns, mesh: &Mesh, _: &ClusterSecret) -> Result<ReconcileReport> {
+    async fn reconcile(
+        &self,
+        _: &Netns,
+        mesh: &Mesh,
+        _: &ClusterSecret,
+    ) -> Result<ReconcileReport> {
         if self.refuse_new_generation.load(Ordering::SeqCst) && mesh.keys.rx.len() > 1 {
             return Err(scrambler_core::Error::Dataplane {
                 dataplane: "fake".into(),
