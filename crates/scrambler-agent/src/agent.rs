@@ -38,6 +38,8 @@ use tokio::time::Instant;
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Default registration lease TTL (seconds).
 pub const DEFAULT_LEASE_TTL: i64 = 15;
+/// Default full resync interval.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 /// Default state dir.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/scrambler/agent";
 
@@ -70,6 +72,9 @@ pub struct AgentConfig {
     pub lease_ttl: i64,
     /// Retry interval while etcd is unreachable or a reconcile failed.
     pub retry: Duration,
+    /// Full resync interval without any change (a missed watch event is caught up then,
+    /// and the status file stays fresh).
+    pub resync: Duration,
 }
 
 impl AgentConfig {
@@ -89,6 +94,7 @@ impl AgentConfig {
             max_delay: Duration::from_secs(2),
             lease_ttl: DEFAULT_LEASE_TTL,
             retry: Duration::from_secs(1),
+            resync: DEFAULT_RESYNC,
         }
     }
 }
@@ -143,6 +149,7 @@ impl Agent {
             peers: 0,
             reconciles: 0,
             last_reconcile: None,
+            last_report: None,
             reconcile_error: None,
             updated: now(),
         };
@@ -258,6 +265,7 @@ impl Agent {
     }
 
     async fn sync(&mut self, lost: &mpsc::UnboundedSender<i64>) {
+        self.wake(Instant::now() + self.cfg.resync);
         match self.try_sync(lost).await {
             Ok(()) => {}
             Err(e) => {
@@ -331,6 +339,7 @@ impl Agent {
                     added = rep.added, updated = rep.updated, removed = rep.removed, "reconciled");
                 self.status.last_reconcile = Some(now());
                 self.status.reconcile_error = None;
+                self.status.last_report = Some(rep.clone());
                 self.status.tx = Some(mesh.keys.tx);
                 self.status.rx = mesh.keys.rx.iter().copied().collect();
                 self.status.peers = mesh.peers.len();

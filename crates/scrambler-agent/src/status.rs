@@ -2,7 +2,7 @@
 //! and read by `scrambler status`. Public facts only (no key material).
 
 use crate::rotation::Phase;
-use scrambler_core::{Error, Generation, Result};
+use scrambler_core::{Error, Generation, ReconcileReport, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,6 +45,9 @@ pub struct AgentStatus {
     pub reconciles: u64,
     /// Unix time of the last successful reconcile.
     pub last_reconcile: Option<u64>,
+    /// What the last successful reconcile changed.
+    #[serde(default)]
+    pub last_report: Option<ReconcileReport>,
     /// The last reconcile error (the mesh before it stays).
     pub reconcile_error: Option<String>,
     /// Unix time this was written.
@@ -106,6 +109,7 @@ impl AgentStatus {
                 "!!! last reconcile failed (previous mesh kept): {e}\n"
             ));
         }
+        // the agent rewrites it at least every 30 s (its resync)
         if now.saturating_sub(self.updated) > 120 {
             out.push_str(&format!(
                 "!!! agent status is {}s old: is the agent running?\n",
