@@ -448,3 +448,42 @@ fn agent_now() -> u64 {
 fn key_state_default_is_generation_1() {
     assert_eq!(KeyState::default().current, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reach_etcd_over_tls_with_a_client_certificate() {
+    let (etcd, tls) = Etcd::start_tls();
+    let mut cfg = etcd_config(&etcd);
+    assert!(cfg.endpoints[0].starts_with("https://"));
+    cfg.ca = Some(tls.ca.clone());
+    cfg.cert = Some(tls.client_cert.clone());
+    cfg.key = Some(tls.client_key.clone());
+    let s = scrambler_agent::Store::connect(&cfg).await.unwrap();
+    let c = claims::claim(
+        &s,
+        &ClaimRequest {
+            name: "n1".into(),
+            id: None,
+            pod_cidrs: vec![],
+            pool: Some(("10.244.0.0/16".parse().unwrap(), 24)),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.snapshot().await.unwrap().claims["n1"], c);
+    // without the client certificate etcd refuses us
+    let mut no_cert = cfg.clone();
+    no_cert.cert = None;
+    no_cert.key = None;
+    let s = scrambler_agent::Store::connect(&no_cert).await.unwrap();
+    let e = s.snapshot().await.unwrap_err();
+    assert!(e.to_string().contains("etcd"), "{e}");
+    // TLS files with a plain-text endpoint, or half a client identity: refused up front
+    let mut plain = cfg.clone();
+    plain.endpoints = vec![etcd.endpoint().replace("https", "http")];
+    let e = scrambler_agent::Store::connect(&plain).await.err().unwrap();
+    assert!(e.to_string().contains("not https://"), "{e}");
+    let mut half = cfg.clone();
+    half.key = None;
+    let e = scrambler_agent::Store::connect(&half).await.err().unwrap();
+    assert!(e.to_string().contains("both"), "{e}");
+}
