@@ -20,9 +20,10 @@ LAB_PACKAGES=(
   etcd-server etcd-client protobuf-compiler
 )
 # The tests, on top: real CNI peers (host-local, bridge, portmap, tuning), a real CNI client
-# (podman with runc), pgrep/ps (procps), cpio (checks the VM initramfs), pip for vpp-papi.
+# (podman with runc), pgrep/ps (procps), cpio (checks the VM initramfs), pip for vpp-papi,
+# openssl (a test PKI for etcd over TLS).
 TEST_PACKAGES=(
-  containernetworking-plugins podman runc procps cpio python3-pip
+  containernetworking-plugins podman runc procps cpio python3-pip openssl
 )
 
 case "$profile" in

@@ -149,6 +149,7 @@ impl Agent {
             peers: 0,
             reconciles: 0,
             last_reconcile: None,
+            sync_error: None,
             last_report: None,
             reconcile_error: None,
             updated: now(),
@@ -267,11 +268,13 @@ impl Agent {
     async fn sync(&mut self, lost: &mpsc::UnboundedSender<i64>) {
         self.wake(Instant::now() + self.cfg.resync);
         match self.try_sync(lost).await {
-            Ok(()) => {}
+            Ok(()) => self.status.sync_error = None,
             Err(e) => {
                 tracing::warn!(node = %self.cfg.node, "sync: {e}");
                 if is_etcd(&e) {
                     self.etcd_down(&e);
+                } else {
+                    self.status.sync_error = Some(e.to_string());
                 }
                 self.retry_soon();
             }

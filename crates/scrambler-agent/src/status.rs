@@ -45,6 +45,10 @@ pub struct AgentStatus {
     pub reconciles: u64,
     /// Unix time of the last successful reconcile.
     pub last_reconcile: Option<u64>,
+    /// The last sync failure that was not etcd's nor the dataplane's (e.g. a claim refused:
+    /// a fixed id or pod CIDR another node holds); `None` once a sync succeeds.
+    #[serde(default)]
+    pub sync_error: Option<String>,
     /// What the last successful reconcile changed.
     #[serde(default)]
     pub last_report: Option<ReconcileReport>,
@@ -104,6 +108,9 @@ impl AgentStatus {
         if let Some(p) = &self.rotation {
             out.push_str(&format!("agent: rotation {p}\n"));
         }
+        if let Some(e) = &self.sync_error {
+            out.push_str(&format!("!!! agent cannot join the cluster: {e}\n"));
+        }
         if let Some(e) = &self.reconcile_error {
             out.push_str(&format!(
                 "!!! last reconcile failed (previous mesh kept): {e}\n"
@@ -134,4 +141,54 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io("write", tmp.display(), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path.display(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st() -> AgentStatus {
+        AgentStatus {
+            node: "n1".into(),
+            id: Some(3),
+            epoch: "00000000000000ab".into(),
+            epoch_reused: true,
+            etcd_connected: true,
+            etcd_unreachable_since: None,
+            etcd_error: None,
+            registered: true,
+            rotation: Some(Phase::Stable { generation: 4 }),
+            tx: Some(4),
+            rx: vec![4],
+            peers: 2,
+            reconciles: 1,
+            last_reconcile: Some(100),
+            sync_error: None,
+            last_report: None,
+            reconcile_error: None,
+            updated: 100,
+        }
+    }
+
+    #[test]
+    fn lines_are_quiet_when_healthy_and_loud_otherwise() {
+        let t = st().to_lines(110);
+        assert!(
+            t.contains("etcd connected") && t.contains("stable (generation 4)"),
+            "{t}"
+        );
+        assert!(!t.contains("!!!"), "{t}");
+        let mut s = st();
+        s.etcd_connected = false;
+        s.etcd_unreachable_since = Some(50);
+        s.etcd_error = Some("connection refused".into());
+        s.sync_error = Some("node id 3 already exists".into());
+        let t = s.to_lines(110);
+        assert!(
+            t.contains("etcd UNREACHABLE for 60s") && t.contains("connection refused"),
+            "{t}"
+        );
+        assert!(t.contains("cannot join the cluster: node id 3"), "{t}");
+        assert!(st().to_lines(1000).contains("is the agent running?"));
+    }
 }

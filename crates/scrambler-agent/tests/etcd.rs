@@ -7,7 +7,7 @@ use common::*;
 use etcd_client::PutOptions;
 use scrambler_agent::claims::{self, ClaimRequest};
 use scrambler_agent::status::AgentStatus;
-use scrambler_agent::{rotation, KeyState, NodeRecord};
+use scrambler_agent::{rotation, NodeRecord};
 use scrambler_core::{Error, NodeId};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -444,11 +444,6 @@ fn agent_now() -> u64 {
     scrambler_agent::agent::now()
 }
 
-#[test]
-fn key_state_default_is_generation_1() {
-    assert_eq!(KeyState::default().current, 1);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_reach_etcd_over_tls_with_a_client_certificate() {
     let (etcd, tls) = Etcd::start_tls();
@@ -486,4 +481,33 @@ async fn agents_reach_etcd_over_tls_with_a_client_certificate() {
     half.key = None;
     let e = scrambler_agent::Store::connect(&half).await.err().unwrap();
     assert!(e.to_string().contains("both"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_asking_for_a_taken_id_says_so_and_stays_out() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let ta = FakeTunnel::new("a", None);
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a registered", || {
+        status(state.path(), "a").is_some_and(|s| s.registered)
+    })
+    .await;
+    let a_id = ta.mesh().unwrap().local.id;
+    let mut cfg = config("x", 9, state.path());
+    cfg.id = Some(a_id);
+    let tx = FakeTunnel::new("x", None);
+    let x = spawn(&etcd, cfg, tx.clone()).await;
+    eventually(10, "x reports the refused claim", || {
+        status(state.path(), "x")
+            .and_then(|s| s.sync_error)
+            .is_some_and(|e| e.contains("claimed by node \"a\""))
+    })
+    .await;
+    assert_eq!(tx.reconciles(), 0, "x programmed a mesh without a claim");
+    assert!(ta.peer_names().is_empty(), "x joined a's mesh");
+    let text = status(state.path(), "x").unwrap().to_lines(agent_now());
+    assert!(text.contains("cannot join the cluster"), "{text}");
+    x.stop().await;
+    a.stop().await;
 }
