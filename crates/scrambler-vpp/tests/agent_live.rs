@@ -132,6 +132,9 @@ async fn agents_on_etcd_drive_two_vpps_through_a_lossless_rotation_and_a_restart
     })
     .await;
     let (ok, out) = pinger.join().unwrap();
+    if let Some(l) = out.lines().find(|l| l.contains("packets transmitted")) {
+        println!("ping across the rotation 1→2: {l}");
+    }
     assert!(
         ok && out.contains(" 0% packet loss"),
         "packets lost during the rotation:\n{out}"
