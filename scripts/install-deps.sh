@@ -12,15 +12,18 @@ profile="${1:-}"
 # The lab: namespaces and links (iproute2), pings and the underlay capture (iputils-ping,
 # fping, tcpdump), nft for the ipvlan backend's node setup, and Debian's stock kernel under
 # qemu where the running kernel lacks ESP/ipvlan (kmod loads its modules in the guest,
-# xz-utils unpacks kernel and VPP tarball).
+# xz-utils unpacks kernel and VPP tarball), etcd-server and etcd-client (etcdctl) for the
+# node agents' datastore, protobuf-compiler (protoc) to build the etcd-client crate.
 LAB_PACKAGES=(
   iproute2 iputils-ping fping tcpdump nftables kmod xz-utils
   qemu-system-x86 linux-image-amd64 busybox-static
+  etcd-server etcd-client protobuf-compiler
 )
 # The tests, on top: real CNI peers (host-local, bridge, portmap, tuning), a real CNI client
-# (podman with runc), pgrep/ps (procps), cpio (checks the VM initramfs), pip for vpp-papi.
+# (podman with runc), pgrep/ps (procps), cpio (checks the VM initramfs), pip for vpp-papi,
+# openssl (a test PKI for etcd over TLS).
 TEST_PACKAGES=(
-  containernetworking-plugins podman runc procps cpio python3-pip
+  containernetworking-plugins podman runc procps cpio python3-pip openssl
 )
 
 case "$profile" in

@@ -5,9 +5,18 @@
 //! caller's own namespace is read in place (procfs answers at once, like the netlink
 //! requests made on the same thread). Keys are paths below `/proc/sys`, e.g.
 //! `net/ipv4/ip_forward`.
+//!
+//! A container runtime mounts the container's `/proc/sys` read-only; a node agent in a pod
+//! (host network, `CAP_NET_ADMIN`) is given the host's `/proc/sys/net` as a writable
+//! `hostPath` mount elsewhere instead (Cilium's way), and the environment variable
+//! `SCRAMBLER_PROC_SYS` names where: keys are then read and written below it. `/proc/sys/net`
+//! shows the network namespace of the thread that opens it, wherever it is mounted.
 
 use scrambler_core::{Error, Netns, Result};
 use std::path::PathBuf;
+
+/// The environment variable naming where `/proc/sys` is mounted writable, if not there.
+pub const PROC_SYS_ENV: &str = "SCRAMBLER_PROC_SYS";
 
 /// Sets `key` to `value` in `netns`, writing only when the current value differs.
 pub async fn ensure(netns: &Netns, key: &str, value: &str) -> Result<()> {
@@ -32,7 +41,8 @@ pub async fn read(netns: &Netns, key: &str) -> Result<String> {
 
 /// The path of `key` and how errors name it.
 fn locate(netns: &Netns, key: &str) -> (PathBuf, String) {
-    let path = PathBuf::from("/proc/sys").join(key);
+    let root = std::env::var_os(PROC_SYS_ENV).unwrap_or_else(|| "/proc/sys".into());
+    let path = PathBuf::from(root).join(key);
     let what = format!("{} in {netns}", path.display());
     (path, what)
 }

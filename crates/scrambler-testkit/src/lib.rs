@@ -10,12 +10,14 @@
 //!   lacks a feature ([`vm::VmSuite::delegate`]).
 //! * [`plugin`]: the checks every CNI plugin binary must pass
 //!   ([`plugin_binary_tests!`](crate::plugin_binary_tests)).
+//! * [`etcd`]: a real etcd-server on loopback ([`etcd::Etcd`]).
 //! * [`dist`]: finding a VPP to run (an installed one, a tree, the CI fixture tarball);
 //!   `vpp` (feature `vpp`): a real VPP in a test namespace.
 #![warn(missing_docs)]
 
 pub mod capture;
 pub mod dist;
+pub mod etcd;
 pub mod netns;
 pub mod plugin;
 pub mod vm;

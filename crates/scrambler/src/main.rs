@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 #[cfg(feature = "lab")]
 use scrambler::lab::{self, backend::LabBackend, inject::Fault, LabSpec};
-use scrambler::{apply, meshfile, record};
+use scrambler::{apply, cluster, meshfile, record};
 use scrambler_core::{ClusterSecret, Error, Netns, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,12 +41,39 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Step the key rotation in the mesh file (prepare, switch, finish); apply the mesh on
-    /// every node after each step.
+    /// Rotate the keys. With --mesh: step the rotation in the mesh file (prepare, switch,
+    /// finish); apply the mesh on every node after each step. With --etcd-endpoints: start a
+    /// cluster-wide rotation that the agents carry out (install inbound, acknowledge, switch
+    /// once every live node acknowledged, retire the old generation after the grace period).
     Rotate {
-        /// Mesh file.
-        #[arg(long)]
-        mesh: PathBuf,
+        /// Mesh file (file mode, without agents).
+        #[arg(
+            long,
+            required_unless_present = "endpoints",
+            conflicts_with = "endpoints"
+        )]
+        mesh: Option<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// With --etcd-endpoints: how long the old generation stays accepted after every node
+        /// switched (seconds).
+        #[arg(long, default_value_t = scrambler_agent::record::DEFAULT_GRACE_SECS)]
+        grace_secs: u64,
+    },
+    /// Run the node agent: register this node in etcd, keep its dataplane reconciled to the
+    /// cluster, take part in key rotations. Runs until SIGTERM.
+    Agent(Box<AgentArgs>),
+    /// Install the CNI plugin on this node (a DaemonSet's init container): claim the node's
+    /// id and pod CIDR in etcd, copy the CNI binaries, write the conflist with the pod CIDR.
+    InstallCni(Box<InstallCniArgs>),
+    /// Delete a node from the cluster in etcd: its registration goes and its node id and pod
+    /// CIDRs are released. Stop the node's agent first.
+    DeleteNode {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The node's name.
+        #[arg(value_parser = node_name)]
+        name: String,
     },
     /// Write a new cluster secret (mode 0600).
     Keygen {
@@ -74,6 +101,187 @@ enum Cmd {
 #[cfg(not(feature = "lab"))]
 const LAB_NOT_BUILT: &str = "this scrambler is built without the lab: build it with \
      `cargo build --release -p scrambler --features lab` (scripts/lab.sh does)";
+
+/// How to reach etcd.
+#[derive(Args, Clone)]
+struct EtcdArgs {
+    /// etcd endpoints, comma-separated (https:// with the TLS files).
+    #[arg(
+        long = "etcd-endpoints",
+        id = "endpoints",
+        env = "SCRAMBLER_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// CA bundle of the etcd servers (PEM).
+    #[arg(long, env = "SCRAMBLER_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (PEM).
+    #[arg(long, env = "SCRAMBLER_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (PEM).
+    #[arg(long, env = "SCRAMBLER_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// Prefix of Scrambler's keys in etcd.
+    #[arg(long, env = "SCRAMBLER_ETCD_PREFIX", default_value = scrambler_agent::layout::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+}
+
+impl EtcdArgs {
+    fn config(&self) -> Result<scrambler_agent::EtcdConfig> {
+        if self.endpoints.is_empty() {
+            return Err(Error::config("--etcd-endpoints: no etcd endpoint given"));
+        }
+        Ok(scrambler_agent::EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            prefix: self.etcd_prefix.clone(),
+            timeout: std::time::Duration::from_secs(3),
+        })
+    }
+}
+
+/// `scrambler agent`.
+#[derive(Args, Clone)]
+struct AgentArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// This node's name (in Kubernetes: the node name, from the downward API).
+    #[arg(long, env = "SCRAMBLER_NODE_NAME", value_parser = node_name)]
+    node: String,
+    /// The node's underlay addresses (ESP's outer addresses), comma-separated.
+    #[arg(
+        long,
+        env = "SCRAMBLER_UNDERLAY",
+        value_delimiter = ',',
+        required = true
+    )]
+    underlay: Vec<std::net::IpAddr>,
+    /// A fixed node id (1-65535); default: claim a free one in etcd.
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// Fixed pod CIDRs of this node, comma-separated; default: claim one from --pod-cidr-pool.
+    #[arg(long, env = "SCRAMBLER_POD_CIDRS", value_delimiter = ',')]
+    pod_cidr: Vec<ipnet::IpNet>,
+    /// The cluster's pod network, from which each node claims one CIDR.
+    #[arg(long, env = "SCRAMBLER_POD_CIDR_POOL")]
+    pod_cidr_pool: Option<ipnet::IpNet>,
+    /// Prefix length of each node's CIDR out of --pod-cidr-pool.
+    #[arg(long, default_value_t = 24)]
+    node_prefix_len: u8,
+    /// The cluster's pod supernets, comma-separated, guarded on this node whether or not
+    /// every peer is known; default: --pod-cidr-pool. Every node must hold every pod CIDR.
+    #[arg(long, env = "SCRAMBLER_CLUSTER_CIDRS", value_delimiter = ',')]
+    cluster_cidr: Vec<ipnet::IpNet>,
+    /// Tunnel dataplane: xfrm (the kernel) or vpp.
+    #[arg(long, env = "SCRAMBLER_BACKEND", default_value = "xfrm")]
+    backend: String,
+    /// With --backend vpp: the node's VPP binary-API socket.
+    #[arg(long, default_value = apply::DEFAULT_VPP_SOCKET)]
+    vpp_socket: PathBuf,
+    /// The cluster secret (hex, mode 0600 or 0400).
+    #[arg(
+        long,
+        env = "SCRAMBLER_KEY_FILE",
+        default_value = "/etc/scrambler/cluster.key"
+    )]
+    key_file: PathBuf,
+    /// Where the agent keeps its epoch, the mesh it applied (mesh.json, usable with
+    /// `scrambler status --mesh`) and its status.
+    #[arg(long, default_value = scrambler_agent::agent::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Where the node's ledger of every outbound SA it installed lives (shared with
+    /// `scrambler mesh apply`); must survive reboots.
+    #[arg(long, default_value = scrambler_core::ledger::DEFAULT_DIR)]
+    ledger_dir: PathBuf,
+    /// The node's network namespace (a path); default: the current one.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Quiet period before a change is reconciled (ms); a burst of changes costs one reconcile.
+    #[arg(long, default_value_t = 200)]
+    debounce_ms: u64,
+    /// Longest a change waits for its reconcile (ms).
+    #[arg(long, default_value_t = 2000)]
+    max_delay_ms: u64,
+    /// Registration lease TTL (s): how long a silent node stays in its peers' meshes.
+    #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_LEASE_TTL)]
+    lease_ttl: i64,
+}
+
+impl AgentArgs {
+    fn config(&self) -> Result<scrambler_agent::AgentConfig> {
+        let backend: scrambler_core::TunnelDataplane = self.backend.parse()?;
+        let mut c = scrambler_agent::AgentConfig::new(
+            &self.node,
+            self.underlay.clone(),
+            self.state_dir.clone(),
+            self.key_file.clone(),
+        );
+        c.id = self.node_id.map(scrambler_core::NodeId::new).transpose()?;
+        c.pod_cidrs = self.pod_cidr.clone();
+        c.pod_cidr_pool = self.pod_cidr_pool.map(|p| (p, self.node_prefix_len));
+        if c.pod_cidrs.is_empty() && c.pod_cidr_pool.is_none() {
+            return Err(Error::config(
+                "give this node's --pod-cidr, or a --pod-cidr-pool to claim one from",
+            ));
+        }
+        c.cluster_cidrs = self.cluster_cidr.clone();
+        if c.cluster_cidrs.is_empty() && c.pod_cidr_pool.is_none() {
+            return Err(Error::config(
+                "give the cluster's pod supernets (--cluster-cidr) with a fixed --pod-cidr",
+            ));
+        }
+        c.ledger_dir = self.ledger_dir.clone();
+        c.dataplane = backend.to_string();
+        c.netns = self.netns.clone().map(Netns::Path).unwrap_or_default();
+        c.debounce = std::time::Duration::from_millis(self.debounce_ms);
+        c.max_delay = std::time::Duration::from_millis(self.max_delay_ms);
+        if self.lease_ttl < 2 {
+            return Err(Error::config("--lease-ttl: at least 2 seconds"));
+        }
+        c.lease_ttl = self.lease_ttl;
+        Ok(c)
+    }
+}
+
+/// `scrambler install-cni`.
+#[derive(Args, Clone)]
+struct InstallCniArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// This node's name.
+    #[arg(long, env = "SCRAMBLER_NODE_NAME", value_parser = node_name)]
+    node: String,
+    /// A fixed node id (1-65535); default: claim a free one.
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// Fixed pod CIDRs of this node, comma-separated; default: claim one from --pod-cidr-pool.
+    #[arg(long, env = "SCRAMBLER_POD_CIDRS", value_delimiter = ',')]
+    pod_cidr: Vec<ipnet::IpNet>,
+    /// The cluster's pod network, from which each node claims one CIDR.
+    #[arg(long, env = "SCRAMBLER_POD_CIDR_POOL")]
+    pod_cidr_pool: Option<ipnet::IpNet>,
+    /// Prefix length of each node's CIDR out of --pod-cidr-pool.
+    #[arg(long, default_value_t = 24)]
+    node_prefix_len: u8,
+    /// Where the CNI binaries to install are.
+    #[arg(long, default_value = "/usr/local/bin")]
+    bin_src: PathBuf,
+    /// The node's CNI binary dir.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// The conflist template; "__POD_CIDR__" becomes the node's pod CIDR.
+    #[arg(long)]
+    conf_template: PathBuf,
+    /// The node's CNI conf dir.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The conflist's file name.
+    #[arg(long, default_value = "10-scrambler.conflist")]
+    conf_name: String,
+}
 
 #[derive(Args, Clone)]
 struct NodeArgs {
@@ -347,16 +555,82 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Status { node, json } => {
             let st = apply::status(&node.to_apply()?).await?;
+            // with an agent, its status file sits next to the mesh it applied
+            let agent = cluster::agent_status_near(&node.mesh).transpose()?;
             if json {
-                println!("{}", to_json(&st)?);
+                let mut v = serde_json::to_value(&st).map_err(|e| Error::decode("report", e))?;
+                if let (Some(a), Some(o)) = (&agent, v.as_object_mut()) {
+                    o.insert(
+                        "agent".into(),
+                        serde_json::to_value(a).map_err(|e| Error::decode("report", e))?,
+                    );
+                }
+                println!("{}", to_json(&v)?);
             } else {
+                if let Some(a) = &agent {
+                    print!("{}", a.to_lines(record::now()));
+                }
                 print!("{}", st.to_table(record::now()));
             }
-            if !st.healthy() {
+            if !st.healthy() || agent.is_some_and(|a| !a.etcd_connected) {
                 return Ok(ExitCode::from(2));
             }
         }
-        Cmd::Rotate { mesh } => {
+        Cmd::Rotate {
+            mesh: None,
+            etcd,
+            grace_secs,
+        } => {
+            let ks = cluster::rotate(&etcd.config()?, grace_secs).await?;
+            println!(
+                "rotation {}→{} started: the agents install it inbound, switch once every live \
+                 node acknowledged, and retire generation {} {grace_secs}s later \
+                 (`scrambler status` shows the phase)",
+                ks.current,
+                ks.next.unwrap_or(ks.current),
+                ks.current
+            );
+        }
+        Cmd::Agent(args) => {
+            let cfg = args.config()?;
+            let backend = args.backend.parse()?;
+            cluster::run_agent(cfg, &args.etcd.config()?, backend, &args.vpp_socket).await?;
+        }
+        Cmd::InstallCni(a) => {
+            let req = scrambler_agent::claims::ClaimRequest {
+                name: a.node.clone(),
+                id: a.node_id.map(scrambler_core::NodeId::new).transpose()?,
+                pod_cidrs: a.pod_cidr.clone(),
+                pool: a.pod_cidr_pool.map(|p| (p, a.node_prefix_len)),
+            };
+            let inst = cluster::InstallCni {
+                bin_src: a.bin_src.clone(),
+                bin_dir: a.bin_dir.clone(),
+                binaries: vec!["scrambler-cni".into(), "scrambler-ipam".into()],
+                template: a.conf_template.clone(),
+                conf_dir: a.conf_dir.clone(),
+                conf_name: a.conf_name.clone(),
+            };
+            let c = cluster::install_cni(&a.etcd.config()?, &req, &inst).await?;
+            println!(
+                "CNI installed on {}: node id {}, pod CIDRs {:?}, conf {}",
+                a.node,
+                c.id,
+                c.pod_cidrs,
+                inst.conf_dir.join(&inst.conf_name).display()
+            );
+        }
+        Cmd::DeleteNode { etcd, name } => match cluster::delete_node(&etcd.config()?, &name).await?
+        {
+            Some(c) => println!(
+                "node {name} deleted: id {} and pod CIDRs {:?} released",
+                c.id, c.pod_cidrs
+            ),
+            None => println!("node {name} held no claim; its registration (if any) is gone"),
+        },
+        Cmd::Rotate {
+            mesh: Some(mesh), ..
+        } => {
             let mut mf = meshfile::MeshFile::load(&mesh)?;
             let (phase, keys) = meshfile::next_rotation_phase(&mf.cluster.keys)?;
             mf.cluster.keys = keys;

@@ -1,0 +1,616 @@
+//! The agent's loop: watch → debounce → snapshot → reconcile → register → rotation step.
+//!
+//! Each sync reads the whole prefix once ([`Store::snapshot`]), cuts this node's mesh from
+//! it ([`registry::mesh_for`]) and reconciles the [`Tunnel`] only when that mesh differs
+//! from the one last applied. The node reconciles *before* it (re-)registers, so by the
+//! time peers learn of it, it already has inbound SAs for every peer it knew of.
+//!
+//! Fail static: when etcd cannot be read, the last mesh stays programmed (the dataplane is
+//! not touched, so it stays fail closed), the status file says etcd is unreachable, and the
+//! agent retries; once etcd answers, the next sync catches up by diffing, never by
+//! rebuilding. A restarted agent starts from the mesh it last applied (`mesh.json` in its
+//! state dir) and, when the dataplane still has its SAs, keeps its epoch: its first
+//! reconcile finds everything in place.
+//!
+//! Keys are never reused: before a mesh reaches the tunnel, the node's [`Ledger`] admits it.
+//! An outbound SA that was installed before and is not in the dataplane now (a reset
+//! dataplane the epoch check missed, a lost SA) is refused; the agent then takes a new
+//! epoch, publishes it, and the next sync re-keys every pair of the node under keys that
+//! never sent.
+
+use crate::claims::{self, ClaimRequest};
+use crate::debounce::Debouncer;
+use crate::record::{Claim, NodeRecord};
+use crate::registry;
+use crate::rotation::{self, Phase, Step};
+use crate::status::{AgentStatus, MESH_FILE};
+use crate::store::{Snapshot, Store};
+use crate::{epoch, lease};
+use etcd_client::WatchOptions;
+use ipnet::IpNet;
+use scrambler_core::{
+    Cluster, ClusterSecret, Epoch, Error, Ledger, Mesh, MeshFile, Netns, NodeId, OutboundSa,
+    Result, Tunnel,
+};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Default debounce quiet period.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Default registration lease TTL (seconds).
+pub const DEFAULT_LEASE_TTL: i64 = 15;
+/// Default full resync interval.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+/// Default state dir.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/scrambler/agent";
+
+/// What the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name.
+    pub node: String,
+    /// Underlay addresses.
+    pub underlay: Vec<IpAddr>,
+    /// A fixed node id (`None`: claim a free one).
+    pub id: Option<NodeId>,
+    /// Fixed pod CIDRs (empty: claim one from `pod_cidr_pool`).
+    pub pod_cidrs: Vec<IpNet>,
+    /// The cluster pod network and the per-node prefix length.
+    pub pod_cidr_pool: Option<(IpNet, u8)>,
+    /// The cluster's pod supernets, guarded on the node whether or not every peer is known
+    /// (empty: the pool's network).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Where the node's ledger of outbound SAs lives (see [`Ledger`]); must survive reboots.
+    pub ledger_dir: PathBuf,
+    /// The tunnel dataplane's name (`xfrm`, `vpp`), published in the registration.
+    pub dataplane: String,
+    /// The node's network namespace.
+    pub netns: Netns,
+    /// Where the epoch, the last mesh and the status file live.
+    pub state_dir: PathBuf,
+    /// The cluster secret's file (named in the saved mesh file for `scrambler status`).
+    pub key_file: PathBuf,
+    /// Debounce quiet period.
+    pub debounce: Duration,
+    /// Longest a change waits for its reconcile.
+    pub max_delay: Duration,
+    /// Lease TTL (seconds).
+    pub lease_ttl: i64,
+    /// Retry interval while etcd is unreachable or a reconcile failed.
+    pub retry: Duration,
+    /// Full resync interval without any change (a missed watch event is caught up then,
+    /// and the status file stays fresh).
+    pub resync: Duration,
+}
+
+impl AgentConfig {
+    /// A config with defaults for the timers; the ledger is kept in the state dir.
+    pub fn new(node: &str, underlay: Vec<IpAddr>, state_dir: PathBuf, key_file: PathBuf) -> Self {
+        AgentConfig {
+            node: node.into(),
+            underlay,
+            id: None,
+            pod_cidrs: Vec::new(),
+            pod_cidr_pool: None,
+            cluster_cidrs: Vec::new(),
+            dataplane: "xfrm".into(),
+            netns: Netns::default(),
+            ledger_dir: state_dir.clone(),
+            state_dir,
+            key_file,
+            debounce: DEFAULT_DEBOUNCE,
+            max_delay: Duration::from_secs(2),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            retry: Duration::from_secs(1),
+            resync: DEFAULT_RESYNC,
+        }
+    }
+}
+
+enum Event {
+    Changed,
+    LeaseLost(i64),
+}
+
+/// One node's agent.
+pub struct Agent {
+    cfg: AgentConfig,
+    store: Store,
+    tunnel: Arc<dyn Tunnel>,
+    secret: ClusterSecret,
+    claim: Option<Claim>,
+    epoch: Option<Epoch>,
+    lease: Option<(i64, JoinHandle<()>)>,
+    registered: Option<(i64, NodeRecord)>,
+    mesh: Option<Mesh>,
+    status: AgentStatus,
+    wake_at: Option<Instant>,
+}
+
+impl Agent {
+    /// An agent for `cfg`, on `store`, driving `tunnel`.
+    pub fn new(
+        cfg: AgentConfig,
+        store: Store,
+        tunnel: Arc<dyn Tunnel>,
+        secret: ClusterSecret,
+    ) -> Result<Self> {
+        let mut cfg = cfg;
+        scrambler_core::mesh::check_node_name(&cfg.node)?;
+        if cfg.cluster_cidrs.is_empty() {
+            cfg.cluster_cidrs
+                .extend(cfg.pod_cidr_pool.map(|(net, _)| net));
+        }
+        if cfg.cluster_cidrs.is_empty() {
+            return Err(Error::config(format!(
+                "node {}: no cluster CIDRs: give the cluster's pod supernets \
+                 (--cluster-cidr) or a pod CIDR pool (--pod-cidr-pool)",
+                cfg.node
+            )));
+        }
+        if cfg.underlay.is_empty() {
+            return Err(Error::config(format!(
+                "node {}: no underlay address",
+                cfg.node
+            )));
+        }
+        let status = AgentStatus {
+            node: cfg.node.clone(),
+            id: None,
+            epoch: String::new(),
+            epoch_reused: false,
+            etcd_connected: false,
+            etcd_unreachable_since: None,
+            etcd_error: None,
+            registered: false,
+            rotation: None,
+            tx: None,
+            rx: Vec::new(),
+            peers: 0,
+            reconciles: 0,
+            last_reconcile: None,
+            sync_error: None,
+            last_report: None,
+            reconcile_error: None,
+            updated: now(),
+        };
+        Ok(Agent {
+            cfg,
+            store,
+            tunnel,
+            secret,
+            claim: None,
+            epoch: None,
+            lease: None,
+            registered: None,
+            mesh: None,
+            status,
+            wake_at: None,
+        })
+    }
+
+    /// Runs until `shutdown` completes. The lease is not revoked on the way out: a restart
+    /// within its TTL leaves the node in every mesh.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.start().await?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watch = spawn_watch(&self.store, tx.clone(), self.cfg.retry);
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel();
+        let forward = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(id) = lost_rx.recv().await {
+                    let _ = tx.send(Event::LeaseLost(id));
+                }
+            })
+        };
+        let mut deb = Debouncer::new(self.cfg.debounce, self.cfg.max_delay);
+        deb.poke_now(Instant::now());
+        tokio::pin!(shutdown);
+        loop {
+            let due = match (deb.deadline(), self.wake_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                ev = rx.recv() => match ev {
+                    Some(Event::Changed) => deb.poke(Instant::now()),
+                    Some(Event::LeaseLost(id)) => {
+                        if self.lease.as_ref().is_some_and(|(l, _)| *l == id) {
+                            self.lease = None;
+                            self.registered = None;
+                            deb.poke_now(Instant::now());
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    deb.fire();
+                    self.wake_at = None;
+                    self.sync(&lost_tx).await;
+                }
+            }
+        }
+        watch.abort();
+        forward.abort();
+        if let Some((_, t)) = self.lease.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    /// Before the loop: the state dir, the last mesh, the epoch; with the dataplane's SAs
+    /// still there, the last mesh is reconciled (fail static from the first second, and a
+    /// no-op on a healthy dataplane).
+    async fn start(&mut self) -> Result<()> {
+        create_private_dir(&self.cfg.state_dir)?;
+        let last = self.load_last_mesh();
+        let (e, reused) = epoch::choose(
+            &*self.tunnel,
+            &self.cfg.netns,
+            &self.cfg.state_dir,
+            last.as_ref(),
+        )
+        .await?;
+        self.epoch = Some(e);
+        self.status.epoch = e.to_string();
+        self.status.epoch_reused = reused;
+        tracing::info!(node = %self.cfg.node, epoch = %self.status.epoch, reused, "agent starting");
+        if reused {
+            if let Some(m) = last {
+                // the node's claim is in the last mesh: reuse it while etcd is away
+                self.claim = Some(Claim {
+                    id: m.local.id,
+                    pod_cidrs: m.local.pod_cidrs.clone(),
+                });
+                self.reconcile(m).await;
+            }
+        }
+        self.save_status();
+        Ok(())
+    }
+
+    fn load_last_mesh(&self) -> Option<Mesh> {
+        let p = self.cfg.state_dir.join(MESH_FILE);
+        if !p.exists() {
+            return None;
+        }
+        match MeshFile::load(&p).and_then(|mf| mf.mesh_for(&self.cfg.node)) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("ignoring the last mesh {}: {e}", p.display());
+                None
+            }
+        }
+    }
+
+    async fn sync(&mut self, lost: &mpsc::UnboundedSender<i64>) {
+        self.wake(Instant::now() + self.cfg.resync);
+        match self.try_sync(lost).await {
+            Ok(()) => self.status.sync_error = None,
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.node, "sync: {e}");
+                if is_etcd(&e) {
+                    self.etcd_down(&e);
+                } else {
+                    self.status.sync_error = Some(e.to_string());
+                }
+                self.retry_soon();
+            }
+        }
+        self.save_status();
+    }
+
+    async fn try_sync(&mut self, lost: &mpsc::UnboundedSender<i64>) -> Result<()> {
+        let snap = self.store.snapshot().await?;
+        self.etcd_up();
+        let claim = match &self.claim {
+            Some(c) if snap.claims.get(&self.cfg.node) == Some(c) => c.clone(),
+            _ => {
+                let c = claims::claim(&self.store, &self.claim_request()).await?;
+                self.claim = Some(c.clone());
+                c
+            }
+        };
+        self.status.id = Some(u32::from(claim.id));
+        let record = self.record(&claim);
+        let mut live: std::collections::BTreeSet<String> = snap.nodes.keys().cloned().collect();
+        live.insert(self.cfg.node.clone());
+        let (keys, phase) = rotation::desired(&snap.keys, &live, &snap.acks);
+        self.status.rotation = Some(phase.clone());
+        let mesh = registry::mesh_for(&record, &snap.nodes, &self.cfg.cluster_cidrs, keys)?;
+        if self.mesh.as_ref() != Some(&mesh) && !self.reconcile(mesh).await {
+            self.retry_soon();
+            return Ok(());
+        }
+        self.ensure_registered(&snap, record, lost).await?;
+        self.rotation_step(&snap, &phase).await
+    }
+
+    fn claim_request(&self) -> ClaimRequest {
+        ClaimRequest {
+            name: self.cfg.node.clone(),
+            id: self.cfg.id,
+            pod_cidrs: self.cfg.pod_cidrs.clone(),
+            pool: self.cfg.pod_cidr_pool,
+        }
+    }
+
+    fn record(&self, claim: &Claim) -> NodeRecord {
+        NodeRecord {
+            name: self.cfg.node.clone(),
+            id: claim.id,
+            underlay: self.cfg.underlay.clone(),
+            pod_cidrs: claim.pod_cidrs.clone(),
+            epoch: self.epoch.map_or(0, Epoch::get),
+            dataplane: self.cfg.dataplane.clone(),
+        }
+    }
+
+    /// Reconciles the tunnel to `mesh`; true when it succeeded (the mesh is then the
+    /// current one and saved).
+    async fn reconcile(&mut self, mesh: Mesh) -> bool {
+        let r = match self.admit(&mesh).await {
+            Ok(_ledger) => {
+                // the ledger's lock is held until the tunnel is done
+                self.tunnel
+                    .reconcile(&self.cfg.netns, &mesh, &self.secret)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        self.status.reconciles += 1;
+        match r {
+            Ok(rep) => {
+                tracing::info!(node = %self.cfg.node, peers = mesh.peers.len(), tx = mesh.keys.tx,
+                    added = rep.added, updated = rep.updated, removed = rep.removed, "reconciled");
+                self.status.last_reconcile = Some(now());
+                self.status.reconcile_error = None;
+                self.status.last_report = Some(rep.clone());
+                self.status.tx = Some(mesh.keys.tx);
+                self.status.rx = mesh.keys.rx.iter().copied().collect();
+                self.status.peers = mesh.peers.len();
+                if let Err(e) = self.save_mesh(&mesh) {
+                    tracing::warn!("saving the applied mesh: {e}");
+                }
+                self.mesh = Some(mesh);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.node, "reconcile failed, previous mesh kept: {e}");
+                self.status.reconcile_error = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// The node's ledger admits `mesh` (and records the outbound SAs it newly installs)
+    /// before the tunnel sees it; returned locked. A refused outbound SA makes the agent
+    /// take a new epoch, published with the next sync.
+    async fn admit(&mut self, mesh: &Mesh) -> Result<Ledger> {
+        let mut ledger = Ledger::open(&self.cfg.ledger_dir, &self.cfg.node)?;
+        let installed: BTreeSet<String> = if mesh
+            .peers
+            .iter()
+            .any(|p| ledger.contains(&OutboundSa::to_peer(mesh, p)))
+        {
+            let st = self.tunnel.status(&self.cfg.netns, mesh).await?;
+            st.peers
+                .into_iter()
+                .filter(|p| p.outbound)
+                .map(|p| p.name)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        match ledger.admit(mesh, |p| installed.contains(&p.name)) {
+            Ok(_) => Ok(ledger),
+            Err(Error::AlreadyExists { object, .. }) => {
+                let old = self.epoch;
+                let e = Epoch::generate(old)?;
+                epoch::save(&self.cfg.state_dir, e)?;
+                self.epoch = Some(e);
+                self.status.epoch = e.to_string();
+                self.status.epoch_reused = false;
+                self.retry_soon();
+                Err(Error::AlreadyExists {
+                    object,
+                    reason: format!(
+                        "it sent before (ledger {}) and is not in the dataplane now; never \
+                         installed twice: the node takes a new epoch ({e}) and re-keys every \
+                         pair with it",
+                        ledger.path().display()
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The applied mesh as a mesh file (`scrambler status --mesh <state dir>/mesh.json`).
+    fn save_mesh(&self, mesh: &Mesh) -> Result<()> {
+        let mf = MeshFile {
+            cluster: Cluster {
+                nodes: std::iter::once(mesh.local.clone())
+                    .chain(mesh.peers.iter().cloned())
+                    .collect(),
+                keys: mesh.keys.clone(),
+                cluster_cidrs: mesh.cluster_cidrs.clone(),
+            },
+            key_file: self.cfg.key_file.clone(),
+        };
+        let j = serde_json::to_vec_pretty(&mf).map_err(|e| Error::decode("mesh file", e))?;
+        crate::status::write_atomic(&self.cfg.state_dir.join(MESH_FILE), &j, 0o600)
+    }
+
+    async fn ensure_registered(
+        &mut self,
+        snap: &Snapshot,
+        record: NodeRecord,
+        lost: &mpsc::UnboundedSender<i64>,
+    ) -> Result<()> {
+        let id = match &self.lease {
+            Some((id, _)) => *id,
+            None => {
+                let id = lease::grant(&self.store, self.cfg.lease_ttl).await?;
+                let t = lease::keep_alive(&self.store, id, self.cfg.lease_ttl, lost.clone());
+                self.lease = Some((id, t));
+                id
+            }
+        };
+        let current = self.registered.as_ref() == Some(&(id, record.clone()))
+            && snap.nodes.get(&self.cfg.node) == Some(&record);
+        if !current {
+            if let Err(e) = self.store.register(&record, id).await {
+                // most likely the lease expired under us: start over with a new one
+                if let Some((_, t)) = self.lease.take() {
+                    t.abort();
+                }
+                self.registered = None;
+                self.status.registered = false;
+                return Err(e);
+            }
+            tracing::info!(node = %record.name, id = %record.id, lease = id, "registered");
+            self.registered = Some((id, record));
+        }
+        self.status.registered = true;
+        Ok(())
+    }
+
+    async fn rotation_step(&mut self, snap: &Snapshot, phase: &Phase) -> Result<()> {
+        let Some(programmed) = self.mesh.as_ref().map(|m| m.keys.clone()) else {
+            return Ok(());
+        };
+        let now = now();
+        match rotation::step(
+            &snap.keys,
+            &self.cfg.node,
+            &programmed,
+            &snap.acks,
+            phase,
+            now,
+        ) {
+            Step::None => {}
+            Step::Ack(g) => {
+                if let Some((lease, _)) = &self.lease {
+                    self.store.ack(g, &self.cfg.node, *lease).await?;
+                    tracing::info!(node = %self.cfg.node, generation = g, "acknowledged inbound SAs");
+                }
+            }
+            Step::RecordSwitch(ks) => {
+                if self.store.swap_keys(snap.keys_revision, &ks).await? {
+                    tracing::info!(next = ?ks.next, "every live node acknowledged: switch recorded");
+                }
+            }
+            Step::Retire(ks) => {
+                if let Some(next) = snap.keys.next {
+                    if self.store.retire(snap.keys_revision, &ks, next).await? {
+                        tracing::info!(generation = ks.current, "old generation retired");
+                    }
+                }
+            }
+        }
+        if let Phase::Switched {
+            retire_at: Some(t), ..
+        } = phase
+        {
+            let wait = Duration::from_secs(t.saturating_sub(now)) + Duration::from_millis(50);
+            self.wake(Instant::now() + wait);
+        }
+        Ok(())
+    }
+
+    fn wake(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    fn retry_soon(&mut self) {
+        self.wake(Instant::now() + self.cfg.retry);
+    }
+
+    fn etcd_up(&mut self) {
+        if !self.status.etcd_connected {
+            tracing::info!(node = %self.cfg.node, "etcd reachable");
+        }
+        self.status.etcd_connected = true;
+        self.status.etcd_unreachable_since = None;
+        self.status.etcd_error = None;
+    }
+
+    fn etcd_down(&mut self, e: &Error) {
+        if self.status.etcd_connected || self.status.etcd_unreachable_since.is_none() {
+            tracing::warn!(node = %self.cfg.node, "etcd unreachable, keeping the last mesh: {e}");
+            self.status.etcd_unreachable_since = Some(now());
+        }
+        self.status.etcd_connected = false;
+        self.status.etcd_error = Some(e.to_string());
+    }
+
+    fn save_status(&mut self) {
+        self.status.updated = now();
+        if let Err(e) = self.status.save(&self.cfg.state_dir) {
+            tracing::warn!("writing the agent status: {e}");
+        }
+    }
+}
+
+fn is_etcd(e: &Error) -> bool {
+    matches!(e, Error::Dataplane { dataplane, .. } if dataplane == "etcd")
+}
+
+/// Watches the prefix; every change (and every reconnect, which may have missed some) is
+/// an [`Event::Changed`]. Reconnects on its own after `retry`.
+fn spawn_watch(store: &Store, tx: mpsc::UnboundedSender<Event>, retry: Duration) -> JoinHandle<()> {
+    let mut client = store.client();
+    let root = store.layout().root();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((_watcher, mut stream)) = client
+                .watch(root.clone(), Some(WatchOptions::new().with_prefix()))
+                .await
+            {
+                // events may have been missed while the watch was down
+                if tx.send(Event::Changed).is_err() {
+                    return;
+                }
+                while let Ok(Some(r)) = stream.message().await {
+                    if r.canceled() {
+                        break;
+                    }
+                    if !r.events().is_empty() && tx.send(Event::Changed).is_err() {
+                        return;
+                    }
+                }
+            }
+            if tx.send(Event::Changed).is_err() {
+                return;
+            }
+            tokio::time::sleep(retry).await;
+        }
+    })
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("create state dir", dir.display(), e))
+}
+
+/// Unix time in seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

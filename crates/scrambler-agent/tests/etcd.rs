@@ -1,0 +1,540 @@
+//! The agent against a real etcd-server (Debian's etcd-server; scripts/install-deps.sh
+//! test installs it): started by each test on 127.0.0.1, random ports, temporary data dir.
+
+mod common;
+
+use common::*;
+use etcd_client::PutOptions;
+use scrambler_agent::claims::{self, ClaimRequest};
+use scrambler_agent::status::AgentStatus;
+use scrambler_agent::{rotation, NodeRecord};
+use scrambler_core::{Error, NodeId};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn status(state: &std::path::Path, node: &str) -> Option<AgentStatus> {
+    AgentStatus::load(&AgentStatus::path(&state.join(node))).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_register_under_a_lease_and_see_each_other() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    eventually(10, "b sees a", || tb.peer_names() == ["a"]).await;
+
+    // the registration: public fields only, under a lease
+    let mut c = store(&etcd).await.client();
+    let r = c.get("/scrambler/nodes/a", None).await.unwrap();
+    let kv = &r.kvs()[0];
+    assert_ne!(kv.lease(), 0, "registration is not under a lease");
+    let rec = NodeRecord::decode("/scrambler/nodes/a", kv.value()).unwrap();
+    assert_eq!(
+        rec.underlay,
+        vec!["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_ne!(rec.epoch, 0);
+    let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+    let fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(fields.len(), 6, "{fields:?}");
+    // ids and pod CIDRs claimed, distinct
+    let (ma, mb) = (ta.mesh().unwrap(), tb.mesh().unwrap());
+    assert_ne!(ma.local.id, mb.local.id);
+    assert_ne!(ma.local.pod_cidrs, mb.local.pod_cidrs);
+    assert_eq!(ma.peers[0], mb.local);
+    // the epoch file is private
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.path().join("a/epoch"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let st = status(state.path(), "a").unwrap();
+    assert!(st.etcd_connected && st.registered, "{st:?}");
+    assert_eq!(st.epoch, format!("{:016x}", rec.epoch));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_removes_the_node_from_peers_but_keeps_its_claim() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    let b_claim = tb.mesh().unwrap().local;
+    b.stop().await; // no revoke: its 2 s lease runs out
+    let t = Instant::now();
+    eventually(10, "b leaves a's mesh", || ta.peer_names().is_empty()).await;
+    println!(
+        "b left a's mesh {:?} after its agent stopped (lease TTL 2 s)",
+        t.elapsed()
+    );
+    // the claim outlives the lease: b comes back with the same id and pod CIDR
+    let store = store(&etcd).await;
+    let c = claims::existing(&store, "b").await.unwrap().unwrap();
+    assert_eq!(
+        (c.id, c.pod_cidrs.clone()),
+        (b_claim.id, b_claim.pod_cidrs.clone())
+    );
+    let tb2 = FakeTunnel::new("b", None);
+    let b = spawn(&etcd, config("b", 2, state.path()), tb2.clone()).await;
+    eventually(10, "b is back in a's mesh", || ta.peer_names() == ["b"]).await;
+    assert_eq!(ta.mesh().unwrap().peers[0].id, b_claim.id);
+    // an explicit deletion releases the claims
+    b.stop().await;
+    claims::release(&store, "b").await.unwrap().unwrap();
+    assert!(claims::existing(&store, "b").await.unwrap().is_none());
+    eventually(10, "deleted b leaves a's mesh", || {
+        ta.peer_names().is_empty()
+    })
+    .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_claimers_never_collide() {
+    let etcd = Etcd::start();
+    let store = store(&etcd).await;
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let req = ClaimRequest {
+                    name: format!("n{i}"),
+                    id: None,
+                    pod_cidrs: vec![],
+                    pool: Some(("10.244.0.0/16".parse().unwrap(), 24)),
+                };
+                claims::claim(&store, &req).await.unwrap()
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    println!("20 concurrent claims in {:?}", t.elapsed());
+    let ids: HashSet<_> = got.iter().map(|c| c.id).collect();
+    let cidrs: HashSet<_> = got.iter().flat_map(|c| c.pod_cidrs.clone()).collect();
+    assert_eq!((ids.len(), cidrs.len()), (20, 20), "{got:?}");
+    // claiming again returns the same claim
+    let again = claims::claim(
+        &store,
+        &ClaimRequest {
+            name: "n3".into(),
+            id: None,
+            pod_cidrs: vec![],
+            pool: Some(("10.244.0.0/16".parse().unwrap(), 24)),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, got[3]);
+    // a fixed id or CIDR someone holds is refused, naming the holder
+    let e = claims::claim(
+        &store,
+        &ClaimRequest {
+            name: "x".into(),
+            id: Some(got[5].id),
+            pod_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
+            pool: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::AlreadyExists { .. }) && e.to_string().contains("\"n5\""),
+        "{e}"
+    );
+    let e = claims::claim(
+        &store,
+        &ClaimRequest {
+            name: "y".into(),
+            id: Some(NodeId::new(4000).unwrap()),
+            pod_cidrs: vec![got[7].pod_cidrs[0]],
+            pool: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("\"n7\""), "{e}");
+    // releasing frees both for someone else
+    claims::release(&store, "n5").await.unwrap();
+    let c = claims::claim(
+        &store,
+        &ClaimRequest {
+            name: "x".into(),
+            id: Some(got[5].id),
+            pod_cidrs: got[5].pod_cidrs.clone(),
+            pool: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.id, got[5].id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100_registrations_costs_a_few_reconciles() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let ta = FakeTunnel::new("a", None);
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a registered", || {
+        status(state.path(), "a").is_some_and(|s| s.registered)
+    })
+    .await;
+    let before = ta.reconciles();
+    let store = store(&etcd).await;
+    let mut c = store.client();
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    let t = Instant::now();
+    let writes: Vec<_> = (0..100u32)
+        .map(|i| {
+            let mut c = store.client();
+            tokio::spawn(async move {
+                let r = NodeRecord {
+                    name: format!("n{i}"),
+                    id: NodeId::new(1000 + i).unwrap(),
+                    underlay: vec![format!("198.51.{}.{}", i / 200, 1 + i % 200)
+                        .parse()
+                        .unwrap()],
+                    pod_cidrs: vec![format!("10.244.{}.0/24", 100 + i).parse().unwrap()],
+                    epoch: 0x1000 + u64::from(i),
+                    dataplane: "xfrm".into(),
+                };
+                c.put(
+                    format!("/scrambler/nodes/n{i}"),
+                    r.to_json(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .unwrap();
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap();
+    }
+    eventually(15, "a sees all 100", || ta.peer_names().len() == 100).await;
+    let n = ta.reconciles() - before;
+    println!(
+        "100 registrations → {n} reconciles on a, converged in {:?}",
+        t.elapsed()
+    );
+    assert!(n <= 5, "100 registrations cost {n} reconciles");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_switches_outbound_only_after_every_live_node_acknowledged() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let names = ["a", "b", "c"];
+    let tunnels: Vec<_> = names
+        .iter()
+        .map(|n| FakeTunnel::new(n, Some(log.clone())))
+        .collect();
+    let mut agents = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        agents.push(
+            spawn(
+                &etcd,
+                config(n, i as u8 + 1, state.path()),
+                tunnels[i].clone(),
+            )
+            .await,
+        );
+    }
+    eventually(10, "full mesh", || {
+        tunnels.iter().all(|t| t.peer_names().len() == 2)
+    })
+    .await;
+    // c cannot install generation 2 yet
+    tunnels[2]
+        .refuse_new_generation
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = store(&etcd).await;
+    let snap = store.snapshot().await.unwrap();
+    let ks = rotation::begin(&snap.keys, 1).unwrap();
+    assert!(store.swap_keys(snap.keys_revision, &ks).await.unwrap());
+    eventually(10, "a and b install generation 2 inbound", || {
+        tunnels[..2]
+            .iter()
+            .all(|t| t.mesh().unwrap().keys.rx.len() == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for t in &tunnels {
+        assert_eq!(
+            t.mesh().unwrap().keys.tx,
+            1,
+            "{} switched before c acknowledged",
+            t.name
+        );
+    }
+    let st = status(state.path(), "a").unwrap();
+    assert!(
+        matches!(&st.rotation, Some(rotation::Phase::Installing { waiting_for, .. }) if waiting_for == &["c"]),
+        "{st:?}"
+    );
+    tunnels[2]
+        .refuse_new_generation
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "everyone sends with 2", || {
+        tunnels.iter().all(|t| t.mesh().unwrap().keys.tx == 2)
+    })
+    .await;
+    eventually(10, "generation 1 retired after the grace", || {
+        tunnels
+            .iter()
+            .all(|t| t.mesh().unwrap().keys.rx.iter().eq([&2]))
+    })
+    .await;
+    // order on the shared log: the first outbound switch comes after the last node
+    // installed generation 2 inbound, and no node dropped 1 before every node sent with 2
+    let log = log.lock().unwrap().clone();
+    let first = |f: &dyn Fn(&Logged) -> bool, node: &str| {
+        log.iter()
+            .find(|l| l.node == node && f(l))
+            .map(|l| l.at)
+            .unwrap()
+    };
+    let last_inbound = names
+        .iter()
+        .map(|n| first(&|l| l.mesh.keys.rx.contains(&2), n))
+        .max()
+        .unwrap();
+    let first_switch = names
+        .iter()
+        .map(|n| first(&|l| l.mesh.keys.tx == 2, n))
+        .min()
+        .unwrap();
+    let last_switch = names
+        .iter()
+        .map(|n| first(&|l| l.mesh.keys.tx == 2, n))
+        .max()
+        .unwrap();
+    let first_retire = names
+        .iter()
+        .map(|n| first(&|l| !l.mesh.keys.rx.contains(&1), n))
+        .min()
+        .unwrap();
+    assert!(
+        last_inbound < first_switch,
+        "a node switched before every node had the inbound SAs"
+    );
+    assert!(
+        last_switch < first_retire,
+        "generation 1 retired before every node switched"
+    );
+    let done = store.snapshot().await.unwrap();
+    assert_eq!((done.keys.current, done.keys.next), (2, None));
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_keeps_the_mesh_and_the_agent_catches_up_on_reconnect() {
+    let mut etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    let mesh = ta.mesh().unwrap();
+    let before = ta.reconciles();
+    etcd.stop();
+    eventually(15, "a says etcd is unreachable", || {
+        status(state.path(), "a")
+            .is_some_and(|s| !s.etcd_connected && s.etcd_unreachable_since.is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // longer than the lease TTL
+    assert_eq!(
+        ta.mesh().unwrap(),
+        mesh,
+        "the mesh changed while etcd was down"
+    );
+    assert_eq!(ta.reconciles(), before, "a reconciled while etcd was down");
+    let text = status(state.path(), "a").unwrap().to_lines(agent_now());
+    assert!(
+        text.contains("etcd UNREACHABLE") && text.contains("fail static"),
+        "{text}"
+    );
+    etcd.restart();
+    eventually(20, "a reconnects", || {
+        status(state.path(), "a").is_some_and(|s| s.etcd_connected && s.registered)
+    })
+    .await;
+    // a new node joins after the outage: a catches up with one reconcile, no rebuild
+    let tc = FakeTunnel::new("c", None);
+    let c = spawn(&etcd, config("c", 3, state.path()), tc.clone()).await;
+    eventually(15, "a sees c", || ta.peer_names() == ["b", "c"]).await;
+    let after = ta.applied.lock().unwrap()[before..].to_vec();
+    assert!(after.len() <= 2, "{} reconciles to catch up", after.len());
+    assert_eq!(
+        after.last().unwrap().peers[0],
+        mesh.peers[0],
+        "b changed in a's mesh"
+    );
+    for x in [a, b, c] {
+        x.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_keeps_its_epoch_and_a_flushed_dataplane_gets_a_new_one() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    let store = store(&etcd).await;
+    let epoch_of = |s: scrambler_agent::Snapshot| s.nodes["a"].epoch;
+    let e1 = epoch_of(store.snapshot().await.unwrap());
+    let mesh = ta.mesh().unwrap();
+    a.stop().await;
+    let before = ta.reconciles();
+    // restart on a dataplane that kept its SAs: same epoch, same mesh
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a re-registered", || {
+        status(state.path(), "a").is_some_and(|s| s.registered && s.epoch_reused)
+    })
+    .await;
+    assert_eq!(epoch_of(store.snapshot().await.unwrap()), e1);
+    // whatever the restarted agent reconciled is the mesh the dataplane already had
+    assert!(ta.applied.lock().unwrap()[before..]
+        .iter()
+        .all(|m| m == &mesh));
+    assert_eq!(ta.mesh().unwrap(), mesh);
+    a.stop().await;
+    // a dataplane that kept its inbound SAs but lost the outbound one: the epoch is reused
+    // at first, the ledger refuses to install that outbound SA again, the agent takes a
+    // new epoch, and b re-keys with it; nothing is ever reconciled under e1 again
+    ta.lose_outbound
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = ta.reconciles();
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "b sees a's new epoch", || {
+        tb.mesh()
+            .and_then(|m| m.peer("a").map(|p| p.epoch.get()))
+            .is_some_and(|e| e != e1)
+    })
+    .await;
+    let e3 = epoch_of(store.snapshot().await.unwrap());
+    assert_ne!(e3, e1);
+    let after: Vec<scrambler_core::Mesh> = ta.applied.lock().unwrap()[before..].to_vec();
+    assert!(!after.is_empty(), "a reconciled with its new epoch");
+    assert!(
+        after.iter().all(|m| m.local.epoch.get() == e3),
+        "reconciled under the old epoch: {after:?}"
+    );
+    assert!(status(state.path(), "a").is_some_and(|s| !s.epoch_reused));
+    a.stop().await;
+    let e1 = e3;
+    // a flushed dataplane (reboot): new epoch, published
+    use scrambler_core::Tunnel;
+    ta.remove(&scrambler_core::Netns::default()).await.unwrap();
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a publishes a new epoch", || {
+        tb.mesh()
+            .and_then(|m| m.peer("a").map(|p| p.epoch.get()))
+            .is_some_and(|e| e != e1)
+    })
+    .await;
+    assert!(status(state.path(), "a").is_some_and(|s| s.registered && !s.epoch_reused));
+    let e2 = epoch_of(store.snapshot().await.unwrap());
+    assert_ne!(e1, e2);
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("a/epoch"))
+            .unwrap()
+            .trim(),
+        format!("{e2:016x}")
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+fn agent_now() -> u64 {
+    scrambler_agent::agent::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reach_etcd_over_tls_with_a_client_certificate() {
+    let (etcd, tls) = Etcd::start_tls();
+    let mut cfg = etcd_config(&etcd);
+    assert!(cfg.endpoints[0].starts_with("https://"));
+    cfg.ca = Some(tls.ca.clone());
+    cfg.cert = Some(tls.client_cert.clone());
+    cfg.key = Some(tls.client_key.clone());
+    let s = scrambler_agent::Store::connect(&cfg).await.unwrap();
+    let c = claims::claim(
+        &s,
+        &ClaimRequest {
+            name: "n1".into(),
+            id: None,
+            pod_cidrs: vec![],
+            pool: Some(("10.244.0.0/16".parse().unwrap(), 24)),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.snapshot().await.unwrap().claims["n1"], c);
+    // without the client certificate etcd refuses us
+    let mut no_cert = cfg.clone();
+    no_cert.cert = None;
+    no_cert.key = None;
+    let s = scrambler_agent::Store::connect(&no_cert).await.unwrap();
+    let e = s.snapshot().await.unwrap_err();
+    assert!(e.to_string().contains("etcd"), "{e}");
+    // TLS files with a plain-text endpoint, or half a client identity: refused up front
+    let mut plain = cfg.clone();
+    plain.endpoints = vec![etcd.endpoint().replace("https", "http")];
+    let e = scrambler_agent::Store::connect(&plain).await.err().unwrap();
+    assert!(e.to_string().contains("not https://"), "{e}");
+    let mut half = cfg.clone();
+    half.key = None;
+    let e = scrambler_agent::Store::connect(&half).await.err().unwrap();
+    assert!(e.to_string().contains("both"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_asking_for_a_taken_id_says_so_and_stays_out() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let ta = FakeTunnel::new("a", None);
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a registered", || {
+        status(state.path(), "a").is_some_and(|s| s.registered)
+    })
+    .await;
+    let a_id = ta.mesh().unwrap().local.id;
+    let mut cfg = config("x", 9, state.path());
+    cfg.id = Some(a_id);
+    let tx = FakeTunnel::new("x", None);
+    let x = spawn(&etcd, cfg, tx.clone()).await;
+    eventually(10, "x reports the refused claim", || {
+        status(state.path(), "x")
+            .and_then(|s| s.sync_error)
+            .is_some_and(|e| e.contains("claimed by node \"a\""))
+    })
+    .await;
+    assert_eq!(tx.reconciles(), 0, "x programmed a mesh without a claim");
+    assert!(ta.peer_names().is_empty(), "x joined a's mesh");
+    let text = status(state.path(), "x").unwrap().to_lines(agent_now());
+    assert!(text.contains("cannot join the cluster"), "{text}");
+    x.stop().await;
+    a.stop().await;
+}
