@@ -29,7 +29,7 @@ use crate::{epoch, lease};
 use etcd_client::WatchOptions;
 use ipnet::IpNet;
 use scrambler_core::{
-    Cluster, ClusterSecret, Epoch, Error, Ledger, Mesh, MeshFile, Netns, NodeId, OutboundSa,
+    Cluster, ClusterSecret, Epoch, Error, Keys, Ledger, Mesh, MeshFile, Netns, NodeId, OutboundSa,
     Result, Tunnel,
 };
 use std::collections::BTreeSet;
@@ -249,7 +249,9 @@ impl Agent {
 
     /// Before the loop: the state dir, the last mesh, the epoch; with the dataplane's SAs
     /// still there, the last mesh is reconciled (fail static from the first second, and a
-    /// no-op on a healthy dataplane).
+    /// no-op on a healthy dataplane). A dataplane that starts over (reboot, VPP restart)
+    /// gets the guard at once: the node alone, with its new epoch and no peers, before
+    /// etcd is even asked, so pods never reach the cluster CIDRs in cleartext.
     async fn start(&mut self) -> Result<()> {
         create_private_dir(&self.cfg.state_dir)?;
         let last = self.load_last_mesh();
@@ -273,9 +275,55 @@ impl Agent {
                 });
                 self.reconcile(m).await;
             }
+        } else if let Some(alone) = self.guard_only_mesh(last.as_ref(), e) {
+            self.reconcile(alone).await;
         }
         self.save_status();
         Ok(())
+    }
+
+    /// The node alone (no peers) with `epoch`: the guard for the cluster CIDRs and the
+    /// bypass for its own pod CIDRs. Needs the node's id and pod CIDRs, from the last mesh
+    /// or fixed by the config; a node that claims them from etcd on its very first start
+    /// gets the guard with its first sync.
+    fn guard_only_mesh(&self, last: Option<&Mesh>, epoch: Epoch) -> Option<Mesh> {
+        let (id, pod_cidrs) = match (last, self.cfg.id) {
+            (Some(m), _) => (m.local.id, m.local.pod_cidrs.clone()),
+            (None, Some(id)) if !self.cfg.pod_cidrs.is_empty() => (id, self.cfg.pod_cidrs.clone()),
+            _ => return None,
+        };
+        Some(Mesh {
+            local: scrambler_core::Node {
+                name: self.cfg.node.clone(),
+                id,
+                epoch,
+                underlay: self.cfg.underlay.clone(),
+                pod_cidrs,
+            },
+            peers: Vec::new(),
+            // no peers, no SAs: the generation only has to pass the ledger
+            keys: last.map(|m| m.keys.clone()).unwrap_or_else(|| {
+                let sent = Ledger::open(&self.cfg.ledger_dir, &self.cfg.node)
+                    .ok()
+                    .and_then(|l| l.generation());
+                Keys::single(sent.unwrap_or(1))
+            }),
+            cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+        })
+    }
+
+    /// True when the dataplane holds `mesh` as it should: guarded and every peer up. A
+    /// dataplane changed under the agent (a VPP restart, a flush, a lost SA) is
+    /// reconciled on the next sync even when etcd did not change; a lost outbound SA then
+    /// meets the ledger, and the node takes a new epoch.
+    async fn dataplane_healthy(&self, mesh: &Mesh) -> bool {
+        match self.tunnel.status(&self.cfg.netns, mesh).await {
+            Ok(st) => st.fail_closed && st.peers.iter().all(|p| p.is_up()),
+            Err(e) => {
+                tracing::warn!(node = %self.cfg.node, "reading the dataplane's status: {e}");
+                false
+            }
+        }
     }
 
     fn load_last_mesh(&self) -> Option<Mesh> {
@@ -327,7 +375,8 @@ impl Agent {
         let (keys, phase) = rotation::desired(&snap.keys, &live, &snap.acks);
         self.status.rotation = Some(phase.clone());
         let mesh = registry::mesh_for(&record, &snap.nodes, &self.cfg.cluster_cidrs, keys)?;
-        if self.mesh.as_ref() != Some(&mesh) && !self.reconcile(mesh).await {
+        let in_place = self.mesh.as_ref() == Some(&mesh) && self.dataplane_healthy(&mesh).await;
+        if !in_place && !self.reconcile(mesh).await {
             self.retry_soon();
             return Ok(());
         }

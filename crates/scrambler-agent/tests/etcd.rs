@@ -538,3 +538,58 @@ async fn an_agent_asking_for_a_taken_id_says_so_and_stays_out() {
     x.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebooted_node_is_guarded_before_etcd_answers() {
+    let mut etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    let before = ta.mesh().unwrap();
+    a.stop().await;
+    b.stop().await;
+    // the node reboots (dataplane empty) and etcd does not answer
+    use scrambler_core::Tunnel;
+    ta.remove(&scrambler_core::Netns::default()).await.unwrap();
+    etcd.stop();
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a guards its dataplane", || ta.mesh().is_some()).await;
+    let alone = ta.mesh().unwrap();
+    assert!(alone.peers.is_empty(), "{alone:?}");
+    assert_eq!(alone.cluster_cidrs, before.cluster_cidrs);
+    assert_eq!(alone.local.pod_cidrs, before.local.pod_cidrs);
+    assert_ne!(
+        alone.local.epoch, before.local.epoch,
+        "a new epoch after a reboot"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_flushed_under_a_running_agent_is_repaired_with_a_new_epoch() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let mut ca = config("a", 1, state.path());
+    ca.resync = Duration::from_secs(1);
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    let e1 = ta.mesh().unwrap().local.epoch;
+    // flushed behind the agent's back; nothing changes in etcd
+    use scrambler_core::Tunnel;
+    ta.remove(&scrambler_core::Netns::default()).await.unwrap();
+    eventually(10, "a re-keys with b under a new epoch", || {
+        ta.mesh()
+            .is_some_and(|m| m.local.epoch != e1 && m.peer("b").is_some())
+            && tb
+                .mesh()
+                .and_then(|m| m.peer("a").map(|p| p.epoch))
+                .is_some_and(|e| e != e1)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

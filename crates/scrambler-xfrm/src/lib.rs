@@ -71,9 +71,11 @@
 //! * the agent being down changes nothing: everything lives in the kernel, with no
 //!   lifetimes;
 //! * **an outbound state lost** while its generation is live (deleted behind our back)
-//!   is *not* re-created, and one whose attributes changed (e.g. the local underlay
-//!   address) is deleted, *not* replaced: the same key with restarted sequence numbers
-//!   would reuse AES-GCM nonces. Traffic to that peer stays dropped, `status` reports
+//!   is *not* re-created, and one whose attributes changed under the same key (e.g. the
+//!   local underlay address) is left as it is, *not* replaced: the same key with
+//!   restarted sequence numbers would reuse AES-GCM nonces, and the state left in place
+//!   keeps proving that the key has sent (one under other key material is replaced: a
+//!   new key starts its own sequence). Traffic to that peer stays dropped, `status` reports
 //!   [`LOST_OUTBOUND`], and a new epoch for the node (or [`rotate`] to a new generation)
 //!   repairs it. A node whose states vanished entirely (a reboot, a flush) cannot tell
 //!   from its dataplane: it comes back with a new epoch, so every key it installs is new,
@@ -93,8 +95,8 @@
 //! ## Reconcile
 //! Dump policies and states of the namespace, diff against the plan, then send adds,
 //! in-place updates (`XFRM_MSG_UPDPOLICY`; inbound states, whose keys cannot change in
-//! place, are deleted and re-added; a changed outbound state is deleted and left lost, see
-//! Fail closed) and deletes pipelined on one socket, checking every ACK. A
+//! place, are deleted and re-added; an outbound state changed under the same key is left
+//! in place and its peer reported lost, see Fail closed) and deletes pipelined on one socket, checking every ACK. A
 //! second reconcile is a no-op; adding or removing one peer costs that peer's requests.
 //!
 //! ## Rotation
