@@ -332,4 +332,31 @@ async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove(
         leaks.contains("ICMP echo request"),
         "the control leak did not show:\n{leaks}"
     );
+    // a route of someone else's on the cluster CIDR itself: reconcile refuses before it
+    // changes anything, and the route stays as it was
+    t.a.vppctl(&[
+        "ip",
+        "route",
+        "add",
+        "10.0.0.0/12",
+        "via",
+        "192.0.2.2",
+        "host-ul0",
+    ]);
+    let err =
+        t.dp.reconcile(&na, &t.mesh("a"), &t.secret)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, scrambler_core::Error::AlreadyExists { .. })
+            && err.to_string().contains("10.0.0.0/12"),
+        "{err}"
+    );
+    let fib = t.a.vppctl(&["show", "ip", "fib", "10.0.0.0/12"]);
+    assert!(
+        fib.contains("10.0.0.0/12") && fib.contains("192.0.2.2") && !fib.contains("dpo-drop"),
+        "{fib}"
+    );
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.peers.iter().all(|p| !p.is_up()), "{st:?}");
 }

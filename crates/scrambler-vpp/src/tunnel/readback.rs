@@ -28,6 +28,8 @@ pub(super) struct OwnedState {
     pub(super) protects: HashMap<u32, (u32, BTreeSet<u32>)>,
     /// owned routes (marked paths, or paths via an owned tunnel): prefix -> where they lead
     pub(super) routes: BTreeMap<IpNet, OwnedRoute>,
+    /// prefixes of table 0 held by routes that are not ours (an operator's, another agent's)
+    pub(super) foreign_routes: BTreeSet<IpNet>,
 }
 
 /// Where an owned route leads.
@@ -118,10 +120,14 @@ impl OwnedState {
                     || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
                         && ours.contains(&p.sw_if_index))
             });
-            if owned {
-                if let Some(p) = r.route.prefix.to_ipnet() {
+            match r.route.prefix.to_ipnet() {
+                Some(p) if owned => {
                     a.routes.insert(p, OwnedRoute::of(&r.route.paths));
                 }
+                Some(p) => {
+                    a.foreign_routes.insert(p);
+                }
+                None => {}
             }
         }
         Ok(a)

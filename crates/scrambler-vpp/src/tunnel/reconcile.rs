@@ -32,6 +32,14 @@ pub(super) async fn reconcile_all(
     // the cluster guard first: a drop route per cluster CIDR, so that a removed peer's
     // pod CIDR (its route going stale below) falls to drop, not to a default route
     let guard = guard_routes(mesh);
+    if let Some(g) = guard.iter().find(|g| have.foreign_routes.contains(*g)) {
+        return Err(Error::AlreadyExists {
+            object: format!("VPP route {g} (a cluster CIDR)"),
+            reason: "a route Scrambler did not make holds the prefix of the cluster guard; \
+                     Scrambler does not touch it: remove it, or change clusterCidrs"
+                .into(),
+        });
+    }
     let mut steer = Vec::new();
     for g in &guard {
         match have.routes.get(g) {
