@@ -6,8 +6,9 @@
 //! secret's [`KeyId`] (a fingerprint that reveals nothing of it, [`ClusterSecret::key_id`]):
 //! the same input under another secret is another key, and the same key can come back
 //! when the secret does (a mesh file's `keyFile` pointed at a wrong secret, then fixed).
-//! An outbound SA installed a second time under the same secret and input starts its sequence numbers (the AES-GCM IV counter) again from 1 under a key that has
-//! already sent: nonce reuse. The dataplane cannot tell after a reset (reboot, VPP restart,
+//! An outbound SA installed a second time under the same secret and input starts its
+//! sequence numbers (the AES-GCM IV counter) again from 1 under a key that has already
+//! sent: nonce reuse. The dataplane cannot tell after a reset (reboot, VPP restart,
 //! `mesh remove`) that an SA it no longer has ever existed; the ledger can, because it
 //! lives on disk (default [`DEFAULT_DIR`], `/var/lib/scrambler`, not `/run`).
 //!
@@ -21,15 +22,15 @@
 //!   apply); otherwise — its dataplane was reset, the SA was lost, or it was replaced
 //!   since, e.g. by the SA of the same input under another secret (the dataplane's status
 //!   compares SPIs only, and a reconcile replaces an SA whose key changed) — the whole
-//!   apply is refused with an error saying what to do: a new epoch for the node (or a key rotation, which gets past the
-//!   refusal at its switch phase);
+//!   apply is refused with an error saying what to do: a new epoch for the node (or a key
+//!   rotation, which gets past the refusal at its switch phase);
 //! * new ones are written to the ledger *before* they are installed (atomic replace and
 //!   `fsync` of file and directory), so a crash between the two errs on the safe side.
 //!
 //! The ledger keeps only what can still be asked for: SAs of the current local epoch and
 //! the highest generation (older ones are refused by the two rules above), and the list of
-//! the node's epochs. It holds no key material: ids, epochs and generations only. One file
-//! per node name, `<dir>/<node>.ledger.json` (mode 0600, directory 0700), locked
+//! the node's epochs. It holds no key material: ids, epochs, generations and key ids
+//! (which reveal nothing of the secret, see [`crate::keys`]) only. One file per node name, `<dir>/<node>.ledger.json` (mode 0600, directory 0700), locked
 //! (`flock`) for as long as the [`Ledger`] lives, so two applies on one node take turns.
 //!
 //! File format (version 2):
@@ -48,8 +49,8 @@
 //! stands for an unknown secret: such an SA counts as recorded under *every* secret and is
 //! never the last one of its peer, so the first apply under the node's current epoch is
 //! refused and the node needs a new epoch once (an agent takes one by itself; for
-//! `scrambler mesh apply`, `scrambler mesh epoch`). The file is written back as version 2,
-//! which an older scrambler refuses to read rather than misread.
+//! `scrambler mesh apply`, `scrambler mesh epoch`). The file is written back as version 2 at
+//! its next change, which an older scrambler refuses to read rather than misread.
 //!
 //! Both the node tool (`scrambler mesh apply`) and an embedding agent use it the same way:
 //! open, `admit` with what the dataplane's status says is installed, reconcile, drop.
