@@ -446,10 +446,11 @@ impl Agent {
     /// take a new epoch, published with the next sync.
     async fn admit(&mut self, mesh: &Mesh) -> Result<Ledger> {
         let mut ledger = Ledger::open(&self.cfg.ledger_dir, &self.cfg.node)?;
+        let key_id = self.secret.key_id();
         let installed: BTreeSet<String> = if mesh
             .peers
             .iter()
-            .any(|p| ledger.contains(&OutboundSa::to_peer(mesh, p)))
+            .any(|p| ledger.contains(&OutboundSa::to_peer(mesh, p, key_id)))
         {
             let st = self.tunnel.status(&self.cfg.netns, mesh).await?;
             st.peers
@@ -460,7 +461,7 @@ impl Agent {
         } else {
             BTreeSet::new()
         };
-        match ledger.admit(mesh, |p| installed.contains(&p.name)) {
+        match ledger.admit(mesh, key_id, |p| installed.contains(&p.name)) {
             Ok(_) => Ok(ledger),
             Err(Error::AlreadyExists { object, .. }) => {
                 let old = self.epoch;
@@ -473,7 +474,8 @@ impl Agent {
                 Err(Error::AlreadyExists {
                     object,
                     reason: format!(
-                        "it sent before (ledger {}) and is not in the dataplane now; never \
+                        "it sent before (ledger {}) and is not in the dataplane now (or was \
+                         replaced since, e.g. under another cluster secret); never \
                          installed twice: the node takes a new epoch ({e}) and re-keys every \
                          pair with it",
                         ledger.path().display()

@@ -33,6 +33,14 @@
 //! pin the derivation; both dataplanes are tested to install exactly these bytes.
 //!
 //! Secrets are zeroized on drop and their `Debug` prints nothing of them.
+//!
+//! A secret's [`KeyId`] ([`ClusterSecret::key_id`]) names it without revealing it, so that
+//! the [ledger](crate::ledger) can tell SAs keyed by different secrets apart: the first 8
+//! bytes of HKDF-SHA256 with no salt (32 zero bytes), IKM the cluster secret and info
+//! `"scrambler-ledger-key-id-v1"`, written as 16 hex digits. It is the output of a PRF
+//! keyed by the secret on a fixed input and of another derivation (salt and info) than
+//! the SA keys, so it tells nothing of the secret or of any SA key; all it allows is to
+//! check a guessed secret, which a 32-byte random secret makes hopeless.
 
 #[cfg(doc)]
 use crate::epoch::Epoch;
@@ -155,6 +163,71 @@ impl ClusterSecret {
         sa.key.copy_from_slice(&okm[..16]);
         sa.salt.copy_from_slice(&okm[16..]);
         sa
+    }
+
+    /// The secret's non-secret fingerprint (see the module docs), which the ledger
+    /// records with every outbound SA: SAs keyed by another secret are other SAs.
+    pub fn key_id(&self) -> KeyId {
+        let hk = Hkdf::<Sha256>::new(None, &self.0);
+        let mut okm = [0u8; 8];
+        // 8 bytes is far below HKDF-SHA256's limit, so expand cannot fail.
+        hk.expand(KEY_ID_LABEL, &mut okm)
+            .unwrap_or_else(|_| unreachable!("HKDF output length is valid"));
+        KeyId(okm)
+    }
+}
+
+/// The HKDF info of [`ClusterSecret::key_id`], naming the version of that derivation.
+pub const KEY_ID_LABEL: &[u8] = b"scrambler-ledger-key-id-v1";
+
+/// A non-secret fingerprint of a [`ClusterSecret`] ([`ClusterSecret::key_id`]; see the
+/// module docs): 8 bytes, written as 16 lowercase hex digits (in JSON too).
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyId([u8; 8]);
+
+impl KeyId {
+    /// The bytes.
+    pub fn bytes(self) -> [u8; 8] {
+        self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut b = [0u8; 8];
+        if s.len() != 16 || hex::decode_to_slice(s, &mut b).is_err() {
+            return Err(Error::mesh(format!("key id {s:?} is not 16 hex digits")));
+        }
+        Ok(KeyId(b))
+    }
+}
+
+impl TryFrom<String> for KeyId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<KeyId> for String {
+    fn from(k: KeyId) -> String {
+        k.to_string()
     }
 }
 
@@ -357,6 +430,24 @@ mod tests {
             assert_eq!(sa.spi, *want_spi, "spi {x:?} -> {y:?} g{g}");
             assert_eq!(spi(*x, *y, *g), *want_spi);
             assert_eq!(sa.generation, *g);
+        }
+    }
+
+    /// The key id pinned, computed apart from this crate (Python's hmac/hashlib HKDF: salt
+    /// 32 zero bytes, info `scrambler-ledger-key-id-v1`, first 8 bytes).
+    #[test]
+    fn key_id_known_answer() {
+        let id = kat::secret().key_id();
+        assert_eq!(id.to_string(), "06dd6a667b810b36");
+        let ff = ClusterSecret::from_bytes(vec![0xff; 32]).unwrap().key_id();
+        assert_eq!(ff.to_string(), "4d01a57e48dc0771");
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"06dd6a667b810b36\"");
+        assert_eq!(
+            serde_json::from_str::<KeyId>("\"06DD6A667B810B36\"").unwrap(),
+            id
+        );
+        for bad in ["\"06dd\"", "\"06dd6a667b810b3g\"", "\"06dd6a667b810b3600\""] {
+            assert!(serde_json::from_str::<KeyId>(bad).is_err(), "{bad}");
         }
     }
 

@@ -31,7 +31,7 @@ pub use backend::{Backend, TunnelDataplane, UnknownBackend};
 pub use conf::NetConf;
 pub use epoch::{Epoch, Incarnation};
 pub use error::{CniCode, CniErrorJson, Error, Result};
-pub use keys::{ClusterSecret, SaKey};
+pub use keys::{ClusterSecret, KeyId, SaKey};
 pub use ledger::{Ledger, OutboundSa};
 pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId};
 pub use meshfile::MeshFile;

@@ -4,7 +4,7 @@ use crate::meshfile::MeshFile;
 use crate::record::{self, NodeRecord};
 use crate::status::StatusReport;
 use scrambler_core::{
-    Error, Ledger, Mesh, Netns, OutboundSa, ReconcileReport, Result, Tunnel, TunnelDataplane,
+    Error, KeyId, Ledger, Mesh, Netns, OutboundSa, ReconcileReport, Result, Tunnel, TunnelDataplane,
 };
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,9 @@ fn check_netns(netns: &Netns) -> Result<()> {
 /// The node's [`Ledger`] admits the mesh first: an outbound SA installed before and not
 /// in the dataplane now (a reset dataplane, a lost SA), an older generation or an old
 /// epoch of the node stop the apply before anything changes, with an error saying what to
-/// do; the outbound SAs it installs are recorded before they are.
+/// do; the outbound SAs it installs are recorded before they are, with the key id of the
+/// mesh file's secret (an SA installed before under that secret and replaced since under
+/// another one is refused too).
 pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.mesh_for(&args.node)?;
@@ -94,9 +96,10 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let t = tunnel_with(args.backend, &args.vpp_socket)?;
     // held until the reconcile is done: applies on one node take turns
     let mut ledger = Ledger::open(&args.ledger_dir, &args.node)?;
-    let installed = installed_outbound(&*t, args, &mesh, &ledger).await?;
+    let key_id = secret.key_id();
+    let installed = installed_outbound(&*t, args, &mesh, &ledger, key_id).await?;
     ledger
-        .admit(&mesh, |peer| installed.contains(&peer.name))
+        .admit(&mesh, key_id, |peer| installed.contains(&peer.name))
         .map_err(|e| naming_mesh_file(e, &args.mesh))?;
     let report = t
         .reconcile(&args.netns, &mesh, &secret)
@@ -131,11 +134,12 @@ async fn installed_outbound(
     args: &ApplyArgs,
     mesh: &Mesh,
     ledger: &Ledger,
+    key_id: KeyId,
 ) -> Result<BTreeSet<String>> {
     if !mesh
         .peers
         .iter()
-        .any(|p| ledger.contains(&OutboundSa::to_peer(mesh, p)))
+        .any(|p| ledger.contains(&OutboundSa::to_peer(mesh, p, key_id)))
     {
         return Ok(BTreeSet::new());
     }
