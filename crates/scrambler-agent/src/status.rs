@@ -4,8 +4,6 @@
 use crate::rotation::Phase;
 use scrambler_core::{Error, Generation, ReconcileReport, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// File name of the status in the state dir.
@@ -127,20 +125,9 @@ impl AgentStatus {
     }
 }
 
-/// Writes `data` to `path` through a temporary file and a rename, with `mode`.
+/// Writes `data` to `path` atomically and durably, with `mode`.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", tmp.display(), e))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io("write", tmp.display(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path.display(), e))
+    scrambler_core::fsutil::write_atomic(path, data, mode)
 }
 
 #[cfg(test)]

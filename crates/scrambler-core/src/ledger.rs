@@ -357,32 +357,13 @@ impl Ledger {
             .find(|sa| sa.peer_id == peer)
     }
 
-    /// Replaces the file atomically and durably: a temporary file (mode 0600) written and
-    /// fsynced, renamed over the ledger, then the directory fsynced.
+    /// Replaces the file atomically and durably (mode 0600; see
+    /// [`crate::fsutil::write_atomic`]).
     fn save(&self) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let text = serde_json::to_vec_pretty(&self.file).map_err(|e| Error::decode("ledger", e))?;
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("create ledger", tmp.display(), e))?;
-        f.write_all(&text)
-            .and_then(|_| f.write_all(b"\n"))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io("write ledger", tmp.display(), e))?;
-        std::fs::rename(&tmp, &self.path)
-            .map_err(|e| Error::io("rename ledger", self.path.display(), e))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io("sync ledger directory", dir.display(), e))?;
-        }
-        Ok(())
+        let mut text =
+            serde_json::to_vec_pretty(&self.file).map_err(|e| Error::decode("ledger", e))?;
+        text.push(b'\n');
+        crate::fsutil::write_atomic(&self.path, &text, 0o600)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod epoch;
 pub mod error;
 pub mod esp;
 pub mod fault;
+pub mod fsutil;
 pub mod keys;
 pub mod ledger;
 pub mod mesh;

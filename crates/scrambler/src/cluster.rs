@@ -109,10 +109,10 @@ pub async fn install_cni(
         let src = inst.bin_src.join(b);
         let data =
             std::fs::read(&src).map_err(|e| Error::io("read CNI binary", src.display(), e))?;
-        write_replacing(&inst.bin_dir.join(b), &data, 0o755)?;
+        scrambler_core::fsutil::write_atomic(&inst.bin_dir.join(b), &data, 0o755)?;
     }
     let conf = render_conflist(&template, &claim.pod_cidrs)?;
-    write_replacing(&inst.conf_dir.join(&inst.conf_name), &conf, 0o644)?;
+    scrambler_core::fsutil::write_atomic(&inst.conf_dir.join(&inst.conf_name), &conf, 0o644)?;
     Ok(claim)
 }
 
@@ -157,29 +157,6 @@ fn replace_placeholder(v: &mut serde_json::Value, cidr: &str, n: &mut usize) {
         }
         _ => {}
     }
-}
-
-/// Writes `path` through a temporary file in the same directory and a rename.
-fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.scrambler-tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", tmp.display(), e))?;
-    f.write_all(data)
-        .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(mode)))
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io("write", tmp.display(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("install", path.display(), e))
 }
 
 #[cfg(test)]
