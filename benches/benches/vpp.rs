@@ -448,6 +448,12 @@ impl Bench {
             peers: vec![],
             ..m.clone()
         };
+        // The node's cluster guard (a drop route per cluster CIDR) is there before any
+        // peer, as on a running node, and stays through the teardown: untimed, made once.
+        self.dp
+            .reconcile(&self.ns, &empty, &self.secret)
+            .await
+            .expect("guard reconcile");
         let t = Instant::now();
         let r = self
             .dp

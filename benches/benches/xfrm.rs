@@ -3,7 +3,10 @@
 //! the same rules, measured in the same run; prints the ratios.
 //!
 //! Policies and routes only (the build machine's kernel has no ESP states): per peer 3
-//! mesh policies (allow + ESP template + if_id), 3 guard policies (block) and 1 route.
+//! mesh policies (allow + ESP template + if_id) and 1 route, plus the node's 6 cluster
+//! guard policies (block anything → cluster CIDRs, cluster → local pod CIDRs; bypass for
+//! node-local pod traffic). The peers' underlay is IPv6 and the pods IPv4, so no
+//! cluster → peer-underlay guard applies.
 //! Run with `cargo bench -p benches --bench xfrm` as root.
 
 use benches::mesh::mesh;
@@ -46,7 +49,28 @@ fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
     let mut v = Vec::new();
     let l = m.local.pod_cidrs[0];
     let me = m.local.underlay[0];
-    let (mesh_prio, guard_prio) = (cfg.priority_base + 2, cfg.priority_base + 4);
+    let (bypass_prio, mesh_prio, guard_prio) = (
+        cfg.priority_base,
+        cfg.priority_base + 2,
+        cfg.priority_base + 4,
+    );
+    let cluster = &m.cluster_cidrs[0];
+    v.push(format!(
+        "xfrm policy add src 0.0.0.0/0 dst {cluster} dir out action block priority {guard_prio}"
+    ));
+    for dir in ["in", "fwd"] {
+        v.push(format!(
+            "xfrm policy add src {cluster} dst {l} dir {dir} action block priority {guard_prio}"
+        ));
+    }
+    v.push(format!(
+        "xfrm policy add src 0.0.0.0/0 dst {l} dir out priority {bypass_prio}"
+    ));
+    for dir in ["in", "fwd"] {
+        v.push(format!(
+            "xfrm policy add src {l} dst {l} dir {dir} priority {bypass_prio}"
+        ));
+    }
     for p in &m.peers {
         let c = p.pod_cidrs[0];
         let them = p.underlay[0];
@@ -55,14 +79,6 @@ fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
         v.push(format!("xfrm policy add src {l} dst {c} dir out priority {mesh_prio} if_id {if_id} tmpl src {me} dst {them} proto esp reqid {reqid} mode tunnel"));
         for dir in ["in", "fwd"] {
             v.push(format!("xfrm policy add src {c} dst {l} dir {dir} priority {mesh_prio} if_id {if_id} tmpl src {them} dst {me} proto esp reqid {reqid} mode tunnel"));
-        }
-        v.push(format!(
-            "xfrm policy add src {l} dst {c} dir out action block priority {guard_prio}"
-        ));
-        for dir in ["in", "fwd"] {
-            v.push(format!(
-                "xfrm policy add src {c} dst {l} dir {dir} action block priority {guard_prio}"
-            ));
         }
         v.push(format!("route add {c} dev scrambler0 proto 92"));
     }
@@ -78,7 +94,11 @@ fn time_ours(rt: &tokio::runtime::Runtime, m: &Mesh) -> Duration {
         .block_on(t.reconcile(&ns.netns(), m, &secret))
         .expect("reconcile");
     let d = start.elapsed();
-    assert_eq!(r.added, m.peers.len() * 7);
+    assert_eq!(
+        r.added,
+        ip_rules(m, t.config()).len(),
+        "the `ip` baselines must program what reconcile programs"
+    );
     d
 }
 
@@ -125,7 +145,7 @@ fn main() {
     let sizes = run::mesh_sizes();
     let rt = run::runtime();
     println!(
-        "xfrm mesh programming into a fresh netns (policies + guard + routes, 7 objects/peer)"
+        "xfrm mesh programming into a fresh netns (per peer 3 policies + 1 route; 6 guard policies per node)"
     );
     for &n in sizes {
         let m = mesh(n);
