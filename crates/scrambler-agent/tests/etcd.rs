@@ -65,7 +65,9 @@ async fn an_expired_lease_removes_the_node_from_peers_but_keeps_its_claim() {
     let etcd = Etcd::start();
     let state = tempfile::tempdir().unwrap();
     let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
-    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    let mut ca = config("a", 1, state.path());
+    ca.departed_hold = Duration::ZERO; // departed peers dropped at once
+    let a = spawn(&etcd, ca, ta.clone()).await;
     let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
     eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
     let b_claim = tb.mesh().unwrap().local;
@@ -592,4 +594,175 @@ async fn a_dataplane_flushed_under_a_running_agent_is_repaired_with_a_new_epoch(
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+async fn live_nodes(store: &scrambler_agent::Store) -> Vec<String> {
+    store.snapshot().await.unwrap().nodes.into_keys().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_back_under_the_same_epoch_is_readmitted_without_any_rekey() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let mut ca = config("a", 1, state.path());
+    ca.departed_hold = Duration::from_secs(6);
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    let store = store(&etcd).await;
+    let snap = store.snapshot().await.unwrap();
+    let (ea, eb) = (snap.nodes["a"].epoch, snap.nodes["b"].epoch);
+    let mesh = ta.mesh().unwrap();
+
+    // b's agent stops (no revoke): its lease runs out, a holds b with its SAs
+    b.stop().await;
+    let t = Instant::now();
+    let mut live = Vec::new();
+    for _ in 0..200 {
+        live = live_nodes(&store).await;
+        if live == ["a"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(live, ["a"], "b's lease did not expire");
+    eventually(5, "a says b departed", || {
+        status(state.path(), "a").is_some_and(|s| s.departed.iter().any(|d| d.name == "b"))
+    })
+    .await;
+    println!(
+        "b's registration went {:?} after its agent stopped",
+        t.elapsed()
+    );
+    assert_eq!(
+        ta.mesh().unwrap(),
+        mesh,
+        "a changed its mesh when b departed"
+    );
+    let text = status(state.path(), "a").unwrap().to_lines(agent_now());
+    assert!(text.contains("peer b departed"), "{text}");
+
+    // b comes back on its intact dataplane: same epoch, readmitted as it was
+    let before = ta.reconciles();
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "b registered again", || {
+        status(state.path(), "b").is_some_and(|s| s.registered && s.epoch_reused)
+    })
+    .await;
+    eventually(5, "a no longer holds b", || {
+        status(state.path(), "a").is_some_and(|s| s.departed.is_empty())
+    })
+    .await;
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(
+        (snap.nodes["a"].epoch, snap.nodes["b"].epoch),
+        (ea, eb),
+        "a node took a new epoch"
+    );
+    assert_eq!(ta.mesh().unwrap(), mesh);
+    assert_eq!(tb.mesh().unwrap().peer("a").unwrap().epoch.get(), ea);
+    assert!(
+        ta.applied.lock().unwrap()[before..]
+            .iter()
+            .all(|m| m == &mesh),
+        "a reconciled something else"
+    );
+    assert!(status(state.path(), "a").unwrap().reconcile_error.is_none());
+
+    // gone for longer than the hold: dropped for good (its outbound SA deleted), and
+    // back under that epoch the ledger refuses the deleted SA: a takes a new epoch
+    b.stop().await;
+    let t = Instant::now();
+    eventually(20, "a drops b after the hold", || {
+        ta.peer_names().is_empty()
+    })
+    .await;
+    println!(
+        "b dropped from a's mesh {:?} after its agent stopped (TTL 2 s, hold 6 s)",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(6),
+        "dropped before the hold ran out"
+    );
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(15, "a re-keys with b under a new epoch", || {
+        ta.mesh()
+            .is_some_and(|m| m.local.epoch.get() != ea && m.peer("b").is_some())
+    })
+    .await;
+    assert_eq!(store.snapshot().await.unwrap().nodes["b"].epoch, eb);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_peer_is_not_held() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await; // hold: 600 s
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    b.stop().await;
+    let store = store(&etcd).await;
+    claims::release(&store, "b").await.unwrap().unwrap();
+    eventually(10, "deleted b leaves a's mesh", || {
+        ta.peer_names().is_empty()
+    })
+    .await;
+    assert!(status(state.path(), "a").unwrap().departed.is_empty());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cni_status_file_exists_only_while_the_node_is_guarded() {
+    let mut etcd = Etcd::start();
+    etcd.stop();
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("run/scrambler/tunnel-status.json");
+    let ta = FakeTunnel::new("a", None);
+    let mut ca = config("a", 1, state.path());
+    ca.tunnel_status_file = Some(file.clone());
+    ca.resync = Duration::from_secs(1);
+    // very first start, id and pod CIDR to be claimed, etcd away: nothing to guard with
+    // yet, so no status file and the CNI plugin networks no pod
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    eventually(10, "a says etcd is unreachable", || {
+        status(state.path(), "a").is_some_and(|s| !s.etcd_connected)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(ta.mesh().is_none());
+    assert!(!file.exists(), "status file before the guard");
+    let st = status(state.path(), "a").unwrap();
+    assert!(!st.guarded);
+    assert!(st.live(agent_now()).is_ok());
+    assert!(st.ready(agent_now()).is_err());
+    etcd.restart();
+    eventually(20, "the status file appears", || file.exists()).await;
+    assert!(
+        ta.mesh().is_some(),
+        "status file before the first reconcile"
+    );
+    let ts: scrambler_core::TunnelStatus =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(ts.fail_closed && ts.encrypted, "{ts:?}");
+    eventually(10, "a is ready", || {
+        status(state.path(), "a").is_some_and(|s| s.ready(agent_now()).is_ok())
+    })
+    .await;
+    // the guard goes missing under the agent: the file goes, readiness with it
+    ta.unguarded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "the status file goes", || !file.exists()).await;
+    assert!(status(state.path(), "a")
+        .unwrap()
+        .ready(agent_now())
+        .is_err());
+    ta.unguarded
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "the status file is back", || file.exists()).await;
+    a.stop().await;
 }
