@@ -766,3 +766,55 @@ async fn the_cni_status_file_exists_only_while_the_node_is_guarded() {
     eventually(10, "the status file is back", || file.exists()).await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_fixed_pod_cidrs_claimed_at_once_never_both_succeed() {
+    let etcd = Etcd::start();
+    let store = store(&etcd).await;
+    let mut won = 0;
+    for round in 0..10u8 {
+        let net = format!("10.{}.0.0", 60 + round);
+        // eight nested fixed CIDRs (/16 ⊃ /17 ⊃ … ⊃ /23) and two claims from a pool of
+        // the same /16, all started together: every pair overlaps
+        let barrier = Arc::new(tokio::sync::Barrier::new(10));
+        let tasks: Vec<_> = (0..10u8)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let req = ClaimRequest {
+                    name: format!("r{round}n{i}"),
+                    id: None,
+                    pod_cidrs: if i < 8 {
+                        vec![format!("{net}/{}", 16 + i).parse().unwrap()]
+                    } else {
+                        vec![]
+                    },
+                    pool: Some((format!("{net}/16").parse().unwrap(), 24)),
+                };
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    claims::claim(&store, &req).await
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(c) => got.push(c),
+                Err(Error::AlreadyExists { .. } | Error::RangeExhausted { .. }) => {}
+                Err(e) => panic!("unexpected claim error: {e}"),
+            }
+        }
+        let cidrs: Vec<ipnet::IpNet> = got.iter().flat_map(|c| c.pod_cidrs.clone()).collect();
+        for (i, a) in cidrs.iter().enumerate() {
+            for b in &cidrs[i + 1..] {
+                assert!(
+                    !a.contains(&b.network()) && !b.contains(&a.network()),
+                    "round {round}: {a} and {b} both claimed"
+                );
+            }
+        }
+        assert!(!got.is_empty(), "round {round}: nobody won");
+        won += got.len();
+    }
+    println!("10 rounds of 10 overlapping claimers: {won} claims won, none overlapping");
+}
