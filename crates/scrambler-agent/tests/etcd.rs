@@ -818,3 +818,89 @@ async fn overlapping_fixed_pod_cidrs_claimed_at_once_never_both_succeed() {
     }
     println!("10 rounds of 10 overlapping claimers: {won} claims won, none overlapping");
 }
+
+/// First time `node` reconciled a mesh for which `f` holds.
+fn first(
+    log: &Mutex<Vec<Logged>>,
+    node: &str,
+    f: impl Fn(&scrambler_core::Mesh) -> bool,
+) -> Instant {
+    log.lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.node == node && f(&l.mesh))
+        .map(|l| l.at)
+        .unwrap_or_else(|| panic!("{node} never reconciled such a mesh"))
+}
+
+/// What an epoch change costs today, measured: from the moment a node's dataplane runs
+/// under its new epoch (its inbound SAs of the old one gone) until a peer has re-keyed
+/// with it, that peer's traffic to the node is dropped (it still sends under the old
+/// epoch), and the node's traffic to the peer is dropped there (no inbound SA yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ta = FakeTunnel::new("a", Some(log.clone()));
+    let tb = FakeTunnel::new("b", Some(log.clone()));
+    let mut ca = config("a", 1, state.path());
+    ca.resync = Duration::from_secs(1);
+    let a = spawn(&etcd, ca.clone(), ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a and b see each other", || {
+        ta.peer_names() == ["b"] && tb.peer_names() == ["a"]
+    })
+    .await;
+    let e1 = ta.mesh().unwrap().local.epoch;
+    let b_has = |e: scrambler_core::Epoch| {
+        move |m: &scrambler_core::Mesh| m.peer("a").is_some_and(|p| p.epoch == e)
+    };
+
+    // not a reboot: a's outbound SA to b is lost under the running agent; the ledger
+    // refuses it, a takes a new epoch
+    let lost = Instant::now();
+    ta.lose_outbound
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "b re-keys with a's new epoch", || {
+        tb.mesh()
+            .and_then(|m| m.peer("a").map(|p| p.epoch))
+            .is_some_and(|e| e != e1)
+    })
+    .await;
+    let e2 = tb.mesh().unwrap().peer("a").unwrap().epoch;
+    let a_switched = first(&log, "a", |m| m.local.epoch == e2);
+    let b_switched = first(&log, "b", b_has(e2));
+    let cut = b_switched.duration_since(a_switched);
+    println!(
+        "epoch change without reboot: a switched {:?} after losing its SA; pair a-b cut for {:?} \
+         (until b reconciled)",
+        a_switched.duration_since(lost),
+        cut
+    );
+    assert!(cut < ca.max_delay + Duration::from_secs(2), "{cut:?}");
+
+    // a reboot: the dataplane is empty, the agent restarts
+    a.stop().await;
+    use scrambler_core::Tunnel;
+    let reset = Instant::now();
+    ta.remove(&scrambler_core::Netns::default()).await.unwrap();
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    eventually(10, "b re-keys with a's rebooted epoch", || {
+        tb.mesh()
+            .and_then(|m| m.peer("a").map(|p| p.epoch))
+            .is_some_and(|e| e != e2)
+    })
+    .await;
+    let e3 = tb.mesh().unwrap().peer("a").unwrap().epoch;
+    let a_full = first(&log, "a", |m| m.local.epoch == e3 && m.peer("b").is_some());
+    let b_switched = first(&log, "b", b_has(e3));
+    println!(
+        "reboot (agent restarted at once): pair a-b cut for {:?} from the reset until b \
+         reconciled (a had its SAs with b {:?} after the reset), plus the reboot itself",
+        b_switched.duration_since(reset),
+        a_full.duration_since(reset)
+    );
+    a.stop().await;
+    b.stop().await;
+}
