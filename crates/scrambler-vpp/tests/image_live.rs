@@ -8,7 +8,7 @@
 //! Needs podman (scripts/install-deps.sh test), Debian's etcd-server and the VPP fixture;
 //! builds the static binaries (release) on its first run, which takes minutes.
 
-use scrambler_agent::{claims, EtcdConfig, Store};
+use scrambler_agent::{Claim, NodeRecord};
 use scrambler_testkit::etcd::Etcd;
 use scrambler_testkit::vpp::VppInstance;
 use std::path::{Path, PathBuf};
@@ -175,13 +175,28 @@ async fn the_node_image_installs_the_cni_and_runs_a_guarded_ready_agent() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = podman(&args);
     assert!(o.status.success(), "install-cni: {}", text(&o));
-    let store = Store::connect(&EtcdConfig::plain(vec![etcd.endpoint()]))
-        .await
-        .unwrap();
-    let claim = claims::existing(&store, NODE)
-        .await
-        .unwrap()
-        .expect("install-cni claimed the node's pod CIDR");
+    // etcd listens inside the test namespace: read it with etcdctl there
+    let get = |key: &str| -> Option<serde_json::Value> {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "etcdctl",
+                "--endpoints",
+                &etcd.endpoint(),
+            ])
+            .args(["get", key, "--print-value-only"])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "etcdctl get {key}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).ok()
+    };
+    let claim: Claim = serde_json::from_value(
+        get(&format!("/scrambler/claims/nodes/{NODE}")).expect("install-cni claimed a pod CIDR"),
+    )
+    .unwrap();
     for b in ["scrambler-cni", "scrambler-ipam"] {
         let p = cni_bin.join(b);
         let mode = std::fs::metadata(&p)
@@ -286,8 +301,10 @@ async fn the_node_image_installs_the_cni_and_runs_a_guarded_ready_agent() {
     let fib = vpp.vppctl(&["show", "ip", "fib", POOL]);
     assert!(fib.contains("drop"), "no guard for {POOL} in VPP:\n{fib}");
     // registered with what install-cni claimed
-    let snap = store.snapshot().await.unwrap();
-    let rec = &snap.nodes[NODE];
+    let rec: NodeRecord = serde_json::from_value(
+        get(&format!("/scrambler/nodes/{NODE}")).expect("the agent registered"),
+    )
+    .unwrap();
     assert_eq!(rec.pod_cidrs, claim.pod_cidrs);
     assert_eq!(rec.dataplane, "vpp");
     // SIGTERM (the kubelet's stop): a clean exit
