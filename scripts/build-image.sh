@@ -24,7 +24,11 @@ trap 'rm -rf "$ctx"' EXIT
 for b in scrambler scrambler-cni scrambler-ipam; do
   cp "$bin/$b" "$ctx/$b"
   # a dynamic binary would not start on the empty base
-  if file "$ctx/$b" 2>/dev/null | grep -q 'dynamically linked'; then
+  if ! command -v file >/dev/null; then
+    echo "build-image: file not found: install file (scripts/install-deps.sh test)" >&2
+    exit 1
+  fi
+  if file "$ctx/$b" | grep -q 'dynamically linked'; then
     echo "build-image: $b is dynamically linked" >&2
     exit 1
   fi
