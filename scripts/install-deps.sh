@@ -21,9 +21,10 @@ LAB_PACKAGES=(
 )
 # The tests, on top: real CNI peers (host-local, bridge, portmap, tuning), a real CNI client
 # (podman with runc), pgrep/ps (procps), cpio (checks the VM initramfs), pip for vpp-papi,
-# openssl (a test PKI for etcd over TLS).
+# openssl (a test PKI for etcd over TLS), file (scripts/build-image.sh checks the image's
+# binaries are static; podman builds and runs that image in image_live).
 TEST_PACKAGES=(
-  containernetworking-plugins podman runc procps cpio python3-pip openssl
+  containernetworking-plugins podman runc procps cpio python3-pip openssl file
 )
 
 case "$profile" in

@@ -17,6 +17,21 @@
 //! dataplane the epoch check missed, a lost SA) is refused; the agent then takes a new
 //! epoch, publishes it, and the next sync re-keys every pair of the node under keys that
 //! never sent.
+//!
+//! Departed peers: a peer whose registration goes (its lease expired: agent stopped, a
+//! network blip longer than the TTL) while its claim stays is *held*: it stays in this
+//! node's mesh exactly as it was (same epoch, same SAs, routes and policies) for
+//! [`AgentConfig::departed_hold`]. Its outbound SA is never deleted meanwhile, so when
+//! the peer comes back under the same epoch nothing is installed again (the SA carries on
+//! with its sequence counter; the ledger has nothing to refuse) and no node re-keys. What
+//! pods send to it meanwhile leaves encrypted under that SA and is lost if the peer is
+//! really down: still fail closed. A peer that comes back with a new epoch replaces the
+//! held one (that pair re-keys); a peer that is deleted (claim released), whose claim
+//! changed, or that conflicts with a live node, is dropped at once; after the hold it is
+//! dropped for good, and if it then returns under the old epoch the ledger refuses the
+//! deleted SA and this node takes a new epoch — the honest answer after that long.
+//! The hold is kept in memory: a restarted agent holds a peer that is absent from etcd
+//! but in its last mesh for a full hold from its first sync.
 
 use crate::claims::{self, ClaimRequest};
 use crate::debounce::Debouncer;
@@ -29,10 +44,10 @@ use crate::{epoch, lease};
 use etcd_client::WatchOptions;
 use ipnet::IpNet;
 use scrambler_core::{
-    Cluster, ClusterSecret, Epoch, Error, Keys, Ledger, Mesh, MeshFile, Netns, NodeId, OutboundSa,
-    Result, Tunnel,
+    Cluster, ClusterSecret, Epoch, Error, Keys, Ledger, Mesh, MeshFile, Netns, Node, NodeId,
+    OutboundSa, Result, Tunnel,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -50,6 +65,9 @@ pub const DEFAULT_LEASE_TTL: i64 = 15;
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 /// Default state dir.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/scrambler/agent";
+/// Default time a departed peer (lease expired, claim kept) stays in the mesh with its SAs
+/// in place, so that it comes back under the same epoch without a re-key.
+pub const DEFAULT_DEPARTED_HOLD: Duration = Duration::from_secs(600);
 
 /// What the agent runs with.
 #[derive(Debug, Clone)]
@@ -88,6 +106,14 @@ pub struct AgentConfig {
     /// Full resync interval without any change (a missed watch event is caught up then,
     /// and the status file stays fresh).
     pub resync: Duration,
+    /// How long a peer whose registration went (lease expired: agent stopped, network
+    /// blip) but whose claim is still there stays in this node's mesh as it was, SAs
+    /// included (see [`Agent`]'s "Departed peers"); zero drops it at once.
+    pub departed_hold: Duration,
+    /// A file where the agent writes the dataplane's [`scrambler_core::TunnelStatus`]
+    /// (JSON) once the node is guarded, and removes while it is not: the CNI plugin's
+    /// `tunnelStatusFile`, so no pod is networked before the guard is in place.
+    pub tunnel_status_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -110,6 +136,8 @@ impl AgentConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             retry: Duration::from_secs(1),
             resync: DEFAULT_RESYNC,
+            departed_hold: DEFAULT_DEPARTED_HOLD,
+            tunnel_status_file: None,
         }
     }
 }
@@ -132,6 +160,8 @@ pub struct Agent {
     mesh: Option<Mesh>,
     status: AgentStatus,
     wake_at: Option<Instant>,
+    /// Held departed peers: the node as last applied and until when it is held.
+    departed: BTreeMap<String, (Node, Instant)>,
 }
 
 impl Agent {
@@ -179,6 +209,8 @@ impl Agent {
             sync_error: None,
             last_report: None,
             reconcile_error: None,
+            departed: Vec::new(),
+            guarded: false,
             updated: now(),
         };
         Ok(Agent {
@@ -193,6 +225,7 @@ impl Agent {
             mesh: None,
             status,
             wake_at: None,
+            departed: BTreeMap::new(),
         })
     }
 
@@ -278,8 +311,48 @@ impl Agent {
         } else if let Some(alone) = self.guard_only_mesh(last.as_ref(), e) {
             self.reconcile(alone).await;
         }
+        self.publish_guard().await;
         self.save_status();
         Ok(())
+    }
+
+    /// Reads whether the dataplane's fail-closed guard is in place (for the status and
+    /// readiness) and publishes the tunnel status file for the CNI plugin only while it
+    /// is: a node whose guard is not (yet) in place has no such file, and the plugin
+    /// refuses to network pods without it. Nothing is guarded before a mesh is applied.
+    async fn publish_guard(&mut self) {
+        let st = match &self.mesh {
+            None => None,
+            Some(m) => match self.tunnel.status(&self.cfg.netns, m).await {
+                Ok(st) => Some(st),
+                Err(e) => {
+                    tracing::warn!(node = %self.cfg.node, "reading the dataplane's status: {e}");
+                    None
+                }
+            },
+        };
+        let st = st.filter(|st| st.fail_closed);
+        if self.status.guarded != st.is_some() {
+            tracing::info!(node = %self.cfg.node, guarded = st.is_some(), "fail-closed guard");
+        }
+        self.status.guarded = st.is_some();
+        let Some(path) = &self.cfg.tunnel_status_file else {
+            return;
+        };
+        let r = match st {
+            Some(st) => serde_json::to_vec_pretty(&st)
+                .map_err(|e| Error::decode("tunnel status", e))
+                .and_then(|j| write_status_file(path, &j)),
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::io("remove tunnel status file", path.display(), e))
+                }
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = r {
+            tracing::warn!(node = %self.cfg.node, "tunnel status file: {e}");
+        }
     }
 
     /// The node alone (no peers) with `epoch`: the guard for the cluster CIDRs and the
@@ -354,6 +427,7 @@ impl Agent {
                 self.retry_soon();
             }
         }
+        self.publish_guard().await;
         self.save_status();
     }
 
@@ -375,6 +449,7 @@ impl Agent {
         let (keys, phase) = rotation::desired(&snap.keys, &live, &snap.acks);
         self.status.rotation = Some(phase.clone());
         let mesh = registry::mesh_for(&record, &snap.nodes, &self.cfg.cluster_cidrs, keys)?;
+        let mesh = self.hold_departed(mesh, &snap);
         let in_place = self.mesh.as_ref() == Some(&mesh) && self.dataplane_healthy(&mesh).await;
         if !in_place && !self.reconcile(mesh).await {
             self.retry_soon();
@@ -382,6 +457,60 @@ impl Agent {
         }
         self.ensure_registered(&snap, record, lost).await?;
         self.rotation_step(&snap, &phase).await
+    }
+
+    /// `mesh` (live peers only) plus the held departed peers: a peer of the applied mesh
+    /// that is no longer registered starts its hold; a held peer stays while the hold
+    /// runs, its claim is unchanged and it fits the mesh (a live node always wins).
+    fn hold_departed(&mut self, mut mesh: Mesh, snap: &Snapshot) -> Mesh {
+        let now = Instant::now();
+        if let Some(applied) = &self.mesh {
+            for p in &applied.peers {
+                if mesh.peer(&p.name).is_none() && !self.departed.contains_key(&p.name) {
+                    tracing::info!(node = %self.cfg.node, peer = %p.name,
+                        hold = ?self.cfg.departed_hold, "peer departed: held with its SAs");
+                    self.departed
+                        .insert(p.name.clone(), (p.clone(), now + self.cfg.departed_hold));
+                }
+            }
+        }
+        let node = self.cfg.node.clone();
+        self.departed.retain(|name, (p, until)| {
+            let claimed = snap
+                .claims
+                .get(name)
+                .is_some_and(|c| c.id == p.id && c.pod_cidrs == p.pod_cidrs);
+            let keep = mesh.peer(name).is_none() && *until > now && claimed;
+            if !keep && mesh.peer(name).is_none() {
+                tracing::info!(node = %node, peer = %name, claimed, "departed peer dropped");
+            }
+            keep
+        });
+        let mut unfit = Vec::new();
+        for (name, (p, _)) in &self.departed {
+            mesh.peers.push(p.clone());
+            if let Err(e) = mesh.validate() {
+                tracing::warn!(node = %node, peer = %name, "departed peer dropped: {e}");
+                mesh.peers.pop();
+                unfit.push(name.clone());
+            }
+        }
+        for n in unfit {
+            self.departed.remove(&n);
+        }
+        mesh.peers.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(first) = self.departed.values().map(|(_, u)| *u).min() {
+            self.wake(first + Duration::from_millis(10));
+        }
+        self.status.departed = self
+            .departed
+            .iter()
+            .map(|(name, (_, until))| crate::status::DepartedPeer {
+                name: name.clone(),
+                held_until: now_plus(until.saturating_duration_since(now)),
+            })
+            .collect();
+        mesh
     }
 
     fn claim_request(&self) -> ClaimRequest {
@@ -649,6 +778,15 @@ fn spawn_watch(store: &Store, tx: mpsc::UnboundedSender<Event>, retry: Duration)
     })
 }
 
+/// Writes the tunnel status file (public facts, 0644), creating its directory.
+fn write_status_file(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("create tunnel status dir", dir.display(), e))?;
+    }
+    crate::status::write_atomic(path, data, 0o644)
+}
+
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -656,6 +794,10 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io("create state dir", dir.display(), e))
+}
+
+fn now_plus(d: Duration) -> u64 {
+    now() + d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// Unix time in seconds.

@@ -3,7 +3,16 @@
 //! A claim is three kinds of key written in one transaction that succeeds only if none of
 //! them exists yet (`create_revision == 0`): the node's claim, its id, each pod CIDR. Two
 //! nodes racing for the same id or CIDR: one transaction wins, the other re-reads and picks
-//! again. Claims have no lease: a node that was away comes back with what it had; they go
+//! again.
+//!
+//! Pod CIDRs may overlap without being equal (10.244.0.0/16 and 10.244.1.0/24 are two
+//! keys), so a key compare alone cannot catch two overlapping claims made at once. The
+//! transaction therefore also compares the whole CIDR-claims prefix: every key under it
+//! must have been created at or before the revision the claimer read the claims at
+//! (`create_revision < read + 1` over the range). Any CIDR claimed in between — overlapping
+//! or not — fails the transaction and the claimer reads again; CIDR claims are thus
+//! serialised by the etcd revision, which is what makes the overlap check sound. A release
+//! deletes keys and never fails a claim. Claims have no lease: a node that was away comes back with what it had; they go
 //! only with [`release`] (an explicit node deletion).
 
 use crate::record::Claim;
@@ -81,7 +90,7 @@ pub async fn claim(store: &Store, req: &ClaimRequest) -> Result<Claim> {
             id,
             pod_cidrs: cidrs,
         };
-        if try_claim(store, &req.name, &c).await? {
+        if try_claim(store, &req.name, &c, taken.cidrs_revision).await? {
             tracing::info!(node = %req.name, id = %c.id, cidrs = ?c.pod_cidrs, "claimed");
             return Ok(c);
         }
@@ -193,10 +202,17 @@ fn check_matches(req: &ClaimRequest, c: Claim) -> Result<Claim> {
     Ok(c)
 }
 
-async fn try_claim(store: &Store, name: &str, c: &Claim) -> Result<bool> {
+/// The claim as one transaction: none of its keys exists yet, and no pod CIDR was claimed
+/// since `cidrs_revision` (the revision the free CIDRs were chosen at).
+async fn try_claim(store: &Store, name: &str, c: &Claim, cidrs_revision: i64) -> Result<bool> {
     let l = store.layout();
     let absent = |k: String| Compare::create_revision(k, CompareOp::Equal, 0);
-    let mut when = vec![absent(l.claim_node(name)), absent(l.claim_id(c.id))];
+    let mut when = vec![
+        absent(l.claim_node(name)),
+        absent(l.claim_id(c.id)),
+        Compare::create_revision(l.claims_cidrs(), CompareOp::Less, cidrs_revision + 1)
+            .with_prefix(),
+    ];
     let mut then = vec![
         TxnOp::put(
             l.claim_node(name),
@@ -221,6 +237,8 @@ async fn try_claim(store: &Store, name: &str, c: &Claim) -> Result<bool> {
 struct Taken {
     ids: HashSet<u16>,
     cidrs: Vec<IpNet>,
+    /// The store revision the CIDR claims were read at.
+    cidrs_revision: i64,
 }
 
 impl Taken {
@@ -236,24 +254,32 @@ impl Taken {
                 .await
                 .map_err(|e| etcd_error(format!("read {prefix}"), e))
                 .map(|r| {
-                    r.kvs()
+                    let rev = r.header().map_or(0, |h| h.revision());
+                    let keys = r
+                        .kvs()
                         .iter()
                         .filter_map(|kv| kv.key_str().ok().map(|k| k[prefix.len()..].to_string()))
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    (keys, rev)
                 })
             }
         };
         let ids = keys(l.claims_ids())
             .await?
+            .0
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect();
-        let cidrs = keys(l.claims_cidrs())
-            .await?
+        let (cidr_keys, cidrs_revision) = keys(l.claims_cidrs()).await?;
+        let cidrs = cidr_keys
             .iter()
             .filter_map(|s| s.replacen('_', "/", 1).parse().ok())
             .collect();
-        Ok(Taken { ids, cidrs })
+        Ok(Taken {
+            ids,
+            cidrs,
+            cidrs_revision,
+        })
     }
 
     async fn id_owner(&self, store: &Store, id: NodeId) -> Result<Option<String>> {

@@ -52,8 +52,60 @@ pub struct AgentStatus {
     pub last_report: Option<ReconcileReport>,
     /// The last reconcile error (the mesh before it stays).
     pub reconcile_error: Option<String>,
+    /// Departed peers held in the mesh with their SAs (lease expired, claim kept).
+    #[serde(default)]
+    pub departed: Vec<DepartedPeer>,
+    /// The dataplane's fail-closed guard was in place at the last check.
+    #[serde(default)]
+    pub guarded: bool,
     /// Unix time this was written.
     pub updated: u64,
+}
+
+/// A peer whose registration went, held in the mesh as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DepartedPeer {
+    /// Peer name.
+    pub name: String,
+    /// Unix time when it is dropped for good unless it registers again.
+    pub held_until: u64,
+}
+
+/// Older than this (seconds), the status file means the agent's loop is not running: it
+/// rewrites the file after every sync, at least every resync interval (30 s by default).
+pub const STALE_AFTER_SECS: u64 = 120;
+
+impl AgentStatus {
+    /// Liveness: the agent's loop rewrote the status recently.
+    pub fn live(&self, now: u64) -> std::result::Result<(), String> {
+        let age = now.saturating_sub(self.updated);
+        if age > STALE_AFTER_SECS {
+            return Err(format!(
+                "agent status is {age}s old (more than {STALE_AFTER_SECS}s): the agent's loop is not running"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Readiness: live, the node's fail-closed guard in place, its mesh reconciled without
+    /// error and the node registered in etcd.
+    pub fn ready(&self, now: u64) -> std::result::Result<(), String> {
+        self.live(now)?;
+        if !self.guarded {
+            return Err("the fail-closed guard is not in place".into());
+        }
+        if self.last_reconcile.is_none() {
+            return Err("no mesh reconciled yet".into());
+        }
+        if let Some(e) = &self.reconcile_error {
+            return Err(format!("the last reconcile failed: {e}"));
+        }
+        if !self.registered {
+            return Err("not registered in etcd".into());
+        }
+        Ok(())
+    }
 }
 
 impl AgentStatus {
@@ -114,8 +166,18 @@ impl AgentStatus {
                 "!!! last reconcile failed (previous mesh kept): {e}\n"
             ));
         }
+        for d in &self.departed {
+            out.push_str(&format!(
+                "agent: peer {} departed (no registration): held with its SAs for {}s more\n",
+                d.name,
+                d.held_until.saturating_sub(now)
+            ));
+        }
+        if !self.guarded {
+            out.push_str("!!! fail-closed guard NOT in place at the last check\n");
+        }
         // the agent rewrites it at least every 30 s (its resync)
-        if now.saturating_sub(self.updated) > 120 {
+        if now.saturating_sub(self.updated) > STALE_AFTER_SECS {
             out.push_str(&format!(
                 "!!! agent status is {}s old: is the agent running?\n",
                 now.saturating_sub(self.updated)
@@ -153,8 +215,30 @@ mod tests {
             sync_error: None,
             last_report: None,
             reconcile_error: None,
+            departed: Vec::new(),
+            guarded: true,
             updated: 100,
         }
+    }
+
+    #[test]
+    fn readiness_needs_guard_reconcile_and_registration() {
+        assert_eq!(st().ready(110), Ok(()));
+        assert!(st().live(100 + STALE_AFTER_SECS + 1).is_err());
+        assert!(st().ready(100 + STALE_AFTER_SECS + 1).is_err());
+        let mut s = st();
+        s.guarded = false;
+        assert!(s.ready(110).unwrap_err().contains("guard"));
+        assert_eq!(s.live(110), Ok(()));
+        let mut s = st();
+        s.last_reconcile = None;
+        assert!(s.ready(110).unwrap_err().contains("reconciled"));
+        let mut s = st();
+        s.reconcile_error = Some("x".into());
+        assert!(s.ready(110).is_err());
+        let mut s = st();
+        s.registered = false;
+        assert!(s.ready(110).unwrap_err().contains("registered"));
     }
 
     #[test]

@@ -91,6 +91,7 @@ fn every_manifest_is_a_valid_kubernetes_object() {
     let mut config_keys = BTreeSet::new();
     let mut secret_keys = BTreeSet::new();
     let mut daemonsets = Vec::new();
+    let mut status_files = BTreeSet::new();
     for (name, v) in documents() {
         let kind = v["kind"]
             .as_str()
@@ -110,6 +111,10 @@ fn every_manifest_is_a_valid_kubernetes_object() {
                             val.contains("__POD_CIDR__"),
                             "{name}: {k} has no pod CIDR placeholder"
                         );
+                        let f = c["plugins"][0]["tunnelStatusFile"]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{name}: {k}: no tunnelStatusFile gate"));
+                        status_files.insert(f.to_string());
                     }
                     config_keys.insert((cm_name.clone(), k));
                 }
@@ -199,6 +204,60 @@ fn every_manifest_is_a_valid_kubernetes_object() {
             Some(true),
             "{name}: {} is privileged",
             c.name
+        );
+    }
+    // the agent writes the file the CNI plugin gates ADD on, at the same path on the host
+    let agent = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .expect("an agent container");
+    let env = |n: &str| {
+        agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    let file = env("SCRAMBLER_TUNNEL_STATUS_FILE").expect("agent: SCRAMBLER_TUNNEL_STATUS_FILE");
+    assert_eq!(
+        status_files,
+        BTreeSet::from([file.clone()]),
+        "{name}: the conflist's tunnelStatusFile is not the agent's"
+    );
+    let mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| std::path::Path::new(&file).starts_with(&m.mount_path))
+        .unwrap_or_else(|| panic!("{name}: {file} is not on a mounted volume"));
+    let host = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.host_path.as_ref())
+        .unwrap_or_else(|| panic!("{name}: {file}: volume {} is no hostPath", mount.name));
+    assert_eq!(
+        host.path, mount.mount_path,
+        "{name}: {file} is not the host's path"
+    );
+    // liveness and readiness from `scrambler agent-check` (the image has no shell)
+    for (probe, what) in [
+        (&agent.liveness_probe, "live"),
+        (&agent.readiness_probe, "ready"),
+    ] {
+        let cmd = probe
+            .as_ref()
+            .and_then(|p| p.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .unwrap_or_else(|| panic!("{name}: agent: no exec {what} probe"));
+        assert_eq!(cmd[..2], ["scrambler", "agent-check"], "{name}: {cmd:?}");
+        assert_eq!(
+            cmd.last().map(String::as_str),
+            Some(what),
+            "{name}: {cmd:?}"
         );
     }
     for v in spec.volumes.iter().flatten() {

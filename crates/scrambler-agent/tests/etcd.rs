@@ -65,7 +65,9 @@ async fn an_expired_lease_removes_the_node_from_peers_but_keeps_its_claim() {
     let etcd = Etcd::start();
     let state = tempfile::tempdir().unwrap();
     let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
-    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    let mut ca = config("a", 1, state.path());
+    ca.departed_hold = Duration::ZERO; // departed peers dropped at once
+    let a = spawn(&etcd, ca, ta.clone()).await;
     let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
     eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
     let b_claim = tb.mesh().unwrap().local;
@@ -590,6 +592,315 @@ async fn a_dataplane_flushed_under_a_running_agent_is_repaired_with_a_new_epoch(
                 .is_some_and(|e| e != e1)
     })
     .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn live_nodes(store: &scrambler_agent::Store) -> Vec<String> {
+    store.snapshot().await.unwrap().nodes.into_keys().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_back_under_the_same_epoch_is_readmitted_without_any_rekey() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let mut ca = config("a", 1, state.path());
+    ca.departed_hold = Duration::from_secs(6);
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    let store = store(&etcd).await;
+    let snap = store.snapshot().await.unwrap();
+    let (ea, eb) = (snap.nodes["a"].epoch, snap.nodes["b"].epoch);
+    let mesh = ta.mesh().unwrap();
+
+    // b's agent stops (no revoke): its lease runs out, a holds b with its SAs
+    b.stop().await;
+    let t = Instant::now();
+    let mut live = Vec::new();
+    for _ in 0..200 {
+        live = live_nodes(&store).await;
+        if live == ["a"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(live, ["a"], "b's lease did not expire");
+    eventually(5, "a says b departed", || {
+        status(state.path(), "a").is_some_and(|s| s.departed.iter().any(|d| d.name == "b"))
+    })
+    .await;
+    println!(
+        "b's registration went {:?} after its agent stopped",
+        t.elapsed()
+    );
+    assert_eq!(
+        ta.mesh().unwrap(),
+        mesh,
+        "a changed its mesh when b departed"
+    );
+    let text = status(state.path(), "a").unwrap().to_lines(agent_now());
+    assert!(text.contains("peer b departed"), "{text}");
+
+    // b comes back on its intact dataplane: same epoch, readmitted as it was
+    let before = ta.reconciles();
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "b registered again", || {
+        status(state.path(), "b").is_some_and(|s| s.registered && s.epoch_reused)
+    })
+    .await;
+    eventually(5, "a no longer holds b", || {
+        status(state.path(), "a").is_some_and(|s| s.departed.is_empty())
+    })
+    .await;
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(
+        (snap.nodes["a"].epoch, snap.nodes["b"].epoch),
+        (ea, eb),
+        "a node took a new epoch"
+    );
+    assert_eq!(ta.mesh().unwrap(), mesh);
+    assert_eq!(tb.mesh().unwrap().peer("a").unwrap().epoch.get(), ea);
+    assert!(
+        ta.applied.lock().unwrap()[before..]
+            .iter()
+            .all(|m| m == &mesh),
+        "a reconciled something else"
+    );
+    assert!(status(state.path(), "a").unwrap().reconcile_error.is_none());
+
+    // gone for longer than the hold: dropped for good (its outbound SA deleted), and
+    // back under that epoch the ledger refuses the deleted SA: a takes a new epoch
+    b.stop().await;
+    let t = Instant::now();
+    eventually(20, "a drops b after the hold", || {
+        ta.peer_names().is_empty()
+    })
+    .await;
+    println!(
+        "b dropped from a's mesh {:?} after its agent stopped (TTL 2 s, hold 6 s)",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(6),
+        "dropped before the hold ran out"
+    );
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(15, "a re-keys with b under a new epoch", || {
+        ta.mesh()
+            .is_some_and(|m| m.local.epoch.get() != ea && m.peer("b").is_some())
+    })
+    .await;
+    assert_eq!(store.snapshot().await.unwrap().nodes["b"].epoch, eb);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_peer_is_not_held() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await; // hold: 600 s
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    b.stop().await;
+    let store = store(&etcd).await;
+    claims::release(&store, "b").await.unwrap().unwrap();
+    eventually(10, "deleted b leaves a's mesh", || {
+        ta.peer_names().is_empty()
+    })
+    .await;
+    assert!(status(state.path(), "a").unwrap().departed.is_empty());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cni_status_file_exists_only_while_the_node_is_guarded() {
+    let mut etcd = Etcd::start();
+    etcd.stop();
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("run/scrambler/tunnel-status.json");
+    let ta = FakeTunnel::new("a", None);
+    let mut ca = config("a", 1, state.path());
+    ca.tunnel_status_file = Some(file.clone());
+    ca.resync = Duration::from_secs(1);
+    // very first start, id and pod CIDR to be claimed, etcd away: nothing to guard with
+    // yet, so no status file and the CNI plugin networks no pod
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    eventually(10, "a says etcd is unreachable", || {
+        status(state.path(), "a").is_some_and(|s| !s.etcd_connected)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(ta.mesh().is_none());
+    assert!(!file.exists(), "status file before the guard");
+    let st = status(state.path(), "a").unwrap();
+    assert!(!st.guarded);
+    assert!(st.live(agent_now()).is_ok());
+    assert!(st.ready(agent_now()).is_err());
+    etcd.restart();
+    eventually(20, "the status file appears", || file.exists()).await;
+    assert!(
+        ta.mesh().is_some(),
+        "status file before the first reconcile"
+    );
+    let ts: scrambler_core::TunnelStatus =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(ts.fail_closed && ts.encrypted, "{ts:?}");
+    eventually(10, "a is ready", || {
+        status(state.path(), "a").is_some_and(|s| s.ready(agent_now()).is_ok())
+    })
+    .await;
+    // the guard goes missing under the agent: the file goes, readiness with it
+    ta.unguarded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "the status file goes", || !file.exists()).await;
+    assert!(status(state.path(), "a")
+        .unwrap()
+        .ready(agent_now())
+        .is_err());
+    ta.unguarded
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "the status file is back", || file.exists()).await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_fixed_pod_cidrs_claimed_at_once_never_both_succeed() {
+    let etcd = Etcd::start();
+    let store = store(&etcd).await;
+    let mut won = 0;
+    for round in 0..10u8 {
+        let net = format!("10.{}.0.0", 60 + round);
+        // eight nested fixed CIDRs (/16 ⊃ /17 ⊃ … ⊃ /23) and two claims from a pool of
+        // the same /16, all started together: every pair overlaps
+        let barrier = Arc::new(tokio::sync::Barrier::new(10));
+        let tasks: Vec<_> = (0..10u8)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let req = ClaimRequest {
+                    name: format!("r{round}n{i}"),
+                    id: None,
+                    pod_cidrs: if i < 8 {
+                        vec![format!("{net}/{}", 16 + i).parse().unwrap()]
+                    } else {
+                        vec![]
+                    },
+                    pool: Some((format!("{net}/16").parse().unwrap(), 24)),
+                };
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    claims::claim(&store, &req).await
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(c) => got.push(c),
+                Err(Error::AlreadyExists { .. } | Error::RangeExhausted { .. }) => {}
+                Err(e) => panic!("unexpected claim error: {e}"),
+            }
+        }
+        let cidrs: Vec<ipnet::IpNet> = got.iter().flat_map(|c| c.pod_cidrs.clone()).collect();
+        for (i, a) in cidrs.iter().enumerate() {
+            for b in &cidrs[i + 1..] {
+                assert!(
+                    !a.contains(&b.network()) && !b.contains(&a.network()),
+                    "round {round}: {a} and {b} both claimed"
+                );
+            }
+        }
+        assert!(!got.is_empty(), "round {round}: nobody won");
+        won += got.len();
+    }
+    println!("10 rounds of 10 overlapping claimers: {won} claims won, none overlapping");
+}
+
+/// First time `node` reconciled a mesh for which `f` holds.
+fn first(
+    log: &Mutex<Vec<Logged>>,
+    node: &str,
+    f: impl Fn(&scrambler_core::Mesh) -> bool,
+) -> Instant {
+    log.lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.node == node && f(&l.mesh))
+        .map(|l| l.at)
+        .unwrap_or_else(|| panic!("{node} never reconciled such a mesh"))
+}
+
+/// What an epoch change costs today, measured: from the moment a node's dataplane runs
+/// under its new epoch (its inbound SAs of the old one gone) until a peer has re-keyed
+/// with it, that peer's traffic to the node is dropped (it still sends under the old
+/// epoch), and the node's traffic to the peer is dropped there (no inbound SA yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ta = FakeTunnel::new("a", Some(log.clone()));
+    let tb = FakeTunnel::new("b", Some(log.clone()));
+    let mut ca = config("a", 1, state.path());
+    ca.resync = Duration::from_secs(1);
+    let a = spawn(&etcd, ca.clone(), ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a and b see each other", || {
+        ta.peer_names() == ["b"] && tb.peer_names() == ["a"]
+    })
+    .await;
+    let e1 = ta.mesh().unwrap().local.epoch;
+    let b_has = |e: scrambler_core::Epoch| {
+        move |m: &scrambler_core::Mesh| m.peer("a").is_some_and(|p| p.epoch == e)
+    };
+
+    // not a reboot: a's outbound SA to b is lost under the running agent; the ledger
+    // refuses it, a takes a new epoch
+    let lost = Instant::now();
+    ta.lose_outbound
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "b re-keys with a's new epoch", || {
+        tb.mesh()
+            .and_then(|m| m.peer("a").map(|p| p.epoch))
+            .is_some_and(|e| e != e1)
+    })
+    .await;
+    let e2 = tb.mesh().unwrap().peer("a").unwrap().epoch;
+    let a_switched = first(&log, "a", |m| m.local.epoch == e2);
+    let b_switched = first(&log, "b", b_has(e2));
+    let cut = b_switched.duration_since(a_switched);
+    println!(
+        "epoch change without reboot: a switched {:?} after losing its SA; pair a-b cut for {:?} \
+         (until b reconciled)",
+        a_switched.duration_since(lost),
+        cut
+    );
+    assert!(cut < ca.max_delay + Duration::from_secs(2), "{cut:?}");
+
+    // a reboot: the dataplane is empty, the agent restarts
+    a.stop().await;
+    use scrambler_core::Tunnel;
+    let reset = Instant::now();
+    ta.remove(&scrambler_core::Netns::default()).await.unwrap();
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    eventually(10, "b re-keys with a's rebooted epoch", || {
+        tb.mesh()
+            .and_then(|m| m.peer("a").map(|p| p.epoch))
+            .is_some_and(|e| e != e2)
+    })
+    .await;
+    let e3 = tb.mesh().unwrap().peer("a").unwrap().epoch;
+    let a_full = first(&log, "a", |m| m.local.epoch == e3 && m.peer("b").is_some());
+    let b_switched = first(&log, "b", b_has(e3));
+    println!(
+        "reboot (agent restarted at once): pair a-b cut for {:?} from the reset until b \
+         reconciled (a had its SAs with b {:?} after the reset), plus the reboot itself",
+        b_switched.duration_since(reset),
+        a_full.duration_since(reset)
+    );
     a.stop().await;
     b.stop().await;
 }

@@ -98,6 +98,7 @@ fn attach_request(req: &Request) -> AttachRequest {
 }
 
 async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
+    guard_in_place(req)?;
     let backend = backend(req)?;
     let areq = attach_request(req);
     // the pod namespace is checked here, once, and the connections opened for the command
@@ -249,6 +250,37 @@ async fn status(req: &Request, host: &Netns) -> Result<()> {
         .and_then(|v| v.as_str())
     {
         tunnel_status(path)?;
+    }
+    Ok(())
+}
+
+/// ADD with a `tunnelStatusFile`: the node agent writes that file only once the node's
+/// fail-closed guard is in place (and removes it when it is not), so a pod is never
+/// networked on a node whose pod traffic could leave in cleartext. Missing, unreadable or
+/// unguarded: "try again later" (11), before anything is allocated or created.
+fn guard_in_place(req: &Request) -> Result<()> {
+    let Some(path) = req
+        .conf
+        .extra
+        .get(TUNNEL_STATUS_FIELD)
+        .and_then(|v| v.as_str())
+    else {
+        return Ok(());
+    };
+    let st: TunnelStatus = std::fs::read_to_string(path)
+        .map_err(|e| format!("read {path}: {e}"))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("decode {path}: {e}")))
+        .map_err(|e| {
+            Error::TryAgainLater(format!(
+                "the node's mesh is not guarded yet (the scrambler agent writes {path} once \
+                 it is): {e}"
+            ))
+        })?;
+    if !st.fail_closed {
+        return Err(Error::TryAgainLater(format!(
+            "{path}: the fail-closed guard of dataplane {} is not in place",
+            st.dataplane
+        )));
     }
     Ok(())
 }

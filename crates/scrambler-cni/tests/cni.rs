@@ -405,6 +405,32 @@ fn status_reports_ipam_and_mesh() {
 }
 
 #[test]
+fn add_waits_for_the_agent_to_guard_the_node() {
+    let node = Node::new("gd");
+    let pod = TestNetns::new("gdpod");
+    let status_file = node.data.path().join("run/tunnel-status.json");
+    let mut conf = node.conf("1.1.0", "10.27.0.0/24");
+    conf["tunnelStatusFile"] = json!(status_file);
+    let add = Invocation::new("ADD", "gd1", &pod.path(), "eth0");
+    // no file yet (the agent has not guarded the node): try again later, nothing left
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 11, "{out:?}");
+    assert!(node.leases().is_empty());
+    assert!(node.host_veths().is_empty());
+    std::fs::create_dir_all(status_file.parent().unwrap()).unwrap();
+    std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":false,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    assert_eq!(node.ours(&add, &conf).code(), 11);
+    assert!(node.leases().is_empty());
+    // guarded, even with no peer up yet: pods may come
+    std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    let r = node.ours(&add, &conf);
+    r.expect_ok();
+    assert_eq!(node.leases().len(), 1);
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
+    assert!(node.leases().is_empty());
+}
+
+#[test]
 fn delegated_host_local_ipam() {
     for version in ["0.2.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let node = Node::new("hl");

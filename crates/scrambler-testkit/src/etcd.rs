@@ -12,6 +12,8 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     tls: Option<TlsFiles>,
+    /// The named network namespace it runs in (`None`: the caller's).
+    netns: Option<String>,
 }
 
 /// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1 and a client
@@ -135,9 +137,42 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             tls: None,
+            netns: None,
         };
         e.spawn();
         e
+    }
+
+    /// Starts etcd on 127.0.0.1 inside the named network namespace `netns` (`ip netns
+    /// exec`), e.g. one a containerised agent joins; its loopback is brought up.
+    pub fn start_in(netns: &str) -> Etcd {
+        let up = Command::new("ip")
+            .args(["netns", "exec", netns, "ip", "link", "set", "lo", "up"])
+            .status();
+        assert!(up.is_ok_and(|s| s.success()), "lo up in {netns}");
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            // a fresh namespace has every port free
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls: None,
+            netns: Some(netns.to_string()),
+        };
+        e.spawn();
+        e
+    }
+
+    /// A command run in etcd's namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+        }
     }
 
     /// Starts etcd serving clients over TLS only, requiring a client certificate signed by
@@ -151,6 +186,7 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             tls: Some(tls.clone()),
+            netns: None,
         };
         e.spawn();
         (e, tls)
@@ -165,7 +201,7 @@ impl Etcd {
     fn spawn(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
-        let mut cmd = Command::new("etcd");
+        let mut cmd = self.command("etcd");
         if let Some(t) = &self.tls {
             cmd.arg("--client-cert-auth")
                 .arg("--trusted-ca-file")
@@ -199,7 +235,7 @@ impl Etcd {
     fn wait_ready(&self) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
-            let mut ctl = Command::new("etcdctl");
+            let mut ctl = self.command("etcdctl");
             if let Some(t) = &self.tls {
                 ctl.arg("--cacert")
                     .arg(&t.ca)

@@ -163,3 +163,62 @@ async fn agents_on_etcd_drive_two_vpps_through_a_lossless_rotation_and_a_restart
     a.stop().await;
     b.stop().await;
 }
+
+/// A peer away for longer than its lease (agent stopped, dataplane intact) is held by the
+/// other node with its SAs: traffic keeps flowing meanwhile (encrypted, under the SAs that
+/// were already sending), and when its agent comes back under the same epoch neither node
+/// re-keys nor installs anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_away_longer_than_its_lease_comes_back_without_a_rekey() {
+    let t = TwoNodes::start("ah").await;
+    let etcd = Etcd::start();
+    let dp: Arc<dyn Tunnel> = Arc::new(VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b])));
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().to_path_buf();
+    let a = spawn(&t, &etcd, dp.clone(), state.path(), "a", 1).await;
+    let b = spawn(&t, &etcd, dp.clone(), state.path(), "b", 2).await;
+    eventually(30, "pod a reaches pod b", || ping(&t.a, "10.2.0.2", 1).0).await;
+    let store = Store::connect(&EtcdConfig::plain(vec![etcd.endpoint()]))
+        .await
+        .unwrap();
+    let snap = store.snapshot().await.unwrap();
+    let epochs = (snap.nodes["a"].epoch, snap.nodes["b"].epoch);
+    let reconciles = status(&st, "a").reconciles;
+
+    b.stop().await; // its lease (5 s) runs out
+    let gone = Instant::now();
+    eventually(20, "a holds departed b", || {
+        status(&st, "a").departed.iter().any(|d| d.name == "b")
+    })
+    .await;
+    println!("b departed {:?} after its agent stopped", gone.elapsed());
+    let (wire, (ok, out)) = capture(&t.a, "", || ping(&t.a, "10.2.0.2", 3));
+    assert!(ok, "no traffic while b is held: {out}");
+    assert!(
+        wire.contains("ESP") && !wire.contains("ICMP echo"),
+        "not ESP only:\n{wire}"
+    );
+
+    let b = spawn(&t, &etcd, dp.clone(), state.path(), "b", 2).await;
+    eventually(20, "b back and no longer held", || {
+        let (sa, sb) = (status(&st, "a"), status(&st, "b"));
+        sb.registered && sb.epoch_reused && sa.departed.is_empty()
+    })
+    .await;
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(
+        (snap.nodes["a"].epoch, snap.nodes["b"].epoch),
+        epochs,
+        "a node took a new epoch"
+    );
+    let sa = status(&st, "a");
+    assert!(sa.reconcile_error.is_none(), "{:?}", sa.reconcile_error);
+    assert_eq!(
+        sa.reconciles, reconciles,
+        "a reconciled while b was away and back: {:?}",
+        sa.last_report
+    );
+    assert!(ping(&t.a, "10.2.0.2", 3).0);
+    a.stop().await;
+    b.stop().await;
+}

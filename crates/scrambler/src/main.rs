@@ -63,6 +63,18 @@ enum Cmd {
     /// Run the node agent: register this node in etcd, keep its dataplane reconciled to the
     /// cluster, take part in key rotations. Runs until SIGTERM.
     Agent(Box<AgentArgs>),
+    /// The agent's liveness or readiness, from its status file only (a Kubernetes exec
+    /// probe: no key, no etcd, no dataplane access). Exit 0 with "ok", or 1 saying why.
+    /// Live: the agent's loop rewrote its status in the last 120 s. Ready: live, the
+    /// node's fail-closed guard in place, its mesh reconciled without error, registered.
+    AgentCheck {
+        /// The agent's --state-dir.
+        #[arg(long, default_value = scrambler_agent::agent::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// What to check.
+        #[arg(value_enum)]
+        check: AgentCheck,
+    },
     /// Install the CNI plugin on this node (a DaemonSet's init container): claim the node's
     /// id and pod CIDR in etcd, copy the CNI binaries, write the conflist with the pod CIDR.
     InstallCni(Box<InstallCniArgs>),
@@ -101,6 +113,15 @@ enum Cmd {
 #[cfg(not(feature = "lab"))]
 const LAB_NOT_BUILT: &str = "this scrambler is built without the lab: build it with \
      `cargo build --release -p scrambler --features lab` (scripts/lab.sh does)";
+
+/// What `scrambler agent-check` checks.
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum AgentCheck {
+    /// The agent's loop runs (liveness probe).
+    Live,
+    /// The node is guarded, reconciled and registered (readiness probe).
+    Ready,
+}
 
 /// How to reach etcd.
 #[derive(Args, Clone)]
@@ -208,6 +229,16 @@ struct AgentArgs {
     /// Registration lease TTL (s): how long a silent node stays in its peers' meshes.
     #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_LEASE_TTL)]
     lease_ttl: i64,
+    /// How long a peer whose registration went (lease expired) but whose claim stays is
+    /// kept in this node's mesh with its SAs (s), so that it comes back under the same
+    /// epoch without any node re-keying; 0: drop it at once.
+    #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_DEPARTED_HOLD.as_secs())]
+    departed_hold_secs: u64,
+    /// Where to write the dataplane's status for the CNI plugin (its conf's
+    /// "tunnelStatusFile"): written once the node's fail-closed guard is in place, removed
+    /// while it is not; the plugin refuses ADD without it.
+    #[arg(long, env = "SCRAMBLER_TUNNEL_STATUS_FILE")]
+    tunnel_status_file: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -242,6 +273,8 @@ impl AgentArgs {
             return Err(Error::config("--lease-ttl: at least 2 seconds"));
         }
         c.lease_ttl = self.lease_ttl;
+        c.departed_hold = std::time::Duration::from_secs(self.departed_hold_secs);
+        c.tunnel_status_file = self.tunnel_status_file.clone();
         Ok(c)
     }
 }
@@ -595,6 +628,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = args.config()?;
             let backend = args.backend.parse()?;
             cluster::run_agent(cfg, &args.etcd.config()?, backend, &args.vpp_socket).await?;
+        }
+        Cmd::AgentCheck { state_dir, check } => {
+            let st = scrambler_agent::status::AgentStatus::load(
+                &scrambler_agent::status::AgentStatus::path(&state_dir),
+            )?;
+            let r = match check {
+                AgentCheck::Live => st.live(record::now()),
+                AgentCheck::Ready => st.ready(record::now()),
+            };
+            match r {
+                Ok(()) => println!("ok"),
+                Err(why) => {
+                    eprintln!("scrambler agent-check: {why}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
         }
         Cmd::InstallCni(a) => {
             let req = scrambler_agent::claims::ClaimRequest {

@@ -89,6 +89,43 @@ fn agent_refuses_a_node_without_pod_cidrs_before_touching_anything() {
 }
 
 #[test]
+fn agent_check_reads_liveness_and_readiness_from_the_status_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = scrambler(&["agent-check", "--state-dir", d, "live"]);
+    assert_eq!(code, 1, "no status file");
+    assert!(err.contains("agent-status.json"), "{err}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut st = serde_json::json!({
+        "node": "n1", "id": 1, "epoch": "00000000000000ab", "epochReused": false,
+        "etcdConnected": true, "etcdUnreachableSince": null, "etcdError": null,
+        "registered": true, "rotation": null, "tx": 1, "rx": [1], "peers": 0,
+        "reconciles": 1, "lastReconcile": now, "reconcileError": null,
+        "guarded": false, "updated": now,
+    });
+    let write = |v: &serde_json::Value| {
+        std::fs::write(dir.path().join("agent-status.json"), v.to_string()).unwrap()
+    };
+    write(&st);
+    assert_eq!(scrambler(&["agent-check", "--state-dir", d, "live"]).0, 0);
+    let (code, _, err) = scrambler(&["agent-check", "--state-dir", d, "ready"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("guard"), "{err}");
+    st["guarded"] = true.into();
+    write(&st);
+    let (code, out, _) = scrambler(&["agent-check", "--state-dir", d, "ready"]);
+    assert_eq!((code, out.trim()), (0, "ok"));
+    st["updated"] = (now - 600).into();
+    write(&st);
+    let (code, _, err) = scrambler(&["agent-check", "--state-dir", d, "live"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not running"), "{err}");
+}
+
+#[test]
 fn install_cni_claims_and_writes_binaries_and_the_conflist_of_the_deploy_configmap() {
     let etcd = Etcd::start();
     let ep = etcd.endpoint();

@@ -42,6 +42,8 @@ pub struct FakeTunnel {
     pub refuse_new_generation: AtomicBool,
     /// While set (until the next reconcile), every peer's outbound SA reads as lost.
     pub lose_outbound: AtomicBool,
+    /// While set, the dataplane reports its fail-closed guard missing.
+    pub unguarded: AtomicBool,
     pub log: Option<Arc<Mutex<Vec<Logged>>>>,
 }
 
@@ -119,7 +121,7 @@ impl Tunnel for FakeTunnel {
         Ok(TunnelStatus {
             dataplane: "fake".into(),
             encrypted: true,
-            fail_closed: true,
+            fail_closed: !self.unguarded.load(Ordering::SeqCst),
             peers,
             ..Default::default()
         })
