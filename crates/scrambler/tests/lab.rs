@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    args, assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler,
-    tail, with_lab,
+    args, assert_agents_tour, assert_faults_injected, assert_lab_run_passed, assert_nothing_left,
+    lab_name, scrambler, tail, with_lab,
 };
 use std::process::Command;
 
@@ -130,4 +130,19 @@ fn rotate_steps_the_mesh_file_through_three_phases() {
         last.contains("finish") && last.contains("tx=5 rx={5}"),
         "{last}"
     );
+}
+
+#[test]
+fn lab_run_agents_tour_on_the_kernel() {
+    // The cluster on etcd: a real etcd and one `scrambler agent` per node drive the
+    // kernel's xfrm mesh (in Debian's stock kernel under qemu here); every fault, with
+    // etcd down for 5 s.
+    let lab = lab_name("scra");
+    let (ok, out) = scrambler(
+        &args("lab run --agents --nodes 3 --pods 1 --etcd-down-secs 5"),
+        &lab,
+    );
+    assert!(ok, "lab run --agents failed:\n{}", tail(&out, 150));
+    assert_agents_tour(&out);
+    assert_nothing_left(&lab);
 }
