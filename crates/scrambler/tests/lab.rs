@@ -1,7 +1,8 @@
-//! The lab end to end, exactly as the README's main job runs it: `scrambler lab run` builds
-//! 3 nodes with pods through the real CNI binary, proves the underlay carries only ESP,
-//! injects every failure and checks recovery, then removes everything. On a kernel without
-//! ESP the binary boots Debian's stock kernel under qemu by itself.
+//! The lab end to end, as the README's main job runs it: `scrambler lab run` builds 3 nodes
+//! with pods through the real CNI binary, proves the underlay carries only ESP, injects every
+//! failure and checks recovery, then removes everything — with the mesh from the lab's mesh
+//! file, and with `--agents` (the main job: a real etcd and one `scrambler agent` per node).
+//! On a kernel without ESP the binary boots Debian's stock kernel under qemu by itself.
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! The lab: an encrypted multi-node cluster on one machine.
 //!
 //! `lab up` builds N nodes as network namespaces joined by an underlay bridge, applies the
-//! mesh on every node and starts pods through the real CNI binary; `lab test` pings every pod
+//! mesh on every node (or, with `--agents`, starts etcd and one `scrambler agent` per node,
+//! see [`agents`]) and starts pods through the real CNI binary; `lab test` pings every pod
 //! from every pod on other nodes while capturing the underlay and prints a verdict;
 //! `lab inject` breaks something and measures the outage; `lab down` removes everything.
 //! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file with each
