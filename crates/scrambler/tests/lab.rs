@@ -138,7 +138,7 @@ fn lab_run_agents_tour_on_the_kernel() {
     // The cluster on etcd: a real etcd and one `scrambler agent` per node drive the
     // kernel's xfrm mesh (in Debian's stock kernel under qemu here); every fault, with
     // etcd down for 5 s.
-    let lab = lab_name("scra");
+    let lab = lab_name("scag");
     let (ok, out) = scrambler(
         &args("lab run --agents --nodes 3 --pods 1 --etcd-down-secs 5"),
         &lab,

@@ -476,3 +476,70 @@ pub fn print_report(r: &InjectReport) {
         }
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{backend::LabBackend, LabSpec};
+
+    fn lab(nodes: usize, agents: bool, backend: &str) -> LabState {
+        let backend: LabBackend = backend.parse().unwrap();
+        LabState {
+            spec: LabSpec {
+                name: "t".into(),
+                nodes,
+                pods_per_node: 1,
+                backend,
+                agents,
+            },
+            pods: vec![],
+            node_backends: (1..=nodes).map(|i| backend.node(i)).collect(),
+        }
+    }
+
+    #[test]
+    fn agent_faults_need_agents_and_file_faults_need_files() {
+        let files = lab(3, false, "veth");
+        for f in [Fault::EtcdDown, Fault::NodeLeave, Fault::NodeJoin] {
+            let e = check_fault(&files, f, 1).unwrap_err().to_string();
+            assert!(e.contains("needs the agents"), "{f:?}: {e}");
+        }
+        for f in [
+            Fault::LinkDown,
+            Fault::DeleteState,
+            Fault::KillAgent,
+            Fault::Rotate,
+            Fault::Reboot,
+        ] {
+            check_fault(&files, f, 1).unwrap();
+        }
+        let agents = lab(3, true, "veth");
+        let e = check_fault(&agents, Fault::DeleteState, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete-state with agents"), "{e}");
+        for f in [
+            Fault::EtcdDown,
+            Fault::NodeLeave,
+            Fault::NodeJoin,
+            Fault::Reboot,
+            Fault::Rotate,
+        ] {
+            check_fault(&agents, f, 1).unwrap();
+        }
+        // a 2-node lab keeps 2 nodes: nobody leaves
+        let e = check_fault(&lab(2, true, "vpp"), Fault::NodeLeave, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3 nodes or more"), "{e}");
+    }
+
+    #[test]
+    fn node_leave_takes_the_last_node_and_node_join_adds_the_next() {
+        let l = lab(4, true, "mixed");
+        assert_eq!(target(&l, Fault::NodeLeave, 1), 4);
+        assert_eq!(target(&l, Fault::NodeJoin, 2), 5);
+        assert_eq!(target(&l, Fault::Reboot, 2), 2);
+        assert_eq!(first_pod_ip(5).to_string(), "10.244.5.2");
+    }
+}
