@@ -424,6 +424,11 @@ enum LabCmd {
         /// mixed (odd nodes VPP, even nodes veth).
         #[arg(long, default_value = "veth")]
         backend: String,
+        /// Run the cluster on etcd: a real etcd and one `scrambler agent` per node build
+        /// the mesh (instead of the lab's mesh file); adds the etcd-down, node-leave and
+        /// node-join faults.
+        #[arg(long)]
+        agents: bool,
     },
     /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
     ///
@@ -447,9 +452,10 @@ enum LabCmd {
         /// Node it hits (1-based).
         #[arg(long, default_value_t = 1)]
         node: usize,
-        /// How long the failure is held (ms), where that applies; also the rotation grace.
-        #[arg(long, default_value_t = 1000)]
-        hold_ms: u64,
+        /// How long the failure is held (ms), where that applies; also the rotation grace
+        /// [default: 30000 for etcd-down, 1000 otherwise].
+        #[arg(long)]
+        hold_ms: Option<u64>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -495,6 +501,13 @@ enum LabCmd {
         /// Node dataplanes: veth (alias xfrm), ipvlan, vpp or mixed (as for `lab up`).
         #[arg(long, default_value = "veth")]
         backend: String,
+        /// The cluster on etcd with one agent per node (as for `lab up`); the tour adds
+        /// etcd-down, node-leave and node-join.
+        #[arg(long)]
+        agents: bool,
+        /// With --agents: how long etcd stays down in the tour (s).
+        #[arg(long, default_value_t = 30)]
+        etcd_down_secs: u64,
     },
 }
 
@@ -766,6 +779,10 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
             hold_ms,
             json,
         } => {
+            let hold_ms = hold_ms.unwrap_or(match fault {
+                Fault::EtcdDown => 30_000,
+                _ => 1000,
+            });
             let r =
                 lab::inject::inject(&lab.name, fault, node, Duration::from_millis(hold_ms)).await?;
             if json {
@@ -780,6 +797,10 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::Status { lab } => {
             let state = lab::LabState::load(&lab.name)?;
             for i in 1..=state.spec.nodes {
+                if let Some(a) = lab::agents::agent_status(&state, i).filter(|_| state.spec.agents)
+                {
+                    print!("{}", a.to_lines(record::now()));
+                }
                 let st = lab::node_status(&state, i).await?;
                 print!("{}", st.to_table(record::now()));
                 println!();
@@ -790,12 +811,17 @@ async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
             println!("lab {:?} down: {n} namespaces removed", lab.name);
         }
         LabCmd::Run {
-            lab,
-            nodes,
-            pods,
             no_inject,
-            backend,
-        } => return lab_run(&lab.name, nodes, pods, no_inject, &backend).await,
+            etcd_down_secs,
+            ..
+        } => {
+            let spec = spec.ok_or_else(|| Error::config("lab run: nothing to build"))?;
+            let tour = Tour {
+                inject: !no_inject,
+                etcd_down: Duration::from_secs(etcd_down_secs),
+            };
+            return lab_run(spec, tour).await;
+        }
         LabCmd::VmServe { .. } | LabCmd::VmAgent { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -810,18 +836,21 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             nodes,
             pods,
             backend,
+            agents,
         }
         | LabCmd::Run {
             lab,
             nodes,
             pods,
             backend,
+            agents,
             ..
         } => Ok(Some(LabSpec {
             name: lab.name.clone(),
             nodes: *nodes,
             pods_per_node: *pods,
             backend: lab_backend(backend)?,
+            agents: *agents,
         })),
         _ => Ok(None),
     }
@@ -847,6 +876,9 @@ fn check_lab_args(cmd: &LabCmd) -> Result<()> {
                 spec.validate()?;
                 if spec.backend.uses_vpp() {
                     lab::vppnode::dist()?;
+                }
+                if spec.agents {
+                    lab::agents::check_installed()?;
                 }
                 Ok(())
             }
@@ -922,23 +954,21 @@ fn exit_code(status: i32) -> ExitCode {
 }
 
 #[cfg(feature = "lab")]
+/// What `lab run` does after `up` and the first test.
+struct Tour {
+    /// Inject the faults.
+    inject: bool,
+    /// How long etcd stays down (with agents).
+    etcd_down: Duration,
+}
+
+#[cfg(feature = "lab")]
 /// The whole tour; always takes the lab down, even on failure.
-async fn lab_run(
-    name: &str,
-    nodes: usize,
-    pods: usize,
-    no_inject: bool,
-    backend: &str,
-) -> Result<ExitCode> {
-    let spec = LabSpec {
-        name: name.into(),
-        nodes,
-        pods_per_node: pods,
-        backend: lab_backend(backend)?,
-    };
-    let result = lab_tour(spec, no_inject).await;
+async fn lab_run(spec: LabSpec, tour: Tour) -> Result<ExitCode> {
+    let name = spec.name.clone();
+    let result = lab_tour(spec, tour).await;
     let t = std::time::Instant::now();
-    let removed = lab::down(name);
+    let removed = lab::down(&name);
     eprintln!(
         "[lab] lab {name:?} down in {:.1}s",
         t.elapsed().as_secs_f64()
@@ -954,38 +984,66 @@ async fn lab_run(
 }
 
 #[cfg(feature = "lab")]
-async fn lab_tour(spec: LabSpec, no_inject: bool) -> Result<bool> {
+/// The faults of the tour, in order (those a lab does not support are skipped).
+const TOUR: [Fault; 8] = [
+    Fault::LinkDown,
+    Fault::DeleteState,
+    Fault::KillAgent,
+    Fault::Rotate,
+    Fault::EtcdDown,
+    Fault::NodeLeave,
+    Fault::NodeJoin,
+    Fault::Reboot,
+];
+
+#[cfg(feature = "lab")]
+/// The longest outage the tour accepts while etcd is down (5 probes of 50 ms).
+const ETCD_DOWN_MAX_OUTAGE_MS: u64 = 250;
+
+#[cfg(feature = "lab")]
+async fn lab_tour(spec: LabSpec, tour: Tour) -> Result<bool> {
     let name = spec.name.clone();
     lab::up(spec).await?;
     println!("\n== lab test");
     let r = lab::test(&name).await?;
     lab::print_report(&r);
     let mut pass = r.pass;
-    if !no_inject {
-        for fault in [
-            Fault::LinkDown,
-            Fault::DeleteState,
-            Fault::KillAgent,
-            Fault::Rotate,
-            Fault::Reboot,
-        ] {
-            let state = lab::LabState::load(&name)?;
-            let Some(node) = lab::vppnode::tour_target(&state, fault) else {
-                println!("\n== lab inject {fault:?}: skipped (no node of this lab supports it)");
-                continue;
-            };
-            println!("\n== lab inject {fault:?}");
-            let ir = lab::inject::inject(&name, fault, node, Duration::from_millis(1000)).await?;
-            lab::inject::print_report(&ir);
-            pass &= ir.underlay.cleartext == 0;
-            if fault == Fault::Rotate {
-                pass &= ir.flows.iter().all(|f| f.received == f.sent);
+    if !tour.inject {
+        return Ok(pass);
+    }
+    for fault in TOUR {
+        let state = lab::LabState::load(&name)?;
+        let Some(node) = lab::vppnode::tour_target(&state, fault) else {
+            println!("\n== lab inject {fault:?}: skipped (this lab does not support it)");
+            continue;
+        };
+        println!("\n== lab inject {fault:?}");
+        let hold = match fault {
+            Fault::EtcdDown => tour.etcd_down,
+            _ => Duration::from_millis(1000),
+        };
+        let ir = lab::inject::inject(&name, fault, node, hold).await?;
+        lab::inject::print_report(&ir);
+        pass &= ir.underlay.cleartext == 0;
+        match fault {
+            // no packet lost while the agents rotate
+            Fault::Rotate => pass &= ir.flows.iter().all(|f| f.received == f.sent),
+            // traffic keeps flowing while etcd is away (fail static): a torn-down tunnel
+            // would cost seconds; a stray echo lost on a busy machine is no outage
+            Fault::EtcdDown => {
+                pass &= ir
+                    .flows
+                    .iter()
+                    .all(|f| f.longest_outage_ms <= ETCD_DOWN_MAX_OUTAGE_MS)
             }
-            let r = lab::test(&name).await?;
-            println!("-- lab test after {fault:?}");
-            lab::print_report(&r);
-            pass &= r.pass;
+            // the pings to the joining node's first pod start working
+            Fault::NodeJoin => pass &= ir.flows.iter().all(|f| f.received > 0),
+            _ => {}
         }
+        let r = lab::test(&name).await?;
+        println!("-- lab test after {fault:?}");
+        lab::print_report(&r);
+        pass &= r.pass;
     }
     Ok(pass)
 }

@@ -1,13 +1,14 @@
-//! The lab end to end, exactly as the README's main job runs it: `scrambler lab run` builds
-//! 3 nodes with pods through the real CNI binary, proves the underlay carries only ESP,
-//! injects every failure and checks recovery, then removes everything. On a kernel without
-//! ESP the binary boots Debian's stock kernel under qemu by itself.
+//! The lab end to end, as the README's main job runs it: `scrambler lab run` builds 3 nodes
+//! with pods through the real CNI binary, proves the underlay carries only ESP, injects every
+//! failure and checks recovery, then removes everything — with the mesh from the lab's mesh
+//! file, and with `--agents` (the main job: a real etcd and one `scrambler agent` per node).
+//! On a kernel without ESP the binary boots Debian's stock kernel under qemu by itself.
 
 mod common;
 
 use common::{
-    args, assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler,
-    tail, with_lab,
+    args, assert_agents_tour, assert_faults_injected, assert_lab_run_passed, assert_nothing_left,
+    lab_name, scrambler, tail, with_lab,
 };
 use std::process::Command;
 
@@ -130,4 +131,19 @@ fn rotate_steps_the_mesh_file_through_three_phases() {
         last.contains("finish") && last.contains("tx=5 rx={5}"),
         "{last}"
     );
+}
+
+#[test]
+fn lab_run_agents_tour_on_the_kernel() {
+    // The cluster on etcd: a real etcd and one `scrambler agent` per node drive the
+    // kernel's xfrm mesh (in Debian's stock kernel under qemu here); every fault, with
+    // etcd down for 5 s.
+    let lab = lab_name("scag");
+    let (ok, out) = scrambler(
+        &args("lab run --agents --nodes 3 --pods 1 --etcd-down-secs 5"),
+        &lab,
+    );
+    assert!(ok, "lab run --agents failed:\n{}", tail(&out, 150));
+    assert_agents_tour(&out);
+    assert_nothing_left(&lab);
 }

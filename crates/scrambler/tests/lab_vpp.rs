@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    args, assert_faults_injected, assert_lab_run_passed, assert_nothing_left, lab_name, scrambler,
-    scrambler_cmd, tail, with_lab,
+    args, assert_agents_tour, assert_faults_injected, assert_lab_run_passed, assert_nothing_left,
+    lab_name, scrambler, scrambler_cmd, tail, with_lab,
 };
 use std::process::Command;
 
@@ -183,4 +183,21 @@ fn vpp_node_remove_then_apply_is_refused_until_a_new_epoch() {
         let rotated = std::fs::read_to_string(&mesh).unwrap();
         assert!(rotated.contains("\"tx\": 1"), "no rotation: {rotated}");
     });
+}
+
+#[test]
+fn vpp_lab_agents_tour() {
+    // 3 VPP nodes on etcd, one `scrambler agent` each: every fault, etcd down for 5 s.
+    let lab = lab_name("sca");
+    let (ok, out) = scrambler(
+        &args("lab run --backend vpp --agents --nodes 3 --pods 1 --etcd-down-secs 5"),
+        &lab,
+    );
+    assert!(
+        ok,
+        "lab run --backend vpp --agents failed:\n{}",
+        tail(&out, 150)
+    );
+    assert_agents_tour(&out);
+    assert_nothing_left(&lab);
 }

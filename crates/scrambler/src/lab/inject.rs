@@ -27,8 +27,82 @@ pub enum Fault {
     /// key would reuse GCM nonces); a new epoch for the node, applied on every node,
     /// repairs it without a rotation.
     DeleteState,
-    /// A full key rotation (prepare, switch, finish on every node) under load.
+    /// A full key rotation under load: in file mode prepare, switch, finish on every node;
+    /// with agents `scrambler rotate --etcd-endpoints` and the agents carry it out.
     Rotate,
+    /// (agents) etcd is stopped for the hold time (30 s unless `--hold-ms` says otherwise),
+    /// then started again: the agents keep their last mesh (fail static, still fail
+    /// closed) and say so in their status, then catch up.
+    EtcdDown,
+    /// (agents) The lab's last node leaves while traffic flows: its agent stops, the node
+    /// is deleted from etcd (`scrambler delete-node`), its peers drop it when its lease
+    /// expires; then the node and its pods go. Needs 3 nodes or more.
+    NodeLeave,
+    /// (agents) A new node (the lab's next index) joins while pods of other nodes already
+    /// send to its first pod's address: the cluster guard drops that traffic until the
+    /// node's agent registers and the mesh includes it, then pings start working.
+    NodeJoin,
+}
+
+impl Fault {
+    /// True for faults that need the agents (etcd).
+    pub fn needs_agents(self) -> bool {
+        matches!(self, Fault::EtcdDown | Fault::NodeLeave | Fault::NodeJoin)
+    }
+}
+
+/// Refuses a fault this lab cannot inject on node `i` (see [`Fault::needs_agents`] and
+/// [`super::vppnode::check_fault`]).
+pub fn check_fault(state: &LabState, fault: Fault, i: usize) -> Result<()> {
+    super::vppnode::check_fault(state, fault, i)?;
+    if fault.needs_agents() && !state.spec.agents {
+        return Err(Error::Unsupported(format!(
+            "{} needs the agents: build the lab with `lab up --agents`",
+            fault_name(fault)
+        )));
+    }
+    if fault == Fault::DeleteState && state.spec.agents {
+        return Err(Error::Unsupported(
+            "delete-state with agents: the agent finds a lost SA only at its next full \
+             resync (30 s) and then takes a new epoch; inject it on a lab without --agents"
+                .into(),
+        ));
+    }
+    if fault == Fault::NodeLeave && state.spec.nodes < 3 {
+        return Err(Error::Unsupported(
+            "node-leave needs 3 nodes or more (a cluster stays after one leaves)".into(),
+        ));
+    }
+    if fault == Fault::NodeJoin && state.spec.nodes >= topology::MAX_NODES {
+        return Err(Error::Unsupported(format!(
+            "node-join: the lab has {} nodes already",
+            topology::MAX_NODES
+        )));
+    }
+    Ok(())
+}
+
+fn fault_name(f: Fault) -> String {
+    use clap::ValueEnum;
+    f.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_else(|| format!("{f:?}"))
+}
+
+/// The node a fault hits: `node` for most; the lab's last node for `node-leave`, the next
+/// one for `node-join`.
+pub fn target(state: &LabState, fault: Fault, node: usize) -> usize {
+    match fault {
+        Fault::NodeLeave => state.spec.nodes,
+        Fault::NodeJoin => state.spec.nodes + 1,
+        _ => node,
+    }
+}
+
+/// The address the first pod of a node that has not joined yet will get (the first
+/// address after the gateway of its pod CIDR).
+fn first_pod_ip(i: usize) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 244, i as u8, 2))
 }
 
 /// What an injection did to traffic.
@@ -59,25 +133,38 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
     if node == 0 || node > n {
         return Err(Error::config(format!("--node {node} out of range 1..={n}")));
     }
-    super::vppnode::check_fault(&state, fault, node)?;
+    check_fault(&state, fault, node)?;
+    let node = target(&state, fault, node);
     let other = if node == 1 { 2 } else { 1 };
-    let a = state
-        .pods_of(node)
-        .next()
-        .cloned()
-        .ok_or_else(|| Error::config(format!("node {node} has no pod")))?;
-    let b = state
-        .pods_of(other)
-        .next()
-        .cloned()
-        .ok_or_else(|| Error::config(format!("node {other} has no pod")))?;
+    let first_pod = |i: usize| {
+        state
+            .pods_of(i)
+            .next()
+            .cloned()
+            .ok_or_else(|| Error::config(format!("node {i} has no pod")))
+    };
+    let b = first_pod(other)?;
     let pcap = LabState::dir(name).join(format!("inject-{fault:?}.pcap"));
     let cap = capture::Capture::start(&names.wire(), &pcap)?;
-    let mut flows = vec![
-        probe::Flow::start(&a.name, b.ip, FLOW_INTERVAL_MS)?,
-        probe::Flow::start(&b.name, a.ip, FLOW_INTERVAL_MS)?,
-    ];
-    if n >= 3 {
+    let mut flows = match fault {
+        // the joining node's first pod does not exist yet: pods of two nodes send to it
+        Fault::NodeJoin => {
+            let c = first_pod(if other == 1 { 2 } else { 1 })?;
+            vec![
+                probe::Flow::start(&b.name, first_pod_ip(node), FLOW_INTERVAL_MS)?,
+                probe::Flow::start(&c.name, first_pod_ip(node), FLOW_INTERVAL_MS)?,
+                probe::Flow::start(&b.name, c.ip, FLOW_INTERVAL_MS)?,
+            ]
+        }
+        _ => {
+            let a = first_pod(node)?;
+            vec![
+                probe::Flow::start(&a.name, b.ip, FLOW_INTERVAL_MS)?,
+                probe::Flow::start(&b.name, a.ip, FLOW_INTERVAL_MS)?,
+            ]
+        }
+    };
+    if n >= 3 && fault != Fault::NodeJoin {
         // A control flow between two nodes the fault does not touch directly.
         let third = (1..=n).find(|i| *i != node && *i != other).unwrap_or(other);
         if let (Some(c), Some(d)) = (state.pods_of(other).next(), state.pods_of(third).next()) {
@@ -93,6 +180,15 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         steps.push(format!("{:.2}s {s}", t0.elapsed().as_secs_f64()));
     };
     match fault {
+        _ if state.spec.agents && fault != Fault::LinkDown => {
+            super::agent_faults::inject(&mut state, fault, node, hold, &mut step).await?;
+        }
+        Fault::EtcdDown | Fault::NodeLeave | Fault::NodeJoin => {
+            return Err(Error::Unsupported(format!(
+                "{} needs the agents",
+                fault_name(fault)
+            )))
+        }
         Fault::LinkDown => {
             topology::set_underlay(&names, node, false)?;
             step(format!("underlay of {} down", names.node(node)));
@@ -379,4 +475,71 @@ pub fn print_report(r: &InjectReport) {
             " !!! LEAK"
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{backend::LabBackend, LabSpec};
+
+    fn lab(nodes: usize, agents: bool, backend: &str) -> LabState {
+        let backend: LabBackend = backend.parse().unwrap();
+        LabState {
+            spec: LabSpec {
+                name: "t".into(),
+                nodes,
+                pods_per_node: 1,
+                backend,
+                agents,
+            },
+            pods: vec![],
+            node_backends: (1..=nodes).map(|i| backend.node(i)).collect(),
+        }
+    }
+
+    #[test]
+    fn agent_faults_need_agents_and_file_faults_need_files() {
+        let files = lab(3, false, "veth");
+        for f in [Fault::EtcdDown, Fault::NodeLeave, Fault::NodeJoin] {
+            let e = check_fault(&files, f, 1).unwrap_err().to_string();
+            assert!(e.contains("needs the agents"), "{f:?}: {e}");
+        }
+        for f in [
+            Fault::LinkDown,
+            Fault::DeleteState,
+            Fault::KillAgent,
+            Fault::Rotate,
+            Fault::Reboot,
+        ] {
+            check_fault(&files, f, 1).unwrap();
+        }
+        let agents = lab(3, true, "veth");
+        let e = check_fault(&agents, Fault::DeleteState, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete-state with agents"), "{e}");
+        for f in [
+            Fault::EtcdDown,
+            Fault::NodeLeave,
+            Fault::NodeJoin,
+            Fault::Reboot,
+            Fault::Rotate,
+        ] {
+            check_fault(&agents, f, 1).unwrap();
+        }
+        // a 2-node lab keeps 2 nodes: nobody leaves
+        let e = check_fault(&lab(2, true, "vpp"), Fault::NodeLeave, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3 nodes or more"), "{e}");
+    }
+
+    #[test]
+    fn node_leave_takes_the_last_node_and_node_join_adds_the_next() {
+        let l = lab(4, true, "mixed");
+        assert_eq!(target(&l, Fault::NodeLeave, 1), 4);
+        assert_eq!(target(&l, Fault::NodeJoin, 2), 5);
+        assert_eq!(target(&l, Fault::Reboot, 2), 2);
+        assert_eq!(first_pod_ip(5).to_string(), "10.244.5.2");
+    }
 }

@@ -1,7 +1,8 @@
 //! The lab: an encrypted multi-node cluster on one machine.
 //!
 //! `lab up` builds N nodes as network namespaces joined by an underlay bridge, applies the
-//! mesh on every node and starts pods through the real CNI binary; `lab test` pings every pod
+//! mesh on every node (or, with `--agents`, starts etcd and one `scrambler agent` per node,
+//! see [`agents`]) and starts pods through the real CNI binary; `lab test` pings every pod
 //! from every pod on other nodes while capturing the underlay and prints a verdict;
 //! `lab inject` breaks something and measures the outage; `lab down` removes everything.
 //! Its state lives in `/run/scrambler-lab/<name>/` (key file 0600, mesh file with each
@@ -9,6 +10,8 @@
 //! node the `reboot` fault rebuilds comes back with a new epoch, as a real node's dataplane
 //! would after a reboot; the others keep theirs.
 
+pub mod agent_faults;
+pub mod agents;
 pub mod backend;
 pub mod capture;
 pub mod cmd;
@@ -49,6 +52,10 @@ pub struct LabSpec {
     pub pods_per_node: usize,
     /// Dataplane of the nodes.
     pub backend: LabBackend,
+    /// The mesh comes from etcd through one `scrambler agent` per node (see [`agents`]),
+    /// not from the lab's mesh file.
+    #[serde(default)]
+    pub agents: bool,
 }
 
 /// One pod of the lab.
@@ -128,6 +135,13 @@ impl LabState {
     /// as `/var/lib/scrambler` is on a real node).
     pub fn ledger_dir(&self) -> PathBuf {
         Self::dir(&self.spec.name).join("ledger")
+    }
+
+    /// Node `i`'s IPAM data dir (its leases; gone with the node when it leaves).
+    pub fn ipam_dir(&self, i: usize) -> PathBuf {
+        Self::dir(&self.spec.name)
+            .join("ipam")
+            .join(self.names().node(i))
     }
 
     /// Node `i`'s backend.
@@ -212,11 +226,16 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     create_private_dir(&dir)?;
     let t0 = Instant::now();
     progress(format!(
-        "building {} nodes x {} pods in lab {:?}, backend {} (state in {})",
+        "building {} nodes x {} pods in lab {:?}, backend {}, mesh from {} (state in {})",
         spec.nodes,
         spec.pods_per_node,
         spec.name,
         spec.backend,
+        if spec.agents {
+            "etcd (one agent per node)"
+        } else {
+            "the mesh file"
+        },
         dir.display()
     ));
 
@@ -241,7 +260,9 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
         pods: vec![],
         node_backends: (1..=spec.nodes).map(|i| spec.backend.node(i)).collect(),
     };
-    mesh_file.save(&state.mesh_path())?;
+    if !spec.agents {
+        mesh_file.save(&state.mesh_path())?;
+    }
     state.save()?;
 
     // Wire and nodes.
@@ -259,16 +280,35 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
         ));
     }
 
-    // Mesh on every node.
-    for i in 1..=spec.nodes {
-        let r = apply_node(&state, i).await?;
+    // Mesh on every node: from etcd through the agents, or from the mesh file.
+    if spec.agents {
+        agents::start_etcd(&state).await?;
         progress(format!(
-            "mesh on {}: +{} ~{} -{}",
-            names.node(i),
-            r.added,
-            r.updated,
-            r.removed
+            "etcd up in {} ({})",
+            names.wire(),
+            agents::ETCD_ENDPOINT
         ));
+        for i in 1..=spec.nodes {
+            agents::start_agent(&state, i)?;
+        }
+        let all: Vec<usize> = (1..=spec.nodes).collect();
+        let took = agents::wait_converged(&state, &all).await?;
+        progress(format!(
+            "{} agents built the mesh from etcd in {:.1}s",
+            spec.nodes,
+            took.as_secs_f64()
+        ));
+    } else {
+        for i in 1..=spec.nodes {
+            let r = apply_node(&state, i).await?;
+            progress(format!(
+                "mesh on {}: +{} ~{} -{}",
+                names.node(i),
+                r.added,
+                r.updated,
+                r.removed
+            ));
+        }
     }
 
     // Pods.
@@ -312,7 +352,10 @@ pub async fn apply_node(state: &LabState, i: usize) -> Result<scrambler_core::Re
 fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
     let node = state.names().node(i);
     apply::ApplyArgs {
-        mesh: state.mesh_path(),
+        mesh: match state.spec.agents {
+            true => agents::agent_mesh(state, i),
+            false => state.mesh_path(),
+        },
         netns: Netns::named(&node),
         node,
         state_dir: state.state_dir(),
@@ -340,12 +383,14 @@ pub fn start_pod(state: &LabState, cni_bin: &Path, i: usize, j: usize) -> Result
 }
 
 fn pod_conf(state: &LabState, i: usize) -> serde_json::Value {
-    let conf = pods::netconf(
+    let mut conf = pods::netconf(
         &state.spec.name,
         state.node_backend(i),
         &format!("10.244.{i}.0/24"),
         &LabState::dir(&state.spec.name),
     );
+    // IPAM state is the node's own, as host-local's on a real node's disk
+    conf["ipam"]["dataDir"] = state.ipam_dir(i).display().to_string().into();
     if vppnode::is_vpp(state, i) {
         return vppnode::pod_conf(conf, &state.spec.name, i);
     }
@@ -548,6 +593,8 @@ pub fn print_report(r: &TestReport) {
 pub fn down(name: &str) -> Result<usize> {
     let names = Names { lab: name.into() };
     let all = topology::existing(&names);
+    // agents first: they would re-register and re-apply what goes next
+    agents::stop_all(name);
     vppnode::stop_all(name);
     // Pods first (their veths die with them), then nodes, then the wire.
     let mut ordered = all.clone();

@@ -426,7 +426,7 @@ pub fn check_fault(state: &LabState, fault: super::inject::Fault, i: usize) -> R
 /// The node a fault of the `lab run` tour hits: node 1, or the first node where the fault
 /// applies; `None` when it applies nowhere in this lab.
 pub fn tour_target(state: &LabState, fault: super::inject::Fault) -> Option<usize> {
-    (1..=state.spec.nodes).find(|i| check_fault(state, fault, *i).is_ok())
+    (1..=state.spec.nodes).find(|i| super::inject::check_fault(state, fault, *i).is_ok())
 }
 
 #[cfg(test)]

@@ -107,3 +107,41 @@ pub fn with_lab(lab: &str, f: impl FnOnce() + std::panic::UnwindSafe) {
     assert!(down_ok, "lab down failed:\n{down}");
     assert_nothing_left(lab);
 }
+
+/// What the agents' tour (`lab run --agents`) must have shown, whatever the backend.
+pub fn assert_agents_tour(out: &str) {
+    assert_lab_run_passed(out);
+    assert!(!out.contains("LEAK") && !out.contains("!!!"), "{out}");
+    assert!(out.contains("mesh from etcd (one agent per node)"), "{out}");
+    assert!(out.contains("agents built the mesh from etcd"), "{out}");
+    assert_faults_injected(
+        out,
+        &args("LinkDown KillAgent Rotate EtcdDown NodeLeave NodeJoin Reboot"),
+    );
+    assert!(out.contains("lab inject DeleteState: skipped"), "{out}");
+    // kill-agent: the restarted agent finds its dataplane in place
+    assert!(out.contains("(kept), its reconcile did +0 ~0 -0"), "{out}");
+    // rotate through etcd: every agent switches, the old generation is retired
+    assert!(
+        out.contains("every agent sends with generation 2,2,2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("old generation retired on every node"),
+        "{out}"
+    );
+    // etcd-down: fail static, said so, caught up without a rebuild
+    assert!(
+        out.contains("every agent reports etcd unreachable"),
+        "{out}"
+    );
+    assert!(out.contains("epochs unchanged (no rebuild)"), "{out}");
+    // node-leave / node-join
+    assert!(out.contains("left every peer's mesh"), "{out}");
+    assert!(out.contains("-> 10.244.3.2 answers"), "{out}");
+    // reboot: a new epoch, no rotation
+    assert!(
+        out.contains(" (new)") && out.contains("no rotation"),
+        "{out}"
+    );
+}
