@@ -3,7 +3,8 @@
 # ENGINE=docker): the three binaries statically linked and position-dependent, as the CNI
 # reference plugins ship theirs.
 #   scripts/build-image.sh [tag]      default tag: localhost/scrambler:<workspace version>
-# Environment: ENGINE (podman), CARGO_TARGET_DIR (target), PROFILE (release).
+# Environment: ENGINE (podman), CARGO_TARGET_DIR (target), PROFILE (release; the tests use
+# dev, which builds faster).
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 engine=${ENGINE:-podman}
@@ -18,7 +19,9 @@ profile=${PROFILE:-release}
   RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
   cargo build --profile "$profile" --target "$triple" \
     -p scrambler -p scrambler-cni -p scrambler-ipam)
-bin="$target/$triple/$profile"
+# cargo puts the dev profile's output under debug/
+case $profile in dev) out=debug ;; *) out=$profile ;; esac
+bin="$target/$triple/$out"
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 for b in scrambler scrambler-cni scrambler-ipam; do
