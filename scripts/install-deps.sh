@@ -21,9 +21,9 @@ LAB_PACKAGES=(
 )
 # The tests, on top: real CNI peers (host-local, bridge, portmap, tuning), a real CNI client
 # (podman with runc), pgrep/ps (procps), cpio (checks the VM initramfs), pip for vpp-papi,
-# openssl (a test PKI for etcd over TLS).
+# openssl (a test PKI for etcd over TLS), iperf3 (the load generator of the dataplane bench).
 TEST_PACKAGES=(
-  containernetworking-plugins podman runc procps cpio python3-pip openssl
+  containernetworking-plugins podman runc procps cpio python3-pip openssl iperf3
 )
 
 case "$profile" in

@@ -779,6 +779,13 @@ fn main() {
         }
         return;
     }
+    let iperf = std::process::Command::new("iperf3")
+        .arg("--version")
+        .output();
+    assert!(
+        iperf.is_ok_and(|o| o.status.success()),
+        "iperf3 is missing: install Debian's iperf3 (scripts/install-deps.sh test)"
+    );
     let vm = std::env::var("SCRAMBLER_BENCH_VM").unwrap_or_default();
     let rt = benches::run::runtime();
     let mut all = Vec::new();
