@@ -244,6 +244,34 @@ fn vpp_errors(vpp: &VppInstance, who: &str) -> BTreeMap<String, u64> {
         }
         m.insert(format!("{who} {}", w[1..w.len() - 1].join(" ")), count);
     }
+    // frames the kernel refused from an af_packet TX ring (e.g. longer than the link's
+    // MTU): `show hardware-interfaces` prints "wrong:N" per TX queue
+    let mut iface = String::new();
+    for l in vpp.vppctl(&["show", "hardware-interfaces"]).lines() {
+        if !l.starts_with(' ') && !l.trim().is_empty() && !l.contains("Name") {
+            iface = l.split_whitespace().next().unwrap_or("").to_string();
+        }
+        if let Some(n) = l
+            .split("wrong:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if n > 0 {
+                m.insert(format!("{who} {iface} TX frames the kernel refused"), n);
+            }
+        }
+    }
+    // the underlay veth's own drops (a frame longer than its MTU is dropped by the veth)
+    let j: serde_json::Value =
+        serde_json::from_str(&vpp.netns.ip(&["-j", "-s", "link", "show", "dev", "ul0"]))
+            .unwrap_or_default();
+    for dir in ["rx", "tx"] {
+        let n = j[0]["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
+        if n > 0 {
+            m.insert(format!("{who} kernel ul0 {dir} dropped"), n);
+        }
+    }
     m
 }
 
