@@ -14,7 +14,7 @@
 
 use benches::mesh::mesh;
 use benches::run;
-use criterion::Criterion;
+use criterion::{Criterion, SamplingMode};
 use scrambler_core::{ClusterSecret, Mesh, Tunnel};
 use scrambler_testkit::netns::TestNetns;
 use scrambler_xfrm::{LinkMode, XfrmConfig, XfrmTunnel};
@@ -165,6 +165,10 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: u32) {
     g.sample_size(10)
         .measurement_time(Duration::from_secs(if n >= 1000 { 8 } else { 3 }))
         .warm_up_time(Duration::from_millis(500));
+    if n >= 1000 {
+        // ~100 ms per iteration: equal samples instead of a linear ramp
+        g.sampling_mode(SamplingMode::Flat);
+    }
     g.bench_function("reconcile", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| time_ours(rt, &m)).sum())
     });
