@@ -639,7 +639,7 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, b: &Bench, n: u32) {
     g.sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_millis(200))
-        .measurement_time(Duration::from_secs(if n >= 1000 { 20 } else { 3 }));
+        .measurement_time(Duration::from_secs(if n >= 1000 { 30 } else { 3 }));
     let cycles = |iters: u64, pick: fn(&(Duration, Duration, Duration, State)) -> Duration| {
         (0..iters)
             .map(|_| pick(&rt.block_on(b.ours_once(&m))))
