@@ -77,7 +77,8 @@ struct Figures {
     tcp_errors: Vec<String>,
     /// … and during the UDP flood and the ping-pong.
     errors: Vec<String>,
-    /// IP fragmentation counters that moved in the pods or nodes.
+    /// IP fragmentation and receive-error counters (checksum, header, truncation) that
+    /// moved in the pods or nodes.
     fragments: Vec<String>,
 }
 
@@ -115,7 +116,15 @@ fn frag_counters(netns: &[String]) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for ns in netns {
         for (k, v) in load::snmp(ns) {
-            if k.starts_with("Ip:Frag") || k.starts_with("Ip:Reasm") {
+            let receive_error = [
+                "Tcp:InCsumErrors",
+                "Udp:InCsumErrors",
+                "Ip:InHdrErrors",
+                "IpExt:InTruncatedPkts",
+                "IpExt:InCsumErrors",
+            ]
+            .contains(&k.as_str());
+            if k.starts_with("Ip:Frag") || k.starts_with("Ip:Reasm") || receive_error {
                 m.insert(format!("{ns} {k}"), v);
             }
         }
@@ -262,14 +271,18 @@ fn vpp_errors(vpp: &VppInstance, who: &str) -> BTreeMap<String, u64> {
             }
         }
     }
-    // the underlay veth's own drops (a frame longer than its MTU is dropped by the veth)
+    // the kernel's drops on the node's veths (underlay and pods' node ends): a veth drops
+    // a frame longer than its peer's MTU that is not marked GSO
     let j: serde_json::Value =
-        serde_json::from_str(&vpp.netns.ip(&["-j", "-s", "link", "show", "dev", "ul0"]))
+        serde_json::from_str(&vpp.netns.ip(&["-j", "-s", "link", "show", "type", "veth"]))
             .unwrap_or_default();
-    for dir in ["rx", "tx"] {
-        let n = j[0]["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
-        if n > 0 {
-            m.insert(format!("{who} kernel ul0 {dir} dropped"), n);
+    for link in j.as_array().into_iter().flatten() {
+        let name = link["ifname"].as_str().unwrap_or("?");
+        for dir in ["rx", "tx"] {
+            let n = link["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
+            if n > 0 {
+                m.insert(format!("{who} kernel {name} {dir} dropped"), n);
+            }
         }
     }
     m
@@ -808,11 +821,11 @@ fn print_report(all: &[Figures]) {
                 println!("  {}: during UDP flood / ping-pong: {e}", f.name);
             }
             for e in &f.fragments {
-                println!("  {}: fragmentation: {e}", f.name);
+                println!("  {}: fragmentation / receive errors: {e}", f.name);
             }
             if f.tcp_errors.is_empty() && f.errors.is_empty() && f.fragments.is_empty() {
                 println!(
-                    "  {}: no error/drop/replay/integrity counter moved, no IP fragmentation",
+                    "  {}: no error/drop/replay/integrity counter moved, no IP fragmentation or receive error",
                     f.name
                 );
             }
