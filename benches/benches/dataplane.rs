@@ -128,6 +128,23 @@ fn frag_counters(netns: &[String]) -> BTreeMap<String, u64> {
                 m.insert(format!("{ns} {k}"), v);
             }
         }
+        // drops on the namespace's links (a veth drops a frame longer than its MTU that is
+        // not marked GSO, counted on the receiving end)
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-j", "-s", "link", "show"])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        for link in j.as_array().into_iter().flatten() {
+            let name = link["ifname"].as_str().unwrap_or("?");
+            for dir in ["rx", "tx"] {
+                let n = link["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
+                if n > 0 && name != "lo" {
+                    m.insert(format!("{ns} {name} {dir} dropped"), n);
+                }
+            }
+        }
     }
     m
 }
