@@ -22,9 +22,10 @@ LAB_PACKAGES=(
 # The tests, on top: real CNI peers (host-local, bridge, portmap, tuning), a real CNI client
 # (podman with runc), pgrep/ps (procps), cpio (checks the VM initramfs), pip for vpp-papi,
 # openssl (a test PKI for etcd over TLS), file (scripts/build-image.sh checks the image's
-# binaries are static; podman builds and runs that image in image_live).
+# binaries are static; podman builds and runs that image in image_live), iperf3 (the load
+# generator of the dataplane bench).
 TEST_PACKAGES=(
-  containernetworking-plugins podman runc procps cpio python3-pip openssl file
+  containernetworking-plugins podman runc procps cpio python3-pip openssl file iperf3
 )
 
 case "$profile" in

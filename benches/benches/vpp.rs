@@ -13,11 +13,17 @@
 //! linearly (the rest is programmed by a batch so the state check still covers it); the
 //! output says so when that happens.
 //!
+//! Criterion times, per mesh size (group `vpp mesh <n> peers`), our reconcile, the no-op
+//! reconcile, the teardown and the `vppctl exec` batch; one `vppctl` per command runs once
+//! per size. The ratio lines after criterion's report come from a separate loop as before
+//! (ours and the batch taking turns, medians).
+//!
 //! Run with `cargo bench -p benches --bench vpp` as root (needs a VPP tree: `SCRAMBLER_VPP_DIST`,
 //! else the project's CI fixture; see `scrambler_testkit::dist`).
 
 use benches::mesh::mesh;
 use benches::run;
+use criterion::{Criterion, SamplingMode};
 use ipnet::IpNet;
 use scrambler_core::{ClusterSecret, Mesh, Netns, Tunnel};
 use scrambler_testkit::vpp::VppInstance;
@@ -461,7 +467,7 @@ impl Bench {
             .await
             .expect("reconcile");
         let add = t.elapsed();
-        // tunnel, 2 SAs, protection, route
+        // per peer tunnel, 2 SAs, protection, route (the guard is already there)
         assert_eq!(r.added, 5 * n, "{r:?}");
         let state = self.state().await;
         let t = Instant::now();
@@ -624,11 +630,49 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Criterion's group of mesh size `n` (flat sampling, 10 samples: one sample is one
+/// whole mesh): our reconcile from empty, the no-op reconcile, the teardown (each timed
+/// alone inside one full cycle that checks the state), and the same mesh through one
+/// `vppctl exec` batch. One `vppctl` per command is too slow to sample: it runs once, in
+/// the ratio lines after criterion's report.
+fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, b: &Bench, n: u32) {
+    let m = mesh(n);
+    let mut g = c.benchmark_group(format!("vpp mesh {n} peers"));
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(if n >= 1000 { 30 } else { 3 }));
+    let cycles = |iters: u64, pick: fn(&(Duration, Duration, Duration, State)) -> Duration| {
+        (0..iters)
+            .map(|_| pick(&rt.block_on(b.ours_once(&m))))
+            .sum::<Duration>()
+    };
+    g.bench_function("reconcile", |bn| bn.iter_custom(|i| cycles(i, |r| r.0)));
+    g.bench_function("no-op reconcile", |bn| {
+        bn.iter_custom(|i| cycles(i, |r| r.1))
+    });
+    g.bench_function("teardown (reconcile to empty)", |bn| {
+        bn.iter_custom(|i| cycles(i, |r| r.2))
+    });
+    if b.exec_works {
+        // the state a full reconcile makes, which every batch must make too
+        let (_, _, _, want) = rt.block_on(b.ours_once(&m));
+        g.bench_function("vppctl exec", |bn| {
+            bn.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| rt.block_on(b.exec_once(&m, &want)).0)
+                    .sum()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let quick = run::quick();
     let sizes = run::mesh_sizes();
     let rt = run::runtime();
-    rt.block_on(async {
+    let b = rt.block_on(async {
         let vpp = start_vpp().await;
         let dp = VppTunnel::new(vpp.api_sock());
         let ns = vpp.netns.netns();
@@ -640,6 +684,14 @@ fn main() {
             exec_works: false,
         };
         b.probe_exec().await;
+        b
+    });
+    let mut c = Criterion::default().configure_from_args();
+    for &n in sizes {
+        bench(&mut c, &rt, &b, n);
+    }
+    c.final_summary();
+    rt.block_on(async {
         let reps = if quick { 1 } else { 5 };
         let rtt = b.round_trip().await;
         println!(

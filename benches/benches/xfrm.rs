@@ -3,14 +3,18 @@
 //! the same rules, measured in the same run; prints the ratios.
 //!
 //! Policies and routes only (the build machine's kernel has no ESP states): per peer 3
-//! mesh policies (allow + ESP template + if_id) and 1 route, plus the node's 6 cluster
-//! guard policies (block anything → cluster CIDRs, cluster → local pod CIDRs; bypass for
-//! node-local pod traffic). The peers' underlay is IPv6 and the pods IPv4, so no
-//! cluster → peer-underlay guard applies.
+//! mesh policies (allow + ESP template + if_id) and 1 route; once, the cluster guard
+//! (3 block and 3 bypass policies).
 //! Run with `cargo bench -p benches --bench xfrm` as root.
+//!
+//! Criterion times our reconcile and `ip -batch` per mesh size (group `xfrm mesh <n>
+//! peers`; each iteration programs a fresh namespace, whose creation is not timed). One
+//! `ip` process per rule takes seconds at 1,000 peers: it runs once per size, in the ratio
+//! lines printed after criterion's report (medians of a separate loop, as before).
 
 use benches::mesh::mesh;
 use benches::run;
+use criterion::{Criterion, SamplingMode};
 use scrambler_core::{ClusterSecret, Mesh, Tunnel};
 use scrambler_testkit::netns::TestNetns;
 use scrambler_xfrm::{LinkMode, XfrmConfig, XfrmTunnel};
@@ -44,7 +48,10 @@ fn tunnel() -> XfrmTunnel {
     .expect("config")
 }
 
-/// The same rules as `ip` command lines (without the leading `ip`).
+/// The same rules as `ip` command lines (without the leading `ip`): per peer the 3 mesh
+/// policies and the route; once, the cluster guard as the reconcile plans it for this mesh
+/// (block anything → cluster CIDR out, cluster CIDR → local pod CIDR in/fwd; bypass for
+/// node-local pod traffic; the peers' underlay is IPv6, so no per-peer underlay block).
 fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
     let mut v = Vec::new();
     let l = m.local.pod_cidrs[0];
@@ -54,23 +61,6 @@ fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
         cfg.priority_base + 2,
         cfg.priority_base + 4,
     );
-    let cluster = &m.cluster_cidrs[0];
-    v.push(format!(
-        "xfrm policy add src 0.0.0.0/0 dst {cluster} dir out action block priority {guard_prio}"
-    ));
-    for dir in ["in", "fwd"] {
-        v.push(format!(
-            "xfrm policy add src {cluster} dst {l} dir {dir} action block priority {guard_prio}"
-        ));
-    }
-    v.push(format!(
-        "xfrm policy add src 0.0.0.0/0 dst {l} dir out priority {bypass_prio}"
-    ));
-    for dir in ["in", "fwd"] {
-        v.push(format!(
-            "xfrm policy add src {l} dst {l} dir {dir} priority {bypass_prio}"
-        ));
-    }
     for p in &m.peers {
         let c = p.pod_cidrs[0];
         let them = p.underlay[0];
@@ -81,6 +71,24 @@ fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
             v.push(format!("xfrm policy add src {c} dst {l} dir {dir} priority {mesh_prio} if_id {if_id} tmpl src {them} dst {me} proto esp reqid {reqid} mode tunnel"));
         }
         v.push(format!("route add {c} dev scrambler0 proto 92"));
+    }
+    for s in &m.cluster_cidrs {
+        v.push(format!(
+            "xfrm policy add src 0.0.0.0/0 dst {s} dir out action block priority {guard_prio}"
+        ));
+        for dir in ["in", "fwd"] {
+            v.push(format!(
+                "xfrm policy add src {s} dst {l} dir {dir} action block priority {guard_prio}"
+            ));
+        }
+    }
+    v.push(format!(
+        "xfrm policy add src 0.0.0.0/0 dst {l} dir out priority {bypass_prio}"
+    ));
+    for dir in ["in", "fwd"] {
+        v.push(format!(
+            "xfrm policy add src {l} dst {l} dir {dir} priority {bypass_prio}"
+        ));
     }
     v
 }
@@ -94,11 +102,7 @@ fn time_ours(rt: &tokio::runtime::Runtime, m: &Mesh) -> Duration {
         .block_on(t.reconcile(&ns.netns(), m, &secret))
         .expect("reconcile");
     let d = start.elapsed();
-    assert_eq!(
-        r.added,
-        ip_rules(m, t.config()).len(),
-        "the `ip` baselines must program what reconcile programs"
-    );
+    assert_eq!(r.added, m.peers.len() * 4 + 6);
     d
 }
 
@@ -133,7 +137,18 @@ fn time_batch(m: &Mesh) -> Duration {
         .write_all(script.as_bytes())
         .expect("write batch");
     assert!(child.wait().expect("wait").success());
-    start.elapsed()
+    let d = start.elapsed();
+    let policies = ns
+        .ip(&["xfrm", "policy"])
+        .lines()
+        .filter(|l| l.starts_with("src "))
+        .count();
+    assert_eq!(
+        policies,
+        m.peers.len() * 3 + 6,
+        "ip -batch made other policies"
+    );
+    d
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -141,11 +156,38 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Criterion's group of mesh size `n`: our reconcile and `ip -batch`, each iteration on a
+/// fresh namespace (only the programming is timed).
+fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: u32) {
+    let m = mesh(n);
+    let mut g = c.benchmark_group(format!("xfrm mesh {n} peers"));
+    // a 2-core machine: few samples, each a handful of reconciles
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(if n >= 1000 { 8 } else { 3 }))
+        .warm_up_time(Duration::from_millis(500));
+    if n >= 1000 {
+        // ~100 ms per iteration: equal samples instead of a linear ramp
+        g.sampling_mode(SamplingMode::Flat);
+    }
+    g.bench_function("reconcile", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| time_ours(rt, &m)).sum())
+    });
+    g.bench_function("ip -batch", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| time_batch(&m)).sum())
+    });
+    g.finish();
+}
+
 fn main() {
     let sizes = run::mesh_sizes();
     let rt = run::runtime();
+    let mut c = Criterion::default().configure_from_args();
+    for &n in sizes {
+        bench(&mut c, &rt, n);
+    }
+    c.final_summary();
     println!(
-        "xfrm mesh programming into a fresh netns (per peer 3 policies + 1 route; 6 guard policies per node)"
+        "xfrm mesh programming into a fresh netns (4 objects per peer: 3 policies, 1 route; 6 guard policies)"
     );
     for &n in sizes {
         let m = mesh(n);

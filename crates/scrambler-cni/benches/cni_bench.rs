@@ -16,12 +16,17 @@
 //! `dynamic`, what a plain `cargo build --release` links. `$SCRAMBLER_CNI_BIN` replaces
 //! both: a path, or `label=path` pairs separated by `:` to compare builds in one run.
 //!
+//! Criterion times ADD+DEL of every contender first (group `cni ADD+DEL`, 10 samples, each
+//! iteration on a fresh pod whose namespace creation is not timed), so runs keep a history;
+//! the medians and verdicts come from the interleaved rounds after it, as before.
+//!
 //! Run as root: `cargo bench -p scrambler-cni --bench cni_bench`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::{Invocation, Node, DEBIAN_CNI};
+use criterion::Criterion;
 use scrambler_testkit::netns::TestNetns;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -128,27 +133,53 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// ADD then DEL of contender `c` for a fresh pod (container id `id`), from a thread inside
+/// the node namespace; the pod namespace's creation is not timed.
+fn add_del(node: &Node, c: &Contender, id: &str) -> (Duration, Duration) {
+    let pod = TestNetns::new("benchpod");
+    let inv = Invocation::new("ADD", id, &pod.path(), "eth0");
+    let c = c.clone();
+    node.ns
+        .netns()
+        .run(move || {
+            let t = Instant::now();
+            c.add(&inv);
+            let a = t.elapsed();
+            let t = Instant::now();
+            c.del(&inv);
+            Ok((a, t.elapsed()))
+        })
+        .unwrap()
+}
+
+/// Criterion's group: ADD+DEL of every contender (10 samples; each iteration a fresh pod).
+fn bench(c: &mut Criterion, node: &Node, names: &[String], contenders: &[Contender]) {
+    let mut g = c.benchmark_group("cni ADD+DEL");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    for (i, (name, ct)) in names.iter().zip(contenders).enumerate() {
+        g.bench_function(name.split_whitespace().collect::<Vec<_>>().join(" "), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|k| {
+                        let (a, d) = add_del(node, ct, &format!("c{i}i{k}"));
+                        a + d
+                    })
+                    .sum()
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Times every contender's ADD then DEL for a fresh pod, round after round (round 0 is
 /// a warm-up), from a thread inside the node namespace.
 fn measure_all(node: &Node, contenders: &[Contender]) -> Vec<Figures> {
     let mut samples: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); contenders.len()];
     for round in 0..=ROUNDS {
         for (i, c) in contenders.iter().enumerate() {
-            let pod = TestNetns::new("benchpod");
-            let inv = Invocation::new("ADD", &format!("b{i}r{round}"), &pod.path(), "eth0");
-            let c = c.clone();
-            let (a, d) = node
-                .ns
-                .netns()
-                .run(move || {
-                    let t = Instant::now();
-                    c.add(&inv);
-                    let a = t.elapsed();
-                    let t = Instant::now();
-                    c.del(&inv);
-                    Ok((a, t.elapsed()))
-                })
-                .unwrap();
+            let (a, d) = add_del(node, c, &format!("b{i}r{round}"));
             if round > 0 {
                 samples[i].push((a, d));
             }
@@ -236,6 +267,13 @@ fn main() {
     names.push("kernel floor: ip link add/del veth pair                  ".into());
     contenders.push(Contender::VethFloor);
 
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &node, &names, &contenders);
+    c.final_summary();
+    // `cargo bench` passes --bench; `cargo test --benches` runs each function once, without it
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let figures = measure_all(&node, &contenders);
     print_table(&names, &figures);
     let floor = figures[contenders.len() - 1];

@@ -211,6 +211,7 @@ pub fn parse_pod_tag(tag: &str) -> Option<(&str, &str, &str)> {
 pub struct VppAttach {
     vpp: NodeVpp,
     underlay_mtu: u32,
+    pod_tx_frames: u32,
     network: String,
     fault: Fault,
 }
@@ -220,6 +221,7 @@ impl std::fmt::Debug for VppAttach {
         f.debug_struct("VppAttach")
             .field("opts", &self.vpp.opts)
             .field("underlay_mtu", &self.underlay_mtu)
+            .field("pod_tx_frames", &self.pod_tx_frames)
             .field("network", &self.network)
             .finish()
     }
@@ -238,6 +240,7 @@ impl VppAttach {
         VppAttach {
             vpp: NodeVpp::new(Arc::new(resolve), "scrambler-attach"),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            pod_tx_frames: POD_TX_FRAMES,
             network: String::new(),
             fault: Fault::default(),
         }
@@ -290,6 +293,16 @@ impl VppAttach {
     /// [`esp::pod_mtu`] of it); default [`DEFAULT_UNDERLAY_MTU`].
     pub fn with_underlay_mtu(mut self, mtu: u32) -> Self {
         self.underlay_mtu = mtu;
+        self
+    }
+
+    /// Frames of each new pod interface's af_packet TX ring (VPP → pod), of
+    /// [`POD_TX_FRAME_SIZE`] each; default [`POD_TX_FRAMES`]. VPP hands the ring a whole
+    /// vector of up to 256 packets at once: under bulk load a smaller ring overruns (VPP's
+    /// `tx ring overrun` counter) and the pod's TCP retransmits; each frame costs 66 KB of
+    /// kernel memory (the dataplane bench measures both settings).
+    pub fn with_pod_tx_frames(mut self, frames: u32) -> Self {
+        self.pod_tx_frames = frames.max(1);
         self
     }
 
@@ -427,7 +440,7 @@ impl VppAttach {
         // VPP: gateway, then the pod's interface
         let gw = ops.ensure_gateway().await?;
         let sw = ops
-            .create_pod_interface(&self.tag(&req.id), &host_name, vmac)
+            .create_pod_interface(&self.tag(&req.id), &host_name, vmac, self.pod_tx_frames)
             .await?;
         // marks the veth as this network's only now that its VPP interface exists (GC)
         host.set_alias(host_link.index, &host_name, &self.alias(&req.id))

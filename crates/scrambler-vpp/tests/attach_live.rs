@@ -542,3 +542,24 @@ async fn pods_on_two_vpp_nodes_ping_over_esp() {
     att.detach_in(&nb, &rb).await.unwrap();
     tunnel.remove(&nb).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_tx_frames_sizes_the_pod_tx_ring() {
+    let vpp = VppInstance::start("att6", 0).await;
+    let host = vpp.netns.netns();
+    let att = VppAttach::new(vpp.api_sock()).with_pod_tx_frames(64);
+    let p = TestNetns::new("att6p");
+    let r = request(&p, "tx-ring");
+    att.attach_in(&host, &r, &addrs(&["10.9.6.2/24"]))
+        .await
+        .unwrap();
+    let hw = vpp.vppctl(&["show", "hardware-interfaces"]);
+    assert!(
+        hw.contains(&format!(
+            "frame size:{} nr:64",
+            scrambler_vpp::attach::POD_TX_FRAME_SIZE
+        )),
+        "{hw}"
+    );
+    att.detach_in(&host, &r).await.unwrap();
+}

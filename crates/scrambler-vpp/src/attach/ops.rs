@@ -9,7 +9,7 @@ use scrambler_netlink::format_mac;
 
 use super::{
     GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
-    POD_RX_FRAME_SIZE, POD_TX_FRAMES, POD_TX_FRAME_SIZE,
+    POD_RX_FRAME_SIZE, POD_TX_FRAME_SIZE,
 };
 pub(super) use crate::endpoint::vpp_err;
 use scrambler_vpp_api::api::types::{
@@ -193,6 +193,7 @@ impl AttachCalls<'_> {
         tag: &str,
         host_name: &str,
         mac: [u8; 6],
+        tx_frames: u32,
     ) -> Result<u32> {
         let name = host_vpp(host_name);
         let r = self
@@ -208,7 +209,7 @@ impl AttachCalls<'_> {
                 rx_frame_size: POD_RX_FRAME_SIZE,
                 rx_frames_per_block: POD_RX_FRAMES_PER_BLOCK,
                 tx_frame_size: POD_TX_FRAME_SIZE,
-                tx_frames_per_block: POD_TX_FRAMES,
+                tx_frames_per_block: tx_frames,
                 num_rx_queues: 1,
                 num_tx_queues: 1,
             })
