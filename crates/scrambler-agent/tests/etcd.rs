@@ -1034,3 +1034,40 @@ async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_clears_registered_at_once() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let ta = FakeTunnel::new("a", None);
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a is registered", || {
+        status(state.path(), "a").is_some_and(|s| s.registered)
+    })
+    .await;
+    // the next syncs cannot get past their reconcile (the dataplane reads unguarded and
+    // every reconcile fails), so nothing re-registers a: only the lost lease can tell
+    ta.refuse_all
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    ta.unguarded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = store(&etcd).await;
+    let mut c = store.client();
+    let r = c.get(store.layout().node("a"), None).await.unwrap();
+    let lease = r.kvs()[0].lease();
+    c.lease_revoke(lease).await.unwrap();
+    eventually(10, "a's status says it is not registered", || {
+        status(state.path(), "a").is_some_and(|s| !s.registered)
+    })
+    .await;
+    assert!(!store.snapshot().await.unwrap().nodes.contains_key("a"));
+    ta.refuse_all
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ta.unguarded
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "a registers again", || {
+        status(state.path(), "a").is_some_and(|s| s.registered)
+    })
+    .await;
+    a.stop().await;
+}

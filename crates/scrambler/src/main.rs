@@ -235,8 +235,9 @@ struct AgentArgs {
     #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_DEPARTED_HOLD.as_secs())]
     departed_hold_secs: u64,
     /// Where to write the dataplane's status for the CNI plugin (its conf's
-    /// "tunnelStatusFile"): written once the node's fail-closed guard is in place, removed
-    /// while it is not; the plugin refuses ADD without it.
+    /// "tunnelStatusFile"): kept fresh (`updated`, `maxAge`) while the node's fail-closed
+    /// guard is in place; removed when it is not, at start and at stop. The plugin refuses
+    /// ADD without a fresh one.
     #[arg(long, env = "SCRAMBLER_TUNNEL_STATUS_FILE")]
     tunnel_status_file: Option<PathBuf>,
 }
