@@ -68,6 +68,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/scrambler/agent";
 /// Default time a departed peer (lease expired, claim kept) stays in the mesh with its SAs
 /// in place, so that it comes back under the same epoch without a re-key.
 pub const DEFAULT_DEPARTED_HOLD: Duration = Duration::from_secs(600);
+/// Longest departed hold accepted (one day).
+pub const MAX_DEPARTED_HOLD: Duration = Duration::from_secs(86_400);
 
 /// What the agent runs with.
 #[derive(Debug, Clone)]
@@ -111,8 +113,10 @@ pub struct AgentConfig {
     /// included (see [`Agent`]'s "Departed peers"); zero drops it at once.
     pub departed_hold: Duration,
     /// A file where the agent writes the dataplane's [`scrambler_core::TunnelStatus`]
-    /// (JSON) once the node is guarded, and removes while it is not: the CNI plugin's
-    /// `tunnelStatusFile`, so no pod is networked before the guard is in place.
+    /// (JSON, plus `updated`: Unix time, and `maxAge`: seconds after which it is stale)
+    /// while the node is guarded: rewritten with every sync (at least every resync),
+    /// removed when the guard is found missing, when the agent starts and when it stops.
+    /// The CNI plugin's `tunnelStatusFile`: no pod is networked without a fresh one.
     pub tunnel_status_file: Option<PathBuf>,
 }
 
@@ -162,6 +166,9 @@ pub struct Agent {
     wake_at: Option<Instant>,
     /// Held departed peers: the node as last applied and until when it is held.
     departed: BTreeMap<String, (Node, Instant)>,
+    /// Peers whose hold ended but that are still in the applied mesh (the reconcile that
+    /// drops them has not succeeded yet): never held again meanwhile.
+    dropped: BTreeSet<String>,
 }
 
 impl Agent {
@@ -191,6 +198,14 @@ impl Agent {
                 cfg.node
             )));
         }
+        if cfg.departed_hold > MAX_DEPARTED_HOLD {
+            return Err(Error::config(format!(
+                "node {}: departed hold of {}s: at most {}s",
+                cfg.node,
+                cfg.departed_hold.as_secs(),
+                MAX_DEPARTED_HOLD.as_secs()
+            )));
+        }
         let status = AgentStatus {
             node: cfg.node.clone(),
             id: None,
@@ -211,6 +226,7 @@ impl Agent {
             reconcile_error: None,
             departed: Vec::new(),
             guarded: false,
+            pid: std::process::id(),
             updated: now(),
         };
         Ok(Agent {
@@ -226,12 +242,26 @@ impl Agent {
             status,
             wake_at: None,
             departed: BTreeMap::new(),
+            dropped: BTreeSet::new(),
         })
     }
 
     /// Runs until `shutdown` completes. The lease is not revoked on the way out: a restart
-    /// within its TTL leaves the node in every mesh.
+    /// within its TTL leaves the node in every mesh. The tunnel status file is removed
+    /// first thing (a file left by a previous run says nothing about the dataplane now)
+    /// and on the way out.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.remove_tunnel_status_file();
+        // a "starting" status (not guarded, not registered, this pid) before anything
+        // else: probes never read the previous run's status
+        create_private_dir(&self.cfg.state_dir)?;
+        self.save_status();
+        let r = self.run_loop(shutdown).await;
+        self.remove_tunnel_status_file();
+        r
+    }
+
+    async fn run_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
         self.start().await?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let watch = spawn_watch(&self.store, tx.clone(), self.cfg.retry);
@@ -260,6 +290,8 @@ impl Agent {
                         if self.lease.as_ref().is_some_and(|(l, _)| *l == id) {
                             self.lease = None;
                             self.registered = None;
+                            self.status.registered = false;
+                            self.save_status();
                             deb.poke_now(Instant::now());
                         }
                     }
@@ -339,19 +371,41 @@ impl Agent {
         let Some(path) = &self.cfg.tunnel_status_file else {
             return;
         };
-        let r = match st {
-            Some(st) => serde_json::to_vec_pretty(&st)
-                .map_err(|e| Error::decode("tunnel status", e))
-                .and_then(|j| write_status_file(path, &j)),
-            None => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Error::io("remove tunnel status file", path.display(), e))
-                }
-                _ => Ok(()),
-            },
+        let Some(st) = st else {
+            self.remove_tunnel_status_file();
+            return;
         };
+        // stale once two resyncs and a margin passed without a rewrite
+        let max_age = self
+            .cfg
+            .resync
+            .as_secs()
+            .saturating_mul(2)
+            .saturating_add(30);
+        let r = serde_json::to_value(&st)
+            .and_then(|mut v| {
+                v["updated"] = now().into();
+                v["maxAge"] = max_age.into();
+                serde_json::to_vec_pretty(&v)
+            })
+            .map_err(|e| Error::decode("tunnel status", e))
+            .and_then(|j| write_status_file(path, &j));
         if let Err(e) = r {
             tracing::warn!(node = %self.cfg.node, "tunnel status file: {e}");
+        }
+    }
+
+    /// Removes the tunnel status file (if any): the CNI plugin networks no pod meanwhile.
+    fn remove_tunnel_status_file(&self) {
+        let Some(path) = &self.cfg.tunnel_status_file else {
+            return;
+        };
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(node = %self.cfg.node, "remove tunnel status file {}: {e}",
+                    path.display());
+            }
+            _ => {}
         }
     }
 
@@ -455,37 +509,54 @@ impl Agent {
             self.retry_soon();
             return Ok(());
         }
+        // the applied mesh no longer has the peers whose hold ended
+        self.dropped.clear();
         self.ensure_registered(&snap, record, lost).await?;
         self.rotation_step(&snap, &phase).await
     }
 
     /// `mesh` (live peers only) plus the held departed peers: a peer of the applied mesh
     /// that is no longer registered starts its hold; a held peer stays while the hold
-    /// runs, its claim is unchanged and it fits the mesh (a live node always wins).
+    /// runs, its claim is unchanged, it is not registered (a registered peer that the
+    /// mesh left out — epoch 0, a conflict — is never held under its old record) and it
+    /// fits the mesh (a live node always wins). A peer whose hold ended is not held
+    /// again until a reconcile without it succeeded.
     fn hold_departed(&mut self, mut mesh: Mesh, snap: &Snapshot) -> Mesh {
         let now = Instant::now();
         if let Some(applied) = &self.mesh {
             for p in &applied.peers {
-                if mesh.peer(&p.name).is_none() && !self.departed.contains_key(&p.name) {
+                if mesh.peer(&p.name).is_none()
+                    && !snap.is_registered(&p.name)
+                    && !self.dropped.contains(&p.name)
+                    && !self.departed.contains_key(&p.name)
+                {
+                    // the hold is bounded by the config (MAX_DEPARTED_HOLD)
+                    let Some(until) = now.checked_add(self.cfg.departed_hold) else {
+                        continue;
+                    };
                     tracing::info!(node = %self.cfg.node, peer = %p.name,
                         hold = ?self.cfg.departed_hold, "peer departed: held with its SAs");
-                    self.departed
-                        .insert(p.name.clone(), (p.clone(), now + self.cfg.departed_hold));
+                    self.departed.insert(p.name.clone(), (p.clone(), until));
                 }
             }
         }
         let node = self.cfg.node.clone();
+        let mut dropped = Vec::new();
         self.departed.retain(|name, (p, until)| {
             let claimed = snap
                 .claims
                 .get(name)
                 .is_some_and(|c| c.id == p.id && c.pod_cidrs == p.pod_cidrs);
-            let keep = mesh.peer(name).is_none() && *until > now && claimed;
+            let registered = snap.is_registered(name);
+            let keep = mesh.peer(name).is_none() && *until > now && claimed && !registered;
             if !keep && mesh.peer(name).is_none() {
-                tracing::info!(node = %node, peer = %name, claimed, "departed peer dropped");
+                tracing::info!(node = %node, peer = %name, claimed, registered,
+                    "departed peer dropped");
+                dropped.push(name.clone());
             }
             keep
         });
+        self.dropped.extend(dropped);
         let mut unfit = Vec::new();
         for (name, (p, _)) in &self.departed {
             mesh.peers.push(p.clone());
@@ -497,6 +568,7 @@ impl Agent {
         }
         for n in unfit {
             self.departed.remove(&n);
+            self.dropped.insert(n);
         }
         mesh.peers.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(first) = self.departed.values().map(|(_, u)| *u).min() {
@@ -797,7 +869,9 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 fn now_plus(d: Duration) -> u64 {
-    now() + d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    now()
+        .saturating_add(d.as_secs())
+        .saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// Unix time in seconds.

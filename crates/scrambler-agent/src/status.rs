@@ -58,6 +58,10 @@ pub struct AgentStatus {
     /// The dataplane's fail-closed guard was in place at the last check.
     #[serde(default)]
     pub guarded: bool,
+    /// The agent's process id (a restarted agent's first write is its "starting" status:
+    /// not guarded, not registered, this pid).
+    #[serde(default)]
+    pub pid: u32,
     /// Unix time this was written.
     pub updated: u64,
 }
@@ -217,6 +221,7 @@ mod tests {
             reconcile_error: None,
             departed: Vec::new(),
             guarded: true,
+            pid: 1,
             updated: 100,
         }
     }

@@ -89,6 +89,16 @@ pub struct Snapshot {
     pub claims: BTreeMap<String, Claim>,
     /// Records that could not be decoded (key: reason); they are left out.
     pub bad: Vec<String>,
+    /// Names under which a registration exists that could not be decoded (e.g. epoch 0):
+    /// left out of the mesh, yet registered (not departed).
+    pub unreadable_nodes: BTreeSet<String>,
+}
+
+impl Snapshot {
+    /// A registration exists under `name` (whether or not it could be decoded).
+    pub fn is_registered(&self, name: &str) -> bool {
+        self.nodes.contains_key(name) || self.unreadable_nodes.contains(name)
+    }
 }
 
 impl Store {
@@ -168,7 +178,10 @@ impl Store {
                     Ok(r) => {
                         s.nodes.insert(name.to_string(), r);
                     }
-                    Err(e) => s.bad.push(format!("{key}: {e}")),
+                    Err(e) => {
+                        s.unreadable_nodes.insert(name.to_string());
+                        s.bad.push(format!("{key}: {e}"));
+                    }
                 }
             } else if let Some(name) = key.strip_prefix(&claims) {
                 match serde_json::from_slice::<Claim>(kv.value()) {

@@ -726,9 +726,34 @@ async fn the_cni_status_file_exists_only_while_the_node_is_guarded() {
     let mut ca = config("a", 1, state.path());
     ca.tunnel_status_file = Some(file.clone());
     ca.resync = Duration::from_secs(1);
+    // files left by a previous run that say all is well: neither is believed
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    let mut old = status(state.path(), "a").unwrap_or_else(|| {
+        std::fs::create_dir_all(state.path().join("a")).unwrap();
+        serde_json::from_value(serde_json::json!({"node": "a", "id": 1, "epoch": "01",
+            "epochReused": true, "etcdConnected": true, "etcdUnreachableSince": null,
+            "etcdError": null, "registered": true, "rotation": null, "tx": 1, "rx": [1],
+            "peers": 0, "reconciles": 1, "lastReconcile": 1, "reconcileError": null,
+            "guarded": true, "pid": 0, "updated": 0}))
+        .unwrap()
+    });
+    old.updated = agent_now();
+    assert!(old.ready(agent_now()).is_ok());
+    old.save(&state.path().join("a")).unwrap();
     // very first start, id and pod CIDR to be claimed, etcd away: nothing to guard with
     // yet, so no status file and the CNI plugin networks no pod
     let a = spawn(&etcd, ca, ta.clone()).await;
+    eventually(10, "a wrote its own status", || {
+        status(state.path(), "a").is_some_and(|s| s.pid == std::process::id())
+    })
+    .await;
+    // its very first status is "starting": the old run's readiness is gone with it
+    assert!(status(state.path(), "a")
+        .unwrap()
+        .ready(agent_now())
+        .is_err());
+    assert!(!file.exists(), "the previous run's status file was kept");
     eventually(10, "a says etcd is unreachable", || {
         status(state.path(), "a").is_some_and(|s| !s.etcd_connected)
     })
@@ -749,6 +774,21 @@ async fn the_cni_status_file_exists_only_while_the_node_is_guarded() {
     let ts: scrambler_core::TunnelStatus =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert!(ts.fail_closed && ts.encrypted, "{ts:?}");
+    // stamped, and rewritten at every resync (1 s here) even when nothing changed
+    let stamp = || -> (u64, u64) {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        (
+            v["updated"].as_u64().unwrap(),
+            v["maxAge"].as_u64().unwrap(),
+        )
+    };
+    let (t0, max_age) = stamp();
+    assert_eq!(max_age, 2 + 30, "two resyncs and a margin");
+    assert!(agent_now().abs_diff(t0) <= 2);
+    eventually(5, "the status file is rewritten", || {
+        file.exists() && stamp().0 > t0
+    })
+    .await;
     eventually(10, "a is ready", || {
         status(state.path(), "a").is_some_and(|s| s.ready(agent_now()).is_ok())
     })
@@ -764,7 +804,97 @@ async fn the_cni_status_file_exists_only_while_the_node_is_guarded() {
     ta.unguarded
         .store(false, std::sync::atomic::Ordering::SeqCst);
     eventually(10, "the status file is back", || file.exists()).await;
+    // an orderly stop takes it away: a node without a running agent networks no pod
     a.stop().await;
+    assert!(!file.exists(), "status file left after the agent stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_peer_left_out_of_the_mesh_is_not_held() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await; // hold: 600 s
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    b.stop().await;
+    // b's registration is replaced by one the mesh refuses under a live lease: registered,
+    // so not departed, and never held under its old record. First a conflict (a's
+    // underlay address), then epoch 0 (which the snapshot cannot even decode).
+    let store = store(&etcd).await;
+    let good = store.snapshot().await.unwrap().nodes["b"].clone();
+    let lease = scrambler_agent::lease::grant(&store, 60).await.unwrap();
+    let mut conflict = good.clone();
+    conflict.underlay = vec!["192.0.2.1".parse().unwrap()];
+    store.register(&conflict, lease).await.unwrap();
+    eventually(10, "a drops b", || ta.peer_names().is_empty()).await;
+    let st = status(state.path(), "a").unwrap();
+    assert!(st.departed.is_empty(), "{:?}", st.departed);
+    store.register(&good, lease).await.unwrap();
+    eventually(10, "a sees b again", || ta.peer_names() == ["b"]).await;
+    let mut zero = good.clone();
+    zero.epoch = 0;
+    store.register(&zero, lease).await.unwrap();
+    eventually(10, "a drops b again", || ta.peer_names().is_empty()).await;
+    let st = status(state.path(), "a").unwrap();
+    assert!(st.departed.is_empty(), "{:?}", st.departed);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_ended_does_not_restart_while_the_reconcile_fails() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let (ta, tb) = (FakeTunnel::new("a", None), FakeTunnel::new("b", None));
+    let mut ca = config("a", 1, state.path());
+    ca.departed_hold = Duration::from_secs(3);
+    let a = spawn(&etcd, ca, ta.clone()).await;
+    let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
+    eventually(10, "a sees b", || ta.peer_names() == ["b"]).await;
+    b.stop().await;
+    eventually(10, "a holds b", || {
+        status(state.path(), "a").is_some_and(|s| !s.departed.is_empty())
+    })
+    .await;
+    ta.refuse_all
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "the hold ends", || {
+        status(state.path(), "a").is_some_and(|s| s.departed.is_empty())
+    })
+    .await;
+    // the reconcile dropping b fails (retried every 200 ms): b stays in the dataplane but
+    // is not held again
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        let st = status(state.path(), "a").unwrap();
+        assert!(st.departed.is_empty(), "hold restarted: {:?}", st.departed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(status(state.path(), "a").unwrap().reconcile_error.is_some());
+    assert_eq!(ta.peer_names(), ["b"]);
+    ta.refuse_all
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "a drops b", || ta.peer_names().is_empty()).await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_hold_longer_than_a_day_is_refused() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config("a", 1, state.path());
+    c.departed_hold = Duration::from_secs(u64::MAX);
+    let store = store(&etcd).await;
+    let r = scrambler_agent::Agent::new(
+        c.clone(),
+        store.clone(),
+        FakeTunnel::new("a", None),
+        secret(),
+    );
+    let e = r.err().expect("an unbounded hold was accepted");
+    assert!(e.to_string().contains("departed hold"), "{e}");
+    c.departed_hold = scrambler_agent::agent::MAX_DEPARTED_HOLD;
+    assert!(scrambler_agent::Agent::new(c, store, FakeTunnel::new("a", None), secret()).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -903,4 +1033,41 @@ async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_clears_registered_at_once() {
+    let etcd = Etcd::start();
+    let state = tempfile::tempdir().unwrap();
+    let ta = FakeTunnel::new("a", None);
+    let a = spawn(&etcd, config("a", 1, state.path()), ta.clone()).await;
+    eventually(10, "a is registered", || {
+        status(state.path(), "a").is_some_and(|s| s.registered)
+    })
+    .await;
+    // the next syncs cannot get past their reconcile (the dataplane reads unguarded and
+    // every reconcile fails), so nothing re-registers a: only the lost lease can tell
+    ta.refuse_all
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    ta.unguarded
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = store(&etcd).await;
+    let mut c = store.client();
+    let r = c.get(store.layout().node("a"), None).await.unwrap();
+    let lease = r.kvs()[0].lease();
+    c.lease_revoke(lease).await.unwrap();
+    eventually(10, "a's status says it is not registered", || {
+        status(state.path(), "a").is_some_and(|s| !s.registered)
+    })
+    .await;
+    assert!(!store.snapshot().await.unwrap().nodes.contains_key("a"));
+    ta.refuse_all
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ta.unguarded
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(10, "a registers again", || {
+        status(state.path(), "a").is_some_and(|s| s.registered)
+    })
+    .await;
+    a.stop().await;
 }

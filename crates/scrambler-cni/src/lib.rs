@@ -18,7 +18,8 @@
 //!
 //! Conf fields besides the standard ones: `backend` (required), `mtu` (default: the
 //! node's default-route MTU minus ESP overhead), `logFile` / `logLevel`, and
-//! `tunnelStatusFile` (STATUS reports 50/51 unless the mesh there is encrypting).
+//! `tunnelStatusFile` (the node agent keeps it fresh while the node's fail-closed guard
+//! is in place: without a fresh, guarded one ADD answers 11 and STATUS 50).
 //!
 //! ```json
 //! {

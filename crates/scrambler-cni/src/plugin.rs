@@ -16,9 +16,13 @@ use scrambler_netlink::AttachSockets;
 use std::path::PathBuf;
 use tracing::Instrument;
 
-/// Conf field naming a file where the node agent writes its [`TunnelStatus`] (JSON);
-/// STATUS reports the plugin unavailable when the mesh is not encrypting.
+/// Conf field naming a file where the node agent writes its [`TunnelStatus`] (JSON, with
+/// `updated` and `maxAge`) while the node's fail-closed guard is in place; ADD answers
+/// "try again later" (11) and STATUS "not available" (50) without a fresh, guarded one.
 pub const TUNNEL_STATUS_FIELD: &str = "tunnelStatusFile";
+
+/// How old (seconds) a tunnel status file without its own `maxAge` may be.
+pub const DEFAULT_TUNNEL_STATUS_MAX_AGE: u64 = 90;
 
 /// CNI 1.1 STATUS code: the plugin cannot serve ADD.
 pub const CODE_NOT_AVAILABLE: u32 = 50;
@@ -98,11 +102,10 @@ fn attach_request(req: &Request) -> AttachRequest {
 }
 
 async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
-    guard_in_place(req)?;
+    // the conf first (a bad one is 7, not "try again later" forever), then the guard
+    let status_file = tunnel_status_path(req)?;
     let backend = backend(req)?;
     let areq = attach_request(req);
-    // the pod namespace is checked here, once, and the connections opened for the command
-    let sockets = AttachSockets::open_for_add(host, &areq).await?;
     let prev = protocol::prev_result(&req.conf)?;
     let ipam = ipam::select(&req.conf, &req.raw, &req.env)?;
     let alloc = AllocRequest {
@@ -110,6 +113,16 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
         requested: protocol::requested_ips(req)?,
     };
     let fault = fault::requested(&req.env)?;
+    if let Some(path) = status_file {
+        guard_in_place(path).map_err(|e| {
+            Error::TryAgainLater(format!(
+                "the node's mesh is not guarded (the scrambler agent keeps {path} fresh while \
+                 it is): {e}"
+            ))
+        })?;
+    }
+    // the pod namespace is checked here, once, and the connections opened for the command
+    let sockets = AttachSockets::open_for_add(host, &areq).await?;
     let allocation = Box::pin(async {
         let addrs = ipam.allocate(&alloc).await.map_err(AddError::Unleased)?;
         tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
@@ -243,84 +256,61 @@ async fn status(req: &Request, host: &Netns) -> Result<()> {
     backend.status(host).await.map_err(not_available)?;
     let ipam = ipam::select(&req.conf, &req.raw, &req.env).map_err(not_available)?;
     ipam.status().await.map_err(not_available)?;
-    if let Some(path) = req
-        .conf
-        .extra
-        .get(TUNNEL_STATUS_FIELD)
-        .and_then(|v| v.as_str())
-    {
-        tunnel_status(path)?;
+    if let Some(path) = tunnel_status_path(req).map_err(not_available)? {
+        guard_in_place(path).map_err(|e| Error::Delegated {
+            plugin: "scrambler-cni".into(),
+            code: CODE_NOT_AVAILABLE,
+            msg: "the node's mesh is not guarded".into(),
+            details: e,
+        })?;
     }
     Ok(())
 }
 
-/// ADD with a `tunnelStatusFile`: the node agent writes that file only once the node's
-/// fail-closed guard is in place (and removes it when it is not), so a pod is never
-/// networked on a node whose pod traffic could leave in cleartext. Missing, unreadable or
-/// unguarded: "try again later" (11), before anything is allocated or created.
-fn guard_in_place(req: &Request) -> Result<()> {
-    let Some(path) = req
-        .conf
-        .extra
-        .get(TUNNEL_STATUS_FIELD)
-        .and_then(|v| v.as_str())
-    else {
-        return Ok(());
-    };
-    let st: TunnelStatus = std::fs::read_to_string(path)
-        .map_err(|e| format!("read {path}: {e}"))
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("decode {path}: {e}")))
-        .map_err(|e| {
-            Error::TryAgainLater(format!(
-                "the node's mesh is not guarded yet (the scrambler agent writes {path} once \
-                 it is): {e}"
-            ))
-        })?;
+/// The conf's `tunnelStatusFile`: absent, or a path; anything else is a bad conf (7).
+fn tunnel_status_path(req: &Request) -> Result<Option<&str>> {
+    match req.conf.extra.get(TUNNEL_STATUS_FIELD) {
+        None => Ok(None),
+        Some(serde_json::Value::String(p)) if !p.is_empty() => Ok(Some(p)),
+        Some(v) => Err(Error::config(format!(
+            "\"{TUNNEL_STATUS_FIELD}\" must be a file path (a non-empty string), not {v}"
+        ))),
+    }
+}
+
+/// The node agent writes the tunnel status file only while the node's fail-closed guard is
+/// in place, rewrites it with every sync (at least every resync: `updated`), and removes it
+/// when it finds the guard missing, when it starts and when it stops. Missing,
+/// unreadable, stale (older than its `maxAge`: the agent is not running or stuck) or
+/// unguarded: the reason, and no pod is networked. Peer health is not looked at: a peer
+/// that is down does not make the local node unsafe (`scrambler status` shows it).
+fn guard_in_place(path: &str) -> std::result::Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("decode {path}: {e}"))?;
+    let st: TunnelStatus =
+        serde_json::from_value(v.clone()).map_err(|e| format!("decode {path}: {e}"))?;
+    let updated = v["updated"]
+        .as_u64()
+        .ok_or_else(|| format!("{path}: no \"updated\" time"))?;
+    let max_age = v["maxAge"]
+        .as_u64()
+        .unwrap_or(DEFAULT_TUNNEL_STATUS_MAX_AGE);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if now.abs_diff(updated) > max_age {
+        return Err(format!(
+            "{path} was written {}s ago (more than {max_age}s): is the agent running?",
+            now.saturating_sub(updated)
+        ));
+    }
     if !st.fail_closed {
-        return Err(Error::TryAgainLater(format!(
+        return Err(format!(
             "{path}: the fail-closed guard of dataplane {} is not in place",
             st.dataplane
-        )));
-    }
-    Ok(())
-}
-
-/// STATUS from the mesh's status file: missing → 50; not encrypting → 51 (pods would
-/// be cut off by the fail-closed guard, or leak if it were not there).
-fn tunnel_status(path: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Delegated {
-        plugin: "scrambler-cni".into(),
-        code: CODE_NOT_AVAILABLE,
-        msg: "mesh status unavailable".into(),
-        details: format!("read {path}: {e}"),
-    })?;
-    let st: TunnelStatus = serde_json::from_str(&text).map_err(|e| Error::Delegated {
-        plugin: "scrambler-cni".into(),
-        code: CODE_NOT_AVAILABLE,
-        msg: "mesh status unreadable".into(),
-        details: format!("decode {path}: {e}"),
-    })?;
-    if !st.encrypted {
-        return Err(Error::Delegated {
-            plugin: "scrambler-cni".into(),
-            code: CODE_LIMITED_CONNECTIVITY,
-            msg: "mesh is not encrypting".into(),
-            details: format!("{path}: dataplane {} reports encrypted=false", st.dataplane),
-        });
-    }
-    let down: Vec<&str> = st
-        .peers
-        .iter()
-        .filter(|p| !p.is_up())
-        .map(|p| p.name.as_str())
-        .collect();
-    if !down.is_empty() {
-        return Err(Error::Delegated {
-            plugin: "scrambler-cni".into(),
-            code: CODE_LIMITED_CONNECTIVITY,
-            msg: "mesh tunnels down".into(),
-            details: format!("tunnels to {} are not up", down.join(", ")),
-        });
+        ));
     }
     Ok(())
 }

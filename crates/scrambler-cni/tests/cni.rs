@@ -381,8 +381,24 @@ fn gc_releases_what_is_not_valid() {
         .expect_ok();
 }
 
+/// A tunnel status file as the agent writes it, `age` seconds old.
+fn guard_file(path: &std::path::Path, fail_closed: bool, encrypted: bool, age: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let st = json!({"dataplane": "xfrm", "encrypted": encrypted, "failClosed": fail_closed,
+        "peers": [{"name": "down-peer", "underlay": null, "outbound": false,
+            "inbound": false, "steering": false, "txGeneration": null, "rxGenerations": [],
+            "packetsOut": 0, "packetsIn": 0, "bytesOut": 0, "bytesIn": 0, "replayErrors": 0,
+            "integrityErrors": 0}], "errors": {}, "overhead": 57,
+        "updated": now - age, "maxAge": 90});
+    std::fs::write(path, st.to_string()).unwrap();
+}
+
 #[test]
-fn status_reports_ipam_and_mesh() {
+fn status_reports_ipam_and_the_local_guard() {
     let node = Node::new("st");
     let conf = node.conf("1.1.0", "10.25.0.0/24");
     let mut st = Invocation::new("STATUS", "", std::path::Path::new("/"), "");
@@ -394,9 +410,13 @@ fn status_reports_ipam_and_mesh() {
     let mut c = conf.clone();
     c["tunnelStatusFile"] = json!(status_file);
     assert_eq!(node.ours(&st, &c).code(), 50);
-    std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":false,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
-    assert_eq!(node.ours(&st, &c).code(), 51);
-    std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    guard_file(&status_file, false, true, 0);
+    assert_eq!(node.ours(&st, &c).code(), 50, "not guarded");
+    guard_file(&status_file, true, true, 200);
+    assert_eq!(node.ours(&st, &c).code(), 50, "stale");
+    // guarded and fresh: ready, whatever the peers (a peer down, not encrypting yet with
+    // no peer up) — peer health is `scrambler status`'s, not the node's readiness
+    guard_file(&status_file, true, false, 0);
     node.ours(&st, &c).expect_ok();
     // A backend that is not built yet cannot serve ADD.
     let mut c = conf.clone();
@@ -417,17 +437,44 @@ fn add_waits_for_the_agent_to_guard_the_node() {
     assert_eq!(out.code(), 11, "{out:?}");
     assert!(node.leases().is_empty());
     assert!(node.host_veths().is_empty());
-    std::fs::create_dir_all(status_file.parent().unwrap()).unwrap();
-    std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":false,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    guard_file(&status_file, false, true, 0);
     assert_eq!(node.ours(&add, &conf).code(), 11);
     assert!(node.leases().is_empty());
-    // guarded, even with no peer up yet: pods may come
+    // guarded but stale (the agent stopped, crashed or hangs: the guard may be gone)
+    guard_file(&status_file, true, true, 91);
+    assert_eq!(node.ours(&add, &conf).code(), 11);
+    // without a time at all (a file from an older agent): refused too
     std::fs::write(&status_file, r#"{"dataplane":"xfrm","encrypted":true,"failClosed":true,"peers":[],"errors":{},"overhead":57}"#).unwrap();
+    assert_eq!(node.ours(&add, &conf).code(), 11);
+    assert!(node.leases().is_empty());
+    assert!(node.host_veths().is_empty());
+    // guarded and fresh, even with no peer up yet: pods may come
+    guard_file(&status_file, true, true, 0);
     let r = node.ours(&add, &conf);
     r.expect_ok();
     assert_eq!(node.leases().len(), 1);
     node.ours(&add.cmd("DEL"), &conf).expect_ok();
     assert!(node.leases().is_empty());
+}
+
+#[test]
+fn a_bad_conf_is_refused_before_the_guard_is_asked() {
+    let node = Node::new("gc");
+    let pod = TestNetns::new("gcpod");
+    let add = Invocation::new("ADD", "gc1", &pod.path(), "eth0");
+    // not a path: a bad conf (7), never a silently disabled gate
+    for bad in [json!(true), json!(3), json!(""), json!({"path": "/x"})] {
+        let mut conf = node.conf("1.1.0", "10.28.0.0/24");
+        conf["tunnelStatusFile"] = bad.clone();
+        assert_eq!(node.ours(&add, &conf).code(), 7, "{bad}");
+    }
+    // an invalid conf answers 7 even while the node is not guarded (no file)
+    let mut conf = node.conf("1.1.0", "10.28.0.0/24");
+    conf["tunnelStatusFile"] = json!(node.data.path().join("absent.json"));
+    conf["backend"] = json!("no-such-backend");
+    assert_eq!(node.ours(&add, &conf).code(), 7);
+    assert!(node.leases().is_empty());
+    assert!(node.host_veths().is_empty());
 }
 
 #[test]

@@ -231,12 +231,13 @@ struct AgentArgs {
     lease_ttl: i64,
     /// How long a peer whose registration went (lease expired) but whose claim stays is
     /// kept in this node's mesh with its SAs (s), so that it comes back under the same
-    /// epoch without any node re-keying; 0: drop it at once.
+    /// epoch without any node re-keying; 0: drop it at once; at most 86400 (one day).
     #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_DEPARTED_HOLD.as_secs())]
     departed_hold_secs: u64,
     /// Where to write the dataplane's status for the CNI plugin (its conf's
-    /// "tunnelStatusFile"): written once the node's fail-closed guard is in place, removed
-    /// while it is not; the plugin refuses ADD without it.
+    /// "tunnelStatusFile"): kept fresh (`updated`, `maxAge`) while the node's fail-closed
+    /// guard is in place; removed when it is not, at start and at stop. The plugin refuses
+    /// ADD without a fresh one.
     #[arg(long, env = "SCRAMBLER_TUNNEL_STATUS_FILE")]
     tunnel_status_file: Option<PathBuf>,
 }
@@ -273,6 +274,13 @@ impl AgentArgs {
             return Err(Error::config("--lease-ttl: at least 2 seconds"));
         }
         c.lease_ttl = self.lease_ttl;
+        let max_hold = scrambler_agent::agent::MAX_DEPARTED_HOLD.as_secs();
+        if self.departed_hold_secs > max_hold {
+            return Err(Error::config(format!(
+                "--departed-hold-secs {}: at most {max_hold} (one day)",
+                self.departed_hold_secs
+            )));
+        }
         c.departed_hold = std::time::Duration::from_secs(self.departed_hold_secs);
         c.tunnel_status_file = self.tunnel_status_file.clone();
         Ok(c)

@@ -221,3 +221,38 @@ fn install_cni_claims_and_writes_binaries_and_the_conflist_of_the_deploy_configm
 fn serde_yaml_value(text: &str) -> serde_json::Value {
     serde_yaml::from_str(text).unwrap()
 }
+
+#[test]
+fn agent_refuses_a_departed_hold_longer_than_a_day() {
+    let state = tempfile::tempdir().unwrap();
+    let sd = state.path().display().to_string();
+    let args = |hold: &str| {
+        scrambler(&[
+            "agent",
+            "--node",
+            "a",
+            "--underlay",
+            "192.0.2.1",
+            "--pod-cidr-pool",
+            "10.244.0.0/16",
+            "--etcd-endpoints",
+            "http://127.0.0.1:9",
+            "--state-dir",
+            &sd,
+            "--departed-hold-secs",
+            hold,
+        ])
+    };
+    // would overflow the hold's deadline: refused up front with a clear error, no panic
+    let (code, out, err) = args(&u64::MAX.to_string());
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("--departed-hold-secs") && err.contains("86400"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        std::fs::read_dir(state.path()).unwrap().next().is_none(),
+        "left state behind"
+    );
+}

@@ -44,6 +44,8 @@ pub struct FakeTunnel {
     pub lose_outbound: AtomicBool,
     /// While set, the dataplane reports its fail-closed guard missing.
     pub unguarded: AtomicBool,
+    /// While set, every reconcile fails.
+    pub refuse_all: AtomicBool,
     pub log: Option<Arc<Mutex<Vec<Logged>>>>,
 }
 
@@ -79,7 +81,9 @@ impl Tunnel for FakeTunnel {
         mesh: &Mesh,
         _: &ClusterSecret,
     ) -> Result<ReconcileReport> {
-        if self.refuse_new_generation.load(Ordering::SeqCst) && mesh.keys.rx.len() > 1 {
+        if self.refuse_all.load(Ordering::SeqCst)
+            || (self.refuse_new_generation.load(Ordering::SeqCst) && mesh.keys.rx.len() > 1)
+        {
             return Err(scrambler_core::Error::Dataplane {
                 dataplane: "fake".into(),
                 op: "reconcile".into(),
