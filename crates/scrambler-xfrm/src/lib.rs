@@ -160,7 +160,8 @@ mod tunnel;
 
 pub use config::{
     LinkMode, XfrmConfig, DEFAULT_IF_ID, DEFAULT_INTERFACE, DEFAULT_PRIORITY_BASE,
-    DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, PRIORITY_BAND,
+    DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY,
+    PRIORITY_BAND,
 };
 pub use rotation::{rotate, RotationReport};
 pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};

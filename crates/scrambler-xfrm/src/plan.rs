@@ -18,6 +18,12 @@ pub(crate) struct Desired {
     /// The local node's tunnel addresses as host prefixes, put on the interface (only
     /// with [`LinkMode::Create`]).
     pub addresses: BTreeSet<IpNet>,
+    /// Routes into the interface in [`XfrmConfig::route_table`]: every peer's underlay
+    /// address (host prefix) of a family the local pod CIDRs have.
+    pub underlay_routes: BTreeSet<IpNet>,
+    /// Sources of the rules `from <source> lookup <route_table>`: the local pod CIDRs of
+    /// the families of `underlay_routes`.
+    pub rule_sources: BTreeSet<IpNet>,
     /// Rotation step 2: an older generation than `tx` is still live, so outbound states
     /// of `tx` are being made for the first time.
     pub switching: bool,
@@ -68,6 +74,7 @@ impl Desired {
         }
         for peer in &mesh.peers {
             d.plan_peer(cfg, mesh, peer, secret)?;
+            d.plan_peer_underlay(cfg, mesh, peer)?;
         }
         d.plan_guard(cfg, mesh);
         Ok(d)
@@ -155,6 +162,62 @@ impl Desired {
         Ok(())
     }
 
+    /// Local pods ↔ the peer's underlay address (the `kubernetes` Service DNATed to a
+    /// control-plane node, kubelets, hostNetwork pods addressed by node IP), for every
+    /// local pod CIDR `l` of the family of the peer's underlay address `u` and every peer
+    /// pod CIDR `p` of the family of the local one `m`, mesh policies (if_id, ESP template
+    /// between the same two underlay addresses as the pods' traffic):
+    /// `out` l → u, `in`/`fwd` u → l (the peer host's replies), `out` m → p (this host's
+    /// replies to the peer's pods), `in` p → m (the peer's pods reaching this host). A
+    /// route `u dev <interface>` in [`XfrmConfig::route_table`], looked up only by the
+    /// rules `from l`, steers the pods' packets (never the node's own, ESP included) into
+    /// the interface.
+    fn plan_peer_underlay(&mut self, cfg: &XfrmConfig, mesh: &Mesh, peer: &Node) -> Result<()> {
+        let local = &mesh.local;
+        let (mine, theirs) = outer_pair(local, peer)?;
+        let reqid = cfg.reqid(peer.id.get());
+        let out = Tmpl {
+            src: mine,
+            dst: theirs,
+            reqid,
+        };
+        let back = Tmpl {
+            src: theirs,
+            dst: mine,
+            reqid,
+        };
+        let (m, u) = (IpNet::from(mine), IpNet::from(theirs));
+        let mut add = |dir, src: IpNet, dst: IpNet, tmpl| {
+            self.policy(Policy {
+                key: PolicyKey {
+                    dir,
+                    src,
+                    dst,
+                    if_id: cfg.if_id,
+                },
+                priority: cfg.priority(PRIO_MESH),
+                block: false,
+                tmpl: Some(tmpl),
+            })
+        };
+        let mut sources = Vec::new();
+        for l in local.pod_cidrs.iter().filter(|l| same_family(l, &u)) {
+            add(Dir::Out, l.trunc(), u, out);
+            add(Dir::In, u, l.trunc(), back);
+            add(Dir::Fwd, u, l.trunc(), back);
+            sources.push(l.trunc());
+        }
+        for p in peer.pod_cidrs.iter().filter(|p| same_family(p, &m)) {
+            add(Dir::Out, m, p.trunc(), out);
+            add(Dir::In, p.trunc(), m, back);
+        }
+        if !sources.is_empty() {
+            self.underlay_routes.insert(u);
+            self.rule_sources.extend(sources);
+        }
+        Ok(())
+    }
+
     fn state(
         &mut self,
         cfg: &XfrmConfig,
@@ -186,10 +249,15 @@ impl Desired {
     ///   node itself, is dropped instead of following another route in cleartext;
     /// * block `out` `S` → each peer's underlay address: a pod sending to another node's
     ///   host address cannot leak (it reaches the node at its tunnel address instead);
-    /// * block `in`/`fwd` `S` → local pod CIDRs: cleartext from remote pods is refused.
+    /// * block `in`/`fwd` `S` → local pod CIDRs: cleartext from remote pods is refused;
+    /// * block `in` `S` → the local underlay addresses: cleartext from remote pods to this
+    ///   node's host address is refused (decrypted, it matches the mesh's `in` policy);
+    /// * block `in`/`fwd` each peer's underlay address → local pod CIDRs: the peer host's
+    ///   replies to local pods come through the mesh or not at all.
     ///
     /// Bypass policies keep node-local pod traffic flowing: `out` anything → local pod
-    /// CIDRs, `in`/`fwd` local pod CIDRs → local pod CIDRs.
+    /// CIDRs, `in`/`fwd` local pod CIDRs → local pod CIDRs, `in` local pod CIDRs → the
+    /// local underlay addresses.
     fn plan_guard(&mut self, cfg: &XfrmConfig, mesh: &Mesh) {
         let supernets: BTreeSet<IpNet> = mesh
             .cluster_cidrs
@@ -213,6 +281,18 @@ impl Desired {
             })
         };
         let local: Vec<IpNet> = mesh.local.pod_cidrs.iter().map(|l| l.trunc()).collect();
+        let local_underlay: Vec<IpNet> = mesh
+            .local
+            .underlay
+            .iter()
+            .map(|a| IpNet::from(*a))
+            .collect();
+        let peer_underlay: BTreeSet<IpNet> = mesh
+            .peers
+            .iter()
+            .flat_map(|p| &p.underlay)
+            .map(|a| IpNet::from(*a))
+            .collect();
         for s in &supernets {
             add(Dir::Out, any(s), *s, true);
             for peer in &mesh.peers {
@@ -228,6 +308,15 @@ impl Desired {
                 add(Dir::In, *s, *l, true);
                 add(Dir::Fwd, *s, *l, true);
             }
+            for m in local_underlay.iter().filter(|m| same_family(s, m)) {
+                add(Dir::In, *s, *m, true);
+            }
+        }
+        for u in peer_underlay {
+            for l in local.iter().filter(|l| same_family(&u, l)) {
+                add(Dir::In, u, *l, true);
+                add(Dir::Fwd, u, *l, true);
+            }
         }
         let covered = local
             .iter()
@@ -237,6 +326,9 @@ impl Desired {
             for a in local.iter().filter(|a| same_family(a, b)) {
                 add(Dir::In, *a, *b, false);
                 add(Dir::Fwd, *a, *b, false);
+            }
+            for m in local_underlay.iter().filter(|m| same_family(m, b)) {
+                add(Dir::In, *b, *m, false);
             }
         }
     }
@@ -290,12 +382,13 @@ pub(crate) mod tests {
         let cfg = XfrmConfig::default();
         let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
         let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
-        // 2 peers × (3 mesh + 1 guard of its underlay address) + 3 guard + 3 bypass
-        assert_eq!(d.policies.len(), 14);
+        // 2 peers × (3 mesh + 5 mesh with underlay addresses + 3 guard of its underlay
+        // address) + 4 guard + 4 bypass
+        assert_eq!(d.policies.len(), 30);
         assert_eq!(d.states.len(), 4);
         assert_eq!(d.routes.len(), 2);
         let mesh_pols = d.policies.values().filter(|p| p.tmpl.is_some()).count();
-        assert_eq!(mesh_pols, 6);
+        assert_eq!(mesh_pols, 16);
         assert!(d
             .policies
             .values()
@@ -335,15 +428,17 @@ pub(crate) mod tests {
             key(Dir::Out, "0.0.0.0/0", "10.0.0.0/8"),
             key(Dir::In, "10.0.0.0/8", "10.0.1.0/24"),
             key(Dir::Fwd, "10.0.0.0/8", "10.0.1.0/24"),
+            key(Dir::In, "10.0.0.0/8", "192.0.2.1/32"),
         ]);
         assert_eq!(guard, want);
+        assert!(d.underlay_routes.is_empty() && d.rule_sources.is_empty());
         // an extra supernet of the config is guarded the same way
         let cfg = XfrmConfig {
             guard_supernets: vec!["172.16.0.0/12".parse().unwrap()],
             ..Default::default()
         };
         let d = Desired::plan(&cfg, &mesh(1, 1), None).unwrap();
-        assert_eq!(d.policies.values().filter(|p| p.block).count(), 6);
+        assert_eq!(d.policies.values().filter(|p| p.block).count(), 8);
         assert!(d
             .policies
             .contains_key(&key(Dir::Out, "0.0.0.0/0", "172.16.0.0/12")));
@@ -363,6 +458,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pods_and_peers_underlay_addresses_talk_through_the_mesh() {
+        let cfg = XfrmConfig::default();
+        let d = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
+        let mesh_key = |dir, src: &str, dst: &str| PolicyKey {
+            if_id: cfg.if_id,
+            ..key(dir, src, dst)
+        };
+        let tmpl = |src: &str, dst: &str| {
+            Some(Tmpl {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                reqid: cfg.reqid(2),
+            })
+        };
+        let (out, back) = (
+            tmpl("192.0.2.1", "192.0.2.2"),
+            tmpl("192.0.2.2", "192.0.2.1"),
+        );
+        for (dir, src, dst, t) in [
+            (Dir::Out, "10.0.1.0/24", "192.0.2.2/32", out),
+            (Dir::In, "192.0.2.2/32", "10.0.1.0/24", back),
+            (Dir::Fwd, "192.0.2.2/32", "10.0.1.0/24", back),
+            (Dir::Out, "192.0.2.1/32", "10.0.2.0/24", out),
+            (Dir::In, "10.0.2.0/24", "192.0.2.1/32", back),
+        ] {
+            let p = &d.policies[&mesh_key(dir, src, dst)];
+            assert!(!p.block && p.tmpl == t, "{p:?}");
+            assert_eq!(p.priority, cfg.priority(PRIO_MESH));
+        }
+        // cleartext from the peer's host to local pods is refused
+        for dir in [Dir::In, Dir::Fwd] {
+            assert!(d.policies[&key(dir, "192.0.2.2/32", "10.0.1.0/24")].block);
+        }
+        let names = |s: &BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&d.underlay_routes), ["192.0.2.2/32", "192.0.2.3/32"]);
+        assert_eq!(names(&d.rule_sources), ["10.0.1.0/24"]);
+        // the node's own underlay address is never routed into the interface
+        assert!(!d.underlay_routes.contains(&"192.0.2.1/32".parse().unwrap()));
+    }
+
+    #[test]
     fn supernet_guard_adds_local_bypass() {
         let cfg = XfrmConfig::default();
         let d = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
@@ -378,6 +514,7 @@ pub(crate) mod tests {
             key(Dir::Out, "0.0.0.0/0", "10.0.1.0/24"),
             key(Dir::In, "10.0.1.0/24", "10.0.1.0/24"),
             key(Dir::Fwd, "10.0.1.0/24", "10.0.1.0/24"),
+            key(Dir::In, "10.0.1.0/24", "192.0.2.1/32"),
         ]);
         assert_eq!(bypass, want);
     }
