@@ -16,7 +16,7 @@ use scrambler_testkit::wire::{capture_bridge, ping_replies, Stream};
 use scrambler_xfrm::{rotate, StatusTable, XfrmConfig, XfrmTunnel};
 use std::time::{Duration, Instant};
 
-static VM: VmSuite = VmSuite::with("vm_xfrm_node_", |t| t.timeout(Duration::from_secs(600)));
+static VM: VmSuite = VmSuite::with("vm_xfrm_", |t| t.timeout(Duration::from_secs(600)));
 
 const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
 
