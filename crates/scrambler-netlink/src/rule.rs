@@ -15,13 +15,16 @@ use netlink_packet_route::AddressFamily;
 use scrambler_core::{Error, Result};
 use std::net::IpAddr;
 
-/// `from <src> lookup <table> priority <priority> proto <protocol>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `from <src> [iif <iif>] lookup <table> priority <priority> proto <protocol>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleSpec {
     /// Priority (the kernel tries rules in increasing priority).
     pub priority: u32,
     /// Source prefix the rule matches.
     pub src: IpNet,
+    /// Input interface the rule matches (`lo`: the node's own packets, and the lookups
+    /// of reverse-path filtering); `None`: any.
+    pub iif: Option<String>,
     /// Table it looks up.
     pub table: u32,
     /// Protocol number marking who made it.
@@ -31,8 +34,12 @@ pub struct RuleSpec {
 impl RuleSpec {
     /// `from src lookup table priority priority proto protocol`, naming the rule in errors.
     pub fn name(&self) -> String {
+        let iif = match &self.iif {
+            Some(i) => format!(" iif {i}"),
+            None => String::new(),
+        };
         format!(
-            "rule from {} lookup {} priority {} proto {}",
+            "rule from {}{iif} lookup {} priority {} proto {}",
             self.src, self.table, self.priority, self.protocol
         )
     }
@@ -55,6 +62,9 @@ impl RuleSpec {
             .push(RuleAttribute::Source(self.src.trunc().network()));
         m.attributes
             .push(RuleAttribute::Protocol(RouteProtocol::from(self.protocol)));
+        if let Some(iif) = &self.iif {
+            m.attributes.push(RuleAttribute::Iifname(iif.clone()));
+        }
         m
     }
 }
@@ -68,21 +78,26 @@ pub struct RuleState {
     pub src: Option<IpNet>,
     /// Destination prefix; `None`: `to all`.
     pub dst: Option<IpNet>,
+    /// Input interface; `None`: any.
+    pub iif: Option<String>,
     /// Table looked up (0 for actions other than a table lookup).
     pub table: u32,
     /// Protocol number.
     pub protocol: u8,
-    /// The rule matches more than a source prefix (a mark, an interface, ports, …).
+    /// The rule matches more than a source prefix and an input interface (a mark, an
+    /// output interface, ports, …).
     pub other_selectors: bool,
 }
 
 impl RuleState {
-    /// The [`RuleSpec`] this rule is, when it is a plain `from <prefix> lookup <table>`.
+    /// The [`RuleSpec`] this rule is, when it is a plain
+    /// `from <prefix> [iif <name>] lookup <table>`.
     pub fn spec(&self) -> Option<RuleSpec> {
         match (self.src, self.dst, self.other_selectors) {
             (Some(src), None, false) => Some(RuleSpec {
                 priority: self.priority,
                 src,
+                iif: self.iif.clone(),
                 table: self.table,
                 protocol: self.protocol,
             }),
@@ -97,6 +112,7 @@ fn rule_state(m: &RuleMessage) -> RuleState {
         priority: 0,
         src: None,
         dst: None,
+        iif: None,
         table: if h.action == RuleAction::ToTable {
             u32::from(h.table)
         } else {
@@ -113,8 +129,8 @@ fn rule_state(m: &RuleMessage) -> RuleState {
             RuleAttribute::Destination(ip) => s.dst = net(ip, h.dst_len),
             RuleAttribute::Table(t) if h.action == RuleAction::ToTable => s.table = *t,
             RuleAttribute::Protocol(p) => s.protocol = u8::from(*p),
-            RuleAttribute::Iifname(_)
-            | RuleAttribute::Oifname(_)
+            RuleAttribute::Iifname(i) => s.iif = Some(i.clone()),
+            RuleAttribute::Oifname(_)
             | RuleAttribute::FwMark(_)
             | RuleAttribute::UidRange(_)
             | RuleAttribute::IpProtocol(_)
@@ -180,10 +196,15 @@ mod tests {
 
     #[test]
     fn a_rule_reads_back_as_its_spec() {
-        for (src, table) in [("10.0.1.0/24", 92), ("fd00:1::/64", 0x5c5c)] {
+        for (src, table, iif) in [
+            ("10.0.1.0/24", 92, None),
+            ("fd00:1::/64", 0x5c5c, None),
+            ("10.0.1.0/24", 254, Some("lo".to_string())),
+        ] {
             let r = RuleSpec {
                 priority: 0x5c00,
                 src: src.parse().unwrap(),
+                iif,
                 table,
                 protocol: 0x5c,
             };
@@ -197,6 +218,7 @@ mod tests {
         let mut m = RuleSpec {
             priority: 1,
             src: "10.0.0.0/8".parse().unwrap(),
+            iif: None,
             table: 92,
             protocol: 0x5c,
         }

@@ -77,7 +77,8 @@ pub struct XfrmConfig {
     pub route_protocol: u8,
     /// Priority of the rules `from <local pod CIDR> lookup <route_table>` that steer pods'
     /// traffic to peers' underlay addresses into the interface. A rule is Scrambler's when
-    /// it has this priority, this table and [`XfrmConfig::route_protocol`].
+    /// it has this priority, this table, [`XfrmConfig::route_protocol`] and matches only a
+    /// source prefix.
     pub rule_priority: u32,
     /// Routing table holding the routes `<peer underlay address> dev <interface>`; only
     /// Scrambler's rules look it up.

@@ -282,10 +282,10 @@ mod tests {
         smaller.peers.pop();
         let d2 = Desired::plan(&cfg, &smaller, None).unwrap();
         let ch = diff(&cfg, &d2, &found, &[], false).unwrap();
-        // its 3 mesh policies, the 5 with its or our underlay address and the 3 guards
-        // of its underlay address; the cluster guard stays
-        assert_eq!(ch.report.removed, 11);
-        assert_eq!(ch.len(), 11);
+        // its 3 mesh policies, the 8 with its or our underlay address and the guard of
+        // its underlay address; the cluster guard stays
+        assert_eq!(ch.report.removed, 12);
+        assert_eq!(ch.len(), 12);
     }
 
     #[test]
@@ -410,8 +410,8 @@ mod tests {
             }
         }
         let ch = diff(&cfg, &d, &found, &[], false).unwrap();
-        // the pods' 3 and the 5 with an underlay address
-        assert_eq!(ch.report.updated, 8);
+        // the pods' 3 and the 8 with an underlay address
+        assert_eq!(ch.report.updated, 11);
         assert_eq!(ch.report.added + ch.report.removed, 0);
     }
 

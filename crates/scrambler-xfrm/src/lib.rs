@@ -57,20 +57,23 @@
 //! Service DNATed to a control-plane node's address, kubelets, hostNetwork pods addressed
 //! by node IP — through the mesh, between the same two underlay addresses as the pods'
 //! traffic. Only pod-sourced packets are steered, with policy routing: a rule
-//! `from <local pod CIDR> lookup <route_table>` at [`XfrmConfig::rule_priority`] (after the
-//! local table's rule, so a pod reaching its own node is untouched; before the main
+//! `from <local pod CIDR> lookup <route_table>` at [`XfrmConfig::rule_priority`] (after
+//! the local table's rule, so a pod reaching its own node is untouched; before the main
 //! table's) and, in that table, `<peer underlay> dev <interface>`. The node's own packets
 //! to its peers — ESP above all — do not come from a pod CIDR, keep the main table's route
 //! and never loop into the mesh. The interface applies mesh policies `out` local pod CIDR
 //! → peer underlay; the peer accepts the decrypted packets with `in` local pod CIDR →
 //! its underlay (both ends plan the mirror pairs) and its host's replies go back with
 //! `out` its underlay → our pod CIDR, accepted by `in`/`fwd` here. A DNAT in front (a
-//! ClusterIP to the peer's address:6443) works: routing sees the translated destination,
-//! and the inbound policy check sees the real addresses (netfilter's
-//! `nf_nat_decode_session`). Fail closed: no state → the interface drops; no interface,
-//! no route in the table or no rule → the main table's route meets the guard's block
-//! `S` → peer underlay; cleartext arriving from `S` at this node's underlay address, or
-//! from a peer's underlay address to local pods, meets the `in`/`fwd` guard. Rules and
+//! ClusterIP to the peer's address:6443) works: routing sees the translated destination
+//! and the replies come back the same way. A peer's host calling a NodePort or hostPort
+//! here served by a local pod gets its replies through the mesh (`out` local underlay →
+//! peer underlay: the reply is routed by its pod source, then the DNAT is undone), hence
+//! `rp_filter = 2` on the interface; its request passes reverse-path filtering on the
+//! underlay only when that is loose or off (the reverse lookup meets the rule). Fail closed: no state → the interface drops; no
+//! interface, no route in the table or no rule → the main table's route meets the guard's
+//! block local pod CIDR → peer underlay; cleartext arriving from `S` at this node's
+//! underlay address meets the `in` guard. Rules and
 //! table routes are owned by priority, table and protocol ([`XfrmConfig::route_protocol`]),
 //! reconciled like the other routes and removed by both removals (the guard stays with
 //! `remove_keeping_guard`).
@@ -84,11 +87,11 @@
 //!   Scrambler's priority band, for every cluster supernet `S` of the mesh's
 //!   `clusterCidrs` (plus [`XfrmConfig::guard_supernets`]): block `out` anything → `S`
 //!   (pods' and the node's own traffic to any pod CIDR of the cluster, known peer or not),
-//!   block `out` `S` → each peer's underlay address (a pod's packet to another node's host
-//!   address that the mesh does not carry), block `in`/`fwd` `S` → local pod CIDRs
-//!   (cleartext from remote pods), block `in` `S` → the local underlay addresses and
-//!   `in`/`fwd` each peer's underlay address → local pod CIDRs (cleartext between remote
-//!   pods and this host, or a peer's host and local pods). Bypass policies keep node-local
+//!   block `out` each local pod CIDR → each peer's underlay address (a pod's packet to
+//!   another node's host address that the mesh does not carry; remote pods' packets
+//!   forwarded here are a NodePort's replies, whose NAT is undone after the lookup), block `in`/`fwd` `S` → local pod CIDRs
+//!   (cleartext from remote pods), block `in` `S` → the local underlay addresses
+//!   (cleartext from remote pods to this host). Bypass policies keep node-local
 //!   pod traffic flowing: `out` anything → local pod CIDRs, `in`/`fwd` local → local, `in`
 //!   local pod CIDRs → local underlay addresses. Removing a peer leaves the guard; [`XfrmTunnel`]'s
 //!   `remove_keeping_guard` (the node tool's `mesh remove`) takes everything else away and
@@ -120,10 +123,9 @@
 //! `[priority_base, priority_base + PRIORITY_BAND)` and its if_id is Scrambler's or 0; a
 //! state when its reqid is `reqid_base | id` and its if_id is Scrambler's; a route when it
 //! goes through the interface with Scrambler's protocol number (in the main table, or in
-//! [`XfrmConfig::route_table`]); a rule when it has [`XfrmConfig::rule_priority`], looks up
-//! [`XfrmConfig::route_table`], carries the route protocol and matches only a source
-//! prefix. Dumps consider nothing else; a foreign object holding the kernel identity of a desired one stops reconcile
-//! with [`scrambler_core::Error::AlreadyExists`] before anything changes.
+//! [`XfrmConfig::route_table`]); a rule when it is `from <prefix> lookup <route_table>` at
+//! [`XfrmConfig::rule_priority`] with the route protocol, matching nothing else. Dumps consider nothing else; a foreign object holding the kernel
+//! identity of a desired one stops reconcile with [`scrambler_core::Error::AlreadyExists`] before anything changes.
 //!
 //! ## Reconcile
 //! Dump policies and states of the namespace, diff against the plan, then send adds,

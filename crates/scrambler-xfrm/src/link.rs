@@ -156,6 +156,16 @@ pub(crate) async fn ensure_addresses(
     Ok(added)
 }
 
+/// Sets `net.ipv4.conf.<ifname>.rp_filter = 2` (loose) inside `netns`: a peer host's
+/// packets decrypted on the interface (the replies of a NodePort or hostPort it called here,
+/// see `plan_peer_underlay`) come from an underlay address the main table routes out of
+/// the underlay, which strict reverse-path filtering (`all.rp_filter = 1` takes the
+/// maximum of both) would drop. They are authenticated ESP of a known peer, and the `in`
+/// policies name every pair of addresses the interface accepts.
+pub(crate) async fn loose_reverse_path(netns: &Netns, ifname: &str) -> Result<()> {
+    sysctl::ensure(netns, &format!("net/ipv4/conf/{ifname}/rp_filter"), "2").await
+}
+
 /// Sets `net.ipv4.conf.<ifname>.disable_xfrm = 1` inside `netns`: routes through the
 /// xfrm interface then skip the if_id-0 policy lookup (where the guard lives), and the
 /// interface's own lookup with its if_id applies the mesh policies.
@@ -191,26 +201,28 @@ pub(crate) fn table_routes<'a>(
         .collect()
 }
 
-/// The rule `from src lookup <route_table>` with Scrambler's priority and protocol.
-pub(crate) fn rule(cfg: &XfrmConfig, src: IpNet) -> RuleSpec {
-    RuleSpec {
+/// The rule of local pod CIDR `src`: `from src lookup <route_table>` at
+/// [`XfrmConfig::rule_priority`] with Scrambler's protocol — pods' packets to peers'
+/// underlay addresses into the interface.
+pub(crate) fn rules(cfg: &XfrmConfig, src: IpNet) -> [RuleSpec; 1] {
+    [RuleSpec {
         priority: cfg.rule_priority,
         src,
+        iif: None,
         table: cfg.route_table,
         protocol: cfg.route_protocol,
-    }
+    }]
 }
 
-/// Scrambler's rules: priority, table and protocol all Scrambler's, nothing but a source
-/// prefix matched. Their sources.
-pub(crate) async fn owned_rules(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<IpNet>> {
+/// Scrambler's rules: exactly of the shape of [`rules`] (priority, table and protocol all
+/// Scrambler's, nothing but a source prefix matched).
+pub(crate) async fn owned_rules(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<RuleSpec>> {
     Ok(nl
         .rules()
         .await?
         .iter()
         .filter_map(|r| r.spec())
-        .filter(|r| *r == rule(cfg, r.src))
-        .map(|r| r.src)
+        .filter(|r| rules(cfg, r.src).contains(r))
         .collect())
 }
 
@@ -225,11 +237,13 @@ pub(crate) async fn sync_underlay_steering(
     sources: &BTreeSet<IpNet>,
 ) -> Result<(usize, usize)> {
     let have = owned_table_routes(nl, cfg, index).await?;
-    let rules = owned_rules(nl, cfg).await?;
-    let stale_rules: Vec<RuleSpec> = rules.difference(sources).map(|s| rule(cfg, *s)).collect();
+    let found = owned_rules(nl, cfg).await?;
+    let wanted: BTreeSet<RuleSpec> = sources.iter().flat_map(|s| rules(cfg, *s)).collect();
+    let mut stale_rules: Vec<&RuleSpec> = found.difference(&wanted).collect();
+    stale_rules.reverse();
+    let missing_rules: Vec<&RuleSpec> = wanted.difference(&found).collect();
     let stale_routes = table_routes(cfg, have.difference(routes), index);
     let missing_routes = table_routes(cfg, routes.difference(&have), index);
-    let missing_rules: Vec<RuleSpec> = sources.difference(&rules).map(|s| rule(cfg, *s)).collect();
     for r in &stale_rules {
         nl.delete_rule(r).await?;
     }
@@ -263,8 +277,8 @@ pub(crate) async fn remove_underlay_steering(
 ) -> Result<usize> {
     let none = BTreeSet::new();
     let mut removed = 0;
-    for src in owned_rules(nl, cfg).await? {
-        if nl.delete_rule(&rule(cfg, src)).await? {
+    for r in owned_rules(nl, cfg).await?.iter().rev() {
+        if nl.delete_rule(r).await? {
             removed += 1;
         }
     }

@@ -168,10 +168,16 @@ impl Desired {
     /// pod CIDR `p` of the family of the local one `m`, mesh policies (if_id, ESP template
     /// between the same two underlay addresses as the pods' traffic):
     /// `out` l → u, `in`/`fwd` u → l (the peer host's replies), `out` m → p (this host's
-    /// replies to the peer's pods), `in` p → m (the peer's pods reaching this host). A
-    /// route `u dev <interface>` in [`XfrmConfig::route_table`], looked up only by the
-    /// rules `from l`, steers the pods' packets (never the node's own, ESP included) into
-    /// the interface.
+    /// replies to the peer's pods), `in`/`fwd` p → m (the peer's pods reaching this host,
+    /// also through a DNAT to a local or remote pod — a NodePort or hostPort: the inbound
+    /// check sees the pre-DNAT destination), and `out` m → u, `in` u → m: a local pod's
+    /// reply to a peer's host behind a DNAT (the peer's host calling this node's NodePort
+    /// or hostPort served by a local pod) is routed into the interface by its pod source
+    /// and leaves it with this node's address once the DNAT is undone; the peer accepts it
+    /// decrypted. (Only packets routed into the interface meet these; the node's own
+    /// traffic to the peer keeps the underlay route.) A route `u dev <interface>` in
+    /// [`XfrmConfig::route_table`], looked up only by the rules `from l`, steers the pods'
+    /// packets (never the node's own, ESP included) into the interface.
     fn plan_peer_underlay(&mut self, cfg: &XfrmConfig, mesh: &Mesh, peer: &Node) -> Result<()> {
         let local = &mesh.local;
         let (mine, theirs) = outer_pair(local, peer)?;
@@ -210,8 +216,12 @@ impl Desired {
         for p in peer.pod_cidrs.iter().filter(|p| same_family(p, &m)) {
             add(Dir::Out, m, p.trunc(), out);
             add(Dir::In, p.trunc(), m, back);
+            add(Dir::Fwd, p.trunc(), m, back);
         }
         if !sources.is_empty() {
+            // only where local pods are steered to the peer's address (their NAT'd replies)
+            add(Dir::Out, m, u, out);
+            add(Dir::In, u, m, back);
             self.underlay_routes.insert(u);
             self.rule_sources.extend(sources);
         }
@@ -247,13 +257,20 @@ impl Desired {
     /// * block `out` anything → `S`: traffic to a pod CIDR of a node not (or no longer) in
     ///   the mesh, or whose route into the interface is missing, from a pod or from the
     ///   node itself, is dropped instead of following another route in cleartext;
-    /// * block `out` `S` → each peer's underlay address: a pod sending to another node's
-    ///   host address cannot leak (it reaches the node at its tunnel address instead);
+    /// * block `out` each local pod CIDR (inside `S`) → each peer's underlay address: a
+    ///   local pod's packet to another node's host address that the mesh does not carry
+    ///   (no rule, route, interface) is dropped. Local pods only: a remote pod's reply
+    ///   forwarded through this node to a peer's host is one of a NodePort's connections
+    ///   (the peer's host called this node's NodePort, served by a pod on a third node),
+    ///   which leaves with this node's address once the DNAT is undone;
     /// * block `in`/`fwd` `S` → local pod CIDRs: cleartext from remote pods is refused;
     /// * block `in` `S` → the local underlay addresses: cleartext from remote pods to this
-    ///   node's host address is refused (decrypted, it matches the mesh's `in` policy);
-    /// * block `in`/`fwd` each peer's underlay address → local pod CIDRs: the peer host's
-    ///   replies to local pods come through the mesh or not at all.
+    ///   node's host address is refused (decrypted, it matches the mesh's `in` policy).
+    ///
+    /// (Cleartext from a peer's host to local pods is not blocked here: a peer's host
+    /// calling this node's NodePort, DNATed to a local pod, is such a packet on the
+    /// forward path, which may see it after the DNAT; the peer's own guard, `out` anything
+    /// → `S`, keeps its host's traffic to pods off its underlay.)
     ///
     /// Bypass policies keep node-local pod traffic flowing: `out` anything → local pod
     /// CIDRs, `in`/`fwd` local pod CIDRs → local pod CIDRs, `in` local pod CIDRs → the
@@ -295,15 +312,6 @@ impl Desired {
             .collect();
         for s in &supernets {
             add(Dir::Out, any(s), *s, true);
-            for peer in &mesh.peers {
-                for u in peer
-                    .underlay
-                    .iter()
-                    .filter(|u| u.is_ipv6() == s.addr().is_ipv6())
-                {
-                    add(Dir::Out, *s, IpNet::from(*u), true);
-                }
-            }
             for l in local.iter().filter(|l| same_family(s, l)) {
                 add(Dir::In, *s, *l, true);
                 add(Dir::Fwd, *s, *l, true);
@@ -312,10 +320,14 @@ impl Desired {
                 add(Dir::In, *s, *m, true);
             }
         }
+        let guarded_local: Vec<IpNet> = local
+            .iter()
+            .filter(|l| supernets.iter().any(|s| overlaps(s, l)))
+            .copied()
+            .collect();
         for u in peer_underlay {
-            for l in local.iter().filter(|l| same_family(&u, l)) {
-                add(Dir::In, u, *l, true);
-                add(Dir::Fwd, u, *l, true);
+            for l in guarded_local.iter().filter(|l| same_family(&u, l)) {
+                add(Dir::Out, *l, u, true);
             }
         }
         let covered = local
@@ -382,13 +394,13 @@ pub(crate) mod tests {
         let cfg = XfrmConfig::default();
         let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
         let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
-        // 2 peers × (3 mesh + 5 mesh with underlay addresses + 3 guard of its underlay
+        // 2 peers × (3 mesh + 8 mesh with underlay addresses + 1 guard of its underlay
         // address) + 4 guard + 4 bypass
-        assert_eq!(d.policies.len(), 30);
+        assert_eq!(d.policies.len(), 32);
         assert_eq!(d.states.len(), 4);
         assert_eq!(d.routes.len(), 2);
         let mesh_pols = d.policies.values().filter(|p| p.tmpl.is_some()).count();
-        assert_eq!(mesh_pols, 16);
+        assert_eq!(mesh_pols, 22);
         assert!(d
             .policies
             .values()
@@ -448,13 +460,18 @@ pub(crate) mod tests {
     fn pods_sending_to_a_peers_host_address_are_blocked() {
         let d = Desired::plan(&XfrmConfig::default(), &mesh(1, 3), None).unwrap();
         for peer in ["192.0.2.2/32", "192.0.2.3/32"] {
-            let p = &d.policies[&key(Dir::Out, "10.0.0.0/8", peer)];
+            let p = &d.policies[&key(Dir::Out, "10.0.1.0/24", peer)];
             assert!(p.block && p.tmpl.is_none(), "{p:?}");
         }
-        // never the node's own underlay address
+        // never the node's own underlay address; never remote pods' packets forwarded
+        // here (a NodePort's replies to a peer's host, undone to this node's address)
         assert!(!d
             .policies
-            .contains_key(&key(Dir::Out, "10.0.0.0/8", "192.0.2.1/32")));
+            .contains_key(&key(Dir::Out, "10.0.1.0/24", "192.0.2.1/32")));
+        assert!(!d.policies.keys().any(|k| k.dir == Dir::Out
+            && k.if_id == 0
+            && k.src == "10.0.0.0/8".parse::<IpNet>().unwrap()
+            && k.dst.prefix_len() == 32));
     }
 
     #[test]
@@ -482,14 +499,19 @@ pub(crate) mod tests {
             (Dir::Fwd, "192.0.2.2/32", "10.0.1.0/24", back),
             (Dir::Out, "192.0.2.1/32", "10.0.2.0/24", out),
             (Dir::In, "10.0.2.0/24", "192.0.2.1/32", back),
+            (Dir::Fwd, "10.0.2.0/24", "192.0.2.1/32", back),
+            (Dir::Out, "192.0.2.1/32", "192.0.2.2/32", out),
+            (Dir::In, "192.0.2.2/32", "192.0.2.1/32", back),
         ] {
             let p = &d.policies[&mesh_key(dir, src, dst)];
             assert!(!p.block && p.tmpl == t, "{p:?}");
             assert_eq!(p.priority, cfg.priority(PRIO_MESH));
         }
-        // cleartext from the peer's host to local pods is refused
+        // cleartext from the peer's host to local pods is not (a NodePort's requests)
         for dir in [Dir::In, Dir::Fwd] {
-            assert!(d.policies[&key(dir, "192.0.2.2/32", "10.0.1.0/24")].block);
+            assert!(!d
+                .policies
+                .contains_key(&key(dir, "192.0.2.2/32", "10.0.1.0/24")));
         }
         let names = |s: &BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(names(&d.underlay_routes), ["192.0.2.2/32", "192.0.2.3/32"]);

@@ -256,6 +256,7 @@ impl Tunnel for XfrmTunnel {
         let mut addresses_added = 0;
         if cfg.link == LinkMode::Create {
             disable_xfrm_lookup(netns, &cfg.interface).await?;
+            link::loose_reverse_path(netns, &cfg.interface).await?;
             addresses_added =
                 link::ensure_addresses(&rtnl, &cfg.interface, &desired.addresses).await?;
         }

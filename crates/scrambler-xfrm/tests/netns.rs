@@ -32,18 +32,18 @@ fn reconcile_installs_mesh_guard_routes_and_is_idempotent() {
     let mesh = mesh_of(1, 3, node);
     rt().block_on(async {
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        // 2 peers × (3 mesh policies + 5 with an underlay address + 3 guards of its
+        // 2 peers × (3 mesh policies + 8 with an underlay address + 1 guard of its
         // underlay address + 1 route + 1 route in Scrambler's table) + 4 cluster guard
         // + 4 bypass + 1 rule
-        assert_eq!((r.added, r.updated, r.removed), (35, 0, 0), "{r:?}");
+        assert_eq!((r.added, r.updated, r.removed), (37, 0, 0), "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["mesh"], 16);
-        assert_eq!(inv.policies["guard"], 10);
+        assert_eq!(inv.policies["mesh"], 22);
+        assert_eq!(inv.policies["guard"], 6);
         assert_eq!(inv.policies["bypass"], 4);
         assert_eq!(inv.foreign, 0);
         let again = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         assert!(again.is_noop(), "{again:?}");
-        assert_eq!(again.unchanged, 35);
+        assert_eq!(again.unchanged, 37);
     });
     // pods' traffic to peers' underlay addresses: one rule, one table
     let rules = ns.ip(&["rule"]);
@@ -61,7 +61,7 @@ fn reconcile_installs_mesh_guard_routes_and_is_idempotent() {
     let text = policy_text(&ns);
     assert!(text.contains("src 10.0.1.0/24 dst 10.0.2.0/24"), "{text}");
     assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
-    assert!(text.contains("src 10.0.0.0/8 dst 192.0.2.2/32"), "{text}");
+    assert!(text.contains("src 10.0.1.0/24 dst 192.0.2.2/32"), "{text}");
     assert!(text.contains("action block"), "{text}");
     assert!(
         text.contains("reqid 1543503874"),
@@ -147,8 +147,8 @@ fn foreign_policies_and_routes_are_never_touched() {
             .await
             .unwrap();
         let r = t.remove(&ns.netns()).await.unwrap();
-        // 8 mesh + 7 guard + 4 bypass policies, 2 routes and 1 rule
-        assert_eq!(r.removed, 22, "{r:?}");
+        // 11 mesh + 5 guard + 4 bypass policies, 2 routes and 1 rule
+        assert_eq!(r.removed, 23, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert!(inv.policies.is_empty(), "{inv:?}");
         assert_eq!(inv.foreign, 3);
@@ -277,9 +277,9 @@ fn changed_underlay_is_updated_in_place() {
         t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         mesh.peers[0].underlay = vec!["198.51.100.2".parse().unwrap()];
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        // 3 + 2 mesh policies updated (their template); the 3 naming its underlay
-        // address, the 3 guards of it and its route in Scrambler's table replaced
-        assert_eq!((r.added, r.updated, r.removed), (7, 5, 7), "{r:?}");
+        // 3 + 3 mesh policies updated (their template); the 5 naming its underlay
+        // address, the guard of it and its route in Scrambler's table replaced
+        assert_eq!((r.added, r.updated, r.removed), (7, 6, 7), "{r:?}");
         assert!(t
             .reconcile(&ns.netns(), &mesh, &secret())
             .await
@@ -324,23 +324,23 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
             .await
             .unwrap();
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["guard"], 10);
+        assert_eq!(inv.policies["guard"], 6);
         assert_eq!(inv.policies["bypass"], 4);
-        assert_eq!(inv.policies["mesh"], 16);
-        // dropping a peer leaves its pod CIDR guarded by the supernet: its 8 mesh
-        // policies, its 2 routes and the 3 guards of its underlay address go
+        assert_eq!(inv.policies["mesh"], 22);
+        // dropping a peer leaves its pod CIDR guarded by the supernet: its 11 mesh
+        // policies, its 2 routes and the guard of its underlay address go
         let r = t
             .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
             .await
             .unwrap();
-        assert_eq!(r.removed, 13, "{r:?}");
-        // removing the mesh but keeping the guard: the peer's 8 mesh policies, its 2
+        assert_eq!(r.removed, 14, "{r:?}");
+        // removing the mesh but keeping the guard: the peer's 11 mesh policies, its 2
         // routes and the rule go, block and bypass policies stay
         let r = t.remove_keeping_guard(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 8 + 2 + 1, "{r:?}");
+        assert_eq!(r.removed, 11 + 2 + 1, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert_eq!(inv.policies.get("mesh"), None, "{inv:?}");
-        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (7, 4));
+        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (5, 4));
         let text = policy_text(&ns);
         assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
         assert!(owned_routes(&ns).is_empty());
@@ -352,7 +352,7 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
         );
         // a full remove takes the guard too
         let r = t.remove(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 11, "{r:?}");
+        assert_eq!(r.removed, 9, "{r:?}");
         assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
     });
 }
@@ -413,12 +413,12 @@ fn missing_esp_is_unsupported_and_leaves_the_guard_in_place() {
             .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
             .await;
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["guard"], 10, "the guard is in place: {inv:?}");
+        assert_eq!(inv.policies["guard"], 6, "the guard is in place: {inv:?}");
         if has_esp {
             r.unwrap();
             // 2 peers × (in + out)
             assert_eq!(inv.states, 4, "{inv:?}");
-            assert_eq!(inv.policies["mesh"], 16, "{inv:?}");
+            assert_eq!(inv.policies["mesh"], 22, "{inv:?}");
         } else {
             let e = r.unwrap_err();
             assert_eq!(e.code(), 105, "{e}");

@@ -870,7 +870,9 @@ fn tcp_round_trip(ns: &Ns, to: &str) -> bool {
 /// pod 2 pings node 1's underlay address and opens a TCP connection to a host listener on
 /// 192.0.2.1:6443, directly and through a ClusterIP-style DNAT on node 2
 /// (10.96.0.1:443 → 192.0.2.1:6443, as kube-proxy does); node 1's host reaches pod 2 from
-/// its underlay address too. 0 cleartext on the underlay, replies included. Node 2's
+/// its underlay address too; a NodePort-style DNAT on node 1 serves node 3's host (a
+/// peer) from pods on nodes 1 and 2, and pod 2 from the pod on node 1 (loose reverse-path
+/// filtering, systemd's default). 0 cleartext on the underlay, replies included. Node 2's
 /// outbound SA to node 1 deleted, then its xfrm interface, then its mesh removed (guard
 /// kept): dropped, never cleartext. The control: with node 2's guard removed too, the
 /// same ping leaks on this wire — and node 1 refuses that cleartext (its guard on its own
@@ -888,8 +890,15 @@ fn vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh()
         let next = (i + 1) % 3 + 1;
         n.ip(&["route", "add", "default", "via", &format!("192.0.2.{next}")]);
     }
-    let (n1, n2, pod2) = (&lab.nodes[0], &lab.nodes[1], &lab.pods[1]);
+    let (n1, n2, n3, pod2) = (&lab.nodes[0], &lab.nodes[1], &lab.nodes[2], &lab.pods[1]);
     tcp_listener(n1, "192.0.2.1:6443");
+    tcp_listener(&lab.pods[0], "10.0.1.2:8080");
+    tcp_listener(pod2, "10.0.2.2:8080");
+    // loose reverse-path filtering, as systemd sets it (strict filtering on the underlay
+    // drops a peer host's packets DNATed to a local pod: README)
+    for n in &lab.nodes {
+        n.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"]);
+    }
     rt().block_on(async {
         lab.reconcile_all(&lab.tunnel).await;
         // pod traffic to a peer's underlay address is steered into the interface; the
@@ -929,6 +938,51 @@ fn vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh()
         );
         let (_, rules) = n2.exec(&["nft", "list", "table", "ip", "svc"]);
         assert!(!rules.contains("packets 0 "), "the DNAT matched: {rules}");
+        // NodePort-style on node 1 (DNAT of 192.0.2.1:3000x), called by node 3's host and
+        // by pod 2: served by the pod on node 1 (its replies to node 3's host are routed
+        // into the mesh by their pod source and leave it from node 1's address once the
+        // DNAT is undone) and by the pod on node 2 (masquerade; replies to node 3's host
+        // leave in the clear host to host, as the request came)
+        for rule in [
+            "add table ip np",
+            "add chain ip np pre { type nat hook prerouting priority -100 ; }",
+            "add chain ip np post { type nat hook postrouting priority 100 ; }",
+            "add rule ip np pre ip daddr 192.0.2.1 tcp dport 30001 counter dnat to 10.0.1.2:8080",
+            "add rule ip np pre ip daddr 192.0.2.1 tcp dport 30002 counter dnat to 10.0.2.2:8080",
+            "add rule ip np post ip daddr 10.0.2.2 tcp dport 8080 counter masquerade",
+        ] {
+            let (ok, out) = n1.exec(&["sh", "-c", &format!("nft '{rule}'")]);
+            assert!(ok, "nft {rule}: {out}");
+        }
+        let np = [
+            tcp_round_trip(n3, "192.0.2.1:30001"),
+            tcp_round_trip(n3, "192.0.2.1:30002"),
+            tcp_round_trip(pod2, "192.0.2.1:30001"),
+        ];
+        if np != [true; 3] {
+            let diag = |n: &Ns| {
+                let cmd = "nft list table ip np 2>/dev/null; ip -s link show scrambler0; \
+                           nstat -az 2>/dev/null | awk '$2 != 0'; \
+                           awk '$2 != 0' /proc/net/xfrm_stat; ip -s xfrm state | grep -c esp";
+                n.exec(&["sh", "-c", cmd]).1
+            };
+            let (d1, d3) = (diag(n1), diag(n3));
+            let lines = cap.finish();
+            let seen: Vec<_> = lines
+                .iter()
+                .filter(|l| l.contains("192.0.2.3") || l.contains(" 10.0."))
+                .collect();
+            panic!(
+                "NodePort node3 -> pod1, node3 -> pod2, pod2 -> pod1: {np:?}\n\
+                 node1: {d1}\nnode3: {d3}\nwire: {seen:#?}"
+            );
+        }
+        let (_, rules) = n1.exec(&["nft", "list", "table", "ip", "np"]);
+        eprintln!("{rules}");
+        assert!(
+            !rules.contains("packets 0 "),
+            "every NAT rule matched: {rules}"
+        );
         // node 1's host to the pod from its underlay address: encrypted too
         let (_, out) = n1.exec(&[
             "busybox",
@@ -948,9 +1002,9 @@ fn vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh()
         let lines = cap.finish();
         assert_no_cleartext(&lines);
         let esp = lines.iter().filter(|l| l.contains("ESP")).count();
-        // 3 pings + 2 pings, both ways, and two TCP connections
+        // 3 pings + 2 pings, both ways, and five TCP connections
         assert!(
-            esp >= 2 * (3 + 2) + 2 * 6,
+            esp >= 2 * (3 + 2) + 5 * 6,
             "ESP packets on the wire: {lines:#?}"
         );
 
@@ -983,13 +1037,15 @@ fn vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh()
         // `mesh remove` keeping the guard: rule and table entries gone, the guard stays
         lab.tunnel.remove_keeping_guard(&n2.netns()).await.unwrap();
         let rules = n2.ip(&["rule"]);
-        assert!(!rules.contains("lookup 92"), "{rules}");
+        assert!(!rules.contains("proto 92"), "{rules}");
         assert!(n2.ip(&["route", "show", "table", "92"]).trim().is_empty());
         assert_eq!(ping_replies(pod2, "192.0.2.1", 2), 0, "after mesh remove");
         let lines = cap.finish();
         assert_no_cleartext(&lines);
 
         // the control: without node 2's guard the request leaks, and node 1 drops it
+        // (its guard, not reverse-path filtering: that goes back to loose here)
+        n1.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
         let cap = lab.capture();
         lab.tunnel.remove(&n2.netns()).await.unwrap();
         assert_eq!(
