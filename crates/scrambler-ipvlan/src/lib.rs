@@ -51,9 +51,13 @@
 //! 1. **Re-route outbound pod traffic.** ipvlan's own route lookup is bound to the master
 //!    (`oif` = master), so it skips the mesh's routes into the xfrm interface and takes the
 //!    master's route (the default gateway): without more, pod traffic to other nodes would
-//!    leave in the clear. A mark set in a netfilter `route` chain makes the node re-route
-//!    the packet (`ip_route_me_harder`) with its full table, into the xfrm interface, which
-//!    encrypts it. [`nft`] keeps this in the nftables table
+//!    leave in the clear. A mark set in a netfilter `route` chain on every packet from the
+//!    node's pod CIDRs makes the node re-route it (`ip_route_me_harder`) with its full
+//!    tables, rules and xfrm policies: into the xfrm interface, which encrypts it, for other
+//!    nodes' pods and other nodes' underlay addresses (the mesh's rule `from <pod CIDR>`,
+//!    e.g. the `kubernetes` Service on a control-plane node's address); the rest goes out
+//!    by the node's routes as before (so a pod's egress follows the node's routing table,
+//!    not only the master's routes). [`nft`] keeps this in the nftables table
 //!    `ip scrambler-ipvlan` (chain `reroute`), with a `guard` chain dropping pod-to-cluster
 //!    packets that would leave the master in the clear (before the mesh has a route to a
 //!    new node, say).
@@ -83,7 +87,7 @@
 //! registers its pod with a setup that another invocation is narrowing or removing.
 //!
 //! - The nftables table is the union of every network's own rules (its pod CIDRs
-//!   re-routed to its cluster CIDRs, its cluster CIDRs guarded on the master); a network's
+//!   re-routed, its cluster CIDRs guarded on the master); a network's
 //!   rules leave the table, in one atomic rewrite, when its last pod on the node goes.
 //! - Pods are counted from the attachment records of every network, never from the links
 //!   or routes that happen to exist: the table and the node link go only when no network

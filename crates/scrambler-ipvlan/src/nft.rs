@@ -2,12 +2,16 @@
 //! `ip6 scrambler-ipvlan` when there are IPv6 CIDRs), replaced wholesale in one atomic
 //! `nft -f -` transaction, never touching any other table.
 //!
-//! - chain `reroute` (`type route hook output`): pod packets to cluster CIDRs get
+//! - chain `reroute` (`type route hook output`): pod packets (any destination) get
 //!   [`REROUTE_MARK`] or-ed into their mark. A changed mark in a `route` chain makes the
-//!   kernel route the packet again with the node's own routing table
-//!   (`ip_route_me_harder`), which sends it into the mesh's xfrm interface. ipvlan's own
-//!   lookup is bound to the master (`oif` = master), so it skips the mesh's routes into
-//!   the xfrm interface and takes the master's (the default route).
+//!   kernel route the packet again with the node's own routing table and rules
+//!   (`ip_route_me_harder`, with an xfrm policy lookup), which sends pod traffic to other
+//!   nodes' pods, and to other nodes' underlay addresses (scrambler-xfrm's rule
+//!   `from <pod CIDR> lookup 92`), into the mesh's xfrm interface; the rest follows the
+//!   node's routes, where the mesh's guard policies stop cleartext to cluster CIDRs and
+//!   peers' underlay addresses. ipvlan's own lookup is bound to the master (`oif` =
+//!   master), so it skips the mesh's routes into the xfrm interface and takes the
+//!   master's (the default route), and does no xfrm policy lookup.
 //! - chain `guard` (`type filter hook postrouting`): pod-to-cluster packets leaving
 //!   through the master in the clear are dropped (fail closed: e.g. before the mesh has
 //!   routes to a new node). A packet on its way into ESP passes POSTROUTING too, in the
@@ -48,10 +52,11 @@ pub struct Ruleset {
 /// The CIDRs of one network, as the table uses them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetworkRules {
-    /// The network's pod CIDRs on this node (sources of re-routed packets).
+    /// The network's pod CIDRs on this node (sources of re-routed packets: every packet
+    /// from them is re-routed).
     pub pod_cidrs: Vec<IpNet>,
-    /// The network's cluster pod CIDRs (destinations of re-routed packets); empty: any
-    /// destination, and no guard.
+    /// The network's cluster pod CIDRs (what the guard keeps off the master in the
+    /// clear); empty: no guard.
     pub cluster_cidrs: Vec<IpNet>,
 }
 
@@ -87,16 +92,10 @@ impl Ruleset {
         let (mut reroute, mut guard) = (Vec::new(), Vec::new());
         for net in &self.networks {
             let cluster = of_family(&net.cluster_cidrs, v6);
+            // every destination: other nodes' pods, and other nodes' underlay addresses,
+            // which the mesh reaches through a rule `from <pod CIDR>` (scrambler-xfrm)
             for p in of_family(&net.pod_cidrs, v6) {
-                if cluster.is_empty() {
-                    push_new(&mut reroute, format!("{fam} saddr {p} {mark}"));
-                }
-                for c in &cluster {
-                    push_new(
-                        &mut reroute,
-                        format!("{fam} saddr {p} {fam} daddr {c} {mark}"),
-                    );
-                }
+                push_new(&mut reroute, format!("{fam} saddr {p} {mark}"));
             }
             if of_family(&net.pod_cidrs, v6).is_empty() {
                 continue;
@@ -363,9 +362,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains(
-                "ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 counter meta mark set meta mark or 0x00100000"
-            ),
+            s.contains("ip saddr 10.244.1.0/24 counter meta mark set meta mark or 0x00100000"),
             "{s}"
         );
         assert!(s.contains("type route hook output priority mangle"), "{s}");
@@ -391,7 +388,7 @@ mod tests {
             &["10.244.1.0/24"],
             &["10.244.0.0/16", "10.245.0.0/16"],
         );
-        assert_eq!(r.rule_count(false), 2 + 4);
+        assert_eq!(r.rule_count(false), 1 + 4);
         assert_eq!(r.rule_count(true), 0);
         let fp = r.fingerprint();
         assert_eq!(fp.len(), 16);
@@ -400,16 +397,12 @@ mod tests {
             .contains(&format!("comment \"scrambler-ipvlan {fp}\"")));
         // what nft 1.0.6 lists for the script
         let tag = format!("comment \"scrambler-ipvlan {fp}\"");
-        let reroute = |d: &str| {
-            format!("\t\tip saddr 10.244.1.0/24 ip daddr {d} counter packets 3 bytes 252 meta mark set meta mark | 0x00100000 {tag}\n")
-        };
+        let reroute = format!("\t\tip saddr 10.244.1.0/24 counter packets 3 bytes 252 meta mark set meta mark | 0x00100000 {tag}\n");
         let guard = |a: &str, b: &str| {
             format!("\t\toifname \"ul0\" ip saddr {a} ip daddr {b} rt ipsec missing counter packets 0 bytes 0 drop {tag}\n")
         };
         let mut listing = String::from("table ip scrambler-ipvlan {\n\tchain reroute {\n");
-        for d in ["10.244.0.0/16", "10.245.0.0/16"] {
-            listing += &reroute(d);
-        }
+        listing += &reroute;
         listing += "\t}\n\tchain guard {\n";
         for a in ["10.244.0.0/16", "10.245.0.0/16"] {
             for b in ["10.244.0.0/16", "10.245.0.0/16"] {
@@ -419,7 +412,7 @@ mod tests {
         listing += "\t}\n}\n";
         assert!(r.matches_listing(&listing, false));
         // a rule missing, another fingerprint, a foreign rule: re-written
-        let missing = listing.replacen(&reroute("10.245.0.0/16"), "", 1);
+        let missing = listing.replacen(&reroute, "", 1);
         assert!(!r.matches_listing(&missing, false));
         let other = one("ul0", &["10.244.1.0/24"], &["10.244.0.0/16"]);
         assert_ne!(other.fingerprint(), fp);
@@ -461,11 +454,11 @@ mod tests {
         };
         let s = r.script();
         for rule in [
-            "ip saddr 10.1.1.0/24 ip daddr 10.1.0.0/16 counter meta mark",
-            "ip saddr 10.2.1.0/24 ip daddr 10.2.0.0/16 counter meta mark",
+            "ip saddr 10.1.1.0/24 counter meta mark",
+            "ip saddr 10.2.1.0/24 counter meta mark",
             "oifname \"ul0\" ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 rt ipsec missing",
             "oifname \"ul0\" ip saddr 10.2.0.0/16 ip daddr 10.2.0.0/16 rt ipsec missing",
-            "ip6 saddr fd00:2:1::/64 ip6 daddr fd00:2::/48 counter meta mark",
+            "ip6 saddr fd00:2:1::/64 counter meta mark",
             "oifname \"ul0\" ip6 saddr fd00:2::/48 ip6 daddr fd00:2::/48 rt ipsec missing",
         ] {
             assert!(s.contains(rule), "{rule} missing from\n{s}");

@@ -802,6 +802,26 @@ mod encrypted {
         );
         let esp = lines.iter().filter(|l| l.contains("ESP")).count();
         assert!(esp >= 8, "ESP on the wire: {lines:#?}");
+        // pods to the other node's underlay address (the `kubernetes` Service on a
+        // control-plane node, a kubelet): through the mesh too, never in the clear
+        let cap = capture_bridge(&lab.wire);
+        let there = lab.pods[0].ping("192.0.2.2");
+        let back = lab.pods[1].ping("192.0.2.1");
+        let lines = cap.finish();
+        assert!(
+            there && back,
+            "{mode:?}: pod -> peer underlay {there} {back}; wire: {lines:#?}\nnode1: {}",
+            diag(&lab.nodes[0])
+        );
+        let clear: Vec<_> = lines.iter().filter(|l| l.contains(" 10.1.")).collect();
+        assert!(
+            clear.is_empty(),
+            "pod -> peer underlay in the clear: {clear:#?}"
+        );
+        assert!(
+            lines.iter().filter(|l| l.contains("ESP")).count() >= 4,
+            "ESP on the wire: {lines:#?}"
+        );
 
         // node1: DEL after the pod's netns is gone (kubelet after a runtime crash)
         // unregisters exactly that pod, from its record

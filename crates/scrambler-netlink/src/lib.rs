@@ -2,7 +2,7 @@
 //! veth backend, scrambler-ipvlan, scrambler-vpp's attachment and scrambler-xfrm's
 //! steering interface). [`Nl`] is a connection bound to one network namespace; its
 //! operations are organised by object like rtnetlink itself: [`link`], [`address`],
-//! [`route`], [`neighbour`], plus [`sysctl`] for the kernel parameters under
+//! [`route`], [`rule`] (policy routing), [`neighbour`], plus [`sysctl`] for the kernel parameters under
 //! `/proc/sys/net`, [`veth`] for the veth pairs of the two veth dataplanes, and
 //! [`attach`] for the prologue every attachment shares (the pod namespace checked, the
 //! node and pod connections opened once and handed to the driver).
@@ -26,6 +26,7 @@ mod fuzz;
 pub mod link;
 pub mod neighbour;
 pub mod route;
+pub mod rule;
 pub mod sysctl;
 pub mod veth;
 
@@ -33,6 +34,7 @@ pub use attach::{check_pod_netns, AttachOnce, AttachSockets};
 pub use link::{format_mac, parse_mac, LinkState};
 pub use neighbour::Neighbour;
 pub use route::{route_present, RouteSpec, RouteState, MAIN_TABLE, ROUTE_PROTO};
+pub use rule::{RuleSpec, RuleState};
 
 use scrambler_core::{Error, Netns, Result};
 

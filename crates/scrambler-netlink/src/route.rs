@@ -17,8 +17,9 @@ pub const ROUTE_PROTO: u8 = 0x5c;
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
 
-/// A unicast route of the main table to `dst` out of link `oif`, via `gw` or on-link
-/// (scope link), marked with `protocol`, with an optional route MTU.
+/// A unicast route of routing table `table` (the main table unless told otherwise) to
+/// `dst` out of link `oif`, via `gw` or on-link (scope link), marked with `protocol`, with
+/// an optional route MTU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Destination.
@@ -34,6 +35,8 @@ pub struct RouteSpec {
     /// Preferred source address (`src`) for traffic the node itself sends on this route;
     /// it must be one of the node's addresses.
     pub src: Option<IpAddr>,
+    /// Routing table ([`MAIN_TABLE`] unless set with [`RouteSpec::in_table`]).
+    pub table: u32,
 }
 
 impl RouteSpec {
@@ -46,6 +49,7 @@ impl RouteSpec {
             mtu: None,
             protocol: ROUTE_PROTO,
             src: None,
+            table: MAIN_TABLE,
         }
     }
 
@@ -67,11 +71,21 @@ impl RouteSpec {
         RouteSpec { src, ..self }
     }
 
-    /// `dst via gw` or `dst dev oif`, naming the route in errors.
+    /// The same route in routing table `table`.
+    pub fn in_table(self, table: u32) -> RouteSpec {
+        RouteSpec { table, ..self }
+    }
+
+    /// `dst via gw` or `dst dev oif` (and `table N` outside the main table), naming the
+    /// route in errors.
     pub fn name(&self) -> String {
-        match self.gw {
+        let r = match self.gw {
             Some(g) => format!("{} via {g}", self.dst),
             None => format!("{} dev {}", self.dst, self.oif),
+        };
+        match self.table {
+            MAIN_TABLE => r,
+            t => format!("{r} table {t}"),
         }
     }
 
@@ -82,6 +96,7 @@ impl RouteSpec {
             .destination_prefix(self.dst.network(), self.dst.prefix_len())
             .map_err(|e| bad(e.to_string()))?
             .output_interface(self.oif)
+            .table_id(self.table)
             .protocol(RouteProtocol::from(self.protocol));
         match self.gw {
             Some(g) => b = b.gateway(g).map_err(|e| bad(e.to_string()))?,
@@ -196,6 +211,20 @@ impl Nl {
         Ok(routes
             .into_iter()
             .filter(|r| r.oif == Some(oif) && r.protocol == protocol)
+            .collect())
+    }
+
+    /// The routes of table `table` out of link `oif` marked with `protocol`.
+    pub async fn owned_routes_in(
+        &self,
+        table: u32,
+        oif: u32,
+        protocol: u8,
+    ) -> Result<Vec<RouteState>> {
+        let routes = self.routes().await?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| r.table == table && r.oif == Some(oif) && r.protocol == protocol)
             .collect())
     }
 

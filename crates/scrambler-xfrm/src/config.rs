@@ -14,6 +14,11 @@ pub const DEFAULT_PRIORITY_BASE: u32 = 0x5c00;
 pub const DEFAULT_REQID_BASE: u32 = 0x5c00_0000;
 /// Default route protocol number marking Scrambler's routes (`proto 92`).
 pub const DEFAULT_ROUTE_PROTOCOL: u8 = 0x5c;
+/// Default priority of Scrambler's policy-routing rules (`ip rule … priority 23552`):
+/// after the `local` table's rule (0), before the `main` table's (32766).
+pub const DEFAULT_RULE_PRIORITY: u32 = 0x5c00;
+/// Default routing table of Scrambler's routes to peers' underlay addresses (`table 92`).
+pub const DEFAULT_ROUTE_TABLE: u32 = 0x5c;
 /// Width of the priority band: policies whose priority lies in
 /// `[priority_base, priority_base + PRIORITY_BAND)` are Scrambler's.
 pub const PRIORITY_BAND: u32 = 8;
@@ -68,8 +73,16 @@ pub struct XfrmConfig {
     pub priority_base: u32,
     /// Reqid base; its low 16 bits must be zero: reqid = base | peer id.
     pub reqid_base: u32,
-    /// Route protocol number of Scrambler's routes.
+    /// Route protocol number of Scrambler's routes (and of its policy-routing rules).
     pub route_protocol: u8,
+    /// Priority of the rules `from <local pod CIDR> lookup <route_table>` that steer pods'
+    /// traffic to peers' underlay addresses into the interface. A rule is Scrambler's when
+    /// it has this priority, this table, [`XfrmConfig::route_protocol`] and matches only a
+    /// source prefix.
+    pub rule_priority: u32,
+    /// Routing table holding the routes `<peer underlay address> dev <interface>`; only
+    /// Scrambler's rules look it up.
+    pub route_table: u32,
     /// Supernets to guard in addition to the mesh's `clusterCidrs` (which are always
     /// guarded): e.g. a range of another cluster's pods that must never be reached in
     /// cleartext. Usually empty.
@@ -90,6 +103,8 @@ impl Default for XfrmConfig {
             priority_base: DEFAULT_PRIORITY_BASE,
             reqid_base: DEFAULT_REQID_BASE,
             route_protocol: DEFAULT_ROUTE_PROTOCOL,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            route_table: DEFAULT_ROUTE_TABLE,
             guard_supernets: Vec::new(),
             underlay_mtu: 1500,
             program_states: true,
@@ -122,6 +137,19 @@ impl XfrmConfig {
             return Err(Error::config(format!(
                 "route protocol {} is reserved by the kernel",
                 self.route_protocol
+            )));
+        }
+        if self.rule_priority == 0 || self.rule_priority >= 32766 {
+            return Err(Error::config(format!(
+                "rule priority {} must lie between 1 and 32765 (after the local table's \
+                 rule, before the main table's)",
+                self.rule_priority
+            )));
+        }
+        if matches!(self.route_table, 0 | 253..=255) {
+            return Err(Error::config(format!(
+                "routing table {} is reserved (unspec, default, main, local)",
+                self.route_table
             )));
         }
         if self.underlay_mtu < 1280 {
@@ -170,6 +198,8 @@ mod tests {
         assert_eq!(bad(|c| c.interface = "x".repeat(16)), 7);
         assert_eq!(bad(|c| c.route_protocol = 2), 7);
         assert_eq!(bad(|c| c.underlay_mtu = 576), 7);
+        assert_eq!(bad(|c| c.rule_priority = 32766), 7);
+        assert_eq!(bad(|c| c.route_table = 254), 7);
     }
 
     #[test]

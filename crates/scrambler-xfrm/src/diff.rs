@@ -282,9 +282,10 @@ mod tests {
         smaller.peers.pop();
         let d2 = Desired::plan(&cfg, &smaller, None).unwrap();
         let ch = diff(&cfg, &d2, &found, &[], false).unwrap();
-        // its 3 mesh policies and the guard of its underlay address; the cluster guard stays
-        assert_eq!(ch.report.removed, 4);
-        assert_eq!(ch.len(), 4);
+        // its 3 mesh policies, the 8 with its or our underlay address and the guard of
+        // its underlay address; the cluster guard stays
+        assert_eq!(ch.report.removed, 12);
+        assert_eq!(ch.len(), 12);
     }
 
     #[test]
@@ -409,7 +410,8 @@ mod tests {
             }
         }
         let ch = diff(&cfg, &d, &found, &[], false).unwrap();
-        assert_eq!(ch.report.updated, 3);
+        // the pods' 3 and the 8 with an underlay address
+        assert_eq!(ch.report.updated, 11);
         assert_eq!(ch.report.added + ch.report.removed, 0);
     }
 

@@ -15,10 +15,15 @@
 //!   128-bit ICV, ESN with a replay window of
 //!   [`scrambler_core::esp::REPLAY_WINDOW`] (`XFRMA_REPLAY_ESN_VAL`), same reqid and if_id;
 //! * a route to the peer's pod CIDR through the xfrm interface (protocol
-//!   [`XfrmConfig::route_protocol`]), with the node's tunnel address as its source.
+//!   [`XfrmConfig::route_protocol`]), with the node's tunnel address as its source;
+//! * for pods ↔ the peer's underlay address (see Pods ↔ other nodes' underlay addresses):
+//!   mesh policies `out` local pod CIDR → peer underlay, `in`/`fwd` back, `out` local
+//!   underlay → peer pod CIDR, `in` back, and a route to the peer's underlay address
+//!   through the interface in [`XfrmConfig::route_table`].
 //!
 //! And once per node: the fail-closed guard for the mesh's `clusterCidrs` (see Fail
-//! closed), and the node's tunnel address on the interface (see Node ↔ remote pods).
+//! closed), the node's tunnel address on the interface (see Node ↔ remote pods), and one
+//! rule `from <local pod CIDR> lookup <route_table>` per local pod CIDR.
 //!
 //! ## Route-based: an xfrm interface with an if_id
 //! Policy-based IPsec sends traffic in the clear whenever no policy matches it (a peer
@@ -47,6 +52,32 @@
 //! policies per node address: no new mesh field, no new policies, and every dataplane can
 //! derive every node's address from the mesh.)
 //!
+//! ## Pods ↔ other nodes' underlay addresses
+//! Pods reach other nodes at their underlay (host) addresses too — the `kubernetes`
+//! Service DNATed to a control-plane node's address, kubelets, hostNetwork pods addressed
+//! by node IP — through the mesh, between the same two underlay addresses as the pods'
+//! traffic. Only pod-sourced packets are steered, with policy routing: a rule
+//! `from <local pod CIDR> lookup <route_table>` at [`XfrmConfig::rule_priority`] (after
+//! the local table's rule, so a pod reaching its own node is untouched; before the main
+//! table's) and, in that table, `<peer underlay> dev <interface>`. The node's own packets
+//! to its peers — ESP above all — do not come from a pod CIDR, keep the main table's route
+//! and never loop into the mesh. The interface applies mesh policies `out` local pod CIDR
+//! → peer underlay; the peer accepts the decrypted packets with `in` local pod CIDR →
+//! its underlay (both ends plan the mirror pairs) and its host's replies go back with
+//! `out` its underlay → our pod CIDR, accepted by `in`/`fwd` here. A DNAT in front (a
+//! ClusterIP to the peer's address:6443) works: routing sees the translated destination
+//! and the replies come back the same way. A peer's host calling a NodePort or hostPort
+//! here served by a local pod gets its replies through the mesh (`out` local underlay →
+//! peer underlay: the reply is routed by its pod source, then the DNAT is undone), hence
+//! `rp_filter = 2` on the interface; its request passes reverse-path filtering on the
+//! underlay only when that is loose or off (the reverse lookup meets the rule). Fail closed: no state → the interface drops; no
+//! interface, no route in the table or no rule → the main table's route meets the guard's
+//! block local pod CIDR → peer underlay; cleartext arriving from `S` at this node's
+//! underlay address meets the `in` guard. Rules and
+//! table routes are owned by priority, table and protocol ([`XfrmConfig::route_protocol`]),
+//! reconciled like the other routes and removed by both removals (the guard stays with
+//! `remove_keeping_guard`).
+//!
 //! ## Fail closed
 //! Traffic between pod CIDRs, and between a node and remote pods, never leaves a node in
 //! cleartext:
@@ -56,10 +87,13 @@
 //!   Scrambler's priority band, for every cluster supernet `S` of the mesh's
 //!   `clusterCidrs` (plus [`XfrmConfig::guard_supernets`]): block `out` anything → `S`
 //!   (pods' and the node's own traffic to any pod CIDR of the cluster, known peer or not),
-//!   block `out` `S` → each peer's underlay address (a pod sending to another node's host
-//!   address), block `in`/`fwd` `S` → local pod CIDRs (cleartext from remote pods). Bypass
-//!   policies keep node-local pod traffic flowing: `out` anything → local pod CIDRs,
-//!   `in`/`fwd` local → local. Removing a peer leaves the guard; [`XfrmTunnel`]'s
+//!   block `out` each local pod CIDR → each peer's underlay address (a pod's packet to
+//!   another node's host address that the mesh does not carry; remote pods' packets
+//!   forwarded here are a NodePort's replies, whose NAT is undone after the lookup), block `in`/`fwd` `S` → local pod CIDRs
+//!   (cleartext from remote pods), block `in` `S` → the local underlay addresses
+//!   (cleartext from remote pods to this host). Bypass policies keep node-local
+//!   pod traffic flowing: `out` anything → local pod CIDRs, `in`/`fwd` local → local, `in`
+//!   local pod CIDRs → local underlay addresses. Removing a peer leaves the guard; [`XfrmTunnel`]'s
 //!   `remove_keeping_guard` (the node tool's `mesh remove`) takes everything else away and
 //!   leaves it, so pods that still run cannot leak; only `remove` takes the guard too;
 //! * **a state is missing, expired or being replaced**: the mesh policy's template is
@@ -88,9 +122,10 @@
 //! A policy is Scrambler's when its priority lies in
 //! `[priority_base, priority_base + PRIORITY_BAND)` and its if_id is Scrambler's or 0; a
 //! state when its reqid is `reqid_base | id` and its if_id is Scrambler's; a route when it
-//! goes through the interface with Scrambler's protocol number. Dumps consider nothing
-//! else; a foreign object holding the kernel identity of a desired one stops reconcile
-//! with [`scrambler_core::Error::AlreadyExists`] before anything changes.
+//! goes through the interface with Scrambler's protocol number (in the main table, or in
+//! [`XfrmConfig::route_table`]); a rule when it is `from <prefix> lookup <route_table>` at
+//! [`XfrmConfig::rule_priority`] with the route protocol, matching nothing else. Dumps consider nothing else; a foreign object holding the kernel
+//! identity of a desired one stops reconcile with [`scrambler_core::Error::AlreadyExists`] before anything changes.
 //!
 //! ## Reconcile
 //! Dump policies and states of the namespace, diff against the plan, then send adds,
@@ -118,15 +153,16 @@
 //!   must too. A single lost outbound state is detected and not re-created (see Fail
 //!   closed), except during step 2 of a rotation.
 //! * Node ↔ remote pod traffic is encrypted when the node sends from its tunnel address
-//!   (the routes' source, and what masquerade picks); a socket bound to another node
-//!   address (e.g. the underlay one) matches no mesh policy and its packets are dropped by
-//!   the interface, not leaked. With [`LinkMode::Existing`] Scrambler neither puts the
+//!   (the routes' source, and what masquerade picks) or from its underlay address; a
+//!   socket bound to another node address matches no mesh policy and its packets are
+//!   dropped by the interface, not leaked. With [`LinkMode::Existing`] Scrambler neither puts the
 //!   tunnel address on the interface nor sets the routes' source: the interface's owner
 //!   does.
-//! * Pods reach other nodes at their tunnel addresses; a pod sending to a *known* peer's
-//!   underlay address is dropped by the guard. The underlay address of a node the mesh does
-//!   not know yet is not covered (no policy can name it); encrypting traffic to underlay
-//!   addresses (node-to-node encryption) is not done.
+//! * Pods reach known peers' underlay addresses through the mesh. The underlay address of
+//!   a node the mesh does not know yet is not covered (no policy or route can name it);
+//!   the node's own traffic to its peers' underlay addresses (node-to-node encryption) is
+//!   not done. A peer whose dataplane cannot take these packets (a VPP node, today)
+//!   receives them encrypted and drops them.
 //! * `disable_xfrm` exists for IPv4 only; IPv6 pod CIDRs are planned and programmed but
 //!   the end-to-end tests cover IPv4. With [`LinkMode::Existing`], the interface's owner
 //!   must set `disable_xfrm=1` on it.
@@ -160,7 +196,8 @@ mod tunnel;
 
 pub use config::{
     LinkMode, XfrmConfig, DEFAULT_IF_ID, DEFAULT_INTERFACE, DEFAULT_PRIORITY_BASE,
-    DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, PRIORITY_BAND,
+    DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY,
+    PRIORITY_BAND,
 };
 pub use rotation::{rotate, RotationReport};
 pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};

@@ -1,13 +1,14 @@
 //! The steering side, over [`scrambler_netlink`]: the xfrm interface (created, checked,
-//! deleted only when it carries Scrambler's if_id), its `disable_xfrm` switch, and the
-//! routes into it.
+//! deleted only when it carries Scrambler's if_id), its `disable_xfrm` switch, the
+//! routes into it, and the policy-routing rules steering pods' traffic to peers' underlay
+//! addresses into it.
 
 use crate::config::{LinkMode, XfrmConfig};
 use ipnet::IpNet;
 use rtnetlink::LinkXfrm;
 use scrambler_core::{Error, Netns, Result};
 use scrambler_netlink::address::Scope;
-use scrambler_netlink::{errno, kernel_error, sysctl, Exists, Nl, RouteSpec, EOPNOTSUPP};
+use scrambler_netlink::{errno, kernel_error, sysctl, Exists, Nl, RouteSpec, RuleSpec, EOPNOTSUPP};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -155,9 +156,137 @@ pub(crate) async fn ensure_addresses(
     Ok(added)
 }
 
+/// Sets `net.ipv4.conf.<ifname>.rp_filter = 2` (loose) inside `netns`: a peer host's
+/// packets decrypted on the interface (the replies of a NodePort or hostPort it called here,
+/// see `plan_peer_underlay`) come from an underlay address the main table routes out of
+/// the underlay, which strict reverse-path filtering (`all.rp_filter = 1` takes the
+/// maximum of both) would drop. They are authenticated ESP of a known peer, and the `in`
+/// policies name every pair of addresses the interface accepts.
+pub(crate) async fn loose_reverse_path(netns: &Netns, ifname: &str) -> Result<()> {
+    sysctl::ensure(netns, &format!("net/ipv4/conf/{ifname}/rp_filter"), "2").await
+}
+
 /// Sets `net.ipv4.conf.<ifname>.disable_xfrm = 1` inside `netns`: routes through the
 /// xfrm interface then skip the if_id-0 policy lookup (where the guard lives), and the
 /// interface's own lookup with its if_id applies the mesh policies.
 pub(crate) async fn disable_xfrm_lookup(netns: &Netns, ifname: &str) -> Result<()> {
     sysctl::ensure(netns, &format!("net/ipv4/conf/{ifname}/disable_xfrm"), "1").await
+}
+
+/// Scrambler's routes in its own table ([`XfrmConfig::route_table`]) into link `index`:
+/// their destinations (peers' underlay addresses).
+pub(crate) async fn owned_table_routes(
+    nl: &Nl,
+    cfg: &XfrmConfig,
+    index: u32,
+) -> Result<BTreeSet<IpNet>> {
+    let routes = nl
+        .owned_routes_in(cfg.route_table, index, cfg.route_protocol)
+        .await?;
+    Ok(routes.into_iter().map(|r| r.dst).collect())
+}
+
+/// The routes to `nets` into link `index` in Scrambler's table.
+pub(crate) fn table_routes<'a>(
+    cfg: &XfrmConfig,
+    nets: impl IntoIterator<Item = &'a IpNet>,
+    index: u32,
+) -> Vec<RouteSpec> {
+    nets.into_iter()
+        .map(|n| {
+            RouteSpec::new(*n, None, index)
+                .with_protocol(cfg.route_protocol)
+                .in_table(cfg.route_table)
+        })
+        .collect()
+}
+
+/// The rule of local pod CIDR `src`: `from src lookup <route_table>` at
+/// [`XfrmConfig::rule_priority`] with Scrambler's protocol — pods' packets to peers'
+/// underlay addresses into the interface.
+pub(crate) fn rules(cfg: &XfrmConfig, src: IpNet) -> [RuleSpec; 1] {
+    [RuleSpec {
+        priority: cfg.rule_priority,
+        src,
+        iif: None,
+        table: cfg.route_table,
+        protocol: cfg.route_protocol,
+    }]
+}
+
+/// Scrambler's rules: exactly of the shape of [`rules`] (priority, table and protocol all
+/// Scrambler's, nothing but a source prefix matched).
+pub(crate) async fn owned_rules(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<RuleSpec>> {
+    Ok(nl
+        .rules()
+        .await?
+        .iter()
+        .filter_map(|r| r.spec())
+        .filter(|r| rules(cfg, r.src).contains(r))
+        .collect())
+}
+
+/// Makes Scrambler's routes in its table and its rules exactly `routes` and `sources`:
+/// routes first (a rule pointing to a table without the route falls through to the main
+/// table and the guard), then rules; stale rules and routes go. Returns (added, removed).
+pub(crate) async fn sync_underlay_steering(
+    nl: &Nl,
+    cfg: &XfrmConfig,
+    index: u32,
+    routes: &BTreeSet<IpNet>,
+    sources: &BTreeSet<IpNet>,
+) -> Result<(usize, usize)> {
+    let have = owned_table_routes(nl, cfg, index).await?;
+    let found = owned_rules(nl, cfg).await?;
+    let wanted: BTreeSet<RuleSpec> = sources.iter().flat_map(|s| rules(cfg, *s)).collect();
+    let mut stale_rules: Vec<&RuleSpec> = found.difference(&wanted).collect();
+    stale_rules.reverse();
+    let missing_rules: Vec<&RuleSpec> = wanted.difference(&found).collect();
+    let stale_routes = table_routes(cfg, have.difference(routes), index);
+    let missing_routes = table_routes(cfg, routes.difference(&have), index);
+    for r in &stale_rules {
+        nl.delete_rule(r).await?;
+    }
+    nl.delete_routes(&stale_routes).await?;
+    nl.add_routes(&missing_routes, Exists::Fail)
+        .await
+        .map_err(|e| match e {
+            Error::AlreadyExists { object, .. } => Error::AlreadyExists {
+                object,
+                reason: "a route not made by Scrambler holds it in Scrambler's table; \
+                         Scrambler does not touch it"
+                    .into(),
+            },
+            e => e,
+        })?;
+    for r in &missing_rules {
+        nl.add_rule(r, Exists::Keep).await?;
+    }
+    Ok((
+        missing_routes.len() + missing_rules.len(),
+        stale_routes.len() + stale_rules.len(),
+    ))
+}
+
+/// Removes Scrambler's rules, and its routes in its table into link `index` (when the
+/// link is there); returns how many it removed.
+pub(crate) async fn remove_underlay_steering(
+    nl: &Nl,
+    cfg: &XfrmConfig,
+    index: Option<u32>,
+) -> Result<usize> {
+    let none = BTreeSet::new();
+    let mut removed = 0;
+    for r in owned_rules(nl, cfg).await?.iter().rev() {
+        if nl.delete_rule(r).await? {
+            removed += 1;
+        }
+    }
+    if let Some(index) = index {
+        let have = owned_table_routes(nl, cfg, index).await?;
+        nl.delete_routes(&table_routes(cfg, have.difference(&none), index))
+            .await?;
+        removed += have.len();
+    }
+    Ok(removed)
 }

@@ -18,6 +18,12 @@ pub(crate) struct Desired {
     /// The local node's tunnel addresses as host prefixes, put on the interface (only
     /// with [`LinkMode::Create`]).
     pub addresses: BTreeSet<IpNet>,
+    /// Routes into the interface in [`XfrmConfig::route_table`]: every peer's underlay
+    /// address (host prefix) of a family the local pod CIDRs have.
+    pub underlay_routes: BTreeSet<IpNet>,
+    /// Sources of the rules `from <source> lookup <route_table>`: the local pod CIDRs of
+    /// the families of `underlay_routes`.
+    pub rule_sources: BTreeSet<IpNet>,
     /// Rotation step 2: an older generation than `tx` is still live, so outbound states
     /// of `tx` are being made for the first time.
     pub switching: bool,
@@ -68,6 +74,7 @@ impl Desired {
         }
         for peer in &mesh.peers {
             d.plan_peer(cfg, mesh, peer, secret)?;
+            d.plan_peer_underlay(cfg, mesh, peer)?;
         }
         d.plan_guard(cfg, mesh);
         Ok(d)
@@ -155,6 +162,72 @@ impl Desired {
         Ok(())
     }
 
+    /// Local pods ↔ the peer's underlay address (the `kubernetes` Service DNATed to a
+    /// control-plane node, kubelets, hostNetwork pods addressed by node IP), for every
+    /// local pod CIDR `l` of the family of the peer's underlay address `u` and every peer
+    /// pod CIDR `p` of the family of the local one `m`, mesh policies (if_id, ESP template
+    /// between the same two underlay addresses as the pods' traffic):
+    /// `out` l → u, `in`/`fwd` u → l (the peer host's replies), `out` m → p (this host's
+    /// replies to the peer's pods), `in`/`fwd` p → m (the peer's pods reaching this host,
+    /// also through a DNAT to a local or remote pod — a NodePort or hostPort: the inbound
+    /// check sees the pre-DNAT destination), and `out` m → u, `in` u → m: a local pod's
+    /// reply to a peer's host behind a DNAT (the peer's host calling this node's NodePort
+    /// or hostPort served by a local pod) is routed into the interface by its pod source
+    /// and leaves it with this node's address once the DNAT is undone; the peer accepts it
+    /// decrypted. (Only packets routed into the interface meet these; the node's own
+    /// traffic to the peer keeps the underlay route.) A route `u dev <interface>` in
+    /// [`XfrmConfig::route_table`], looked up only by the rules `from l`, steers the pods'
+    /// packets (never the node's own, ESP included) into the interface.
+    fn plan_peer_underlay(&mut self, cfg: &XfrmConfig, mesh: &Mesh, peer: &Node) -> Result<()> {
+        let local = &mesh.local;
+        let (mine, theirs) = outer_pair(local, peer)?;
+        let reqid = cfg.reqid(peer.id.get());
+        let out = Tmpl {
+            src: mine,
+            dst: theirs,
+            reqid,
+        };
+        let back = Tmpl {
+            src: theirs,
+            dst: mine,
+            reqid,
+        };
+        let (m, u) = (IpNet::from(mine), IpNet::from(theirs));
+        let mut add = |dir, src: IpNet, dst: IpNet, tmpl| {
+            self.policy(Policy {
+                key: PolicyKey {
+                    dir,
+                    src,
+                    dst,
+                    if_id: cfg.if_id,
+                },
+                priority: cfg.priority(PRIO_MESH),
+                block: false,
+                tmpl: Some(tmpl),
+            })
+        };
+        let mut sources = Vec::new();
+        for l in local.pod_cidrs.iter().filter(|l| same_family(l, &u)) {
+            add(Dir::Out, l.trunc(), u, out);
+            add(Dir::In, u, l.trunc(), back);
+            add(Dir::Fwd, u, l.trunc(), back);
+            sources.push(l.trunc());
+        }
+        for p in peer.pod_cidrs.iter().filter(|p| same_family(p, &m)) {
+            add(Dir::Out, m, p.trunc(), out);
+            add(Dir::In, p.trunc(), m, back);
+            add(Dir::Fwd, p.trunc(), m, back);
+        }
+        if !sources.is_empty() {
+            // only where local pods are steered to the peer's address (their NAT'd replies)
+            add(Dir::Out, m, u, out);
+            add(Dir::In, u, m, back);
+            self.underlay_routes.insert(u);
+            self.rule_sources.extend(sources);
+        }
+        Ok(())
+    }
+
     fn state(
         &mut self,
         cfg: &XfrmConfig,
@@ -184,12 +257,24 @@ impl Desired {
     /// * block `out` anything → `S`: traffic to a pod CIDR of a node not (or no longer) in
     ///   the mesh, or whose route into the interface is missing, from a pod or from the
     ///   node itself, is dropped instead of following another route in cleartext;
-    /// * block `out` `S` → each peer's underlay address: a pod sending to another node's
-    ///   host address cannot leak (it reaches the node at its tunnel address instead);
-    /// * block `in`/`fwd` `S` → local pod CIDRs: cleartext from remote pods is refused.
+    /// * block `out` each local pod CIDR (inside `S`) → each peer's underlay address: a
+    ///   local pod's packet to another node's host address that the mesh does not carry
+    ///   (no rule, route, interface) is dropped. Local pods only: a remote pod's reply
+    ///   forwarded through this node to a peer's host is one of a NodePort's connections
+    ///   (the peer's host called this node's NodePort, served by a pod on a third node),
+    ///   which leaves with this node's address once the DNAT is undone;
+    /// * block `in`/`fwd` `S` → local pod CIDRs: cleartext from remote pods is refused;
+    /// * block `in` `S` → the local underlay addresses: cleartext from remote pods to this
+    ///   node's host address is refused (decrypted, it matches the mesh's `in` policy).
+    ///
+    /// (Cleartext from a peer's host to local pods is not blocked here: a peer's host
+    /// calling this node's NodePort, DNATed to a local pod, is such a packet on the
+    /// forward path, which may see it after the DNAT; the peer's own guard, `out` anything
+    /// → `S`, keeps its host's traffic to pods off its underlay.)
     ///
     /// Bypass policies keep node-local pod traffic flowing: `out` anything → local pod
-    /// CIDRs, `in`/`fwd` local pod CIDRs → local pod CIDRs.
+    /// CIDRs, `in`/`fwd` local pod CIDRs → local pod CIDRs, `in` local pod CIDRs → the
+    /// local underlay addresses.
     fn plan_guard(&mut self, cfg: &XfrmConfig, mesh: &Mesh) {
         let supernets: BTreeSet<IpNet> = mesh
             .cluster_cidrs
@@ -213,20 +298,36 @@ impl Desired {
             })
         };
         let local: Vec<IpNet> = mesh.local.pod_cidrs.iter().map(|l| l.trunc()).collect();
+        let local_underlay: Vec<IpNet> = mesh
+            .local
+            .underlay
+            .iter()
+            .map(|a| IpNet::from(*a))
+            .collect();
+        let peer_underlay: BTreeSet<IpNet> = mesh
+            .peers
+            .iter()
+            .flat_map(|p| &p.underlay)
+            .map(|a| IpNet::from(*a))
+            .collect();
         for s in &supernets {
             add(Dir::Out, any(s), *s, true);
-            for peer in &mesh.peers {
-                for u in peer
-                    .underlay
-                    .iter()
-                    .filter(|u| u.is_ipv6() == s.addr().is_ipv6())
-                {
-                    add(Dir::Out, *s, IpNet::from(*u), true);
-                }
-            }
             for l in local.iter().filter(|l| same_family(s, l)) {
                 add(Dir::In, *s, *l, true);
                 add(Dir::Fwd, *s, *l, true);
+            }
+            for m in local_underlay.iter().filter(|m| same_family(s, m)) {
+                add(Dir::In, *s, *m, true);
+            }
+        }
+        let guarded_local: Vec<IpNet> = local
+            .iter()
+            .filter(|l| supernets.iter().any(|s| overlaps(s, l)))
+            .copied()
+            .collect();
+        for u in peer_underlay {
+            for l in guarded_local.iter().filter(|l| same_family(&u, l)) {
+                add(Dir::Out, *l, u, true);
             }
         }
         let covered = local
@@ -237,6 +338,9 @@ impl Desired {
             for a in local.iter().filter(|a| same_family(a, b)) {
                 add(Dir::In, *a, *b, false);
                 add(Dir::Fwd, *a, *b, false);
+            }
+            for m in local_underlay.iter().filter(|m| same_family(m, b)) {
+                add(Dir::In, *b, *m, false);
             }
         }
     }
@@ -290,12 +394,13 @@ pub(crate) mod tests {
         let cfg = XfrmConfig::default();
         let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
         let d = Desired::plan(&cfg, &mesh(1, 3), Some(&secret)).unwrap();
-        // 2 peers × (3 mesh + 1 guard of its underlay address) + 3 guard + 3 bypass
-        assert_eq!(d.policies.len(), 14);
+        // 2 peers × (3 mesh + 8 mesh with underlay addresses + 1 guard of its underlay
+        // address) + 4 guard + 4 bypass
+        assert_eq!(d.policies.len(), 32);
         assert_eq!(d.states.len(), 4);
         assert_eq!(d.routes.len(), 2);
         let mesh_pols = d.policies.values().filter(|p| p.tmpl.is_some()).count();
-        assert_eq!(mesh_pols, 6);
+        assert_eq!(mesh_pols, 22);
         assert!(d
             .policies
             .values()
@@ -335,15 +440,17 @@ pub(crate) mod tests {
             key(Dir::Out, "0.0.0.0/0", "10.0.0.0/8"),
             key(Dir::In, "10.0.0.0/8", "10.0.1.0/24"),
             key(Dir::Fwd, "10.0.0.0/8", "10.0.1.0/24"),
+            key(Dir::In, "10.0.0.0/8", "192.0.2.1/32"),
         ]);
         assert_eq!(guard, want);
+        assert!(d.underlay_routes.is_empty() && d.rule_sources.is_empty());
         // an extra supernet of the config is guarded the same way
         let cfg = XfrmConfig {
             guard_supernets: vec!["172.16.0.0/12".parse().unwrap()],
             ..Default::default()
         };
         let d = Desired::plan(&cfg, &mesh(1, 1), None).unwrap();
-        assert_eq!(d.policies.values().filter(|p| p.block).count(), 6);
+        assert_eq!(d.policies.values().filter(|p| p.block).count(), 8);
         assert!(d
             .policies
             .contains_key(&key(Dir::Out, "0.0.0.0/0", "172.16.0.0/12")));
@@ -353,13 +460,64 @@ pub(crate) mod tests {
     fn pods_sending_to_a_peers_host_address_are_blocked() {
         let d = Desired::plan(&XfrmConfig::default(), &mesh(1, 3), None).unwrap();
         for peer in ["192.0.2.2/32", "192.0.2.3/32"] {
-            let p = &d.policies[&key(Dir::Out, "10.0.0.0/8", peer)];
+            let p = &d.policies[&key(Dir::Out, "10.0.1.0/24", peer)];
             assert!(p.block && p.tmpl.is_none(), "{p:?}");
         }
-        // never the node's own underlay address
+        // never the node's own underlay address; never remote pods' packets forwarded
+        // here (a NodePort's replies to a peer's host, undone to this node's address)
         assert!(!d
             .policies
-            .contains_key(&key(Dir::Out, "10.0.0.0/8", "192.0.2.1/32")));
+            .contains_key(&key(Dir::Out, "10.0.1.0/24", "192.0.2.1/32")));
+        assert!(!d.policies.keys().any(|k| k.dir == Dir::Out
+            && k.if_id == 0
+            && k.src == "10.0.0.0/8".parse::<IpNet>().unwrap()
+            && k.dst.prefix_len() == 32));
+    }
+
+    #[test]
+    fn pods_and_peers_underlay_addresses_talk_through_the_mesh() {
+        let cfg = XfrmConfig::default();
+        let d = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
+        let mesh_key = |dir, src: &str, dst: &str| PolicyKey {
+            if_id: cfg.if_id,
+            ..key(dir, src, dst)
+        };
+        let tmpl = |src: &str, dst: &str| {
+            Some(Tmpl {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                reqid: cfg.reqid(2),
+            })
+        };
+        let (out, back) = (
+            tmpl("192.0.2.1", "192.0.2.2"),
+            tmpl("192.0.2.2", "192.0.2.1"),
+        );
+        for (dir, src, dst, t) in [
+            (Dir::Out, "10.0.1.0/24", "192.0.2.2/32", out),
+            (Dir::In, "192.0.2.2/32", "10.0.1.0/24", back),
+            (Dir::Fwd, "192.0.2.2/32", "10.0.1.0/24", back),
+            (Dir::Out, "192.0.2.1/32", "10.0.2.0/24", out),
+            (Dir::In, "10.0.2.0/24", "192.0.2.1/32", back),
+            (Dir::Fwd, "10.0.2.0/24", "192.0.2.1/32", back),
+            (Dir::Out, "192.0.2.1/32", "192.0.2.2/32", out),
+            (Dir::In, "192.0.2.2/32", "192.0.2.1/32", back),
+        ] {
+            let p = &d.policies[&mesh_key(dir, src, dst)];
+            assert!(!p.block && p.tmpl == t, "{p:?}");
+            assert_eq!(p.priority, cfg.priority(PRIO_MESH));
+        }
+        // cleartext from the peer's host to local pods is not (a NodePort's requests)
+        for dir in [Dir::In, Dir::Fwd] {
+            assert!(!d
+                .policies
+                .contains_key(&key(dir, "192.0.2.2/32", "10.0.1.0/24")));
+        }
+        let names = |s: &BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&d.underlay_routes), ["192.0.2.2/32", "192.0.2.3/32"]);
+        assert_eq!(names(&d.rule_sources), ["10.0.1.0/24"]);
+        // the node's own underlay address is never routed into the interface
+        assert!(!d.underlay_routes.contains(&"192.0.2.1/32".parse().unwrap()));
     }
 
     #[test]
@@ -378,6 +536,7 @@ pub(crate) mod tests {
             key(Dir::Out, "0.0.0.0/0", "10.0.1.0/24"),
             key(Dir::In, "10.0.1.0/24", "10.0.1.0/24"),
             key(Dir::Fwd, "10.0.1.0/24", "10.0.1.0/24"),
+            key(Dir::In, "10.0.1.0/24", "192.0.2.1/32"),
         ]);
         assert_eq!(bypass, want);
     }

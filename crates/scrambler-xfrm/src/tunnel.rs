@@ -256,6 +256,7 @@ impl Tunnel for XfrmTunnel {
         let mut addresses_added = 0;
         if cfg.link == LinkMode::Create {
             disable_xfrm_lookup(netns, &cfg.interface).await?;
+            link::loose_reverse_path(netns, &cfg.interface).await?;
             addresses_added =
                 link::ensure_addresses(&rtnl, &cfg.interface, &desired.addresses).await?;
         }
@@ -305,6 +306,18 @@ impl Tunnel for XfrmTunnel {
         report.unchanged += desired.routes.len() - missing.len();
         rtnl.delete_routes(&stale).await?;
         link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
+        let (added, removed) = link::sync_underlay_steering(
+            &rtnl,
+            cfg,
+            index,
+            &desired.underlay_routes,
+            &desired.rule_sources,
+        )
+        .await?;
+        report.added += added;
+        report.removed += removed;
+        report.unchanged +=
+            (desired.underlay_routes.len() + desired.rule_sources.len()).saturating_sub(added);
 
         Self::run_phase(sock, deletes).await?;
         if !lost_outbound.is_empty() {
@@ -354,14 +367,18 @@ impl Tunnel for XfrmTunnel {
 }
 
 impl XfrmTunnel {
-    /// Removes routes, mesh policies, states and the interface; the guard's block and
-    /// bypass policies too when `guard` is true (last, after everything it protects).
+    /// Removes Scrambler's rules, routes, mesh policies, states and the interface; the
+    /// guard's block and bypass policies too when `guard` is true (last, after everything
+    /// it protects).
     async fn remove_owned(&self, netns: &Netns, guard: bool) -> Result<ReconcileReport> {
         netns.check()?;
         let cfg = &self.cfg;
         let mut report = ReconcileReport::default();
         let rtnl = Nl::open(netns).await?;
-        if let Some(l) = rtnl.link_by_name(&cfg.interface).await? {
+        let link = rtnl.link_by_name(&cfg.interface).await?;
+        report.removed +=
+            link::remove_underlay_steering(&rtnl, cfg, link.as_ref().map(|l| l.index)).await?;
+        if let Some(l) = link {
             let owned = link::owned_routes(&rtnl, l.index, cfg.route_protocol).await?;
             report.removed += owned.len();
             rtnl.delete_routes(&link::routes(&owned, l.index, cfg.route_protocol))

@@ -32,22 +32,36 @@ fn reconcile_installs_mesh_guard_routes_and_is_idempotent() {
     let mesh = mesh_of(1, 3, node);
     rt().block_on(async {
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        // 2 peers × (3 mesh policies + 1 guard of its underlay address + 1 route)
-        // + 3 cluster guard + 3 bypass
-        assert_eq!((r.added, r.updated, r.removed), (16, 0, 0), "{r:?}");
+        // 2 peers × (3 mesh policies + 8 with an underlay address + 1 guard of its
+        // underlay address + 1 route + 1 route in Scrambler's table) + 4 cluster guard
+        // + 4 bypass + 1 rule
+        assert_eq!((r.added, r.updated, r.removed), (37, 0, 0), "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["mesh"], 6);
-        assert_eq!(inv.policies["guard"], 5);
-        assert_eq!(inv.policies["bypass"], 3);
+        assert_eq!(inv.policies["mesh"], 22);
+        assert_eq!(inv.policies["guard"], 6);
+        assert_eq!(inv.policies["bypass"], 4);
         assert_eq!(inv.foreign, 0);
         let again = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         assert!(again.is_noop(), "{again:?}");
-        assert_eq!(again.unchanged, 16);
+        assert_eq!(again.unchanged, 37);
     });
+    // pods' traffic to peers' underlay addresses: one rule, one table
+    let rules = ns.ip(&["rule"]);
+    assert!(
+        rules.contains("23552:\tfrom 10.0.1.0/24 lookup 92 proto 92"),
+        "{rules}"
+    );
+    let table = ns.ip(&["route", "show", "table", "92"]);
+    assert!(
+        table.contains("192.0.2.2 dev scrambler0 proto 92")
+            && table.contains("192.0.2.3 dev scrambler0 proto 92")
+            && table.lines().count() == 2,
+        "{table}"
+    );
     let text = policy_text(&ns);
     assert!(text.contains("src 10.0.1.0/24 dst 10.0.2.0/24"), "{text}");
     assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
-    assert!(text.contains("src 10.0.0.0/8 dst 192.0.2.2/32"), "{text}");
+    assert!(text.contains("src 10.0.1.0/24 dst 192.0.2.2/32"), "{text}");
     assert!(text.contains("action block"), "{text}");
     assert!(
         text.contains("reqid 1543503874"),
@@ -133,8 +147,8 @@ fn foreign_policies_and_routes_are_never_touched() {
             .await
             .unwrap();
         let r = t.remove(&ns.netns()).await.unwrap();
-        // 3 mesh + 4 guard + 3 bypass policies and 1 route
-        assert_eq!(r.removed, 11, "{r:?}");
+        // 11 mesh + 5 guard + 4 bypass policies, 2 routes and 1 rule
+        assert_eq!(r.removed, 23, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert!(inv.policies.is_empty(), "{inv:?}");
         assert_eq!(inv.foreign, 3);
@@ -176,6 +190,82 @@ fn foreign_policy_holding_a_desired_key_stops_reconcile_before_any_change() {
         assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
     });
     assert!(owned_routes(&ns).is_empty());
+    assert!(!ns.ip(&["rule"]).contains("lookup 92"));
+}
+
+/// Someone else's rules (same priority, another table; same table, another priority) and
+/// routes in Scrambler's table survive reconcile and remove.
+#[test]
+fn foreign_rules_and_routes_in_scramblers_table_are_never_touched() {
+    let ns = ns_with_link("xf-rule");
+    ns.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other0p",
+    ]);
+    ns.ip(&["link", "set", "other0", "up"]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "from",
+        "10.0.1.0/24",
+        "lookup",
+        "220",
+        "priority",
+        "23552",
+    ]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "from",
+        "10.0.1.0/24",
+        "lookup",
+        "92",
+        "priority",
+        "100",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.9",
+        "dev",
+        "other0",
+        "table",
+        "92",
+    ]);
+    let t = policies_only();
+    rt().block_on(async {
+        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap();
+        assert!(t
+            .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap()
+            .is_noop());
+        let rules = ns.ip(&["rule"]);
+        assert!(rules.contains("lookup 92 proto 92"), "{rules}");
+        // a peer leaves: its route in the table goes, the rule stays
+        t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap();
+        let table = ns.ip(&["route", "show", "table", "92"]);
+        assert!(
+            !table.contains("192.0.2.3") && table.contains("192.0.2.2"),
+            "{table}"
+        );
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+    });
+    let rules = ns.ip(&["rule"]);
+    assert!(!rules.contains("proto 92"), "{rules}");
+    assert!(
+        rules.contains("23552:\tfrom 10.0.1.0/24 lookup 220")
+            && rules.contains("100:\tfrom 10.0.1.0/24 lookup 92"),
+        "{rules}"
+    );
+    let table = ns.ip(&["route", "show", "table", "92"]);
+    assert!(
+        table.starts_with("203.0.113.9 dev other0 scope link") && table.lines().count() == 1,
+        "{table}"
+    );
 }
 
 #[test]
@@ -187,8 +277,9 @@ fn changed_underlay_is_updated_in_place() {
         t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         mesh.peers[0].underlay = vec!["198.51.100.2".parse().unwrap()];
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
-        // 3 mesh policies updated, the guard of its underlay address replaced
-        assert_eq!((r.added, r.updated, r.removed), (1, 3, 1), "{r:?}");
+        // 3 + 3 mesh policies updated (their template); the 5 naming its underlay
+        // address, the guard of it and its route in Scrambler's table replaced
+        assert_eq!((r.added, r.updated, r.removed), (7, 6, 7), "{r:?}");
         assert!(t
             .reconcile(&ns.netns(), &mesh, &secret())
             .await
@@ -233,23 +324,23 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
             .await
             .unwrap();
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["guard"], 5);
-        assert_eq!(inv.policies["bypass"], 3);
-        assert_eq!(inv.policies["mesh"], 6);
-        // dropping a peer leaves its pod CIDR guarded by the supernet: its 3 mesh
-        // policies, its route and the guard of its underlay address go
+        assert_eq!(inv.policies["guard"], 6);
+        assert_eq!(inv.policies["bypass"], 4);
+        assert_eq!(inv.policies["mesh"], 22);
+        // dropping a peer leaves its pod CIDR guarded by the supernet: its 11 mesh
+        // policies, its 2 routes and the guard of its underlay address go
         let r = t
             .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
             .await
             .unwrap();
-        assert_eq!(r.removed, 5, "{r:?}");
-        // removing the mesh but keeping the guard: the peer's 3 mesh policies and its route
-        // go, block and bypass policies stay
+        assert_eq!(r.removed, 14, "{r:?}");
+        // removing the mesh but keeping the guard: the peer's 11 mesh policies, its 2
+        // routes and the rule go, block and bypass policies stay
         let r = t.remove_keeping_guard(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 3 + 1, "{r:?}");
+        assert_eq!(r.removed, 11 + 2 + 1, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert_eq!(inv.policies.get("mesh"), None, "{inv:?}");
-        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (4, 3));
+        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (5, 4));
         let text = policy_text(&ns);
         assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
         assert!(owned_routes(&ns).is_empty());
@@ -261,7 +352,7 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
         );
         // a full remove takes the guard too
         let r = t.remove(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 7, "{r:?}");
+        assert_eq!(r.removed, 9, "{r:?}");
         assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
     });
 }
@@ -322,12 +413,12 @@ fn missing_esp_is_unsupported_and_leaves_the_guard_in_place() {
             .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
             .await;
         let inv = t.inventory(&ns.netns()).await.unwrap();
-        assert_eq!(inv.policies["guard"], 5, "the guard is in place: {inv:?}");
+        assert_eq!(inv.policies["guard"], 6, "the guard is in place: {inv:?}");
         if has_esp {
             r.unwrap();
             // 2 peers × (in + out)
             assert_eq!(inv.states, 4, "{inv:?}");
-            assert_eq!(inv.policies["mesh"], 6, "{inv:?}");
+            assert_eq!(inv.policies["mesh"], 22, "{inv:?}");
         } else {
             let e = r.unwrap_err();
             assert_eq!(e.code(), 105, "{e}");

@@ -116,10 +116,11 @@ fn vm_xfrm_mesh_pods_ping_over_esp_only() {
     let lab = Lab::new();
     rt().block_on(async {
         let reports = lab.reconcile_all(&lab.tunnel).await;
-        // per node: 2 peers × (3 mesh policies + 2 states + 1 route + 1 guard of its
-        // underlay address) + 3 guard + 3 bypass + the interface and its tunnel address
+        // per node: 2 peers × (3 mesh policies + 8 with an underlay address + 2 states
+        // + 1 route + 1 route in table 92 + 1 guard of its underlay address) + 4 guard
+        // + 4 bypass + the interface, its tunnel address and the rule
         for r in &reports {
-            assert_eq!((r.added, r.updated), (22, 0), "{r:?}");
+            assert_eq!((r.added, r.updated), (43, 0), "{r:?}");
         }
         let l = lab.nodes[0].ip(&["-d", "link", "show", "scrambler0"]);
         assert!(l.contains("mtu 1440") && l.contains("if_id 0x5c5c"), "{l}");
@@ -178,13 +179,14 @@ fn vm_xfrm_missing_state_or_route_drops_instead_of_leaking() {
             .unwrap();
         assert!(!s.encrypted && s.fail_closed);
         assert!(s.errors.contains_key("XfrmOutPolBlock"), "{:?}", s.errors);
-        // reconcile repairs it: interface, its tunnel address and 2 routes
+        // reconcile repairs it: interface, its tunnel address, 2 routes and the 2 routes
+        // of table 92 (they went with the interface; the rule stayed)
         let r = lab
             .tunnel
             .reconcile(&n1.netns(), &lab.meshes[0], &secret())
             .await
             .unwrap();
-        assert_eq!(r.added, 4, "{r:?}");
+        assert_eq!(r.added, 6, "{r:?}");
         assert!(lab.ping(1, 2, 2) && lab.ping(1, 3, 2));
         // 3. the outbound state to node2 disappears: drop, and no re-creation under the
         //    same key (nonce reuse) — a rotation repairs it
@@ -734,10 +736,10 @@ fn vm_xfrm_cluster_guard_covers_unknown_and_removed_nodes_and_mesh_remove() {
 /// node out of the underlay (the cleartext path): node 1's host namespace pings a pod on
 /// node 2 (from its tunnel address 10.0.1.1, the route's source); that pod pings node 1's
 /// tunnel address; node 2's host pings node 1's; a NodePort-style DNAT + masquerade
-/// (nft, as kube-proxy does) on node 1 forwards a client's pings to the pod on node 2. A
-/// pod pinging another node's underlay address is dropped, and so is the host's traffic
-/// to a remote pod once the xfrm interface is gone — 0 cleartext pod-CIDR packets on the
-/// underlay throughout.
+/// (nft, as kube-proxy does) on node 1 forwards a client's pings to the pod on node 2. The
+/// host's traffic to a remote pod is dropped once the xfrm interface is gone — 0
+/// cleartext pod-CIDR packets on the underlay throughout. (Pods ↔ other nodes' underlay
+/// addresses: `vm_xfrm_node_underlay_*`.)
 #[test]
 fn vm_xfrm_node_and_remote_pods_talk_through_the_mesh() {
     if VM.delegate(
@@ -800,18 +802,6 @@ fn vm_xfrm_node_and_remote_pods_talk_through_the_mesh() {
             !rules.contains("packets 0 "),
             "every NAT rule matched: {rules}"
         );
-        // a pod sending to another node's underlay address: dropped, not leaked
-        assert_eq!(
-            ping_replies(&lab.pods[1], "192.0.2.1", 2),
-            0,
-            "pod2 -> node1 underlay"
-        );
-        let s = lab
-            .tunnel
-            .status(&n2.netns(), &lab.meshes[1])
-            .await
-            .unwrap();
-        assert!(s.errors.contains_key("XfrmOutPolBlock"), "{:?}", s.errors);
         // the interface gone: the host's traffic to a remote pod meets the guard
         n1.ip(&["link", "del", "scrambler0"]);
         assert_eq!(
@@ -824,5 +814,257 @@ fn vm_xfrm_node_and_remote_pods_talk_through_the_mesh() {
         let esp = lines.iter().filter(|l| l.contains("ESP")).count();
         // 3 + 3 + 2 + 3 round trips through the mesh
         assert!(esp >= 22, "ESP packets on the wire: {lines:#?}");
+    });
+}
+
+/// A TCP listener on `addr` in `ns` (a host process such as the API server on :6443): it
+/// answers every connection's first line `x` with `ok x`.
+fn tcp_listener(ns: &Ns, addr: &str) {
+    let addr = addr.to_string();
+    let listener = ns
+        .netns()
+        .run(move || Ok(std::net::TcpListener::bind(&addr).unwrap()))
+        .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Write};
+                c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut line = String::new();
+                if BufReader::new(&c).read_line(&mut line).is_ok() {
+                    let _ = write!(c, "ok {line}");
+                }
+            });
+        }
+    });
+}
+
+/// Connects from `ns` to `to` (`addr:port`), sends a line and reads the answer; true when
+/// [`tcp_listener`]'s answer came back within 4 s.
+fn tcp_round_trip(ns: &Ns, to: &str) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    let conn = ns
+        .netns()
+        .run(move || {
+            Ok(std::net::TcpStream::connect_timeout(
+                &to,
+                Duration::from_secs(4),
+            ))
+        })
+        .unwrap();
+    let ok = (|| {
+        let mut c = conn?;
+        c.set_read_timeout(Some(Duration::from_secs(4)))?;
+        writeln!(c, "hello")?;
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line)?;
+        Ok::<_, std::io::Error>(line == "ok hello\n")
+    })();
+    eprintln!("tcp {} -> {to}: {ok:?}", ns.name);
+    matches!(ok, Ok(true))
+}
+
+/// Pods ↔ another node's *underlay* address through the mesh (the `kubernetes` Service
+/// DNATed to a control-plane node's address, kubelet on :10250, hostNetwork pods addressed
+/// by node IP), with every node's default route out of the underlay (the cleartext path):
+/// pod 2 pings node 1's underlay address and opens a TCP connection to a host listener on
+/// 192.0.2.1:6443, directly and through a ClusterIP-style DNAT on node 2
+/// (10.96.0.1:443 → 192.0.2.1:6443, as kube-proxy does); node 1's host reaches pod 2 from
+/// its underlay address too; a NodePort-style DNAT on node 1 serves node 3's host (a
+/// peer) from pods on nodes 1 and 2, and pod 2 from the pod on node 1 (loose reverse-path
+/// filtering, systemd's default). 0 cleartext on the underlay, replies included. Node 2's
+/// outbound SA to node 1 deleted, then its xfrm interface, then its mesh removed (guard
+/// kept): dropped, never cleartext. The control: with node 2's guard removed too, the
+/// same ping leaks on this wire — and node 1 refuses that cleartext (its guard on its own
+/// address), so there is no answer.
+#[test]
+fn vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh() {
+    if VM.delegate(
+        "vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh",
+        FEATURES,
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let next = (i + 1) % 3 + 1;
+        n.ip(&["route", "add", "default", "via", &format!("192.0.2.{next}")]);
+    }
+    let (n1, n2, n3, pod2) = (&lab.nodes[0], &lab.nodes[1], &lab.nodes[2], &lab.pods[1]);
+    tcp_listener(n1, "192.0.2.1:6443");
+    tcp_listener(&lab.pods[0], "10.0.1.2:8080");
+    tcp_listener(pod2, "10.0.2.2:8080");
+    // loose reverse-path filtering, as systemd sets it (strict filtering on the underlay
+    // drops a peer host's packets DNATed to a local pod: README)
+    for n in &lab.nodes {
+        n.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"]);
+    }
+    rt().block_on(async {
+        lab.reconcile_all(&lab.tunnel).await;
+        // pod traffic to a peer's underlay address is steered into the interface; the
+        // node's own (ESP included) is not
+        let pods_route = n2.ip(&[
+            "route",
+            "get",
+            "192.0.2.1",
+            "from",
+            "10.0.2.2",
+            "iif",
+            "pod0",
+        ]);
+        assert!(pods_route.contains("dev scrambler0"), "{pods_route}");
+        let own_route = n2.ip(&["route", "get", "192.0.2.1"]);
+        assert!(own_route.contains("dev ul0"), "{own_route}");
+        eprintln!("{}", n2.ip(&["rule"]));
+        let cap = lab.capture();
+        assert_eq!(
+            ping_replies(pod2, "192.0.2.1", 3),
+            3,
+            "pod2 -> node1 underlay"
+        );
+        assert!(tcp_round_trip(pod2, "192.0.2.1:6443"), "pod2 -> node1:6443");
+        // ClusterIP-style: a virtual address DNATed to the peer's underlay address
+        for rule in [
+            "add table ip svc",
+            "add chain ip svc pre { type nat hook prerouting priority -100 ; }",
+            "add rule ip svc pre ip daddr 10.96.0.1 tcp dport 443 counter dnat to 192.0.2.1:6443",
+        ] {
+            let (ok, out) = n2.exec(&["sh", "-c", &format!("nft '{rule}'")]);
+            assert!(ok, "nft {rule}: {out}");
+        }
+        assert!(
+            tcp_round_trip(pod2, "10.96.0.1:443"),
+            "pod2 -> ClusterIP -> node1:6443"
+        );
+        let (_, rules) = n2.exec(&["nft", "list", "table", "ip", "svc"]);
+        assert!(!rules.contains("packets 0 "), "the DNAT matched: {rules}");
+        // NodePort-style on node 1 (DNAT of 192.0.2.1:3000x), called by node 3's host and
+        // by pod 2: served by the pod on node 1 (its replies to node 3's host are routed
+        // into the mesh by their pod source and leave it from node 1's address once the
+        // DNAT is undone) and by the pod on node 2 (masquerade; replies to node 3's host
+        // leave in the clear host to host, as the request came)
+        for rule in [
+            "add table ip np",
+            "add chain ip np pre { type nat hook prerouting priority -100 ; }",
+            "add chain ip np post { type nat hook postrouting priority 100 ; }",
+            "add rule ip np pre ip daddr 192.0.2.1 tcp dport 30001 counter dnat to 10.0.1.2:8080",
+            "add rule ip np pre ip daddr 192.0.2.1 tcp dport 30002 counter dnat to 10.0.2.2:8080",
+            "add rule ip np post ip daddr 10.0.2.2 tcp dport 8080 counter masquerade",
+        ] {
+            let (ok, out) = n1.exec(&["sh", "-c", &format!("nft '{rule}'")]);
+            assert!(ok, "nft {rule}: {out}");
+        }
+        let np = [
+            tcp_round_trip(n3, "192.0.2.1:30001"),
+            tcp_round_trip(n3, "192.0.2.1:30002"),
+            tcp_round_trip(pod2, "192.0.2.1:30001"),
+        ];
+        if np != [true; 3] {
+            let diag = |n: &Ns| {
+                let cmd = "nft list table ip np 2>/dev/null; ip -s link show scrambler0; \
+                           nstat -az 2>/dev/null | awk '$2 != 0'; \
+                           awk '$2 != 0' /proc/net/xfrm_stat; ip -s xfrm state | grep -c esp";
+                n.exec(&["sh", "-c", cmd]).1
+            };
+            let (d1, d3) = (diag(n1), diag(n3));
+            let lines = cap.finish();
+            let seen: Vec<_> = lines
+                .iter()
+                .filter(|l| l.contains("192.0.2.3") || l.contains(" 10.0."))
+                .collect();
+            panic!(
+                "NodePort node3 -> pod1, node3 -> pod2, pod2 -> pod1: {np:?}\n\
+                 node1: {d1}\nnode3: {d3}\nwire: {seen:#?}"
+            );
+        }
+        let (_, rules) = n1.exec(&["nft", "list", "table", "ip", "np"]);
+        eprintln!("{rules}");
+        assert!(
+            !rules.contains("packets 0 "),
+            "every NAT rule matched: {rules}"
+        );
+        // node 1's host to the pod from its underlay address: encrypted too
+        let (_, out) = n1.exec(&[
+            "busybox",
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            "-I",
+            "192.0.2.1",
+            "10.0.2.2",
+        ]);
+        assert!(
+            out.contains("2 packets received"),
+            "node1 (underlay) -> pod2: {out}"
+        );
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+        let esp = lines.iter().filter(|l| l.contains("ESP")).count();
+        // 3 pings + 2 pings, both ways, and five TCP connections
+        assert!(
+            esp >= 2 * (3 + 2) + 5 * 6,
+            "ESP packets on the wire: {lines:#?}"
+        );
+
+        // fail closed: node 2's outbound SA to node 1 gone
+        let cap = lab.capture();
+        n2.ip(&[
+            "xfrm",
+            "state",
+            "deleteall",
+            "src",
+            "192.0.2.2",
+            "dst",
+            "192.0.2.1",
+            "proto",
+            "esp",
+        ]);
+        assert_eq!(ping_replies(pod2, "192.0.2.1", 2), 0, "without the SA");
+        assert!(!tcp_round_trip(pod2, "192.0.2.1:6443"), "without the SA");
+        // the interface gone (its routes with it): the main table and the guard
+        n2.ip(&["link", "del", "scrambler0"]);
+        assert_eq!(
+            ping_replies(pod2, "192.0.2.1", 2),
+            0,
+            "without the interface"
+        );
+        assert!(
+            !tcp_round_trip(pod2, "10.96.0.1:443"),
+            "without the interface"
+        );
+        // `mesh remove` keeping the guard: rule and table entries gone, the guard stays
+        lab.tunnel.remove_keeping_guard(&n2.netns()).await.unwrap();
+        let rules = n2.ip(&["rule"]);
+        assert!(!rules.contains("proto 92"), "{rules}");
+        assert!(n2.ip(&["route", "show", "table", "92"]).trim().is_empty());
+        assert_eq!(ping_replies(pod2, "192.0.2.1", 2), 0, "after mesh remove");
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+
+        // the control: without node 2's guard the request leaks, and node 1 drops it
+        // (its guard, not reverse-path filtering: that goes back to loose here)
+        n1.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+        let cap = lab.capture();
+        lab.tunnel.remove(&n2.netns()).await.unwrap();
+        assert_eq!(
+            ping_replies(pod2, "192.0.2.1", 2),
+            0,
+            "node1 refuses cleartext"
+        );
+        let lines = cap.finish();
+        assert!(
+            !cleartext(&lines).is_empty(),
+            "without the guard the capture must see cleartext: {lines:#?}"
+        );
+        let st = lab
+            .tunnel
+            .status(&n1.netns(), &lab.meshes[0])
+            .await
+            .unwrap();
+        assert!(st.errors.contains_key("XfrmInPolBlock"), "{:?}", st.errors);
     });
 }

@@ -404,8 +404,10 @@ pub struct TestReport {
     /// Per (source node, destination node): pings ok, pings tried, ESP packets seen.
     pub pairs: BTreeMap<String, (usize, usize, u64)>,
     /// Node ↔ remote pod, per probe (`node1 host -> node2 pod`, `node2 pod -> node1
-    /// tunnel address`): pings ok, pings tried. Kernel-dataplane nodes only: they hold a
-    /// tunnel address (VPP nodes do not yet).
+    /// tunnel address`, `node2 pod -> node1 underlay`, and one NodePort-style DNAT +
+    /// masquerade on a node's underlay address to a pod on another node): pings ok, pings
+    /// tried. Kernel-dataplane nodes only: they hold a tunnel address and steer pods'
+    /// traffic to peers' underlay addresses into the mesh (VPP nodes do not yet).
     pub node_pod: BTreeMap<String, (usize, usize)>,
     /// Underlay verdict.
     pub underlay: capture::Verdict,
@@ -446,8 +448,19 @@ pub async fn test(name: &str) -> Result<TestReport> {
     .await
     .map_err(|e| Error::kernel("run pings", "lab", e))?;
     let (ok, host_ok) = all_ok.split_at(pings.len());
+    let mut host_ok = host_ok.to_vec();
+    let mut host_labels = host_labels;
+    if let Some(np) = NodePort::pick(&state) {
+        progress(format!("{} (NodePort-style DNAT + masquerade)", np.label));
+        let label = np.label.clone();
+        let ok = tokio::task::spawn_blocking(move || np.probe())
+            .await
+            .map_err(|e| Error::kernel("run NodePort probe", "lab", e))??;
+        host_labels.push(label);
+        host_ok.push(ok);
+    }
     let mut node_pod: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for (label, ok) in host_labels.into_iter().zip(host_ok) {
+    for (label, ok) in host_labels.into_iter().zip(&host_ok) {
         let e = node_pod.entry(label).or_default();
         e.1 += 1;
         if *ok {
@@ -510,8 +523,10 @@ pub async fn test(name: &str) -> Result<TestReport> {
 }
 
 /// Node ↔ remote pod probes, with their labels: from the host namespace of every node on
-/// the kernel dataplane to the first pod of every other node, and from the first pod of
-/// every other node to that node's tunnel address (the first address of its pod CIDR).
+/// the kernel dataplane to the first pod of every other node, from the first pod of every
+/// other node to that node's tunnel address (the first address of its pod CIDR), and from
+/// the first pod of every other kernel-dataplane node to that node's underlay address
+/// (the `kubernetes` Service or a kubelet on another node).
 fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
     let names = state.names();
     let first_pods: Vec<&PodInfo> = (1..=state.spec.nodes)
@@ -519,7 +534,7 @@ fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
         .collect();
     let (mut pings, mut labels) = (Vec::new(), Vec::new());
     for i in 1..=state.spec.nodes {
-        if state.node_backend(i).tunnel() != scrambler_core::TunnelDataplane::Xfrm {
+        if !is_kernel(state, i) {
             continue;
         }
         let Ok(node) = topology::node_desc(&names, i) else {
@@ -547,9 +562,119 @@ fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
                 names.node(pod.node),
                 names.node(i)
             ));
+            if !is_kernel(state, pod.node) {
+                continue;
+            }
+            for ul in &node.underlay {
+                pings.push(probe::Ping {
+                    from: pod.name.clone(),
+                    to: *ul,
+                });
+                labels.push(format!(
+                    "{} pod -> {} underlay ({ul})",
+                    names.node(pod.node),
+                    names.node(i)
+                ));
+            }
         }
     }
     (pings, labels)
+}
+
+/// Whether node `i` runs the kernel (xfrm) mesh.
+fn is_kernel(state: &LabState, i: usize) -> bool {
+    state.node_backend(i).tunnel() == scrambler_core::TunnelDataplane::Xfrm
+}
+
+/// A NodePort-style probe, as kube-proxy forwards a NodePort: a client (another node's
+/// host) pings node `node`'s underlay address; that node DNATs the echo requests to a pod
+/// on another kernel node and masquerades them (to its tunnel address, the address of the
+/// interface they leave by), so the pod's replies come back through the mesh. The node
+/// answers no ping itself meanwhile, so every reply is the pod's.
+struct NodePort {
+    node: String,
+    node_ul: IpAddr,
+    client: String,
+    client_ul: IpAddr,
+    pod: IpAddr,
+    label: String,
+}
+
+/// The nftables table the NodePort probe adds (and removes) in the node namespace.
+const NODEPORT_TABLE: &str = "scrambler-lab-nodeport";
+
+impl NodePort {
+    /// The first kernel node with a pod on another kernel node; the client is a third
+    /// node's host when there is one, else the pod's node's host.
+    fn pick(state: &LabState) -> Option<NodePort> {
+        let names = state.names();
+        let n = state.spec.nodes;
+        let ul = |i: usize| -> Option<IpAddr> { format!("192.0.2.{i}").parse().ok() };
+        for i in (1..=n).filter(|i| is_kernel(state, *i)) {
+            let Some(pod) = state
+                .pods
+                .iter()
+                .find(|p| p.node != i && is_kernel(state, p.node))
+            else {
+                continue;
+            };
+            let client = (1..=n)
+                .find(|k| *k != i && *k != pod.node)
+                .unwrap_or(pod.node);
+            return Some(NodePort {
+                node: names.node(i),
+                node_ul: ul(i)?,
+                client: names.node(client),
+                client_ul: ul(client)?,
+                pod: pod.ip,
+                label: format!(
+                    "{} host -> {} NodePort -> {} pod",
+                    names.node(client),
+                    names.node(i),
+                    names.node(pod.node)
+                ),
+            });
+        }
+        None
+    }
+
+    /// Installs the DNAT + masquerade, pings, checks both rules matched, removes them.
+    fn probe(&self) -> Result<bool> {
+        cmd::sysctl(&self.node, "net.ipv4.icmp_echo_ignore_all", "1")?;
+        let t = NODEPORT_TABLE;
+        let script = format!(
+            "add table ip {t}; \
+             add chain ip {t} pre {{ type nat hook prerouting priority -100 ; }}; \
+             add chain ip {t} post {{ type nat hook postrouting priority 100 ; }}; \
+             add rule ip {t} pre ip saddr {c} ip daddr {n} icmp type echo-request counter dnat to {p}; \
+             add rule ip {t} post ip saddr {c} ip daddr {p} counter masquerade",
+            c = self.client_ul,
+            n = self.node_ul,
+            p = self.pod,
+        );
+        let result = cmd::netns_exec(&self.node, "nft", &[&script]).and_then(|out| {
+            if !out.status.success() {
+                return Err(Error::Dataplane {
+                    dataplane: "lab".into(),
+                    op: format!("nft in {}", self.node),
+                    reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            let answered = probe::ping_all(
+                &[probe::Ping {
+                    from: self.client.clone(),
+                    to: self.node_ul,
+                }],
+                1,
+            );
+            let listed = cmd::netns_exec(&self.node, "nft", &["list", "table", "ip", t])?;
+            let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+            Ok(answered == [true] && !listed.contains("packets 0 "))
+        });
+        let _ = cmd::netns_exec(&self.node, "nft", &["delete", "table", "ip", t]);
+        cmd::sysctl(&self.node, "net.ipv4.icmp_echo_ignore_all", "0")?;
+        result
+    }
 }
 
 /// The status of node `i`.
