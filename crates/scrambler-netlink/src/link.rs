@@ -1,5 +1,5 @@
 //! Links: reading them as [`LinkState`], adding (a message the caller built), setting
-//! alias, MTU and state, deleting.
+//! alias, MTU, GSO cap and state, deleting.
 
 use crate::{errno, is_gone, kernel_error, Nl, EEXIST};
 use futures::TryStreamExt;
@@ -141,6 +141,21 @@ impl Nl {
         self.set_link(
             LinkUnspec::new_with_index(index).mtu(mtu).up().build(),
             "set mtu and up of link",
+            name,
+        )
+        .await
+    }
+
+    /// Caps the GSO packets a link hands down at one segment (`IFLA_GSO_MAX_SEGS` = 1): the
+    /// kernel segments TCP (and any other GSO packet) itself before the link, so whoever
+    /// reads the other end (e.g. a packet socket on a veth peer) only gets frames of at most
+    /// the link's MTU. Checksum offload is left on.
+    pub async fn disable_gso(&self, index: u32, name: &str) -> Result<()> {
+        self.set_link(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::GsoMaxSegs(1))
+                .build(),
+            "cap GSO at one segment on link",
             name,
         )
         .await

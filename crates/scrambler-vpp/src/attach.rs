@@ -481,6 +481,10 @@ impl VppAttach {
             pod.add_address(&pod_link, c.address, Scope::Global, Exists::Fail)
                 .await?;
         }
+        // VPP forwards what it reads from the af_packet ring as is: a pod's 64 KB TCP GSO
+        // packet would leave through the tunnel whole, larger than the underlay's MTU, and
+        // be lost. The pod's kernel segments before its veth instead.
+        pod.disable_gso(pod_link.index, &req.id.ifname).await?;
         pod.set_up(pod_link.index, &req.id.ifname).await?;
         self.fault(FaultStage::AfterPodAddr)?;
         for (fam, on) in [
