@@ -414,13 +414,14 @@ async fn underlay_v2(vpp: &VppInstance, n: u8) {
 const TUNED_TX_FRAMES: u32 = 256;
 
 /// Case names of the VPP group.
-const ESP_AS_ATTACHED: &str = "ESP, pods as attached (GSO)";
+const ESP_AS_ATTACHED: &str = "ESP, pods as attached";
 const ESP_NO_GSO: &str = "ESP, pods' GSO off";
 const IPIP_NO_GSO: &str = "IPIP only, pods' GSO off";
 const IPIP_AS_ATTACHED: &str = "IPIP only, pods as attached";
 
-/// Caps the pods' GSO packets at their MTU (`Some`: the kernel segments TCP itself, every
-/// packet VPP gets fits the tunnel) or restores the default 64 KB (`None`).
+/// Caps the pods' GSO packets at their MTU (`Some`) or restores the default 64 KB size
+/// (`None`). The attachment already caps them at one segment (`gso_max_segs` 1), so
+/// "pods' GSO off" is the same setting reached a second way, kept as a cross-check.
 fn gso_max_size(pods: &[&TestNetns], off: Option<()>) {
     for p in pods {
         let size = match off {
