@@ -35,6 +35,8 @@ pub struct LinkState {
     pub ipvlan_flags: Option<IpVlanFlags>,
     /// The `if_id` of an xfrm interface, for xfrm links.
     pub xfrm_if_id: Option<u32>,
+    /// Most segments of one GSO packet the link takes (`IFLA_GSO_MAX_SEGS`).
+    pub gso_max_segs: Option<u32>,
 }
 
 impl Nl {
@@ -194,6 +196,7 @@ pub(crate) fn link_state(m: &LinkMessage) -> LinkState {
             LinkAttribute::Address(mac) => s.mac = Some(format_mac(mac)),
             LinkAttribute::IfAlias(al) => s.alias = Some(al.clone()),
             LinkAttribute::Link(i) => s.parent = Some(*i),
+            LinkAttribute::GsoMaxSegs(n) => s.gso_max_segs = Some(*n),
             LinkAttribute::LinkInfo(infos) => link_info(infos, &mut s),
             _ => {}
         }

@@ -570,6 +570,13 @@ impl VppAttach {
             None => self.pod_mtu(req.mtu)?,
         };
         check_pod_end(&link, want, want_mtu, diffs);
+        if link.gso_max_segs != Some(1) {
+            diffs.push(format!(
+                "GSO of {} is not capped at one segment (gso_max_segs {:?}): VPP would send \
+                 its TCP packets into the tunnel whole",
+                link.name, link.gso_max_segs
+            ));
+        }
         let have = pod.addresses(link.index).await?;
         let pod_ips = expected.addresses_of(pod_idx);
         for a in &pod_ips {

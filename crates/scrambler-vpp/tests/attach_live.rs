@@ -627,10 +627,12 @@ async fn bulk_tcp_between_pods_on_two_vpp_nodes_over_esp() {
     let pa = TestNetns::new("att7p");
     let pb = TestNetns::new("att7q");
     let (ra, rb) = (request(&pa, "bulk-a"), request(&pb, "bulk-b"));
-    att.attach_in(&na, &ra, &addrs(&["10.1.0.2/24"]))
+    let res_a = att
+        .attach_in(&na, &ra, &addrs(&["10.1.0.2/24"]))
         .await
         .unwrap();
-    att.attach_in(&nb, &rb, &addrs(&["10.2.0.2/24"]))
+    let res_b = att
+        .attach_in(&nb, &rb, &addrs(&["10.2.0.2/24"]))
         .await
         .unwrap();
     // the pods' veths keep the kernel's default GSO size: nothing but the attachment
@@ -640,6 +642,17 @@ async fn bulk_tcp_between_pods_on_two_vpp_nodes_over_esp() {
         assert!(l.contains("gso_max_size 65536"), "{l}");
     }
     assert!(pa.ping("10.2.0.2"), "pod a -> pod b failed");
+    att.check_in(&na, &ra, &res_a).await.unwrap();
+    // CHECK notices a pod whose GSO cap was lifted
+    pb.ip(&["link", "set", "eth0", "gso_max_segs", "65535"]);
+    let e = att
+        .check_in(&nb, &rb, &res_b)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gso_max_segs Some(65535)"), "{e}");
+    pb.ip(&["link", "set", "eth0", "gso_max_segs", "1"]);
+    att.check_in(&nb, &rb, &res_b).await.unwrap();
 
     let bound = Duration::from_secs(20);
     let (wire, took) = capture(a, "", || {
