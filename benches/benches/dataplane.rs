@@ -865,7 +865,10 @@ fn print_report(all: &[Figures]) {
         }
     }
     // the VPP target: encrypted throughput at least half of its own IPIP throughput
-    for esp in all.iter().filter(|f| f.name.starts_with(ESP_NO_GSO)) {
+    for esp in all
+        .iter()
+        .filter(|f| f.name == ESP_AS_ATTACHED || f.name.starts_with(ESP_NO_GSO))
+    {
         let Some(ipip) = all.iter().find(|f| f.name == esp.vs) else {
             continue;
         };
