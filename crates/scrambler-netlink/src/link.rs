@@ -1,5 +1,5 @@
 //! Links: reading them as [`LinkState`], adding (a message the caller built), setting
-//! alias, MTU and state, deleting.
+//! alias, MTU, GSO cap and state, deleting.
 
 use crate::{errno, is_gone, kernel_error, Nl, EEXIST};
 use futures::TryStreamExt;
@@ -35,6 +35,8 @@ pub struct LinkState {
     pub ipvlan_flags: Option<IpVlanFlags>,
     /// The `if_id` of an xfrm interface, for xfrm links.
     pub xfrm_if_id: Option<u32>,
+    /// Most segments of one GSO packet the link takes (`IFLA_GSO_MAX_SEGS`).
+    pub gso_max_segs: Option<u32>,
 }
 
 impl Nl {
@@ -146,6 +148,21 @@ impl Nl {
         .await
     }
 
+    /// Caps the GSO packets a link hands down at one segment (`IFLA_GSO_MAX_SEGS` = 1): the
+    /// kernel segments TCP (and any other GSO packet) itself before the link, so whoever
+    /// reads the other end (e.g. a packet socket on a veth peer) only gets frames of at most
+    /// the link's MTU. Checksum offload is left on.
+    pub async fn disable_gso(&self, index: u32, name: &str) -> Result<()> {
+        self.set_link(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::GsoMaxSegs(1))
+                .build(),
+            "cap GSO at one segment on link",
+            name,
+        )
+        .await
+    }
+
     async fn set_link(&self, msg: LinkMessage, op: &'static str, name: &str) -> Result<()> {
         self.handle()
             .link()
@@ -179,6 +196,7 @@ pub(crate) fn link_state(m: &LinkMessage) -> LinkState {
             LinkAttribute::Address(mac) => s.mac = Some(format_mac(mac)),
             LinkAttribute::IfAlias(al) => s.alias = Some(al.clone()),
             LinkAttribute::Link(i) => s.parent = Some(*i),
+            LinkAttribute::GsoMaxSegs(n) => s.gso_max_segs = Some(*n),
             LinkAttribute::LinkInfo(infos) => link_info(infos, &mut s),
             _ => {}
         }

@@ -23,9 +23,24 @@
 //! * **pod side** (fully static, no ARP / ND at all): the IPAM addresses as host addresses
 //!   (`/32`, `/128`), MTU, a link route to the gateway ([`GATEWAY_V4`], [`GATEWAY_V6`]) and
 //!   the default route (or the IPAM's routes) via it, and a permanent neighbour
-//!   gateway → the VPP interface's MAC.
+//!   gateway → the VPP interface's MAC, and GSO capped at one segment
+//!   (`gso_max_segs` 1, see below).
 //! * **VPP side**: per pod address a static neighbour (pod address → pod MAC, without FIB
 //!   entry) and a route `pod-address/32 via pod-address` out of the pod's interface.
+//!
+//! # GSO
+//!
+//! VPP forwards what it reads from the af_packet ring as is and does not segment before
+//! the tunnel: a pod's TCP GSO packet (up to 64 KB) would be encrypted and sent whole,
+//! larger than the underlay MTU, and TCP between nodes stalls. The pod end of the veth
+//! therefore gets `IFLA_GSO_MAX_SEGS` = 1: the pod's kernel segments TCP (and any other
+//! GSO packet) itself at the pod MTU, which is ESP-aware ([`esp::pod_mtu`]), so every
+//! packet fits the tunnel. Checksum offload stays on (`AF_PACKET_API_FLAG_CKSUM_GSO`
+//! carries the partial checksums to VPP as metadata). The cost: pod-to-pod traffic inside
+//! one node is segmented too. (Creating the interface without `CKSUM_GSO` would not help:
+//! a packet socket does not segment what it receives, so VPP would still get the whole
+//! GSO packet, only without the metadata saying so, and the partial checksums unfilled:
+//! tried with the bulk TCP test of `tests/attach_live.rs`, no byte of TCP arrived.)
 //!
 //! # Rings
 //!
@@ -35,10 +50,11 @@
 //! 12.4 MB per pod (measured with 5 interfaces on one VPP, `VmRSS` before/after):
 //!
 //! * **RX** ([`POD_RX_FRAME_SIZE`] × [`POD_RX_FRAMES_PER_BLOCK`] = 64 KB blocks, VPP's
-//!   default; VPP always makes 160 blocks, so 10 MB). With `AF_PACKET_API_FLAG_CKSUM_GSO`
-//!   the kernel hands VPP the pod's TCP segments unsplit (up to 64 KB), and a TPACKET_V3
-//!   block must hold a whole packet: smaller blocks would truncate them, and the block size
-//!   must be a multiple of the page size.
+//!   default; VPP always makes 160 blocks, so 10 MB). A TPACKET_V3 block must hold a whole
+//!   packet, and with `AF_PACKET_API_FLAG_CKSUM_GSO` a packet may be a GSO packet of up to
+//!   64 KB (the pods' own are capped, see GSO above, but the node veth's GRO is not
+//!   Scrambler's to rule out): smaller blocks would truncate them, and the block size must
+//!   be a multiple of the page size.
 //! * **TX** ([`POD_TX_FRAMES`] frames of [`POD_TX_FRAME_SIZE`] = 66 KB, 2 MB): VPP hands a
 //!   GSO packet to the pod as one frame. With 2048-byte TX frames a 100 kB TCP transfer
 //!   between two pods of one VPP stalled (`tests/attach_live.rs`); 66 KB is VPP's own
@@ -481,6 +497,10 @@ impl VppAttach {
             pod.add_address(&pod_link, c.address, Scope::Global, Exists::Fail)
                 .await?;
         }
+        // VPP forwards what it reads from the af_packet ring as is: a pod's 64 KB TCP GSO
+        // packet would leave through the tunnel whole, larger than the underlay's MTU, and
+        // be lost. The pod's kernel segments before its veth instead.
+        pod.disable_gso(pod_link.index, &req.id.ifname).await?;
         pod.set_up(pod_link.index, &req.id.ifname).await?;
         self.fault(FaultStage::AfterPodAddr)?;
         for (fam, on) in [
@@ -551,6 +571,13 @@ impl VppAttach {
             None => self.pod_mtu(req.mtu)?,
         };
         check_pod_end(&link, want, want_mtu, diffs);
+        if link.gso_max_segs != Some(1) {
+            diffs.push(format!(
+                "GSO of {} is not capped at one segment (gso_max_segs {:?}): VPP would send \
+                 its TCP packets into the tunnel whole",
+                link.name, link.gso_max_segs
+            ));
+        }
         let have = pod.addresses(link.index).await?;
         let pod_ips = expected.addresses_of(pod_idx);
         for a in &pod_ips {

@@ -563,3 +563,122 @@ async fn pod_tx_frames_sizes_the_pod_tx_ring() {
     );
     att.detach_in(&host, &r).await.unwrap();
 }
+
+/// Sends `bytes` over TCP from `from` to `dst` (a listener in `to`) with the pods' TCP
+/// as the kernel has it (TSO/GSO on); returns how long until all of it arrived, or `None`
+/// when it did not within `bound`.
+fn tcp_bulk(
+    from: &TestNetns,
+    to: &TestNetns,
+    dst: &str,
+    bytes: usize,
+    bound: Duration,
+) -> Option<Duration> {
+    let mut server = Command::new("ip")
+        .args([
+            "netns", "exec", &to.name, "busybox", "nc", "-l", "-p", "5002",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = server.stdout.take().unwrap();
+    let start = std::time::Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        while got < bytes {
+            match std::io::Read::read(&mut out, &mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got += n,
+            }
+        }
+        Some(start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = bound.as_secs().to_string();
+    let (_, msg) = from.exec(&[
+        "timeout",
+        &secs,
+        "sh",
+        "-c",
+        &format!("head -c {bytes} /dev/zero | busybox nc -w 2 {dst} 5002"),
+    ]);
+    // the client has given up or finished: the listener goes too, the reader sees EOF
+    let _ = server.kill();
+    let _ = server.wait();
+    let took = reader.join().unwrap();
+    eprintln!("tcp_bulk {bytes} B to {dst}: {took:?} {msg}");
+    took.filter(|t| *t <= bound)
+}
+
+/// Pods attached as the CNI plugin attaches them, their kernel's TSO/GSO as a veth has it
+/// by default: a bulk TCP transfer between two VPP nodes over ESP completes (VPP would
+/// otherwise send the pods' 64 KB GSO packets into the tunnel whole, larger than the
+/// underlay MTU, and TCP stalls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_tcp_between_pods_on_two_vpp_nodes_over_esp() {
+    let t = TwoNodes::underlay("att7").await;
+    let (a, b) = (&t.a, &t.b);
+    let att = VppAttach::with_resolver(api_sock_resolver(&[a, b]));
+    t.apply().await;
+    let (na, nb) = (a.netns.netns(), b.netns.netns());
+    let pa = TestNetns::new("att7p");
+    let pb = TestNetns::new("att7q");
+    let (ra, rb) = (request(&pa, "bulk-a"), request(&pb, "bulk-b"));
+    let res_a = att
+        .attach_in(&na, &ra, &addrs(&["10.1.0.2/24"]))
+        .await
+        .unwrap();
+    let res_b = att
+        .attach_in(&nb, &rb, &addrs(&["10.2.0.2/24"]))
+        .await
+        .unwrap();
+    // the pods' veths keep the kernel's default GSO size: nothing but the attachment
+    // keeps their TCP from handing VPP 64 KB packets
+    for p in [&pa, &pb] {
+        let l = p.ip(&["-d", "link", "show", "eth0"]);
+        assert!(l.contains("gso_max_size 65536"), "{l}");
+    }
+    assert!(pa.ping("10.2.0.2"), "pod a -> pod b failed");
+    att.check_in(&na, &ra, &res_a).await.unwrap();
+    // CHECK notices a pod whose GSO cap was lifted
+    pb.ip(&["link", "set", "eth0", "gso_max_segs", "65535"]);
+    let e = att
+        .check_in(&nb, &rb, &res_b)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gso_max_segs Some(65535)"), "{e}");
+    pb.ip(&["link", "set", "eth0", "gso_max_segs", "1"]);
+    att.check_in(&nb, &rb, &res_b).await.unwrap();
+
+    let bound = Duration::from_secs(20);
+    let (wire, took) = capture(a, "", || {
+        [(&pa, &pb, "10.2.0.2"), (&pb, &pa, "10.1.0.2")]
+            .map(|(from, to, dst)| tcp_bulk(from, to, dst, 4 << 20, bound))
+    });
+    assert!(
+        took.iter().all(Option::is_some),
+        "4 MB of TCP between the pods did not arrive within {bound:?} ({took:?})\n\
+         A: {}\nB: {}",
+        a.vppctl(&["show", "errors"]),
+        b.vppctl(&["show", "errors"])
+    );
+    assert!(wire.contains("ESP"), "no ESP on the wire");
+    assert!(!wire.contains("Flags ["), "cleartext TCP on the wire");
+    let longest = wire
+        .lines()
+        .filter_map(|l| l.rsplit_once("length ")?.1.trim().parse::<u32>().ok())
+        .max();
+    assert!(
+        longest.is_some_and(|l| l <= 1500),
+        "a packet longer than the underlay MTU on the wire: {longest:?}"
+    );
+
+    att.detach_in(&na, &ra).await.unwrap();
+    att.detach_in(&nb, &rb).await.unwrap();
+    t.dp.remove(&na).await.unwrap();
+    t.dp.remove(&nb).await.unwrap();
+}
