@@ -64,6 +64,13 @@ pub fn agent_dir(state: &LabState, i: usize) -> PathBuf {
     agents_dir(&state.spec.name).join(state.names().node(i))
 }
 
+/// Where node `i`'s agent writes its dataplane's status for the CNI plugin
+/// (`--tunnel-status-file`; the pods' conf names it as `tunnelStatusFile`, so the plugin
+/// refuses ADD until the node's fail-closed guard is in place).
+pub fn tunnel_status_file(state: &LabState, i: usize) -> PathBuf {
+    agent_dir(state, i).join("tunnel-status.json")
+}
+
 /// The mesh node `i`'s agent applied last (what `lab status` / `lab test` read).
 pub fn agent_mesh(state: &LabState, i: usize) -> PathBuf {
     agent_dir(state, i).join(MESH_FILE)
@@ -161,7 +168,7 @@ pub fn stop_etcd(lab: &str) {
 }
 
 /// The `scrambler agent` command line of node `i`.
-fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
+pub(super) fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
     let names = state.names();
     let node = names.node(i);
@@ -196,6 +203,8 @@ fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
         format!("/run/netns/{node}"),
         "--lease-ttl".into(),
         LEASE_TTL_SECS.to_string(),
+        "--tunnel-status-file".into(),
+        tunnel_status_file(state, i).display().to_string(),
         "--debounce-ms".into(),
         "100".into(),
         "--max-delay-ms".into(),
