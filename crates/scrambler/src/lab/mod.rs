@@ -501,11 +501,13 @@ pub async fn test(name: &str) -> Result<TestReport> {
         let up = st.tunnel.peers.iter().filter(|p| p.is_up()).count();
         tunnels_up.insert(names.node(i), (up, st.tunnel.peers.len()));
     }
-    let pass = ok.iter().all(|o| *o)
+    // a test that pinged nothing or has no tunnel proves nothing: it fails
+    let pass = !ok.is_empty()
+        && ok.iter().all(|o| *o)
         && host_ok.iter().all(|o| *o)
         && verdict.cleartext == 0
         && pairs.values().all(|(_, _, esp)| *esp > 0)
-        && tunnels_up.values().all(|(u, n)| u == n);
+        && tunnels_up.values().all(|(u, n)| *n > 0 && u == n);
     Ok(TestReport {
         pairs,
         node_pod,
