@@ -5,27 +5,29 @@ use super::agents::{self, agent_status};
 use super::inject::Fault;
 use super::{pods, probe, topology, vppnode, LabState};
 use scrambler_agent::rotation::Phase;
+use scrambler_agent::status::STATUS_FILE;
 use scrambler_core::{Error, Result};
 use std::time::{Duration, Instant};
 
 /// How long the agents get to carry out a rotation, catch up with etcd or drop a peer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Injects `fault` on node `node` of a lab whose mesh comes from etcd.
+/// Injects `fault` on node `node` of a lab whose mesh comes from etcd. Returns what the
+/// fault's checks found wrong (empty: they held); an error stops the injection itself.
 pub async fn inject(
     state: &mut LabState,
     fault: Fault,
     node: usize,
     hold: Duration,
     step: &mut impl FnMut(String),
-) -> Result<()> {
+) -> Result<Vec<String>> {
     match fault {
         Fault::Reboot => reboot(state, node, hold, step).await,
         Fault::KillAgent => kill_agent(state, node, hold, step).await,
-        Fault::Rotate => rotate(state, hold, step).await,
+        Fault::Rotate => rotate(state, hold, step).await.map(|()| vec![]),
         Fault::EtcdDown => etcd_down(state, hold, step).await,
-        Fault::NodeLeave => node_leave(state, node, hold, step).await,
-        Fault::NodeJoin => node_join(state, node, step).await,
+        Fault::NodeLeave => node_leave(state, node, hold, step).await.map(|()| vec![]),
+        Fault::NodeJoin => node_join(state, node, step).await.map(|()| vec![]),
         Fault::LinkDown | Fault::DeleteState => Err(Error::Unsupported(format!(
             "{fault:?} is not an agent fault"
         ))),
@@ -58,7 +60,7 @@ async fn reboot(
     node: usize,
     hold: Duration,
     step: &mut impl FnMut(String),
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let names = state.names();
     let gens = tx_generations(state);
     let old_epoch = epoch_of(state, node);
@@ -110,7 +112,16 @@ async fn reboot(
             "!!! CHANGED"
         }
     ));
-    Ok(())
+    if after != gens {
+        return Ok(vec![format!(
+            "reboot of {}: the tx generations changed from {} to {} (a reboot takes a new \
+             epoch, not a rotation)",
+            names.node(node),
+            show(&gens),
+            show(&after)
+        )]);
+    }
+    Ok(vec![])
 }
 
 fn show(g: &[Option<scrambler_core::Generation>]) -> String {
@@ -154,45 +165,65 @@ async fn kill_agent(
     node: usize,
     hold: Duration,
     step: &mut impl FnMut(String),
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let names = state.names();
-    let before = agent_status(state, node).map(|s| (s.epoch, s.reconciles));
+    let name = names.node(node);
+    let Some(before) = agent_status(state, node) else {
+        return Ok(vec![format!(
+            "kill-agent: the agent of {name} has no status"
+        )]);
+    };
     agents::stop_agent(state, node, true);
-    step(format!("agent of {} killed (SIGKILL)", names.node(node)));
+    // the status left is the dead agent's: gone, any status is the restarted agent's
+    let status = agents::agent_dir(state, node).join(STATUS_FILE);
+    std::fs::remove_file(&status).map_err(|e| Error::io("remove", status.display(), e))?;
+    step(format!("agent of {name} killed (SIGKILL)"));
     tokio::time::sleep(hold).await;
     agents::start_agent(state, node)?;
     // the restarted agent's first reconcile is the one to look at
-    let t0 = Instant::now();
-    while t0.elapsed() < AGENT_TIMEOUT {
-        let fresh = agent_status(state, node).is_some_and(|s| {
-            s.registered
-                && before
-                    .as_ref()
-                    .is_none_or(|(_, n)| s.reconciles < *n || *n == 0)
-        });
-        if fresh {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = agents::wait_status(state, &[node], AGENT_TIMEOUT, |s| {
+        s.registered && s.last_report.is_some()
+    })
+    .await;
+    if fresh.is_none() {
+        step(format!(
+            "!!! the restarted agent of {name} reported no reconcile within {}s",
+            AGENT_TIMEOUT.as_secs()
+        ));
+        return Ok(vec![format!(
+            "kill-agent: the restarted agent of {name} did not reconcile and register within \
+             {}s: {}",
+            AGENT_TIMEOUT.as_secs(),
+            agents::agent_log(state, node)
+        )]);
     }
     agents::wait_converged(state, &all_nodes(state)).await?;
-    let st = agent_status(state, node);
-    let r = st.as_ref().and_then(|s| s.last_report.clone());
+    let Some(st) = agent_status(state, node) else {
+        return Ok(vec![format!(
+            "kill-agent: the restarted agent of {name} has no status"
+        )]);
+    };
+    let kept = st.epoch == before.epoch;
     step(format!(
-        "agent of {} restarted: epoch {} ({}), its reconcile did {}",
-        names.node(node),
-        st.as_ref().map(|s| s.epoch.as_str()).unwrap_or("-"),
-        match (&before, &st) {
-            (Some((e, _)), Some(s)) if *e == s.epoch => "kept",
-            _ => "!!! CHANGED",
-        },
-        r.map(|r| format!(
-            "+{} ~{} -{} ({} unchanged)",
-            r.added, r.updated, r.removed, r.unchanged
-        ))
-        .unwrap_or_else(|| "-".into())
+        "agent of {name} restarted: epoch {} ({}), its reconcile did {}",
+        st.epoch,
+        if kept { "kept" } else { "!!! CHANGED" },
+        st.last_report
+            .as_ref()
+            .map(|r| format!(
+                "+{} ~{} -{} ({} unchanged)",
+                r.added, r.updated, r.removed, r.unchanged
+            ))
+            .unwrap_or_else(|| "-".into())
     ));
-    Ok(())
+    if !kept {
+        return Ok(vec![format!(
+            "kill-agent: the restarted agent of {name} took epoch {} (was {}) although its \
+             dataplane kept every SA",
+            st.epoch, before.epoch
+        )]);
+    }
+    Ok(vec![])
 }
 
 /// `scrambler rotate --etcd-endpoints …`; the agents install the next generation inbound,
@@ -241,15 +272,51 @@ async fn rotate(state: &mut LabState, hold: Duration, step: &mut impl FnMut(Stri
     Ok(())
 }
 
-/// etcd stops for `hold`: every agent keeps its mesh (fail static) and says etcd is
-/// unreachable; after etcd is back they reconnect and catch up.
+/// An agent's epoch and reconcile count, `None` when it has no status.
+type Mark = Option<(String, u64)>;
+
+fn marks(state: &LabState, nodes: &[usize]) -> Vec<Mark> {
+    nodes
+        .iter()
+        .map(|i| agent_status(state, *i).map(|s| (s.epoch, s.reconciles)))
+        .collect()
+}
+
+/// The agents (named by `names`) whose epoch or reconcile count is not the same in `after`
+/// as in `before`, or that have no status: one message each. Fail static means none: the
+/// agent touched nothing in its dataplane.
+fn changed_agents(names: &[String], before: &[Mark], after: &[Mark], during: &str) -> Vec<String> {
+    let mut why = vec![];
+    for ((name, b), a) in names.iter().zip(before).zip(after) {
+        match (b, a) {
+            (Some((e0, r0)), Some((e1, r1))) => {
+                if e0 != e1 {
+                    why.push(format!("{name}: epoch {e0} -> {e1} {during}"));
+                }
+                if r0 != r1 {
+                    why.push(format!(
+                        "{name}: {} reconciles {during} (count {r0} -> {r1})",
+                        r1.abs_diff(*r0)
+                    ));
+                }
+            }
+            _ => why.push(format!("{name}: no agent status {during}")),
+        }
+    }
+    why
+}
+
+/// etcd stops for `hold`: every agent keeps its mesh (fail static: no reconcile, same
+/// epoch, checked from their status when etcd comes back) and says etcd is unreachable;
+/// after etcd is back they reconnect and catch up without a rebuild (same epochs).
 async fn etcd_down(
     state: &mut LabState,
     hold: Duration,
     step: &mut impl FnMut(String),
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let all = all_nodes(state);
-    let epochs: Vec<String> = all.iter().map(|i| epoch_of(state, *i)).collect();
+    let names: Vec<String> = all.iter().map(|i| state.names().node(*i)).collect();
+    let before = marks(state, &all);
     agents::stop_etcd(&state.spec.name);
     let t0 = Instant::now();
     step("etcd stopped".into());
@@ -277,6 +344,17 @@ async fn etcd_down(
     if let Some(rest) = hold.checked_sub(t0.elapsed()) {
         tokio::time::sleep(rest).await;
     }
+    // what the agents did while etcd was away: nothing
+    let during = marks(state, &all);
+    let mut why = changed_agents(&names, &before, &during, "while etcd was down");
+    step(format!(
+        "reconcile counts while etcd was down: {}",
+        if why.is_empty() {
+            "unchanged on every agent (dataplane untouched)".to_string()
+        } else {
+            format!("!!! {}", why.join("; "))
+        }
+    ));
     agents::start_etcd(state).await?;
     step("etcd started again (same data dir)".into());
     let back = agents::wait_status(state, &all, AGENT_TIMEOUT, |s| {
@@ -284,12 +362,21 @@ async fn etcd_down(
     })
     .await;
     let took = agents::wait_converged(state, &all).await?;
-    let same = all
+    let after = marks(state, &all);
+    let same = after
         .iter()
-        .zip(&epochs)
-        .all(|(i, e)| epoch_of(state, *i) == *e);
+        .zip(&before)
+        .all(|(a, b)| a.as_ref().map(|a| &a.0) == b.as_ref().map(|b| &b.0));
+    let caught_up: u64 = after
+        .iter()
+        .zip(&during)
+        .map(|(a, d)| match (a, d) {
+            (Some(a), Some(d)) => a.1.saturating_sub(d.1),
+            _ => 0,
+        })
+        .sum();
     step(format!(
-        "agents caught up {}: mesh complete after {:.2}s, epochs {}",
+        "agents caught up {}: mesh complete after {:.2}s ({caught_up} reconciles), epochs {}",
         back.map(|t| format!("after {:.2}s", t.as_secs_f64()))
             .unwrap_or_else(|| "!!! not all".into()),
         took.as_secs_f64(),
@@ -304,7 +391,17 @@ async fn etcd_down(
             "the agents did not report etcd's outage and return (see `lab status`)".into(),
         ));
     }
-    Ok(())
+    for ((name, b), a) in names.iter().zip(&before).zip(&after) {
+        let (e0, e1) = (b.as_ref().map(|m| &m.0), a.as_ref().map(|m| &m.0));
+        if e0 != e1 {
+            why.push(format!(
+                "{name}: epoch {} -> {} after etcd came back (a rebuild)",
+                e0.map_or("-", |e| e.as_str()),
+                e1.map_or("-", |e| e.as_str())
+            ));
+        }
+    }
+    Ok(why.into_iter().map(|w| format!("etcd-down: {w}")).collect())
 }
 
 /// Node `node` (the last) leaves: agent stopped, node deleted in etcd, peers drop it when
@@ -344,7 +441,9 @@ async fn node_leave(
     }
     vppnode::stop(&state.spec.name, node);
     topology::delete_netns(&name);
-    // a node that joins later under this name is a new machine: no agent state, no leases
+    // a node that joins later under this name starts like a new machine's agent: no agent
+    // state (so a new epoch) and no leases; the lab's ledger dir keeps the node's record of
+    // the keys it sent with, so none of them can be installed again
     let _ = std::fs::remove_dir_all(agents::agent_dir(state, node));
     let _ = std::fs::remove_dir_all(state.ipam_dir(node));
     state.pods.retain(|p| p.node != node);
@@ -430,4 +529,37 @@ async fn wait_reachable(from: &str, to: std::net::IpAddr, timeout: Duration) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(epoch: &str, reconciles: u64) -> Mark {
+        Some((epoch.into(), reconciles))
+    }
+
+    #[test]
+    fn fail_static_means_same_epoch_and_no_reconcile() {
+        let names = ["n1".to_string(), "n2".to_string(), "n3".to_string()];
+        let before = [m("a1", 3), m("b2", 4), m("c3", 2)];
+        assert!(changed_agents(&names, &before, &before, "while etcd was down").is_empty());
+        let why = changed_agents(
+            &names,
+            &before,
+            &[m("a1", 4), m("bb", 4), None],
+            "while etcd was down",
+        );
+        assert_eq!(
+            why,
+            [
+                "n1: 1 reconciles while etcd was down (count 3 -> 4)",
+                "n2: epoch b2 -> bb while etcd was down",
+                "n3: no agent status while etcd was down",
+            ]
+        );
+        // a restarted agent counts from 0 again: a change too
+        let why = changed_agents(&names[..1], &before[..1], &[m("a1", 1)], "x");
+        assert_eq!(why, ["n1: 2 reconciles x (count 3 -> 1)"]);
+    }
 }

@@ -44,9 +44,14 @@ pub fn check_installed() -> Result<()> {
     Ok(())
 }
 
-/// The lab's etcd data dir.
-fn etcd_dir(state: &LabState) -> PathBuf {
-    LabState::dir(&state.spec.name).join("etcd")
+/// The lab's etcd dir (its pid file, log and data dir).
+fn etcd_dir(lab: &str) -> PathBuf {
+    LabState::dir(lab).join("etcd")
+}
+
+/// etcd's `--data-dir`: the argument that names the lab's etcd process.
+fn etcd_data_dir(lab: &str) -> PathBuf {
+    etcd_dir(lab).join("data")
 }
 
 /// Where the agents keep their state, one directory per node.
@@ -57,6 +62,13 @@ fn agents_dir(lab: &str) -> PathBuf {
 /// Node `i`'s agent state dir.
 pub fn agent_dir(state: &LabState, i: usize) -> PathBuf {
     agents_dir(&state.spec.name).join(state.names().node(i))
+}
+
+/// Where node `i`'s agent writes its dataplane's status for the CNI plugin
+/// (`--tunnel-status-file`; the pods' conf names it as `tunnelStatusFile`, so the plugin
+/// refuses ADD until the node's fail-closed guard is in place).
+pub fn tunnel_status_file(state: &LabState, i: usize) -> PathBuf {
+    agent_dir(state, i).join("tunnel-status.json")
 }
 
 /// The mesh node `i`'s agent applied last (what `lab status` / `lab test` read).
@@ -104,14 +116,14 @@ fn spawn_in_wire(state: &LabState, argv: &[String], log: &Path) -> Result<u32> {
 /// Starts the lab's etcd (a fresh data dir on the first start, the same one after an
 /// `etcd-down`) and waits until it answers.
 pub async fn start_etcd(state: &LabState) -> Result<()> {
-    let dir = etcd_dir(state);
+    let dir = etcd_dir(&state.spec.name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.display(), e))?;
     let argv: Vec<String> = [
         "etcd",
         "--name",
         "lab",
         "--data-dir",
-        &dir.join("data").display().to_string(),
+        &etcd_data_dir(&state.spec.name).display().to_string(),
         "--listen-client-urls",
         ETCD_ENDPOINT,
         "--advertise-client-urls",
@@ -149,12 +161,14 @@ pub async fn start_etcd(state: &LabState) -> Result<()> {
 
 /// Stops the lab's etcd (SIGTERM, then SIGKILL) if it runs.
 pub fn stop_etcd(lab: &str) {
-    let dir = LabState::dir(lab).join("etcd");
-    stop_pid(&pid_file(&dir, "etcd"), &dir.display().to_string());
+    stop_pid(
+        &pid_file(&etcd_dir(lab), "etcd"),
+        &etcd_data_dir(lab).display().to_string(),
+    );
 }
 
 /// The `scrambler agent` command line of node `i`.
-fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
+pub(super) fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
     let names = state.names();
     let node = names.node(i);
@@ -189,6 +203,8 @@ fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
         format!("/run/netns/{node}"),
         "--lease-ttl".into(),
         LEASE_TTL_SECS.to_string(),
+        "--tunnel-status-file".into(),
+        tunnel_status_file(state, i).display().to_string(),
         "--debounce-ms".into(),
         "100".into(),
         "--max-delay-ms".into(),
@@ -254,7 +270,7 @@ fn write_pid(p: &Path, pid: u32) -> Result<()> {
     std::fs::write(p, format!("{pid}\n")).map_err(|e| Error::io("write", p.display(), e))
 }
 
-/// The pid in `pid_file` if that process still runs with `marker` on its command line
+/// The pid in `pid_file` if that process still runs with `marker` as one of its arguments
 /// (a recycled pid is left alone).
 fn our_pid(pid_file: &Path, marker: &str) -> Option<i32> {
     let pid = std::fs::read_to_string(pid_file)
@@ -263,8 +279,13 @@ fn our_pid(pid_file: &Path, marker: &str) -> Option<i32> {
         .parse::<i32>()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    (args.contains(marker) && alive(pid as u32)).then_some(pid)
+    (has_arg(&cmdline, marker) && alive(pid as u32)).then_some(pid)
+}
+
+/// True when the NUL-separated command line `cmdline` has an argument equal to `arg`
+/// (an agent's state dir `…/agents/lab-n1` is not `…/agents/lab-n10`'s).
+fn has_arg(cmdline: &[u8], arg: &str) -> bool {
+    cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes())
 }
 
 /// SIGTERM, SIGKILL after 5 s, for the process of `pid_file`; removes the pid file.
@@ -405,4 +426,19 @@ pub fn generations(state: &LabState, i: usize) -> (Option<Generation>, Vec<Gener
     agent_status(state, i)
         .map(|s| (s.tx, s.rx))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_ours_only_with_the_exact_argument() {
+        let line = b"/usr/bin/scrambler\0agent\0--state-dir\0/run/scrambler-lab/l/agents/l-n10\0";
+        assert!(has_arg(line, "/run/scrambler-lab/l/agents/l-n10"));
+        assert!(!has_arg(line, "/run/scrambler-lab/l/agents/l-n1"));
+        assert!(!has_arg(line, "agents/l-n10"));
+        assert!(has_arg(line, "agent"));
+        assert!(!has_arg(b"", "agent"));
+    }
 }

@@ -119,6 +119,44 @@ pub struct InjectReport {
     pub flows: Vec<probe::FlowReport>,
     /// The underlay during the whole injection.
     pub underlay: capture::Verdict,
+    /// What the fault's own checks found wrong (an agent that changed its epoch, a
+    /// rotation where none should be, …); empty when they all held.
+    pub failures: Vec<String>,
+}
+
+/// Why an injection failed: the fault's own checks ([`InjectReport::failures`]), any
+/// cleartext on the underlay, a flow that proves nothing (no echo sent, or none answered:
+/// a probe that did not run, or a pair that never worked), and the fault's loss rule:
+/// no echo lost in `rotate` nor in `etcd-down` (the agents did not touch the dataplane,
+/// checked by their reconcile counts, so nothing on the path was changed). Empty: pass.
+pub fn verdict(r: &InjectReport) -> Vec<String> {
+    let mut why = r.failures.clone();
+    if r.underlay.cleartext > 0 {
+        why.push(format!(
+            "{} cleartext packets between pod CIDRs on the underlay",
+            r.underlay.cleartext
+        ));
+    }
+    for f in &r.flows {
+        if f.sent == 0 {
+            why.push(format!(
+                "flow {}: no echo sent (the probe did not run)",
+                f.label
+            ));
+        } else if f.received == 0 {
+            why.push(format!("flow {}: no echo answered of {}", f.label, f.sent));
+        } else if matches!(r.fault, Fault::Rotate | Fault::EtcdDown) && f.received < f.sent {
+            why.push(format!(
+                "flow {}: {} of {} echoes lost ({} ms longest outage); {} loses none",
+                f.label,
+                f.sent - f.received,
+                f.sent,
+                f.longest_outage_ms,
+                fault_name(r.fault)
+            ));
+        }
+    }
+    why
 }
 
 /// Interval of the probe flows.
@@ -175,13 +213,15 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
 
     let mut steps = vec![];
     let t0 = Instant::now();
+    let mut failures = vec![];
     let mut step = |s: String| {
         eprintln!("[lab] {:>6.2}s {s}", t0.elapsed().as_secs_f64());
         steps.push(format!("{:.2}s {s}", t0.elapsed().as_secs_f64()));
     };
     match fault {
         _ if state.spec.agents && fault != Fault::LinkDown => {
-            super::agent_faults::inject(&mut state, fault, node, hold, &mut step).await?;
+            failures =
+                super::agent_faults::inject(&mut state, fault, node, hold, &mut step).await?;
         }
         Fault::EtcdDown | Fault::NodeLeave | Fault::NodeJoin => {
             return Err(Error::Unsupported(format!(
@@ -327,6 +367,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         steps,
         flows: reports,
         underlay,
+        failures,
     })
 }
 
@@ -475,6 +516,13 @@ pub fn print_report(r: &InjectReport) {
             " !!! LEAK"
         }
     );
+    let why = verdict(r);
+    if why.is_empty() {
+        println!("fault verdict: PASS");
+    }
+    for w in &why {
+        println!("fault verdict: FAIL: {w}");
+    }
 }
 
 #[cfg(test)]
@@ -541,5 +589,80 @@ mod tests {
         assert_eq!(target(&l, Fault::NodeJoin, 2), 5);
         assert_eq!(target(&l, Fault::Reboot, 2), 2);
         assert_eq!(first_pod_ip(5).to_string(), "10.244.5.2");
+    }
+
+    fn report(fault: Fault, flows: &[(u64, u64, u64)]) -> InjectReport {
+        InjectReport {
+            fault,
+            node: "t-n1".into(),
+            steps: vec![],
+            flows: flows
+                .iter()
+                .map(|&(sent, received, longest_outage_ms)| probe::FlowReport {
+                    label: "p -> q".into(),
+                    sent,
+                    received,
+                    longest_outage_ms,
+                })
+                .collect(),
+            underlay: capture::Verdict::default(),
+            failures: vec![],
+        }
+    }
+
+    #[test]
+    fn a_flow_that_proves_nothing_fails_every_fault() {
+        for fault in [
+            Fault::LinkDown,
+            Fault::Reboot,
+            Fault::KillAgent,
+            Fault::Rotate,
+            Fault::EtcdDown,
+            Fault::NodeLeave,
+            Fault::NodeJoin,
+        ] {
+            assert!(
+                verdict(&report(fault, &[(100, 100, 0)])).is_empty(),
+                "{fault:?}"
+            );
+            // no ping output at all: nothing sent, nothing lost, no outage
+            let why = verdict(&report(fault, &[(100, 100, 0), (0, 0, 0)]));
+            assert!(
+                why.len() == 1 && why[0].contains("no echo sent"),
+                "{fault:?}: {why:?}"
+            );
+            let why = verdict(&report(fault, &[(40, 0, 2000)]));
+            assert!(
+                why.len() == 1 && why[0].contains("no echo answered"),
+                "{fault:?}: {why:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotate_and_etcd_down_lose_no_echo_others_may() {
+        // every 5th echo lost: never more than 50 ms in a row, 20 % in all
+        for fault in [Fault::Rotate, Fault::EtcdDown] {
+            let why = verdict(&report(fault, &[(600, 480, 50)]));
+            assert!(
+                why.len() == 1 && why[0].contains("120 of 600 echoes lost"),
+                "{why:?}"
+            );
+            assert_eq!(verdict(&report(fault, &[(600, 599, 50)])).len(), 1);
+        }
+        for fault in [Fault::LinkDown, Fault::Reboot, Fault::NodeLeave] {
+            assert!(verdict(&report(fault, &[(100, 60, 2000)])).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_faults_own_findings_and_cleartext_fail_it() {
+        let mut r = report(Fault::KillAgent, &[(100, 100, 0)]);
+        r.failures.push("kill-agent: epoch changed".into());
+        assert_eq!(verdict(&r), vec!["kill-agent: epoch changed".to_string()]);
+        let mut r = report(Fault::LinkDown, &[(100, 90, 500)]);
+        r.underlay.cleartext = 3;
+        let why = verdict(&r);
+        assert!(why.len() == 1 && why[0].contains("3 cleartext"), "{why:?}");
     }
 }

@@ -391,6 +391,13 @@ fn pod_conf(state: &LabState, i: usize) -> serde_json::Value {
     );
     // IPAM state is the node's own, as host-local's on a real node's disk
     conf["ipam"]["dataDir"] = state.ipam_dir(i).display().to_string().into();
+    if state.spec.agents {
+        // the plugin networks a pod only once the node's agent says its guard is in place
+        conf["tunnelStatusFile"] = agents::tunnel_status_file(state, i)
+            .display()
+            .to_string()
+            .into();
+    }
     if vppnode::is_vpp(state, i) {
         return vppnode::pod_conf(conf, &state.spec.name, i);
     }
@@ -507,11 +514,13 @@ pub async fn test(name: &str) -> Result<TestReport> {
         let up = st.tunnel.peers.iter().filter(|p| p.is_up()).count();
         tunnels_up.insert(names.node(i), (up, st.tunnel.peers.len()));
     }
-    let pass = ok.iter().all(|o| *o)
+    // a test that pinged nothing or has no tunnel proves nothing: it fails
+    let pass = !ok.is_empty()
+        && ok.iter().all(|o| *o)
         && host_ok.iter().all(|o| *o)
         && verdict.cleartext == 0
         && pairs.values().all(|(_, _, esp)| *esp > 0)
-        && tunnels_up.values().all(|(u, n)| u == n);
+        && tunnels_up.values().all(|(u, n)| *n > 0 && u == n);
     Ok(TestReport {
         pairs,
         node_pod,
@@ -733,4 +742,54 @@ pub fn down(name: &str) -> Result<usize> {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove lab dir", dir.display(), e))?;
     }
     Ok(all.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab(agents: bool, backend: &str) -> LabState {
+        let backend: LabBackend = backend.parse().unwrap();
+        LabState {
+            spec: LabSpec {
+                name: "t".into(),
+                nodes: 3,
+                pods_per_node: 1,
+                backend,
+                agents,
+            },
+            pods: vec![],
+            node_backends: (1..=3).map(|i| backend.node(i)).collect(),
+        }
+    }
+
+    #[test]
+    fn pods_on_agents_wait_for_the_agents_guard() {
+        for backend in ["veth", "vpp", "mixed", "ipvlan"] {
+            let l = lab(true, backend);
+            for i in 1..=3 {
+                let c = pod_conf(&l, i);
+                let file = agents::tunnel_status_file(&l, i);
+                assert_eq!(
+                    c["tunnelStatusFile"],
+                    file.display().to_string(),
+                    "{backend}"
+                );
+                assert!(
+                    agent_argv_has(&l, i, &file.display().to_string()),
+                    "{backend} n{i}"
+                );
+            }
+            // the lab's mesh file has no agent to write it: no gate
+            assert!(pod_conf(&lab(false, backend), 1)
+                .get("tunnelStatusFile")
+                .is_none());
+        }
+    }
+
+    fn agent_argv_has(l: &LabState, i: usize, file: &str) -> bool {
+        let argv = agents::agent_argv(l, i).unwrap();
+        argv.windows(2)
+            .any(|w| w[0] == "--tunnel-status-file" && w[1] == file)
+    }
 }

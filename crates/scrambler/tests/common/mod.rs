@@ -112,6 +112,7 @@ pub fn with_lab(lab: &str, f: impl FnOnce() + std::panic::UnwindSafe) {
 pub fn assert_agents_tour(out: &str) {
     assert_lab_run_passed(out);
     assert!(!out.contains("LEAK") && !out.contains("!!!"), "{out}");
+    assert!(!out.contains("fault verdict: FAIL"), "{out}");
     assert!(out.contains("mesh from etcd (one agent per node)"), "{out}");
     assert!(out.contains("agents built the mesh from etcd"), "{out}");
     assert_faults_injected(
@@ -136,6 +137,10 @@ pub fn assert_agents_tour(out: &str) {
         "{out}"
     );
     assert!(out.contains("epochs unchanged (no rebuild)"), "{out}");
+    assert!(
+        out.contains("reconcile counts while etcd was down: unchanged on every agent"),
+        "{out}"
+    );
     // node-leave / node-join
     assert!(out.contains("left every peer's mesh"), "{out}");
     assert!(out.contains("-> 10.244.3.2 answers"), "{out}");
