@@ -150,6 +150,7 @@ mod config;
 mod diff;
 #[cfg(test)]
 mod fuzz;
+mod guard;
 mod link;
 mod model;
 mod nl;
@@ -162,6 +163,7 @@ pub use config::{
     LinkMode, XfrmConfig, DEFAULT_IF_ID, DEFAULT_INTERFACE, DEFAULT_PRIORITY_BASE,
     DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, PRIORITY_BAND,
 };
+pub use guard::guard_in_place;
 pub use rotation::{rotate, RotationReport};
 pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};
