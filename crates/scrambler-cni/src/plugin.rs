@@ -18,8 +18,10 @@ use std::path::PathBuf;
 use tracing::Instrument;
 
 /// Conf field naming a file where the node agent writes its [`TunnelStatus`] (JSON, with
-/// `updated` and `maxAge`) while the node's fail-closed guard is in place; ADD answers
-/// "try again later" (11) and STATUS "not available" (50) without a fresh, guarded one.
+/// `updated`, `maxAge` and `clusterCidrs`) while the node's fail-closed guard is in place;
+/// ADD answers "try again later" (11) and STATUS "not available" (50) without a fresh,
+/// guarded one, or when the backend does not find the guard of its `clusterCidrs` in the
+/// dataplane ([`CniBackend::guard_in_place`]).
 pub const TUNNEL_STATUS_FIELD: &str = "tunnelStatusFile";
 
 /// How old (seconds) a tunnel status file without its own `maxAge` may be.
