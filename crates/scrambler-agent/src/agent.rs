@@ -113,8 +113,9 @@ pub struct AgentConfig {
     /// included (see [`Agent`]'s "Departed peers"); zero drops it at once.
     pub departed_hold: Duration,
     /// A file where the agent writes the dataplane's [`scrambler_core::TunnelStatus`]
-    /// (JSON, plus `updated`: Unix time, and `maxAge`: seconds after which it is stale)
-    /// while the node is guarded: rewritten with every sync (at least every resync),
+    /// (JSON, plus `updated`: Unix time, `maxAge`: seconds after which it is stale, and
+    /// `clusterCidrs`: the mesh's cluster supernets the guard covers) while the node is
+    /// guarded: rewritten with every sync (at least every resync),
     /// removed when the guard is found missing, when the agent starts and when it stops.
     /// The CNI plugin's `tunnelStatusFile`: no pod is networked without a fresh one.
     pub tunnel_status_file: Option<PathBuf>,
@@ -382,10 +383,18 @@ impl Agent {
             .as_secs()
             .saturating_mul(2)
             .saturating_add(30);
+        // the supernets the guard covers: the CNI plugin checks the guard of each itself
+        let cluster_cidrs: Vec<String> = self
+            .mesh
+            .iter()
+            .flat_map(|m| &m.cluster_cidrs)
+            .map(|c| c.to_string())
+            .collect();
         let r = serde_json::to_value(&st)
             .and_then(|mut v| {
                 v["updated"] = now().into();
                 v["maxAge"] = max_age.into();
+                v["clusterCidrs"] = cluster_cidrs.into();
                 serde_json::to_vec_pretty(&v)
             })
             .map_err(|e| Error::decode("tunnel status", e))

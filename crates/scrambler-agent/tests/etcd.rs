@@ -784,6 +784,17 @@ async fn the_cni_status_file_exists_only_while_the_node_is_guarded() {
     };
     let (t0, max_age) = stamp();
     assert_eq!(max_age, 2 + 30, "two resyncs and a margin");
+    // the guarded supernets, which the CNI plugin checks in the dataplane itself
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let want: Vec<String> = ta
+        .mesh()
+        .unwrap()
+        .cluster_cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(v["clusterCidrs"], serde_json::json!(want));
     assert!(agent_now().abs_diff(t0) <= 2);
     eventually(5, "the status file is rewritten", || {
         file.exists() && stamp().0 > t0

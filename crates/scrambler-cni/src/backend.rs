@@ -20,6 +20,7 @@
 use crate::veth::VethAttach;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use ipnet::IpNet;
 use scrambler_core::fault::Fault;
 use scrambler_core::{
     Attach, AttachRequest, AttachmentId, Backend, CniResult, Error, NetConf, Netns, Result,
@@ -27,6 +28,7 @@ use scrambler_core::{
 use scrambler_ipvlan::IpvlanAttach;
 use scrambler_netlink::AttachSockets;
 use scrambler_vpp::{VppAttach, VppConf};
+use scrambler_xfrm::XfrmConfig;
 
 /// Why an ADD failed, as far as undoing it goes: the IPAM may hold addresses for the
 /// attachment only in the second case. Either way, the backend has removed what it made.
@@ -80,6 +82,19 @@ pub trait CniBackend: Attach<Sockets = AttachSockets> {
     async fn status(&self, _host: &Netns) -> Result<()> {
         Ok(())
     }
+
+    /// Fails, naming what is missing, unless the node's fail-closed guard for every
+    /// supernet of `cluster_cidrs` is in place in the dataplane this backend attaches pods
+    /// to (run by ADD and STATUS when the conf has a `tunnelStatusFile`). No default: each
+    /// dataplane says how its guard is checked.
+    async fn guard_in_place(&self, host: &Netns, cluster_cidrs: &[IpNet]) -> Result<()>;
+}
+
+/// The kernel dataplane's guard (veth and ipvlan pods both leave through the node's
+/// routing and XFRM policies): scrambler-xfrm's block policy per cluster supernet, at the
+/// priority of the default [`XfrmConfig`] (the node tool's agent uses it).
+async fn kernel_guard_in_place(host: &Netns, cluster_cidrs: &[IpNet]) -> Result<()> {
+    scrambler_xfrm::guard_in_place(host, cluster_cidrs, &XfrmConfig::default()).await
 }
 
 #[async_trait]
@@ -96,12 +111,20 @@ impl CniBackend for VethAttach {
     async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
         VethAttach::gc(self, host, valid).await
     }
+
+    async fn guard_in_place(&self, host: &Netns, cluster_cidrs: &[IpNet]) -> Result<()> {
+        kernel_guard_in_place(host, cluster_cidrs).await
+    }
 }
 
 #[async_trait]
 impl CniBackend for IpvlanAttach {
     async fn gc(&self, host: &Netns, valid: &[AttachmentId]) -> Result<Vec<String>> {
         IpvlanAttach::gc(self, host, valid).await
+    }
+
+    async fn guard_in_place(&self, host: &Netns, cluster_cidrs: &[IpNet]) -> Result<()> {
+        kernel_guard_in_place(host, cluster_cidrs).await
     }
 }
 
@@ -116,6 +139,15 @@ impl CniBackend for VppAttach {
         c.control_ping().await.map_err(scrambler_vpp::core_error)?;
         let _ = c.close().await;
         Ok(())
+    }
+
+    /// The guard routes of the node's VPP ([`scrambler_vpp::tunnel::guard_in_place`]), on
+    /// a connection of its own (the attachment opens its own after this check).
+    async fn guard_in_place(&self, host: &Netns, cluster_cidrs: &[IpNet]) -> Result<()> {
+        let c = self.connect(host).await?;
+        let r = scrambler_vpp::tunnel::guard_in_place(&c, cluster_cidrs).await;
+        let _ = c.close().await;
+        r
     }
 }
 

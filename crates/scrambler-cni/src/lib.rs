@@ -19,7 +19,9 @@
 //! Conf fields besides the standard ones: `backend` (required), `mtu` (default: the
 //! node's default-route MTU minus ESP overhead), `logFile` / `logLevel`, and
 //! `tunnelStatusFile` (the node agent keeps it fresh while the node's fail-closed guard
-//! is in place: without a fresh, guarded one ADD answers 11 and STATUS 50).
+//! is in place: without a fresh, guarded one ADD answers 11 and STATUS 50; with one, the
+//! guard of each of its `clusterCidrs` is also checked in the dataplane itself — see
+//! [`backend::CniBackend::guard_in_place`]).
 //!
 //! ```json
 //! {

@@ -10,6 +10,7 @@ use crate::env::{CniEnv, Command};
 use crate::fault;
 use crate::ipam::{self, SelectedIpam};
 use crate::protocol::{self, Outcome, Request};
+use ipnet::IpNet;
 use scrambler_core::fault::FaultStage;
 use scrambler_core::{AllocRequest, AttachRequest, CniResult, Error, Netns, Result, TunnelStatus};
 use scrambler_netlink::AttachSockets;
@@ -17,8 +18,10 @@ use std::path::PathBuf;
 use tracing::Instrument;
 
 /// Conf field naming a file where the node agent writes its [`TunnelStatus`] (JSON, with
-/// `updated` and `maxAge`) while the node's fail-closed guard is in place; ADD answers
-/// "try again later" (11) and STATUS "not available" (50) without a fresh, guarded one.
+/// `updated`, `maxAge` and `clusterCidrs`) while the node's fail-closed guard is in place;
+/// ADD answers "try again later" (11) and STATUS "not available" (50) without a fresh,
+/// guarded one, or when the backend does not find the guard of its `clusterCidrs` in the
+/// dataplane ([`CniBackend::guard_in_place`]).
 pub const TUNNEL_STATUS_FIELD: &str = "tunnelStatusFile";
 
 /// How old (seconds) a tunnel status file without its own `maxAge` may be.
@@ -114,12 +117,22 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
     };
     let fault = fault::requested(&req.env)?;
     if let Some(path) = status_file {
-        guard_in_place(path).map_err(|e| {
+        let cluster_cidrs = guard_in_place(path).map_err(|e| {
             Error::TryAgainLater(format!(
                 "the node's mesh is not guarded (the scrambler agent keeps {path} fresh while \
                  it is): {e}"
             ))
         })?;
+        // the file is the agent's last look: the guard itself, on the dataplane the pod
+        // joins, before anything is allocated or made
+        backend
+            .guard_in_place(host, &cluster_cidrs)
+            .await
+            .map_err(|e| {
+                Error::TryAgainLater(format!(
+                    "the node's fail-closed guard is not in place in the dataplane: {e}"
+                ))
+            })?;
     }
     // the pod namespace is checked here, once, and the connections opened for the command
     let sockets = AttachSockets::open_for_add(host, &areq).await?;
@@ -257,12 +270,17 @@ async fn status(req: &Request, host: &Netns) -> Result<()> {
     let ipam = ipam::select(&req.conf, &req.raw, &req.env).map_err(not_available)?;
     ipam.status().await.map_err(not_available)?;
     if let Some(path) = tunnel_status_path(req).map_err(not_available)? {
-        guard_in_place(path).map_err(|e| Error::Delegated {
+        let unguarded = |details: String| Error::Delegated {
             plugin: "scrambler-cni".into(),
             code: CODE_NOT_AVAILABLE,
             msg: "the node's mesh is not guarded".into(),
-            details: e,
-        })?;
+            details,
+        };
+        let cluster_cidrs = guard_in_place(path).map_err(unguarded)?;
+        backend
+            .guard_in_place(host, &cluster_cidrs)
+            .await
+            .map_err(|e| unguarded(e.to_string()))?;
     }
     Ok(())
 }
@@ -284,7 +302,10 @@ fn tunnel_status_path(req: &Request) -> Result<Option<&str>> {
 /// unreadable, stale (older than its `maxAge`: the agent is not running or stuck) or
 /// unguarded: the reason, and no pod is networked. Peer health is not looked at: a peer
 /// that is down does not make the local node unsafe (`scrambler status` shows it).
-fn guard_in_place(path: &str) -> std::result::Result<(), String> {
+/// Returns the file's `clusterCidrs` (the supernets the guard covers, which the caller
+/// checks in the dataplane); a file without them (written by an older agent) or with none
+/// is refused: there would be nothing to check.
+fn guard_in_place(path: &str) -> std::result::Result<Vec<IpNet>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("decode {path}: {e}"))?;
@@ -312,5 +333,20 @@ fn guard_in_place(path: &str) -> std::result::Result<(), String> {
             st.dataplane
         ));
     }
-    Ok(())
+    let cidrs: Vec<IpNet> = match v.get("clusterCidrs") {
+        Some(c) => serde_json::from_value(c.clone())
+            .map_err(|e| format!("{path}: \"clusterCidrs\": {e}"))?,
+        None => {
+            return Err(format!(
+                "{path} has no \"clusterCidrs\" (written by an older agent?): the guard \
+                 cannot be checked"
+            ))
+        }
+    };
+    if cidrs.is_empty() {
+        return Err(format!(
+            "{path}: \"clusterCidrs\" is empty: the guard cannot be checked"
+        ));
+    }
+    Ok(cidrs)
 }

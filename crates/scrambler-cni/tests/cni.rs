@@ -381,6 +381,64 @@ fn gc_releases_what_is_not_valid() {
         .expect_ok();
 }
 
+/// The guarded cluster supernet of the gate tests (covers their pod subnets 10.25-10.27).
+const CLUSTER_CIDR: &str = "10.0.0.0/8";
+
+/// Programs the node's guard as the agent's kernel dataplane does (scrambler-xfrm's
+/// reconcile of a mesh with the node alone, cluster CIDR [`CLUSTER_CIDR`]; policies only,
+/// over a veth standing in for the xfrm interface, as this kernel has neither ESP nor xfrm
+/// interfaces).
+fn program_guard(node: &Node, pod_subnet: &str) {
+    use scrambler_core::{ClusterSecret, Keys, Mesh, NodeId, Tunnel};
+    use scrambler_xfrm::{LinkMode, XfrmConfig, XfrmTunnel};
+    node.ns.ip(&[
+        "link", "add", "xguard0", "type", "veth", "peer", "name", "xguard0p",
+    ]);
+    node.ns.ip(&["link", "set", "xguard0", "up"]);
+    let mesh = Mesh {
+        local: scrambler_core::Node {
+            name: "n1".into(),
+            id: NodeId::new(1).unwrap(),
+            epoch: scrambler_core::Epoch::new(1).unwrap(),
+            underlay: vec!["192.0.2.1".parse().unwrap()],
+            pod_cidrs: vec![pod_subnet.parse().unwrap()],
+        },
+        peers: vec![],
+        keys: Keys::single(1),
+        cluster_cidrs: vec![CLUSTER_CIDR.parse().unwrap()],
+    };
+    let tunnel = XfrmTunnel::new(XfrmConfig {
+        link: LinkMode::Existing,
+        // not `scr…`: the tests count the plugin's host veths by that prefix
+        interface: "xguard0".into(),
+        program_states: false,
+        ..XfrmConfig::default()
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = ClusterSecret::from_bytes(vec![0x42; 32]).unwrap();
+    rt.block_on(tunnel.reconcile(&node.ns.netns(), &mesh, &secret))
+        .unwrap();
+}
+
+/// The guard's block policy of [`CLUSTER_CIDR`] removed behind the agent's back.
+fn delete_guard_policy(node: &Node) {
+    node.ns.ip(&[
+        "xfrm",
+        "policy",
+        "delete",
+        "src",
+        "0.0.0.0/0",
+        "dst",
+        CLUSTER_CIDR,
+        "dir",
+        "out",
+    ]);
+}
+
 /// A tunnel status file as the agent writes it, `age` seconds old.
 fn guard_file(path: &std::path::Path, fail_closed: bool, encrypted: bool, age: u64) {
     let now = std::time::SystemTime::now()
@@ -393,7 +451,7 @@ fn guard_file(path: &std::path::Path, fail_closed: bool, encrypted: bool, age: u
             "inbound": false, "steering": false, "txGeneration": null, "rxGenerations": [],
             "packetsOut": 0, "packetsIn": 0, "bytesOut": 0, "bytesIn": 0, "replayErrors": 0,
             "integrityErrors": 0}], "errors": {}, "overhead": 57,
-        "updated": now - age, "maxAge": 90});
+        "updated": now - age, "maxAge": 90, "clusterCidrs": [CLUSTER_CIDR]});
     std::fs::write(path, st.to_string()).unwrap();
 }
 
@@ -414,9 +472,13 @@ fn status_reports_ipam_and_the_local_guard() {
     assert_eq!(node.ours(&st, &c).code(), 50, "not guarded");
     guard_file(&status_file, true, true, 200);
     assert_eq!(node.ours(&st, &c).code(), 50, "stale");
+    // guarded and fresh, but the guard is not in the kernel: not available
+    guard_file(&status_file, true, false, 0);
+    let out = node.ours(&st, &c);
+    assert_eq!(out.code(), 50, "{out:?}");
     // guarded and fresh: ready, whatever the peers (a peer down, not encrypting yet with
     // no peer up) — peer health is `scrambler status`'s, not the node's readiness
-    guard_file(&status_file, true, false, 0);
+    program_guard(&node, "10.25.0.0/24");
     node.ours(&st, &c).expect_ok();
     // A backend that is not built yet cannot serve ADD.
     let mut c = conf.clone();
@@ -448,13 +510,54 @@ fn add_waits_for_the_agent_to_guard_the_node() {
     assert_eq!(node.ours(&add, &conf).code(), 11);
     assert!(node.leases().is_empty());
     assert!(node.host_veths().is_empty());
-    // guarded and fresh, even with no peer up yet: pods may come
+    // a fresh, guarded file from an older agent (no clusterCidrs): nothing to check the
+    // dataplane for, refused
+    let mut v: Value = {
+        guard_file(&status_file, true, true, 0);
+        serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap()
+    };
+    v.as_object_mut().unwrap().remove("clusterCidrs");
+    std::fs::write(&status_file, v.to_string()).unwrap();
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 11, "{out:?}");
+    assert!(out.stdout.contains("clusterCidrs"), "{out:?}");
+    // fresh and guarded by the file, but the guard is not in the kernel (never programmed,
+    // or lost since the agent's last sync): refused, naming the policy, nothing left
     guard_file(&status_file, true, true, 0);
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 11, "{out:?}");
+    assert!(
+        out.stdout.contains(CLUSTER_CIDR) && out.stdout.contains("missing"),
+        "{out:?}"
+    );
+    assert!(node.leases().is_empty());
+    assert!(node.host_veths().is_empty());
+    // guarded and fresh, even with no peer up yet: pods may come
+    program_guard(&node, "10.27.0.0/24");
+    let t = std::time::Instant::now();
     let r = node.ours(&add, &conf);
+    eprintln!("ADD with the gate and the guard check: {:?}", t.elapsed());
     r.expect_ok();
     assert_eq!(node.leases().len(), 1);
     node.ours(&add.cmd("DEL"), &conf).expect_ok();
     assert!(node.leases().is_empty());
+    // the same ADD without the gate, for the log's comparison
+    let mut plain = conf.clone();
+    plain.as_object_mut().unwrap().remove("tunnelStatusFile");
+    let t = std::time::Instant::now();
+    let r = node.ours(&add, &plain);
+    eprintln!("ADD without the gate: {:?}", t.elapsed());
+    r.expect_ok();
+    node.ours(&add.cmd("DEL"), &plain).expect_ok();
+    assert!(node.leases().is_empty());
+    // the guard's block policy lost between two agent syncs (flushed): the file is still
+    // fresh and guarded, ADD sees the kernel and refuses, leaving nothing behind
+    delete_guard_policy(&node);
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 11, "{out:?}");
+    assert!(out.stdout.contains(CLUSTER_CIDR), "{out:?}");
+    assert!(node.leases().is_empty());
+    assert!(node.host_veths().is_empty());
 }
 
 #[test]

@@ -217,3 +217,76 @@ async fn bad_input_and_missing_vpp() {
     assert!(vpp.af_packet_names().await.is_empty());
     assert_eq!(leases(data.path()), 0);
 }
+
+/// With `tunnelStatusFile`, ADD checks the guard in VPP itself (a fresh, guarded file is
+/// not enough): refused (11, nothing left) until the agent's cluster drop route is there,
+/// accepted with it, refused again once it is gone (VPP restarted under the agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_with_the_gate_checks_the_guard_route_in_vpp() {
+    use scrambler_core::{ClusterSecret, Keys, Mesh, NodeId, Tunnel};
+    let vpp = VppInstance::start("cvppg", 1).await;
+    let data = tempfile::tempdir().unwrap();
+    let cni_path = CniPath::new();
+    let status_file = data.path().join("tunnel-status.json");
+    let mut conf = conf(&vpp, data.path(), "10.9.7.0/24");
+    conf["tunnelStatusFile"] = json!(status_file);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let st = json!({"dataplane": "vpp", "encrypted": true, "failClosed": true, "peers": [],
+        "errors": {}, "overhead": 57, "updated": now, "maxAge": 90,
+        "clusterCidrs": ["10.0.0.0/8"]});
+    std::fs::write(&status_file, st.to_string()).unwrap();
+    let pod = TestNetns::new("cvppgp");
+    let add = Invocation::new("ADD", "vpp-gate", &pod.path(), "eth0");
+    let refused = |what: &str| {
+        let out = run(&vpp, &cni_path, &add, &conf);
+        assert_eq!(out.code(), 11, "{what}: {out:?}");
+        assert!(out.stdout.contains("10.0.0.0/8"), "{what}: {out:?}");
+        assert_eq!(leases(data.path()), 0, "{what}");
+    };
+    refused("no guard route");
+    assert!(vpp.af_packet_names().await.is_empty());
+
+    // the guard as the agent's VPP dataplane makes it: the node alone in its mesh
+    let mesh = Mesh {
+        local: scrambler_core::Node {
+            name: "n1".into(),
+            id: NodeId::new(1).unwrap(),
+            epoch: scrambler_core::Epoch::new(1).unwrap(),
+            underlay: vec!["192.0.2.1".parse().unwrap()],
+            pod_cidrs: vec!["10.9.7.0/24".parse().unwrap()],
+        },
+        peers: vec![],
+        keys: Keys::single(1),
+        cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+    };
+    let dp = scrambler_vpp::VppTunnel::new(vpp.api_sock());
+    let secret = ClusterSecret::from_bytes(vec![0x42; 32]).unwrap();
+    let node = vpp.netns.netns();
+    dp.reconcile(&node, &mesh, &secret).await.unwrap();
+    let t = std::time::Instant::now();
+    let r = run(&vpp, &cni_path, &add, &conf);
+    eprintln!(
+        "VPP ADD with the gate and the guard check: {:?}",
+        t.elapsed()
+    );
+    r.expect_ok();
+    assert_eq!(leases(data.path()), 1);
+    run(&vpp, &cni_path, &add.cmd("DEL"), &conf).expect_ok();
+    assert_eq!(leases(data.path()), 0);
+    // the same ADD without the gate, for the log's comparison
+    let mut plain = conf.clone();
+    plain.as_object_mut().unwrap().remove("tunnelStatusFile");
+    let t = std::time::Instant::now();
+    let r = run(&vpp, &cni_path, &add, &plain);
+    eprintln!("VPP ADD without the gate: {:?}", t.elapsed());
+    r.expect_ok();
+    run(&vpp, &cni_path, &add.cmd("DEL"), &plain).expect_ok();
+
+    // the guard gone while the file is still fresh and guarded
+    dp.remove(&node).await.unwrap();
+    refused("guard route removed");
+    assert!(vpp.af_packet_names().await.is_empty());
+}

@@ -286,6 +286,32 @@ async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove(
     );
     let (ok, out) = ping(&t.a, "10.2.0.2", 2);
     assert!(ok, "baseline ping failed: {out}");
+    // the CNI plugin's check of the guard finds it (one exact route lookup per supernet),
+    // and calls a supernet held by someone else's route (not a drop of ours) unguarded
+    let guard_in_place = |cidrs: &'static [&'static str]| {
+        let vpp = &t.a;
+        async move {
+            let c = vpp.client().await;
+            let cidrs: Vec<ipnet::IpNet> = cidrs.iter().map(|s| s.parse().unwrap()).collect();
+            let r = scrambler_vpp::tunnel::guard_in_place(&c, &cidrs).await;
+            let _ = c.close().await;
+            r
+        }
+    };
+    guard_in_place(&["10.0.0.0/12"]).await.unwrap();
+    // its cost with a connection of its own, as the CNI plugin runs it (a log line)
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        guard_in_place(&["10.0.0.0/12"]).await.unwrap();
+    }
+    eprintln!(
+        "VPP guard_in_place, connect + one lookup + close: {:?} per call",
+        started.elapsed() / 20
+    );
+    let e = guard_in_place(&["10.0.0.0/8"]).await.unwrap_err();
+    assert!(e.to_string().contains("not Scrambler's"), "{e}");
+    let e = guard_in_place(&["10.16.0.0/12"]).await.unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
     // 1. a node not (yet) in the mesh
     let (leaks, (ok, _)) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.3.0.2", 3));
     assert!(
@@ -327,6 +353,8 @@ async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove(
     assert!(ok, "ping after re-apply failed: {out}");
     // control: without the guard the same traffic leaks on this wire
     t.dp.remove(&na).await.unwrap();
+    let e = guard_in_place(&["10.0.0.0/12"]).await.unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
     let (leaks, _) = capture(&t.a, NOT_ESP, || ping(&t.a, "10.3.0.2", 2));
     assert!(
         leaks.contains("ICMP echo request"),

@@ -186,6 +186,7 @@ mod config;
 mod diff;
 #[cfg(test)]
 mod fuzz;
+mod guard;
 mod link;
 mod model;
 mod nl;
@@ -199,6 +200,7 @@ pub use config::{
     DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY,
     PRIORITY_BAND,
 };
+pub use guard::guard_in_place;
 pub use rotation::{rotate, RotationReport};
 pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};

@@ -327,6 +327,26 @@ impl FoundPolicy {
     }
 }
 
+impl PolicyKey {
+    /// XFRM_MSG_GETPOLICY of the policy with this key, found by selector (index 0): the
+    /// kernel answers with that one policy (the first in precedence order if several share
+    /// the selector), or ENOENT.
+    pub fn get_msg(&self) -> XfrmMessage {
+        let mut nlas = Vec::new();
+        if self.if_id != 0 {
+            nlas.push(XfrmAttrs::IfId(self.if_id));
+        }
+        XfrmMessage::GetPolicy(PolicyDelGet {
+            user_policy_id: UserPolicyId {
+                selector: selector_for(&self.src, &self.dst),
+                index: 0,
+                direction: self.dir.raw(),
+            },
+            nlas,
+        })
+    }
+}
+
 /// Request to dump every policy.
 pub(crate) fn policy_dump_msg() -> XfrmMessage {
     XfrmMessage::GetPolicy(PolicyDelGet::default())

@@ -210,6 +210,39 @@ impl XfrmSocket {
         }
     }
 
+    /// Sends one request that the kernel answers with one message (a GET by key) and
+    /// returns that message, or `None` when the kernel answers ENOENT.
+    pub fn get(&mut self, msg: XfrmMessage, what: &str) -> Result<Option<Scrubbed<XfrmMessage>>> {
+        let seq = self.next_seq();
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        header.sequence_number = seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let mut out = vec![0u8; m.buffer_len()];
+        m.serialize(&mut out);
+        self.sock
+            .send(&out, 0)
+            .map_err(|e| Error::io("send xfrm get request", what, e))?;
+        loop {
+            self.recv_datagram()?;
+            for (h, answer) in split(&self.buf)? {
+                if h.sequence_number != seq {
+                    continue;
+                }
+                match answer {
+                    Answer::Message(m) => return Ok(Some(m)),
+                    Answer::Error(e) => match ack_result(&h, &e) {
+                        Err(e) if e.errno == nix::errno::Errno::ENOENT as i32 => return Ok(None),
+                        Err(e) => return Err(Error::kernel("get", what, e)),
+                        Ok(()) => return Ok(None),
+                    },
+                    Answer::Done | Answer::Other => {}
+                }
+            }
+        }
+    }
+
     /// Dumps with `msg` (`NLM_F_DUMP`) and returns every answer message (state dumps carry
     /// keys: each is zeroed when dropped).
     pub fn dump(&mut self, msg: XfrmMessage, what: &str) -> Result<Vec<Scrubbed<XfrmMessage>>> {

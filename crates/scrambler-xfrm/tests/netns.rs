@@ -514,3 +514,64 @@ fn missing_netns_is_unknown_container() {
         assert_eq!(e.code(), 3);
     });
 }
+
+#[test]
+fn guard_in_place_finds_the_guard_by_selector_and_names_what_is_missing() {
+    use scrambler_xfrm::guard_in_place;
+    let ns = ns_with_link("xf-gip");
+    let rt = rt();
+    let netns = ns.netns();
+    let cfg = XfrmConfig::default();
+    let cidrs: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+    let check = |c: &[ipnet::IpNet]| rt.block_on(guard_in_place(&netns, c, &cfg));
+    // nothing programmed: missing
+    let e = check(&cidrs).unwrap_err();
+    assert!(
+        e.to_string().contains("10.0.0.0/8") && e.to_string().contains("missing"),
+        "{e}"
+    );
+    rt.block_on(policies_only().reconcile(&netns, &mesh_of(1, 3, node), &secret()))
+        .unwrap();
+    check(&cidrs).unwrap();
+    // its cost (a log line, not an assertion: the ADD latency target lives in the CNI bench)
+    let t = std::time::Instant::now();
+    for _ in 0..100 {
+        check(&cidrs).unwrap();
+    }
+    eprintln!(
+        "guard_in_place, one supernet, namespace by path: {:?} per call",
+        t.elapsed() / 100
+    );
+    // a supernet the mesh does not guard, and no supernet at all, are refused
+    let e = check(&["172.16.0.0/12".parse().unwrap()]).unwrap_err();
+    assert!(e.to_string().contains("172.16.0.0/12"), "{e}");
+    assert!(check(&[]).is_err());
+    // another priority band: not Scrambler's guard
+    let other = XfrmConfig {
+        priority_base: cfg.priority_base + 0x100,
+        ..XfrmConfig::default()
+    };
+    let e = rt
+        .block_on(guard_in_place(&netns, &cidrs, &other))
+        .unwrap_err();
+    assert!(e.to_string().contains("priority"), "{e}");
+    // the block policy replaced by an allow policy of the same selector and priority
+    let prio = (cfg.priority_base + 4).to_string();
+    let sel = ["src", "0.0.0.0/0", "dst", "10.0.0.0/8", "dir", "out"];
+    let upd: Vec<&str> = ["xfrm", "policy", "update"]
+        .into_iter()
+        .chain(sel)
+        .chain(["priority", &prio, "action", "allow"])
+        .collect();
+    ns.ip(&upd);
+    let e = check(&cidrs).unwrap_err();
+    assert!(e.to_string().contains("not a block policy"), "{e}");
+    // gone (flushed behind the agent's back)
+    let del: Vec<&str> = ["xfrm", "policy", "delete"]
+        .into_iter()
+        .chain(sel)
+        .collect();
+    ns.ip(&del);
+    let e = check(&cidrs).unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+}

@@ -101,6 +101,7 @@
 //! call each). `ids.rs` holds the number ranges that mark what is ours, `status.rs` builds
 //! `status` and the counters.
 
+mod cluster_guard;
 mod guard;
 mod ids;
 mod ops;
@@ -125,6 +126,7 @@ use self::reconcile::{reconcile_all, remove_all};
 use self::status::{peer_counters, CounterSnapshot};
 use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
 
+pub use self::cluster_guard::guard_in_place;
 pub use self::ids::{
     owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
     TAG_PREFIX, TUNNEL_INSTANCE_BASE,
