@@ -55,6 +55,8 @@ fn check_datagram(buf: &[u8], cfg: &XfrmConfig, desired: &Desired) {
             policies: &dumped.policies,
             states: &dumped.states,
             routes: None,
+            table_routes: None,
+            rule_sources: &Default::default(),
             xfrm_stat: Default::default(),
         },
     );

@@ -202,7 +202,9 @@ pub use config::{
 };
 pub use guard::guard_in_place;
 pub use rotation::{rotate, RotationReport};
-pub use status::{parse_xfrm_stat, StatusTable, LOST_OUTBOUND};
+pub use status::{
+    parse_xfrm_stat, StatusTable, LOST_OUTBOUND, UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING,
+};
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};
 
 /// The README's examples ("Embedding the crates"), compiled as doctests.

@@ -14,6 +14,20 @@ use std::fmt;
 /// generation is live; they stay cut off (fail closed) until the node gets a new epoch or [`crate::rotate`] moves to a new generation.
 pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 
+/// Key in [`TunnelStatus::errors`]: how many of the node's policy-routing rules
+/// `from <local pod CIDR> lookup <route_table>` are missing (deleted behind Scrambler's
+/// back, e.g. by `ip rule flush`, or changed by someone else). Pods' traffic to every
+/// peer's underlay address is then dropped by the guard (fail closed) and every peer
+/// reports `steering: false` until a reconcile puts the rule back.
+pub const UNDERLAY_RULE_MISSING: &str = "ScramblerUnderlayRuleMissing";
+
+/// Suffix of a per-peer key `<peer>/ScramblerUnderlayRouteMissing` in
+/// [`TunnelStatus::errors`]: the route to that peer's underlay address in
+/// [`XfrmConfig::route_table`] is missing (or someone else's); pods' traffic to the
+/// peer's host is dropped by the guard and the peer reports `steering: false` until a
+/// reconcile puts it back.
+pub const UNDERLAY_ROUTE_MISSING: &str = "ScramblerUnderlayRouteMissing";
+
 /// Parses `/proc/net/xfrm_stat` text, keeping non-zero counters.
 pub fn parse_xfrm_stat(text: &str) -> BTreeMap<String, u64> {
     text.lines()
@@ -49,6 +63,11 @@ pub(crate) struct Observed<'a> {
     pub states: &'a [FoundState],
     /// Owned routes, `None` when the steering interface is missing.
     pub routes: Option<&'a crate::link::Routes>,
+    /// Owned routes in Scrambler's table (peers' underlay addresses), `None` when the
+    /// steering interface is missing.
+    pub table_routes: Option<&'a BTreeSet<IpNet>>,
+    /// Owned policy-routing rules' sources (local pod CIDRs).
+    pub rule_sources: &'a BTreeSet<IpNet>,
     pub xfrm_stat: BTreeMap<String, u64>,
 }
 
@@ -61,18 +80,32 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
         .map(|p| (&p.policy.key, &p.policy))
         .collect();
     let states: Vec<&FoundState> = obs.states.iter().filter(|s| owns_state(cfg, s)).collect();
+    let rules_missing = desired.rule_sources.difference(obs.rule_sources).count();
+    let mut errors = obs.xfrm_stat;
     let mut peers = Vec::new();
     for peer in &mesh.peers {
-        peers.push(peer_status(
-            cfg, mesh, peer, &desired, &policies, &states, obs.routes,
-        )?);
+        let mut st = peer_status(cfg, mesh, peer, &desired, &policies, &states, obs.routes)?;
+        // pods' traffic to the peer's host: its route in Scrambler's table and the rules
+        // of the local pod CIDRs (a rule missing cuts every peer off)
+        let theirs = st.underlay.map(IpNet::from);
+        let route_missing = theirs.is_some_and(|u| {
+            desired.underlay_routes.contains(&u)
+                && !obs.table_routes.is_some_and(|t| t.contains(&u))
+        });
+        if route_missing {
+            errors.insert(format!("{}/{UNDERLAY_ROUTE_MISSING}", peer.name), 1);
+        }
+        st.steering &= !route_missing && rules_missing == 0;
+        peers.push(st);
+    }
+    if rules_missing > 0 {
+        errors.insert(UNDERLAY_RULE_MISSING.to_string(), rules_missing as u64);
     }
     let fail_closed = desired
         .policies
         .values()
         .filter(|p| p.block || p.tmpl.is_none())
         .all(|p| policies.get(&p.key) == Some(&p));
-    let mut errors = obs.xfrm_stat;
     // an outbound SA gone while its generation is live in the other direction: it is not
     // re-created under the same key (nonce reuse); only a new key (epoch or rotation) repairs it
     let lost = peers

@@ -341,10 +341,18 @@ impl Tunnel for XfrmTunnel {
             })
             .await?;
         let rtnl = Nl::open(netns).await?;
-        let routes = match rtnl.link_by_name(&self.cfg.interface).await? {
-            Some(l) => Some(link::owned_routes(&rtnl, l.index, self.cfg.route_protocol).await?),
-            None => None,
+        let (routes, table_routes) = match rtnl.link_by_name(&self.cfg.interface).await? {
+            Some(l) => (
+                Some(link::owned_routes(&rtnl, l.index, self.cfg.route_protocol).await?),
+                Some(link::owned_table_routes(&rtnl, &self.cfg, l.index).await?),
+            ),
+            None => (None, None),
         };
+        let rule_sources = link::owned_rules(&rtnl, &self.cfg)
+            .await?
+            .into_iter()
+            .map(|r| r.src)
+            .collect();
         status::build(
             &self.cfg,
             mesh,
@@ -352,6 +360,8 @@ impl Tunnel for XfrmTunnel {
                 policies: &found.policies,
                 states: &found.states,
                 routes: routes.as_ref(),
+                table_routes: table_routes.as_ref(),
+                rule_sources: &rule_sources,
                 xfrm_stat: stat,
             },
         )

@@ -393,6 +393,104 @@ fn status_reports_steering_guard_and_no_encryption_without_states() {
     });
 }
 
+/// Pods' traffic to other nodes' underlay addresses needs the rule `from <local pod CIDR>
+/// lookup 92` and the routes in table 92: one deleted (or changed) behind Scrambler's back
+/// shows in the status (the agent then reconciles: a peer not up) and reconcile restores
+/// it.
+#[test]
+fn status_reports_a_missing_underlay_rule_or_table_route_and_reconcile_restores_it() {
+    let ns = ns_with_link("xf-rule92");
+    let t = policies_only();
+    let mesh = mesh_of(1, 3, node);
+    let rule_missing = scrambler_xfrm::UNDERLAY_RULE_MISSING;
+    let route_missing = |peer: &str| format!("{peer}/{}", scrambler_xfrm::UNDERLAY_ROUTE_MISSING);
+    rt().block_on(async {
+        t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert!(s.fail_closed && s.peers.iter().all(|p| p.steering), "{s:?}");
+        assert!(
+            !s.errors.contains_key(rule_missing) && !s.errors.contains_key(&route_missing("node2")),
+            "{s:?}"
+        );
+
+        // the rule goes (an operator's `ip rule del`, a network manager): every peer's
+        // host is cut off for pods, so every peer is reported not steering
+        ns.ip(&["rule", "del", "priority", "23552"]);
+        assert!(!ns.ip(&["rule"]).contains("lookup 92"));
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert!(s.fail_closed, "the guard still drops: {s:?}");
+        assert!(s.peers.iter().all(|p| !p.steering && !p.is_up()), "{s:?}");
+        assert_eq!(s.errors.get(rule_missing), Some(&1), "{s:?}");
+        let table = StatusTable(&s).to_string();
+        assert!(table.contains(rule_missing), "{table}");
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!((r.added, r.removed), (1, 0), "{r:?}");
+        let rules = ns.ip(&["rule"]);
+        assert!(
+            rules.contains("23552:\tfrom 10.0.1.0/24 lookup 92 proto 92"),
+            "{rules}"
+        );
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert!(s.peers.iter().all(|p| p.steering), "{s:?}");
+        assert!(!s.errors.contains_key(rule_missing), "{s:?}");
+
+        // a rule changed by someone else (another table at our priority) is not ours
+        ns.ip(&["rule", "del", "priority", "23552"]);
+        ns.ip(&[
+            "rule",
+            "add",
+            "from",
+            "10.0.1.0/24",
+            "lookup",
+            "93",
+            "priority",
+            "23552",
+        ]);
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert_eq!(s.errors.get(rule_missing), Some(&1), "{s:?}");
+        assert!(s.peers.iter().all(|p| !p.steering), "{s:?}");
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!(r.added, 1, "{r:?}");
+        let rules = ns.ip(&["rule"]);
+        assert!(
+            rules.contains("lookup 92 proto 92") && rules.contains("lookup 93"),
+            "ours back, the foreign one kept: {rules}"
+        );
+        assert!(!t
+            .status(&ns.netns(), &mesh)
+            .await
+            .unwrap()
+            .errors
+            .contains_key(rule_missing));
+
+        // one peer's route in table 92 goes: that peer only
+        ns.ip(&["route", "del", "192.0.2.3", "table", "92"]);
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        let p2 = s.peers.iter().find(|p| p.name == "node2").unwrap();
+        let p3 = s.peers.iter().find(|p| p.name == "node3").unwrap();
+        assert!(p2.steering && !p3.steering, "{s:?}");
+        assert_eq!(s.errors.get(&route_missing("node3")), Some(&1), "{s:?}");
+        assert!(!s.errors.contains_key(&route_missing("node2")), "{s:?}");
+        assert!(!s.errors.contains_key(rule_missing), "{s:?}");
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!((r.added, r.removed), (1, 0), "{r:?}");
+        let table = ns.ip(&["route", "show", "table", "92"]);
+        assert!(
+            table.contains("192.0.2.3 dev scrambler0 proto 92"),
+            "{table}"
+        );
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert!(s.peers.iter().all(|p| p.steering), "{s:?}");
+        assert!(!s.errors.contains_key(&route_missing("node3")), "{s:?}");
+        assert!(t
+            .reconcile(&ns.netns(), &mesh, &secret())
+            .await
+            .unwrap()
+            .is_noop());
+        t.remove(&ns.netns()).await.unwrap();
+    });
+}
+
 /// On a kernel without ESP states (this build machine's) reconcile is refused with the
 /// state named and the guard left blocking; on one with them (Debian's stock kernel) the probe
 /// says so and the same reconcile installs the states. The kernel is probed independently

@@ -11,6 +11,7 @@
 
 use crate::record::NodeRecord;
 use scrambler_core::{Generation, Mesh, PeerStatus, TunnelStatus};
+use scrambler_xfrm::{UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -65,7 +66,7 @@ impl PeerVerdict {
             ));
         }
         if !p.steering {
-            why.push("no route/policy steering its pod CIDRs into the tunnel".into());
+            why.push(STEERING_MISSING.into());
         }
         let state = if why.is_empty() {
             PeerState::Up
@@ -81,6 +82,38 @@ impl PeerVerdict {
         }
     }
 }
+
+impl PeerVerdict {
+    /// Names the part of the steering that is missing when the dataplane's error
+    /// counters say (the xfrm dataplane's [`UNDERLAY_RULE_MISSING`] and
+    /// `<peer>/`[`UNDERLAY_ROUTE_MISSING`]: pods' traffic to other nodes' underlay
+    /// addresses), instead of the generic steering reason.
+    pub fn explained_by(mut self, errors: &std::collections::BTreeMap<String, u64>) -> Self {
+        let mut specific = Vec::new();
+        if errors.contains_key(UNDERLAY_RULE_MISSING) {
+            specific.push(
+                "underlay rule missing: `from <local pod CIDR> lookup <table>` is gone or \
+                 changed (ip rule flush?), pods cannot reach other nodes' hosts; reapply the mesh"
+                    .to_string(),
+            );
+        }
+        if errors.contains_key(&format!("{}/{UNDERLAY_ROUTE_MISSING}", self.name)) {
+            specific.push(
+                "underlay route missing: its host address has no route into the tunnel in \
+                 Scrambler's table, pods cannot reach its host; reapply the mesh"
+                    .to_string(),
+            );
+        }
+        if !specific.is_empty() {
+            self.why.retain(|w| w != STEERING_MISSING);
+            self.why.extend(specific);
+        }
+        self
+    }
+}
+
+/// The generic reason of a peer whose steering is incomplete.
+const STEERING_MISSING: &str = "no route/policy steering its pod CIDRs into the tunnel";
 
 /// The status document printed by `scrambler status --json`.
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +146,9 @@ impl StatusReport {
         let peers: Vec<PeerVerdict> = tunnel
             .peers
             .iter()
-            .map(|p| PeerVerdict::of(p, tunnel.fail_closed, mesh.keys.tx))
+            .map(|p| {
+                PeerVerdict::of(p, tunnel.fail_closed, mesh.keys.tx).explained_by(&tunnel.errors)
+            })
             .collect();
         let encryption_off = peers.iter().any(|p| p.state == PeerState::Open);
         StatusReport {
@@ -334,6 +369,53 @@ mod tests {
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["peers"][0]["state"], "blocked");
         assert_eq!(j["encryptionOff"], false);
+    }
+
+    /// The xfrm dataplane's underlay rule or table route missing: the peer is blocked and
+    /// the reason names it instead of the generic steering one.
+    #[test]
+    fn missing_underlay_rule_or_route_is_named() {
+        let peer = |name: &str| PeerStatus {
+            name: name.into(),
+            outbound: true,
+            inbound: true,
+            steering: false,
+            tx_generation: Some(3),
+            rx_generations: vec![3],
+            ..Default::default()
+        };
+        let mut st = TunnelStatus {
+            dataplane: "xfrm".into(),
+            encrypted: false,
+            fail_closed: true,
+            peers: vec![peer("b")],
+            ..Default::default()
+        };
+        st.errors.insert(format!("b/{UNDERLAY_ROUTE_MISSING}"), 1);
+        let r = StatusReport::new(&mesh(), st.clone(), None);
+        assert_eq!(r.peers[0].state, PeerState::Blocked);
+        assert_eq!(r.peers[0].why.len(), 1, "{:?}", r.peers[0]);
+        assert!(
+            r.peers[0].why[0].starts_with("underlay route missing"),
+            "{:?}",
+            r.peers[0]
+        );
+        let t = r.to_table(0);
+        assert!(t.contains("b blocked: underlay route missing"), "{t}");
+        assert!(!t.contains("ENCRYPTION IS OFF"), "{t}");
+        st.errors.clear();
+        st.errors.insert(UNDERLAY_RULE_MISSING.into(), 1);
+        let r = StatusReport::new(&mesh(), st.clone(), None);
+        assert_eq!(r.peers[0].why.len(), 1, "{:?}", r.peers[0]);
+        assert!(
+            r.peers[0].why[0].starts_with("underlay rule missing"),
+            "{:?}",
+            r.peers[0]
+        );
+        // without a named cause the generic reason stays
+        st.errors.clear();
+        let r = StatusReport::new(&mesh(), st, None);
+        assert_eq!(r.peers[0].why, vec![STEERING_MISSING.to_string()]);
     }
 
     #[test]
