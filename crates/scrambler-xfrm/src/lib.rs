@@ -76,7 +76,9 @@
 //! underlay address meets the `in` guard. Rules and
 //! table routes are owned by priority, table and protocol ([`XfrmConfig::route_protocol`]),
 //! reconciled like the other routes and removed by both removals (the guard stays with
-//! `remove_keeping_guard`).
+//! `remove_keeping_guard`). A missing (or foreign-changed) rule or table route shows in the
+//! status: every peer (a rule) or that peer (its route) is not `steering`, and
+//! [`UNDERLAY_RULE_MISSING`] / `<peer>/`[`UNDERLAY_ROUTE_MISSING`] count in its errors.
 //!
 //! ## Fail closed
 //! Traffic between pod CIDRs, and between a node and remote pods, never leaves a node in
