@@ -351,6 +351,18 @@ async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove(
     t.apply().await;
     let (ok, out) = ping(&t.a, "10.2.0.2", 2);
     assert!(ok, "ping after re-apply failed: {out}");
+    // a cluster CIDR that is exactly a peer's pod CIDR is held by the peer's route into its
+    // tunnel: the check accepts it while the tunnel is Scrambler's and protected, and not
+    // once the protection is gone
+    guard_in_place(&["10.2.0.0/24"]).await.unwrap();
+    let tunnel = format!("ipip{}", tunnel_instance(NodeId::new(2).unwrap()));
+    let out = t.a.vppctl(&["ipsec", "tunnel", "protect", &tunnel, "del"]);
+    assert!(!out.contains("error"), "{out}");
+    let e = guard_in_place(&["10.2.0.0/24"]).await.unwrap_err();
+    assert!(
+        e.to_string().contains("not a protected Scrambler tunnel"),
+        "{e}"
+    );
     // control: without the guard the same traffic leaks on this wire
     t.dp.remove(&na).await.unwrap();
     let e = guard_in_place(&["10.0.0.0/12"]).await.unwrap_err();

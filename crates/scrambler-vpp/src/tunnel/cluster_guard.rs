@@ -4,9 +4,10 @@
 
 use ipnet::IpNet;
 use scrambler_core::{Error, Result};
-use scrambler_vpp_api::api::ip;
+use scrambler_vpp_api::api::{ip, ipip, ipsec};
 use scrambler_vpp_api::VppClient;
 
+use super::ids::tunnel_peer;
 use super::readback::OwnedRoute;
 use crate::endpoint::vpp_err;
 
@@ -43,7 +44,13 @@ pub async fn guard_in_place(c: &VppClient, cluster_cidrs: &[IpNet]) -> Result<()
             "no route (missing)".to_string()
         } else {
             match OwnedRoute::of(&r.route.paths) {
-                OwnedRoute::Drop | OwnedRoute::Via(_) => continue,
+                OwnedRoute::Drop => continue,
+                OwnedRoute::Via(sw) => match protected_tunnel(c, sw).await? {
+                    true => continue,
+                    false => format!(
+                        "a route via interface {sw}, which is not a protected Scrambler tunnel"
+                    ),
+                },
                 OwnedRoute::Other(p) => format!("a route that is not Scrambler's ({p:?})"),
             }
         };
@@ -53,4 +60,19 @@ pub async fn guard_in_place(c: &VppClient, cluster_cidrs: &[IpNet]) -> Result<()
         });
     }
     Ok(())
+}
+
+/// Whether `sw_if_index` is one of Scrambler's tunnels (an ipip tunnel with an owned
+/// instance) under tunnel protection: only then may a cluster CIDR's route lead into it.
+async fn protected_tunnel(c: &VppClient, sw_if_index: u32) -> Result<bool> {
+    let what = format!("interface {sw_if_index}");
+    let tunnel = ipip::IpipTunnelDump { sw_if_index };
+    let protect = ipsec::IpsecTunnelProtectDump { sw_if_index };
+    let (tunnels, protects) = tokio::try_join!(c.dump(&tunnel), c.dump(&protect))
+        .map_err(vpp_err("read the tunnel behind a guard route", &what))?;
+    let ours = tunnels
+        .iter()
+        .any(|d| d.tunnel.sw_if_index == sw_if_index && tunnel_peer(d.tunnel.instance).is_some());
+    let protected = protects.iter().any(|d| d.tun.sw_if_index == sw_if_index);
+    Ok(ours && protected)
 }
