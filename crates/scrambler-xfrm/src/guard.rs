@@ -18,6 +18,11 @@ use scrambler_core::{Error, Netns, Result};
 /// `cluster_cidrs` fails too (there is nothing that could be guarded). Costs one socket
 /// and one request per supernet.
 ///
+/// What it does not see: the `in`/`fwd` blocks, the bypass and the per-peer underlay
+/// blocks (the agent's sync checks the whole dataplane), and a foreign allow policy that
+/// takes precedence over the block (a lower priority value or a marked policy): the check
+/// answers "is Scrambler's block there", not "would every packet be dropped".
+///
 /// ```no_run
 /// # async fn f() -> scrambler_core::Result<()> {
 /// use scrambler_core::Netns;

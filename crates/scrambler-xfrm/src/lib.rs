@@ -167,7 +167,8 @@
 //!   receives them encrypted and drops them.
 //! * `disable_xfrm` exists for IPv4 only; IPv6 pod CIDRs are planned and programmed but
 //!   the end-to-end tests cover IPv4. With [`LinkMode::Existing`], the interface's owner
-//!   must set `disable_xfrm=1` on it.
+//!   must set `disable_xfrm=1` on it, and `rp_filter=2` (loose) for pods to reach other
+//!   nodes' underlay addresses (Scrambler sets both on the interface it creates).
 //!
 //! ```no_run
 //! use scrambler_core::{ClusterSecret, Cluster, Netns, Tunnel};

@@ -329,8 +329,8 @@ impl FoundPolicy {
 
 impl PolicyKey {
     /// XFRM_MSG_GETPOLICY of the policy with this key, found by selector (index 0): the
-    /// kernel answers with that one policy (the first in precedence order if several share
-    /// the selector), or ENOENT.
+    /// kernel holds at most one policy per (direction, selector, mark, if_id) and answers
+    /// with that one, or ENOENT (no mark attribute: mark 0/0).
     pub fn get_msg(&self) -> XfrmMessage {
         let mut nlas = Vec::new();
         if self.if_id != 0 {
