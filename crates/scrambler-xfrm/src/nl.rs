@@ -210,12 +210,18 @@ impl XfrmSocket {
         }
     }
 
-    /// Sends one request that the kernel answers with one message (a GET by key) and
-    /// returns that message, or `None` when the kernel answers ENOENT.
-    pub fn get(&mut self, msg: XfrmMessage, what: &str) -> Result<Option<Scrubbed<XfrmMessage>>> {
+    /// Sends `msg` (which carries no key material) with `flags` under a new sequence
+    /// number and returns that number.
+    fn send_one(
+        &mut self,
+        msg: XfrmMessage,
+        flags: u16,
+        op: &'static str,
+        what: &str,
+    ) -> Result<u32> {
         let seq = self.next_seq();
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
+        header.flags = flags;
         header.sequence_number = seq;
         let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         m.finalize();
@@ -223,7 +229,14 @@ impl XfrmSocket {
         m.serialize(&mut out);
         self.sock
             .send(&out, 0)
-            .map_err(|e| Error::io("send xfrm get request", what, e))?;
+            .map_err(|e| Error::io(op, what, e))?;
+        Ok(seq)
+    }
+
+    /// Sends one request that the kernel answers with one message (a GET by key) and
+    /// returns that message, or `None` when the kernel answers ENOENT.
+    pub fn get(&mut self, msg: XfrmMessage, what: &str) -> Result<Option<Scrubbed<XfrmMessage>>> {
+        let seq = self.send_one(msg, NLM_F_REQUEST, "send xfrm get request", what)?;
         loop {
             self.recv_datagram()?;
             for (h, answer) in split(&self.buf)? {
@@ -246,17 +259,12 @@ impl XfrmSocket {
     /// Dumps with `msg` (`NLM_F_DUMP`) and returns every answer message (state dumps carry
     /// keys: each is zeroed when dropped).
     pub fn dump(&mut self, msg: XfrmMessage, what: &str) -> Result<Vec<Scrubbed<XfrmMessage>>> {
-        let seq = self.next_seq();
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = seq;
-        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        m.finalize();
-        let mut out = vec![0u8; m.buffer_len()];
-        m.serialize(&mut out);
-        self.sock
-            .send(&out, 0)
-            .map_err(|e| Error::io("send xfrm dump request", what, e))?;
+        let seq = self.send_one(
+            msg,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "send xfrm dump request",
+            what,
+        )?;
         let mut found = Vec::new();
         loop {
             self.recv_datagram()?;
