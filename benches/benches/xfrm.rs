@@ -2,9 +2,14 @@
 //! `XfrmTunnel::reconcile` vs one `ip` process per rule vs one `ip -batch` process with
 //! the same rules, measured in the same run; prints the ratios.
 //!
-//! Policies and routes only (the build machine's kernel has no ESP states): per peer 3
-//! mesh policies (allow + ESP template + if_id) and 1 route; once, the cluster guard
-//! (3 block and 3 bypass policies).
+//! The mesh is a typical cluster's: IPv4 underlay (`172.16.x.y`, outside the cluster CIDR)
+//! and IPv4 pods, so the mesh also carries pods ↔ other nodes' underlay addresses.
+//! Policies, routes and rules only (the build machine's kernel has no ESP states): per
+//! peer 11 mesh policies (if_id + ESP template), 1 guard block policy, 1 route in the main
+//! table and 1 in Scrambler's route table (14 objects); once, the cluster guard and its
+//! bypass (8 policies) and 1 `ip rule`. Before timing, a 3-peer mesh is programmed both
+//! ways and the namespaces' policies, routes and rules compared; every timed reconcile
+//! asserts it added as many objects as the baseline programs.
 //! Run with `cargo bench -p benches --bench xfrm` as root.
 //!
 //! Criterion times our reconcile and `ip -batch` per mesh size (group `xfrm mesh <n>
@@ -12,7 +17,7 @@
 //! `ip` process per rule takes seconds at 1,000 peers: it runs once per size, in the ratio
 //! lines printed after criterion's report (medians of a separate loop, as before).
 
-use benches::mesh::mesh;
+use benches::mesh::mesh_v4 as mesh;
 use benches::run;
 use criterion::{Criterion, SamplingMode};
 use scrambler_core::{ClusterSecret, Mesh, Tunnel};
@@ -48,10 +53,15 @@ fn tunnel() -> XfrmTunnel {
     .expect("config")
 }
 
-/// The same rules as `ip` command lines (without the leading `ip`): per peer the 3 mesh
-/// policies and the route; once, the cluster guard as the reconcile plans it for this mesh
-/// (block anything → cluster CIDR out, cluster CIDR → local pod CIDR in/fwd; bypass for
-/// node-local pod traffic; the peers' underlay is IPv6, so no per-peer underlay block).
+/// The same objects as `ip` command lines (without the leading `ip`), as the reconcile
+/// plans them for this mesh (IPv4 underlay and pods, one pod CIDR `l` per node, local
+/// underlay address `m`). Per peer (pod CIDR `c`, underlay address `u`): 11 mesh policies
+/// (if_id, ESP template) — `l` ↔ `c` (out, in, fwd), `l` ↔ `u` (out, in, fwd), `m` ↔ `c`
+/// (out, in, fwd), `m` ↔ `u` (out, in) —, the guard's block `out l → u`, the route to `c`
+/// in the main table and the route to `u` in the route table: 14 objects. Once: the
+/// cluster guard (block `out` anything → cluster CIDR, `in`/`fwd` cluster CIDR → `l`, `in`
+/// cluster CIDR → `m`), its bypass (`out` anything → `l`, `in`/`fwd` `l` → `l`, `in` `l` →
+/// `m`) and the rule `from l lookup <route table>`: 9 objects.
 fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
     let mut v = Vec::new();
     let l = m.local.pod_cidrs[0];
@@ -61,16 +71,37 @@ fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
         cfg.priority_base + 2,
         cfg.priority_base + 4,
     );
+    let (proto, table) = (cfg.route_protocol, cfg.route_table);
+    let if_id = cfg.if_id;
     for p in &m.peers {
         let c = p.pod_cidrs[0];
         let them = p.underlay[0];
         let reqid = cfg.reqid(p.id.get());
-        let if_id = cfg.if_id;
-        v.push(format!("xfrm policy add src {l} dst {c} dir out priority {mesh_prio} if_id {if_id} tmpl src {me} dst {them} proto esp reqid {reqid} mode tunnel"));
-        for dir in ["in", "fwd"] {
-            v.push(format!("xfrm policy add src {c} dst {l} dir {dir} priority {mesh_prio} if_id {if_id} tmpl src {them} dst {me} proto esp reqid {reqid} mode tunnel"));
+        let out = format!("tmpl src {me} dst {them} proto esp reqid {reqid} mode tunnel");
+        let back = format!("tmpl src {them} dst {me} proto esp reqid {reqid} mode tunnel");
+        let mut policy = |src: &str, dst: &str, dir: &str, tmpl: &str| {
+            v.push(format!(
+                "xfrm policy add src {src} dst {dst} dir {dir} priority {mesh_prio} if_id {if_id} {tmpl}"
+            ))
+        };
+        for (local, remote) in [
+            (l.to_string(), c.to_string()),
+            (l.to_string(), format!("{them}/32")),
+            (format!("{me}/32"), c.to_string()),
+        ] {
+            policy(&local, &remote, "out", &out);
+            policy(&remote, &local, "in", &back);
+            policy(&remote, &local, "fwd", &back);
         }
-        v.push(format!("route add {c} dev scrambler0 proto 92"));
+        policy(&format!("{me}/32"), &format!("{them}/32"), "out", &out);
+        policy(&format!("{them}/32"), &format!("{me}/32"), "in", &back);
+        v.push(format!(
+            "xfrm policy add src {l} dst {them}/32 dir out action block priority {guard_prio}"
+        ));
+        v.push(format!("route add {c} dev scrambler0 proto {proto}"));
+        v.push(format!(
+            "route add {them}/32 dev scrambler0 proto {proto} table {table}"
+        ));
     }
     for s in &m.cluster_cidrs {
         v.push(format!(
@@ -81,6 +112,9 @@ fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
                 "xfrm policy add src {s} dst {l} dir {dir} action block priority {guard_prio}"
             ));
         }
+        v.push(format!(
+            "xfrm policy add src {s} dst {me}/32 dir in action block priority {guard_prio}"
+        ));
     }
     v.push(format!(
         "xfrm policy add src 0.0.0.0/0 dst {l} dir out priority {bypass_prio}"
@@ -90,7 +124,41 @@ fn ip_rules(m: &Mesh, cfg: &XfrmConfig) -> Vec<String> {
             "xfrm policy add src {l} dst {l} dir {dir} priority {bypass_prio}"
         ));
     }
+    v.push(format!(
+        "xfrm policy add src {l} dst {me}/32 dir in priority {bypass_prio}"
+    ));
+    v.push(format!(
+        "rule add from {l} lookup {table} priority {} protocol {proto}",
+        cfg.rule_priority
+    ));
     v
+}
+
+/// What is programmed in `ns`: xfrm policies, routes of Scrambler's protocol (any table),
+/// rules looking up Scrambler's table.
+fn programmed(ns: &TestNetns, cfg: &XfrmConfig) -> [usize; 3] {
+    let policies = ns
+        .ip(&["xfrm", "policy"])
+        .lines()
+        .filter(|l| l.starts_with("src "))
+        .count();
+    let proto = cfg.route_protocol.to_string();
+    let routes = ns
+        .ip(&["route", "show", "table", "all", "proto", &proto])
+        .lines()
+        .count();
+    let rules = ns
+        .ip(&["rule"])
+        .lines()
+        .filter(|l| l.contains(&format!("lookup {}", cfg.route_table)))
+        .count();
+    [policies, routes, rules]
+}
+
+/// The counts [`programmed`] should find after `rules` ran.
+fn expected(rules: &[String]) -> [usize; 3] {
+    let n = |prefix: &str| rules.iter().filter(|r| r.starts_with(prefix)).count();
+    [n("xfrm policy "), n("route "), n("rule ")]
 }
 
 fn time_ours(rt: &tokio::runtime::Runtime, m: &Mesh) -> Duration {
@@ -102,7 +170,11 @@ fn time_ours(rt: &tokio::runtime::Runtime, m: &Mesh) -> Duration {
         .block_on(t.reconcile(&ns.netns(), m, &secret))
         .expect("reconcile");
     let d = start.elapsed();
-    assert_eq!(r.added, m.peers.len() * 4 + 6);
+    assert_eq!(
+        r.added,
+        ip_rules(m, t.config()).len(),
+        "reconcile added another number of objects than the `ip` baseline programs"
+    );
     d
 }
 
@@ -123,7 +195,9 @@ fn time_per_command(m: &Mesh) -> Duration {
 
 fn time_batch(m: &Mesh) -> Duration {
     let ns = fresh_ns();
-    let script = ip_rules(m, tunnel().config()).join("\n") + "\n";
+    let cfg = tunnel().config().clone();
+    let rules = ip_rules(m, &cfg);
+    let script = rules.join("\n") + "\n";
     let start = Instant::now();
     let mut child = Command::new("ip")
         .args(["-n", &ns.name, "-batch", "-"])
@@ -138,17 +212,67 @@ fn time_batch(m: &Mesh) -> Duration {
         .expect("write batch");
     assert!(child.wait().expect("wait").success());
     let d = start.elapsed();
-    let policies = ns
-        .ip(&["xfrm", "policy"])
-        .lines()
-        .filter(|l| l.starts_with("src "))
-        .count();
     assert_eq!(
-        policies,
-        m.peers.len() * 3 + 6,
-        "ip -batch made other policies"
+        programmed(&ns, &cfg),
+        expected(&rules),
+        "ip -batch made other policies/routes/rules"
     );
     d
+}
+
+/// `ns`'s xfrm policies, routes (every table, but the kernel's) and rules, each policy or line once, sorted:
+/// two namespaces with the same objects dump the same.
+fn dump(ns: &TestNetns) -> Vec<String> {
+    let mut policies: Vec<String> = Vec::new();
+    for line in ns.ip(&["xfrm", "policy"]).lines() {
+        match policies.last_mut() {
+            Some(p) if !line.starts_with("src ") => {
+                p.push('\n');
+                p.push_str(line);
+            }
+            _ => policies.push(line.to_string()),
+        }
+    }
+    let routes = ns.ip(&["route", "show", "table", "all"]);
+    let rules = ns.ip(&["rule"]);
+    let mut v: Vec<String> = policies
+        .into_iter()
+        // not the kernel's own (the veths' random link-local addresses)
+        .chain(
+            routes
+                .lines()
+                .filter(|l| !l.contains("proto kernel"))
+                .map(|l| format!("route {l}")),
+        )
+        .chain(rules.lines().map(|l| format!("rule {l}")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Programs a small mesh once by our reconcile and once by `ip -batch` and compares the
+/// two namespaces' policies, routes and rules: the baseline programs exactly our objects.
+fn assert_same_objects(rt: &tokio::runtime::Runtime) {
+    let m = mesh(3);
+    let ours = fresh_ns();
+    let secret = ClusterSecret::from_bytes(vec![7; 32]).expect("secret");
+    rt.block_on(tunnel().reconcile(&ours.netns(), &m, &secret))
+        .expect("reconcile");
+    let theirs = fresh_ns();
+    for r in ip_rules(&m, tunnel().config()) {
+        let args: Vec<&str> = r.split(' ').collect();
+        theirs.ip(&args);
+    }
+    let (a, b) = (dump(&ours), dump(&theirs));
+    let only = |x: &[String], y: &[String]| -> Vec<String> {
+        x.iter().filter(|o| !y.contains(o)).cloned().collect()
+    };
+    assert!(
+        a == b,
+        "the `ip` baseline programs other objects than reconcile\nonly ours:\n{}\nonly the baseline's:\n{}",
+        only(&a, &b).join("\n"),
+        only(&b, &a).join("\n"),
+    );
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -181,13 +305,14 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, n: u32) {
 fn main() {
     let sizes = run::mesh_sizes();
     let rt = run::runtime();
+    assert_same_objects(&rt);
     let mut c = Criterion::default().configure_from_args();
     for &n in sizes {
         bench(&mut c, &rt, n);
     }
     c.final_summary();
     println!(
-        "xfrm mesh programming into a fresh netns (4 objects per peer: 3 policies, 1 route; 6 guard policies)"
+        "xfrm mesh programming into a fresh netns, IPv4 underlay (14 objects per peer: 12 policies, 2 routes; once 8 guard/bypass policies, 1 rule)"
     );
     for &n in sizes {
         let m = mesh(n);

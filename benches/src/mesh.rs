@@ -17,6 +17,27 @@ pub fn node(id: u32) -> Node {
 
 /// Node 1's mesh with `peers` peers (nodes 2 ..= peers + 1), key generation 1.
 pub fn mesh(peers: u32) -> Mesh {
+    mesh_of(peers, node)
+}
+
+/// Node `id` with an IPv4 underlay, as in most clusters: underlay
+/// `172.16.<id / 256>.<id % 256>` (outside the cluster CIDR), pod CIDR as [`node`]'s.
+pub fn node_v4(id: u32) -> Node {
+    Node {
+        underlay: vec![format!("172.16.{}.{}", id / 256, id % 256)
+            .parse()
+            .expect("underlay")],
+        ..node(id)
+    }
+}
+
+/// [`mesh`] with [`node_v4`]'s IPv4 underlay: pods and underlay of one family, so the
+/// mesh also carries pods ↔ other nodes' underlay addresses.
+pub fn mesh_v4(peers: u32) -> Mesh {
+    mesh_of(peers, node_v4)
+}
+
+fn mesh_of(peers: u32, node: fn(u32) -> Node) -> Mesh {
     Mesh {
         local: node(1),
         peers: (2..=peers + 1).map(node).collect(),
