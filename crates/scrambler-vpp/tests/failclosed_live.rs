@@ -360,3 +360,23 @@ async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove(
     let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
     assert!(st.peers.iter().all(|p| !p.is_up()), "{st:?}");
 }
+
+/// A pod on a VPP node sending to its peer's *underlay* address (the `kubernetes` Service
+/// DNATed to a control-plane node's address, a kubelet): VPP routes it by its table 0, where
+/// the uplink's connected route is. Counts the packets with the pod's source address on the
+/// sending node's underlay, while pod ↔ pod traffic is encrypted as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_to_peer_underlay_address_never_leaves_in_cleartext() {
+    let t = TwoNodes::start("scr-pu").await;
+    t.apply().await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 2);
+    assert!(ok, "baseline pod ↔ pod ping failed: {out}");
+    let (cleartext, (ok, _)) = capture(&t.a, "ip and not ip proto 50 and src net 10.1.0.0/24", || {
+        ping(&t.a, "192.0.2.2", 3)
+    });
+    let n = cleartext.lines().filter(|l| l.contains("ICMP")).count();
+    assert_eq!(
+        n, 0,
+        "pod → peer underlay: ping {ok}, {n} cleartext packets with the pod's source on the underlay:\n{cleartext}"
+    );
+}
