@@ -361,22 +361,113 @@ async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove(
     assert!(st.peers.iter().all(|p| !p.is_up()), "{st:?}");
 }
 
+/// Pod-sourced packets on node a's underlay that are not ESP.
+const POD_CLEARTEXT: &str = "ip and not ip proto 50 and src net 10.1.0.0/24";
+
+/// Pings `to` from pod a while capturing a's underlay; returns whether the ping was
+/// answered and how many cleartext echo requests with the pod's source left.
+fn pod_a_pings(t: &TwoNodes, to: &str) -> (bool, usize, String) {
+    let (text, (ok, _)) = capture(&t.a, POD_CLEARTEXT, || ping(&t.a, to, 3));
+    let n = text
+        .lines()
+        .filter(|l| l.contains("ICMP echo request"))
+        .count();
+    (ok, n, text)
+}
+
 /// A pod on a VPP node sending to its peer's *underlay* address (the `kubernetes` Service
-/// DNATed to a control-plane node's address, a kubelet): VPP routes it by its table 0, where
-/// the uplink's connected route is. Counts the packets with the pod's source address on the
-/// sending node's underlay, while pod ↔ pod traffic is encrypted as usual.
+/// DNATed to a control-plane node's address, a kubelet): without Scrambler VPP routes it
+/// by table 0's connected route out of the uplink in the clear (the control at the end
+/// shows it); with the mesh applied the underlay guard (an SPD on the uplink) drops it,
+/// while pod ↔ pod stays encrypted and a pod's traffic to any other address (here
+/// 198.51.100.7 by a route via the peer, standing in for a default route) leaves as before.
+/// The guard follows the peer leaving and rejoining, outlives `mesh remove`, goes with
+/// `remove`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_to_peer_underlay_address_never_leaves_in_cleartext() {
-    let t = TwoNodes::start("scr-pu").await;
-    t.apply().await;
-    let (ok, out) = ping(&t.a, "10.2.0.2", 2);
-    assert!(ok, "baseline pod ↔ pod ping failed: {out}");
-    let (cleartext, (ok, _)) = capture(&t.a, "ip and not ip proto 50 and src net 10.1.0.0/24", || {
-        ping(&t.a, "192.0.2.2", 3)
-    });
-    let n = cleartext.lines().filter(|l| l.contains("ICMP")).count();
+async fn pod_to_peer_underlay_address_is_dropped_never_cleartext() {
+    let mut t = TwoNodes::start("scr-pu").await;
+    let na = t.a.netns.netns();
+    t.b.vppctl(&[
+        "set",
+        "interface",
+        "ip",
+        "address",
+        "host-ul0",
+        "198.51.100.7/32",
+    ]);
+    t.a.vppctl(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "192.0.2.2",
+        "host-ul0",
+    ]);
+    // before the mesh: the leak this guards against, on this very wire
+    let (_, n, text) = pod_a_pings(&t, "192.0.2.2");
     assert_eq!(
-        n, 0,
-        "pod → peer underlay: ping {ok}, {n} cleartext packets with the pod's source on the underlay:\n{cleartext}"
+        n, 3,
+        "no cleartext without Scrambler, the capture sees nothing?\n{text}"
     );
+
+    t.apply().await;
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(
+        spd.contains("action discard") && spd.contains("192.0.2.2"),
+        "{spd}"
+    );
+    let (ok, out) = ping(&t.a, "10.2.0.2", 3);
+    assert!(ok, "pod ↔ pod ping failed: {out}");
+    let (ok, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert!(
+        !ok && n == 0,
+        "pod → peer underlay: ping {ok}, {n} cleartext:\n{text}"
+    );
+    // pod → own node's underlay address: local, untouched
+    let (ok, out) = ping(&t.a, "192.0.2.1", 2);
+    assert!(ok, "pod → own underlay failed: {out}");
+    // pod → elsewhere (neither cluster nor a peer's underlay): as before
+    let (ok, n, text) = pod_a_pings(&t, "198.51.100.7");
+    assert!(
+        ok && n == 3,
+        "pod → other destination changed: ping {ok}, {n}:\n{text}"
+    );
+    let rep = t.reconcile("a").await;
+    assert!(
+        rep.added == 0 && rep.updated == 0 && rep.removed == 0,
+        "{rep:?}"
+    );
+
+    // the peer leaves a's mesh: its underlay address is no peer's any more, its discard
+    // goes (the address is then an ordinary destination)
+    let mut alone = t.mesh("a");
+    alone.peers.clear();
+    t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(!spd.contains("action discard"), "{spd}");
+    // back (a new generation: the old outbound SA's key has sent)
+    t.cluster.keys = Keys::single(2);
+    t.apply().await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 3);
+    assert!(ok, "pod ↔ pod ping after rejoin failed: {out}");
+    let (ok, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert!(
+        !ok && n == 0,
+        "after rejoin: ping {ok}, {n} cleartext:\n{text}"
+    );
+
+    // `mesh remove` keeps the guard
+    t.dp.remove_keeping_guard(&na).await.unwrap();
+    let (ok, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert!(
+        !ok && n == 0,
+        "after mesh remove: ping {ok}, {n} cleartext:\n{text}"
+    );
+    // `remove` takes it: the control, the leak is back
+    t.dp.remove(&na).await.unwrap();
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(!spd.contains("spd "), "{spd}");
+    let (_, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert_eq!(n, 3, "the control leak did not show:\n{text}");
 }

@@ -108,6 +108,7 @@ mod plan;
 mod readback;
 mod reconcile;
 mod status;
+mod underlay_guard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
