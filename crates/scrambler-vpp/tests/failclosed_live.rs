@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use scrambler_core::{ClusterSecret, Keys, NodeId, Tunnel};
 use scrambler_testkit::vpp::VppInstance;
-use scrambler_vpp::tunnel::{sa_id, tunnel_instance, Direction, LOST_OUTBOUND};
+use scrambler_vpp::tunnel::{
+    sa_id, tunnel_instance, Direction, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED,
+    UNDERLAY_GUARD_MISSING,
+};
 use two_nodes::{capture, ping, rotation_steps, TwoNodes};
 
 /// Everything on the underlay that is IP but not ESP.
@@ -96,12 +99,20 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
     let mut t = TwoNodes::start("scr-fc").await;
     let (ra, rb) = t.apply().await;
     assert!(ra.added >= 5 && rb.added >= 5, "{ra:?} {rb:?}");
-    // first setup: the cluster guard's drop route first; the peer's route exists (as drop)
-    // before the tunnel, leads into it last
+    // first setup: the cluster guard's drop route first, then the underlay guard (SPD, its
+    // policies — 4 bypass, 1 discard — then bound to the uplink); the peer's route exists
+    // (as drop) before the tunnel, leads into it last
     assert_eq!(
         last_reconcile_calls(&t.a.vppctl(&["api", "trace", "dump"])),
         [
             "ip_route_add_del:DROP",
+            "ipsec_spd_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_interface_add_del_spd",
             "ip_route_add_del:DROP",
             "ipip_add_tunnel",
             "sw_interface_tag_add_del",
@@ -433,6 +444,11 @@ async fn pod_to_peer_underlay_address_is_dropped_never_cleartext() {
         ok && n == 3,
         "pod → other destination changed: ping {ok}, {n}:\n{text}"
     );
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(
+        st.fail_closed && st.errors.get(POD_TO_PEER_UNDERLAY_DROPPED) == Some(&1),
+        "{st:?}"
+    );
     let rep = t.reconcile("a").await;
     assert!(
         rep.added == 0 && rep.updated == 0 && rep.removed == 0,
@@ -464,8 +480,15 @@ async fn pod_to_peer_underlay_address_is_dropped_never_cleartext() {
         !ok && n == 0,
         "after mesh remove: ping {ok}, {n} cleartext:\n{text}"
     );
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(!st.errors.contains_key(UNDERLAY_GUARD_MISSING), "{st:?}");
     // `remove` takes it: the control, the leak is back
     t.dp.remove(&na).await.unwrap();
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(
+        !st.fail_closed && st.errors.contains_key(UNDERLAY_GUARD_MISSING),
+        "{st:?}"
+    );
     let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
     assert!(!spd.contains("spd "), "{spd}");
     let (_, n, text) = pod_a_pings(&t, "192.0.2.2");

@@ -110,6 +110,8 @@ mod reconcile;
 mod status;
 mod underlay_guard;
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -130,7 +132,10 @@ pub use self::ids::{
     owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
     TAG_PREFIX, TUNNEL_INSTANCE_BASE,
 };
-pub use self::status::{PeerCounters, LOST_OUTBOUND, STATS_UNAVAILABLE};
+pub use self::status::{
+    PeerCounters, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE,
+    UNDERLAY_GUARD_MISSING,
+};
 pub use crate::endpoint::SocketResolver;
 
 /// The VPP dataplane (implements [`Tunnel`]).
@@ -256,7 +261,16 @@ impl Tunnel for VppTunnel {
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
+        let local: BTreeSet<IpAddr> = mesh.local.underlay.iter().copied().collect();
+        let uplinks: BTreeSet<u32> = TunnelCalls { c: &c }
+            .interfaces_holding(&local)
+            .await?
+            .into_values()
+            .collect();
+        let spd = underlay_guard::HaveSpd::read(&c).await?;
         let _ = c.close().await;
+        let want = underlay_guard::wanted(mesh);
+        let guarded = underlay_guard::in_place(&spd, &want, &uplinks);
         let snap = match self.snapshot(netns).await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -264,7 +278,18 @@ impl Tunnel for VppTunnel {
                 None
             }
         };
-        Ok(status::build(&have, snap.as_ref(), mesh))
+        let mut st = status::build(&have, snap.as_ref(), mesh);
+        if guarded {
+            let n = underlay_guard::discards(&want);
+            if n > 0 {
+                st.errors
+                    .insert(POD_TO_PEER_UNDERLAY_DROPPED.into(), n as u64);
+            }
+        } else {
+            st.fail_closed = false;
+            st.errors.insert(UNDERLAY_GUARD_MISSING.into(), 1);
+        }
+        Ok(st)
     }
 
     async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {

@@ -193,6 +193,18 @@ impl HaveSpd {
     }
 }
 
+/// Whether the guard is complete: every policy of `want` in the SPD, bound to every
+/// interface of `ifs`.
+pub(super) fn in_place(have: &HaveSpd, want: &BTreeSet<Policy>, ifs: &BTreeSet<u32>) -> bool {
+    let policies: BTreeSet<Policy> = have.policies.iter().map(|(p, _)| *p).collect();
+    have.exists && want.is_subset(&policies) && ifs.is_subset(&have.bound)
+}
+
+/// The number of discard policies in `want` (local pod CIDR → peer underlay address).
+pub(super) fn discards(want: &BTreeSet<Policy>) -> usize {
+    want.iter().filter(|p| p.discard).count()
+}
+
 /// Brings the SPD to `want`, bound to the interfaces `ifs`: missing policies first, then
 /// the bindings, stale policies and bindings last.
 pub(super) async fn reconcile(
