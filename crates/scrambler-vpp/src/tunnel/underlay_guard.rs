@@ -5,7 +5,7 @@
 //! take a local pod's packet to a peer's underlay address out of the uplink in the clear;
 //! a route for the peer's /32 cannot drop it, since the peer's tunnel resolves its outer
 //! packets through the same /32. So the guard matches on the *source* too: an IPsec SPD
-//! (id [`UNDERLAY_SPD_ID`]) bound to every interface holding a local underlay address, with
+//! (id [`UNDERLAY_SPD_ID`](super::UNDERLAY_SPD_ID)) bound to every interface holding a local underlay address, with
 //!
 //! * outbound `discard`, priority [`DISCARD_PRIORITY`]: local pod CIDR → peer underlay
 //!   address, one per pair of the same family;
