@@ -493,4 +493,18 @@ async fn pod_to_peer_underlay_address_is_dropped_never_cleartext() {
     assert!(!spd.contains("spd "), "{spd}");
     let (_, n, text) = pod_a_pings(&t, "192.0.2.2");
     assert_eq!(n, 3, "the control leak did not show:\n{text}");
+    // an SPD of someone else's: reconcile refuses (it could not tell the bindings apart)
+    // and leaves it alone
+    t.a.vppctl(&["ipsec", "spd", "add", "7"]);
+    let err =
+        t.dp.reconcile(&na, &t.mesh("a"), &t.secret)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, scrambler_core::Error::AlreadyExists { .. })
+            && err.to_string().contains("0x7"),
+        "{err}"
+    );
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(spd.contains("spd 7") && !spd.contains("6029404"), "{spd}");
 }

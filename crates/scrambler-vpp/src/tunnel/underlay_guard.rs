@@ -132,15 +132,15 @@ pub(super) fn wanted(mesh: &Mesh) -> BTreeSet<Policy> {
 ///
 /// VPP reports an interface's SPD by its internal index, not its id, and lists SPDs
 /// without their index: a binding is known to be Scrambler's only while its SPD is the
-/// only one in VPP. With other SPDs present a bound underlay interface is not touched and
-/// reconcile fails (fail closed: the operator sorts it out).
+/// only one in VPP. With other SPDs present reconcile fails before it binds anything (fail
+/// closed: the operator sorts it out).
 #[derive(Default)]
 pub(super) struct HaveSpd {
     exists: bool,
     policies: Vec<(Policy, IpsecSpdEntry)>,
     bound: BTreeSet<u32>,
     other: BTreeSet<u32>,
-    others_exist: bool,
+    others: Vec<u32>,
 }
 
 impl HaveSpd {
@@ -159,7 +159,12 @@ impl HaveSpd {
             }
         )?;
         let exists = spds.iter().any(|s| s.spd_id == UNDERLAY_SPD_ID);
-        let others_exist = spds.iter().any(|s| s.spd_id != UNDERLAY_SPD_ID);
+        let others: Vec<u32> = spds
+            .iter()
+            .map(|s| s.spd_id)
+            .filter(|id| *id != UNDERLAY_SPD_ID)
+            .collect();
+        let others_exist = !others.is_empty();
         let bound_ifs: BTreeSet<u32> = bindings.iter().map(|b| b.sw_if_index).collect();
         let (bound, other) = if exists && !others_exist {
             (bound_ifs, BTreeSet::new())
@@ -169,7 +174,7 @@ impl HaveSpd {
         if !exists {
             return Ok(HaveSpd {
                 other,
-                others_exist,
+                others,
                 ..HaveSpd::default()
             });
         }
@@ -188,7 +193,7 @@ impl HaveSpd {
             policies,
             bound,
             other,
-            others_exist,
+            others,
         })
     }
 }
@@ -215,6 +220,18 @@ pub(super) async fn reconcile(
 ) -> Result<ReconcileReport> {
     let mut rep = ReconcileReport::default();
     let obj = format!("SPD {UNDERLAY_SPD_ID:#x}");
+    if !have.others.is_empty() {
+        let ids: Vec<String> = have.others.iter().map(|i| format!("{i:#x}")).collect();
+        return Err(Error::AlreadyExists {
+            object: format!("VPP IPsec SPDs {}", ids.join(", ")),
+            reason: format!(
+                "VPP has IPsec SPDs that are not Scrambler's; VPP reports an interface's SPD \
+                 by index, not id, so Scrambler's underlay guard ({obj}) cannot tell its \
+                 bindings from theirs and is not installed (pod traffic to peers' underlay \
+                 addresses would leave in cleartext): remove them"
+            ),
+        });
+    }
     if !have.exists {
         c.request(&ipsec::IpsecSpdAddDel {
             is_add: true,
@@ -236,14 +253,9 @@ pub(super) async fn reconcile(
         return Err(Error::AlreadyExists {
             object: format!("IPsec SPD binding of VPP interface sw_if_index {sw}"),
             reason: format!(
-                "the underlay interface has an SPD bound{} and VPP binds one per interface; \
+                "the underlay interface has an SPD bound and VPP binds one per interface; \
                  Scrambler's underlay guard ({obj}) cannot be bound, nor pod traffic to \
-                 peers' underlay addresses kept off the wire: remove the other SPD",
-                if have.others_exist {
-                    " (not known to be Scrambler's: VPP has other SPDs)"
-                } else {
-                    ""
-                }
+                 peers' underlay addresses kept off the wire: remove the other SPD"
             ),
         });
     }
