@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use scrambler_core::{ClusterSecret, Keys, NodeId, Tunnel};
 use scrambler_testkit::vpp::VppInstance;
-use scrambler_vpp::tunnel::{sa_id, tunnel_instance, Direction, LOST_OUTBOUND};
+use scrambler_vpp::tunnel::{
+    sa_id, tunnel_instance, Direction, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED,
+    UNDERLAY_GUARD_MISSING,
+};
 use two_nodes::{capture, ping, rotation_steps, TwoNodes};
 
 /// Everything on the underlay that is IP but not ESP.
@@ -96,12 +99,20 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
     let mut t = TwoNodes::start("scr-fc").await;
     let (ra, rb) = t.apply().await;
     assert!(ra.added >= 5 && rb.added >= 5, "{ra:?} {rb:?}");
-    // first setup: the cluster guard's drop route first; the peer's route exists (as drop)
-    // before the tunnel, leads into it last
+    // first setup: the cluster guard's drop route first, then the underlay guard (SPD, its
+    // policies — 4 bypass, 1 discard — then bound to the uplink); the peer's route exists
+    // (as drop) before the tunnel, leads into it last
     assert_eq!(
         last_reconcile_calls(&t.a.vppctl(&["api", "trace", "dump"])),
         [
             "ip_route_add_del:DROP",
+            "ipsec_spd_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_spd_entry_add_del",
+            "ipsec_interface_add_del_spd",
             "ip_route_add_del:DROP",
             "ipip_add_tunnel",
             "sw_interface_tag_add_del",
@@ -399,4 +410,141 @@ async fn cluster_guard_drops_unknown_and_removed_peers_and_outlives_mesh_remove(
     );
     let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
     assert!(st.peers.iter().all(|p| !p.is_up()), "{st:?}");
+}
+
+/// Pod-sourced packets on node a's underlay that are not ESP.
+const POD_CLEARTEXT: &str = "ip and not ip proto 50 and src net 10.1.0.0/24";
+
+/// Pings `to` from pod a while capturing a's underlay; returns whether the ping was
+/// answered and how many cleartext echo requests with the pod's source left.
+fn pod_a_pings(t: &TwoNodes, to: &str) -> (bool, usize, String) {
+    let (text, (ok, _)) = capture(&t.a, POD_CLEARTEXT, || ping(&t.a, to, 3));
+    let n = text
+        .lines()
+        .filter(|l| l.contains("ICMP echo request"))
+        .count();
+    (ok, n, text)
+}
+
+/// A pod on a VPP node sending to its peer's *underlay* address (the `kubernetes` Service
+/// DNATed to a control-plane node's address, a kubelet): without Scrambler VPP routes it
+/// by table 0's connected route out of the uplink in the clear (the control at the end
+/// shows it); with the mesh applied the underlay guard (an SPD on the uplink) drops it,
+/// while pod ↔ pod stays encrypted and a pod's traffic to any other address (here
+/// 198.51.100.7 by a route via the peer, standing in for a default route) leaves as before.
+/// The guard follows the peer leaving and rejoining, outlives `mesh remove`, goes with
+/// `remove`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_to_peer_underlay_address_is_dropped_never_cleartext() {
+    let mut t = TwoNodes::start("scr-pu").await;
+    let na = t.a.netns.netns();
+    t.b.vppctl(&[
+        "set",
+        "interface",
+        "ip",
+        "address",
+        "host-ul0",
+        "198.51.100.7/32",
+    ]);
+    t.a.vppctl(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "192.0.2.2",
+        "host-ul0",
+    ]);
+    // before the mesh: the leak this guards against, on this very wire
+    let (_, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert_eq!(
+        n, 3,
+        "no cleartext without Scrambler, the capture sees nothing?\n{text}"
+    );
+
+    t.apply().await;
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(
+        spd.contains("action discard") && spd.contains("192.0.2.2"),
+        "{spd}"
+    );
+    let (ok, out) = ping(&t.a, "10.2.0.2", 3);
+    assert!(ok, "pod ↔ pod ping failed: {out}");
+    let (ok, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert!(
+        !ok && n == 0,
+        "pod → peer underlay: ping {ok}, {n} cleartext:\n{text}"
+    );
+    // pod → own node's underlay address: local, untouched
+    let (ok, out) = ping(&t.a, "192.0.2.1", 2);
+    assert!(ok, "pod → own underlay failed: {out}");
+    // pod → elsewhere (neither cluster nor a peer's underlay): as before
+    let (ok, n, text) = pod_a_pings(&t, "198.51.100.7");
+    assert!(
+        ok && n == 3,
+        "pod → other destination changed: ping {ok}, {n}:\n{text}"
+    );
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(
+        st.fail_closed && st.errors.get(POD_TO_PEER_UNDERLAY_DROPPED) == Some(&1),
+        "{st:?}"
+    );
+    let rep = t.reconcile("a").await;
+    assert!(
+        rep.added == 0 && rep.updated == 0 && rep.removed == 0,
+        "{rep:?}"
+    );
+
+    // the peer leaves a's mesh: its underlay address is no peer's any more, its discard
+    // goes (the address is then an ordinary destination)
+    let mut alone = t.mesh("a");
+    alone.peers.clear();
+    t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(!spd.contains("action discard"), "{spd}");
+    // back (a new generation: the old outbound SA's key has sent)
+    t.cluster.keys = Keys::single(2);
+    t.apply().await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 3);
+    assert!(ok, "pod ↔ pod ping after rejoin failed: {out}");
+    let (ok, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert!(
+        !ok && n == 0,
+        "after rejoin: ping {ok}, {n} cleartext:\n{text}"
+    );
+
+    // `mesh remove` keeps the guard
+    t.dp.remove_keeping_guard(&na).await.unwrap();
+    let (ok, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert!(
+        !ok && n == 0,
+        "after mesh remove: ping {ok}, {n} cleartext:\n{text}"
+    );
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(!st.errors.contains_key(UNDERLAY_GUARD_MISSING), "{st:?}");
+    // `remove` takes it: the control, the leak is back
+    t.dp.remove(&na).await.unwrap();
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(
+        !st.fail_closed && st.errors.contains_key(UNDERLAY_GUARD_MISSING),
+        "{st:?}"
+    );
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(!spd.contains("spd "), "{spd}");
+    let (_, n, text) = pod_a_pings(&t, "192.0.2.2");
+    assert_eq!(n, 3, "the control leak did not show:\n{text}");
+    // an SPD of someone else's: reconcile refuses (it could not tell the bindings apart)
+    // and leaves it alone
+    t.a.vppctl(&["ipsec", "spd", "add", "7"]);
+    let err =
+        t.dp.reconcile(&na, &t.mesh("a"), &t.secret)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, scrambler_core::Error::AlreadyExists { .. })
+            && err.to_string().contains("0x7"),
+        "{err}"
+    );
+    let spd = t.a.vppctl(&["show", "ipsec", "spd"]);
+    assert!(spd.contains("spd 7") && !spd.contains("6029404"), "{spd}");
 }

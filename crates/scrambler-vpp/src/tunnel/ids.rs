@@ -9,6 +9,9 @@ pub const TUNNEL_INSTANCE_BASE: u32 = 0x5c_0000;
 /// First SA id Scrambler owns; ids span 2^24 from here.
 pub const SA_ID_BASE: u32 = 0x5c00_0000;
 
+/// The id of Scrambler's IPsec SPD, the underlay guard (see `underlay_guard`).
+pub const UNDERLAY_SPD_ID: u32 = 0x5c_005c;
+
 /// Prefix of the interface tag of Scrambler's tunnels.
 pub const TAG_PREFIX: &str = "scrambler:peer=";
 

@@ -13,10 +13,13 @@
 //!   drop (see *Fail closed*).
 //!
 //! And once per node, whatever its peers: a drop route for each of the mesh's
-//! `clusterCidrs` (the cluster guard, see *Fail closed*).
+//! `clusterCidrs` (the cluster guard, see *Fail closed*), and the underlay guard, an IPsec
+//! SPD on the underlay interfaces dropping local pods' traffic to the peers' underlay
+//! addresses (VPP pods cannot reach those yet; see `underlay_guard`).
 //!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
-//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` — and, for routes (VPP routes
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24`, the SPD
+//! [`UNDERLAY_SPD_ID`] — and, for routes (VPP routes
 //! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
 //! tunnel); nothing else is ever touched. [`VppTunnel::reconcile`] dumps the state, diffs it
 //! against the mesh and changes only what differs; a second run is a no-op.
@@ -39,6 +42,12 @@
 //!   [`Tunnel::remove_keeping_guard`] (`scrambler mesh remove` without `--remove-guard`)
 //!   takes tunnels and SAs away but leaves every owned route, pointed to drop, so pods that
 //!   still run cannot leak; only [`Tunnel::remove`] takes the guard too.
+//! * **The underlay guard.** A local pod's packet to a peer's underlay address would leave
+//!   the uplink in the clear by table 0's route; a /32 route cannot stop it (the tunnel's
+//!   outer packets use it), so an SPD bound to the underlay interfaces discards `local pod
+//!   CIDR → peer underlay` and bypasses everything else. It goes in right after the
+//!   cluster guard, follows the peers, is kept by [`Tunnel::remove_keeping_guard`] and
+//!   taken by [`Tunnel::remove`]; `status` reports it missing as not fail-closed.
 //! * **Order in reconcile**: routes of new peers go in as drop first; before a tunnel is
 //!   re-created, an SA replaced or a lost protection restored, the peer's routes go to drop;
 //!   then tunnel (admin down), SAs, protection, admin up, and only then routes into the
@@ -109,7 +118,10 @@ mod plan;
 mod readback;
 mod reconcile;
 mod status;
+mod underlay_guard;
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -129,9 +141,12 @@ use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
 pub use self::cluster_guard::guard_in_place;
 pub use self::ids::{
     owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
-    TAG_PREFIX, TUNNEL_INSTANCE_BASE,
+    TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
 };
-pub use self::status::{PeerCounters, LOST_OUTBOUND, STATS_UNAVAILABLE};
+pub use self::status::{
+    PeerCounters, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE,
+    UNDERLAY_GUARD_MISSING,
+};
 pub use crate::endpoint::SocketResolver;
 
 /// The VPP dataplane (implements [`Tunnel`]).
@@ -257,7 +272,16 @@ impl Tunnel for VppTunnel {
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
+        let local: BTreeSet<IpAddr> = mesh.local.underlay.iter().copied().collect();
+        let uplinks: BTreeSet<u32> = TunnelCalls { c: &c }
+            .interfaces_holding(&local)
+            .await?
+            .into_values()
+            .collect();
+        let spd = underlay_guard::HaveSpd::read(&c).await?;
         let _ = c.close().await;
+        let want = underlay_guard::wanted(mesh);
+        let guarded = underlay_guard::in_place(&spd, &want, &uplinks);
         let snap = match self.snapshot(netns).await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -265,7 +289,18 @@ impl Tunnel for VppTunnel {
                 None
             }
         };
-        Ok(status::build(&have, snap.as_ref(), mesh))
+        let mut st = status::build(&have, snap.as_ref(), mesh);
+        if guarded {
+            let n = underlay_guard::discards(&want);
+            if n > 0 {
+                st.errors
+                    .insert(POD_TO_PEER_UNDERLAY_DROPPED.into(), n as u64);
+            }
+        } else {
+            st.fail_closed = false;
+            st.errors.insert(UNDERLAY_GUARD_MISSING.into(), 1);
+        }
+        Ok(st)
     }
 
     async fn remove(&self, netns: &Netns) -> Result<ReconcileReport> {

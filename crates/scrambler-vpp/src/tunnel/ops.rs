@@ -88,6 +88,22 @@ impl TunnelCalls<'_> {
         &self,
         addrs: &BTreeSet<IpAddr>,
     ) -> Result<HashMap<IpAddr, u32>> {
+        let found = self.interfaces_holding(addrs).await?;
+        match addrs.iter().find(|a| !found.contains_key(a)) {
+            Some(addr) => Err(Error::Dataplane {
+                dataplane: DATAPLANE.into(),
+                op: "find underlay interface".into(),
+                reason: format!("the local underlay address {addr} is on no VPP interface"),
+            }),
+            None => Ok(found),
+        }
+    }
+
+    /// The interfaces holding those of `addrs` that some VPP interface holds.
+    pub(super) async fn interfaces_holding(
+        &self,
+        addrs: &BTreeSet<IpAddr>,
+    ) -> Result<HashMap<IpAddr, u32>> {
         let mut found = HashMap::new();
         if addrs.is_empty() {
             return Ok(found);
@@ -120,14 +136,7 @@ impl TunnelCalls<'_> {
                 }
             }
         }
-        match addrs.iter().find(|a| !found.contains_key(a)) {
-            Some(addr) => Err(Error::Dataplane {
-                dataplane: DATAPLANE.into(),
-                op: "find underlay interface".into(),
-                reason: format!("the local underlay address {addr} is on no VPP interface"),
-            }),
-            None => Ok(found),
-        }
+        Ok(found)
     }
 
     pub(super) async fn delete_tunnel(&self, instance: u32, sw: u32) -> Result<()> {

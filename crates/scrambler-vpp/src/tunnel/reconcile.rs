@@ -15,6 +15,7 @@ use super::readback::{
     kept_outbound, needs_new_tunnel, outbound_changed, outbound_lost, sa_matches, OwnedRoute,
     OwnedState,
 };
+use super::underlay_guard::{self, HaveSpd};
 use crate::endpoint::DATAPLANE;
 
 /// Reconciles the node's VPP, found as `have`, to `want` in phases: the cluster guard's drop
@@ -55,6 +56,18 @@ pub(super) async fn reconcile_all(
         }
     }
     pipelined(steer).await?;
+
+    // the underlay guard: pod-sourced traffic to the peers' underlay addresses dropped on
+    // the underlay interfaces
+    let local: BTreeSet<IpAddr> = mesh.local.underlay.iter().copied().collect();
+    let uplinks: BTreeSet<u32> = ops
+        .interfaces_holding(&local)
+        .await?
+        .into_values()
+        .collect();
+    let spd = HaveSpd::read(ops.c).await?;
+    let r = underlay_guard::reconcile(ops.c, &spd, &underlay_guard::wanted(mesh), &uplinks).await?;
+    add_report(&mut rep, &r);
 
     // stale routes next: pod CIDRs no peer of the mesh has any more
     let want_routes: BTreeSet<IpNet> = want
@@ -124,7 +137,8 @@ pub(super) async fn remove_all(
     keep_guard: bool,
 ) -> Result<ReconcileReport> {
     let mut rep = ReconcileReport::default();
-    // routes (to drop, or away), then tunnels, then SAs; each kind's calls sent together
+    // routes (to drop, or away), then tunnels, then SAs, then (without `keep_guard`) the
+    // underlay guard; each kind's calls sent together
     let routes = if keep_guard {
         pipelined(
             have.routes
@@ -158,7 +172,12 @@ pub(super) async fn remove_all(
             .collect::<Vec<_>>(),
     )
     .await?;
-    rep.removed = routes.len() + tunnels.len() + sas.len();
+    let spd = if keep_guard {
+        0
+    } else {
+        underlay_guard::remove(ops.c, &HaveSpd::read(ops.c).await?).await?
+    };
+    rep.removed = routes.len() + tunnels.len() + sas.len() + spd;
     Ok(rep)
 }
 

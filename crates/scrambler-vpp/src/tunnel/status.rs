@@ -16,6 +16,16 @@ use crate::endpoint::DATAPLANE;
 /// generation is live; they stay behind drop routes (fail closed) until a key rotation.
 pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 
+/// Key in [`TunnelStatus::errors`]: how many (local pod CIDR, peer underlay address) pairs
+/// the underlay guard drops. VPP pods cannot reach other nodes' underlay addresses yet:
+/// their traffic there is dropped, not encrypted (kernel pods reach them through the mesh).
+pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
+
+/// Key in [`TunnelStatus::errors`] when the underlay guard (the SPD dropping pod traffic
+/// to peers' underlay addresses) is missing or incomplete: such traffic may then cross
+/// the underlay in cleartext, and `fail_closed` is false.
+pub const UNDERLAY_GUARD_MISSING: &str = "ScramblerUnderlayGuardMissing";
+
 /// Key in [`TunnelStatus::errors`] when the stats segment could not be read (the packet and
 /// byte counters of the peers are then zero, not measured).
 pub const STATS_UNAVAILABLE: &str = "ScramblerVppStatsUnavailable";
