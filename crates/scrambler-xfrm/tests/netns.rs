@@ -328,19 +328,19 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
         assert_eq!(inv.policies["bypass"], 4);
         assert_eq!(inv.policies["mesh"], 22);
         // dropping a peer leaves its pod CIDR guarded by the supernet: its 11 mesh
-        // policies, its 2 routes and the guard of its underlay address go
+        // policies and its 2 routes go; the block of its underlay address stays
         let r = t
             .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
             .await
             .unwrap();
-        assert_eq!(r.removed, 14, "{r:?}");
+        assert_eq!(r.removed, 13, "{r:?}");
         // removing the mesh but keeping the guard: the peer's 11 mesh policies, its 2
         // routes and the rule go, block and bypass policies stay
         let r = t.remove_keeping_guard(&ns.netns()).await.unwrap();
         assert_eq!(r.removed, 11 + 2 + 1, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert_eq!(inv.policies.get("mesh"), None, "{inv:?}");
-        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (5, 4));
+        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (6, 4));
         let text = policy_text(&ns);
         assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
         assert!(owned_routes(&ns).is_empty());
@@ -352,7 +352,68 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
         );
         // a full remove takes the guard too
         let r = t.remove(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 9, "{r:?}");
+        assert_eq!(r.removed, 10, "{r:?}");
+        assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
+    });
+}
+
+/// A peer dropped from the mesh (lease expired, removed from the mesh file) takes its
+/// mesh policies, its routes and its route in table 92 with it, but the block `out <local
+/// pod CIDR> → <its underlay address>` stays (a tombstone): a pod's connection to that
+/// address, carried by the mesh until then, is dropped instead of going on in cleartext
+/// over the main table. The status calls the node fail closed and healthy, reconcile
+/// leaves it alone; `remove_keeping_guard` keeps it, `remove` takes it.
+#[test]
+fn departed_peers_underlay_block_stays_until_the_guard_is_removed() {
+    let ns = ns_with_link("xf-tomb");
+    let t = policies_only();
+    let block = "src 10.0.1.0/24 dst 192.0.2.3/32";
+    let blocks = |text: &str| {
+        text.split("src ")
+            .filter(|p| p.starts_with("10.0.1.0/24 dst 192.0.2.3/32"))
+            .map(|p| p.contains("action block"))
+            .collect::<Vec<_>>()
+    };
+    rt().block_on(async {
+        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap();
+        let text = policy_text(&ns);
+        // the peer's mesh policy (encrypt) and its block
+        assert_eq!(blocks(&text).len(), 2, "{text}");
+        assert!(ns
+            .ip(&["route", "show", "table", "92"])
+            .contains("192.0.2.3 dev scrambler0"));
+
+        let without = mesh_of(1, 2, node);
+        t.reconcile(&ns.netns(), &without, &secret()).await.unwrap();
+        let text = policy_text(&ns);
+        assert_eq!(blocks(&text), [true], "only the block stays: {text}");
+        assert!(!text.contains("10.0.3.0/24"), "{text}");
+        assert!(!text.contains("src 192.0.2.3/32"), "{text}");
+        let table = ns.ip(&["route", "show", "table", "92"]);
+        assert!(!table.contains("192.0.2.3"), "{table}");
+        assert!(!owned_routes(&ns).iter().any(|r| r.contains("10.0.3.0")));
+        // healthy, fail closed, no error; reconcile is a no-op
+        let s = t.status(&ns.netns(), &without).await.unwrap();
+        assert!(s.fail_closed && s.peers.iter().all(|p| p.steering), "{s:?}");
+        assert!(s.errors.keys().all(|k| !k.contains("Scrambler")), "{s:?}");
+        let again = t.reconcile(&ns.netns(), &without, &secret()).await.unwrap();
+        assert!(again.is_noop(), "{again:?}");
+        assert!(policy_text(&ns).contains(block));
+
+        // a node returning on the address: the block is its planned one again
+        let r = t
+            .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap();
+        assert_eq!(r.removed, 0, "{r:?}");
+        t.reconcile(&ns.netns(), &without, &secret()).await.unwrap();
+
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        assert_eq!(blocks(&policy_text(&ns)), [true]);
+        t.remove(&ns.netns()).await.unwrap();
+        assert!(blocks(&policy_text(&ns)).is_empty());
         assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
     });
 }
