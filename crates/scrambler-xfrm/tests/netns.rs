@@ -147,8 +147,9 @@ fn foreign_policies_and_routes_are_never_touched() {
             .await
             .unwrap();
         let r = t.remove(&ns.netns()).await.unwrap();
-        // 11 mesh + 5 guard + 4 bypass policies, 2 routes and 1 rule
-        assert_eq!(r.removed, 23, "{r:?}");
+        // 11 mesh + 6 guard (the departed peer's underlay block included) + 4 bypass
+        // policies, 2 routes and 1 rule
+        assert_eq!(r.removed, 24, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert!(inv.policies.is_empty(), "{inv:?}");
         assert_eq!(inv.foreign, 3);
@@ -278,15 +279,19 @@ fn changed_underlay_is_updated_in_place() {
         mesh.peers[0].underlay = vec!["198.51.100.2".parse().unwrap()];
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         // 3 + 3 mesh policies updated (their template); the 5 naming its underlay
-        // address, the guard of it and its route in Scrambler's table replaced
-        assert_eq!((r.added, r.updated, r.removed), (7, 6, 7), "{r:?}");
+        // address and its route in Scrambler's table replaced, a guard of the new one
+        // added; the old address keeps its block (a tombstone)
+        assert_eq!((r.added, r.updated, r.removed), (7, 6, 6), "{r:?}");
         assert!(t
             .reconcile(&ns.netns(), &mesh, &secret())
             .await
             .unwrap()
             .is_noop());
     });
-    assert!(policy_text(&ns).contains("tmpl src 192.0.2.1 dst 198.51.100.2"));
+    let text = policy_text(&ns);
+    assert!(text.contains("tmpl src 192.0.2.1 dst 198.51.100.2"), "{text}");
+    assert!(text.contains("src 10.0.1.0/24 dst 192.0.2.2/32"), "{text}");
+    assert!(text.contains("src 10.0.1.0/24 dst 198.51.100.2/32"), "{text}");
 }
 
 #[test]
