@@ -308,7 +308,14 @@ mod tests {
         // run), the old bypass and supernet blocks of it go
         let mut m = mesh(1, 3);
         m.local.pod_cidrs = vec!["10.9.0.0/24".parse().unwrap()];
-        let ch = diff(&cfg, &Desired::plan(&cfg, &m, None).unwrap(), &found, &[], false).unwrap();
+        let ch = diff(
+            &cfg,
+            &Desired::plan(&cfg, &m, None).unwrap(),
+            &found,
+            &[],
+            false,
+        )
+        .unwrap();
         let gone = deleted(&ch);
         for kept in [
             "policy out 10.0.1.0/24 -> 192.0.2.2/32",
@@ -316,12 +323,25 @@ mod tests {
         ] {
             assert!(!gone.contains(&kept), "{gone:?}");
         }
-        assert!(gone.contains(&"policy out 0.0.0.0/0 -> 10.0.1.0/24"), "{gone:?}");
-        assert!(gone.contains(&"policy in 10.0.0.0/8 -> 10.0.1.0/24"), "{gone:?}");
+        assert!(
+            gone.contains(&"policy out 0.0.0.0/0 -> 10.0.1.0/24"),
+            "{gone:?}"
+        );
+        assert!(
+            gone.contains(&"policy in 10.0.0.0/8 -> 10.0.1.0/24"),
+            "{gone:?}"
+        );
         // the local node takes a departed peer's address: its block goes
         let mut m = mesh(1, 2);
         m.local.underlay.push("192.0.2.3".parse().unwrap());
-        let ch = diff(&cfg, &Desired::plan(&cfg, &m, None).unwrap(), &found, &[], false).unwrap();
+        let ch = diff(
+            &cfg,
+            &Desired::plan(&cfg, &m, None).unwrap(),
+            &found,
+            &[],
+            false,
+        )
+        .unwrap();
         assert!(deleted(&ch).contains(&"policy out 10.0.1.0/24 -> 192.0.2.3/32"));
         // a new peer on a tombstone's address: the block is its planned one, unchanged
         let mut m = mesh(1, 2);

@@ -79,7 +79,12 @@ impl Desired {
             d.plan_peer(cfg, mesh, peer, secret)?;
             d.plan_peer_underlay(cfg, mesh, peer)?;
         }
-        d.local_underlay = mesh.local.underlay.iter().map(|a| IpNet::from(*a)).collect();
+        d.local_underlay = mesh
+            .local
+            .underlay
+            .iter()
+            .map(|a| IpNet::from(*a))
+            .collect();
         d.plan_guard(cfg, mesh);
         Ok(d)
     }

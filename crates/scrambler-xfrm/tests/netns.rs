@@ -289,9 +289,15 @@ fn changed_underlay_is_updated_in_place() {
             .is_noop());
     });
     let text = policy_text(&ns);
-    assert!(text.contains("tmpl src 192.0.2.1 dst 198.51.100.2"), "{text}");
+    assert!(
+        text.contains("tmpl src 192.0.2.1 dst 198.51.100.2"),
+        "{text}"
+    );
     assert!(text.contains("src 10.0.1.0/24 dst 192.0.2.2/32"), "{text}");
-    assert!(text.contains("src 10.0.1.0/24 dst 198.51.100.2/32"), "{text}");
+    assert!(
+        text.contains("src 10.0.1.0/24 dst 198.51.100.2/32"),
+        "{text}"
+    );
 }
 
 #[test]
