@@ -194,8 +194,9 @@ fn foreign_policy_holding_a_desired_key_stops_reconcile_before_any_change() {
     assert!(!ns.ip(&["rule"]).contains("lookup 92"));
 }
 
-/// Someone else's rules (same priority, another table; same table, another priority) and
-/// routes in Scrambler's table survive reconcile and remove.
+/// Someone else's rules (same priority, another table; same table, another priority; ours
+/// but inverted or with a mark) and routes in Scrambler's table survive reconcile and
+/// remove.
 #[test]
 fn foreign_rules_and_routes_in_scramblers_table_are_never_touched() {
     let ns = ns_with_link("xf-rule");
@@ -222,6 +223,20 @@ fn foreign_rules_and_routes_in_scramblers_table_are_never_touched() {
         "92",
         "priority",
         "100",
+    ]);
+    // at Scrambler's priority, table and protocol, but inverted: not ours
+    ns.ip(&[
+        "rule",
+        "add",
+        "not",
+        "from",
+        "10.0.9.0/24",
+        "lookup",
+        "92",
+        "priority",
+        "23552",
+        "proto",
+        "92",
     ]);
     ns.ip(&[
         "route",
@@ -254,9 +269,76 @@ fn foreign_rules_and_routes_in_scramblers_table_are_never_touched() {
             "{table}"
         );
         t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        assert!(!ns
+            .ip(&["rule"])
+            .contains("from 10.0.1.0/24 lookup 92 proto 92"));
+        // a rule with a mark at Scrambler's priority, source, table and protocol, before
+        // Scrambler's: the kernel would delete it in place of Scrambler's (it matches a
+        // delete on the attributes given), so removal refuses, naming it
+        let marked = [
+            "from",
+            "10.0.1.0/24",
+            "fwmark",
+            "7",
+            "lookup",
+            "92",
+            "priority",
+            "23552",
+            "proto",
+            "92",
+        ];
+        ns.ip(&[&["rule", "add"][..], &marked[..]].concat());
+        t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap();
+        let e = t.remove_keeping_guard(&ns.netns()).await.unwrap_err();
+        assert!(e.to_string().contains("comes first"), "{e}");
+        let rules = ns.ip(&["rule"]);
+        assert!(
+            rules.contains("23552:\tfrom 10.0.1.0/24 fwmark 0x7 lookup 92 proto 92")
+                && rules.contains("23552:\tfrom 10.0.1.0/24 lookup 92 proto 92"),
+            "{rules}"
+        );
+        ns.ip(&[&["rule", "del"][..], &marked[..]].concat());
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        // an inverted rule of the very source the kernel takes for Scrambler's (it does
+        // not compare `not`): a conflict named, never a rule silently missing
+        let inverted = [
+            "not",
+            "from",
+            "10.0.1.0/24",
+            "lookup",
+            "92",
+            "priority",
+            "23552",
+            "proto",
+            "92",
+        ];
+        ns.ip(&[&["rule", "add"][..], &inverted[..]].concat());
+        let e = t
+            .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("rule from 10.0.1.0/24 lookup 92"),
+            "{e}"
+        );
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        assert!(ns
+            .ip(&["rule"])
+            .contains("23552:\tnot from 10.0.1.0/24 lookup 92 proto 92"));
+        ns.ip(&[&["rule", "del"][..], &inverted[..]].concat());
     });
     let rules = ns.ip(&["rule"]);
-    assert!(!rules.contains("proto 92"), "{rules}");
+    assert_eq!(
+        rules.lines().filter(|l| l.contains("proto 92")).count(),
+        1,
+        "{rules}"
+    );
+    assert!(
+        rules.contains("23552:\tnot from 10.0.9.0/24 lookup 92 proto 92"),
+        "the inverted rule at our priority, table and protocol stays: {rules}"
+    );
     assert!(
         rules.contains("23552:\tfrom 10.0.1.0/24 lookup 220")
             && rules.contains("100:\tfrom 10.0.1.0/24 lookup 92"),
