@@ -44,6 +44,18 @@ impl RuleSpec {
         )
     }
 
+    /// True when deleting this rule could delete `other` instead: the kernel matches a
+    /// delete request on the attributes it carries only (a mark, `not`, a destination,
+    /// ports … absent from the request match anything) and removes the first rule in
+    /// its list that matches.
+    pub fn delete_may_hit(&self, other: &RuleState) -> bool {
+        other.priority == self.priority
+            && other.src == Some(self.src.trunc())
+            && other.table == self.table
+            && other.protocol == self.protocol
+            && (self.iif.is_none() || other.iif == self.iif)
+    }
+
     /// The rtnetlink message adding (or deleting) this rule.
     pub fn message(&self) -> RuleMessage {
         let mut m = RuleMessage::default();
@@ -84,8 +96,10 @@ pub struct RuleState {
     pub table: u32,
     /// Protocol number.
     pub protocol: u8,
-    /// The rule matches more than a source prefix and an input interface (a mark, an
-    /// output interface, ports, …).
+    /// The rule is more than a plain `from <prefix> [iif <name>] lookup <table>`: a header
+    /// flag (`not`), a TOS, another action, or any attribute besides priority, source,
+    /// destination, input interface, table and protocol (a mark, an output interface,
+    /// ports, a suppressor, one unknown to this crate, …).
     pub other_selectors: bool,
 }
 
@@ -119,7 +133,8 @@ fn rule_state(m: &RuleMessage) -> RuleState {
             0
         },
         protocol: 0,
-        other_selectors: h.tos != 0 || h.action != RuleAction::ToTable,
+        // any header flag (`not`, a detached interface, …) makes it someone else's
+        other_selectors: h.tos != 0 || h.action != RuleAction::ToTable || h.flags.bits() != 0,
     };
     let net = |ip: &IpAddr, len: u8| IpNet::new(*ip, len).ok().map(|n| n.trunc());
     for a in &m.attributes {
@@ -130,14 +145,13 @@ fn rule_state(m: &RuleMessage) -> RuleState {
             RuleAttribute::Table(t) if h.action == RuleAction::ToTable => s.table = *t,
             RuleAttribute::Protocol(p) => s.protocol = u8::from(*p),
             RuleAttribute::Iifname(i) => s.iif = Some(i.clone()),
-            RuleAttribute::Oifname(_)
-            | RuleAttribute::FwMark(_)
-            | RuleAttribute::UidRange(_)
-            | RuleAttribute::IpProtocol(_)
-            | RuleAttribute::SourcePortRange(_)
-            | RuleAttribute::DestinationPortRange(_)
-            | RuleAttribute::L3MDev(true) => s.other_selectors = true,
-            _ => {}
+            // what the kernel reports for every rule, at their "unset" values
+            RuleAttribute::SuppressPrefixLen(u32::MAX)
+            | RuleAttribute::SuppressIfGroup(u32::MAX)
+            | RuleAttribute::L3MDev(false) => {}
+            // anything else (a mark, an output interface, ports, a goto, a suppressor,
+            // an attribute this crate does not know, …) matches more than a plain rule
+            _ => s.other_selectors = true,
         }
     }
     s
@@ -225,5 +239,47 @@ mod tests {
         .message();
         m.attributes.push(RuleAttribute::FwMark(1));
         assert_eq!(rule_state(&m).spec(), None);
+    }
+
+    /// Ownership is a whitelist: a rule at Scrambler's priority, table and protocol that
+    /// inverts its match or carries any other attribute is someone else's.
+    #[test]
+    fn inverted_rules_and_unknown_attributes_are_not_plain_specs() {
+        use netlink_packet_route::rule::RuleFlags;
+        use rtnetlink::packet_core::DefaultNla;
+        let plain = RuleSpec {
+            priority: 0x5c00,
+            src: "10.0.1.0/24".parse().unwrap(),
+            iif: None,
+            table: 92,
+            protocol: 0x5c,
+        };
+        // what the kernel adds to every rule, unset: still plain
+        let mut m = plain.message();
+        m.attributes
+            .push(RuleAttribute::SuppressPrefixLen(u32::MAX));
+        m.attributes.push(RuleAttribute::L3MDev(false));
+        assert_eq!(rule_state(&m).spec(), Some(plain.clone()));
+        let mut inverted = plain.message();
+        inverted.header.flags = RuleFlags::Invert;
+        let mut unknown = plain.message();
+        unknown
+            .attributes
+            .push(RuleAttribute::Other(DefaultNla::new(99, vec![0; 4])));
+        let with = |a: RuleAttribute| {
+            let mut m = plain.message();
+            m.attributes.push(a);
+            m
+        };
+        for m in [
+            inverted,
+            unknown,
+            with(RuleAttribute::SuppressPrefixLen(0)),
+            with(RuleAttribute::Goto(1)),
+            with(RuleAttribute::TunId(7)),
+            with(RuleAttribute::FwMask(1)),
+        ] {
+            assert_eq!(rule_state(&m).spec(), None, "{m:?}");
+        }
     }
 }

@@ -114,10 +114,12 @@ fn diff_policies(
             }
         }
     }
-    // stale: mesh policies before guard policies
+    // stale: mesh policies before guard policies; a departed peer's underlay block stays
+    // (a tombstone: its pods' connections to that address must not go on in cleartext)
     let mut stale: Vec<&FoundPolicy> = found
         .iter()
         .filter(|p| owns_policy(cfg, p) && !desired.policies.contains_key(&p.policy.key))
+        .filter(|p| !desired.is_underlay_tombstone(cfg, &p.policy))
         .collect();
     stale.sort_by_key(|p| p.policy.tmpl.is_none());
     for p in stale {
@@ -282,10 +284,74 @@ mod tests {
         smaller.peers.pop();
         let d2 = Desired::plan(&cfg, &smaller, None).unwrap();
         let ch = diff(&cfg, &d2, &found, &[], false).unwrap();
-        // its 3 mesh policies, the 8 with its or our underlay address and the guard of
-        // its underlay address; the cluster guard stays
-        assert_eq!(ch.report.removed, 12);
-        assert_eq!(ch.len(), 12);
+        // its 3 mesh policies and the 8 with its or our underlay address; the cluster
+        // guard and the block of its underlay address (a tombstone) stay
+        assert_eq!(ch.report.removed, 11);
+        assert_eq!(ch.len(), 11);
+        let block = "policy out 10.0.1.0/24 -> 192.0.2.50/32";
+        assert!(found.iter().any(|p| p.policy.key.to_string() == block));
+        assert!(ch.phases[4].iter().all(|r| r.object != block));
+        assert!(ch.phases[4]
+            .iter()
+            .any(|r| r.object.starts_with(&format!("{block} if_id"))));
+    }
+
+    fn deleted(ch: &Changes) -> Vec<&str> {
+        ch.phases[4].iter().map(|r| r.object.as_str()).collect()
+    }
+
+    #[test]
+    fn underlay_tombstones_outlive_peers_and_cidr_changes_but_not_the_local_address() {
+        let cfg = XfrmConfig::default();
+        let found = found_from(&Desired::plan(&cfg, &mesh(1, 3), None).unwrap());
+        // the local pod CIDR changes: the blocks of the old one stay (its pods may still
+        // run), the old bypass and supernet blocks of it go
+        let mut m = mesh(1, 3);
+        m.local.pod_cidrs = vec!["10.9.0.0/24".parse().unwrap()];
+        let ch = diff(
+            &cfg,
+            &Desired::plan(&cfg, &m, None).unwrap(),
+            &found,
+            &[],
+            false,
+        )
+        .unwrap();
+        let gone = deleted(&ch);
+        for kept in [
+            "policy out 10.0.1.0/24 -> 192.0.2.2/32",
+            "policy out 10.0.1.0/24 -> 192.0.2.3/32",
+        ] {
+            assert!(!gone.contains(&kept), "{gone:?}");
+        }
+        assert!(
+            gone.contains(&"policy out 0.0.0.0/0 -> 10.0.1.0/24"),
+            "{gone:?}"
+        );
+        assert!(
+            gone.contains(&"policy in 10.0.0.0/8 -> 10.0.1.0/24"),
+            "{gone:?}"
+        );
+        // the local node takes a departed peer's address: its block goes
+        let mut m = mesh(1, 2);
+        m.local.underlay.push("192.0.2.3".parse().unwrap());
+        let ch = diff(
+            &cfg,
+            &Desired::plan(&cfg, &m, None).unwrap(),
+            &found,
+            &[],
+            false,
+        )
+        .unwrap();
+        assert!(deleted(&ch).contains(&"policy out 10.0.1.0/24 -> 192.0.2.3/32"));
+        // a new peer on a tombstone's address: the block is its planned one, unchanged
+        let mut m = mesh(1, 2);
+        let mut n = crate::plan::tests::node(7);
+        n.underlay = vec!["192.0.2.3".parse().unwrap()];
+        m.peers.push(n);
+        let d = Desired::plan(&cfg, &m, None).unwrap();
+        let ch = diff(&cfg, &d, &found, &[], false).unwrap();
+        assert!(!deleted(&ch).contains(&"policy out 10.0.1.0/24 -> 192.0.2.3/32"));
+        assert!(ch.phases[0].is_empty(), "guard unchanged");
     }
 
     #[test]

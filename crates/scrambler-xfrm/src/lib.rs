@@ -95,7 +95,11 @@
 //!   (cleartext from remote pods), block `in` `S` → the local underlay addresses
 //!   (cleartext from remote pods to this host). Bypass policies keep node-local
 //!   pod traffic flowing: `out` anything → local pod CIDRs, `in`/`fwd` local → local, `in`
-//!   local pod CIDRs → local underlay addresses. Removing a peer leaves the guard; [`XfrmTunnel`]'s
+//!   local pod CIDRs → local underlay addresses. Removing a peer leaves the guard, its
+//!   underlay block included (a tombstone: underlay addresses have no supernet, so a
+//!   pod's connection to a departed peer's host would otherwise go on in cleartext;
+//!   reconcile never deletes such a block, except one naming a local underlay address,
+//!   and a status ignores it); [`XfrmTunnel`]'s
 //!   `remove_keeping_guard` (the node tool's `mesh remove`) takes everything else away and
 //!   leaves it, so pods that still run cannot leak; only `remove` takes the guard too;
 //! * **a state is missing, expired or being replaced**: the mesh policy's template is

@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use rtnetlink::LinkXfrm;
 use scrambler_core::{Error, Netns, Result};
 use scrambler_netlink::address::Scope;
-use scrambler_netlink::{errno, kernel_error, sysctl, Exists, Nl, RouteSpec, RuleSpec, EOPNOTSUPP};
+use scrambler_netlink::{
+    errno, kernel_error, sysctl, Exists, Nl, RouteSpec, RuleSpec, RuleState, EOPNOTSUPP,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -217,13 +219,32 @@ pub(crate) fn rules(cfg: &XfrmConfig, src: IpNet) -> [RuleSpec; 1] {
 /// Scrambler's rules: exactly of the shape of [`rules`] (priority, table and protocol all
 /// Scrambler's, nothing but a source prefix matched).
 pub(crate) async fn owned_rules(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<RuleSpec>> {
-    Ok(nl
-        .rules()
-        .await?
-        .iter()
+    Ok(owned_of(cfg, &nl.rules().await?))
+}
+
+fn owned_of(cfg: &XfrmConfig, all: &[RuleState]) -> BTreeSet<RuleSpec> {
+    all.iter()
         .filter_map(|r| r.spec())
         .filter(|r| rules(cfg, r.src).contains(r))
-        .collect())
+        .collect()
+}
+
+/// Deletes Scrambler's rule `r` unless a rule of someone else that the kernel would
+/// take for it (the same priority, source, table and protocol, with more selectors)
+/// comes first in `all` (the dump, in the kernel's order): the kernel deletes the first
+/// match, so that one would go instead. Returns whether `r` existed.
+async fn delete_owned_rule(nl: &Nl, all: &[RuleState], r: &RuleSpec) -> Result<bool> {
+    let mine = all.iter().position(|s| s.spec().as_ref() == Some(r));
+    let before = &all[..mine.unwrap_or(all.len())];
+    if let Some(f) = before.iter().find(|s| r.delete_may_hit(s)) {
+        return Err(Error::AlreadyExists {
+            object: r.name(),
+            reason: format!(
+                "a rule not made by Scrambler comes first at its priority, source, table                  and protocol ({f:?}): deleting Scrambler's would delete that one;                  Scrambler does not touch it"
+            ),
+        });
+    }
+    nl.delete_rule(r).await
 }
 
 /// Makes Scrambler's routes in its table and its rules exactly `routes` and `sources`:
@@ -237,7 +258,8 @@ pub(crate) async fn sync_underlay_steering(
     sources: &BTreeSet<IpNet>,
 ) -> Result<(usize, usize)> {
     let have = owned_table_routes(nl, cfg, index).await?;
-    let found = owned_rules(nl, cfg).await?;
+    let all = nl.rules().await?;
+    let found = owned_of(cfg, &all);
     let wanted: BTreeSet<RuleSpec> = sources.iter().flat_map(|s| rules(cfg, *s)).collect();
     let mut stale_rules: Vec<&RuleSpec> = found.difference(&wanted).collect();
     stale_rules.reverse();
@@ -245,7 +267,7 @@ pub(crate) async fn sync_underlay_steering(
     let stale_routes = table_routes(cfg, have.difference(routes), index);
     let missing_routes = table_routes(cfg, routes.difference(&have), index);
     for r in &stale_rules {
-        nl.delete_rule(r).await?;
+        delete_owned_rule(nl, &all, r).await?;
     }
     nl.delete_routes(&stale_routes).await?;
     nl.add_routes(&missing_routes, Exists::Fail)
@@ -260,7 +282,16 @@ pub(crate) async fn sync_underlay_steering(
             e => e,
         })?;
     for r in &missing_rules {
-        nl.add_rule(r, Exists::Keep).await?;
+        // the kernel takes a rule differing only in what it does not compare (`not`, …)
+        // for this one: someone else's rule holds it
+        nl.add_rule(r, Exists::Fail).await.map_err(|e| match e {
+            Error::AlreadyExists { object, .. } => Error::AlreadyExists {
+                object,
+                reason: "a rule not made by Scrambler (the kernel takes it for this one,                          e.g. the same with `not`) holds it; Scrambler does not touch it"
+                    .into(),
+            },
+            e => e,
+        })?;
     }
     Ok((
         missing_routes.len() + missing_rules.len(),
@@ -277,8 +308,9 @@ pub(crate) async fn remove_underlay_steering(
 ) -> Result<usize> {
     let none = BTreeSet::new();
     let mut removed = 0;
-    for r in owned_rules(nl, cfg).await?.iter().rev() {
-        if nl.delete_rule(r).await? {
+    let all = nl.rules().await?;
+    for r in owned_of(cfg, &all).iter().rev() {
+        if delete_owned_rule(nl, &all, r).await? {
             removed += 1;
         }
     }

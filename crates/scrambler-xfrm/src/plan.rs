@@ -24,6 +24,9 @@ pub(crate) struct Desired {
     /// Sources of the rules `from <source> lookup <route_table>`: the local pod CIDRs of
     /// the families of `underlay_routes`.
     pub rule_sources: BTreeSet<IpNet>,
+    /// The local node's underlay addresses as host prefixes (never a tombstone's
+    /// destination, see [`Desired::is_underlay_tombstone`]).
+    pub local_underlay: BTreeSet<IpNet>,
     /// Rotation step 2: an older generation than `tx` is still live, so outbound states
     /// of `tx` are being made for the first time.
     pub switching: bool,
@@ -76,8 +79,36 @@ impl Desired {
             d.plan_peer(cfg, mesh, peer, secret)?;
             d.plan_peer_underlay(cfg, mesh, peer)?;
         }
+        d.local_underlay = mesh
+            .local
+            .underlay
+            .iter()
+            .map(|a| IpNet::from(*a))
+            .collect();
         d.plan_guard(cfg, mesh);
         Ok(d)
+    }
+
+    /// True when `p`, an owned policy not planned, is the block `out` local pod CIDR →
+    /// underlay address of a node that left the mesh (or of the local pod CIDR a node had
+    /// before a change): a tombstone that reconcile keeps. Traffic from a pod to that
+    /// address rode the mesh while the node was a peer; without the block, a connection
+    /// still open when the peer's policies, route and rule go would continue in cleartext
+    /// over the main table. Only [`crate::XfrmTunnel`]'s `remove` (with the guard) deletes
+    /// them; a node that takes the address later plans the same block. They are bounded
+    /// by (local pod CIDRs) × (distinct underlay addresses of peers) since the last
+    /// removal; none is ever kept for an address of the local node.
+    pub fn is_underlay_tombstone(&self, cfg: &XfrmConfig, p: &Policy) -> bool {
+        let k = &p.key;
+        k.dir == Dir::Out
+            && k.if_id == 0
+            && p.block
+            && p.tmpl.is_none()
+            && p.priority == cfg.priority(PRIO_GUARD)
+            && k.src.prefix_len() > 0
+            && k.dst.prefix_len() == k.dst.max_prefix_len()
+            && same_family(&k.src, &k.dst)
+            && !self.local_underlay.contains(&k.dst)
     }
 
     fn plan_peer(

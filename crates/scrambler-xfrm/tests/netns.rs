@@ -147,8 +147,9 @@ fn foreign_policies_and_routes_are_never_touched() {
             .await
             .unwrap();
         let r = t.remove(&ns.netns()).await.unwrap();
-        // 11 mesh + 5 guard + 4 bypass policies, 2 routes and 1 rule
-        assert_eq!(r.removed, 23, "{r:?}");
+        // 11 mesh + 6 guard (the departed peer's underlay block included) + 4 bypass
+        // policies, 2 routes and 1 rule
+        assert_eq!(r.removed, 24, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert!(inv.policies.is_empty(), "{inv:?}");
         assert_eq!(inv.foreign, 3);
@@ -193,8 +194,9 @@ fn foreign_policy_holding_a_desired_key_stops_reconcile_before_any_change() {
     assert!(!ns.ip(&["rule"]).contains("lookup 92"));
 }
 
-/// Someone else's rules (same priority, another table; same table, another priority) and
-/// routes in Scrambler's table survive reconcile and remove.
+/// Someone else's rules (same priority, another table; same table, another priority; ours
+/// but inverted or with a mark) and routes in Scrambler's table survive reconcile and
+/// remove.
 #[test]
 fn foreign_rules_and_routes_in_scramblers_table_are_never_touched() {
     let ns = ns_with_link("xf-rule");
@@ -221,6 +223,20 @@ fn foreign_rules_and_routes_in_scramblers_table_are_never_touched() {
         "92",
         "priority",
         "100",
+    ]);
+    // at Scrambler's priority, table and protocol, but inverted: not ours
+    ns.ip(&[
+        "rule",
+        "add",
+        "not",
+        "from",
+        "10.0.9.0/24",
+        "lookup",
+        "92",
+        "priority",
+        "23552",
+        "proto",
+        "92",
     ]);
     ns.ip(&[
         "route",
@@ -253,9 +269,76 @@ fn foreign_rules_and_routes_in_scramblers_table_are_never_touched() {
             "{table}"
         );
         t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        assert!(!ns
+            .ip(&["rule"])
+            .contains("from 10.0.1.0/24 lookup 92 proto 92"));
+        // a rule with a mark at Scrambler's priority, source, table and protocol, before
+        // Scrambler's: the kernel would delete it in place of Scrambler's (it matches a
+        // delete on the attributes given), so removal refuses, naming it
+        let marked = [
+            "from",
+            "10.0.1.0/24",
+            "fwmark",
+            "7",
+            "lookup",
+            "92",
+            "priority",
+            "23552",
+            "proto",
+            "92",
+        ];
+        ns.ip(&[&["rule", "add"][..], &marked[..]].concat());
+        t.reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap();
+        let e = t.remove_keeping_guard(&ns.netns()).await.unwrap_err();
+        assert!(e.to_string().contains("comes first"), "{e}");
+        let rules = ns.ip(&["rule"]);
+        assert!(
+            rules.contains("23552:\tfrom 10.0.1.0/24 fwmark 0x7 lookup 92 proto 92")
+                && rules.contains("23552:\tfrom 10.0.1.0/24 lookup 92 proto 92"),
+            "{rules}"
+        );
+        ns.ip(&[&["rule", "del"][..], &marked[..]].concat());
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        // an inverted rule of the very source the kernel takes for Scrambler's (it does
+        // not compare `not`): a conflict named, never a rule silently missing
+        let inverted = [
+            "not",
+            "from",
+            "10.0.1.0/24",
+            "lookup",
+            "92",
+            "priority",
+            "23552",
+            "proto",
+            "92",
+        ];
+        ns.ip(&[&["rule", "add"][..], &inverted[..]].concat());
+        let e = t
+            .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("rule from 10.0.1.0/24 lookup 92"),
+            "{e}"
+        );
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        assert!(ns
+            .ip(&["rule"])
+            .contains("23552:\tnot from 10.0.1.0/24 lookup 92 proto 92"));
+        ns.ip(&[&["rule", "del"][..], &inverted[..]].concat());
     });
     let rules = ns.ip(&["rule"]);
-    assert!(!rules.contains("proto 92"), "{rules}");
+    assert_eq!(
+        rules.lines().filter(|l| l.contains("proto 92")).count(),
+        1,
+        "{rules}"
+    );
+    assert!(
+        rules.contains("23552:\tnot from 10.0.9.0/24 lookup 92 proto 92"),
+        "the inverted rule at our priority, table and protocol stays: {rules}"
+    );
     assert!(
         rules.contains("23552:\tfrom 10.0.1.0/24 lookup 220")
             && rules.contains("100:\tfrom 10.0.1.0/24 lookup 92"),
@@ -278,15 +361,25 @@ fn changed_underlay_is_updated_in_place() {
         mesh.peers[0].underlay = vec!["198.51.100.2".parse().unwrap()];
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         // 3 + 3 mesh policies updated (their template); the 5 naming its underlay
-        // address, the guard of it and its route in Scrambler's table replaced
-        assert_eq!((r.added, r.updated, r.removed), (7, 6, 7), "{r:?}");
+        // address and its route in Scrambler's table replaced, a guard of the new one
+        // added; the old address keeps its block (a tombstone)
+        assert_eq!((r.added, r.updated, r.removed), (7, 6, 6), "{r:?}");
         assert!(t
             .reconcile(&ns.netns(), &mesh, &secret())
             .await
             .unwrap()
             .is_noop());
     });
-    assert!(policy_text(&ns).contains("tmpl src 192.0.2.1 dst 198.51.100.2"));
+    let text = policy_text(&ns);
+    assert!(
+        text.contains("tmpl src 192.0.2.1 dst 198.51.100.2"),
+        "{text}"
+    );
+    assert!(text.contains("src 10.0.1.0/24 dst 192.0.2.2/32"), "{text}");
+    assert!(
+        text.contains("src 10.0.1.0/24 dst 198.51.100.2/32"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -328,19 +421,19 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
         assert_eq!(inv.policies["bypass"], 4);
         assert_eq!(inv.policies["mesh"], 22);
         // dropping a peer leaves its pod CIDR guarded by the supernet: its 11 mesh
-        // policies, its 2 routes and the guard of its underlay address go
+        // policies and its 2 routes go; the block of its underlay address stays
         let r = t
             .reconcile(&ns.netns(), &mesh_of(1, 2, node), &secret())
             .await
             .unwrap();
-        assert_eq!(r.removed, 14, "{r:?}");
+        assert_eq!(r.removed, 13, "{r:?}");
         // removing the mesh but keeping the guard: the peer's 11 mesh policies, its 2
         // routes and the rule go, block and bypass policies stay
         let r = t.remove_keeping_guard(&ns.netns()).await.unwrap();
         assert_eq!(r.removed, 11 + 2 + 1, "{r:?}");
         let inv = t.inventory(&ns.netns()).await.unwrap();
         assert_eq!(inv.policies.get("mesh"), None, "{inv:?}");
-        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (5, 4));
+        assert_eq!((inv.policies["guard"], inv.policies["bypass"]), (6, 4));
         let text = policy_text(&ns);
         assert!(text.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "{text}");
         assert!(owned_routes(&ns).is_empty());
@@ -352,7 +445,68 @@ fn cluster_guard_with_local_bypass_outlives_peers_and_mesh_removal() {
         );
         // a full remove takes the guard too
         let r = t.remove(&ns.netns()).await.unwrap();
-        assert_eq!(r.removed, 9, "{r:?}");
+        assert_eq!(r.removed, 10, "{r:?}");
+        assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
+    });
+}
+
+/// A peer dropped from the mesh (lease expired, removed from the mesh file) takes its
+/// mesh policies, its routes and its route in table 92 with it, but the block `out <local
+/// pod CIDR> → <its underlay address>` stays (a tombstone): a pod's connection to that
+/// address, carried by the mesh until then, is dropped instead of going on in cleartext
+/// over the main table. The status calls the node fail closed and healthy, reconcile
+/// leaves it alone; `remove_keeping_guard` keeps it, `remove` takes it.
+#[test]
+fn departed_peers_underlay_block_stays_until_the_guard_is_removed() {
+    let ns = ns_with_link("xf-tomb");
+    let t = policies_only();
+    let block = "src 10.0.1.0/24 dst 192.0.2.3/32";
+    let blocks = |text: &str| {
+        text.split("src ")
+            .filter(|p| p.starts_with("10.0.1.0/24 dst 192.0.2.3/32"))
+            .map(|p| p.contains("action block"))
+            .collect::<Vec<_>>()
+    };
+    rt().block_on(async {
+        t.reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap();
+        let text = policy_text(&ns);
+        // the peer's mesh policy (encrypt) and its block
+        assert_eq!(blocks(&text).len(), 2, "{text}");
+        assert!(ns
+            .ip(&["route", "show", "table", "92"])
+            .contains("192.0.2.3 dev scrambler0"));
+
+        let without = mesh_of(1, 2, node);
+        t.reconcile(&ns.netns(), &without, &secret()).await.unwrap();
+        let text = policy_text(&ns);
+        assert_eq!(blocks(&text), [true], "only the block stays: {text}");
+        assert!(!text.contains("10.0.3.0/24"), "{text}");
+        assert!(!text.contains("src 192.0.2.3/32"), "{text}");
+        let table = ns.ip(&["route", "show", "table", "92"]);
+        assert!(!table.contains("192.0.2.3"), "{table}");
+        assert!(!owned_routes(&ns).iter().any(|r| r.contains("10.0.3.0")));
+        // healthy, fail closed, no error; reconcile is a no-op
+        let s = t.status(&ns.netns(), &without).await.unwrap();
+        assert!(s.fail_closed && s.peers.iter().all(|p| p.steering), "{s:?}");
+        assert!(s.errors.keys().all(|k| !k.contains("Scrambler")), "{s:?}");
+        let again = t.reconcile(&ns.netns(), &without, &secret()).await.unwrap();
+        assert!(again.is_noop(), "{again:?}");
+        assert!(policy_text(&ns).contains(block));
+
+        // a node returning on the address: the block is its planned one again
+        let r = t
+            .reconcile(&ns.netns(), &mesh_of(1, 3, node), &secret())
+            .await
+            .unwrap();
+        assert_eq!(r.removed, 0, "{r:?}");
+        t.reconcile(&ns.netns(), &without, &secret()).await.unwrap();
+
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        assert_eq!(blocks(&policy_text(&ns)), [true]);
+        t.remove(&ns.netns()).await.unwrap();
+        assert!(blocks(&policy_text(&ns)).is_empty());
         assert!(t.inventory(&ns.netns()).await.unwrap().policies.is_empty());
     });
 }

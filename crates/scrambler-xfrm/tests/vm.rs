@@ -1036,6 +1036,35 @@ fn vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh()
             !tcp_round_trip(pod2, "10.96.0.1:443"),
             "without the interface"
         );
+        // node 1 leaves node 2's mesh (its lease expired, it left the mesh file): node 1's
+        // mesh policies and table route go, its underlay block stays (a tombstone), so
+        // pod 2's traffic to it is dropped, not sent in the clear over the main table
+        let mut without_n1 = lab.meshes[1].clone();
+        without_n1
+            .peers
+            .retain(|p| p.name != lab.meshes[0].local.name);
+        assert_eq!(without_n1.peers.len(), 1);
+        lab.tunnel
+            .reconcile(&n2.netns(), &without_n1, &secret())
+            .await
+            .unwrap();
+        let table = n2.ip(&["route", "show", "table", "92"]);
+        assert!(!table.contains("192.0.2.1"), "{table}");
+        let pods_route = n2.ip(&[
+            "route",
+            "get",
+            "192.0.2.1",
+            "from",
+            "10.0.2.2",
+            "iif",
+            "pod0",
+        ]);
+        assert!(!pods_route.contains("scrambler0"), "{pods_route}");
+        assert_eq!(ping_replies(pod2, "192.0.2.1", 2), 0, "node1 left the mesh");
+        assert!(
+            !tcp_round_trip(pod2, "192.0.2.1:6443"),
+            "node1 left the mesh"
+        );
         // `mesh remove` keeping the guard: rule and table entries gone, the guard stays
         lab.tunnel.remove_keeping_guard(&n2.netns()).await.unwrap();
         let rules = n2.ip(&["rule"]);
