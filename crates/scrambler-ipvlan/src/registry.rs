@@ -421,14 +421,15 @@ mod tests {
         assert_eq!((n.master.as_str(), n.mode), ("ul0", Mode::L3));
         assert_eq!(n.pod_cidrs(), cidrs(&["10.1.1.0/24", "10.2.1.0/24"]));
         let script = n.ruleset().script();
-        assert!(
-            script.contains("ip saddr 10.1.1.0/24 ip daddr 10.1.0.0/16"),
-            "{script}"
-        );
-        assert!(
-            script.contains("ip saddr 10.2.1.0/24 ip daddr 10.2.0.0/16"),
-            "{script}"
-        );
+        // both networks' pods re-routed, both networks' cluster CIDRs guarded
+        for line in [
+            "ip saddr 10.1.1.0/24 counter meta mark set",
+            "ip saddr 10.2.1.0/24 counter meta mark set",
+            "ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 rt ipsec missing counter drop",
+            "ip saddr 10.2.0.0/16 ip daddr 10.2.0.0/16 rt ipsec missing counter drop",
+        ] {
+            assert!(script.contains(line), "{line} missing in:\n{script}");
+        }
         // with_entry replaces a network's entry
         let a2 = entry("a", "ul0", Mode::L3, "10.1.3.0/24", "10.1.0.0/16");
         assert_eq!(with_entry(&both, &a2), [a2, b]);
