@@ -504,8 +504,8 @@ async fn vm_ipvlan_two_encrypted_networks_share_the_node_setup() {
     };
     let guard_a = "oifname \"ul0\" ip saddr 10.1.0.0/16 ip daddr 10.1.0.0/16 rt ipsec missing";
     let guard_b = "oifname \"ul0\" ip saddr 10.2.0.0/16 ip daddr 10.2.0.0/16 rt ipsec missing";
-    let reroute_a = "ip saddr 10.1.1.0/24 ip daddr 10.1.0.0/16";
-    let reroute_b = "ip saddr 10.2.1.0/24 ip daddr 10.2.0.0/16";
+    let reroute_a = "ip saddr 10.1.1.0/24 counter";
+    let reroute_b = "ip saddr 10.2.1.0/24 counter";
     let networks = || -> Vec<String> {
         a.registry(&node)
             .unwrap()
