@@ -953,6 +953,6 @@ fn main() {
     if vm == "1" || vm == "only" {
         print_report(&run_vm_cases());
     } else {
-        eprintln!("[dataplane] VM cases (kernel XFRM, ipvlan) skipped: set SCRAMBLER_BENCH_VM=1");
+        eprintln!("[dataplane] VM cases (kernel XFRM, ipvlan) are opt-in and not run: set SCRAMBLER_BENCH_VM=1");
     }
 }
