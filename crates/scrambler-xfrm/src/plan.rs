@@ -32,6 +32,22 @@ pub(crate) struct Desired {
     pub switching: bool,
 }
 
+/// The ESP templates between the local node (`mine`) and a peer (`theirs`): outbound, and
+/// the return direction (in/fwd).
+fn tmpl_pair(mine: IpAddr, theirs: IpAddr, reqid: u32) -> (Tmpl, Tmpl) {
+    let out = Tmpl {
+        src: mine,
+        dst: theirs,
+        reqid,
+    };
+    let back = Tmpl {
+        src: theirs,
+        dst: mine,
+        reqid,
+    };
+    (out, back)
+}
+
 /// The outer (underlay) addresses used between the local node and `peer`.
 pub(crate) fn outer_pair(local: &Node, peer: &Node) -> Result<(IpAddr, IpAddr)> {
     let remote = *peer
@@ -124,16 +140,7 @@ impl Desired {
         let prio = cfg.priority(PRIO_MESH);
         for l in &local.pod_cidrs {
             for p in peer.pod_cidrs.iter().filter(|p| same_family(l, p)) {
-                let out = Tmpl {
-                    src: mine,
-                    dst: theirs,
-                    reqid,
-                };
-                let back = Tmpl {
-                    src: theirs,
-                    dst: mine,
-                    reqid,
-                };
+                let (out, back) = tmpl_pair(mine, theirs, reqid);
                 for (dir, src, dst, tmpl) in [
                     (Dir::Out, l, p, out),
                     (Dir::In, p, l, back),
@@ -213,16 +220,7 @@ impl Desired {
         let local = &mesh.local;
         let (mine, theirs) = outer_pair(local, peer)?;
         let reqid = cfg.reqid(peer.id.get());
-        let out = Tmpl {
-            src: mine,
-            dst: theirs,
-            reqid,
-        };
-        let back = Tmpl {
-            src: theirs,
-            dst: mine,
-            reqid,
-        };
+        let (out, back) = tmpl_pair(mine, theirs, reqid);
         let (m, u) = (IpNet::from(mine), IpNet::from(theirs));
         let mut add = |dir, src: IpNet, dst: IpNet, tmpl| {
             self.policy(Policy {
