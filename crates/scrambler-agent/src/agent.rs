@@ -435,6 +435,7 @@ impl Agent {
                 epoch,
                 underlay: self.cfg.underlay.clone(),
                 pod_cidrs,
+                previous_epochs: Vec::new(),
             },
             peers: Vec::new(),
             // no peers, no SAs: the generation only has to pass the ledger

@@ -339,6 +339,7 @@ mod tests {
             epoch: scrambler_core::Epoch::new(0xe0 + u64::from(n)).unwrap(),
             underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
             pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
+            previous_epochs: Vec::new(),
         };
         scrambler_core::Cluster {
             nodes: vec![node("a", 1), node("b", 2)],
