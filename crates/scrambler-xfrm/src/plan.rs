@@ -426,7 +426,7 @@ pub(crate) mod tests {
             pod_cidrs: vec![format!("10.{}.{}.0/24", id / 256, id % 256)
                 .parse()
                 .unwrap()],
-                previous_epochs: Vec::new(),
+            previous_epochs: Vec::new(),
         }
     }
 

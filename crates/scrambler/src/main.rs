@@ -234,6 +234,11 @@ struct AgentArgs {
     /// epoch without any node re-keying; 0: drop it at once; at most 86400 (one day).
     #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_DEPARTED_HOLD.as_secs())]
     departed_hold_secs: u64,
+    /// After an epoch change without a dataplane reset (a lost or refused outbound SA),
+    /// how long the node keeps its inbound SAs of the epoch it left (s), so that peers
+    /// still sending under it are received until they re-key; 0: keep none; at most 3600.
+    #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_EPOCH_GRACE.as_secs())]
+    epoch_grace_secs: u64,
     /// Where to write the dataplane's status for the CNI plugin (its conf's
     /// "tunnelStatusFile"): kept fresh (`updated`, `maxAge`) while the node's fail-closed
     /// guard is in place; removed when it is not, at start and at stop. The plugin refuses
@@ -282,6 +287,14 @@ impl AgentArgs {
             )));
         }
         c.departed_hold = std::time::Duration::from_secs(self.departed_hold_secs);
+        let max_grace = scrambler_agent::agent::MAX_EPOCH_GRACE.as_secs();
+        if self.epoch_grace_secs > max_grace {
+            return Err(Error::config(format!(
+                "--epoch-grace-secs {}: at most {max_grace} (one hour)",
+                self.epoch_grace_secs
+            )));
+        }
+        c.epoch_grace = std::time::Duration::from_secs(self.epoch_grace_secs);
         c.tunnel_status_file = self.tunnel_status_file.clone();
         Ok(c)
     }

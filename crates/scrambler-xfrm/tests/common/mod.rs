@@ -31,7 +31,7 @@ pub fn big_node(id: u32) -> Node {
         pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
             .parse()
             .unwrap()],
-            previous_epochs: Vec::new(),
+        previous_epochs: Vec::new(),
     }
 }
 
