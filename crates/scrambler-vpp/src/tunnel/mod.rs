@@ -132,7 +132,7 @@ use scrambler_core::{
 use scrambler_vpp_api::VppClient;
 
 use self::ops::TunnelCalls;
-use self::plan::plan;
+use self::plan::{place_inbound, plan};
 use self::readback::OwnedState;
 use self::reconcile::{reconcile_all, remove_all};
 use self::status::{peer_counters, CounterSnapshot};
@@ -140,8 +140,8 @@ use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
 
 pub use self::cluster_guard::guard_in_place;
 pub use self::ids::{
-    owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
-    TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
+    owned_sa, sa_id, sa_id_in_slot, sa_id_slots, tunnel_instance, tunnel_peer, Direction,
+    ROUTE_PREFERENCE, SA_ID_BASE, SA_SLOTS, TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
 };
 pub use self::status::{
     PeerCounters, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE,
@@ -250,11 +250,14 @@ impl Tunnel for VppTunnel {
         mesh: &Mesh,
         secret: &ClusterSecret,
     ) -> Result<ReconcileReport> {
-        let want = plan(mesh, secret)?;
+        let mut want = plan(mesh, secret)?;
         let c = self.connect(netns).await?;
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
+        for p in &mut want {
+            place_inbound(p, &have.sas);
+        }
         let rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
         let _ = c.close().await;
         tracing::info!(

@@ -10,8 +10,11 @@ use scrambler_vpp_api::api::types::{
 use scrambler_vpp_api::api::{ip, ipip, ipsec};
 use scrambler_vpp_api::{VppClient, VppError};
 
-use super::ids::{owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE};
+use super::ids::{
+    owned_sa, sa_id, sa_id_slots, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE,
+};
 use super::plan::{sa_entry, PeerPlan, SaPlan};
+use scrambler_core::keys::spi;
 
 /// What VPP has of ours.
 #[derive(Default)]
@@ -152,8 +155,18 @@ pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> boo
     if switching || have.sas.contains_key(&tx) {
         return false;
     }
-    let rx_of_tx = sa_id(Direction::Inbound, peer, mesh.keys.tx);
-    if mesh.keys.rx.contains(&mesh.keys.tx) && have.sas.contains_key(&rx_of_tx) {
+    // the inbound SA of the tx generation under the current epochs (in any slot): one of
+    // a previous epoch of the local node, kept after an epoch change, says nothing about
+    // the outbound SA of the new epoch
+    let rx_spi = mesh
+        .peers
+        .iter()
+        .find(|p| p.id == peer)
+        .map(|p| spi(p.incarnation(), mesh.local.incarnation(), mesh.keys.tx));
+    let rx_of_tx = sa_id_slots(Direction::Inbound, peer, mesh.keys.tx)
+        .iter()
+        .any(|id| have.sas.get(id).is_some_and(|e| Some(e.spi) == rx_spi));
+    if mesh.keys.rx.contains(&mesh.keys.tx) && rx_of_tx {
         return true;
     }
     match have.tunnels.get(&tunnel_instance(peer)) {
@@ -250,8 +263,14 @@ mod tests {
         assert!(!outbound_lost(&a, &single, id(2)));
         // the inbound SA of the generation is here, the outbound is not: lost
         let mut a = OwnedState::default();
-        a.sas.insert(in1, IpsecSadEntryV4::default());
+        let mut e = IpsecSadEntryV4::default();
+        e.spi = spi(single.peers[0].incarnation(), single.local.incarnation(), 1);
+        a.sas.insert(in1, e);
         assert!(outbound_lost(&a, &single, id(2)));
+        // ... but not one under other epochs (another SPI: a previous epoch's)
+        let mut b = OwnedState::default();
+        b.sas.insert(in1, IpsecSadEntryV4::default());
+        assert!(!outbound_lost(&b, &single, id(2)));
         // ... except in rotation step 2, when the new outbound SA is made for the first time
         let switching = mesh(Keys {
             tx: 2,
@@ -273,6 +292,44 @@ mod tests {
         let mut a = OwnedState::default();
         with_tunnel(&mut a, Some(sa_id(Direction::Outbound, id(2), 0)));
         assert!(!outbound_lost(&a, &single, id(2)));
+    }
+
+    #[test]
+    fn a_previous_epochs_inbound_sa_is_no_evidence_of_a_lost_outbound_sa() {
+        use crate::tunnel::ids::sa_id_in_slot;
+        use crate::tunnel::plan::{place_inbound, plan_at};
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let before = mesh(scrambler_core::Keys::single(1));
+        let mut after = before.clone();
+        after.local.epoch = scrambler_core::Epoch::new(0x77).unwrap();
+        after.local.previous_epochs = vec![scrambler_core::PreviousEpoch {
+            epoch: before.local.epoch,
+            until: u64::MAX,
+        }];
+        // the old epoch's outbound SA was lost: only its inbound SA is left
+        let mut old = plan_at(&before, &secret, 0).unwrap();
+        place_inbound(&mut old[0], &BTreeMap::new());
+        let mut a = OwnedState::default();
+        let inbound = old[0]
+            .sas
+            .iter()
+            .find(|s| s.dir == Direction::Inbound)
+            .unwrap();
+        a.sas.insert(inbound.id, sa_entry(inbound));
+        assert!(outbound_lost(&a, &before, id(2)));
+        // under the new epoch it is a kept SA of the old one: the new outbound SA is made
+        assert!(!outbound_lost(&a, &after, id(2)));
+        // the new epoch's inbound SA (slot 1) without its outbound SA: lost
+        let mut new = plan_at(&after, &secret, 0).unwrap();
+        place_inbound(&mut new[0], &a.sas);
+        let current = new[0]
+            .sas
+            .iter()
+            .find(|s| s.dir == Direction::Inbound && !s.kept)
+            .unwrap();
+        assert_eq!(current.id, sa_id_in_slot(Direction::Inbound, id(2), 1, 1));
+        a.sas.insert(current.id, sa_entry(current));
+        assert!(outbound_lost(&a, &after, id(2)));
     }
 
     #[test]

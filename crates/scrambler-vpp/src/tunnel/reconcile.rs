@@ -278,6 +278,9 @@ async fn reconcile_peer(
     for sa in &p.sas {
         match have.sas.get(&sa.id) {
             Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
+            // a previous epoch's inbound SA is kept as it is (found by its SPI), never
+            // replaced: made anew, its replay window and ESN high bits would start over
+            Some(_) if sa.kept => rep.unchanged += 1,
             Some(h) => {
                 guard.close(ops).await?;
                 if up {

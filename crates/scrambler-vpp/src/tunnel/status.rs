@@ -7,7 +7,7 @@ use scrambler_core::keys::spi;
 use scrambler_core::{Error, Generation, Mesh, Node, PeerStatus, Result, TunnelStatus};
 use scrambler_vpp_api::stats::{Combined, StatValue, StatsClient, StatsError};
 
-use super::ids::{peer_of_sa, sa_id, tunnel_instance, Direction};
+use super::ids::{peer_of_sa, sa_id, sa_id_slots, tunnel_instance, Direction};
 use super::plan::{guard_routes, underlay_pair};
 use super::readback::{outbound_lost, OwnedRoute, OwnedState};
 use crate::endpoint::DATAPLANE;
@@ -190,9 +190,12 @@ pub(super) fn build(
             .iter()
             .copied()
             .filter(|g| {
-                let id = sa_id(Direction::Inbound, peer.id, *g);
+                // in whichever slot it is (see `place_inbound`); previous epochs' inbound
+                // SAs, kept beside it, are neither required nor in the way
                 let want = spi(peer.incarnation(), mesh.local.incarnation(), *g);
-                has_sa(id, want) && prot.is_some_and(|(_, i)| i.contains(&id))
+                sa_id_slots(Direction::Inbound, peer.id, *g)
+                    .iter()
+                    .any(|id| has_sa(*id, want) && prot.is_some_and(|(_, i)| i.contains(id)))
             })
             .collect();
         // the SA of the current epochs: its SPI tells it from one of earlier epochs
