@@ -213,3 +213,93 @@ async fn vpp_sas_match_the_known_answer_vectors_and_a_new_epoch_rekeys() {
         "ESP on the wire:\n{wire}\n{wire2}"
     );
 }
+
+/// Node a changes its epoch without a reset (what its agent does after a lost or refused
+/// outbound SA) and keeps the previous one for a grace period: its inbound SA of the old
+/// epoch stays in its id slot beside the new one, so b, still sending under a's old epoch
+/// until it re-keys, is received all along; after the deadline a reconcile deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
+    use scrambler_core::{Epoch, PreviousEpoch};
+    use scrambler_vpp::tunnel::{sa_id_in_slot, Direction};
+    use scrambler_vpp_api::stats::StatsClient;
+    let mut t = TwoNodes::start("tp").await;
+    t.apply().await;
+    let (ok, out) = ping(&t.b, "10.1.0.2", 2);
+    assert!(ok, "{out}");
+    let na = t.a.netns.netns();
+    let ca = t.a.client().await;
+    let b_id = NodeId::new(2).unwrap();
+    let (kept_id, new_id) = (
+        sa_id_in_slot(Direction::Inbound, b_id, 1, 0),
+        sa_id_in_slot(Direction::Inbound, b_id, 1, 1),
+    );
+    // packets decrypted by the SA `id` of a
+    let decrypted = |id: u32| {
+        let ca = &ca;
+        let run_dir = t.a.run_dir.clone();
+        async move {
+            let d = ca
+                .dump(&IpsecSaV5Dump { sa_id: u32::MAX })
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|d| d.entry.sad_id == id)
+                .unwrap_or_else(|| panic!("no SA {id:#x}"));
+            let stats = StatsClient::connect(run_dir.join("stats.sock")).unwrap();
+            stats
+                .combined("/net/ipsec/sa", d.stat_index as usize)
+                .unwrap()
+                .packets
+        }
+    };
+
+    // only a moves to its new epoch; b still knows the old one
+    let old = t.cluster.nodes[0].epoch;
+    let mut moved = t.cluster.clone();
+    moved.nodes[0].epoch = Epoch::new(0x77).unwrap();
+    moved.nodes[0].previous_epochs = vec![PreviousEpoch {
+        epoch: old,
+        until: scrambler_core::mesh::unix_now() + 600,
+    }];
+    let a_mesh = moved.mesh_for("a").unwrap();
+    t.dp.reconcile(&na, &a_mesh, &t.secret).await.unwrap();
+    let ids: Vec<u32> = sa_ids(&ca).await.into_iter().filter(|i| owned_sa(*i)).collect();
+    assert_eq!(ids.len(), 3, "{ids:x?}");
+    assert!(ids.contains(&kept_id) && ids.contains(&new_id), "{ids:x?}");
+    let st = t.dp.status(&na, &a_mesh).await.unwrap();
+    assert!(st.fail_closed && st.peers[0].is_up(), "{st:?}");
+    let prot = t.a.vppctl(&["show", "ipsec", "protect"]);
+    assert!(
+        prot.contains(&format!("sa {kept_id} ")) || prot.contains(&kept_id.to_string()),
+        "{prot}"
+    );
+
+    // b's echo requests, under a's old epoch, are decrypted by the kept SA (a's replies,
+    // under its new epoch, are dropped at b until it re-keys: never in clear)
+    let before = decrypted(kept_id).await;
+    let (ok, _) = ping(&t.b, "10.1.0.2", 3);
+    assert!(!ok, "b reached a before it re-keyed: replies under a's new epoch?");
+    let got = decrypted(kept_id).await - before;
+    assert!(got >= 3, "kept SA decrypted {got} of 3 echo requests");
+    assert_eq!(decrypted(new_id).await, 0);
+
+    // b re-keys: both ways again, on the new epoch's SA
+    t.cluster = moved.clone();
+    t.reconcile("b").await;
+    let (ok, out) = ping(&t.b, "10.1.0.2", 3);
+    assert!(ok, "after b re-keyed: {out}");
+    assert!(decrypted(new_id).await >= 3);
+
+    // after the deadline a reconcile deletes the kept SA, and only it
+    t.cluster.nodes[0].previous_epochs[0].until = 1;
+    let r = t.reconcile("a").await;
+    assert_eq!(r.removed, 1, "{r:?}");
+    let ids: Vec<u32> = sa_ids(&ca).await.into_iter().filter(|i| owned_sa(*i)).collect();
+    assert_eq!(ids.len(), 2, "{ids:x?}");
+    assert!(!ids.contains(&kept_id) && ids.contains(&new_id), "{ids:x?}");
+    assert!(t.reconcile("a").await.is_noop());
+    let (ok, out) = ping(&t.b, "10.1.0.2", 3);
+    assert!(ok, "after the grace: {out}");
+    ca.close().await.unwrap();
+}
