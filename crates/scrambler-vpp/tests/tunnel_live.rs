@@ -264,7 +264,11 @@ async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
     }];
     let a_mesh = moved.mesh_for("a").unwrap();
     t.dp.reconcile(&na, &a_mesh, &t.secret).await.unwrap();
-    let ids: Vec<u32> = sa_ids(&ca).await.into_iter().filter(|i| owned_sa(*i)).collect();
+    let ids: Vec<u32> = sa_ids(&ca)
+        .await
+        .into_iter()
+        .filter(|i| owned_sa(*i))
+        .collect();
     assert_eq!(ids.len(), 3, "{ids:x?}");
     assert!(ids.contains(&kept_id) && ids.contains(&new_id), "{ids:x?}");
     let st = t.dp.status(&na, &a_mesh).await.unwrap();
@@ -279,7 +283,10 @@ async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
     // under its new epoch, are dropped at b until it re-keys: never in clear)
     let before = decrypted(kept_id).await;
     let (ok, _) = ping(&t.b, "10.1.0.2", 3);
-    assert!(!ok, "b reached a before it re-keyed: replies under a's new epoch?");
+    assert!(
+        !ok,
+        "b reached a before it re-keyed: replies under a's new epoch?"
+    );
     let got = decrypted(kept_id).await - before;
     assert!(got >= 3, "kept SA decrypted {got} of 3 echo requests");
     assert_eq!(decrypted(new_id).await, 0);
@@ -295,7 +302,11 @@ async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
     t.cluster.nodes[0].previous_epochs[0].until = 1;
     let r = t.reconcile("a").await;
     assert_eq!(r.removed, 1, "{r:?}");
-    let ids: Vec<u32> = sa_ids(&ca).await.into_iter().filter(|i| owned_sa(*i)).collect();
+    let ids: Vec<u32> = sa_ids(&ca)
+        .await
+        .into_iter()
+        .filter(|i| owned_sa(*i))
+        .collect();
     assert_eq!(ids.len(), 2, "{ids:x?}");
     assert!(!ids.contains(&kept_id) && ids.contains(&new_id), "{ids:x?}");
     assert!(t.reconcile("a").await.is_noop());

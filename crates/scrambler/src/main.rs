@@ -394,6 +394,13 @@ enum MeshCmd {
         /// The node's name in the mesh.
         #[arg(long, value_parser = node_name)]
         node: String,
+        /// The node did NOT lose its dataplane (an outbound SA was lost or refused by the
+        /// ledger): keep its inbound SAs of the old epoch for this many seconds (listed in
+        /// its `previousEpochs`), so peers still sending under it are received until the
+        /// mesh is applied on them. Apply the mesh on this node first. Without it (after
+        /// a reboot, a VPP restart, `mesh remove`) nothing is kept.
+        #[arg(long)]
+        keep_previous_secs: Option<u64>,
     },
     /// Remove the node's mesh (SAs, tunnels, routes into them), keeping the fail-closed guard
     /// for the cluster's pod supernets, so pods that still run cannot reach other nodes'
@@ -583,9 +590,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Mesh {
-            cmd: MeshCmd::Epoch { mesh, node },
+            cmd:
+                MeshCmd::Epoch {
+                    mesh,
+                    node,
+                    keep_previous_secs,
+                },
         } => {
-            let (old, new) = meshfile::new_epoch(&mesh, &node)?;
+            if keep_previous_secs.is_some_and(|s| s == 0 || s > 3600) {
+                return Err(Error::config(
+                    "--keep-previous-secs: 1 to 3600 seconds (leave it out after a reset)",
+                ));
+            }
+            let keep = keep_previous_secs.map(std::time::Duration::from_secs);
+            let (old, new) = meshfile::new_epoch_keeping(&mesh, &node, keep)?;
             let old = old.map(|e| e.to_string()).unwrap_or_else(|| "none".into());
             println!(
                 "node {node}: epoch {old} -> {new} in {}\napply the mesh on every node (`scrambler mesh apply`)",
