@@ -708,7 +708,7 @@ impl Agent {
             Err(Error::AlreadyExists { object, .. }) => {
                 let old = self.epoch;
                 if let Some(old) = old {
-                    self.keep_previous_epoch(old).await;
+                    self.keep_previous_epoch(old, mesh).await;
                 }
                 let avoid: Vec<Epoch> = old
                     .into_iter()
@@ -737,13 +737,13 @@ impl Agent {
 
     /// Lists `old`, the epoch the node is leaving without a reset, among the previous
     /// epochs for [`AgentConfig::epoch_grace`] — only when the dataplane still holds SAs
-    /// of the applied mesh (the old epoch's inbound SAs are there to keep; after a reset
-    /// there is nothing, and the dataplane would make none anew anyway). At most
+    /// of `refused`, the mesh under the old epoch (its inbound SAs are there to keep; after
+    /// a reset there is nothing, and the dataplane would make none anew anyway). At most
     /// [`MAX_PREVIOUS_EPOCHS`]: the oldest goes first.
-    async fn keep_previous_epoch(&mut self, old: Epoch) {
+    async fn keep_previous_epoch(&mut self, old: Epoch, refused: &Mesh) {
         self.prune_previous_epochs();
         if self.cfg.epoch_grace.is_zero()
-            || !epoch::dataplane_has_sas(&*self.tunnel, &self.cfg.netns, self.mesh.as_ref()).await
+            || !epoch::dataplane_has_sas(&*self.tunnel, &self.cfg.netns, Some(refused)).await
         {
             return;
         }

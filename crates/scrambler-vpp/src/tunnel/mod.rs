@@ -6,7 +6,11 @@
 //!   named `ipip<instance>`), tagged `scrambler:peer=<name>`;
 //! * ESP SAs, AES-GCM-128 with the key and salt of [`ClusterSecret::sa`], ESN and
 //!   anti-replay on: one outbound SA of the mesh's tx generation and one inbound SA per rx
-//!   generation, with ids from [`sa_id`];
+//!   generation, with ids from [`sa_id`] — inbound ones in the slot ([`sa_id_in_slot`])
+//!   where VPP has them, or a free one — plus, after an epoch change without a reset, one
+//!   inbound SA per rx generation for each previous epoch of the local node still kept
+//!   ([`scrambler_core::Node::previous_epochs`]: kept while VPP has them, never made anew,
+//!   deleted after their deadline; at most 4 inbound SAs per peer, the newest epochs first);
 //! * `ipsec tunnel protect` binding them to the tunnel (VPP encrypts what the tunnel carries:
 //!   on the wire it is outer IP / ESP / inner IP, like kernel tunnel-mode ESP);
 //! * one route per pod CIDR of the peer, leading either into the protected tunnel or to
@@ -18,7 +22,7 @@
 //! addresses (VPP pods cannot reach those yet; see `underlay_guard`).
 //!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
-//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24`, the SPD
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^26` (4 slots), the SPD
 //! [`UNDERLAY_SPD_ID`] — and, for routes (VPP routes
 //! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
 //! tunnel); nothing else is ever touched. [`VppTunnel::reconcile`] dumps the state, diffs it
