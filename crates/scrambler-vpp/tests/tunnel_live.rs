@@ -314,3 +314,65 @@ async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
     assert!(ok, "after the grace: {out}");
     ca.close().await.unwrap();
 }
+
+/// The agent's case end to end on VPP: a's outbound SA to b is lost behind Scrambler's
+/// back (its tunnel protection and the SA deleted); a reconcile of the same mesh keeps the
+/// peer lost (never re-created under its key); a takes a new epoch keeping the old one,
+/// and its new outbound SA is made (the kept inbound SA is no evidence of a loss); once b
+/// has re-keyed, both ways work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_outbound_sa_is_repaired_by_a_new_epoch_keeping_the_old_one() {
+    use scrambler_core::{Epoch, PreviousEpoch};
+    use scrambler_vpp::tunnel::{sa_id, Direction};
+    use scrambler_vpp_api::api::ipsec::{IpsecSadEntryDel, IpsecTunnelProtectDel};
+    let mut t = TwoNodes::start("tl").await;
+    t.apply().await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 2);
+    assert!(ok, "{out}");
+    let na = t.a.netns.netns();
+    let ca = t.a.client().await;
+    let b_id = NodeId::new(2).unwrap();
+    let out_id = sa_id(Direction::Outbound, b_id, 1);
+    // someone takes a's protection of the tunnel to b and its outbound SA
+    let sw = ca
+        .dump(&scrambler_vpp_api::api::ipip::IpipTunnelDump {
+            sw_if_index: u32::MAX,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.tunnel.instance == tunnel_instance(b_id))
+        .unwrap()
+        .tunnel
+        .sw_if_index;
+    ca.request(&IpsecTunnelProtectDel {
+        sw_if_index: sw,
+        nh: Default::default(),
+    })
+    .await
+    .unwrap();
+    ca.request(&IpsecSadEntryDel { id: out_id }).await.unwrap();
+    assert!(!sa_ids(&ca).await.contains(&out_id));
+    // the same mesh: lost, not re-created
+    t.reconcile("a").await;
+    assert!(!sa_ids(&ca).await.contains(&out_id));
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(!st.peers[0].outbound && st.fail_closed, "{st:?}");
+
+    // a new epoch, keeping the old one
+    let old = t.cluster.nodes[0].epoch;
+    t.cluster.nodes[0].epoch = Epoch::new(0x77).unwrap();
+    t.cluster.nodes[0].previous_epochs = vec![PreviousEpoch {
+        epoch: old,
+        until: scrambler_core::mesh::unix_now() + 600,
+    }];
+    t.reconcile("a").await;
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.peers[0].is_up() && st.fail_closed, "{st:?}");
+    t.reconcile("b").await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 3);
+    assert!(ok, "a -> b after the new epoch: {out}");
+    let (ok, out) = ping(&t.b, "10.1.0.2", 3);
+    assert!(ok, "b -> a after the new epoch: {out}");
+    ca.close().await.unwrap();
+}

@@ -11,7 +11,8 @@ use scrambler_vpp_api::api::{ip, ipip, ipsec};
 use scrambler_vpp_api::{VppClient, VppError};
 
 use super::ids::{
-    owned_sa, sa_id, sa_id_slots, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE,
+    owned_sa, peer_of_sa, sa_id, sa_id_slots, tunnel_instance, tunnel_peer, Direction,
+    ROUTE_PREFERENCE,
 };
 use super::plan::{sa_entry, PeerPlan, SaPlan};
 use scrambler_core::keys::spi;
@@ -145,8 +146,11 @@ impl OwnedState {
 /// than never made: re-creating it would restart its sequence numbers — the AES-GCM IVs —
 /// under the same key (nonce reuse, and replay drops at the peer). Only a new key (a new
 /// epoch of either end, or a new generation) repairs that. Evidence that it was made: outside rotation step 2 (`switching`), the
-/// inbound SA of the same generation is here, or the peer's tunnel is (a reconcile makes
-/// a tunnel's SAs in the same run) while its protection is gone or still names that SA.
+/// inbound SA of the same generation under the current epochs is here, or the peer's
+/// tunnel is (a reconcile makes a tunnel's SAs in the same run) while its protection is
+/// gone or still names that SA — unless an inbound SA of the peer under other epochs is
+/// there too (the tunnel was made under those: after an epoch change the new outbound SA
+/// was never made; the ledger, before the dataplane, is what refuses a key that sent).
 /// A node whose SAs *and* tunnels all vanished (a VPP restart) cannot tell: it comes back
 /// with a new epoch, and the node's ledger refuses the old one.
 pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> bool {
@@ -158,16 +162,25 @@ pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> boo
     // the inbound SA of the tx generation under the current epochs (in any slot): one of
     // a previous epoch of the local node, kept after an epoch change, says nothing about
     // the outbound SA of the new epoch
-    let rx_spi = mesh
-        .peers
-        .iter()
-        .find(|p| p.id == peer)
-        .map(|p| spi(p.incarnation(), mesh.local.incarnation(), mesh.keys.tx));
+    let Some(node) = mesh.peers.iter().find(|p| p.id == peer) else {
+        return false;
+    };
+    let rx_spi = spi(node.incarnation(), mesh.local.incarnation(), mesh.keys.tx);
     let rx_of_tx = sa_id_slots(Direction::Inbound, peer, mesh.keys.tx)
         .iter()
-        .any(|id| have.sas.get(id).is_some_and(|e| Some(e.spi) == rx_spi));
+        .any(|id| have.sas.get(id).is_some_and(|e| e.spi == rx_spi));
     if mesh.keys.rx.contains(&mesh.keys.tx) && rx_of_tx {
         return true;
+    }
+    // the tunnel is evidence only when nothing says it was made under other epochs: an
+    // inbound SA of the peer whose SPI has another epoch tag (the old epoch's, kept or
+    // not yet deleted, after an epoch change) says the tunnel's SAs were of those
+    let tag = node.epoch.spi_tag() ^ mesh.local.epoch.spi_tag();
+    let other_epochs = have.sas.iter().any(|(id, e)| {
+        peer_of_sa(*id) == Some((peer.get(), Direction::Inbound)) && (e.spi & 0xff) as u8 != tag
+    });
+    if other_epochs {
+        return false;
     }
     match have.tunnels.get(&tunnel_instance(peer)) {
         Some(t) => have
@@ -318,6 +331,10 @@ mod tests {
         a.sas.insert(inbound.id, sa_entry(inbound));
         assert!(outbound_lost(&a, &before, id(2)));
         // under the new epoch it is a kept SA of the old one: the new outbound SA is made
+        assert!(!outbound_lost(&a, &after, id(2)));
+        // also when the old tunnel is there, its protection gone with the lost SA
+        with_tunnel(&mut a, None);
+        assert!(outbound_lost(&a, &before, id(2)));
         assert!(!outbound_lost(&a, &after, id(2)));
         // the new epoch's inbound SA (slot 1) without its outbound SA: lost
         let mut new = plan_at(&after, &secret, 0).unwrap();
