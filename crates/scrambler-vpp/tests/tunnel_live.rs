@@ -263,7 +263,29 @@ async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
         until: scrambler_core::mesh::unix_now() + 600,
     }];
     let a_mesh = moved.mesh_for("a").unwrap();
-    t.dp.reconcile(&na, &a_mesh, &t.secret).await.unwrap();
+    // b pings a every 10 ms across a's reconcile: every echo request goes under a's old
+    // epoch, so the SA in slot 0 (current, then kept) decrypts what arrives; the
+    // replacement of a's outbound SA takes the tunnel's protection away for a few API
+    // calls, the only window in which b's packets can be dropped
+    let before_all = decrypted(kept_id).await;
+    let b_ns = &t.b.netns;
+    std::thread::scope(|s| {
+        let pinger = s.spawn(|| {
+            b_ns.exec(&[
+                "busybox", "ping", "-c", "300", "-i", "0.01", "-W", "1", "10.1.0.2",
+            ])
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(t.dp.reconcile(&na, &a_mesh, &t.secret))
+                .unwrap()
+        });
+        pinger.join().unwrap()
+    });
+    let across = decrypted(kept_id).await - before_all;
+    println!("b -> a across a's epoch change: {across} of 300 echo requests received");
+    assert!(across > 0, "the kept SA received nothing");
     let ids: Vec<u32> = sa_ids(&ca)
         .await
         .into_iter()
