@@ -94,7 +94,7 @@
 //! # Ok(()) }
 //! ```
 
-mod ops;
+pub(crate) mod ops;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -354,7 +354,7 @@ impl VppAttach {
             .pod_interfaces()
             .await?
             .into_iter()
-            .filter(|p| p.tag.starts_with(POD_TAG_PREFIX))
+            .filter(|p| p.tag.starts_with(POD_TAG_PREFIX) || p.tag == crate::tunnel::HOST_LINK_TAG)
             .map(|p| host_vpp(&p.host_if_name))
             .collect();
         if !pods.is_empty() {

@@ -11,7 +11,7 @@ use super::{
     GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
     POD_RX_FRAME_SIZE, POD_TX_FRAME_SIZE,
 };
-pub(super) use crate::endpoint::vpp_err;
+pub(crate) use crate::endpoint::vpp_err;
 use scrambler_vpp_api::api::types::{
     AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
     IfStatusFlags, IpNeighbor, IpNeighborFlags, IpTable, MacAddress,
@@ -27,10 +27,10 @@ pub(super) fn host_vpp(host_name: &str) -> String {
 
 /// One pod interface as VPP has it.
 #[derive(Debug, Clone)]
-pub(super) struct PodInterface {
-    pub(super) sw_if_index: u32,
-    pub(super) host_if_name: String,
-    pub(super) tag: String,
+pub(crate) struct PodInterface {
+    pub(crate) sw_if_index: u32,
+    pub(crate) host_if_name: String,
+    pub(crate) tag: String,
     pub(super) up: bool,
     pub(super) mac: [u8; 6],
     /// L3 MTU.
@@ -38,8 +38,8 @@ pub(super) struct PodInterface {
 }
 
 /// The VPP calls of an attachment on one API connection, one or a few requests each.
-pub(super) struct AttachCalls<'a> {
-    pub(super) c: &'a VppClient,
+pub(crate) struct AttachCalls<'a> {
+    pub(crate) c: &'a VppClient,
 }
 
 impl AttachCalls<'_> {
@@ -62,7 +62,7 @@ impl AttachCalls<'_> {
     }
 
     /// The gateway loopback, created (with its address, up) when missing.
-    pub(super) async fn ensure_gateway(&self) -> Result<u32> {
+    pub(crate) async fn ensure_gateway(&self) -> Result<u32> {
         let sw = match self.find_gateway().await? {
             Some(sw) => sw,
             None => self.create_gateway().await?,
@@ -177,7 +177,7 @@ impl AttachCalls<'_> {
         Ok(a.iter().filter_map(|d| d.prefix.to_ipnet()).collect())
     }
 
-    pub(super) async fn set_up(&self, sw: u32, what: &str) -> Result<()> {
+    pub(crate) async fn set_up(&self, sw: u32, what: &str) -> Result<()> {
         self.c
             .request(&interface::SwInterfaceSetFlags {
                 sw_if_index: sw,
@@ -188,7 +188,7 @@ impl AttachCalls<'_> {
         Ok(())
     }
 
-    pub(super) async fn create_pod_interface(
+    pub(crate) async fn create_pod_interface(
         &self,
         tag: &str,
         host_name: &str,
@@ -259,7 +259,7 @@ impl AttachCalls<'_> {
 
     /// The pod interface on the node veth `host_name` (the af_packet list and the one
     /// interface's details, not every interface's).
-    pub(super) async fn pod_interface(&self, host_name: &str) -> Result<Option<PodInterface>> {
+    pub(crate) async fn pod_interface(&self, host_name: &str) -> Result<Option<PodInterface>> {
         let afs = self
             .c
             .dump(&af_packet::AfPacketDump {})
@@ -288,7 +288,7 @@ impl AttachCalls<'_> {
     }
 
     /// Static neighbour `ip` → `mac` on `sw`, without a FIB entry (the route is ours).
-    pub(super) async fn neighbour(
+    pub(crate) async fn neighbour(
         &self,
         sw: u32,
         ip: IpAddr,
@@ -323,7 +323,7 @@ impl AttachCalls<'_> {
     }
 
     /// The neighbours on `sw`: (address, MAC).
-    pub(super) async fn neighbours(&self, sw: u32, v6: bool) -> Result<Vec<(IpAddr, [u8; 6])>> {
+    pub(crate) async fn neighbours(&self, sw: u32, v6: bool) -> Result<Vec<(IpAddr, [u8; 6])>> {
         let d = self
             .c
             .dump(&ip_neighbor::IpNeighborDump {
@@ -343,7 +343,7 @@ impl AttachCalls<'_> {
     }
 
     /// Route `ip/32` (`/128`) via `ip` out of `sw`.
-    pub(super) async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
+    pub(crate) async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
         let prefix = IpNet::from(ip);
         let path = FibPath {
             sw_if_index: sw,
@@ -373,7 +373,7 @@ impl AttachCalls<'_> {
     }
 
     /// Prefixes of table 0 routed through `sw`.
-    pub(super) async fn routes_via(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
+    pub(crate) async fn routes_via(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
         let routes = self
             .c
             .dump(&ip::IpRouteDump {
@@ -406,7 +406,7 @@ impl AttachCalls<'_> {
 
     /// Removes everything of `pif` from VPP: routes through it, neighbours on it, the
     /// interface.
-    pub(super) async fn remove_found_pod_interface(&self, pif: &PodInterface) -> Result<()> {
+    pub(crate) async fn remove_found_pod_interface(&self, pif: &PodInterface) -> Result<()> {
         let host_name = pif.host_if_name.as_str();
         let sw = pif.sw_if_index;
         // every pod address has a neighbour on the interface (added before its route):

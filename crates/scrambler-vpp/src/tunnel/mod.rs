@@ -112,6 +112,7 @@
 
 mod cluster_guard;
 mod guard;
+mod host_link;
 mod ids;
 mod ops;
 mod plan;
@@ -139,6 +140,9 @@ use self::status::{peer_counters, CounterSnapshot};
 use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
 
 pub use self::cluster_guard::guard_in_place;
+pub use self::host_link::{
+    HOST_LINK_ALIAS, HOST_LINK_IF, HOST_LINK_MAC, HOST_LINK_TAG, HOST_LINK_VPP_IF,
+};
 pub use self::ids::{
     owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
     TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
@@ -164,12 +168,14 @@ pub use crate::endpoint::SocketResolver;
 pub struct VppTunnel {
     vpp: NodeVpp,
     stats: Arc<SocketResolver>,
+    host_link: bool,
 }
 
 impl std::fmt::Debug for VppTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VppTunnel")
             .field("opts", &self.vpp.opts)
+            .field("host_link", &self.host_link)
             .finish()
     }
 }
@@ -193,7 +199,19 @@ impl VppTunnel {
         VppTunnel {
             vpp: NodeVpp::new(resolve, "scrambler-tunnel"),
             stats: Arc::new(move |ns| Ok(api(ns)?.with_file_name("stats.sock"))),
+            host_link: false,
         }
+    }
+
+    /// With `on`, reconcile also joins the node's host (the namespace passed to it) to its
+    /// VPP by the host link (see [`HOST_LINK_IF`] and the module's *Node ↔ remote pod*):
+    /// the host holds the node's tunnel address and reaches remote pods through the mesh,
+    /// remote pods reach it there. Off by default (a VPP whose host is not the namespace
+    /// Scrambler is given, or that holds the tunnel address itself, must not get one).
+    /// Turning it off does not remove an existing link; [`Tunnel::remove`] does.
+    pub fn with_host_link(mut self, on: bool) -> Self {
+        self.host_link = on;
+        self
     }
 
     /// Where the stats segment socket (`statseg { socket-name … }`) of a node's VPP is.
@@ -255,7 +273,14 @@ impl Tunnel for VppTunnel {
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
-        let rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
+        let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
+        if self.host_link {
+            let h = host_link::reconcile(&c, netns, mesh).await?;
+            rep.added += h.added;
+            rep.updated += h.updated;
+            rep.removed += h.removed;
+            rep.unchanged += h.unchanged;
+        }
         let _ = c.close().await;
         tracing::info!(
             added = rep.added,
@@ -308,7 +333,8 @@ impl Tunnel for VppTunnel {
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
-        let rep = remove_all(&TunnelCalls { c: &c }, &have, false).await?;
+        let mut rep = remove_all(&TunnelCalls { c: &c }, &have, false).await?;
+        rep.removed += host_link::remove(&c, netns).await?;
         let _ = c.close().await;
         Ok(rep)
     }
