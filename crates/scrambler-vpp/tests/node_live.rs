@@ -13,9 +13,6 @@ use scrambler_testkit::vpp::{api_sock_resolver, VppInstance};
 use scrambler_vpp::tunnel::{tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_VPP_IF};
 use two_nodes::{capture, TwoNodes};
 
-/// Everything on the underlay that is IP but not ESP.
-const NOT_ESP: &str = "ip and not ip proto 50";
-
 /// A pod in a namespace of its own beside node `n`'s VPP: `eth0` 10.n.0.2/24, its gateway
 /// VPP's 10.n.0.254 on the other end (af_packet). (Not 10.n.0.1: that is the node's tunnel
 /// address, which the host holds.)

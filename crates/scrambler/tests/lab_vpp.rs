@@ -52,6 +52,19 @@ fn vpp_lab_steps_and_refused_fault() {
         assert!(!String::from_utf8_lossy(&addrs.stdout).contains("192.0.2.1"));
         let (ok, test) = scrambler(&args("lab test"), &lab);
         assert!(ok && test.contains("verdict: PASS"), "{test}");
+        // node <-> remote pod through the VPP nodes' host links, both ways
+        for probe in [
+            format!("{lab}-n1 host -> {lab}-n2 pod"),
+            format!("{lab}-n2 host -> {lab}-n1 pod"),
+            format!("{lab}-n2 pod -> {lab}-n1 (10.244.1.1)"),
+            format!("{lab}-n1 pod -> {lab}-n2 (10.244.2.1)"),
+        ] {
+            assert!(
+                test.lines()
+                    .any(|l| l.starts_with(&probe) && l.trim_end().ends_with("1/1")),
+                "{probe}:\n{test}"
+            );
+        }
         let (ok, status) = scrambler(&args("lab status"), &lab);
         assert!(ok && status.contains(" up "), "{status}");
         let (ok, del) = scrambler(&args("lab inject delete-state --node 1"), &lab);

@@ -83,12 +83,22 @@
 //!   outbound SA it installed before.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
-//! * Not done on VPP yet: node ↔ remote pod traffic. The kernel dataplane gives each node a
-//!   tunnel address (the first address of its pod CIDR, [`scrambler_core::Node::tunnel_addresses`])
-//!   that its own traffic to remote pods comes from; a VPP node does not hold it, so a
-//!   remote pod pinging a VPP node's tunnel address is dropped by that VPP (the address is
-//!   in the node's pod CIDR, never leaked), and traffic from a VPP node's Linux host to
-//!   remote pods does not pass through VPP.
+//!
+//! # Node ↔ remote pod
+//!
+//! Each node has a tunnel address (the first address of its pod CIDR,
+//! [`scrambler_core::Node::tunnel_addresses`]) that its own traffic to remote pods comes
+//! from, so that traffic is pod-CIDR traffic the mesh encrypts. On a VPP node the host's
+//! stack holds it on the *host link* ([`VppTunnel::with_host_link`], module `host_link`):
+//! a veth pair whose VPP end VPP takes with af_packet, like a pod's. The host routes the
+//! cluster CIDRs into VPP from the tunnel address, VPP routes the tunnel address to the
+//! host; both directions then follow the routes above (drop until the tunnel is protected
+//! and up, the cluster guard for nodes not in the mesh). Without the host link a remote
+//! pod's packet to the node's tunnel address is dropped by the cluster guard, and the
+//! host has no path to remote pods. Not done: a local pod's traffic to a peer's underlay
+//! address is dropped by the underlay guard, not steered (that needs the pods in a VRF of
+//! their own, see docs/design.md); traffic to the node's own underlay address ends in VPP
+//! (VPP holds it); IPv6 tunnel addresses are not held on the host link.
 //!
 //! # Counters
 //!
