@@ -454,10 +454,14 @@ impl VppAttach {
         let vmac = vpp_mac(&req.id);
 
         // VPP: gateway, then the pod's interface
-        let gw = ops.ensure_gateway().await?;
+        let (gw, table) = ops.ensure_gateway().await?;
         let sw = ops
             .create_pod_interface(&self.tag(&req.id), &host_name, vmac, self.pod_tx_frames)
             .await?;
+        // unnumbered to the gateway: in its table (the pods' VRF) first
+        if table != 0 {
+            ops.set_table(sw, table).await?;
+        }
         // marks the veth as this network's only now that its VPP interface exists (GC)
         host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
             .await?;
@@ -527,7 +531,11 @@ impl VppAttach {
         for c in &result.ips {
             let a = c.address.addr();
             ops.neighbour(sw, a, pod_mac, true).await?;
+            // table 0 (what comes out of the tunnels and the uplink) and the pods' own
             ops.route(sw, a, true).await?;
+            if table != 0 {
+                ops.route_in(table, sw, a, true).await?;
+            }
         }
         self.fault(FaultStage::AfterHostRoute)?;
         Ok(result)

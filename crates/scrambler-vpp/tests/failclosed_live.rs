@@ -100,8 +100,9 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
     let (ra, rb) = t.apply().await;
     assert!(ra.added >= 5 && rb.added >= 5, "{ra:?} {rb:?}");
     // first setup: the cluster guard's drop route first, then the underlay guard (SPD, its
-    // policies — 4 bypass, 1 discard — then bound to the uplink); the peer's route exists
-    // (as drop) before the tunnel, leads into it last
+    // policies — 4 bypass, 1 discard — then bound to the uplink), the pods' table (IPv4,
+    // IPv6); the peer's routes (its pod CIDR in table 0, its underlay address in the pods'
+    // table) exist (as drop) before the tunnel, lead into it last
     assert_eq!(
         last_reconcile_calls(&t.a.vppctl(&["api", "trace", "dump"])),
         [
@@ -113,6 +114,9 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
             "ipsec_spd_entry_add_del",
             "ipsec_spd_entry_add_del",
             "ipsec_interface_add_del_spd",
+            "ip_table_add_del",
+            "ip_table_add_del",
+            "ip_route_add_del:DROP",
             "ip_route_add_del:DROP",
             "ipip_add_tunnel",
             "sw_interface_tag_add_del",
@@ -122,6 +126,7 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
             "ipsec_sad_entry_add_v2",
             "ipsec_tunnel_protect_update",
             "sw_interface_set_flags:UP",
+            "ip_route_add_del:NORMAL",
             "ip_route_add_del:NORMAL",
         ]
     );
@@ -242,6 +247,7 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
         calls,
         [
             "ip_route_add_del:DROP",
+            "ip_route_add_del:DROP",
             "sw_interface_set_flags:DOWN",
             "ipsec_tunnel_protect_del",
             "ipsec_sad_entry_del",
@@ -250,6 +256,7 @@ async fn nothing_but_esp_while_the_tunnel_is_broken_and_repaired() {
             "ipsec_sad_entry_add_v2",
             "ipsec_tunnel_protect_update",
             "sw_interface_set_flags:UP",
+            "ip_route_add_del:NORMAL",
             "ip_route_add_del:NORMAL",
         ]
     );

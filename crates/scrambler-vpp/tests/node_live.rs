@@ -3,14 +3,19 @@
 //! its tunnel address and reaches the other node's pod through the ESP tunnel; that pod
 //! reaches the host at its tunnel address; nothing but ESP on the underlay, also while the
 //! tunnel is broken, the peer is gone from the mesh or the mesh is removed keeping the
-//! guard (then the host's traffic is dropped).
+//! guard (then the host's traffic is dropped). And pods attached by [`VppAttach`] (in the
+//! pods' VRF) reach the peer's underlay address through the tunnel.
 
 mod two_nodes;
 
-use scrambler_core::{NodeId, Tunnel};
+use scrambler_core::{AttachRequest, AttachmentId, CniResult, IpConfig, NodeId, Tunnel};
+use scrambler_netlink::AttachOnce;
 use scrambler_testkit::netns::{veth, TestNetns};
 use scrambler_testkit::vpp::{api_sock_resolver, VppInstance};
-use scrambler_vpp::tunnel::{tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_VPP_IF};
+use scrambler_vpp::attach::VppAttach;
+use scrambler_vpp::tunnel::{
+    tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_VPP_IF, POD_TABLE_ID,
+};
 use two_nodes::{capture, TwoNodes};
 
 /// A pod in a namespace of its own beside node `n`'s VPP: `eth0` 10.n.0.2/24, its gateway
@@ -178,4 +183,130 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
         .af_packet_names()
         .await
         .contains(&HOST_LINK_VPP_IF.to_string()));
+}
+
+/// A pod attached to node `vpp`'s VPP by [`VppAttach`] with address `addr`.
+async fn attached_pod(
+    att: &VppAttach,
+    vpp: &VppInstance,
+    cid: &str,
+    addr: &str,
+) -> (TestNetns, AttachRequest) {
+    let ns = TestNetns::new(cid);
+    let req = AttachRequest {
+        id: AttachmentId::new(cid, "eth0"),
+        pod_netns: ns.netns(),
+        args: vec![],
+        mtu: None,
+    };
+    let addrs = CniResult {
+        ips: vec![IpConfig {
+            address: addr.parse().unwrap(),
+            gateway: None,
+            interface: None,
+        }],
+        ..Default::default()
+    };
+    let node = vpp.netns.netns();
+    let res = att.attach_in(&node, &req, &addrs).await.unwrap();
+    att.check_in(&node, &req, &res).await.unwrap();
+    (ns, req)
+}
+
+/// Pings `to` from `pod` while node a's underlay is captured: (answered, non-ESP text,
+/// ESP packets seen).
+fn pod_pings(t: &TwoNodes, pod: &TestNetns, to: &str, count: u32) -> (bool, String, usize) {
+    let (all, (ok, _)) = capture(&t.a, "ip", || ping_from(pod, to, count));
+    let esp = all.lines().filter(|l| l.contains("ESP")).count();
+    let leaks: Vec<&str> = all.lines().filter(|l| !l.contains("ESP")).collect();
+    (ok, leaks.join("\n"), esp)
+}
+
+/// Pods attached by [`VppAttach`] sit in the pods' VRF, where each peer's underlay address
+/// is routed into its tunnel: a pod reaches the peer's underlay address (the API server, a
+/// kubelet; here the peer VPP answers) encrypted, and the peer's pods reach this node's.
+/// While the tunnel is unprotected, the peer is gone from the mesh or the mesh is removed
+/// keeping the guard, the traffic is dropped, never sent in the clear; `remove` (guard
+/// too) lets it out in the clear (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_pods_reach_peer_underlay_addresses_encrypted_and_fail_closed() {
+    let mut t = TwoNodes::underlay("scr-nu").await;
+    let att = VppAttach::with_resolver(api_sock_resolver(&[&t.a, &t.b]));
+    t.apply().await;
+    let (pa, ra) = attached_pod(&att, &t.a, "nupa", "10.1.0.2/24").await;
+    let (pb, rb) = attached_pod(&att, &t.b, "nupb", "10.2.0.2/24").await;
+    let fib = t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    assert!(
+        fib.contains("192.0.2.2/32") && fib.contains("10.1.0.2/32"),
+        "{fib}"
+    );
+    assert!(t.reconcile("a").await.is_noop());
+
+    // pod a -> b's underlay address, b's pod -> a's: through the tunnel, ESP only
+    let (ok, leaks, esp) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(ok, "pod a -> b's underlay failed");
+    assert!(leaks.is_empty() && esp >= 4, "{esp} ESP, not ESP:\n{leaks}");
+    let (ok, out) = ping_from(&pb, "192.0.2.1", 2);
+    assert!(ok, "pod b -> a's underlay failed: {out}");
+    // pods to each other, and a pod to its own node's underlay address, as before
+    let (ok, out) = ping_from(&pa, "10.2.0.2", 2);
+    assert!(ok, "pod a -> pod b failed: {out}");
+    let (ok, out) = ping_from(&pa, "192.0.2.1", 2);
+    assert!(ok, "pod a -> own underlay failed: {out}");
+
+    // the protection deleted behind Scrambler's back: dropped
+    let tunnel = format!("ipip{}", tunnel_instance(NodeId::new(2).unwrap()));
+    t.a.vppctl(&["ipsec", "tunnel", "protect", "del", &tunnel]);
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "unprotected: ping {ok}, leaks:\n{leaks}"
+    );
+    assert!(!t.reconcile("a").await.is_noop());
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 2);
+    assert!(ok && leaks.is_empty(), "after repair: {ok}\n{leaks}");
+
+    // the peer gone from a's mesh: its underlay route stays as a drop (a tombstone: the
+    // underlay guard's discard went with the peer)
+    let na = t.a.netns.netns();
+    let mut alone = t.mesh("a");
+    alone.peers.clear();
+    t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
+    assert!(t.dp.reconcile(&na, &alone, &t.secret).await.unwrap().is_noop());
+    let fib = t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    let entry = fib.split("192.0.2.2/32").nth(1).unwrap_or_default();
+    assert!(
+        entry.lines().take(5).any(|l| l.contains("dpo-drop")),
+        "{fib}"
+    );
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "peer removed: ping {ok}, leaks:\n{leaks}"
+    );
+
+    // back under a new generation, then `mesh remove` keeping the guard: dropped
+    t.cluster.keys = scrambler_core::Keys::single(2);
+    t.apply().await;
+    let (ok, _, _) = pod_pings(&t, &pa, "192.0.2.2", 2);
+    assert!(ok, "after rejoin");
+    t.dp.remove_keeping_guard(&na).await.unwrap();
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "after mesh remove: ping {ok}, leaks:\n{leaks}"
+    );
+
+    // control: without any guard the pod's echo requests leave in the clear on this wire
+    t.dp.remove(&na).await.unwrap();
+    let (_, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 2);
+    assert!(
+        leaks.contains("ICMP echo request"),
+        "the control leak did not show:\n{leaks}"
+    );
+
+    att.detach_in(&na, &ra).await.unwrap();
+    att.detach_in(&t.b.netns.netns(), &rb).await.unwrap();
+    let fib = t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    assert!(!fib.contains("10.1.0.2/32"), "{fib}");
 }

@@ -7,6 +7,32 @@ use ipnet::IpNet;
 use scrambler_core::Result;
 use scrambler_netlink::format_mac;
 
+use crate::tunnel::{POD_TABLE_ID, ROUTE_PREFERENCE};
+
+/// The name of the pods' VPP table.
+const POD_TABLE_NAME: &str = "scrambler-pods";
+
+/// A path that looks the destination up again in table 0.
+fn lookup_in_table0(v6: bool) -> FibPath {
+    FibPath {
+        sw_if_index: u32::MAX,
+        table_id: 0,
+        weight: 1,
+        preference: ROUTE_PREFERENCE,
+        r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
+        proto: if v6 {
+            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
+        } else {
+            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
+        },
+        nh: FibPathNh {
+            classify_table_index: u32::MAX,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 use super::{
     GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
     POD_RX_FRAME_SIZE, POD_TX_FRAME_SIZE,
@@ -14,7 +40,7 @@ use super::{
 pub(crate) use crate::endpoint::vpp_err;
 use scrambler_vpp_api::api::types::{
     AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
-    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpTable, MacAddress,
+    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpRoute, IpTable, MacAddress,
 };
 use scrambler_vpp_api::api::{af_packet, interface, ip, ip_neighbor};
 use scrambler_vpp_api::error::retval;
@@ -61,14 +87,27 @@ impl AttachCalls<'_> {
             .map(|i| i.sw_if_index))
     }
 
-    /// The gateway loopback, created (with its address, up) when missing.
-    pub(crate) async fn ensure_gateway(&self) -> Result<u32> {
+    /// The gateway loopback, created (with its address, up) when missing, and the table
+    /// its interfaces route in: a new gateway goes into the pods' VRF ([`POD_TABLE_ID`],
+    /// with its default route into table 0) before it gets its address; one made by an
+    /// earlier release stays where it is (table 0). Interfaces unnumbered to the gateway
+    /// must be put in the same table first ([`AttachCalls::set_table`]).
+    pub(crate) async fn ensure_gateway(&self) -> Result<(u32, u32)> {
         let sw = match self.find_gateway().await? {
             Some(sw) => sw,
             None => self.create_gateway().await?,
         };
         let want = IpNet::from(IpAddr::V4(GATEWAY_V4));
         if !self.addresses(sw, false).await?.contains(&want) {
+            if self.interface_table(sw).await? != POD_TABLE_ID {
+                self.ensure_pod_table().await?;
+                if let Err(e) = self.set_table(sw, POD_TABLE_ID).await {
+                    // a concurrent ADD may have been first
+                    if self.interface_table(sw).await? != POD_TABLE_ID {
+                        return Err(e);
+                    }
+                }
+            }
             match self
                 .c
                 .request(&interface::SwInterfaceAddDelAddress {
@@ -89,7 +128,102 @@ impl AttachCalls<'_> {
             }
         }
         self.set_up(sw, "gateway loopback").await?;
-        Ok(sw)
+        let table = self.interface_table(sw).await?;
+        if table == POD_TABLE_ID {
+            self.ensure_pod_default_routes().await?;
+        }
+        Ok((sw, table))
+    }
+
+    /// The pods' VRF ([`POD_TABLE_ID`]), both families (adding an existing one is a no-op).
+    pub(crate) async fn ensure_pod_table(&self) -> Result<()> {
+        for is_ip6 in [false, true] {
+            self.c
+                .request(&ip::IpTableAddDel {
+                    is_add: true,
+                    table: IpTable {
+                        table_id: POD_TABLE_ID,
+                        is_ip6,
+                        name: POD_TABLE_NAME.into(),
+                    },
+                })
+                .await
+                .map_err(vpp_err("add", &format!("VPP table {POD_TABLE_ID:#x}")))?;
+        }
+        Ok(())
+    }
+
+    /// The pods' VRF's default routes (`0.0.0.0/0`, `::/0`): a lookup in table 0, marked
+    /// with [`ROUTE_PREFERENCE`]; added where missing.
+    async fn ensure_pod_default_routes(&self) -> Result<()> {
+        for v6 in [false, true] {
+            let prefix: IpNet = if v6 { "::/0" } else { "0.0.0.0/0" }
+                .parse()
+                .unwrap_or_default();
+            let r = self
+                .c
+                .request_unchecked(&ip::IpRouteLookup {
+                    table_id: POD_TABLE_ID,
+                    exact: 1,
+                    prefix: prefix.into(),
+                })
+                .await
+                .map_err(vpp_err("look up", &format!("{prefix} in the pods' table")))?;
+            let ours = r.retval >= 0
+                && r.route.paths.iter().any(|p| {
+                    p.preference == ROUTE_PREFERENCE && p.sw_if_index == u32::MAX && p.table_id == 0
+                });
+            if !ours {
+                self.c
+                    .request(&ip::IpRouteAddDel {
+                        is_add: true,
+                        is_multipath: false,
+                        route: IpRoute {
+                            table_id: POD_TABLE_ID,
+                            stats_index: 0,
+                            prefix: prefix.into(),
+                            paths: vec![lookup_in_table0(v6)],
+                        },
+                    })
+                    .await
+                    .map_err(vpp_err(
+                        "add",
+                        &format!("{prefix} of the pods' table into table 0"),
+                    ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The IPv4 table of interface `sw`.
+    pub(crate) async fn interface_table(&self, sw: u32) -> Result<u32> {
+        let r = self
+            .c
+            .request(&interface::SwInterfaceGetTable {
+                sw_if_index: sw,
+                is_ipv6: false,
+            })
+            .await
+            .map_err(vpp_err("get table of", &format!("sw_if_index {sw}")))?;
+        Ok(r.vrf_id)
+    }
+
+    /// Puts interface `sw` (without addresses) in `table`, both families.
+    pub(crate) async fn set_table(&self, sw: u32, table: u32) -> Result<()> {
+        for is_ipv6 in [false, true] {
+            self.c
+                .request(&interface::SwInterfaceSetTable {
+                    sw_if_index: sw,
+                    is_ipv6,
+                    vrf_id: table,
+                })
+                .await
+                .map_err(vpp_err(
+                    "set table of",
+                    &format!("sw_if_index {sw} to {table:#x}"),
+                ))?;
+        }
+        Ok(())
     }
 
     pub(super) async fn create_gateway(&self) -> Result<u32> {
@@ -342,8 +476,13 @@ impl AttachCalls<'_> {
             .collect())
     }
 
-    /// Route `ip/32` (`/128`) via `ip` out of `sw`.
+    /// Route `ip/32` (`/128`) via `ip` out of `sw`, in table 0.
     pub(crate) async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
+        self.route_in(0, sw, ip, is_add).await
+    }
+
+    /// Route `ip/32` (`/128`) via `ip` out of `sw`, in `table`.
+    pub(crate) async fn route_in(&self, table: u32, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
         let prefix = IpNet::from(ip);
         let path = FibPath {
             sw_if_index: sw,
@@ -361,13 +500,25 @@ impl AttachCalls<'_> {
             },
             ..Default::default()
         };
-        let r = self.c.route_add_del(prefix, vec![path], is_add).await;
+        let r = self
+            .c
+            .request(&ip::IpRouteAddDel {
+                is_add,
+                is_multipath: false,
+                route: IpRoute {
+                    table_id: table,
+                    stats_index: 0,
+                    prefix: prefix.into(),
+                    paths: vec![path],
+                },
+            })
+            .await;
         match r {
             Ok(_) => Ok(()),
             Err(e) if !is_add && e.retval() == Some(retval::NO_SUCH_ENTRY) => Ok(()),
             Err(e) => Err(vpp_err(
                 if is_add { "add route" } else { "delete route" },
-                &format!("{prefix} via sw_if_index {sw}"),
+                &format!("{prefix} via sw_if_index {sw} in table {table:#x}"),
             )(e)),
         }
     }
@@ -409,6 +560,8 @@ impl AttachCalls<'_> {
     pub(crate) async fn remove_found_pod_interface(&self, pif: &PodInterface) -> Result<()> {
         let host_name = pif.host_if_name.as_str();
         let sw = pif.sw_if_index;
+        // the pod's routes are in table 0 and, for a pod in the pods' VRF, there too
+        let table = self.interface_table(sw).await?;
         // every pod address has a neighbour on the interface (added before its route):
         // its /32 (/128) route goes directly, without dumping the FIB. Only a family
         // without any neighbour (none of its addresses, or a neighbour removed behind our
@@ -424,6 +577,9 @@ impl AttachCalls<'_> {
             }
             for (ip, mac) in neigh {
                 self.route(sw, ip, false).await?;
+                if table != 0 {
+                    self.route_in(table, sw, ip, false).await?;
+                }
                 self.neighbour(sw, ip, mac, false).await?;
             }
         }

@@ -12,8 +12,9 @@
 //!   cluster CIDR via the gateway with the tunnel address as source (route protocol
 //!   [`ROUTE_PROTO`]): the host's traffic to pods leaves from its tunnel address, into VPP.
 //! * **VPP side**: the af_packet interface, tagged [`HOST_LINK_TAG`], MAC
-//!   [`HOST_LINK_MAC`], unnumbered to the gateway loopback, up; a static neighbour for the
-//!   tunnel address and a route `<tunnel address>/32` out of it.
+//!   [`HOST_LINK_MAC`], unnumbered to the gateway loopback (so in the pods' VRF), up; a
+//!   static neighbour for the tunnel address and a route `<tunnel address>/32` out of it in
+//!   table 0 (where the tunnels deliver).
 //!
 //! So a remote pod reaches the host at the tunnel address (VPP decrypts and routes the /32
 //! into the link), and the host reaches remote pods (VPP routes them by the peers' pod
@@ -168,7 +169,7 @@ pub(super) async fn reconcile(
     })?;
 
     // VPP's end: af_packet, unnumbered to the gateway loopback, up
-    let gw = ops.ensure_gateway().await?;
+    let (gw, table) = ops.ensure_gateway().await?;
     let sw = match ops.pod_interface(HOST_LINK_VPP_IF).await? {
         Some(p) if p.tag == HOST_LINK_TAG => {
             rep.unchanged += 1;
@@ -194,7 +195,11 @@ pub(super) async fn reconcile(
             .await?
         }
     };
-    // both idempotent: a reconcile that died between creating and configuring finishes it
+    // unnumbered to the gateway, so in its table (the pods' VRF); all idempotent: a
+    // reconcile that died between creating and configuring finishes it
+    if ops.interface_table(sw).await? != table {
+        ops.set_table(sw, table).await?;
+    }
     c.request(&interface::SwInterfaceSetUnnumbered {
         sw_if_index: gw,
         unnumbered_sw_if_index: sw,

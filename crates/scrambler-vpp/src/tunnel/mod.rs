@@ -154,7 +154,7 @@ pub use self::host_link::{
     HOST_LINK_ALIAS, HOST_LINK_IF, HOST_LINK_MAC, HOST_LINK_TAG, HOST_LINK_VPP_IF,
 };
 pub use self::ids::{
-    owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
+    owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, POD_TABLE_ID, ROUTE_PREFERENCE, SA_ID_BASE,
     TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
 };
 pub use self::status::{
