@@ -15,6 +15,7 @@ use scrambler_testkit::vpp::{api_sock_resolver, VppInstance};
 use scrambler_vpp::attach::VppAttach;
 use scrambler_vpp::tunnel::{
     tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_VPP_IF, POD_TABLE_ID,
+    POD_TO_PEER_UNDERLAY_DROPPED,
 };
 use two_nodes::{capture, TwoNodes};
 
@@ -235,12 +236,19 @@ async fn attached_pods_reach_peer_underlay_addresses_encrypted_and_fail_closed()
     t.apply().await;
     let (pa, ra) = attached_pod(&att, &t.a, "nupa", "10.1.0.2/24").await;
     let (pb, rb) = attached_pod(&att, &t.b, "nupb", "10.2.0.2/24").await;
-    let fib = t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    let fib =
+        t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
     assert!(
         fib.contains("192.0.2.2/32") && fib.contains("10.1.0.2/32"),
         "{fib}"
     );
     assert!(t.reconcile("a").await.is_noop());
+    let na = t.a.netns.netns();
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(
+        st.fail_closed && !st.errors.contains_key(POD_TO_PEER_UNDERLAY_DROPPED),
+        "{st:?}"
+    );
 
     // pod a -> b's underlay address, b's pod -> a's: through the tunnel, ESP only
     let (ok, leaks, esp) = pod_pings(&t, &pa, "192.0.2.2", 3);
@@ -268,12 +276,17 @@ async fn attached_pods_reach_peer_underlay_addresses_encrypted_and_fail_closed()
 
     // the peer gone from a's mesh: its underlay route stays as a drop (a tombstone: the
     // underlay guard's discard went with the peer)
-    let na = t.a.netns.netns();
     let mut alone = t.mesh("a");
     alone.peers.clear();
     t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
-    assert!(t.dp.reconcile(&na, &alone, &t.secret).await.unwrap().is_noop());
-    let fib = t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    assert!(t
+        .dp
+        .reconcile(&na, &alone, &t.secret)
+        .await
+        .unwrap()
+        .is_noop());
+    let fib =
+        t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
     let entry = fib.split("192.0.2.2/32").nth(1).unwrap_or_default();
     assert!(
         entry.lines().take(5).any(|l| l.contains("dpo-drop")),
@@ -291,6 +304,12 @@ async fn attached_pods_reach_peer_underlay_addresses_encrypted_and_fail_closed()
     let (ok, _, _) = pod_pings(&t, &pa, "192.0.2.2", 2);
     assert!(ok, "after rejoin");
     t.dp.remove_keeping_guard(&na).await.unwrap();
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert_eq!(
+        st.errors.get(POD_TO_PEER_UNDERLAY_DROPPED),
+        Some(&1),
+        "{st:?}"
+    );
     let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 3);
     assert!(
         !ok && leaks.is_empty(),
@@ -307,6 +326,7 @@ async fn attached_pods_reach_peer_underlay_addresses_encrypted_and_fail_closed()
 
     att.detach_in(&na, &ra).await.unwrap();
     att.detach_in(&t.b.netns.netns(), &rb).await.unwrap();
-    let fib = t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    let fib =
+        t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
     assert!(!fib.contains("10.1.0.2/32"), "{fib}");
 }

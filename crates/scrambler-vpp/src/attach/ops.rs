@@ -482,7 +482,13 @@ impl AttachCalls<'_> {
     }
 
     /// Route `ip/32` (`/128`) via `ip` out of `sw`, in `table`.
-    pub(crate) async fn route_in(&self, table: u32, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
+    pub(crate) async fn route_in(
+        &self,
+        table: u32,
+        sw: u32,
+        ip: IpAddr,
+        is_add: bool,
+    ) -> Result<()> {
         let prefix = IpNet::from(ip);
         let path = FibPath {
             sw_if_index: sw,

@@ -154,8 +154,8 @@ pub use self::host_link::{
     HOST_LINK_ALIAS, HOST_LINK_IF, HOST_LINK_MAC, HOST_LINK_TAG, HOST_LINK_VPP_IF,
 };
 pub use self::ids::{
-    owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, POD_TABLE_ID, ROUTE_PREFERENCE, SA_ID_BASE,
-    TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
+    owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, POD_TABLE_ID, ROUTE_PREFERENCE,
+    SA_ID_BASE, TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
 };
 pub use self::status::{
     PeerCounters, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE,
@@ -326,7 +326,7 @@ impl Tunnel for VppTunnel {
         };
         let mut st = status::build(&have, snap.as_ref(), mesh);
         if guarded {
-            let n = underlay_guard::discards(&want);
+            let n = unsteered_underlay_pairs(&have, mesh);
             if n > 0 {
                 st.errors
                     .insert(POD_TO_PEER_UNDERLAY_DROPPED.into(), n as u64);
@@ -358,6 +358,31 @@ impl Tunnel for VppTunnel {
         let _ = c.close().await;
         Ok(rep)
     }
+}
+
+/// The (local pod CIDR, peer underlay address) pairs of the same family whose pods' table
+/// route does not lead into the peer's tunnel: the underlay guard drops that traffic.
+fn unsteered_underlay_pairs(have: &OwnedState, mesh: &Mesh) -> usize {
+    mesh.peers
+        .iter()
+        .map(|p| {
+            let sw = have.sw_if_index(tunnel_instance(p.id));
+            p.underlay
+                .iter()
+                .filter(|a| {
+                    let r = have.pod_routes.get(&ipnet::IpNet::from(**a));
+                    sw.is_none() || r != Some(&readback::OwnedRoute::Via(sw.unwrap_or_default()))
+                })
+                .map(|a| {
+                    mesh.local
+                        .pod_cidrs
+                        .iter()
+                        .filter(|c| c.addr().is_ipv6() == a.is_ipv6())
+                        .count()
+                })
+                .sum::<usize>()
+        })
+        .sum()
 }
 
 #[cfg(test)]

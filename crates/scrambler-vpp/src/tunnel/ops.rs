@@ -220,12 +220,17 @@ impl TunnelCalls<'_> {
 
     /// [`TunnelCalls::steer`] in `table`.
     pub(super) async fn steer_in(&self, table: u32, prefix: IpNet, to: RouteTarget) -> Result<()> {
-        self.route_in(table, prefix, vec![route_path(to, prefix.addr().is_ipv6())], true)
-            .await
-            .map_err(vpp_err(
-                "steer",
-                &format!("{prefix} to {to:?}{}", in_table(table)),
-            ))
+        self.route_in(
+            table,
+            prefix,
+            vec![route_path(to, prefix.addr().is_ipv6())],
+            true,
+        )
+        .await
+        .map_err(vpp_err(
+            "steer",
+            &format!("{prefix} to {to:?}{}", in_table(table)),
+        ))
     }
 
     /// Deletes the route of `prefix` in table 0 (all its paths from the API source).
@@ -234,7 +239,12 @@ impl TunnelCalls<'_> {
     }
 
     /// [`TunnelCalls::unroute`] in `table`.
-    pub(super) async fn unroute_in(&self, table: u32, prefix: IpNet, have: &OwnedRoute) -> Result<()> {
+    pub(super) async fn unroute_in(
+        &self,
+        table: u32,
+        prefix: IpNet,
+        have: &OwnedRoute,
+    ) -> Result<()> {
         let v6 = prefix.addr().is_ipv6();
         let paths = match have {
             OwnedRoute::Drop => vec![route_path(RouteTarget::Drop, v6)],

@@ -84,11 +84,8 @@ impl OwnedState {
             route_dump(POD_TABLE_ID, false),
             route_dump(POD_TABLE_ID, true),
         );
-        let (tables, pod4, pod6) = tokio::try_join!(
-            c.dump(&ip::IpTableDump {}),
-            c.dump(&pod4),
-            c.dump(&pod6),
-        )?;
+        let (tables, pod4, pod6) =
+            tokio::try_join!(c.dump(&ip::IpTableDump {}), c.dump(&pod4), c.dump(&pod6),)?;
         let (tunnels, ifs, sas, protects, routes4, routes6) = tokio::try_join!(
             c.dump(&ipip::IpipTunnelDump {
                 sw_if_index: u32::MAX,

@@ -17,8 +17,11 @@ use crate::endpoint::DATAPLANE;
 pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 
 /// Key in [`TunnelStatus::errors`]: how many (local pod CIDR, peer underlay address) pairs
-/// the underlay guard drops. VPP pods cannot reach other nodes' underlay addresses yet:
-/// their traffic there is dropped, not encrypted (kernel pods reach them through the mesh).
+/// are not steered into the peer's tunnel in the pods' table (the peer's tunnel is not
+/// up, or the route is missing): pods' traffic to those addresses is dropped by the
+/// underlay guard, not encrypted. Pods outside the pods' VRF (attached to a gateway
+/// loopback an earlier release made in table 0, or by hand) are always dropped there and
+/// are not counted.
 pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
 
 /// Key in [`TunnelStatus::errors`] when the underlay guard (the SPD dropping pod traffic
