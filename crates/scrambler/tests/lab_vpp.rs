@@ -58,6 +58,8 @@ fn vpp_lab_steps_and_refused_fault() {
             format!("{lab}-n2 host -> {lab}-n1 pod"),
             format!("{lab}-n2 pod -> {lab}-n1 (10.244.1.1)"),
             format!("{lab}-n1 pod -> {lab}-n2 (10.244.2.1)"),
+            format!("{lab}-n1 pod -> {lab}-n2 underlay (192.0.2.2)"),
+            format!("{lab}-n2 pod -> {lab}-n1 underlay (192.0.2.1)"),
         ] {
             assert!(
                 test.lines()

@@ -10,12 +10,17 @@
 //! * `ipsec tunnel protect` binding them to the tunnel (VPP encrypts what the tunnel carries:
 //!   on the wire it is outer IP / ESP / inner IP, like kernel tunnel-mode ESP);
 //! * one route per pod CIDR of the peer, leading either into the protected tunnel or to
-//!   drop (see *Fail closed*).
+//!   drop (see *Fail closed*);
+//! * in the pods' VRF ([`POD_TABLE_ID`], where the pods' interfaces are), one route per
+//!   underlay address of the peer, the same way: pods reach the peer's host (an API
+//!   server, a kubelet) through the tunnel, while the tunnel's own packets to that address
+//!   are looked up in table 0.
 //!
 //! And once per node, whatever its peers: a drop route for each of the mesh's
 //! `clusterCidrs` (the cluster guard, see *Fail closed*), and the underlay guard, an IPsec
 //! SPD on the underlay interfaces dropping local pods' traffic to the peers' underlay
-//! addresses (VPP pods cannot reach those yet; see `underlay_guard`).
+//! addresses that reaches table 0 (pods outside the pods' VRF, a peer's route missing; see
+//! `underlay_guard`).
 //!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
 //! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24`, the SPD
@@ -47,7 +52,10 @@
 //!   outer packets use it), so an SPD bound to the underlay interfaces discards `local pod
 //!   CIDR → peer underlay` and bypasses everything else. It goes in right after the
 //!   cluster guard, follows the peers, is kept by [`Tunnel::remove_keeping_guard`] and
-//!   taken by [`Tunnel::remove`]; `status` reports it missing as not fail-closed.
+//!   taken by [`Tunnel::remove`]; `status` reports it missing as not fail-closed. A
+//!   departed peer's underlay route in the pods' VRF stays as a drop (a tombstone, as on
+//!   the kernel: its discard goes with it), one naming a local address goes; only
+//!   [`Tunnel::remove`] deletes them.
 //! * **Order in reconcile**: routes of new peers go in as drop first; before a tunnel is
 //!   re-created, an SA replaced or a lost protection restored, the peer's routes go to drop;
 //!   then tunnel (admin down), SAs, protection, admin up, and only then routes into the
@@ -95,10 +103,9 @@
 //! host; both directions then follow the routes above (drop until the tunnel is protected
 //! and up, the cluster guard for nodes not in the mesh). Without the host link a remote
 //! pod's packet to the node's tunnel address is dropped by the cluster guard, and the
-//! host has no path to remote pods. Not done: a local pod's traffic to a peer's underlay
-//! address is dropped by the underlay guard, not steered (that needs the pods in a VRF of
-//! their own, see docs/design.md); traffic to the node's own underlay address ends in VPP
-//! (VPP holds it); IPv6 tunnel addresses are not held on the host link.
+//! host has no path to remote pods. Not done: traffic to the node's own underlay address
+//! ends in VPP (VPP holds it; a host service there is not reached); IPv6 tunnel addresses
+//! are not held on the host link.
 //!
 //! # Counters
 //!

@@ -414,9 +414,8 @@ pub struct TestReport {
     /// tunnel address`, `node2 pod -> node1 underlay`, and one NodePort-style DNAT +
     /// masquerade on a node's underlay address to a pod on another node): pings ok, pings
     /// tried. Every node's host holds a tunnel address (a VPP node's on its host link);
-    /// the underlay probes and the NodePort go to kernel-dataplane nodes only (a VPP node's
-    /// underlay address is VPP's, and its pods' traffic to peers' underlay addresses is
-    /// dropped, not steered).
+    /// a VPP node's underlay address is VPP's own, so VPP answers the underlay probes to
+    /// it; the NodePort goes to kernel-dataplane nodes only.
     pub node_pod: BTreeMap<String, (usize, usize)>,
     /// Underlay verdict.
     pub underlay: capture::Verdict,
@@ -536,8 +535,8 @@ pub async fn test(name: &str) -> Result<TestReport> {
 /// Node ↔ remote pod probes, with their labels: from the host namespace of every node (a
 /// VPP node's through its host link) to the first pod of every other node, from the first
 /// pod of every other node to that node's tunnel address (the first address of its pod
-/// CIDR), and, between kernel-dataplane nodes, from the first pod of every other node to
-/// that node's underlay address (the `kubernetes` Service or a kubelet on another node).
+/// CIDR), and from the first pod of every other node to that node's underlay address (the
+/// `kubernetes` Service or a kubelet on another node; on a VPP node VPP answers it).
 fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
     let names = state.names();
     let first_pods: Vec<&PodInfo> = (1..=state.spec.nodes)
@@ -570,9 +569,7 @@ fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
                 names.node(pod.node),
                 names.node(i)
             ));
-            if !is_kernel(state, pod.node) || !is_kernel(state, i) {
-                continue;
-            }
+
             for ul in &node.underlay {
                 pings.push(probe::Ping {
                     from: pod.name.clone(),
