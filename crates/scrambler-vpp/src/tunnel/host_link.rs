@@ -119,7 +119,8 @@ pub(super) async fn reconcile(
         }
     }
 
-    // the veth pair, both ends in the node's namespace, marked ours before anything else
+    // the veth pair, both ends in the node's namespace, marked ours (alias) right after it is
+    // made; a name taken by a link without the alias is refused above, never adopted
     let host = match owned_link(&nl, HOST_LINK_IF).await? {
         Some(l) => {
             rep.unchanged += 1;
