@@ -14,7 +14,7 @@ use scrambler_testkit::netns::{veth, TestNetns};
 use scrambler_testkit::vpp::{api_sock_resolver, VppInstance};
 use scrambler_vpp::attach::VppAttach;
 use scrambler_vpp::tunnel::{
-    tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_VPP_IF, POD_TABLE_ID,
+    tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_MISSING, HOST_LINK_VPP_IF, POD_TABLE_ID,
     POD_TO_PEER_UNDERLAY_DROPPED,
 };
 use two_nodes::{capture, TwoNodes};
@@ -104,6 +104,8 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
         .af_packet_names()
         .await
         .contains(&HOST_LINK_VPP_IF.to_string()));
+    let st = t.dp.status(&t.a.netns.netns(), &t.mesh("a")).await.unwrap();
+    assert!(!st.errors.contains_key(HOST_LINK_MISSING), "{st:?}");
 
     // 1. host a -> pod b: from a's tunnel address, into the tunnel, ESP only
     let (ok, leaks, esp) = host_a_pings(&t, "10.2.0.2", 3);
@@ -179,6 +181,8 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     assert!(rep.removed > 0, "{rep:?}");
     let links = t.a.netns.ip(&["link", "show"]);
     assert!(!links.contains(HOST_LINK_IF), "{links}");
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
     assert!(!t
         .a
         .af_packet_names()

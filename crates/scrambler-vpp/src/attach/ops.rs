@@ -57,7 +57,7 @@ pub(crate) struct PodInterface {
     pub(crate) sw_if_index: u32,
     pub(crate) host_if_name: String,
     pub(crate) tag: String,
-    pub(super) up: bool,
+    pub(crate) up: bool,
     pub(super) mac: [u8; 6],
     /// L3 MTU.
     pub(super) mtu: u32,

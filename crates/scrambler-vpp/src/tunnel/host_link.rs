@@ -293,6 +293,30 @@ pub(super) async fn reconcile(
     Ok(rep)
 }
 
+/// Whether the host link of the node in `netns` is in place for `mesh`: the veth pair up
+/// with the tunnel address, VPP's tagged interface up with the /32 route (true when the
+/// node has no IPv4 tunnel address).
+pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Result<bool> {
+    let Some(addr) = tunnel_v4(mesh) else {
+        return Ok(true);
+    };
+    let nl = Nl::open(netns).await?;
+    let Some(host) = owned_link(&nl, HOST_LINK_IF).await.ok().flatten() else {
+        return Ok(false);
+    };
+    let want = IpNet::from(IpAddr::V4(addr));
+    if !host.up || !nl.addresses(host.index).await?.contains(&want) {
+        return Ok(false);
+    }
+    let ops = AttachCalls { c };
+    match ops.pod_interface(HOST_LINK_VPP_IF).await? {
+        Some(p) if p.tag == HOST_LINK_TAG && p.up => {
+            Ok(ops.routes_via(p.sw_if_index, false).await?.contains(&want))
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Takes the host link away (VPP's interface with its neighbour and route, then the veth
 /// pair with the host's address and routes); returns how many objects went.
 pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {

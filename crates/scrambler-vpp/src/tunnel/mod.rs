@@ -165,8 +165,8 @@ pub use self::ids::{
     SA_ID_BASE, TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
 };
 pub use self::status::{
-    PeerCounters, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE,
-    UNDERLAY_GUARD_MISSING,
+    PeerCounters, HOST_LINK_MISSING, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED,
+    STATS_UNAVAILABLE, UNDERLAY_GUARD_MISSING,
 };
 pub use crate::endpoint::SocketResolver;
 
@@ -321,6 +321,10 @@ impl Tunnel for VppTunnel {
             .into_values()
             .collect();
         let spd = underlay_guard::HaveSpd::read(&c).await?;
+        let host_link_ok = match self.host_link {
+            true => host_link::in_place(&c, netns, mesh).await?,
+            false => true,
+        };
         let _ = c.close().await;
         let want = underlay_guard::wanted(mesh);
         let guarded = underlay_guard::in_place(&spd, &want, &uplinks);
@@ -332,6 +336,9 @@ impl Tunnel for VppTunnel {
             }
         };
         let mut st = status::build(&have, snap.as_ref(), mesh);
+        if !host_link_ok {
+            st.errors.insert(HOST_LINK_MISSING.into(), 1);
+        }
         if guarded {
             let n = unsteered_underlay_pairs(&have, mesh);
             if n > 0 {

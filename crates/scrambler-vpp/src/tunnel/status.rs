@@ -24,6 +24,13 @@ pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 /// are not counted.
 pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
 
+/// Key in [`TunnelStatus::errors`] when a [`VppTunnel`](super::VppTunnel) with the host link
+/// finds it missing or incomplete (the veth, its tunnel address, or VPP's interface): the
+/// host does not reach remote pods, nor they the host. Not a leak as long as the host has
+/// no path to other nodes but VPP (a host NIC that VPP does not own is the operator's), so
+/// `fail_closed` is left as it is.
+pub const HOST_LINK_MISSING: &str = "ScramblerHostLinkMissing";
+
 /// Key in [`TunnelStatus::errors`] when the underlay guard (the SPD dropping pod traffic
 /// to peers' underlay addresses) is missing or incomplete: such traffic may then cross
 /// the underlay in cleartext, and `fail_closed` is false.
