@@ -19,6 +19,13 @@ pub const SA_SLOTS: u32 = 4;
 /// The id of Scrambler's IPsec SPD, the underlay guard (see `underlay_guard`).
 pub const UNDERLAY_SPD_ID: u32 = 0x5c_005c;
 
+/// The id of the pods' VPP table (VRF, both families): the gateway loopback and every
+/// interface unnumbered to it (pods, the host link) route in it. It holds a default route
+/// into table 0 and, per peer, the peer's underlay addresses into its tunnel (drop until
+/// protected and up), so a pod's traffic to a peer's underlay address is encrypted while
+/// the tunnels' own packets to it (looked up in table 0) are not steered.
+pub const POD_TABLE_ID: u32 = 0x5c_005c;
+
 /// Prefix of the interface tag of Scrambler's tunnels.
 pub const TAG_PREFIX: &str = "scrambler:peer=";
 

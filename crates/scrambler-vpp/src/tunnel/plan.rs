@@ -40,6 +40,8 @@ pub(super) struct PeerPlan {
     pub(super) sa_out: u32,
     pub(super) sa_in: BTreeSet<u32>,
     pub(super) routes: BTreeSet<IpNet>,
+    /// The peer's underlay addresses (host prefixes), routed in the pods' table.
+    pub(super) underlay_routes: BTreeSet<IpNet>,
 }
 
 pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>> {
@@ -110,6 +112,7 @@ pub(super) fn plan_at(mesh: &Mesh, secret: &ClusterSecret, now: u64) -> Result<V
             sa_in: sas[1..].iter().map(|s| s.id).collect(),
             sas,
             routes: peer.pod_cidrs.iter().map(|c| c.trunc()).collect(),
+            underlay_routes: peer.underlay.iter().map(|a| IpNet::from(*a)).collect(),
         });
     }
     Ok(out)

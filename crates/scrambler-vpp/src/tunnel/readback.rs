@@ -12,7 +12,7 @@ use scrambler_vpp_api::{VppClient, VppError};
 
 use super::ids::{
     owned_sa, peer_of_sa, sa_id, sa_id_slots, tunnel_instance, tunnel_peer, Direction,
-    ROUTE_PREFERENCE,
+    POD_TABLE_ID, ROUTE_PREFERENCE,
 };
 use super::plan::{sa_entry, PeerPlan, SaPlan};
 use scrambler_core::keys::spi;
@@ -34,6 +34,11 @@ pub(super) struct OwnedState {
     pub(super) routes: BTreeMap<IpNet, OwnedRoute>,
     /// prefixes of table 0 held by routes that are not ours (an operator's, another agent's)
     pub(super) foreign_routes: BTreeSet<IpNet>,
+    /// whether the pods' table ([`POD_TABLE_ID`]) exists (IPv4 and IPv6)
+    pub(super) pod_table: bool,
+    /// owned routes of the pods' table but its default routes (the attachment's): the
+    /// peers' underlay addresses
+    pub(super) pod_routes: BTreeMap<IpNet, OwnedRoute>,
 }
 
 /// Where an owned route leads.
@@ -69,14 +74,20 @@ impl OwnedState {
     /// Dumps tunnels, interfaces, SAs, protections and routes (all requests sent
     /// together) and keeps what is ours.
     pub(super) async fn read(c: &VppClient) -> std::result::Result<OwnedState, VppError> {
-        let route_dump = |is_ip6| ip::IpRouteDump {
+        let route_dump = |table_id, is_ip6| ip::IpRouteDump {
             table: IpTable {
-                table_id: 0,
+                table_id,
                 is_ip6,
                 name: String::new(),
             },
         };
-        let (routes4, routes6) = (route_dump(false), route_dump(true));
+        let (routes4, routes6) = (route_dump(0, false), route_dump(0, true));
+        let (pod4, pod6) = (
+            route_dump(POD_TABLE_ID, false),
+            route_dump(POD_TABLE_ID, true),
+        );
+        let (tables, pod4, pod6) =
+            tokio::try_join!(c.dump(&ip::IpTableDump {}), c.dump(&pod4), c.dump(&pod6),)?;
         let (tunnels, ifs, sas, protects, routes4, routes6) = tokio::try_join!(
             c.dump(&ipip::IpipTunnelDump {
                 sw_if_index: u32::MAX,
@@ -118,12 +129,26 @@ impl OwnedState {
                 );
             }
         }
+        let owned_path = |p: &FibPath| {
+            p.preference == ROUTE_PREFERENCE
+                || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
+                    && ours.contains(&p.sw_if_index))
+        };
+        a.pod_table = [false, true].iter().all(|v6| {
+            tables
+                .iter()
+                .any(|t| t.table.table_id == POD_TABLE_ID && t.table.is_ip6 == *v6)
+        });
+        for r in pod4.into_iter().chain(pod6) {
+            match r.route.prefix.to_ipnet() {
+                Some(p) if p.prefix_len() > 0 && r.route.paths.iter().any(owned_path) => {
+                    a.pod_routes.insert(p, OwnedRoute::of(&r.route.paths));
+                }
+                _ => {}
+            }
+        }
         for r in routes4.into_iter().chain(routes6) {
-            let owned = r.route.paths.iter().any(|p| {
-                p.preference == ROUTE_PREFERENCE
-                    || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
-                        && ours.contains(&p.sw_if_index))
-            });
+            let owned = r.route.paths.iter().any(owned_path);
             match r.route.prefix.to_ipnet() {
                 Some(p) if owned => {
                     a.routes.insert(p, OwnedRoute::of(&r.route.paths));

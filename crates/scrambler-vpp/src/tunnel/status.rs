@@ -17,9 +17,19 @@ use crate::endpoint::DATAPLANE;
 pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 
 /// Key in [`TunnelStatus::errors`]: how many (local pod CIDR, peer underlay address) pairs
-/// the underlay guard drops. VPP pods cannot reach other nodes' underlay addresses yet:
-/// their traffic there is dropped, not encrypted (kernel pods reach them through the mesh).
+/// are not steered into the peer's tunnel in the pods' table (the peer's tunnel is not
+/// up, or the route is missing): pods' traffic to those addresses is dropped by the
+/// underlay guard, not encrypted. Pods outside the pods' VRF (attached to a gateway
+/// loopback an earlier release made in table 0, or by hand) are always dropped there and
+/// are not counted.
 pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
+
+/// Key in [`TunnelStatus::errors`] when a [`VppTunnel`](super::VppTunnel) with the host link
+/// finds it missing or incomplete (the veth, its tunnel address, or VPP's interface): the
+/// host does not reach remote pods, nor they the host. Not a leak as long as the host has
+/// no path to other nodes but VPP (a host NIC that VPP does not own is the operator's), so
+/// `fail_closed` is left as it is.
+pub const HOST_LINK_MISSING: &str = "ScramblerHostLinkMissing";
 
 /// Key in [`TunnelStatus::errors`] when the underlay guard (the SPD dropping pod traffic
 /// to peers' underlay addresses) is missing or incomplete: such traffic may then cross
