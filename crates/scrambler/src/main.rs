@@ -927,9 +927,14 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
             let booted = started.elapsed().as_secs_f64();
             let code = session::forward(&name, &argv);
             let is_up = matches!(cmd, LabCmd::Up { .. }) && matches!(code, Ok(0));
-            if !is_up {
+            match &code {
+                // a hung guest or a broken channel: `lab down` cannot run in it
+                Err(_) => session::kill(&name),
+                Ok(_) if is_up => {}
                 // the tour is over, or the lab failed (and removed itself in the VM)
-                let _ = session::stop(&name, &down, false);
+                Ok(_) => {
+                    let _ = session::stop(&name, &down, false);
+                }
             }
             let took = started.elapsed().as_secs_f64();
             match (is_up, &cmd) {
