@@ -949,6 +949,8 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
             code.map(exit_code)
         }
         LabCmd::Down { .. } if !session::running(&name) => {
+            // what a VM that ended by itself (a guest panic) left on the host
+            session::forget(&name);
             println!("lab {name:?} is not up");
             Ok(ExitCode::SUCCESS)
         }
@@ -956,7 +958,14 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
         _ if !session::running(&name) => Err(Error::config(format!(
             "no lab named {name:?} is up (run `scrambler lab up`)"
         ))),
-        _ => session::forward(&name, &argv).map(exit_code),
+        _ => {
+            let code = session::forward(&name, &argv);
+            if code.is_err() {
+                // a hung guest or a VM that ended: nothing of the lab can be reached
+                session::kill(&name);
+            }
+            code.map(exit_code)
+        }
     }
 }
 
