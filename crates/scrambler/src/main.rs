@@ -483,6 +483,10 @@ enum LabCmd {
     VmServe {
         #[command(flatten)]
         lab: LabName,
+        /// Power the VM off when the process that started this daemon ends (`lab run`,
+        /// whose tour the VM serves; `lab up`'s VM outlives `lab up`).
+        #[arg(long)]
+        stop_with_parent: bool,
     },
     /// (internal) In the lab's VM: run the lab commands sent by the host.
     #[command(hide = true)]
@@ -725,8 +729,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 #[cfg(feature = "lab")]
 async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     match &cmd {
-        LabCmd::VmServe { lab } => {
-            return lab::session::serve(&lab.name, &lab::pods::find_cni_binary()?)
+        LabCmd::VmServe {
+            lab,
+            stop_with_parent,
+        } => {
+            return lab::session::serve(
+                &lab.name,
+                &lab::pods::find_cni_binary()?,
+                *stop_with_parent,
+            )
         }
         LabCmd::VmAgent { port } => return lab::session::agent(port),
         _ => {}
@@ -909,7 +920,7 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
         | LabCmd::Inject { lab, .. }
         | LabCmd::Status { lab }
         | LabCmd::Down { lab }
-        | LabCmd::VmServe { lab } => lab.name.clone(),
+        | LabCmd::VmServe { lab, .. } => lab.name.clone(),
         LabCmd::VmAgent { .. } => return Err(Error::config("vm-agent runs inside the lab VM")),
     };
     let down = ["lab", "down", "--name", &name].map(String::from);
@@ -923,7 +934,8 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
             }
             eprintln!("[lab] this kernel lacks ESP/xfrm interfaces: the lab runs in Debian's stock kernel under qemu");
             let started = std::time::Instant::now();
-            session::start(&name)?;
+            // the VM of a `lab run` ends with it (killed, or its terminal closed)
+            session::start(&name, matches!(cmd, LabCmd::Run { .. }))?;
             let booted = started.elapsed().as_secs_f64();
             let code = session::forward(&name, &argv);
             let is_up = matches!(cmd, LabCmd::Up { .. }) && matches!(code, Ok(0));

@@ -82,9 +82,11 @@ pub fn console_tail(name: &str, n: usize) -> String {
 }
 
 /// Starts the VM daemon of lab `name` and waits until its agent answers, showing the
-/// boot's progress. On failure nothing is left: the daemon (and with it qemu) is killed
-/// and its files removed; the error carries the end of its log.
-pub fn start(name: &str) -> Result<()> {
+/// boot's progress. With `stop_with_parent` the daemon powers the VM off (and removes its
+/// files) as soon as this process ends, whatever ends it: a `lab run` killed mid-tour
+/// leaves no VM holding the host's VM slot. On failure nothing is left: the daemon (and
+/// with it qemu) is killed and its files removed; the error carries the end of its log.
+pub fn start(name: &str, stop_with_parent: bool) -> Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(LAB_ROOT).map_err(|e| Error::io("create", LAB_ROOT, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
@@ -95,8 +97,11 @@ pub fn start(name: &str) -> Result<()> {
         .try_clone()
         .map_err(|e| Error::io("dup", log_path.display(), e))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["lab", "vm-serve", "--name", name])
-        .stdin(std::process::Stdio::null())
+    cmd.args(["lab", "vm-serve", "--name", name]);
+    if stop_with_parent {
+        cmd.arg("--stop-with-parent");
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2);
     // SAFETY: setsid is async-signal-safe; the daemon must not die with this terminal.
@@ -333,10 +338,14 @@ fn answer_line<'a>(line: &'a str, id: &str) -> Option<Answer<'a>> {
 }
 
 /// The daemon: boots the VM with the agent and the control socket; returns when the VM
-/// powers off (after `lab down`).
-pub fn serve(name: &str, cni: &Path) -> Result<ExitCode> {
+/// powers off (after `lab down`). With `stop_with_parent`, it exits (and qemu dies with it:
+/// parent-death signal) once the process that started it is gone, removing the VM's files.
+pub fn serve(name: &str, cni: &Path, stop_with_parent: bool) -> Result<ExitCode> {
     let sock = socket(name);
     let _ = std::fs::remove_file(&sock);
+    if stop_with_parent {
+        watch_parent(name);
+    }
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
     let argv = vec![
         exe.display().to_string(),
@@ -359,6 +368,22 @@ pub fn serve(name: &str, cni: &Path) -> Result<ExitCode> {
     let _ = std::fs::remove_file(&sock);
     eprintln!("lab VM ended: {}", outcome.status);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exits this process once its parent is gone (it is then re-parented: its parent pid
+/// changes), after removing lab `name`'s VM socket and files.
+fn watch_parent(name: &str) {
+    let parent = nix::unistd::getppid();
+    let name = name.to_string();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if nix::unistd::getppid() != parent {
+            eprintln!("lab VM: the process that started it ({parent}) ended: powering off");
+            let _ = std::fs::remove_file(socket(&name));
+            forget(&name);
+            std::process::exit(1);
+        }
+    });
 }
 
 /// The guest agent: serves requests on `port` until a `lab down` has run.
