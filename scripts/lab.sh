@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# The main job: build Scrambler and run the lab tour (up, test, failures, down), each
-# node's mesh applied from the lab's mesh file. `--agents` as the first argument runs the
-# cluster on etcd instead (a real etcd and one `scrambler agent` per node build the mesh;
-# on the kernel dataplane in the VM its tour is not in the default job yet: see the README).
-# Other arguments go to `scrambler lab run` (e.g. --nodes 5 --pods 3 --backend vpp
-# --no-inject).
+# The main job: build Scrambler and run the lab tour (up, test, failures, down) with the
+# cluster on etcd: a real etcd and one `scrambler agent` per node build the mesh.
+# `--mesh-file` as the first argument runs the tour without agents (the mesh from the lab's
+# mesh file, `scrambler mesh apply` on each node). Other arguments go to `scrambler lab run`
+# (e.g. --nodes 5 --pods 3 --backend vpp --no-inject).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=()
+mode=(--agents)
 case "${1:-}" in
-  --agents) shift; mode=(--agents) ;;
-  --mesh-file) shift ;;
+  --mesh-file) shift; mode=() ;;
+  --agents) shift ;; # the default, accepted as a first argument too
 esac
 scripts/install-deps.sh lab
 cargo build --release --locked -p scrambler -p scrambler-cni -p scrambler-ipam --features lab

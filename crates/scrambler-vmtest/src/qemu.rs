@@ -19,6 +19,14 @@ pub(crate) const EXIT_MARKER: &str = "SCRAMBLER-VM-EXIT";
 /// How long qemu may take to power off after the guest reported its status.
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 
+/// The guest kernel's command line. A soft lockup (a CPU stuck in the kernel for twice
+/// `watchdog_thresh` seconds, 40 s here: generous for TCG on a loaded host) panics the
+/// guest, whose trace is on the console, and `panic=-1` with qemu's `-no-reboot` ends the
+/// VM at once: a guest whose kernel loops fails its run in bounded time instead of
+/// spinning until the run's timeout (or forever, for a lab VM) with every test silent.
+pub(crate) const KERNEL_CMDLINE: &str =
+    "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=20 quiet rdinit=/init";
+
 /// One boot: the machine to start and how to recognise its exit status.
 pub(crate) struct Boot<'a> {
     pub settings: &'a VmSettings,
@@ -74,6 +82,10 @@ pub(crate) fn boot(b: &Boot<'_>) -> Result<BootResult, Error> {
         console.push_str(&line);
         console.push('\n');
     }
+    let status = match status {
+        VmStatus::Crashed(why) => VmStatus::Crashed(with_panic(why, &console)),
+        other => other,
+    };
     Ok(BootResult {
         status,
         console,
@@ -101,7 +113,7 @@ impl Qemu {
             .arg(b.kernel)
             .arg("-initrd")
             .arg(format!("/dev/fd/{initrd_fd}"))
-            .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
+            .args(["-append", KERNEL_CMDLINE])
             .args([
                 "-virtfs",
                 "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
@@ -205,6 +217,16 @@ fn forward_lines(
     });
 }
 
+/// `why` with the guest kernel's panic message from `console`, if it panicked (e.g.
+/// "Kernel panic - not syncing: softlockup: hung tasks").
+fn with_panic(why: String, console: &str) -> String {
+    const PANIC: &str = "Kernel panic - not syncing: ";
+    match console.lines().find_map(|l| l.split_once(PANIC)) {
+        Some((_, msg)) => format!("{why}; the guest kernel panicked: {}", msg.trim()),
+        None => why,
+    }
+}
+
 /// The status in `SCRAMBLER-VM-EXIT <nonce> <status>`, if `line` is that marker.
 fn exit_code(line: &str, nonce: &str) -> Option<i32> {
     let at = line.find(EXIT_MARKER)?;
@@ -254,6 +276,21 @@ mod tests {
         assert_eq!(exit_code("SCRAMBLER-VM-EXIT xyz 0", "abc"), None);
         assert_eq!(exit_code("SCRAMBLER-VM-EXIT abc", "abc"), None);
         assert_eq!(exit_code("test x ... ok", "abc"), None);
+    }
+
+    #[test]
+    fn a_crash_names_the_guest_kernel_panic() {
+        let console =
+            "vm 250.0| [  249.9] watchdog: BUG: soft lockup - CPU#0 stuck for 43s! [fping:911]\n\
+                       vm 250.2| [  250.1] Kernel panic - not syncing: softlockup: hung tasks\n";
+        assert_eq!(
+            with_panic("qemu exited with exit status: 0".into(), console),
+            "qemu exited with exit status: 0; the guest kernel panicked: softlockup: hung tasks"
+        );
+        assert_eq!(with_panic("x".into(), "vm 1.0| fine\n"), "x");
+        // the guest panics on a soft lockup, and qemu does not reboot it
+        assert!(KERNEL_CMDLINE.contains("softlockup_panic=1"));
+        assert!(KERNEL_CMDLINE.contains("panic=-1"));
     }
 
     #[test]

@@ -281,6 +281,40 @@ fn timeout_kills_the_vm() {
     assert!(leftover.stdout.is_empty(), "qemu still running");
 }
 
+/// A guest kernel that panics (as a soft lockup does: `softlockup_panic=1`) ends its run
+/// at once — not at the run's timeout — as a crash naming the panic, its trace on the
+/// console.
+#[test]
+fn a_guest_kernel_panic_ends_the_run_at_once_and_is_named() {
+    if in_vm() {
+        return;
+    }
+    let argv = ["/bin/sh", "-c", "echo c > /proc/sysrq-trigger; sleep 600"]
+        .map(String::from)
+        .to_vec();
+    let outcome = VmTest::command("guest kernel panic", argv)
+        .timeout(Duration::from_secs(900))
+        .run();
+    match &outcome.status {
+        scrambler_vmtest::VmStatus::Crashed(why) => assert!(
+            why.contains("the guest kernel panicked: sysrq triggered crash"),
+            "{why}"
+        ),
+        other => panic!("{other}\n{}", outcome.console),
+    }
+    // boot and panic, far from the run's timeout (and the command's sleep)
+    assert!(
+        outcome.elapsed < Duration::from_secs(300),
+        "{:?}",
+        outcome.elapsed
+    );
+    assert!(
+        outcome.console.contains("Kernel panic"),
+        "{}",
+        outcome.console
+    );
+}
+
 const GUEST_COPY: &str = "/etc/scrambler-vmtest/Cargo.toml";
 const GUEST_SRC: &str = "/opt/scrambler-vmtest-src";
 const TRICKY: &str = "it's \"quoted\" $HOME `x` \\ end";

@@ -579,6 +579,49 @@ pub(crate) mod tests {
         assert!(!d.underlay_routes.contains(&"192.0.2.1/32".parse().unwrap()));
     }
 
+    /// ESP never loops back into the mesh: the node's ESP leaves from its underlay address
+    /// (every outbound state's source, every template's outer source), which no steering
+    /// rule's source covers, so its route lookup never reaches the interface's table; and
+    /// the table routes only peers' addresses, never one of the node's own. Checked for
+    /// every node of meshes of several sizes, and after a peer left (its tombstone kept).
+    #[test]
+    fn the_nodes_own_esp_is_never_steered_into_the_interface() {
+        let cfg = XfrmConfig::default();
+        let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
+        let mut meshes: Vec<Mesh> = (2..=5)
+            .flat_map(|n| (1..=n).map(move |l| mesh(l, n)))
+            .collect();
+        let mut departed = mesh(1, 3);
+        departed.peers.retain(|p| p.id.get() != 3);
+        meshes.push(departed);
+        for m in &meshes {
+            let d = Desired::plan(&cfg, m, Some(&secret)).unwrap();
+            let steered = |a: &IpAddr| d.rule_sources.iter().any(|s| s.contains(a));
+            let own: Vec<IpAddr> = m.local.underlay.clone();
+            assert!(!own.is_empty());
+            for a in &own {
+                assert!(!steered(a), "{a} is a steering rule's source: {d:?}");
+                assert!(!d.underlay_routes.contains(&IpNet::from(*a)), "{a}");
+            }
+            for s in d.states.values().filter(|s| !s.inbound) {
+                assert!(own.contains(&s.shape.saddr) && !steered(&s.shape.saddr));
+            }
+            for t in d.policies.values().filter_map(|p| p.tmpl.as_ref()) {
+                // outbound templates leave from the node; return templates come to it
+                let mine = if own.contains(&t.src) { t.src } else { t.dst };
+                assert!(own.contains(&mine) && !steered(&mine), "{t:?}");
+            }
+            // the table routes exactly the live peers' underlay addresses
+            let peers: BTreeSet<IpNet> = m
+                .peers
+                .iter()
+                .flat_map(|p| &p.underlay)
+                .map(|a| IpNet::from(*a))
+                .collect();
+            assert_eq!(d.underlay_routes, peers);
+        }
+    }
+
     #[test]
     fn supernet_guard_adds_local_bypass() {
         let cfg = XfrmConfig::default();

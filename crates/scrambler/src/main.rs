@@ -503,6 +503,10 @@ enum LabCmd {
     VmServe {
         #[command(flatten)]
         lab: LabName,
+        /// Power the VM off when the process that started this daemon ends (`lab run`,
+        /// whose tour the VM serves; `lab up`'s VM outlives `lab up`).
+        #[arg(long)]
+        stop_with_parent: bool,
     },
     /// (internal) In the lab's VM: run the lab commands sent by the host.
     #[command(hide = true)]
@@ -756,8 +760,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 #[cfg(feature = "lab")]
 async fn lab_cmd(cmd: LabCmd) -> Result<ExitCode> {
     match &cmd {
-        LabCmd::VmServe { lab } => {
-            return lab::session::serve(&lab.name, &lab::pods::find_cni_binary()?)
+        LabCmd::VmServe {
+            lab,
+            stop_with_parent,
+        } => {
+            return lab::session::serve(
+                &lab.name,
+                &lab::pods::find_cni_binary()?,
+                *stop_with_parent,
+            )
         }
         LabCmd::VmAgent { port } => return lab::session::agent(port),
         _ => {}
@@ -940,7 +951,7 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
         | LabCmd::Inject { lab, .. }
         | LabCmd::Status { lab }
         | LabCmd::Down { lab }
-        | LabCmd::VmServe { lab } => lab.name.clone(),
+        | LabCmd::VmServe { lab, .. } => lab.name.clone(),
         LabCmd::VmAgent { .. } => return Err(Error::config("vm-agent runs inside the lab VM")),
     };
     let down = ["lab", "down", "--name", &name].map(String::from);
@@ -954,13 +965,19 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
             }
             eprintln!("[lab] this kernel lacks ESP/xfrm interfaces: the lab runs in Debian's stock kernel under qemu");
             let started = std::time::Instant::now();
-            session::start(&name)?;
+            // the VM of a `lab run` ends with it (killed, or its terminal closed)
+            session::start(&name, matches!(cmd, LabCmd::Run { .. }))?;
             let booted = started.elapsed().as_secs_f64();
             let code = session::forward(&name, &argv);
             let is_up = matches!(cmd, LabCmd::Up { .. }) && matches!(code, Ok(0));
-            if !is_up {
+            match &code {
+                // a hung guest or a broken channel: `lab down` cannot run in it
+                Err(_) => session::kill(&name),
+                Ok(_) if is_up => {}
                 // the tour is over, or the lab failed (and removed itself in the VM)
-                let _ = session::stop(&name, &down, false);
+                Ok(_) => {
+                    let _ = session::stop(&name, &down, false);
+                }
             }
             let took = started.elapsed().as_secs_f64();
             match (is_up, &cmd) {
@@ -975,6 +992,8 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
             code.map(exit_code)
         }
         LabCmd::Down { .. } if !session::running(&name) => {
+            // what a VM that ended by itself (a guest panic) left on the host
+            session::forget(&name);
             println!("lab {name:?} is not up");
             Ok(ExitCode::SUCCESS)
         }
@@ -982,7 +1001,14 @@ fn lab_in_vm(cmd: LabCmd) -> Result<ExitCode> {
         _ if !session::running(&name) => Err(Error::config(format!(
             "no lab named {name:?} is up (run `scrambler lab up`)"
         ))),
-        _ => session::forward(&name, &argv).map(exit_code),
+        _ => {
+            let code = session::forward(&name, &argv);
+            if code.is_err() {
+                // a hung guest or a VM that ended: nothing of the lab can be reached
+                session::kill(&name);
+            }
+            code.map(exit_code)
+        }
     }
 }
 

@@ -7,8 +7,13 @@
 //! `/run/scrambler-lab/<name>.vm.sock`. In the guest, `scrambler lab vm-agent` reads
 //! requests from that port — one JSON line `{"id", "argv"}` each — runs `scrambler <argv>`
 //! there and answers with its output lines, `<id> 1 <line>` (stdout) or `<id> 2 <line>`
-//! (stderr), then `<id> X <exit status>`. Each later `scrambler lab …` on the host sends
-//! its own command line over the socket and prints the answer as if it had run here.
+//! (stderr), then `<id> X <exit status>`; while the command is silent the agent says
+//! `<id> K` every [`HEARTBEAT`], so the host tells a guest that works quietly from one that
+//! hangs. Each later `scrambler lab …` on the host sends its own command line over the
+//! socket and prints the answer as if it had run here. A guest that sends nothing for
+//! [`SILENCE_LIMIT`] (a hung kernel: the agent cannot run), or a VM that ends before its
+//! command answered (a guest kernel panic), fails the command with the end of the VM's
+//! console log, which holds the guest kernel's own report (e.g. a soft lockup's trace).
 //! After `lab down` the agent stops, the guest powers off, and the daemon removes the
 //! socket.
 
@@ -48,10 +53,40 @@ pub fn forget(name: &str) {
 /// VMs run, not counted).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How often the guest agent says it is alive while its command prints nothing.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long the host waits for any line from the guest (output or heartbeat) before it
+/// declares the guest hung. Many heartbeats long: a guest slowed down by a loaded host
+/// (TCG) still makes it.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(120);
+
+/// How many lines of the VM's console log an error about the VM carries.
+const CONSOLE_TAIL_LINES: usize = 60;
+
+/// The last `n` lines of lab `name`'s VM console log (the harness's messages and the
+/// guest kernel's), or a note that there is none.
+pub fn console_tail(name: &str, n: usize) -> String {
+    let path = log_path(name);
+    match std::fs::read_to_string(&path) {
+        Ok(log) => {
+            let lines: Vec<&str> = log.lines().collect();
+            format!(
+                "the end of the lab VM's console log ({}):\n{}",
+                path.display(),
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            )
+        }
+        Err(e) => format!("no console log of the lab VM ({}: {e})", path.display()),
+    }
+}
+
 /// Starts the VM daemon of lab `name` and waits until its agent answers, showing the
-/// boot's progress. On failure nothing is left: the daemon (and with it qemu) is killed
-/// and its files removed; the error carries the end of its log.
-pub fn start(name: &str) -> Result<()> {
+/// boot's progress. With `stop_with_parent` the daemon powers the VM off (and removes its
+/// files) as soon as this process ends, whatever ends it: a `lab run` killed mid-tour
+/// leaves no VM holding the host's VM slot. On failure nothing is left: the daemon (and
+/// with it qemu) is killed and its files removed; the error carries the end of its log.
+pub fn start(name: &str, stop_with_parent: bool) -> Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(LAB_ROOT).map_err(|e| Error::io("create", LAB_ROOT, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
@@ -62,8 +97,11 @@ pub fn start(name: &str) -> Result<()> {
         .try_clone()
         .map_err(|e| Error::io("dup", log_path.display(), e))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["lab", "vm-serve", "--name", name])
-        .stdin(std::process::Stdio::null())
+    cmd.args(["lab", "vm-serve", "--name", name]);
+    if stop_with_parent {
+        cmd.arg("--stop-with-parent");
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2);
     // SAFETY: setsid is async-signal-safe; the daemon must not die with this terminal.
@@ -85,13 +123,11 @@ pub fn start(name: &str) -> Result<()> {
     };
     let _ = daemon.kill();
     let _ = daemon.wait();
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let tail = console_tail(name, 20);
     let _ = std::fs::remove_file(socket(name));
     forget(name);
-    let lines: Vec<&str> = log.lines().collect();
     Err(Error::TryAgainLater(format!(
-        "the lab VM {failure}; the end of its log:\n{}",
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        "the lab VM {failure}; {tail}"
     )))
 }
 
@@ -158,21 +194,35 @@ fn boot_stage(log: &Path) -> String {
 
 /// Powers off lab `name`'s VM: `lab down` in it (which ends its agent, so the guest powers
 /// off), waiting up to a minute for the VM daemon to end; a daemon still there then is
-/// killed (qemu dies with it: parent-death signal). Nothing of the VM is left on the host
-/// afterwards. Returns the status of `lab down` in the guest (printed here when `print`).
+/// killed (qemu dies with it: parent-death signal). A guest that stays silent for
+/// [`SILENCE_LIMIT`] meanwhile is hung: its VM is killed at once. Nothing of the VM is
+/// left on the host afterwards. Returns the status of `lab down` in the guest (printed
+/// here when `print`).
 pub fn stop(name: &str, down_argv: &[String], print: bool) -> Result<i32> {
-    use nix::sys::signal::{kill, Signal};
-    let code = request(name, down_argv, Duration::from_secs(600), print);
+    let code = request(name, down_argv, SILENCE_LIMIT, print);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while daemon(name).is_some() && Instant::now() < deadline {
+    while code.is_ok() && daemon(name).is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
+    kill(name);
+    code
+}
+
+/// Kills lab `name`'s VM daemon (and with it qemu: parent-death signal) if it still runs,
+/// and removes its files: for a guest that hangs or whose channel broke, where a `lab
+/// down` in it cannot run. Everything of the lab lives in the guest, so nothing is left.
+pub fn kill(name: &str) {
+    use nix::sys::signal::{kill, Signal};
     if let Some(pid) = daemon(name) {
         let _ = kill(pid, Signal::SIGKILL);
+        // qemu gets its parent-death signal; wait until the daemon is gone
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while daemon(name).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let _ = std::fs::remove_file(socket(name));
     forget(name);
-    code
 }
 
 /// The pid of lab `name`'s VM daemon while it runs: the pid file's, if that process is a
@@ -190,17 +240,20 @@ fn daemon(name: &str) -> Option<nix::unistd::Pid> {
 }
 
 /// Runs `scrambler <argv>` in lab `name`'s VM, printing its output here; returns its exit
-/// status.
+/// status. Fails (with the end of the VM's console log) when the guest sends nothing for
+/// [`SILENCE_LIMIT`] or the VM ends before the command answered.
 pub fn forward(name: &str, argv: &[String]) -> Result<i32> {
-    request(name, argv, Duration::from_secs(3600), true)
+    request(name, argv, SILENCE_LIMIT, true)
 }
 
-fn request(name: &str, argv: &[String], timeout: Duration, print: bool) -> Result<i32> {
+/// Sends `argv` to the guest agent and relays its answer; `silence` is how long the
+/// channel may stay quiet (no output, no heartbeat) before the guest counts as hung.
+fn request(name: &str, argv: &[String], silence: Duration, print: bool) -> Result<i32> {
     let sock = socket(name);
     let mut stream = UnixStream::connect(&sock)
         .map_err(|e| Error::io("connect to lab VM", sock.display(), e))?;
     stream
-        .set_read_timeout(Some(timeout))
+        .set_read_timeout(Some(silence))
         .map_err(|e| Error::io("configure", sock.display(), e))?;
     let id = format!(
         "{:x}",
@@ -210,20 +263,29 @@ fn request(name: &str, argv: &[String], timeout: Duration, print: bool) -> Resul
     stream
         .write_all(format!("{line}\n").as_bytes())
         .map_err(|e| Error::io("send to lab VM", sock.display(), e))?;
+    let vm_failed = |reason: String| Error::Dataplane {
+        dataplane: "lab VM".into(),
+        op: format!("run {}", argv.join(" ")),
+        reason: format!("{reason}; {}", console_tail(name, CONSOLE_TAIL_LINES)),
+    };
     let reader = BufReader::new(stream);
-    for l in reader.lines() {
-        let l = l.map_err(|e| Error::io("read from lab VM", sock.display(), e))?;
-        let l = l.trim_end_matches('\r');
-        let mut parts = l.splitn(3, ' ');
-        if parts.next() != Some(id.as_str()) {
-            continue; // an answer to an earlier request, or console noise
-        }
-        let (kind, text) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        match kind {
-            "1" if print => println!("{text}"),
-            "2" if print => eprintln!("{text}"),
-            "X" => {
-                return text
+    for l in reader.split(b'\n') {
+        let l = match l {
+            Ok(l) => l,
+            Err(e) if is_timeout(&e) => {
+                return Err(vm_failed(format!(
+                    "the guest sent nothing (no output, no heartbeat) for {} s: it hangs",
+                    silence.as_secs()
+                )))
+            }
+            Err(e) => return Err(Error::io("read from lab VM", sock.display(), e)),
+        };
+        let l = String::from_utf8_lossy(&l);
+        match answer_line(&l, &id) {
+            Some(Answer::Out(text)) if print => println!("{text}"),
+            Some(Answer::Err(text)) if print => eprintln!("{text}"),
+            Some(Answer::Exit(code)) => {
+                return code
                     .trim()
                     .parse()
                     .map_err(|e| Error::decode("exit status", e))
@@ -231,18 +293,59 @@ fn request(name: &str, argv: &[String], timeout: Duration, print: bool) -> Resul
             _ => {}
         }
     }
-    Err(Error::Dataplane {
-        dataplane: "lab VM".into(),
-        op: format!("run {}", argv.join(" ")),
-        reason: "the VM closed the channel".into(),
-    })
+    Err(vm_failed(
+        "the VM closed the channel before the command answered".into(),
+    ))
+}
+
+/// True for the error a read gets when its timeout passed.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// One line from the guest agent, for request `id`.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer<'a> {
+    /// A line of the command's stdout.
+    Out(&'a str),
+    /// A line of its stderr.
+    Err(&'a str),
+    /// The agent is alive; the command has printed nothing for a while.
+    Alive,
+    /// The command ended with this exit status (text).
+    Exit(&'a str),
+}
+
+/// Parses `line` as the agent's answer to request `id`; `None` for an answer to an
+/// earlier request, console noise, or an unknown kind.
+fn answer_line<'a>(line: &'a str, id: &str) -> Option<Answer<'a>> {
+    let line = line.trim_end_matches('\r');
+    let mut parts = line.splitn(3, ' ');
+    if parts.next() != Some(id) {
+        return None;
+    }
+    let (kind, text) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match kind {
+        "1" => Some(Answer::Out(text)),
+        "2" => Some(Answer::Err(text)),
+        "K" => Some(Answer::Alive),
+        "X" => Some(Answer::Exit(text)),
+        _ => None,
+    }
 }
 
 /// The daemon: boots the VM with the agent and the control socket; returns when the VM
-/// powers off (after `lab down`).
-pub fn serve(name: &str, cni: &Path) -> Result<ExitCode> {
+/// powers off (after `lab down`). With `stop_with_parent`, it exits (and qemu dies with it:
+/// parent-death signal) once the process that started it is gone, removing the VM's files.
+pub fn serve(name: &str, cni: &Path, stop_with_parent: bool) -> Result<ExitCode> {
     let sock = socket(name);
     let _ = std::fs::remove_file(&sock);
+    if stop_with_parent {
+        watch_parent(name);
+    }
     let exe = std::env::current_exe().map_err(|e| Error::io("find", "own executable", e))?;
     let argv = vec![
         exe.display().to_string(),
@@ -265,6 +368,22 @@ pub fn serve(name: &str, cni: &Path) -> Result<ExitCode> {
     let _ = std::fs::remove_file(&sock);
     eprintln!("lab VM ended: {}", outcome.status);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exits this process once its parent is gone (it is then re-parented: its parent pid
+/// changes), after removing lab `name`'s VM socket and files.
+fn watch_parent(name: &str) {
+    let parent = nix::unistd::getppid();
+    let name = name.to_string();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if nix::unistd::getppid() != parent {
+            eprintln!("lab VM: the process that started it ({parent}) ended: powering off");
+            let _ = std::fs::remove_file(socket(&name));
+            forget(&name);
+            std::process::exit(1);
+        }
+    });
 }
 
 /// The guest agent: serves requests on `port` until a `lab down` has run.
@@ -351,8 +470,17 @@ fn run_streaming(exe: &Path, argv: &[String], id: &str, out: &mut std::fs::File)
         }));
     }
     drop(tx);
-    for (k, l) in rx {
-        let _ = writeln!(out, "{id} {k} {l}");
+    // the command's lines as they come, and a heartbeat whenever it stays quiet
+    loop {
+        match rx.recv_timeout(HEARTBEAT) {
+            Ok((k, l)) => {
+                let _ = writeln!(out, "{id} {k} {l}");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = writeln!(out, "{id} K");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
     }
     for r in readers {
         let _ = r.join();
@@ -363,6 +491,83 @@ fn run_streaming(exe: &Path, argv: &[String], id: &str, out: &mut std::fs::File)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_told_apart_by_request_and_kind() {
+        assert_eq!(
+            answer_line("ab 1 hello world", "ab"),
+            Some(Answer::Out("hello world"))
+        );
+        assert_eq!(answer_line("ab 2 oops\r", "ab"), Some(Answer::Err("oops")));
+        assert_eq!(answer_line("ab K", "ab"), Some(Answer::Alive));
+        assert_eq!(answer_line("ab X 0", "ab"), Some(Answer::Exit("0")));
+        assert_eq!(answer_line("cd X 0", "ab"), None);
+        assert_eq!(
+            answer_line("[  12.3] watchdog: BUG: soft lockup", "ab"),
+            None
+        );
+        assert_eq!(answer_line("ab Q what", "ab"), None);
+    }
+
+    /// A guest that answers nothing fails the request after the silence limit, naming the
+    /// hang and carrying the VM console's end; one that only sends heartbeats does not.
+    #[test]
+    fn a_silent_guest_fails_the_request_with_its_console_log() {
+        use std::os::unix::net::UnixListener;
+        let name = format!("unit-silent-{}", std::process::id());
+        std::fs::create_dir_all(LAB_ROOT).unwrap();
+        let _ = std::fs::remove_file(socket(&name));
+        let listener = UnixListener::bind(socket(&name)).unwrap();
+        std::fs::write(
+            log_path(&name),
+            "vm 1.0| booted\nvm 250.1| watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [fping:4242]\n",
+        )
+        .unwrap();
+        let guest = std::thread::spawn(move || {
+            // first request: heartbeats for a while, then the exit status
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut req = String::new();
+            r.read_line(&mut req).unwrap();
+            let id = serde_json::from_str::<serde_json::Value>(&req).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut w = s;
+            for _ in 0..4 {
+                writeln!(w, "{id} K").unwrap();
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            writeln!(w, "{id} X 3").unwrap();
+            // second request: read, then silence until the host gives up
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s);
+            let mut req = String::new();
+            r.read_line(&mut req).unwrap();
+            let mut rest = String::new();
+            let _ = r.read_line(&mut rest); // returns once the host hangs up
+        });
+        let argv = ["lab".to_string(), "run".to_string()];
+        // 4 heartbeats 150 ms apart, each within the 400 ms limit: the status comes through
+        let code = request(&name, &argv, Duration::from_millis(400), false);
+        assert_eq!(code.unwrap(), 3);
+        let t0 = Instant::now();
+        let err = request(&name, &argv, Duration::from_millis(400), false)
+            .unwrap_err()
+            .to_string();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(
+            err.contains("sent nothing") && err.contains("it hangs"),
+            "{err}"
+        );
+        assert!(
+            err.contains("soft lockup - CPU#1 stuck for 22s! [fping:4242]"),
+            "{err}"
+        );
+        guest.join().unwrap();
+        let _ = std::fs::remove_file(socket(&name));
+        forget(&name);
+    }
 
     #[test]
     fn boot_stage_is_the_harness_s_latest_message_in_short() {
