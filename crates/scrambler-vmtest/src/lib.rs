@@ -60,8 +60,8 @@
 //! * The console is echoed to the test's stderr (lines prefixed `vm <seconds since qemu start>| `; libtest shows
 //!   it for failing tests, or live with `--nocapture`) and kept in [`VmOutcome::console`].
 //!   /init prints `SCRAMBLER-VM-EXIT <nonce> <status>` and powers off.
-//! * A guest kernel that soft-locks (a CPU stuck in the kernel for 40 s:
-//!   `softlockup_panic=1 watchdog_thresh=20`) panics, and the VM ends at once: the run
+//! * A guest kernel that soft-locks (a CPU stuck in the kernel for 120 s:
+//!   `softlockup_panic=1 watchdog_thresh=60`) panics, and the VM ends at once: the run
 //!   fails as [`VmStatus::Crashed`] naming the panic, with the lockup's trace on the
 //!   console, instead of hanging until its timeout.
 //! * qemu is killed on timeout, when the run ends in any way, and if the test process

@@ -20,12 +20,12 @@ pub(crate) const EXIT_MARKER: &str = "SCRAMBLER-VM-EXIT";
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 
 /// The guest kernel's command line. A soft lockup (a CPU stuck in the kernel for twice
-/// `watchdog_thresh` seconds, 40 s here: generous for TCG on a loaded host) panics the
+/// `watchdog_thresh` seconds, 120 s here: TCG guests on a loaded host report 20–40 s stalls that are not loops) panics the
 /// guest, whose trace is on the console, and `panic=-1` with qemu's `-no-reboot` ends the
 /// VM at once: a guest whose kernel loops fails its run in bounded time instead of
 /// spinning until the run's timeout (or forever, for a lab VM) with every test silent.
 pub(crate) const KERNEL_CMDLINE: &str =
-    "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=20 quiet rdinit=/init";
+    "console=ttyS0 panic=-1 softlockup_panic=1 watchdog_thresh=60 quiet rdinit=/init";
 
 /// One boot: the machine to start and how to recognise its exit status.
 pub(crate) struct Boot<'a> {
