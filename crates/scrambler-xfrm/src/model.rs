@@ -61,11 +61,17 @@ pub(crate) struct PolicyKey {
     pub src: IpNet,
     pub dst: IpNet,
     pub if_id: u32,
+    /// The selector's outgoing interface index (`dev` in `ip xfrm policy`), 0 for any:
+    /// only the IPv6 interface bypass names one (see [`crate::plan`]).
+    pub ifindex: u32,
 }
 
 impl fmt::Display for PolicyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "policy {} {} -> {}", self.dir, self.src, self.dst)?;
+        if self.ifindex != 0 {
+            write!(f, " dev #{}", self.ifindex)?;
+        }
         if self.if_id != 0 {
             write!(f, " if_id {:#x}", self.if_id)?;
         }
@@ -193,8 +199,9 @@ fn addr_to_ip(a: &Address, family: u16) -> Option<IpAddr> {
     }
 }
 
-fn selector_for(src: &IpNet, dst: &IpNet) -> Selector {
+fn selector_for(src: &IpNet, dst: &IpNet, ifindex: u32) -> Selector {
     Selector {
+        ifindex: ifindex as i32,
         saddr: Address::from_ip(&src.network()),
         prefixlen_s: src.prefix_len(),
         daddr: Address::from_ip(&dst.network()),
@@ -213,7 +220,7 @@ fn net_of(a: &Address, family: u16, prefix: u8) -> Option<IpNet> {
 impl Policy {
     fn info(&self) -> UserPolicyInfo {
         UserPolicyInfo {
-            selector: selector_for(&self.key.src, &self.key.dst),
+            selector: selector_for(&self.key.src, &self.key.dst, self.key.ifindex),
             lifetime_cfg: LifetimeConfig::default(),
             priority: self.priority,
             direction: self.key.dir.raw(),
@@ -296,6 +303,7 @@ impl FoundPolicy {
                     src,
                     dst,
                     if_id,
+                    ifindex: u32::try_from(s.ifindex).unwrap_or(0),
                 },
                 priority: i.priority,
                 block: i.action == XFRM_POLICY_BLOCK,
@@ -305,7 +313,7 @@ impl FoundPolicy {
             unusual: s.proto != 0
                 || s.dport_mask != 0
                 || s.sport_mask != 0
-                || s.ifindex != 0
+                || s.ifindex < 0
                 || extra_tmpls,
         })
     }
@@ -318,7 +326,7 @@ impl FoundPolicy {
         }
         XfrmMessage::DeletePolicy(PolicyDelGet {
             user_policy_id: UserPolicyId {
-                selector: selector_for(&self.policy.key.src, &self.policy.key.dst),
+                selector: selector_for(&self.policy.key.src, &self.policy.key.dst, self.policy.key.ifindex),
                 index: self.index,
                 direction: self.policy.key.dir.raw(),
             },
@@ -338,7 +346,7 @@ impl PolicyKey {
         }
         XfrmMessage::GetPolicy(PolicyDelGet {
             user_policy_id: UserPolicyId {
-                selector: selector_for(&self.src, &self.dst),
+                selector: selector_for(&self.src, &self.dst, self.ifindex),
                 index: 0,
                 direction: self.dir.raw(),
             },
@@ -507,6 +515,7 @@ mod tests {
                 src: "10.2.0.0/24".parse().unwrap(),
                 dst: "10.1.0.0/24".parse().unwrap(),
                 if_id: 7,
+                ifindex: 0,
             },
             priority: 0x5c02,
             block: false,

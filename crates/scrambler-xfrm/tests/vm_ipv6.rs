@@ -1,0 +1,373 @@
+//! IPv6 end to end on the kernel dataplane: three nodes on an IPv6-only underlay (ESP
+//! over IPv6 between their underlay addresses), dual-stack pods (one IPv4 and one IPv6
+//! pod CIDR per node), `clusterCidrs` of both families.
+//!
+//! They need ESP states and xfrm interfaces: on a kernel without them (the build
+//! machine's) every `vm_xfrm6_*` test re-runs inside Debian's stock kernel under qemu
+//! through scrambler-vmtest (one boot for the group).
+
+mod common;
+
+use common::*;
+use scrambler_core::{esp, keys, Mesh, Tunnel};
+use scrambler_testkit::capture::Capture;
+use scrambler_testkit::vm::{Feature, VmSuite};
+use scrambler_testkit::wire::ping_replies;
+use scrambler_xfrm::{StatusTable, XfrmConfig, XfrmTunnel};
+use std::time::Duration;
+
+static VM: VmSuite = VmSuite::with("vm_xfrm6_", |t| t.timeout(Duration::from_secs(600)));
+
+const FEATURES: &[Feature] = &[Feature::Esp, Feature::XfrmInterface];
+
+/// Pod `i`'s addresses.
+fn pod4(i: usize) -> String {
+    format!("10.0.{i}.2")
+}
+fn pod6(i: usize) -> String {
+    format!("fd10:0:{i:x}::2")
+}
+
+/// Three nodes on an IPv6-only wire, a dual-stack pod behind each.
+struct Lab {
+    wire: Ns,
+    nodes: Vec<Ns>,
+    pods: Vec<Ns>,
+    meshes: Vec<Mesh>,
+    tunnel: XfrmTunnel,
+}
+
+fn sysctls(ns: &Ns, kv: &[&str]) {
+    for s in kv {
+        let (ok, out) = ns.exec(&["sysctl", "-qw", s]);
+        assert!(ok, "sysctl {s}: {out}");
+    }
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let wire = Ns::new("x6w");
+        wire.ip(&["link", "add", "br0", "type", "bridge"]);
+        wire.ip(&["link", "set", "br0", "up"]);
+        let tunnel = XfrmTunnel::new(XfrmConfig::default()).unwrap();
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for i in 1..=3u32 {
+            let n = Ns::new(&format!("x6n{i}"));
+            sysctls(
+                &n,
+                &[
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv4.ip_forward=1",
+                ],
+            );
+            n.veth("ul0", &wire, &format!("w{i}"));
+            wire.ip(&["link", "set", &format!("w{i}"), "master", "br0"]);
+            n.ip(&["addr", "add", &format!("fd00:2::{i:x}/64"), "dev", "ul0", "nodad"]);
+            let p = Ns::new(&format!("x6p{i}"));
+            sysctls(
+                &p,
+                &[
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            );
+            n.veth("pod0", &p, "eth0");
+            n.ip(&["addr", "add", &format!("10.0.{i}.1/24"), "dev", "pod0"]);
+            n.ip(&["addr", "add", &format!("fd10:0:{i:x}::1/64"), "dev", "pod0", "nodad"]);
+            let mtu = esp::pod_mtu(1500, true).to_string();
+            p.ip(&["link", "set", "eth0", "mtu", &mtu]);
+            p.ip(&["addr", "add", &format!("10.0.{i}.2/24"), "dev", "eth0"]);
+            p.ip(&["addr", "add", &format!("fd10:0:{i:x}::2/64"), "dev", "eth0", "nodad"]);
+            p.ip(&["route", "add", "default", "via", &format!("10.0.{i}.1")]);
+            p.ip(&["-6", "route", "add", "default", "via", &format!("fd10:0:{i:x}::1")]);
+            nodes.push(n);
+            pods.push(p);
+        }
+        // the cleartext paths a missing route would take: every node's default routes,
+        // IPv6 and IPv4 (an IPv6 next hop: the underlay has no IPv4), point at the next
+        // node over the wire
+        for (i, n) in nodes.iter().enumerate() {
+            let next = format!("fd00:2::{:x}", (i + 1) % 3 + 1);
+            n.ip(&["-6", "route", "add", "default", "via", &next]);
+            n.ip(&[
+                "route", "add", "default", "via", "inet6", &next, "dev", "ul0",
+            ]);
+        }
+        let meshes = (1..=3).map(|i| mesh6(i, 3)).collect();
+        Lab {
+            wire,
+            nodes,
+            pods,
+            meshes,
+            tunnel,
+        }
+    }
+
+    async fn reconcile_all(&self) -> Vec<scrambler_core::ReconcileReport> {
+        let mut v = Vec::new();
+        for (n, m) in self.nodes.iter().zip(&self.meshes) {
+            v.push(self.tunnel.reconcile(&n.netns(), m, &secret()).await.unwrap());
+        }
+        v
+    }
+
+    /// busybox ping of `size` payload bytes from pod `from` (1-based) to `to`; replies.
+    fn ping(&self, from: usize, to: &str, count: u32, size: u32) -> u32 {
+        let pod = &self.pods[from - 1];
+        let (_, out) = pod.exec(&[
+            "busybox",
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-s",
+            &size.to_string(),
+            "-W",
+            "2",
+            to,
+        ]);
+        eprintln!("ping {} -> {to}: {}", pod.name, out.trim());
+        out.split(" packets received")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Every IPv4 and IPv6 packet crossing the wire.
+    fn capture(&self) -> Capture {
+        Capture::on(&self.wire.name, "br0")
+            .filter("ip or ip6")
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Wire lines carrying a pod address (either family) in the clear.
+fn cleartext(lines: &[String]) -> (Vec<&String>, Vec<&String>) {
+    let v4 = lines.iter().filter(|l| l.contains(" 10.0.")).collect();
+    let v6 = lines.iter().filter(|l| l.contains(" fd10:")).collect();
+    (v4, v6)
+}
+
+fn assert_no_cleartext(lines: &[String]) {
+    let (v4, v6) = cleartext(lines);
+    assert!(
+        v4.is_empty() && v6.is_empty(),
+        "cleartext pod traffic on the underlay: IPv4 {v4:#?}, IPv6 {v6:#?}"
+    );
+}
+
+/// ESP packets over IPv6 on the wire whose ESP length lies in `range`.
+fn esp6(lines: &[String], range: std::ops::RangeInclusive<u32>) -> usize {
+    lines
+        .iter()
+        .filter(|l| l.contains("IP6 fd00:2::") && l.contains("ESP("))
+        .filter_map(|l| l.rsplit("length ").next()?.trim().parse::<u32>().ok())
+        .filter(|n| range.contains(n))
+        .count()
+}
+
+/// ESP length of a ping of `size` bytes: inner header + ICMP header + payload, + 2 trailer
+/// bytes padded to 4, + ESP header 8 + IV 8 + ICV 16.
+fn esp_len_of_ping(inner_header: u32, size: u32) -> u32 {
+    (inner_header + 8 + size + 2).div_ceil(4) * 4 + 32
+}
+
+/// A TCP listener on `addr` in `ns`: it answers every connection's first line `x` with
+/// `ok x`.
+fn tcp_listener(ns: &Ns, addr: &str) {
+    let addr = addr.to_string();
+    let listener = ns
+        .netns()
+        .run(move || Ok(std::net::TcpListener::bind(&addr).unwrap()))
+        .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Write};
+                c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut line = String::new();
+                if BufReader::new(&c).read_line(&mut line).is_ok() {
+                    let _ = write!(c, "ok {line}");
+                }
+            });
+        }
+    });
+}
+
+/// Connects from `ns` to `to` (`addr:port`), sends a line and reads the answer.
+fn tcp_round_trip(ns: &Ns, to: &str) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    let conn = ns
+        .netns()
+        .run(move || {
+            Ok(std::net::TcpStream::connect_timeout(
+                &to,
+                Duration::from_secs(4),
+            ))
+        })
+        .unwrap();
+    let ok = (|| {
+        let mut c = conn?;
+        c.set_read_timeout(Some(Duration::from_secs(4)))?;
+        writeln!(c, "hello")?;
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line)?;
+        Ok::<_, std::io::Error>(line == "ok hello\n")
+    })();
+    eprintln!("tcp {} -> {to}: {ok:?}", ns.name);
+    matches!(ok, Ok(true))
+}
+
+/// Dual-stack pods on three nodes of an IPv6-only underlay: the plan per family is in
+/// the kernel (interface MTU from the IPv6 ESP overhead, routes, the pods → peer-underlay
+/// steering, the guard of both cluster supernets, the IPv6 interface bypass), pings of
+/// both families and a TCP connection of each family between pods of every pair cross
+/// the wire as ESP over IPv6 only — counted per family by their ESP lengths — with 0
+/// cleartext of either family. Then, on node 2: the outbound SA to node 1 deleted → both
+/// families to pod 1 dropped; the routes to node 3's pod CIDRs deleted → the guard drops
+/// both families (the default routes lead over the wire). The control: node 2's mesh and
+/// guard removed, the same pings leak on this wire in both families.
+#[test]
+fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
+    if VM.delegate(
+        "vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only",
+        FEATURES,
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
+    rt().block_on(async {
+        let reports = lab.reconcile_all().await;
+        for r in &reports {
+            eprintln!("{r:?}");
+            assert_eq!(r.updated, 0, "{r:?}");
+        }
+        for (n, m) in lab.nodes.iter().zip(&lab.meshes) {
+            let again = lab.tunnel.reconcile(&n.netns(), m, &secret()).await.unwrap();
+            assert!(again.is_noop(), "second reconcile: {again:?}");
+        }
+        let l = n1.ip(&["-d", "link", "show", "scrambler0"]);
+        assert!(l.contains("mtu 1420") && l.contains("if_id 0x5c5c"), "{l}");
+        let addrs = n1.ip(&["addr", "show", "dev", "scrambler0"]);
+        assert!(
+            addrs.contains("10.0.1.1/32") && addrs.contains("fd10:0:1::1/128"),
+            "{addrs}"
+        );
+        let r6 = n1.ip(&["-6", "route", "show", "proto", "92"]);
+        eprintln!("{r6}");
+        for (net, src) in [("fd10:0:2::/64", "fd10:0:1::1"), ("fd10:0:3::/64", "fd10:0:1::1")] {
+            let line = r6.lines().find(|l| l.starts_with(net)).unwrap_or_default();
+            assert!(
+                line.contains("dev scrambler0") && line.contains(&format!("src {src}")),
+                "{net}: {r6}"
+            );
+        }
+        let rules = n1.ip(&["-6", "rule"]);
+        assert!(rules.contains("from fd10:0:1::/64 lookup 92"), "{rules}");
+        let t = n1.ip(&["-6", "route", "show", "table", "92"]);
+        assert!(
+            t.contains("fd00:2::2 dev scrambler0") && t.contains("fd00:2::3 dev scrambler0"),
+            "{t}"
+        );
+        let pol = n1.ip(&["xfrm", "policy"]);
+        eprintln!("{pol}");
+        assert!(pol.contains("src ::/0 dst fd10::/16"), "IPv6 guard: {pol}");
+        assert!(pol.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "IPv4 guard: {pol}");
+        assert!(pol.contains("dev scrambler0"), "IPv6 interface bypass: {pol}");
+        assert!(
+            pol.contains("tmpl src fd00:2::1 dst fd00:2::2"),
+            "ESP over IPv6: {pol}"
+        );
+
+        for (a, b) in [(1usize, 2usize), (2, 3), (3, 1)] {
+            tcp_listener(&lab.pods[b - 1], &format!("{}:8080", pod4(b)));
+            tcp_listener(&lab.pods[b - 1], &format!("[{}]:8080", pod6(b)));
+            let _ = a;
+        }
+        let cap = lab.capture();
+        let pairs = [(1usize, 2usize), (2, 3), (3, 1)];
+        for (a, b) in pairs {
+            assert_eq!(lab.ping(a, &pod4(b), 3, 100), 3, "pod{a} -> pod{b} IPv4");
+            assert_eq!(lab.ping(a, &pod6(b), 3, 300), 3, "pod{a} -> pod{b} IPv6");
+            assert!(
+                tcp_round_trip(&lab.pods[a - 1], &format!("{}:8080", pod4(b))),
+                "TCP pod{a} -> pod{b} IPv4"
+            );
+            assert!(
+                tcp_round_trip(&lab.pods[a - 1], &format!("[{}]:8080", pod6(b))),
+                "TCP pod{a} -> pod{b} IPv6"
+            );
+        }
+        // pods -> a peer's underlay address, and the node's own traffic to remote pods,
+        // in the families the underlay has (IPv6): reported, see the crate's limits
+        tcp_listener(n1, "[fd00:2::1]:6443");
+        let pod_to_host_ping = ping_replies(&lab.pods[1], "fd00:2::1", 2);
+        let pod_to_host_tcp = tcp_round_trip(&lab.pods[1], "[fd00:2::1]:6443");
+        let host_to_pod6 = ping_replies(n1, &pod6(2), 2);
+        let host_to_pod4 = ping_replies(n1, &pod4(2), 2);
+        let pod_to_node6 = ping_replies(&lab.pods[1], "fd10:0:1::1", 2);
+        eprintln!(
+            "pod2 -> node1 underlay: ping {pod_to_host_ping}/2 tcp {pod_to_host_tcp}; \
+             node1 -> pod2: IPv6 {host_to_pod6}/2 IPv4 {host_to_pod4}/2; \
+             pod2 -> node1 tunnel IPv6 {pod_to_node6}/2"
+        );
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+        let (e4, e6) = (
+            esp_len_of_ping(20, 100),
+            esp_len_of_ping(40, 300),
+        );
+        let (v4, v6) = (esp6(&lines, e4..=e4), esp6(&lines, e6..=e6));
+        eprintln!(
+            "wire: {} lines, ESP over IPv6 carrying IPv4 pings ({e4} B) {v4}, IPv6 pings \
+             ({e6} B) {v6}, all ESP {}",
+            lines.len(),
+            esp6(&lines, 0..=u32::MAX)
+        );
+        // 3 pairs × 3 echoes × (request + reply) per family
+        assert!(v4 >= 18 && v6 >= 18, "ESP per family: {lines:#?}");
+
+        let s = lab.tunnel.status(&n1.netns(), &lab.meshes[0]).await.unwrap();
+        eprintln!("{}", StatusTable(&s));
+        assert!(s.encrypted && s.fail_closed, "{s:?}");
+        assert_eq!(s.overhead, esp::esp_overhead(true));
+
+        // fail closed, both families
+        let cap = lab.capture();
+        let spi = keys::spi(node6(2).incarnation(), node6(1).incarnation(), 1);
+        n2.ip(&[
+            "xfrm", "state", "delete", "src", "fd00:2::2", "dst", "fd00:2::1", "proto", "esp",
+            "spi", &format!("{spi:#x}"),
+        ]);
+        assert_eq!(lab.ping(2, &pod4(1), 2, 100), 0, "no SA: IPv4 dropped");
+        assert_eq!(lab.ping(2, &pod6(1), 2, 300), 0, "no SA: IPv6 dropped");
+        n2.ip(&["route", "del", "10.0.3.0/24"]);
+        n2.ip(&["-6", "route", "del", "fd10:0:3::/64"]);
+        assert_eq!(lab.ping(2, &pod4(3), 2, 100), 0, "no route: IPv4 guard");
+        assert_eq!(lab.ping(2, &pod6(3), 2, 300), 0, "no route: IPv6 guard");
+        let s = lab.tunnel.status(&n2.netns(), &lab.meshes[1]).await.unwrap();
+        eprintln!("{}", StatusTable(&s));
+        assert!(!s.encrypted && s.fail_closed, "{s:?}");
+        let lines = cap.finish();
+        assert_no_cleartext(&lines);
+
+        // the control: without node 2's mesh and guard the same pings leak on this wire
+        let cap = lab.capture();
+        lab.tunnel.remove(&n2.netns()).await.unwrap();
+        lab.ping(2, &pod4(3), 1, 100);
+        lab.ping(2, &pod6(3), 1, 300);
+        let lines = cap.finish();
+        let (v4, v6) = cleartext(&lines);
+        assert!(
+            !v4.is_empty() && !v6.is_empty(),
+            "the control must leak both families: {lines:#?}"
+        );
+    });
+}
