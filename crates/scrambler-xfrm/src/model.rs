@@ -8,7 +8,7 @@ use netlink_packet_xfrm::{
     Address, AlgAead, LifetimeConfig, ReplayEsn, Selector, UserPolicyId, UserPolicyInfo, UserSaId,
     UserSaInfo, UserTemplate, XfrmAttrs, XfrmMessage, AF_INET, AF_INET6, IPPROTO_ESP,
     XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK, XFRM_POLICY_FWD, XFRM_POLICY_IN,
-    XFRM_POLICY_OUT, XFRM_STATE_ESN,
+    XFRM_POLICY_OUT, XFRM_STATE_AF_UNSPEC, XFRM_STATE_ESN,
 };
 use scrambler_core::esp;
 use sha2::{Digest, Sha256};
@@ -379,7 +379,13 @@ impl DesiredState {
         info.reqid = s.reqid;
         info.mode = XFRM_MODE_TUNNEL;
         info.replay_window = 0; // the ESN attribute carries the window
-        info.flags = if s.esn { XFRM_STATE_ESN } else { 0 };
+        // `af-unspec`: no selector family on the state, so one SA carries both inner
+        // families (dual-stack pods over one underlay family: IPv4 in IPv6 and the other
+        // way round need it — without it the kernel gives the state the outer family's
+        // selector and finds no state for the other family's packets, and sets up no
+        // inner mode for them on input). It is not part of the compared shape: a state
+        // installed without it is not replaced (never re-keyed in place)
+        info.flags = XFRM_STATE_AF_UNSPEC | if s.esn { XFRM_STATE_ESN } else { 0 };
         let mut name = [0u8; 64];
         name[..s.alg.len()].copy_from_slice(s.alg.as_bytes());
         let words = s.replay_window.div_ceil(32);

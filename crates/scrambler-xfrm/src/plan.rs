@@ -812,6 +812,11 @@ pub(crate) mod tests {
                 panic!("not a NEWSA")
             };
             assert_eq!(msg.user_sa_info.id.spi, spi);
+            // both inner families through one SA (dual-stack pods), ESN
+            assert_eq!(
+                msg.user_sa_info.flags,
+                netlink_packet_xfrm::XFRM_STATE_AF_UNSPEC | netlink_packet_xfrm::XFRM_STATE_ESN
+            );
             let aead = msg
                 .nlas
                 .iter()

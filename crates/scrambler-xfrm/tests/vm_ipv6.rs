@@ -93,7 +93,7 @@ impl Lab {
             let next = format!("fd00:2::{:x}", (i + 1) % 3 + 1);
             n.ip(&["-6", "route", "add", "default", "via", &next]);
             n.ip(&[
-                "route", "add", "default", "via", "inet6", &next, "dev", "ul0",
+                "-4", "route", "add", "default", "via", "inet6", &next, "dev", "ul0",
             ]);
         }
         let meshes = (1..=3).map(|i| mesh6(i, 3)).collect();
@@ -293,17 +293,29 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         }
         let cap = lab.capture();
         let pairs = [(1usize, 2usize), (2, 3), (3, 1)];
+        let mut failed = Vec::new();
         for (a, b) in pairs {
-            assert_eq!(lab.ping(a, &pod4(b), 3, 100), 3, "pod{a} -> pod{b} IPv4");
-            assert_eq!(lab.ping(a, &pod6(b), 3, 300), 3, "pod{a} -> pod{b} IPv6");
-            assert!(
-                tcp_round_trip(&lab.pods[a - 1], &format!("{}:8080", pod4(b))),
-                "TCP pod{a} -> pod{b} IPv4"
-            );
-            assert!(
-                tcp_round_trip(&lab.pods[a - 1], &format!("[{}]:8080", pod6(b))),
-                "TCP pod{a} -> pod{b} IPv6"
-            );
+            if lab.ping(a, &pod4(b), 3, 100) != 3 {
+                failed.push(format!("ping pod{a} -> pod{b} IPv4"));
+            }
+            if lab.ping(a, &pod6(b), 3, 300) != 3 {
+                failed.push(format!("ping pod{a} -> pod{b} IPv6"));
+            }
+            if !tcp_round_trip(&lab.pods[a - 1], &format!("{}:8080", pod4(b))) {
+                failed.push(format!("TCP pod{a} -> pod{b} IPv4"));
+            }
+            if !tcp_round_trip(&lab.pods[a - 1], &format!("[{}]:8080", pod6(b))) {
+                failed.push(format!("TCP pod{a} -> pod{b} IPv6"));
+            }
+        }
+        if !failed.is_empty() {
+            for n in &lab.nodes {
+                let (_, stat) = n.exec(&["cat", "/proc/net/xfrm_stat"]);
+                let stat: Vec<&str> = stat.lines().filter(|l| !l.ends_with(" 0")).collect();
+                eprintln!("{}: {stat:?}\n{}", n.name, n.ip(&["-s", "xfrm", "state"]));
+            }
+            eprintln!("{:#?}", cap.finish());
+            panic!("pod to pod through the mesh: {failed:?}");
         }
         // pods -> a peer's underlay address, and the node's own traffic to remote pods,
         // in the families the underlay has (IPv6): reported, see the crate's limits
