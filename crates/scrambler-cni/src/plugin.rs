@@ -189,7 +189,11 @@ fn outside_guard(addrs: &CniResult, cluster_cidrs: &[ipnet::IpNet]) -> Result<()
     else {
         return Ok(());
     };
-    let family = if ip.address.addr().is_ipv6() { "IPv6" } else { "IPv4" };
+    let family = if ip.address.addr().is_ipv6() {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     let cidrs: Vec<String> = cluster_cidrs.iter().map(ToString::to_string).collect();
     Err(Error::config(format!(
         "the IPAM gave the pod {} ({family}), outside the node's guarded clusterCidrs ({}): \

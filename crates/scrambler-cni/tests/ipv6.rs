@@ -157,7 +157,14 @@ fn vm_cni6_dual_stack_veth_pods_over_an_ipv6_mesh() {
         );
         n.veth("ul0", &wire, &format!("w{i}"));
         wire.ip(&["link", "set", &format!("w{i}"), "master", "br0"]);
-        n.ip(&["addr", "add", &format!("fd00:3::{i}/64"), "dev", "ul0", "nodad"]);
+        n.ip(&[
+            "addr",
+            "add",
+            &format!("fd00:3::{i}/64"),
+            "dev",
+            "ul0",
+            "nodad",
+        ]);
         // the cleartext paths a missing route would take lead over the wire
         let other = format!("fd00:3::{}", 3 - i);
         n.ip(&["-6", "route", "add", "default", "via", &other]);
@@ -183,7 +190,10 @@ fn vm_cni6_dual_stack_veth_pods_over_an_ipv6_mesh() {
             .iter()
             .map(|ip| ip["address"].as_str().unwrap().to_string())
             .collect();
-        figure(&format!("node{i} pod result ips {ips:?} mtu {}", r["interfaces"]));
+        figure(&format!(
+            "node{i} pod result ips {ips:?} mtu {}",
+            r["interfaces"]
+        ));
         assert_eq!(ips.len(), 2, "{r}");
         let v4 = ips[0].split('/').next().unwrap().to_string();
         let v6 = ips[1].split('/').next().unwrap().to_string();

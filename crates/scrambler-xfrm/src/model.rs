@@ -326,7 +326,11 @@ impl FoundPolicy {
         }
         XfrmMessage::DeletePolicy(PolicyDelGet {
             user_policy_id: UserPolicyId {
-                selector: selector_for(&self.policy.key.src, &self.policy.key.dst, self.policy.key.ifindex),
+                selector: selector_for(
+                    &self.policy.key.src,
+                    &self.policy.key.dst,
+                    self.policy.key.ifindex,
+                ),
                 index: self.index,
                 direction: self.policy.key.dir.raw(),
             },
@@ -379,12 +383,12 @@ impl DesiredState {
         info.reqid = s.reqid;
         info.mode = XFRM_MODE_TUNNEL;
         info.replay_window = 0; // the ESN attribute carries the window
-        // `af-unspec`: no selector family on the state, so one SA carries both inner
-        // families (dual-stack pods over one underlay family: IPv4 in IPv6 and the other
-        // way round need it — without it the kernel gives the state the outer family's
-        // selector and finds no state for the other family's packets, and sets up no
-        // inner mode for them on input). It is not part of the compared shape: a state
-        // installed without it is not replaced (never re-keyed in place)
+                                // `af-unspec`: no selector family on the state, so one SA carries both inner
+                                // families (dual-stack pods over one underlay family: IPv4 in IPv6 and the other
+                                // way round need it — without it the kernel gives the state the outer family's
+                                // selector and finds no state for the other family's packets, and sets up no
+                                // inner mode for them on input). It is not part of the compared shape: a state
+                                // installed without it is not replaced (never re-keyed in place)
         info.flags = XFRM_STATE_AF_UNSPEC | if s.esn { XFRM_STATE_ESN } else { 0 };
         let mut name = [0u8; 64];
         name[..s.alg.len()].copy_from_slice(s.alg.as_bytes());

@@ -656,23 +656,24 @@ pub(crate) mod tests {
             if_id: cfg.if_id,
             ..key(dir, src, dst)
         };
-        for (peer, v4, v6) in [
-            ("2001:db8::2", "10.0.2.0/24", "fd10:0:2::/64"),
-            ("2001:db8::3", "10.0.3.0/24", "fd10:0:3::/64"),
+        for (id, peer, v4, v6) in [
+            (2, "2001:db8::2", "10.0.2.0/24", "fd10:0:2::/64"),
+            (3, "2001:db8::3", "10.0.3.0/24", "fd10:0:3::/64"),
         ] {
-            let out = Some(Tmpl {
+            let out = Tmpl {
                 src: "2001:db8::1".parse().unwrap(),
                 dst: peer.parse().unwrap(),
-                reqid: d.policies[&mesh_key(Dir::Out, "10.0.1.0/24", v4)]
-                    .tmpl
-                    .unwrap()
-                    .reqid,
-            });
+                reqid: cfg.reqid(id),
+            };
             for (l, p) in [("10.0.1.0/24", v4), ("fd10:0:1::/64", v6)] {
-                assert_eq!(d.policies[&mesh_key(Dir::Out, l, p)].tmpl, out, "{l} -> {p}");
+                assert_eq!(
+                    d.policies[&mesh_key(Dir::Out, l, p)].tmpl,
+                    Some(out),
+                    "{l} -> {p}"
+                );
                 for dir in [Dir::In, Dir::Fwd] {
                     let t = d.policies[&mesh_key(dir, p, l)].tmpl.unwrap();
-                    assert_eq!((t.src, t.dst), (out.unwrap().dst, out.unwrap().src));
+                    assert_eq!((t.src, t.dst, t.reqid), (out.dst, out.src, out.reqid));
                 }
             }
             // never a pair across families
@@ -715,7 +716,10 @@ pub(crate) mod tests {
             (Dir::Out, "2001:db8::1/128", "fd10:0:2::/64"),
             (Dir::In, "fd10:0:2::/64", "2001:db8::1/128"),
         ] {
-            assert!(d.policies.contains_key(&mesh_key(dir, src, dst)), "{dir} {src} {dst}");
+            assert!(
+                d.policies.contains_key(&mesh_key(dir, src, dst)),
+                "{dir} {src} {dst}"
+            );
         }
     }
 
@@ -780,7 +784,8 @@ pub(crate) mod tests {
         m.peers[0].underlay = vec!["192.0.2.2".parse().unwrap()];
         let e = Desired::plan(&XfrmConfig::default(), &m, None).unwrap_err();
         assert!(
-            e.to_string().contains("no underlay address of the family of 192.0.2.2"),
+            e.to_string()
+                .contains("no underlay address of the family of 192.0.2.2"),
             "{e}"
         );
     }

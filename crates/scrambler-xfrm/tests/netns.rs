@@ -864,24 +864,38 @@ fn dual_stack_pods_on_an_ipv6_underlay_and_the_interface_bypass() {
         assert!(!ns.ip(&["rule"]).contains("lookup 92"), "no IPv4 rule");
         let table = ns.ip(&["-6", "route", "show", "table", "92"]);
         assert!(
-            table.contains("fd00:2::2 dev scrambler0") && table.contains("fd00:2::3 dev scrambler0"),
+            table.contains("fd00:2::2 dev scrambler0")
+                && table.contains("fd00:2::3 dev scrambler0"),
             "{table}"
         );
         let r6 = ns.ip(&["-6", "route", "show", "proto", "92"]);
         assert!(
-            r6.contains("fd10:0:2::/64 dev scrambler0") && r6.contains("fd10:0:3::/64 dev scrambler0"),
+            r6.contains("fd10:0:2::/64 dev scrambler0")
+                && r6.contains("fd10:0:3::/64 dev scrambler0"),
             "{r6}"
         );
         // the interface re-created: a new index, the bypass follows it
         ns.ip(&["link", "del", "scrambler0"]);
-        ns.ip(&["link", "add", "scrambler0", "type", "veth", "peer", "name", "scrambler0p"]);
+        ns.ip(&[
+            "link",
+            "add",
+            "scrambler0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "scrambler0p",
+        ]);
         ns.ip(&["link", "set", "scrambler0", "up"]);
         let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
         // the bypass moved (1 + 1), routes (4) and table routes (2) back with the link
         assert_eq!((r.added, r.removed), (7, 1), "{r:?}");
         let text = policy_text(&ns);
         assert_eq!(text.matches(" dev scrambler0").count(), 1, "{text}");
-        assert!(!text.contains("dev if"), "a bypass of a gone interface: {text}");
+        assert!(
+            !text.contains("dev if"),
+            "a bypass of a gone interface: {text}"
+        );
         t.remove(&ns.netns()).await.unwrap();
         assert_eq!(policy_text(&ns).trim(), "", "remove leaves nothing");
     });

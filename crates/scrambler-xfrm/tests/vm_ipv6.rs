@@ -65,7 +65,14 @@ impl Lab {
             );
             n.veth("ul0", &wire, &format!("w{i}"));
             wire.ip(&["link", "set", &format!("w{i}"), "master", "br0"]);
-            n.ip(&["addr", "add", &format!("fd00:2::{i:x}/64"), "dev", "ul0", "nodad"]);
+            n.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:2::{i:x}/64"),
+                "dev",
+                "ul0",
+                "nodad",
+            ]);
             let p = Ns::new(&format!("x6p{i}"));
             sysctls(
                 &p,
@@ -76,13 +83,34 @@ impl Lab {
             );
             n.veth("pod0", &p, "eth0");
             n.ip(&["addr", "add", &format!("10.0.{i}.1/24"), "dev", "pod0"]);
-            n.ip(&["addr", "add", &format!("fd10:0:{i:x}::1/64"), "dev", "pod0", "nodad"]);
+            n.ip(&[
+                "addr",
+                "add",
+                &format!("fd10:0:{i:x}::1/64"),
+                "dev",
+                "pod0",
+                "nodad",
+            ]);
             let mtu = esp::pod_mtu(1500, true).to_string();
             p.ip(&["link", "set", "eth0", "mtu", &mtu]);
             p.ip(&["addr", "add", &format!("10.0.{i}.2/24"), "dev", "eth0"]);
-            p.ip(&["addr", "add", &format!("fd10:0:{i:x}::2/64"), "dev", "eth0", "nodad"]);
+            p.ip(&[
+                "addr",
+                "add",
+                &format!("fd10:0:{i:x}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             p.ip(&["route", "add", "default", "via", &format!("10.0.{i}.1")]);
-            p.ip(&["-6", "route", "add", "default", "via", &format!("fd10:0:{i:x}::1")]);
+            p.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd10:0:{i:x}::1"),
+            ]);
             nodes.push(n);
             pods.push(p);
         }
@@ -109,7 +137,12 @@ impl Lab {
     async fn reconcile_all(&self) -> Vec<scrambler_core::ReconcileReport> {
         let mut v = Vec::new();
         for (n, m) in self.nodes.iter().zip(&self.meshes) {
-            v.push(self.tunnel.reconcile(&n.netns(), m, &secret()).await.unwrap());
+            v.push(
+                self.tunnel
+                    .reconcile(&n.netns(), m, &secret())
+                    .await
+                    .unwrap(),
+            );
         }
         v
     }
@@ -260,7 +293,11 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
             assert_eq!((r.added, r.updated), (59, 0), "{r:?}");
         }
         for (n, m) in lab.nodes.iter().zip(&lab.meshes) {
-            let again = lab.tunnel.reconcile(&n.netns(), m, &secret()).await.unwrap();
+            let again = lab
+                .tunnel
+                .reconcile(&n.netns(), m, &secret())
+                .await
+                .unwrap();
             assert!(again.is_noop(), "second reconcile: {again:?}");
         }
         let l = n1.ip(&["-d", "link", "show", "scrambler0"]);
@@ -272,7 +309,10 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         );
         let r6 = n1.ip(&["-6", "route", "show", "proto", "92"]);
         eprintln!("{r6}");
-        for (net, src) in [("fd10:0:2::/64", "fd10:0:1::1"), ("fd10:0:3::/64", "fd10:0:1::1")] {
+        for (net, src) in [
+            ("fd10:0:2::/64", "fd10:0:1::1"),
+            ("fd10:0:3::/64", "fd10:0:1::1"),
+        ] {
             let line = r6.lines().find(|l| l.starts_with(net)).unwrap_or_default();
             assert!(
                 line.contains("dev scrambler0") && line.contains(&format!("src {src}")),
@@ -289,8 +329,14 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         let pol = n1.ip(&["xfrm", "policy"]);
         eprintln!("{pol}");
         assert!(pol.contains("src ::/0 dst fd10::/16"), "IPv6 guard: {pol}");
-        assert!(pol.contains("src 0.0.0.0/0 dst 10.0.0.0/8"), "IPv4 guard: {pol}");
-        assert!(pol.contains("dev scrambler0"), "IPv6 interface bypass: {pol}");
+        assert!(
+            pol.contains("src 0.0.0.0/0 dst 10.0.0.0/8"),
+            "IPv4 guard: {pol}"
+        );
+        assert!(
+            pol.contains("dev scrambler0"),
+            "IPv6 interface bypass: {pol}"
+        );
         assert!(
             pol.contains("tmpl src fd00:2::1 dst fd00:2::2"),
             "ESP over IPv6: {pol}"
@@ -342,10 +388,7 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         ));
         let lines = cap.finish();
         assert_no_cleartext(&lines);
-        let (e4, e6) = (
-            esp_len_of_ping(20, 100),
-            esp_len_of_ping(40, 300),
-        );
+        let (e4, e6) = (esp_len_of_ping(20, 100), esp_len_of_ping(40, 300));
         let (v4, v6) = (esp6(&lines, e4..=e4), esp6(&lines, e6..=e6));
         let (c4, c6) = cleartext(&lines);
         figure(&format!(
@@ -359,7 +402,11 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         // 3 pairs × 3 echoes × (request + reply) per family
         assert!(v4 >= 18 && v6 >= 18, "ESP per family: {lines:#?}");
 
-        let s = lab.tunnel.status(&n1.netns(), &lab.meshes[0]).await.unwrap();
+        let s = lab
+            .tunnel
+            .status(&n1.netns(), &lab.meshes[0])
+            .await
+            .unwrap();
         eprintln!("{}", StatusTable(&s));
         assert!(s.encrypted && s.fail_closed, "{s:?}");
         assert_eq!(s.overhead, esp::esp_overhead(true));
@@ -368,8 +415,17 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         let cap = lab.capture();
         let spi = keys::spi(node6(2).incarnation(), node6(1).incarnation(), 1);
         n2.ip(&[
-            "xfrm", "state", "delete", "src", "fd00:2::2", "dst", "fd00:2::1", "proto", "esp",
-            "spi", &format!("{spi:#x}"),
+            "xfrm",
+            "state",
+            "delete",
+            "src",
+            "fd00:2::2",
+            "dst",
+            "fd00:2::1",
+            "proto",
+            "esp",
+            "spi",
+            &format!("{spi:#x}"),
         ]);
         assert_eq!(lab.ping(2, &pod4(1), 2, 100), 0, "no SA: IPv4 dropped");
         assert_eq!(lab.ping(2, &pod6(1), 2, 300), 0, "no SA: IPv6 dropped");
@@ -377,7 +433,11 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         n2.ip(&["-6", "route", "del", "fd10:0:3::/64"]);
         assert_eq!(lab.ping(2, &pod4(3), 2, 100), 0, "no route: IPv4 guard");
         assert_eq!(lab.ping(2, &pod6(3), 2, 300), 0, "no route: IPv6 guard");
-        let s = lab.tunnel.status(&n2.netns(), &lab.meshes[1]).await.unwrap();
+        let s = lab
+            .tunnel
+            .status(&n2.netns(), &lab.meshes[1])
+            .await
+            .unwrap();
         eprintln!("{}", StatusTable(&s));
         assert!(!s.encrypted && s.fail_closed, "{s:?}");
         let lines = cap.finish();

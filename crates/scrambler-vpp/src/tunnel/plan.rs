@@ -98,7 +98,11 @@ fn refuse_ipv6(mesh: &Mesh) -> Result<()> {
         return Err(refused(format!("IPv6 pod CIDR {c}")));
     }
     if local.underlay_for(false).is_none() {
-        let a = local.underlay.first().map(ToString::to_string).unwrap_or_default();
+        let a = local
+            .underlay
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         return Err(refused(format!("IPv6-only underlay address {a}")));
     }
     Ok(())
