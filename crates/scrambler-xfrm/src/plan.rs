@@ -785,9 +785,17 @@ pub(crate) mod tests {
         let e = Desired::plan(&XfrmConfig::default(), &m, None).unwrap_err();
         assert!(
             e.to_string()
-                .contains("no underlay address of the family of 192.0.2.2"),
+                .contains("no underlay address family in common"),
             "{e}"
         );
+        // a peer with both families, its IPv6 address first: ESP over IPv6
+        m.peers[0].underlay = vec!["2001:db8::2".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+        let d = Desired::plan(&XfrmConfig::default(), &m, None).unwrap();
+        assert!(d
+            .policies
+            .values()
+            .filter_map(|p| p.tmpl)
+            .all(|t| t.dst.is_ipv6() || t.src.is_ipv6()));
     }
 
     /// The states planned for the known-answer nodes carry exactly the vectors' SPIs and
