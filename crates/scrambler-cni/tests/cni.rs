@@ -757,3 +757,37 @@ fn ipv6_only_pod_with_explicit_mtu() {
     assert_eq!(node.ours(&add, &conf).code(), 7);
     assert!(node.leases().is_empty());
 }
+
+/// Dual-stack pods on a node with default routes of both families: the pod MTU leaves
+/// room for an IPv6 outer header (1500 − 77, rounded: 1420), whichever family the
+/// underlay's ESP uses; with an IPv4 default route only it is 1440.
+#[test]
+fn dual_stack_pod_mtu_leaves_room_for_an_ipv6_underlay() {
+    let node = Node::new("mtu6");
+    let pod = TestNetns::new("mtu6pod");
+    let mut conf = node.conf("1.1.0", "10.31.0.0/24");
+    conf["ipam"]["ranges"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!([{"subnet": "fd31::/64"}]));
+    let add = Invocation::new("ADD", "mtu6a", &pod.path(), "eth0");
+    let result = node.ours(&add, &conf).expect_ok().json();
+    assert_eq!(result["interfaces"][1]["mtu"], 1440, "{result}");
+    assert_eq!(result["ips"].as_array().unwrap().len(), 2, "{result}");
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
+    node.ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8::fe",
+        "dev",
+        "uplink",
+    ]);
+    let result = node.ours(&add, &conf).expect_ok().json();
+    assert_eq!(result["interfaces"][1]["mtu"], 1420, "{result}");
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1420"));
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
+    assert!(node.leases().is_empty());
+}
