@@ -114,10 +114,30 @@ fn tcp_round_trip(ns: &TestNetns, to: &str) -> bool {
     matches!(ok, Ok(true))
 }
 
-/// Prints past libtest's capture (the VM run echoes stderr), so a passing run shows it.
+/// Keeps a figure to print when the test binary exits (after libtest's verdict lines, so
+/// the VM run's verdict parsing is undisturbed and a passing run shows it too).
 fn figure(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "FIGURE {line}");
+    use std::sync::{Mutex, Once};
+    static FIGURES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static REGISTER: Once = Once::new();
+    extern "C" fn print_figures() {
+        use std::io::Write;
+        if let Ok(figures) = FIGURES.lock() {
+            for f in figures.iter() {
+                let _ = writeln!(std::io::stderr(), "FIGURE {f}");
+            }
+        }
+    }
+    extern "C" {
+        fn atexit(cb: extern "C" fn()) -> std::os::raw::c_int;
+    }
+    // SAFETY: registers a plain function that only takes a lock and writes to stderr
+    REGISTER.call_once(|| unsafe {
+        atexit(print_figures);
+    });
+    if let Ok(mut figures) = FIGURES.lock() {
+        figures.push(line.to_string());
+    }
 }
 
 /// Two nodes on an IPv6-only wire, the mesh reconciled on both, one pod per node attached
