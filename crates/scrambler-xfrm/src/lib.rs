@@ -33,9 +33,9 @@
 //! mesh policies and states carry it. Chosen over Cilium-style marks because it needs no
 //! packet marking (iptables/eBPF) and no coordination of mark bits with other software,
 //! counters per interface come for free, and `ip route` shows what is encrypted. The
-//! interface gets `disable_xfrm=1` so that routes through it skip the if_id-0 lookup —
+//! interface gets `disable_xfrm=1` so that IPv4 routes through it skip the if_id-0 lookup —
 //! the one the guard below lives in — leaving the interface's own lookup to apply the mesh
-//! policies. The kernel of the build machine lacks xfrm interfaces: [`LinkMode::Existing`]
+//! policies (IPv6 has no such switch: see IPv6). The kernel of the build machine lacks xfrm interfaces: [`LinkMode::Existing`]
 //! routes through an existing link instead, so plan, diff, policies and routes are tested
 //! there, and interface creation in the VM tests (`vm_*`).
 //!
