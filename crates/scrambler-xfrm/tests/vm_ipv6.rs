@@ -44,8 +44,23 @@ fn sysctls(ns: &Ns, kv: &[&str]) {
     }
 }
 
+/// Node `i`'s underlay address on an IPv6 (`v6`) or IPv4 wire.
+fn underlay(i: usize, v6: bool) -> String {
+    if v6 {
+        format!("fd00:2::{i:x}")
+    } else {
+        format!("192.0.2.{i}")
+    }
+}
+
 impl Lab {
+    /// Dual-stack pods on an IPv6-only underlay.
     fn new() -> Lab {
+        Lab::on(true)
+    }
+
+    /// Dual-stack pods on an underlay of one family (`v6`).
+    fn on(v6: bool) -> Lab {
         let wire = Ns::new("x6w");
         wire.ip(&["link", "add", "br0", "type", "bridge"]);
         wire.ip(&["link", "set", "br0", "up"]);
@@ -65,14 +80,13 @@ impl Lab {
             );
             n.veth("ul0", &wire, &format!("w{i}"));
             wire.ip(&["link", "set", &format!("w{i}"), "master", "br0"]);
-            n.ip(&[
-                "addr",
-                "add",
-                &format!("fd00:2::{i:x}/64"),
-                "dev",
-                "ul0",
-                "nodad",
-            ]);
+            let prefix = if v6 { 64 } else { 24 };
+            let ul = format!("{}/{prefix}", underlay(i as usize, v6));
+            if v6 {
+                n.ip(&["addr", "add", &ul, "dev", "ul0", "nodad"]);
+            } else {
+                n.ip(&["addr", "add", &ul, "dev", "ul0"]);
+            }
             let p = Ns::new(&format!("x6p{i}"));
             sysctls(
                 &p,
@@ -91,7 +105,7 @@ impl Lab {
                 "pod0",
                 "nodad",
             ]);
-            let mtu = esp::pod_mtu(1500, true).to_string();
+            let mtu = esp::pod_mtu(1500, v6).to_string();
             p.ip(&["link", "set", "eth0", "mtu", &mtu]);
             p.ip(&["addr", "add", &format!("10.0.{i}.2/24"), "dev", "eth0"]);
             p.ip(&[
@@ -117,14 +131,27 @@ impl Lab {
         // the cleartext paths a missing route would take: every node's default routes,
         // IPv6 and IPv4 (an IPv6 next hop: the underlay has no IPv4), point at the next
         // node over the wire
+        // (on an IPv4 wire, IPv4 only: an IPv6 route cannot have an IPv4 next hop)
         for (i, n) in nodes.iter().enumerate() {
-            let next = format!("fd00:2::{:x}", (i + 1) % 3 + 1);
-            n.ip(&["-6", "route", "add", "default", "via", &next]);
-            n.ip(&[
-                "-4", "route", "add", "default", "via", "inet6", &next, "dev", "ul0",
-            ]);
+            let next = underlay((i + 1) % 3 + 1, v6);
+            if v6 {
+                n.ip(&["-6", "route", "add", "default", "via", &next]);
+                n.ip(&[
+                    "-4", "route", "add", "default", "via", "inet6", &next, "dev", "ul0",
+                ]);
+            } else {
+                n.ip(&["route", "add", "default", "via", &next]);
+            }
         }
-        let meshes = (1..=3).map(|i| mesh6(i, 3)).collect();
+        let meshes = (1..=3u32)
+            .map(|i| {
+                let mut m = mesh6(i, 3);
+                for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+                    n.underlay = vec![underlay(n.id.get() as usize, v6).parse().unwrap()];
+                }
+                m
+            })
+            .collect();
         Lab {
             wire,
             nodes,
@@ -221,9 +248,15 @@ fn assert_no_cleartext(lines: &[String]) {
 
 /// ESP packets over IPv6 on the wire whose ESP length lies in `range`.
 fn esp6(lines: &[String], range: std::ops::RangeInclusive<u32>) -> usize {
+    esp_on(lines, "IP6 fd00:2::", range)
+}
+
+/// ESP packets on the wire between addresses starting `outer` (tcpdump's `IP6 fd00:2::`,
+/// `IP 192.0.2.`) whose ESP length lies in `range`.
+fn esp_on(lines: &[String], outer: &str, range: std::ops::RangeInclusive<u32>) -> usize {
     lines
         .iter()
-        .filter(|l| l.contains("IP6 fd00:2::") && l.contains("ESP("))
+        .filter(|l| l.contains(outer) && l.contains("ESP("))
         .filter_map(|l| l.rsplit("length ").next()?.trim().parse::<u32>().ok())
         .filter(|n| range.contains(n))
         .count()
@@ -499,5 +532,78 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
             !v4.is_empty() && !v6.is_empty(),
             "the control must leak both families: {lines:#?}"
         );
+    });
+}
+
+/// Dual-stack pods over an IPv4 underlay (IPv6 in IPv4 through the same SAs, and IPv4 in
+/// IPv4 with the states' `af-unspec`): pings and a TCP connection of each family between
+/// the pods of every pair cross the wire as ESP over IPv4 only, counted per family by
+/// their ESP lengths, 0 cleartext of either family; pod MTU 1440.
+#[test]
+fn vm_xfrm6_dual_stack_pods_over_ipv4_underlay_esp_only() {
+    if VM.delegate(
+        "vm_xfrm6_dual_stack_pods_over_ipv4_underlay_esp_only",
+        FEATURES,
+    ) {
+        return;
+    }
+    let lab = Lab::on(false);
+    rt().block_on(async {
+        for r in lab.reconcile_all().await {
+            assert_eq!(r.updated, 0, "{r:?}");
+        }
+        let l = lab.nodes[0].ip(&["-d", "link", "show", "scrambler0"]);
+        assert!(l.contains("mtu 1440"), "{l}");
+        let pol = lab.nodes[0].ip(&["xfrm", "policy"]);
+        assert!(
+            pol.contains("src fd10:0:1::/64 dst fd10:0:2::/64")
+                && pol.contains("tmpl src 192.0.2.1 dst 192.0.2.2"),
+            "{pol}"
+        );
+        let pairs = [(1usize, 2usize), (2, 3), (3, 1)];
+        for (_, b) in pairs {
+            tcp_listener(&lab.pods[b - 1], &format!("{}:8080", pod4(b)));
+            tcp_listener(&lab.pods[b - 1], &format!("[{}]:8080", pod6(b)));
+        }
+        let cap = lab.capture();
+        let mut failed = Vec::new();
+        for (a, b) in pairs {
+            if lab.ping(a, &pod4(b), 3, 100) != 3 {
+                failed.push(format!("ping pod{a} -> pod{b} IPv4"));
+            }
+            if lab.ping(a, &pod6(b), 3, 300) != 3 {
+                failed.push(format!("ping pod{a} -> pod{b} IPv6"));
+            }
+            if !tcp_round_trip(&lab.pods[a - 1], &format!("{}:8080", pod4(b))) {
+                failed.push(format!("TCP pod{a} -> pod{b} IPv4"));
+            }
+            if !tcp_round_trip(&lab.pods[a - 1], &format!("[{}]:8080", pod6(b))) {
+                failed.push(format!("TCP pod{a} -> pod{b} IPv6"));
+            }
+        }
+        let lines = cap.finish();
+        let (e4, e6) = (esp_len_of_ping(20, 100), esp_len_of_ping(40, 300));
+        let (v4, v6) = (
+            esp_on(&lines, "IP 192.0.2.", e4..=e4),
+            esp_on(&lines, "IP 192.0.2.", e6..=e6),
+        );
+        let (c4, c6) = cleartext(&lines);
+        figure(&format!(
+            "IPv4 wire: {} lines, ESP over IPv4 carrying IPv4 pings ({e4} B) {v4}, IPv6 \
+             pings ({e6} B) {v6}, all ESP {}; cleartext IPv4 {} IPv6 {}; failed {failed:?}",
+            lines.len(),
+            esp_on(&lines, "IP 192.0.2.", 0..=u32::MAX),
+            c4.len(),
+            c6.len()
+        ));
+        assert!(failed.is_empty(), "{failed:?}: {lines:#?}");
+        assert_no_cleartext(&lines);
+        assert!(v4 >= 18 && v6 >= 18, "ESP per family: {lines:#?}");
+        let s = lab
+            .tunnel
+            .status(&lab.nodes[0].netns(), &lab.meshes[0])
+            .await
+            .unwrap();
+        assert!(s.encrypted && s.fail_closed, "{s:?}");
     });
 }
