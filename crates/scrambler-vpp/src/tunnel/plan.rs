@@ -242,6 +242,9 @@ mod tests {
         pods6.local.pod_cidrs.push("fd10:0:1::/64".parse().unwrap());
         let mut under6 = m.clone();
         under6.local.underlay = vec!["fd00:2::1".parse().unwrap()];
+        for (i, p) in under6.peers.iter_mut().enumerate() {
+            p.underlay = vec![format!("fd00:2::{}", i + 2).parse().unwrap()];
+        }
         for (case, want) in [(pods6, "fd10:0:1::/64"), (under6, "fd00:2::1")] {
             let e = plan(&case, &secret).err().expect("refused");
             let msg = e.to_string();
