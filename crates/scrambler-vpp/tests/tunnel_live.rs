@@ -213,3 +213,35 @@ async fn vpp_sas_match_the_known_answer_vectors_and_a_new_epoch_rekeys() {
         "ESP on the wire:\n{wire}\n{wire2}"
     );
 }
+
+/// ESP over an IPv6 underlay between two real VPPs (IPv4 pods): the mesh reconciles, the
+/// pods ping each other, the wire carries ESP over IPv6 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vpps_ping_across_esp_over_an_ipv6_underlay() {
+    let t = TwoNodes::start_v6("t6").await;
+    let (ra, rb) = t.apply().await;
+    assert!(ra.added >= 5 && rb.added >= 5, "{ra:?} {rb:?}");
+    assert!(t.apply().await.0.is_noop());
+    let (wire, (ok, out)) = capture(&t.a, "", || ping(&t.a, "10.2.0.2", 3));
+    assert!(
+        ok,
+        "ping failed: {out}\nA: {}\nB: {}",
+        t.a.vppctl(&["show", "errors"]),
+        t.b.vppctl(&["show", "ipsec", "all"])
+    );
+    let esp = wire
+        .lines()
+        .filter(|l| l.contains("IP6 fd00:2::") && l.contains("ESP"))
+        .count();
+    let clear = wire.lines().filter(|l| l.contains(" 10.")).count();
+    eprintln!("ESP over IPv6 on the wire: {esp}, cleartext pod packets: {clear}\n{wire}");
+    assert!(wire.contains("IP6 fd00:2::1 > fd00:2::2: ESP"), "{wire}");
+    assert!(esp >= 6 && clear == 0, "{wire}");
+    assert!(
+        !wire.contains("ICMP echo"),
+        "cleartext on the wire:\n{wire}"
+    );
+    let st = t.dp.status(&t.a.netns.netns(), &t.mesh("a")).await.unwrap();
+    assert!(st.encrypted && st.fail_closed, "{st:?}");
+    assert_eq!(st.overhead, scrambler_core::esp::esp_overhead(true));
+}
