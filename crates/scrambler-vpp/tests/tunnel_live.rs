@@ -236,7 +236,8 @@ async fn two_vpps_ping_across_esp_over_an_ipv6_underlay() {
     let clear = wire.lines().filter(|l| l.contains(" 10.")).count();
     eprintln!("ESP over IPv6 on the wire: {esp}, cleartext pod packets: {clear}\n{wire}");
     assert!(wire.contains("IP6 fd00:2::1 > fd00:2::2: ESP"), "{wire}");
-    assert!(esp >= 6 && clear == 0, "{wire}");
+    // 3 echoes; the first request may go while VPP resolves its IPv6 neighbour
+    assert!(esp >= 4 && clear == 0, "{wire}");
     assert!(
         !wire.contains("ICMP echo"),
         "cleartext on the wire:\n{wire}"
