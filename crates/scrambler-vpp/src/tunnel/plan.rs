@@ -36,7 +36,6 @@ pub(super) struct PeerPlan {
 
 pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>> {
     mesh.validate()?;
-    refuse_ipv6(mesh)?;
     let local = &mesh.local;
     let mut out = Vec::new();
     for peer in &mesh.peers {
@@ -77,25 +76,6 @@ pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>>
         });
     }
     Ok(out)
-}
-
-/// IPv6 pod traffic through a VPP node is not proven end to end (no test sends it), so a
-/// local IPv6 pod CIDR is refused before anything is programmed, naming the family and the
-/// backend, rather than risking a family left in cleartext. An IPv6 underlay is fine (ESP
-/// over IPv6 between two VPPs: `two_vpps_ping_across_esp_over_an_ipv6_underlay`), and so
-/// are IPv6 `clusterCidrs` (their drop routes only guard) and peers' IPv6 pod CIDRs (routes
-/// into the tunnels; no local pod has an IPv6 address to send to them).
-fn refuse_ipv6(mesh: &Mesh) -> Result<()> {
-    let local = &mesh.local;
-    match local.pod_cidrs.iter().find(|c| c.addr().is_ipv6()) {
-        Some(c) => Err(Error::Unsupported(format!(
-            "VPP backend: IPv6 pods are not supported yet (IPv6 pod CIDR {c} of node {:?}); \
-             give VPP nodes IPv4 pod CIDRs (over an IPv4 or IPv6 underlay), or use the \
-             kernel (xfrm) backend for dual-stack pods",
-            local.name
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// The cluster-wide guard: a drop route per cluster CIDR (`clusterCidrs` of the mesh),
@@ -223,28 +203,24 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_pods_are_refused_naming_family_and_backend() {
+    fn ipv6_underlay_and_dual_stack_pods_are_planned() {
         let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
         let mut m = mesh(scrambler_core::Keys::single(1));
         m.cluster_cidrs.push("fd10::/16".parse().unwrap());
-        assert!(plan(&m, &secret).is_ok(), "IPv6 cluster CIDRs only guard");
-        // an IPv6 underlay is fine
-        let mut under6 = m.clone();
-        under6.local.underlay = vec!["fd00:2::1".parse().unwrap()];
-        for (i, p) in under6.peers.iter_mut().enumerate() {
+        m.local.underlay = vec!["fd00:2::1".parse().unwrap()];
+        for (i, p) in m.peers.iter_mut().enumerate() {
             p.underlay = vec![format!("fd00:2::{}", i + 2).parse().unwrap()];
+            p.pod_cidrs
+                .push(format!("fd10:0:{}::/64", i + 2).parse().unwrap());
         }
-        let plans = plan(&under6, &secret).unwrap();
+        m.local.pod_cidrs.push("fd10:0:1::/64".parse().unwrap());
+        let plans = plan(&m, &secret).unwrap();
         assert!(plans.iter().all(|p| p.src.is_ipv6() && p.dst.is_ipv6()));
-        let mut pods6 = m.clone();
-        pods6.local.pod_cidrs.push("fd10:0:1::/64".parse().unwrap());
-        let e = plan(&pods6, &secret).err().expect("refused");
-        let msg = e.to_string();
-        assert!(
-            msg.contains("VPP backend") && msg.contains("IPv6") && msg.contains("fd10:0:1::/64"),
-            "{msg}"
-        );
-        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+        assert!(plans
+            .iter()
+            .all(|p| p.routes.iter().any(|r| r.addr().is_ipv6())
+                && p.routes.iter().any(|r| r.addr().is_ipv4())));
+        assert!(guard_routes(&m).contains(&"fd10::/16".parse().unwrap()));
     }
 
     /// The SA entries VPP is sent for the known-answer nodes carry exactly the vectors'
