@@ -611,6 +611,7 @@ async fn xfrm_mesh(lab: &Underlay) {
         epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).expect("epoch"),
         underlay: vec![format!("192.0.2.{id}").parse().expect("ip")],
         pod_cidrs: vec![format!("10.1.{id}.0/24").parse().expect("cidr")],
+        previous_epochs: Vec::new(),
     };
     let tunnel = XfrmTunnel::new(XfrmConfig {
         guard_supernets: vec!["10.1.0.0/16".parse().expect("cidr")],

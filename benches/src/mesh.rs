@@ -12,6 +12,7 @@ pub fn node(id: u32) -> Node {
         pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
             .parse()
             .expect("pod cidr")],
+        previous_epochs: Vec::new(),
     }
 }
 

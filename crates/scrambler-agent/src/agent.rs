@@ -43,9 +43,10 @@ use crate::store::{Snapshot, Store};
 use crate::{epoch, lease};
 use etcd_client::WatchOptions;
 use ipnet::IpNet;
+use scrambler_core::mesh::MAX_PREVIOUS_EPOCHS;
 use scrambler_core::{
     Cluster, ClusterSecret, Epoch, Error, Keys, Ledger, Mesh, MeshFile, Netns, Node, NodeId,
-    OutboundSa, Result, Tunnel,
+    OutboundSa, PreviousEpoch, Result, Tunnel,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -68,6 +69,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/scrambler/agent";
 /// Default time a departed peer (lease expired, claim kept) stays in the mesh with its SAs
 /// in place, so that it comes back under the same epoch without a re-key.
 pub const DEFAULT_DEPARTED_HOLD: Duration = Duration::from_secs(600);
+/// Default time the node keeps its inbound SAs of the epoch it left after an epoch change
+/// without a dataplane reset (see [`AgentConfig::epoch_grace`]).
+pub const DEFAULT_EPOCH_GRACE: Duration = Duration::from_secs(30);
+/// Longest epoch grace accepted (one hour).
+pub const MAX_EPOCH_GRACE: Duration = Duration::from_secs(3600);
 /// Longest departed hold accepted (one day).
 pub const MAX_DEPARTED_HOLD: Duration = Duration::from_secs(86_400);
 
@@ -112,6 +118,11 @@ pub struct AgentConfig {
     /// blip) but whose claim is still there stays in this node's mesh as it was, SAs
     /// included (see [`Agent`]'s "Departed peers"); zero drops it at once.
     pub departed_hold: Duration,
+    /// After an epoch change without a dataplane reset (a lost or refused outbound SA),
+    /// how long the node keeps its inbound SAs of the epoch it left (listed in its mesh's
+    /// `previousEpochs`), so that peers still sending under it are received until they
+    /// re-key; zero keeps none. Never after a reset (nothing is left to keep).
+    pub epoch_grace: Duration,
     /// A file where the agent writes the dataplane's [`scrambler_core::TunnelStatus`]
     /// (JSON, plus `updated`: Unix time, `maxAge`: seconds after which it is stale, and
     /// `clusterCidrs`: the mesh's cluster supernets the guard covers) while the node is
@@ -142,6 +153,7 @@ impl AgentConfig {
             retry: Duration::from_secs(1),
             resync: DEFAULT_RESYNC,
             departed_hold: DEFAULT_DEPARTED_HOLD,
+            epoch_grace: DEFAULT_EPOCH_GRACE,
             tunnel_status_file: None,
         }
     }
@@ -160,6 +172,9 @@ pub struct Agent {
     secret: ClusterSecret,
     claim: Option<Claim>,
     epoch: Option<Epoch>,
+    /// Epochs the node left without a dataplane reset, whose inbound SAs it keeps until
+    /// their deadline (put into the local node of every mesh it applies).
+    previous_epochs: Vec<PreviousEpoch>,
     lease: Option<(i64, JoinHandle<()>)>,
     registered: Option<(i64, NodeRecord)>,
     mesh: Option<Mesh>,
@@ -199,6 +214,14 @@ impl Agent {
                 cfg.node
             )));
         }
+        if cfg.epoch_grace > MAX_EPOCH_GRACE {
+            return Err(Error::config(format!(
+                "node {}: epoch grace of {}s: at most {}s",
+                cfg.node,
+                cfg.epoch_grace.as_secs(),
+                MAX_EPOCH_GRACE.as_secs()
+            )));
+        }
         if cfg.departed_hold > MAX_DEPARTED_HOLD {
             return Err(Error::config(format!(
                 "node {}: departed hold of {}s: at most {}s",
@@ -226,6 +249,7 @@ impl Agent {
             last_report: None,
             reconcile_error: None,
             departed: Vec::new(),
+            previous_epochs: Vec::new(),
             guarded: false,
             pid: std::process::id(),
             updated: now(),
@@ -237,6 +261,7 @@ impl Agent {
             secret,
             claim: None,
             epoch: None,
+            previous_epochs: Vec::new(),
             lease: None,
             registered: None,
             mesh: None,
@@ -334,6 +359,10 @@ impl Agent {
         tracing::info!(node = %self.cfg.node, epoch = %self.status.epoch, reused, "agent starting");
         if reused {
             if let Some(m) = last {
+                // the epochs it left before the restart, while their grace runs (a new
+                // epoch after a reset keeps none: their SAs are gone)
+                self.previous_epochs = m.local.previous_epochs.clone();
+                self.prune_previous_epochs();
                 // the node's claim is in the last mesh: reuse it while etcd is away
                 self.claim = Some(Claim {
                     id: m.local.id,
@@ -435,6 +464,7 @@ impl Agent {
                 epoch,
                 underlay: self.cfg.underlay.clone(),
                 pod_cidrs,
+                previous_epochs: Vec::new(),
             },
             peers: Vec::new(),
             // no peers, no SAs: the generation only has to pass the ledger
@@ -511,7 +541,9 @@ impl Agent {
         live.insert(self.cfg.node.clone());
         let (keys, phase) = rotation::desired(&snap.keys, &live, &snap.acks);
         self.status.rotation = Some(phase.clone());
-        let mesh = registry::mesh_for(&record, &snap.nodes, &self.cfg.cluster_cidrs, keys)?;
+        let mut mesh = registry::mesh_for(&record, &snap.nodes, &self.cfg.cluster_cidrs, keys)?;
+        self.prune_previous_epochs();
+        mesh.local.previous_epochs = self.previous_epochs.clone();
         let mesh = self.hold_departed(mesh, &snap);
         let in_place = self.mesh.as_ref() == Some(&mesh) && self.dataplane_healthy(&mesh).await;
         if !in_place && !self.reconcile(mesh).await {
@@ -675,7 +707,14 @@ impl Agent {
             Ok(_) => Ok(ledger),
             Err(Error::AlreadyExists { object, .. }) => {
                 let old = self.epoch;
-                let e = Epoch::generate(old)?;
+                if let Some(old) = old {
+                    self.keep_previous_epoch(old, mesh).await;
+                }
+                let avoid: Vec<Epoch> = old
+                    .into_iter()
+                    .chain(self.previous_epochs.iter().map(|p| p.epoch))
+                    .collect();
+                let e = Epoch::generate_unlike(&avoid)?;
                 epoch::save(&self.cfg.state_dir, e)?;
                 self.epoch = Some(e);
                 self.status.epoch = e.to_string();
@@ -694,6 +733,45 @@ impl Agent {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Lists `old`, the epoch the node is leaving without a reset, among the previous
+    /// epochs for [`AgentConfig::epoch_grace`] — only when the dataplane still holds SAs
+    /// of `refused`, the mesh under the old epoch (its inbound SAs are there to keep; after
+    /// a reset there is nothing, and the dataplane would make none anew anyway). At most
+    /// [`MAX_PREVIOUS_EPOCHS`]: the oldest goes first.
+    async fn keep_previous_epoch(&mut self, old: Epoch, refused: &Mesh) {
+        self.prune_previous_epochs();
+        if self.cfg.epoch_grace.is_zero()
+            || !epoch::dataplane_has_sas(&*self.tunnel, &self.cfg.netns, Some(refused)).await
+        {
+            return;
+        }
+        let until = now_plus(self.cfg.epoch_grace);
+        self.previous_epochs.retain(|p| p.epoch != old);
+        self.previous_epochs
+            .push(PreviousEpoch { epoch: old, until });
+        while self.previous_epochs.len() > MAX_PREVIOUS_EPOCHS {
+            self.previous_epochs.remove(0);
+        }
+        tracing::info!(node = %self.cfg.node, epoch = %old, until,
+            "epoch left without a reset: its inbound SAs kept until the peers re-key");
+        self.status.previous_epochs = self.previous_epochs.clone();
+    }
+
+    /// Drops the previous epochs whose deadline passed, and wakes the loop at the next
+    /// deadline: the next reconcile deletes that epoch's inbound SAs.
+    fn prune_previous_epochs(&mut self) {
+        let now_s = now();
+        self.previous_epochs.retain(|p| p.until > now_s);
+        if let Some(first) = self.previous_epochs.iter().map(|p| p.until).min() {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(first);
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            self.wake(Instant::now() + left + Duration::from_millis(50));
+        }
+        self.status.previous_epochs = self.previous_epochs.clone();
     }
 
     /// The applied mesh as a mesh file (`scrambler status --mesh <state dir>/mesh.json`).

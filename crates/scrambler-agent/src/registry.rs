@@ -15,6 +15,7 @@ pub fn node_of(r: &NodeRecord) -> Result<Node> {
         epoch: Epoch::new(r.epoch)?,
         underlay: r.underlay.clone(),
         pod_cidrs: r.pod_cidrs.clone(),
+        previous_epochs: Vec::new(),
     })
 }
 

@@ -55,6 +55,10 @@ pub struct AgentStatus {
     /// Departed peers held in the mesh with their SAs (lease expired, claim kept).
     #[serde(default)]
     pub departed: Vec<DepartedPeer>,
+    /// Earlier epochs of the node whose inbound SAs it keeps until their deadline (after
+    /// an epoch change without a dataplane reset), as in the mesh's `previousEpochs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_epochs: Vec<scrambler_core::PreviousEpoch>,
     /// The dataplane's fail-closed guard was in place at the last check.
     #[serde(default)]
     pub guarded: bool,
@@ -170,6 +174,14 @@ impl AgentStatus {
                 "!!! last reconcile failed (previous mesh kept): {e}\n"
             ));
         }
+        for p in &self.previous_epochs {
+            out.push_str(&format!(
+                "agent: inbound SAs of the previous epoch {} kept for {}s more (peers still \
+                 sending under it)\n",
+                p.epoch,
+                p.until.saturating_sub(now)
+            ));
+        }
         for d in &self.departed {
             out.push_str(&format!(
                 "agent: peer {} departed (no registration): held with its SAs for {}s more\n",
@@ -220,6 +232,7 @@ mod tests {
             last_report: None,
             reconcile_error: None,
             departed: Vec::new(),
+            previous_epochs: Vec::new(),
             guarded: true,
             pid: 1,
             updated: 100,

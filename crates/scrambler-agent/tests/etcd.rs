@@ -974,10 +974,15 @@ fn first(
         .unwrap_or_else(|| panic!("{node} never reconciled such a mesh"))
 }
 
-/// What an epoch change costs today, measured: from the moment a node's dataplane runs
-/// under its new epoch (its inbound SAs of the old one gone) until a peer has re-keyed
-/// with it, that peer's traffic to the node is dropped (it still sends under the old
-/// epoch), and the node's traffic to the peer is dropped there (no inbound SA yet).
+/// What an epoch change costs, measured. Without a reset (a lost outbound SA) the node
+/// keeps its inbound SAs of the old epoch for `epoch_grace` (`previousEpochs` in its
+/// mesh), so the peer's traffic to it, still under the old epoch until the peer
+/// re-keys, is received all along: that direction loses nothing. What remains is the
+/// other direction: from the node's switch until the peer has reconciled, the node sends
+/// under its new epoch and the peer has no inbound SA for it yet (dropped there, never
+/// in clear). After the grace the agent drops the old epoch and its next reconcile
+/// deletes those SAs. After a reset nothing is kept (the SAs are gone): the peer's
+/// traffic is dropped until it re-keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
     let etcd = Etcd::start();
@@ -987,6 +992,7 @@ async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
     let tb = FakeTunnel::new("b", Some(log.clone()));
     let mut ca = config("a", 1, state.path());
     ca.resync = Duration::from_secs(1);
+    ca.epoch_grace = Duration::from_secs(3);
     let a = spawn(&etcd, ca.clone(), ta.clone()).await;
     let b = spawn(&etcd, config("b", 2, state.path()), tb.clone()).await;
     eventually(10, "a and b see each other", || {
@@ -994,12 +1000,13 @@ async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
     })
     .await;
     let e1 = ta.mesh().unwrap().local.epoch;
+    assert!(ta.mesh().unwrap().local.previous_epochs.is_empty());
     let b_has = |e: scrambler_core::Epoch| {
         move |m: &scrambler_core::Mesh| m.peer("a").is_some_and(|p| p.epoch == e)
     };
 
     // not a reboot: a's outbound SA to b is lost under the running agent; the ledger
-    // refuses it, a takes a new epoch
+    // refuses it, a takes a new epoch and keeps its inbound SAs of the old one
     let lost = Instant::now();
     ta.lose_outbound
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1012,14 +1019,69 @@ async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
     let e2 = tb.mesh().unwrap().peer("a").unwrap().epoch;
     let a_switched = first(&log, "a", |m| m.local.epoch == e2);
     let b_switched = first(&log, "b", b_has(e2));
-    let cut = b_switched.duration_since(a_switched);
+    // a → b: a sends under e2 from its switch, b receives it from its own
+    let a_to_b = b_switched.duration_since(a_switched);
+    // b → a: b sends under e1 until its switch; a receives e1 while its applied mesh has
+    // it, as its epoch or as a previous epoch whose deadline is after b's switch
+    let unix = |at: Instant| {
+        std::time::SystemTime::now()
+            .checked_sub(at.elapsed())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    };
+    let b_switched_unix = unix(b_switched);
+    let a_meshes: Vec<Logged> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.node == "a" && l.at >= a_switched && l.at <= b_switched)
+        .cloned()
+        .collect();
+    assert!(!a_meshes.is_empty());
+    // from the first mesh a applied that no longer receives e1 until b's switch
+    let b_to_a = a_meshes
+        .iter()
+        .find(|l| {
+            l.mesh.local.epoch != e1
+                && !l
+                    .mesh
+                    .local
+                    .previous_epochs
+                    .iter()
+                    .any(|p| p.epoch == e1 && Duration::from_secs(p.until) > b_switched_unix)
+        })
+        .map(|l| b_switched.duration_since(l.at));
     println!(
-        "epoch change without reboot: a switched {:?} after losing its SA; pair a-b cut for {:?} \
-         (until b reconciled)",
+        "epoch change without reboot: a switched {:?} after losing its SA; b -> a cut for \
+         {b_to_a:?} (None: never; a kept its inbound SAs of the old epoch), a -> b cut for \
+         {a_to_b:?} (until b reconciled)",
         a_switched.duration_since(lost),
-        cut
     );
-    assert!(cut < ca.max_delay + Duration::from_secs(2), "{cut:?}");
+    assert_eq!(b_to_a, None, "{a_meshes:#?}");
+    assert!(a_to_b < ca.max_delay + Duration::from_secs(2), "{a_to_b:?}");
+    let until = ta.mesh().unwrap().local.previous_epochs[0].until;
+    eventually(2, "a's status lists the previous epoch", || {
+        status(state.path(), "a").is_some_and(|s| {
+            s.previous_epochs
+                .iter()
+                .any(|p| p.epoch == e1 && p.until == until)
+        })
+    })
+    .await;
+    // after the grace the agent drops e1; its reconcile deletes those SAs
+    eventually(10, "a drops its previous epoch after the grace", || {
+        ta.mesh().is_some_and(|m| {
+            m.local.epoch == e2 && m.local.previous_epochs.is_empty() && m.peer("b").is_some()
+        })
+    })
+    .await;
+    let dropped = first(&log, "a", |m| {
+        m.local.epoch == e2 && m.local.previous_epochs.is_empty()
+    });
+    let dropped_unix = unix(dropped).as_secs();
+    assert!(dropped_unix >= until, "{dropped_unix} < {until}");
+    assert!(dropped_unix <= until + 2, "{dropped_unix} > {until} + 2");
 
     // a reboot: the dataplane is empty, the agent restarts
     a.stop().await;
@@ -1035,6 +1097,13 @@ async fn an_epoch_change_cuts_a_pair_off_until_the_peer_reconciles() {
     .await;
     let e3 = tb.mesh().unwrap().peer("a").unwrap().epoch;
     let a_full = first(&log, "a", |m| m.local.epoch == e3 && m.peer("b").is_some());
+    // nothing kept after a reset
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.node == "a" && l.mesh.local.epoch == e3)
+        .all(|l| l.mesh.local.previous_epochs.is_empty()));
     let b_switched = first(&log, "b", b_has(e3));
     println!(
         "reboot (agent restarted at once): pair a-b cut for {:?} from the reset until b \

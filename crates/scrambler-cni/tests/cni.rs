@@ -402,6 +402,7 @@ fn program_guard(node: &Node, pod_subnet: &str) {
             epoch: scrambler_core::Epoch::new(1).unwrap(),
             underlay: vec!["192.0.2.1".parse().unwrap()],
             pod_cidrs: vec![pod_subnet.parse().unwrap()],
+            previous_epochs: Vec::new(),
         },
         peers: vec![],
         keys: Keys::single(1),

@@ -31,6 +31,7 @@ fn mesh_node(i: u32) -> MeshNode {
             format!("10.0.{i}.0/24").parse().unwrap(),
             format!("fd10:0:{i}::/64").parse().unwrap(),
         ],
+        previous_epochs: Vec::new(),
     }
 }
 

@@ -257,6 +257,7 @@ async fn add_with_the_gate_checks_the_guard_route_in_vpp() {
             epoch: scrambler_core::Epoch::new(1).unwrap(),
             underlay: vec!["192.0.2.1".parse().unwrap()],
             pod_cidrs: vec!["10.9.7.0/24".parse().unwrap()],
+            previous_epochs: Vec::new(),
         },
         peers: vec![],
         keys: Keys::single(1),

@@ -52,11 +52,18 @@ impl Epoch {
     /// its [`spi_tag`](Self::spi_tag) differs from the previous one's, so that every SPI
     /// involving the node changes along with its keys (see [`crate::keys::spi`]).
     pub fn generate(previous: Option<Epoch>) -> Result<Self> {
+        Self::generate_unlike(previous.as_slice())
+    }
+
+    /// A new random epoch whose [`spi_tag`](Self::spi_tag) differs from that of every
+    /// epoch in `avoid` (the one it replaces and the previous epochs whose inbound SAs the
+    /// node keeps, see [`crate::Node::previous_epochs`]: their SPIs must all differ).
+    pub fn generate_unlike(avoid: &[Epoch]) -> Result<Self> {
         loop {
             let mut b = [0u8; 8];
             crate::keys::getrandom_fill(&mut b)?;
             let v = u64::from_be_bytes(b);
-            if v == 0 || previous.is_some_and(|p| p.spi_tag() == (v & 0xff) as u8) {
+            if v == 0 || avoid.iter().any(|p| p.spi_tag() == (v & 0xff) as u8) {
                 continue;
             }
             return Ok(Epoch(v));
@@ -150,6 +157,15 @@ mod tests {
             let e = Epoch::generate(Some(prev)).unwrap();
             assert_ne!(e.get(), 0);
             assert_ne!(e.spi_tag(), prev.spi_tag());
+        }
+        let avoid = [
+            prev,
+            Epoch::new(0x1299).unwrap(),
+            Epoch::new(0x12aa).unwrap(),
+        ];
+        for _ in 0..200 {
+            let e = Epoch::generate_unlike(&avoid).unwrap();
+            assert!(avoid.iter().all(|a| a.spi_tag() != e.spi_tag()));
         }
         assert_ne!(
             Epoch::generate(None).unwrap(),

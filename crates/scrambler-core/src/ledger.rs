@@ -381,6 +381,7 @@ mod tests {
             epoch: Epoch::new(epoch).unwrap(),
             underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
             pod_cidrs: vec![format!("10.244.{id}.0/24").parse().unwrap()],
+            previous_epochs: Vec::new(),
         }
     }
 

@@ -34,7 +34,7 @@ pub use epoch::{Epoch, Incarnation};
 pub use error::{CniCode, CniErrorJson, Error, Result};
 pub use keys::{ClusterSecret, KeyId, SaKey};
 pub use ledger::{Ledger, OutboundSa};
-pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId};
+pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId, PreviousEpoch};
 pub use meshfile::MeshFile;
 pub use netns::Netns;
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};

@@ -118,6 +118,38 @@ pub struct Node {
     pub underlay: Vec<IpAddr>,
     /// Pod CIDRs owned by this node.
     pub pod_cidrs: Vec<IpNet>,
+    /// Earlier epochs of the node whose inbound SAs it keeps until a deadline
+    /// (`previousEpochs`, optional, empty by default): after an epoch change without a
+    /// dataplane reset (a lost or refused outbound SA), the node's inbound SAs of the old
+    /// epoch are intact, and its peers keep sending under them until they learn of the
+    /// new epoch. Only inbound SAs are kept — never an outbound one under an old epoch —
+    /// and only those still in the dataplane (none is made anew). Only the local node's
+    /// list is acted on; a peer's is ignored. See [`PreviousEpoch`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_epochs: Vec<PreviousEpoch>,
+}
+
+/// Most previous epochs a node may list ([`Node::previous_epochs`]).
+pub const MAX_PREVIOUS_EPOCHS: usize = 3;
+
+/// An earlier epoch of a node whose inbound SAs stay until `until` (JSON:
+/// `{"epoch": "9f2c04e17a3b6d58", "until": 1764760000}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviousEpoch {
+    /// The earlier epoch.
+    pub epoch: Epoch,
+    /// Unix time (seconds) until which its inbound SAs are kept; from then on a reconcile
+    /// deletes them.
+    pub until: u64,
+}
+
+/// The current Unix time in seconds (the clock previous epochs' deadlines are read on).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A [`Node`] as read, so that a missing epoch gets its own error.
@@ -129,6 +161,8 @@ struct NodeJson {
     epoch: Option<Epoch>,
     underlay: Vec<IpAddr>,
     pod_cidrs: Vec<IpNet>,
+    #[serde(default)]
+    previous_epochs: Vec<PreviousEpoch>,
 }
 
 impl TryFrom<NodeJson> for Node {
@@ -141,6 +175,7 @@ impl TryFrom<NodeJson> for Node {
             epoch,
             underlay: n.underlay,
             pod_cidrs: n.pod_cidrs,
+            previous_epochs: n.previous_epochs,
         })
     }
 }
@@ -166,6 +201,52 @@ impl Node {
             id: self.id,
             epoch: self.epoch,
         }
+    }
+
+    /// The node as the receiving end of an SA under each of its previous epochs still kept
+    /// at `now` (Unix seconds): those whose deadline has not passed.
+    pub fn kept_incarnations(&self, now: u64) -> impl Iterator<Item = Incarnation> + '_ {
+        self.previous_epochs
+            .iter()
+            .filter(move |p| p.until > now)
+            .map(|p| Incarnation {
+                id: self.id,
+                epoch: p.epoch,
+            })
+    }
+
+    /// Checks the previous epochs: at most [`MAX_PREVIOUS_EPOCHS`], none the current
+    /// epoch or listed twice, and every one's SPI tag ([`Epoch::spi_tag`]) other than the
+    /// current epoch's and the others': the inbound SAs of all of them coexist on the
+    /// node, told apart by their SPIs, whose low byte is the tag.
+    fn validate_previous_epochs(&self) -> Result<()> {
+        if self.previous_epochs.len() > MAX_PREVIOUS_EPOCHS {
+            return Err(Error::mesh(format!(
+                "node {:?} lists {} previous epochs: at most {MAX_PREVIOUS_EPOCHS}",
+                self.name,
+                self.previous_epochs.len()
+            )));
+        }
+        let mut tags = HashSet::from([self.epoch.spi_tag()]);
+        for p in &self.previous_epochs {
+            if p.epoch == self.epoch {
+                return Err(Error::mesh(format!(
+                    "node {:?} lists its current epoch {} as a previous epoch",
+                    self.name, p.epoch
+                )));
+            }
+            if !tags.insert(p.epoch.spi_tag()) {
+                return Err(Error::mesh(format!(
+                    "previous epoch {} of node {:?} has the SPI tag {:02x} of its current \
+                     or another previous epoch: their inbound SAs would share SPIs (an \
+                     epoch taken by the agent or `scrambler mesh epoch` never does)",
+                    p.epoch,
+                    self.name,
+                    p.epoch.spi_tag()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The node's tunnel addresses, at most one per family: the first address after the
@@ -308,8 +389,10 @@ impl Cluster {
 
 impl Mesh {
     /// Checks the mesh is consistent: plain ([`check_node_name`]) and unique names, unique
-    /// ids, underlay present and no underlay address shared by two nodes, non-overlapping pod
-    /// CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs, and
+    /// ids, previous epochs that fit ([`Node::previous_epochs`]: at most
+    /// [`MAX_PREVIOUS_EPOCHS`], SPI tags distinct from the current epoch's and each
+    /// other's), underlay present and no underlay address shared by two nodes,
+    /// non-overlapping pod CIDRs, `tx` among `rx`, live generations close enough for collision-free SPIs, and
     /// cluster CIDRs given, holding every pod CIDR and no underlay address.
     pub fn validate(&self) -> Result<()> {
         self.validate_cluster_cidrs()?;
@@ -333,6 +416,7 @@ impl Mesh {
         let all: Vec<&Node> = std::iter::once(&self.local).chain(&self.peers).collect();
         for n in &all {
             check_node_name(&n.name)?;
+            n.validate_previous_epochs()?;
             if !ids.insert(n.id) {
                 return Err(Error::mesh(format!("node id {} is used twice", n.id)));
             }
@@ -456,6 +540,7 @@ mod tests {
             epoch: Epoch::new(0x1000 + id as u64).unwrap(),
             underlay: vec![ul.parse().unwrap()],
             pod_cidrs: vec![cidr.parse().unwrap()],
+            previous_epochs: Vec::new(),
         }
     }
 
@@ -600,6 +685,63 @@ mod tests {
         // a CIDR written with host bits is taken by its network
         n.pod_cidrs = vec!["10.1.0.7/24".parse().unwrap()];
         assert_eq!(n.tunnel_address(false), Some("10.1.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn previous_epochs_are_optional_checked_and_kept_until_their_deadline() {
+        // a mesh file without the field reads as before, and writes as before
+        let j = r#"{"name":"a","id":1,"epoch":"0000000000001001","underlay":["192.0.2.1"],
+                    "podCidrs":["10.1.0.0/24"]}"#;
+        let n: Node = serde_json::from_str(j).unwrap();
+        assert!(n.previous_epochs.is_empty());
+        assert!(!serde_json::to_string(&n)
+            .unwrap()
+            .contains("previousEpochs"));
+        let j = r#"{"name":"a","id":1,"epoch":"0000000000001001","underlay":["192.0.2.1"],
+                    "podCidrs":["10.1.0.0/24"],
+                    "previousEpochs":[{"epoch":"00000000000010ff","until":100}]}"#;
+        let n: Node = serde_json::from_str(j).unwrap();
+        assert_eq!(
+            n.previous_epochs,
+            vec![PreviousEpoch {
+                epoch: Epoch::new(0x10ff).unwrap(),
+                until: 100
+            }]
+        );
+        let back: Node = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
+        // kept strictly before the deadline
+        let kept = |now| {
+            n.kept_incarnations(now)
+                .map(|i| i.epoch.get())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(99), vec![0x10ff]);
+        assert!(kept(100).is_empty());
+        // validated with the mesh
+        let mut c = two_nodes();
+        c.nodes[0].previous_epochs = n.previous_epochs.clone();
+        c.validate().unwrap();
+        let prev = |v: u64| PreviousEpoch {
+            epoch: Epoch::new(v).unwrap(),
+            until: 100,
+        };
+        for (bad, why) in [
+            (vec![prev(0x1001)], "current epoch"),
+            (vec![prev(0x2001)], "SPI tag 01"),
+            (vec![prev(0x10ff), prev(0x20ff)], "SPI tag ff"),
+            (
+                vec![prev(0x10f1), prev(0x10f2), prev(0x10f3), prev(0x10f4)],
+                "at most 3",
+            ),
+        ] {
+            c.nodes[0].previous_epochs = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("\"a\""), "{e}");
+        }
+        // an unknown field in an entry is refused, not ignored
+        let j = j.replace("\"until\":100", "\"until\":100,\"x\":1");
+        assert!(serde_json::from_str::<Node>(&j).is_err());
     }
 
     #[test]

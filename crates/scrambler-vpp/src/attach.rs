@@ -11,12 +11,15 @@
 //!   [`vpp_mac`] (derived from the attachment, so it survives a VPP restart), tagged
 //!   [`pod_tag`] (`scrambler:pod=<network>/<container id>/<ifname>`, `<network>` being
 //!   [`network_digest`] of the network's name, the id shortened to fit VPP's 63-byte tags),
-//!   unnumbered to the gateway loopback, admin up. Once it exists, the node veth gets the
+//!   put in the gateway's table and unnumbered to it, admin up. Once it exists, the node veth gets the
 //!   `ifalias` [`VppAttach::alias`] (`scrambler-vpp/<network>/<container id>/<ifname>`):
 //!   GC only touches interfaces and veths of its own network, parsing tags and aliases
 //!   into their fields and comparing the network digest for equality.
 //! * **gateway**: one VPP loopback per node, tagged [`GATEWAY_TAG`], instance
-//!   [`GATEWAY_INSTANCE`], MAC [`GATEWAY_MAC`], holding [`GATEWAY_V4`]`/32`. It is created by
+//!   [`GATEWAY_INSTANCE`], MAC [`GATEWAY_MAC`], holding [`GATEWAY_V4`]`/32`, in the pods'
+//!   VRF ([`crate::tunnel::POD_TABLE_ID`], created with a default route looking up table 0
+//!   again; a gateway an earlier release made in table 0 stays there, and so do the pods
+//!   then). It is created by
 //!   the first attachment (idempotently, also under concurrent ADDs) and never removed by
 //!   [`Attach::detach`]: it is shared by every pod of the node ([`VppAttach::remove_gateway`]
 //!   removes it).
@@ -26,7 +29,8 @@
 //!   gateway → the VPP interface's MAC, and GSO capped at one segment
 //!   (`gso_max_segs` 1, see below).
 //! * **VPP side**: per pod address a static neighbour (pod address → pod MAC, without FIB
-//!   entry) and a route `pod-address/32 via pod-address` out of the pod's interface.
+//!   entry) and a route `pod-address/32 via pod-address` out of the pod's interface, in
+//!   table 0 (where the tunnels deliver) and in the pods' VRF.
 //!
 //! # GSO
 //!
@@ -61,9 +65,10 @@
 //!   default frame size for this. The kernel empties the ring on every send (a veth
 //!   delivers synchronously), so 32 frames suffice.
 //!
-//! From VPP the pod's traffic is routed like any other: to pods of the same node through
-//! their `/32` routes, to other nodes through the ESP-protected tunnels of
-//! [`crate::tunnel::VppTunnel`].
+//! From VPP the pod's traffic is routed in the pods' VRF: to pods of the same node through
+//! their `/32` routes, to the peers' underlay addresses into their tunnels, everything else
+//! by table 0 (to other nodes' pods through the ESP-protected tunnels of
+//! [`crate::tunnel::VppTunnel`]).
 //!
 //! [`Attach::attach`] is all-or-nothing: any failure removes the VPP objects it made and the
 //! veth. [`Attach::detach`] is idempotent: a pod namespace that is gone, an interface that is
@@ -94,7 +99,7 @@
 //! # Ok(()) }
 //! ```
 
-mod ops;
+pub(crate) mod ops;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -354,7 +359,7 @@ impl VppAttach {
             .pod_interfaces()
             .await?
             .into_iter()
-            .filter(|p| p.tag.starts_with(POD_TAG_PREFIX))
+            .filter(|p| p.tag.starts_with(POD_TAG_PREFIX) || p.tag == crate::tunnel::HOST_LINK_TAG)
             .map(|p| host_vpp(&p.host_if_name))
             .collect();
         if !pods.is_empty() {
@@ -454,10 +459,14 @@ impl VppAttach {
         let vmac = vpp_mac(&req.id);
 
         // VPP: gateway, then the pod's interface
-        let gw = ops.ensure_gateway().await?;
+        let (gw, table) = ops.ensure_gateway().await?;
         let sw = ops
             .create_pod_interface(&self.tag(&req.id), &host_name, vmac, self.pod_tx_frames)
             .await?;
+        // unnumbered to the gateway: in its table (the pods' VRF) first
+        if table != 0 {
+            ops.set_table(sw, table).await?;
+        }
         // marks the veth as this network's only now that its VPP interface exists (GC)
         host.set_alias(host_link.index, &host_name, &self.alias(&req.id))
             .await?;
@@ -527,7 +536,11 @@ impl VppAttach {
         for c in &result.ips {
             let a = c.address.addr();
             ops.neighbour(sw, a, pod_mac, true).await?;
+            // table 0 (what comes out of the tunnels and the uplink) and the pods' own
             ops.route(sw, a, true).await?;
+            if table != 0 {
+                ops.route_in(table, sw, a, true).await?;
+            }
         }
         self.fault(FaultStage::AfterHostRoute)?;
         Ok(result)

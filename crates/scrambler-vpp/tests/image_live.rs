@@ -306,7 +306,7 @@ async fn the_node_image_installs_the_cni_and_runs_a_guarded_ready_agent() {
     let ts: scrambler_core::TunnelStatus =
         serde_json::from_slice(&std::fs::read(&host_status_file).unwrap()).unwrap();
     assert!(ts.fail_closed && ts.dataplane == "vpp", "{ts:?}");
-    let fib = vpp.vppctl(&["show", "ip", "fib", POOL]);
+    let fib = vpp.vppctl(&["show", "ip", "fib", "table", "0", POOL]);
     assert!(fib.contains("drop"), "no guard for {POOL} in VPP:\n{fib}");
     // registered with what install-cni claimed
     let rec: NodeRecord = serde_json::from_value(

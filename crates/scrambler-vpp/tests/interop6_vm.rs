@@ -38,6 +38,7 @@ fn mesh_node(name: &str, n: u32) -> Node {
         epoch: scrambler_core::Epoch::new(0xe0 + u64::from(n)).unwrap(),
         underlay: vec![format!("fd00:2::{n}").parse().unwrap()],
         pod_cidrs: vec![format!("10.0.{n}.0/24").parse().unwrap()],
+        previous_epochs: Vec::new(),
     }
 }
 

@@ -329,3 +329,188 @@ async fn two_vpps_carry_ipv6_pods_in_esp_and_guard_them() {
         "cleartext to an unknown node:\n{wire}"
     );
 }
+
+/// Node a changes its epoch without a reset (what its agent does after a lost or refused
+/// outbound SA) and keeps the previous one for a grace period: its inbound SA of the old
+/// epoch stays in its id slot beside the new one, so b, still sending under a's old epoch
+/// until it re-keys, is received all along; after the deadline a reconcile deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
+    use scrambler_core::{Epoch, PreviousEpoch};
+    use scrambler_vpp::tunnel::{sa_id_in_slot, Direction};
+    use scrambler_vpp_api::stats::StatsClient;
+    let mut t = TwoNodes::start("tp").await;
+    t.apply().await;
+    let (ok, out) = ping(&t.b, "10.1.0.2", 2);
+    assert!(ok, "{out}");
+    let na = t.a.netns.netns();
+    let ca = t.a.client().await;
+    let b_id = NodeId::new(2).unwrap();
+    let (kept_id, new_id) = (
+        sa_id_in_slot(Direction::Inbound, b_id, 1, 0),
+        sa_id_in_slot(Direction::Inbound, b_id, 1, 1),
+    );
+    // packets decrypted by the SA `id` of a
+    let decrypted = |id: u32| {
+        let ca = &ca;
+        let run_dir = t.a.run_dir.clone();
+        async move {
+            let d = ca
+                .dump(&IpsecSaV5Dump { sa_id: u32::MAX })
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|d| d.entry.sad_id == id)
+                .unwrap_or_else(|| panic!("no SA {id:#x}"));
+            let stats = StatsClient::connect(run_dir.join("stats.sock")).unwrap();
+            stats
+                .combined("/net/ipsec/sa", d.stat_index as usize)
+                .unwrap()
+                .packets
+        }
+    };
+
+    // only a moves to its new epoch; b still knows the old one
+    let old = t.cluster.nodes[0].epoch;
+    let mut moved = t.cluster.clone();
+    moved.nodes[0].epoch = Epoch::new(0x77).unwrap();
+    moved.nodes[0].previous_epochs = vec![PreviousEpoch {
+        epoch: old,
+        until: scrambler_core::mesh::unix_now() + 600,
+    }];
+    let a_mesh = moved.mesh_for("a").unwrap();
+    // b pings a every 10 ms across a's reconcile: every echo request goes under a's old
+    // epoch, so the SA in slot 0 (current, then kept) decrypts what arrives; the
+    // replacement of a's outbound SA takes the tunnel's protection away for a few API
+    // calls, the only window in which b's packets can be dropped
+    let before_all = decrypted(kept_id).await;
+    let b_ns = &t.b.netns;
+    std::thread::scope(|s| {
+        let pinger = s.spawn(|| {
+            b_ns.exec(&[
+                "busybox", "ping", "-c", "300", "-i", "0.01", "-W", "1", "10.1.0.2",
+            ])
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(t.dp.reconcile(&na, &a_mesh, &t.secret))
+                .unwrap()
+        });
+        pinger.join().unwrap()
+    });
+    let across = decrypted(kept_id).await - before_all;
+    println!("b -> a across a's epoch change: {across} of 300 echo requests received");
+    assert!(across > 0, "the kept SA received nothing");
+    let ids: Vec<u32> = sa_ids(&ca)
+        .await
+        .into_iter()
+        .filter(|i| owned_sa(*i))
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:x?}");
+    assert!(ids.contains(&kept_id) && ids.contains(&new_id), "{ids:x?}");
+    let st = t.dp.status(&na, &a_mesh).await.unwrap();
+    assert!(st.fail_closed && st.peers[0].is_up(), "{st:?}");
+    let prot = t.a.vppctl(&["show", "ipsec", "protect"]);
+    assert!(
+        prot.contains(&format!("sa {kept_id} ")) || prot.contains(&kept_id.to_string()),
+        "{prot}"
+    );
+
+    // b's echo requests, under a's old epoch, are decrypted by the kept SA (a's replies,
+    // under its new epoch, are dropped at b until it re-keys: never in clear)
+    let before = decrypted(kept_id).await;
+    let (ok, _) = ping(&t.b, "10.1.0.2", 3);
+    assert!(
+        !ok,
+        "b reached a before it re-keyed: replies under a's new epoch?"
+    );
+    let got = decrypted(kept_id).await - before;
+    assert!(got >= 3, "kept SA decrypted {got} of 3 echo requests");
+    assert_eq!(decrypted(new_id).await, 0);
+
+    // b re-keys: both ways again, on the new epoch's SA
+    t.cluster = moved.clone();
+    t.reconcile("b").await;
+    let (ok, out) = ping(&t.b, "10.1.0.2", 3);
+    assert!(ok, "after b re-keyed: {out}");
+    assert!(decrypted(new_id).await >= 3);
+
+    // after the deadline a reconcile deletes the kept SA, and only it
+    t.cluster.nodes[0].previous_epochs[0].until = 1;
+    let r = t.reconcile("a").await;
+    assert_eq!(r.removed, 1, "{r:?}");
+    let ids: Vec<u32> = sa_ids(&ca)
+        .await
+        .into_iter()
+        .filter(|i| owned_sa(*i))
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:x?}");
+    assert!(!ids.contains(&kept_id) && ids.contains(&new_id), "{ids:x?}");
+    assert!(t.reconcile("a").await.is_noop());
+    let (ok, out) = ping(&t.b, "10.1.0.2", 3);
+    assert!(ok, "after the grace: {out}");
+    ca.close().await.unwrap();
+}
+
+/// The agent's case end to end on VPP: a's outbound SA to b is lost behind Scrambler's
+/// back (its tunnel protection and the SA deleted); a reconcile of the same mesh keeps the
+/// peer lost (never re-created under its key); a takes a new epoch keeping the old one,
+/// and its new outbound SA is made (the kept inbound SA is no evidence of a loss); once b
+/// has re-keyed, both ways work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_outbound_sa_is_repaired_by_a_new_epoch_keeping_the_old_one() {
+    use scrambler_core::{Epoch, PreviousEpoch};
+    use scrambler_vpp::tunnel::{sa_id, Direction};
+    use scrambler_vpp_api::api::ipsec::{IpsecSadEntryDel, IpsecTunnelProtectDel};
+    let mut t = TwoNodes::start("tl").await;
+    t.apply().await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 2);
+    assert!(ok, "{out}");
+    let na = t.a.netns.netns();
+    let ca = t.a.client().await;
+    let b_id = NodeId::new(2).unwrap();
+    let out_id = sa_id(Direction::Outbound, b_id, 1);
+    // someone takes a's protection of the tunnel to b and its outbound SA
+    let sw = ca
+        .dump(&scrambler_vpp_api::api::ipip::IpipTunnelDump {
+            sw_if_index: u32::MAX,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.tunnel.instance == tunnel_instance(b_id))
+        .unwrap()
+        .tunnel
+        .sw_if_index;
+    ca.request(&IpsecTunnelProtectDel {
+        sw_if_index: sw,
+        nh: Default::default(),
+    })
+    .await
+    .unwrap();
+    ca.request(&IpsecSadEntryDel { id: out_id }).await.unwrap();
+    assert!(!sa_ids(&ca).await.contains(&out_id));
+    // the same mesh: lost, not re-created
+    t.reconcile("a").await;
+    assert!(!sa_ids(&ca).await.contains(&out_id));
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(!st.peers[0].outbound && st.fail_closed, "{st:?}");
+
+    // a new epoch, keeping the old one
+    let old = t.cluster.nodes[0].epoch;
+    t.cluster.nodes[0].epoch = Epoch::new(0x77).unwrap();
+    t.cluster.nodes[0].previous_epochs = vec![PreviousEpoch {
+        epoch: old,
+        until: scrambler_core::mesh::unix_now() + 600,
+    }];
+    t.reconcile("a").await;
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.peers[0].is_up() && st.fail_closed, "{st:?}");
+    t.reconcile("b").await;
+    let (ok, out) = ping(&t.a, "10.2.0.2", 3);
+    assert!(ok, "a -> b after the new epoch: {out}");
+    let (ok, out) = ping(&t.b, "10.1.0.2", 3);
+    assert!(ok, "b -> a after the new epoch: {out}");
+    ca.close().await.unwrap();
+}

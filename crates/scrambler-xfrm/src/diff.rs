@@ -143,7 +143,7 @@ fn peer_kept_state(
     desired
         .states
         .values()
-        .filter(|s| s.inbound && s.peer == out.peer && s.generation == out.generation)
+        .filter(|s| s.inbound && !s.kept && s.peer == out.peer && s.generation == out.generation)
         .any(|s| found.get(&s.shape.key).is_some_and(|f| owns_state(cfg, f)))
 }
 
@@ -199,6 +199,10 @@ fn diff_states(
                 });
                 ch.report.updated += 1;
             }
+            // a previous epoch's inbound state is kept while it is there, never made anew:
+            // its replay window and ESN high bits would start over, and it only bridges
+            // the peers' switch to the new epoch
+            None if want.kept => {}
             None if !want.inbound
                 && !desired.switching
                 && peer_kept_state(cfg, desired, want, &by_key) =>
@@ -418,6 +422,66 @@ mod tests {
         let mut found = found_states(&d, |_| true);
         found[0].shape.reqid = 7;
         assert!(diff(&cfg, &d, &pols, &found, true).is_err());
+    }
+
+    /// Node 1 of a 3-node mesh after an epoch change: its previous epoch listed until
+    /// Unix time 1000; the plans at `now` before and after the change.
+    fn epoch_change(now: u64) -> (XfrmConfig, Desired, Desired, Vec<FoundPolicy>) {
+        let cfg = XfrmConfig::default();
+        let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let before = mesh(1, 3);
+        let mut after = before.clone();
+        after.local.epoch = scrambler_core::Epoch::new(0x77).unwrap();
+        after.local.previous_epochs = vec![scrambler_core::PreviousEpoch {
+            epoch: before.local.epoch,
+            until: 1000,
+        }];
+        let old = Desired::plan_at(&cfg, &before, Some(&secret), now).unwrap();
+        let new = Desired::plan_at(&cfg, &after, Some(&secret), now).unwrap();
+        let pols = found_from(&new);
+        (cfg, old, new, pols)
+    }
+
+    #[test]
+    fn an_epoch_change_keeps_the_old_inbound_states_until_the_deadline() {
+        let (cfg, old, new, pols) = epoch_change(999);
+        // the previous epoch's inbound states are planned, as kept, with their own SPIs
+        let kept: Vec<_> = new.states.values().filter(|s| s.kept).collect();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|s| s.inbound));
+        for k in &kept {
+            let was = &old.states[&k.shape.key];
+            assert!(was.inbound && !was.kept && was.shape == k.shape);
+        }
+        // the node had its old epoch's states: the kept ones stay, the new epoch's
+        // inbound and outbound states are made, the old outbound ones go
+        let found = found_states(&old, |_| true);
+        let ch = diff(&cfg, &new, &pols, &found, true).unwrap();
+        assert!(ch.lost_outbound.is_empty(), "{:?}", ch.lost_outbound);
+        assert_eq!(ch.report.added, 4);
+        assert_eq!(ch.report.removed, 2);
+        let gone = deleted(&ch);
+        for k in &kept {
+            assert!(!gone.contains(&k.shape.key.to_string().as_str()));
+        }
+        // kept, never made anew: gone (or a node that never had them), nothing is added
+        let found = found_states(&new, |s| !s.kept);
+        let ch = diff(&cfg, &new, &pols, &found, true).unwrap();
+        assert!(ch.report.is_noop() && ch.len() == 0, "{:?}", ch.report);
+        // all in place: nothing to do
+        let all = found_states(&new, |_| true);
+        let ch = diff(&cfg, &new, &pols, &all, true).unwrap();
+        assert!(ch.report.is_noop() && ch.len() == 0, "{:?}", ch.report);
+        // past the deadline a reconcile deletes them, and only them
+        let (_, _, expired, _) = epoch_change(1000);
+        assert!(expired.states.values().all(|s| !s.kept));
+        let ch = diff(&cfg, &expired, &pols, &all, true).unwrap();
+        assert_eq!(ch.report.removed, 2);
+        let mut gone = deleted(&ch);
+        let mut want: Vec<String> = kept.iter().map(|k| k.shape.key.to_string()).collect();
+        gone.sort();
+        want.sort();
+        assert_eq!(gone, want);
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub(crate) struct DesiredState {
     pub generation: u32,
     /// Inbound (peer → us) or outbound.
     pub inbound: bool,
+    /// An inbound state of one of the local node's previous epochs
+    /// ([`scrambler_core::Node::previous_epochs`]): kept while installed, never made anew.
+    pub kept: bool,
 }
 
 impl fmt::Debug for DesiredState {
@@ -157,6 +160,7 @@ impl fmt::Debug for DesiredState {
             .field("peer", &self.peer)
             .field("generation", &self.generation)
             .field("inbound", &self.inbound)
+            .field("kept", &self.kept)
             .finish_non_exhaustive()
     }
 }
@@ -564,6 +568,7 @@ mod tests {
             peer: 2,
             generation: 0,
             inbound: true,
+            kept: false,
         };
         let XfrmMessage::AddSa(mut m) = d.add_msg() else {
             panic!()

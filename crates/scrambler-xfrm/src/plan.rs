@@ -32,6 +32,16 @@ pub(crate) struct Desired {
     pub switching: bool,
 }
 
+/// Which of the node's states a planned one is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Outbound,
+    /// Inbound under the local node's current epoch.
+    Inbound,
+    /// Inbound under a previous epoch of the local node, kept until its deadline.
+    Kept,
+}
+
 /// The ESP templates between the local node (`mine`) and a peer (`theirs`): outbound, and
 /// the return direction (in/fwd).
 fn tmpl_pair(mine: IpAddr, theirs: IpAddr, reqid: u32) -> (Tmpl, Tmpl) {
@@ -78,6 +88,17 @@ impl Desired {
 
     /// Plans the node's objects. With `secret == None` no states are planned.
     pub fn plan(cfg: &XfrmConfig, mesh: &Mesh, secret: Option<&ClusterSecret>) -> Result<Desired> {
+        Self::plan_at(cfg, mesh, secret, scrambler_core::mesh::unix_now())
+    }
+
+    /// [`Desired::plan`] at Unix time `now` (seconds): the local node's previous epochs
+    /// whose deadline has passed are no longer kept.
+    pub fn plan_at(
+        cfg: &XfrmConfig,
+        mesh: &Mesh,
+        secret: Option<&ClusterSecret>,
+        now: u64,
+    ) -> Result<Desired> {
         mesh.validate()?;
         let mut d = Desired {
             switching: mesh.keys.rx.iter().any(|g| *g < mesh.keys.tx),
@@ -92,7 +113,7 @@ impl Desired {
                 .collect();
         }
         for peer in &mesh.peers {
-            d.plan_peer(cfg, mesh, peer, secret)?;
+            d.plan_peer(cfg, mesh, peer, secret, now)?;
             d.plan_peer_underlay(cfg, mesh, peer)?;
         }
         d.local_underlay = mesh
@@ -133,6 +154,7 @@ impl Desired {
         mesh: &Mesh,
         peer: &Node,
         secret: Option<&ClusterSecret>,
+        now: u64,
     ) -> Result<()> {
         let local = &mesh.local;
         let (mine, theirs) = outer_pair(local, peer)?;
@@ -182,21 +204,27 @@ impl Desired {
             },
             mine,
             &tx,
-            false,
+            Kind::Outbound,
         );
-        for g in &mesh.keys.rx {
-            let rx = secret.sa(peer.incarnation(), local.incarnation(), *g);
-            self.state(
-                cfg,
-                peer,
-                StateKey {
-                    daddr: mine,
-                    spi: rx.spi,
-                },
-                theirs,
-                &rx,
-                true,
-            );
+        // inbound for the current epoch, then for the previous epochs still kept: their
+        // SPIs differ in the epoch tag (validated), so they coexist
+        let current = std::iter::once((local.incarnation(), Kind::Inbound));
+        let kept = local.kept_incarnations(now).map(|i| (i, Kind::Kept));
+        for (me, kind) in current.chain(kept) {
+            for g in &mesh.keys.rx {
+                let rx = secret.sa(peer.incarnation(), me, *g);
+                self.state(
+                    cfg,
+                    peer,
+                    StateKey {
+                        daddr: mine,
+                        spi: rx.spi,
+                    },
+                    theirs,
+                    &rx,
+                    kind,
+                );
+            }
         }
         Ok(())
     }
@@ -266,7 +294,7 @@ impl Desired {
         key: StateKey,
         saddr: IpAddr,
         sa: &scrambler_core::SaKey,
-        inbound: bool,
+        kind: Kind,
     ) {
         let material = sa.rfc4106_material();
         let shape = esp_shape(key, saddr, cfg.reqid(peer.id.get()), cfg.if_id, &material);
@@ -277,7 +305,8 @@ impl Desired {
                 material,
                 peer: peer.id.get(),
                 generation: sa.generation,
-                inbound,
+                inbound: kind != Kind::Outbound,
+                kept: kind == Kind::Kept,
             },
         );
     }
@@ -435,6 +464,7 @@ pub(crate) mod tests {
             pod_cidrs: vec![format!("10.{}.{}.0/24", id / 256, id % 256)
                 .parse()
                 .unwrap()],
+            previous_epochs: Vec::new(),
         }
     }
 
@@ -840,5 +870,28 @@ pub(crate) mod tests {
                 .unwrap();
             assert_eq!(hex::encode(&aead.alg_key), format!("{key}{salt}"));
         }
+        // node 1 took epoch A2 and keeps A: its kept inbound state from node 2 is the
+        // vector of B → A, the current one B → A2
+        let mut m = m;
+        m.local.epoch = kat::A2.epoch;
+        m.local.previous_epochs = vec![scrambler_core::PreviousEpoch {
+            epoch: kat::A.epoch,
+            until: 2000,
+        }];
+        let secret = kat::secret();
+        let d = Desired::plan_at(&XfrmConfig::default(), &m, Some(&secret), 1999).unwrap();
+        let (_, _, _, key, salt, spi) = kat::VECTORS[1];
+        let kept: Vec<_> = d.states.values().filter(|s| s.kept).collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].shape.key.spi, spi);
+        assert_eq!(hex::encode(&kept[0].material), format!("{key}{salt}"));
+        let current = d.states.values().find(|s| s.inbound && !s.kept).unwrap();
+        assert_eq!(
+            current.shape.key.spi,
+            scrambler_core::keys::spi(kat::B, kat::A2, 7)
+        );
+        assert_ne!(current.shape.key.spi, spi);
+        let d = Desired::plan_at(&XfrmConfig::default(), &m, Some(&secret), 2000).unwrap();
+        assert!(d.states.values().all(|s| !s.kept));
     }
 }

@@ -110,6 +110,7 @@ impl XfrmTunnel {
                     peer: 0,
                     generation: 0,
                     inbound: true,
+                    kept: false,
                 };
                 let reqs = vec![
                     request(probe.add_msg(), "add xfrm state", "probe state"),

@@ -1097,3 +1097,94 @@ fn vm_xfrm_node_underlay_addresses_are_reached_by_remote_pods_through_the_mesh()
         assert!(st.errors.contains_key("XfrmInPolBlock"), "{:?}", st.errors);
     });
 }
+
+/// An epoch change without a reset (what the agent does after a lost or refused outbound
+/// SA): node1 takes a new epoch and keeps the old one's inbound states until a deadline
+/// (`previousEpochs`). Its peers learn of the new epoch only 400 ms later, and meanwhile
+/// keep sending under the old one: node1 receives all of it (pod3 → pod1 loses nothing),
+/// while the other direction (pod1 → pod2, under node1's new epoch, which node2 cannot
+/// receive before it re-keys) is dropped until then — never sent in clear. After the
+/// deadline a reconcile deletes the kept states.
+#[test]
+fn vm_xfrm_epoch_change_without_reset_keeps_the_old_inbound_states() {
+    if VM.delegate(
+        "vm_xfrm_epoch_change_without_reset_keeps_the_old_inbound_states",
+        FEATURES,
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let cap = lab.capture();
+    rt().block_on(async {
+        lab.reconcile_all(&lab.tunnel).await;
+        assert!(lab.ping(1, 2, 2) && lab.ping(3, 1, 2));
+        let a = stream(&lab, 3, 1);
+        let b = stream(&lab, 1, 2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // node1 alone moves to a new epoch, keeping the old one
+        let old = lab.meshes[0].local.epoch;
+        let new = scrambler_core::Epoch::generate(Some(old)).unwrap();
+        let m1 = &mut lab.meshes[0];
+        m1.local.epoch = new;
+        m1.local.previous_epochs = vec![scrambler_core::PreviousEpoch {
+            epoch: old,
+            until: scrambler_core::mesh::unix_now() + 600,
+        }];
+        let n1 = lab.nodes[0].netns();
+        lab.tunnel
+            .reconcile(&n1, &lab.meshes[0], &secret())
+            .await
+            .unwrap();
+        // 2 peers × (new outbound + new inbound + kept inbound)
+        assert_eq!(lab.tunnel.inventory(&n1).await.unwrap().states, 6);
+        let st = lab.tunnel.status(&n1, &lab.meshes[0]).await.unwrap();
+        assert!(
+            st.fail_closed && st.peers.iter().all(|p| p.is_up()),
+            "{}",
+            StatusTable(&st)
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+
+        // the peers re-key with node1's new epoch
+        for m in lab.meshes[1..].iter_mut() {
+            for p in m.peers.iter_mut().filter(|p| p.id.get() == 1) {
+                p.epoch = new;
+            }
+        }
+        for i in 1..3 {
+            let n = lab.nodes[i].netns();
+            lab.tunnel
+                .reconcile(&n, &lab.meshes[i], &secret())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (sent, got) = a.finish();
+        eprintln!("pod3 -> pod1 (peer still under node1's old epoch): {got}/{sent}");
+        assert!(sent > 100, "stream too short: {sent}");
+        assert_eq!(
+            got, sent,
+            "pod3 -> pod1 lost packets across node1's epoch change"
+        );
+        let (sent, got) = b.finish();
+        eprintln!("pod1 -> pod2 (node1's new epoch before node2 re-keyed): {got}/{sent}");
+        assert!(
+            got < sent,
+            "pod1 -> pod2 lost nothing: was node1's epoch changed?"
+        );
+        assert!(lab.ping(1, 2, 2) && lab.ping(3, 1, 2));
+
+        // after the deadline a reconcile deletes the kept states, only them
+        lab.meshes[0].local.previous_epochs[0].until = 1;
+        let r = lab
+            .tunnel
+            .reconcile(&n1, &lab.meshes[0], &secret())
+            .await
+            .unwrap();
+        assert_eq!(r.removed, 2, "{r:?}");
+        assert_eq!(lab.tunnel.inventory(&n1).await.unwrap().states, 4);
+        assert!(lab.ping(1, 2, 2) && lab.ping(3, 1, 2));
+    });
+    assert_no_cleartext(&cap.finish());
+}

@@ -33,13 +33,18 @@ pub struct ApplyArgs {
 }
 
 /// The tunnel dataplane `backend`; `vpp` talks to the VPP whose binary-API socket is
-/// `vpp_socket` (connecting per operation, so VPP may restart in between).
+/// `vpp_socket` (connecting per operation, so VPP may restart in between), with the host
+/// link ([`scrambler_vpp::VppTunnel::with_host_link`]) in the node's namespace.
 pub fn tunnel_with(backend: TunnelDataplane, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> {
     match backend {
         TunnelDataplane::Xfrm => Ok(Box::new(scrambler_xfrm::XfrmTunnel::new(
             scrambler_xfrm::XfrmConfig::default(),
         )?)),
-        TunnelDataplane::Vpp => Ok(Box::new(scrambler_vpp::VppTunnel::new(vpp_socket))),
+        // the node's host holds its tunnel address on a link into VPP: node <-> remote pod
+        // traffic rides the mesh as on the kernel dataplane
+        TunnelDataplane::Vpp => Ok(Box::new(
+            scrambler_vpp::VppTunnel::new(vpp_socket).with_host_link(true),
+        )),
     }
 }
 

@@ -234,6 +234,11 @@ struct AgentArgs {
     /// epoch without any node re-keying; 0: drop it at once; at most 86400 (one day).
     #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_DEPARTED_HOLD.as_secs())]
     departed_hold_secs: u64,
+    /// After an epoch change without a dataplane reset (a lost or refused outbound SA),
+    /// how long the node keeps its inbound SAs of the epoch it left (s), so that peers
+    /// still sending under it are received until they re-key; 0: keep none; at most 3600.
+    #[arg(long, default_value_t = scrambler_agent::agent::DEFAULT_EPOCH_GRACE.as_secs())]
+    epoch_grace_secs: u64,
     /// Where to write the dataplane's status for the CNI plugin (its conf's
     /// "tunnelStatusFile"): kept fresh (`updated`, `maxAge`) while the node's fail-closed
     /// guard is in place; removed when it is not, at start and at stop. The plugin refuses
@@ -282,6 +287,14 @@ impl AgentArgs {
             )));
         }
         c.departed_hold = std::time::Duration::from_secs(self.departed_hold_secs);
+        let max_grace = scrambler_agent::agent::MAX_EPOCH_GRACE.as_secs();
+        if self.epoch_grace_secs > max_grace {
+            return Err(Error::config(format!(
+                "--epoch-grace-secs {}: at most {max_grace} (one hour)",
+                self.epoch_grace_secs
+            )));
+        }
+        c.epoch_grace = std::time::Duration::from_secs(self.epoch_grace_secs);
         c.tunnel_status_file = self.tunnel_status_file.clone();
         Ok(c)
     }
@@ -381,6 +394,13 @@ enum MeshCmd {
         /// The node's name in the mesh.
         #[arg(long, value_parser = node_name)]
         node: String,
+        /// The node did NOT lose its dataplane (an outbound SA was lost or refused by the
+        /// ledger): keep its inbound SAs of the old epoch for this many seconds (listed in
+        /// its `previousEpochs`), so peers still sending under it are received until the
+        /// mesh is applied on them. Apply the mesh on this node first. Without it (after
+        /// a reboot, a VPP restart, `mesh remove`) nothing is kept.
+        #[arg(long)]
+        keep_previous_secs: Option<u64>,
     },
     /// Remove the node's mesh (SAs, tunnels, routes into them), keeping the fail-closed guard
     /// for the cluster's pod supernets, so pods that still run cannot reach other nodes'
@@ -570,9 +590,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Mesh {
-            cmd: MeshCmd::Epoch { mesh, node },
+            cmd:
+                MeshCmd::Epoch {
+                    mesh,
+                    node,
+                    keep_previous_secs,
+                },
         } => {
-            let (old, new) = meshfile::new_epoch(&mesh, &node)?;
+            if keep_previous_secs.is_some_and(|s| s == 0 || s > 3600) {
+                return Err(Error::config(
+                    "--keep-previous-secs: 1 to 3600 seconds (leave it out after a reset)",
+                ));
+            }
+            let keep = keep_previous_secs.map(std::time::Duration::from_secs);
+            let (old, new) = meshfile::new_epoch_keeping(&mesh, &node, keep)?;
             let old = old.map(|e| e.to_string()).unwrap_or_else(|| "none".into());
             println!(
                 "node {node}: epoch {old} -> {new} in {}\napply the mesh on every node (`scrambler mesh apply`)",

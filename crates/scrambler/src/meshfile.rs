@@ -15,6 +15,23 @@ use std::path::Path;
 /// old epoch (if it had a valid one) and the new. Works on a file whose nodes lack epochs
 /// (that is how they get one); the rest of the file is kept as written.
 pub fn new_epoch(path: &Path, node: &str) -> Result<(Option<Epoch>, Epoch)> {
+    new_epoch_keeping(path, node, None)
+}
+
+/// [`new_epoch`], and with `keep` (an epoch change without a dataplane reset: a lost or
+/// refused outbound SA) the old epoch is listed in the node's `previousEpochs` until
+/// `keep` from now, so the node keeps its inbound SAs of it while its peers re-key; the
+/// previous epochs whose deadline passed are dropped, at most
+/// [`scrambler_core::mesh::MAX_PREVIOUS_EPOCHS`] stay (the oldest goes first), and the
+/// new epoch's SPI tag differs from all of theirs. Without `keep` (after a reset: nothing
+/// left to keep) the node's `previousEpochs` is removed.
+pub fn new_epoch_keeping(
+    path: &Path,
+    node: &str,
+    keep: Option<std::time::Duration>,
+) -> Result<(Option<Epoch>, Epoch)> {
+    use scrambler_core::mesh::{unix_now, MAX_PREVIOUS_EPOCHS};
+    use scrambler_core::PreviousEpoch;
     scrambler_core::mesh::check_node_name(node)?;
     let text = std::fs::read(path).map_err(|e| Error::io("read mesh file", path.display(), e))?;
     let bad = |why: String| Error::mesh(format!("mesh file {}: {why}", path.display()));
@@ -38,8 +55,35 @@ pub fn new_epoch(path: &Path, node: &str) -> Result<(Option<Epoch>, Epoch)> {
         .get("epoch")
         .and_then(|v| v.as_str())
         .and_then(|s| s.parse::<Epoch>().ok());
-    let new = Epoch::generate(old)?;
+    let now = unix_now();
+    let mut previous: Vec<PreviousEpoch> = match (keep, entry.get("previousEpochs")) {
+        (Some(_), Some(v)) => serde_json::from_value(v.clone())
+            .map_err(|e| bad(format!("node {node:?}: previousEpochs: {e}")))?,
+        _ => Vec::new(),
+    };
+    previous.retain(|p| p.until > now);
+    if let (Some(keep), Some(old)) = (keep, old) {
+        previous.retain(|p| p.epoch != old);
+        previous.push(PreviousEpoch {
+            epoch: old,
+            until: now.saturating_add(keep.as_secs().max(1)),
+        });
+        while previous.len() > MAX_PREVIOUS_EPOCHS {
+            previous.remove(0);
+        }
+    }
+    let avoid: Vec<Epoch> = old
+        .into_iter()
+        .chain(previous.iter().map(|p| p.epoch))
+        .collect();
+    let new = Epoch::generate_unlike(&avoid)?;
     entry.insert("epoch".into(), serde_json::Value::String(new.to_string()));
+    if previous.is_empty() {
+        entry.remove("previousEpochs");
+    } else {
+        let v = serde_json::to_value(&previous).map_err(|e| Error::decode("mesh file", e))?;
+        entry.insert("previousEpochs".into(), v);
+    }
     let mut out = serde_json::to_vec_pretty(&doc).map_err(|e| Error::decode("mesh file", e))?;
     out.push(b'\n');
     write_atomically(path, &out)?;
@@ -165,5 +209,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not in the mesh"));
+
+        // without a reset: the old epoch is kept for a while, beside the new one
+        let keep = Some(std::time::Duration::from_secs(60));
+        let (old, a3) = new_epoch_keeping(&p, "a", keep).unwrap();
+        assert_eq!(old, Some(a2));
+        let local = MeshFile::load(&p).unwrap().mesh_for("a").unwrap().local;
+        assert_eq!(local.epoch, a3);
+        assert_eq!(local.previous_epochs.len(), 1);
+        assert_eq!(local.previous_epochs[0].epoch, a2);
+        let now = scrambler_core::mesh::unix_now();
+        assert!((now + 59..=now + 61).contains(&local.previous_epochs[0].until));
+        let (_, a4) = new_epoch_keeping(&p, "a", keep).unwrap();
+        let local = MeshFile::load(&p).unwrap().mesh_for("a").unwrap().local;
+        let kept: Vec<Epoch> = local.previous_epochs.iter().map(|p| p.epoch).collect();
+        assert_eq!(kept, vec![a2, a3]);
+        assert!(kept.iter().all(|k| k.spi_tag() != a4.spi_tag()));
+        // after a reset nothing is kept
+        new_epoch(&p, "a").unwrap();
+        let local = MeshFile::load(&p).unwrap().mesh_for("a").unwrap().local;
+        assert!(local.previous_epochs.is_empty());
+        let raw = std::fs::read_to_string(&p).unwrap();
+        assert!(!raw.contains("previousEpochs"), "{raw}");
     }
 }

@@ -306,6 +306,7 @@ mod tests {
             epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
             underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
             pod_cidrs: vec![format!("10.244.{id}.0/24").parse().unwrap()],
+            previous_epochs: Vec::new(),
         };
         Mesh {
             local: n("a", 1),

@@ -52,6 +52,21 @@ fn vpp_lab_steps_and_refused_fault() {
         assert!(!String::from_utf8_lossy(&addrs.stdout).contains("192.0.2.1"));
         let (ok, test) = scrambler(&args("lab test"), &lab);
         assert!(ok && test.contains("verdict: PASS"), "{test}");
+        // node <-> remote pod through the VPP nodes' host links, both ways
+        for probe in [
+            format!("{lab}-n1 host -> {lab}-n2 pod"),
+            format!("{lab}-n2 host -> {lab}-n1 pod"),
+            format!("{lab}-n2 pod -> {lab}-n1 (10.244.1.1)"),
+            format!("{lab}-n1 pod -> {lab}-n2 (10.244.2.1)"),
+            format!("{lab}-n1 pod -> {lab}-n2 underlay (192.0.2.2)"),
+            format!("{lab}-n2 pod -> {lab}-n1 underlay (192.0.2.1)"),
+        ] {
+            assert!(
+                test.lines()
+                    .any(|l| l.starts_with(&probe) && l.trim_end().ends_with("1/1")),
+                "{probe}:\n{test}"
+            );
+        }
         let (ok, status) = scrambler(&args("lab status"), &lab);
         assert!(ok && status.contains(" up "), "{status}");
         let (ok, del) = scrambler(&args("lab inject delete-state --node 1"), &lab);
@@ -99,6 +114,24 @@ fn mixed_lab_vpp_and_kernel_nodes_reach_each_other_over_esp_only() {
     );
     for pair in ["n1 -> ", "n2 -> ", "n3 -> "] {
         assert!(out.contains(&format!("{lab}-{pair}")), "{pair}: {out}");
+    }
+    // node <-> remote pod across the dataplanes: VPP hosts (host links) and the kernel
+    // host to remote pods, pods to remote tunnel and underlay addresses (a VPP node's
+    // answered by VPP; a VPP pod's to the kernel node steered in the pods' VRF)
+    for probe in [
+        format!("{lab}-n1 host -> {lab}-n2 pod"),
+        format!("{lab}-n2 host -> {lab}-n3 pod"),
+        format!("{lab}-n2 pod -> {lab}-n1 (10.244.1.1)"),
+        format!("{lab}-n1 pod -> {lab}-n2 (10.244.2.1)"),
+        format!("{lab}-n1 pod -> {lab}-n2 underlay (192.0.2.2)"),
+        format!("{lab}-n2 pod -> {lab}-n3 underlay (192.0.2.3)"),
+        format!("{lab}-n3 pod -> {lab}-n1 underlay (192.0.2.1)"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&probe) && l.trim_end().ends_with("1/1")),
+            "{probe}:\n{out}"
+        );
     }
     assert_nothing_left(&lab);
 }

@@ -7,14 +7,40 @@ use ipnet::IpNet;
 use scrambler_core::Result;
 use scrambler_netlink::format_mac;
 
+use crate::tunnel::{POD_TABLE_ID, ROUTE_PREFERENCE};
+
+/// The name of the pods' VPP table.
+const POD_TABLE_NAME: &str = "scrambler-pods";
+
+/// A path that looks the destination up again in table 0.
+fn lookup_in_table0(v6: bool) -> FibPath {
+    FibPath {
+        sw_if_index: u32::MAX,
+        table_id: 0,
+        weight: 1,
+        preference: ROUTE_PREFERENCE,
+        r#type: FibPathType::FIB_API_PATH_TYPE_NORMAL,
+        proto: if v6 {
+            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP6
+        } else {
+            FibPathNhProto::FIB_API_PATH_NH_PROTO_IP4
+        },
+        nh: FibPathNh {
+            classify_table_index: u32::MAX,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 use super::{
     GATEWAY_INSTANCE, GATEWAY_MAC, GATEWAY_TAG, GATEWAY_V4, POD_RX_FRAMES_PER_BLOCK,
     POD_RX_FRAME_SIZE, POD_TX_FRAME_SIZE,
 };
-pub(super) use crate::endpoint::vpp_err;
+pub(crate) use crate::endpoint::vpp_err;
 use scrambler_vpp_api::api::types::{
     AddressFamily, AfPacketFlags, AfPacketMode, FibPath, FibPathNh, FibPathNhProto, FibPathType,
-    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpTable, MacAddress,
+    IfStatusFlags, IpNeighbor, IpNeighborFlags, IpRoute, IpTable, MacAddress,
 };
 use scrambler_vpp_api::api::{af_packet, interface, ip, ip_neighbor};
 use scrambler_vpp_api::error::retval;
@@ -27,19 +53,19 @@ pub(super) fn host_vpp(host_name: &str) -> String {
 
 /// One pod interface as VPP has it.
 #[derive(Debug, Clone)]
-pub(super) struct PodInterface {
-    pub(super) sw_if_index: u32,
-    pub(super) host_if_name: String,
-    pub(super) tag: String,
-    pub(super) up: bool,
+pub(crate) struct PodInterface {
+    pub(crate) sw_if_index: u32,
+    pub(crate) host_if_name: String,
+    pub(crate) tag: String,
+    pub(crate) up: bool,
     pub(super) mac: [u8; 6],
     /// L3 MTU.
     pub(super) mtu: u32,
 }
 
 /// The VPP calls of an attachment on one API connection, one or a few requests each.
-pub(super) struct AttachCalls<'a> {
-    pub(super) c: &'a VppClient,
+pub(crate) struct AttachCalls<'a> {
+    pub(crate) c: &'a VppClient,
 }
 
 impl AttachCalls<'_> {
@@ -61,14 +87,27 @@ impl AttachCalls<'_> {
             .map(|i| i.sw_if_index))
     }
 
-    /// The gateway loopback, created (with its address, up) when missing.
-    pub(super) async fn ensure_gateway(&self) -> Result<u32> {
+    /// The gateway loopback, created (with its address, up) when missing, and the table
+    /// its interfaces route in: a new gateway goes into the pods' VRF ([`POD_TABLE_ID`],
+    /// with its default route into table 0) before it gets its address; one made by an
+    /// earlier release stays where it is (table 0). Interfaces unnumbered to the gateway
+    /// must be put in the same table first ([`AttachCalls::set_table`]).
+    pub(crate) async fn ensure_gateway(&self) -> Result<(u32, u32)> {
         let sw = match self.find_gateway().await? {
             Some(sw) => sw,
             None => self.create_gateway().await?,
         };
         let want = IpNet::from(IpAddr::V4(GATEWAY_V4));
         if !self.addresses(sw, false).await?.contains(&want) {
+            if self.interface_table(sw).await? != POD_TABLE_ID {
+                self.ensure_pod_table().await?;
+                if let Err(e) = self.set_table(sw, POD_TABLE_ID).await {
+                    // a concurrent ADD may have been first
+                    if self.interface_table(sw).await? != POD_TABLE_ID {
+                        return Err(e);
+                    }
+                }
+            }
             match self
                 .c
                 .request(&interface::SwInterfaceAddDelAddress {
@@ -89,7 +128,102 @@ impl AttachCalls<'_> {
             }
         }
         self.set_up(sw, "gateway loopback").await?;
-        Ok(sw)
+        let table = self.interface_table(sw).await?;
+        if table == POD_TABLE_ID {
+            self.ensure_pod_default_routes().await?;
+        }
+        Ok((sw, table))
+    }
+
+    /// The pods' VRF ([`POD_TABLE_ID`]), both families (adding an existing one is a no-op).
+    pub(crate) async fn ensure_pod_table(&self) -> Result<()> {
+        for is_ip6 in [false, true] {
+            self.c
+                .request(&ip::IpTableAddDel {
+                    is_add: true,
+                    table: IpTable {
+                        table_id: POD_TABLE_ID,
+                        is_ip6,
+                        name: POD_TABLE_NAME.into(),
+                    },
+                })
+                .await
+                .map_err(vpp_err("add", &format!("VPP table {POD_TABLE_ID:#x}")))?;
+        }
+        Ok(())
+    }
+
+    /// The pods' VRF's default routes (`0.0.0.0/0`, `::/0`): a lookup in table 0, marked
+    /// with [`ROUTE_PREFERENCE`]; added where missing.
+    async fn ensure_pod_default_routes(&self) -> Result<()> {
+        for v6 in [false, true] {
+            let prefix: IpNet = if v6 { "::/0" } else { "0.0.0.0/0" }
+                .parse()
+                .unwrap_or_default();
+            let r = self
+                .c
+                .request_unchecked(&ip::IpRouteLookup {
+                    table_id: POD_TABLE_ID,
+                    exact: 1,
+                    prefix: prefix.into(),
+                })
+                .await
+                .map_err(vpp_err("look up", &format!("{prefix} in the pods' table")))?;
+            let ours = r.retval >= 0
+                && r.route.paths.iter().any(|p| {
+                    p.preference == ROUTE_PREFERENCE && p.sw_if_index == u32::MAX && p.table_id == 0
+                });
+            if !ours {
+                self.c
+                    .request(&ip::IpRouteAddDel {
+                        is_add: true,
+                        is_multipath: false,
+                        route: IpRoute {
+                            table_id: POD_TABLE_ID,
+                            stats_index: 0,
+                            prefix: prefix.into(),
+                            paths: vec![lookup_in_table0(v6)],
+                        },
+                    })
+                    .await
+                    .map_err(vpp_err(
+                        "add",
+                        &format!("{prefix} of the pods' table into table 0"),
+                    ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The IPv4 table of interface `sw`.
+    pub(crate) async fn interface_table(&self, sw: u32) -> Result<u32> {
+        let r = self
+            .c
+            .request(&interface::SwInterfaceGetTable {
+                sw_if_index: sw,
+                is_ipv6: false,
+            })
+            .await
+            .map_err(vpp_err("get table of", &format!("sw_if_index {sw}")))?;
+        Ok(r.vrf_id)
+    }
+
+    /// Puts interface `sw` (without addresses) in `table`, both families.
+    pub(crate) async fn set_table(&self, sw: u32, table: u32) -> Result<()> {
+        for is_ipv6 in [false, true] {
+            self.c
+                .request(&interface::SwInterfaceSetTable {
+                    sw_if_index: sw,
+                    is_ipv6,
+                    vrf_id: table,
+                })
+                .await
+                .map_err(vpp_err(
+                    "set table of",
+                    &format!("sw_if_index {sw} to {table:#x}"),
+                ))?;
+        }
+        Ok(())
     }
 
     pub(super) async fn create_gateway(&self) -> Result<u32> {
@@ -177,7 +311,7 @@ impl AttachCalls<'_> {
         Ok(a.iter().filter_map(|d| d.prefix.to_ipnet()).collect())
     }
 
-    pub(super) async fn set_up(&self, sw: u32, what: &str) -> Result<()> {
+    pub(crate) async fn set_up(&self, sw: u32, what: &str) -> Result<()> {
         self.c
             .request(&interface::SwInterfaceSetFlags {
                 sw_if_index: sw,
@@ -188,7 +322,7 @@ impl AttachCalls<'_> {
         Ok(())
     }
 
-    pub(super) async fn create_pod_interface(
+    pub(crate) async fn create_pod_interface(
         &self,
         tag: &str,
         host_name: &str,
@@ -259,7 +393,7 @@ impl AttachCalls<'_> {
 
     /// The pod interface on the node veth `host_name` (the af_packet list and the one
     /// interface's details, not every interface's).
-    pub(super) async fn pod_interface(&self, host_name: &str) -> Result<Option<PodInterface>> {
+    pub(crate) async fn pod_interface(&self, host_name: &str) -> Result<Option<PodInterface>> {
         let afs = self
             .c
             .dump(&af_packet::AfPacketDump {})
@@ -288,7 +422,7 @@ impl AttachCalls<'_> {
     }
 
     /// Static neighbour `ip` → `mac` on `sw`, without a FIB entry (the route is ours).
-    pub(super) async fn neighbour(
+    pub(crate) async fn neighbour(
         &self,
         sw: u32,
         ip: IpAddr,
@@ -323,7 +457,7 @@ impl AttachCalls<'_> {
     }
 
     /// The neighbours on `sw`: (address, MAC).
-    pub(super) async fn neighbours(&self, sw: u32, v6: bool) -> Result<Vec<(IpAddr, [u8; 6])>> {
+    pub(crate) async fn neighbours(&self, sw: u32, v6: bool) -> Result<Vec<(IpAddr, [u8; 6])>> {
         let d = self
             .c
             .dump(&ip_neighbor::IpNeighborDump {
@@ -342,8 +476,19 @@ impl AttachCalls<'_> {
             .collect())
     }
 
-    /// Route `ip/32` (`/128`) via `ip` out of `sw`.
-    pub(super) async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
+    /// Route `ip/32` (`/128`) via `ip` out of `sw`, in table 0.
+    pub(crate) async fn route(&self, sw: u32, ip: IpAddr, is_add: bool) -> Result<()> {
+        self.route_in(0, sw, ip, is_add).await
+    }
+
+    /// Route `ip/32` (`/128`) via `ip` out of `sw`, in `table`.
+    pub(crate) async fn route_in(
+        &self,
+        table: u32,
+        sw: u32,
+        ip: IpAddr,
+        is_add: bool,
+    ) -> Result<()> {
         let prefix = IpNet::from(ip);
         let path = FibPath {
             sw_if_index: sw,
@@ -361,19 +506,31 @@ impl AttachCalls<'_> {
             },
             ..Default::default()
         };
-        let r = self.c.route_add_del(prefix, vec![path], is_add).await;
+        let r = self
+            .c
+            .request(&ip::IpRouteAddDel {
+                is_add,
+                is_multipath: false,
+                route: IpRoute {
+                    table_id: table,
+                    stats_index: 0,
+                    prefix: prefix.into(),
+                    paths: vec![path],
+                },
+            })
+            .await;
         match r {
             Ok(_) => Ok(()),
             Err(e) if !is_add && e.retval() == Some(retval::NO_SUCH_ENTRY) => Ok(()),
             Err(e) => Err(vpp_err(
                 if is_add { "add route" } else { "delete route" },
-                &format!("{prefix} via sw_if_index {sw}"),
+                &format!("{prefix} via sw_if_index {sw} in table {table:#x}"),
             )(e)),
         }
     }
 
     /// Prefixes of table 0 routed through `sw`.
-    pub(super) async fn routes_via(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
+    pub(crate) async fn routes_via(&self, sw: u32, v6: bool) -> Result<Vec<IpNet>> {
         let routes = self
             .c
             .dump(&ip::IpRouteDump {
@@ -406,9 +563,11 @@ impl AttachCalls<'_> {
 
     /// Removes everything of `pif` from VPP: routes through it, neighbours on it, the
     /// interface.
-    pub(super) async fn remove_found_pod_interface(&self, pif: &PodInterface) -> Result<()> {
+    pub(crate) async fn remove_found_pod_interface(&self, pif: &PodInterface) -> Result<()> {
         let host_name = pif.host_if_name.as_str();
         let sw = pif.sw_if_index;
+        // the pod's routes are in table 0 and, for a pod in the pods' VRF, there too
+        let table = self.interface_table(sw).await?;
         // every pod address has a neighbour on the interface (added before its route):
         // its /32 (/128) route goes directly, without dumping the FIB. Only a family
         // without any neighbour (none of its addresses, or a neighbour removed behind our
@@ -424,6 +583,9 @@ impl AttachCalls<'_> {
             }
             for (ip, mac) in neigh {
                 self.route(sw, ip, false).await?;
+                if table != 0 {
+                    self.route_in(table, sw, ip, false).await?;
+                }
                 self.neighbour(sw, ip, mac, false).await?;
             }
         }

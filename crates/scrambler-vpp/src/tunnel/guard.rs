@@ -1,4 +1,5 @@
-//! The fail-closed guard of one peer: its pod CIDRs' routes, pointed to drop before anything
+//! The fail-closed guard of one peer: its pod CIDRs' routes (and its underlay addresses' in
+//! the pods' table), pointed to drop before anything
 //! of its tunnel is taken away and into the tunnel only once it is protected and up.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,18 +13,20 @@ use super::plan::RouteTarget;
 /// The routes of one peer's pod CIDRs during a reconcile, and where they point now.
 #[derive(Default)]
 pub(super) struct RouteGuard {
-    pub(super) routes: BTreeMap<IpNet, RouteTarget>,
+    /// (table, prefix) -> target: the pod CIDRs in table 0, the underlay addresses in the
+    /// pods' table
+    pub(super) routes: BTreeMap<(u32, IpNet), RouteTarget>,
     /// Routes this reconcile created (counted as added once).
-    pub(super) fresh: BTreeSet<IpNet>,
+    pub(super) fresh: BTreeSet<(u32, IpNet)>,
 }
 
 impl RouteGuard {
     /// Points every route that leads into the tunnel to drop: called before the tunnel,
     /// its protection or its SAs are taken away.
     pub(super) async fn close(&mut self, ops: &TunnelCalls<'_>) -> Result<()> {
-        for (prefix, to) in self.routes.iter_mut() {
+        for ((table, prefix), to) in self.routes.iter_mut() {
             if *to != RouteTarget::Drop {
-                ops.steer(*prefix, RouteTarget::Drop).await?;
+                ops.steer_in(*table, *prefix, RouteTarget::Drop).await?;
                 *to = RouteTarget::Drop;
             }
         }
@@ -37,14 +40,14 @@ impl RouteGuard {
         sw: u32,
         rep: &mut ReconcileReport,
     ) -> Result<()> {
-        for (prefix, to) in self.routes.iter_mut() {
+        for (key, to) in self.routes.iter_mut() {
             if *to == RouteTarget::Via(sw) {
                 rep.unchanged += 1;
                 continue;
             }
-            ops.steer(*prefix, RouteTarget::Via(sw)).await?;
+            ops.steer_in(key.0, key.1, RouteTarget::Via(sw)).await?;
             *to = RouteTarget::Via(sw);
-            if !self.fresh.contains(prefix) {
+            if !self.fresh.contains(key) {
                 rep.updated += 1;
             }
         }

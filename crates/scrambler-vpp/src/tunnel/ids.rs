@@ -6,11 +6,25 @@ use scrambler_core::{Generation, NodeId};
 /// First IPIP tunnel instance Scrambler owns; the peer's node id is added.
 pub const TUNNEL_INSTANCE_BASE: u32 = 0x5c_0000;
 
-/// First SA id Scrambler owns; ids span 2^24 from here.
+/// First SA id Scrambler owns; ids span 2^26 from here (4 slots of 2^24, see
+/// [`sa_id_in_slot`]).
 pub const SA_ID_BASE: u32 = 0x5c00_0000;
+
+/// Slots of an inbound SA id: the inbound SAs of one peer and generation under several
+/// epochs of the local node (its current one and previous ones it keeps, see
+/// [`scrambler_core::Node::previous_epochs`]) coexist under ids that differ only in
+/// their slot. Tunnel protection takes at most 4 inbound SAs, so 4 slots are enough.
+pub const SA_SLOTS: u32 = 4;
 
 /// The id of Scrambler's IPsec SPD, the underlay guard (see `underlay_guard`).
 pub const UNDERLAY_SPD_ID: u32 = 0x5c_005c;
+
+/// The id of the pods' VPP table (VRF, both families): the gateway loopback and every
+/// interface unnumbered to it (pods, the host link) route in it. It holds a default route
+/// into table 0 and, per peer, the peer's underlay addresses into its tunnel (drop until
+/// protected and up), so a pod's traffic to a peer's underlay address is encrypted while
+/// the tunnels' own packets to it (looked up in table 0) are not steered.
+pub const POD_TABLE_ID: u32 = 0x5c_005c;
 
 /// Prefix of the interface tag of Scrambler's tunnels.
 pub const TAG_PREFIX: &str = "scrambler:peer=";
@@ -51,9 +65,21 @@ pub fn sa_id(dir: Direction, peer: NodeId, generation: Generation) -> u32 {
         | u32::from(peer.get())
 }
 
-/// True for SA ids in Scrambler's range.
+/// The id of [`sa_id`] in slot `slot` (`0..SA_SLOTS`, bits 24..26): slot 0 is
+/// [`sa_id`] itself. Outbound SAs are always in slot 0; an inbound SA takes the slot
+/// where reconcile finds it (by its SPI), or a free one (see the tunnel's plan).
+pub fn sa_id_in_slot(dir: Direction, peer: NodeId, generation: Generation, slot: u32) -> u32 {
+    sa_id(dir, peer, generation) | (slot % SA_SLOTS) << 24
+}
+
+/// The ids of [`sa_id`] in every slot, slot 0 first.
+pub fn sa_id_slots(dir: Direction, peer: NodeId, generation: Generation) -> [u32; 4] {
+    [0, 1, 2, 3].map(|s| sa_id_in_slot(dir, peer, generation, s))
+}
+
+/// True for SA ids in Scrambler's range (every slot).
 pub fn owned_sa(id: u32) -> bool {
-    id & 0xff00_0000 == SA_ID_BASE
+    id & 0xfc00_0000 == SA_ID_BASE
 }
 
 /// The SA ids of `peer` in Scrambler's numbering, and whether each is inbound.
@@ -89,7 +115,22 @@ mod tests {
                 }
             }
         }
-        assert!(!owned_sa(10) && !owned_sa(0x5d00_0000));
+        assert!(!owned_sa(10) && !owned_sa(0x6000_0000) && !owned_sa(0x5b00_0000));
+    }
+
+    #[test]
+    fn slots_keep_peer_direction_and_generation_and_stay_owned() {
+        let ids = sa_id_slots(Direction::Inbound, id(513), 3);
+        assert_eq!(ids[0], sa_id(Direction::Inbound, id(513), 3));
+        let distinct: BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), 4);
+        for v in ids {
+            assert!(owned_sa(v), "{v:#x}");
+            assert_eq!(peer_of_sa(v), Some((513, Direction::Inbound)));
+        }
+        // no slot of one SA is another SA's id
+        let other = sa_id_slots(Direction::Outbound, id(513), 3);
+        assert!(other.iter().all(|o| !distinct.contains(o)));
     }
 
     #[test]

@@ -6,19 +6,28 @@
 //!   named `ipip<instance>`), tagged `scrambler:peer=<name>`;
 //! * ESP SAs, AES-GCM-128 with the key and salt of [`ClusterSecret::sa`], ESN and
 //!   anti-replay on: one outbound SA of the mesh's tx generation and one inbound SA per rx
-//!   generation, with ids from [`sa_id`];
+//!   generation, with ids from [`sa_id`] — inbound ones in the slot ([`sa_id_in_slot`])
+//!   where VPP has them, or a free one — plus, after an epoch change without a reset, one
+//!   inbound SA per rx generation for each previous epoch of the local node still kept
+//!   ([`scrambler_core::Node::previous_epochs`]: kept while VPP has them, never made anew,
+//!   deleted after their deadline; at most 4 inbound SAs per peer, the newest epochs first);
 //! * `ipsec tunnel protect` binding them to the tunnel (VPP encrypts what the tunnel carries:
 //!   on the wire it is outer IP / ESP / inner IP, like kernel tunnel-mode ESP);
 //! * one route per pod CIDR of the peer, leading either into the protected tunnel or to
-//!   drop (see *Fail closed*).
+//!   drop (see *Fail closed*);
+//! * in the pods' VRF ([`POD_TABLE_ID`], where the pods' interfaces are), one route per
+//!   underlay address of the peer, the same way: pods reach the peer's host (an API
+//!   server, a kubelet) through the tunnel, while the tunnel's own packets to that address
+//!   are looked up in table 0.
 //!
 //! And once per node, whatever its peers: a drop route for each of the mesh's
 //! `clusterCidrs` (the cluster guard, see *Fail closed*), and the underlay guard, an IPsec
 //! SPD on the underlay interfaces dropping local pods' traffic to the peers' underlay
-//! addresses (VPP pods cannot reach those yet; see `underlay_guard`).
+//! addresses that reaches table 0 (pods outside the pods' VRF, a peer's route missing; see
+//! `underlay_guard`).
 //!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
-//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24`, the SPD
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^26` (4 slots), the SPD
 //! [`UNDERLAY_SPD_ID`] — and, for routes (VPP routes
 //! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
 //! tunnel); nothing else is ever touched. [`VppTunnel::reconcile`] dumps the state, diffs it
@@ -47,7 +56,10 @@
 //!   outer packets use it), so an SPD bound to the underlay interfaces discards `local pod
 //!   CIDR → peer underlay` and bypasses everything else. It goes in right after the
 //!   cluster guard, follows the peers, is kept by [`Tunnel::remove_keeping_guard`] and
-//!   taken by [`Tunnel::remove`]; `status` reports it missing as not fail-closed.
+//!   taken by [`Tunnel::remove`]; `status` reports it missing as not fail-closed. A
+//!   departed peer's underlay route in the pods' VRF stays as a drop (a tombstone, as on
+//!   the kernel: its discard goes with it), one naming a local address goes; only
+//!   [`Tunnel::remove`] deletes them.
 //! * **Order in reconcile**: routes of new peers go in as drop first; before a tunnel is
 //!   re-created, an SA replaced or a lost protection restored, the peer's routes go to drop;
 //!   then tunnel (admin down), SAs, protection, admin up, and only then routes into the
@@ -83,12 +95,21 @@
 //!   outbound SA it installed before.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
-//! * Not done on VPP yet: node ↔ remote pod traffic. The kernel dataplane gives each node a
-//!   tunnel address (the first address of its pod CIDR, [`scrambler_core::Node::tunnel_addresses`])
-//!   that its own traffic to remote pods comes from; a VPP node does not hold it, so a
-//!   remote pod pinging a VPP node's tunnel address is dropped by that VPP (the address is
-//!   in the node's pod CIDR, never leaked), and traffic from a VPP node's Linux host to
-//!   remote pods does not pass through VPP.
+//!
+//! # Node ↔ remote pod
+//!
+//! Each node has a tunnel address (the first address of its pod CIDR,
+//! [`scrambler_core::Node::tunnel_addresses`]) that its own traffic to remote pods comes
+//! from, so that traffic is pod-CIDR traffic the mesh encrypts. On a VPP node the host's
+//! stack holds it on the *host link* ([`VppTunnel::with_host_link`], module `host_link`):
+//! a veth pair whose VPP end VPP takes with af_packet, like a pod's. The host routes the
+//! cluster CIDRs into VPP from the tunnel address, VPP routes the tunnel address to the
+//! host; both directions then follow the routes above (drop until the tunnel is protected
+//! and up, the cluster guard for nodes not in the mesh). Without the host link a remote
+//! pod's packet to the node's tunnel address is dropped by the cluster guard, and the
+//! host has no path to remote pods. Not done: traffic to the node's own underlay address
+//! ends in VPP (VPP holds it; a host service there is not reached); IPv6 tunnel addresses
+//! are not held on the host link.
 //!
 //! # Counters
 //!
@@ -112,6 +133,7 @@
 
 mod cluster_guard;
 mod guard;
+mod host_link;
 mod ids;
 mod ops;
 mod plan;
@@ -132,20 +154,24 @@ use scrambler_core::{
 use scrambler_vpp_api::VppClient;
 
 use self::ops::TunnelCalls;
-use self::plan::plan;
+use self::plan::{place_inbound, plan};
 use self::readback::OwnedState;
 use self::reconcile::{reconcile_all, remove_all};
 use self::status::{peer_counters, CounterSnapshot};
 use crate::endpoint::{fixed_socket, vpp_err, NodeVpp, DATAPLANE};
 
 pub use self::cluster_guard::guard_in_place;
+pub use self::host_link::{
+    HOST_LINK_ALIAS, HOST_LINK_IF, HOST_LINK_MAC, HOST_LINK_TAG, HOST_LINK_VPP_IF,
+};
 pub use self::ids::{
-    owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE, SA_ID_BASE,
-    TAG_PREFIX, TUNNEL_INSTANCE_BASE, UNDERLAY_SPD_ID,
+    owned_sa, sa_id, sa_id_in_slot, sa_id_slots, tunnel_instance, tunnel_peer, Direction,
+    POD_TABLE_ID, ROUTE_PREFERENCE, SA_ID_BASE, SA_SLOTS, TAG_PREFIX, TUNNEL_INSTANCE_BASE,
+    UNDERLAY_SPD_ID,
 };
 pub use self::status::{
-    PeerCounters, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE,
-    UNDERLAY_GUARD_MISSING,
+    PeerCounters, HOST_LINK_MISSING, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED,
+    STATS_UNAVAILABLE, UNDERLAY_GUARD_MISSING,
 };
 pub use crate::endpoint::SocketResolver;
 
@@ -164,12 +190,14 @@ pub use crate::endpoint::SocketResolver;
 pub struct VppTunnel {
     vpp: NodeVpp,
     stats: Arc<SocketResolver>,
+    host_link: bool,
 }
 
 impl std::fmt::Debug for VppTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VppTunnel")
             .field("opts", &self.vpp.opts)
+            .field("host_link", &self.host_link)
             .finish()
     }
 }
@@ -193,7 +221,19 @@ impl VppTunnel {
         VppTunnel {
             vpp: NodeVpp::new(resolve, "scrambler-tunnel"),
             stats: Arc::new(move |ns| Ok(api(ns)?.with_file_name("stats.sock"))),
+            host_link: false,
         }
+    }
+
+    /// With `on`, reconcile also joins the node's host (the namespace passed to it) to its
+    /// VPP by the host link (see [`HOST_LINK_IF`] and the module's *Node ↔ remote pod*):
+    /// the host holds the node's tunnel address and reaches remote pods through the mesh,
+    /// remote pods reach it there. Off by default (a VPP whose host is not the namespace
+    /// Scrambler is given, or that holds the tunnel address itself, must not get one).
+    /// Turning it off does not remove an existing link; [`Tunnel::remove`] does.
+    pub fn with_host_link(mut self, on: bool) -> Self {
+        self.host_link = on;
+        self
     }
 
     /// Where the stats segment socket (`statseg { socket-name … }`) of a node's VPP is.
@@ -250,12 +290,22 @@ impl Tunnel for VppTunnel {
         mesh: &Mesh,
         secret: &ClusterSecret,
     ) -> Result<ReconcileReport> {
-        let want = plan(mesh, secret)?;
+        let mut want = plan(mesh, secret)?;
         let c = self.connect(netns).await?;
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
-        let rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
+        for p in &mut want {
+            place_inbound(p, &have.sas);
+        }
+        let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
+        if self.host_link {
+            let h = host_link::reconcile(&c, netns, mesh).await?;
+            rep.added += h.added;
+            rep.updated += h.updated;
+            rep.removed += h.removed;
+            rep.unchanged += h.unchanged;
+        }
         let _ = c.close().await;
         tracing::info!(
             added = rep.added,
@@ -279,6 +329,10 @@ impl Tunnel for VppTunnel {
             .into_values()
             .collect();
         let spd = underlay_guard::HaveSpd::read(&c).await?;
+        let host_link_ok = match self.host_link {
+            true => host_link::in_place(&c, netns, mesh).await?,
+            false => true,
+        };
         let _ = c.close().await;
         let want = underlay_guard::wanted(mesh);
         let guarded = underlay_guard::in_place(&spd, &want, &uplinks);
@@ -290,8 +344,11 @@ impl Tunnel for VppTunnel {
             }
         };
         let mut st = status::build(&have, snap.as_ref(), mesh);
+        if !host_link_ok {
+            st.errors.insert(HOST_LINK_MISSING.into(), 1);
+        }
         if guarded {
-            let n = underlay_guard::discards(&want);
+            let n = unsteered_underlay_pairs(&have, mesh);
             if n > 0 {
                 st.errors
                     .insert(POD_TO_PEER_UNDERLAY_DROPPED.into(), n as u64);
@@ -308,7 +365,8 @@ impl Tunnel for VppTunnel {
         let have = OwnedState::read(&c)
             .await
             .map_err(vpp_err("read state of", "VPP"))?;
-        let rep = remove_all(&TunnelCalls { c: &c }, &have, false).await?;
+        let mut rep = remove_all(&TunnelCalls { c: &c }, &have, false).await?;
+        rep.removed += host_link::remove(&c, netns).await?;
         let _ = c.close().await;
         Ok(rep)
     }
@@ -322,6 +380,31 @@ impl Tunnel for VppTunnel {
         let _ = c.close().await;
         Ok(rep)
     }
+}
+
+/// The (local pod CIDR, peer underlay address) pairs of the same family whose pods' table
+/// route does not lead into the peer's tunnel: the underlay guard drops that traffic.
+fn unsteered_underlay_pairs(have: &OwnedState, mesh: &Mesh) -> usize {
+    mesh.peers
+        .iter()
+        .map(|p| {
+            let sw = have.sw_if_index(tunnel_instance(p.id));
+            p.underlay
+                .iter()
+                .filter(|a| {
+                    let r = have.pod_routes.get(&ipnet::IpNet::from(**a));
+                    sw.is_none() || r != Some(&readback::OwnedRoute::Via(sw.unwrap_or_default()))
+                })
+                .map(|a| {
+                    mesh.local
+                        .pod_cidrs
+                        .iter()
+                        .filter(|c| c.addr().is_ipv6() == a.is_ipv6())
+                        .count()
+                })
+                .sum::<usize>()
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -339,6 +422,7 @@ mod tests {
             epoch: scrambler_core::Epoch::new(0xe0 + u64::from(n)).unwrap(),
             underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
             pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
+            previous_epochs: Vec::new(),
         };
         scrambler_core::Cluster {
             nodes: vec![node("a", 1), node("b", 2)],

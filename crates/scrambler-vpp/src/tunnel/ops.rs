@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use scrambler_core::{Error, Result};
 use scrambler_vpp_api::api::types::{
-    Address, IfStatusFlags, IpipTunnel, IpsecTunnelProtect, TunnelMode,
+    Address, FibPath, IfStatusFlags, IpRoute, IpipTunnel, IpsecTunnelProtect, TunnelMode,
 };
 use scrambler_vpp_api::api::{interface, ip, ipip, ipsec};
 use scrambler_vpp_api::VppClient;
@@ -212,27 +212,88 @@ impl TunnelCalls<'_> {
         }
     }
 
-    /// Points the route of `prefix` at `to`, replacing whatever paths it had (one FIB
-    /// update: there is no moment without a route).
+    /// Points the route of `prefix` in table 0 at `to`, replacing whatever paths it had
+    /// (one FIB update: there is no moment without a route).
     pub(super) async fn steer(&self, prefix: IpNet, to: RouteTarget) -> Result<()> {
-        self.c
-            .route_add_del(prefix, vec![route_path(to, prefix.addr().is_ipv6())], true)
-            .await
-            .map_err(vpp_err("steer", &format!("{prefix} to {to:?}")))
+        self.steer_in(0, prefix, to).await
     }
 
-    /// Deletes the route of `prefix` (all its paths from the API source).
+    /// [`TunnelCalls::steer`] in `table`.
+    pub(super) async fn steer_in(&self, table: u32, prefix: IpNet, to: RouteTarget) -> Result<()> {
+        self.route_in(
+            table,
+            prefix,
+            vec![route_path(to, prefix.addr().is_ipv6())],
+            true,
+        )
+        .await
+        .map_err(vpp_err(
+            "steer",
+            &format!("{prefix} to {to:?}{}", in_table(table)),
+        ))
+    }
+
+    /// Deletes the route of `prefix` in table 0 (all its paths from the API source).
     pub(super) async fn unroute(&self, prefix: IpNet, have: &OwnedRoute) -> Result<()> {
+        self.unroute_in(0, prefix, have).await
+    }
+
+    /// [`TunnelCalls::unroute`] in `table`.
+    pub(super) async fn unroute_in(
+        &self,
+        table: u32,
+        prefix: IpNet,
+        have: &OwnedRoute,
+    ) -> Result<()> {
         let v6 = prefix.addr().is_ipv6();
         let paths = match have {
             OwnedRoute::Drop => vec![route_path(RouteTarget::Drop, v6)],
             OwnedRoute::Via(sw) => vec![route_path(RouteTarget::Via(*sw), v6)],
             OwnedRoute::Other(p) => p.clone(),
         };
-        self.c
-            .route_add_del(prefix, paths, false)
+        self.route_in(table, prefix, paths, false)
             .await
-            .map_err(vpp_err("delete route", &prefix.to_string()))
+            .map_err(vpp_err(
+                "delete route",
+                &format!("{prefix}{}", in_table(table)),
+            ))
+    }
+
+    async fn route_in(
+        &self,
+        table_id: u32,
+        prefix: IpNet,
+        paths: Vec<FibPath>,
+        is_add: bool,
+    ) -> std::result::Result<(), scrambler_vpp_api::VppError> {
+        self.c
+            .request(&ip::IpRouteAddDel {
+                is_add,
+                is_multipath: false,
+                route: IpRoute {
+                    table_id,
+                    stats_index: 0,
+                    prefix: prefix.into(),
+                    paths,
+                },
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The pods' table, both families (adding an existing one is a no-op).
+    pub(super) async fn ensure_pod_table(&self) -> Result<()> {
+        crate::attach::ops::AttachCalls { c: self.c }
+            .ensure_pod_table()
+            .await
+    }
+}
+
+/// ` in table <id>` outside table 0.
+fn in_table(table: u32) -> String {
+    match table {
+        0 => String::new(),
+        t => format!(" in table {t:#x}"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The tunnels, SAs and routes one node's VPP should have, computed from its mesh, and the
 //! VPP messages' shape of them (SA entries, route paths).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -12,14 +12,22 @@ use scrambler_vpp_api::api::types::{
     IpsecSadEntryV4, IpsecSadFlags, TunnelMode,
 };
 
-use super::ids::{sa_id, tunnel_instance, Direction, ROUTE_PREFERENCE};
+#[cfg(doc)]
+use super::ids::sa_id_in_slot;
+use super::ids::{sa_id, tunnel_instance, Direction, ROUTE_PREFERENCE, SA_SLOTS};
 
 /// One SA as we want it.
 pub(super) struct SaPlan {
     pub(super) id: u32,
     pub(super) key: SaKey,
     pub(super) dir: Direction,
+    /// An inbound SA of a previous epoch of the local node: kept while VPP has it, never
+    /// made anew.
+    pub(super) kept: bool,
 }
+
+/// Most inbound SAs VPP's tunnel protection takes per tunnel.
+pub(super) const MAX_INBOUND_SAS: usize = 4;
 
 /// One peer as we want it.
 pub(super) struct PeerPlan {
@@ -32,11 +40,43 @@ pub(super) struct PeerPlan {
     pub(super) sa_out: u32,
     pub(super) sa_in: BTreeSet<u32>,
     pub(super) routes: BTreeSet<IpNet>,
+    /// The peer's underlay addresses (host prefixes), routed in the pods' table.
+    pub(super) underlay_routes: BTreeSet<IpNet>,
 }
 
 pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>> {
+    plan_at(mesh, secret, scrambler_core::mesh::unix_now())
+}
+
+/// The plan at Unix time `now` (seconds), every inbound SA id in slot 0 until
+/// [`place_inbound`] finds its slot. Inbound SAs: every rx generation under the local
+/// node's epoch, then under each previous epoch still kept, newest first, as long as
+/// tunnel protection's [`MAX_INBOUND_SAS`] allows (a previous epoch that does not fit is
+/// left out, logged: the peers' traffic under it is dropped until they re-key).
+pub(super) fn plan_at(mesh: &Mesh, secret: &ClusterSecret, now: u64) -> Result<Vec<PeerPlan>> {
     mesh.validate()?;
     let local = &mesh.local;
+    if mesh.keys.rx.len() > MAX_INBOUND_SAS {
+        return Err(Error::Unsupported(format!(
+            "VPP tunnel protection takes at most {MAX_INBOUND_SAS} inbound SAs, the mesh has {} rx generations",
+            mesh.keys.rx.len()
+        )));
+    }
+    let mut kept: Vec<_> = local.kept_incarnations(now).collect();
+    kept.reverse();
+    let fit = (MAX_INBOUND_SAS / mesh.keys.rx.len().max(1)).saturating_sub(1);
+    if kept.len() > fit {
+        for k in &kept[fit..] {
+            tracing::warn!(
+                epoch = %k.epoch,
+                rx_generations = mesh.keys.rx.len(),
+                "previous epoch not kept: VPP tunnel protection takes at most {MAX_INBOUND_SAS} \
+                 inbound SAs per peer (epochs x rx generations); peers still sending under \
+                 it are dropped until they re-key"
+            );
+        }
+        kept.truncate(fit);
+    }
     let mut out = Vec::new();
     for peer in &mesh.peers {
         let Some((src, dst)) = underlay_pair(local, peer) else {
@@ -49,19 +89,18 @@ pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>>
             id: sa_id(Direction::Outbound, peer.id, mesh.keys.tx),
             key: secret.sa(local.incarnation(), peer.incarnation(), mesh.keys.tx),
             dir: Direction::Outbound,
+            kept: false,
         }];
-        for g in &mesh.keys.rx {
-            sas.push(SaPlan {
-                id: sa_id(Direction::Inbound, peer.id, *g),
-                key: secret.sa(peer.incarnation(), local.incarnation(), *g),
-                dir: Direction::Inbound,
-            });
-        }
-        if mesh.keys.rx.len() > 4 {
-            return Err(Error::Unsupported(format!(
-                "VPP tunnel protection takes at most 4 inbound SAs, the mesh has {} rx generations",
-                mesh.keys.rx.len()
-            )));
+        let current = std::iter::once((local.incarnation(), false));
+        for (me, is_kept) in current.chain(kept.iter().map(|k| (*k, true))) {
+            for g in &mesh.keys.rx {
+                sas.push(SaPlan {
+                    id: sa_id(Direction::Inbound, peer.id, *g),
+                    key: secret.sa(peer.incarnation(), me, *g),
+                    dir: Direction::Inbound,
+                    kept: is_kept,
+                });
+            }
         }
         out.push(PeerPlan {
             name: peer.name.clone(),
@@ -73,9 +112,71 @@ pub(super) fn plan(mesh: &Mesh, secret: &ClusterSecret) -> Result<Vec<PeerPlan>>
             sa_in: sas[1..].iter().map(|s| s.id).collect(),
             sas,
             routes: peer.pod_cidrs.iter().map(|c| c.trunc()).collect(),
+            underlay_routes: peer.underlay.iter().map(|a| IpNet::from(*a)).collect(),
         });
     }
     Ok(out)
+}
+
+/// Gives each inbound SA of `p` its id slot ([`sa_id_in_slot`]) from what VPP has
+/// (`have`, SA id → entry): an SA found in any slot with its SPI keeps that id (nothing
+/// moves, so the inbound SAs of a previous epoch stay as they are while the new epoch's
+/// are added beside them); a kept one (previous epoch) not found is left out — never made
+/// anew; a current one not found takes the first slot free in VPP and in the plan, else
+/// the first free in the plan (the SA there is replaced).
+pub(super) fn place_inbound(p: &mut PeerPlan, have: &BTreeMap<u32, IpsecSadEntryV4>) {
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
+    // adopt: an inbound SA VPP has (by SPI) keeps its id
+    let placed: Vec<bool> = p
+        .sas
+        .iter_mut()
+        .map(|sa| {
+            if sa.dir != Direction::Inbound {
+                return true;
+            }
+            let slots = slots_of(sa.id);
+            let here = slots.into_iter().find(|id| {
+                !taken.contains(id) && have.get(id).is_some_and(|e| e.spi == sa.key.spi)
+            });
+            if let Some(id) = here {
+                sa.id = id;
+                taken.insert(id);
+            }
+            here.is_some()
+        })
+        .collect();
+    // a previous epoch's SA that is not there is not made anew
+    let sas = std::mem::take(&mut p.sas);
+    let (sas, placed): (Vec<SaPlan>, Vec<bool>) = sas
+        .into_iter()
+        .zip(placed)
+        .filter(|(sa, ok)| *ok || !sa.kept)
+        .unzip();
+    p.sas = sas;
+    // the current epoch's SAs not there: a free slot
+    for (sa, _) in p.sas.iter_mut().zip(placed).filter(|(_, ok)| !ok) {
+        let slots = slots_of(sa.id);
+        let free = slots
+            .iter()
+            .find(|id| !taken.contains(id) && !have.contains_key(id))
+            .or_else(|| slots.iter().find(|id| !taken.contains(id)));
+        if let Some(id) = free {
+            sa.id = *id;
+            taken.insert(*id);
+        }
+    }
+    p.sa_in = p
+        .sas
+        .iter()
+        .filter(|s| s.dir == Direction::Inbound)
+        .map(|s| s.id)
+        .collect();
+}
+
+/// Every slot of the SA id `id` (whatever its slot), slot 0 first.
+fn slots_of(id: u32) -> [u32; SA_SLOTS as usize] {
+    let base = id & !(0x3 << 24);
+    [0, 1, 2, 3].map(|s| base | s << 24)
 }
 
 /// The cluster-wide guard: a drop route per cluster CIDR (`clusterCidrs` of the mesh),
@@ -165,7 +266,7 @@ pub(super) fn route_path(to: RouteTarget, v6: bool) -> FibPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::tests::mesh;
+    use crate::tunnel::tests::{id, mesh};
 
     #[test]
     fn sa_entries_zero_their_key_and_salt_when_dropped() {
@@ -194,6 +295,7 @@ mod tests {
             id: 1,
             key: key.clone(),
             dir: Direction::Outbound,
+            kept: false,
         };
         let e = sa_entry(&sa);
         let mut wire = scrambler_vpp_api::codec::EncodeBuf::default();
@@ -248,5 +350,140 @@ mod tests {
             assert_eq!(hex::encode(&e.crypto_key.data[..16]), key);
             assert_eq!(format!("{:08x}", e.salt), salt);
         }
+    }
+
+    /// Node a after an epoch change (0xe1 → 0x77), keeping 0xe1 until Unix time 1000.
+    fn after_epoch_change(keys: scrambler_core::Keys) -> (Mesh, Mesh) {
+        let before = mesh(keys);
+        let mut after = before.clone();
+        after.local.epoch = scrambler_core::Epoch::new(0x77).unwrap();
+        after.local.previous_epochs = vec![scrambler_core::PreviousEpoch {
+            epoch: before.local.epoch,
+            until: 1000,
+        }];
+        (before, after)
+    }
+
+    /// What VPP has after reconciling `plans`: their SAs by id.
+    fn installed(plans: &[PeerPlan]) -> BTreeMap<u32, IpsecSadEntryV4> {
+        plans
+            .iter()
+            .flat_map(|p| &p.sas)
+            .map(|sa| (sa.id, sa_entry(sa)))
+            .collect()
+    }
+
+    #[test]
+    fn a_previous_epochs_inbound_sas_stay_in_their_slot_beside_the_new_ones() {
+        use super::super::ids::sa_id_in_slot;
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let (before, after) = after_epoch_change(scrambler_core::Keys::single(1));
+        let mut old = plan_at(&before, &secret, 999).unwrap();
+        place_inbound(&mut old[0], &BTreeMap::new());
+        let have = installed(&old);
+        let in_slot = |s| sa_id_in_slot(Direction::Inbound, id(2), 1, s);
+        assert!(have.contains_key(&in_slot(0)));
+
+        // the epoch changed: the old inbound SA stays in slot 0, the new one takes slot 1
+        let mut new = plan_at(&after, &secret, 999).unwrap();
+        assert_eq!(new[0].sas.len(), 3);
+        place_inbound(&mut new[0], &have);
+        let p = &new[0];
+        let kept = p.sas.iter().find(|s| s.kept).unwrap();
+        let current = p
+            .sas
+            .iter()
+            .find(|s| s.dir == Direction::Inbound && !s.kept)
+            .unwrap();
+        assert_eq!(kept.id, in_slot(0));
+        assert_eq!(kept.key.spi, have[&in_slot(0)].spi);
+        assert_eq!(current.id, in_slot(1));
+        assert_ne!(current.key.spi, kept.key.spi);
+        assert_eq!(p.sa_in, BTreeSet::from([in_slot(0), in_slot(1)]));
+        // the outbound SA stays in slot 0 (a new key under the same id: replaced)
+        assert_eq!(p.sa_out, sa_id(Direction::Outbound, id(2), 1));
+
+        // nothing moves on the next run
+        let have2 = installed(&new);
+        let mut again = plan_at(&after, &secret, 999).unwrap();
+        place_inbound(&mut again[0], &have2);
+        assert_eq!(again[0].sa_in, p.sa_in);
+
+        // past the deadline only the current one is planned, still in slot 1: slot 0 is
+        // stale, and reconcile deletes it
+        let mut expired = plan_at(&after, &secret, 1000).unwrap();
+        place_inbound(&mut expired[0], &have2);
+        assert_eq!(expired[0].sa_in, BTreeSet::from([in_slot(1)]));
+        assert!(expired[0].sas.iter().all(|s| !s.kept));
+
+        // a VPP without the old epoch's SA (restarted): nothing is made for it
+        let mut fresh = plan_at(&after, &secret, 999).unwrap();
+        place_inbound(&mut fresh[0], &BTreeMap::new());
+        assert!(fresh[0].sas.iter().all(|s| !s.kept));
+        assert_eq!(fresh[0].sa_in, BTreeSet::from([in_slot(0)]));
+    }
+
+    #[test]
+    fn previous_epochs_beyond_four_inbound_sas_are_left_out_newest_kept() {
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let rotating = scrambler_core::Keys {
+            tx: 1,
+            rx: [1, 2].into(),
+        };
+        let (_, mut after) = after_epoch_change(rotating);
+        after
+            .local
+            .previous_epochs
+            .push(scrambler_core::PreviousEpoch {
+                epoch: scrambler_core::Epoch::new(0x55).unwrap(),
+                until: 1000,
+            });
+        let plans = plan_at(&after, &secret, 999).unwrap();
+        let kept: Vec<&SaPlan> = plans[0].sas.iter().filter(|s| s.kept).collect();
+        // 2 generations × (current + 1 previous) = 4: only the newest previous epoch
+        assert_eq!(kept.len(), 2);
+        let newest = scrambler_core::keys::spi(
+            after.peers[0].incarnation(),
+            scrambler_core::Incarnation {
+                id: after.local.id,
+                epoch: scrambler_core::Epoch::new(0x55).unwrap(),
+            },
+            1,
+        );
+        assert!(kept.iter().any(|s| s.key.spi == newest));
+        let inbound = plans[0].sas.iter().filter(|s| s.dir == Direction::Inbound);
+        assert_eq!(inbound.count(), MAX_INBOUND_SAS);
+        // one generation: room for three previous epochs
+        let (_, mut one) = after_epoch_change(scrambler_core::Keys::single(1));
+        one.local
+            .previous_epochs
+            .push(scrambler_core::PreviousEpoch {
+                epoch: scrambler_core::Epoch::new(0x55).unwrap(),
+                until: 1000,
+            });
+        let plans = plan_at(&one, &secret, 999).unwrap();
+        assert_eq!(plans[0].sas.iter().filter(|s| s.kept).count(), 2);
+    }
+
+    /// A kept inbound SA carries the known-answer vector of its (old) epoch.
+    #[test]
+    fn a_kept_inbound_sa_carries_the_known_answer_vector_of_its_epoch() {
+        use scrambler_core::keys::kat;
+        let mut m = mesh(scrambler_core::Keys::single(7));
+        m.local.id = kat::A.id;
+        m.local.epoch = kat::A2.epoch;
+        m.local.previous_epochs = vec![scrambler_core::PreviousEpoch {
+            epoch: kat::A.epoch,
+            until: 1000,
+        }];
+        m.peers[0].id = kat::B.id;
+        m.peers[0].epoch = kat::B.epoch;
+        let plans = plan_at(&m, &kat::secret(), 999).unwrap();
+        let kept = plans[0].sas.iter().find(|s| s.kept).unwrap();
+        let e = sa_entry(kept);
+        let (_, _, _, key, salt, spi) = kat::VECTORS[1];
+        assert_eq!(e.spi, spi);
+        assert_eq!(hex::encode(&e.crypto_key.data[..16]), key);
+        assert_eq!(format!("{:08x}", e.salt), salt);
     }
 }

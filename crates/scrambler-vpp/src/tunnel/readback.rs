@@ -10,8 +10,12 @@ use scrambler_vpp_api::api::types::{
 use scrambler_vpp_api::api::{ip, ipip, ipsec};
 use scrambler_vpp_api::{VppClient, VppError};
 
-use super::ids::{owned_sa, sa_id, tunnel_instance, tunnel_peer, Direction, ROUTE_PREFERENCE};
+use super::ids::{
+    owned_sa, peer_of_sa, sa_id, sa_id_slots, tunnel_instance, tunnel_peer, Direction,
+    POD_TABLE_ID, ROUTE_PREFERENCE,
+};
 use super::plan::{sa_entry, PeerPlan, SaPlan};
+use scrambler_core::keys::spi;
 
 /// What VPP has of ours.
 #[derive(Default)]
@@ -30,6 +34,11 @@ pub(super) struct OwnedState {
     pub(super) routes: BTreeMap<IpNet, OwnedRoute>,
     /// prefixes of table 0 held by routes that are not ours (an operator's, another agent's)
     pub(super) foreign_routes: BTreeSet<IpNet>,
+    /// whether the pods' table ([`POD_TABLE_ID`]) exists (IPv4 and IPv6)
+    pub(super) pod_table: bool,
+    /// owned routes of the pods' table but its default routes (the attachment's): the
+    /// peers' underlay addresses
+    pub(super) pod_routes: BTreeMap<IpNet, OwnedRoute>,
 }
 
 /// Where an owned route leads.
@@ -65,14 +74,20 @@ impl OwnedState {
     /// Dumps tunnels, interfaces, SAs, protections and routes (all requests sent
     /// together) and keeps what is ours.
     pub(super) async fn read(c: &VppClient) -> std::result::Result<OwnedState, VppError> {
-        let route_dump = |is_ip6| ip::IpRouteDump {
+        let route_dump = |table_id, is_ip6| ip::IpRouteDump {
             table: IpTable {
-                table_id: 0,
+                table_id,
                 is_ip6,
                 name: String::new(),
             },
         };
-        let (routes4, routes6) = (route_dump(false), route_dump(true));
+        let (routes4, routes6) = (route_dump(0, false), route_dump(0, true));
+        let (pod4, pod6) = (
+            route_dump(POD_TABLE_ID, false),
+            route_dump(POD_TABLE_ID, true),
+        );
+        let (tables, pod4, pod6) =
+            tokio::try_join!(c.dump(&ip::IpTableDump {}), c.dump(&pod4), c.dump(&pod6),)?;
         let (tunnels, ifs, sas, protects, routes4, routes6) = tokio::try_join!(
             c.dump(&ipip::IpipTunnelDump {
                 sw_if_index: u32::MAX,
@@ -114,12 +129,26 @@ impl OwnedState {
                 );
             }
         }
+        let owned_path = |p: &FibPath| {
+            p.preference == ROUTE_PREFERENCE
+                || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
+                    && ours.contains(&p.sw_if_index))
+        };
+        a.pod_table = [false, true].iter().all(|v6| {
+            tables
+                .iter()
+                .any(|t| t.table.table_id == POD_TABLE_ID && t.table.is_ip6 == *v6)
+        });
+        for r in pod4.into_iter().chain(pod6) {
+            match r.route.prefix.to_ipnet() {
+                Some(p) if p.prefix_len() > 0 && r.route.paths.iter().any(owned_path) => {
+                    a.pod_routes.insert(p, OwnedRoute::of(&r.route.paths));
+                }
+                _ => {}
+            }
+        }
         for r in routes4.into_iter().chain(routes6) {
-            let owned = r.route.paths.iter().any(|p| {
-                p.preference == ROUTE_PREFERENCE
-                    || (p.r#type == FibPathType::FIB_API_PATH_TYPE_NORMAL
-                        && ours.contains(&p.sw_if_index))
-            });
+            let owned = r.route.paths.iter().any(owned_path);
             match r.route.prefix.to_ipnet() {
                 Some(p) if owned => {
                     a.routes.insert(p, OwnedRoute::of(&r.route.paths));
@@ -142,8 +171,11 @@ impl OwnedState {
 /// than never made: re-creating it would restart its sequence numbers — the AES-GCM IVs —
 /// under the same key (nonce reuse, and replay drops at the peer). Only a new key (a new
 /// epoch of either end, or a new generation) repairs that. Evidence that it was made: outside rotation step 2 (`switching`), the
-/// inbound SA of the same generation is here, or the peer's tunnel is (a reconcile makes
-/// a tunnel's SAs in the same run) while its protection is gone or still names that SA.
+/// inbound SA of the same generation under the current epochs is here, or the peer's
+/// tunnel is (a reconcile makes a tunnel's SAs in the same run) while its protection is
+/// gone or still names that SA — unless an inbound SA of the peer under other epochs is
+/// there too (the tunnel was made under those: after an epoch change the new outbound SA
+/// was never made; the ledger, before the dataplane, is what refuses a key that sent).
 /// A node whose SAs *and* tunnels all vanished (a VPP restart) cannot tell: it comes back
 /// with a new epoch, and the node's ledger refuses the old one.
 pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> bool {
@@ -152,9 +184,28 @@ pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> boo
     if switching || have.sas.contains_key(&tx) {
         return false;
     }
-    let rx_of_tx = sa_id(Direction::Inbound, peer, mesh.keys.tx);
-    if mesh.keys.rx.contains(&mesh.keys.tx) && have.sas.contains_key(&rx_of_tx) {
+    // the inbound SA of the tx generation under the current epochs (in any slot): one of
+    // a previous epoch of the local node, kept after an epoch change, says nothing about
+    // the outbound SA of the new epoch
+    let Some(node) = mesh.peers.iter().find(|p| p.id == peer) else {
+        return false;
+    };
+    let rx_spi = spi(node.incarnation(), mesh.local.incarnation(), mesh.keys.tx);
+    let rx_of_tx = sa_id_slots(Direction::Inbound, peer, mesh.keys.tx)
+        .iter()
+        .any(|id| have.sas.get(id).is_some_and(|e| e.spi == rx_spi));
+    if mesh.keys.rx.contains(&mesh.keys.tx) && rx_of_tx {
         return true;
+    }
+    // the tunnel is evidence only when nothing says it was made under other epochs: an
+    // inbound SA of the peer whose SPI has another epoch tag (the old epoch's, kept or
+    // not yet deleted, after an epoch change) says the tunnel's SAs were of those
+    let tag = node.epoch.spi_tag() ^ mesh.local.epoch.spi_tag();
+    let other_epochs = have.sas.iter().any(|(id, e)| {
+        peer_of_sa(*id) == Some((peer.get(), Direction::Inbound)) && (e.spi & 0xff) as u8 != tag
+    });
+    if other_epochs {
+        return false;
     }
     match have.tunnels.get(&tunnel_instance(peer)) {
         Some(t) => have
@@ -250,8 +301,14 @@ mod tests {
         assert!(!outbound_lost(&a, &single, id(2)));
         // the inbound SA of the generation is here, the outbound is not: lost
         let mut a = OwnedState::default();
-        a.sas.insert(in1, IpsecSadEntryV4::default());
+        let mut e = IpsecSadEntryV4::default();
+        e.spi = spi(single.peers[0].incarnation(), single.local.incarnation(), 1);
+        a.sas.insert(in1, e);
         assert!(outbound_lost(&a, &single, id(2)));
+        // ... but not one under other epochs (another SPI: a previous epoch's)
+        let mut b = OwnedState::default();
+        b.sas.insert(in1, IpsecSadEntryV4::default());
+        assert!(!outbound_lost(&b, &single, id(2)));
         // ... except in rotation step 2, when the new outbound SA is made for the first time
         let switching = mesh(Keys {
             tx: 2,
@@ -273,6 +330,48 @@ mod tests {
         let mut a = OwnedState::default();
         with_tunnel(&mut a, Some(sa_id(Direction::Outbound, id(2), 0)));
         assert!(!outbound_lost(&a, &single, id(2)));
+    }
+
+    #[test]
+    fn a_previous_epochs_inbound_sa_is_no_evidence_of_a_lost_outbound_sa() {
+        use crate::tunnel::ids::sa_id_in_slot;
+        use crate::tunnel::plan::{place_inbound, plan_at};
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let before = mesh(scrambler_core::Keys::single(1));
+        let mut after = before.clone();
+        after.local.epoch = scrambler_core::Epoch::new(0x77).unwrap();
+        after.local.previous_epochs = vec![scrambler_core::PreviousEpoch {
+            epoch: before.local.epoch,
+            until: u64::MAX,
+        }];
+        // the old epoch's outbound SA was lost: only its inbound SA is left
+        let mut old = plan_at(&before, &secret, 0).unwrap();
+        place_inbound(&mut old[0], &BTreeMap::new());
+        let mut a = OwnedState::default();
+        let inbound = old[0]
+            .sas
+            .iter()
+            .find(|s| s.dir == Direction::Inbound)
+            .unwrap();
+        a.sas.insert(inbound.id, sa_entry(inbound));
+        assert!(outbound_lost(&a, &before, id(2)));
+        // under the new epoch it is a kept SA of the old one: the new outbound SA is made
+        assert!(!outbound_lost(&a, &after, id(2)));
+        // also when the old tunnel is there, its protection gone with the lost SA
+        with_tunnel(&mut a, None);
+        assert!(outbound_lost(&a, &before, id(2)));
+        assert!(!outbound_lost(&a, &after, id(2)));
+        // the new epoch's inbound SA (slot 1) without its outbound SA: lost
+        let mut new = plan_at(&after, &secret, 0).unwrap();
+        place_inbound(&mut new[0], &a.sas);
+        let current = new[0]
+            .sas
+            .iter()
+            .find(|s| s.dir == Direction::Inbound && !s.kept)
+            .unwrap();
+        assert_eq!(current.id, sa_id_in_slot(Direction::Inbound, id(2), 1, 1));
+        a.sas.insert(current.id, sa_entry(current));
+        assert!(outbound_lost(&a, &after, id(2)));
     }
 
     #[test]

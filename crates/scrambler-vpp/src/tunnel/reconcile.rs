@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use scrambler_core::{Error, Mesh, ReconcileReport, Result};
 
 use super::guard::RouteGuard;
-use super::ids::Direction;
+use super::ids::{Direction, POD_TABLE_ID};
 use super::ops::{delete_tunnel_fully, pipelined, TunnelCalls};
 use super::plan::{guard_routes, PeerPlan, RouteTarget};
 use super::readback::{
@@ -68,6 +68,37 @@ pub(super) async fn reconcile_all(
     let spd = HaveSpd::read(ops.c).await?;
     let r = underlay_guard::reconcile(ops.c, &spd, &underlay_guard::wanted(mesh), &uplinks).await?;
     add_report(&mut rep, &r);
+
+    // the pods' table, for the peers' underlay routes (the attachment makes it too)
+    if !have.pod_table {
+        ops.ensure_pod_table().await?;
+        rep.added += 1;
+    }
+
+    // the underlay addresses of peers gone stay in the pods' table as drop routes
+    // (tombstones, as on the kernel): a pod's connection still open to such an address
+    // (an API server on a departed node) is dropped, not sent out of the uplink in the
+    // clear — underlay addresses have no supernet to fall back on. One naming a local
+    // underlay address goes (pods reach their own node).
+    let want_underlay: BTreeSet<IpNet> = want
+        .iter()
+        .flat_map(|p| p.underlay_routes.iter().copied())
+        .collect();
+    let mut tombstones = Vec::new();
+    let mut gone = Vec::new();
+    for (prefix, r) in have
+        .pod_routes
+        .iter()
+        .filter(|(prefix, _)| !want_underlay.contains(prefix))
+    {
+        if local.contains(&prefix.addr()) {
+            gone.push(ops.unroute_in(POD_TABLE_ID, *prefix, r));
+        } else if *r != OwnedRoute::Drop {
+            tombstones.push(ops.steer_in(POD_TABLE_ID, *prefix, RouteTarget::Drop));
+        }
+    }
+    rep.updated += pipelined(tombstones).await?.len();
+    rep.removed += pipelined(gone).await?.len();
 
     // stale routes next: pod CIDRs no peer of the mesh has any more
     let want_routes: BTreeSet<IpNet> = want
@@ -139,21 +170,25 @@ pub(super) async fn remove_all(
     let mut rep = ReconcileReport::default();
     // routes (to drop, or away), then tunnels, then SAs, then (without `keep_guard`) the
     // underlay guard; each kind's calls sent together
+    // (the pods' table and its default routes stay: pods are bound to it)
+    let all_routes = || {
+        let t0 = have.routes.iter().map(|(p, r)| (0, p, r));
+        let pods = have.pod_routes.iter().map(|(p, r)| (POD_TABLE_ID, p, r));
+        t0.chain(pods)
+    };
     let routes = if keep_guard {
         pipelined(
-            have.routes
-                .iter()
-                .filter(|(_, r)| **r != OwnedRoute::Drop)
-                .map(|(prefix, _)| ops.steer(*prefix, RouteTarget::Drop))
+            all_routes()
+                .filter(|(_, _, r)| **r != OwnedRoute::Drop)
+                .map(|(table, prefix, _)| ops.steer_in(table, *prefix, RouteTarget::Drop))
                 .collect::<Vec<_>>(),
         )
         .await?;
         Vec::new()
     } else {
         pipelined(
-            have.routes
-                .iter()
-                .map(|(prefix, r)| ops.unroute(*prefix, r))
+            all_routes()
+                .map(|(table, prefix, r)| ops.unroute_in(table, *prefix, r))
                 .collect::<Vec<_>>(),
         )
         .await?
@@ -210,14 +245,19 @@ async fn reconcile_peer(
     let current = have.tunnels.get(&p.instance).map(|t| t.sw_if_index);
     let lost = outbound_lost(have, mesh, p.id) || outbound_changed(have, p);
     let mut guard = RouteGuard::default();
-    for r in &p.routes {
-        let now = match have.routes.get(r) {
+    let routes = p.routes.iter().map(|r| (0, *r, have.routes.get(r)));
+    let underlay = p
+        .underlay_routes
+        .iter()
+        .map(|r| (POD_TABLE_ID, *r, have.pod_routes.get(r)));
+    for (table, r, found) in routes.chain(underlay) {
+        let now = match found {
             Some(OwnedRoute::Drop) => RouteTarget::Drop,
             Some(OwnedRoute::Via(sw)) if Some(*sw) == current => RouteTarget::Via(*sw),
             other => {
-                ops.steer(*r, RouteTarget::Drop).await?;
+                ops.steer_in(table, r, RouteTarget::Drop).await?;
                 if other.is_none() {
-                    guard.fresh.insert(*r);
+                    guard.fresh.insert((table, r));
                     rep.added += 1;
                 } else {
                     rep.updated += 1;
@@ -225,7 +265,7 @@ async fn reconcile_peer(
                 RouteTarget::Drop
             }
         };
-        guard.routes.insert(*r, now);
+        guard.routes.insert((table, r), now);
     }
 
     // 2. the tunnel, down until protected
@@ -278,6 +318,9 @@ async fn reconcile_peer(
     for sa in &p.sas {
         match have.sas.get(&sa.id) {
             Some(h) if sa_matches(h, sa) => rep.unchanged += 1,
+            // a previous epoch's inbound SA is kept as it is (found by its SPI), never
+            // replaced: made anew, its replay window and ESN high bits would start over
+            Some(_) if sa.kept => rep.unchanged += 1,
             Some(h) => {
                 guard.close(ops).await?;
                 if up {

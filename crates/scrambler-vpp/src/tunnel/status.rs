@@ -7,7 +7,7 @@ use scrambler_core::keys::spi;
 use scrambler_core::{Error, Generation, Mesh, Node, PeerStatus, Result, TunnelStatus};
 use scrambler_vpp_api::stats::{Combined, StatValue, StatsClient, StatsError};
 
-use super::ids::{peer_of_sa, sa_id, tunnel_instance, Direction};
+use super::ids::{peer_of_sa, sa_id, sa_id_slots, tunnel_instance, Direction};
 use super::plan::{guard_routes, underlay_pair};
 use super::readback::{outbound_lost, OwnedRoute, OwnedState};
 use crate::endpoint::DATAPLANE;
@@ -17,9 +17,19 @@ use crate::endpoint::DATAPLANE;
 pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 
 /// Key in [`TunnelStatus::errors`]: how many (local pod CIDR, peer underlay address) pairs
-/// the underlay guard drops. VPP pods cannot reach other nodes' underlay addresses yet:
-/// their traffic there is dropped, not encrypted (kernel pods reach them through the mesh).
+/// are not steered into the peer's tunnel in the pods' table (the peer's tunnel is not
+/// up, or the route is missing): pods' traffic to those addresses is dropped by the
+/// underlay guard, not encrypted. Pods outside the pods' VRF (attached to a gateway
+/// loopback an earlier release made in table 0, or by hand) are always dropped there and
+/// are not counted.
 pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
+
+/// Key in [`TunnelStatus::errors`] when a [`VppTunnel`](super::VppTunnel) with the host link
+/// finds it missing or incomplete (the veth, its tunnel address, or VPP's interface): the
+/// host does not reach remote pods, nor they the host. Not a leak as long as the host has
+/// no path to other nodes but VPP (a host NIC that VPP does not own is the operator's), so
+/// `fail_closed` is left as it is.
+pub const HOST_LINK_MISSING: &str = "ScramblerHostLinkMissing";
 
 /// Key in [`TunnelStatus::errors`] when the underlay guard (the SPD dropping pod traffic
 /// to peers' underlay addresses) is missing or incomplete: such traffic may then cross
@@ -190,9 +200,12 @@ pub(super) fn build(
             .iter()
             .copied()
             .filter(|g| {
-                let id = sa_id(Direction::Inbound, peer.id, *g);
+                // in whichever slot it is (see `place_inbound`); previous epochs' inbound
+                // SAs, kept beside it, are neither required nor in the way
                 let want = spi(peer.incarnation(), mesh.local.incarnation(), *g);
-                has_sa(id, want) && prot.is_some_and(|(_, i)| i.contains(&id))
+                sa_id_slots(Direction::Inbound, peer.id, *g)
+                    .iter()
+                    .any(|id| has_sa(*id, want) && prot.is_some_and(|(_, i)| i.contains(id)))
             })
             .collect();
         // the SA of the current epochs: its SPI tells it from one of earlier epochs

@@ -13,7 +13,10 @@
 //!   [`BYPASS_PRIORITY`]: the tunnels' ESP (outer source: the node's underlay address), the
 //!   node's own traffic and pods' traffic to any other destination pass as before.
 //!
-//! Encrypting that traffic instead needs the pods in their own VRF (see docs/design.md).
+//! Pods attached by Scrambler sit in their own VRF ([`POD_TABLE_ID`](super::POD_TABLE_ID)),
+//! where each peer's underlay address is routed into its tunnel (drop until it is up): the
+//! SPD is the second line, for a peer whose route is missing, and the only one for pods in
+//! table 0 (attached to a gateway an earlier release made there, or by hand).
 //! The SPD is Scrambler's by its id; a foreign SPD already bound to the underlay
 //! interface makes reconcile fail (VPP binds one SPD per interface).
 
@@ -203,11 +206,6 @@ impl HaveSpd {
 pub(super) fn in_place(have: &HaveSpd, want: &BTreeSet<Policy>, ifs: &BTreeSet<u32>) -> bool {
     let policies: BTreeSet<Policy> = have.policies.iter().map(|(p, _)| *p).collect();
     have.exists && want.is_subset(&policies) && ifs.is_subset(&have.bound)
-}
-
-/// The number of discard policies in `want` (local pod CIDR → peer underlay address).
-pub(super) fn discards(want: &BTreeSet<Policy>) -> usize {
-    want.iter().filter(|p| p.discard).count()
 }
 
 /// Brings the SPD to `want`, bound to the interfaces `ifs`: missing policies first, then

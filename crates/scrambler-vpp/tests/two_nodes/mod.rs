@@ -30,6 +30,7 @@ fn mesh_node(name: &str, id: u32, n: u8) -> Node {
         epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
         underlay: vec![format!("192.0.2.{n}").parse().unwrap()],
         pod_cidrs: vec![format!("10.{n}.0.0/24").parse().unwrap()],
+        previous_epochs: Vec::new(),
     }
 }
 

@@ -17,6 +17,7 @@ pub fn node(id: u32) -> Node {
         epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
         underlay: vec![format!("192.0.2.{id}").parse().unwrap()],
         pod_cidrs: vec![format!("10.0.{id}.0/24").parse().unwrap()],
+        previous_epochs: Vec::new(),
     }
 }
 
@@ -30,6 +31,7 @@ pub fn big_node(id: u32) -> Node {
         pod_cidrs: vec![format!("10.{}.{}.0/24", 100 + id / 256, id % 256)
             .parse()
             .unwrap()],
+        previous_epochs: Vec::new(),
     }
 }
 
@@ -54,6 +56,7 @@ pub fn node6(id: u32) -> Node {
             format!("10.0.{id}.0/24").parse().unwrap(),
             format!("fd10:0:{id:x}::/64").parse().unwrap(),
         ],
+        previous_epochs: Vec::new(),
     }
 }
 

@@ -413,8 +413,9 @@ pub struct TestReport {
     /// Node ↔ remote pod, per probe (`node1 host -> node2 pod`, `node2 pod -> node1
     /// tunnel address`, `node2 pod -> node1 underlay`, and one NodePort-style DNAT +
     /// masquerade on a node's underlay address to a pod on another node): pings ok, pings
-    /// tried. Kernel-dataplane nodes only: they hold a tunnel address and steer pods'
-    /// traffic to peers' underlay addresses into the mesh (VPP nodes do not yet).
+    /// tried. Every node's host holds a tunnel address (a VPP node's on its host link);
+    /// a VPP node's underlay address is VPP's own, so VPP answers the underlay probes to
+    /// it; the NodePort goes to kernel-dataplane nodes only.
     pub node_pod: BTreeMap<String, (usize, usize)>,
     /// Underlay verdict.
     pub underlay: capture::Verdict,
@@ -531,11 +532,11 @@ pub async fn test(name: &str) -> Result<TestReport> {
     })
 }
 
-/// Node ↔ remote pod probes, with their labels: from the host namespace of every node on
-/// the kernel dataplane to the first pod of every other node, from the first pod of every
-/// other node to that node's tunnel address (the first address of its pod CIDR), and from
-/// the first pod of every other kernel-dataplane node to that node's underlay address
-/// (the `kubernetes` Service or a kubelet on another node).
+/// Node ↔ remote pod probes, with their labels: from the host namespace of every node (a
+/// VPP node's through its host link) to the first pod of every other node, from the first
+/// pod of every other node to that node's tunnel address (the first address of its pod
+/// CIDR), and from the first pod of every other node to that node's underlay address (the
+/// `kubernetes` Service or a kubelet on another node; on a VPP node VPP answers it).
 fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
     let names = state.names();
     let first_pods: Vec<&PodInfo> = (1..=state.spec.nodes)
@@ -543,9 +544,6 @@ fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
         .collect();
     let (mut pings, mut labels) = (Vec::new(), Vec::new());
     for i in 1..=state.spec.nodes {
-        if !is_kernel(state, i) {
-            continue;
-        }
         let Ok(node) = topology::node_desc(&names, i) else {
             continue;
         };
@@ -571,9 +569,7 @@ fn node_pod_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
                 names.node(pod.node),
                 names.node(i)
             ));
-            if !is_kernel(state, pod.node) {
-                continue;
-            }
+
             for ul in &node.underlay {
                 pings.push(probe::Ping {
                     from: pod.name.clone(),

@@ -80,6 +80,7 @@ pub fn node_desc(names: &Names, i: usize) -> Result<Node> {
         epoch: Epoch::generate(None)?,
         underlay: vec![ul],
         pod_cidrs: vec![cidr],
+        previous_epochs: Vec::new(),
     })
 }
 

@@ -1,0 +1,340 @@
+//! The host link: the node's own (Linux) network stack joined to its VPP, so that node ↔
+//! remote pod traffic rides the mesh like pod traffic.
+//!
+//! VPP owns the node's uplink, so the host has no path to other nodes but through VPP.
+//! Without linux-cp the host is attached to VPP as a pod is (see [`crate::attach`]): a veth
+//! pair in the node's namespace, [`HOST_LINK_IF`] on the host side, [`HOST_LINK_VPP_IF`]
+//! taken by VPP with af_packet, both ends marked with the `ifalias` [`HOST_LINK_ALIAS`].
+//!
+//! * **host side**: the node's IPv4 tunnel address ([`scrambler_core::Node::tunnel_address`],
+//!   the first address of its pod CIDR) as a /32, a permanent neighbour for the VPP gateway
+//!   ([`GATEWAY_V4`] → [`HOST_LINK_MAC`]), a link route to it, and a route per IPv4
+//!   cluster CIDR via the gateway with the tunnel address as source (route protocol
+//!   [`ROUTE_PROTO`]): the host's traffic to pods leaves from its tunnel address, into VPP.
+//! * **VPP side**: the af_packet interface, tagged [`HOST_LINK_TAG`], MAC
+//!   [`HOST_LINK_MAC`], unnumbered to the gateway loopback (so in the pods' VRF), up; a
+//!   static neighbour for the tunnel address and a route `<tunnel address>/32` out of it in
+//!   table 0 (where the tunnels deliver).
+//!
+//! So a remote pod reaches the host at the tunnel address (VPP decrypts and routes the /32
+//! into the link), and the host reaches remote pods (VPP routes them by the peers' pod
+//! CIDR routes into the protected tunnels): node ↔ remote pod traffic is pod-CIDR traffic
+//! on the wire, encrypted, and fails closed with the same routes (drop until the tunnel is
+//! protected and up, the cluster guard's drop for nodes not in the mesh). The host's
+//! packets to pods have no other way out than VPP, whatever the state of the link.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use ipnet::IpNet;
+use scrambler_core::{esp, Error, Mesh, Netns, ReconcileReport, Result};
+use scrambler_netlink::address::Scope;
+use scrambler_netlink::veth::{create_veth, Initially, VethSpec};
+use scrambler_netlink::{parse_mac, Exists, LinkState, Nl, RouteSpec, ROUTE_PROTO};
+use scrambler_vpp_api::api::interface;
+use scrambler_vpp_api::VppClient;
+
+use crate::attach::ops::{vpp_err, AttachCalls};
+use crate::attach::{DEFAULT_UNDERLAY_MTU, GATEWAY_V4, POD_TX_FRAMES};
+
+/// The host end of the host link (holds the node's tunnel address).
+pub const HOST_LINK_IF: &str = "scrambler0";
+/// The end of the host link VPP takes (`host-scrambler0-vpp` in VPP).
+pub const HOST_LINK_VPP_IF: &str = "scrambler0-vpp";
+/// The VPP tag of the host link's interface.
+pub const HOST_LINK_TAG: &str = "scrambler:host";
+/// The `ifalias` of both veth ends of the host link.
+pub const HOST_LINK_ALIAS: &str = "scrambler-vpp/host";
+/// The MAC of VPP's end of the host link.
+pub const HOST_LINK_MAC: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 2];
+
+/// The host link's MTU: the pod MTU of a 1500-byte underlay (ESP overhead left room).
+fn mtu() -> u32 {
+    esp::pod_mtu(DEFAULT_UNDERLAY_MTU, false)
+}
+
+/// The node's IPv4 tunnel address, if its pod CIDRs give one.
+fn tunnel_v4(mesh: &Mesh) -> Option<Ipv4Addr> {
+    match mesh.local.tunnel_address(false) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    }
+}
+
+/// The host's routes into VPP: every IPv4 cluster CIDR via the gateway, from `src`.
+fn host_routes(mesh: &Mesh, oif: u32, src: Ipv4Addr) -> Vec<RouteSpec> {
+    mesh.cluster_cidrs
+        .iter()
+        .filter(|c| c.addr().is_ipv4())
+        .map(|c| {
+            RouteSpec::new(c.trunc(), Some(IpAddr::V4(GATEWAY_V4)), oif)
+                .with_src(Some(IpAddr::V4(src)))
+        })
+        .collect()
+}
+
+/// A link of ours by name: `None` when there is none, an error when the name is taken by
+/// something that is not Scrambler's host link.
+async fn owned_link(nl: &Nl, name: &str) -> Result<Option<LinkState>> {
+    match nl.link_by_name(name).await? {
+        None => Ok(None),
+        Some(l)
+            if l.kind.as_deref() == Some("veth") && l.alias.as_deref() == Some(HOST_LINK_ALIAS) =>
+        {
+            Ok(Some(l))
+        }
+        Some(l) => Err(Error::AlreadyExists {
+            object: nl.obj(&l.name),
+            reason: format!(
+                "the name of Scrambler's VPP host link is taken by an interface that is not \
+                 its (kind {:?}, alias {:?}): rename or remove it",
+                l.kind, l.alias
+            ),
+        }),
+    }
+}
+
+/// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`. A node without an
+/// IPv4 tunnel address gets none.
+pub(super) async fn reconcile(
+    c: &VppClient,
+    netns: &Netns,
+    mesh: &Mesh,
+) -> Result<ReconcileReport> {
+    let mut rep = ReconcileReport::default();
+    let Some(addr) = tunnel_v4(mesh) else {
+        return Ok(rep);
+    };
+    let nl = Nl::open(netns).await?;
+    let ops = AttachCalls { c };
+
+    // a link holding another address (the node's pod CIDR changed) is made afresh
+    if let Some(l) = owned_link(&nl, HOST_LINK_IF).await? {
+        let have = nl.addresses(l.index).await?;
+        if have
+            .iter()
+            .any(|a| a.addr().is_ipv4() && *a != IpNet::from(IpAddr::V4(addr)))
+        {
+            rep.removed += remove(c, netns).await?;
+        }
+    }
+
+    // the veth pair, both ends in the node's namespace, marked ours (alias) right after it is
+    // made; a name taken by a link without the alias is refused above, never adopted
+    let host = match owned_link(&nl, HOST_LINK_IF).await? {
+        Some(l) => {
+            rep.unchanged += 1;
+            l
+        }
+        None => {
+            if owned_link(&nl, HOST_LINK_VPP_IF).await?.is_some() {
+                // a pair is deleted as a whole: an end alone is not ours to guess about
+                return Err(Error::AlreadyExists {
+                    object: nl.obj(HOST_LINK_VPP_IF),
+                    reason: format!("host link end without its peer {HOST_LINK_IF}"),
+                });
+            }
+            let ns = netns.open()?;
+            create_veth(
+                &nl,
+                &VethSpec {
+                    name: HOST_LINK_IF,
+                    peer_name: HOST_LINK_VPP_IF,
+                    peer_netns_fd: ns.as_raw_fd(),
+                    mtu: mtu(),
+                    state: Initially::Up,
+                },
+            )
+            .await?;
+            rep.added += 1;
+            for name in [HOST_LINK_IF, HOST_LINK_VPP_IF] {
+                let l = nl.existing_link(name).await?;
+                nl.set_alias(l.index, name, HOST_LINK_ALIAS).await?;
+            }
+            nl.existing_link(HOST_LINK_IF).await?
+        }
+    };
+    let vpp_end = nl.existing_link(HOST_LINK_VPP_IF).await?;
+    for l in [&host, &vpp_end] {
+        if !l.up {
+            nl.set_up(l.index, &l.name).await?;
+            rep.updated += 1;
+        }
+    }
+    let host_mac = host.mac.as_deref().and_then(parse_mac).ok_or_else(|| {
+        Error::kernel(
+            "read MAC of",
+            nl.obj(HOST_LINK_IF),
+            "the veth reports no MAC",
+        )
+    })?;
+
+    // VPP's end: af_packet, unnumbered to the gateway loopback, up
+    let (gw, table) = ops.ensure_gateway().await?;
+    let sw = match ops.pod_interface(HOST_LINK_VPP_IF).await? {
+        Some(p) if p.tag == HOST_LINK_TAG => {
+            rep.unchanged += 1;
+            p.sw_if_index
+        }
+        Some(p) => {
+            return Err(Error::AlreadyExists {
+                object: format!("VPP interface host-{HOST_LINK_VPP_IF}"),
+                reason: format!(
+                    "it is tagged {:?}, not {HOST_LINK_TAG:?}: not Scrambler's host link",
+                    p.tag
+                ),
+            })
+        }
+        None => {
+            rep.added += 1;
+            ops.create_pod_interface(
+                HOST_LINK_TAG,
+                HOST_LINK_VPP_IF,
+                HOST_LINK_MAC,
+                POD_TX_FRAMES,
+            )
+            .await?
+        }
+    };
+    // unnumbered to the gateway, so in its table (the pods' VRF); all idempotent: a
+    // reconcile that died between creating and configuring finishes it
+    if ops.interface_table(sw).await? != table {
+        ops.set_table(sw, table).await?;
+    }
+    c.request(&interface::SwInterfaceSetUnnumbered {
+        sw_if_index: gw,
+        unnumbered_sw_if_index: sw,
+        is_add: true,
+    })
+    .await
+    .map_err(vpp_err("make unnumbered to the gateway", HOST_LINK_VPP_IF))?;
+    ops.set_up(sw, HOST_LINK_VPP_IF).await?;
+
+    // VPP: the tunnel address behind the link
+    let ip = IpAddr::V4(addr);
+    let neigh = ops.neighbours(sw, false).await?;
+    if !neigh.contains(&(ip, host_mac)) {
+        for (old, mac) in neigh.iter().filter(|(a, _)| *a == ip) {
+            ops.neighbour(sw, *old, *mac, false).await?;
+        }
+        ops.neighbour(sw, ip, host_mac, true).await?;
+        rep.added += 1;
+    }
+    let routed = ops.routes_via(sw, false).await?;
+    if !routed.contains(&IpNet::from(ip)) {
+        ops.route(sw, ip, true).await?;
+        rep.added += 1;
+    }
+    // a former tunnel address (the node's pod CIDR changed) goes
+    for p in routed
+        .iter()
+        .filter(|p| p.addr() != ip && p.prefix_len() == 32)
+    {
+        ops.route(sw, p.addr(), false).await?;
+        rep.removed += 1;
+    }
+
+    // the host: its tunnel address, the gateway as a permanent neighbour, routes into VPP
+    let want = IpNet::from(ip);
+    if nl
+        .add_address(&host, want, Scope::Global, Exists::Keep)
+        .await?
+    {
+        rep.added += 1;
+    }
+    let gw_ip = IpAddr::V4(GATEWAY_V4);
+    let host_neigh = nl.neighbours(host.index).await?;
+    if !host_neigh
+        .iter()
+        .any(|n| n.ip == gw_ip && n.mac == Some(HOST_LINK_MAC) && n.permanent)
+    {
+        if host_neigh.iter().any(|n| n.ip == gw_ip) {
+            return Err(Error::AlreadyExists {
+                object: format!("neighbour {gw_ip} on {}", nl.obj(HOST_LINK_IF)),
+                reason: "it is not the permanent entry Scrambler sets".into(),
+            });
+        }
+        nl.add_permanent_neighbour(host.index, HOST_LINK_IF, gw_ip, &HOST_LINK_MAC)
+            .await?;
+        rep.added += 1;
+    }
+    let link_route = RouteSpec::new(IpNet::from(gw_ip), None, host.index);
+    let routes = host_routes(mesh, host.index, addr);
+    let owned = nl.owned_routes(host.index, ROUTE_PROTO).await?;
+    for r in std::iter::once(&link_route).chain(&routes) {
+        let present = owned
+            .iter()
+            .any(|o| o.dst == r.dst && o.gw == r.gw && o.src == r.src);
+        if present {
+            rep.unchanged += 1;
+            continue;
+        }
+        if !nl.add_route(r, Exists::Keep).await? {
+            return Err(Error::AlreadyExists {
+                object: format!("route {} {}", r.name(), nl.obj("")),
+                reason: "a route to that destination that is not Scrambler's host link's \
+                         exists: the host's traffic to pods would not reach VPP"
+                    .into(),
+            });
+        }
+        rep.added += 1;
+    }
+    let stale: Vec<RouteSpec> = owned
+        .iter()
+        .filter(|o| {
+            !std::iter::once(&link_route)
+                .chain(&routes)
+                .any(|r| o.dst == r.dst && o.gw == r.gw)
+        })
+        .map(|o| RouteSpec::new(o.dst, o.gw, host.index).with_src(o.src))
+        .collect();
+    rep.removed += stale.len();
+    nl.delete_routes(&stale).await?;
+    Ok(rep)
+}
+
+/// Whether the host link of the node in `netns` is in place for `mesh`: the veth pair up
+/// with the tunnel address, VPP's tagged interface up with the /32 route (true when the
+/// node has no IPv4 tunnel address).
+pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Result<bool> {
+    let Some(addr) = tunnel_v4(mesh) else {
+        return Ok(true);
+    };
+    let nl = Nl::open(netns).await?;
+    let Some(host) = owned_link(&nl, HOST_LINK_IF).await.ok().flatten() else {
+        return Ok(false);
+    };
+    let want = IpNet::from(IpAddr::V4(addr));
+    if !host.up || !nl.addresses(host.index).await?.contains(&want) {
+        return Ok(false);
+    }
+    let ops = AttachCalls { c };
+    match ops.pod_interface(HOST_LINK_VPP_IF).await? {
+        Some(p) if p.tag == HOST_LINK_TAG && p.up => {
+            Ok(ops.routes_via(p.sw_if_index, false).await?.contains(&want))
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Takes the host link away (VPP's interface with its neighbour and route, then the veth
+/// pair with the host's address and routes); returns how many objects went.
+pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {
+    let ops = AttachCalls { c };
+    let mut n = 0;
+    if let Some(p) = ops.pod_interface(HOST_LINK_VPP_IF).await? {
+        if p.tag == HOST_LINK_TAG {
+            ops.remove_found_pod_interface(&p).await?;
+            n += 1;
+        }
+    }
+    let nl = Nl::open(netns).await?;
+    for name in [HOST_LINK_IF, HOST_LINK_VPP_IF] {
+        if let Some(l) = owned_link(&nl, name).await? {
+            if nl.delete_link(l.index, name).await? {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}

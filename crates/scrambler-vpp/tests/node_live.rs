@@ -1,0 +1,336 @@
+//! Node ↔ remote pod traffic on real VPPs, through the host link
+//! ([`VppTunnel::with_host_link`]): each node's host (the namespace its VPP runs in) holds
+//! its tunnel address and reaches the other node's pod through the ESP tunnel; that pod
+//! reaches the host at its tunnel address; nothing but ESP on the underlay, also while the
+//! tunnel is broken, the peer is gone from the mesh or the mesh is removed keeping the
+//! guard (then the host's traffic is dropped). And pods attached by [`VppAttach`] (in the
+//! pods' VRF) reach the peer's underlay address through the tunnel.
+
+mod two_nodes;
+
+use scrambler_core::{AttachRequest, AttachmentId, CniResult, IpConfig, NodeId, Tunnel};
+use scrambler_netlink::AttachOnce;
+use scrambler_testkit::netns::{veth, TestNetns};
+use scrambler_testkit::vpp::{api_sock_resolver, VppInstance};
+use scrambler_vpp::attach::VppAttach;
+use scrambler_vpp::tunnel::{
+    tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_MISSING, HOST_LINK_VPP_IF, POD_TABLE_ID,
+    POD_TO_PEER_UNDERLAY_DROPPED,
+};
+use two_nodes::{capture, TwoNodes};
+
+/// A pod in a namespace of its own beside node `n`'s VPP: `eth0` 10.n.0.2/24, its gateway
+/// VPP's 10.n.0.254 on the other end (af_packet). (Not 10.n.0.1: that is the node's tunnel
+/// address, which the host holds.)
+async fn pod(vpp: &VppInstance, n: u8) -> TestNetns {
+    let ns = TestNetns::new(&format!("pod{n}"));
+    veth(&ns, "eth0", &vpp.netns, "vpod0");
+    ns.ip(&["addr", "add", &format!("10.{n}.0.2/24"), "dev", "eth0"]);
+    ns.ip(&["route", "add", "default", "via", &format!("10.{n}.0.254")]);
+    vpp.host_interface("vpod0", [2, 0xfe, 0, 0, 2, n], &format!("10.{n}.0.254/24"))
+        .await;
+    ns
+}
+
+/// Pings `to` from `ns`: `count` echoes, 0.2 s apart.
+fn ping_from(ns: &TestNetns, to: &str, count: u32) -> (bool, String) {
+    ns.exec(&[
+        "busybox",
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        to,
+    ])
+}
+
+/// The echo requests the Linux stack of `ns` has answered (`Icmp: InEchos`).
+fn in_echos(ns: &TestNetns) -> u64 {
+    let (_, snmp) = ns.exec(&["cat", "/proc/net/snmp"]);
+    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|f| f == "InEchos")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Host of node a pings `to` while a's underlay is captured: (answered, non-ESP text,
+/// ESP packets seen).
+fn host_a_pings(t: &TwoNodes, to: &str, count: u32) -> (bool, String, usize) {
+    let (all, (ok, _)) = capture(&t.a, "ip", || ping_from(&t.a.netns, to, count));
+    let esp = all.lines().filter(|l| l.contains("ESP")).count();
+    let leaks: Vec<&str> = all.lines().filter(|l| !l.contains("ESP")).collect();
+    (ok, leaks.join("\n"), esp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail_closed() {
+    let mut t = TwoNodes::underlay("scr-nd").await;
+    let pa = pod(&t.a, 1).await;
+    let pb = pod(&t.b, 2).await;
+    t.dp = VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b])).with_host_link(true);
+    // a route that would carry cluster traffic out of the uplink in clear (a default
+    // route's stand-in): only Scrambler's routes keep the host's traffic off it
+    t.a.vppctl(&[
+        "ip",
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "via",
+        "192.0.2.2",
+        "host-ul0",
+    ]);
+    let (ok, _) = ping_from(&t.a.netns, "10.2.0.2", 1);
+    assert!(!ok, "the host reached a remote pod before the mesh");
+
+    let (ra, rb) = t.apply().await;
+    assert!(ra.added > 0 && rb.added > 0, "{ra:?} {rb:?}");
+    let rep = t.reconcile("a").await;
+    assert!(rep.is_noop(), "second reconcile changed {rep:?}");
+    let links = t.a.netns.ip(&["-d", "addr", "show", HOST_LINK_IF]);
+    assert!(links.contains("inet 10.1.0.1/32"), "{links}");
+    let routes = t.a.netns.ip(&["route", "show", "10.0.0.0/12"]);
+    assert!(
+        routes.contains("via 169.254.1.1") && routes.contains("src 10.1.0.1"),
+        "{routes}"
+    );
+    assert!(t
+        .a
+        .af_packet_names()
+        .await
+        .contains(&HOST_LINK_VPP_IF.to_string()));
+    let st = t.dp.status(&t.a.netns.netns(), &t.mesh("a")).await.unwrap();
+    assert!(!st.errors.contains_key(HOST_LINK_MISSING), "{st:?}");
+
+    // 1. host a -> pod b: from a's tunnel address, into the tunnel, ESP only
+    let (ok, leaks, esp) = host_a_pings(&t, "10.2.0.2", 3);
+    assert!(ok, "host a -> pod b failed");
+    assert!(leaks.is_empty(), "host a -> pod b, not ESP:\n{leaks}");
+    // (the capture may start a moment after the first echo)
+    assert!(esp >= 4, "{esp} ESP packets for 3 echoes and replies");
+
+    // 2. pod b -> host a's tunnel address: answered by a's Linux stack, not by VPP
+    let before = in_echos(&t.a.netns);
+    let (all, (ok, out)) = capture(&t.a, "ip", || ping_from(&pb, "10.1.0.1", 3));
+    assert!(ok, "pod b -> host a failed: {out}");
+    assert!(
+        all.lines().all(|l| l.contains("ESP")) && all.lines().count() >= 4,
+        "pod b -> host a on the wire:\n{all}"
+    );
+    assert!(
+        in_echos(&t.a.netns) >= before + 3,
+        "host a's stack did not answer the echoes"
+    );
+
+    // 3. the other way round (b's host, a's pod), a host to its own pod through VPP, and
+    //    host to host by tunnel addresses
+    let (ok, out) = ping_from(&t.b.netns, "10.1.0.2", 2);
+    assert!(ok, "host b -> pod a failed: {out}");
+    let (ok, out) = ping_from(&pa, "10.2.0.1", 2);
+    assert!(ok, "pod a -> host b failed: {out}");
+    let (ok, out) = ping_from(&t.a.netns, "10.1.0.2", 2);
+    assert!(ok, "host a -> its own pod failed: {out}");
+    let (ok, leaks, _) = host_a_pings(&t, "10.2.0.1", 2);
+    assert!(ok && leaks.is_empty(), "host a -> host b: {ok}\n{leaks}");
+
+    // 4. the tunnel's protection deleted behind Scrambler's back: dropped, never clear
+    let tunnel = format!("ipip{}", tunnel_instance(NodeId::new(2).unwrap()));
+    t.a.vppctl(&["ipsec", "tunnel", "protect", "del", &tunnel]);
+    let (ok, leaks, _) = host_a_pings(&t, "10.2.0.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "unprotected tunnel: ping {ok}, leaks:\n{leaks}"
+    );
+    let rep = t.reconcile("a").await;
+    assert!(!rep.is_noop(), "nothing repaired");
+    let (ok, leaks, _) = host_a_pings(&t, "10.2.0.2", 2);
+    assert!(ok && leaks.is_empty(), "after repair: {ok}\n{leaks}");
+
+    // 5. the peer gone from a's mesh: the cluster guard drops the host's traffic
+    let na = t.a.netns.netns();
+    let mut alone = t.mesh("a");
+    alone.peers.clear();
+    t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
+    let (ok, leaks, _) = host_a_pings(&t, "10.2.0.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "peer removed: ping {ok}, leaks:\n{leaks}"
+    );
+
+    // 6. back (a new generation: the old outbound SA's key has sent), then `mesh remove`
+    //    keeping the guard: the host link stays, its traffic meets the drop routes
+    t.cluster.keys = scrambler_core::Keys::single(2);
+    t.apply().await;
+    let (ok, _, _) = host_a_pings(&t, "10.2.0.2", 2);
+    assert!(ok, "host a -> pod b after rejoin failed");
+    t.dp.remove_keeping_guard(&na).await.unwrap();
+    let (ok, leaks, _) = host_a_pings(&t, "10.2.0.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "after mesh remove: ping {ok}, leaks:\n{leaks}"
+    );
+    assert!(t.a.netns.ip(&["link", "show"]).contains(HOST_LINK_IF));
+
+    // 7. remove takes the host link: no veth, no VPP interface
+    let rep = t.dp.remove(&na).await.unwrap();
+    assert!(rep.removed > 0, "{rep:?}");
+    let links = t.a.netns.ip(&["link", "show"]);
+    assert!(!links.contains(HOST_LINK_IF), "{links}");
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
+    assert!(!t
+        .a
+        .af_packet_names()
+        .await
+        .contains(&HOST_LINK_VPP_IF.to_string()));
+}
+
+/// A pod attached to node `vpp`'s VPP by [`VppAttach`] with address `addr`.
+async fn attached_pod(
+    att: &VppAttach,
+    vpp: &VppInstance,
+    cid: &str,
+    addr: &str,
+) -> (TestNetns, AttachRequest) {
+    let ns = TestNetns::new(cid);
+    let req = AttachRequest {
+        id: AttachmentId::new(cid, "eth0"),
+        pod_netns: ns.netns(),
+        args: vec![],
+        mtu: None,
+    };
+    let addrs = CniResult {
+        ips: vec![IpConfig {
+            address: addr.parse().unwrap(),
+            gateway: None,
+            interface: None,
+        }],
+        ..Default::default()
+    };
+    let node = vpp.netns.netns();
+    let res = att.attach_in(&node, &req, &addrs).await.unwrap();
+    att.check_in(&node, &req, &res).await.unwrap();
+    (ns, req)
+}
+
+/// Pings `to` from `pod` while node a's underlay is captured: (answered, non-ESP text,
+/// ESP packets seen).
+fn pod_pings(t: &TwoNodes, pod: &TestNetns, to: &str, count: u32) -> (bool, String, usize) {
+    let (all, (ok, _)) = capture(&t.a, "ip", || ping_from(pod, to, count));
+    let esp = all.lines().filter(|l| l.contains("ESP")).count();
+    let leaks: Vec<&str> = all.lines().filter(|l| !l.contains("ESP")).collect();
+    (ok, leaks.join("\n"), esp)
+}
+
+/// Pods attached by [`VppAttach`] sit in the pods' VRF, where each peer's underlay address
+/// is routed into its tunnel: a pod reaches the peer's underlay address (the API server, a
+/// kubelet; here the peer VPP answers) encrypted, and the peer's pods reach this node's.
+/// While the tunnel is unprotected, the peer is gone from the mesh or the mesh is removed
+/// keeping the guard, the traffic is dropped, never sent in the clear; `remove` (guard
+/// too) lets it out in the clear (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_pods_reach_peer_underlay_addresses_encrypted_and_fail_closed() {
+    let mut t = TwoNodes::underlay("scr-nu").await;
+    let att = VppAttach::with_resolver(api_sock_resolver(&[&t.a, &t.b]));
+    t.apply().await;
+    let (pa, ra) = attached_pod(&att, &t.a, "nupa", "10.1.0.2/24").await;
+    let (pb, rb) = attached_pod(&att, &t.b, "nupb", "10.2.0.2/24").await;
+    let fib =
+        t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    assert!(
+        fib.contains("192.0.2.2/32") && fib.contains("10.1.0.2/32"),
+        "{fib}"
+    );
+    assert!(t.reconcile("a").await.is_noop());
+    let na = t.a.netns.netns();
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(
+        st.fail_closed && !st.errors.contains_key(POD_TO_PEER_UNDERLAY_DROPPED),
+        "{st:?}"
+    );
+
+    // pod a -> b's underlay address, b's pod -> a's: through the tunnel, ESP only
+    let (ok, leaks, esp) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(ok, "pod a -> b's underlay failed");
+    assert!(leaks.is_empty() && esp >= 4, "{esp} ESP, not ESP:\n{leaks}");
+    let (ok, out) = ping_from(&pb, "192.0.2.1", 2);
+    assert!(ok, "pod b -> a's underlay failed: {out}");
+    // pods to each other, and a pod to its own node's underlay address, as before
+    let (ok, out) = ping_from(&pa, "10.2.0.2", 2);
+    assert!(ok, "pod a -> pod b failed: {out}");
+    let (ok, out) = ping_from(&pa, "192.0.2.1", 2);
+    assert!(ok, "pod a -> own underlay failed: {out}");
+
+    // the protection deleted behind Scrambler's back: dropped
+    let tunnel = format!("ipip{}", tunnel_instance(NodeId::new(2).unwrap()));
+    t.a.vppctl(&["ipsec", "tunnel", "protect", "del", &tunnel]);
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "unprotected: ping {ok}, leaks:\n{leaks}"
+    );
+    assert!(!t.reconcile("a").await.is_noop());
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 2);
+    assert!(ok && leaks.is_empty(), "after repair: {ok}\n{leaks}");
+
+    // the peer gone from a's mesh: its underlay route stays as a drop (a tombstone: the
+    // underlay guard's discard went with the peer)
+    let mut alone = t.mesh("a");
+    alone.peers.clear();
+    t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
+    assert!(t
+        .dp
+        .reconcile(&na, &alone, &t.secret)
+        .await
+        .unwrap()
+        .is_noop());
+    let fib =
+        t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    let entry = fib.split("192.0.2.2/32").nth(1).unwrap_or_default();
+    assert!(
+        entry.lines().take(5).any(|l| l.contains("dpo-drop")),
+        "{fib}"
+    );
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "peer removed: ping {ok}, leaks:\n{leaks}"
+    );
+
+    // back under a new generation, then `mesh remove` keeping the guard: dropped
+    t.cluster.keys = scrambler_core::Keys::single(2);
+    t.apply().await;
+    let (ok, _, _) = pod_pings(&t, &pa, "192.0.2.2", 2);
+    assert!(ok, "after rejoin");
+    t.dp.remove_keeping_guard(&na).await.unwrap();
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert_eq!(
+        st.errors.get(POD_TO_PEER_UNDERLAY_DROPPED),
+        Some(&1),
+        "{st:?}"
+    );
+    let (ok, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 3);
+    assert!(
+        !ok && leaks.is_empty(),
+        "after mesh remove: ping {ok}, leaks:\n{leaks}"
+    );
+
+    // control: without any guard the pod's echo requests leave in the clear on this wire
+    t.dp.remove(&na).await.unwrap();
+    let (_, leaks, _) = pod_pings(&t, &pa, "192.0.2.2", 2);
+    assert!(
+        leaks.contains("ICMP echo request"),
+        "the control leak did not show:\n{leaks}"
+    );
+
+    att.detach_in(&na, &ra).await.unwrap();
+    att.detach_in(&t.b.netns.netns(), &rb).await.unwrap();
+    let fib =
+        t.a.vppctl(&["show", "ip", "fib", "table", &POD_TABLE_ID.to_string()]);
+    assert!(!fib.contains("10.1.0.2/32"), "{fib}");
+}
