@@ -116,6 +116,7 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
         requested: protocol::requested_ips(req)?,
     };
     let fault = fault::requested(&req.env)?;
+    let mut guarded = None;
     if let Some(path) = status_file {
         let cluster_cidrs = guard_in_place(path).map_err(|e| {
             Error::TryAgainLater(format!(
@@ -133,12 +134,16 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
                     "the node's fail-closed guard is not in place in the dataplane: {e}"
                 ))
             })?;
+        guarded = Some(cluster_cidrs);
     }
     // the pod namespace is checked here, once, and the connections opened for the command
     let sockets = AttachSockets::open_for_add(host, &areq).await?;
     let allocation = Box::pin(async {
         let addrs = ipam.allocate(&alloc).await.map_err(AddError::Unleased)?;
         tracing::debug!(ips = ?addrs.ips, ipam = ipam.name(), "allocated");
+        if let Some(cidrs) = &guarded {
+            outside_guard(&addrs, cidrs).map_err(AddError::Leased)?;
+        }
         fault
             .check(FaultStage::AfterIpam)
             .map_err(AddError::Leased)?;
@@ -169,6 +174,34 @@ async fn add(req: &Request, host: &Netns) -> Result<serde_json::Value> {
             Err(e)
         }
     }
+}
+
+/// With a tunnel status file, every address the IPAM gave the pod must lie in one of the
+/// guarded `clusterCidrs`: an address outside them — typically the other family of a
+/// dual-stack range set when the mesh guards one family only — would be a pod whose
+/// traffic of that family nothing keeps off the underlay in cleartext. Code 7, naming
+/// the address and its family.
+fn outside_guard(addrs: &CniResult, cluster_cidrs: &[ipnet::IpNet]) -> Result<()> {
+    let Some(ip) = addrs
+        .ips
+        .iter()
+        .find(|ip| !cluster_cidrs.iter().any(|c| c.contains(&ip.address.addr())))
+    else {
+        return Ok(());
+    };
+    let family = if ip.address.addr().is_ipv6() {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
+    let cidrs: Vec<String> = cluster_cidrs.iter().map(ToString::to_string).collect();
+    Err(Error::config(format!(
+        "the IPAM gave the pod {} ({family}), outside the node's guarded clusterCidrs ({}): \
+         its {family} traffic would not be guarded; add an {family} cluster CIDR to the mesh \
+         or remove the {family} range from the IPAM",
+        ip.address,
+        cidrs.join(", ")
+    )))
 }
 
 async fn release_after_failure(ipam: &SelectedIpam, areq: &AttachRequest) {

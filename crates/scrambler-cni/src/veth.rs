@@ -20,7 +20,9 @@
 //!   [`scrambler_netlink::ROUTE_PROTO`]) and has forwarding on; from there the node's routing
 //!   and the xfrm mesh carry the packet to other nodes.
 //! - MTU: the conf's `mtu`, else [`scrambler_core::esp::pod_mtu`] of the MTU of the node's
-//!   default-route interface (1500 when it has none), so ESP never fragments.
+//!   default-route interface (1500 when it has none), so ESP never fragments; with default
+//!   routes of both families, the smaller result (an IPv6 underlay's outer header is 20
+//!   bytes longer, and an IPv6-only underlay may still carry an IPv4 default route).
 //!
 //! Everything hangs off the host end: deleting it removes the pod end, the node routes and
 //! the pod's addresses and routes. That is how a failed ADD is undone and how DEL works.
@@ -103,11 +105,16 @@ impl VethAttach {
             }
             return Ok(m);
         }
-        let (underlay, v6) = host
-            .default_route_mtu()
-            .await?
-            .unwrap_or((DEFAULT_UNDERLAY_MTU, false));
-        Ok(esp::pod_mtu(underlay, v6))
+        // the ESP's outer family is the underlay's, which a default route does not tell
+        // (an IPv6-only underlay may carry an IPv4 default route via an IPv6 next hop):
+        // the smallest pod MTU of the families that have a default route, so an IPv6
+        // underlay's 40-byte outer header always fits
+        let mtus = host.default_route_mtus().await?;
+        Ok(mtus
+            .into_iter()
+            .map(|(underlay, v6)| esp::pod_mtu(underlay, v6))
+            .min()
+            .unwrap_or(esp::pod_mtu(DEFAULT_UNDERLAY_MTU, false)))
     }
 
     /// Deletes host-side veths of this network whose attachment is not in `valid`;

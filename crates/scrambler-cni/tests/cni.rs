@@ -456,6 +456,37 @@ fn guard_file(path: &std::path::Path, fail_closed: bool, encrypted: bool, age: u
     std::fs::write(path, st.to_string()).unwrap();
 }
 
+/// Dual-stack ranges on a node whose mesh guards IPv4 only: the IPv6 address would be an
+/// unguarded family, so ADD refuses (code 7, naming the address and the family) and leaves
+/// nothing behind; with IPv4 ranges only the same gate admits the pod.
+#[test]
+fn add_refuses_an_address_of_a_family_the_guard_does_not_cover() {
+    let node = Node::new("fam");
+    let pod = TestNetns::new("fampod");
+    let status_file = node.data.path().join("run/tunnel-status.json");
+    let mut conf = node.conf("1.1.0", "10.29.0.0/24");
+    conf["tunnelStatusFile"] = json!(status_file);
+    let v4_only = conf.clone();
+    conf["ipam"]["ranges"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!([{"subnet": "fd29::/64"}]));
+    guard_file(&status_file, true, true, 0);
+    program_guard(&node, "10.29.0.0/24");
+    let add = Invocation::new("ADD", "fam1", &pod.path(), "eth0");
+    let out = node.ours(&add, &conf);
+    assert_eq!(out.code(), 7, "{out:?}");
+    assert!(
+        out.stdout.contains("fd29::") && out.stdout.contains("IPv6"),
+        "{out:?}"
+    );
+    assert!(node.leases().is_empty(), "{:?}", node.leases());
+    assert!(node.host_veths().is_empty());
+    node.ours(&add, &v4_only).expect_ok();
+    node.ours(&add.cmd("DEL"), &v4_only).expect_ok();
+    assert!(node.leases().is_empty());
+}
+
 #[test]
 fn status_reports_ipam_and_the_local_guard() {
     let node = Node::new("st");
@@ -725,5 +756,39 @@ fn ipv6_only_pod_with_explicit_mtu() {
     // an MTU no link can have is a config error
     conf["mtu"] = json!(20);
     assert_eq!(node.ours(&add, &conf).code(), 7);
+    assert!(node.leases().is_empty());
+}
+
+/// Dual-stack pods on a node with default routes of both families: the pod MTU leaves
+/// room for an IPv6 outer header (1500 − 77, rounded: 1420), whichever family the
+/// underlay's ESP uses; with an IPv4 default route only it is 1440.
+#[test]
+fn dual_stack_pod_mtu_leaves_room_for_an_ipv6_underlay() {
+    let node = Node::new("mtu6");
+    let pod = TestNetns::new("mtu6pod");
+    let mut conf = node.conf("1.1.0", "10.31.0.0/24");
+    conf["ipam"]["ranges"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!([{"subnet": "fd31::/64"}]));
+    let add = Invocation::new("ADD", "mtu6a", &pod.path(), "eth0");
+    let result = node.ours(&add, &conf).expect_ok().json();
+    assert_eq!(result["interfaces"][1]["mtu"], 1440, "{result}");
+    assert_eq!(result["ips"].as_array().unwrap().len(), 2, "{result}");
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
+    node.ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8::fe",
+        "dev",
+        "uplink",
+    ]);
+    let result = node.ours(&add, &conf).expect_ok().json();
+    assert_eq!(result["interfaces"][1]["mtu"], 1420, "{result}");
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1420"));
+    node.ours(&add.cmd("DEL"), &conf).expect_ok();
     assert!(node.leases().is_empty());
 }

@@ -440,6 +440,24 @@ impl Mesh {
                 }
             }
         }
+        // ESP runs between two underlay addresses of one family
+        for p in &self.peers {
+            let shared = self
+                .local
+                .underlay
+                .iter()
+                .any(|l| p.underlay.iter().any(|u| u.is_ipv6() == l.is_ipv6()));
+            if !shared {
+                return Err(Error::mesh(format!(
+                    "nodes {:?} ({}) and {:?} ({}) have no underlay address family in common: \
+                     ESP needs an IPv4 or an IPv6 underlay address on both",
+                    self.local.name,
+                    list(&self.local.underlay),
+                    p.name,
+                    list(&p.underlay)
+                )));
+            }
+        }
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 for ca in &a.pod_cidrs {
@@ -503,8 +521,8 @@ impl Mesh {
     }
 }
 
-fn list(cidrs: &[IpNet]) -> String {
-    cidrs
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
         .iter()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()

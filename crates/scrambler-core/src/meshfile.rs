@@ -191,6 +191,39 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_pods_on_an_ipv6_underlay_and_mismatched_families() {
+        let six = TWO_NODES
+            .replace("192.0.2.1", "fd00:2::1")
+            .replace("192.0.2.2", "fd00:2::2")
+            .replace(r#""10.244.1.0/24""#, r#""10.244.1.0/24","fd10:0:1::/64""#)
+            .replace(r#""10.244.2.0/24""#, r#""10.244.2.0/24","fd10:0:2::/64""#);
+        let (_dir, p) = mesh_file(&six.replace(
+            r#""clusterCidrs":["10.244.0.0/16"]"#,
+            r#""clusterCidrs":["10.244.0.0/16","fd10::/16"]"#,
+        ));
+        let m = MeshFile::load(&p).unwrap().mesh_for("a").unwrap();
+        assert_eq!(m.local.pod_cidrs.len(), 2);
+        assert_eq!(
+            m.peers[0].underlay,
+            ["fd00:2::2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // an IPv6 pod CIDR outside the (IPv4-only) clusterCidrs: refused, never unguarded
+        std::fs::write(&p, &six).unwrap();
+        let text = MeshFile::load(&p).unwrap_err().to_string();
+        assert!(
+            text.contains("fd10:0:1::/64") && text.contains("outside"),
+            "{text}"
+        );
+        // an IPv4-only node and an IPv6-only node cannot run ESP between them
+        std::fs::write(&p, TWO_NODES.replace("192.0.2.2", "fd00:2::2")).unwrap();
+        let text = MeshFile::load(&p).unwrap_err().to_string();
+        assert!(
+            text.contains("no underlay address family in common"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn key_file_errors_say_the_path_is_the_mesh_files_key_file() {
         let (_dir, p) = mesh_file(TWO_NODES);
         let mf = MeshFile::load(&p).unwrap();

@@ -307,6 +307,16 @@ impl Attach for IpvlanAttach {
     ) -> Result<CniResult> {
         let (host, host_nl, pod_nl) = (sockets.host_netns(), sockets.host(), sockets.pod()?);
         addrs.require_addresses()?;
+        if let Some(ip) = addrs
+            .ips
+            .iter()
+            .find(|ip| self.cfg.encrypt && ip.address.addr().is_ipv6())
+        {
+            return Err(crate::config::unencrypted_ipv6(&format!(
+                "IPAM gave the pod {}",
+                ip.address
+            )));
+        }
         let Netns::Path(pod_path) = &req.pod_netns else {
             return Err(Error::config(
                 "the pod namespace must be a namespace file, not the current namespace",

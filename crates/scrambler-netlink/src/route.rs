@@ -239,16 +239,23 @@ impl Nl {
     /// MTU of the interface that carries the main table's default route, and whether that
     /// route is IPv6 (IPv4 preferred); `None` when there is no default route.
     pub async fn default_route_mtu(&self) -> Result<Option<(u32, bool)>> {
+        Ok(self.default_route_mtus().await?.into_iter().next())
+    }
+
+    /// The MTU of the interface of each default route in the main table, IPv4's first:
+    /// `(mtu, is_ipv6)` per family that has one.
+    pub async fn default_route_mtus(&self) -> Result<Vec<(u32, bool)>> {
         let routes = self.main_routes().await?;
+        let mut out = Vec::new();
         for v6 in [false, true] {
             if let Some(oif) = default_route(&routes, v6).and_then(|r| r.oif) {
                 let link = self.link_by_index(oif).await?;
                 if let Some(mtu) = link.and_then(|l| l.mtu) {
-                    return Ok(Some((mtu, v6)));
+                    out.push((mtu, v6));
                 }
             }
         }
-        Ok(None)
+        Ok(out)
     }
 }
 

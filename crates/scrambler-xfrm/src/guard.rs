@@ -51,6 +51,7 @@ pub async fn guard_in_place(
                 src: any(&s),
                 dst: s,
                 if_id: 0,
+                ifindex: 0,
             }
         })
         .collect();

@@ -33,9 +33,9 @@
 //! mesh policies and states carry it. Chosen over Cilium-style marks because it needs no
 //! packet marking (iptables/eBPF) and no coordination of mark bits with other software,
 //! counters per interface come for free, and `ip route` shows what is encrypted. The
-//! interface gets `disable_xfrm=1` so that routes through it skip the if_id-0 lookup —
+//! interface gets `disable_xfrm=1` so that IPv4 routes through it skip the if_id-0 lookup —
 //! the one the guard below lives in — leaving the interface's own lookup to apply the mesh
-//! policies. The kernel of the build machine lacks xfrm interfaces: [`LinkMode::Existing`]
+//! policies (IPv6 has no such switch: see IPv6). The kernel of the build machine lacks xfrm interfaces: [`LinkMode::Existing`]
 //! routes through an existing link instead, so plan, diff, policies and routes are tested
 //! there, and interface creation in the VM tests (`vm_*`).
 //!
@@ -143,6 +143,20 @@
 //! ## Rotation
 //! [`rotate`] drives the three steps of [`scrambler_core::Keys`] across several nodes.
 //!
+//! ## IPv6
+//! Underlay and pod CIDRs may be of either family, independently: every policy pair and
+//! route is planned per family, the templates and states between the two nodes'
+//! underlay addresses (whatever their family) carry both inner families — states are
+//! installed with `af-unspec` (no selector family), which the kernel needs for IPv4 in
+//! IPv6 and IPv6 in IPv4 — and the guard covers every `clusterCidrs` entry of either
+//! family. IPv6 has no `disable_xfrm`: a packet routed into the interface first meets the
+//! if_id-0 lookup (the guard's slot), so with an IPv6 pod CIDR reconcile adds the
+//! *interface bypass*, an allow policy without template `out ::/0 → ::/0` whose selector
+//! names the interface (`dev`, matched against a forwarded packet's outgoing device) at
+//! the bypass priority: what is routed into the interface passes to its own lookup, what
+//! leaves by any other device still meets the guard. It follows the interface's index (a
+//! re-created interface moves it). Tested end to end in `vm_xfrm6_*`.
+//!
 //! ## MTU
 //! The interface MTU is the underlay MTU minus the ESP overhead
 //! ([`scrambler_core::esp::esp_overhead`]); [`XfrmTunnel::pod_mtu`] gives the CNI the
@@ -169,10 +183,13 @@
 //!   the node's own traffic to its peers' underlay addresses (node-to-node encryption) is
 //!   not done. A peer whose dataplane cannot take these packets (a VPP node, today)
 //!   receives them encrypted and drops them.
-//! * `disable_xfrm` exists for IPv4 only; IPv6 pod CIDRs are planned and programmed but
-//!   the end-to-end tests cover IPv4. With [`LinkMode::Existing`], the interface's owner
-//!   must set `disable_xfrm=1` on it, and `rp_filter=2` (loose) for pods to reach other
-//!   nodes' underlay addresses (Scrambler sets both on the interface it creates).
+//! * The node's own IPv6 traffic to remote pods (and a remote pod's TCP to the node's
+//!   IPv6 addresses) is dropped, not encrypted: IPv6 has no `disable_xfrm`, and a locally
+//!   generated packet's if_id-0 lookup carries no outgoing interface, so the IPv6 interface
+//!   bypass (see IPv6) does not apply and the guard drops it (fail closed). With
+//!   [`LinkMode::Existing`], the interface's owner must set `disable_xfrm=1` on it, and
+//!   `rp_filter=2` (loose) for pods to reach other nodes' underlay addresses (Scrambler
+//!   sets both on the interface it creates).
 //!
 //! ```no_run
 //! use scrambler_core::{ClusterSecret, Cluster, Netns, Tunnel};

@@ -8,7 +8,7 @@ use netlink_packet_xfrm::{
     Address, AlgAead, LifetimeConfig, ReplayEsn, Selector, UserPolicyId, UserPolicyInfo, UserSaId,
     UserSaInfo, UserTemplate, XfrmAttrs, XfrmMessage, AF_INET, AF_INET6, IPPROTO_ESP,
     XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK, XFRM_POLICY_FWD, XFRM_POLICY_IN,
-    XFRM_POLICY_OUT, XFRM_STATE_ESN,
+    XFRM_POLICY_OUT, XFRM_STATE_AF_UNSPEC, XFRM_STATE_ESN,
 };
 use scrambler_core::esp;
 use sha2::{Digest, Sha256};
@@ -61,11 +61,17 @@ pub(crate) struct PolicyKey {
     pub src: IpNet,
     pub dst: IpNet,
     pub if_id: u32,
+    /// The selector's outgoing interface index (`dev` in `ip xfrm policy`), 0 for any:
+    /// only the IPv6 interface bypass names one (see [`crate::plan`]).
+    pub ifindex: u32,
 }
 
 impl fmt::Display for PolicyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "policy {} {} -> {}", self.dir, self.src, self.dst)?;
+        if self.ifindex != 0 {
+            write!(f, " dev #{}", self.ifindex)?;
+        }
         if self.if_id != 0 {
             write!(f, " if_id {:#x}", self.if_id)?;
         }
@@ -197,8 +203,9 @@ fn addr_to_ip(a: &Address, family: u16) -> Option<IpAddr> {
     }
 }
 
-fn selector_for(src: &IpNet, dst: &IpNet) -> Selector {
+fn selector_for(src: &IpNet, dst: &IpNet, ifindex: u32) -> Selector {
     Selector {
+        ifindex: ifindex as i32,
         saddr: Address::from_ip(&src.network()),
         prefixlen_s: src.prefix_len(),
         daddr: Address::from_ip(&dst.network()),
@@ -217,7 +224,7 @@ fn net_of(a: &Address, family: u16, prefix: u8) -> Option<IpNet> {
 impl Policy {
     fn info(&self) -> UserPolicyInfo {
         UserPolicyInfo {
-            selector: selector_for(&self.key.src, &self.key.dst),
+            selector: selector_for(&self.key.src, &self.key.dst, self.key.ifindex),
             lifetime_cfg: LifetimeConfig::default(),
             priority: self.priority,
             direction: self.key.dir.raw(),
@@ -300,6 +307,7 @@ impl FoundPolicy {
                     src,
                     dst,
                     if_id,
+                    ifindex: u32::try_from(s.ifindex).unwrap_or(0),
                 },
                 priority: i.priority,
                 block: i.action == XFRM_POLICY_BLOCK,
@@ -309,7 +317,7 @@ impl FoundPolicy {
             unusual: s.proto != 0
                 || s.dport_mask != 0
                 || s.sport_mask != 0
-                || s.ifindex != 0
+                || s.ifindex < 0
                 || extra_tmpls,
         })
     }
@@ -322,7 +330,11 @@ impl FoundPolicy {
         }
         XfrmMessage::DeletePolicy(PolicyDelGet {
             user_policy_id: UserPolicyId {
-                selector: selector_for(&self.policy.key.src, &self.policy.key.dst),
+                selector: selector_for(
+                    &self.policy.key.src,
+                    &self.policy.key.dst,
+                    self.policy.key.ifindex,
+                ),
                 index: self.index,
                 direction: self.policy.key.dir.raw(),
             },
@@ -342,7 +354,7 @@ impl PolicyKey {
         }
         XfrmMessage::GetPolicy(PolicyDelGet {
             user_policy_id: UserPolicyId {
-                selector: selector_for(&self.src, &self.dst),
+                selector: selector_for(&self.src, &self.dst, self.ifindex),
                 index: 0,
                 direction: self.dir.raw(),
             },
@@ -375,7 +387,13 @@ impl DesiredState {
         info.reqid = s.reqid;
         info.mode = XFRM_MODE_TUNNEL;
         info.replay_window = 0; // the ESN attribute carries the window
-        info.flags = if s.esn { XFRM_STATE_ESN } else { 0 };
+                                // `af-unspec`: no selector family on the state, so one SA carries both inner
+                                // families (dual-stack pods over one underlay family: IPv4 in IPv6 and the other
+                                // way round need it — without it the kernel gives the state the outer family's
+                                // selector and finds no state for the other family's packets, and sets up no
+                                // inner mode for them on input). It is not part of the compared shape: a state
+                                // installed without it is not replaced (never re-keyed in place)
+        info.flags = XFRM_STATE_AF_UNSPEC | if s.esn { XFRM_STATE_ESN } else { 0 };
         let mut name = [0u8; 64];
         name[..s.alg.len()].copy_from_slice(s.alg.as_bytes());
         let words = s.replay_window.div_ceil(32);
@@ -511,6 +529,7 @@ mod tests {
                 src: "10.2.0.0/24".parse().unwrap(),
                 dst: "10.1.0.0/24".parse().unwrap(),
                 if_id: 7,
+                ifindex: 0,
             },
             priority: 0x5c02,
             block: false,

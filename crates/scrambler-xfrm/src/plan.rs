@@ -174,6 +174,7 @@ impl Desired {
                             src: *src,
                             dst: *dst,
                             if_id: cfg.if_id,
+                            ifindex: 0,
                         },
                         priority: prio,
                         block: false,
@@ -257,6 +258,7 @@ impl Desired {
                     src,
                     dst,
                     if_id: cfg.if_id,
+                    ifindex: 0,
                 },
                 priority: cfg.priority(PRIO_MESH),
                 block: false,
@@ -349,6 +351,7 @@ impl Desired {
                     src,
                     dst,
                     if_id: 0,
+                    ifindex: 0,
                 },
                 priority: if block { guard } else { bypass },
                 block,
@@ -404,6 +407,41 @@ impl Desired {
     }
 }
 
+impl Desired {
+    /// The IPv6 interface bypass: IPv6 has no `disable_xfrm`, so a packet routed into the
+    /// xfrm interface (a pod's packet to a remote pod or to a peer's underlay address)
+    /// meets the if_id-0 lookup — the guard's slot — before the interface applies the
+    /// mesh policies, and the guard's block would drop it. One allow policy without
+    /// template `out ::/0 → ::/0` whose selector names the interface (`dev`: the kernel
+    /// matches it against the flow's outgoing interface, the route's device for a
+    /// forwarded packet), at the bypass priority, lets exactly the packets routed into the
+    /// interface through that lookup; any other route (a missing one, the default route)
+    /// has another outgoing interface and still meets the guard. Planned when the node
+    /// has an IPv6 pod CIDR and the interface's index is known (`index`, from the link).
+    ///
+    /// The node's own IPv6 sockets carry no outgoing interface in that lookup (unless
+    /// bound to the interface), so the host's own IPv6 traffic to remote pods meets the
+    /// guard and is dropped (fail closed; see the crate's Known limits).
+    pub fn plan_interface_bypass(&mut self, cfg: &XfrmConfig, mesh: &Mesh, index: u32) {
+        if index == 0 || !mesh.local.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+            return;
+        }
+        let any6 = IpNet::V6(Default::default());
+        self.policy(Policy {
+            key: PolicyKey {
+                dir: Dir::Out,
+                src: any6,
+                dst: any6,
+                if_id: 0,
+                ifindex: index,
+            },
+            priority: cfg.priority(PRIO_BYPASS),
+            block: false,
+            tmpl: None,
+        });
+    }
+}
+
 /// The default route's prefix of `net`'s family.
 fn any(net: &IpNet) -> IpNet {
     match net {
@@ -445,6 +483,7 @@ pub(crate) mod tests {
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             if_id: 0,
+            ifindex: 0,
         }
     }
 
@@ -660,6 +699,178 @@ pub(crate) mod tests {
         assert_eq!(out[0].generation, 1);
     }
 
+    /// Node `id` of an IPv6-only underlay with dual-stack pods.
+    fn node6(id: u32) -> Node {
+        Node {
+            underlay: vec![format!("2001:db8::{id:x}").parse().unwrap()],
+            pod_cidrs: vec![
+                format!("10.0.{id}.0/24").parse().unwrap(),
+                format!("fd10:0:{id:x}::/64").parse().unwrap(),
+            ],
+            ..node(id)
+        }
+    }
+
+    fn mesh6(local: u32, n: u32) -> Mesh {
+        Mesh {
+            local: node6(local),
+            peers: (1..=n).filter(|i| *i != local).map(node6).collect(),
+            keys: Keys::single(1),
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "fd10::/16".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn ipv6_underlay_carries_both_pod_families_in_esp_over_ipv6() {
+        let cfg = XfrmConfig::default();
+        let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
+        let d = Desired::plan(&cfg, &mesh6(1, 3), Some(&secret)).unwrap();
+        let mesh_key = |dir, src: &str, dst: &str| PolicyKey {
+            if_id: cfg.if_id,
+            ..key(dir, src, dst)
+        };
+        for (id, peer, v4, v6) in [
+            (2, "2001:db8::2", "10.0.2.0/24", "fd10:0:2::/64"),
+            (3, "2001:db8::3", "10.0.3.0/24", "fd10:0:3::/64"),
+        ] {
+            let out = Tmpl {
+                src: "2001:db8::1".parse().unwrap(),
+                dst: peer.parse().unwrap(),
+                reqid: cfg.reqid(id),
+            };
+            for (l, p) in [("10.0.1.0/24", v4), ("fd10:0:1::/64", v6)] {
+                assert_eq!(
+                    d.policies[&mesh_key(Dir::Out, l, p)].tmpl,
+                    Some(out),
+                    "{l} -> {p}"
+                );
+                for dir in [Dir::In, Dir::Fwd] {
+                    let t = d.policies[&mesh_key(dir, p, l)].tmpl.unwrap();
+                    assert_eq!((t.src, t.dst, t.reqid), (out.dst, out.src, out.reqid));
+                }
+            }
+            // never a pair across families
+            assert!(!d
+                .policies
+                .contains_key(&mesh_key(Dir::Out, "10.0.1.0/24", v6)));
+            assert!(!d
+                .policies
+                .contains_key(&mesh_key(Dir::Out, "fd10:0:1::/64", v4)));
+        }
+        // one outbound and one inbound state per peer, both over IPv6
+        assert_eq!(d.states.len(), 4);
+        assert!(d.states.keys().all(|k| k.daddr.is_ipv6()));
+        // routes of both families, each with the tunnel address of its family
+        let routes: Vec<String> = d
+            .routes
+            .iter()
+            .map(|(n, s)| format!("{n} src {}", s.unwrap()))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "10.0.2.0/24 src 10.0.1.1",
+                "10.0.3.0/24 src 10.0.1.1",
+                "fd10:0:2::/64 src fd10:0:1::1",
+                "fd10:0:3::/64 src fd10:0:1::1",
+            ]
+        );
+        let names = |s: &BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&d.addresses), ["10.0.1.1/32", "fd10:0:1::1/128"]);
+        // pods reach the peers' (IPv6) underlay addresses from their IPv6 CIDR only
+        assert_eq!(
+            names(&d.underlay_routes),
+            ["2001:db8::2/128", "2001:db8::3/128"]
+        );
+        assert_eq!(names(&d.rule_sources), ["fd10:0:1::/64"]);
+        for (dir, src, dst) in [
+            (Dir::Out, "fd10:0:1::/64", "2001:db8::2/128"),
+            (Dir::In, "2001:db8::2/128", "fd10:0:1::/64"),
+            (Dir::Out, "2001:db8::1/128", "fd10:0:2::/64"),
+            (Dir::In, "fd10:0:2::/64", "2001:db8::1/128"),
+        ] {
+            assert!(
+                d.policies.contains_key(&mesh_key(dir, src, dst)),
+                "{dir} {src} {dst}"
+            );
+        }
+    }
+
+    #[test]
+    fn guard_covers_both_families_of_the_cluster_cidrs() {
+        let d = Desired::plan(&XfrmConfig::default(), &mesh6(1, 3), None).unwrap();
+        let guard: BTreeSet<_> = d
+            .policies
+            .values()
+            .filter(|p| p.block)
+            .map(|p| p.key.clone())
+            .collect();
+        let want = BTreeSet::from([
+            key(Dir::Out, "0.0.0.0/0", "10.0.0.0/8"),
+            key(Dir::In, "10.0.0.0/8", "10.0.1.0/24"),
+            key(Dir::Fwd, "10.0.0.0/8", "10.0.1.0/24"),
+            key(Dir::Out, "::/0", "fd10::/16"),
+            key(Dir::In, "fd10::/16", "fd10:0:1::/64"),
+            key(Dir::Fwd, "fd10::/16", "fd10:0:1::/64"),
+            key(Dir::In, "fd10::/16", "2001:db8::1/128"),
+            key(Dir::Out, "fd10:0:1::/64", "2001:db8::2/128"),
+            key(Dir::Out, "fd10:0:1::/64", "2001:db8::3/128"),
+        ]);
+        assert_eq!(guard, want);
+        // a pod CIDR of a family the clusterCidrs lack is refused: never unguarded
+        let mut m = mesh6(1, 3);
+        m.cluster_cidrs.truncate(1);
+        let e = Desired::plan(&XfrmConfig::default(), &m, None).unwrap_err();
+        assert!(e.to_string().contains("fd10:0:"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_interface_bypass_names_the_interface_and_only_with_ipv6_pods() {
+        let cfg = XfrmConfig::default();
+        let mut d = Desired::plan(&cfg, &mesh6(1, 2), None).unwrap();
+        assert!(d.policies.keys().all(|k| k.ifindex == 0));
+        d.plan_interface_bypass(&cfg, &mesh6(1, 2), 7);
+        let bypass: Vec<_> = d.policies.values().filter(|p| p.key.ifindex != 0).collect();
+        assert_eq!(bypass.len(), 1);
+        let p = bypass[0];
+        assert_eq!(
+            p.key,
+            PolicyKey {
+                ifindex: 7,
+                ..key(Dir::Out, "::/0", "::/0")
+            }
+        );
+        assert!(!p.block && p.tmpl.is_none());
+        // ahead of the guard it lets through
+        assert!(p.priority < cfg.priority(PRIO_GUARD));
+        assert_eq!(p.key.to_string(), "policy out ::/0 -> ::/0 dev #7");
+        // IPv4 pods only: disable_xfrm does it, nothing planned
+        let mut d = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
+        let n = d.policies.len();
+        d.plan_interface_bypass(&cfg, &mesh(1, 2), 7);
+        assert_eq!(d.policies.len(), n);
+    }
+
+    #[test]
+    fn peers_without_an_underlay_address_of_our_family_are_refused() {
+        let mut m = mesh6(1, 2);
+        m.peers[0].underlay = vec!["192.0.2.2".parse().unwrap()];
+        let e = Desired::plan(&XfrmConfig::default(), &m, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no underlay address family in common"),
+            "{e}"
+        );
+        // a peer with both families, its IPv6 address first: ESP over IPv6
+        m.peers[0].underlay = vec!["2001:db8::2".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+        let d = Desired::plan(&XfrmConfig::default(), &m, None).unwrap();
+        assert!(d
+            .policies
+            .values()
+            .filter_map(|p| p.tmpl)
+            .all(|t| t.dst.is_ipv6() || t.src.is_ipv6()));
+    }
+
     /// The states planned for the known-answer nodes carry exactly the vectors' SPIs and
     /// key‖salt, in the XFRM_MSG_NEWSA sent to the kernel.
     #[test]
@@ -687,6 +898,11 @@ pub(crate) mod tests {
                 panic!("not a NEWSA")
             };
             assert_eq!(msg.user_sa_info.id.spi, spi);
+            // both inner families through one SA (dual-stack pods), ESN
+            assert_eq!(
+                msg.user_sa_info.flags,
+                netlink_packet_xfrm::XFRM_STATE_AF_UNSPEC | netlink_packet_xfrm::XFRM_STATE_ESN
+            );
             let aead = msg
                 .nlas
                 .iter()

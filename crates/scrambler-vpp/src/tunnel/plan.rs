@@ -304,6 +304,27 @@ mod tests {
         assert!(format!("{e:?}").contains("<redacted>"));
     }
 
+    #[test]
+    fn ipv6_underlay_and_dual_stack_pods_are_planned() {
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let mut m = mesh(scrambler_core::Keys::single(1));
+        m.cluster_cidrs.push("fd10::/16".parse().unwrap());
+        m.local.underlay = vec!["fd00:2::1".parse().unwrap()];
+        for (i, p) in m.peers.iter_mut().enumerate() {
+            p.underlay = vec![format!("fd00:2::{}", i + 2).parse().unwrap()];
+            p.pod_cidrs
+                .push(format!("fd10:0:{}::/64", i + 2).parse().unwrap());
+        }
+        m.local.pod_cidrs.push("fd10:0:1::/64".parse().unwrap());
+        let plans = plan(&m, &secret).unwrap();
+        assert!(plans.iter().all(|p| p.src.is_ipv6() && p.dst.is_ipv6()));
+        assert!(plans
+            .iter()
+            .all(|p| p.routes.iter().any(|r| r.addr().is_ipv6())
+                && p.routes.iter().any(|r| r.addr().is_ipv4())));
+        assert!(guard_routes(&m).contains(&"fd10::/16".parse().unwrap()));
+    }
+
     /// The SA entries VPP is sent for the known-answer nodes carry exactly the vectors'
     /// SPIs, keys and salts.
     #[test]

@@ -53,14 +53,39 @@ impl TwoNodes {
     /// Starts both VPPs (`<prefix>a` on core 0, `<prefix>b` on core 1) and joins them by
     /// the underlay, without pods; the mesh is not applied yet.
     pub async fn underlay(prefix: &str) -> TwoNodes {
+        TwoNodes::underlay_of(prefix, false).await
+    }
+
+    /// [`TwoNodes::start`] on an IPv6 underlay (`fd00:2::<n>/64`) instead.
+    pub async fn start_v6(prefix: &str) -> TwoNodes {
+        let t = TwoNodes::underlay_of(prefix, true).await;
+        linux_pod(&t.a, 1).await;
+        linux_pod(&t.b, 2).await;
+        t
+    }
+
+    async fn underlay_of(prefix: &str, v6: bool) -> TwoNodes {
         let a = VppInstance::start(&format!("{prefix}a"), 0).await;
         let b = VppInstance::start(&format!("{prefix}b"), 1).await;
         quiet_ipv6(&a.netns);
         quiet_ipv6(&b.netns);
         veth(&a.netns, "ul0", &b.netns, "ul0");
+        let ul = |n: u8| {
+            if v6 {
+                format!("fd00:2::{n}/64")
+            } else {
+                format!("192.0.2.{n}/24")
+            }
+        };
         for (vpp, n) in [(&a, 1u8), (&b, 2u8)] {
-            vpp.host_interface("ul0", [2, 0xfe, 0, 0, 1, n], &format!("192.0.2.{n}/24"))
+            vpp.host_interface("ul0", [2, 0xfe, 0, 0, 1, n], &ul(n))
                 .await;
+        }
+        let mut nodes = vec![mesh_node("a", 1, 1), mesh_node("b", 2, 2)];
+        if v6 {
+            for (node, n) in nodes.iter_mut().zip([1u8, 2]) {
+                node.underlay = vec![format!("fd00:2::{n}").parse().unwrap()];
+            }
         }
         let dp = VppTunnel::with_resolver(api_sock_resolver(&[&a, &b]));
         TwoNodes {
@@ -69,7 +94,7 @@ impl TwoNodes {
             dp,
             secret: ClusterSecret::from_bytes(vec![0x42; 32]).unwrap(),
             cluster: Cluster {
-                nodes: vec![mesh_node("a", 1, 1), mesh_node("b", 2, 2)],
+                nodes,
                 keys: Keys::single(1),
                 // inside the 10.0.0.0/8 uplink route the fail-closed tests add
                 cluster_cidrs: vec!["10.0.0.0/12".parse().unwrap()],

@@ -45,6 +45,32 @@ pub fn mesh_of(local: u32, n: u32, mk: fn(u32) -> Node) -> Mesh {
     }
 }
 
+/// Node `id`: underlay `fd00:2::<id>` only, pod CIDRs 10.0.id.0/24 and fd10:0:id::/64.
+pub fn node6(id: u32) -> Node {
+    Node {
+        name: format!("node{id}"),
+        id: NodeId::new(id).unwrap(),
+        epoch: scrambler_core::Epoch::new(0xe0 + u64::from(id)).unwrap(),
+        underlay: vec![format!("fd00:2::{id:x}").parse().unwrap()],
+        pod_cidrs: vec![
+            format!("10.0.{id}.0/24").parse().unwrap(),
+            format!("fd10:0:{id:x}::/64").parse().unwrap(),
+        ],
+        previous_epochs: Vec::new(),
+    }
+}
+
+/// The mesh of `local` among dual-stack nodes `1..=n` ([`node6`]); cluster CIDRs
+/// 10.0.0.0/8 and fd10::/16.
+pub fn mesh6(local: u32, n: u32) -> Mesh {
+    Mesh {
+        local: node6(local),
+        peers: (1..=n).filter(|i| *i != local).map(node6).collect(),
+        keys: Keys::single(1),
+        cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "fd10::/16".parse().unwrap()],
+    }
+}
+
 /// A namespace with a veth `scrambler0` (peer `scrambler0p`) standing in for the xfrm
 /// interface on kernels without xfrm interfaces.
 pub fn ns_with_link(prefix: &str) -> TestNetns {
