@@ -68,6 +68,8 @@ pub struct VmOutcome {
     pub console: String,
     /// Wall time from qemu start to its exit (boot + tests + power-off).
     pub elapsed: Duration,
+    /// The process id qemu ran as (none when it was not started), to check it is gone.
+    pub qemu_pid: Option<u32>,
 }
 
 impl VmOutcome {
@@ -77,6 +79,7 @@ impl VmOutcome {
             status: VmStatus::Skipped,
             console: String::new(),
             elapsed: Duration::ZERO,
+            qemu_pid: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl VmOutcome {
             status: VmStatus::Error(e),
             console: String::new(),
             elapsed: Duration::ZERO,
+            qemu_pid: None,
         }
     }
 
@@ -274,6 +278,7 @@ test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out
             status,
             console: CONSOLE.into(),
             elapsed: Duration::from_secs(1),
+            qemu_pid: None,
         }
     }
 

@@ -44,12 +44,14 @@ pub(crate) struct BootResult {
     pub status: VmStatus,
     pub console: String,
     pub elapsed: Duration,
+    pub qemu_pid: u32,
 }
 
 /// Boots the VM and waits for the guest's exit marker, qemu's exit or the timeout.
 pub(crate) fn boot(b: &Boot<'_>) -> Result<BootResult, Error> {
     let started = Instant::now();
     let mut qemu = Qemu::spawn(b)?;
+    let qemu_pid = qemu.child.id();
     let lines = qemu.console_lines()?;
     let deadline = started + b.settings.timeout;
     let mut console = String::new();
@@ -90,6 +92,7 @@ pub(crate) fn boot(b: &Boot<'_>) -> Result<BootResult, Error> {
         status,
         console,
         elapsed: started.elapsed(),
+        qemu_pid,
     })
 }
 

@@ -261,6 +261,7 @@ impl VmTest {
             status: result.status,
             console: result.console,
             elapsed: result.elapsed,
+            qemu_pid: Some(result.qemu_pid),
         })
     }
 
