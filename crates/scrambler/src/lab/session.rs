@@ -58,8 +58,18 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// How long the host waits for any line from the guest (output or heartbeat) before it
 /// declares the guest hung. Many heartbeats long: a guest slowed down by a loaded host
-/// (TCG) still makes it.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(120);
+/// (TCG) still makes it; and longer than the guest kernel's own soft-lockup panic (120 s,
+/// see scrambler-vmtest), so a looping guest kernel prints its trace before the host
+/// gives up on it.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(180);
+
+/// How long a command may print nothing but heartbeats: the guest is alive but the
+/// command is stuck (no lab command is quiet for this long).
+pub const QUIET_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// The environment variable through which [`start`] tells the daemon which process it
+/// must outlive (its parent may be gone by the time the daemon looks).
+const PARENT_ENV: &str = "SCRAMBLER_LAB_PARENT";
 
 /// How many lines of the VM's console log an error about the VM carries.
 const CONSOLE_TAIL_LINES: usize = 60;
@@ -99,7 +109,8 @@ pub fn start(name: &str, stop_with_parent: bool) -> Result<()> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["lab", "vm-serve", "--name", name]);
     if stop_with_parent {
-        cmd.arg("--stop-with-parent");
+        cmd.arg("--stop-with-parent")
+            .env(PARENT_ENV, std::process::id().to_string());
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(log)
@@ -250,6 +261,13 @@ pub fn forward(name: &str, argv: &[String]) -> Result<i32> {
 /// channel may stay quiet (no output, no heartbeat) before the guest counts as hung.
 fn request(name: &str, argv: &[String], silence: Duration, print: bool) -> Result<i32> {
     let sock = socket(name);
+    // The VM's serial channel serves one client at a time: a second command waits here
+    // for the first to finish (not counted as the guest's silence).
+    let lock_path = Path::new(LAB_ROOT).join(format!("{name}.vm.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| Error::io("create", lock_path.display(), e))?;
+    lock.lock()
+        .map_err(|e| Error::io("lock", lock_path.display(), e))?;
     let mut stream = UnixStream::connect(&sock)
         .map_err(|e| Error::io("connect to lab VM", sock.display(), e))?;
     stream
@@ -269,6 +287,7 @@ fn request(name: &str, argv: &[String], silence: Duration, print: bool) -> Resul
         reason: format!("{reason}; {}", console_tail(name, CONSOLE_TAIL_LINES)),
     };
     let reader = BufReader::new(stream);
+    let mut last_output = Instant::now();
     for l in reader.split(b'\n') {
         let l = match l {
             Ok(l) => l,
@@ -282,8 +301,24 @@ fn request(name: &str, argv: &[String], silence: Duration, print: bool) -> Resul
         };
         let l = String::from_utf8_lossy(&l);
         match answer_line(&l, &id) {
-            Some(Answer::Out(text)) if print => println!("{text}"),
-            Some(Answer::Err(text)) if print => eprintln!("{text}"),
+            Some(Answer::Alive) if last_output.elapsed() > QUIET_LIMIT => {
+                return Err(vm_failed(format!(
+                    "the command printed nothing for {} min (the guest is alive): it is stuck",
+                    QUIET_LIMIT.as_secs() / 60
+                )))
+            }
+            Some(Answer::Out(text)) => {
+                last_output = Instant::now();
+                if print {
+                    println!("{text}")
+                }
+            }
+            Some(Answer::Err(text)) => {
+                last_output = Instant::now();
+                if print {
+                    eprintln!("{text}")
+                }
+            }
             Some(Answer::Exit(code)) => {
                 return code
                     .trim()
@@ -373,7 +408,11 @@ pub fn serve(name: &str, cni: &Path, stop_with_parent: bool) -> Result<ExitCode>
 /// Exits this process once its parent is gone (it is then re-parented: its parent pid
 /// changes), after removing lab `name`'s VM socket and files.
 fn watch_parent(name: &str) {
-    let parent = nix::unistd::getppid();
+    let parent = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .map(nix::unistd::Pid::from_raw)
+        .unwrap_or_else(nix::unistd::getppid);
     let name = name.to_string();
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -477,6 +516,12 @@ fn run_streaming(exe: &Path, argv: &[String], id: &str, out: &mut std::fs::File)
                 let _ = writeln!(out, "{id} {k} {l}");
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // a command that has exited is done, even if something it started still
+                // holds its output open
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    readers.clear();
+                    break;
+                }
                 let _ = writeln!(out, "{id} K");
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
