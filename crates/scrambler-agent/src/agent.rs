@@ -478,13 +478,16 @@ impl Agent {
         })
     }
 
-    /// True when the dataplane holds `mesh` as it should: guarded and every peer up. A
-    /// dataplane changed under the agent (a VPP restart, a flush, a lost SA) is
+    /// True when the dataplane holds `mesh` as it should ([`TunnelStatus::in_place`]):
+    /// guarded, every peer up, its host link (VPP) in place. A dataplane changed under the
+    /// agent (a VPP restart, a flush, a lost SA or route, a deleted host link) is
     /// reconciled on the next sync even when etcd did not change; a lost outbound SA then
     /// meets the ledger, and the node takes a new epoch.
+    ///
+    /// [`TunnelStatus::in_place`]: scrambler_core::TunnelStatus::in_place
     async fn dataplane_healthy(&self, mesh: &Mesh) -> bool {
         match self.tunnel.status(&self.cfg.netns, mesh).await {
-            Ok(st) => st.fail_closed && st.peers.iter().all(|p| p.is_up()),
+            Ok(st) => st.in_place(),
             Err(e) => {
                 tracing::warn!(node = %self.cfg.node, "reading the dataplane's status: {e}");
                 false

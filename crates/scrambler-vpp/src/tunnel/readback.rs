@@ -18,7 +18,7 @@ use super::plan::{sa_entry, PeerPlan, SaPlan};
 use scrambler_core::keys::spi;
 
 /// What VPP has of ours.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct OwnedState {
     /// instance -> tunnel
     pub(super) tunnels: BTreeMap<u32, IpipTunnel>,
