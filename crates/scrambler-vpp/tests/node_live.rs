@@ -183,6 +183,7 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     assert!(!links.contains(HOST_LINK_IF), "{links}");
     let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
     assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
+    assert!(!st.in_place(), "{st:?}");
     assert!(!t
         .a
         .af_packet_names()
