@@ -27,7 +27,8 @@
 //! `underlay_guard`).
 //!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
-//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^26` (4 slots), the SPD
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` (slot 0) and, in slots 1..=3
+//! up to `SA_ID_BASE+2^26`, only inbound SAs of a peer (see [`owned_sa`]), the SPD
 //! [`UNDERLAY_SPD_ID`] — and, for routes (VPP routes
 //! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
 //! tunnel); nothing else is ever touched. [`VppTunnel::reconcile`] dumps the state, diffs it
