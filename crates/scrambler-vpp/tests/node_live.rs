@@ -138,6 +138,28 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     let (ok, leaks, _) = host_a_pings(&t, "10.2.0.1", 2);
     assert!(ok && leaks.is_empty(), "host a -> host b: {ok}\n{leaks}");
 
+    // 3b. the host's cluster CIDR route, then its gateway neighbour, deleted behind
+    //     Scrambler's back: the host link is reported missing (an agent reconciles again)
+    //     and a reconcile restores it
+    let na = t.a.netns.netns();
+    for del in [
+        &["route", "del", "10.0.0.0/12", "dev", HOST_LINK_IF][..],
+        &["neigh", "del", "169.254.1.1", "dev", HOST_LINK_IF][..],
+    ] {
+        t.a.netns.ip(del);
+        let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+        assert_eq!(
+            st.errors.get(HOST_LINK_MISSING),
+            Some(&1),
+            "{del:?}: {st:?}"
+        );
+        assert!(!st.in_place());
+        let rep = t.reconcile("a").await;
+        assert!(rep.added > 0, "{del:?} not repaired: {rep:?}");
+        let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+        assert!(st.in_place(), "{del:?}: {st:?}");
+    }
+
     // 4. the tunnel's protection deleted behind Scrambler's back: dropped, never clear
     let tunnel = format!("ipip{}", tunnel_instance(NodeId::new(2).unwrap()));
     t.a.vppctl(&["ipsec", "tunnel", "protect", "del", &tunnel]);
@@ -152,7 +174,6 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     assert!(ok && leaks.is_empty(), "after repair: {ok}\n{leaks}");
 
     // 5. the peer gone from a's mesh: the cluster guard drops the host's traffic
-    let na = t.a.netns.netns();
     let mut alone = t.mesh("a");
     alone.peers.clear();
     t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();

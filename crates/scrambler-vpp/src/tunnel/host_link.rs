@@ -30,7 +30,9 @@ use ipnet::IpNet;
 use scrambler_core::{esp, Error, Mesh, Netns, ReconcileReport, Result};
 use scrambler_netlink::address::Scope;
 use scrambler_netlink::veth::{create_veth, Initially, VethSpec};
-use scrambler_netlink::{parse_mac, Exists, LinkState, Nl, RouteSpec, ROUTE_PROTO};
+use scrambler_netlink::{
+    parse_mac, Exists, LinkState, Neighbour, Nl, RouteSpec, RouteState, ROUTE_PROTO,
+};
 use scrambler_vpp_api::api::interface;
 use scrambler_vpp_api::VppClient;
 
@@ -293,9 +295,36 @@ pub(super) async fn reconcile(
     Ok(rep)
 }
 
+/// Whether the host side of the link has what a reconcile gives it besides its address:
+/// the permanent neighbour for the gateway ([`GATEWAY_V4`] → [`HOST_LINK_MAC`]), and,
+/// with route protocol [`ROUTE_PROTO`] out of the link (`owned`), the link route to the
+/// gateway and every cluster CIDR route via it from the tunnel address (`routes`).
+fn host_side_complete(
+    neigh: &[Neighbour],
+    owned: &[RouteState],
+    oif: u32,
+    routes: &[RouteSpec],
+) -> bool {
+    let gw_ip = IpAddr::V4(GATEWAY_V4);
+    let link_route = RouteSpec::new(IpNet::from(gw_ip), None, oif);
+    neigh
+        .iter()
+        .any(|n| n.ip == gw_ip && n.mac == Some(HOST_LINK_MAC) && n.permanent)
+        && std::iter::once(&link_route).chain(routes).all(|r| {
+            owned.iter().any(|o| {
+                o.oif == Some(oif)
+                    && o.protocol == ROUTE_PROTO
+                    && o.dst == r.dst
+                    && o.gw == r.gw
+                    && o.src == r.src
+            })
+        })
+}
+
 /// Whether the host link of the node in `netns` is in place for `mesh`: the veth pair up
-/// with the tunnel address, VPP's tagged interface up with the /32 route (true when the
-/// node has no IPv4 tunnel address).
+/// with the tunnel address, the gateway's permanent neighbour and the routes into VPP
+/// (the link route, one per IPv4 cluster CIDR); VPP's tagged interface up, in the
+/// gateway's table, with the /32 route (true when the node has no IPv4 tunnel address).
 pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Result<bool> {
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(true);
@@ -308,11 +337,20 @@ pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Resul
     if !host.up || !nl.addresses(host.index).await?.contains(&want) {
         return Ok(false);
     }
+    let neigh = nl.neighbours(host.index).await?;
+    let owned = nl.owned_routes(host.index, ROUTE_PROTO).await?;
+    let routes = host_routes(mesh, host.index, addr);
+    if !host_side_complete(&neigh, &owned, host.index, &routes) {
+        return Ok(false);
+    }
     let ops = AttachCalls { c };
+    let Some(gw) = ops.find_gateway().await? else {
+        return Ok(false);
+    };
     match ops.pod_interface(HOST_LINK_VPP_IF).await? {
-        Some(p) if p.tag == HOST_LINK_TAG && p.up => {
-            Ok(ops.routes_via(p.sw_if_index, false).await?.contains(&want))
-        }
+        Some(p) if p.tag == HOST_LINK_TAG && p.up => Ok(ops.interface_table(p.sw_if_index).await?
+            == ops.interface_table(gw).await?
+            && ops.routes_via(p.sw_if_index, false).await?.contains(&want)),
         _ => Ok(false),
     }
 }
@@ -337,4 +375,55 @@ pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::tests::mesh;
+
+    fn owned(r: &RouteSpec) -> RouteState {
+        RouteState {
+            dst: r.dst,
+            gw: r.gw,
+            oif: Some(r.oif),
+            table: scrambler_netlink::MAIN_TABLE,
+            protocol: ROUTE_PROTO,
+            src: r.src,
+        }
+    }
+
+    #[test]
+    fn the_host_side_needs_its_neighbour_and_every_route() {
+        let m = mesh(scrambler_core::Keys::single(1));
+        let addr = tunnel_v4(&m).unwrap();
+        let routes = host_routes(&m, 5, addr);
+        assert_eq!(routes.len(), 1);
+        let link = RouteSpec::new(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, 5);
+        let all: Vec<RouteState> = std::iter::once(&link).chain(&routes).map(owned).collect();
+        let neigh = vec![Neighbour {
+            ip: IpAddr::V4(GATEWAY_V4),
+            mac: Some(HOST_LINK_MAC),
+            permanent: true,
+        }];
+        assert!(host_side_complete(&neigh, &all, 5, &routes));
+        // a cluster CIDR route gone, or another protocol's, or from another source
+        assert!(!host_side_complete(&neigh, &all[..1], 5, &routes));
+        let mut foreign = all.clone();
+        foreign[1].protocol = 4;
+        assert!(!host_side_complete(&neigh, &foreign, 5, &routes));
+        let mut other_src = all.clone();
+        other_src[1].src = None;
+        assert!(!host_side_complete(&neigh, &other_src, 5, &routes));
+        // the link route gone
+        assert!(!host_side_complete(&neigh, &all[1..], 5, &routes));
+        // the neighbour gone, not permanent, or another MAC
+        assert!(!host_side_complete(&[], &all, 5, &routes));
+        let mut n = neigh.clone();
+        n[0].permanent = false;
+        assert!(!host_side_complete(&n, &all, 5, &routes));
+        let mut n = neigh.clone();
+        n[0].mac = Some([2, 0, 0, 0, 0, 9]);
+        assert!(!host_side_complete(&n, &all, 5, &routes));
+    }
 }

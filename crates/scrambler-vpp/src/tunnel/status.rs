@@ -25,7 +25,8 @@ pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
 
 /// Key in [`TunnelStatus::errors`] when a [`VppTunnel`](super::VppTunnel) with the host link
-/// finds it missing or incomplete (the veth, its tunnel address, or VPP's interface): the
+/// finds it missing or incomplete (the veth, its tunnel address, the gateway's permanent
+/// neighbour, the host's routes into VPP, or VPP's interface, its table or its route): the
 /// host does not reach remote pods, nor they the host. Not a leak as long as the host has
 /// no path to other nodes but VPP (a host NIC that VPP does not own is the operator's), so
 /// `fail_closed` is left as it is; [`TunnelStatus::in_place`] is false, so an agent
