@@ -73,7 +73,9 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     let mut t = TwoNodes::underlay("scr-nd").await;
     let pa = pod(&t.a, 1).await;
     let pb = pod(&t.b, 2).await;
-    t.dp = VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b])).with_host_link(true);
+    t.dp = VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b]))
+        .with_host_link(true)
+        .with_underlay_mtu(1400);
     // a route that would carry cluster traffic out of the uplink in clear (a default
     // route's stand-in): only Scrambler's routes keep the host's traffic off it
     t.a.vppctl(&[
@@ -94,6 +96,15 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     assert!(rep.is_noop(), "second reconcile changed {rep:?}");
     let links = t.a.netns.ip(&["-d", "addr", "show", HOST_LINK_IF]);
     assert!(links.contains("inet 10.1.0.1/32"), "{links}");
+    // the host link's MTU is the pods' on a 1400-byte underlay
+    let mtu = scrambler_core::esp::pod_mtu(1400, false);
+    assert!(links.contains(&format!(" mtu {mtu} ")), "{links}");
+    let other_mtu = t.dp.clone().with_underlay_mtu(1500);
+    let st = other_mtu
+        .status(&t.a.netns.netns(), &t.mesh("a"))
+        .await
+        .unwrap();
+    assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
     let routes = t.a.netns.ip(&["route", "show", "10.0.0.0/12"]);
     assert!(
         routes.contains("via 169.254.1.1") && routes.contains("src 10.1.0.1"),

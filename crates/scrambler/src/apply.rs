@@ -30,12 +30,20 @@ pub struct ApplyArgs {
     pub backend: TunnelDataplane,
     /// With backend `vpp`: the binary-API socket of the node's VPP.
     pub vpp_socket: PathBuf,
+    /// With backend `vpp`: the MTU of the node's underlay (the host link's MTU derives
+    /// from it, see [`scrambler_vpp::VppTunnel::with_underlay_mtu`]).
+    pub underlay_mtu: u32,
 }
 
 /// The tunnel dataplane `backend`; `vpp` talks to the VPP whose binary-API socket is
 /// `vpp_socket` (connecting per operation, so VPP may restart in between), with the host
-/// link ([`scrambler_vpp::VppTunnel::with_host_link`]) in the node's namespace.
-pub fn tunnel_with(backend: TunnelDataplane, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> {
+/// link ([`scrambler_vpp::VppTunnel::with_host_link`]) in the node's namespace, whose MTU
+/// is that of pods on an underlay of MTU `underlay_mtu`.
+pub fn tunnel_with(
+    backend: TunnelDataplane,
+    vpp_socket: &Path,
+    underlay_mtu: u32,
+) -> Result<Box<dyn Tunnel>> {
     match backend {
         TunnelDataplane::Xfrm => Ok(Box::new(scrambler_xfrm::XfrmTunnel::new(
             scrambler_xfrm::XfrmConfig::default(),
@@ -43,7 +51,9 @@ pub fn tunnel_with(backend: TunnelDataplane, vpp_socket: &Path) -> Result<Box<dy
         // the node's host holds its tunnel address on a link into VPP: node <-> remote pod
         // traffic rides the mesh as on the kernel dataplane
         TunnelDataplane::Vpp => Ok(Box::new(
-            scrambler_vpp::VppTunnel::new(vpp_socket).with_host_link(true),
+            scrambler_vpp::VppTunnel::new(vpp_socket)
+                .with_host_link(true)
+                .with_underlay_mtu(underlay_mtu),
         )),
     }
 }
@@ -98,7 +108,7 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mesh = mf.mesh_for(&args.node)?;
     let secret = mf.secret()?;
     check_netns(&args.netns)?;
-    let t = tunnel_with(args.backend, &args.vpp_socket)?;
+    let t = tunnel_with(args.backend, &args.vpp_socket, args.underlay_mtu)?;
     // held until the reconcile is done: applies on one node take turns
     let mut ledger = Ledger::open(&args.ledger_dir, &args.node)?;
     let key_id = secret.key_id();
@@ -165,7 +175,7 @@ pub async fn status(args: &ApplyArgs) -> Result<StatusReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.mesh_for(&args.node)?;
     check_netns(&args.netns)?;
-    let t = tunnel_with(args.backend, &args.vpp_socket)?;
+    let t = tunnel_with(args.backend, &args.vpp_socket, args.underlay_mtu)?;
     let st = t
         .status(&args.netns, &mesh)
         .await
@@ -192,7 +202,12 @@ pub async fn remove(
     guard: Guard,
 ) -> Result<ReconcileReport> {
     check_netns(netns)?;
-    let t = tunnel_with(backend, vpp_socket)?;
+    // removing needs no MTU: the default serves
+    let t = tunnel_with(
+        backend,
+        vpp_socket,
+        scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU,
+    )?;
     match guard {
         Guard::Keep => t.remove_keeping_guard(netns).await,
         Guard::Remove => t.remove(netns).await,

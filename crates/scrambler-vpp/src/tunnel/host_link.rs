@@ -37,7 +37,7 @@ use scrambler_vpp_api::api::interface;
 use scrambler_vpp_api::VppClient;
 
 use crate::attach::ops::{vpp_err, AttachCalls};
-use crate::attach::{DEFAULT_UNDERLAY_MTU, GATEWAY_V4, POD_TX_FRAMES};
+use crate::attach::{GATEWAY_V4, POD_TX_FRAMES};
 
 /// The host end of the host link (holds the node's tunnel address).
 pub const HOST_LINK_IF: &str = "scrambler0";
@@ -50,9 +50,10 @@ pub const HOST_LINK_ALIAS: &str = "scrambler-vpp/host";
 /// The MAC of VPP's end of the host link.
 pub const HOST_LINK_MAC: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 2];
 
-/// The host link's MTU: the pod MTU of a 1500-byte underlay (ESP overhead left room).
-fn mtu() -> u32 {
-    esp::pod_mtu(DEFAULT_UNDERLAY_MTU, false)
+/// The host link's MTU on an underlay of MTU `underlay_mtu`: what pods get
+/// ([`crate::VppAttach::pod_mtu`]), the ESP and IPIP overhead left room.
+fn mtu(underlay_mtu: u32) -> u32 {
+    esp::pod_mtu(underlay_mtu, false)
 }
 
 /// The node's IPv4 tunnel address, if its pod CIDRs give one.
@@ -96,13 +97,16 @@ async fn owned_link(nl: &Nl, name: &str) -> Result<Option<LinkState>> {
     }
 }
 
-/// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`. A node without an
-/// IPv4 tunnel address gets none.
+/// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`, its MTU that of
+/// pods on an underlay of MTU `underlay_mtu`. A node without an IPv4 tunnel address gets
+/// none.
 pub(super) async fn reconcile(
     c: &VppClient,
     netns: &Netns,
     mesh: &Mesh,
+    underlay_mtu: u32,
 ) -> Result<ReconcileReport> {
+    let mtu = mtu(underlay_mtu);
     let mut rep = ReconcileReport::default();
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(rep);
@@ -143,7 +147,7 @@ pub(super) async fn reconcile(
                     name: HOST_LINK_IF,
                     peer_name: HOST_LINK_VPP_IF,
                     peer_netns_fd: ns.as_raw_fd(),
-                    mtu: mtu(),
+                    mtu,
                     state: Initially::Up,
                 },
             )
@@ -158,8 +162,8 @@ pub(super) async fn reconcile(
     };
     let vpp_end = nl.existing_link(HOST_LINK_VPP_IF).await?;
     for l in [&host, &vpp_end] {
-        if !l.up {
-            nl.set_up(l.index, &l.name).await?;
+        if !l.up || l.mtu != Some(mtu) {
+            nl.set_mtu_and_up(l.index, &l.name, mtu).await?;
             rep.updated += 1;
         }
     }
@@ -322,10 +326,15 @@ fn host_side_complete(
 }
 
 /// Whether the host link of the node in `netns` is in place for `mesh`: the veth pair up
-/// with the tunnel address, the gateway's permanent neighbour and the routes into VPP
+/// with the tunnel address and the MTU for `underlay_mtu`, the gateway's permanent neighbour and the routes into VPP
 /// (the link route, one per IPv4 cluster CIDR); VPP's tagged interface up, in the
 /// gateway's table, with the /32 route (true when the node has no IPv4 tunnel address).
-pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Result<bool> {
+pub(super) async fn in_place(
+    c: &VppClient,
+    netns: &Netns,
+    mesh: &Mesh,
+    underlay_mtu: u32,
+) -> Result<bool> {
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(true);
     };
@@ -334,7 +343,10 @@ pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Resul
         return Ok(false);
     };
     let want = IpNet::from(IpAddr::V4(addr));
-    if !host.up || !nl.addresses(host.index).await?.contains(&want) {
+    if !host.up
+        || host.mtu != Some(mtu(underlay_mtu))
+        || !nl.addresses(host.index).await?.contains(&want)
+    {
         return Ok(false);
     }
     let neigh = nl.neighbours(host.index).await?;

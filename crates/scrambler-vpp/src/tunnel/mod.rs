@@ -194,6 +194,7 @@ pub struct VppTunnel {
     vpp: NodeVpp,
     stats: Arc<SocketResolver>,
     host_link: bool,
+    underlay_mtu: u32,
 }
 
 impl std::fmt::Debug for VppTunnel {
@@ -201,6 +202,7 @@ impl std::fmt::Debug for VppTunnel {
         f.debug_struct("VppTunnel")
             .field("opts", &self.vpp.opts)
             .field("host_link", &self.host_link)
+            .field("underlay_mtu", &self.underlay_mtu)
             .finish()
     }
 }
@@ -225,6 +227,7 @@ impl VppTunnel {
             vpp: NodeVpp::new(resolve, "scrambler-tunnel"),
             stats: Arc::new(move |ns| Ok(api(ns)?.with_file_name("stats.sock"))),
             host_link: false,
+            underlay_mtu: crate::attach::DEFAULT_UNDERLAY_MTU,
         }
     }
 
@@ -236,6 +239,16 @@ impl VppTunnel {
     /// Turning it off does not remove an existing link; [`Tunnel::remove`] does.
     pub fn with_host_link(mut self, on: bool) -> Self {
         self.host_link = on;
+        self
+    }
+
+    /// The MTU of the node's underlay; the host link ([`VppTunnel::with_host_link`]) gets
+    /// the MTU pods get on it, the ESP and IPIP overhead left room (see
+    /// [`crate::VppAttach::with_underlay_mtu`], the CNI conf's `vpp.underlayMtu`); default
+    /// [`DEFAULT_UNDERLAY_MTU`](crate::attach::DEFAULT_UNDERLAY_MTU). A reconcile changes
+    /// an existing link's MTU to it.
+    pub fn with_underlay_mtu(mut self, mtu: u32) -> Self {
+        self.underlay_mtu = mtu;
         self
     }
 
@@ -303,7 +316,7 @@ impl Tunnel for VppTunnel {
         }
         let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
         if self.host_link {
-            let h = host_link::reconcile(&c, netns, mesh).await?;
+            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu).await?;
             rep.added += h.added;
             rep.updated += h.updated;
             rep.removed += h.removed;
@@ -333,7 +346,7 @@ impl Tunnel for VppTunnel {
             .collect();
         let spd = underlay_guard::HaveSpd::read(&c).await?;
         let host_link_ok = match self.host_link {
-            true => host_link::in_place(&c, netns, mesh).await?,
+            true => host_link::in_place(&c, netns, mesh, self.underlay_mtu).await?,
             false => true,
         };
         let _ = c.close().await;
