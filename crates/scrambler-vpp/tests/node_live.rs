@@ -171,6 +171,20 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
         assert!(st.in_place(), "{del:?}: {st:?}");
     }
 
+    // 3c. the pair as a reconcile that died between creating it and marking it leaves it
+    //     (no aliases: the kernel takes none when creating a link): adopted
+    for end in [HOST_LINK_IF, HOST_LINK_VPP_IF] {
+        t.a.netns.ip(&["link", "set", "dev", end, "alias", ""]);
+    }
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
+    let rep = t.reconcile("a").await;
+    assert!(rep.updated > 0, "half-made pair not adopted: {rep:?}");
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.in_place(), "{st:?}");
+    let links = t.a.netns.ip(&["-d", "link", "show", HOST_LINK_VPP_IF]);
+    assert!(links.contains("alias scrambler-vpp/host"), "{links}");
+
     // 4. the tunnel's protection deleted behind Scrambler's back: dropped, never clear
     let tunnel = format!("ipip{}", tunnel_instance(NodeId::new(2).unwrap()));
     t.a.vppctl(&["ipsec", "tunnel", "protect", "del", &tunnel]);

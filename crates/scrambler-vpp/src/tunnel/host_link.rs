@@ -97,6 +97,50 @@ async fn owned_link(nl: &Nl, name: &str) -> Result<Option<LinkState>> {
     }
 }
 
+/// True when `host` and `vpp_end`, the links named [`HOST_LINK_IF`] and
+/// [`HOST_LINK_VPP_IF`], are a veth pair Scrambler made and did not finish marking: veths,
+/// each the other's peer in the same namespace, neither with an alias other than
+/// [`HOST_LINK_ALIAS`], one without it. The kernel ignores an alias in the request that
+/// creates a link, so the aliases are set right after: a reconcile that died in between
+/// leaves such a pair.
+fn half_made_pair(host: &LinkState, vpp_end: &LinkState) -> bool {
+    let unset = |l: &LinkState| l.alias.as_deref().is_none_or(str::is_empty);
+    let ours_or_unset = |l: &LinkState| unset(l) || l.alias.as_deref() == Some(HOST_LINK_ALIAS);
+    host.name == HOST_LINK_IF
+        && vpp_end.name == HOST_LINK_VPP_IF
+        && host.kind.as_deref() == Some("veth")
+        && vpp_end.kind.as_deref() == Some("veth")
+        && host.parent == Some(vpp_end.index)
+        && vpp_end.parent == Some(host.index)
+        && ours_or_unset(host)
+        && ours_or_unset(vpp_end)
+        && (unset(host) || unset(vpp_end))
+}
+
+/// Finishes a veth pair that a reconcile made but did not mark (see [`half_made_pair`]):
+/// its ends get the alias. Returns whether it did.
+async fn adopt_half_made_pair(nl: &Nl) -> Result<bool> {
+    let (Some(host), Some(vpp_end)) = (
+        nl.link_by_name(HOST_LINK_IF).await?,
+        nl.link_by_name(HOST_LINK_VPP_IF).await?,
+    ) else {
+        return Ok(false);
+    };
+    if !half_made_pair(&host, &vpp_end) {
+        return Ok(false);
+    }
+    for l in [&host, &vpp_end] {
+        if l.alias.as_deref() != Some(HOST_LINK_ALIAS) {
+            nl.set_alias(l.index, &l.name, HOST_LINK_ALIAS).await?;
+        }
+    }
+    tracing::info!(
+        "host link {HOST_LINK_IF} / {HOST_LINK_VPP_IF} found without its alias (made by a \
+         reconcile that stopped before marking it): adopted"
+    );
+    Ok(true)
+}
+
 /// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`, its MTU that of
 /// pods on an underlay of MTU `underlay_mtu`. A node without an IPv4 tunnel address gets
 /// none.
@@ -113,6 +157,9 @@ pub(super) async fn reconcile(
     };
     let nl = Nl::open(netns).await?;
     let ops = AttachCalls { c };
+    if adopt_half_made_pair(&nl).await? {
+        rep.updated += 1;
+    }
 
     // a link holding another address (the node's pod CIDR changed) is made afresh
     if let Some(l) = owned_link(&nl, HOST_LINK_IF).await? {
@@ -126,7 +173,8 @@ pub(super) async fn reconcile(
     }
 
     // the veth pair, both ends in the node's namespace, marked ours (alias) right after it is
-    // made; a name taken by a link without the alias is refused above, never adopted
+    // made (the kernel takes no alias when creating a link); a name taken by a link
+    // without the alias is refused, never adopted — but the half-made pair adopted above
     let host = match owned_link(&nl, HOST_LINK_IF).await? {
         Some(l) => {
             rep.unchanged += 1;
@@ -379,6 +427,7 @@ pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {
         }
     }
     let nl = Nl::open(netns).await?;
+    adopt_half_made_pair(&nl).await?;
     for name in [HOST_LINK_IF, HOST_LINK_VPP_IF] {
         if let Some(l) = owned_link(&nl, name).await? {
             if nl.delete_link(l.index, name).await? {
@@ -403,6 +452,46 @@ mod tests {
             protocol: ROUTE_PROTO,
             src: r.src,
         }
+    }
+
+    #[test]
+    fn only_an_unmarked_pair_of_the_host_links_names_is_adopted() {
+        let end = |index, name: &str, peer, alias: Option<&str>| LinkState {
+            index,
+            name: name.into(),
+            kind: Some("veth".into()),
+            parent: Some(peer),
+            alias: alias.map(String::from),
+            ..Default::default()
+        };
+        let host = end(4, HOST_LINK_IF, 5, None);
+        let vpp = end(5, HOST_LINK_VPP_IF, 4, None);
+        assert!(half_made_pair(&host, &vpp));
+        // one end marked already (the reconcile died between the two aliases)
+        assert!(half_made_pair(
+            &end(4, HOST_LINK_IF, 5, Some(HOST_LINK_ALIAS)),
+            &vpp
+        ));
+        // both marked: a finished pair, nothing to adopt
+        let done = end(5, HOST_LINK_VPP_IF, 4, Some(HOST_LINK_ALIAS));
+        assert!(!half_made_pair(
+            &end(4, HOST_LINK_IF, 5, Some(HOST_LINK_ALIAS)),
+            &done
+        ));
+        // someone else's: another alias, not each other's peer, not veths
+        assert!(!half_made_pair(
+            &end(4, HOST_LINK_IF, 5, Some("theirs")),
+            &vpp
+        ));
+        assert!(!half_made_pair(&host, &end(5, HOST_LINK_VPP_IF, 9, None)));
+        assert!(!half_made_pair(&end(4, HOST_LINK_IF, 9, None), &vpp));
+        let mut dummy = host.clone();
+        dummy.kind = Some("dummy".into());
+        assert!(!half_made_pair(&dummy, &vpp));
+        // a peer in another namespace (its index there could be anything)
+        let mut far = vpp.clone();
+        far.name = "eth0".into();
+        assert!(!half_made_pair(&host, &far));
     }
 
     #[test]

@@ -110,7 +110,13 @@
 //! host; both directions then follow the routes above (drop until the tunnel is protected
 //! and up, the cluster guard for nodes not in the mesh). Without the host link a remote
 //! pod's packet to the node's tunnel address is dropped by the cluster guard, and the
-//! host has no path to remote pods. Not done: traffic to the node's own underlay address
+//! host has no path to remote pods. The host link is reconciled after the tunnels: an
+//! error making it (a name taken by someone else's interface, a kernel or VPP error) fails
+//! the reconcile with the tunnels already applied, and the next reconcile (an agent's
+//! retry, the next `mesh apply`) tries again; `status` reports it missing
+//! ([`HOST_LINK_MISSING`]) meanwhile. A veth pair of its names that a reconcile made but
+//! did not mark with its alias (it died in between: the kernel takes no alias when creating
+//! a link) is adopted. Not done: traffic to the node's own underlay address
 //! ends in VPP (VPP holds it; a host service there is not reached); IPv6 tunnel addresses
 //! are not held on the host link.
 //!
