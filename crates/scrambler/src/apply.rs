@@ -106,6 +106,9 @@ fn check_netns(netns: &Netns) -> Result<()> {
 pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.mesh_for(&args.node)?;
+    mesh.local
+        .check_previous_epoch_deadlines(scrambler_core::mesh::unix_now())
+        .map_err(|e| naming_mesh_file_in(e, &args.mesh))?;
     let secret = mf.secret()?;
     check_netns(&args.netns)?;
     let t = tunnel_with(args.backend, &args.vpp_socket, args.underlay_mtu)?;
@@ -126,6 +129,14 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     tracing::info!(node = %args.node, added = report.added, updated = report.updated,
         removed = report.removed, "mesh applied");
     Ok(report)
+}
+
+/// A mesh error about the contents of `mesh`, the file named in front.
+fn naming_mesh_file_in(e: Error, mesh: &Path) -> Error {
+    match e {
+        Error::InvalidMesh(m) => Error::InvalidMesh(format!("{}: {m}", mesh.display())),
+        e => e,
+    }
 }
 
 /// The ledger's errors name the mesh file where they say `MESHFILE`.
@@ -235,6 +246,40 @@ mod tests {
         assert!(!e.to_string().contains("--vpp-socket"));
         let e = hint_vpp_socket(vpp, Error::io("read", "/x", gone()));
         assert!(!e.to_string().contains("--vpp-socket"));
+    }
+
+    #[tokio::test]
+    async fn a_previous_epoch_kept_beyond_an_hour_is_refused_before_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = dir.path().join("mesh.json");
+        let until = scrambler_core::mesh::unix_now() + 7200;
+        let text = format!(
+            r#"{{"nodes":[
+            {{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],
+              "podCidrs":["10.244.1.0/24"],
+              "previousEpochs":[{{"epoch":"00000000000010ff","until":{until}}}]}},
+            {{"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],
+              "podCidrs":["10.244.2.0/24"]}}],
+            "clusterCidrs":["10.244.0.0/16"],"keys":{{"tx":1,"rx":[1]}},"keyFile":"k.hex"}}"#
+        );
+        std::fs::write(&mesh, text).unwrap();
+        let args = ApplyArgs {
+            mesh: mesh.clone(),
+            node: "a".into(),
+            // never reached: the mesh is refused first
+            netns: Netns::Path(dir.path().join("no-such-netns")),
+            state_dir: dir.path().join("state"),
+            ledger_dir: dir.path().join("ledger"),
+            backend: TunnelDataplane::Xfrm,
+            vpp_socket: dir.path().join("api.sock"),
+            underlay_mtu: scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU,
+        };
+        let e = message(&apply(&args).await.unwrap_err());
+        assert!(
+            e.contains(&mesh.display().to_string()) && e.contains("at most 3600 s"),
+            "{e}"
+        );
+        assert!(!dir.path().join("state").exists() && !dir.path().join("ledger").exists());
     }
 
     #[test]
