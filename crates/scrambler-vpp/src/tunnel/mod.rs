@@ -83,10 +83,8 @@
 //! * **A lost outbound SA is not re-created** under the same key: its sequence numbers, the
 //!   AES-GCM IVs, would restart (nonce reuse, and replay drops at the peer). When the SA is
 //!   missing but evidence says it existed (see the docs of the private `outbound_lost`: the
-//!   inbound SA of the same generation under the current epochs is still there, or the
-//!   peer's tunnel is and no stale inbound SA of the peer says that tunnel was made under
-//!   an earlier epoch — the inbound SAs of the local node's previous epochs, kept on
-//!   purpose, are no such sign; and no rotation is switching), the peer stays behind its drop routes, its tunnel down,
+//!   inbound SA of the same generation, or the peer's tunnel, is still there, and no
+//!   rotation is switching), the peer stays behind its drop routes, its tunnel down,
 //!   `status` reports [`LOST_OUTBOUND`], and a new epoch for the node (or a key rotation)
 //!   repairs it. An outbound SA
 //!   found with other attributes than planned is likewise not replaced but deleted, and the

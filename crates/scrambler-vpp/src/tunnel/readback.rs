@@ -173,13 +173,9 @@ impl OwnedState {
 /// epoch of either end, or a new generation) repairs that. Evidence that it was made: outside rotation step 2 (`switching`), the
 /// inbound SA of the same generation under the current epochs is here, or the peer's
 /// tunnel is (a reconcile makes a tunnel's SAs in the same run) while its protection is
-/// gone or still names that SA — unless a stale inbound SA of the peer, under epochs that
-/// are neither current nor a previous epoch the local node keeps, is there too (the tunnel
-/// was made under those: after an epoch change the new outbound SA was never made; the
-/// ledger, before the dataplane, is what refuses a key that sent). A kept previous epoch's
-/// inbound SA is no such sign: it outlives the current epoch's SAs when those are deleted
-/// behind our back, and the tunnel then counts as evidence (the peer stays down until a
-/// new key, rather than re-using one that sent).
+/// gone or still names that SA — unless an inbound SA of the peer under other epochs is
+/// there too (the tunnel was made under those: after an epoch change the new outbound SA
+/// was never made; the ledger, before the dataplane, is what refuses a key that sent).
 /// A node whose SAs *and* tunnels all vanished (a VPP restart) cannot tell: it comes back
 /// with a new epoch, and the node's ledger refuses the old one.
 pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> bool {
@@ -201,24 +197,12 @@ pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> boo
     if mesh.keys.rx.contains(&mesh.keys.tx) && rx_of_tx {
         return true;
     }
-    // the tunnel is evidence only when nothing says it was made under other epochs: a
-    // stale inbound SA of the peer (its SPI's epoch tag neither the current epochs' nor
-    // that of a previous epoch the local node keeps: one not yet deleted after an epoch
-    // change) says the tunnel's SAs were of those. A kept previous epoch's SA says
-    // nothing: it stays beside the current epoch's SAs, so it is there also when those
-    // were deleted behind our back
-    let current = node.epoch.spi_tag() ^ mesh.local.epoch.spi_tag();
-    let kept: Vec<u8> = mesh
-        .local
-        .previous_epochs
-        .iter()
-        .map(|p| node.epoch.spi_tag() ^ p.epoch.spi_tag())
-        .collect();
+    // the tunnel is evidence only when nothing says it was made under other epochs: an
+    // inbound SA of the peer whose SPI has another epoch tag (the old epoch's, kept or
+    // not yet deleted, after an epoch change) says the tunnel's SAs were of those
+    let tag = node.epoch.spi_tag() ^ mesh.local.epoch.spi_tag();
     let other_epochs = have.sas.iter().any(|(id, e)| {
-        let tag = (e.spi & 0xff) as u8;
-        peer_of_sa(*id) == Some((peer.get(), Direction::Inbound))
-            && tag != current
-            && !kept.contains(&tag)
+        peer_of_sa(*id) == Some((peer.get(), Direction::Inbound)) && (e.spi & 0xff) as u8 != tag
     });
     if other_epochs {
         return false;
@@ -373,18 +357,10 @@ mod tests {
         assert!(outbound_lost(&a, &before, id(2)));
         // under the new epoch it is a kept SA of the old one: the new outbound SA is made
         assert!(!outbound_lost(&a, &after, id(2)));
-        // with the tunnel there, its protection gone: lost under the old epoch; under the
-        // new one the kept SA is no sign that the tunnel was made under the old epoch (the
-        // new epoch's protection, outbound and inbound SAs may all have been deleted behind
-        // our back, leaving just this): lost, never re-created under a key that may have sent
+        // also when the old tunnel is there, its protection gone with the lost SA
         with_tunnel(&mut a, None);
         assert!(outbound_lost(&a, &before, id(2)));
-        assert!(outbound_lost(&a, &after, id(2)));
-        // the same SA not kept (the old epoch not listed): a stale SA of the epoch the
-        // tunnel was made under, the new outbound SA was never made
-        let mut unkept = after.clone();
-        unkept.local.previous_epochs.clear();
-        assert!(!outbound_lost(&a, &unkept, id(2)));
+        assert!(!outbound_lost(&a, &after, id(2)));
         // the new epoch's inbound SA (slot 1) without its outbound SA: lost
         let mut new = plan_at(&after, &secret, 0).unwrap();
         place_inbound(&mut new[0], &a.sas);
