@@ -83,8 +83,9 @@
 //! * **A lost outbound SA is not re-created** under the same key: its sequence numbers, the
 //!   AES-GCM IVs, would restart (nonce reuse, and replay drops at the peer). When the SA is
 //!   missing but evidence says it existed (see the docs of the private `outbound_lost`: the
-//!   inbound SA of the same generation, or the peer's tunnel, is still there, and no
-//!   rotation is switching), the peer stays behind its drop routes, its tunnel down,
+//!   inbound SA of the same generation under the current epochs is still there, or the
+//!   peer's tunnel is and no inbound SA of the peer under other epochs says the tunnel was
+//!   made under those; and no rotation is switching), the peer stays behind its drop routes, its tunnel down,
 //!   `status` reports [`LOST_OUTBOUND`], and a new epoch for the node (or a key rotation)
 //!   repairs it. An outbound SA
 //!   found with other attributes than planned is likewise not replaced but deleted, and the
@@ -93,7 +94,11 @@
 //!   everything (restart) cannot tell: the node comes back with a new epoch (every key
 //!   with it new, see [`scrambler_core::epoch`]), and the node's ledger
 //!   ([`scrambler_core::Ledger`], used by `scrambler mesh apply`) refuses to install an
-//!   outbound SA it installed before.
+//!   outbound SA it installed before. Likewise, while the node keeps a previous epoch,
+//!   the new epoch's outbound SA deleted together with the tunnel's protection and the new
+//!   epoch's inbound SA looks like one never made (the kept inbound SA of the old epoch
+//!   is all that is left, as after a lost outbound SA repaired by a new epoch): only the
+//!   ledger refuses it.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
 //!
@@ -349,6 +354,13 @@ impl Tunnel for VppTunnel {
             .into_values()
             .collect();
         let spd = underlay_guard::HaveSpd::read(&c).await?;
+        // a gateway an earlier release made stays in table 0: its pods are outside the
+        // pods' VRF, and the underlay guard drops all their traffic to peers' underlay
+        let ops = crate::attach::ops::AttachCalls { c: &c };
+        let gateway_in_table_0 = match ops.find_gateway().await? {
+            Some(gw) => ops.interface_table(gw).await? != POD_TABLE_ID,
+            None => false,
+        };
         let host_link_ok = match self.host_link {
             true => host_link::in_place(&c, netns, mesh, self.underlay_mtu).await?,
             false => true,
@@ -368,7 +380,10 @@ impl Tunnel for VppTunnel {
             st.errors.insert(HOST_LINK_MISSING.into(), 1);
         }
         if guarded {
-            let n = unsteered_underlay_pairs(&have, mesh);
+            let n = match gateway_in_table_0 {
+                true => underlay_pairs(mesh),
+                false => unsteered_underlay_pairs(&have, mesh),
+            };
             if n > 0 {
                 st.errors
                     .insert(POD_TO_PEER_UNDERLAY_DROPPED.into(), n as u64);
@@ -402,6 +417,22 @@ impl Tunnel for VppTunnel {
     }
 }
 
+/// Every (local pod CIDR, peer underlay address) pair of the same family: all of them
+/// dropped by the underlay guard for pods attached to a gateway in table 0.
+fn underlay_pairs(mesh: &Mesh) -> usize {
+    mesh.peers
+        .iter()
+        .flat_map(|p| &p.underlay)
+        .map(|a| {
+            mesh.local
+                .pod_cidrs
+                .iter()
+                .filter(|c| c.addr().is_ipv6() == a.is_ipv6())
+                .count()
+        })
+        .sum()
+}
+
 /// The (local pod CIDR, peer underlay address) pairs of the same family whose pods' table
 /// route does not lead into the peer's tunnel: the underlay guard drops that traffic.
 fn unsteered_underlay_pairs(have: &OwnedState, mesh: &Mesh) -> usize {
@@ -430,6 +461,19 @@ fn unsteered_underlay_pairs(have: &OwnedState, mesh: &Mesh) -> usize {
 #[cfg(test)]
 mod tests {
     use scrambler_core::{Mesh, Node, NodeId};
+
+    #[test]
+    fn a_gateway_in_table_0_counts_every_pair_of_one_family() {
+        let mut m = mesh(scrambler_core::Keys::single(1));
+        assert_eq!(super::underlay_pairs(&m), 1);
+        m.local.pod_cidrs.push("fd00:1::/64".parse().unwrap());
+        m.peers[0].underlay.push("2001:db8::2".parse().unwrap());
+        m.peers[0].underlay.push("192.0.2.22".parse().unwrap());
+        assert_eq!(super::underlay_pairs(&m), 3);
+        // every pair is also unsteered with nothing in VPP
+        let have = super::readback::OwnedState::default();
+        assert_eq!(super::unsteered_underlay_pairs(&have, &m), 3);
+    }
 
     pub(super) fn id(n: u32) -> NodeId {
         NodeId::new(n).unwrap()

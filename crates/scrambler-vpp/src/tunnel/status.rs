@@ -19,9 +19,10 @@ pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 /// Key in [`TunnelStatus::errors`]: how many (local pod CIDR, peer underlay address) pairs
 /// are not steered into the peer's tunnel in the pods' table (the peer's tunnel is not
 /// up, or the route is missing): pods' traffic to those addresses is dropped by the
-/// underlay guard, not encrypted. Pods outside the pods' VRF (attached to a gateway
-/// loopback an earlier release made in table 0, or by hand) are always dropped there and
-/// are not counted.
+/// underlay guard, not encrypted. With the gateway loopback in table 0 (made by an
+/// earlier release, and left there) every pair counts: its pods are outside the pods' VRF,
+/// and the guard drops all their traffic to peers' underlay addresses. Pods put in table 0
+/// by hand beside a gateway in the pods' VRF are not counted.
 pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
 
 /// Key in [`TunnelStatus::errors`] when a [`VppTunnel`](super::VppTunnel) with the host link
