@@ -478,13 +478,16 @@ impl Agent {
         })
     }
 
-    /// True when the dataplane holds `mesh` as it should: guarded and every peer up. A
-    /// dataplane changed under the agent (a VPP restart, a flush, a lost SA) is
+    /// True when the dataplane holds `mesh` as it should ([`TunnelStatus::in_place`]):
+    /// guarded, every peer up, its host link (VPP) in place. A dataplane changed under the
+    /// agent (a VPP restart, a flush, a lost SA or route, a deleted host link) is
     /// reconciled on the next sync even when etcd did not change; a lost outbound SA then
     /// meets the ledger, and the node takes a new epoch.
+    ///
+    /// [`TunnelStatus::in_place`]: scrambler_core::TunnelStatus::in_place
     async fn dataplane_healthy(&self, mesh: &Mesh) -> bool {
         match self.tunnel.status(&self.cfg.netns, mesh).await {
-            Ok(st) => st.fail_closed && st.peers.iter().all(|p| p.is_up()),
+            Ok(st) => st.in_place(),
             Err(e) => {
                 tracing::warn!(node = %self.cfg.node, "reading the dataplane's status: {e}");
                 false
@@ -706,14 +709,11 @@ impl Agent {
         match ledger.admit(mesh, key_id, |p| installed.contains(&p.name)) {
             Ok(_) => Ok(ledger),
             Err(Error::AlreadyExists { object, .. }) => {
-                let old = self.epoch;
-                if let Some(old) = old {
-                    self.keep_previous_epoch(old, mesh).await;
-                }
-                let avoid: Vec<Epoch> = old
-                    .into_iter()
-                    .chain(self.previous_epochs.iter().map(|p| p.epoch))
-                    .collect();
+                // the epoch whose SAs the dataplane holds is the refused mesh's, which
+                // may differ from `self.epoch` (an earlier refusal saved a new epoch to
+                // the epoch file, then the agent restarted from the mesh it last applied)
+                self.keep_previous_epoch(mesh.local.epoch, mesh).await;
+                let avoid = epochs_to_avoid(self.epoch, mesh, &self.previous_epochs);
                 let e = Epoch::generate_unlike(&avoid)?;
                 epoch::save(&self.cfg.state_dir, e)?;
                 self.epoch = Some(e);
@@ -901,6 +901,22 @@ impl Agent {
     }
 }
 
+/// The epochs a node leaving `refused` must not take again: the refused mesh's own
+/// epoch (its SAs may be in the dataplane), the agent's current epoch when that differs
+/// (it may have been published), and every previous epoch still kept.
+fn epochs_to_avoid(
+    current: Option<Epoch>,
+    refused: &Mesh,
+    previous: &[PreviousEpoch],
+) -> Vec<Epoch> {
+    let mut avoid = vec![refused.local.epoch];
+    avoid.extend(current);
+    avoid.extend(previous.iter().map(|p| p.epoch));
+    avoid.sort();
+    avoid.dedup();
+    avoid
+}
+
 fn is_etcd(e: &Error) -> bool {
     matches!(e, Error::Dataplane { dataplane, .. } if dataplane == "etcd")
 }
@@ -967,4 +983,58 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh_with_local_epoch(epoch: u64) -> Mesh {
+        Mesh {
+            local: Node {
+                name: "a".into(),
+                id: NodeId::new(1).unwrap(),
+                epoch: Epoch::new(epoch).unwrap(),
+                underlay: vec!["192.0.2.1".parse().unwrap()],
+                pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+                previous_epochs: Vec::new(),
+            },
+            peers: Vec::new(),
+            keys: Keys::single(1),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_refusal_after_a_restart_avoids_the_applied_and_the_saved_epoch() {
+        // an earlier refusal saved E2 to the epoch file; the agent restarted from
+        // mesh.json, still under E1 (whose SAs are in the dataplane), and is refused again
+        let e1 = 0x1111_0000_0000_00a1;
+        let e2 = 0x2222_0000_0000_00b2;
+        let kept = PreviousEpoch {
+            epoch: Epoch::new(0x3333_0000_0000_00c3).unwrap(),
+            until: now() + 60,
+        };
+        let avoid = epochs_to_avoid(
+            Some(Epoch::new(e2).unwrap()),
+            &mesh_with_local_epoch(e1),
+            std::slice::from_ref(&kept),
+        );
+        let tags: BTreeSet<u8> = avoid.iter().map(|e| e.spi_tag()).collect();
+        assert_eq!(tags, BTreeSet::from([0xa1, 0xb2, 0xc3]));
+        for _ in 0..64 {
+            let e = Epoch::generate_unlike(&avoid).unwrap();
+            assert!(
+                !tags.contains(&e.spi_tag()),
+                "{e} reuses a tag of {avoid:?}"
+            );
+        }
+        // the usual case: the agent's epoch is the refused mesh's
+        let avoid = epochs_to_avoid(
+            Some(Epoch::new(e1).unwrap()),
+            &mesh_with_local_epoch(e1),
+            &[],
+        );
+        assert_eq!(avoid, vec![Epoch::new(e1).unwrap()]);
+    }
 }

@@ -40,5 +40,5 @@ pub use netns::Netns;
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use traits::{
     AllocRequest, Attach, AttachRequest, AttachmentId, Ipam, Lease, PeerStatus, ReconcileReport,
-    Tunnel, TunnelStatus,
+    Tunnel, TunnelStatus, HOST_LINK_MISSING,
 };

@@ -132,6 +132,11 @@ pub struct Node {
 /// Most previous epochs a node may list ([`Node::previous_epochs`]).
 pub const MAX_PREVIOUS_EPOCHS: usize = 3;
 
+/// Longest a previous epoch's inbound SAs may still be kept when a mesh is applied
+/// (seconds past the time of the apply, see [`Node::check_previous_epoch_deadlines`]): an
+/// hour, what `scrambler mesh epoch --keep-previous-secs` and the agent's epoch grace allow.
+pub const MAX_PREVIOUS_EPOCH_SECS: u64 = 3600;
+
 /// An earlier epoch of a node whose inbound SAs stay until `until` (JSON:
 /// `{"epoch": "9f2c04e17a3b6d58", "until": 1764760000}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +218,25 @@ impl Node {
                 id: self.id,
                 epoch: p.epoch,
             })
+    }
+
+    /// Checks that no previous epoch is kept more than [`MAX_PREVIOUS_EPOCH_SECS`] past
+    /// `now` (Unix seconds): a deadline further out (a typo, milliseconds for seconds)
+    /// would keep inbound SAs of an epoch the node left for that long.
+    pub fn check_previous_epoch_deadlines(&self, now: u64) -> Result<()> {
+        let latest = now.saturating_add(MAX_PREVIOUS_EPOCH_SECS);
+        match self.previous_epochs.iter().find(|p| p.until > latest) {
+            Some(p) => Err(Error::mesh(format!(
+                "previous epoch {} of node {:?} is kept until {} (Unix seconds), {} s from \
+                 now: at most {MAX_PREVIOUS_EPOCH_SECS} s (`scrambler mesh epoch \
+                 --keep-previous-secs` writes it so)",
+                p.epoch,
+                self.name,
+                p.until,
+                p.until - now
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Checks the previous epochs: at most [`MAX_PREVIOUS_EPOCHS`], none the current
@@ -685,6 +709,32 @@ mod tests {
         // a CIDR written with host bits is taken by its network
         n.pod_cidrs = vec!["10.1.0.7/24".parse().unwrap()];
         assert_eq!(n.tunnel_address(false), Some("10.1.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn previous_epochs_kept_more_than_an_hour_from_now_are_refused() {
+        let mut n = two_nodes().nodes[0].clone();
+        let now = 1_000_000;
+        n.previous_epochs = vec![PreviousEpoch {
+            epoch: Epoch::new(0x10ff).unwrap(),
+            until: now + MAX_PREVIOUS_EPOCH_SECS,
+        }];
+        n.check_previous_epoch_deadlines(now).unwrap();
+        // past deadlines are fine (the apply deletes those SAs)
+        n.previous_epochs[0].until = 5;
+        n.check_previous_epoch_deadlines(now).unwrap();
+        n.previous_epochs[0].until = now + MAX_PREVIOUS_EPOCH_SECS + 1;
+        let e = n
+            .check_previous_epoch_deadlines(now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("3601 s from now") && e.contains("at most 3600"),
+            "{e}"
+        );
+        // milliseconds for seconds
+        n.previous_epochs[0].until = now * 1000;
+        assert!(n.check_previous_epoch_deadlines(now).is_err());
     }
 
     #[test]

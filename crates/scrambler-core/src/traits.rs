@@ -203,6 +203,22 @@ pub struct TunnelStatus {
     pub overhead: u32,
 }
 
+/// Key in [`TunnelStatus::errors`] when the dataplane's host link (the link joining the
+/// node's host to a dataplane outside the kernel, e.g. VPP's) is missing or incomplete:
+/// a reconcile makes it again, so a caller that reconciles when the dataplane is not as it
+/// should be treats it like a peer that is not up.
+pub const HOST_LINK_MISSING: &str = "ScramblerHostLinkMissing";
+
+impl TunnelStatus {
+    /// True when the dataplane holds the mesh as a reconcile leaves it: fail closed, every
+    /// peer up, and no part a reconcile makes reported missing ([`HOST_LINK_MISSING`]).
+    pub fn in_place(&self) -> bool {
+        self.fail_closed
+            && self.peers.iter().all(PeerStatus::is_up)
+            && !self.errors.contains_key(HOST_LINK_MISSING)
+    }
+}
+
 /// The encrypted node-to-node mesh.
 ///
 /// ```no_run
@@ -310,4 +326,36 @@ pub trait Attach: Send + Sync {
     /// Removes what `attach` made. Idempotent: succeeds when the netns or interface is gone
     /// (`sockets` then has no pod connection; DEL may come without `CNI_NETNS`).
     async fn detach(&self, sockets: &Self::Sockets, req: &AttachRequest) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_host_link_means_the_dataplane_is_not_in_place() {
+        let up = PeerStatus {
+            outbound: true,
+            inbound: true,
+            steering: true,
+            ..Default::default()
+        };
+        let mut st = TunnelStatus {
+            fail_closed: true,
+            peers: vec![up.clone()],
+            ..Default::default()
+        };
+        assert!(st.in_place());
+        // counters (e.g. a stats segment not read) say nothing about what is in place
+        st.errors.insert("ScramblerStatsUnavailable".into(), 1);
+        assert!(st.in_place());
+        st.errors.insert(HOST_LINK_MISSING.into(), 1);
+        assert!(!st.in_place());
+        st.errors.clear();
+        st.peers[0].steering = false;
+        assert!(!st.in_place());
+        st.peers[0].steering = true;
+        st.fail_closed = false;
+        assert!(!st.in_place());
+    }
 }

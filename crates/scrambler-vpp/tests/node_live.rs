@@ -73,7 +73,9 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     let mut t = TwoNodes::underlay("scr-nd").await;
     let pa = pod(&t.a, 1).await;
     let pb = pod(&t.b, 2).await;
-    t.dp = VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b])).with_host_link(true);
+    t.dp = VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b]))
+        .with_host_link(true)
+        .with_underlay_mtu(1400);
     // a route that would carry cluster traffic out of the uplink in clear (a default
     // route's stand-in): only Scrambler's routes keep the host's traffic off it
     t.a.vppctl(&[
@@ -94,6 +96,15 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     assert!(rep.is_noop(), "second reconcile changed {rep:?}");
     let links = t.a.netns.ip(&["-d", "addr", "show", HOST_LINK_IF]);
     assert!(links.contains("inet 10.1.0.1/32"), "{links}");
+    // the host link's MTU is the pods' on a 1400-byte underlay
+    let mtu = scrambler_core::esp::pod_mtu(1400, false);
+    assert!(links.contains(&format!(" mtu {mtu} ")), "{links}");
+    let other_mtu = t.dp.clone().with_underlay_mtu(1500);
+    let st = other_mtu
+        .status(&t.a.netns.netns(), &t.mesh("a"))
+        .await
+        .unwrap();
+    assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
     let routes = t.a.netns.ip(&["route", "show", "10.0.0.0/12"]);
     assert!(
         routes.contains("via 169.254.1.1") && routes.contains("src 10.1.0.1"),
@@ -138,6 +149,42 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     let (ok, leaks, _) = host_a_pings(&t, "10.2.0.1", 2);
     assert!(ok && leaks.is_empty(), "host a -> host b: {ok}\n{leaks}");
 
+    // 3b. the host's cluster CIDR route, then its gateway neighbour, deleted behind
+    //     Scrambler's back: the host link is reported missing (an agent reconciles again)
+    //     and a reconcile restores it
+    let na = t.a.netns.netns();
+    for del in [
+        &["route", "del", "10.0.0.0/12", "dev", HOST_LINK_IF][..],
+        &["neigh", "del", "169.254.1.1", "dev", HOST_LINK_IF][..],
+    ] {
+        t.a.netns.ip(del);
+        let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+        assert_eq!(
+            st.errors.get(HOST_LINK_MISSING),
+            Some(&1),
+            "{del:?}: {st:?}"
+        );
+        assert!(!st.in_place());
+        let rep = t.reconcile("a").await;
+        assert!(rep.added > 0, "{del:?} not repaired: {rep:?}");
+        let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+        assert!(st.in_place(), "{del:?}: {st:?}");
+    }
+
+    // 3c. the pair as a reconcile that died between creating it and marking it leaves it
+    //     (no aliases: the kernel takes none when creating a link): adopted
+    for end in [HOST_LINK_IF, HOST_LINK_VPP_IF] {
+        t.a.netns.ip(&["link", "set", "dev", end, "alias", ""]);
+    }
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
+    let rep = t.reconcile("a").await;
+    assert!(rep.updated > 0, "half-made pair not adopted: {rep:?}");
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.in_place(), "{st:?}");
+    let links = t.a.netns.ip(&["-d", "link", "show", HOST_LINK_VPP_IF]);
+    assert!(links.contains("alias scrambler-vpp/host"), "{links}");
+
     // 4. the tunnel's protection deleted behind Scrambler's back: dropped, never clear
     let tunnel = format!("ipip{}", tunnel_instance(NodeId::new(2).unwrap()));
     t.a.vppctl(&["ipsec", "tunnel", "protect", "del", &tunnel]);
@@ -152,7 +199,6 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     assert!(ok && leaks.is_empty(), "after repair: {ok}\n{leaks}");
 
     // 5. the peer gone from a's mesh: the cluster guard drops the host's traffic
-    let na = t.a.netns.netns();
     let mut alone = t.mesh("a");
     alone.peers.clear();
     t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
@@ -183,6 +229,7 @@ async fn node_and_remote_pods_talk_through_the_mesh_encrypted_both_ways_and_fail
     assert!(!links.contains(HOST_LINK_IF), "{links}");
     let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
     assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
+    assert!(!st.in_place(), "{st:?}");
     assert!(!t
         .a
         .af_packet_names()

@@ -401,7 +401,9 @@ async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
     });
     let across = decrypted(kept_id).await - before_all;
     println!("b -> a across a's epoch change: {across} of 300 echo requests received");
-    assert!(across > 0, "the kept SA received nothing");
+    // the kept SA carries b's echo requests through the change: 299-300 of 300 measured
+    // (one may be in flight while the protection is updated)
+    assert!(across >= 295, "the kept SA received {across} of 300");
     let ids: Vec<u32> = sa_ids(&ca)
         .await
         .into_iter()
@@ -412,8 +414,9 @@ async fn a_kept_previous_epoch_receives_the_peer_until_it_rekeys() {
     let st = t.dp.status(&na, &a_mesh).await.unwrap();
     assert!(st.fail_closed && st.peers[0].is_up(), "{st:?}");
     let prot = t.a.vppctl(&["show", "ipsec", "protect"]);
+    // the tunnel's protection takes the kept SA inbound, by its id (`sa <id> (0x<id>)`)
     assert!(
-        prot.contains(&format!("sa {kept_id} ")) || prot.contains(&kept_id.to_string()),
+        prot.contains(&format!("sa {kept_id} (0x{kept_id:x})")),
         "{prot}"
     );
 

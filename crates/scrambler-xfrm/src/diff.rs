@@ -167,6 +167,11 @@ fn diff_states(
                 })
             }
             Some(f) if f.shape == want.shape => ch.report.unchanged += 1,
+            // a previous epoch's inbound state found with another shape (another replay
+            // window, a key of another secret) is left as it is, as the VPP dataplane
+            // does: made anew it would start its replay window over, and it only bridges
+            // the peers' switch to the new epoch until its deadline
+            Some(_) if want.kept => ch.report.unchanged += 1,
             Some(f) if !want.inbound && f.shape.key_digest == want.shape.key_digest => {
                 // An outbound state whose attributes changed (e.g. the local underlay
                 // address) but not its key has sent under this key: replacing it would
@@ -471,6 +476,17 @@ mod tests {
         // all in place: nothing to do
         let all = found_states(&new, |_| true);
         let ch = diff(&cfg, &new, &pols, &all, true).unwrap();
+        assert!(ch.report.is_noop() && ch.len() == 0, "{:?}", ch.report);
+        // a kept state found with another shape is left as it is, never re-created
+        let mut reshaped = all.clone();
+        for f in reshaped
+            .iter_mut()
+            .filter(|f| kept.iter().any(|k| k.shape.key == f.shape.key))
+        {
+            f.shape.replay_window += 32;
+            f.shape.key_digest[0] ^= 1;
+        }
+        let ch = diff(&cfg, &new, &pols, &reshaped, true).unwrap();
         assert!(ch.report.is_noop() && ch.len() == 0, "{:?}", ch.report);
         // past the deadline a reconcile deletes them, and only them
         let (_, _, expired, _) = epoch_change(1000);

@@ -30,12 +30,20 @@ pub struct ApplyArgs {
     pub backend: TunnelDataplane,
     /// With backend `vpp`: the binary-API socket of the node's VPP.
     pub vpp_socket: PathBuf,
+    /// With backend `vpp`: the MTU of the node's underlay (the host link's MTU derives
+    /// from it, see [`scrambler_vpp::VppTunnel::with_underlay_mtu`]).
+    pub underlay_mtu: u32,
 }
 
 /// The tunnel dataplane `backend`; `vpp` talks to the VPP whose binary-API socket is
 /// `vpp_socket` (connecting per operation, so VPP may restart in between), with the host
-/// link ([`scrambler_vpp::VppTunnel::with_host_link`]) in the node's namespace.
-pub fn tunnel_with(backend: TunnelDataplane, vpp_socket: &Path) -> Result<Box<dyn Tunnel>> {
+/// link ([`scrambler_vpp::VppTunnel::with_host_link`]) in the node's namespace, whose MTU
+/// is that of pods on an underlay of MTU `underlay_mtu`.
+pub fn tunnel_with(
+    backend: TunnelDataplane,
+    vpp_socket: &Path,
+    underlay_mtu: u32,
+) -> Result<Box<dyn Tunnel>> {
     match backend {
         TunnelDataplane::Xfrm => Ok(Box::new(scrambler_xfrm::XfrmTunnel::new(
             scrambler_xfrm::XfrmConfig::default(),
@@ -43,7 +51,9 @@ pub fn tunnel_with(backend: TunnelDataplane, vpp_socket: &Path) -> Result<Box<dy
         // the node's host holds its tunnel address on a link into VPP: node <-> remote pod
         // traffic rides the mesh as on the kernel dataplane
         TunnelDataplane::Vpp => Ok(Box::new(
-            scrambler_vpp::VppTunnel::new(vpp_socket).with_host_link(true),
+            scrambler_vpp::VppTunnel::new(vpp_socket)
+                .with_host_link(true)
+                .with_underlay_mtu(underlay_mtu),
         )),
     }
 }
@@ -96,9 +106,12 @@ fn check_netns(netns: &Netns) -> Result<()> {
 pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.mesh_for(&args.node)?;
+    mesh.local
+        .check_previous_epoch_deadlines(scrambler_core::mesh::unix_now())
+        .map_err(|e| naming_mesh_file_in(e, &args.mesh))?;
     let secret = mf.secret()?;
     check_netns(&args.netns)?;
-    let t = tunnel_with(args.backend, &args.vpp_socket)?;
+    let t = tunnel_with(args.backend, &args.vpp_socket, args.underlay_mtu)?;
     // held until the reconcile is done: applies on one node take turns
     let mut ledger = Ledger::open(&args.ledger_dir, &args.node)?;
     let key_id = secret.key_id();
@@ -116,6 +129,14 @@ pub async fn apply(args: &ApplyArgs) -> Result<ReconcileReport> {
     tracing::info!(node = %args.node, added = report.added, updated = report.updated,
         removed = report.removed, "mesh applied");
     Ok(report)
+}
+
+/// A mesh error about the contents of `mesh`, the file named in front.
+fn naming_mesh_file_in(e: Error, mesh: &Path) -> Error {
+    match e {
+        Error::InvalidMesh(m) => Error::InvalidMesh(format!("{}: {m}", mesh.display())),
+        e => e,
+    }
 }
 
 /// The ledger's errors name the mesh file where they say `MESHFILE`.
@@ -165,7 +186,7 @@ pub async fn status(args: &ApplyArgs) -> Result<StatusReport> {
     let mf = MeshFile::load(&args.mesh)?;
     let mesh = mf.mesh_for(&args.node)?;
     check_netns(&args.netns)?;
-    let t = tunnel_with(args.backend, &args.vpp_socket)?;
+    let t = tunnel_with(args.backend, &args.vpp_socket, args.underlay_mtu)?;
     let st = t
         .status(&args.netns, &mesh)
         .await
@@ -192,7 +213,12 @@ pub async fn remove(
     guard: Guard,
 ) -> Result<ReconcileReport> {
     check_netns(netns)?;
-    let t = tunnel_with(backend, vpp_socket)?;
+    // removing needs no MTU: the default serves
+    let t = tunnel_with(
+        backend,
+        vpp_socket,
+        scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU,
+    )?;
     match guard {
         Guard::Keep => t.remove_keeping_guard(netns).await,
         Guard::Remove => t.remove(netns).await,
@@ -220,6 +246,40 @@ mod tests {
         assert!(!e.to_string().contains("--vpp-socket"));
         let e = hint_vpp_socket(vpp, Error::io("read", "/x", gone()));
         assert!(!e.to_string().contains("--vpp-socket"));
+    }
+
+    #[tokio::test]
+    async fn a_previous_epoch_kept_beyond_an_hour_is_refused_before_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = dir.path().join("mesh.json");
+        let until = scrambler_core::mesh::unix_now() + 7200;
+        let text = format!(
+            r#"{{"nodes":[
+            {{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],
+              "podCidrs":["10.244.1.0/24"],
+              "previousEpochs":[{{"epoch":"00000000000010ff","until":{until}}}]}},
+            {{"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],
+              "podCidrs":["10.244.2.0/24"]}}],
+            "clusterCidrs":["10.244.0.0/16"],"keys":{{"tx":1,"rx":[1]}},"keyFile":"k.hex"}}"#
+        );
+        std::fs::write(&mesh, text).unwrap();
+        let args = ApplyArgs {
+            mesh: mesh.clone(),
+            node: "a".into(),
+            // never reached: the mesh is refused first
+            netns: Netns::Path(dir.path().join("no-such-netns")),
+            state_dir: dir.path().join("state"),
+            ledger_dir: dir.path().join("ledger"),
+            backend: TunnelDataplane::Xfrm,
+            vpp_socket: dir.path().join("api.sock"),
+            underlay_mtu: scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU,
+        };
+        let e = message(&apply(&args).await.unwrap_err());
+        assert!(
+            e.contains(&mesh.display().to_string()) && e.contains("at most 3600 s"),
+            "{e}"
+        );
+        assert!(!dir.path().join("state").exists() && !dir.path().join("ledger").exists());
     }
 
     #[test]

@@ -15,12 +15,13 @@ pub async fn run_agent(
     etcd: &EtcdConfig,
     backend: TunnelDataplane,
     vpp_socket: &Path,
+    underlay_mtu: u32,
 ) -> Result<()> {
     let secret = ClusterSecret::from_file(&cfg.key_file)?;
     cfg.netns
         .check()
         .map_err(|e| Error::config(format!("--netns: {e}")))?;
-    let tunnel = Arc::from(apply::tunnel_with(backend, vpp_socket)?);
+    let tunnel = Arc::from(apply::tunnel_with(backend, vpp_socket, underlay_mtu)?);
     let store = Store::connect(etcd).await?;
     let agent = Agent::new(cfg, store, tunnel, secret)?;
     agent.run(shutdown_signal()).await

@@ -202,6 +202,12 @@ struct AgentArgs {
     /// With --backend vpp: the node's VPP binary-API socket.
     #[arg(long, default_value = apply::DEFAULT_VPP_SOCKET)]
     vpp_socket: PathBuf,
+    /// With --backend vpp: the MTU of the node's underlay (uplink); the host link into VPP
+    /// gets it minus the ESP and IPIP overhead, as pods do (the CNI conf's
+    /// `vpp.underlayMtu`).
+    #[arg(long, default_value_t = scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU,
+          value_parser = clap::value_parser!(u32).range(576..=65535))]
+    underlay_mtu: u32,
     /// The cluster secret (hex, mode 0600 or 0400).
     #[arg(
         long,
@@ -361,6 +367,12 @@ struct NodeArgs {
     /// With --backend vpp: the node's VPP binary-API socket.
     #[arg(long, default_value = apply::DEFAULT_VPP_SOCKET)]
     vpp_socket: PathBuf,
+    /// With --backend vpp: the MTU of the node's underlay (uplink); the host link into VPP
+    /// gets it minus the ESP and IPIP overhead, as pods do (the CNI conf's
+    /// `vpp.underlayMtu`).
+    #[arg(long, default_value_t = scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU,
+          value_parser = clap::value_parser!(u32).range(576..=65535))]
+    underlay_mtu: u32,
 }
 
 impl NodeArgs {
@@ -373,6 +385,7 @@ impl NodeArgs {
             ledger_dir: self.ledger_dir.clone(),
             backend: self.backend.parse()?,
             vpp_socket: self.vpp_socket.clone(),
+            underlay_mtu: self.underlay_mtu,
         })
     }
 }
@@ -683,7 +696,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Agent(args) => {
             let cfg = args.config()?;
             let backend = args.backend.parse()?;
-            cluster::run_agent(cfg, &args.etcd.config()?, backend, &args.vpp_socket).await?;
+            cluster::run_agent(
+                cfg,
+                &args.etcd.config()?,
+                backend,
+                &args.vpp_socket,
+                args.underlay_mtu,
+            )
+            .await?;
         }
         Cmd::AgentCheck { state_dir, check } => {
             let st = scrambler_agent::status::AgentStatus::load(

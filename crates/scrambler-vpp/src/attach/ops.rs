@@ -71,7 +71,7 @@ pub(crate) struct AttachCalls<'a> {
 impl AttachCalls<'_> {
     /// The gateway loopback: the interface named `loop<GATEWAY_INSTANCE>` tagged
     /// [`GATEWAY_TAG`] (one filtered dump, not all interfaces).
-    pub(super) async fn find_gateway(&self) -> Result<Option<u32>> {
+    pub(crate) async fn find_gateway(&self) -> Result<Option<u32>> {
         let ifs = self
             .c
             .dump(&interface::SwInterfaceDump {

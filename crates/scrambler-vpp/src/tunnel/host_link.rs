@@ -30,12 +30,14 @@ use ipnet::IpNet;
 use scrambler_core::{esp, Error, Mesh, Netns, ReconcileReport, Result};
 use scrambler_netlink::address::Scope;
 use scrambler_netlink::veth::{create_veth, Initially, VethSpec};
-use scrambler_netlink::{parse_mac, Exists, LinkState, Nl, RouteSpec, ROUTE_PROTO};
+use scrambler_netlink::{
+    parse_mac, Exists, LinkState, Neighbour, Nl, RouteSpec, RouteState, ROUTE_PROTO,
+};
 use scrambler_vpp_api::api::interface;
 use scrambler_vpp_api::VppClient;
 
 use crate::attach::ops::{vpp_err, AttachCalls};
-use crate::attach::{DEFAULT_UNDERLAY_MTU, GATEWAY_V4, POD_TX_FRAMES};
+use crate::attach::{GATEWAY_V4, POD_TX_FRAMES};
 
 /// The host end of the host link (holds the node's tunnel address).
 pub const HOST_LINK_IF: &str = "scrambler0";
@@ -48,9 +50,10 @@ pub const HOST_LINK_ALIAS: &str = "scrambler-vpp/host";
 /// The MAC of VPP's end of the host link.
 pub const HOST_LINK_MAC: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 2];
 
-/// The host link's MTU: the pod MTU of a 1500-byte underlay (ESP overhead left room).
-fn mtu() -> u32 {
-    esp::pod_mtu(DEFAULT_UNDERLAY_MTU, false)
+/// The host link's MTU on an underlay of MTU `underlay_mtu`: what pods get
+/// ([`crate::VppAttach::pod_mtu`]), the ESP and IPIP overhead left room.
+fn mtu(underlay_mtu: u32) -> u32 {
+    esp::pod_mtu(underlay_mtu, false)
 }
 
 /// The node's IPv4 tunnel address, if its pod CIDRs give one.
@@ -94,19 +97,69 @@ async fn owned_link(nl: &Nl, name: &str) -> Result<Option<LinkState>> {
     }
 }
 
-/// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`. A node without an
-/// IPv4 tunnel address gets none.
+/// True when `host` and `vpp_end`, the links named [`HOST_LINK_IF`] and
+/// [`HOST_LINK_VPP_IF`], are a veth pair Scrambler made and did not finish marking: veths,
+/// each the other's peer in the same namespace, neither with an alias other than
+/// [`HOST_LINK_ALIAS`], one without it. The kernel ignores an alias in the request that
+/// creates a link, so the aliases are set right after: a reconcile that died in between
+/// leaves such a pair.
+fn half_made_pair(host: &LinkState, vpp_end: &LinkState) -> bool {
+    let unset = |l: &LinkState| l.alias.as_deref().is_none_or(str::is_empty);
+    let ours_or_unset = |l: &LinkState| unset(l) || l.alias.as_deref() == Some(HOST_LINK_ALIAS);
+    host.name == HOST_LINK_IF
+        && vpp_end.name == HOST_LINK_VPP_IF
+        && host.kind.as_deref() == Some("veth")
+        && vpp_end.kind.as_deref() == Some("veth")
+        && host.parent == Some(vpp_end.index)
+        && vpp_end.parent == Some(host.index)
+        && ours_or_unset(host)
+        && ours_or_unset(vpp_end)
+        && (unset(host) || unset(vpp_end))
+}
+
+/// Finishes a veth pair that a reconcile made but did not mark (see [`half_made_pair`]):
+/// its ends get the alias. Returns whether it did.
+async fn adopt_half_made_pair(nl: &Nl) -> Result<bool> {
+    let (Some(host), Some(vpp_end)) = (
+        nl.link_by_name(HOST_LINK_IF).await?,
+        nl.link_by_name(HOST_LINK_VPP_IF).await?,
+    ) else {
+        return Ok(false);
+    };
+    if !half_made_pair(&host, &vpp_end) {
+        return Ok(false);
+    }
+    for l in [&host, &vpp_end] {
+        if l.alias.as_deref() != Some(HOST_LINK_ALIAS) {
+            nl.set_alias(l.index, &l.name, HOST_LINK_ALIAS).await?;
+        }
+    }
+    tracing::info!(
+        "host link {HOST_LINK_IF} / {HOST_LINK_VPP_IF} found without its alias (made by a \
+         reconcile that stopped before marking it): adopted"
+    );
+    Ok(true)
+}
+
+/// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`, its MTU that of
+/// pods on an underlay of MTU `underlay_mtu`. A node without an IPv4 tunnel address gets
+/// none.
 pub(super) async fn reconcile(
     c: &VppClient,
     netns: &Netns,
     mesh: &Mesh,
+    underlay_mtu: u32,
 ) -> Result<ReconcileReport> {
+    let mtu = mtu(underlay_mtu);
     let mut rep = ReconcileReport::default();
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(rep);
     };
     let nl = Nl::open(netns).await?;
     let ops = AttachCalls { c };
+    if adopt_half_made_pair(&nl).await? {
+        rep.updated += 1;
+    }
 
     // a link holding another address (the node's pod CIDR changed) is made afresh
     if let Some(l) = owned_link(&nl, HOST_LINK_IF).await? {
@@ -120,7 +173,8 @@ pub(super) async fn reconcile(
     }
 
     // the veth pair, both ends in the node's namespace, marked ours (alias) right after it is
-    // made; a name taken by a link without the alias is refused above, never adopted
+    // made (the kernel takes no alias when creating a link); a name taken by a link
+    // without the alias is refused, never adopted — but the half-made pair adopted above
     let host = match owned_link(&nl, HOST_LINK_IF).await? {
         Some(l) => {
             rep.unchanged += 1;
@@ -141,7 +195,7 @@ pub(super) async fn reconcile(
                     name: HOST_LINK_IF,
                     peer_name: HOST_LINK_VPP_IF,
                     peer_netns_fd: ns.as_raw_fd(),
-                    mtu: mtu(),
+                    mtu,
                     state: Initially::Up,
                 },
             )
@@ -156,8 +210,8 @@ pub(super) async fn reconcile(
     };
     let vpp_end = nl.existing_link(HOST_LINK_VPP_IF).await?;
     for l in [&host, &vpp_end] {
-        if !l.up {
-            nl.set_up(l.index, &l.name).await?;
+        if !l.up || l.mtu != Some(mtu) {
+            nl.set_mtu_and_up(l.index, &l.name, mtu).await?;
             rep.updated += 1;
         }
     }
@@ -293,10 +347,42 @@ pub(super) async fn reconcile(
     Ok(rep)
 }
 
+/// Whether the host side of the link has what a reconcile gives it besides its address:
+/// the permanent neighbour for the gateway ([`GATEWAY_V4`] → [`HOST_LINK_MAC`]), and,
+/// with route protocol [`ROUTE_PROTO`] out of the link (`owned`), the link route to the
+/// gateway and every cluster CIDR route via it from the tunnel address (`routes`).
+fn host_side_complete(
+    neigh: &[Neighbour],
+    owned: &[RouteState],
+    oif: u32,
+    routes: &[RouteSpec],
+) -> bool {
+    let gw_ip = IpAddr::V4(GATEWAY_V4);
+    let link_route = RouteSpec::new(IpNet::from(gw_ip), None, oif);
+    neigh
+        .iter()
+        .any(|n| n.ip == gw_ip && n.mac == Some(HOST_LINK_MAC) && n.permanent)
+        && std::iter::once(&link_route).chain(routes).all(|r| {
+            owned.iter().any(|o| {
+                o.oif == Some(oif)
+                    && o.protocol == ROUTE_PROTO
+                    && o.dst == r.dst
+                    && o.gw == r.gw
+                    && o.src == r.src
+            })
+        })
+}
+
 /// Whether the host link of the node in `netns` is in place for `mesh`: the veth pair up
-/// with the tunnel address, VPP's tagged interface up with the /32 route (true when the
-/// node has no IPv4 tunnel address).
-pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Result<bool> {
+/// with the tunnel address and the MTU for `underlay_mtu`, the gateway's permanent neighbour and the routes into VPP
+/// (the link route, one per IPv4 cluster CIDR); VPP's tagged interface up, in the
+/// gateway's table, with the /32 route (true when the node has no IPv4 tunnel address).
+pub(super) async fn in_place(
+    c: &VppClient,
+    netns: &Netns,
+    mesh: &Mesh,
+    underlay_mtu: u32,
+) -> Result<bool> {
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(true);
     };
@@ -305,14 +391,26 @@ pub(super) async fn in_place(c: &VppClient, netns: &Netns, mesh: &Mesh) -> Resul
         return Ok(false);
     };
     let want = IpNet::from(IpAddr::V4(addr));
-    if !host.up || !nl.addresses(host.index).await?.contains(&want) {
+    if !host.up
+        || host.mtu != Some(mtu(underlay_mtu))
+        || !nl.addresses(host.index).await?.contains(&want)
+    {
+        return Ok(false);
+    }
+    let neigh = nl.neighbours(host.index).await?;
+    let owned = nl.owned_routes(host.index, ROUTE_PROTO).await?;
+    let routes = host_routes(mesh, host.index, addr);
+    if !host_side_complete(&neigh, &owned, host.index, &routes) {
         return Ok(false);
     }
     let ops = AttachCalls { c };
+    let Some(gw) = ops.find_gateway().await? else {
+        return Ok(false);
+    };
     match ops.pod_interface(HOST_LINK_VPP_IF).await? {
-        Some(p) if p.tag == HOST_LINK_TAG && p.up => {
-            Ok(ops.routes_via(p.sw_if_index, false).await?.contains(&want))
-        }
+        Some(p) if p.tag == HOST_LINK_TAG && p.up => Ok(ops.interface_table(p.sw_if_index).await?
+            == ops.interface_table(gw).await?
+            && ops.routes_via(p.sw_if_index, false).await?.contains(&want)),
         _ => Ok(false),
     }
 }
@@ -329,6 +427,7 @@ pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {
         }
     }
     let nl = Nl::open(netns).await?;
+    adopt_half_made_pair(&nl).await?;
     for name in [HOST_LINK_IF, HOST_LINK_VPP_IF] {
         if let Some(l) = owned_link(&nl, name).await? {
             if nl.delete_link(l.index, name).await? {
@@ -337,4 +436,95 @@ pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::tests::mesh;
+
+    fn owned(r: &RouteSpec) -> RouteState {
+        RouteState {
+            dst: r.dst,
+            gw: r.gw,
+            oif: Some(r.oif),
+            table: scrambler_netlink::MAIN_TABLE,
+            protocol: ROUTE_PROTO,
+            src: r.src,
+        }
+    }
+
+    #[test]
+    fn only_an_unmarked_pair_of_the_host_links_names_is_adopted() {
+        let end = |index, name: &str, peer, alias: Option<&str>| LinkState {
+            index,
+            name: name.into(),
+            kind: Some("veth".into()),
+            parent: Some(peer),
+            alias: alias.map(String::from),
+            ..Default::default()
+        };
+        let host = end(4, HOST_LINK_IF, 5, None);
+        let vpp = end(5, HOST_LINK_VPP_IF, 4, None);
+        assert!(half_made_pair(&host, &vpp));
+        // one end marked already (the reconcile died between the two aliases)
+        assert!(half_made_pair(
+            &end(4, HOST_LINK_IF, 5, Some(HOST_LINK_ALIAS)),
+            &vpp
+        ));
+        // both marked: a finished pair, nothing to adopt
+        let done = end(5, HOST_LINK_VPP_IF, 4, Some(HOST_LINK_ALIAS));
+        assert!(!half_made_pair(
+            &end(4, HOST_LINK_IF, 5, Some(HOST_LINK_ALIAS)),
+            &done
+        ));
+        // someone else's: another alias, not each other's peer, not veths
+        assert!(!half_made_pair(
+            &end(4, HOST_LINK_IF, 5, Some("theirs")),
+            &vpp
+        ));
+        assert!(!half_made_pair(&host, &end(5, HOST_LINK_VPP_IF, 9, None)));
+        assert!(!half_made_pair(&end(4, HOST_LINK_IF, 9, None), &vpp));
+        let mut dummy = host.clone();
+        dummy.kind = Some("dummy".into());
+        assert!(!half_made_pair(&dummy, &vpp));
+        // a peer in another namespace (its index there could be anything)
+        let mut far = vpp.clone();
+        far.name = "eth0".into();
+        assert!(!half_made_pair(&host, &far));
+    }
+
+    #[test]
+    fn the_host_side_needs_its_neighbour_and_every_route() {
+        let m = mesh(scrambler_core::Keys::single(1));
+        let addr = tunnel_v4(&m).unwrap();
+        let routes = host_routes(&m, 5, addr);
+        assert_eq!(routes.len(), 1);
+        let link = RouteSpec::new(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, 5);
+        let all: Vec<RouteState> = std::iter::once(&link).chain(&routes).map(owned).collect();
+        let neigh = vec![Neighbour {
+            ip: IpAddr::V4(GATEWAY_V4),
+            mac: Some(HOST_LINK_MAC),
+            permanent: true,
+        }];
+        assert!(host_side_complete(&neigh, &all, 5, &routes));
+        // a cluster CIDR route gone, or another protocol's, or from another source
+        assert!(!host_side_complete(&neigh, &all[..1], 5, &routes));
+        let mut foreign = all.clone();
+        foreign[1].protocol = 4;
+        assert!(!host_side_complete(&neigh, &foreign, 5, &routes));
+        let mut other_src = all.clone();
+        other_src[1].src = None;
+        assert!(!host_side_complete(&neigh, &other_src, 5, &routes));
+        // the link route gone
+        assert!(!host_side_complete(&neigh, &all[1..], 5, &routes));
+        // the neighbour gone, not permanent, or another MAC
+        assert!(!host_side_complete(&[], &all, 5, &routes));
+        let mut n = neigh.clone();
+        n[0].permanent = false;
+        assert!(!host_side_complete(&n, &all, 5, &routes));
+        let mut n = neigh.clone();
+        n[0].mac = Some([2, 0, 0, 0, 0, 9]);
+        assert!(!host_side_complete(&n, &all, 5, &routes));
+    }
 }

@@ -77,9 +77,15 @@ pub fn sa_id_slots(dir: Direction, peer: NodeId, generation: Generation) -> [u32
     [0, 1, 2, 3].map(|s| sa_id_in_slot(dir, peer, generation, s))
 }
 
-/// True for SA ids in Scrambler's range (every slot).
+/// True for SA ids of the shapes Scrambler makes: slot 0 (`0x5c000000..=0x5cffffff`,
+/// either direction), and in slots 1..=3 (top byte `0x5d`..=`0x5f`) only inbound SAs
+/// (bit 23 set) of a peer (node id not 0) — those are the only SAs Scrambler puts there,
+/// so a foreign SA id in those bytes of another shape is never touched.
 pub fn owned_sa(id: u32) -> bool {
-    id & 0xfc00_0000 == SA_ID_BASE
+    if id & 0xff00_0000 == SA_ID_BASE {
+        return true;
+    }
+    id & 0xfc00_0000 == SA_ID_BASE && id & (1 << 23) != 0 && id & 0xffff != 0
 }
 
 /// The SA ids of `peer` in Scrambler's numbering, and whether each is inbound.
@@ -116,6 +122,25 @@ mod tests {
             }
         }
         assert!(!owned_sa(10) && !owned_sa(0x6000_0000) && !owned_sa(0x5b00_0000));
+    }
+
+    #[test]
+    fn only_inbound_sas_of_a_peer_are_owned_in_slots_1_to_3() {
+        for slot in 1..SA_SLOTS {
+            let inbound = sa_id_in_slot(Direction::Inbound, id(7), 5, slot);
+            assert!(owned_sa(inbound), "{inbound:#x}");
+            // an outbound SA is never put outside slot 0: an id of that shape is foreign
+            let outbound = sa_id(Direction::Outbound, id(7), 5) | slot << 24;
+            assert!(!owned_sa(outbound), "{outbound:#x}");
+            assert_eq!(peer_of_sa(outbound), None);
+            // nor of node id 0
+            let no_peer = inbound & !0xffff;
+            assert!(!owned_sa(no_peer), "{no_peer:#x}");
+        }
+        assert!(!owned_sa(0x5d00_0000) && !owned_sa(0x5f7f_ffff));
+        assert!(owned_sa(0x5f80_0001) && !owned_sa(0x6080_0001));
+        // slot 0 stays owned as a whole (what earlier releases made there)
+        assert!(owned_sa(0x5c00_0000) && owned_sa(0x5cff_ffff));
     }
 
     #[test]

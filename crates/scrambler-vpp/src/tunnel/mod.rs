@@ -27,7 +27,8 @@
 //! `underlay_guard`).
 //!
 //! What Scrambler owns is recognised by number ranges — tunnel instances
-//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^26` (4 slots), the SPD
+//! `TUNNEL_INSTANCE_BASE..+65536`, SA ids `SA_ID_BASE..+2^24` (slot 0) and, in slots 1..=3
+//! up to `SA_ID_BASE+2^26`, only inbound SAs of a peer (see [`owned_sa`]), the SPD
 //! [`UNDERLAY_SPD_ID`] — and, for routes (VPP routes
 //! carry no tag), by the path preference [`ROUTE_PREFERENCE`] (or a path via an owned
 //! tunnel); nothing else is ever touched. [`VppTunnel::reconcile`] dumps the state, diffs it
@@ -82,8 +83,9 @@
 //! * **A lost outbound SA is not re-created** under the same key: its sequence numbers, the
 //!   AES-GCM IVs, would restart (nonce reuse, and replay drops at the peer). When the SA is
 //!   missing but evidence says it existed (see the docs of the private `outbound_lost`: the
-//!   inbound SA of the same generation, or the peer's tunnel, is still there, and no
-//!   rotation is switching), the peer stays behind its drop routes, its tunnel down,
+//!   inbound SA of the same generation under the current epochs is still there, or the
+//!   peer's tunnel is and no inbound SA of the peer under other epochs says the tunnel was
+//!   made under those; and no rotation is switching), the peer stays behind its drop routes, its tunnel down,
 //!   `status` reports [`LOST_OUTBOUND`], and a new epoch for the node (or a key rotation)
 //!   repairs it. An outbound SA
 //!   found with other attributes than planned is likewise not replaced but deleted, and the
@@ -92,7 +94,11 @@
 //!   everything (restart) cannot tell: the node comes back with a new epoch (every key
 //!   with it new, see [`scrambler_core::epoch`]), and the node's ledger
 //!   ([`scrambler_core::Ledger`], used by `scrambler mesh apply`) refuses to install an
-//!   outbound SA it installed before.
+//!   outbound SA it installed before. Likewise, while the node keeps a previous epoch,
+//!   the new epoch's outbound SA deleted together with the tunnel's protection and the new
+//!   epoch's inbound SA looks like one never made (the kept inbound SA of the old epoch
+//!   is all that is left, as after a lost outbound SA repaired by a new epoch): only the
+//!   ledger refuses it.
 //! * Not covered: a third party deleting or overriding Scrambler's route itself (the FIB has
 //!   one entry per prefix); `status` then shows `steering` and `fail_closed` false.
 //!
@@ -107,7 +113,13 @@
 //! host; both directions then follow the routes above (drop until the tunnel is protected
 //! and up, the cluster guard for nodes not in the mesh). Without the host link a remote
 //! pod's packet to the node's tunnel address is dropped by the cluster guard, and the
-//! host has no path to remote pods. Not done: traffic to the node's own underlay address
+//! host has no path to remote pods. The host link is reconciled after the tunnels: an
+//! error making it (a name taken by someone else's interface, a kernel or VPP error) fails
+//! the reconcile with the tunnels already applied, and the next reconcile (an agent's
+//! retry, the next `mesh apply`) tries again; `status` reports it missing
+//! ([`HOST_LINK_MISSING`]) meanwhile. A veth pair of its names that a reconcile made but
+//! did not mark with its alias (it died in between: the kernel takes no alias when creating
+//! a link) is adopted. Not done: traffic to the node's own underlay address
 //! ends in VPP (VPP holds it; a host service there is not reached); IPv6 tunnel addresses
 //! are not held on the host link.
 //!
@@ -191,6 +203,7 @@ pub struct VppTunnel {
     vpp: NodeVpp,
     stats: Arc<SocketResolver>,
     host_link: bool,
+    underlay_mtu: u32,
 }
 
 impl std::fmt::Debug for VppTunnel {
@@ -198,6 +211,7 @@ impl std::fmt::Debug for VppTunnel {
         f.debug_struct("VppTunnel")
             .field("opts", &self.vpp.opts)
             .field("host_link", &self.host_link)
+            .field("underlay_mtu", &self.underlay_mtu)
             .finish()
     }
 }
@@ -222,6 +236,7 @@ impl VppTunnel {
             vpp: NodeVpp::new(resolve, "scrambler-tunnel"),
             stats: Arc::new(move |ns| Ok(api(ns)?.with_file_name("stats.sock"))),
             host_link: false,
+            underlay_mtu: crate::attach::DEFAULT_UNDERLAY_MTU,
         }
     }
 
@@ -233,6 +248,16 @@ impl VppTunnel {
     /// Turning it off does not remove an existing link; [`Tunnel::remove`] does.
     pub fn with_host_link(mut self, on: bool) -> Self {
         self.host_link = on;
+        self
+    }
+
+    /// The MTU of the node's underlay; the host link ([`VppTunnel::with_host_link`]) gets
+    /// the MTU pods get on it, the ESP and IPIP overhead left room (see
+    /// [`crate::VppAttach::with_underlay_mtu`], the CNI conf's `vpp.underlayMtu`); default
+    /// [`DEFAULT_UNDERLAY_MTU`](crate::attach::DEFAULT_UNDERLAY_MTU). A reconcile changes
+    /// an existing link's MTU to it.
+    pub fn with_underlay_mtu(mut self, mtu: u32) -> Self {
+        self.underlay_mtu = mtu;
         self
     }
 
@@ -300,7 +325,7 @@ impl Tunnel for VppTunnel {
         }
         let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
         if self.host_link {
-            let h = host_link::reconcile(&c, netns, mesh).await?;
+            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu).await?;
             rep.added += h.added;
             rep.updated += h.updated;
             rep.removed += h.removed;
@@ -329,8 +354,15 @@ impl Tunnel for VppTunnel {
             .into_values()
             .collect();
         let spd = underlay_guard::HaveSpd::read(&c).await?;
+        // a gateway an earlier release made stays in table 0: its pods are outside the
+        // pods' VRF, and the underlay guard drops all their traffic to peers' underlay
+        let ops = crate::attach::ops::AttachCalls { c: &c };
+        let gateway_in_table_0 = match ops.find_gateway().await? {
+            Some(gw) => ops.interface_table(gw).await? != POD_TABLE_ID,
+            None => false,
+        };
         let host_link_ok = match self.host_link {
-            true => host_link::in_place(&c, netns, mesh).await?,
+            true => host_link::in_place(&c, netns, mesh, self.underlay_mtu).await?,
             false => true,
         };
         let _ = c.close().await;
@@ -348,7 +380,10 @@ impl Tunnel for VppTunnel {
             st.errors.insert(HOST_LINK_MISSING.into(), 1);
         }
         if guarded {
-            let n = unsteered_underlay_pairs(&have, mesh);
+            let n = match gateway_in_table_0 {
+                true => underlay_pairs(mesh),
+                false => unsteered_underlay_pairs(&have, mesh),
+            };
             if n > 0 {
                 st.errors
                     .insert(POD_TO_PEER_UNDERLAY_DROPPED.into(), n as u64);
@@ -382,6 +417,22 @@ impl Tunnel for VppTunnel {
     }
 }
 
+/// Every (local pod CIDR, peer underlay address) pair of the same family: all of them
+/// dropped by the underlay guard for pods attached to a gateway in table 0.
+fn underlay_pairs(mesh: &Mesh) -> usize {
+    mesh.peers
+        .iter()
+        .flat_map(|p| &p.underlay)
+        .map(|a| {
+            mesh.local
+                .pod_cidrs
+                .iter()
+                .filter(|c| c.addr().is_ipv6() == a.is_ipv6())
+                .count()
+        })
+        .sum()
+}
+
 /// The (local pod CIDR, peer underlay address) pairs of the same family whose pods' table
 /// route does not lead into the peer's tunnel: the underlay guard drops that traffic.
 fn unsteered_underlay_pairs(have: &OwnedState, mesh: &Mesh) -> usize {
@@ -410,6 +461,19 @@ fn unsteered_underlay_pairs(have: &OwnedState, mesh: &Mesh) -> usize {
 #[cfg(test)]
 mod tests {
     use scrambler_core::{Mesh, Node, NodeId};
+
+    #[test]
+    fn a_gateway_in_table_0_counts_every_pair_of_one_family() {
+        let mut m = mesh(scrambler_core::Keys::single(1));
+        assert_eq!(super::underlay_pairs(&m), 1);
+        m.local.pod_cidrs.push("fd00:1::/64".parse().unwrap());
+        m.peers[0].underlay.push("2001:db8::2".parse().unwrap());
+        m.peers[0].underlay.push("192.0.2.22".parse().unwrap());
+        assert_eq!(super::underlay_pairs(&m), 3);
+        // every pair is also unsteered with nothing in VPP
+        let have = super::readback::OwnedState::default();
+        assert_eq!(super::unsteered_underlay_pairs(&have, &m), 3);
+    }
 
     pub(super) fn id(n: u32) -> NodeId {
         NodeId::new(n).unwrap()

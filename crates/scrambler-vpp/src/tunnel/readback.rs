@@ -18,7 +18,7 @@ use super::plan::{sa_entry, PeerPlan, SaPlan};
 use scrambler_core::keys::spi;
 
 /// What VPP has of ours.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct OwnedState {
     /// instance -> tunnel
     pub(super) tunnels: BTreeMap<u32, IpipTunnel>,
@@ -178,6 +178,16 @@ impl OwnedState {
 /// was never made; the ledger, before the dataplane, is what refuses a key that sent).
 /// A node whose SAs *and* tunnels all vanished (a VPP restart) cannot tell: it comes back
 /// with a new epoch, and the node's ledger refuses the old one.
+///
+/// Nor can VPP's state tell, while the local node keeps a previous epoch, an outbound SA
+/// of the new epoch that was made and then deleted behind our back *together with* the
+/// tunnel's protection and the new epoch's inbound SA, from one never made after the old
+/// epoch's outbound SA was lost (the repair: a new epoch keeping the old one): both
+/// leave the tunnel, no protection, no outbound SA and the kept inbound SA. It is taken
+/// for never made — counting the kept SA as evidence instead would leave that repair
+/// stuck (every new epoch kept in turn) — so there only the node's ledger
+/// ([`scrambler_core::Ledger`], used by the agent and `scrambler mesh apply`) refuses
+/// the key that sent; an embedder without it must not delete those three.
 pub(super) fn outbound_lost(have: &OwnedState, mesh: &Mesh, peer: NodeId) -> bool {
     let switching = mesh.keys.rx.iter().any(|g| *g < mesh.keys.tx);
     let tx = sa_id(Direction::Outbound, peer, mesh.keys.tx);

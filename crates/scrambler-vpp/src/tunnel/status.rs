@@ -19,17 +19,20 @@ pub const LOST_OUTBOUND: &str = "ScramblerOutboundSaLost";
 /// Key in [`TunnelStatus::errors`]: how many (local pod CIDR, peer underlay address) pairs
 /// are not steered into the peer's tunnel in the pods' table (the peer's tunnel is not
 /// up, or the route is missing): pods' traffic to those addresses is dropped by the
-/// underlay guard, not encrypted. Pods outside the pods' VRF (attached to a gateway
-/// loopback an earlier release made in table 0, or by hand) are always dropped there and
-/// are not counted.
+/// underlay guard, not encrypted. With the gateway loopback in table 0 (made by an
+/// earlier release, and left there) every pair counts: its pods are outside the pods' VRF,
+/// and the guard drops all their traffic to peers' underlay addresses. Pods put in table 0
+/// by hand beside a gateway in the pods' VRF are not counted.
 pub const POD_TO_PEER_UNDERLAY_DROPPED: &str = "ScramblerPodToPeerUnderlayDropped";
 
 /// Key in [`TunnelStatus::errors`] when a [`VppTunnel`](super::VppTunnel) with the host link
-/// finds it missing or incomplete (the veth, its tunnel address, or VPP's interface): the
+/// finds it missing or incomplete (the veth, its tunnel address, the gateway's permanent
+/// neighbour, the host's routes into VPP, or VPP's interface, its table or its route): the
 /// host does not reach remote pods, nor they the host. Not a leak as long as the host has
 /// no path to other nodes but VPP (a host NIC that VPP does not own is the operator's), so
-/// `fail_closed` is left as it is.
-pub const HOST_LINK_MISSING: &str = "ScramblerHostLinkMissing";
+/// `fail_closed` is left as it is; [`TunnelStatus::in_place`] is false, so an agent
+/// reconciles again.
+pub use scrambler_core::HOST_LINK_MISSING;
 
 /// Key in [`TunnelStatus::errors`] when the underlay guard (the SPD dropping pod traffic
 /// to peers' underlay addresses) is missing or incomplete: such traffic may then cross
@@ -211,12 +214,18 @@ pub(super) fn build(
         // the SA of the current epochs: its SPI tells it from one of earlier epochs
         let tx_spi = spi(mesh.local.incarnation(), peer.incarnation(), mesh.keys.tx);
         let outbound = has_sa(tx, tx_spi) && prot.is_some_and(|(o, _)| *o == tx);
+        // the peer's pod CIDRs (table 0) and its underlay addresses (the pods' table) are
+        // all routed into its tunnel: a route missing from either makes the peer not up,
+        // so that a caller reconciles again
         let steering = sw.is_some_and(|s| {
             have.up.get(&s).copied().unwrap_or(false)
                 && peer
                     .pod_cidrs
                     .iter()
                     .all(|c| have.routes.get(&c.trunc()) == Some(&OwnedRoute::Via(s)))
+                && peer.underlay.iter().all(|a| {
+                    have.pod_routes.get(&ipnet::IpNet::from(*a)) == Some(&OwnedRoute::Via(s))
+                })
         });
         // the guard: every pod CIDR of the peer routed to drop or into its protected
         // tunnel
@@ -280,4 +289,65 @@ pub(super) fn build(
         st.errors.insert(STATS_UNAVAILABLE.into(), 1);
     }
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::plan::{plan, sa_entry};
+    use crate::tunnel::tests::mesh;
+    use scrambler_core::ClusterSecret;
+    use scrambler_vpp_api::api::types::IpipTunnel;
+
+    /// VPP holding `m` as planned, the peer's tunnel at sw_if_index 7.
+    fn in_place(m: &Mesh) -> OwnedState {
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let p = &plan(m, &secret).unwrap()[0];
+        let mut have = OwnedState::default();
+        have.tunnels.insert(
+            p.instance,
+            IpipTunnel {
+                instance: p.instance,
+                sw_if_index: 7,
+                ..Default::default()
+            },
+        );
+        have.up.insert(7, true);
+        for sa in &p.sas {
+            have.sas.insert(sa.id, sa_entry(sa));
+        }
+        have.protects.insert(7, (p.sa_out, p.sa_in.clone()));
+        for g in guard_routes(m) {
+            have.routes.insert(g, OwnedRoute::Drop);
+        }
+        for r in &p.routes {
+            have.routes.insert(*r, OwnedRoute::Via(7));
+        }
+        for r in &p.underlay_routes {
+            have.pod_routes.insert(*r, OwnedRoute::Via(7));
+        }
+        have
+    }
+
+    #[test]
+    fn a_peer_is_steered_only_with_its_pods_table_underlay_route() {
+        let m = mesh(scrambler_core::Keys::single(1));
+        let have = in_place(&m);
+        let st = build(&have, None, &m);
+        assert!(st.fail_closed && st.peers[0].is_up(), "{st:?}");
+        let underlay: ipnet::IpNet = m.peers[0].underlay[0].into();
+        // the pods' table route to the peer's underlay address deleted: not up (a caller
+        // reconciles), still fail closed (the underlay guard drops that traffic)
+        let mut gone = have.clone();
+        gone.pod_routes.remove(&underlay);
+        let st = build(&gone, None, &m);
+        assert!(st.fail_closed && !st.peers[0].steering, "{st:?}");
+        assert!(!st.peers[0].is_up());
+        // ... or leading to drop, or elsewhere
+        for r in [OwnedRoute::Drop, OwnedRoute::Via(8)] {
+            let mut other = have.clone();
+            other.pod_routes.insert(underlay, r);
+            assert!(!build(&other, None, &m).peers[0].steering);
+        }
+    }
 }

@@ -362,6 +362,8 @@ fn node_args(state: &LabState, i: usize) -> apply::ApplyArgs {
         ledger_dir: state.ledger_dir(),
         backend: state.node_backend(i).tunnel(),
         vpp_socket: vppnode::api_socket(&state.spec.name, i),
+        // the lab's pods get the default too (no `vpp.underlayMtu` in their conf)
+        underlay_mtu: scrambler_vpp::attach::DEFAULT_UNDERLAY_MTU,
     }
 }
 
