@@ -129,7 +129,8 @@
 //! `[priority_base, priority_base + PRIORITY_BAND)` and its if_id is Scrambler's or 0; a
 //! state when its reqid is `reqid_base | id` and its if_id is Scrambler's; a route when it
 //! goes through the interface with Scrambler's protocol number (in the main table, or in
-//! [`XfrmConfig::route_table`]); a rule when it is `from <prefix> lookup <route_table>` at
+//! [`XfrmConfig::route_table`]), or is `unreachable` in the main table with that protocol
+//! and [`UNREACHABLE_METRIC`]; a rule when it is `from <prefix> lookup <route_table>` at
 //! [`XfrmConfig::rule_priority`] with the route protocol, matching nothing else. Dumps consider nothing else; a foreign object holding the kernel
 //! identity of a desired one stops reconcile with [`scrambler_core::Error::AlreadyExists`] before anything changes.
 //!
@@ -155,7 +156,16 @@
 //! names the interface (`dev`, matched against a forwarded packet's outgoing device) at
 //! the bypass priority: what is routed into the interface passes to its own lookup, what
 //! leaves by any other device still meets the guard. It follows the interface's index (a
-//! re-created interface moves it). Tested end to end in `vm_xfrm6_*`.
+//! re-created interface moves it). The selector sees the flow's outgoing interface, and
+//! a reply of the node itself names the interface its request came in on (an ICMPv6
+//! echo reply, a UDP reply with `IPV6_PKTINFO`); IPv6's output lookup does not insist on
+//! that interface, so with the route `<peer pod CIDR> dev <interface>` missing it would
+//! take the default route, past the guard, in cleartext. Reconcile therefore puts an
+//! `unreachable` route to every IPv6 cluster supernet in the main table (Scrambler's
+//! protocol, metric [`UNREACHABLE_METRIC`]: every other route to the prefix and every
+//! more specific one wins) before the guard, and only `remove` (after the guard) takes it
+//! away; a missing one shows as [`UNREACHABLE_ROUTE_MISSING`] and `fail_closed: false`.
+//! Tested end to end in `vm_xfrm6_*`.
 //!
 //! ## MTU
 //! The interface MTU is the underlay MTU minus the ESP overhead
@@ -222,12 +232,13 @@ mod tunnel;
 pub use config::{
     LinkMode, XfrmConfig, DEFAULT_IF_ID, DEFAULT_INTERFACE, DEFAULT_PRIORITY_BASE,
     DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY,
-    PRIORITY_BAND,
+    PRIORITY_BAND, UNREACHABLE_METRIC,
 };
 pub use guard::guard_in_place;
 pub use rotation::{rotate, RotationReport};
 pub use status::{
     parse_xfrm_stat, StatusTable, LOST_OUTBOUND, UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING,
+    UNREACHABLE_ROUTE_MISSING,
 };
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};
 

@@ -322,3 +322,60 @@ pub(crate) async fn remove_underlay_steering(
     }
     Ok(removed)
 }
+
+/// The `unreachable` routes to `nets` of [`crate::plan::Desired::unreachable`].
+pub(crate) fn unreachable_routes<'a>(
+    cfg: &XfrmConfig,
+    nets: impl IntoIterator<Item = &'a IpNet>,
+) -> Vec<RouteSpec> {
+    nets.into_iter()
+        .map(|n| {
+            RouteSpec::unreachable(*n, crate::config::UNREACHABLE_METRIC)
+                .with_protocol(cfg.route_protocol)
+        })
+        .collect()
+}
+
+/// Destinations of Scrambler's `unreachable` routes in the main table (its protocol, its
+/// metric).
+pub(crate) async fn owned_unreachable(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<IpNet>> {
+    let routes = nl
+        .owned_unreachable_routes(cfg.route_protocol, crate::config::UNREACHABLE_METRIC)
+        .await?;
+    Ok(routes.into_iter().map(|r| r.dst).collect())
+}
+
+/// Adds the missing ones of the `unreachable` routes to `nets`; returns how many it added.
+/// One to such a prefix at that metric that exists already (not ours: ours were read
+/// first) is someone else's: [`Error::AlreadyExists`].
+pub(crate) async fn add_unreachable(
+    nl: &Nl,
+    cfg: &XfrmConfig,
+    nets: &BTreeSet<IpNet>,
+) -> Result<usize> {
+    let have = owned_unreachable(nl, cfg).await?;
+    let missing = unreachable_routes(cfg, nets.difference(&have));
+    nl.add_routes(&missing, Exists::Fail)
+        .await
+        .map_err(|e| match e {
+            Error::AlreadyExists { object, .. } => Error::AlreadyExists {
+                object,
+                reason: "a route not made by Scrambler holds it; Scrambler does not touch it"
+                    .into(),
+            },
+            e => e,
+        })?;
+    Ok(missing.len())
+}
+
+/// Deletes Scrambler's `unreachable` routes not to `keep`; returns how many it deleted.
+pub(crate) async fn delete_unreachable_except(
+    nl: &Nl,
+    cfg: &XfrmConfig,
+    keep: &BTreeSet<IpNet>,
+) -> Result<usize> {
+    let have = owned_unreachable(nl, cfg).await?;
+    let stale = unreachable_routes(cfg, have.difference(keep));
+    nl.delete_routes(&stale).await?;
+    Ok(stale.len())
+}

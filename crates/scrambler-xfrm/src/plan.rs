@@ -27,6 +27,20 @@ pub(crate) struct Desired {
     /// The local node's underlay addresses as host prefixes (never a tombstone's
     /// destination, see [`Desired::is_underlay_tombstone`]).
     pub local_underlay: BTreeSet<IpNet>,
+    /// IPv6 cluster supernets (the guard's, see `plan_guard`) given an `unreachable` route
+    /// in the main table at [`crate::config::UNREACHABLE_METRIC`]. The IPv6 interface
+    /// bypass (see [`Desired::plan_interface_bypass`]) lets through the if_id-0 lookup
+    /// every flow whose outgoing interface is the xfrm interface — also one the node
+    /// itself answers on the interface it came in on (an ICMPv6 echo reply, a UDP reply
+    /// with `IPV6_PKTINFO`) — and IPv6's output lookup does not insist on that interface:
+    /// with the peer's route `<pod CIDR> dev <interface>` missing (deleted behind
+    /// Scrambler's back, or between two steps of a reconcile or removal) it would take
+    /// the default route out of the underlay, past the guard, in cleartext. The
+    /// unreachable route ends such a lookup before the default route. (IPv4 needs none:
+    /// `disable_xfrm` is per route, and an IPv4 lookup with an outgoing interface only
+    /// takes routes out of that interface.) Added before the guard and bypass policies,
+    /// removed only with the guard, after them.
+    pub unreachable: BTreeSet<IpNet>,
     /// Rotation step 2: an older generation than `tx` is still live, so outbound states
     /// of `tx` are being made for the first time.
     pub switching: bool,
@@ -342,6 +356,11 @@ impl Desired {
             .chain(&cfg.guard_supernets)
             .map(|c| c.trunc())
             .collect();
+        self.unreachable = supernets
+            .iter()
+            .filter(|s| s.addr().is_ipv6())
+            .copied()
+            .collect();
         let guard = cfg.priority(PRIO_GUARD);
         let bypass = cfg.priority(PRIO_BYPASS);
         let mut add = |dir, src: IpNet, dst: IpNet, block| {
@@ -415,8 +434,10 @@ impl Desired {
     /// template `out ::/0 → ::/0` whose selector names the interface (`dev`: the kernel
     /// matches it against the flow's outgoing interface, the route's device for a
     /// forwarded packet), at the bypass priority, lets exactly the packets routed into the
-    /// interface through that lookup; any other route (a missing one, the default route)
-    /// has another outgoing interface and still meets the guard. Planned when the node
+    /// interface through that lookup; any other route has another outgoing interface and
+    /// still meets the guard. A flow that names the interface itself (the node's reply on
+    /// the interface a request came in on) while the route into it is missing finds
+    /// [`Desired::unreachable`]'s route instead of the default one. Planned when the node
     /// has an IPv6 pod CIDR and the interface's index is known (`index`, from the link).
     ///
     /// The node's own IPv6 sockets carry no outgoing interface in that lookup (unless
@@ -849,6 +870,41 @@ pub(crate) mod tests {
         let n = d.policies.len();
         d.plan_interface_bypass(&cfg, &mesh(1, 2), 7);
         assert_eq!(d.policies.len(), n);
+    }
+
+    #[test]
+    fn ipv6_supernets_get_unreachable_routes_shorter_than_the_peer_routes() {
+        let cfg = XfrmConfig {
+            guard_supernets: vec![
+                "fd99::/16".parse().unwrap(),
+                "172.16.0.0/12".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        let d = Desired::plan(&cfg, &mesh6(1, 3), None).unwrap();
+        let want: BTreeSet<IpNet> = ["fd10::/16", "fd99::/16"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // IPv6 supernets only (IPv4 has per-route disable_xfrm and an oif-strict lookup)
+        assert_eq!(d.unreachable, want);
+        // every IPv6 peer route into the interface is more specific than its catch-all:
+        // the route wins while present, the unreachable one ends the lookup when it is not
+        for r in d.routes.keys().filter(|r| r.addr().is_ipv6()) {
+            let s = d.unreachable.iter().find(|s| s.contains(r)).unwrap();
+            assert!(r.prefix_len() > s.prefix_len(), "{r} in {s}");
+        }
+        // each one is a supernet the guard blocks too
+        for s in &d.unreachable {
+            let guard = d
+                .policies
+                .get(&key(Dir::Out, "::/0", &s.to_string()))
+                .unwrap();
+            assert!(guard.block);
+        }
+        // an IPv4-only mesh plans none
+        let d = Desired::plan(&XfrmConfig::default(), &mesh(1, 3), None).unwrap();
+        assert!(d.unreachable.is_empty());
     }
 
     #[test]
