@@ -42,11 +42,27 @@ impl Changes {
     }
 }
 
-/// True when the policy is Scrambler's.
+/// True when the policy is Scrambler's. One whose selector names an interface (`dev`)
+/// is Scrambler's only of the exact shape of the IPv6 interface bypass
+/// ([`Desired::plan_interface_bypass`]).
 pub(crate) fn owns_policy(cfg: &XfrmConfig, p: &FoundPolicy) -> bool {
     !p.unusual
         && cfg.owns_priority(p.policy.priority)
         && (p.policy.key.if_id == cfg.if_id || p.policy.key.if_id == 0)
+        && (p.policy.key.ifindex == 0 || is_interface_bypass(cfg, &p.policy))
+}
+
+/// `out ::/0 → ::/0 dev <any>`, if_id 0, allow without template, at the bypass priority.
+fn is_interface_bypass(cfg: &XfrmConfig, p: &crate::model::Policy) -> bool {
+    let any6 = ipnet::IpNet::V6(Default::default());
+    let k = &p.key;
+    k.dir == crate::model::Dir::Out
+        && k.if_id == 0
+        && k.src == any6
+        && k.dst == any6
+        && !p.block
+        && p.tmpl.is_none()
+        && p.priority == cfg.priority(crate::config::PRIO_BYPASS)
 }
 
 /// True when the state is Scrambler's.
@@ -572,5 +588,65 @@ mod tests {
             assert_eq!(ch.report.added, 0, "{:?}", ch.report);
             assert_eq!(ch.len(), 0);
         }
+    }
+
+    #[test]
+    fn only_the_exact_interface_bypass_is_owned_among_dev_selector_policies() {
+        use crate::config::{PRIO_BYPASS, PRIO_GUARD};
+        use crate::model::{Dir, Policy};
+        let cfg = XfrmConfig::default();
+        let bypass = Policy {
+            key: PolicyKey {
+                dir: Dir::Out,
+                src: "::/0".parse().unwrap(),
+                dst: "::/0".parse().unwrap(),
+                if_id: 0,
+                ifindex: 7,
+            },
+            priority: cfg.priority(PRIO_BYPASS),
+            block: false,
+            tmpl: None,
+        };
+        let found = |policy: Policy| FoundPolicy {
+            policy,
+            index: 8,
+            unusual: false,
+        };
+        assert!(owns_policy(&cfg, &found(bypass.clone())));
+        let mut others = Vec::new();
+        let mut p = bypass.clone();
+        p.key.dst = "fd10::/16".parse().unwrap();
+        others.push(p);
+        let mut p = bypass.clone();
+        p.key.src = "fd10:0:1::/64".parse().unwrap();
+        others.push(p);
+        let mut p = bypass.clone();
+        p.key.dir = Dir::Fwd;
+        others.push(p);
+        let mut p = bypass.clone();
+        p.block = true;
+        others.push(p);
+        let mut p = bypass.clone();
+        p.priority = cfg.priority(PRIO_GUARD);
+        others.push(p);
+        let mut p = bypass.clone();
+        p.key.src = "0.0.0.0/0".parse().unwrap();
+        p.key.dst = "0.0.0.0/0".parse().unwrap();
+        others.push(p);
+        for p in others {
+            assert!(!owns_policy(&cfg, &found(p.clone())), "{p:?}");
+            // and without the interface, the same policy is in the band as before
+            let mut no_dev = p;
+            no_dev.key.ifindex = 0;
+            assert!(owns_policy(&cfg, &found(no_dev)));
+        }
+        // a foreign dev-selector policy in the band is a conflict-free stranger: not deleted
+        let d = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
+        let mut pols = found_from(&d);
+        let mut stranger = bypass;
+        stranger.block = true;
+        pols.push(found(stranger));
+        let ch = diff(&cfg, &d, &pols, &[], false).unwrap();
+        assert!(ch.report.is_noop(), "{:?}", ch.report);
     }
 }

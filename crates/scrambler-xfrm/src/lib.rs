@@ -156,7 +156,10 @@
 //! names the interface (`dev`, matched against a forwarded packet's outgoing device) at
 //! the bypass priority: what is routed into the interface passes to its own lookup, what
 //! leaves by any other device still meets the guard. It follows the interface's index (a
-//! re-created interface moves it). The selector sees the flow's outgoing interface, and
+//! re-created interface moves it). With [`LinkMode::Existing`], IPv6 pod CIDRs need the
+//! given interface to be an xfrm interface with [`XfrmConfig::if_id`] (reconcile refuses
+//! them otherwise: another interface would not encrypt what the bypass lets through), and
+//! a policy naming an interface is Scrambler's only of the bypass's exact shape. The selector sees the flow's outgoing interface, and
 //! a reply of the node itself names the interface its request came in on (an ICMPv6
 //! echo reply, a UDP reply with `IPV6_PKTINFO`); IPv6's output lookup does not insist on
 //! that interface, so with the route `<peer pod CIDR> dev <interface>` missing it would

@@ -25,18 +25,30 @@ pub(crate) enum LinkChange {
     Updated,
 }
 
-/// Makes sure the steering interface exists, is up and has `mtu`; returns its index and
-/// what changed.
-pub(crate) async fn ensure_interface(
-    nl: &Nl,
-    cfg: &XfrmConfig,
-    mtu: u32,
-) -> Result<(u32, LinkChange)> {
+/// The steering interface as [`ensure_interface`] found or made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Interface {
+    pub index: u32,
+    pub changed: LinkChange,
+    /// It is an xfrm interface with Scrambler's if_id (always with [`LinkMode::Create`];
+    /// with [`LinkMode::Existing`] whatever the administrator gave).
+    pub xfrm_ours: bool,
+}
+
+/// Makes sure the steering interface exists, is up and has `mtu` (with
+/// [`LinkMode::Existing`] it is only looked up); returns it and what changed.
+pub(crate) async fn ensure_interface(nl: &Nl, cfg: &XfrmConfig, mtu: u32) -> Result<Interface> {
     let name = &cfg.interface;
     let existing = nl.link_by_name(name).await?;
     let mut changed = LinkChange::None;
     let link = match (existing, cfg.link) {
-        (Some(l), LinkMode::Existing) => return Ok((l.index, LinkChange::None)),
+        (Some(l), LinkMode::Existing) => {
+            return Ok(Interface {
+                index: l.index,
+                changed,
+                xfrm_ours: is_ours(cfg, &l),
+            })
+        }
         (None, LinkMode::Existing) => {
             return Err(Error::config(format!(
                 "interface {name} does not exist (link mode \"existing\")"
@@ -78,7 +90,11 @@ pub(crate) async fn ensure_interface(
             changed = LinkChange::Updated;
         }
     }
-    Ok((link.index, changed))
+    Ok(Interface {
+        index: link.index,
+        changed,
+        xfrm_ours: true,
+    })
 }
 
 /// Deletes the interface when it is Scrambler's xfrm interface; returns whether it did.

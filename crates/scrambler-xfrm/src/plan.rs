@@ -438,14 +438,33 @@ impl Desired {
     /// still meets the guard. A flow that names the interface itself (the node's reply on
     /// the interface a request came in on) while the route into it is missing finds
     /// [`Desired::unreachable`]'s route instead of the default one. Planned when the node
-    /// has an IPv6 pod CIDR and the interface's index is known (`index`, from the link).
+    /// has an IPv6 pod CIDR and the interface's index is known (`index`, from the link),
+    /// and only into an xfrm interface with Scrambler's if_id (`xfrm_ours`): the bypass
+    /// lets everything routed into the interface past the guard, so an interface that
+    /// does not apply the mesh policies (another kind, another if_id, given with
+    /// [`LinkMode::Existing`]) would leak; IPv6 pod CIDRs are then refused.
     ///
     /// The node's own IPv6 sockets carry no outgoing interface in that lookup (unless
     /// bound to the interface), so the host's own IPv6 traffic to remote pods meets the
     /// guard and is dropped (fail closed; see the crate's Known limits).
-    pub fn plan_interface_bypass(&mut self, cfg: &XfrmConfig, mesh: &Mesh, index: u32) {
+    pub fn plan_interface_bypass(
+        &mut self,
+        cfg: &XfrmConfig,
+        mesh: &Mesh,
+        index: u32,
+        xfrm_ours: bool,
+    ) -> Result<()> {
         if index == 0 || !mesh.local.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
-            return;
+            return Ok(());
+        }
+        if !xfrm_ours {
+            return Err(Error::config(format!(
+                "interface {} is not an xfrm interface with if_id {:#x}: IPv6 pod CIDRs \
+                 need one (IPv6 lets every packet routed into the interface past the guard, \
+                 so the interface itself must encrypt or drop it); use link mode \"create\" \
+                 or give an xfrm interface with that if_id",
+                cfg.interface, cfg.if_id
+            )));
         }
         let any6 = IpNet::V6(Default::default());
         self.policy(Policy {
@@ -460,6 +479,7 @@ impl Desired {
             block: false,
             tmpl: None,
         });
+        Ok(())
     }
 }
 
@@ -850,7 +870,8 @@ pub(crate) mod tests {
         let cfg = XfrmConfig::default();
         let mut d = Desired::plan(&cfg, &mesh6(1, 2), None).unwrap();
         assert!(d.policies.keys().all(|k| k.ifindex == 0));
-        d.plan_interface_bypass(&cfg, &mesh6(1, 2), 7);
+        d.plan_interface_bypass(&cfg, &mesh6(1, 2), 7, true)
+            .unwrap();
         let bypass: Vec<_> = d.policies.values().filter(|p| p.key.ifindex != 0).collect();
         assert_eq!(bypass.len(), 1);
         let p = bypass[0];
@@ -868,8 +889,35 @@ pub(crate) mod tests {
         // IPv4 pods only: disable_xfrm does it, nothing planned
         let mut d = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
         let n = d.policies.len();
-        d.plan_interface_bypass(&cfg, &mesh(1, 2), 7);
+        d.plan_interface_bypass(&cfg, &mesh(1, 2), 7, false)
+            .unwrap();
         assert_eq!(d.policies.len(), n);
+    }
+
+    #[test]
+    fn ipv6_pods_are_refused_on_an_interface_that_is_not_scramblers_xfrm_interface() {
+        let cfg = XfrmConfig {
+            link: LinkMode::Existing,
+            ..Default::default()
+        };
+        let mut d = Desired::plan(&cfg, &mesh6(1, 2), None).unwrap();
+        let n = d.policies.len();
+        let e = d
+            .plan_interface_bypass(&cfg, &mesh6(1, 2), 7, false)
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("scrambler0 is not an xfrm interface with if_id 0x5c5c"),
+            "{e}"
+        );
+        // nothing planned for it
+        assert_eq!(d.policies.len(), n);
+        assert!(d.policies.keys().all(|k| k.ifindex == 0));
+        // the same existing interface when it is Scrambler's kind and if_id: planned
+        d.plan_interface_bypass(&cfg, &mesh6(1, 2), 7, true)
+            .unwrap();
+        assert_eq!(d.policies.len(), n + 1);
     }
 
     #[test]

@@ -252,9 +252,9 @@ impl Tunnel for XfrmTunnel {
         let mut desired = Desired::plan(cfg, mesh, cfg.program_states.then_some(secret))?;
         let outer_v6 = mesh.local.underlay.first().is_some_and(|a| a.is_ipv6());
         let rtnl = Nl::open(netns).await?;
-        let (index, link_changed) =
-            link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
-        desired.plan_interface_bypass(cfg, mesh, index);
+        let iface = link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
+        let (index, link_changed) = (iface.index, iface.changed);
+        desired.plan_interface_bypass(cfg, mesh, index, iface.xfrm_ours)?;
         let mut addresses_added = 0;
         if cfg.link == LinkMode::Create {
             disable_xfrm_lookup(netns, &cfg.interface).await?;
