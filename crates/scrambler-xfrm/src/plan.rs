@@ -72,19 +72,15 @@ fn tmpl_pair(mine: IpAddr, theirs: IpAddr, reqid: u32) -> (Tmpl, Tmpl) {
     (out, back)
 }
 
-/// The outer (underlay) addresses used between the local node and `peer`.
+/// The outer (underlay) addresses used between the local node and `peer`
+/// ([`Node::underlay_pair`]: the same rule on both ends and in every dataplane).
 pub(crate) fn outer_pair(local: &Node, peer: &Node) -> Result<(IpAddr, IpAddr)> {
-    let remote = *peer
-        .underlay
-        .first()
-        .ok_or_else(|| Error::mesh(format!("node {:?} has no underlay address", peer.name)))?;
-    let mine = local.underlay_for(remote.is_ipv6()).ok_or_else(|| {
+    local.underlay_pair(peer).ok_or_else(|| {
         Error::mesh(format!(
-            "node {:?} has no underlay address of the family of {remote} ({:?})",
+            "nodes {:?} and {:?} have no underlay address family in common",
             local.name, peer.name
         ))
-    })?;
-    Ok((mine, remote))
+    })
 }
 
 fn same_family(a: &IpNet, b: &IpNet) -> bool {
@@ -953,6 +949,59 @@ pub(crate) mod tests {
         // an IPv4-only mesh plans none
         let d = Desired::plan(&XfrmConfig::default(), &mesh(1, 3), None).unwrap();
         assert!(d.unreachable.is_empty());
+    }
+
+    #[test]
+    fn dual_family_underlays_pair_the_same_addresses_from_both_ends() {
+        let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
+        let cfg = XfrmConfig::default();
+        // node 1 lists IPv4 first, node 2 IPv6 first, node 3 is IPv6-only
+        let order = |id: u32, v6_first: bool| {
+            let (a, b) = (
+                format!("192.0.2.{id}").parse().unwrap(),
+                format!("2001:db8::{id}").parse().unwrap(),
+            );
+            if v6_first {
+                vec![b, a]
+            } else {
+                vec![a, b]
+            }
+        };
+        let at = |local: u32| {
+            let mut m = mesh(local, 3);
+            for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+                n.underlay = match n.id.get() {
+                    1 => order(1, false),
+                    2 => order(2, true),
+                    _ => vec!["2001:db8::3".parse().unwrap()],
+                };
+            }
+            m
+        };
+        let plans: Vec<Desired> = (1..=3)
+            .map(|i| Desired::plan(&cfg, &at(i), Some(&secret)).unwrap())
+            .collect();
+        // every node's outbound states go to IPv6 addresses, and each is exactly an
+        // inbound state the peer plans (same daddr and SPI)
+        for (i, d) in plans.iter().enumerate() {
+            for (k, s) in d.states.iter().filter(|(_, s)| !s.inbound) {
+                assert!(k.daddr.is_ipv6(), "node {}: {k}", i + 1);
+                let peer = &plans[usize::from(s.peer) - 1];
+                let theirs = peer.states.get(k).unwrap_or_else(|| panic!("{k}"));
+                assert!(theirs.inbound);
+                assert_eq!(theirs.shape.saddr, s.shape.saddr);
+            }
+        }
+        // the worst case of the pairs in use sizes the interface: IPv6
+        assert!(at(1).outer_v6());
+        // and the rule is the core's, which the VPP dataplane uses too
+        let m = at(1);
+        for p in &m.peers {
+            assert_eq!(
+                outer_pair(&m.local, p).unwrap(),
+                m.local.underlay_pair(p).unwrap()
+            );
+        }
     }
 
     #[test]

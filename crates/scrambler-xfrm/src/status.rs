@@ -132,7 +132,7 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
     if cfg.program_states && lost > 0 {
         errors.insert(LOST_OUTBOUND.to_string(), lost as u64);
     }
-    let outer_v6 = mesh.local.underlay.first().is_some_and(|a| a.is_ipv6());
+    let outer_v6 = mesh.outer_v6();
     Ok(TunnelStatus {
         dataplane: "xfrm".into(),
         encrypted: cfg.program_states && peers.iter().all(PeerStatus::is_up),
