@@ -170,6 +170,13 @@ fn diff_states(
     ch: &mut Changes,
 ) -> Result<()> {
     let by_key: HashMap<&StateKey, &FoundState> = found.iter().map(|s| (&s.shape.key, s)).collect();
+    // key material of owned states: a desired outbound state whose key is among them
+    // under another (daddr, SPI) — the pair's underlay address changed — has sent
+    let owned_digests: std::collections::HashSet<[u8; 32]> = found
+        .iter()
+        .filter(|s| owns_state(cfg, s))
+        .map(|s| s.shape.key_digest)
+        .collect();
     for (key, want) in &desired.states {
         let phase = if want.inbound { 1 } else { 3 };
         match by_key.get(key) {
@@ -215,6 +222,20 @@ fn diff_states(
                 });
                 ch.report.updated += 1;
             }
+            None if !want.inbound && owned_digests.contains(&want.shape.key_digest) => {
+                // An owned state at another address holds this very key: the outbound
+                // state of the pair before its underlay address changed. It has sent
+                // under this key; a new state at the new address would restart the
+                // sequence numbers (AES-GCM nonce reuse). Like a changed outbound state
+                // (above) the old one stays (kept below, the proof that this key has
+                // sent) and the peer counts as lost until a new key.
+                tracing::error!(
+                    peer = want.peer,
+                    generation = want.generation,
+                    "outbound SA moved to another underlay address; not re-created under the same key: give the node a new epoch or rotate keys"
+                );
+                ch.lost_outbound.push((want.peer, want.generation));
+            }
             // a previous epoch's inbound state is kept while it is there, never made anew:
             // its replay window and ESN high bits would start over, and it only bridges
             // the peers' switch to the new epoch
@@ -247,9 +268,17 @@ fn diff_states(
         }
     }
     // stale: outbound first (their daddr is not a local address), then inbound
+    // (an owned state holding the key of a desired outbound one stays: see above)
+    let outbound_digests: std::collections::HashSet<[u8; 32]> = desired
+        .states
+        .values()
+        .filter(|s| !s.inbound)
+        .map(|s| s.shape.key_digest)
+        .collect();
     let mut stale: Vec<&FoundState> = found
         .iter()
         .filter(|s| owns_state(cfg, s) && !desired.states.contains_key(&s.shape.key))
+        .filter(|s| !outbound_digests.contains(&s.shape.key_digest))
         .collect();
     let inbound_daddrs: std::collections::HashSet<_> = desired
         .states
@@ -648,5 +677,46 @@ mod tests {
         pols.push(found(stranger));
         let ch = diff(&cfg, &d, &pols, &[], false).unwrap();
         assert!(ch.report.is_noop(), "{:?}", ch.report);
+    }
+
+    #[test]
+    fn outbound_state_moved_to_a_new_peer_address_is_not_recreated_under_its_key() {
+        let (cfg, mut d, pols) = three_nodes_with_states();
+        // the kernel holds node 1's outbound state to node 2 at node 2's old address
+        let mut found = found_states(&d, |_| true);
+        let old: std::net::IpAddr = "198.51.100.2".parse().unwrap();
+        for f in found
+            .iter_mut()
+            .filter(|f| f.shape.key.daddr.to_string() == "192.0.2.2")
+        {
+            f.shape.key.daddr = old;
+        }
+        // every run, also while a rotation switches (no inbound-state proof then)
+        for switching in [false, true] {
+            d.switching = switching;
+            let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+            assert_eq!(ch.lost_outbound, vec![(2, 1)], "switching {switching}");
+            // nothing added under the key at the new address, the old state kept
+            assert_eq!(ch.report.added, 0, "{:?}", ch.report);
+            assert_eq!(ch.report.removed, 0, "{:?}", ch.report);
+            assert_eq!(ch.len(), 0);
+        }
+        // a rotation to a new generation: its outbound state is made at the new address
+        // and the old one goes
+        let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let mut m = mesh(1, 3);
+        m.keys = scrambler_core::Keys {
+            tx: 2,
+            rx: [1, 2].into_iter().collect(),
+        };
+        let fresh = Desired::plan(&cfg, &m, Some(&secret)).unwrap();
+        let ch = diff(&cfg, &fresh, &pols, &found, true).unwrap();
+        assert!(ch.lost_outbound.is_empty());
+        assert!(ch.phases[3]
+            .iter()
+            .any(|r| r.object.contains("dst 192.0.2.2")));
+        assert!(ch.phases[4]
+            .iter()
+            .any(|r| r.object.contains("198.51.100.2")));
     }
 }

@@ -115,7 +115,10 @@
 //!   local underlay address) is left as it is, *not* replaced: the same key with
 //!   restarted sequence numbers would reuse AES-GCM nonces, and the state left in place
 //!   keeps proving that the key has sent (one under other key material is replaced: a
-//!   new key starts its own sequence). Traffic to that peer stays dropped, `status` reports
+//!   new key starts its own sequence); nor is one whose pair's underlay address changed
+//!   (its (daddr, SPI) moves, its key does not): an owned state holding the key of a
+//!   desired outbound state under another (daddr, SPI) counts as having sent, and stays
+//!   as that proof. Traffic to that peer stays dropped, `status` reports
 //!   [`LOST_OUTBOUND`], and a new epoch for the node (or [`rotate`] to a new generation)
 //!   repairs it. A node whose states vanished entirely (a reboot, a flush) cannot tell
 //!   from its dataplane: it comes back with a new epoch, so every key it installs is new,
