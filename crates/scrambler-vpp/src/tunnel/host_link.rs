@@ -48,9 +48,10 @@ pub const HOST_LINK_ALIAS: &str = "scrambler-vpp/host";
 /// The MAC of VPP's end of the host link.
 pub const HOST_LINK_MAC: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 2];
 
-/// The host link's MTU: the pod MTU of a 1500-byte underlay (ESP overhead left room).
-fn mtu() -> u32 {
-    esp::pod_mtu(DEFAULT_UNDERLAY_MTU, false)
+/// The host link's MTU: the pod MTU of a 1500-byte underlay (ESP overhead left room),
+/// over an IPv6 underlay when `outer_v6` (some peer pairs over IPv6: [`Mesh::outer_v6`]).
+fn mtu(outer_v6: bool) -> u32 {
+    esp::pod_mtu(DEFAULT_UNDERLAY_MTU, outer_v6)
 }
 
 /// The node's IPv4 tunnel address, if its pod CIDRs give one.
@@ -141,7 +142,7 @@ pub(super) async fn reconcile(
                     name: HOST_LINK_IF,
                     peer_name: HOST_LINK_VPP_IF,
                     peer_netns_fd: ns.as_raw_fd(),
-                    mtu: mtu(),
+                    mtu: mtu(mesh.outer_v6()),
                     state: Initially::Up,
                 },
             )
@@ -337,4 +338,20 @@ pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_link_mtu_leaves_room_for_the_outer_family() {
+        assert_eq!(mtu(false), 1440);
+        assert_eq!(mtu(true), 1420);
+        let mut m = crate::tunnel::tests::mesh(scrambler_core::Keys::single(1));
+        assert_eq!(mtu(m.outer_v6()), 1440);
+        m.local.underlay.push("2001:db8::1".parse().unwrap());
+        m.peers[0].underlay.push("2001:db8::2".parse().unwrap());
+        assert_eq!(mtu(m.outer_v6()), 1420);
+    }
 }
