@@ -83,6 +83,33 @@ pub(crate) fn outer_pair(local: &Node, peer: &Node) -> Result<(IpAddr, IpAddr)> 
     })
 }
 
+/// IPv6's minimum link MTU: the kernel disables IPv6 on an interface below it.
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Refuses an underlay MTU that leaves the xfrm interface (and pods sized like it) below
+/// IPv6's minimum MTU when the node has an IPv6 pod CIDR: the kernel would disable IPv6 on
+/// the interface and IPv6 pods would be cut off. The minimum is 1280 + the ESP overhead of
+/// the outer family in use ([`Mesh::outer_v6`]): 1357 over IPv6, 1337 over IPv4.
+pub(crate) fn check_ipv6_mtu(cfg: &XfrmConfig, mesh: &Mesh) -> Result<()> {
+    if !mesh.local.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        return Ok(());
+    }
+    let outer_v6 = mesh.outer_v6();
+    let mtu = scrambler_core::esp::pod_mtu(cfg.underlay_mtu, outer_v6);
+    if mtu >= IPV6_MIN_MTU {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "underlayMtu {} leaves the interface {} an MTU of {mtu} (ESP over {}), below IPv6's \
+         minimum of {IPV6_MIN_MTU}: the kernel would disable IPv6 on it; IPv6 pod CIDRs need \
+         an underlay MTU of at least {}",
+        cfg.underlay_mtu,
+        cfg.interface,
+        if outer_v6 { "IPv6" } else { "IPv4" },
+        IPV6_MIN_MTU + scrambler_core::esp::esp_overhead(outer_v6)
+    )))
+}
+
 fn same_family(a: &IpNet, b: &IpNet) -> bool {
     a.addr().is_ipv4() == b.addr().is_ipv4()
 }
@@ -1002,6 +1029,32 @@ pub(crate) mod tests {
                 m.local.underlay_pair(p).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn an_underlay_mtu_too_small_for_ipv6_pods_is_refused() {
+        let at = |mtu| XfrmConfig {
+            underlay_mtu: mtu,
+            ..Default::default()
+        };
+        // ESP over IPv6: 1357 is the least
+        check_ipv6_mtu(&at(1357), &mesh6(1, 3)).unwrap();
+        let e = check_ipv6_mtu(&at(1356), &mesh6(1, 3)).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(
+            e.to_string().contains("an MTU of 1276") && e.to_string().contains("at least 1357"),
+            "{e}"
+        );
+        // ESP over IPv4 with IPv6 pods: 1337
+        let mut m = mesh6(1, 3);
+        for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+            n.underlay = vec![format!("192.0.2.{}", n.id.get()).parse().unwrap()];
+        }
+        check_ipv6_mtu(&at(1337), &m).unwrap();
+        let e = check_ipv6_mtu(&at(1336), &m).unwrap_err();
+        assert!(e.to_string().contains("at least 1337"), "{e}");
+        // IPv4 pods only: not checked
+        check_ipv6_mtu(&at(1300), &mesh(1, 3)).unwrap();
     }
 
     #[test]

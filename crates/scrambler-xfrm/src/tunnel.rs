@@ -250,6 +250,7 @@ impl Tunnel for XfrmTunnel {
         netns.check()?;
         let cfg = &self.cfg;
         let mut desired = Desired::plan(cfg, mesh, cfg.program_states.then_some(secret))?;
+        crate::plan::check_ipv6_mtu(cfg, mesh)?;
         let outer_v6 = mesh.outer_v6();
         let rtnl = Nl::open(netns).await?;
         let iface = link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
