@@ -256,7 +256,9 @@ async fn delete_owned_rule(nl: &Nl, all: &[RuleState], r: &RuleSpec) -> Result<b
         return Err(Error::AlreadyExists {
             object: r.name(),
             reason: format!(
-                "a rule not made by Scrambler comes first at its priority, source, table                  and protocol ({f:?}): deleting Scrambler's would delete that one;                  Scrambler does not touch it"
+                "a rule not made by Scrambler comes first at its priority, source, table \
+                 and protocol ({f:?}): deleting Scrambler's would delete that one; \
+                 Scrambler does not touch it"
             ),
         });
     }
@@ -303,7 +305,8 @@ pub(crate) async fn sync_underlay_steering(
         nl.add_rule(r, Exists::Fail).await.map_err(|e| match e {
             Error::AlreadyExists { object, .. } => Error::AlreadyExists {
                 object,
-                reason: "a rule not made by Scrambler (the kernel takes it for this one,                          e.g. the same with `not`) holds it; Scrambler does not touch it"
+                reason: "a rule not made by Scrambler (the kernel takes it for this one, \
+                         e.g. the same with `not`) holds it; Scrambler does not touch it"
                     .into(),
             },
             e => e,
