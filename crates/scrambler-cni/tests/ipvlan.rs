@@ -245,3 +245,31 @@ fn vm_ipvlan_cni_encrypted_gc_removes_the_node_setup() {
     lab.run(0, &lab.inv("DEL", 0), &conf).expect_ok();
     assert!(lab.leases(0).is_empty(), "{:?}", lab.leases(0));
 }
+
+/// `"encrypt": true` and an IPAM that hands out an IPv6 address too (dual-stack ranges):
+/// ADD refuses with code 7 naming the IPv6 address, before anything is made, and the
+/// plugin releases both leases. Runs on any kernel: the refusal comes before the ipvlan
+/// link would be.
+#[test]
+fn ipvlan_cni_encrypted_add_refuses_an_ipv6_address_and_releases_the_lease() {
+    let lab = Lab::new();
+    let mut conf = lab.conf(0, "l3");
+    conf["encrypt"] = true.into();
+    conf["clusterCidrs"] = json!(["10.0.0.0/8"]);
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.1.1.0/24"}], [{"subnet": "fd10:0:1::/64"}]]);
+    conf["ipam"].as_object_mut().unwrap().remove("subnet");
+    let out = lab.run(0, &lab.inv("ADD", 0), &conf);
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("does not support IPv6 yet") && out.stdout.contains("fd10:0:1::"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lab.leases(0).is_empty(),
+        "leases released: {:?}",
+        lab.leases(0)
+    );
+    assert!(!lab.pods[0].ip(&["link"]).contains("eth0"));
+    assert!(!lab.nodes[0].ip(&["link"]).contains("scr-ipvl"));
+}

@@ -35,13 +35,24 @@ mod tests {
     #[test]
     fn pod_mtu_leaves_room_for_esp() {
         assert_eq!(esp_overhead(false), 57);
+        assert_eq!(esp_overhead(true), 77);
         assert_eq!(pod_mtu(1500, false), 1440);
         assert_eq!(pod_mtu(1500, true), 1420);
-        for mtu in 1280..9000 {
-            let p = pod_mtu(mtu, false);
-            // payload padded to 4 bytes (with the 2-byte trailer) must fit
-            let esp_payload = (p + 2).div_ceil(4) * 4;
-            assert!(20 + 8 + 8 + esp_payload + 16 <= mtu, "mtu {mtu}");
+        // the smallest underlay whose pod MTU still carries IPv6 (1280)
+        assert_eq!(pod_mtu(1357, true), 1280);
+        assert!(pod_mtu(1356, true) < 1280);
+        for (outer_v6, outer) in [(false, 20), (true, 40)] {
+            for mtu in 1280..9000 {
+                let p = pod_mtu(mtu, outer_v6);
+                // payload padded to 4 bytes (with the 2-byte trailer) must fit
+                let esp_payload = (p + 2).div_ceil(4) * 4;
+                assert!(
+                    outer + 8 + 8 + esp_payload + 16 <= mtu,
+                    "mtu {mtu} outer_v6 {outer_v6}"
+                );
+                // and no more than the padding's 3 bytes (and the rounding's) are lost
+                assert!(mtu - (outer + 8 + 8 + esp_payload + 16) < 8, "mtu {mtu}");
+            }
         }
     }
 }

@@ -195,9 +195,21 @@ pub fn missing_epoch(name: &str) -> String {
 }
 
 impl Node {
-    /// The underlay address of the same family as `peer`'s first underlay address.
+    /// The node's first underlay address of the IPv6 (`v6`) or IPv4 family, if any.
     pub fn underlay_for(&self, v6: bool) -> Option<IpAddr> {
         self.underlay.iter().copied().find(|a| a.is_ipv6() == v6)
+    }
+
+    /// The outer (underlay) addresses ESP uses between this node and `peer`: (this
+    /// node's, the peer's). One rule, the same seen from either end whatever the order of
+    /// the addresses: IPv6 when both nodes have an IPv6 underlay address, else IPv4; each
+    /// node's first address of that family. `None` when they share no family (refused by
+    /// [`Mesh::validate`]). Every dataplane pairs nodes with it, so a kernel node and a
+    /// VPP node agree on their SAs' endpoints.
+    pub fn underlay_pair(&self, peer: &Node) -> Option<(IpAddr, IpAddr)> {
+        [true, false]
+            .into_iter()
+            .find_map(|v6| Some((self.underlay_for(v6)?, peer.underlay_for(v6)?)))
     }
 
     /// The node as one end of an SA: its id and epoch.
@@ -412,6 +424,20 @@ impl Cluster {
 }
 
 impl Mesh {
+    /// Whether the local node's ESP to some peer runs over IPv6 ([`Node::underlay_pair`]),
+    /// i.e. whether its largest ESP overhead is IPv6's: what an MTU for traffic to any
+    /// peer must allow for. Without peers, the family of the local node's first underlay
+    /// address.
+    pub fn outer_v6(&self) -> bool {
+        if self.peers.is_empty() {
+            return self.local.underlay.first().is_some_and(|a| a.is_ipv6());
+        }
+        self.peers
+            .iter()
+            .filter_map(|p| self.local.underlay_pair(p))
+            .any(|(mine, _)| mine.is_ipv6())
+    }
+
     /// Checks the mesh is consistent: plain ([`check_node_name`]) and unique names, unique
     /// ids, previous epochs that fit ([`Node::previous_epochs`]: at most
     /// [`MAX_PREVIOUS_EPOCHS`], SPI tags distinct from the current epoch's and each
@@ -799,5 +825,56 @@ mod tests {
         assert!(NodeId::new(0).is_err());
         assert!(NodeId::new(70000).is_err());
         assert!(serde_json::from_str::<NodeId>("0").is_err());
+    }
+
+    #[test]
+    fn underlay_pairs_are_symmetric_whatever_the_address_order() {
+        let both = |name, id, first: &str, second: &str| Node {
+            underlay: vec![first.parse().unwrap(), second.parse().unwrap()],
+            ..node(name, id, "192.0.2.9", "10.1.9.0/24")
+        };
+        let k1 = both("k1", 1, "192.0.2.1", "2001:db8::1");
+        let k2 = both("k2", 2, "2001:db8::2", "192.0.2.2");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            k1.underlay_pair(&k2),
+            Some((ip("2001:db8::1"), ip("2001:db8::2")))
+        );
+        assert_eq!(
+            k2.underlay_pair(&k1),
+            Some((ip("2001:db8::2"), ip("2001:db8::1")))
+        );
+        // an IPv6-only node and a dual-stack one (IPv4 first): IPv6
+        let v6 = node("v6", 3, "2001:db8::3", "10.1.3.0/24");
+        assert_eq!(
+            v6.underlay_pair(&k1),
+            Some((ip("2001:db8::3"), ip("2001:db8::1")))
+        );
+        assert_eq!(
+            k1.underlay_pair(&v6),
+            Some((ip("2001:db8::1"), ip("2001:db8::3")))
+        );
+        // an IPv4-only node and a dual-stack one (IPv6 first): IPv4
+        let v4 = node("v4", 4, "192.0.2.4", "10.1.4.0/24");
+        assert_eq!(
+            v4.underlay_pair(&k2),
+            Some((ip("192.0.2.4"), ip("192.0.2.2")))
+        );
+        assert_eq!(
+            k2.underlay_pair(&v4),
+            Some((ip("192.0.2.2"), ip("192.0.2.4")))
+        );
+        assert_eq!(v4.underlay_pair(&v6), None);
+        // the worst case over the pairs in use
+        let mesh = |local: &Node, peers: &[&Node]| Mesh {
+            local: local.clone(),
+            peers: peers.iter().map(|p| (*p).clone()).collect(),
+            keys: Keys::single(1),
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        assert!(mesh(&k2, &[&v4, &k1]).outer_v6());
+        assert!(!mesh(&k2, &[&v4]).outer_v6());
+        assert!(!mesh(&v4, &[]).outer_v6());
+        assert!(mesh(&k2, &[]).outer_v6());
     }
 }

@@ -421,6 +421,8 @@ mod tests {
             table: scrambler_netlink::MAIN_TABLE,
             protocol: scrambler_netlink::ROUTE_PROTO,
             src: None,
+            unreachable: false,
+            metric: None,
         };
         let routes = [
             r("10.244.1.0/24", 7),

@@ -37,6 +37,11 @@ pub struct RouteSpec {
     pub src: Option<IpAddr>,
     /// Routing table ([`MAIN_TABLE`] unless set with [`RouteSpec::in_table`]).
     pub table: u32,
+    /// An `unreachable` route (no interface, gateway or source: `oif` is ignored) instead
+    /// of a unicast one ([`RouteSpec::unreachable`]).
+    pub unreachable: bool,
+    /// Route metric (`ip route … metric N`); `None`: the kernel's default.
+    pub metric: Option<u32>,
 }
 
 impl RouteSpec {
@@ -50,6 +55,19 @@ impl RouteSpec {
             protocol: ROUTE_PROTO,
             src: None,
             table: MAIN_TABLE,
+            unreachable: false,
+            metric: None,
+        }
+    }
+
+    /// `unreachable dst metric metric` in the main table, marked with [`ROUTE_PROTO`]: a
+    /// lookup ending there fails (`ENETUNREACH` for the node's own sockets, an ICMP
+    /// unreachable for forwarded packets) instead of falling through to a shorter prefix.
+    pub fn unreachable(dst: IpNet, metric: u32) -> RouteSpec {
+        RouteSpec {
+            unreachable: true,
+            metric: Some(metric),
+            ..RouteSpec::new(dst, None, 0)
         }
     }
 
@@ -79,9 +97,14 @@ impl RouteSpec {
     /// `dst via gw` or `dst dev oif` (and `table N` outside the main table), naming the
     /// route in errors.
     pub fn name(&self) -> String {
-        let r = match self.gw {
-            Some(g) => format!("{} via {g}", self.dst),
-            None => format!("{} dev {}", self.dst, self.oif),
+        let r = match (self.unreachable, self.gw) {
+            (true, _) => format!("unreachable {}", self.dst),
+            (false, Some(g)) => format!("{} via {g}", self.dst),
+            (false, None) => format!("{} dev {}", self.dst, self.oif),
+        };
+        let r = match self.metric {
+            Some(m) => format!("{r} metric {m}"),
+            None => r,
         };
         match self.table {
             MAIN_TABLE => r,
@@ -95,9 +118,15 @@ impl RouteSpec {
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(self.dst.network(), self.dst.prefix_len())
             .map_err(|e| bad(e.to_string()))?
-            .output_interface(self.oif)
             .table_id(self.table)
             .protocol(RouteProtocol::from(self.protocol));
+        if let Some(m) = self.metric {
+            b = b.priority(m);
+        }
+        if self.unreachable {
+            return Ok(b.kind(RouteType::Unreachable).build());
+        }
+        b = b.output_interface(self.oif);
         match self.gw {
             Some(g) => b = b.gateway(g).map_err(|e| bad(e.to_string()))?,
             None => b = b.scope(RouteScope::Link),
@@ -132,6 +161,10 @@ pub struct RouteState {
     pub protocol: u8,
     /// Preferred source address.
     pub src: Option<IpAddr>,
+    /// An `unreachable` route.
+    pub unreachable: bool,
+    /// Route metric (`RTA_PRIORITY`), when the kernel reports one.
+    pub metric: Option<u32>,
 }
 
 impl Nl {
@@ -214,6 +247,19 @@ impl Nl {
             .collect())
     }
 
+    /// The `unreachable` routes of the main table marked with `protocol` at `metric`.
+    pub async fn owned_unreachable_routes(
+        &self,
+        protocol: u8,
+        metric: u32,
+    ) -> Result<Vec<RouteState>> {
+        let routes = self.main_routes().await?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| r.unreachable && r.protocol == protocol && r.metric == Some(metric))
+            .collect())
+    }
+
     /// The routes of table `table` out of link `oif` marked with `protocol`.
     pub async fn owned_routes_in(
         &self,
@@ -281,6 +327,7 @@ pub(crate) fn route_state(m: &RouteMessage) -> Option<RouteState> {
     let mut gw = None;
     let mut oif = None;
     let mut src = None;
+    let mut metric = None;
     let mut table = u32::from(m.header.table);
     for a in &m.attributes {
         match a {
@@ -289,6 +336,7 @@ pub(crate) fn route_state(m: &RouteMessage) -> Option<RouteState> {
             RouteAttribute::Gateway(a) => gw = route_ip(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = Some(*p),
             _ => {}
         }
     }
@@ -306,6 +354,8 @@ pub(crate) fn route_state(m: &RouteMessage) -> Option<RouteState> {
         table,
         protocol: u8::from(m.header.protocol),
         src,
+        unreachable: m.header.kind == RouteType::Unreachable,
+        metric,
     })
 }
 
@@ -314,5 +364,31 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_route_message_has_no_interface_and_reads_back() {
+        let spec =
+            RouteSpec::unreachable("fd00:10::/56".parse().unwrap(), 0x5c5c).with_protocol(92);
+        assert_eq!(spec.name(), "unreachable fd00:10::/56 metric 23644");
+        let msg = spec.message().unwrap();
+        assert_eq!(msg.header.kind, RouteType::Unreachable);
+        assert!(!msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_))));
+        let st = route_state(&msg).unwrap();
+        assert!(st.unreachable);
+        assert_eq!(st.metric, Some(0x5c5c));
+        assert_eq!(st.protocol, 92);
+        assert_eq!(st.dst.to_string(), "fd00:10::/56");
+        let unicast = route_state(&RouteSpec::new(spec.dst, None, 3).message().unwrap()).unwrap();
+        assert!(!unicast.unreachable);
+        assert_eq!(unicast.metric, None);
     }
 }

@@ -232,6 +232,7 @@ pub fn parse_pod_tag(tag: &str) -> Option<(&str, &str, &str)> {
 pub struct VppAttach {
     vpp: NodeVpp,
     underlay_mtu: u32,
+    underlay_v6: bool,
     pod_tx_frames: u32,
     network: String,
     fault: Fault,
@@ -242,6 +243,7 @@ impl std::fmt::Debug for VppAttach {
         f.debug_struct("VppAttach")
             .field("opts", &self.vpp.opts)
             .field("underlay_mtu", &self.underlay_mtu)
+            .field("underlay_v6", &self.underlay_v6)
             .field("pod_tx_frames", &self.pod_tx_frames)
             .field("network", &self.network)
             .finish()
@@ -261,6 +263,7 @@ impl VppAttach {
         VppAttach {
             vpp: NodeVpp::new(Arc::new(resolve), "scrambler-attach"),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            underlay_v6: false,
             pod_tx_frames: POD_TX_FRAMES,
             network: String::new(),
             fault: Fault::default(),
@@ -317,6 +320,14 @@ impl VppAttach {
         self
     }
 
+    /// Whether the node's ESP runs over an IPv6 underlay (or may, to some peer): the
+    /// default pod MTU then leaves room for IPv6's larger outer header (20 bytes more);
+    /// default `false` (IPv4).
+    pub fn with_underlay_v6(mut self, v6: bool) -> Self {
+        self.underlay_v6 = v6;
+        self
+    }
+
     /// Frames of each new pod interface's af_packet TX ring (VPP → pod), of
     /// [`POD_TX_FRAME_SIZE`] each; default [`POD_TX_FRAMES`]. VPP hands the ring a whole
     /// vector of up to 256 packets at once: under bulk load a smaller ring overruns (VPP's
@@ -327,14 +338,15 @@ impl VppAttach {
         self
     }
 
-    /// The pod MTU: `requested`, else the underlay MTU minus ESP overhead.
+    /// The pod MTU: `requested`, else the underlay MTU minus the ESP overhead of the
+    /// underlay's family ([`VppAttach::with_underlay_v6`]).
     pub fn pod_mtu(&self, requested: Option<u32>) -> Result<u32> {
         match requested {
             Some(m) if !(68..=65535).contains(&m) => {
                 Err(Error::config(format!("mtu {m} is out of range 68..65535")))
             }
             Some(m) => Ok(m),
-            None => Ok(esp::pod_mtu(self.underlay_mtu, false)),
+            None => Ok(esp::pod_mtu(self.underlay_mtu, self.underlay_v6)),
         }
     }
 

@@ -1,10 +1,11 @@
 //! The `vpp` backend's section of a CNI conf:
 //!
 //! ```json
-//! {"backend": "vpp", "vpp": {"apiSocket": "/run/vpp/api.sock", "underlayMtu": 1500}}
+//! {"backend": "vpp", "vpp": {"apiSocket": "/run/vpp/api.sock", "underlayMtu": 1500,
+//!   "underlayIpv6": false}}
 //! ```
 //!
-//! Both fields are optional ([`VppConf`]); unknown fields are refused (code 7), so a typo
+//! Every field is optional ([`VppConf`]); unknown fields are refused (code 7), so a typo
 //! does not silently fall back to a default.
 
 use crate::attach::{VppAttach, DEFAULT_API_SOCKET};
@@ -26,6 +27,10 @@ pub struct VppConf {
     /// default [`crate::attach::DEFAULT_UNDERLAY_MTU`].
     #[serde(default)]
     pub underlay_mtu: Option<u32>,
+    /// The node's ESP runs over an IPv6 underlay (to some peer): the default pod MTU
+    /// leaves room for the larger outer header; default `false`.
+    #[serde(default, rename = "underlayIpv6")]
+    pub underlay_v6: bool,
 }
 
 fn default_api_socket() -> PathBuf {
@@ -39,6 +44,7 @@ impl VppConf {
             None | Some(serde_json::Value::Null) => Ok(VppConf {
                 api_socket: default_api_socket(),
                 underlay_mtu: None,
+                underlay_v6: false,
             }),
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| Error::config(format!("field \"{VPP_FIELD}\": {e}"))),
@@ -47,7 +53,9 @@ impl VppConf {
 
     /// The attachment this section describes, for network `network` (the conf's `name`).
     pub fn attach(&self, network: &str) -> VppAttach {
-        let a = VppAttach::new(self.api_socket.clone()).with_network(network);
+        let a = VppAttach::new(self.api_socket.clone())
+            .with_network(network)
+            .with_underlay_v6(self.underlay_v6);
         match self.underlay_mtu {
             Some(m) => a.with_underlay_mtu(m),
             None => a,
@@ -78,6 +86,21 @@ mod tests {
         let v = VppConf::from_netconf(&c).unwrap();
         assert_eq!(v.api_socket, PathBuf::from("/run/x.sock"));
         assert_eq!(v.attach("n").pod_mtu(None).unwrap(), 8940);
+        // over an IPv6 underlay: 20 bytes more outer header
+        c.extra.insert(
+            VPP_FIELD.into(),
+            serde_json::json!({"underlayMtu": 9000, "underlayIpv6": true}),
+        );
+        let v = VppConf::from_netconf(&c).unwrap();
+        assert_eq!(v.attach("n").pod_mtu(None).unwrap(), 8920);
+        c.extra
+            .insert(VPP_FIELD.into(), serde_json::json!({"underlayIpv6": true}));
+        let v = VppConf::from_netconf(&c).unwrap();
+        assert_eq!(
+            v.attach("n").pod_mtu(None).unwrap(),
+            scrambler_core::esp::pod_mtu(1500, true)
+        );
+        assert_eq!(v.attach("n").pod_mtu(None).unwrap(), 1420);
         c.extra
             .insert(VPP_FIELD.into(), serde_json::json!({"apiSock": "/x"}));
         let e = VppConf::from_netconf(&c).unwrap_err();

@@ -23,6 +23,13 @@ pub const DEFAULT_ROUTE_TABLE: u32 = 0x5c;
 /// `[priority_base, priority_base + PRIORITY_BAND)` are Scrambler's.
 pub const PRIORITY_BAND: u32 = 8;
 
+/// Metric of Scrambler's `unreachable` routes to the IPv6 cluster supernets in the main
+/// table (see `Desired::unreachable`): the highest a route can have, so that any other
+/// route to the same prefix, and every more specific one (a peer's pod CIDR into the
+/// interface, a local pod), wins. Together with [`XfrmConfig::route_protocol`] it marks
+/// them as Scrambler's.
+pub const UNREACHABLE_METRIC: u32 = u32::MAX;
+
 /// Offset of the local-to-local bypass policies inside the band (highest precedence).
 pub(crate) const PRIO_BYPASS: u32 = 0;
 /// Offset of the mesh policies (allow + ESP template, carrying the if_id).

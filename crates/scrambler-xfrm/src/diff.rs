@@ -42,11 +42,27 @@ impl Changes {
     }
 }
 
-/// True when the policy is Scrambler's.
+/// True when the policy is Scrambler's. One whose selector names an interface (`dev`)
+/// is Scrambler's only of the exact shape of the IPv6 interface bypass
+/// ([`Desired::plan_interface_bypass`]).
 pub(crate) fn owns_policy(cfg: &XfrmConfig, p: &FoundPolicy) -> bool {
     !p.unusual
         && cfg.owns_priority(p.policy.priority)
         && (p.policy.key.if_id == cfg.if_id || p.policy.key.if_id == 0)
+        && (p.policy.key.ifindex == 0 || is_interface_bypass(cfg, &p.policy))
+}
+
+/// `out ::/0 → ::/0 dev <any>`, if_id 0, allow without template, at the bypass priority.
+fn is_interface_bypass(cfg: &XfrmConfig, p: &crate::model::Policy) -> bool {
+    let any6 = ipnet::IpNet::V6(Default::default());
+    let k = &p.key;
+    k.dir == crate::model::Dir::Out
+        && k.if_id == 0
+        && k.src == any6
+        && k.dst == any6
+        && !p.block
+        && p.tmpl.is_none()
+        && p.priority == cfg.priority(crate::config::PRIO_BYPASS)
 }
 
 /// True when the state is Scrambler's.
@@ -154,6 +170,13 @@ fn diff_states(
     ch: &mut Changes,
 ) -> Result<()> {
     let by_key: HashMap<&StateKey, &FoundState> = found.iter().map(|s| (&s.shape.key, s)).collect();
+    // key material of owned states: a desired outbound state whose key is among them
+    // under another (daddr, SPI) — the pair's underlay address changed — has sent
+    let owned_digests: std::collections::HashSet<[u8; 32]> = found
+        .iter()
+        .filter(|s| owns_state(cfg, s))
+        .map(|s| s.shape.key_digest)
+        .collect();
     for (key, want) in &desired.states {
         let phase = if want.inbound { 1 } else { 3 };
         match by_key.get(key) {
@@ -204,6 +227,20 @@ fn diff_states(
                 });
                 ch.report.updated += 1;
             }
+            None if !want.inbound && owned_digests.contains(&want.shape.key_digest) => {
+                // An owned state at another address holds this very key: the outbound
+                // state of the pair before its underlay address changed. It has sent
+                // under this key; a new state at the new address would restart the
+                // sequence numbers (AES-GCM nonce reuse). Like a changed outbound state
+                // (above) the old one stays (kept below, the proof that this key has
+                // sent) and the peer counts as lost until a new key.
+                tracing::error!(
+                    peer = want.peer,
+                    generation = want.generation,
+                    "outbound SA moved to another underlay address; not re-created under the same key: give the node a new epoch or rotate keys"
+                );
+                ch.lost_outbound.push((want.peer, want.generation));
+            }
             // a previous epoch's inbound state is kept while it is there, never made anew:
             // its replay window and ESN high bits would start over, and it only bridges
             // the peers' switch to the new epoch
@@ -236,9 +273,17 @@ fn diff_states(
         }
     }
     // stale: outbound first (their daddr is not a local address), then inbound
+    // (an owned state holding the key of a desired outbound one stays: see above)
+    let outbound_digests: std::collections::HashSet<[u8; 32]> = desired
+        .states
+        .values()
+        .filter(|s| !s.inbound)
+        .map(|s| s.shape.key_digest)
+        .collect();
     let mut stale: Vec<&FoundState> = found
         .iter()
         .filter(|s| owns_state(cfg, s) && !desired.states.contains_key(&s.shape.key))
+        .filter(|s| !outbound_digests.contains(&s.shape.key_digest))
         .collect();
     let inbound_daddrs: std::collections::HashSet<_> = desired
         .states
@@ -588,5 +633,106 @@ mod tests {
             assert_eq!(ch.report.added, 0, "{:?}", ch.report);
             assert_eq!(ch.len(), 0);
         }
+    }
+
+    #[test]
+    fn only_the_exact_interface_bypass_is_owned_among_dev_selector_policies() {
+        use crate::config::{PRIO_BYPASS, PRIO_GUARD};
+        use crate::model::{Dir, Policy};
+        let cfg = XfrmConfig::default();
+        let bypass = Policy {
+            key: PolicyKey {
+                dir: Dir::Out,
+                src: "::/0".parse().unwrap(),
+                dst: "::/0".parse().unwrap(),
+                if_id: 0,
+                ifindex: 7,
+            },
+            priority: cfg.priority(PRIO_BYPASS),
+            block: false,
+            tmpl: None,
+        };
+        let found = |policy: Policy| FoundPolicy {
+            policy,
+            index: 8,
+            unusual: false,
+        };
+        assert!(owns_policy(&cfg, &found(bypass.clone())));
+        let mut others = Vec::new();
+        let mut p = bypass.clone();
+        p.key.dst = "fd10::/16".parse().unwrap();
+        others.push(p);
+        let mut p = bypass.clone();
+        p.key.src = "fd10:0:1::/64".parse().unwrap();
+        others.push(p);
+        let mut p = bypass.clone();
+        p.key.dir = Dir::Fwd;
+        others.push(p);
+        let mut p = bypass.clone();
+        p.block = true;
+        others.push(p);
+        let mut p = bypass.clone();
+        p.priority = cfg.priority(PRIO_GUARD);
+        others.push(p);
+        let mut p = bypass.clone();
+        p.key.src = "0.0.0.0/0".parse().unwrap();
+        p.key.dst = "0.0.0.0/0".parse().unwrap();
+        others.push(p);
+        for p in others {
+            assert!(!owns_policy(&cfg, &found(p.clone())), "{p:?}");
+            // and without the interface, the same policy is in the band as before
+            let mut no_dev = p;
+            no_dev.key.ifindex = 0;
+            assert!(owns_policy(&cfg, &found(no_dev)));
+        }
+        // a foreign dev-selector policy in the band is a conflict-free stranger: not deleted
+        let d = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
+        let mut pols = found_from(&d);
+        let mut stranger = bypass;
+        stranger.block = true;
+        pols.push(found(stranger));
+        let ch = diff(&cfg, &d, &pols, &[], false).unwrap();
+        assert!(ch.report.is_noop(), "{:?}", ch.report);
+    }
+
+    #[test]
+    fn outbound_state_moved_to_a_new_peer_address_is_not_recreated_under_its_key() {
+        let (cfg, mut d, pols) = three_nodes_with_states();
+        // the kernel holds node 1's outbound state to node 2 at node 2's old address
+        let mut found = found_states(&d, |_| true);
+        let old: std::net::IpAddr = "198.51.100.2".parse().unwrap();
+        for f in found
+            .iter_mut()
+            .filter(|f| f.shape.key.daddr.to_string() == "192.0.2.2")
+        {
+            f.shape.key.daddr = old;
+        }
+        // every run, also while a rotation switches (no inbound-state proof then)
+        for switching in [false, true] {
+            d.switching = switching;
+            let ch = diff(&cfg, &d, &pols, &found, true).unwrap();
+            assert_eq!(ch.lost_outbound, vec![(2, 1)], "switching {switching}");
+            // nothing added under the key at the new address, the old state kept
+            assert_eq!(ch.report.added, 0, "{:?}", ch.report);
+            assert_eq!(ch.report.removed, 0, "{:?}", ch.report);
+            assert_eq!(ch.len(), 0);
+        }
+        // a rotation to a new generation: its outbound state is made at the new address
+        // and the old one goes
+        let secret = scrambler_core::ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let mut m = mesh(1, 3);
+        m.keys = scrambler_core::Keys {
+            tx: 2,
+            rx: [1, 2].into_iter().collect(),
+        };
+        let fresh = Desired::plan(&cfg, &m, Some(&secret)).unwrap();
+        let ch = diff(&cfg, &fresh, &pols, &found, true).unwrap();
+        assert!(ch.lost_outbound.is_empty());
+        assert!(ch.phases[3]
+            .iter()
+            .any(|r| r.object.contains("dst 192.0.2.2")));
+        assert!(ch.phases[4]
+            .iter()
+            .any(|r| r.object.contains("198.51.100.2")));
     }
 }

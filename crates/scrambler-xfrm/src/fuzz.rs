@@ -57,6 +57,7 @@ fn check_datagram(buf: &[u8], cfg: &XfrmConfig, desired: &Desired) {
             routes: None,
             table_routes: None,
             rule_sources: &Default::default(),
+            unreachable: &Default::default(),
             xfrm_stat: Default::default(),
         },
     );

@@ -115,7 +115,10 @@
 //!   local underlay address) is left as it is, *not* replaced: the same key with
 //!   restarted sequence numbers would reuse AES-GCM nonces, and the state left in place
 //!   keeps proving that the key has sent (one under other key material is replaced: a
-//!   new key starts its own sequence). Traffic to that peer stays dropped, `status` reports
+//!   new key starts its own sequence); nor is one whose pair's underlay address changed
+//!   (its (daddr, SPI) moves, its key does not): an owned state holding the key of a
+//!   desired outbound state under another (daddr, SPI) counts as having sent, and stays
+//!   as that proof. Traffic to that peer stays dropped, `status` reports
 //!   [`LOST_OUTBOUND`], and a new epoch for the node (or [`rotate`] to a new generation)
 //!   repairs it. A node whose states vanished entirely (a reboot, a flush) cannot tell
 //!   from its dataplane: it comes back with a new epoch, so every key it installs is new,
@@ -129,7 +132,8 @@
 //! `[priority_base, priority_base + PRIORITY_BAND)` and its if_id is Scrambler's or 0; a
 //! state when its reqid is `reqid_base | id` and its if_id is Scrambler's; a route when it
 //! goes through the interface with Scrambler's protocol number (in the main table, or in
-//! [`XfrmConfig::route_table`]); a rule when it is `from <prefix> lookup <route_table>` at
+//! [`XfrmConfig::route_table`]), or is `unreachable` in the main table with that protocol
+//! and [`UNREACHABLE_METRIC`]; a rule when it is `from <prefix> lookup <route_table>` at
 //! [`XfrmConfig::rule_priority`] with the route protocol, matching nothing else. Dumps consider nothing else; a foreign object holding the kernel
 //! identity of a desired one stops reconcile with [`scrambler_core::Error::AlreadyExists`] before anything changes.
 //!
@@ -155,7 +159,19 @@
 //! names the interface (`dev`, matched against a forwarded packet's outgoing device) at
 //! the bypass priority: what is routed into the interface passes to its own lookup, what
 //! leaves by any other device still meets the guard. It follows the interface's index (a
-//! re-created interface moves it). Tested end to end in `vm_xfrm6_*`.
+//! re-created interface moves it). With [`LinkMode::Existing`], IPv6 pod CIDRs need the
+//! given interface to be an xfrm interface with [`XfrmConfig::if_id`] (reconcile refuses
+//! them otherwise: another interface would not encrypt what the bypass lets through), and
+//! a policy naming an interface is Scrambler's only of the bypass's exact shape. The selector sees the flow's outgoing interface, and
+//! a reply of the node itself names the interface its request came in on (an ICMPv6
+//! echo reply, a UDP reply with `IPV6_PKTINFO`); IPv6's output lookup does not insist on
+//! that interface, so with the route `<peer pod CIDR> dev <interface>` missing it would
+//! take the default route, past the guard, in cleartext. Reconcile therefore puts an
+//! `unreachable` route to every IPv6 cluster supernet in the main table (Scrambler's
+//! protocol, metric [`UNREACHABLE_METRIC`]: every other route to the prefix and every
+//! more specific one wins) before the guard, and only `remove` (after the guard) takes it
+//! away; a missing one shows as [`UNREACHABLE_ROUTE_MISSING`] and `fail_closed: false`.
+//! Tested end to end in `vm_xfrm6_*`.
 //!
 //! ## MTU
 //! The interface MTU is the underlay MTU minus the ESP overhead
@@ -222,12 +238,13 @@ mod tunnel;
 pub use config::{
     LinkMode, XfrmConfig, DEFAULT_IF_ID, DEFAULT_INTERFACE, DEFAULT_PRIORITY_BASE,
     DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY,
-    PRIORITY_BAND,
+    PRIORITY_BAND, UNREACHABLE_METRIC,
 };
 pub use guard::guard_in_place;
 pub use rotation::{rotate, RotationReport};
 pub use status::{
     parse_xfrm_stat, StatusTable, LOST_OUTBOUND, UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING,
+    UNREACHABLE_ROUTE_MISSING,
 };
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};
 

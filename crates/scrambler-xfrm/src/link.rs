@@ -25,18 +25,30 @@ pub(crate) enum LinkChange {
     Updated,
 }
 
-/// Makes sure the steering interface exists, is up and has `mtu`; returns its index and
-/// what changed.
-pub(crate) async fn ensure_interface(
-    nl: &Nl,
-    cfg: &XfrmConfig,
-    mtu: u32,
-) -> Result<(u32, LinkChange)> {
+/// The steering interface as [`ensure_interface`] found or made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Interface {
+    pub index: u32,
+    pub changed: LinkChange,
+    /// It is an xfrm interface with Scrambler's if_id (always with [`LinkMode::Create`];
+    /// with [`LinkMode::Existing`] whatever the administrator gave).
+    pub xfrm_ours: bool,
+}
+
+/// Makes sure the steering interface exists, is up and has `mtu` (with
+/// [`LinkMode::Existing`] it is only looked up); returns it and what changed.
+pub(crate) async fn ensure_interface(nl: &Nl, cfg: &XfrmConfig, mtu: u32) -> Result<Interface> {
     let name = &cfg.interface;
     let existing = nl.link_by_name(name).await?;
     let mut changed = LinkChange::None;
     let link = match (existing, cfg.link) {
-        (Some(l), LinkMode::Existing) => return Ok((l.index, LinkChange::None)),
+        (Some(l), LinkMode::Existing) => {
+            return Ok(Interface {
+                index: l.index,
+                changed,
+                xfrm_ours: is_ours(cfg, &l),
+            })
+        }
         (None, LinkMode::Existing) => {
             return Err(Error::config(format!(
                 "interface {name} does not exist (link mode \"existing\")"
@@ -78,7 +90,11 @@ pub(crate) async fn ensure_interface(
             changed = LinkChange::Updated;
         }
     }
-    Ok((link.index, changed))
+    Ok(Interface {
+        index: link.index,
+        changed,
+        xfrm_ours: true,
+    })
 }
 
 /// Deletes the interface when it is Scrambler's xfrm interface; returns whether it did.
@@ -240,7 +256,9 @@ async fn delete_owned_rule(nl: &Nl, all: &[RuleState], r: &RuleSpec) -> Result<b
         return Err(Error::AlreadyExists {
             object: r.name(),
             reason: format!(
-                "a rule not made by Scrambler comes first at its priority, source, table                  and protocol ({f:?}): deleting Scrambler's would delete that one;                  Scrambler does not touch it"
+                "a rule not made by Scrambler comes first at its priority, source, table \
+                 and protocol ({f:?}): deleting Scrambler's would delete that one; \
+                 Scrambler does not touch it"
             ),
         });
     }
@@ -287,7 +305,8 @@ pub(crate) async fn sync_underlay_steering(
         nl.add_rule(r, Exists::Fail).await.map_err(|e| match e {
             Error::AlreadyExists { object, .. } => Error::AlreadyExists {
                 object,
-                reason: "a rule not made by Scrambler (the kernel takes it for this one,                          e.g. the same with `not`) holds it; Scrambler does not touch it"
+                reason: "a rule not made by Scrambler (the kernel takes it for this one, \
+                         e.g. the same with `not`) holds it; Scrambler does not touch it"
                     .into(),
             },
             e => e,
@@ -321,4 +340,61 @@ pub(crate) async fn remove_underlay_steering(
         removed += have.len();
     }
     Ok(removed)
+}
+
+/// The `unreachable` routes to `nets` of [`crate::plan::Desired::unreachable`].
+pub(crate) fn unreachable_routes<'a>(
+    cfg: &XfrmConfig,
+    nets: impl IntoIterator<Item = &'a IpNet>,
+) -> Vec<RouteSpec> {
+    nets.into_iter()
+        .map(|n| {
+            RouteSpec::unreachable(*n, crate::config::UNREACHABLE_METRIC)
+                .with_protocol(cfg.route_protocol)
+        })
+        .collect()
+}
+
+/// Destinations of Scrambler's `unreachable` routes in the main table (its protocol, its
+/// metric).
+pub(crate) async fn owned_unreachable(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<IpNet>> {
+    let routes = nl
+        .owned_unreachable_routes(cfg.route_protocol, crate::config::UNREACHABLE_METRIC)
+        .await?;
+    Ok(routes.into_iter().map(|r| r.dst).collect())
+}
+
+/// Adds the missing ones of the `unreachable` routes to `nets`; returns how many it added.
+/// One to such a prefix at that metric that exists already (not ours: ours were read
+/// first) is someone else's: [`Error::AlreadyExists`].
+pub(crate) async fn add_unreachable(
+    nl: &Nl,
+    cfg: &XfrmConfig,
+    nets: &BTreeSet<IpNet>,
+) -> Result<usize> {
+    let have = owned_unreachable(nl, cfg).await?;
+    let missing = unreachable_routes(cfg, nets.difference(&have));
+    nl.add_routes(&missing, Exists::Fail)
+        .await
+        .map_err(|e| match e {
+            Error::AlreadyExists { object, .. } => Error::AlreadyExists {
+                object,
+                reason: "a route not made by Scrambler holds it; Scrambler does not touch it"
+                    .into(),
+            },
+            e => e,
+        })?;
+    Ok(missing.len())
+}
+
+/// Deletes Scrambler's `unreachable` routes not to `keep`; returns how many it deleted.
+pub(crate) async fn delete_unreachable_except(
+    nl: &Nl,
+    cfg: &XfrmConfig,
+    keep: &BTreeSet<IpNet>,
+) -> Result<usize> {
+    let have = owned_unreachable(nl, cfg).await?;
+    let stale = unreachable_routes(cfg, have.difference(keep));
+    nl.delete_routes(&stale).await?;
+    Ok(stale.len())
 }

@@ -27,6 +27,20 @@ pub(crate) struct Desired {
     /// The local node's underlay addresses as host prefixes (never a tombstone's
     /// destination, see [`Desired::is_underlay_tombstone`]).
     pub local_underlay: BTreeSet<IpNet>,
+    /// IPv6 cluster supernets (the guard's, see `plan_guard`) given an `unreachable` route
+    /// in the main table at [`crate::config::UNREACHABLE_METRIC`]. The IPv6 interface
+    /// bypass (see [`Desired::plan_interface_bypass`]) lets through the if_id-0 lookup
+    /// every flow whose outgoing interface is the xfrm interface — also one the node
+    /// itself answers on the interface it came in on (an ICMPv6 echo reply, a UDP reply
+    /// with `IPV6_PKTINFO`) — and IPv6's output lookup does not insist on that interface:
+    /// with the peer's route `<pod CIDR> dev <interface>` missing (deleted behind
+    /// Scrambler's back, or between two steps of a reconcile or removal) it would take
+    /// the default route out of the underlay, past the guard, in cleartext. The
+    /// unreachable route ends such a lookup before the default route. (IPv4 needs none:
+    /// `disable_xfrm` is per route, and an IPv4 lookup with an outgoing interface only
+    /// takes routes out of that interface.) Added before the guard and bypass policies,
+    /// removed only with the guard, after them.
+    pub unreachable: BTreeSet<IpNet>,
     /// Rotation step 2: an older generation than `tx` is still live, so outbound states
     /// of `tx` are being made for the first time.
     pub switching: bool,
@@ -58,19 +72,42 @@ fn tmpl_pair(mine: IpAddr, theirs: IpAddr, reqid: u32) -> (Tmpl, Tmpl) {
     (out, back)
 }
 
-/// The outer (underlay) addresses used between the local node and `peer`.
+/// The outer (underlay) addresses used between the local node and `peer`
+/// ([`Node::underlay_pair`]: the same rule on both ends and in every dataplane).
 pub(crate) fn outer_pair(local: &Node, peer: &Node) -> Result<(IpAddr, IpAddr)> {
-    let remote = *peer
-        .underlay
-        .first()
-        .ok_or_else(|| Error::mesh(format!("node {:?} has no underlay address", peer.name)))?;
-    let mine = local.underlay_for(remote.is_ipv6()).ok_or_else(|| {
+    local.underlay_pair(peer).ok_or_else(|| {
         Error::mesh(format!(
-            "node {:?} has no underlay address of the family of {remote} ({:?})",
+            "nodes {:?} and {:?} have no underlay address family in common",
             local.name, peer.name
         ))
-    })?;
-    Ok((mine, remote))
+    })
+}
+
+/// IPv6's minimum link MTU: the kernel disables IPv6 on an interface below it.
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Refuses an underlay MTU that leaves the xfrm interface (and pods sized like it) below
+/// IPv6's minimum MTU when the node has an IPv6 pod CIDR: the kernel would disable IPv6 on
+/// the interface and IPv6 pods would be cut off. The minimum is 1280 + the ESP overhead of
+/// the outer family in use ([`Mesh::outer_v6`]): 1357 over IPv6, 1337 over IPv4.
+pub(crate) fn check_ipv6_mtu(cfg: &XfrmConfig, mesh: &Mesh) -> Result<()> {
+    if !mesh.local.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        return Ok(());
+    }
+    let outer_v6 = mesh.outer_v6();
+    let mtu = scrambler_core::esp::pod_mtu(cfg.underlay_mtu, outer_v6);
+    if mtu >= IPV6_MIN_MTU {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "underlayMtu {} leaves the interface {} an MTU of {mtu} (ESP over {}), below IPv6's \
+         minimum of {IPV6_MIN_MTU}: the kernel would disable IPv6 on it; IPv6 pod CIDRs need \
+         an underlay MTU of at least {}",
+        cfg.underlay_mtu,
+        cfg.interface,
+        if outer_v6 { "IPv6" } else { "IPv4" },
+        IPV6_MIN_MTU + scrambler_core::esp::esp_overhead(outer_v6)
+    )))
 }
 
 fn same_family(a: &IpNet, b: &IpNet) -> bool {
@@ -342,6 +379,11 @@ impl Desired {
             .chain(&cfg.guard_supernets)
             .map(|c| c.trunc())
             .collect();
+        self.unreachable = supernets
+            .iter()
+            .filter(|s| s.addr().is_ipv6())
+            .copied()
+            .collect();
         let guard = cfg.priority(PRIO_GUARD);
         let bypass = cfg.priority(PRIO_BYPASS);
         let mut add = |dir, src: IpNet, dst: IpNet, block| {
@@ -415,16 +457,37 @@ impl Desired {
     /// template `out ::/0 → ::/0` whose selector names the interface (`dev`: the kernel
     /// matches it against the flow's outgoing interface, the route's device for a
     /// forwarded packet), at the bypass priority, lets exactly the packets routed into the
-    /// interface through that lookup; any other route (a missing one, the default route)
-    /// has another outgoing interface and still meets the guard. Planned when the node
-    /// has an IPv6 pod CIDR and the interface's index is known (`index`, from the link).
+    /// interface through that lookup; any other route has another outgoing interface and
+    /// still meets the guard. A flow that names the interface itself (the node's reply on
+    /// the interface a request came in on) while the route into it is missing finds
+    /// [`Desired::unreachable`]'s route instead of the default one. Planned when the node
+    /// has an IPv6 pod CIDR and the interface's index is known (`index`, from the link),
+    /// and only into an xfrm interface with Scrambler's if_id (`xfrm_ours`): the bypass
+    /// lets everything routed into the interface past the guard, so an interface that
+    /// does not apply the mesh policies (another kind, another if_id, given with
+    /// [`LinkMode::Existing`]) would leak; IPv6 pod CIDRs are then refused.
     ///
     /// The node's own IPv6 sockets carry no outgoing interface in that lookup (unless
     /// bound to the interface), so the host's own IPv6 traffic to remote pods meets the
     /// guard and is dropped (fail closed; see the crate's Known limits).
-    pub fn plan_interface_bypass(&mut self, cfg: &XfrmConfig, mesh: &Mesh, index: u32) {
+    pub fn plan_interface_bypass(
+        &mut self,
+        cfg: &XfrmConfig,
+        mesh: &Mesh,
+        index: u32,
+        xfrm_ours: bool,
+    ) -> Result<()> {
         if index == 0 || !mesh.local.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
-            return;
+            return Ok(());
+        }
+        if !xfrm_ours {
+            return Err(Error::config(format!(
+                "interface {} is not an xfrm interface with if_id {:#x}: IPv6 pod CIDRs \
+                 need one (IPv6 lets every packet routed into the interface past the guard, \
+                 so the interface itself must encrypt or drop it); use link mode \"create\" \
+                 or give an xfrm interface with that if_id",
+                cfg.interface, cfg.if_id
+            )));
         }
         let any6 = IpNet::V6(Default::default());
         self.policy(Policy {
@@ -439,6 +502,7 @@ impl Desired {
             block: false,
             tmpl: None,
         });
+        Ok(())
     }
 }
 
@@ -829,7 +893,8 @@ pub(crate) mod tests {
         let cfg = XfrmConfig::default();
         let mut d = Desired::plan(&cfg, &mesh6(1, 2), None).unwrap();
         assert!(d.policies.keys().all(|k| k.ifindex == 0));
-        d.plan_interface_bypass(&cfg, &mesh6(1, 2), 7);
+        d.plan_interface_bypass(&cfg, &mesh6(1, 2), 7, true)
+            .unwrap();
         let bypass: Vec<_> = d.policies.values().filter(|p| p.key.ifindex != 0).collect();
         assert_eq!(bypass.len(), 1);
         let p = bypass[0];
@@ -847,8 +912,149 @@ pub(crate) mod tests {
         // IPv4 pods only: disable_xfrm does it, nothing planned
         let mut d = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
         let n = d.policies.len();
-        d.plan_interface_bypass(&cfg, &mesh(1, 2), 7);
+        d.plan_interface_bypass(&cfg, &mesh(1, 2), 7, false)
+            .unwrap();
         assert_eq!(d.policies.len(), n);
+    }
+
+    #[test]
+    fn ipv6_pods_are_refused_on_an_interface_that_is_not_scramblers_xfrm_interface() {
+        let cfg = XfrmConfig {
+            link: LinkMode::Existing,
+            ..Default::default()
+        };
+        let mut d = Desired::plan(&cfg, &mesh6(1, 2), None).unwrap();
+        let n = d.policies.len();
+        let e = d
+            .plan_interface_bypass(&cfg, &mesh6(1, 2), 7, false)
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("scrambler0 is not an xfrm interface with if_id 0x5c5c"),
+            "{e}"
+        );
+        // nothing planned for it
+        assert_eq!(d.policies.len(), n);
+        assert!(d.policies.keys().all(|k| k.ifindex == 0));
+        // the same existing interface when it is Scrambler's kind and if_id: planned
+        d.plan_interface_bypass(&cfg, &mesh6(1, 2), 7, true)
+            .unwrap();
+        assert_eq!(d.policies.len(), n + 1);
+    }
+
+    #[test]
+    fn ipv6_supernets_get_unreachable_routes_shorter_than_the_peer_routes() {
+        let cfg = XfrmConfig {
+            guard_supernets: vec![
+                "fd99::/16".parse().unwrap(),
+                "172.16.0.0/12".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        let d = Desired::plan(&cfg, &mesh6(1, 3), None).unwrap();
+        let want: BTreeSet<IpNet> = ["fd10::/16", "fd99::/16"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // IPv6 supernets only (IPv4 has per-route disable_xfrm and an oif-strict lookup)
+        assert_eq!(d.unreachable, want);
+        // every IPv6 peer route into the interface is more specific than its catch-all:
+        // the route wins while present, the unreachable one ends the lookup when it is not
+        for r in d.routes.keys().filter(|r| r.addr().is_ipv6()) {
+            let s = d.unreachable.iter().find(|s| s.contains(r)).unwrap();
+            assert!(r.prefix_len() > s.prefix_len(), "{r} in {s}");
+        }
+        // each one is a supernet the guard blocks too
+        for s in &d.unreachable {
+            let guard = d
+                .policies
+                .get(&key(Dir::Out, "::/0", &s.to_string()))
+                .unwrap();
+            assert!(guard.block);
+        }
+        // an IPv4-only mesh plans none
+        let d = Desired::plan(&XfrmConfig::default(), &mesh(1, 3), None).unwrap();
+        assert!(d.unreachable.is_empty());
+    }
+
+    #[test]
+    fn dual_family_underlays_pair_the_same_addresses_from_both_ends() {
+        let secret = ClusterSecret::from_bytes(vec![1; 32]).unwrap();
+        let cfg = XfrmConfig::default();
+        // node 1 lists IPv4 first, node 2 IPv6 first, node 3 is IPv6-only
+        let order = |id: u32, v6_first: bool| {
+            let (a, b) = (
+                format!("192.0.2.{id}").parse().unwrap(),
+                format!("2001:db8::{id}").parse().unwrap(),
+            );
+            if v6_first {
+                vec![b, a]
+            } else {
+                vec![a, b]
+            }
+        };
+        let at = |local: u32| {
+            let mut m = mesh(local, 3);
+            for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+                n.underlay = match n.id.get() {
+                    1 => order(1, false),
+                    2 => order(2, true),
+                    _ => vec!["2001:db8::3".parse().unwrap()],
+                };
+            }
+            m
+        };
+        let plans: Vec<Desired> = (1..=3)
+            .map(|i| Desired::plan(&cfg, &at(i), Some(&secret)).unwrap())
+            .collect();
+        // every node's outbound states go to IPv6 addresses, and each is exactly an
+        // inbound state the peer plans (same daddr and SPI)
+        for (i, d) in plans.iter().enumerate() {
+            for (k, s) in d.states.iter().filter(|(_, s)| !s.inbound) {
+                assert!(k.daddr.is_ipv6(), "node {}: {k}", i + 1);
+                let peer = &plans[usize::from(s.peer) - 1];
+                let theirs = peer.states.get(k).unwrap_or_else(|| panic!("{k}"));
+                assert!(theirs.inbound);
+                assert_eq!(theirs.shape.saddr, s.shape.saddr);
+            }
+        }
+        // the worst case of the pairs in use sizes the interface: IPv6
+        assert!(at(1).outer_v6());
+        // and the rule is the core's, which the VPP dataplane uses too
+        let m = at(1);
+        for p in &m.peers {
+            assert_eq!(
+                outer_pair(&m.local, p).unwrap(),
+                m.local.underlay_pair(p).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn an_underlay_mtu_too_small_for_ipv6_pods_is_refused() {
+        let at = |mtu| XfrmConfig {
+            underlay_mtu: mtu,
+            ..Default::default()
+        };
+        // ESP over IPv6: 1357 is the least
+        check_ipv6_mtu(&at(1357), &mesh6(1, 3)).unwrap();
+        let e = check_ipv6_mtu(&at(1356), &mesh6(1, 3)).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(
+            e.to_string().contains("an MTU of 1276") && e.to_string().contains("at least 1357"),
+            "{e}"
+        );
+        // ESP over IPv4 with IPv6 pods: 1337
+        let mut m = mesh6(1, 3);
+        for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+            n.underlay = vec![format!("192.0.2.{}", n.id.get()).parse().unwrap()];
+        }
+        check_ipv6_mtu(&at(1337), &m).unwrap();
+        let e = check_ipv6_mtu(&at(1336), &m).unwrap_err();
+        assert!(e.to_string().contains("at least 1337"), "{e}");
+        // IPv4 pods only: not checked
+        check_ipv6_mtu(&at(1300), &mesh(1, 3)).unwrap();
     }
 
     #[test]

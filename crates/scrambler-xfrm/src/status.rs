@@ -28,6 +28,13 @@ pub const UNDERLAY_RULE_MISSING: &str = "ScramblerUnderlayRuleMissing";
 /// reconcile puts it back.
 pub const UNDERLAY_ROUTE_MISSING: &str = "ScramblerUnderlayRouteMissing";
 
+/// Key in [`TunnelStatus::errors`]: how many of Scrambler's `unreachable` routes to the
+/// IPv6 cluster supernets are missing from the main table (deleted behind Scrambler's
+/// back). Without one, a reply of the node itself on the xfrm interface (an ICMPv6 echo
+/// reply to a remote pod) whose route into the interface is missing could leave by the
+/// default route in cleartext; `fail_closed` is false until a reconcile puts it back.
+pub const UNREACHABLE_ROUTE_MISSING: &str = "ScramblerUnreachableRouteMissing";
+
 /// Parses `/proc/net/xfrm_stat` text, keeping non-zero counters.
 pub fn parse_xfrm_stat(text: &str) -> BTreeMap<String, u64> {
     text.lines()
@@ -68,6 +75,8 @@ pub(crate) struct Observed<'a> {
     pub table_routes: Option<&'a BTreeSet<IpNet>>,
     /// Owned policy-routing rules' sources (local pod CIDRs).
     pub rule_sources: &'a BTreeSet<IpNet>,
+    /// Destinations of owned `unreachable` routes.
+    pub unreachable: &'a BTreeSet<IpNet>,
     pub xfrm_stat: BTreeMap<String, u64>,
 }
 
@@ -101,11 +110,19 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
     if rules_missing > 0 {
         errors.insert(UNDERLAY_RULE_MISSING.to_string(), rules_missing as u64);
     }
-    let fail_closed = desired
-        .policies
-        .values()
-        .filter(|p| p.block || p.tmpl.is_none())
-        .all(|p| policies.get(&p.key) == Some(&p));
+    let unreachable_missing = desired.unreachable.difference(obs.unreachable).count();
+    if unreachable_missing > 0 {
+        errors.insert(
+            UNREACHABLE_ROUTE_MISSING.to_string(),
+            unreachable_missing as u64,
+        );
+    }
+    let fail_closed = unreachable_missing == 0
+        && desired
+            .policies
+            .values()
+            .filter(|p| p.block || p.tmpl.is_none())
+            .all(|p| policies.get(&p.key) == Some(&p));
     // an outbound SA gone while its generation is live in the other direction: it is not
     // re-created under the same key (nonce reuse); only a new key (epoch or rotation) repairs it
     let lost = peers
@@ -115,7 +132,7 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
     if cfg.program_states && lost > 0 {
         errors.insert(LOST_OUTBOUND.to_string(), lost as u64);
     }
-    let outer_v6 = mesh.local.underlay.first().is_some_and(|a| a.is_ipv6());
+    let outer_v6 = mesh.outer_v6();
     Ok(TunnelStatus {
         dataplane: "xfrm".into(),
         encrypted: cfg.program_states && peers.iter().all(PeerStatus::is_up),

@@ -250,11 +250,12 @@ impl Tunnel for XfrmTunnel {
         netns.check()?;
         let cfg = &self.cfg;
         let mut desired = Desired::plan(cfg, mesh, cfg.program_states.then_some(secret))?;
-        let outer_v6 = mesh.local.underlay.first().is_some_and(|a| a.is_ipv6());
+        crate::plan::check_ipv6_mtu(cfg, mesh)?;
+        let outer_v6 = mesh.outer_v6();
         let rtnl = Nl::open(netns).await?;
-        let (index, link_changed) =
-            link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
-        desired.plan_interface_bypass(cfg, mesh, index);
+        let iface = link::ensure_interface(&rtnl, cfg, self.interface_mtu(outer_v6)).await?;
+        let (index, link_changed) = (iface.index, iface.changed);
+        desired.plan_interface_bypass(cfg, mesh, index, iface.xfrm_ours)?;
         let mut addresses_added = 0;
         if cfg.link == LinkMode::Create {
             disable_xfrm_lookup(netns, &cfg.interface).await?;
@@ -282,6 +283,11 @@ impl Tunnel for XfrmTunnel {
             LinkChange::None => {}
         }
         report.added += addresses_added;
+        // the unreachable routes before the bypass that needs them, and before any route
+        // into the interface can go (below)
+        let added = link::add_unreachable(&rtnl, cfg, &desired.unreachable).await?;
+        report.added += added;
+        report.unchanged += desired.unreachable.len() - added;
         let [guard, inbound, policies, outbound, deletes] = phases;
         let mut sock = sock;
         for phase in [guard, inbound, policies, outbound] {
@@ -322,6 +328,8 @@ impl Tunnel for XfrmTunnel {
             (desired.underlay_routes.len() + desired.rule_sources.len()).saturating_sub(added);
 
         Self::run_phase(sock, deletes).await?;
+        // stale unreachable routes (a supernet no longer guarded) after its guard went
+        report.removed += link::delete_unreachable_except(&rtnl, cfg, &desired.unreachable).await?;
         if !lost_outbound.is_empty() {
             tracing::error!(
                 netns = %netns,
@@ -350,6 +358,7 @@ impl Tunnel for XfrmTunnel {
             ),
             None => (None, None),
         };
+        let unreachable = link::owned_unreachable(&rtnl, &self.cfg).await?;
         let rule_sources = link::owned_rules(&rtnl, &self.cfg)
             .await?
             .into_iter()
@@ -364,6 +373,7 @@ impl Tunnel for XfrmTunnel {
                 routes: routes.as_ref(),
                 table_routes: table_routes.as_ref(),
                 rule_sources: &rule_sources,
+                unreachable: &unreachable,
                 xfrm_stat: stat,
             },
         )
@@ -430,6 +440,12 @@ impl XfrmTunnel {
         }
         report.removed += reqs.len();
         Self::run_phase(sock, reqs).await?;
+        if guard {
+            // after the bypass policy: until then a missing route into the interface
+            // must not lead to the default route
+            report.removed +=
+                link::delete_unreachable_except(&rtnl, cfg, &Default::default()).await?;
+        }
         if link::delete_interface(&rtnl, cfg).await? {
             report.removed += 1;
         }

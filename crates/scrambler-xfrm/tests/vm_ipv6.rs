@@ -340,9 +340,9 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         // per node: 2 peers × (6 mesh policies, 3 per family + 8 with an underlay address
         // + 1 guard of its underlay address + 2 routes + 1 route in table 92 + 2 states)
         // + 7 guard + 7 bypass + the IPv6 interface bypass + the rule + the interface and
-        // its two tunnel addresses
+        // its two tunnel addresses + the unreachable route to the IPv6 cluster supernet
         for r in &reports {
-            assert_eq!((r.added, r.updated), (59, 0), "{r:?}");
+            assert_eq!((r.added, r.updated), (60, 0), "{r:?}");
         }
         for (n, m) in lab.nodes.iter().zip(&lab.meshes) {
             let again = lab
@@ -371,6 +371,11 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
                 "{net}: {r6}"
             );
         }
+        assert!(
+            r6.lines()
+                .any(|l| l.starts_with("unreachable fd10::/16") && l.contains("metric 4294967295")),
+            "IPv6 catch-all: {r6}"
+        );
         let rules = n1.ip(&["-6", "rule"]);
         assert!(rules.contains("from fd10:0:1::/64 lookup 92"), "{rules}");
         let t = n1.ip(&["-6", "route", "show", "table", "92"]);
@@ -499,6 +504,11 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         n2.ip(&["-6", "route", "del", "fd10:0:3::/64"]);
         assert_eq!(lab.ping(2, &pod4(3), 2, 100), 0, "no route: IPv4 guard");
         assert_eq!(lab.ping(2, &pod6(3), 2, 300), 0, "no route: IPv6 guard");
+        // node 2's own reply to pod 3 (an echo reply leaves by the interface the request
+        // came in on, the xfrm interface, which the IPv6 bypass lets through the guard's
+        // lookup) with the route to pod 3 gone: the unreachable route ends the lookup
+        // instead of the default route over the wire
+        let reply_without_route = lab.ping(3, "fd10:0:2::1", 2, 300);
         let s = lab
             .tunnel
             .status(&n2.netns(), &lab.meshes[1])
@@ -507,6 +517,10 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
         eprintln!("{}", StatusTable(&s));
         assert!(!s.encrypted && s.fail_closed, "{s:?}");
         let lines = cap.finish();
+        assert_eq!(
+            reply_without_route, 0,
+            "node 2 replied to pod 3 without a route"
+        );
         let (c4, c6) = cleartext(&lines);
         figure(&format!(
             "SA and routes removed: {} wire lines, cleartext IPv4 {} IPv6 {}",
@@ -515,6 +529,41 @@ fn vm_xfrm6_dual_stack_pods_over_ipv6_underlay_esp_only() {
             c6.len()
         ));
         assert_no_cleartext(&lines);
+
+        // the control of the above: without the unreachable route the reply leaks, and the
+        // status says so
+        let cap = lab.capture();
+        n2.ip(&[
+            "-6",
+            "route",
+            "del",
+            "unreachable",
+            "fd10::/16",
+            "metric",
+            "4294967295",
+        ]);
+        lab.ping(3, "fd10:0:2::1", 1, 300);
+        let lines = cap.finish();
+        let (_, v6) = cleartext(&lines);
+        figure(&format!(
+            "control without the unreachable route: node 2's echo replies in cleartext {}",
+            v6.len()
+        ));
+        assert!(
+            v6.iter().any(|l| l.contains("fd10:0:2::1 > fd10:0:3::2")),
+            "the control must leak node 2's reply: {lines:#?}"
+        );
+        let s = lab
+            .tunnel
+            .status(&n2.netns(), &lab.meshes[1])
+            .await
+            .unwrap();
+        assert!(!s.fail_closed, "{s:?}");
+        assert_eq!(
+            s.errors.get(scrambler_xfrm::UNREACHABLE_ROUTE_MISSING),
+            Some(&1),
+            "{s:?}"
+        );
 
         // the control: without node 2's mesh and guard the same pings leak on this wire
         let cap = lab.capture();

@@ -51,9 +51,10 @@ pub const HOST_LINK_ALIAS: &str = "scrambler-vpp/host";
 pub const HOST_LINK_MAC: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 2];
 
 /// The host link's MTU on an underlay of MTU `underlay_mtu`: what pods get
-/// ([`crate::VppAttach::pod_mtu`]), the ESP and IPIP overhead left room.
-fn mtu(underlay_mtu: u32) -> u32 {
-    esp::pod_mtu(underlay_mtu, false)
+/// ([`crate::VppAttach::pod_mtu`]), the ESP and IPIP overhead left room, over an IPv6
+/// underlay when `outer_v6` (some peer pairs over IPv6: [`Mesh::outer_v6`]).
+fn mtu(underlay_mtu: u32, outer_v6: bool) -> u32 {
+    esp::pod_mtu(underlay_mtu, outer_v6)
 }
 
 /// The node's IPv4 tunnel address, if its pod CIDRs give one.
@@ -150,7 +151,7 @@ pub(super) async fn reconcile(
     mesh: &Mesh,
     underlay_mtu: u32,
 ) -> Result<ReconcileReport> {
-    let mtu = mtu(underlay_mtu);
+    let mtu = mtu(underlay_mtu, mesh.outer_v6());
     let mut rep = ReconcileReport::default();
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(rep);
@@ -392,7 +393,7 @@ pub(super) async fn in_place(
     };
     let want = IpNet::from(IpAddr::V4(addr));
     if !host.up
-        || host.mtu != Some(mtu(underlay_mtu))
+        || host.mtu != Some(mtu(underlay_mtu, mesh.outer_v6()))
         || !nl.addresses(host.index).await?.contains(&want)
     {
         return Ok(false);
@@ -451,6 +452,8 @@ mod tests {
             table: scrambler_netlink::MAIN_TABLE,
             protocol: ROUTE_PROTO,
             src: r.src,
+            unreachable: false,
+            metric: None,
         }
     }
 
@@ -526,5 +529,16 @@ mod tests {
         let mut n = neigh.clone();
         n[0].mac = Some([2, 0, 0, 0, 0, 9]);
         assert!(!host_side_complete(&n, &all, 5, &routes));
+    }
+
+    #[test]
+    fn host_link_mtu_leaves_room_for_the_outer_family() {
+        assert_eq!(mtu(1500, false), 1440);
+        assert_eq!(mtu(1500, true), 1420);
+        let mut m = crate::tunnel::tests::mesh(scrambler_core::Keys::single(1));
+        assert_eq!(mtu(1500, m.outer_v6()), 1440);
+        m.local.underlay.push("2001:db8::1".parse().unwrap());
+        m.peers[0].underlay.push("2001:db8::2".parse().unwrap());
+        assert_eq!(mtu(1500, m.outer_v6()), 1420);
     }
 }

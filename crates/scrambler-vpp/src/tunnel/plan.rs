@@ -196,11 +196,10 @@ pub(super) fn guard_routes(mesh: &Mesh) -> BTreeSet<IpNet> {
         .collect()
 }
 
+/// The tunnel's endpoints to `peer` ([`Node::underlay_pair`]: the same rule as the
+/// peer's, whichever dataplane it runs).
 pub(super) fn underlay_pair(local: &Node, peer: &Node) -> Option<(IpAddr, IpAddr)> {
-    local
-        .underlay
-        .iter()
-        .find_map(|l| peer.underlay_for(l.is_ipv6()).map(|p| (*l, p)))
+    local.underlay_pair(peer)
 }
 
 pub(super) fn sa_entry(sa: &SaPlan) -> IpsecSadEntryV4 {
@@ -302,6 +301,39 @@ mod tests {
         scrambler_vpp_api::codec::Encode::encode(&e.salt, &mut wire).unwrap();
         assert_eq!(&*wire, &key.rfc4106_material()[16..]);
         assert!(format!("{e:?}").contains("<redacted>"));
+    }
+
+    #[test]
+    fn dual_family_underlays_pair_the_same_addresses_from_both_ends() {
+        let secret = ClusterSecret::from_bytes(vec![3; 32]).unwrap();
+        let base = mesh(scrambler_core::Keys::single(1));
+        let mut a = base.local.clone();
+        let mut b = base.peers[0].clone();
+        // a lists IPv4 first, b IPv6 first: both ends pick IPv6 (the core's rule, the
+        // kernel dataplane's too)
+        a.underlay = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        b.underlay = vec!["2001:db8::2".parse().unwrap(), "192.0.2.2".parse().unwrap()];
+        let at = |local: &Node, peer: &Node| Mesh {
+            local: local.clone(),
+            peers: vec![peer.clone()],
+            ..base.clone()
+        };
+        let pa = plan(&at(&a, &b), &secret).unwrap();
+        let pb = plan(&at(&b, &a), &secret).unwrap();
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            (pa[0].src, pa[0].dst),
+            (v6("2001:db8::1"), v6("2001:db8::2"))
+        );
+        assert_eq!((pb[0].src, pb[0].dst), (pa[0].dst, pa[0].src));
+        assert_eq!(a.underlay_pair(&b), Some((pa[0].src, pa[0].dst)));
+        // an IPv6-only peer of a node listing IPv4 first: planned over IPv6, not refused
+        b.underlay = vec!["2001:db8::2".parse().unwrap()];
+        let pa = plan(&at(&a, &b), &secret).unwrap();
+        assert_eq!(
+            (pa[0].src, pa[0].dst),
+            (v6("2001:db8::1"), v6("2001:db8::2"))
+        );
     }
 
     #[test]

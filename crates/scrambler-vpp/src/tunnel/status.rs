@@ -182,9 +182,7 @@ pub(super) fn build(
 ) -> TunnelStatus {
     let mut st = TunnelStatus {
         dataplane: DATAPLANE.into(),
-        overhead: scrambler_core::esp::esp_overhead(
-            mesh.local.underlay.first().is_some_and(|a| a.is_ipv6()),
-        ),
+        overhead: scrambler_core::esp::esp_overhead(mesh.outer_v6()),
         ..Default::default()
     };
     let has_sa = |id: u32, spi: u32| have.sas.get(&id).is_some_and(|e| e.spi == spi);
