@@ -266,8 +266,8 @@ fn request(name: &str, argv: &[String], silence: Duration, print: bool) -> Resul
     let lock_path = Path::new(LAB_ROOT).join(format!("{name}.vm.lock"));
     let lock = std::fs::File::create(&lock_path)
         .map_err(|e| Error::io("create", lock_path.display(), e))?;
-    lock.lock()
-        .map_err(|e| Error::io("lock", lock_path.display(), e))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io("lock", lock_path.display(), e.into()))?;
     let mut stream = UnixStream::connect(&sock)
         .map_err(|e| Error::io("connect to lab VM", sock.display(), e))?;
     stream
