@@ -43,10 +43,16 @@ fn pid_path(name: &str) -> PathBuf {
     Path::new(LAB_ROOT).join(format!("{name}.vm.pid"))
 }
 
-/// Removes what a finished lab VM left on the host (its log and pid file).
+/// The file lab commands lock to take turns on the VM's channel.
+fn lock_path(name: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(format!("{name}.vm.lock"))
+}
+
+/// Removes what a finished lab VM left on the host (its log, pid and lock file).
 pub fn forget(name: &str) {
     let _ = std::fs::remove_file(log_path(name));
     let _ = std::fs::remove_file(pid_path(name));
+    let _ = std::fs::remove_file(lock_path(name));
 }
 
 /// How long the lab VM may take to boot and answer (waiting for a VM slot, while other
@@ -261,15 +267,15 @@ pub fn forward(name: &str, argv: &[String]) -> Result<i32> {
 /// channel may stay quiet (no output, no heartbeat) before the guest counts as hung.
 fn request(name: &str, argv: &[String], silence: Duration, print: bool) -> Result<i32> {
     let sock = socket(name);
-    // The VM's serial channel serves one client at a time: a second command waits here
-    // for the first to finish (not counted as the guest's silence).
-    let lock_path = Path::new(LAB_ROOT).join(format!("{name}.vm.lock"));
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| Error::io("create", lock_path.display(), e))?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| Error::io("lock", lock_path.display(), e.into()))?;
     let mut stream = UnixStream::connect(&sock)
         .map_err(|e| Error::io("connect to lab VM", sock.display(), e))?;
+    // The VM's serial channel serves one client at a time (a second connection waits
+    // unanswered): a second command waits here for the first to finish, not counted as
+    // the guest's silence.
+    let path = lock_path(name);
+    let lock = std::fs::File::create(&path).map_err(|e| Error::io("create", path.display(), e))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::io("lock", path.display(), e.into()))?;
     stream
         .set_read_timeout(Some(silence))
         .map_err(|e| Error::io("configure", sock.display(), e))?;
