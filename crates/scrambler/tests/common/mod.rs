@@ -35,7 +35,22 @@ pub fn scrambler(args: &[&str], lab: &str) -> (bool, String) {
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let cut = lines.len().saturating_sub(n);
+    // what failed may lie before the tail: its lines come first
+    let failed: Vec<&str> = lines[..cut]
+        .iter()
+        .copied()
+        .filter(|l| l.contains("FAIL") || l.contains("!!!"))
+        .collect();
+    let head = if failed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "failing lines before the tail:\n{}\n...\n",
+            failed.join("\n")
+        )
+    };
+    format!("{head}{}", lines[cut..].join("\n"))
 }
 
 /// `lab run` passed and saw no cleartext between pods.
