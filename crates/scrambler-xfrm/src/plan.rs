@@ -587,17 +587,21 @@ pub(crate) mod tests {
         assert!(d.addresses.is_empty() && d.routes.values().all(Option::is_none));
     }
 
+    /// The keys of the plan's block (guard) policies.
+    fn block_keys(d: &Desired) -> BTreeSet<PolicyKey> {
+        d.policies
+            .values()
+            .filter(|p| p.block)
+            .map(|p| p.key.clone())
+            .collect()
+    }
+
     #[test]
     fn guard_covers_the_cluster_cidrs_without_peers() {
         let cfg = XfrmConfig::default();
         // a node alone in the mesh still guards the whole cluster
         let d = Desired::plan(&cfg, &mesh(1, 1), None).unwrap();
-        let guard: BTreeSet<_> = d
-            .policies
-            .values()
-            .filter(|p| p.block)
-            .map(|p| p.key.clone())
-            .collect();
+        let guard = block_keys(&d);
         let want = BTreeSet::from([
             key(Dir::Out, "0.0.0.0/0", "10.0.0.0/8"),
             key(Dir::In, "10.0.0.0/8", "10.0.1.0/24"),
@@ -863,12 +867,7 @@ pub(crate) mod tests {
     #[test]
     fn guard_covers_both_families_of_the_cluster_cidrs() {
         let d = Desired::plan(&XfrmConfig::default(), &mesh6(1, 3), None).unwrap();
-        let guard: BTreeSet<_> = d
-            .policies
-            .values()
-            .filter(|p| p.block)
-            .map(|p| p.key.clone())
-            .collect();
+        let guard = block_keys(&d);
         let want = BTreeSet::from([
             key(Dir::Out, "0.0.0.0/0", "10.0.0.0/8"),
             key(Dir::In, "10.0.0.0/8", "10.0.1.0/24"),
