@@ -19,8 +19,23 @@ pub struct Ping {
 
 /// Runs every ping: one `fping` per source pod probes all of its destinations at once (up
 /// to 3 echoes each, one answer suffices: the first packet of a flow may be spent resolving
-/// neighbours), `parallel` source pods at a time. Returns success per ping, in order.
+/// neighbours), `parallel` source pods at a time; a ping none of whose echoes was answered
+/// is tried once more (a qemu TCG guest on a loaded machine can hold a packet past fping's
+/// 1 s timeout). Returns success per ping, in order.
 pub fn ping_all(pings: &[Ping], parallel: usize) -> Vec<bool> {
+    let mut ok = ping_round(pings, parallel);
+    let failed: Vec<usize> = (0..pings.len()).filter(|i| !ok[*i]).collect();
+    if !failed.is_empty() {
+        let again: Vec<Ping> = failed.iter().map(|i| pings[*i].clone()).collect();
+        for (i, answered) in failed.into_iter().zip(ping_round(&again, parallel)) {
+            ok[i] = answered;
+        }
+    }
+    ok
+}
+
+/// One round of [`ping_all`]: every ping once.
+fn ping_round(pings: &[Ping], parallel: usize) -> Vec<bool> {
     let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, p) in pings.iter().enumerate() {
         by_source.entry(p.from.clone()).or_default().push(i);
