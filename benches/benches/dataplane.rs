@@ -625,6 +625,7 @@ async fn xfrm_mesh(lab: &Underlay) {
             peers: vec![node(3 - id)],
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.1.0.0/16".parse().expect("cidr")],
+            node_encryption: None,
         };
         tunnel
             .reconcile(&lab.nodes[id as usize - 1].netns(), &mesh, &secret)

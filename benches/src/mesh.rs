@@ -44,5 +44,6 @@ fn mesh_of(peers: u32, node: fn(u32) -> Node) -> Mesh {
         peers: (2..=peers + 1).map(node).collect(),
         keys: Keys::single(1),
         cluster_cidrs: vec!["10.0.0.0/8".parse().expect("cluster cidr")],
+        node_encryption: None,
     }
 }

@@ -475,6 +475,7 @@ impl Agent {
                 Keys::single(sent.unwrap_or(1))
             }),
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+            node_encryption: None,
         })
     }
 
@@ -783,6 +784,7 @@ impl Agent {
                     .collect(),
                 keys: mesh.keys.clone(),
                 cluster_cidrs: mesh.cluster_cidrs.clone(),
+                node_encryption: mesh.node_encryption.clone(),
             },
             key_file: self.cfg.key_file.clone(),
         };
@@ -1002,6 +1004,7 @@ mod tests {
             peers: Vec::new(),
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            node_encryption: None,
         }
     }
 

@@ -46,6 +46,7 @@ pub fn mesh_for(
         peers,
         keys,
         cluster_cidrs: cluster_cidrs.to_vec(),
+        node_encryption: None,
     };
     if mesh.validate().is_ok() {
         return Ok(mesh);

@@ -407,6 +407,7 @@ fn program_guard(node: &Node, pod_subnet: &str) {
         peers: vec![],
         keys: Keys::single(1),
         cluster_cidrs: vec![CLUSTER_CIDR.parse().unwrap()],
+        node_encryption: None,
     };
     let tunnel = XfrmTunnel::new(XfrmConfig {
         link: LinkMode::Existing,

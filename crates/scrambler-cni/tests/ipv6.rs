@@ -41,6 +41,7 @@ fn mesh(local: u32) -> Mesh {
         peers: (1..=2).filter(|i| *i != local).map(mesh_node).collect(),
         keys: Keys::single(1),
         cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "fd10::/16".parse().unwrap()],
+        node_encryption: None,
     }
 }
 

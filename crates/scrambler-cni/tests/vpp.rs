@@ -262,6 +262,7 @@ async fn add_with_the_gate_checks_the_guard_route_in_vpp() {
         peers: vec![],
         keys: Keys::single(1),
         cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        node_encryption: None,
     };
     let dp = scrambler_vpp::VppTunnel::new(vpp.api_sock());
     let secret = ClusterSecret::from_bytes(vec![0x42; 32]).unwrap();

@@ -405,6 +405,7 @@ mod tests {
                 .collect(),
             keys,
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            node_encryption: None,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod mesh;
 pub mod meshfile;
 pub mod netns;
+pub mod node_encryption;
 pub mod result;
 pub mod routed;
 pub mod traits;
@@ -37,6 +38,7 @@ pub use ledger::{Ledger, OutboundSa};
 pub use mesh::{Cluster, Generation, Keys, Mesh, Node, NodeId, PreviousEpoch};
 pub use meshfile::MeshFile;
 pub use netns::Netns;
+pub use node_encryption::{BypassPort, BypassProto, NodeEncryption};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use traits::{
     AllocRequest, Attach, AttachRequest, AttachmentId, Ipam, Lease, PeerStatus, ReconcileReport,

@@ -6,6 +6,7 @@
 
 use crate::epoch::{Epoch, Incarnation};
 use crate::error::{Error, Result};
+use crate::node_encryption::NodeEncryption;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -357,6 +358,9 @@ pub struct Mesh {
     /// The cluster's pod supernets (see [`Cluster::cluster_cidrs`]).
     #[serde(default)]
     pub cluster_cidrs: Vec<IpNet>,
+    /// Node encryption (see [`Cluster::node_encryption`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_encryption: Option<NodeEncryption>,
 }
 
 /// A cluster-wide mesh description: every node, from which each node's [`Mesh`] is cut.
@@ -372,6 +376,11 @@ pub struct Cluster {
     /// between them that no mesh tunnel carries is dropped, never sent in cleartext.
     #[serde(default)]
     pub cluster_cidrs: Vec<IpNet>,
+    /// Node encryption (`nodeEncryption`, optional, off when absent): the nodes' own
+    /// traffic to each other's underlay addresses rides the mesh too, except ESP and the
+    /// bypass ports (see [`crate::node_encryption`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_encryption: Option<NodeEncryption>,
 }
 
 impl Cluster {
@@ -409,6 +418,7 @@ impl Cluster {
             peers,
             keys: self.keys.clone(),
             cluster_cidrs: self.cluster_cidrs.clone(),
+            node_encryption: self.node_encryption.clone(),
         };
         mesh.validate()?;
         Ok(mesh)
@@ -446,6 +456,9 @@ impl Mesh {
     /// cluster CIDRs given, holding every pod CIDR and no underlay address.
     pub fn validate(&self) -> Result<()> {
         self.validate_cluster_cidrs()?;
+        if let Some(n) = &self.node_encryption {
+            n.validate()?;
+        }
         if !self.keys.rx.contains(&self.keys.tx) {
             return Err(Error::mesh(format!(
                 "key generation {} is used for sending but not accepted inbound",
@@ -599,6 +612,7 @@ mod tests {
             nodes,
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            node_encryption: None,
         }
     }
 
@@ -871,6 +885,7 @@ mod tests {
             peers: peers.iter().map(|p| (*p).clone()).collect(),
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            node_encryption: None,
         };
         assert!(mesh(&k2, &[&v4, &k1]).outer_v6());
         assert!(!mesh(&k2, &[&v4]).outer_v6());

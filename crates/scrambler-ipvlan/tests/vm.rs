@@ -656,6 +656,7 @@ mod encrypted {
             peers: vec![node(3 - local)],
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            node_encryption: None,
         }
     }
 

@@ -134,6 +134,7 @@ fn vm_interop6_vpp_and_kernel_nodes_exchange_esp_over_ipv6() {
             nodes: vec![mesh_node("vpp-a", A), mesh_node("kernel-b", B)],
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            node_encryption: None,
         };
         let (ma, mb) = (
             cluster.mesh_for("vpp-a").unwrap(),

@@ -227,6 +227,7 @@ async fn interop() {
         nodes: vec![mesh_node("vpp-a", A), mesh_node("kernel-b", B)],
         keys: Keys::single(1),
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+        node_encryption: None,
     };
     let nodes = vec![
         (na.netns(), cluster.mesh_for("vpp-a").unwrap()),

@@ -538,6 +538,7 @@ pub(crate) mod tests {
             peers: (1..=n).filter(|i| *i != local).map(node).collect(),
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            node_encryption: None,
         }
     }
 
@@ -785,6 +786,7 @@ pub(crate) mod tests {
             peers: (1..=n).filter(|i| *i != local).map(node6).collect(),
             keys: Keys::single(1),
             cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "fd10::/16".parse().unwrap()],
+            node_encryption: None,
         }
     }
 
@@ -1092,6 +1094,7 @@ pub(crate) mod tests {
             peers: vec![with(kat::B, 2)],
             keys: Keys::single(7),
             cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            node_encryption: None,
         };
         let d = Desired::plan(&XfrmConfig::default(), &m, Some(&kat::secret())).unwrap();
         for (inbound, (_, _, _, key, salt, spi)) in

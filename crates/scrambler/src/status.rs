@@ -313,6 +313,7 @@ mod tests {
             peers: vec![n("b", 2)],
             keys: Keys::single(3),
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            node_encryption: None,
         }
     }
 

@@ -492,6 +492,7 @@ mod tests {
             nodes: vec![node("a", 1), node("b", 2)],
             keys,
             cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            node_encryption: None,
         }
         .mesh_for("a")
         .unwrap()

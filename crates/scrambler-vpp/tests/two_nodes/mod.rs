@@ -98,6 +98,7 @@ impl TwoNodes {
                 keys: Keys::single(1),
                 // inside the 10.0.0.0/8 uplink route the fail-closed tests add
                 cluster_cidrs: vec!["10.0.0.0/12".parse().unwrap()],
+                node_encryption: None,
             },
         }
     }

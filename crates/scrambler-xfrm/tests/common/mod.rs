@@ -42,6 +42,7 @@ pub fn mesh_of(local: u32, n: u32, mk: fn(u32) -> Node) -> Mesh {
         peers: (1..=n).filter(|i| *i != local).map(mk).collect(),
         keys: Keys::single(1),
         cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        node_encryption: None,
     }
 }
 
@@ -68,6 +69,7 @@ pub fn mesh6(local: u32, n: u32) -> Mesh {
         peers: (1..=n).filter(|i| *i != local).map(node6).collect(),
         keys: Keys::single(1),
         cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "fd10::/16".parse().unwrap()],
+        node_encryption: None,
     }
 }
 

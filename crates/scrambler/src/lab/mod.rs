@@ -252,6 +252,7 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
             cluster_cidrs: vec![topology::POD_SUPERNET
                 .parse()
                 .map_err(|e| Error::config(format!("lab pod supernet: {e}")))?],
+            node_encryption: None,
         },
         key_file: key_file.clone(),
     };
