@@ -34,7 +34,7 @@ pub use attach::{check_pod_netns, AttachOnce, AttachSockets};
 pub use link::{format_mac, parse_mac, LinkState};
 pub use neighbour::Neighbour;
 pub use route::{route_present, RouteSpec, RouteState, MAIN_TABLE, ROUTE_PROTO};
-pub use rule::{RuleSpec, RuleState};
+pub use rule::{RuleSpec, RuleState, RuleTarget};
 
 use scrambler_core::{Error, Netns, Result};
 
