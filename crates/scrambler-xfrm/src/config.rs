@@ -19,6 +19,21 @@ pub const DEFAULT_ROUTE_PROTOCOL: u8 = 0x5c;
 pub const DEFAULT_RULE_PRIORITY: u32 = 0x5c00;
 /// Default routing table of Scrambler's routes to peers' underlay addresses (`table 92`).
 pub const DEFAULT_ROUTE_TABLE: u32 = 0x5c;
+/// Width of Scrambler's band of rule priorities, from [`XfrmConfig::rule_priority`]: the
+/// pods' rules `from <pod CIDR> lookup <route_table>` at its first priority, node
+/// encryption's bypass (`goto`), steering (`ipproto … lookup <route_table>`) and `nop`
+/// rules at the next three.
+pub const RULE_BAND: u32 = 4;
+
+/// Offset in the rule band of the pods' rules.
+pub(crate) const RULE_PODS: u32 = 0;
+/// Offset of node encryption's bypass rules (`ipproto P sport|dport N goto <nop>`).
+pub(crate) const RULE_BYPASS: u32 = 1;
+/// Offset of node encryption's steering rules (`ipproto P lookup <route_table>`).
+pub(crate) const RULE_STEER: u32 = 2;
+/// Offset of the `nop` rule the bypass rules go to.
+pub(crate) const RULE_NOP: u32 = 3;
+
 /// Width of the priority band: policies whose priority lies in
 /// `[priority_base, priority_base + PRIORITY_BAND)` are Scrambler's.
 pub const PRIORITY_BAND: u32 = 8;
@@ -83,9 +98,10 @@ pub struct XfrmConfig {
     /// Route protocol number of Scrambler's routes (and of its policy-routing rules).
     pub route_protocol: u8,
     /// Priority of the rules `from <local pod CIDR> lookup <route_table>` that steer pods'
-    /// traffic to peers' underlay addresses into the interface. A rule is Scrambler's when
-    /// it has this priority, this table, [`XfrmConfig::route_protocol`] and matches only a
-    /// source prefix.
+    /// traffic to peers' underlay addresses into the interface, and first of Scrambler's
+    /// [`RULE_BAND`] rule priorities (node encryption's rules take the next three). A rule
+    /// is Scrambler's when it has one of these priorities, [`XfrmConfig::route_protocol`]
+    /// and exactly the shape Scrambler gives a rule of that priority.
     pub rule_priority: u32,
     /// Routing table holding the routes `<peer underlay address> dev <interface>`; only
     /// Scrambler's rules look it up.
@@ -146,11 +162,12 @@ impl XfrmConfig {
                 self.route_protocol
             )));
         }
-        if self.rule_priority == 0 || self.rule_priority >= 32766 {
+        if self.rule_priority == 0 || self.rule_priority > 32766 - RULE_BAND {
             return Err(Error::config(format!(
-                "rule priority {} must lie between 1 and 32765 (after the local table's \
-                 rule, before the main table's)",
-                self.rule_priority
+                "rule priority {} must lie between 1 and {} (after the local table's \
+                 rule; Scrambler's {RULE_BAND} rule priorities before the main table's)",
+                self.rule_priority,
+                32766 - RULE_BAND
             )));
         }
         if matches!(self.route_table, 0 | 253..=255) {
@@ -186,6 +203,11 @@ impl XfrmConfig {
     pub(crate) fn priority(&self, offset: u32) -> u32 {
         self.priority_base + offset
     }
+
+    /// The rule priority at `offset` in the rule band.
+    pub(crate) fn rule_priority_at(&self, offset: u32) -> u32 {
+        self.rule_priority + offset
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +228,11 @@ mod tests {
         assert_eq!(bad(|c| c.route_protocol = 2), 7);
         assert_eq!(bad(|c| c.underlay_mtu = 576), 7);
         assert_eq!(bad(|c| c.rule_priority = 32766), 7);
+        // the last rule of the band must come before the main table's (32766)
+        assert_eq!(bad(|c| c.rule_priority = 32763), 7);
+        let mut c = XfrmConfig::default();
+        c.rule_priority = 32762;
+        c.validate().unwrap();
         assert_eq!(bad(|c| c.route_table = 254), 7);
     }
 

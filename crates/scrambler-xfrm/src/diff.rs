@@ -44,12 +44,32 @@ impl Changes {
 
 /// True when the policy is Scrambler's. One whose selector names an interface (`dev`)
 /// is Scrambler's only of the exact shape of the IPv6 interface bypass
-/// ([`Desired::plan_interface_bypass`]).
+/// ([`Desired::plan_interface_bypass`]); one whose selector names a protocol or port only
+/// of the exact shape of node encryption's bypass allow ([`is_host_bypass`]).
 pub(crate) fn owns_policy(cfg: &XfrmConfig, p: &FoundPolicy) -> bool {
     !p.unusual
         && cfg.owns_priority(p.policy.priority)
         && (p.policy.key.if_id == cfg.if_id || p.policy.key.if_id == 0)
         && (p.policy.key.ifindex == 0 || is_interface_bypass(cfg, &p.policy))
+        && (p.policy.key.l4.is_any() || is_host_bypass(cfg, &p.policy))
+}
+
+/// `out <host> → <host> proto tcp|udp sport N` (or `dport N`), if_id 0, allow without
+/// template, at the bypass priority: node encryption's bypass allow (see
+/// [`Desired::plan_node_encryption`]).
+fn is_host_bypass(cfg: &XfrmConfig, p: &crate::model::Policy) -> bool {
+    let k = &p.key;
+    let host = |n: &ipnet::IpNet| n.prefix_len() == n.max_prefix_len();
+    k.dir == crate::model::Dir::Out
+        && k.if_id == 0
+        && k.ifindex == 0
+        && host(&k.src)
+        && host(&k.dst)
+        && matches!(k.l4.proto, 6 | 17)
+        && (k.l4.sport == 0) != (k.l4.dport == 0)
+        && !p.block
+        && p.tmpl.is_none()
+        && p.priority == cfg.priority(crate::config::PRIO_BYPASS)
 }
 
 /// `out ::/0 → ::/0 dev <any>`, if_id 0, allow without template, at the bypass priority.
@@ -647,6 +667,7 @@ mod tests {
                 dst: "::/0".parse().unwrap(),
                 if_id: 0,
                 ifindex: 7,
+                l4: crate::model::L4::ANY,
             },
             priority: cfg.priority(PRIO_BYPASS),
             block: false,

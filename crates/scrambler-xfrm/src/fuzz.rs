@@ -56,7 +56,7 @@ fn check_datagram(buf: &[u8], cfg: &XfrmConfig, desired: &Desired) {
             states: &dumped.states,
             routes: None,
             table_routes: None,
-            rule_sources: &Default::default(),
+            rules: &Default::default(),
             unreachable: &Default::default(),
             xfrm_stat: Default::default(),
         },

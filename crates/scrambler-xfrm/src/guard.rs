@@ -3,7 +3,7 @@
 //! cluster supernet, never a dump (a node may hold thousands of policies).
 
 use crate::config::{XfrmConfig, PRIO_GUARD};
-use crate::model::{Dir, FoundPolicy, PolicyKey};
+use crate::model::{Dir, FoundPolicy, PolicyKey, L4};
 use crate::nl::XfrmSocket;
 use ipnet::IpNet;
 use netlink_packet_xfrm::XfrmMessage;
@@ -52,6 +52,7 @@ pub async fn guard_in_place(
                 dst: s,
                 if_id: 0,
                 ifindex: 0,
+                l4: L4::ANY,
             }
         })
         .collect();

@@ -238,13 +238,13 @@ mod tunnel;
 pub use config::{
     LinkMode, XfrmConfig, DEFAULT_IF_ID, DEFAULT_INTERFACE, DEFAULT_PRIORITY_BASE,
     DEFAULT_REQID_BASE, DEFAULT_ROUTE_PROTOCOL, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY,
-    PRIORITY_BAND, UNREACHABLE_METRIC,
+    PRIORITY_BAND, RULE_BAND, UNREACHABLE_METRIC,
 };
 pub use guard::guard_in_place;
 pub use rotation::{rotate, RotationReport};
 pub use status::{
-    parse_xfrm_stat, StatusTable, LOST_OUTBOUND, UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING,
-    UNREACHABLE_ROUTE_MISSING,
+    parse_xfrm_stat, StatusTable, LOST_OUTBOUND, NODE_POLICY_MISSING, NODE_RULE_MISSING,
+    UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING, UNREACHABLE_ROUTE_MISSING,
 };
 pub use tunnel::{Capabilities, Inventory, XfrmTunnel};
 

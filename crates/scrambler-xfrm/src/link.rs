@@ -1,15 +1,17 @@
 //! The steering side, over [`scrambler_netlink`]: the xfrm interface (created, checked,
 //! deleted only when it carries Scrambler's if_id), its `disable_xfrm` switch, the
-//! routes into it, and the policy-routing rules steering pods' traffic to peers' underlay
-//! addresses into it.
+//! routes into it, and the policy-routing rules steering pods' traffic (and with node
+//! encryption the node's own) to peers' underlay addresses into it.
 
 use crate::config::{LinkMode, XfrmConfig};
+use crate::plan::is_owned_rule;
 use ipnet::IpNet;
 use rtnetlink::LinkXfrm;
 use scrambler_core::{Error, Netns, Result};
 use scrambler_netlink::address::Scope;
 use scrambler_netlink::{
-    errno, kernel_error, sysctl, Exists, Nl, RouteSpec, RuleSpec, RuleState, EOPNOTSUPP,
+    errno, kernel_error, sysctl, Exists, Nl, RouteSpec, RuleSpec, RuleState, RuleTarget,
+    EOPNOTSUPP,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -192,48 +194,32 @@ pub(crate) async fn disable_xfrm_lookup(netns: &Netns, ifname: &str) -> Result<(
 }
 
 /// Scrambler's routes in its own table ([`XfrmConfig::route_table`]) into link `index`:
-/// their destinations (peers' underlay addresses).
-pub(crate) async fn owned_table_routes(
-    nl: &Nl,
-    cfg: &XfrmConfig,
-    index: u32,
-) -> Result<BTreeSet<IpNet>> {
+/// their destinations (peers' underlay addresses) and preferred sources.
+pub(crate) async fn owned_table_routes(nl: &Nl, cfg: &XfrmConfig, index: u32) -> Result<Routes> {
     let routes = nl
         .owned_routes_in(cfg.route_table, index, cfg.route_protocol)
         .await?;
-    Ok(routes.into_iter().map(|r| r.dst).collect())
+    Ok(routes.into_iter().map(|r| (r.dst, r.src)).collect())
 }
 
-/// The routes to `nets` into link `index` in Scrambler's table.
+/// The routes to `nets` (with their preferred sources) into link `index` in Scrambler's
+/// table.
 pub(crate) fn table_routes<'a>(
     cfg: &XfrmConfig,
-    nets: impl IntoIterator<Item = &'a IpNet>,
+    nets: impl IntoIterator<Item = (&'a IpNet, &'a Option<IpAddr>)>,
     index: u32,
 ) -> Vec<RouteSpec> {
     nets.into_iter()
-        .map(|n| {
+        .map(|(n, src)| {
             RouteSpec::new(*n, None, index)
                 .with_protocol(cfg.route_protocol)
+                .with_src(*src)
                 .in_table(cfg.route_table)
         })
         .collect()
 }
 
-/// The rule of local pod CIDR `src`: `from src lookup <route_table>` at
-/// [`XfrmConfig::rule_priority`] with Scrambler's protocol — pods' packets to peers'
-/// underlay addresses into the interface.
-pub(crate) fn rules(cfg: &XfrmConfig, src: IpNet) -> [RuleSpec; 1] {
-    [RuleSpec {
-        priority: cfg.rule_priority,
-        src,
-        iif: None,
-        table: cfg.route_table,
-        protocol: cfg.route_protocol,
-    }]
-}
-
-/// Scrambler's rules: exactly of the shape of [`rules`] (priority, table and protocol all
-/// Scrambler's, nothing but a source prefix matched).
+/// Scrambler's rules: exactly of the shapes of [`crate::plan::is_owned_rule`].
 pub(crate) async fn owned_rules(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<RuleSpec>> {
     Ok(owned_of(cfg, &nl.rules().await?))
 }
@@ -241,7 +227,7 @@ pub(crate) async fn owned_rules(nl: &Nl, cfg: &XfrmConfig) -> Result<BTreeSet<Ru
 fn owned_of(cfg: &XfrmConfig, all: &[RuleState]) -> BTreeSet<RuleSpec> {
     all.iter()
         .filter_map(|r| r.spec())
-        .filter(|r| rules(cfg, r.src).contains(r))
+        .filter(|r| is_owned_rule(cfg, r))
         .collect()
 }
 
@@ -265,25 +251,50 @@ async fn delete_owned_rule(nl: &Nl, all: &[RuleState], r: &RuleSpec) -> Result<b
     nl.delete_rule(r).await
 }
 
-/// Makes Scrambler's routes in its table and its rules exactly `routes` and `sources`:
-/// routes first (a rule pointing to a table without the route falls through to the main
-/// table and the guard), then rules; stale rules and routes go. Returns (added, removed).
+/// Rules in the order they are added: `nop` rules first (a `goto` to a missing target is
+/// skipped: bypassed traffic would be steered), then by priority — bypass before steering,
+/// so the bypass ports never ride the mesh on the way.
+fn add_order<'a>(rules: impl IntoIterator<Item = &'a RuleSpec>) -> Vec<&'a RuleSpec> {
+    let mut v: Vec<&RuleSpec> = rules.into_iter().collect();
+    v.sort_by_key(|r| (r.target != RuleTarget::Nop, r.priority));
+    v
+}
+
+/// Rules in the order they are deleted: the reverse of [`add_order`] (steering before
+/// bypass, `nop` rules last).
+fn delete_order<'a>(rules: impl IntoIterator<Item = &'a RuleSpec>) -> Vec<&'a RuleSpec> {
+    let mut v = add_order(rules);
+    v.reverse();
+    v
+}
+
+/// Makes Scrambler's routes in its table and its rules exactly `routes` and `rules`:
+/// stale rules go first, then stale routes; then missing routes (a rule pointing to a
+/// table without the route falls through to the main table and the guard), then missing
+/// rules (see [`add_order`]). A route whose source changed is deleted and added again.
+/// Returns (added, removed).
 pub(crate) async fn sync_underlay_steering(
     nl: &Nl,
     cfg: &XfrmConfig,
     index: u32,
-    routes: &BTreeSet<IpNet>,
-    sources: &BTreeSet<IpNet>,
+    routes: &Routes,
+    rules: &BTreeSet<RuleSpec>,
 ) -> Result<(usize, usize)> {
     let have = owned_table_routes(nl, cfg, index).await?;
     let all = nl.rules().await?;
     let found = owned_of(cfg, &all);
-    let wanted: BTreeSet<RuleSpec> = sources.iter().flat_map(|s| rules(cfg, *s)).collect();
-    let mut stale_rules: Vec<&RuleSpec> = found.difference(&wanted).collect();
-    stale_rules.reverse();
-    let missing_rules: Vec<&RuleSpec> = wanted.difference(&found).collect();
-    let stale_routes = table_routes(cfg, have.difference(routes), index);
-    let missing_routes = table_routes(cfg, routes.difference(&have), index);
+    let stale_rules = delete_order(found.difference(rules));
+    let missing_rules = add_order(rules.difference(&found));
+    let stale_routes = table_routes(
+        cfg,
+        have.iter().filter(|(n, src)| routes.get(n) != Some(src)),
+        index,
+    );
+    let missing_routes = table_routes(
+        cfg,
+        routes.iter().filter(|(n, src)| have.get(n) != Some(src)),
+        index,
+    );
     for r in &stale_rules {
         delete_owned_rule(nl, &all, r).await?;
     }
@@ -325,18 +336,16 @@ pub(crate) async fn remove_underlay_steering(
     cfg: &XfrmConfig,
     index: Option<u32>,
 ) -> Result<usize> {
-    let none = BTreeSet::new();
     let mut removed = 0;
     let all = nl.rules().await?;
-    for r in owned_of(cfg, &all).iter().rev() {
+    for r in delete_order(&owned_of(cfg, &all)) {
         if delete_owned_rule(nl, &all, r).await? {
             removed += 1;
         }
     }
     if let Some(index) = index {
         let have = owned_table_routes(nl, cfg, index).await?;
-        nl.delete_routes(&table_routes(cfg, have.difference(&none), index))
-            .await?;
+        nl.delete_routes(&table_routes(cfg, &have, index)).await?;
         removed += have.len();
     }
     Ok(removed)

@@ -64,11 +64,59 @@ pub(crate) struct PolicyKey {
     /// The selector's outgoing interface index (`dev` in `ip xfrm policy`), 0 for any:
     /// only the IPv6 interface bypass names one (see [`crate::plan`]).
     pub ifindex: u32,
+    /// The selector's protocol and ports: any, except on node encryption's bypass
+    /// policies (see [`crate::plan`]).
+    pub l4: L4,
+}
+
+/// The transport part of a policy selector: an IP protocol and one source or destination
+/// port (`proto tcp sport 2379`), or anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub(crate) struct L4 {
+    /// IP protocol number, 0 for any.
+    pub proto: u8,
+    /// Source port, 0 for any.
+    pub sport: u16,
+    /// Destination port, 0 for any.
+    pub dport: u16,
+}
+
+impl L4 {
+    /// Any protocol, any port.
+    pub const ANY: L4 = L4 {
+        proto: 0,
+        sport: 0,
+        dport: 0,
+    };
+
+    /// True for [`L4::ANY`].
+    pub fn is_any(&self) -> bool {
+        *self == L4::ANY
+    }
+}
+
+impl fmt::Display for L4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.proto != 0 {
+            write!(f, " proto {}", self.proto)?;
+        }
+        if self.sport != 0 {
+            write!(f, " sport {}", self.sport)?;
+        }
+        if self.dport != 0 {
+            write!(f, " dport {}", self.dport)?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for PolicyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "policy {} {} -> {}", self.dir, self.src, self.dst)?;
+        write!(
+            f,
+            "policy {} {} -> {}{}",
+            self.dir, self.src, self.dst, self.l4
+        )?;
         if self.ifindex != 0 {
             write!(f, " dev #{}", self.ifindex)?;
         }
@@ -203,14 +251,20 @@ fn addr_to_ip(a: &Address, family: u16) -> Option<IpAddr> {
     }
 }
 
-fn selector_for(src: &IpNet, dst: &IpNet, ifindex: u32) -> Selector {
+fn selector_for(key: &PolicyKey) -> Selector {
+    let mask = |port: u16| if port == 0 { 0 } else { u16::MAX };
     Selector {
-        ifindex: ifindex as i32,
-        saddr: Address::from_ip(&src.network()),
-        prefixlen_s: src.prefix_len(),
-        daddr: Address::from_ip(&dst.network()),
-        prefixlen_d: dst.prefix_len(),
-        family: family_of(&src.addr()),
+        ifindex: key.ifindex as i32,
+        saddr: Address::from_ip(&key.src.network()),
+        prefixlen_s: key.src.prefix_len(),
+        daddr: Address::from_ip(&key.dst.network()),
+        prefixlen_d: key.dst.prefix_len(),
+        family: family_of(&key.src.addr()),
+        proto: key.l4.proto,
+        sport: key.l4.sport,
+        sport_mask: mask(key.l4.sport),
+        dport: key.l4.dport,
+        dport_mask: mask(key.l4.dport),
         ..Default::default()
     }
 }
@@ -224,7 +278,7 @@ fn net_of(a: &Address, family: u16, prefix: u8) -> Option<IpNet> {
 impl Policy {
     fn info(&self) -> UserPolicyInfo {
         UserPolicyInfo {
-            selector: selector_for(&self.key.src, &self.key.dst, self.key.ifindex),
+            selector: selector_for(&self.key),
             lifetime_cfg: LifetimeConfig::default(),
             priority: self.priority,
             direction: self.key.dir.raw(),
@@ -308,15 +362,23 @@ impl FoundPolicy {
                     dst,
                     if_id,
                     ifindex: u32::try_from(s.ifindex).unwrap_or(0),
+                    l4: L4 {
+                        proto: s.proto,
+                        sport: s.sport,
+                        dport: s.dport,
+                    },
                 },
                 priority: i.priority,
                 block: i.action == XFRM_POLICY_BLOCK,
                 tmpl,
             },
             index: i.index,
-            unusual: s.proto != 0
-                || s.dport_mask != 0
-                || s.sport_mask != 0
+            // ports matched in part (a mask other than all or nothing, a port under a zero
+            // mask) are not a shape Scrambler makes
+            unusual: !matches!((s.sport, s.sport_mask), (0, 0) | (_, u16::MAX))
+                || !matches!((s.dport, s.dport_mask), (0, 0) | (_, u16::MAX))
+                || (s.sport_mask == u16::MAX && s.sport == 0)
+                || (s.dport_mask == u16::MAX && s.dport == 0)
                 || s.ifindex < 0
                 || extra_tmpls,
         })
@@ -330,11 +392,7 @@ impl FoundPolicy {
         }
         XfrmMessage::DeletePolicy(PolicyDelGet {
             user_policy_id: UserPolicyId {
-                selector: selector_for(
-                    &self.policy.key.src,
-                    &self.policy.key.dst,
-                    self.policy.key.ifindex,
-                ),
+                selector: selector_for(&self.policy.key),
                 index: self.index,
                 direction: self.policy.key.dir.raw(),
             },
@@ -354,7 +412,7 @@ impl PolicyKey {
         }
         XfrmMessage::GetPolicy(PolicyDelGet {
             user_policy_id: UserPolicyId {
-                selector: selector_for(&self.src, &self.dst, self.ifindex),
+                selector: selector_for(self),
                 index: 0,
                 direction: self.dir.raw(),
             },
@@ -530,6 +588,7 @@ mod tests {
                 dst: "10.1.0.0/24".parse().unwrap(),
                 if_id: 7,
                 ifindex: 0,
+                l4: L4::ANY,
             },
             priority: 0x5c02,
             block: false,
@@ -548,6 +607,39 @@ mod tests {
         let found = FoundPolicy::parse(&back).unwrap();
         assert_eq!(found.policy, p);
         assert!(!found.unusual);
+    }
+
+    #[test]
+    fn a_port_selector_round_trips_and_partial_masks_are_unusual() {
+        let p = Policy {
+            key: PolicyKey {
+                dir: Dir::Out,
+                src: "192.0.2.1/32".parse().unwrap(),
+                dst: "192.0.2.2/32".parse().unwrap(),
+                if_id: 0,
+                ifindex: 0,
+                l4: L4 {
+                    proto: 6,
+                    sport: 2379,
+                    dport: 0,
+                },
+            },
+            priority: 0x5c00,
+            block: false,
+            tmpl: None,
+        };
+        let XfrmMessage::AddPolicy(mut m) = p.add_msg() else {
+            panic!()
+        };
+        let found = FoundPolicy::parse(&m).unwrap();
+        assert_eq!(found.policy, p);
+        assert!(!found.unusual);
+        assert_eq!(
+            p.key.to_string(),
+            "policy out 192.0.2.1/32 -> 192.0.2.2/32 proto 6 sport 2379"
+        );
+        m.user_policy_info.selector.sport_mask = 0xff00;
+        assert!(FoundPolicy::parse(&m).unwrap().unusual);
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The desired XFRM objects and routes of one node, computed from its mesh.
 
-use crate::config::{LinkMode, XfrmConfig, PRIO_BYPASS, PRIO_GUARD, PRIO_MESH};
-use crate::model::{esp_shape, DesiredState, Dir, Policy, PolicyKey, StateKey, Tmpl};
+use crate::config::{
+    LinkMode, XfrmConfig, PRIO_BYPASS, PRIO_GUARD, PRIO_MESH, RULE_BYPASS, RULE_NOP, RULE_PODS,
+    RULE_STEER,
+};
+use crate::model::{esp_shape, DesiredState, Dir, Policy, PolicyKey, StateKey, Tmpl, L4};
 use ipnet::IpNet;
-use scrambler_core::{ClusterSecret, Error, Mesh, Node, Result};
+use scrambler_core::{BypassPort, ClusterSecret, Error, Mesh, NodeEncryption, Node, Result};
+use scrambler_netlink::{RuleSpec, RuleTarget};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -19,11 +23,20 @@ pub(crate) struct Desired {
     /// with [`LinkMode::Create`]).
     pub addresses: BTreeSet<IpNet>,
     /// Routes into the interface in [`XfrmConfig::route_table`]: every peer's underlay
-    /// address (host prefix) of a family the local pod CIDRs have.
-    pub underlay_routes: BTreeSet<IpNet>,
+    /// address (host prefix) of a family the local pod CIDRs have, and with node
+    /// encryption every peer's underlay address of a family the local node has an
+    /// underlay address of, with that address as preferred source (`None` without node
+    /// encryption: only forwarded pod traffic uses them).
+    pub underlay_routes: BTreeMap<IpNet, Option<IpAddr>>,
     /// Sources of the rules `from <source> lookup <route_table>`: the local pod CIDRs of
     /// the families of `underlay_routes`.
     pub rule_sources: BTreeSet<IpNet>,
+    /// Node encryption's rules (see [`Desired::plan_node_encryption`]); empty when it is
+    /// off.
+    pub node_rules: BTreeSet<RuleSpec>,
+    /// Keys of the policies node encryption plans (some of them, `out m → u` and
+    /// `in u → m`, may be the pods' too); empty when it is off.
+    pub node_policies: BTreeSet<PolicyKey>,
     /// The local node's underlay addresses as host prefixes (never a tombstone's
     /// destination, see [`Desired::is_underlay_tombstone`]).
     pub local_underlay: BTreeSet<IpNet>,
@@ -160,7 +173,20 @@ impl Desired {
             .map(|a| IpNet::from(*a))
             .collect();
         d.plan_guard(cfg, mesh);
+        if let Some(ne) = &mesh.node_encryption {
+            d.plan_node_encryption(cfg, mesh, ne)?;
+        }
         Ok(d)
+    }
+
+    /// Every rule the node should have: the pods' `from <local pod CIDR> lookup
+    /// <route_table>` and node encryption's.
+    pub fn rules(&self, cfg: &XfrmConfig) -> BTreeSet<RuleSpec> {
+        self.rule_sources
+            .iter()
+            .map(|s| pod_rule(cfg, *s))
+            .chain(self.node_rules.iter().cloned())
+            .collect()
     }
 
     /// True when `p`, an owned policy not planned, is the block `out` local pod CIDR →
@@ -180,6 +206,10 @@ impl Desired {
             && p.tmpl.is_none()
             && p.priority == cfg.priority(PRIO_GUARD)
             && k.src.prefix_len() > 0
+            // a pod CIDR (never a host prefix); node encryption's host block `out m → u`
+            // goes with it
+            && k.src.prefix_len() < k.src.max_prefix_len()
+            && k.l4.is_any()
             && k.dst.prefix_len() == k.dst.max_prefix_len()
             && same_family(&k.src, &k.dst)
             && !self.local_underlay.contains(&k.dst)
@@ -212,6 +242,7 @@ impl Desired {
                             dst: *dst,
                             if_id: cfg.if_id,
                             ifindex: 0,
+                            l4: L4::ANY,
                         },
                         priority: prio,
                         block: false,
@@ -296,6 +327,7 @@ impl Desired {
                     dst,
                     if_id: cfg.if_id,
                     ifindex: 0,
+                    l4: L4::ANY,
                 },
                 priority: cfg.priority(PRIO_MESH),
                 block: false,
@@ -318,7 +350,7 @@ impl Desired {
             // only where local pods are steered to the peer's address (their NAT'd replies)
             add(Dir::Out, m, u, out);
             add(Dir::In, u, m, back);
-            self.underlay_routes.insert(u);
+            self.underlay_routes.entry(u).or_insert(None);
             self.rule_sources.extend(sources);
         }
         Ok(())
@@ -394,6 +426,7 @@ impl Desired {
                     dst,
                     if_id: 0,
                     ifindex: 0,
+                    l4: L4::ANY,
                 },
                 priority: if block { guard } else { bypass },
                 block,
@@ -497,12 +530,205 @@ impl Desired {
                 dst: any6,
                 if_id: 0,
                 ifindex: index,
+                l4: L4::ANY,
             },
             priority: cfg.priority(PRIO_BYPASS),
             block: false,
             tmpl: None,
         });
         Ok(())
+    }
+}
+
+/// The pods' rule of local pod CIDR `src`: `from src lookup <route_table>` at the first
+/// priority of the rule band, with Scrambler's protocol.
+pub(crate) fn pod_rule(cfg: &XfrmConfig, src: IpNet) -> RuleSpec {
+    RuleSpec::lookup(
+        cfg.rule_priority_at(RULE_PODS),
+        src,
+        cfg.route_table,
+        cfg.route_protocol,
+    )
+}
+
+/// IP protocols whose traffic node encryption steers into the interface, per family (IPv6
+/// or not): TCP, UDP, SCTP and ICMP (ICMPv6). Never ESP (50), nor protocol 0 — what the
+/// kernel's route lookup for an ESP packet's outer header carries — so no steering rule
+/// can match the node's own ESP.
+pub(crate) fn steered_protocols(v6: bool) -> [u8; 4] {
+    [6, 17, 132, if v6 { 58 } else { 1 }]
+}
+
+/// True when `r` has the exact shape of one of Scrambler's rules (see
+/// [`Desired::rules`]): its protocol, no input interface, and for its priority in the rule
+/// band: the pods' `from <prefix> lookup <route_table>`, node encryption's `from all
+/// ipproto tcp|udp sport|dport N goto <nop>`, `from all ipproto P lookup <route_table>`
+/// or `from all nop`. Reconcile and removal consider no other rule.
+pub(crate) fn is_owned_rule(cfg: &XfrmConfig, r: &RuleSpec) -> bool {
+    let at = |offset| r.priority == cfg.rule_priority_at(offset);
+    let from_all = r.src.prefix_len() == 0;
+    let no_ports = r.sport.is_none() && r.dport.is_none();
+    let table = RuleTarget::Table(cfg.route_table);
+    let shape = if at(RULE_PODS) {
+        !from_all && r.ipproto.is_none() && no_ports && r.target == table
+    } else if at(RULE_BYPASS) {
+        from_all
+            && matches!(r.ipproto, Some(6 | 17))
+            && r.sport.is_some() != r.dport.is_some()
+            && r.target == RuleTarget::Goto(cfg.rule_priority_at(RULE_NOP))
+    } else if at(RULE_STEER) {
+        from_all
+            && r.ipproto.is_some_and(|p| p != 0 && p != 50)
+            && no_ports
+            && r.target == table
+    } else if at(RULE_NOP) {
+        from_all && r.ipproto.is_none() && no_ports && r.target == RuleTarget::Nop
+    } else {
+        false
+    };
+    shape && r.protocol == cfg.route_protocol && r.iif.is_none()
+}
+
+impl Desired {
+    /// Node encryption (the mesh's `nodeEncryption`): the node's own traffic to its peers'
+    /// underlay addresses rides the mesh, except ESP and the bypass ports. For every peer
+    /// and each of its underlay addresses `u` of a family the local node has an underlay
+    /// address `m` of (its first of that family):
+    /// * mesh policies `out m → u` and `in u → m` (if_id, the ESP template of the peer's
+    ///   pair of outer addresses, which may be of the other family: states carry both);
+    /// * the route `u dev <interface> src m` in [`XfrmConfig::route_table`] (the source
+    ///   makes an unbound socket's packet `m → u`, which those policies encrypt);
+    /// * IPv4: a block `out m → u` at the guard's priority (if_id 0) and, for each bypass
+    ///   port, allows `out m → u proto P sport N` and `… dport N` at the bypass priority.
+    ///   Steered packets never meet them (a route through the interface skips the if_id-0
+    ///   lookup: `disable_xfrm`); with the rules gone, the node reaches its peers on the
+    ///   bypass ports only. They are part of the guard: `remove_keeping_guard` keeps them.
+    ///   (IPv6 has no `disable_xfrm`: such a block would drop the steered packets too.)
+    ///
+    /// And per family of the local underlay addresses, in the rule band after the pods'
+    /// rules: bypass rules `ipproto P sport N goto <nop>` and `… dport N goto <nop>` per
+    /// bypass port, steering rules `ipproto P lookup <route_table>` for
+    /// [`steered_protocols`], and the `nop` rule the bypass rules go to (from where the
+    /// lookup goes on with the rules after Scrambler's, the main table's). A destination
+    /// that is not a peer's underlay address finds no route in the table and falls
+    /// through too.
+    pub(crate) fn plan_node_encryption(
+        &mut self,
+        cfg: &XfrmConfig,
+        mesh: &Mesh,
+        ne: &NodeEncryption,
+    ) -> Result<()> {
+        let local = &mesh.local;
+        for peer in &mesh.peers {
+            let (mine, theirs) = outer_pair(local, peer)?;
+            let (out, back) = tmpl_pair(mine, theirs, cfg.reqid(peer.id.get()));
+            for u in &peer.underlay {
+                let Some(m) = local.underlay_for(u.is_ipv6()) else {
+                    continue;
+                };
+                let (mn, un) = (IpNet::from(m), IpNet::from(*u));
+                self.host_policy(cfg, Dir::Out, mn, un, L4::ANY, PRIO_MESH, Some(out));
+                self.host_policy(cfg, Dir::In, un, mn, L4::ANY, PRIO_MESH, Some(back));
+                self.underlay_routes.insert(un, Some(m));
+                if u.is_ipv4() {
+                    self.plan_host_block(cfg, mn, un, &ne.bypass);
+                }
+            }
+        }
+        for v6 in [false, true] {
+            if local.underlay_for(v6).is_some() {
+                self.plan_node_rules(cfg, v6, &ne.bypass);
+            }
+        }
+        Ok(())
+    }
+
+    /// A policy between two host addresses; with a template a mesh policy (if_id), without
+    /// one a block (guard) or allow (bypass) at if_id 0.
+    #[allow(clippy::too_many_arguments)]
+    fn host_policy(
+        &mut self,
+        cfg: &XfrmConfig,
+        dir: Dir,
+        src: IpNet,
+        dst: IpNet,
+        l4: L4,
+        prio: u32,
+        tmpl: Option<Tmpl>,
+    ) {
+        let key = PolicyKey {
+            dir,
+            src,
+            dst,
+            if_id: if tmpl.is_some() { cfg.if_id } else { 0 },
+            ifindex: 0,
+            l4,
+        };
+        self.node_policies.insert(key.clone());
+        self.policy(Policy {
+            key,
+            priority: cfg.priority(prio),
+            block: prio == PRIO_GUARD,
+            tmpl,
+        });
+    }
+
+    /// IPv4's fail-closed block `out m → u` and its allows for the bypass ports.
+    fn plan_host_block(&mut self, cfg: &XfrmConfig, m: IpNet, u: IpNet, bypass: &[BypassPort]) {
+        self.host_policy(cfg, Dir::Out, m, u, L4::ANY, PRIO_GUARD, None);
+        for b in bypass {
+            let proto = b.proto.number();
+            for l4 in [
+                L4 {
+                    proto,
+                    sport: b.port,
+                    dport: 0,
+                },
+                L4 {
+                    proto,
+                    sport: 0,
+                    dport: b.port,
+                },
+            ] {
+                self.host_policy(cfg, Dir::Out, m, u, l4, PRIO_BYPASS, None);
+            }
+        }
+    }
+
+    /// The bypass, steering and `nop` rules of one family.
+    fn plan_node_rules(&mut self, cfg: &XfrmConfig, v6: bool, bypass: &[BypassPort]) {
+        let all = if v6 {
+            IpNet::V6(Default::default())
+        } else {
+            IpNet::V4(Default::default())
+        };
+        let rule = |offset, ipproto, target| RuleSpec {
+            ipproto,
+            target,
+            ..RuleSpec::lookup(
+                cfg.rule_priority_at(offset),
+                all,
+                cfg.route_table,
+                cfg.route_protocol,
+            )
+        };
+        let nop = cfg.rule_priority_at(RULE_NOP);
+        for b in bypass {
+            let goto = rule(RULE_BYPASS, Some(b.proto.number()), RuleTarget::Goto(nop));
+            self.node_rules.insert(RuleSpec {
+                sport: Some(b.port),
+                ..goto.clone()
+            });
+            self.node_rules.insert(RuleSpec {
+                dport: Some(b.port),
+                ..goto
+            });
+        }
+        for p in steered_protocols(v6) {
+            let table = RuleTarget::Table(cfg.route_table);
+            self.node_rules.insert(rule(RULE_STEER, Some(p), table));
+        }
+        self.node_rules.insert(rule(RULE_NOP, None, RuleTarget::Nop));
     }
 }
 
@@ -549,6 +775,7 @@ pub(crate) mod tests {
             dst: dst.parse().unwrap(),
             if_id: 0,
             ifindex: 0,
+            l4: L4::ANY,
         }
     }
 
@@ -586,6 +813,11 @@ pub(crate) mod tests {
         };
         let d = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
         assert!(d.addresses.is_empty() && d.routes.values().all(Option::is_none));
+    }
+
+    /// The destinations of the plan's routes in Scrambler's table.
+    fn route_keys(d: &Desired) -> BTreeSet<IpNet> {
+        d.underlay_routes.keys().copied().collect()
     }
 
     /// The keys of the plan's block (guard) policies.
@@ -681,10 +913,14 @@ pub(crate) mod tests {
                 .contains_key(&key(dir, "192.0.2.2/32", "10.0.1.0/24")));
         }
         let names = |s: &BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        assert_eq!(names(&d.underlay_routes), ["192.0.2.2/32", "192.0.2.3/32"]);
+        assert_eq!(names(&route_keys(&d)), ["192.0.2.2/32", "192.0.2.3/32"]);
+        // without node encryption the routes name no source
+        assert!(d.underlay_routes.values().all(Option::is_none));
         assert_eq!(names(&d.rule_sources), ["10.0.1.0/24"]);
         // the node's own underlay address is never routed into the interface
-        assert!(!d.underlay_routes.contains(&"192.0.2.1/32".parse().unwrap()));
+        assert!(!d
+            .underlay_routes
+            .contains_key(&"192.0.2.1/32".parse().unwrap()));
     }
 
     /// ESP never loops back into the mesh: the node's ESP leaves from its underlay address
@@ -709,7 +945,7 @@ pub(crate) mod tests {
             assert!(!own.is_empty());
             for a in &own {
                 assert!(!steered(a), "{a} is a steering rule's source: {d:?}");
-                assert!(!d.underlay_routes.contains(&IpNet::from(*a)), "{a}");
+                assert!(!d.underlay_routes.contains_key(&IpNet::from(*a)), "{a}");
             }
             for s in d.states.values().filter(|s| !s.inbound) {
                 assert!(own.contains(&s.shape.saddr) && !steered(&s.shape.saddr));
@@ -726,7 +962,7 @@ pub(crate) mod tests {
                 .flat_map(|p| &p.underlay)
                 .map(|a| IpNet::from(*a))
                 .collect();
-            assert_eq!(d.underlay_routes, peers);
+            assert_eq!(route_keys(&d), peers);
         }
     }
 
@@ -849,7 +1085,7 @@ pub(crate) mod tests {
         assert_eq!(names(&d.addresses), ["10.0.1.1/32", "fd10:0:1::1/128"]);
         // pods reach the peers' (IPv6) underlay addresses from their IPv6 CIDR only
         assert_eq!(
-            names(&d.underlay_routes),
+            names(&route_keys(&d)),
             ["2001:db8::2/128", "2001:db8::3/128"]
         );
         assert_eq!(names(&d.rule_sources), ["fd10:0:1::/64"]);

@@ -3,7 +3,8 @@
 use crate::config::XfrmConfig;
 use crate::diff::{owns_policy, owns_state};
 use crate::model::{FoundPolicy, FoundState};
-use crate::plan::{outer_pair, Desired};
+use crate::plan::{outer_pair, pod_rule, Desired};
+use scrambler_netlink::RuleSpec;
 use ipnet::IpNet;
 use scrambler_core::keys::{spi, spi_parts, SPI_GENERATIONS};
 use scrambler_core::{esp, Generation, Mesh, Node, PeerStatus, Result, TunnelStatus};
@@ -27,6 +28,21 @@ pub const UNDERLAY_RULE_MISSING: &str = "ScramblerUnderlayRuleMissing";
 /// peer's host is dropped by the guard and the peer reports `steering: false` until a
 /// reconcile puts it back.
 pub const UNDERLAY_ROUTE_MISSING: &str = "ScramblerUnderlayRouteMissing";
+
+/// Key in [`TunnelStatus::errors`]: how many of node encryption's policy-routing rules
+/// (bypass `goto`, steering `ipproto … lookup <route_table>`, `nop`; see the crate's
+/// Node encryption) are missing or changed. Without a steering rule the node's own
+/// traffic of that protocol to its peers is not steered into the mesh: IPv4 meets the
+/// host block and is dropped, IPv6 would leave in cleartext. Every peer reports
+/// `steering: false` until a reconcile puts the rules back.
+pub const NODE_RULE_MISSING: &str = "ScramblerNodeRuleMissing";
+
+/// Key in [`TunnelStatus::errors`]: how many of node encryption's policies (the mesh
+/// policies `out m → u` / `in u → m` between the node's and its peers' underlay
+/// addresses, the IPv4 host blocks `out m → u` and their bypass allows) are missing or
+/// changed. A missing block also makes `fail_closed` false; a missing mesh policy makes
+/// its peer's `steering` false.
+pub const NODE_POLICY_MISSING: &str = "ScramblerNodePolicyMissing";
 
 /// Key in [`TunnelStatus::errors`]: how many of Scrambler's `unreachable` routes to the
 /// IPv6 cluster supernets are missing from the main table (deleted behind Scrambler's
@@ -70,11 +86,11 @@ pub(crate) struct Observed<'a> {
     pub states: &'a [FoundState],
     /// Owned routes, `None` when the steering interface is missing.
     pub routes: Option<&'a crate::link::Routes>,
-    /// Owned routes in Scrambler's table (peers' underlay addresses), `None` when the
-    /// steering interface is missing.
-    pub table_routes: Option<&'a BTreeSet<IpNet>>,
-    /// Owned policy-routing rules' sources (local pod CIDRs).
-    pub rule_sources: &'a BTreeSet<IpNet>,
+    /// Owned routes in Scrambler's table (peers' underlay addresses, with their sources),
+    /// `None` when the steering interface is missing.
+    pub table_routes: Option<&'a crate::link::Routes>,
+    /// Owned policy-routing rules.
+    pub rules: &'a BTreeSet<RuleSpec>,
     /// Destinations of owned `unreachable` routes.
     pub unreachable: &'a BTreeSet<IpNet>,
     pub xfrm_stat: BTreeMap<String, u64>,
@@ -89,26 +105,48 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
         .map(|p| (&p.policy.key, &p.policy))
         .collect();
     let states: Vec<&FoundState> = obs.states.iter().filter(|s| owns_state(cfg, s)).collect();
-    let rules_missing = desired.rule_sources.difference(obs.rule_sources).count();
+    let rules_missing = desired
+        .rule_sources
+        .iter()
+        .filter(|s| !obs.rules.contains(&pod_rule(cfg, **s)))
+        .count();
+    let node_rules_missing = desired.node_rules.difference(obs.rules).count();
+    let node_policies_missing = desired
+        .node_policies
+        .iter()
+        .filter(|k| policies.get(k).copied() != desired.policies.get(*k))
+        .count();
     let mut errors = obs.xfrm_stat;
     let mut peers = Vec::new();
     for peer in &mesh.peers {
         let mut st = peer_status(cfg, mesh, peer, &desired, &policies, &states, obs.routes)?;
-        // pods' traffic to the peer's host: its route in Scrambler's table and the rules
-        // of the local pod CIDRs (a rule missing cuts every peer off)
-        let theirs = st.underlay.map(IpNet::from);
-        let route_missing = theirs.is_some_and(|u| {
-            desired.underlay_routes.contains(&u)
-                && !obs.table_routes.is_some_and(|t| t.contains(&u))
+        // traffic to the peer's host (its pods', and with node encryption the node's
+        // own): its routes in Scrambler's table and the rules (a rule missing cuts every
+        // peer off)
+        let route_missing = peer.underlay.iter().any(|u| {
+            let u = IpNet::from(*u);
+            desired
+                .underlay_routes
+                .get(&u)
+                .is_some_and(|src| obs.table_routes.and_then(|t| t.get(&u)) != Some(src))
         });
         if route_missing {
             errors.insert(format!("{}/{UNDERLAY_ROUTE_MISSING}", peer.name), 1);
         }
-        st.steering &= !route_missing && rules_missing == 0;
+        st.steering &= !route_missing && rules_missing == 0 && node_rules_missing == 0;
         peers.push(st);
     }
     if rules_missing > 0 {
         errors.insert(UNDERLAY_RULE_MISSING.to_string(), rules_missing as u64);
+    }
+    if node_rules_missing > 0 {
+        errors.insert(NODE_RULE_MISSING.to_string(), node_rules_missing as u64);
+    }
+    if node_policies_missing > 0 {
+        errors.insert(
+            NODE_POLICY_MISSING.to_string(),
+            node_policies_missing as u64,
+        );
     }
     let unreachable_missing = desired.unreachable.difference(obs.unreachable).count();
     if unreachable_missing > 0 {

@@ -314,18 +314,13 @@ impl Tunnel for XfrmTunnel {
         report.unchanged += desired.routes.len() - missing.len();
         rtnl.delete_routes(&stale).await?;
         link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
-        let (added, removed) = link::sync_underlay_steering(
-            &rtnl,
-            cfg,
-            index,
-            &desired.underlay_routes,
-            &desired.rule_sources,
-        )
-        .await?;
+        let rules = desired.rules(cfg);
+        let (added, removed) =
+            link::sync_underlay_steering(&rtnl, cfg, index, &desired.underlay_routes, &rules)
+                .await?;
         report.added += added;
         report.removed += removed;
-        report.unchanged +=
-            (desired.underlay_routes.len() + desired.rule_sources.len()).saturating_sub(added);
+        report.unchanged += (desired.underlay_routes.len() + rules.len()).saturating_sub(added);
 
         Self::run_phase(sock, deletes).await?;
         // stale unreachable routes (a supernet no longer guarded) after its guard went
@@ -359,11 +354,7 @@ impl Tunnel for XfrmTunnel {
             None => (None, None),
         };
         let unreachable = link::owned_unreachable(&rtnl, &self.cfg).await?;
-        let rule_sources = link::owned_rules(&rtnl, &self.cfg)
-            .await?
-            .into_iter()
-            .map(|r| r.src)
-            .collect();
+        let rules = link::owned_rules(&rtnl, &self.cfg).await?;
         status::build(
             &self.cfg,
             mesh,
@@ -372,7 +363,7 @@ impl Tunnel for XfrmTunnel {
                 states: &found.states,
                 routes: routes.as_ref(),
                 table_routes: table_routes.as_ref(),
-                rule_sources: &rule_sources,
+                rules: &rules,
                 unreachable: &unreachable,
                 xfrm_stat: stat,
             },
