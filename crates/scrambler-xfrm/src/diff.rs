@@ -756,4 +756,37 @@ mod tests {
             .iter()
             .any(|r| r.object.contains("198.51.100.2")));
     }
+
+    #[test]
+    fn turning_node_encryption_off_removes_exactly_its_policies() {
+        let cfg = XfrmConfig::default();
+        let mut m = mesh(1, 3);
+        m.node_encryption = Some(scrambler_core::NodeEncryption {
+            bypass: vec!["tcp/2379".parse().unwrap()],
+        });
+        let on = Desired::plan(&cfg, &m, None).unwrap();
+        let found = found_from(&on);
+        // on, found as planned: nothing to do
+        let ch = diff(&cfg, &on, &found, &[], false).unwrap();
+        assert!(ch.report.is_noop() && ch.len() == 0);
+        m.node_encryption = None;
+        let off = Desired::plan(&cfg, &m, None).unwrap();
+        let ch = diff(&cfg, &off, &found, &[], false).unwrap();
+        let mut gone = deleted(&ch);
+        gone.sort();
+        // per peer the block and the allows of both sides of the port (the mesh policies
+        // m <-> u stay: the node's pods use them); no tombstone is kept of them
+        assert_eq!(
+            gone,
+            [
+                "policy out 192.0.2.1/32 -> 192.0.2.2/32",
+                "policy out 192.0.2.1/32 -> 192.0.2.2/32 proto 6 dport 2379",
+                "policy out 192.0.2.1/32 -> 192.0.2.2/32 proto 6 sport 2379",
+                "policy out 192.0.2.1/32 -> 192.0.2.3/32",
+                "policy out 192.0.2.1/32 -> 192.0.2.3/32 proto 6 dport 2379",
+                "policy out 192.0.2.1/32 -> 192.0.2.3/32 proto 6 sport 2379",
+            ]
+        );
+        assert_eq!(ch.report.added + ch.report.updated, 0);
+    }
 }

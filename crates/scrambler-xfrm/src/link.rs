@@ -10,8 +10,7 @@ use rtnetlink::LinkXfrm;
 use scrambler_core::{Error, Netns, Result};
 use scrambler_netlink::address::Scope;
 use scrambler_netlink::{
-    errno, kernel_error, sysctl, Exists, Nl, RouteSpec, RuleSpec, RuleState, RuleTarget,
-    EOPNOTSUPP,
+    errno, kernel_error, sysctl, Exists, Nl, RouteSpec, RuleSpec, RuleState, RuleTarget, EOPNOTSUPP,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -6,7 +6,7 @@ use crate::config::{
 };
 use crate::model::{esp_shape, DesiredState, Dir, Policy, PolicyKey, StateKey, Tmpl, L4};
 use ipnet::IpNet;
-use scrambler_core::{BypassPort, ClusterSecret, Error, Mesh, NodeEncryption, Node, Result};
+use scrambler_core::{BypassPort, ClusterSecret, Error, Mesh, Node, NodeEncryption, Result};
 use scrambler_netlink::{RuleSpec, RuleTarget};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -577,10 +577,7 @@ pub(crate) fn is_owned_rule(cfg: &XfrmConfig, r: &RuleSpec) -> bool {
             && r.sport.is_some() != r.dport.is_some()
             && r.target == RuleTarget::Goto(cfg.rule_priority_at(RULE_NOP))
     } else if at(RULE_STEER) {
-        from_all
-            && r.ipproto.is_some_and(|p| p != 0 && p != 50)
-            && no_ports
-            && r.target == table
+        from_all && r.ipproto.is_some_and(|p| p != 0 && p != 50) && no_ports && r.target == table
     } else if at(RULE_NOP) {
         from_all && r.ipproto.is_none() && no_ports && r.target == RuleTarget::Nop
     } else {
@@ -728,7 +725,8 @@ impl Desired {
             let table = RuleTarget::Table(cfg.route_table);
             self.node_rules.insert(rule(RULE_STEER, Some(p), table));
         }
-        self.node_rules.insert(rule(RULE_NOP, None, RuleTarget::Nop));
+        self.node_rules
+            .insert(rule(RULE_NOP, None, RuleTarget::Nop));
     }
 }
 
@@ -1380,5 +1378,263 @@ pub(crate) mod tests {
         assert_ne!(current.shape.key.spi, spi);
         let d = Desired::plan_at(&XfrmConfig::default(), &m, Some(&secret), 2000).unwrap();
         assert!(d.states.values().all(|s| !s.kept));
+    }
+
+    fn with_node_encryption(mut m: Mesh, bypass: &[&str]) -> Mesh {
+        m.node_encryption = Some(scrambler_core::NodeEncryption {
+            bypass: bypass.iter().map(|b| b.parse().unwrap()).collect(),
+        });
+        m
+    }
+
+    /// The first table a route lookup of (`proto`, `sport`, `dport`, from `src`) reaches
+    /// through `rules` (Scrambler's only: the kernel's own rules aside), following `goto`s
+    /// as the kernel does; `None` when it falls through them.
+    fn lookup(
+        rules: &BTreeSet<RuleSpec>,
+        src: IpAddr,
+        proto: u8,
+        sport: u16,
+        dport: u16,
+    ) -> Option<u32> {
+        let mut sorted: Vec<&RuleSpec> = rules.iter().collect();
+        sorted.sort_by_key(|r| r.priority);
+        let mut from = 0;
+        for r in sorted {
+            if r.priority < from || r.src.addr().is_ipv6() != src.is_ipv6() {
+                continue;
+            }
+            let hit = r.src.contains(&src)
+                && r.ipproto.is_none_or(|p| p == proto)
+                && r.sport.is_none_or(|p| p == sport)
+                && r.dport.is_none_or(|p| p == dport);
+            if !hit {
+                continue;
+            }
+            match r.target {
+                RuleTarget::Table(t) => return Some(t),
+                RuleTarget::Goto(p) => from = p,
+                RuleTarget::Nop => {}
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn node_encryption_steers_host_traffic_except_esp_and_the_bypass_ports() {
+        let cfg = XfrmConfig::default();
+        let m = with_node_encryption(mesh(1, 3), &["tcp/2379", "udp/53"]);
+        let d = Desired::plan(&cfg, &m, None).unwrap();
+        let rules = d.rules(&cfg);
+        assert!(rules.iter().all(|r| is_owned_rule(&cfg, r)), "{rules:?}");
+        // IPv4 underlay: 2 ports × (sport, dport) bypass, 4 steering, 1 nop, 1 pods' rule
+        assert_eq!(d.node_rules.len(), 9);
+        let at = |off| cfg.rule_priority_at(off);
+        for r in &d.node_rules {
+            // after the pods' rule; bypass before steering, the nop after both
+            assert!(r.priority > at(RULE_PODS));
+            match r.target {
+                RuleTarget::Goto(to) => {
+                    assert_eq!((r.priority, to), (at(RULE_BYPASS), at(RULE_NOP)));
+                    assert!(r.sport.is_some() != r.dport.is_some());
+                }
+                RuleTarget::Table(t) => {
+                    assert_eq!((r.priority, t), (at(RULE_STEER), cfg.route_table));
+                    // no steering rule can match ESP: it names a protocol, never 0 or 50
+                    assert!(r.ipproto.is_some_and(|p| p != 0 && p != 50), "{r:?}");
+                }
+                RuleTarget::Nop => assert_eq!(r.priority, at(RULE_NOP)),
+            }
+        }
+        let me: IpAddr = "192.0.2.1".parse().unwrap();
+        // ESP's outer lookup (protocol 0 on older kernels, 50 on newer ones): the main table
+        for proto in [0, 50] {
+            assert_eq!(lookup(&rules, me, proto, 0, 0), None, "protocol {proto}");
+        }
+        // the bypass ports, as source or destination: the main table
+        for (proto, sport, dport) in [
+            (6, 40000, 2379),
+            (6, 2379, 40000),
+            (17, 53, 5353),
+            (17, 5353, 53),
+        ] {
+            assert_eq!(lookup(&rules, me, proto, sport, dport), None);
+        }
+        // everything else of the steered protocols: Scrambler's table
+        for (proto, sport, dport) in [(6, 40000, 8080), (17, 40000, 2379), (1, 0, 0), (132, 1, 2)] {
+            assert_eq!(
+                lookup(&rules, me, proto, sport, dport),
+                Some(cfg.route_table)
+            );
+        }
+        // whose routes are the peers' underlay addresses from the node's own
+        let routes: Vec<String> = d
+            .underlay_routes
+            .iter()
+            .map(|(u, src)| format!("{u} src {}", src.unwrap()))
+            .collect();
+        assert_eq!(
+            routes,
+            ["192.0.2.2/32 src 192.0.2.1", "192.0.2.3/32 src 192.0.2.1"]
+        );
+    }
+
+    #[test]
+    fn node_encryption_plans_host_mesh_policies_an_ipv4_block_and_its_allows() {
+        let cfg = XfrmConfig::default();
+        let m = with_node_encryption(mesh(1, 3), &["tcp/2379", "tcp/22"]);
+        let d = Desired::plan(&cfg, &m, None).unwrap();
+        let mesh_key = |dir, src: &str, dst: &str| PolicyKey {
+            if_id: cfg.if_id,
+            ..key(dir, src, dst)
+        };
+        for (id, u) in [(2, "192.0.2.2/32"), (3, "192.0.2.3/32")] {
+            let t = |src: &str, dst: &str| Tmpl {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                reqid: cfg.reqid(id),
+            };
+            let peer = u.trim_end_matches("/32");
+            let out = &d.policies[&mesh_key(Dir::Out, "192.0.2.1/32", u)];
+            assert_eq!(out.tmpl, Some(t("192.0.2.1", peer)));
+            let back = &d.policies[&mesh_key(Dir::In, u, "192.0.2.1/32")];
+            assert_eq!(back.tmpl, Some(t(peer, "192.0.2.1")));
+            // the block, in the guard's slot (if_id 0, guard priority)
+            let block = &d.policies[&key(Dir::Out, "192.0.2.1/32", u)];
+            assert!(block.block && block.tmpl.is_none());
+            assert_eq!(block.priority, cfg.priority(PRIO_GUARD));
+            // one allow per bypass port and side, ahead of the block
+            let allows: Vec<String> = d
+                .policies
+                .values()
+                .filter(|p| !p.key.l4.is_any() && p.key.dst.to_string() == u)
+                .inspect(|p| {
+                    assert!(!p.block && p.tmpl.is_none() && p.key.if_id == 0);
+                    assert!(p.priority < block.priority);
+                })
+                .map(|p| p.key.l4.to_string())
+                .collect();
+            assert_eq!(allows.len(), 4);
+            for l4 in [
+                " proto 6 sport 22",
+                " proto 6 dport 22",
+                " proto 6 sport 2379",
+                " proto 6 dport 2379",
+            ] {
+                assert!(allows.iter().any(|a| a == l4), "{l4}: {allows:?}");
+            }
+        }
+        // every one of them is Scrambler's as found in a dump, and none is a tombstone
+        for p in d.policies.values() {
+            let found = crate::model::FoundPolicy {
+                policy: p.clone(),
+                index: 0,
+                unusual: false,
+            };
+            assert!(crate::diff::owns_policy(&cfg, &found), "{p:?}");
+            if d.node_policies.contains(&p.key) {
+                assert!(!d.is_underlay_tombstone(&cfg, p), "{p:?}");
+            }
+        }
+        // 2 peers × (block + 4 allows + out/in mesh)
+        assert_eq!(d.node_policies.len(), 14);
+    }
+
+    #[test]
+    fn node_encryption_off_plans_none_of_it() {
+        let cfg = XfrmConfig::default();
+        let off = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
+        let on =
+            Desired::plan(&cfg, &with_node_encryption(mesh(1, 3), &["tcp/2379"]), None).unwrap();
+        assert!(off.node_rules.is_empty() && off.node_policies.is_empty());
+        assert!(off.policies.keys().all(|k| k.l4.is_any()));
+        assert_eq!(off.rules(&cfg).len(), 1);
+        assert!(off.underlay_routes.values().all(Option::is_none));
+        // on adds to off: the block and allows (the node has pods: the mesh policies
+        // m ↔ u are the pods' too), the rules, the routes' source
+        let added: Vec<String> = on
+            .policies
+            .keys()
+            .filter(|k| !off.policies.contains_key(k))
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(added.len(), 2 * 3, "{added:?}");
+        assert!(off.policies.keys().all(|k| on.policies.contains_key(k)));
+        assert_eq!(
+            on.underlay_routes.keys().collect::<Vec<_>>(),
+            off.underlay_routes.keys().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn node_encryption_without_local_pods_of_the_family_and_over_ipv6() {
+        let cfg = XfrmConfig::default();
+        // IPv6 underlay, IPv4 pods only: no pods' rule or route to the peers' addresses,
+        // node encryption plans them all the same
+        let mut m = mesh6(1, 2);
+        for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+            n.pod_cidrs.truncate(1);
+        }
+        m.cluster_cidrs.truncate(1);
+        let off = Desired::plan(&cfg, &m, None).unwrap();
+        assert!(off.underlay_routes.is_empty() && off.rule_sources.is_empty());
+        let d = Desired::plan(&cfg, &with_node_encryption(m, &["tcp/2379"]), None).unwrap();
+        let mesh_key = |dir, src: &str, dst: &str| PolicyKey {
+            if_id: cfg.if_id,
+            ..key(dir, src, dst)
+        };
+        assert!(d
+            .policies
+            .contains_key(&mesh_key(Dir::Out, "2001:db8::1/128", "2001:db8::2/128")));
+        assert!(d
+            .policies
+            .contains_key(&mesh_key(Dir::In, "2001:db8::2/128", "2001:db8::1/128")));
+        assert_eq!(
+            d.underlay_routes.get(&"2001:db8::2/128".parse().unwrap()),
+            Some(&Some("2001:db8::1".parse().unwrap()))
+        );
+        // no IPv6 block: it would drop the steered packets too (no disable_xfrm)
+        assert!(!d
+            .policies
+            .values()
+            .any(|p| p.block && p.key.src.prefix_len() == 128));
+        assert!(d.policies.keys().all(|k| k.l4.is_any()));
+        // IPv6 rules only, ICMPv6 among them, never ESP
+        assert!(d.node_rules.iter().all(|r| r.src.addr().is_ipv6()));
+        assert!(d.node_rules.iter().any(|r| r.ipproto == Some(58)));
+        let me: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(lookup(&d.rules(&cfg), me, 50, 0, 0), None);
+        assert_eq!(lookup(&d.rules(&cfg), me, 58, 0, 0), Some(cfg.route_table));
+    }
+
+    #[test]
+    fn node_encryption_on_a_dual_stack_underlay_covers_both_families_in_one_pair() {
+        let cfg = XfrmConfig::default();
+        let mut m = mesh(1, 2);
+        for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+            let id = n.id.get();
+            n.underlay = vec![
+                format!("192.0.2.{id}").parse().unwrap(),
+                format!("2001:db8::{id}").parse().unwrap(),
+            ];
+        }
+        let d = Desired::plan(&cfg, &with_node_encryption(m, &[]), None).unwrap();
+        // IPv4 host traffic inside ESP over IPv6 (the pair's family)
+        let out4 = &d.policies[&PolicyKey {
+            if_id: cfg.if_id,
+            ..key(Dir::Out, "192.0.2.1/32", "192.0.2.2/32")
+        }];
+        assert_eq!(
+            out4.tmpl.unwrap().dst,
+            "2001:db8::2".parse::<IpAddr>().unwrap()
+        );
+        assert!(d.policies[&key(Dir::Out, "192.0.2.1/32", "192.0.2.2/32")].block);
+        assert!(d.policies.contains_key(&PolicyKey {
+            if_id: cfg.if_id,
+            ..key(Dir::Out, "2001:db8::1/128", "2001:db8::2/128")
+        }));
+        assert_eq!(d.underlay_routes.len(), 2);
+        // rules of both families: 4 steering and a nop each (no bypass port)
+        assert_eq!(d.node_rules.len(), 10);
     }
 }

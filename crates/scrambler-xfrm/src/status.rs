@@ -4,10 +4,10 @@ use crate::config::XfrmConfig;
 use crate::diff::{owns_policy, owns_state};
 use crate::model::{FoundPolicy, FoundState};
 use crate::plan::{outer_pair, pod_rule, Desired};
-use scrambler_netlink::RuleSpec;
 use ipnet::IpNet;
 use scrambler_core::keys::{spi, spi_parts, SPI_GENERATIONS};
 use scrambler_core::{esp, Generation, Mesh, Node, PeerStatus, Result, TunnelStatus};
+use scrambler_netlink::RuleSpec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
