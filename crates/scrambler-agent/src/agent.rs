@@ -130,6 +130,10 @@ pub struct AgentConfig {
     /// removed when the guard is found missing, when the agent starts and when it stops.
     /// The CNI plugin's `tunnelStatusFile`: no pod is networked without a fresh one.
     pub tunnel_status_file: Option<PathBuf>,
+    /// Node encryption, put into every mesh the agent builds (`None`: off); its bypass
+    /// list should hold the datastore's ports ([`crate::node_encryption::setting`] adds
+    /// them).
+    pub node_encryption: Option<scrambler_core::NodeEncryption>,
 }
 
 impl AgentConfig {
@@ -155,6 +159,7 @@ impl AgentConfig {
             departed_hold: DEFAULT_DEPARTED_HOLD,
             epoch_grace: DEFAULT_EPOCH_GRACE,
             tunnel_status_file: None,
+            node_encryption: None,
         }
     }
 }
@@ -475,7 +480,7 @@ impl Agent {
                 Keys::single(sent.unwrap_or(1))
             }),
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
-            node_encryption: None,
+            node_encryption: self.cfg.node_encryption.clone(),
         })
     }
 
@@ -545,7 +550,13 @@ impl Agent {
         live.insert(self.cfg.node.clone());
         let (keys, phase) = rotation::desired(&snap.keys, &live, &snap.acks);
         self.status.rotation = Some(phase.clone());
-        let mut mesh = registry::mesh_for(&record, &snap.nodes, &self.cfg.cluster_cidrs, keys)?;
+        let mut mesh = registry::mesh_for(
+            &record,
+            &snap.nodes,
+            &self.cfg.cluster_cidrs,
+            keys,
+            self.cfg.node_encryption.as_ref(),
+        )?;
         self.prune_previous_epochs();
         mesh.local.previous_epochs = self.previous_epochs.clone();
         let mesh = self.hold_departed(mesh, &snap);

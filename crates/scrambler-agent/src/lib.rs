@@ -15,6 +15,8 @@
 //! - [`registry`]: registry records → a node's [`scrambler_core::Mesh`] (one function);
 //! - [`claims`]: node ids and pod CIDRs claimed by compare-and-swap;
 //! - [`lease`]: the registration lease, kept alive;
+//! - [`node_encryption`]: the node-encryption setting, the datastore's ports always
+//!   bypassed;
 //! - [`rotation`]: the phases of a cluster-wide key rotation;
 //! - [`epoch`]: the node's dataplane epoch, created or reused;
 //! - [`debounce`]: coalescing watch events into few reconciles;
@@ -28,6 +30,7 @@ pub mod debounce;
 pub mod epoch;
 pub mod layout;
 pub mod lease;
+pub mod node_encryption;
 pub mod record;
 pub mod registry;
 pub mod rotation;

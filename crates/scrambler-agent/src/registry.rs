@@ -3,7 +3,7 @@
 
 use crate::record::NodeRecord;
 use ipnet::IpNet;
-use scrambler_core::{Epoch, Keys, Mesh, Node, Result};
+use scrambler_core::{Epoch, Keys, Mesh, Node, NodeEncryption, Result};
 use std::collections::BTreeMap;
 
 /// A registry record as a mesh node, with the epoch the node published: keys bind both
@@ -20,7 +20,7 @@ pub fn node_of(r: &NodeRecord) -> Result<Node> {
 }
 
 /// The mesh of `local` given every registration (`local`'s own included or not), the
-/// cluster's pod supernets and the live key generations.
+/// cluster's pod supernets, the live key generations and the node-encryption setting.
 ///
 /// A registration that conflicts with the local node or with a peer before it (by name:
 /// same id, underlay address or an overlapping pod CIDR — which claims prevent, so only a
@@ -31,6 +31,7 @@ pub fn mesh_for(
     registry: &BTreeMap<String, NodeRecord>,
     cluster_cidrs: &[IpNet],
     keys: Keys,
+    node_encryption: Option<&NodeEncryption>,
 ) -> Result<Mesh> {
     let peers: Vec<Node> = registry
         .values()
@@ -46,7 +47,7 @@ pub fn mesh_for(
         peers,
         keys,
         cluster_cidrs: cluster_cidrs.to_vec(),
-        node_encryption: None,
+        node_encryption: node_encryption.cloned(),
     };
     if mesh.validate().is_ok() {
         return Ok(mesh);
@@ -93,14 +94,14 @@ mod tests {
             .into_iter()
             .map(|r| (r.name.clone(), r))
             .collect();
-        let m = mesh_for(&rec("b", 2), &reg, &cluster(), Keys::single(1)).unwrap();
+        let m = mesh_for(&rec("b", 2), &reg, &cluster(), Keys::single(1), None).unwrap();
         assert_eq!(m.local.name, "b");
         let names: Vec<_> = m.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a", "c"]);
         // every node carries the epoch it published
         assert_eq!(m.peers[1].epoch.get(), 3 * 0x1111);
         // the local node need not be registered yet
-        let m = mesh_for(&rec("d", 4), &reg, &cluster(), Keys::single(1)).unwrap();
+        let m = mesh_for(&rec("d", 4), &reg, &cluster(), Keys::single(1), None).unwrap();
         assert_eq!(m.peers.len(), 3);
     }
 
@@ -112,7 +113,7 @@ mod tests {
             .into_iter()
             .map(|r| (r.name.clone(), r))
             .collect();
-        let m = mesh_for(&rec("b", 2), &reg, &cluster(), Keys::single(1)).unwrap();
+        let m = mesh_for(&rec("b", 2), &reg, &cluster(), Keys::single(1), None).unwrap();
         let names: Vec<_> = m.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a"]);
     }

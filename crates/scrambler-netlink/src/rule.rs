@@ -269,6 +269,8 @@ fn rule_state(m: &RuleMessage) -> RuleState {
             RuleAttribute::Table(t) if h.action == RuleAction::ToTable => {
                 s.target = Some(RuleTarget::Table(*t))
             }
+            // the kernel reports every rule's table, 0 for a `goto` or a `nop`
+            RuleAttribute::Table(0) => {}
             RuleAttribute::Goto(t) if h.action == RuleAction::Goto => {
                 s.target = Some(RuleTarget::Goto(*t))
             }
@@ -437,6 +439,12 @@ mod tests {
             bypass.name(),
             "rule from all (ipv6) ipproto 17 sport 53 goto 23555 priority 23553 proto 92"
         );
+        // as the kernel reports them: with table 0
+        for r in [&bypass, &nop] {
+            let mut m = r.message();
+            m.attributes.push(RuleAttribute::Table(0));
+            assert_eq!(rule_state(&m).spec().as_ref(), Some(r));
+        }
         // an unresolved goto (its target deleted) is still the same rule
         let mut m = bypass.message();
         m.header.flags = RuleFlags::Unresolved;
