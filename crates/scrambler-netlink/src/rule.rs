@@ -397,7 +397,10 @@ mod tests {
             inverted,
             unknown,
             with(RuleAttribute::SuppressPrefixLen(0)),
-            with(RuleAttribute::SourcePortRange(RulePortRange { start: 1, end: 2 })),
+            with(RuleAttribute::SourcePortRange(RulePortRange {
+                start: 1,
+                end: 2,
+            })),
             with(RuleAttribute::TunId(7)),
             with(RuleAttribute::FwMask(1)),
         ] {

@@ -552,9 +552,11 @@ pub(crate) fn pod_rule(cfg: &XfrmConfig, src: IpNet) -> RuleSpec {
 }
 
 /// IP protocols whose traffic node encryption steers into the interface, per family (IPv6
-/// or not): TCP, UDP, SCTP and ICMP (ICMPv6). Never ESP (50), nor protocol 0 — what the
-/// kernel's route lookup for an ESP packet's outer header carries — so no steering rule
-/// can match the node's own ESP.
+/// or not): TCP, UDP, SCTP and ICMP (ICMPv6). Never ESP (50) nor "any" (0): the kernel's
+/// route lookup for an ESP packet's outer header carries protocol 0 on older kernels and
+/// 50 on those with "xfrm: respect ip protocols rules criteria when performing dst
+/// lookups" (Debian's 6.1.0-57 has it: the VM test `vm_xnode_*` shows an `ipproto esp`
+/// rule catching it), so no steering rule can match the node's own ESP.
 pub(crate) fn steered_protocols(v6: bool) -> [u8; 4] {
     [6, 17, 132, if v6 { 58 } else { 1 }]
 }

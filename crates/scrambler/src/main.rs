@@ -251,6 +251,21 @@ struct AgentArgs {
     /// ADD without a fresh one.
     #[arg(long, env = "SCRAMBLER_TUNNEL_STATUS_FILE")]
     tunnel_status_file: Option<PathBuf>,
+    /// Node encryption: this node's own traffic to its peers' underlay addresses rides the
+    /// mesh too, except ESP and the bypass ports. Every node of the cluster must have it
+    /// (the replies come back through the mesh). The ports of --etcd-endpoints and tcp/2380
+    /// are always bypassed, so a node that lost its mesh can still reach etcd.
+    #[arg(long, env = "SCRAMBLER_NODE_ENCRYPTION")]
+    node_encryption: bool,
+    /// With --node-encryption: a port whose traffic between nodes stays outside the mesh
+    /// (in the clear, both directions, as source or destination port), as PROTO/PORT
+    /// (tcp/22, udp/53); repeat for several (at most 16 with the etcd ports).
+    #[arg(
+        long = "node-encryption-bypass",
+        value_name = "PROTO/PORT",
+        requires = "node_encryption"
+    )]
+    node_encryption_bypass: Vec<scrambler_core::BypassPort>,
 }
 
 impl AgentArgs {
@@ -302,6 +317,11 @@ impl AgentArgs {
         }
         c.epoch_grace = std::time::Duration::from_secs(self.epoch_grace_secs);
         c.tunnel_status_file = self.tunnel_status_file.clone();
+        c.node_encryption = scrambler_agent::node_encryption::setting(
+            self.node_encryption,
+            &self.node_encryption_bypass,
+            &self.etcd.endpoints,
+        )?;
         Ok(c)
     }
 }
@@ -1142,4 +1162,66 @@ fn vpp_only_lab(cmd: &LabCmd) -> bool {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string_pretty(v).map_err(|e| Error::decode("report", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(extra: &[&str]) -> std::result::Result<AgentArgs, clap::Error> {
+        let mut argv = vec![
+            "scrambler",
+            "agent",
+            "--etcd-endpoints",
+            "http://10.0.0.1:4001,http://10.0.0.2:4001",
+            "--node",
+            "a",
+            "--underlay",
+            "192.0.2.1",
+            "--pod-cidr",
+            "10.0.1.0/24",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.cmd {
+            Cmd::Agent(a) => Ok(*a),
+            _ => panic!("not the agent"),
+        }
+    }
+
+    #[test]
+    fn node_encryption_flags_give_the_agent_its_setting_with_the_etcd_ports() {
+        let c = agent(&[]).unwrap().config().unwrap();
+        assert_eq!(c.node_encryption, None);
+        let c = agent(&["--node-encryption"]).unwrap().config().unwrap();
+        let names = |c: &scrambler_agent::AgentConfig| {
+            c.node_encryption
+                .as_ref()
+                .unwrap()
+                .bypass
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&c), ["tcp/4001", "tcp/2380"]);
+        let c = agent(&[
+            "--node-encryption",
+            "--node-encryption-bypass",
+            "tcp/22",
+            "--node-encryption-bypass",
+            "udp/53",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        assert_eq!(names(&c), ["tcp/22", "udp/53", "tcp/4001", "tcp/2380"]);
+        // a bypass list without node encryption, a bad port: refused by the parser
+        assert!(agent(&["--node-encryption-bypass", "tcp/22"]).is_err());
+        let e = agent(&["--node-encryption", "--node-encryption-bypass", "icmp/1"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("tcp, udp"), "{e}");
+    }
 }

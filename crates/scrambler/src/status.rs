@@ -10,8 +10,10 @@
 //! traffic, it does not leak it.
 
 use crate::record::NodeRecord;
-use scrambler_core::{Generation, Mesh, PeerStatus, TunnelStatus};
-use scrambler_xfrm::{UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING};
+use scrambler_core::{Generation, Mesh, NodeEncryption, PeerStatus, TunnelStatus};
+use scrambler_xfrm::{
+    NODE_POLICY_MISSING, NODE_RULE_MISSING, UNDERLAY_ROUTE_MISSING, UNDERLAY_RULE_MISSING,
+};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -104,6 +106,21 @@ impl PeerVerdict {
                     .to_string(),
             );
         }
+        if errors.contains_key(NODE_RULE_MISSING) {
+            specific.push(
+                "node encryption rule missing: a bypass, steering or nop rule of Scrambler's \
+                 is gone or changed (ip rule flush?): the node's own IPv4 traffic to its peers \
+                 is dropped, its IPv6 traffic may leave in cleartext; reapply the mesh"
+                    .to_string(),
+            );
+        }
+        if errors.contains_key(NODE_POLICY_MISSING) {
+            specific.push(
+                "node encryption policy missing: a host-to-host mesh policy, block or bypass \
+                 allow is gone or changed; reapply the mesh"
+                    .to_string(),
+            );
+        }
         if !specific.is_empty() {
             self.why.retain(|w| w != STEERING_MISSING);
             self.why.extend(specific);
@@ -138,6 +155,9 @@ pub struct StatusReport {
     /// Traffic may really cross the underlay in cleartext: the guard is missing and some
     /// peer's tunnel is not up. A blocked peer does not make this true.
     pub encryption_off: bool,
+    /// Node encryption as the mesh sets it (`None`: off, the nodes' own traffic to each
+    /// other is outside the mesh), with its bypass ports.
+    pub node_encryption: Option<NodeEncryption>,
 }
 
 impl StatusReport {
@@ -153,6 +173,7 @@ impl StatusReport {
         let encryption_off = peers.iter().any(|p| p.state == PeerState::Open);
         StatusReport {
             encryption_off,
+            node_encryption: mesh.node_encryption.clone(),
             peers,
             node: mesh.local.name.clone(),
             epoch: mesh.local.epoch,
@@ -188,6 +209,11 @@ impl StatusReport {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let _ = writeln!(
+            out,
+            "{}",
+            node_encryption_line(self.node_encryption.as_ref())
+        );
         if self.encryption_off {
             let _ = writeln!(
                 out,
@@ -265,6 +291,28 @@ impl StatusReport {
             let _ = writeln!(out, "errors: {}", errs.join(" "));
         }
         out
+    }
+}
+
+/// Whether node encryption is on, and what it bypasses.
+fn node_encryption_line(ne: Option<&NodeEncryption>) -> String {
+    match ne {
+        None => {
+            "node encryption off: the nodes' own traffic to each other is not encrypted".to_string()
+        }
+        Some(n) if n.bypass.is_empty() => {
+            "node encryption on: the nodes' own traffic to each other rides the mesh, \
+             nothing bypassed"
+                .to_string()
+        }
+        Some(n) => {
+            let ports: Vec<String> = n.bypass.iter().map(|b| b.to_string()).collect();
+            format!(
+                "node encryption on: the nodes' own traffic to each other rides the mesh, \
+                 except (in the clear) {}",
+                ports.join(" ")
+            )
+        }
     }
 }
 
@@ -475,5 +523,55 @@ mod tests {
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["tunnel"]["peers"][0]["packetsOut"], 42);
         assert_eq!(j["epoch"], "00000000000000e1");
+    }
+
+    #[test]
+    fn the_table_says_whether_node_encryption_is_on_and_what_it_bypasses() {
+        let st = TunnelStatus {
+            dataplane: "xfrm".into(),
+            encrypted: true,
+            fail_closed: true,
+            ..Default::default()
+        };
+        let t = StatusReport::new(&mesh(), st.clone(), None).to_table(0);
+        assert!(t.contains("node encryption off"), "{t}");
+        let mut m = mesh();
+        m.node_encryption = Some(NodeEncryption {
+            bypass: vec!["tcp/2379".parse().unwrap(), "tcp/2380".parse().unwrap()],
+        });
+        let r = StatusReport::new(&m, st, None);
+        let t = r.to_table(0);
+        assert!(
+            t.contains("node encryption on:")
+                && t.contains("except (in the clear) tcp/2379 tcp/2380"),
+            "{t}"
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""nodeEncryption":{"bypass":["tcp/2379","tcp/2380"]}"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_missing_node_encryption_rule_is_named() {
+        let st = TunnelStatus {
+            dataplane: "xfrm".into(),
+            encrypted: false,
+            fail_closed: true,
+            peers: vec![PeerStatus {
+                name: "b".into(),
+                outbound: true,
+                inbound: true,
+                steering: false,
+                ..Default::default()
+            }],
+            errors: [(NODE_RULE_MISSING.to_string(), 4)].into(),
+            ..Default::default()
+        };
+        let r = StatusReport::new(&mesh(), st, None);
+        let t = r.to_table(0);
+        assert!(t.contains("node encryption rule missing"), "{t}");
+        assert_eq!(r.peers[0].state, PeerState::Blocked);
     }
 }
