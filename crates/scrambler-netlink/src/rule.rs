@@ -15,6 +15,7 @@ use netlink_packet_route::rule::{
     RuleAction, RuleAttribute, RuleFlags, RuleMessage, RulePortRange,
 };
 use netlink_packet_route::{AddressFamily, IpProtocol};
+use rtnetlink::packet_core::{DefaultNla, Nla};
 use scrambler_core::{Error, Result};
 use std::net::IpAddr;
 
@@ -236,6 +237,21 @@ impl RuleState {
     }
 }
 
+/// `FRA_SPORT_MASK` and `FRA_DPORT_MASK` (linux/fib_rules.h).
+const FRA_SPORT_MASK: u16 = 28;
+const FRA_DPORT_MASK: u16 = 29;
+
+/// True for a source or destination port mask of all ones (which matches the port range
+/// exactly: what a rule without a mask does).
+fn is_full_port_mask(nla: &DefaultNla) -> bool {
+    if !matches!(nla.kind(), FRA_SPORT_MASK | FRA_DPORT_MASK) || nla.value_len() != 2 {
+        return false;
+    }
+    let mut v = [0u8; 2];
+    nla.emit_value(&mut v);
+    u16::from_ne_bytes(v) == u16::MAX
+}
+
 fn rule_state(m: &RuleMessage) -> RuleState {
     let h = &m.header;
     let (target, known_action) = match h.action {
@@ -279,6 +295,8 @@ fn rule_state(m: &RuleMessage) -> RuleState {
             RuleAttribute::IpProtocol(p) => s.ipproto = u8::try_from(i32::from(*p)).ok(),
             RuleAttribute::SourcePortRange(r) => s.sport = Some((r.start, r.end)),
             RuleAttribute::DestinationPortRange(r) => s.dport = Some((r.start, r.end)),
+            // newer kernels (6.15 on) report a port's mask: all ones is the port as given
+            RuleAttribute::Other(nla) if is_full_port_mask(nla) => {}
             // what the kernel reports for every rule, at their "unset" values
             RuleAttribute::SuppressPrefixLen(u32::MAX)
             | RuleAttribute::SuppressIfGroup(u32::MAX)
@@ -374,7 +392,6 @@ mod tests {
     #[test]
     fn inverted_rules_and_unknown_attributes_are_not_plain_specs() {
         use netlink_packet_route::rule::RuleFlags;
-        use rtnetlink::packet_core::DefaultNla;
         let plain = RuleSpec::lookup(0x5c00, "10.0.1.0/24".parse().unwrap(), 92, 0x5c);
         // what the kernel adds to every rule, unset: still plain
         let mut m = plain.message();
@@ -447,6 +464,16 @@ mod tests {
             let mut m = r.message();
             m.attributes.push(RuleAttribute::Table(0));
             assert_eq!(rule_state(&m).spec().as_ref(), Some(r));
+        }
+        // a full port mask (kernels from 6.15 report one) is the port as given; another
+        // mask is not a single port
+        for (mask, same) in [(u16::MAX, true), (0xff00, false)] {
+            let mut m = bypass.message();
+            m.attributes.push(RuleAttribute::Other(DefaultNla::new(
+                FRA_SPORT_MASK,
+                mask.to_ne_bytes().to_vec(),
+            )));
+            assert_eq!(rule_state(&m).spec().is_some(), same, "{mask:#x}");
         }
         // an unresolved goto (its target deleted) is still the same rule
         let mut m = bypass.message();

@@ -850,3 +850,139 @@ fn dual_stack_pods_on_a_link_that_is_not_the_xfrm_interface_are_refused() {
     assert!(policies.trim().is_empty(), "{policies}");
     assert!(owned_routes(&ns).is_empty(), "{:?}", owned_routes(&ns));
 }
+
+/// Node encryption's rules, table routes and policies, reconciled like the rest: on, a
+/// second reconcile is a no-op; someone else's rules at Scrambler's priorities (another
+/// protocol number, another port range) stay; a deleted steering rule is reported and put
+/// back; off removes exactly Scrambler's; `remove_keeping_guard` keeps the IPv4 block.
+#[test]
+fn node_encryption_rules_and_policies_are_reconciled_owned_only() {
+    let ns = ns_with_link("xf-node");
+    // the routes' source must be a local address
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    // foreign: the same shape without Scrambler's protocol, and a port range at its
+    // bypass priority with its protocol
+    ns.ip(&[
+        "rule", "add", "ipproto", "tcp", "lookup", "92", "priority", "23554",
+    ]);
+    ns.ip(&[
+        "rule",
+        "add",
+        "ipproto",
+        "udp",
+        "dport",
+        "1000-2000",
+        "goto",
+        "23555",
+        "priority",
+        "23553",
+        "proto",
+        "92",
+    ]);
+    let t = policies_only();
+    let on = |mut m: scrambler_core::Mesh| {
+        m.node_encryption = Some(scrambler_core::NodeEncryption {
+            bypass: vec!["tcp/2379".parse().unwrap()],
+        });
+        m
+    };
+    let mesh = on(mesh_of(1, 3, node));
+    rt().block_on(async {
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        // 2 bypass + 4 steering + nop rules; per peer a block and 2 allows (the mesh
+        // policies m <-> u are the pods' too); the table routes replaced with a source
+        assert!(r.added >= 7 + 6, "{r:?}");
+        let again = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert!(again.is_noop(), "{again:?}");
+        let rules = ns.ip(&["rule"]);
+        eprintln!("{rules}");
+        assert_eq!(rules.matches("proto 92").count(), 1 + 7 + 1, "{rules}");
+        assert!(rules.contains("ipproto udp dport 1000-2000 goto 23555 proto 92"));
+        let table = ns.ip(&["route", "show", "table", "92"]);
+        assert!(
+            table.contains("192.0.2.2 dev scrambler0 proto 92 scope link src 192.0.2.1"),
+            "{table}"
+        );
+        let pol = ns.ip(&["xfrm", "policy"]);
+        assert!(
+            pol.contains("src 192.0.2.1/32 dst 192.0.2.3/32 proto tcp dport 2379"),
+            "{pol}"
+        );
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert!(s.fail_closed && s.peers.iter().all(|p| p.steering), "{s:?}");
+        assert!(!s.errors.contains_key(scrambler_xfrm::NODE_RULE_MISSING));
+
+        // a steering rule deleted behind Scrambler's back: reported, put back
+        ns.ip(&[
+            "rule", "del", "ipproto", "icmp", "priority", "23554", "proto", "92",
+        ]);
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert_eq!(
+            s.errors.get(scrambler_xfrm::NODE_RULE_MISSING),
+            Some(&1),
+            "{s:?}"
+        );
+        assert!(s.peers.iter().all(|p| !p.steering));
+        let r = t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        assert_eq!(r.added, 1, "{r:?}");
+        // a host block deleted: reported, not fail closed
+        ns.ip(&[
+            "xfrm",
+            "policy",
+            "del",
+            "src",
+            "192.0.2.1/32",
+            "dst",
+            "192.0.2.2/32",
+            "dir",
+            "out",
+        ]);
+        let s = t.status(&ns.netns(), &mesh).await.unwrap();
+        assert!(!s.fail_closed, "{s:?}");
+        assert_eq!(
+            s.errors.get(scrambler_xfrm::NODE_POLICY_MISSING),
+            Some(&1),
+            "{s:?}"
+        );
+        t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+
+        // mesh remove keeping the guard: the block and its allows stay, the rules go
+        t.remove_keeping_guard(&ns.netns()).await.unwrap();
+        let pol = ns.ip(&["xfrm", "policy"]);
+        assert!(
+            pol.contains(
+                "src 192.0.2.1/32 dst 192.0.2.2/32 \n\tdir out action block priority 23556"
+            ),
+            "{pol}"
+        );
+        assert!(pol.contains("dport 2379"), "{pol}");
+        assert_eq!(
+            ns.ip(&["rule"]).matches("proto 92").count(),
+            1,
+            "the foreign one"
+        );
+
+        // off: Scrambler's node encryption objects go, the foreign rules stay
+        let off = mesh_of(1, 3, node);
+        t.reconcile(&ns.netns(), &off, &secret()).await.unwrap();
+        let rules = ns.ip(&["rule"]);
+        assert_eq!(rules.matches("proto 92").count(), 1 + 1, "{rules}");
+        assert!(
+            rules.contains("23554:\tfrom all ipproto tcp lookup 92"),
+            "{rules}"
+        );
+        let pol = ns.ip(&["xfrm", "policy"]);
+        // the host blocks and allows go (the mesh policies m <-> u are the pods' too)
+        assert!(
+            !pol.contains("src 192.0.2.1/32 dst 192.0.2.2/32 \n\tdir out action block"),
+            "{pol}"
+        );
+        assert!(!pol.contains("2379"), "{pol}");
+        let table = ns.ip(&["route", "show", "table", "92"]);
+        assert!(!table.contains("src"), "{table}");
+        t.remove(&ns.netns()).await.unwrap();
+        let rules = ns.ip(&["rule"]);
+        assert_eq!(rules.matches("proto 92").count(), 1, "{rules}");
+    });
+}
