@@ -60,8 +60,9 @@
 //! `from <local pod CIDR> lookup <route_table>` at [`XfrmConfig::rule_priority`] (after
 //! the local table's rule, so a pod reaching its own node is untouched; before the main
 //! table's) and, in that table, `<peer underlay> dev <interface>`. The node's own packets
-//! to its peers — ESP above all — do not come from a pod CIDR, keep the main table's route
-//! and never loop into the mesh. The interface applies mesh policies `out` local pod CIDR
+//! to its peers — ESP above all — do not come from a pod CIDR and keep the main table's
+//! route (with node encryption, all but ESP and the bypass ports are steered too: see Node
+//! encryption); ESP never loops into the mesh. The interface applies mesh policies `out` local pod CIDR
 //! → peer underlay; the peer accepts the decrypted packets with `in` local pod CIDR →
 //! its underlay (both ends plan the mirror pairs) and its host's replies go back with
 //! `out` its underlay → our pod CIDR, accepted by `in`/`fwd` here. A DNAT in front (a
@@ -79,6 +80,55 @@
 //! `remove_keeping_guard`). A missing (or foreign-changed) rule or table route shows in the
 //! status: every peer (a rule) or that peer (its route) is not `steering`, and
 //! [`UNDERLAY_RULE_MISSING`] / `<peer>/`[`UNDERLAY_ROUTE_MISSING`] count in its errors.
+//!
+//! ## Node encryption
+//! With the mesh's `nodeEncryption` ([`scrambler_core::NodeEncryption`]) the node's own
+//! traffic (host namespace: kubelet, hostNetwork pods, any socket) to its peers' underlay
+//! addresses rides the mesh too, except ESP itself and the bypass ports (tcp/udp, as
+//! source or destination port, both directions). Connections keep their addresses: the
+//! inner packet is `m → u` (local underlay → peer underlay), inside ESP between the pair's
+//! outer addresses, so both ends need it (the peer's replies come back the same way).
+//! Planned per peer and per underlay address `u` of a family the local node has an
+//! address `m` of (see `Desired::plan_node_encryption`):
+//! * policy-routing rules in Scrambler's rule band ([`RULE_BAND`], after the pods' rule),
+//!   per family, constant in the number of peers: `ipproto tcp|udp sport|dport N goto
+//!   <nop>` per bypass port, `ipproto tcp|udp|sctp|icmp (ipv6-icmp) lookup <route_table>`,
+//!   and the `nop` rule at the band's last priority that the bypass rules go to. A
+//!   destination that is not a peer's underlay address finds no route in the table and
+//!   falls through to the main table. ESP is never steered: the route lookup of an ESP
+//!   packet's outer header carries protocol 0 (older kernels) or 50 (kernels with "xfrm:
+//!   respect ip protocols rules criteria when performing dst lookups", e.g. Debian's
+//!   6.1.0-57, measured in `vm_xnode_*`), which no rule names, so ESP never loops into the
+//!   mesh (the VM test counts ESP packets against the probes);
+//! * the route `u dev <interface> src m` in the table: an unbound socket's packet gets
+//!   `m` as its source and meets the mesh policies `out m → u` / `in u → m`, planned
+//!   whenever node encryption is on (also on a node without local pods of that family);
+//! * IPv4: a block `out m → u` in the guard's slot and allows `out m → u proto P sport N`
+//!   / `dport N` per bypass port at the bypass priority. Steered packets never meet them
+//!   (`disable_xfrm`); without the rules (deleted behind Scrambler's back, before the
+//!   first reconcile after `mesh remove`) the node's IPv4 traffic to its peers is refused
+//!   (`EPERM`) except on the bypass ports. They belong to the guard:
+//!   `remove_keeping_guard` keeps them, `remove` and turning node encryption off take them
+//!   away (they are not tombstones: a departed peer's address is no longer covered).
+//!
+//! Status: a missing or changed rule counts in [`NODE_RULE_MISSING`] (every peer
+//! `steering: false`), a missing policy in [`NODE_POLICY_MISSING`] (a missing block also
+//! makes `fail_closed` false), a route without its source in
+//! `<peer>/`[`UNDERLAY_ROUTE_MISSING`]; a reconcile puts them back.
+//!
+//! What it does not cover: IPv6 fails closed only while the rules are in place — IPv6 has
+//! no `disable_xfrm` and a locally generated packet's if_id-0 lookup names no outgoing
+//! interface, so no block `out m → u` could let the steered packets through; with the
+//! IPv6 steering rules gone the node's IPv6 traffic to its peers leaves in cleartext
+//! (reported as [`NODE_RULE_MISSING`] until a reconcile). Other IP protocols than TCP,
+//! UDP, SCTP and ICMP are not steered (on IPv4 the block drops them: GRE or IPIP tunnels
+//! between node addresses need their own arrangement). A socket bound to another local
+//! address than `m` is steered but matches no mesh policy: the interface drops it. A
+//! bypass port inside the ephemeral port range (`net.ipv4.ip_local_port_range`) also
+//! bypasses the connections that happen to get it as their source port. Forwarded traffic
+//! to a peer's address (not from a local pod) that is not steered is not blocked (the
+//! block names `m`). A peer's underlay address of a family the local node has no
+//! underlay address of is not covered.
 //!
 //! ## Fail closed
 //! Traffic between pod CIDRs, and between a node and remote pods, never leaves a node in
@@ -133,8 +183,11 @@
 //! state when its reqid is `reqid_base | id` and its if_id is Scrambler's; a route when it
 //! goes through the interface with Scrambler's protocol number (in the main table, or in
 //! [`XfrmConfig::route_table`]), or is `unreachable` in the main table with that protocol
-//! and [`UNREACHABLE_METRIC`]; a rule when it is `from <prefix> lookup <route_table>` at
-//! [`XfrmConfig::rule_priority`] with the route protocol, matching nothing else. Dumps consider nothing else; a foreign object holding the kernel
+//! and [`UNREACHABLE_METRIC`]; a rule when it carries the route protocol, a priority of
+//! the rule band ([`XfrmConfig::rule_priority`] + 0..[`RULE_BAND`]) and exactly the shape
+//! Scrambler gives that priority (`from <prefix> lookup <route_table>`, node encryption's
+//! bypass, steering and `nop` rules), matching nothing else; a policy with a protocol or
+//! port selector only of the exact shape of node encryption's bypass allows. Dumps consider nothing else; a foreign object holding the kernel
 //! identity of a desired one stops reconcile with [`scrambler_core::Error::AlreadyExists`] before anything changes.
 //!
 //! ## Reconcile
@@ -196,8 +249,8 @@
 //!   does.
 //! * Pods reach known peers' underlay addresses through the mesh. The underlay address of
 //!   a node the mesh does not know yet is not covered (no policy or route can name it);
-//!   the node's own traffic to its peers' underlay addresses (node-to-node encryption) is
-//!   not done. A peer whose dataplane cannot take these packets (a VPP node, today)
+//!   the node's own traffic to its peers' underlay addresses rides the mesh only with
+//!   node encryption (see Node encryption). A peer whose dataplane cannot take these packets (a VPP node, today)
 //!   receives them encrypted and drops them.
 //! * The node's own IPv6 traffic to remote pods (and a remote pod's TCP to the node's
 //!   IPv6 addresses) is dropped, not encrypted: IPv6 has no `disable_xfrm`, and a locally

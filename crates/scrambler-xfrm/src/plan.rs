@@ -309,10 +309,11 @@ impl Desired {
     /// reply to a peer's host behind a DNAT (the peer's host calling this node's NodePort
     /// or hostPort served by a local pod) is routed into the interface by its pod source
     /// and leaves it with this node's address once the DNAT is undone; the peer accepts it
-    /// decrypted. (Only packets routed into the interface meet these; the node's own
-    /// traffic to the peer keeps the underlay route.) A route `u dev <interface>` in
-    /// [`XfrmConfig::route_table`], looked up only by the rules `from l`, steers the pods'
-    /// packets (never the node's own, ESP included) into the interface.
+    /// decrypted. (Only packets routed into the interface meet these; without node
+    /// encryption the node's own traffic to the peer keeps the underlay route.) A route
+    /// `u dev <interface>` in [`XfrmConfig::route_table`], looked up by the rules `from l`
+    /// (and node encryption's steering rules, see [`Desired::plan_node_encryption`]),
+    /// steers the pods' packets into the interface; never ESP.
     fn plan_peer_underlay(&mut self, cfg: &XfrmConfig, mesh: &Mesh, peer: &Node) -> Result<()> {
         let local = &mesh.local;
         let (mine, theirs) = outer_pair(local, peer)?;
