@@ -230,9 +230,12 @@ mod tests {
         assert_eq!(bad(|c| c.rule_priority = 32766), 7);
         // the last rule of the band must come before the main table's (32766)
         assert_eq!(bad(|c| c.rule_priority = 32763), 7);
-        let mut c = XfrmConfig::default();
-        c.rule_priority = 32762;
-        c.validate().unwrap();
+        XfrmConfig {
+            rule_priority: 32762,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
         assert_eq!(bad(|c| c.route_table = 254), 7);
     }
 
