@@ -118,7 +118,11 @@ fn diff_policies(
         .filter(|p| !p.unusual)
         .map(|p| (&p.policy.key, p))
         .collect();
-    for (key, want) in &desired.policies {
+    // allows before blocks: a block added first would refuse, for a moment, what its
+    // allows let through (node encryption's bypass ports: the datastore's connections)
+    let mut order: Vec<_> = desired.policies.iter().collect();
+    order.sort_by_key(|(_, p)| p.block);
+    for (key, want) in order {
         let phase = if want.tmpl.is_some() { 2 } else { 0 };
         match by_key.get(key) {
             Some(f) if !owns_policy(cfg, f) => {
@@ -765,6 +769,12 @@ mod tests {
             bypass: vec!["tcp/2379".parse().unwrap()],
         });
         let on = Desired::plan(&cfg, &m, None).unwrap();
+        // turned on: the allows of the bypass ports come before the block they pierce
+        let ch = diff(&cfg, &on, &[], &[], false).unwrap();
+        let at = |o: &str| ch.phases[0].iter().position(|r| r.object == o).unwrap();
+        let block = at("policy out 192.0.2.1/32 -> 192.0.2.2/32");
+        assert!(at("policy out 192.0.2.1/32 -> 192.0.2.2/32 proto 6 dport 2379") < block);
+        assert!(at("policy out 192.0.2.1/32 -> 192.0.2.2/32 proto 6 sport 2379") < block);
         let found = found_from(&on);
         // on, found as planned: nothing to do
         let ch = diff(&cfg, &on, &found, &[], false).unwrap();
