@@ -232,4 +232,56 @@ mod tests {
         let raw = std::fs::read_to_string(&p).unwrap();
         assert!(!raw.contains("previousEpochs"), "{raw}");
     }
+
+    /// `mesh apply` and `status` take every node's mesh from the file: its
+    /// `nodeEncryption` reaches every node's mesh (and survives a rewrite of the file);
+    /// a bad bypass list is refused naming it.
+    #[test]
+    fn the_mesh_files_node_encryption_reaches_every_nodes_mesh() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mesh.json");
+        let text = |ne: &str| {
+            format!(
+                r#"{{"nodes":[
+            {{"name":"a","id":1,"epoch":"0123456789abcdef","underlay":["192.0.2.1"],"podCidrs":["10.244.1.0/24"]}},
+            {{"name":"b","id":2,"epoch":"fedcba9876543210","underlay":["192.0.2.2"],"podCidrs":["10.244.2.0/24"]}}],
+            "clusterCidrs":["10.244.0.0/16"],{ne}"keys":{{"tx":1,"rx":[1]}},"keyFile":"k.hex"}}"#
+            )
+        };
+        std::fs::write(
+            &p,
+            text(r#""nodeEncryption":{"bypass":["tcp/2379","tcp/22"]},"#),
+        )
+        .unwrap();
+        let mf = MeshFile::load(&p).unwrap();
+        for n in ["a", "b"] {
+            let ne = mf.mesh_for(n).unwrap().node_encryption.unwrap();
+            let ports: Vec<String> = ne.bypass.iter().map(|b| b.to_string()).collect();
+            assert_eq!(ports, ["tcp/2379", "tcp/22"]);
+        }
+        new_epoch(&p, "a").unwrap();
+        assert!(MeshFile::load(&p)
+            .unwrap()
+            .mesh_for("b")
+            .unwrap()
+            .node_encryption
+            .is_some());
+        // absent: off
+        std::fs::write(&p, text("")).unwrap();
+        assert_eq!(
+            MeshFile::load(&p)
+                .unwrap()
+                .mesh_for("a")
+                .unwrap()
+                .node_encryption,
+            None
+        );
+        std::fs::write(
+            &p,
+            text(r#""nodeEncryption":{"bypass":["tcp/22","tcp/22"]},"#),
+        )
+        .unwrap();
+        let e = MeshFile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("tcp/22 twice"), "{e}");
+    }
 }
