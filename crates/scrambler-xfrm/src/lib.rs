@@ -120,7 +120,8 @@
 //! no `disable_xfrm` and a locally generated packet's if_id-0 lookup names no outgoing
 //! interface, so no block `out m → u` could let the steered packets through; with the
 //! IPv6 steering rules gone the node's IPv6 traffic to its peers leaves in cleartext
-//! (reported as [`NODE_RULE_MISSING`] until a reconcile). Other IP protocols than TCP,
+//! (reported as [`NODE_RULE_MISSING`] until a reconcile). The sending side enforces it:
+//! cleartext from a peer's underlay address is accepted (no `in` block). Other IP protocols than TCP,
 //! UDP, SCTP and ICMP are not steered (on IPv4 the block drops them: GRE or IPIP tunnels
 //! between node addresses need their own arrangement). A socket bound to another local
 //! address than `m` is steered but matches no mesh policy: the interface drops it. A
