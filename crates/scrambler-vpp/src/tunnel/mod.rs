@@ -325,7 +325,8 @@ impl Tunnel for VppTunnel {
         }
         let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
         if self.host_link {
-            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu).await?;
+            let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
+            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu, &steered).await?;
             rep.added += h.added;
             rep.updated += h.updated;
             rep.removed += h.removed;
@@ -362,7 +363,10 @@ impl Tunnel for VppTunnel {
             None => false,
         };
         let host_link_ok = match self.host_link {
-            true => host_link::in_place(&c, netns, mesh, self.underlay_mtu).await?,
+            true => {
+                let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
+                host_link::in_place(&c, netns, mesh, self.underlay_mtu, &steered).await?
+            }
             false => true,
         };
         let _ = c.close().await;
