@@ -592,8 +592,9 @@ mod tests {
         let routes = host_routes(&m, 5, addr, &steered);
         let dsts: Vec<IpNet> = routes.iter().map(|r| r.dst).collect();
         assert_eq!(dsts, vec!["10.0.0.0/8".parse().unwrap(), peer, departed]);
-        assert!(routes.iter().all(|r| r.gw == Some(IpAddr::V4(GATEWAY_V4))
-            && r.src == Some(IpAddr::V4(addr))));
+        assert!(routes
+            .iter()
+            .all(|r| r.gw == Some(IpAddr::V4(GATEWAY_V4)) && r.src == Some(IpAddr::V4(addr))));
         // a route missing is an incomplete host side (status reports the host link)
         let neigh = vec![Neighbour {
             ip: IpAddr::V4(GATEWAY_V4),
