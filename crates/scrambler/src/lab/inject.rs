@@ -242,6 +242,10 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             flows.push(probe::Flow::start(&c.name, d.ip, FLOW_INTERVAL_MS)?);
         }
     }
+    if let Some((from, to)) = super::node_encryption::host_flow(&state, fault, node) {
+        // with node encryption, host traffic too: it must stay encrypted through the fault
+        flows.push(probe::Flow::start(&from, to, FLOW_INTERVAL_MS)?);
+    }
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let mut steps = vec![];

@@ -470,9 +470,13 @@ pub async fn test(name: &str) -> Result<TestReport> {
         host_labels.extend(l);
     }
     progress(format!(
-        "pinging {} pod pairs across nodes, {} node <-> remote pod pairs",
+        "pinging {} pod pairs across nodes, {} node <-> remote pod pairs{}",
         pings.len(),
-        host_pings.len()
+        node_pod_count,
+        match host_pings.len() - node_pod_count {
+            0 => String::new(),
+            n => format!(", {n} host -> remote underlay pairs (node encryption)"),
+        }
     ));
     let all_ok = tokio::task::spawn_blocking({
         let pings: Vec<probe::Ping> = pings.iter().chain(&host_pings).cloned().collect();
@@ -754,7 +758,7 @@ pub fn print_report(r: &TestReport) {
         println!("{k:<40} {:>10}", format!("{ok}/{n}"));
     }
     for (k, (ok, n)) in &r.host_host {
-        println!("{k:<52} {:>10}", format!("{ok}/{n}"));
+        println!("{k:<60} {:>6}", format!("{ok}/{n}"));
     }
     println!();
     for (node, (up, n)) in &r.tunnels_up {

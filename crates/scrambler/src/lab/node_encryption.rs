@@ -16,6 +16,7 @@
 //! answer): that ping is not probed.
 
 use super::capture::NodeScope;
+use super::inject::Fault;
 use super::{cmd, is_kernel, probe, topology, vppnode, LabState};
 use ipnet::IpNet;
 use scrambler_core::{BypassPort, Error, NodeEncryption, Result};
@@ -90,6 +91,18 @@ pub fn host_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
         }
     }
     (pings, labels)
+}
+
+/// With node encryption, the host flow a fault's injection adds: from another node's host
+/// (one that gets answers from it, see [`host_pings`]) to the underlay address of the node
+/// the fault hits; none for `node-join` (the node does not exist yet).
+pub fn host_flow(state: &LabState, fault: Fault, node: usize) -> Option<(String, IpAddr)> {
+    if !state.spec.node_encryption || fault == Fault::NodeJoin {
+        return None;
+    }
+    let from = (1..=state.spec.nodes)
+        .find(|s| *s != node && !(is_kernel(state, *s) && vppnode::is_vpp(state, node)))?;
+    Some((state.names().node(from), underlay(node)?))
 }
 
 /// One TCP probe: from node `from`'s host to `to`:[`TCP_PORT`].
@@ -231,8 +244,17 @@ mod tests {
             assert_eq!(pings.len(), 6, "{b}: {labels:?}");
             assert_eq!(tcp_targets(&lab(b)).len(), 6);
         }
+        assert_eq!(
+            host_flow(&lab("vpp"), Fault::Reboot, 1),
+            Some(("t-n2".to_string(), underlay(1).unwrap()))
+        );
+        assert_eq!(host_flow(&lab("vpp"), Fault::NodeJoin, 1), None);
         // mixed (1, 3 VPP; 2 kernel): node 2 does not ping 1 and 3's underlay
         let l = lab("mixed");
+        assert_eq!(
+            host_flow(&l, Fault::LinkDown, 1),
+            Some(("t-n3".to_string(), underlay(1).unwrap()))
+        );
         let (pings, labels) = host_pings(&l);
         assert_eq!(pings.len(), 4, "{labels:?}");
         assert!(
