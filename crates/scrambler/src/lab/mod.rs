@@ -486,7 +486,6 @@ pub async fn test(name: &str) -> Result<TestReport> {
     .map_err(|e| Error::kernel("run pings", "lab", e))?;
     let (ok, host_ok) = all_ok.split_at(pings.len());
     let mut host_ok = host_ok.to_vec();
-    let mut host_labels = host_labels;
     if let Some(np) = NodePort::pick(&state) {
         progress(format!("{} (NodePort-style DNAT + masquerade)", np.label));
         let label = np.label.clone();
