@@ -275,7 +275,10 @@ impl VppTunnel {
     /// the host holds the node's tunnel address and reaches remote pods through the mesh,
     /// remote pods reach it there. Off by default (a VPP whose host is not the namespace
     /// Scrambler is given, or that holds the tunnel address itself, must not get one).
-    /// Turning it off does not remove an existing link; [`Tunnel::remove`] does.
+    /// Turning it off does not remove an existing link; [`Tunnel::remove`] does. Node
+    /// encryption ([`Mesh::node_encryption`]) steers the host's traffic through this link:
+    /// without it the host gets no route to its peers' underlay addresses from Scrambler
+    /// (VPP's own traffic is still guarded).
     pub fn with_host_link(mut self, on: bool) -> Self {
         self.host_link = on;
         self
