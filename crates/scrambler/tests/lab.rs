@@ -156,7 +156,7 @@ fn lab_run_with_node_encryption_on_the_kernel() {
     // `--node-encryption` from the mesh file: each host pings and connects (TCP, a port
     // outside the bypass list) to every other node's underlay address through the mesh;
     // no cleartext between node addresses in the first test nor after any fault.
-    let lab = lab_name("scne");
+    let lab = lab_name("sckn");
     let (ok, out) = scrambler(&args("lab run --node-encryption --nodes 3 --pods 1"), &lab);
     assert!(ok, "lab run --node-encryption failed:\n{}", tail(&out, 150));
     assert_lab_run_passed(&out);
@@ -168,7 +168,7 @@ fn lab_run_with_node_encryption_on_the_kernel() {
 #[test]
 #[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
 fn lab_run_agents_with_node_encryption_on_the_kernel() {
-    let lab = lab_name("scan");
+    let lab = lab_name("skan");
     let (ok, out) = scrambler(
         &args("lab run --agents --node-encryption --nodes 3 --pods 1 --etcd-down-secs 5"),
         &lab,
