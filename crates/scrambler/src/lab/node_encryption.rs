@@ -30,8 +30,9 @@ pub const BYPASS: [&str; 2] = ["tcp/2379", "tcp/2380"];
 /// The port of the TCP probe: outside [`BYPASS`].
 pub const TCP_PORT: u16 = 7777;
 
-/// The underlay network of the lab's nodes (see [`topology`]).
-const UNDERLAY: &str = "192.0.2.0/24";
+/// The underlay networks of the lab's nodes (see [`topology`]): IPv4, and the IPv6 one an
+/// IPv6-underlay lab uses.
+const UNDERLAY: [&str; 2] = ["192.0.2.0/24", "2001:db8::/64"];
 
 /// The lab's node-encryption setting (the mesh file's `nodeEncryption`).
 pub fn setting() -> Result<NodeEncryption> {
@@ -44,17 +45,19 @@ pub fn setting() -> Result<NodeEncryption> {
 
 /// How the capture verdict judges traffic between node addresses in lab `state`.
 pub fn scope(state: &LabState) -> Result<NodeScope> {
-    let underlay: IpNet = UNDERLAY
-        .parse()
+    let underlay = UNDERLAY
+        .iter()
+        .map(|n| n.parse::<IpNet>())
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::config(format!("lab underlay: {e}")))?;
     Ok(NodeScope {
-        underlay: vec![underlay],
+        underlay,
         bypass: setting()?.bypass,
         encrypted: state.spec.node_encryption,
     })
 }
 
-/// Node `i`'s underlay address.
+/// Node `i`'s underlay address (IPv4; the one place to change for an IPv6 underlay).
 fn underlay(i: usize) -> Option<IpAddr> {
     format!("192.0.2.{i}").parse().ok()
 }
