@@ -490,6 +490,12 @@ enum LabCmd {
         /// node-join faults.
         #[arg(long)]
         agents: bool,
+        /// Node encryption: the nodes' own traffic between their underlay addresses rides
+        /// the mesh, but ESP and the bypass ports (etcd's tcp/2379, tcp/2380); `lab test`
+        /// adds host-to-host pings and TCP and counts cleartext between node addresses as
+        /// a leak.
+        #[arg(long)]
+        node_encryption: bool,
     },
     /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
     ///
@@ -570,6 +576,9 @@ enum LabCmd {
         /// etcd-down, node-leave and node-join.
         #[arg(long)]
         agents: bool,
+        /// Node encryption (as for `lab up`).
+        #[arg(long)]
+        node_encryption: bool,
         /// With --agents: how long etcd stays down in the tour (s).
         #[arg(long, default_value_t = 30)]
         etcd_down_secs: u64,
@@ -927,6 +936,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             pods,
             backend,
             agents,
+            node_encryption,
         }
         | LabCmd::Run {
             lab,
@@ -934,6 +944,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             pods,
             backend,
             agents,
+            node_encryption,
             ..
         } => Ok(Some(LabSpec {
             name: lab.name.clone(),
@@ -941,6 +952,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             pods_per_node: *pods,
             backend: lab_backend(backend)?,
             agents: *agents,
+            node_encryption: *node_encryption,
         })),
         _ => Ok(None),
     }

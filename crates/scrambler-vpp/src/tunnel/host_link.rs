@@ -65,16 +65,50 @@ fn tunnel_v4(mesh: &Mesh) -> Option<Ipv4Addr> {
     }
 }
 
-/// The host's routes into VPP: every IPv4 cluster CIDR via the gateway, from `src`.
-fn host_routes(mesh: &Mesh, oif: u32, src: Ipv4Addr) -> Vec<RouteSpec> {
-    mesh.cluster_cidrs
+/// The host's routes into VPP: every IPv4 cluster CIDR via the gateway, from `src`, and
+/// with node encryption on ([`Mesh::node_encryption`]) one `/32` per address of
+/// `steered` (see [`node_encryption_targets`]).
+fn host_routes(mesh: &Mesh, oif: u32, src: Ipv4Addr, steered: &[Ipv4Addr]) -> Vec<RouteSpec> {
+    let via = |dst: IpNet| {
+        RouteSpec::new(dst, Some(IpAddr::V4(GATEWAY_V4)), oif).with_src(Some(IpAddr::V4(src)))
+    };
+    let cidrs = mesh
+        .cluster_cidrs
         .iter()
         .filter(|c| c.addr().is_ipv4())
-        .map(|c| {
-            RouteSpec::new(c.trunc(), Some(IpAddr::V4(GATEWAY_V4)), oif)
-                .with_src(Some(IpAddr::V4(src)))
+        .map(|c| via(c.trunc()));
+    let underlay = steered
+        .iter()
+        .filter(|_| mesh.node_encryption.is_some())
+        .map(|a| via(IpNet::from(IpAddr::V4(*a))));
+    cidrs.chain(underlay).collect()
+}
+
+/// The IPv4 addresses the host's node-encryption routes lead into VPP: every peer's
+/// underlay address, and the underlay address of a departed peer as long as VPP keeps its
+/// drop route in the pods' table (`pods_table`, the owned routes there: the tombstone), so
+/// that the host's traffic to it still meets that drop rather than any other route of the
+/// host's; never a local underlay address. Only used with node encryption on.
+pub(super) fn node_encryption_targets<'a>(
+    mesh: &Mesh,
+    pods_table: impl IntoIterator<Item = &'a IpNet>,
+) -> Vec<Ipv4Addr> {
+    let peers = mesh.peers.iter().flat_map(|p| p.underlay.iter().copied());
+    let kept = pods_table
+        .into_iter()
+        .filter(|p| p.prefix_len() == p.max_prefix_len())
+        .map(|p| p.addr());
+    let mut v: Vec<Ipv4Addr> = peers
+        .chain(kept)
+        .filter(|a| !mesh.local.underlay.contains(a))
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
         })
-        .collect()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// A link of ours by name: `None` when there is none, an error when the name is taken by
@@ -143,13 +177,15 @@ async fn adopt_half_made_pair(nl: &Nl) -> Result<bool> {
 }
 
 /// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`, its MTU that of
-/// pods on an underlay of MTU `underlay_mtu`. A node without an IPv4 tunnel address gets
-/// none.
+/// pods on an underlay of MTU `underlay_mtu`, with node encryption on a route into VPP
+/// for each address of `steered` ([`node_encryption_targets`]). A node without an IPv4
+/// tunnel address gets none.
 pub(super) async fn reconcile(
     c: &VppClient,
     netns: &Netns,
     mesh: &Mesh,
     underlay_mtu: u32,
+    steered: &[Ipv4Addr],
 ) -> Result<ReconcileReport> {
     let mtu = mtu(underlay_mtu, mesh.outer_v6());
     let mut rep = ReconcileReport::default();
@@ -314,7 +350,7 @@ pub(super) async fn reconcile(
         rep.added += 1;
     }
     let link_route = RouteSpec::new(IpNet::from(gw_ip), None, host.index);
-    let routes = host_routes(mesh, host.index, addr);
+    let routes = host_routes(mesh, host.index, addr, steered);
     let owned = nl.owned_routes(host.index, ROUTE_PROTO).await?;
     for r in std::iter::once(&link_route).chain(&routes) {
         let present = owned
@@ -328,7 +364,8 @@ pub(super) async fn reconcile(
             return Err(Error::AlreadyExists {
                 object: format!("route {} {}", r.name(), nl.obj("")),
                 reason: "a route to that destination that is not Scrambler's host link's \
-                         exists: the host's traffic to pods would not reach VPP"
+                         exists: the host's traffic to it (pods, or with node encryption a \
+                         peer's underlay address) would not reach VPP"
                     .into(),
             });
         }
@@ -375,14 +412,16 @@ fn host_side_complete(
 }
 
 /// Whether the host link of the node in `netns` is in place for `mesh`: the veth pair up
-/// with the tunnel address and the MTU for `underlay_mtu`, the gateway's permanent neighbour and the routes into VPP
-/// (the link route, one per IPv4 cluster CIDR); VPP's tagged interface up, in the
-/// gateway's table, with the /32 route (true when the node has no IPv4 tunnel address).
+/// with the tunnel address and the MTU for `underlay_mtu`, the gateway's permanent
+/// neighbour and the routes into VPP (the link route, one per IPv4 cluster CIDR, with node
+/// encryption one per address of `steered`); VPP's tagged interface up, in the gateway's
+/// table, with the /32 route (true when the node has no IPv4 tunnel address).
 pub(super) async fn in_place(
     c: &VppClient,
     netns: &Netns,
     mesh: &Mesh,
     underlay_mtu: u32,
+    steered: &[Ipv4Addr],
 ) -> Result<bool> {
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(true);
@@ -400,7 +439,7 @@ pub(super) async fn in_place(
     }
     let neigh = nl.neighbours(host.index).await?;
     let owned = nl.owned_routes(host.index, ROUTE_PROTO).await?;
-    let routes = host_routes(mesh, host.index, addr);
+    let routes = host_routes(mesh, host.index, addr, steered);
     if !host_side_complete(&neigh, &owned, host.index, &routes) {
         return Ok(false);
     }
@@ -501,7 +540,7 @@ mod tests {
     fn the_host_side_needs_its_neighbour_and_every_route() {
         let m = mesh(scrambler_core::Keys::single(1));
         let addr = tunnel_v4(&m).unwrap();
-        let routes = host_routes(&m, 5, addr);
+        let routes = host_routes(&m, 5, addr, &[]);
         assert_eq!(routes.len(), 1);
         let link = RouteSpec::new(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, 5);
         let all: Vec<RouteState> = std::iter::once(&link).chain(&routes).map(owned).collect();
@@ -529,6 +568,43 @@ mod tests {
         let mut n = neigh.clone();
         n[0].mac = Some([2, 0, 0, 0, 0, 9]);
         assert!(!host_side_complete(&n, &all, 5, &routes));
+    }
+
+    #[test]
+    fn node_encryption_routes_each_peer_underlay_and_kept_tombstone_into_vpp() {
+        let mut m = mesh(scrambler_core::Keys::single(1));
+        let addr = tunnel_v4(&m).unwrap();
+        let departed: IpNet = "192.0.2.9/32".parse().unwrap();
+        let local: IpNet = "192.0.2.1/32".parse().unwrap();
+        let v6: IpNet = "2001:db8::2/128".parse().unwrap();
+        let peer: IpNet = "192.0.2.2/32".parse().unwrap();
+        let table = [peer, departed, local, v6];
+        let steered = node_encryption_targets(&m, &table);
+        // the peer's address and the tombstone; not the local address, nor IPv6 (the
+        // host link holds no IPv6 source)
+        assert_eq!(
+            steered,
+            vec![Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 9)]
+        );
+        // off: only the cluster CIDR
+        assert_eq!(host_routes(&m, 5, addr, &steered).len(), 1);
+        m.node_encryption = Some(Default::default());
+        let routes = host_routes(&m, 5, addr, &steered);
+        let dsts: Vec<IpNet> = routes.iter().map(|r| r.dst).collect();
+        assert_eq!(dsts, vec!["10.0.0.0/8".parse().unwrap(), peer, departed]);
+        assert!(routes
+            .iter()
+            .all(|r| r.gw == Some(IpAddr::V4(GATEWAY_V4)) && r.src == Some(IpAddr::V4(addr))));
+        // a route missing is an incomplete host side (status reports the host link)
+        let neigh = vec![Neighbour {
+            ip: IpAddr::V4(GATEWAY_V4),
+            mac: Some(HOST_LINK_MAC),
+            permanent: true,
+        }];
+        let link = RouteSpec::new(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, 5);
+        let all: Vec<RouteState> = std::iter::once(&link).chain(&routes).map(owned).collect();
+        assert!(host_side_complete(&neigh, &all, 5, &routes));
+        assert!(!host_side_complete(&neigh, &all[..3], 5, &routes));
     }
 
     #[test]

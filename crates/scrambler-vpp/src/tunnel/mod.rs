@@ -123,6 +123,36 @@
 //! ends in VPP (VPP holds it; a host service there is not reached); IPv6 tunnel addresses
 //! are not held on the host link.
 //!
+//! # Node encryption
+//!
+//! With [`Mesh::node_encryption`] on (and the host link), the node's host reaches each
+//! peer's underlay address through the mesh: the host link gets a route
+//! `<peer underlay>/32 via` the gateway `src <tunnel address>` (route protocol
+//! [`scrambler_netlink::ROUTE_PROTO`]), so the host's packets enter VPP's pods' VRF, whose
+//! route for that address leads into the peer's tunnel (drop while it is not protected
+//! and up). The inner packet is `tunnel address → peer underlay`: pod-CIDR-sourced, so a
+//! kernel peer's mesh policy accepts it and its answer is pod traffic, encrypted; a VPP
+//! peer answers ICMP itself into the tunnel. A departed peer's address keeps its host
+//! route as long as VPP keeps its drop route (the tombstone): the host's traffic to it
+//! meets that drop rather than whatever other route the host has. Turning node encryption
+//! off takes the host's routes away; a missing one is reported as [`HOST_LINK_MISSING`].
+//! The underlay guard then also discards VPP's own traffic from a local underlay address
+//! to a peer's, but for ESP and the bypass ports (see `underlay_guard`): VPP answers a
+//! packet to its underlay address from table 0, where the peer's address is the tunnel's
+//! outer destination, so that answer would otherwise leave in the clear.
+//!
+//! Limits: the bypass list applies to VPP's own traffic only — the host's traffic to a
+//! peer's underlay address all rides the mesh, bypass ports included (the host has no
+//! other path to peers than VPP, which owns the uplink; a host with a management NIC
+//! should reach its datastore at an address that is not a peer's underlay address).
+//! A peer addressing this node's *underlay* address reaches VPP, not the host: a VPP
+//! peer's host (which sends from its tunnel address) gets ICMP answers through the mesh,
+//! a kernel peer's host (which sends from its underlay address) gets none (the guard
+//! drops VPP's answer), and TCP finds no listener on any peer (a host service would need
+//! linux-cp or punting); address a VPP node's host at its tunnel address. IPv6 underlay
+//! addresses get no host route (the host link holds no IPv6 tunnel address): the host
+//! does not reach them at all, in the clear or not.
+//!
 //! # Counters
 //!
 //! `status` reads VPP's statistics segment ([`scrambler_vpp_api::stats`], `stats.sock` beside
@@ -245,7 +275,10 @@ impl VppTunnel {
     /// the host holds the node's tunnel address and reaches remote pods through the mesh,
     /// remote pods reach it there. Off by default (a VPP whose host is not the namespace
     /// Scrambler is given, or that holds the tunnel address itself, must not get one).
-    /// Turning it off does not remove an existing link; [`Tunnel::remove`] does.
+    /// Turning it off does not remove an existing link; [`Tunnel::remove`] does. Node
+    /// encryption ([`Mesh::node_encryption`]) steers the host's traffic through this link:
+    /// without it the host gets no route to its peers' underlay addresses from Scrambler
+    /// (VPP's own traffic is still guarded).
     pub fn with_host_link(mut self, on: bool) -> Self {
         self.host_link = on;
         self
@@ -325,7 +358,8 @@ impl Tunnel for VppTunnel {
         }
         let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
         if self.host_link {
-            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu).await?;
+            let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
+            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu, &steered).await?;
             rep.added += h.added;
             rep.updated += h.updated;
             rep.removed += h.removed;
@@ -362,7 +396,10 @@ impl Tunnel for VppTunnel {
             None => false,
         };
         let host_link_ok = match self.host_link {
-            true => host_link::in_place(&c, netns, mesh, self.underlay_mtu).await?,
+            true => {
+                let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
+                host_link::in_place(&c, netns, mesh, self.underlay_mtu, &steered).await?
+            }
             false => true,
         };
         let _ = c.close().await;

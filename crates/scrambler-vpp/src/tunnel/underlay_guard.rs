@@ -38,6 +38,23 @@ pub const DISCARD_PRIORITY: i32 = 0x5c00;
 /// Priority of the bypass-everything-else policies.
 pub const BYPASS_PRIORITY: i32 = 0x5c;
 
+/// With node encryption on: priority of the discard of VPP's own traffic from a local
+/// underlay address to a peer's (below the pods' discards, above the general bypass).
+pub const NODE_DISCARD_PRIORITY: i32 = 0x5b00;
+
+/// With node encryption on: priority of the bypasses that outrank
+/// [`NODE_DISCARD_PRIORITY`]: ESP and the bypass ports from a local underlay address.
+pub const NODE_BYPASS_PRIORITY: i32 = 0x5d00;
+
+/// IP protocol number of ESP.
+const ESP: u8 = 50;
+
+/// VPP's "any protocol" in a dumped policy (`IPSEC_POLICY_PROTOCOL_ANY`); 0 in a request.
+const ANY_PROTOCOL_DUMPED: u8 = 255;
+
+/// Every port.
+const ALL_PORTS: (u16, u16) = (0, u16::MAX);
+
 /// One policy of the SPD, as compared between want and have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Policy {
@@ -46,6 +63,10 @@ pub(super) struct Policy {
     priority: i32,
     local: (IpAddr, IpAddr),
     remote: (IpAddr, IpAddr),
+    /// IP protocol, 0 for any.
+    proto: u8,
+    local_ports: (u16, u16),
+    remote_ports: (u16, u16),
 }
 
 impl Policy {
@@ -63,8 +84,11 @@ impl Policy {
             local_address_stop: Address::from(self.local.1),
             remote_address_start: Address::from(self.remote.0),
             remote_address_stop: Address::from(self.remote.1),
-            remote_port_stop: u16::MAX,
-            local_port_stop: u16::MAX,
+            protocol: self.proto,
+            local_port_start: self.local_ports.0,
+            local_port_stop: self.local_ports.1,
+            remote_port_start: self.remote_ports.0,
+            remote_port_stop: self.remote_ports.1,
             ..Default::default()
         }
     }
@@ -76,6 +100,12 @@ impl Policy {
             priority: e.priority,
             local: range(&e.local_address_start, &e.local_address_stop)?,
             remote: range(&e.remote_address_start, &e.remote_address_stop)?,
+            proto: match e.protocol {
+                ANY_PROTOCOL_DUMPED => 0,
+                p => p,
+            },
+            local_ports: (e.local_port_start, e.local_port_stop),
+            remote_ports: (e.remote_port_start, e.remote_port_stop),
         })
     }
 }
@@ -110,6 +140,9 @@ pub(super) fn wanted(mesh: &Mesh) -> BTreeSet<Policy> {
                 priority: BYPASS_PRIORITY,
                 local: range,
                 remote: range,
+                proto: 0,
+                local_ports: ALL_PORTS,
+                remote_ports: ALL_PORTS,
             });
         }
     }
@@ -122,11 +155,67 @@ pub(super) fn wanted(mesh: &Mesh) -> BTreeSet<Policy> {
                     priority: DISCARD_PRIORITY,
                     local: (c.network(), c.broadcast()),
                     remote: (*u, *u),
+                    proto: 0,
+                    local_ports: ALL_PORTS,
+                    remote_ports: ALL_PORTS,
                 });
             }
         }
     }
+    if mesh.node_encryption.is_some() {
+        node_encryption(mesh, &all, &mut want);
+    }
     want
+}
+
+/// With node encryption on, VPP's own traffic between underlay addresses: VPP holds the
+/// node's underlay address, so a peer's host addressing it reaches VPP (through the
+/// tunnel, decrypted), and VPP answers (ICMP) from table 0, where the peer's underlay
+/// address is the tunnel's outer destination: the answer would leave the uplink in the
+/// clear. So: discard `local underlay → peer underlay` for every pair of a family, and
+/// bypass (outranking it) ESP and each bypass port (as source or destination port) from
+/// the local underlay addresses.
+fn node_encryption(mesh: &Mesh, all: &[(IpAddr, IpAddr); 2], want: &mut BTreeSet<Policy>) {
+    let bypass = mesh
+        .node_encryption
+        .as_ref()
+        .map(|n| n.bypass.as_slice())
+        .unwrap_or_default();
+    for l in &mesh.local.underlay {
+        let Some(any) = all.iter().find(|r| r.0.is_ipv6() == l.is_ipv6()) else {
+            continue;
+        };
+        let from_local = |proto, local_ports, remote_ports| Policy {
+            outbound: true,
+            discard: false,
+            priority: NODE_BYPASS_PRIORITY,
+            local: (*l, *l),
+            remote: *any,
+            proto,
+            local_ports,
+            remote_ports,
+        };
+        want.insert(from_local(ESP, ALL_PORTS, ALL_PORTS));
+        for b in bypass {
+            let p = b.proto.number();
+            want.insert(from_local(p, (b.port, b.port), ALL_PORTS));
+            want.insert(from_local(p, ALL_PORTS, (b.port, b.port)));
+        }
+        for u in mesh.peers.iter().flat_map(|p| p.underlay.iter()) {
+            if u.is_ipv6() == l.is_ipv6() {
+                want.insert(Policy {
+                    outbound: true,
+                    discard: true,
+                    priority: NODE_DISCARD_PRIORITY,
+                    local: (*l, *l),
+                    remote: (*u, *u),
+                    proto: 0,
+                    local_ports: ALL_PORTS,
+                    remote_ports: ALL_PORTS,
+                });
+            }
+        }
+    }
 }
 
 /// The SPD as found: whether it exists, its policies (with the entries to delete them by),
@@ -345,5 +434,45 @@ mod tests {
             && p.priority > BYPASS_PRIORITY
             && m.local.pod_cidrs.iter().any(|c| p.local.0 == c.network())));
         assert_eq!(w.iter().filter(|p| !p.discard).count(), 4, "{w:?}");
+    }
+
+    #[test]
+    fn node_encryption_discards_vpps_own_underlay_traffic_to_peers_but_esp_and_bypass() {
+        let mut m = super::super::tests::mesh(scrambler_core::Keys::single(1));
+        let off = wanted(&m);
+        m.node_encryption = Some(scrambler_core::NodeEncryption {
+            bypass: vec!["tcp/2379".parse().unwrap()],
+        });
+        let on = wanted(&m);
+        let added: Vec<&Policy> = on.difference(&off).collect();
+        let l = m.local.underlay[0];
+        let u = m.peers[0].underlay[0];
+        // one discard per pair, ESP and the port both ways bypassed above it
+        let discard: Vec<_> = added.iter().filter(|p| p.discard).collect();
+        assert_eq!(discard.len(), 1, "{added:?}");
+        assert_eq!((discard[0].local, discard[0].remote), ((l, l), (u, u)));
+        assert_eq!(discard[0].proto, 0);
+        let bypass: Vec<_> = added.iter().filter(|p| !p.discard).collect();
+        assert_eq!(bypass.len(), 3, "{added:?}");
+        assert!(bypass
+            .iter()
+            .all(|p| p.outbound && p.local == (l, l) && p.priority > discard[0].priority));
+        assert!(bypass.iter().any(|p| p.proto == ESP));
+        assert!(bypass
+            .iter()
+            .any(|p| p.proto == 6 && p.local_ports == (2379, 2379) && p.remote_ports == ALL_PORTS));
+        assert!(bypass
+            .iter()
+            .any(|p| p.proto == 6 && p.remote_ports == (2379, 2379) && p.local_ports == ALL_PORTS));
+        // below the pods' discards, above the general bypass
+        assert!(discard[0].priority < DISCARD_PRIORITY && discard[0].priority > BYPASS_PRIORITY);
+        // an entry round-trips through VPP's encoding, "any protocol" dumped as 255
+        for p in &on {
+            let mut e = p.entry();
+            if e.protocol == 0 {
+                e.protocol = ANY_PROTOCOL_DUMPED;
+            }
+            assert_eq!(Policy::of_entry(&e), Some(*p));
+        }
     }
 }

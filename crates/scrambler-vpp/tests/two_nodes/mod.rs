@@ -56,6 +56,11 @@ impl TwoNodes {
         TwoNodes::underlay_of(prefix, false).await
     }
 
+    /// [`TwoNodes::underlay`] on an IPv6 underlay (`fd00:2::<n>/64`), without pods.
+    pub async fn underlay_v6(prefix: &str) -> TwoNodes {
+        TwoNodes::underlay_of(prefix, true).await
+    }
+
     /// [`TwoNodes::start`] on an IPv6 underlay (`fd00:2::<n>/64`) instead.
     pub async fn start_v6(prefix: &str) -> TwoNodes {
         let t = TwoNodes::underlay_of(prefix, true).await;

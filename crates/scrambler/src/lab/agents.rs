@@ -218,6 +218,10 @@ pub(super) fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
                 .to_string(),
         );
     }
+    if state.spec.node_encryption {
+        // the agent adds its etcd endpoint's ports to the bypass list itself
+        v.push("--node-encryption".into());
+    }
     Ok(v)
 }
 

@@ -1,5 +1,7 @@
 //! Capturing the underlay and judging it: every packet between nodes must be ESP, and no
-//! packet carrying a pod address may cross in the clear.
+//! packet carrying a pod address may cross in the clear; with node encryption on, neither
+//! may an IP packet between two node (underlay) addresses but for the bypass ports (see
+//! [`NodeScope`]).
 //!
 //! tcpdump writes the capture (classic pcap); this module reads it itself, so the verdict
 //! does not depend on a capture-filter's reading of the headers.
@@ -9,7 +11,7 @@
 //! that the bridge forwards port to port.)
 
 use ipnet::IpNet;
-use scrambler_core::{Error, Result};
+use scrambler_core::{BypassPort, BypassProto, Error, Result};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -32,13 +34,32 @@ impl Capture {
 
     /// Stops tcpdump (flushing the file) and judges the capture.
     pub fn stop(self, pods: &[IpNet]) -> Result<Verdict> {
+        self.stop_with_nodes(pods, &NodeScope::default())
+    }
+
+    /// [`Capture::stop`], also judging the traffic between node addresses (`nodes`).
+    pub fn stop_with_nodes(self, pods: &[IpNet], nodes: &NodeScope) -> Result<Verdict> {
         let file = self.0.file().to_path_buf();
         let data = self
             .0
             .pcap()
             .map_err(|e| Error::io("read capture", file.display(), e))?;
-        judge(&data, pods)
+        judge_with_nodes(&data, pods, nodes)
     }
+}
+
+/// The nodes' own (host ↔ host) traffic as the verdict judges it: an IP packet whose
+/// source and destination are both in `underlay`, not ESP, not on a `bypass` port (TCP or
+/// UDP, source or destination port), not ICMPv6 neighbour discovery (ARP is no IP packet)
+/// is host cleartext: a leak when `encrypted` (node encryption on), information otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct NodeScope {
+    /// The nodes' underlay networks.
+    pub underlay: Vec<IpNet>,
+    /// The bypass ports of node encryption.
+    pub bypass: Vec<BypassPort>,
+    /// Node encryption is on: host cleartext is a leak.
+    pub encrypted: bool,
 }
 
 /// What crossed the underlay.
@@ -55,10 +76,24 @@ pub struct Verdict {
     pub cleartext: u64,
     /// A few of the leaked packets, for the report.
     pub cleartext_examples: Vec<String>,
+    /// With node encryption on: IP packets between node addresses that were neither ESP
+    /// nor on a bypass port (nor neighbour discovery): leaks (see [`NodeScope`]).
+    pub node_cleartext: u64,
+    /// A few of them, for the report.
+    pub node_cleartext_examples: Vec<String>,
+    /// With node encryption off: the same packets, as information (not a leak).
+    pub host_cleartext: u64,
+    /// Packets between node addresses on a bypass port (information).
+    pub bypassed: u64,
 }
 
 /// Reads a classic pcap (Ethernet link type) and classifies every packet.
 pub fn judge(pcap: &[u8], pods: &[IpNet]) -> Result<Verdict> {
+    judge_with_nodes(pcap, pods, &NodeScope::default())
+}
+
+/// [`judge`], also judging the traffic between node addresses (see [`NodeScope`]).
+pub fn judge_with_nodes(pcap: &[u8], pods: &[IpNet], nodes: &NodeScope) -> Result<Verdict> {
     let bad = |r: &str| Error::decode("capture", r);
     if pcap.len() < 24 {
         return Err(bad("shorter than a pcap header"));
@@ -96,7 +131,7 @@ pub fn judge(pcap: &[u8], pods: &[IpNet]) -> Result<Verdict> {
             break; // truncated last record (capture stopped mid-write)
         }
         v.frames += 1;
-        classify(linktype, &pcap[start..end], pods, &mut v);
+        classify(linktype, &pcap[start..end], pods, nodes, &mut v);
         off = end;
     }
     Ok(v)
@@ -115,7 +150,7 @@ fn l2_header(linktype: u32) -> (usize, usize) {
     }
 }
 
-fn classify(linktype: u32, frame: &[u8], pods: &[IpNet], v: &mut Verdict) {
+fn classify(linktype: u32, frame: &[u8], pods: &[IpNet], nodes: &NodeScope, v: &mut Verdict) {
     let (et_at, mut l3) = l2_header(linktype);
     if frame.len() < l3 {
         return;
@@ -126,18 +161,22 @@ fn classify(linktype: u32, frame: &[u8], pods: &[IpNet], v: &mut Verdict) {
         l3 += 4;
     }
     let p = &frame[l3..];
-    let (proto, src, dst) = match et {
+    // the protocol, the addresses and where the transport header starts (None: a later
+    // IPv4 fragment, or an IPv6 header chain not followed)
+    let (proto, src, dst, l4) = match et {
         0x0800 if p.len() >= 20 => {
             let s: [u8; 4] = [p[12], p[13], p[14], p[15]];
             let d: [u8; 4] = [p[16], p[17], p[18], p[19]];
-            (p[9], IpAddr::from(s), IpAddr::from(d))
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let first = u16::from_be_bytes([p[6], p[7]]) & 0x1fff == 0;
+            (p[9], IpAddr::from(s), IpAddr::from(d), first.then_some(ihl))
         }
         0x86dd if p.len() >= 40 => {
             let mut s = [0u8; 16];
             let mut d = [0u8; 16];
             s.copy_from_slice(&p[8..24]);
             d.copy_from_slice(&p[24..40]);
-            (p[6], IpAddr::from(s), IpAddr::from(d))
+            (p[6], IpAddr::from(s), IpAddr::from(d), Some(40))
         }
         _ => return,
     };
@@ -152,6 +191,47 @@ fn classify(linktype: u32, frame: &[u8], pods: &[IpNet], v: &mut Verdict) {
             v.cleartext_examples
                 .push(format!("{src} -> {dst} proto {proto}"));
         }
+        return;
+    }
+    let node = |a: &IpAddr| nodes.underlay.iter().any(|n| n.contains(a));
+    if !node(&src) || !node(&dst) {
+        return;
+    }
+    let l4 = l4.and_then(|at| p.get(at..)).unwrap_or_default();
+    // ICMPv6 router/neighbour solicitation and advertisement, redirect (133..=137)
+    if proto == 58 && l4.first().is_some_and(|t| (133..=137).contains(t)) {
+        return;
+    }
+    let ports = (l4.len() >= 4).then(|| {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    });
+    let bypassed = ports.is_some_and(|(sp, dp)| {
+        nodes.bypass.iter().any(|b| {
+            let n = match b.proto {
+                BypassProto::Tcp => 6,
+                BypassProto::Udp => 17,
+            };
+            n == proto && (b.port == sp || b.port == dp)
+        })
+    });
+    if bypassed {
+        v.bypassed += 1;
+    } else if nodes.encrypted {
+        v.node_cleartext += 1;
+        if v.node_cleartext_examples.len() < 5 {
+            let what = match ports {
+                Some((sp, dp)) if proto == 6 || proto == 17 => {
+                    format!("{src}:{sp} -> {dst}:{dp} proto {proto}")
+                }
+                _ => format!("{src} -> {dst} proto {proto}"),
+            };
+            v.node_cleartext_examples.push(what);
+        }
+    } else {
+        v.host_cleartext += 1;
     }
 }
 
@@ -199,6 +279,72 @@ mod tests {
         assert_eq!(v.cleartext, 1);
         assert!(v.cleartext_examples[0].contains("10.244.1.5"));
         assert!(judge(b"nonsense-nonsense-nonsense", &pods).is_err());
+    }
+
+    /// An IPv4 frame with a transport header: ports `sp` → `dp` (ICMP: type `sp >> 8`).
+    fn ipv4_ports(proto: u8, src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16) -> Vec<u8> {
+        let mut f = ipv4(proto, src, dst);
+        f.extend_from_slice(&sp.to_be_bytes());
+        f.extend_from_slice(&dp.to_be_bytes());
+        f.extend_from_slice(&[0u8; 16]);
+        f
+    }
+
+    fn ipv6(next: u8, src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x86, 0xdd]);
+        let mut h = vec![0x60, 0, 0, 0, 0, l4.len() as u8, next, 255];
+        let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            (src.parse().unwrap(), dst.parse().unwrap());
+        h.extend_from_slice(&s.octets());
+        h.extend_from_slice(&d.octets());
+        f.extend_from_slice(&h);
+        f.extend_from_slice(l4);
+        f
+    }
+
+    #[test]
+    fn cleartext_between_node_addresses_is_a_leak_with_node_encryption_but_for_bypass() {
+        let pods: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
+        let (a, b) = ([192, 0, 2, 1], [192, 0, 2, 2]);
+        let data = pcap(&[
+            ipv4(50, a, b),
+            // ICMP echo, a TCP SYN to 7777, TCP from and to the bypass port 2379
+            ipv4_ports(1, a, b, 0x0800, 0),
+            ipv4_ports(6, a, b, 40000, 7777),
+            ipv4_ports(6, a, b, 40000, 2379),
+            ipv4_ports(6, b, a, 2379, 40000),
+            // UDP on 2379 is not bypassed (only tcp/2379 is listed)
+            ipv4_ports(17, a, b, 40000, 2379),
+            // a node to something that is not a node: none of the verdict's business
+            ipv4_ports(6, a, [198, 51, 100, 1], 40000, 7777),
+            // IPv6 neighbour discovery is no leak, an IPv6 echo is
+            ipv6(58, "fd00:2::1", "fd00:2::2", &[135, 0, 0, 0]),
+            ipv6(58, "fd00:2::1", "fd00:2::2", &[128, 0, 0, 0]),
+        ]);
+        let mut scope = NodeScope {
+            underlay: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "fd00:2::/64".parse().unwrap(),
+            ],
+            bypass: vec!["tcp/2379".parse().unwrap()],
+            encrypted: true,
+        };
+        let v = judge_with_nodes(&data, &pods, &scope).unwrap();
+        assert_eq!((v.esp, v.cleartext), (1, 0));
+        assert_eq!(
+            (v.node_cleartext, v.bypassed, v.host_cleartext),
+            (4, 2, 0),
+            "{v:?}"
+        );
+        assert!(v.node_cleartext_examples[1].contains("192.0.2.1:40000 -> 192.0.2.2:7777"));
+        // node encryption off: the same packets are information
+        scope.encrypted = false;
+        let v = judge_with_nodes(&data, &pods, &scope).unwrap();
+        assert_eq!((v.node_cleartext, v.host_cleartext), (0, 4), "{v:?}");
+        // without a node scope (the former verdict): nothing about hosts
+        let v = judge(&data, &pods).unwrap();
+        assert_eq!((v.node_cleartext, v.host_cleartext, v.bypassed), (0, 0, 0));
     }
 
     #[test]

@@ -139,6 +139,13 @@ pub fn verdict(r: &InjectReport) -> Vec<String> {
             r.underlay.cleartext
         ));
     }
+    if r.underlay.node_cleartext > 0 {
+        why.push(format!(
+            "{} cleartext packets between node addresses on the underlay (node encryption \
+             on, outside ESP and the bypass ports)",
+            r.underlay.node_cleartext
+        ));
+    }
     for f in &r.flows {
         if f.sent == 0 {
             why.push(format!(
@@ -234,6 +241,10 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         if let (Some(c), Some(d)) = (state.pods_of(other).next(), state.pods_of(third).next()) {
             flows.push(probe::Flow::start(&c.name, d.ip, FLOW_INTERVAL_MS)?);
         }
+    }
+    if let Some((from, to)) = super::node_encryption::host_flow(&state, fault, node) {
+        // with node encryption, host traffic too: it must stay encrypted through the fault
+        flows.push(probe::Flow::start(&from, to, FLOW_INTERVAL_MS)?);
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
@@ -386,7 +397,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
     let supernet: IpNet = topology::POD_SUPERNET
         .parse()
         .map_err(|e| Error::config(format!("pod supernet: {e}")))?;
-    let underlay = cap.stop(&[supernet])?;
+    let underlay = cap.stop_with_nodes(&[supernet], &super::node_encryption::scope(&state)?)?;
     Ok(InjectReport {
         fault,
         node: names.node(node),
@@ -542,6 +553,7 @@ pub fn print_report(r: &InjectReport) {
             " !!! LEAK"
         }
     );
+    super::print_host_cleartext(&r.underlay);
     let why = verdict(r);
     if why.is_empty() {
         println!("fault verdict: PASS");
@@ -565,6 +577,7 @@ mod tests {
                 pods_per_node: 1,
                 backend,
                 agents,
+                node_encryption: false,
             },
             pods: vec![],
             node_backends: (1..=nodes).map(|i| backend.node(i)).collect(),

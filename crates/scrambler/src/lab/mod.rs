@@ -16,6 +16,7 @@ pub mod backend;
 pub mod capture;
 pub mod cmd;
 pub mod inject;
+pub mod node_encryption;
 pub mod pods;
 pub mod probe;
 pub mod progress;
@@ -56,6 +57,10 @@ pub struct LabSpec {
     /// not from the lab's mesh file.
     #[serde(default)]
     pub agents: bool,
+    /// Node encryption: the nodes' own traffic between their underlay addresses rides the
+    /// mesh (see [`node_encryption`]).
+    #[serde(default)]
+    pub node_encryption: bool,
 }
 
 /// One pod of the lab.
@@ -226,7 +231,7 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
     create_private_dir(&dir)?;
     let t0 = Instant::now();
     progress(format!(
-        "building {} nodes x {} pods in lab {:?}, backend {}, mesh from {} (state in {})",
+        "building {} nodes x {} pods in lab {:?}, backend {}, mesh from {}{} (state in {})",
         spec.nodes,
         spec.pods_per_node,
         spec.name,
@@ -235,6 +240,11 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
             "etcd (one agent per node)"
         } else {
             "the mesh file"
+        },
+        if spec.node_encryption {
+            ", node encryption on"
+        } else {
+            ""
         },
         dir.display()
     ));
@@ -252,7 +262,10 @@ pub async fn up(spec: LabSpec) -> Result<LabState> {
             cluster_cidrs: vec![topology::POD_SUPERNET
                 .parse()
                 .map_err(|e| Error::config(format!("lab pod supernet: {e}")))?],
-            node_encryption: None,
+            node_encryption: match spec.node_encryption {
+                true => Some(node_encryption::setting()?),
+                false => None,
+            },
         },
         key_file: key_file.clone(),
     };
@@ -420,6 +433,9 @@ pub struct TestReport {
     /// a VPP node's underlay address is VPP's own, so VPP answers the underlay probes to
     /// it; the NodePort goes to kernel-dataplane nodes only.
     pub node_pod: BTreeMap<String, (usize, usize)>,
+    /// With node encryption: host → host probes (`node1 host -> node2 underlay
+    /// (192.0.2.2)` pings, `… tcp/7777` connections, see [`node_encryption`]): ok, tried.
+    pub host_host: BTreeMap<String, (usize, usize)>,
     /// Underlay verdict.
     pub underlay: capture::Verdict,
     /// Peers up per node.
@@ -446,11 +462,21 @@ pub async fn test(name: &str) -> Result<TestReport> {
             });
         }
     }
-    let (host_pings, host_labels) = node_pod_pings(&state);
+    let (mut host_pings, mut host_labels) = node_pod_pings(&state);
+    let node_pod_count = host_pings.len();
+    if state.spec.node_encryption {
+        let (p, l) = node_encryption::host_pings(&state);
+        host_pings.extend(p);
+        host_labels.extend(l);
+    }
     progress(format!(
-        "pinging {} pod pairs across nodes, {} node <-> remote pod pairs",
+        "pinging {} pod pairs across nodes, {} node <-> remote pod pairs{}",
         pings.len(),
-        host_pings.len()
+        node_pod_count,
+        match host_pings.len() - node_pod_count {
+            0 => String::new(),
+            n => format!(", {n} host -> remote underlay pairs (node encryption)"),
+        }
     ));
     let all_ok = tokio::task::spawn_blocking({
         let pings: Vec<probe::Ping> = pings.iter().chain(&host_pings).cloned().collect();
@@ -460,7 +486,6 @@ pub async fn test(name: &str) -> Result<TestReport> {
     .map_err(|e| Error::kernel("run pings", "lab", e))?;
     let (ok, host_ok) = all_ok.split_at(pings.len());
     let mut host_ok = host_ok.to_vec();
-    let mut host_labels = host_labels;
     if let Some(np) = NodePort::pick(&state) {
         progress(format!("{} (NodePort-style DNAT + masquerade)", np.label));
         let label = np.label.clone();
@@ -470,9 +495,28 @@ pub async fn test(name: &str) -> Result<TestReport> {
         host_labels.push(label);
         host_ok.push(ok);
     }
+    let mut host_host_probes: Vec<(String, bool)> = Vec::new();
+    if state.spec.node_encryption {
+        let st = state.clone();
+        host_host_probes = tokio::task::spawn_blocking(move || node_encryption::tcp_probes(&st))
+            .await
+            .map_err(|e| Error::kernel("run TCP probes", "lab", e))??;
+    }
     let mut node_pod: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for (label, ok) in host_labels.into_iter().zip(&host_ok) {
-        let e = node_pod.entry(label).or_default();
+    let mut host_host: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (k, (label, ok)) in host_labels.into_iter().zip(&host_ok).enumerate() {
+        let hh = k >= node_pod_count && !label.contains("NodePort");
+        let e = match hh {
+            true => host_host.entry(label).or_default(),
+            false => node_pod.entry(label).or_default(),
+        };
+        e.1 += 1;
+        if *ok {
+            e.0 += 1;
+        }
+    }
+    for (label, ok) in &host_host_probes {
+        let e = host_host.entry(label.clone()).or_default();
         e.1 += 1;
         if *ok {
             e.0 += 1;
@@ -481,7 +525,8 @@ pub async fn test(name: &str) -> Result<TestReport> {
     let supernet: IpNet = topology::POD_SUPERNET
         .parse()
         .map_err(|e| Error::config(format!("pod supernet: {e}")))?;
-    let verdict = tokio::task::spawn_blocking(move || cap.stop(&[supernet]))
+    let scope = node_encryption::scope(&state)?;
+    let verdict = tokio::task::spawn_blocking(move || cap.stop_with_nodes(&[supernet], &scope))
         .await
         .map_err(|e| Error::kernel("stop capture", "lab", e))??;
 
@@ -522,12 +567,15 @@ pub async fn test(name: &str) -> Result<TestReport> {
     let pass = !ok.is_empty()
         && ok.iter().all(|o| *o)
         && host_ok.iter().all(|o| *o)
+        && host_host_probes.iter().all(|(_, o)| *o)
         && verdict.cleartext == 0
+        && verdict.node_cleartext == 0
         && pairs.values().all(|(_, _, esp)| *esp > 0)
         && tunnels_up.values().all(|(u, n)| *n > 0 && u == n);
     Ok(TestReport {
         pairs,
         node_pod,
+        host_host,
         underlay: verdict,
         tunnels_up,
         pass,
@@ -598,7 +646,8 @@ fn is_kernel(state: &LabState, i: usize) -> bool {
 /// host) pings node `node`'s underlay address; that node DNATs the echo requests to a pod
 /// on another kernel node and masquerades them (to its tunnel address, the address of the
 /// interface they leave by), so the pod's replies come back through the mesh. The node
-/// answers no ping itself meanwhile, so every reply is the pod's.
+/// answers no ping itself meanwhile, so every reply is the pod's. With node encryption
+/// the client's ping rides the mesh to the node and arrives decrypted from it.
 struct NodePort {
     node: String,
     node_ul: IpAddr,
@@ -629,11 +678,19 @@ impl NodePort {
             let client = (1..=n)
                 .find(|k| *k != i && *k != pod.node)
                 .unwrap_or(pod.node);
+            // a VPP node's host sends from its tunnel address (with node encryption, its
+            // only way to another node's underlay address is the mesh)
+            let client_src = match state.spec.node_encryption && vppnode::is_vpp(state, client) {
+                true => topology::node_desc(&names, client)
+                    .ok()?
+                    .tunnel_address(false)?,
+                false => ul(client)?,
+            };
             return Some(NodePort {
                 node: names.node(i),
                 node_ul: ul(i)?,
                 client: names.node(client),
-                client_ul: ul(client)?,
+                client_ul: client_src,
                 pod: pod.ip,
                 label: format!(
                     "{} host -> {} NodePort -> {} pod",
@@ -699,6 +756,9 @@ pub fn print_report(r: &TestReport) {
     for (k, (ok, n)) in &r.node_pod {
         println!("{k:<40} {:>10}", format!("{ok}/{n}"));
     }
+    for (k, (ok, n)) in &r.host_host {
+        println!("{k:<60} {:>6}", format!("{ok}/{n}"));
+    }
     println!();
     for (node, (up, n)) in &r.tunnels_up {
         println!("tunnels up on {node}: {up}/{n}");
@@ -714,11 +774,36 @@ pub fn print_report(r: &TestReport) {
             String::new()
         }
     );
+    print_host_cleartext(&r.underlay);
     println!(
         "verdict: {} ({:.1}s)",
         if r.pass { "PASS" } else { "FAIL" },
         r.seconds
     );
+}
+
+/// The verdict's line on cleartext between node addresses: leaks with node encryption on,
+/// information without it.
+pub fn print_host_cleartext(u: &capture::Verdict) {
+    if u.node_cleartext > 0 {
+        println!(
+            "underlay: {} cleartext packets between node addresses (node encryption on, \
+             outside ESP and the bypass ports) !!! e.g. {}",
+            u.node_cleartext,
+            u.node_cleartext_examples.join(", ")
+        );
+    } else if u.host_cleartext > 0 {
+        println!(
+            "underlay: {} cleartext packets between node addresses (node encryption off: \
+             information, not a leak)",
+            u.host_cleartext
+        );
+    } else {
+        println!(
+            "underlay: 0 cleartext packets between node addresses ({} on bypass ports)",
+            u.bypassed
+        );
+    }
 }
 
 /// `lab down`: removes every namespace of the lab and its state directory. Works on a
@@ -756,6 +841,7 @@ mod tests {
                 pods_per_node: 1,
                 backend,
                 agents,
+                node_encryption: false,
             },
             pods: vec![],
             node_backends: (1..=3).map(|i| backend.node(i)).collect(),

@@ -165,3 +165,35 @@ pub fn assert_agents_tour(out: &str) {
         "{out}"
     );
 }
+
+/// With `--node-encryption`: every `lab test` printed its host → host probes (at least
+/// `min_probes` of them per test: pings to underlay addresses, TCP connections), each
+/// answered, and no cleartext between node addresses crossed the underlay.
+pub fn assert_node_encryption(out: &str, min_probes: usize) {
+    assert!(out.contains("node encryption on"), "{out}");
+    let tests = out.lines().filter(|l| l.starts_with("verdict: ")).count();
+    let probes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" host -> ") && (l.contains(" underlay (") || l.contains(" tcp/")))
+        .filter(|l| !l.contains(" pod"))
+        .collect();
+    assert!(
+        tests > 0 && probes.len() >= tests * min_probes,
+        "{} host -> host probe lines for {tests} tests:\n{out}",
+        probes.len()
+    );
+    assert!(probes.iter().any(|l| l.contains(" tcp/")), "{out}");
+    for l in &probes {
+        let last = l.split_whitespace().last().unwrap_or_default();
+        let (ok, n) = last.split_once('/').unwrap_or(("", "?"));
+        assert!(ok == n && ok != "0", "not answered: {l}\n{out}");
+    }
+    assert_eq!(
+        out.matches("0 cleartext packets between node addresses (")
+            .count(),
+        out.matches("cleartext packets between node addresses")
+            .count(),
+        "{out}"
+    );
+    assert!(!out.contains("!!!"), "{out}");
+}
