@@ -470,6 +470,11 @@ enum LabCmd {
         /// node-join faults.
         #[arg(long)]
         agents: bool,
+        /// An IPv6-only underlay (2001:db8::i/64) and dual-stack pods (10.244.i.0/24 and
+        /// fd00:10:244:i::/64): ESP over IPv6, `lab test` pings both families (backends
+        /// veth, vpp, mixed).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
     ///
@@ -550,6 +555,9 @@ enum LabCmd {
         /// etcd-down, node-leave and node-join.
         #[arg(long)]
         agents: bool,
+        /// An IPv6-only underlay and dual-stack pods (as for `lab up`).
+        #[arg(long)]
+        ipv6: bool,
         /// With --agents: how long etcd stays down in the tour (s).
         #[arg(long, default_value_t = 30)]
         etcd_down_secs: u64,
@@ -907,6 +915,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             pods,
             backend,
             agents,
+            ipv6,
         }
         | LabCmd::Run {
             lab,
@@ -914,6 +923,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             pods,
             backend,
             agents,
+            ipv6,
             ..
         } => Ok(Some(LabSpec {
             name: lab.name.clone(),
@@ -921,6 +931,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             pods_per_node: *pods,
             backend: lab_backend(backend)?,
             agents: *agents,
+            ipv6: *ipv6,
         })),
         _ => Ok(None),
     }

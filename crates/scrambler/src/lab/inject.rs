@@ -3,7 +3,6 @@
 
 use super::{apply_node, capture, cmd, pods, probe, topology, LabState};
 use crate::meshfile::{next_rotation_phase, MeshFile};
-use ipnet::IpNet;
 use scrambler_core::{Error, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -270,9 +269,9 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             topology::delete_netns(&names.node(node));
             step(format!("{} and its pods removed", names.node(node)));
             tokio::time::sleep(hold).await;
-            topology::create_node(&names, node)?;
+            topology::create_node(&names, state.family(), node)?;
             if super::vppnode::is_vpp(&state, node) {
-                super::vppnode::start(name, node).await?;
+                super::vppnode::start(name, state.family(), node).await?;
             }
             // The rebooted node lost its SAs: re-creating them under the same keys would
             // restart sequence numbers and reuse GCM nonces (its ledger refuses that). It
@@ -303,6 +302,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
                         ));
                     }
                     old.ip = p.ip;
+                    old.ip6 = p.ip6;
                 }
             }
             state.save()?;
@@ -383,10 +383,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
     for f in flows {
         reports.push(f.stop()?);
     }
-    let supernet: IpNet = topology::POD_SUPERNET
-        .parse()
-        .map_err(|e| Error::config(format!("pod supernet: {e}")))?;
-    let underlay = cap.stop(&[supernet])?;
+    let underlay = cap.stop(&state.family().cluster_cidrs())?;
     Ok(InjectReport {
         fault,
         node: names.node(node),
@@ -491,8 +488,11 @@ async fn kill_agent_mid_apply(state: &LabState, node: usize) -> Result<u64> {
 fn delete_outbound_state(state: &LabState, node: usize, to: usize) -> Result<String> {
     let names = state.names();
     let ns = names.node(node);
-    let me = format!("192.0.2.{node}");
-    let peer = format!("192.0.2.{to}");
+    let family = state.family();
+    let (me, peer) = (
+        family.underlay(node).to_string(),
+        family.underlay(to).to_string(),
+    );
     let out = cmd::ip(&ns, &["xfrm", "state", "list"])?;
     for block in out.split("src ").skip(1) {
         let mut it = block.split_whitespace();
@@ -565,6 +565,7 @@ mod tests {
                 pods_per_node: 1,
                 backend,
                 agents,
+                ipv6: false,
             },
             pods: vec![],
             node_backends: (1..=nodes).map(|i| backend.node(i)).collect(),
