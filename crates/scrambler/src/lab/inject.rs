@@ -221,10 +221,15 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         }
         _ => {
             let a = first_pod(node)?;
-            vec![
+            let mut v = vec![
                 probe::Flow::start(&a.name, b.ip, FLOW_INTERVAL_MS)?,
                 probe::Flow::start(&b.name, a.ip, FLOW_INTERVAL_MS)?,
-            ]
+            ];
+            // an `--ipv6` lab's pods are dual-stack: IPv6 pod traffic is probed too
+            if let Some(b6) = b.ip6 {
+                v.push(probe::Flow::start(&a.name, b6, FLOW_INTERVAL_MS)?);
+            }
+            v
         }
     };
     if n >= 3 && fault != Fault::NodeJoin {
