@@ -863,11 +863,11 @@ pub fn print_report(r: &TestReport) {
         println!("{k:<28} {:>10} {:>12}", format!("{ok}/{n}"), esp);
     }
     for (k, (ok, n)) in &r.node_pod {
-        println!("{k:<46} {:>6}", format!("{ok}/{n}"));
+        println!("{k:<56} {:>6}", format!("{ok}/{n}"));
     }
     for (k, (ok, n, why)) in &r.expected_limits {
         println!(
-            "{k:<46} {:>6} expected limit, not judged: {why}",
+            "{k:<56} {:>6} expected limit, not judged: {why}",
             format!("{ok}/{n}")
         );
     }

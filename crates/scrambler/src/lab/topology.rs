@@ -198,6 +198,14 @@ pub fn create_node(names: &Names, family: Family, i: usize) -> Result<()> {
     let mut add = vec!["addr", "add", &addr, "dev", UNDERLAY_IF];
     if family.ipv6 {
         add.push("nodad");
+        // the kernel drops a link's IPv6 addresses when it goes down; a node's NIC comes
+        // back up with its configured address (a network manager's job), so the lab's
+        // `link-down` keeps it
+        cmd::sysctl(
+            &n,
+            &format!("net.ipv6.conf.{UNDERLAY_IF}.keep_addr_on_down"),
+            "1",
+        )?;
     }
     cmd::ip(&n, &add)?;
     cmd::ip(&n, &["link", "set", UNDERLAY_IF, "up"])?;
