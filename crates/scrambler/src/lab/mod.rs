@@ -967,6 +967,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_ipv6_lab_gives_pods_both_families_and_agents_the_ipv6_underlay() {
+        for backend in ["veth", "vpp", "mixed"] {
+            let mut l = lab(true, backend);
+            l.spec.ipv6 = true;
+            for i in 1..=3 {
+                let c = pod_conf(&l, i);
+                let ranges: Vec<&str> = c["ipam"]["ranges"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r[0]["subnet"].as_str().unwrap())
+                    .collect();
+                let v6 = format!("fd00:10:244:{i}::/64");
+                assert_eq!(ranges, [format!("10.244.{i}.0/24").as_str(), v6.as_str()]);
+                match vppnode::is_vpp(&l, i) {
+                    true => assert_eq!(c["vpp"]["underlayIpv6"], true, "{backend} n{i}"),
+                    false => assert_eq!(c["mtu"], 1420, "{backend} n{i}"),
+                }
+                let argv = agents::agent_argv(&l, i).unwrap();
+                let values = |flag: &str| -> Vec<String> {
+                    argv.windows(2)
+                        .filter(|w| w[0] == flag)
+                        .map(|w| w[1].clone())
+                        .collect()
+                };
+                assert_eq!(values("--underlay"), [format!("2001:db8::{i}")]);
+                assert_eq!(values("--pod-cidr"), [format!("10.244.{i}.0/24"), v6]);
+                assert_eq!(
+                    values("--cluster-cidr"),
+                    ["10.244.0.0/16", "fd00:10:244::/48"]
+                );
+            }
+        }
+        // the IPv4 lab is unchanged: one range, no MTU, IPv4 underlay
+        let l = lab(true, "veth");
+        let c = pod_conf(&l, 2);
+        assert_eq!(c["ipam"]["ranges"].as_array().unwrap().len(), 1);
+        assert!(c.get("mtu").is_none());
+        let argv = agents::agent_argv(&l, 2).unwrap();
+        assert!(argv
+            .windows(2)
+            .any(|w| w[0] == "--underlay" && w[1] == "192.0.2.2"));
+        let mut ipvlan = lab(false, "ipvlan").spec;
+        ipvlan.ipv6 = true;
+        let e = ipvlan.validate().unwrap_err().to_string();
+        assert!(e.contains("--ipv6 with --backend ipvlan"), "{e}");
+    }
+
     fn agent_argv_has(l: &LabState, i: usize, file: &str) -> bool {
         let argv = agents::agent_argv(l, i).unwrap();
         argv.windows(2)
