@@ -44,7 +44,7 @@ fn lab_run_ipv6_tour_passes_on_the_kernel() {
         "{all}"
     );
     // 3 nodes x 2 pods: 6 pods, 4 on other nodes each, 24 pings per family
-    let tests = assert_ipv6_lab_tests(&all, 24);
+    let tests = assert_ipv6_lab_tests(&all, &[24]);
     assert!(tests >= 6, "a test after each of the 5 faults: {tests}");
     assert_faults_injected(&all, FAULTS);
     for probe in [
