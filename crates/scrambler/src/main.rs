@@ -496,6 +496,11 @@ enum LabCmd {
         /// a leak.
         #[arg(long)]
         node_encryption: bool,
+        /// An IPv6-only underlay (2001:db8::i/64) and dual-stack pods (10.244.i.0/24 and
+        /// fd00:10:244:i::/64): ESP over IPv6, `lab test` pings both families (backends
+        /// veth, vpp, mixed).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Ping every pod from every pod on other nodes, capturing the underlay; print a verdict.
     ///
@@ -579,6 +584,9 @@ enum LabCmd {
         /// Node encryption (as for `lab up`).
         #[arg(long)]
         node_encryption: bool,
+        /// An IPv6-only underlay and dual-stack pods (as for `lab up`).
+        #[arg(long)]
+        ipv6: bool,
         /// With --agents: how long etcd stays down in the tour (s).
         #[arg(long, default_value_t = 30)]
         etcd_down_secs: u64,
@@ -937,6 +945,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             backend,
             agents,
             node_encryption,
+            ipv6,
         }
         | LabCmd::Run {
             lab,
@@ -945,6 +954,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             backend,
             agents,
             node_encryption,
+            ipv6,
             ..
         } => Ok(Some(LabSpec {
             name: lab.name.clone(),
@@ -953,6 +963,7 @@ fn lab_spec(cmd: &LabCmd) -> Result<Option<LabSpec>> {
             backend: lab_backend(backend)?,
             agents: *agents,
             node_encryption: *node_encryption,
+            ipv6: *ipv6,
         })),
         _ => Ok(None),
     }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    args, assert_agents_tour, assert_faults_injected, assert_lab_run_passed,
+    args, assert_agents_tour, assert_faults_injected, assert_ipv6_lab_tests, assert_lab_run_passed,
     assert_node_encryption, assert_nothing_left, lab_name, scrambler, tail, with_lab,
 };
 use std::process::Command;
@@ -24,6 +24,48 @@ fn lab_run_tour_passes_and_leaves_nothing_behind() {
     assert!(!all.contains("LEAK"), "{all}");
     assert_faults_injected(&all, FAULTS);
     // Nothing of the lab is left on this machine.
+    assert_nothing_left(&lab);
+}
+
+#[test]
+fn lab_run_ipv6_tour_passes_on_the_kernel() {
+    // An IPv6-only underlay and dual-stack pods on the kernel's xfrm mesh: both families
+    // pinged across nodes in every test of the tour (after each fault), ESP over IPv6
+    // counted per node pair, 0 cleartext of either family; the node's own IPv6 traffic to
+    // remote pods is shown as the documented limit, not judged; the NodePort over IPv6.
+    let lab = lab_name("sc6");
+    let (ok, all) = scrambler(&args("lab run --ipv6 --nodes 3 --pods 2"), &lab);
+    assert!(ok, "lab run --ipv6 failed:\n{}", tail(&all, 150));
+    assert_lab_run_passed(&all);
+    assert!(!all.contains("LEAK"), "{all}");
+    assert!(all.contains("IPv6-only underlay, dual-stack pods"), "{all}");
+    assert!(
+        all.contains(&format!("{lab}-n1 up (underlay 2001:db8::1)")),
+        "{all}"
+    );
+    // 3 nodes x 2 pods: 6 pods, 4 on other nodes each, 24 pings per family
+    let tests = assert_ipv6_lab_tests(&all, &[24]);
+    assert!(tests >= 6, "a test after each of the 5 faults: {tests}");
+    assert_faults_injected(&all, FAULTS);
+    for probe in [
+        format!("{lab}-n2 pod -> {lab}-n1 (fd00:10:244:1::1)"),
+        format!("{lab}-n1 pod -> {lab}-n2 underlay (2001:db8::2)"),
+        format!("{lab}-n1 host -> {lab}-n2 pod "),
+        format!("{lab}-n3 host -> {lab}-n1 NodePort -> {lab}-n2 pod (IPv6)"),
+    ] {
+        assert!(
+            all.lines()
+                .any(|l| l.starts_with(&probe) && l.trim_end().ends_with("1/1")),
+            "{probe}:\n{all}"
+        );
+    }
+    assert!(
+        all.lines().any(
+            |l| l.starts_with(&format!("{lab}-n1 host -> {lab}-n2 pod (IPv6)"))
+                && l.contains("expected limit, not judged: a kernel node's own IPv6")
+        ),
+        "{all}"
+    );
     assert_nothing_left(&lab);
 }
 

@@ -15,6 +15,18 @@ fn bad_lab_arguments_are_refused_before_anything_is_booted() {
         ("lab up --nodes 251", "--nodes 251 out of range"),
         ("lab run --pods 0", "--pods 0 out of range"),
         ("lab up --pods 201", "--pods 201 out of range"),
+        // --ipv6 is a flag of both; ipvlan's encrypted pods have no IPv6 path
+        ("lab up --ipv6 --nodes 1", "--nodes 1 out of range"),
+        ("lab run --ipv6 --pods 0", "--pods 0 out of range"),
+        (
+            "lab up --ipv6 --backend ipvlan",
+            "--ipv6 with --backend ipvlan",
+        ),
+        (
+            "lab run --backend ipvlan --ipv6",
+            "--ipv6 with --backend ipvlan",
+        ),
+        ("lab test --ipv6", "unexpected argument '--ipv6'"),
     ];
     for (line, expected) in cases {
         let (ok, out) = scrambler(&args(line), &lab);

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    args, assert_agents_tour, assert_faults_injected, assert_lab_run_passed,
+    args, assert_agents_tour, assert_faults_injected, assert_ipv6_lab_tests, assert_lab_run_passed,
     assert_node_encryption, assert_nothing_left, lab_name, scrambler, scrambler_cmd, tail,
     with_lab,
 };
@@ -28,6 +28,47 @@ fn vpp_lab_tour_passes_and_leaves_nothing_behind() {
     );
     assert_faults_injected(&out, &args("LinkDown KillAgent Rotate Reboot"));
     assert!(out.contains("lab inject DeleteState: skipped"), "{out}");
+    assert_nothing_left(&lab);
+}
+
+#[test]
+fn vpp_lab_ipv6_tour_passes() {
+    // VPP nodes on an IPv6-only underlay with dual-stack pods (`"underlayIpv6": true` in
+    // their conf): both families across nodes in every test of the tour, ESP over IPv6
+    // per node pair, 0 cleartext of either family. The host link is IPv4 only: its IPv6
+    // probes are shown as the documented limit.
+    let lab = lab_name("sv6");
+    let (ok, out) = scrambler(
+        &args("lab run --backend vpp --ipv6 --nodes 3 --pods 2"),
+        &lab,
+    );
+    assert!(
+        ok,
+        "lab run --backend vpp --ipv6 failed:\n{}",
+        tail(&out, 150)
+    );
+    assert_lab_run_passed(&out);
+    assert!(!out.contains("LEAK"), "{out}");
+    let tests = assert_ipv6_lab_tests(&out, &[24]);
+    assert!(tests >= 5, "a test after each of the 4 faults: {tests}");
+    assert_faults_injected(&out, &args("LinkDown KillAgent Rotate Reboot"));
+    for probe in [
+        format!("{lab}-n1 host -> {lab}-n2 pod "),
+        format!("{lab}-n2 pod -> {lab}-n1 underlay (2001:db8::1)"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&probe) && l.trim_end().ends_with("1/1")),
+            "{probe}:\n{out}"
+        );
+    }
+    assert!(
+        out.lines().any(
+            |l| l.starts_with(&format!("{lab}-n1 host -> {lab}-n2 pod (IPv6)"))
+                && l.contains("expected limit, not judged: a VPP node's host link is IPv4 only")
+        ),
+        "{out}"
+    );
     assert_nothing_left(&lab);
 }
 
@@ -137,6 +178,40 @@ fn mixed_lab_vpp_and_kernel_nodes_reach_each_other_over_esp_only() {
     assert_nothing_left(&lab);
 }
 
+#[test]
+fn mixed_lab_ipv6_tour_passes() {
+    // nodes 1 and 3 VPP, node 2 the kernel, on an IPv6-only underlay with dual-stack pods:
+    // kernel <-> VPP ESP over IPv6 carrying both pod families, the default tour, 0
+    // cleartext of either family.
+    let lab = lab_name("sm6");
+    let (ok, out) = scrambler(
+        &args("lab run --backend mixed --ipv6 --nodes 3 --pods 2"),
+        &lab,
+    );
+    assert!(
+        ok,
+        "lab run --backend mixed --ipv6 failed:\n{}",
+        tail(&out, 150)
+    );
+    assert_lab_run_passed(&out);
+    assert!(!out.contains("LEAK"), "{out}");
+    let tests = assert_ipv6_lab_tests(&out, &[24]);
+    assert!(tests >= 5, "a test after each fault: {tests}");
+    assert_faults_injected(&out, &args("LinkDown KillAgent Rotate Reboot"));
+    for probe in [
+        format!("{lab}-n1 pod -> {lab}-n2 (fd00:10:244:2::1)"),
+        format!("{lab}-n3 pod -> {lab}-n2 underlay (2001:db8::2)"),
+        format!("{lab}-n2 pod -> {lab}-n1 underlay (2001:db8::1)"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&probe) && l.trim_end().ends_with("1/1")),
+            "{probe}:\n{out}"
+        );
+    }
+    assert_nothing_left(&lab);
+}
+
 /// `scrambler mesh remove` and then `mesh apply` of the same mesh file on a node — what a
 /// reboot does to its dataplane — is refused by the node's ledger (the outbound SAs would
 /// come back under keys that have sent, sequence numbers from 1), every time, until
@@ -217,6 +292,31 @@ fn vpp_node_remove_then_apply_is_refused_until_a_new_epoch() {
         let rotated = std::fs::read_to_string(&mesh).unwrap();
         assert!(rotated.contains("\"tx\": 1"), "no rotation: {rotated}");
     });
+}
+
+#[test]
+fn vpp_lab_agents_ipv6_tour() {
+    // 3 VPP nodes on etcd over an IPv6-only underlay: each agent registers its IPv6
+    // underlay address and both pod CIDRs; every fault, both families tested after each
+    // (6 pings per family with 3 nodes x 1 pod, 2 while node 3 has left).
+    let lab = lab_name("sa6");
+    let (ok, out) = scrambler(
+        &args("lab run --backend vpp --agents --ipv6 --nodes 3 --pods 1 --etcd-down-secs 5"),
+        &lab,
+    );
+    assert!(
+        ok,
+        "lab run --backend vpp --agents --ipv6 failed:\n{}",
+        tail(&out, 150)
+    );
+    assert_agents_tour(&out);
+    let tests = assert_ipv6_lab_tests(&out, &[6, 2]);
+    assert!(tests >= 8, "a test after each of the 7 faults: {tests}");
+    assert!(
+        out.contains(&format!("{lab}-n2 up (underlay 2001:db8::2)")),
+        "{out}"
+    );
+    assert_nothing_left(&lab);
 }
 
 #[test]

@@ -75,9 +75,9 @@ async fn reboot(
         names.node(node)
     ));
     tokio::time::sleep(hold).await;
-    topology::create_node(&names, node)?;
+    topology::create_node(&names, state.family(), node)?;
     if vppnode::is_vpp(state, node) {
-        vppnode::start(&state.spec.name, node).await?;
+        vppnode::start(&state.spec.name, state.family(), node).await?;
     }
     agents::start_agent(state, node)?;
     step(format!("{} re-created, agent started", names.node(node)));
@@ -149,6 +149,7 @@ fn reattach_pods(state: &mut LabState, node: usize, step: &mut impl FnMut(String
                     ));
                 }
                 old.ip = p.ip;
+                old.ip6 = p.ip6;
             }
             None => state.pods.push(p),
         }
@@ -471,9 +472,9 @@ async fn node_join(state: &mut LabState, node: usize, step: &mut impl FnMut(Stri
     state.spec.nodes = node;
     state.node_backends.push(state.spec.backend.node(node));
     state.save()?;
-    topology::create_node(&names, node)?;
+    topology::create_node(&names, state.family(), node)?;
     if vppnode::is_vpp(state, node) {
-        vppnode::start(&state.spec.name, node).await?;
+        vppnode::start(&state.spec.name, state.family(), node).await?;
     }
     agents::start_agent(state, node)?;
     let t0 = Instant::now();

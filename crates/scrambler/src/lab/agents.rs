@@ -11,7 +11,7 @@
 //! file mode. Agents and etcd run detached (they outlive `lab up`); their pid files name
 //! them, and `lab down` stops them before the namespaces go.
 
-use super::{cmd, topology, vppnode, LabState};
+use super::{cmd, vppnode, LabState};
 use scrambler_agent::status::{AgentStatus, MESH_FILE, STATUS_FILE};
 use scrambler_core::{Error, Generation, Result, TunnelDataplane};
 use std::path::{Path, PathBuf};
@@ -183,11 +183,7 @@ pub(super) fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
         "--node-id".into(),
         i.to_string(),
         "--underlay".into(),
-        format!("192.0.2.{i}"),
-        "--pod-cidr".into(),
-        format!("10.244.{i}.0/24"),
-        "--cluster-cidr".into(),
-        topology::POD_SUPERNET.into(),
+        state.family().underlay(i).to_string(),
         "--backend".into(),
         backend.to_string(),
         "--key-file".into(),
@@ -210,6 +206,13 @@ pub(super) fn agent_argv(state: &LabState, i: usize) -> Result<Vec<String>> {
         "--max-delay-ms".into(),
         "500".into(),
     ];
+    let family = state.family();
+    for c in family.pod_cidrs(i) {
+        v.extend(["--pod-cidr".into(), c.to_string()]);
+    }
+    for c in family.cluster_cidrs() {
+        v.extend(["--cluster-cidr".into(), c.to_string()]);
+    }
     if backend == TunnelDataplane::Vpp {
         v.push("--vpp-socket".into());
         v.push(

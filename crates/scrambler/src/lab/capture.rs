@@ -348,6 +348,30 @@ mod tests {
     }
 
     #[test]
+    fn both_families_of_pod_traffic_are_judged_and_esp_over_ipv6_counts_per_pair() {
+        let pods: Vec<IpNet> = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/48".parse().unwrap(),
+        ];
+        let data = pcap(&[
+            ipv6(50, "2001:db8::1", "2001:db8::2", &[]),
+            ipv6(50, "2001:db8::2", "2001:db8::1", &[]),
+            ipv6(50, "2001:db8::1", "2001:db8::2", &[]),
+            ipv6(58, "fd00:10:244:1::2", "fd00:10:244:2::2", &[]),
+            ipv6(58, "2001:db8::1", "2001:db8::3", &[]),
+            ipv4(1, [10, 244, 1, 2], [10, 244, 3, 2]),
+        ]);
+        let v = judge(&data, &pods).unwrap();
+        assert_eq!((v.frames, v.esp, v.cleartext), (6, 3, 2));
+        let pair = |a: &str, b: &str| (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(v.esp_by_pair[&pair("2001:db8::1", "2001:db8::2")], 2);
+        assert_eq!(v.esp_by_pair[&pair("2001:db8::2", "2001:db8::1")], 1);
+        assert!(v.cleartext_examples[0].contains("fd00:10:244:1::2"));
+        // with the IPv4 supernet alone the IPv6 leak would go unseen: both are passed
+        assert_eq!(judge(&data, &pods[..1]).unwrap().cleartext, 1);
+    }
+
+    #[test]
     fn linux_cooked_v2_frames_are_read() {
         let pods: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
         // SLL2: protocol first, then 18 bytes of header, then IPv4.

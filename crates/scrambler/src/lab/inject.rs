@@ -3,7 +3,6 @@
 
 use super::{apply_node, capture, cmd, pods, probe, topology, LabState};
 use crate::meshfile::{next_rotation_phase, MeshFile};
-use ipnet::IpNet;
 use scrambler_core::{Error, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -229,10 +228,15 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         }
         _ => {
             let a = first_pod(node)?;
-            vec![
+            let mut v = vec![
                 probe::Flow::start(&a.name, b.ip, FLOW_INTERVAL_MS)?,
                 probe::Flow::start(&b.name, a.ip, FLOW_INTERVAL_MS)?,
-            ]
+            ];
+            // an `--ipv6` lab's pods are dual-stack: IPv6 pod traffic is probed too
+            if let Some(b6) = b.ip6 {
+                v.push(probe::Flow::start(&a.name, b6, FLOW_INTERVAL_MS)?);
+            }
+            v
         }
     };
     if n >= 3 && fault != Fault::NodeJoin {
@@ -281,9 +285,9 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             topology::delete_netns(&names.node(node));
             step(format!("{} and its pods removed", names.node(node)));
             tokio::time::sleep(hold).await;
-            topology::create_node(&names, node)?;
+            topology::create_node(&names, state.family(), node)?;
             if super::vppnode::is_vpp(&state, node) {
-                super::vppnode::start(name, node).await?;
+                super::vppnode::start(name, state.family(), node).await?;
             }
             // The rebooted node lost its SAs: re-creating them under the same keys would
             // restart sequence numbers and reuse GCM nonces (its ledger refuses that). It
@@ -314,6 +318,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
                         ));
                     }
                     old.ip = p.ip;
+                    old.ip6 = p.ip6;
                 }
             }
             state.save()?;
@@ -394,10 +399,10 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
     for f in flows {
         reports.push(f.stop()?);
     }
-    let supernet: IpNet = topology::POD_SUPERNET
-        .parse()
-        .map_err(|e| Error::config(format!("pod supernet: {e}")))?;
-    let underlay = cap.stop_with_nodes(&[supernet], &super::node_encryption::scope(&state)?)?;
+    let underlay = cap.stop_with_nodes(
+        &state.family().cluster_cidrs(),
+        &super::node_encryption::scope(&state)?,
+    )?;
     Ok(InjectReport {
         fault,
         node: names.node(node),
@@ -502,8 +507,11 @@ async fn kill_agent_mid_apply(state: &LabState, node: usize) -> Result<u64> {
 fn delete_outbound_state(state: &LabState, node: usize, to: usize) -> Result<String> {
     let names = state.names();
     let ns = names.node(node);
-    let me = format!("192.0.2.{node}");
-    let peer = format!("192.0.2.{to}");
+    let family = state.family();
+    let (me, peer) = (
+        family.underlay(node).to_string(),
+        family.underlay(to).to_string(),
+    );
     let out = cmd::ip(&ns, &["xfrm", "state", "list"])?;
     for block in out.split("src ").skip(1) {
         let mut it = block.split_whitespace();
@@ -578,6 +586,7 @@ mod tests {
                 backend,
                 agents,
                 node_encryption: false,
+                ipv6: false,
             },
             pods: vec![],
             node_backends: (1..=nodes).map(|i| backend.node(i)).collect(),

@@ -57,14 +57,14 @@ pub fn scope(state: &LabState) -> Result<NodeScope> {
     })
 }
 
-/// Node `i`'s underlay address (IPv4; the one place to change for an IPv6 underlay).
-fn underlay(i: usize) -> Option<IpAddr> {
-    format!("192.0.2.{i}").parse().ok()
+/// Node `i`'s underlay address (of the lab's underlay family).
+fn underlay(state: &LabState, i: usize) -> Option<IpAddr> {
+    Some(state.family().underlay(i))
 }
 
 /// Node `i`'s tunnel address (the first address of its pod CIDR).
 fn tunnel_address(state: &LabState, i: usize) -> Option<IpAddr> {
-    topology::node_desc(&state.names(), i)
+    topology::node_desc(&state.names(), state.family(), i)
         .ok()?
         .tunnel_address(false)
 }
@@ -79,7 +79,7 @@ pub fn host_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
             if is_kernel(state, i) && vppnode::is_vpp(state, j) {
                 continue;
             }
-            let Some(to) = underlay(j) else {
+            let Some(to) = underlay(state, j) else {
                 continue;
             };
             pings.push(probe::Ping {
@@ -105,7 +105,7 @@ pub fn host_flow(state: &LabState, fault: Fault, node: usize) -> Option<(String,
     }
     let from = (1..=state.spec.nodes)
         .find(|s| *s != node && !(is_kernel(state, *s) && vppnode::is_vpp(state, node)))?;
-    Some((state.names().node(from), underlay(node)?))
+    Some((state.names().node(from), underlay(state, node)?))
 }
 
 /// One TCP probe: from node `from`'s host to `to`:[`TCP_PORT`].
@@ -126,7 +126,7 @@ fn tcp_targets(state: &LabState) -> Vec<TcpProbe> {
         for j in (1..=state.spec.nodes).filter(|j| *j != i) {
             let (to, what) = match vppnode::is_vpp(state, j) {
                 true => (tunnel_address(state, j), "tunnel address"),
-                false => (underlay(j), "underlay"),
+                false => (underlay(state, j), "underlay"),
             };
             let Some(to) = to else {
                 continue;
@@ -225,6 +225,7 @@ mod tests {
                 backend,
                 agents: false,
                 node_encryption: true,
+                ipv6: false,
             },
             pods: vec![],
             node_backends: (1..=3).map(|i| backend.node(i)).collect(),
@@ -249,14 +250,14 @@ mod tests {
         }
         assert_eq!(
             host_flow(&lab("vpp"), Fault::Reboot, 1),
-            Some(("t-n2".to_string(), underlay(1).unwrap()))
+            Some(("t-n2".to_string(), "192.0.2.1".parse().unwrap()))
         );
         assert_eq!(host_flow(&lab("vpp"), Fault::NodeJoin, 1), None);
         // mixed (1, 3 VPP; 2 kernel): node 2 does not ping 1 and 3's underlay
         let l = lab("mixed");
         assert_eq!(
             host_flow(&l, Fault::LinkDown, 1),
-            Some(("t-n3".to_string(), underlay(1).unwrap()))
+            Some(("t-n3".to_string(), "192.0.2.1".parse().unwrap()))
         );
         let (pings, labels) = host_pings(&l);
         assert_eq!(pings.len(), 4, "{labels:?}");
@@ -269,7 +270,7 @@ mod tests {
         assert_eq!(tcp.len(), 6);
         for p in &tcp {
             let want = match p.to_node {
-                2 => underlay(2),
+                2 => "192.0.2.2".parse().ok(),
                 j => tunnel_address(&l, j),
             };
             assert_eq!(Some(p.to), want, "{}", p.label);

@@ -2,6 +2,7 @@
 //! the node's namespace with the CNI_* environment and the network conf on stdin.
 
 use super::cmd;
+use ipnet::IpNet;
 use scrambler_core::{Backend, CniResult, Error, Result};
 use std::io::Write;
 use std::net::IpAddr;
@@ -31,7 +32,18 @@ pub fn find_cni_binary() -> Result<PathBuf> {
 
 /// The network conf the lab gives the plugin for a node of backend `backend` (see
 /// [`super::backend`]).
-pub fn netconf(lab: &str, backend: Backend, pod_cidr: &str, lab_dir: &Path) -> serde_json::Value {
+/// One IPAM range set per pod CIDR (one per family), so a dual-stack node's pods get an
+/// address of each.
+pub fn netconf(
+    lab: &str,
+    backend: Backend,
+    pod_cidrs: &[IpNet],
+    lab_dir: &Path,
+) -> serde_json::Value {
+    let ranges: Vec<serde_json::Value> = pod_cidrs
+        .iter()
+        .map(|c| serde_json::json!([{"subnet": c.to_string()}]))
+        .collect();
     let mut conf = serde_json::json!({
         "cniVersion": "1.1.0",
         "name": lab,
@@ -40,7 +52,7 @@ pub fn netconf(lab: &str, backend: Backend, pod_cidr: &str, lab_dir: &Path) -> s
         "logFile": lab_dir.join("cni.log"),
         "ipam": {
             "type": "scrambler-ipam",
-            "ranges": [[{"subnet": pod_cidr}]],
+            "ranges": ranges,
             "dataDir": lab_dir.join("ipam"),
         }
     });
@@ -103,4 +115,9 @@ pub fn cni(
 /// The first IPv4 address of a result.
 pub fn first_ipv4(r: &CniResult) -> Option<IpAddr> {
     r.ips.iter().map(|i| i.address.addr()).find(|a| a.is_ipv4())
+}
+
+/// The first IPv6 address of a result.
+pub fn first_ipv6(r: &CniResult) -> Option<IpAddr> {
+    r.ips.iter().map(|i| i.address.addr()).find(|a| a.is_ipv6())
 }

@@ -1,12 +1,16 @@
 //! The lab's wiring: one "wire" namespace holding the underlay bridge, one namespace per
 //! node plugged into it, one namespace per pod (attached later by the CNI plugin).
 //!
-//! Node `i` (1-based) gets underlay `192.0.2.i/24` on its `ul0` and pod CIDR `10.244.i.0/24`.
+//! This module is the one place that decides the lab's addresses ([`Family`]): node `i`
+//! (1-based) gets underlay `192.0.2.i/24` on its `ul0` and pod CIDR `10.244.i.0/24`; with
+//! `--ipv6` the underlay is IPv6 only, `2001:db8::i/64`, and pods are dual-stack:
+//! `10.244.i.0/24` and `fd00:10:244:i::/64` (`i` in hex), under the cluster CIDRs
+//! `10.244.0.0/16` and `fd00:10:244::/48`.
 //! Every name starts with the lab's name so several labs (and tests) can coexist.
 
 use super::cmd;
 use ipnet::IpNet;
-use scrambler_core::{Epoch, Error, Node, NodeId, Result};
+use scrambler_core::{Epoch, Node, NodeId, Result};
 use std::net::IpAddr;
 
 /// The underlay interface name inside each node.
@@ -15,6 +19,74 @@ pub const UNDERLAY_IF: &str = "ul0";
 pub const BRIDGE: &str = "br0";
 /// Pods' supernet (all node pod CIDRs are inside it).
 pub const POD_SUPERNET: &str = "10.244.0.0/16";
+/// Pods' IPv6 supernet of an `--ipv6` lab (every node's IPv6 pod CIDR is inside it).
+pub const POD_SUPERNET6: &str = "fd00:10:244::/48";
+
+/// The lab's address plan: an IPv4 underlay with IPv4 pods (the default), or an IPv6-only
+/// underlay with dual-stack pods (`--ipv6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    /// IPv6-only underlay, dual-stack pods.
+    pub ipv6: bool,
+}
+
+impl Family {
+    /// The plan of a lab built with (`true`) or without `--ipv6`.
+    pub fn new(ipv6: bool) -> Family {
+        Family { ipv6 }
+    }
+
+    /// Node `i`'s underlay address: `192.0.2.i`, or `2001:db8::i` (IPv6-only underlay).
+    pub fn underlay(self, i: usize) -> IpAddr {
+        match self.ipv6 {
+            false => IpAddr::from([192, 0, 2, (i & 0xff) as u8]),
+            true => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, (i & 0xffff) as u16]),
+        }
+    }
+
+    /// Node `i`'s underlay address with the wire's prefix length (`/24`, `/64`).
+    pub fn underlay_prefix(self, i: usize) -> IpNet {
+        let len = if self.ipv6 { 64 } else { 24 };
+        IpNet::new(self.underlay(i), len).unwrap_or_else(|_| IpNet::from(self.underlay(i)))
+    }
+
+    /// The node whose underlay address `addr` is (1..=`nodes`), if any.
+    pub fn node_of_underlay(self, addr: IpAddr, nodes: usize) -> Option<usize> {
+        (1..=nodes).find(|i| self.underlay(*i) == addr)
+    }
+
+    /// Node `i`'s pod CIDRs: `10.244.i.0/24`, and with IPv6 also `fd00:10:244:i::/64`.
+    pub fn pod_cidrs(self, i: usize) -> Vec<IpNet> {
+        let v4 = IpNet::new(IpAddr::from([10, 244, (i & 0xff) as u8, 0]), 24);
+        let v6 = IpNet::new(
+            IpAddr::from([0xfd00, 0x10, 0x244, (i & 0xffff) as u16, 0, 0, 0, 0]),
+            64,
+        );
+        let mut out: Vec<IpNet> = v4.into_iter().collect();
+        if self.ipv6 {
+            out.extend(v6);
+        }
+        out
+    }
+
+    /// The cluster CIDRs every node guards: the supernets of the pod CIDRs of each family.
+    pub fn cluster_cidrs(self) -> Vec<IpNet> {
+        let mut out = vec![POD_SUPERNET];
+        if self.ipv6 {
+            out.push(POD_SUPERNET6);
+        }
+        out.into_iter().filter_map(|c| c.parse().ok()).collect()
+    }
+
+    /// What pods' `lab test` pings, per address family, are labelled as.
+    pub fn name(v6: bool) -> &'static str {
+        if v6 {
+            "IPv6"
+        } else {
+            "IPv4"
+        }
+    }
+}
 
 /// Largest lab: node addresses and pod CIDRs are numbered within one /24 and one /16.
 pub const MAX_NODES: usize = 250;
@@ -67,19 +139,13 @@ impl Names {
 }
 
 /// The mesh description of node `i` (1-based) in the lab, with a fresh random epoch.
-pub fn node_desc(names: &Names, i: usize) -> Result<Node> {
-    let ul: IpAddr = format!("192.0.2.{i}")
-        .parse()
-        .map_err(|e| Error::config(format!("node {i}: {e}")))?;
-    let cidr: IpNet = format!("10.244.{i}.0/24")
-        .parse()
-        .map_err(|e| Error::config(format!("node {i}: {e}")))?;
+pub fn node_desc(names: &Names, family: Family, i: usize) -> Result<Node> {
     Ok(Node {
         name: names.node(i),
         id: NodeId::new(i as u32)?,
         epoch: Epoch::generate(None)?,
-        underlay: vec![ul],
-        pod_cidrs: vec![cidr],
+        underlay: vec![family.underlay(i)],
+        pod_cidrs: family.pod_cidrs(i),
         previous_epochs: Vec::new(),
     })
 }
@@ -102,8 +168,9 @@ pub fn underlay_mac(i: usize) -> String {
     format!("02:5c:00:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff)
 }
 
-/// Creates node `i`'s namespace, plugs it into the bridge and addresses its underlay.
-pub fn create_node(names: &Names, i: usize) -> Result<()> {
+/// Creates node `i`'s namespace, plugs it into the bridge and addresses its underlay
+/// (an IPv6 address without duplicate address detection: it is usable at once).
+pub fn create_node(names: &Names, family: Family, i: usize) -> Result<()> {
     let n = names.node(i);
     let w = names.wire();
     let port = Names::port(i);
@@ -127,18 +194,25 @@ pub fn create_node(names: &Names, i: usize) -> Result<()> {
         ],
     )?;
     cmd::ip(&w, &["link", "set", &port, "master", BRIDGE, "up"])?;
-    cmd::ip(
-        &n,
-        &[
-            "addr",
-            "add",
-            &format!("192.0.2.{i}/24"),
-            "dev",
-            UNDERLAY_IF,
-        ],
-    )?;
+    let addr = family.underlay_prefix(i).to_string();
+    let mut add = vec!["addr", "add", &addr, "dev", UNDERLAY_IF];
+    if family.ipv6 {
+        add.push("nodad");
+        // the kernel drops a link's IPv6 addresses when it goes down; a node's NIC comes
+        // back up with its configured address (a network manager's job), so the lab's
+        // `link-down` keeps it
+        cmd::sysctl(
+            &n,
+            &format!("net.ipv6.conf.{UNDERLAY_IF}.keep_addr_on_down"),
+            "1",
+        )?;
+    }
+    cmd::ip(&n, &add)?;
     cmd::ip(&n, &["link", "set", UNDERLAY_IF, "up"])?;
     cmd::sysctl(&n, "net.ipv4.ip_forward", "1")?;
+    if family.ipv6 {
+        cmd::sysctl(&n, "net.ipv6.conf.all.forwarding", "1")?;
+    }
     Ok(())
 }
 
@@ -193,6 +267,41 @@ mod tests {
         ] {
             assert!(!a.owns(other), "{other}");
         }
+    }
+
+    #[test]
+    fn the_address_plan_of_both_families() {
+        let (v4, v6) = (Family::new(false), Family::new(true));
+        assert_eq!(v4.underlay_prefix(3).to_string(), "192.0.2.3/24");
+        assert_eq!(v6.underlay_prefix(3).to_string(), "2001:db8::3/64");
+        let cidrs = |f: Family, i| {
+            f.pod_cidrs(i)
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cidrs(v4, 12), ["10.244.12.0/24"]);
+        assert_eq!(cidrs(v6, 12), ["10.244.12.0/24", "fd00:10:244:c::/64"]);
+        assert_eq!(v4.cluster_cidrs().len(), 1);
+        let cluster = v6.cluster_cidrs();
+        assert_eq!(cluster.len(), 2);
+        for i in [1, 200, MAX_NODES] {
+            for c in v6.pod_cidrs(i) {
+                assert!(cluster.iter().any(|s| s.contains(&c)), "{c}");
+            }
+            assert_eq!(v6.node_of_underlay(v6.underlay(i), MAX_NODES), Some(i));
+            assert_eq!(v4.node_of_underlay(v4.underlay(i), MAX_NODES), Some(i));
+        }
+        assert_eq!(v6.node_of_underlay(v4.underlay(2), 3), None);
+        assert_eq!(v4.node_of_underlay(v4.underlay(4), 3), None);
+        let node = node_desc(&Names { lab: "t".into() }, v6, 2).unwrap();
+        assert_eq!(
+            node.tunnel_addresses(),
+            [
+                "10.244.2.1".parse::<IpAddr>().unwrap(),
+                "fd00:10:244:2::1".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

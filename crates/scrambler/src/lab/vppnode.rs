@@ -14,10 +14,13 @@
 //! * it is started detached (its own session), so it outlives `lab up`; `lab down` (and a
 //!   failed `lab up`) stops it through the pid file and removes its files;
 //! * it takes the node's underlay veth with af_packet (fixed MAC `02:fe:00:00:01:<i>`) and
-//!   holds `192.0.2.<i>/24` itself: the kernel side of the veth keeps no address, so only
-//!   VPP answers ARP for it;
+//!   holds the node's underlay address (`192.0.2.<i>/24`, or `2001:db8::<i>/64` in an
+//!   `--ipv6` lab, see [`topology::Family`]) itself: the kernel side of the veth keeps no
+//!   address (and has IPv6 off), so only VPP answers ARP and neighbour solicitations for it;
 //! * the mesh is applied with `VppTunnel` over its API socket, pods are attached by the
-//!   `scrambler-cni` binary with `"backend": "vpp"` and `"vpp": {"apiSocket": …}`.
+//!   `scrambler-cni` binary with `"backend": "vpp"` and `"vpp": {"apiSocket": …}` (plus
+//!   `"underlayIpv6": true` in an `--ipv6` lab: the pods' MTU leaves room for ESP's IPv6
+//!   outer header).
 
 use super::{cmd, topology, LabState};
 use scrambler_core::{Backend, Error, Result, TunnelDataplane};
@@ -91,7 +94,7 @@ pub const VM_MEMORY_MB: u32 = 3072;
 
 /// Starts node `i`'s VPP (detached), hands it the node's underlay and waits until it
 /// answers. The node namespace must exist.
-pub async fn start(lab: &str, i: usize) -> Result<()> {
+pub async fn start(lab: &str, family: topology::Family, i: usize) -> Result<()> {
     let vpp = dist()?;
     let node = super::topology::Names { lab: lab.into() }.node(i);
     let dir = run_dir(lab, i);
@@ -110,7 +113,7 @@ pub async fn start(lab: &str, i: usize) -> Result<()> {
         .map_err(|e| Error::io("write", pid_file.display(), e))?;
     let ready = match wait_ready(lab, i, pid).await {
         Ok(c) => {
-            let r = take_underlay(&c, i).await;
+            let r = take_underlay(&c, family, i).await;
             let _ = c.close().await;
             r
         }
@@ -246,8 +249,9 @@ async fn wait_ready(lab: &str, i: usize, pid: u32) -> Result<VppClient> {
     }
 }
 
-/// VPP takes the underlay veth (af_packet, fixed MAC, interrupt mode) with `192.0.2.i/24`.
-async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
+/// VPP takes the underlay veth (af_packet, fixed MAC, interrupt mode) with the node's
+/// underlay address.
+async fn take_underlay(c: &VppClient, family: topology::Family, i: usize) -> Result<()> {
     let what = |op: &str| format!("{op} host-{} on node {i}", topology::UNDERLAY_IF);
     let fail = |op: String| {
         move |e: scrambler_vpp_api::VppError| Error::Dataplane {
@@ -285,9 +289,7 @@ async fn take_underlay(c: &VppClient, i: usize) -> Result<()> {
     })
     .await
     .map_err(fail(what("set up")))?;
-    let prefix: ipnet::IpNet = format!("192.0.2.{i}/24")
-        .parse()
-        .map_err(|e| Error::config(format!("node {i} underlay: {e}")))?;
+    let prefix = family.underlay_prefix(i);
     c.request(&SwInterfaceAddDelAddress {
         sw_if_index: sw,
         is_add: true,
@@ -388,10 +390,18 @@ pub fn stop_all(lab: &str) {
 }
 
 /// The CNI network conf of a pod on VPP node `i`: `base` with `"backend": "vpp"` and the
-/// node's VPP API socket.
-pub fn pod_conf(mut base: serde_json::Value, lab: &str, i: usize) -> serde_json::Value {
+/// node's VPP API socket; on an IPv6 underlay (`underlay_v6`) `"underlayIpv6": true`.
+pub fn pod_conf(
+    mut base: serde_json::Value,
+    lab: &str,
+    i: usize,
+    underlay_v6: bool,
+) -> serde_json::Value {
     base["backend"] = Backend::Vpp.as_str().into();
     base["vpp"] = serde_json::json!({ "apiSocket": api_socket(lab, i) });
+    if underlay_v6 {
+        base["vpp"]["underlayIpv6"] = true.into();
+    }
     base
 }
 
@@ -451,11 +461,15 @@ mod tests {
 
     #[test]
     fn pod_conf_points_at_the_node_vpp() {
-        let c = pod_conf(serde_json::json!({"backend": "xfrm", "name": "l"}), "l", 3);
+        let base = serde_json::json!({"backend": "xfrm", "name": "l"});
+        let c = pod_conf(base.clone(), "l", 3, false);
         assert_eq!(c["backend"], "vpp");
         assert_eq!(
             c["vpp"]["apiSocket"],
             "/run/scrambler-lab/l/vpp-n3/api.sock"
         );
+        assert!(c["vpp"].get("underlayIpv6").is_none());
+        let c6 = pod_conf(base, "l", 3, true);
+        assert_eq!(c6["vpp"]["underlayIpv6"], true);
     }
 }

@@ -197,3 +197,36 @@ pub fn assert_node_encryption(out: &str, min_probes: usize) {
     );
     assert!(!out.contains("!!!"), "{out}");
 }
+
+/// An `--ipv6` lab's `lab test` (every one of them in `out`, e.g. after each fault of a
+/// tour) pinged both families across nodes, every ping answered, one of `pairs` pings of
+/// each family each time (the lab's size may change in a tour), with no cleartext of
+/// either family; returns how many tests it found.
+pub fn assert_ipv6_lab_tests(out: &str, pairs: &[usize]) -> usize {
+    let mut found = 0;
+    for family in ["IPv4", "IPv6"] {
+        let prefix = format!("{family} pod pings across nodes: ");
+        let counts: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect();
+        assert!(!counts.is_empty(), "no {family} pod pings:\n{out}");
+        for c in &counts {
+            assert!(
+                pairs.iter().any(|n| *c == format!("{n}/{n}")),
+                "{family} {c}, expected all of one of {pairs:?}:\n{out}"
+            );
+        }
+        found = counts.len();
+    }
+    let verdicts = out.lines().filter(|l| l.starts_with("verdict: ")).count();
+    assert_eq!(verdicts, found, "a test without both families:\n{out}");
+    assert!(!out.contains("verdict: FAIL"), "{out}");
+    let clean = "0 cleartext packets between pod CIDRs (IPv4 and IPv6)";
+    assert_eq!(
+        out.matches(clean).count(),
+        found,
+        "every test judges both families' cleartext, 0 each time:\n{out}"
+    );
+    found
+}
