@@ -83,15 +83,21 @@ impl BypassProto {
 pub struct BypassPort {
     /// The protocol.
     pub proto: BypassProto,
-    /// The port (1..=65535), matched as source or destination port.
+    /// The port (1..=[`MAX_BYPASS_PORT`]), matched as source or destination port.
     pub port: u16,
 }
 
+/// Highest bypass port: the kernel refuses a policy-routing rule's port range that ends
+/// at 65535 (`fib_rule_port_range_valid`), so 65535 cannot be bypassed.
+pub const MAX_BYPASS_PORT: u16 = 65534;
+
 impl BypassPort {
-    /// `proto/port`.
+    /// `proto/port`; `port` is 1..=[`MAX_BYPASS_PORT`].
     pub fn new(proto: BypassProto, port: u16) -> Result<Self> {
-        if port == 0 {
-            return Err(Error::config("bypass port 0: ports are 1..=65535"));
+        if port == 0 || port > MAX_BYPASS_PORT {
+            return Err(Error::config(format!(
+                "bypass port {port}: bypass ports are 1..={MAX_BYPASS_PORT}"
+            )));
         }
         Ok(BypassPort { proto, port })
     }
@@ -121,8 +127,10 @@ impl FromStr for BypassPort {
             "udp" => BypassProto::Udp,
             _ => return Err(bad("names no protocol Scrambler knows (tcp, udp)")),
         };
-        let port: u16 = port.parse().map_err(|_| bad("has no port 1..=65535"))?;
-        BypassPort::new(proto, port).map_err(|_| bad("has port 0"))
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad(&format!("has no port 1..={MAX_BYPASS_PORT}")))?;
+        BypassPort::new(proto, port).map_err(|_| bad(&format!("is outside 1..={MAX_BYPASS_PORT}")))
     }
 }
 
@@ -149,8 +157,20 @@ mod tests {
         assert_eq!(b.proto, BypassProto::Tcp);
         assert_eq!(b.port, 2379);
         assert_eq!(b.to_string(), "tcp/2379");
+        assert_eq!(
+            "udp/65534".parse::<BypassPort>().unwrap().port,
+            MAX_BYPASS_PORT
+        );
         assert_eq!("udp/53".parse::<BypassPort>().unwrap().proto.number(), 17);
-        for bad in ["tcp", "tcp/0", "tcp/65536", "icmp/1", "tcp/x", "/22"] {
+        for bad in [
+            "tcp",
+            "tcp/0",
+            "tcp/65535",
+            "tcp/65536",
+            "icmp/1",
+            "tcp/x",
+            "/22",
+        ] {
             assert!(bad.parse::<BypassPort>().is_err(), "{bad}");
         }
     }

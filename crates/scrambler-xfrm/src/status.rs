@@ -116,6 +116,7 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
         .iter()
         .filter(|k| policies.get(k).copied() != desired.policies.get(*k))
         .count();
+    let host_open = host_v6_open(&desired, &obs);
     let mut errors = obs.xfrm_stat;
     let mut peers = Vec::new();
     for peer in &mesh.peers {
@@ -156,6 +157,7 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
         );
     }
     let fail_closed = unreachable_missing == 0
+        && !host_open
         && desired
             .policies
             .values()
@@ -179,6 +181,27 @@ pub(crate) fn build(cfg: &XfrmConfig, mesh: &Mesh, obs: Observed<'_>) -> Result<
         errors,
         overhead: esp::esp_overhead(outer_v6),
     })
+}
+
+/// Whether node encryption's IPv6 host traffic to a peer can leave in the clear: no block
+/// policy stands behind its steering (IPv6 has no `disable_xfrm`, see
+/// [`crate::plan`]'s node encryption), so a missing IPv6 node-encryption rule, or a
+/// missing route of a peer's IPv6 underlay address in Scrambler's table (all of them when
+/// the interface is gone), sends it by the main table's routes.
+fn host_v6_open(desired: &Desired, obs: &Observed<'_>) -> bool {
+    if desired.node_rules.is_empty() {
+        return false;
+    }
+    let rule_missing = desired
+        .node_rules
+        .iter()
+        .any(|r| r.src.addr().is_ipv6() && !obs.rules.contains(r));
+    let route_missing = desired
+        .underlay_routes
+        .iter()
+        .filter(|(u, _)| u.addr().is_ipv6())
+        .any(|(u, src)| obs.table_routes.and_then(|t| t.get(u)) != Some(src));
+    rule_missing || route_missing
 }
 
 fn peer_status(
@@ -328,6 +351,73 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m["XfrmInNoStates"], 12);
         assert_eq!(m["XfrmOutPolBlock"], 3);
+    }
+
+    /// A dual-stack-underlay mesh with node encryption, and what a dataplane holding all
+    /// of it looks like.
+    fn host_traffic_in_place() -> (XfrmConfig, Mesh, Vec<FoundPolicy>, BTreeSet<RuleSpec>) {
+        let cfg = XfrmConfig::default();
+        let mut m = crate::plan::tests::mesh(1, 2);
+        for n in std::iter::once(&mut m.local).chain(m.peers.iter_mut()) {
+            let id = n.id.get();
+            n.underlay = vec![
+                format!("192.0.2.{id}").parse().unwrap(),
+                format!("2001:db8::{id}").parse().unwrap(),
+            ];
+        }
+        m.node_encryption = Some(scrambler_core::NodeEncryption {
+            bypass: vec!["tcp/2379".parse().unwrap()],
+        });
+        let d = Desired::plan(&cfg, &m, None).unwrap();
+        let policies = d
+            .policies
+            .values()
+            .map(|p| FoundPolicy {
+                policy: p.clone(),
+                index: 0,
+                unusual: false,
+            })
+            .collect();
+        (cfg, m, policies, d.node_rules.clone())
+    }
+
+    #[test]
+    fn ipv6_host_traffic_without_its_steering_is_not_fail_closed() {
+        let (cfg, m, policies, rules) = host_traffic_in_place();
+        let d = Desired::plan(&cfg, &m, None).unwrap();
+        let table: crate::link::Routes = d.underlay_routes.clone();
+        let fail_closed = |rules: &BTreeSet<RuleSpec>, table: Option<&crate::link::Routes>| {
+            let obs = Observed {
+                policies: &policies,
+                states: &[],
+                routes: None,
+                table_routes: table,
+                rules,
+                unreachable: &d.unreachable,
+                xfrm_stat: Default::default(),
+            };
+            build(&cfg, &m, obs).unwrap().fail_closed
+        };
+        assert!(fail_closed(&rules, Some(&table)));
+        // an IPv4 steering rule gone: the IPv4 host block still drops
+        let v4_gone: BTreeSet<RuleSpec> = rules
+            .iter()
+            .filter(|r| r.src.addr().is_ipv6() || r.ipproto != Some(6))
+            .cloned()
+            .collect();
+        assert!(v4_gone.len() < rules.len());
+        assert!(fail_closed(&v4_gone, Some(&table)));
+        // an IPv6 one gone, a peer's IPv6 route gone, the interface gone: open
+        let v6_gone: BTreeSet<RuleSpec> = rules
+            .iter()
+            .filter(|r| !r.src.addr().is_ipv6() || r.ipproto != Some(6))
+            .cloned()
+            .collect();
+        assert!(!fail_closed(&v6_gone, Some(&table)));
+        let mut no_v6_route = table.clone();
+        no_v6_route.retain(|u, _| u.addr().is_ipv4());
+        assert!(!fail_closed(&rules, Some(&no_v6_route)));
+        assert!(!fail_closed(&rules, None));
     }
 
     #[test]
