@@ -176,6 +176,7 @@
 mod cluster_guard;
 mod guard;
 mod host_link;
+mod host_steering;
 mod ids;
 mod ops;
 mod plan;
@@ -206,14 +207,15 @@ pub use self::cluster_guard::guard_in_place;
 pub use self::host_link::{
     HOST_LINK_ALIAS, HOST_LINK_IF, HOST_LINK_MAC, HOST_LINK_TAG, HOST_LINK_VPP_IF,
 };
+pub use self::host_steering::{HOST_ROUTE_TABLE, HOST_RULE_PRIORITY};
 pub use self::ids::{
     owned_sa, sa_id, sa_id_in_slot, sa_id_slots, tunnel_instance, tunnel_peer, Direction,
     POD_TABLE_ID, ROUTE_PREFERENCE, SA_ID_BASE, SA_SLOTS, TAG_PREFIX, TUNNEL_INSTANCE_BASE,
     UNDERLAY_SPD_ID,
 };
 pub use self::status::{
-    PeerCounters, HOST_LINK_MISSING, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED,
-    STATS_UNAVAILABLE, UNDERLAY_GUARD_MISSING,
+    PeerCounters, HOST_LINK_MISSING, LOST_OUTBOUND, NODE_ENCRYPTION_HOST_UNCOVERED,
+    NODE_STEERING_MISSING, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE, UNDERLAY_GUARD_MISSING,
 };
 pub use crate::endpoint::SocketResolver;
 
@@ -357,9 +359,16 @@ impl Tunnel for VppTunnel {
             place_inbound(p, &have.sas);
         }
         let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
+        if !self.host_link && mesh.node_encryption.is_some() {
+            tracing::warn!(
+                "node encryption is on but the host link is off: Scrambler does not steer \
+                 the host's own traffic to its peers' underlay addresses (it takes whatever \
+                 route the host has, possibly in the clear)"
+            );
+        }
         if self.host_link {
-            let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
-            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu, &steered).await?;
+            let targets = host_steering::targets(mesh, have.pod_routes.keys());
+            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu, &targets).await?;
             rep.added += h.added;
             rep.updated += h.updated;
             rep.removed += h.removed;
@@ -396,11 +405,18 @@ impl Tunnel for VppTunnel {
             None => false,
         };
         let host_link_ok = match self.host_link {
-            true => {
-                let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
-                host_link::in_place(&c, netns, mesh, self.underlay_mtu, &steered).await?
-            }
+            true => host_link::in_place(&c, netns, mesh, self.underlay_mtu).await?,
             false => true,
+        };
+        let targets = host_steering::targets(mesh, have.pod_routes.keys());
+        let (steering_missing, uncovered) = match (self.host_link, &mesh.node_encryption) {
+            (_, None) => (0, 0),
+            (false, Some(_)) => (0, targets.len()),
+            (true, Some(_)) => {
+                let nl = scrambler_netlink::Nl::open(netns).await?;
+                let plan = host_link::steering_plan(&nl, mesh, &targets).await?;
+                (host_steering::missing(&nl, &plan).await?, plan.uncovered)
+            }
         };
         let _ = c.close().await;
         let want = underlay_guard::wanted(mesh);
@@ -415,6 +431,20 @@ impl Tunnel for VppTunnel {
         let mut st = status::build(&have, snap.as_ref(), mesh);
         if !host_link_ok {
             st.errors.insert(HOST_LINK_MISSING.into(), 1);
+        }
+        if steering_missing > 0 {
+            // the host's traffic to a peer's underlay address may take another route
+            st.fail_closed = false;
+            st.errors
+                .insert(NODE_STEERING_MISSING.into(), steering_missing as u64);
+        }
+        if uncovered > 0 {
+            st.errors
+                .insert(NODE_ENCRYPTION_HOST_UNCOVERED.into(), uncovered as u64);
+            if !self.host_link {
+                // nothing of Scrambler's keeps the host's traffic off other routes
+                st.fail_closed = false;
+            }
         }
         if guarded {
             let n = match gateway_in_table_0 {
