@@ -699,3 +699,96 @@ async fn node_encryption_keeps_an_ipv6_underlay_working() {
     );
     mgmt.delete();
 }
+
+/// The packets b's VPP decrypted from a.
+async fn b_sa_in(t: &TwoNodes) -> u64 {
+    t.dp.counters(&t.b.netns.netns(), &t.mesh("b"))
+        .await
+        .unwrap()[0]
+        .sa_in
+        .packets
+}
+
+/// A one-connection TCP listener on `port` in `ns` (busybox nc, 20 s at most).
+fn listen(ns: &TestNetns, port: u16) -> std::process::Child {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(["busybox", "timeout", "20", "busybox", "nc", "-l", "-p"])
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child
+}
+
+/// Whether host a connects to `192.0.2.2:port`, with a listener there on the management
+/// network.
+fn host_a_connects(t: &TwoNodes, mgmt: &TestNetns, port: u16) -> bool {
+    let mut l = listen(mgmt, port);
+    let ok = tcp_from(&t.a.netns, "192.0.2.2", port);
+    let _ = l.kill();
+    let _ = l.wait();
+    ok
+}
+
+/// The bypass ports apply to a VPP node's host: a host that reaches its datastore at a
+/// peer's underlay address through a NIC of its own (here a management veth to a
+/// namespace holding 192.0.2.2) keeps reaching it on a bypass port, also with the mesh
+/// removed (keeping the guard), while a port outside the bypass list rides the mesh
+/// (into b's VPP, no listener there) and never takes the management route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_encryption_bypass_ports_keep_the_hosts_datastore_reachable() {
+    let mut t = TwoNodes::underlay("scr-nb").await;
+    t.cluster.node_encryption = Some(scrambler_core::NodeEncryption {
+        bypass: vec!["tcp/2379".parse().unwrap()],
+    });
+    t.dp = VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b])).with_host_link(true);
+    let na = t.a.netns.netns();
+    let mgmt = TestNetns::new("scr-nbm");
+    veth(&t.a.netns, "mgmt0", &mgmt, "eth0");
+    t.a.netns
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "mgmt0"]);
+    mgmt.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    mgmt.ip(&["addr", "add", "192.0.2.2/32", "dev", "lo"]);
+    mgmt.ip(&["link", "set", "lo", "up"]);
+    t.a.netns
+        .ip(&["route", "add", "192.0.2.2/32", "via", "198.51.100.2"]);
+    // before the mesh: both ports by the management route
+    assert!(host_a_connects(&t, &mgmt, 2379));
+    assert!(host_a_connects(&t, &mgmt, 7777));
+
+    t.apply().await;
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.in_place() && st.errors.is_empty(), "{st:?}");
+    assert!(
+        host_a_connects(&t, &mgmt, 2379),
+        "bypass port with the mesh"
+    );
+    assert!(
+        !host_a_connects(&t, &mgmt, 7777),
+        "a steered port took the management route"
+    );
+    // the SYN rode the tunnel: b's VPP decrypted it
+    let before = b_sa_in(&t).await;
+    assert!(!tcp_from(&t.a.netns, "192.0.2.2", 7777));
+    assert!(b_sa_in(&t).await > before, "b's VPP decrypted no SYN");
+
+    // the mesh removed, the guard kept: the datastore still reachable, nothing else
+    t.dp.remove_keeping_guard(&na).await.unwrap();
+    assert!(
+        host_a_connects(&t, &mgmt, 2379),
+        "bypass port without the mesh"
+    );
+    assert!(
+        !host_a_connects(&t, &mgmt, 7777),
+        "a steered port took the management route without the mesh"
+    );
+    t.dp.remove(&na).await.unwrap();
+    t.dp.remove(&t.b.netns.netns()).await.unwrap();
+    // removed: the host's own routes again
+    let rules = t.a.netns.ip(&["rule", "show"]);
+    assert!(!rules.contains("lookup 92"), "{rules}");
+    assert!(host_a_connects(&t, &mgmt, 7777));
+    mgmt.delete();
+}
