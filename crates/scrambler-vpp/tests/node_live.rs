@@ -677,6 +677,11 @@ async fn node_encryption_keeps_an_ipv6_underlay_working() {
     // a host route of its own to the peer (a management NIC's stand-in): still refused
     let mgmt = TestNetns::new("scr-ne6m");
     veth(&t.a.netns, "mgmt0", &mgmt, "eth0");
+    for (ns, dev) in [(&t.a.netns, "mgmt0"), (&mgmt, "eth0"), (&mgmt, "lo")] {
+        let key = format!("net.ipv6.conf.{dev}.disable_ipv6=0");
+        assert!(ns.exec(&["sysctl", "-qw", &key]).0, "{key}");
+    }
+    mgmt.ip(&["link", "set", "lo", "up"]);
     t.a.netns.ip(&[
         "-6",
         "addr",
@@ -697,6 +702,12 @@ async fn node_encryption_keeps_an_ipv6_underlay_working() {
         !ok,
         "the host's ICMPv6 to the peer's underlay went another way: {out}"
     );
+    // the mesh removed: the host's own route again (the probe above could have passed)
+    t.dp.remove(&t.a.netns.netns()).await.unwrap();
+    let (ok, out) =
+        t.a.netns
+            .exec(&["ping", "-6", "-c", "1", "-W", "1", "fd00:2::2"]);
+    assert!(ok, "the management route does not work: {out}");
     mgmt.delete();
 }
 
