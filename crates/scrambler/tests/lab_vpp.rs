@@ -323,7 +323,6 @@ fn mixed_lab_with_node_encryption_on_agents() {
 }
 
 #[test]
-#[ignore = "needs the agent's --node-encryption (branch h-xnode)"]
 fn vpp_lab_agents_tour_with_node_encryption() {
     // 3 VPP nodes on etcd with `--node-encryption` on every agent: every fault (etcd down
     // 5 s, a node leaving: the host flow to it meets VPP's tombstone, 0 cleartext).
