@@ -77,28 +77,9 @@ fn tunnel_address(state: &LabState, i: usize) -> Option<IpAddr> {
 /// Host → host pings with their labels: from every node's host namespace to every other
 /// node's underlay address, but from a kernel node to a VPP node (see the module docs).
 pub fn host_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
-    let names = state.names();
-    let (mut pings, mut labels) = (Vec::new(), Vec::new());
-    for i in 1..=state.spec.nodes {
-        for j in (1..=state.spec.nodes).filter(|j| *j != i) {
-            if is_kernel(state, i) && vppnode::is_vpp(state, j) {
-                continue;
-            }
-            let Some(to) = underlay(j) else {
-                continue;
-            };
-            pings.push(probe::Ping {
-                from: names.node(i),
-                to,
-            });
-            labels.push(format!(
-                "{} host -> {} underlay ({to})",
-                names.node(i),
-                names.node(j)
-            ));
-        }
-    }
-    (pings, labels)
+    underlay_pings(state, "", |i, j| {
+        !(is_kernel(state, i) && vppnode::is_vpp(state, j))
+    })
 }
 
 /// Host → host pings that must go unanswered, with their labels: from every kernel node's
@@ -106,10 +87,22 @@ pub fn host_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
 /// traffic whose answer the VPP node's underlay guard drops; an answer means the guard
 /// let VPP's reply out (in the clear: the capture's verdict shows it too).
 pub fn dropped_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
+    underlay_pings(state, " answer dropped (expected)", |i, j| {
+        is_kernel(state, i) && vppnode::is_vpp(state, j)
+    })
+}
+
+/// Pings from node `i`'s host to node `j`'s underlay address for every pair of distinct
+/// nodes `probed(i, j)` accepts, labelled `… underlay (<address>)<suffix>`.
+fn underlay_pings(
+    state: &LabState,
+    suffix: &str,
+    probed: impl Fn(usize, usize) -> bool,
+) -> (Vec<probe::Ping>, Vec<String>) {
     let names = state.names();
     let (mut pings, mut labels) = (Vec::new(), Vec::new());
-    for i in (1..=state.spec.nodes).filter(|i| is_kernel(state, *i)) {
-        for j in (1..=state.spec.nodes).filter(|j| vppnode::is_vpp(state, *j)) {
+    for i in 1..=state.spec.nodes {
+        for j in (1..=state.spec.nodes).filter(|j| *j != i && probed(i, *j)) {
             let Some(to) = underlay(j) else {
                 continue;
             };
@@ -118,7 +111,7 @@ pub fn dropped_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
                 to,
             });
             labels.push(format!(
-                "{} host -> {} underlay ({to}) answer dropped (expected)",
+                "{} host -> {} underlay ({to}){suffix}",
                 names.node(i),
                 names.node(j)
             ));
