@@ -336,6 +336,8 @@ fn vpp_lab_agents_tour_with_node_encryption() {
     );
     assert!(ok, "{}", tail(&out, 150));
     assert_agents_tour(&out);
-    assert_node_encryption(&out, 18);
+    // 18 probes per test with 3 nodes (6 pings, 6 TCP, 6 SYN), fewer while a node is gone
+    assert_node_encryption(&out, 12);
+    assert!(out.contains(" SYN carried"), "{out}");
     assert_nothing_left(&lab);
 }
