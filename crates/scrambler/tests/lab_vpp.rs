@@ -271,7 +271,6 @@ fn vpp_lab_with_node_encryption_carries_host_traffic_encrypted_through_every_fau
 }
 
 #[test]
-#[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
 fn mixed_lab_with_node_encryption_carries_host_traffic_encrypted() {
     // nodes 1 and 3 VPP, 2 and 4 the kernel: VPP hosts ping every underlay address; the
     // kernel hosts' pings to the VPP nodes' underlay addresses must go unanswered (VPP's
