@@ -27,6 +27,7 @@ pub mod link;
 pub mod neighbour;
 pub mod route;
 pub mod rule;
+pub mod steering;
 pub mod sysctl;
 pub mod veth;
 
@@ -35,6 +36,7 @@ pub use link::{format_mac, parse_mac, LinkState};
 pub use neighbour::Neighbour;
 pub use route::{route_present, RouteSpec, RouteState, MAIN_TABLE, ROUTE_PROTO};
 pub use rule::{RuleSpec, RuleState, RuleTarget};
+pub use steering::{steered_protocols, SteeringRules};
 
 use scrambler_core::{Error, Netns, Result};
 

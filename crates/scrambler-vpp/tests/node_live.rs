@@ -14,7 +14,8 @@ use scrambler_testkit::netns::{veth, TestNetns};
 use scrambler_testkit::vpp::{api_sock_resolver, VppInstance};
 use scrambler_vpp::attach::VppAttach;
 use scrambler_vpp::tunnel::{
-    tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_MISSING, HOST_LINK_VPP_IF, POD_TABLE_ID,
+    tunnel_instance, VppTunnel, HOST_LINK_IF, HOST_LINK_MISSING, HOST_LINK_VPP_IF,
+    NODE_ENCRYPTION_HOST_UNCOVERED, NODE_STEERING_MISSING, POD_TABLE_ID,
     POD_TO_PEER_UNDERLAY_DROPPED,
 };
 use two_nodes::{capture, TwoNodes};
@@ -426,15 +427,49 @@ async fn node_encryption_carries_the_hosts_traffic_to_peer_underlay_addresses_en
 
     t.apply().await;
     assert!(t.reconcile("a").await.is_noop());
-    let routes = t.a.netns.ip(&["route", "show", "192.0.2.2"]);
+    let routes = t.a.netns.ip(&["route", "show", "table", "92", "192.0.2.2"]);
     assert!(
         routes.contains("via 169.254.1.1")
             && routes.contains(HOST_LINK_IF)
             && routes.contains("src 10.1.0.1"),
         "{routes}"
     );
+    // nothing of node encryption's in the main table; the steering rules in place
+    let main = t.a.netns.ip(&["route", "show", "192.0.2.2"]);
+    assert!(!main.contains(HOST_LINK_IF), "{main}");
+    let rules = t.a.netns.ip(&["rule", "show"]);
+    for want in [
+        "ipproto tcp dport 2379 goto 23555",
+        "ipproto tcp sport 2379 goto 23555",
+        "ipproto tcp lookup 92",
+        "ipproto icmp lookup 92",
+        "23555:\tfrom all nop",
+    ] {
+        assert!(rules.contains(want), "{want}: {rules}");
+    }
     let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
-    assert!(st.in_place() && st.fail_closed, "{st:?}");
+    assert!(
+        st.in_place() && st.fail_closed && st.errors.is_empty(),
+        "{st:?}"
+    );
+
+    // a route a release before made in the main table is taken away by a reconcile
+    t.a.netns.ip(&[
+        "route",
+        "add",
+        "192.0.2.2/32",
+        "via",
+        "169.254.1.1",
+        "dev",
+        HOST_LINK_IF,
+        "src",
+        "10.1.0.1",
+        "proto",
+        "92",
+    ]);
+    assert_eq!(t.reconcile("a").await.removed, 1);
+    let main = t.a.netns.ip(&["route", "show", "192.0.2.2"]);
+    assert!(!main.contains(HOST_LINK_IF), "{main}");
 
     // host a -> b's underlay address: ICMP answered by b's VPP, ESP only both ways
     let ((ok, out), leaks, esp) = host_a_sends(&t, || ping_from(&t.a.netns, "192.0.2.2", 3));
@@ -532,13 +567,25 @@ async fn node_encryption_carries_the_hosts_traffic_to_peer_underlay_addresses_en
     let ((ok, _), leaks, _) = host_a_sends(&t, || ping_from(&t.a.netns, "192.0.2.2", 2));
     assert!(ok && leaks.is_empty(), "after repair: {ok}\n{leaks}");
 
-    // the host's route deleted behind Scrambler's back: the host link is reported missing
+    // the host's route or a steering rule deleted behind Scrambler's back: reported, and
+    // not fail closed (the host's traffic may take another route) until a reconcile
+    t.a.netns.ip(&[
+        "route",
+        "del",
+        "192.0.2.2/32",
+        "table",
+        "92",
+        "dev",
+        HOST_LINK_IF,
+    ]);
     t.a.netns
-        .ip(&["route", "del", "192.0.2.2/32", "dev", HOST_LINK_IF]);
+        .ip(&["rule", "del", "priority", "23554", "ipproto", "icmp"]);
     let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
-    assert_eq!(st.errors.get(HOST_LINK_MISSING), Some(&1), "{st:?}");
-    assert!(t.reconcile("a").await.added > 0);
-    assert!(t.dp.status(&na, &t.mesh("a")).await.unwrap().in_place());
+    assert_eq!(st.errors.get(NODE_STEERING_MISSING), Some(&2), "{st:?}");
+    assert!(!st.fail_closed && !st.in_place(), "{st:?}");
+    assert_eq!(t.reconcile("a").await.added, 2);
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.in_place() && st.errors.is_empty(), "{st:?}");
 
     // the peer gone from a's mesh: VPP keeps its underlay route as a drop, and the host
     // keeps its route into VPP so that its traffic meets that drop
@@ -551,22 +598,29 @@ async fn node_encryption_carries_the_hosts_traffic_to_peer_underlay_addresses_en
         .await
         .unwrap()
         .is_noop());
-    let routes = t.a.netns.ip(&["route", "show", "192.0.2.2"]);
+    let routes = t.a.netns.ip(&["route", "show", "table", "92", "192.0.2.2"]);
     assert!(routes.contains(HOST_LINK_IF), "{routes}");
     let st = t.dp.status(&na, &alone).await.unwrap();
-    assert!(!st.errors.contains_key(HOST_LINK_MISSING), "{st:?}");
+    assert!(st.errors.is_empty(), "{st:?}");
     let ((ok, _), leaks, _) = host_a_sends(&t, || ping_from(&t.a.netns, "192.0.2.2", 3));
     assert!(
         !ok && leaks.is_empty(),
         "peer removed: ping {ok}, leaks:\n{leaks}"
     );
 
-    // node encryption off: the host's routes to underlay addresses go
+    // node encryption off: the host's routes to underlay addresses and its rules go
     alone.node_encryption = None;
     let rep = t.dp.reconcile(&na, &alone, &t.secret).await.unwrap();
     assert!(rep.removed > 0, "{rep:?}");
-    let routes = t.a.netns.ip(&["route", "show", "192.0.2.2"]);
+    let routes =
+        t.a.netns
+            .ip(&["route", "show", "table", "all", "192.0.2.2"]);
     assert!(!routes.contains(HOST_LINK_IF), "{routes}");
+    let rules = t.a.netns.ip(&["rule", "show"]);
+    assert!(
+        !rules.contains("lookup 92") && !rules.contains("nop"),
+        "{rules}"
+    );
     t.dp.remove(&na).await.unwrap();
     t.dp.remove(&t.b.netns.netns()).await.unwrap();
 }
@@ -574,8 +628,10 @@ async fn node_encryption_carries_the_hosts_traffic_to_peer_underlay_addresses_en
 /// Node encryption over an IPv6 underlay: the underlay guard's discard of VPP's own
 /// traffic to the peer's underlay address leaves the IPv6 underlay working (VPP's
 /// neighbour discovery answers are not caught by it: pods reach each other through ESP
-/// over IPv6), and the host gets no route to an IPv6 underlay address (the host link holds
-/// no IPv6 tunnel address): a documented limit, nothing in the clear.
+/// over IPv6), and the host's steered traffic to an IPv6 underlay address is refused by
+/// an unreachable route (the host link holds no IPv6 tunnel address), even with another
+/// IPv6 route of the host's to it: a documented limit, said in status, nothing in the
+/// clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_encryption_keeps_an_ipv6_underlay_working() {
     let mut t = TwoNodes::underlay_v6("scr-ne6").await;
@@ -607,8 +663,143 @@ async fn node_encryption_keeps_an_ipv6_underlay_working() {
         !wire.contains("ICMP echo"),
         "cleartext on the wire:\n{wire}"
     );
-    let routes = t.a.netns.ip(&["-6", "route", "show", "fd00:2::2"]);
-    assert!(!routes.contains(HOST_LINK_IF), "{routes}");
+    let routes =
+        t.a.netns
+            .ip(&["-6", "route", "show", "table", "92", "fd00:2::2"]);
+    assert!(routes.contains("unreachable fd00:2::2"), "{routes}");
     let st = t.dp.status(&t.a.netns.netns(), &t.mesh("a")).await.unwrap();
     assert!(st.in_place() && st.fail_closed, "{st:?}");
+    assert_eq!(
+        st.errors.get(NODE_ENCRYPTION_HOST_UNCOVERED),
+        Some(&1),
+        "{st:?}"
+    );
+    // a host route of its own to the peer (a management NIC's stand-in): still refused
+    let mgmt = TestNetns::new("scr-ne6m");
+    veth(&t.a.netns, "mgmt0", &mgmt, "eth0");
+    for (ns, dev) in [(&t.a.netns, "mgmt0"), (&mgmt, "eth0"), (&mgmt, "lo")] {
+        let key = format!("net.ipv6.conf.{dev}.disable_ipv6=0");
+        assert!(ns.exec(&["sysctl", "-qw", &key]).0, "{key}");
+    }
+    mgmt.ip(&["link", "set", "lo", "up"]);
+    t.a.netns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:99::1/64",
+        "dev",
+        "mgmt0",
+        "nodad",
+    ]);
+    mgmt.ip(&["-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"]);
+    mgmt.ip(&["-6", "addr", "add", "fd00:2::2/128", "dev", "lo"]);
+    t.a.netns
+        .ip(&["-6", "route", "add", "fd00:2::2/128", "via", "fd00:99::2"]);
+    let (ok, out) =
+        t.a.netns
+            .exec(&["ping", "-6", "-c", "1", "-W", "1", "fd00:2::2"]);
+    assert!(
+        !ok,
+        "the host's ICMPv6 to the peer's underlay went another way: {out}"
+    );
+    // the mesh removed: the host's own route again (the probe above could have passed)
+    t.dp.remove(&t.a.netns.netns()).await.unwrap();
+    let (ok, out) =
+        t.a.netns
+            .exec(&["ping", "-6", "-c", "1", "-W", "1", "fd00:2::2"]);
+    assert!(ok, "the management route does not work: {out}");
+    mgmt.delete();
+}
+
+/// The packets b's VPP decrypted from a.
+async fn b_sa_in(t: &TwoNodes) -> u64 {
+    t.dp.counters(&t.b.netns.netns(), &t.mesh("b"))
+        .await
+        .unwrap()[0]
+        .sa_in
+        .packets
+}
+
+/// A one-connection TCP listener on `port` in `ns` (busybox nc, 20 s at most).
+fn listen(ns: &TestNetns, port: u16) -> std::process::Child {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(["busybox", "timeout", "20", "busybox", "nc", "-l", "-p"])
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child
+}
+
+/// Whether host a connects to `192.0.2.2:port`, with a listener there on the management
+/// network.
+fn host_a_connects(t: &TwoNodes, mgmt: &TestNetns, port: u16) -> bool {
+    let mut l = listen(mgmt, port);
+    let ok = tcp_from(&t.a.netns, "192.0.2.2", port);
+    let _ = l.kill();
+    let _ = l.wait();
+    ok
+}
+
+/// The bypass ports apply to a VPP node's host: a host that reaches its datastore at a
+/// peer's underlay address through a NIC of its own (here a management veth to a
+/// namespace holding 192.0.2.2) keeps reaching it on a bypass port, also with the mesh
+/// removed (keeping the guard), while a port outside the bypass list rides the mesh
+/// (into b's VPP, no listener there) and never takes the management route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_encryption_bypass_ports_keep_the_hosts_datastore_reachable() {
+    let mut t = TwoNodes::underlay("scr-nb").await;
+    t.cluster.node_encryption = Some(scrambler_core::NodeEncryption {
+        bypass: vec!["tcp/2379".parse().unwrap()],
+    });
+    t.dp = VppTunnel::with_resolver(api_sock_resolver(&[&t.a, &t.b])).with_host_link(true);
+    let na = t.a.netns.netns();
+    let mgmt = TestNetns::new("scr-nbm");
+    veth(&t.a.netns, "mgmt0", &mgmt, "eth0");
+    t.a.netns
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "mgmt0"]);
+    mgmt.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    mgmt.ip(&["addr", "add", "192.0.2.2/32", "dev", "lo"]);
+    mgmt.ip(&["link", "set", "lo", "up"]);
+    t.a.netns
+        .ip(&["route", "add", "192.0.2.2/32", "via", "198.51.100.2"]);
+    // before the mesh: both ports by the management route
+    assert!(host_a_connects(&t, &mgmt, 2379));
+    assert!(host_a_connects(&t, &mgmt, 7777));
+
+    t.apply().await;
+    let st = t.dp.status(&na, &t.mesh("a")).await.unwrap();
+    assert!(st.in_place() && st.errors.is_empty(), "{st:?}");
+    assert!(
+        host_a_connects(&t, &mgmt, 2379),
+        "bypass port with the mesh"
+    );
+    assert!(
+        !host_a_connects(&t, &mgmt, 7777),
+        "a steered port took the management route"
+    );
+    // the SYN rode the tunnel: b's VPP decrypted it
+    let before = b_sa_in(&t).await;
+    assert!(!tcp_from(&t.a.netns, "192.0.2.2", 7777));
+    assert!(b_sa_in(&t).await > before, "b's VPP decrypted no SYN");
+
+    // the mesh removed, the guard kept: the datastore still reachable, nothing else
+    t.dp.remove_keeping_guard(&na).await.unwrap();
+    assert!(
+        host_a_connects(&t, &mgmt, 2379),
+        "bypass port without the mesh"
+    );
+    assert!(
+        !host_a_connects(&t, &mgmt, 7777),
+        "a steered port took the management route without the mesh"
+    );
+    t.dp.remove(&na).await.unwrap();
+    t.dp.remove(&t.b.netns.netns()).await.unwrap();
+    // removed: the host's own routes again
+    let rules = t.a.netns.ip(&["rule", "show"]);
+    assert!(!rules.contains("lookup 92"), "{rules}");
+    assert!(host_a_connects(&t, &mgmt, 7777));
+    mgmt.delete();
 }

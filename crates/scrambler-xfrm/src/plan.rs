@@ -7,7 +7,7 @@ use crate::config::{
 use crate::model::{esp_shape, DesiredState, Dir, Policy, PolicyKey, StateKey, Tmpl, L4};
 use ipnet::IpNet;
 use scrambler_core::{BypassPort, ClusterSecret, Error, Mesh, Node, NodeEncryption, Result};
-use scrambler_netlink::{RuleSpec, RuleTarget};
+use scrambler_netlink::{RuleSpec, RuleTarget, SteeringRules};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -552,14 +552,17 @@ pub(crate) fn pod_rule(cfg: &XfrmConfig, src: IpNet) -> RuleSpec {
     )
 }
 
-/// IP protocols whose traffic node encryption steers into the interface, per family (IPv6
-/// or not): TCP, UDP, SCTP and ICMP (ICMPv6). Never ESP (50) nor "any" (0): the kernel's
-/// route lookup for an ESP packet's outer header carries protocol 0 on older kernels and
-/// 50 on those with "xfrm: respect ip protocols rules criteria when performing dst
-/// lookups" (Debian's 6.1.0-57 has it: the VM test `vm_xnode_*` shows an `ipproto esp`
-/// rule catching it), so no steering rule can match the node's own ESP.
-pub(crate) fn steered_protocols(v6: bool) -> [u8; 4] {
-    [6, 17, 132, if v6 { 58 } else { 1 }]
+/// Node encryption's bypass, steering and `nop` rules of `cfg` (shared with other
+/// dataplanes: [`SteeringRules`]) at their offsets in the rule band, looking up
+/// [`XfrmConfig::route_table`], marked with [`XfrmConfig::route_protocol`].
+pub(crate) fn steering(cfg: &XfrmConfig) -> SteeringRules {
+    SteeringRules {
+        bypass: cfg.rule_priority_at(RULE_BYPASS),
+        steer: cfg.rule_priority_at(RULE_STEER),
+        nop: cfg.rule_priority_at(RULE_NOP),
+        table: cfg.route_table,
+        protocol: cfg.route_protocol,
+    }
 }
 
 /// True when `r` has the exact shape of one of Scrambler's rules (see
@@ -568,25 +571,16 @@ pub(crate) fn steered_protocols(v6: bool) -> [u8; 4] {
 /// ipproto tcp|udp sport|dport N goto <nop>`, `from all ipproto P lookup <route_table>`
 /// or `from all nop`. Reconcile and removal consider no other rule.
 pub(crate) fn is_owned_rule(cfg: &XfrmConfig, r: &RuleSpec) -> bool {
-    let at = |offset| r.priority == cfg.rule_priority_at(offset);
-    let from_all = r.src.prefix_len() == 0;
-    let no_ports = r.sport.is_none() && r.dport.is_none();
-    let table = RuleTarget::Table(cfg.route_table);
-    let shape = if at(RULE_PODS) {
-        !from_all && r.ipproto.is_none() && no_ports && r.target == table
-    } else if at(RULE_BYPASS) {
-        from_all
-            && matches!(r.ipproto, Some(6 | 17))
-            && r.sport.is_some() != r.dport.is_some()
-            && r.target == RuleTarget::Goto(cfg.rule_priority_at(RULE_NOP))
-    } else if at(RULE_STEER) {
-        from_all && r.ipproto.is_some_and(|p| p != 0 && p != 50) && no_ports && r.target == table
-    } else if at(RULE_NOP) {
-        from_all && r.ipproto.is_none() && no_ports && r.target == RuleTarget::Nop
-    } else {
-        false
-    };
-    shape && r.protocol == cfg.route_protocol && r.iif.is_none()
+    if r.priority != cfg.rule_priority_at(RULE_PODS) {
+        return steering(cfg).is_owned(r);
+    }
+    r.src.prefix_len() != 0
+        && r.ipproto.is_none()
+        && r.sport.is_none()
+        && r.dport.is_none()
+        && r.target == RuleTarget::Table(cfg.route_table)
+        && r.protocol == cfg.route_protocol
+        && r.iif.is_none()
 }
 
 impl Desired {
@@ -608,7 +602,7 @@ impl Desired {
     /// And per family of the local underlay addresses, in the rule band after the pods'
     /// rules: bypass rules `ipproto P sport N goto <nop>` and `… dport N goto <nop>` per
     /// bypass port, steering rules `ipproto P lookup <route_table>` for
-    /// [`steered_protocols`], and the `nop` rule the bypass rules go to (from where the
+    /// [`scrambler_netlink::steered_protocols`], and the `nop` rule the bypass rules go to (from where the
     /// lookup goes on with the rules after Scrambler's, the main table's). A destination
     /// that is not a peer's underlay address finds no route in the table and falls
     /// through too.
@@ -695,41 +689,9 @@ impl Desired {
         }
     }
 
-    /// The bypass, steering and `nop` rules of one family.
+    /// The bypass, steering and `nop` rules of one family ([`SteeringRules::rules`]).
     fn plan_node_rules(&mut self, cfg: &XfrmConfig, v6: bool, bypass: &[BypassPort]) {
-        let all = if v6 {
-            IpNet::V6(Default::default())
-        } else {
-            IpNet::V4(Default::default())
-        };
-        let rule = |offset, ipproto, target| RuleSpec {
-            ipproto,
-            target,
-            ..RuleSpec::lookup(
-                cfg.rule_priority_at(offset),
-                all,
-                cfg.route_table,
-                cfg.route_protocol,
-            )
-        };
-        let nop = cfg.rule_priority_at(RULE_NOP);
-        for b in bypass {
-            let goto = rule(RULE_BYPASS, Some(b.proto.number()), RuleTarget::Goto(nop));
-            self.node_rules.insert(RuleSpec {
-                sport: Some(b.port),
-                ..goto.clone()
-            });
-            self.node_rules.insert(RuleSpec {
-                dport: Some(b.port),
-                ..goto
-            });
-        }
-        for p in steered_protocols(v6) {
-            let table = RuleTarget::Table(cfg.route_table);
-            self.node_rules.insert(rule(RULE_STEER, Some(p), table));
-        }
-        self.node_rules
-            .insert(rule(RULE_NOP, None, RuleTarget::Nop));
+        self.node_rules.extend(steering(cfg).rules(v6, bypass));
     }
 }
 

@@ -340,8 +340,11 @@ fn vpp_lab_agents_tour() {
 fn vpp_lab_with_node_encryption_carries_host_traffic_encrypted_through_every_fault() {
     // `--node-encryption` on VPP nodes: each host reaches every other node's underlay
     // address (ping; VPP answers) and host service (TCP to the tunnel address: a VPP
-    // node's underlay address is VPP's) through the mesh; the capture counts cleartext
-    // between node addresses as a leak: none, in the first test and after every fault.
+    // node's underlay address is VPP's) through the mesh, and its SYNs to every other
+    // node's underlay address are counted in by that node's SA (node encryption's proof:
+    // the tunnel-address TCP is pod-CIDR traffic, carried without it too); the capture
+    // counts cleartext between node addresses as a leak: none, in the first test and
+    // after every fault.
     let lab = lab_name("scne");
     let (ok, out) = scrambler(
         &args("lab run --backend vpp --node-encryption --nodes 3 --pods 1"),
@@ -357,19 +360,24 @@ fn vpp_lab_with_node_encryption_carries_host_traffic_encrypted_through_every_fau
         out.contains("6 host -> remote underlay pairs (node encryption)"),
         "{out}"
     );
-    // 3 nodes: 6 pings and 6 TCP connections per test
-    assert_node_encryption(&out, 12);
+    // 3 nodes: 6 pings, 6 TCP connections and 6 SYN probes per test
+    assert_node_encryption(&out, 18);
+    assert!(
+        out.lines().filter(|l| l.contains(" SYN carried")).count() >= 6,
+        "{out}"
+    );
     assert_faults_injected(&out, &args("LinkDown KillAgent Rotate Reboot"));
     assert_nothing_left(&lab);
 }
 
 #[test]
-#[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
 fn mixed_lab_with_node_encryption_carries_host_traffic_encrypted() {
-    // nodes 1 and 3 VPP, node 2 the kernel: VPP hosts ping every underlay address, the
-    // kernel host pings none of the VPP nodes' (VPP's answer to its underlay address is
-    // dropped: a documented limit); TCP to the kernel node's underlay address and to the
-    // VPP nodes' tunnel addresses; the NodePort probe still works (4 nodes give one).
+    // nodes 1 and 3 VPP, 2 and 4 the kernel: VPP hosts ping every underlay address; the
+    // kernel hosts' pings to the VPP nodes' underlay addresses must go unanswered (VPP's
+    // answer is dropped by its guard: a documented limit; a leak of it fails the
+    // capture); TCP to the kernel nodes' underlay addresses and to the VPP nodes' tunnel
+    // addresses, SYNs to the VPP nodes' underlay addresses; the NodePort probe still
+    // works (4 nodes give one).
     let lab = lab_name("scmn");
     let (ok, out) = scrambler(
         &args("lab run --backend mixed --node-encryption --nodes 4 --pods 1 --no-inject"),
@@ -377,8 +385,16 @@ fn mixed_lab_with_node_encryption_carries_host_traffic_encrypted() {
     );
     assert!(ok, "{}", tail(&out, 150));
     assert_lab_run_passed(&out);
-    // 4 nodes: 12 ordered pairs, less the 4 kernel host -> VPP underlay pings; 12 TCP
-    assert_node_encryption(&out, 8 + 12);
+    // 4 nodes: 8 answered pings, 4 unanswered ones (kernel host -> VPP underlay), 12 TCP
+    // connections, 6 SYN probes (3 sources × 2 VPP targets)
+    assert_node_encryption(&out, 8 + 4 + 12 + 6);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("answer dropped (expected)"))
+            .count(),
+        4,
+        "{out}"
+    );
     assert!(
         out.lines()
             .any(|l| l.contains("NodePort") && l.trim_end().ends_with("1/1")),
@@ -400,12 +416,12 @@ fn mixed_lab_with_node_encryption_on_agents() {
     );
     assert!(ok, "{}", tail(&out, 150));
     assert_agents_tour(&out);
-    assert_node_encryption(&out, 4 + 6);
+    // 3 nodes (1, 3 VPP): 4 answered pings, 2 unanswered, 6 TCP, 4 SYN probes
+    assert_node_encryption(&out, 4 + 2 + 6 + 4);
     assert_nothing_left(&lab);
 }
 
 #[test]
-#[ignore = "needs the agent's --node-encryption (branch h-xnode)"]
 fn vpp_lab_agents_tour_with_node_encryption() {
     // 3 VPP nodes on etcd with `--node-encryption` on every agent: every fault (etcd down
     // 5 s, a node leaving: the host flow to it meets VPP's tombstone, 0 cleartext).
@@ -419,6 +435,8 @@ fn vpp_lab_agents_tour_with_node_encryption() {
     );
     assert!(ok, "{}", tail(&out, 150));
     assert_agents_tour(&out);
+    // 18 probes per test with 3 nodes (6 pings, 6 TCP, 6 SYN), fewer while a node is gone
     assert_node_encryption(&out, 12);
+    assert!(out.contains(" SYN carried"), "{out}");
     assert_nothing_left(&lab);
 }

@@ -36,6 +36,7 @@ use scrambler_netlink::{
 use scrambler_vpp_api::api::interface;
 use scrambler_vpp_api::VppClient;
 
+use super::host_steering::{self, HostLink};
 use crate::attach::ops::{vpp_err, AttachCalls};
 use crate::attach::{GATEWAY_V4, POD_TX_FRAMES};
 
@@ -65,50 +66,44 @@ fn tunnel_v4(mesh: &Mesh) -> Option<Ipv4Addr> {
     }
 }
 
-/// The host's routes into VPP: every IPv4 cluster CIDR via the gateway, from `src`, and
-/// with node encryption on ([`Mesh::node_encryption`]) one `/32` per address of
-/// `steered` (see [`node_encryption_targets`]).
-fn host_routes(mesh: &Mesh, oif: u32, src: Ipv4Addr, steered: &[Ipv4Addr]) -> Vec<RouteSpec> {
-    let via = |dst: IpNet| {
-        RouteSpec::new(dst, Some(IpAddr::V4(GATEWAY_V4)), oif).with_src(Some(IpAddr::V4(src)))
-    };
-    let cidrs = mesh
-        .cluster_cidrs
+/// The host's routes into VPP in its main table: every IPv4 cluster CIDR via the gateway,
+/// from `src`. (Node encryption's routes to peers' underlay addresses are in their own
+/// table: [`super::host_steering`].)
+fn host_routes(mesh: &Mesh, oif: u32, src: Ipv4Addr) -> Vec<RouteSpec> {
+    mesh.cluster_cidrs
         .iter()
         .filter(|c| c.addr().is_ipv4())
-        .map(|c| via(c.trunc()));
-    let underlay = steered
-        .iter()
-        .filter(|_| mesh.node_encryption.is_some())
-        .map(|a| via(IpNet::from(IpAddr::V4(*a))));
-    cidrs.chain(underlay).collect()
+        .map(|c| {
+            RouteSpec::new(c.trunc(), Some(IpAddr::V4(GATEWAY_V4)), oif)
+                .with_src(Some(IpAddr::V4(src)))
+        })
+        .collect()
 }
 
-/// The IPv4 addresses the host's node-encryption routes lead into VPP: every peer's
-/// underlay address, and the underlay address of a departed peer as long as VPP keeps its
-/// drop route in the pods' table (`pods_table`, the owned routes there: the tombstone), so
-/// that the host's traffic to it still meets that drop rather than any other route of the
-/// host's; never a local underlay address. Only used with node encryption on.
-pub(super) fn node_encryption_targets<'a>(
+/// Node encryption's steering of the host ([`host_steering::plan`]) for `mesh` and
+/// `targets` ([`host_steering::targets`]), over the host link when it is there and the
+/// node has an IPv4 tunnel address.
+pub(super) async fn steering_plan(
+    nl: &Nl,
     mesh: &Mesh,
-    pods_table: impl IntoIterator<Item = &'a IpNet>,
-) -> Vec<Ipv4Addr> {
-    let peers = mesh.peers.iter().flat_map(|p| p.underlay.iter().copied());
-    let kept = pods_table
-        .into_iter()
-        .filter(|p| p.prefix_len() == p.max_prefix_len())
-        .map(|p| p.addr());
-    let mut v: Vec<Ipv4Addr> = peers
-        .chain(kept)
-        .filter(|a| !mesh.local.underlay.contains(a))
-        .filter_map(|a| match a {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    v.sort();
-    v.dedup();
-    v
+    targets: &[IpAddr],
+) -> Result<host_steering::Plan> {
+    let link = match (tunnel_v4(mesh), owned_link(nl, HOST_LINK_IF).await?) {
+        (Some(src), Some(l)) => Some(HostLink { oif: l.index, src }),
+        _ => None,
+    };
+    let plan = host_steering::plan(mesh, link, targets);
+    if plan.uncovered > 0 {
+        tracing::warn!(
+            uncovered = plan.uncovered,
+            "node encryption: the host's traffic to {} peer underlay address(es) cannot ride \
+             the mesh (an IPv6 address, or no IPv4 tunnel address on the host link): it is \
+             refused by an unreachable route in table {}, but for the bypass ports",
+            plan.uncovered,
+            host_steering::HOST_ROUTE_TABLE
+        );
+    }
+    Ok(plan)
 }
 
 /// A link of ours by name: `None` when there is none, an error when the name is taken by
@@ -177,22 +172,23 @@ async fn adopt_half_made_pair(nl: &Nl) -> Result<bool> {
 }
 
 /// Brings the host link of the node in `netns` (VPP over `c`) to `mesh`, its MTU that of
-/// pods on an underlay of MTU `underlay_mtu`, with node encryption on a route into VPP
-/// for each address of `steered` ([`node_encryption_targets`]). A node without an IPv4
-/// tunnel address gets none.
+/// pods on an underlay of MTU `underlay_mtu`, and node encryption's steering of the host
+/// for `targets` ([`host_steering::targets`]). A node without an IPv4 tunnel address gets
+/// no link (and with node encryption, unreachable routes for `targets`).
 pub(super) async fn reconcile(
     c: &VppClient,
     netns: &Netns,
     mesh: &Mesh,
     underlay_mtu: u32,
-    steered: &[Ipv4Addr],
+    targets: &[IpAddr],
 ) -> Result<ReconcileReport> {
     let mtu = mtu(underlay_mtu, mesh.outer_v6());
-    let mut rep = ReconcileReport::default();
-    let Some(addr) = tunnel_v4(mesh) else {
-        return Ok(rep);
-    };
     let nl = Nl::open(netns).await?;
+    let Some(addr) = tunnel_v4(mesh) else {
+        let plan = steering_plan(&nl, mesh, targets).await?;
+        return host_steering::reconcile(&nl, &plan).await;
+    };
+    let mut rep = ReconcileReport::default();
     let ops = AttachCalls { c };
     if adopt_half_made_pair(&nl).await? {
         rep.updated += 1;
@@ -350,7 +346,7 @@ pub(super) async fn reconcile(
         rep.added += 1;
     }
     let link_route = RouteSpec::new(IpNet::from(gw_ip), None, host.index);
-    let routes = host_routes(mesh, host.index, addr, steered);
+    let routes = host_routes(mesh, host.index, addr);
     let owned = nl.owned_routes(host.index, ROUTE_PROTO).await?;
     for r in std::iter::once(&link_route).chain(&routes) {
         let present = owned
@@ -371,6 +367,13 @@ pub(super) async fn reconcile(
         }
         rep.added += 1;
     }
+    // node encryption's table and rules before the main table's stale routes go: a
+    // release before this one put the peers' /32s into the main table (they go below)
+    let plan = steering_plan(&nl, mesh, targets).await?;
+    let steer = host_steering::reconcile(&nl, &plan).await?;
+    rep.added += steer.added;
+    rep.removed += steer.removed;
+    rep.unchanged += steer.unchanged;
     let stale: Vec<RouteSpec> = owned
         .iter()
         .filter(|o| {
@@ -413,15 +416,15 @@ fn host_side_complete(
 
 /// Whether the host link of the node in `netns` is in place for `mesh`: the veth pair up
 /// with the tunnel address and the MTU for `underlay_mtu`, the gateway's permanent
-/// neighbour and the routes into VPP (the link route, one per IPv4 cluster CIDR, with node
-/// encryption one per address of `steered`); VPP's tagged interface up, in the gateway's
-/// table, with the /32 route (true when the node has no IPv4 tunnel address).
+/// neighbour and the routes into VPP (the link route, one per IPv4 cluster CIDR); VPP's
+/// tagged interface up, in the gateway's table, with the /32 route (true when the node
+/// has no IPv4 tunnel address). Node encryption's steering is checked apart
+/// ([`host_steering::missing`]).
 pub(super) async fn in_place(
     c: &VppClient,
     netns: &Netns,
     mesh: &Mesh,
     underlay_mtu: u32,
-    steered: &[Ipv4Addr],
 ) -> Result<bool> {
     let Some(addr) = tunnel_v4(mesh) else {
         return Ok(true);
@@ -439,7 +442,7 @@ pub(super) async fn in_place(
     }
     let neigh = nl.neighbours(host.index).await?;
     let owned = nl.owned_routes(host.index, ROUTE_PROTO).await?;
-    let routes = host_routes(mesh, host.index, addr, steered);
+    let routes = host_routes(mesh, host.index, addr);
     if !host_side_complete(&neigh, &owned, host.index, &routes) {
         return Ok(false);
     }
@@ -455,11 +458,12 @@ pub(super) async fn in_place(
     }
 }
 
-/// Takes the host link away (VPP's interface with its neighbour and route, then the veth
-/// pair with the host's address and routes); returns how many objects went.
+/// Takes the host link away (node encryption's rules and routes of the host, VPP's
+/// interface with its neighbour and route, then the veth pair with the host's address and
+/// routes); returns how many objects went.
 pub(super) async fn remove(c: &VppClient, netns: &Netns) -> Result<usize> {
     let ops = AttachCalls { c };
-    let mut n = 0;
+    let mut n = host_steering::remove(netns).await?;
     if let Some(p) = ops.pod_interface(HOST_LINK_VPP_IF).await? {
         if p.tag == HOST_LINK_TAG {
             ops.remove_found_pod_interface(&p).await?;
@@ -540,7 +544,7 @@ mod tests {
     fn the_host_side_needs_its_neighbour_and_every_route() {
         let m = mesh(scrambler_core::Keys::single(1));
         let addr = tunnel_v4(&m).unwrap();
-        let routes = host_routes(&m, 5, addr, &[]);
+        let routes = host_routes(&m, 5, addr);
         assert_eq!(routes.len(), 1);
         let link = RouteSpec::new(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, 5);
         let all: Vec<RouteState> = std::iter::once(&link).chain(&routes).map(owned).collect();
@@ -571,40 +575,15 @@ mod tests {
     }
 
     #[test]
-    fn node_encryption_routes_each_peer_underlay_and_kept_tombstone_into_vpp() {
+    fn node_encryption_adds_nothing_to_the_main_table() {
         let mut m = mesh(scrambler_core::Keys::single(1));
         let addr = tunnel_v4(&m).unwrap();
-        let departed: IpNet = "192.0.2.9/32".parse().unwrap();
-        let local: IpNet = "192.0.2.1/32".parse().unwrap();
-        let v6: IpNet = "2001:db8::2/128".parse().unwrap();
-        let peer: IpNet = "192.0.2.2/32".parse().unwrap();
-        let table = [peer, departed, local, v6];
-        let steered = node_encryption_targets(&m, &table);
-        // the peer's address and the tombstone; not the local address, nor IPv6 (the
-        // host link holds no IPv6 source)
-        assert_eq!(
-            steered,
-            vec![Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 9)]
-        );
-        // off: only the cluster CIDR
-        assert_eq!(host_routes(&m, 5, addr, &steered).len(), 1);
+        let off = host_routes(&m, 5, addr);
         m.node_encryption = Some(Default::default());
-        let routes = host_routes(&m, 5, addr, &steered);
-        let dsts: Vec<IpNet> = routes.iter().map(|r| r.dst).collect();
-        assert_eq!(dsts, vec!["10.0.0.0/8".parse().unwrap(), peer, departed]);
-        assert!(routes
-            .iter()
-            .all(|r| r.gw == Some(IpAddr::V4(GATEWAY_V4)) && r.src == Some(IpAddr::V4(addr))));
-        // a route missing is an incomplete host side (status reports the host link)
-        let neigh = vec![Neighbour {
-            ip: IpAddr::V4(GATEWAY_V4),
-            mac: Some(HOST_LINK_MAC),
-            permanent: true,
-        }];
-        let link = RouteSpec::new(IpNet::from(IpAddr::V4(GATEWAY_V4)), None, 5);
-        let all: Vec<RouteState> = std::iter::once(&link).chain(&routes).map(owned).collect();
-        assert!(host_side_complete(&neigh, &all, 5, &routes));
-        assert!(!host_side_complete(&neigh, &all[..3], 5, &routes));
+        // the peers' routes are in the host's steering table (host_steering), so a main
+        // table /32 a release before made is stale here and goes
+        assert_eq!(host_routes(&m, 5, addr), off);
+        assert_eq!(off.len(), 1);
     }
 
     #[test]

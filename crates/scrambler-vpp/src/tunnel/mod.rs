@@ -126,32 +126,50 @@
 //! # Node encryption
 //!
 //! With [`Mesh::node_encryption`] on (and the host link), the node's host reaches each
-//! peer's underlay address through the mesh: the host link gets a route
-//! `<peer underlay>/32 via` the gateway `src <tunnel address>` (route protocol
-//! [`scrambler_netlink::ROUTE_PROTO`]), so the host's packets enter VPP's pods' VRF, whose
-//! route for that address leads into the peer's tunnel (drop while it is not protected
-//! and up). The inner packet is `tunnel address → peer underlay`: pod-CIDR-sourced, so a
-//! kernel peer's mesh policy accepts it and its answer is pod traffic, encrypted; a VPP
-//! peer answers ICMP itself into the tunnel. A departed peer's address keeps its host
-//! route as long as VPP keeps its drop route (the tombstone): the host's traffic to it
-//! meets that drop rather than whatever other route the host has. Turning node encryption
-//! off takes the host's routes away; a missing one is reported as [`HOST_LINK_MISSING`].
-//! The underlay guard then also discards VPP's own traffic from a local underlay address
-//! to a peer's, but for ESP and the bypass ports (see `underlay_guard`): VPP answers a
-//! packet to its underlay address from table 0, where the peer's address is the tunnel's
-//! outer destination, so that answer would otherwise leave in the clear.
+//! peer's underlay address through the mesh, steered like a kernel node's host (see
+//! `host_steering`): policy-routing rules in the host's namespace — per bypass port
+//! `ipproto tcp|udp sport|dport N goto <nop>` ([`HOST_RULE_PRIORITY`]), per steered protocol
+//! `ipproto P lookup` [`HOST_ROUTE_TABLE`] (+1), a `nop` (+2), the shapes and planning
+//! shared with the kernel dataplane ([`scrambler_netlink::SteeringRules`]) — and in that
+//! table a route `<peer underlay>/32 via` the gateway `src <tunnel address>` (route
+//! protocol [`scrambler_netlink::ROUTE_PROTO`]), so the host's steered packets enter VPP's
+//! pods' VRF, whose route for that address leads into the peer's tunnel (drop while it is
+//! not protected and up). Bypass-port traffic goes on with the host's main table: a host
+//! that reaches its datastore at a peer's underlay address through a NIC of its own keeps
+//! reaching it whatever the mesh's state (also after `remove_keeping_guard`, which keeps
+//! the rules and routes). The inner packet is `tunnel address → peer underlay`:
+//! pod-CIDR-sourced, so a kernel peer's mesh policy accepts it and its answer is pod
+//! traffic, encrypted; a VPP peer answers ICMP itself into the tunnel. A departed peer's
+//! address keeps its route as long as VPP keeps its drop route (the tombstone): the host's
+//! traffic to it meets that drop rather than whatever other route the host has. An address
+//! the host link cannot carry — an IPv6 one (the link holds no IPv6 tunnel address), or
+//! every one on a node without an IPv4 tunnel address — gets `unreachable` in the table:
+//! the host's steered traffic to it is refused, never sent another way; status counts
+//! such addresses in [`NODE_ENCRYPTION_HOST_UNCOVERED`] and reconcile warns. A missing or
+//! changed steering route or rule is [`NODE_STEERING_MISSING`] (`fail_closed` false until
+//! a reconcile). Without the host link, Scrambler does not steer the host at all: every
+//! target address counts as uncovered, `fail_closed` is false, reconcile warns. Turning
+//! node encryption off takes the rules and routes away; [`Tunnel::remove`] too. A release
+//! before this one put the /32s into the host's main table: the reconcile removes them
+//! (after the table and rules are in place).
 //!
-//! Limits: the bypass list applies to VPP's own traffic only — the host's traffic to a
-//! peer's underlay address all rides the mesh, bypass ports included (the host has no
-//! other path to peers than VPP, which owns the uplink; a host with a management NIC
-//! should reach its datastore at an address that is not a peer's underlay address).
-//! A peer addressing this node's *underlay* address reaches VPP, not the host: a VPP
-//! peer's host (which sends from its tunnel address) gets ICMP answers through the mesh,
-//! a kernel peer's host (which sends from its underlay address) gets none (the guard
+//! The underlay guard also discards VPP's own traffic from a local underlay address to a
+//! peer's, but for ESP and the bypass ports (see `underlay_guard`): VPP answers a packet
+//! to its underlay address from table 0, where the peer's address is the tunnel's outer
+//! destination, so that answer would otherwise leave in the clear.
+//!
+//! Limits: a peer addressing this node's *underlay* address reaches VPP, not the host: a
+//! VPP peer's host (which sends from its tunnel address) gets ICMP answers through the
+//! mesh, a kernel peer's host (which sends from its underlay address) gets none (the guard
 //! drops VPP's answer), and TCP finds no listener on any peer (a host service would need
-//! linux-cp or punting); address a VPP node's host at its tunnel address. IPv6 underlay
-//! addresses get no host route (the host link holds no IPv6 tunnel address): the host
-//! does not reach them at all, in the clear or not.
+//! linux-cp or punting); address a VPP node's host at its tunnel address. The rules and
+//! routes steer by destination only: a host socket bound to another host address (a
+//! management address) still takes the route into VPP, and a VPP peer's answer to that
+//! source is not pod or peer traffic and leaves its uplink in the clear. The host's
+//! routes to departed peers last as long as VPP's tombstones (until the guard is
+//! removed): an address reassigned to another host meanwhile is not reached. IPv6 ESP that
+//! VPP fragments (next header 44) and VPP's ICMP errors between underlay addresses meet
+//! the node discard: dropped, not leaked (an underlay MTU mis-sizing shows it).
 //!
 //! # Counters
 //!
@@ -176,6 +194,7 @@
 mod cluster_guard;
 mod guard;
 mod host_link;
+mod host_steering;
 mod ids;
 mod ops;
 mod plan;
@@ -206,14 +225,15 @@ pub use self::cluster_guard::guard_in_place;
 pub use self::host_link::{
     HOST_LINK_ALIAS, HOST_LINK_IF, HOST_LINK_MAC, HOST_LINK_TAG, HOST_LINK_VPP_IF,
 };
+pub use self::host_steering::{HOST_ROUTE_TABLE, HOST_RULE_PRIORITY};
 pub use self::ids::{
     owned_sa, sa_id, sa_id_in_slot, sa_id_slots, tunnel_instance, tunnel_peer, Direction,
     POD_TABLE_ID, ROUTE_PREFERENCE, SA_ID_BASE, SA_SLOTS, TAG_PREFIX, TUNNEL_INSTANCE_BASE,
     UNDERLAY_SPD_ID,
 };
 pub use self::status::{
-    PeerCounters, HOST_LINK_MISSING, LOST_OUTBOUND, POD_TO_PEER_UNDERLAY_DROPPED,
-    STATS_UNAVAILABLE, UNDERLAY_GUARD_MISSING,
+    PeerCounters, HOST_LINK_MISSING, LOST_OUTBOUND, NODE_ENCRYPTION_HOST_UNCOVERED,
+    NODE_STEERING_MISSING, POD_TO_PEER_UNDERLAY_DROPPED, STATS_UNAVAILABLE, UNDERLAY_GUARD_MISSING,
 };
 pub use crate::endpoint::SocketResolver;
 
@@ -277,8 +297,9 @@ impl VppTunnel {
     /// Scrambler is given, or that holds the tunnel address itself, must not get one).
     /// Turning it off does not remove an existing link; [`Tunnel::remove`] does. Node
     /// encryption ([`Mesh::node_encryption`]) steers the host's traffic through this link:
-    /// without it the host gets no route to its peers' underlay addresses from Scrambler
-    /// (VPP's own traffic is still guarded).
+    /// without it Scrambler does not steer the host (VPP's own traffic is still guarded),
+    /// reconcile warns, and status counts every peer underlay address in
+    /// [`NODE_ENCRYPTION_HOST_UNCOVERED`] with `fail_closed` false.
     pub fn with_host_link(mut self, on: bool) -> Self {
         self.host_link = on;
         self
@@ -357,9 +378,16 @@ impl Tunnel for VppTunnel {
             place_inbound(p, &have.sas);
         }
         let mut rep = reconcile_all(&TunnelCalls { c: &c }, &have, mesh, &want).await?;
+        if !self.host_link && mesh.node_encryption.is_some() {
+            tracing::warn!(
+                "node encryption is on but the host link is off: Scrambler does not steer \
+                 the host's own traffic to its peers' underlay addresses (it takes whatever \
+                 route the host has, possibly in the clear)"
+            );
+        }
         if self.host_link {
-            let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
-            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu, &steered).await?;
+            let targets = host_steering::targets(mesh, have.pod_routes.keys());
+            let h = host_link::reconcile(&c, netns, mesh, self.underlay_mtu, &targets).await?;
             rep.added += h.added;
             rep.updated += h.updated;
             rep.removed += h.removed;
@@ -396,11 +424,18 @@ impl Tunnel for VppTunnel {
             None => false,
         };
         let host_link_ok = match self.host_link {
-            true => {
-                let steered = host_link::node_encryption_targets(mesh, have.pod_routes.keys());
-                host_link::in_place(&c, netns, mesh, self.underlay_mtu, &steered).await?
-            }
+            true => host_link::in_place(&c, netns, mesh, self.underlay_mtu).await?,
             false => true,
+        };
+        let targets = host_steering::targets(mesh, have.pod_routes.keys());
+        let (steering_missing, uncovered) = match (self.host_link, &mesh.node_encryption) {
+            (_, None) => (0, 0),
+            (false, Some(_)) => (0, targets.len()),
+            (true, Some(_)) => {
+                let nl = scrambler_netlink::Nl::open(netns).await?;
+                let plan = host_link::steering_plan(&nl, mesh, &targets).await?;
+                (host_steering::missing(&nl, &plan).await?, plan.uncovered)
+            }
         };
         let _ = c.close().await;
         let want = underlay_guard::wanted(mesh);
@@ -415,6 +450,20 @@ impl Tunnel for VppTunnel {
         let mut st = status::build(&have, snap.as_ref(), mesh);
         if !host_link_ok {
             st.errors.insert(HOST_LINK_MISSING.into(), 1);
+        }
+        if steering_missing > 0 {
+            // the host's traffic to a peer's underlay address may take another route
+            st.fail_closed = false;
+            st.errors
+                .insert(NODE_STEERING_MISSING.into(), steering_missing as u64);
+        }
+        if uncovered > 0 {
+            st.errors
+                .insert(NODE_ENCRYPTION_HOST_UNCOVERED.into(), uncovered as u64);
+            if !self.host_link {
+                // nothing of Scrambler's keeps the host's traffic off other routes
+                st.fail_closed = false;
+            }
         }
         if guarded {
             let n = match gateway_in_table_0 {

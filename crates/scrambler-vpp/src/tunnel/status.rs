@@ -39,6 +39,20 @@ pub use scrambler_core::HOST_LINK_MISSING;
 /// the underlay in cleartext, and `fail_closed` is false.
 pub const UNDERLAY_GUARD_MISSING: &str = "ScramblerUnderlayGuardMissing";
 
+/// Key in [`TunnelStatus::errors`], with node encryption on and the host link: how many of
+/// node encryption's routes (table [`super::HOST_ROUTE_TABLE`]) and rules of the host are
+/// missing or changed. The host's traffic to a peer's underlay address may then take
+/// another route of the host's, in the clear: `fail_closed` is false until a reconcile.
+pub const NODE_STEERING_MISSING: &str = "ScramblerNodeSteeringMissing";
+
+/// Key in [`TunnelStatus::errors`], with node encryption on: how many peer underlay
+/// addresses the host's traffic cannot reach through the mesh. With the host link, they
+/// are IPv6 addresses, or all of them on a node without an IPv4 tunnel address, and get
+/// an `unreachable` route (refused but for the bypass ports: still fail closed); without
+/// the host link ([`super::VppTunnel::with_host_link`]) Scrambler does not steer the host
+/// at all, and `fail_closed` is false.
+pub const NODE_ENCRYPTION_HOST_UNCOVERED: &str = "ScramblerNodeEncryptionHostUncovered";
+
 /// Key in [`TunnelStatus::errors`] when the stats segment could not be read (the packet and
 /// byte counters of the peers are then zero, not measured).
 pub const STATS_UNAVAILABLE: &str = "ScramblerVppStatsUnavailable";

@@ -11,7 +11,12 @@
 //!   address, one per pair of the same family;
 //! * outbound and inbound `bypass` of everything else (IPv4 and IPv6), priority
 //!   [`BYPASS_PRIORITY`]: the tunnels' ESP (outer source: the node's underlay address), the
-//!   node's own traffic and pods' traffic to any other destination pass as before.
+//!   node's own traffic and pods' traffic to any other destination pass as before;
+//! * with node encryption on ([`Mesh::node_encryption`](scrambler_core::Mesh)), outbound
+//!   `discard` of VPP's own traffic, local underlay address → peer underlay address (one
+//!   per pair), and above it outbound `bypass` from the local underlay addresses of ESP
+//!   and of each bypass port (as source or destination port): VPP answers a packet to its
+//!   underlay address from table 0, where that answer would otherwise leave in the clear.
 //!
 //! Pods attached by Scrambler sit in their own VRF ([`POD_TABLE_ID`](super::POD_TABLE_ID)),
 //! where each peer's underlay address is routed into its tunnel (drop until it is up): the

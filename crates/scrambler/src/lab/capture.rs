@@ -198,8 +198,9 @@ fn classify(linktype: u32, frame: &[u8], pods: &[IpNet], nodes: &NodeScope, v: &
         return;
     }
     let l4 = l4.and_then(|at| p.get(at..)).unwrap_or_default();
-    // ICMPv6 router/neighbour solicitation and advertisement, redirect (133..=137)
-    if proto == 58 && l4.first().is_some_and(|t| (133..=137).contains(t)) {
+    // ICMPv6 router/neighbour solicitation and advertisement (133..=136); not a redirect
+    // (137): its Redirected Header option carries a copy of the packet, maybe cleartext
+    if proto == 58 && l4.first().is_some_and(|t| (133..=136).contains(t)) {
         return;
     }
     let ports = (l4.len() >= 4).then(|| {
@@ -318,9 +319,10 @@ mod tests {
             ipv4_ports(17, a, b, 40000, 2379),
             // a node to something that is not a node: none of the verdict's business
             ipv4_ports(6, a, [198, 51, 100, 1], 40000, 7777),
-            // IPv6 neighbour discovery is no leak, an IPv6 echo is
+            // IPv6 neighbour discovery is no leak, an IPv6 echo and a redirect are
             ipv6(58, "fd00:2::1", "fd00:2::2", &[135, 0, 0, 0]),
             ipv6(58, "fd00:2::1", "fd00:2::2", &[128, 0, 0, 0]),
+            ipv6(58, "fd00:2::1", "fd00:2::2", &[137, 0, 0, 0]),
         ]);
         let mut scope = NodeScope {
             underlay: vec![
@@ -334,14 +336,14 @@ mod tests {
         assert_eq!((v.esp, v.cleartext), (1, 0));
         assert_eq!(
             (v.node_cleartext, v.bypassed, v.host_cleartext),
-            (4, 2, 0),
+            (5, 2, 0),
             "{v:?}"
         );
         assert!(v.node_cleartext_examples[1].contains("192.0.2.1:40000 -> 192.0.2.2:7777"));
         // node encryption off: the same packets are information
         scope.encrypted = false;
         let v = judge_with_nodes(&data, &pods, &scope).unwrap();
-        assert_eq!((v.node_cleartext, v.host_cleartext), (0, 4), "{v:?}");
+        assert_eq!((v.node_cleartext, v.host_cleartext), (0, 5), "{v:?}");
         // without a node scope (the former verdict): nothing about hosts
         let v = judge(&data, &pods).unwrap();
         assert_eq!((v.node_cleartext, v.host_cleartext, v.bypassed), (0, 0, 0));

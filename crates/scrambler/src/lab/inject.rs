@@ -246,9 +246,12 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
             flows.push(probe::Flow::start(&c.name, d.ip, FLOW_INTERVAL_MS)?);
         }
     }
-    if let Some((from, to)) = super::node_encryption::host_flow(&state, fault, node) {
+    if state.spec.node_encryption {
         // with node encryption, host traffic too: it must stay encrypted through the fault
-        flows.push(probe::Flow::start(&from, to, FLOW_INTERVAL_MS)?);
+        match super::node_encryption::host_flow(&state, fault, node) {
+            Ok((from, to)) => flows.push(probe::Flow::start(&from, to, FLOW_INTERVAL_MS)?),
+            Err(why) => eprintln!("[lab] no host flow for this fault ({why})"),
+        }
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
 

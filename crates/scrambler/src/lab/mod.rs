@@ -525,9 +525,14 @@ pub async fn test(name: &str) -> Result<TestReport> {
     }
     let mut host_probes = node_pod_pings(&state);
     let node_pod_count = host_probes.len();
+    // pings that must go unanswered (kernel host -> VPP underlay) come last
+    let mut expect_dropped = 0;
     if state.spec.node_encryption {
         let (p, l) = node_encryption::host_pings(&state);
-        host_probes.extend(p.into_iter().zip(l).map(|(ping, label)| NodeProbe {
+        let (dp, dl) = node_encryption::dropped_pings(&state);
+        expect_dropped = dp.len();
+        let probes = p.into_iter().chain(dp).zip(l.into_iter().chain(dl));
+        host_probes.extend(probes.map(|(ping, label)| NodeProbe {
             ping,
             label,
             limit: None,
@@ -552,10 +557,13 @@ pub async fn test(name: &str) -> Result<TestReport> {
     .map_err(|e| Error::kernel("run pings", "lab", e))?;
     let (ok, host_answers) = all_ok.split_at(pings.len());
     let mut expected_limits: BTreeMap<String, (usize, usize, String)> = BTreeMap::new();
-    // judged probes: label, answered, whether it is a host -> host probe
+    // judged probes: label, answered as expected, whether it is a host -> host probe
     let mut host_results: Vec<(String, bool, bool)> = vec![];
+    let dropped_from = host_probes.len() - expect_dropped;
     let answers = host_probes.into_iter().zip(host_answers.iter().copied());
     for (k, (p, answered)) in answers.enumerate() {
+        // an unanswered ping is what a must-be-dropped probe expects
+        let answered = answered != (k >= dropped_from);
         match p.limit {
             Some(limit) => {
                 let e = expected_limits
@@ -583,6 +591,7 @@ pub async fn test(name: &str) -> Result<TestReport> {
         host_host_probes = tokio::task::spawn_blocking(move || node_encryption::tcp_probes(&st))
             .await
             .map_err(|e| Error::kernel("run TCP probes", "lab", e))??;
+        host_host_probes.extend(node_encryption::syn_probes(&state).await?);
     }
     let mut node_pod: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut host_host: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -655,8 +664,10 @@ pub async fn test(name: &str) -> Result<TestReport> {
         let up = st.tunnel.peers.iter().filter(|p| p.is_up()).count();
         tunnels_up.insert(names.node(i), (up, st.tunnel.peers.len()));
     }
-    // a test that pinged nothing or has no tunnel proves nothing: it fails
+    // a test that pinged nothing or has no tunnel proves nothing: it fails; with node
+    // encryption, so does one without a host -> host probe
     let pass = !ok.is_empty()
+        && (!state.spec.node_encryption || !host_host.is_empty())
         && ok.iter().all(|o| *o)
         && families.len() == if family.ipv6 { 2 } else { 1 }
         && host_results.iter().all(|(_, ok, _)| *ok)

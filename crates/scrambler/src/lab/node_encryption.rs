@@ -4,16 +4,21 @@
 //! * file mode: the lab's mesh file says `"nodeEncryption": {"bypass": […]}` with
 //!   [`BYPASS`]; with `--agents` each agent gets `--node-encryption` (the agent adds its
 //!   etcd endpoints' ports to the bypass list itself);
-//! * `lab test` adds host ↔ host probes ([`host_pings`], [`tcp_probes`]) and judges the
-//!   traffic between node addresses on the underlay ([`scope`]): outside ESP and the bypass
-//!   ports it is a leak, alongside pod leaks. Without node encryption that traffic is
-//!   reported as information.
+//! * `lab test` adds host ↔ host probes ([`host_pings`], [`tcp_probes`], [`syn_probes`],
+//!   [`dropped_pings`]) and judges the traffic between node addresses on the underlay
+//!   ([`scope`]): outside ESP and the bypass ports it is a leak, alongside pod leaks.
+//!   Without node encryption that traffic is reported as information.
 //!
 //! What a VPP node cannot do (see scrambler-vpp's *Node encryption*): its underlay address
-//! is VPP's, so a host service listens on its tunnel address instead (the TCP probe to a
-//! VPP node goes there), and a kernel node's host, which sends from its underlay address,
-//! gets no answer from a VPP node's underlay address (the VPP node's guard drops VPP's
-//! answer): that ping is not probed.
+//! is VPP's, so a host service listens on its tunnel address instead (the TCP connection
+//! to a VPP node goes there; that is pod-CIDR traffic, carried with or without node
+//! encryption); the SYN to its underlay address ([`syn_probes`]) reaches VPP, which has no
+//! listener: it counts as carried when the VPP node's SA counted it in from that peer (and
+//! the capture, judged as a whole, saw no cleartext between node addresses). A kernel
+//! node's host, which sends from its underlay address, gets no answer from a VPP node's
+//! underlay address (the VPP node's guard drops VPP's answer, which would otherwise leave
+//! in the clear): in mixed labs those pings are probes that must go unanswered
+//! ([`dropped_pings`]), and the capture proves no answer leaked.
 
 use super::capture::NodeScope;
 use super::inject::Fault;
@@ -72,13 +77,32 @@ fn tunnel_address(state: &LabState, i: usize) -> Option<IpAddr> {
 /// Host → host pings with their labels: from every node's host namespace to every other
 /// node's underlay address, but from a kernel node to a VPP node (see the module docs).
 pub fn host_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
+    underlay_pings(state, "", |i, j| {
+        !(is_kernel(state, i) && vppnode::is_vpp(state, j))
+    })
+}
+
+/// Host → host pings that must go unanswered, with their labels: from every kernel node's
+/// host to every VPP node's underlay address (see the module docs). They are exactly the
+/// traffic whose answer the VPP node's underlay guard drops; an answer means the guard
+/// let VPP's reply out (in the clear: the capture's verdict shows it too).
+pub fn dropped_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
+    underlay_pings(state, " answer dropped (expected)", |i, j| {
+        is_kernel(state, i) && vppnode::is_vpp(state, j)
+    })
+}
+
+/// Pings from node `i`'s host to node `j`'s underlay address for every pair of distinct
+/// nodes `probed(i, j)` accepts, labelled `… underlay (<address>)<suffix>`.
+fn underlay_pings(
+    state: &LabState,
+    suffix: &str,
+    probed: impl Fn(usize, usize) -> bool,
+) -> (Vec<probe::Ping>, Vec<String>) {
     let names = state.names();
     let (mut pings, mut labels) = (Vec::new(), Vec::new());
     for i in 1..=state.spec.nodes {
-        for j in (1..=state.spec.nodes).filter(|j| *j != i) {
-            if is_kernel(state, i) && vppnode::is_vpp(state, j) {
-                continue;
-            }
+        for j in (1..=state.spec.nodes).filter(|j| *j != i && probed(i, *j)) {
             let Some(to) = underlay(state, j) else {
                 continue;
             };
@@ -87,7 +111,7 @@ pub fn host_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
                 to,
             });
             labels.push(format!(
-                "{} host -> {} underlay ({to})",
+                "{} host -> {} underlay ({to}){suffix}",
                 names.node(i),
                 names.node(j)
             ));
@@ -98,14 +122,22 @@ pub fn host_pings(state: &LabState) -> (Vec<probe::Ping>, Vec<String>) {
 
 /// With node encryption, the host flow a fault's injection adds: from another node's host
 /// (one that gets answers from it, see [`host_pings`]) to the underlay address of the node
-/// the fault hits; none for `node-join` (the node does not exist yet).
-pub fn host_flow(state: &LabState, fault: Fault, node: usize) -> Option<(String, IpAddr)> {
-    if !state.spec.node_encryption || fault == Fault::NodeJoin {
-        return None;
+/// the fault hits. `Err` says why there is none: `node-join` (the node does not exist
+/// yet), or no other node's host gets answers from it (a VPP node in a lab whose other
+/// nodes are all kernel nodes).
+pub fn host_flow(
+    state: &LabState,
+    fault: Fault,
+    node: usize,
+) -> std::result::Result<(String, IpAddr), &'static str> {
+    if fault == Fault::NodeJoin {
+        return Err("node-join: the node does not exist yet");
     }
     let from = (1..=state.spec.nodes)
-        .find(|s| *s != node && !(is_kernel(state, *s) && vppnode::is_vpp(state, node)))?;
-    Some((state.names().node(from), underlay(state, node)?))
+        .find(|s| *s != node && !(is_kernel(state, *s) && vppnode::is_vpp(state, node)))
+        .ok_or("no other node's host gets answers from this VPP node's underlay address")?;
+    let to = underlay(state, node).ok_or("the node has no underlay address")?;
+    Ok((state.names().node(from), to))
 }
 
 /// One TCP probe: from node `from`'s host to `to`:[`TCP_PORT`].
@@ -186,6 +218,50 @@ fn connects(state: &LabState, from: usize, to: IpAddr) -> Result<bool> {
     Ok(out.status.success())
 }
 
+/// The packets node `at`'s dataplane decrypted from peer node `from` (its status' count).
+async fn packets_in(state: &LabState, at: usize, from: usize) -> Result<u64> {
+    let st = super::node_status(state, at).await?;
+    let name = state.names().node(from);
+    Ok(st
+        .tunnel
+        .peers
+        .iter()
+        .find(|p| p.name == name)
+        .map_or(0, |p| p.packets_in))
+}
+
+/// The SYN probes: from every node's host to every VPP node's underlay address on
+/// [`TCP_PORT`] (VPP has no listener: no connection is expected). A probe counts as
+/// carried when the VPP node's inbound SA of that peer counted more packets after the
+/// SYNs than before; what the capture saw is judged for the whole test (no cleartext
+/// between node addresses). Returns (label, carried) per probe.
+pub async fn syn_probes(state: &LabState) -> Result<Vec<(String, bool)>> {
+    let names = state.names();
+    let mut out = Vec::new();
+    for j in (1..=state.spec.nodes).filter(|j| vppnode::is_vpp(state, *j)) {
+        let Some(to) = underlay(state, j) else {
+            continue;
+        };
+        for i in (1..=state.spec.nodes).filter(|i| *i != j) {
+            let before = packets_in(state, j, i).await?;
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || connects(&st, i, to))
+                .await
+                .map_err(|e| Error::kernel("run a SYN probe", "lab", e))??;
+            let carried = packets_in(state, j, i).await? > before;
+            out.push((
+                format!(
+                    "{} host -> {} underlay ({to}) tcp/{TCP_PORT} SYN carried",
+                    names.node(i),
+                    names.node(j)
+                ),
+                carried,
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the TCP probes (a listener on every node, one connection per pair, a failed one
 /// tried once more: a TCG guest may be slow); returns (label, connected) per probe.
 pub fn tcp_probes(state: &LabState) -> Result<Vec<(String, bool)>> {
@@ -250,15 +326,32 @@ mod tests {
         }
         assert_eq!(
             host_flow(&lab("vpp"), Fault::Reboot, 1),
-            Some(("t-n2".to_string(), "192.0.2.1".parse().unwrap()))
+            Ok(("t-n2".to_string(), "192.0.2.1".parse().unwrap()))
         );
-        assert_eq!(host_flow(&lab("vpp"), Fault::NodeJoin, 1), None);
+        assert!(host_flow(&lab("vpp"), Fault::NodeJoin, 1).is_err());
+        // no unanswered probes without a kernel and a VPP node
+        assert!(dropped_pings(&lab("vpp")).0.is_empty());
+        assert!(dropped_pings(&lab("veth")).0.is_empty());
         // mixed (1, 3 VPP; 2 kernel): node 2 does not ping 1 and 3's underlay
         let l = lab("mixed");
         assert_eq!(
             host_flow(&l, Fault::LinkDown, 1),
-            Some(("t-n3".to_string(), "192.0.2.1".parse().unwrap()))
+            Ok(("t-n3".to_string(), "192.0.2.1".parse().unwrap()))
         );
+        // node 2 (kernel) -> 1 and 3 (VPP) underlay: must go unanswered
+        let (dropped, labels) = dropped_pings(&l);
+        assert_eq!(
+            dropped
+                .iter()
+                .map(|p| (p.from.as_str(), p.to))
+                .collect::<Vec<_>>(),
+            [
+                ("t-n2", underlay(&l, 1).unwrap()),
+                ("t-n2", underlay(&l, 3).unwrap())
+            ],
+            "{labels:?}"
+        );
+        assert!(labels.iter().all(|l| l.ends_with("(expected)")));
         let (pings, labels) = host_pings(&l);
         assert_eq!(pings.len(), 4, "{labels:?}");
         assert!(

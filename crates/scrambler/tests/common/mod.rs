@@ -189,7 +189,7 @@ pub fn assert_node_encryption(out: &str, min_probes: usize) {
         assert!(ok == n && ok != "0", "not answered: {l}\n{out}");
     }
     assert_eq!(
-        out.matches("0 cleartext packets between node addresses (")
+        out.matches("underlay: 0 cleartext packets between node addresses (")
             .count(),
         out.matches("cleartext packets between node addresses")
             .count(),
