@@ -3,7 +3,7 @@
 
 use super::{apply_node, capture, cmd, pods, probe, topology, LabState};
 use crate::meshfile::{next_rotation_phase, MeshFile};
-use scrambler_core::{Error, Result};
+use scrambler_core::{Backend, Error, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,10 @@ pub struct InjectReport {
     /// What the fault's own checks found wrong (an agent that changed its epoch, a
     /// rotation where none should be, …); empty when they all held.
     pub failures: Vec<String>,
+    /// Per VPP node that had any during the injection: packets its VPP dropped on a full
+    /// af_packet TX ring ([`super::vppnode::tx_ring_overruns`]), the mark of a burst after
+    /// the host held a VPP back rather than of a mesh change.
+    pub vpp_tx_ring_overruns: Vec<(String, u64)>,
 }
 
 /// Why an injection failed: the fault's own checks ([`InjectReport::failures`]), any
@@ -216,6 +220,13 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
     let b = first_pod(other)?;
     let pcap = LabState::dir(name).join(format!("inject-{fault:?}.pcap"));
     let cap = capture::Capture::start(&names.wire(), &pcap)?;
+    let overruns = |state: &LabState| -> Vec<(usize, Option<u64>)> {
+        (1..=state.spec.nodes)
+            .filter(|i| state.node_backend(*i) == Backend::Vpp)
+            .map(|i| (i, super::vppnode::tx_ring_overruns(&state.spec.name, i)))
+            .collect()
+    };
+    let overruns_before = overruns(&state);
     let mut flows = match fault {
         // the joining node's first pod does not exist yet: pods of two nodes send to it
         Fault::NodeJoin => {
@@ -406,6 +417,18 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         &state.family().cluster_cidrs(),
         &super::node_encryption::scope(&state)?,
     )?;
+    let vpp_tx_ring_overruns = overruns(&state)
+        .into_iter()
+        .filter_map(|(i, after)| {
+            let before = overruns_before
+                .iter()
+                .find(|(j, _)| *j == i)?
+                .1
+                .unwrap_or(0);
+            let n = after?.saturating_sub(before);
+            (n > 0).then(|| (names.node(i), n))
+        })
+        .collect();
     Ok(InjectReport {
         fault,
         node: names.node(node),
@@ -413,6 +436,7 @@ pub async fn inject(name: &str, fault: Fault, node: usize, hold: Duration) -> Re
         flows: reports,
         underlay,
         failures,
+        vpp_tx_ring_overruns,
     })
 }
 
@@ -554,6 +578,25 @@ pub fn print_report(r: &InjectReport) {
             f.label, f.sent, f.received, f.longest_outage_ms
         );
     }
+    // where the losses fell: echo n left about (n - 1) intervals after the flow started,
+    // which is about 1 s before the fault's first step
+    for f in r.flows.iter().filter(|f| !f.lost.is_empty()) {
+        let at: Vec<String> = f
+            .lost
+            .iter()
+            .map(|s| {
+                let t = (*s as f64 - 1.0) * FLOW_INTERVAL_MS as f64 / 1000.0 - 1.0;
+                format!("{s} ({t:+.2}s)")
+            })
+            .collect();
+        println!("  {} lost icmp_seq {}", f.label, at.join(", "));
+    }
+    for (node, n) in &r.vpp_tx_ring_overruns {
+        println!(
+            "  VPP of {node} dropped {n} packets on a full af_packet TX ring (tx ring overrun: \
+             a burst after the host held a VPP back)"
+        );
+    }
     println!(
         "underlay: {} ESP packets, {} cleartext packets between pod CIDRs{}",
         r.underlay.esp,
@@ -654,10 +697,12 @@ mod tests {
                     sent,
                     received,
                     longest_outage_ms,
+                    lost: vec![],
                 })
                 .collect(),
             underlay: capture::Verdict::default(),
             failures: vec![],
+            vpp_tx_ring_overruns: vec![],
         }
     }
 

@@ -120,6 +120,9 @@ pub struct FlowReport {
     pub received: u64,
     /// Longest run of consecutive lost echoes, in milliseconds.
     pub longest_outage_ms: u64,
+    /// The `icmp_seq` of every lost echo (the n-th echo was sent about `(n - 1)` intervals
+    /// after the flow started), to place a loss among the fault's steps.
+    pub lost: Vec<u64>,
 }
 
 impl Flow {
@@ -210,6 +213,7 @@ pub fn parse_ping(text: &str, interval_ms: u64, label: &str) -> FlowReport {
         sent,
         received: seqs.len() as u64,
         longest_outage_ms: longest * interval_ms,
+        lost: (1..=sent).filter(|s| !seqs.contains(s)).collect(),
     }
 }
 
@@ -240,6 +244,7 @@ mod tests {
         let r = parse_ping(text, 100, "x");
         // the 8th echo was in flight when ping stopped: not a loss
         assert_eq!((r.sent, r.received, r.longest_outage_ms), (7, 4, 300));
+        assert_eq!(r.lost, [3, 4, 5]);
         let clean = "64 bytes from a: icmp_seq=1 ttl=1\n64 bytes from a: icmp_seq=2 ttl=1\n2 packets transmitted, 2 received";
         assert_eq!(parse_ping(clean, 50, "y").longest_outage_ms, 0);
     }

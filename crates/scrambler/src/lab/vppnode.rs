@@ -58,6 +58,36 @@ pub fn api_socket(lab: &str, i: usize) -> PathBuf {
     run_dir(lab, i).join("api.sock")
 }
 
+/// Packets node `i`'s VPP dropped because an af_packet interface's TX ring was full (VPP's
+/// `tx ring overrun` error counters, summed over its interfaces, read with `vppctl` on
+/// the node's CLI socket): a burst the ring of a pod or of the uplink could not take, as
+/// when the host held a VPP back and it then forwards its backlog at once. A lost echo
+/// with such drops beside it is the host's, not a mesh change's. None when the counters
+/// cannot be read.
+pub fn tx_ring_overruns(lab: &str, i: usize) -> Option<u64> {
+    let vpp = dist().ok()?;
+    let mut c = std::process::Command::new(vpp.vpp.with_file_name("vppctl"));
+    c.arg("-s")
+        .arg(run_dir(lab, i).join("cli.sock"))
+        .args(["show", "errors"]);
+    if let Some(libs) = &vpp.libs {
+        c.env("LD_LIBRARY_PATH", libs);
+    }
+    let out = c.output().ok().filter(|o| o.status.success())?;
+    Some(parse_tx_ring_overruns(&String::from_utf8_lossy(
+        &out.stdout,
+    )))
+}
+
+/// The `tx ring overrun` counts of `show errors` (`<count> <node> tx ring overrun error`),
+/// summed.
+fn parse_tx_ring_overruns(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.contains("tx ring overrun"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn api_prefix(lab: &str, i: usize) -> String {
     format!("{lab}-n{i}-vpp")
 }
@@ -441,6 +471,19 @@ pub fn tour_target(state: &LabState, fault: super::inject::Fault) -> Option<usiz
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tx_ring_overruns_are_summed_over_interfaces() {
+        let text = "   Count                  Node                              Reason               Severity \n\
+               1229          af-packet-input                    timed out block             error  \n\
+                 23       host-scvc8aebb4b4d8-tx                tx ring overrun             error  \n\
+                  2             host-ul0-tx                     tx ring overrun             error  \n";
+        assert_eq!(super::parse_tx_ring_overruns(text), 25);
+        assert_eq!(
+            super::parse_tx_ring_overruns("   Count  Node  Reason  Severity\n"),
+            0
+        );
+    }
+
     use super::*;
 
     #[test]
