@@ -264,7 +264,6 @@ fn vpp_lab_with_node_encryption_carries_host_traffic_encrypted_through_every_fau
 }
 
 #[test]
-#[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
 fn mixed_lab_with_node_encryption_carries_host_traffic_encrypted() {
     // nodes 1 and 3 VPP, node 2 the kernel: VPP hosts ping every underlay address, the
     // kernel host pings none of the VPP nodes' (VPP's answer to its underlay address is
@@ -288,7 +287,6 @@ fn mixed_lab_with_node_encryption_carries_host_traffic_encrypted() {
 }
 
 #[test]
-#[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
 fn mixed_lab_with_node_encryption_on_agents() {
     let lab = lab_name("scma");
     let (ok, out) = scrambler(
@@ -305,7 +303,6 @@ fn mixed_lab_with_node_encryption_on_agents() {
 }
 
 #[test]
-#[ignore = "needs the agent's --node-encryption (branch h-xnode)"]
 fn vpp_lab_agents_tour_with_node_encryption() {
     // 3 VPP nodes on etcd with `--node-encryption` on every agent: every fault (etcd down
     // 5 s, a node leaving: the host flow to it meets VPP's tombstone, 0 cleartext).
