@@ -198,4 +198,15 @@ pub fn assert_node_encryption(out: &str, min_probes: usize) {
         "{out}"
     );
     assert!(!out.contains("!!!"), "{out}");
+    // the figures of a passing run (shown with --nocapture)
+    for l in out.lines().filter(|l| {
+        l.starts_with("underlay: ")
+            || l.starts_with("verdict: ")
+            || l.starts_with("fault ")
+            || l.contains("NodePort ->")
+            || l.contains(" -> 192.") && !l.contains(" underlay (")
+    }) {
+        eprintln!("{l}");
+    }
+    eprintln!("{} host -> host probes, all answered", probes.len());
 }
