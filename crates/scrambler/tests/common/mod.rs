@@ -204,7 +204,7 @@ pub fn assert_node_encryption(out: &str, min_probes: usize) {
             || l.starts_with("verdict: ")
             || l.starts_with("fault ")
             || l.contains("NodePort ->")
-            || l.contains(" -> 192.") && !l.contains(" underlay (")
+            || (l.contains(" -> 192.") && !l.contains(" underlay ("))
     }) {
         eprintln!("{l}");
     }
