@@ -463,7 +463,9 @@ fn vm_xnode_host_traffic_rides_the_mesh_except_esp_and_the_bypass_port() {
         let etcd = tcp_round_trip(n1, &format!("{}:2379", v4(2)));
         let v = verdict(&cap.finish());
         figure(&format!(
-            "node 2 left node 1's mesh: ping IPv4 {ping4}/2 IPv6 {ping6}/2, TCP IPv4              {tcp4:?} IPv6 {tcp6:?}, tcp/2379 {etcd:?}; cleartext other than the bypass              port {}",
+            "node 2 left node 1's mesh: ping IPv4 {ping4}/2 IPv6 {ping6}/2, TCP IPv4 \
+             {tcp4:?} IPv6 {tcp6:?}, tcp/2379 {etcd:?}; cleartext other than the bypass \
+             port {}",
             v.leaks.len()
         ));
         assert_eq!((ping4, ping6), (0, 0));
