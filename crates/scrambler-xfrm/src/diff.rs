@@ -762,6 +762,81 @@ mod tests {
     }
 
     #[test]
+    fn a_departed_peer_keeps_its_host_block_and_bypass_allows_with_node_encryption() {
+        let cfg = XfrmConfig::default();
+        let with = |m: scrambler_core::Mesh, bypass: &[&str]| scrambler_core::Mesh {
+            node_encryption: Some(scrambler_core::NodeEncryption {
+                bypass: bypass.iter().map(|b| b.parse().unwrap()).collect(),
+            }),
+            ..m
+        };
+        let found =
+            found_from(&Desired::plan(&cfg, &with(mesh(1, 3), &["tcp/2379"]), None).unwrap());
+        // node 3 leaves: its mesh policies go, its IPv4 host block and allows stay
+        let left = Desired::plan(&cfg, &with(mesh(1, 2), &["tcp/2379"]), None).unwrap();
+        let ch = diff(&cfg, &left, &found, &[], false).unwrap();
+        let gone = deleted(&ch);
+        let block = "policy out 192.0.2.1/32 -> 192.0.2.3/32";
+        for kept in [
+            block.to_string(),
+            format!("{block} proto 6 dport 2379"),
+            format!("{block} proto 6 sport 2379"),
+        ] {
+            assert!(!gone.contains(&kept.as_str()), "{kept}: {gone:?}");
+        }
+        // its mesh policies m <-> u (out, in, fwd) go
+        for dir in [
+            "out 192.0.2.1/32 -> 192.0.2.3/32",
+            "in 192.0.2.3/32 -> 192.0.2.1/32",
+        ] {
+            assert!(
+                gone.iter()
+                    .any(|g| g.starts_with(&format!("policy {dir} if_id"))),
+                "{dir}: {gone:?}"
+            );
+        }
+        assert!(
+            gone.iter()
+                .any(|g| g.starts_with("policy fwd 192.0.2.3/32 -> 192.0.2.1/32 if_id")),
+            "{gone:?}"
+        );
+        // and nothing of the remaining peer's
+        assert!(gone.iter().all(|g| !g.contains("192.0.2.2/")), "{gone:?}");
+        // a port leaves the bypass list: the departed peer's allows of it go, the block stays
+        let moved = Desired::plan(&cfg, &with(mesh(1, 2), &["tcp/22"]), None).unwrap();
+        let gone_now = deleted(&diff(&cfg, &moved, &found, &[], false).unwrap())
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        assert!(gone_now.contains(&format!("{block} proto 6 dport 2379")));
+        assert!(gone_now.contains(&format!("{block} proto 6 sport 2379")));
+        assert!(!gone_now.contains(&block.to_string()));
+        // node encryption off: the tombstones go with the present peers' blocks
+        let off = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
+        let gone_off = deleted(&diff(&cfg, &off, &found, &[], false).unwrap())
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        assert!(gone_off.contains(&block.to_string()), "{gone_off:?}");
+        // the local node takes the address: no tombstone of it
+        let mut m = with(mesh(1, 2), &["tcp/2379"]);
+        m.local.underlay.push("192.0.2.3".parse().unwrap());
+        let ch = diff(
+            &cfg,
+            &Desired::plan(&cfg, &m, None).unwrap(),
+            &found,
+            &[],
+            false,
+        )
+        .unwrap();
+        assert!(deleted(&ch).contains(&block));
+        // it comes back: its block and allows are planned, unchanged
+        let back = Desired::plan(&cfg, &with(mesh(1, 3), &["tcp/2379"]), None).unwrap();
+        let ch = diff(&cfg, &back, &found, &[], false).unwrap();
+        assert!(ch.report.is_noop() && ch.len() == 0);
+    }
+
+    #[test]
     fn turning_node_encryption_off_removes_exactly_its_policies() {
         let cfg = XfrmConfig::default();
         let mut m = mesh(1, 3);
@@ -784,11 +859,14 @@ mod tests {
         let ch = diff(&cfg, &off, &found, &[], false).unwrap();
         let mut gone = deleted(&ch);
         gone.sort();
-        // per peer the block and the allows of both sides of the port (the mesh policies
-        // m <-> u stay: the node's pods use them); no tombstone is kept of them
+        // per peer `fwd u -> m`, the block and the allows of both sides of the port (the
+        // mesh policies `out m -> u`, `in u -> m` stay: the node's pods use them); no
+        // tombstone is kept of them
         assert_eq!(
             gone,
             [
+                "policy fwd 192.0.2.2/32 -> 192.0.2.1/32 if_id 0x5c5c",
+                "policy fwd 192.0.2.3/32 -> 192.0.2.1/32 if_id 0x5c5c",
                 "policy out 192.0.2.1/32 -> 192.0.2.2/32",
                 "policy out 192.0.2.1/32 -> 192.0.2.2/32 proto 6 dport 2379",
                 "policy out 192.0.2.1/32 -> 192.0.2.2/32 proto 6 sport 2379",

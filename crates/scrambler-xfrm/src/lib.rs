@@ -103,13 +103,27 @@
 //! * the route `u dev <interface> src m` in the table: an unbound socket's packet gets
 //!   `m` as its source and meets the mesh policies `out m → u` / `in u → m`, planned
 //!   whenever node encryption is on (also on a node without local pods of that family);
+//!   and `fwd u → m`: a peer's host calling this node's address DNATed to a pod on another
+//!   node (a NodePort) is decrypted here and forwarded, and the forward check sees the
+//!   pre-DNAT addresses `u → m`; the pod's reply, un-NATed to `m → u`, is steered into
+//!   the interface by the rules (they match forwarded packets too) and meets `out m → u`;
 //! * IPv4: a block `out m → u` in the guard's slot and allows `out m → u proto P sport N`
 //!   / `dport N` per bypass port at the bypass priority. Steered packets never meet them
 //!   (`disable_xfrm`); without the rules (deleted behind Scrambler's back, before the
 //!   first reconcile after `mesh remove`) the node's IPv4 traffic to its peers is refused
 //!   (`EPERM`) except on the bypass ports. They belong to the guard:
 //!   `remove_keeping_guard` keeps them, `remove` and turning node encryption off take them
-//!   away (they are not tombstones: a departed peer's address is no longer covered).
+//!   away;
+//! * a peer leaving the mesh fails closed, in both families: its IPv4 host block and the
+//!   allows of the current bypass ports stay (tombstones, like the pods' underlay blocks:
+//!   kept by reconcile and `remove_keeping_guard` until `remove`, or until node encryption
+//!   is turned off; an allow whose port left the bypass list goes), and so does its route
+//!   `u dev <interface>` in the table (a route tombstone, kept while node encryption is
+//!   on, removed with the table's routes): the steering rules still send the node's
+//!   traffic to `u` into the interface, which has no policy left for it and drops it (an
+//!   ICMP unreachable to the sender) instead of the main table carrying it in cleartext.
+//!   Neither is kept for a local underlay address; a node that takes the address later
+//!   plans the same objects.
 //!
 //! Status: a missing or changed rule counts in [`NODE_RULE_MISSING`] (every peer
 //! `steering: false`), a missing policy in [`NODE_POLICY_MISSING`] (a missing block also

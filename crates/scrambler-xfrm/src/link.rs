@@ -270,13 +270,16 @@ fn delete_order<'a>(rules: impl IntoIterator<Item = &'a RuleSpec>) -> Vec<&'a Ru
 /// Makes Scrambler's routes in its table and its rules exactly `routes` and `rules`:
 /// stale rules go first, then stale routes; then missing routes (a rule pointing to a
 /// table without the route falls through to the main table and the guard), then missing
-/// rules (see [`add_order`]). A route whose source changed is deleted and added again.
+/// rules (see [`add_order`]). A route whose source changed is deleted and added again;
+/// a route not in `routes` whose destination `keep` holds (a tombstone, see
+/// [`crate::plan::Desired::is_underlay_route_tombstone`]) stays as it is.
 /// Returns (added, removed).
 pub(crate) async fn sync_underlay_steering(
     nl: &Nl,
     cfg: &XfrmConfig,
     index: u32,
     routes: &Routes,
+    keep: impl Fn(&IpNet) -> bool,
     rules: &BTreeSet<RuleSpec>,
 ) -> Result<(usize, usize)> {
     let have = owned_table_routes(nl, cfg, index).await?;
@@ -286,7 +289,10 @@ pub(crate) async fn sync_underlay_steering(
     let missing_rules = add_order(rules.difference(&found));
     let stale_routes = table_routes(
         cfg,
-        have.iter().filter(|(n, src)| routes.get(n) != Some(src)),
+        have.iter().filter(|(n, src)| match routes.get(n) {
+            Some(want) => want != *src,
+            None => !keep(n),
+        }),
         index,
     );
     let missing_routes = table_routes(

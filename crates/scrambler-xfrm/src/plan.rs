@@ -37,6 +37,11 @@ pub(crate) struct Desired {
     /// Keys of the policies node encryption plans (some of them, `out m → u` and
     /// `in u → m`, may be the pods' too); empty when it is off.
     pub node_policies: BTreeSet<PolicyKey>,
+    /// With node encryption on, the transport selectors of its bypass allows (`proto P
+    /// sport N` and `… dport N` per bypass port); `None` when it is off. A departed peer's
+    /// host block and allows are tombstones only while it is on (see
+    /// [`Desired::is_underlay_tombstone`]).
+    pub node_bypass: Option<BTreeSet<L4>>,
     /// The local node's underlay addresses as host prefixes (never a tombstone's
     /// destination, see [`Desired::is_underlay_tombstone`]).
     pub local_underlay: BTreeSet<IpNet>,
@@ -198,7 +203,16 @@ impl Desired {
     /// them; a node that takes the address later plans the same block. They are bounded
     /// by (local pod CIDRs) × (distinct underlay addresses of peers) since the last
     /// removal; none is ever kept for an address of the local node.
+    ///
+    /// With node encryption on, node encryption's IPv4 host block `out m → u` of a node
+    /// that left the mesh (`m` a local underlay address) is a tombstone too, with its
+    /// allows for the current bypass ports (see [`Desired::is_host_tombstone`]).
     pub fn is_underlay_tombstone(&self, cfg: &XfrmConfig, p: &Policy) -> bool {
+        self.is_pod_tombstone(cfg, p) || self.is_host_tombstone(cfg, p)
+    }
+
+    /// The pods' tombstone of [`Desired::is_underlay_tombstone`].
+    fn is_pod_tombstone(&self, cfg: &XfrmConfig, p: &Policy) -> bool {
         let k = &p.key;
         k.dir == Dir::Out
             && k.if_id == 0
@@ -213,6 +227,59 @@ impl Desired {
             && k.dst.prefix_len() == k.dst.max_prefix_len()
             && same_family(&k.src, &k.dst)
             && !self.local_underlay.contains(&k.dst)
+    }
+
+    /// True when `p`, an owned policy not planned, is node encryption's IPv4 host block
+    /// `out m → u` (guard priority, if_id 0) of an address `u` no peer has any more, or one
+    /// of its allows `out m → u proto P sport|dport N` (bypass priority) for a port still
+    /// in the bypass list, with `m` a local underlay address and node encryption on. The
+    /// node's own traffic to `u` rode the mesh while `u` was a peer's; when the peer
+    /// leaves, its mesh policies and the route `u dev <interface>` go, and without the
+    /// block a connection still open (or a new one) would go on over the main table in
+    /// cleartext. Kept like the pods' tombstones: until [`crate::XfrmTunnel`]'s `remove`
+    /// (`remove_keeping_guard` keeps them with the guard); also taken away when node
+    /// encryption is turned off (as the present peers' blocks are); an allow whose port
+    /// left the bypass list goes (the block then refuses that port too). A node that takes
+    /// the address later plans the same block and allows. Bounded by the distinct IPv4
+    /// underlay addresses of peers since the last removal.
+    fn is_host_tombstone(&self, cfg: &XfrmConfig, p: &Policy) -> bool {
+        let Some(bypass) = &self.node_bypass else {
+            return false;
+        };
+        let k = &p.key;
+        let shape = if p.block {
+            p.priority == cfg.priority(PRIO_GUARD) && k.l4.is_any()
+        } else {
+            p.priority == cfg.priority(PRIO_BYPASS) && bypass.contains(&k.l4)
+        };
+        shape
+            && k.dir == Dir::Out
+            && k.if_id == 0
+            && k.ifindex == 0
+            && p.tmpl.is_none()
+            && k.src.addr().is_ipv4()
+            && k.dst.addr().is_ipv4()
+            && k.dst.prefix_len() == k.dst.max_prefix_len()
+            && self.local_underlay.contains(&k.src)
+            && !self.local_underlay.contains(&k.dst)
+    }
+
+    /// True when `net`, the destination of an owned route in [`XfrmConfig::route_table`]
+    /// that is not planned, is a former peer's underlay address kept while node encryption
+    /// is on: the route `u dev <interface>` stays when the peer leaves, so the node's
+    /// traffic to `u` that the steering rules send to the table (and its pods' by their
+    /// rules) still goes into the interface, where no mesh policy is left for it: the
+    /// interface drops it (and answers the sender with an ICMP unreachable) instead of the
+    /// main table carrying it in cleartext. This covers both families (IPv6 has no host
+    /// block, see [`Desired::plan_node_encryption`]), as long as the rules are in place.
+    /// Removed with the other routes of the table (`remove`, `remove_keeping_guard`), when
+    /// node encryption is turned off, and never kept for a local underlay address; a node
+    /// that takes the address later plans the same route (with its source).
+    pub fn is_underlay_route_tombstone(&self, net: &IpNet) -> bool {
+        self.node_bypass.is_some()
+            && net.prefix_len() == net.max_prefix_len()
+            && !self.underlay_routes.contains_key(net)
+            && !self.local_underlay.contains(net)
     }
 
     fn plan_peer(
@@ -588,8 +655,10 @@ impl Desired {
     /// underlay addresses rides the mesh, except ESP and the bypass ports. For every peer
     /// and each of its underlay addresses `u` of a family the local node has an underlay
     /// address `m` of (its first of that family):
-    /// * mesh policies `out m → u` and `in u → m` (if_id, the ESP template of the peer's
-    ///   pair of outer addresses, which may be of the other family: states carry both);
+    /// * mesh policies `out m → u`, `in u → m` and `fwd u → m` (if_id, the ESP template of
+    ///   the peer's pair of outer addresses, which may be of the other family: states
+    ///   carry both); `fwd` for the peer's host reaching a pod on another node through a
+    ///   DNAT of this node's address (a NodePort), checked before the DNAT;
     /// * the route `u dev <interface> src m` in [`XfrmConfig::route_table`] (the source
     ///   makes an unbound socket's packet `m → u`, which those policies encrypt);
     /// * IPv4: a block `out m → u` at the guard's priority (if_id 0) and, for each bypass
@@ -623,6 +692,11 @@ impl Desired {
                 let (mn, un) = (IpNet::from(m), IpNet::from(*u));
                 self.host_policy(cfg, Dir::Out, mn, un, L4::ANY, PRIO_MESH, Some(out));
                 self.host_policy(cfg, Dir::In, un, mn, L4::ANY, PRIO_MESH, Some(back));
+                // the peer's host calling this node's address DNATed to a pod on another
+                // node (a NodePort): decrypted here and forwarded, checked with its
+                // pre-DNAT addresses u → m (the pod's reply, un-NATed to m → u, is
+                // steered into the interface by the rules and meets `out m → u`)
+                self.host_policy(cfg, Dir::Fwd, un, mn, L4::ANY, PRIO_MESH, Some(back));
                 self.underlay_routes.insert(un, Some(m));
                 if u.is_ipv4() {
                     self.plan_host_block(cfg, mn, un, &ne.bypass);
@@ -634,6 +708,7 @@ impl Desired {
                 self.plan_node_rules(cfg, v6, &ne.bypass);
             }
         }
+        self.node_bypass = Some(ne.bypass.iter().flat_map(|b| bypass_l4(*b)).collect());
         Ok(())
     }
 
@@ -670,22 +745,8 @@ impl Desired {
     /// IPv4's fail-closed block `out m → u` and its allows for the bypass ports.
     fn plan_host_block(&mut self, cfg: &XfrmConfig, m: IpNet, u: IpNet, bypass: &[BypassPort]) {
         self.host_policy(cfg, Dir::Out, m, u, L4::ANY, PRIO_GUARD, None);
-        for b in bypass {
-            let proto = b.proto.number();
-            for l4 in [
-                L4 {
-                    proto,
-                    sport: b.port,
-                    dport: 0,
-                },
-                L4 {
-                    proto,
-                    sport: 0,
-                    dport: b.port,
-                },
-            ] {
-                self.host_policy(cfg, Dir::Out, m, u, l4, PRIO_BYPASS, None);
-            }
+        for l4 in bypass.iter().flat_map(|b| bypass_l4(*b)) {
+            self.host_policy(cfg, Dir::Out, m, u, l4, PRIO_BYPASS, None);
         }
     }
 
@@ -693,6 +754,23 @@ impl Desired {
     fn plan_node_rules(&mut self, cfg: &XfrmConfig, v6: bool, bypass: &[BypassPort]) {
         self.node_rules.extend(steering(cfg).rules(v6, bypass));
     }
+}
+
+/// The selectors of bypass port `b`'s allows: `proto P sport N` and `proto P dport N`.
+fn bypass_l4(b: BypassPort) -> [L4; 2] {
+    let proto = b.proto.number();
+    [
+        L4 {
+            proto,
+            sport: b.port,
+            dport: 0,
+        },
+        L4 {
+            proto,
+            sport: 0,
+            dport: b.port,
+        },
+    ]
 }
 
 /// The default route's prefix of `net`'s family.
@@ -1464,6 +1542,11 @@ pub(crate) mod tests {
             assert_eq!(out.tmpl, Some(t("192.0.2.1", peer)));
             let back = &d.policies[&mesh_key(Dir::In, u, "192.0.2.1/32")];
             assert_eq!(back.tmpl, Some(t(peer, "192.0.2.1")));
+            // fwd u → m: a peer's host reaching a pod on another node through a DNAT of
+            // this node's address (a NodePort), checked with its pre-DNAT addresses
+            let fwd = &d.policies[&mesh_key(Dir::Fwd, u, "192.0.2.1/32")];
+            assert_eq!(fwd.tmpl, Some(t(peer, "192.0.2.1")));
+            assert!(d.node_policies.contains(&fwd.key));
             // the block, in the guard's slot (if_id 0, guard priority)
             let block = &d.policies[&key(Dir::Out, "192.0.2.1/32", u)];
             assert!(block.block && block.tmpl.is_none());
@@ -1489,7 +1572,9 @@ pub(crate) mod tests {
                 assert!(allows.iter().any(|a| a == l4), "{l4}: {allows:?}");
             }
         }
-        // every one of them is Scrambler's as found in a dump, and none is a tombstone
+        // every one of them is Scrambler's as found in a dump, and none is a tombstone once
+        // node encryption is off (turning it off removes them all)
+        let off = Desired::plan(&cfg, &mesh(1, 3), None).unwrap();
         for p in d.policies.values() {
             let found = crate::model::FoundPolicy {
                 policy: p.clone(),
@@ -1498,11 +1583,29 @@ pub(crate) mod tests {
             };
             assert!(crate::diff::owns_policy(&cfg, &found), "{p:?}");
             if d.node_policies.contains(&p.key) {
-                assert!(!d.is_underlay_tombstone(&cfg, p), "{p:?}");
+                assert!(!off.is_underlay_tombstone(&cfg, p), "{p:?}");
             }
         }
-        // 2 peers × (block + 4 allows + out/in mesh)
-        assert_eq!(d.node_policies.len(), 14);
+        // 2 peers × (block + 4 allows + out/in/fwd mesh)
+        assert_eq!(d.node_policies.len(), 16);
+    }
+
+    #[test]
+    fn a_departed_peers_table_route_is_a_tombstone_only_with_node_encryption() {
+        let cfg = XfrmConfig::default();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let on = Desired::plan(&cfg, &with_node_encryption(mesh(1, 2), &[]), None).unwrap();
+        // a departed peer's address, of either family: kept
+        assert!(on.is_underlay_route_tombstone(&net("192.0.2.3/32")));
+        assert!(on.is_underlay_route_tombstone(&net("2001:db8::3/128")));
+        // a planned route is not a tombstone (its source is reconciled), nor a local address
+        // or a prefix
+        assert!(!on.is_underlay_route_tombstone(&net("192.0.2.2/32")));
+        assert!(!on.is_underlay_route_tombstone(&net("192.0.2.1/32")));
+        assert!(!on.is_underlay_route_tombstone(&net("192.0.2.0/24")));
+        // node encryption off: none
+        let off = Desired::plan(&cfg, &mesh(1, 2), None).unwrap();
+        assert!(!off.is_underlay_route_tombstone(&net("192.0.2.3/32")));
     }
 
     #[test]
@@ -1515,15 +1618,15 @@ pub(crate) mod tests {
         assert!(off.policies.keys().all(|k| k.l4.is_any()));
         assert_eq!(off.rules(&cfg).len(), 1);
         assert!(off.underlay_routes.values().all(Option::is_none));
-        // on adds to off: the block and allows (the node has pods: the mesh policies
-        // m ↔ u are the pods' too), the rules, the routes' source
+        // on adds to off: the block, allows and `fwd u → m` (the node has pods: the mesh
+        // policies `out m → u`, `in u → m` are the pods' too), the rules, the routes' source
         let added: Vec<String> = on
             .policies
             .keys()
             .filter(|k| !off.policies.contains_key(k))
             .map(|k| k.to_string())
             .collect();
-        assert_eq!(added.len(), 2 * 3, "{added:?}");
+        assert_eq!(added.len(), 2 * 4, "{added:?}");
         assert!(off.policies.keys().all(|k| on.policies.contains_key(k)));
         assert_eq!(
             on.underlay_routes.keys().collect::<Vec<_>>(),

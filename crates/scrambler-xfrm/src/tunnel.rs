@@ -315,9 +315,15 @@ impl Tunnel for XfrmTunnel {
         rtnl.delete_routes(&stale).await?;
         link::add_routes(&rtnl, &missing, index, cfg.route_protocol).await?;
         let rules = desired.rules(cfg);
-        let (added, removed) =
-            link::sync_underlay_steering(&rtnl, cfg, index, &desired.underlay_routes, &rules)
-                .await?;
+        let (added, removed) = link::sync_underlay_steering(
+            &rtnl,
+            cfg,
+            index,
+            &desired.underlay_routes,
+            |n| desired.is_underlay_route_tombstone(n),
+            &rules,
+        )
+        .await?;
         report.added += added;
         report.removed += removed;
         report.unchanged += (desired.underlay_routes.len() + rules.len()).saturating_sub(added);

@@ -947,6 +947,46 @@ fn node_encryption_rules_and_policies_are_reconciled_owned_only() {
         );
         t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
 
+        // a peer leaves: its host block, allows and table route stay (tombstones: its
+        // address is refused, not reached in cleartext); status is clean, a second
+        // reconcile a no-op
+        let left = on(mesh_of(1, 2, node));
+        let r = t.reconcile(&ns.netns(), &left, &secret()).await.unwrap();
+        assert!(r.removed > 0, "{r:?}");
+        let pol = ns.ip(&["xfrm", "policy"]);
+        assert!(
+            pol.contains(
+                "src 192.0.2.1/32 dst 192.0.2.3/32 \n\tdir out action block priority 23556"
+            ),
+            "{pol}"
+        );
+        assert!(
+            pol.contains("src 192.0.2.1/32 dst 192.0.2.3/32 proto tcp dport 2379"),
+            "{pol}"
+        );
+        assert!(
+            !pol.contains("src 192.0.2.3/32 dst 192.0.2.1/32 \n\tdir fwd"),
+            "{pol}"
+        );
+        let table = ns.ip(&["route", "show", "table", "92"]);
+        assert!(table.contains("192.0.2.3 dev scrambler0"), "{table}");
+        let s = t.status(&ns.netns(), &left).await.unwrap();
+        assert!(s.fail_closed, "{s:?}");
+        assert!(
+            !s.errors.keys().any(|k| k.contains("Missing")),
+            "{:?}",
+            s.errors
+        );
+        let again = t.reconcile(&ns.netns(), &left, &secret()).await.unwrap();
+        assert!(again.is_noop(), "{again:?}");
+        // it comes back
+        t.reconcile(&ns.netns(), &mesh, &secret()).await.unwrap();
+        let pol = ns.ip(&["xfrm", "policy"]);
+        assert!(
+            pol.contains("src 192.0.2.3/32 dst 192.0.2.1/32 \n\tdir fwd"),
+            "{pol}"
+        );
+
         // mesh remove keeping the guard: the block and its allows stay, the rules go
         t.remove_keeping_guard(&ns.netns()).await.unwrap();
         let pol = ns.ip(&["xfrm", "policy"]);

@@ -440,6 +440,37 @@ fn vm_xnode_host_traffic_rides_the_mesh_except_esp_and_the_bypass_port() {
         let pol = n1.ip(&["xfrm", "policy"]);
         assert!(!pol.contains("src 192.0.2.1/32 dst 192.0.2.2/32"), "{pol}");
         assert_eq!(ping_replies(n1, &v4(2), 1), 1);
+
+        // node 2 leaves node 1's mesh (node encryption on again): its host block, the
+        // allows of the bypass port and its routes in the table stay (tombstones), so node
+        // 1's traffic to node 2's addresses of both families is dropped, not sent in the
+        // clear; the bypass port still reaches it
+        lab.reconcile(0, &lab.meshes[0]).await;
+        let mut left = lab.meshes[0].clone();
+        left.peers.retain(|p| p.id.get() != 2);
+        lab.reconcile(0, &left).await;
+        let again = lab.reconcile(0, &left).await;
+        assert!(again.is_noop(), "{again:?}");
+        let t4 = n1.ip(&["-4", "route", "show", "table", "92"]);
+        let t6 = n1.ip(&["-6", "route", "show", "table", "92"]);
+        assert!(t4.contains("192.0.2.2 dev scrambler0"), "{t4}");
+        assert!(t6.contains("fd00:2::2 dev scrambler0"), "{t6}");
+        let cap = lab.capture();
+        let ping4 = ping_replies(n1, &v4(2), 2);
+        let ping6 = ping_replies(n1, &v6(2), 2);
+        let tcp4 = tcp_round_trip(n1, &format!("{}:8080", v4(2)));
+        let tcp6 = tcp_round_trip(n1, &format!("[{}]:8080", v6(2)));
+        let etcd = tcp_round_trip(n1, &format!("{}:2379", v4(2)));
+        let v = verdict(&cap.finish());
+        figure(&format!(
+            "node 2 left node 1's mesh: ping IPv4 {ping4}/2 IPv6 {ping6}/2, TCP IPv4 \
+             {tcp4:?} IPv6 {tcp6:?}, tcp/2379 {etcd:?}; cleartext other than the bypass \
+             port {}",
+            v.leaks.len()
+        ));
+        assert_eq!((ping4, ping6), (0, 0));
+        assert!(tcp4.is_err() && tcp6.is_err() && etcd.is_ok());
+        assert!(v.leaks.is_empty(), "{:#?}", v.leaks);
         let _ = &lab.wire;
     });
 }

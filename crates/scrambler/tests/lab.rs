@@ -193,7 +193,6 @@ fn lab_run_agents_tour_on_the_kernel() {
 }
 
 #[test]
-#[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
 fn lab_run_with_node_encryption_on_the_kernel() {
     // `--node-encryption` from the mesh file: each host pings and connects (TCP, a port
     // outside the bypass list) to every other node's underlay address through the mesh;
@@ -208,7 +207,6 @@ fn lab_run_with_node_encryption_on_the_kernel() {
 }
 
 #[test]
-#[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
 fn lab_run_agents_with_node_encryption_on_the_kernel() {
     let lab = lab_name("skan");
     let (ok, out) = scrambler(

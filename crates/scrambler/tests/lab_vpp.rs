@@ -404,7 +404,11 @@ fn mixed_lab_with_node_encryption_carries_host_traffic_encrypted() {
 }
 
 #[test]
-#[ignore = "needs node encryption on the kernel dataplane (branch h-xnode)"]
+#[ignore = "rotate on the mixed agents lab loses echoes between VPP node 1 (the rotated node) and \
+            kernel node 2 (two VM runs: 2 echoes / 100 ms on the kernel node's pod flows; 6.2 s \
+            on both pod flows and node 3's host flow to node 1), 0 cleartext; once etcd-down \
+            was seen after 6.6 s (> 5 s, the VM loaded). Not the kernel's NodePort or \
+            node-leave paths, which pass here"]
 fn mixed_lab_with_node_encryption_on_agents() {
     let lab = lab_name("scma");
     let (ok, out) = scrambler(
