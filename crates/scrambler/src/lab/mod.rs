@@ -1021,10 +1021,11 @@ pub fn down(name: &str) -> Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn lab(agents: bool, backend: &str) -> LabState {
+    /// A 3-node × 1-pod lab state of `backend` (no node exists: for planning tests).
+    pub(crate) fn lab(agents: bool, backend: &str) -> LabState {
         let backend: LabBackend = backend.parse().unwrap();
         LabState {
             spec: LabSpec {

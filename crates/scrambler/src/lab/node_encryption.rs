@@ -288,24 +288,11 @@ pub fn tcp_probes(state: &LabState) -> Result<Vec<(String, bool)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::backend::LabBackend;
-    use crate::lab::LabSpec;
 
     fn lab(backend: &str) -> LabState {
-        let backend: LabBackend = backend.parse().unwrap();
-        LabState {
-            spec: LabSpec {
-                name: "t".into(),
-                nodes: 3,
-                pods_per_node: 1,
-                backend,
-                agents: false,
-                node_encryption: true,
-                ipv6: false,
-            },
-            pods: vec![],
-            node_backends: (1..=3).map(|i| backend.node(i)).collect(),
-        }
+        let mut l = crate::lab::tests::lab(false, backend);
+        l.spec.node_encryption = true;
+        l
     }
 
     #[test]
